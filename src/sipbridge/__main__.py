@@ -1,0 +1,3 @@
+from sipbridge.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,178 @@
+"""Settings for `sipbridge serve`: defaults, then a YAML file, then environment, then flags."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEV_KEY = "devkey"
+DEV_SECRET = "secret"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; the message names it."""
+
+
+@dataclass(frozen=True, slots=True)
+class HostPort:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    dev: bool = False
+    http: HostPort = HostPort("127.0.0.1", 7880)
+    sip: HostPort = HostPort("127.0.0.1", 5060)
+    rtp_ports: tuple[int, int] = (10000, 20000)
+    db: str = "./sipbridge.db"
+    keys: Mapping[str, str] = field(default_factory=dict)
+    webhooks: tuple[str, ...] = ()
+    log_level: str = "info"
+
+    @property
+    def webhook_key(self) -> tuple[str, str]:
+        """The key pair that signs webhooks: the first configured one."""
+        key = next(iter(self.keys))
+        return key, self.keys[key]
+
+
+def parse_hostport(value: str, name: str) -> HostPort:
+    text = value.strip()
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise ConfigError(f"{name}: expected [IPv6]:PORT, got {value!r}")
+        port_text = rest[1:]
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep:
+            raise ConfigError(f"{name}: expected HOST:PORT, got {value!r}")
+    if not host:
+        raise ConfigError(f"{name}: missing host in {value!r}")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ConfigError(f"{name}: port must be a number, got {value!r}") from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"{name}: port out of range in {value!r}")
+    return HostPort(host, port)
+
+
+def parse_port_range(value: str, name: str) -> tuple[int, int]:
+    lo_text, sep, hi_text = value.partition("-")
+    try:
+        lo, hi = int(lo_text), int(hi_text)
+    except ValueError:
+        raise ConfigError(f"{name}: expected LO-HI, got {value!r}") from None
+    if not sep or not 1024 <= lo <= hi <= 65535:
+        raise ConfigError(f"{name}: expected LO-HI within 1024-65535, got {value!r}")
+    return lo, hi
+
+
+def parse_key(value: str, name: str) -> tuple[str, str]:
+    key, sep, secret = value.partition(":")
+    if not sep or not key or not secret:
+        raise ConfigError(f"{name}: expected KEY:SECRET")
+    return key, secret
+
+
+def _from_yaml(path: str) -> dict[str, Any]:
+    try:
+        doc = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError(f"--config: cannot read {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--config: {path} is not valid YAML: {exc}") from None
+    if doc is None:
+        return {}
+    if not isinstance(doc, dict):
+        raise ConfigError(f"--config: {path} must hold a mapping of settings")
+    known = {"dev", "http", "sip", "rtp_ports", "db", "keys", "webhook", "webhooks", "log_level"}
+    unknown = set(doc) - known
+    if unknown:
+        raise ConfigError(f"--config: unknown setting(s): {', '.join(sorted(unknown))}")
+    return doc
+
+
+def build_settings(
+    *,
+    dev: bool = False,
+    http: str | None = None,
+    sip: str | None = None,
+    rtp_ports: str | None = None,
+    db: str | None = None,
+    keys: list[str] | None = None,
+    webhooks: list[str] | None = None,
+    log_level: str | None = None,
+    config_file: str | None = None,
+    environ: Mapping[str, str] = os.environ,
+) -> Settings:
+    """Combine the sources; later ones win: defaults, YAML, environment, flags."""
+    doc = _from_yaml(config_file) if config_file else {}
+    dev = dev or bool(doc.get("dev", False))
+    s = Settings(dev=dev)
+    if "http" in doc:
+        s = replace(s, http=parse_hostport(str(doc["http"]), "http"))
+    if "sip" in doc:
+        s = replace(s, sip=parse_hostport(str(doc["sip"]), "sip"))
+    if "rtp_ports" in doc:
+        s = replace(s, rtp_ports=parse_port_range(str(doc["rtp_ports"]), "rtp_ports"))
+    if "db" in doc:
+        s = replace(s, db=str(doc["db"]))
+    if "log_level" in doc:
+        s = replace(s, log_level=str(doc["log_level"]).lower())
+    file_keys: dict[str, str] = {}
+    raw_keys = doc.get("keys", {})
+    if isinstance(raw_keys, dict):
+        file_keys = {str(k): str(v) for k, v in raw_keys.items()}
+    elif isinstance(raw_keys, list):
+        file_keys = dict(parse_key(str(item), "keys") for item in raw_keys)
+    else:
+        raise ConfigError("keys: expected a mapping KEY: SECRET or a list of KEY:SECRET")
+    raw_hooks = doc.get("webhooks", doc.get("webhook", []))
+    file_hooks = [raw_hooks] if isinstance(raw_hooks, str) else [str(u) for u in raw_hooks]
+
+    if http:
+        s = replace(s, http=parse_hostport(http, "--http"))
+    if sip:
+        s = replace(s, sip=parse_hostport(sip, "--sip"))
+    if rtp_ports:
+        s = replace(s, rtp_ports=parse_port_range(rtp_ports, "--rtp-ports"))
+    if db:
+        s = replace(s, db=db)
+    if log_level:
+        s = replace(s, log_level=log_level.lower())
+    if s.log_level not in LOG_LEVELS:
+        raise ConfigError(f"log_level: expected one of {', '.join(LOG_LEVELS)}")
+
+    resolved: dict[str, str] = {}
+    if keys:
+        resolved = dict(parse_key(k, "--keys") for k in keys)
+    elif environ.get("LIVEKIT_API_KEY") and environ.get("LIVEKIT_API_SECRET"):
+        resolved = {environ["LIVEKIT_API_KEY"]: environ["LIVEKIT_API_SECRET"]}
+    elif file_keys:
+        resolved = file_keys
+    elif dev:
+        resolved = {DEV_KEY: DEV_SECRET}
+    if not resolved:
+        raise ConfigError(
+            "no API keys: give --keys KEY:SECRET, set LIVEKIT_API_KEY and LIVEKIT_API_SECRET, "
+            "or run with --dev"
+        )
+    s = replace(s, keys=resolved)
+
+    hooks = tuple(webhooks or file_hooks)
+    for url in hooks:
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"--webhook: {url!r} is not an http(s) URL")
+    return replace(s, webhooks=hooks)

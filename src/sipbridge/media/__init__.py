@@ -1,0 +1,1 @@
+"""Media, sans-IO: RTP/RTCP, jitter buffer, codecs, DTMF, tones, mixing."""

@@ -1,0 +1,5 @@
+"""Rooms, participants, tracks and subscriptions: the in-memory model of live sessions."""
+
+from sipbridge.rooms.model import Participant, Room, RoomRegistry
+
+__all__ = ["Participant", "Room", "RoomRegistry"]

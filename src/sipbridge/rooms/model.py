@@ -1,0 +1,417 @@
+"""Rooms, participants and tracks in memory: a pure model with time passed in.
+
+The edge calls methods with `now` (Unix seconds), drains `next_event()` and schedules one timer at
+`next_deadline()`, calling `handle_timer(now)` when it fires. Rooms close on their own:
+`empty_timeout` after creation when nobody ever joined, `departure_timeout` after the last
+participant left (LiveKit's defaults: 300 s and 20 s).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from livekit.protocol import models
+from livekit.protocol.agent_dispatch import RoomAgentDispatch
+
+from sipbridge.errors import ApiError, invalid_argument, not_found
+from sipbridge.rooms import events as ev
+from sipbridge.telephony import ids
+
+DEFAULT_EMPTY_TIMEOUT = 300
+DEFAULT_DEPARTURE_TIMEOUT = 20
+MAX_ROOM_NAME = 256
+MAX_IDENTITY = 256
+MAX_METADATA = 64 * 1024
+MAX_ATTRIBUTES_BYTES = 64 * 1024
+MAX_DATA_BYTES = 64 * 1024
+
+Kind = models.ParticipantInfo.Kind
+State = models.ParticipantInfo.State
+DisconnectReason = models.DisconnectReason
+
+
+@dataclass(slots=True, kw_only=True)
+class Participant:
+    sid: str
+    identity: str
+    name: str = ""
+    kind: int = Kind.STANDARD
+    state: int = State.JOINED
+    metadata: str = ""
+    attributes: dict[str, str] = field(default_factory=dict)
+    permission: models.ParticipantPermission = field(default_factory=models.ParticipantPermission)
+    tracks: dict[str, models.TrackInfo] = field(default_factory=dict)
+    subscriptions: set[str] = field(default_factory=set)
+    joined_at: float = 0.0
+    version: int = 0
+    disconnect_reason: int = DisconnectReason.UNKNOWN_REASON
+
+    def to_proto(self) -> models.ParticipantInfo:
+        return models.ParticipantInfo(
+            sid=self.sid,
+            identity=self.identity,
+            name=self.name,
+            kind=self.kind,  # type: ignore[arg-type]
+            state=self.state,  # type: ignore[arg-type]
+            metadata=self.metadata,
+            attributes=self.attributes,
+            permission=self.permission,
+            tracks=list(self.tracks.values()),
+            joined_at=int(self.joined_at),
+            joined_at_ms=int(self.joined_at * 1000),
+            version=self.version,
+            is_publisher=bool(self.tracks),
+            disconnect_reason=self.disconnect_reason,  # type: ignore[arg-type]
+        )
+
+
+@dataclass(slots=True, kw_only=True)
+class Room:
+    sid: str
+    name: str
+    created_at: float
+    empty_timeout: int = DEFAULT_EMPTY_TIMEOUT
+    departure_timeout: int = DEFAULT_DEPARTURE_TIMEOUT
+    max_participants: int = 0
+    metadata: str = ""
+    agents: list[RoomAgentDispatch] = field(default_factory=list)
+    participants: dict[str, Participant] = field(default_factory=dict)
+    last_left_at: float | None = None
+    closed: bool = False
+
+    def to_proto(self) -> models.Room:
+        return models.Room(
+            sid=self.sid,
+            name=self.name,
+            empty_timeout=self.empty_timeout,
+            departure_timeout=self.departure_timeout,
+            max_participants=self.max_participants,
+            creation_time=int(self.created_at),
+            creation_time_ms=int(self.created_at * 1000),
+            metadata=self.metadata,
+            num_participants=sum(1 for p in self.participants.values() if not p.permission.hidden),
+            num_publishers=sum(1 for p in self.participants.values() if p.tracks),
+            enabled_codecs=[
+                models.Codec(mime="audio/opus"),
+                models.Codec(mime="audio/red"),
+                models.Codec(mime="audio/PCMU"),
+                models.Codec(mime="audio/PCMA"),
+                models.Codec(mime="audio/G722"),
+            ],
+        )
+
+    def close_deadline(self) -> float | None:
+        """When this room closes if nothing changes, or None while someone is in it."""
+        if self.participants:
+            return None
+        if self.last_left_at is None:
+            return self.created_at + self.empty_timeout
+        return self.last_left_at + self.departure_timeout
+
+
+class RoomRegistry:
+    """Every live room, by name."""
+
+    def __init__(self) -> None:
+        self._rooms: dict[str, Room] = {}
+        self._events: deque[ev.RoomEvent] = deque()
+
+    # -- events and time -------------------------------------------------------------------
+
+    def next_event(self) -> ev.RoomEvent | None:
+        return self._events.popleft() if self._events else None
+
+    def next_deadline(self) -> float | None:
+        deadlines = [d for r in self._rooms.values() if (d := r.close_deadline()) is not None]
+        return min(deadlines, default=None)
+
+    def handle_timer(self, now: float) -> None:
+        for room in list(self._rooms.values()):
+            deadline = room.close_deadline()
+            if deadline is not None and deadline <= now:
+                self._close(room, now, DisconnectReason.ROOM_CLOSED)
+
+    # -- rooms -----------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._rooms)
+
+    def rooms(self, names: Iterable[str] = ()) -> list[Room]:
+        wanted = set(names)
+        return [r for r in self._rooms.values() if not wanted or r.name in wanted]
+
+    def get(self, name: str) -> Room:
+        room = self._rooms.get(name)
+        if room is None:
+            raise not_found(f"room {name!r} not found")
+        return room
+
+    def find(self, name: str) -> Room | None:
+        return self._rooms.get(name)
+
+    def create(
+        self,
+        name: str,
+        now: float,
+        *,
+        empty_timeout: int = 0,
+        departure_timeout: int = 0,
+        max_participants: int = 0,
+        metadata: str = "",
+        agents: Iterable[RoomAgentDispatch] = (),
+    ) -> tuple[Room, bool]:
+        """The room called `name`, created if needed; the flag says whether it was created."""
+        validate_room_name(name)
+        if len(metadata) > MAX_METADATA:
+            raise invalid_argument(f"metadata: too long (max {MAX_METADATA} bytes)")
+        existing = self._rooms.get(name)
+        if existing is not None:
+            return existing, False
+        room = Room(
+            sid=ids.new_id(ids.ROOM),
+            name=name,
+            created_at=now,
+            empty_timeout=empty_timeout or DEFAULT_EMPTY_TIMEOUT,
+            departure_timeout=departure_timeout or DEFAULT_DEPARTURE_TIMEOUT,
+            max_participants=max_participants,
+            metadata=metadata,
+            agents=list(agents),
+        )
+        self._rooms[name] = room
+        self._events.append(ev.RoomStarted(room=room.to_proto()))
+        return room, True
+
+    def delete(self, name: str, now: float) -> None:
+        self._close(self.get(name), now, DisconnectReason.ROOM_DELETED)
+
+    def _close(self, room: Room, now: float, reason: int) -> None:
+        for identity in list(room.participants):
+            self._remove(room, identity, reason, now)
+        room.closed = True
+        del self._rooms[room.name]
+        self._events.append(ev.RoomFinished(room=room.to_proto()))
+
+    def update_metadata(self, name: str, metadata: str) -> Room:
+        room = self.get(name)
+        if len(metadata) > MAX_METADATA:
+            raise invalid_argument(f"metadata: too long (max {MAX_METADATA} bytes)")
+        room.metadata = metadata
+        self._events.append(ev.RoomMetadataChanged(room=room.to_proto()))
+        return room
+
+    # -- participants ----------------------------------------------------------------------
+
+    def participant(self, room_name: str, identity: str) -> Participant:
+        participant = self.get(room_name).participants.get(identity)
+        if participant is None:
+            raise not_found(f"participant {identity!r} not found in room {room_name!r}")
+        return participant
+
+    def join(
+        self,
+        room_name: str,
+        identity: str,
+        now: float,
+        *,
+        name: str = "",
+        kind: int = Kind.STANDARD,
+        metadata: str = "",
+        attributes: Mapping[str, str] | None = None,
+        permission: models.ParticipantPermission | None = None,
+    ) -> Participant:
+        """Add a participant; one with the same identity is replaced (DUPLICATE_IDENTITY)."""
+        room = self.get(room_name)
+        if not identity or len(identity) > MAX_IDENTITY:
+            raise invalid_argument(f"identity: must be 1-{MAX_IDENTITY} characters")
+        attrs = dict(attributes or {})
+        validate_attributes(attrs)
+        if identity in room.participants:
+            self._remove(room, identity, DisconnectReason.DUPLICATE_IDENTITY, now)
+        elif room.max_participants and len(room.participants) >= room.max_participants:
+            raise ApiError("resource_exhausted", f"room {room_name!r} is full")
+        perm = permission or models.ParticipantPermission(
+            can_subscribe=True, can_publish=True, can_publish_data=True
+        )
+        participant = Participant(
+            sid=ids.new_id(ids.PARTICIPANT),
+            identity=identity,
+            name=name,
+            kind=kind,
+            metadata=metadata,
+            attributes=attrs,
+            permission=perm,
+            joined_at=now,
+            version=1,
+        )
+        room.participants[identity] = participant
+        room.last_left_at = None
+        self._events.append(
+            ev.ParticipantJoined(room=room.to_proto(), participant=participant.to_proto())
+        )
+        return participant
+
+    def remove(self, room_name: str, identity: str, now: float, reason: int) -> None:
+        room = self.get(room_name)
+        if identity not in room.participants:
+            raise not_found(f"participant {identity!r} not found in room {room_name!r}")
+        self._remove(room, identity, reason, now)
+
+    def _remove(self, room: Room, identity: str, reason: int, now: float) -> None:
+        participant = room.participants.pop(identity)
+        for track in list(participant.tracks.values()):
+            self._events.append(
+                ev.TrackUnpublished(
+                    room=room.to_proto(), participant=participant.to_proto(), track=track
+                )
+            )
+        participant.state = State.DISCONNECTED
+        participant.disconnect_reason = reason
+        participant.version += 1
+        for other in room.participants.values():
+            other.subscriptions.difference_update(participant.tracks)
+        if not room.participants:
+            room.last_left_at = now
+        self._events.append(
+            ev.ParticipantLeft(room=room.to_proto(), participant=participant.to_proto())
+        )
+
+    def update_participant(
+        self,
+        room_name: str,
+        identity: str,
+        *,
+        name: str = "",
+        metadata: str = "",
+        attributes: Mapping[str, str] | None = None,
+        permission: models.ParticipantPermission | None = None,
+    ) -> Participant:
+        """UpdateParticipant semantics: empty name/metadata leave the value as is; attributes
+        are a diff where an empty value deletes the key."""
+        room = self.get(room_name)
+        participant = self.participant(room_name, identity)
+        if len(metadata) > MAX_METADATA:
+            raise invalid_argument(f"metadata: too long (max {MAX_METADATA} bytes)")
+        if len(name) > MAX_IDENTITY:
+            raise invalid_argument(f"name: too long (max {MAX_IDENTITY} characters)")
+        merged = dict(participant.attributes)
+        for key, value in (attributes or {}).items():
+            if value:
+                merged[key] = value
+            else:
+                merged.pop(key, None)
+        validate_attributes(merged)
+        if name:
+            participant.name = name
+        if metadata:
+            participant.metadata = metadata
+        participant.attributes = merged
+        if permission is not None:
+            participant.permission = permission
+            if not permission.can_subscribe:
+                participant.subscriptions.clear()
+        participant.version += 1
+        self._events.append(
+            ev.ParticipantUpdated(room=room.to_proto(), participant=participant.to_proto())
+        )
+        return participant
+
+    # -- tracks, subscriptions, data -------------------------------------------------------
+
+    def publish_track(self, room_name: str, identity: str, track: models.TrackInfo) -> str:
+        """Publish a track for a participant; returns its `TR_` sid."""
+        room = self.get(room_name)
+        participant = self.participant(room_name, identity)
+        if not track.sid:
+            track.sid = ids.new_id(ids.TRACK)
+        participant.tracks[track.sid] = track
+        participant.version += 1
+        self._events.append(
+            ev.TrackPublished(room=room.to_proto(), participant=participant.to_proto(), track=track)
+        )
+        return track.sid
+
+    def mute_track(
+        self, room_name: str, identity: str, track_sid: str, muted: bool
+    ) -> models.TrackInfo:
+        room = self.get(room_name)
+        participant = self.participant(room_name, identity)
+        track = participant.tracks.get(track_sid)
+        if track is None:
+            raise not_found(f"track {track_sid!r} not found for participant {identity!r}")
+        if track.muted != muted:
+            track.muted = muted
+            participant.version += 1
+            self._events.append(
+                ev.TrackMuted(room=room.to_proto(), participant=participant.to_proto(), track=track)
+            )
+        return track
+
+    def track_owner(self, room: Room, track_sid: str) -> Participant | None:
+        for participant in room.participants.values():
+            if track_sid in participant.tracks:
+                return participant
+        return None
+
+    def update_subscriptions(
+        self, room_name: str, identity: str, track_sids: Iterable[str], subscribe: bool
+    ) -> None:
+        room = self.get(room_name)
+        subscriber = self.participant(room_name, identity)
+        if subscribe and not subscriber.permission.can_subscribe:
+            raise ApiError("permission_denied", f"participant {identity!r} cannot subscribe")
+        for sid in track_sids:
+            owner = self.track_owner(room, sid)
+            if owner is None:
+                raise not_found(f"track {sid!r} not found in room {room_name!r}")
+            if owner.identity == identity:
+                continue
+            if subscribe == (sid in subscriber.subscriptions):
+                continue
+            if subscribe:
+                subscriber.subscriptions.add(sid)
+            else:
+                subscriber.subscriptions.discard(sid)
+            self._events.append(
+                ev.SubscriptionChanged(
+                    room_name=room_name,
+                    subscriber_identity=identity,
+                    publisher_identity=owner.identity,
+                    track_sid=sid,
+                    subscribed=subscribe,
+                )
+            )
+
+    def send_data(
+        self,
+        room_name: str,
+        packet: models.DataPacket,
+        destinations: Iterable[str] = (),
+    ) -> None:
+        """Queue a data packet for delivery; unknown destination identities are ignored."""
+        self.get(room_name)
+        if packet.ByteSize() > MAX_DATA_BYTES:
+            raise invalid_argument(f"data: packet too large (max {MAX_DATA_BYTES} bytes)")
+        self._events.append(
+            ev.DataSent(room_name=room_name, packet=packet, destinations=tuple(destinations))
+        )
+
+
+def validate_room_name(name: str) -> None:
+    if not name:
+        raise invalid_argument("room name must be set")
+    if len(name) > MAX_ROOM_NAME:
+        raise invalid_argument(f"room name too long (max {MAX_ROOM_NAME} characters)")
+    if any(ord(c) < 0x20 or c in "/\\?#%" for c in name):
+        raise invalid_argument(f"room name {name!r} contains invalid characters")
+
+
+def validate_attributes(attributes: Mapping[str, str]) -> None:
+    size = 0
+    for key, value in attributes.items():
+        if not key:
+            raise invalid_argument("attributes: empty attribute name")
+        size += len(key.encode()) + len(value.encode())
+    if size > MAX_ATTRIBUTES_BYTES:
+        raise invalid_argument(f"attributes: too large (max {MAX_ATTRIBUTES_BYTES} bytes)")

@@ -1,0 +1,125 @@
+"""`sipbridge serve`: wires the store, the rooms model, the APIs and webhooks into one process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable
+
+from aiohttp import web
+
+from sipbridge import __version__
+from sipbridge.config import Settings
+from sipbridge.rooms import RoomRegistry
+from sipbridge.server.room_api import RoomApi
+from sipbridge.server.rooms_runtime import RoomsRuntime, wall_clock
+from sipbridge.server.sip_api import SipApi
+from sipbridge.server.sip_config import SipConfig
+from sipbridge.server.twirp import PREFIX, TwirpServer
+from sipbridge.server.webhooks import RetryPolicy, WebhookNotifier
+from sipbridge.store import SQLiteStore
+
+log = logging.getLogger("sipbridge")
+
+
+class Server:
+    """One sipbridge node. `start()` binds and returns; `stop()` shuts down cleanly."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Callable[[], float] = wall_clock,
+        webhook_retry: RetryPolicy | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = SQLiteStore(settings.db)
+        self.sip_config = SipConfig(self.store, clock)
+        key, secret = settings.webhook_key
+        self.webhooks = WebhookNotifier(settings.webhooks, key, secret, retry=webhook_retry)
+        self.rooms = RoomsRuntime(RoomRegistry(), self.webhooks, clock)
+        self.twirp = TwirpServer(dict(settings.keys))
+        SipApi(self.sip_config).register(self.twirp)
+        RoomApi(self.rooms).register(self.twirp)
+        self.ready = False
+        self._runner: web.AppRunner | None = None
+
+    def build_app(self) -> web.Application:
+        app = web.Application(
+            client_max_size=2 * 1024 * 1024, handler_args={"max_field_size": 16384}
+        )
+        app.router.add_route("*", PREFIX + "{route:.*}", self.twirp.handle)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/", self.healthz)
+        return app
+
+    async def healthz(self, _: web.Request) -> web.Response:
+        if not self.ready:
+            return web.Response(status=503, text="starting or stopping\n")
+        return web.Response(text="ok\n")
+
+    async def start(self) -> None:
+        await self.store.open()
+        await self.sip_config.load()
+        await self.webhooks.start()
+        self._runner = web.AppRunner(self.build_app(), access_log=None, handle_signals=False)
+        await self._runner.setup()
+        http = self.settings.http
+        site = web.TCPSite(self._runner, http.host, http.port, reuse_address=True)
+        await site.start()
+        self.ready = True
+        log.info(
+            "sipbridge %s: API on http://%s, %d inbound / %d outbound trunks, %d dispatch rules",
+            __version__,
+            http,
+            len(self.sip_config.inbound),
+            len(self.sip_config.outbound),
+            len(self.sip_config.rules),
+        )
+
+    @property
+    def http_port(self) -> int:
+        """The bound HTTP port (useful with `--http 127.0.0.1:0`)."""
+        assert self._runner is not None
+        for address in self._runner.addresses:
+            return int(address[1])
+        raise RuntimeError("not listening")
+
+    async def stop(self) -> None:
+        self.ready = False
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        self.rooms.close()
+        await self.webhooks.stop()
+        await self.store.close()
+        log.info("sipbridge stopped")
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGINT or SIGTERM."""
+    server = Server(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await server.start()
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(sig)
+        await server.stop()
+
+
+def run(settings: Settings) -> None:
+    try:
+        import uvloop  # noqa: PLC0415 - optional, fastest loop when installed
+
+        runner: Callable[..., None] = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        runner = asyncio.run
+    runner(serve(settings))

@@ -1,0 +1,122 @@
+"""Access tokens: LiveKit JWTs (HS256, `iss` = API key) and the grants they carry (WIRE.md s2)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import jwt
+
+from sipbridge.errors import ApiError
+
+LEEWAY_S = 60
+MAX_TOKEN_BYTES = 16 * 1024
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Claims:
+    """A verified token. `video` and `sip` hold the grants as sent (camelCase keys)."""
+
+    api_key: str
+    identity: str = ""
+    name: str = ""
+    kind: str = ""
+    metadata: str = ""
+    attributes: Mapping[str, str] = field(default_factory=dict)
+    video: Mapping[str, Any] = field(default_factory=dict)
+    sip: Mapping[str, Any] = field(default_factory=dict)
+    room_config: Mapping[str, Any] = field(default_factory=dict)
+    sha256: str = ""
+
+    def video_grant(self, name: str) -> bool:
+        return self.video.get(name) is True
+
+    def sip_grant(self, name: str) -> bool:
+        return self.sip.get(name) is True
+
+    @property
+    def room(self) -> str:
+        room = self.video.get("room", "")
+        return room if isinstance(room, str) else ""
+
+
+def bearer_token(header: str | None) -> str:
+    """The token of an `Authorization: Bearer <jwt>` header (a bare token is accepted too)."""
+    if not header:
+        raise ApiError("unauthenticated", "missing Authorization header")
+    scheme, _, token = header.strip().partition(" ")
+    if not token:
+        token = scheme
+    elif scheme.lower() != "bearer":
+        raise ApiError("unauthenticated", "Authorization must be 'Bearer <token>'")
+    return token.strip()
+
+
+def verify_token(token: str, keys: Mapping[str, str]) -> Claims:
+    """Check signature, expiry and shape; raise `unauthenticated` with the reason otherwise."""
+    if len(token) > MAX_TOKEN_BYTES:
+        raise ApiError("unauthenticated", "token too large")
+    try:
+        unverified = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        raise ApiError("unauthenticated", "invalid token: not a JWT") from None
+    api_key = unverified.get("iss")
+    if not isinstance(api_key, str) or api_key not in keys:
+        raise ApiError("unauthenticated", "invalid token: unknown API key")
+    try:
+        claims = jwt.decode(
+            token,
+            keys[api_key],
+            algorithms=["HS256"],
+            leeway=LEEWAY_S,
+            options={"require": ["exp"], "verify_aud": False},
+        )
+    except jwt.ExpiredSignatureError:
+        raise ApiError("unauthenticated", "invalid token: expired") from None
+    except jwt.ImmatureSignatureError:
+        raise ApiError("unauthenticated", "invalid token: not valid yet") from None
+    except jwt.InvalidSignatureError:
+        raise ApiError("unauthenticated", "invalid token: signature mismatch") from None
+    except jwt.PyJWTError as exc:
+        raise ApiError("unauthenticated", f"invalid token: {exc}") from None
+    video = claims.get("video") or {}
+    sip = claims.get("sip") or {}
+    attributes = claims.get("attributes") or {}
+    room_config = claims.get("roomConfig") or {}
+    if not all(isinstance(x, dict) for x in (video, sip, attributes, room_config)):
+        raise ApiError("unauthenticated", "invalid token: malformed grants")
+    return Claims(
+        api_key=api_key,
+        identity=str(claims.get("sub", "")),
+        name=str(claims.get("name", "")),
+        kind=str(claims.get("kind", "")),
+        metadata=str(claims.get("metadata", "")),
+        attributes={str(k): str(v) for k, v in attributes.items()},
+        video=video,
+        sip=sip,
+        room_config=room_config,
+        sha256=str(claims.get("sha256", "")),
+    )
+
+
+def sign_token(
+    api_key: str,
+    api_secret: str,
+    *,
+    ttl_s: float = 300,
+    now: float | None = None,
+    **claims: Any,
+) -> str:
+    """An HS256 token such as webhooks carry (`sha256` claim) or a server issues to agents."""
+    issued = int(time.time() if now is None else now)
+    payload: dict[str, Any] = {"iss": api_key, "nbf": issued, "exp": issued + int(ttl_s)}
+    payload.update({k: v for k, v in claims.items() if v not in (None, "", {})})
+    return jwt.encode(payload, api_secret, algorithm="HS256")
+
+
+def body_sha256(body: bytes) -> str:
+    return base64.b64encode(hashlib.sha256(body).digest()).decode()

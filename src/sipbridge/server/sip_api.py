@@ -1,0 +1,291 @@
+"""`livekit.SIP` Twirp methods: trunks and dispatch rules (calls come with their issues)."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from livekit.protocol import sip as proto
+
+from sipbridge.errors import ApiError, invalid_argument
+from sipbridge.server.auth import Claims
+from sipbridge.server.sip_config import SipConfig
+from sipbridge.server.twirp import TwirpServer
+from sipbridge.telephony.rules import apply_rule_update, rule_from_create
+from sipbridge.telephony.trunks import (
+    apply_inbound_update,
+    apply_outbound_update,
+    inbound_as_legacy,
+    inbound_matches_filter,
+    outbound_as_legacy,
+    outbound_matches_filter,
+    paginate,
+)
+
+SERVICE = "livekit.SIP"
+
+M = TypeVar("M", proto.SIPInboundTrunkInfo, proto.SIPOutboundTrunkInfo, proto.SIPDispatchRuleInfo)
+T = TypeVar("T")
+
+
+def require_sip_admin(_: Any, claims: Claims) -> None:
+    if not claims.sip_grant("admin"):
+        raise ApiError("permission_denied", "requires the sip.admin grant")
+
+
+def require_sip_call(_: Any, claims: Claims) -> None:
+    if not claims.sip_grant("call"):
+        raise ApiError("permission_denied", "requires the sip.call grant")
+
+
+def require_transfer(req: proto.TransferSIPParticipantRequest, claims: Claims) -> None:
+    require_sip_call(req, claims)
+    if not claims.video_grant("roomAdmin") or claims.room != req.room_name:
+        raise ApiError("permission_denied", "requires roomAdmin for the participant's room")
+
+
+def _copy_with_id_check(
+    info: proto.SIPInboundTrunkInfo | proto.SIPOutboundTrunkInfo, request_id: str
+) -> None:
+    if info.sip_trunk_id and info.sip_trunk_id != request_id:
+        raise invalid_argument("trunk id in the replacement must be empty or match sip_trunk_id")
+
+
+class SipApi:
+    def __init__(self, config: SipConfig) -> None:
+        self.config = config
+
+    def register(self, twirp: TwirpServer) -> None:
+        methods: list[tuple[str, type[Any], Any, Any]] = [
+            (
+                "CreateSIPInboundTrunk",
+                proto.CreateSIPInboundTrunkRequest,
+                self.create_inbound,
+                None,
+            ),
+            (
+                "CreateSIPOutboundTrunk",
+                proto.CreateSIPOutboundTrunkRequest,
+                self.create_outbound,
+                None,
+            ),
+            (
+                "UpdateSIPInboundTrunk",
+                proto.UpdateSIPInboundTrunkRequest,
+                self.update_inbound,
+                None,
+            ),
+            (
+                "UpdateSIPOutboundTrunk",
+                proto.UpdateSIPOutboundTrunkRequest,
+                self.update_outbound,
+                None,
+            ),
+            ("GetSIPInboundTrunk", proto.GetSIPInboundTrunkRequest, self.get_inbound, None),
+            ("GetSIPOutboundTrunk", proto.GetSIPOutboundTrunkRequest, self.get_outbound, None),
+            ("ListSIPInboundTrunk", proto.ListSIPInboundTrunkRequest, self.list_inbound, None),
+            ("ListSIPOutboundTrunk", proto.ListSIPOutboundTrunkRequest, self.list_outbound, None),
+            ("ListSIPTrunk", proto.ListSIPTrunkRequest, self.list_legacy, None),
+            ("DeleteSIPTrunk", proto.DeleteSIPTrunkRequest, self.delete_trunk, None),
+            ("CreateSIPTrunk", proto.CreateSIPTrunkRequest, self.create_legacy, None),
+            ("CreateSIPDispatchRule", proto.CreateSIPDispatchRuleRequest, self.create_rule, None),
+            ("UpdateSIPDispatchRule", proto.UpdateSIPDispatchRuleRequest, self.update_rule, None),
+            ("ListSIPDispatchRule", proto.ListSIPDispatchRuleRequest, self.list_rules, None),
+            ("DeleteSIPDispatchRule", proto.DeleteSIPDispatchRuleRequest, self.delete_rule, None),
+            (
+                "CreateSIPParticipant",
+                proto.CreateSIPParticipantRequest,
+                self.not_yet,
+                require_sip_call,
+            ),
+            (
+                "TransferSIPParticipant",
+                proto.TransferSIPParticipantRequest,
+                self.not_yet,
+                require_transfer,
+            ),
+        ]
+        for name, request_type, handler, auth in methods:
+            twirp.register(SERVICE, name, request_type, handler, auth or require_sip_admin)
+
+    # -- inbound trunks --------------------------------------------------------------------
+
+    async def create_inbound(
+        self, req: proto.CreateSIPInboundTrunkRequest, _: Claims
+    ) -> proto.SIPInboundTrunkInfo:
+        if not req.HasField("trunk"):
+            raise invalid_argument("trunk: must be set")
+        if req.trunk.sip_trunk_id:
+            raise invalid_argument("trunk.sip_trunk_id: must not be set on create")
+        return await self.config.put_inbound(lambda _: _clone(req.trunk))
+
+    async def update_inbound(
+        self, req: proto.UpdateSIPInboundTrunkRequest, _: Claims
+    ) -> proto.SIPInboundTrunkInfo:
+        if not req.sip_trunk_id:
+            raise invalid_argument("sip_trunk_id: must be set")
+        action = req.WhichOneof("action")
+        if action == "replace":
+            _copy_with_id_check(req.replace, req.sip_trunk_id)
+            return await self.config.put_inbound(
+                lambda _: _clone(req.replace), existing_id=req.sip_trunk_id
+            )
+        if action == "update":
+            return await self.config.put_inbound(
+                lambda old: apply_inbound_update(_present(old), req.update),
+                existing_id=req.sip_trunk_id,
+            )
+        raise invalid_argument("one of replace or update must be set")
+
+    async def get_inbound(
+        self, req: proto.GetSIPInboundTrunkRequest, _: Claims
+    ) -> proto.GetSIPInboundTrunkResponse:
+        return proto.GetSIPInboundTrunkResponse(trunk=self.config.get_inbound(req.sip_trunk_id))
+
+    async def list_inbound(
+        self, req: proto.ListSIPInboundTrunkRequest, _: Claims
+    ) -> proto.ListSIPInboundTrunkResponse:
+        wanted = set(req.trunk_ids)
+        items = (
+            t
+            for t in self.config.inbound.values()
+            if (not wanted or t.sip_trunk_id in wanted) and inbound_matches_filter(t, req.numbers)
+        )
+        return proto.ListSIPInboundTrunkResponse(items=paginate(items, req.page, "sip_trunk_id"))
+
+    # -- outbound trunks -------------------------------------------------------------------
+
+    async def create_outbound(
+        self, req: proto.CreateSIPOutboundTrunkRequest, _: Claims
+    ) -> proto.SIPOutboundTrunkInfo:
+        if not req.HasField("trunk"):
+            raise invalid_argument("trunk: must be set")
+        if req.trunk.sip_trunk_id:
+            raise invalid_argument("trunk.sip_trunk_id: must not be set on create")
+        return await self.config.put_outbound(lambda _: _clone(req.trunk))
+
+    async def update_outbound(
+        self, req: proto.UpdateSIPOutboundTrunkRequest, _: Claims
+    ) -> proto.SIPOutboundTrunkInfo:
+        if not req.sip_trunk_id:
+            raise invalid_argument("sip_trunk_id: must be set")
+        action = req.WhichOneof("action")
+        if action == "replace":
+            _copy_with_id_check(req.replace, req.sip_trunk_id)
+            return await self.config.put_outbound(
+                lambda _: _clone(req.replace), existing_id=req.sip_trunk_id
+            )
+        if action == "update":
+            return await self.config.put_outbound(
+                lambda old: apply_outbound_update(_present(old), req.update),
+                existing_id=req.sip_trunk_id,
+            )
+        raise invalid_argument("one of replace or update must be set")
+
+    async def get_outbound(
+        self, req: proto.GetSIPOutboundTrunkRequest, _: Claims
+    ) -> proto.GetSIPOutboundTrunkResponse:
+        return proto.GetSIPOutboundTrunkResponse(trunk=self.config.get_outbound(req.sip_trunk_id))
+
+    async def list_outbound(
+        self, req: proto.ListSIPOutboundTrunkRequest, _: Claims
+    ) -> proto.ListSIPOutboundTrunkResponse:
+        wanted = set(req.trunk_ids)
+        items = (
+            t
+            for t in self.config.outbound.values()
+            if (not wanted or t.sip_trunk_id in wanted) and outbound_matches_filter(t, req.numbers)
+        )
+        return proto.ListSIPOutboundTrunkResponse(items=paginate(items, req.page, "sip_trunk_id"))
+
+    # -- both kinds, legacy ----------------------------------------------------------------
+
+    async def list_legacy(
+        self, req: proto.ListSIPTrunkRequest, _: Claims
+    ) -> proto.ListSIPTrunkResponse:
+        items = [inbound_as_legacy(t) for t in self.config.inbound.values()]
+        items += [outbound_as_legacy(t) for t in self.config.outbound.values()]
+        return proto.ListSIPTrunkResponse(items=paginate(items, req.page, "sip_trunk_id"))
+
+    async def delete_trunk(self, req: proto.DeleteSIPTrunkRequest, _: Claims) -> proto.SIPTrunkInfo:
+        if not req.sip_trunk_id:
+            raise invalid_argument("sip_trunk_id: must be set")
+        trunk = await self.config.delete_trunk(req.sip_trunk_id)
+        if isinstance(trunk, proto.SIPInboundTrunkInfo):
+            return inbound_as_legacy(trunk)
+        return outbound_as_legacy(trunk)
+
+    async def create_legacy(
+        self, req: proto.CreateSIPTrunkRequest, _: Claims
+    ) -> proto.SIPTrunkInfo:
+        raise ApiError(
+            "unimplemented",
+            "CreateSIPTrunk is deprecated: use CreateSIPInboundTrunk or CreateSIPOutboundTrunk",
+        )
+
+    # -- dispatch rules --------------------------------------------------------------------
+
+    async def create_rule(
+        self, req: proto.CreateSIPDispatchRuleRequest, _: Claims
+    ) -> proto.SIPDispatchRuleInfo:
+        rule = rule_from_create(req)
+        return await self.config.put_rule(lambda _: _clone(rule))
+
+    async def update_rule(
+        self, req: proto.UpdateSIPDispatchRuleRequest, _: Claims
+    ) -> proto.SIPDispatchRuleInfo:
+        if not req.sip_dispatch_rule_id:
+            raise invalid_argument("sip_dispatch_rule_id: must be set")
+        action = req.WhichOneof("action")
+        if action == "replace":
+            if req.replace.sip_dispatch_rule_id not in ("", req.sip_dispatch_rule_id):
+                raise invalid_argument(
+                    "rule id in the replacement must be empty or match sip_dispatch_rule_id"
+                )
+            return await self.config.put_rule(
+                lambda _: _clone(req.replace), existing_id=req.sip_dispatch_rule_id
+            )
+        if action == "update":
+            return await self.config.put_rule(
+                lambda old: apply_rule_update(_present(old), req.update),
+                existing_id=req.sip_dispatch_rule_id,
+            )
+        raise invalid_argument("one of replace or update must be set")
+
+    async def list_rules(
+        self, req: proto.ListSIPDispatchRuleRequest, _: Claims
+    ) -> proto.ListSIPDispatchRuleResponse:
+        wanted = set(req.dispatch_rule_ids)
+        trunks = set(req.trunk_ids)
+        items = (
+            r
+            for r in self.config.rules.values()
+            if (not wanted or r.sip_dispatch_rule_id in wanted)
+            and (not trunks or not r.trunk_ids or trunks.intersection(r.trunk_ids))
+        )
+        return proto.ListSIPDispatchRuleResponse(
+            items=paginate(items, req.page, "sip_dispatch_rule_id")
+        )
+
+    async def delete_rule(
+        self, req: proto.DeleteSIPDispatchRuleRequest, _: Claims
+    ) -> proto.SIPDispatchRuleInfo:
+        if not req.sip_dispatch_rule_id:
+            raise invalid_argument("sip_dispatch_rule_id: must be set")
+        return await self.config.delete_rule(req.sip_dispatch_rule_id)
+
+    # -- calls -----------------------------------------------------------------------------
+
+    async def not_yet(self, req: Any, _: Claims) -> proto.SIPParticipantInfo:
+        raise ApiError("unimplemented", f"{type(req).__name__[:-7]} is not implemented yet")
+
+
+def _clone(message: M) -> M:
+    copy = type(message)()
+    copy.CopyFrom(message)
+    return copy
+
+
+def _present(value: T | None) -> T:
+    if value is None:  # the store calls `make` with the stored value on every update
+        raise AssertionError("update without a stored value")
+    return value

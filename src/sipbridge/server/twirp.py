@@ -1,0 +1,158 @@
+"""Twirp over aiohttp: routing, body limits, auth, protobuf/JSON codecs and error mapping.
+
+Twirp v7 (https://twitchtv.github.io/twirp/docs/spec_v7.html):
+`POST /twirp/<pkg>.<Service>/<Method>` with `application/protobuf` or `application/json`; errors
+are JSON `{code, msg, meta}` with the HTTP status of the code. The official LiveKit clients read
+errors only as JSON (WIRE.md s1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError, Message
+
+from sipbridge.errors import ApiError
+from sipbridge.server.auth import Claims, bearer_token, verify_token
+
+log = logging.getLogger(__name__)
+
+PREFIX = "/twirp/"
+MAX_BODY_BYTES = 1024 * 1024
+MAX_TIMEOUT_MS = 24 * 3600 * 1000
+
+Handler = Callable[[Any, Claims], Awaitable[Message]]
+Authorize = Callable[[Any, Claims], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Method:
+    request_type: type[Message]
+    handler: Handler
+    authorize: Authorize
+
+
+class TwirpServer:
+    """Routes `/twirp/...` requests to registered methods."""
+
+    def __init__(self, keys: dict[str, str]) -> None:
+        self.keys = keys
+        self.methods: dict[str, Method] = {}
+        self.errors: Counter[str] = Counter()
+        self.requests = 0
+
+    def register(
+        self,
+        service: str,
+        name: str,
+        request_type: type[Message],
+        handler: Handler,
+        auth: Authorize,
+    ) -> None:
+        self.methods[f"{service}/{name}"] = Method(request_type, handler, auth)
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.requests += 1
+        try:
+            return await self._handle(request)
+        except ApiError as err:
+            self.errors[err.code] += 1
+            if err.code == "internal":
+                log.error("twirp %s: %s", request.path, err.message)
+            return error_response(err)
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        route = request.path[len(PREFIX) :] if request.path.startswith(PREFIX) else ""
+        method = self.methods.get(route)
+        if method is None:
+            raise ApiError("bad_route", f"no handler for path {request.path!r}")
+        if request.method != "POST":
+            raise ApiError("bad_route", f"unsupported method {request.method} (only POST)")
+        content_type = request.content_type.lower()
+        if content_type not in ("application/protobuf", "application/json"):
+            raise ApiError("bad_route", f"unexpected Content-Type {request.content_type!r}")
+        claims = verify_token(bearer_token(request.headers.get("Authorization")), self.keys)
+        body = await read_body(request)
+        message = decode(method.request_type, body, content_type)
+        method.authorize(message, claims)
+        timeout = twirp_timeout(request.headers.get("X-Twirp-Timeout-Ms"))
+        try:
+            async with asyncio.timeout(timeout):
+                reply = await method.handler(message, claims)
+        except TimeoutError:
+            raise ApiError("deadline_exceeded", "request timed out") from None
+        except ApiError:
+            raise
+        except Exception:
+            log.exception("twirp %s failed", route)
+            raise ApiError("internal", "internal server error") from None
+        return encode(reply, content_type)
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The request body, refused as soon as it is known to exceed the limit."""
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise ApiError("malformed", f"request body larger than {MAX_BODY_BYTES} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise ApiError("malformed", f"request body larger than {MAX_BODY_BYTES} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def decode(request_type: type[Message], body: bytes, content_type: str) -> Message:
+    message = request_type()
+    try:
+        if content_type == "application/json":
+            json_format.Parse(
+                body.decode("utf-8") if body else "{}", message, ignore_unknown_fields=True
+            )
+        else:
+            message.ParseFromString(body)
+    except (DecodeError, json_format.ParseError, UnicodeDecodeError, RecursionError) as exc:
+        raise ApiError(
+            "malformed", f"the request could not be decoded: {str(exc)[:200] or 'bad body'}"
+        ) from None
+    return message
+
+
+def encode(reply: Message, content_type: str) -> web.Response:
+    if content_type == "application/json":
+        text = json_format.MessageToJson(
+            reply, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+        )
+        return web.Response(body=text.encode(), content_type="application/json")
+    return web.Response(body=reply.SerializeToString(), content_type="application/protobuf")
+
+
+def twirp_timeout(header: str | None) -> float | None:
+    """`X-Twirp-Timeout-Ms` as seconds; absent or unusable means no deadline."""
+    if not header:
+        return None
+    try:
+        ms = int(header)
+    except ValueError:
+        return None
+    if ms <= 0:
+        return None
+    return min(ms, MAX_TIMEOUT_MS) / 1000
+
+
+def error_response(err: ApiError) -> web.Response:
+    body: dict[str, Any] = {"code": err.code, "msg": err.message}
+    if err.meta:
+        body["meta"] = err.meta
+    return web.Response(
+        status=err.http_status, body=json.dumps(body).encode(), content_type="application/json"
+    )

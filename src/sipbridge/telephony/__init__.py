@@ -1,0 +1,1 @@
+"""The telephony domain: pure functions over trunks, dispatch rules, calls and participants."""

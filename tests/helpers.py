@@ -1,0 +1,132 @@
+"""Running a real `sipbridge serve` process for tests, and talking to it like users do."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+API_KEY = "testkey"
+API_SECRET = "testsecret-long-enough-for-hs256-0123456789"
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class ServerProcess:
+    """`python -m sipbridge serve` on loopback with its own database file."""
+
+    def __init__(self, tmp: Path, *extra: str) -> None:
+        self.db = tmp / "sipbridge.db"
+        self.extra = list(extra)
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = tmp / "server.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 20.0) -> None:
+        self.port = free_port()
+        args = [
+            sys.executable,
+            "-m",
+            "sipbridge",
+            "serve",
+            "--http",
+            f"127.0.0.1:{self.port}",
+            "--sip",
+            f"127.0.0.1:{free_port(socket.SOCK_DGRAM)}",
+            "--db",
+            str(self.db),
+            "--keys",
+            f"{API_KEY}:{API_SECRET}",
+            *self.extra,
+        ]
+        env = dict(os.environ)
+        env.pop("LIVEKIT_API_KEY", None)
+        env.pop("LIVEKIT_API_SECRET", None)
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{self.log.read_text()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/healthz", timeout=1) as resp:
+                    if resp.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"server did not become ready:\n{self.log.read_text()}")
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """SIGTERM and wait; the exit code proves a clean shutdown (0)."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+        self.proc = None
+        return code
+
+    def restart(self) -> None:
+        assert self.stop() == 0
+        self.start()
+
+
+def token(
+    video: object = None,
+    sip: object = None,
+    *,
+    key: str = API_KEY,
+    secret: str = API_SECRET,
+    identity: str = "",
+) -> str:
+    """A token made by the official client's AccessToken, with the given grants."""
+    from livekit import api  # noqa: PLC0415
+
+    tok = api.AccessToken(key, secret)
+    if identity:
+        tok.with_identity(identity)
+    if video is not None:
+        tok.with_grants(video)  # type: ignore[arg-type]
+    if sip is not None:
+        tok.with_sip_grants(sip)  # type: ignore[arg-type]
+    return tok.to_jwt()
+
+
+async def twirp(
+    url: str,
+    service: str,
+    method: str,
+    body: bytes | str,
+    *,
+    auth: str | None,
+    content_type: str = "application/protobuf",
+    headers: dict[str, str] | None = None,
+) -> tuple[int, str, bytes]:
+    """A raw Twirp call: (HTTP status, Content-Type, body)."""
+    import aiohttp  # noqa: PLC0415
+
+    all_headers = {"Content-Type": content_type, **(headers or {})}
+    if auth is not None:
+        all_headers["Authorization"] = auth
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{url}/twirp/{service}/{method}", data=body, headers=all_headers) as resp,
+    ):
+        return resp.status, resp.content_type, await resp.read()
