@@ -15,6 +15,7 @@ from sipbridge.config import Settings
 from sipbridge.rooms import RoomRegistry
 from sipbridge.server.room_api import RoomApi
 from sipbridge.server.rooms_runtime import RoomsRuntime, wall_clock
+from sipbridge.server.signal import SignalServer
 from sipbridge.server.sip_api import SipApi
 from sipbridge.server.sip_config import SipConfig
 from sipbridge.server.twirp import PREFIX, TwirpServer
@@ -43,6 +44,7 @@ class Server:
         self.twirp = TwirpServer(dict(settings.keys))
         SipApi(self.sip_config).register(self.twirp)
         RoomApi(self.rooms).register(self.twirp)
+        self.signal = SignalServer(self.rooms, dict(settings.keys))
         self.ready = False
         self._runner: web.AppRunner | None = None
 
@@ -53,6 +55,7 @@ class Server:
         app.router.add_route("*", PREFIX + "{route:.*}", self.twirp.handle)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/", self.healthz)
+        self.signal.routes(app)
         return app
 
     async def healthz(self, _: web.Request) -> web.Response:
@@ -89,6 +92,7 @@ class Server:
 
     async def stop(self) -> None:
         self.ready = False
+        await self.signal.close_all()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

@@ -1,0 +1,374 @@
+"""Realtime signalling over WebSocket (`/rtc/v1`, and `/rtc` for older clients): joining rooms.
+
+This is the signalling half of WIRE.md s4: the join handshake, participant updates, metadata and
+attribute updates from clients, track publication, mute, ping/pong and leave in both directions.
+Media (the WebRTC peer connection) comes with the WebRTC issue; until then a client can join,
+see the room and be managed through RoomService, but no audio flows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import gzip
+import logging
+import zlib
+from dataclasses import dataclass, field
+
+from aiohttp import WSMsgType, web
+from google.protobuf.message import DecodeError
+from livekit.protocol import models, rtc
+
+from sipbridge import __version__
+from sipbridge.errors import ApiError
+from sipbridge.rooms import events as ev
+from sipbridge.server.auth import Claims, bearer_token, verify_token
+from sipbridge.server.rooms_runtime import RoomsRuntime
+
+log = logging.getLogger(__name__)
+
+PING_INTERVAL_S = 5
+PING_TIMEOUT_S = 15
+MAX_JOIN_REQUEST = 256 * 1024
+MAX_SIGNAL_MESSAGE = 1024 * 1024
+DisconnectReason = models.DisconnectReason
+Kind = models.ParticipantInfo.Kind
+
+_KINDS = {
+    "": Kind.STANDARD,
+    "standard": Kind.STANDARD,
+    "ingress": Kind.INGRESS,
+    "egress": Kind.EGRESS,
+    "sip": Kind.SIP,
+    "agent": Kind.AGENT,
+}
+
+
+def decode_join_request(value: str) -> rtc.JoinRequest:
+    """The `join_request` query parameter: base64url(WrappedJoinRequest), maybe gzipped."""
+    if len(value) > MAX_JOIN_REQUEST:
+        raise ApiError("malformed", "join_request too large")
+    try:
+        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+        wrapped = rtc.WrappedJoinRequest.FromString(raw)
+        payload = wrapped.join_request
+        if wrapped.compression == rtc.WrappedJoinRequest.Compression.GZIP:
+            # Bounded inflate: a small gzip bomb must not become gigabytes.
+            inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            payload = inflater.decompress(payload, MAX_JOIN_REQUEST)
+            if inflater.unconsumed_tail:
+                raise ApiError("malformed", "join_request too large once decompressed")
+        return rtc.JoinRequest.FromString(payload)
+    except (binascii.Error, ValueError, DecodeError, zlib.error, gzip.BadGzipFile):
+        raise ApiError("malformed", "join_request could not be decoded") from None
+
+
+def permission_from(claims: Claims) -> models.ParticipantPermission:
+    video = claims.video
+
+    def grant(name: str) -> bool:
+        value = video.get(name)
+        return True if value is None else value is True  # LiveKit: publish/subscribe default on
+
+    return models.ParticipantPermission(
+        can_subscribe=grant("canSubscribe"),
+        can_publish=grant("canPublish"),
+        can_publish_data=grant("canPublishData"),
+        hidden=video.get("hidden") is True,
+        recorder=video.get("recorder") is True,
+        can_update_metadata=video.get("canUpdateOwnMetadata") is True,
+        agent=video.get("agent") is True or claims.kind == "agent",
+    )
+
+
+@dataclass(eq=False, kw_only=True)
+class Session:
+    room: str
+    identity: str
+    ws: web.WebSocketResponse
+    outbox: asyncio.Queue[rtc.SignalResponse | None] = field(default_factory=asyncio.Queue)
+
+    def send(self, message: rtc.SignalResponse) -> None:
+        self.outbox.put_nowait(message)
+
+    def close(self) -> None:
+        self.outbox.put_nowait(None)
+
+
+class SignalServer:
+    """Accepts WebSocket joins and keeps each session told about its room."""
+
+    def __init__(self, runtime: RoomsRuntime, keys: dict[str, str]) -> None:
+        self.runtime = runtime
+        self.rooms = runtime.registry
+        self.keys = keys
+        self.sessions: dict[tuple[str, str], Session] = {}
+        runtime.listeners.append(self.on_room_event)
+
+    def routes(self, app: web.Application) -> None:
+        for path in ("/rtc/v1", "/rtc"):
+            app.router.add_get(path, self.handle)
+            app.router.add_get(path + "/validate", self.validate)
+
+    # -- handshake -------------------------------------------------------------------------
+
+    def _authorize(self, request: web.Request) -> tuple[Claims, rtc.JoinRequest]:
+        header = request.headers.get("Authorization")
+        token = bearer_token(header) if header else request.query.get("access_token", "")
+        claims = verify_token(token, self.keys)
+        join = rtc.JoinRequest()
+        if "join_request" in request.query:
+            join = decode_join_request(request.query["join_request"])
+        if not claims.video_grant("roomJoin") or not claims.room:
+            raise ApiError("permission_denied", "token lacks the roomJoin grant for a room")
+        if not claims.identity:
+            raise ApiError("unauthenticated", "token has no identity")
+        return claims, join
+
+    async def validate(self, request: web.Request) -> web.Response:
+        try:
+            self._authorize(request)
+        except ApiError as err:
+            return web.Response(status=err.http_status, text=err.message)
+        return web.Response(text="success")
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        try:
+            claims, join = self._authorize(request)
+        except ApiError as err:
+            return web.Response(status=err.http_status, text=err.message)
+        ws = web.WebSocketResponse(heartbeat=None, max_msg_size=MAX_SIGNAL_MESSAGE)
+        await ws.prepare(request)
+        session = Session(room=claims.room, identity=claims.identity, ws=ws)
+        writer = asyncio.create_task(self._write(session), name=f"signal {claims.identity}")
+        try:
+            self._join(session, claims, join)
+            await self._read(session)
+        except ApiError as err:
+            session.send(_leave_message(_reason(err)))
+        finally:
+            self._leave(session, DisconnectReason.CLIENT_INITIATED)
+            session.close()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+            await ws.close()
+        return ws
+
+    def _join(self, session: Session, claims: Claims, join: rtc.JoinRequest) -> None:
+        now = self.runtime.now()
+        room, _ = self.rooms.create(session.room, now)
+        attributes = dict(claims.attributes)
+        attributes.update(join.participant_attributes)
+        key = (session.room, session.identity)
+        # A second connection with the same identity replaces the first: unregister the old
+        # session first so the model's DUPLICATE_IDENTITY leave reaches only the old client.
+        old = self.sessions.pop(key, None)
+        participant = self.rooms.join(
+            session.room,
+            session.identity,
+            now,
+            name=claims.name,
+            kind=_KINDS.get(claims.kind, Kind.STANDARD),
+            metadata=claims.metadata or join.metadata,
+            attributes=attributes,
+            permission=permission_from(claims),
+        )
+        self.runtime.commit()
+        if old is not None:
+            old.send(_leave_message(DisconnectReason.DUPLICATE_IDENTITY))
+        self.sessions[key] = session
+        others = [
+            p.to_proto()
+            for p in room.participants.values()
+            if p.identity != session.identity and not p.permission.hidden
+        ]
+        session.send(
+            rtc.SignalResponse(
+                join=rtc.JoinResponse(
+                    room=room.to_proto(),
+                    participant=participant.to_proto(),
+                    other_participants=others,
+                    server_version=__version__,
+                    ping_interval=PING_INTERVAL_S,
+                    ping_timeout=PING_TIMEOUT_S,
+                    server_info=models.ServerInfo(
+                        edition=models.ServerInfo.Edition.Standard,
+                        version=__version__,
+                        protocol=16,
+                    ),
+                )
+            )
+        )
+
+    def _leave(self, session: Session, reason: int) -> None:
+        if self.sessions.get((session.room, session.identity)) is not session:
+            return
+        del self.sessions[(session.room, session.identity)]
+        room = self.rooms.find(session.room)
+        if room is not None and session.identity in room.participants:
+            self.rooms.remove(session.room, session.identity, self.runtime.now(), reason)
+            self.runtime.commit()
+
+    # -- messages from the client ----------------------------------------------------------
+
+    async def _read(self, session: Session) -> None:
+        async for msg in session.ws:
+            if msg.type != WSMsgType.BINARY:
+                if msg.type == WSMsgType.TEXT:
+                    continue  # JSON signalling is not spoken by the official SDKs
+                break
+            try:
+                request = rtc.SignalRequest.FromString(msg.data)
+            except DecodeError:
+                log.info("signal %s: undecodable message", session.identity)
+                continue
+            try:
+                if not self._on_request(session, request):
+                    break
+            except ApiError as err:  # e.g. removed from the room while this was in flight
+                log.info("signal %s: %s", session.identity, err.message)
+                break
+
+    def _on_request(self, session: Session, req: rtc.SignalRequest) -> bool:
+        """Handle one request; False ends the session."""
+        kind = req.WhichOneof("message")
+        if kind == "ping_req":
+            session.send(
+                rtc.SignalResponse(
+                    pong_resp=rtc.Pong(
+                        last_ping_timestamp=req.ping_req.timestamp,
+                        timestamp=int(self.runtime.now() * 1000),
+                    )
+                )
+            )
+        elif kind == "ping":
+            session.send(rtc.SignalResponse(pong=int(self.runtime.now() * 1000)))
+        elif kind == "leave":
+            self._leave(session, DisconnectReason.CLIENT_INITIATED)
+            return False
+        elif kind == "update_metadata":
+            self._update_metadata(session, req.update_metadata)
+        elif kind == "add_track":
+            self._add_track(session, req.add_track)
+        elif kind == "mute":
+            with contextlib.suppress(ApiError):
+                self.rooms.mute_track(session.room, session.identity, req.mute.sid, req.mute.muted)
+            self.runtime.commit()
+        return True
+
+    def _update_metadata(self, session: Session, req: rtc.UpdateParticipantMetadata) -> None:
+        participant = self.rooms.participant(session.room, session.identity)
+        reply = rtc.RequestResponse(request_id=req.request_id, update_metadata=req)
+        if not participant.permission.can_update_metadata:
+            reply.reason = rtc.RequestResponse.Reason.NOT_ALLOWED
+            reply.message = "does not have permission to update own metadata"
+        else:
+            try:
+                self.rooms.update_participant(
+                    session.room,
+                    session.identity,
+                    name=req.name,
+                    metadata=req.metadata,
+                    attributes=req.attributes,
+                )
+                reply.reason = rtc.RequestResponse.Reason.OK
+            except ApiError as err:
+                reply.reason = rtc.RequestResponse.Reason.LIMIT_EXCEEDED
+                reply.message = err.message
+        session.send(rtc.SignalResponse(request_response=reply))
+        self.runtime.commit()
+
+    def _add_track(self, session: Session, req: rtc.AddTrackRequest) -> None:
+        participant = self.rooms.participant(session.room, session.identity)
+        if not participant.permission.can_publish:
+            reply = rtc.RequestResponse(
+                reason=rtc.RequestResponse.Reason.NOT_ALLOWED,
+                message="does not have permission to publish",
+                add_track=req,
+            )
+            session.send(rtc.SignalResponse(request_response=reply))
+            return
+        track = models.TrackInfo(
+            type=req.type,
+            name=req.name,
+            muted=req.muted,
+            source=req.source,
+            stereo=req.stereo,
+            disable_dtx=req.disable_dtx,
+            width=req.width,
+            height=req.height,
+            stream=req.stream,
+            mime_type="audio/opus" if req.type == models.TrackType.AUDIO else "",
+        )
+        self.rooms.publish_track(session.room, session.identity, track)
+        session.send(
+            rtc.SignalResponse(track_published=rtc.TrackPublishedResponse(cid=req.cid, track=track))
+        )
+        self.runtime.commit()
+
+    # -- messages to the client ------------------------------------------------------------
+
+    async def _write(self, session: Session) -> None:
+        while (message := await session.outbox.get()) is not None:
+            if session.ws.closed:
+                break
+            try:
+                await session.ws.send_bytes(message.SerializeToString())
+            except (ConnectionError, RuntimeError):
+                break
+            if message.WhichOneof("message") == "leave":
+                await session.ws.close()
+                break
+
+    def on_room_event(self, event: ev.RoomEvent) -> None:
+        match event:
+            case ev.ParticipantLeft(room=room, participant=p):
+                session = self.sessions.get((room.name, p.identity))
+                if session is not None and p.disconnect_reason not in (
+                    DisconnectReason.CLIENT_INITIATED,
+                ):
+                    del self.sessions[(room.name, p.identity)]
+                    session.send(_leave_message(p.disconnect_reason))
+                self._broadcast(room.name, p, exclude=p.identity)
+            case (
+                ev.ParticipantJoined(room=room, participant=p)
+                | ev.ParticipantUpdated(room=room, participant=p)
+                | ev.TrackPublished(room=room, participant=p)
+                | ev.TrackUnpublished(room=room, participant=p)
+                | ev.TrackMuted(room=room, participant=p)
+            ):
+                self._broadcast(room.name, p)
+            case ev.RoomMetadataChanged(room=room):
+                for session in self._in_room(room.name):
+                    session.send(rtc.SignalResponse(room_update=rtc.RoomUpdate(room=room)))
+            case _:
+                pass
+
+    def _in_room(self, room: str) -> list[Session]:
+        return [s for (r, _), s in self.sessions.items() if r == room]
+
+    def _broadcast(self, room: str, participant: models.ParticipantInfo, exclude: str = "") -> None:
+        if participant.permission.hidden:
+            return
+        update = rtc.SignalResponse(update=rtc.ParticipantUpdate(participants=[participant]))
+        for session in self._in_room(room):
+            if session.identity != exclude:
+                session.send(update)
+
+    async def close_all(self) -> None:
+        for session in list(self.sessions.values()):
+            session.send(_leave_message(DisconnectReason.SERVER_SHUTDOWN))
+
+
+def _leave_message(reason: int) -> rtc.SignalResponse:
+    return rtc.SignalResponse(
+        leave=rtc.LeaveRequest(reason=reason, action=rtc.LeaveRequest.Action.DISCONNECT)  # type: ignore[arg-type]
+    )
+
+
+def _reason(err: ApiError) -> int:
+    if err.code == "resource_exhausted":
+        return int(DisconnectReason.JOIN_FAILURE)
+    return int(DisconnectReason.UNKNOWN_REASON)
