@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
+from google.protobuf.message import Message
 from livekit.protocol import sip as proto
 
 from sipbridge.errors import ApiError, invalid_argument
 from sipbridge.server.auth import Claims
 from sipbridge.server.sip_config import SipConfig
-from sipbridge.server.twirp import TwirpServer
+from sipbridge.server.twirp import Encoded, TwirpServer, repeated_field
 from sipbridge.telephony.rules import apply_rule_update, rule_from_create
 from sipbridge.telephony.trunks import (
     apply_inbound_update,
@@ -19,6 +20,7 @@ from sipbridge.telephony.trunks import (
     outbound_as_legacy,
     outbound_matches_filter,
     paginate,
+    paginate_ids,
 )
 
 SERVICE = "livekit.SIP"
@@ -141,16 +143,14 @@ class SipApi:
     ) -> proto.GetSIPInboundTrunkResponse:
         return proto.GetSIPInboundTrunkResponse(trunk=self.config.get_inbound(req.sip_trunk_id))
 
-    async def list_inbound(
-        self, req: proto.ListSIPInboundTrunkRequest, _: Claims
-    ) -> proto.ListSIPInboundTrunkResponse:
+    async def list_inbound(self, req: proto.ListSIPInboundTrunkRequest, _: Claims) -> Encoded:
         wanted = set(req.trunk_ids)
-        items = (
-            t
+        ids = (
+            t.sip_trunk_id
             for t in self.config.inbound.values()
             if (not wanted or t.sip_trunk_id in wanted) and inbound_matches_filter(t, req.numbers)
         )
-        return proto.ListSIPInboundTrunkResponse(items=paginate(items, req.page, "sip_trunk_id"))
+        return self._encoded(proto.ListSIPInboundTrunkResponse, paginate_ids(ids, req.page))
 
     # -- outbound trunks -------------------------------------------------------------------
 
@@ -186,16 +186,14 @@ class SipApi:
     ) -> proto.GetSIPOutboundTrunkResponse:
         return proto.GetSIPOutboundTrunkResponse(trunk=self.config.get_outbound(req.sip_trunk_id))
 
-    async def list_outbound(
-        self, req: proto.ListSIPOutboundTrunkRequest, _: Claims
-    ) -> proto.ListSIPOutboundTrunkResponse:
+    async def list_outbound(self, req: proto.ListSIPOutboundTrunkRequest, _: Claims) -> Encoded:
         wanted = set(req.trunk_ids)
-        items = (
-            t
+        ids = (
+            t.sip_trunk_id
             for t in self.config.outbound.values()
             if (not wanted or t.sip_trunk_id in wanted) and outbound_matches_filter(t, req.numbers)
         )
-        return proto.ListSIPOutboundTrunkResponse(items=paginate(items, req.page, "sip_trunk_id"))
+        return self._encoded(proto.ListSIPOutboundTrunkResponse, paginate_ids(ids, req.page))
 
     # -- both kinds, legacy ----------------------------------------------------------------
 
@@ -251,20 +249,21 @@ class SipApi:
             )
         raise invalid_argument("one of replace or update must be set")
 
-    async def list_rules(
-        self, req: proto.ListSIPDispatchRuleRequest, _: Claims
-    ) -> proto.ListSIPDispatchRuleResponse:
+    async def list_rules(self, req: proto.ListSIPDispatchRuleRequest, _: Claims) -> Encoded:
         wanted = set(req.dispatch_rule_ids)
         trunks = set(req.trunk_ids)
-        items = (
-            r
+        ids = (
+            r.sip_dispatch_rule_id
             for r in self.config.rules.values()
             if (not wanted or r.sip_dispatch_rule_id in wanted)
             and (not trunks or not r.trunk_ids or trunks.intersection(r.trunk_ids))
         )
-        return proto.ListSIPDispatchRuleResponse(
-            items=paginate(items, req.page, "sip_dispatch_rule_id")
-        )
+        return self._encoded(proto.ListSIPDispatchRuleResponse, paginate_ids(ids, req.page))
+
+    def _encoded(self, response_type: type[Message], ids: list[str]) -> Encoded:
+        """A list reply (`items` is field 1 in each) from the stored encodings."""
+        encoded = self.config.encoded
+        return Encoded(response_type, repeated_field(1, (encoded[i] for i in ids)))
 
     async def delete_rule(
         self, req: proto.DeleteSIPDispatchRuleRequest, _: Claims

@@ -43,6 +43,9 @@ class SipConfig:
         self.inbound: dict[str, proto.SIPInboundTrunkInfo] = {}
         self.outbound: dict[str, proto.SIPOutboundTrunkInfo] = {}
         self.rules: dict[str, proto.SIPDispatchRuleInfo] = {}
+        # Each trunk's and rule's protobuf encoding, made once per write: list replies are
+        # assembled from these bytes instead of copying and re-encoding every message.
+        self.encoded: dict[str, bytes] = {}
         self._lock = asyncio.Lock()
 
     async def load(self) -> None:
@@ -51,7 +54,9 @@ class SipConfig:
         self.rules = await self._load(RULE, proto.SIPDispatchRuleInfo)
 
     async def _load(self, kind: str, message_type: type[M]) -> dict[str, M]:
-        return {r.id: message_type.FromString(r.data) for r in await self.store.load(kind)}
+        records = await self.store.load(kind)
+        self.encoded.update((r.id, r.data) for r in records)
+        return {r.id: message_type.FromString(r.data) for r in records}
 
     async def _write(self, fn: Callable[[], Coroutine[Any, Any, R]]) -> R:
         """Run a read-validate-write under the lock, shielded from the caller's cancellation."""
@@ -101,8 +106,10 @@ class SipConfig:
             if old is None:
                 info.sip_trunk_id = ids.new_id(ids.TRUNK)
             self._stamp(info, created)
-            await self.store.put(Record(kind=INBOUND, id=info.sip_trunk_id, data=_bytes(info)))
+            data = _bytes(info)
+            await self.store.put(Record(kind=INBOUND, id=info.sip_trunk_id, data=data))
             self.inbound[info.sip_trunk_id] = info
+            self.encoded[info.sip_trunk_id] = data
             return info
 
         return await self._write(write)
@@ -133,8 +140,10 @@ class SipConfig:
             if old is None:
                 info.sip_trunk_id = ids.new_id(ids.TRUNK)
             self._stamp(info, created)
-            await self.store.put(Record(kind=OUTBOUND, id=info.sip_trunk_id, data=_bytes(info)))
+            data = _bytes(info)
+            await self.store.put(Record(kind=OUTBOUND, id=info.sip_trunk_id, data=data))
             self.outbound[info.sip_trunk_id] = info
+            self.encoded[info.sip_trunk_id] = data
             return info
 
         return await self._write(write)
@@ -151,9 +160,11 @@ class SipConfig:
         async def write() -> proto.SIPInboundTrunkInfo | proto.SIPOutboundTrunkInfo:
             if trunk_id in self.inbound:
                 await self.store.delete(INBOUND, trunk_id)
+                self.encoded.pop(trunk_id, None)
                 return self.inbound.pop(trunk_id)
             if trunk_id in self.outbound:
                 await self.store.delete(OUTBOUND, trunk_id)
+                self.encoded.pop(trunk_id, None)
                 return self.outbound.pop(trunk_id)
             raise not_found(f"SIP trunk {trunk_id!r} not found")
 
@@ -182,8 +193,10 @@ class SipConfig:
             if old is None:
                 info.sip_dispatch_rule_id = ids.new_id(ids.DISPATCH_RULE)
             self._stamp(info, created)
-            await self.store.put(Record(kind=RULE, id=info.sip_dispatch_rule_id, data=_bytes(info)))
+            data = _bytes(info)
+            await self.store.put(Record(kind=RULE, id=info.sip_dispatch_rule_id, data=data))
             self.rules[info.sip_dispatch_rule_id] = info
+            self.encoded[info.sip_dispatch_rule_id] = data
             return info
 
         return await self._write(write)
@@ -199,6 +212,7 @@ class SipConfig:
             rule = self.get_rule(rule_id)
             await self.store.delete(RULE, rule_id)
             del self.rules[rule_id]
+            self.encoded.pop(rule_id, None)
             return rule
 
         return await self._write(write)

@@ -12,7 +12,7 @@ import asyncio
 import json
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +29,35 @@ PREFIX = "/twirp/"
 MAX_BODY_BYTES = 1024 * 1024
 MAX_TIMEOUT_MS = 24 * 3600 * 1000
 
-Handler = Callable[[Any, Claims], Awaitable[Message]]
+
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """A reply already serialised as protobuf, for hot list methods that assemble it from
+    per-item bytes kept since the item was written (no message copies per request)."""
+
+    message_type: type[Message]
+    payload: bytes
+
+    def decode(self) -> Message:
+        return self.message_type.FromString(self.payload)
+
+
+def repeated_field(field_number: int, items: Iterable[bytes]) -> bytes:
+    """The protobuf wire encoding of a repeated message field from each item's encoding."""
+    tag = _varint(field_number << 3 | 2)
+    return b"".join(tag + _varint(len(item)) + item for item in items)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+Handler = Callable[[Any, Claims], Awaitable[Message | Encoded]]
 Authorize = Callable[[Any, Claims], None]
 
 
@@ -127,7 +155,11 @@ def decode(request_type: type[Message], body: bytes, content_type: str) -> Messa
     return message
 
 
-def encode(reply: Message, content_type: str) -> web.Response:
+def encode(reply: Message | Encoded, content_type: str) -> web.Response:
+    if isinstance(reply, Encoded):
+        if content_type != "application/json":
+            return web.Response(body=reply.payload, content_type="application/protobuf")
+        reply = reply.decode()
     if content_type == "application/json":
         text = json_format.MessageToJson(
             reply, preserving_proto_field_name=True, always_print_fields_with_no_presence=True

@@ -268,14 +268,17 @@ def outbound_matches_filter(t: proto.SIPOutboundTrunkInfo, numbers: Sequence[str
 
 def paginate(items: Iterable[T], page: Pagination, id_of: str) -> list[T]:
     """Items in ascending id order, those after `page.after_id`, at most `page.limit` of them."""
-    ordered = sorted(items, key=lambda item: str(getattr(item, id_of)))
-    if page.after_id:
-        ordered = [item for item in ordered if str(getattr(item, id_of)) > page.after_id]
+    by_id = {str(getattr(item, id_of)): item for item in items}
+    return [by_id[i] for i in paginate_ids(by_id, page)]
+
+
+def paginate_ids(ids: Iterable[str], page: Pagination) -> list[str]:
+    """`Pagination{after_id, limit}` over ids: ascending, greater than `after_id`, `limit` of
+    them (0 = all)."""
     if page.limit < 0:
         raise invalid_argument("page.limit: must not be negative")
-    if page.limit:
-        ordered = ordered[: page.limit]
-    return ordered
+    ordered = sorted(i for i in ids if i > page.after_id) if page.after_id else sorted(ids)
+    return ordered[: page.limit] if page.limit else ordered
 
 
 def inbound_as_legacy(t: proto.SIPInboundTrunkInfo) -> proto.SIPTrunkInfo:
