@@ -2,7 +2,7 @@
 ListParticipants, measured through the official `livekit-api` client against a real
 `sipbridge serve` process on loopback.
 
-    .venv/bin/python bench/api.py [--trunks 1000] [--participants 20] [--seconds 5] [--concurrency 8]
+    .venv/bin/python bench/api.py [--trunks 1000] [--participants 20] [--seconds 5]
 
 Prints a table and one JSON line. Every loop is bounded by count and time.
 """
@@ -22,11 +22,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from livekit import api  # noqa: E402
-from livekit.protocol import room, sip  # noqa: E402
-
-from tests.helpers import API_KEY, API_SECRET, ServerProcess  # noqa: E402
-from tests.signal_client import SignalClient  # noqa: E402
+from livekit import api
+from livekit.protocol import room, sip
+from tests.helpers import API_KEY, API_SECRET, ServerProcess
+from tests.signal_client import SignalClient
 
 MAX_REQUESTS = 200_000
 
@@ -69,9 +68,7 @@ async def run(args: argparse.Namespace, server: ServerProcess) -> dict[str, obje
         listed = await lk.sip.list_inbound_trunk(sip.ListSIPInboundTrunkRequest())
         assert len(listed.items) == args.trunks
 
-        clients = [
-            SignalClient(server.url, "bench", f"p{i}") for i in range(args.participants)
-        ]
+        clients = [SignalClient(server.url, "bench", f"p{i}") for i in range(args.participants)]
         for client in clients:
             await client.connect()
         people = await lk.room.list_participants(room.ListParticipantsRequest(room="bench"))
