@@ -289,3 +289,16 @@ def _secret() -> str:
     from tests.helpers import API_SECRET  # noqa: PLC0415
 
     return API_SECRET
+
+
+async def test_metrics_count_requests_and_errors(lk: api.LiveKitAPI, server: ServerProcess) -> None:
+    import aiohttp  # noqa: PLC0415
+
+    await lk.room.create_room(room.CreateRoomRequest(name="counted"))
+    await expect_error("not_found", lk.room.delete_room(room.DeleteRoomRequest(room="missing")))
+    async with aiohttp.ClientSession() as session, session.get(f"{server.url}/metrics") as resp:
+        text = await resp.text()
+    lines = dict(line.rsplit(" ", 1) for line in text.splitlines())
+    assert int(lines["sipbridge_api_requests_total"]) >= 2
+    assert lines['sipbridge_api_errors_total{code="not_found"}'] == "1"
+    assert lines["sipbridge_rooms"] == "1"

@@ -13,6 +13,7 @@ from aiohttp import web
 from sipbridge import __version__
 from sipbridge.config import Settings
 from sipbridge.rooms import RoomRegistry
+from sipbridge.server import metrics
 from sipbridge.server.room_api import RoomApi
 from sipbridge.server.rooms_runtime import RoomsRuntime, wall_clock
 from sipbridge.server.signal import SignalServer
@@ -56,12 +57,34 @@ class Server:
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/", self.healthz)
         self.signal.routes(app)
+        app.router.add_get("/metrics", metrics.handler(self.samples))
         return app
 
     async def healthz(self, _: web.Request) -> web.Response:
         if not self.ready:
             return web.Response(status=503, text="starting or stopping\n")
         return web.Response(text="ok\n")
+
+    def samples(self) -> list[metrics.Sample]:
+        rooms = self.rooms.registry.rooms()
+        out: list[metrics.Sample] = [
+            ("sipbridge_api_requests_total", {}, self.twirp.requests),
+            ("sipbridge_rooms", {}, len(rooms)),
+            ("sipbridge_participants", {}, sum(len(r.participants) for r in rooms)),
+            ("sipbridge_signal_sessions", {}, len(self.signal.sessions)),
+            ("sipbridge_inbound_trunks", {}, len(self.sip_config.inbound)),
+            ("sipbridge_outbound_trunks", {}, len(self.sip_config.outbound)),
+            ("sipbridge_dispatch_rules", {}, len(self.sip_config.rules)),
+        ]
+        out += [
+            ("sipbridge_api_errors_total", {"code": code}, n)
+            for code, n in sorted(self.twirp.errors.items())
+        ]
+        out += [
+            ("sipbridge_webhooks_total", {"outcome": outcome}, n)
+            for outcome, n in sorted(self.webhooks.stats.items())
+        ]
+        return out
 
     async def start(self) -> None:
         await self.store.open()
