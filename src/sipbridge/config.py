@@ -132,15 +132,22 @@ def build_settings(
     if "log_level" in doc:
         s = replace(s, log_level=str(doc["log_level"]).lower())
     file_keys: dict[str, str] = {}
-    raw_keys = doc.get("keys", {})
+    raw_keys = doc.get("keys") or {}
     if isinstance(raw_keys, dict):
-        file_keys = {str(k): str(v) for k, v in raw_keys.items()}
+        for k, v in raw_keys.items():
+            if not k or v is None or not str(v):
+                raise ConfigError(f"keys: {k!r} needs a secret")
+            file_keys[str(k)] = str(v)
     elif isinstance(raw_keys, list):
         file_keys = dict(parse_key(str(item), "keys") for item in raw_keys)
     else:
         raise ConfigError("keys: expected a mapping KEY: SECRET or a list of KEY:SECRET")
-    raw_hooks = doc.get("webhooks", doc.get("webhook", []))
-    file_hooks = [raw_hooks] if isinstance(raw_hooks, str) else [str(u) for u in raw_hooks]
+    raw_hooks = doc.get("webhooks", doc.get("webhook")) or []
+    if isinstance(raw_hooks, str):
+        raw_hooks = [raw_hooks]
+    if not isinstance(raw_hooks, list):
+        raise ConfigError("webhooks: expected a URL or a list of URLs")
+    file_hooks = [str(u) for u in raw_hooks]
 
     if http:
         s = replace(s, http=parse_hostport(http, "--http"))

@@ -225,6 +225,10 @@ class RoomRegistry:
         room = self.get(room_name)
         if not identity or len(identity) > MAX_IDENTITY:
             raise invalid_argument(f"identity: must be 1-{MAX_IDENTITY} characters")
+        if len(name) > MAX_IDENTITY:
+            raise invalid_argument(f"name: too long (max {MAX_IDENTITY} characters)")
+        if len(metadata) > MAX_METADATA:
+            raise invalid_argument(f"metadata: too long (max {MAX_METADATA} bytes)")
         attrs = dict(attributes or {})
         validate_attributes(attrs)
         if identity in room.participants:
@@ -263,7 +267,7 @@ class RoomRegistry:
         for track in list(participant.tracks.values()):
             self._events.append(
                 ev.TrackUnpublished(
-                    room=room.to_proto(), participant=participant.to_proto(), track=track
+                    room=room.to_proto(), participant=participant.to_proto(), track=_copy(track)
                 )
             )
         participant.state = State.DISCONNECTED
@@ -310,7 +314,7 @@ class RoomRegistry:
         if permission is not None:
             participant.permission = permission
             if not permission.can_subscribe:
-                participant.subscriptions.clear()
+                self._unsubscribe_all(room, participant)
         participant.version += 1
         self._events.append(
             ev.ParticipantUpdated(room=room.to_proto(), participant=participant.to_proto())
@@ -328,7 +332,9 @@ class RoomRegistry:
         participant.tracks[track.sid] = track
         participant.version += 1
         self._events.append(
-            ev.TrackPublished(room=room.to_proto(), participant=participant.to_proto(), track=track)
+            ev.TrackPublished(
+                room=room.to_proto(), participant=participant.to_proto(), track=_copy(track)
+            )
         )
         return track.sid
 
@@ -344,7 +350,9 @@ class RoomRegistry:
             track.muted = muted
             participant.version += 1
             self._events.append(
-                ev.TrackMuted(room=room.to_proto(), participant=participant.to_proto(), track=track)
+                ev.TrackMuted(
+                    room=room.to_proto(), participant=participant.to_proto(), track=_copy(track)
+                )
             )
         return track
 
@@ -361,10 +369,13 @@ class RoomRegistry:
         subscriber = self.participant(room_name, identity)
         if subscribe and not subscriber.permission.can_subscribe:
             raise ApiError("permission_denied", f"participant {identity!r} cannot subscribe")
-        for sid in track_sids:
+        owners: list[tuple[str, Participant]] = []
+        for sid in track_sids:  # all or nothing: check every track before changing any
             owner = self.track_owner(room, sid)
             if owner is None:
                 raise not_found(f"track {sid!r} not found in room {room_name!r}")
+            owners.append((sid, owner))
+        for sid, owner in owners:
             if owner.identity == identity:
                 continue
             if subscribe == (sid in subscriber.subscriptions):
@@ -383,6 +394,20 @@ class RoomRegistry:
                 )
             )
 
+    def _unsubscribe_all(self, room: Room, subscriber: Participant) -> None:
+        for sid in sorted(subscriber.subscriptions):
+            owner = self.track_owner(room, sid)
+            self._events.append(
+                ev.SubscriptionChanged(
+                    room_name=room.name,
+                    subscriber_identity=subscriber.identity,
+                    publisher_identity=owner.identity if owner else "",
+                    track_sid=sid,
+                    subscribed=False,
+                )
+            )
+        subscriber.subscriptions.clear()
+
     def send_data(
         self,
         room_name: str,
@@ -398,12 +423,18 @@ class RoomRegistry:
         )
 
 
+def _copy(track: models.TrackInfo) -> models.TrackInfo:
+    snapshot = models.TrackInfo()
+    snapshot.CopyFrom(track)
+    return snapshot
+
+
 def validate_room_name(name: str) -> None:
     if not name:
         raise invalid_argument("room name must be set")
     if len(name) > MAX_ROOM_NAME:
         raise invalid_argument(f"room name too long (max {MAX_ROOM_NAME} characters)")
-    if any(ord(c) < 0x20 or c in "/\\?#%" for c in name):
+    if any(ord(c) < 0x20 or ord(c) == 0x7F or c in "/\\?#%" for c in name):
         raise invalid_argument(f"room name {name!r} contains invalid characters")
 
 

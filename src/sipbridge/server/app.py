@@ -51,7 +51,7 @@ class Server:
 
     def build_app(self) -> web.Application:
         app = web.Application(
-            client_max_size=2 * 1024 * 1024, handler_args={"max_field_size": 16384}
+            client_max_size=2 * 1024 * 1024, handler_args={"max_field_size": 65536}
         )
         app.router.add_route("*", PREFIX + "{route:.*}", self.twirp.handle)
         app.router.add_get("/healthz", self.healthz)

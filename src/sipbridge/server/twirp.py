@@ -115,6 +115,7 @@ class TwirpServer:
         try:
             async with asyncio.timeout(timeout):
                 reply = await method.handler(message, claims)
+            return encode(reply, content_type)
         except TimeoutError:
             raise ApiError("deadline_exceeded", "request timed out") from None
         except ApiError:
@@ -122,7 +123,6 @@ class TwirpServer:
         except Exception:
             log.exception("twirp %s failed", route)
             raise ApiError("internal", "internal server error") from None
-        return encode(reply, content_type)
 
 
 async def read_body(request: web.Request) -> bytes:
@@ -143,6 +143,8 @@ def decode(request_type: type[Message], body: bytes, content_type: str) -> Messa
     message = request_type()
     try:
         if content_type == "application/json":
+            if body.strip() and not body.lstrip().startswith(b"{"):
+                raise json_format.ParseError("the JSON body must be an object")
             json_format.Parse(
                 body.decode("utf-8") if body else "{}", message, ignore_unknown_fields=True
             )

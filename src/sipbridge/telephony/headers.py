@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 from sipbridge.errors import invalid_argument
 
-TOKEN = re.compile(r"^[A-Za-z0-9\-.!%*_+`'~]+$")
+TOKEN = re.compile(r"^[A-Za-z0-9\-.!%*_+`'~]+\Z")
 MAX_HEADER_NAME = 255
 MAX_HEADER_VALUE = 1024
 

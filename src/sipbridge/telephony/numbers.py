@@ -6,7 +6,7 @@ import re
 from collections.abc import Iterable
 
 # A number made only of digits and the usual formatting: "+1 (510) 555-0100", "1.510.555.0100".
-_NUMBER = re.compile(r"^\+?[\d\-. ()]+$")
+_NUMBER = re.compile(r"^\+?[\d\-. ()]+\Z")
 _FORMATTING = str.maketrans("", "", " -.()")
 
 

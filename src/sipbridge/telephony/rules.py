@@ -24,7 +24,7 @@ from sipbridge.telephony.updates import apply_list_update, apply_map_diff, valid
 MAX_PIN_DIGITS = 16
 MAX_ATTRIBUTES = 256
 # Room names end up in URLs, logs and SIP headers: printable, no separators that need escaping.
-_ROOM_NAME = re.compile(r"^[^\x00-\x1f\x7f/\\?#%]*$")
+_ROOM_NAME = re.compile(r"^[^\x00-\x1f\x7f/\\?#%]*\Z")
 
 
 class RuleKey(NamedTuple):

@@ -34,10 +34,10 @@ MAX_RINGING_TIMEOUT_S = 3600
 
 # A host or IP, never a SIP URI: "sip.example.com", "192.0.2.10", "[2001:db8::1]", optional ":port".
 _HOSTPORT = re.compile(
-    r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9\-.]*[A-Za-z0-9])?)(:\d{1,5})?$"
+    r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9\-.]*[A-Za-z0-9])?)(:\d{1,5})?\Z"
 )
-_HOSTNAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9\-.]*[A-Za-z0-9])?$")
-_CODEC_NAME = re.compile(r"^[A-Za-z0-9\-_.]+$")
+_HOSTNAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9\-.]*[A-Za-z0-9])?\Z")
+_CODEC_NAME = re.compile(r"^[A-Za-z0-9\-_.]+\Z")
 
 Trunk = proto.SIPInboundTrunkInfo | proto.SIPOutboundTrunkInfo
 T = TypeVar("T", bound=Message)
@@ -99,6 +99,8 @@ def validate_hostport(value: str, field: str, *, required: bool) -> None:
 def validate_duration(d: Duration, field: str, max_seconds: int) -> None:
     if d.seconds < 0 or d.nanos < 0:
         raise invalid_argument(f"{field}: must not be negative")
+    if d.nanos > 999_999_999:
+        raise invalid_argument(f"{field}: nanos must be below one second")
     if d.seconds > max_seconds:
         raise invalid_argument(f"{field}: must not exceed {max_seconds} s")
 
