@@ -1,0 +1,236 @@
+"""Webhooks from a real `sipbridge serve` process, received and verified the way LiveKit users do:
+with the official `livekit.api.WebhookReceiver` (WIRE.md s3)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jwt
+from aiohttp import web
+from livekit import api
+from livekit.protocol import room as room_proto
+from livekit.protocol.webhook import WebhookEvent
+
+from tests.helpers import API_KEY, API_SECRET, ServerProcess, free_port
+
+EVENT_TIMEOUT_S = 10.0
+
+
+@dataclass
+class Delivery:
+    """One POST the receiver got, verified or not."""
+
+    at: float
+    event: WebhookEvent | None
+    body: str
+    authorization: str
+    content_type: str
+    error: str = ""
+
+
+@dataclass
+class Receiver:
+    """A webhook endpoint on loopback; `statuses` are answered in turn, then 200."""
+
+    url: str = ""
+    statuses: list[int] = field(default_factory=list)
+    deliveries: list[Delivery] = field(default_factory=list)
+    accepted: asyncio.Queue[WebhookEvent] = field(default_factory=asyncio.Queue)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.text()
+        authorization = request.headers.get("Authorization", "")
+        delivery = Delivery(
+            at=time.monotonic(),
+            event=None,
+            body=body,
+            authorization=authorization,
+            content_type=request.headers.get("Content-Type", ""),
+        )
+        self.deliveries.append(delivery)
+        verifier = api.WebhookReceiver(api.TokenVerifier(API_KEY, API_SECRET))
+        try:
+            delivery.event = verifier.receive(body, authorization)
+        except Exception as exc:
+            delivery.error = f"{type(exc).__name__}: {exc}"
+            return web.Response(status=401, text=delivery.error)
+        status = self.statuses.pop(0) if self.statuses else 200
+        if status == 200:
+            self.accepted.put_nowait(delivery.event)
+        return web.Response(status=status)
+
+    async def next_event(self) -> WebhookEvent:
+        return await asyncio.wait_for(self.accepted.get(), EVENT_TIMEOUT_S)
+
+
+@asynccontextmanager
+async def receiver(statuses: list[int] | None = None) -> AsyncIterator[Receiver]:
+    rx = Receiver(statuses=list(statuses or []))
+    app = web.Application()
+    app.router.add_post("/hook", rx.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    rx.url = f"http://127.0.0.1:{port}/hook"
+    try:
+        yield rx
+    finally:
+        await runner.cleanup()
+
+
+@asynccontextmanager
+async def server_with_webhook(tmp_path: Path, url: str) -> AsyncIterator[ServerProcess]:
+    proc = ServerProcess(tmp_path, "--webhook", url)
+    # The server process is started and stopped in a thread: both block for a while.
+    await asyncio.to_thread(proc.start)
+    try:
+        yield proc
+    finally:
+        code = await asyncio.to_thread(proc.stop)
+        assert code == 0, proc.log.read_text()
+
+
+def client(proc: ServerProcess) -> api.LiveKitAPI:
+    return api.LiveKitAPI(url=proc.url, api_key=API_KEY, api_secret=API_SECRET)
+
+
+def assert_signed_like_livekit(delivery: Delivery) -> None:
+    """WIRE.md s3: content type, bare JWT, 5 min validity, sha256 claim, protojson body."""
+    assert delivery.error == "", delivery.error
+    assert delivery.content_type.split(";")[0].strip() == "application/webhook+json"
+    assert not delivery.authorization.lower().startswith("bearer"), delivery.authorization
+    claims = jwt.decode(delivery.authorization, API_SECRET, algorithms=["HS256"])
+    assert claims["iss"] == API_KEY
+    assert claims["sha256"]
+    assert 240 <= claims["exp"] - claims.get("nbf", claims.get("iat", 0)) <= 360, claims
+    doc = json.loads(delivery.body)
+    # protojson: camelCase names, int64 as strings.
+    assert "createdAt" in doc and isinstance(doc["createdAt"], str), doc
+    assert "created_at" not in doc
+    assert isinstance(doc["room"]["creationTime"], str), doc["room"]
+
+
+async def test_room_started_and_finished_are_signed_and_verifiable(tmp_path: Path) -> None:
+    async with (
+        receiver() as rx,
+        server_with_webhook(tmp_path, rx.url) as proc,
+        client(proc) as lk,
+    ):
+        before = int(time.time())
+        room = await lk.room.create_room(room_proto.CreateRoomRequest(name="hooked"))
+        started = await rx.next_event()
+        assert started.event == "room_started"
+        assert (started.room.name, started.room.sid) == ("hooked", room.sid)
+        assert started.id.startswith("EV_") and len(started.id) > 3
+        assert before - 5 <= started.created_at <= time.time() + 5
+
+        await lk.room.delete_room(room_proto.DeleteRoomRequest(room="hooked"))
+        finished = await rx.next_event()
+        assert finished.event == "room_finished"
+        assert (finished.room.name, finished.room.sid) == ("hooked", room.sid)
+        assert finished.id.startswith("EV_") and finished.id != started.id
+
+        assert [d.event.event for d in rx.deliveries if d.event] == [
+            "room_started",
+            "room_finished",
+        ]
+        for delivery in rx.deliveries:
+            assert_signed_like_livekit(delivery)
+
+
+async def test_each_room_gets_its_own_events_in_order(tmp_path: Path) -> None:
+    async with (
+        receiver() as rx,
+        server_with_webhook(tmp_path, rx.url) as proc,
+        client(proc) as lk,
+    ):
+        sids = {}
+        for name in ("one", "two", "three"):
+            sids[name] = (await lk.room.create_room(room_proto.CreateRoomRequest(name=name))).sid
+        for name in ("two", "one", "three"):
+            await lk.room.delete_room(room_proto.DeleteRoomRequest(room=name))
+        got = [await rx.next_event() for _ in range(6)]
+        assert [(e.event, e.room.name) for e in got] == [
+            ("room_started", "one"),
+            ("room_started", "two"),
+            ("room_started", "three"),
+            ("room_finished", "two"),
+            ("room_finished", "one"),
+            ("room_finished", "three"),
+        ]
+        assert all(e.room.sid == sids[e.room.name] for e in got)
+        assert len({e.id for e in got}) == 6
+
+
+async def test_failed_delivery_is_retried_with_backoff(tmp_path: Path) -> None:
+    async with (
+        receiver(statuses=[500, 500]) as rx,
+        server_with_webhook(tmp_path, rx.url) as proc,
+        client(proc) as lk,
+    ):
+        room = await lk.room.create_room(room_proto.CreateRoomRequest(name="retried"))
+        started = await rx.next_event()
+        assert (started.event, started.room.sid) == ("room_started", room.sid)
+        attempts = [d for d in rx.deliveries if d.event and d.event.id == started.id]
+        assert len(attempts) == 3, [(d.at, d.error) for d in rx.deliveries]
+        for delivery in attempts:
+            assert_signed_like_livekit(delivery)
+        first_gap = attempts[1].at - attempts[0].at
+        second_gap = attempts[2].at - attempts[1].at
+        assert first_gap >= 0.1, first_gap  # not a tight loop
+        assert second_gap > first_gap, (first_gap, second_gap)  # backing off
+
+        # Later events still arrive, after the retried one.
+        await lk.room.delete_room(room_proto.DeleteRoomRequest(room="retried"))
+        finished = await rx.next_event()
+        assert (finished.event, finished.room.sid) == ("room_finished", room.sid)
+
+
+async def _time_create_rooms(lk: api.LiveKitAPI, count: int) -> float:
+    start = time.monotonic()
+    for i in range(count):
+        await lk.room.create_room(room_proto.CreateRoomRequest(name=f"fast-{i}"))
+    return time.monotonic() - start
+
+
+async def test_unreachable_receiver_never_blocks_calls(tmp_path: Path) -> None:
+    dead_url = f"http://127.0.0.1:{free_port()}/hook"  # nothing listens there
+    async with server_with_webhook(tmp_path, dead_url) as proc, client(proc) as lk:
+        elapsed = await _time_create_rooms(lk, 20)
+        assert elapsed < 2.0, elapsed
+        listed = await lk.room.list_rooms(room_proto.ListRoomsRequest())
+        assert len(listed.rooms) == 20
+        await lk.room.delete_room(room_proto.DeleteRoomRequest(room="fast-0"))
+
+
+async def test_hanging_receiver_never_blocks_calls(tmp_path: Path) -> None:
+    release = asyncio.Event()
+
+    async def hang(_: web.Request) -> web.Response:
+        await asyncio.wait_for(release.wait(), 30)
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_post("/hook", hang)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
+    try:
+        async with server_with_webhook(tmp_path, url) as proc, client(proc) as lk:
+            elapsed = await _time_create_rooms(lk, 20)
+            assert elapsed < 2.0, elapsed
+            stop_started = time.monotonic()
+        # Shutting down with a hung delivery in flight is bounded too (and exits 0, above).
+        assert time.monotonic() - stop_started < 8.0
+    finally:
+        release.set()
+        await runner.cleanup()

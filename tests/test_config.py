@@ -1,0 +1,353 @@
+"""`sipbridge serve` settings: defaults < YAML file < environment < flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sipbridge.config import (
+    DEV_KEY,
+    DEV_SECRET,
+    ConfigError,
+    HostPort,
+    Settings,
+    build_settings,
+    parse_hostport,
+    parse_key,
+    parse_port_range,
+)
+
+NO_ENV: dict[str, str] = {}
+ENV_KEYS = {"LIVEKIT_API_KEY": "envkey", "LIVEKIT_API_SECRET": "envsecret"}
+
+
+@pytest.fixture
+def yaml_file(tmp_path: Path) -> Any:
+    def write(text: str) -> str:
+        path = tmp_path / "sipbridge.yaml"
+        path.write_text(text)
+        return str(path)
+
+    return write
+
+
+def build(**kwargs: Any) -> Settings:
+    kwargs.setdefault("environ", NO_ENV)
+    return build_settings(**kwargs)
+
+
+def config_error(**kwargs: Any) -> str:
+    with pytest.raises(ConfigError) as info:
+        build(**kwargs)
+    return str(info.value)
+
+
+# -- defaults and --dev ---------------------------------------------------------------------------
+
+
+def test_defaults_with_dev() -> None:
+    s = build(dev=True)
+    assert s == Settings(dev=True, keys={DEV_KEY: DEV_SECRET})
+    assert (DEV_KEY, DEV_SECRET) == ("devkey", "secret")
+    assert s.http == HostPort("127.0.0.1", 7880)
+    assert s.sip == HostPort("127.0.0.1", 5060)
+    assert s.rtp_ports == (10000, 20000)
+    assert s.db == "./sipbridge.db"
+    assert s.webhooks == ()
+    assert s.log_level == "info"
+    assert s.webhook_key == ("devkey", "secret")
+
+
+def test_missing_keys_is_an_error() -> None:
+    message = config_error()
+    assert "no API keys" in message
+    assert "--keys" in message and "LIVEKIT_API_KEY" in message and "--dev" in message
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [
+        {"LIVEKIT_API_KEY": "k"},
+        {"LIVEKIT_API_SECRET": "s"},
+        {"LIVEKIT_API_KEY": "k", "LIVEKIT_API_SECRET": ""},
+        {"LIVEKIT_API_KEY": "", "LIVEKIT_API_SECRET": "s"},
+    ],
+)
+def test_half_set_environment_keys_are_ignored(environ: dict[str, str]) -> None:
+    assert "no API keys" in config_error(environ=environ)
+    assert build(dev=True, environ=environ).keys == {DEV_KEY: DEV_SECRET}
+
+
+# -- key precedence: dev < YAML < environment < flags ---------------------------------------------
+
+
+def test_yaml_keys_beat_dev(yaml_file: Any) -> None:
+    s = build(dev=True, config_file=yaml_file("keys:\n  filekey: filesecret\n"))
+    assert s.keys == {"filekey": "filesecret"}
+
+
+def test_environment_keys_beat_yaml(yaml_file: Any) -> None:
+    s = build(config_file=yaml_file("keys:\n  filekey: filesecret\n"), environ=ENV_KEYS)
+    assert s.keys == {"envkey": "envsecret"}
+
+
+def test_flag_keys_beat_environment_and_yaml(yaml_file: Any) -> None:
+    s = build(
+        dev=True,
+        keys=["k1:s1", "k2:s2"],
+        config_file=yaml_file("keys:\n  filekey: filesecret\n"),
+        environ=ENV_KEYS,
+    )
+    assert s.keys == {"k1": "s1", "k2": "s2"}
+    assert s.webhook_key == ("k1", "s1")
+
+
+def test_environment_keys_beat_dev() -> None:
+    assert build(dev=True, environ=ENV_KEYS).keys == {"envkey": "envsecret"}
+
+
+def test_yaml_keys_as_list(yaml_file: Any) -> None:
+    s = build(config_file=yaml_file("keys:\n  - a:1\n  - b:2:with:colons\n"))
+    assert s.keys == {"a": "1", "b": "2:with:colons"}
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("keys: just-a-string\n", "keys: expected a mapping"),
+        ("keys: 5\n", "keys: expected a mapping"),
+        ("keys:\n  - nocolon\n", "keys: expected KEY:SECRET"),
+        ("keys:\n  - ':secret'\n", "keys: expected KEY:SECRET"),
+        ("keys:\n  - 'key:'\n", "keys: expected KEY:SECRET"),
+    ],
+)
+def test_bad_yaml_keys(yaml_file: Any, text: str, fragment: str) -> None:
+    assert fragment in config_error(dev=True, config_file=yaml_file(text))
+
+
+def test_yaml_key_without_secret_is_refused(yaml_file: Any) -> None:
+    with pytest.raises(ConfigError):
+        build(config_file=yaml_file("keys:\n  mykey:\n"))
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("k:s", ("k", "s")),
+        ("k:s:t", ("k", "s:t")),
+        ("APIabc:very-long-secret", ("APIabc", "very-long-secret")),
+    ],
+)
+def test_parse_key(value: str, expected: tuple[str, str]) -> None:
+    assert parse_key(value, "--keys") == expected
+
+
+@pytest.mark.parametrize("value", ["", "k", "k:", ":s", ":"])
+def test_parse_key_refuses(value: str) -> None:
+    with pytest.raises(ConfigError, match=r"^--keys: expected KEY:SECRET$"):
+        parse_key(value, "--keys")
+
+
+def test_bad_flag_key_is_an_error() -> None:
+    assert config_error(keys=["nocolon"]).startswith("--keys: ")
+
+
+# -- other settings: YAML < flags -----------------------------------------------------------------
+
+FULL_YAML = """\
+dev: true
+http: 0.0.0.0:8080
+sip: "[::]:5070"
+rtp_ports: 30000-31000
+db: /var/lib/sipbridge/file.db
+log_level: DEBUG
+webhooks:
+  - http://hooks.example/a
+  - https://hooks.example/b
+"""
+
+
+def test_yaml_overrides_defaults(yaml_file: Any) -> None:
+    s = build(config_file=yaml_file(FULL_YAML))
+    assert s.dev
+    assert s.keys == {DEV_KEY: DEV_SECRET}  # dev: true in the file counts
+    assert s.http == HostPort("0.0.0.0", 8080)
+    assert s.sip == HostPort("::", 5070)
+    assert s.rtp_ports == (30000, 31000)
+    assert s.db == "/var/lib/sipbridge/file.db"
+    assert s.log_level == "debug"
+    assert s.webhooks == ("http://hooks.example/a", "https://hooks.example/b")
+
+
+def test_flags_override_yaml(yaml_file: Any) -> None:
+    s = build(
+        config_file=yaml_file(FULL_YAML),
+        http="127.0.0.2:9000",
+        sip="[::1]:5080",
+        rtp_ports="40000-40010",
+        db="/tmp/other.db",
+        log_level="Warning",
+        webhooks=["https://flag.example/hook"],
+    )
+    assert s.http == HostPort("127.0.0.2", 9000)
+    assert s.sip == HostPort("::1", 5080)
+    assert s.rtp_ports == (40000, 40010)
+    assert s.db == "/tmp/other.db"
+    assert s.log_level == "warning"
+    assert s.webhooks == ("https://flag.example/hook",)
+
+
+def test_flags_override_defaults() -> None:
+    s = build(dev=True, http="localhost:1", sip="10.0.0.1:5061", db=":memory:")
+    assert s.http == HostPort("localhost", 1)
+    assert s.sip == HostPort("10.0.0.1", 5061)
+    assert s.db == ":memory:"
+
+
+def test_yaml_single_webhook(yaml_file: Any) -> None:
+    s = build(config_file=yaml_file("dev: true\nwebhook: https://hooks.example/one\n"))
+    assert s.webhooks == ("https://hooks.example/one",)
+
+
+def test_yaml_webhooks_win_over_webhook(yaml_file: Any) -> None:
+    s = build(
+        config_file=yaml_file(
+            "dev: true\nwebhook: https://hooks.example/one\nwebhooks: [https://hooks.example/two]\n"
+        )
+    )
+    assert s.webhooks == ("https://hooks.example/two",)
+
+
+def test_empty_yaml_file_is_fine(yaml_file: Any) -> None:
+    assert build(dev=True, config_file=yaml_file("")) == build(dev=True)
+    assert build(dev=True, config_file=yaml_file("# only a comment\n")) == build(dev=True)
+
+
+def test_dev_false_in_yaml_does_not_undo_the_flag(yaml_file: Any) -> None:
+    s = build(dev=True, config_file=yaml_file("dev: false\n"))
+    assert s.dev
+    assert s.keys == {DEV_KEY: DEV_SECRET}
+
+
+# -- bad input ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("http: [unclosed\n", "is not valid YAML"),
+        ("key: value\n  bad indent: x\n", "is not valid YAML"),
+        ("- a list\n- not a mapping\n", "must hold a mapping of settings"),
+        ("just a string\n", "must hold a mapping of settings"),
+        ("dev: true\nport: 80\n", "unknown setting(s): port"),
+        ("dev: true\nzzz: 1\nhttps: x\n", "unknown setting(s): https, zzz"),
+        ("dev: true\nhttp: nope\n", "http: expected HOST:PORT"),
+        ("dev: true\nhttp: 8080\n", "http: expected HOST:PORT"),
+        ("dev: true\nsip: 'host:99999'\n", "sip: port out of range"),
+        ("dev: true\nrtp_ports: 100-200\n", "rtp_ports: expected LO-HI within 1024-65535"),
+        ("dev: true\nlog_level: verbose\n", "log_level: expected one of"),
+        ("dev: true\nwebhooks: [ftp://hooks.example]\n", "is not an http(s) URL"),
+    ],
+)
+def test_bad_yaml(yaml_file: Any, text: str, fragment: str) -> None:
+    assert fragment in config_error(config_file=yaml_file(text))
+
+
+def test_yaml_errors_name_the_file_and_option(yaml_file: Any) -> None:
+    path = yaml_file("unknown_thing: 1\n")
+    message = config_error(dev=True, config_file=path)
+    assert message.startswith("--config: ")
+    message = config_error(dev=True, config_file=yaml_file("[1, 2"))
+    assert message.startswith(f"--config: {path} is not valid YAML")
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    message = config_error(dev=True, config_file=str(tmp_path / "missing.yaml"))
+    assert message.startswith("--config: cannot read ")
+    assert "missing.yaml" in message
+
+
+def test_bad_yaml_webhooks_type_is_a_config_error(yaml_file: Any) -> None:
+    with pytest.raises(ConfigError):
+        build(config_file=yaml_file("dev: true\nwebhooks: 5\n"))
+
+
+def test_empty_yaml_webhooks_means_none(yaml_file: Any) -> None:
+    assert build(config_file=yaml_file("dev: true\nwebhooks:\n")).webhooks == ()
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "fragment"),
+    [
+        ("http", "nohostport", "--http: expected HOST:PORT"),
+        ("http", ":7880", "--http: missing host"),
+        ("http", "host:", "--http: port must be a number"),
+        ("http", "host:abc", "--http: port must be a number"),
+        ("http", "host:65536", "--http: port out of range"),
+        ("http", "host:-1", "--http: port out of range"),
+        ("sip", "[::1]", "--sip: expected [IPv6]:PORT"),
+        ("sip", "[::1]5060", "--sip: expected [IPv6]:PORT"),
+        ("sip", "[::1:5060", "--sip: expected [IPv6]:PORT"),
+        ("sip", "[]:5060", "--sip: missing host"),
+        ("rtp_ports", "20000-10000", "--rtp-ports: expected LO-HI within 1024-65535"),
+        ("rtp_ports", "1023-2000", "--rtp-ports: expected LO-HI within"),
+        ("rtp_ports", "60000-65536", "--rtp-ports: expected LO-HI within"),
+        ("rtp_ports", "10000", "--rtp-ports: expected LO-HI"),
+        ("rtp_ports", "a-b", "--rtp-ports: expected LO-HI"),
+        ("rtp_ports", "10000:20000", "--rtp-ports: expected LO-HI"),
+        ("log_level", "trace", "log_level: expected one of debug, info, warning, error"),
+        ("webhooks", ["https://ok.example", "hooks.example/no-scheme"], "--webhook: "),
+        ("keys", ["a:b", "bad"], "--keys: expected KEY:SECRET"),
+    ],
+)
+def test_bad_flags(flag: str, value: Any, fragment: str) -> None:
+    assert fragment in config_error(dev=True, **{flag: value})
+
+
+# -- parsers --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("127.0.0.1:7880", HostPort("127.0.0.1", 7880)),
+        ("0.0.0.0:0", HostPort("0.0.0.0", 0)),
+        ("localhost:65535", HostPort("localhost", 65535)),
+        ("[::1]:5060", HostPort("::1", 5060)),
+        ("[2001:db8::1]:5061", HostPort("2001:db8::1", 5061)),
+        ("  example.com:80  ", HostPort("example.com", 80)),
+    ],
+)
+def test_parse_hostport(value: str, expected: HostPort) -> None:
+    assert parse_hostport(value, "--http") == expected
+
+
+@pytest.mark.parametrize(
+    ("hostport", "text"),
+    [
+        (HostPort("127.0.0.1", 7880), "127.0.0.1:7880"),
+        (HostPort("::1", 5060), "[::1]:5060"),
+        (HostPort("example.com", 80), "example.com:80"),
+    ],
+)
+def test_hostport_str_round_trips(hostport: HostPort, text: str) -> None:
+    assert str(hostport) == text
+    assert parse_hostport(text, "x") == hostport
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("10000-20000", (10000, 20000)),
+        ("1024-65535", (1024, 65535)),
+        ("30000-30000", (30000, 30000)),
+    ],
+)
+def test_parse_port_range(value: str, expected: tuple[int, int]) -> None:
+    assert parse_port_range(value, "--rtp-ports") == expected
+
+
+def test_config_error_is_a_value_error() -> None:
+    assert issubclass(ConfigError, ValueError)
