@@ -15,6 +15,7 @@ import jwt
 from aiohttp import web
 from livekit import api
 from livekit.protocol import room as room_proto
+from livekit.protocol.models import DisconnectReason
 from livekit.protocol.webhook import WebhookEvent
 
 from tests.helpers import API_KEY, API_SECRET, ServerProcess, free_port
@@ -234,3 +235,40 @@ async def test_hanging_receiver_never_blocks_calls(tmp_path: Path) -> None:
     finally:
         release.set()
         await runner.cleanup()
+
+
+async def test_participant_and_track_events(tmp_path: Path) -> None:
+    from tests.signal_client import SignalClient  # noqa: PLC0415
+
+    async with (
+        receiver() as rx,
+        server_with_webhook(tmp_path, rx.url) as proc,
+        client(proc) as lk,
+    ):
+        async with SignalClient(proc.url, "party", "alice", name="Alice") as alice:
+            track = await alice.publish_audio()
+            await lk.room.remove_participant(
+                room_proto.RoomParticipantIdentity(room="party", identity="alice")
+            )
+            await alice.wait_for("leave")
+        await lk.room.delete_room(room_proto.DeleteRoomRequest(room="party"))
+        events: list[WebhookEvent] = []
+        while not events or events[-1].event != "room_finished":
+            events.append(await rx.next_event())
+        assert [e.event for e in events] == [
+            "room_started",
+            "participant_joined",
+            "track_published",
+            "track_unpublished",
+            "participant_left",
+            "room_finished",
+        ]
+        joined, published, unpublished, left = events[1:5]
+        assert joined.participant.identity == "alice" and joined.participant.name == "Alice"
+        assert joined.room.name == "party"
+        assert published.track.sid == track.sid == unpublished.track.sid
+        assert published.participant.identity == "alice"
+        assert left.participant.sid == joined.participant.sid
+        assert left.participant.disconnect_reason == DisconnectReason.PARTICIPANT_REMOVED
+        for delivery in rx.deliveries:
+            assert_signed_like_livekit(delivery)
