@@ -1,0 +1,260 @@
+"""SIP over UDP, TCP and TLS: the asyncio edge around the sans-IO `SipEndpoint`.
+
+It feeds received bytes and the time into the endpoint, transmits what the endpoint returns,
+keeps one `call_at` timer for all transactions, and hands endpoint events to the application.
+Responses go back over the connection the request came on (RFC 3261 s18.2.2); on UDP to the
+source address and port (RFC 3581 symmetric response routing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import socket
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sipbridge.sip.endpoint import EndpointEvent, EndpointSettings, Peer, SipEndpoint
+from sipbridge.sip.errors import SipProtocolError
+from sipbridge.sip.message import StreamFramer
+
+log = logging.getLogger(__name__)
+
+UDP_READ_SIZE = 65535  # never asyncio's 256 KiB default per datagram (DESIGN.md)
+UDP_BUFFER_BYTES = 4 * 1024 * 1024
+MAX_CONNECTIONS = 10_000
+IDLE_TIMEOUT_S = 600.0
+
+Application = Callable[["SipService", EndpointEvent], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    transport: str  # udp, tcp, tls
+    host: str
+    port: int
+
+
+class _Udp(asyncio.DatagramProtocol):
+    def __init__(self, service: SipService) -> None:
+        self.service = service
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.DatagramTransport)
+        self.transport = transport
+        if hasattr(transport, "max_size"):  # the selector loop's per-read allocation
+            transport.max_size = UDP_READ_SIZE
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_BUFFER_BYTES)
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.service.receive(data, Peer("udp", str(addr[0]), int(addr[1])))
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP errors for earlier sends (port unreachable...): nothing to do per datagram.
+        self.service.stats_error("udp_error")
+
+
+class _Stream(asyncio.Protocol):
+    """One TCP or TLS connection, framed by Content-Length."""
+
+    def __init__(self, service: SipService, kind: str) -> None:
+        self.service = service
+        self.kind = kind
+        self.framer = StreamFramer()
+        self.transport: asyncio.Transport | None = None
+        self.peer: Peer | None = None
+        self.idle_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        if len(self.service.connections) >= MAX_CONNECTIONS:
+            self.service.stats_error("connections_refused")
+            transport.abort()
+            return
+        host, port = transport.get_extra_info("peername")[:2]
+        self.peer = Peer(self.kind, str(host), int(port), next(self.service.connection_ids))
+        self.service.connections[self.peer.connection or 0] = self
+        self._touch()
+
+    def data_received(self, data: bytes) -> None:
+        assert self.peer is not None and self.transport is not None
+        self._touch()
+        try:
+            self.framer.feed(data)
+            while (message := self.framer.next_message()) is not None:
+                self.service.receive(message, self.peer)
+            while self.framer.keepalives:
+                self.framer.keepalives -= 1
+                self.transport.write(b"\r\n")  # RFC 5626 s3.5.1 pong
+        except SipProtocolError as err:
+            # The stream can no longer be framed: drop the connection (counted).
+            self.service.stats_error("stream_framing")
+            log.info("SIP %s from %s:%d: %s", self.kind, self.peer.host, self.peer.port, err)
+            self.transport.close()
+
+    def _touch(self) -> None:
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+        loop = asyncio.get_running_loop()
+        self.idle_timer = loop.call_later(IDLE_TIMEOUT_S, self._idle)
+
+    def _idle(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+        if self.peer is not None:
+            self.service.connections.pop(self.peer.connection or 0, None)
+            self.service.connection_lost(self.peer)
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+
+class SipService:
+    """Listeners plus the endpoint; `application` receives every endpoint event."""
+
+    def __init__(
+        self,
+        application: Application,
+        settings: EndpointSettings | None = None,
+        *,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.endpoint = SipEndpoint(settings)
+        self.application = application
+        self.connections: dict[int, _Stream] = {}
+        self.connection_ids = itertools.count(1)
+        self._udp: dict[tuple[str, int], asyncio.DatagramTransport] = {}
+        self._servers: list[asyncio.Server] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._clock = clock
+        self.bound: list[Listen] = []
+
+    def now(self) -> float:
+        if self._clock is not None:
+            return self._clock()
+        assert self._loop is not None
+        return self._loop.time()
+
+    async def listen(self, what: Listen, tls: ssl.SSLContext | None = None) -> Listen:
+        """Bind one listener; returns it with the real port (for port 0)."""
+        self._loop = asyncio.get_running_loop()
+        if what.transport == "udp":
+            transport, _ = await self._loop.create_datagram_endpoint(
+                lambda: _Udp(self), local_addr=(what.host, what.port)
+            )
+            port = transport.get_extra_info("sockname")[1]
+            self._udp[(what.host, port)] = transport
+        else:
+            kind = what.transport
+            context = tls if kind == "tls" else None
+            if kind == "tls" and context is None:
+                raise ValueError("TLS listener needs a certificate")
+            server = await self._loop.create_server(
+                lambda: _Stream(self, kind), what.host, what.port, ssl=context, reuse_address=True
+            )
+            self._servers.append(server)
+            port = server.sockets[0].getsockname()[1]
+        bound = Listen(what.transport, what.host, int(port))
+        self.bound.append(bound)
+        return bound
+
+    async def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        for transport in self._udp.values():
+            transport.close()
+        for server in self._servers:
+            server.close()
+        for connection in list(self.connections.values()):
+            if connection.transport is not None:
+                connection.transport.close()
+        for server in self._servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 2)
+
+    # -- the loop between network, endpoint and application ------------------------------
+
+    def receive(self, data: bytes, peer: Peer) -> None:
+        self.endpoint.receive(data, peer, self.now())
+        self._flush()
+
+    def connection_lost(self, peer: Peer) -> None:
+        self.endpoint.transport_error(peer, self.now())
+        self._flush()
+
+    def stats_error(self, name: str) -> None:
+        self.endpoint.stats[name] += 1
+
+    def _flush(self) -> None:
+        """Transmit, deliver events (which may produce more to transmit), re-arm the timer."""
+        while True:
+            for data, peer in self.endpoint.outgoing():
+                self._transmit(data, peer)
+            event = self.endpoint.next_event()
+            if event is None:
+                break
+            try:
+                self.application(self, event)
+            except Exception:
+                log.exception("SIP application failed on %s", type(event).__name__)
+        self._arm_timer()
+
+    def after_application(self) -> None:
+        """Call after the application acted outside an event (e.g. a call answered later)."""
+        self._flush()
+
+    def _transmit(self, data: bytes, peer: Peer) -> None:
+        if peer.transport == "udp":
+            transport = next(iter(self._udp.values()), None)
+            if transport is None:
+                self.stats_error("no_udp_socket")
+                return
+            transport.sendto(data, (peer.host, peer.port))
+            return
+        connection = self.connections.get(peer.connection or 0)
+        if connection is None:
+            # The connection is gone; opening a new one to the Via sent-by (s18.2.2) comes with
+            # outbound calls. Count and let the transaction time out.
+            self.stats_error("send_no_connection")
+            return
+        connection.write(data)
+
+    def _arm_timer(self) -> None:
+        deadline = self.endpoint.get_timer()
+        if deadline == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = deadline
+        if deadline is not None and self._loop is not None:
+            delay = max(0.0, deadline - self.now())
+            self._timer = self._loop.call_at(self._loop.time() + delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self.endpoint.handle_timer(self.now())
+        self._flush()
+
+
+def tls_context(cert: str, key: str) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context

@@ -1,0 +1,255 @@
+"""The UAS core: what a user agent server does with requests the transaction layer delivers.
+
+Out-of-dialog OPTIONS get 200 with our capabilities; INVITEs are handed to an `InviteHandler`
+(the call runners of later issues) through an `IncomingCall` that can ring, answer or reject;
+the core keeps the dialogs, resends a 2xx until its ACK (RFC 3261 s13.3.1.4), answers BYE and
+other in-dialog requests, 481 for unknown dialogs (s12.2.2), and 487 when a CANCEL wins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sipbridge.server.sip_transport import SipService
+from sipbridge.sip.dialog import AnswerRetransmitter, Dialog, new_tag
+from sipbridge.sip.endpoint import (
+    AckReceived,
+    CancelReceived,
+    EndpointEvent,
+    Peer,
+    RequestReceived,
+    StrayResponse,
+)
+from sipbridge.sip.errors import SipProtocolError
+from sipbridge.sip.headers import Address
+from sipbridge.sip.message import Request, Response, make_response
+from sipbridge.sip.transaction import ServerTransaction
+from sipbridge.sip.uri import Uri
+
+log = logging.getLogger(__name__)
+
+IN_DIALOG_OK = frozenset({"INFO", "NOTIFY", "OPTIONS", "UPDATE"})
+
+
+@dataclass(eq=False, kw_only=True)
+class IncomingCall:
+    """An INVITE being handled: ring, answer or reject it; learn when it ends."""
+
+    ua: SipUserAgent
+    request: Request
+    transaction: ServerTransaction
+    peer: Peer
+    local_tag: str = field(default_factory=new_tag)
+    dialog: Dialog | None = None
+    answered: bool = False
+    ended: bool = False
+    on_end: Callable[[str], None] | None = None  # reason: "bye", "cancel", "timeout"
+    retransmitter: AnswerRetransmitter | None = None
+    timer: asyncio.TimerHandle | None = None
+
+    def ring(self, status: int = 180, body: bytes = b"", content_type: str = "") -> None:
+        if self.answered or self.ended:
+            return
+        response = self._response(status)
+        if body:
+            response.body = body
+            response.headers.add("Content-Type", content_type or "application/sdp")
+        self.ua.service.endpoint.respond(self.transaction, response, self.ua.service.now())
+        self.ua.service.after_application()
+
+    def answer(self, body: bytes = b"", content_type: str = "application/sdp") -> None:
+        if self.answered or self.ended:
+            return
+        self.answered = True
+        response = self._response(200)
+        response.headers.add("Contact", str(self.ua.contact(self.peer)))
+        response.headers.add("Allow", ", ".join(self.ua.service.endpoint.settings.allow))
+        if body:
+            response.body = body
+            response.headers.add("Content-Type", content_type)
+        self.dialog = Dialog.as_uas(self.request, self.local_tag)
+        self.ua.dialogs[self.dialog.id] = self
+        now = self.ua.service.now()
+        self.ua.service.endpoint.respond(self.transaction, response, now)
+        # The core, not the transaction, retransmits the 2xx on unreliable transports too
+        # (RFC 6026): a lost 200 is resent until the ACK arrives.
+        self.retransmitter = AnswerRetransmitter(
+            response, now, self.ua.service.endpoint.settings.timers
+        )
+        self._arm()
+        self.ua.service.after_application()
+
+    def reject(self, status: int, reason: str = "", headers: dict[str, str] | None = None) -> None:
+        if self.answered or self.ended:
+            return
+        response = self._response(status, reason)
+        for name, value in (headers or {}).items():
+            response.headers.add(name, value)
+        self.ua.service.endpoint.respond(self.transaction, response, self.ua.service.now())
+        self._end("rejected")
+        self.ua.service.after_application()
+
+    def _response(self, status: int, reason: str = "") -> Response:
+        return make_response(self.request, status, reason, to_tag=self.local_tag)
+
+    def _arm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.retransmitter is None:
+            return
+        deadline = self.retransmitter.get_timer()
+        if deadline is not None:
+            loop = asyncio.get_running_loop()
+            delay = max(0.0, deadline - self.ua.service.now())
+            self.timer = loop.call_at(loop.time() + delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self.timer = None
+        if self.retransmitter is None:
+            return
+        resend = self.retransmitter.handle_timer(self.ua.service.now())
+        if resend is not None and not self.peer.reliable:
+            self.ua.service.endpoint.send_stateless(resend, self.peer)
+            self.ua.service.after_application()
+        if self.retransmitter.timed_out:
+            log.info("no ACK for the 200 to %s", self.request.call_id)
+            self.hangup()
+            self._end("timeout")
+            return
+        self._arm()
+
+    def ack_received(self) -> None:
+        if self.retransmitter is not None:
+            self.retransmitter.ack_received()
+        if self.dialog is not None:
+            self.dialog.confirmed = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def hangup(self) -> None:
+        """Send BYE (we end the call)."""
+        if self.dialog is None or self.ended:
+            return
+        from sipbridge.sip.headers import Via  # noqa: PLC0415
+
+        via = Via(transport=self.peer.transport.upper(), host=self.ua.host, port=self.ua.port)
+        bye = self.dialog.create_request("BYE", via)
+        self.ua.service.endpoint.send_request(bye, self.peer, self.ua.service.now())
+        self._end("hangup")
+        self.ua.service.after_application()
+
+    def _end(self, reason: str) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.dialog is not None:
+            self.ua.dialogs.pop(self.dialog.id, None)
+        self.ua.pending.pop(id(self.transaction), None)
+        if self.on_end is not None:
+            self.on_end(reason)
+
+
+InviteHandler = Callable[[IncomingCall], None]
+
+
+def reject_invites(call: IncomingCall) -> None:
+    """The default until inbound calls land: refuse politely, never drop silently."""
+    call.reject(480, "Temporarily Unavailable")
+
+
+class SipUserAgent:
+    """Dispatches endpoint events; owns calls and dialogs."""
+
+    def __init__(self, host: str, port: int, on_invite: InviteHandler = reject_invites) -> None:
+        self.host = host
+        self.port = port
+        self.on_invite = on_invite
+        self.dialogs: dict[tuple[str, str, str], IncomingCall] = {}
+        self.pending: dict[int, IncomingCall] = {}
+        self._service: SipService | None = None
+
+    @property
+    def service(self) -> SipService:
+        assert self._service is not None
+        return self._service
+
+    def attach(self, service: SipService) -> None:
+        self._service = service
+
+    def contact(self, peer: Peer) -> Address:
+        params = (("transport", peer.transport),) if peer.transport != "udp" else ()
+        scheme = "sips" if peer.transport == "tls" else "sip"
+        return Address(uri=Uri(scheme=scheme, host=self.host, port=self.port, params=params))
+
+    def __call__(self, service: SipService, event: EndpointEvent) -> None:
+        self._service = service
+        if isinstance(event, RequestReceived):
+            self._request(event)
+        elif isinstance(event, AckReceived):
+            call = self._find_dialog(event.request)
+            if call is not None:
+                call.ack_received()
+        elif isinstance(event, CancelReceived):
+            call = self.pending.get(id(event.invite))
+            if call is not None and not call.answered:
+                call.reject(487)
+                call._end("cancel")
+        elif isinstance(event, StrayResponse):
+            pass  # responses to our BYEs after their transaction ended: nothing to do
+
+    def _find_dialog(self, request: Request) -> IncomingCall | None:
+        try:
+            key = (request.call_id, request.to.tag or "", request.from_.tag or "")
+        except SipProtocolError:
+            return None
+        return self.dialogs.get(key)
+
+    def _request(self, event: RequestReceived) -> None:
+        request, transaction = event.request, event.transaction
+        endpoint = self.service.endpoint
+        now = self.service.now()
+        to_tag = request.to.tag
+        if to_tag is not None:
+            self._in_dialog(event)
+            return
+        if request.method == "OPTIONS":
+            endpoint.respond(transaction, endpoint.options_response(request), now)
+        elif request.method == "INVITE":
+            call = IncomingCall(ua=self, request=request, transaction=transaction, peer=event.peer)
+            self.pending[id(transaction)] = call
+            endpoint.respond(transaction, make_response(request, 100), now)
+            self.on_invite(call)
+        elif request.method == "BYE":
+            endpoint.respond(transaction, make_response(request, 481), now)
+        else:
+            endpoint.respond(transaction, make_response(request, 405), now)
+
+    def _in_dialog(self, event: RequestReceived) -> None:
+        request, transaction = event.request, event.transaction
+        endpoint = self.service.endpoint
+        now = self.service.now()
+        call = self._find_dialog(request)
+        if call is None or call.dialog is None:
+            endpoint.respond(transaction, make_response(request, 481), now)  # s12.2.2
+            return
+        try:
+            call.dialog.check_request(request)
+        except SipProtocolError as err:
+            endpoint.respond(transaction, make_response(request, err.status, err.reason), now)
+            return
+        if request.method == "BYE":
+            endpoint.respond(transaction, make_response(request, 200), now)
+            call._end("bye")
+        elif request.method in IN_DIALOG_OK:
+            endpoint.respond(transaction, make_response(request, 200), now)
+        else:
+            response = make_response(request, 501 if request.method != "INVITE" else 488)
+            endpoint.respond(transaction, response, now)

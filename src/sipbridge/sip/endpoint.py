@@ -1,0 +1,425 @@
+"""The transaction layer and the stateless checks of a UAS core, sans-IO (RFC 3261 s8.2, s17,
+s18.2, RFC 3581).
+
+`SipEndpoint.receive(data, peer, now)` takes a datagram or a framed stream message from a peer;
+what to transmit comes out of `outgoing()` as (bytes, peer) pairs, and what the application must
+handle out of `next_event()`: new requests (each with its server transaction), ACKs for 2xx,
+CANCELs, responses to our requests, timeouts. Requests that fail the core's checks are answered
+here (400 with the fault, 405, 416, 420, 482, 483, 505, 513) and never reach the application.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import Counter, deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from sipbridge.sip.errors import SipProtocolError
+from sipbridge.sip.message import (
+    Request,
+    Response,
+    make_response,
+    parse_message,
+)
+from sipbridge.sip.transaction import (
+    ClientTransaction,
+    ResponseReceived,
+    ServerTransaction,
+    TimerSettings,
+    TransactionEvent,
+    TransactionTerminated,
+    TransactionTimedOut,
+    TransportFailed,
+    client_key,
+    server_key,
+)
+
+ALLOW = ("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "INFO", "REFER", "NOTIFY", "UPDATE")
+SUPPORTED = ("replaces", "timer")
+ACCEPT = ("application/sdp",)
+MAX_TRANSACTIONS = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """Where a message came from / goes to. `connection` names a stream connection (TCP/TLS)
+    so responses reuse it (s18.2.2); datagrams have none."""
+
+    transport: str  # "udp", "tcp", "tls"
+    host: str
+    port: int
+    connection: int | None = None
+
+    @property
+    def reliable(self) -> bool:
+        return self.transport != "udp"
+
+
+# -- events for the application ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestReceived:
+    """A new request (not ACK): answer it through `respond(transaction, response)`."""
+
+    request: Request
+    transaction: ServerTransaction
+    peer: Peer
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AckReceived:
+    """An ACK matching no transaction: the ACK for a 2xx, owned by the dialog (s13.3.1.4)."""
+
+    request: Request
+    peer: Peer
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CancelReceived:
+    """A CANCEL matched a pending INVITE; the CANCEL itself was answered 200 (s9.2). The
+    application should answer the INVITE with 487."""
+
+    cancel: Request
+    invite: ServerTransaction
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResponseForUs:
+    """A response to a request we sent (through its client transaction)."""
+
+    response: Response
+    transaction: ClientTransaction
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StrayResponse:
+    """A response matching no transaction: a retransmitted 2xx to an INVITE after the client
+    transaction ended must be ACKed again by the dialog (s13.2.2.4)."""
+
+    response: Response
+    peer: Peer
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestTimedOut:
+    transaction: ClientTransaction | ServerTransaction
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestFailed:
+    transaction: ClientTransaction | ServerTransaction
+
+
+EndpointEvent = (
+    RequestReceived
+    | AckReceived
+    | CancelReceived
+    | ResponseForUs
+    | StrayResponse
+    | RequestTimedOut
+    | RequestFailed
+)
+
+
+@dataclass(slots=True, kw_only=True)
+class EndpointSettings:
+    timers: TimerSettings = field(default_factory=TimerSettings)
+    user_agent: str = "sipbridge"
+    allow: tuple[str, ...] = ALLOW
+    supported: tuple[str, ...] = SUPPORTED
+    accept: tuple[str, ...] = ACCEPT
+
+
+class SipEndpoint:
+    def __init__(self, settings: EndpointSettings | None = None) -> None:
+        self.settings = settings or EndpointSettings()
+        self.server_transactions: dict[tuple[str, ...], ServerTransaction] = {}
+        self.client_transactions: dict[tuple[str, str], ClientTransaction] = {}
+        self._peers: dict[int, Peer] = {}  # id(transaction) -> peer
+        self._outgoing: deque[tuple[bytes, Peer]] = deque()
+        self._events: deque[EndpointEvent] = deque()
+        self.stats: Counter[str] = Counter()
+
+    # -- input ---------------------------------------------------------------------------
+
+    def receive(self, data: bytes, peer: Peer, now: float) -> None:
+        """One message from the network. Never raises: bad input is answered or counted."""
+        self.stats["received"] += 1
+        try:
+            message = parse_message(data, stream=peer.reliable)
+        except SipProtocolError as err:
+            self.stats["malformed"] += 1
+            self._answer_unparseable(data, peer, err)
+            return
+        if isinstance(message, Response):
+            self._receive_response(message, peer, now)
+        else:
+            try:
+                self._receive_request(message, peer, now)
+            except SipProtocolError as err:
+                self.stats["rejected"] += 1
+                self._reject(message, peer, err.status, err.reason, err.detail)
+
+    def _receive_response(self, response: Response, peer: Peer, now: float) -> None:
+        try:
+            key = client_key(response)
+        except SipProtocolError:
+            self.stats["malformed"] += 1  # responses to malformed responses are never sent
+            return
+        transaction = self.client_transactions.get(key)
+        if transaction is None:
+            self._events.append(StrayResponse(response=response, peer=peer))
+            return
+        transaction.receive_response(response, now)
+        self._drain(transaction)
+
+    def _receive_request(self, request: Request, peer: Peer, now: float) -> None:
+        # Checks needing the core headers first: without them we cannot even answer (s8.1.1).
+        for name in ("Via", "From", "To", "Call-ID", "CSeq"):
+            if request.headers.get(name) is None:
+                raise SipProtocolError(400, "Bad Request", f"missing {name} header")
+        via = request.top_via
+        request.from_, request.to  # noqa: B018 - validate now, answer 400 if malformed
+        cseq = request.cseq
+        if cseq.method != request.method:
+            raise SipProtocolError(400, "Bad Request", "CSeq method does not match")
+        # RFC 3581: record where the request really came from, for the responses.
+        if via.rport is not None or via.host != peer.host:
+            params = {"received": peer.host}
+            if via.rport is not None:
+                params["rport"] = str(peer.port)
+            fixed = via.with_params(**params)
+            _replace_top_via(request, str(fixed))
+
+        key = server_key(request)
+        existing = self.server_transactions.get(key)
+        if existing is not None:  # the key includes the method (INVITE for its ACK)
+            self.stats["retransmissions"] += 1
+            existing.receive_request(request, now)
+            self._drain(existing)
+            return
+        if request.method == "ACK":
+            self._events.append(AckReceived(request=request, peer=peer))
+            return
+
+        self._check_request(request)
+        if len(self.server_transactions) >= MAX_TRANSACTIONS:
+            raise SipProtocolError(503, "Service Unavailable", "too many transactions")
+        transaction = ServerTransaction(
+            request, reliable=peer.reliable, timers=self.settings.timers
+        )
+        self.server_transactions[key] = transaction
+        self._peers[id(transaction)] = peer
+        if request.method == "CANCEL":
+            self._receive_cancel(request, transaction, now)
+            return
+        self._events.append(RequestReceived(request=request, transaction=transaction, peer=peer))
+
+    def _check_request(self, request: Request) -> None:
+        """The UAS core's stateless checks (s8.2.1-8.2.3, s16.3 for loops)."""
+        max_forwards = request.headers.get("Max-Forwards")
+        if max_forwards is not None:
+            text = max_forwards.strip()
+            if not text.isdigit() or len(text) > 3:
+                raise SipProtocolError(400, "Bad Request", "malformed Max-Forwards")
+            if int(text) == 0 and request.method != "OPTIONS":
+                raise SipProtocolError(483, "Too Many Hops")
+        if request.method not in self.settings.allow:
+            raise SipProtocolError(405, "Method Not Allowed", request.method)
+        if not request.uri.is_sip and request.uri.scheme != "tel":
+            raise SipProtocolError(416, "Unsupported URI Scheme", request.uri.scheme)
+        if request.method not in ("ACK", "CANCEL"):
+            unsupported = [t for t in request.tokens("Require") if t not in self.settings.supported]
+            if unsupported:
+                raise SipProtocolError(420, "Bad Extension", ", ".join(unsupported))
+
+    def _receive_cancel(self, cancel: Request, transaction: ServerTransaction, now: float) -> None:
+        """s9.2: find the INVITE with the same branch; 200 to the CANCEL, 481 if none."""
+        invite_key = (*server_key(cancel)[:-1], "INVITE")
+        invite = self.server_transactions.get(invite_key)
+        if invite is None or (
+            invite.last_response is not None and invite.last_response.status >= 200
+        ):
+            self.respond(transaction, make_response(cancel, 481), now)
+            return
+        self.respond(transaction, make_response(cancel, 200), now)
+        self._events.append(CancelReceived(cancel=cancel, invite=invite))
+
+    # -- answering what the core refuses -------------------------------------------------
+
+    def _answer_unparseable(self, data: bytes, peer: Peer, err: SipProtocolError) -> None:
+        """Answer a request we could not parse if it has enough to answer (s8.2 and RFC 4475
+        s3.1.2): a status line never gets an answer."""
+        if data.lstrip()[:4] == b"SIP/":
+            return
+        try:
+            # Parse again without the part that failed: the core headers may still be fine.
+            request = _salvage_request(data)
+        except SipProtocolError:
+            return
+        self._reject(request, peer, err.status, err.reason, err.detail)
+
+    def _reject(self, request: Request, peer: Peer, status: int, reason: str, detail: str) -> None:
+        if request.method == "ACK":
+            return  # never answer an ACK
+        try:
+            response = make_response(request, status, reason, to_tag=_tag())
+        except SipProtocolError:
+            return
+        if detail and status == 400:
+            response.reason = f"Bad Request - {detail}"[:120]
+        if status == 405:
+            response.headers.add("Allow", ", ".join(self.settings.allow))
+        if status == 420:
+            response.headers.add("Unsupported", detail)
+        if status == 503:
+            response.headers.add("Retry-After", "5")
+        self._add_identity(response)
+        self._send(response, peer)
+
+    # -- output --------------------------------------------------------------------------
+
+    def respond(self, transaction: ServerTransaction, response: Response, now: float) -> None:
+        """Send a response through its transaction (retransmitted there as the RFC says)."""
+        self._add_identity(response)
+        if transaction.send_response(response, now):
+            self._drain(transaction)
+
+    def send_request(self, request: Request, peer: Peer, now: float) -> ClientTransaction:
+        transaction = ClientTransaction(
+            request, reliable=peer.reliable, timers=self.settings.timers
+        )
+        self._add_identity(request)
+        self.client_transactions[client_key(request)] = transaction
+        self._peers[id(transaction)] = peer
+        transaction.start(now)
+        self._drain(transaction)
+        return transaction
+
+    def send_stateless(self, message: Request | Response, peer: Peer) -> None:
+        """ACK for a 2xx and 2xx retransmissions: outside any transaction (s13.3.1.4, s17.1.1.3)."""
+        self._add_identity(message)
+        self._send(message, peer)
+
+    def options_response(self, request: Request) -> Response:
+        """200 to OPTIONS with our capabilities (s11.2)."""
+        response = make_response(request, 200, to_tag=_tag())
+        response.headers.add("Allow", ", ".join(self.settings.allow))
+        response.headers.add("Accept", ", ".join(self.settings.accept))
+        response.headers.add("Supported", ", ".join(self.settings.supported))
+        return response
+
+    def _add_identity(self, message: Request | Response) -> None:
+        name = "User-Agent" if isinstance(message, Request) else "Server"
+        if name not in message.headers:
+            message.headers.add(name, self.settings.user_agent)
+
+    def _send(self, message: Request | Response, peer: Peer) -> None:
+        self.stats["sent"] += 1
+        self._outgoing.append((message.serialize(), peer))
+
+    def outgoing(self) -> list[tuple[bytes, Peer]]:
+        out = list(self._outgoing)
+        self._outgoing.clear()
+        return out
+
+    def next_event(self) -> EndpointEvent | None:
+        return self._events.popleft() if self._events else None
+
+    # -- timers --------------------------------------------------------------------------
+
+    def get_timer(self) -> float | None:
+        deadlines = [d for t in self._all_transactions() if (d := t.get_timer()) is not None]
+        return min(deadlines, default=None)
+
+    def handle_timer(self, now: float) -> None:
+        for transaction in list(self._all_transactions()):
+            deadline = transaction.get_timer()
+            if deadline is not None and deadline <= now:
+                transaction.handle_timer(now)
+                self._drain(transaction)
+
+    def _all_transactions(self) -> Iterable[ClientTransaction | ServerTransaction]:
+        yield from self.server_transactions.values()
+        yield from self.client_transactions.values()
+
+    def transport_error(self, peer: Peer, now: float) -> None:
+        """A connection was lost or a send failed: its transactions fail (s17.1.4, s17.2.4)."""
+        for transaction in list(self._all_transactions()):
+            if self._peers.get(id(transaction)) == peer:
+                transaction.transport_error(now)
+                self._drain(transaction)
+
+    def _drain(self, transaction: ClientTransaction | ServerTransaction) -> None:
+        peer = self._peers[id(transaction)]
+        for message in transaction.messages_to_send():
+            self._send(message, peer)
+        while (event := transaction.next_event()) is not None:
+            self._on_transaction_event(event, transaction)
+
+    def _on_transaction_event(
+        self, event: TransactionEvent, transaction: ClientTransaction | ServerTransaction
+    ) -> None:
+        if isinstance(event, ResponseReceived):
+            self._events.append(
+                ResponseForUs(response=event.response, transaction=event.transaction)
+            )
+        elif isinstance(event, TransactionTimedOut):
+            self._events.append(RequestTimedOut(transaction=transaction))
+        elif isinstance(event, TransportFailed):
+            self._events.append(RequestFailed(transaction=transaction))
+        elif isinstance(event, TransactionTerminated):
+            self._forget(transaction)
+
+    def _forget(self, transaction: ClientTransaction | ServerTransaction) -> None:
+        self._peers.pop(id(transaction), None)
+        if isinstance(transaction, ServerTransaction):
+            key = server_key(transaction.request)
+            if self.server_transactions.get(key) is transaction:
+                del self.server_transactions[key]
+        else:
+            ckey = client_key(transaction.request)
+            if self.client_transactions.get(ckey) is transaction:
+                del self.client_transactions[ckey]
+
+
+def _replace_top_via(request: Request, value: str) -> None:
+    """Put the rewritten top Via value first, keeping any other Via values in order."""
+    items = request.headers.items
+    for i, (name, raw) in enumerate(items):
+        if name == "Via":
+            rest = raw.split(",", 1)  # a comma list: the first item is the top Via
+            items[i] = ("Via", value if len(rest) == 1 else f"{value},{rest[1]}")
+            return
+
+
+def _salvage_request(data: bytes) -> Request:
+    """Core headers of a request whose parse failed, good enough to answer it with a 4xx/5xx."""
+    text = data[: 64 * 1024].decode("utf-8", "replace")
+    head = text.replace("\r\n", "\n").split("\n\n", 1)[0]
+    lines = head.split("\n")
+    method = lines[0].split(" ", 1)[0] if lines else ""
+    if not method or not method.isalpha():
+        raise SipProtocolError(400, "Bad Request", "no request line")
+    kept = ["OPTIONS sip:invalid SIP/2.0"]
+    from sipbridge.sip.message import canonical_name  # noqa: PLC0415
+
+    for line in lines[1:]:
+        name, colon, _ = line.partition(":")
+        if colon and canonical_name(name.strip()) in ("Via", "From", "To", "Call-ID", "CSeq"):
+            kept.append(line)
+    request = parse_message(("\r\n".join(kept) + "\r\n\r\n").encode())
+    if not isinstance(request, Request):
+        raise SipProtocolError(400, "Bad Request", "not a request")
+    request.method = method
+    for name in ("Via", "From", "To", "Call-ID", "CSeq"):
+        if request.headers.get(name) is None:
+            raise SipProtocolError(400, "Bad Request", f"missing {name}")
+    request.top_via  # noqa: B018 - the response goes to the top Via
+    return request
+
+
+def _tag() -> str:
+    return secrets.token_hex(6)

@@ -1,0 +1,289 @@
+"""Structured SIP header values: name-addr/addr-spec, Via, CSeq, generic parameters.
+
+RFC 3261 s25.1:
+
+    name-addr      = [ display-name ] LAQUOT addr-spec RAQUOT
+    addr-spec      = SIP-URI / SIPS-URI / absoluteURI
+    display-name   = *(token LWS)/ quoted-string
+    from-spec      = ( name-addr / addr-spec ) *( SEMI from-param )
+    via-parm       = sent-protocol LWS sent-by *( SEMI via-params )
+    sent-protocol  = protocol-name SLASH protocol-version SLASH transport
+    sent-by        = host [ COLON port ]
+    CSeq           = "CSeq" HCOLON 1*DIGIT LWS Method
+    generic-param  = token [ EQUAL gen-value ];  gen-value = token / host / quoted-string
+
+With an addr-spec (no angle brackets) the parameters after the URI belong to the header, not
+to the URI (s20.10): `From: sip:alice@example.com;tag=1` has a `tag` header parameter.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+
+from sipbridge.sip.errors import SipProtocolError
+from sipbridge.sip.uri import Uri, parse_uri
+
+TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
+MAGIC_COOKIE = "z9hG4bK"  # RFC 3261 s8.1.1.7
+
+
+def _bad(detail: str) -> SipProtocolError:
+    return SipProtocolError(400, "Bad Request", detail)
+
+
+Params = tuple[tuple[str, str | None], ...]
+
+
+def param_value(params: Params, name: str) -> str | None:
+    lname = name.lower()
+    for key, value in params:
+        if key.lower() == lname:
+            return "" if value is None else value
+    return None
+
+
+def unquote(value: str) -> str:
+    """A quoted-string's content with `\\x` escapes resolved (RFC 3261 s25.1 quoted-pair)."""
+    if len(value) < 2 or value[0] != '"' or value[-1] != '"':
+        return value
+    out = []
+    chars = iter(value[1:-1])
+    for ch in chars:
+        out.append(next(chars, "") if ch == "\\" else ch)
+    return "".join(out)
+
+
+def quote(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def split_list(value: str) -> Iterator[str]:
+    """Items of a comma-separated header value, ignoring commas in quotes and `<...>`."""
+    depth = 0
+    quoted = False
+    start = 0
+    i = 0
+    while i < len(value):
+        ch = value[i]
+        if quoted:
+            if ch == "\\":
+                i += 1
+            elif ch == '"':
+                quoted = False
+        elif ch == '"':
+            quoted = True
+        elif ch == "<":
+            depth += 1
+        elif ch == ">":
+            depth = max(0, depth - 1)
+        elif ch == "," and depth == 0:
+            item = value[start:i].strip()
+            if item:
+                yield item
+            start = i + 1
+        i += 1
+    if quoted:
+        raise _bad("unterminated quoted string")
+    item = value[start:].strip()
+    if item:
+        yield item
+
+
+def parse_params(text: str) -> Params:
+    """`;name=value;flag` (leading `;` optional); values may be quoted strings."""
+    params: list[tuple[str, str | None]] = []
+    for item in _split_semicolons(text):
+        name, eq, value = item.partition("=")
+        name, value = name.strip(), value.strip()
+        if not TOKEN.fullmatch(name):
+            raise _bad(f"malformed parameter {item[:40]!r}")
+        if eq and not value:
+            raise _bad(f"parameter {name!r} has an empty value")
+        params.append((name, value if eq else None))
+    return tuple(params)
+
+
+def _split_semicolons(text: str) -> Iterator[str]:
+    quoted = False
+    start = 0
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if quoted:
+            if ch == "\\":
+                i += 1
+            elif ch == '"':
+                quoted = False
+        elif ch == '"':
+            quoted = True
+        elif ch == ";":
+            item = text[start:i].strip()
+            if item:
+                yield item
+            start = i + 1
+        i += 1
+    if quoted:
+        raise _bad("unterminated quoted string")
+    item = text[start:].strip()
+    if item:
+        yield item
+
+
+def format_params(params: Params) -> str:
+    return "".join(f";{k}" if v is None else f";{k}={v}" for k, v in params)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Address:
+    """From, To, Contact, Route, Record-Route, Refer-To, P-Asserted-Identity values."""
+
+    uri: Uri
+    display_name: str | None = None  # unquoted
+    params: Params = ()
+    wildcard: bool = False  # `Contact: *`
+
+    @property
+    def tag(self) -> str | None:
+        return param_value(self.params, "tag")
+
+    def with_tag(self, tag: str) -> Address:
+        params = tuple((k, v) for k, v in self.params if k.lower() != "tag")
+        return replace(self, params=(*params, ("tag", tag)))
+
+    def __str__(self) -> str:
+        if self.wildcard:
+            return "*"
+        name = ""
+        if self.display_name is not None:
+            dn = self.display_name
+            name = (dn if TOKEN.fullmatch(dn.replace(" ", "")) and dn else quote(dn)) + " "
+        return f"{name}<{self.uri}>{format_params(self.params)}"
+
+
+def parse_address(value: str) -> Address:
+    text = value.strip()
+    if text == "*":
+        return Address(uri=Uri(scheme="sip"), wildcard=True)
+    display: str | None = None
+    if text.startswith('"'):
+        end = _closing_quote(text)
+        display = unquote(text[: end + 1])
+        text = text[end + 1 :].lstrip()
+        if not text.startswith("<"):
+            raise _bad("display name without <URI>")
+    lt = text.find("<")
+    if lt >= 0:
+        if display is None:
+            name = text[:lt].strip()
+            if name and not all(TOKEN.fullmatch(w) for w in name.split()):
+                raise _bad(f"malformed display name {name[:40]!r}")
+            display = name or None
+        gt = text.find(">", lt)
+        if gt < 0:
+            raise _bad("unterminated <URI>")
+        uri = parse_uri(text[lt + 1 : gt].strip())
+        rest = text[gt + 1 :].strip()
+        if rest and not rest.startswith(";"):
+            raise _bad(f"garbage after <URI>: {rest[:40]!r}")
+        return Address(uri=uri, display_name=display, params=parse_params(rest))
+    # addr-spec: the URI ends at the first ";" (its parameters belong to the header, s20.10)
+    uri_text, _, rest = text.partition(";")
+    if not uri_text or " " in uri_text.strip():
+        raise _bad(f"malformed address {value[:80]!r}")
+    return Address(uri=parse_uri(uri_text.strip()), params=parse_params(rest))
+
+
+def _closing_quote(text: str) -> int:
+    i = 1
+    while i < len(text):
+        if text[i] == "\\":
+            i += 2
+            continue
+        if text[i] == '"':
+            return i
+        i += 1
+    raise _bad("unterminated quoted display name")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Via:
+    transport: str  # upper case: UDP, TCP, TLS, WS, WSS, SCTP
+    host: str
+    port: int | None = None
+    params: Params = ()
+    protocol: str = "SIP/2.0"
+
+    @property
+    def branch(self) -> str | None:
+        return param_value(self.params, "branch")
+
+    @property
+    def received(self) -> str | None:
+        return param_value(self.params, "received")
+
+    @property
+    def rport(self) -> str | None:
+        """None: absent; "": requested (RFC 3581); digits: filled in by the server."""
+        return param_value(self.params, "rport")
+
+    @property
+    def is_rfc3261(self) -> bool:
+        return (self.branch or "").startswith(MAGIC_COOKIE)
+
+    @property
+    def sent_by(self) -> tuple[str, int | None]:
+        return (self.host.lower(), self.port)
+
+    def with_params(self, **values: str | None) -> Via:
+        """Set or add parameters (`rport`/`received` for RFC 3581)."""
+        names = {k.lower() for k in values}
+        params = [(k, v) for k, v in self.params if k.lower() not in names]
+        return replace(self, params=(*params, *values.items()))
+
+    def __str__(self) -> str:
+        host = self.host if self.port is None else f"{self.host}:{self.port}"
+        return f"{self.protocol}/{self.transport} {host}{format_params(self.params)}"
+
+
+_VIA = re.compile(
+    r"\s*([A-Za-z0-9\-.!%*_+`'~]+)\s*/\s*([0-9.]+)\s*/\s*([A-Za-z0-9\-.!%*_+`'~]+)\s+"
+    r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-.]+)(?:\s*:\s*(\d{1,5}))?\s*(;.*)?"
+)
+
+
+def parse_via(value: str) -> Via:
+    m = _VIA.fullmatch(value)
+    if m is None:
+        raise _bad(f"malformed Via {value[:80]!r}")
+    name, version, transport, host, port, params = m.groups()
+    port_number = int(port) if port else None
+    if port_number is not None and not 0 < port_number < 65536:
+        raise _bad("Via port out of range")
+    return Via(
+        protocol=f"{name.upper()}/{version}",
+        transport=transport.upper(),
+        host=host,
+        port=port_number,
+        params=parse_params(params or ""),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class CSeq:
+    seq: int
+    method: str
+
+    def __str__(self) -> str:
+        return f"{self.seq} {self.method}"
+
+
+_CSEQ = re.compile(r"\s*(\d{1,10})\s+([A-Za-z0-9\-.!%*_+`'~]+)\s*")
+
+
+def parse_cseq(value: str) -> CSeq:
+    m = _CSEQ.fullmatch(value)
+    if m is None or int(m.group(1)) >= 2**31:  # RFC 3261 s8.1.1.5: less than 2**31
+        raise _bad(f"malformed CSeq {value[:40]!r}")
+    return CSeq(int(m.group(1)), m.group(2))

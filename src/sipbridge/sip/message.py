@@ -1,0 +1,507 @@
+"""SIP messages: parsing and serialisation (RFC 3261 s7, s18.3, s25).
+
+    SIP-message    = Request / Response
+    Request        = Request-Line *( message-header ) CRLF [ message-body ]
+    Request-Line   = Method SP Request-URI SP SIP-Version CRLF
+    Status-Line    = SIP-Version SP Status-Code SP Reason-Phrase CRLF
+    message-header = header-name HCOLON header-value CRLF   (LWS may fold a value: s7.3.1)
+
+Header names are stored in their canonical form (compact forms expanded, s7.3.3); values are
+kept as received, unfolded. Helpers parse the structured headers on demand. Limits bound every
+dimension an attacker controls: line length, header count, message and body size.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from sipbridge.sip.errors import SipProtocolError
+from sipbridge.sip.headers import (
+    Address,
+    CSeq,
+    Via,
+    parse_address,
+    parse_cseq,
+    parse_via,
+    split_list,
+)
+from sipbridge.sip.uri import Uri, parse_uri
+
+SIP_VERSION = "SIP/2.0"
+MAX_LINE = 8 * 1024
+MAX_HEADERS = 128
+MAX_MESSAGE = 64 * 1024
+MAX_BODY = 32 * 1024
+
+# RFC 3261 s7.3.3 and the registries of later RFCs (3515 r, 3903 o/u, 3892 b, 4028 x, 3841 j...)
+COMPACT_FORMS = {
+    "i": "Call-ID",
+    "m": "Contact",
+    "f": "From",
+    "t": "To",
+    "v": "Via",
+    "l": "Content-Length",
+    "c": "Content-Type",
+    "k": "Supported",
+    "s": "Subject",
+    "e": "Content-Encoding",
+    "o": "Event",
+    "u": "Allow-Events",
+    "r": "Refer-To",
+    "b": "Referred-By",
+    "x": "Session-Expires",
+    "a": "Accept-Contact",
+    "j": "Reject-Contact",
+    "d": "Request-Disposition",
+    "y": "Identity",
+}
+_CANONICAL = {
+    name.lower(): name
+    for name in [
+        *COMPACT_FORMS.values(),
+        "CSeq",
+        "Max-Forwards",
+        "Record-Route",
+        "Route",
+        "Allow",
+        "Accept",
+        "Accept-Encoding",
+        "Accept-Language",
+        "Require",
+        "Proxy-Require",
+        "Unsupported",
+        "WWW-Authenticate",
+        "Proxy-Authenticate",
+        "Authorization",
+        "Proxy-Authorization",
+        "User-Agent",
+        "Server",
+        "Expires",
+        "Min-Expires",
+        "Retry-After",
+        "Timestamp",
+        "Warning",
+        "Min-SE",
+        "RSeq",
+        "RAck",
+        "Reason",
+        "Date",
+        "MIME-Version",
+        "Organization",
+        "Priority",
+        "Reply-To",
+        "In-Reply-To",
+        "Alert-Info",
+        "Call-Info",
+        "Error-Info",
+        "Content-Disposition",
+        "Content-Language",
+        "P-Asserted-Identity",
+        "P-Preferred-Identity",
+        "Privacy",
+        "Diversion",
+        "Path",
+        "Subscription-State",
+    ]
+}
+# Headers whose value is a comma-separated list that may also come as repeated lines (s7.3.1).
+LIST_HEADERS = frozenset(
+    {
+        "Via",
+        "Route",
+        "Record-Route",
+        "Contact",
+        "Allow",
+        "Supported",
+        "Require",
+        "Proxy-Require",
+        "Unsupported",
+        "Accept",
+        "Accept-Encoding",
+        "Accept-Language",
+        "Allow-Events",
+        "Path",
+        "Content-Encoding",
+    }
+)
+_TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
+_STATUS = re.compile(r"SIP/2\.0 ([1-6][0-9][0-9]) ([^\r\n]*)")
+REASONS = {
+    100: "Trying",
+    180: "Ringing",
+    181: "Call Is Being Forwarded",
+    182: "Queued",
+    183: "Session Progress",
+    200: "OK",
+    202: "Accepted",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    407: "Proxy Authentication Required",
+    408: "Request Timeout",
+    413: "Request Entity Too Large",
+    415: "Unsupported Media Type",
+    416: "Unsupported URI Scheme",
+    420: "Bad Extension",
+    421: "Extension Required",
+    422: "Session Interval Too Small",
+    423: "Interval Too Brief",
+    480: "Temporarily Unavailable",
+    481: "Call/Transaction Does Not Exist",
+    482: "Loop Detected",
+    483: "Too Many Hops",
+    486: "Busy Here",
+    487: "Request Terminated",
+    488: "Not Acceptable Here",
+    491: "Request Pending",
+    500: "Server Internal Error",
+    501: "Not Implemented",
+    503: "Service Unavailable",
+    504: "Server Time-out",
+    505: "Version Not Supported",
+    513: "Message Too Large",
+    600: "Busy Everywhere",
+    603: "Decline",
+    604: "Does Not Exist Anywhere",
+    606: "Not Acceptable",
+}
+
+
+def canonical_name(name: str) -> str:
+    lname = name.lower()
+    if lname in COMPACT_FORMS:
+        return COMPACT_FORMS[lname]
+    known = _CANONICAL.get(lname)
+    if known is not None:
+        return known
+    return "-".join(part[:1].upper() + part[1:] for part in name.split("-"))
+
+
+def _bad(detail: str) -> SipProtocolError:
+    return SipProtocolError(400, "Bad Request", detail)
+
+
+@dataclass(slots=True)
+class Headers:
+    """Ordered header lines, (canonical name, value); repeated names allowed."""
+
+    items: list[tuple[str, str]] = field(default_factory=list)
+
+    def get(self, name: str) -> str | None:
+        """The first value of a header (for list headers: the first line, not the first item)."""
+        key = canonical_name(name)
+        for k, v in self.items:
+            if k == key:
+                return v
+        return None
+
+    def get_all(self, name: str) -> list[str]:
+        """Every value; comma-separated lists are split into their items."""
+        key = canonical_name(name)
+        values = [v for k, v in self.items if k == key]
+        if key in LIST_HEADERS:
+            return [item for v in values for item in split_list(v)]
+        return values
+
+    def __contains__(self, name: str) -> bool:
+        return self.get(name) is not None
+
+    def add(self, name: str, value: str) -> None:
+        self.items.append((canonical_name(name), value))
+
+    def set(self, name: str, value: str) -> None:
+        """Replace every line of a header with one, at the position of the first."""
+        key = canonical_name(name)
+        for i, (k, _) in enumerate(self.items):
+            if k == key:
+                self.items[i] = (key, value)
+                self.items[i + 1 :] = [(k2, v2) for k2, v2 in self.items[i + 1 :] if k2 != key]
+                return
+        self.items.append((key, value))
+
+    def remove(self, name: str) -> None:
+        key = canonical_name(name)
+        self.items = [(k, v) for k, v in self.items if k != key]
+
+    def prepend(self, name: str, value: str) -> None:
+        self.items.insert(0, (canonical_name(name), value))
+
+    def copy(self) -> Headers:
+        return Headers(list(self.items))
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter(self.items)
+
+
+@dataclass(slots=True, kw_only=True)
+class Message:
+    headers: Headers = field(default_factory=Headers)
+    body: bytes = b""
+
+    # -- structured accessors (raise SipProtocolError(400) when malformed) ---------------
+
+    def _required(self, name: str) -> str:
+        value = self.headers.get(name)
+        if value is None or not value.strip():
+            raise _bad(f"missing {name} header")
+        return value.strip()
+
+    @property
+    def call_id(self) -> str:
+        return self._required("Call-ID")
+
+    @property
+    def cseq(self) -> CSeq:
+        return parse_cseq(self._required("CSeq"))
+
+    @property
+    def from_(self) -> Address:
+        return parse_address(self._required("From"))
+
+    @property
+    def to(self) -> Address:
+        return parse_address(self._required("To"))
+
+    @property
+    def vias(self) -> list[Via]:
+        return [parse_via(v) for v in self.headers.get_all("Via")]
+
+    @property
+    def top_via(self) -> Via:
+        values = self.headers.get_all("Via")
+        if not values:
+            raise _bad("missing Via header")
+        return parse_via(values[0])
+
+    @property
+    def contacts(self) -> list[Address]:
+        return [parse_address(v) for v in self.headers.get_all("Contact")]
+
+    @property
+    def record_routes(self) -> list[Address]:
+        return [parse_address(v) for v in self.headers.get_all("Record-Route")]
+
+    def tokens(self, name: str) -> list[str]:
+        """A list header of tokens (Allow, Supported, Require), lowercased."""
+        return [t.strip().lower() for t in self.headers.get_all(name) if t.strip()]
+
+    def serialize_headers_and_body(self, out: list[str]) -> bytes:
+        for name, value in self.headers.items:
+            if name != "Content-Length":
+                out.append(f"{name}: {value}\r\n")
+        out.append(f"Content-Length: {len(self.body)}\r\n\r\n")
+        return "".join(out).encode("utf-8", "surrogateescape") + self.body
+
+
+@dataclass(slots=True, kw_only=True)
+class Request(Message):
+    method: str
+    uri: Uri
+
+    def serialize(self) -> bytes:
+        return self.serialize_headers_and_body([f"{self.method} {self.uri} {SIP_VERSION}\r\n"])
+
+    def __str__(self) -> str:
+        return f"{self.method} {self.uri}"
+
+
+@dataclass(slots=True, kw_only=True)
+class Response(Message):
+    status: int
+    reason: str = ""
+
+    def serialize(self) -> bytes:
+        reason = self.reason or REASONS.get(self.status, "")
+        return self.serialize_headers_and_body([f"{SIP_VERSION} {self.status} {reason}\r\n"])
+
+    def __str__(self) -> str:
+        return f"{self.status} {self.reason}"
+
+
+# -- parsing ------------------------------------------------------------------------------
+
+
+def parse_message(data: bytes, *, stream: bool = False) -> Request | Response:
+    """Parse one whole message (a datagram, or one framed by `StreamFramer`).
+
+    On a datagram the body is what follows the headers, cut to Content-Length when that is
+    shorter; a Content-Length larger than what arrived is an error (s18.3). On streams the
+    framer has already used Content-Length, which is required there.
+    """
+    if len(data) > MAX_MESSAGE:
+        raise SipProtocolError(513, "Message Too Large")
+    end = data.find(b"\r\n\r\n")
+    sep = 4
+    if end < 0:
+        end = data.find(b"\n\n")  # bare-LF senders exist; tolerate them
+        sep = 2
+    if end < 0:
+        raise _bad("message has no end of headers")
+    head = data[:end].decode("utf-8", "surrogateescape")
+    body = data[end + sep :]
+    lines = _unfold(head)
+    if not lines:
+        raise _bad("empty message")
+    message = _parse_start_line(lines[0])
+    message.headers = _parse_headers(lines[1:])
+    length_text = message.headers.get("Content-Length")
+    if length_text is not None:
+        length_text = length_text.strip()
+        if not length_text.isdigit():
+            raise _bad("malformed Content-Length")
+        length = int(length_text)
+        if length > len(body):
+            raise _bad("body shorter than Content-Length")
+        body = body[:length]
+    elif stream:
+        raise _bad("missing Content-Length on a stream transport")
+    if len(body) > MAX_BODY:
+        raise SipProtocolError(413, "Request Entity Too Large")
+    message.body = body
+    return message
+
+
+def _unfold(head: str) -> list[str]:
+    """Split header lines, joining folded continuation lines (s7.3.1) into one with one SP."""
+    lines: list[str] = []
+    for raw in head.replace("\r\n", "\n").split("\n"):
+        if len(raw) > MAX_LINE:
+            raise _bad("header line too long")
+        if raw[:1] in (" ", "\t") and lines:
+            lines[-1] = lines[-1].rstrip() + " " + raw.strip()
+            if len(lines[-1]) > MAX_LINE:
+                raise _bad("folded header too long")
+        elif raw[:1] in (" ", "\t"):
+            raise _bad("continuation line before any header")
+        else:
+            lines.append(raw)
+    while lines and not lines[0]:
+        lines.pop(0)  # leading CRLFs are ignored (s7.5)
+    return lines
+
+
+def _parse_start_line(line: str) -> Request | Response:
+    if line.startswith("SIP/"):
+        m = _STATUS.fullmatch(line)
+        if m is None:
+            raise _bad(f"malformed status line {line[:80]!r}")
+        return Response(status=int(m.group(1)), reason=m.group(2))
+    parts = line.split(" ")
+    if len(parts) != 3:
+        raise _bad(f"malformed request line {line[:80]!r}")
+    method, uri_text, version = parts
+    if not _TOKEN.fullmatch(method):
+        raise _bad(f"malformed method {method[:40]!r}")
+    if version.upper() != SIP_VERSION:
+        raise SipProtocolError(505, "Version Not Supported", version[:20])
+    return Request(method=method, uri=parse_uri(uri_text))
+
+
+def _parse_headers(lines: Iterable[str]) -> Headers:
+    headers = Headers()
+    for count, line in enumerate(lines, 1):
+        name, colon, value = line.partition(":")
+        name = name.strip()
+        if not colon or not _TOKEN.fullmatch(name):
+            raise _bad(f"malformed header line {line[:80]!r}")
+        if count > MAX_HEADERS:
+            raise _bad("too many headers")
+        headers.items.append((canonical_name(name), value.strip()))
+    return headers
+
+
+# -- streams ------------------------------------------------------------------------------
+
+
+class StreamFramer:
+    """Cuts a TCP/TLS byte stream into messages by Content-Length (RFC 3261 s18.3).
+
+    Feed bytes in any pieces (one at a time works); take whole messages out. CRLF keep-alives
+    between messages (RFC 5626 s3.5.1) are reported so the caller can answer them. Input is
+    capped: a peer that sends headers without end, or declares a huge body, gets an error
+    instead of our memory.
+    """
+
+    def __init__(self, max_buffer: int = MAX_MESSAGE) -> None:
+        self._buffer = bytearray()
+        self.max_buffer = max_buffer
+        self.keepalives = 0  # double-CRLF pings seen, each to be answered with one CRLF
+
+    def feed(self, data: bytes) -> None:
+        self._buffer += data
+        if len(self._buffer) > self.max_buffer + 4:
+            self._skip_keepalives()
+            if len(self._buffer) > self.max_buffer + 4:
+                raise SipProtocolError(513, "Message Too Large", "stream buffer overflow")
+
+    def _skip_keepalives(self) -> None:
+        while self._buffer[:2] == b"\r\n":
+            if self._buffer[:4] == b"\r\n\r\n":
+                del self._buffer[:4]
+                self.keepalives += 1
+            elif len(self._buffer) >= 4 or bytes(self._buffer[2:3]) not in (b"", b"\r"):
+                del self._buffer[:2]  # a lone CRLF: a pong, or noise
+            else:
+                return
+
+    def next_message(self) -> bytes | None:
+        """The next complete message's bytes, or None until more input arrives."""
+        self._skip_keepalives()
+        end = self._buffer.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self._buffer) > self.max_buffer:
+                raise SipProtocolError(513, "Message Too Large", "headers too long")
+            return None
+        head = bytes(self._buffer[:end])
+        length = _content_length(head)
+        if length is None:
+            raise _bad("missing Content-Length on a stream transport")
+        total = end + 4 + length
+        if total > self.max_buffer:
+            raise SipProtocolError(513, "Message Too Large", "declared body too large")
+        if len(self._buffer) < total:
+            return None
+        message = bytes(self._buffer[:total])
+        del self._buffer[:total]
+        return message
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)
+
+
+def _content_length(head: bytes) -> int | None:
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() in (b"content-length", b"l"):
+            text = value.strip()
+            if not text.isdigit() or len(text) > 9:
+                raise _bad("malformed Content-Length")
+            return int(text)
+    return None
+
+
+# -- building responses -------------------------------------------------------------------
+
+
+def make_response(
+    request: Request, status: int, reason: str = "", *, to_tag: str | None = None
+) -> Response:
+    """A response echoing Via, From, To, Call-ID and CSeq (RFC 3261 s8.2.6.2)."""
+    response = Response(status=status, reason=reason or REASONS.get(status, ""))
+    for name in ("Via", "From", "To", "Call-ID", "CSeq"):
+        for k, value in request.headers.items:
+            if k != name:
+                continue
+            if name == "To" and to_tag and status != 100:
+                to = parse_address(value)
+                if to.tag is None:
+                    value = str(to.with_tag(to_tag))  # noqa: PLW2901 - the echoed To gains a tag
+            response.headers.items.append((k, value))
+    if status == 100 and "Timestamp" in request.headers:  # s8.2.6.1
+        response.headers.add("Timestamp", request.headers.get("Timestamp") or "")
+    return response

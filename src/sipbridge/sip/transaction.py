@@ -1,0 +1,450 @@
+"""SIP transactions (RFC 3261 s17, with the RFC 6026 "Accepted" state), sans-IO.
+
+Each transaction is a state machine driven by three kinds of input: messages (a retransmitted
+request, a response), the transaction user (a response to send), and timers. Time is passed in;
+`get_timer()` says when `handle_timer(now)` must next be called. What to transmit comes out of
+`messages_to_send()`, what the user must learn out of `next_event()`.
+
+The transitions are data: `CLIENT_INVITE`, `CLIENT_NON_INVITE`, `SERVER_INVITE` and
+`SERVER_NON_INVITE` map (state, input) to (actions, next state), following RFC 3261 figures 5-8
+as amended by RFC 6026 figures 5 and 7. A pair missing from a table is not a legal input in that
+state and is ignored (a stray response or a late timer), which is what s17 asks for.
+
+INVITE client (fig. 5 + RFC 6026):          non-INVITE client (fig. 6):
+  Calling --1xx--> Proceeding                 Trying --1xx--> Proceeding
+  Calling/Proceeding --2xx--> Accepted        Trying/Proceeding --final--> Completed
+  Calling/Proceeding --3xx-6xx/ACK--> Completed                      --Timer F--> Terminated
+  Calling --Timer B--> Terminated             Completed --Timer K--> Terminated
+  Completed --Timer D--> Terminated
+  Accepted --Timer M--> Terminated
+
+INVITE server (fig. 7 + RFC 6026):          non-INVITE server (fig. 8):
+  Proceeding --TU 2xx--> Accepted             Trying --TU 1xx--> Proceeding
+  Proceeding --TU 3xx-6xx--> Completed        Trying/Proceeding --TU final--> Completed
+  Completed --ACK--> Confirmed                Completed --Timer J--> Terminated
+  Completed --Timer H--> Terminated
+  Confirmed --Timer I--> Terminated
+  Accepted --Timer L--> Terminated
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import deque
+from dataclasses import dataclass
+from enum import Enum
+
+from sipbridge.sip.headers import MAGIC_COOKIE
+from sipbridge.sip.message import Request, Response, make_response
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TimerSettings:
+    """RFC 3261 s17.1.1.1 and table 4: T1 RTT estimate, T2 max non-INVITE interval, T4 max
+    time a message stays in the network."""
+
+    t1: float = 0.5
+    t2: float = 4.0
+    t4: float = 5.0
+
+    @property
+    def timeout(self) -> float:
+        return 64 * self.t1  # Timers B, F, H, J (unreliable), L, M
+
+
+class State(Enum):
+    CALLING = "Calling"
+    TRYING = "Trying"
+    PROCEEDING = "Proceeding"
+    COMPLETED = "Completed"
+    CONFIRMED = "Confirmed"
+    ACCEPTED = "Accepted"
+    TERMINATED = "Terminated"
+
+
+class Input(Enum):
+    PROVISIONAL = "1xx"
+    SUCCESS = "2xx"
+    FAILURE = "3xx-6xx"
+    REQUEST = "retransmitted request"
+    ACK = "ACK"
+    TU_PROVISIONAL = "TU 1xx"
+    TU_SUCCESS = "TU 2xx"
+    TU_FAILURE = "TU 3xx-6xx"
+    RETRANSMIT_TIMER = "Timer A/E/G"
+    TIMEOUT_TIMER = "Timer B/F/H"
+    LINGER_TIMER = "Timer D/I/J/K/L/M"
+    TRANSPORT_ERROR = "transport error"
+
+
+class Action(Enum):
+    PASS_UP = "pass the response to the TU"
+    SEND_ACK = "send ACK for the final response"
+    RETRANSMIT = "retransmit the request"
+    SEND = "send the TU's response"
+    RESEND_LAST = "resend the last response"
+    RESTART_RETRANSMIT = "start retransmitting (Timer G) the final response"
+    TIMED_OUT = "tell the TU the transaction timed out"
+    TRANSPORT_FAILED = "tell the TU the transport failed"
+    STOP_RETRANSMIT = "stop retransmitting"
+
+
+S, In, A = State, Input, Action
+Table = dict[tuple[State, Input], tuple[tuple[Action, ...], State]]
+
+CLIENT_INVITE: Table = {
+    (S.CALLING, In.RETRANSMIT_TIMER): ((A.RETRANSMIT,), S.CALLING),
+    (S.CALLING, In.TIMEOUT_TIMER): ((A.TIMED_OUT,), S.TERMINATED),
+    (S.CALLING, In.PROVISIONAL): ((A.STOP_RETRANSMIT, A.PASS_UP), S.PROCEEDING),
+    (S.CALLING, In.SUCCESS): ((A.STOP_RETRANSMIT, A.PASS_UP), S.ACCEPTED),
+    (S.CALLING, In.FAILURE): ((A.STOP_RETRANSMIT, A.SEND_ACK, A.PASS_UP), S.COMPLETED),
+    (S.CALLING, In.TRANSPORT_ERROR): ((A.TRANSPORT_FAILED,), S.TERMINATED),
+    (S.PROCEEDING, In.PROVISIONAL): ((A.PASS_UP,), S.PROCEEDING),
+    (S.PROCEEDING, In.SUCCESS): ((A.PASS_UP,), S.ACCEPTED),
+    (S.PROCEEDING, In.FAILURE): ((A.SEND_ACK, A.PASS_UP), S.COMPLETED),
+    # The "Timer B" of a proceeding INVITE is the TU's business (s17.1.1.2): no transition.
+    (S.COMPLETED, In.FAILURE): ((A.SEND_ACK,), S.COMPLETED),
+    (S.COMPLETED, In.LINGER_TIMER): ((), S.TERMINATED),  # Timer D
+    (S.COMPLETED, In.TRANSPORT_ERROR): ((A.TRANSPORT_FAILED,), S.TERMINATED),
+    (S.ACCEPTED, In.SUCCESS): ((A.PASS_UP,), S.ACCEPTED),  # RFC 6026: 2xx retransmissions
+    (S.ACCEPTED, In.LINGER_TIMER): ((), S.TERMINATED),  # Timer M
+}
+
+CLIENT_NON_INVITE: Table = {
+    (S.TRYING, In.RETRANSMIT_TIMER): ((A.RETRANSMIT,), S.TRYING),
+    (S.TRYING, In.TIMEOUT_TIMER): ((A.TIMED_OUT,), S.TERMINATED),
+    (S.TRYING, In.PROVISIONAL): ((A.PASS_UP,), S.PROCEEDING),
+    (S.TRYING, In.SUCCESS): ((A.STOP_RETRANSMIT, A.PASS_UP), S.COMPLETED),
+    (S.TRYING, In.FAILURE): ((A.STOP_RETRANSMIT, A.PASS_UP), S.COMPLETED),
+    (S.TRYING, In.TRANSPORT_ERROR): ((A.TRANSPORT_FAILED,), S.TERMINATED),
+    (S.PROCEEDING, In.RETRANSMIT_TIMER): ((A.RETRANSMIT,), S.PROCEEDING),
+    (S.PROCEEDING, In.TIMEOUT_TIMER): ((A.TIMED_OUT,), S.TERMINATED),
+    (S.PROCEEDING, In.PROVISIONAL): ((A.PASS_UP,), S.PROCEEDING),
+    (S.PROCEEDING, In.SUCCESS): ((A.STOP_RETRANSMIT, A.PASS_UP), S.COMPLETED),
+    (S.PROCEEDING, In.FAILURE): ((A.STOP_RETRANSMIT, A.PASS_UP), S.COMPLETED),
+    (S.PROCEEDING, In.TRANSPORT_ERROR): ((A.TRANSPORT_FAILED,), S.TERMINATED),
+    (S.COMPLETED, In.SUCCESS): ((), S.COMPLETED),  # absorbed
+    (S.COMPLETED, In.FAILURE): ((), S.COMPLETED),
+    (S.COMPLETED, In.LINGER_TIMER): ((), S.TERMINATED),  # Timer K
+}
+
+SERVER_INVITE: Table = {
+    (S.PROCEEDING, In.REQUEST): ((A.RESEND_LAST,), S.PROCEEDING),
+    (S.PROCEEDING, In.TU_PROVISIONAL): ((A.SEND,), S.PROCEEDING),
+    (S.PROCEEDING, In.TU_SUCCESS): ((A.SEND,), S.ACCEPTED),
+    (S.PROCEEDING, In.TU_FAILURE): ((A.SEND, A.RESTART_RETRANSMIT), S.COMPLETED),
+    (S.PROCEEDING, In.TRANSPORT_ERROR): ((A.TRANSPORT_FAILED,), S.TERMINATED),
+    (S.COMPLETED, In.REQUEST): ((A.RESEND_LAST,), S.COMPLETED),
+    (S.COMPLETED, In.RETRANSMIT_TIMER): ((A.RESEND_LAST,), S.COMPLETED),  # Timer G
+    (S.COMPLETED, In.TIMEOUT_TIMER): ((A.TIMED_OUT,), S.TERMINATED),  # Timer H: no ACK
+    (S.COMPLETED, In.ACK): ((A.STOP_RETRANSMIT,), S.CONFIRMED),
+    (S.COMPLETED, In.TRANSPORT_ERROR): ((A.TRANSPORT_FAILED,), S.TERMINATED),
+    (S.CONFIRMED, In.ACK): ((), S.CONFIRMED),
+    (S.CONFIRMED, In.REQUEST): ((), S.CONFIRMED),
+    (S.CONFIRMED, In.LINGER_TIMER): ((), S.TERMINATED),  # Timer I
+    (S.ACCEPTED, In.REQUEST): ((), S.ACCEPTED),  # RFC 6026: absorb; the core resends 2xx
+    (S.ACCEPTED, In.TU_SUCCESS): ((A.SEND,), S.ACCEPTED),  # 2xx retransmission by the core
+    (S.ACCEPTED, In.LINGER_TIMER): ((), S.TERMINATED),  # Timer L
+}
+
+SERVER_NON_INVITE: Table = {
+    (S.TRYING, In.REQUEST): ((), S.TRYING),
+    (S.TRYING, In.TU_PROVISIONAL): ((A.SEND,), S.PROCEEDING),
+    (S.TRYING, In.TU_SUCCESS): ((A.SEND,), S.COMPLETED),
+    (S.TRYING, In.TU_FAILURE): ((A.SEND,), S.COMPLETED),
+    (S.PROCEEDING, In.REQUEST): ((A.RESEND_LAST,), S.PROCEEDING),
+    (S.PROCEEDING, In.TU_PROVISIONAL): ((A.SEND,), S.PROCEEDING),
+    (S.PROCEEDING, In.TU_SUCCESS): ((A.SEND,), S.COMPLETED),
+    (S.PROCEEDING, In.TU_FAILURE): ((A.SEND,), S.COMPLETED),
+    (S.PROCEEDING, In.TRANSPORT_ERROR): ((A.TRANSPORT_FAILED,), S.TERMINATED),
+    (S.COMPLETED, In.REQUEST): ((A.RESEND_LAST,), S.COMPLETED),
+    (S.COMPLETED, In.LINGER_TIMER): ((), S.TERMINATED),  # Timer J
+    (S.COMPLETED, In.TRANSPORT_ERROR): ((A.TRANSPORT_FAILED,), S.TERMINATED),
+}
+
+
+# -- events ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResponseReceived:
+    transaction: ClientTransaction
+    response: Response
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TransactionTimedOut:
+    transaction: ClientTransaction | ServerTransaction
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TransportFailed:
+    transaction: ClientTransaction | ServerTransaction
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TransactionTerminated:
+    transaction: ClientTransaction | ServerTransaction
+
+
+TransactionEvent = ResponseReceived | TransactionTimedOut | TransportFailed | TransactionTerminated
+
+
+def new_branch() -> str:
+    return MAGIC_COOKIE + secrets.token_hex(10)
+
+
+def classify(status: int) -> Input:
+    if status < 200:
+        return Input.PROVISIONAL
+    return Input.SUCCESS if status < 300 else Input.FAILURE
+
+
+class _Transaction:
+    table: Table
+    state: State
+
+    def __init__(self, request: Request, *, reliable: bool, timers: TimerSettings) -> None:
+        self.request = request
+        self.reliable = reliable
+        self.timers = timers
+        self._outbox: deque[Request | Response] = deque()
+        self._events: deque[TransactionEvent] = deque()
+        # one deadline per timer kind; get_timer() is their minimum
+        self._deadlines: dict[Input, float] = {}
+        self._interval = timers.t1
+
+    @property
+    def terminated(self) -> bool:
+        return self.state is State.TERMINATED
+
+    def messages_to_send(self) -> list[Request | Response]:
+        out = list(self._outbox)
+        self._outbox.clear()
+        return out
+
+    def next_event(self) -> TransactionEvent | None:
+        return self._events.popleft() if self._events else None
+
+    def get_timer(self) -> float | None:
+        return min(self._deadlines.values(), default=None)
+
+    def handle_timer(self, now: float) -> None:
+        for timer, deadline in sorted(self._deadlines.items(), key=lambda kv: kv[1]):
+            if deadline <= now and not self.terminated and timer in self._deadlines:
+                del self._deadlines[timer]
+                self._step(timer, now)
+
+    def transport_error(self, now: float) -> None:
+        self._step(Input.TRANSPORT_ERROR, now)
+
+    def _step(self, event: Input, now: float, message: Response | None = None) -> bool:
+        """Apply the table; False when the input is not legal in this state (ignored)."""
+        transition = self.table.get((self.state, event))
+        if transition is None:
+            return False
+        actions, next_state = transition
+        for action in actions:
+            self._act(action, now, message)
+        self._enter(next_state, now)
+        return True
+
+    def _act(self, action: Action, now: float, message: Response | None) -> None:
+        raise NotImplementedError
+
+    def _enter(self, state: State, now: float) -> None:
+        if state is self.state:
+            return
+        self.state = state
+        self._on_enter(state, now)
+        if state is State.TERMINATED:
+            self._deadlines.clear()
+            self._events.append(TransactionTerminated(transaction=self))  # type: ignore[arg-type]
+
+    def _on_enter(self, state: State, now: float) -> None:
+        raise NotImplementedError
+
+    def _linger(self, now: float, unreliable_wait: float) -> None:
+        """Timers D, I, J, K: wait for retransmissions only on unreliable transports."""
+        wait = 0.0 if self.reliable else unreliable_wait
+        self._deadlines[Input.LINGER_TIMER] = now + wait
+
+
+class ClientTransaction(_Transaction):
+    """Sends a request and collects its responses (s17.1)."""
+
+    def __init__(
+        self, request: Request, *, reliable: bool, timers: TimerSettings | None = None
+    ) -> None:
+        super().__init__(request, reliable=reliable, timers=timers or TimerSettings())
+        self.is_invite = request.method == "INVITE"
+        self.table = CLIENT_INVITE if self.is_invite else CLIENT_NON_INVITE
+        self.state = State.CALLING if self.is_invite else State.TRYING
+        self.branch = request.top_via.branch or ""
+        self.last_final: Response | None = None
+
+    def start(self, now: float) -> None:
+        self._outbox.append(self.request)
+        if not self.reliable:  # Timer A / E
+            self._deadlines[Input.RETRANSMIT_TIMER] = now + self.timers.t1
+        self._deadlines[Input.TIMEOUT_TIMER] = now + self.timers.timeout  # Timer B / F
+
+    def receive_response(self, response: Response, now: float) -> None:
+        self._step(classify(response.status), now, response)
+
+    def _act(self, action: Action, now: float, message: Response | None) -> None:
+        if action is Action.RETRANSMIT:
+            self._outbox.append(self.request)
+            if self.is_invite:
+                self._interval *= 2
+            else:
+                cap = self.timers.t2
+                self._interval = min(self._interval * 2, cap)
+                if self.state is State.PROCEEDING:
+                    self._interval = cap
+            self._deadlines[Input.RETRANSMIT_TIMER] = now + self._interval
+        elif action is Action.STOP_RETRANSMIT:
+            self._deadlines.pop(Input.RETRANSMIT_TIMER, None)
+        elif action is Action.PASS_UP:
+            assert message is not None
+            self._events.append(ResponseReceived(transaction=self, response=message))
+        elif action is Action.SEND_ACK:
+            assert message is not None
+            self.last_final = message
+            self._outbox.append(ack_for_failure(self.request, message))
+        elif action is Action.TIMED_OUT:
+            self._events.append(TransactionTimedOut(transaction=self))
+        elif action is Action.TRANSPORT_FAILED:
+            self._events.append(TransportFailed(transaction=self))
+
+    def _on_enter(self, state: State, now: float) -> None:
+        # A non-INVITE in Proceeding keeps Timer E (at T2) and Timer F (s17.1.2.2).
+        if state is State.PROCEEDING and self.is_invite:
+            self._deadlines.pop(Input.TIMEOUT_TIMER, None)
+        elif state is State.COMPLETED:
+            self._deadlines.pop(Input.TIMEOUT_TIMER, None)
+            self._deadlines.pop(Input.RETRANSMIT_TIMER, None)
+            # Timer D (INVITE, >= 32 s) / Timer K (T4)
+            self._linger(now, 32.0 if self.is_invite else self.timers.t4)
+        elif state is State.ACCEPTED:
+            self._deadlines.pop(Input.TIMEOUT_TIMER, None)
+            self._deadlines[Input.LINGER_TIMER] = now + self.timers.timeout  # Timer M
+
+
+class ServerTransaction(_Transaction):
+    """Absorbs retransmitted requests and (re)sends the TU's responses (s17.2)."""
+
+    def __init__(
+        self, request: Request, *, reliable: bool, timers: TimerSettings | None = None
+    ) -> None:
+        super().__init__(request, reliable=reliable, timers=timers or TimerSettings())
+        self.is_invite = request.method == "INVITE"
+        self.table = SERVER_INVITE if self.is_invite else SERVER_NON_INVITE
+        self.state = State.PROCEEDING if self.is_invite else State.TRYING
+        self.last_response: Response | None = None
+
+    def receive_request(self, request: Request, now: float) -> None:
+        """A retransmission of our request, or (INVITE) the ACK for a non-2xx final."""
+        self._step(Input.ACK if request.method == "ACK" else Input.REQUEST, now)
+
+    def send_response(self, response: Response, now: float) -> bool:
+        """Send the TU's response; False when the state allows none (e.g. after a final)."""
+        kind = classify(response.status)
+        tu_input = {
+            Input.PROVISIONAL: Input.TU_PROVISIONAL,
+            Input.SUCCESS: Input.TU_SUCCESS,
+            Input.FAILURE: Input.TU_FAILURE,
+        }[kind]
+        return self._step(tu_input, now, response)
+
+    def _act(self, action: Action, now: float, message: Response | None) -> None:
+        if action is Action.SEND:
+            assert message is not None
+            self.last_response = message
+            self._outbox.append(message)
+        elif action is Action.RESEND_LAST:
+            if self.last_response is not None:
+                self._outbox.append(self.last_response)
+        elif action is Action.RESTART_RETRANSMIT:
+            if not self.reliable:  # Timer G
+                self._interval = self.timers.t1
+                self._deadlines[Input.RETRANSMIT_TIMER] = now + self._interval
+            self._deadlines[Input.TIMEOUT_TIMER] = now + self.timers.timeout  # Timer H
+        elif action is Action.STOP_RETRANSMIT:
+            self._deadlines.pop(Input.RETRANSMIT_TIMER, None)
+            self._deadlines.pop(Input.TIMEOUT_TIMER, None)
+        elif action is Action.TIMED_OUT:
+            self._events.append(TransactionTimedOut(transaction=self))
+        elif action is Action.TRANSPORT_FAILED:
+            self._events.append(TransportFailed(transaction=self))
+
+    def handle_timer(self, now: float) -> None:
+        due = self._deadlines.get(Input.RETRANSMIT_TIMER)
+        super().handle_timer(now)
+        if due is not None and due <= now and self.state is State.COMPLETED:
+            # Timer G doubles up to T2 (s17.2.1)
+            self._interval = min(self._interval * 2, self.timers.t2)
+            self._deadlines[Input.RETRANSMIT_TIMER] = now + self._interval
+
+    def _on_enter(self, state: State, now: float) -> None:
+        if state is State.CONFIRMED:
+            self._linger(now, self.timers.t4)  # Timer I
+        elif state is State.COMPLETED and not self.is_invite:
+            self._linger(now, self.timers.timeout)  # Timer J
+        elif state is State.ACCEPTED:
+            self._deadlines[Input.LINGER_TIMER] = now + self.timers.timeout  # Timer L
+
+
+def ack_for_failure(invite: Request, response: Response) -> Request:
+    """The ACK a client transaction sends for a 3xx-6xx (s17.1.1.3): same branch, Request-URI,
+    Call-ID, From, CSeq number and Route; To from the response."""
+    ack = Request(method="ACK", uri=invite.uri)
+    vias = invite.headers.get_all("Via")
+    if vias:
+        ack.headers.add("Via", vias[0])
+    for name in ("Max-Forwards", "From", "Call-ID"):
+        value = invite.headers.get(name)
+        if value is not None:
+            ack.headers.add(name, value)
+    ack.headers.add("To", response.headers.get("To") or "")
+    ack.headers.add("CSeq", f"{invite.cseq.seq} ACK")
+    for route in invite.headers.get_all("Route"):
+        ack.headers.add("Route", route)
+    return ack
+
+
+def server_key(request: Request) -> tuple[str, ...]:
+    """The key matching a request to a server transaction (s17.2.3).
+
+    RFC 3261 branches: (branch, sent-by, method), with ACK matching its INVITE and CANCEL its
+    own transaction. RFC 2543 peers: Request-URI, From tag, Call-ID, CSeq, top Via (and the To
+    tag, which only the ACK carries, is left out so the ACK finds its INVITE).
+    """
+    via = request.top_via
+    method = "INVITE" if request.method == "ACK" else request.method
+    if via.is_rfc3261:
+        host, port = via.sent_by
+        return ("3261", via.branch or "", host, str(port or ""), method)
+    return (
+        "2543",
+        str(request.uri),
+        request.from_.tag or "",
+        request.call_id,
+        str(request.cseq.seq),
+        str(via),
+        method,
+    )
+
+
+def client_key(message: Request | Response) -> tuple[str, str]:
+    """Responses match the client transaction by top Via branch and CSeq method (s17.1.3)."""
+    method = message.cseq.method
+    if method == "ACK":
+        method = "INVITE"
+    return (message.top_via.branch or "", method)
+
+
+def make_server_response(
+    transaction: ServerTransaction, status: int, reason: str = "", to_tag: str | None = None
+) -> Response:
+    return make_response(transaction.request, status, reason, to_tag=to_tag)
