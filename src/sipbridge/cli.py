@@ -30,6 +30,9 @@ def _serve_parser(sub: Any) -> None:
     p.add_argument("--dev", action="store_true", help="development mode: key devkey/secret")
     p.add_argument("--http", metavar="HOST:PORT", help="API and WebSocket address (127.0.0.1:7880)")
     p.add_argument("--sip", metavar="HOST:PORT", help="SIP UDP+TCP address (127.0.0.1:5060)")
+    p.add_argument("--sip-tls", metavar="HOST:PORT", help="SIP over TLS address (off)")
+    p.add_argument("--tls-cert", metavar="FILE", help="PEM certificate chain for --sip-tls")
+    p.add_argument("--tls-key", metavar="FILE", help="PEM private key for --sip-tls")
     p.add_argument("--rtp-ports", metavar="LO-HI", help="UDP ports for RTP (10000-20000)")
     p.add_argument("--db", metavar="PATH", help="SQLite database file (./sipbridge.db)")
     p.add_argument("--keys", metavar="KEY:SECRET", action="append", help="API key (repeatable)")
@@ -329,6 +332,9 @@ def _serve(args: argparse.Namespace) -> int:
             dev=args.dev,
             http=args.http,
             sip=args.sip,
+            sip_tls=args.sip_tls,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
             rtp_ports=args.rtp_ports,
             db=args.db,
             keys=args.keys,
@@ -343,11 +349,16 @@ def _serve(args: argparse.Namespace) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    import sqlite3  # noqa: PLC0415
+
     from sipbridge.server.app import run  # noqa: PLC0415 - keep client commands light
 
     try:
         run(settings)
     except OSError as exc:
         print(f"sipbridge serve: {exc}", file=sys.stderr)
+        return 1
+    except sqlite3.Error as exc:
+        print(f"sipbridge serve: cannot open database {settings.db}: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -33,6 +33,9 @@ class Settings:
     dev: bool = False
     http: HostPort = HostPort("127.0.0.1", 7880)
     sip: HostPort = HostPort("127.0.0.1", 5060)
+    sip_tls: HostPort | None = None
+    tls_cert: str = ""
+    tls_key: str = ""
     rtp_ports: tuple[int, int] = (10000, 20000)
     db: str = "./sipbridge.db"
     keys: Mapping[str, str] = field(default_factory=dict)
@@ -97,7 +100,20 @@ def _from_yaml(path: str) -> dict[str, Any]:
         return {}
     if not isinstance(doc, dict):
         raise ConfigError(f"--config: {path} must hold a mapping of settings")
-    known = {"dev", "http", "sip", "rtp_ports", "db", "keys", "webhook", "webhooks", "log_level"}
+    known = {
+        "dev",
+        "http",
+        "sip",
+        "sip_tls",
+        "tls_cert",
+        "tls_key",
+        "rtp_ports",
+        "db",
+        "keys",
+        "webhook",
+        "webhooks",
+        "log_level",
+    }
     unknown = set(doc) - known
     if unknown:
         raise ConfigError(f"--config: unknown setting(s): {', '.join(sorted(unknown))}")
@@ -109,6 +125,9 @@ def build_settings(
     dev: bool = False,
     http: str | None = None,
     sip: str | None = None,
+    sip_tls: str | None = None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
     rtp_ports: str | None = None,
     db: str | None = None,
     keys: list[str] | None = None,
@@ -119,12 +138,21 @@ def build_settings(
 ) -> Settings:
     """Combine the sources; later ones win: defaults, YAML, environment, flags."""
     doc = _from_yaml(config_file) if config_file else {}
-    dev = dev or bool(doc.get("dev", False))
+    file_dev = doc.get("dev", False)
+    if not isinstance(file_dev, bool):
+        raise ConfigError("dev: expected true or false")
+    dev = dev or file_dev
     s = Settings(dev=dev)
     if "http" in doc:
         s = replace(s, http=parse_hostport(str(doc["http"]), "http"))
     if "sip" in doc:
         s = replace(s, sip=parse_hostport(str(doc["sip"]), "sip"))
+    if "sip_tls" in doc:
+        s = replace(s, sip_tls=parse_hostport(str(doc["sip_tls"]), "sip_tls"))
+    if "tls_cert" in doc:
+        s = replace(s, tls_cert=str(doc["tls_cert"]))
+    if "tls_key" in doc:
+        s = replace(s, tls_key=str(doc["tls_key"]))
     if "rtp_ports" in doc:
         s = replace(s, rtp_ports=parse_port_range(str(doc["rtp_ports"]), "rtp_ports"))
     if "db" in doc:
@@ -153,6 +181,14 @@ def build_settings(
         s = replace(s, http=parse_hostport(http, "--http"))
     if sip:
         s = replace(s, sip=parse_hostport(sip, "--sip"))
+    if sip_tls:
+        s = replace(s, sip_tls=parse_hostport(sip_tls, "--sip-tls"))
+    if tls_cert:
+        s = replace(s, tls_cert=tls_cert)
+    if tls_key:
+        s = replace(s, tls_key=tls_key)
+    if s.sip_tls is not None and not (s.tls_cert and s.tls_key):
+        raise ConfigError("--sip-tls needs --tls-cert and --tls-key")
     if rtp_ports:
         s = replace(s, rtp_ports=parse_port_range(rtp_ports, "--rtp-ports"))
     if db:

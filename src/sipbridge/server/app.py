@@ -16,9 +16,11 @@ from sipbridge.rooms import RoomRegistry
 from sipbridge.server import metrics
 from sipbridge.server.room_api import RoomApi
 from sipbridge.server.rooms_runtime import RoomsRuntime, wall_clock
-from sipbridge.server.signal import SignalServer
+from sipbridge.server.rtc_signal import SignalServer
 from sipbridge.server.sip_api import SipApi
 from sipbridge.server.sip_config import SipConfig
+from sipbridge.server.sip_transport import Listen, SipService, tls_context
+from sipbridge.server.sip_ua import SipUserAgent
 from sipbridge.server.twirp import PREFIX, TwirpServer
 from sipbridge.server.webhooks import RetryPolicy, WebhookNotifier
 from sipbridge.store import SQLiteStore
@@ -46,6 +48,9 @@ class Server:
         SipApi(self.sip_config).register(self.twirp)
         RoomApi(self.rooms).register(self.twirp)
         self.signal = SignalServer(self.rooms, dict(settings.keys))
+        self.sip_ua = SipUserAgent(settings.sip.host, settings.sip.port)
+        self.sip = SipService(self.sip_ua)
+        self.sip_ua.attach(self.sip)
         self.ready = False
         self._runner: web.AppRunner | None = None
 
@@ -77,6 +82,10 @@ class Server:
             ("sipbridge_dispatch_rules", {}, len(self.sip_config.rules)),
         ]
         out += [
+            ("sipbridge_sip_messages_total", {"kind": kind}, n)
+            for kind, n in sorted(self.sip.endpoint.stats.items())
+        ]
+        out += [
             ("sipbridge_api_errors_total", {"code": code}, n)
             for code, n in sorted(self.twirp.errors.items())
         ]
@@ -95,6 +104,7 @@ class Server:
         http = self.settings.http
         site = web.TCPSite(self._runner, http.host, http.port, reuse_address=True)
         await site.start()
+        await self.start_sip()
         self.ready = True
         log.info(
             "sipbridge %s: API on http://%s, %d inbound / %d outbound trunks, %d dispatch rules",
@@ -104,6 +114,19 @@ class Server:
             len(self.sip_config.outbound),
             len(self.sip_config.rules),
         )
+
+    async def start_sip(self) -> None:
+        """SIP on UDP and TCP at `--sip`, and TLS at `--sip-tls` when configured."""
+        sip = self.settings.sip
+        udp = await self.sip.listen(Listen("udp", sip.host, sip.port))
+        # TCP on the same port as UDP, as SIP expects (a port 0 UDP bind picks one for both).
+        await self.sip.listen(Listen("tcp", sip.host, udp.port))
+        self.sip_ua.port = udp.port
+        if self.settings.sip_tls is not None:
+            context = tls_context(self.settings.tls_cert, self.settings.tls_key)
+            tls = self.settings.sip_tls
+            await self.sip.listen(Listen("tls", tls.host, tls.port), context)
+        log.info("SIP on %s", ", ".join(f"{b.transport}:{b.host}:{b.port}" for b in self.sip.bound))
 
     @property
     def http_port(self) -> int:
@@ -115,11 +138,13 @@ class Server:
 
     async def stop(self) -> None:
         self.ready = False
+        await self.sip.close()
         await self.signal.close_all()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
         self.rooms.close()
+        await self.sip_config.drain()
         await self.webhooks.stop()
         await self.store.close()
         log.info("sipbridge stopped")

@@ -16,6 +16,7 @@ import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 from sipbridge.sip.endpoint import EndpointEvent, EndpointSettings, Peer, SipEndpoint
 from sipbridge.sip.errors import SipProtocolError
@@ -44,8 +45,8 @@ class _Udp(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        # uvloop's and asyncio's datagram transports do not share the DatagramTransport base.
+        self.transport = cast(asyncio.DatagramTransport, transport)
         if hasattr(transport, "max_size"):  # the selector loop's per-read allocation
             transport.max_size = UDP_READ_SIZE
         sock = transport.get_extra_info("socket")
@@ -73,11 +74,11 @@ class _Stream(asyncio.Protocol):
         self.idle_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        stream = cast(asyncio.Transport, transport)
+        self.transport = stream
         if len(self.service.connections) >= MAX_CONNECTIONS:
             self.service.stats_error("connections_refused")
-            transport.abort()
+            stream.abort()
             return
         host, port = transport.get_extra_info("peername")[:2]
         self.peer = Peer(self.kind, str(host), int(port), next(self.service.connection_ids))
