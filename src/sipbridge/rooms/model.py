@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from livekit.protocol import models
 from livekit.protocol.agent_dispatch import RoomAgentDispatch
 
+from sipbridge import ids
 from sipbridge.errors import ApiError, invalid_argument, not_found
 from sipbridge.rooms import events as ev
-from sipbridge.telephony import ids
 
 DEFAULT_EMPTY_TIMEOUT = 300
 DEFAULT_DEPARTURE_TIMEOUT = 20
@@ -429,13 +429,22 @@ def _copy(track: models.TrackInfo) -> models.TrackInfo:
     return snapshot
 
 
+def room_name_problem(name: str) -> str | None:
+    """Why `name` cannot name a room, or None. As LiveKit: a length limit; and no control
+    characters, which would end up in logs and SIP headers."""
+    if len(name) > MAX_ROOM_NAME:
+        return f"room name too long (max {MAX_ROOM_NAME} characters)"
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+        return f"room name {name!r} contains control characters"
+    return None
+
+
 def validate_room_name(name: str) -> None:
     if not name:
         raise invalid_argument("room name must be set")
-    if len(name) > MAX_ROOM_NAME:
-        raise invalid_argument(f"room name too long (max {MAX_ROOM_NAME} characters)")
-    if any(ord(c) < 0x20 or ord(c) == 0x7F or c in "/\\?#%" for c in name):
-        raise invalid_argument(f"room name {name!r} contains invalid characters")
+    problem = room_name_problem(name)
+    if problem:
+        raise invalid_argument(problem)
 
 
 def validate_attributes(attributes: Mapping[str, str]) -> None:

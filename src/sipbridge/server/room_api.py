@@ -10,7 +10,7 @@ from livekit.protocol import room as proto
 from sipbridge.errors import ApiError, invalid_argument
 from sipbridge.server.auth import Claims
 from sipbridge.server.rooms_runtime import RoomsRuntime
-from sipbridge.server.twirp import TwirpServer
+from sipbridge.server.twirp import TwirpServer, not_implemented_yet
 
 SERVICE = "livekit.RoomService"
 DisconnectReason = models.DisconnectReason
@@ -86,7 +86,9 @@ class RoomApi:
     async def list_participants(
         self, req: proto.ListParticipantsRequest, _: Claims
     ) -> proto.ListParticipantsResponse:
-        room = self.rooms.get(req.room)
+        room = self.rooms.find(req.room)  # LiveKit answers an empty list for unknown rooms
+        if room is None:
+            return proto.ListParticipantsResponse()
         return proto.ListParticipantsResponse(
             participants=[p.to_proto() for p in room.participants.values()]
         )
@@ -140,8 +142,8 @@ class RoomApi:
         return room.to_proto()
 
     async def send_data(self, req: proto.SendDataRequest, _: Claims) -> proto.SendDataResponse:
-        if not req.data:
-            raise invalid_argument("data: must not be empty")
+        if req.nonce and len(req.nonce) != 16:
+            raise invalid_argument("nonce: must be 16 bytes")
         packet = models.DataPacket(
             kind=req.kind,
             destination_identities=list(req.destination_identities),
@@ -176,5 +178,4 @@ class RoomApi:
             self.runtime.commit()
         return proto.UpdateSubscriptionsResponse()
 
-    async def not_yet(self, req: Any, _: Claims) -> Any:
-        raise ApiError("unimplemented", f"{type(req).__name__[:-7]} is not implemented yet")
+    not_yet = staticmethod(not_implemented_yet)

@@ -158,24 +158,31 @@ class SignalServer:
 
     def _join(self, session: Session, claims: Claims, join: rtc.JoinRequest) -> None:
         now = self.runtime.now()
-        room, _ = self.rooms.create(session.room, now)
         attributes = dict(claims.attributes)
         attributes.update(join.participant_attributes)
         key = (session.room, session.identity)
         # A second connection with the same identity replaces the first: unregister the old
-        # session first so the model's DUPLICATE_IDENTITY leave reaches only the old client.
+        # session first so the model's DUPLICATE_IDENTITY leave reaches only the old client,
+        # and put it back if the new one is refused.
         old = self.sessions.pop(key, None)
-        participant = self.rooms.join(
-            session.room,
-            session.identity,
-            now,
-            name=claims.name,
-            kind=_KINDS.get(claims.kind, Kind.STANDARD),
-            metadata=claims.metadata or join.metadata,
-            attributes=attributes,
-            permission=permission_from(claims),
-        )
-        self.runtime.commit()
+        try:
+            room, _ = self.rooms.create(session.room, now)
+            participant = self.rooms.join(
+                session.room,
+                session.identity,
+                now,
+                name=claims.name,
+                kind=_KINDS.get(claims.kind, Kind.STANDARD),
+                metadata=claims.metadata or join.metadata,
+                attributes=attributes,
+                permission=permission_from(claims),
+            )
+        except ApiError:
+            if old is not None:
+                self.sessions[key] = old
+            raise
+        finally:
+            self.runtime.commit()
         if old is not None:
             old.send(_leave_message(DisconnectReason.DUPLICATE_IDENTITY))
         self.sessions[key] = session

@@ -10,7 +10,7 @@ from livekit.protocol import sip as proto
 from sipbridge.errors import ApiError, invalid_argument
 from sipbridge.server.auth import Claims
 from sipbridge.server.sip_config import SipConfig
-from sipbridge.server.twirp import Encoded, TwirpServer, repeated_field
+from sipbridge.server.twirp import Encoded, TwirpServer, not_implemented_yet, repeated_field
 from sipbridge.telephony.rules import apply_rule_update, rule_from_create
 from sipbridge.telephony.trunks import (
     apply_inbound_update,
@@ -45,11 +45,9 @@ def require_transfer(req: proto.TransferSIPParticipantRequest, claims: Claims) -
         raise ApiError("permission_denied", "requires roomAdmin for the participant's room")
 
 
-def _copy_with_id_check(
-    info: proto.SIPInboundTrunkInfo | proto.SIPOutboundTrunkInfo, request_id: str
-) -> None:
-    if info.sip_trunk_id and info.sip_trunk_id != request_id:
-        raise invalid_argument("trunk id in the replacement must be empty or match sip_trunk_id")
+def _check_replacement_id(replacement_id: str, request_id: str) -> None:
+    if replacement_id not in ("", request_id):
+        raise invalid_argument("the id in the replacement must be empty or match the request's")
 
 
 class SipApi:
@@ -127,7 +125,7 @@ class SipApi:
             raise invalid_argument("sip_trunk_id: must be set")
         action = req.WhichOneof("action")
         if action == "replace":
-            _copy_with_id_check(req.replace, req.sip_trunk_id)
+            _check_replacement_id(req.replace.sip_trunk_id, req.sip_trunk_id)
             return await self.config.put_inbound(
                 lambda _: _clone(req.replace), existing_id=req.sip_trunk_id
             )
@@ -170,7 +168,7 @@ class SipApi:
             raise invalid_argument("sip_trunk_id: must be set")
         action = req.WhichOneof("action")
         if action == "replace":
-            _copy_with_id_check(req.replace, req.sip_trunk_id)
+            _check_replacement_id(req.replace.sip_trunk_id, req.sip_trunk_id)
             return await self.config.put_outbound(
                 lambda _: _clone(req.replace), existing_id=req.sip_trunk_id
             )
@@ -235,10 +233,7 @@ class SipApi:
             raise invalid_argument("sip_dispatch_rule_id: must be set")
         action = req.WhichOneof("action")
         if action == "replace":
-            if req.replace.sip_dispatch_rule_id not in ("", req.sip_dispatch_rule_id):
-                raise invalid_argument(
-                    "rule id in the replacement must be empty or match sip_dispatch_rule_id"
-                )
+            _check_replacement_id(req.replace.sip_dispatch_rule_id, req.sip_dispatch_rule_id)
             return await self.config.put_rule(
                 lambda _: _clone(req.replace), existing_id=req.sip_dispatch_rule_id
             )
@@ -274,8 +269,7 @@ class SipApi:
 
     # -- calls -----------------------------------------------------------------------------
 
-    async def not_yet(self, req: Any, _: Claims) -> proto.SIPParticipantInfo:
-        raise ApiError("unimplemented", f"{type(req).__name__[:-7]} is not implemented yet")
+    not_yet = staticmethod(not_implemented_yet)
 
 
 def _clone(message: M) -> M:

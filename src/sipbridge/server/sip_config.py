@@ -8,16 +8,16 @@ cache, so a failed or cancelled write never leaves the two apart.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from collections.abc import Callable, Coroutine, Iterable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
-from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from livekit.protocol import sip as proto
 
-from sipbridge.errors import invalid_argument, not_found
+from sipbridge import ids
+from sipbridge.errors import ApiError, invalid_argument, not_found
 from sipbridge.store import Record, RecordStore
-from sipbridge.telephony import ids
 from sipbridge.telephony.rules import find_rule_conflict, validate_rule
 from sipbridge.telephony.trunks import (
     find_inbound_conflict,
@@ -30,8 +30,22 @@ INBOUND = "inbound_trunk"
 OUTBOUND = "outbound_trunk"
 RULE = "dispatch_rule"
 
-M = TypeVar("M", bound=Message)
+M = TypeVar("M", proto.SIPInboundTrunkInfo, proto.SIPOutboundTrunkInfo, proto.SIPDispatchRuleInfo)
 R = TypeVar("R")
+
+
+@dataclass(slots=True)
+class _Kind(Generic[M]):
+    """One kind of stored object and the rules that apply to it."""
+
+    store_kind: str
+    message_type: type[M]
+    id_field: str
+    prefix: str
+    label: str
+    validate: Callable[[M], None]
+    conflict: Callable[[M, Iterable[M]], str | None] | None
+    items: dict[str, M]
 
 
 class SipConfig:
@@ -40,32 +54,98 @@ class SipConfig:
     def __init__(self, store: RecordStore, clock: Callable[[], float]) -> None:
         self.store = store
         self.clock = clock
-        self.inbound: dict[str, proto.SIPInboundTrunkInfo] = {}
-        self.outbound: dict[str, proto.SIPOutboundTrunkInfo] = {}
-        self.rules: dict[str, proto.SIPDispatchRuleInfo] = {}
+        self._inbound = _Kind(
+            INBOUND,
+            proto.SIPInboundTrunkInfo,
+            "sip_trunk_id",
+            ids.TRUNK,
+            "inbound SIP trunk",
+            validate_inbound_trunk,
+            find_inbound_conflict,
+            {},
+        )
+        self._outbound = _Kind(
+            OUTBOUND,
+            proto.SIPOutboundTrunkInfo,
+            "sip_trunk_id",
+            ids.TRUNK,
+            "outbound SIP trunk",
+            validate_outbound_trunk,
+            None,
+            {},
+        )
+        self._rules = _Kind(
+            RULE,
+            proto.SIPDispatchRuleInfo,
+            "sip_dispatch_rule_id",
+            ids.DISPATCH_RULE,
+            "SIP dispatch rule",
+            validate_rule,
+            find_rule_conflict,
+            {},
+        )
         # Each trunk's and rule's protobuf encoding, made once per write: list replies are
         # assembled from these bytes instead of copying and re-encoding every message.
         self.encoded: dict[str, bytes] = {}
         self._lock = asyncio.Lock()
+        self._writes: set[asyncio.Task[Any]] = set()
+
+    @property
+    def inbound(self) -> dict[str, proto.SIPInboundTrunkInfo]:
+        return self._inbound.items
+
+    @property
+    def outbound(self) -> dict[str, proto.SIPOutboundTrunkInfo]:
+        return self._outbound.items
+
+    @property
+    def rules(self) -> dict[str, proto.SIPDispatchRuleInfo]:
+        return self._rules.items
 
     async def load(self) -> None:
-        self.inbound = await self._load(INBOUND, proto.SIPInboundTrunkInfo)
-        self.outbound = await self._load(OUTBOUND, proto.SIPOutboundTrunkInfo)
-        self.rules = await self._load(RULE, proto.SIPDispatchRuleInfo)
+        await self._load(self._inbound)
+        await self._load(self._outbound)
+        await self._load(self._rules)
 
-    async def _load(self, kind: str, message_type: type[M]) -> dict[str, M]:
-        records = await self.store.load(kind)
+    async def _load(self, kind: _Kind[M]) -> None:
+        records = await self.store.load(kind.store_kind)
         self.encoded.update((r.id, r.data) for r in records)
-        return {r.id: message_type.FromString(r.data) for r in records}
+        kind.items.clear()
+        kind.items.update((r.id, kind.message_type.FromString(r.data)) for r in records)
+
+    async def drain(self) -> None:
+        """Wait for writes in flight (at shutdown, before the store closes)."""
+        if self._writes:
+            await asyncio.gather(*self._writes, return_exceptions=True)
 
     async def _write(self, fn: Callable[[], Coroutine[Any, Any, R]]) -> R:
-        """Run a read-validate-write under the lock, shielded from the caller's cancellation."""
+        """Run a read-validate-write under the lock.
+
+        A caller that gives up (a Twirp deadline) before the write starts leaves no change;
+        once the write has started it is finished and reported as done, so a client never gets
+        a timeout for a change that was in fact made.
+        """
+        started = False
+        abandoned = False
 
         async def locked() -> R:
+            nonlocal started
             async with self._lock:
+                if abandoned:
+                    raise ApiError("deadline_exceeded", "request timed out")
+                started = True
                 return await fn()
 
-        return await asyncio.shield(locked())
+        task = asyncio.ensure_future(locked())
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not started:
+                abandoned = True
+                raise
+        return await asyncio.shield(task)
 
     def _stamp(self, info: Any, created: Timestamp | None) -> None:
         now = Timestamp()
@@ -76,7 +156,51 @@ class SipConfig:
             info.created_at.CopyFrom(now)
         info.updated_at.CopyFrom(now)
 
-    # -- inbound trunks --------------------------------------------------------------------
+    async def _put(self, kind: _Kind[M], make: Callable[[M | None], M], existing_id: str) -> M:
+        """Create (no `existing_id`) or replace an object after full validation.
+
+        `make` builds the new object from the stored one (None on create) under the write lock,
+        so concurrent partial updates never lose each other's changes. It must return a new
+        message, never the stored one modified in place.
+        """
+
+        async def write() -> M:
+            old = self._get(kind, existing_id) if existing_id else None
+            info = make(old)
+            if old is not None:
+                setattr(info, kind.id_field, existing_id)
+            upgrade_media(info)
+            kind.validate(info)
+            if kind.conflict is not None:
+                conflict = kind.conflict(info, kind.items.values())
+                if conflict:
+                    raise invalid_argument(conflict)
+            if old is None:
+                setattr(info, kind.id_field, ids.new_id(kind.prefix))
+            self._stamp(info, old.created_at if old is not None else None)
+            object_id = str(getattr(info, kind.id_field))
+            data = info.SerializeToString(deterministic=True)
+            await self.store.put(Record(kind=kind.store_kind, id=object_id, data=data))
+            kind.items[object_id] = info
+            self.encoded[object_id] = data
+            return info
+
+        return await self._write(write)
+
+    def _get(self, kind: _Kind[M], object_id: str) -> M:
+        info = kind.items.get(object_id)
+        if info is None:
+            raise not_found(f"{kind.label} {object_id!r} not found")
+        return info
+
+    async def _delete(self, kind: _Kind[M], object_id: str) -> M:
+        info = self._get(kind, object_id)
+        await self.store.delete(kind.store_kind, object_id)
+        del kind.items[object_id]
+        self.encoded.pop(object_id, None)
+        return info
+
+    # -- the typed API -----------------------------------------------------------------------
 
     async def put_inbound(
         self,
@@ -84,43 +208,7 @@ class SipConfig:
         *,
         existing_id: str = "",
     ) -> proto.SIPInboundTrunkInfo:
-        """Create (no `existing_id`) or replace a trunk after full validation.
-
-        `make` builds the new trunk from the stored one (None on create) under the write lock,
-        so concurrent partial updates never lose each other's changes. It must return a new
-        message, never the stored one modified in place.
-        """
-
-        async def write() -> proto.SIPInboundTrunkInfo:
-            old = self.get_inbound(existing_id) if existing_id else None
-            info = make(old)
-            created = None
-            if old is not None:
-                created = old.created_at
-                info.sip_trunk_id = existing_id
-            upgrade_media(info)
-            validate_inbound_trunk(info)
-            conflict = find_inbound_conflict(info, self.inbound.values())
-            if conflict:
-                raise invalid_argument(conflict)
-            if old is None:
-                info.sip_trunk_id = ids.new_id(ids.TRUNK)
-            self._stamp(info, created)
-            data = _bytes(info)
-            await self.store.put(Record(kind=INBOUND, id=info.sip_trunk_id, data=data))
-            self.inbound[info.sip_trunk_id] = info
-            self.encoded[info.sip_trunk_id] = data
-            return info
-
-        return await self._write(write)
-
-    def get_inbound(self, trunk_id: str) -> proto.SIPInboundTrunkInfo:
-        trunk = self.inbound.get(trunk_id)
-        if trunk is None:
-            raise not_found(f"inbound SIP trunk {trunk_id!r} not found")
-        return trunk
-
-    # -- outbound trunks -------------------------------------------------------------------
+        return await self._put(self._inbound, make, existing_id)
 
     async def put_outbound(
         self,
@@ -128,49 +216,7 @@ class SipConfig:
         *,
         existing_id: str = "",
     ) -> proto.SIPOutboundTrunkInfo:
-        async def write() -> proto.SIPOutboundTrunkInfo:
-            old = self.get_outbound(existing_id) if existing_id else None
-            info = make(old)
-            created = None
-            if old is not None:
-                created = old.created_at
-                info.sip_trunk_id = existing_id
-            upgrade_media(info)
-            validate_outbound_trunk(info)
-            if old is None:
-                info.sip_trunk_id = ids.new_id(ids.TRUNK)
-            self._stamp(info, created)
-            data = _bytes(info)
-            await self.store.put(Record(kind=OUTBOUND, id=info.sip_trunk_id, data=data))
-            self.outbound[info.sip_trunk_id] = info
-            self.encoded[info.sip_trunk_id] = data
-            return info
-
-        return await self._write(write)
-
-    def get_outbound(self, trunk_id: str) -> proto.SIPOutboundTrunkInfo:
-        trunk = self.outbound.get(trunk_id)
-        if trunk is None:
-            raise not_found(f"outbound SIP trunk {trunk_id!r} not found")
-        return trunk
-
-    async def delete_trunk(
-        self, trunk_id: str
-    ) -> proto.SIPInboundTrunkInfo | proto.SIPOutboundTrunkInfo:
-        async def write() -> proto.SIPInboundTrunkInfo | proto.SIPOutboundTrunkInfo:
-            if trunk_id in self.inbound:
-                await self.store.delete(INBOUND, trunk_id)
-                self.encoded.pop(trunk_id, None)
-                return self.inbound.pop(trunk_id)
-            if trunk_id in self.outbound:
-                await self.store.delete(OUTBOUND, trunk_id)
-                self.encoded.pop(trunk_id, None)
-                return self.outbound.pop(trunk_id)
-            raise not_found(f"SIP trunk {trunk_id!r} not found")
-
-        return await self._write(write)
-
-    # -- dispatch rules --------------------------------------------------------------------
+        return await self._put(self._outbound, make, existing_id)
 
     async def put_rule(
         self,
@@ -178,45 +224,31 @@ class SipConfig:
         *,
         existing_id: str = "",
     ) -> proto.SIPDispatchRuleInfo:
-        async def write() -> proto.SIPDispatchRuleInfo:
-            old = self.get_rule(existing_id) if existing_id else None
-            info = make(old)
-            created = None
-            if old is not None:
-                created = old.created_at
-                info.sip_dispatch_rule_id = existing_id
-            upgrade_media(info)
-            validate_rule(info)
-            conflict = find_rule_conflict(info, self.rules.values())
-            if conflict:
-                raise invalid_argument(conflict)
-            if old is None:
-                info.sip_dispatch_rule_id = ids.new_id(ids.DISPATCH_RULE)
-            self._stamp(info, created)
-            data = _bytes(info)
-            await self.store.put(Record(kind=RULE, id=info.sip_dispatch_rule_id, data=data))
-            self.rules[info.sip_dispatch_rule_id] = info
-            self.encoded[info.sip_dispatch_rule_id] = data
-            return info
+        return await self._put(self._rules, make, existing_id)
 
-        return await self._write(write)
+    def get_inbound(self, trunk_id: str) -> proto.SIPInboundTrunkInfo:
+        return self._get(self._inbound, trunk_id)
+
+    def get_outbound(self, trunk_id: str) -> proto.SIPOutboundTrunkInfo:
+        return self._get(self._outbound, trunk_id)
 
     def get_rule(self, rule_id: str) -> proto.SIPDispatchRuleInfo:
-        rule = self.rules.get(rule_id)
-        if rule is None:
-            raise not_found(f"SIP dispatch rule {rule_id!r} not found")
-        return rule
+        return self._get(self._rules, rule_id)
+
+    async def delete_trunk(
+        self, trunk_id: str
+    ) -> proto.SIPInboundTrunkInfo | proto.SIPOutboundTrunkInfo:
+        async def write() -> proto.SIPInboundTrunkInfo | proto.SIPOutboundTrunkInfo:
+            if trunk_id in self.inbound:
+                return await self._delete(self._inbound, trunk_id)
+            if trunk_id in self.outbound:
+                return await self._delete(self._outbound, trunk_id)
+            raise not_found(f"SIP trunk {trunk_id!r} not found")
+
+        return await self._write(write)
 
     async def delete_rule(self, rule_id: str) -> proto.SIPDispatchRuleInfo:
         async def write() -> proto.SIPDispatchRuleInfo:
-            rule = self.get_rule(rule_id)
-            await self.store.delete(RULE, rule_id)
-            del self.rules[rule_id]
-            self.encoded.pop(rule_id, None)
-            return rule
+            return await self._delete(self._rules, rule_id)
 
         return await self._write(write)
-
-
-def _bytes(message: Message) -> bytes:
-    return message.SerializeToString(deterministic=True)

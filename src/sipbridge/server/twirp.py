@@ -131,11 +131,14 @@ async def read_body(request: web.Request) -> bytes:
         raise ApiError("malformed", f"request body larger than {MAX_BODY_BYTES} bytes")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.content.iter_chunked(64 * 1024):
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise ApiError("malformed", f"request body larger than {MAX_BODY_BYTES} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.content.iter_chunked(64 * 1024):
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise ApiError("malformed", f"request body larger than {MAX_BODY_BYTES} bytes")
+            chunks.append(chunk)
+    except (ConnectionError, asyncio.IncompleteReadError, EOFError) as exc:
+        raise ApiError("malformed", "the request body ended early") from exc
     return b"".join(chunks)
 
 
@@ -181,6 +184,11 @@ def twirp_timeout(header: str | None) -> float | None:
     if ms <= 0:
         return None
     return min(ms, MAX_TIMEOUT_MS) / 1000
+
+
+async def not_implemented_yet(req: Any, _: Claims) -> Message:
+    """For methods whose issue has not landed: a clear `unimplemented`, never a silent 404."""
+    raise ApiError("unimplemented", f"{type(req).__name__[:-7]} is not implemented yet")
 
 
 def error_response(err: ApiError) -> web.Response:

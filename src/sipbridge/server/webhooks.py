@@ -20,8 +20,8 @@ from google.protobuf import json_format
 from livekit.protocol import models
 from livekit.protocol.webhook import WebhookEvent
 
+from sipbridge import ids
 from sipbridge.server.auth import body_sha256, sign_token
-from sipbridge.telephony import ids
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ class _Receiver:
         self.idle = asyncio.Event()
         self.idle.set()
         self.dropped = 0
+        self.sending = False
         self.task: asyncio.Task[None] | None = None
 
 
@@ -110,10 +111,13 @@ class WebhookNotifier:
             message.track.CopyFrom(track)
         for receiver in self.receivers:
             if len(receiver.queue) >= QUEUE_LIMIT:
-                receiver.queue.popleft()
+                # Drop the oldest event not being sent right now (the head may be in flight).
+                del receiver.queue[1 if receiver.sending else 0]
                 receiver.dropped += 1
                 self.stats["dropped"] += 1
-            receiver.queue.append(message)
+            copy = WebhookEvent()
+            copy.CopyFrom(message)  # num_dropped is per receiver
+            receiver.queue.append(copy)
             receiver.idle.clear()
             receiver.wakeup.set()
 
@@ -126,10 +130,16 @@ class WebhookNotifier:
                 if receiver.dropped:
                     event.num_dropped = receiver.dropped
                     receiver.dropped = 0
-                delivered = await self._deliver(receiver.url, event)
+                receiver.sending = True
+                try:
+                    delivered = await self._deliver(receiver.url, event)
+                except Exception:  # never let one bad event stop this receiver's queue
+                    log.exception("webhook %s to %s failed", event.event, receiver.url)
+                    delivered = False
+                finally:
+                    receiver.sending = False
                 self.stats["delivered" if delivered else "failed"] += 1
-                if receiver.queue and receiver.queue[0] is event:
-                    receiver.queue.popleft()
+                receiver.queue.popleft()
             receiver.idle.set()
 
     async def _deliver(self, url: str, event: WebhookEvent) -> bool:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from typing import NamedTuple
 
 from livekit.protocol import sip as proto
 
 from sipbridge.errors import invalid_argument
+from sipbridge.rooms.model import room_name_problem
 from sipbridge.telephony.numbers import normalize_number
 from sipbridge.telephony.trunks import (
     MAX_METADATA,
@@ -24,7 +24,6 @@ from sipbridge.telephony.updates import apply_list_update, apply_map_diff, valid
 MAX_PIN_DIGITS = 16
 MAX_ATTRIBUTES = 256
 # Room names end up in URLs, logs and SIP headers: printable, no separators that need escaping.
-_ROOM_NAME = re.compile(r"^[^\x00-\x1f\x7f/\\?#%]*\Z")
 
 
 class RuleKey(NamedTuple):
@@ -78,9 +77,10 @@ def validate_rule(r: proto.SIPDispatchRuleInfo) -> None:
     field = f"rule.{kind}"
     if kind == "dispatch_rule_direct" and not room:
         raise invalid_argument(f"{field}.room_name: must be set")
-    validate_text(room, f"{field}.room", MAX_NAME)
-    if not _ROOM_NAME.match(room):
-        raise invalid_argument(f"{field}: room name {room!r} contains invalid characters")
+    room_field = "room_name" if kind == "dispatch_rule_direct" else "room_prefix"
+    problem = room_name_problem(room)
+    if problem:
+        raise invalid_argument(f"{field}.{room_field}: {problem}")
     if pin and (not pin.isdigit() or not pin.isascii() or len(pin) > MAX_PIN_DIGITS):
         raise invalid_argument(f"{field}.pin: must be 1-{MAX_PIN_DIGITS} digits")
     validate_text(r.name, "name", MAX_NAME)

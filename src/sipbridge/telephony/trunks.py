@@ -28,15 +28,17 @@ from sipbridge.telephony.updates import apply_list_update, validate_list_update
 MAX_NAME = 256
 MAX_METADATA = 64 * 1024
 MAX_LIST_ITEMS = 1000
-MAX_MEDIA_TIMEOUT_S = 3600
+MAX_MEDIA_TIMEOUT_S = 600  # as LiveKit: at most 10 minutes
 MAX_CALL_DURATION_S = 24 * 3600
 MAX_RINGING_TIMEOUT_S = 3600
 
 # A host or IP, never a SIP URI: "sip.example.com", "192.0.2.10", "[2001:db8::1]", optional ":port".
+# Host names as seen in the field, underscores included ("my_pbx.local").
 _HOSTPORT = re.compile(
-    r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9\-.]*[A-Za-z0-9])?)(:\d{1,5})?\Z"
+    r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_](?:[A-Za-z0-9_\-.]*[A-Za-z0-9_])?)(:\d{1,5})?\Z"
 )
-_HOSTNAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9\-.]*[A-Za-z0-9])?\Z")
+_HOSTNAME = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_\-.]*[A-Za-z0-9_])?\Z")
+DEFAULT_PAGE = 1000  # LiveKit: a limit of 0 (or less) means a page of 1000
 _CODEC_NAME = re.compile(r"^[A-Za-z0-9\-_.]+\Z")
 
 Trunk = proto.SIPInboundTrunkInfo | proto.SIPOutboundTrunkInfo
@@ -69,8 +71,9 @@ def validate_numbers(values: Sequence[str], field: str) -> None:
 def validate_address_mask(mask: str, field: str) -> None:
     """`allowed_addresses` entries: an IP, a CIDR, or a host name matched against the From host."""
     if "/" in mask:
+        address, _, prefix = mask.partition("/")
         try:
-            ipaddress.ip_network(mask, strict=False)
+            ipaddress.ip_network(f"{address.strip('[]')}/{prefix}", strict=False)
         except ValueError:
             raise invalid_argument(f"{field}: {mask!r} is not a valid CIDR") from None
         return
@@ -88,6 +91,11 @@ def validate_hostport(value: str, field: str, *, required: bool) -> None:
         return
     if value.startswith(("sip:", "sips:")) or "@" in value or ";" in value:
         raise invalid_argument(f"{field}: must be a host name or IP, not a SIP URI")
+    try:
+        ipaddress.ip_address(value.removeprefix("[").removesuffix("]"))
+        return  # a bare IPv4/IPv6 address, or a bracketed IPv6 one
+    except ValueError:
+        pass
     if not _HOSTPORT.match(value):
         raise invalid_argument(f"{field}: {value!r} is not a valid host[:port]")
     if ":" in value and not value.endswith("]"):
@@ -275,12 +283,10 @@ def paginate(items: Iterable[T], page: Pagination, id_of: str) -> list[T]:
 
 
 def paginate_ids(ids: Iterable[str], page: Pagination) -> list[str]:
-    """`Pagination{after_id, limit}` over ids: ascending, greater than `after_id`, `limit` of
-    them (0 = all)."""
-    if page.limit < 0:
-        raise invalid_argument("page.limit: must not be negative")
+    """`Pagination{after_id, limit}` over ids: ascending, greater than `after_id`, at most
+    `limit` of them (1000 when the limit is not positive, as LiveKit)."""
     ordered = sorted(i for i in ids if i > page.after_id) if page.after_id else sorted(ids)
-    return ordered[: page.limit] if page.limit else ordered
+    return ordered[: page.limit if page.limit > 0 else DEFAULT_PAGE]
 
 
 def inbound_as_legacy(t: proto.SIPInboundTrunkInfo) -> proto.SIPTrunkInfo:
