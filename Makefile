@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # Debian packages the tests need, checked with dpkg and installed only when missing.
-SYSTEM_PACKAGES := ca-certificates
+SYSTEM_PACKAGES := ca-certificates sip-tester sipsak baresip-core
 PYTEST_ARGS ?=
 
 .PHONY: serve test install system-deps lint typecheck unit bench clean

@@ -26,6 +26,7 @@ from sipbridge.sip.transaction import (
     ClientTransaction,
     ResponseReceived,
     ServerTransaction,
+    State,
     TimerSettings,
     TransactionEvent,
     TransactionTerminated,
@@ -196,6 +197,11 @@ class SipEndpoint:
         key = server_key(request)
         existing = self.server_transactions.get(key)
         if existing is not None:  # the key includes the method (INVITE for its ACK)
+            if request.method == "ACK" and existing.state is State.ACCEPTED:
+                # An ACK for our 2xx that reused the INVITE's branch (RFC 6026 s8.9): it is the
+                # dialog's, as any 2xx ACK.
+                self._events.append(AckReceived(request=request, peer=peer))
+                return
             self.stats["retransmissions"] += 1
             existing.receive_request(request, now)
             self._drain(existing)

@@ -1,0 +1,78 @@
+"""A minimal SIP application for interop tests: the stack under test (transport, endpoint,
+transactions, UAS core, digest) with the smallest possible call logic on top."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from sipbridge.server.sip_transport import Listen, SipService
+from sipbridge.server.sip_ua import IncomingCall, SipUserAgent
+from sipbridge.sip.digest import DigestServer
+
+ANSWER_SDP = (
+    b"v=0\r\n"
+    b"o=sipbridge 1 1 IN IP4 127.0.0.1\r\n"
+    b"s=-\r\n"
+    b"c=IN IP4 127.0.0.1\r\n"
+    b"t=0 0\r\n"
+    b"m=audio 40000 RTP/AVP 0 101\r\n"
+    b"a=rtpmap:0 PCMU/8000\r\n"
+    b"a=rtpmap:101 telephone-event/8000\r\n"
+    b"a=fmtp:101 0-16\r\n"
+    b"a=sendrecv\r\n"
+)
+
+
+@dataclass
+class AnsweringApp:
+    """Answers every INVITE (after a digest challenge when `password` is set)."""
+
+    password: str | None = None
+    realm: str = "sipbridge.test"
+    calls: list[IncomingCall] = field(default_factory=list)
+    ended: list[str] = field(default_factory=list)
+    challenges: int = 0
+    digest: DigestServer = field(
+        default_factory=lambda: DigestServer(b"test-secret-0123456789abcdef")
+    )
+
+    def on_invite(self, call: IncomingCall) -> None:
+        now = call.ua.service.now()
+        if self.password is not None:
+            result = self.digest.verify(
+                call.request.headers.get("Authorization"),
+                method="INVITE",
+                realm=self.realm,
+                lookup_password=lambda user: self.password if user == "sipp" else None,
+                now=now,
+            )
+            if not result.ok:
+                self.challenges += 1
+                challenge = self.digest.challenge(self.realm, now, algorithms=("MD5",))[0]
+                call.reject(401, headers={"WWW-Authenticate": challenge})
+                return
+        self.calls.append(call)
+        call.on_end = self.ended.append
+        call.ring()
+        call.answer(ANSWER_SDP)
+
+
+@asynccontextmanager
+async def running_app(
+    app: AnsweringApp, transports: tuple[str, ...] = ("udp", "tcp")
+) -> AsyncIterator[tuple[SipService, int]]:
+    ua = SipUserAgent("127.0.0.1", 0, on_invite=app.on_invite)
+    service = SipService(ua)
+    ua.attach(service)
+    first = await service.listen(Listen(transports[0], "127.0.0.1", 0))
+    for transport in transports[1:]:
+        await service.listen(Listen(transport, "127.0.0.1", first.port))
+    ua.port = first.port
+    try:
+        yield service, first.port
+    finally:
+        await service.close()
+        await asyncio.sleep(0)
