@@ -62,12 +62,12 @@ class AnsweringApp:
 
 @asynccontextmanager
 async def running_app(
-    app: AnsweringApp, transports: tuple[str, ...] = ("udp", "tcp")
+    app: AnsweringApp, transports: tuple[str, ...] = ("udp", "tcp"), port: int = 0
 ) -> AsyncIterator[tuple[SipService, int]]:
     ua = SipUserAgent("127.0.0.1", 0, on_invite=app.on_invite)
     service = SipService(ua)
     ua.attach(service)
-    first = await service.listen(Listen(transports[0], "127.0.0.1", 0))
+    first = await service.listen(Listen(transports[0], "127.0.0.1", port))
     for transport in transports[1:]:
         await service.listen(Listen(transport, "127.0.0.1", first.port))
     ua.port = first.port

@@ -10,6 +10,8 @@ here (400 with the fault, 405, 416, 420, 482, 483, 505, 513) and never reach the
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import secrets
 from collections import Counter, deque
 from collections.abc import Iterable
@@ -141,6 +143,8 @@ class SipEndpoint:
         self._peers: dict[int, Peer] = {}  # id(transaction) -> peer
         self._outgoing: deque[tuple[bytes, Peer]] = deque()
         self._events: deque[EndpointEvent] = deque()
+        self._timers: list[tuple[float, int, ClientTransaction | ServerTransaction]] = []
+        self._timer_seq = itertools.count()
         self.stats: Counter[str] = Counter()
 
     # -- input ---------------------------------------------------------------------------
@@ -337,11 +341,20 @@ class SipEndpoint:
     # -- timers --------------------------------------------------------------------------
 
     def get_timer(self) -> float | None:
-        deadlines = [d for t in self._all_transactions() if (d := t.get_timer()) is not None]
-        return min(deadlines, default=None)
+        """The earliest transaction deadline. A heap with lazy deletion: entries whose
+        transaction has since moved its deadline are dropped when they reach the top."""
+        timers = self._timers
+        while timers:
+            deadline, _, transaction = timers[0]
+            if transaction.get_timer() == deadline:
+                return deadline
+            heapq.heappop(timers)
+        return None
 
     def handle_timer(self, now: float) -> None:
-        for transaction in list(self._all_transactions()):
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            _, _, transaction = heapq.heappop(timers)
             deadline = transaction.get_timer()
             if deadline is not None and deadline <= now:
                 transaction.handle_timer(now)
@@ -364,6 +377,9 @@ class SipEndpoint:
             self._send(message, peer)
         while (event := transaction.next_event()) is not None:
             self._on_transaction_event(event, transaction)
+        deadline = transaction.get_timer()
+        if deadline is not None:
+            heapq.heappush(self._timers, (deadline, next(self._timer_seq), transaction))
 
     def _on_transaction_event(
         self, event: TransactionEvent, transaction: ClientTransaction | ServerTransaction

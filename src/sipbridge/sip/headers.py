@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from functools import lru_cache
 
 from sipbridge.sip.errors import SipProtocolError
 from sipbridge.sip.uri import Uri, parse_uri
@@ -61,6 +62,12 @@ def quote(value: str) -> str:
 
 def split_list(value: str) -> Iterator[str]:
     """Items of a comma-separated header value, ignoring commas in quotes and `<...>`."""
+    if '"' not in value and "<" not in value:  # the common case needs no scanning
+        for item in value.split(","):
+            item = item.strip()  # noqa: PLW2901
+            if item:
+                yield item
+        return
     depth = 0
     quoted = False
     start = 0
@@ -106,6 +113,12 @@ def parse_params(text: str) -> Params:
 
 
 def _split_semicolons(text: str) -> Iterator[str]:
+    if '"' not in text:
+        for item in text.split(";"):
+            item = item.strip()  # noqa: PLW2901
+            if item:
+                yield item
+        return
     quoted = False
     start = 0
     i = 0
@@ -162,6 +175,7 @@ class Address:
         return f"{name}<{self.uri}>{format_params(self.params)}"
 
 
+@lru_cache(maxsize=4096)
 def parse_address(value: str) -> Address:
     text = value.strip()
     if text == "*":
@@ -253,6 +267,7 @@ _VIA = re.compile(
 )
 
 
+@lru_cache(maxsize=4096)
 def parse_via(value: str) -> Via:
     m = _VIA.fullmatch(value)
     if m is None:
@@ -282,6 +297,7 @@ class CSeq:
 _CSEQ = re.compile(r"\s*(\d{1,10})\s+([A-Za-z0-9\-.!%*_+`'~]+)\s*")
 
 
+@lru_cache(maxsize=4096)
 def parse_cseq(value: str) -> CSeq:
     m = _CSEQ.fullmatch(value)
     if m is None or int(m.group(1)) >= 2**31:  # RFC 3261 s8.1.1.5: less than 2**31

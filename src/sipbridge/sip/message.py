@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from sipbridge.sip.errors import SipProtocolError
 from sipbridge.sip.headers import (
@@ -171,6 +172,7 @@ REASONS = {
 }
 
 
+@lru_cache(maxsize=1024)
 def canonical_name(name: str) -> str:
     lname = name.lower()
     if lname in COMPACT_FORMS:

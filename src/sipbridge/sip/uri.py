@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from urllib.parse import unquote
 
 from sipbridge.sip.errors import SipProtocolError
@@ -31,6 +32,7 @@ _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*")
 _USER = re.compile(r"[A-Za-z0-9\-_.!~*'()%&=+$,;?/#]*")
 # paramchar = param-unreserved / unreserved / escaped
 _PARAM_CHARS = re.compile(r"[A-Za-z0-9\-_.!~*'()%\[\]/:&+$]*")
+_URI_DELIMITERS = re.compile(r"[ \t\r\n<>\"]")
 _TEL_NUMBER = re.compile(r"\+?[0-9A-Fa-f*#\-.()pw]+")
 
 
@@ -126,6 +128,7 @@ class Uri:
         return True
 
 
+@lru_cache(maxsize=4096)
 def parse_uri(text: str) -> Uri:
     """Parse a URI; raise `SipProtocolError(400)` on anything malformed."""
     if len(text) > MAX_URI_LENGTH:
@@ -134,12 +137,12 @@ def parse_uri(text: str) -> Uri:
     if not sep or not _SCHEME.fullmatch(scheme):
         raise _bad(f"malformed URI {text[:80]!r}")
     scheme = scheme.lower()
-    if any(c in text for c in ' \t\r\n<>"') and scheme in ("sip", "sips", "tel"):
+    if _URI_DELIMITERS.search(text) and scheme in ("sip", "sips", "tel"):
         raise _bad(f"URI contains whitespace or delimiters: {text[:80]!r}")
     if scheme == "tel":
         return _parse_tel(rest)
     if scheme not in ("sip", "sips"):
-        if not rest or any(c in rest for c in " \t\r\n"):
+        if not rest or _URI_DELIMITERS.search(rest):
             raise _bad(f"malformed URI {text[:80]!r}")
         return Uri(scheme=scheme, opaque=rest)
 
