@@ -22,6 +22,19 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
         return port
 
 
+def free_sip_port() -> int:
+    """A port free for both UDP and TCP: `serve` binds SIP on both."""
+    for _ in range(20):
+        port = free_port(socket.SOCK_DGRAM)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    return free_port(socket.SOCK_DGRAM)
+
+
 class ServerProcess:
     """`python -m sipbridge serve` on loopback with its own database file."""
 
@@ -37,6 +50,21 @@ class ServerProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 20.0) -> None:
+        # A port found free may be taken by someone else before the server binds it (other
+        # processes on this machine pick ports too): then try again with new ones.
+        for _ in range(3):
+            offset = self.log.stat().st_size if self.log.exists() else 0
+            try:
+                self._start(timeout)
+                return
+            except RuntimeError:
+                with open(self.log, "rb") as log:
+                    log.seek(offset)
+                    if b"address already in use" not in log.read():
+                        raise
+        self._start(timeout)
+
+    def _start(self, timeout: float) -> None:
         self.port = free_port()
         args = [
             sys.executable,
@@ -46,7 +74,7 @@ class ServerProcess:
             "--http",
             f"127.0.0.1:{self.port}",
             "--sip",
-            f"127.0.0.1:{free_port(socket.SOCK_DGRAM)}",
+            f"127.0.0.1:{free_sip_port()}",
             "--db",
             str(self.db),
             "--keys",

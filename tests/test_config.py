@@ -231,6 +231,21 @@ def test_dev_false_in_yaml_does_not_undo_the_flag(yaml_file: Any) -> None:
     assert s.keys == {DEV_KEY: DEV_SECRET}
 
 
+@pytest.mark.parametrize(
+    "text", ['dev: "no"\n', 'dev: "false"\n', "dev: 0\n", "dev: 1\n", "dev: yes please\n"]
+)
+def test_dev_in_yaml_must_be_a_boolean(yaml_file: Any, text: str) -> None:
+    # A quoted "no" is a true-looking string: refused instead of silently meaning dev mode.
+    assert config_error(config_file=yaml_file(text)) == "dev: expected true or false"
+    assert config_error(dev=True, config_file=yaml_file(text)) == "dev: expected true or false"
+
+
+@pytest.mark.parametrize(("text", "dev"), [("dev: true\n", True), ("dev: no\n", False)])
+def test_dev_in_yaml_accepts_yaml_booleans(yaml_file: Any, text: str, dev: bool) -> None:
+    s = build(config_file=yaml_file(text + "keys:\n  k: s\n"))
+    assert s.dev is dev
+
+
 # -- bad input ------------------------------------------------------------------------------------
 
 

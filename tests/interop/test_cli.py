@@ -281,9 +281,12 @@ async def test_room_and_participant_commands(server: ServerProcess, lk: api.Live
     assert "ghost" in run.stderr and "not_found" in run.stderr, run.stderr
     assert run.stderr.startswith("sipbridge participant remove:"), run.stderr
 
+    # As LiveKit: listing the participants of a room that does not exist is an empty list.
     run = await client_cmd(server, "participant", "list", "no-such-room")
-    assert run.code == 1, run
-    assert "not_found" in run.stderr
+    assert (run.code, run.stdout.strip(), run.stderr) == (0, "(none)", ""), run
+    assert (await client_cmd(server, "participant", "list", "no-such-room", "--json")).json() == []
+    rooms = (await lk.room.list_rooms(room_proto.ListRoomsRequest())).rooms
+    assert sorted(r.name for r in rooms) == ["lobby", "other"]  # and it creates no room
 
     run = await client_cmd(server, "room", "delete", "lobby")
     assert run.code == 0, run
@@ -326,6 +329,7 @@ def serve_args(tmp_path: Path) -> list[str]:
         ("keys:\n  k: s\nlog_level: loud\n", "log_level"),
         ("keys:\n  k: s\nwebhook: ftp://example.com/hook\n", "webhook"),
         ("keys:\n  k: s\nhttp: nowhere\n", "http"),
+        ('keys:\n  k: s\ndev: "no"\n', "dev: expected true or false"),
     ],
     ids=[
         "unknown-key",
@@ -335,6 +339,7 @@ def serve_args(tmp_path: Path) -> list[str]:
         "bad-log-level",
         "bad-webhook",
         "bad-http",
+        "dev-not-a-boolean",
     ],
 )
 async def test_serve_with_bad_config_exits_2(tmp_path: Path, yaml_text: str, fragment: str) -> None:
@@ -375,3 +380,26 @@ async def test_serve_with_malformed_keys_flag_exits_2(tmp_path: Path, keys: str)
     run = await sipbridge(*serve_args(tmp_path), "--keys", keys, cwd=tmp_path)
     assert run.code == 2, run
     assert "--keys" in run.stderr, run.stderr
+
+
+async def test_serve_with_a_directory_as_database_exits_1(tmp_path: Path) -> None:
+    db = tmp_path / "a-directory"
+    db.mkdir()
+    run = await sipbridge(
+        "serve",
+        "--keys",
+        "k:s",
+        "--http",
+        f"127.0.0.1:{free_port()}",
+        "--sip",
+        f"127.0.0.1:{free_port()}",
+        "--db",
+        str(db),
+        cwd=tmp_path,
+    )
+    assert run.code == 1, run
+    # Log lines may come first; the error is the last line, naming the path.
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"sipbridge serve: cannot open database {db}"), run.stderr
+    assert "Traceback" not in run.stderr, run.stderr
+    assert list(db.iterdir()) == []

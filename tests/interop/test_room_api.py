@@ -4,13 +4,14 @@ signalling (tests/signal_client.py speaks the official protobuf messages)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import pytest
 from livekit import api
 from livekit.protocol import models, room, rtc
 
-from tests.helpers import ServerProcess
+from tests.helpers import ServerProcess, token, twirp
 from tests.interop.test_sip_api import expect_error
 from tests.signal_client import SignalClient
 
@@ -87,9 +88,11 @@ async def test_participants_listed_updated_and_removed(
             "not_found",
             lk.room.get_participant(room.RoomParticipantIdentity(room="talk", identity="carol")),
         )
-        await expect_error(
-            "not_found", lk.room.list_participants(room.ListParticipantsRequest(room="nope"))
-        )
+        # As LiveKit: the participants of a room that does not exist are an empty list.
+        nobody = await lk.room.list_participants(room.ListParticipantsRequest(room="nope"))
+        assert list(nobody.participants) == []
+        rooms = (await lk.room.list_rooms(room.ListRoomsRequest())).rooms
+        assert [r.name for r in rooms] == ["talk"]  # and listing created no room
 
         updated = await lk.room.update_participant(
             room.UpdateParticipantRequest(
@@ -144,6 +147,16 @@ async def test_participants_listed_updated_and_removed(
             "not_found",
             lk.room.remove_participant(room.RoomParticipantIdentity(room="talk", identity="bob")),
         )
+
+
+async def send_data_raw(
+    server: ServerProcess, room_name: str, nonce: bytes
+) -> tuple[int, str, bytes]:
+    req = room.SendDataRequest(room=room_name, data=b"x", nonce=nonce)
+    auth = "Bearer " + token(api.VideoGrants(room_admin=True, room=room_name))
+    return await twirp(
+        server.url, "livekit.RoomService", "SendData", req.SerializeToString(), auth=auth
+    )
 
 
 async def _closed(client: SignalClient) -> bool:
@@ -205,9 +218,26 @@ async def test_tracks_mute_subscriptions_and_data(
         await expect_error(
             "not_found", lk.room.send_data(room.SendDataRequest(room="nope", data=b"x"))
         )
-        await expect_error(
-            "invalid_argument", lk.room.send_data(room.SendDataRequest(room="media", data=b""))
+        # A topic-only packet (empty data) is allowed, as in LiveKit.
+        await lk.room.send_data(
+            room.SendDataRequest(
+                room="media",
+                data=b"",
+                kind=models.DataPacket.Kind.RELIABLE,
+                destination_identities=["agent"],
+                topic="ping",
+            )
         )
+        # A nonce, when given, is exactly 16 bytes (the official client always sends 16, so
+        # these go raw).
+        for nonce in (b"", bytes(range(16))):
+            got, _, body = await send_data_raw(server, "media", nonce)
+            assert got == 200, body
+        for nonce in (b"short", bytes(15), bytes(17)):
+            got, _, body = await send_data_raw(server, "media", nonce)
+            doc = json.loads(body)
+            assert (got, doc["code"]) == (400, "invalid_argument"), body
+            assert "nonce" in doc["msg"], doc
 
         # Deleting the room disconnects everyone in it.
         await lk.room.delete_room(room.DeleteRoomRequest(room="media"))
@@ -243,6 +273,35 @@ async def test_client_leave_ping_and_duplicate_identity(
             return not res.participants
 
         await wait_until(empty)
+
+
+async def test_refused_duplicate_join_leaves_no_ghost(
+    lk: api.LiveKitAPI, server: ServerProcess
+) -> None:
+    first = SignalClient(server.url, "ghost", "A")
+    await first.connect()
+    # The same identity again, with attributes the room refuses (an empty attribute name): the
+    # join fails, and the first connection must stay the one that owns "A".
+    second = SignalClient(server.url, "ghost", "A", attributes={"": "x"})
+    with pytest.raises(AssertionError):
+        await second.connect()
+    await second.close()
+    listed = await lk.room.list_participants(room.ListParticipantsRequest(room="ghost"))
+    assert [p.sid for p in listed.participants] == [first.join.participant.sid]  # type: ignore[union-attr]
+    # The first connection was not told to leave and still works.
+    await first.send(rtc.SignalRequest(ping_req=rtc.Ping(timestamp=99)))
+    while (msg := await first.next()).WhichOneof("message") != "pong_resp":
+        assert msg.WhichOneof("message") != "leave", msg
+    assert msg.pong_resp.last_ping_timestamp == 99
+
+    # When it closes, "A" leaves: no participant is left behind.
+    await first.close()
+
+    async def empty() -> bool:
+        res = await lk.room.list_participants(room.ListParticipantsRequest(room="ghost"))
+        return not res.participants
+
+    await wait_until(empty)
 
 
 async def test_rooms_close_after_their_timeouts(lk: api.LiveKitAPI, server: ServerProcess) -> None:

@@ -159,6 +159,13 @@ async def test_inbound_trunk_get_list_filters_and_pages(server: ServerProcess) -
             after = page.items[-1].sip_trunk_id
         assert paged == ids
 
+        # A limit of 0 or less is LiveKit's default page (1000), never an error.
+        for limit in (0, -1):
+            page = await lk.sip.list_inbound_trunk(
+                sip.ListSIPInboundTrunkRequest(page=Pagination(after_id=ids[1], limit=limit))
+            )
+            assert [t.sip_trunk_id for t in page.items] == ids[2:]
+
         by_id = await lk.sip.list_inbound_trunk(
             sip.ListSIPInboundTrunkRequest(trunk_ids=[made[2].sip_trunk_id, "ST_missing"])
         )
@@ -335,6 +342,9 @@ async def test_outbound_trunk_lifecycle(lk: api.LiveKitAPI) -> None:
         ({"numbers": ["+1"], "address": "a.example.com:99999"}, "port"),
         ({"numbers": ["+1"], "address": "a.example.com", "from_host": "x@y"}, "from_host"),
         ({"numbers": ["+1"], "address": "a.example.com", "headers": {"From": "x"}}, "From"),
+        ({"numbers": ["+1"], "address": "bad host"}, "trunk.address"),
+        ({"numbers": ["+1"], "address": "bad!host"}, "trunk.address"),
+        ({"numbers": ["+1"], "address": "my_pbx.local:0"}, "port"),
     ],
 )
 async def test_create_outbound_trunk_validation(
@@ -343,6 +353,28 @@ async def test_create_outbound_trunk_validation(
     await expect_error(
         "invalid_argument", lk.sip.create_outbound_trunk(outbound(**trunk)), fragment
     )
+
+
+async def test_trunk_hosts_with_underscores_and_ipv6(lk: api.LiveKitAPI) -> None:
+    for address in ["my_pbx.local", "my_pbx.local:5060", "2001:db8::1", "[2001:db8::1]:5061"]:
+        t = await lk.sip.create_outbound_trunk(
+            outbound(numbers=["+15550200"], address=address, from_host="from_host.example")
+        )
+        assert (t.address, t.from_host) == (address, "from_host.example")
+    i = await lk.sip.create_inbound_trunk(
+        inbound(allowed_addresses=["my_pbx.local", "bad_host", "[2001:db8::]/32", "2001:db8::1"])
+    )
+    assert list(i.allowed_addresses) == [
+        "my_pbx.local",
+        "bad_host",
+        "[2001:db8::]/32",
+        "2001:db8::1",
+    ]
+    assert len((await lk.sip.list_outbound_trunk(sip.ListSIPOutboundTrunkRequest())).items) == 4
+    assert [
+        t.sip_trunk_id
+        for t in (await lk.sip.list_inbound_trunk(sip.ListSIPInboundTrunkRequest())).items
+    ] == [i.sip_trunk_id]
 
 
 async def test_list_sip_trunk_legacy_shows_both_kinds(server: ServerProcess) -> None:
@@ -409,13 +441,56 @@ async def test_dispatch_rule_create_both_styles(lk: api.LiveKitAPI) -> None:
         ({"rule": direct("r", pin="12a")}, "pin"),
         ({"rule": direct("r"), "sip_dispatch_rule_id": "SDR_x"}, "must not be set"),
         ({"rule": direct("r"), "inbound_numbers": ["sip:x@y"]}, "inbound_numbers[0]"),
-        ({"rule": direct("a/b")}, "invalid characters"),
+        (
+            {"rule": direct("a\nb")},
+            "rule.dispatch_rule_direct.room_name: room name 'a\\nb' contains control characters",
+        ),
+        ({"rule": direct("r" * 257)}, "rule.dispatch_rule_direct.room_name: room name too long"),
+        (
+            {
+                "rule": sip.SIPDispatchRule(
+                    dispatch_rule_individual=sip.SIPDispatchRuleIndividual(room_prefix="c\x7f")
+                )
+            },
+            "rule.dispatch_rule_individual.room_prefix: ",
+        ),
+        (
+            {
+                "rule": sip.SIPDispatchRule(
+                    dispatch_rule_callee=sip.SIPDispatchRuleCallee(room_prefix="c\t")
+                )
+            },
+            "rule.dispatch_rule_callee.room_prefix: ",
+        ),
     ],
 )
 async def test_dispatch_rule_validation(
     lk: api.LiveKitAPI, info: dict[str, object], fragment: str
 ) -> None:
     await expect_error("invalid_argument", lk.sip.create_dispatch_rule(rule(**info)), fragment)
+    assert not (await lk.sip.list_dispatch_rule(sip.ListSIPDispatchRuleRequest())).items
+
+
+async def test_dispatch_rule_room_names_may_hold_url_separators(lk: api.LiveKitAPI) -> None:
+    # LiveKit allows "/ \\ ? # %" in room names; so does a rule's room name or prefix.
+    names = ["a/b", "a\\b", "a?b", "a#b", "a%b"]
+    made = [
+        await lk.sip.create_dispatch_rule(rule(rule=direct(name), trunk_ids=[f"ST_{i}"]))
+        for i, name in enumerate(names)
+    ]
+    assert [r.rule.dispatch_rule_direct.room_name for r in made] == names
+    prefix = await lk.sip.create_dispatch_rule(
+        rule(
+            rule=sip.SIPDispatchRule(
+                dispatch_rule_individual=sip.SIPDispatchRuleIndividual(room_prefix="calls/eu?#%")
+            )
+        )
+    )
+    assert prefix.rule.dispatch_rule_individual.room_prefix == "calls/eu?#%"
+    listed = await lk.sip.list_dispatch_rule(sip.ListSIPDispatchRuleRequest())
+    assert {r.sip_dispatch_rule_id for r in listed.items} == {
+        r.sip_dispatch_rule_id for r in [*made, prefix]
+    }
 
 
 async def test_dispatch_rule_conflicts(lk: api.LiveKitAPI) -> None:

@@ -649,6 +649,27 @@ async def test_chunked_body_over_1_mib_is_refused_before_it_ends(edge: ServerPro
     assert (await healthz(edge.url))[0] == 200
 
 
+async def test_client_gone_mid_body_logs_no_traceback(server: ServerProcess) -> None:
+    # Content-Length says 1000; 10 bytes come, then the client goes away.
+    head = request_head(
+        "/twirp/livekit.RoomService/ListRooms", server.port, admin(), "Content-Length: 1000\r\n"
+    )
+    for _ in range(3):
+        _, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(head + b"\x00" * 10)
+        await writer.drain()
+        await asyncio.sleep(0.1)  # let the server start reading the body
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+    await asyncio.sleep(0.2)
+    status, text = await healthz(server.url)
+    assert (status, text.strip()) == (200, "ok")
+    assert await room_names(server.url) == []
+    log = server.log.read_text()
+    assert "Traceback" not in log, log
+
+
 async def test_small_chunked_body_is_accepted(edge: ServerProcess) -> None:
     head = request_head(
         "/twirp/livekit.RoomService/ListRooms",
@@ -681,6 +702,50 @@ async def test_twirp_timeout_header_is_accepted(edge: ServerProcess, timeout_ms:
     assert (status, ctype) == (200, "application/protobuf"), body
     assert models.Room.FromString(body).name == name
     assert name in await room_names(edge.url)
+
+
+async def test_deadline_never_reports_a_write_that_was_made(server: ServerProcess) -> None:
+    # A 1 ms deadline expires before, during or after the store write. Whatever the timing, the
+    # answer must tell the truth: 200 means stored, deadline_exceeded means nothing changed.
+    headers = {"X-Twirp-Timeout-Ms": "1"}
+
+    async def create(i: int) -> tuple[str, int, str, bytes]:
+        number = f"+1555020{i:02d}"
+        req = sip.CreateSIPInboundTrunkRequest(trunk=sip.SIPInboundTrunkInfo(numbers=[number]))
+        status, ctype, body = await twirp(
+            server.url,
+            SIP,
+            "CreateSIPInboundTrunk",
+            req.SerializeToString(),
+            auth=admin(),
+            headers=headers,
+        )
+        return number, status, ctype, body
+
+    # Some one after the other, some at once (then most wait for the write lock).
+    replies = [await create(i) for i in range(10)]
+    replies += await asyncio.gather(*(create(i) for i in range(10, 30)))
+
+    status, _, body = await twirp(server.url, SIP, "ListSIPInboundTrunk", b"", auth=admin())
+    assert status == 200, body
+    listed = {
+        t.sip_trunk_id: list(t.numbers)
+        for t in sip.ListSIPInboundTrunkResponse.FromString(body).items
+    }
+    listed_numbers = {n for numbers in listed.values() for n in numbers}
+    for number, status, ctype, body in replies:
+        if status == 200:
+            trunk = sip.SIPInboundTrunkInfo.FromString(body)
+            assert listed.get(trunk.sip_trunk_id) == [number], (number, listed)
+        else:
+            assert_twirp_error(status, ctype, body, "deadline_exceeded")
+            assert number not in listed_numbers, (number, listed)
+    assert len(listed) == sum(1 for _, status, _, _ in replies if status == 200)
+    # And it stays that way across a restart (what was answered 200 was really stored).
+    await asyncio.to_thread(server.restart)
+    status, _, body = await twirp(server.url, SIP, "ListSIPInboundTrunk", b"", auth=admin())
+    after = {t.sip_trunk_id for t in sip.ListSIPInboundTrunkResponse.FromString(body).items}
+    assert after == set(listed)
 
 
 # -- values that cannot be written back as JSON -----------------------------------------------

@@ -88,8 +88,8 @@ async def receiver(statuses: list[int] | None = None) -> AsyncIterator[Receiver]
 
 
 @asynccontextmanager
-async def server_with_webhook(tmp_path: Path, url: str) -> AsyncIterator[ServerProcess]:
-    proc = ServerProcess(tmp_path, "--webhook", url)
+async def server_with_webhook(tmp_path: Path, *urls: str) -> AsyncIterator[ServerProcess]:
+    proc = ServerProcess(tmp_path, *(arg for url in urls for arg in ("--webhook", url)))
     # The server process is started and stopped in a thread: both block for a while.
     await asyncio.to_thread(proc.start)
     try:
@@ -169,6 +169,43 @@ async def test_each_room_gets_its_own_events_in_order(tmp_path: Path) -> None:
         ]
         assert all(e.room.sid == sids[e.room.name] for e in got)
         assert len({e.id for e in got}) == 6
+
+
+async def test_each_receiver_gets_every_event_in_order(tmp_path: Path) -> None:
+    # The second receiver fails its first two attempts: it is retried on its own, the first one
+    # is not held back, and both end up with the same events, each its own copy.
+    async with (
+        receiver() as rx1,
+        receiver(statuses=[500, 500]) as rx2,
+        server_with_webhook(tmp_path, rx1.url, rx2.url) as proc,
+        client(proc) as lk,
+    ):
+        for name in ("one", "two", "three"):
+            await lk.room.create_room(room_proto.CreateRoomRequest(name=name))
+        for name in ("two", "one", "three"):
+            await lk.room.delete_room(room_proto.DeleteRoomRequest(room=name))
+        got1 = [await rx1.next_event() for _ in range(6)]
+        got2 = [await rx2.next_event() for _ in range(6)]
+        expected = [
+            ("room_started", "one"),
+            ("room_started", "two"),
+            ("room_started", "three"),
+            ("room_finished", "two"),
+            ("room_finished", "one"),
+            ("room_finished", "three"),
+        ]
+        assert [(e.event, e.room.name) for e in got1] == expected
+        assert [e.id for e in got2] == [e.id for e in got1]
+        assert got2 == got1  # the same content too, nothing added by the other receiver
+        assert len({e.id for e in got1}) == 6
+        assert all(e.num_dropped == 0 for e in got1 + got2)
+        # The failing receiver did not hold the other one back.
+        first_ok = next(d for d in rx1.deliveries if d.event and d.event.id == got1[0].id)
+        attempts = [d for d in rx2.deliveries if d.event and d.event.id == got1[0].id]
+        assert len(attempts) == 3
+        assert first_ok.at < attempts[-1].at
+        for delivery in rx1.deliveries + rx2.deliveries:
+            assert_signed_like_livekit(delivery)
 
 
 async def test_failed_delivery_is_retried_with_backoff(tmp_path: Path) -> None:

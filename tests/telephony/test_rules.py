@@ -18,6 +18,7 @@ from livekit.protocol.agent_dispatch import RoomAgentDispatch
 from livekit.protocol.models import ListUpdate
 
 from sipbridge.errors import ApiError
+from sipbridge.rooms.model import MAX_ROOM_NAME
 from sipbridge.telephony.rules import (
     MAX_ATTRIBUTES,
     MAX_PIN_DIGITS,
@@ -213,18 +214,33 @@ def test_valid_rules(rule: sip.SIPDispatchRuleInfo) -> None:
     [
         (sip.SIPDispatchRuleInfo(), "rule: one of dispatch_rule_direct"),
         (info(direct("")), "rule.dispatch_rule_direct.room_name: must be set"),
-        (info(direct("r" * (MAX_NAME + 1))), "rule.dispatch_rule_direct.room: too long"),
-        (info(individual("p" * (MAX_NAME + 1))), "rule.dispatch_rule_individual.room: too long"),
-        (info(direct("a/b")), "rule.dispatch_rule_direct: room name 'a/b' contains invalid"),
-        (info(direct("a\\b")), "contains invalid characters"),
-        (info(direct("a?b")), "contains invalid characters"),
-        (info(direct("a#b")), "contains invalid characters"),
-        (info(direct("a%b")), "contains invalid characters"),
-        (info(direct("a\x00b")), "contains invalid characters"),
-        (info(direct("a\nb")), "contains invalid characters"),
-        (info(direct("a\x7fb")), "contains invalid characters"),
-        (info(individual("x/")), "rule.dispatch_rule_individual: room name"),
-        (info(callee("x\t")), "rule.dispatch_rule_callee: room name"),
+        (
+            info(direct("r" * (MAX_ROOM_NAME + 1))),
+            "rule.dispatch_rule_direct.room_name: room name too long (max 256 characters)",
+        ),
+        (
+            info(individual("p" * (MAX_ROOM_NAME + 1))),
+            "rule.dispatch_rule_individual.room_prefix: room name too long",
+        ),
+        (
+            info(callee("p" * (MAX_ROOM_NAME + 1))),
+            "rule.dispatch_rule_callee.room_prefix: room name too long",
+        ),
+        (
+            info(direct("a\x00b")),
+            "rule.dispatch_rule_direct.room_name: room name 'a\\x00b' contains control characters",
+        ),
+        (info(direct("a\nb")), "rule.dispatch_rule_direct.room_name: room name"),
+        (info(direct("a\x7fb")), "contains control characters"),
+        (info(direct("a\x1fb")), "contains control characters"),
+        (
+            info(individual("x\r")),
+            "rule.dispatch_rule_individual.room_prefix: room name 'x\\r' contains control",
+        ),
+        (
+            info(callee("x\t")),
+            "rule.dispatch_rule_callee.room_prefix: room name 'x\\t' contains control",
+        ),
         (info(direct("r", "12a")), "rule.dispatch_rule_direct.pin: must be 1-16 digits"),
         (info(direct("r", "1" * (MAX_PIN_DIGITS + 1))), "rule.dispatch_rule_direct.pin"),
         (info(direct("r", "١٢٣")), "rule.dispatch_rule_direct.pin"),  # Arabic-Indic digits
@@ -251,6 +267,10 @@ def test_valid_rules(rule: sip.SIPDispatchRuleInfo) -> None:
             info(media=sip.SIPMediaConfig(media_timeout=Duration(seconds=-1))),
             "media.media_timeout",
         ),
+        (
+            info(media=sip.SIPMediaConfig(media_timeout=Duration(seconds=601))),
+            "media.media_timeout: must not exceed 600 s",
+        ),
     ],
 )
 def test_invalid_rules(rule: sip.SIPDispatchRuleInfo, fragment: str) -> None:
@@ -258,7 +278,23 @@ def test_invalid_rules(rule: sip.SIPDispatchRuleInfo, fragment: str) -> None:
 
 
 def test_room_name_with_trailing_newline_is_refused() -> None:
-    invalid(validate_rule, info(direct("room\n")))
+    assert "contains control characters" in invalid(validate_rule, info(direct("room\n")))
+
+
+@pytest.mark.parametrize("make", [direct, individual, callee])
+@pytest.mark.parametrize("room", ["a/b", "a\\b", "a?b", "a#b", "a%b", "sales/eu?x=1#y%20"])
+def test_room_names_with_url_separators_are_accepted(
+    make: Callable[[str], sip.SIPDispatchRule], room: str
+) -> None:
+    # LiveKit allows these; only the length and control characters are checked.
+    rule = info(make(room))
+    validate_rule(rule)
+    assert rule_room_and_pin(rule.rule) == (room, "")
+
+
+def test_room_name_at_the_length_limit_is_accepted() -> None:
+    for make in (direct, individual, callee):
+        validate_rule(info(make("r" * MAX_ROOM_NAME)))
 
 
 # -- conflict keys --------------------------------------------------------------------------------

@@ -142,9 +142,14 @@ def test_validate_numbers_refuses_uris_and_spaces(number: str) -> None:
         "2001:db8::1",
         "[2001:db8::1]",
         "2001:db8::/32",
+        "[2001:db8::]/32",  # a bracketed IPv6 CIDR
+        "[2001:db8::1]/128",
         "sip.example.com",
         "carrier-1.example",
         "h",
+        "bad_host",  # underscores occur in real host names
+        "my_pbx.local",
+        "_sip.example",
     ],
 )
 def test_valid_address_masks(mask: str) -> None:
@@ -159,7 +164,12 @@ def test_valid_address_masks(mask: str) -> None:
         ("example.com/24", "is not a valid CIDR"),
         ("192.0.2.0/", "is not a valid CIDR"),
         ("-bad.example", "is not an IP, CIDR or host name"),
-        ("bad_host", "is not an IP, CIDR or host name"),
+        ("[2001:db8::]/129", "is not a valid CIDR"),
+        ("[bad_host]/24", "is not a valid CIDR"),
+        ("bad host!", "is not an IP, CIDR or host name"),
+        ("host!", "is not an IP, CIDR or host name"),
+        ("a@carrier.example", "is not an IP, CIDR or host name"),
+        ("carrier.example;x", "is not an IP, CIDR or host name"),
         ("sip:carrier.example", "is not an IP, CIDR or host name"),
         ("host name", "is not an IP, CIDR or host name"),
         ("", "is not an IP, CIDR or host name"),
@@ -183,6 +193,12 @@ def test_invalid_address_masks(mask: str, fragment: str) -> None:
         "h",
         "h:1",
         "h:65535",
+        "2001:db8::1",  # a bare IPv6 address
+        "::1",
+        "my_pbx.local",  # underscores occur in real host names
+        "my_pbx.local:5060",
+        "bad_host",
+        "_sip.example",
     ],
 )
 def test_valid_hostports(value: str) -> None:
@@ -198,8 +214,12 @@ def test_valid_hostports(value: str) -> None:
         ("carrier.example;transport=tcp", "not a SIP URI"),
         ("carrier.example:", "is not a valid host[:port]"),
         ("carrier.example:123456", "is not a valid host[:port]"),
-        ("2001:db8::1", "is not a valid host[:port]"),  # bare IPv6 needs brackets
-        ("bad_host", "is not a valid host[:port]"),
+        ("bad host", "is not a valid host[:port]"),
+        ("bad!host", "is not a valid host[:port]"),
+        ("my_pbx.local:", "is not a valid host[:port]"),
+        ("my_pbx.local:x", "is not a valid host[:port]"),
+        ("[2001:db8::1]:", "is not a valid host[:port]"),
+        ("sip:my_pbx.local", "not a SIP URI"),
         ("-carrier.example", "is not a valid host[:port]"),
         ("carrier .example", "is not a valid host[:port]"),
         ("carrier.example:0", "port out of range"),
@@ -275,6 +295,22 @@ def test_validate_media_accepts() -> None:
         ),
         "m",
     )
+
+
+def test_media_timeout_is_capped_at_ten_minutes() -> None:
+    # As LiveKit: at most 600 s (it was 3600).
+    assert MAX_MEDIA_TIMEOUT_S == 600
+    validate_media(sip.SIPMediaConfig(media_timeout=Duration(seconds=600)), "m")
+    for seconds in (601, 3600):
+        message = invalid(
+            validate_media, sip.SIPMediaConfig(media_timeout=Duration(seconds=seconds)), "m"
+        )
+        assert message == "m.media_timeout: must not exceed 600 s"
+    message = invalid(
+        validate_inbound_trunk,
+        inbound(numbers=["+1"], media=sip.SIPMediaConfig(media_timeout=Duration(seconds=601))),
+    )
+    assert message == "trunk.media.media_timeout: must not exceed 600 s"
 
 
 def test_codec_name_with_trailing_newline_is_refused() -> None:
@@ -368,6 +404,7 @@ NUMBER = {"numbers": ["+15105550100"]}
         ({"allowed_addresses": [""]}, "trunk.allowed_addresses[0]: must not be empty"),
         ({"allowed_addresses": ["10.0.0.0/8", "10.0.0.0/40"]}, "trunk.allowed_addresses[1]: "),
         ({"allowed_addresses": ["not valid!"]}, "trunk.allowed_addresses[0]: "),
+        ({"allowed_addresses": ["ok_host", "x y"]}, "trunk.allowed_addresses[1]: "),
         ({**NUMBER, "auth_username": "u"}, "must be set together"),
         ({**NUMBER, "auth_password": "p"}, "must be set together"),
         ({}, "one of the fields must be set"),
@@ -418,6 +455,10 @@ def test_invalid_inbound_trunks(kwargs: dict[str, Any], fragment: str) -> None:
         {},
         {"address": "192.0.2.10:5061", "transport": sip.SIPTransport.SIP_TRANSPORT_TLS},
         {"address": "[2001:db8::1]", "from_host": "pbx.example.com"},
+        {"address": "2001:db8::1"},  # a bare IPv6 address
+        {"address": "[2001:db8::1]:5061"},
+        {"address": "my_pbx.local", "from_host": "my_pbx.local"},
+        {"address": "bad_host:5060", "from_host": "from_host.example:5070"},
         {
             "name": "Carrier out",
             "metadata": "x" * MAX_METADATA,
@@ -448,7 +489,12 @@ def test_valid_outbound_trunks(kwargs: dict[str, Any]) -> None:
         ({"address": ""}, "trunk.address: must be set"),
         ({"address": "sip:carrier.example"}, "trunk.address: must be a host name or IP"),
         ({"address": "carrier.example:70000"}, "trunk.address: port out of range"),
-        ({"address": "bad_host"}, "trunk.address: "),
+        ({"address": "bad host"}, "trunk.address: 'bad host' is not a valid host[:port]"),
+        ({"address": "bad!host"}, "trunk.address: "),
+        ({"address": "u@carrier.example"}, "trunk.address: must be a host name or IP"),
+        ({"address": "carrier.example;transport=tcp"}, "trunk.address: must be a host name"),
+        ({"address": "my_pbx.local:0"}, "trunk.address: port out of range"),
+        ({"from_host": "my pbx"}, "trunk.from_host: "),
         ({"from_host": "sip:pbx.example.com"}, "trunk.from_host: "),
         ({"from_host": "pbx.example.com:0"}, "trunk.from_host: port out of range"),
         ({"auth_username": "u"}, "must be set together"),
@@ -833,9 +879,18 @@ def test_paginate(page: Pagination, expected: list[str]) -> None:
     )
 
 
-def test_paginate_refuses_negative_limit() -> None:
-    message = invalid(paginate, trunks("ST_a"), Pagination(limit=-1), "sip_trunk_id")
-    assert message.startswith("page.limit: ")
+@pytest.mark.parametrize("limit", [0, -1, -1000])
+def test_paginate_limit_not_positive_means_a_page_of_1000(limit: int) -> None:
+    # LiveKit: a limit of 0 or less is its default page size, never an error.
+    items = trunks(*(f"ST_{i:05d}" for i in range(1203)))
+    page = ids_of(paginate(items, Pagination(limit=limit), "sip_trunk_id"))
+    assert page == [f"ST_{i:05d}" for i in range(1000)]
+    rest = ids_of(paginate(items, Pagination(after_id=page[-1], limit=limit), "sip_trunk_id"))
+    assert rest == [f"ST_{i:05d}" for i in range(1000, 1203)]
+    assert ids_of(paginate(trunks("ST_b", "ST_a"), Pagination(limit=limit), "sip_trunk_id")) == [
+        "ST_a",
+        "ST_b",
+    ]
 
 
 def test_paginate_works_for_rules_and_generators() -> None:
