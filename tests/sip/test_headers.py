@@ -135,11 +135,6 @@ def test_addr_spec_serialises_as_name_addr() -> None:
     assert parse_address(str(address)) == address
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Address.__str__ writes a display name with leading or trailing spaces "
-    "unquoted, so the spaces are lost when it is parsed again",
-)
 def test_display_name_with_outer_spaces_round_trips() -> None:
     address = parse_address('" Alice " <sip:alice@atlanta.com>')
     assert address.display_name == " Alice "
@@ -170,11 +165,6 @@ def test_malformed_addresses_get_400(text: str) -> None:
     assert status_of(parse_address, text) == 400
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: parse_params (_split_semicolons) skips empty parameters, so ';;' after a URI "
-    "is accepted; generic-param has no empty form (RFC 3261 s25.1, RFC 4475 s3.1.2.1)",
-)
 @pytest.mark.parametrize(
     "text",
     ['"Joe" <sip:joe@example.org>;;;;', '<sip:joe@example.org>;a="x";', "<sip:j@example.org>;;a"],
@@ -361,11 +351,6 @@ def test_malformed_cseq_gets_400(text: str) -> None:
     assert status_of(parse_cseq, text) == 400
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the CSeq and Via port regexes use \\d, which matches any Unicode decimal "
-    "digit; DIGIT is ASCII %x30-39 (RFC 5234 B.1, used by RFC 3261 s25.1)",
-)
 @pytest.mark.parametrize(
     ("parse", "text"),
     [(parse_cseq, "\u0663 INVITE"), (parse_via, "SIP/2.0/UDP host:\u0665\u0660\u0666\u0660")],

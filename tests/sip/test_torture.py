@@ -1382,11 +1382,6 @@ def test_noreason_empty_reason_phrase() -> None:
 # -- s3.1.2 invalid messages ------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: parse_params skips empty parameters, so the top Via 'SIP/2.0/UDP "
-    "192.0.2.15;;' and the Contact '\"Joe\" <sip:joe@example.org>;;;;' are accepted",
-)
 def test_badinv01_extraneous_separators_get_400() -> None:
     # s3.1.2.1: "An element receiving this request should respond with a 400 Bad Request."
     assert refusal(BADINV01) == 400
@@ -1516,11 +1511,6 @@ def test_bigcode_overlarge_status_code_is_dropped() -> None:
 # -- s3.2 transaction layer ---------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Via.is_rfc3261 is true for a branch that is only the magic cookie, so "
-    "server_key() uses 'z9hG4bK' as the transaction id of every such request",
-)
 def test_badbranch_cookie_without_identifier() -> None:
     # s3.2.1: reject with 400, or fall back to RFC 2543 transaction matching.
     request = parse_request(BADBRANCH)
@@ -1582,31 +1572,16 @@ def test_regaut01_unknown_authorization_scheme() -> None:
     assert request.headers.get("Content-Length") == "0"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Message._required reads the first of repeated single-valued headers "
-    "(Call-ID, CSeq, From, To) instead of refusing the message",
-)
 def test_multi01_repeated_single_value_headers_get_400() -> None:
     # s3.3.8: "An element receiving this request would respond with a 400 Bad Request error."
     assert refusal(MULTI01) == 400
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: parse_message frames the body by the first of two conflicting Content-Length "
-    "headers instead of refusing the datagram",
-)
 def test_mcl01_conflicting_content_lengths_on_a_datagram_get_an_error() -> None:
     # s3.3.9: "An element receiving this message should respond with an error."
     assert refusal(MCL01) == 400
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: StreamFramer frames by the first of two conflicting Content-Length headers "
-    "and hands out a message cut at 13 bytes instead of failing the stream",
-)
 def test_mcl01_conflicting_content_lengths_on_a_stream_fail_the_framing() -> None:
     # s3.3.9: over TCP "the framing error is not recoverable, and the connection should be closed".
     framer = StreamFramer()
@@ -1689,22 +1664,7 @@ def without_content_length(message: Request | Response) -> list[tuple[str, str]]
     return [(k, v) for k, v in message.headers if k != "Content-Length"]
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(
-            name,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="BUG: Response.serialize replaces an empty Reason-Phrase with the "
-                "default one, so a parsed '100 ' comes back as '100 Trying'",
-            ),
-        )
-        if name == "noreason"
-        else name
-        for name in ROUND_TRIP
-    ],
-)
+@pytest.mark.parametrize("name", ROUND_TRIP)
 def test_round_trip(name: str) -> None:
     first = parse_message(MESSAGES[name])
     wire = first.serialize()

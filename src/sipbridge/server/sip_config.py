@@ -48,6 +48,13 @@ class _Kind(Generic[M]):
     items: dict[str, M]
 
 
+def _finished_write(task: asyncio.Task[Any]) -> None:
+    """Read the outcome of a write whose caller may have gone (a deadline): an abandoned
+    write's refusal is expected, not an unretrieved task exception."""
+    if not task.cancelled():
+        task.exception()
+
+
 class SipConfig:
     """All trunks and dispatch rules; `clock` gives Unix seconds for timestamps."""
 
@@ -138,6 +145,7 @@ class SipConfig:
 
         task = asyncio.ensure_future(locked())
         self._writes.add(task)
+        task.add_done_callback(_finished_write)
         task.add_done_callback(self._writes.discard)
         try:
             return await asyncio.shield(task)

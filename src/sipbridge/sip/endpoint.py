@@ -175,7 +175,9 @@ class SipEndpoint:
             return
         transaction = self.client_transactions.get(key)
         if transaction is None:
-            self._events.append(StrayResponse(response=response, peer=peer))
+            # RFC 6026 s8.9: a response matching no transaction is discarded. 2xx
+            # retransmissions reach the dialog through the INVITE's Accepted state.
+            self.stats["stray_responses"] += 1
             return
         transaction.receive_response(response, now)
         self._drain(transaction)
@@ -249,13 +251,16 @@ class SipEndpoint:
         """s9.2: find the INVITE with the same branch; 200 to the CANCEL, 481 if none."""
         invite_key = (*server_key(cancel)[:-1], "INVITE")
         invite = self.server_transactions.get(invite_key)
-        if invite is None or (
-            invite.last_response is not None and invite.last_response.status >= 200
-        ):
-            self.respond(transaction, make_response(cancel, 481), now)
+        if invite is None:
+            self.respond(transaction, make_response(cancel, 481, to_tag=_tag()), now)
             return
-        self.respond(transaction, make_response(cancel, 200), now)
-        self._events.append(CancelReceived(cancel=cancel, invite=invite))
+        # Matched: 200 even when the INVITE was already answered (the CANCEL then has no
+        # effect); the response carries a To tag (s8.2.6.2), the INVITE's if it has one.
+        final = invite.last_response
+        to_tag = final.to.tag if final is not None and final.status > 100 else None
+        self.respond(transaction, make_response(cancel, 200, to_tag=to_tag or _tag()), now)
+        if final is None or final.status < 200:
+            self._events.append(CancelReceived(cancel=cancel, invite=invite))
 
     # -- answering what the core refuses -------------------------------------------------
 

@@ -99,8 +99,14 @@ def split_list(value: str) -> Iterator[str]:
 
 
 def parse_params(text: str) -> Params:
-    """`;name=value;flag` (leading `;` optional); values may be quoted strings."""
+    """`;name=value;flag` (leading `;` optional); values may be quoted strings. An empty
+    parameter (`;;`, RFC 4475 s3.1.2.1 badinv01) is malformed."""
     params: list[tuple[str, str | None]] = []
+    text = text.strip()
+    if text.startswith(";"):
+        text = text[1:]
+    if not text:
+        return ()
     for item in _split_semicolons(text):
         name, eq, value = item.partition("=")
         name, value = name.strip(), value.strip()
@@ -116,8 +122,9 @@ def _split_semicolons(text: str) -> Iterator[str]:
     if '"' not in text:
         for item in text.split(";"):
             item = item.strip()  # noqa: PLW2901
-            if item:
-                yield item
+            if not item:
+                raise _bad("empty parameter")
+            yield item
         return
     quoted = False
     start = 0
@@ -133,15 +140,17 @@ def _split_semicolons(text: str) -> Iterator[str]:
             quoted = True
         elif ch == ";":
             item = text[start:i].strip()
-            if item:
-                yield item
+            if not item:
+                raise _bad("empty parameter")
+            yield item
             start = i + 1
         i += 1
     if quoted:
         raise _bad("unterminated quoted string")
     item = text[start:].strip()
-    if item:
-        yield item
+    if not item:
+        raise _bad("empty parameter")
+    yield item
 
 
 def format_params(params: Params) -> str:
@@ -171,7 +180,10 @@ class Address:
         name = ""
         if self.display_name is not None:
             dn = self.display_name
-            name = (dn if TOKEN.fullmatch(dn.replace(" ", "")) and dn else quote(dn)) + " "
+            plain = (
+                dn and dn == dn.strip() and "  " not in dn and TOKEN.fullmatch(dn.replace(" ", ""))
+            )
+            name = (dn if plain else quote(dn)) + " "
         return f"{name}<{self.uri}>{format_params(self.params)}"
 
 
@@ -244,7 +256,9 @@ class Via:
 
     @property
     def is_rfc3261(self) -> bool:
-        return (self.branch or "").startswith(MAGIC_COOKIE)
+        branch = self.branch or ""
+        # A bare cookie is no branch at all (RFC 4475 s3.3.2 badbranch): RFC 2543 matching.
+        return branch.startswith(MAGIC_COOKIE) and len(branch) > len(MAGIC_COOKIE)
 
     @property
     def sent_by(self) -> tuple[str, int | None]:
@@ -263,7 +277,7 @@ class Via:
 
 _VIA = re.compile(
     r"\s*([A-Za-z0-9\-.!%*_+`'~]+)\s*/\s*([0-9.]+)\s*/\s*([A-Za-z0-9\-.!%*_+`'~]+)\s+"
-    r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-.]+)(?:\s*:\s*(\d{1,5}))?\s*(;.*)?"
+    r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-.]+)(?:\s*:\s*([0-9]{1,5}))?\s*(;.*)?"
 )
 
 
@@ -294,7 +308,7 @@ class CSeq:
         return f"{self.seq} {self.method}"
 
 
-_CSEQ = re.compile(r"\s*(\d{1,10})\s+([A-Za-z0-9\-.!%*_+`'~]+)\s*")
+_CSEQ = re.compile(r"\s*([0-9]{1,10})\s+([A-Za-z0-9\-.!%*_+`'~]+)\s*")
 
 
 @lru_cache(maxsize=4096)

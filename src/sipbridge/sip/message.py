@@ -187,25 +187,32 @@ def _bad(detail: str) -> SipProtocolError:
     return SipProtocolError(400, "Bad Request", detail)
 
 
+@lru_cache(maxsize=1024)
+def header_key(name: str) -> str:
+    """The case-insensitive identity of a header name (RFC 3261 s7.3.5), compact forms expanded."""
+    return canonical_name(name).lower()
+
+
 @dataclass(slots=True)
 class Headers:
-    """Ordered header lines, (canonical name, value); repeated names allowed."""
+    """Ordered header lines, (name, value); repeated names allowed. Known names are stored in
+    their canonical form, others as received; lookups ignore case."""
 
     items: list[tuple[str, str]] = field(default_factory=list)
 
     def get(self, name: str) -> str | None:
         """The first value of a header (for list headers: the first line, not the first item)."""
-        key = canonical_name(name)
+        key = header_key(name)
         for k, v in self.items:
-            if k == key:
+            if header_key(k) == key:
                 return v
         return None
 
     def get_all(self, name: str) -> list[str]:
         """Every value; comma-separated lists are split into their items."""
-        key = canonical_name(name)
-        values = [v for k, v in self.items if k == key]
-        if key in LIST_HEADERS:
+        key = header_key(name)
+        values = [v for k, v in self.items if header_key(k) == key]
+        if canonical_name(name) in LIST_HEADERS:
             return [item for v in values for item in split_list(v)]
         return values
 
@@ -217,17 +224,19 @@ class Headers:
 
     def set(self, name: str, value: str) -> None:
         """Replace every line of a header with one, at the position of the first."""
-        key = canonical_name(name)
+        key = header_key(name)
         for i, (k, _) in enumerate(self.items):
-            if k == key:
-                self.items[i] = (key, value)
-                self.items[i + 1 :] = [(k2, v2) for k2, v2 in self.items[i + 1 :] if k2 != key]
+            if header_key(k) == key:
+                self.items[i] = (canonical_name(name), value)
+                self.items[i + 1 :] = [
+                    (k2, v2) for k2, v2 in self.items[i + 1 :] if header_key(k2) != key
+                ]
                 return
-        self.items.append((key, value))
+        self.items.append((canonical_name(name), value))
 
     def remove(self, name: str) -> None:
-        key = canonical_name(name)
-        self.items = [(k, v) for k, v in self.items if k != key]
+        key = header_key(name)
+        self.items = [(k, v) for k, v in self.items if header_key(k) != key]
 
     def prepend(self, name: str, value: str) -> None:
         self.items.insert(0, (canonical_name(name), value))
@@ -247,10 +256,12 @@ class Message:
     # -- structured accessors (raise SipProtocolError(400) when malformed) ---------------
 
     def _required(self, name: str) -> str:
-        value = self.headers.get(name)
-        if value is None or not value.strip():
+        values = self.headers.get_all(name)
+        if not values or not values[0].strip():
             raise _bad(f"missing {name} header")
-        return value.strip()
+        if len(values) > 1:  # single-valued headers (RFC 4475 s3.1.2.18 multi01)
+            raise _bad(f"more than one {name} header")
+        return values[0].strip()
 
     @property
     def call_id(self) -> str:
@@ -314,10 +325,10 @@ class Request(Message):
 @dataclass(slots=True, kw_only=True)
 class Response(Message):
     status: int
-    reason: str = ""
+    reason: str | None = None  # None: the standard phrase; "" is kept (RFC 4475 noreason)
 
     def serialize(self) -> bytes:
-        reason = self.reason or REASONS.get(self.status, "")
+        reason = REASONS.get(self.status, "") if self.reason is None else self.reason
         return self.serialize_headers_and_body([f"{SIP_VERSION} {self.status} {reason}\r\n"])
 
     def __str__(self) -> str:
@@ -353,8 +364,10 @@ def parse_message(data: bytes, *, stream: bool = False) -> Request | Response:
     length_text = message.headers.get("Content-Length")
     if length_text is not None:
         length_text = length_text.strip()
-        if not length_text.isdigit():
+        if not (length_text.isascii() and length_text.isdigit()):
             raise _bad("malformed Content-Length")
+        if len({v.strip() for v in message.headers.get_all("Content-Length")}) > 1:
+            raise _bad("conflicting Content-Length headers")  # RFC 4475 s3.1.2.12 mcl01
         length = int(length_text)
         if length > len(body):
             raise _bad("body shorter than Content-Length")
@@ -424,20 +437,23 @@ class StreamFramer:
 
     Feed bytes in any pieces (one at a time works); take whole messages out. CRLF keep-alives
     between messages (RFC 5626 s3.5.1) are reported so the caller can answer them. Input is
-    capped: a peer that sends headers without end, or declares a huge body, gets an error
-    instead of our memory.
+    capped per message: a peer that sends headers without end, or declares a huge body, gets an
+    error instead of our memory. Callers drain messages after every feed.
     """
 
     def __init__(self, max_buffer: int = MAX_MESSAGE) -> None:
         self._buffer = bytearray()
         self.max_buffer = max_buffer
         self.keepalives = 0  # double-CRLF pings seen, each to be answered with one CRLF
+        self._scanned = 0  # how far the end-of-headers search got (no rescans, byte by byte)
 
     def feed(self, data: bytes) -> None:
         self._buffer += data
-        if len(self._buffer) > self.max_buffer + 4:
+        # One read may hold several whole messages; only a pile-up beyond what any sane
+        # sender could have in flight is refused here (per-message caps are in next_message).
+        if len(self._buffer) > 16 * self.max_buffer:
             self._skip_keepalives()
-            if len(self._buffer) > self.max_buffer + 4:
+            if len(self._buffer) > 16 * self.max_buffer:
                 raise SipProtocolError(513, "Message Too Large", "stream buffer overflow")
 
     def _skip_keepalives(self) -> None:
@@ -449,12 +465,14 @@ class StreamFramer:
                 del self._buffer[:2]  # a lone CRLF: a pong, or noise
             else:
                 return
+            self._scanned = 0
 
     def next_message(self) -> bytes | None:
         """The next complete message's bytes, or None until more input arrives."""
         self._skip_keepalives()
-        end = self._buffer.find(b"\r\n\r\n")
+        end = self._buffer.find(b"\r\n\r\n", max(0, self._scanned - 3))
         if end < 0:
+            self._scanned = len(self._buffer)
             if len(self._buffer) > self.max_buffer:
                 raise SipProtocolError(513, "Message Too Large", "headers too long")
             return None
@@ -466,9 +484,11 @@ class StreamFramer:
         if total > self.max_buffer:
             raise SipProtocolError(513, "Message Too Large", "declared body too large")
         if len(self._buffer) < total:
+            self._scanned = end  # the headers are complete: find them again at once
             return None
         message = bytes(self._buffer[:total])
         del self._buffer[:total]
+        self._scanned = 0
         return message
 
     @property
@@ -477,14 +497,17 @@ class StreamFramer:
 
 
 def _content_length(head: bytes) -> int | None:
+    length: int | None = None
     for line in head.split(b"\r\n")[1:]:
         name, _, value = line.partition(b":")
         if name.strip().lower() in (b"content-length", b"l"):
             text = value.strip()
-            if not text.isdigit() or len(text) > 9:
+            if not (text.isascii() and text.isdigit()):
                 raise _bad("malformed Content-Length")
-            return int(text)
-    return None
+            if length is not None and length != int(text):
+                raise _bad("conflicting Content-Length headers")
+            length = int(text)
+    return length
 
 
 # -- building responses -------------------------------------------------------------------

@@ -145,6 +145,7 @@ SERVER_INVITE: Table = {
     (S.ACCEPTED, In.REQUEST): ((), S.ACCEPTED),  # RFC 6026: absorb; the core resends 2xx
     (S.ACCEPTED, In.TU_SUCCESS): ((A.SEND,), S.ACCEPTED),  # 2xx retransmission by the core
     (S.ACCEPTED, In.LINGER_TIMER): ((), S.TERMINATED),  # Timer L
+    (S.ACCEPTED, In.TRANSPORT_ERROR): ((A.TRANSPORT_FAILED,), S.ACCEPTED),  # RFC 6026 fig. 7
 }
 
 SERVER_NON_INVITE: Table = {

@@ -17,7 +17,7 @@ their scheme and opaque text so a server can answer 416 Unsupported URI Scheme.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from urllib.parse import unquote
 
@@ -51,7 +51,7 @@ class Uri:
     port: int | None = None
     params: tuple[tuple[str, str | None], ...] = ()
     headers: tuple[tuple[str, str], ...] = ()
-    opaque: str = field(default="", compare=False)  # absolute URIs of other schemes
+    opaque: str = ""  # absolute URIs of other schemes
 
     @property
     def is_sip(self) -> bool:
@@ -115,17 +115,25 @@ class Uri:
         """URI comparison (RFC 3261 s19.1.4), enough for dialog and request matching:
         scheme, user and password case-sensitive, host case-insensitive, ports and the
         transport/user/ttl/method/maddr parameters equal when present in either."""
-        if self.scheme != other.scheme or self.user != other.user:
+        if self.scheme != other.scheme or self.user_unescaped != other.user_unescaped:
             return False
         if self.password != other.password or self.host.lower() != other.host.lower():
             return False
         if self.port != other.port:
             return False
-        for name in ("transport", "user", "ttl", "method", "maddr"):
-            mine, theirs = self.param(name), other.param(name)
-            if (mine or theirs) is not None and (mine or "").lower() != (theirs or "").lower():
+        # Parameters in both must agree; the special ones must agree even if in one only.
+        mine = {k.lower(): (v or "").lower() for k, v in self.params}
+        theirs = {k.lower(): (v or "").lower() for k, v in other.params}
+        for name in mine.keys() & theirs.keys():
+            if mine[name] != theirs[name]:
                 return False
-        return True
+        for name in ("transport", "user", "ttl", "method", "maddr"):
+            if (name in mine) != (name in theirs):
+                return False
+        # Header components: all present in both and equal (s19.1.4).
+        return {(k.lower(), unquote(v)) for k, v in self.headers} == {
+            (k.lower(), unquote(v)) for k, v in other.headers
+        }
 
 
 @lru_cache(maxsize=4096)
@@ -187,7 +195,7 @@ def _parse_hostport(text: str) -> tuple[str, int | None]:
         raise _bad(f"invalid host {host[:80]!r}")
     port: int | None = None
     if port_text is not None:
-        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
             raise _bad(f"invalid port {port_text[:10]!r}")
         port = int(port_text)
     return host, port

@@ -72,6 +72,8 @@ def validate_address_mask(mask: str, field: str) -> None:
     """`allowed_addresses` entries: an IP, a CIDR, or a host name matched against the From host."""
     if "/" in mask:
         address, _, prefix = mask.partition("/")
+        if ("[" in address or "]" in address) and not _is_ip_literal(address, bracketed=True):
+            raise invalid_argument(f"{field}: {mask!r} is not a valid CIDR")
         try:
             ipaddress.ip_network(f"{address.strip('[]')}/{prefix}", strict=False)
         except ValueError:
@@ -84,6 +86,26 @@ def validate_address_mask(mask: str, field: str) -> None:
             raise invalid_argument(f"{field}: {mask!r} is not an IP, CIDR or host name") from None
 
 
+def _is_ip_literal(value: str, *, bracketed: bool = False) -> bool:
+    """An IPv4 address, a bare IPv6 address, or "[IPv6]" - brackets balanced and only around
+    IPv6, no zone ids (they mean nothing to a remote carrier)."""
+    if value.startswith("[") or value.endswith("]"):
+        if not (value.startswith("[") and value.endswith("]")):
+            return False
+        inner = value[1:-1]
+        try:
+            return isinstance(ipaddress.ip_address(inner), ipaddress.IPv6Address)
+        except ValueError:
+            return False
+    if bracketed or "%" in value:
+        return False
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
 def validate_hostport(value: str, field: str, *, required: bool) -> None:
     if not value:
         if required:
@@ -91,11 +113,8 @@ def validate_hostport(value: str, field: str, *, required: bool) -> None:
         return
     if value.startswith(("sip:", "sips:")) or "@" in value or ";" in value:
         raise invalid_argument(f"{field}: must be a host name or IP, not a SIP URI")
-    try:
-        ipaddress.ip_address(value.removeprefix("[").removesuffix("]"))
+    if _is_ip_literal(value):
         return  # a bare IPv4/IPv6 address, or a bracketed IPv6 one
-    except ValueError:
-        pass
     if not _HOSTPORT.match(value):
         raise invalid_argument(f"{field}: {value!r} is not a valid host[:port]")
     if ":" in value and not value.endswith("]"):
