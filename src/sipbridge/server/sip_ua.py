@@ -21,7 +21,6 @@ from sipbridge.sip.endpoint import (
     EndpointEvent,
     Peer,
     RequestReceived,
-    StrayResponse,
 )
 from sipbridge.sip.errors import SipProtocolError
 from sipbridge.sip.headers import Address
@@ -202,8 +201,6 @@ class SipUserAgent:
             if call is not None and not call.answered:
                 call.reject(487)
                 call._end("cancel")
-        elif isinstance(event, StrayResponse):
-            pass  # responses to our BYEs after their transaction ended: nothing to do
 
     def _find_dialog(self, request: Request) -> IncomingCall | None:
         try:

@@ -97,15 +97,6 @@ class ResponseForUs:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class StrayResponse:
-    """A response matching no transaction: a retransmitted 2xx to an INVITE after the client
-    transaction ended must be ACKed again by the dialog (s13.2.2.4)."""
-
-    response: Response
-    peer: Peer
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
 class RequestTimedOut:
     transaction: ClientTransaction | ServerTransaction
 
@@ -116,13 +107,7 @@ class RequestFailed:
 
 
 EndpointEvent = (
-    RequestReceived
-    | AckReceived
-    | CancelReceived
-    | ResponseForUs
-    | StrayResponse
-    | RequestTimedOut
-    | RequestFailed
+    RequestReceived | AckReceived | CancelReceived | ResponseForUs | RequestTimedOut | RequestFailed
 )
 
 
