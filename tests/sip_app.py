@@ -4,6 +4,7 @@ transactions, UAS core, digest) with the smallest possible call logic on top."""
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -62,14 +63,19 @@ class AnsweringApp:
 
 @asynccontextmanager
 async def running_app(
-    app: AnsweringApp, transports: tuple[str, ...] = ("udp", "tcp"), port: int = 0
+    app: AnsweringApp,
+    transports: tuple[str, ...] = ("udp", "tcp"),
+    port: int = 0,
+    tls: ssl.SSLContext | None = None,
 ) -> AsyncIterator[tuple[SipService, int]]:
+    """UDP and TCP share one port; TLS (with `tls`) gets its own free one: see `service.bound`."""
     ua = SipUserAgent("127.0.0.1", 0, on_invite=app.on_invite)
     service = SipService(ua)
     ua.attach(service)
-    first = await service.listen(Listen(transports[0], "127.0.0.1", port))
+    first = await service.listen(Listen(transports[0], "127.0.0.1", port), tls)
     for transport in transports[1:]:
-        await service.listen(Listen(transport, "127.0.0.1", first.port))
+        own = 0 if transport == "tls" else first.port
+        await service.listen(Listen(transport, "127.0.0.1", own), tls)
     ua.port = first.port
     try:
         yield service, first.port

@@ -269,7 +269,7 @@ async def test_sipp_lost_200_and_ack_still_complete() -> None:
             "-p",
             str(sipp_port()),
             "-m",
-            "6",
+            "10",
             "-r",
             "10",
             "-d",
@@ -284,5 +284,25 @@ async def test_sipp_lost_200_and_ack_still_complete() -> None:
         )
         await asyncio.sleep(0.3)
     assert code == 0, out
-    assert len(app.calls) == 6
-    assert sorted(app.ended) == ["bye"] * 6
+    assert len(app.calls) == 10
+    assert sorted(app.ended) == ["bye"] * 10
+    # Each lost 200 or ACK shows as a 200 resent by the UAS core (RFC 3261 s13.3.1.4).
+    assert any(call.retransmitter is not None for call in app.calls)
+
+
+async def test_a_merged_request_gets_482(sip_server: ServerProcess) -> None:
+    """RFC 3261 s8.2.2.2: the same request (Call-ID, From tag, CSeq) on a new branch."""
+    port = sip_port(sip_server)
+    first = request("OPTIONS", port)
+    merged = first.replace(b"z9hG4bKoptions1", b"z9hG4bKoptions2")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.settimeout(2)
+        sock.sendto(first, ("127.0.0.1", port))
+        assert sock.recv(65535).startswith(b"SIP/2.0 200 OK\r\n")
+        sock.sendto(merged, ("127.0.0.1", port))
+        reply = sock.recv(65535)
+        assert reply.startswith(b"SIP/2.0 482 Loop Detected\r\n"), reply
+        # A retransmission of the first (same branch) is absorbed and answered again.
+        sock.sendto(first, ("127.0.0.1", port))
+        assert sock.recv(65535).startswith(b"SIP/2.0 200 OK\r\n")

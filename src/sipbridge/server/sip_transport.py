@@ -174,6 +174,13 @@ class SipService:
         self.bound.append(bound)
         return bound
 
+    def local_port(self, transport: str) -> int:
+        """The port we listen on for a transport (for Contact and Via)."""
+        for bound in self.bound:
+            if bound.transport == transport:
+                return bound.port
+        return self.bound[0].port if self.bound else 0
+
     async def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()

@@ -64,7 +64,8 @@ class IncomingCall:
             return
         self.answered = True
         response = self._response(200)
-        response.headers.add("Contact", str(self.ua.contact(self.peer)))
+        secure = self.request.uri.scheme == "sips"
+        response.headers.add("Contact", str(self.ua.contact(self.peer, secure=secure)))
         response.headers.add("Allow", ", ".join(self.ua.service.endpoint.settings.allow))
         if body:
             response.body = body
@@ -183,10 +184,15 @@ class SipUserAgent:
     def attach(self, service: SipService) -> None:
         self._service = service
 
-    def contact(self, peer: Peer) -> Address:
+    def contact(self, peer: Peer, *, secure: bool = False) -> Address:
+        """Our Contact for a dialog with `peer`: the listener of the transport the request came
+        on (ACK and BYE are sent there, s12.2.1.1), and `sips:` only when the request was
+        `sips:` (s12.1.1) - `sip:...;transport=tls` peers may refuse a `sips:` target."""
         params = (("transport", peer.transport),) if peer.transport != "udp" else ()
-        scheme = "sips" if peer.transport == "tls" else "sip"
-        return Address(uri=Uri(scheme=scheme, host=self.host, port=self.port, params=params))
+        port = self.service.local_port(peer.transport) if self._service else self.port
+        return Address(
+            uri=Uri(scheme="sips" if secure else "sip", host=self.host, port=port, params=params)
+        )
 
     def __call__(self, service: SipService, event: EndpointEvent) -> None:
         self._service = service

@@ -130,6 +130,8 @@ class SipEndpoint:
         self._events: deque[EndpointEvent] = deque()
         self._timers: list[tuple[float, int, ClientTransaction | ServerTransaction]] = []
         self._timer_seq = itertools.count()
+        # (Call-ID, From tag, CSeq) of requests outside a dialog, to spot merged ones (s8.2.2.2)
+        self._merge_keys: dict[tuple[str, str, int, str], ServerTransaction] = {}
         self.stats: Counter[str] = Counter()
 
     # -- input ---------------------------------------------------------------------------
@@ -202,12 +204,18 @@ class SipEndpoint:
             return
 
         self._check_request(request)
+        merge_key = _merge_key(request)
+        if merge_key is not None and merge_key in self._merge_keys:
+            # The same request reached us again on another branch: a fork came back (s8.2.2.2).
+            raise SipProtocolError(482, "Loop Detected")
         if len(self.server_transactions) >= MAX_TRANSACTIONS:
             raise SipProtocolError(503, "Service Unavailable", "too many transactions")
         transaction = ServerTransaction(
             request, reliable=peer.reliable, timers=self.settings.timers
         )
         self.server_transactions[key] = transaction
+        if merge_key is not None:
+            self._merge_keys[merge_key] = transaction
         self._peers[id(transaction)] = peer
         if request.method == "CANCEL":
             self._receive_cancel(request, transaction, now)
@@ -391,10 +399,20 @@ class SipEndpoint:
             key = server_key(transaction.request)
             if self.server_transactions.get(key) is transaction:
                 del self.server_transactions[key]
+            merge_key = _merge_key(transaction.request)
+            if merge_key is not None and self._merge_keys.get(merge_key) is transaction:
+                del self._merge_keys[merge_key]
         else:
             ckey = client_key(transaction.request)
             if self.client_transactions.get(ckey) is transaction:
                 del self.client_transactions[ckey]
+
+
+def _merge_key(request: Request) -> tuple[str, str, int, str] | None:
+    if request.method in ("ACK", "CANCEL") or request.to.tag is not None:
+        return None
+    cseq = request.cseq
+    return (request.call_id, request.from_.tag or "", cseq.seq, cseq.method)
 
 
 def _replace_top_via(request: Request, value: str) -> None:
