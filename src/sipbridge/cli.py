@@ -38,6 +38,7 @@ def _serve_parser(sub: Any) -> None:
     p.add_argument("--keys", metavar="KEY:SECRET", action="append", help="API key (repeatable)")
     p.add_argument("--webhook", metavar="URL", action="append", help="webhook URL (repeatable)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--max-calls", type=int, metavar="N", help="concurrent calls (1000)")
     p.add_argument("--config", metavar="FILE", help="YAML file with the same settings")
 
 
@@ -114,6 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("room")
     _client_args(p)
     p.set_defaults(run=delete_room)
+
+    call = sub.add_parser("call", help="the call log").add_subparsers(dest="action", required=True)
+    p = call.add_parser("list", help="calls, newest first (reads the server's database)")
+    p.add_argument("--db", default="./sipbridge.db", help="SQLite file (./sipbridge.db)")
+    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(run=list_calls, local=True)
 
     part = sub.add_parser("participant", help="participants").add_subparsers(
         dest="action", required=True
@@ -270,7 +278,58 @@ TABLE_COLUMNS = {
     "rule": ["sip_dispatch_rule_id", "name", "rule", "trunk_ids", "inbound_numbers", "numbers"],
     "room": ["sid", "name", "num_participants", "creation_time", "metadata"],
     "participant": ["sid", "identity", "name", "kind", "state", "attributes"],
+    "call": [
+        "call_id",
+        "call_direction",
+        "call_status",
+        "from",
+        "to",
+        "room_name",
+        "participant_identity",
+        "status_code",
+        "created",
+    ],
 }
+
+
+async def _load_calls(db: str) -> list[bytes]:
+    from sipbridge.server.call_log import KIND  # noqa: PLC0415
+    from sipbridge.store import SQLiteStore  # noqa: PLC0415
+
+    store = SQLiteStore(db)
+    await store.open()
+    try:
+        return [r.data for r in await store.load(KIND)]
+    finally:
+        await store.close()
+
+
+def list_calls(a: argparse.Namespace) -> list[dict[str, Any]]:
+    """The call log straight from the database file (it is written by `serve`)."""
+    import datetime  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+
+    from livekit.protocol import sip  # noqa: PLC0415
+
+    if not Path(a.db).is_file():
+        raise FileNotFoundError(f"no database at {a.db}")
+    records = asyncio.run(_load_calls(a.db))
+    calls = sorted(
+        (sip.SIPCallInfo.FromString(data) for data in records),
+        key=lambda c: c.created_at_ns,
+        reverse=True,
+    )[: a.limit]
+    rows = []
+    for c in calls:
+        row = _as_dict(c)
+        row["from"] = c.from_uri.user
+        row["to"] = c.to_uri.user
+        row["status_code"] = c.call_status_code.code or ""
+        row["created"] = datetime.datetime.fromtimestamp(c.created_at, tz=datetime.UTC).strftime(
+            "%Y-%m-%d %H:%M:%S"
+        )
+        rows.append(row)
+    return rows
 
 
 def _as_dict(message: Message) -> dict[str, Any]:
@@ -311,7 +370,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         return _serve(args)
     try:
-        result = asyncio.run(_run_client(args.run, args))
+        if getattr(args, "local", False):
+            result = args.run(args)
+        else:
+            result = asyncio.run(_run_client(args.run, args))
     except Exception as exc:  # the client's errors carry the server's code and message
         print(f"sipbridge {args.command} {args.action}: {exc}", file=sys.stderr)
         return 1
@@ -340,6 +402,7 @@ def _serve(args: argparse.Namespace) -> int:
             keys=args.keys,
             webhooks=args.webhook,
             log_level=args.log_level,
+            max_calls=args.max_calls,
             config_file=args.config,
         )
     except ConfigError as exc:

@@ -41,6 +41,7 @@ class Settings:
     keys: Mapping[str, str] = field(default_factory=dict)
     webhooks: tuple[str, ...] = ()
     log_level: str = "info"
+    max_calls: int = 1000
 
     @property
     def webhook_key(self) -> tuple[str, str]:
@@ -113,6 +114,7 @@ def _from_yaml(path: str) -> dict[str, Any]:
         "webhook",
         "webhooks",
         "log_level",
+        "max_calls",
     }
     unknown = set(doc) - known
     if unknown:
@@ -133,6 +135,7 @@ def build_settings(
     keys: list[str] | None = None,
     webhooks: list[str] | None = None,
     log_level: str | None = None,
+    max_calls: int | None = None,
     config_file: str | None = None,
     environ: Mapping[str, str] = os.environ,
 ) -> Settings:
@@ -195,6 +198,12 @@ def build_settings(
         s = replace(s, db=db)
     if log_level:
         s = replace(s, log_level=log_level.lower())
+    if "max_calls" in doc and max_calls is None:
+        max_calls = doc["max_calls"]
+    if max_calls is not None:
+        if not isinstance(max_calls, int) or isinstance(max_calls, bool) or max_calls < 1:
+            raise ConfigError("max_calls: expected a positive whole number")
+        s = replace(s, max_calls=max_calls)
     if s.log_level not in LOG_LEVELS:
         raise ConfigError(f"log_level: expected one of {', '.join(LOG_LEVELS)}")
 

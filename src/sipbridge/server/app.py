@@ -14,6 +14,8 @@ from sipbridge import __version__
 from sipbridge.config import Settings
 from sipbridge.rooms import RoomRegistry
 from sipbridge.server import metrics
+from sipbridge.server.call_log import CallLog
+from sipbridge.server.inbound import InboundCalls
 from sipbridge.server.room_api import RoomApi
 from sipbridge.server.rooms_runtime import RoomsRuntime, wall_clock
 from sipbridge.server.rtc_signal import SignalServer
@@ -48,7 +50,16 @@ class Server:
         SipApi(self.sip_config).register(self.twirp)
         RoomApi(self.rooms).register(self.twirp)
         self.signal = SignalServer(self.rooms, dict(settings.keys))
-        self.sip_ua = SipUserAgent(settings.sip.host, settings.sip.port)
+        self.call_log = CallLog(self.store, clock)
+        self.inbound = InboundCalls(
+            self.sip_config,
+            self.rooms,
+            self.call_log,
+            media_address=settings.sip.host,
+            rtp_ports=settings.rtp_ports,
+            max_calls=settings.max_calls,
+        )
+        self.sip_ua = SipUserAgent(settings.sip.host, settings.sip.port, on_invite=self.inbound)
         self.sip = SipService(self.sip_ua)
         self.sip_ua.attach(self.sip)
         self.ready = False
@@ -99,6 +110,7 @@ class Server:
         await self.store.open()
         await self.sip_config.load()
         await self.webhooks.start()
+        self.call_log.start()
         self._runner = web.AppRunner(self.build_app(), access_log=None, handle_signals=False)
         await self._runner.setup()
         http = self.settings.http
@@ -145,6 +157,7 @@ class Server:
             self._runner = None
         self.rooms.close()
         await self.sip_config.drain()
+        await self.call_log.stop()
         await self.webhooks.stop()
         await self.store.close()
         log.info("sipbridge stopped")

@@ -45,7 +45,8 @@ class IncomingCall:
     dialog: Dialog | None = None
     answered: bool = False
     ended: bool = False
-    on_end: Callable[[str], None] | None = None  # reason: "bye", "cancel", "timeout"
+    on_end: Callable[[str], None] | None = None  # "bye", "cancel", "timeout", "hangup"...
+    on_ack: Callable[[], None] | None = None
     retransmitter: AnswerRetransmitter | None = None
     timer: asyncio.TimerHandle | None = None
 
@@ -59,11 +60,18 @@ class IncomingCall:
         self.ua.service.endpoint.respond(self.transaction, response, self.ua.service.now())
         self.ua.service.after_application()
 
-    def answer(self, body: bytes = b"", content_type: str = "application/sdp") -> None:
+    def answer(
+        self,
+        body: bytes = b"",
+        content_type: str = "application/sdp",
+        headers: dict[str, str] | None = None,
+    ) -> None:
         if self.answered or self.ended:
             return
         self.answered = True
         response = self._response(200)
+        for name, value in (headers or {}).items():
+            response.headers.add(name, value)
         secure = self.request.uri.scheme == "sips"
         response.headers.add("Contact", str(self.ua.contact(self.peer, secure=secure)))
         response.headers.add("Allow", ", ".join(self.ua.service.endpoint.settings.allow))
@@ -82,14 +90,21 @@ class IncomingCall:
         self._arm()
         self.ua.service.after_application()
 
-    def reject(self, status: int, reason: str = "", headers: dict[str, str] | None = None) -> None:
+    def reject(
+        self,
+        status: int,
+        reason: str = "",
+        headers: dict[str, str] | None = None,
+        *,
+        end_reason: str = "rejected",
+    ) -> None:
         if self.answered or self.ended:
             return
         response = self._response(status, reason)
         for name, value in (headers or {}).items():
             response.headers.add(name, value)
         self.ua.service.endpoint.respond(self.transaction, response, self.ua.service.now())
-        self._end("rejected")
+        self._end(end_reason)
         self.ua.service.after_application()
 
     def _response(self, status: int, reason: str = "") -> Response:
@@ -123,6 +138,7 @@ class IncomingCall:
         self._arm()
 
     def ack_received(self) -> None:
+        first = self.dialog is not None and not self.dialog.confirmed
         if self.retransmitter is not None:
             self.retransmitter.ack_received()
         if self.dialog is not None:
@@ -130,15 +146,20 @@ class IncomingCall:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        if first and self.on_ack is not None:
+            self.on_ack()
 
-    def hangup(self) -> None:
-        """Send BYE (we end the call)."""
+    def hangup(self, headers: dict[str, str] | None = None) -> None:
+        """End the call from our side: BYE once answered (the 200 sent), else nothing here -
+        an unanswered INVITE is ended with `reject`."""
         if self.dialog is None or self.ended:
             return
         from sipbridge.sip.headers import Via  # noqa: PLC0415
 
         via = Via(transport=self.peer.transport.upper(), host=self.ua.host, port=self.ua.port)
         bye = self.dialog.create_request("BYE", via)
+        for name, value in (headers or {}).items():
+            bye.headers.add(name, value)
         self.ua.service.endpoint.send_request(bye, self.peer, self.ua.service.now())
         self._end("hangup")
         self.ua.service.after_application()
@@ -205,8 +226,7 @@ class SipUserAgent:
         elif isinstance(event, CancelReceived):
             call = self.pending.get(id(event.invite))
             if call is not None and not call.answered:
-                call.reject(487)
-                call._end("cancel")
+                call.reject(487, end_reason="cancel")
 
     def _find_dialog(self, request: Request) -> IncomingCall | None:
         try:
