@@ -150,6 +150,8 @@ class Server:
 
     async def stop(self) -> None:
         self.ready = False
+        if self.inbound.shutdown():
+            await asyncio.sleep(0.2)  # let the BYEs and 503s leave before the sockets close
         await self.sip.close()
         await self.signal.close_all()
         if self._runner is not None:

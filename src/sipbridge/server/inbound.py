@@ -414,8 +414,8 @@ class InboundCalls:
             self._set_status(state, "hangup")
             room = self.rooms.registry.find(state.room)
             if room is not None and state.identity in room.participants:
-                info.disconnect_reason = disconnect
-                self.rooms.registry.remove(state.room, state.identity, now, disconnect)
+                info.disconnect_reason = info.disconnect_reason or disconnect
+                self.rooms.registry.remove(state.room, state.identity, now, info.disconnect_reason)
                 self.rooms.commit()
         self.call_log.record(info)
 
@@ -457,6 +457,19 @@ class InboundCalls:
                     self._hangup(state, "removed")
             case _:
                 pass
+
+    def shutdown(self) -> int:
+        """End every call before the server stops: BYE when answered, 503 while ringing."""
+        ended = 0
+        for state in list(self.active.values()):
+            state.info.error = "server shutdown"
+            state.info.disconnect_reason = Reason.SERVER_SHUTDOWN
+            if state.call.answered:
+                state.call.hangup()
+            else:
+                state.call.reject(503, "Service Unavailable", {"Retry-After": "5"})
+            ended += 1
+        return ended
 
     # -- bookkeeping -----------------------------------------------------------------------
 
