@@ -60,20 +60,18 @@ def quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def split_list(value: str) -> Iterator[str]:
-    """Items of a comma-separated header value, ignoring commas in quotes and `<...>`."""
-    if '"' not in value and "<" not in value:  # the common case needs no scanning
-        for item in value.split(","):
-            item = item.strip()  # noqa: PLW2901
-            if item:
-                yield item
-        return
+def _split(text: str, separator: str, *, angles: bool) -> list[str]:
+    """`text` cut at `separator`, except inside quoted strings (and `<...>` when `angles`);
+    each part stripped, empty parts kept for the caller to judge."""
+    if '"' not in text and not (angles and "<" in text):  # the common case needs no scanning
+        return [part.strip() for part in text.split(separator)]
+    parts = []
     depth = 0
     quoted = False
     start = 0
     i = 0
-    while i < len(value):
-        ch = value[i]
+    while i < len(text):
+        ch = text[i]
         if quoted:
             if ch == "\\":
                 i += 1
@@ -81,21 +79,23 @@ def split_list(value: str) -> Iterator[str]:
                 quoted = False
         elif ch == '"':
             quoted = True
-        elif ch == "<":
+        elif angles and ch == "<":
             depth += 1
-        elif ch == ">":
+        elif angles and ch == ">":
             depth = max(0, depth - 1)
-        elif ch == "," and depth == 0:
-            item = value[start:i].strip()
-            if item:
-                yield item
+        elif ch == separator and depth == 0:
+            parts.append(text[start:i].strip())
             start = i + 1
         i += 1
     if quoted:
         raise _bad("unterminated quoted string")
-    item = value[start:].strip()
-    if item:
-        yield item
+    parts.append(text[start:].strip())
+    return parts
+
+
+def split_list(value: str) -> Iterator[str]:
+    """Items of a comma-separated header value, ignoring commas in quotes and `<...>`."""
+    return (item for item in _split(value, ",", angles=True) if item)
 
 
 def parse_params(text: str) -> Params:
@@ -118,39 +118,11 @@ def parse_params(text: str) -> Params:
     return tuple(params)
 
 
-def _split_semicolons(text: str) -> Iterator[str]:
-    if '"' not in text:
-        for item in text.split(";"):
-            item = item.strip()  # noqa: PLW2901
-            if not item:
-                raise _bad("empty parameter")
-            yield item
-        return
-    quoted = False
-    start = 0
-    i = 0
-    while i < len(text):
-        ch = text[i]
-        if quoted:
-            if ch == "\\":
-                i += 1
-            elif ch == '"':
-                quoted = False
-        elif ch == '"':
-            quoted = True
-        elif ch == ";":
-            item = text[start:i].strip()
-            if not item:
-                raise _bad("empty parameter")
-            yield item
-            start = i + 1
-        i += 1
-    if quoted:
-        raise _bad("unterminated quoted string")
-    item = text[start:].strip()
-    if not item:
+def _split_semicolons(text: str) -> list[str]:
+    parts = _split(text, ";", angles=False)
+    if not all(parts):
         raise _bad("empty parameter")
-    yield item
+    return parts
 
 
 def format_params(params: Params) -> str:
