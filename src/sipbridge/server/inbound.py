@@ -191,8 +191,12 @@ class InboundCalls:
             self._reject(call, 403, "Forbidden")
             return False
         self._count("auth_challenged")
-        challenges = self.digest.challenge(realm, time.time(), stale=result.stale)
-        call.reject(407, headers={"Proxy-Authenticate": challenges[0]})
+        # MD5 first: many carriers' and test tools' UAs read only the first challenge and know
+        # no other algorithm; SHA-256 (RFC 8760) is offered beside it for those that do.
+        challenges = self.digest.challenge(
+            realm, time.time(), algorithms=("MD5", "SHA-256"), stale=result.stale
+        )
+        call.reject(407, headers=[("Proxy-Authenticate", value) for value in challenges])
         return False
 
     def _answer_sdp(self, call: IncomingCall) -> bytes:

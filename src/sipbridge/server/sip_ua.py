@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from sipbridge.server.sip_transport import SipService
@@ -94,14 +94,15 @@ class IncomingCall:
         self,
         status: int,
         reason: str = "",
-        headers: dict[str, str] | None = None,
+        headers: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
         *,
         end_reason: str = "rejected",
     ) -> None:
         if self.answered or self.ended:
             return
         response = self._response(status, reason)
-        for name, value in (headers or {}).items():
+        items = headers.items() if isinstance(headers, Mapping) else (headers or ())
+        for name, value in items:
             response.headers.add(name, value)
         self.ua.service.endpoint.respond(self.transaction, response, self.ua.service.now())
         self._end(end_reason)
