@@ -276,3 +276,46 @@ def _exchange(port: int, data: bytes) -> bytes:
             status = int(reply.split(b" ", 2)[1])
             if status >= 200:
                 return reply
+
+
+async def test_a_flood_of_invites_is_answered_and_contained(sip_server: ServerProcess) -> None:
+    """2,000 INVITEs with random Call-IDs to a number no trunk has: every one answered 404,
+    the rejected-INVITE cache stays bounded, and the server keeps answering."""
+    import socket  # noqa: PLC0415
+
+    async with client(sip_server) as lk:
+        await setup_trunk_and_rule(lk)
+    port = sip_server.sip_port  # type: ignore[attr-defined]
+
+    def flood() -> int:
+        answered = 0
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+            sock.settimeout(5)
+            for i in range(2000):
+                invite = _invite(port).replace(b"refused-1@", f"flood-{i}@".encode())
+                invite = invite.replace(f"sip:{CALLED}@".encode(), b"sip:+19990000000@")
+                invite = invite.replace(b"z9hG4bKinv1", f"z9hG4bKflood{i}".encode())
+                sock.sendto(invite, ("127.0.0.1", port))
+                if i % 50 == 49:  # keep the flood bounded by what we read back
+                    while answered < i - 100:
+                        if int(sock.recv(65535).split(b" ", 2)[1]) >= 200:
+                            answered += 1
+            deadline = time.monotonic() + 20
+            while answered < 2000 and time.monotonic() < deadline:
+                try:
+                    reply = sock.recv(65535)
+                except TimeoutError:
+                    break
+                if reply.startswith(b"SIP/2.0 404 "):
+                    answered += 1
+        return answered
+
+    answered = await asyncio.to_thread(flood)
+    assert answered >= 1990, answered  # UDP on loopback: allow for a few lost datagrams
+    from tests.interop.test_sip_peers import request, udp_exchange  # noqa: PLC0415
+
+    reply = await asyncio.to_thread(udp_exchange, port, request("OPTIONS", port))
+    assert reply is not None and reply.startswith(b"SIP/2.0 200 OK"), reply
+    assert "Traceback" not in sip_server.log.read_text()
