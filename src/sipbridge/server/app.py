@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from collections.abc import Callable
@@ -92,6 +93,8 @@ class Server:
             ("sipbridge_outbound_trunks", {}, len(self.sip_config.outbound)),
             ("sipbridge_dispatch_rules", {}, len(self.sip_config.rules)),
         ]
+        out.append(("sipbridge_call_log_dropped_total", {}, self.call_log.dropped))
+        out.append(("sipbridge_calls_active", {}, len(self.inbound.active)))
         out += [
             ("sipbridge_sip_messages_total", {"kind": kind}, n)
             for kind, n in sorted(self.sip.endpoint.stats.items())
@@ -117,6 +120,9 @@ class Server:
         site = web.TCPSite(self._runner, http.host, http.port, reuse_address=True)
         await site.start()
         await self.start_sip()
+        # Everything loaded at startup lives for the process: keep it out of the cyclic GC's
+        # generations so collections stay short while calls come and go.
+        gc.freeze()
         self.ready = True
         log.info(
             "sipbridge %s: API on http://%s, %d inbound / %d outbound trunks, %d dispatch rules",

@@ -51,11 +51,28 @@ class CallLog:
             self.dropped += 1
 
     async def _run(self) -> None:
-        while (info := await self._queue.get()) is not None:
+        """Write what has queued up since the last write in one transaction: one fsync for a
+        burst of calls instead of one per state change; the latest state of a call wins."""
+        stopping = False
+        while not stopping:
+            first = await self._queue.get()
+            batch: dict[str, proto.SIPCallInfo] = {}
+            item: proto.SIPCallInfo | None = first
+            while True:
+                if item is None:
+                    stopping = True
+                else:
+                    batch[item.call_id] = item
+                if self._queue.empty() or len(batch) >= 1000:
+                    break
+                item = self._queue.get_nowait()
+            if not batch:
+                continue
+            records = [Record(kind=KIND, id=i.call_id, data=_bytes(i)) for i in batch.values()]
             try:
-                await self.store.put(Record(kind=KIND, id=info.call_id, data=_bytes(info)))
+                await self.store.put_many(records)
             except Exception:
-                log.exception("call log write failed for %s", info.call_id)
+                log.exception("call log write of %d calls failed", len(records))
 
     async def list(self) -> list[proto.SIPCallInfo]:
         return [proto.SIPCallInfo.FromString(r.data) for r in await self.store.load(KIND)]

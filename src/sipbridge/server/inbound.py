@@ -105,6 +105,7 @@ class InboundCalls:
         self.realm = realm
         self.digest = DigestServer(auth_secret or secrets.token_bytes(32))
         self.active: dict[str, InboundCallState] = {}  # by participant key room/identity
+        self.ringing: dict[str, set[InboundCallState]] = {}  # unanswered calls by room
         self._rejected: OrderedDict[tuple[str, str], tuple[float, int, str]] = OrderedDict()
         self.stats: dict[str, int] = {}
         rooms.listeners.append(self.on_room_event)
@@ -311,6 +312,7 @@ class InboundCalls:
         info.participant_attributes.update(participant.attributes)
         info.call_status = proto.SIPCallStatus.SCS_PARTICIPANT_JOINED
         self.active[_key(room_name, identity)] = state
+        self.ringing.setdefault(room_name, set()).add(state)
         call.on_end = lambda reason: self._ended(state, reason)
         call.on_ack = lambda: self._acked(state)
         self.call_log.record(info)
@@ -345,6 +347,7 @@ class InboundCalls:
 
     def _answer(self, state: InboundCallState) -> None:
         call = state.call
+        self._not_ringing(state)
         if call.answered or call.ended:
             return
         headers = dict(state.trunk.headers) if state.trunk else {}
@@ -357,6 +360,13 @@ class InboundCalls:
         self._later(
             state, duration or DEFAULT_MAX_CALL_DURATION_S, lambda: self._hangup(state, "max")
         )
+
+    def _not_ringing(self, state: InboundCallState) -> None:
+        waiting = self.ringing.get(state.room)
+        if waiting is not None:
+            waiting.discard(state)
+            if not waiting:
+                del self.ringing[state.room]
 
     def _acked(self, state: InboundCallState) -> None:
         self._later(state, ACTIVE_AFTER_ACK_S, lambda: self._set_status(state, "active"))
@@ -395,6 +405,7 @@ class InboundCalls:
     def _ended(self, state: InboundCallState, reason: str) -> None:
         """The call is over (BYE either way, CANCEL, rejection, timeout): leave the room."""
         state.cancel_timers()
+        self._not_ringing(state)
         self.active.pop(_key(state.room, state.identity), None)
         info = state.info
         now = self.rooms.now()
@@ -449,8 +460,8 @@ class InboundCalls:
             case ev.ParticipantJoined(room=room, participant=p) if (
                 p.kind == models.ParticipantInfo.Kind.SIP
             ):
-                for state in list(self.active.values()):
-                    if state.room == room.name and state.identity != p.identity:
+                for state in list(self.ringing.get(room.name, ())):
+                    if state.identity != p.identity:
                         self._answer(state)
             case ev.ParticipantLeft(room=room, participant=p):
                 state = self.active.get(_key(room.name, p.identity))

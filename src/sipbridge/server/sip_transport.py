@@ -222,6 +222,12 @@ class SipService:
                 log.exception("SIP application failed on %s", type(event).__name__)
         self._arm_timer()
 
+    def transmit_now(self) -> None:
+        """Send what is queued without handling events (the 100 Trying before the INVITE's
+        handler does its work, RFC 3261 s17.2.1)."""
+        for data, peer in self.endpoint.outgoing():
+            self._transmit(data, peer)
+
     def after_application(self) -> None:
         """Call after the application acted outside an event (e.g. a call answered later)."""
         self._flush()

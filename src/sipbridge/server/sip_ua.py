@@ -175,8 +175,9 @@ class IncomingCall:
         if self.dialog is not None:
             self.ua.dialogs.pop(self.dialog.id, None)
         self.ua.pending.pop(id(self.transaction), None)
-        if self.on_end is not None:
-            self.on_end(reason)
+        on_end, self.on_end, self.on_ack = self.on_end, None, None  # no cycles left behind
+        if on_end is not None:
+            on_end(reason)
 
 
 InviteHandler = Callable[[IncomingCall], None]
@@ -250,6 +251,7 @@ class SipUserAgent:
             call = IncomingCall(ua=self, request=request, transaction=transaction, peer=event.peer)
             self.pending[id(transaction)] = call
             endpoint.respond(transaction, make_response(request, 100), now)
+            self.service.transmit_now()
             self.on_invite(call)
         elif request.method == "BYE":
             endpoint.respond(transaction, make_response(request, 481), now)

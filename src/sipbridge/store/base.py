@@ -30,6 +30,10 @@ class RecordStore(Protocol):
         """Insert or replace one record."""
         ...
 
+    async def put_many(self, records: list[Record]) -> None:
+        """Insert or replace several records in one durable write."""
+        ...
+
     async def delete(self, kind: str, record_id: str) -> bool:
         """Remove one record; False when it did not exist."""
         ...

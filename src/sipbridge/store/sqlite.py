@@ -87,6 +87,24 @@ class SQLiteStore:
                 (record.kind, record.id, record.data),
             )
 
+    async def put_many(self, records: list[Record]) -> None:
+        for record in records:
+            _check_kind(record.kind)
+        await self._run(self._put_many, records)
+
+    def _put_many(self, records: list[Record]) -> None:
+        db = self._conn()
+        db.execute("BEGIN")
+        try:
+            db.executemany(
+                "INSERT OR REPLACE INTO records (kind, id, data) VALUES (?, ?, ?)",
+                [(r.kind, r.id, r.data) for r in records],
+            )
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
     async def delete(self, kind: str, record_id: str) -> bool:
         _check_kind(kind)
         deleted: bool = await self._run(self._delete, kind, record_id)
