@@ -319,3 +319,31 @@ async def test_a_flood_of_invites_is_answered_and_contained(sip_server: ServerPr
     reply = await asyncio.to_thread(udp_exchange, port, request("OPTIONS", port))
     assert reply is not None and reply.startswith(b"SIP/2.0 200 OK"), reply
     assert "Traceback" not in sip_server.log.read_text()
+
+
+async def test_ringing_timeout_defaults_to_486(sip_server: ServerProcess) -> None:
+    """Nobody answers within the trunk's ringing_timeout: 486 Busy Here (SIP-BEHAVIOUR s1.11)."""
+    from google.protobuf.duration_pb2 import Duration  # noqa: PLC0415
+
+    async with client(sip_server) as lk:
+        await lk.sip.create_inbound_trunk(
+            sip.CreateSIPInboundTrunkRequest(
+                trunk=sip.SIPInboundTrunkInfo(numbers=[CALLED], ringing_timeout=Duration(seconds=1))
+            )
+        )
+        await lk.sip.create_dispatch_rule(
+            sip.CreateSIPDispatchRuleRequest(
+                dispatch_rule=sip.SIPDispatchRuleInfo(
+                    rule=sip.SIPDispatchRule(
+                        dispatch_rule_direct=sip.SIPDispatchRuleDirect(room_name="quiet")
+                    )
+                )
+            )
+        )
+        port = sip_server.sip_port  # type: ignore[attr-defined]
+        began = time.monotonic()
+        reply = await asyncio.to_thread(_exchange, port, _invite(port))
+        assert reply.startswith(b"SIP/2.0 486 Busy Here\r\n"), reply
+        assert 0.8 < time.monotonic() - began < 3
+        listed = await lk.room.list_participants(room.ListParticipantsRequest(room="quiet"))
+        assert not listed.participants
