@@ -161,6 +161,7 @@ dev: true
 http: 0.0.0.0:8080
 sip: "[::]:5070"
 rtp_ports: 30000-31000
+media_ip: "2001:db8::5"
 db: /var/lib/sipbridge/file.db
 log_level: DEBUG
 webhooks:
@@ -176,6 +177,7 @@ def test_yaml_overrides_defaults(yaml_file: Any) -> None:
     assert s.http == HostPort("0.0.0.0", 8080)
     assert s.sip == HostPort("::", 5070)
     assert s.rtp_ports == (30000, 31000)
+    assert s.media_ip == "2001:db8::5" and s.media_address == "2001:db8::5"
     assert s.db == "/var/lib/sipbridge/file.db"
     assert s.log_level == "debug"
     assert s.webhooks == ("http://hooks.example/a", "https://hooks.example/b")
@@ -366,3 +368,12 @@ def test_parse_port_range(value: str, expected: tuple[int, int]) -> None:
 
 def test_config_error_is_a_value_error() -> None:
     assert issubclass(ConfigError, ValueError)
+
+
+def test_media_ip_defaults_to_the_sip_host_and_is_required_for_a_wildcard() -> None:
+    assert build(dev=True, sip="127.0.0.5:5060").media_address == "127.0.0.5"
+    wildcard = build(dev=True, sip="0.0.0.0:5060", media_ip="192.0.2.7")
+    assert wildcard.media_address == "192.0.2.7"
+    assert "--media-ip" in config_error(dev=True, sip="0.0.0.0:5060")
+    assert "expected an IP address" in config_error(dev=True, media_ip="media.example")
+    assert "cannot be advertised" in config_error(dev=True, media_ip="0.0.0.0")

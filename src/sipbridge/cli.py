@@ -34,6 +34,9 @@ def _serve_parser(sub: Any) -> None:
     p.add_argument("--tls-cert", metavar="FILE", help="PEM certificate chain for --sip-tls")
     p.add_argument("--tls-key", metavar="FILE", help="PEM private key for --sip-tls")
     p.add_argument("--rtp-ports", metavar="LO-HI", help="UDP ports for RTP (10000-20000)")
+    p.add_argument(
+        "--media-ip", metavar="IP", help="address for RTP and SDP (default: the SIP host)"
+    )
     p.add_argument("--db", metavar="PATH", help="SQLite database file (./sipbridge.db)")
     p.add_argument("--keys", metavar="KEY:SECRET", action="append", help="API key (repeatable)")
     p.add_argument("--webhook", metavar="URL", action="append", help="webhook URL (repeatable)")
@@ -398,6 +401,7 @@ def _serve(args: argparse.Namespace) -> int:
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
             rtp_ports=args.rtp_ports,
+            media_ip=args.media_ip,
             db=args.db,
             keys=args.keys,
             webhooks=args.webhook,

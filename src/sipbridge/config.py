@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -37,11 +38,17 @@ class Settings:
     tls_cert: str = ""
     tls_key: str = ""
     rtp_ports: tuple[int, int] = (10000, 20000)
+    media_ip: str = ""  # the address RTP binds to and SDP advertises; "" = the SIP host
     db: str = "./sipbridge.db"
     keys: Mapping[str, str] = field(default_factory=dict)
     webhooks: tuple[str, ...] = ()
     log_level: str = "info"
     max_calls: int = 1000
+
+    @property
+    def media_address(self) -> str:
+        """Where RTP is bound and what SDP advertises: `--media-ip`, else the SIP host."""
+        return self.media_ip or self.sip.host
 
     @property
     def webhook_key(self) -> tuple[str, str]:
@@ -70,6 +77,25 @@ def parse_hostport(value: str, name: str) -> HostPort:
     if not 0 <= port <= 65535:
         raise ConfigError(f"{name}: port out of range in {value!r}")
     return HostPort(host, port)
+
+
+def _bare(host: str) -> str:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return "127.0.0.1"  # a name: resolved when bound, advertised as given
+    return host
+
+
+def parse_ip(value: str, name: str) -> str:
+    """An IP address literal (SDP `c=` needs an address the peer can send to)."""
+    try:
+        address = ipaddress.ip_address(value.strip().strip("[]"))
+    except ValueError:
+        raise ConfigError(f"{name}: expected an IP address, got {value!r}") from None
+    if address.is_unspecified:
+        raise ConfigError(f"{name}: {value} cannot be advertised; name the address to use")
+    return str(address)
 
 
 def parse_port_range(value: str, name: str) -> tuple[int, int]:
@@ -109,6 +135,7 @@ def _from_yaml(path: str) -> dict[str, Any]:
         "tls_cert",
         "tls_key",
         "rtp_ports",
+        "media_ip",
         "db",
         "keys",
         "webhook",
@@ -131,6 +158,7 @@ def build_settings(
     tls_cert: str | None = None,
     tls_key: str | None = None,
     rtp_ports: str | None = None,
+    media_ip: str | None = None,
     db: str | None = None,
     keys: list[str] | None = None,
     webhooks: list[str] | None = None,
@@ -158,6 +186,8 @@ def build_settings(
         s = replace(s, tls_key=str(doc["tls_key"]))
     if "rtp_ports" in doc:
         s = replace(s, rtp_ports=parse_port_range(str(doc["rtp_ports"]), "rtp_ports"))
+    if "media_ip" in doc:
+        s = replace(s, media_ip=parse_ip(str(doc["media_ip"]), "media_ip"))
     if "db" in doc:
         s = replace(s, db=str(doc["db"]))
     if "log_level" in doc:
@@ -194,6 +224,8 @@ def build_settings(
         raise ConfigError("--sip-tls needs --tls-cert and --tls-key")
     if rtp_ports:
         s = replace(s, rtp_ports=parse_port_range(rtp_ports, "--rtp-ports"))
+    if media_ip:
+        s = replace(s, media_ip=parse_ip(media_ip, "--media-ip"))
     if db:
         s = replace(s, db=db)
     if log_level:
@@ -204,6 +236,8 @@ def build_settings(
         if not isinstance(max_calls, int) or isinstance(max_calls, bool) or max_calls < 1:
             raise ConfigError("max_calls: expected a positive whole number")
         s = replace(s, max_calls=max_calls)
+    if not s.media_ip and ipaddress.ip_address(_bare(s.sip.host)).is_unspecified:
+        raise ConfigError(f"--sip {s.sip} binds every address: name the one SDP gives, --media-ip")
     if s.log_level not in LOG_LEVELS:
         raise ConfigError(f"log_level: expected one of {', '.join(LOG_LEVELS)}")
 

@@ -17,6 +17,7 @@ from sipbridge.rooms import RoomRegistry
 from sipbridge.server import metrics
 from sipbridge.server.call_log import CallLog
 from sipbridge.server.inbound import InboundCalls
+from sipbridge.server.media_service import MediaService
 from sipbridge.server.room_api import RoomApi
 from sipbridge.server.rooms_runtime import RoomsRuntime, wall_clock
 from sipbridge.server.rtc_signal import SignalServer
@@ -52,12 +53,14 @@ class Server:
         RoomApi(self.rooms).register(self.twirp)
         self.signal = SignalServer(self.rooms, dict(settings.keys))
         self.call_log = CallLog(self.store, clock)
+        self.media = MediaService(
+            settings.media_address, settings.rtp_ports, bind=settings.sip.host
+        )
         self.inbound = InboundCalls(
             self.sip_config,
             self.rooms,
             self.call_log,
-            media_address=settings.sip.host,
-            rtp_ports=settings.rtp_ports,
+            self.media,
             max_calls=settings.max_calls,
         )
         self.sip_ua = SipUserAgent(settings.sip.host, settings.sip.port, on_invite=self.inbound)
@@ -95,6 +98,14 @@ class Server:
         ]
         out.append(("sipbridge_call_log_dropped_total", {}, self.call_log.dropped))
         out.append(("sipbridge_calls_active", {}, len(self.inbound.active)))
+        out += [
+            ("sipbridge_media", {"counter": name}, n)
+            for name, n in sorted(self.media.samples().items())
+        ]
+        out += [
+            ("sipbridge_inbound_total", {"outcome": name}, n)
+            for name, n in sorted(self.inbound.stats.items())
+        ]
         out += [
             ("sipbridge_sip_messages_total", {"kind": kind}, n)
             for kind, n in sorted(self.sip.endpoint.stats.items())
@@ -159,6 +170,7 @@ class Server:
         if self.inbound.shutdown():
             await asyncio.sleep(0.2)  # let the BYEs and 503s leave before the sockets close
         await self.sip.close()
+        self.media.close()
         await self.signal.close_all()
         if self._runner is not None:
             await self._runner.cleanup()

@@ -20,19 +20,26 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 from livekit.protocol import models
 from livekit.protocol import sip as proto
+from numpy.typing import NDArray
 
 from sipbridge import ids
 from sipbridge.errors import ApiError
+from sipbridge.media import codecs
+from sipbridge.media.prompts import PROMPT_RATE, load_prompt
 from sipbridge.rooms import events as ev
 from sipbridge.server.call_log import CallLog
+from sipbridge.server.call_media import CallMedia, PcmPlayer
+from sipbridge.server.media_service import MediaService
 from sipbridge.server.rooms_runtime import RoomsRuntime
 from sipbridge.server.sip_config import SipConfig
 from sipbridge.server.sip_ua import IncomingCall
-from sipbridge.sip import sdp
 from sipbridge.sip.digest import AuthOutcome, DigestServer
 from sipbridge.sip.errors import SipProtocolError
+from sipbridge.sip.headers import parse_session_expires
+from sipbridge.sip.message import Request
 from sipbridge.telephony.inbound import (
     InboundCall,
     TrunkConflict,
@@ -44,17 +51,22 @@ from sipbridge.telephony.inbound import (
     rule_needs_pin,
     select_rule,
 )
+from sipbridge.telephony.media import MediaPolicy, media_policy
 
 log = logging.getLogger(__name__)
 
 DEFAULT_RINGING_TIMEOUT_S = 180.0
 DEFAULT_MAX_CALL_DURATION_S = 24 * 3600.0
 RING_INTERVAL_S = 1.0
-ACTIVE_AFTER_ACK_S = 1.0  # "first RTP or 1 s after ACK" - RTP comes with the media issue
+ACTIVE_AFTER_ACK_S = 1.0  # "first RTP or 1 s after ACK"
+PIN_MAX_DIGITS = 16
+PIN_TIMEOUT_S = 30.0  # to enter a PIN after the prompt starts
+DTMF_CODES = {digit: code for code, digit in enumerate("0123456789*#ABCD")}
+DTMF_TOPIC = "sip_dtmf"  # SendData user packets on this topic carry digits to SIP participants
 REJECT_CACHE_SIZE = 5000
 REJECT_CACHE_TTL_S = 60.0
 MAX_NUMBER_LENGTH = 128
-SUPPORTED_CODECS = (sdp.PCMU, sdp.PCMA, sdp.G722, sdp.TELEPHONE_EVENT)
+MIN_SESSION_EXPIRES_S = 90  # RFC 4028 s4 recommends at least 90 s
 Status = models.ParticipantInfo.Kind
 Reason = models.DisconnectReason
 
@@ -64,7 +76,13 @@ class InboundCallState:
     """One call on its way through the runner."""
 
     call: IncomingCall
-    info: proto.SIPCallInfo
+    inbound: InboundCall
+    info: proto.SIPCallInfo = field(default_factory=proto.SIPCallInfo)
+    leg: CallMedia | None = None
+    policy: MediaPolicy = field(default_factory=MediaPolicy)
+    pin: str | None = None  # digits entered so far while a PIN is asked for
+    session_interval: int = 0  # RFC 4028: the caller refreshes within this, else we hang up
+    refreshed_at: float = 0.0
     room: str = ""
     identity: str = ""
     track_sid: str = ""
@@ -88,9 +106,8 @@ class InboundCalls:
         config: SipConfig,
         rooms: RoomsRuntime,
         call_log: CallLog,
+        media: MediaService,
         *,
-        media_address: str,
-        rtp_ports: tuple[int, int],
         max_calls: int,
         realm: str = "sipbridge",
         auth_secret: bytes | None = None,
@@ -98,14 +115,13 @@ class InboundCalls:
         self.config = config
         self.rooms = rooms
         self.call_log = call_log
-        self.media_address = media_address
-        self.rtp_ports = rtp_ports
-        self._next_port = rtp_ports[0] + (rtp_ports[0] % 2)
+        self.media = media
         self.max_calls = max_calls
         self.realm = realm
         self.digest = DigestServer(auth_secret or secrets.token_bytes(32))
         self.active: dict[str, InboundCallState] = {}  # by participant key room/identity
         self.ringing: dict[str, set[InboundCallState]] = {}  # unanswered calls by room
+        self.pending_pins: set[InboundCallState] = set()  # answered, asking for a PIN
         self._rejected: OrderedDict[tuple[str, str], tuple[float, int, str]] = OrderedDict()
         self.stats: dict[str, int] = {}
         rooms.listeners.append(self.on_room_event)
@@ -149,6 +165,9 @@ class InboundCalls:
             from_tag=from_.tag or "",
             headers=tuple(request.headers.items),
         )
+        state = InboundCallState(call=call, inbound=inbound)
+        if not self._session_timer(state):
+            return
         trunks = list(self.config.inbound.values())
         trunk: proto.SIPInboundTrunkInfo | None = None
         if trunks:
@@ -160,16 +179,22 @@ class InboundCalls:
                 raise SipProtocolError(404, "No trunk found")
             if trunk.auth_username and not self._authorized(call, trunk):
                 return
+        state.trunk = trunk
         rules = list(self.config.rules.values())
         trunk_id = trunk.sip_trunk_id if trunk is not None else ""
         rule = select_rule(rules, trunk_id, inbound)
         if rule is None:
             if rule_needs_pin(rules, trunk_id, inbound):
-                # PIN entry needs DTMF, which comes with the media issue.
-                raise SipProtocolError(480, "Temporarily Unavailable")
+                self._ask_pin(state)
+                return
             raise SipProtocolError(404, "No dispatch rule found")
-        answer_sdp = self._answer_sdp(call)
-        self._join(call, inbound, trunk, rule, answer_sdp)
+        state.policy = media_policy(trunk, rule)
+        state.answer_sdp = self._open_media(state)
+        try:
+            self._join(state, rule)
+        except SipProtocolError:
+            self._release_media(state)
+            raise
 
     def _authorized(self, call: IncomingCall, trunk: proto.SIPInboundTrunkInfo) -> bool:
         """Digest auth as a proxy would ask (407), Authorization/401 style accepted too."""
@@ -200,44 +225,172 @@ class InboundCalls:
         call.reject(407, headers=[("Proxy-Authenticate", value) for value in challenges])
         return False
 
-    def _answer_sdp(self, call: IncomingCall) -> bytes:
-        request = call.request
-        if not request.body:
-            raise SipProtocolError(488, "Not Acceptable Here")  # offerless INVITE: media issue
-        try:
-            offer = sdp.parse_sdp(request.body)
-            audio = sdp.negotiate_audio(offer, SUPPORTED_CODECS)
-        except SipProtocolError as err:
-            raise SipProtocolError(488, "Not Acceptable Here", err.detail) from None
-        port = self._allocate_port()
-        session_id = secrets.randbelow(2**31)
-        answer = sdp.build_answer(
-            offer,
-            audio,
-            address=self.media_address,
-            port=port,
-            session_id=session_id,
-            session_version=session_id,
-        )
-        return sdp.serialize_sdp(answer)
+    def _session_timer(self, state: InboundCallState) -> bool:
+        """RFC 4028 as UAS: 422 below our Min-SE; when the caller supports timers, it refreshes
+        (refresher=uac) and we hang up a session not refreshed in time. False: rejected."""
+        request = state.call.request
+        value = request.headers.get("Session-Expires")
+        if value is None:
+            return True
+        wanted = parse_session_expires(value)
+        if wanted.seconds < MIN_SESSION_EXPIRES_S:
+            self._count("rejected_422")
+            state.call.reject(
+                422, "Session Interval Too Small", {"Min-SE": str(MIN_SESSION_EXPIRES_S)}
+            )
+            return False
+        supported = {
+            item.strip().lower()
+            for line in request.headers.get_all("Supported")
+            for item in line.split(",")
+        }
+        if "timer" in supported:
+            state.session_interval = wanted.seconds
+            state.call.response_headers = {
+                "Session-Expires": f"{wanted.seconds};refresher=uac",
+                "Require": "timer",
+            }
+        return True
 
-    def _allocate_port(self) -> int:
-        """An RTP port from --rtp-ports (even, RTCP on +1). The media issue binds them."""
-        lo, hi = self.rtp_ports
-        port = self._next_port
-        self._next_port = port + 2 if port + 2 <= hi else lo + (lo % 2)
-        return port
+    def _watch_session(self, state: InboundCallState) -> None:
+        """Hang up when the refresher let the session expire (RFC 4028 s10: BYE shortly before
+        the expiry, the smaller of 32 s and a third of the interval)."""
+        interval = state.session_interval
+        if not interval:
+            return
+        state.refreshed_at = time.monotonic()
+        margin = min(32.0, interval / 3)
+
+        def check() -> None:
+            due = state.refreshed_at + interval - margin
+            left = due - time.monotonic()
+            if left > 0:
+                self._later(state, left, check)
+                return
+            self._count("session_expired")
+            state.info.error = "session expired (RFC 4028)"
+            self._hangup(state, "session-expired")
+
+        self._later(state, interval - margin, check)
+
+    def _open_media(self, state: InboundCallState) -> bytes:
+        """The SDP answer and the call's RTP leg (488 when the offer has nothing for us)."""
+        body, leg = self.media.negotiate(
+            state.call.request.body,
+            state.policy,
+            on_dtmf=lambda digit: self._dtmf_from_caller(state, digit),
+            on_first_packet=lambda: self._first_packet(state),
+        )
+        state.leg = leg
+        state.call.on_offer = lambda request: self._reoffer(state, request)
+        return body
+
+    def _reoffer(self, state: InboundCallState, request: Request) -> bytes:
+        """A re-INVITE or UPDATE: hold, resume, a new address or codec; the call is kept. Either
+        refreshes the session (RFC 4028 s10)."""
+        state.refreshed_at = time.monotonic()
+        body = request.body
+        if state.leg is None:
+            raise SipProtocolError(488, "Not Acceptable Here")
+        if not body:
+            # An UPDATE without SDP only refreshes; a re-INVITE without one asks for our
+            # current session as the offer (RFC 3261 s14.2), answered in the ACK.
+            return b"" if request.method == "UPDATE" else state.answer_sdp
+        self._count("reoffer")
+        state.answer_sdp = self.media.renegotiate(state.leg, body, state.policy)
+        return state.answer_sdp
+
+    def _release_media(self, state: InboundCallState) -> None:
+        if state.leg is not None:
+            self.media.release(state.leg)
+            state.leg = None
+
+    def _start_media(self, state: InboundCallState) -> None:
+        if state.leg is None or state.leg.started_at is not None:
+            return
+        self.media.start(
+            state.leg,
+            timeout=state.policy.media_timeout,
+            on_timeout=lambda: self._media_timeout(state),
+        )
+
+    def _media_timeout(self, state: InboundCallState) -> None:
+        log.info("call %s: no media, hanging up", state.info.call_id or state.call.request.call_id)
+        state.info.error = "media timeout"
+        state.info.disconnect_reason = Reason.CONNECTION_TIMEOUT
+        self._hangup(state, "media-timeout")
+
+    def _first_packet(self, state: InboundCallState) -> None:
+        if state.call.answered and state.room:
+            self._set_status(state, "active")
+
+    # -- PIN rooms -------------------------------------------------------------------------
+
+    def _ask_pin(self, state: InboundCallState) -> None:
+        """Answer, play the prompt and collect digits up to '#' (SIP-BEHAVIOUR.md s1 step 10)."""
+        state.policy = media_policy(state.trunk)
+        body = state.answer_sdp = self._open_media(state)
+        leg = state.leg
+        assert leg is not None
+        state.pin = ""
+        state.call.on_end = lambda reason: self._ended(state, reason)
+        self.pending_pins.add(state)
+        state.call.answer(body, headers=dict(state.trunk.headers) if state.trunk else {})
+        self._count("pin_asked")
+        self._start_media(state)
+        self.media.attach(leg, f"\x00pin\x00{id(state)}")  # a room of its own: prompts only
+        leg.play(PcmPlayer(self._prompt("enter_pin", leg)))
+        self._later(state, PIN_TIMEOUT_S, lambda: self._pin_entered(state, wrong=True))
+
+    def _prompt(self, name: str, leg: CallMedia) -> NDArray[np.int16]:
+        pcm = load_prompt(name)
+        rate = leg.spec.sample_rate
+        if rate == PROMPT_RATE:
+            return pcm
+        return codecs.Resampler(PROMPT_RATE, rate).process(pcm)
+
+    def _pin_digit(self, state: InboundCallState, digit: str) -> None:
+        assert state.pin is not None
+        if digit == "#":
+            self._pin_entered(state)
+            return
+        state.pin += digit
+        if state.leg is not None and state.leg.players:
+            state.leg.stop_players()  # typing over the prompt stops it
+        if len(state.pin) > PIN_MAX_DIGITS:
+            self._pin_entered(state, wrong=True)
+
+    def _pin_entered(self, state: InboundCallState, *, wrong: bool = False) -> None:
+        if state.pin is None or state.call.ended:
+            return
+        pin, state.pin = state.pin, None
+        state.cancel_timers()
+        self.pending_pins.discard(state)
+        rules = list(self.config.rules.values())
+        trunk_id = state.trunk.sip_trunk_id if state.trunk is not None else ""
+        rule = None if wrong else select_rule(rules, trunk_id, state.inbound, pin=pin)
+        leg = state.leg
+        assert leg is not None
+        self.media.detach(leg)
+        leg.stop_players()
+        if rule is None:
+            self._count("pin_wrong")
+            state.info.error = "wrong PIN"
+            self.media.attach(leg, f"\x00pin\x00{id(state)}")
+            leg.play(PcmPlayer(self._prompt("wrong_pin", leg), done=state.call.hangup))
+            return
+        self._count("pin_right")
+        state.policy = media_policy(state.trunk, rule)
+        try:
+            self._join(state, rule)
+        except SipProtocolError:
+            state.call.hangup()
 
     # -- joining the room ------------------------------------------------------------------
 
-    def _join(
-        self,
-        call: IncomingCall,
-        inbound: InboundCall,
-        trunk: proto.SIPInboundTrunkInfo | None,
-        rule: proto.SIPDispatchRuleInfo,
-        answer_sdp: bytes,
-    ) -> None:
+    def _join(self, state: InboundCallState, rule: proto.SIPDispatchRuleInfo) -> None:
+        call, inbound, trunk = state.call, state.inbound, state.trunk
+        answered = call.answered  # a PIN room: answered before joining
         call_id = ids.new_id(ids.CALL)
         room_name = room_for(rule, inbound, secrets.token_hex(4))
         identity = participant_identity(rule, inbound)
@@ -256,17 +409,13 @@ class InboundCalls:
             created_at=int(now),
             created_at_ns=int(now * 1e9),
         )
-        state = InboundCallState(
-            call=call,
-            info=info,
-            room=room_name,
-            identity=identity,
+        state.info, state.room, state.identity, state.rule = info, room_name, identity, rule
+        attributes = call_attributes(
+            call=inbound,
+            call_id=call_id,
             trunk=trunk,
             rule=rule,
-            answer_sdp=answer_sdp,
-        )
-        attributes = call_attributes(
-            call=inbound, call_id=call_id, trunk=trunk, rule=rule, status="ringing"
+            status="active" if answered else "ringing",
         )
         registry = self.rooms.registry
         try:
@@ -298,7 +447,7 @@ class InboundCalls:
                     type=models.TrackType.AUDIO,
                     source=models.TrackSource.MICROPHONE,
                     name="phone",
-                    mime_type="audio/PCMU",
+                    mime_type=f"audio/{state.leg.spec.name if state.leg else 'PCMU'}",
                 ),
             )
         except ApiError as err:
@@ -312,8 +461,15 @@ class InboundCalls:
         info.participant_attributes.update(participant.attributes)
         info.call_status = proto.SIPCallStatus.SCS_PARTICIPANT_JOINED
         self.active[_key(room_name, identity)] = state
-        self.ringing.setdefault(room_name, set()).add(state)
         call.on_end = lambda reason: self._ended(state, reason)
+        if answered:
+            info.call_status = proto.SIPCallStatus.SCS_ACTIVE
+            info.started_at, info.started_at_ns = int(now), int(now * 1e9)
+            self.call_log.record(info)
+            self._answered(state)
+            self.rooms.commit()
+            return
+        self.ringing.setdefault(room_name, set()).add(state)
         call.on_ack = lambda: self._acked(state)
         self.call_log.record(info)
         self._ring(state)
@@ -356,6 +512,14 @@ class InboundCalls:
         state.info.started_at = int(self.rooms.now())
         state.info.started_at_ns = int(self.rooms.now() * 1e9)
         self.call_log.record(state.info)
+        self._answered(state)
+
+    def _answered(self, state: InboundCallState) -> None:
+        """The call is up: its audio joins the room; max duration counts from here."""
+        self._start_media(state)
+        if state.leg is not None:
+            self.media.attach(state.leg, state.room)
+        self._watch_session(state)
         duration = _seconds(state.trunk.max_call_duration if state.trunk else None)
         self._later(
             state, duration or DEFAULT_MAX_CALL_DURATION_S, lambda: self._hangup(state, "max")
@@ -406,6 +570,11 @@ class InboundCalls:
         """The call is over (BYE either way, CANCEL, rejection, timeout): leave the room."""
         state.cancel_timers()
         self._not_ringing(state)
+        self._release_media(state)
+        self.pending_pins.discard(state)
+        if not state.room:
+            self._count("pin_hangup" if state.info.error != "wrong PIN" else "pin_refused")
+            return
         self.active.pop(_key(state.room, state.identity), None)
         info = state.info
         now = self.rooms.now()
@@ -447,6 +616,53 @@ class InboundCalls:
             if participant.attributes.get(attribute)
         }
 
+    # -- DTMF ------------------------------------------------------------------------------
+
+    def _dtmf_from_caller(self, state: InboundCallState, digit: str) -> None:
+        """A key pressed on the phone: PIN entry, else a reliable `sip_dtmf` packet in the room
+        from the SIP participant (SIP-BEHAVIOUR.md s5)."""
+        self._count("dtmf_received")
+        if state.pin is not None:
+            self._pin_digit(state, digit)
+            return
+        if not state.room or state.leaving or not state.call.answered:
+            return
+        packet = models.DataPacket(
+            kind=models.DataPacket.Kind.RELIABLE,
+            participant_identity=state.identity,
+            sip_dtmf=models.SipDTMF(code=DTMF_CODES.get(digit, 0), digit=digit),
+        )
+        try:
+            self.rooms.registry.send_data(state.room, packet)
+        except ApiError:
+            return
+        self.rooms.commit()
+
+    def _dtmf_to_callers(self, event: ev.DataSent) -> None:
+        """`SipDTMF` packets (or SendData on topic `sip_dtmf`) reaching SIP participants are
+        played to their callers as RFC 4733 events, or as tones to phones without them."""
+        packet = event.packet
+        which = packet.WhichOneof("value")
+        if which == "sip_dtmf":
+            digits = packet.sip_dtmf.digit or "0123456789*#ABCD"[packet.sip_dtmf.code % 16]
+        elif which == "user" and packet.user.topic == DTMF_TOPIC:
+            digits = packet.user.payload.decode("utf-8", "replace")
+        else:
+            return
+        sender = packet.participant_identity
+        if event.destinations:
+            targets = [self.active.get(_key(event.room_name, i)) for i in event.destinations]
+        else:
+            targets = [
+                state
+                for state in self.active.values()
+                if state.room == event.room_name and state.identity != sender
+            ]
+        for state in targets:
+            if state is not None and state.leg is not None and state.call.answered:
+                self._count("dtmf_sent")
+                state.leg.send_dtmf(digits[:64])
+
     # -- the room side ---------------------------------------------------------------------
 
     def on_room_event(self, event: ev.RoomEvent) -> None:
@@ -463,6 +679,8 @@ class InboundCalls:
                 for state in list(self.ringing.get(room.name, ())):
                     if state.identity != p.identity:
                         self._answer(state)
+            case ev.DataSent():
+                self._dtmf_to_callers(event)
             case ev.ParticipantLeft(room=room, participant=p):
                 state = self.active.get(_key(room.name, p.identity))
                 if state is not None and not state.leaving:
@@ -476,6 +694,9 @@ class InboundCalls:
     def shutdown(self) -> int:
         """End every call before the server stops: BYE when answered, 503 while ringing."""
         ended = 0
+        for state in list(self.pending_pins):
+            state.call.hangup()
+            ended += 1
         for state in list(self.active.values()):
             state.info.error = "server shutdown"
             state.info.disconnect_reason = Reason.SERVER_SHUTDOWN

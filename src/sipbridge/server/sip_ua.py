@@ -30,7 +30,8 @@ from sipbridge.sip.uri import Uri
 
 log = logging.getLogger(__name__)
 
-IN_DIALOG_OK = frozenset({"INFO", "NOTIFY", "OPTIONS", "UPDATE"})
+IN_DIALOG_OK = frozenset({"INFO", "NOTIFY", "OPTIONS"})
+OfferHandler = Callable[[Request], bytes]
 
 
 @dataclass(eq=False, kw_only=True)
@@ -47,6 +48,10 @@ class IncomingCall:
     ended: bool = False
     on_end: Callable[[str], None] | None = None  # "bye", "cancel", "timeout", "hangup"...
     on_ack: Callable[[], None] | None = None
+    # A re-INVITE's or UPDATE's offer (b"" when it has none) -> our SDP; raises
+    # SipProtocolError (488...) to refuse it and keep the session as it was (RFC 3261 s14.2).
+    on_offer: OfferHandler | None = None
+    response_headers: dict[str, str] = field(default_factory=dict)  # on every 2xx we send
     retransmitter: AnswerRetransmitter | None = None
     timer: asyncio.TimerHandle | None = None
 
@@ -70,7 +75,7 @@ class IncomingCall:
             return
         self.answered = True
         response = self._response(200)
-        for name, value in (headers or {}).items():
+        for name, value in {**self.response_headers, **(headers or {})}.items():
             response.headers.add(name, value)
         secure = self.request.uri.scheme == "sips"
         response.headers.add("Contact", str(self.ua.contact(self.peer, secure=secure)))
@@ -176,6 +181,7 @@ class IncomingCall:
             self.ua.dialogs.pop(self.dialog.id, None)
         self.ua.pending.pop(id(self.transaction), None)
         on_end, self.on_end, self.on_ack = self.on_end, None, None  # no cycles left behind
+        self.on_offer = None
         if on_end is not None:
             on_end(reason)
 
@@ -274,8 +280,40 @@ class SipUserAgent:
         if request.method == "BYE":
             endpoint.respond(transaction, make_response(request, 200), now)
             call._end("bye")
+        elif request.method in ("INVITE", "UPDATE"):
+            self._offer(call, event)
         elif request.method in IN_DIALOG_OK:
             endpoint.respond(transaction, make_response(request, 200), now)
         else:
-            response = make_response(request, 501 if request.method != "INVITE" else 488)
+            endpoint.respond(transaction, make_response(request, 501), now)
+
+    def _offer(self, call: IncomingCall, event: RequestReceived) -> None:
+        """A re-INVITE or UPDATE: a new offer (hold, resume, new address, codec) or a session
+        refresh (RFC 4028). 200 with our answer; the 2xx to a re-INVITE is resent until ACKed."""
+        request, transaction = event.request, event.transaction
+        endpoint = self.service.endpoint
+        now = self.service.now()
+        if request.method == "INVITE" and call.retransmitter is not None and call.timer:
+            # RFC 3261 s14.2: an INVITE while our 2xx to the previous one awaits its ACK.
+            response = make_response(request, 500)
+            response.headers.add("Retry-After", "1")
             endpoint.respond(transaction, response, now)
+            return
+        body = b""
+        if call.on_offer is not None:
+            try:
+                body = call.on_offer(request)
+            except SipProtocolError as err:
+                endpoint.respond(transaction, make_response(request, err.status, err.reason), now)
+                return
+        response = make_response(request, 200)
+        for name, value in call.response_headers.items():
+            response.headers.add(name, value)
+        response.headers.add("Contact", str(self.contact(event.peer)))
+        if body:
+            response.body = body
+            response.headers.add("Content-Type", "application/sdp")
+        endpoint.respond(transaction, response, now)
+        if request.method == "INVITE":
+            call.retransmitter = AnswerRetransmitter(response, now, endpoint.settings.timers)
+            call._arm()

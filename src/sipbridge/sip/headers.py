@@ -289,3 +289,32 @@ def parse_cseq(value: str) -> CSeq:
     if m is None or int(m.group(1)) >= 2**31:  # RFC 3261 s8.1.1.5: less than 2**31
         raise _bad(f"malformed CSeq {value[:40]!r}")
     return CSeq(int(m.group(1)), m.group(2))
+
+
+@dataclass(frozen=True, slots=True)
+class SessionExpires:
+    """RFC 4028 s4: `Session-Expires: delta-seconds [;refresher=uac|uas]`."""
+
+    seconds: int
+    refresher: str | None = None  # "uac", "uas" or None (not said)
+
+    def __str__(self) -> str:
+        suffix = f";refresher={self.refresher}" if self.refresher else ""
+        return f"{self.seconds}{suffix}"
+
+
+# Session-Expires = delta-seconds *(SEMI se-params); se-params = refresher-param / generic-param
+_SESSION_EXPIRES = re.compile(r"\s*([0-9]{1,10})\s*((?:;.*)?)", re.DOTALL)
+
+
+def parse_session_expires(value: str) -> SessionExpires:
+    """`Session-Expires` (or a `Min-SE`, which has no refresher) - 400 when malformed."""
+    m = _SESSION_EXPIRES.fullmatch(value)
+    if m is None:
+        raise _bad(f"malformed Session-Expires {value[:40]!r}")
+    refresher = param_value(parse_params(m.group(2)), "refresher") if m.group(2) else None
+    if refresher is not None:
+        refresher = refresher.lower()
+        if refresher not in ("uac", "uas"):
+            raise _bad(f"refresher must be uac or uas, not {refresher[:10]!r}")
+    return SessionExpires(min(int(m.group(1)), 2**31 - 1), refresher)

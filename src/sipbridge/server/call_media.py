@@ -1,0 +1,643 @@
+"""Call audio: one RTP leg per SIP call, joined in rooms, paced by one shared 20 ms clock.
+
+A `CallMedia` is the call's RTP session: its sockets, the peer it latched to, SRTP, the
+receive state, the outgoing stream and the DTMF receiver. A `RoomAudio` joins the legs of one
+room. When a leg hears exactly one other leg with a codec it can take as is (the same codec, or
+PCMU/PCMA translated by table), packets are forwarded the moment they arrive with their header
+rewritten for the listener's stream: no jitter buffer, no decode, no clock (DESIGN.md: do no
+codec work that nobody needs). Otherwise the listener mixes: every 20 ms the `MediaClock`
+pulls one frame per source through its jitter buffer and decoder, resamples to the
+listener's rate, sums all but the listener's own, encodes and sends. Prompts, tones and DTMF
+for one leg switch that leg to the clock while they play.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import NDArray
+
+from sipbridge.media import codecs, mixer
+from sipbridge.media.dtmf import DIGITS, DtmfReceiver, DtmfSender, dtmf_tone
+from sipbridge.media.errors import MediaError
+from sipbridge.media.jitter import JitterBuffer
+from sipbridge.media.rtp import RtpPacket, is_rtcp, parse_rtcp, parse_rtp
+from sipbridge.media.session import Latch, RtpReceiver, RtpSender
+from sipbridge.media.srtp import SrtpContext, SrtpKeys
+from sipbridge.server.media_ports import PortPool
+from sipbridge.sip import sdp
+
+log = logging.getLogger(__name__)
+
+FRAME_MS = 20
+FRAME_S = FRAME_MS / 1000
+COMFORT_NOISE_PT = 13
+TIMESTAMP_MOD = 1 << 32
+DTMF_TONE_MS = 250  # the reference's digit length and gap (SIP-BEHAVIOUR.md s5)
+DTMF_GAP_MS = 250
+DTMF_PAUSE_MS = 500  # `w` in a digit string
+
+Pcm = NDArray[np.int16]
+
+
+class PcmFifo:
+    """Samples queued between a producer of uneven chunks (a streaming resampler's output
+    comes in bursts) and a 20 ms consumer. Nothing comes out until `prime` samples are queued,
+    and again after it ran dry, so bursts never turn into gaps of silence mid-word."""
+
+    __slots__ = ("buffer", "prime", "primed", "underruns")
+
+    def __init__(self, prime: int = 0) -> None:
+        self.buffer: Pcm = np.zeros(0, np.int16)
+        self.prime = prime
+        self.primed = prime == 0
+        self.underruns = 0
+
+    def push(self, pcm: Pcm) -> None:
+        self.buffer = pcm if not len(self.buffer) else np.concatenate((self.buffer, pcm))
+
+    def take(self, count: int) -> Pcm | None:
+        if not self.primed:
+            if len(self.buffer) < max(self.prime, count):
+                return None
+            self.primed = True
+        if len(self.buffer) < count:
+            self.underruns += 1
+            self.primed = self.prime == 0
+            if not self.primed:
+                return None
+            out = np.concatenate((self.buffer, np.zeros(count - len(self.buffer), np.int16)))
+            self.buffer = self.buffer[:0]
+            return out
+        out = self.buffer[:count]
+        self.buffer = self.buffer[count:]
+        return out
+
+
+class Player:
+    """Audio played to one leg: a prompt, a tone, in-band DTMF. `frame` returns None when done."""
+
+    def frame(self, samples: int) -> Pcm | None:
+        raise NotImplementedError
+
+
+class PcmPlayer(Player):
+    """Plays PCM already at the leg's rate, then calls `done` once."""
+
+    def __init__(self, pcm: Pcm, done: Callable[[], None] | None = None) -> None:
+        self.pcm = pcm
+        self.position = 0
+        self.done = done
+
+    def frame(self, samples: int) -> Pcm | None:
+        if self.position >= len(self.pcm):
+            done, self.done = self.done, None
+            if done is not None:
+                done()
+            return None
+        chunk = self.pcm[self.position : self.position + samples]
+        self.position += samples
+        if len(chunk) < samples:
+            chunk = np.concatenate((chunk, np.zeros(samples - len(chunk), np.int16)))
+        return chunk
+
+
+@dataclass(eq=False, slots=True)
+class _DtmfOut:
+    """RFC 4733 events being sent: (send at tick index, payload, marker) per packet."""
+
+    timestamp: int
+    packets: deque[tuple[int, bytes, bool]]
+    tick: int = 0
+
+
+@dataclass(eq=False, kw_only=True)
+class MediaStats:
+    packets_in: int = 0
+    packets_out: int = 0
+    malformed: int = 0
+    wrong_source: int = 0
+    unknown_payload: int = 0
+    srtp_failed: int = 0
+    rtcp_in: int = 0
+    rtcp_malformed: int = 0
+    dtmf_in: int = 0
+    forwarded: int = 0
+    mixed_frames: int = 0
+    counters: dict[str, int] = field(default_factory=dict)
+
+
+class CallMedia:
+    """The RTP side of one call."""
+
+    def __init__(
+        self,
+        *,
+        pool: PortPool,
+        answer: sdp.AudioAnswer,
+        spec: codecs.CodecSpec,
+        srtp: SrtpContext | None = None,
+        on_dtmf: Callable[[str], None] | None = None,
+        on_first_packet: Callable[[], None] | None = None,
+    ) -> None:
+        self.pool = pool
+        self.spec = spec
+        self.srtp = srtp
+        self.on_dtmf = on_dtmf
+        self.on_first_packet = on_first_packet
+        self.stats = MediaStats()
+        self.rtcp_mux = answer.rtcp_mux
+        self.rtp, self.rtcp = pool.open(self._on_rtp, None if answer.rtcp_mux else self._on_rtcp)
+        self.port = self.rtp.port
+        self.clock_rate = spec.rtp_clock
+        self.frame_ticks = spec.frame_ticks(FRAME_MS)
+        self.frame_samples = spec.frame_samples(FRAME_MS)
+        self.sender = RtpSender(
+            ssrc=secrets.randbits(32),
+            clock_rate=spec.rtp_clock,
+            payload_type=answer.audio.payload_type,
+            initial_sequence=secrets.randbits(16),
+            initial_timestamp=secrets.randbits(32),
+        )
+        self.receiver = RtpReceiver(spec.rtp_clock)
+        self.jitter = JitterBuffer(clock_rate=spec.rtp_clock, frame_ms=FRAME_MS)
+        self.latch = Latch(None)
+        self.audio_pt = 0
+        self.event_pt: int | None = None
+        self.remote_rtcp: tuple[str, int] | None = None
+        self.sending = True  # the peer wants our audio (not holding us)
+        self.receiving = True  # the peer sends us audio
+        self.room: RoomAudio | None = None
+        self.update(answer)
+        self.last_packet_at: float | None = None
+        self.started_at: float | None = None
+        # routing, set by the room
+        self.forward_to: list[CallMedia] = []
+        self.forward_from: CallMedia | None = None
+        self.buffered = False
+        self.mixing = False
+        # forwarding state: the source stream mapped onto ours
+        self._fwd_ssrc: int | None = None
+        self._fwd_offset = 0
+        self._last_ts = self.sender_timestamp()
+        self._last_sent_at: float | None = None
+        # decoding and mixing state
+        self._decoder: codecs.Decoder | None = None
+        self._encoder: codecs.Encoder | None = None
+        self._outputs: dict[int, tuple[codecs.Resampler, PcmFifo]] = {}
+        self._silence = codecs.silence_payload(spec, FRAME_MS)
+        self.players: deque[Player] = deque()
+        self._dtmf_queue: deque[str] = deque()
+        self._dtmf_out: _DtmfOut | None = None
+        self._dtmf_gap = 0
+        self.closed = False
+        # the SDP session and SRTP keys, kept for re-INVITEs
+        self.session_id = 0
+        self.session_version = 0
+        self.keys: SrtpKeys | None = None
+        self.remote_keys: SrtpKeys | None = None
+
+    # -- SDP changes ----------------------------------------------------------------------
+
+    def update(self, answer: sdp.AudioAnswer) -> None:
+        """Apply a (new) negotiated answer: peer address, payload types, direction."""
+        self.audio_pt = answer.audio.payload_type
+        event = answer.telephone_event
+        self.event_pt = event.payload_type if event is not None else None
+        self.event_clock = event.codec.clock_rate if event is not None else 8000
+        self.dtmf_in = DtmfReceiver(clock_rate=self.event_clock)
+        remote = (answer.remote_address, answer.remote_port)
+        if self.latch.expected != remote:
+            self.latch.reset(remote if answer.remote_port else None)
+        self.remote_rtcp = (
+            (answer.remote_rtcp_address, answer.remote_rtcp_port)
+            if answer.remote_rtcp_port
+            else None
+        )
+        self.sending = answer.direction.sends and bool(answer.remote_port)
+        self.receiving = answer.direction.receives
+        if self.room is not None:
+            self.room.route()
+
+    def change_codec(self, spec: codecs.CodecSpec) -> None:
+        """The peer moved to another codec (re-INVITE): new coder state, same stream."""
+        self.spec = spec
+        self.clock_rate = spec.rtp_clock
+        self.frame_ticks = spec.frame_ticks(FRAME_MS)
+        self.frame_samples = spec.frame_samples(FRAME_MS)
+        self.receiver = RtpReceiver(spec.rtp_clock)
+        self.jitter = JitterBuffer(clock_rate=spec.rtp_clock, frame_ms=FRAME_MS)
+        self._decoder = self._encoder = None
+        self._outputs.clear()
+        self._silence = codecs.silence_payload(spec, FRAME_MS)
+        self._fwd_ssrc = None
+
+    def sender_timestamp(self) -> int:
+        return int(self.sender.timestamp)
+
+    # -- input ----------------------------------------------------------------------------
+
+    def start(self, loop: asyncio.AbstractEventLoop, now: float) -> None:
+        self.started_at = now
+        self._loop = loop
+        self.rtp.start(loop)
+        if self.rtcp is not None:
+            self.rtcp.start(loop)
+
+    def _now(self) -> float:
+        return self._loop.time()
+
+    def _on_rtp(self, data: bytes, source: tuple[str, int]) -> None:
+        stats = self.stats
+        if self.rtcp_mux and is_rtcp(data):
+            self._on_rtcp(data, source)
+            return
+        if self.srtp is not None:
+            try:
+                data = self.srtp.unprotect(data)
+            except MediaError:
+                stats.srtp_failed += 1
+                return
+        try:
+            packet = parse_rtp(data)
+        except MediaError:
+            stats.malformed += 1
+            return
+        now = self._now()
+        if not self.latch.check(source, now):
+            stats.wrong_source += 1
+            return
+        stats.packets_in += 1
+        first = self.last_packet_at is None
+        self.last_packet_at = now
+        pt = packet.payload_type
+        if pt == self.audio_pt:
+            if self.receiver.receive(packet, now) and self.room is not None:
+                self.room.on_audio(self, packet, now)
+        elif pt == self.event_pt:
+            stats.dtmf_in += 1
+            digit = self.dtmf_in.receive(packet, now)
+            if digit is not None and self.on_dtmf is not None:
+                self.on_dtmf(digit.digit)
+        elif pt != COMFORT_NOISE_PT:
+            stats.unknown_payload += 1
+        if first and self.on_first_packet is not None:
+            callback, self.on_first_packet = self.on_first_packet, None
+            callback()
+
+    def _on_rtcp(self, data: bytes, source: tuple[str, int]) -> None:
+        if self.srtp is not None:
+            try:
+                data = self.srtp.unprotect_rtcp(data)
+            except MediaError:
+                self.stats.srtp_failed += 1
+                return
+        try:
+            parse_rtcp(data)
+        except MediaError:
+            self.stats.rtcp_malformed += 1
+            return
+        self.stats.rtcp_in += 1
+        self.last_packet_at = self._now()
+
+    # -- output ---------------------------------------------------------------------------
+
+    @property
+    def destination(self) -> tuple[str, int] | None:
+        return self.latch.destination
+
+    def _send(self, payload: bytes, timestamp: int, marker: bool, payload_type: int) -> None:
+        destination = self.latch.destination
+        if destination is None or not self.sending:
+            return
+        data = self.sender.packet(
+            payload,
+            samples=self.frame_ticks,
+            payload_type=payload_type,
+            marker=marker,
+            timestamp=timestamp,
+        )
+        if self.srtp is not None:
+            try:
+                data = self.srtp.protect(data)
+            except MediaError:
+                self.stats.srtp_failed += 1
+                return
+        self.rtp.send(data, destination)
+        self.stats.packets_out += 1
+
+    def _next_timestamp(self, now: float) -> int:
+        """Where our stream's clock is now: the last timestamp plus the time since it."""
+        if self._last_sent_at is None:
+            return self._last_ts
+        elapsed = round((now - self._last_sent_at) * self.clock_rate)
+        return (self._last_ts + max(elapsed, self.frame_ticks)) % TIMESTAMP_MOD
+
+    def forward(self, packet: RtpPacket, source: CallMedia, now: float) -> None:
+        """Send a packet of `source` on as ours: codec kept (or G.711 translated), header ours."""
+        marker = packet.marker
+        if packet.ssrc != self._fwd_ssrc:
+            # A new source stream (or back from mixing): continue our timeline from now.
+            self._fwd_ssrc = packet.ssrc
+            self._fwd_offset = (self._next_timestamp(now) - packet.timestamp) % TIMESTAMP_MOD
+            marker = True
+        timestamp = (packet.timestamp + self._fwd_offset) % TIMESTAMP_MOD
+        payload = packet.payload
+        if source.spec is not self.spec:
+            payload = codecs.transcode_g711(payload, source.spec, self.spec)
+        self._send(payload, timestamp, marker, self.audio_pt)
+        self._last_ts = timestamp
+        self._last_sent_at = now
+        self.stats.forwarded += 1
+
+    def send_pcm(self, pcm: Pcm | None, now: float) -> None:
+        """One mixed frame (None: silence) on the clock."""
+        self._fwd_ssrc = None
+        timestamp = self._next_timestamp(now)
+        marker = self._last_sent_at is None
+        if pcm is None:
+            payload = self._silence
+        else:
+            if self._encoder is None:
+                self._encoder = codecs.new_encoder(self.spec)
+            payload = self._encoder.encode(pcm)
+        self._send(payload, timestamp, marker, self.audio_pt)
+        self._last_ts = timestamp
+        self._last_sent_at = now
+        self.stats.mixed_frames += 1
+
+    # -- decoding for the mixer -----------------------------------------------------------
+
+    def pull(self, now: float) -> Pcm | None:
+        """This leg's next 20 ms as PCM at its codec rate, None when it is silent."""
+        frame = self.jitter.pop(now)
+        if frame is None:
+            return None
+        if self._decoder is None:
+            self._decoder = codecs.new_decoder(self.spec)
+        if frame.packet is None:
+            return self._decoder.conceal(self.frame_samples)
+        try:
+            return self._decoder.decode(frame.packet.payload)
+        except MediaError:
+            self.stats.malformed += 1
+            return self._decoder.conceal(self.frame_samples)
+
+    def output_at(self, pcm: Pcm, rate: int) -> Pcm | None:
+        """`pcm` (one pull) converted to `rate`: 20 ms of it, or None while the resampler fills."""
+        if rate == self.spec.sample_rate:
+            return pcm
+        stream = self._outputs.get(rate)
+        if stream is None:
+            frame = rate * FRAME_MS // 1000
+            resampler = codecs.Resampler(self.spec.sample_rate, rate)
+            stream = self._outputs[rate] = (resampler, PcmFifo(prime=2 * frame))
+        resampler, fifo = stream
+        fifo.push(resampler.process(pcm))
+        return fifo.take(rate * FRAME_MS // 1000)
+
+    # -- local audio: players and DTMF ----------------------------------------------------
+
+    @property
+    def local_audio(self) -> bool:
+        return bool(self.players or self._dtmf_queue or self._dtmf_out or self._dtmf_gap)
+
+    def play(self, player: Player) -> None:
+        self.players.append(player)
+        if self.room is not None:
+            self.room.route()
+
+    def stop_players(self) -> None:
+        self.players.clear()
+        if self.room is not None:
+            self.room.route()
+
+    def send_dtmf(self, digits: str) -> None:
+        """Queue digits for the caller: RFC 4733 events, or in-band tones without them."""
+        for digit in digits.upper():
+            if digit in DIGITS or digit == "W":
+                self._dtmf_queue.append(digit)
+        if self.room is not None:
+            self.room.route()
+
+    def local_frame(self, now: float) -> tuple[Pcm | None, bool]:
+        """The local audio for this tick and whether an RFC 4733 packet took the tick."""
+        if self._dtmf_out is not None or (self._dtmf_queue and not self._dtmf_gap):
+            if self._dtmf_step(now):
+                return None, True
+        elif self._dtmf_gap:
+            self._dtmf_gap -= 1
+        while self.players:
+            pcm = self.players[0].frame(self.spec.sample_rate * FRAME_MS // 1000)
+            if pcm is not None:
+                return pcm, False
+            self.players.popleft()
+            if not self.local_audio and self.room is not None:
+                self.room.route()
+        return None, False
+
+    def _dtmf_step(self, now: float) -> bool:
+        """Send the due RFC 4733 packet; True when one was sent this tick."""
+        out = self._dtmf_out
+        if out is None:
+            digit = self._dtmf_queue.popleft()
+            if digit == "W":
+                self._dtmf_gap = DTMF_PAUSE_MS // FRAME_MS
+                return False
+            if self.event_pt is None:
+                tone = dtmf_tone(digit, sample_rate=self.spec.sample_rate, duration_ms=DTMF_TONE_MS)
+                self.players.append(PcmPlayer(tone))
+                self._dtmf_gap = (DTMF_TONE_MS + DTMF_GAP_MS) // FRAME_MS
+                return False
+            timestamp = self._next_timestamp(now)
+            sender = DtmfSender(clock_rate=self.event_clock)
+            packets = deque(
+                (p.send_at_ms // FRAME_MS, p.event.serialize(), p.marker)
+                for p in sender.packets(digit, duration_ms=DTMF_TONE_MS, ptime_ms=FRAME_MS)
+            )
+            out = self._dtmf_out = _DtmfOut(timestamp=timestamp, packets=packets)
+        sent = False
+        while out.packets and out.packets[0][0] <= out.tick:
+            _, payload, marker = out.packets.popleft()
+            assert self.event_pt is not None
+            self._send(payload, out.timestamp, marker, self.event_pt)
+            sent = True
+        out.tick += 1
+        if not out.packets:
+            self._dtmf_out = None
+            self._dtmf_gap = DTMF_GAP_MS // FRAME_MS
+            # Audio resumes after the event's duration, on the same timeline.
+            self._last_ts = (out.timestamp + out.tick * self.frame_ticks) % TIMESTAMP_MOD
+            self._last_sent_at = now
+        return sent
+
+    # -- end ------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.room is not None:
+            self.room.remove(self)
+        self.rtp.close()
+        if self.rtcp is not None:
+            self.rtcp.close()
+        self.pool.release(self.port)
+        self.on_dtmf = None
+        self.on_first_packet = None
+        self.players.clear()
+
+
+def can_forward(source: codecs.CodecSpec, target: codecs.CodecSpec) -> bool:
+    """Whether packets of `source` go to `target` without decoding."""
+    if source is target:
+        return True
+    g711 = (codecs.PCMU_SPEC, codecs.PCMA_SPEC)
+    return source in g711 and target in g711
+
+
+class RoomAudio:
+    """The legs of one room and who hears whom."""
+
+    def __init__(self, name: str, clock: MediaClock) -> None:
+        self.name = name
+        self.clock = clock
+        self.legs: list[CallMedia] = []
+        self.mixers: list[CallMedia] = []
+        self.sources: list[CallMedia] = []
+
+    def add(self, leg: CallMedia) -> None:
+        if leg.room is not None:
+            leg.room.remove(leg)
+        leg.room = self
+        self.legs.append(leg)
+        self.route()
+
+    def remove(self, leg: CallMedia) -> None:
+        if leg in self.legs:
+            self.legs.remove(leg)
+        leg.room = None
+        leg.forward_to = []
+        leg.forward_from = None
+        leg.mixing = leg.buffered = False
+        self.route()
+
+    def route(self) -> None:
+        """Decide, for every listener, between forwarding and mixing (see the module doc)."""
+        talkers = [leg for leg in self.legs if leg.receiving]
+        for leg in self.legs:
+            leg.forward_to = []
+            leg.forward_from = None
+            leg.mixing = False
+        buffered: set[CallMedia] = set()
+        for listener in self.legs:
+            if not listener.sending:
+                continue
+            sources = [s for s in talkers if s is not listener]
+            if (
+                len(sources) == 1
+                and not listener.local_audio
+                and can_forward(sources[0].spec, listener.spec)
+            ):
+                sources[0].forward_to.append(listener)
+                listener.forward_from = sources[0]
+                continue
+            listener.mixing = True
+            buffered.update(sources)
+        for leg in self.legs:
+            if leg.buffered and leg not in buffered:
+                leg.jitter.flush()
+            leg.buffered = leg in buffered
+        self.mixers = [leg for leg in self.legs if leg.mixing]
+        self.sources = [leg for leg in self.legs if leg.buffered]
+        if self.mixers:
+            self.clock.add(self)
+        else:
+            self.clock.discard(self)
+
+    def on_audio(self, source: CallMedia, packet: RtpPacket, now: float) -> None:
+        for listener in source.forward_to:
+            listener.forward(packet, source, now)
+        if source.buffered:
+            source.jitter.push(packet, now)
+
+    def tick(self, now: float) -> None:
+        decoded: dict[CallMedia, Pcm] = {}
+        for source in self.sources:
+            pcm = source.pull(now)
+            if pcm is not None:
+                decoded[source] = pcm
+        for listener in list(self.mixers):
+            local, event_sent = listener.local_frame(now)
+            if event_sent:
+                continue
+            rate = listener.spec.sample_rate
+            parts = []
+            for source, pcm in decoded.items():
+                if source is not listener:
+                    converted = source.output_at(pcm, rate)
+                    if converted is not None:
+                        parts.append(converted)
+            if local is not None:
+                parts.append(local)
+            listener.send_pcm(mixer.mix(parts) if parts else None, now)
+
+
+class MediaClock:
+    """One 20 ms clock for every mixing room: ticks on a fixed schedule, late ticks skipped."""
+
+    def __init__(self) -> None:
+        self.rooms: set[RoomAudio] = set()
+        self.standalone: set[RoomAudio] = set()
+        self._handle: asyncio.TimerHandle | None = None
+        self._next = 0.0
+        self.ticks = 0
+        self.skipped = 0
+        self.on_second: Callable[[float], None] | None = None
+
+    def add(self, room: RoomAudio) -> None:
+        self.rooms.add(room)
+        self._ensure()
+
+    def discard(self, room: RoomAudio) -> None:
+        self.rooms.discard(room)
+
+    def start(self) -> None:
+        self._ensure()
+
+    def _ensure(self) -> None:
+        if self._handle is None:
+            loop = asyncio.get_running_loop()
+            self._next = loop.time() + FRAME_S
+            self._handle = loop.call_at(self._next, self._tick)
+
+    def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        self.ticks += 1
+        for room in list(self.rooms):
+            try:
+                room.tick(now)
+            except Exception:
+                # One room's fault must not silence the others (counted, logged once per tick).
+                log.exception("media tick failed in room %s", room.name)
+                self.rooms.discard(room)
+        if self.on_second is not None and self.ticks % (1000 // FRAME_MS) == 0:
+            self.on_second(now)
+        self._next += FRAME_S
+        if self._next < now:
+            missed = int((now - self._next) / FRAME_S) + 1
+            self.skipped += missed
+            self._next += missed * FRAME_S
+        self._handle = loop.call_at(self._next, self._tick)
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None

@@ -1,0 +1,125 @@
+"""RTP ports: UDP sockets bound from `--rtp-ports`, read straight from the event loop.
+
+A call takes an even port for RTP and the odd one above it for RTCP (RFC 3550 s11), or the even
+one alone when the peer multiplexes RTCP (RFC 5761). Sockets are bound synchronously, so the
+port is known while the SDP answer is written; reading uses `add_reader` and `recvfrom` with a
+small buffer, draining what is queued per wake-up - no transport object, no 256 KiB allocation
+per datagram (DESIGN.md, performance principles). Ports in use by anyone else are skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import socket
+from collections.abc import Callable
+
+READ_SIZE = 2048  # an RTP packet fits a path MTU; larger datagrams are truncated and dropped
+DRAIN_LIMIT = 64  # datagrams per wake-up, so one flooded socket cannot starve the loop
+RECEIVE_BUFFER = 256 * 1024
+
+Receiver = Callable[[bytes, tuple[str, int]], None]
+
+
+class MediaSocket:
+    """One bound, non-blocking UDP socket delivering datagrams to `receiver`."""
+
+    def __init__(self, sock: socket.socket, receiver: Receiver) -> None:
+        self.sock = sock
+        self.port: int = sock.getsockname()[1]
+        self.receiver = receiver
+        self.truncated = 0
+        self.send_errors = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        loop.add_reader(self.sock.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        recv = self.sock.recvfrom
+        for _ in range(DRAIN_LIMIT):
+            try:
+                data, addr = recv(READ_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                # ICMP port unreachable for an earlier send and the like: nothing to read.
+                continue
+            if len(data) >= READ_SIZE:
+                self.truncated += 1
+                continue
+            self.receiver(data, addr)
+
+    def send(self, data: bytes, address: tuple[str, int]) -> None:
+        try:
+            self.sock.sendto(data, address)
+        except OSError:
+            # A full socket buffer or an unreachable peer: drop this packet, never block.
+            self.send_errors += 1
+
+    def close(self) -> None:
+        if self._loop is not None:
+            with contextlib.suppress(Exception):
+                self._loop.remove_reader(self.sock.fileno())
+            self._loop = None
+        self.sock.close()
+
+
+class PortPool:
+    """Even/odd port pairs from a range, handed out round robin, skipping busy ones."""
+
+    def __init__(self, host: str, low: int, high: int) -> None:
+        if low > high:
+            raise ValueError("empty RTP port range")
+        self.host = host
+        self.low = low + (low % 2)
+        self.high = high
+        self._next = self.low
+        self.in_use: set[int] = set()
+        self.exhausted = 0
+
+    @property
+    def family(self) -> socket.AddressFamily:
+        return socket.AF_INET6 if ":" in self.host else socket.AF_INET
+
+    def open(self, rtp: Receiver, rtcp: Receiver | None) -> tuple[MediaSocket, MediaSocket | None]:
+        """Bind an RTP socket (and the RTCP one above it unless `rtcp` is None)."""
+        span = (self.high - self.low) // 2 + 1
+        for _ in range(span):
+            port = self._next
+            self._next = port + 2 if port + 2 <= self.high else self.low
+            if port in self.in_use or (rtcp is not None and port + 1 > self.high + 1):
+                continue
+            first = self._bind(port)
+            if first is None:
+                continue
+            second = None
+            if rtcp is not None:
+                second = self._bind(port + 1)
+                if second is None:
+                    first.close()
+                    continue
+            self.in_use.add(port)
+            return (
+                MediaSocket(first, rtp),
+                MediaSocket(second, rtcp) if second is not None and rtcp is not None else None,
+            )
+        self.exhausted += 1
+        raise OSError(errno.EADDRINUSE, "no free RTP port in the range")
+
+    def _bind(self, port: int) -> socket.socket | None:
+        sock = socket.socket(self.family, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+            sock.bind((self.host, port))
+        except OSError:
+            sock.close()
+            return None
+        return sock
+
+    def release(self, port: int) -> None:
+        self.in_use.discard(port)

@@ -1,0 +1,255 @@
+"""The media side of the server: SDP negotiation into RTP legs, rooms of legs, media timeouts.
+
+Call runners ask `negotiate` for an answer to an offer (488 when nothing fits the call's
+`MediaPolicy`), `attach` the leg to its room's audio once answered, `renegotiate` on re-INVITE
+or UPDATE, and `release` it at the end. A leg that hears nothing - no RTP, no RTCP - for the
+media timeout (15 s; 30 s before its first packet; the trunk's `media_timeout` when set) is
+reported through `on_timeout`, unless its peer said it sends nothing (`inactive`/`recvonly`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sipbridge.media import codecs
+from sipbridge.media.errors import MediaError
+from sipbridge.media.srtp import SrtpContext, SrtpKeys, answer_crypto, choose_crypto
+from sipbridge.server.call_media import CallMedia, MediaClock, RoomAudio
+from sipbridge.server.media_ports import PortPool
+from sipbridge.sip import sdp
+from sipbridge.sip.errors import SipProtocolError
+from sipbridge.telephony.media import MediaPolicy
+
+log = logging.getLogger(__name__)
+
+MEDIA_TIMEOUT_S = 15.0
+MEDIA_TIMEOUT_INITIAL_S = 30.0
+
+
+@dataclass(eq=False, kw_only=True)
+class Negotiated:
+    answer: sdp.SessionDescription
+    audio: sdp.AudioAnswer
+    spec: codecs.CodecSpec
+    keys: SrtpKeys | None = None
+    remote_keys: SrtpKeys | None = None
+
+
+def _not_acceptable(detail: str) -> SipProtocolError:
+    return SipProtocolError(488, "Not Acceptable Here", detail)
+
+
+class MediaService:
+    def __init__(self, address: str, ports: tuple[int, int], *, bind: str = "") -> None:
+        self.address = address  # what SDP advertises
+        self.pool = PortPool(bind or address, ports[0], ports[1])
+        self.clock = MediaClock()
+        self.clock.on_second = self._check_timeouts
+        self.rooms: dict[str, RoomAudio] = {}
+        self.legs: dict[CallMedia, tuple[float, Callable[[], None]]] = {}
+        self.stats: dict[str, int] = {}
+
+    # -- offer/answer ---------------------------------------------------------------------
+
+    def _negotiate(
+        self,
+        offer: sdp.SessionDescription,
+        policy: MediaPolicy,
+        *,
+        port: int,
+        session_id: int,
+        keys: SrtpKeys | None = None,
+    ) -> Negotiated:
+        supported = [*policy.codecs, sdp.TELEPHONE_EVENT]
+        audio = sdp.negotiate_audio(
+            offer,
+            supported,
+            prefer_offer_order=not policy.prefer_ours,
+            protos=policy.protos,
+            rtcp_mux=True,
+        )
+        spec = codecs.spec_for(audio.audio.codec)
+        if spec is None:  # pragma: no cover - every policy codec has a spec
+            raise _not_acceptable(f"codec {audio.audio.codec} has no implementation")
+        crypto = None
+        remote_keys = None
+        if audio.proto.upper() in ("RTP/SAVP", "RTP/SAVPF"):
+            chosen = choose_crypto(audio.offered_crypto)
+            if chosen is None:
+                raise _not_acceptable("no usable a=crypto (RFC 4568) in the offer")
+            try:
+                remote_keys = SrtpKeys.from_crypto(chosen)
+            except MediaError as err:
+                raise _not_acceptable(str(err)) from None
+            if keys is None or keys.suite != remote_keys.suite:
+                keys = SrtpKeys.generate(remote_keys.suite, os.urandom)
+            crypto = answer_crypto(chosen, keys)
+        else:
+            keys = None
+        answer = sdp.build_answer(
+            offer,
+            audio,
+            address=self.address,
+            port=port,
+            session_id=session_id,
+            session_version=session_id,
+            crypto=crypto,
+        )
+        return Negotiated(answer=answer, audio=audio, spec=spec, keys=keys, remote_keys=remote_keys)
+
+    def negotiate(
+        self,
+        body: bytes,
+        policy: MediaPolicy,
+        *,
+        on_dtmf: Callable[[str], None] | None = None,
+        on_first_packet: Callable[[], None] | None = None,
+    ) -> tuple[bytes, CallMedia]:
+        """Answer an INVITE's offer with a new RTP leg (not yet receiving): (SDP, leg)."""
+        if not body:
+            raise _not_acceptable("an INVITE without an offer")  # offerless INVITE: not yet
+        try:
+            offer = sdp.parse_sdp(body)
+        except SipProtocolError as err:
+            raise _not_acceptable(err.detail) from None
+        session_id = secrets.randbelow(2**31)
+        # Negotiate once with a placeholder port to learn the codec and rtcp-mux, then bind.
+        try:
+            trial = self._negotiate(offer, policy, port=9, session_id=session_id)
+        except SipProtocolError as err:
+            self._count("offer_refused")
+            raise _not_acceptable(err.detail) from None
+        srtp = None
+        if trial.keys is not None and trial.remote_keys is not None:
+            srtp = SrtpContext(local=trial.keys, remote=trial.remote_keys)
+        try:
+            leg = CallMedia(
+                pool=self.pool,
+                answer=trial.audio,
+                spec=trial.spec,
+                srtp=srtp,
+                on_dtmf=on_dtmf,
+                on_first_packet=on_first_packet,
+            )
+        except OSError:
+            self._count("no_port")
+            raise SipProtocolError(503, "Service Unavailable", "no free RTP port") from None
+        leg.session_id = leg.session_version = session_id
+        leg.keys, leg.remote_keys = trial.keys, trial.remote_keys
+        final = self._negotiate(
+            offer, policy, port=leg.port, session_id=session_id, keys=trial.keys
+        )
+        return sdp.serialize_sdp(final.answer), leg
+
+    def renegotiate(self, leg: CallMedia, body: bytes, policy: MediaPolicy) -> bytes:
+        """A re-INVITE's or UPDATE's offer for an existing leg: same port, new peer/direction.
+
+        An offer without SDP gets our current description as the offer (RFC 3261 s14.1)."""
+        try:
+            offer = sdp.parse_sdp(body)
+            leg.session_version += 1
+            result = self._negotiate(
+                offer, policy, port=leg.port, session_id=leg.session_id, keys=leg.keys
+            )
+        except SipProtocolError as err:
+            raise _not_acceptable(err.detail) from None
+        if result.spec is not leg.spec:
+            # A codec change mid-call: keep the leg, swap its codec state.
+            leg.change_codec(result.spec)
+        if result.keys is not None and result.remote_keys is not None:
+            if leg.keys is None or leg.srtp is None or result.remote_keys != leg.remote_keys:
+                leg.srtp = SrtpContext(local=result.keys, remote=result.remote_keys)
+            leg.keys = result.keys
+            leg.remote_keys = result.remote_keys
+        elif leg.srtp is not None:
+            leg.srtp = None
+            leg.keys = None
+        answer = result.answer
+        origin = answer.origin
+        answer = _with_version(answer, origin, leg.session_version)
+        leg.update(result.audio)
+        return sdp.serialize_sdp(answer)
+
+    # -- rooms ----------------------------------------------------------------------------
+
+    def start(
+        self,
+        leg: CallMedia,
+        *,
+        timeout: float,
+        on_timeout: Callable[[], None],
+    ) -> None:
+        """Start receiving (the call is answered); `on_timeout` once it goes silent."""
+        loop = asyncio.get_running_loop()
+        leg.start(loop, loop.time())
+        self.legs[leg] = (timeout or MEDIA_TIMEOUT_S, on_timeout)
+        self.clock.start()
+
+    def attach(self, leg: CallMedia, room_name: str) -> None:
+        room = self.rooms.get(room_name)
+        if room is None:
+            room = self.rooms[room_name] = RoomAudio(room_name, self.clock)
+        room.add(leg)
+
+    def detach(self, leg: CallMedia) -> None:
+        room = leg.room
+        if room is not None:
+            room.remove(leg)
+            if not room.legs:
+                self.clock.discard(room)
+                self.rooms.pop(room.name, None)
+
+    def release(self, leg: CallMedia) -> None:
+        self.detach(leg)
+        self.legs.pop(leg, None)
+        leg.close()
+
+    def _check_timeouts(self, now: float) -> None:
+        expired = []
+        for leg, (timeout, callback) in self.legs.items():
+            if not (leg.receiving and leg.sending) or leg.started_at is None:
+                # on hold: a holding phone may send nothing for as long as it likes
+                continue
+            last = leg.last_packet_at
+            if last is None:
+                if now - leg.started_at > max(timeout, MEDIA_TIMEOUT_INITIAL_S):
+                    expired.append((leg, callback))
+            elif now - last > timeout:
+                expired.append((leg, callback))
+        for leg, callback in expired:
+            self._count("media_timeout")
+            self.legs.pop(leg, None)
+            try:
+                callback()
+            except Exception:
+                log.exception("media timeout handler failed")
+
+    def close(self) -> None:
+        for leg in list(self.legs):
+            self.release(leg)
+        self.clock.stop()
+
+    def _count(self, name: str) -> None:
+        self.stats[name] = self.stats.get(name, 0) + 1
+
+    def samples(self) -> dict[str, int]:
+        """Counters for /metrics."""
+        out = dict(self.stats)
+        out["legs"] = len(self.legs)
+        out["rooms"] = len(self.rooms)
+        out["clock_ticks"] = self.clock.ticks
+        out["clock_skipped"] = self.clock.skipped
+        out["ports_exhausted"] = self.pool.exhausted
+        return out
+
+
+def _with_version(
+    answer: sdp.SessionDescription, origin: sdp.Origin, version: int
+) -> sdp.SessionDescription:
+    return dataclasses.replace(answer, origin=dataclasses.replace(origin, session_version=version))

@@ -1,0 +1,264 @@
+"""Call audio end to end: real phones (headless baresip) call into rooms of a `sipbridge serve`.
+
+Two phones dial into one direct-rule room - a conference bridge with no agent - and each must
+hear the other's signal (correlation above 0.9 after alignment) over every codec, with packets
+forwarded when both share one and transcoded when they do not. Keys pressed on one phone become
+a `sip_dtmf` data packet in the room, which the other phone receives as RFC 4733 events; digits
+sent with `SendData` reach a phone too. Hold and resume keep the call; SRTP with `require`; PIN
+rooms let the right PIN in and hang up on a wrong one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+
+import pytest
+from livekit import api
+from livekit.protocol import models, room, sip
+
+from tests import baresip
+from tests.audio import best_correlation, read_wav, rms
+from tests.helpers import API_KEY, API_SECRET, ServerProcess, free_sip_port
+
+pytestmark = pytest.mark.skipif(
+    not shutil.which("baresip"), reason="baresip comes with `make test` (baresip-core)"
+)
+
+CALL_S = 5.0  # of audio through the bridge; each phone sends a 3 s signal first
+
+
+@pytest.fixture
+def media_server(tmp_path: Path) -> Iterator[ServerProcess]:
+    port = free_sip_port()
+    proc = ServerProcess(tmp_path, "--sip", f"127.0.0.1:{port}", "--rtp-ports", "14000-14999")
+    proc.sip_port = port  # type: ignore[attr-defined]
+    proc.start()
+    yield proc
+    if proc.proc is not None:
+        assert proc.stop() == 0, proc.log.read_text()
+
+
+@asynccontextmanager
+async def client(server: ServerProcess) -> AsyncIterator[api.LiveKitAPI]:
+    async with api.LiveKitAPI(url=server.url, api_key=API_KEY, api_secret=API_SECRET) as lk:
+        yield lk
+
+
+def target(server: ServerProcess, user: str = "bridge") -> str:
+    return f"sip:{user}@127.0.0.1:{server.sip_port}"  # type: ignore[attr-defined]
+
+
+async def direct_rule(lk: api.LiveKitAPI, room_name: str = "bridge", **extra: object) -> None:
+    await lk.sip.create_dispatch_rule(
+        sip.CreateSIPDispatchRuleRequest(
+            dispatch_rule=sip.SIPDispatchRuleInfo(
+                rule=sip.SIPDispatchRule(
+                    dispatch_rule_direct=sip.SIPDispatchRuleDirect(room_name=room_name, **extra)  # type: ignore[arg-type]
+                ),
+                name=f"to {room_name}",
+            )
+        )
+    )
+
+
+async def sip_participants(lk: api.LiveKitAPI, room_name: str) -> list[models.ParticipantInfo]:
+    listed = await lk.room.list_participants(room.ListParticipantsRequest(room=room_name))
+    return [p for p in listed.participants if p.kind == models.ParticipantInfo.Kind.SIP]
+
+
+async def wait_participants(
+    lk: api.LiveKitAPI, room_name: str, count: int, *, status: str = "active", timeout: float = 8
+) -> list[models.ParticipantInfo]:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    found: list[models.ParticipantInfo] = []
+    while loop.time() < deadline:
+        found = [
+            p
+            for p in await sip_participants(lk, room_name)
+            if p.attributes.get("sip.callStatus") == status
+        ]
+        if len(found) >= count:
+            return found
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{len(found)} of {count} SIP participants {status} in {room_name}")
+
+
+async def bridge_call(
+    server: ServerProcess, a: baresip.Phone, b: baresip.Phone, *, seconds: float = CALL_S
+) -> None:
+    """A and B dial the bridge, talk for `seconds`, and A hangs up; both calls close."""
+    await a.dial(target(server))
+    await a.wait_event("CALL_RINGING", fail_on=("CALL_CLOSED",))
+    await b.dial(target(server), established=True)
+    await a.wait_event("CALL_ESTABLISHED", fail_on=("CALL_CLOSED",))
+    await asyncio.sleep(seconds)
+    await a.hangup()
+    await b.hangup()
+    await a.wait_event("CALL_CLOSED")
+    await b.wait_event("CALL_CLOSED")
+
+
+def heard(listener: baresip.Phone, talker: baresip.Phone) -> float:
+    assert talker.reference is not None
+    recording, rate = read_wav(listener.recorded())
+    coefficient, _ = best_correlation(talker.reference, recording, talker.rate, recorded_rate=rate)
+    return coefficient
+
+
+@pytest.mark.parametrize(
+    ("codec_a", "codec_b"),
+    [
+        ("PCMU", "PCMU"),
+        ("PCMA", "PCMA"),
+        ("G722", "G722"),
+        ("opus", "opus"),
+        ("PCMU", "PCMA"),  # translated by table, still forwarded
+        ("G722", "PCMU"),  # decoded, resampled, encoded
+        ("opus", "PCMA"),
+    ],
+)
+async def test_two_phones_in_one_room_hear_each_other(
+    media_server: ServerProcess, tmp_path: Path, codec_a: str, codec_b: str
+) -> None:
+    async with client(media_server) as lk:
+        await direct_rule(lk)
+    # What a narrowband phone cannot carry cannot correlate: keep both signals inside it.
+    narrow = {"PCMU", "PCMA"} & {codec_a, codec_b}
+    top = 3400.0 if narrow else None
+    async with (
+        baresip.phone(tmp_path / "a", codecs=codec_a, top_hz=top) as a,
+        baresip.phone(tmp_path / "b", codecs=codec_b, top_hz=top) as b,
+    ):
+        await bridge_call(media_server, a, b)
+        await a.stop()
+        await b.stop()
+        a_to_b, b_to_a = heard(b, a), heard(a, b)
+    assert a_to_b > 0.9, f"B heard A at {a_to_b:.3f}"
+    assert b_to_a > 0.9, f"A heard B at {b_to_a:.3f}"
+
+
+async def test_dtmf_crosses_the_room_and_send_data_reaches_the_phone(
+    media_server: ServerProcess, tmp_path: Path
+) -> None:
+    async with client(media_server) as lk:
+        await direct_rule(lk)
+        async with (
+            baresip.phone(tmp_path / "a", codecs="PCMU") as a,
+            baresip.phone(tmp_path / "b", codecs="G722") as b,
+        ):
+            await a.dial(target(media_server))
+            await a.wait_event("CALL_RINGING", fail_on=("CALL_CLOSED",))
+            await b.dial(target(media_server), established=True)
+            await a.wait_event("CALL_ESTABLISHED", fail_on=("CALL_CLOSED",))
+            members = await wait_participants(lk, "bridge", 2)
+            # A's keys: a sip_dtmf data packet from A's participant, played to B as RFC 4733.
+            await a.send_dtmf("19#")
+            assert await b.wait_dtmf("19#", timeout=8) == "19#"
+            # SendData on topic sip_dtmf to A's identity only.
+            identity_a = next(
+                p.identity for p in members if p.attributes["sip.phoneNumber"] == a.user
+            )
+            await lk.room.send_data(
+                room.SendDataRequest(
+                    room="bridge",
+                    data=b"*7",
+                    kind=models.DataPacket.Kind.RELIABLE,
+                    destination_identities=[identity_a],
+                    topic="sip_dtmf",
+                )
+            )
+            assert await a.wait_dtmf("*7", timeout=8) == "*7"
+            assert not [e for e in b.events if e.get("type") == "CALL_DTMF_START"][3:]
+            await a.hangup()
+            await b.hangup()
+            await a.wait_event("CALL_CLOSED", timeout=8)
+            await b.wait_event("CALL_CLOSED", timeout=8)
+
+
+async def test_hold_and_resume_keep_the_call(media_server: ServerProcess, tmp_path: Path) -> None:
+    async with client(media_server) as lk:
+        await direct_rule(lk)
+        async with (
+            baresip.phone(tmp_path / "a", codecs="PCMU") as a,
+            baresip.phone(tmp_path / "b", codecs="PCMU") as b,
+        ):
+            await a.dial(target(media_server))
+            await a.wait_event("CALL_RINGING", fail_on=("CALL_CLOSED",))
+            await b.dial(target(media_server), established=True)
+            await a.wait_event("CALL_ESTABLISHED", fail_on=("CALL_CLOSED",))
+            await asyncio.sleep(1.0)
+            await a.hold()
+            await asyncio.sleep(1.5)
+            assert "(on hold)" in await a.listcalls()
+            await a.resume()
+            await asyncio.sleep(0.5)
+            before = (await b.audio_stats()).rx_packets
+            await asyncio.sleep(1.5)
+            after = (await b.audio_stats()).rx_packets
+            # 1.5 s of A's audio reached B again through the room after the resume.
+            assert after - before >= 50, (before, after)
+            assert len(await wait_participants(lk, "bridge", 2)) == 2
+            assert not [e for e in a.events + b.events if e.get("type") == "CALL_CLOSED"]
+            await a.hangup()
+            await b.hangup()
+            await a.wait_event("CALL_CLOSED", timeout=8)
+            await b.wait_event("CALL_CLOSED", timeout=8)
+
+
+async def test_srtp_required_by_the_trunk(media_server: ServerProcess, tmp_path: Path) -> None:
+    async with client(media_server) as lk:
+        await lk.sip.create_inbound_trunk(
+            sip.CreateSIPInboundTrunkRequest(
+                trunk=sip.SIPInboundTrunkInfo(
+                    name="secure",
+                    numbers=["bridge"],
+                    media_encryption=sip.SIPMediaEncryption.SIP_MEDIA_ENCRYPT_REQUIRE,
+                )
+            )
+        )
+        await direct_rule(lk)
+    async with AsyncExitStack() as stack:
+        plain = await stack.enter_async_context(baresip.phone(tmp_path / "p", codecs="PCMU"))
+        await plain.dial(target(media_server))
+        await plain.wait_event("CALL_CLOSED", timeout=8)
+        assert "488" in plain.output()
+        a = await stack.enter_async_context(
+            baresip.phone(tmp_path / "a", codecs="PCMU", mediaenc="srtp-mand")
+        )
+        b = await stack.enter_async_context(
+            baresip.phone(tmp_path / "b", codecs="PCMA", mediaenc="srtp-mand")
+        )
+        await bridge_call(media_server, a, b)
+        await a.stop()
+        await b.stop()
+        a_to_b, b_to_a = heard(b, a), heard(a, b)
+    assert a_to_b > 0.9 and b_to_a > 0.9, (a_to_b, b_to_a)
+
+
+async def test_pin_room_right_and_wrong_pin(media_server: ServerProcess, tmp_path: Path) -> None:
+    async with client(media_server) as lk:
+        await direct_rule(lk, "vault", pin="4321")
+        async with (
+            baresip.phone(tmp_path / "right", codecs="PCMU") as right,
+            baresip.phone(tmp_path / "wrong", codecs="PCMU") as wrong,
+        ):
+            await right.dial(target(media_server, "vault"), established=True)
+            await wrong.dial(target(media_server, "vault"), established=True)
+            await asyncio.sleep(1.0)  # the prompt plays
+            assert not await sip_participants(lk, "vault")
+            await right.send_dtmf("4321#")
+            joined = await wait_participants(lk, "vault", 1)
+            assert joined[0].attributes["sip.phoneNumber"] == right.user
+            await wrong.send_dtmf("1111#")
+            await wrong.wait_event("CALL_CLOSED", timeout=10)  # refused, then BYE
+            assert len(await sip_participants(lk, "vault")) == 1
+            await right.hangup()
+            await right.wait_event("CALL_CLOSED")
+            await wrong.stop()
+            prompt, _ = read_wav(wrong.recorded())
+    assert rms(prompt) > 0.01, "the caller heard no prompt"
