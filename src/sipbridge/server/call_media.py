@@ -27,8 +27,15 @@ from sipbridge.media import codecs, mixer
 from sipbridge.media.dtmf import DIGITS, DtmfReceiver, DtmfSender, dtmf_tone
 from sipbridge.media.errors import MediaError
 from sipbridge.media.jitter import JitterBuffer
-from sipbridge.media.rtp import RtpPacket, is_rtcp, parse_rtcp, parse_rtp
-from sipbridge.media.session import Latch, RtpReceiver, RtpSender
+from sipbridge.media.rtp import (
+    RtpPacket,
+    SenderReport,
+    build_compound_report,
+    is_rtcp,
+    parse_rtcp,
+    parse_rtp,
+)
+from sipbridge.media.session import Latch, RtpReceiver, RtpSender, ntp_timestamp, rtcp_interval
 from sipbridge.media.srtp import SrtpContext, SrtpKeys
 from sipbridge.server.media_ports import PortPool
 from sipbridge.sip import sdp
@@ -126,6 +133,7 @@ class MediaStats:
     unknown_payload: int = 0
     srtp_failed: int = 0
     rtcp_in: int = 0
+    rtcp_out: int = 0
     rtcp_malformed: int = 0
     dtmf_in: int = 0
     forwarded: int = 0
@@ -197,6 +205,9 @@ class CallMedia:
         self._dtmf_out: _DtmfOut | None = None
         self._dtmf_gap = 0
         self.closed = False
+        self.cname = secrets.token_hex(8)
+        self.next_report_at = 0.0
+        self._sent_since_report = False
         # the SDP session and SRTP keys, kept for re-INVITEs
         self.session_id = 0
         self.session_version = 0
@@ -299,12 +310,54 @@ class CallMedia:
                 self.stats.srtp_failed += 1
                 return
         try:
-            parse_rtcp(data)
+            packets = parse_rtcp(data)
         except MediaError:
             self.stats.rtcp_malformed += 1
             return
+        latched = self.latch.destination
+        if latched is not None and source[0] != latched[0]:
+            self.stats.wrong_source += 1  # RTCP from a host other than the media's
+            return
         self.stats.rtcp_in += 1
-        self.last_packet_at = self._now()
+        now = self.last_packet_at = self._now()
+        for packet in packets:
+            if isinstance(packet, SenderReport):
+                self.receiver.sender_report_received(packet, now)
+
+    def report(self, now: float, wallclock: float) -> None:
+        """Our RTCP report when due (RFC 3550 s6): SR when we sent since the last one, else RR,
+        with a report block about the caller's stream and our CNAME."""
+        if now < self.next_report_at:
+            return
+        first = self.next_report_at == 0.0
+        self.next_report_at = now + rtcp_interval(secrets.randbelow(1000) / 1000, initial=first)
+        if first:
+            return
+        destination = self.remote_rtcp if not self.rtcp_mux else self.latch.destination
+        latched = self.latch.destination
+        if latched is not None and not self.rtcp_mux and self.remote_rtcp is not None:
+            destination = (latched[0], self.remote_rtcp[1])  # symmetric: the latched host
+        if destination is None:
+            return
+        block = self.receiver.report_block(now)
+        sender_info = (
+            self.sender.sender_info(ntp_timestamp(wallclock)) if self._sent_since_report else None
+        )
+        self._sent_since_report = False
+        data = build_compound_report(
+            ssrc=self.sender.ssrc,
+            cname=self.cname,
+            reports=(block,) if block is not None else (),
+            sender_info=sender_info,
+        )
+        if self.srtp is not None:
+            try:
+                data = self.srtp.protect_rtcp(data)
+            except MediaError:
+                return
+        sock = self.rtcp if self.rtcp is not None else self.rtp
+        sock.send(data, destination)
+        self.stats.rtcp_out += 1
 
     # -- output ---------------------------------------------------------------------------
 
@@ -331,6 +384,7 @@ class CallMedia:
                 return
         self.rtp.send(data, destination)
         self.stats.packets_out += 1
+        self._sent_since_report = True
 
     def _next_timestamp(self, now: float) -> int:
         """Where our stream's clock is now: the last timestamp plus the time since it."""

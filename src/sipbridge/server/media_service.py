@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import os
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -54,6 +55,7 @@ class MediaService:
         self.rooms: dict[str, RoomAudio] = {}
         self.legs: dict[CallMedia, tuple[float, Callable[[], None]]] = {}
         self.stats: dict[str, int] = {}
+        self.ended: dict[str, int] = {}  # RTP counters of the legs released so far
 
     # -- offer/answer ---------------------------------------------------------------------
 
@@ -209,6 +211,8 @@ class MediaService:
         self.detach(leg)
         self.legs.pop(leg, None)
         leg.close()
+        for name, value in _counters(leg).items():
+            self.ended[name] = self.ended.get(name, 0) + value
 
     def _check_timeouts(self, now: float) -> None:
         expired = []
@@ -216,9 +220,13 @@ class MediaService:
             if not (leg.receiving and leg.sending) or leg.started_at is None:
                 # on hold: a holding phone may send nothing for as long as it likes
                 continue
+            leg.report(now, time.time())
             last = leg.last_packet_at
             if last is None:
-                if now - leg.started_at > max(timeout, MEDIA_TIMEOUT_INITIAL_S):
+                # Before the first packet the default is more patient (30 s); a timeout the
+                # trunk or rule set applies from the start.
+                initial = MEDIA_TIMEOUT_INITIAL_S if timeout == MEDIA_TIMEOUT_S else timeout
+                if now - leg.started_at > initial:
                     expired.append((leg, callback))
             elif now - last > timeout:
                 expired.append((leg, callback))
@@ -241,12 +249,41 @@ class MediaService:
     def samples(self) -> dict[str, int]:
         """Counters for /metrics."""
         out = dict(self.stats)
+        totals = dict(self.ended)
+        for leg in self.legs:
+            for name, value in _counters(leg).items():
+                totals[name] = totals.get(name, 0) + value
+        out.update({f"rtp_{name}": value for name, value in totals.items()})
         out["legs"] = len(self.legs)
         out["rooms"] = len(self.rooms)
         out["clock_ticks"] = self.clock.ticks
         out["clock_skipped"] = self.clock.skipped
         out["ports_exhausted"] = self.pool.exhausted
         return out
+
+
+def _counters(leg: CallMedia) -> dict[str, int]:
+    stats = leg.stats
+    found = {
+        name: getattr(stats, name)
+        for name in (
+            "packets_in",
+            "packets_out",
+            "malformed",
+            "wrong_source",
+            "unknown_payload",
+            "srtp_failed",
+            "rtcp_in",
+            "rtcp_out",
+            "rtcp_malformed",
+            "dtmf_in",
+            "forwarded",
+            "mixed_frames",
+        )
+    }
+    found["truncated"] = leg.rtp.truncated + (leg.rtcp.truncated if leg.rtcp else 0)
+    found["send_errors"] = leg.rtp.send_errors + (leg.rtcp.send_errors if leg.rtcp else 0)
+    return found
 
 
 def _with_version(
