@@ -23,6 +23,7 @@ from livekit.protocol import models, room, sip
 from tests import baresip
 from tests.audio import best_correlation, read_wav, rms
 from tests.helpers import API_KEY, API_SECRET, ServerProcess, free_sip_port
+from tests.interop.test_inbound_cases import call_log
 
 pytestmark = pytest.mark.skipif(
     not shutil.which("baresip"), reason="baresip comes with `make test` (baresip-core)"
@@ -262,3 +263,52 @@ async def test_pin_room_right_and_wrong_pin(media_server: ServerProcess, tmp_pat
             await wrong.stop()
             prompt, _ = read_wav(wrong.recorded())
     assert rms(prompt) > 0.01, "the caller heard no prompt"
+    # Both calls are in the call log: the right PIN with its room, the wrong one as an error.
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while True:
+        entries = await call_log(media_server)
+        ended = [e for e in entries if int(e.get("ended_at_ns", 0)) > 0]
+        if len(ended) >= 2 or loop.time() > deadline:
+            break
+        await asyncio.sleep(0.2)
+    by_number = {e["from_uri"]["user"]: e for e in ended}
+    assert by_number[right.user]["room_name"] == "vault"
+    assert by_number[wrong.user]["error"] == "wrong PIN"
+    assert by_number[wrong.user]["call_status"] == "SCS_ERROR"
+
+
+async def test_three_phones_hear_the_mix_of_the_other_two(
+    media_server: ServerProcess, tmp_path: Path
+) -> None:
+    """With three sources every listener gets a mix: each of the others is in it, never its own
+    voice (a mix of two equal talkers correlates about 0.7 with each; a missing one about 0)."""
+    async with client(media_server) as lk:
+        await direct_rule(lk)
+    options = {"top_hz": 3400.0}
+    async with (
+        baresip.phone(tmp_path / "a", codecs="PCMU", **options) as a,  # type: ignore[arg-type]
+        baresip.phone(tmp_path / "b", codecs="G722", **options) as b,  # type: ignore[arg-type]
+        baresip.phone(tmp_path / "c", codecs="opus", **options) as c,  # type: ignore[arg-type]
+    ):
+        await a.dial(target(media_server))
+        await a.wait_event("CALL_RINGING", fail_on=("CALL_CLOSED",))
+        await b.dial(target(media_server), established=True)
+        await c.dial(target(media_server), established=True)
+        await a.wait_event("CALL_ESTABLISHED", fail_on=("CALL_CLOSED",))
+        await asyncio.sleep(CALL_S)
+        for p in (a, b, c):
+            await p.hangup()
+        for p in (a, b, c):
+            await p.wait_event("CALL_CLOSED")
+            await p.stop()
+        scores = {
+            (listener.name, talker.name): heard(listener, talker)
+            for listener in (a, b, c)
+            for talker in (a, b, c)
+        }
+    for (listener, talker), score in scores.items():
+        if listener == talker:
+            assert abs(score) < 0.3, (listener, "hears itself", scores)
+        else:
+            assert score > 0.5, (listener, talker, scores)

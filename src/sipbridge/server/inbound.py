@@ -13,6 +13,7 @@ trunk's `ringing_timeout_status`); `max_call_duration` hangs up.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import secrets
 import time
@@ -21,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+from google.protobuf.message import DecodeError
 from livekit.protocol import models
 from livekit.protocol import sip as proto
 from numpy.typing import NDArray
@@ -62,7 +64,11 @@ ACTIVE_AFTER_ACK_S = 1.0  # "first RTP or 1 s after ACK"
 PIN_MAX_DIGITS = 16
 PIN_TIMEOUT_S = 30.0  # to enter a PIN after the prompt starts
 DTMF_CODES = {digit: code for code, digit in enumerate("0123456789*#ABCD")}
-DTMF_TOPIC = "sip_dtmf"  # SendData user packets on this topic carry digits to SIP participants
+# SendData user packets on these topics carry digits to SIP participants: the payload is the
+# digits ("123#", `w` for a half-second pause), JSON {"digit": "5"} / {"code": 5}, or a
+# serialised livekit.SipDTMF.
+DTMF_TOPICS = frozenset({"sip_dtmf", "lk.sip_dtmf", "lk.dtmf", "dtmf"})
+DTMF_CHARACTERS = frozenset("0123456789*#ABCDabcdwW")
 REJECT_CACHE_SIZE = 5000
 REJECT_CACHE_TTL_S = 60.0
 MAX_NUMBER_LENGTH = 128
@@ -333,6 +339,19 @@ class InboundCalls:
         leg = state.leg
         assert leg is not None
         state.pin = ""
+        now = self.rooms.now()
+        inbound = state.inbound
+        state.info = proto.SIPCallInfo(
+            call_id=ids.new_id(ids.CALL),
+            sip_call_id=inbound.call_id,
+            trunk_id=state.trunk.sip_trunk_id if state.trunk is not None else "",
+            call_direction=proto.SIPCallDirection.SCD_INBOUND,
+            call_status=proto.SIPCallStatus.SCS_ACTIVE,
+            from_uri=proto.SIPUri(user=inbound.caller, host=inbound.from_host),
+            to_uri=proto.SIPUri(user=inbound.called, host=state.call.request.uri.host),
+            created_at=int(now),
+            created_at_ns=int(now * 1e9),
+        )
         state.call.on_end = lambda reason: self._ended(state, reason)
         self.pending_pins.add(state)
         state.call.answer(body, headers=dict(state.trunk.headers) if state.trunk else {})
@@ -391,10 +410,11 @@ class InboundCalls:
     def _join(self, state: InboundCallState, rule: proto.SIPDispatchRuleInfo) -> None:
         call, inbound, trunk = state.call, state.inbound, state.trunk
         answered = call.answered  # a PIN room: answered before joining
-        call_id = ids.new_id(ids.CALL)
+        call_id = state.info.call_id or ids.new_id(ids.CALL)
         room_name = room_for(rule, inbound, secrets.token_hex(4))
         identity = participant_identity(rule, inbound)
         now = self.rooms.now()
+        created = state.info.created_at_ns / 1e9 if state.info.created_at_ns else now
         info = proto.SIPCallInfo(
             call_id=call_id,
             sip_call_id=inbound.call_id,
@@ -406,8 +426,8 @@ class InboundCalls:
             call_status=proto.SIPCallStatus.SCS_CALL_INCOMING,
             from_uri=proto.SIPUri(user=inbound.caller, host=inbound.from_host),
             to_uri=proto.SIPUri(user=inbound.called, host=call.request.uri.host),
-            created_at=int(now),
-            created_at_ns=int(now * 1e9),
+            created_at=int(created),
+            created_at_ns=int(created * 1e9),
         )
         state.info, state.room, state.identity, state.rule = info, room_name, identity, rule
         attributes = call_attributes(
@@ -573,7 +593,14 @@ class InboundCalls:
         self._release_media(state)
         self.pending_pins.discard(state)
         if not state.room:
+            # Ended while a PIN was asked for: logged as an error with what went wrong.
+            now = self.rooms.now()
             self._count("pin_hangup" if state.info.error != "wrong PIN" else "pin_refused")
+            info = state.info
+            info.ended_at, info.ended_at_ns = int(now), int(now * 1e9)
+            info.call_status = proto.SIPCallStatus.SCS_ERROR
+            info.error = info.error or f"hung up during PIN entry ({reason})"
+            self.call_log.record(info)
             return
         self.active.pop(_key(state.room, state.identity), None)
         info = state.info
@@ -645,9 +672,12 @@ class InboundCalls:
         which = packet.WhichOneof("value")
         if which == "sip_dtmf":
             digits = packet.sip_dtmf.digit or "0123456789*#ABCD"[packet.sip_dtmf.code % 16]
-        elif which == "user" and packet.user.topic == DTMF_TOPIC:
-            digits = packet.user.payload.decode("utf-8", "replace")
+        elif which == "user" and packet.user.topic in DTMF_TOPICS:
+            digits = _dtmf_payload(packet.user.payload)
         else:
+            return
+        if not digits:
+            self._count("dtmf_unreadable")
             return
         sender = packet.participant_identity
         if event.destinations:
@@ -726,6 +756,36 @@ class InboundCalls:
 
     def _count(self, name: str) -> None:
         self.stats[name] = self.stats.get(name, 0) + 1
+
+
+def _dtmf_payload(payload: bytes) -> str:
+    """Digits from a SendData DTMF payload (see DTMF_TOPICS); "" when none can be read."""
+    text = payload.decode("utf-8", "replace").strip()
+    if text and all(c in DTMF_CHARACTERS for c in text):
+        return text
+    if text.startswith("{"):
+        try:
+            doc = json.loads(text)
+        except ValueError:
+            doc = None
+        if isinstance(doc, dict):
+            digit = doc.get("digit")
+            if isinstance(digit, str) and digit and all(c in DTMF_CHARACTERS for c in digit):
+                return digit
+            code = doc.get("code")
+            if isinstance(code, int) and 0 <= code < 16:
+                return "0123456789*#ABCD"[code]
+        return ""
+    message = models.SipDTMF()
+    try:
+        message.ParseFromString(payload)
+    except DecodeError:
+        return ""
+    if message.digit and all(c in DTMF_CHARACTERS for c in message.digit):
+        return message.digit
+    if message.digit or not 0 <= message.code < 16:
+        return ""
+    return "0123456789*#ABCD"[message.code] if payload else ""
 
 
 def _key(room: str, identity: str) -> str:
