@@ -23,6 +23,7 @@ from sipbridge.media.codecs import (
     PCMU_SPEC,
     SPECS,
     CodecSpec,
+    PolyphaseResampler,
     Resampler,
     new_decoder,
     new_encoder,
@@ -634,7 +635,7 @@ def test_resampler_identity() -> None:
 
 def test_resampler_8k_48k_8k_keeps_a_1khz_tone() -> None:
     tone = sine(1000, 8000, 1.0)
-    up, down = Resampler(8000, 48000), Resampler(48000, 8000)
+    up, down = Resampler(8000, 48000, low_latency=False), Resampler(48000, 8000, low_latency=False)
     wide = stream(up, tone, 160)
     assert wide.dtype == np.int16
     # soxr removes its filter delay: the 48 kHz stream is the same tone, in step
@@ -653,7 +654,8 @@ def test_resampler_8k_48k_8k_keeps_a_1khz_tone() -> None:
 )
 def test_resampler_stream_matches_one_shot(in_rate: int, out_rate: int) -> None:
     signal = speech_like(in_rate, 1.0)
-    resampler = Resampler(in_rate, out_rate)
+    resampler = Resampler(in_rate, out_rate, low_latency=False)
+    assert resampler.blocky
     streamed = stream(resampler, signal, in_rate // 50)
     one_shot = soxr.resample(signal, in_rate, out_rate, quality="LQ")
     expected_total = len(signal) * out_rate // in_rate
@@ -668,7 +670,7 @@ def test_resampler_stream_matches_one_shot(in_rate: int, out_rate: int) -> None:
 
 
 def test_resampler_output_lengths_add_up_over_time() -> None:
-    resampler = Resampler(48000, 8000)
+    resampler = Resampler(48000, 8000, low_latency=False)
     produced = 0
     for count in range(1, 201):
         produced += len(resampler.process(np.zeros(960, dtype=np.int16)))
@@ -677,7 +679,7 @@ def test_resampler_output_lengths_add_up_over_time() -> None:
 
 
 def test_resampler_quick_quality_has_no_block_delay() -> None:
-    resampler = Resampler(8000, 48000, quality="QQ")
+    resampler = Resampler(8000, 48000, quality="QQ", low_latency=False)
     lengths = [len(resampler.process(np.zeros(160, dtype=np.int16))) for _ in range(10)]
     assert sum(lengths) >= 9600 - 20
     assert lengths[1:] == [960] * 9
@@ -695,3 +697,63 @@ def test_resampler_accepts_strided_input() -> None:
     a, b = Resampler(16000, 8000), Resampler(16000, 8000)
     strided = signal[::2]  # a view with a stride of two samples
     assert np.array_equal(stream(a, strided, 160), stream(b, strided.copy(), 160))
+
+
+# -- the polyphase path (integer factors, the default for 8k/16k/48k) -------------------------
+
+
+@pytest.mark.parametrize(
+    ("in_rate", "out_rate"),
+    [(8000, 48000), (48000, 8000), (8000, 16000), (16000, 8000), (16000, 48000), (48000, 16000)],
+)
+def test_polyphase_gives_every_frame_at_once_with_a_whole_sample_delay(
+    in_rate: int, out_rate: int
+) -> None:
+    resampler = Resampler(in_rate, out_rate)
+    assert not resampler.blocky
+    frame_in, frame_out = in_rate // 50, out_rate // 50
+    signal = sine(1000, in_rate, 0.5)
+    outputs = [resampler.process(signal[i : i + frame_in]) for i in range(0, len(signal), frame_in)]
+    assert {len(o) for o in outputs} == {frame_out}
+    delay = resampler.delay
+    assert delay == int(delay) and delay <= 0.0031 * out_rate  # at most 3.1 ms
+    out = np.concatenate(outputs)
+    reference = sine(1000, out_rate, 0.5)
+    d = int(delay)
+    # the same tone, in step once the filter delay is taken off
+    expected = reference[out_rate // 10 : -d].astype(float)
+    got = out[out_rate // 10 + d :].astype(float)
+    error = float(np.sum((expected - got) ** 2))
+    assert error <= 1e-4 * float(np.sum(expected**2))  # 40 dB or better
+
+
+@pytest.mark.parametrize(("up", "down"), [(2, 1), (1, 2), (6, 1), (1, 6)])
+def test_polyphase_passes_the_telephone_band_and_stops_above_nyquist(up: int, down: int) -> None:
+    low = 8000
+    in_rate = low if up > 1 else low * down
+    out_rate = in_rate * up // down
+
+    def gain(freq: float) -> float:
+        resampler = PolyphaseResampler(up, down)
+        x = sine(freq, in_rate, 1.0)
+        frame = in_rate // 50
+        y = np.concatenate([resampler.process(x[i : i + frame]) for i in range(0, len(x), frame)])
+        tail = y[len(y) // 4 :].astype(float)
+        return float(np.sqrt(2 * np.mean(tail**2)) / (np.abs(x).max()))
+
+    for freq in (300.0, 1000.0, 3000.0, 3400.0):
+        assert 0.9 < gain(freq) < 1.02, freq
+    if up == 1:  # going down, what 8 kHz cannot hold must not fold back into the band
+        assert gain(5000.0) < 0.01
+        assert out_rate == low
+
+
+def test_polyphase_rejects_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="one of up and down"):
+        PolyphaseResampler(2, 2)
+    with pytest.raises(ValueError, match="one of up and down"):
+        PolyphaseResampler(1, 1)
+    with pytest.raises(ValueError, match="multiple of 6"):
+        PolyphaseResampler(1, 6).process(np.zeros(100, dtype=np.int16))
+    # 44.1 kHz is no integer factor of 8 kHz: soxr's stream takes it
+    assert Resampler(44100, 8000).blocky

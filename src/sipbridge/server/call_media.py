@@ -451,7 +451,9 @@ class CallMedia:
         if stream is None:
             frame = rate * FRAME_MS // 1000
             resampler = codecs.Resampler(self.spec.sample_rate, rate)
-            stream = self._outputs[rate] = (resampler, PcmFifo(prime=2 * frame))
+            # soxr's blocks need a cushion of two frames; the polyphase filter needs none.
+            prime = 3 * frame if resampler.blocky else 0
+            stream = self._outputs[rate] = (resampler, PcmFifo(prime=prime))
         resampler, fifo = stream
         fifo.push(resampler.process(pcm))
         return fifo.take(rate * FRAME_MS // 1000)
