@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
@@ -22,7 +22,7 @@ from livekit.protocol import models, room, sip
 
 from tests import baresip
 from tests.audio import best_correlation, read_wav, rms
-from tests.helpers import API_KEY, API_SECRET, ServerProcess, free_sip_port
+from tests.helpers import API_KEY, API_SECRET, ServerProcess
 from tests.interop.test_inbound_cases import call_log
 
 pytestmark = pytest.mark.skipif(
@@ -30,17 +30,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 CALL_S = 5.0  # of audio through the bridge; each phone sends a 3 s signal first
-
-
-@pytest.fixture
-def media_server(tmp_path: Path) -> Iterator[ServerProcess]:
-    port = free_sip_port()
-    proc = ServerProcess(tmp_path, "--sip", f"127.0.0.1:{port}", "--rtp-ports", "14000-14999")
-    proc.sip_port = port  # type: ignore[attr-defined]
-    proc.start()
-    yield proc
-    if proc.proc is not None:
-        assert proc.stop() == 0, proc.log.read_text()
 
 
 @asynccontextmanager

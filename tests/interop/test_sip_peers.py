@@ -24,9 +24,9 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-async def run(*args: str, timeout: float = 60) -> tuple[int, str]:
+async def run(*args: str, timeout: float = 60, cwd: Path | str | None = None) -> tuple[int, str]:
     proc = await asyncio.create_subprocess_exec(
-        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=cwd
     )
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), timeout)

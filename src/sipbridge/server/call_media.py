@@ -199,6 +199,7 @@ class CallMedia:
         self._decoder: codecs.Decoder | None = None
         self._encoder: codecs.Encoder | None = None
         self._outputs: dict[int, tuple[codecs.Resampler, PcmFifo]] = {}
+        self._decoded = PcmFifo()
         self._silence = codecs.silence_payload(spec, FRAME_MS)
         self.players: deque[Player] = deque()
         self._dtmf_queue: deque[str] = deque()
@@ -213,6 +214,9 @@ class CallMedia:
         self.session_version = 0
         self.keys: SrtpKeys | None = None
         self.remote_keys: SrtpKeys | None = None
+        # when we made the offer (late offer): what we offered, for the answer in the ACK
+        self.offered_codecs: tuple[sdp.Codec, ...] = ()
+        self.offered_keys: list[SrtpKeys] = []
 
     # -- SDP changes ----------------------------------------------------------------------
 
@@ -246,6 +250,7 @@ class CallMedia:
         self.jitter = JitterBuffer(clock_rate=spec.rtp_clock, frame_ms=FRAME_MS)
         self._decoder = self._encoder = None
         self._outputs.clear()
+        self._decoded = PcmFifo()
         self._silence = codecs.silence_payload(spec, FRAME_MS)
         self._fwd_ssrc = None
 
@@ -429,19 +434,26 @@ class CallMedia:
     # -- decoding for the mixer -----------------------------------------------------------
 
     def pull(self, now: float) -> Pcm | None:
-        """This leg's next 20 ms as PCM at its codec rate, None when it is silent."""
+        """This leg's next 20 ms as PCM at its codec rate, None when it is silent.
+
+        Packets of another length (30 ms is common) are decoded whole into a FIFO and taken
+        out 20 ms at a time, so the mixer always sums frames of one size."""
         frame = self.jitter.pop(now)
-        if frame is None:
-            return None
-        if self._decoder is None:
-            self._decoder = codecs.new_decoder(self.spec)
-        if frame.packet is None:
-            return self._decoder.conceal(self.frame_samples)
-        try:
-            return self._decoder.decode(frame.packet.payload)
-        except MediaError:
-            self.stats.malformed += 1
-            return self._decoder.conceal(self.frame_samples)
+        fifo = self._decoded
+        if frame is not None:
+            if self._decoder is None:
+                self._decoder = codecs.new_decoder(self.spec)
+            if frame.packet is None:
+                fifo.push(self._decoder.conceal(self.frame_samples))
+            else:
+                try:
+                    fifo.push(self._decoder.decode(frame.packet.payload))
+                except MediaError:
+                    self.stats.malformed += 1
+                    fifo.push(self._decoder.conceal(self.frame_samples))
+        if len(fifo.buffer) >= self.frame_samples or (frame is not None and len(fifo.buffer)):
+            return fifo.take(self.frame_samples)
+        return None
 
     def output_at(self, pcm: Pcm, rate: int) -> Pcm | None:
         """`pcm` (one pull) converted to `rate`: 20 ms of it, or None while the resampler fills."""

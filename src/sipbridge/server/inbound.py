@@ -38,6 +38,7 @@ from sipbridge.server.media_service import MediaService
 from sipbridge.server.rooms_runtime import RoomsRuntime
 from sipbridge.server.sip_config import SipConfig
 from sipbridge.server.sip_ua import IncomingCall
+from sipbridge.sip import sdp
 from sipbridge.sip.digest import AuthOutcome, DigestServer
 from sipbridge.sip.errors import SipProtocolError
 from sipbridge.sip.headers import parse_session_expires
@@ -281,14 +282,25 @@ class InboundCalls:
 
     def _open_media(self, state: InboundCallState) -> bytes:
         """The SDP answer and the call's RTP leg (488 when the offer has nothing for us)."""
-        body, leg = self.media.negotiate(
-            state.call.request.body,
-            state.policy,
-            on_dtmf=lambda digit: self._dtmf_from_caller(state, digit),
-            on_first_packet=lambda: self._first_packet(state),
-        )
+
+        def on_dtmf(digit: str) -> None:
+            self._dtmf_from_caller(state, digit)
+
+        def on_first_packet() -> None:
+            self._first_packet(state)
+
+        request = state.call.request
+        if request.body:
+            body, leg = self.media.negotiate(
+                request.body, state.policy, on_dtmf=on_dtmf, on_first_packet=on_first_packet
+            )
+        else:  # a late offer: ours goes in the 200, the answer comes in the ACK
+            body, leg = self.media.offer(
+                state.policy, on_dtmf=on_dtmf, on_first_packet=on_first_packet
+            )
         state.leg = leg
         state.call.on_offer = lambda request: self._reoffer(state, request)
+        state.call.on_answer = lambda body: self.media.accept_answer(leg, body)
         return body
 
     def _reoffer(self, state: InboundCallState, request: Request) -> bytes:
@@ -301,7 +313,10 @@ class InboundCalls:
         if not body:
             # An UPDATE without SDP only refreshes; a re-INVITE without one asks for our
             # current session as the offer (RFC 3261 s14.2), answered in the ACK.
-            return b"" if request.method == "UPDATE" else state.answer_sdp
+            if request.method == "UPDATE":
+                return b""
+            state.leg.offered_codecs = (state.leg.spec.sdp, sdp.TELEPHONE_EVENT)
+            return state.answer_sdp
         self._count("reoffer")
         state.answer_sdp = self.media.renegotiate(state.leg, body, state.policy)
         return state.answer_sdp

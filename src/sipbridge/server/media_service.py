@@ -20,8 +20,16 @@ from dataclasses import dataclass
 
 from sipbridge.media import codecs
 from sipbridge.media.errors import MediaError
-from sipbridge.media.srtp import SrtpContext, SrtpKeys, answer_crypto, choose_crypto
-from sipbridge.server.call_media import CallMedia, MediaClock, RoomAudio
+from sipbridge.media.srtp import (
+    SUITES,
+    SrtpContext,
+    SrtpKeys,
+    accept_answer,
+    answer_crypto,
+    choose_crypto,
+    offer_crypto,
+)
+from sipbridge.server.call_media import FRAME_MS, CallMedia, MediaClock, RoomAudio
 from sipbridge.server.media_ports import PortPool
 from sipbridge.sip import sdp
 from sipbridge.sip.errors import SipProtocolError
@@ -76,6 +84,10 @@ class MediaService:
             protos=policy.protos,
             rtcp_mux=True,
         )
+        if audio.ptime is not None and audio.ptime != FRAME_MS:
+            # What we want to receive: 20 ms, the clock's frame (RFC 4566 s6: a=ptime in an
+            # answer is the answerer's wish). Forwarded packets keep the sender's length.
+            audio = dataclasses.replace(audio, ptime=FRAME_MS)
         spec = codecs.spec_for(audio.audio.codec)
         if spec is None:  # pragma: no cover - every policy codec has a spec
             raise _not_acceptable(f"codec {audio.audio.codec} has no implementation")
@@ -114,8 +126,6 @@ class MediaService:
         on_first_packet: Callable[[], None] | None = None,
     ) -> tuple[bytes, CallMedia]:
         """Answer an INVITE's offer with a new RTP leg (not yet receiving): (SDP, leg)."""
-        if not body:
-            raise _not_acceptable("an INVITE without an offer")  # offerless INVITE: not yet
         try:
             offer = sdp.parse_sdp(body)
         except SipProtocolError as err:
@@ -148,6 +158,108 @@ class MediaService:
             offer, policy, port=leg.port, session_id=session_id, keys=trial.keys
         )
         return sdp.serialize_sdp(final.answer), leg
+
+    def offer(
+        self,
+        policy: MediaPolicy,
+        *,
+        on_dtmf: Callable[[str], None] | None = None,
+        on_first_packet: Callable[[], None] | None = None,
+    ) -> tuple[bytes, CallMedia]:
+        """Our offer for an INVITE that came without one (the answer comes in the ACK, RFC 3261
+        s13.2.1): every codec of the policy, and SDES keys when the policy requires SRTP."""
+        session_id = secrets.randbelow(2**31)
+        secure = policy.protos[0] != "RTP/AVP"
+        codecs_offered = [*policy.codecs, sdp.TELEPHONE_EVENT]
+        trial = sdp.make_offer(
+            codecs_offered, address=self.address, port=9, session_id=0, session_version=0
+        )
+        media = trial.media[0]
+        first, event = media.payload_formats[0], media.payload_formats[-1]
+        spec = codecs.spec_for(first.codec)
+        assert spec is not None
+        placeholder = sdp.AudioAnswer(
+            media_index=0,
+            proto=media.proto,
+            audio=first,
+            telephone_event=event,
+            ptime=FRAME_MS,
+            direction=sdp.Direction.SENDRECV,
+            on_hold=False,
+            remote_address="",
+            remote_port=0,  # nowhere to send until the answer
+            remote_rtcp_address="",
+            remote_rtcp_port=0,
+            rtcp_mux=False,
+        )
+        try:
+            leg = CallMedia(
+                pool=self.pool,
+                answer=placeholder,
+                spec=spec,
+                on_dtmf=on_dtmf,
+                on_first_packet=on_first_packet,
+            )
+        except OSError:
+            self._count("no_port")
+            raise SipProtocolError(503, "Service Unavailable", "no free RTP port") from None
+        keys = [SrtpKeys.generate(suite, os.urandom) for suite in SUITES] if secure else []
+        leg.offered_keys = keys
+        leg.session_id = leg.session_version = session_id
+        offer = sdp.make_offer(
+            codecs_offered,
+            address=self.address,
+            port=leg.port,
+            session_id=session_id,
+            session_version=session_id,
+            proto="RTP/SAVP" if secure else "RTP/AVP",
+            crypto=offer_crypto(keys),
+        )
+        leg.offered_codecs = tuple(codecs_offered)
+        self._count("late_offer")
+        return sdp.serialize_sdp(offer), leg
+
+    def accept_answer(self, leg: CallMedia, body: bytes) -> None:
+        """The answer to our offer (in the ACK): where to send, which codec, which keys.
+        SipProtocolError 488 when it cannot be used (the caller then hangs up)."""
+        try:
+            answer = sdp.parse_sdp(body)
+            secure = bool(leg.offered_keys) or leg.keys is not None
+            audio = sdp.negotiate_audio(
+                answer,
+                leg.offered_codecs,
+                protos=("RTP/SAVP",) if secure else ("RTP/AVP",),
+                rtcp_mux=True,
+            )
+        except SipProtocolError as err:
+            raise _not_acceptable(err.detail) from None
+        spec = codecs.spec_for(audio.audio.codec)
+        if spec is None:
+            raise _not_acceptable(f"answer chose {audio.audio.codec}, which we did not offer")
+        if leg.offered_keys:
+            if not audio.offered_crypto:
+                raise _not_acceptable("the answer has no a=crypto")
+            try:
+                local, remote = accept_answer(leg.offered_keys, audio.offered_crypto[0])
+            except MediaError as err:
+                raise _not_acceptable(str(err)) from None
+            leg.keys, leg.remote_keys = local, remote
+            leg.srtp = SrtpContext(local=local, remote=remote)
+            leg.offered_keys = []
+        elif leg.keys is not None:
+            # Our re-offer repeated our keys; the answer may bring new ones of its own.
+            if not audio.offered_crypto:
+                raise _not_acceptable("the answer has no a=crypto")
+            try:
+                remote = SrtpKeys.from_crypto(audio.offered_crypto[0])
+            except MediaError as err:
+                raise _not_acceptable(str(err)) from None
+            if remote != leg.remote_keys:
+                leg.remote_keys = remote
+                leg.srtp = SrtpContext(local=leg.keys, remote=remote)
+        if spec is not leg.spec:
+            leg.change_codec(spec)
+        leg.update(audio)
 
     def renegotiate(self, leg: CallMedia, body: bytes, policy: MediaPolicy) -> bytes:
         """A re-INVITE's or UPDATE's offer for an existing leg: same port, new peer/direction.

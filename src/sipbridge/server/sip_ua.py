@@ -51,6 +51,8 @@ class IncomingCall:
     # A re-INVITE's or UPDATE's offer (b"" when it has none) -> our SDP; raises
     # SipProtocolError (488...) to refuse it and keep the session as it was (RFC 3261 s14.2).
     on_offer: OfferHandler | None = None
+    # The SDP answer an ACK carries, when our 2xx held the offer (RFC 3261 s13.2.1).
+    on_answer: Callable[[bytes], None] | None = None
     response_headers: dict[str, str] = field(default_factory=dict)  # on every 2xx we send
     retransmitter: AnswerRetransmitter | None = None
     timer: asyncio.TimerHandle | None = None
@@ -143,7 +145,17 @@ class IncomingCall:
             return
         self._arm()
 
-    def ack_received(self) -> None:
+    def ack_received(self, request: Request | None = None) -> None:
+        if request is not None and request.body and self.on_answer is not None:
+            try:
+                self.on_answer(request.body)
+            except SipProtocolError as err:
+                # An ACK cannot be refused: a useless answer ends the call (RFC 3261 s13.2.1).
+                log.info("call %s: answer in ACK refused: %s", self.request.call_id, err.detail)
+                self.on_answer = None
+                self.ack_received()
+                self.hangup({"Reason": f'SIP;cause=488;text="{err.reason}"'})
+                return
         first = self.dialog is not None and not self.dialog.confirmed
         if self.retransmitter is not None:
             self.retransmitter.ack_received()
@@ -181,7 +193,7 @@ class IncomingCall:
             self.ua.dialogs.pop(self.dialog.id, None)
         self.ua.pending.pop(id(self.transaction), None)
         on_end, self.on_end, self.on_ack = self.on_end, None, None  # no cycles left behind
-        self.on_offer = None
+        self.on_offer = self.on_answer = None
         if on_end is not None:
             on_end(reason)
 
@@ -230,7 +242,7 @@ class SipUserAgent:
         elif isinstance(event, AckReceived):
             call = self._find_dialog(event.request)
             if call is not None:
-                call.ack_received()
+                call.ack_received(event.request)
         elif isinstance(event, CancelReceived):
             call = self.pending.get(id(event.invite))
             if call is not None and not call.answered:

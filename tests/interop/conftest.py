@@ -1,0 +1,21 @@
+"""Fixtures shared by the interop tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import ServerProcess, free_sip_port
+
+
+@pytest.fixture
+def media_server(tmp_path: Path) -> Iterator[ServerProcess]:
+    port = free_sip_port()
+    proc = ServerProcess(tmp_path, "--sip", f"127.0.0.1:{port}", "--rtp-ports", "14000-14999")
+    proc.sip_port = port  # type: ignore[attr-defined]
+    proc.start()
+    yield proc
+    if proc.proc is not None:
+        assert proc.stop() == 0, proc.log.read_text()
