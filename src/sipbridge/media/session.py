@@ -13,8 +13,10 @@ the caller passes to `sender_info`.
 from __future__ import annotations
 
 import math
+import struct
 from dataclasses import dataclass
 
+from sipbridge.media.errors import MediaError
 from sipbridge.media.rtp import ReportBlock, RtpPacket, SenderInfo, SenderReport
 
 __all__ = [
@@ -73,6 +75,9 @@ def rtcp_interval(random_fraction: float, *, initial: bool = False) -> float:
 
 
 # --- receiving ---------------------------------------------------------------------------------
+
+
+_HEADER = struct.Struct("!BBHII")  # RFC 3550 s5.1 fixed header
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -373,14 +378,13 @@ class RtpSender:
         if samples < 0:
             raise ValueError(f"samples {samples} must not be negative")
         stamp = self._timestamp if timestamp is None else timestamp
-        data = RtpPacket(
-            payload_type=self.payload_type if payload_type is None else payload_type,
-            sequence_number=self._sequence,
-            timestamp=stamp,
-            ssrc=self.ssrc,
-            payload=payload,
-            marker=marker or self._marker_pending,
-        ).serialize()
+        kind = self.payload_type if payload_type is None else payload_type
+        if not 0 <= kind <= 127 or not 0 <= stamp < _TS_MOD:
+            raise MediaError(f"payload type {kind} or timestamp {stamp} does not fit RTP")
+        # The header packed directly (version 2, no padding, extension or CSRC): this runs for
+        # every packet sent, 50 times a second per call.
+        second = kind | 0x80 if marker or self._marker_pending else kind
+        data = _HEADER.pack(0x80, second, self._sequence, stamp, self.ssrc) + payload
         self._sequence = (self._sequence + 1) % RTP_SEQ_MOD
         self._timestamp = (stamp + samples) % _TS_MOD
         self._marker_pending = False
