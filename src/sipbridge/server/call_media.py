@@ -182,9 +182,9 @@ class CallMedia:
         self.sending = True  # the peer wants our audio (not holding us)
         self.receiving = True  # the peer sends us audio
         self.room: RoomAudio | None = None
-        self.update(answer)
         self.last_packet_at: float | None = None
         self.started_at: float | None = None
+        self.update(answer)
         # routing, set by the room
         self.forward_to: list[CallMedia] = []
         self.forward_from: CallMedia | None = None
@@ -235,8 +235,13 @@ class CallMedia:
             if answer.remote_rtcp_port
             else None
         )
+        held = not (self.sending and self.receiving)
         self.sending = answer.direction.sends and bool(answer.remote_port)
         self.receiving = answer.direction.receives
+        if held and self.sending and self.receiving and self.started_at is not None:
+            # Back from hold: the silence before the resume does not count toward the media
+            # timeout, or a long hold would hang up before the phone's first packet.
+            self.last_packet_at = self._now()
         if self.room is not None:
             self.room.route()
 
@@ -298,7 +303,11 @@ class CallMedia:
                 self.room.on_audio(self, packet, now)
         elif pt == self.event_pt:
             stats.dtmf_in += 1
-            digit = self.dtmf_in.receive(packet, now)
+            try:
+                digit = self.dtmf_in.receive(packet, now)
+            except MediaError:
+                stats.malformed += 1
+                return
             if digit is not None and self.on_dtmf is not None:
                 self.on_dtmf(digit.digit)
         elif pt != COMFORT_NOISE_PT:
@@ -324,7 +333,10 @@ class CallMedia:
             self.stats.wrong_source += 1  # RTCP from a host other than the media's
             return
         self.stats.rtcp_in += 1
-        now = self.last_packet_at = self._now()
+        now = self._now()
+        if latched is not None:
+            # RTCP from the media's host keeps the call alive; from anyone before RTP, not.
+            self.last_packet_at = now
         for packet in packets:
             if isinstance(packet, SenderReport):
                 self.receiver.sender_report_received(packet, now)

@@ -267,12 +267,12 @@ class MediaService:
         An offer without SDP gets our current description as the offer (RFC 3261 s14.1)."""
         try:
             offer = sdp.parse_sdp(body)
-            leg.session_version += 1
             result = self._negotiate(
                 offer, policy, port=leg.port, session_id=leg.session_id, keys=leg.keys
             )
         except SipProtocolError as err:
             raise _not_acceptable(err.detail) from None
+        leg.session_version += 1  # RFC 3264 s8: one more per answer that changes, none per refusal
         if result.spec is not leg.spec:
             # A codec change mid-call: keep the leg, swap its codec state.
             leg.change_codec(result.spec)
