@@ -88,7 +88,8 @@ class InboundCallState:
     leg: CallMedia | None = None
     policy: MediaPolicy = field(default_factory=MediaPolicy)
     pin: str | None = None  # digits entered so far while a PIN is asked for
-    session_interval: int = 0  # RFC 4028: the caller refreshes within this, else we hang up
+    session_interval: int = 0  # RFC 4028: refreshed within this, else hung up
+    refresh_by_us: bool = False  # refresher=uas: we send the refreshes
     refreshed_at: float = 0.0
     room: str = ""
     identity: str = ""
@@ -252,9 +253,12 @@ class InboundCalls:
             for item in line.split(",")
         }
         if "timer" in supported:
+            # The caller's choice of refresher is kept (s9); unsaid, the caller refreshes.
+            refresher = wanted.refresher or "uac"
             state.session_interval = wanted.seconds
+            state.refresh_by_us = refresher == "uas"
             state.call.response_headers = {
-                "Session-Expires": f"{wanted.seconds};refresher=uac",
+                "Session-Expires": f"{wanted.seconds};refresher={refresher}",
                 "Require": "timer",
             }
         return True
@@ -266,6 +270,18 @@ class InboundCalls:
         if not interval:
             return
         state.refreshed_at = time.monotonic()
+        if state.refresh_by_us:
+            # We are the refresher: refresh at half the interval (s7.4), for as long as it lasts.
+            def refresh() -> None:
+                self._count("session_refreshed")
+                state.call.refresh_session(
+                    {"Session-Expires": f"{interval};refresher=uas", "Supported": "timer"},
+                    state.answer_sdp,
+                )
+                self._later(state, interval / 2, refresh)
+
+            self._later(state, interval / 2, refresh)
+            return
         margin = min(32.0, interval / 3)
 
         def check() -> None:

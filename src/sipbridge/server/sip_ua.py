@@ -20,10 +20,13 @@ from sipbridge.sip.endpoint import (
     CancelReceived,
     EndpointEvent,
     Peer,
+    RequestFailed,
     RequestReceived,
+    RequestTimedOut,
+    ResponseForUs,
 )
 from sipbridge.sip.errors import SipProtocolError
-from sipbridge.sip.headers import Address
+from sipbridge.sip.headers import Address, Via
 from sipbridge.sip.message import Request, Response, make_response
 from sipbridge.sip.transaction import ServerTransaction
 from sipbridge.sip.uri import Uri
@@ -167,13 +170,57 @@ class IncomingCall:
         if first and self.on_ack is not None:
             self.on_ack()
 
+    def refresh_session(self, headers: dict[str, str], body: bytes = b"") -> None:
+        """Refresh the session as its refresher (RFC 4028 s7.4 as UAS-refresher): UPDATE when
+        the peer allows it (no SDP, s9), else a re-INVITE repeating our session (`body`). A 408
+        or 481 answer, or no answer, ends the call with BYE (s10)."""
+        if self.dialog is None or self.ended:
+            return
+        allow = {
+            item.strip().upper()
+            for line in self.request.headers.get_all("Allow")
+            for item in line.split(",")
+        }
+        method = "UPDATE" if "UPDATE" in allow else "INVITE"
+        via = Via(transport=self.peer.transport.upper(), host=self.ua.host, port=self.ua.port)
+        request = self.dialog.create_request(
+            method, via, self.ua.contact(self.peer, secure=self.request.uri.scheme == "sips")
+        )
+        for name, value in headers.items():
+            request.headers.add(name, value)
+        if method == "INVITE" and body:
+            request.body = body
+            request.headers.add("Content-Type", "application/sdp")
+        transaction = self.ua.service.endpoint.send_request(
+            request, self.peer, self.ua.service.now()
+        )
+        self.ua.requests[id(transaction)] = (self, request)
+        self.ua.service.after_application()
+
+    def response_received(self, request: Request, response: Response) -> None:
+        """A response to a request we sent in this dialog."""
+        if self.ended or self.dialog is None:
+            return
+        if request.method == "INVITE" and 200 <= response.status < 300:
+            # The 2xx of our re-INVITE is ACKed by us, outside the transaction (s13.2.2.4);
+            # each retransmission of it gets the ACK again.
+            via = Via(transport=self.peer.transport.upper(), host=self.ua.host, port=self.ua.port)
+            current, self.dialog.local_seq = self.dialog.local_seq, request.cseq.seq
+            ack = self.dialog.create_request("ACK", via)
+            self.dialog.local_seq = current
+            self.ua.service.endpoint.send_stateless(ack, self.peer)
+            self.ua.service.after_application()
+        elif response.status in (408, 481):
+            log.info(
+                "call %s: refresh answered %d, hanging up", self.request.call_id, response.status
+            )
+            self.hangup()
+
     def hangup(self, headers: dict[str, str] | None = None) -> None:
         """End the call from our side: BYE once answered (the 200 sent), else nothing here -
         an unanswered INVITE is ended with `reject`."""
         if self.dialog is None or self.ended:
             return
-        from sipbridge.sip.headers import Via  # noqa: PLC0415
-
         via = Via(transport=self.peer.transport.upper(), host=self.ua.host, port=self.ua.port)
         bye = self.dialog.create_request("BYE", via)
         for name, value in (headers or {}).items():
@@ -194,6 +241,8 @@ class IncomingCall:
         self.ua.pending.pop(id(self.transaction), None)
         on_end, self.on_end, self.on_ack = self.on_end, None, None  # no cycles left behind
         self.on_offer = self.on_answer = None
+        for key in [k for k, (call, _) in self.ua.requests.items() if call is self]:
+            del self.ua.requests[key]
         if on_end is not None:
             on_end(reason)
 
@@ -215,6 +264,8 @@ class SipUserAgent:
         self.on_invite = on_invite
         self.dialogs: dict[tuple[str, str, str], IncomingCall] = {}
         self.pending: dict[int, IncomingCall] = {}
+        # requests we sent inside dialogs, by transaction: (call, request)
+        self.requests: dict[int, tuple[IncomingCall, Request]] = {}
         self._service: SipService | None = None
 
     @property
@@ -247,6 +298,17 @@ class SipUserAgent:
             call = self.pending.get(id(event.invite))
             if call is not None and not call.answered:
                 call.reject(487, end_reason="cancel")
+        elif isinstance(event, ResponseForUs):
+            sent = self.requests.get(id(event.transaction))
+            if sent is not None:
+                if event.response.status >= 200 and sent[1].method != "INVITE":
+                    del self.requests[id(event.transaction)]
+                sent[0].response_received(sent[1], event.response)
+        elif isinstance(event, RequestTimedOut | RequestFailed):
+            sent = self.requests.pop(id(event.transaction), None)
+            if sent is not None and sent[1].method != "BYE":
+                log.info("call %s: no answer to our %s", sent[0].request.call_id, sent[1].method)
+                sent[0].hangup()
 
     def _find_dialog(self, request: Request) -> IncomingCall | None:
         try:
