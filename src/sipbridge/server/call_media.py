@@ -513,6 +513,8 @@ class CallMedia:
                 return None, True
         elif self._dtmf_gap:
             self._dtmf_gap -= 1
+            if not self.local_audio and self.room is not None:
+                self.room.route()  # the digits are done: back to forwarding where it applies
         while self.players:
             pcm = self.players[0].frame(self.spec.sample_rate * FRAME_MS // 1000)
             if pcm is not None:
@@ -701,9 +703,12 @@ class MediaClock:
         loop = asyncio.get_running_loop()
         now = loop.time()
         self.ticks += 1
+        # Rooms get the scheduled time, not the (later) time the loop ran us: frames on the
+        # clock are exactly 20 ms apart in RTP time whatever the loop's lateness.
+        scheduled = self._next
         for room in list(self.rooms):
             try:
-                room.tick(now)
+                room.tick(scheduled)
             except Exception:
                 # One room's fault must not silence the others (counted, logged once per tick).
                 log.exception("media tick failed in room %s", room.name)

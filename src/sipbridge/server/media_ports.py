@@ -90,7 +90,7 @@ class PortPool:
         for _ in range(span):
             port = self._next
             self._next = port + 2 if port + 2 <= self.high else self.low
-            if port in self.in_use or (rtcp is not None and port + 1 > self.high + 1):
+            if port in self.in_use or (rtcp is not None and port + 1 > self.high):
                 continue
             first = self._bind(port)
             if first is None:
