@@ -60,7 +60,8 @@ class ServerProcess:
             except RuntimeError:
                 with open(self.log, "rb") as log:
                     log.seek(offset)
-                    if b"address already in use" not in log.read():
+                    text = log.read()
+                    if b"address already in use" not in text and b"could not bind" not in text:
                         raise
         self._start(timeout)
 
