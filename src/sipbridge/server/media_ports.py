@@ -2,9 +2,9 @@
 
 A call takes an even port for RTP and the odd one above it for RTCP (RFC 3550 s11), or the even
 one alone when the peer multiplexes RTCP (RFC 5761). Sockets are bound synchronously, so the
-port is known while the SDP answer is written; reading uses `add_reader` and `recvfrom` with a
-small buffer, draining what is queued per wake-up - no transport object, no 256 KiB allocation
-per datagram (DESIGN.md, performance principles). Ports in use by anyone else are skipped.
+port is known while the SDP answer is written; reading uses `add_reader` and one `recvfrom`
+with a small buffer per wake-up - no transport object, no 256 KiB allocation per datagram
+(DESIGN.md, performance principles), and a flooded socket cannot starve the others. Ports in use by anyone else are skipped.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import socket
 from collections.abc import Callable
 
 READ_SIZE = 2048  # an RTP packet fits a path MTU; larger datagrams are truncated and dropped
-DRAIN_LIMIT = 64  # datagrams per wake-up, so one flooded socket cannot starve the loop
 RECEIVE_BUFFER = 256 * 1024
 
 Receiver = Callable[[bytes, tuple[str, int]], None]
@@ -38,19 +37,18 @@ class MediaSocket:
         loop.add_reader(self.sock.fileno(), self._readable)
 
     def _readable(self) -> None:
-        recv = self.sock.recvfrom
-        for _ in range(DRAIN_LIMIT):
-            try:
-                data, addr = recv(READ_SIZE)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                # ICMP port unreachable for an earlier send and the like: nothing to read.
-                continue
-            if len(data) >= READ_SIZE:
-                self.truncated += 1
-                continue
-            self.receiver(data, addr)
+        # One datagram per wake-up: a call's socket holds one packet per 20 ms, so draining
+        # until EAGAIN would cost a second, empty receive (and an exception) per packet; the
+        # reader is level-triggered, so anything still queued wakes us again.
+        try:
+            data, addr = self.sock.recvfrom(READ_SIZE)
+        except OSError:
+            # Nothing queued after all, or an ICMP error for an earlier send: nothing to read.
+            return
+        if len(data) >= READ_SIZE:
+            self.truncated += 1
+            return
+        self.receiver(data, addr)
 
     def send(self, data: bytes, address: tuple[str, int]) -> None:
         try:
