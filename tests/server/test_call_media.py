@@ -1035,7 +1035,8 @@ def test_a_read_error_is_skipped_and_the_drain_goes_on() -> None:
     received: list[bytes] = []
     stub = RefusingSocket()
     reader = MediaSocket(stub, lambda data, _source: received.append(data))  # type: ignore[arg-type]
-    reader._readable()
+    reader._readable()  # the error: nothing read
+    reader._readable()  # woken again at once: busy, so it drains to EAGAIN
     assert stub.reads == 3 and received == [b"\x80" * 12]
 
 

@@ -4,7 +4,8 @@ A call takes an even port for RTP and the odd one above it for RTCP (RFC 3550 s1
 one alone when the peer multiplexes RTCP (RFC 5761). Sockets are bound synchronously, so the
 port is known while the SDP answer is written; reading uses `add_reader` and one `recvfrom`
 with a small buffer per wake-up - no transport object, no 256 KiB allocation per datagram
-(DESIGN.md, performance principles), and a flooded socket cannot starve the others. Ports in use by anyone else are skipped.
+(DESIGN.md, performance principles); a socket woken faster than media comes is drained in
+bounded batches, so a flood neither overflows it nor starves the others. Ports in use by anyone else are skipped.
 """
 
 from __future__ import annotations
@@ -13,9 +14,12 @@ import asyncio
 import contextlib
 import errno
 import socket
+import time
 from collections.abc import Callable
 
 READ_SIZE = 2048  # an RTP packet fits a path MTU; larger datagrams are truncated and dropped
+DRAIN_LIMIT = 64  # datagrams per busy wake-up, so one flooded socket cannot starve the loop
+BUSY_S = 0.005  # wake-ups closer than this (media comes every 20 ms) mean a queue to drain
 RECEIVE_BUFFER = 256 * 1024
 
 Receiver = Callable[[bytes, tuple[str, int]], None]
@@ -30,6 +34,7 @@ class MediaSocket:
         self.receiver = receiver
         self.truncated = 0
         self.send_errors = 0
+        self._last_wake = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -37,18 +42,26 @@ class MediaSocket:
         loop.add_reader(self.sock.fileno(), self._readable)
 
     def _readable(self) -> None:
-        # One datagram per wake-up: a call's socket holds one packet per 20 ms, so draining
-        # until EAGAIN would cost a second, empty receive (and an exception) per packet; the
-        # reader is level-triggered, so anything still queued wakes us again.
-        try:
-            data, addr = self.sock.recvfrom(READ_SIZE)
-        except OSError:
-            # Nothing queued after all, or an ICMP error for an earlier send: nothing to read.
-            return
-        if len(data) >= READ_SIZE:
-            self.truncated += 1
-            return
-        self.receiver(data, addr)
+        # A call's socket holds one packet per 20 ms: read one per wake-up, since draining to
+        # EAGAIN would cost a second, empty receive (and an exception) per packet. When wake-ups
+        # come faster than media does (a flood, a burst after a stall), drain up to DRAIN_LIMIT
+        # so the kernel buffer does not overflow and drop the real packets among them.
+        now = time.monotonic()
+        limit = DRAIN_LIMIT if now - self._last_wake < BUSY_S else 1
+        self._last_wake = now
+        recv = self.sock.recvfrom
+        for _ in range(limit):
+            try:
+                data, addr = recv(READ_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                # ICMP port unreachable for an earlier send and the like: nothing to read.
+                continue
+            if len(data) >= READ_SIZE:
+                self.truncated += 1
+                continue
+            self.receiver(data, addr)
 
     def send(self, data: bytes, address: tuple[str, int]) -> None:
         try:
