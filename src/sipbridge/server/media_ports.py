@@ -5,7 +5,8 @@ one alone when the peer multiplexes RTCP (RFC 5761). Sockets are bound synchrono
 port is known while the SDP answer is written; reading uses `add_reader` and one `recvfrom`
 with a small buffer per wake-up - no transport object, no 256 KiB allocation per datagram
 (DESIGN.md, performance principles); a socket woken faster than media comes is drained in
-bounded batches, so a flood neither overflows it nor starves the others. Ports in use by anyone else are skipped.
+bounded batches, so a flood neither overflows it nor starves the others. Ports in use by anyone
+else are skipped.
 """
 
 from __future__ import annotations
