@@ -141,8 +141,64 @@ class MediaStats:
     counters: dict[str, int] = field(default_factory=dict)
 
 
-class CallMedia:
+class AudioLeg:
+    """What a room needs of a member: a source of 20 ms frames (`receiving`, `pull`,
+    `output_at`), a listener (`sending`, `send_pcm`, `local_frame`), or both. RTP legs are both
+    and can also forward packets; WebRTC legs are one or the other and never forward."""
+
+    forwardable = False  # packets of this leg can go to another as they are
+    hears: AudioLeg | None = None  # None: every source in the room; else only that one
+
+    def __init__(self, spec: codecs.CodecSpec) -> None:
+        self.spec = spec
+        self.room: RoomAudio | None = None
+        self.sending = True  # it takes audio
+        self.receiving = True  # it gives audio
+        self.forward_to: list[CallMedia] = []  # listeners taking our packets as they are
+        self.forward_from: AudioLeg | None = None
+        self.buffered = False
+        self.mixing = False
+        self._outputs: dict[int, tuple[codecs.Resampler, PcmFifo]] = {}
+
+    @property
+    def local_audio(self) -> bool:
+        return False
+
+    def flush(self) -> None:
+        """Forget buffered input (no one mixes this source any more)."""
+
+    def pull(self, now: float) -> Pcm | None:
+        return None
+
+    def local_frame(self, now: float) -> tuple[Pcm | None, bool]:
+        return None, False
+
+    def send_pcm(self, pcm: Pcm | None, now: float) -> None:
+        """One frame of what this listener hears (None: silence)."""
+
+    def forward(self, packet: RtpPacket, source: CallMedia, now: float) -> None:
+        """A packet of `source`, for legs that take packets as they are."""
+
+    def output_at(self, pcm: Pcm, rate: int) -> Pcm | None:
+        """`pcm` (one pull) converted to `rate`: 20 ms of it, or None while the resampler fills."""
+        if rate == self.spec.sample_rate:
+            return pcm
+        stream = self._outputs.get(rate)
+        if stream is None:
+            frame = rate * FRAME_MS // 1000
+            resampler = codecs.Resampler(self.spec.sample_rate, rate)
+            # soxr's blocks need a cushion of two frames; the polyphase filter needs none.
+            prime = 3 * frame if resampler.blocky else 0
+            stream = self._outputs[rate] = (resampler, PcmFifo(prime=prime))
+        resampler, fifo = stream
+        fifo.push(resampler.process(pcm))
+        return fifo.take(rate * FRAME_MS // 1000)
+
+
+class CallMedia(AudioLeg):
     """The RTP side of one call."""
+
+    forwardable = True
 
     def __init__(
         self,
@@ -154,8 +210,8 @@ class CallMedia:
         on_dtmf: Callable[[str], None] | None = None,
         on_first_packet: Callable[[], None] | None = None,
     ) -> None:
+        super().__init__(spec)
         self.pool = pool
-        self.spec = spec
         self.srtp = srtp
         self.on_dtmf = on_dtmf
         self.on_first_packet = on_first_packet
@@ -179,17 +235,9 @@ class CallMedia:
         self.audio_pt = 0
         self.event_pt: int | None = None
         self.remote_rtcp: tuple[str, int] | None = None
-        self.sending = True  # the peer wants our audio (not holding us)
-        self.receiving = True  # the peer sends us audio
-        self.room: RoomAudio | None = None
         self.last_packet_at: float | None = None
         self.started_at: float | None = None
         self.update(answer)
-        # routing, set by the room
-        self.forward_to: list[CallMedia] = []
-        self.forward_from: CallMedia | None = None
-        self.buffered = False
-        self.mixing = False
         # forwarding state: the source stream mapped onto ours
         self._fwd_ssrc: int | None = None
         self._fwd_offset = 0
@@ -198,7 +246,6 @@ class CallMedia:
         # decoding and mixing state
         self._decoder: codecs.Decoder | None = None
         self._encoder: codecs.Encoder | None = None
-        self._outputs: dict[int, tuple[codecs.Resampler, PcmFifo]] = {}
         self._decoded = PcmFifo()
         self._silence = codecs.silence_payload(spec, FRAME_MS)
         self.players: deque[Player] = deque()
@@ -467,20 +514,8 @@ class CallMedia:
             return fifo.take(self.frame_samples)
         return None
 
-    def output_at(self, pcm: Pcm, rate: int) -> Pcm | None:
-        """`pcm` (one pull) converted to `rate`: 20 ms of it, or None while the resampler fills."""
-        if rate == self.spec.sample_rate:
-            return pcm
-        stream = self._outputs.get(rate)
-        if stream is None:
-            frame = rate * FRAME_MS // 1000
-            resampler = codecs.Resampler(self.spec.sample_rate, rate)
-            # soxr's blocks need a cushion of two frames; the polyphase filter needs none.
-            prime = 3 * frame if resampler.blocky else 0
-            stream = self._outputs[rate] = (resampler, PcmFifo(prime=prime))
-        resampler, fifo = stream
-        fifo.push(resampler.process(pcm))
-        return fifo.take(rate * FRAME_MS // 1000)
+    def flush(self) -> None:
+        self.jitter.flush()
 
     # -- local audio: players and DTMF ----------------------------------------------------
 
@@ -576,12 +611,16 @@ class CallMedia:
         self.players.clear()
 
 
+_G711 = (codecs.PCMU_SPEC, codecs.PCMA_SPEC)
+
+
 def can_forward(source: codecs.CodecSpec, target: codecs.CodecSpec) -> bool:
     """Whether packets of `source` go to `target` without decoding."""
-    if source is target:
-        return True
-    g711 = (codecs.PCMU_SPEC, codecs.PCMA_SPEC)
-    return source in g711 and target in g711
+    return source is target or (source in _G711 and target in _G711)
+
+
+def _can_forward(source: AudioLeg, listener: AudioLeg) -> bool:
+    return source.forwardable and listener.forwardable and can_forward(source.spec, listener.spec)
 
 
 class RoomAudio:
@@ -590,18 +629,18 @@ class RoomAudio:
     def __init__(self, name: str, clock: MediaClock) -> None:
         self.name = name
         self.clock = clock
-        self.legs: list[CallMedia] = []
-        self.mixers: list[CallMedia] = []
-        self.sources: list[CallMedia] = []
+        self.legs: list[AudioLeg] = []
+        self.mixers: list[AudioLeg] = []
+        self.sources: list[AudioLeg] = []
 
-    def add(self, leg: CallMedia) -> None:
+    def add(self, leg: AudioLeg) -> None:
         if leg.room is not None:
             leg.room.remove(leg)
         leg.room = self
         self.legs.append(leg)
         self.route()
 
-    def remove(self, leg: CallMedia) -> None:
+    def remove(self, leg: AudioLeg) -> None:
         if leg in self.legs:
             self.legs.remove(leg)
         leg.room = None
@@ -617,24 +656,29 @@ class RoomAudio:
             leg.forward_to = []
             leg.forward_from = None
             leg.mixing = False
-        buffered: set[CallMedia] = set()
+        buffered: set[AudioLeg] = set()
         for listener in self.legs:
             if not listener.sending:
                 continue
-            sources = [s for s in talkers if s is not listener]
+            if listener.hears is not None:
+                sources = [s for s in talkers if s is listener.hears]
+            else:
+                sources = [s for s in talkers if s is not listener]
+            source = sources[0] if len(sources) == 1 else None
             if (
-                len(sources) == 1
+                isinstance(listener, CallMedia)
+                and source is not None
                 and not listener.local_audio
-                and can_forward(sources[0].spec, listener.spec)
+                and _can_forward(source, listener)
             ):
-                sources[0].forward_to.append(listener)
-                listener.forward_from = sources[0]
+                source.forward_to.append(listener)
+                listener.forward_from = source
                 continue
             listener.mixing = True
             buffered.update(sources)
         for leg in self.legs:
             if leg.buffered and leg not in buffered:
-                leg.jitter.flush()
+                leg.flush()
             leg.buffered = leg in buffered
         self.mixers = [leg for leg in self.legs if leg.mixing]
         self.sources = [leg for leg in self.legs if leg.buffered]
@@ -650,7 +694,7 @@ class RoomAudio:
             source.jitter.push(packet, now)
 
     def tick(self, now: float) -> None:
-        decoded: dict[CallMedia, Pcm] = {}
+        decoded: dict[AudioLeg, Pcm] = {}
         for source in self.sources:
             pcm = source.pull(now)
             if pcm is not None:

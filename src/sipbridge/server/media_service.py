@@ -29,7 +29,7 @@ from sipbridge.media.srtp import (
     choose_crypto,
     offer_crypto,
 )
-from sipbridge.server.call_media import FRAME_MS, CallMedia, MediaClock, RoomAudio
+from sipbridge.server.call_media import FRAME_MS, AudioLeg, CallMedia, MediaClock, RoomAudio
 from sipbridge.server.media_ports import PortPool
 from sipbridge.sip import sdp
 from sipbridge.sip.errors import SipProtocolError
@@ -305,13 +305,13 @@ class MediaService:
         self.legs[leg] = (timeout or MEDIA_TIMEOUT_S, on_timeout)
         self.clock.start()
 
-    def attach(self, leg: CallMedia, room_name: str) -> None:
+    def attach(self, leg: AudioLeg, room_name: str) -> None:
         room = self.rooms.get(room_name)
         if room is None:
             room = self.rooms[room_name] = RoomAudio(room_name, self.clock)
         room.add(leg)
 
-    def detach(self, leg: CallMedia) -> None:
+    def detach(self, leg: AudioLeg) -> None:
         room = leg.room
         if room is not None:
             room.remove(leg)
