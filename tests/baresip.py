@@ -46,6 +46,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from tests.audio import Float, best_correlation, distinct_signal, read_wav, write_wav
 
 __all__ = [
@@ -183,6 +185,7 @@ class Phone:
         signal_s: float = 3.0,
         pad_s: float = 30.0,
         top_hz: float | None = None,
+        lead_s: float = 0.0,
         answermode: str = "auto",
         mediaenc: str | None = None,
         auth_user: str | None = None,
@@ -219,6 +222,10 @@ class Phone:
             self.reference = distinct_signal(
                 self.name, self.rate, signal_s, pad_s=pad_s, top_hz=top
             )
+            if lead_s:
+                # silence first: a receiver's jitter buffer settles before the signal starts
+                lead = np.zeros(int(lead_s * self.rate))
+                self.reference = np.concatenate((lead, self.reference))
             source = write_wav(
                 self.directory / "source.wav", self.reference, self.rate, self.channels
             )

@@ -38,7 +38,8 @@ def free_sip_port() -> int:
 class ServerProcess:
     """`python -m sipbridge serve` on loopback with its own database file."""
 
-    def __init__(self, tmp: Path, *extra: str) -> None:
+    def __init__(self, tmp: Path, *extra: str, http_host: str = "127.0.0.1") -> None:
+        self.http_host = http_host  # where the API listens (a veth address for netns clients)
         self.db = tmp / "sipbridge.db"
         self.extra = list(extra)
         self.port = 0
@@ -47,7 +48,7 @@ class ServerProcess:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.http_host}:{self.port}"
 
     def start(self, timeout: float = 20.0) -> None:
         # A port found free may be taken by someone else before the server binds it (other
@@ -73,7 +74,7 @@ class ServerProcess:
             "sipbridge",
             "serve",
             "--http",
-            f"127.0.0.1:{self.port}",
+            f"{self.http_host}:{self.port}",
             "--sip",
             f"127.0.0.1:{free_sip_port()}",
             "--db",

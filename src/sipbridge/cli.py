@@ -37,6 +37,12 @@ def _serve_parser(sub: Any) -> None:
     p.add_argument(
         "--media-ip", metavar="IP", help="address for RTP and SDP (default: the SIP host)"
     )
+    p.add_argument(
+        "--rtc-ip",
+        metavar="IP",
+        action="append",
+        help="address for WebRTC ICE candidates (repeatable; default: the media address)",
+    )
     p.add_argument("--db", metavar="PATH", help="SQLite database file (./sipbridge.db)")
     p.add_argument("--keys", metavar="KEY:SECRET", action="append", help="API key (repeatable)")
     p.add_argument("--webhook", metavar="URL", action="append", help="webhook URL (repeatable)")
@@ -402,6 +408,7 @@ def _serve(args: argparse.Namespace) -> int:
             tls_key=args.tls_key,
             rtp_ports=args.rtp_ports,
             media_ip=args.media_ip,
+            rtc_ips=args.rtc_ip,
             db=args.db,
             keys=args.keys,
             webhooks=args.webhook,

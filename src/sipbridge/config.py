@@ -39,6 +39,7 @@ class Settings:
     tls_key: str = ""
     rtp_ports: tuple[int, int] = (10000, 20000)
     media_ip: str = ""  # the address RTP binds to and SDP advertises; "" = the SIP host
+    rtc_ips: tuple[str, ...] = ()  # WebRTC ICE host candidates; () = the media address
     db: str = "./sipbridge.db"
     keys: Mapping[str, str] = field(default_factory=dict)
     webhooks: tuple[str, ...] = ()
@@ -49,6 +50,11 @@ class Settings:
     def media_address(self) -> str:
         """Where RTP is bound and what SDP advertises: `--media-ip`, else the SIP host."""
         return self.media_ip or self.sip.host
+
+    @property
+    def rtc_addresses(self) -> tuple[str, ...]:
+        """Where WebRTC gathers and advertises ICE candidates: `--rtc-ip`, else the media IP."""
+        return self.rtc_ips or (self.media_address,)
 
     @property
     def webhook_key(self) -> tuple[str, str]:
@@ -136,6 +142,7 @@ def _from_yaml(path: str) -> dict[str, Any]:
         "tls_key",
         "rtp_ports",
         "media_ip",
+        "rtc_ip",
         "db",
         "keys",
         "webhook",
@@ -159,6 +166,7 @@ def build_settings(
     tls_key: str | None = None,
     rtp_ports: str | None = None,
     media_ip: str | None = None,
+    rtc_ips: list[str] | None = None,
     db: str | None = None,
     keys: list[str] | None = None,
     webhooks: list[str] | None = None,
@@ -188,6 +196,10 @@ def build_settings(
         s = replace(s, rtp_ports=parse_port_range(str(doc["rtp_ports"]), "rtp_ports"))
     if "media_ip" in doc:
         s = replace(s, media_ip=parse_ip(str(doc["media_ip"]), "media_ip"))
+    if "rtc_ip" in doc:
+        raw = doc["rtc_ip"]
+        items = raw if isinstance(raw, list) else [raw]
+        s = replace(s, rtc_ips=tuple(parse_ip(str(item), "rtc_ip") for item in items))
     if "db" in doc:
         s = replace(s, db=str(doc["db"]))
     if "log_level" in doc:
@@ -226,6 +238,8 @@ def build_settings(
         s = replace(s, rtp_ports=parse_port_range(rtp_ports, "--rtp-ports"))
     if media_ip:
         s = replace(s, media_ip=parse_ip(media_ip, "--media-ip"))
+    if rtc_ips:
+        s = replace(s, rtc_ips=tuple(parse_ip(item, "--rtc-ip") for item in rtc_ips))
     if db:
         s = replace(s, db=db)
     if log_level:

@@ -27,6 +27,7 @@ from sipbridge.server.sip_transport import Listen, SipService, tls_context
 from sipbridge.server.sip_ua import SipUserAgent
 from sipbridge.server.twirp import PREFIX, TwirpServer
 from sipbridge.server.webhooks import RetryPolicy, WebhookNotifier
+from sipbridge.server.webrtc import restrict_host_addresses, use_waveform_opus
 from sipbridge.store import SQLiteStore
 
 log = logging.getLogger("sipbridge")
@@ -51,11 +52,13 @@ class Server:
         self.twirp = TwirpServer(dict(settings.keys))
         SipApi(self.sip_config).register(self.twirp)
         RoomApi(self.rooms).register(self.twirp)
-        self.signal = SignalServer(self.rooms, dict(settings.keys))
         self.call_log = CallLog(self.store, clock)
         self.media = MediaService(
             settings.media_address, settings.rtp_ports, bind=settings.sip.host
         )
+        restrict_host_addresses(settings.rtc_addresses)
+        use_waveform_opus()
+        self.signal = SignalServer(self.rooms, dict(settings.keys), media=self.media)
         self.inbound = InboundCalls(
             self.sip_config,
             self.rooms,

@@ -705,8 +705,9 @@ class RoomAudio:
                 continue
             rate = listener.spec.sample_rate
             parts = []
+            hears = listener.hears
             for source, pcm in decoded.items():
-                if source is not listener:
+                if source is not listener and (hears is None or source is hears):
                     converted = source.output_at(pcm, rate)
                     if converted is not None:
                         parts.append(converted)

@@ -508,6 +508,8 @@ class InboundCalls:
             info.error = err.message
             self.call_log.record(info)
             raise SipProtocolError(486, "Busy Here") from None
+        if state.leg is not None:
+            self.media.track_legs[state.track_sid] = state.leg  # WebRTC subscribers hear it
         info.room_id = room.sid
         info.participant_attributes.update(participant.attributes)
         info.call_status = proto.SIPCallStatus.SCS_PARTICIPANT_JOINED

@@ -64,6 +64,7 @@ class MediaService:
         self.legs: dict[CallMedia, tuple[float, Callable[[], None]]] = {}
         self.stats: dict[str, int] = {}
         self.ended: dict[str, int] = {}  # RTP counters of the legs released so far
+        self.track_legs: dict[str, AudioLeg] = {}  # a room track's sid -> the leg giving it audio
 
     # -- offer/answer ---------------------------------------------------------------------
 
@@ -321,6 +322,8 @@ class MediaService:
 
     def release(self, leg: CallMedia) -> None:
         self.detach(leg)
+        for sid in [sid for sid, known in self.track_legs.items() if known is leg]:
+            del self.track_legs[sid]
         self.legs.pop(leg, None)
         leg.close()
         for name, value in _counters(leg).items():

@@ -1,9 +1,10 @@
 """Realtime signalling over WebSocket (`/rtc/v1`, and `/rtc` for older clients): joining rooms.
 
-This is the signalling half of WIRE.md s4: the join handshake, participant updates, metadata and
-attribute updates from clients, track publication, mute, ping/pong and leave in both directions.
-Media (the WebRTC peer connection) comes with the WebRTC issue; until then a client can join,
-see the room and be managed through RoomService, but no audio flows.
+WIRE.md s4: the join handshake, participant updates, metadata and attribute updates from
+clients, track publication, mute, ping/pong and leave in both directions; and, with a media
+service, the single peer connection of each client (server/webrtc.py): offers answered with
+the room's audio tracks on the client's free sections, trickled candidates, published audio
+into the room.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import contextlib
 import gzip
 import logging
 import zlib
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import WSMsgType, web
 from google.protobuf.message import DecodeError
@@ -25,7 +28,10 @@ from sipbridge import __version__
 from sipbridge.errors import ApiError
 from sipbridge.rooms import events as ev
 from sipbridge.server.auth import Claims, bearer_token, verify_token
+from sipbridge.server.call_media import AudioLeg
+from sipbridge.server.media_service import MediaService
 from sipbridge.server.rooms_runtime import RoomsRuntime
+from sipbridge.server.webrtc import Publication, RtcPeer
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +95,14 @@ class Session:
     identity: str
     ws: web.WebSocketResponse
     outbox: asyncio.Queue[rtc.SignalResponse | None] = field(default_factory=asyncio.Queue)
+    participant_sid: str = ""
+    peer: RtcPeer | None = None
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
     def send(self, message: rtc.SignalResponse) -> None:
         self.outbox.put_nowait(message)
@@ -100,7 +114,10 @@ class Session:
 class SignalServer:
     """Accepts WebSocket joins and keeps each session told about its room."""
 
-    def __init__(self, runtime: RoomsRuntime, keys: dict[str, str]) -> None:
+    def __init__(
+        self, runtime: RoomsRuntime, keys: dict[str, str], media: MediaService | None = None
+    ) -> None:
+        self.media = media
         self.runtime = runtime
         self.rooms = runtime.registry
         self.keys = keys
@@ -145,11 +162,17 @@ class SignalServer:
         writer = asyncio.create_task(self._write(session), name=f"signal {claims.identity}")
         try:
             self._join(session, claims, join)
+            if self.media is not None and join.publisher_offer.sdp:
+                session.peer = RtcPeer(
+                    identity=session.identity, participant_sid=session.participant_sid
+                )
+                session.spawn(self._negotiate(session, join.publisher_offer))
             await self._read(session)
         except ApiError as err:
             session.send(_leave_message(_reason(err)))
         finally:
             self._leave(session, DisconnectReason.CLIENT_INITIATED)
+            await self._close_media(session)
             session.close()
             with contextlib.suppress(asyncio.CancelledError):
                 await writer
@@ -186,6 +209,7 @@ class SignalServer:
         if old is not None:
             old.send(_leave_message(DisconnectReason.DUPLICATE_IDENTITY))
         self.sessions[key] = session
+        session.participant_sid = participant.sid
         others = [
             p.to_proto()
             for p in room.participants.values()
@@ -259,6 +283,11 @@ class SignalServer:
             self._update_metadata(session, req.update_metadata)
         elif kind == "add_track":
             self._add_track(session, req.add_track)
+        elif kind == "offer" and session.peer is not None:
+            session.spawn(self._negotiate(session, req.offer))
+        elif kind == "trickle" and session.peer is not None:
+            peer = session.peer
+            session.spawn(self._trickle(peer, req.trickle.candidateInit))
         elif kind == "mute":
             with contextlib.suppress(ApiError):
                 self.rooms.mute_track(session.room, session.identity, req.mute.sid, req.mute.muted)
@@ -310,10 +339,113 @@ class SignalServer:
             mime_type="audio/opus" if req.type == models.TrackType.AUDIO else "",
         )
         self.rooms.publish_track(session.room, session.identity, track)
+        if session.peer is not None:
+            session.peer.published[req.cid] = track.sid
         session.send(
             rtc.SignalResponse(track_published=rtc.TrackPublishedResponse(cid=req.cid, track=track))
         )
         self.runtime.commit()
+
+    # -- media ------------------------------------------------------------------------------
+
+    async def _negotiate(self, session: Session, offer: rtc.SessionDescription) -> None:
+        """Answer an offer of the client, its room audio tracks on its free sections."""
+        peer, media = session.peer, self.media
+        if peer is None or media is None:
+            return
+        async with peer.lock:
+            if peer.closed:
+                return
+            wanted = self._wanted(session)
+            try:
+                sdp, mids, left = await peer.answer(
+                    offer.sdp,
+                    wanted,
+                    lambda sid, publication: self._published(session, sid, publication),
+                )
+            except Exception as err:  # a bad offer must not take the server down
+                log.info("signal %s: offer refused: %s", session.identity, err)
+                session.send(_leave_message(DisconnectReason.SIGNAL_CLOSE))
+                return
+            session.send(
+                rtc.SignalResponse(
+                    answer=rtc.SessionDescription(
+                        type="answer", sdp=sdp, id=offer.id, mid_to_track_id=mids
+                    )
+                )
+            )
+            subscribed = []
+            for track_sid, (_, subscription) in peer.sending.items():
+                if subscription.room is None:
+                    media.attach(subscription, session.room)
+                    subscribed.append(track_sid)
+            if subscribed:
+                with contextlib.suppress(ApiError):
+                    self.rooms.update_subscriptions(
+                        session.room, session.identity, subscribed, True
+                    )
+                self.runtime.commit()
+            if left:
+                session.send(
+                    rtc.SignalResponse(
+                        media_sections_requirement=rtc.MediaSectionsRequirement(
+                            num_audios=len(left)
+                        )
+                    )
+                )
+
+    def _wanted(self, session: Session) -> dict[str, tuple[AudioLeg, str]]:
+        """The audio tracks of the others in the room that have a source to hear."""
+        media = self.media
+        room = self.rooms.find(session.room)
+        if media is None or room is None:
+            return {}
+        wanted: dict[str, tuple[AudioLeg, str]] = {}
+        for participant in room.participants.values():
+            if participant.identity == session.identity:
+                continue
+            for track in participant.tracks.values():
+                source = media.track_legs.get(track.sid)
+                if track.type == models.TrackType.AUDIO and source is not None:
+                    wanted[track.sid] = (source, participant.sid)
+        return wanted
+
+    def _published(self, session: Session, track_sid: str, publication: Publication) -> None:
+        """A client's published audio arrived: it joins the room's audio, and the others in
+        the room are asked for a section to receive it."""
+        if self.media is None:
+            return
+        self.media.track_legs[track_sid] = publication
+        self.media.attach(publication, session.room)
+        self._ask_for_sections(session.room, exclude=session.identity)
+
+    def _ask_for_sections(self, room: str, exclude: str = "") -> None:
+        for other in self._in_room(room):
+            if other.identity != exclude and other.peer is not None:
+                other.send(
+                    rtc.SignalResponse(
+                        media_sections_requirement=rtc.MediaSectionsRequirement(num_audios=1)
+                    )
+                )
+
+    async def _trickle(self, peer: RtcPeer, candidate_init: str) -> None:
+        async with peer.lock:
+            await peer.add_candidate(candidate_init)
+
+    async def _close_media(self, session: Session) -> None:
+        peer, media = session.peer, self.media
+        session.peer = None
+        for task in list(session.tasks):
+            task.cancel()
+        if peer is None or media is None:
+            return
+        for _, subscription in peer.sending.values():
+            media.detach(subscription)
+        for track_sid, publication in peer.publications.items():
+            media.detach(publication)
+            if media.track_legs.get(track_sid) is publication:
+                del media.track_legs[track_sid]
+        await peer.close()
 
     # -- messages to the client ------------------------------------------------------------
 
@@ -339,10 +471,14 @@ class SignalServer:
                     del self.sessions[(room.name, p.identity)]
                     session.send(_leave_message(p.disconnect_reason))
                 self._broadcast(room.name, p, exclude=p.identity)
+            case ev.TrackPublished(room=room, participant=p):
+                self._broadcast(room.name, p)
+                if self.media is not None and p.kind == Kind.SIP:
+                    # A phone's track: every client with a peer connection needs a section.
+                    self._ask_for_sections(room.name, exclude=p.identity)
             case (
                 ev.ParticipantJoined(room=room, participant=p)
                 | ev.ParticipantUpdated(room=room, participant=p)
-                | ev.TrackPublished(room=room, participant=p)
                 | ev.TrackUnpublished(room=room, participant=p)
                 | ev.TrackMuted(room=room, participant=p)
             ):

@@ -1,0 +1,303 @@
+"""WebRTC media for SDK participants, with aiortc (WIRE.md s4, s6).
+
+One peer connection per signalling session, in the SDK's single-PC mode: the client always
+offers. Its offer's recvonly audio sections carry what it subscribes to: each room audio track
+it hears is put on a free one (`mid_to_track_id` in our answer), fed by a `Subscription` - a
+room listener hearing exactly that track's source, its 20 ms frames handed to aiortc, which
+encodes them (Opus, or G.711/G.722 when that is what the client takes). Tracks it publishes
+arrive decoded from aiortc and become `Publication`s: room sources the phones hear through the
+mixer. A track that needs a section while none is free asks the client for one
+(`MediaSectionsRequirement`), and the client re-offers.
+
+ICE: aiortc gathers host candidates on every non-loopback interface; `restrict_host_addresses`
+limits gathering (and binding) to the `--rtc-ip` addresses, and no STUN server is used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fractions
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import aioice.ice
+import aiortc.codecs
+import aiortc.codecs.opus
+import av
+import numpy as np
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCRtpTransceiver,
+    RTCSessionDescription,
+)
+from aiortc.mediastreams import MediaStreamError
+from aiortc.sdp import candidate_from_sdp
+
+from sipbridge.media import codecs
+from sipbridge.server.call_media import FRAME_MS, AudioLeg, Pcm, PcmFifo
+
+log = logging.getLogger(__name__)
+
+RATE = 48000
+FRAME = RATE * FRAME_MS // 1000
+MAX_QUEUED_FRAMES = 10  # 200 ms: beyond it the encoder fell behind, drop the oldest
+MAX_BUFFERED = 10 * FRAME  # publisher audio kept for the mixer (200 ms)
+SILENCE = np.zeros(FRAME, np.int16)
+
+
+class _WaveformOpusEncoder(aiortc.codecs.opus.OpusEncoder):
+    """aiortc's Opus encoder in `audio` mode: its default `voip` mode (SILK, high-pass) keeps
+    speech intelligible but not the waveform - a bridged caller correlated 0.45 with what the
+    SDK heard; CELT at aiortc's 96 kbit/s keeps it (and costs no more)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.codec.options = {"application": "audio"}
+
+
+def use_waveform_opus() -> None:
+    """Make aiortc encode Opus with `_WaveformOpusEncoder` (it looks the class up per sender)."""
+    aiortc.codecs.OpusEncoder = _WaveformOpusEncoder  # type: ignore[attr-defined]
+
+
+def restrict_host_addresses(addresses: Sequence[str]) -> None:
+    """Gather ICE host candidates only on `addresses` (WIRE.md s6): aioice looks the function up
+    at gather time, so replacing it keeps both gathering and socket binding on them."""
+    chosen = list(addresses)
+
+    def host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        return [a for a in chosen if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
+
+    aioice.ice.get_host_addresses = host_addresses
+
+
+class OutgoingAudio(MediaStreamTrack):
+    """An audio track aiortc sends: frames queued by the room's clock, 20 ms each."""
+
+    kind = "audio"
+
+    def __init__(self, track_sid: str) -> None:
+        super().__init__()
+        self.track_sid = track_sid
+        self.queue: asyncio.Queue[av.AudioFrame] = asyncio.Queue()
+        self._pts = 0
+        self.dropped = 0
+
+    @property
+    def id(self) -> str:
+        # The SDK matches tracks by sid: the track id must be the TR_ sid (WIRE.md s6).
+        return self.track_sid
+
+    def push(self, pcm: Pcm) -> None:
+        if self.queue.qsize() >= MAX_QUEUED_FRAMES:
+            self.queue.get_nowait()
+            self.dropped += 1
+        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = RATE
+        frame.pts = self._pts
+        frame.time_base = fractions.Fraction(1, RATE)
+        self._pts += len(pcm)
+        self.queue.put_nowait(frame)
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        # Frames that waited (the sender starts once DTLS is up, and the room's clock has been
+        # ticking) would reach the client as one burst, which its jitter buffer answers by
+        # time-compressing the audio: send only the freshest, paced by the clock from here on.
+        while self.queue.qsize() > 1:
+            self.queue.get_nowait()
+            self.dropped += 1
+        return await self.queue.get()
+
+
+class Subscription(AudioLeg):
+    """A room listener for one subscriber and one track: hears only that track's source."""
+
+    def __init__(self, source: AudioLeg, track: OutgoingAudio) -> None:
+        super().__init__(codecs.OPUS_SPEC)
+        self.hears = source
+        self.receiving = False  # nobody hears a subscription
+        self.track = track
+
+    def send_pcm(self, pcm: Pcm | None, now: float) -> None:
+        self.track.push(SILENCE if pcm is None else pcm)
+
+
+class Publication(AudioLeg):
+    """An SDK participant's published audio as a room source (48 kHz mono PCM)."""
+
+    def __init__(self) -> None:
+        super().__init__(codecs.OPUS_SPEC)
+        self.sending = False  # it hears nothing: its publisher's peer connection gets
+        self.fifo = PcmFifo()
+        self.frames = 0
+
+    def push(self, frame: av.AudioFrame) -> None:
+        data = frame.to_ndarray()
+        channels = len(frame.layout.channels)
+        if data.dtype != np.int16:
+            data = (np.clip(data, -1.0, 1.0) * 32767).astype(np.int16)
+        if frame.format.is_planar:
+            mono = data.mean(axis=0) if channels > 1 else data[0]
+        else:
+            flat = data.reshape(-1)
+            mono = flat.reshape(-1, channels).mean(axis=1) if channels > 1 else flat
+        pcm = np.asarray(mono, dtype=np.int16)
+        if frame.sample_rate != RATE:
+            pcm = codecs.Resampler(frame.sample_rate, RATE, low_latency=False).process(pcm)
+        self.fifo.push(pcm)
+        if len(self.fifo.buffer) > MAX_BUFFERED:
+            self.fifo.buffer = self.fifo.buffer[-MAX_BUFFERED:]
+        self.frames += 1
+
+    def pull(self, now: float) -> Pcm | None:
+        if len(self.fifo.buffer) < FRAME:
+            return None
+        return self.fifo.take(FRAME)
+
+    def flush(self) -> None:
+        self.fifo = PcmFifo()
+
+
+def _msid_tracks(sdp: str) -> dict[str, str]:
+    """mid -> track id of each section with `a=msid:<stream> <track>` (RFC 8830)."""
+    found: dict[str, str] = {}
+    mid = ""
+    for line in sdp.splitlines():
+        if line.startswith("m="):
+            mid = ""
+        elif line.startswith("a=mid:"):
+            mid = line[6:].strip()
+        elif line.startswith("a=msid:") and mid:
+            parts = line[7:].split()
+            if len(parts) == 2:
+                found[mid] = parts[1]
+    return found
+
+
+def _free_audio(transceiver: RTCRtpTransceiver) -> bool:
+    """A section the client offered to receive audio on, with nothing of ours on it yet."""
+    track: MediaStreamTrack | None = transceiver.sender.track
+    return transceiver.kind == "audio" and transceiver.direction == "recvonly" and track is None
+
+
+@dataclass(eq=False, kw_only=True)
+class RtcPeer:
+    """The peer connection of one signalling session."""
+
+    identity: str
+    participant_sid: str
+    pc: RTCPeerConnection = field(
+        default_factory=lambda: RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    )
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # track sid -> the transceiver carrying it to this client, and its room listener
+    sending: dict[str, tuple[RTCRtpTransceiver, Subscription]] = field(default_factory=dict)
+    # client track id (AddTrackRequest.cid) -> our TR_ sid, until its media arrives
+    published: dict[str, str] = field(default_factory=dict)
+    publications: dict[str, Publication] = field(default_factory=dict)
+    readers: set[asyncio.Task[None]] = field(default_factory=set)
+    closed: bool = False
+    listening: bool = False
+    mid_tracks: dict[str, str] = field(default_factory=dict)  # mid -> the client's track id
+
+    async def answer(
+        self,
+        sdp: str,
+        wanted: dict[str, tuple[AudioLeg, str]],
+        on_publication: Callable[[str, Publication], None],
+    ) -> tuple[str, dict[str, str], list[str]]:
+        """Answer the client's offer: (answer SDP, mid -> TR_ sid, tracks left without a free
+        section). `wanted`: the audio tracks this client should receive, with their sources and
+        their publishers' participant sids.
+        """
+        if not self.listening:
+            self.listening = True
+            self.pc.on("track", lambda track: self._on_track(track, on_publication))
+        self.mid_tracks.update(_msid_tracks(sdp))
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        used = {id(transceiver) for transceiver, _ in self.sending.values()}
+        free = [t for t in self.pc.getTransceivers() if _free_audio(t) and id(t) not in used]
+        left = []
+        for track_sid, (source, publisher_sid) in wanted.items():
+            if track_sid in self.sending:
+                continue
+            if not free:
+                left.append(track_sid)
+                continue
+            transceiver = free.pop(0)
+            track = OutgoingAudio(track_sid)
+            transceiver.sender.replaceTrack(track)
+            transceiver.direction = "sendonly"
+            # msid "<PA_sid>|<TR_sid> <TR_sid>" or the SDK drops the track (WIRE.md s4)
+            transceiver.sender._stream_id = f"{publisher_sid}|{track_sid}"
+            self.sending[track_sid] = (transceiver, Subscription(source, track))
+        answer = await self.pc.createAnswer()
+        await self.pc.setLocalDescription(answer)
+        mids = {
+            transceiver.mid: track_sid
+            for track_sid, (transceiver, _) in self.sending.items()
+            if transceiver.mid is not None
+        }
+        return self.pc.localDescription.sdp, mids, left
+
+    def _on_track(
+        self, track: MediaStreamTrack, on_publication: Callable[[str, Publication], None]
+    ) -> None:
+        if track.kind != "audio":
+            return
+        # aiortc names remote tracks itself: the client's track id (its AddTrackRequest cid)
+        # is in the a=msid of the section the track came on.
+        mid = next((t.mid for t in self.pc.getTransceivers() if t.receiver.track is track), None)
+        track_sid = self.published.get(self.mid_tracks.get(mid or "", ""), "")
+        publication = Publication()
+        if track_sid:
+            self.publications[track_sid] = publication
+            on_publication(track_sid, publication)
+        task = asyncio.create_task(self._read(track, publication), name=f"rtc in {track.id}")
+        self.readers.add(task)
+        task.add_done_callback(self.readers.discard)
+
+    async def _read(self, track: MediaStreamTrack, publication: Publication) -> None:
+        with contextlib.suppress(MediaStreamError, asyncio.CancelledError):
+            while True:
+                frame = await track.recv()
+                if isinstance(frame, av.AudioFrame):
+                    publication.push(frame)
+
+    async def add_candidate(self, candidate_init: str) -> None:
+        """A trickled client candidate: JSON {candidate, sdpMid, sdpMLineIndex}."""
+        try:
+            init = json.loads(candidate_init)
+            text = str(init.get("candidate", ""))
+        except (ValueError, AttributeError):
+            return
+        if not text:
+            return
+        try:
+            candidate = candidate_from_sdp(
+                text.split(":", 1)[1] if text.startswith("candidate:") else text
+            )
+        except (ValueError, IndexError):
+            return
+        candidate.sdpMid = init.get("sdpMid")
+        candidate.sdpMLineIndex = init.get("sdpMLineIndex")
+        with contextlib.suppress(Exception):
+            await self.pc.addIceCandidate(candidate)
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for task in list(self.readers):
+            task.cancel()
+        for _, subscription in self.sending.values():
+            subscription.track.stop()
+        with contextlib.suppress(Exception):
+            await self.pc.close()

@@ -1,0 +1,139 @@
+"""WebRTC end to end: the official `livekit` SDK, inside a network namespace joined to the
+server by a veth pair (libwebrtc ignores loopback; WIRE.md s6), meets a real phone (baresip).
+
+The phone dials a direct-rule room and rings; the SDK client joins that room over `/rtc/v1`
+with its single peer connection, sees the SIP participant (kind SIP, `sip.phoneNumber`), is
+given the phone's track on a free section of its offer and subscribes - which answers the
+call. It records what it hears and publishes a signal of its own, which the phone records:
+each must correlate above 0.9 with what the other sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from livekit import api
+from livekit.protocol import sip
+
+from tests import baresip, netns
+from tests.audio import best_correlation, distinct_signal, read_wav, write_wav
+from tests.helpers import API_KEY, API_SECRET, ServerProcess, free_sip_port, token
+
+SDK_CLIENT = Path(__file__).parents[1] / "sdk_client.py"
+pytestmark = [
+    pytest.mark.skipif(not shutil.which("baresip"), reason="baresip comes with `make test`"),
+    pytest.mark.skipif(netns.available() is not None, reason=str(netns.available())),
+]
+
+
+@pytest.fixture
+def namespace() -> Iterator[netns.VethNamespace]:
+    with netns.veth_namespace() as ns:
+        yield ns
+
+
+@pytest.fixture
+def rtc_server(tmp_path: Path, namespace: netns.VethNamespace) -> Iterator[ServerProcess]:
+    port = free_sip_port()
+    proc = ServerProcess(
+        tmp_path,
+        "--sip",
+        f"127.0.0.1:{port}",
+        "--rtp-ports",
+        "14000-14999",
+        "--rtc-ip",
+        namespace.host_ip,
+        http_host=namespace.host_ip,
+    )
+    proc.sip_port = port  # type: ignore[attr-defined]
+    proc.start()
+    yield proc
+    if proc.proc is not None:
+        assert proc.stop() == 0, proc.log.read_text()
+
+
+async def run_sdk(
+    ns: netns.VethNamespace, server: ServerProcess, identity: str, room: str, *args: str
+) -> list[dict[str, Any]]:
+    """sdk_client.py inside the namespace; its JSON events."""
+    grant = api.VideoGrants(room_join=True, room=room)
+    cmd = ns.exec_args(
+        sys.executable,
+        str(SDK_CLIENT),
+        "--url",
+        f"ws://{ns.host_ip}:{server.port}",
+        "--token",
+        token(grant, identity=identity),
+        *args,
+    )
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    events = [json.loads(line) for line in out.decode().splitlines() if line.startswith("{")]
+    assert proc.returncode == 0, (events, err.decode()[-2000:])
+    return events
+
+
+async def test_sdk_client_and_phone_hear_each_other(
+    rtc_server: ServerProcess, namespace: netns.VethNamespace, tmp_path: Path
+) -> None:
+    async with api.LiveKitAPI(url=rtc_server.url, api_key=API_KEY, api_secret=API_SECRET) as lk:
+        await lk.sip.create_dispatch_rule(
+            sip.CreateSIPDispatchRuleRequest(
+                dispatch_rule=sip.SIPDispatchRuleInfo(
+                    rule=sip.SIPDispatchRule(
+                        dispatch_rule_direct=sip.SIPDispatchRuleDirect(room_name="agentroom")
+                    )
+                )
+            )
+        )
+    sent = distinct_signal("agent", 48000, 3.0, pad_s=1.0, top_hz=3400.0)
+    write_wav(tmp_path / "agent.wav", sent, 48000)
+    heard = tmp_path / "agent_heard.wav"
+    # The phone talks 1.5 s after it is answered: the SDK's jitter buffer time-stretches the
+    # first few hundred ms of a new stream while it settles, which no waveform survives.
+    async with baresip.phone(tmp_path / "phone", codecs="PCMU", top_hz=3400.0, lead_s=1.5) as phone:
+        await phone.dial(f"sip:agent@127.0.0.1:{rtc_server.sip_port}")  # type: ignore[attr-defined]
+        await phone.wait_event("CALL_RINGING", fail_on=("CALL_CLOSED",))
+        sdk = asyncio.create_task(
+            run_sdk(
+                namespace,
+                rtc_server,
+                "agent",
+                "agentroom",
+                "--record",
+                str(heard),
+                "--publish",
+                str(tmp_path / "agent.wav"),
+                "--seconds",
+                "6",
+            )
+        )
+        # Answered once the SDK client subscribed to the phone's track.
+        await phone.wait_event("CALL_ESTABLISHED", timeout=15, fail_on=("CALL_CLOSED",))
+        events = await sdk
+        await phone.hangup()
+        await phone.wait_event("CALL_CLOSED")
+        await phone.stop()
+        phone_heard, phone_rate = read_wav(phone.recorded())
+    connected = next(e for e in events if e["event"] == "connected")
+    (caller,) = connected["participants"]
+    assert caller["kind"] == "PARTICIPANT_KIND_SIP"
+    assert caller["attributes"]["sip.phoneNumber"] == phone.user
+    assert any(e["event"] == "track_subscribed" for e in events), events
+    recording, rate = read_wav(heard)
+    assert phone.reference is not None
+    agent_heard_phone, _ = best_correlation(
+        phone.reference, recording, phone.rate, recorded_rate=rate
+    )
+    phone_heard_agent, _ = best_correlation(sent, phone_heard, 48000, recorded_rate=phone_rate)
+    assert agent_heard_phone > 0.9, agent_heard_phone
+    assert phone_heard_agent > 0.9, phone_heard_agent
