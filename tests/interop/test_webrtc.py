@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from livekit import api
-from livekit.protocol import sip
+from livekit.protocol import models, room, sip
 
 from tests import baresip, netns
 from tests.audio import best_correlation, distinct_signal, read_wav, write_wav
@@ -114,11 +114,29 @@ async def test_sdk_client_and_phone_hear_each_other(
                 "--publish",
                 str(tmp_path / "agent.wav"),
                 "--seconds",
-                "6",
+                "8",
+                "--dtmf",
+                "*5",
+                "--dtmf-delay",
+                "5.5",
             )
         )
         # Answered once the SDK client subscribed to the phone's track.
         await phone.wait_event("CALL_ESTABLISHED", timeout=15, fail_on=("CALL_CLOSED",))
+        # Keys and data once both signals are over (a key's tone is in neither reference).
+        await asyncio.sleep(5.0)
+        await phone.send_dtmf("12#")  # -> sip_dtmf_received at the SDK client
+        async with api.LiveKitAPI(url=rtc_server.url, api_key=API_KEY, api_secret=API_SECRET) as lk:
+            await lk.room.send_data(
+                room.SendDataRequest(
+                    room="agentroom",
+                    data=b"hello agent",
+                    kind=models.DataPacket.Kind.RELIABLE,
+                    topic="greeting",
+                )
+            )
+        # the SDK client's publish_dtmf -> RFC 4733 to the phone
+        assert await phone.wait_dtmf("*5", timeout=8) == "*5"
         events = await sdk
         await phone.hangup()
         await phone.wait_event("CALL_CLOSED")
@@ -129,6 +147,11 @@ async def test_sdk_client_and_phone_hear_each_other(
     assert caller["kind"] == "PARTICIPANT_KIND_SIP"
     assert caller["attributes"]["sip.phoneNumber"] == phone.user
     assert any(e["event"] == "track_subscribed" for e in events), events
+    digits = [e for e in events if e["event"] == "sip_dtmf_received"]
+    assert "".join(e["digit"] for e in digits) == "12#", events
+    assert {e["identity"] for e in digits} == {caller["identity"]}
+    data = [e for e in events if e["event"] == "data_received"]
+    assert [(e["topic"], e["data"]) for e in data] == [("greeting", "hello agent")], events
     recording, rate = read_wav(heard)
     assert phone.reference is not None
     agent_heard_phone, _ = best_correlation(

@@ -95,6 +95,8 @@ class Server:
             ("sipbridge_rooms", {}, len(rooms)),
             ("sipbridge_participants", {}, sum(len(r.participants) for r in rooms)),
             ("sipbridge_signal_sessions", {}, len(self.signal.sessions)),
+            ("sipbridge_data_refused_total", {}, self.signal.data_refused),
+            ("sipbridge_data_undelivered_total", {}, self.signal.data_undelivered),
             ("sipbridge_inbound_trunks", {}, len(self.sip_config.inbound)),
             ("sipbridge_outbound_trunks", {}, len(self.sip_config.outbound)),
             ("sipbridge_dispatch_rules", {}, len(self.sip_config.rules)),

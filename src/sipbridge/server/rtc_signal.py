@@ -39,6 +39,7 @@ PING_INTERVAL_S = 5
 PING_TIMEOUT_S = 15
 MAX_JOIN_REQUEST = 256 * 1024
 MAX_SIGNAL_MESSAGE = 1024 * 1024
+MAX_DATA_PACKET = 64 * 1024
 DisconnectReason = models.DisconnectReason
 Kind = models.ParticipantInfo.Kind
 
@@ -122,6 +123,8 @@ class SignalServer:
         self.rooms = runtime.registry
         self.keys = keys
         self.sessions: dict[tuple[str, str], Session] = {}
+        self.data_refused = 0  # undecodable, oversized, or from a client without the grant
+        self.data_undelivered = 0  # to a client whose data channel is not open
         runtime.listeners.append(self.on_room_event)
 
     def routes(self, app: web.Application) -> None:
@@ -166,6 +169,7 @@ class SignalServer:
                 session.peer = RtcPeer(
                     identity=session.identity, participant_sid=session.participant_sid
                 )
+                session.peer.on_data = lambda data, lossy: self._on_data(session, data, lossy)
                 session.spawn(self._negotiate(session, join.publisher_offer))
             await self._read(session)
         except ApiError as err:
@@ -428,6 +432,54 @@ class SignalServer:
                     )
                 )
 
+    def _on_data(self, session: Session, data: bytes, lossy: bool) -> None:
+        """A DataPacket from the client: stamped with its sender and routed through the room
+        (other clients, SIP participants for `sip_dtmf`), refused without canPublishData."""
+        if len(data) > MAX_DATA_PACKET:
+            self.data_refused += 1
+            return
+        try:
+            packet = models.DataPacket.FromString(data)
+        except DecodeError:
+            self.data_refused += 1
+            return
+        room = self.rooms.find(session.room)
+        participant = room.participants.get(session.identity) if room else None
+        if participant is None or not participant.permission.can_publish_data:
+            self.data_refused += 1
+            return
+        packet.participant_identity = session.identity
+        packet.participant_sid = participant.sid
+        packet.kind = models.DataPacket.Kind.LOSSY if lossy else models.DataPacket.Kind.RELIABLE
+        if packet.WhichOneof("value") == "user":
+            packet.user.participant_identity = session.identity
+            packet.user.participant_sid = participant.sid
+        destinations = list(packet.destination_identities)
+        if packet.WhichOneof("value") == "user" and packet.user.destination_identities:
+            destinations += list(packet.user.destination_identities)
+        try:
+            self.rooms.send_data(session.room, packet, destinations)
+        except ApiError:
+            self.data_refused += 1
+            return
+        self.runtime.commit()
+
+    def _deliver(self, event: ev.DataSent) -> None:
+        """A data packet in a room, to the clients it is for (not back to its sender)."""
+        packet = event.packet
+        sender = packet.participant_identity
+        wanted = set(event.destinations)
+        lossy = packet.kind == models.DataPacket.Kind.LOSSY
+        data = b""
+        for session in self._in_room(event.room_name):
+            if session.peer is None or session.identity == sender:
+                continue
+            if wanted and session.identity not in wanted:
+                continue
+            data = data or packet.SerializeToString()
+            if not session.peer.send_data(data, lossy=lossy):
+                self.data_undelivered += 1
+
     async def _trickle(self, peer: RtcPeer, candidate_init: str) -> None:
         async with peer.lock:
             await peer.add_candidate(candidate_init)
@@ -483,6 +535,8 @@ class SignalServer:
                 | ev.TrackMuted(room=room, participant=p)
             ):
                 self._broadcast(room.name, p)
+            case ev.DataSent():
+                self._deliver(event)
             case ev.RoomMetadataChanged(room=room):
                 for session in self._in_room(room.name):
                     session.send(rtc.SignalResponse(room_update=rtc.RoomUpdate(room=room)))

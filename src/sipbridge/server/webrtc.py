@@ -31,6 +31,7 @@ import numpy as np
 from aiortc import (
     MediaStreamTrack,
     RTCConfiguration,
+    RTCDataChannel,
     RTCPeerConnection,
     RTCRtpTransceiver,
     RTCSessionDescription,
@@ -48,6 +49,7 @@ FRAME = RATE * FRAME_MS // 1000
 MAX_QUEUED_FRAMES = 10  # 200 ms: beyond it the encoder fell behind, drop the oldest
 MAX_BUFFERED = 10 * FRAME  # publisher audio kept for the mixer (200 ms)
 SILENCE = np.zeros(FRAME, np.int16)
+MAX_LOSSY_BUFFERED = 256 * 1024
 
 
 class _WaveformOpusEncoder(aiortc.codecs.opus.OpusEncoder):
@@ -206,6 +208,8 @@ class RtcPeer:
     closed: bool = False
     listening: bool = False
     mid_tracks: dict[str, str] = field(default_factory=dict)  # mid -> the client's track id
+    channels: dict[str, RTCDataChannel] = field(default_factory=dict)  # by label
+    on_data: Callable[[bytes, bool], None] | None = None  # (DataPacket bytes, lossy)
 
     async def answer(
         self,
@@ -220,6 +224,7 @@ class RtcPeer:
         if not self.listening:
             self.listening = True
             self.pc.on("track", lambda track: self._on_track(track, on_publication))
+            self.pc.on("datachannel", self._on_channel)
         self.mid_tracks.update(_msid_tracks(sdp))
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         used = {id(transceiver) for transceiver, _ in self.sending.values()}
@@ -246,6 +251,29 @@ class RtcPeer:
             if transceiver.mid is not None
         }
         return self.pc.localDescription.sdp, mids, left
+
+    def _on_channel(self, channel: RTCDataChannel) -> None:
+        """The client opens `_reliable`, `_lossy` (and `_data_track`) in band (WIRE.md s4)."""
+        self.channels[channel.label] = channel
+        lossy = channel.label == "_lossy"
+
+        def message(data: bytes | str) -> None:
+            if isinstance(data, bytes) and self.on_data is not None:
+                self.on_data(data, lossy)
+
+        channel.on("message", message)
+
+    def send_data(self, data: bytes, *, lossy: bool) -> bool:
+        """A DataPacket to the client on its channel of that kind; False when none is open."""
+        channel = self.channels.get("_lossy" if lossy else "_reliable") or self.channels.get(
+            "_reliable"
+        )
+        if channel is None or channel.readyState != "open":
+            return False
+        if lossy and channel.bufferedAmount > MAX_LOSSY_BUFFERED:
+            return False  # lossy data is dropped rather than queued behind a slow client
+        channel.send(data)
+        return True
 
     def _on_track(
         self, track: MediaStreamTrack, on_publication: Callable[[str, Publication], None]
