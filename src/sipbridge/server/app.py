@@ -15,6 +15,7 @@ from sipbridge import __version__
 from sipbridge.config import Settings
 from sipbridge.rooms import RoomRegistry
 from sipbridge.server import metrics
+from sipbridge.server.agents import AgentService
 from sipbridge.server.call_log import CallLog
 from sipbridge.server.inbound import InboundCalls
 from sipbridge.server.media_service import MediaService
@@ -59,6 +60,8 @@ class Server:
         restrict_host_addresses(settings.rtc_addresses)
         use_waveform_opus()
         self.signal = SignalServer(self.rooms, dict(settings.keys), media=self.media)
+        self.agents = AgentService(self.rooms, dict(settings.keys), public_url="")
+        self.agents.register(self.twirp)
         self.inbound = InboundCalls(
             self.sip_config,
             self.rooms,
@@ -80,6 +83,7 @@ class Server:
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/", self.healthz)
         self.signal.routes(app)
+        self.agents.routes(app)
         app.router.add_get("/metrics", metrics.handler(self.samples))
         return app
 
@@ -106,6 +110,12 @@ class Server:
         out += [
             ("sipbridge_media", {"counter": name}, n)
             for name, n in sorted(self.media.samples().items())
+        ]
+        out.append(("sipbridge_agent_workers", {}, len(self.agents.workers)))
+        out.append(("sipbridge_agent_jobs", {}, len(self.agents.jobs)))
+        out += [
+            ("sipbridge_agent_total", {"outcome": name}, n)
+            for name, n in sorted(self.agents.stats.items())
         ]
         out += [
             ("sipbridge_inbound_total", {"outcome": name}, n)
@@ -177,6 +187,7 @@ class Server:
         await self.sip.close()
         self.media.close()
         await self.signal.close_all()
+        await self.agents.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

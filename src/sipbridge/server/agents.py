@@ -1,0 +1,419 @@
+"""Agent workers (`/agent`, WIRE.md s5) and agent dispatch (`livekit.AgentDispatchService`).
+
+`livekit-agents` workers connect over WebSocket with a token granting `agent`, register (our
+first message is the register response), report their load and ping. A room gets agents by
+dispatch: one per `RoomConfiguration.agents` entry of the room (a SIP dispatch rule's
+`room_config`, CreateRoom's), one per `CreateDispatch`, or - when the room names none - one
+for the workers registered without an agent name. A job is offered to the least loaded
+available worker of that name (`availability`); on acceptance it gets the job's token and URL
+(`assignment`), on refusal or silence the next worker is tried. When the room finishes, its
+jobs are terminated. Dispatches wait for a worker while none of their name is registered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import WSMsgType, web
+from google.protobuf.message import DecodeError
+from livekit.protocol import agent, models
+from livekit.protocol import agent_dispatch as dispatch_proto
+
+from sipbridge import __version__, ids
+from sipbridge.errors import ApiError
+from sipbridge.rooms import events as ev
+from sipbridge.server.auth import Claims, bearer_token, sign_token, verify_token
+from sipbridge.server.rooms_runtime import RoomsRuntime
+from sipbridge.server.twirp import TwirpServer
+
+log = logging.getLogger(__name__)
+
+SERVICE = "livekit.AgentDispatchService"
+AVAILABILITY_TIMEOUT_S = 7.5
+MAX_TRIES = 3
+JOB_TOKEN_TTL_S = 6 * 3600
+MAX_WORKER_MESSAGE = 1024 * 1024
+WORKER_PREFIX = "AW_"
+JOB_PREFIX = "AJ_"
+DISPATCH_PREFIX = "AD_"
+
+
+@dataclass(eq=False, kw_only=True)
+class Worker:
+    id: str
+    agent_name: str
+    namespace: str
+    job_type: int
+    ws: web.WebSocketResponse
+    outbox: asyncio.Queue[agent.ServerMessage | None] = field(default_factory=asyncio.Queue)
+    load: float = 0.0
+    available: bool = True
+    jobs: set[str] = field(default_factory=set)
+
+    def send(self, message: agent.ServerMessage) -> None:
+        self.outbox.put_nowait(message)
+
+
+@dataclass(eq=False, kw_only=True)
+class RunningJob:
+    job: agent.Job
+    worker_id: str
+    room: str
+
+
+def require_room_admin(req: Any, claims: Claims) -> None:
+    if not claims.video_grant("roomAdmin"):
+        raise ApiError("permission_denied", "requires the roomAdmin grant")
+    if claims.room and req.room and claims.room != req.room:
+        raise ApiError("permission_denied", f"token is not valid for room {req.room!r}")
+
+
+class AgentService:
+    """The `/agent` endpoint, the dispatch API, and jobs for rooms."""
+
+    def __init__(self, runtime: RoomsRuntime, keys: dict[str, str], public_url: str) -> None:
+        self.runtime = runtime
+        self.rooms = runtime.registry
+        self.keys = keys
+        self.public_url = public_url  # the URL workers are told to connect jobs to ("" = theirs)
+        self.workers: dict[str, Worker] = {}
+        self.dispatches: dict[str, dict[str, dispatch_proto.AgentDispatch]] = {}  # by room
+        self.jobs: dict[str, RunningJob] = {}
+        self._answers: dict[str, asyncio.Future[agent.AvailabilityResponse]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.stats: dict[str, int] = {}
+        runtime.listeners.append(self.on_room_event)
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_get("/agent", self.handle)
+
+    def register(self, twirp: TwirpServer) -> None:
+        twirp.register(
+            SERVICE,
+            "CreateDispatch",
+            dispatch_proto.CreateAgentDispatchRequest,
+            self.create_dispatch,
+            require_room_admin,
+        )
+        twirp.register(
+            SERVICE,
+            "DeleteDispatch",
+            dispatch_proto.DeleteAgentDispatchRequest,
+            self.delete_dispatch,
+            require_room_admin,
+        )
+        twirp.register(
+            SERVICE,
+            "ListDispatch",
+            dispatch_proto.ListAgentDispatchRequest,
+            self.list_dispatch,
+            require_room_admin,
+        )
+
+    # -- the worker connection -------------------------------------------------------------
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        header = request.headers.get("Authorization")
+        try:
+            token = bearer_token(header) if header else request.query.get("access_token", "")
+            claims = verify_token(token, self.keys)
+            if not claims.video_grant("agent"):
+                raise ApiError("permission_denied", "token lacks the agent grant")
+        except ApiError as err:
+            return web.Response(status=err.http_status, text=err.message)
+        ws = web.WebSocketResponse(heartbeat=None, max_msg_size=MAX_WORKER_MESSAGE)
+        await ws.prepare(request)
+        worker: Worker | None = None
+        writer: asyncio.Task[None] | None = None
+        try:
+            async for msg in ws:
+                if msg.type != WSMsgType.BINARY:
+                    if msg.type == WSMsgType.TEXT:
+                        continue
+                    break
+                try:
+                    message = agent.WorkerMessage.FromString(msg.data)
+                except DecodeError:
+                    self._count("undecodable")
+                    continue
+                kind = message.WhichOneof("message")
+                if worker is None:
+                    if kind != "register":
+                        self._count("unregistered_message")
+                        break
+                    worker = self._register(ws, message.register)
+                    writer = asyncio.create_task(self._write(worker), name=f"agent {worker.id}")
+                    continue
+                self._on_message(worker, kind, message)
+        finally:
+            if worker is not None:
+                self._unregister(worker)
+                worker.outbox.put_nowait(None)
+            if writer is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await writer
+            await ws.close()
+        return ws
+
+    def _register(self, ws: web.WebSocketResponse, req: agent.RegisterWorkerRequest) -> Worker:
+        worker = Worker(
+            id=ids.new_id(WORKER_PREFIX),
+            agent_name=req.agent_name,
+            namespace=req.namespace,
+            job_type=int(req.type),
+            ws=ws,
+        )
+        self.workers[worker.id] = worker
+        worker.send(
+            agent.ServerMessage(
+                register=agent.RegisterWorkerResponse(
+                    worker_id=worker.id,
+                    server_info=models.ServerInfo(
+                        edition=models.ServerInfo.Edition.Standard,
+                        version=__version__,
+                        protocol=16,
+                    ),
+                )
+            )
+        )
+        self._count("registered")
+        log.info("agent worker %s registered (agent_name %r)", worker.id, worker.agent_name)
+        # Dispatches that waited for a worker of this name.
+        for room, found in self.dispatches.items():
+            for record in found.values():
+                if record.agent_name == worker.agent_name and not self._has_job(record.id):
+                    self._spawn(self._dispatch(room, record))
+        return worker
+
+    def _unregister(self, worker: Worker) -> None:
+        self.workers.pop(worker.id, None)
+        for job_id in list(worker.jobs):
+            running = self.jobs.pop(job_id, None)
+            if running is not None:
+                log.info("agent job %s lost its worker", job_id)
+        for job_id, answer in list(self._answers.items()):
+            if not answer.done() and job_id.startswith(f"{worker.id}:"):
+                answer.cancel()
+
+    def _on_message(self, worker: Worker, kind: str | None, message: agent.WorkerMessage) -> None:
+        if kind == "ping":
+            worker.send(
+                agent.ServerMessage(
+                    pong=agent.WorkerPong(
+                        last_timestamp=message.ping.timestamp,
+                        timestamp=int(self.runtime.now() * 1000),
+                    )
+                )
+            )
+        elif kind == "update_worker":
+            update = message.update_worker
+            worker.load = update.load
+            if update.HasField("status"):
+                worker.available = update.status == agent.WorkerStatus.WS_AVAILABLE
+        elif kind == "availability":
+            answer = self._answers.get(f"{worker.id}:{message.availability.job_id}")
+            if answer is not None and not answer.done():
+                answer.set_result(message.availability)
+        elif kind == "update_job":
+            job_update = message.update_job
+            running = self.jobs.get(job_update.job_id)
+            if running is not None and job_update.status in (
+                agent.JobStatus.JS_SUCCESS,
+                agent.JobStatus.JS_FAILED,
+            ):
+                self.jobs.pop(job_update.job_id, None)
+                worker.jobs.discard(job_update.job_id)
+                if job_update.status == agent.JobStatus.JS_FAILED:
+                    log.info("agent job %s failed: %s", job_update.job_id, job_update.error)
+        else:
+            self._count(f"ignored_{kind}")
+
+    async def _write(self, worker: Worker) -> None:
+        while (message := await worker.outbox.get()) is not None:
+            if worker.ws.closed:
+                break
+            try:
+                await worker.ws.send_bytes(message.SerializeToString())
+            except (ConnectionError, RuntimeError):
+                break
+
+    # -- dispatch ---------------------------------------------------------------------------
+
+    def on_room_event(self, event: ev.RoomEvent) -> None:
+        match event:
+            case ev.RoomStarted(room=room):
+                live = self.rooms.find(room.name)
+                wanted = list(live.agents) if live is not None else []
+                entries = [(a.agent_name, a.metadata) for a in wanted] or [("", "")]
+                for agent_name, metadata in entries:
+                    self._add_dispatch(room.name, agent_name, metadata)
+            case ev.RoomFinished(room=room):
+                self.dispatches.pop(room.name, None)
+                for job_id, running in list(self.jobs.items()):
+                    if running.room == room.name:
+                        self._terminate(job_id)
+            case _:
+                pass
+
+    def _add_dispatch(
+        self, room: str, agent_name: str, metadata: str
+    ) -> dispatch_proto.AgentDispatch:
+        record = dispatch_proto.AgentDispatch(
+            id=ids.new_id(DISPATCH_PREFIX), agent_name=agent_name, room=room, metadata=metadata
+        )
+        self.dispatches.setdefault(room, {})[record.id] = record
+        if self.rooms.find(room) is not None:
+            self._spawn(self._dispatch(room, record))
+        return record
+
+    def _has_job(self, dispatch_id: str) -> bool:
+        return any(r.job.dispatch_id == dispatch_id for r in self.jobs.values())
+
+    async def _dispatch(self, room_name: str, record: dispatch_proto.AgentDispatch) -> None:
+        """Offer the dispatch's job to workers of its name until one takes it."""
+        tried: set[str] = set()
+        for _ in range(MAX_TRIES):
+            room = self.rooms.find(room_name)
+            if room is None or record.id not in self.dispatches.get(room_name, {}):
+                return
+            if self._has_job(record.id):
+                return
+            candidates = sorted(
+                (
+                    w
+                    for w in self.workers.values()
+                    if w.agent_name == record.agent_name
+                    and w.available
+                    and w.job_type == agent.JobType.JT_ROOM
+                    and w.id not in tried
+                ),
+                key=lambda w: w.load,
+            )
+            if not candidates:
+                self._count("no_worker")
+                return  # waits for a worker of this name to register
+            worker = candidates[0]
+            tried.add(worker.id)
+            job = agent.Job(
+                id=ids.new_id(JOB_PREFIX),
+                dispatch_id=record.id,
+                type=agent.JobType.JT_ROOM,
+                room=room.to_proto(),
+                namespace=worker.namespace,
+                metadata=record.metadata,
+                agent_name=record.agent_name,
+            )
+            key = f"{worker.id}:{job.id}"
+            answer: asyncio.Future[agent.AvailabilityResponse] = (
+                asyncio.get_running_loop().create_future()
+            )
+            self._answers[key] = answer
+            worker.send(agent.ServerMessage(availability=agent.AvailabilityRequest(job=job)))
+            try:
+                response = await asyncio.wait_for(answer, AVAILABILITY_TIMEOUT_S)
+            except (TimeoutError, asyncio.CancelledError):
+                self._count("availability_timeout")
+                continue
+            finally:
+                self._answers.pop(key, None)
+            if not response.available or worker.id not in self.workers:
+                self._count("job_refused")
+                continue
+            self._assign(worker, job, response)
+            return
+        self._count("dispatch_failed")
+
+    def _assign(self, worker: Worker, job: agent.Job, response: agent.AvailabilityResponse) -> None:
+        key, secret = next(iter(self.keys.items()))
+        identity = response.participant_identity or f"agent-{job.id}"
+        token = sign_token(
+            key,
+            secret,
+            ttl_s=JOB_TOKEN_TTL_S,
+            sub=identity,
+            name=response.participant_name,
+            metadata=response.participant_metadata,
+            attributes=dict(response.participant_attributes),
+            kind="agent",
+            video={
+                "roomJoin": True,
+                "room": job.room.name,
+                "canPublish": True,
+                "canSubscribe": True,
+                "canPublishData": True,
+                "canUpdateOwnMetadata": True,
+                "agent": True,
+            },
+        )
+        self.jobs[job.id] = RunningJob(job=job, worker_id=worker.id, room=job.room.name)
+        worker.jobs.add(job.id)
+        worker.send(
+            agent.ServerMessage(
+                assignment=agent.JobAssignment(job=job, token=token, url=self.public_url)
+            )
+        )
+        self._count("assigned")
+        log.info("agent job %s for room %s assigned to %s", job.id, job.room.name, worker.id)
+
+    def _terminate(self, job_id: str) -> None:
+        running = self.jobs.pop(job_id, None)
+        if running is None:
+            return
+        worker = self.workers.get(running.worker_id)
+        if worker is not None:
+            worker.jobs.discard(job_id)
+            worker.send(agent.ServerMessage(termination=agent.JobTermination(job_id=job_id)))
+        self._count("terminated")
+
+    # -- AgentDispatchService ---------------------------------------------------------------
+
+    async def create_dispatch(
+        self, req: dispatch_proto.CreateAgentDispatchRequest, _: Claims
+    ) -> dispatch_proto.AgentDispatch:
+        if not req.room:
+            raise ApiError("invalid_argument", "room is required")
+        try:
+            return self._add_dispatch(req.room, req.agent_name, req.metadata)
+        finally:
+            self.runtime.commit()
+
+    async def delete_dispatch(
+        self, req: dispatch_proto.DeleteAgentDispatchRequest, _: Claims
+    ) -> dispatch_proto.AgentDispatch:
+        record = self.dispatches.get(req.room, {}).pop(req.dispatch_id, None)
+        if record is None:
+            raise ApiError("not_found", f"dispatch {req.dispatch_id!r} not found")
+        for job_id, running in list(self.jobs.items()):
+            if running.job.dispatch_id == record.id:
+                self._terminate(job_id)
+        return record
+
+    async def list_dispatch(
+        self, req: dispatch_proto.ListAgentDispatchRequest, _: Claims
+    ) -> dispatch_proto.ListAgentDispatchResponse:
+        found = list(self.dispatches.get(req.room, {}).values())
+        if req.dispatch_id:
+            found = [d for d in found if d.id == req.dispatch_id]
+        return dispatch_proto.ListAgentDispatchResponse(agent_dispatches=found)
+
+    # -- bookkeeping ------------------------------------------------------------------------
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _count(self, name: str) -> None:
+        self.stats[name] = self.stats.get(name, 0) + 1
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for worker in list(self.workers.values()):
+            with contextlib.suppress(Exception):
+                await worker.ws.close()
