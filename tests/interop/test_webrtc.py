@@ -14,7 +14,6 @@ import asyncio
 import json
 import shutil
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,39 +23,13 @@ from livekit.protocol import models, room, sip
 
 from tests import baresip, netns
 from tests.audio import best_correlation, distinct_signal, read_wav, write_wav
-from tests.helpers import API_KEY, API_SECRET, ServerProcess, free_sip_port, token
+from tests.helpers import API_KEY, API_SECRET, ServerProcess, token
 
 SDK_CLIENT = Path(__file__).parents[1] / "sdk_client.py"
 pytestmark = [
     pytest.mark.skipif(not shutil.which("baresip"), reason="baresip comes with `make test`"),
     pytest.mark.skipif(netns.available() is not None, reason=str(netns.available())),
 ]
-
-
-@pytest.fixture
-def namespace() -> Iterator[netns.VethNamespace]:
-    with netns.veth_namespace() as ns:
-        yield ns
-
-
-@pytest.fixture
-def rtc_server(tmp_path: Path, namespace: netns.VethNamespace) -> Iterator[ServerProcess]:
-    port = free_sip_port()
-    proc = ServerProcess(
-        tmp_path,
-        "--sip",
-        f"127.0.0.1:{port}",
-        "--rtp-ports",
-        "14000-14999",
-        "--rtc-ip",
-        namespace.host_ip,
-        http_host=namespace.host_ip,
-    )
-    proc.sip_port = port  # type: ignore[attr-defined]
-    proc.start()
-    yield proc
-    if proc.proc is not None:
-        assert proc.stop() == 0, proc.log.read_text()
 
 
 async def run_sdk(

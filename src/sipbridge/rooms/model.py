@@ -220,8 +220,12 @@ class RoomRegistry:
         metadata: str = "",
         attributes: Mapping[str, str] | None = None,
         permission: models.ParticipantPermission | None = None,
+        active: bool = False,
     ) -> Participant:
-        """Add a participant; one with the same identity is replaced (DUPLICATE_IDENTITY)."""
+        """Add a participant; one with the same identity is replaced (DUPLICATE_IDENTITY).
+
+        It is JOINED until its media is up (`set_active`), or ACTIVE at once with `active`
+        (a phone, whose media is ready when it joins). SDKs wait for ACTIVE participants."""
         room = self.get(room_name)
         if not identity or len(identity) > MAX_IDENTITY:
             raise invalid_argument(f"identity: must be 1-{MAX_IDENTITY} characters")
@@ -248,6 +252,7 @@ class RoomRegistry:
             permission=perm,
             joined_at=now,
             version=1,
+            state=State.ACTIVE if active else State.JOINED,
         )
         room.participants[identity] = participant
         room.last_left_at = None
@@ -279,6 +284,18 @@ class RoomRegistry:
             room.last_left_at = now
         self._events.append(
             ev.ParticipantLeft(room=room.to_proto(), participant=participant.to_proto())
+        )
+
+    def set_active(self, room_name: str, identity: str) -> None:
+        """The participant's media is connected: JOINED -> ACTIVE (an update to everyone)."""
+        room = self.get(room_name)
+        participant = self.participant(room_name, identity)
+        if participant.state == State.ACTIVE:
+            return
+        participant.state = State.ACTIVE
+        participant.version += 1
+        self._events.append(
+            ev.ParticipantUpdated(room=room.to_proto(), participant=participant.to_proto())
         )
 
     def update_participant(

@@ -485,6 +485,7 @@ class InboundCalls:
                 now,
                 name=participant_name(rule, inbound),
                 kind=models.ParticipantInfo.Kind.SIP,
+                active=True,  # its media is the call's: up as it joins
                 metadata=rule.metadata,
                 attributes=attributes,
                 permission=models.ParticipantPermission(

@@ -170,6 +170,7 @@ class SignalServer:
                     identity=session.identity, participant_sid=session.participant_sid
                 )
                 session.peer.on_data = lambda data, lossy: self._on_data(session, data, lossy)
+                session.peer.on_connected = lambda: self._connected(session)
                 session.spawn(self._negotiate(session, join.publisher_offer))
             await self._read(session)
         except ApiError as err:
@@ -431,6 +432,14 @@ class SignalServer:
                         media_sections_requirement=rtc.MediaSectionsRequirement(num_audios=1)
                     )
                 )
+
+    def _connected(self, session: Session) -> None:
+        """Its peer connection is up: the participant is ACTIVE (SDKs wait for that)."""
+        if self.sessions.get((session.room, session.identity)) is not session:
+            return
+        with contextlib.suppress(ApiError):
+            self.rooms.set_active(session.room, session.identity)
+        self.runtime.commit()
 
     def _on_data(self, session: Session, data: bytes, lossy: bool) -> None:
         """A DataPacket from the client: stamped with its sender and routed through the room

@@ -210,6 +210,7 @@ class RtcPeer:
     mid_tracks: dict[str, str] = field(default_factory=dict)  # mid -> the client's track id
     channels: dict[str, RTCDataChannel] = field(default_factory=dict)  # by label
     on_data: Callable[[bytes, bool], None] | None = None  # (DataPacket bytes, lossy)
+    on_connected: Callable[[], None] | None = None  # ICE and DTLS are up
 
     async def answer(
         self,
@@ -225,6 +226,7 @@ class RtcPeer:
             self.listening = True
             self.pc.on("track", lambda track: self._on_track(track, on_publication))
             self.pc.on("datachannel", self._on_channel)
+            self.pc.on("connectionstatechange", self._on_state)
         self.mid_tracks.update(_msid_tracks(sdp))
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         used = {id(transceiver) for transceiver, _ in self.sending.values()}
@@ -251,6 +253,11 @@ class RtcPeer:
             if transceiver.mid is not None
         }
         return self.pc.localDescription.sdp, mids, left
+
+    def _on_state(self) -> None:
+        if self.pc.connectionState == "connected" and self.on_connected is not None:
+            callback, self.on_connected = self.on_connected, None
+            callback()
 
     def _on_channel(self, channel: RTCDataChannel) -> None:
         """The client opens `_reliable`, `_lossy` (and `_data_track`) in band (WIRE.md s4)."""

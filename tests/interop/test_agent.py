@@ -1,0 +1,138 @@
+"""A real `livekit-agents` worker answers a phone call: the seed page's agent code, unmodified.
+
+The worker (tests/agent_worker.py, the entrypoint of examples/phone_agent.py) runs inside a
+network namespace and registers on `/agent`. A phone (baresip) dials a direct-rule room; the
+room's creation dispatches a job to the worker; the agent joins over WebRTC, finds the caller
+with `ctx.wait_for_participant()` (kind SIP, `sip.phoneNumber`), subscribes - which answers the
+call - and echoes what it hears half a second later, and each key pressed back as DTMF. The
+phone records its own voice coming back (correlation above 0.9) and gets its keys back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from livekit import api
+from livekit.protocol import sip
+
+from tests import baresip, netns
+from tests.audio import best_correlation, read_wav
+from tests.helpers import API_KEY, API_SECRET, ServerProcess
+
+WORKER = Path(__file__).parents[1] / "agent_worker.py"
+pytestmark = [
+    pytest.mark.skipif(not shutil.which("baresip"), reason="baresip comes with `make test`"),
+    pytest.mark.skipif(netns.available() is not None, reason=str(netns.available())),
+]
+
+
+async def metric(server: ServerProcess, name: str) -> float:
+    import urllib.request  # noqa: PLC0415
+
+    def read() -> str:
+        with urllib.request.urlopen(f"{server.url}/metrics", timeout=2) as resp:
+            return str(resp.read().decode())
+
+    text = await asyncio.to_thread(read)
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{}"):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def events_of(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+async def test_agent_worker_answers_the_phone_and_echoes_it(
+    rtc_server: ServerProcess,
+    namespace: netns.VethNamespace,
+    tmp_path: Path,
+) -> None:
+    async with api.LiveKitAPI(url=rtc_server.url, api_key=API_KEY, api_secret=API_SECRET) as lk:
+        await lk.sip.create_dispatch_rule(
+            sip.CreateSIPDispatchRuleRequest(
+                dispatch_rule=sip.SIPDispatchRuleInfo(
+                    rule=sip.SIPDispatchRule(
+                        dispatch_rule_direct=sip.SIPDispatchRuleDirect(room_name="support")
+                    )
+                )
+            )
+        )
+    events_file = tmp_path / "agent_events.jsonl"
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+    env.update(
+        LIVEKIT_URL=f"http://{namespace.host_ip}:{rtc_server.port}",
+        LIVEKIT_API_KEY=API_KEY,
+        LIVEKIT_API_SECRET=API_SECRET,
+        EXAMPLE_EVENTS_FILE=str(events_file),
+        EXAMPLE_RECORD_FILE=str(tmp_path / "agent_heard.wav"),
+    )
+    log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115, ASYNC230 - the worker's output
+    worker = await asyncio.create_subprocess_exec(
+        *namespace.exec_args(sys.executable, str(WORKER), "start"),
+        stdout=log,
+        stderr=asyncio.subprocess.STDOUT,
+        env=env,
+    )
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while await metric(rtc_server, "sipbridge_agent_workers") < 1:
+            assert worker.returncode is None, (tmp_path / "worker.log").read_text()[-3000:]
+            assert loop.time() < deadline, "the worker did not register"
+            await asyncio.sleep(0.2)
+        async with baresip.phone(
+            tmp_path / "phone", codecs="PCMU", top_hz=3400.0, lead_s=1.5
+        ) as phone:
+            await phone.dial(f"sip:support@127.0.0.1:{rtc_server.sip_port}")  # type: ignore[attr-defined]
+            # answered when the agent subscribes to the caller
+            await phone.wait_event("CALL_ESTABLISHED", timeout=20, fail_on=("CALL_CLOSED",))
+            await asyncio.sleep(5.5)  # 1.5 s of silence, the 3 s signal, its echo 0.5 s later
+            await phone.send_dtmf("12#")
+            got = await phone.wait_dtmf("12#", timeout=8)
+            await phone.hangup()
+            await phone.wait_event("CALL_CLOSED")
+            await phone.stop()
+            heard, rate = read_wav(phone.recorded())
+        # the job ends when its caller leaves
+        deadline = loop.time() + 15
+        while not any(e["event"] == "job_ended" for e in events_of(events_file)):
+            assert loop.time() < deadline, events_of(events_file)
+            await asyncio.sleep(0.2)
+    finally:
+        if worker.returncode is None:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(worker.wait(), 20)
+            except TimeoutError:
+                worker.kill()
+                await worker.wait()
+        log.close()
+    assert got == "12#"
+    events = events_of(events_file)
+    (caller,) = [e for e in events if e["event"] == "caller"]
+    assert caller["kind"] == "PARTICIPANT_KIND_SIP" or caller["kind"] == 3, caller
+    assert caller["phone_number"] == phone.user
+    assert phone.reference is not None
+    # The agent heard the caller ...
+    agent_heard, agent_rate = read_wav(tmp_path / "agent_heard.wav")
+    received, _ = best_correlation(
+        phone.reference, agent_heard, phone.rate, recorded_rate=agent_rate
+    )
+    assert received > 0.9, received
+    # ... and the caller heard the agent: its own voice, back through two Opus legs.
+    echo, lag = best_correlation(phone.reference, heard, phone.rate, recorded_rate=rate)
+    assert echo > 0.85, (echo, lag)
+    assert 0.4 < lag < 1.5, lag  # the agent's half second and the round trip
+    assert worker.returncode == 0, (tmp_path / "worker.log").read_text()[-3000:]
