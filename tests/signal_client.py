@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import gzip
 from typing import Any
 
@@ -51,18 +52,33 @@ class SignalClient:
         self.join: rtc.JoinResponse | None = None
         self._reader: asyncio.Task[None] | None = None
 
-    async def connect(self, timeout: float = 5.0) -> rtc.JoinResponse:
+    async def connect(
+        self, timeout: float = 5.0, join: rtc.JoinRequest | None = None
+    ) -> rtc.JoinResponse:
+        first = await self.open(join, timeout)
+        assert first.WhichOneof("message") == "join", first
+        self.join = first.join
+        return first.join
+
+    async def resume(self, timeout: float = 5.0) -> rtc.SignalResponse:
+        """Reconnect after `drop()` as the SDK does: reconnect=true and the participant sid."""
+        assert self.join is not None
+        if self._reader is not None:
+            await asyncio.wait_for(self._reader, 5)
+        if self.session is not None:
+            await self.session.close()
+        join = rtc.JoinRequest(reconnect=True, participant_sid=self.join.participant.sid)
+        return await self.open(join, timeout)
+
+    async def open(self, join: rtc.JoinRequest | None, timeout: float) -> rtc.SignalResponse:
         self.session = aiohttp.ClientSession()
         self.ws = await self.session.ws_connect(
-            f"{self.url}/rtc/v1?join_request={join_query()}",
+            f"{self.url}/rtc/v1?join_request={join_query(join)}",
             headers={"Authorization": f"Bearer {self.token}"},
             timeout=aiohttp.ClientWSTimeout(ws_close=2),
         )
         self._reader = asyncio.create_task(self._read())
-        first = await self.next(timeout)
-        assert first.WhichOneof("message") == "join", first
-        self.join = first.join
-        return first.join
+        return await self.next(timeout)
 
     async def _read(self) -> None:
         assert self.ws is not None
@@ -104,6 +120,14 @@ class SignalClient:
         return self.ws is None or self.ws.closed
 
     async def close(self) -> None:
+        """Leave as the official SDK does: a `leave` request, then the WebSocket closed."""
+        if self.ws is not None and not self.ws.closed:
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await self.send(rtc.SignalRequest(leave=rtc.LeaveRequest()))
+        await self.drop()
+
+    async def drop(self) -> None:
+        """The WebSocket closed without a `leave`: a dropped connection the client may resume."""
         if self.ws is not None and not self.ws.closed:
             await self.ws.close()
         if self._reader is not None:

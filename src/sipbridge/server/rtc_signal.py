@@ -40,6 +40,7 @@ PING_TIMEOUT_S = 15
 MAX_JOIN_REQUEST = 256 * 1024
 MAX_SIGNAL_MESSAGE = 1024 * 1024
 MAX_DATA_PACKET = 64 * 1024
+RESUME_GRACE_S = 10.0  # a participant whose WebSocket dropped may resume within this
 DisconnectReason = models.DisconnectReason
 Kind = models.ParticipantInfo.Kind
 
@@ -98,6 +99,7 @@ class Session:
     outbox: asyncio.Queue[rtc.SignalResponse | None] = field(default_factory=asyncio.Queue)
     participant_sid: str = ""
     peer: RtcPeer | None = None
+    expiry: asyncio.TimerHandle | None = None  # while the WebSocket is gone, awaiting a resume
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
@@ -123,6 +125,8 @@ class SignalServer:
         self.rooms = runtime.registry
         self.keys = keys
         self.sessions: dict[tuple[str, str], Session] = {}
+        self.closing = False
+        self.resumed = 0
         self.data_refused = 0  # undecodable, oversized, or from a client without the grant
         self.data_undelivered = 0  # to a client whose data channel is not open
         runtime.listeners.append(self.on_room_event)
@@ -161,9 +165,27 @@ class SignalServer:
             return web.Response(status=err.http_status, text=err.message)
         ws = web.WebSocketResponse(heartbeat=None, max_msg_size=MAX_SIGNAL_MESSAGE)
         await ws.prepare(request)
-        session = Session(room=claims.room, identity=claims.identity, ws=ws)
-        writer = asyncio.create_task(self._write(session), name=f"signal {claims.identity}")
+        session = self._resumable(claims, join)
+        resumed = session is not None
+        if session is None:
+            session = Session(room=claims.room, identity=claims.identity, ws=ws)
+        else:
+            # The same participant back on a new WebSocket: its peer connection was kept.
+            if session.expiry is not None:
+                session.expiry.cancel()
+                session.expiry = None
+            session.ws, session.outbox = ws, asyncio.Queue()
+        outbox = session.outbox  # this WebSocket's: a resume gives the session a new one
+        writer = asyncio.create_task(
+            self._write(session, ws, outbox), name=f"signal {claims.identity}"
+        )
+        dropped = False
         try:
+            if resumed:
+                self.resumed += 1
+                session.send(rtc.SignalResponse(reconnect=rtc.ReconnectResponse()))
+                dropped = await self._read(session)
+                return ws
             self._join(session, claims, join)
             if self.media is not None and join.publisher_offer.sdp:
                 session.peer = RtcPeer(
@@ -172,17 +194,46 @@ class SignalServer:
                 session.peer.on_data = lambda data, lossy: self._on_data(session, data, lossy)
                 session.peer.on_connected = lambda: self._connected(session)
                 session.spawn(self._negotiate(session, join.publisher_offer))
-            await self._read(session)
+            dropped = await self._read(session)
         except ApiError as err:
             session.send(_leave_message(_reason(err)))
         finally:
-            self._leave(session, DisconnectReason.CLIENT_INITIATED)
-            await self._close_media(session)
-            session.close()
+            key = (session.room, session.identity)
+            mine = session.ws is ws  # not resumed on another WebSocket meanwhile
+            if mine and dropped and self.sessions.get(key) is session and not self.closing:
+                # Gone without a leave: keep the participant and its media for a resume.
+                loop = asyncio.get_running_loop()
+                session.expiry = loop.call_later(
+                    RESUME_GRACE_S, lambda: session.spawn(self._expire(session, ws))
+                )
+            elif mine:
+                self._leave(session, DisconnectReason.CLIENT_INITIATED)
+                await self._close_media(session)
+            outbox.put_nowait(None)
             with contextlib.suppress(asyncio.CancelledError):
                 await writer
             await ws.close()
         return ws
+
+    def _resumable(self, claims: Claims, join: rtc.JoinRequest) -> Session | None:
+        """The session a `reconnect=true` join resumes: same room, identity and participant sid,
+        its WebSocket gone. None: a fresh join (the SDK then starts over)."""
+        if not join.reconnect:
+            return None
+        session = self.sessions.get((claims.room, claims.identity))
+        if session is None or session.participant_sid != join.participant_sid:
+            return None
+        if session.expiry is None and not session.ws.closed:
+            return None
+        return session
+
+    async def _expire(self, session: Session, ws: web.WebSocketResponse) -> None:
+        """No resume in time: the participant leaves."""
+        session.expiry = None
+        if session.ws is not ws:
+            return  # resumed meanwhile
+        self._leave(session, DisconnectReason.CONNECTION_TIMEOUT)
+        await self._close_media(session)
 
     def _join(self, session: Session, claims: Claims, join: rtc.JoinRequest) -> None:
         now = self.runtime.now()
@@ -249,7 +300,8 @@ class SignalServer:
 
     # -- messages from the client ----------------------------------------------------------
 
-    async def _read(self, session: Session) -> None:
+    async def _read(self, session: Session) -> bool:
+        """Serve the client's requests; True when the WebSocket went without a `leave`."""
         async for msg in session.ws:
             if msg.type != WSMsgType.BINARY:
                 if msg.type == WSMsgType.TEXT:
@@ -262,10 +314,11 @@ class SignalServer:
                 continue
             try:
                 if not self._on_request(session, request):
-                    break
+                    return False
             except ApiError as err:  # e.g. removed from the room while this was in flight
                 log.info("signal %s: %s", session.identity, err.message)
-                break
+                return False
+        return True
 
     def _on_request(self, session: Session, req: rtc.SignalRequest) -> bool:
         """Handle one request; False ends the session."""
@@ -510,16 +563,21 @@ class SignalServer:
 
     # -- messages to the client ------------------------------------------------------------
 
-    async def _write(self, session: Session) -> None:
-        while (message := await session.outbox.get()) is not None:
-            if session.ws.closed:
+    async def _write(
+        self,
+        session: Session,
+        ws: web.WebSocketResponse,
+        outbox: asyncio.Queue[rtc.SignalResponse | None],
+    ) -> None:
+        while (message := await outbox.get()) is not None:
+            if ws.closed:
                 break
             try:
-                await session.ws.send_bytes(message.SerializeToString())
+                await ws.send_bytes(message.SerializeToString())
             except (ConnectionError, RuntimeError):
                 break
             if message.WhichOneof("message") == "leave":
-                await session.ws.close()
+                await ws.close()
                 break
 
     def on_room_event(self, event: ev.RoomEvent) -> None:
@@ -564,6 +622,7 @@ class SignalServer:
                 session.send(update)
 
     async def close_all(self) -> None:
+        self.closing = True
         for session in list(self.sessions.values()):
             session.send(_leave_message(DisconnectReason.SERVER_SHUTDOWN))
 
