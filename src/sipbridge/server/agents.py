@@ -378,6 +378,8 @@ class AgentService:
         if not req.room:
             raise ApiError("invalid_argument", "room is required")
         try:
+            # As LiveKit does, a dispatch to a room that does not exist yet creates it.
+            self.rooms.create(req.room, self.runtime.now())
             return self._add_dispatch(req.room, req.agent_name, req.metadata)
         finally:
             self.runtime.commit()

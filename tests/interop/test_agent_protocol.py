@@ -1,0 +1,150 @@
+"""The `/agent` worker protocol and AgentDispatchService, spoken by hand against a real server
+(WIRE.md s5): registration, job offers to the least loaded worker, refusal going to the next,
+assignment tokens, termination when the room ends, explicit dispatch through `livekit-api`."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import aiohttp
+import jwt
+import pytest
+from livekit import api
+from livekit.protocol import agent, room
+from livekit.protocol import agent_dispatch as dispatch
+
+from tests.helpers import API_SECRET, ServerProcess, token
+
+
+class FakeWorker:
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self.worker_id = ""
+
+    async def send(self, message: agent.WorkerMessage) -> None:
+        await self.ws.send_bytes(message.SerializeToString())
+
+    async def receive(self, kind: str, timeout: float = 5.0) -> agent.ServerMessage:
+        async with asyncio.timeout(timeout):
+            while True:
+                msg = await self.ws.receive()
+                assert msg.type == aiohttp.WSMsgType.BINARY, msg
+                message = agent.ServerMessage.FromString(msg.data)
+                if message.WhichOneof("message") == kind:
+                    return message
+
+    async def answer(self, job: agent.Job, available: bool, identity: str = "") -> None:
+        await self.send(
+            agent.WorkerMessage(
+                availability=agent.AvailabilityResponse(
+                    job_id=job.id, available=available, participant_identity=identity
+                )
+            )
+        )
+
+
+@asynccontextmanager
+async def worker(
+    server: ServerProcess, agent_name: str = "", load: float = 0.0
+) -> AsyncIterator[FakeWorker]:
+    headers = {"Authorization": f"Bearer {token(api.VideoGrants(agent=True))}"}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(f"{server.url}/agent", headers=headers) as ws,
+    ):
+        fake = FakeWorker(ws)
+        await fake.send(
+            agent.WorkerMessage(
+                register=agent.RegisterWorkerRequest(
+                    type=agent.JobType.JT_ROOM, agent_name=agent_name, version="test"
+                )
+            )
+        )
+        registered = await fake.receive("register")
+        fake.worker_id = registered.register.worker_id
+        assert fake.worker_id.startswith("AW_")
+        await fake.send(
+            agent.WorkerMessage(
+                update_worker=agent.UpdateWorkerStatus(
+                    status=agent.WorkerStatus.WS_AVAILABLE, load=load
+                )
+            )
+        )
+        yield fake
+
+
+async def test_a_new_room_is_offered_to_the_unnamed_worker_then_terminated(
+    server: ServerProcess, lk: api.LiveKitAPI
+) -> None:
+    async with worker(server) as w:
+        await w.send(agent.WorkerMessage(ping=agent.WorkerPing(timestamp=7)))
+        assert (await w.receive("pong")).pong.last_timestamp == 7
+        await lk.room.create_room(room.CreateRoomRequest(name="lobby"))
+        offer = (await w.receive("availability")).availability.job
+        assert offer.id.startswith("AJ_") and offer.room.name == "lobby"
+        assert offer.type == agent.JobType.JT_ROOM and offer.dispatch_id.startswith("AD_")
+        await w.answer(offer, True, identity="agent-lobby")
+        assignment = (await w.receive("assignment")).assignment
+        assert assignment.job.id == offer.id
+        claims = jwt.decode(assignment.token, API_SECRET, algorithms=["HS256"])
+        assert claims["sub"] == "agent-lobby" and claims["kind"] == "agent"
+        assert claims["video"]["room"] == "lobby" and claims["video"]["agent"] is True
+        assert claims["video"]["roomJoin"] is True
+        await lk.room.delete_room(room.DeleteRoomRequest(room="lobby"))
+        ended = await w.receive("termination")
+        assert ended.termination.job_id == offer.id
+
+
+async def test_a_refused_job_goes_to_the_next_least_loaded_worker(
+    server: ServerProcess, lk: api.LiveKitAPI
+) -> None:
+    async with worker(server, load=0.1) as idle, worker(server, load=0.6) as busy:
+        await asyncio.sleep(0.2)  # both load updates in
+        await lk.room.create_room(room.CreateRoomRequest(name="queue"))
+        first = (await idle.receive("availability")).availability.job
+        await idle.answer(first, False)
+        second = (await busy.receive("availability")).availability.job
+        assert second.room.name == "queue" and second.dispatch_id == first.dispatch_id
+        await busy.answer(second, True)
+        assert (await busy.receive("assignment")).assignment.job.id == second.id
+
+
+async def test_explicit_dispatch_through_the_api(server: ServerProcess, lk: api.LiveKitAPI) -> None:
+    async with worker(server, agent_name="receptionist") as named:
+        created = await lk.agent_dispatch.create_dispatch(
+            dispatch.CreateAgentDispatchRequest(
+                agent_name="receptionist", room="desk", metadata='{"lang":"en"}'
+            )
+        )
+        assert created.id.startswith("AD_") and created.room == "desk"
+        offer = (await named.receive("availability")).availability.job
+        assert offer.agent_name == "receptionist" and offer.metadata == '{"lang":"en"}'
+        assert offer.dispatch_id == created.id
+        await named.answer(offer, True)
+        await named.receive("assignment")
+        listed = await lk.agent_dispatch.list_dispatch("desk")
+        assert created.id in {d.id for d in listed}
+        await lk.agent_dispatch.delete_dispatch(created.id, "desk")
+        assert (await named.receive("termination")).termination.job_id == offer.id
+        assert created.id not in {d.id for d in await lk.agent_dispatch.list_dispatch("desk")}
+
+
+async def test_workers_without_the_grant_or_registration_are_refused(
+    server: ServerProcess,
+) -> None:
+    async with aiohttp.ClientSession() as session:
+        grant = api.VideoGrants(room_list=True)
+        plain = {"Authorization": f"Bearer {token(grant, identity='someone')}"}
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await session.ws_connect(f"{server.url}/agent", headers=plain)
+        assert refused.value.status == 403
+        headers = {"Authorization": f"Bearer {token(api.VideoGrants(agent=True))}"}
+        async with session.ws_connect(f"{server.url}/agent", headers=headers) as ws:
+            # anything before `register` ends the connection
+            await ws.send_bytes(
+                agent.WorkerMessage(ping=agent.WorkerPing(timestamp=1)).SerializeToString()
+            )
+            msg = await asyncio.wait_for(ws.receive(), 5)
+            assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED), msg
