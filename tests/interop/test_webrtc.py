@@ -133,3 +133,49 @@ async def test_sdk_client_and_phone_hear_each_other(
     phone_heard_agent, _ = best_correlation(sent, phone_heard, 48000, recorded_rate=phone_rate)
     assert agent_heard_phone > 0.9, agent_heard_phone
     assert phone_heard_agent > 0.9, phone_heard_agent
+
+
+async def test_a_second_sdk_client_joins_and_leaves_while_the_call_goes_on(
+    rtc_server: ServerProcess, namespace: netns.VethNamespace, tmp_path: Path
+) -> None:
+    """Browser-style: another participant comes and goes; the agent sees both, the call stays."""
+    async with api.LiveKitAPI(url=rtc_server.url, api_key=API_KEY, api_secret=API_SECRET) as lk:
+        await lk.sip.create_dispatch_rule(
+            sip.CreateSIPDispatchRuleRequest(
+                dispatch_rule=sip.SIPDispatchRuleInfo(
+                    rule=sip.SIPDispatchRule(
+                        dispatch_rule_direct=sip.SIPDispatchRuleDirect(room_name="agentroom")
+                    )
+                )
+            )
+        )
+    async with baresip.phone(tmp_path / "phone", codecs="PCMA") as phone:
+        await phone.dial(f"sip:agent@127.0.0.1:{rtc_server.sip_port}")  # type: ignore[attr-defined]
+        await phone.wait_event("CALL_RINGING", fail_on=("CALL_CLOSED",))
+        agent = asyncio.create_task(
+            run_sdk(namespace, rtc_server, "agent", "agentroom", "--seconds", "6")
+        )
+        await phone.wait_event("CALL_ESTABLISHED", timeout=15, fail_on=("CALL_CLOSED",))
+        await asyncio.sleep(1.0)
+        visitor = await run_sdk(
+            namespace,
+            rtc_server,
+            "visitor",
+            "agentroom",
+            "--seconds",
+            "2",
+            "--record",
+            str(tmp_path / "visitor.wav"),
+        )
+        agent_events = await agent
+        assert not [e for e in phone.events if e.get("type") == "CALL_CLOSED"]
+        await phone.hangup()
+        await phone.wait_event("CALL_CLOSED")
+    seen = {e["event"] for e in agent_events if e.get("identity") == "visitor"}
+    assert {"participant_connected", "participant_disconnected"} <= seen, agent_events
+    connected = next(e for e in visitor if e["event"] == "connected")
+    kinds = {p["identity"]: p["kind"] for p in connected["participants"]}
+    assert kinds["agent"] == "PARTICIPANT_KIND_STANDARD"
+    assert [k for k in kinds.values() if k == "PARTICIPANT_KIND_SIP"], kinds
+    # the visitor heard the phone too (PCMA at 8 kHz: some sound, not silence)
+    assert any(e["event"] == "track_subscribed" for e in visitor), visitor
