@@ -423,6 +423,7 @@ class SignalServer:
                 )
             except Exception as err:  # a bad offer must not take the server down
                 log.info("signal %s: offer refused: %s", session.identity, err)
+                self._leave(session, DisconnectReason.SIGNAL_CLOSE)
                 session.send(_leave_message(DisconnectReason.SIGNAL_CLOSE))
                 return
             session.send(

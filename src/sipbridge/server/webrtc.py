@@ -227,6 +227,8 @@ class RtcPeer:
             self.pc.on("track", lambda track: self._on_track(track, on_publication))
             self.pc.on("datachannel", self._on_channel)
             self.pc.on("connectionstatechange", self._on_state)
+        if not sdp.startswith("v=0") or "\nm=" not in sdp or "a=ice-ufrag:" not in sdp:
+            raise ValueError("the offer is no WebRTC session description")
         self.mid_tracks.update(_msid_tracks(sdp))
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         used = {id(transceiver) for transceiver, _ in self.sending.values()}
