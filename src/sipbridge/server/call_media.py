@@ -18,7 +18,7 @@ import logging
 import secrets
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
@@ -138,7 +138,6 @@ class MediaStats:
     dtmf_in: int = 0
     forwarded: int = 0
     mixed_frames: int = 0
-    counters: dict[str, int] = field(default_factory=dict)
 
 
 class AudioLeg:
@@ -424,10 +423,6 @@ class CallMedia(AudioLeg):
         self.stats.rtcp_out += 1
 
     # -- output ---------------------------------------------------------------------------
-
-    @property
-    def destination(self) -> tuple[str, int] | None:
-        return self.latch.destination
 
     def _send(self, payload: bytes, timestamp: int, marker: bool, payload_type: int) -> None:
         destination = self.latch.destination
@@ -721,7 +716,6 @@ class MediaClock:
 
     def __init__(self) -> None:
         self.rooms: set[RoomAudio] = set()
-        self.standalone: set[RoomAudio] = set()
         self._handle: asyncio.TimerHandle | None = None
         self._next = 0.0
         self.ticks = 0

@@ -30,6 +30,7 @@ from numpy.typing import NDArray
 from sipbridge import ids
 from sipbridge.errors import ApiError
 from sipbridge.media import codecs
+from sipbridge.media.dtmf import DIGITS, digit_code
 from sipbridge.media.prompts import PROMPT_RATE, load_prompt
 from sipbridge.rooms import events as ev
 from sipbridge.server.call_log import CallLog
@@ -64,12 +65,11 @@ RING_INTERVAL_S = 1.0
 ACTIVE_AFTER_ACK_S = 1.0  # "first RTP or 1 s after ACK"
 PIN_MAX_DIGITS = 16
 PIN_TIMEOUT_S = 30.0  # to enter a PIN after the prompt starts
-DTMF_CODES = {digit: code for code, digit in enumerate("0123456789*#ABCD")}
 # SendData user packets on these topics carry digits to SIP participants: the payload is the
 # digits ("123#", `w` for a half-second pause), JSON {"digit": "5"} / {"code": 5}, or a
 # serialised livekit.SipDTMF.
 DTMF_TOPICS = frozenset({"sip_dtmf", "lk.sip_dtmf", "lk.dtmf", "dtmf"})
-DTMF_CHARACTERS = frozenset("0123456789*#ABCDabcdwW")
+DTMF_CHARACTERS = frozenset(DIGITS + DIGITS.lower() + "wW")
 REJECT_CACHE_SIZE = 5000
 REJECT_CACHE_TTL_S = 60.0
 MAX_NUMBER_LENGTH = 128
@@ -691,7 +691,7 @@ class InboundCalls:
         packet = models.DataPacket(
             kind=models.DataPacket.Kind.RELIABLE,
             participant_identity=state.identity,
-            sip_dtmf=models.SipDTMF(code=DTMF_CODES.get(digit, 0), digit=digit),
+            sip_dtmf=models.SipDTMF(code=digit_code(digit), digit=digit),
         )
         try:
             self.rooms.registry.send_data(state.room, packet)
@@ -705,7 +705,7 @@ class InboundCalls:
         packet = event.packet
         which = packet.WhichOneof("value")
         if which == "sip_dtmf":
-            digits = packet.sip_dtmf.digit or "0123456789*#ABCD"[packet.sip_dtmf.code % 16]
+            digits = packet.sip_dtmf.digit or DIGITS[packet.sip_dtmf.code % 16]
         elif which == "user" and packet.user.topic in DTMF_TOPICS:
             digits = _dtmf_payload(packet.user.payload)
         else:
@@ -808,7 +808,7 @@ def _dtmf_payload(payload: bytes) -> str:
                 return digit
             code = doc.get("code")
             if isinstance(code, int) and 0 <= code < 16:
-                return "0123456789*#ABCD"[code]
+                return DIGITS[code]
         return ""
     message = models.SipDTMF()
     try:
@@ -819,7 +819,7 @@ def _dtmf_payload(payload: bytes) -> str:
         return message.digit
     if message.digit or not 0 <= message.code < 16:
         return ""
-    return "0123456789*#ABCD"[message.code] if payload else ""
+    return DIGITS[message.code] if payload else ""
 
 
 def _key(room: str, identity: str) -> str:

@@ -188,9 +188,7 @@ class SignalServer:
                 return ws
             self._join(session, claims, join)
             if self.media is not None and join.publisher_offer.sdp:
-                session.peer = RtcPeer(
-                    identity=session.identity, participant_sid=session.participant_sid
-                )
+                session.peer = RtcPeer(identity=session.identity)
                 session.peer.on_data = lambda data, lossy: self._on_data(session, data, lossy)
                 session.peer.on_connected = lambda: self._connected(session)
                 session.spawn(self._negotiate(session, join.publisher_offer))

@@ -194,7 +194,6 @@ class RtcPeer:
     """The peer connection of one signalling session."""
 
     identity: str
-    participant_sid: str
     pc: RTCPeerConnection = field(
         default_factory=lambda: RTCPeerConnection(RTCConfiguration(iceServers=[]))
     )
