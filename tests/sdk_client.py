@@ -5,7 +5,7 @@ Run it inside a network namespace (tests/netns.py; libwebrtc ignores loopback):
     ip netns exec NS .venv/bin/python tests/sdk_client.py --url ws://HOST_IP:PORT --token TOKEN \
         [--publish IN.wav] [--record OUT.wav] [--seconds S] [--dtmf DIGITS] \
         [--subscribe-identity ID] [--connect-timeout S] [--dtmf-delay S] \
-        [--publish-delay S] [--verbose]
+        [--publish-delay S] [--publish-after-record] [--verbose]
 
 It prints one JSON object per line on stdout for everything it sees, each with "event" and "t"
 (seconds since the script started):
@@ -34,7 +34,9 @@ It prints one JSON object per line on stdout for everything it sees, each with "
 --publish: a WAV file (16-bit/float, any rate: mixed to mono, resampled to 48 kHz) published as a
 mono 48 kHz microphone track (after --publish-delay) in 10 ms frames paced by
 AudioSource.capture_frame; the audio starts at once, heard or not, so a subscriber that joins or
-subscribes later misses the start (delay the publisher or pad the signal).
+subscribes later misses the start (delay the publisher or pad the signal). With
+--publish-after-record the delay counts from the moment recording starts (a phone's track
+subscribed, which is when its call is answered), so a slow answer cannot eat the signal.
 --record: the first remote audio track subscribed (from --subscribe-identity when given) read
 through an AudioStream at 48 kHz mono into a 16-bit WAV, written as it arrives until the track is
 unsubscribed or the run ends (a killed run leaves a file with an unfinished header, which
@@ -110,6 +112,7 @@ class Client:
         self.recording: asyncio.Task[None] | None = None
         self.recording_sid = ""
         self.record_stop = asyncio.Event()
+        self.record_started = asyncio.Event()
         self.gone = asyncio.Event()  # disconnected, by us or by the server
         self._hook_events()
 
@@ -267,6 +270,7 @@ class Client:
             return
         emit("recording", identity=p.identity, track_sid=pub.sid, path=self.args.record)
         self.recording_sid = pub.sid
+        self.record_started.set()
         self.recording = asyncio.get_running_loop().create_task(self.record(track, pub, p))
 
     async def record(self, track: Any, pub: Any, p: Any) -> None:
@@ -317,6 +321,8 @@ class Client:
 
     async def publish(self, pcm: np.ndarray[Any, np.dtype[np.int16]]) -> None:
         rtc = self.rtc
+        if self.args.publish_after_record:
+            await self.record_started.wait()
         await asyncio.sleep(self.args.publish_delay)
         source = rtc.AudioSource(RATE, 1, queue_size_ms=100)
         track = rtc.LocalAudioTrack.create_audio_track("microphone", source)
@@ -407,6 +413,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--token", required=True, help="access token (JWT)")
     p.add_argument("--publish", metavar="WAV", help="publish this audio as a microphone track")
     p.add_argument("--publish-delay", type=float, default=0.0, help="seconds before publishing (0)")
+    p.add_argument(
+        "--publish-after-record",
+        action="store_true",
+        help="count --publish-delay from when recording starts",
+    )
     p.add_argument("--record", metavar="OUT.wav", help="record the first remote audio track")
     p.add_argument("--seconds", type=float, default=5.0, help="time in the room (5)")
     p.add_argument("--dtmf", default="", help="DTMF digits to send (0-9*#A-D)")

@@ -86,6 +86,7 @@ async def test_sdk_client_and_phone_hear_each_other(
                 str(heard),
                 "--publish",
                 str(tmp_path / "agent.wav"),
+                "--publish-after-record",
                 "--seconds",
                 "8",
                 "--dtmf",
