@@ -54,6 +54,7 @@ def test_defaults_with_dev() -> None:
     assert s.http == HostPort("127.0.0.1", 7880)
     assert s.sip == HostPort("127.0.0.1", 5060)
     assert s.rtp_ports == (10000, 20000)
+    assert s.rtc_ports == (50000, 60000)
     assert s.db == "./sipbridge.db"
     assert s.webhooks == ()
     assert s.log_level == "info"
@@ -161,6 +162,7 @@ dev: true
 http: 0.0.0.0:8080
 sip: "[::]:5070"
 rtp_ports: 30000-31000
+rtc_ports: 31002-31999
 media_ip: "2001:db8::5"
 db: /var/lib/sipbridge/file.db
 log_level: DEBUG
@@ -177,6 +179,7 @@ def test_yaml_overrides_defaults(yaml_file: Any) -> None:
     assert s.http == HostPort("0.0.0.0", 8080)
     assert s.sip == HostPort("::", 5070)
     assert s.rtp_ports == (30000, 31000)
+    assert s.rtc_ports == (31002, 31999)
     assert s.media_ip == "2001:db8::5" and s.media_address == "2001:db8::5"
     assert s.db == "/var/lib/sipbridge/file.db"
     assert s.log_level == "debug"
@@ -189,6 +192,7 @@ def test_flags_override_yaml(yaml_file: Any) -> None:
         http="127.0.0.2:9000",
         sip="[::1]:5080",
         rtp_ports="40000-40010",
+        rtc_ports="40011-40020",
         db="/tmp/other.db",
         log_level="Warning",
         webhooks=["https://flag.example/hook"],
@@ -196,6 +200,7 @@ def test_flags_override_yaml(yaml_file: Any) -> None:
     assert s.http == HostPort("127.0.0.2", 9000)
     assert s.sip == HostPort("::1", 5080)
     assert s.rtp_ports == (40000, 40010)
+    assert s.rtc_ports == (40011, 40020)
     assert s.db == "/tmp/other.db"
     assert s.log_level == "warning"
     assert s.webhooks == ("https://flag.example/hook",)
@@ -314,6 +319,9 @@ def test_empty_yaml_webhooks_means_none(yaml_file: Any) -> None:
         ("rtp_ports", "10000", "--rtp-ports: expected LO-HI"),
         ("rtp_ports", "a-b", "--rtp-ports: expected LO-HI"),
         ("rtp_ports", "10000:20000", "--rtp-ports: expected LO-HI"),
+        ("rtc_ports", "60000-50000", "--rtc-ports: expected LO-HI within 1024-65535"),
+        ("rtc_ports", "15000-25000", "--rtc-ports 15000-25000 overlaps --rtp-ports 10000-20000"),
+        ("rtp_ports", "55000-56000", "--rtc-ports 50000-60000 overlaps --rtp-ports 55000-56000"),
         ("log_level", "trace", "log_level: expected one of debug, info, warning, error"),
         ("webhooks", ["https://ok.example", "hooks.example/no-scheme"], "--webhook: "),
         ("keys", ["a:b", "bad"], "--keys: expected KEY:SECRET"),

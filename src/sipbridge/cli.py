@@ -43,6 +43,7 @@ def _serve_parser(sub: Any) -> None:
         action="append",
         help="address for WebRTC ICE candidates (repeatable; default: the media address)",
     )
+    p.add_argument("--rtc-ports", metavar="LO-HI", help="UDP ports for WebRTC (50000-60000)")
     p.add_argument("--db", metavar="PATH", help="SQLite database file (./sipbridge.db)")
     p.add_argument("--keys", metavar="KEY:SECRET", action="append", help="API key (repeatable)")
     p.add_argument("--webhook", metavar="URL", action="append", help="webhook URL (repeatable)")
@@ -409,6 +410,7 @@ def _serve(args: argparse.Namespace) -> int:
             rtp_ports=args.rtp_ports,
             media_ip=args.media_ip,
             rtc_ips=args.rtc_ip,
+            rtc_ports=args.rtc_ports,
             db=args.db,
             keys=args.keys,
             webhooks=args.webhook,

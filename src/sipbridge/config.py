@@ -40,6 +40,7 @@ class Settings:
     rtp_ports: tuple[int, int] = (10000, 20000)
     media_ip: str = ""  # the address RTP binds to and SDP advertises; "" = the SIP host
     rtc_ips: tuple[str, ...] = ()  # WebRTC ICE host candidates; () = the media address
+    rtc_ports: tuple[int, int] = (50000, 60000)  # WebRTC ICE sockets (LiveKit's default range)
     db: str = "./sipbridge.db"
     keys: Mapping[str, str] = field(default_factory=dict)
     webhooks: tuple[str, ...] = ()
@@ -143,6 +144,7 @@ def _from_yaml(path: str) -> dict[str, Any]:
         "rtp_ports",
         "media_ip",
         "rtc_ip",
+        "rtc_ports",
         "db",
         "keys",
         "webhook",
@@ -167,6 +169,7 @@ def build_settings(
     rtp_ports: str | None = None,
     media_ip: str | None = None,
     rtc_ips: list[str] | None = None,
+    rtc_ports: str | None = None,
     db: str | None = None,
     keys: list[str] | None = None,
     webhooks: list[str] | None = None,
@@ -200,6 +203,8 @@ def build_settings(
         raw = doc["rtc_ip"]
         items = raw if isinstance(raw, list) else [raw]
         s = replace(s, rtc_ips=tuple(parse_ip(str(item), "rtc_ip") for item in items))
+    if "rtc_ports" in doc:
+        s = replace(s, rtc_ports=parse_port_range(str(doc["rtc_ports"]), "rtc_ports"))
     if "db" in doc:
         s = replace(s, db=str(doc["db"]))
     if "log_level" in doc:
@@ -240,6 +245,13 @@ def build_settings(
         s = replace(s, media_ip=parse_ip(media_ip, "--media-ip"))
     if rtc_ips:
         s = replace(s, rtc_ips=tuple(parse_ip(item, "--rtc-ip") for item in rtc_ips))
+    if rtc_ports:
+        s = replace(s, rtc_ports=parse_port_range(rtc_ports, "--rtc-ports"))
+    if s.rtc_ports[0] <= s.rtp_ports[1] and s.rtp_ports[0] <= s.rtc_ports[1]:
+        raise ConfigError(
+            f"--rtc-ports {s.rtc_ports[0]}-{s.rtc_ports[1]} overlaps "
+            f"--rtp-ports {s.rtp_ports[0]}-{s.rtp_ports[1]}"
+        )
     if db:
         s = replace(s, db=db)
     if log_level:

@@ -10,6 +10,8 @@ import pytest
 from tests import netns
 from tests.helpers import ServerProcess, free_sip_port
 
+RTC_PORTS = "16000-16999"  # WebRTC (ICE) ports of `rtc_server`
+
 
 @pytest.fixture
 def media_server(tmp_path: Path) -> Iterator[ServerProcess]:
@@ -39,6 +41,8 @@ def rtc_server(tmp_path: Path, namespace: netns.VethNamespace) -> Iterator[Serve
         "14000-14999",
         "--rtc-ip",
         namespace.host_ip,
+        "--rtc-ports",
+        RTC_PORTS,
         http_host=namespace.host_ip,
     )
     proc.sip_port = port  # type: ignore[attr-defined]

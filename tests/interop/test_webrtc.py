@@ -24,12 +24,24 @@ from livekit.protocol import models, room, sip
 from tests import baresip, netns
 from tests.audio import best_correlation, distinct_signal, read_wav, write_wav
 from tests.helpers import API_KEY, API_SECRET, ServerProcess, token
+from tests.interop.conftest import RTC_PORTS
 
 SDK_CLIENT = Path(__file__).parents[1] / "sdk_client.py"
 pytestmark = [
     pytest.mark.skipif(not shutil.which("baresip"), reason="baresip comes with `make test`"),
     pytest.mark.skipif(netns.available() is not None, reason=str(netns.available())),
 ]
+
+
+def udp_ports(ip: str) -> list[int]:
+    """UDP ports bound on `ip` in this network namespace (from /proc/net/udp)."""
+    want = "".join(f"{int(octet):02X}" for octet in reversed(ip.split(".")))
+    ports = []
+    for line in Path("/proc/net/udp").read_text().splitlines()[1:]:
+        address, port = line.split()[1].split(":")
+        if address == want:
+            ports.append(int(port, 16))
+    return ports
 
 
 async def run_sdk(
@@ -97,6 +109,10 @@ async def test_sdk_client_and_phone_hear_each_other(
         )
         # Answered once the SDK client subscribed to the phone's track.
         await phone.wait_event("CALL_ESTABLISHED", timeout=15, fail_on=("CALL_CLOSED",))
+        # the server's WebRTC sockets are in --rtc-ports, on --rtc-ip only
+        rtc_ports = udp_ports(namespace.host_ip)
+        low, high = map(int, RTC_PORTS.split("-"))
+        assert rtc_ports and all(low <= p <= high for p in rtc_ports), rtc_ports
         # Keys and data once both signals are over (a key's tone is in neither reference).
         await asyncio.sleep(5.0)
         await phone.send_dtmf("12#")  # -> sip_dtmf_received at the SDK client

@@ -11,15 +11,19 @@ mixer. A track that needs a section while none is free asks the client for one
 
 ICE: aiortc gathers host candidates on every non-loopback interface; `restrict_host_addresses`
 limits gathering (and binding) to the `--rtc-ip` addresses, and no STUN server is used.
+aioice binds each candidate's socket to an ephemeral port; `bind_ice_ports` keeps them in
+`--rtc-ports`, so a firewall can open one known range.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fractions
 import json
 import logging
+import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -76,6 +80,57 @@ def restrict_host_addresses(addresses: Sequence[str]) -> None:
         return [a for a in chosen if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
 
     aioice.ice.get_host_addresses = host_addresses
+
+
+class _PortRangeLoop:
+    """The running loop as aioice sees it: a UDP endpoint asked for on port 0 is bound to a
+    free port of `ports` instead (tried from a random start, each port at most once)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, ports: tuple[int, int]) -> None:
+        self._loop = loop
+        self._ports = ports
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._loop, name)
+
+    async def create_datagram_endpoint(
+        self, factory: Callable[[], asyncio.DatagramProtocol], **kw: object
+    ) -> tuple[asyncio.DatagramTransport, asyncio.DatagramProtocol]:
+        local = kw.get("local_addr")
+        if not (isinstance(local, tuple) and local[1] == 0):
+            return await self._loop.create_datagram_endpoint(factory, **kw)  # type: ignore[arg-type]
+        lo, hi = self._ports
+        count = hi - lo + 1
+        start = secrets.randbelow(count)
+        for i in range(count):
+            port = lo + (start + i) % count
+            try:
+                return await self._loop.create_datagram_endpoint(  # type: ignore[arg-type]
+                    factory, **{**kw, "local_addr": (local[0], port)}
+                )
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+        raise OSError(errno.EADDRINUSE, f"no free UDP port in {lo}-{hi} on {local[0]}")
+
+
+class _AsyncioForIce:
+    """The `asyncio` module as aioice.ice sees it: itself, but for `get_running_loop`."""
+
+    def __init__(self, ports: tuple[int, int]) -> None:
+        self._ports = ports
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(asyncio, name)
+
+    def get_running_loop(self) -> _PortRangeLoop:
+        return _PortRangeLoop(asyncio.get_running_loop(), self._ports)
+
+
+def bind_ice_ports(ports: tuple[int, int]) -> None:
+    """Bind aioice's candidate sockets within `ports` (`--rtc-ports`): aioice.ice takes its
+    loop from `asyncio.get_running_loop()` when it gathers, and only binds through it."""
+    aioice.ice.asyncio = _AsyncioForIce(ports)  # type: ignore[attr-defined]
 
 
 class OutgoingAudio(MediaStreamTrack):
