@@ -26,6 +26,7 @@ import logging
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import aioice.ice
 import aiortc.codecs
@@ -94,24 +95,26 @@ class _PortRangeLoop:
         return getattr(self._loop, name)
 
     async def create_datagram_endpoint(
-        self, factory: Callable[[], asyncio.DatagramProtocol], **kw: object
+        self,
+        factory: Callable[[], asyncio.DatagramProtocol],
+        local_addr: tuple[str, int] | None = None,
+        **kw: Any,
     ) -> tuple[asyncio.DatagramTransport, asyncio.DatagramProtocol]:
-        local = kw.get("local_addr")
-        if not (isinstance(local, tuple) and local[1] == 0):
-            return await self._loop.create_datagram_endpoint(factory, **kw)  # type: ignore[arg-type]
+        if local_addr is None or local_addr[1] != 0:
+            return await self._loop.create_datagram_endpoint(factory, local_addr, **kw)
         lo, hi = self._ports
         count = hi - lo + 1
         start = secrets.randbelow(count)
         for i in range(count):
             port = lo + (start + i) % count
             try:
-                return await self._loop.create_datagram_endpoint(  # type: ignore[arg-type]
-                    factory, **{**kw, "local_addr": (local[0], port)}
+                return await self._loop.create_datagram_endpoint(
+                    factory, (local_addr[0], port), **kw
                 )
             except OSError as exc:
                 if exc.errno != errno.EADDRINUSE:
                     raise
-        raise OSError(errno.EADDRINUSE, f"no free UDP port in {lo}-{hi} on {local[0]}")
+        raise OSError(errno.EADDRINUSE, f"no free UDP port in {lo}-{hi} on {local_addr[0]}")
 
 
 class _AsyncioForIce:
@@ -130,7 +133,7 @@ class _AsyncioForIce:
 def bind_ice_ports(ports: tuple[int, int]) -> None:
     """Bind aioice's candidate sockets within `ports` (`--rtc-ports`): aioice.ice takes its
     loop from `asyncio.get_running_loop()` when it gathers, and only binds through it."""
-    aioice.ice.asyncio = _AsyncioForIce(ports)  # type: ignore[attr-defined]
+    aioice.ice.asyncio = _AsyncioForIce(ports)  # type: ignore[assignment,attr-defined]
 
 
 class OutgoingAudio(MediaStreamTrack):
