@@ -100,6 +100,17 @@ class ServerProcess:
                 time.sleep(0.05)
         raise RuntimeError(f"server did not become ready:\n{self.log.read_text()}")
 
+    def metrics(self) -> dict[str, float]:
+        """`GET /metrics` as {'name{labels}': value} (blocking: from async code, in a thread)."""
+        with urllib.request.urlopen(f"{self.url}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        out = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                key, _, value = line.rpartition(" ")
+                out[key] = float(value)
+        return out
+
     def stop(self, timeout: float = 15.0) -> int:
         """SIGTERM and wait; the exit code proves a clean shutdown (0)."""
         assert self.proc is not None

@@ -35,17 +35,7 @@ pytestmark = [
 
 
 async def metric(server: ServerProcess, name: str) -> float:
-    import urllib.request  # noqa: PLC0415
-
-    def read() -> str:
-        with urllib.request.urlopen(f"{server.url}/metrics", timeout=2) as resp:
-            return str(resp.read().decode())
-
-    text = await asyncio.to_thread(read)
-    for line in text.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{}"):
-            return float(line.split()[-1])
-    return 0.0
+    return (await asyncio.to_thread(server.metrics)).get(name, 0.0)
 
 
 def events_of(path: Path) -> list[dict[str, Any]]:

@@ -31,7 +31,6 @@ import shutil
 import signal
 import struct
 import time
-import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,20 +137,8 @@ async def in_room(server: ServerProcess, *callers: str, exactly: bool = True) ->
     await eventually(check, f"SIP participants {sorted(want)} in {ROOM!r}")
 
 
-def metrics(server: ServerProcess) -> dict[str, float]:
-    """`GET /metrics` as {'name{labels}': value}."""
-    with urllib.request.urlopen(f"{server.url}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            key, _, value = line.rpartition(" ")
-            out[key] = float(value)
-    return out
-
-
 def media_counter(server: ServerProcess, name: str) -> float:
-    return metrics(server).get(f'sipbridge_media{{counter="{name}"}}', 0.0)
+    return server.metrics().get(f'sipbridge_media{{counter="{name}"}}', 0.0)
 
 
 # -- SDP -----------------------------------------------------------------------------------------
@@ -1009,9 +996,9 @@ async def test_hostile_rtp_leaves_calls_and_server_intact(serve: ServerFactory) 
         await eventually(_async(lambda: media_counter(server, "legs") == 0), "legs released")
     # What was refused is counted (and kept when the legs are released).
     for name in ("malformed", "unknown_payload", "truncated", "rtcp_malformed"):
-        assert media_counter(server, f"rtp_{name}") > 0, (name, metrics(server))
-    assert media_counter(server, "rtp_wrong_source") >= 100, metrics(server)
-    assert media_counter(server, "rtp_packets_in") >= 40, metrics(server)
+        assert media_counter(server, f"rtp_{name}") > 0, (name, server.metrics())
+    assert media_counter(server, "rtp_wrong_source") >= 100, server.metrics()
+    assert media_counter(server, "rtp_packets_in") >= 40, server.metrics()
     assert_clean(server)
 
 

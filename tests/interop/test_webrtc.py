@@ -127,6 +127,13 @@ async def test_sdk_client_and_phone_hear_each_other(
             )
         # the SDK client's publish_dtmf -> RFC 4733 to the phone
         assert await phone.wait_dtmf("*5", timeout=8) == "*5"
+        # the phone's PCMU went to the SDK as it was, no transcoding
+        counters = await asyncio.to_thread(rtc_server.metrics)
+        rtc_audio = {
+            k.split('"')[1]: v for k, v in counters.items() if k.startswith("sipbridge_rtc_audio{")
+        }
+        assert rtc_audio.get("subscriptions_pcmu") == 1, rtc_audio
+        assert rtc_audio["forwarded"] > 5 / 0.02 * 0.9, rtc_audio
         events = await sdk
         await phone.hangup()
         await phone.wait_event("CALL_CLOSED")

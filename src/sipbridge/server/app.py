@@ -112,6 +112,10 @@ class Server:
             ("sipbridge_media", {"counter": name}, n)
             for name, n in sorted(self.media.samples().items())
         ]
+        out += [
+            ("sipbridge_rtc_audio", {"counter": name}, n)
+            for name, n in sorted(self.signal.audio_samples().items())
+        ]
         out.append(("sipbridge_agent_workers", {}, len(self.agents.workers)))
         out.append(("sipbridge_agent_jobs", {}, len(self.agents.jobs)))
         out += [

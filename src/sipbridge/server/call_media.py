@@ -140,10 +140,60 @@ class MediaStats:
     mixed_frames: int = 0
 
 
+class Timeline:
+    """An outgoing stream's RTP clock. Frames we make continue it by wall time (at least one
+    frame per frame); a forwarded source stream is mapped onto it with an offset fixed per source
+    SSRC, so the receiver sees one stream, whatever feeds it and however often that changes."""
+
+    __slots__ = ("_offset", "_ssrc", "clock_rate", "frame_ticks", "last", "last_at")
+
+    def __init__(self, clock_rate: int, frame_ticks: int, start: int) -> None:
+        self.clock_rate = clock_rate
+        self.frame_ticks = frame_ticks
+        self.last = start  # the timestamp last sent
+        self.last_at: float | None = None  # and when (None: nothing sent yet)
+        self._ssrc: int | None = None
+        self._offset = 0
+
+    def now(self, at: float) -> int:
+        """Where the stream's clock is at `at`: the last timestamp plus the time since it."""
+        if self.last_at is None:
+            return self.last
+        elapsed = round((at - self.last_at) * self.clock_rate)
+        return (self.last + max(elapsed, self.frame_ticks)) % TIMESTAMP_MOD
+
+    def made(self, at: float) -> tuple[int, bool]:
+        """The timestamp of a frame of ours sent at `at`, and whether it starts the stream."""
+        self._ssrc = None
+        first = self.last_at is None
+        self.last, self.last_at = self.now(at), at
+        return self.last, first
+
+    def forwarded(self, ssrc: int, timestamp: int, at: float) -> tuple[int, bool]:
+        """A source packet's timestamp on our clock, and whether a new source stream starts
+        (a marker: the receiver's jitter buffer should resynchronise)."""
+        new = ssrc != self._ssrc
+        if new:
+            self._ssrc = ssrc
+            self._offset = (self.now(at) - timestamp) % TIMESTAMP_MOD
+        self.last, self.last_at = (timestamp + self._offset) % TIMESTAMP_MOD, at
+        return self.last, new
+
+    def continue_at(self, timestamp: int, at: float) -> None:
+        """Our stream went on to `timestamp` by other means (a DTMF event's duration)."""
+        self.last, self.last_at = timestamp, at
+
+    def rebase(self, clock_rate: int, frame_ticks: int) -> None:
+        """Another codec on the same stream: the next source maps anew."""
+        self.clock_rate, self.frame_ticks = clock_rate, frame_ticks
+        self._ssrc = None
+
+
 class AudioLeg:
     """What a room needs of a member: a source of 20 ms frames (`receiving`, `pull`,
     `output_at`), a listener (`sending`, `send_pcm`, `local_frame`), or both. RTP legs are both
-    and can also forward packets; WebRTC legs are one or the other and never forward."""
+    and can also forward packets; WebRTC legs are one or the other, and a WebRTC listener in
+    G.711 takes forwarded packets too."""
 
     forwardable = False  # packets of this leg can go to another as they are
     hears: AudioLeg | None = None  # None: every source in the room; else only that one
@@ -153,7 +203,7 @@ class AudioLeg:
         self.room: RoomAudio | None = None
         self.sending = True  # it takes audio
         self.receiving = True  # it gives audio
-        self.forward_to: list[CallMedia] = []  # listeners taking our packets as they are
+        self.forward_to: list[AudioLeg] = []  # listeners taking our packets as they are
         self.forward_from: AudioLeg | None = None
         self.buffered = False
         self.mixing = False
@@ -237,11 +287,8 @@ class CallMedia(AudioLeg):
         self.last_packet_at: float | None = None
         self.started_at: float | None = None
         self.update(answer)
-        # forwarding state: the source stream mapped onto ours
-        self._fwd_ssrc: int | None = None
-        self._fwd_offset = 0
-        self._last_ts = self.sender_timestamp()
-        self._last_sent_at: float | None = None
+        # our stream's clock, forwarded sources mapped onto it
+        self.timeline = Timeline(spec.rtp_clock, self.frame_ticks, self.sender_timestamp())
         # decoding and mixing state
         self._decoder: codecs.Decoder | None = None
         self._encoder: codecs.Encoder | None = None
@@ -303,7 +350,7 @@ class CallMedia(AudioLeg):
         self._outputs.clear()
         self._decoded = PcmFifo()
         self._silence = codecs.silence_payload(spec, FRAME_MS)
-        self._fwd_ssrc = None
+        self.timeline.rebase(spec.rtp_clock, self.frame_ticks)
 
     def sender_timestamp(self) -> int:
         return int(self.sender.timestamp)
@@ -445,44 +492,25 @@ class CallMedia(AudioLeg):
         self.stats.packets_out += 1
         self._sent_since_report = True
 
-    def _next_timestamp(self, now: float) -> int:
-        """Where our stream's clock is now: the last timestamp plus the time since it."""
-        if self._last_sent_at is None:
-            return self._last_ts
-        elapsed = round((now - self._last_sent_at) * self.clock_rate)
-        return (self._last_ts + max(elapsed, self.frame_ticks)) % TIMESTAMP_MOD
-
     def forward(self, packet: RtpPacket, source: CallMedia, now: float) -> None:
         """Send a packet of `source` on as ours: codec kept (or G.711 translated), header ours."""
-        marker = packet.marker
-        if packet.ssrc != self._fwd_ssrc:
-            # A new source stream (or back from mixing): continue our timeline from now.
-            self._fwd_ssrc = packet.ssrc
-            self._fwd_offset = (self._next_timestamp(now) - packet.timestamp) % TIMESTAMP_MOD
-            marker = True
-        timestamp = (packet.timestamp + self._fwd_offset) % TIMESTAMP_MOD
+        timestamp, new = self.timeline.forwarded(packet.ssrc, packet.timestamp, now)
         payload = packet.payload
         if source.spec is not self.spec:
             payload = codecs.transcode_g711(payload, source.spec, self.spec)
-        self._send(payload, timestamp, marker, self.audio_pt)
-        self._last_ts = timestamp
-        self._last_sent_at = now
+        self._send(payload, timestamp, packet.marker or new, self.audio_pt)
         self.stats.forwarded += 1
 
     def send_pcm(self, pcm: Pcm | None, now: float) -> None:
         """One mixed frame (None: silence) on the clock."""
-        self._fwd_ssrc = None
-        timestamp = self._next_timestamp(now)
-        marker = self._last_sent_at is None
+        timestamp, first = self.timeline.made(now)
         if pcm is None:
             payload = self._silence
         else:
             if self._encoder is None:
                 self._encoder = codecs.new_encoder(self.spec)
             payload = self._encoder.encode(pcm)
-        self._send(payload, timestamp, marker, self.audio_pt)
-        self._last_ts = timestamp
-        self._last_sent_at = now
+        self._send(payload, timestamp, first, self.audio_pt)
         self.stats.mixed_frames += 1
 
     # -- decoding for the mixer -----------------------------------------------------------
@@ -567,7 +595,7 @@ class CallMedia(AudioLeg):
                 self.players.append(PcmPlayer(tone))
                 self._dtmf_gap = (DTMF_TONE_MS + DTMF_GAP_MS) // FRAME_MS
                 return False
-            timestamp = self._next_timestamp(now)
+            timestamp = self.timeline.now(now)
             sender = DtmfSender(clock_rate=self.event_clock)
             packets = deque(
                 (p.send_at_ms // FRAME_MS, p.event.serialize(), p.marker)
@@ -585,8 +613,9 @@ class CallMedia(AudioLeg):
             self._dtmf_out = None
             self._dtmf_gap = DTMF_GAP_MS // FRAME_MS
             # Audio resumes after the event's duration, on the same timeline.
-            self._last_ts = (out.timestamp + out.tick * self.frame_ticks) % TIMESTAMP_MOD
-            self._last_sent_at = now
+            self.timeline.continue_at(
+                (out.timestamp + out.tick * self.frame_ticks) % TIMESTAMP_MOD, now
+            )
         return sent
 
     # -- end ------------------------------------------------------------------------------
@@ -606,12 +635,12 @@ class CallMedia(AudioLeg):
         self.players.clear()
 
 
-_G711 = (codecs.PCMU_SPEC, codecs.PCMA_SPEC)
+G711 = (codecs.PCMU_SPEC, codecs.PCMA_SPEC)
 
 
 def can_forward(source: codecs.CodecSpec, target: codecs.CodecSpec) -> bool:
     """Whether packets of `source` go to `target` without decoding."""
-    return source is target or (source in _G711 and target in _G711)
+    return source is target or (source in G711 and target in G711)
 
 
 def _can_forward(source: AudioLeg, listener: AudioLeg) -> bool:
@@ -661,7 +690,7 @@ class RoomAudio:
                 sources = [s for s in talkers if s is not listener]
             source = sources[0] if len(sources) == 1 else None
             if (
-                isinstance(listener, CallMedia)
+                listener.forwardable
                 and source is not None
                 and not listener.local_audio
                 and _can_forward(source, listener)

@@ -16,6 +16,7 @@ import contextlib
 import gzip
 import logging
 import zlib
+from collections import Counter
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -129,6 +130,7 @@ class SignalServer:
         self.resumed = 0
         self.data_refused = 0  # undecodable, oversized, or from a client without the grant
         self.data_undelivered = 0  # to a client whose data channel is not open
+        self.audio_ended: Counter[str] = Counter()  # audio counters of closed subscriptions
         runtime.listeners.append(self.on_room_event)
 
     def routes(self, app: web.Application) -> None:
@@ -554,11 +556,24 @@ class SignalServer:
             return
         for _, subscription in peer.sending.values():
             media.detach(subscription)
+            self.audio_ended.update(subscription.counters())
         for track_sid, publication in peer.publications.items():
             media.detach(publication)
             if media.track_legs.get(track_sid) is publication:
                 del media.track_legs[track_sid]
         await peer.close()
+
+    def audio_samples(self) -> dict[str, int]:
+        """WebRTC audio sent to clients, for /metrics: subscriptions open by codec, and packets
+        forwarded, frames made and stale frames dropped, over all subscriptions ever."""
+        totals = Counter(self.audio_ended)
+        for session in self.sessions.values():
+            if session.peer is None:
+                continue
+            for _, subscription in session.peer.sending.values():
+                totals.update(subscription.counters())
+                totals[f"subscriptions_{subscription.spec.name.lower()}"] += 1
+        return dict(totals)
 
     # -- messages to the client ------------------------------------------------------------
 

@@ -24,9 +24,10 @@ import fractions
 import json
 import logging
 import secrets
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aioice.ice
 import aiortc.codecs
@@ -45,13 +46,17 @@ from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import candidate_from_sdp
 
 from sipbridge.media import codecs
-from sipbridge.server.call_media import FRAME_MS, AudioLeg, Pcm, PcmFifo
+from sipbridge.media.rtp import RtpPacket
+from sipbridge.server.call_media import FRAME_MS, G711, AudioLeg, CallMedia, Pcm, PcmFifo, Timeline
 
 log = logging.getLogger(__name__)
 
 RATE = 48000
 FRAME = RATE * FRAME_MS // 1000
 MAX_QUEUED_FRAMES = 10  # 200 ms: beyond it the encoder fell behind, drop the oldest
+if TYPE_CHECKING:  # what aiortc's sender takes from a track (PyAV's Packet is generic in stubs)
+    Outgoing = av.AudioFrame | av.Packet[av.stream.Stream]
+STALE_S = 0.06  # audio queued longer than this for aiortc's sender is dropped
 MAX_BUFFERED = 10 * FRAME  # publisher audio kept for the mixer (200 ms)
 SILENCE = np.zeros(FRAME, np.int16)
 MAX_LOSSY_BUFFERED = 256 * 1024
@@ -137,15 +142,16 @@ def bind_ice_ports(ports: tuple[int, int]) -> None:
 
 
 class OutgoingAudio(MediaStreamTrack):
-    """An audio track aiortc sends: frames queued by the room's clock, 20 ms each."""
+    """An audio track aiortc sends: 20 ms frames aiortc encodes (Opus), or packets already
+    encoded (G.711, forwarded or ours) that it only packetises. Timestamps are ours (`pts`)."""
 
     kind = "audio"
 
     def __init__(self, track_sid: str) -> None:
         super().__init__()
         self.track_sid = track_sid
-        self.queue: asyncio.Queue[av.AudioFrame] = asyncio.Queue()
-        self._pts = 0
+        self.queue: deque[tuple[float, Outgoing]] = deque()
+        self._waiter: asyncio.Future[None] | None = None
         self.dropped = 0
 
     @property
@@ -153,40 +159,100 @@ class OutgoingAudio(MediaStreamTrack):
         # The SDK matches tracks by sid: the track id must be the TR_ sid (WIRE.md s6).
         return self.track_sid
 
-    def push(self, pcm: Pcm) -> None:
-        if self.queue.qsize() >= MAX_QUEUED_FRAMES:
-            self.queue.get_nowait()
-            self.dropped += 1
+    def push_frame(self, pcm: Pcm, pts: int, now: float) -> None:
         frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = RATE
-        frame.pts = self._pts
+        frame.pts = pts
         frame.time_base = fractions.Fraction(1, RATE)
-        self._pts += len(pcm)
-        self.queue.put_nowait(frame)
+        self._put(frame, now)
 
-    async def recv(self) -> av.AudioFrame:
-        if self.readyState != "live":
-            raise MediaStreamError
-        # Frames that waited (the sender starts once DTLS is up, and the room's clock has been
-        # ticking) would reach the client as one burst, which its jitter buffer answers by
-        # time-compressing the audio: send only the freshest, paced by the clock from here on.
-        while self.queue.qsize() > 1:
-            self.queue.get_nowait()
+    def push_packet(self, payload: bytes, pts: int, clock_rate: int, now: float) -> None:
+        packet = av.Packet(payload)
+        packet.pts = pts
+        packet.time_base = fractions.Fraction(1, clock_rate)
+        self._put(packet, now)
+
+    def _put(self, item: Outgoing, now: float) -> None:
+        if len(self.queue) >= MAX_QUEUED_FRAMES:
+            self.queue.popleft()
             self.dropped += 1
-        return await self.queue.get()
+        self.queue.append((now, item))
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def recv(self) -> Outgoing:
+        while True:
+            if self.readyState != "live":
+                raise MediaStreamError
+            if self.queue:
+                break
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        # What waited longer than a jitter buffer would (the sender starts once DTLS is up,
+        # and the room has been sending since the answer) would reach the client as one burst,
+        # which its jitter buffer answers by time-compressing the audio: only fresh audio goes.
+        stale = asyncio.get_running_loop().time() - STALE_S
+        while len(self.queue) > 1 and self.queue[0][0] < stale:
+            self.queue.popleft()
+            self.dropped += 1
+        return self.queue.popleft()[1]
+
+    def stop(self) -> None:
+        super().stop()
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
 
 class Subscription(AudioLeg):
-    """A room listener for one subscriber and one track: hears only that track's source."""
+    """A room listener for one subscriber and one track: hears only that track's source.
 
-    def __init__(self, source: AudioLeg, track: OutgoingAudio) -> None:
-        super().__init__(codecs.OPUS_SPEC)
+    In Opus (any source), its frames are handed to aiortc to encode. In G.711 (a phone's track
+    to a client that takes the phone's codec) the phone's packets are forwarded as they arrive,
+    payload unchanged (or PCMU/PCMA translated by table), and its own frames (silence, a mix)
+    are encoded here: aiortc only packetises them."""
+
+    def __init__(
+        self, source: AudioLeg, track: OutgoingAudio, spec: codecs.CodecSpec = codecs.OPUS_SPEC
+    ) -> None:
+        super().__init__(spec)
         self.hears = source
         self.receiving = False  # nobody hears a subscription
         self.track = track
+        self.forwardable = spec in G711
+        self.timeline = Timeline(spec.rtp_clock, spec.frame_ticks(FRAME_MS), 0)
+        self.forwarded = 0  # phone packets passed on as they are
+        self.made = 0  # frames of ours: a mix, silence
+        self._encoder: codecs.Encoder | None = None
+        self._silence = codecs.silence_payload(spec, FRAME_MS)
 
     def send_pcm(self, pcm: Pcm | None, now: float) -> None:
-        self.track.push(SILENCE if pcm is None else pcm)
+        pts, _ = self.timeline.made(now)
+        self.made += 1
+        if not self.forwardable:
+            self.track.push_frame(SILENCE if pcm is None else pcm, pts, now)
+            return
+        if pcm is None:
+            payload = self._silence
+        else:
+            if self._encoder is None:
+                self._encoder = codecs.new_encoder(self.spec)
+            payload = self._encoder.encode(pcm)
+        self.track.push_packet(payload, pts, self.spec.rtp_clock, now)
+
+    def counters(self) -> dict[str, int]:
+        """For /metrics: packets passed on, frames made here, frames dropped as stale."""
+        return {"forwarded": self.forwarded, "made": self.made, "dropped": self.track.dropped}
+
+    def forward(self, packet: RtpPacket, source: CallMedia, now: float) -> None:
+        pts, _ = self.timeline.forwarded(packet.ssrc, packet.timestamp, now)
+        payload = packet.payload
+        if source.spec is not self.spec:
+            payload = codecs.transcode_g711(payload, source.spec, self.spec)
+        self.track.push_packet(payload, pts, self.spec.rtp_clock, now)
+        self.forwarded += 1
 
 
 class Publication(AudioLeg):
@@ -241,6 +307,29 @@ def _msid_tracks(sdp: str) -> dict[str, str]:
     return found
 
 
+_MIME = {codecs.PCMU_SPEC: "audio/pcmu", codecs.PCMA_SPEC: "audio/pcma"}
+
+
+def _subscription_codec(source: AudioLeg, transceiver: RTCRtpTransceiver) -> codecs.CodecSpec:
+    """What a client hears a track in: a phone's G.711 as it is when the client's section takes
+    it (the SDK offers PCMU and PCMA), or the other G.711 (translated by table); else Opus."""
+    offered = {codec.mimeType.lower() for codec in transceiver._codecs}
+    if source.forwardable and source.spec in G711:
+        for spec in sorted(G711, key=lambda spec: spec is not source.spec):
+            if _MIME[spec] in offered:
+                return spec
+    return codecs.OPUS_SPEC
+
+
+def _keep_codec(transceiver: RTCRtpTransceiver, spec: codecs.CodecSpec) -> None:
+    """Answer (and re-answer, on every later offer) the section with `spec` only: aiortc's
+    sender keeps the encoder of its first codec, so the codec of a section must not change."""
+    mime = _MIME.get(spec, "audio/opus")
+    kept = [codec for codec in transceiver._codecs if codec.mimeType.lower() == mime]
+    if kept:
+        transceiver._codecs = kept
+
+
 def _free_audio(transceiver: RTCRtpTransceiver) -> bool:
     """A section the client offered to receive audio on, with nothing of ours on it yet."""
     track: MediaStreamTrack | None = transceiver.sender.track
@@ -288,6 +377,8 @@ class RtcPeer:
             raise ValueError("the offer is no WebRTC session description")
         self.mid_tracks.update(_msid_tracks(sdp))
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        for transceiver, subscription in self.sending.values():
+            _keep_codec(transceiver, subscription.spec)
         used = {id(transceiver) for transceiver, _ in self.sending.values()}
         free = [t for t in self.pc.getTransceivers() if _free_audio(t) and id(t) not in used]
         left = []
@@ -303,7 +394,9 @@ class RtcPeer:
             transceiver.direction = "sendonly"
             # msid "<PA_sid>|<TR_sid> <TR_sid>" or the SDK drops the track (WIRE.md s4)
             transceiver.sender._stream_id = f"{publisher_sid}|{track_sid}"
-            self.sending[track_sid] = (transceiver, Subscription(source, track))
+            spec = _subscription_codec(source, transceiver)
+            _keep_codec(transceiver, spec)
+            self.sending[track_sid] = (transceiver, Subscription(source, track, spec))
         answer = await self.pc.createAnswer()
         await self.pc.setLocalDescription(answer)
         mids = {
