@@ -200,25 +200,35 @@ class Call:
         except Exception:
             self.stats[label] = out
             return
-        for s in stats.subscriber_stats:
-            if s.WhichOneof("stats") == "inbound_rtp" and s.inbound_rtp.stream.kind == "audio":
+
+        def add(key: str, value: float) -> None:
+            out[key] = out.get(key, 0.0) + value
+
+        seen: set[str] = set()
+        # single peer connection: the same reports may be in both lists
+        for s in [*stats.publisher_stats, *stats.subscriber_stats]:
+            which = s.WhichOneof("stats") or ""
+            if which == "inbound_rtp" and s.inbound_rtp.stream.kind == "audio":
                 r, i = s.inbound_rtp.received, s.inbound_rtp.inbound
-                out["in_packets"] = out.get("in_packets", 0) + r.packets_received
-                out["in_lost"] = out.get("in_lost", 0) + r.packets_lost
-                out["jb_delay_s"] = out.get("jb_delay_s", 0) + i.jitter_buffer_delay
-                out["jb_emitted"] = out.get("jb_emitted", 0) + i.jitter_buffer_emitted_count
+                if f"in/{s.inbound_rtp.rtc.id}" in seen:
+                    continue
+                seen.add(f"in/{s.inbound_rtp.rtc.id}")
+                add("in_packets", r.packets_received)
+                add("in_lost", r.packets_lost)
+                add("jb_delay_s", i.jitter_buffer_delay)
+                add("jb_emitted", i.jitter_buffer_emitted_count)
+                add("samples", i.total_samples_received)
+                add("concealed", i.concealed_samples)
+                add("silent_concealed", i.silent_concealed_samples)
+                add("concealment_events", i.concealment_events)
+                add("removed_for_acceleration", i.removed_samples_for_acceleration)
+                add("inserted_for_deceleration", i.inserted_samples_for_deceleration)
                 out["jb_target_s"] = i.jitter_buffer_target_delay
-                out["samples"] = out.get("samples", 0) + i.total_samples_received
-                out["concealed"] = out.get("concealed", 0) + i.concealed_samples
-                out["silent_concealed"] = out.get("silent_concealed", 0) + (
-                    i.silent_concealed_samples
-                )
-                out["concealment_events"] = out.get("concealment_events", 0) + (
-                    i.concealment_events
-                )
-        for s in stats.publisher_stats:
-            if s.WhichOneof("stats") == "outbound_rtp" and s.outbound_rtp.stream.kind == "audio":
-                out["out_packets"] = out.get("out_packets", 0) + s.outbound_rtp.sent.packets_sent
+            elif which == "outbound_rtp" and s.outbound_rtp.stream.kind == "audio":
+                if f"out/{s.outbound_rtp.rtc.id}" in seen:
+                    continue
+                seen.add(f"out/{s.outbound_rtp.rtc.id}")
+                add("out_packets", s.outbound_rtp.sent.packets_sent)
         self.stats[label] = out
 
     def result(self) -> dict[str, object]:

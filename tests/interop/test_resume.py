@@ -32,6 +32,11 @@ async def test_drop_and_resume_keeps_the_participant(
     assert (await participants(lk, "resume"))["alice"].sid == sid  # still there
     first = await alice.resume()
     assert first.WhichOneof("message") == "reconnect", first
+    # then the room as it is now, which the SDK takes as the truth (participants absent from
+    # it left while the link was down), and the room's info
+    snapshot = await alice.wait_for("update")
+    assert "alice" in {p.identity for p in snapshot.update.participants}
+    await alice.wait_for("room_update")
     # the session works on the new WebSocket
     await alice.send(rtc.SignalRequest(ping_req=rtc.Ping(timestamp=42)))
     pong = await alice.wait_for("pong_resp")

@@ -11,6 +11,7 @@ each must correlate above 0.9 with what the other sent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 import sys
@@ -45,7 +46,12 @@ def udp_ports(ip: str) -> list[int]:
 
 
 async def run_sdk(
-    ns: netns.VethNamespace, server: ServerProcess, identity: str, room: str, *args: str
+    ns: netns.VethNamespace,
+    server: ServerProcess,
+    identity: str,
+    room: str,
+    *args: str,
+    port: int | None = None,
 ) -> list[dict[str, Any]]:
     """sdk_client.py inside the namespace; its JSON events."""
     grant = api.VideoGrants(room_join=True, room=room)
@@ -53,7 +59,7 @@ async def run_sdk(
         sys.executable,
         str(SDK_CLIENT),
         "--url",
-        f"ws://{ns.host_ip}:{server.port}",
+        f"ws://{ns.host_ip}:{port or server.port}",
         "--token",
         token(grant, identity=identity),
         *args,
@@ -62,6 +68,7 @@ async def run_sdk(
         *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
     out, err = await asyncio.wait_for(proc.communicate(), 60)
+    (server.log.parent / f"sdk-{identity}.log").write_bytes(err)  # kept with the server's log
     events = [json.loads(line) for line in out.decode().splitlines() if line.startswith("{")]
     assert proc.returncode == 0, (events, err.decode()[-2000:])
     return events
@@ -159,10 +166,11 @@ async def test_sdk_client_and_phone_hear_each_other(
     assert phone_heard_agent > 0.9, phone_heard_agent
 
 
-async def test_a_second_sdk_client_joins_and_leaves_while_the_call_goes_on(
+async def test_a_second_sdk_client_joins_and_leaves_and_remove_participant_hangs_up(
     rtc_server: ServerProcess, namespace: netns.VethNamespace, tmp_path: Path
 ) -> None:
-    """Browser-style: another participant comes and goes; the agent sees both, the call stays."""
+    """Browser-style: another participant comes and goes; the agent sees both, the call stays.
+    Then RemoveParticipant on the caller hangs the phone up."""
     async with api.LiveKitAPI(url=rtc_server.url, api_key=API_KEY, api_secret=API_SECRET) as lk:
         await lk.sip.create_dispatch_rule(
             sip.CreateSIPDispatchRuleRequest(
@@ -191,10 +199,18 @@ async def test_a_second_sdk_client_joins_and_leaves_while_the_call_goes_on(
             "--record",
             str(tmp_path / "visitor.wav"),
         )
-        agent_events = await agent
         assert not [e for e in phone.events if e.get("type") == "CALL_CLOSED"]
-        await phone.hangup()
-        await phone.wait_event("CALL_CLOSED")
+        # RemoveParticipant on the caller hangs the phone up (BYE); the agent sees it leave
+        async with api.LiveKitAPI(url=rtc_server.url, api_key=API_KEY, api_secret=API_SECRET) as lk:
+            listed = await lk.room.list_participants(room.ListParticipantsRequest(room="agentroom"))
+            (caller,) = [p for p in listed.participants if p.kind == models.ParticipantInfo.SIP]
+            await lk.room.remove_participant(
+                room.RoomParticipantIdentity(room="agentroom", identity=caller.identity)
+            )
+        await phone.wait_event("CALL_CLOSED", timeout=5)
+        agent_events = await agent
+    gone = [e for e in agent_events if e["event"] == "participant_disconnected"]
+    assert caller.identity in {e["identity"] for e in gone}, agent_events
     seen = {e["event"] for e in agent_events if e.get("identity") == "visitor"}
     assert {"participant_connected", "participant_disconnected"} <= seen, agent_events
     connected = next(e for e in visitor if e["event"] == "connected")
@@ -203,3 +219,116 @@ async def test_a_second_sdk_client_joins_and_leaves_while_the_call_goes_on(
     assert [k for k in kinds.values() if k == "PARTICIPANT_KIND_SIP"], kinds
     # the visitor heard the phone too (PCMA at 8 kHz: some sound, not silence)
     assert any(e["event"] == "track_subscribed" for e in visitor), visitor
+
+
+class CuttableProxy:
+    """A TCP relay in front of the server's HTTP port: `cut()` resets every connection through
+    it at once, as a network that dropped the client would (the client sends no `leave`)."""
+
+    def __init__(self, host: str, target_port: int) -> None:
+        self.host = host
+        self.target_port = target_port
+        self.pairs: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.connections = 0
+        self.server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> CuttableProxy:
+        self.server = await asyncio.start_server(self._relay, self.host, 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+        self.cut()
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return int(self.server.sockets[0].getsockname()[1])
+
+    def cut(self) -> None:
+        for client, upstream in list(self.pairs):
+            for writer in (client, upstream):
+                writer.transport.abort()  # RST, no FIN: nothing more reaches either side
+        self.pairs.clear()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        up_reader, up_writer = await asyncio.open_connection(self.host, self.target_port)
+        pair = (writer, up_writer)
+        self.pairs.add(pair)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError, OSError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.transport.abort() if pair not in self.pairs else dst.close()
+
+        for task in (
+            asyncio.create_task(pipe(reader, up_writer)),
+            asyncio.create_task(pipe(up_reader, writer)),
+        ):
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+
+async def test_a_cut_websocket_resumes_and_the_caller_is_still_heard(
+    rtc_server: ServerProcess, namespace: netns.VethNamespace, tmp_path: Path
+) -> None:
+    """The SDK's signalling connection is reset mid-call (no leave): the SDK resumes on a new
+    WebSocket (`reconnect`), keeps its peer connection, and goes on hearing the phone."""
+    async with api.LiveKitAPI(url=rtc_server.url, api_key=API_KEY, api_secret=API_SECRET) as lk:
+        await lk.sip.create_dispatch_rule(
+            sip.CreateSIPDispatchRuleRequest(
+                dispatch_rule=sip.SIPDispatchRuleInfo(
+                    rule=sip.SIPDispatchRule(
+                        dispatch_rule_direct=sip.SIPDispatchRuleDirect(room_name="agentroom")
+                    )
+                )
+            )
+        )
+    heard = tmp_path / "heard.wav"
+    async with (
+        CuttableProxy(namespace.host_ip, rtc_server.port) as proxy,
+        # the phone talks from 4 s after the answer: after the cut at 1.5 s and the resume
+        baresip.phone(tmp_path / "phone", codecs="PCMU", top_hz=3400.0, lead_s=4.0) as phone,
+    ):
+        await phone.dial(f"sip:agent@127.0.0.1:{rtc_server.sip_port}")  # type: ignore[attr-defined]
+        await phone.wait_event("CALL_RINGING", fail_on=("CALL_CLOSED",))
+        sdk = asyncio.create_task(
+            run_sdk(
+                namespace,
+                rtc_server,
+                "agent",
+                "agentroom",
+                "--record",
+                str(heard),
+                "--seconds",
+                "10",
+                port=proxy.port,
+            )
+        )
+        await phone.wait_event("CALL_ESTABLISHED", timeout=15, fail_on=("CALL_CLOSED",))
+        await asyncio.sleep(1.5)
+        assert proxy.connections == 1
+        proxy.cut()
+        events = await sdk
+        assert not [e for e in phone.events if e.get("type") == "CALL_CLOSED"]
+        await phone.hangup()
+        await phone.wait_event("CALL_CLOSED")
+        await phone.stop()
+    names = [e["event"] for e in events]
+    assert "reconnecting" in names and "reconnected" in names, events
+    assert proxy.connections >= 2  # the resume came through the relay
+    assert "disconnected" not in names[: names.index("reconnected")], events
+    metrics = await asyncio.to_thread(rtc_server.metrics)
+    assert metrics["sipbridge_signal_resumed_total"] >= 1, metrics
+    recording, rate = read_wav(heard)
+    assert phone.reference is not None
+    after_resume, _ = best_correlation(phone.reference, recording, phone.rate, recorded_rate=rate)
+    assert after_resume > 0.9, after_resume

@@ -100,6 +100,7 @@ class Server:
             ("sipbridge_rooms", {}, len(rooms)),
             ("sipbridge_participants", {}, sum(len(r.participants) for r in rooms)),
             ("sipbridge_signal_sessions", {}, len(self.signal.sessions)),
+            ("sipbridge_signal_resumed_total", {}, self.signal.resumed),
             ("sipbridge_data_refused_total", {}, self.signal.data_refused),
             ("sipbridge_data_undelivered_total", {}, self.signal.data_undelivered),
             ("sipbridge_inbound_trunks", {}, len(self.sip_config.inbound)),

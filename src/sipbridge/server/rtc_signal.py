@@ -185,7 +185,7 @@ class SignalServer:
         try:
             if resumed:
                 self.resumed += 1
-                session.send(rtc.SignalResponse(reconnect=rtc.ReconnectResponse()))
+                self._resumed(session)
                 dropped = await self._read(session)
                 return ws
             self._join(session, claims, join)
@@ -214,6 +214,19 @@ class SignalServer:
                 await writer
             await ws.close()
         return ws
+
+    def _resumed(self, session: Session) -> None:
+        """What a resumed client is told, as LiveKit does: `reconnect`, then a snapshot of the
+        room's participants (itself included) and the room. The SDK takes the snapshot as the
+        truth: anyone it knew who is not in it left while the link was down (rust-sdks
+        `reconcile_absent_participants`), so without it the phone would vanish from the agent."""
+        session.send(rtc.SignalResponse(reconnect=rtc.ReconnectResponse()))
+        room = self.rooms.find(session.room)
+        if room is None:
+            return
+        everyone = [p.to_proto() for p in room.participants.values() if not p.permission.hidden]
+        session.send(rtc.SignalResponse(update=rtc.ParticipantUpdate(participants=everyone)))
+        session.send(rtc.SignalResponse(room_update=rtc.RoomUpdate(room=room.to_proto())))
 
     def _resumable(self, claims: Claims, join: rtc.JoinRequest) -> Session | None:
         """The session a `reconnect=true` join resumes: same room, identity and participant sid,
