@@ -433,6 +433,7 @@ class Agent:
             str(PEER),
             *("--url", self.url, "--rooms", ",".join(self.rooms)),
             *("--queue-ms", str(args.queue_ms), "--period-ms", str(args.period_ms)),
+            *("--speak-from", args.speak_from),
             *("--limit", str(round(limit))),
         )
         with open(self.log, "ab") as err:
@@ -702,6 +703,7 @@ def run_step(
                 "machine": machine_ticks()[0] / TICKS,
             }
 
+        time.sleep(args.invite_delay)
         phones = Phones(n, step, f"127.0.0.1:{sip_port}", args)
         gc.disable()  # no collector pauses in the send loop; the step is bounded
         try:
@@ -954,6 +956,15 @@ def main() -> int:
     parser.add_argument("--cps", type=float, default=10.0, help="INVITEs (and BYEs) per second")
     parser.add_argument("--queue-ms", type=int, default=20, help="the agent's AudioSource queue")
     parser.add_argument("--period-ms", type=int, default=500, help="a tone burst every")
+    parser.add_argument(
+        "--speak-from",
+        choices=("answer", "connect"),
+        default="answer",
+        help="the agent captures audio from its call's answer (default) or from its connect",
+    )
+    parser.add_argument(
+        "--invite-delay", type=float, default=0.0, help="s from the agent ready to the INVITEs"
+    )
     parser.add_argument("--rtp-ports", default="", help="server's RTP range (LO-HI)")
     parser.add_argument(
         "--quiet-wait", type=float, default=5.0, help="max s to wait for a quiet machine per step"

@@ -116,7 +116,8 @@ class Call:
             self.joined_at = self.subscribed_at
         loop = asyncio.get_running_loop()
         self.tasks.append(loop.create_task(self.listen(track)))
-        self.tasks.append(loop.create_task(self.speak()))
+        if not self.peer.speak_early:
+            self.tasks.append(loop.create_task(self.speak()))
 
     async def connect(self, url: str, key: str, secret: str) -> None:
         tok = (
@@ -133,6 +134,8 @@ class Call:
         publish = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
         await asyncio.wait_for(self.room.local_participant.publish_track(track, publish), 10)
         self.connect_ms = (time.monotonic() - began) * 1000
+        if self.peer.speak_early:
+            self.tasks.append(asyncio.get_running_loop().create_task(self.speak()))
 
     async def listen(self, track: rtc.Track) -> None:
         stream = rtc.AudioStream(track, sample_rate=RATE, num_channels=1)
@@ -257,6 +260,7 @@ class Peer:
         self.queue_ms = args.queue_ms
         self.period_ms = args.period_ms
         self.limit = args.limit
+        self.speak_early = args.speak_from == "connect"
         self.stopping = False
         self.stop = asyncio.Event()
         self.commands: asyncio.Queue[str] = asyncio.Queue()
@@ -336,6 +340,12 @@ def main() -> None:
     parser.add_argument("--rooms", required=True, help="room names, comma-separated")
     parser.add_argument("--queue-ms", type=int, default=20, help="AudioSource queue (20)")
     parser.add_argument("--period-ms", type=int, default=500, help="one burst every (500)")
+    parser.add_argument(
+        "--speak-from",
+        choices=("answer", "connect"),
+        default="answer",
+        help="capture from the caller's track subscribed (answer) or from connect",
+    )
     parser.add_argument("--limit", type=float, default=120.0, help="watchdog, seconds (120)")
     args = parser.parse_args()
 

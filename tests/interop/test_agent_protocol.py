@@ -16,6 +16,9 @@ from livekit.protocol import agent, room
 from livekit.protocol import agent_dispatch as dispatch
 
 from tests.helpers import API_SECRET, ServerProcess, token
+from tests.signal_client import SignalClient
+
+JOIN_TIMEOUT_S = 10.0  # server/agents.py
 
 
 class FakeWorker:
@@ -109,6 +112,56 @@ async def test_a_refused_job_goes_to_the_next_least_loaded_worker(
         assert second.room.name == "queue" and second.dispatch_id == first.dispatch_id
         await busy.answer(second, True)
         assert (await busy.receive("assignment")).assignment.job.id == second.id
+
+
+async def test_an_agent_that_never_joins_is_ended_and_the_job_offered_again(
+    server: ServerProcess, lk: api.LiveKitAPI
+) -> None:
+    """A worker accepts but its agent never joins: after the join timeout (10 s) its job is
+    terminated and offered to another worker, whose agent does join (a signalling client
+    with the assignment's token); the room and the participant in it are unharmed."""
+    async with worker(server, load=0.0) as idle, worker(server, load=0.5) as other:
+        await asyncio.sleep(0.2)  # both load updates in
+        await lk.room.create_room(room.CreateRoomRequest(name="noshow"))
+        caller = SignalClient(server.url, "noshow", "caller")
+        await caller.connect()
+        first = (await idle.receive("availability")).availability.job
+        await idle.answer(first, True, identity="ghost")
+        assert (await idle.receive("assignment")).assignment.job.id == first.id
+        # ... and nothing joins as "ghost"
+        ended = await idle.receive("termination", timeout=15)
+        assert ended.termination.job_id == first.id
+        second = (await other.receive("availability", timeout=5)).availability.job
+        assert second.dispatch_id == first.dispatch_id and second.id != first.id
+        await other.answer(second, True, identity="real-agent")
+        assignment = (await other.receive("assignment")).assignment
+        agent_client = SignalClient(server.url, "noshow", "real-agent")
+        agent_client.token = assignment.token  # joins as the job's agent
+        await agent_client.connect()
+        listed = await lk.room.list_participants(room.ListParticipantsRequest(room="noshow"))
+        assert {p.identity for p in listed.participants} == {"caller", "real-agent"}
+        await asyncio.sleep(JOIN_TIMEOUT_S + 1)  # the agent that joined is left alone
+        listed = await lk.room.list_participants(room.ListParticipantsRequest(room="noshow"))
+        assert {p.identity for p in listed.participants} == {"caller", "real-agent"}
+        await agent_client.close()
+        await caller.close()
+        metrics = await asyncio.to_thread(server.metrics)
+        assert metrics['sipbridge_agent_total{outcome="join_timeout"}'] == 1, metrics
+
+
+async def test_a_worker_gone_before_its_agent_joined_has_its_job_offered_again(
+    server: ServerProcess, lk: api.LiveKitAPI
+) -> None:
+    async with worker(server, load=0.5) as other:
+        async with worker(server, load=0.0) as leaving:
+            await asyncio.sleep(0.2)
+            await lk.room.create_room(room.CreateRoomRequest(name="crash"))
+            first = (await leaving.receive("availability")).availability.job
+            await leaving.answer(first, True)
+            await leaving.receive("assignment")
+        # its connection closed with the job assigned and no agent in the room
+        second = (await other.receive("availability", timeout=5)).availability.job
+        assert second.dispatch_id == first.dispatch_id and second.room.name == "crash"
 
 
 async def test_explicit_dispatch_through_the_api(server: ServerProcess, lk: api.LiveKitAPI) -> None:

@@ -35,7 +35,9 @@ log = logging.getLogger(__name__)
 
 SERVICE = "livekit.AgentDispatchService"
 AVAILABILITY_TIMEOUT_S = 7.5
-MAX_TRIES = 3
+JOIN_TIMEOUT_S = 10.0  # an assigned job's agent must be in the room by then
+MAX_TRIES = 3  # workers offered one dispatch, per round
+MAX_ROUNDS = 3  # rounds of offers for one dispatch (a new round when an agent never joined)
 JOB_TOKEN_TTL_S = 6 * 3600
 MAX_WORKER_MESSAGE = 1024 * 1024
 WORKER_PREFIX = "AW_"
@@ -64,6 +66,9 @@ class RunningJob:
     job: agent.Job
     worker_id: str
     room: str
+    identity: str  # the agent participant its token admits
+    joined: bool = False
+    deadline: asyncio.TimerHandle | None = None  # until its agent joins
 
 
 def require_room_admin(req: Any, claims: Claims) -> None:
@@ -84,6 +89,7 @@ class AgentService:
         self.workers: dict[str, Worker] = {}
         self.dispatches: dict[str, dict[str, dispatch_proto.AgentDispatch]] = {}  # by room
         self.jobs: dict[str, RunningJob] = {}
+        self._rounds: dict[str, int] = {}  # dispatch id -> offers made again after a no-show
         self._answers: dict[str, asyncio.Future[agent.AvailabilityResponse]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.stats: dict[str, int] = {}
@@ -196,6 +202,10 @@ class AgentService:
             running = self.jobs.pop(job_id, None)
             if running is not None:
                 log.info("agent job %s lost its worker", job_id)
+                if running.deadline is not None:
+                    running.deadline.cancel()
+                if not running.joined:
+                    self._redispatch(running)
         for job_id, answer in list(self._answers.items()):
             if not answer.done() and job_id.startswith(f"{worker.id}:"):
                 answer.cancel()
@@ -252,8 +262,16 @@ class AgentService:
                 entries = [(a.agent_name, a.metadata) for a in wanted] or [("", "")]
                 for agent_name, metadata in entries:
                     self._add_dispatch(room.name, agent_name, metadata)
+            case ev.ParticipantJoined(room=room, participant=p):
+                for running in self.jobs.values():
+                    if running.room == room.name and running.identity == p.identity:
+                        running.joined = True
+                        if running.deadline is not None:
+                            running.deadline.cancel()
+                            running.deadline = None
             case ev.RoomFinished(room=room):
-                self.dispatches.pop(room.name, None)
+                for dispatch_id in self.dispatches.pop(room.name, {}):
+                    self._rounds.pop(dispatch_id, None)
                 for job_id, running in list(self.jobs.items()):
                     if running.room == room.name:
                         self._terminate(job_id)
@@ -274,9 +292,15 @@ class AgentService:
     def _has_job(self, dispatch_id: str) -> bool:
         return any(r.job.dispatch_id == dispatch_id for r in self.jobs.values())
 
-    async def _dispatch(self, room_name: str, record: dispatch_proto.AgentDispatch) -> None:
-        """Offer the dispatch's job to workers of its name until one takes it."""
-        tried: set[str] = set()
+    async def _dispatch(
+        self,
+        room_name: str,
+        record: dispatch_proto.AgentDispatch,
+        exclude: frozenset[str] = frozenset(),
+    ) -> None:
+        """Offer the dispatch's job to workers of its name until one takes it (a round of at
+        most MAX_TRIES offers, least loaded first, `exclude` never)."""
+        tried: set[str] = set(exclude)
         for _ in range(MAX_TRIES):
             room = self.rooms.find(room_name)
             if room is None or record.id not in self.dispatches.get(room_name, {}):
@@ -350,7 +374,14 @@ class AgentService:
                 "agent": True,
             },
         )
-        self.jobs[job.id] = RunningJob(job=job, worker_id=worker.id, room=job.room.name)
+        running = RunningJob(job=job, worker_id=worker.id, room=job.room.name, identity=identity)
+        room = self.rooms.find(job.room.name)
+        running.joined = room is not None and identity in room.participants
+        if not running.joined:
+            running.deadline = asyncio.get_running_loop().call_later(
+                JOIN_TIMEOUT_S, self._join_timeout, job.id
+            )
+        self.jobs[job.id] = running
         worker.jobs.add(job.id)
         worker.send(
             agent.ServerMessage(
@@ -360,10 +391,41 @@ class AgentService:
         self._count("assigned")
         log.info("agent job %s for room %s assigned to %s", job.id, job.room.name, worker.id)
 
+    def _join_timeout(self, job_id: str) -> None:
+        """An assigned job whose agent never joined: ended at its worker, offered anew."""
+        running = self.jobs.get(job_id)
+        if running is None or running.joined:
+            return
+        running.deadline = None
+        log.warning(
+            "agent job %s: %s did not join room %s in %.0f s",
+            job_id,
+            running.identity,
+            running.room,
+            JOIN_TIMEOUT_S,
+        )
+        self._count("join_timeout")
+        self._terminate(job_id)
+        self._redispatch(running)
+
+    def _redispatch(self, running: RunningJob) -> None:
+        """Offer a job that never got its agent into the room again, to other workers."""
+        record = self.dispatches.get(running.room, {}).get(running.job.dispatch_id)
+        if record is None or self.rooms.find(running.room) is None:
+            return
+        rounds = self._rounds[record.id] = self._rounds.get(record.id, 0) + 1
+        if rounds >= MAX_ROUNDS:
+            self._count("dispatch_failed")
+            return
+        self._spawn(self._dispatch(running.room, record, frozenset({running.worker_id})))
+
     def _terminate(self, job_id: str) -> None:
         running = self.jobs.pop(job_id, None)
         if running is None:
             return
+        if running.deadline is not None:
+            running.deadline.cancel()
+            running.deadline = None
         worker = self.workers.get(running.worker_id)
         if worker is not None:
             worker.jobs.discard(job_id)
@@ -390,6 +452,7 @@ class AgentService:
         record = self.dispatches.get(req.room, {}).pop(req.dispatch_id, None)
         if record is None:
             raise ApiError("not_found", f"dispatch {req.dispatch_id!r} not found")
+        self._rounds.pop(record.id, None)
         for job_id, running in list(self.jobs.items()):
             if running.job.dispatch_id == record.id:
                 self._terminate(job_id)
