@@ -93,7 +93,7 @@ from livekit.protocol import sip
 from tests import netns
 from tests.helpers import API_KEY, API_SECRET, ServerProcess, free_sip_port
 
-from bench.agent_peer import BURST_MS, QUIET_NS, THRESHOLD, burst
+from bench.agent_peer import BURST_MS, LATE_S, QUIET_NS, THRESHOLD, burst
 from bench.media import (
     ANC_SIZE,
     DRAIN_LIMIT,
@@ -133,6 +133,14 @@ MATCH_NS = 450_000_000  # a burst's onset must come within this
 EARLY_NS = 2_000_000  # or this much before (rounding)
 DRAIN_S = 1.0  # streaming goes on after the window, for its last bursts
 MAX_CALLS = 64
+LATE_MS = round(LATE_S * 1000)
+LOSS_KEYS = (
+    "phone_seq_gaps",
+    "phone_late_packets",
+    "agent_packets_lost",
+    "bursts_missing_phone_to_agent",
+    "bursts_missing_agent_to_phone",
+)
 MAX_STEPS = 16
 SATURATED_PCT = 90.0
 
@@ -551,7 +559,11 @@ def step_figures(
     invite_200: list[int] = []
     overhead: list[int] = []
     invite_join: list[int] = []
+    invite_published: list[int] = []
     missing_p2a = missing_a2p = spurious = 0
+    a2p_per_call: list[float | None] = []  # each call's median: a standing queue shows here
+    missing_behind: list[float] = []  # how late the agent captured the bursts that went missing
+    out_packets = 0.0
     lost = concealed = samples = 0.0
     frames = frame_gaps = late = capture_errors = 0
     errors = [str(a["error"]) for a in agent if a.get("error")]
@@ -573,12 +585,17 @@ def step_figures(
         spurious += spur
         a_bursts = a["bursts"]
         assert isinstance(a_bursts, list)
-        queue_at = {int(t): int(float(q) * 1e6) for t, q in a_bursts}
+        queue_at = {int(t): int(float(q) * 1e6) for t, q, _ in a_bursts}
+        behind_at = {int(t): float(b) for t, _, b in a_bursts}
         found, miss, spur = match(sorted(queue_at), onsets[i], lo, hi)
         a2p += [x for _, x in found]
+        a2p_per_call.append(ms([x for _, x in found], 50))
         a2p_added += [x - queue_at[t] for t, x in found]
         queued += [queue_at[t] for t, _ in found]
         missing_a2p += miss
+        matched = {t for t, _ in found}
+        missing_behind += [behind_at[t] for t in queue_at if lo <= t < hi and t not in matched]
+        out_packets += _delta(stats, "out_packets")
         spurious += spur
         if invite_at[i] and ok_at[i]:
             invite_200.append(ok_at[i] - invite_at[i])
@@ -589,6 +606,9 @@ def step_figures(
                 overhead.append(ok_at[i] - subscribed)
             if joined:
                 invite_join.append(joined - invite_at[i])
+            published = a.get("published_at")
+            if isinstance(published, int) and published:
+                invite_published.append(published - invite_at[i])
         frames += int(a["frames"])  # type: ignore[call-overload]
         frame_gaps += int(a["frame_gaps"])  # type: ignore[call-overload]
         late += int(a["late"])  # type: ignore[call-overload]
@@ -622,6 +642,9 @@ def step_figures(
         "agent_concealed_pct": round(concealed / samples * 100, 3) if samples else None,
         "bursts_missing_phone_to_agent": missing_p2a,
         "bursts_missing_agent_to_phone": missing_a2p,
+        "missing_bursts_captured_late_ms": sorted(round(b, 1) for b in missing_behind)[:20],
+        "agent_packets_sent": out_packets,
+        "agent_packets_sent_expected": round(n * wall * 1e9 / FRAME_NS),
         "spurious_onsets": spurious,
     }
     lossless = (
@@ -642,11 +665,13 @@ def step_figures(
         "failed_statuses": phone["failed_statuses"],
         "invite_to_200_ms": summary_ms(invite_200),
         "invite_to_agent_sees_caller_ms": summary_ms(invite_join),
+        "invite_to_agent_sees_track_ms": summary_ms(invite_published),
         "answer_overhead_ms": summary_ms(overhead),
         "phone_to_agent_ms": summary_ms(p2a),
         "phone_to_agent_added_ms": summary_ms(p2a_added),
         "agent_to_phone_ms": summary_ms(a2p),
         "agent_to_phone_added_ms": summary_ms(a2p_added),
+        "agent_to_phone_per_call_p50_ms": a2p_per_call,
         "agent_jitter_buffer_mean_ms": round(sum(jb_means) / len(jb_means), 2)
         if jb_means
         else None,
@@ -658,6 +683,7 @@ def step_figures(
         "agent_python_thread_cpu_pct": round(agent_main_pct, 1),
         "phone_cpu_pct": round(phone_cpu / wall * 100, 1),
         "other_cpu_pct": round(other, 1),
+        "machine_busy_pct": round(used["machine"] / wall * 100, 1),
         "agent_frames": frames,
         "agent_frame_gaps": frame_gaps,
         "agent_late_captures": late,
@@ -669,6 +695,13 @@ def step_figures(
         "phone_other_payload_packets": phone["other_pt"],
         **extra,
     }
+
+
+def rtc_deltas(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """The server's WebRTC audio counters (to SDK clients) over the step."""
+    prefix = 'sipbridge_rtc_audio{counter="'
+    names = {k for k in after if k.startswith(prefix)}
+    return {k[len(prefix) : -2]: after[k] - before.get(k, 0) for k in sorted(names)}
 
 
 def run_step(
@@ -720,11 +753,13 @@ def run_step(
         (log.parent / f"step-{step:02d}-n{n}.json").write_text(json.dumps(raw))
     left = wait_drained(server.url, 15)
     udp1 = udp_counters()
+    after = scrape(server.url)
     calls = result["calls"]
     assert isinstance(calls, list)
     extra: dict[str, object] = {
         "agent_connect_s": ready.get("seconds"),
-        "server_metrics": media_deltas(before, scrape(server.url)),
+        "server_metrics": media_deltas(before, after),
+        "server_rtc_audio": rtc_deltas(before, after),
         "udp_drops": sum(udp1.get(k, 0) - udp0.get(k, 0) for k in ("RcvbufErrors", "SndbufErrors")),
         "left_on_server": left,
     }
@@ -778,18 +813,32 @@ def summarise(steps: list[dict[str, object]]) -> dict[str, object]:
     saturated = next((s for s in steps if s["agent_saturated"]), None)
     held = [s for s in steps if clean(s)]
     best = max(held, key=lambda s: int(s["n"]), default=None)  # type: ignore[call-overload]
+    stopped = next((s for s in steps if not clean(s) or s["agent_saturated"]), None)
     limited_by = "not reached (every step clean)"
-    if first_bad is not None:
-        loss = first_bad["loss"]
-        limited_by = f"loss or a failed call at N={first_bad['n']}: {json.dumps(loss)}"
-        if not first_bad["calls_ok"]:
-            limited_by = f"failed calls at N={first_bad['n']}"
-    elif saturated is not None:
-        limited_by = (
-            f"agent saturated at N={saturated['n']} (Python thread "
-            f"{saturated['agent_python_thread_cpu_pct']}% of a core, "
-            f"{saturated['agent_late_captures']} late captures)"
+    if stopped is not None:
+        loss = stopped["loss"]
+        assert isinstance(loss, dict)
+        reasons = []
+        if not stopped["calls_ok"]:
+            reasons.append(
+                f"calls: {stopped['answered']} answered, {stopped['byes_ok']} BYEs ok, "
+                f"failed {json.dumps(stopped['failed_statuses'])}, "
+                f"agent errors {stopped['agent_errors']}"
+            )
+        lossy = {k: v for k, v in loss.items() if k in LOSS_KEYS and v}
+        if lossy:
+            reasons.append(f"loss {json.dumps(lossy)}")
+        if stopped["agent_saturated"]:
+            reasons.append(
+                f"agent behind its real-time schedule: {stopped['agent_late_captures']} captures "
+                f"> {LATE_MS} ms late (process {stopped['agent_cpu_pct']}% of a core, Python "
+                f"thread {stopped['agent_python_thread_cpu_pct']}%)"
+            )
+        reasons.append(
+            f"machine {stopped['machine_busy_pct']}% busy of {100 * (os.cpu_count() or 1)}% "
+            f"(server {stopped['server_cpu_pct']}%)"
         )
+        limited_by = f"N={stopped['n']}: " + "; ".join(reasons)
     goal: dict[str, object] = {"at_n": best["n"] if best else None}
     if best is not None:
         inv = best["invite_to_200_ms"]

@@ -86,9 +86,11 @@ class Call:
         self.connect_ms = 0.0
         self.error = ""
         self.joined_at = 0  # the SIP participant seen (participant_connected), monotonic ns
+        self.published_at = 0  # its audio track announced (track_published)
         self.subscribed_at = 0  # its audio track subscribed
         self.onsets: list[int] = []  # monotonic ns, as if played from the frame's arrival
-        self.bursts: list[tuple[int, float]] = []  # (capture time ns, queued ms before it)
+        # (capture time ns, queued ms before it, ms behind its schedule)
+        self.bursts: list[tuple[int, float, float]] = []
         self.frames = 0
         self.first_frame_at = 0
         self.last_frame_at = 0
@@ -99,10 +101,15 @@ class Call:
         self.tasks: list[asyncio.Task[None]] = []
         self.room.on("participant_connected", self._on_participant)
         self.room.on("track_subscribed", self._on_track)
+        self.room.on("track_published", self._on_published)
 
     def _on_participant(self, p: rtc.RemoteParticipant) -> None:
         if p.kind == rtc.ParticipantKind.PARTICIPANT_KIND_SIP and not self.joined_at:
             self.joined_at = time.monotonic_ns()
+
+    def _on_published(self, pub: rtc.RemoteTrackPublication, p: rtc.RemoteParticipant) -> None:
+        if p.kind == rtc.ParticipantKind.PARTICIPANT_KIND_SIP and not self.published_at:
+            self.published_at = time.monotonic_ns()
 
     def _on_track(
         self, track: rtc.Track, pub: rtc.RemoteTrackPublication, p: rtc.RemoteParticipant
@@ -187,7 +194,9 @@ class Call:
             if phase < len(peer.burst_frames):
                 frame = peer.burst_frames[phase]
                 if phase == 0:
-                    self.bursts.append((time.monotonic_ns(), source.queued_duration * 1000))
+                    behind = max(0.0, loop.time() - due) * 1000
+                    queued = source.queued_duration * 1000
+                    self.bursts.append((time.monotonic_ns(), queued, behind))
             else:
                 frame = peer.silence
             try:
@@ -241,9 +250,10 @@ class Call:
             "error": self.error,
             "connect_ms": round(self.connect_ms, 1),
             "joined_at": self.joined_at,
+            "published_at": self.published_at,
             "subscribed_at": self.subscribed_at,
             "onsets": self.onsets,
-            "bursts": [[t, round(q, 2)] for t, q in self.bursts],
+            "bursts": [[t, round(q, 2), round(b, 2)] for t, q, b in self.bursts],
             "frames": self.frames,
             "first_frame_at": self.first_frame_at,
             "last_frame_at": self.last_frame_at,

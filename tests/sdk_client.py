@@ -5,7 +5,8 @@ Run it inside a network namespace (tests/netns.py; libwebrtc ignores loopback):
     ip netns exec NS .venv/bin/python tests/sdk_client.py --url ws://HOST_IP:PORT --token TOKEN \
         [--publish IN.wav] [--record OUT.wav] [--seconds S] [--dtmf DIGITS] \
         [--subscribe-identity ID] [--connect-timeout S] [--dtmf-delay S] \
-        [--publish-delay S] [--publish-after-record] [--verbose]
+        [--publish-delay S] [--publish-after-record] [--no-auto-subscribe] \
+        [--subscribe-after S] [--unsubscribe-after S] [--verbose]
 
 It prints one JSON object per line on stdout for everything it sees, each with "event" and "t"
 (seconds since the script started):
@@ -19,6 +20,7 @@ It prints one JSON object per line on stdout for everything it sees, each with "
     track_unsubscribed       {identity, track_sid}
     track_subscription_failed {identity, track_sid, error}
     local_track_published    {track_sid}
+    set_subscribed           {track_sid, subscribed}
     publish_done             {frames, seconds}
     recording                {identity, track_sid, path}
     first_audio_frame        {identity, track_sid, sample_rate, channels, samples}
@@ -341,6 +343,20 @@ class Client:
         finally:
             emit("publish_done", frames=frames, seconds=frames * FRAME / RATE)
 
+    async def subscribe_later(self) -> None:
+        """After --subscribe-after s: subscribe to every remote audio track (set_subscribed),
+        and after --unsubscribe-after s more, unsubscribe again."""
+        await asyncio.sleep(self.args.subscribe_after)
+        for subscribed, delay in ((True, 0.0), (False, self.args.unsubscribe_after)):
+            if delay is None:
+                return
+            await asyncio.sleep(delay)
+            for p in self.room.remote_participants.values():
+                for pub in p.track_publications.values():
+                    if pub.kind == self.rtc.TrackKind.KIND_AUDIO:
+                        pub.set_subscribed(subscribed)
+                        emit("set_subscribed", track_sid=pub.sid, subscribed=subscribed)
+
     async def send_dtmf(self, digits: str) -> None:
         await asyncio.sleep(self.args.dtmf_delay)
         for digit in digits:
@@ -356,7 +372,9 @@ class Client:
     async def run(self) -> int:
         args, rtc = self.args, self.rtc
         pcm = load_wav(args.publish) if args.publish else None
-        options = rtc.RoomOptions(auto_subscribe=True, connect_timeout=args.connect_timeout)
+        options = rtc.RoomOptions(
+            auto_subscribe=not args.no_auto_subscribe, connect_timeout=args.connect_timeout
+        )
         try:
             await asyncio.wait_for(
                 self.room.connect(args.url, args.token, options), args.connect_timeout + 5
@@ -385,6 +403,8 @@ class Client:
                     self.maybe_record(pub.track, pub, p)
         if pcm is not None:
             self.spawn(self.publish(pcm), "publish")
+        if args.subscribe_after is not None:
+            self.spawn(self.subscribe_later(), "subscribe")
         if args.dtmf:
             self.spawn(self.send_dtmf(args.dtmf), "dtmf")
         # the time in the room, cut short when the server disconnects us
@@ -422,6 +442,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=5.0, help="time in the room (5)")
     p.add_argument("--dtmf", default="", help="DTMF digits to send (0-9*#A-D)")
     p.add_argument("--dtmf-delay", type=float, default=0.5, help="seconds before DTMF (0.5)")
+    p.add_argument("--no-auto-subscribe", action="store_true", help="subscribe to nothing")
+    p.add_argument(
+        "--subscribe-after", type=float, help="S: then subscribe to every remote audio track"
+    )
+    p.add_argument("--unsubscribe-after", type=float, help="S after subscribing: unsubscribe again")
     p.add_argument("--subscribe-identity", default="", help="record only this participant")
     p.add_argument("--connect-timeout", type=float, default=10.0, help="(10)")
     p.add_argument("--verbose", action="store_true", help="SDK debug logs on stderr")

@@ -52,9 +52,10 @@ async def run_sdk(
     room: str,
     *args: str,
     port: int | None = None,
+    grant: api.VideoGrants | None = None,
 ) -> list[dict[str, Any]]:
     """sdk_client.py inside the namespace; its JSON events."""
-    grant = api.VideoGrants(room_join=True, room=room)
+    grant = grant or api.VideoGrants(room_join=True, room=room)
     cmd = ns.exec_args(
         sys.executable,
         str(SDK_CLIENT),
@@ -332,3 +333,73 @@ async def test_a_cut_websocket_resumes_and_the_caller_is_still_heard(
     assert phone.reference is not None
     after_resume, _ = best_correlation(phone.reference, recording, phone.rate, recorded_rate=rate)
     assert after_resume > 0.9, after_resume
+
+
+async def test_subscriptions_follow_the_client_and_its_grant(
+    rtc_server: ServerProcess, namespace: netns.VethNamespace, tmp_path: Path
+) -> None:
+    """A client without canSubscribe never gets the phone's track (nor answers the call); a
+    client that does not auto-subscribe gets it when it subscribes - which answers the call -
+    and stops getting it when it unsubscribes, the call going on."""
+    async with api.LiveKitAPI(url=rtc_server.url, api_key=API_KEY, api_secret=API_SECRET) as lk:
+        await lk.sip.create_dispatch_rule(
+            sip.CreateSIPDispatchRuleRequest(
+                dispatch_rule=sip.SIPDispatchRuleInfo(
+                    rule=sip.SIPDispatchRule(
+                        dispatch_rule_direct=sip.SIPDispatchRuleDirect(room_name="agentroom")
+                    )
+                )
+            )
+        )
+
+    def attached() -> float:
+        counters = rtc_server.metrics()
+        return counters.get('sipbridge_rtc_audio{counter="subscriptions_pcmu"}', 0.0)
+
+    async with baresip.phone(tmp_path / "phone", codecs="PCMU") as phone:
+        await phone.dial(f"sip:agent@127.0.0.1:{rtc_server.sip_port}")  # type: ignore[attr-defined]
+        await phone.wait_event("CALL_RINGING", fail_on=("CALL_CLOSED",))
+        watcher = asyncio.create_task(
+            run_sdk(
+                namespace,
+                rtc_server,
+                "watcher",
+                "agentroom",
+                "--seconds",
+                "4",
+                grant=api.VideoGrants(room_join=True, room="agentroom", can_subscribe=False),
+            )
+        )
+        agent = asyncio.create_task(
+            run_sdk(
+                namespace,
+                rtc_server,
+                "agent",
+                "agentroom",
+                "--no-auto-subscribe",
+                "--subscribe-after",
+                "2.5",
+                "--unsubscribe-after",
+                "2.5",
+                "--seconds",
+                "7",
+            )
+        )
+        await asyncio.sleep(2.0)  # both in, neither subscribed: still ringing
+        assert not [e for e in phone.events if e.get("type") == "CALL_ESTABLISHED"]
+        assert await asyncio.to_thread(attached) == 0
+        await phone.wait_event("CALL_ESTABLISHED", timeout=10, fail_on=("CALL_CLOSED",))
+        assert await asyncio.to_thread(attached) == 1
+        await asyncio.sleep(3.5)  # unsubscribed by now: its section stays, silent
+        assert await asyncio.to_thread(attached) == 0
+        assert not [e for e in phone.events if e.get("type") == "CALL_CLOSED"]
+        watched, heard = await watcher, await agent
+        await phone.hangup()
+        await phone.wait_event("CALL_CLOSED")
+    names = [e["event"] for e in watched]
+    assert "track_published" in names and "track_subscribed" not in names, watched
+    names = [e["event"] for e in heard]
+    subscribed_at = next(e["t"] for e in heard if e["event"] == "track_subscribed")
+    asked_at = next(e["t"] for e in heard if e["event"] == "set_subscribed" and e["subscribed"])
+    assert subscribed_at >= asked_at, heard
+    assert "track_unsubscribed" in names, heard

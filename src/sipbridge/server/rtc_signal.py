@@ -101,6 +101,8 @@ class Session:
     participant_sid: str = ""
     peer: RtcPeer | None = None
     expiry: asyncio.TimerHandle | None = None  # while the WebSocket is gone, awaiting a resume
+    auto_subscribe: bool = True  # the client's connection_settings: every track unless told
+    choices: dict[str, bool] = field(default_factory=dict)  # track sid -> subscribe, as told
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
@@ -188,6 +190,10 @@ class SignalServer:
                 self._resumed(session)
                 dropped = await self._read(session)
                 return ws
+            if join.HasField("connection_settings"):
+                session.auto_subscribe = join.connection_settings.auto_subscribe
+            elif "auto_subscribe" in request.query:  # the two-connection path's parameter
+                session.auto_subscribe = request.query["auto_subscribe"] not in ("0", "false")
             self._join(session, claims, join)
             if self.media is not None and join.publisher_offer.sdp:
                 session.peer = RtcPeer(identity=session.identity)
@@ -359,6 +365,10 @@ class SignalServer:
         elif kind == "trickle" and session.peer is not None:
             peer = session.peer
             session.spawn(self._trickle(peer, req.trickle.candidateInit))
+        elif kind == "subscription":
+            for track_sid in req.subscription.track_sids:
+                session.choices[track_sid] = req.subscription.subscribe
+            self._apply_subscriptions(session)
         elif kind == "mute":
             with contextlib.suppress(ApiError):
                 self.rooms.mute_track(session.room, session.identity, req.mute.sid, req.mute.muted)
@@ -446,17 +456,7 @@ class SignalServer:
                     )
                 )
             )
-            subscribed = []
-            for track_sid, (_, subscription) in peer.sending.items():
-                if subscription.room is None:
-                    media.attach(subscription, session.room)
-                    subscribed.append(track_sid)
-            if subscribed:
-                with contextlib.suppress(ApiError):
-                    self.rooms.update_subscriptions(
-                        session.room, session.identity, subscribed, True
-                    )
-                self.runtime.commit()
+            self._apply_subscriptions(session, ask=False)
             if left:
                 session.send(
                     rtc.SignalResponse(
@@ -467,10 +467,16 @@ class SignalServer:
                 )
 
     def _wanted(self, session: Session) -> dict[str, tuple[AudioLeg, str]]:
-        """The audio tracks of the others in the room that have a source to hear."""
+        """The audio tracks of the others in the room, with a source to hear, that the client
+        subscribes to: every one when it auto-subscribes, else those it asked for (its own
+        `subscription` requests and UpdateSubscriptions through the API win either way);
+        none without the canSubscribe grant."""
         media = self.media
         room = self.rooms.find(session.room)
         if media is None or room is None:
+            return {}
+        me = room.participants.get(session.identity)
+        if me is None or not me.permission.can_subscribe:
             return {}
         wanted: dict[str, tuple[AudioLeg, str]] = {}
         for participant in room.participants.values():
@@ -478,9 +484,43 @@ class SignalServer:
                 continue
             for track in participant.tracks.values():
                 source = media.track_legs.get(track.sid)
-                if track.type == models.TrackType.AUDIO and source is not None:
+                if track.type != models.TrackType.AUDIO or source is None:
+                    continue
+                if session.choices.get(track.sid, session.auto_subscribe):
                     wanted[track.sid] = (source, participant.sid)
         return wanted
+
+    def _apply_subscriptions(self, session: Session, *, ask: bool = True) -> None:
+        """Make the audio the client gets match `_wanted`: a subscription that has its section
+        is (re)attached to the room or detached from it - the section stays, silent - and the
+        room model follows; tracks still without a section are asked for (`ask`)."""
+        peer, media = session.peer, self.media
+        if peer is None or media is None:
+            return
+        wanted = self._wanted(session)
+        on, off = [], []
+        for track_sid, (_, subscription) in peer.sending.items():
+            if track_sid in wanted and subscription.room is None:
+                media.attach(subscription, session.room)
+                on.append(track_sid)
+            elif track_sid not in wanted and subscription.room is not None:
+                media.detach(subscription)
+                off.append(track_sid)
+        for track_sids, subscribed in ((on, True), (off, False)):
+            if track_sids:
+                with contextlib.suppress(ApiError):
+                    self.rooms.update_subscriptions(
+                        session.room, session.identity, track_sids, subscribed
+                    )
+        if on or off:
+            self.runtime.commit()
+        missing = sum(1 for track_sid in wanted if track_sid not in peer.sending)
+        if ask and missing:
+            session.send(
+                rtc.SignalResponse(
+                    media_sections_requirement=rtc.MediaSectionsRequirement(num_audios=missing)
+                )
+            )
 
     def _published(self, session: Session, track_sid: str, publication: Publication) -> None:
         """A client's published audio arrived: it joins the room's audio, and the others in
@@ -492,13 +532,10 @@ class SignalServer:
         self._ask_for_sections(session.room, exclude=session.identity)
 
     def _ask_for_sections(self, room: str, exclude: str = "") -> None:
+        """A new audio track in the room: the clients subscribing to it need sections."""
         for other in self._in_room(room):
-            if other.identity != exclude and other.peer is not None:
-                other.send(
-                    rtc.SignalResponse(
-                        media_sections_requirement=rtc.MediaSectionsRequirement(num_audios=1)
-                    )
-                )
+            if other.identity != exclude:
+                self._apply_subscriptions(other)
 
     def _connected(self, session: Session) -> None:
         """Its peer connection is up: the participant is ACTIVE (SDKs wait for that)."""
@@ -585,7 +622,8 @@ class SignalServer:
                 continue
             for _, subscription in session.peer.sending.values():
                 totals.update(subscription.counters())
-                totals[f"subscriptions_{subscription.spec.name.lower()}"] += 1
+                if subscription.room is not None:  # attached: audio flows
+                    totals[f"subscriptions_{subscription.spec.name.lower()}"] += 1
         return dict(totals)
 
     # -- messages to the client ------------------------------------------------------------
@@ -629,6 +667,17 @@ class SignalServer:
                 | ev.TrackMuted(room=room, participant=p)
             ):
                 self._broadcast(room.name, p)
+            case ev.SubscriptionChanged(room_name=room_name, subscriber_identity=identity):
+                # UpdateSubscriptions through the API (or a permission taken away): a change
+                # our media does not have yet becomes the client's choice for that track.
+                session = self.sessions.get((room_name, identity))
+                if session is None or session.peer is None:
+                    return
+                sending = session.peer.sending.get(event.track_sid)
+                attached = sending is not None and sending[1].room is not None
+                if attached != event.subscribed:
+                    session.choices[event.track_sid] = event.subscribed
+                    self._apply_subscriptions(session)
             case ev.DataSent():
                 self._deliver(event)
             case ev.RoomMetadataChanged(room=room):
