@@ -6,7 +6,9 @@ Run it inside a network namespace (tests/netns.py; libwebrtc ignores loopback):
         [--publish IN.wav] [--record OUT.wav] [--seconds S] [--dtmf DIGITS] \
         [--subscribe-identity ID] [--connect-timeout S] [--dtmf-delay S] \
         [--publish-delay S] [--publish-after-record] [--no-auto-subscribe] \
-        [--subscribe-after S] [--unsubscribe-after S] [--verbose]
+        [--subscribe-after S] [--unsubscribe-after S] [--rpc-serve METHOD] \
+        [--rpc-call ID:METHOD:PAYLOAD] [--text-topic TOPIC] [--send-text TOPIC:TEXT|@FILE] \
+        [--data-delay S] [--verbose]
 
 It prints one JSON object per line on stdout for everything it sees, each with "event" and "t"
 (seconds since the script started):
@@ -21,6 +23,10 @@ It prints one JSON object per line on stdout for everything it sees, each with "
     track_subscription_failed {identity, track_sid, error}
     local_track_published    {track_sid}
     set_subscribed           {track_sid, subscribed}
+    rpc_served               {caller, method, payload}    (--rpc-serve)
+    rpc_result               {response} | rpc_error {code, message}   (--rpc-call)
+    text_received            {identity, topic, text}      (--text-topic)
+    text_sent                {topic, chars}               (--send-text)
     publish_done             {frames, seconds}
     recording                {identity, track_sid, path}
     first_audio_frame        {identity, track_sid, sample_rate, channels, samples}
@@ -357,6 +363,45 @@ class Client:
                         pub.set_subscribed(subscribed)
                         emit("set_subscribed", track_sid=pub.sid, subscribed=subscribed)
 
+    def serve_rpc(self, method: str) -> None:
+        """Answer `method` with "echo:" + the payload."""
+
+        async def handler(data: Any) -> str:
+            emit("rpc_served", caller=data.caller_identity, method=method, payload=data.payload)
+            return "echo:" + data.payload
+
+        self.room.local_participant.register_rpc_method(method, handler)
+
+    def receive_text(self, topic: str) -> None:
+        def on_stream(reader: Any, identity: str) -> None:
+            async def read() -> None:
+                text = await asyncio.wait_for(reader.read_all(), 10)
+                emit("text_received", identity=identity, topic=topic, text=text)
+
+            self.spawn(read(), "text stream")
+
+        self.room.register_text_stream_handler(topic, on_stream)
+
+    async def call_and_send(self) -> None:
+        """After --data-delay: the --rpc-call, then the --send-text."""
+        await asyncio.sleep(self.args.data_delay)
+        local = self.room.local_participant
+        if self.args.rpc_call:
+            identity, method, payload = self.args.rpc_call.split(":", 2)
+            try:
+                response = await local.perform_rpc(
+                    destination_identity=identity, method=method, payload=payload
+                )
+                emit("rpc_result", response=response)
+            except self.rtc.RpcError as err:
+                emit("rpc_error", code=err.code, message=err.message)
+        if self.args.send_text:
+            topic, text = self.args.send_text.split(":", 1)
+            if text.startswith("@"):
+                text = await asyncio.to_thread(Path(text[1:]).read_text)
+            await asyncio.wait_for(local.send_text(text, topic=topic), 10)
+            emit("text_sent", topic=topic, chars=len(text))
+
     async def send_dtmf(self, digits: str) -> None:
         await asyncio.sleep(self.args.dtmf_delay)
         for digit in digits:
@@ -372,6 +417,8 @@ class Client:
     async def run(self) -> int:
         args, rtc = self.args, self.rtc
         pcm = load_wav(args.publish) if args.publish else None
+        if args.text_topic:
+            self.receive_text(args.text_topic)
         options = rtc.RoomOptions(
             auto_subscribe=not args.no_auto_subscribe, connect_timeout=args.connect_timeout
         )
@@ -401,10 +448,14 @@ class Client:
                 emit("track_published", identity=p.identity, **self.publication(pub))
                 if pub.track is not None and pub.subscribed:
                     self.maybe_record(pub.track, pub, p)
+        if args.rpc_serve:
+            self.serve_rpc(args.rpc_serve)
         if pcm is not None:
             self.spawn(self.publish(pcm), "publish")
         if args.subscribe_after is not None:
             self.spawn(self.subscribe_later(), "subscribe")
+        if args.rpc_call or args.send_text:
+            self.spawn(self.call_and_send(), "rpc and text")
         if args.dtmf:
             self.spawn(self.send_dtmf(args.dtmf), "dtmf")
         # the time in the room, cut short when the server disconnects us
@@ -442,6 +493,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=5.0, help="time in the room (5)")
     p.add_argument("--dtmf", default="", help="DTMF digits to send (0-9*#A-D)")
     p.add_argument("--dtmf-delay", type=float, default=0.5, help="seconds before DTMF (0.5)")
+    p.add_argument("--rpc-serve", metavar="METHOD", help='answer METHOD with "echo:"+payload')
+    p.add_argument("--rpc-call", metavar="ID:METHOD:PAYLOAD", help="call a remote RPC method")
+    p.add_argument("--text-topic", metavar="TOPIC", help="receive text streams on TOPIC")
+    p.add_argument("--send-text", metavar="TOPIC:TEXT", help="send a text stream (@FILE: a file)")
+    p.add_argument("--data-delay", type=float, default=1.0, help="before --rpc-call (1)")
     p.add_argument("--no-auto-subscribe", action="store_true", help="subscribe to nothing")
     p.add_argument(
         "--subscribe-after", type=float, help="S: then subscribe to every remote audio track"

@@ -69,6 +69,10 @@ async def test_participants_listed_updated_and_removed(
         assert alice.join is not None and bob.join is not None
         assert alice.join.room.name == "talk" and alice.join.participant.identity == "alice"
         assert alice.join.ping_interval > 0 and alice.join.ping_timeout > 0
+        # the LiveKit release whose protocol we speak, as semver (SDKs gate RPC on >= 1.8.0)
+        info = alice.join.server_info
+        assert alice.join.server_version == info.version == "1.9.0" and info.protocol == 16
+        assert info.debug_info.startswith("sipbridge ")
         assert [p.identity for p in bob.join.other_participants] == ["alice"]
         joined = await alice.wait_for("update")
         assert joined.update.participants[0].identity == "bob"

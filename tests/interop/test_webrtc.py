@@ -403,3 +403,49 @@ async def test_subscriptions_follow_the_client_and_its_grant(
     asked_at = next(e["t"] for e in heard if e["event"] == "set_subscribed" and e["subscribed"])
     assert subscribed_at >= asked_at, heard
     assert "track_unsubscribed" in names, heard
+
+
+async def test_rpc_and_text_streams_between_sdk_clients(
+    rtc_server: ServerProcess, namespace: netns.VethNamespace, tmp_path: Path
+) -> None:
+    """What agents use besides audio: RPC (request, ack, response) and text streams (header,
+    chunks, trailer: transcriptions), forwarded packet by packet to their destination."""
+    text = "".join(f"word{i} " for i in range(4000))  # ~36 KB: many chunks
+    (tmp_path / "text.txt").write_text(text)
+    server_side = asyncio.create_task(
+        run_sdk(
+            namespace,
+            rtc_server,
+            "agent",
+            "rpcroom",
+            "--rpc-serve",
+            "greet",
+            "--text-topic",
+            "lk.transcription",
+            "--seconds",
+            "6",
+        )
+    )
+    await asyncio.sleep(1.5)  # the agent in the room with its method registered
+    client_side = await run_sdk(
+        namespace,
+        rtc_server,
+        "browser",
+        "rpcroom",
+        "--rpc-call",
+        "agent:greet:hello there",
+        "--send-text",
+        f"lk.transcription:@{tmp_path / 'text.txt'}",
+        "--seconds",
+        "4",
+    )
+    agent_events = await server_side
+    results = [e for e in client_side if e["event"] in ("rpc_result", "rpc_error")]
+    assert results == [
+        {"event": "rpc_result", "t": results[0]["t"], "response": "echo:hello there"}
+    ]
+    served = [e for e in agent_events if e["event"] == "rpc_served"]
+    assert [(e["caller"], e["payload"]) for e in served] == [("browser", "hello there")]
+    texts = [e for e in agent_events if e["event"] == "text_received"]
+    assert len(texts) == 1 and texts[0]["identity"] == "browser", agent_events
+    assert texts[0]["text"] == text

@@ -21,14 +21,15 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 from google.protobuf.message import DecodeError
-from livekit.protocol import agent, models
+from livekit.protocol import agent
 from livekit.protocol import agent_dispatch as dispatch_proto
 
-from sipbridge import __version__, ids
+from sipbridge import ids
 from sipbridge.errors import ApiError
 from sipbridge.rooms import events as ev
 from sipbridge.server.auth import Claims, bearer_token, sign_token, verify_token
 from sipbridge.server.rooms_runtime import RoomsRuntime
+from sipbridge.server.server_info import server_info
 from sipbridge.server.twirp import TwirpServer
 
 log = logging.getLogger(__name__)
@@ -179,11 +180,7 @@ class AgentService:
             agent.ServerMessage(
                 register=agent.RegisterWorkerResponse(
                     worker_id=worker.id,
-                    server_info=models.ServerInfo(
-                        edition=models.ServerInfo.Edition.Standard,
-                        version=__version__,
-                        protocol=16,
-                    ),
+                    server_info=server_info(),
                 )
             )
         )

@@ -25,13 +25,13 @@ from aiohttp import WSMsgType, web
 from google.protobuf.message import DecodeError
 from livekit.protocol import models, rtc
 
-from sipbridge import __version__
 from sipbridge.errors import ApiError
 from sipbridge.rooms import events as ev
 from sipbridge.server.auth import Claims, bearer_token, verify_token
 from sipbridge.server.call_media import AudioLeg
 from sipbridge.server.media_service import MediaService
 from sipbridge.server.rooms_runtime import RoomsRuntime
+from sipbridge.server.server_info import LIVEKIT_VERSION, server_info
 from sipbridge.server.webrtc import Publication, RtcPeer
 
 log = logging.getLogger(__name__)
@@ -296,14 +296,10 @@ class SignalServer:
                     room=room.to_proto(),
                     participant=participant.to_proto(),
                     other_participants=others,
-                    server_version=__version__,
+                    server_version=LIVEKIT_VERSION,
                     ping_interval=PING_INTERVAL_S,
                     ping_timeout=PING_TIMEOUT_S,
-                    server_info=models.ServerInfo(
-                        edition=models.ServerInfo.Edition.Standard,
-                        version=__version__,
-                        protocol=16,
-                    ),
+                    server_info=server_info(),
                 )
             )
         )
