@@ -297,6 +297,12 @@ def test_join_with_permission(reg: RoomRegistry, room: Room) -> None:
     assert room.to_proto().num_participants == 0
 
 
+def test_join_keeps_the_clients_protocol(reg: RoomRegistry, room: Room) -> None:
+    # others' SDKs choose the RPC transport by it (data packets, or data streams from 1)
+    assert reg.join("r", "sdk", T0, client_protocol=1).to_proto().client_protocol == 1
+    assert reg.join("r", "phone", T0).to_proto().client_protocol == 0
+
+
 @pytest.mark.parametrize(
     ("identity", "attributes", "fragment"),
     [

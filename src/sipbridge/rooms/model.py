@@ -47,6 +47,7 @@ class Participant:
     joined_at: float = 0.0
     version: int = 0
     disconnect_reason: int = DisconnectReason.UNKNOWN_REASON
+    client_protocol: int = 0  # its SDK's ClientInfo.client_protocol (RPC transport choice)
 
     def to_proto(self) -> models.ParticipantInfo:
         return models.ParticipantInfo(
@@ -64,6 +65,7 @@ class Participant:
             version=self.version,
             is_publisher=bool(self.tracks),
             disconnect_reason=self.disconnect_reason,  # type: ignore[arg-type]
+            client_protocol=self.client_protocol,
         )
 
 
@@ -221,6 +223,7 @@ class RoomRegistry:
         attributes: Mapping[str, str] | None = None,
         permission: models.ParticipantPermission | None = None,
         active: bool = False,
+        client_protocol: int = 0,
     ) -> Participant:
         """Add a participant; one with the same identity is replaced (DUPLICATE_IDENTITY).
 
@@ -253,6 +256,7 @@ class RoomRegistry:
             joined_at=now,
             version=1,
             state=State.ACTIVE if active else State.JOINED,
+            client_protocol=client_protocol,
         )
         room.participants[identity] = participant
         room.last_left_at = None

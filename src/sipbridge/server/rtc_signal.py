@@ -274,6 +274,7 @@ class SignalServer:
                 metadata=claims.metadata or join.metadata,
                 attributes=attributes,
                 permission=permission_from(claims),
+                client_protocol=join.client_info.client_protocol,
             )
         except ApiError:
             if old is not None:
