@@ -38,12 +38,12 @@ OfferHandler = Callable[[Request], bytes]
 
 
 @dataclass(eq=False, kw_only=True)
-class IncomingCall:
-    """An INVITE being handled: ring, answer or reject it; learn when it ends."""
+class SipCall:
+    """A call's dialog, whichever side created it: re-INVITEs and UPDATEs, session refreshes,
+    BYE either way, the end. `request` is the dialog-creating INVITE (theirs or ours)."""
 
     ua: SipUserAgent
     request: Request
-    transaction: ServerTransaction
     peer: Peer
     local_tag: str = field(default_factory=new_tag)
     dialog: Dialog | None = None
@@ -57,8 +57,142 @@ class IncomingCall:
     # The SDP answer an ACK carries, when our 2xx held the offer (RFC 3261 s13.2.1).
     on_answer: Callable[[bytes], None] | None = None
     response_headers: dict[str, str] = field(default_factory=dict)  # on every 2xx we send
+    remote_allow: frozenset[str] = frozenset()  # the methods the peer said it allows
     retransmitter: AnswerRetransmitter | None = None
     timer: asyncio.TimerHandle | None = None
+
+    def _via(self) -> Via:
+        return Via(transport=self.peer.transport.upper(), host=self.ua.host, port=self.ua.port)
+
+    def _arm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.retransmitter is None:
+            return
+        deadline = self.retransmitter.get_timer()
+        if deadline is not None:
+            loop = asyncio.get_running_loop()
+            delay = max(0.0, deadline - self.ua.service.now())
+            self.timer = loop.call_at(loop.time() + delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self.timer = None
+        if self.retransmitter is None:
+            return
+        resend = self.retransmitter.handle_timer(self.ua.service.now())
+        if resend is not None and not self.peer.reliable:
+            self.ua.service.endpoint.send_stateless(resend, self.peer)
+            self.ua.service.after_application()
+        if self.retransmitter.timed_out:
+            log.info("no ACK for the 200 to %s", self.request.call_id)
+            self.hangup()
+            self._end("timeout")
+            return
+        self._arm()
+
+    def ack_received(self, request: Request | None = None) -> None:
+        if request is not None and request.body and self.on_answer is not None:
+            try:
+                self.on_answer(request.body)
+            except SipProtocolError as err:
+                # An ACK cannot be refused: a useless answer ends the call (RFC 3261 s13.2.1).
+                log.info("call %s: answer in ACK refused: %s", self.request.call_id, err.detail)
+                self.on_answer = None
+                self.ack_received()
+                self.hangup({"Reason": f'SIP;cause=488;text="{err.reason}"'})
+                return
+        first = self.dialog is not None and not self.dialog.confirmed
+        if self.retransmitter is not None:
+            self.retransmitter.ack_received()
+        if self.dialog is not None:
+            self.dialog.confirmed = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if first and self.on_ack is not None:
+            self.on_ack()
+
+    def refresh_session(self, headers: dict[str, str], body: bytes = b"") -> None:
+        """Refresh the session as its refresher (RFC 4028 s7.4 as UAS-refresher): UPDATE when
+        the peer allows it (no SDP, s9), else a re-INVITE repeating our session (`body`). A 408
+        or 481 answer, or no answer, ends the call with BYE (s10)."""
+        if self.dialog is None or self.ended:
+            return
+        allow = self.remote_allow or allowed_methods(self.request)
+        method = "UPDATE" if "UPDATE" in allow else "INVITE"
+        via = self._via()
+        request = self.dialog.create_request(
+            method, via, self.ua.contact(self.peer, secure=self.request.uri.scheme == "sips")
+        )
+        for name, value in headers.items():
+            request.headers.add(name, value)
+        if method == "INVITE" and body:
+            request.body = body
+            request.headers.add("Content-Type", "application/sdp")
+        transaction = self.ua.service.endpoint.send_request(
+            request, self.peer, self.ua.service.now()
+        )
+        self.ua.requests[id(transaction)] = (self, request)
+        self.ua.service.after_application()
+
+    def response_received(self, request: Request, response: Response) -> None:
+        """A response to a request we sent in this dialog."""
+        if self.ended or self.dialog is None:
+            return
+        if request.method == "INVITE" and 200 <= response.status < 300:
+            # The 2xx of our re-INVITE is ACKed by us, outside the transaction (s13.2.2.4);
+            # each retransmission of it gets the ACK again.
+            via = self._via()
+            current, self.dialog.local_seq = self.dialog.local_seq, request.cseq.seq
+            ack = self.dialog.create_request("ACK", via)
+            self.dialog.local_seq = current
+            self.ua.service.endpoint.send_stateless(ack, self.peer)
+            self.ua.service.after_application()
+        elif response.status in (408, 481):
+            log.info(
+                "call %s: refresh answered %d, hanging up", self.request.call_id, response.status
+            )
+            self.hangup()
+
+    def hangup(self, headers: dict[str, str] | None = None) -> None:
+        """End the call from our side: BYE once answered (the 200 sent), else nothing here -
+        an unanswered INVITE is ended with `reject`."""
+        if self.dialog is None or self.ended:
+            return
+        bye = self.dialog.create_request("BYE", self._via())
+        for name, value in (headers or {}).items():
+            bye.headers.add(name, value)
+        self.ua.service.endpoint.send_request(bye, self.peer, self.ua.service.now())
+        self._end("hangup")
+        self.ua.service.after_application()
+
+    def _forget(self) -> None:
+        """Drop what the user agent keeps for this call's first transaction."""
+
+    def _end(self, reason: str) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.dialog is not None:
+            self.ua.dialogs.pop(self.dialog.id, None)
+        self._forget()
+        on_end, self.on_end, self.on_ack = self.on_end, None, None  # no cycles left behind
+        self.on_offer = self.on_answer = None
+        for key in [k for k, (call, _) in self.ua.requests.items() if call is self]:
+            del self.ua.requests[key]
+        if on_end is not None:
+            on_end(reason)
+
+
+@dataclass(eq=False, kw_only=True)
+class IncomingCall(SipCall):
+    """An INVITE being handled: ring, answer or reject it; learn when it ends."""
+
+    transaction: ServerTransaction
 
     def ring(self, status: int = 180, body: bytes = b"", content_type: str = "") -> None:
         if self.answered or self.ended:
@@ -121,130 +255,17 @@ class IncomingCall:
     def _response(self, status: int, reason: str = "") -> Response:
         return make_response(self.request, status, reason, to_tag=self.local_tag)
 
-    def _arm(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        if self.retransmitter is None:
-            return
-        deadline = self.retransmitter.get_timer()
-        if deadline is not None:
-            loop = asyncio.get_running_loop()
-            delay = max(0.0, deadline - self.ua.service.now())
-            self.timer = loop.call_at(loop.time() + delay, self._on_timer)
-
-    def _on_timer(self) -> None:
-        self.timer = None
-        if self.retransmitter is None:
-            return
-        resend = self.retransmitter.handle_timer(self.ua.service.now())
-        if resend is not None and not self.peer.reliable:
-            self.ua.service.endpoint.send_stateless(resend, self.peer)
-            self.ua.service.after_application()
-        if self.retransmitter.timed_out:
-            log.info("no ACK for the 200 to %s", self.request.call_id)
-            self.hangup()
-            self._end("timeout")
-            return
-        self._arm()
-
-    def ack_received(self, request: Request | None = None) -> None:
-        if request is not None and request.body and self.on_answer is not None:
-            try:
-                self.on_answer(request.body)
-            except SipProtocolError as err:
-                # An ACK cannot be refused: a useless answer ends the call (RFC 3261 s13.2.1).
-                log.info("call %s: answer in ACK refused: %s", self.request.call_id, err.detail)
-                self.on_answer = None
-                self.ack_received()
-                self.hangup({"Reason": f'SIP;cause=488;text="{err.reason}"'})
-                return
-        first = self.dialog is not None and not self.dialog.confirmed
-        if self.retransmitter is not None:
-            self.retransmitter.ack_received()
-        if self.dialog is not None:
-            self.dialog.confirmed = True
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        if first and self.on_ack is not None:
-            self.on_ack()
-
-    def refresh_session(self, headers: dict[str, str], body: bytes = b"") -> None:
-        """Refresh the session as its refresher (RFC 4028 s7.4 as UAS-refresher): UPDATE when
-        the peer allows it (no SDP, s9), else a re-INVITE repeating our session (`body`). A 408
-        or 481 answer, or no answer, ends the call with BYE (s10)."""
-        if self.dialog is None or self.ended:
-            return
-        allow = {
-            item.strip().upper()
-            for line in self.request.headers.get_all("Allow")
-            for item in line.split(",")
-        }
-        method = "UPDATE" if "UPDATE" in allow else "INVITE"
-        via = Via(transport=self.peer.transport.upper(), host=self.ua.host, port=self.ua.port)
-        request = self.dialog.create_request(
-            method, via, self.ua.contact(self.peer, secure=self.request.uri.scheme == "sips")
-        )
-        for name, value in headers.items():
-            request.headers.add(name, value)
-        if method == "INVITE" and body:
-            request.body = body
-            request.headers.add("Content-Type", "application/sdp")
-        transaction = self.ua.service.endpoint.send_request(
-            request, self.peer, self.ua.service.now()
-        )
-        self.ua.requests[id(transaction)] = (self, request)
-        self.ua.service.after_application()
-
-    def response_received(self, request: Request, response: Response) -> None:
-        """A response to a request we sent in this dialog."""
-        if self.ended or self.dialog is None:
-            return
-        if request.method == "INVITE" and 200 <= response.status < 300:
-            # The 2xx of our re-INVITE is ACKed by us, outside the transaction (s13.2.2.4);
-            # each retransmission of it gets the ACK again.
-            via = Via(transport=self.peer.transport.upper(), host=self.ua.host, port=self.ua.port)
-            current, self.dialog.local_seq = self.dialog.local_seq, request.cseq.seq
-            ack = self.dialog.create_request("ACK", via)
-            self.dialog.local_seq = current
-            self.ua.service.endpoint.send_stateless(ack, self.peer)
-            self.ua.service.after_application()
-        elif response.status in (408, 481):
-            log.info(
-                "call %s: refresh answered %d, hanging up", self.request.call_id, response.status
-            )
-            self.hangup()
-
-    def hangup(self, headers: dict[str, str] | None = None) -> None:
-        """End the call from our side: BYE once answered (the 200 sent), else nothing here -
-        an unanswered INVITE is ended with `reject`."""
-        if self.dialog is None or self.ended:
-            return
-        via = Via(transport=self.peer.transport.upper(), host=self.ua.host, port=self.ua.port)
-        bye = self.dialog.create_request("BYE", via)
-        for name, value in (headers or {}).items():
-            bye.headers.add(name, value)
-        self.ua.service.endpoint.send_request(bye, self.peer, self.ua.service.now())
-        self._end("hangup")
-        self.ua.service.after_application()
-
-    def _end(self, reason: str) -> None:
-        if self.ended:
-            return
-        self.ended = True
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        if self.dialog is not None:
-            self.ua.dialogs.pop(self.dialog.id, None)
+    def _forget(self) -> None:
         self.ua.pending.pop(id(self.transaction), None)
-        on_end, self.on_end, self.on_ack = self.on_end, None, None  # no cycles left behind
-        self.on_offer = self.on_answer = None
-        for key in [k for k, (call, _) in self.ua.requests.items() if call is self]:
-            del self.ua.requests[key]
-        if on_end is not None:
-            on_end(reason)
+
+
+def allowed_methods(message: Request | Response) -> frozenset[str]:
+    """The methods a message's Allow headers list."""
+    return frozenset(
+        item.strip().upper()
+        for line in message.headers.get_all("Allow")
+        for item in line.split(",")
+    )
 
 
 InviteHandler = Callable[[IncomingCall], None]
@@ -262,10 +283,10 @@ class SipUserAgent:
         self.host = host
         self.port = port
         self.on_invite = on_invite
-        self.dialogs: dict[tuple[str, str, str], IncomingCall] = {}
+        self.dialogs: dict[tuple[str, str, str], SipCall] = {}
         self.pending: dict[int, IncomingCall] = {}
         # requests we sent inside dialogs, by transaction: (call, request)
-        self.requests: dict[int, tuple[IncomingCall, Request]] = {}
+        self.requests: dict[int, tuple[SipCall, Request]] = {}
         self._service: SipService | None = None
 
     @property
@@ -310,7 +331,7 @@ class SipUserAgent:
                 log.info("call %s: no answer to our %s", sent[0].request.call_id, sent[1].method)
                 sent[0].hangup()
 
-    def _find_dialog(self, request: Request) -> IncomingCall | None:
+    def _find_dialog(self, request: Request) -> SipCall | None:
         try:
             key = (request.call_id, request.to.tag or "", request.from_.tag or "")
         except SipProtocolError:
@@ -361,7 +382,7 @@ class SipUserAgent:
         else:
             endpoint.respond(transaction, make_response(request, 501), now)
 
-    def _offer(self, call: IncomingCall, event: RequestReceived) -> None:
+    def _offer(self, call: SipCall, event: RequestReceived) -> None:
         """A re-INVITE or UPDATE: a new offer (hold, resume, new address, codec) or a session
         refresh (RFC 4028). 200 with our answer; the 2xx to a re-INVITE is resent until ACKed."""
         request, transaction = event.request, event.transaction
