@@ -3,62 +3,74 @@ an official `livekit` SDK client (a voice agent's side), N rising step by step u
 
     .venv/bin/python bench/agent_call.py [--steps 1,2,4,8,12,16,24,32] [--seconds 8]
                                          [--warmup 2] [--cps 10] [--queue-ms 20]
-                                         [--period-ms 500] [--keep-going] [--keep]
+                                         [--period-ms 500] [--invite-delay 0]
+                                         [--speak-from answer|connect] [--keep-going] [--keep]
 
-Network: the SDK (libwebrtc) ignores loopback, so the agent runs inside a network namespace
+Needs root. The SDK (libwebrtc) ignores loopback, so the agent runs inside a network namespace
 joined to the host by a veth pair (tests/netns.py, WIRE.md s6); the server listens for HTTP and
-WebRTC on the host end (`--rtc-ip`), for SIP and RTP on 127.0.0.1, where the phones are. Needs
-root. Rooms: one dispatch rule made through the official `livekit-api` client,
+WebRTC on the host end (`--rtc-ip`), for SIP and RTP on 127.0.0.1, where the phones are. Rooms:
+one dispatch rule made through the official `livekit-api` client,
 `SIPDispatchRuleCallee(room_prefix="call")`: call i of step s dials `<ss><iiii>` and lands in
 room `call_<ss><iiii>`, one call per room.
 
 Per step, a fresh set of both sides:
 - the agent: ONE process in the namespace (bench/agent_peer.py) holding N `rtc.Room`s, one per
-  call, each connected and its microphone track published BEFORE any INVITE, so the figures
-  leave out the SDK's own start. It subscribes to the caller's track (auto-subscribe; that is
-  what answers the call), reads it with `rtc.AudioStream` (48 kHz mono) and speaks through an
-  `rtc.AudioSource(48000, 1, queue_size_ms=--queue-ms)` in 10 ms frames on its own clock;
+  call, each connected and its microphone track published BEFORE any INVITE (then
+  --invite-delay s), so the figures leave out the SDK's own start. It subscribes to the
+  caller's track (auto-subscribe: that is what answers the call), reads it with
+  `rtc.AudioStream` (48 kHz mono) and speaks through an `rtc.AudioSource(48000, 1,
+  queue_size_ms=--queue-ms)` in 10 ms frames on its own clock, from its call's answer (or from
+  its connect: --speak-from connect);
 - the phones: N SIP UACs on one epoll loop in this process, bench/media.py's `Generator` with
   one room per call instead of pairs: INVITE paced at --cps (PCMU + telephone-event), ACK,
   PCMU paced at 20 ms from one shared schedule, BYE at the end (each 200 checked).
 
 What is measured, all on CLOCK_MONOTONIC, which every network namespace shares:
-- INVITE->200: the first INVITE sent to its 200 received, per call; "answer overhead" = the 200
-  received minus the agent's `track_subscribed` event. The server answers when it hands the
-  track to the SDK (its SDP answer), so this can be negative: the SDK fires its event later;
-- latency, with a 20 ms 1 kHz tone burst (-6 dBFS) every --period-ms each way, silence
-  otherwise. An onset is the first sample beyond -18 dBFS after 200 ms without one, and
-  every received frame counts as played from the moment it arrived (onset time = arrival + its
-  offset in the frame / rate), so frame alignment adds nothing. Phone->agent: from the phone's
-  sendto of the packet the burst starts (sample 0) to that onset in the agent's AudioStream
-  frames (stamped when the iterator hands them over). Agent->phone: from the agent's
-  `capture_frame` of the burst's first frame to its onset in the PCMU the phone received, by
-  the kernel's receive timestamp (CLOCK_REALTIME, converted). A burst is matched to the first
-  onset within 450 ms; none is "missing", an unmatched onset "spurious";
+- INVITE->200: the first INVITE sent to its 200 received, per call; with the steps in between
+  as the agent saw them (the caller joined, its track published, in the JSON). "Answer
+  overhead" = the 200 received minus the agent's `track_subscribed` event: the server answers
+  when it hands the track to the SDK (its SDP answer), so this is negative when the SDK fires
+  its event after the 200 is out;
+- latency, with 1 kHz tone bursts (-6 dBFS) every --period-ms each way, silence otherwise. A
+  burst lasts 20, 40 or 60 ms in turn (its class), so a burst is never matched to a neighbour's
+  onset: a burst takes the first onset of its class within three periods after it, none is
+  "missing", an unmatched onset "spurious". An onset is the first sample beyond -18 dBFS after
+  200 ms without one; the length (which gives the class) is counted in samples (RTP
+  timestamps at the phone), so delivery jitter does not change it. Every received frame counts
+  as played from the moment it arrived (onset time = arrival + its offset in the frame / rate):
+  frame alignment adds nothing. Phone->agent: from the phone's sendto of the packet the burst
+  starts (sample 0) to that onset in the agent's AudioStream frames (stamped when the iterator
+  hands them over). Agent->phone: from the agent's `capture_frame` of the burst's first frame
+  to its onset in the PCMU the phone received, by the kernel's receive timestamp
+  (CLOCK_REALTIME, converted);
 - what the SDK itself adds is in these end-to-end figures: on receive its NetEq jitter buffer,
-  Opus decode, a 10 ms pull and the hop to Python; on send its capture queue, 20 ms Opus
-  packetisation and pacer. There is no SDK-free path to compare with (the SDK needs the
-  server), so "added" is an estimate: phone->agent minus the call's mean NetEq delay over the
-  window (the SDK's own getStats: jitterBufferDelay / jitterBufferEmittedCount); agent->phone
-  minus the source's queued audio when the burst was captured (`queued_duration`). The 20 ms
-  packetisation, the 10 ms pull and the hop to Python stay in "added": read it as an upper
-  bound of the server's share (its SIP side, mixer clock, Opus encode/decode, resampling);
+  a 10 ms pull and the hop to Python; on send its capture queue, 20 ms Opus packetisation and
+  pacer. There is no SDK-free path to compare with (the SDK needs the server, and an SDK-to-SDK
+  path through the server has the server's WebRTC side twice), so "added" is an estimate:
+  phone->agent minus the call's mean NetEq delay over the window (the SDK's getStats:
+  jitterBufferDelay / jitterBufferEmittedCount, whole 10 ms steps per packet: +-10 ms);
+  agent->phone minus the source's queued audio when the burst was captured
+  (`queued_duration`). The packetisation, the pull and the hop to Python stay in "added",
+  and the agent's own lag grows with its load: read it as an upper bound of the server's share;
 - loss: RTP sequence gaps and missing 20 ms packets at the phones; at the agent the SDK's
   inbound packetsLost and concealed samples (getStats, window start to end); bursts missing in
-  either direction; the server's /metrics RTP counters before and after the step;
+  either direction (with how late the agent captured the ones that went missing); the
+  server's /metrics RTP and WebRTC audio counters before and after the step;
 - CPU over the window: the server's utime+stime (/proc/<pid>/stat, all threads) as % of one
   core (its media path is one event loop) and per call; the agent process's, all threads and
-  its Python thread alone (the SDK's audio callbacks and asyncio run there: > 90% of a core is
-  saturated); the phones' (this process); "other" = the machine's busy time minus all three.
+  its Python thread alone; the phones' (this process); "other" = the machine's busy time
+  (/proc/stat, less steal) minus all three: kernel networking and any other process.
 
 The window: from --warmup s after the last call was answered, --seconds long; bursts sent in
 it count. Stops at the first step with a failed call, a BYE without its 200, loss, a missing
-burst, or the agent saturated (Python thread > 90% of a core or captures falling behind);
---keep-going runs every step. "Largest N held without loss" is the largest clean step. Goal (the
-issue): INVITE->200 p95 <= 300 ms, added latency p95 <= 40 ms each way.
+burst, or the agent saturated (its Python thread > 90% of a core, or captures more than 100 ms
+behind its real-time schedule); --keep-going runs every step. "Largest N held without loss" is
+the largest clean step. Goal (the issue): INVITE->200 p95 <= 300 ms, added latency p95 <= 40 ms
+each way.
 
 Every loop is bounded in count and time; SIP/RTP only on 127.0.0.1, WebRTC only on the veth
-pair; every process started is stopped (also on Ctrl-C). Prints a table and one JSON line.
+pair; every process started is stopped (also on Ctrl-C or SIGTERM). Prints a table and one
+JSON line; --keep keeps the server's and agent's logs and each step's raw times.
 """
 
 from __future__ import annotations
@@ -82,7 +94,6 @@ import sys
 import tempfile
 import time
 import urllib.error
-from array import array
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -93,7 +104,7 @@ from livekit.protocol import sip
 from tests import netns
 from tests.helpers import API_KEY, API_SECRET, ServerProcess, free_sip_port
 
-from bench.agent_peer import BURST_MS, LATE_S, QUIET_NS, THRESHOLD, burst
+from bench.agent_peer import BURST_MS, CLASSES, LATE_S, QUIET_NS, THRESHOLD, burst, burst_class
 from bench.media import (
     ANC_SIZE,
     DRAIN_LIMIT,
@@ -126,11 +137,10 @@ RULE_PREFIX = "call"
 RTP_HEAD = struct.Struct("!BBHII")
 NS_PER_SAMPLE = 1_000_000_000 // 8000
 BURST_PCMU = bytes(encode_ulaw_sample(int(s)) for s in burst(8000, BURST_MS))
-BURST_PAYLOAD = BURST_PCMU + SILENCE[len(BURST_PCMU) :]
+BURST_PAYLOAD = BURST_PCMU + SILENCE[len(BURST_PCMU) :]  # 20 whole cycles: repeats seamlessly
 # mu-law code -> 1 when its sample is beyond the onset threshold: bytes.translate finds it
 LOUD = bytes(int(abs(decode_ulaw_sample(c)) > THRESHOLD) for c in range(256))
-MATCH_NS = 450_000_000  # a burst's onset must come within this
-EARLY_NS = 2_000_000  # or this much before (rounding)
+EARLY_NS = 2_000_000  # an onset may come this much before its burst (rounding)
 DRAIN_S = 1.0  # streaming goes on after the window, for its last bursts
 MAX_CALLS = 64
 LATE_MS = round(LATE_S * 1000)
@@ -178,7 +188,7 @@ def safe_cpu(pid: int) -> float:
         return 0.0
 
 
-def ms(ns_values: list[int] | array[int], p: float) -> float | None:
+def ms(ns_values: list[int], p: float) -> float | None:
     return percentile(sorted(ns_values), p)
 
 
@@ -213,13 +223,18 @@ class Phones(Generator):
             server_sip=server_sip,
         )
         super().__init__(opts)
-        self.period = max(2, args.period_ms * 1_000_000 // FRAME_NS)  # packets per burst
+        self.period = max(2, args.period_ms * 1_000_000 // FRAME_NS)  # packets from burst to burst
         self.offset = realtime_offset()
         self.invite_at = [0] * n
         self.packets = [0] * n  # sent since answered: the burst schedule
-        self.bursts: list[list[int]] = [[] for _ in range(n)]  # send times, monotonic ns
-        self.onsets: list[list[int]] = [[] for _ in range(n)]  # received, monotonic ns
-        self.last_loud = [-QUIET_NS] * n
+        # [send time (monotonic ns), class] of each burst; [onset, length (ns)] received
+        self.bursts: list[list[list[int]]] = [[] for _ in range(n)]
+        self.onsets: list[list[list[int]]] = [[] for _ in range(n)]
+        self.onset_pos = [0] * n  # RTP timestamp of the current onset
+        self.ts_last = [0] * n
+        self.ts_wraps = [0] * n
+        self.loud_left = [0] * n  # packets of the current burst still to send
+        self.last_loud = [-(1 << 40)] * n  # RTP timestamp of the last loud sample
         self.rx = [0] * n  # packets received in the window
         self.rx_gaps = [0] * n  # sequence gaps in the window
         self.rx_late = [0] * n  # consecutive packets > 60 ms apart in the window
@@ -295,8 +310,13 @@ class Phones(Generator):
             if remote is None:
                 continue
             i = call.idx
-            loud = (self.packets[i] + 7 * i) % self.period == 0
+            start = (self.packets[i] + 7 * i) % self.period == 0
             self.packets[i] += 1
+            if start:
+                cls = len(self.bursts[i]) % CLASSES
+                self.loud_left[i] = cls + 1
+            loud = self.loud_left[i] > 0
+            self.loud_left[i] -= loud
             data = pack(0x80, PCMU_PT | call.marker, call.seq, call.ts, call.ssrc) + (
                 BURST_PAYLOAD if loud else SILENCE
             )
@@ -309,8 +329,8 @@ class Phones(Generator):
             except OSError:
                 self.send_errors += 1
                 continue
-            if loud:
-                self.bursts[i].append(sent_at)
+            if start:
+                self.bursts[i].append([sent_at, cls])
 
     def read_rtp(self, call: Call) -> None:
         recvmsg, unpack_ts = call.rtp.recvmsg, TIMESPEC.unpack
@@ -351,11 +371,20 @@ class Phones(Generator):
             self.rx_seq[i], self.rx_last[i] = seq, arrival
             marks = payload.translate(LOUD)
             first = marks.find(1)
+            # positions by RTP timestamp (unwrapped): arrival jitter changes no length
+            ts = int.from_bytes(data[4:8], "big")
+            if 0 <= ts - self.ts_last[i] + (1 << 32) < 1 << 31:
+                self.ts_wraps[i] += 1 << 32
+            self.ts_last[i] = ts
             if first >= 0:
-                onset = arrival + first * NS_PER_SAMPLE
-                if onset - self.last_loud[i] >= QUIET_NS:
-                    self.onsets[i].append(onset)
-                self.last_loud[i] = arrival + marks.rfind(1) * NS_PER_SAMPLE
+                ts += self.ts_wraps[i]
+                if ts + first - self.last_loud[i] >= QUIET_NS // NS_PER_SAMPLE:
+                    self.onset_pos[i] = ts + first
+                    self.onsets[i].append([arrival + first * NS_PER_SAMPLE, 0])
+                self.last_loud[i] = ts + marks.rfind(1)
+                if self.onsets[i]:
+                    length = self.last_loud[i] - self.onset_pos[i]
+                    self.onsets[i][-1][1] = length * NS_PER_SAMPLE
 
     def run_calls(
         self, mark: Callable[[str], None], watch: Callable[[], dict[str, float]]
@@ -512,25 +541,33 @@ class Agent:
 
 
 def match(
-    sent: list[int], onsets: list[int], lo: int, hi: int
+    sent: list[tuple[int, int]], onsets: list[tuple[int, int]], lo: int, hi: int, window: int
 ) -> tuple[list[tuple[int, int]], int, int]:
     """([(burst time, latency)] of the bursts sent in [lo, hi), missing bursts, spurious
-    onsets): each burst takes the first unused onset within [-EARLY_NS, MATCH_NS] of it."""
+    onsets). `sent`: (time, class); `onsets`: (onset, length), both in time order. A
+    burst takes the first unused onset of its class (its length) from EARLY_NS before it to
+    `window` after it; the classes take turns, so an onset of a neighbouring burst never
+    matches, and `window` can be nearly three periods."""
+    starts = [o for o, _ in onsets]
     used: set[int] = set()
     found: list[tuple[int, int]] = []
     missing = 0
-    for s in sent:
+    for s, cls in sent:
         if not lo <= s < hi:
             continue
-        j = bisect.bisect_left(onsets, s - EARLY_NS)
-        while j < len(onsets) and j in used:
-            j += 1
-        if j < len(onsets) and onsets[j] <= s + MATCH_NS:
-            used.add(j)
-            found.append((s, onsets[j] - s))
-        else:
+        k = bisect.bisect_left(starts, s - EARLY_NS)
+        hit = -1
+        while k < len(onsets) and starts[k] <= s + window:
+            if k not in used and burst_class(onsets[k][1]) == cls:
+                hit = k
+                break
+            k += 1
+        if hit < 0:
             missing += 1
-    spurious = sum(1 for j, o in enumerate(onsets) if lo + MATCH_NS <= o < hi and j not in used)
+        else:
+            used.add(hit)
+            found.append((s, starts[hit] - s))
+    spurious = sum(1 for j, o in enumerate(starts) if lo + window <= o < hi and j not in used)
     return found, missing, spurious
 
 
@@ -542,8 +579,13 @@ def _delta(stats: dict[str, dict[str, float]], key: str) -> float:
 
 
 def step_figures(
-    n: int, phone: dict[str, object], agent: list[dict[str, object]], extra: dict[str, object]
+    n: int,
+    phone: dict[str, object],
+    agent: list[dict[str, object]],
+    extra: dict[str, object],
+    period_ms: int,
 ) -> dict[str, object]:
+    window = (CLASSES * period_ms - 100) * 1_000_000  # just short of the same class again
     lo, hi = phone["win_start"], phone["win_end"]
     assert isinstance(lo, int) and isinstance(hi, int)
     bursts, onsets = phone["bursts"], phone["onsets"]
@@ -560,7 +602,7 @@ def step_figures(
     overhead: list[int] = []
     invite_join: list[int] = []
     invite_published: list[int] = []
-    missing_p2a = missing_a2p = spurious = 0
+    missing_p2a = missing_a2p = spurious = sent_p2a = sent_a2p = 0
     a2p_per_call: list[float | None] = []  # each call's median: a standing queue shows here
     missing_behind: list[float] = []  # how late the agent captured the bursts that went missing
     out_packets = 0.0
@@ -578,21 +620,30 @@ def step_figures(
         samples += _delta(stats, "samples")
         a_onsets = a["onsets"]
         assert isinstance(a_onsets, list)
-        found, miss, spur = match(bursts[i], a_onsets, lo, hi)
+        found, miss, spur = match(
+            [(int(t), int(c)) for t, c in bursts[i]],
+            [(int(o), int(e)) for o, e in a_onsets],
+            lo,
+            hi,
+            window,
+        )
         p2a += [x for _, x in found]
         p2a_added += [x - int(jb_ms * 1e6) for _, x in found]
         missing_p2a += miss
+        sent_p2a += sum(1 for t, _ in bursts[i] if lo <= t < hi)
         spurious += spur
         a_bursts = a["bursts"]
         assert isinstance(a_bursts, list)
-        queue_at = {int(t): int(float(q) * 1e6) for t, q, _ in a_bursts}
-        behind_at = {int(t): float(b) for t, _, b in a_bursts}
-        found, miss, spur = match(sorted(queue_at), onsets[i], lo, hi)
+        queue_at = {int(t): int(float(q) * 1e6) for t, q, _, _ in a_bursts}
+        behind_at = {int(t): float(b) for t, _, b, _ in a_bursts}
+        classes = [(int(t), int(c)) for t, _, _, c in a_bursts]
+        found, miss, spur = match(classes, [(int(o), int(e)) for o, e in onsets[i]], lo, hi, window)
         a2p += [x for _, x in found]
         a2p_per_call.append(ms([x for _, x in found], 50))
         a2p_added += [x - queue_at[t] for t, x in found]
         queued += [queue_at[t] for t, _ in found]
         missing_a2p += miss
+        sent_a2p += sum(1 for t, _ in classes if lo <= t < hi)
         matched = {t for t, _ in found}
         missing_behind += [behind_at[t] for t in queue_at if lo <= t < hi and t not in matched]
         out_packets += _delta(stats, "out_packets")
@@ -641,6 +692,8 @@ def step_figures(
         "phone_packets_expected": round(expected_rx),
         "agent_packets_lost": lost,
         "agent_concealed_pct": round(concealed / samples * 100, 3) if samples else None,
+        "bursts_sent_phone_to_agent": sent_p2a,
+        "bursts_sent_agent_to_phone": sent_a2p,
         "bursts_missing_phone_to_agent": missing_p2a,
         "bursts_missing_agent_to_phone": missing_a2p,
         "missing_bursts_captured_late_ms": sorted(round(b, 1) for b in missing_behind)[:20],
@@ -766,14 +819,19 @@ def run_step(
         "udp_drops": sum(udp1.get(k, 0) - udp0.get(k, 0) for k in ("RcvbufErrors", "SndbufErrors")),
         "left_on_server": left,
     }
-    return step_figures(n, phone, calls, extra)
+    return step_figures(n, phone, calls, extra, args.period_ms)
 
 
 # -- the table ----------------------------------------------------------------------------------
 
 
 def _slash(*values: object) -> str:
-    return "/".join("-" if v is None else str(v) for v in values)
+    def one(v: object) -> str:
+        if v is None:
+            return "-"
+        return f"{v:.1f}" if isinstance(v, float) and not v.is_integer() else str(v)
+
+    return "/".join(one(v) for v in values)
 
 
 def _pp(d: object, *keys: str) -> str:
@@ -782,10 +840,17 @@ def _pp(d: object, *keys: str) -> str:
 
 
 HEADER = (
-    f"{'N':>3} {'up':>3} {'bye':>3} {'INV->200 p50/p95':>16} {'ans ovh p50':>11} "
-    f"{'ph->ag p50/p95':>14} {'added p95':>9} {'ag->ph p50/p95':>14} {'added p95':>9} "
+    f"{'N':>3} {'up':>3} {'bye':>3} {'INV->200 p50/95':>15} {'ans ovh':>7} "
+    f"{'ph->ag p50/95':>13} {'added95':>7} {'ag->ph p50/95':>13} {'added95':>7} "
     f"{'miss p>a/a>p':>12} {'gaps/lost':>9} {'srv CPU%':>8} {'%/call':>6} {'agent% all/py':>13} "
     f"{'ph/oth%':>8}"
+)
+LEGEND = (
+    "ms; ans ovh: 200 received - the agent's track_subscribed, p50; ph->ag, ag->ph: end to end; "
+    "added95: p95 less the SDK's jitter buffer (ph->ag) or capture queue (ag->ph) as the SDK "
+    "reports them, an upper bound of the server's share; miss: bursts missing; gaps/lost: RTP "
+    "sequence gaps at the phones / packets the SDK lost; CPU in % of one core: the server, per "
+    "call, the agent process / its Python thread, the phones / the rest of the machine"
 )
 
 
@@ -794,12 +859,12 @@ def _row(s: dict[str, object]) -> str:
     assert isinstance(loss, dict)
     return (
         f"{s['n']:>3} {s['answered']:>3} {s['byes_ok']:>3} "
-        f"{_pp(s['invite_to_200_ms'], 'p50', 'p95'):>16} "
-        f"{_pp(s['answer_overhead_ms'], 'p50'):>11} "
-        f"{_pp(s['phone_to_agent_ms'], 'p50', 'p95'):>14} "
-        f"{_pp(s['phone_to_agent_added_ms'], 'p95'):>9} "
-        f"{_pp(s['agent_to_phone_ms'], 'p50', 'p95'):>14} "
-        f"{_pp(s['agent_to_phone_added_ms'], 'p95'):>9} "
+        f"{_pp(s['invite_to_200_ms'], 'p50', 'p95'):>15} "
+        f"{_pp(s['answer_overhead_ms'], 'p50'):>7} "
+        f"{_pp(s['phone_to_agent_ms'], 'p50', 'p95'):>13} "
+        f"{_pp(s['phone_to_agent_added_ms'], 'p95'):>7} "
+        f"{_pp(s['agent_to_phone_ms'], 'p50', 'p95'):>13} "
+        f"{_pp(s['agent_to_phone_added_ms'], 'p95'):>7} "
         f"{_pp(loss, 'bursts_missing_phone_to_agent', 'bursts_missing_agent_to_phone'):>12} "
         f"{_slash(loss['phone_seq_gaps'], int(loss['agent_packets_lost'])):>9} "
         f"{s['server_cpu_pct']:>8} {s['server_cpu_pct_per_call']:>6} "
@@ -897,8 +962,8 @@ def orchestrate(args: argparse.Namespace) -> int:
     if not steps_n or any(not 0 < n <= MAX_CALLS for n in steps_n):
         print(f"--steps: call counts in 1..{MAX_CALLS}", file=sys.stderr)
         return 2
-    if not 0 < args.seconds <= 60 or args.cps <= 0 or args.period_ms < 100:
-        print("--seconds in (0, 60], --cps > 0, --period-ms >= 100", file=sys.stderr)
+    if not 0 < args.seconds <= 60 or args.cps <= 0 or not 300 <= args.period_ms <= 5000:
+        print("--seconds in (0, 60], --cps > 0, --period-ms in [300, 5000]", file=sys.stderr)
         return 2
     reason = netns.available()
     if reason:
@@ -977,11 +1042,7 @@ def orchestrate(args: argparse.Namespace) -> int:
         f"each way): {json.dumps(goal)}. Server idle {idle_pct:.1f}% CPU; "
         f"run {time.monotonic() - began:.0f} s."
     )
-    print(
-        "Latency is end to end (ms); 'added' takes out the SDK's jitter buffer (phone->agent) "
-        "and capture queue (agent->phone) as the SDK reports them, not its 20 ms Opus "
-        "packetisation, 10 ms pull or hop to Python: an upper bound of the server's share."
-    )
+    print(LEGEND)
     line = {
         "bench": "agent_call",
         "python": platform.python_version(),

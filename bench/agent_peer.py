@@ -14,13 +14,16 @@ the phone's INVITEs never wait for the SDK's own start. When the SIP participant
 is subscribed (which is what answers the call) two tasks start for that call:
 
 - listen: the track read through `rtc.AudioStream` (48 kHz mono, 10 ms frames). Each frame is
-  stamped with CLOCK_MONOTONIC when the iterator hands it over; a tone-burst onset is the first
+  stamped with CLOCK_MONOTONIC when the iterator hands it over; a tone burst's onset is the first
   sample above THRESHOLD after at least QUIET_NS without one, timed as if the frame were played
-  from the moment it arrived: arrival + (offset in the frame) / 48 kHz.
+  from the moment it arrived: arrival + (offset in the frame) / 48 kHz. The samples from it to
+  the last loud one give the burst's length;
 - speak: 10 ms frames captured on the monotonic clock (deadline k * 10 ms from the start, never
-  faster; a capture blocks while the source's queue is full). Every --period-ms the frame starts
-  a BURST_MS tone burst; its capture time (CLOCK_MONOTONIC just before `capture_frame`) and the
-  source's `queued_duration` then are recorded.
+  faster; a capture blocks while the source's queue is full; when more than LATE_S behind, the
+  frames missed are skipped, counted). Every --period-ms a 1 kHz tone burst starts on a frame
+  boundary, 20, 40 or 60 ms long in turn (its class: a burst matched to the wrong onset shows
+  as a class mismatch); its capture time (CLOCK_MONOTONIC just before `capture_frame`), the
+  source's `queued_duration` then and how late the capture was are recorded.
 
 CLOCK_MONOTONIC is one clock for every network namespace, so the orchestrator compares these
 times with the phone's directly.
@@ -52,12 +55,19 @@ RATE = 48000
 FRAME_MS = 10
 FRAME = RATE * FRAME_MS // 1000
 BURST_HZ = 1000.0
-BURST_MS = 20
+BURST_MS = 20  # a burst lasts 1, 2 or 3 times this, in turn: which one it is travels with it
+CLASSES = 3
 AMPLITUDE = 16000  # -6 dBFS
 THRESHOLD = 4000  # an onset: the first sample beyond -18 dBFS ...
 QUIET_NS = 200_000_000  # ... after at least 200 ms without one
 CONNECT_PARALLEL = 4
-LATE_S = 0.1  # a capture this late: the schedule restarts from now (counted)
+LATE_S = 0.1  # a capture this late: the frames it missed are skipped (counted)
+
+
+def burst_class(length_ns: int) -> int:
+    """Which burst (0, 1, 2: 20, 40, 60 ms) a loud run of `length_ns` (first to last loud
+    sample) was."""
+    return min(CLASSES - 1, max(0, round(length_ns / (BURST_MS * 1_000_000)) - 1))
 
 
 def burst(rate: int, ms: int) -> np.ndarray[Any, np.dtype[np.int16]]:
@@ -88,9 +98,11 @@ class Call:
         self.joined_at = 0  # the SIP participant seen (participant_connected), monotonic ns
         self.published_at = 0  # its audio track announced (track_published)
         self.subscribed_at = 0  # its audio track subscribed
-        self.onsets: list[int] = []  # monotonic ns, as if played from the frame's arrival
-        # (capture time ns, queued ms before it, ms behind its schedule)
-        self.bursts: list[tuple[int, float, float]] = []
+        # [onset (monotonic ns, as if played from its frame's arrival), length (ns, counted in
+        # samples from the onset to the last loud one: delivery jitter does not change it)]
+        self.onsets: list[list[int]] = []
+        # (capture time ns, queued ms before it, ms behind its schedule, class)
+        self.bursts: list[tuple[int, float, float, int]] = []
         self.frames = 0
         self.first_frame_at = 0
         self.last_frame_at = 0
@@ -146,8 +158,10 @@ class Call:
 
     async def listen(self, track: rtc.Track) -> None:
         stream = rtc.AudioStream(track, sample_rate=RATE, num_channels=1)
-        last_loud = -QUIET_NS
         ns_per_sample = 1e9 / RATE
+        quiet = round(QUIET_NS / ns_per_sample)
+        position = 0  # samples of the stream before this frame
+        onset_at = last_loud = -quiet
         try:
             async for event in stream:
                 now = time.monotonic_ns()
@@ -161,10 +175,14 @@ class Call:
                 x = np.frombuffer(frame.data, dtype=np.int16)
                 hits = np.flatnonzero((x > THRESHOLD) | (x < -THRESHOLD))
                 if hits.size:
-                    first = now + int(hits[0] * ns_per_sample)
-                    if first - last_loud >= QUIET_NS:
-                        self.onsets.append(first)
-                    last_loud = now + int(hits[-1] * ns_per_sample)
+                    first = position + int(hits[0])
+                    if first - last_loud >= quiet:
+                        onset_at = first
+                        self.onsets.append([now + int(hits[0] * ns_per_sample), 0])
+                    last_loud = position + int(hits[-1])
+                    if self.onsets:
+                        self.onsets[-1][1] = int((last_loud - onset_at) * ns_per_sample)
+                position += len(x)
                 if self.peer.stopping:
                     break
         finally:
@@ -179,6 +197,7 @@ class Call:
         period = max(1, peer.period_ms // FRAME_MS)
         start = loop.time()
         k = 0
+        frames = peer.burst_frames[0]
         for _ in range(int(peer.limit * 1000 / FRAME_MS)):  # bounded by the watchdog's limit
             if peer.stopping:
                 return
@@ -187,18 +206,19 @@ class Call:
             if wait > 0:
                 await asyncio.sleep(wait)
             elif wait < -LATE_S:
+                # the frames missed are not captured, so the bursts stay on their grid
                 self.late += 1
-                start, k = loop.time(), 0
+                k += int(-wait * 1000 / FRAME_MS)
+                due = start + k * FRAME_MS / 1000
             phase = k % period
             k += 1
-            if phase < len(peer.burst_frames):
-                frame = peer.burst_frames[phase]
-                if phase == 0:
-                    behind = max(0.0, loop.time() - due) * 1000
-                    queued = source.queued_duration * 1000
-                    self.bursts.append((time.monotonic_ns(), queued, behind))
-            else:
-                frame = peer.silence
+            if phase == 0:
+                cls = len(self.bursts) % CLASSES
+                frames = peer.burst_frames[cls]
+                behind = max(0.0, loop.time() - due) * 1000
+                queued = source.queued_duration * 1000
+                self.bursts.append((time.monotonic_ns(), queued, behind, cls))
+            frame = frames[phase] if phase < len(frames) else peer.silence
             try:
                 await asyncio.wait_for(source.capture_frame(frame), 2)
             except Exception:
@@ -253,7 +273,7 @@ class Call:
             "published_at": self.published_at,
             "subscribed_at": self.subscribed_at,
             "onsets": self.onsets,
-            "bursts": [[t, round(q, 2), round(b, 2)] for t, q, b in self.bursts],
+            "bursts": [[t, round(q, 2), round(b, 2), c] for t, q, b, c in self.bursts],
             "frames": self.frames,
             "first_frame_at": self.first_frame_at,
             "last_frame_at": self.last_frame_at,
@@ -274,11 +294,15 @@ class Peer:
         self.stopping = False
         self.stop = asyncio.Event()
         self.commands: asyncio.Queue[str] = asyncio.Queue()
-        wave = burst(RATE, BURST_MS)
-        self.burst_frames = [
-            rtc.AudioFrame(wave[i : i + FRAME].tobytes(), RATE, 1, FRAME)
-            for i in range(0, len(wave), FRAME)
-        ]
+        self.burst_frames: list[list[rtc.AudioFrame]] = []
+        for cls in range(CLASSES):
+            wave = burst(RATE, (cls + 1) * BURST_MS)
+            self.burst_frames.append(
+                [
+                    rtc.AudioFrame(wave[i : i + FRAME].tobytes(), RATE, 1, FRAME)
+                    for i in range(0, len(wave), FRAME)
+                ]
+            )
         self.silence = rtc.AudioFrame(bytes(2 * FRAME), RATE, 1, FRAME)
         self.calls = [Call(i, name, self) for i, name in enumerate(args.rooms.split(","))]
 

@@ -49,6 +49,7 @@ class SignalClient:
         self.session: aiohttp.ClientSession | None = None
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self.received: asyncio.Queue[rtc.SignalResponse] = asyncio.Queue()
+        self.log: list[rtc.SignalResponse] = []  # everything received, in order
         self.join: rtc.JoinResponse | None = None
         self._reader: asyncio.Task[None] | None = None
 
@@ -84,7 +85,9 @@ class SignalClient:
         assert self.ws is not None
         async for msg in self.ws:
             if msg.type == aiohttp.WSMsgType.BINARY:
-                await self.received.put(rtc.SignalResponse.FromString(msg.data))
+                message = rtc.SignalResponse.FromString(msg.data)
+                self.log.append(message)
+                await self.received.put(message)
 
     async def next(self, timeout: float = 5.0) -> rtc.SignalResponse:
         return await asyncio.wait_for(self.received.get(), timeout)

@@ -19,6 +19,7 @@ from sipbridge.server.agents import AgentService
 from sipbridge.server.call_log import CallLog
 from sipbridge.server.inbound import InboundCalls
 from sipbridge.server.media_service import MediaService
+from sipbridge.server.outbound import OutboundCalls
 from sipbridge.server.room_api import RoomApi
 from sipbridge.server.rooms_runtime import RoomsRuntime, wall_clock
 from sipbridge.server.rtc_signal import SignalServer
@@ -51,7 +52,6 @@ class Server:
         self.webhooks = WebhookNotifier(settings.webhooks, key, secret, retry=webhook_retry)
         self.rooms = RoomsRuntime(RoomRegistry(), self.webhooks, clock)
         self.twirp = TwirpServer(dict(settings.keys))
-        SipApi(self.sip_config).register(self.twirp)
         RoomApi(self.rooms).register(self.twirp)
         self.call_log = CallLog(self.store, clock)
         self.media = MediaService(
@@ -73,6 +73,15 @@ class Server:
         self.sip_ua = SipUserAgent(settings.sip.host, settings.sip.port, on_invite=self.inbound)
         self.sip = SipService(self.sip_ua)
         self.sip_ua.attach(self.sip)
+        self.outbound = OutboundCalls(
+            self.sip_config,
+            self.rooms,
+            self.call_log,
+            self.media,
+            self.sip_ua,
+            max_calls=settings.max_calls,
+        )
+        SipApi(self.sip_config, create_participant=self.outbound.create).register(self.twirp)
         self.ready = False
         self._runner: web.AppRunner | None = None
 
@@ -108,7 +117,9 @@ class Server:
             ("sipbridge_dispatch_rules", {}, len(self.sip_config.rules)),
         ]
         out.append(("sipbridge_call_log_dropped_total", {}, self.call_log.dropped))
-        out.append(("sipbridge_calls_active", {}, len(self.inbound.active)))
+        out.append(
+            ("sipbridge_calls_active", {}, len(self.inbound.active) + len(self.outbound.active))
+        )
         out += [
             ("sipbridge_media", {"counter": name}, n)
             for name, n in sorted(self.media.samples().items())
@@ -126,6 +137,10 @@ class Server:
         out += [
             ("sipbridge_inbound_total", {"outcome": name}, n)
             for name, n in sorted(self.inbound.stats.items())
+        ]
+        out += [
+            ("sipbridge_outbound_total", {"outcome": name}, n)
+            for name, n in sorted(self.outbound.stats.items())
         ]
         out += [
             ("sipbridge_sip_messages_total", {"kind": kind}, n)
@@ -188,7 +203,7 @@ class Server:
 
     async def stop(self) -> None:
         self.ready = False
-        if self.inbound.shutdown():
+        if self.inbound.shutdown() + self.outbound.shutdown():
             await asyncio.sleep(0.2)  # let the BYEs and 503s leave before the sockets close
         await self.sip.close()
         self.media.close()

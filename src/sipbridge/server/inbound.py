@@ -18,7 +18,7 @@ import logging
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -514,7 +514,7 @@ class InboundCalls:
         info.room_id = room.sid
         info.participant_attributes.update(participant.attributes)
         info.call_status = proto.SIPCallStatus.SCS_PARTICIPANT_JOINED
-        self.active[_key(room_name, identity)] = state
+        self.active[room_participant_key(room_name, identity)] = state
         call.on_end = lambda reason: self._ended(state, reason)
         if answered:
             info.call_status = proto.SIPCallStatus.SCS_ACTIVE
@@ -527,7 +527,7 @@ class InboundCalls:
         call.on_ack = lambda: self._acked(state)
         self.call_log.record(info)
         self._ring(state)
-        timeout = _seconds(trunk.ringing_timeout if trunk else None) or DEFAULT_RINGING_TIMEOUT_S
+        timeout = seconds_of(trunk.ringing_timeout if trunk else None) or DEFAULT_RINGING_TIMEOUT_S
         self._later(state, timeout, lambda: self._ringing_timeout(state))
         self.rooms.commit()
         if self._someone_listens(state):
@@ -574,7 +574,7 @@ class InboundCalls:
         if state.leg is not None:
             self.media.attach(state.leg, state.room)
         self._watch_session(state)
-        duration = _seconds(state.trunk.max_call_duration if state.trunk else None)
+        duration = seconds_of(state.trunk.max_call_duration if state.trunk else None)
         self._later(
             state, duration or DEFAULT_MAX_CALL_DURATION_S, lambda: self._hangup(state, "max")
         )
@@ -636,7 +636,7 @@ class InboundCalls:
             info.error = info.error or f"hung up during PIN entry ({reason})"
             self.call_log.record(info)
             return
-        self.active.pop(_key(state.room, state.identity), None)
+        self.active.pop(room_participant_key(state.room, state.identity), None)
         info = state.info
         now = self.rooms.now()
         info.ended_at = int(now)
@@ -702,27 +702,15 @@ class InboundCalls:
     def _dtmf_to_callers(self, event: ev.DataSent) -> None:
         """`SipDTMF` packets (or SendData on topic `sip_dtmf`) reaching SIP participants are
         played to their callers as RFC 4733 events, or as tones to phones without them."""
-        packet = event.packet
-        which = packet.WhichOneof("value")
-        if which == "sip_dtmf":
-            digits = packet.sip_dtmf.digit or DIGITS[packet.sip_dtmf.code % 16]
-        elif which == "user" and packet.user.topic in DTMF_TOPICS:
-            digits = _dtmf_payload(packet.user.payload)
-        else:
+        found = dtmf_digits_for_sip(event)
+        if found is None:
             return
+        digits, targets = found
         if not digits:
             self._count("dtmf_unreadable")
             return
-        sender = packet.participant_identity
-        if event.destinations:
-            targets = [self.active.get(_key(event.room_name, i)) for i in event.destinations]
-        else:
-            targets = [
-                state
-                for state in self.active.values()
-                if state.room == event.room_name and state.identity != sender
-            ]
-        for state in targets:
+        for key in targets(self.active):
+            state = self.active.get(key)
             if state is not None and state.leg is not None and state.call.answered:
                 self._count("dtmf_sent")
                 state.leg.send_dtmf(digits[:64])
@@ -734,7 +722,7 @@ class InboundCalls:
             case ev.SubscriptionChanged(
                 room_name=room, publisher_identity=publisher, subscribed=True
             ):
-                state = self.active.get(_key(room, publisher))
+                state = self.active.get(room_participant_key(room, publisher))
                 if state is not None:
                     self._answer(state)
             case ev.ParticipantJoined(room=room, participant=p) if (
@@ -746,7 +734,7 @@ class InboundCalls:
             case ev.DataSent():
                 self._dtmf_to_callers(event)
             case ev.ParticipantLeft(room=room, participant=p):
-                state = self.active.get(_key(room.name, p.identity))
+                state = self.active.get(room_participant_key(room.name, p.identity))
                 if state is not None and not state.leaving:
                     # Removed from the room side (RemoveParticipant, DeleteRoom, a duplicate).
                     state.leaving = True
@@ -792,6 +780,35 @@ class InboundCalls:
         self.stats[name] = self.stats.get(name, 0) + 1
 
 
+def dtmf_digits_for_sip(
+    event: ev.DataSent,
+) -> tuple[str, Callable[[Mapping[str, object]], list[str]]] | None:
+    """The digits a data packet asks SIP participants to play ("" when unreadable), and which
+    of a service's calls (keyed by `room_participant_key`) it is for: its destinations, else
+    every SIP participant of the room but its sender. None: not a DTMF packet."""
+    packet = event.packet
+    which = packet.WhichOneof("value")
+    if which == "sip_dtmf":
+        digits = packet.sip_dtmf.digit or DIGITS[packet.sip_dtmf.code % 16]
+    elif which == "user" and packet.user.topic in DTMF_TOPICS:
+        digits = _dtmf_payload(packet.user.payload)
+    else:
+        return None
+    sender = packet.participant_identity
+    prefix = room_participant_key(event.room_name, "")
+
+    def targets(calls: Mapping[str, object]) -> list[str]:
+        if event.destinations:
+            return [room_participant_key(event.room_name, i) for i in event.destinations]
+        return [
+            key
+            for key in calls
+            if key.startswith(prefix) and key != room_participant_key(event.room_name, sender)
+        ]
+
+    return digits, targets
+
+
 def _dtmf_payload(payload: bytes) -> str:
     """Digits from a SendData DTMF payload (see DTMF_TOPICS); "" when none can be read."""
     text = payload.decode("utf-8", "replace").strip()
@@ -822,11 +839,11 @@ def _dtmf_payload(payload: bytes) -> str:
     return DIGITS[message.code] if payload else ""
 
 
-def _key(room: str, identity: str) -> str:
+def room_participant_key(room: str, identity: str) -> str:
     return f"{room}\x00{identity}"
 
 
-def _seconds(duration: object) -> float:
+def seconds_of(duration: object) -> float:
     if duration is None:
         return 0.0
     seconds = getattr(duration, "seconds", 0) + getattr(duration, "nanos", 0) / 1e9

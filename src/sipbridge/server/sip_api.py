@@ -51,8 +51,10 @@ def _check_replacement_id(replacement_id: str, request_id: str) -> None:
 
 
 class SipApi:
-    def __init__(self, config: SipConfig) -> None:
+    def __init__(self, config: SipConfig, *, create_participant: Any = None) -> None:
         self.config = config
+        # CreateSIPParticipant: the outbound call service's `create`, else not implemented
+        self.create_participant = create_participant or not_implemented_yet
 
     def register(self, twirp: TwirpServer) -> None:
         methods: list[tuple[str, type[Any], Any, Any]] = [
@@ -94,7 +96,7 @@ class SipApi:
             (
                 "CreateSIPParticipant",
                 proto.CreateSIPParticipantRequest,
-                self.not_yet,
+                self.create_participant,
                 require_sip_call,
             ),
             (

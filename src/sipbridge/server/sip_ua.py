@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from sipbridge.server.sip_transport import SipService
 from sipbridge.sip.dialog import AnswerRetransmitter, Dialog, new_tag
+from sipbridge.sip.digest import DigestClient
 from sipbridge.sip.endpoint import (
     AckReceived,
     CancelReceived,
@@ -28,7 +29,7 @@ from sipbridge.sip.endpoint import (
 from sipbridge.sip.errors import SipProtocolError
 from sipbridge.sip.headers import Address, Via
 from sipbridge.sip.message import Request, Response, make_response
-from sipbridge.sip.transaction import ServerTransaction
+from sipbridge.sip.transaction import ClientTransaction, ServerTransaction, new_branch
 from sipbridge.sip.uri import Uri
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ class SipCall:
     timer: asyncio.TimerHandle | None = None
 
     def _via(self) -> Via:
-        return Via(transport=self.peer.transport.upper(), host=self.ua.host, port=self.ua.port)
+        return self.ua.via(self.peer)
 
     def _arm(self) -> None:
         if self.timer is not None:
@@ -259,6 +260,153 @@ class IncomingCall(SipCall):
         self.ua.pending.pop(id(self.transaction), None)
 
 
+MAX_AUTH_TRIES = 2  # answers to 401/407 for one INVITE before its failure is final
+
+
+@dataclass(eq=False, kw_only=True)
+class OutgoingCall(SipCall):
+    """Our INVITE to a trunk: provisional and final responses, Digest challenges answered with
+    `credentials`, CANCEL (sent once a provisional came, s9.1), and the 2xx ACKed - every
+    retransmission of it too (s13.2.2.4). A 2xx that crosses our CANCEL is ACKed and hung up."""
+
+    credentials: DigestClient | None = None
+    transaction: ClientTransaction | None = None
+    on_progress: Callable[[Response], None] | None = None  # a 1xx other than 100
+    on_answered: Callable[[Response], None] | None = None
+    on_failed: Callable[[int, str, Response | None], None] | None = None  # status, reason
+    provisional: bool = False
+    cancelling: bool = False
+    cancel_sent: bool = False
+    auth_tries: int = 0
+    final: Response | None = None
+    cancel_headers: dict[str, str] = field(default_factory=dict)  # on CANCEL, or the BYE
+
+    def send(self) -> None:
+        """Send the INVITE (again, after a challenge)."""
+        now = self.ua.service.now()
+        self.transaction = self.ua.service.endpoint.send_request(self.request, self.peer, now)
+        self.ua.invites[id(self.transaction)] = self
+        self.ua.service.after_application()
+
+    def cancel(self, headers: dict[str, str] | None = None) -> None:
+        """Give up on an unanswered call: CANCEL now, or once a provisional response says the
+        far end has the INVITE. Answered calls are ended with `hangup`."""
+        if self.answered or self.ended or self.cancelling:
+            return
+        self.cancelling = True
+        self.cancel_headers = dict(headers or {})
+        if self.provisional:
+            self._send_cancel()
+
+    def _send_cancel(self) -> None:
+        if self.cancel_sent:
+            return
+        self.cancel_sent = True
+        invite = self.request
+        cancel = Request(method="CANCEL", uri=invite.uri)
+        cancel.headers.add("Via", invite.headers.get("Via") or "")  # the INVITE's, same branch
+        for name in ("Route",):
+            for value in invite.headers.get_all(name):
+                cancel.headers.add(name, value)
+        cancel.headers.add("Max-Forwards", "70")
+        cancel.headers.add("From", invite.headers.get("From") or "")
+        cancel.headers.add("To", invite.headers.get("To") or "")
+        cancel.headers.add("Call-ID", invite.call_id)
+        cancel.headers.add("CSeq", f"{invite.cseq.seq} CANCEL")
+        for name, value in self.cancel_headers.items():
+            cancel.headers.add(name, value)
+        self.ua.service.endpoint.send_request(cancel, self.peer, self.ua.service.now())
+        self.ua.service.after_application()
+
+    def invite_response(self, response: Response) -> None:
+        """A response to our INVITE (its transaction passes 2xx retransmissions on too)."""
+        if self.ended:
+            if 200 <= response.status < 300 and self.dialog is not None:
+                self._ack()  # a retransmitted 2xx after we hung up: ACK, the BYE is on its way
+            return
+        status = response.status
+        if status < 200:
+            self.provisional = True
+            if self.cancelling:
+                self._send_cancel()
+            elif status > 100 and self.on_progress is not None:
+                self.on_progress(response)
+            return
+        if status < 300:
+            first = self.dialog is None
+            if first:
+                self.dialog = Dialog.as_uac(self.request, response)
+                self.ua.dialogs[self.dialog.id] = self
+                self.answered = True
+                self.final = response
+                self.remote_allow = allowed_methods(response)
+            self._ack()
+            if not first:
+                return
+            if self.cancelling:
+                self.hangup(self.cancel_headers)  # it crossed our CANCEL
+            elif self.on_answered is not None:
+                self.on_answered(response)
+            return
+        self.final = response
+        if status in (401, 407) and not self.cancelling and self._retry_with_auth(response):
+            return
+        self._fail(status, response.reason or "", response)
+
+    def _ack(self) -> None:
+        assert self.dialog is not None
+        ack = self.dialog.create_request("ACK", self._via())  # the INVITE's CSeq number
+        self.ua.service.endpoint.send_stateless(ack, self.peer)
+        self.ua.service.after_application()
+
+    def _retry_with_auth(self, challenge: Response) -> bool:
+        """The INVITE again with credentials for the challenge (s22.2); False when we have none
+        for it or tried enough."""
+        if self.credentials is None or self.auth_tries >= MAX_AUTH_TRIES:
+            return False
+        proxy = challenge.status == 407
+        values = challenge.headers.get_all("Proxy-Authenticate" if proxy else "WWW-Authenticate")
+        try:
+            answer = self.credentials.answer(values, "INVITE", str(self.request.uri))
+        except SipProtocolError:
+            return False
+        self.auth_tries += 1
+        retry = Request(method="INVITE", uri=self.request.uri)
+        for name, value in self.request.headers:
+            if name.lower() in ("via", "authorization", "proxy-authorization"):
+                continue
+            cseq = name.lower() == "cseq"
+            retry.headers.add(name, f"{self.request.cseq.seq + 1} INVITE" if cseq else value)
+        retry.headers.prepend("Via", str(self._via().with_params(branch=new_branch())))
+        retry.headers.add("Proxy-Authorization" if proxy else "Authorization", answer)
+        retry.body = self.request.body
+        self.request = retry
+        self.provisional = False
+        self.send()
+        return True
+
+    def transaction_failed(self, timed_out: bool) -> None:
+        """No final response (Timer B) or the transport failed."""
+        if self.ended or self.answered:
+            return
+        if timed_out:
+            self._fail(408, "Request Timeout", None)
+        else:
+            self._fail(503, "Service Unavailable", None)
+
+    def _fail(self, status: int, reason: str, response: Response | None) -> None:
+        on_failed = self.on_failed
+        self.on_failed = None
+        if on_failed is not None:
+            on_failed(status, reason, response)
+        self._end("cancel" if self.cancelling and status == 487 else "rejected")
+
+    def _forget(self) -> None:
+        if self.transaction is not None:
+            self.ua.invites.pop(id(self.transaction), None)
+        self.on_progress = self.on_answered = None
+
+
 def allowed_methods(message: Request | Response) -> frozenset[str]:
     """The methods a message's Allow headers list."""
     return frozenset(
@@ -287,6 +435,7 @@ class SipUserAgent:
         self.pending: dict[int, IncomingCall] = {}
         # requests we sent inside dialogs, by transaction: (call, request)
         self.requests: dict[int, tuple[SipCall, Request]] = {}
+        self.invites: dict[int, OutgoingCall] = {}  # our INVITEs, by client transaction
         self._service: SipService | None = None
 
     @property
@@ -296,6 +445,11 @@ class SipUserAgent:
 
     def attach(self, service: SipService) -> None:
         self._service = service
+
+    def via(self, peer: Peer) -> Via:
+        """Our Via for a request to `peer` (no branch yet)."""
+        port = self.service.local_port(peer.transport) if self._service else self.port
+        return Via(transport=peer.transport.upper(), host=self.host, port=port)
 
     def contact(self, peer: Peer, *, secure: bool = False) -> Address:
         """Our Contact for a dialog with `peer`: the listener of the transport the request came
@@ -319,6 +473,13 @@ class SipUserAgent:
             call = self.pending.get(id(event.invite))
             if call is not None and not call.answered:
                 call.reject(487, end_reason="cancel")
+        elif isinstance(event, ResponseForUs) and id(event.transaction) in self.invites:
+            self.invites[id(event.transaction)].invite_response(event.response)
+        elif isinstance(event, RequestTimedOut | RequestFailed) and (
+            id(event.transaction) in self.invites
+        ):
+            outgoing = self.invites.pop(id(event.transaction))
+            outgoing.transaction_failed(isinstance(event, RequestTimedOut))
         elif isinstance(event, ResponseForUs):
             sent = self.requests.get(id(event.transaction))
             if sent is not None:

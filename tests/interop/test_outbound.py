@@ -1,0 +1,349 @@
+"""Outbound calls end to end: `CreateSIPParticipant` through the official `livekit-api` client
+against a `sipbridge serve`, the called side a sipp UAS running our own scenarios: answering
+(with X- headers), hanging up, refusing (486, 603, 404, 503), never answering, challenging.
+
+Each test checks what users program against: `create_sip_participant` with and without
+`wait_until_answered`, the `SipCallError` fields, the participant's `sip.*` attributes and
+statuses, its `disconnect_reason` when it leaves, and the call log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from livekit import api
+from livekit.protocol import models, room, sip
+
+from tests.helpers import API_KEY, API_SECRET, ServerProcess
+from tests.interop.test_sip_peers import run, sipp_port
+from tests.signal_client import SignalClient
+
+SIPP_DIR = Path(__file__).parent / "sipp"
+pytestmark = pytest.mark.skipif(not shutil.which("sipp"), reason="sipp comes with `make test`")
+CALLER_ID = "+15550001"
+NUMBER = "+15551234"
+ROOM = "outbound"
+
+
+@pytest.fixture
+def sip_server(tmp_path: Path) -> ServerProcess:
+    port = sipp_port()
+    proc = ServerProcess(tmp_path, "--sip", f"127.0.0.1:{port}", "--rtp-ports", "17000-17999")
+    proc.sip_port = port  # type: ignore[attr-defined]
+    proc.start()
+    yield proc  # type: ignore[misc]
+    if proc.proc is not None:
+        assert proc.stop() == 0, proc.log.read_text()
+
+
+@asynccontextmanager
+async def client(server: ServerProcess) -> AsyncIterator[api.LiveKitAPI]:
+    async with api.LiveKitAPI(url=server.url, api_key=API_KEY, api_secret=API_SECRET) as lk:
+        yield lk
+
+
+@asynccontextmanager
+async def carrier(
+    scenario: str,
+    *keys: tuple[str, str],
+    timeout: float = 30,
+    status: tuple[int, str] | None = None,
+) -> AsyncIterator[tuple[int, asyncio.Task[tuple[int, str]]]]:
+    """A sipp UAS playing one call of `scenario`: (its port, its task -> (exit code, output)).
+    `status` fills the scenario's `[status] [reason]` status line, which sipp checks when it
+    loads the file (before `-key` values apply), so the text is written out with it."""
+    port = sipp_port()
+    path = SIPP_DIR / scenario
+    if status is not None:
+        text = path.read_text().replace("[status] [reason]", f"{status[0]} {status[1]}")
+        path = Path(tempfile.mkdtemp()) / scenario
+        path.write_text(text)
+    args = ["sipp", "-sf", str(path), "-i", "127.0.0.1", "-p", str(port)]
+    for name, value in keys:
+        args += ["-key", name, value]
+    args += ["-m", "1", "-nostdin", "-timeout", f"{int(timeout)}s", "-timeout_error"]
+    task = asyncio.create_task(run(*args, timeout=timeout + 10))
+    await asyncio.sleep(0.3)  # listening
+    try:
+        yield port, task
+    finally:
+        if not task.done():
+            task.cancel()
+
+
+async def make_trunk(lk: api.LiveKitAPI, port: int, **fields: Any) -> str:
+    trunk = await lk.sip.create_outbound_trunk(
+        sip.CreateSIPOutboundTrunkRequest(
+            trunk=sip.SIPOutboundTrunkInfo(
+                name="carrier", address=f"127.0.0.1:{port}", numbers=[CALLER_ID], **fields
+            )
+        )
+    )
+    return trunk.sip_trunk_id
+
+
+async def participants(lk: api.LiveKitAPI, name: str = ROOM) -> dict[str, models.ParticipantInfo]:
+    listed = await lk.room.list_participants(room.ListParticipantsRequest(room=name))
+    return {p.identity: p for p in listed.participants}
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 8) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.05)
+
+
+async def call_log(server: ServerProcess) -> list[dict[str, Any]]:
+    code, out = await run(
+        sys.executable, "-m", "sipbridge", "call", "list", "--db", str(server.db), "--json"
+    )
+    assert code == 0, out
+    return list(json.loads(out))
+
+
+def statuses_seen(client: SignalClient, identity: str) -> list[str]:
+    """sip.callStatus values in the ParticipantUpdates a room member received, in order."""
+    seen: list[str] = []
+    for message in client.log:
+        if message.WhichOneof("message") != "update":
+            continue
+        for p in message.update.participants:
+            status = p.attributes.get("sip.callStatus")
+            if p.identity == identity and status and (not seen or seen[-1] != status):
+                seen.append(status)
+    return seen
+
+
+async def test_an_answered_call_joins_the_room_and_our_hangup_ends_it(
+    sip_server: ServerProcess,
+) -> None:
+    async with (
+        client(sip_server) as lk,
+        carrier("uas_answer.xml") as (port, sipp_task),
+        SignalClient(sip_server.url, ROOM, "agent") as agent,
+    ):
+        trunk_id = await make_trunk(lk, port, headers_to_attributes={"X-Agent-Id": "agent.id"})
+        created = await lk.sip.create_sip_participant(
+            sip.CreateSIPParticipantRequest(
+                sip_trunk_id=trunk_id,
+                sip_call_to=NUMBER,
+                room_name=ROOM,
+                participant_attributes={"campaign": "spring"},
+                wait_until_answered=True,
+            )
+        )
+        identity = f"sip_{NUMBER}"
+        assert created.participant_identity == identity and created.room_name == ROOM
+        assert created.sip_call_id.startswith("SCL_")
+        assert created.participant_id.startswith("PA_")
+        phone = (await participants(lk))[identity]
+        assert phone.kind == models.ParticipantInfo.Kind.SIP
+        attrs = dict(phone.attributes)
+        assert attrs["sip.callStatus"] == "active"
+        assert attrs["sip.callID"] == created.sip_call_id
+        assert attrs["sip.phoneNumber"] == NUMBER
+        assert attrs["sip.trunkPhoneNumber"] == CALLER_ID
+        assert attrs["sip.trunkID"] == trunk_id
+        assert attrs["sip.hostname"] == "127.0.0.1"
+        assert attrs["sip.callTag"].endswith("SIPpTag011")
+        assert attrs["sip.callIDFull"]
+        assert attrs["sip.twilio.accountSid"] == "AC123"  # from the 180
+        assert attrs["sip.twilio.callSid"] == "CA456"  # from the 200
+        assert attrs["agent.id"] == "42"  # headers_to_attributes, from the 200
+        assert attrs["campaign"] == "spring"
+        # the room saw it dial, ring and answer
+        await eventually(
+            lambda: asyncio.sleep(0, "active" in statuses_seen(agent, identity)),
+            "statuses in the room",
+        )
+        assert statuses_seen(agent, identity)[:3] == ["dialing", "ringing", "active"]
+        # RemoveParticipant hangs up: BYE, which the carrier answers (its scenario then passes)
+        await lk.room.remove_participant(room.RoomParticipantIdentity(room=ROOM, identity=identity))
+        code, out = await sipp_task
+        assert code == 0, out
+    entry = next(e for e in await call_log(sip_server) if e["call_id"] == created.sip_call_id)
+    assert entry["call_direction"] == "SCD_OUTBOUND"
+    assert entry["call_status"] == "SCS_DISCONNECTED"
+    assert entry["trunk_id"] == trunk_id and entry["room_name"] == ROOM
+    assert int(entry["ended_at_ns"]) > int(entry["started_at_ns"]) > 0
+
+
+async def test_the_called_side_hangs_up(sip_server: ServerProcess) -> None:
+    async with client(sip_server) as lk, carrier("uas_answer_hangup.xml") as (port, sipp_task):
+        trunk_id = await make_trunk(lk, port)
+        async with SignalClient(sip_server.url, ROOM, "agent") as agent:
+            created = await lk.sip.create_sip_participant(
+                sip.CreateSIPParticipantRequest(
+                    sip_trunk_id=trunk_id, sip_call_to=NUMBER, room_name=ROOM
+                )  # no wait: returns once the INVITE is out
+            )
+            identity = created.participant_identity
+            assert identity in await participants(lk)
+
+            async def gone() -> bool:
+                return identity not in await participants(lk)
+
+            await eventually(gone, "the participant did not leave after the BYE")
+            code, out = await sipp_task
+            assert code == 0, out
+            left = [
+                p
+                for m in agent.log
+                if m.WhichOneof("message") == "update"
+                for p in m.update.participants
+                if p.identity == identity and p.state == models.ParticipantInfo.State.DISCONNECTED
+            ]
+            assert left and left[-1].disconnect_reason == models.DisconnectReason.CLIENT_INITIATED
+            assert left[-1].attributes["sip.callStatus"] == "hangup"
+
+
+@pytest.mark.parametrize(
+    ("status", "reason", "code", "disconnect"),
+    [
+        (486, "Busy Here", "resource_exhausted", models.DisconnectReason.USER_REJECTED),
+        (603, "Decline", "permission_denied", models.DisconnectReason.USER_REJECTED),
+        (404, "Not Found", "not_found", models.DisconnectReason.USER_UNAVAILABLE),
+        (
+            503,
+            "Service Unavailable",
+            "failed_precondition",
+            models.DisconnectReason.SIP_TRUNK_FAILURE,
+        ),
+    ],
+)
+async def test_a_refused_call_raises_sip_call_error(
+    sip_server: ServerProcess, status: int, reason: str, code: str, disconnect: int
+) -> None:
+    async with (
+        client(sip_server) as lk,
+        carrier("uas_refuse.xml", status=(status, reason)) as (port, sipp_task),
+        SignalClient(sip_server.url, ROOM, "agent") as agent,
+    ):
+        trunk_id = await make_trunk(lk, port)
+        with pytest.raises(api.SipCallError) as raised:
+            await lk.sip.create_sip_participant(
+                sip.CreateSIPParticipantRequest(
+                    sip_trunk_id=trunk_id,
+                    sip_call_to=NUMBER,
+                    room_name=ROOM,
+                    wait_until_answered=True,
+                )
+            )
+        err = raised.value
+        assert err.sip_status_code == status
+        assert err.sip_status == reason
+        assert err.code == code
+        code_, out = await sipp_task
+        assert code_ == 0, out
+        assert f"sip_{NUMBER}" not in await participants(lk)
+        left = [
+            p
+            for m in agent.log
+            if m.WhichOneof("message") == "update"
+            for p in m.update.participants
+            if p.state == models.ParticipantInfo.State.DISCONNECTED
+        ]
+        assert left and left[-1].disconnect_reason == disconnect
+    (entry,) = await call_log(sip_server)
+    assert entry["call_status"] == "SCS_ERROR"
+    assert entry["call_status_code"]["code"] == sip.SIPStatusCode.Name(status)
+
+
+async def test_no_answer_within_the_ringing_timeout_cancels(sip_server: ServerProcess) -> None:
+    async with client(sip_server) as lk, carrier("uas_never_answer.xml") as (port, sipp_task):
+        trunk_id = await make_trunk(lk, port)
+        started = time.monotonic()
+        request = sip.CreateSIPParticipantRequest(
+            sip_trunk_id=trunk_id, sip_call_to=NUMBER, room_name=ROOM, wait_until_answered=True
+        )
+        request.ringing_timeout.seconds = 2
+        with pytest.raises(api.SipCallError) as raised:
+            await lk.sip.create_sip_participant(request)
+        assert 1.8 < time.monotonic() - started < 5
+        assert raised.value.sip_status_code == 408
+        assert raised.value.code == "deadline_exceeded"
+        code, out = await sipp_task  # it got our CANCEL, answered 487, got the ACK
+        assert code == 0, out
+        assert f"sip_{NUMBER}" not in await participants(lk)
+
+
+async def test_digest_challenge_is_answered(sip_server: ServerProcess) -> None:
+    async with client(sip_server) as lk, carrier("uas_digest.xml") as (port, sipp_task):
+        trunk_id = await make_trunk(lk, port, auth_username="acme", auth_password="s3cret")
+        created = await lk.sip.create_sip_participant(
+            sip.CreateSIPParticipantRequest(
+                sip_trunk_id=trunk_id,
+                sip_call_to=NUMBER,
+                room_name=ROOM,
+                wait_until_answered=True,
+            )
+        )
+        await lk.room.remove_participant(
+            room.RoomParticipantIdentity(room=ROOM, identity=created.participant_identity)
+        )
+        code, out = await sipp_task
+        assert code == 0, out
+
+
+async def test_wrong_credentials_fail_with_the_carriers_status(sip_server: ServerProcess) -> None:
+    async with client(sip_server) as lk, carrier("uas_digest.xml") as (port, _):
+        trunk_id = await make_trunk(lk, port, auth_username="acme", auth_password="wrong")
+        with pytest.raises(api.SipCallError) as raised:
+            await lk.sip.create_sip_participant(
+                sip.CreateSIPParticipantRequest(
+                    sip_trunk_id=trunk_id,
+                    sip_call_to=NUMBER,
+                    room_name=ROOM,
+                    wait_until_answered=True,
+                )
+            )
+        assert raised.value.sip_status_code == 403
+
+
+async def test_bad_requests_are_refused_before_dialling(sip_server: ServerProcess) -> None:
+    async with client(sip_server) as lk:
+        trunk_id = await make_trunk(lk, sipp_port())
+        cases: list[tuple[dict[str, Any], str]] = [
+            ({"sip_call_to": NUMBER, "room_name": ROOM}, "invalid_argument"),  # no trunk
+            ({"sip_trunk_id": "ST_nope", "sip_call_to": NUMBER, "room_name": ROOM}, "not_found"),
+            ({"sip_trunk_id": trunk_id, "room_name": ROOM}, "invalid_argument"),  # no number
+            ({"sip_trunk_id": trunk_id, "sip_call_to": NUMBER}, "invalid_argument"),  # no room
+            (
+                {"sip_trunk_id": trunk_id, "sip_call_to": "a@b", "room_name": ROOM},
+                "invalid_argument",
+            ),
+            (
+                {
+                    "sip_trunk_id": trunk_id,
+                    "sip_call_to": NUMBER,
+                    "room_name": ROOM,
+                    "headers": {"Call-ID": "x"},
+                },
+                "invalid_argument",
+            ),
+            (
+                {
+                    "trunk": sip.SIPOutboundConfig(hostname="no-such-host.invalid"),
+                    "sip_call_to": NUMBER,
+                    "room_name": ROOM,
+                },
+                "failed_precondition",
+            ),
+        ]
+        for fields, code in cases:
+            with pytest.raises(api.TwirpError) as raised:
+                await lk.sip.create_sip_participant(sip.CreateSIPParticipantRequest(**fields))
+            assert raised.value.code == code, (fields, raised.value)
+        listed = await lk.room.list_rooms(room.ListRoomsRequest())
+        assert [r.name for r in listed.rooms] == []  # nothing was left behind
