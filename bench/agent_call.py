@@ -907,15 +907,22 @@ def summarise(steps: list[dict[str, object]]) -> dict[str, object]:
             f"(server {stopped['server_cpu_pct']}%)"
         )
         limited_by = f"N={stopped['n']}: " + "; ".join(reasons)
-    goal: dict[str, object] = {"at_n": best["n"] if best else None}
-    if best is not None:
-        inv = best["invite_to_200_ms"]
-        p2a, a2p = best["phone_to_agent_added_ms"], best["agent_to_phone_added_ms"]
+    # the goal is the server's: judged where the agent kept up (else its lag is in every figure)
+    keeping_up = [s for s in held if not s["agent_saturated"]]
+    judged = max(keeping_up or held, key=lambda s: int(s["n"]), default=None)  # type: ignore[call-overload]
+    goal: dict[str, object] = {
+        "at_n": judged["n"] if judged else None,
+        "agent_kept_up": bool(keeping_up),
+    }
+    if judged is not None:
+        inv = judged["invite_to_200_ms"]
+        p2a, a2p = judged["phone_to_agent_added_ms"], judged["agent_to_phone_added_ms"]
         assert isinstance(inv, dict) and isinstance(p2a, dict) and isinstance(a2p, dict)
         goal["invite_to_200_p95_le_300ms"] = inv["p95"] is not None and inv["p95"] <= 300
         goal["phone_to_agent_added_p95_le_40ms"] = p2a["p95"] is not None and p2a["p95"] <= 40
         goal["agent_to_phone_added_p95_le_40ms"] = a2p["p95"] is not None and a2p["p95"] <= 40
         goal["met"] = all(v for k, v in goal.items() if k.endswith("ms"))
+        goal["agent_to_phone_per_call_p50_ms"] = judged["agent_to_phone_per_call_p50_ms"]
     return {
         "max_calls_held_without_loss": best["n"] if best else 0,
         "first_loss_at": first_bad["n"] if first_bad else None,
@@ -1038,8 +1045,9 @@ def orchestrate(args: argparse.Namespace) -> int:
     assert isinstance(goal, dict)
     print(
         f"largest N held without loss: {summary['max_calls_held_without_loss']}; limited by: "
-        f"{summary['limited_by']}. Goal at that N (INVITE->200 p95 <= 300 ms, added p95 <= 40 ms "
-        f"each way): {json.dumps(goal)}. Server idle {idle_pct:.1f}% CPU; "
+        f"{summary['limited_by']}. Goal (INVITE->200 p95 <= 300 ms, added p95 <= 40 ms each "
+        f"way) at the largest clean N with the agent keeping up: {json.dumps(goal)}. Server "
+        f"idle {idle_pct:.1f}% CPU; "
         f"run {time.monotonic() - began:.0f} s."
     )
     print(LEGEND)
