@@ -58,6 +58,7 @@ async def carrier(
     *keys: tuple[str, str],
     timeout: float = 30,
     status: tuple[int, str] | None = None,
+    transport: str = "udp",
 ) -> AsyncIterator[tuple[int, asyncio.Task[tuple[int, str]]]]:
     """A sipp UAS playing one call of `scenario`: (its port, its task -> (exit code, output)).
     `status` fills the scenario's `[status] [reason]` status line, which sipp checks when it
@@ -69,6 +70,8 @@ async def carrier(
         path = Path(tempfile.mkdtemp()) / scenario
         path.write_text(text)
     args = ["sipp", "-sf", str(path), "-i", "127.0.0.1", "-p", str(port)]
+    if transport == "tcp":
+        args += ["-t", "t1"]
     for name, value in keys:
         args += ["-key", name, value]
     args += ["-m", "1", "-nostdin", "-timeout", f"{int(timeout)}s", "-timeout_error"]
@@ -347,3 +350,27 @@ async def test_bad_requests_are_refused_before_dialling(sip_server: ServerProces
             assert raised.value.code == code, (fields, raised.value)
         listed = await lk.room.list_rooms(room.ListRoomsRequest())
         assert [r.name for r in listed.rooms] == []  # nothing was left behind
+
+
+async def test_a_trunk_that_refuses_the_connection_fails_fast(sip_server: ServerProcess) -> None:
+    async with client(sip_server) as lk:
+        trunk_id = await make_trunk(
+            lk, sipp_port(), transport=sip.SIPTransport.SIP_TRANSPORT_TCP
+        )  # nobody listens there
+        started = time.monotonic()
+        with pytest.raises(api.SipCallError) as raised:
+            await lk.sip.create_sip_participant(
+                sip.CreateSIPParticipantRequest(
+                    sip_trunk_id=trunk_id,
+                    sip_call_to=NUMBER,
+                    room_name=ROOM,
+                    wait_until_answered=True,
+                )
+            )
+        assert time.monotonic() - started < 3
+        assert raised.value.sip_status_code == 503
+        assert raised.value.code == "failed_precondition"
+        assert f"sip_{NUMBER}" not in await participants(lk)
+    (entry,) = await call_log(sip_server)
+    assert entry["call_status"] == "SCS_ERROR"
+    assert entry["disconnect_reason"] == "SIP_TRUNK_FAILURE"

@@ -28,6 +28,8 @@ UDP_READ_SIZE = 65535  # never asyncio's 256 KiB default per datagram (DESIGN.md
 UDP_BUFFER_BYTES = 4 * 1024 * 1024
 MAX_CONNECTIONS = 10_000
 IDLE_TIMEOUT_S = 600.0
+CONNECT_TIMEOUT_S = 5.0  # to open a TCP/TLS connection to a trunk
+MAX_QUEUED_WHILE_CONNECTING = 64  # messages waiting for a connection being opened
 
 Application = Callable[["SipService", EndpointEvent], None]
 
@@ -72,6 +74,7 @@ class _Stream(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer: Peer | None = None
         self.idle_timer: asyncio.TimerHandle | None = None
+        self.dialled: Peer | None = None  # the trunk we opened this connection to
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         stream = cast(asyncio.Transport, transport)
@@ -117,6 +120,8 @@ class _Stream(asyncio.Protocol):
         if self.peer is not None:
             self.service.connections.pop(self.peer.connection or 0, None)
             self.service.connection_lost(self.peer)
+        if self.dialled is not None:
+            self.service.dialled_lost(self.dialled, self)
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -144,6 +149,12 @@ class SipService:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._clock = clock
         self.bound: list[Listen] = []
+        # Connections we open (TCP/TLS trunks): by the trunk's (transport, host, port); what is
+        # sent while one is being opened waits in `_dialling`.
+        self.dialled: dict[Peer, _Stream] = {}
+        self._dialling: dict[Peer, list[bytes]] = {}
+        self._dial_tasks: set[asyncio.Task[None]] = set()
+        self.client_tls = ssl.create_default_context()  # verifies trunks' certificates
 
     def now(self) -> float:
         if self._clock is not None:
@@ -188,6 +199,8 @@ class SipService:
             transport.close()
         for server in self._servers:
             server.close()
+        for task in list(self._dial_tasks):
+            task.cancel()
         for connection in list(self.connections.values()):
             if connection.transport is not None:
                 connection.transport.close()
@@ -240,13 +253,74 @@ class SipService:
                 return
             transport.sendto(data, (peer.host, peer.port))
             return
-        connection = self.connections.get(peer.connection or 0)
+        if peer.connection is None:
+            # A request of ours to a trunk: over the connection we opened to it, or a new one.
+            dialled = self.dialled.get(peer)
+            if dialled is not None:
+                dialled.write(data)
+            else:
+                self._dial(peer, data)
+            return
+        connection = self.connections.get(peer.connection)
         if connection is None:
-            # The connection is gone; opening a new one to the Via sent-by (s18.2.2) comes with
-            # outbound calls. Count and let the transaction time out.
+            # The connection the request came on is gone (a response cannot follow it): count
+            # and let the transaction time out.
             self.stats_error("send_no_connection")
             return
         connection.write(data)
+
+    def _dial(self, peer: Peer, data: bytes) -> None:
+        queued = self._dialling.get(peer)
+        if queued is not None:
+            if len(queued) >= MAX_QUEUED_WHILE_CONNECTING:
+                self.stats_error("send_queue_full")
+                return
+            queued.append(data)
+            return
+        self._dialling[peer] = [data]
+        task = asyncio.get_running_loop().create_task(self._connect(peer))
+        self._dial_tasks.add(task)
+        task.add_done_callback(self._dial_tasks.discard)
+
+    async def _connect(self, peer: Peer) -> None:
+        """Open a TCP/TLS connection to a trunk; on failure its transactions fail at once."""
+        assert self._loop is not None
+        tls = peer.transport == "tls"
+        try:
+            _, protocol = await asyncio.wait_for(
+                self._loop.create_connection(
+                    lambda: _Stream(self, peer.transport),
+                    peer.host,
+                    peer.port,
+                    ssl=self.client_tls if tls else None,
+                    server_hostname=peer.host if tls else None,
+                ),
+                CONNECT_TIMEOUT_S,
+            )
+        except (OSError, TimeoutError, ssl.SSLError) as err:
+            self._dialling.pop(peer, None)
+            self.stats_error("connect_failed")
+            log.info("SIP %s to %s:%d: %s", peer.transport, peer.host, peer.port, err)
+            self.endpoint.transport_error(peer, self.now())
+            self._flush()
+            return
+        stream = protocol
+        if stream.transport is None or stream.transport.is_closing():
+            self._dialling.pop(peer, None)
+            self.endpoint.transport_error(peer, self.now())
+            self._flush()
+            return
+        stream.dialled = peer
+        self.dialled[peer] = stream
+        for data in self._dialling.pop(peer, []):
+            stream.write(data)
+
+    def dialled_lost(self, peer: Peer, stream: _Stream) -> None:
+        """A connection we opened closed: the next request to that trunk opens another."""
+        if self.dialled.get(peer) is stream:
+            del self.dialled[peer]
+        self.endpoint.transport_error(peer, self.now())
+        self._flush()
 
     def _arm_timer(self) -> None:
         deadline = self.endpoint.get_timer()
