@@ -320,6 +320,7 @@ def test_empty_yaml_webhooks_means_none(yaml_file: Any) -> None:
         ("rtp_ports", "a-b", "--rtp-ports: expected LO-HI"),
         ("rtp_ports", "10000:20000", "--rtp-ports: expected LO-HI"),
         ("rtc_ports", "60000-50000", "--rtc-ports: expected LO-HI within 1024-65535"),
+        ("tls_ca", "/nonexistent/ca.pem", "--tls-ca: /nonexistent/ca.pem is not a file"),
         ("rtc_ports", "15000-25000", "--rtc-ports 15000-25000 overlaps --rtp-ports 10000-20000"),
         ("rtp_ports", "55000-56000", "--rtc-ports 50000-60000 overlaps --rtp-ports 55000-56000"),
         ("log_level", "trace", "log_level: expected one of debug, info, warning, error"),

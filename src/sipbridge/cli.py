@@ -33,6 +33,9 @@ def _serve_parser(sub: Any) -> None:
     p.add_argument("--sip-tls", metavar="HOST:PORT", help="SIP over TLS address (off)")
     p.add_argument("--tls-cert", metavar="FILE", help="PEM certificate chain for --sip-tls")
     p.add_argument("--tls-key", metavar="FILE", help="PEM private key for --sip-tls")
+    p.add_argument(
+        "--tls-ca", metavar="FILE", help="PEM CAs for trunks' TLS certificates (system's)"
+    )
     p.add_argument("--rtp-ports", metavar="LO-HI", help="UDP ports for RTP (10000-20000)")
     p.add_argument(
         "--media-ip", metavar="IP", help="address for RTP and SDP (default: the SIP host)"
@@ -407,6 +410,7 @@ def _serve(args: argparse.Namespace) -> int:
             sip_tls=args.sip_tls,
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
+            tls_ca=args.tls_ca,
             rtp_ports=args.rtp_ports,
             media_ip=args.media_ip,
             rtc_ips=args.rtc_ip,

@@ -37,6 +37,7 @@ class Settings:
     sip_tls: HostPort | None = None
     tls_cert: str = ""
     tls_key: str = ""
+    tls_ca: str = ""  # PEM of the CAs trunks' TLS certificates must chain to; "" = the system's
     rtp_ports: tuple[int, int] = (10000, 20000)
     media_ip: str = ""  # the address RTP binds to and SDP advertises; "" = the SIP host
     rtc_ips: tuple[str, ...] = ()  # WebRTC ICE host candidates; () = the media address
@@ -141,6 +142,7 @@ def _from_yaml(path: str) -> dict[str, Any]:
         "sip_tls",
         "tls_cert",
         "tls_key",
+        "tls_ca",
         "rtp_ports",
         "media_ip",
         "rtc_ip",
@@ -166,6 +168,7 @@ def build_settings(
     sip_tls: str | None = None,
     tls_cert: str | None = None,
     tls_key: str | None = None,
+    tls_ca: str | None = None,
     rtp_ports: str | None = None,
     media_ip: str | None = None,
     rtc_ips: list[str] | None = None,
@@ -195,6 +198,8 @@ def build_settings(
         s = replace(s, tls_cert=str(doc["tls_cert"]))
     if "tls_key" in doc:
         s = replace(s, tls_key=str(doc["tls_key"]))
+    if "tls_ca" in doc:
+        s = replace(s, tls_ca=str(doc["tls_ca"]))
     if "rtp_ports" in doc:
         s = replace(s, rtp_ports=parse_port_range(str(doc["rtp_ports"]), "rtp_ports"))
     if "media_ip" in doc:
@@ -237,6 +242,10 @@ def build_settings(
         s = replace(s, tls_cert=tls_cert)
     if tls_key:
         s = replace(s, tls_key=tls_key)
+    if tls_ca:
+        s = replace(s, tls_ca=tls_ca)
+    if s.tls_ca and not os.path.isfile(s.tls_ca):
+        raise ConfigError(f"--tls-ca: {s.tls_ca} is not a file")
     if s.sip_tls is not None and not (s.tls_cert and s.tls_key):
         raise ConfigError("--sip-tls needs --tls-cert and --tls-key")
     if rtp_ports:

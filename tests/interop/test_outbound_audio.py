@@ -10,11 +10,15 @@ import shutil
 from pathlib import Path
 
 import pytest
+from livekit import api
 from livekit.protocol import models, room, sip
 
 from tests import baresip
 from tests.helpers import ServerProcess
 from tests.interop.test_call_audio import client, direct_rule, heard, target, wait_participants
+from tests.interop.test_sip_peers import sipp_port
+from tests.interop.test_sip_tls import make_certificate
+from tests.signal_client import SignalClient
 
 pytestmark = pytest.mark.skipif(
     not shutil.which("baresip"), reason="baresip comes with `make test`"
@@ -86,3 +90,92 @@ async def test_a_dialled_phone_talks_with_the_room(
             a_to_b, b_to_a = heard(b, a), heard(a, b)
     assert a_to_b > 0.9, f"B heard A at {a_to_b:.3f}"
     assert b_to_a > 0.9, f"A heard B at {b_to_a:.3f}"
+
+
+async def test_a_phone_dialled_over_tls(tmp_path: Path) -> None:
+    """The trunk is TLS: the server opens a TLS connection to the phone, checks its certificate
+    against `--tls-ca`, and the call carries audio; our hangup goes over the same connection.
+    A server that does not trust the certificate fails the call as a trunk failure."""
+    cert, key = make_certificate(tmp_path)
+    combined = tmp_path / "phone.pem"
+    combined.write_text(cert.read_text() + key.read_text())
+    port = sipp_port()
+    server = ServerProcess(
+        tmp_path,
+        "--sip",
+        f"127.0.0.1:{port}",
+        "--rtp-ports",
+        "14000-14999",
+        "--tls-ca",
+        str(cert),
+    )
+    server.start()
+    try:
+        async with (
+            client(server) as lk,
+            baresip.phone(tmp_path / "b", codecs="PCMU", top_hz=3400.0, cert=combined) as b,
+        ):
+            trunk = await lk.sip.create_outbound_trunk(
+                sip.CreateSIPOutboundTrunkRequest(
+                    trunk=sip.SIPOutboundTrunkInfo(
+                        name="tls",
+                        address=f"127.0.0.1:{b.sip_port + 1}",
+                        transport=sip.SIPTransport.SIP_TRANSPORT_TLS,
+                        numbers=["+15550100"],
+                    )
+                )
+            )
+            async with SignalClient(server.url, "secure", "agent"):
+                created = await lk.sip.create_sip_participant(
+                    sip.CreateSIPParticipantRequest(
+                        sip_trunk_id=trunk.sip_trunk_id,
+                        sip_call_to=b.user,
+                        room_name="secure",
+                        wait_until_answered=True,
+                    )
+                )
+                await b.wait_event("CALL_ESTABLISHED", fail_on=("CALL_CLOSED",))
+                await asyncio.sleep(1.0)
+                stats = await b.audio_stats()
+                await lk.room.remove_participant(
+                    room.RoomParticipantIdentity(
+                        room="secure", identity=created.participant_identity
+                    )
+                )
+                await b.wait_event("CALL_CLOSED", timeout=8)
+        assert stats.codec == "PCMU" and stats.rx_packets > 10, stats  # our RTP reached it
+    finally:
+        assert server.stop() == 0, server.log.read_text()
+
+
+async def test_an_untrusted_tls_trunk_is_a_trunk_failure(
+    media_server: ServerProcess, tmp_path: Path
+) -> None:
+    cert, key = make_certificate(tmp_path)
+    combined = tmp_path / "phone.pem"
+    combined.write_text(cert.read_text() + key.read_text())
+    async with (
+        client(media_server) as lk,
+        baresip.phone(tmp_path / "b", codecs="PCMU", cert=combined) as b,
+    ):
+        trunk = await lk.sip.create_outbound_trunk(
+            sip.CreateSIPOutboundTrunkRequest(
+                trunk=sip.SIPOutboundTrunkInfo(
+                    name="tls",
+                    address=f"127.0.0.1:{b.sip_port + 1}",
+                    transport=sip.SIPTransport.SIP_TRANSPORT_TLS,
+                    numbers=["+15550100"],
+                )
+            )
+        )
+        with pytest.raises(api.SipCallError) as raised:
+            await lk.sip.create_sip_participant(
+                sip.CreateSIPParticipantRequest(
+                    sip_trunk_id=trunk.sip_trunk_id,
+                    sip_call_to=b.user,
+                    room_name="secure",
+                    wait_until_answered=True,
+                )
+            )
+        assert raised.value.sip_status_code == 503
+        assert not [e for e in b.events if e.get("type") == "CALL_INCOMING"]

@@ -7,6 +7,7 @@ import contextlib
 import gc
 import logging
 import signal
+import ssl
 from collections.abc import Callable
 
 from aiohttp import web
@@ -72,6 +73,8 @@ class Server:
         )
         self.sip_ua = SipUserAgent(settings.sip.host, settings.sip.port, on_invite=self.inbound)
         self.sip = SipService(self.sip_ua)
+        if settings.tls_ca:
+            self.sip.client_tls = ssl.create_default_context(cafile=settings.tls_ca)
         self.sip_ua.attach(self.sip)
         self.outbound = OutboundCalls(
             self.sip_config,
