@@ -214,3 +214,45 @@ def test_timeline_maps_sources_onto_one_stream() -> None:
     line.rebase(16000, 320)
     assert line.made(10.54) == (5480, False)
     assert Timeline(8000, FRAME, start=2**32 - 100).forwarded(1, 0, 0.0)[0] == 2**32 - 100
+
+
+# -- what an SDK client publishes ----------------------------------------------------------------
+
+
+def aiortc_packet(seq: int, ts: int) -> Any:
+    from aiortc.rtp import RtpPacket  # noqa: PLC0415
+
+    packet = RtpPacket(payload_type=111, sequence_number=seq, timestamp=ts)
+    packet._data = bytes([seq & 0xFF])  # type: ignore[attr-defined]
+    return packet
+
+
+def test_received_audio_is_delivered_at_once_late_and_duplicate_packets_dropped() -> None:
+    buffer = webrtc._PromptAudioBuffer()
+    out = []
+    for seq in (65534, 65535, 0, 0, 2, 1, 3, 40000):  # a wrap, a duplicate, a loss, a late one
+        _, frame = buffer.add(aiortc_packet(seq, seq * 960))
+        out.append(None if frame is None else frame.data[0])
+    assert out == [0xFE, 0xFF, 0, None, 2, None, 3, 40000 & 0xFF]  # a jump far away: a restart
+
+
+def frame48(value: int, samples: int = 960) -> av.AudioFrame:
+    frame = av.AudioFrame.from_ndarray(
+        np.full((1, samples), value, np.int16), format="s16", layout="mono"
+    )
+    frame.sample_rate = 48000
+    return frame
+
+
+def test_publisher_audio_waits_at_most_three_frames() -> None:
+    publication = webrtc.Publication()
+    for value in range(1, 11):  # nobody listens yet: only the newest frame is kept
+        publication.push(frame48(value))
+    assert len(publication.fifo.buffer) == 960 and publication.fifo.buffer[0] == 10
+    publication.buffered = True  # a phone hears it now
+    for value in range(11, 15):  # a burst of four frames: past three, cut back to two
+        publication.push(frame48(value))
+    assert len(publication.fifo.buffer) == webrtc.MAX_AHEAD
+    assert publication.trimmed == 2 * 960  # frames 10 and 11
+    taken = publication.pull(0.0)
+    assert taken is not None and taken[0] == 12  # 40 ms behind the newest, not 80

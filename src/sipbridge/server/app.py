@@ -30,7 +30,12 @@ from sipbridge.server.sip_transport import Listen, SipService, tls_context
 from sipbridge.server.sip_ua import SipUserAgent
 from sipbridge.server.twirp import PREFIX, TwirpServer
 from sipbridge.server.webhooks import RetryPolicy, WebhookNotifier
-from sipbridge.server.webrtc import bind_ice_ports, restrict_host_addresses, use_waveform_opus
+from sipbridge.server.webrtc import (
+    bind_ice_ports,
+    deliver_audio_promptly,
+    restrict_host_addresses,
+    use_waveform_opus,
+)
 from sipbridge.store import SQLiteStore
 
 log = logging.getLogger("sipbridge")
@@ -61,6 +66,7 @@ class Server:
         restrict_host_addresses(settings.rtc_addresses)
         bind_ice_ports(settings.rtc_ports)
         use_waveform_opus()
+        deliver_audio_promptly()
         self.signal = SignalServer(self.rooms, dict(settings.keys), media=self.media)
         self.agents = AgentService(self.rooms, dict(settings.keys), public_url="")
         self.agents.register(self.twirp)

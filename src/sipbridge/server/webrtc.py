@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Any
 import aioice.ice
 import aiortc.codecs
 import aiortc.codecs.opus
+import aiortc.jitterbuffer
+import aiortc.rtcrtpreceiver
 import av
 import numpy as np
 from aiortc import (
@@ -42,7 +44,9 @@ from aiortc import (
     RTCRtpTransceiver,
     RTCSessionDescription,
 )
+from aiortc.jitterbuffer import MAX_MISORDER, JitterFrame
 from aiortc.mediastreams import MediaStreamError
+from aiortc.rtp import RtpPacket as AiortcRtpPacket
 from aiortc.sdp import candidate_from_sdp
 
 from sipbridge.media import codecs
@@ -57,7 +61,10 @@ MAX_QUEUED_FRAMES = 10  # 200 ms: beyond it the encoder fell behind, drop the ol
 if TYPE_CHECKING:  # what aiortc's sender takes from a track (PyAV's Packet is generic in stubs)
     Outgoing = av.AudioFrame | av.Packet[av.stream.Stream]
 STALE_S = 0.06  # audio queued longer than this for aiortc's sender is dropped
-MAX_BUFFERED = 10 * FRAME  # publisher audio kept for the mixer (200 ms)
+# Publisher audio waiting for the room's clock: beyond MAX_AHEAD (a burst after a stall) it is
+# cut back to KEEP_AHEAD, so what the phone hears never falls further behind than that.
+MAX_AHEAD = 3 * FRAME
+KEEP_AHEAD = 2 * FRAME
 SILENCE = np.zeros(FRAME, np.int16)
 MAX_LOSSY_BUFFERED = 256 * 1024
 
@@ -75,6 +82,40 @@ class _WaveformOpusEncoder(aiortc.codecs.opus.OpusEncoder):
 def use_waveform_opus() -> None:
     """Make aiortc encode Opus with `_WaveformOpusEncoder` (it looks the class up per sender)."""
     aiortc.codecs.OpusEncoder = _WaveformOpusEncoder  # type: ignore[attr-defined]
+
+
+class _PromptAudioBuffer:
+    """aiortc's receive buffer for audio, replaced: one audio packet is one frame, delivered the
+    moment it arrives unless it is a duplicate or late (then dropped). aiortc's JitterBuffer
+    (prefetch=4) held every frame until four more had come - 80 ms added to everything an agent
+    says - and stalled on a lost packet; pacing and smoothing are the room clock's job."""
+
+    capacity = 16
+
+    def __init__(self) -> None:
+        self._last: int | None = None
+
+    def add(self, packet: AiortcRtpPacket) -> tuple[bool, JitterFrame | None]:
+        seq = packet.sequence_number
+        if self._last is not None:
+            behind = (self._last - seq) & 0xFFFF
+            if behind < MAX_MISORDER:  # a duplicate (0) or a late packet: its time has passed
+                return False, None
+        self._last = seq
+        data: bytes = packet._data  # type: ignore[attr-defined]  # the depayloaded frame
+        return False, JitterFrame(data=data, timestamp=packet.timestamp)
+
+
+def deliver_audio_promptly() -> None:
+    """Make aiortc's receivers use `_PromptAudioBuffer` for audio (video keeps its own)."""
+    original = aiortc.jitterbuffer.JitterBuffer
+
+    def factory(capacity: int, prefetch: int = 0, is_video: bool = False) -> object:
+        if is_video:
+            return original(capacity, prefetch=prefetch, is_video=True)
+        return _PromptAudioBuffer()
+
+    aiortc.rtcrtpreceiver.JitterBuffer = factory  # type: ignore[assignment,attr-defined]
 
 
 def restrict_host_addresses(addresses: Sequence[str]) -> None:
@@ -263,6 +304,7 @@ class Publication(AudioLeg):
         self.sending = False  # it hears nothing: its publisher's peer connection gets
         self.fifo = PcmFifo()
         self.frames = 0
+        self.trimmed = 0  # samples dropped to keep the delay down
 
     def push(self, frame: av.AudioFrame) -> None:
         data = frame.to_ndarray()
@@ -277,9 +319,15 @@ class Publication(AudioLeg):
         pcm = np.asarray(mono, dtype=np.int16)
         if frame.sample_rate != RATE:
             pcm = codecs.Resampler(frame.sample_rate, RATE, low_latency=False).process(pcm)
-        self.fifo.push(pcm)
-        if len(self.fifo.buffer) > MAX_BUFFERED:
-            self.fifo.buffer = self.fifo.buffer[-MAX_BUFFERED:]
+        if not self.buffered:
+            # Nobody hears it yet: keeping it would only add its age to the delay of the first
+            # listener, for the whole call (the clock takes one frame per frame).
+            self.fifo.buffer = pcm[-FRAME:]
+        else:
+            self.fifo.push(pcm)
+            if len(self.fifo.buffer) > MAX_AHEAD:
+                self.trimmed += len(self.fifo.buffer) - KEEP_AHEAD
+                self.fifo.buffer = self.fifo.buffer[-KEEP_AHEAD:]
         self.frames += 1
 
     def pull(self, now: float) -> Pcm | None:
