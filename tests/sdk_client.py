@@ -8,7 +8,7 @@ Run it inside a network namespace (tests/netns.py; libwebrtc ignores loopback):
         [--publish-delay S] [--publish-after-record] [--no-auto-subscribe] \
         [--subscribe-after S] [--unsubscribe-after S] [--rpc-serve METHOD] \
         [--rpc-call ID:METHOD:PAYLOAD] [--text-topic TOPIC] [--send-text TOPIC:TEXT|@FILE] \
-        [--data-delay S] [--verbose]
+        [--data-delay S] [--allow-only IDENTITY] [--verbose]
 
 It prints one JSON object per line on stdout for everything it sees, each with "event" and "t"
 (seconds since the script started):
@@ -450,6 +450,15 @@ class Client:
                     self.maybe_record(pub.track, pub, p)
         if args.rpc_serve:
             self.serve_rpc(args.rpc_serve)
+        if args.allow_only:
+            local.set_track_subscription_permissions(
+                allow_all_participants=False,
+                participant_permissions=[
+                    rtc.ParticipantTrackPermission(
+                        participant_identity=args.allow_only, allow_all=True
+                    )
+                ],
+            )
         if pcm is not None:
             self.spawn(self.publish(pcm), "publish")
         if args.subscribe_after is not None:
@@ -498,6 +507,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--text-topic", metavar="TOPIC", help="receive text streams on TOPIC")
     p.add_argument("--send-text", metavar="TOPIC:TEXT", help="send a text stream (@FILE: a file)")
     p.add_argument("--data-delay", type=float, default=1.0, help="before --rpc-call (1)")
+    p.add_argument(
+        "--allow-only", metavar="IDENTITY", help="only this participant may subscribe to us"
+    )
     p.add_argument("--no-auto-subscribe", action="store_true", help="subscribe to nothing")
     p.add_argument(
         "--subscribe-after", type=float, help="S: then subscribe to every remote audio track"

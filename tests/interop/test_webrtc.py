@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from livekit import api
 from livekit.protocol import models, room, sip
@@ -449,3 +450,51 @@ async def test_rpc_and_text_streams_between_sdk_clients(
     texts = [e for e in agent_events if e["event"] == "text_received"]
     assert len(texts) == 1 and texts[0]["identity"] == "browser", agent_events
     assert texts[0]["text"] == text
+
+
+async def test_a_publisher_lets_only_one_participant_subscribe(
+    rtc_server: ServerProcess, namespace: netns.VethNamespace, tmp_path: Path
+) -> None:
+    """SubscriptionPermission: the publisher allows `friend` only; `stranger` never gets the
+    track (the server tells it so), `friend` hears it."""
+    sent = distinct_signal("talker", 48000, 2.0, pad_s=1.0)
+    # 1.5 s of silence first: the friend subscribes once the track's audio reaches the server,
+    # and its SDK's jitter buffer stretches the first few hundred ms it plays
+    lead = np.zeros(int(1.5 * 48000))
+    write_wav(tmp_path / "talker.wav", np.concatenate([lead, sent]), 48000)
+    listeners = [
+        asyncio.create_task(
+            run_sdk(
+                namespace,
+                rtc_server,
+                name,
+                "private",
+                "--record",
+                str(tmp_path / f"{name}.wav"),
+                "--seconds",
+                "7",
+            )
+        )
+        for name in ("friend", "stranger")
+    ]
+    await asyncio.sleep(1.5)
+    talker = await run_sdk(
+        namespace,
+        rtc_server,
+        "talker",
+        "private",
+        "--publish",
+        str(tmp_path / "talker.wav"),
+        "--allow-only",
+        "friend",
+        "--seconds",
+        "5",
+    )
+    friend, stranger = [await task for task in listeners]
+    assert not [e for e in talker if e["event"] == "error"], talker
+    assert any(e["event"] == "track_subscribed" for e in friend), friend
+    assert not any(e["event"] == "track_subscribed" for e in stranger), stranger
+    assert any(e["event"] == "track_published" for e in stranger), stranger  # it knows of it
+    recording, rate = read_wav(tmp_path / "friend.wav")
+    heard, _ = best_correlation(sent, recording, 48000, recorded_rate=rate)
+    assert heard > 0.9, heard

@@ -103,6 +103,9 @@ class Session:
     expiry: asyncio.TimerHandle | None = None  # while the WebSocket is gone, awaiting a resume
     auto_subscribe: bool = True  # the client's connection_settings: every track unless told
     choices: dict[str, bool] = field(default_factory=dict)  # track sid -> subscribe, as told
+    # who may subscribe to this client's tracks (its SubscriptionPermission); None: everyone
+    permission: rtc.SubscriptionPermission | None = None
+    refused: dict[str, bool] = field(default_factory=dict)  # track sid -> refused, as told
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
@@ -366,6 +369,15 @@ class SignalServer:
             for track_sid in req.subscription.track_sids:
                 session.choices[track_sid] = req.subscription.subscribe
             self._apply_subscriptions(session)
+        elif kind == "subscription_permission":
+            session.permission = (
+                None
+                if req.subscription_permission.all_participants
+                else req.subscription_permission
+            )
+            for other in self._in_room(session.room):
+                if other is not session:
+                    self._apply_subscriptions(other)
         elif kind == "mute":
             with contextlib.suppress(ApiError):
                 self.rooms.mute_track(session.room, session.identity, req.mute.sid, req.mute.muted)
@@ -483,9 +495,43 @@ class SignalServer:
                 source = media.track_legs.get(track.sid)
                 if track.type != models.TrackType.AUDIO or source is None:
                     continue
-                if session.choices.get(track.sid, session.auto_subscribe):
+                if not session.choices.get(track.sid, session.auto_subscribe):
+                    continue
+                if self._may_subscribe(session, me.sid, participant.identity, track.sid):
                     wanted[track.sid] = (source, participant.sid)
         return wanted
+
+    def _may_subscribe(
+        self, session: Session, subscriber_sid: str, publisher: str, track_sid: str
+    ) -> bool:
+        """The publisher's SubscriptionPermission lets this client have the track (a client
+        refused is told once with SubscriptionPermissionUpdate, as LiveKit does)."""
+        owner = self.sessions.get((session.room, publisher))
+        permission = owner.permission if owner is not None else None
+        if permission is None:
+            return True
+        allowed = any(
+            (
+                grant.participant_identity == session.identity
+                or grant.participant_sid == subscriber_sid
+            )
+            and (grant.all_tracks or track_sid in grant.track_sids)
+            for grant in permission.track_permissions
+        )
+        before = session.refused.get(track_sid)
+        if before != (not allowed):
+            session.refused[track_sid] = not allowed
+            if not allowed or before:  # refused now, or allowed again after a refusal
+                session.send(
+                    rtc.SignalResponse(
+                        subscription_permission_update=rtc.SubscriptionPermissionUpdate(
+                            participant_sid=owner.participant_sid if owner else "",
+                            track_sid=track_sid,
+                            allowed=allowed,
+                        )
+                    )
+                )
+        return allowed
 
     def _apply_subscriptions(self, session: Session, *, ask: bool = True) -> None:
         """Make the audio the client gets match `_wanted`: a subscription that has its section
