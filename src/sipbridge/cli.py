@@ -305,14 +305,17 @@ TABLE_COLUMNS = {
 }
 
 
-async def _load_calls(db: str) -> list[bytes]:
-    from sipbridge.server.call_log import KIND  # noqa: PLC0415
+async def _load_calls(db: str) -> tuple[list[bytes], list[bytes]]:
+    """The call records and the transfer records."""
+    from sipbridge.server.call_log import KIND, TRANSFER_KIND  # noqa: PLC0415
     from sipbridge.store import SQLiteStore  # noqa: PLC0415
 
     store = SQLiteStore(db)
     await store.open()
     try:
-        return [r.data for r in await store.load(KIND)]
+        calls = [r.data for r in await store.load(KIND)]
+        transfers = [r.data for r in await store.load(TRANSFER_KIND)]
+        return calls, transfers
     finally:
         await store.close()
 
@@ -326,7 +329,11 @@ def list_calls(a: argparse.Namespace) -> list[dict[str, Any]]:
 
     if not Path(a.db).is_file():
         raise FileNotFoundError(f"no database at {a.db}")
-    records = asyncio.run(_load_calls(a.db))
+    records, transfer_records = asyncio.run(_load_calls(a.db))
+    transfers: dict[str, list[dict[str, Any]]] = {}
+    for data in transfer_records:
+        transfer = sip.SIPTransferInfo.FromString(data)
+        transfers.setdefault(transfer.call_id, []).append(_as_dict(transfer))
     calls = sorted(
         (sip.SIPCallInfo.FromString(data) for data in records),
         key=lambda c: c.created_at_ns,
@@ -338,6 +345,7 @@ def list_calls(a: argparse.Namespace) -> list[dict[str, Any]]:
         row["from"] = c.from_uri.user
         row["to"] = c.to_uri.user
         row["status_code"] = c.call_status_code.code or ""
+        row["transfers"] = transfers.get(c.call_id, [])
         row["created"] = datetime.datetime.fromtimestamp(c.created_at, tz=datetime.UTC).strftime(
             "%Y-%m-%d %H:%M:%S"
         )

@@ -57,16 +57,18 @@ async def carrier(
     scenario: str,
     *keys: tuple[str, str],
     timeout: float = 30,
-    status: tuple[int, str] | None = None,
+    fill: dict[str, str] | None = None,
     transport: str = "udp",
 ) -> AsyncIterator[tuple[int, asyncio.Task[tuple[int, str]]]]:
     """A sipp UAS playing one call of `scenario`: (its port, its task -> (exit code, output)).
-    `status` fills the scenario's `[status] [reason]` status line, which sipp checks when it
-    loads the file (before `-key` values apply), so the text is written out with it."""
+    `fill` replaces `[name]` in the scenario's text before sipp reads it: sipp checks status
+    lines when it loads a file and never puts `-key` values in XML attributes."""
     port = sipp_port()
     path = SIPP_DIR / scenario
-    if status is not None:
-        text = path.read_text().replace("[status] [reason]", f"{status[0]} {status[1]}")
+    if fill:
+        text = path.read_text()
+        for name, value in fill.items():
+            text = text.replace(f"[{name}]", value)
         path = Path(tempfile.mkdtemp()) / scenario
         path.write_text(text)
     args = ["sipp", "-sf", str(path), "-i", "127.0.0.1", "-p", str(port)]
@@ -230,7 +232,10 @@ async def test_a_refused_call_raises_sip_call_error(
 ) -> None:
     async with (
         client(sip_server) as lk,
-        carrier("uas_refuse.xml", status=(status, reason)) as (port, sipp_task),
+        carrier("uas_refuse.xml", fill={"status": str(status), "reason": reason}) as (
+            port,
+            sipp_task,
+        ),
         SignalClient(sip_server.url, ROOM, "agent") as agent,
     ):
         trunk_id = await make_trunk(lk, port)
@@ -374,3 +379,32 @@ async def test_a_trunk_that_refuses_the_connection_fails_fast(sip_server: Server
     (entry,) = await call_log(sip_server)
     assert entry["call_status"] == "SCS_ERROR"
     assert entry["disconnect_reason"] == "SIP_TRUNK_FAILURE"
+
+
+async def test_a_trunk_registers_refreshes_and_unregisters(sip_server: ServerProcess) -> None:
+    """An outbound trunk whose metadata asks for it registers at its carrier: challenged, it
+    answers with the trunk's credentials; granted 2 s, it refreshes in time (reusing the
+    challenge); /metrics shows it registered; deleting the trunk stops it."""
+    async with client(sip_server) as lk, carrier("uas_register.xml") as (port, sipp_task):
+        trunk_id = await make_trunk(
+            lk,
+            port,
+            auth_username="acme",
+            auth_password="s3cret",
+            metadata=json.dumps({"register": {"expires": 120}}),
+        )
+        code, out = await sipp_task  # challenge, registration, refresh: every step passed
+        assert code == 0, out
+
+        async def registered() -> bool:
+            metrics = await asyncio.to_thread(sip_server.metrics)
+            return metrics.get('sipbridge_registrations{state="registered"}', 0) == 1
+
+        await eventually(registered, "the trunk is not shown registered")
+        await lk.sip.delete_trunk(sip.DeleteSIPTrunkRequest(sip_trunk_id=trunk_id))
+
+        async def gone() -> bool:
+            metrics = await asyncio.to_thread(sip_server.metrics)
+            return not any(k.startswith("sipbridge_registrations{") for k in metrics)
+
+        await eventually(gone, "the deleted trunk still registers")

@@ -9,13 +9,17 @@ import asyncio
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from livekit import api
 from livekit.protocol import models, room, sip
 
+from sipbridge.media import codecs
 from tests import baresip
+from tests.audio import read_wav, tone_ratio
 from tests.helpers import ServerProcess
 from tests.interop.test_call_audio import client, direct_rule, heard, target, wait_participants
+from tests.interop.test_outbound import carrier
 from tests.interop.test_sip_peers import sipp_port
 from tests.interop.test_sip_tls import make_certificate
 from tests.signal_client import SignalClient
@@ -179,3 +183,61 @@ async def test_an_untrusted_tls_trunk_is_a_trunk_failure(
             )
         assert raised.value.sip_status_code == 503
         assert not [e for e in b.events if e.get("type") == "CALL_INCOMING"]
+
+
+def mulaw_tone(path: Path, freq: float, seconds: float) -> Path:
+    """Raw 8 kHz mu-law of a tone at half scale (what sipp's rtp_stream sends)."""
+    t = np.arange(int(8000 * seconds)) / 8000
+    pcm = (np.sin(2 * np.pi * freq * t) * 16000).astype(np.int16)
+    path.write_bytes(codecs.ulaw_encode_array(pcm))
+    return path
+
+
+async def test_ringback_while_dialling_then_the_carriers_early_media(
+    media_server: ServerProcess, tmp_path: Path
+) -> None:
+    """play_dialtone: the room hears 425 Hz ringback from the dialled participant's track while
+    the call rings; a 183 with SDP then brings the carrier's own audio (a 1 kHz tone here)
+    before the answer."""
+    early = mulaw_tone(tmp_path / "early.ul", 1000.0, 2.0)
+    async with client(media_server) as lk:
+        await direct_rule(lk)
+        async with baresip.phone(tmp_path / "a", codecs="PCMU") as a:
+            fill = {"early_audio": str(early)}
+            async with carrier("uas_early_media.xml", fill=fill) as (port, sipp_task):
+                trunk = await lk.sip.create_outbound_trunk(
+                    sip.CreateSIPOutboundTrunkRequest(
+                        trunk=sip.SIPOutboundTrunkInfo(
+                            name="early", address=f"127.0.0.1:{port}", numbers=["+15550100"]
+                        )
+                    )
+                )
+                await a.dial(target(media_server))
+                await a.wait_event("CALL_RINGING", fail_on=("CALL_CLOSED",))
+                created = await lk.sip.create_sip_participant(
+                    sip.CreateSIPParticipantRequest(
+                        sip_trunk_id=trunk.sip_trunk_id,
+                        sip_call_to="+15551234",
+                        room_name="bridge",
+                        play_dialtone=True,
+                        wait_until_answered=True,
+                    )
+                )
+                await asyncio.sleep(0.5)
+                await lk.room.remove_participant(
+                    room.RoomParticipantIdentity(
+                        room="bridge", identity=created.participant_identity
+                    )
+                )
+                code, out = await sipp_task
+                assert code == 0, out
+            await a.hangup()
+            await a.wait_event("CALL_CLOSED")
+            await a.stop()
+            heard, rate = read_wav(a.recorded())
+    # A was answered when the dialled participant joined: first the ringback (1 s on from the
+    # start of its cadence), then, after the 183, the carrier's 1 kHz
+    first = heard[int(0.2 * rate) : int(0.9 * rate)]
+    assert tone_ratio(first, rate, 425.0) > 0.8, tone_ratio(first, rate, 425.0)
+    windows = [heard[i : i + rate // 2] for i in range(0, len(heard) - rate // 2, rate // 4)]
+    assert any(tone_ratio(w, rate, 1000.0) > 0.8 for w in windows), "no early media heard"

@@ -590,12 +590,12 @@ async def test_dispatch_rule_list_filters_pages_and_delete(lk: api.LiveKitAPI) -
     )
 
 
-# -- calls not yet, grants, persistence ---------------------------------------------------------
+# -- calls, grants, persistence ---------------------------------------------------------
 
 
-async def test_call_methods_answer_unimplemented(lk: api.LiveKitAPI) -> None:
+async def test_call_methods_refuse_unknown_trunks_and_participants(lk: api.LiveKitAPI) -> None:
     await expect_error(
-        "unimplemented",
+        "not_found",
         lk.sip.create_sip_participant(
             sip.CreateSIPParticipantRequest(
                 sip_trunk_id="ST_x", sip_call_to="+15550100", room_name="r"
@@ -603,7 +603,7 @@ async def test_call_methods_answer_unimplemented(lk: api.LiveKitAPI) -> None:
         ),
     )
     await expect_error(
-        "unimplemented",
+        "not_found",
         lk.sip.transfer_sip_participant(
             sip.TransferSIPParticipantRequest(
                 room_name="r", participant_identity="p", transfer_to="sip:x@y"

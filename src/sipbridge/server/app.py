@@ -21,6 +21,7 @@ from sipbridge.server.call_log import CallLog
 from sipbridge.server.inbound import InboundCalls
 from sipbridge.server.media_service import MediaService
 from sipbridge.server.outbound import OutboundCalls
+from sipbridge.server.registrations import Registrations
 from sipbridge.server.room_api import RoomApi
 from sipbridge.server.rooms_runtime import RoomsRuntime, wall_clock
 from sipbridge.server.rtc_signal import SignalServer
@@ -28,6 +29,7 @@ from sipbridge.server.sip_api import SipApi
 from sipbridge.server.sip_config import SipConfig
 from sipbridge.server.sip_transport import Listen, SipService, tls_context
 from sipbridge.server.sip_ua import SipUserAgent
+from sipbridge.server.transfers import Transfers
 from sipbridge.server.twirp import PREFIX, TwirpServer
 from sipbridge.server.webhooks import RetryPolicy, WebhookNotifier
 from sipbridge.server.webrtc import (
@@ -90,7 +92,17 @@ class Server:
             self.sip_ua,
             max_calls=settings.max_calls,
         )
-        SipApi(self.sip_config, create_participant=self.outbound.create).register(self.twirp)
+        self.registrations = Registrations(self.sip_config, self.sip_ua)
+        self.transfers = Transfers(
+            self.rooms,
+            self.call_log,
+            lambda key: self.inbound.active.get(key) or self.outbound.active.get(key),
+        )
+        SipApi(
+            self.sip_config,
+            create_participant=self.outbound.create,
+            transfer_participant=self.transfers.transfer,
+        ).register(self.twirp)
         self.ready = False
         self._runner: web.AppRunner | None = None
 
@@ -152,6 +164,18 @@ class Server:
             for name, n in sorted(self.outbound.stats.items())
         ]
         out += [
+            ("sipbridge_transfers_total", {"outcome": name}, n)
+            for name, n in sorted(self.transfers.stats.items())
+        ]
+        out += [
+            ("sipbridge_registrations", {"state": name}, n)
+            for name, n in sorted(self.registrations.states().items())
+        ]
+        out += [
+            ("sipbridge_registrations_total", {"outcome": name}, n)
+            for name, n in sorted(self.registrations.stats.items())
+        ]
+        out += [
             ("sipbridge_sip_messages_total", {"kind": kind}, n)
             for kind, n in sorted(self.sip.endpoint.stats.items())
         ]
@@ -176,6 +200,7 @@ class Server:
         site = web.TCPSite(self._runner, http.host, http.port, reuse_address=True)
         await site.start()
         await self.start_sip()
+        self.registrations.start()
         # Everything loaded at startup lives for the process: keep it out of the cyclic GC's
         # generations so collections stay short while calls come and go.
         gc.freeze()
@@ -212,7 +237,7 @@ class Server:
 
     async def stop(self) -> None:
         self.ready = False
-        if self.inbound.shutdown() + self.outbound.shutdown():
+        if self.inbound.shutdown() + self.outbound.shutdown() + self.registrations.close():
             await asyncio.sleep(0.2)  # let the BYEs and 503s leave before the sockets close
         await self.sip.close()
         self.media.close()

@@ -19,6 +19,7 @@ from sipbridge.store import Record, RecordStore
 log = logging.getLogger(__name__)
 
 KIND = "call"
+TRANSFER_KIND = "transfer"
 MAX_PENDING = 10_000
 
 
@@ -29,11 +30,15 @@ class CallLog:
         self._queue: asyncio.Queue[proto.SIPCallInfo | None] = asyncio.Queue(MAX_PENDING)
         self._task: asyncio.Task[None] | None = None
         self.dropped = 0
+        self._transfer_writes: set[asyncio.Task[None]] = set()
+        self._transfer_lock = asyncio.Lock()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="call log")
 
     async def stop(self) -> None:
+        if self._transfer_writes:
+            await asyncio.wait(self._transfer_writes, timeout=10)
         if self._task is None:
             return
         await self._queue.put(None)
@@ -73,6 +78,23 @@ class CallLog:
                 await self.store.put_many(records)
             except Exception:
                 log.exception("call log write of %d calls failed", len(records))
+
+    def record_transfer(self, info: proto.SIPTransferInfo) -> None:
+        """A transfer's current state, written in the background (by its `STR_` id)."""
+        record = Record(kind=TRANSFER_KIND, id=info.transfer_id, data=_bytes(info))
+        if len(self._transfer_writes) >= MAX_PENDING:
+            self.dropped += 1
+            return
+        task = asyncio.get_running_loop().create_task(self._put_transfer(record))
+        self._transfer_writes.add(task)
+        task.add_done_callback(self._transfer_writes.discard)
+
+    async def _put_transfer(self, record: Record) -> None:
+        async with self._transfer_lock:  # in order: the last state written is the last reached
+            try:
+                await self.store.put_many([record])
+            except Exception:
+                log.exception("call log write of transfer %s failed", record.id)
 
     async def list(self) -> list[proto.SIPCallInfo]:
         return [proto.SIPCallInfo.FromString(r.data) for r in await self.store.load(KIND)]

@@ -37,6 +37,7 @@ from sipbridge.media.rtp import (
 )
 from sipbridge.media.session import Latch, RtpReceiver, RtpSender, ntp_timestamp, rtcp_interval
 from sipbridge.media.srtp import SrtpContext, SrtpKeys
+from sipbridge.media.tones import ToneGenerator, ToneSpec
 from sipbridge.server.media_ports import PortPool
 from sipbridge.sip import sdp
 
@@ -295,6 +296,7 @@ class CallMedia(AudioLeg):
         self._decoded = PcmFifo()
         self._silence = codecs.silence_payload(spec, FRAME_MS)
         self.players: deque[Player] = deque()
+        self.room_tone: ToneGenerator | None = None  # what the room hears instead of the phone
         self._dtmf_queue: deque[str] = deque()
         self._dtmf_out: _DtmfOut | None = None
         self._dtmf_gap = 0
@@ -515,11 +517,23 @@ class CallMedia(AudioLeg):
 
     # -- decoding for the mixer -----------------------------------------------------------
 
+    def play_to_room(self, tone: ToneSpec | None) -> None:
+        """The room hears `tone` from this leg instead of its phone (ringback while an outbound
+        call rings), or the phone again (None). Its listeners mix while the tone plays."""
+        self.room_tone = None if tone is None else ToneGenerator(tone, self.spec.sample_rate)
+        self.forwardable = tone is None
+        if tone is None:
+            self.flush()
+        if self.room is not None:
+            self.room.route()
+
     def pull(self, now: float) -> Pcm | None:
         """This leg's next 20 ms as PCM at its codec rate, None when it is silent.
 
         Packets of another length (30 ms is common) are decoded whole into a FIFO and taken
         out 20 ms at a time, so the mixer always sums frames of one size."""
+        if self.room_tone is not None:
+            return self.room_tone.frame(self.frame_samples)
         frame = self.jitter.pop(now)
         fifo = self._decoded
         if frame is not None:

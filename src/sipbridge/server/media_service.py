@@ -300,11 +300,23 @@ class MediaService:
         timeout: float,
         on_timeout: Callable[[], None],
     ) -> None:
-        """Start receiving (the call is answered); `on_timeout` once it goes silent."""
+        """Start receiving (the call is answered); `on_timeout` once it goes silent. A leg
+        already receiving early media counts its silence from now."""
         loop = asyncio.get_running_loop()
-        leg.start(loop, loop.time())
+        if leg.started_at is None:
+            leg.start(loop, loop.time())
+        else:
+            leg.started_at = loop.time()
         self.legs[leg] = (timeout or MEDIA_TIMEOUT_S, on_timeout)
         self.clock.start()
+
+    def start_early(self, leg: CallMedia) -> None:
+        """Receive early media (a 183's session, before the answer): no media timeout yet - a
+        carrier's announcement may end long before the phone is picked up."""
+        if leg.started_at is None:
+            loop = asyncio.get_running_loop()
+            leg.start(loop, loop.time())
+            self.clock.start()
 
     def attach(self, leg: AudioLeg, room_name: str) -> None:
         room = self.rooms.get(room_name)

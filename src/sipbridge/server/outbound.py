@@ -25,6 +25,7 @@ from livekit.protocol import sip as proto
 from sipbridge import ids
 from sipbridge.errors import ApiError
 from sipbridge.media.dtmf import DIGITS, digit_code
+from sipbridge.media.tones import RINGBACK_ETSI
 from sipbridge.rooms import events as ev
 from sipbridge.server.auth import Claims
 from sipbridge.server.call_log import CallLog
@@ -80,6 +81,7 @@ class OutboundCallState:
     include_headers: int = 0
     dtmf: str = ""
     sdp: bytes = b""  # our side of the session as last described (offer, or latest answer)
+    early: bool = False  # a provisional response's SDP is playing (early media)
     answered: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -227,6 +229,11 @@ class OutboundCalls:
             info.call_status = proto.SIPCallStatus.SCS_ERROR
             self.call_log.record(info)
             raise
+        if req.play_dialtone or req.play_ringtone:
+            # The room hears ringback from the phone's track until the phone (or the
+            # carrier's early media) takes over.
+            leg.play_to_room(RINGBACK_ETSI)
+            self.media.attach(leg, plan.room)
         call.on_progress = lambda response: self._progress(state, response)
         call.on_answered = lambda response: self._answered(state, response)
         call.on_failed = lambda status, reason, response: self._failed(state, status, reason)
@@ -327,16 +334,33 @@ class OutboundCalls:
     # -- responses -------------------------------------------------------------------------
 
     def _progress(self, state: OutboundCallState, response: Response) -> None:
-        """18x: ringing (and carrier ids from the response)."""
+        """18x: ringing (and carrier ids from the response). One with SDP (183 Session
+        Progress, typically) starts early media: the carrier's ringback or announcements are
+        what the room hears from the phone's track until the answer."""
         extra = answer_attributes(state.plan.trunk, response.headers.items, 0)
         self._set_status(state, "ringing", extra)
+        if not response.body or state.early:
+            return
+        leg = state.leg
+        try:
+            leg.play_to_room(None)
+            self.media.accept_answer(leg, response.body)
+        except SipProtocolError as err:
+            log.info("call %s: early media refused: %s", state.info.call_id, err.detail)
+            return
+        state.early = True
+        self._count("early_media")
+        self.media.start_early(leg)
+        self.media.attach(leg, state.room)
 
     def _answered(self, state: OutboundCallState, response: Response) -> None:
         call, leg = state.call, state.leg
         try:
-            if not response.body:
+            leg.play_to_room(None)
+            if response.body:
+                self.media.accept_answer(leg, response.body)
+            elif not state.early:  # (with early media, the 183's SDP was the answer)
                 raise SipProtocolError(488, "Not Acceptable Here", "a 200 without SDP")
-            self.media.accept_answer(leg, response.body)
         except SipProtocolError as err:
             log.info("call %s: answer refused: %s", state.info.call_id, err.detail)
             state.info.error = f"unusable answer: {err.detail}"

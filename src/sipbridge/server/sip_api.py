@@ -51,10 +51,13 @@ def _check_replacement_id(replacement_id: str, request_id: str) -> None:
 
 
 class SipApi:
-    def __init__(self, config: SipConfig, *, create_participant: Any = None) -> None:
+    def __init__(
+        self, config: SipConfig, *, create_participant: Any = None, transfer_participant: Any = None
+    ) -> None:
         self.config = config
-        # CreateSIPParticipant: the outbound call service's `create`, else not implemented
+        # CreateSIPParticipant / TransferSIPParticipant: the call services', else unimplemented
         self.create_participant = create_participant or not_implemented_yet
+        self.transfer_participant = transfer_participant or not_implemented_yet
 
     def register(self, twirp: TwirpServer) -> None:
         methods: list[tuple[str, type[Any], Any, Any]] = [
@@ -102,7 +105,7 @@ class SipApi:
             (
                 "TransferSIPParticipant",
                 proto.TransferSIPParticipantRequest,
-                self.not_yet,
+                self.transfer_participant,
                 require_transfer,
             ),
         ]
@@ -268,10 +271,6 @@ class SipApi:
         if not req.sip_dispatch_rule_id:
             raise invalid_argument("sip_dispatch_rule_id: must be set")
         return await self.config.delete_rule(req.sip_dispatch_rule_id)
-
-    # -- calls -----------------------------------------------------------------------------
-
-    not_yet = staticmethod(not_implemented_yet)
 
 
 def _clone(message: M) -> M:

@@ -59,6 +59,9 @@ class SipCall:
     on_answer: Callable[[bytes], None] | None = None
     response_headers: dict[str, str] = field(default_factory=dict)  # on every 2xx we send
     remote_allow: frozenset[str] = frozenset()  # the methods the peer said it allows
+    # A transfer we asked for (REFER): its final response, and the NOTIFYs reporting progress.
+    on_refer_response: Callable[[int, str], None] | None = None
+    on_notify: Callable[[Request], None] | None = None
     retransmitter: AnswerRetransmitter | None = None
     timer: asyncio.TimerHandle | None = None
 
@@ -150,11 +153,32 @@ class SipCall:
             self.dialog.local_seq = current
             self.ua.service.endpoint.send_stateless(ack, self.peer)
             self.ua.service.after_application()
+        elif request.method == "REFER":
+            if response.status >= 200 and self.on_refer_response is not None:
+                self.on_refer_response(response.status, response.reason or "")
         elif response.status in (408, 481):
             log.info(
                 "call %s: refresh answered %d, hanging up", self.request.call_id, response.status
             )
             self.hangup()
+
+    def refer(self, refer_to: str, headers: dict[str, str] | None = None) -> None:
+        """Ask the peer to call `refer_to` instead (RFC 3515): its answer to the REFER comes to
+        `on_refer_response`, its progress in NOTIFYs to `on_notify`."""
+        if self.dialog is None or self.ended:
+            return
+        refer = self.dialog.create_request(
+            "REFER",
+            self._via(),
+            self.ua.contact(self.peer, secure=self.request.uri.scheme == "sips"),
+        )
+        refer.headers.add("Refer-To", refer_to)
+        refer.headers.add("Referred-By", str(self.dialog.local_address.uri))
+        for name, value in (headers or {}).items():
+            refer.headers.add(name, value)
+        transaction = self.ua.service.endpoint.send_request(refer, self.peer, self.ua.service.now())
+        self.ua.requests[id(transaction)] = (self, refer)
+        self.ua.service.after_application()
 
     def hangup(self, headers: dict[str, str] | None = None) -> None:
         """End the call from our side: BYE once answered (the 200 sent), else nothing here -
@@ -183,6 +207,7 @@ class SipCall:
         self._forget()
         on_end, self.on_end, self.on_ack = self.on_end, None, None  # no cycles left behind
         self.on_offer = self.on_answer = None
+        self.on_notify = self.on_refer_response = None
         for key in [k for k, (call, _) in self.ua.requests.items() if call is self]:
             del self.ua.requests[key]
         if on_end is not None:
@@ -436,6 +461,8 @@ class SipUserAgent:
         # requests we sent inside dialogs, by transaction: (call, request)
         self.requests: dict[int, tuple[SipCall, Request]] = {}
         self.invites: dict[int, OutgoingCall] = {}  # our INVITEs, by client transaction
+        # requests of ours outside any call (REGISTER): their final response, or None
+        self.standalone: dict[int, Callable[[Response | None], None]] = {}
         self._service: SipService | None = None
 
     @property
@@ -445,6 +472,15 @@ class SipUserAgent:
 
     def attach(self, service: SipService) -> None:
         self._service = service
+
+    def send_request(
+        self, request: Request, peer: Peer, on_final: Callable[[Response | None], None]
+    ) -> None:
+        """A request outside any call (REGISTER); `on_final` gets its final response, or None
+        when none came (timeout, transport failure)."""
+        transaction = self.service.endpoint.send_request(request, peer, self.service.now())
+        self.standalone[id(transaction)] = on_final
+        self.service.after_application()
 
     def via(self, peer: Peer) -> Via:
         """Our Via for a request to `peer` (no branch yet)."""
@@ -473,6 +509,13 @@ class SipUserAgent:
             call = self.pending.get(id(event.invite))
             if call is not None and not call.answered:
                 call.reject(487, end_reason="cancel")
+        elif isinstance(event, ResponseForUs) and id(event.transaction) in self.standalone:
+            if event.response.status >= 200:
+                self.standalone.pop(id(event.transaction))(event.response)
+        elif isinstance(event, RequestTimedOut | RequestFailed) and (
+            id(event.transaction) in self.standalone
+        ):
+            self.standalone.pop(id(event.transaction))(None)
         elif isinstance(event, ResponseForUs) and id(event.transaction) in self.invites:
             self.invites[id(event.transaction)].invite_response(event.response)
         elif isinstance(event, RequestTimedOut | RequestFailed) and (
@@ -488,7 +531,10 @@ class SipUserAgent:
                 sent[0].response_received(sent[1], event.response)
         elif isinstance(event, RequestTimedOut | RequestFailed):
             sent = self.requests.pop(id(event.transaction), None)
-            if sent is not None and sent[1].method != "BYE":
+            if sent is not None and sent[1].method == "REFER":
+                if sent[0].on_refer_response is not None:  # the transfer failed, not the call
+                    sent[0].on_refer_response(408, "Request Timeout")
+            elif sent is not None and sent[1].method != "BYE":
                 log.info("call %s: no answer to our %s", sent[0].request.call_id, sent[1].method)
                 sent[0].hangup()
 
@@ -538,6 +584,14 @@ class SipUserAgent:
             call._end("bye")
         elif request.method in ("INVITE", "UPDATE"):
             self._offer(call, event)
+        elif request.method == "NOTIFY":
+            endpoint.respond(transaction, make_response(request, 200), now)
+            if call.on_notify is not None:
+                call.on_notify(request)
+        elif request.method == "REFER":
+            response = make_response(request, 405)
+            response.headers.add("Allow", ", ".join(endpoint.settings.allow))
+            endpoint.respond(transaction, response, now)
         elif request.method in IN_DIALOG_OK:
             endpoint.respond(transaction, make_response(request, 200), now)
         else:

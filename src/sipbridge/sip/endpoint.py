@@ -38,7 +38,8 @@ from sipbridge.sip.transaction import (
     server_key,
 )
 
-ALLOW = ("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "INFO", "REFER", "NOTIFY", "UPDATE")
+# REFER is ours to send (TransferSIPParticipant), not to take: a carrier's REFER gets 405.
+ALLOW = ("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "INFO", "NOTIFY", "UPDATE")
 SUPPORTED = ("replaces", "timer")
 ACCEPT = ("application/sdp",)
 MAX_TRANSACTIONS = 100_000

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-KINDS = frozenset({"inbound_trunk", "outbound_trunk", "dispatch_rule", "call"})
+KINDS = frozenset({"inbound_trunk", "outbound_trunk", "dispatch_rule", "call", "transfer"})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

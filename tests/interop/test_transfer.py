@@ -1,0 +1,129 @@
+"""TransferSIPParticipant end to end with real phones: baresip A calls into a room, the API
+transfers it to baresip C (REFER); A calls C, reports progress in NOTIFYs, and once C answered
+the API call returns, our call with A ends a second later and A's participant leaves. Failures
+come back as SipCallError with the target's status; the carrier's own REFERs are refused."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from livekit import api
+from livekit.protocol import models, room, sip
+
+from tests import baresip
+from tests.helpers import ServerProcess
+from tests.interop.test_call_audio import client, direct_rule, sip_participants, target
+from tests.interop.test_sip_peers import run
+from tests.signal_client import SignalClient
+
+pytestmark = pytest.mark.skipif(
+    not shutil.which("baresip"), reason="baresip comes with `make test`"
+)
+
+
+async def answered_caller(
+    lk: api.LiveKitAPI, server: ServerProcess, phone: baresip.Phone
+) -> models.ParticipantInfo:
+    """`phone` calls the bridge room and is answered (a room member subscribes to it)."""
+    await phone.dial(target(server))
+    await phone.wait_event("CALL_RINGING", fail_on=("CALL_CLOSED",))
+    (caller,) = await sip_participants(lk, "bridge")
+    await lk.room.update_subscriptions(
+        room.UpdateSubscriptionsRequest(
+            room="bridge",
+            identity="agent",
+            track_sids=[t.sid for t in caller.tracks],
+            subscribe=True,
+        )
+    )
+    await phone.wait_event("CALL_ESTABLISHED", fail_on=("CALL_CLOSED",))
+    return caller
+
+
+async def test_a_caller_is_transferred_to_another_phone(
+    media_server: ServerProcess, tmp_path: Path
+) -> None:
+    async with client(media_server) as lk:
+        await direct_rule(lk)
+        async with (
+            SignalClient(media_server.url, "bridge", "agent"),
+            baresip.phone(tmp_path / "a", codecs="PCMU") as a,
+            baresip.phone(tmp_path / "c", codecs="PCMU") as c,
+        ):
+            caller = await answered_caller(lk, media_server, a)
+            started = time.monotonic()
+            await lk.sip.transfer_sip_participant(
+                sip.TransferSIPParticipantRequest(
+                    room_name="bridge",
+                    participant_identity=caller.identity,
+                    transfer_to=f"sip:{c.user}@127.0.0.1:{c.sip_port}",
+                    play_dialtone=True,
+                )
+            )
+            assert time.monotonic() - started < 10
+            await c.wait_event("CALL_ESTABLISHED", timeout=5)  # A now talks to C
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 5
+            while await sip_participants(lk, "bridge"):  # our call with A ends
+                assert loop.time() < deadline, "the transferred caller did not leave"
+                await asyncio.sleep(0.1)
+            await a.hangup()
+            await c.wait_event("CALL_CLOSED", timeout=8)
+    # the call log has the transfer, done, with the call it moved
+    code, out = await run(
+        sys.executable, "-m", "sipbridge", "call", "list", "--db", str(media_server.db), "--json"
+    )
+    assert code == 0, out
+    (entry,) = json.loads(out)
+    (transfer,) = entry["transfers"]
+    assert transfer["transfer_id"].startswith("STR_") and transfer["call_id"] == entry["call_id"]
+    assert transfer["transfer_status"] == "STS_TRANSFER_SUCCESSFUL"
+    assert transfer["transfer_to"].startswith(f"sip:{c.user}@")
+
+
+async def test_a_transfer_the_target_refuses_fails_with_its_status(
+    media_server: ServerProcess, tmp_path: Path
+) -> None:
+    async with client(media_server) as lk:
+        await direct_rule(lk)
+        async with (
+            SignalClient(media_server.url, "bridge", "agent"),
+            baresip.phone(tmp_path / "a", codecs="PCMU") as a,
+            baresip.phone(tmp_path / "c", codecs="PCMU", answermode="manual") as c,
+        ):
+            caller = await answered_caller(lk, media_server, a)
+            transfer = asyncio.create_task(
+                lk.sip.transfer_sip_participant(
+                    sip.TransferSIPParticipantRequest(
+                        room_name="bridge",
+                        participant_identity=caller.identity,
+                        transfer_to=f"sip:{c.user}@127.0.0.1:{c.sip_port}",
+                    )
+                )
+            )
+            await c.wait_event("CALL_INCOMING", timeout=8)
+            await c.hangup()  # C declines the REFERred call
+            with pytest.raises(api.SipCallError) as raised:
+                await transfer
+            assert raised.value.sip_status_code is not None
+            assert raised.value.sip_status_code >= 400
+            # the original call goes on
+            assert [p.identity for p in await sip_participants(lk, "bridge")] == [caller.identity]
+            # a second attempt is possible once the first is over; a bad target is refused
+            with pytest.raises(api.TwirpError) as bad:
+                await lk.sip.transfer_sip_participant(
+                    sip.TransferSIPParticipantRequest(
+                        room_name="bridge",
+                        participant_identity=caller.identity,
+                        transfer_to="not a uri",
+                    )
+                )
+            assert bad.value.code == "invalid_argument"
+            await a.hangup()
+            await a.wait_event("CALL_CLOSED")
