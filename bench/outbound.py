@@ -238,6 +238,29 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds of each thread of a process by thread id and name ("tid name")."""
+    out: dict[str, float] = {}
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                text = (task / "stat").read_text()
+                name = text.split("(", 1)[1].rsplit(")", 1)[0]
+                fields = text.rsplit(")", 1)[1].split()
+                out[f"{task.name} {name}"] = (int(fields[11]) + int(fields[12])) / TICKS
+    return out
+
+
+def threads_pct(before: dict[str, float], after: dict[str, float], wall: float) -> dict[str, float]:
+    """% of one core per thread name over an interval: the event loop (the main thread) apart
+    from worker threads (the call log's SQLite writes, DNS) summed by name."""
+    out: dict[str, float] = {}
+    for i, (key, cpu) in enumerate(sorted(after.items(), key=lambda kv: int(kv[0].split()[0]))):
+        name = "main" if i == 0 else key.split(" ", 1)[1]
+        out[name] = out.get(name, 0.0) + (cpu - before.get(key, 0.0)) / wall * 100
+    return {k: round(v, 1) for k, v in out.items() if v >= 0.05}
+
+
 def self_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -411,10 +434,11 @@ class Capture:
             self.proc.kill()
             _, err = self.proc.communicate(timeout=10)
             raise RuntimeError(f"capture did not start (root needed): {err.decode()[-500:]}")
+        self.cpu_at_ready = cpu_seconds(self.proc.pid)  # its start-up (imports) left out
 
     def stop(self) -> float:
-        """Stop it; returns its CPU seconds."""
-        used = cpu_seconds(self.proc.pid)
+        """Stop it; returns its CPU seconds since it was ready."""
+        used = cpu_seconds(self.proc.pid) - self.cpu_at_ready
         self.proc.terminate()
         try:
             self.proc.communicate(timeout=10)
@@ -563,10 +587,13 @@ class Sipp:
         return errors
 
 
-def uas_args(scenario: Path, port: int, media_port: int, calls: int, hold_ms: int) -> list[str]:
+def uas_args(
+    scenario: Path, port: int, media_port: int, calls: int, args: argparse.Namespace
+) -> list[str]:
     return [
         *("-sf", str(scenario), "-p", str(port), "-mp", str(media_port)),
-        *("-m", str(calls), "-d", str(hold_ms)),
+        *("-m", str(calls), "-d", str(args.hold_ms)),
+        *(("-rtp_echo",) if args.rtp_echo else ()),
     ]
 
 
@@ -857,12 +884,13 @@ async def run_step(
     capture = await asyncio.to_thread(Capture, port, stepdir / "wire.tsv")
     hold_s = args.hold_ms / 1000
     limit = asked / rate + hold_s + 40
-    uas = Sipp(stepdir, "uas", uas_args(scenario, port, media_port, asked, args.hold_ms), limit)
+    uas = Sipp(stepdir, "uas", uas_args(scenario, port, media_port, asked, args), limit)
     try:
         await uas.start()
         if not await wait_bound(port, 5):
             raise RuntimeError(f"sipp did not bind {port}: {uas.screen.read_text()[-500:]}")
         server0, bench0, busy0 = cpu_seconds(pid), self_cpu(), machine_busy()
+        threads0 = thread_cpu(pid)
         drops0 = udp_rcvbuf_errors()
         began = time.monotonic()
         calls, span, not_sent = await place_calls(
@@ -876,6 +904,7 @@ async def run_step(
         result = await uas.finish(hold_s + BYE_TIMEOUT_MS / 1000 + 10)
         wall = time.monotonic() - began
         server_s, bench_s, busy_s = cpu_seconds(pid) - server0, self_cpu() - bench0, machine_busy()
+        threads = threads_pct(threads0, thread_cpu(pid), wall)
     finally:
         if uas.proc is not None and uas.proc.returncode is None:
             await uas.finish(0.1)
@@ -883,7 +912,7 @@ async def run_step(
     drops = udp_rcvbuf_errors() - drops0
     left = await wait_drained(lk, server.url, f"out-{step}-", DRAIN_S)
     wire = await asyncio.to_thread(read_wire, capture.out, asked * 20 + 1000)
-    return step_figures(
+    figures = step_figures(
         rate=rate,
         asked=asked,
         calls=calls,
@@ -903,6 +932,8 @@ async def run_step(
         udp_drops=drops,
         other_before=other,
     )
+    figures["server_threads_cpu_pct"] = threads
+    return figures
 
 
 async def baseline_step(
@@ -914,7 +945,7 @@ async def baseline_step(
     limit = calls / rate + hold_s + 40
     port, media_port = free_sip_port(), free_sip_port()
     stepdir = work / f"baseline-{rate}"
-    uas = Sipp(stepdir, "uas", uas_args(uas_scenario, port, media_port, calls, args.hold_ms), limit)
+    uas = Sipp(stepdir, "uas", uas_args(uas_scenario, port, media_port, calls, args), limit)
     await uas.start()
     try:
         if not await wait_bound(port, 5):
@@ -1085,6 +1116,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=5.0, help="of calls per rate step")
     parser.add_argument("--hold-ms", type=int, default=1000, help="answer -> the callee's BYE")
     parser.add_argument("--wait-answered", action="store_true", help="wait_until_answered=True")
+    parser.add_argument(
+        "--rtp-echo", action="store_true", help="the callee echoes our RTP (default: silent)"
+    )
     parser.add_argument("--quiet-wait", type=float, default=10.0, help="max s per step")
     parser.add_argument("--keep-going", action="store_true", help="run every step")
     parser.add_argument("--keep", action="store_true", help="keep traces and the server log")

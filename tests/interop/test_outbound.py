@@ -408,3 +408,65 @@ async def test_a_trunk_registers_refreshes_and_unregisters(sip_server: ServerPro
             return not any(k.startswith("sipbridge_registrations{") for k in metrics)
 
         await eventually(gone, "the deleted trunk still registers")
+
+
+async def test_a_carriers_refer_and_forged_notify_are_refused_and_our_bye_maps_attributes(
+    sip_server: ServerProcess,
+) -> None:
+    async with (
+        client(sip_server) as lk,
+        carrier("uas_answer_checks.xml") as (port, sipp_task),
+    ):
+        trunk_id = await make_trunk(lk, port, attributes_to_headers={"customer": "X-Customer"})
+        request = sip.CreateSIPParticipantRequest(
+            sip_trunk_id=trunk_id,
+            sip_call_to=NUMBER,
+            room_name=ROOM,
+            participant_attributes={"customer": "vip"},
+            wait_until_answered=True,
+        )
+        request.max_call_duration.seconds = 2  # then we hang up, with X-Customer on the BYE
+        created = await lk.sip.create_sip_participant(request)
+        code, out = await sipp_task  # 405 to its REFER, 481 to the forged NOTIFY, our BYE
+        assert code == 0, out
+
+        async def gone() -> bool:
+            return created.participant_identity not in await participants(lk)
+
+        await eventually(gone, "the participant did not leave at max_call_duration")
+
+
+async def test_a_trunk_found_by_its_number(sip_server: ServerProcess) -> None:
+    """No trunk id: the outbound trunk is the one whose numbers include `sip_number`."""
+    async with client(sip_server) as lk, carrier("uas_answer.xml") as (port, sipp_task):
+        await make_trunk(lk, sipp_port())  # another trunk, for another number
+        other = await lk.sip.create_outbound_trunk(
+            sip.CreateSIPOutboundTrunkRequest(
+                trunk=sip.SIPOutboundTrunkInfo(
+                    name="by number", address=f"127.0.0.1:{port}", numbers=["+15550999"]
+                )
+            )
+        )
+        created = await lk.sip.create_sip_participant(
+            sip.CreateSIPParticipantRequest(
+                sip_number="+15550999",
+                sip_call_to=NUMBER,
+                room_name=ROOM,
+                wait_until_answered=True,
+            )
+        )
+        phone = (await participants(lk))[created.participant_identity]
+        assert phone.attributes["sip.trunkID"] == other.sip_trunk_id
+        assert phone.attributes["sip.trunkPhoneNumber"] == "+15550999"
+        await lk.room.remove_participant(
+            room.RoomParticipantIdentity(room=ROOM, identity=created.participant_identity)
+        )
+        code, out = await sipp_task
+        assert code == 0, out
+        with pytest.raises(api.TwirpError) as raised:  # a number no trunk has
+            await lk.sip.create_sip_participant(
+                sip.CreateSIPParticipantRequest(
+                    sip_number="+19999999", sip_call_to=NUMBER, room_name=ROOM
+                )
+            )
+        assert raised.value.code == "not_found"

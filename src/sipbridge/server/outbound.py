@@ -82,6 +82,7 @@ class OutboundCallState:
     dtmf: str = ""
     sdp: bytes = b""  # our side of the session as last described (offer, or latest answer)
     early: bool = False  # a provisional response's SDP is playing (early media)
+    max_duration: float = 0.0  # from the answer
     answered: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -244,11 +245,9 @@ class OutboundCalls:
         self.call_log.record(info)
         ringing = seconds_of(req.ringing_timeout) or DEFAULT_RINGING_TIMEOUT_S
         self._later(state, ringing, lambda: self._ringing_timeout(state))
-        duration = seconds_of(req.max_call_duration) or DEFAULT_MAX_CALL_DURATION_S
-        state.timers.append(
-            asyncio.get_running_loop().call_later(
-                min(duration, DEFAULT_MAX_CALL_DURATION_S), lambda: self._hangup(state, "max")
-            )
+        state.max_duration = min(
+            seconds_of(req.max_call_duration) or DEFAULT_MAX_CALL_DURATION_S,
+            DEFAULT_MAX_CALL_DURATION_S,
         )
         self._count("dialled")
         log.info(
@@ -379,6 +378,7 @@ class OutboundCalls:
         self.media.start(
             leg, timeout=state.policy.media_timeout, on_timeout=lambda: self._media_timeout(state)
         )
+        self._later(state, state.max_duration, lambda: self._hangup(state, "max"))
         self.media.attach(leg, state.room)
         if state.dtmf:
             self._set_status(state, "automation", extra)

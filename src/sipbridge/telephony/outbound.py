@@ -37,6 +37,7 @@ from sipbridge.telephony.inbound import (
     _header_attributes,
     sanitize_attribute,
 )
+from sipbridge.telephony.numbers import numbers_match
 
 MAX_DISPLAY_NAME = 128
 MAX_NUMBER = 128
@@ -69,7 +70,8 @@ def outbound_trunk(
     req: CreateSIPParticipantRequest, stored: Mapping[str, SIPOutboundTrunkInfo]
 ) -> SIPOutboundTrunkInfo:
     """The trunk a call goes through: the stored one named by `sip_trunk_id`, else the request's
-    inline `trunk` (an `SIPOutboundConfig`) made into one."""
+    inline `trunk` (an `SIPOutboundConfig`) made into one, else the stored trunk whose numbers
+    include `sip_number`."""
     if req.sip_trunk_id:
         trunk = stored.get(req.sip_trunk_id)
         if trunk is None:
@@ -87,7 +89,12 @@ def outbound_trunk(
             attributes_to_headers=inline.attributes_to_headers,
             from_host=inline.from_host,
         )
-    raise invalid_argument("sip_trunk_id or trunk: one must be set")
+    if req.sip_number:
+        found = [t for t in stored.values() if numbers_match(req.sip_number, t.numbers)]
+        if not found:
+            raise not_found(f"no outbound trunk has the number {req.sip_number!r}")
+        return min(found, key=lambda t: t.sip_trunk_id)  # several: the oldest id, stably
+    raise invalid_argument("sip_trunk_id, trunk or sip_number: one must be set")
 
 
 def dial_plan(
