@@ -1,6 +1,6 @@
 """Outbound calls end to end: `CreateSIPParticipant` through the official `livekit-api` client
 against a `sipbridge serve`, the called side a sipp UAS running our own scenarios: answering
-(with X- headers), hanging up, refusing (486, 603, 404, 503), never answering, challenging.
+(with X- headers), hanging up, refusing (486, 603, 404, 503, a 302 redirect), never answering, challenging.
 
 Each test checks what users program against: `create_sip_participant` with and without
 `wait_until_answered`, the `SipCallError` fields, the participant's `sip.*` attributes and
@@ -219,6 +219,8 @@ async def test_the_called_side_hangs_up(sip_server: ServerProcess) -> None:
         (486, "Busy Here", "resource_exhausted", models.DisconnectReason.USER_REJECTED),
         (603, "Decline", "permission_denied", models.DisconnectReason.USER_REJECTED),
         (404, "Not Found", "not_found", models.DisconnectReason.USER_UNAVAILABLE),
+        # a redirect is not followed: the caller learns where the carrier pointed
+        (302, "Moved Temporarily", "invalid_argument", models.DisconnectReason.SIP_TRUNK_FAILURE),
         (
             503,
             "Service Unavailable",
