@@ -855,6 +855,22 @@ def step_figures(
 # -- the run ------------------------------------------------------------------------------------
 
 
+async def sample_cpu(pid: int, timeline: list[tuple[float, float]], limit_s: float) -> None:
+    """(seconds since the start, server CPU seconds so far) every 0.5 s until cancelled."""
+    began = time.monotonic()
+    for _ in range(int(limit_s * 2) + 1):
+        timeline.append((time.monotonic() - began, cpu_seconds(pid)))
+        await asyncio.sleep(0.5)
+
+
+def window_cpu_pct(timeline: list[tuple[float, float]], start: float, end: float) -> float | None:
+    """The server's CPU over [start, end] (s since the start) from the samples inside it."""
+    inside = [(t, c) for t, c in timeline if start <= t <= end]
+    if len(inside) < 2 or inside[-1][0] <= inside[0][0]:
+        return None
+    return round((inside[-1][1] - inside[0][1]) / (inside[-1][0] - inside[0][0]) * 100, 1)
+
+
 async def run_step(
     lk: api.LiveKitAPI,
     server: ServerProcess,
@@ -864,6 +880,7 @@ async def run_step(
     step: int,
     rate: int,
     args: argparse.Namespace,
+    steady_after_s: float | None = None,
 ) -> dict[str, object]:
     assert server.proc is not None
     pid = server.proc.pid
@@ -893,6 +910,8 @@ async def run_step(
         threads0 = thread_cpu(pid)
         drops0 = udp_rcvbuf_errors()
         began = time.monotonic()
+        timeline: list[tuple[float, float]] = []
+        sampler = asyncio.create_task(sample_cpu(pid, timeline, limit + 60))
         calls, span, not_sent = await place_calls(
             lk,
             trunk.sip_trunk_id,
@@ -905,6 +924,8 @@ async def run_step(
         wall = time.monotonic() - began
         server_s, bench_s, busy_s = cpu_seconds(pid) - server0, self_cpu() - bench0, machine_busy()
         threads = threads_pct(threads0, thread_cpu(pid), wall)
+        sampler.cancel()
+        rooms_alive = len((await lk.room.list_rooms(room.ListRoomsRequest())).rooms)
     finally:
         if uas.proc is not None and uas.proc.returncode is None:
             await uas.finish(0.1)
@@ -933,7 +954,47 @@ async def run_step(
         other_before=other,
     )
     figures["server_threads_cpu_pct"] = threads
+    figures["rooms_on_server_at_end"] = rooms_alive
+    if steady_after_s is not None:
+        figures["steady"] = steady_figures(calls, wire, timeline, steady_after_s, span)
     return figures
+
+
+def steady_figures(
+    calls: list[ApiCall],
+    wire: dict[str, Wire],
+    timeline: list[tuple[float, float]],
+    after_s: float,
+    span_s: float,
+) -> dict[str, object]:
+    """The calls sent from `after_s` on (rooms of earlier calls closing as fast as new ones
+    open), and the server's CPU from then to the last request."""
+    if not calls:
+        return {}
+    start = min(c.sent_ns for c in calls) + int(after_s * 1e9)
+    late = [c for c in calls if c.sent_ns >= start]
+    to_invite = [
+        (wire[c.number].invite - c.sent_ns) / 1e6
+        for c in late
+        if c.number in wire and wire[c.number].invite
+    ]
+    server_pct = window_cpu_pct(timeline, after_s, span_s)
+    rate = len(late) / (span_s - after_s) if span_s > after_s else 0.0
+    return {
+        "from_s": after_s,
+        "calls": len(late),
+        "api_to_invite_ms": dist_ms(to_invite),
+        "api_reply_ms": dist_ms([c.api_ms for c in late if c.api_ms is not None]),
+        "server_cpu_pct": server_pct,
+        "server_cpu_ms_per_call": (
+            round(server_pct / rate * 10, 2) if server_pct is not None and rate else None
+        ),
+        "server_cpu_timeline": [
+            round((c1 - c0) / (t1 - t0) * 100, 1)
+            for (t0, c0), (t1, c1) in itertools.pairwise(timeline)
+            if t1 > t0
+        ][:400],
+    }
 
 
 async def baseline_step(

@@ -1,6 +1,7 @@
 """Outbound calls end to end: `CreateSIPParticipant` through the official `livekit-api` client
 against a `sipbridge serve`, the called side a sipp UAS running our own scenarios: answering
-(with X- headers), hanging up, refusing (486, 603, 404, 503, a 302 redirect), never answering, challenging.
+(with X- headers), hanging up, refusing (486, 603, 404, 503, a 302 redirect), never answering,
+challenging, registering, testing us with a REFER and a forged NOTIFY.
 
 Each test checks what users program against: `create_sip_participant` with and without
 `wait_until_answered`, the `SipCallError` fields, the participant's `sip.*` attributes and
@@ -472,3 +473,27 @@ async def test_a_trunk_found_by_its_number(sip_server: ServerProcess) -> None:
                 )
             )
         assert raised.value.code == "not_found"
+
+
+async def test_removing_a_ringing_participant_cancels_the_call(sip_server: ServerProcess) -> None:
+    async with client(sip_server) as lk, carrier("uas_never_answer.xml") as (port, sipp_task):
+        trunk_id = await make_trunk(lk, port)
+        created = await lk.sip.create_sip_participant(
+            sip.CreateSIPParticipantRequest(
+                sip_trunk_id=trunk_id, sip_call_to=NUMBER, room_name=ROOM
+            )
+        )
+
+        async def ringing() -> bool:
+            phone = (await participants(lk)).get(created.participant_identity)
+            return phone is not None and phone.attributes["sip.callStatus"] == "ringing"
+
+        await eventually(ringing, "the call did not ring")
+        await lk.room.remove_participant(
+            room.RoomParticipantIdentity(room=ROOM, identity=created.participant_identity)
+        )
+        code, out = await sipp_task  # CANCEL, 487, ACK
+        assert code == 0, out
+    (entry,) = await call_log(sip_server)
+    assert entry["disconnect_reason"] == "PARTICIPANT_REMOVED"
+    assert entry["call_status"] == "SCS_ERROR"

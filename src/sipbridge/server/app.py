@@ -79,7 +79,11 @@ class Server:
             self.media,
             max_calls=settings.max_calls,
         )
-        self.sip_ua = SipUserAgent(settings.sip.host, settings.sip.port, on_invite=self.inbound)
+        # The address in our Via, Contact and From: the SIP host, or the media address when SIP
+        # listens on every address (--media-ip is then required).
+        wildcard = settings.sip.host in ("0.0.0.0", "::")
+        advertised = settings.media_address if wildcard else settings.sip.host
+        self.sip_ua = SipUserAgent(advertised, settings.sip.port, on_invite=self.inbound)
         self.sip = SipService(self.sip_ua)
         if settings.tls_ca:
             self.sip.client_tls = ssl.create_default_context(cafile=settings.tls_ca)

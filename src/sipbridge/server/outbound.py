@@ -140,7 +140,7 @@ class OutboundCalls:
         host = await self._resolve(plan)
         state = self._dial(req, plan, host)
         info = proto.SIPParticipantInfo(
-            participant_id=state.info.participant_identity and self._participant_sid(state),
+            participant_id=self._participant_sid(state),
             participant_identity=plan.identity,
             room_name=plan.room,
             sip_call_id=state.info.call_id,
@@ -423,11 +423,12 @@ class OutboundCalls:
         """Give up ringing: CANCEL, the participant leaves as unavailable."""
         if state.call.answered or state.call.ended:
             return
-        state.info.error = error
-        state.info.disconnect_reason = Reason.USER_UNAVAILABLE
+        state.info.error = state.info.error or error
+        if not state.info.disconnect_reason:  # (removed from the room: PARTICIPANT_REMOVED...)
+            state.info.disconnect_reason = Reason.USER_UNAVAILABLE
         self._settle(state, call_failed(status, reason, error))
         state.call.cancel(self._attributes_to_headers(state))
-        self._leave(state, Reason.USER_UNAVAILABLE)
+        self._leave(state, state.info.disconnect_reason)
 
     def _reoffer(self, state: OutboundCallState, request: Request) -> bytes:
         """A re-INVITE or UPDATE from the phone's side: hold, resume, a new address or codec."""
