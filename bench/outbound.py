@@ -1,10 +1,11 @@
 """Outbound call benchmark: CreateSIPParticipant through the official `livekit-api` client at
 rising rates against a real `sipbridge serve`, every call dialled out to a sipp UAS, until the
-first failed call or the server falling behind.
+first failed call or the server falling behind; then the best rate held for longer than a room
+outlives its call.
 
-    .venv/bin/python bench/outbound.py [--rates 10,25,50,100,150,200,300,400,500]
-                                       [--seconds 5] [--hold-ms 1000] [--wait-answered]
-                                       [--quiet-wait 10] [--keep-going] [--keep]
+    .venv/bin/python bench/outbound.py [--rates 10,25,50,100,150,200,300,400] [--seconds 5]
+                                       [--sustain-seconds 27] [--hold-ms 1000] [--rtp-echo]
+                                       [--wait-answered] [--quiet-wait 10] [--keep-going] [--keep]
 
 The load: this process calls `lk.sip.create_sip_participant` (one `LiveKitAPI`, uvloop) on a
 fixed schedule of RATE calls/s for SECONDS, each call not waiting for the one before (at most
@@ -12,11 +13,14 @@ MAX_IN_FLIGHT requests open), each to its own room (`out-STEP-I`, as dialling ag
 own number (`+1999` STEP I), through one outbound trunk per step pointing at that step's sipp.
 By default `wait_until_answered=False`: the reply comes once the INVITE is out.
 
-The callee: `sipp -sf` with the scenario below (written to a temp dir), started per step with
-`-m CALLS -buff_size 4194304`, wrapped in `timeout -k 5 -s INT`: 180, 200 with SDP (PCMU) at
-once, waits for the ACK, holds --hold-ms, then hangs up itself (BYE; the 200 must come within
-5 s). The server's part of a call: participant and track in a new room, INVITE, 180 -> ringing,
-200 -> ACK and media started (silence to the phone), BYE -> 200, participant out, call logged.
+The callee: `sipp -sf` with UAS_SCENARIO (written to a temp dir), one per step with `-m CALLS
+-buff_size 4194304`, wrapped in `timeout -k 5 -s INT`: 180, 200 with SDP (PCMU) at once, waits
+for the ACK, holds --hold-ms, then hangs up itself (BYE; the 200 must come within 5 s); our
+late retransmissions (INVITE, ACK) are let pass, as a carrier's would be. It sends
+no RTP (as bench/inbound.py's caller; --rtp-echo echoes ours), so the system's UDP drop counter
+in the JSON counts our RTP to sipp's unread media socket. The server's part of a call:
+participant and track in a new room, INVITE, 180 -> ringing, 200 -> ACK and media (silence to
+the phone), BYE -> 200, participant out, call logged; the room closes 20 s later.
 
 Times, on the wire: a child process (this file with --capture) reads the loopback interface
 through an AF_PACKET socket with a kernel filter for the UAS's port (root), with the kernel's
@@ -30,20 +34,28 @@ before each API call (the client's JWT signing and HTTP included), so:
   first: the client's and HTTP's share of every API figure.
 
 CPU over each step (first request to sipp's exit): the server's utime+stime from /proc as % of
-one core (its calls run on one event loop) and ms per call; this process (the API client), sipp
-and the capture apart; "other" = the machine's busy time minus all of those (a shared machine:
-before each step the bench waits up to --quiet-wait s for a second in which others use under 15%
-of a core).
+one core (its calls run on one event loop; the JSON splits it by thread) and ms per call; this
+process (the API client), sipp and the capture apart; "other" = the machine's busy time minus
+all of those (a shared machine: before each step the bench waits up to --quiet-wait s for half a
+second in which others use under 15% of a core).
 
 A step fails on any failed call: an API error, a call without INVITE, ACK or the 200 to its BYE
 on the wire, a failed call in sipp's statistics or its exit status, a participant or call still
-on the server 15 s after the step. It is behind when API->INVITE p99 passes 500 ms (T1: carriers
-would see retransmissions) or the requests went out at under 90% of the rate (then the client
-is the limit: see its CPU). The steps stop at the first step failed or behind.
+on the server 15 s after the step. It is behind when API->INVITE p99 passes 500 ms (T1: our
+INVITE retransmissions start, the 180/200 still unread), the server used over 90% of
+a core (no headroom left, as bench/media.py), or the requests went out at under 90% of the rate
+(then the client is the limit: see its CPU). The steps stop at the first step failed or behind.
 
-Baseline: after the steps, sipp's own UAC (a scenario that takes the callee's BYE) against the
-same UAS scenario, at the rate where we stopped (or the top rate) and twice that, SECONDS each:
-the ratio of calls/s we sustain to sipp's, and its CPU per call beside the server's.
+Sustained: a room stays 20 s (departure_timeout) after its call, so a 5 s step ends with far
+fewer rooms open than a steady rate keeps, and each open room costs the server. The fastest step
+kept up that used under 67% of a core runs again for --sustain-seconds (default 27); figures
+"from 22 s on" are the steady state (as many rooms closing as opening): there too API->INVITE
+p99 under 500 ms and the server under 90% of a core. If it is not kept up, once more at 75% of
+the rate, after the server has ended what was left up.
+
+Baseline: then sipp's own UAC (a scenario that takes the callee's BYE) against the same UAS
+scenario, at the rate where the steps stopped and twice that, 3 s each: its CPU per call beside
+the server's, and every call completed (so the callee side is not what limits).
 
 Call log: after the server stopped, `sipbridge call list` must show every call of every step,
 ended (SCS_DISCONNECTED).
@@ -63,6 +75,7 @@ import json
 import math
 import os
 import platform
+import re
 import resource
 import shutil
 import signal
@@ -93,21 +106,32 @@ MAX_CALLS_STEP = 20_000
 MAX_IN_FLIGHT = 1000
 API_TIMEOUT_S = 10.0
 BEHIND_P99_MS = 500.0
+CPU_STOP_PCT = 90.0  # of one core: the server's event loop has no headroom left (bench/media.py)
+SUSTAIN_FROM_PCT = 67.0  # the sustained phase starts from the fastest step under this
 ISSUED_MIN_RATIO = 0.9
 BYE_TIMEOUT_MS = 5000
 SIPP_BUFFER = 4 * 1024 * 1024
 CAPTURE_BUFFER = 32 * 1024 * 1024
 MAX_PACKETS = 5_000_000
 DRAIN_S = 15.0
+MEDIA_TIMEOUT_S = 35.0  # the server hangs up a call whose callee vanished (30 s, no RTP)
+DEPARTURE_S = 20  # how long a room stays after its last participant left (LiveKit's default)
 TICKS = os.sysconf("SC_CLK_TCK")
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; not exported by Python 3.11
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)
 ETH_P_IP = 0x0800
+SOL_PACKET = getattr(socket, "SOL_PACKET", 263)
+PACKET_STATISTICS = 6
 TIMESPEC = struct.Struct("@qq")
 
 # The callee: rings and answers at once, holds (-d), hangs up. Its BYE goes to the INVITE's
 # Contact, From our To with sipp's tag, To the INVITE's From (tests/interop/sipp has the same).
+# A retransmitted INVITE (we were late to read the 200) and a repeated ACK (one per 200 it
+# retransmitted: ours carry a new branch each, so sipp does not see retransmissions) are absorbed
+# as a carrier's UAS would (RFC 3261 s13.3.1.4), instead of sipp aborting the call and leaving
+# it up on our side until its media timeout. The hold: HOLD_MS after the last ACK. A late ACK
+# while the BYE waits for its 200 is let pass too.
 UAS_SCENARIO = """<?xml version="1.0" encoding="ISO-8859-1" ?>
 <scenario name="bench outbound: ring, answer, hold, the callee's BYE">
   <recv request="INVITE" crlf="true">
@@ -150,8 +174,12 @@ UAS_SCENARIO = """<?xml version="1.0" encoding="ISO-8859-1" ?>
       a=rtpmap:0 PCMU/8000
     ]]>
   </send>
+  <label id="answered"/>
+  <recv request="INVITE" optional="true" next="answered"/>
   <recv request="ACK" crlf="true" timeout="10000"/>
-  <pause/>
+  <label id="holding"/>
+  <recv request="ACK" timeout="HOLD_MS" ontimeout="hangup" next="holding"/>
+  <label id="hangup"/>
   <send retrans="500">
     <![CDATA[
       BYE [$target] SIP/2.0
@@ -165,9 +193,17 @@ UAS_SCENARIO = """<?xml version="1.0" encoding="ISO-8859-1" ?>
       Content-Length: 0
     ]]>
   </send>
+  <label id="bye_sent"/>
+  <recv request="ACK" optional="true" next="bye_sent"/>
   <recv response="200" timeout="BYE_TIMEOUT_MS"/>
 </scenario>
 """.replace("BYE_TIMEOUT_MS", str(BYE_TIMEOUT_MS))
+
+
+def uas_scenario_text(hold_ms: int) -> str:
+    """The callee's scenario text for a hold: sipp takes no `-key` value in XML attributes."""
+    return UAS_SCENARIO.replace("HOLD_MS", str(max(1, hold_ms)))
+
 
 # The baseline caller: what our server does on the wire, done by sipp (it takes the callee's BYE).
 UAC_SCENARIO = """<?xml version="1.0" encoding="ISO-8859-1" ?>
@@ -288,6 +324,17 @@ def udp_rcvbuf_errors() -> int:
     return 0
 
 
+def udp_socket_drops(port: int) -> int:
+    """Datagrams dropped on the socket bound to 127.0.0.1:port (/proc/net/udp, last column)."""
+    want = f"0100007F:{port:04X}"
+    with open("/proc/net/udp") as f:
+        for line in itertools.islice(f, 1, 100_000):
+            fields = line.split()
+            if fields[1] == want:
+                return int(fields[-1])
+    return 0
+
+
 def udp_bound(port: int) -> bool:
     """Whether some socket is bound to 127.0.0.1:port over UDP (/proc/net/udp)."""
     want = f"0100007F:{port:04X}"
@@ -296,13 +343,13 @@ def udp_bound(port: int) -> bool:
 
 
 def wait_quiet(seconds: float, pids: list[int]) -> float:
-    """Wait up to `seconds` for a second in which processes other than `pids` use under 15% of
-    a core (this machine is shared); returns their share in the last second measured, in %."""
+    """Wait up to `seconds` for half a second in which processes other than `pids` use under 15%
+    of a core (this machine is shared); returns their share in the last half second, in %."""
     deadline = time.monotonic() + seconds
     other = 0.0
-    for _ in range(int(seconds) + 1):
+    for _ in range(int(seconds * 2) + 1):
         busy0, own0, t0 = machine_busy(), sum(map(cpu_seconds, pids)), time.monotonic()
-        time.sleep(1.0)
+        time.sleep(0.5)
         wall = time.monotonic() - t0
         own = sum(map(cpu_seconds, pids)) - own0
         other = (machine_busy() - busy0 - own) / wall * 100
@@ -414,6 +461,9 @@ def capture_main(port: int, out: Path) -> int:
             _src, dst = struct.unpack_from("!HH", data, 14 + ihl)
             first, call_id, cseq = _sip_fields(data[14 + ihl + 8 :])
             f.write(f"{ns}\t{'R' if dst == port else 'S'}\t{first}\t{call_id}\t{cseq}\n")
+    # struct tpacket_stats: packets passed by the filter, dropped for want of buffer (reset)
+    packets, dropped = struct.unpack("II", sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8))
+    print(f"stats {packets} {dropped}", flush=True)
     sock.close()
     return 0
 
@@ -435,16 +485,21 @@ class Capture:
             _, err = self.proc.communicate(timeout=10)
             raise RuntimeError(f"capture did not start (root needed): {err.decode()[-500:]}")
         self.cpu_at_ready = cpu_seconds(self.proc.pid)  # its start-up (imports) left out
+        self.dropped = -1  # unknown until it stopped
 
     def stop(self) -> float:
-        """Stop it; returns its CPU seconds since it was ready."""
+        """Stop it; returns its CPU seconds since it was ready. `dropped`: packets the kernel
+        could not queue to it (then INVITEs may be missing from its file)."""
         used = cpu_seconds(self.proc.pid) - self.cpu_at_ready
         self.proc.terminate()
         try:
-            self.proc.communicate(timeout=10)
+            out, _ = self.proc.communicate(timeout=10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            self.proc.communicate()
+            out, _ = self.proc.communicate()
+        for line in out.decode(errors="replace").splitlines():
+            if line.startswith("stats "):
+                self.dropped = int(line.split()[2])
         return used
 
 
@@ -575,16 +630,18 @@ class Sipp:
         return int(values.get("SuccessfulCall(C)", 0)), int(values.get("FailedCall(C)", 0))
 
     def _errors(self) -> list[str]:
-        errors: list[str] = []
-        if self.err.exists():
-            with open(self.err, errors="replace") as f:
-                for line in itertools.islice(f, 100_000):
-                    # "Dead call" notes answer retransmissions after a call ended: no failure.
-                    if line.strip() and "Dead call" not in line and line[:1].isdigit():
-                        errors.append(line.strip()[:300])
-                    if len(errors) >= 5:
-                        break
-        return errors
+        """The first few events that are failures. Not: "Dead call" (a retransmission answered
+        after its call ended) and "jumping to label" (the hold's timeout, by design)."""
+        if not self.err.exists():
+            return []
+        with open(self.err, errors="replace") as f:
+            text = f.read(4_000_000)
+        events = re.split(r"(?=\d{4}-\d\d-\d\d\t\d\d:)", text)
+        return [
+            " ".join(e.split())[:300]
+            for e in events
+            if e[:1].isdigit() and "Dead call" not in e and "jumping to label" not in e
+        ][:5]
 
 
 def uas_args(
@@ -592,7 +649,7 @@ def uas_args(
 ) -> list[str]:
     return [
         *("-sf", str(scenario), "-p", str(port), "-mp", str(media_port)),
-        *("-m", str(calls), "-d", str(args.hold_ms)),
+        *("-m", str(calls)),
         *(("-rtp_echo",) if args.rtp_echo else ()),
     ]
 
@@ -809,6 +866,7 @@ def step_figures(
         p99 is None
         or float(p99) >= BEHIND_P99_MS
         or (rate > 0 and issued_rate < rate * ISSUED_MIN_RATIO)
+        or cpu.server_s / wall * 100 > CPU_STOP_PCT
     )
     own = cpu.server_s + cpu.bench_s + cpu.sipp_s + cpu.capture_s
     return {
@@ -848,7 +906,7 @@ def step_figures(
         "bench_cpu_ms_per_call": round(cpu.bench_s / len(calls) * 1000, 2) if calls else None,
         "wall_s": round(cpu.wall_s, 2),
         "left_after_drain": left,
-        "udp_rcvbuf_drops": udp_drops,
+        "udp_rcvbuf_drops_system": udp_drops,
     }
 
 
@@ -908,7 +966,7 @@ async def run_step(
             raise RuntimeError(f"sipp did not bind {port}: {uas.screen.read_text()[-500:]}")
         server0, bench0, busy0 = cpu_seconds(pid), self_cpu(), machine_busy()
         threads0 = thread_cpu(pid)
-        drops0 = udp_rcvbuf_errors()
+        drops0, sip_drops0 = udp_rcvbuf_errors(), udp_socket_drops(args.server_sip_port)
         began = time.monotonic()
         timeline: list[tuple[float, float]] = []
         sampler = asyncio.create_task(sample_cpu(pid, timeline, limit + 60))
@@ -931,6 +989,7 @@ async def run_step(
             await uas.finish(0.1)
         capture_s = await asyncio.to_thread(capture.stop)
     drops = udp_rcvbuf_errors() - drops0
+    sip_drops = udp_socket_drops(args.server_sip_port) - sip_drops0
     left = await wait_drained(lk, server.url, f"out-{step}-", DRAIN_S)
     wire = await asyncio.to_thread(read_wire, capture.out, asked * 20 + 1000)
     figures = step_figures(
@@ -953,10 +1012,21 @@ async def run_step(
         udp_drops=drops,
         other_before=other,
     )
+    figures["step"] = step
+    figures["server_sip_socket_drops"] = sip_drops
+    figures["capture_drops"] = capture.dropped
     figures["server_threads_cpu_pct"] = threads
     figures["rooms_on_server_at_end"] = rooms_alive
     if steady_after_s is not None:
-        figures["steady"] = steady_figures(calls, wire, timeline, steady_after_s, span)
+        steady = steady_figures(calls, wire, timeline, steady_after_s, span)
+        figures["steady"] = steady
+        invite = steady.get("api_to_invite_ms")
+        p99 = invite.get("p99") if isinstance(invite, dict) else None
+        busy = steady.get("server_cpu_pct")
+        if not isinstance(p99, float) or p99 >= BEHIND_P99_MS:
+            figures["kept_up"] = False
+        if not isinstance(busy, float) or busy > CPU_STOP_PCT:
+            figures["kept_up"] = False
     return figures
 
 
@@ -1043,14 +1113,35 @@ async def baseline_step(
     }
 
 
+async def rooms_open(lk: api.LiveKitAPI) -> int:
+    listed = await lk.room.list_rooms(room.ListRoomsRequest())
+    return len(listed.rooms)
+
+
+async def run_baseline(
+    work: Path, uas_scenario: Path, uac_scenario: Path, rate: int, args: argparse.Namespace
+) -> list[dict[str, object]]:
+    """sipp against itself at the rate where we stopped, and twice that, 3 s each at most."""
+    baseline: list[dict[str, object]] = []
+    short = _with(args, seconds=min(args.seconds, 3.0))
+    for asked in (rate, rate * 2):
+        result = await baseline_step(work, uas_scenario, uac_scenario, asked, short)
+        baseline.append(result)
+        print(f"baseline sipp UAC -> sipp UAS: {json.dumps(result)}", file=sys.stderr, flush=True)
+        if not result["ok"]:
+            break
+    return baseline
+
+
 async def bench(
     args: argparse.Namespace, server: ServerProcess, work: Path
-) -> tuple[dict[str, object], list[dict[str, object]], dict[str, object]]:
+) -> tuple[dict[str, object], list[dict[str, object]], list[dict[str, object]], dict[str, object]]:
     rates = [int(r) for r in args.rates.split(",") if r.strip()][:MAX_STEPS]
     uas_scenario, uac_scenario = work / "uas_bench.xml", work / "uac_bench.xml"
-    uas_scenario.write_text(UAS_SCENARIO)
+    uas_scenario.write_text(uas_scenario_text(args.hold_ms))
     uac_scenario.write_text(UAC_SCENARIO)
     steps: list[dict[str, object]] = []
+    sustained: list[dict[str, object]] = []
     async with api.LiveKitAPI(
         url=server.url, api_key=API_KEY, api_secret=API_SECRET, failover=False
     ) as lk:
@@ -1070,23 +1161,57 @@ async def bench(
             print(_row(figures), file=sys.stderr, flush=True)
             if not figures["kept_up"] and not args.keep_going:
                 break
-    # sipp against itself at the rate where we stopped, and twice that.
-    stopped = next((s["rate"] for s in steps if not s["kept_up"]), rates[-1] if rates else 100)
-    assert isinstance(stopped, int)
-    baseline: list[dict[str, object]] = []
-    for rate in (stopped, stopped * 2):
-        result = await baseline_step(work, uas_scenario, uac_scenario, rate, args)
-        baseline.append(result)
-        print(f"baseline sipp UAC -> sipp UAS: {json.dumps(result)}", file=sys.stderr, flush=True)
-        if not result["ok"]:
-            break
-    return {"api_floor_ms": floor}, steps, {"steps": baseline}
+        stopped = next((s["rate"] for s in steps if not s["kept_up"]), rates[-1] if rates else 100)
+        assert isinstance(stopped, int)
+        # A rate for longer than a room outlives its call (departure_timeout): the server then
+        # holds as many rooms as it would at that rate for ever, and each costs it (more CPU per
+        # call than in a short step). From the fastest step that left a third of a core free;
+        # once more at 75% if not kept up, after what was left up has ended.
+        roomy = [s for s in steps if s["kept_up"] and _server_pct(s) <= SUSTAIN_FROM_PCT]
+        best = max((int(_num(s["rate"])) for s in roomy), default=0)
+        sustain = _with(args, seconds=args.sustain_seconds)
+        steady_after = args.hold_ms / 1000 + DEPARTURE_S + 1
+        for attempt in range(2 if args.sustain_seconds and best else 0):
+            left = await rooms_open(lk)
+            figures = await run_step(
+                lk,
+                server,
+                work,
+                uas_scenario,
+                step=90 + attempt,
+                rate=best,
+                args=sustain,
+                steady_after_s=steady_after,
+            )
+            figures["rooms_open_before"] = left
+            sustained.append(figures)
+            print(f"sustained {args.sustain_seconds:.0f} s:", file=sys.stderr)
+            print(_row(figures), file=sys.stderr, flush=True)
+            if figures["kept_up"] or best <= 1:
+                break
+            best = max(1, int(best * 0.75))
+            await wait_drained(lk, server.url, "out-", MEDIA_TIMEOUT_S)
+    baseline = await run_baseline(work, uas_scenario, uac_scenario, stopped, args)
+    return {"api_floor_ms": floor}, steps, sustained, {"steps": baseline}
+
+
+def _num(value: object) -> float:
+    assert isinstance(value, int | float)
+    return float(value)
+
+
+def _server_pct(step: dict[str, object]) -> float:
+    cpu = step["cpu_pct"]
+    assert isinstance(cpu, dict)
+    return _num(cpu["server"])
+
+
+def _with(args: argparse.Namespace, **changes: object) -> argparse.Namespace:
+    return argparse.Namespace(**{**vars(args), **changes})
 
 
 def _warmup(args: argparse.Namespace) -> argparse.Namespace:
-    warm = argparse.Namespace(**vars(args))
-    warm.seconds, warm.quiet_wait = 2.0, 0.0
-    return warm
+    return _with(args, seconds=2.0, quiet_wait=0.0)
 
 
 def call_log_audit(db: Path, steps: list[dict[str, object]]) -> dict[str, dict[str, int]]:
@@ -1109,8 +1234,8 @@ def call_log_audit(db: Path, steps: list[dict[str, object]]) -> dict[str, dict[s
         row = audit.setdefault(step, {"logged": 0, "disconnected": 0})
         row["logged"] += 1
         row["disconnected"] += entry.get("call_status") == "SCS_DISCONNECTED"
-    for i, s in enumerate(steps, start=1):
-        row = audit.setdefault(str(i), {"logged": 0, "disconnected": 0})
+    for s in steps:
+        row = audit.setdefault(str(s["step"]), {"logged": 0, "disconnected": 0})
         s["call_log"] = row
         s["call_log_complete"] = row["logged"] == row["disconnected"] == s["calls"]
     return audit
@@ -1144,21 +1269,30 @@ def _row(s: dict[str, object]) -> str:
     )
 
 
-def summarise(steps: list[dict[str, object]], baseline: dict[str, object]) -> dict[str, object]:
-    good = [s for s in steps if s["kept_up"] and s.get("call_log_complete", True)]
-    best = max((float(s["calls_per_s"]) for s in good), default=0.0)  # type: ignore[arg-type]
+def summarise(
+    steps: list[dict[str, object]], sustained: list[dict[str, object]], baseline: dict[str, object]
+) -> dict[str, object]:
+    def good(s: dict[str, object]) -> bool:
+        return bool(s["kept_up"]) and bool(s.get("call_log_complete", True))
+
+    best = max((_num(s["calls_per_s"]) for s in steps if good(s)), default=0.0)
+    at_best = next((s for s in steps if good(s) and _num(s["calls_per_s"]) == best), None)
+    held = next((s for s in sustained if good(s)), None)
     base_steps = baseline["steps"]
     assert isinstance(base_steps, list)
-    sipp_best = max((float(b["calls_per_s"]) for b in base_steps if b["ok"]), default=0.0)
-    at_best = next((s for s in good if float(s["calls_per_s"]) == best), None)  # type: ignore[arg-type]
+    sipp_best = max((_num(b["calls_per_s"]) for b in base_steps if b["ok"]), default=0.0)
+    headline = _num(held["calls_per_s"]) if held else 0.0
     return {
-        "max_calls_per_s": best,
+        "max_calls_per_s_steps": best,
+        "max_calls_per_s_sustained": headline,
+        "sustained_rates_tried": [s["rate"] for s in sustained],
         "first_failed_rate": next((s["rate"] for s in steps if not s["ok"]), None),
         "first_behind_rate": next((s["rate"] for s in steps if not s["kept_up"]), None),
         "api_to_invite_ms_at_max": at_best["api_to_invite_ms"] if at_best else None,
         "server_cpu_ms_per_call_at_max": at_best["server_cpu_ms_per_call"] if at_best else None,
+        "sustained_steady": held.get("steady") if held else None,
         "sipp_uac_max_calls_per_s_tried": sipp_best,
-        "ratio_to_sipp_uac": round(best / sipp_best, 3) if sipp_best else None,
+        "ratio_to_sipp_uac": round(headline / sipp_best, 3) if sipp_best and headline else None,
     }
 
 
@@ -1173,8 +1307,11 @@ def _run(coro: Coroutine[object, object, T]) -> T:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--rates", default="10,25,50,100,150,200,300,400,500")
+    parser.add_argument("--rates", default="10,25,50,100,150,200,300,400")
     parser.add_argument("--seconds", type=float, default=5.0, help="of calls per rate step")
+    parser.add_argument(
+        "--sustain-seconds", type=float, default=27.0, help="at the best step's rate (0: skip)"
+    )
     parser.add_argument("--hold-ms", type=int, default=1000, help="answer -> the callee's BYE")
     parser.add_argument("--wait-answered", action="store_true", help="wait_until_answered=True")
     parser.add_argument(
@@ -1194,23 +1331,28 @@ def main() -> int:
     if os.geteuid() != 0:
         print("run as root: the wire capture reads loopback through AF_PACKET", file=sys.stderr)
         return 2
-    if not 0 < args.seconds <= 60 or not 0 <= args.hold_ms <= 60_000:
-        print("--seconds in (0, 60], --hold-ms in [0, 60000]", file=sys.stderr)
+    if (
+        not 0 < args.seconds <= 60
+        or not 0 <= args.sustain_seconds <= 120
+        or not 0 <= args.hold_ms <= 60_000
+    ):
+        print("--seconds in (0, 60], --sustain-seconds in [0, 120], --hold-ms in [0, 60000]")
         return 2
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     with contextlib.suppress(ValueError, OSError):  # sipp and the server inherit it
         resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
     tmp = Path(tempfile.mkdtemp(prefix="bench-outbound-"))
+    args.server_sip_port = free_sip_port()
     server = ServerProcess(
         tmp,
-        *("--sip", f"127.0.0.1:{free_sip_port()}", "--rtp-ports", rtp_range()),
+        *("--sip", f"127.0.0.1:{args.server_sip_port}", "--rtp-ports", rtp_range()),
         *("--max-calls", "100000"),
     )
     try:
         server.start()
-        extra, steps, baseline = _run(bench(args, server, tmp))
+        extra, steps, sustained, baseline = _run(bench(args, server, tmp))
         server.stop(timeout=60)
-        audit = call_log_audit(server.db, steps)
+        audit = call_log_audit(server.db, steps + sustained)
     finally:
         if server.proc is not None:
             with contextlib.suppress(Exception):
@@ -1219,17 +1361,30 @@ def main() -> int:
             print(f"kept in {tmp}", file=sys.stderr)
         else:
             shutil.rmtree(tmp, ignore_errors=True)
-    summary = summarise(steps, baseline)
+    summary = summarise(steps, sustained, baseline)
     print(HEADER)
     for s in steps:
         print(_row(s))
+    for s in sustained:
+        print(f"sustained for {args.sustain_seconds:.0f} s ({s['rooms_open_before']} rooms open):")
+        print(_row(s))
+        steady = s["steady"]
+        assert isinstance(steady, dict)
+        print(
+            f"  from {steady['from_s']:.0f} s on (rooms opening and closing at the same rate, "
+            f"{s['rooms_on_server_at_end']} at the end): {steady['calls']} calls, API->INVITE "
+            f"{_pair(steady['api_to_invite_ms'])} ms, server CPU {steady['server_cpu_pct']}% = "
+            f"{steady['server_cpu_ms_per_call']} ms per call"
+        )
     floor = extra["api_floor_ms"]
     print(
         f"API floor (ListRooms through the same client, one at a time): {_pair(floor)} ms. "
         f"Call log (logged/ended per step): "
-        + ", ".join(f"{s['rate']}/s {_slash(s['call_log'])}" for s in steps)
+        + ", ".join(f"{s['rate']}/s {_slash(s['call_log'])}" for s in steps + sustained)
     )
-    for b in baseline["steps"]:  # type: ignore[attr-defined]
+    base_steps = baseline["steps"]
+    assert isinstance(base_steps, list)
+    for b in base_steps:
         print(
             f"sipp's UAC -> the same sipp UAS at {b['rate']}/s: "
             f"{'every call completed' if b['ok'] else 'FAILED ' + json.dumps(b['uac'])}, "
@@ -1237,10 +1392,13 @@ def main() -> int:
         )
     print(
         f"max calls/s with every call completed and the server keeping up: "
-        f"{summary['max_calls_per_s']} (first failed step at {summary['first_failed_rate']}/s, "
+        f"{summary['max_calls_per_s_sustained']} sustained for {args.sustain_seconds:.0f} s "
+        f"(tried {summary['sustained_rates_tried']}); {summary['max_calls_per_s_steps']} in "
+        f"{args.seconds:.0f} s steps (first failed step at {summary['first_failed_rate']}/s, "
         f"first step failed or behind at {summary['first_behind_rate']}/s); sipp's own UAC "
-        f"sustained {summary['sipp_uac_max_calls_per_s_tried']}/s of the rates tried "
-        f"(ratio {summary['ratio_to_sipp_uac']})"
+        f"against the same UAS: every call completed up to "
+        f"{summary['sipp_uac_max_calls_per_s_tried']}/s, the most tried (ratio "
+        f"{summary['ratio_to_sipp_uac']} or less)"
     )
     line = {
         "bench": "outbound",
@@ -1253,7 +1411,9 @@ def main() -> int:
         **extra,
         "call_log": audit,
         "baseline_sipp_uac": baseline,
+        "sustain_seconds": args.sustain_seconds,
         "steps": steps,
+        "sustained": sustained,
     }
     print(json.dumps(line, sort_keys=True))
     return 0

@@ -497,3 +497,37 @@ async def test_removing_a_ringing_participant_cancels_the_call(sip_server: Serve
     (entry,) = await call_log(sip_server)
     assert entry["disconnect_reason"] == "PARTICIPANT_REMOVED"
     assert entry["call_status"] == "SCS_ERROR"
+
+
+async def test_no_rtp_port_left_is_a_clear_error_and_logged(tmp_path: Path) -> None:
+    port = sipp_port()
+    server = ServerProcess(tmp_path, "--sip", f"127.0.0.1:{port}", "--rtp-ports", "17100-17101")
+    server.start()
+    try:
+        async with client(server) as lk, carrier("uas_answer.xml") as (uas, sipp_task):
+            trunk_id = await make_trunk(lk, uas)
+            first = await lk.sip.create_sip_participant(
+                sip.CreateSIPParticipantRequest(
+                    sip_trunk_id=trunk_id,
+                    sip_call_to=NUMBER,
+                    room_name=ROOM,
+                    wait_until_answered=True,
+                )
+            )
+            with pytest.raises(api.TwirpError) as raised:  # the one RTP pair is taken
+                await lk.sip.create_sip_participant(
+                    sip.CreateSIPParticipantRequest(
+                        sip_trunk_id=trunk_id, sip_call_to="+15559999", room_name=ROOM
+                    )
+                )
+            assert raised.value.code == "resource_exhausted"
+            assert "+15559999" not in "".join(await participants(lk))  # nobody joined for it
+            await lk.room.remove_participant(
+                room.RoomParticipantIdentity(room=ROOM, identity=first.participant_identity)
+            )
+            code, out = await sipp_task
+            assert code == 0, out
+        statuses = sorted(e["call_status"] for e in await call_log(server))
+        assert statuses == ["SCS_DISCONNECTED", "SCS_ERROR"]
+    finally:
+        assert server.stop() == 0, server.log.read_text()

@@ -8,6 +8,8 @@ participant left (LiveKit's defaults: 300 s and 20 s).
 
 from __future__ import annotations
 
+import heapq
+import itertools
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -119,6 +121,11 @@ class RoomRegistry:
     def __init__(self) -> None:
         self._rooms: dict[str, Room] = {}
         self._events: deque[ev.RoomEvent] = deque()
+        # (deadline, room) for each room that became empty; an entry whose room changed since
+        # (someone joined, it closed) is stale and skipped. Finding the next closing room no
+        # longer scans every room on every change (thousands of rooms, a commit per call step).
+        self._deadlines: list[tuple[float, int, Room]] = []
+        self._pushed = itertools.count()
 
     # -- events and time -------------------------------------------------------------------
 
@@ -126,14 +133,24 @@ class RoomRegistry:
         return self._events.popleft() if self._events else None
 
     def next_deadline(self) -> float | None:
-        deadlines = [d for r in self._rooms.values() if (d := r.close_deadline()) is not None]
-        return min(deadlines, default=None)
+        heap = self._deadlines
+        while heap:
+            deadline, _, room = heap[0]
+            if not room.closed and room.close_deadline() == deadline:
+                return deadline
+            heapq.heappop(heap)  # stale: the room was joined, changed or closed
+        return None
 
     def handle_timer(self, now: float) -> None:
-        for room in list(self._rooms.values()):
-            deadline = room.close_deadline()
-            if deadline is not None and deadline <= now:
-                self._close(room, now, DisconnectReason.ROOM_CLOSED)
+        while (deadline := self.next_deadline()) is not None and deadline <= now:
+            _, _, room = heapq.heappop(self._deadlines)
+            self._close(room, now, DisconnectReason.ROOM_CLOSED)
+
+    def _watch(self, room: Room) -> None:
+        """The room's closing time may have changed: remember it."""
+        deadline = room.close_deadline()
+        if deadline is not None:
+            heapq.heappush(self._deadlines, (deadline, next(self._pushed), room))
 
     # -- rooms -----------------------------------------------------------------------------
 
@@ -182,6 +199,7 @@ class RoomRegistry:
             agents=list(agents),
         )
         self._rooms[name] = room
+        self._watch(room)
         self._events.append(ev.RoomStarted(room=room.to_proto()))
         return room, True
 
@@ -286,6 +304,7 @@ class RoomRegistry:
             other.subscriptions.difference_update(participant.tracks)
         if not room.participants:
             room.last_left_at = now
+            self._watch(room)
         self._events.append(
             ev.ParticipantLeft(room=room.to_proto(), participant=participant.to_proto())
         )

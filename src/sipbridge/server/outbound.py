@@ -205,7 +205,14 @@ class OutboundCalls:
             if "state" in holder:
                 self._dtmf_from_phone(holder["state"], digit)
 
-        body, leg = self.media.offer(policy, on_dtmf=on_dtmf)
+        try:
+            body, leg = self.media.offer(policy, on_dtmf=on_dtmf)
+        except SipProtocolError as err:  # no RTP port left: refused, and logged as an error
+            self._count("no_media_port")
+            info.call_status = proto.SIPCallStatus.SCS_ERROR
+            info.error = err.detail or err.reason
+            self.call_log.record(info)
+            raise ApiError("resource_exhausted", f"cannot place the call: {info.error}") from None
         invite = self._invite(plan, peer, sip_call_id, body)
         info.from_uri.CopyFrom(proto.SIPUri(user=plan.from_number, host=invite.from_.uri.host))
         info.to_uri.CopyFrom(proto.SIPUri(user=plan.to_user, host=plan.host, port=plan.port))

@@ -305,6 +305,7 @@ class OutgoingCall(SipCall):
     auth_tries: int = 0
     final: Response | None = None
     cancel_headers: dict[str, str] = field(default_factory=dict)  # on CANCEL, or the BYE
+    ack: Request | None = None  # the ACK of our INVITE's 2xx, sent again for each retransmission
 
     def send(self) -> None:
         """Send the INVITE (again, after a challenge)."""
@@ -379,9 +380,11 @@ class OutgoingCall(SipCall):
         self._fail(status, response.reason or "", response)
 
     def _ack(self) -> None:
+        """ACK the 2xx; a retransmitted 2xx gets the very same ACK again (s13.2.2.4)."""
         assert self.dialog is not None
-        ack = self.dialog.create_request("ACK", self._via())  # the INVITE's CSeq number
-        self.ua.service.endpoint.send_stateless(ack, self.peer)
+        if self.ack is None:
+            self.ack = self.dialog.create_request("ACK", self._via())  # the INVITE's CSeq
+        self.ua.service.endpoint.send_stateless(self.ack, self.peer)
         self.ua.service.after_application()
 
     def _retry_with_auth(self, challenge: Response) -> bool:
