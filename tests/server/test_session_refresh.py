@@ -108,6 +108,7 @@ async def test_refresh_by_update_or_reinvite_and_481_hangs_up(allow: str) -> Non
                 caller.respond(refresh, 200)  # a retransmitted 2xx is ACKed again
                 again = await caller.receive_request("ACK")
                 assert again.cseq.seq == refresh.cseq.seq
+                assert again.top_via.branch == ack.top_via.branch  # the same ACK (s13.2.2.4)
             assert not call.ended
             call.refresh_session(headers, SDP)
             second = await caller.receive_request(method)

@@ -64,6 +64,7 @@ class SipCall:
     on_notify: Callable[[Request], None] | None = None
     retransmitter: AnswerRetransmitter | None = None
     timer: asyncio.TimerHandle | None = None
+    reinvite_ack: tuple[int, Request] | None = None  # the ACK of our last re-INVITE's 2xx
 
     def _via(self) -> Via:
         return self.ua.via(self.peer)
@@ -146,12 +147,13 @@ class SipCall:
             return
         if request.method == "INVITE" and 200 <= response.status < 300:
             # The 2xx of our re-INVITE is ACKed by us, outside the transaction (s13.2.2.4);
-            # each retransmission of it gets the ACK again.
-            via = self._via()
-            current, self.dialog.local_seq = self.dialog.local_seq, request.cseq.seq
-            ack = self.dialog.create_request("ACK", via)
-            self.dialog.local_seq = current
-            self.ua.service.endpoint.send_stateless(ack, self.peer)
+            # each retransmission of it gets the same ACK again.
+            seq = request.cseq.seq
+            if self.reinvite_ack is None or self.reinvite_ack[0] != seq:
+                current, self.dialog.local_seq = self.dialog.local_seq, seq
+                self.reinvite_ack = (seq, self.dialog.create_request("ACK", self._via()))
+                self.dialog.local_seq = current
+            self.ua.service.endpoint.send_stateless(self.reinvite_ack[1], self.peer)
             self.ua.service.after_application()
         elif request.method == "REFER":
             if response.status >= 200 and self.on_refer_response is not None:
