@@ -194,6 +194,7 @@ class OutgoingAudio(MediaStreamTrack):
         self.queue: deque[tuple[float, Outgoing]] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self.dropped = 0
+        self.started = False  # the sender took its first item
 
     @property
     def id(self) -> str:
@@ -232,13 +233,17 @@ class OutgoingAudio(MediaStreamTrack):
                 await self._waiter
             finally:
                 self._waiter = None
-        # What waited longer than a jitter buffer would (the sender starts once DTLS is up,
-        # and the room has been sending since the answer) would reach the client as one burst,
-        # which its jitter buffer answers by time-compressing the audio: only fresh audio goes.
-        stale = asyncio.get_running_loop().time() - STALE_S
-        while len(self.queue) > 1 and self.queue[0][0] < stale:
-            self.queue.popleft()
-            self.dropped += 1
+        if not self.started:
+            # What waited for the sender to start (it starts once DTLS is up, and the room has
+            # been sending since the answer) would reach the client as one burst, which its
+            # jitter buffer answers by time-compressing the audio: only fresh audio goes.
+            # Later, a late sender catches up with what queued (at most MAX_QUEUED_FRAMES):
+            # dropping it then would cut the audio whenever the loop is busy.
+            self.started = True
+            stale = asyncio.get_running_loop().time() - STALE_S
+            while len(self.queue) > 1 and self.queue[0][0] < stale:
+                self.queue.popleft()
+                self.dropped += 1
         return self.queue.popleft()[1]
 
     def stop(self) -> None:
