@@ -20,6 +20,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 from google.protobuf.message import DecodeError
@@ -32,6 +33,7 @@ from sipbridge.errors import ApiError
 from sipbridge.media import codecs
 from sipbridge.media.dtmf import DIGITS, digit_code
 from sipbridge.media.prompts import PROMPT_RATE, load_prompt
+from sipbridge.rooms import Participant
 from sipbridge.rooms import events as ev
 from sipbridge.server.call_log import CallLog
 from sipbridge.server.call_media import CallMedia, PcmPlayer
@@ -93,6 +95,7 @@ class InboundCallState:
     refreshed_at: float = 0.0
     room: str = ""
     identity: str = ""
+    participant_sid: str = ""  # which participant of that identity is this call's
     track_sid: str = ""
     trunk: proto.SIPInboundTrunkInfo | None = None
     rule: proto.SIPDispatchRuleInfo | None = None
@@ -117,6 +120,7 @@ class InboundCalls:
         media: MediaService,
         *,
         max_calls: int,
+        calls_in_progress: Callable[[], int] | None = None,
         realm: str = "sipbridge",
         auth_secret: bytes | None = None,
     ) -> None:
@@ -125,14 +129,33 @@ class InboundCalls:
         self.call_log = call_log
         self.media = media
         self.max_calls = max_calls
+        # The one call limit counts calls of both directions, PIN entry included (the server
+        # passes its own count; alone, this runner counts its own calls).
+        self.calls_in_progress = calls_in_progress or self.count
         self.realm = realm
         self.digest = DigestServer(auth_secret or secrets.token_bytes(32))
         self.active: dict[str, InboundCallState] = {}  # by participant key room/identity
         self.ringing: dict[str, set[InboundCallState]] = {}  # unanswered calls by room
         self.pending_pins: set[InboundCallState] = set()  # answered, asking for a PIN
+        self.by_participant: dict[str, InboundCallState] = {}  # by participant sid
         self._rejected: OrderedDict[tuple[str, str], tuple[float, int, str]] = OrderedDict()
         self.stats: dict[str, int] = {}
         rooms.listeners.append(self.on_room_event)
+
+    def count(self) -> int:
+        """Calls in progress here: in a room (ringing or answered) or entering a PIN."""
+        return len(self.active) + len(self.pending_pins)
+
+    def stuck(self) -> int:
+        """Calls that break the invariant "every live call has a deadline that ends it": one
+        whose SIP side has ended but that is still held, or that has no live timer left."""
+        now = asyncio.get_running_loop().time()
+        return sum(
+            1
+            for state in (*self.active.values(), *self.pending_pins)
+            if state.call.ended
+            or not any(not t.cancelled() and t.when() >= now for t in state.timers)
+        )
 
     # -- the INVITE ------------------------------------------------------------------------
 
@@ -147,7 +170,7 @@ class InboundCalls:
         if cached is not None and cached[0] > time.monotonic():
             call.reject(cached[1], cached[2])  # same answer to a retry (s1 step 2)
             return
-        if len(self.active) >= self.max_calls:
+        if self.calls_in_progress() >= self.max_calls:
             self._count("overload")
             call.reject(503, "Service Unavailable", {"Retry-After": "5"})
             return
@@ -514,7 +537,12 @@ class InboundCalls:
         info.room_id = room.sid
         info.participant_attributes.update(participant.attributes)
         info.call_status = proto.SIPCallStatus.SCS_PARTICIPANT_JOINED
+        state.participant_sid = participant.sid
+        # A live call with this identity in this room was replaced by the join above (the
+        # registry removed its participant with DUPLICATE_IDENTITY, as LiveKit does): it ends
+        # with BYE when the event reaches it, found by its participant sid.
         self.active[room_participant_key(room_name, identity)] = state
+        self.by_participant[participant.sid] = state
         call.on_end = lambda reason: self._ended(state, reason)
         if answered:
             info.call_status = proto.SIPCallStatus.SCS_ACTIVE
@@ -541,7 +569,32 @@ class InboundCalls:
 
     def _later(self, state: InboundCallState, delay: float, fn: Callable[[], None]) -> None:
         loop = asyncio.get_running_loop()
-        state.timers.append(loop.call_later(delay, fn))
+        state.timers.append(loop.call_later(delay, self._guarded, state, fn))
+
+    def _guarded(self, state: InboundCallState, fn: Callable[[], None]) -> None:
+        """Run a step of a call; if it fails, the call ends (final response or BYE) rather than
+        staying in the registry with nothing left to end it (a zombie)."""
+        try:
+            fn()
+        except Exception:
+            log.exception("call %s: failed, ending it", state.inbound.call_id)
+            self._count("internal_error")
+            state.info.error = state.info.error or "internal error"
+            if state.call.answered:
+                state.call.hangup()
+            else:
+                state.call.reject(500, "Server Internal Error")
+            if not state.call.ended:  # (hangup and reject end it; this only if they could not)
+                state.call._end("error")
+
+    def _participant(self, state: InboundCallState) -> Participant | None:
+        """This call's participant, if it is still in the room: the one with our sid, not a
+        later one that took the same identity."""
+        room = self.rooms.registry.find(state.room)
+        participant = room.participants.get(state.identity) if room else None
+        if participant is None or participant.sid != state.participant_sid:
+            return None
+        return participant
 
     def _someone_listens(self, state: InboundCallState) -> bool:
         """Answer when another SIP participant is already in the room (a bridge)."""
@@ -592,8 +645,7 @@ class InboundCalls:
     def _set_status(self, state: InboundCallState, status: str) -> None:
         if state.leaving and status != "hangup":
             return
-        room = self.rooms.registry.find(state.room)
-        if room is None or state.identity not in room.participants:
+        if self._participant(state) is None:
             return
         participant = self.rooms.registry.update_participant(
             state.room, state.identity, attributes={"sip.callStatus": status}
@@ -636,7 +688,10 @@ class InboundCalls:
             info.error = info.error or f"hung up during PIN entry ({reason})"
             self.call_log.record(info)
             return
-        self.active.pop(room_participant_key(state.room, state.identity), None)
+        key = room_participant_key(state.room, state.identity)
+        if self.active.get(key) is state:
+            del self.active[key]
+        self.by_participant.pop(state.participant_sid, None)
         info = state.info
         now = self.rooms.now()
         info.ended_at = int(now)
@@ -657,8 +712,7 @@ class InboundCalls:
         if not state.leaving:
             state.leaving = True
             self._set_status(state, "hangup")
-            room = self.rooms.registry.find(state.room)
-            if room is not None and state.identity in room.participants:
+            if self._participant(state) is not None:
                 info.disconnect_reason = info.disconnect_reason or disconnect
                 self.rooms.registry.remove(state.room, state.identity, now, info.disconnect_reason)
                 self.rooms.commit()
@@ -667,8 +721,7 @@ class InboundCalls:
     def _attributes_to_headers(self, state: InboundCallState) -> dict[str, str]:
         if state.trunk is None or not state.trunk.attributes_to_headers:
             return {}
-        room = self.rooms.registry.find(state.room)
-        participant = room.participants.get(state.identity) if room else None
+        participant = self._participant(state)
         if participant is None:
             return {}
         return {
@@ -724,22 +777,26 @@ class InboundCalls:
             ):
                 state = self.active.get(room_participant_key(room, publisher))
                 if state is not None:
-                    self._answer(state)
+                    self._guarded(state, partial(self._answer, state))
             case ev.ParticipantJoined(room=room, participant=p) if (
                 p.kind == models.ParticipantInfo.Kind.SIP
             ):
-                for state in list(self.ringing.get(room.name, ())):
-                    if state.identity != p.identity:
-                        self._answer(state)
+                for waiting in list(self.ringing.get(room.name, ())):
+                    if waiting.identity != p.identity:
+                        self._guarded(waiting, partial(self._answer, waiting))
             case ev.DataSent():
                 self._dtmf_to_callers(event)
-            case ev.ParticipantLeft(room=room, participant=p):
-                state = self.active.get(room_participant_key(room.name, p.identity))
+            case ev.ParticipantLeft(participant=p):
+                state = self.by_participant.get(p.sid)
                 if state is not None and not state.leaving:
-                    # Removed from the room side (RemoveParticipant, DeleteRoom, a duplicate).
+                    # Removed from the room side (RemoveParticipant, DeleteRoom, a duplicate
+                    # identity that replaced it: DUPLICATE_IDENTITY, as LiveKit's server does).
                     state.leaving = True
                     state.info.disconnect_reason = p.disconnect_reason
-                    self._hangup(state, "removed")
+                    if p.disconnect_reason == Reason.DUPLICATE_IDENTITY:
+                        self._count("duplicate_identity")
+                        state.info.error = "replaced by a call with the same identity"
+                    self._guarded(state, partial(self._hangup, state, "removed"))
             case _:
                 pass
 

@@ -18,6 +18,7 @@ import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 from livekit.protocol import models
 from livekit.protocol import sip as proto
@@ -26,6 +27,7 @@ from sipbridge import ids
 from sipbridge.errors import ApiError
 from sipbridge.media.dtmf import DIGITS, digit_code
 from sipbridge.media.tones import RINGBACK_ETSI
+from sipbridge.rooms import Participant
 from sipbridge.rooms import events as ev
 from sipbridge.server.auth import Claims
 from sipbridge.server.call_log import CallLog
@@ -89,6 +91,7 @@ class OutboundCallState:
     timers: list[asyncio.TimerHandle] = field(default_factory=list)
     leaving: bool = False
     media_started: bool = False
+    participant_sid: str = ""
 
     @property
     def room(self) -> str:
@@ -116,6 +119,7 @@ class OutboundCalls:
         ua: SipUserAgent,
         *,
         max_calls: int,
+        calls_in_progress: Callable[[], int] | None = None,
     ) -> None:
         self.config = config
         self.rooms = rooms
@@ -123,7 +127,9 @@ class OutboundCalls:
         self.media = media
         self.ua = ua
         self.max_calls = max_calls
+        self.calls_in_progress = calls_in_progress or (lambda: len(self.active))
         self.active: dict[str, OutboundCallState] = {}  # by participant key
+        self.by_participant: dict[str, OutboundCallState] = {}  # by participant sid
         self.stats: dict[str, int] = {}
         rooms.listeners.append(self.on_room_event)
 
@@ -135,7 +141,7 @@ class OutboundCalls:
         trunk = outbound_trunk(req, self.config.outbound)
         numbers = len(trunk.numbers)
         plan = dial_plan(req, trunk, secrets.randbelow(numbers) if numbers else 0)
-        if len(self.active) >= self.max_calls:
+        if self.calls_in_progress() >= self.max_calls:
             raise ApiError("resource_exhausted", "too many calls in progress")
         host = await self._resolve(plan)
         state = self._dial(req, plan, host)
@@ -174,9 +180,26 @@ class OutboundCalls:
         return str(found[0][4][0])
 
     def _participant_sid(self, state: OutboundCallState) -> str:
+        return state.participant_sid if self._participant(state) is not None else ""
+
+    def _participant(self, state: OutboundCallState) -> Participant | None:
+        """This call's participant while it is in the room (not a later one that took the
+        same identity)."""
         room = self.rooms.registry.find(state.room)
         participant = room.participants.get(state.identity) if room else None
-        return participant.sid if participant else ""
+        if participant is None or participant.sid != state.participant_sid:
+            return None
+        return participant
+
+    def stuck(self) -> int:
+        """Calls held here whose SIP side has ended, or with no live timer left to end them."""
+        now = asyncio.get_running_loop().time()
+        return sum(
+            1
+            for state in self.active.values()
+            if state.call.ended
+            or not any(not t.cancelled() and t.when() >= now for t in state.timers)
+        )
 
     # -- dialling --------------------------------------------------------------------------
 
@@ -248,6 +271,7 @@ class OutboundCalls:
         call.on_end = lambda reason: self._ended(state, reason)
         call.on_offer = lambda request: self._reoffer(state, request)
         self.active[room_participant_key(plan.room, plan.identity)] = state
+        self.by_participant[state.participant_sid] = state
         info.call_status = proto.SIPCallStatus.SCS_PARTICIPANT_JOINED
         self.call_log.record(info)
         ringing = seconds_of(req.ringing_timeout) or DEFAULT_RINGING_TIMEOUT_S
@@ -321,6 +345,7 @@ class OutboundCalls:
                     can_subscribe=True, can_publish=True, can_publish_data=True
                 ),
             )
+            state.participant_sid = participant.sid
             track_sid = registry.publish_track(
                 plan.room,
                 plan.identity,
@@ -470,7 +495,10 @@ class OutboundCalls:
         """The call is over (BYE either way, a failure, CANCEL): out of the room, logged."""
         state.cancel_timers()
         self.media.release(state.leg)
-        self.active.pop(room_participant_key(state.room, state.identity), None)
+        key = room_participant_key(state.room, state.identity)
+        if self.active.get(key) is state:
+            del self.active[key]
+        self.by_participant.pop(state.participant_sid, None)
         info = state.info
         now = self.rooms.now()
         info.ended_at, info.ended_at_ns = int(now), int(now * 1e9)
@@ -490,8 +518,7 @@ class OutboundCalls:
         state.leaving = True
         self._set_status(state, "hangup", force=True)
         registry = self.rooms.registry
-        room = registry.find(state.room)
-        if room is not None and state.identity in room.participants:
+        if self._participant(state) is not None:
             registry.remove(state.room, state.identity, self.rooms.now(), reason)
             self.rooms.commit()
 
@@ -506,8 +533,7 @@ class OutboundCalls:
         if state.leaving and not force:
             return
         registry = self.rooms.registry
-        room = registry.find(state.room)
-        if room is None or state.identity not in room.participants:
+        if self._participant(state) is None:
             return
         attributes = {**(extra or {}), ATTR_CALL_STATUS: status}
         try:
@@ -521,8 +547,7 @@ class OutboundCalls:
 
     def _attributes_to_headers(self, state: OutboundCallState) -> dict[str, str]:
         mapping = state.plan.trunk.attributes_to_headers
-        room = self.rooms.registry.find(state.room)
-        participant = room.participants.get(state.identity) if room else None
+        participant = self._participant(state)
         if not mapping or participant is None:
             return {}
         return {
@@ -532,7 +557,20 @@ class OutboundCalls:
         }
 
     def _later(self, state: OutboundCallState, delay: float, fn: Callable[[], None]) -> None:
-        state.timers.append(asyncio.get_running_loop().call_later(delay, fn))
+        state.timers.append(asyncio.get_running_loop().call_later(delay, self._guarded, state, fn))
+
+    def _guarded(self, state: OutboundCallState, fn: Callable[[], None]) -> None:
+        """Run a step of a call; if it fails, the call ends rather than lingering (a zombie)."""
+        try:
+            fn()
+        except Exception:
+            log.exception("call %s: failed, ending it", state.info.call_id)
+            self._count("internal_error")
+            state.info.error = state.info.error or "internal error"
+            if state.call.answered:
+                state.call.hangup()
+            else:  # CANCEL (once the far end has the INVITE); the transaction's end ends it
+                state.call.cancel()
 
     def _not_ringing_timer(self, state: OutboundCallState) -> None:
         """The ringing timeout is the first timer; the answer disarms it."""
@@ -566,12 +604,14 @@ class OutboundCalls:
                     state = self.active.get(key)
                     if state is not None and state.call.answered and not state.leaving:
                         state.leg.send_dtmf(digits[:64])
-            case ev.ParticipantLeft(room=room, participant=p):
-                state = self.active.get(room_participant_key(room.name, p.identity))
+            case ev.ParticipantLeft(participant=p):
+                state = self.by_participant.get(p.sid)
                 if state is not None and not state.leaving:
                     state.leaving = True
                     state.info.disconnect_reason = p.disconnect_reason
-                    self._hangup(state, "removed")
+                    if p.disconnect_reason == Reason.DUPLICATE_IDENTITY:
+                        self._count("duplicate_identity")
+                    self._guarded(state, partial(self._hangup, state, "removed"))
             case _:
                 pass
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from sipbridge.server.sip_transport import SipService
-from sipbridge.sip.dialog import AnswerRetransmitter, Dialog, new_tag
+from sipbridge.sip.dialog import AnswerRetransmitter, Dialog, check_dialog_creating, new_tag
 from sipbridge.sip.digest import DigestClient
 from sipbridge.sip.endpoint import (
     AckReceived,
@@ -240,6 +240,14 @@ class IncomingCall(SipCall):
     ) -> None:
         if self.answered or self.ended:
             return
+        try:
+            dialog = Dialog.as_uas(self.request, self.local_tag)
+        except SipProtocolError:
+            # Checked on arrival, so not expected: still, a call that cannot be answered ends
+            # here with a final response rather than holding its slot (never half-answered).
+            log.warning("call %s: cannot build the dialog, refusing", self.request.call_id)
+            self.reject(500, "Server Internal Error")
+            return
         self.answered = True
         response = self._response(200)
         for name, value in {**self.response_headers, **(headers or {})}.items():
@@ -250,7 +258,7 @@ class IncomingCall(SipCall):
         if body:
             response.body = body
             response.headers.add("Content-Type", content_type)
-        self.dialog = Dialog.as_uas(self.request, self.local_tag)
+        self.dialog = dialog
         self.ua.dialogs[self.dialog.id] = self
         now = self.ua.service.now()
         self.ua.service.endpoint.respond(self.transaction, response, now)
@@ -561,6 +569,16 @@ class SipUserAgent:
         if request.method == "OPTIONS":
             endpoint.respond(transaction, endpoint.options_response(request), now)
         elif request.method == "INVITE":
+            try:
+                check_dialog_creating(request)
+            except SipProtocolError as err:
+                # Refused before any work or slot: 400 with a fixed phrase (s8.2.1 and s12.1.1;
+                # the peer's bytes are never echoed), counted by what was wrong.
+                endpoint.stats[f"invite_refused_{err.detail.replace(' ', '_').lower()}"] += 1
+                endpoint.respond(
+                    transaction, make_response(request, 400, "Bad Request", to_tag=new_tag()), now
+                )
+                return
             call = IncomingCall(ua=self, request=request, transaction=transaction, peer=event.peer)
             self.pending[id(transaction)] = call
             endpoint.respond(transaction, make_response(request, 100), now)

@@ -24,6 +24,34 @@ def new_tag() -> str:
     return secrets.token_hex(8)
 
 
+def check_dialog_creating(request: Request) -> tuple[Uri, list[Address]]:
+    """What a dialog-creating request (an INVITE outside a dialog) must carry for us to build
+    its dialog (s12.1.1, s8.1.1.8), checked before any work is done for it: one Contact with a
+    SIP or SIPS URI (not `*`), a From tag, no To tag, a Record-Route set of SIP URIs, a
+    well-formed CSeq. Returns the remote target and route set; `SipProtocolError(400)` with a
+    fixed detail (never the peer's bytes) otherwise."""
+    try:
+        contacts = request.contacts
+        from_, to = request.from_, request.to
+        route_set = request.record_routes
+        request.cseq  # noqa: B018 - parsed to validate
+    except SipProtocolError:
+        raise SipProtocolError(400, "Bad Request", "malformed dialog header") from None
+    if len(contacts) != 1 or not _usable_target(contacts[0]):
+        raise SipProtocolError(400, "Bad Request", "no usable Contact")
+    if not from_.tag:
+        raise SipProtocolError(400, "Bad Request", "From without a tag")
+    if to.tag is not None:
+        raise SipProtocolError(400, "Bad Request", "To tag outside a dialog")
+    if not all(_usable_target(route) for route in route_set):
+        raise SipProtocolError(400, "Bad Request", "unusable Record-Route")
+    return contacts[0].uri, route_set
+
+
+def _usable_target(address: Address) -> bool:
+    return not address.wildcard and address.uri.is_sip and bool(address.uri.host)
+
+
 @dataclass(slots=True, kw_only=True)
 class Dialog:
     call_id: str
@@ -44,21 +72,19 @@ class Dialog:
 
     @classmethod
     def as_uas(cls, request: Request, local_tag: str) -> Dialog:
-        """The dialog a 1xx/2xx to `request` creates on our side (s12.1.1)."""
-        contacts = request.contacts
-        if not contacts or contacts[0].wildcard:
-            raise SipProtocolError(400, "Bad Request", "INVITE without a Contact")
+        """The dialog a 1xx/2xx to `request` creates on our side (s12.1.1); the request must
+        pass `check_dialog_creating`."""
+        target, route_set = check_dialog_creating(request)
         from_ = request.from_
-        if from_.tag is None:
-            raise SipProtocolError(400, "Bad Request", "From without a tag")
+        assert from_.tag is not None  # checked
         return cls(
             call_id=request.call_id,
             local_tag=local_tag,
             remote_tag=from_.tag,
             local_address=request.to.with_tag(local_tag),
             remote_address=from_,
-            remote_target=contacts[0].uri,
-            route_set=request.record_routes,
+            remote_target=target,
+            route_set=route_set,
             remote_seq=request.cseq.seq,
             secure=request.uri.scheme == "sips",
         )

@@ -276,9 +276,12 @@ class SipEndpoint:
         try:
             response = make_response(request, status, reason, to_tag=_tag())
         except SipProtocolError:
-            return
-        if detail and status == 400:
-            response.reason = f"Bad Request - {detail}"[:120]
+            # A To we cannot parse cannot gain a tag: it is echoed as it came (s8.2.6.2 asks
+            # for the tag; an answer without one still tells the peer, where silence would not).
+            response = make_response(request, status, reason)
+        # The reason phrase stays the fixed one of the status: details may quote the peer's own
+        # bytes, which are never echoed back (a scanner learns nothing; no reflected payloads).
+        self.stats[f"refused_{status}"] += 1
         if status == 405:
             response.headers.add("Allow", ", ".join(self.settings.allow))
         if status == 420:

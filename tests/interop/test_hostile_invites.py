@@ -1,0 +1,247 @@
+"""A SIP port on the internet, first two defects (issue 17): INVITEs that cannot make a dialog
+never take a call slot, and one identity never belongs to two live calls.
+
+Against a real `sipbridge serve`: hand-written INVITEs over UDP for the malformed cases (what a
+fuzzer or a scanner sends), real `sipp` callers for the duplicate identity, a signalling client
+taking a phone's identity, the official `livekit-api` client and `/metrics` to read the result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import shutil
+
+import pytest
+from google.protobuf.duration_pb2 import Duration
+from livekit import api
+from livekit.protocol import models, room, sip
+
+from tests.helpers import ServerProcess
+from tests.interop.test_inbound import CALLED, CALLER, client
+from tests.interop.test_inbound_cases import (
+    SDP,
+    ServerFactory,
+    direct,
+    dispatch_rule,
+    eventually,
+    finished,
+    inbound_trunk,
+    logged_call,
+    options,
+    ringing,
+    serve,  # noqa: F401 - the fixture
+    sip_participants,
+    sipp_task,
+    status_of,
+    subscribe,
+    udp_caller,
+)
+from tests.signal_client import SignalClient
+
+pytestmark = pytest.mark.skipif(
+    not (shutil.which("sipp") and shutil.which("timeout")), reason="sipp comes with `make test`"
+)
+
+DUPLICATE = models.DisconnectReason.DUPLICATE_IDENTITY
+
+
+def raw_invite(port: int, *, drop: tuple[str, ...] = (), extra: tuple[str, ...] = ()) -> bytes:
+    """An INVITE as a caller would send it, less the headers named in `drop` (lowercase) and
+    with the lines of `extra` added: the way each malformed case below is made."""
+    call_id = f"hostile-{secrets.token_hex(6)}@127.0.0.1"
+    lines = {
+        "via": f"Via: SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bK{secrets.token_hex(6)};rport",
+        "from": f"From: <sip:{CALLER}@127.0.0.1>;tag=h{secrets.token_hex(4)}",
+        "to": f"To: <sip:{CALLED}@127.0.0.1>",
+        "call-id": f"Call-ID: {call_id}",
+        "cseq": "CSeq: 1 INVITE",
+        "contact": "Contact: <sip:caller@127.0.0.1:5999>",
+        "max-forwards": "Max-Forwards: 70",
+    }
+    head = [f"INVITE sip:{CALLED}@127.0.0.1:{port} SIP/2.0"]
+    head += [line for name, line in lines.items() if name not in drop]
+    head += [*extra, "Content-Type: application/sdp", f"Content-Length: {len(SDP)}"]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + SDP
+
+
+# case -> (headers dropped, lines added): each cannot make a dialog (RFC 3261 s12.1.1)
+MALFORMED: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "no Contact": (("contact",), ()),
+    "Contact: *": (("contact",), ("Contact: *",)),
+    "malformed Contact": (("contact",), ("Contact: <sip:caller@127.0.0.1:5999",)),
+    "Contact with no SIP URI": (("contact",), ("Contact: <tel:+15550001>",)),
+    "two Contacts": (("contact",), ("Contact: <sip:a@127.0.0.1>", "Contact: <sip:b@127.0.0.1>")),
+    "From without a tag": (("from",), (f"From: <sip:{CALLER}@127.0.0.1>",)),
+    "From with an empty tag": (("from",), (f"From: <sip:{CALLER}@127.0.0.1>;tag=",)),
+    "malformed Record-Route": ((), ("Record-Route: <sip:proxy.example;lr",)),
+    "Record-Route with no SIP URI": ((), ("Record-Route: <tel:+15550002>",)),
+    "malformed To": (("to",), ("To: <sip:nowhere",)),
+    "malformed CSeq": (("cseq",), ("CSeq: one INVITE",)),
+    "malformed Max-Forwards": (("max-forwards",), ("Max-Forwards: many",)),
+}
+
+
+async def metric(server: ServerProcess, name: str) -> float:
+    return (await asyncio.to_thread(server.metrics)).get(name, 0.0)
+
+
+async def calls(server: ServerProcess) -> tuple[float, float]:
+    """(calls in progress, stuck calls) as /metrics shows them."""
+    got = await asyncio.to_thread(server.metrics)
+    return got.get("sipbridge_calls_active", 0.0), got.get("sipbridge_calls_stuck", 0.0)
+
+
+async def ringing_room(lk: api.LiveKitAPI, room_name: str) -> None:
+    """A trunk and a direct rule that would take any call into `room_name`, ringing 30 s."""
+    await inbound_trunk(lk, ringing_timeout=Duration(seconds=30))
+    await dispatch_rule(lk, direct(room_name))
+
+
+async def test_invites_that_cannot_make_a_dialog_get_400_and_hold_no_slot(
+    serve: ServerFactory,  # noqa: F811
+) -> None:
+    server = await serve("--max-calls", "2")
+    port = server.sip_port  # type: ignore[attr-defined]
+    async with client(server) as lk, udp_caller(port) as caller:
+        await ringing_room(lk, "hostile")
+        for case, (drop, extra) in MALFORMED.items():
+            for _ in range(2):  # more of them than --max-calls allows calls
+                got = await caller.responses(raw_invite(port, drop=drop, extra=extra))
+                assert got, f"{case}: no answer at all"
+                final = got[-1]
+                first_line = final.split(b"\r\n", 1)[0]
+                # A fixed reason phrase: nothing of the request is echoed back.
+                assert first_line == b"SIP/2.0 400 Bad Request", (case, first_line)
+                assert [status_of(r) for r in got if status_of(r) >= 180] == [400], (case, got)
+            assert await sip_participants(lk, "hostile") == [], case
+            assert await calls(server) == (0, 0), case
+
+        # Every slot is still free: a good INVITE rings (not 503) and takes one.
+        good = raw_invite(port)
+        got = await caller.responses(good, until=180)
+        assert [status_of(r) for r in got][-1] == 180, got
+        assert await calls(server) == (1, 0)
+        # RemoveParticipant ends it: the slot comes back.
+        (p,) = await sip_participants(lk, "hostile")
+        await lk.room.remove_participant(
+            room.RoomParticipantIdentity(room="hostile", identity=p.identity)
+        )
+        await eventually(lambda: _no_calls(server), "the ringing call to end")
+        pong = await caller.responses(options(port))
+        assert pong and status_of(pong[-1]) == 200, pong
+    assert "room event listener failed" not in server.log.read_text()
+
+
+async def _status(lk: api.LiveKitAPI, room_name: str, status: str) -> bool:
+    found = await sip_participants(lk, room_name)
+    return bool(found) and all(p.attributes["sip.callStatus"] == status for p in found)
+
+
+async def _no_calls(server: ServerProcess) -> bool:
+    return await calls(server) == (0, 0)
+
+
+async def test_a_second_call_with_the_same_identity_ends_the_first(
+    serve: ServerFactory,  # noqa: F811
+) -> None:
+    """Two callers behind one number into one room: the first is hung up with BYE and leaves
+    as DUPLICATE_IDENTITY (as LiveKit's server treats a duplicate identity); the second holds
+    the identity, active, with its own call id; nothing is left behind."""
+    server = await serve()
+    async with client(server) as lk:
+        await ringing_room(lk, "company")
+        other = sipp_task(server, "uac_inbound.xml", caller="+15550012", hold_ms=6000)
+        await ringing(lk, "company", other)
+        first = sipp_task(server, "uac_hung_up.xml", caller="+15550011")
+
+        async def active(identity: str, not_call: str = "") -> models.ParticipantInfo | None:
+            for p in await sip_participants(lk, "company"):
+                if (
+                    p.identity == identity
+                    and p.attributes["sip.callStatus"] == "active"
+                    and p.attributes["sip.callID"] != not_call
+                ):
+                    return p
+            return None
+
+        was = await eventually(lambda: active("sip_+15550011"), "the first caller answered")
+        assert await calls(server) == (2, 0)
+
+        second = sipp_task(server, "uac_inbound.xml", caller="+15550011", hold_ms=1500)
+        await finished(first)  # it got our BYE and answered it
+        now = await eventually(
+            lambda: active("sip_+15550011", not_call=was.attributes["sip.callID"]),
+            "the second caller to hold the identity",
+        )
+        assert now.sid != was.sid
+        identities = sorted(p.identity for p in await sip_participants(lk, "company"))
+        assert identities == ["sip_+15550011", "sip_+15550012"]
+        assert await calls(server) == (2, 0)
+        entry = await logged_call(server, was.attributes["sip.callID"])
+        assert entry["disconnect_reason"] == "DUPLICATE_IDENTITY", entry
+
+        await finished(second)
+        await finished(other)
+        await eventually(lambda: _no_calls(server), "every call to end")
+        assert await sip_participants(lk, "company") == []
+    assert await metric(server, 'sipbridge_inbound_total{outcome="duplicate_identity"}') == 1
+
+
+async def test_a_client_taking_a_phones_identity_hangs_the_phone_up(
+    serve: ServerFactory,  # noqa: F811
+) -> None:
+    server = await serve()
+    async with client(server) as lk:
+        await ringing_room(lk, "taken")
+        phone = sipp_task(server, "uac_hung_up.xml")
+        p = await ringing(lk, "taken", phone)
+        async with SignalClient(server.url, "taken", "agent"):
+            await subscribe(lk, "taken", "agent", p.tracks[0].sid)  # answers the phone
+            await eventually(lambda: _status(lk, "taken", "active"), "the phone answered")
+            async with SignalClient(server.url, "taken", p.identity):
+                await finished(phone)  # the phone got our BYE
+                await eventually(lambda: _no_calls(server), "the phone's call to end")
+                listed = await lk.room.list_participants(room.ListParticipantsRequest(room="taken"))
+                assert sorted((q.identity, q.kind) for q in listed.participants) == [
+                    ("agent", models.ParticipantInfo.Kind.STANDARD),
+                    (p.identity, models.ParticipantInfo.Kind.STANDARD),
+                ]
+        entry = await logged_call(server, p.attributes["sip.callID"])
+        assert entry["disconnect_reason"] == "DUPLICATE_IDENTITY", entry
+
+
+async def test_a_call_limit_counts_both_directions_and_pin_entry(
+    serve: ServerFactory,  # noqa: F811
+) -> None:
+    """`--max-calls 1`: a caller entering a PIN holds the only slot; the next INVITE is 503
+    and CreateSIPParticipant is refused."""
+    server = await serve("--max-calls", "1")
+    port = server.sip_port  # type: ignore[attr-defined]
+    async with client(server) as lk, udp_caller(port) as caller:
+        await inbound_trunk(lk)
+        await dispatch_rule(
+            lk,
+            sip.SIPDispatchRule(
+                dispatch_rule_direct=sip.SIPDispatchRuleDirect(room_name="locked", pin="1234")
+            ),
+        )
+        got = await caller.responses(raw_invite(port))  # answered: the PIN prompt plays
+        assert status_of(got[-1]) == 200, got
+        assert await calls(server) == (1, 0)
+        refused = await caller.responses(raw_invite(port))
+        assert status_of(refused[-1]) == 503, refused
+        trunk = await lk.sip.create_outbound_trunk(
+            sip.CreateSIPOutboundTrunkRequest(
+                trunk=sip.SIPOutboundTrunkInfo(
+                    name="out", address="127.0.0.1:9", numbers=["+15550100"]
+                )
+            )
+        )
+        with pytest.raises(api.TwirpError) as err:
+            await lk.sip.create_sip_participant(
+                sip.CreateSIPParticipantRequest(
+                    sip_trunk_id=trunk.sip_trunk_id, sip_call_to="+15550199", room_name="out"
+                )
+            )
+        assert err.value.code == "resource_exhausted"
