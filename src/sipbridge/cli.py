@@ -52,6 +52,13 @@ def _serve_parser(sub: Any) -> None:
     p.add_argument("--webhook", metavar="URL", action="append", help="webhook URL (repeatable)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.add_argument("--max-calls", type=int, metavar="N", help="concurrent calls (1000)")
+    p.add_argument(
+        "--session-min-se",
+        type=int,
+        metavar="SECONDS",
+        help="RFC 4028 session timers: the shortest session interval taken, our Min-SE (90; "
+        "below 90 only for peers and tests that need it)",
+    )
     p.add_argument("--config", metavar="FILE", help="YAML file with the same settings")
 
 
@@ -428,6 +435,7 @@ def _serve(args: argparse.Namespace) -> int:
             webhooks=args.webhook,
             log_level=args.log_level,
             max_calls=args.max_calls,
+            session_min_se=args.session_min_se,
             config_file=args.config,
         )
     except ConfigError as exc:

@@ -47,6 +47,7 @@ class Settings:
     webhooks: tuple[str, ...] = ()
     log_level: str = "info"
     max_calls: int = 1000
+    session_min_se: int = 90  # RFC 4028: the shortest session interval we take (Min-SE)
 
     @property
     def media_address(self) -> str:
@@ -153,6 +154,7 @@ def _from_yaml(path: str) -> dict[str, Any]:
         "webhooks",
         "log_level",
         "max_calls",
+        "session_min_se",
     }
     unknown = set(doc) - known
     if unknown:
@@ -178,6 +180,7 @@ def build_settings(
     webhooks: list[str] | None = None,
     log_level: str | None = None,
     max_calls: int | None = None,
+    session_min_se: int | None = None,
     config_file: str | None = None,
     environ: Mapping[str, str] = os.environ,
 ) -> Settings:
@@ -271,6 +274,16 @@ def build_settings(
         if not isinstance(max_calls, int) or isinstance(max_calls, bool) or max_calls < 1:
             raise ConfigError("max_calls: expected a positive whole number")
         s = replace(s, max_calls=max_calls)
+    if "session_min_se" in doc and session_min_se is None:
+        session_min_se = doc["session_min_se"]
+    if session_min_se is not None:
+        if (
+            not isinstance(session_min_se, int)
+            or isinstance(session_min_se, bool)
+            or not 1 <= session_min_se <= 86400
+        ):
+            raise ConfigError("session_min_se: expected whole seconds, 1 to 86400")
+        s = replace(s, session_min_se=session_min_se)
     if not s.media_ip and ipaddress.ip_address(_bare(s.sip.host)).is_unspecified:
         raise ConfigError(f"--sip {s.sip} binds every address: name the one SDP gives, --media-ip")
     if s.log_level not in LOG_LEVELS:

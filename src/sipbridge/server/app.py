@@ -79,6 +79,7 @@ class Server:
             self.media,
             max_calls=settings.max_calls,
             calls_in_progress=self.calls_in_progress,
+            session_min_se=settings.session_min_se,
         )
         # The address in our Via, Contact and From: the SIP host, or the media address when SIP
         # listens on every address (--media-ip is then required).

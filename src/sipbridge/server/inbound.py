@@ -39,13 +39,14 @@ from sipbridge.server.call_log import CallLog
 from sipbridge.server.call_media import CallMedia, PcmPlayer
 from sipbridge.server.media_service import MediaService
 from sipbridge.server.rooms_runtime import RoomsRuntime
+from sipbridge.server.session_timers import SessionTimerDriver
 from sipbridge.server.sip_config import SipConfig
 from sipbridge.server.sip_ua import IncomingCall
 from sipbridge.sip import sdp
 from sipbridge.sip.digest import AuthOutcome, DigestServer
 from sipbridge.sip.errors import SipProtocolError
-from sipbridge.sip.headers import parse_session_expires
 from sipbridge.sip.message import Request
+from sipbridge.sip.ua.session_timer import RFC_MIN_SE, SessionIntervalTooSmall, SessionTimer
 from sipbridge.telephony.inbound import (
     InboundCall,
     TrunkConflict,
@@ -75,7 +76,6 @@ DTMF_CHARACTERS = frozenset(DIGITS + DIGITS.lower() + "wW")
 REJECT_CACHE_SIZE = 5000
 REJECT_CACHE_TTL_S = 60.0
 MAX_NUMBER_LENGTH = 128
-MIN_SESSION_EXPIRES_S = 90  # RFC 4028 s4 recommends at least 90 s
 Status = models.ParticipantInfo.Kind
 Reason = models.DisconnectReason
 
@@ -90,9 +90,7 @@ class InboundCallState:
     leg: CallMedia | None = None
     policy: MediaPolicy = field(default_factory=MediaPolicy)
     pin: str | None = None  # digits entered so far while a PIN is asked for
-    session_interval: int = 0  # RFC 4028: refreshed within this, else hung up
-    refresh_by_us: bool = False  # refresher=uas: we send the refreshes
-    refreshed_at: float = 0.0
+    session_timer: SessionTimerDriver | None = None  # RFC 4028, negotiated on the INVITE
     room: str = ""
     identity: str = ""
     participant_sid: str = ""  # which participant of that identity is this call's
@@ -123,8 +121,10 @@ class InboundCalls:
         calls_in_progress: Callable[[], int] | None = None,
         realm: str = "sipbridge",
         auth_secret: bytes | None = None,
+        session_min_se: int = RFC_MIN_SE,
     ) -> None:
         self.config = config
+        self.session_min_se = session_min_se  # RFC 4028: shorter session intervals get 422
         self.rooms = rooms
         self.call_log = call_log
         self.media = media
@@ -257,67 +257,30 @@ class InboundCalls:
         return False
 
     def _session_timer(self, state: InboundCallState) -> bool:
-        """RFC 4028 as UAS: 422 below our Min-SE; when the caller supports timers, it refreshes
-        (refresher=uac) and we hang up a session not refreshed in time. False: rejected."""
-        request = state.call.request
-        value = request.headers.get("Session-Expires")
-        if value is None:
-            return True
-        wanted = parse_session_expires(value)
-        if wanted.seconds < MIN_SESSION_EXPIRES_S:
+        """RFC 4028 as UAS (`sip/ua/session_timer.py`): 422 below our Min-SE; when the caller
+        supports timers, the refresher it chose (itself, unless it said uas) refreshes, and a
+        session not refreshed in time is hung up. False: rejected."""
+        timer = SessionTimer(uac=False, min_se=self.session_min_se)
+        try:
+            state.call.response_headers = timer.invite_received(state.call.request)
+        except SessionIntervalTooSmall as err:
             self._count("rejected_422")
-            state.call.reject(
-                422, "Session Interval Too Small", {"Min-SE": str(MIN_SESSION_EXPIRES_S)}
-            )
+            state.call.reject(err.status, err.reason, err.headers)
             return False
-        supported = {
-            item.strip().lower()
-            for line in request.headers.get_all("Supported")
-            for item in line.split(",")
-        }
-        if "timer" in supported:
-            # The caller's choice of refresher is kept (s9); unsaid, the caller refreshes.
-            refresher = wanted.refresher or "uac"
-            state.session_interval = wanted.seconds
-            state.refresh_by_us = refresher == "uas"
-            state.call.response_headers = {
-                "Session-Expires": f"{wanted.seconds};refresher={refresher}",
-                "Require": "timer",
-            }
+        state.session_timer = SessionTimerDriver(
+            timer,
+            state.call,
+            session=lambda: state.answer_sdp,
+            on_expired=lambda reason: self._session_expired(state, reason),
+            on_refresh=lambda: self._count("session_refreshed"),
+        )
         return True
 
-    def _watch_session(self, state: InboundCallState) -> None:
-        """Hang up when the refresher let the session expire (RFC 4028 s10: BYE shortly before
-        the expiry, the smaller of 32 s and a third of the interval)."""
-        interval = state.session_interval
-        if not interval:
-            return
-        state.refreshed_at = time.monotonic()
-        if state.refresh_by_us:
-            # We are the refresher: refresh at half the interval (s7.4), for as long as it lasts.
-            def refresh() -> None:
-                self._count("session_refreshed")
-                state.call.refresh_session(
-                    {"Session-Expires": f"{interval};refresher=uas", "Supported": "timer"},
-                    state.answer_sdp,
-                )
-                self._later(state, interval / 2, refresh)
-
-            self._later(state, interval / 2, refresh)
-            return
-        margin = min(32.0, interval / 3)
-
-        def check() -> None:
-            due = state.refreshed_at + interval - margin
-            left = due - time.monotonic()
-            if left > 0:
-                self._later(state, left, check)
-                return
-            self._count("session_expired")
-            state.info.error = "session expired (RFC 4028)"
-            self._hangup(state, "session-expired")
-
-        self._later(state, interval - margin, check)
+    def _session_expired(self, state: InboundCallState, reason: str) -> None:
+        """No refresh came in time, or ours failed (RFC 4028 s10): BYE."""
+        self._count("session_expired")
+        state.info.error = reason
+        self._hangup(state, "session-expired")
 
     def _open_media(self, state: InboundCallState) -> bytes:
         """The SDP answer and the call's RTP leg (488 when the offer has nothing for us)."""
@@ -344,8 +307,16 @@ class InboundCalls:
 
     def _reoffer(self, state: InboundCallState, request: Request) -> bytes:
         """A re-INVITE or UPDATE: hold, resume, a new address or codec; the call is kept. Either
-        refreshes the session (RFC 4028 s10)."""
-        state.refreshed_at = time.monotonic()
+        refreshes the session (RFC 4028 s10), and its 2xx says the session timer again."""
+        timer = state.session_timer
+        if timer is not None:
+            timer.check(request)  # 422 before anything changes
+        body = self._reoffer_media(state, request)
+        if timer is not None:
+            state.call.response_headers = timer.refreshed(request)
+        return body
+
+    def _reoffer_media(self, state: InboundCallState, request: Request) -> bytes:
         body = request.body
         if state.leg is None:
             raise SipProtocolError(488, "Not Acceptable Here")
@@ -626,7 +597,8 @@ class InboundCalls:
         self._start_media(state)
         if state.leg is not None:
             self.media.attach(state.leg, state.room)
-        self._watch_session(state)
+        if state.session_timer is not None:
+            state.session_timer.start()
         duration = seconds_of(state.trunk.max_call_duration if state.trunk else None)
         self._later(
             state, duration or DEFAULT_MAX_CALL_DURATION_S, lambda: self._hangup(state, "max")
@@ -675,6 +647,8 @@ class InboundCalls:
     def _ended(self, state: InboundCallState, reason: str) -> None:
         """The call is over (BYE either way, CANCEL, rejection, timeout): leave the room."""
         state.cancel_timers()
+        if state.session_timer is not None:
+            state.session_timer.close()
         self._not_ringing(state)
         self._release_media(state)
         self.pending_pins.discard(state)

@@ -30,6 +30,7 @@ from sipbridge.sip.errors import SipProtocolError
 from sipbridge.sip.headers import Address, Via
 from sipbridge.sip.message import Request, Response, make_response
 from sipbridge.sip.transaction import ClientTransaction, ServerTransaction, new_branch
+from sipbridge.sip.ua.session_timer import SessionIntervalTooSmall
 from sipbridge.sip.uri import Uri
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,9 @@ class SipCall:
     # A transfer we asked for (REFER): its final response, and the NOTIFYs reporting progress.
     on_refer_response: Callable[[int, str], None] | None = None
     on_notify: Callable[[Request], None] | None = None
+    # The final response to a session refresh we sent (re-INVITE or UPDATE), or None when none
+    # came: the call's RFC 4028 session timer (`server/session_timers.py`) takes it.
+    on_refresh_response: Callable[[Response | None], None] | None = None
     retransmitter: AnswerRetransmitter | None = None
     timer: asyncio.TimerHandle | None = None
     reinvite_ack: tuple[int, Request] | None = None  # the ACK of our last re-INVITE's 2xx
@@ -145,17 +149,22 @@ class SipCall:
         """A response to a request we sent in this dialog."""
         if self.ended or self.dialog is None:
             return
+        refresh = request.method in ("INVITE", "UPDATE") and response.status >= 200
         if request.method == "INVITE" and 200 <= response.status < 300:
             # The 2xx of our re-INVITE is ACKed by us, outside the transaction (s13.2.2.4);
             # each retransmission of it gets the same ACK again.
             seq = request.cseq.seq
-            if self.reinvite_ack is None or self.reinvite_ack[0] != seq:
+            refresh = self.reinvite_ack is None or self.reinvite_ack[0] != seq  # not again
+            if refresh:
                 current, self.dialog.local_seq = self.dialog.local_seq, seq
                 self.reinvite_ack = (seq, self.dialog.create_request("ACK", self._via()))
                 self.dialog.local_seq = current
+            assert self.reinvite_ack is not None
             self.ua.service.endpoint.send_stateless(self.reinvite_ack[1], self.peer)
             self.ua.service.after_application()
-        elif request.method == "REFER":
+        if refresh and self.on_refresh_response is not None:
+            self.on_refresh_response(response)  # (may end the call: then nothing below does)
+        if request.method == "REFER":
             if response.status >= 200 and self.on_refer_response is not None:
                 self.on_refer_response(response.status, response.reason or "")
         elif response.status in (408, 481):
@@ -210,6 +219,7 @@ class SipCall:
         on_end, self.on_end, self.on_ack = self.on_end, None, None  # no cycles left behind
         self.on_offer = self.on_answer = None
         self.on_notify = self.on_refer_response = None
+        self.on_refresh_response = None
         for key in [k for k, (call, _) in self.ua.requests.items() if call is self]:
             del self.ua.requests[key]
         if on_end is not None:
@@ -549,6 +559,8 @@ class SipUserAgent:
                     sent[0].on_refer_response(408, "Request Timeout")
             elif sent is not None and sent[1].method != "BYE":
                 log.info("call %s: no answer to our %s", sent[0].request.call_id, sent[1].method)
+                if sent[1].method in ("INVITE", "UPDATE") and sent[0].on_refresh_response:
+                    sent[0].on_refresh_response(None)
                 sent[0].hangup()
 
     def _find_dialog(self, request: Request) -> SipCall | None:
@@ -637,7 +649,11 @@ class SipUserAgent:
             try:
                 body = call.on_offer(request)
             except SipProtocolError as err:
-                endpoint.respond(transaction, make_response(request, err.status, err.reason), now)
+                refusal = make_response(request, err.status, err.reason)
+                if isinstance(err, SessionIntervalTooSmall):  # 422 carries Min-SE (RFC 4028 s9)
+                    for name, value in err.headers.items():
+                        refusal.headers.add(name, value)
+                endpoint.respond(transaction, refusal, now)
                 return
         response = make_response(request, 200)
         for name, value in call.response_headers.items():
