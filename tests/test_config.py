@@ -332,6 +332,20 @@ def test_bad_flags(flag: str, value: Any, fragment: str) -> None:
     assert fragment in config_error(dev=True, **{flag: value})
 
 
+def test_session_min_se_from_flag_or_yaml(yaml_file: Any) -> None:
+    """RFC 4028's Min-SE: 90 s unless said (lower for peers and tests that need it)."""
+    assert build(dev=True).session_min_se == 90
+    assert build(dev=True, session_min_se=8).session_min_se == 8
+    assert build(config_file=yaml_file("dev: true\nsession_min_se: 120\n")).session_min_se == 120
+    both = build(config_file=yaml_file("dev: true\nsession_min_se: 120\n"), session_min_se=30)
+    assert both.session_min_se == 30
+
+
+@pytest.mark.parametrize("value", [0, -5, 86401, True, "90"])
+def test_bad_session_min_se(value: Any) -> None:
+    assert "session_min_se: expected whole seconds" in config_error(dev=True, session_min_se=value)
+
+
 # -- parsers --------------------------------------------------------------------------------------
 
 

@@ -98,6 +98,7 @@ class Server:
             self.sip_ua,
             max_calls=settings.max_calls,
             calls_in_progress=self.calls_in_progress,
+            session_min_se=settings.session_min_se,
         )
         self.registrations = Registrations(self.sip_config, self.sip_ua)
         self.transfers = Transfers(

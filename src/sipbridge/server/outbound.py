@@ -41,6 +41,7 @@ from sipbridge.server.inbound import (
 )
 from sipbridge.server.media_service import MediaService
 from sipbridge.server.rooms_runtime import RoomsRuntime
+from sipbridge.server.session_timers import SessionTimerDriver
 from sipbridge.server.sip_config import SipConfig
 from sipbridge.server.sip_ua import OutgoingCall, SipUserAgent
 from sipbridge.sip import sdp
@@ -50,6 +51,7 @@ from sipbridge.sip.errors import SipProtocolError
 from sipbridge.sip.headers import Address
 from sipbridge.sip.message import Request, Response
 from sipbridge.sip.transaction import new_branch
+from sipbridge.sip.ua.session_timer import DEFAULT_SESSION_EXPIRES, RFC_MIN_SE, SessionTimer
 from sipbridge.sip.uri import Uri, parse_uri
 from sipbridge.telephony.inbound import ATTR_CALL_STATUS, ATTR_CALL_TAG
 from sipbridge.telephony.media import MediaPolicy, media_policy
@@ -92,6 +94,7 @@ class OutboundCallState:
     leaving: bool = False
     media_started: bool = False
     participant_sid: str = ""
+    session_timer: SessionTimerDriver | None = None  # RFC 4028, decided by the 2xx
 
     @property
     def room(self) -> str:
@@ -120,6 +123,7 @@ class OutboundCalls:
         *,
         max_calls: int,
         calls_in_progress: Callable[[], int] | None = None,
+        session_min_se: int = RFC_MIN_SE,
     ) -> None:
         self.config = config
         self.rooms = rooms
@@ -128,6 +132,7 @@ class OutboundCalls:
         self.ua = ua
         self.max_calls = max_calls
         self.calls_in_progress = calls_in_progress or (lambda: len(self.active))
+        self.session_min_se = session_min_se  # RFC 4028: our INVITE's Min-SE
         self.active: dict[str, OutboundCallState] = {}  # by participant key
         self.by_participant: dict[str, OutboundCallState] = {}  # by participant sid
         self.stats: dict[str, int] = {}
@@ -236,7 +241,12 @@ class OutboundCalls:
             info.error = err.detail or err.reason
             self.call_log.record(info)
             raise ApiError("resource_exhausted", f"cannot place the call: {info.error}") from None
-        invite = self._invite(plan, peer, sip_call_id, body)
+        timer = SessionTimer(
+            uac=True,
+            min_se=self.session_min_se,
+            session_expires=max(DEFAULT_SESSION_EXPIRES, self.session_min_se),
+        )
+        invite = self._invite(plan, peer, sip_call_id, body, timer.invite_headers())
         info.from_uri.CopyFrom(proto.SIPUri(user=plan.from_number, host=invite.from_.uri.host))
         info.to_uri.CopyFrom(proto.SIPUri(user=plan.to_user, host=plan.host, port=plan.port))
         call = OutgoingCall(ua=self.ua, request=invite, peer=peer, local_tag=invite.from_.tag or "")
@@ -253,6 +263,14 @@ class OutboundCalls:
             sdp=body,
         )
         holder["state"] = state
+        state.session_timer = SessionTimerDriver(
+            timer,
+            call,
+            session=lambda: state.sdp,
+            on_expired=lambda reason: self._session_expired(state, reason),
+            on_refresh=lambda: self._count("session_refreshed"),
+        )
+        call.on_interval_too_small = timer.invite_refused
         try:
             self._join(state, req, sip_call_id)
         except ApiError:
@@ -293,7 +311,12 @@ class OutboundCalls:
         call.send()
         return state
 
-    def _invite(self, plan: DialPlan, peer: Peer, sip_call_id: str, body: bytes) -> Request:
+    def _invite(
+        self, plan: DialPlan, peer: Peer, sip_call_id: str, body: bytes, timer: dict[str, str]
+    ) -> Request:
+        """Our INVITE: the SDP offer, and session timers offered (RFC 4028 s7.1: `timer` in
+        Supported - all we support -, Session-Expires and Min-SE); the 2xx decides who
+        refreshes."""
         transport = (("transport", plan.transport),) if plan.transport != "udp" else ()
         target = Uri(
             scheme="sip", user=plan.to_user, host=plan.host, port=plan.port, params=transport
@@ -312,7 +335,9 @@ class OutboundCalls:
         request.headers.add("CSeq", "1 INVITE")
         request.headers.add("Contact", str(self.ua.contact(peer)))
         request.headers.add("Allow", ", ".join(self.ua.service.endpoint.settings.allow))
-        request.headers.add("Supported", "timer, replaces")
+        request.headers.add("Supported", ", ".join(self.ua.service.endpoint.settings.supported))
+        for name, value in timer.items():
+            request.headers.add(name, value)
         for name, value in plan.headers.items():
             request.headers.add(name, value)
         request.headers.add("Content-Type", "application/sdp")
@@ -411,6 +436,9 @@ class OutboundCalls:
             leg, timeout=state.policy.media_timeout, on_timeout=lambda: self._media_timeout(state)
         )
         self._later(state, state.max_duration, lambda: self._hangup(state, "max"))
+        if state.session_timer is not None:
+            state.session_timer.timer.answer_received(response)
+            state.session_timer.start()
         self.media.attach(leg, state.room)
         if state.dtmf:
             self._set_status(state, "automation", extra)
@@ -463,7 +491,17 @@ class OutboundCalls:
         self._leave(state, state.info.disconnect_reason)
 
     def _reoffer(self, state: OutboundCallState, request: Request) -> bytes:
-        """A re-INVITE or UPDATE from the phone's side: hold, resume, a new address or codec."""
+        """A re-INVITE or UPDATE from the phone's side: hold, resume, a new address or codec.
+        Either refreshes the session (RFC 4028 s10); its 2xx says the session timer again."""
+        timer = state.session_timer
+        if timer is not None:
+            timer.check(request)  # 422 before anything changes
+        body = self._reoffer_media(state, request)
+        if timer is not None:
+            state.call.response_headers = timer.refreshed(request)
+        return body
+
+    def _reoffer_media(self, state: OutboundCallState, request: Request) -> bytes:
         if not request.body:
             # An UPDATE without SDP only refreshes; a re-INVITE without one asks for our
             # session as the offer, answered in the ACK (RFC 3261 s14.2).
@@ -481,6 +519,12 @@ class OutboundCalls:
         state.info.disconnect_reason = Reason.MEDIA_FAILURE
         self._hangup(state, "media-timeout")
 
+    def _session_expired(self, state: OutboundCallState, reason: str) -> None:
+        """No refresh came in time, or ours failed (RFC 4028 s10): BYE."""
+        self._count("session_expired")
+        state.info.error = reason
+        self._hangup(state, "session-expired")
+
     def _hangup(self, state: OutboundCallState, why: str) -> None:
         if state.call.ended:
             return
@@ -494,6 +538,8 @@ class OutboundCalls:
     def _ended(self, state: OutboundCallState, reason: str) -> None:
         """The call is over (BYE either way, a failure, CANCEL): out of the room, logged."""
         state.cancel_timers()
+        if state.session_timer is not None:
+            state.session_timer.close()
         self.media.release(state.leg)
         key = room_participant_key(state.room, state.identity)
         if self.active.get(key) is state:

@@ -319,6 +319,8 @@ class OutgoingCall(SipCall):
     on_progress: Callable[[Response], None] | None = None  # a 1xx other than 100
     on_answered: Callable[[Response], None] | None = None
     on_failed: Callable[[int, str, Response | None], None] | None = None  # status, reason
+    # A 422 (RFC 4028 s7.4): the session timer headers to send the INVITE again with, or None
+    on_interval_too_small: Callable[[Response], dict[str, str] | None] | None = None
     provisional: bool = False
     cancelling: bool = False
     cancel_sent: bool = False
@@ -397,6 +399,11 @@ class OutgoingCall(SipCall):
         self.final = response
         if status in (401, 407) and not self.cancelling and self._retry_with_auth(response):
             return
+        if status == 422 and not self.cancelling and self.on_interval_too_small is not None:
+            headers = self.on_interval_too_small(response)
+            if headers is not None:
+                self._resend(headers)
+                return
         self._fail(status, response.reason or "", response)
 
     def _ack(self) -> None:
@@ -419,19 +426,30 @@ class OutgoingCall(SipCall):
         except SipProtocolError:
             return False
         self.auth_tries += 1
+        self._resend({"Proxy-Authorization" if proxy else "Authorization": answer})
+        return True
+
+    def _resend(self, headers: dict[str, str]) -> None:
+        """The INVITE again, in a new transaction with the next CSeq (s8.1.3.5), `headers`
+        replacing its own of those names; credentials are never carried over."""
+        replaced = {name.lower() for name in headers} | {
+            "via",
+            "authorization",
+            "proxy-authorization",
+        }
         retry = Request(method="INVITE", uri=self.request.uri)
         for name, value in self.request.headers:
-            if name.lower() in ("via", "authorization", "proxy-authorization"):
+            if name.lower() in replaced:
                 continue
             cseq = name.lower() == "cseq"
             retry.headers.add(name, f"{self.request.cseq.seq + 1} INVITE" if cseq else value)
         retry.headers.prepend("Via", str(self._via().with_params(branch=new_branch())))
-        retry.headers.add("Proxy-Authorization" if proxy else "Authorization", answer)
+        for name, value in headers.items():
+            retry.headers.add(name, value)
         retry.body = self.request.body
         self.request = retry
         self.provisional = False
         self.send()
-        return True
 
     def transaction_failed(self, timed_out: bool) -> None:
         """No final response (Timer B) or the transport failed."""
@@ -453,6 +471,7 @@ class OutgoingCall(SipCall):
         if self.transaction is not None:
             self.ua.invites.pop(id(self.transaction), None)
         self.on_progress = self.on_answered = None
+        self.on_interval_too_small = None
 
 
 def allowed_methods(message: Request | Response) -> frozenset[str]:

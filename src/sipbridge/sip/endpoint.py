@@ -40,7 +40,9 @@ from sipbridge.sip.transaction import (
 
 # REFER is ours to send (TransferSIPParticipant), not to take: a carrier's REFER gets 405.
 ALLOW = ("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "INFO", "NOTIFY", "UPDATE")
-SUPPORTED = ("replaces", "timer")
+# Only what is implemented: RFC 4028 session timers (sip/ua/session_timer.py). Not `replaces`
+# (RFC 3891): nothing takes an INVITE with Replaces, so a Require of it gets 420.
+SUPPORTED = ("timer",)
 ACCEPT = ("application/sdp",)
 MAX_TRANSACTIONS = 100_000
 
