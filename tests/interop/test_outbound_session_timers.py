@@ -11,7 +11,8 @@ so what takes 90 s at RFC 4028's floor takes 8 here. The behaviour is the same a
   carrying our SDP);
 - as refreshee we hang up a session the carrier does not refresh, before the interval passes.
 sipp also checks our INVITE: `Supported: timer` and nothing else, `Session-Expires: 1800`, and
-our `Min-SE`.
+our `Min-SE`; and a carrier answering 422 with a larger Min-SE gets the INVITE again asking for
+that (RFC 4028 s7.4).
 """
 
 from __future__ import annotations
@@ -152,3 +153,24 @@ async def test_as_refreshee_we_hang_up_a_session_nobody_refreshes(
     entry = next(e for e in await call_log(sip_server) if e["call_id"] == created.sip_call_id)
     assert entry["call_status"] == "SCS_DISCONNECTED", entry
     assert "session expired" in entry["error"], entry
+
+
+async def test_a_422_is_retried_with_the_interval_the_carrier_asks_for(
+    sip_server: ServerProcess,
+) -> None:
+    async with (
+        client(sip_server) as lk,
+        carrier("uas_session_422.xml", timeout=20) as (port, sipp_task),
+    ):
+        trunk_id = await make_trunk(lk, port)
+        created = await lk.sip.create_sip_participant(
+            sip.CreateSIPParticipantRequest(
+                sip_trunk_id=trunk_id, sip_call_to=NUMBER, room_name=ROOM, wait_until_answered=True
+            )
+        )
+        identity = created.participant_identity
+        phone = (await participants(lk))[identity]
+        assert phone.attributes["sip.callStatus"] == "active"
+        await lk.room.remove_participant(room.RoomParticipantIdentity(room=ROOM, identity=identity))
+        code, out = await sipp_task  # it saw 1800, then 1900 with Min-SE 1900 in CSeq 2
+        assert code == 0, out

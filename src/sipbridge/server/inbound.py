@@ -380,6 +380,8 @@ class InboundCalls:
         state.call.on_end = lambda reason: self._ended(state, reason)
         self.pending_pins.add(state)
         state.call.answer(body, headers=dict(state.trunk.headers) if state.trunk else {})
+        if state.session_timer is not None:  # from the 2xx, PIN entry included (RFC 4028)
+            state.session_timer.start()
         self._count("pin_asked")
         self._start_media(state)
         self.media.attach(leg, f"\x00pin\x00{id(state)}")  # a room of its own: prompts only

@@ -39,7 +39,8 @@ class SessionTimerDriver:
         call.on_refresh_response = self.refresh_response
 
     def start(self) -> None:
-        """The INVITE's 2xx is sent or received: the first interval starts."""
+        """The INVITE's 2xx is sent or received: the first interval starts (once; later calls
+        change nothing)."""
         self.timer.start(self._now())
         self._arm()
 

@@ -123,9 +123,10 @@ class SipCall:
             self.on_ack()
 
     def refresh_session(self, headers: dict[str, str], body: bytes = b"") -> None:
-        """Refresh the session as its refresher (RFC 4028 s7.4 as UAS-refresher): UPDATE when
-        the peer allows it (no SDP, s9), else a re-INVITE repeating our session (`body`). A 408
-        or 481 answer, or no answer, ends the call with BYE (s10)."""
+        """Refresh the session as its refresher (RFC 4028 s7.4, either side of the INVITE):
+        UPDATE when the peer allows it (no SDP, s9), else a re-INVITE repeating our session
+        (`body`). Its final response goes to `on_refresh_response`; a 408 or 481 answer, or no
+        answer, ends the call with BYE (s10)."""
         if self.dialog is None or self.ended:
             return
         allow = self.remote_allow or allowed_methods(self.request)
