@@ -18,6 +18,7 @@ from sipbridge.rooms import RoomRegistry
 from sipbridge.server import metrics
 from sipbridge.server.agents import AgentService
 from sipbridge.server.call_log import CallLog
+from sipbridge.server.call_runner import CallServices
 from sipbridge.server.inbound import InboundCalls
 from sipbridge.server.media_service import MediaService
 from sipbridge.server.outbound import OutboundCalls
@@ -72,15 +73,16 @@ class Server:
         self.signal = SignalServer(self.rooms, dict(settings.keys), media=self.media)
         self.agents = AgentService(self.rooms, dict(settings.keys), public_url="")
         self.agents.register(self.twirp)
-        self.inbound = InboundCalls(
-            self.sip_config,
-            self.rooms,
-            self.call_log,
-            self.media,
+        calls = CallServices(
+            config=self.sip_config,
+            rooms=self.rooms,
+            call_log=self.call_log,
+            media=self.media,
             max_calls=settings.max_calls,
             calls_in_progress=self.calls_in_progress,
             session_min_se=settings.session_min_se,
         )
+        self.inbound = InboundCalls(calls)
         # The address in our Via, Contact and From: the SIP host, or the media address when SIP
         # listens on every address (--media-ip is then required).
         wildcard = settings.sip.host in ("0.0.0.0", "::")
@@ -90,16 +92,7 @@ class Server:
         if settings.tls_ca:
             self.sip.client_tls = ssl.create_default_context(cafile=settings.tls_ca)
         self.sip_ua.attach(self.sip)
-        self.outbound = OutboundCalls(
-            self.sip_config,
-            self.rooms,
-            self.call_log,
-            self.media,
-            self.sip_ua,
-            max_calls=settings.max_calls,
-            calls_in_progress=self.calls_in_progress,
-            session_min_se=settings.session_min_se,
-        )
+        self.outbound = OutboundCalls(calls, self.sip_ua)
         self.registrations = Registrations(self.sip_config, self.sip_ua)
         self.transfers = Transfers(
             self.rooms,

@@ -7,46 +7,45 @@ answer (488 when nothing is common), the room and the participant (kind SIP, eve
 attribute, status `ringing`), 180 every second while waiting; 200 once someone subscribes to the
 caller's audio or another SIP participant is in the room; `active` after the ACK; `hangup` and
 removal on BYE; RemoveParticipant/DeleteRoom send BYE; ringing timeout answers 486 (or the
-trunk's `ringing_timeout_status`); `max_call_duration` hangs up.
+trunk's `ringing_timeout_status`); `max_call_duration` hangs up. What a call does once it is in
+its room, and its end, are `CallRunner`'s (server/call_runner.py), shared with outbound calls;
+PIN rooms are `PinEntry`'s (server/pin_entry.py).
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 
-import numpy as np
-from google.protobuf.message import DecodeError
 from livekit.protocol import models
 from livekit.protocol import sip as proto
-from numpy.typing import NDArray
 
 from sipbridge import ids
 from sipbridge.errors import ApiError
-from sipbridge.media import codecs
-from sipbridge.media.dtmf import DIGITS, digit_code
-from sipbridge.media.prompts import PROMPT_RATE, load_prompt
-from sipbridge.rooms import Participant
 from sipbridge.rooms import events as ev
-from sipbridge.server.call_log import CallLog
-from sipbridge.server.call_media import CallMedia, PcmPlayer
-from sipbridge.server.media_service import MediaService
-from sipbridge.server.rooms_runtime import RoomsRuntime
+from sipbridge.server.call_runner import CallRunner, CallServices, LiveCall
+from sipbridge.server.pin_entry import PinEntry
 from sipbridge.server.session_timers import SessionTimerDriver
-from sipbridge.server.sip_config import SipConfig
 from sipbridge.server.sip_ua import IncomingCall
 from sipbridge.sip import sdp
 from sipbridge.sip.digest import AuthOutcome, DigestServer
 from sipbridge.sip.errors import SipProtocolError
 from sipbridge.sip.message import Request
-from sipbridge.sip.ua.session_timer import RFC_MIN_SE, SessionIntervalTooSmall, SessionTimer
+from sipbridge.sip.ua.session_timer import SessionIntervalTooSmall, SessionTimer
+from sipbridge.telephony.call import (
+    CallInput,
+    CallLimits,
+    CallState,
+    Deadline,
+    DeadlineReached,
+    Direction,
+    EndCause,
+    room_participant_key,
+)
 from sipbridge.telephony.inbound import (
     InboundCall,
     TrunkConflict,
@@ -58,104 +57,43 @@ from sipbridge.telephony.inbound import (
     rule_needs_pin,
     select_rule,
 )
-from sipbridge.telephony.media import MediaPolicy, media_policy
+from sipbridge.telephony.media import media_policy
 
 log = logging.getLogger(__name__)
 
-DEFAULT_RINGING_TIMEOUT_S = 180.0
-DEFAULT_MAX_CALL_DURATION_S = 24 * 3600.0
 RING_INTERVAL_S = 1.0
 ACTIVE_AFTER_ACK_S = 1.0  # "first RTP or 1 s after ACK"
-PIN_MAX_DIGITS = 16
-PIN_TIMEOUT_S = 30.0  # to enter a PIN after the prompt starts
-# SendData user packets on these topics carry digits to SIP participants: the payload is the
-# digits ("123#", `w` for a half-second pause), JSON {"digit": "5"} / {"code": 5}, or a
-# serialised livekit.SipDTMF.
-DTMF_TOPICS = frozenset({"sip_dtmf", "lk.sip_dtmf", "lk.dtmf", "dtmf"})
-DTMF_CHARACTERS = frozenset(DIGITS + DIGITS.lower() + "wW")
 REJECT_CACHE_SIZE = 5000
 REJECT_CACHE_TTL_S = 60.0
 MAX_NUMBER_LENGTH = 128
-Status = models.ParticipantInfo.Kind
-Reason = models.DisconnectReason
 
 
 @dataclass(eq=False, kw_only=True)
-class InboundCallState:
-    """One call on its way through the runner."""
+class InboundCallState(LiveCall):
+    """One inbound call. Its machine starts when it rings in its room or asks for a PIN."""
 
     call: IncomingCall
     inbound: InboundCall
-    info: proto.SIPCallInfo = field(default_factory=proto.SIPCallInfo)
-    leg: CallMedia | None = None
-    policy: MediaPolicy = field(default_factory=MediaPolicy)
     pin: str | None = None  # digits entered so far while a PIN is asked for
-    session_timer: SessionTimerDriver | None = None  # RFC 4028, negotiated on the INVITE
-    room: str = ""
-    identity: str = ""
-    participant_sid: str = ""  # which participant of that identity is this call's
-    track_sid: str = ""
     trunk: proto.SIPInboundTrunkInfo | None = None
     rule: proto.SIPDispatchRuleInfo | None = None
     answer_sdp: bytes = b""
-    timers: list[asyncio.TimerHandle] = field(default_factory=list)
-    leaving: bool = False
-
-    def cancel_timers(self) -> None:
-        for timer in self.timers:
-            timer.cancel()
-        self.timers.clear()
 
 
-class InboundCalls:
+class InboundCalls(CallRunner[InboundCallState]):
     """The `on_invite` handler of the user agent for inbound calls."""
 
+    DIRECTION = Direction.INBOUND
+
     def __init__(
-        self,
-        config: SipConfig,
-        rooms: RoomsRuntime,
-        call_log: CallLog,
-        media: MediaService,
-        *,
-        max_calls: int,
-        calls_in_progress: Callable[[], int] | None = None,
-        realm: str = "sipbridge",
-        auth_secret: bytes | None = None,
-        session_min_se: int = RFC_MIN_SE,
+        self, services: CallServices, *, realm: str = "sipbridge", auth_secret: bytes | None = None
     ) -> None:
-        self.config = config
-        self.session_min_se = session_min_se  # RFC 4028: shorter session intervals get 422
-        self.rooms = rooms
-        self.call_log = call_log
-        self.media = media
-        self.max_calls = max_calls
-        # The one call limit counts calls of both directions, PIN entry included (the server
-        # passes its own count; alone, this runner counts its own calls).
-        self.calls_in_progress = calls_in_progress or self.count
+        super().__init__(services)
         self.realm = realm
         self.digest = DigestServer(auth_secret or secrets.token_bytes(32))
-        self.active: dict[str, InboundCallState] = {}  # by participant key room/identity
         self.ringing: dict[str, set[InboundCallState]] = {}  # unanswered calls by room
-        self.pending_pins: set[InboundCallState] = set()  # answered, asking for a PIN
-        self.by_participant: dict[str, InboundCallState] = {}  # by participant sid
         self._rejected: OrderedDict[tuple[str, str], tuple[float, int, str]] = OrderedDict()
-        self.stats: dict[str, int] = {}
-        rooms.listeners.append(self.on_room_event)
-
-    def count(self) -> int:
-        """Calls in progress here: in a room (ringing or answered) or entering a PIN."""
-        return len(self.active) + len(self.pending_pins)
-
-    def stuck(self) -> int:
-        """Calls that break the invariant "every live call has a deadline that ends it": one
-        whose SIP side has ended but that is still held, or that has no live timer left."""
-        now = asyncio.get_running_loop().time()
-        return sum(
-            1
-            for state in (*self.active.values(), *self.pending_pins)
-            if state.call.ended
-            or not any(not t.cancelled() and t.when() >= now for t in state.timers)
-        )
+        self.pins = PinEntry(self)
 
     # -- the INVITE ------------------------------------------------------------------------
 
@@ -170,7 +108,7 @@ class InboundCalls:
         if cached is not None and cached[0] > time.monotonic():
             call.reject(cached[1], cached[2])  # same answer to a retry (s1 step 2)
             return
-        if self.calls_in_progress() >= self.max_calls:
+        if self.full():
             self._count("overload")
             call.reject(503, "Service Unavailable", {"Retry-After": "5"})
             return
@@ -196,7 +134,7 @@ class InboundCalls:
             from_tag=from_.tag or "",
             headers=tuple(request.headers.items),
         )
-        state = InboundCallState(call=call, inbound=inbound)
+        state = InboundCallState(call=call, inbound=inbound, info=proto.SIPCallInfo())
         if not self._session_timer(state):
             return
         trunks = list(self.config.inbound.values())
@@ -211,21 +149,29 @@ class InboundCalls:
             if trunk.auth_username and not self._authorized(call, trunk):
                 return
         state.trunk = trunk
+        if trunk is not None:
+            state.attributes_to_headers = dict(trunk.attributes_to_headers)
         rules = list(self.config.rules.values())
         trunk_id = trunk.sip_trunk_id if trunk is not None else ""
         rule = select_rule(rules, trunk_id, inbound)
         if rule is None:
             if rule_needs_pin(rules, trunk_id, inbound):
-                self._ask_pin(state)
+                self.pins.ask(state)
                 return
             raise SipProtocolError(404, "No dispatch rule found")
         state.policy = media_policy(trunk, rule)
         state.answer_sdp = self._open_media(state)
         try:
-            self._join(state, rule)
+            self.join(state, rule)
         except SipProtocolError:
             self._release_media(state)
             raise
+
+    def limits(self, state: InboundCallState) -> CallLimits:
+        trunk = state.trunk
+        if trunk is None:
+            return CallLimits()
+        return CallLimits.of(ringing=trunk.ringing_timeout, max_duration=trunk.max_call_duration)
 
     def _authorized(self, call: IncomingCall, trunk: proto.SIPInboundTrunkInfo) -> bool:
         """Digest auth as a proxy would ask (407), Authorization/401 style accepted too."""
@@ -271,25 +217,21 @@ class InboundCalls:
             timer,
             state.call,
             session=lambda: state.answer_sdp,
-            on_expired=lambda reason: self._session_expired(state, reason),
+            on_expired=lambda reason: self.session_expired(state, reason),
             on_refresh=lambda: self._count("session_refreshed"),
         )
         return True
 
-    def _session_expired(self, state: InboundCallState, reason: str) -> None:
-        """No refresh came in time, or ours failed (RFC 4028 s10): BYE."""
-        self._count("session_expired")
-        state.info.error = reason
-        self._hangup(state, "session-expired")
+    # -- media -----------------------------------------------------------------------------
 
     def _open_media(self, state: InboundCallState) -> bytes:
         """The SDP answer and the call's RTP leg (488 when the offer has nothing for us)."""
 
         def on_dtmf(digit: str) -> None:
-            self._dtmf_from_caller(state, digit)
+            self.guarded(state, partial(self._dtmf_from_caller, state, digit))
 
         def on_first_packet() -> None:
-            self._first_packet(state)
+            self.guarded(state, partial(self._first_packet, state))
 
         request = state.call.request
         if request.body:
@@ -301,22 +243,11 @@ class InboundCalls:
                 state.policy, on_dtmf=on_dtmf, on_first_packet=on_first_packet
             )
         state.leg = leg
-        state.call.on_offer = lambda request: self._reoffer(state, request)
+        state.call.on_offer = lambda request: self.reoffer(state, request)
         state.call.on_answer = lambda body: self.media.accept_answer(leg, body)
         return body
 
-    def _reoffer(self, state: InboundCallState, request: Request) -> bytes:
-        """A re-INVITE or UPDATE: hold, resume, a new address or codec; the call is kept. Either
-        refreshes the session (RFC 4028 s10), and its 2xx says the session timer again."""
-        timer = state.session_timer
-        if timer is not None:
-            timer.check(request)  # 422 before anything changes
-        body = self._reoffer_media(state, request)
-        if timer is not None:
-            state.call.response_headers = timer.refreshed(request)
-        return body
-
-    def _reoffer_media(self, state: InboundCallState, request: Request) -> bytes:
+    def reoffer_media(self, state: InboundCallState, request: Request) -> bytes:
         body = request.body
         if state.leg is None:
             raise SipProtocolError(488, "Not Acceptable Here")
@@ -336,105 +267,31 @@ class InboundCalls:
             self.media.release(state.leg)
             state.leg = None
 
-    def _start_media(self, state: InboundCallState) -> None:
+    def start_media(self, state: InboundCallState) -> None:
         if state.leg is None or state.leg.started_at is not None:
             return
         self.media.start(
             state.leg,
             timeout=state.policy.media_timeout,
-            on_timeout=lambda: self._media_timeout(state),
+            on_timeout=lambda: self.media_timeout(state),
         )
-
-    def _media_timeout(self, state: InboundCallState) -> None:
-        log.info("call %s: no media, hanging up", state.info.call_id or state.call.request.call_id)
-        state.info.error = "media timeout"
-        state.info.disconnect_reason = Reason.CONNECTION_TIMEOUT
-        self._hangup(state, "media-timeout")
 
     def _first_packet(self, state: InboundCallState) -> None:
-        if state.call.answered and state.room:
-            self._set_status(state, "active")
+        if state.machine.state is CallState.CONNECTING and state.room:
+            self.feed(state, CallInput.MEDIA_UP)
 
-    # -- PIN rooms -------------------------------------------------------------------------
-
-    def _ask_pin(self, state: InboundCallState) -> None:
-        """Answer, play the prompt and collect digits up to '#' (SIP-BEHAVIOUR.md s1 step 10)."""
-        state.policy = media_policy(state.trunk)
-        body = state.answer_sdp = self._open_media(state)
-        leg = state.leg
-        assert leg is not None
-        state.pin = ""
-        now = self.rooms.now()
-        inbound = state.inbound
-        state.info = proto.SIPCallInfo(
-            call_id=ids.new_id(ids.CALL),
-            sip_call_id=inbound.call_id,
-            trunk_id=state.trunk.sip_trunk_id if state.trunk is not None else "",
-            call_direction=proto.SIPCallDirection.SCD_INBOUND,
-            call_status=proto.SIPCallStatus.SCS_ACTIVE,
-            from_uri=proto.SIPUri(user=inbound.caller, host=inbound.from_host),
-            to_uri=proto.SIPUri(user=inbound.called, host=state.call.request.uri.host),
-            created_at=int(now),
-            created_at_ns=int(now * 1e9),
-        )
-        state.call.on_end = lambda reason: self._ended(state, reason)
-        self.pending_pins.add(state)
-        state.call.answer(body, headers=dict(state.trunk.headers) if state.trunk else {})
-        if state.session_timer is not None:  # from the 2xx, PIN entry included (RFC 4028)
-            state.session_timer.start()
-        self._count("pin_asked")
-        self._start_media(state)
-        self.media.attach(leg, f"\x00pin\x00{id(state)}")  # a room of its own: prompts only
-        leg.play(PcmPlayer(self._prompt("enter_pin", leg)))
-        self._later(state, PIN_TIMEOUT_S, lambda: self._pin_entered(state, wrong=True))
-
-    def _prompt(self, name: str, leg: CallMedia) -> NDArray[np.int16]:
-        pcm = load_prompt(name)
-        rate = leg.spec.sample_rate
-        if rate == PROMPT_RATE:
-            return pcm
-        return codecs.Resampler(PROMPT_RATE, rate).process(pcm)
-
-    def _pin_digit(self, state: InboundCallState, digit: str) -> None:
-        assert state.pin is not None
-        if digit == "#":
-            self._pin_entered(state)
-            return
-        state.pin += digit
-        if state.leg is not None and state.leg.players:
-            state.leg.stop_players()  # typing over the prompt stops it
-        if len(state.pin) > PIN_MAX_DIGITS:
-            self._pin_entered(state, wrong=True)
-
-    def _pin_entered(self, state: InboundCallState, *, wrong: bool = False) -> None:
-        if state.pin is None or state.call.ended:
-            return
-        pin, state.pin = state.pin, None
-        state.cancel_timers()
-        self.pending_pins.discard(state)
-        rules = list(self.config.rules.values())
-        trunk_id = state.trunk.sip_trunk_id if state.trunk is not None else ""
-        rule = None if wrong else select_rule(rules, trunk_id, state.inbound, pin=pin)
-        leg = state.leg
-        assert leg is not None
-        self.media.detach(leg)
-        leg.stop_players()
-        if rule is None:
-            self._count("pin_wrong")
-            state.info.error = "wrong PIN"
-            self.media.attach(leg, f"\x00pin\x00{id(state)}")
-            leg.play(PcmPlayer(self._prompt("wrong_pin", leg), done=state.call.hangup))
-            return
-        self._count("pin_right")
-        state.policy = media_policy(state.trunk, rule)
-        try:
-            self._join(state, rule)
-        except SipProtocolError:
-            state.call.hangup()
+    def _dtmf_from_caller(self, state: InboundCallState, digit: str) -> None:
+        """A key pressed on the phone: PIN entry, else a `sip_dtmf` packet in the room."""
+        self._count("dtmf_received")
+        if state.pin is not None:
+            self.pins.digit(state, digit)
+        else:
+            self.dtmf_from_phone(state, digit)
 
     # -- joining the room ------------------------------------------------------------------
 
-    def _join(self, state: InboundCallState, rule: proto.SIPDispatchRuleInfo) -> None:
+    def join(self, state: InboundCallState, rule: proto.SIPDispatchRuleInfo) -> None:
+        """The participant in its room: ringing, or active after a PIN (answered already)."""
         call, inbound, trunk = state.call, state.inbound, state.trunk
         answered = call.answered  # a PIN room: answered before joining
         call_id = state.info.call_id or ids.new_id(ids.CALL)
@@ -464,39 +321,19 @@ class InboundCalls:
             rule=rule,
             status="active" if answered else "ringing",
         )
-        registry = self.rooms.registry
         try:
-            agents = list(rule.room_config.agents) if rule.HasField("room_config") else []
-            room, _ = registry.create(
-                room_name,
-                now,
-                empty_timeout=rule.room_config.empty_timeout,
-                departure_timeout=rule.room_config.departure_timeout,
-                max_participants=rule.room_config.max_participants,
-                agents=agents,
-            )
-            participant = registry.join(
-                room_name,
-                identity,
-                now,
+            config = rule.room_config
+            room, participant = self.join_room(
+                state,
                 name=participant_name(rule, inbound),
-                kind=models.ParticipantInfo.Kind.SIP,
-                active=True,  # its media is the call's: up as it joins
                 metadata=rule.metadata,
                 attributes=attributes,
-                permission=models.ParticipantPermission(
-                    can_subscribe=True, can_publish=True, can_publish_data=True
-                ),
-            )
-            state.track_sid = registry.publish_track(
-                room_name,
-                identity,
-                models.TrackInfo(
-                    type=models.TrackType.AUDIO,
-                    source=models.TrackSource.MICROPHONE,
-                    name="phone",
-                    mime_type=f"audio/{state.leg.spec.name if state.leg else 'PCMU'}",
-                ),
+                room_options={
+                    "empty_timeout": config.empty_timeout,
+                    "departure_timeout": config.departure_timeout,
+                    "max_participants": config.max_participants,
+                    "agents": list(config.agents) if rule.HasField("room_config") else [],
+                },
             )
         except ApiError as err:
             self.rooms.commit()
@@ -505,18 +342,14 @@ class InboundCalls:
             info.error = err.message
             self.call_log.record(info)
             raise SipProtocolError(486, "Busy Here") from None
-        if state.leg is not None:
-            self.media.track_legs[state.track_sid] = state.leg  # WebRTC subscribers hear it
         info.room_id = room.sid
         info.participant_attributes.update(participant.attributes)
         info.call_status = proto.SIPCallStatus.SCS_PARTICIPANT_JOINED
-        state.participant_sid = participant.sid
-        # A live call with this identity in this room was replaced by the join above (the
-        # registry removed its participant with DUPLICATE_IDENTITY, as LiveKit does): it ends
-        # with BYE when the event reaches it, found by its participant sid.
-        self.active[room_participant_key(room_name, identity)] = state
-        self.by_participant[participant.sid] = state
-        call.on_end = lambda reason: self._ended(state, reason)
+        if not answered:
+            self.start_machine(state, CallState.RINGING, self.limits(state))
+        self._register(state, participant)
+        call.on_end = lambda reason: self.finished(state, reason)
+        self.arm(state)
         if answered:
             info.call_status = proto.SIPCallStatus.SCS_ACTIVE
             info.started_at, info.started_at_ns = int(now), int(now * 1e9)
@@ -525,49 +358,18 @@ class InboundCalls:
             self.rooms.commit()
             return
         self.ringing.setdefault(room_name, set()).add(state)
-        call.on_ack = lambda: self._acked(state)
+        call.on_ack = lambda: self.set_deadline(state, Deadline.CONFIRM, ACTIVE_AFTER_ACK_S)
         self.call_log.record(info)
         self._ring(state)
-        timeout = seconds_of(trunk.ringing_timeout if trunk else None) or DEFAULT_RINGING_TIMEOUT_S
-        self._later(state, timeout, lambda: self._ringing_timeout(state))
         self.rooms.commit()
         if self._someone_listens(state):
             self._answer(state)
 
     def _ring(self, state: InboundCallState) -> None:
-        if state.call.answered or state.call.ended:
+        if state.machine.state is not CallState.RINGING or state.call.ended:
             return
         state.call.ring(180)
-        self._later(state, RING_INTERVAL_S, lambda: self._ring(state))
-
-    def _later(self, state: InboundCallState, delay: float, fn: Callable[[], None]) -> None:
-        loop = asyncio.get_running_loop()
-        state.timers.append(loop.call_later(delay, self._guarded, state, fn))
-
-    def _guarded(self, state: InboundCallState, fn: Callable[[], None]) -> None:
-        """Run a step of a call; if it fails, the call ends (final response or BYE) rather than
-        staying in the registry with nothing left to end it (a zombie)."""
-        try:
-            fn()
-        except Exception:
-            log.exception("call %s: failed, ending it", state.inbound.call_id)
-            self._count("internal_error")
-            state.info.error = state.info.error or "internal error"
-            if state.call.answered:
-                state.call.hangup()
-            else:
-                state.call.reject(500, "Server Internal Error")
-            if not state.call.ended:  # (hangup and reject end it; this only if they could not)
-                state.call._end("error")
-
-    def _participant(self, state: InboundCallState) -> Participant | None:
-        """This call's participant, if it is still in the room: the one with our sid, not a
-        later one that took the same identity."""
-        room = self.rooms.registry.find(state.room)
-        participant = room.participants.get(state.identity) if room else None
-        if participant is None or participant.sid != state.participant_sid:
-            return None
-        return participant
+        self.set_deadline(state, Deadline.PROGRESS, RING_INTERVAL_S)
 
     def _someone_listens(self, state: InboundCallState) -> bool:
         """Answer when another SIP participant is already in the room (a bridge)."""
@@ -579,32 +381,30 @@ class InboundCalls:
             for p in room.participants.values()
         )
 
-    # -- answer, ACK, end ------------------------------------------------------------------
+    # -- answer, deadlines, the end --------------------------------------------------------
 
     def _answer(self, state: InboundCallState) -> None:
-        call = state.call
         self._not_ringing(state)
-        if call.answered or call.ended:
+        if state.machine.state is not CallState.RINGING or state.call.ended:
             return
         headers = dict(state.trunk.headers) if state.trunk else {}
-        headers.update(self._attributes_to_headers(state))
-        call.answer(state.answer_sdp, headers=headers)
+        headers.update(self.headers_from_attributes(state))
+        state.call.answer(state.answer_sdp, headers=headers)
+        if not state.call.answered:
+            return  # it could not be answered, and was refused instead
+        self.feed(state, CallInput.ANSWER)
         state.info.started_at = int(self.rooms.now())
         state.info.started_at_ns = int(self.rooms.now() * 1e9)
         self.call_log.record(state.info)
         self._answered(state)
 
     def _answered(self, state: InboundCallState) -> None:
-        """The call is up: its audio joins the room; max duration counts from here."""
-        self._start_media(state)
+        """The call is up: its audio joins the room (the machine counts its duration)."""
+        self.start_media(state)
         if state.leg is not None:
             self.media.attach(state.leg, state.room)
         if state.session_timer is not None:
             state.session_timer.start()
-        duration = seconds_of(state.trunk.max_call_duration if state.trunk else None)
-        self._later(
-            state, duration or DEFAULT_MAX_CALL_DURATION_S, lambda: self._hangup(state, "max")
-        )
 
     def _not_ringing(self, state: InboundCallState) -> None:
         waiting = self.ringing.get(state.room)
@@ -613,70 +413,36 @@ class InboundCalls:
             if not waiting:
                 del self.ringing[state.room]
 
-    def _acked(self, state: InboundCallState) -> None:
-        self._later(state, ACTIVE_AFTER_ACK_S, lambda: self._set_status(state, "active"))
+    def deadline_reached(self, state: InboundCallState, reached: DeadlineReached) -> None:
+        match reached.deadline:
+            case Deadline.PROGRESS:
+                self._ring(state)
+            case Deadline.PIN:
+                self.pins.entered(state, wrong=True)
+            case _:
+                super().deadline_reached(state, reached)
 
-    def _set_status(self, state: InboundCallState, status: str) -> None:
-        if state.leaving and status != "hangup":
-            return
-        if self._participant(state) is None:
-            return
-        participant = self.rooms.registry.update_participant(
-            state.room, state.identity, attributes={"sip.callStatus": status}
-        )
-        state.info.participant_attributes.update(participant.attributes)
-        if status == "active":
-            state.info.call_status = proto.SIPCallStatus.SCS_ACTIVE
-            self.call_log.record(state.info)
-        self.rooms.commit()
-
-    def _ringing_timeout(self, state: InboundCallState) -> None:
-        if state.call.answered or state.call.ended:
-            return
-        status = state.trunk.ringing_timeout_status if state.trunk else 0
-        state.info.error = "ringing timeout"
-        state.call.reject(int(status) or 486)
-
-    def _hangup(self, state: InboundCallState, why: str) -> None:
-        """We end an answered call (max duration, removal from the room)."""
-        if state.call.ended:
-            return
-        if state.call.answered:
-            state.call.hangup(self._attributes_to_headers(state))
+    def give_up(self, state: InboundCallState, cause: EndCause, headers: dict[str, str]) -> None:
+        """An unanswered call ends with a final response: the trunk's ringing timeout status
+        (486 unless set), 503 with Retry-After at shutdown, 500 on our failure, else 486."""
+        self._not_ringing(state)
+        if cause is EndCause.RINGING_TIMEOUT:
+            status = state.trunk.ringing_timeout_status if state.trunk else 0
+            state.call.reject(int(status) or 486)
+        elif cause is EndCause.SHUTDOWN:
+            state.call.reject(503, "Service Unavailable", {"Retry-After": "5"})
+        elif cause is EndCause.ERROR:
+            state.call.reject(500, "Server Internal Error")
         else:
-            state.call.reject(486, headers=self._attributes_to_headers(state))
+            state.call.reject(486, headers=headers)
 
-    def _ended(self, state: InboundCallState, reason: str) -> None:
-        """The call is over (BYE either way, CANCEL, rejection, timeout): leave the room."""
-        state.cancel_timers()
-        if state.session_timer is not None:
-            state.session_timer.close()
+    def on_finished(self, state: InboundCallState, reason: str) -> None:
         self._not_ringing(state)
         self._release_media(state)
-        self.pending_pins.discard(state)
-        if not state.room:
-            # Ended while a PIN was asked for: logged as an error with what went wrong.
-            now = self.rooms.now()
-            self._count("pin_hangup" if state.info.error != "wrong PIN" else "pin_refused")
-            info = state.info
-            info.ended_at, info.ended_at_ns = int(now), int(now * 1e9)
-            info.call_status = proto.SIPCallStatus.SCS_ERROR
-            info.error = info.error or f"hung up during PIN entry ({reason})"
-            self.call_log.record(info)
-            return
-        key = room_participant_key(state.room, state.identity)
-        if self.active.get(key) is state:
-            del self.active[key]
-        self.by_participant.pop(state.participant_sid, None)
         info = state.info
-        now = self.rooms.now()
-        info.ended_at = int(now)
-        info.ended_at_ns = int(now * 1e9)
-        disconnect = {
-            "bye": Reason.CLIENT_INITIATED,
-            "cancel": Reason.CLIENT_INITIATED,
-            "timeout": Reason.CONNECTION_TIMEOUT,
-        }.get(reason, Reason.UNKNOWN_REASON)
+        if not state.room:
+            self.pins.finished(state, reason)
+            return
         final = state.call.transaction.last_response
         if final is not None:
             info.call_status_code.code = final.status  # type: ignore[assignment]
@@ -685,114 +451,27 @@ class InboundCalls:
             info.call_status = proto.SIPCallStatus.SCS_ERROR
         else:
             info.call_status = proto.SIPCallStatus.SCS_DISCONNECTED
-        if not state.leaving:
-            state.leaving = True
-            self._set_status(state, "hangup")
-            if self._participant(state) is not None:
-                info.disconnect_reason = info.disconnect_reason or disconnect
-                self.rooms.registry.remove(state.room, state.identity, now, info.disconnect_reason)
-                self.rooms.commit()
-        self.call_log.record(info)
-
-    def _attributes_to_headers(self, state: InboundCallState) -> dict[str, str]:
-        if state.trunk is None or not state.trunk.attributes_to_headers:
-            return {}
-        participant = self._participant(state)
-        if participant is None:
-            return {}
-        return {
-            header: participant.attributes[attribute]
-            for attribute, header in state.trunk.attributes_to_headers.items()
-            if participant.attributes.get(attribute)
-        }
-
-    # -- DTMF ------------------------------------------------------------------------------
-
-    def _dtmf_from_caller(self, state: InboundCallState, digit: str) -> None:
-        """A key pressed on the phone: PIN entry, else a reliable `sip_dtmf` packet in the room
-        from the SIP participant (SIP-BEHAVIOUR.md s5)."""
-        self._count("dtmf_received")
-        if state.pin is not None:
-            self._pin_digit(state, digit)
-            return
-        if not state.room or state.leaving or not state.call.answered:
-            return
-        packet = models.DataPacket(
-            kind=models.DataPacket.Kind.RELIABLE,
-            participant_identity=state.identity,
-            sip_dtmf=models.SipDTMF(code=digit_code(digit), digit=digit),
-        )
-        try:
-            self.rooms.registry.send_data(state.room, packet)
-        except ApiError:
-            return
-        self.rooms.commit()
-
-    def _dtmf_to_callers(self, event: ev.DataSent) -> None:
-        """`SipDTMF` packets (or SendData on topic `sip_dtmf`) reaching SIP participants are
-        played to their callers as RFC 4733 events, or as tones to phones without them."""
-        found = dtmf_digits_for_sip(event)
-        if found is None:
-            return
-        digits, targets = found
-        if not digits:
-            self._count("dtmf_unreadable")
-            return
-        for key in targets(self.active):
-            state = self.active.get(key)
-            if state is not None and state.leg is not None and state.call.answered:
-                self._count("dtmf_sent")
-                state.leg.send_dtmf(digits[:64])
 
     # -- the room side ---------------------------------------------------------------------
 
-    def on_room_event(self, event: ev.RoomEvent) -> None:
+    def room_event(self, event: ev.RoomEvent) -> None:
         match event:
             case ev.SubscriptionChanged(
                 room_name=room, publisher_identity=publisher, subscribed=True
             ):
                 state = self.active.get(room_participant_key(room, publisher))
                 if state is not None:
-                    self._guarded(state, partial(self._answer, state))
+                    self.guarded(state, partial(self._answer, state))
             case ev.ParticipantJoined(room=room, participant=p) if (
                 p.kind == models.ParticipantInfo.Kind.SIP
             ):
                 for waiting in list(self.ringing.get(room.name, ())):
                     if waiting.identity != p.identity:
-                        self._guarded(waiting, partial(self._answer, waiting))
-            case ev.DataSent():
-                self._dtmf_to_callers(event)
-            case ev.ParticipantLeft(participant=p):
-                state = self.by_participant.get(p.sid)
-                if state is not None and not state.leaving:
-                    # Removed from the room side (RemoveParticipant, DeleteRoom, a duplicate
-                    # identity that replaced it: DUPLICATE_IDENTITY, as LiveKit's server does).
-                    state.leaving = True
-                    state.info.disconnect_reason = p.disconnect_reason
-                    if p.disconnect_reason == Reason.DUPLICATE_IDENTITY:
-                        self._count("duplicate_identity")
-                        state.info.error = "replaced by a call with the same identity"
-                    self._guarded(state, partial(self._hangup, state, "removed"))
+                        self.guarded(waiting, partial(self._answer, waiting))
             case _:
                 pass
 
-    def shutdown(self) -> int:
-        """End every call before the server stops: BYE when answered, 503 while ringing."""
-        ended = 0
-        for state in list(self.pending_pins):
-            state.call.hangup()
-            ended += 1
-        for state in list(self.active.values()):
-            state.info.error = "server shutdown"
-            state.info.disconnect_reason = Reason.SERVER_SHUTDOWN
-            if state.call.answered:
-                state.call.hangup()
-            else:
-                state.call.reject(503, "Service Unavailable", {"Retry-After": "5"})
-            ended += 1
-        return ended
-
-    # -- bookkeeping -----------------------------------------------------------------------
+    # -- refusals --------------------------------------------------------------------------
 
     def _reject(self, call: IncomingCall, status: int, reason: str, *, cache: bool = True) -> None:
         request = call.request
@@ -808,76 +487,3 @@ class InboundCalls:
                     self._rejected.popitem(last=False)
         self._count(f"rejected_{status}")
         call.reject(status, reason)
-
-    def _count(self, name: str) -> None:
-        self.stats[name] = self.stats.get(name, 0) + 1
-
-
-def dtmf_digits_for_sip(
-    event: ev.DataSent,
-) -> tuple[str, Callable[[Mapping[str, object]], list[str]]] | None:
-    """The digits a data packet asks SIP participants to play ("" when unreadable), and which
-    of a service's calls (keyed by `room_participant_key`) it is for: its destinations, else
-    every SIP participant of the room but its sender. None: not a DTMF packet."""
-    packet = event.packet
-    which = packet.WhichOneof("value")
-    if which == "sip_dtmf":
-        digits = packet.sip_dtmf.digit or DIGITS[packet.sip_dtmf.code % 16]
-    elif which == "user" and packet.user.topic in DTMF_TOPICS:
-        digits = _dtmf_payload(packet.user.payload)
-    else:
-        return None
-    sender = packet.participant_identity
-    prefix = room_participant_key(event.room_name, "")
-
-    def targets(calls: Mapping[str, object]) -> list[str]:
-        if event.destinations:
-            return [room_participant_key(event.room_name, i) for i in event.destinations]
-        return [
-            key
-            for key in calls
-            if key.startswith(prefix) and key != room_participant_key(event.room_name, sender)
-        ]
-
-    return digits, targets
-
-
-def _dtmf_payload(payload: bytes) -> str:
-    """Digits from a SendData DTMF payload (see DTMF_TOPICS); "" when none can be read."""
-    text = payload.decode("utf-8", "replace").strip()
-    if text and all(c in DTMF_CHARACTERS for c in text):
-        return text
-    if text.startswith("{"):
-        try:
-            doc = json.loads(text)
-        except ValueError:
-            doc = None
-        if isinstance(doc, dict):
-            digit = doc.get("digit")
-            if isinstance(digit, str) and digit and all(c in DTMF_CHARACTERS for c in digit):
-                return digit
-            code = doc.get("code")
-            if isinstance(code, int) and 0 <= code < 16:
-                return DIGITS[code]
-        return ""
-    message = models.SipDTMF()
-    try:
-        message.ParseFromString(payload)
-    except DecodeError:
-        return ""
-    if message.digit and all(c in DTMF_CHARACTERS for c in message.digit):
-        return message.digit
-    if message.digit or not 0 <= message.code < 16:
-        return ""
-    return DIGITS[message.code] if payload else ""
-
-
-def room_participant_key(room: str, identity: str) -> str:
-    return f"{room}\x00{identity}"
-
-
-def seconds_of(duration: object) -> float:
-    if duration is None:
-        return 0.0
-    seconds = getattr(duration, "seconds", 0) + getattr(duration, "nanos", 0) / 1e9
-    return float(seconds)

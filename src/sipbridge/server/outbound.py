@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -25,24 +24,13 @@ from livekit.protocol import sip as proto
 
 from sipbridge import ids
 from sipbridge.errors import ApiError
-from sipbridge.media.dtmf import DIGITS, digit_code
+from sipbridge.media.dtmf import DIGITS
 from sipbridge.media.tones import RINGBACK_ETSI
 from sipbridge.rooms import Participant
-from sipbridge.rooms import events as ev
 from sipbridge.server.auth import Claims
-from sipbridge.server.call_log import CallLog
 from sipbridge.server.call_media import CallMedia
-from sipbridge.server.inbound import (
-    DEFAULT_MAX_CALL_DURATION_S,
-    DEFAULT_RINGING_TIMEOUT_S,
-    dtmf_digits_for_sip,
-    room_participant_key,
-    seconds_of,
-)
-from sipbridge.server.media_service import MediaService
-from sipbridge.server.rooms_runtime import RoomsRuntime
+from sipbridge.server.call_runner import CallRunner, CallServices, LiveCall
 from sipbridge.server.session_timers import SessionTimerDriver
-from sipbridge.server.sip_config import SipConfig
 from sipbridge.server.sip_ua import OutgoingCall, SipUserAgent
 from sipbridge.sip import sdp
 from sipbridge.sip.digest import DigestClient
@@ -51,10 +39,20 @@ from sipbridge.sip.errors import SipProtocolError
 from sipbridge.sip.headers import Address
 from sipbridge.sip.message import Request, Response
 from sipbridge.sip.transaction import new_branch
-from sipbridge.sip.ua.session_timer import DEFAULT_SESSION_EXPIRES, RFC_MIN_SE, SessionTimer
+from sipbridge.sip.ua.session_timer import DEFAULT_SESSION_EXPIRES, SessionTimer
 from sipbridge.sip.uri import Uri, parse_uri
-from sipbridge.telephony.inbound import ATTR_CALL_STATUS, ATTR_CALL_TAG
-from sipbridge.telephony.media import MediaPolicy, media_policy
+from sipbridge.telephony.call import (
+    DEFAULT_RINGING_TIMEOUT_S,
+    CallInput,
+    CallLimits,
+    CallState,
+    Deadline,
+    Direction,
+    EndCause,
+    seconds_of,
+)
+from sipbridge.telephony.inbound import ATTR_CALL_TAG
+from sipbridge.telephony.media import media_policy
 from sipbridge.telephony.outbound import (
     DialPlan,
     answer_attributes,
@@ -76,67 +74,29 @@ RESOLVE_TIMEOUT_S = 5.0
 
 
 @dataclass(eq=False, kw_only=True)
-class OutboundCallState:
-    plan: DialPlan
+class OutboundCallState(LiveCall):
+    """One outbound call."""
+
     call: OutgoingCall
     leg: CallMedia
-    policy: MediaPolicy
-    info: proto.SIPCallInfo
+    plan: DialPlan
     include_headers: int = 0
     dtmf: str = ""
     sdp: bytes = b""  # our side of the session as last described (offer, or latest answer)
     early: bool = False  # a provisional response's SDP is playing (early media)
-    max_duration: float = 0.0  # from the answer
     answered: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
-    timers: list[asyncio.TimerHandle] = field(default_factory=list)
-    leaving: bool = False
-    media_started: bool = False
-    participant_sid: str = ""
-    session_timer: SessionTimerDriver | None = None  # RFC 4028, decided by the 2xx
-
-    @property
-    def room(self) -> str:
-        return self.plan.room
-
-    @property
-    def identity(self) -> str:
-        return self.plan.identity
-
-    def cancel_timers(self) -> None:
-        for timer in self.timers:
-            timer.cancel()
-        self.timers.clear()
 
 
-class OutboundCalls:
+class OutboundCalls(CallRunner[OutboundCallState]):
     """CreateSIPParticipant, and the outbound calls it starts."""
 
-    def __init__(
-        self,
-        config: SipConfig,
-        rooms: RoomsRuntime,
-        call_log: CallLog,
-        media: MediaService,
-        ua: SipUserAgent,
-        *,
-        max_calls: int,
-        calls_in_progress: Callable[[], int] | None = None,
-        session_min_se: int = RFC_MIN_SE,
-    ) -> None:
-        self.config = config
-        self.rooms = rooms
-        self.call_log = call_log
-        self.media = media
+    DIRECTION = Direction.OUTBOUND
+
+    def __init__(self, services: CallServices, ua: SipUserAgent) -> None:
+        super().__init__(services)
         self.ua = ua
-        self.max_calls = max_calls
-        self.calls_in_progress = calls_in_progress or (lambda: len(self.active))
-        self.session_min_se = session_min_se  # RFC 4028: our INVITE's Min-SE
-        self.active: dict[str, OutboundCallState] = {}  # by participant key
-        self.by_participant: dict[str, OutboundCallState] = {}  # by participant sid
-        self.stats: dict[str, int] = {}
-        rooms.listeners.append(self.on_room_event)
 
     # -- the API ---------------------------------------------------------------------------
 
@@ -146,12 +106,12 @@ class OutboundCalls:
         trunk = outbound_trunk(req, self.config.outbound)
         numbers = len(trunk.numbers)
         plan = dial_plan(req, trunk, secrets.randbelow(numbers) if numbers else 0)
-        if self.calls_in_progress() >= self.max_calls:
+        if self.full():
             raise ApiError("resource_exhausted", "too many calls in progress")
         host = await self._resolve(plan)
         state = self._dial(req, plan, host)
         info = proto.SIPParticipantInfo(
-            participant_id=self._participant_sid(state),
+            participant_id=state.participant_sid if self._participant(state) else "",
             participant_identity=plan.identity,
             room_name=plan.room,
             sip_call_id=state.info.call_id,
@@ -162,7 +122,7 @@ class OutboundCalls:
         try:
             await asyncio.wait_for(asyncio.shield(state.answered), ringing + ANSWER_WAIT_MARGIN_S)
         except TimeoutError:
-            self._cancel(state, 408, "Request Timeout", "ringing timeout")
+            self.end(state, EndCause.RINGING_TIMEOUT)
             raise call_failed(
                 408, "Request Timeout", "no answer before the ringing timeout"
             ) from None
@@ -183,28 +143,6 @@ class OutboundCalls:
                 "failed_precondition", f"trunk address {plan.host!r} does not resolve"
             ) from None
         return str(found[0][4][0])
-
-    def _participant_sid(self, state: OutboundCallState) -> str:
-        return state.participant_sid if self._participant(state) is not None else ""
-
-    def _participant(self, state: OutboundCallState) -> Participant | None:
-        """This call's participant while it is in the room (not a later one that took the
-        same identity)."""
-        room = self.rooms.registry.find(state.room)
-        participant = room.participants.get(state.identity) if room else None
-        if participant is None or participant.sid != state.participant_sid:
-            return None
-        return participant
-
-    def stuck(self) -> int:
-        """Calls held here whose SIP side has ended, or with no live timer left to end them."""
-        now = asyncio.get_running_loop().time()
-        return sum(
-            1
-            for state in self.active.values()
-            if state.call.ended
-            or not any(not t.cancelled() and t.when() >= now for t in state.timers)
-        )
 
     # -- dialling --------------------------------------------------------------------------
 
@@ -231,7 +169,7 @@ class OutboundCalls:
 
         def on_dtmf(digit: str) -> None:
             if "state" in holder:
-                self._dtmf_from_phone(holder["state"], digit)
+                self.dtmf_from_phone(holder["state"], digit)
 
         try:
             body, leg = self.media.offer(policy, on_dtmf=on_dtmf)
@@ -252,27 +190,32 @@ class OutboundCalls:
         call = OutgoingCall(ua=self.ua, request=invite, peer=peer, local_tag=invite.from_.tag or "")
         if plan.trunk.auth_username:
             call.credentials = DigestClient(plan.trunk.auth_username, plan.trunk.auth_password)
+        limits = CallLimits.of(ringing=req.ringing_timeout, max_duration=req.max_call_duration)
         state = OutboundCallState(
-            plan=plan,
             call=call,
+            plan=plan,
             leg=leg,
             policy=policy,
             info=info,
+            attributes_to_headers=dict(plan.trunk.attributes_to_headers),
+            room=plan.room,
+            identity=plan.identity,
             include_headers=req.include_headers or plan.trunk.include_headers,
             dtmf="".join(c for c in req.dtmf.upper() if c in DIGITS or c == "W"),
             sdp=body,
         )
         holder["state"] = state
+        self.start_machine(state, CallState.DIALING, limits)
         state.session_timer = SessionTimerDriver(
             timer,
             call,
             session=lambda: state.sdp,
-            on_expired=lambda reason: self._session_expired(state, reason),
+            on_expired=lambda reason: self.session_expired(state, reason),
             on_refresh=lambda: self._count("session_refreshed"),
         )
         call.on_interval_too_small = timer.invite_refused
         try:
-            self._join(state, req, sip_call_id)
+            participant = self._join(state, req, sip_call_id)
         except ApiError:
             self.media.release(leg)
             info.call_status = proto.SIPCallStatus.SCS_ERROR
@@ -283,21 +226,19 @@ class OutboundCalls:
             # carrier's early media) takes over.
             leg.play_to_room(RINGBACK_ETSI)
             self.media.attach(leg, plan.room)
-        call.on_progress = lambda response: self._progress(state, response)
-        call.on_answered = lambda response: self._answered(state, response)
+        call.on_progress = lambda response: self.guarded(
+            state, partial(self._progress, state, response)
+        )
+        call.on_answered = lambda response: self.guarded(
+            state, partial(self._answered, state, response)
+        )
         call.on_failed = lambda status, reason, response: self._failed(state, status, reason)
-        call.on_end = lambda reason: self._ended(state, reason)
-        call.on_offer = lambda request: self._reoffer(state, request)
-        self.active[room_participant_key(plan.room, plan.identity)] = state
-        self.by_participant[state.participant_sid] = state
+        call.on_end = lambda reason: self.finished(state, reason)
+        call.on_offer = lambda request: self.reoffer(state, request)
+        self._register(state, participant)
+        self.arm(state)
         info.call_status = proto.SIPCallStatus.SCS_PARTICIPANT_JOINED
         self.call_log.record(info)
-        ringing = seconds_of(req.ringing_timeout) or DEFAULT_RINGING_TIMEOUT_S
-        self._later(state, ringing, lambda: self._ringing_timeout(state))
-        state.max_duration = min(
-            seconds_of(req.max_call_duration) or DEFAULT_MAX_CALL_DURATION_S,
-            DEFAULT_MAX_CALL_DURATION_S,
-        )
         self._count("dialled")
         log.info(
             "call %s: dialling %s via %s:%d/%s for room %s",
@@ -346,9 +287,9 @@ class OutboundCalls:
 
     def _join(
         self, state: OutboundCallState, req: proto.CreateSIPParticipantRequest, full: str
-    ) -> None:
+    ) -> Participant:
         """The participant, in the room before the INVITE leaves (s6), with its audio track."""
-        plan, registry, now = state.plan, self.rooms.registry, self.rooms.now()
+        plan = state.plan
         attributes = dial_attributes(
             plan,
             call_id=state.info.call_id,
@@ -356,36 +297,14 @@ class OutboundCalls:
             extra=req.participant_attributes,
         )
         try:
-            room, _ = registry.create(plan.room, now)
-            participant = registry.join(
-                plan.room,
-                plan.identity,
-                now,
-                name=plan.name,
-                kind=models.ParticipantInfo.Kind.SIP,
-                active=True,
-                metadata=req.participant_metadata,
-                attributes=attributes,
-                permission=models.ParticipantPermission(
-                    can_subscribe=True, can_publish=True, can_publish_data=True
-                ),
-            )
-            state.participant_sid = participant.sid
-            track_sid = registry.publish_track(
-                plan.room,
-                plan.identity,
-                models.TrackInfo(
-                    type=models.TrackType.AUDIO,
-                    source=models.TrackSource.MICROPHONE,
-                    name="phone",
-                    mime_type=f"audio/{state.leg.spec.name}",
-                ),
+            room, participant = self.join_room(
+                state, name=plan.name, metadata=req.participant_metadata, attributes=attributes
             )
         finally:
             self.rooms.commit()
-        self.media.track_legs[track_sid] = state.leg
         state.info.room_id = room.sid
         state.info.participant_attributes.update(participant.attributes)
+        return participant
 
     # -- responses -------------------------------------------------------------------------
 
@@ -393,8 +312,10 @@ class OutboundCalls:
         """18x: ringing (and carrier ids from the response). One with SDP (183 Session
         Progress, typically) starts early media: the carrier's ringback or announcements are
         what the room hears from the phone's track until the answer."""
+        if not state.machine.can(CallInput.RING):
+            return
         extra = answer_attributes(state.plan.trunk, response.headers.items, 0)
-        self._set_status(state, "ringing", extra)
+        self.feed(state, CallInput.RING, extra)
         if not response.body or state.early:
             return
         leg = state.leg
@@ -411,6 +332,9 @@ class OutboundCalls:
 
     def _answered(self, state: OutboundCallState, response: Response) -> None:
         call, leg = state.call, state.leg
+        if not state.machine.can(CallInput.ANSWER):
+            # Answered after we gave up (a 2xx crossing our CANCEL is hung up by the UA).
+            return
         try:
             leg.play_to_room(None)
             if response.body:
@@ -421,10 +345,13 @@ class OutboundCalls:
             log.info("call %s: answer refused: %s", state.info.call_id, err.detail)
             state.info.error = f"unusable answer: {err.detail}"
             state.info.disconnect_reason = Reason.MEDIA_FAILURE
+            state.cause = EndCause.ERROR
+            self.feed(state, CallInput.ANSWER)
+            self.feed(state, CallInput.HANG_UP)
             call.hangup({"Reason": f'SIP;cause=488;text="{err.reason}"'})
             self._settle(state, call_failed(488, "Not Acceptable Here", state.info.error))
             return
-        self._not_ringing_timer(state)
+        self.feed(state, CallInput.ANSWER)
         now = self.rooms.now()
         state.info.started_at, state.info.started_at_ns = int(now), int(now * 1e9)
         state.info.audio_codec = leg.spec.name
@@ -433,27 +360,20 @@ class OutboundCalls:
         if tag:
             extra[ATTR_CALL_TAG] = tag
         self.media.start(
-            leg, timeout=state.policy.media_timeout, on_timeout=lambda: self._media_timeout(state)
+            leg, timeout=state.policy.media_timeout, on_timeout=lambda: self.media_timeout(state)
         )
-        self._later(state, state.max_duration, lambda: self._hangup(state, "max"))
         if state.session_timer is not None:
             state.session_timer.timer.answer_received(response)
             state.session_timer.start()
         self.media.attach(leg, state.room)
         if state.dtmf:
-            self._set_status(state, "automation", extra)
+            self.feed(state, CallInput.AUTOMATE, extra)
             leg.send_dtmf(state.dtmf)
             length = sum(DTMF_PAUSE_S if c == "W" else DTMF_DIGIT_S for c in state.dtmf)
-            self._later(state, length, lambda: self._active(state))
+            self.set_deadline(state, Deadline.AUTOMATION, length)
         else:
-            self._set_status(state, "active", extra)
-            self._active(state)
+            self.feed(state, CallInput.MEDIA_UP, extra)
         self._settle(state, None)
-
-    def _active(self, state: OutboundCallState) -> None:
-        self._set_status(state, "active")
-        state.info.call_status = proto.SIPCallStatus.SCS_ACTIVE
-        self.call_log.record(state.info)
 
     def _failed(self, state: OutboundCallState, status: int, reason: str) -> None:
         """A final response >= 300, or none at all: the participant leaves."""
@@ -475,33 +395,19 @@ class OutboundCalls:
             state.answered.set_exception(error)
             state.answered.exception()  # retrieved: nobody may be waiting for it
 
-    def _ringing_timeout(self, state: OutboundCallState) -> None:
-        if not state.call.answered and not state.call.ended:
-            self._cancel(state, 408, "Request Timeout", "ringing timeout")
-
-    def _cancel(self, state: OutboundCallState, status: int, reason: str, error: str) -> None:
-        """Give up ringing: CANCEL, the participant leaves as unavailable."""
-        if state.call.answered or state.call.ended:
-            return
+    def give_up(self, state: OutboundCallState, cause: EndCause, headers: dict[str, str]) -> None:
+        """Give up an unanswered call: CANCEL (once the far end has the INVITE), and the
+        participant leaves at once, unavailable."""
+        if cause is EndCause.RINGING_TIMEOUT:
+            status, reason, error = 408, "Request Timeout", "ringing timeout"
+        else:
+            status, reason, error = 487, "Request Terminated", cause.value
         state.info.error = state.info.error or error
-        if not state.info.disconnect_reason:  # (removed from the room: PARTICIPANT_REMOVED...)
-            state.info.disconnect_reason = Reason.USER_UNAVAILABLE
-        self._settle(state, call_failed(status, reason, error))
-        state.call.cancel(self._attributes_to_headers(state))
-        self._leave(state, state.info.disconnect_reason)
+        self._settle(state, call_failed(status, reason, state.info.error))
+        state.call.cancel(headers)
+        self.leave(state)
 
-    def _reoffer(self, state: OutboundCallState, request: Request) -> bytes:
-        """A re-INVITE or UPDATE from the phone's side: hold, resume, a new address or codec.
-        Either refreshes the session (RFC 4028 s10); its 2xx says the session timer again."""
-        timer = state.session_timer
-        if timer is not None:
-            timer.check(request)  # 422 before anything changes
-        body = self._reoffer_media(state, request)
-        if timer is not None:
-            state.call.response_headers = timer.refreshed(request)
-        return body
-
-    def _reoffer_media(self, state: OutboundCallState, request: Request) -> bytes:
+    def reoffer_media(self, state: OutboundCallState, request: Request) -> bytes:
         if not request.body:
             # An UPDATE without SDP only refreshes; a re-INVITE without one asks for our
             # session as the offer, answered in the ACK (RFC 3261 s14.2).
@@ -513,162 +419,9 @@ class OutboundCalls:
         state.sdp = self.media.renegotiate(state.leg, request.body, state.policy)
         return state.sdp
 
-    def _media_timeout(self, state: OutboundCallState) -> None:
-        log.info("call %s: no media, hanging up", state.info.call_id)
-        state.info.error = "media timeout"
-        state.info.disconnect_reason = Reason.MEDIA_FAILURE
-        self._hangup(state, "media-timeout")
-
-    def _session_expired(self, state: OutboundCallState, reason: str) -> None:
-        """No refresh came in time, or ours failed (RFC 4028 s10): BYE."""
-        self._count("session_expired")
-        state.info.error = reason
-        self._hangup(state, "session-expired")
-
-    def _hangup(self, state: OutboundCallState, why: str) -> None:
-        if state.call.ended:
-            return
+    def on_finished(self, state: OutboundCallState, reason: str) -> None:
         if state.call.answered:
-            state.call.hangup(self._attributes_to_headers(state))
+            state.info.call_status = proto.SIPCallStatus.SCS_DISCONNECTED
         else:
-            self._cancel(state, 487, "Request Terminated", why)
-
-    # -- the end ---------------------------------------------------------------------------
-
-    def _ended(self, state: OutboundCallState, reason: str) -> None:
-        """The call is over (BYE either way, a failure, CANCEL): out of the room, logged."""
-        state.cancel_timers()
-        if state.session_timer is not None:
-            state.session_timer.close()
-        self.media.release(state.leg)
-        key = room_participant_key(state.room, state.identity)
-        if self.active.get(key) is state:
-            del self.active[key]
-        self.by_participant.pop(state.participant_sid, None)
-        info = state.info
-        now = self.rooms.now()
-        info.ended_at, info.ended_at_ns = int(now), int(now * 1e9)
-        if reason == "bye":
-            info.disconnect_reason = info.disconnect_reason or Reason.CLIENT_INITIATED
-        if state.call.answered:
-            info.call_status = proto.SIPCallStatus.SCS_DISCONNECTED
-        else:
-            info.call_status = proto.SIPCallStatus.SCS_ERROR
-        self._settle(state, call_failed(487, "Request Terminated", info.error or reason))
-        self._leave(state, info.disconnect_reason or Reason.CLIENT_INITIATED)
-        self.call_log.record(info)
-
-    def _leave(self, state: OutboundCallState, reason: int) -> None:
-        if state.leaving:
-            return
-        state.leaving = True
-        self._set_status(state, "hangup", force=True)
-        registry = self.rooms.registry
-        if self._participant(state) is not None:
-            registry.remove(state.room, state.identity, self.rooms.now(), reason)
-            self.rooms.commit()
-
-    def _set_status(
-        self,
-        state: OutboundCallState,
-        status: str,
-        extra: dict[str, str] | None = None,
-        *,
-        force: bool = False,
-    ) -> None:
-        if state.leaving and not force:
-            return
-        registry = self.rooms.registry
-        if self._participant(state) is None:
-            return
-        attributes = {**(extra or {}), ATTR_CALL_STATUS: status}
-        try:
-            participant = registry.update_participant(
-                state.room, state.identity, attributes=attributes
-            )
-        except ApiError:
-            return
-        state.info.participant_attributes.update(participant.attributes)
-        self.rooms.commit()
-
-    def _attributes_to_headers(self, state: OutboundCallState) -> dict[str, str]:
-        mapping = state.plan.trunk.attributes_to_headers
-        participant = self._participant(state)
-        if not mapping or participant is None:
-            return {}
-        return {
-            header: participant.attributes[attribute]
-            for attribute, header in mapping.items()
-            if participant.attributes.get(attribute)
-        }
-
-    def _later(self, state: OutboundCallState, delay: float, fn: Callable[[], None]) -> None:
-        state.timers.append(asyncio.get_running_loop().call_later(delay, self._guarded, state, fn))
-
-    def _guarded(self, state: OutboundCallState, fn: Callable[[], None]) -> None:
-        """Run a step of a call; if it fails, the call ends rather than lingering (a zombie)."""
-        try:
-            fn()
-        except Exception:
-            log.exception("call %s: failed, ending it", state.info.call_id)
-            self._count("internal_error")
-            state.info.error = state.info.error or "internal error"
-            if state.call.answered:
-                state.call.hangup()
-            else:  # CANCEL (once the far end has the INVITE); the transaction's end ends it
-                state.call.cancel()
-
-    def _not_ringing_timer(self, state: OutboundCallState) -> None:
-        """The ringing timeout is the first timer; the answer disarms it."""
-        if state.timers:
-            state.timers.pop(0).cancel()
-
-    # -- DTMF and the room -----------------------------------------------------------------
-
-    def _dtmf_from_phone(self, state: OutboundCallState, digit: str) -> None:
-        if state.leaving or not state.call.answered:
-            return
-        packet = models.DataPacket(
-            kind=models.DataPacket.Kind.RELIABLE,
-            participant_identity=state.identity,
-            sip_dtmf=models.SipDTMF(code=digit_code(digit), digit=digit),
-        )
-        try:
-            self.rooms.registry.send_data(state.room, packet)
-        except ApiError:
-            return
-        self.rooms.commit()
-
-    def on_room_event(self, event: ev.RoomEvent) -> None:
-        match event:
-            case ev.DataSent():
-                found = dtmf_digits_for_sip(event)
-                if found is None:
-                    return
-                digits, targets = found
-                for key in targets(self.active):
-                    state = self.active.get(key)
-                    if state is not None and state.call.answered and not state.leaving:
-                        state.leg.send_dtmf(digits[:64])
-            case ev.ParticipantLeft(participant=p):
-                state = self.by_participant.get(p.sid)
-                if state is not None and not state.leaving:
-                    state.leaving = True
-                    state.info.disconnect_reason = p.disconnect_reason
-                    if p.disconnect_reason == Reason.DUPLICATE_IDENTITY:
-                        self._count("duplicate_identity")
-                    self._guarded(state, partial(self._hangup, state, "removed"))
-            case _:
-                pass
-
-    def shutdown(self) -> int:
-        """End every call before the server stops."""
-        ended = 0
-        for state in list(self.active.values()):
-            state.info.disconnect_reason = Reason.SERVER_SHUTDOWN
-            self._hangup(state, "shutdown")
-            ended += 1
-        return ended
-
-    def _count(self, name: str) -> None:
-        self.stats[name] = self.stats.get(name, 0) + 1
+            state.info.call_status = proto.SIPCallStatus.SCS_ERROR
+        self._settle(state, call_failed(487, "Request Terminated", state.info.error or reason))

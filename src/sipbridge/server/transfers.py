@@ -26,12 +26,12 @@ from sipbridge.media.tones import RINGBACK_ETSI, ToneGenerator
 from sipbridge.server.auth import Claims
 from sipbridge.server.call_log import CallLog
 from sipbridge.server.call_media import CallMedia, Pcm, Player
-from sipbridge.server.inbound import room_participant_key, seconds_of
 from sipbridge.server.rooms_runtime import RoomsRuntime
 from sipbridge.server.sip_ua import SipCall
 from sipbridge.sip.errors import SipProtocolError
 from sipbridge.sip.message import Request
 from sipbridge.sip.uri import parse_uri
+from sipbridge.telephony.call import room_participant_key, seconds_of
 from sipbridge.telephony.headers import validate_headers
 from sipbridge.telephony.outbound import call_failed
 

@@ -79,6 +79,7 @@ class Deadline(enum.Enum):
     ENDING = "ending"  # the far end never confirmed the end: forget the call
     CONFIRM = "confirm"  # (set by the runner) the ACK plus a second: `active`
     AUTOMATION = "automation"  # (set by the runner) the DTMF string has been played
+    PROGRESS = "progress"  # (set by the runner) the next 180 while the call rings
 
 
 S, In = CallState, CallInput
@@ -153,6 +154,18 @@ class CallLimits:
     pin: float = PIN_TIMEOUT_S
     ending: float = ENDING_TIMEOUT_S
 
+    @classmethod
+    def of(cls, *, ringing: object = None, max_duration: object = None) -> CallLimits:
+        """From a trunk's or a request's protobuf Durations: unset ones take the defaults,
+        and no call lasts longer than the default maximum (SIP-BEHAVIOUR.md s6)."""
+        return cls(
+            ringing=seconds_of(ringing) or DEFAULT_RINGING_TIMEOUT_S,
+            max_duration=min(
+                seconds_of(max_duration) or DEFAULT_MAX_CALL_DURATION_S,
+                DEFAULT_MAX_CALL_DURATION_S,
+            ),
+        )
+
 
 @dataclass(eq=False, kw_only=True)
 class Call:
@@ -179,6 +192,12 @@ class Call:
         else:
             call.deadlines[Deadline.RINGING] = now + call.limits.ringing
         return call
+
+    @classmethod
+    def unstarted(cls) -> Call:
+        """A placeholder for a call whose life has not begun (an INVITE still being matched):
+        no deadlines; replaced by `start` before anything waits on it."""
+        return cls(direction=Direction.INBOUND, state=S.DIALING)
 
     @property
     def live(self) -> bool:
@@ -289,3 +308,16 @@ def disconnect_reason(cause: EndCause, room_reason: int = 0) -> int:
     if cause is EndCause.REMOVED:
         return room_reason or int(Reason.PARTICIPANT_REMOVED)
     return int(DISCONNECT_REASON[cause])
+
+
+def room_participant_key(room: str, identity: str) -> str:
+    """How runners key a call by its participant: room and identity."""
+    return f"{room}\x00{identity}"
+
+
+def seconds_of(duration: object) -> float:
+    """A protobuf Duration (or None) in seconds; 0 when unset."""
+    if duration is None:
+        return 0.0
+    seconds = getattr(duration, "seconds", 0) + getattr(duration, "nanos", 0) / 1e9
+    return float(seconds)

@@ -1,11 +1,11 @@
-"""Digits carried by SendData user packets to SIP participants (server/inbound.py)."""
+"""Digits carried by SendData user packets to SIP participants (telephony/dtmf.py)."""
 
 from __future__ import annotations
 
 import pytest
 from livekit.protocol import models
 
-from sipbridge.server.inbound import _dtmf_payload
+from sipbridge.telephony.dtmf import dtmf_payload
 
 
 @pytest.mark.parametrize(
@@ -27,4 +27,4 @@ from sipbridge.server.inbound import _dtmf_payload
     ],
 )
 def test_dtmf_payloads(payload: bytes, digits: str) -> None:
-    assert _dtmf_payload(payload) == digits
+    assert dtmf_payload(payload) == digits
