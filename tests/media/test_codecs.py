@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.typing import NDArray
 
+from sipbridge import sdp
 from sipbridge.media import codecs, g711
 from sipbridge.media.codecs import (
     G722_SPEC,
@@ -32,7 +33,6 @@ from sipbridge.media.codecs import (
     transcode_g711,
 )
 from sipbridge.media.errors import MediaError
-from sipbridge.sip import sdp
 
 ALL_CODES = bytes(range(256))
 # every int16 value, in order

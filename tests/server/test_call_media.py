@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from sipbridge import sdp
 from sipbridge.media import codecs
 from sipbridge.media.dtmf import DtmfSender, detect_digits, parse_event
 from sipbridge.media.rtp import (
@@ -45,7 +46,6 @@ from sipbridge.media.srtp import (
 from sipbridge.server.call_media import CallMedia, PcmPlayer
 from sipbridge.server.media_ports import READ_SIZE, MediaSocket, PortPool
 from sipbridge.server.media_service import MEDIA_TIMEOUT_INITIAL_S, MEDIA_TIMEOUT_S, MediaService
-from sipbridge.sip import sdp
 from sipbridge.sip.errors import SipProtocolError
 from sipbridge.telephony.media import Encryption, MediaPolicy
 from tests.audio import tone_ratio

@@ -5,7 +5,7 @@ from __future__ import annotations
 from google.protobuf.duration_pb2 import Duration
 from livekit.protocol import sip as proto
 
-from sipbridge.sip import sdp
+from sipbridge import sdp
 from sipbridge.telephony.media import (
     DEFAULT_CODECS,
     PLAIN,

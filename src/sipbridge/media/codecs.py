@@ -39,9 +39,9 @@ import soxr
 from av.audio.codeccontext import AudioCodecContext
 from numpy.typing import NDArray
 
+from sipbridge import sdp
 from sipbridge.media import g711
 from sipbridge.media.errors import MediaError
-from sipbridge.sip import sdp
 
 __all__ = [
     "G722_SPEC",

@@ -39,8 +39,8 @@ from collections.abc import Callable, Mapping, Sequence
 
 import pylibsrtp
 
+from sipbridge import sdp
 from sipbridge.media.errors import MediaError
-from sipbridge.sip import sdp
 
 __all__ = [
     "SUITES",

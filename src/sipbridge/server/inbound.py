@@ -27,7 +27,7 @@ from livekit.protocol import models
 from livekit.protocol import sip as proto
 from numpy.typing import NDArray
 
-from sipbridge import ids
+from sipbridge import ids, sdp
 from sipbridge.errors import ApiError
 from sipbridge.media import codecs
 from sipbridge.media.dtmf import DIGITS, digit_code
@@ -39,7 +39,6 @@ from sipbridge.server.media_service import MediaService
 from sipbridge.server.rooms_runtime import RoomsRuntime
 from sipbridge.server.sip_config import SipConfig
 from sipbridge.server.sip_ua import IncomingCall
-from sipbridge.sip import sdp
 from sipbridge.sip.digest import AuthOutcome, DigestServer
 from sipbridge.sip.errors import SipProtocolError
 from sipbridge.sip.headers import parse_session_expires

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from sipbridge import sdp
 from sipbridge.media import codecs
 from sipbridge.media.errors import MediaError
 from sipbridge.media.srtp import (
@@ -31,7 +32,6 @@ from sipbridge.media.srtp import (
 )
 from sipbridge.server.call_media import FRAME_MS, AudioLeg, CallMedia, MediaClock, RoomAudio
 from sipbridge.server.media_ports import PortPool
-from sipbridge.sip import sdp
 from sipbridge.sip.errors import SipProtocolError
 from sipbridge.telephony.media import MediaPolicy
 
@@ -52,6 +52,12 @@ class Negotiated:
 
 def _not_acceptable(detail: str) -> SipProtocolError:
     return SipProtocolError(488, "Not Acceptable Here", detail)
+
+
+# This is the SIP boundary of `sdp/`: an `sdp.SdpError` (malformed SDP, or nothing in it we can
+# take) becomes 488 Not Acceptable Here with the error's detail, as `_negotiate`'s own refusals
+# (no usable SRTP key) are. What `_negotiate` may raise:
+_REFUSED = (sdp.SdpError, SipProtocolError)
 
 
 class MediaService:
@@ -129,13 +135,13 @@ class MediaService:
         """Answer an INVITE's offer with a new RTP leg (not yet receiving): (SDP, leg)."""
         try:
             offer = sdp.parse_sdp(body)
-        except SipProtocolError as err:
+        except sdp.SdpError as err:
             raise _not_acceptable(err.detail) from None
         session_id = secrets.randbelow(2**31)
         # Negotiate once with a placeholder port to learn the codec and rtcp-mux, then bind.
         try:
             trial = self._negotiate(offer, policy, port=9, session_id=session_id)
-        except SipProtocolError as err:
+        except _REFUSED as err:
             self._count("offer_refused")
             raise _not_acceptable(err.detail) from None
         srtp = None
@@ -155,9 +161,13 @@ class MediaService:
             raise SipProtocolError(503, "Service Unavailable", "no free RTP port") from None
         leg.session_id = leg.session_version = session_id
         leg.keys, leg.remote_keys = trial.keys, trial.remote_keys
-        final = self._negotiate(
-            offer, policy, port=leg.port, session_id=session_id, keys=trial.keys
-        )
+        try:  # the trial's outcome again, now with the leg's port
+            final = self._negotiate(
+                offer, policy, port=leg.port, session_id=session_id, keys=trial.keys
+            )
+        except _REFUSED as err:  # pragma: no cover - the trial was accepted
+            leg.close()
+            raise _not_acceptable(err.detail) from None
         return sdp.serialize_sdp(final.answer), leg
 
     def offer(
@@ -222,7 +232,8 @@ class MediaService:
 
     def accept_answer(self, leg: CallMedia, body: bytes) -> None:
         """The answer to our offer (in the ACK): where to send, which codec, which keys.
-        SipProtocolError 488 when it cannot be used (the caller then hangs up)."""
+        SipProtocolError 488 when it cannot be used (the caller then hangs up), whether the SDP
+        is malformed or offers nothing we can take (`sdp.SdpError`)."""
         try:
             answer = sdp.parse_sdp(body)
             secure = bool(leg.offered_keys) or leg.keys is not None
@@ -232,7 +243,7 @@ class MediaService:
                 protos=("RTP/SAVP",) if secure else ("RTP/AVP",),
                 rtcp_mux=True,
             )
-        except SipProtocolError as err:
+        except sdp.SdpError as err:
             raise _not_acceptable(err.detail) from None
         spec = codecs.spec_for(audio.audio.codec)
         if spec is None:
@@ -271,7 +282,7 @@ class MediaService:
             result = self._negotiate(
                 offer, policy, port=leg.port, session_id=leg.session_id, keys=leg.keys
             )
-        except SipProtocolError as err:
+        except _REFUSED as err:
             raise _not_acceptable(err.detail) from None
         leg.session_version += 1  # RFC 3264 s8: one more per answer that changes, none per refusal
         if result.spec is not leg.spec:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from livekit.protocol import models
 from livekit.protocol import sip as proto
 
-from sipbridge import ids
+from sipbridge import ids, sdp
 from sipbridge.errors import ApiError
 from sipbridge.media.dtmf import DIGITS, digit_code
 from sipbridge.media.tones import RINGBACK_ETSI
@@ -41,7 +41,6 @@ from sipbridge.server.media_service import MediaService
 from sipbridge.server.rooms_runtime import RoomsRuntime
 from sipbridge.server.sip_config import SipConfig
 from sipbridge.server.sip_ua import OutgoingCall, SipUserAgent
-from sipbridge.sip import sdp
 from sipbridge.sip.digest import DigestClient
 from sipbridge.sip.endpoint import Peer
 from sipbridge.sip.errors import SipProtocolError

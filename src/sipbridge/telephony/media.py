@@ -15,7 +15,7 @@ from typing import Protocol
 
 from livekit.protocol import sip as proto
 
-from sipbridge.sip import sdp
+from sipbridge import sdp
 
 # Ours by default: the reference's three plus Opus (DESIGN.md, beyond the reference).
 DEFAULT_CODECS = (sdp.PCMU, sdp.PCMA, sdp.G722, sdp.OPUS)
