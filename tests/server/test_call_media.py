@@ -36,18 +36,13 @@ from sipbridge.media.rtp import (
     serialize_rtcp,
 )
 from sipbridge.media.session import MIN_SEQUENTIAL, ntp_timestamp
-from sipbridge.media.srtp import (
-    SrtpContext,
-    SrtpKeys,
-    accept_answer,
-    answer_crypto,
-    offer_crypto,
-)
+from sipbridge.media.srtp import SrtpContext, SrtpKeys
 from sipbridge.server.call_media import CallMedia, PcmPlayer
 from sipbridge.server.media_ports import READ_SIZE, MediaSocket, PortPool
 from sipbridge.server.media_service import MEDIA_TIMEOUT_INITIAL_S, MEDIA_TIMEOUT_S, MediaService
 from sipbridge.sip.errors import SipProtocolError
-from sipbridge.telephony.media import Encryption, MediaPolicy
+from sipbridge.telephony.media import Encryption, MediaPolicy, sdp_codec
+from sipbridge.telephony.sdes import accept_answer, answer_crypto, keys_from_crypto, offer_crypto
 from tests.audio import tone_ratio
 from tests.server.media_phone import HOST, FakePhone
 
@@ -1129,7 +1124,7 @@ async def test_a_secure_late_offer_takes_the_keys_from_the_answer(media: Harness
     reply = answer_to(body, late, (sdp.PCMU,), crypto=answer_crypto(chosen, keys))
     media.svc.accept_answer(leg, reply)
     assert leg.srtp is not None and leg.remote_keys == keys and leg.offered_keys == []
-    late.srtp = SrtpContext(local=keys, remote=SrtpKeys.from_crypto(chosen))
+    late.srtp = SrtpContext(local=keys, remote=keys_from_crypto(chosen))
     media.svc.start(leg, timeout=5.0, on_timeout=lambda: None)
     media.svc.attach(leg, "room")
     media.call(other)
@@ -1166,7 +1161,7 @@ async def test_the_answer_to_our_reoffer_may_bring_new_srtp_keys(media: Harness)
     media.call(other)
     context, our_keys = leg.srtp, leg.keys
     assert our_keys is not None
-    leg.offered_codecs = (leg.spec.sdp, sdp.TELEPHONE_EVENT)  # what the call runner sets
+    leg.offered_codecs = (sdp_codec(leg.spec), sdp.TELEPHONE_EVENT)  # what the call runner sets
     ours = offer_crypto([our_keys])[0]
 
     def answer(keys: SrtpKeys | None, proto: str = "RTP/SAVP") -> bytes:

@@ -54,7 +54,7 @@ from sipbridge.telephony.inbound import (
     rule_needs_pin,
     select_rule,
 )
-from sipbridge.telephony.media import MediaPolicy, media_policy
+from sipbridge.telephony.media import MediaPolicy, media_policy, sdp_codec
 
 log = logging.getLogger(__name__)
 
@@ -330,7 +330,7 @@ class InboundCalls:
             # current session as the offer (RFC 3261 s14.2), answered in the ACK.
             if request.method == "UPDATE":
                 return b""
-            state.leg.offered_codecs = (state.leg.spec.sdp, sdp.TELEPHONE_EVENT)
+            state.leg.offered_codecs = (sdp_codec(state.leg.spec), sdp.TELEPHONE_EVENT)
             return state.answer_sdp
         self._count("reoffer")
         state.answer_sdp = self.media.renegotiate(state.leg, body, state.policy)

@@ -21,19 +21,18 @@ from dataclasses import dataclass
 from sipbridge import sdp
 from sipbridge.media import codecs
 from sipbridge.media.errors import MediaError
-from sipbridge.media.srtp import (
-    SUITES,
-    SrtpContext,
-    SrtpKeys,
-    accept_answer,
-    answer_crypto,
-    choose_crypto,
-    offer_crypto,
-)
+from sipbridge.media.srtp import SUITES, SrtpContext, SrtpKeys
 from sipbridge.server.call_media import FRAME_MS, AudioLeg, CallMedia, MediaClock, RoomAudio
 from sipbridge.server.media_ports import PortPool
 from sipbridge.sip.errors import SipProtocolError
-from sipbridge.telephony.media import MediaPolicy
+from sipbridge.telephony.media import MediaPolicy, spec_for
+from sipbridge.telephony.sdes import (
+    accept_answer,
+    answer_crypto,
+    choose_crypto,
+    keys_from_crypto,
+    offer_crypto,
+)
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +94,7 @@ class MediaService:
             # What we want to receive: 20 ms, the clock's frame (RFC 4566 s6: a=ptime in an
             # answer is the answerer's wish). Forwarded packets keep the sender's length.
             audio = dataclasses.replace(audio, ptime=FRAME_MS)
-        spec = codecs.spec_for(audio.audio.codec)
+        spec = spec_for(audio.audio.codec)
         if spec is None:  # pragma: no cover - every policy codec has a spec
             raise _not_acceptable(f"codec {audio.audio.codec} has no implementation")
         crypto = None
@@ -105,7 +104,7 @@ class MediaService:
             if chosen is None:
                 raise _not_acceptable("no usable a=crypto (RFC 4568) in the offer")
             try:
-                remote_keys = SrtpKeys.from_crypto(chosen)
+                remote_keys = keys_from_crypto(chosen)
             except MediaError as err:
                 raise _not_acceptable(str(err)) from None
             if keys is None or keys.suite != remote_keys.suite:
@@ -187,7 +186,7 @@ class MediaService:
         )
         media = trial.media[0]
         first, event = media.payload_formats[0], media.payload_formats[-1]
-        spec = codecs.spec_for(first.codec)
+        spec = spec_for(first.codec)
         assert spec is not None
         placeholder = sdp.AudioAnswer(
             media_index=0,
@@ -245,7 +244,7 @@ class MediaService:
             )
         except sdp.SdpError as err:
             raise _not_acceptable(err.detail) from None
-        spec = codecs.spec_for(audio.audio.codec)
+        spec = spec_for(audio.audio.codec)
         if spec is None:
             raise _not_acceptable(f"answer chose {audio.audio.codec}, which we did not offer")
         if leg.offered_keys:
@@ -263,7 +262,7 @@ class MediaService:
             if not audio.offered_crypto:
                 raise _not_acceptable("the answer has no a=crypto")
             try:
-                remote = SrtpKeys.from_crypto(audio.offered_crypto[0])
+                remote = keys_from_crypto(audio.offered_crypto[0])
             except MediaError as err:
                 raise _not_acceptable(str(err)) from None
             if remote != leg.remote_keys:

@@ -49,7 +49,7 @@ from sipbridge.sip.message import Request, Response
 from sipbridge.sip.transaction import new_branch
 from sipbridge.sip.uri import Uri, parse_uri
 from sipbridge.telephony.inbound import ATTR_CALL_STATUS, ATTR_CALL_TAG
-from sipbridge.telephony.media import MediaPolicy, media_policy
+from sipbridge.telephony.media import MediaPolicy, media_policy, sdp_codec
 from sipbridge.telephony.outbound import (
     DialPlan,
     answer_attributes,
@@ -443,7 +443,7 @@ class OutboundCalls:
             # session as the offer, answered in the ACK (RFC 3261 s14.2).
             if request.method == "UPDATE":
                 return b""
-            state.leg.offered_codecs = (state.leg.spec.sdp, sdp.TELEPHONE_EVENT)
+            state.leg.offered_codecs = (sdp_codec(state.leg.spec), sdp.TELEPHONE_EVENT)
             state.call.on_answer = lambda body: self.media.accept_answer(state.leg, body)
             return state.sdp
         state.sdp = self.media.renegotiate(state.leg, request.body, state.policy)
