@@ -1057,6 +1057,32 @@ async def test_offers_we_cannot_parse_are_refused(media: Harness, body: bytes, s
     assert media.svc.pool.in_use == set()
 
 
+async def test_sdp_errors_become_488_with_their_detail(media: Harness) -> None:
+    # The SIP boundary of sdp/: an SdpError of either kind, from an offer or from the answer to
+    # ours, is refused as 488 Not Acceptable Here carrying the SDP layer's detail.
+    phone = media.phone()
+    garbled = b"v=0\r\nthis is not sdp\r\n"
+    gsm = phone.offer((sdp.Codec(name="GSM", clock_rate=8000),))
+    with pytest.raises(sdp.SdpError) as malformed:
+        sdp.parse_sdp(garbled)
+    with pytest.raises(sdp.SdpError) as unacceptable:
+        sdp.negotiate_audio(sdp.parse_sdp(gsm), PLAIN.codecs, protos=PLAIN.protos)
+    assert malformed.value.kind is sdp.SdpErrorKind.MALFORMED
+    assert unacceptable.value.kind is sdp.SdpErrorKind.NOT_ACCEPTABLE
+    _, leg = media.svc.offer(PLAIN)
+    media.legs.append(leg)
+    for refuse, error in [
+        (lambda: media.svc.negotiate(garbled, PLAIN), malformed.value),
+        (lambda: media.svc.negotiate(gsm, PLAIN), unacceptable.value),
+        (lambda: media.svc.accept_answer(leg, garbled), malformed.value),
+    ]:
+        with pytest.raises(SipProtocolError) as refused:
+            refuse()
+        assert (refused.value.status, refused.value.reason) == (488, "Not Acceptable Here")
+        assert refused.value.detail == error.detail
+    assert media.svc.pool.in_use == {leg.port}
+
+
 # -- late offer (INVITE without SDP: our offer in the 200, the answer in the ACK) -------------
 
 
