@@ -28,11 +28,9 @@ from sipbridge.media.codecs import (
     new_decoder,
     new_encoder,
     silence_payload,
-    spec_for,
     transcode_g711,
 )
 from sipbridge.media.errors import MediaError
-from sipbridge.sip import sdp
 
 ALL_CODES = bytes(range(256))
 # every int16 value, in order
@@ -110,9 +108,8 @@ def test_frame_sizes(spec: CodecSpec, samples: int, ticks: int, samples_10ms: in
     assert spec.frame_ticks(60) == 3 * ticks
 
 
-def test_specs_describe_the_sdp_codecs() -> None:
+def test_specs_describe_the_codecs() -> None:
     assert [spec.name for spec in SPECS] == ["PCMU", "PCMA", "G722", "opus"]
-    assert [spec.sdp for spec in SPECS] == [sdp.PCMU, sdp.PCMA, sdp.G722, sdp.OPUS]
     assert [(s.sample_rate, s.rtp_clock) for s in SPECS] == [
         (8000, 8000),
         (8000, 8000),
@@ -122,31 +119,7 @@ def test_specs_describe_the_sdp_codecs() -> None:
     assert len({*SPECS}) == 4  # hashable, usable as keys
 
 
-@pytest.mark.parametrize(
-    ("rtpmap", "expected"),
-    [
-        (sdp.Codec(name="PCMU", clock_rate=8000), PCMU_SPEC),
-        (sdp.Codec(name="pcmu", clock_rate=8000), PCMU_SPEC),
-        (sdp.Codec(name="pcma", clock_rate=8000), PCMA_SPEC),
-        (sdp.Codec(name="g722", clock_rate=8000), G722_SPEC),
-        (sdp.Codec(name="OPUS", clock_rate=48000, channels=2), OPUS_SPEC),
-        (sdp.STATIC_PAYLOAD_TYPES[9], G722_SPEC),
-        # G.722 is always /8000 in SDP; a /16000 rtpmap is not the same payload format
-        (sdp.Codec(name="G722", clock_rate=16000), None),
-        # RFC 7587 s7: opus is always /48000/2
-        (sdp.Codec(name="opus", clock_rate=48000), None),
-        (sdp.Codec(name="PCMU", clock_rate=16000), None),
-        (sdp.TELEPHONE_EVENT, None),
-        (sdp.STATIC_PAYLOAD_TYPES[3], None),  # GSM
-    ],
-)
-def test_spec_for(rtpmap: sdp.Codec, expected: CodecSpec | None) -> None:
-    assert spec_for(rtpmap) == expected
-
-
-UNKNOWN_SPEC = CodecSpec(
-    name="GSM", sdp=sdp.Codec(name="GSM", clock_rate=8000), sample_rate=8000, rtp_clock=8000
-)
+UNKNOWN_SPEC = CodecSpec(name="GSM", sample_rate=8000, rtp_clock=8000)
 
 
 def test_factories_reject_unknown_codecs() -> None:

@@ -14,9 +14,9 @@ import secrets
 import socket
 from collections.abc import Sequence
 
+from sipbridge import sdp
 from sipbridge.media.rtp import RtcpPacket, RtpPacket, is_rtcp, parse_rtcp, parse_rtp
 from sipbridge.media.srtp import SrtpContext
-from sipbridge.sip import sdp
 
 HOST = "127.0.0.1"
 RECV_SIZE = 4096

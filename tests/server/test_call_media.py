@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from sipbridge import sdp
 from sipbridge.media import codecs
 from sipbridge.media.dtmf import DtmfSender, detect_digits, parse_event
 from sipbridge.media.rtp import (
@@ -35,19 +36,13 @@ from sipbridge.media.rtp import (
     serialize_rtcp,
 )
 from sipbridge.media.session import MIN_SEQUENTIAL, ntp_timestamp
-from sipbridge.media.srtp import (
-    SrtpContext,
-    SrtpKeys,
-    accept_answer,
-    answer_crypto,
-    offer_crypto,
-)
+from sipbridge.media.srtp import SrtpContext, SrtpKeys
 from sipbridge.server.call_media import CallMedia, PcmPlayer
 from sipbridge.server.media_ports import READ_SIZE, MediaSocket, PortPool
 from sipbridge.server.media_service import MEDIA_TIMEOUT_INITIAL_S, MEDIA_TIMEOUT_S, MediaService
-from sipbridge.sip import sdp
 from sipbridge.sip.errors import SipProtocolError
-from sipbridge.telephony.media import Encryption, MediaPolicy
+from sipbridge.telephony.media import Encryption, MediaPolicy, sdp_codec
+from sipbridge.telephony.sdes import accept_answer, answer_crypto, keys_from_crypto, offer_crypto
 from tests.audio import tone_ratio
 from tests.server.media_phone import HOST, FakePhone
 
@@ -1062,6 +1057,32 @@ async def test_offers_we_cannot_parse_are_refused(media: Harness, body: bytes, s
     assert media.svc.pool.in_use == set()
 
 
+async def test_sdp_errors_become_488_with_their_detail(media: Harness) -> None:
+    # The SIP boundary of sdp/: an SdpError of either kind, from an offer or from the answer to
+    # ours, is refused as 488 Not Acceptable Here carrying the SDP layer's detail.
+    phone = media.phone()
+    garbled = b"v=0\r\nthis is not sdp\r\n"
+    gsm = phone.offer((sdp.Codec(name="GSM", clock_rate=8000),))
+    with pytest.raises(sdp.SdpError) as malformed:
+        sdp.parse_sdp(garbled)
+    with pytest.raises(sdp.SdpError) as unacceptable:
+        sdp.negotiate_audio(sdp.parse_sdp(gsm), PLAIN.codecs, protos=PLAIN.protos)
+    assert malformed.value.kind is sdp.SdpErrorKind.MALFORMED
+    assert unacceptable.value.kind is sdp.SdpErrorKind.NOT_ACCEPTABLE
+    _, leg = media.svc.offer(PLAIN)
+    media.legs.append(leg)
+    for refuse, error in [
+        (lambda: media.svc.negotiate(garbled, PLAIN), malformed.value),
+        (lambda: media.svc.negotiate(gsm, PLAIN), unacceptable.value),
+        (lambda: media.svc.accept_answer(leg, garbled), malformed.value),
+    ]:
+        with pytest.raises(SipProtocolError) as refused:
+            refuse()
+        assert (refused.value.status, refused.value.reason) == (488, "Not Acceptable Here")
+        assert refused.value.detail == error.detail
+    assert media.svc.pool.in_use == {leg.port}
+
+
 # -- late offer (INVITE without SDP: our offer in the 200, the answer in the ACK) -------------
 
 
@@ -1129,7 +1150,7 @@ async def test_a_secure_late_offer_takes_the_keys_from_the_answer(media: Harness
     reply = answer_to(body, late, (sdp.PCMU,), crypto=answer_crypto(chosen, keys))
     media.svc.accept_answer(leg, reply)
     assert leg.srtp is not None and leg.remote_keys == keys and leg.offered_keys == []
-    late.srtp = SrtpContext(local=keys, remote=SrtpKeys.from_crypto(chosen))
+    late.srtp = SrtpContext(local=keys, remote=keys_from_crypto(chosen))
     media.svc.start(leg, timeout=5.0, on_timeout=lambda: None)
     media.svc.attach(leg, "room")
     media.call(other)
@@ -1166,7 +1187,7 @@ async def test_the_answer_to_our_reoffer_may_bring_new_srtp_keys(media: Harness)
     media.call(other)
     context, our_keys = leg.srtp, leg.keys
     assert our_keys is not None
-    leg.offered_codecs = (leg.spec.sdp, sdp.TELEPHONE_EVENT)  # what the call runner sets
+    leg.offered_codecs = (sdp_codec(leg.spec), sdp.TELEPHONE_EVENT)  # what the call runner sets
     ours = offer_crypto([our_keys])[0]
 
     def answer(keys: SrtpKeys | None, proto: str = "RTP/SAVP") -> bytes:

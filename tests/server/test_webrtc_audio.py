@@ -20,11 +20,11 @@ import pytest
 from aiortc import RTCRtpCodecParameters
 from aiortc.mediastreams import MediaStreamError
 
+from sipbridge import sdp
 from sipbridge.media import codecs
 from sipbridge.media.session import MIN_SEQUENTIAL
 from sipbridge.server import webrtc
 from sipbridge.server.call_media import Timeline
-from sipbridge.sip import sdp
 from sipbridge.telephony.media import MediaPolicy
 from tests.server.test_call_media import FRAME, Harness, paced, pcmu, settle
 

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import pytest
 from google.protobuf.duration_pb2 import Duration
 from livekit.protocol import sip as proto
 
-from sipbridge.sip import sdp
+from sipbridge import sdp
+from sipbridge.media.codecs import G722_SPEC, OPUS_SPEC, PCMA_SPEC, PCMU_SPEC, SPECS, CodecSpec
 from sipbridge.telephony.media import (
     DEFAULT_CODECS,
+    IMPLEMENTED,
     PLAIN,
     SECURE,
     MediaPolicy,
     codec_from_config,
     media_policy,
+    sdp_codec,
+    spec_for,
 )
 
 Enc = proto.SIPMediaEncryption
@@ -75,3 +80,39 @@ def test_media_timeout() -> None:
         media=proto.SIPMediaConfig(media_timeout=Duration(seconds=5, nanos=500_000_000))
     )
     assert media_policy(trunk).media_timeout == 5.5
+
+
+# -- SDP codecs <-> media codec specs ----------------------------------------------------------
+
+
+def test_specs_describe_the_sdp_codecs() -> None:
+    assert [spec.name for spec in SPECS] == ["PCMU", "PCMA", "G722", "opus"]
+    assert [sdp_codec(spec) for spec in SPECS] == [sdp.PCMU, sdp.PCMA, sdp.G722, sdp.OPUS]
+    # every codec the media path implements has an SDP name, and the defaults are those
+    assert [spec for _, spec in IMPLEMENTED] == list(SPECS)
+    assert [codec for codec, _ in IMPLEMENTED] == list(DEFAULT_CODECS)
+    assert all(spec_for(sdp_codec(spec)) is spec for spec in SPECS)
+    with pytest.raises(ValueError, match="no SDP name"):
+        sdp_codec(CodecSpec(name="GSM", sample_rate=8000, rtp_clock=8000))
+
+
+@pytest.mark.parametrize(
+    ("rtpmap", "expected"),
+    [
+        (sdp.Codec(name="PCMU", clock_rate=8000), PCMU_SPEC),
+        (sdp.Codec(name="pcmu", clock_rate=8000), PCMU_SPEC),
+        (sdp.Codec(name="pcma", clock_rate=8000), PCMA_SPEC),
+        (sdp.Codec(name="g722", clock_rate=8000), G722_SPEC),
+        (sdp.Codec(name="OPUS", clock_rate=48000, channels=2), OPUS_SPEC),
+        (sdp.STATIC_PAYLOAD_TYPES[9], G722_SPEC),
+        # G.722 is always /8000 in SDP; a /16000 rtpmap is not the same payload format
+        (sdp.Codec(name="G722", clock_rate=16000), None),
+        # RFC 7587 s7: opus is always /48000/2
+        (sdp.Codec(name="opus", clock_rate=48000), None),
+        (sdp.Codec(name="PCMU", clock_rate=16000), None),
+        (sdp.TELEPHONE_EVENT, None),
+        (sdp.STATIC_PAYLOAD_TYPES[3], None),  # GSM
+    ],
+)
+def test_spec_for(rtpmap: sdp.Codec, expected: CodecSpec | None) -> None:
+    assert spec_for(rtpmap) == expected

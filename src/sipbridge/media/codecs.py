@@ -41,7 +41,6 @@ from numpy.typing import NDArray
 
 from sipbridge.media import g711
 from sipbridge.media.errors import MediaError
-from sipbridge.sip import sdp
 
 __all__ = [
     "G722_SPEC",
@@ -59,7 +58,6 @@ __all__ = [
     "new_decoder",
     "new_encoder",
     "silence_payload",
-    "spec_for",
     "transcode_g711",
     "ulaw_decode_array",
     "ulaw_encode_array",
@@ -71,12 +69,14 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class CodecSpec:
-    """One audio codec as the media path sees it: its SDP form, PCM rate and RTP clock."""
+    """One audio codec as the media path sees it: its name, PCM rate and RTP clock.
+
+    How SDP names it (the rtpmap form offered and answered) is `telephony/media.py`'s business:
+    `media/` knows no SDP.
+    """
 
     name: str
     """"PCMU", "PCMA", "G722" or "opus"."""
-    sdp: sdp.Codec
-    """The rtpmap form offered and answered in SDP."""
     sample_rate: int
     """Rate of the decoded PCM (what `Decoder.decode` returns and `Encoder.encode` takes)."""
     rtp_clock: int
@@ -91,22 +91,13 @@ class CodecSpec:
         return self.rtp_clock * ms // 1000
 
 
-PCMU_SPEC: Final = CodecSpec(name="PCMU", sdp=sdp.PCMU, sample_rate=8000, rtp_clock=8000)
-PCMA_SPEC: Final = CodecSpec(name="PCMA", sdp=sdp.PCMA, sample_rate=8000, rtp_clock=8000)
-G722_SPEC: Final = CodecSpec(name="G722", sdp=sdp.G722, sample_rate=16000, rtp_clock=8000)
+PCMU_SPEC: Final = CodecSpec(name="PCMU", sample_rate=8000, rtp_clock=8000)
+PCMA_SPEC: Final = CodecSpec(name="PCMA", sample_rate=8000, rtp_clock=8000)
+G722_SPEC: Final = CodecSpec(name="G722", sample_rate=16000, rtp_clock=8000)
 # RFC 7587 s4.1: the RTP clock is always 48 kHz, whatever rate the encoder ran at; we decode to
 # 48 kHz too, so the two agree.
-OPUS_SPEC: Final = CodecSpec(name="opus", sdp=sdp.OPUS, sample_rate=48000, rtp_clock=48000)
+OPUS_SPEC: Final = CodecSpec(name="opus", sample_rate=48000, rtp_clock=48000)
 SPECS: Final[tuple[CodecSpec, ...]] = (PCMU_SPEC, PCMA_SPEC, G722_SPEC, OPUS_SPEC)
-
-
-def spec_for(codec: sdp.Codec) -> CodecSpec | None:
-    """The codec we implement for an SDP rtpmap entry, or None (name compared case-insensitively,
-    clock rate and channels exactly: G.722 is "G722/8000", Opus "opus/48000/2")."""
-    for spec in SPECS:
-        if spec.sdp.matches(codec):
-            return spec
-    return None
 
 
 class Encoder(Protocol):

@@ -1,21 +1,15 @@
-"""SDES-SRTP: RFC 4568 keys in SDP and an SRTP context over libsrtp (RFC 3711, RFC 7714).
+"""SRTP keys and an SRTP context over libsrtp (RFC 3711, RFC 7714), with RFC 4568 key checks.
 
 Sans-IO like the rest of `media/`: keys come from the caller's random source, and the context
 turns plain RTP/RTCP bytes into protected bytes and back. libsrtp (through pylibsrtp) does the
-cryptography; this module decides which SDES offers we can honour and keeps libsrtp's failures
+cryptography; this module decides which SDES keys we can honour and keeps libsrtp's failures
 inside `MediaError`.
 
-SDES declares keys per direction: each side's `a=crypto` line carries the key *it sends with*
-(RFC 4568 s7.1). As answerer:
-
-    chosen = choose_crypto(offer_media.crypto)         # None -> answer 488
-    remote = SrtpKeys.from_crypto(chosen)
-    local = SrtpKeys.generate(remote.suite, secrets.token_bytes)
-    answer_line = answer_crypto(chosen, local)
-    context = SrtpContext(local=local, remote=remote)
-
-As offerer, `offer_crypto` numbers our keys 1..n and `accept_answer` pairs the answer's line with
-the key we offered under its tag.
+`media/` knows no SDP and no SIP (`tests/test_layers.py` checks it): `SrtpKeys.from_sdes` takes
+the pieces of one RFC 4568 `a=crypto` line - tag, suite, key-params, session-params - as plain
+values, and `SrtpKeys.inline` gives the key-info back. Reading those lines out of SDP and the
+SDES offer/answer (which line to choose, what to answer, which of our keys an answer picked)
+live in `telephony/sdes.py`.
 
 What we refuse, so that the offer falls through to the next line or to a 488, is what libsrtp
 cannot do through pylibsrtp or what would weaken the call: suites other than those in `SUITES`;
@@ -40,17 +34,8 @@ from collections.abc import Callable, Mapping, Sequence
 import pylibsrtp
 
 from sipbridge.media.errors import MediaError
-from sipbridge.sip import sdp
 
-__all__ = [
-    "SUITES",
-    "SrtpContext",
-    "SrtpKeys",
-    "accept_answer",
-    "answer_crypto",
-    "choose_crypto",
-    "offer_crypto",
-]
+__all__ = ["SUITES", "SrtpContext", "SrtpKeys", "suite_name"]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -94,6 +79,12 @@ def _suite(name: str) -> tuple[str, _Suite]:
     if canonical is None:
         raise MediaError(f"SRTP crypto suite {name!r} is not supported")
     return canonical, _SUITES[canonical]
+
+
+def suite_name(name: str) -> str:
+    """The name of a suite in `SUITES` as we spell it, whatever its case; `MediaError` if we do
+    not support it."""
+    return _suite(name)[0]
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -140,35 +131,44 @@ class SrtpKeys:
         )
 
     @classmethod
-    def from_crypto(cls, crypto: sdp.CryptoAttribute) -> SrtpKeys:
-        """The keys an `a=crypto` line declares; `MediaError` if we cannot use it.
+    def from_sdes(
+        cls,
+        *,
+        tag: int,
+        suite: str,
+        key_params: Sequence[tuple[str, str]],
+        session_params: Sequence[str] = (),
+    ) -> SrtpKeys:
+        """The keys one SDES line declares, given as its parts: `a=crypto:<tag> <suite>
+        <method>:<info>[;...] [<session-params>]` (RFC 4568 s9.1); `MediaError` if we cannot
+        use them. The tag only names the line in errors.
 
-        The caller answers 488 when no offered line is usable (`choose_crypto` skips those).
+        The caller answers 488 when no offered line is usable.
         """
-        name, params = _suite(crypto.suite)
-        if len(crypto.keys) != 1:
+        name, params = _suite(suite)
+        if len(key_params) != 1:
             # s6.1: several master keys need MKIs to tell them apart, and we take no MKI.
-            raise MediaError(f"a=crypto:{crypto.tag} has {len(crypto.keys)} keys, we take one")
-        key = crypto.keys[0]
-        if key.method.lower() != "inline":
-            raise MediaError(f"a=crypto:{crypto.tag} key method {key.method!r} is not inline")
-        match = _INLINE.fullmatch(key.info)
+            raise MediaError(f"a=crypto:{tag} has {len(key_params)} keys, we take one")
+        method, info = key_params[0]
+        if method.lower() != "inline":
+            raise MediaError(f"a=crypto:{tag} key method {method!r} is not inline")
+        match = _INLINE.fullmatch(info)
         if match is None:
-            raise MediaError(f"a=crypto:{crypto.tag} inline key is not <key||salt>[|...]")
+            raise MediaError(f"a=crypto:{tag} inline key is not <key||salt>[|...]")
         if match["mki"] is not None:
-            raise MediaError(f"a=crypto:{crypto.tag} has an MKI ({match['mki']}), unsupported")
+            raise MediaError(f"a=crypto:{tag} has an MKI ({match['mki']}), unsupported")
         power, count = match["power"], match["count"]
         lifetime = 2 ** int(power) if power is not None else int(count or _MAX_LIFETIME)
         if not 1 <= lifetime <= _MAX_LIFETIME:
-            raise MediaError(f"a=crypto:{crypto.tag} key lifetime is not 1 to 2^48 packets")
-        material = _decode_key(match["key"], crypto.tag)
+            raise MediaError(f"a=crypto:{tag} key lifetime is not 1 to 2^48 packets")
+        material = _decode_key(match["key"], tag)
         if len(material) != params.key_length + params.salt_length:
             raise MediaError(
-                f"a=crypto:{crypto.tag} {name} key||salt is {len(material)} bytes,"
+                f"a=crypto:{tag} {name} key||salt is {len(material)} bytes,"
                 f" not {params.key_length + params.salt_length}"
             )
-        for parameter in crypto.session_params:
-            _check_session_parameter(parameter, crypto.tag)
+        for parameter in session_params:
+            _check_session_parameter(parameter, tag)
         return cls(
             suite=name,
             master_key=material[: params.key_length],
@@ -200,64 +200,6 @@ def _check_session_parameter(parameter: str, tag: int) -> None:
             raise MediaError(f"a=crypto:{tag} {parameter} is not WSH=<packets>")
         return
     raise MediaError(f"a=crypto:{tag} session parameter {parameter} is unknown")
-
-
-def choose_crypto(offered: Sequence[sdp.CryptoAttribute]) -> sdp.CryptoAttribute | None:
-    """The first offered `a=crypto` line we can use, or None (then answer 488).
-
-    The offer lists its lines in the offerer's order of preference (RFC 4568 s7.1.1), and we
-    follow it; lines `SrtpKeys.from_crypto` refuses are skipped (s7.1.2).
-    """
-    for crypto in offered:
-        try:
-            SrtpKeys.from_crypto(crypto)
-        except MediaError:
-            continue
-        return crypto
-    return None
-
-
-def answer_crypto(offered: sdp.CryptoAttribute, ours: SrtpKeys) -> sdp.CryptoAttribute:
-    """Our answer to the chosen `offered` line: its tag and suite, our sending key (s7.1.2)."""
-    name, _ = _suite(offered.suite)
-    if name != ours.suite:
-        raise ValueError(f"answering {offered.suite} with {ours.suite} keys")
-    return sdp.CryptoAttribute(
-        tag=offered.tag,
-        suite=offered.suite,
-        keys=(sdp.CryptoKey(method="inline", info=ours.inline()),),
-    )
-
-
-def offer_crypto(keys: Sequence[SrtpKeys]) -> list[sdp.CryptoAttribute]:
-    """`a=crypto` lines for our offer, most preferred first, tagged 1..n (s7.1.1)."""
-    return [
-        sdp.CryptoAttribute(
-            tag=tag,
-            suite=ours.suite,
-            keys=(sdp.CryptoKey(method="inline", info=ours.inline()),),
-        )
-        for tag, ours in enumerate(keys, start=1)
-    ]
-
-
-def accept_answer(
-    offered: Sequence[SrtpKeys], answer: sdp.CryptoAttribute
-) -> tuple[SrtpKeys, SrtpKeys]:
-    """(local, remote) keys once the answer picked one of our `offer_crypto(offered)` lines.
-
-    `MediaError` if the answer's tag is not one we offered, its suite differs from that line's
-    (RFC 4568 s7.1.3), or its key is one we cannot use.
-    """
-    if not 1 <= answer.tag <= len(offered):
-        raise MediaError(f"answer a=crypto:{answer.tag} matches no offered tag")
-    local = offered[answer.tag - 1]
-    remote = SrtpKeys.from_crypto(answer)
-    if remote.suite != local.suite:
-        raise MediaError(
-            f"answer a=crypto:{answer.tag} is {remote.suite}, we offered {local.suite}"
-        )
-    return local, remote
 
 
 def _policy(keys: SrtpKeys, ssrc_type: int) -> pylibsrtp.Policy:

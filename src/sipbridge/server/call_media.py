@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from sipbridge import sdp
 from sipbridge.media import codecs, mixer
 from sipbridge.media.dtmf import DIGITS, DtmfReceiver, DtmfSender, dtmf_tone
 from sipbridge.media.errors import MediaError
@@ -39,7 +40,6 @@ from sipbridge.media.session import Latch, RtpReceiver, RtpSender, ntp_timestamp
 from sipbridge.media.srtp import SrtpContext, SrtpKeys
 from sipbridge.media.tones import ToneGenerator, ToneSpec
 from sipbridge.server.media_ports import PortPool
-from sipbridge.sip import sdp
 
 log = logging.getLogger(__name__)
 

@@ -24,14 +24,13 @@ from functools import partial
 from livekit.protocol import models
 from livekit.protocol import sip as proto
 
-from sipbridge import ids
+from sipbridge import ids, sdp
 from sipbridge.errors import ApiError
 from sipbridge.rooms import events as ev
 from sipbridge.server.call_runner import CallRunner, CallServices, LiveCall
 from sipbridge.server.pin_entry import PinEntry
 from sipbridge.server.session_timers import SessionTimerDriver
 from sipbridge.server.sip_ua import IncomingCall
-from sipbridge.sip import sdp
 from sipbridge.sip.digest import AuthOutcome, DigestServer
 from sipbridge.sip.errors import SipProtocolError
 from sipbridge.sip.message import Request
@@ -57,7 +56,7 @@ from sipbridge.telephony.inbound import (
     rule_needs_pin,
     select_rule,
 )
-from sipbridge.telephony.media import media_policy
+from sipbridge.telephony.media import media_policy, sdp_codec
 
 log = logging.getLogger(__name__)
 
@@ -256,7 +255,7 @@ class InboundCalls(CallRunner[InboundCallState]):
             # current session as the offer (RFC 3261 s14.2), answered in the ACK.
             if request.method == "UPDATE":
                 return b""
-            state.leg.offered_codecs = (state.leg.spec.sdp, sdp.TELEPHONE_EVENT)
+            state.leg.offered_codecs = (sdp_codec(state.leg.spec), sdp.TELEPHONE_EVENT)
             return state.answer_sdp
         self._count("reoffer")
         state.answer_sdp = self.media.renegotiate(state.leg, body, state.policy)

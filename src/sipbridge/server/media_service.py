@@ -18,22 +18,21 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from sipbridge import sdp
 from sipbridge.media import codecs
 from sipbridge.media.errors import MediaError
-from sipbridge.media.srtp import (
-    SUITES,
-    SrtpContext,
-    SrtpKeys,
+from sipbridge.media.srtp import SUITES, SrtpContext, SrtpKeys
+from sipbridge.server.call_media import FRAME_MS, AudioLeg, CallMedia, MediaClock, RoomAudio
+from sipbridge.server.media_ports import PortPool
+from sipbridge.sip.errors import SipProtocolError
+from sipbridge.telephony.media import MediaPolicy, spec_for
+from sipbridge.telephony.sdes import (
     accept_answer,
     answer_crypto,
     choose_crypto,
+    keys_from_crypto,
     offer_crypto,
 )
-from sipbridge.server.call_media import FRAME_MS, AudioLeg, CallMedia, MediaClock, RoomAudio
-from sipbridge.server.media_ports import PortPool
-from sipbridge.sip import sdp
-from sipbridge.sip.errors import SipProtocolError
-from sipbridge.telephony.media import MediaPolicy
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +51,12 @@ class Negotiated:
 
 def _not_acceptable(detail: str) -> SipProtocolError:
     return SipProtocolError(488, "Not Acceptable Here", detail)
+
+
+# This is the SIP boundary of `sdp/`: an `sdp.SdpError` (malformed SDP, or nothing in it we can
+# take) becomes 488 Not Acceptable Here with the error's detail, as `_negotiate`'s own refusals
+# (no usable SRTP key) are. What `_negotiate` may raise:
+_REFUSED = (sdp.SdpError, SipProtocolError)
 
 
 class MediaService:
@@ -89,7 +94,7 @@ class MediaService:
             # What we want to receive: 20 ms, the clock's frame (RFC 4566 s6: a=ptime in an
             # answer is the answerer's wish). Forwarded packets keep the sender's length.
             audio = dataclasses.replace(audio, ptime=FRAME_MS)
-        spec = codecs.spec_for(audio.audio.codec)
+        spec = spec_for(audio.audio.codec)
         if spec is None:  # pragma: no cover - every policy codec has a spec
             raise _not_acceptable(f"codec {audio.audio.codec} has no implementation")
         crypto = None
@@ -99,7 +104,7 @@ class MediaService:
             if chosen is None:
                 raise _not_acceptable("no usable a=crypto (RFC 4568) in the offer")
             try:
-                remote_keys = SrtpKeys.from_crypto(chosen)
+                remote_keys = keys_from_crypto(chosen)
             except MediaError as err:
                 raise _not_acceptable(str(err)) from None
             if keys is None or keys.suite != remote_keys.suite:
@@ -129,13 +134,13 @@ class MediaService:
         """Answer an INVITE's offer with a new RTP leg (not yet receiving): (SDP, leg)."""
         try:
             offer = sdp.parse_sdp(body)
-        except SipProtocolError as err:
+        except sdp.SdpError as err:
             raise _not_acceptable(err.detail) from None
         session_id = secrets.randbelow(2**31)
         # Negotiate once with a placeholder port to learn the codec and rtcp-mux, then bind.
         try:
             trial = self._negotiate(offer, policy, port=9, session_id=session_id)
-        except SipProtocolError as err:
+        except _REFUSED as err:
             self._count("offer_refused")
             raise _not_acceptable(err.detail) from None
         srtp = None
@@ -155,9 +160,13 @@ class MediaService:
             raise SipProtocolError(503, "Service Unavailable", "no free RTP port") from None
         leg.session_id = leg.session_version = session_id
         leg.keys, leg.remote_keys = trial.keys, trial.remote_keys
-        final = self._negotiate(
-            offer, policy, port=leg.port, session_id=session_id, keys=trial.keys
-        )
+        try:  # the trial's outcome again, now with the leg's port
+            final = self._negotiate(
+                offer, policy, port=leg.port, session_id=session_id, keys=trial.keys
+            )
+        except _REFUSED as err:  # pragma: no cover - the trial was accepted
+            leg.close()
+            raise _not_acceptable(err.detail) from None
         return sdp.serialize_sdp(final.answer), leg
 
     def offer(
@@ -177,7 +186,7 @@ class MediaService:
         )
         media = trial.media[0]
         first, event = media.payload_formats[0], media.payload_formats[-1]
-        spec = codecs.spec_for(first.codec)
+        spec = spec_for(first.codec)
         assert spec is not None
         placeholder = sdp.AudioAnswer(
             media_index=0,
@@ -222,7 +231,8 @@ class MediaService:
 
     def accept_answer(self, leg: CallMedia, body: bytes) -> None:
         """The answer to our offer (in the ACK): where to send, which codec, which keys.
-        SipProtocolError 488 when it cannot be used (the caller then hangs up)."""
+        SipProtocolError 488 when it cannot be used (the caller then hangs up), whether the SDP
+        is malformed or offers nothing we can take (`sdp.SdpError`)."""
         try:
             answer = sdp.parse_sdp(body)
             secure = bool(leg.offered_keys) or leg.keys is not None
@@ -232,9 +242,9 @@ class MediaService:
                 protos=("RTP/SAVP",) if secure else ("RTP/AVP",),
                 rtcp_mux=True,
             )
-        except SipProtocolError as err:
+        except sdp.SdpError as err:
             raise _not_acceptable(err.detail) from None
-        spec = codecs.spec_for(audio.audio.codec)
+        spec = spec_for(audio.audio.codec)
         if spec is None:
             raise _not_acceptable(f"answer chose {audio.audio.codec}, which we did not offer")
         if leg.offered_keys:
@@ -252,7 +262,7 @@ class MediaService:
             if not audio.offered_crypto:
                 raise _not_acceptable("the answer has no a=crypto")
             try:
-                remote = SrtpKeys.from_crypto(audio.offered_crypto[0])
+                remote = keys_from_crypto(audio.offered_crypto[0])
             except MediaError as err:
                 raise _not_acceptable(str(err)) from None
             if remote != leg.remote_keys:
@@ -271,7 +281,7 @@ class MediaService:
             result = self._negotiate(
                 offer, policy, port=leg.port, session_id=leg.session_id, keys=leg.keys
             )
-        except SipProtocolError as err:
+        except _REFUSED as err:
             raise _not_acceptable(err.detail) from None
         leg.session_version += 1  # RFC 3264 s8: one more per answer that changes, none per refusal
         if result.spec is not leg.spec:

@@ -22,7 +22,7 @@ from functools import partial
 from livekit.protocol import models
 from livekit.protocol import sip as proto
 
-from sipbridge import ids
+from sipbridge import ids, sdp
 from sipbridge.errors import ApiError
 from sipbridge.media.dtmf import DIGITS
 from sipbridge.media.tones import RINGBACK_ETSI
@@ -32,7 +32,6 @@ from sipbridge.server.call_media import CallMedia
 from sipbridge.server.call_runner import CallRunner, CallServices, LiveCall
 from sipbridge.server.session_timers import SessionTimerDriver
 from sipbridge.server.sip_ua import OutgoingCall, SipUserAgent
-from sipbridge.sip import sdp
 from sipbridge.sip.digest import DigestClient
 from sipbridge.sip.endpoint import Peer
 from sipbridge.sip.errors import SipProtocolError
@@ -52,7 +51,7 @@ from sipbridge.telephony.call import (
     seconds_of,
 )
 from sipbridge.telephony.inbound import ATTR_CALL_TAG
-from sipbridge.telephony.media import media_policy
+from sipbridge.telephony.media import media_policy, sdp_codec
 from sipbridge.telephony.outbound import (
     DialPlan,
     answer_attributes,
@@ -413,7 +412,7 @@ class OutboundCalls(CallRunner[OutboundCallState]):
             # session as the offer, answered in the ACK (RFC 3261 s14.2).
             if request.method == "UPDATE":
                 return b""
-            state.leg.offered_codecs = (state.leg.spec.sdp, sdp.TELEPHONE_EVENT)
+            state.leg.offered_codecs = (sdp_codec(state.leg.spec), sdp.TELEPHONE_EVENT)
             state.call.on_answer = lambda body: self.media.accept_answer(state.leg, body)
             return state.sdp
         state.sdp = self.media.renegotiate(state.leg, request.body, state.policy)

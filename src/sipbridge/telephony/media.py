@@ -5,6 +5,9 @@ The rule's, being the more specific, wins over the trunk's; the deprecated `medi
 fields count when `media.encryption` is unset. Listed codecs are preferred in their order and,
 with `only_listed_codecs`, are the only ones allowed; without a list the offerer's order wins
 (RFC 3264 s6.1) among our defaults.
+
+The codecs are named as SDP names them (`sdp.Codec`); `spec_for` and `sdp_codec` map between
+that and the `CodecSpec` the media path runs, so that `media/` needs no SDP and `sdp/` no media.
 """
 
 from __future__ import annotations
@@ -15,8 +18,18 @@ from typing import Protocol
 
 from livekit.protocol import sip as proto
 
-from sipbridge.sip import sdp
+from sipbridge import sdp
+from sipbridge.media.codecs import G722_SPEC, OPUS_SPEC, PCMA_SPEC, PCMU_SPEC, CodecSpec
 
+# Every codec the media path implements, as SDP names it: RFC 3551 s6 for the static three
+# (G.722's RTP clock is 8000 although it samples at 16 kHz, s4.5.2), RFC 7587 s7 for
+# "opus/48000/2" whatever is sent.
+IMPLEMENTED: tuple[tuple[sdp.Codec, CodecSpec], ...] = (
+    (sdp.PCMU, PCMU_SPEC),
+    (sdp.PCMA, PCMA_SPEC),
+    (sdp.G722, G722_SPEC),
+    (sdp.OPUS, OPUS_SPEC),
+)
 # Ours by default: the reference's three plus Opus (DESIGN.md, beyond the reference).
 DEFAULT_CODECS = (sdp.PCMU, sdp.PCMA, sdp.G722, sdp.OPUS)
 Encryption = proto.SIPMediaEncryption
@@ -51,6 +64,20 @@ class MediaPolicy:
         if self.encryption == Encryption.SIP_MEDIA_ENCRYPT_ALLOW:
             return SECURE + PLAIN
         return PLAIN
+
+
+def spec_for(codec: sdp.Codec) -> CodecSpec | None:
+    """The codec we implement for an SDP rtpmap entry, or None (name compared case-insensitively,
+    clock rate and channels exactly: G.722 is "G722/8000", Opus "opus/48000/2")."""
+    return next((spec for known, spec in IMPLEMENTED if known.matches(codec)), None)
+
+
+def sdp_codec(spec: CodecSpec) -> sdp.Codec:
+    """How SDP names a codec we implement (what we offer and answer for it)."""
+    found = next((codec for codec, known in IMPLEMENTED if known == spec), None)
+    if found is None:
+        raise ValueError(f"codec {spec.name} has no SDP name here")
+    return found
 
 
 def codec_from_config(name: str, rate: int) -> sdp.Codec | None:

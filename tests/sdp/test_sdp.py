@@ -13,8 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sipbridge.sip.errors import SipProtocolError
-from sipbridge.sip.sdp import (
+from sipbridge.sdp import (
     G722,
     MAX_FORMATS,
     MAX_MEDIA,
@@ -37,6 +36,8 @@ from sipbridge.sip.sdp import (
     Origin,
     PayloadFormat,
     RtcpAttribute,
+    SdpError,
+    SdpErrorKind,
     SessionDescription,
     Timing,
     build_answer,
@@ -383,20 +384,21 @@ def parse(text: str) -> SessionDescription:
     return parse_sdp(text.encode())
 
 
-def rejected(data: bytes | str) -> SipProtocolError:
-    """The 400 error `parse_sdp` must raise for `data`."""
-    with pytest.raises(SipProtocolError) as info:
+def rejected(data: bytes | str) -> SdpError:
+    """The malformed-SDP error `parse_sdp` must raise for `data`."""
+    with pytest.raises(SdpError) as info:
         parse_sdp(data)
-    assert info.value.status == 400
-    assert info.value.reason == "Bad Request"
+    assert info.value.kind is SdpErrorKind.MALFORMED
+    assert str(info.value) == f"SDP malformed: {info.value.detail}"
     return info.value
 
 
 def not_acceptable(offer: SessionDescription, *args: object, **kwargs: object) -> str:
-    """The detail of the 488 `negotiate_audio` must raise for `offer`."""
-    with pytest.raises(SipProtocolError) as info:
+    """The detail of the not-acceptable error `negotiate_audio` must raise for `offer`."""
+    with pytest.raises(SdpError) as info:
         negotiate_audio(offer, *args, **kwargs)  # type: ignore[arg-type]
-    assert (info.value.status, info.value.reason) == (488, "Not Acceptable Here")
+    assert info.value.kind is SdpErrorKind.NOT_ACCEPTABLE
+    assert str(info.value) == f"SDP not acceptable: {info.value.detail}"
     return info.value.detail
 
 
@@ -628,7 +630,7 @@ def test_repeated_rtpmap_and_fmtp_first_wins() -> None:
 
 
 @pytest.mark.parametrize("name", ["rtpmap", "fmtp", "ptime", "maxptime", "rtcp", "crypto"])
-def test_helpers_on_hand_built_valueless_attribute_raise_400(name: str) -> None:
+def test_helpers_on_hand_built_valueless_attribute_raise_malformed(name: str) -> None:
     md = MediaDescription(
         media="audio",
         port=4000,
@@ -636,9 +638,9 @@ def test_helpers_on_hand_built_valueless_attribute_raise_400(name: str) -> None:
         formats=("0",),
         attributes=(Attribute(name=name),),
     )
-    with pytest.raises(SipProtocolError) as info:
+    with pytest.raises(SdpError) as info:
         getattr(md, name)
-    assert info.value.status == 400
+    assert info.value.kind is SdpErrorKind.MALFORMED
     assert f"a={name} needs a value" in info.value.detail
 
 
@@ -765,9 +767,9 @@ def test_parse_rtpmap(value: str, expected: tuple[int, Codec]) -> None:
     ],
 )
 def test_parse_rtpmap_refuses(value: str) -> None:
-    with pytest.raises(SipProtocolError) as info:
+    with pytest.raises(SdpError) as info:
         parse_rtpmap(value)
-    assert info.value.status == 400
+    assert info.value.kind is SdpErrorKind.MALFORMED
 
 
 def test_fmtp_grammar() -> None:
@@ -777,7 +779,7 @@ def test_fmtp_grammar() -> None:
     assert format_fmtp("101", "0-16") == "101 0-16"
     assert format_fmtp("101", "") == "101"
     for value in ("", " ", "(x) y"):
-        with pytest.raises(SipProtocolError):
+        with pytest.raises(SdpError):
             parse_fmtp(value)
 
 
@@ -785,7 +787,7 @@ def test_ptime_grammar() -> None:
     assert parse_ptime("20") == 20
     assert parse_ptime(" 30 ") == 30
     for value in ("", "20ms", "-1", "1234567"):
-        with pytest.raises(SipProtocolError):
+        with pytest.raises(SdpError):
             parse_ptime(value)
 
 
@@ -797,7 +799,7 @@ def test_rtcp_grammar() -> None:
     assert format_rtcp(plain) == "53020"
     assert parse_rtcp(format_rtcp(full)) == full
     for value in ("", "53020 IN IP4", "65536", "x", "53020 I(N IP4 192.0.2.1"):
-        with pytest.raises(SipProtocolError):
+        with pytest.raises(SdpError):
             parse_rtcp(value)
 
 
@@ -837,9 +839,9 @@ def test_crypto_grammar() -> None:
     ],
 )
 def test_crypto_grammar_refuses(value: str, fragment: str) -> None:
-    with pytest.raises(SipProtocolError) as info:
+    with pytest.raises(SdpError) as info:
         parse_crypto(value)
-    assert info.value.status == 400
+    assert info.value.kind is SdpErrorKind.MALFORMED
     assert fragment in info.value.detail
 
 
@@ -931,10 +933,10 @@ AUDIO = "m=audio 4000 RTP/AVP 0\r\n"
         ),
     ],
 )
-def test_malformed_sdp_is_400(data: str, fragment: str) -> None:
+def test_malformed_sdp_is_refused(data: str, fragment: str) -> None:
     error = rejected(data)
     assert fragment in error.detail, error.detail
-    assert str(error).startswith("400 Bad Request: ")
+    assert str(error).startswith("SDP malformed: ")
 
 
 def test_rejected_stream_needs_no_connection() -> None:
@@ -957,7 +959,7 @@ def test_unknown_attributes_are_not_checked() -> None:
     )
 
 
-def test_huge_input_is_400() -> None:
+def test_huge_input_is_malformed() -> None:
     padding = "a=x-pad:" + "z" * 100 + "\r\n"
     body = HEAD + padding * (MAX_SDP_BYTES // len(padding) + 1)
     assert "larger than" in rejected(body.encode()).detail
@@ -968,18 +970,18 @@ def test_huge_input_is_400() -> None:
     assert "larger than" in rejected(wide).detail
 
 
-def test_too_many_lines_is_400() -> None:
+def test_too_many_lines_is_malformed() -> None:
     body = HEAD + "a=x\r\n" * (MAX_SDP_LINES - 4)
     assert "more than" in rejected(body).detail
     assert parse_sdp(HEAD + "a=x\r\n" * (MAX_SDP_LINES - 5))
 
 
-def test_too_many_media_is_400() -> None:
+def test_too_many_media_is_malformed() -> None:
     assert len(parse_sdp(HEAD + AUDIO * MAX_MEDIA).media) == MAX_MEDIA
     assert f"more than {MAX_MEDIA} media" in rejected(HEAD + AUDIO * (MAX_MEDIA + 1)).detail
 
 
-def test_unencodable_text_is_400() -> None:
+def test_unencodable_text_is_malformed() -> None:
     assert "not encodable" in rejected(HEAD + "s=\ud800\r\n").detail
 
 
@@ -1102,7 +1104,7 @@ def test_baresip_offer_g722_and_fmtp_0_15() -> None:
     assert audio.ptime == 20
 
 
-def test_webrtc_offer_is_488_by_default_and_negotiates_when_allowed() -> None:
+def test_webrtc_offer_is_not_acceptable_by_default_and_negotiates_when_allowed() -> None:
     offer = parse(WEBRTC_OFFER)
     assert "transport UDP/TLS/RTP/SAVPF not supported" in not_acceptable(offer, OURS)
     protos = ("UDP/TLS/RTP/SAVPF",)
@@ -1199,7 +1201,7 @@ def test_recvonly_with_null_address_is_inactive() -> None:
     assert audio.remote_address == "0.0.0.0"
 
 
-def test_no_common_codec_is_488() -> None:
+def test_no_common_codec_is_not_acceptable() -> None:
     offer = parse(TWILIO_OFFER)
     detail = not_acceptable(offer, (OPUS, G722, TELEPHONE_EVENT))
     assert "no common codec" in detail
@@ -1209,12 +1211,12 @@ def test_no_common_codec_is_488() -> None:
     assert "no common codec" in not_acceptable(offer, (OPUS,), prefer_offer_order=False)
 
 
-def test_offer_of_only_unnamed_dynamic_types_is_488() -> None:
+def test_offer_of_only_unnamed_dynamic_types_is_not_acceptable() -> None:
     offer = parse_sdp(HEAD + "m=audio 4000 RTP/AVP 98\r\n")
     assert "offered none we can name" in not_acceptable(offer, OURS)
 
 
-def test_no_audio_is_488() -> None:
+def test_no_audio_is_not_acceptable() -> None:
     assert not_acceptable(parse(T38_OFFER), OURS) == "no audio stream offered"
     assert not_acceptable(parse_sdp(HEAD), OURS) == "no audio stream offered"
 
@@ -1311,14 +1313,14 @@ def test_answer_copies_offer_timing() -> None:
     assert audio.direction is Direction.SENDONLY
 
 
-def test_negotiate_hand_built_offer_without_connection_is_400() -> None:
+def test_negotiate_hand_built_offer_without_connection_is_malformed() -> None:
     offer = SessionDescription(
         origin=Origin(username="-", session_id=1, session_version=1, address="192.0.2.1"),
         media=(MediaDescription(media="audio", port=4000, proto="RTP/AVP", formats=("0",)),),
     )
-    with pytest.raises(SipProtocolError) as info:
+    with pytest.raises(SdpError) as info:
         negotiate_audio(offer, OURS)
-    assert info.value.status == 400
+    assert info.value.kind is SdpErrorKind.MALFORMED
 
 
 def test_build_answer_refuses_bad_arguments() -> None:
@@ -1592,11 +1594,11 @@ def test_serialise_then_parse_round_trips(sd: SessionDescription) -> None:
 
 @fuzz
 @given(st.text(max_size=400) | st.binary(max_size=400))
-def test_arbitrary_input_parses_or_raises_400(data: str | bytes) -> None:
+def test_arbitrary_input_parses_or_raises_malformed(data: str | bytes) -> None:
     try:
         sd = parse_sdp(data)
-    except SipProtocolError as error:
-        assert error.status == 400
+    except SdpError as error:
+        assert error.kind is SdpErrorKind.MALFORMED
     else:
         assert parse_sdp(serialize_sdp(sd)) == sd
 
@@ -1622,18 +1624,18 @@ def mutated_samples(draw: st.DrawFn) -> bytes:
 
 @fuzz
 @given(mutated_samples())
-def test_mutated_samples_parse_or_raise_400(data: bytes) -> None:
+def test_mutated_samples_parse_or_raise_malformed(data: bytes) -> None:
     try:
         sd = parse_sdp(data)
-    except SipProtocolError as error:
-        assert error.status == 400
+    except SdpError as error:
+        assert error.kind is SdpErrorKind.MALFORMED
         return
     assert parse_sdp(serialize_sdp(sd)) == sd
-    # whatever parses can be negotiated: an answer or a 488, never a crash
+    # whatever parses can be negotiated: an answer or an SdpError, never a crash
     try:
         audio = negotiate_audio(sd, (*OURS, OPUS), protos=RTP_PROTOS)
-    except SipProtocolError as error:
-        assert error.status in (400, 488)
+    except SdpError as error:
+        assert error.kind in (SdpErrorKind.MALFORMED, SdpErrorKind.NOT_ACCEPTABLE)
     else:
         assert isinstance(audio, AudioAnswer)
 
@@ -1652,8 +1654,8 @@ def test_negotiation_invariants(
             protos=RTP_PROTOS,
             direction=ours,
         )
-    except SipProtocolError as error:
-        assert error.status == 488
+    except SdpError as error:
+        assert error.kind is SdpErrorKind.NOT_ACCEPTABLE
         return
     offered = offer.media[audio.media_index]
     assert offered.media == "audio"
