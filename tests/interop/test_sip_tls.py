@@ -27,8 +27,8 @@ from typing import Any
 import pytest
 
 from sipbridge.server.sip_transport import SipService, tls_context
+from tests.harness import eventually, run
 from tests.helpers import free_port
-from tests.interop.test_sip_peers import run
 from tests.sip_app import AnsweringApp, running_app
 
 pytestmark = [
@@ -250,14 +250,7 @@ async def baresip(directory: Path, cafile: Path) -> AsyncIterator[Baresip]:
 
 
 async def wait_until(condition: Callable[[], bool], what: str) -> None:
-    async def poll() -> None:
-        while not condition():  # noqa: ASYNC110 (state changed by callbacks we do not own)
-            await asyncio.sleep(0.02)
-
-    try:
-        await asyncio.wait_for(poll(), WAIT_S)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
+    await eventually(condition, what, timeout=WAIT_S, interval=0.02)
 
 
 async def tls_call(peer: Baresip, app: AnsweringApp, port: int) -> None:
