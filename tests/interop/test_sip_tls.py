@@ -170,18 +170,22 @@ class Baresip:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + WAIT_S
-        while True:
+        proc = self.proc
+
+        async def control() -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+            if proc.returncode is not None:
+                raise RuntimeError(f"baresip did not start:\n{self.output()}")
             try:
-                self.reader, self.writer = await asyncio.open_connection(
-                    "127.0.0.1", self.ctrl_port
-                )
-                return
+                return await asyncio.open_connection("127.0.0.1", self.ctrl_port)
             except OSError:
-                if self.proc.returncode is not None or loop.time() > deadline:
-                    raise RuntimeError(f"baresip did not start:\n{self.output()}") from None
-                await asyncio.sleep(0.05)
+                return None
+
+        try:
+            self.reader, self.writer = await eventually(
+                control, "baresip's control port", timeout=WAIT_S
+            )
+        except AssertionError:
+            raise RuntimeError(f"baresip did not start:\n{self.output()}") from None
 
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
