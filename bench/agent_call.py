@@ -105,30 +105,33 @@ from tests import netns
 from tests.helpers import API_KEY, API_SECRET, ServerProcess, free_sip_port
 
 from bench.agent_peer import BURST_MS, CLASSES, LATE_S, QUIET_NS, THRESHOLD, burst, burst_class
+from bench.common import (
+    PCMU_PT,
+    TICKS,
+    cpu_seconds,
+    invite,
+    machine_ticks,
+    print_result,
+    scrape,
+    self_cpu,
+    udp_counters,
+    wait_quiet,
+)
 from bench.media import (
     ANC_SIZE,
     DRAIN_LIMIT,
-    EVENT_PT,
     FRAME_NS,
-    PCMU_PT,
     RTP_HEADER,
     SAMPLES,
     SILENCE,
-    TICKS,
     TIMESPEC,
     Call,
     Generator,
     choose_rtp_range,
-    cpu_seconds,
     header,
-    machine_ticks,
     media_deltas,
     percentile,
-    scrape,
-    self_cpu,
-    udp_counters,
     wait_drained,
-    wait_quiet,
 )
 from sipbridge.media.g711 import decode_ulaw_sample, encode_ulaw_sample
 
@@ -179,13 +182,6 @@ def thread_cpu(pid: int, tid: int) -> float:
         return 0.0
     fields = text.rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS
-
-
-def safe_cpu(pid: int) -> float:
-    try:
-        return cpu_seconds(pid)
-    except OSError:
-        return 0.0
 
 
 def ms(ns_values: list[int], p: float) -> float | None:
@@ -253,21 +249,18 @@ class Phones(Generator):
         call.from_hdr = (
             f"From: <sip:+1555{self.step:02d}{i:05d}@127.0.0.1>;tag={secrets.token_hex(4)}"
         )
-        rtp_port, rtcp_port = call.rtp.getsockname()[1], call.rtcp.getsockname()[1]
-        body = (
-            f"v=0\r\no=phone {i + 1} 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
-            f"m=audio {rtp_port} RTP/AVP {PCMU_PT} {EVENT_PT}\r\na=rtpmap:0 PCMU/8000\r\n"
-            f"a=rtpmap:{EVENT_PT} telephone-event/8000\r\na=fmtp:{EVENT_PT} 0-16\r\n"
-            f"a=rtcp:{rtcp_port}\r\na=ptime:20\r\na=sendrecv\r\n"
-        ).encode()
-        head = (
-            f"INVITE sip:{number}@{self.server[0]}:{self.server[1]} SIP/2.0\r\n"
-            f"{self._via(call.branch)}\r\nMax-Forwards: 70\r\n{call.from_hdr}\r\n"
-            f"To: <sip:{number}@{self.server[0]}>\r\nCall-ID: {call.call_id}\r\n"
-            f"CSeq: 1 INVITE\r\nContact: <sip:caller{i}@127.0.0.1:{self.sip_port}>\r\n"
-            f"Content-Type: application/sdp\r\nContent-Length: {len(body)}\r\n\r\n"
+        call.invite = invite(
+            number=number,
+            server=self.server,
+            via=self._via(call.branch),
+            from_hdr=call.from_hdr,
+            call_id=call.call_id,
+            contact=f"sip:caller{i}@127.0.0.1:{self.sip_port}",
+            origin="phone",
+            session=i + 1,
+            rtp_port=call.rtp.getsockname()[1],
+            rtcp_port=call.rtcp.getsockname()[1],
         )
-        call.invite = head.encode() + body
         call.state = "inviting"
         self.by_call_id[call.call_id] = call
         self.invite_at[i] = time.monotonic_ns()
@@ -785,8 +778,8 @@ def run_step(
 
         def watch() -> dict[str, float]:
             return {
-                "server": safe_cpu(server_pid),
-                "agent": safe_cpu(pid),
+                "server": cpu_seconds(server_pid),
+                "agent": cpu_seconds(pid),
                 "agent_main": thread_cpu(pid, pid),
                 "machine": machine_ticks()[0] / TICKS,
                 "steal": machine_ticks()[1] / TICKS,
@@ -1003,7 +996,7 @@ def orchestrate(args: argparse.Namespace) -> int:
                 idle_pct = (cpu_seconds(pid) - c0) / (time.monotonic() - t0) * 100
                 print(HEADER, file=sys.stderr, flush=True)
                 for i, n in enumerate(steps_n):
-                    quiet = wait_quiet(args.quiet_wait, pid) if args.quiet_wait > 0 else None
+                    quiet = wait_quiet(args.quiet_wait, [pid]) if args.quiet_wait > 0 else None
                     try:
                         figures = run_step(
                             n,
@@ -1065,7 +1058,7 @@ def orchestrate(args: argparse.Namespace) -> int:
         **summary,
         "steps": steps,
     }
-    print(json.dumps(line, sort_keys=True))
+    print_result(line)
     return 0
 
 

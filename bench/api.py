@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import platform
 import statistics
 import sys
@@ -26,6 +25,8 @@ from livekit import api
 from livekit.protocol import room, sip
 from tests.helpers import API_KEY, API_SECRET, ServerProcess
 from tests.signal_client import SignalClient
+
+from bench.common import print_result
 
 MAX_REQUESTS = 200_000
 
@@ -118,7 +119,7 @@ def main() -> int:
         "python": platform.python_version(),
         "results": results,
     }
-    print(json.dumps(line, sort_keys=True))
+    print_result(line)
     return 0
 
 

@@ -50,11 +50,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import itertools
 import json
 import os
 import platform
-import resource
 import shutil
 import socket
 import statistics
@@ -75,6 +73,8 @@ from livekit.protocol import models, room, sip
 from tests.helpers import API_KEY, API_SECRET, ServerProcess, free_sip_port
 from tests.signal_client import SignalClient
 
+from bench.common import children_cpu, cpu_seconds, print_result, self_cpu, udp_rcvbuf_errors
+
 T = TypeVar("T")
 SCENARIO = Path(__file__).resolve().parent / "sipp" / "uac_inbound_timed.xml"
 ROOM = "bench"
@@ -85,7 +85,6 @@ MAX_CALLS_TOTAL = 200_000
 MAX_SIGNAL_MESSAGES = 5_000_000
 KEPT_UP_P99_MS = 500.0
 SIP = models.ParticipantInfo.Kind.SIP
-TICKS = os.sysconf("SC_CLK_TCK")
 DIALOG_HEADERS = (b"via", b"from", b"to", b"call-id", b"cseq")
 
 
@@ -96,30 +95,6 @@ def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
-    return 0
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
-
-
-def children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def self_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def udp_rcvbuf_errors() -> int:
-    """The system's UDP datagrams dropped on a full receive buffer (/proc/net/snmp)."""
-    rows = [line.split() for line in Path("/proc/net/snmp").read_text().splitlines()]
-    for names, values in itertools.pairwise(rows):
-        if names[0] == "Udp:" and values[0] == "Udp:" and "RcvbufErrors" in names:
-            return int(values[names.index("RcvbufErrors")])
     return 0
 
 
@@ -757,7 +732,7 @@ def main() -> int:
         **summary,
         **results,
     }
-    print(json.dumps(line, sort_keys=True))
+    print_result(line)
     return 0
 
 

@@ -64,9 +64,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
-import itertools
 import json
-import math
 import os
 import platform
 import resource
@@ -79,7 +77,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from array import array
 from collections.abc import Callable
 from pathlib import Path
@@ -90,10 +87,23 @@ from livekit import api
 from livekit.protocol import room, sip
 from tests.helpers import API_KEY, API_SECRET, ServerProcess, free_sip_port
 
+from bench.common import (
+    PCMU_PT,
+    TICKS,
+    cpu_seconds,
+    ephemeral_range,
+    invite,
+    machine_ticks,
+    pct,
+    print_result,
+    scrape,
+    self_cpu,
+    udp_counters,
+    wait_quiet,
+)
+
 FRAME_NS = 20_000_000
 SAMPLES = 160  # PCMU, 20 ms at 8 kHz
-PCMU_PT = 0
-EVENT_PT = 101
 # RTP header (12 bytes), then the payload's stamp: send time (ns), call index, packet counter.
 PACKET = struct.Struct("!BBHIIqII")
 RTP_HEADER = 12
@@ -114,7 +124,6 @@ DRAIN_S = 3.0  # for the window's packets still on their way
 MAX_CALLS = 2000
 MAX_STEPS = 20
 CPU_STOP_PCT = 90.0
-TICKS = os.sysconf("SC_CLK_TCK")
 RULE_PREFIX = "pair"
 COMPACT = {
     "v": "via",
@@ -129,46 +138,10 @@ COMPACT = {
 # -- /proc --------------------------------------------------------------------------------------
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime, all threads
-
-
-def self_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def udp_counters() -> dict[str, int]:
-    """The system's UDP counters (/proc/net/snmp): buffer drops among them."""
-    rows = [line.split() for line in Path("/proc/net/snmp").read_text().splitlines()]
-    for names, values in itertools.pairwise(rows):
-        if names[0] == "Udp:" and values[0] == "Udp:":
-            return {n: int(v) for n, v in zip(names[1:], values[1:], strict=False)}
-    return {}
-
-
-def machine_ticks() -> tuple[int, int]:
-    """(busy, steal) clock ticks of all CPUs (/proc/stat): user nice system irq softirq steal."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
-    return user + nice + system + irq + softirq + steal, steal
-
-
-def ephemeral_range() -> tuple[int, int]:
-    try:
-        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return int(low), int(high)
-    except (OSError, ValueError):
-        return 32768, 60999
-
-
 def percentile(ordered: list[int], p: float) -> float | None:
     """The p-th percentile (nearest rank) of sorted nanosecond values, in ms."""
-    if not ordered:
-        return None
-    rank = min(len(ordered) - 1, max(0, math.ceil(p / 100 * len(ordered)) - 1))
-    return round(ordered[rank] / 1e6, 3)
+    value = pct(ordered, p)
+    return None if value is None else round(value / 1e6, 3)
 
 
 def dist_ms(values: array[int]) -> dict[str, float | None]:
@@ -541,21 +514,18 @@ class Generator:
         call.from_hdr = (
             f"From: <sip:+1555{self.step:02d}{i:05d}@127.0.0.1>;tag={secrets.token_hex(4)}"
         )
-        rtp_port, rtcp_port = call.rtp.getsockname()[1], call.rtcp.getsockname()[1]
-        body = (
-            f"v=0\r\no=gen {i + 1} 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
-            f"m=audio {rtp_port} RTP/AVP {PCMU_PT} {EVENT_PT}\r\na=rtpmap:0 PCMU/8000\r\n"
-            f"a=rtpmap:{EVENT_PT} telephone-event/8000\r\na=fmtp:{EVENT_PT} 0-16\r\n"
-            f"a=rtcp:{rtcp_port}\r\na=ptime:20\r\na=sendrecv\r\n"
-        ).encode()
-        head = (
-            f"INVITE sip:{number}@{self.server[0]}:{self.server[1]} SIP/2.0\r\n"
-            f"{self._via(call.branch)}\r\nMax-Forwards: 70\r\n{call.from_hdr}\r\n"
-            f"To: <sip:{number}@{self.server[0]}>\r\nCall-ID: {call.call_id}\r\n"
-            f"CSeq: 1 INVITE\r\nContact: <sip:caller{i}@127.0.0.1:{self.sip_port}>\r\n"
-            f"Content-Type: application/sdp\r\nContent-Length: {len(body)}\r\n\r\n"
+        call.invite = invite(
+            number=number,
+            server=self.server,
+            via=self._via(call.branch),
+            from_hdr=call.from_hdr,
+            call_id=call.call_id,
+            contact=f"sip:caller{i}@127.0.0.1:{self.sip_port}",
+            origin="gen",
+            session=i + 1,
+            rtp_port=call.rtp.getsockname()[1],
+            rtcp_port=call.rtcp.getsockname()[1],
         )
-        call.invite = head.encode() + body
         call.state = "inviting"
         self.by_call_id[call.call_id] = call
         self._start_tx(call, call.invite, now)
@@ -861,19 +831,6 @@ def run_generator(
     return result
 
 
-def scrape(url: str) -> dict[str, float]:
-    """The server's /metrics, name{labels} -> value."""
-    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    out = {}
-    for line in text.splitlines():
-        name, _, value = line.rpartition(" ")
-        if name and not line.startswith("#"):
-            with contextlib.suppress(ValueError):
-                out[name] = float(value)
-    return out
-
-
 def media_deltas(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
     prefix = 'sipbridge_media{counter="'
     names = (
@@ -1042,23 +999,6 @@ def summarise(steps: list[dict[str, object]]) -> dict[str, object]:
     }
 
 
-def wait_quiet(seconds: float, pid: int) -> float:
-    """Wait up to `seconds` for a second in which other processes use under 15% of a core
-    (this machine is shared); returns their share in the last second measured, in %."""
-    deadline = time.monotonic() + seconds
-    other = 0.0
-    for _ in range(int(seconds) + 1):
-        busy0, _ = machine_ticks()
-        server0, t0 = cpu_seconds(pid), time.monotonic()
-        time.sleep(1.0)
-        busy1, _ = machine_ticks()
-        wall = time.monotonic() - t0
-        other = ((busy1 - busy0) / TICKS - (cpu_seconds(pid) - server0)) / wall * 100
-        if other < 15 or time.monotonic() >= deadline:
-            break
-    return round(max(0.0, other), 1)
-
-
 def choose_rtp_range(requested: str) -> str:
     """The server's RTP ports: as asked, else 4,500 port pairs just below the ephemeral range
     the generator binds from (a port both want is skipped by the server, but keep them apart;
@@ -1116,7 +1056,7 @@ def orchestrate(args: argparse.Namespace) -> int:
         )
         print(HEADER, file=sys.stderr, flush=True)
         for i, n in enumerate(steps_n):
-            quiet = wait_quiet(args.quiet_wait, pid) if args.quiet_wait > 0 else None
+            quiet = wait_quiet(args.quiet_wait, [pid]) if args.quiet_wait > 0 else None
             before = scrape(server.url)
             gen = run_generator(
                 calls=n,
@@ -1182,7 +1122,7 @@ def orchestrate(args: argparse.Namespace) -> int:
         **summary,
         "steps": steps,
     }
-    print(json.dumps(line, sort_keys=True))
+    print_result(line)
     return 0
 
 

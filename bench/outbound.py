@@ -72,7 +72,6 @@ import contextlib
 import ctypes
 import itertools
 import json
-import math
 import os
 import platform
 import re
@@ -85,7 +84,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,6 +95,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from livekit import api
 from livekit.protocol import room, sip
 from tests.helpers import API_KEY, API_SECRET, ServerProcess, free_sip_port
+
+from bench.common import (
+    TICKS,
+    children_cpu,
+    cpu_seconds,
+    ephemeral_range,
+    machine_busy,
+    pct,
+    print_result,
+    scrape,
+    self_cpu,
+    udp_rcvbuf_errors,
+    wait_quiet,
+)
 
 T = TypeVar("T")
 CALLER = "+15550001"
@@ -116,7 +128,6 @@ MAX_PACKETS = 5_000_000
 DRAIN_S = 15.0
 MEDIA_TIMEOUT_S = 35.0  # the server hangs up a call whose callee vanished (30 s, no RTP)
 DEPARTURE_S = 20  # how long a room stays after its last participant left (LiveKit's default)
-TICKS = os.sysconf("SC_CLK_TCK")
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; not exported by Python 3.11
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)
@@ -265,15 +276,6 @@ UAC_SCENARIO = """<?xml version="1.0" encoding="ISO-8859-1" ?>
 # -- processes and the system, read from /proc ---------------------------------------------------
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, all its threads; 0 once it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / TICKS
-
-
 def thread_cpu(pid: int) -> dict[str, float]:
     """CPU seconds of each thread of a process by thread id and name ("tid name")."""
     out: dict[str, float] = {}
@@ -297,33 +299,6 @@ def threads_pct(before: dict[str, float], after: dict[str, float], wall: float) 
     return {k: round(v, 1) for k, v in out.items() if v >= 0.05}
 
 
-def self_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def children_cpu() -> float:
-    """CPU of the children reaped so far (sipp through timeout(1), the capture)."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def machine_busy() -> float:
-    """Busy seconds of all CPUs so far (/proc/stat: user nice system irq softirq steal)."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
-    return (user + nice + system + irq + softirq + steal) / TICKS
-
-
-def udp_rcvbuf_errors() -> int:
-    """The system's UDP datagrams dropped on a full receive buffer (/proc/net/snmp)."""
-    rows = [line.split() for line in Path("/proc/net/snmp").read_text().splitlines()]
-    for names, values in itertools.pairwise(rows):
-        if names[0] == "Udp:" and values[0] == "Udp:" and "RcvbufErrors" in names:
-            return int(values[names.index("RcvbufErrors")])
-    return 0
-
-
 def udp_socket_drops(port: int) -> int:
     """Datagrams dropped on the socket bound to 127.0.0.1:port (/proc/net/udp, last column)."""
     want = f"0100007F:{port:04X}"
@@ -340,30 +315,6 @@ def udp_bound(port: int) -> bool:
     want = f"0100007F:{port:04X}"
     with open("/proc/net/udp") as f:
         return any(line.split()[1] == want for line in itertools.islice(f, 1, 100_000))
-
-
-def wait_quiet(seconds: float, pids: list[int]) -> float:
-    """Wait up to `seconds` for half a second in which processes other than `pids` use under 15%
-    of a core (this machine is shared); returns their share in the last half second, in %."""
-    deadline = time.monotonic() + seconds
-    other = 0.0
-    for _ in range(int(seconds * 2) + 1):
-        busy0, own0, t0 = machine_busy(), sum(map(cpu_seconds, pids)), time.monotonic()
-        time.sleep(0.5)
-        wall = time.monotonic() - t0
-        own = sum(map(cpu_seconds, pids)) - own0
-        other = (machine_busy() - busy0 - own) / wall * 100
-        if other < 15 or time.monotonic() >= deadline:
-            break
-    return round(max(0.0, other), 1)
-
-
-def ephemeral_range() -> tuple[int, int]:
-    try:
-        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return int(low), int(high)
-    except (OSError, ValueError):
-        return 32768, 60999
 
 
 def rtp_range() -> str:
@@ -728,19 +679,6 @@ async def place_calls(
 # -- the server ---------------------------------------------------------------------------------
 
 
-def scrape(url: str) -> dict[str, float]:
-    """The server's /metrics, name{labels} -> value."""
-    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    out = {}
-    for line in text.splitlines():
-        name, _, value = line.rpartition(" ")
-        if name and not line.startswith("#"):
-            with contextlib.suppress(ValueError):
-                out[name] = float(value)
-    return out
-
-
 async def wait_drained(lk: api.LiveKitAPI, url: str, prefix: str, timeout: float) -> dict[str, int]:
     """Wait until the server has no active call or RTP leg and no participant in this step's
     rooms; returns what is left."""
@@ -775,13 +713,6 @@ async def api_floor(lk: api.LiveKitAPI, count: int = 200) -> dict[str, float | i
 
 
 # -- figures ------------------------------------------------------------------------------------
-
-
-def pct(ordered: list[float], p: float) -> float | None:
-    """The p-th percentile (nearest rank) of sorted values."""
-    if not ordered:
-        return None
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(p / 100 * len(ordered)) - 1))]
 
 
 def dist_ms(values: list[float]) -> dict[str, float | int | None]:
@@ -945,7 +876,7 @@ async def run_step(
     asked = min(MAX_CALLS_STEP, max(1, int(rate * args.seconds)))
     other = None
     if args.quiet_wait:
-        other = await asyncio.to_thread(wait_quiet, args.quiet_wait, [pid])
+        other = await asyncio.to_thread(wait_quiet, args.quiet_wait, [pid], 0.5)
     port, media_port = free_sip_port(), free_sip_port()
     trunk = await lk.sip.create_outbound_trunk(
         sip.CreateSIPOutboundTrunkRequest(
@@ -1415,7 +1346,7 @@ def main() -> int:
         "steps": steps,
         "sustained": sustained,
     }
-    print(json.dumps(line, sort_keys=True))
+    print_result(line)
     return 0
 
 

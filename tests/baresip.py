@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from tests.audio import Float, best_correlation, distinct_signal, read_wav, write_wav
+from tests.harness import eventually
 
 __all__ = [
     "CODECS",
@@ -344,16 +345,24 @@ class Phone:
             )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while True:
+        proc = self.proc
+
+        async def control() -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+            if proc.returncode is not None:
+                raise BaresipError(f"baresip did not start:\n{self.output()}")
             try:
-                self._reader, self._writer = await asyncio.open_connection(
-                    "127.0.0.1", self.ctrl_port
-                )
-                break
+                return await asyncio.open_connection("127.0.0.1", self.ctrl_port)
             except OSError:
-                if self.proc.returncode is not None or loop.time() > deadline:
-                    raise BaresipError(f"baresip did not start:\n{self.output()}") from None
-                await asyncio.sleep(0.02)
+                return None
+
+        try:
+            self._reader, self._writer = await eventually(
+                control, "baresip's control port", timeout=timeout, interval=0.02
+            )
+        except BaresipError:
+            raise
+        except AssertionError:
+            raise BaresipError(f"baresip did not start:\n{self.output()}") from None
         self._lost = None
         self._task = asyncio.create_task(self._read_loop())
         # Someone else's ctrl_tcp may have been listening on our port: check it is us.

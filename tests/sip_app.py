@@ -81,4 +81,4 @@ async def running_app(
         yield service, first.port
     finally:
         await service.close()
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # one turn of the loop for the closed transports, not a wait

@@ -25,6 +25,7 @@ from livekit.protocol import sip
 
 from tests import baresip, netns
 from tests.audio import best_correlation, read_wav
+from tests.harness import eventually, metric
 from tests.helpers import API_KEY, API_SECRET, ServerProcess
 
 WORKER = Path(__file__).parents[1] / "agent_worker.py"
@@ -32,10 +33,6 @@ pytestmark = [
     pytest.mark.skipif(not shutil.which("baresip"), reason="baresip comes with `make test`"),
     pytest.mark.skipif(netns.available() is not None, reason=str(netns.available())),
 ]
-
-
-async def metric(server: ServerProcess, name: str) -> float:
-    return (await asyncio.to_thread(server.metrics)).get(name, 0.0)
 
 
 def events_of(path: Path) -> list[dict[str, Any]]:
@@ -76,19 +73,20 @@ async def test_agent_worker_answers_the_phone_and_echoes_it(
         env=env,
     )
     try:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 30
-        while await metric(rtc_server, "sipbridge_agent_workers") < 1:
+
+        async def registered() -> bool:
             assert worker.returncode is None, (tmp_path / "worker.log").read_text()[-3000:]
-            assert loop.time() < deadline, "the worker did not register"
-            await asyncio.sleep(0.2)
+            return await metric(rtc_server, "sipbridge_agent_workers") >= 1
+
+        await eventually(registered, "the worker to register", timeout=30, interval=0.2)
         async with baresip.phone(
             tmp_path / "phone", codecs="PCMU", top_hz=3400.0, lead_s=1.5
         ) as phone:
             await phone.dial(f"sip:support@127.0.0.1:{rtc_server.sip_port}")  # type: ignore[attr-defined]
             # answered when the agent subscribes to the caller
             await phone.wait_event("CALL_ESTABLISHED", timeout=20, fail_on=("CALL_CLOSED",))
-            await asyncio.sleep(5.5)  # 1.5 s of silence, the 3 s signal, its echo 0.5 s later
+            # The conversation itself: 1.5 s of silence, the 3 s signal, its echo 0.5 s later.
+            await asyncio.sleep(5.5)
             await phone.send_dtmf("12#")
             got = await phone.wait_dtmf("12#", timeout=8)
             await phone.hangup()
@@ -96,10 +94,12 @@ async def test_agent_worker_answers_the_phone_and_echoes_it(
             await phone.stop()
             heard, rate = read_wav(phone.recorded())
         # the job ends when its caller leaves
-        deadline = loop.time() + 15
-        while not any(e["event"] == "job_ended" for e in events_of(events_file)):
-            assert loop.time() < deadline, events_of(events_file)
-            await asyncio.sleep(0.2)
+        await eventually(
+            lambda: any(e["event"] == "job_ended" for e in events_of(events_file)),
+            "the job to end when its caller leaves",
+            timeout=15,
+            interval=0.2,
+        )
     finally:
         if worker.returncode is None:
             worker.send_signal(signal.SIGTERM)

@@ -33,6 +33,7 @@ import pytest
 
 from tests.audio import read_wav, wav_info
 from tests.baresip import CODECS, Phone, available, phone
+from tests.harness import eventually
 
 pytestmark = pytest.mark.skipif(
     not available(), reason="baresip comes with `make test` (Debian baresip-core)"
@@ -87,7 +88,7 @@ async def codec_call(directory: Path, label: str, **a_options: Any) -> CallResul
     async with phone(directory / "a", **options) as a, phone(directory / "b", codecs=codec) as b:
         await established(a, b)
         result.codec = ((await a.audio_stats()).codec, (await b.audio_stats()).codec)
-        await asyncio.sleep(CALL_S)
+        await asyncio.sleep(CALL_S)  # the conversation itself: CALL_S of audio both ways
         await asyncio.gather(a.send_dtmf("123#"), b.send_dtmf("*0"))
         got_b, got_a = await asyncio.gather(b.wait_dtmf("123#"), a.wait_dtmf("*0"))
         result.dtmf = (got_b, got_a)
@@ -149,7 +150,7 @@ async def test_srtp_mandatory_and_manual_answer(tmp_path: Path) -> None:
             menc = await peer.wait_event("CALL_MENC")
             assert menc["param"] == "0,audio,AES_CM_128_HMAC_SHA1_80", menc
             assert "m=audio" in peer.output(100000) and "RTP/SAVP" in peer.output(100000)
-        await asyncio.sleep(1.5)
+        await asyncio.sleep(1.5)  # the conversation itself: 1.5 s of encrypted audio
         await hang_up(a, b)
     coefficient_ab, _ = b.heard_from(a)
     coefficient_ba, _ = a.heard_from(b)
@@ -172,7 +173,7 @@ async def test_srtp_mandatory_offer_refused_by_plain_peer(tmp_path: Path) -> Non
 
 async def packets_flowing(peer: Phone, seconds: float = 0.4) -> bool:
     before = (await peer.audio_stats()).rx_packets
-    await asyncio.sleep(seconds)
+    await asyncio.sleep(seconds)  # the window measured: packets in it, or none
     return (await peer.audio_stats()).rx_packets > before
 
 
@@ -185,16 +186,22 @@ async def test_hold_and_resume(tmp_path: Path) -> None:
         assert await packets_flowing(b) and await packets_flowing(a)
 
         await a.hold()
-        await asyncio.sleep(0.3)  # the re-INVITE transaction
+
+        async def directions(want_a: str, want_b: str) -> bool:  # after the re-INVITE
+            return (await a.audio_stats()).direction == want_a and (
+                await b.audio_stats()
+            ).direction == want_b
+
+        await eventually(
+            lambda: directions("sendonly", "recvonly"), "the hold re-INVITE", timeout=5
+        )
         assert "(on hold)" in await a.listcalls()
-        assert (await a.audio_stats()).direction == "sendonly"
-        assert (await b.audio_stats()).direction == "recvonly"
         assert not await packets_flowing(a)  # baresip 1.0 also stops sending on hold
 
         await a.resume()
-        await asyncio.sleep(0.3)
+        await eventually(
+            lambda: directions("sendrecv", "sendrecv"), "the resume re-INVITE", timeout=5
+        )
         assert "(on hold)" not in await a.listcalls()
-        assert (await a.audio_stats()).direction == "sendrecv"
-        assert (await b.audio_stats()).direction == "sendrecv"
         assert await packets_flowing(b) and await packets_flowing(a)
         await hang_up(a, b)

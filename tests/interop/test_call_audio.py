@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import Any
 
 import pytest
 from livekit import api
@@ -22,20 +22,14 @@ from livekit.protocol import models, room, sip
 
 from tests import baresip
 from tests.audio import best_correlation, read_wav, rms
-from tests.helpers import API_KEY, API_SECRET, ServerProcess
-from tests.interop.test_inbound_cases import call_log
+from tests.harness import call_log, client, eventually
+from tests.helpers import ServerProcess
 
 pytestmark = pytest.mark.skipif(
     not shutil.which("baresip"), reason="baresip comes with `make test` (baresip-core)"
 )
 
 CALL_S = 5.0  # of audio through the bridge; each phone sends a 3 s signal first
-
-
-@asynccontextmanager
-async def client(server: ServerProcess) -> AsyncIterator[api.LiveKitAPI]:
-    async with api.LiveKitAPI(url=server.url, api_key=API_KEY, api_secret=API_SECRET) as lk:
-        yield lk
 
 
 def target(server: ServerProcess, user: str = "bridge") -> str:
@@ -63,19 +57,14 @@ async def sip_participants(lk: api.LiveKitAPI, room_name: str) -> list[models.Pa
 async def wait_participants(
     lk: api.LiveKitAPI, room_name: str, count: int, *, status: str = "active", timeout: float = 8
 ) -> list[models.ParticipantInfo]:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    found: list[models.ParticipantInfo] = []
-    while loop.time() < deadline:
-        found = [
-            p
-            for p in await sip_participants(lk, room_name)
-            if p.attributes.get("sip.callStatus") == status
-        ]
-        if len(found) >= count:
-            return found
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{len(found)} of {count} SIP participants {status} in {room_name}")
+    async def found() -> list[models.ParticipantInfo]:
+        ps = await sip_participants(lk, room_name)
+        ps = [p for p in ps if p.attributes.get("sip.callStatus") == status]
+        return ps if len(ps) >= count else []
+
+    return await eventually(
+        found, f"{count} SIP participants {status} in {room_name}", timeout=timeout
+    )
 
 
 async def bridge_call(
@@ -86,7 +75,7 @@ async def bridge_call(
     await a.wait_event("CALL_RINGING", fail_on=("CALL_CLOSED",))
     await b.dial(target(server), established=True)
     await a.wait_event("CALL_ESTABLISHED", fail_on=("CALL_CLOSED",))
-    await asyncio.sleep(seconds)
+    await asyncio.sleep(seconds)  # the conversation itself: `seconds` of audio each way
     await a.hangup()
     await b.hangup()
     await a.wait_event("CALL_CLOSED")
@@ -181,14 +170,27 @@ async def test_hold_and_resume_keep_the_call(media_server: ServerProcess, tmp_pa
             await a.wait_event("CALL_RINGING", fail_on=("CALL_CLOSED",))
             await b.dial(target(media_server), established=True)
             await a.wait_event("CALL_ESTABLISHED", fail_on=("CALL_CLOSED",))
-            await asyncio.sleep(1.0)
+
+            async def b_hears(more_than: int) -> bool:
+                return (await b.audio_stats()).rx_packets > more_than
+
+            await eventually(lambda: b_hears(25), "B to hear A before the hold", timeout=8)
             await a.hold()
-            await asyncio.sleep(1.5)
-            assert "(on hold)" in await a.listcalls()
+
+            async def on_hold() -> bool:
+                return "(on hold)" in await a.listcalls()
+
+            await eventually(on_hold, "A's call on hold", timeout=8)
             await a.resume()
-            await asyncio.sleep(0.5)
+
+            async def off_hold() -> bool:
+                return "(on hold)" not in await a.listcalls()
+
+            await eventually(off_hold, "A's call resumed", timeout=8)
+            resumed = (await b.audio_stats()).rx_packets
+            await eventually(lambda: b_hears(resumed + 5), "B to hear A after the resume")
             before = (await b.audio_stats()).rx_packets
-            await asyncio.sleep(1.5)
+            await asyncio.sleep(1.5)  # what is measured: 1.5 s of A's audio after the resume
             after = (await b.audio_stats()).rx_packets
             # 1.5 s of A's audio reached B again through the room after the resume.
             assert after - before >= 50, (before, after)
@@ -239,7 +241,8 @@ async def test_pin_room_right_and_wrong_pin(media_server: ServerProcess, tmp_pat
         ):
             await right.dial(target(media_server, "vault"), established=True)
             await wrong.dial(target(media_server, "vault"), established=True)
-            await asyncio.sleep(1.0)  # the prompt plays
+            # The behaviour under test: for the second the prompt plays, nobody joins.
+            await asyncio.sleep(1.0)
             assert not await sip_participants(lk, "vault")
             await right.send_dtmf("4321#")
             joined = await wait_participants(lk, "vault", 1)
@@ -252,15 +255,14 @@ async def test_pin_room_right_and_wrong_pin(media_server: ServerProcess, tmp_pat
             await wrong.stop()
             prompt, _ = read_wav(wrong.recorded())
     assert rms(prompt) > 0.01, "the caller heard no prompt"
+
     # Both calls are in the call log: the right PIN with its room, the wrong one as an error.
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 5
-    while True:
+    async def both_ended() -> list[dict[str, Any]]:
         entries = await call_log(media_server)
         ended = [e for e in entries if int(e.get("ended_at_ns", 0)) > 0]
-        if len(ended) >= 2 or loop.time() > deadline:
-            break
-        await asyncio.sleep(0.2)
+        return ended if len(ended) >= 2 else []
+
+    ended = await eventually(both_ended, "both calls ended in the call log", timeout=5)
     by_number = {e["from_uri"]["user"]: e for e in ended}
     assert by_number[right.user]["room_name"] == "vault"
     assert by_number[wrong.user]["error"] == "wrong PIN"
@@ -285,7 +287,7 @@ async def test_three_phones_hear_the_mix_of_the_other_two(
         await b.dial(target(media_server), established=True)
         await c.dial(target(media_server), established=True)
         await a.wait_event("CALL_ESTABLISHED", fail_on=("CALL_CLOSED",))
-        await asyncio.sleep(CALL_S)
+        await asyncio.sleep(CALL_S)  # the conversation itself: CALL_S of audio from each
         for p in (a, b, c):
             await p.hangup()
         for p in (a, b, c):

@@ -23,12 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
 import re
 import secrets
 import shutil
-import signal
 import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -42,10 +40,18 @@ from google.protobuf.duration_pb2 import Duration
 from livekit.protocol import models, room, sip
 
 from sipbridge.sip.message import Request, Response, parse_message
+from tests import harness
+from tests.harness import (
+    call_log,
+    client,
+    eventually,
+    kill_leftovers,
+    logged_call,
+    sip_server_process,
+    stop_cleanly,
+)
 from tests.helpers import ServerProcess
-from tests.interop.test_inbound import CALLED, SIPP_DIR, client
-from tests.interop.test_inbound_cases import call_log, logged_call
-from tests.interop.test_sip_peers import sipp_port
+from tests.interop.test_inbound import CALLED
 
 pytestmark = pytest.mark.skipif(
     not (shutil.which("sipp") and shutil.which("timeout")), reason="sipp comes with `make test`"
@@ -59,7 +65,6 @@ CALLER = "+15550201"
 HELPER = "+15550299"
 SIPP_LIMIT_S = 20.0
 ServerFactory = Callable[..., Awaitable[ServerProcess]]
-RUNNING_SIPP: set[int] = set()
 
 
 # -- the server ----------------------------------------------------------------------------------
@@ -73,21 +78,15 @@ async def serve(tmp_path: Path) -> AsyncIterator[ServerFactory]:
     servers: list[ServerProcess] = []
 
     async def start(*extra: str) -> ServerProcess:
-        port = sipp_port()
-        proc = ServerProcess(tmp_path, "--sip", f"127.0.0.1:{port}", "--rtp-ports", RTP_PORTS)
-        proc.sip_port = port  # type: ignore[attr-defined]
+        proc = sip_server_process(tmp_path, "--rtp-ports", RTP_PORTS, *extra)
         servers.append(proc)
         await asyncio.to_thread(proc.start)
         return proc
 
     yield start
-    for pgid in list(RUNNING_SIPP):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGKILL)
+    kill_leftovers()
     for proc in servers:
-        if proc.proc is not None:
-            code = await asyncio.to_thread(proc.stop)
-            assert code == 0, proc.log.read_text()[-5000:]
+        await asyncio.to_thread(stop_cleanly, proc)
 
 
 def assert_clean(server: ServerProcess) -> None:
@@ -114,17 +113,6 @@ async def sip_identities(server: ServerProcess) -> set[str]:
             return set()
         listed = await lk.room.list_participants(room.ListParticipantsRequest(room=ROOM))
     return {p.identity for p in listed.participants if p.kind == models.ParticipantInfo.Kind.SIP}
-
-
-async def eventually(check: Callable[[], Awaitable[T]], what: str, timeout: float = 5.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def in_room(server: ServerProcess, *callers: str, exactly: bool = True) -> None:
@@ -414,7 +402,7 @@ class Phone(asyncio.DatagramProtocol):
         end = time.monotonic() + seconds
         while time.monotonic() < end:
             self.send_rtp(b"\xfe" * samples, ticks=samples)
-            await asyncio.sleep(interval)
+            await asyncio.sleep(interval)  # the pace of the audio, not a wait
 
 
 def _factory(protocol: P) -> Callable[[], P]:
@@ -471,33 +459,15 @@ async def sipp(
     server: ServerProcess, scenario: str, cwd: Path, *extra: str, caller: str = CALLER
 ) -> tuple[int, str, float]:
     """One sipp call of `scenario`, run in `cwd`; (exit code, output, seconds taken)."""
-    limit = SIPP_LIMIT_S
-    args = [
-        *("timeout", "-k", "2", "-s", "INT", str(int(limit))),
-        *("sipp", f"127.0.0.1:{server.sip_port}", "-sf", str(SIPP_DIR / scenario)),  # type: ignore[attr-defined]
-        *("-i", "127.0.0.1", "-p", str(sipp_port()), "-mp", str(sipp_port())),
-        *("-m", "1", "-nostdin", "-key", "caller", caller, "-key", "called", CALLED),
-        *("-timeout", f"{int(limit) - 1}s", "-timeout_error", *extra),
-    ]
-    started = time.monotonic()
-    proc = await asyncio.create_subprocess_exec(
-        *args,
+    done = await harness.sipp(
+        scenario,
+        server.sip_port,  # type: ignore[attr-defined]
+        keys={"caller": caller, "called": CALLED},
+        limit=SIPP_LIMIT_S,
         cwd=cwd,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        start_new_session=True,
+        extra=extra,
     )
-    RUNNING_SIPP.add(proc.pid)
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), limit + 5)
-    except (TimeoutError, asyncio.CancelledError):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        await proc.wait()
-        raise
-    finally:
-        RUNNING_SIPP.discard(proc.pid)
-    return proc.returncode or 0, out.decode(errors="replace"), time.monotonic() - started
+    return done.code, done.out, done.seconds
 
 
 def mulaw(pcm: np.ndarray) -> bytes:
@@ -616,20 +586,13 @@ async def test_hold_resume_and_offerless_reinvite(serve: ServerFactory) -> None:
         before = helper.media.received
         await phone.talk(0.4)
         await eventually(
-            _async(lambda: helper.media.received - before >= 10), "audio forwarded to the helper"
+            lambda: helper.media.received - before >= 10, "audio forwarded to the helper"
         )
         await in_room(server, CALLER, HELPER)
         assert (await phone.bye()).status == 200
         await in_room(server, HELPER)
         assert (await helper.bye()).status == 200
     assert_clean(server)
-
-
-def _async(check: Callable[[], T]) -> Callable[[], Awaitable[T]]:
-    async def run() -> T:
-        return check()
-
-    return run
 
 
 async def test_answer_in_ack_to_offerless_reinvite_moves_the_audio(serve: ServerFactory) -> None:
@@ -651,7 +614,7 @@ async def test_answer_in_ack_to_offerless_reinvite_moves_the_audio(serve: Server
             assert reply.status == 200 and reply.body
             before = helper.media.received
             await phone.talk(0.5)
-            await eventually(_async(lambda: moved.received >= 15), "audio at the new port")
+            await eventually(lambda: moved.received >= 15, "audio at the new port")
             assert helper.media.received - before <= 2, helper.media.received - before
         finally:
             transport.close()
@@ -671,8 +634,9 @@ async def test_reinvite_before_ack_gets_500_with_retry_after(serve: ServerFactor
         busy = await phone.request("INVITE", offer(phone.media.port, version=3))
         assert busy.status == 500, busy
         assert (busy.headers.get("Retry-After") or "").strip().isdigit(), busy
+        # The ACK and the retry leave one socket for one socket on loopback: the server reads
+        # the ACK first, no wait needed.
         phone.send_ack(pending)
-        await asyncio.sleep(0.1)
         phone.sdp_version = 3
         retry = await phone.reoffer(direction="sendrecv")
         assert retry.status == 200 and read_sdp(retry.body).port == phone.answer.port  # type: ignore[union-attr]
@@ -771,15 +735,14 @@ async def test_reinvite_without_common_codec_keeps_the_call(serve: ServerFactory
         assert first is not None
         reply = await phone.reoffer(formats="18")
         assert reply.status == 488, reply
+        # The behaviour under test: for 0.3 s after the 488, no BYE comes and the call stays.
         await asyncio.sleep(0.3)
         await in_room(server, CALLER, HELPER)
         assert phone.requests.empty()  # no BYE came
         # The old session is kept: audio still flows, a later offer still works on it.
         before = helper.media.received
         await phone.talk(0.4)
-        await eventually(
-            _async(lambda: helper.media.received - before >= 10), "audio still forwarded"
-        )
+        await eventually(lambda: helper.media.received - before >= 10, "audio still forwarded")
         reply = await phone.reoffer(direction="sendrecv")
         assert reply.status == 200
         answer = read_sdp(reply.body)
@@ -877,7 +840,7 @@ async def test_hold_suspends_the_media_timeout(serve: ServerFactory) -> None:
             await phone.talk(0.3)
             reply = await phone.reoffer(direction="inactive")
             assert read_sdp(reply.body).directions == ("inactive",)
-            await asyncio.sleep(3.5)
+            await asyncio.sleep(3.5)  # the behaviour under test: longer than the 2 s timeout
             assert phone.requests.empty(), "BYE while on hold"
             await in_room(server, CALLER, HELPER)
         assert (await phone.bye()).status == 200
@@ -893,7 +856,7 @@ async def test_resume_after_a_long_hold_restarts_the_media_timeout(serve: Server
         async with keep_talking(helper):
             await phone.talk(0.3)
             await phone.reoffer(direction="inactive")
-            await asyncio.sleep(3.0)
+            await asyncio.sleep(3.0)  # the behaviour under test: a hold longer than the timeout
             reply = await phone.reoffer(direction="sendrecv")
             assert reply.status == 200
             # Less than the 2 s timeout after the resume: the call must still be up.
@@ -969,6 +932,7 @@ async def test_hostile_rtp_leaves_calls_and_server_intact(serve: ServerFactory) 
                 intruder.sendto(rtp(i, i * 160, ssrc, b"\x7f" * 160), target)
                 if i % 500 == 499:
                     await asyncio.sleep(0)  # let the loop flush our socket
+            # The behaviour under test: what the flood could have had relayed has arrived by now.
             await asyncio.sleep(0.3)
             assert helper.media.received - before < 50, helper.media.received - before
         finally:
@@ -977,9 +941,7 @@ async def test_hostile_rtp_leaves_calls_and_server_intact(serve: ServerFactory) 
         # The call goes on: the phone's audio still reaches the other caller.
         before = helper.media.received
         await phone.talk(0.5)
-        await eventually(
-            _async(lambda: helper.media.received - before >= 15), "audio after the attack"
-        )
+        await eventually(lambda: helper.media.received - before >= 15, "audio after the attack")
         assert server.proc is not None and server.proc.poll() is None
         await in_room(server, CALLER, HELPER)
         assert phone.requests.empty() and helper.requests.empty()
@@ -993,7 +955,7 @@ async def test_hostile_rtp_leaves_calls_and_server_intact(serve: ServerFactory) 
         await second.talk(0.2)
         assert (await second.bye()).status == 200
         assert (await helper.bye()).status == 200
-        await eventually(_async(lambda: media_counter(server, "legs") == 0), "legs released")
+        await eventually(lambda: media_counter(server, "legs") == 0, "legs released")
     # What was refused is counted (and kept when the legs are released).
     for name in ("malformed", "unknown_payload", "truncated", "rtcp_malformed"):
         assert media_counter(server, f"rtp_{name}") > 0, (name, server.metrics())
@@ -1012,9 +974,7 @@ async def test_malformed_telephone_event_is_dropped_quietly(serve: ServerFactory
             phone.send_rtp(payload, pt=101, ticks=0)
         before = helper.media.received
         await phone.talk(0.3)
-        await eventually(
-            _async(lambda: helper.media.received - before >= 10), "audio after bad events"
-        )
+        await eventually(lambda: helper.media.received - before >= 10, "audio after bad events")
         assert (await phone.bye()).status == 200
         assert (await helper.bye()).status == 200
     assert_clean(server)

@@ -5,43 +5,38 @@ answered when a participant subscribes to its audio, and leaves when either side
 from __future__ import annotations
 
 import asyncio
-import json
 import shutil
-import sys
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from livekit import api
 from livekit.protocol import models, room, sip
 
-from tests.helpers import API_KEY, API_SECRET, ServerProcess
-from tests.interop.test_sip_peers import run, sipp_port
+from tests.harness import (
+    call_log,
+    client,
+    eventually,
+    run,
+    sip_server_process,
+    sipp_args,
+    stop_cleanly,
+)
+from tests.helpers import ServerProcess
 from tests.signal_client import SignalClient
 
-SIPP_DIR = Path(__file__).parent / "sipp"
 pytestmark = pytest.mark.skipif(not shutil.which("sipp"), reason="sipp comes with `make test`")
 CALLER = "+15550001"
 CALLED = "+15105550100"
 
 
 @pytest.fixture
-def sip_server(tmp_path: Path) -> ServerProcess:
-    port = sipp_port()
-    proc = ServerProcess(tmp_path, "--sip", f"127.0.0.1:{port}")
-    proc.sip_port = port  # type: ignore[attr-defined]
+def sip_server(tmp_path: Path) -> Iterator[ServerProcess]:
+    proc = sip_server_process(tmp_path)
     proc.start()
-    yield proc  # type: ignore[misc]
-    if proc.proc is not None:
-        assert proc.stop() == 0, proc.log.read_text()
-
-
-@asynccontextmanager
-async def client(server: ServerProcess) -> AsyncIterator[api.LiveKitAPI]:
-    async with api.LiveKitAPI(url=server.url, api_key=API_KEY, api_secret=API_SECRET) as lk:
-        yield lk
+    yield proc
+    stop_cleanly(proc)
 
 
 async def sipp_call(
@@ -53,52 +48,32 @@ async def sipp_call(
     customer: str = "cust-42",
     timeout: float = 30,
 ) -> asyncio.Task[tuple[int, str]]:
-    port = server.sip_port  # type: ignore[attr-defined]
-    args = [
-        "sipp",
-        f"127.0.0.1:{port}",
-        "-sf",
-        str(SIPP_DIR / "uac_inbound.xml"),
-        "-i",
-        "127.0.0.1",
-        "-p",
-        str(sipp_port()),
-        "-m",
-        "1",
-        "-d",
-        str(hold_ms),
-        "-key",
-        "caller",
-        caller,
-        "-key",
-        "called",
-        called,
-        "-key",
-        "customer",
-        customer,
-        "-nostdin",
-        "-timeout",
-        f"{int(timeout)}s",
-        "-timeout_error",
-        "-mp",
-        str(sipp_port()),
-    ]
+    """One call of uac_inbound.xml, running: its task gives (exit code, output)."""
+    args = sipp_args(
+        "uac_inbound.xml",
+        server.sip_port,  # type: ignore[attr-defined]
+        hold_ms=hold_ms,
+        keys={"caller": caller, "called": called, "customer": customer},
+        limit=timeout + 1,
+    )
     return asyncio.create_task(run(*args, timeout=timeout + 10))
 
 
 async def wait_for_participant(
     lk: api.LiveKitAPI, room_name: str, *, status: str | None = None, timeout: float = 10
 ) -> models.ParticipantInfo:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    async def found() -> models.ParticipantInfo | None:
         listed = await lk.room.list_participants(room.ListParticipantsRequest(room=room_name))
         for p in listed.participants:
             if p.kind == models.ParticipantInfo.Kind.SIP and (
                 status is None or p.attributes.get("sip.callStatus") == status
             ):
                 return p
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"no SIP participant ({status}) in {room_name!r}")
+        return None
+
+    return await eventually(
+        found, f"a SIP participant ({status}) in {room_name!r}", timeout=timeout
+    )
 
 
 async def setup_trunk_and_rule(lk: api.LiveKitAPI, **rule: object) -> tuple[str, str]:
@@ -170,18 +145,11 @@ async def test_inbound_call_joins_answers_and_hangs_up(sip_server: ServerProcess
                 )
                 return [x.identity for x in listed.participants] == ["agent"]
 
-            deadline = time.monotonic() + 5
-            while not await gone():
-                assert time.monotonic() < deadline, "the SIP participant did not leave"
-                await asyncio.sleep(0.05)
+            await eventually(gone, "the SIP participant to leave", timeout=5)
 
     # The call log has it, and keeps it across a restart.
     await asyncio.to_thread(sip_server.restart)
-    code, out = await run(
-        sys.executable, "-m", "sipbridge", "call", "list", "--db", str(sip_server.db), "--json"
-    )
-    assert code == 0, out
-    calls = json.loads(out)
+    calls = await call_log(sip_server)
     assert len(calls) == 1
     entry = calls[0]
     assert entry["call_id"] == attrs["sip.callID"]

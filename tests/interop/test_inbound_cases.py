@@ -13,16 +13,10 @@ bad INVITEs answered with a 4xx, never a crash.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
-import json
-import os
 import re
 import secrets
 import shutil
-import signal
-import sys
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -34,9 +28,17 @@ from livekit import api
 from livekit.protocol import models, room, sip
 from livekit.protocol.webhook import WebhookEvent
 
+from tests import harness
+from tests.harness import (
+    client,
+    eventually,
+    kill_leftovers,
+    logged_call,
+    sip_server_process,
+    stop_cleanly,
+)
 from tests.helpers import ServerProcess
-from tests.interop.test_inbound import CALLED, CALLER, SIPP_DIR, client, wait_for_participant
-from tests.interop.test_sip_peers import run, sipp_port
+from tests.interop.test_inbound import CALLED, CALLER, wait_for_participant
 from tests.interop.test_webhooks import assert_signed_like_livekit, receiver
 from tests.signal_client import SignalClient
 
@@ -49,7 +51,6 @@ SIP = models.ParticipantInfo.Kind.SIP
 SIPP_LIMIT_S = 15.0  # no scenario here takes more than a few seconds
 
 ServerFactory = Callable[..., Awaitable[ServerProcess]]
-RUNNING_SIPP: set[int] = set()  # process group ids of sipp runs not yet reaped
 
 
 # -- a server, sipp, waits ----------------------------------------------------------------------
@@ -62,21 +63,15 @@ async def serve(tmp_path: Path) -> AsyncIterator[ServerFactory]:
     servers: list[ServerProcess] = []
 
     async def start(*extra: str) -> ServerProcess:
-        port = sipp_port()
-        proc = ServerProcess(tmp_path, "--sip", f"127.0.0.1:{port}", *extra)
-        proc.sip_port = port  # type: ignore[attr-defined]
+        proc = sip_server_process(tmp_path, *extra)
         servers.append(proc)
         await asyncio.to_thread(proc.start)
         return proc
 
     yield start
-    for pgid in list(RUNNING_SIPP):  # a test that failed early may leave a caller behind
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGKILL)
+    kill_leftovers()  # a test that failed early may leave a caller behind
     for proc in servers:
-        if proc.proc is not None:
-            code = await asyncio.to_thread(proc.stop)
-            assert code == 0, proc.log.read_text()
+        await asyncio.to_thread(stop_cleanly, proc)
         assert "Traceback" not in proc.log.read_text(), proc.log.read_text()
 
 
@@ -90,36 +85,15 @@ async def sipp(
     hold_ms: int = 1000,
     limit: float = SIPP_LIMIT_S,
 ) -> tuple[int, str, float]:
-    """One sipp call with `scenario`; (exit code, output, seconds it took). sipp's own -timeout
-    may not stop a hung sipp: `timeout` bounds it from outside, and the whole process group is
-    killed if even that does not end it."""
-    port = server.sip_port  # type: ignore[attr-defined]
-    args = [
-        *("timeout", "-k", "2", "-s", "INT", str(int(limit))),
-        *("sipp", f"127.0.0.1:{port}", "-sf", str(SIPP_DIR / scenario)),
-        *("-i", "127.0.0.1", "-p", str(sipp_port()), "-mp", str(sipp_port())),
-        *("-m", "1", "-d", str(hold_ms), "-nostdin"),
-        *("-key", "caller", caller, "-key", "called", called, "-key", "customer", customer),
-        *("-timeout", f"{int(limit) - 1}s", "-timeout_error"),
-    ]
-    started = time.monotonic()
-    proc = await asyncio.create_subprocess_exec(
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        start_new_session=True,
+    """One sipp call with `scenario`; (exit code, output, seconds it took)."""
+    done = await harness.sipp(
+        scenario,
+        server.sip_port,  # type: ignore[attr-defined]
+        hold_ms=hold_ms,
+        keys={"caller": caller, "called": called, "customer": customer},
+        limit=limit,
     )
-    RUNNING_SIPP.add(proc.pid)
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), limit + 5)
-    except (TimeoutError, asyncio.CancelledError):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        await proc.wait()
-        raise
-    finally:
-        RUNNING_SIPP.discard(proc.pid)
-    return proc.returncode or 0, out.decode(errors="replace"), time.monotonic() - started
+    return done.code, done.out, done.seconds
 
 
 def sipp_task(
@@ -149,17 +123,6 @@ async def ringing(
     raise AssertionError(f"sipp ended ({code}) before ringing in {room_name!r}:\n{out[-3000:]}")
 
 
-async def eventually(check: Callable[[], Awaitable[T]], what: str, timeout: float = 10.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
 async def sip_participants(lk: api.LiveKitAPI, room_name: str) -> list[models.ParticipantInfo]:
     rooms = await lk.room.list_rooms(room.ListRoomsRequest(names=[room_name]))
     if not rooms.rooms:
@@ -173,27 +136,6 @@ async def no_sip_participant(lk: api.LiveKitAPI, room_name: str) -> None:
         return not await sip_participants(lk, room_name)
 
     await eventually(gone, f"the SIP participant to leave {room_name!r}", timeout=5)
-
-
-async def call_log(server: ServerProcess) -> list[dict[str, Any]]:
-    """`sipbridge call list --json` on the server's database, as users read it."""
-    args = ["-m", "sipbridge", "call", "list", "--db", str(server.db), "--json"]
-    code, out = await run(sys.executable, *args, timeout=20)
-    assert code == 0, out
-    entries: list[dict[str, Any]] = json.loads(out)
-    return entries
-
-
-async def logged_call(server: ServerProcess, call_id: str) -> dict[str, Any]:
-    """The call log entry of `call_id` once it shows the call ended."""
-
-    async def ended() -> dict[str, Any] | None:
-        for entry in await call_log(server):
-            if entry["call_id"] == call_id and int(entry.get("ended_at_ns", 0)) > 0:
-                return entry
-        return None
-
-    return await eventually(ended, f"the call log to show {call_id} ended", timeout=5)
 
 
 async def inbound_trunk(lk: api.LiveKitAPI, **fields: object) -> str:
@@ -714,7 +656,9 @@ async def test_two_sip_callers_answer_each_other(serve: ServerFactory) -> None:
         await dispatch_rule(lk, direct("bridge"))
         first = sipp_task(server, "uac_inbound.xml", caller="+15550011", hold_ms=3000)
         await ringing(lk, "bridge", first)
-        await asyncio.sleep(0.5)  # alone in the room, nobody answers it
+        # The behaviour under test, not a wait for something: for half a second alone in the
+        # room, nobody answers it.
+        await asyncio.sleep(0.5)
         (alone,) = await sip_participants(lk, "bridge")
         assert alone.attributes["sip.callStatus"] == "ringing"
         second = sipp_task(server, "uac_inbound.xml", caller="+15550012", hold_ms=3000)

@@ -14,11 +14,10 @@ import pytest
 
 from tests import baresip
 from tests.audio import read_wav, tone_ratio
+from tests.harness import client, run, sipp_args
 from tests.helpers import ServerProcess
-from tests.interop.test_call_audio import client, direct_rule, target, wait_participants
-from tests.interop.test_sip_peers import run, sipp_port
+from tests.interop.test_call_audio import direct_rule, target, wait_participants
 
-SIPP_DIR = Path(__file__).parent / "sipp"
 pytestmark = [
     pytest.mark.skipif(not shutil.which("sipp"), reason="sipp comes with `make test`"),
     pytest.mark.skipif(not shutil.which("baresip"), reason="baresip comes with `make test`"),
@@ -33,27 +32,8 @@ def write_ulaw_tone(path: Path, freq: float = 1000.0, seconds: float = 3.0) -> N
     path.write_bytes(ulaw_encode_array(pcm))
 
 
-def sipp(server: ServerProcess, scenario: str, cwd: Path, hold_ms: int = 2500) -> list[str]:
-    return [
-        "sipp",
-        f"127.0.0.1:{server.sip_port}",  # type: ignore[attr-defined]
-        "-sf",
-        str(SIPP_DIR / scenario),
-        "-i",
-        "127.0.0.1",
-        "-p",
-        str(sipp_port()),
-        "-mp",
-        str(sipp_port()),
-        "-m",
-        "1",
-        "-d",
-        str(hold_ms),
-        "-nostdin",
-        "-timeout",
-        "20s",
-        "-timeout_error",
-    ]
+def sipp(server: ServerProcess, scenario: str, hold_ms: int = 2500) -> list[str]:
+    return sipp_args(scenario, server.sip_port, hold_ms=hold_ms, limit=21)  # type: ignore[attr-defined]
 
 
 async def test_late_offer_is_answered_in_the_ack_and_carries_audio(
@@ -66,7 +46,7 @@ async def test_late_offer_is_answered_in_the_ack_and_carries_audio(
             await a.dial(target(media_server))
             await a.wait_event("CALL_RINGING", fail_on=("CALL_CLOSED",))
             call = asyncio.create_task(
-                run(*sipp(media_server, "late_offer.xml", tmp_path), timeout=30, cwd=tmp_path)
+                run(*sipp(media_server, "late_offer.xml"), timeout=30, cwd=tmp_path)
             )
             await a.wait_event("CALL_ESTABLISHED", timeout=8, fail_on=("CALL_CLOSED",))
             assert len(await wait_participants(lk, "bridge", 2)) == 2
@@ -89,7 +69,7 @@ async def test_an_unusable_answer_in_the_ack_ends_the_call_with_bye(
             await a.dial(target(media_server))
             await a.wait_event("CALL_RINGING", fail_on=("CALL_CLOSED",))
             code, out = await run(
-                *sipp(media_server, "late_offer_refused.xml", tmp_path), timeout=30, cwd=tmp_path
+                *sipp(media_server, "late_offer_refused.xml"), timeout=30, cwd=tmp_path
             )
             assert code == 0, out  # it got the server's BYE and answered it
             await a.hangup()

@@ -30,6 +30,7 @@ from typing import Any
 import pytest
 from livekit import api
 
+from tests.harness import eventually
 from tests.helpers import API_KEY, API_SECRET, ServerProcess, token
 from tests.netns import VethNamespace, available, cleanup_stale, namespaces, veth_namespace
 
@@ -221,10 +222,10 @@ async def _join_and_leave(ns: VethNamespace, server: ServerProcess) -> None:
             assert any(e["event"] == "disconnected" for e in seen), report()
 
             # the server lets the participant go once the SDK has left
-            for _ in range(50):
-                if not await _participants(lk):
-                    break
-                await asyncio.sleep(0.1)
+            async def left() -> bool:
+                return not await _participants(lk)
+
+            await eventually(left, "the participant to leave", timeout=5, interval=0.1)
             assert await _participants(lk) == [], report()
         print(f"SDK joined from {ns.name} in {joined_s:.2f} s (process start included)")
     finally:

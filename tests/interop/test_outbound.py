@@ -13,10 +13,10 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import sys
+import socket
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -25,11 +25,21 @@ import pytest
 from livekit import api
 from livekit.protocol import models, room, sip
 
-from tests.helpers import API_KEY, API_SECRET, ServerProcess
-from tests.interop.test_sip_peers import run, sipp_port
+from tests.harness import (
+    SIPP_DIR,
+    bound,
+    call_log,
+    client,
+    eventually,
+    run,
+    sip_server_process,
+    sipp_args,
+    sipp_port,
+    stop_cleanly,
+)
+from tests.helpers import ServerProcess
 from tests.signal_client import SignalClient
 
-SIPP_DIR = Path(__file__).parent / "sipp"
 pytestmark = pytest.mark.skipif(not shutil.which("sipp"), reason="sipp comes with `make test`")
 CALLER_ID = "+15550001"
 NUMBER = "+15551234"
@@ -37,20 +47,11 @@ ROOM = "outbound"
 
 
 @pytest.fixture
-def sip_server(tmp_path: Path) -> ServerProcess:
-    port = sipp_port()
-    proc = ServerProcess(tmp_path, "--sip", f"127.0.0.1:{port}", "--rtp-ports", "17000-17999")
-    proc.sip_port = port  # type: ignore[attr-defined]
+def sip_server(tmp_path: Path) -> Iterator[ServerProcess]:
+    proc = sip_server_process(tmp_path, "--rtp-ports", "17000-17999")
     proc.start()
-    yield proc  # type: ignore[misc]
-    if proc.proc is not None:
-        assert proc.stop() == 0, proc.log.read_text()
-
-
-@asynccontextmanager
-async def client(server: ServerProcess) -> AsyncIterator[api.LiveKitAPI]:
-    async with api.LiveKitAPI(url=server.url, api_key=API_KEY, api_secret=API_SECRET) as lk:
-        yield lk
+    yield proc
+    stop_cleanly(proc)
 
 
 @asynccontextmanager
@@ -65,21 +66,23 @@ async def carrier(
     `fill` replaces `[name]` in the scenario's text before sipp reads it: sipp checks status
     lines when it loads a file and never puts `-key` values in XML attributes."""
     port = sipp_port()
-    path = SIPP_DIR / scenario
+    path: str | Path = scenario
     if fill:
-        text = path.read_text()
+        text = (SIPP_DIR / scenario).read_text()
         for name, value in fill.items():
             text = text.replace(f"[{name}]", value)
         path = Path(tempfile.mkdtemp()) / scenario
         path.write_text(text)
-    args = ["sipp", "-sf", str(path), "-i", "127.0.0.1", "-p", str(port)]
-    if transport == "tcp":
-        args += ["-t", "t1"]
-    for name, value in keys:
-        args += ["-key", name, value]
-    args += ["-m", "1", "-nostdin", "-timeout", f"{int(timeout)}s", "-timeout_error"]
+    args = sipp_args(
+        path,
+        port=port,
+        transport="t1" if transport == "tcp" else None,
+        keys=dict(keys),
+        limit=timeout + 1,
+    )
     task = asyncio.create_task(run(*args, timeout=timeout + 10))
-    await asyncio.sleep(0.3)  # listening
+    kind = socket.SOCK_STREAM if transport == "tcp" else socket.SOCK_DGRAM
+    await eventually(lambda: bound(port, kind) or task.done(), f"sipp listening on {port}")
     try:
         yield port, task
     finally:
@@ -101,21 +104,6 @@ async def make_trunk(lk: api.LiveKitAPI, port: int, **fields: Any) -> str:
 async def participants(lk: api.LiveKitAPI, name: str = ROOM) -> dict[str, models.ParticipantInfo]:
     listed = await lk.room.list_participants(room.ListParticipantsRequest(room=name))
     return {p.identity: p for p in listed.participants}
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 8) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        assert time.monotonic() < deadline, what
-        await asyncio.sleep(0.05)
-
-
-async def call_log(server: ServerProcess) -> list[dict[str, Any]]:
-    code, out = await run(
-        sys.executable, "-m", "sipbridge", "call", "list", "--db", str(server.db), "--json"
-    )
-    assert code == 0, out
-    return list(json.loads(out))
 
 
 def statuses_seen(client: SignalClient, identity: str) -> list[str]:
@@ -170,7 +158,7 @@ async def test_an_answered_call_joins_the_room_and_our_hangup_ends_it(
         assert attrs["campaign"] == "spring"
         # the room saw it dial, ring and answer
         await eventually(
-            lambda: asyncio.sleep(0, "active" in statuses_seen(agent, identity)),
+            lambda: "active" in statuses_seen(agent, identity),
             "statuses in the room",
         )
         assert statuses_seen(agent, identity)[:3] == ["dialing", "ringing", "active"]

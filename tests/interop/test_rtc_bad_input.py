@@ -3,12 +3,12 @@ and the server unharmed (the issue's bad-input list for WebRTC)."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 
 from livekit import api
 from livekit.protocol import models, room, rtc
 
+from tests.harness import eventually
 from tests.helpers import ServerProcess
 from tests.signal_client import SignalClient
 
@@ -29,10 +29,11 @@ async def test_an_unusable_offer_gets_a_leave_and_others_stay(
         leave = await mallory.wait_for("leave")
         assert leave.leave.reason == models.DisconnectReason.SIGNAL_CLOSE
         await mallory.drop()
-        for _ in range(50):
-            if "mallory" not in await identities(lk, "bad"):
-                break
-            await asyncio.sleep(0.1)
+
+        async def mallory_gone() -> bool:
+            return "mallory" not in await identities(lk, "bad")
+
+        await eventually(mallory_gone, "mallory to leave", timeout=5)
         assert await identities(lk, "bad") == {"steady"}
 
 
@@ -69,10 +70,10 @@ async def test_an_oversized_frame_closes_only_that_connection(
             # refuses it from its header): then the send itself fails, which is the point.
             with contextlib.suppress(ConnectionError):
                 await bulky.ws.send_bytes(b"\x00" * (2 * 1024 * 1024))
-            for _ in range(50):
-                if bulky.ws.closed:
-                    break
-                await asyncio.sleep(0.1)
+            ws = bulky.ws
+            await eventually(
+                lambda: ws.closed, "the oversized frame's connection to close", timeout=5
+            )
             assert bulky.ws.closed
         finally:
             await bulky.drop()

@@ -7,62 +7,36 @@ UDP and TCP, with a digest challenge, and with lost 200s and ACKs.
 
 from __future__ import annotations
 
-import asyncio
+import itertools
 import shutil
 import socket
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
 
-from tests.helpers import ServerProcess, free_port
+from tests.harness import eventually, run, sip_server_process, sipp, stop_cleanly
+from tests.helpers import ServerProcess
 from tests.sip_app import AnsweringApp, running_app
 
-SIPP_DIR = Path(__file__).parent / "sipp"
+REQUESTS = itertools.count(1)
 pytestmark = pytest.mark.skipif(
     not (shutil.which("sipp") and shutil.which("sipsak")),
     reason="sipp and sipsak come with `make test` (Debian sip-tester, sipsak)",
 )
 
 
-async def run(*args: str, timeout: float = 60, cwd: Path | str | None = None) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=cwd
-    )
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    return proc.returncode or 0, out.decode(errors="replace")
-
-
-def sipp_port() -> int:
-    """A port free for both UDP and TCP (sipp binds both for -t t1), well away from others."""
-    for _ in range(50):
-        port = free_port(socket.SOCK_DGRAM)
-        with socket.socket() as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            try:
-                tcp.bind(("127.0.0.1", port))
-                udp.bind(("127.0.0.1", port + 2))  # sipp's RTP ports sit at +2
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free port")
-
-
 def sip_port(server: ServerProcess) -> int:
     return int(server.sip_port)
 
 
-@pytest.fixture
-def sip_server(tmp_path: Path) -> ServerProcess:
-    port = sipp_port()
-    proc = ServerProcess(tmp_path, "--sip", f"127.0.0.1:{port}")
-    proc.sip_port = port  # type: ignore[attr-defined]
+@pytest.fixture(scope="module")
+def sip_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One server for the module: each test sends its own requests (a Call-ID of its own), reads
+    the answers to them, and changes no state another test reads."""
+    proc = sip_server_process(tmp_path_factory.mktemp("sip-peers"))
     proc.start()
-    yield proc  # type: ignore[misc]
-    assert proc.stop() == 0
+    yield proc
+    stop_cleanly(proc)
 
 
 def udp_exchange(port: int, message: bytes, timeout: float = 2.0) -> bytes | None:
@@ -77,12 +51,14 @@ def udp_exchange(port: int, message: bytes, timeout: float = 2.0) -> bytes | Non
 
 
 def request(method: str, port: int, *extra: str, body: bytes = b"") -> bytes:
+    """A request of its own (branch and Call-ID numbered) to the server shared by the module."""
+    n = next(REQUESTS)
     lines = [
         f"{method} sip:bob@127.0.0.1:{port} SIP/2.0",
-        "Via: SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bK" + method.lower() + "1;rport",
+        f"Via: SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bK{method.lower()}1-{n};rport",
         "From: <sip:alice@127.0.0.1>;tag=a1",
         f"To: <sip:bob@127.0.0.1:{port}>",
-        f"Call-ID: {method.lower()}-test@127.0.0.1",
+        f"Call-ID: {method.lower()}-{n}-test@127.0.0.1",
         f"CSeq: 1 {method}",
         "Max-Forwards: 70",
         *extra,
@@ -168,32 +144,10 @@ async def test_malformed_responses_get_no_answer(sip_server: ServerProcess) -> N
 async def test_sipp_calls_complete(transport: str) -> None:
     app = AnsweringApp()
     async with running_app(app) as (_, port):
-        code, out = await run(
-            "sipp",
-            "-sn",
-            "uac",
-            f"127.0.0.1:{port}",
-            "-i",
-            "127.0.0.1",
-            "-p",
-            str(sipp_port()),
-            "-t",
-            transport,
-            "-m",
-            "5",
-            "-r",
-            "10",
-            "-d",
-            "100",
-            "-nostdin",
-            "-timeout",
-            "30s",
-            "-timeout_error",
-            "-mp",
-            str(sipp_port()),
-        )
-        await asyncio.sleep(0.3)
-    assert code == 0, out
+        done = await sipp("uac", port, transport=transport, calls=5, rate=10, hold_ms=100)
+        # sipp ends on its last 200 to BYE; the app counts the call ended on the same BYE.
+        await eventually(lambda: len(app.ended) >= 5, "the app to end the 5 calls", timeout=3)
+    assert done.code == 0, done.out
     assert len(app.calls) == 5
     assert sorted(app.ended) == ["bye"] * 5
 
@@ -201,28 +155,9 @@ async def test_sipp_calls_complete(transport: str) -> None:
 async def test_sipp_answers_a_digest_challenge() -> None:
     app = AnsweringApp(password="s3cret")
     async with running_app(app) as (_, port):
-        code, out = await run(
-            "sipp",
-            f"127.0.0.1:{port}",
-            "-sf",
-            str(SIPP_DIR / "uac_auth.xml"),
-            "-i",
-            "127.0.0.1",
-            "-p",
-            str(sipp_port()),
-            "-m",
-            "3",
-            "-r",
-            "10",
-            "-nostdin",
-            "-timeout",
-            "30s",
-            "-timeout_error",
-            "-mp",
-            str(sipp_port()),
-        )
-        await asyncio.sleep(0.3)
-    assert code == 0, out
+        done = await sipp("uac_auth.xml", port, calls=3, rate=10)
+        await eventually(lambda: len(app.ended) >= 3, "the app to end the 3 calls", timeout=3)
+    assert done.code == 0, done.out
     assert app.challenges == 3 and len(app.calls) == 3
     assert sorted(app.ended) == ["bye"] * 3
 
@@ -230,28 +165,9 @@ async def test_sipp_answers_a_digest_challenge() -> None:
 async def test_sipp_wrong_password_is_never_let_in() -> None:
     app = AnsweringApp(password="not-what-sipp-sends")
     async with running_app(app) as (_, port):
-        try:
-            code, out = await run(
-                "sipp",
-                f"127.0.0.1:{port}",
-                "-sf",
-                str(SIPP_DIR / "uac_auth.xml"),
-                "-i",
-                "127.0.0.1",
-                "-p",
-                str(sipp_port()),
-                "-m",
-                "1",
-                "-nostdin",
-                "-timeout",
-                "5s",
-                "-mp",
-                str(sipp_port()),
-                timeout=15,
-            )
-        except TimeoutError:  # sipp sometimes hangs on the unexpected 401 (PEERS.md)
-            code, out = -1, "sipp hung"
-    assert code != 0, out
+        # sipp sometimes hangs on the unexpected 401 (PEERS.md): the limit ends it (exit 124).
+        done = await sipp("uac_auth.xml", port, limit=6, timeout_error=False)
+    assert done.code != 0, done.out
     assert app.challenges == 2  # the first INVITE, then the one with wrong credentials
     assert not app.calls
 
@@ -259,31 +175,9 @@ async def test_sipp_wrong_password_is_never_let_in() -> None:
 async def test_sipp_lost_200_and_ack_still_complete() -> None:
     app = AnsweringApp()
     async with running_app(app, ("udp",)) as (_, port):
-        code, out = await run(
-            "sipp",
-            f"127.0.0.1:{port}",
-            "-sf",
-            str(SIPP_DIR / "uac_lost.xml"),
-            "-i",
-            "127.0.0.1",
-            "-p",
-            str(sipp_port()),
-            "-m",
-            "10",
-            "-r",
-            "10",
-            "-d",
-            "100",
-            "-nostdin",
-            "-timeout",
-            "45s",
-            "-timeout_error",
-            "-mp",
-            str(sipp_port()),
-            timeout=60,
-        )
-        await asyncio.sleep(0.3)
-    assert code == 0, out
+        done = await sipp("uac_lost.xml", port, calls=10, rate=10, hold_ms=100, limit=46)
+        await eventually(lambda: len(app.ended) >= 10, "the app to end the 10 calls", timeout=3)
+    assert done.code == 0, done.out
     assert len(app.calls) == 10
     assert sorted(app.ended) == ["bye"] * 10
     # Each lost 200 or ACK shows as a 200 resent by the UAS core (RFC 3261 s13.3.1.4).

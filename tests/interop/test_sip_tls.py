@@ -27,8 +27,8 @@ from typing import Any
 import pytest
 
 from sipbridge.server.sip_transport import SipService, tls_context
+from tests.harness import eventually, run
 from tests.helpers import free_port
-from tests.interop.test_sip_peers import run
 from tests.sip_app import AnsweringApp, running_app
 
 pytestmark = [
@@ -170,18 +170,22 @@ class Baresip:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + WAIT_S
-        while True:
+        proc = self.proc
+
+        async def control() -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+            if proc.returncode is not None:
+                raise RuntimeError(f"baresip did not start:\n{self.output()}")
             try:
-                self.reader, self.writer = await asyncio.open_connection(
-                    "127.0.0.1", self.ctrl_port
-                )
-                return
+                return await asyncio.open_connection("127.0.0.1", self.ctrl_port)
             except OSError:
-                if self.proc.returncode is not None or loop.time() > deadline:
-                    raise RuntimeError(f"baresip did not start:\n{self.output()}") from None
-                await asyncio.sleep(0.05)
+                return None
+
+        try:
+            self.reader, self.writer = await eventually(
+                control, "baresip's control port", timeout=WAIT_S
+            )
+        except AssertionError:
+            raise RuntimeError(f"baresip did not start:\n{self.output()}") from None
 
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
@@ -250,14 +254,7 @@ async def baresip(directory: Path, cafile: Path) -> AsyncIterator[Baresip]:
 
 
 async def wait_until(condition: Callable[[], bool], what: str) -> None:
-    async def poll() -> None:
-        while not condition():  # noqa: ASYNC110 (state changed by callbacks we do not own)
-            await asyncio.sleep(0.02)
-
-    try:
-        await asyncio.wait_for(poll(), WAIT_S)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
+    await eventually(condition, what, timeout=WAIT_S, interval=0.02)
 
 
 async def tls_call(peer: Baresip, app: AnsweringApp, port: int) -> None:

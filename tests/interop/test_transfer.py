@@ -6,9 +6,7 @@ come back as SipCallError with the target's status; the carrier's own REFERs are
 from __future__ import annotations
 
 import asyncio
-import json
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -17,9 +15,9 @@ from livekit import api
 from livekit.protocol import models, room, sip
 
 from tests import baresip
+from tests.harness import call_log, client, eventually
 from tests.helpers import ServerProcess
-from tests.interop.test_call_audio import client, direct_rule, sip_participants, target
-from tests.interop.test_sip_peers import run
+from tests.interop.test_call_audio import direct_rule, sip_participants, target
 from tests.signal_client import SignalClient
 
 pytestmark = pytest.mark.skipif(
@@ -68,19 +66,15 @@ async def test_a_caller_is_transferred_to_another_phone(
             )
             assert time.monotonic() - started < 10
             await c.wait_event("CALL_ESTABLISHED", timeout=5)  # A now talks to C
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + 5
-            while await sip_participants(lk, "bridge"):  # our call with A ends
-                assert loop.time() < deadline, "the transferred caller did not leave"
-                await asyncio.sleep(0.1)
+
+            async def left() -> bool:  # our call with A ends
+                return not await sip_participants(lk, "bridge")
+
+            await eventually(left, "the transferred caller to leave", timeout=5)
             await a.hangup()
             await c.wait_event("CALL_CLOSED", timeout=8)
     # the call log has the transfer, done, with the call it moved
-    code, out = await run(
-        sys.executable, "-m", "sipbridge", "call", "list", "--db", str(media_server.db), "--json"
-    )
-    assert code == 0, out
-    (entry,) = json.loads(out)
+    (entry,) = await call_log(media_server)
     (transfer,) = entry["transfers"]
     assert transfer["transfer_id"].startswith("STR_") and transfer["call_id"] == entry["call_id"]
     assert transfer["transfer_status"] == "STS_TRANSFER_SUCCESSFUL"

@@ -13,7 +13,7 @@ import io
 import json
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import aiohttp
@@ -336,36 +336,45 @@ async def test_protobuf_request_gets_protobuf_reply(edge: ServerProcess) -> None
 LIST_ROOMS = {"video": {"roomList": True}}
 
 
-def _bad_tokens() -> list[tuple[str, str | None]]:
-    now = int(time.time())
-    good = token(api.VideoGrants(room_list=True))
-    header, payload, signature = good.split(".")
-    return [
-        ("missing", None),
-        ("empty", ""),
-        ("bearer-only", "Bearer "),
-        ("garbage", "Bearer garbage"),
-        ("three-garbage-parts", "Bearer a.b.c"),
-        ("wrong-scheme", "Basic " + good),
-        ("wrong-secret", "Bearer " + token(api.VideoGrants(room_list=True), secret="x" * 43)),
-        ("unknown-key", "Bearer " + token(api.VideoGrants(room_list=True), key="otherkey")),
-        ("tampered-payload", f"Bearer {header}.{payload[:-2]}AA.{signature}"),
-        ("no-signature", f"Bearer {header}.{payload}."),
-        ("expired", "Bearer " + pyjwt_token(nbf=now - 600, exp=now - 90, **LIST_ROOMS)),
-        ("nbf-far-future", "Bearer " + pyjwt_token(nbf=now + 600, exp=now + 900, **LIST_ROOMS)),
-        ("no-exp", "Bearer " + pyjwt_token(nbf=now, **LIST_ROOMS)),
-        (
-            "alg-none",
-            "Bearer " + jwt.encode({"iss": API_KEY, "exp": now + 600}, None, algorithm="none"),
-        ),
-        ("grants-not-object", "Bearer " + pyjwt_token(exp=now + 600, video=["roomList"])),
-    ]
+def _tampered_payload() -> str:
+    header, payload, signature = token(api.VideoGrants(room_list=True)).split(".")
+    return f"Bearer {header}.{payload[:-2]}AA.{signature}"
 
 
-@pytest.mark.parametrize(("case", "auth"), _bad_tokens(), ids=[c for c, _ in _bad_tokens()])
-async def test_bad_credentials_are_unauthenticated(
-    edge: ServerProcess, case: str, auth: str | None
-) -> None:
+def _no_signature() -> str:
+    header, payload, _ = token(api.VideoGrants(room_list=True)).split(".")
+    return f"Bearer {header}.{payload}."
+
+
+# Each bad credential is built inside the test from the clock at that moment (`now`), never at
+# collection: a token built at import expires or becomes valid while a long suite runs (the
+# "nbf-far-future" one did, on a loaded machine, after ten minutes).
+BAD_TOKENS: dict[str, Callable[[int], str | None]] = {
+    "missing": lambda now: None,
+    "empty": lambda now: "",
+    "bearer-only": lambda now: "Bearer ",
+    "garbage": lambda now: "Bearer garbage",
+    "three-garbage-parts": lambda now: "Bearer a.b.c",
+    "wrong-scheme": lambda now: "Basic " + token(api.VideoGrants(room_list=True)),
+    "wrong-secret": lambda now: "Bearer " + token(api.VideoGrants(room_list=True), secret="x" * 43),
+    "unknown-key": lambda now: "Bearer " + token(api.VideoGrants(room_list=True), key="otherkey"),
+    "tampered-payload": lambda now: _tampered_payload(),
+    "no-signature": lambda now: _no_signature(),
+    "expired": lambda now: "Bearer " + pyjwt_token(nbf=now - 600, exp=now - 90, **LIST_ROOMS),
+    "nbf-far-future": lambda now: (
+        "Bearer " + pyjwt_token(nbf=now + 600, exp=now + 900, **LIST_ROOMS)
+    ),
+    "no-exp": lambda now: "Bearer " + pyjwt_token(nbf=now, **LIST_ROOMS),
+    "alg-none": lambda now: (
+        "Bearer " + jwt.encode({"iss": API_KEY, "exp": now + 600}, None, algorithm="none")
+    ),
+    "grants-not-object": lambda now: "Bearer " + pyjwt_token(exp=now + 600, video=["roomList"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_TOKENS))
+async def test_bad_credentials_are_unauthenticated(edge: ServerProcess, case: str) -> None:
+    auth = BAD_TOKENS[case](int(time.time()))
     status, ctype, body = await twirp(edge.url, ROOM, "ListRooms", b"", auth=auth)
     assert_twirp_error(status, ctype, body, "unauthenticated")
 
@@ -658,10 +667,14 @@ async def test_client_gone_mid_body_logs_no_traceback(server: ServerProcess) -> 
         _, writer = await asyncio.open_connection("127.0.0.1", server.port)
         writer.write(head + b"\x00" * 10)
         await writer.drain()
-        await asyncio.sleep(0.1)  # let the server start reading the body
+        # The behaviour under test: the client goes away while the server waits for the rest
+        # of the body (0.1 s later), not before it started reading.
+        await asyncio.sleep(0.1)
         writer.close()
         with contextlib.suppress(ConnectionError):
             await writer.wait_closed()
+    # The behaviour under test is an absence (no traceback for the cut bodies): give the server
+    # 0.2 s in which it would have logged one.
     await asyncio.sleep(0.2)
     status, text = await healthz(server.url)
     assert (status, text.strip()) == (200, "ok")

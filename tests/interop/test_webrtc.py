@@ -25,6 +25,7 @@ from livekit.protocol import models, room, sip
 
 from tests import baresip, netns
 from tests.audio import best_correlation, distinct_signal, read_wav, write_wav
+from tests.harness import eventually
 from tests.helpers import API_KEY, API_SECRET, ServerProcess, token
 from tests.interop.conftest import RTC_PORTS
 
@@ -44,6 +45,20 @@ def udp_ports(ip: str) -> list[int]:
         if address == want:
             ports.append(int(port, 16))
     return ports
+
+
+async def in_room(server: ServerProcess, room_name: str, identities: set[str]) -> None:
+    """Wait until `identities` are participants of `room_name` (asked with the official client)."""
+
+    async def present() -> bool:
+        async with api.LiveKitAPI(url=server.url, api_key=API_KEY, api_secret=API_SECRET) as lk:
+            rooms = await lk.room.list_rooms(room.ListRoomsRequest(names=[room_name]))
+            if not rooms.rooms:
+                return False
+            listed = await lk.room.list_participants(room.ListParticipantsRequest(room=room_name))
+        return identities <= {p.identity for p in listed.participants}
+
+    await eventually(present, f"{sorted(identities)} in {room_name!r}", timeout=20, interval=0.1)
 
 
 async def run_sdk(
@@ -122,7 +137,8 @@ async def test_sdk_client_and_phone_hear_each_other(
         rtc_ports = udp_ports(namespace.host_ip)
         low, high = map(int, RTC_PORTS.split("-"))
         assert rtc_ports and all(low <= p <= high for p in rtc_ports), rtc_ports
-        # Keys and data once both signals are over (a key's tone is in neither reference).
+        # Keys and data once both signals are over (a key's tone is in neither reference): the
+        # conversation itself, not a wait for something.
         await asyncio.sleep(5.0)
         await phone.send_dtmf("12#")  # -> sip_dtmf_received at the SDK client
         async with api.LiveKitAPI(url=rtc_server.url, api_key=API_KEY, api_secret=API_SECRET) as lk:
@@ -316,7 +332,7 @@ async def test_a_cut_websocket_resumes_and_the_caller_is_still_heard(
             )
         )
         await phone.wait_event("CALL_ESTABLISHED", timeout=15, fail_on=("CALL_CLOSED",))
-        await asyncio.sleep(1.5)
+        await asyncio.sleep(1.5)  # the scenario: the link is cut 1.5 s into the call
         assert proxy.connections == 1
         proxy.cut()
         events = await sdk
@@ -386,13 +402,17 @@ async def test_subscriptions_follow_the_client_and_its_grant(
                 "7",
             )
         )
-        await asyncio.sleep(2.0)  # both in, neither subscribed: still ringing
+        # The behaviour under test: for 2 s both are in, neither subscribed: still ringing.
+        await asyncio.sleep(2.0)
         assert not [e for e in phone.events if e.get("type") == "CALL_ESTABLISHED"]
         assert await asyncio.to_thread(attached) == 0
         await phone.wait_event("CALL_ESTABLISHED", timeout=10, fail_on=("CALL_CLOSED",))
         assert await asyncio.to_thread(attached) == 1
-        await asyncio.sleep(3.5)  # unsubscribed by now: its section stays, silent
-        assert await asyncio.to_thread(attached) == 0
+
+        async def detached() -> bool:  # the agent unsubscribes 2.5 s after subscribing
+            return await asyncio.to_thread(attached) == 0
+
+        await eventually(detached, "the agent's unsubscription", timeout=6)
         assert not [e for e in phone.events if e.get("type") == "CALL_CLOSED"]
         watched, heard = await watcher, await agent
         await phone.hangup()
@@ -427,7 +447,8 @@ async def test_rpc_and_text_streams_between_sdk_clients(
             "6",
         )
     )
-    await asyncio.sleep(1.5)  # the agent in the room with its method registered
+    # The agent registers its method as soon as it is in the room (sdk_client.py).
+    await in_room(rtc_server, "rpcroom", {"agent"})
     client_side = await run_sdk(
         namespace,
         rtc_server,
@@ -477,7 +498,7 @@ async def test_a_publisher_lets_only_one_participant_subscribe(
         )
         for name in ("friend", "stranger")
     ]
-    await asyncio.sleep(1.5)
+    await in_room(rtc_server, "private", {"friend", "stranger"})
     talker = await run_sdk(
         namespace,
         rtc_server,

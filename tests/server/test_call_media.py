@@ -44,6 +44,7 @@ from sipbridge.sip.errors import SipProtocolError
 from sipbridge.telephony.media import Encryption, MediaPolicy, sdp_codec
 from sipbridge.telephony.sdes import accept_answer, answer_crypto, keys_from_crypto, offer_crypto
 from tests.audio import tone_ratio
+from tests.harness import eventually
 from tests.server.media_phone import HOST, FakePhone
 
 pytestmark = pytest.mark.timeout(15)
@@ -154,11 +155,7 @@ async def media() -> AsyncIterator[Harness]:
 
 async def settle(condition: Callable[[], bool], timeout: float = 1.0) -> None:
     """Yield to the loop until `condition()` holds; AssertionError after `timeout`."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.002)
+    await eventually(condition, "the condition", timeout=timeout, interval=0.002)
 
 
 async def paced(
@@ -168,7 +165,7 @@ async def paced(
     loop = asyncio.get_running_loop()
     start = loop.time()
     for index, payload in enumerate(payloads):
-        await asyncio.sleep(max(0.0, start + index * ptime - loop.time()))
+        await asyncio.sleep(max(0.0, start + index * ptime - loop.time()))  # the pace, not a wait
         phone.send_rtp(payload, **fields)
 
 
@@ -595,7 +592,7 @@ async def test_dtmf_from_the_phone_is_reported_once_per_key_press(media: Harness
             )
         phone.timestamp += 2000 + 2000  # the press and a 250 ms pause
         await settle(lambda count=15 * (index + 1): leg.stats.dtmf_in == count)
-        await asyncio.sleep(0.02)
+        await settle(lambda n=index + 1: len(digits) >= n)
         assert digits == ["7", "#"][: index + 1]
     assert leg.stats.dtmf_in == 30 and leg.stats.unknown_payload == 0
 

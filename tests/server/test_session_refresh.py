@@ -10,6 +10,7 @@ import socket
 import pytest
 
 from sipbridge.sip.message import Request, Response, make_response, parse_message
+from tests.harness import eventually
 from tests.sip_app import AnsweringApp, running_app
 
 SDP = (
@@ -79,10 +80,11 @@ async def answered_call(app: AnsweringApp, port: int, allow: str) -> Caller:
         if isinstance(message, Response) and message.status == 200:
             caller.ack(message)
             break
-    for _ in range(100):
-        if app.calls and app.calls[0].dialog is not None and app.calls[0].dialog.confirmed:
-            break
-        await asyncio.sleep(0.01)
+
+    def confirmed() -> bool:
+        return bool(app.calls and app.calls[0].dialog is not None and app.calls[0].dialog.confirmed)
+
+    await eventually(confirmed, "the app's dialog confirmed by the ACK", timeout=1, interval=0.01)
     return caller
 
 

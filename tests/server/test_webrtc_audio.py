@@ -188,7 +188,7 @@ async def test_stale_audio_is_dropped_and_fresh_audio_kept() -> None:
 async def test_a_stopped_track_ends_a_waiting_sender() -> None:
     track = webrtc.OutgoingAudio("TR_s")
     waiting = asyncio.ensure_future(track.recv())
-    await asyncio.sleep(0.01)
+    await asyncio.sleep(0.01)  # the behaviour under test: nothing to send, so it keeps waiting
     assert not waiting.done()
     track.stop()
     with pytest.raises(MediaStreamError):
