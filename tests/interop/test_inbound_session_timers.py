@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from sipbridge.sip.message import Request
+from tests.harness import sipp_port
 from tests.helpers import ServerProcess
 from tests.interop.test_call_media_cases import (
     RTP_PORTS,
@@ -24,7 +25,6 @@ from tests.interop.test_call_media_cases import (
     configure,
     phones,
 )
-from tests.interop.test_sip_peers import sipp_port
 
 INTERVAL = 8
 ALLOW = "Allow: INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE"

@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 from livekit.protocol import room, sip
 
+from tests.harness import sipp_port
 from tests.helpers import ServerProcess
 from tests.interop.test_outbound import (
     NUMBER,
@@ -37,7 +38,6 @@ from tests.interop.test_outbound import (
     make_trunk,
     participants,
 )
-from tests.interop.test_sip_peers import sipp_port
 
 pytestmark = pytest.mark.skipif(not shutil.which("sipp"), reason="sipp comes with `make test`")
 INTERVAL = 8  # seconds: sipp's Session-Expires, and our Min-SE
