@@ -71,16 +71,16 @@ def refused(data: bytes, peer: Peer = PHONE) -> Response:
 @pytest.mark.parametrize("header", ["Via", "From", "To", "Call-ID", "CSeq"])
 def test_a_request_without_a_core_header_is_not_passed_on(header: str) -> None:
     """s8.1.1: To, From, CSeq, Call-ID and Via are mandatory: a request without one is
-    answered 400 naming it (to the address it came from, when there is no Via to follow) and
-    never reaches the application."""
+    answered 400 (to the address it came from, when there is no Via to follow) and never
+    reaches the application. The phrase is the fixed one: details are counted, never echoed."""
     reply = refused(message(drop=(header,)))
-    assert reply.status == 400 and header in reply.reason
+    assert (reply.status, reply.reason) == (400, "Bad Request")
 
 
 def test_a_cseq_method_other_than_the_request_method_is_400() -> None:
     """s8.1.1.5: the CSeq method MUST match the request method."""
     reply = refused(message("OPTIONS", cseq="1 INVITE"))
-    assert reply.status == 400 and "CSeq" in reply.reason
+    assert (reply.status, reply.reason) == (400, "Bad Request")
 
 
 @pytest.mark.parametrize(("value", "status"), [("0", 483), ("abc", 400), ("1000", 400)])
