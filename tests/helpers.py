@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -112,8 +113,14 @@ class ServerProcess:
         return out
 
     def stop(self, timeout: float = 15.0) -> int:
-        """SIGTERM and wait; the exit code proves a clean shutdown (0)."""
+        """SIGTERM and wait; the exit code proves a clean shutdown (0). Before it, the server's
+        invariant is checked, whatever the test did: no call held without a deadline that ends
+        it, none held after its SIP side ended (`sipbridge_calls_stuck`)."""
         assert self.proc is not None
+        stuck = 0.0
+        if self.proc.poll() is None:
+            with contextlib.suppress(OSError):  # (its HTTP side is down: the exit code tells)
+                stuck = self.metrics().get("sipbridge_calls_stuck", 0.0)
         self.proc.send_signal(signal.SIGTERM)
         try:
             code = self.proc.wait(timeout)
@@ -122,7 +129,11 @@ class ServerProcess:
             self.proc.wait()
             raise
         self.proc = None
+        assert stuck == 0, f"{stuck:g} calls held with nothing left to end them:\n{self.log_tail()}"
         return code
+
+    def log_tail(self, size: int = 5000) -> str:
+        return self.log.read_text(errors="replace")[-size:]
 
     def restart(self) -> None:
         assert self.stop() == 0

@@ -303,6 +303,12 @@ class CallRunner(Generic[C]):
         body = self.reoffer_media(state, request)
         if timer is not None:
             state.call.response_headers = timer.refreshed(request)
+        leg = state.leg
+        if leg is not None:  # hold (sendonly/inactive) and resume, as the machine's states
+            held = not (leg.sending and leg.receiving)
+            what = CallInput.HOLD if held else CallInput.RESUME
+            if state.machine.can(what):
+                self.feed(state, what)
         return body
 
     def reoffer_media(self, state: C, request: Request) -> bytes:
