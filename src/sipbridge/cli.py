@@ -59,6 +59,24 @@ def _serve_parser(sub: Any) -> None:
         help="RFC 4028 session timers: the shortest session interval taken, our Min-SE (90; "
         "below 90 only for peers and tests that need it)",
     )
+    p.add_argument(
+        "--auth-max-failures",
+        type=int,
+        metavar="N",
+        help="wrong digest answers from one address before it is blocked (10)",
+    )
+    p.add_argument(
+        "--auth-block",
+        type=int,
+        metavar="SECONDS",
+        help="how long the first block lasts; each next one twice as long, up to an hour (60)",
+    )
+    p.add_argument(
+        "--reveal-numbers",
+        action="store_true",
+        help="answer 404 for numbers no trunk has, even where trunks ask for passwords (by "
+        "default such calls are challenged and refused like a wrong password: no enumeration)",
+    )
     p.add_argument("--config", metavar="FILE", help="YAML file with the same settings")
 
 
@@ -436,6 +454,9 @@ def _serve(args: argparse.Namespace) -> int:
             log_level=args.log_level,
             max_calls=args.max_calls,
             session_min_se=args.session_min_se,
+            auth_max_failures=args.auth_max_failures,
+            auth_block=args.auth_block,
+            reveal_numbers=args.reveal_numbers,
             config_file=args.config,
         )
     except ConfigError as exc:

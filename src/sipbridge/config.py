@@ -48,6 +48,9 @@ class Settings:
     log_level: str = "info"
     max_calls: int = 1000
     session_min_se: int = 90  # RFC 4028: the shortest session interval we take (Min-SE)
+    auth_max_failures: int = 10  # wrong digest answers from one address before it is blocked
+    auth_block: int = 60  # the first block, in seconds; each next one twice as long (to 1 h)
+    conceal_numbers: bool = True  # unknown numbers answered as a wrong password would be
 
     @property
     def media_address(self) -> str:
@@ -155,11 +158,24 @@ def _from_yaml(path: str) -> dict[str, Any]:
         "log_level",
         "max_calls",
         "session_min_se",
+        "auth_max_failures",
+        "auth_block",
+        "conceal_numbers",
     }
     unknown = set(doc) - known
     if unknown:
         raise ConfigError(f"--config: unknown setting(s): {', '.join(sorted(unknown))}")
     return doc
+
+
+def _whole(doc: Mapping[str, object], name: str, flag: int | None, lo: int, hi: int) -> int:
+    """A whole-number setting from its flag, else the file; 0 when neither sets it."""
+    value = flag if flag is not None else doc.get(name)
+    if value is None:
+        return 0
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise ConfigError(f"{name}: expected a whole number from {lo} to {hi}")
+    return value
 
 
 def build_settings(
@@ -181,6 +197,9 @@ def build_settings(
     log_level: str | None = None,
     max_calls: int | None = None,
     session_min_se: int | None = None,
+    auth_max_failures: int | None = None,
+    auth_block: int | None = None,
+    reveal_numbers: bool = False,
     config_file: str | None = None,
     environ: Mapping[str, str] = os.environ,
 ) -> Settings:
@@ -284,6 +303,16 @@ def build_settings(
         ):
             raise ConfigError("session_min_se: expected whole seconds, 1 to 86400")
         s = replace(s, session_min_se=session_min_se)
+    s = replace(
+        s,
+        auth_max_failures=_whole(doc, "auth_max_failures", auth_max_failures, 1, 1_000_000)
+        or s.auth_max_failures,
+        auth_block=_whole(doc, "auth_block", auth_block, 1, 86400) or s.auth_block,
+    )
+    conceal = doc.get("conceal_numbers", True)
+    if not isinstance(conceal, bool):
+        raise ConfigError("conceal_numbers: expected true or false")
+    s = replace(s, conceal_numbers=conceal and not reveal_numbers)
     if not s.media_ip and ipaddress.ip_address(_bare(s.sip.host)).is_unspecified:
         raise ConfigError(f"--sip {s.sip} binds every address: name the one SDP gives, --media-ip")
     if s.log_level not in LOG_LEVELS:

@@ -1,5 +1,6 @@
-"""A SIP port on the internet, first two defects (issue 17): INVITEs that cannot make a dialog
-never take a call slot, and one identity never belongs to two live calls.
+"""A SIP port on the internet (issue 17): INVITEs that cannot make a dialog never take a call
+slot, one identity never belongs to two live calls, password guessing is blocked, and a scanner
+cannot tell which numbers exist.
 
 Against a real `sipbridge serve`: hand-written INVITEs over UDP for the malformed cases (what a
 fuzzer or a scanner sends), real `sipp` callers for the duplicate identity, a signalling client
@@ -9,6 +10,7 @@ taking a phone's identity, the official `livekit-api` client and `/metrics` to r
 from __future__ import annotations
 
 import asyncio
+import itertools
 import secrets
 import shutil
 
@@ -22,10 +24,12 @@ from tests.interop.test_inbound import CALLED, CALLER, client
 from tests.interop.test_inbound_cases import (
     SDP,
     ServerFactory,
+    digest_credentials,
     direct,
     dispatch_rule,
     eventually,
     finished,
+    header_of,
     inbound_trunk,
     logged_call,
     options,
@@ -37,6 +41,7 @@ from tests.interop.test_inbound_cases import (
     subscribe,
     udp_caller,
 )
+from tests.interop.test_inbound_cases import invite as numbered_invite
 from tests.signal_client import SignalClient
 
 pytestmark = pytest.mark.skipif(
@@ -245,3 +250,127 @@ async def test_a_call_limit_counts_both_directions_and_pin_entry(
                 )
             )
         assert err.value.code == "resource_exhausted"
+
+
+async def challenge_of(caller: object, request: bytes) -> str | None:
+    """The Proxy-Authenticate of the answer to `request`, None when it is refused unchallenged."""
+    replies = await caller.responses(request)  # type: ignore[attr-defined]
+    assert replies, "no answer"
+    final = replies[-1]
+    if status_of(final) == 407:
+        return header_of(final, "Proxy-Authenticate")
+    assert status_of(final) == 403, final
+    assert header_of(final, "Proxy-Authenticate") is None, final
+    return None
+
+
+async def test_password_guessing_is_blocked_and_even_the_right_one_refused(
+    serve: ServerFactory,  # noqa: F811
+) -> None:
+    """500 wrong passwords from one address: each challenge is good for one guess (a wrong
+    answer spends its nonce), the 10th failure blocks the address (403 without a challenge, even
+    for the right password), and the block is temporary."""
+    server = await serve("--auth-block", "1")
+    port = server.sip_port  # type: ignore[attr-defined]
+    uri = f"sip:{CALLED}@127.0.0.1:{port}"
+    async with client(server) as lk, udp_caller(port) as caller:
+        await inbound_trunk(lk, auth_username="carrier", auth_password="right-pass")
+        await dispatch_rule(lk, direct("vault"))
+
+        def attempt(n: int, challenge: str | None, password: str) -> bytes:
+            """INVITE number `n`, with credentials when `challenge` is given (its own branch and
+            Call-ID either way: a retransmission would be absorbed, not answered anew)."""
+            n = n * 2 + (challenge is not None)
+            extra = b""
+            if challenge is not None:
+                credentials = digest_credentials(
+                    challenge, username="carrier", password=password, uri=uri
+                )
+                extra = f"Proxy-Authorization: {credentials}\r\n".encode()
+            return numbered_invite(
+                port,
+                call_id=f"guess-{n}@127.0.0.1",
+                from_tag=f"g{n}",
+                branch=f"z9hG4bKguess{n}",
+                extra=extra,
+            )
+
+        challenge = await challenge_of(caller, attempt(0, None, ""))
+        assert challenge is not None
+        # A wrong answer spends the nonce: the same nonce with the right password is refused.
+        assert await challenge_of(caller, attempt(1, challenge, "guess-1")) is None
+        spent = await challenge_of(caller, attempt(2, challenge, "right-pass"))
+        assert spent is not None and "stale" not in spent.lower()  # a fresh challenge
+        blocked_at = None
+        for n in range(3, 503):
+            fresh = await challenge_of(caller, attempt(n, None, ""))
+            if fresh is None:
+                blocked_at = blocked_at or n
+                await challenge_of(caller, attempt(n, challenge, f"guess-{n}"))  # refused too
+                continue
+            challenge = fresh
+            assert await challenge_of(caller, attempt(n, challenge, f"guess-{n}")) is None
+        assert blocked_at is not None and blocked_at < 20, blocked_at
+        # Blocked: the right password is refused without a challenge.
+        assert await challenge_of(caller, attempt(600, challenge, "right-pass")) is None
+        assert await metric(server, "sipbridge_auth_blocks_total") >= 1
+        assert await metric(server, "sipbridge_auth_blocked_sources") == 1
+        assert await metric(server, "sipbridge_auth_refused_while_blocked_total") > 400
+        assert "blocked for" in server.log.read_text()
+        assert await sip_participants(lk, "vault") == []
+
+        tries = itertools.count(700)
+
+        async def let_in() -> bool:
+            n = next(tries)
+            fresh = await challenge_of(caller, attempt(n, None, ""))
+            if fresh is None:
+                return False
+            request = attempt(n, fresh, "right-pass")
+            replies = await caller.responses(request, until=180)
+            return bool(replies) and status_of(replies[-1]) == 180
+
+        # Blocks double while the guessing goes on (1 s, 2 s, 4 s...): the last one ends too.
+        await eventually(let_in, "the block to end", timeout=40)
+        assert [p.identity for p in await sip_participants(lk, "vault")] == [f"sip_{CALLER}"]
+
+
+@pytest.mark.parametrize(
+    ("flags", "unknown_first", "unknown_then"),
+    [((), 407, 403), (("--reveal-numbers",), 404, 404)],
+    ids=["concealed", "revealed"],
+)
+async def test_a_scanner_cannot_tell_which_numbers_exist(
+    serve: ServerFactory,  # noqa: F811
+    flags: tuple[str, ...],
+    unknown_first: int,
+    unknown_then: int,
+) -> None:
+    """Where a trunk asks for passwords, a number no trunk has is challenged and refused just
+    like a wrong password; `--reveal-numbers` answers 404 instead."""
+    server = await serve(*flags)
+    port = server.sip_port  # type: ignore[attr-defined]
+    async with client(server) as lk, udp_caller(port) as caller:
+        await inbound_trunk(lk, auth_username="carrier", auth_password="right-pass")
+        await dispatch_rule(lk, direct("vault"))
+        statuses = {}
+        for called in (CALLED, "+15105559999"):
+            request = raw_invite(port).replace(CALLED.encode(), called.encode())
+            replies = await caller.responses(request)
+            first = status_of(replies[-1])
+            challenge = header_of(replies[-1], "Proxy-Authenticate")
+            then = first
+            if challenge is not None:
+                uri = f"sip:{called}@127.0.0.1:{port}"
+                credentials = digest_credentials(
+                    challenge, username="carrier", password="wrong", uri=uri
+                )
+                retry = request.replace(
+                    b"Max-Forwards: 70\r\n",
+                    f"Max-Forwards: 70\r\nProxy-Authorization: {credentials}\r\n".encode(),
+                ).replace(b"CSeq: 1 INVITE", b"CSeq: 2 INVITE")
+                retry = retry.replace(b"branch=z9hG4bK", b"branch=z9hG4bKr")
+                then = status_of((await caller.responses(retry))[-1])
+            statuses[called] = (first, then)
+        assert statuses[CALLED] == (407, 403), statuses
+        assert statuses["+15105559999"] == (unknown_first, unknown_then), (flags, statuses)

@@ -191,14 +191,20 @@ async def test_the_called_side_hangs_up(sip_server: ServerProcess) -> None:
             await eventually(gone, "the participant did not leave after the BYE")
             code, out = await sipp_task
             assert code == 0, out
-            left = [
-                p
-                for m in agent.log
-                if m.WhichOneof("message") == "update"
-                for p in m.update.participants
-                if p.identity == identity and p.state == models.ParticipantInfo.State.DISCONNECTED
-            ]
-            assert left and left[-1].disconnect_reason == models.DisconnectReason.CLIENT_INITIATED
+
+            async def left_update() -> list[models.ParticipantInfo]:
+                # The agent's update may come a moment after the API shows the leave.
+                return [
+                    p
+                    for m in agent.log
+                    if m.WhichOneof("message") == "update"
+                    for p in m.update.participants
+                    if p.identity == identity
+                    and p.state == models.ParticipantInfo.State.DISCONNECTED
+                ]
+
+            left = await eventually(left_update, "the agent to hear of the leave")
+            assert left[-1].disconnect_reason == models.DisconnectReason.CLIENT_INITIATED
             assert left[-1].attributes["sip.callStatus"] == "hangup"
 
 

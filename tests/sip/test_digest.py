@@ -376,8 +376,36 @@ def test_changed_method_or_uri_does_not_match() -> None:
     bye = client.authorization("INVITE", URI)
     assert bye is not None
     assert check(server, bye, START, "BYE").outcome is AuthOutcome.WRONG_RESPONSE
+    client, server = uac_and_uas()  # (the wrong answer spent that nonce: a fresh one)
+    header, _ = exchange(client, server, START, method="INVITE")
     moved = rebuilt(header, uri="sip:mallory@example.com", nc=5)
     assert check(server, moved, START).outcome is AuthOutcome.WRONG_RESPONSE
+
+
+def test_a_wrong_answer_spends_its_nonce() -> None:
+    """One guess per challenge (issue 17): after a wrong answer (or an unknown user) the nonce
+    is refused even with the right password, and the client is challenged afresh."""
+    for username, password in (("alice", "guess"), ("mallory", "wonderland")):
+        client, server = uac_and_uas(username=username, password=password)
+        challenges = server.challenge(REALM, START)
+        wrong = check(server, client.answer(challenges, "INVITE", URI), START)
+        assert not wrong.ok
+        right = DigestClient("alice", "wonderland")
+        again = check(server, right.answer(challenges, "INVITE", URI), START + 1)
+        assert again.outcome is AuthOutcome.BAD_NONCE and not again.stale
+        assert again.detail == "nonce spent by a wrong answer"
+        fresh = right.answer(server.challenge(REALM, START + 2), "INVITE", URI)
+        assert check(server, fresh, START + 2).ok
+
+
+def test_spent_nonces_are_bounded() -> None:
+    client, server = uac_and_uas(password="guess", max_tracked_nonces=2)
+    first = server.challenge(REALM, START)
+    check(server, client.answer(first, "INVITE", URI), START)
+    for _ in range(2):  # two more spent nonces push the first out
+        check(server, client.answer(server.challenge(REALM, START), "INVITE", URI), START)
+    right = DigestClient("alice", "wonderland")
+    assert check(server, right.answer(first, "INVITE", URI), START).ok
 
 
 def test_unknown_user() -> None:
@@ -536,14 +564,15 @@ def test_replayed_nc_refused_increasing_nc_accepted() -> None:
     assert check(server, first, START).ok
     replay = check(server, first, START + 1)
     assert replay.outcome is AuthOutcome.REPLAY and replay.stale
-    # bumping nc without knowing the password does not help: nc is part of the hash
-    bumped = rebuilt(first, nc=3)
-    assert check(server, bumped, START).outcome is AuthOutcome.WRONG_RESPONSE
     second = client.authorization("INVITE", URI)
     later = client.authorization("INVITE", URI)
     assert second is not None and later is not None
     assert check(server, later, START + 2).ok  # nc=3: gaps are fine
     assert check(server, second, START + 2).outcome is AuthOutcome.REPLAY  # nc=2 after nc=3
+    # bumping nc without knowing the password does not help: nc is part of the hash (and the
+    # wrong answer spends the nonce)
+    bumped = rebuilt(first, nc=9)
+    assert check(server, bumped, START).outcome is AuthOutcome.WRONG_RESPONSE
 
 
 def test_replay_map_is_bounded() -> None:

@@ -8,6 +8,7 @@ import gc
 import logging
 import signal
 import ssl
+import time
 from collections.abc import Callable
 
 from aiohttp import web
@@ -40,6 +41,7 @@ from sipbridge.server.webrtc import (
     use_waveform_opus,
 )
 from sipbridge.store import SQLiteStore
+from sipbridge.telephony.auth_guard import AuthGuard
 
 log = logging.getLogger("sipbridge")
 
@@ -82,7 +84,13 @@ class Server:
             calls_in_progress=self.calls_in_progress,
             session_min_se=settings.session_min_se,
         )
-        self.inbound = InboundCalls(calls)
+        self.inbound = InboundCalls(
+            calls,
+            auth_guard=AuthGuard(
+                max_failures=settings.auth_max_failures, block=float(settings.auth_block)
+            ),
+            conceal_numbers=settings.conceal_numbers,
+        )
         # The address in our Via, Contact and From: the SIP host, or the media address when SIP
         # listens on every address (--media-ip is then required).
         wildcard = settings.sip.host in ("0.0.0.0", "::")
@@ -144,6 +152,14 @@ class Server:
         ]
         out.append(("sipbridge_call_log_dropped_total", {}, self.call_log.dropped))
         out.append(("sipbridge_calls_active", {}, self.calls_in_progress()))
+        guard = self.inbound.auth_guard
+        out.append(("sipbridge_auth_blocks_total", {}, guard.blocks))
+        out.append(("sipbridge_auth_refused_while_blocked_total", {}, guard.refused))
+        out.append(("sipbridge_auth_blocked_sources", {}, guard.blocked_count(time.monotonic())))
+        out += [
+            ("sipbridge_auth_failures_total", {"trunk": trunk or "none"}, n)
+            for trunk, n in sorted(guard.trunk_failures.items())
+        ]
         # Calls held with no deadline left to end them, or whose SIP side ended: always 0 (an
         # invariant the tests check after hostile input; alert on anything else).
         out.append(("sipbridge_calls_stuck", {}, self.inbound.stuck() + self.outbound.stuck()))

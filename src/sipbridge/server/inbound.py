@@ -35,6 +35,7 @@ from sipbridge.sip.digest import AuthOutcome, DigestServer
 from sipbridge.sip.errors import SipProtocolError
 from sipbridge.sip.message import Request
 from sipbridge.sip.ua.session_timer import SessionIntervalTooSmall, SessionTimer
+from sipbridge.telephony.auth_guard import AuthGuard
 from sipbridge.telephony.call import (
     CallInput,
     CallLimits,
@@ -85,11 +86,19 @@ class InboundCalls(CallRunner[InboundCallState]):
     DIRECTION = Direction.INBOUND
 
     def __init__(
-        self, services: CallServices, *, realm: str = "sipbridge", auth_secret: bytes | None = None
+        self,
+        services: CallServices,
+        *,
+        realm: str = "sipbridge",
+        auth_secret: bytes | None = None,
+        auth_guard: AuthGuard | None = None,
+        conceal_numbers: bool = True,
     ) -> None:
         super().__init__(services)
         self.realm = realm
         self.digest = DigestServer(auth_secret or secrets.token_bytes(32))
+        self.auth_guard = auth_guard if auth_guard is not None else AuthGuard()
+        self.conceal_numbers = conceal_numbers
         self.ringing: dict[str, set[InboundCallState]] = {}  # unanswered calls by room
         self._rejected: OrderedDict[tuple[str, str], tuple[float, int, str]] = OrderedDict()
         self.pins = PinEntry(self)
@@ -144,6 +153,11 @@ class InboundCalls(CallRunner[InboundCallState]):
             except TrunkConflict:
                 raise SipProtocolError(503, "Service Unavailable") from None
             if trunk is None:
+                if self.conceal_numbers and any(t.auth_username for t in trunks):
+                    # No enumeration: where trunks ask for passwords, a number no trunk has is
+                    # challenged and refused exactly as a wrong password would be.
+                    self._authorized(call, None)
+                    return
                 raise SipProtocolError(404, "No trunk found")
             if trunk.auth_username and not self._authorized(call, trunk):
                 return
@@ -172,25 +186,43 @@ class InboundCalls(CallRunner[InboundCallState]):
             return CallLimits()
         return CallLimits.of(ringing=trunk.ringing_timeout, max_duration=trunk.max_call_duration)
 
-    def _authorized(self, call: IncomingCall, trunk: proto.SIPInboundTrunkInfo) -> bool:
-        """Digest auth as a proxy would ask (407), Authorization/401 style accepted too."""
+    def _authorized(self, call: IncomingCall, trunk: proto.SIPInboundTrunkInfo | None) -> bool:
+        """Digest auth as a proxy would ask (407), Authorization/401 style accepted too; `None`:
+        a number no trunk has, which no credentials open. A source that keeps failing is
+        blocked (403 without a challenge, even for the right password) by the `AuthGuard`."""
         request = call.request
+        source, now = call.peer.host, time.monotonic()
+        if self.auth_guard.blocked(source, now) is not None:
+            self._count("auth_blocked")
+            self._reject(call, 403, "Forbidden", cache=False)
+            return False
         header = request.headers.get("Proxy-Authorization") or request.headers.get("Authorization")
-        realm = trunk.auth_realm or self.realm
+        realm = trunk.auth_realm if trunk is not None and trunk.auth_realm else self.realm
         result = self.digest.verify(
             header,
             method="INVITE",
             realm=realm,
             lookup_password=lambda user: (
-                trunk.auth_password if user == trunk.auth_username else None
+                trunk.auth_password if trunk is not None and user == trunk.auth_username else None
             ),
             now=time.time(),
         )
         if result.outcome is AuthOutcome.OK:
+            self.auth_guard.succeeded(source)
             return True
         if result.outcome in (AuthOutcome.WRONG_RESPONSE, AuthOutcome.UNKNOWN_USER):
             self._count("auth_failed")
-            self._reject(call, 403, "Forbidden")
+            trunk_id = trunk.sip_trunk_id if trunk is not None else ""
+            until = self.auth_guard.failed(source, trunk_id, now)
+            if until is not None:
+                self._count("auth_source_blocked")
+                log.warning(
+                    "digest: %s blocked for %.0f s after %d wrong answers",
+                    source,
+                    until - now,
+                    self.auth_guard.max_failures,
+                )
+            self._reject(call, 403, "Forbidden", cache=False)
             return False
         self._count("auth_challenged")
         # MD5 first: many carriers' and test tools' UAs read only the first challenge and know

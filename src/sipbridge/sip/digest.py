@@ -26,6 +26,7 @@ import hmac
 import re
 import secrets
 import struct
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -589,6 +590,9 @@ class DigestServer:
     and may reuse a nonce for its whole lifetime: refusing reuse would cost such clients a 401
     round trip on every request, and the exposure is bounded by the lifetime. The replay map is
     per process; a cluster behind one secret accepts a replay on another node.
+
+    A wrong answer spends its nonce (issue 17): the next guess needs a new challenge, so a
+    password is guessed one round trip at a time, which the server's per-source limits can see.
     """
 
     def __init__(
@@ -609,6 +613,9 @@ class DigestServer:
         self._lifetime = nonce_lifetime
         self._random_bytes = random_bytes
         self._counts = _NonceCounts(max_tracked_nonces, nonce_lifetime)
+        # Nonces a wrong answer used up: one guess per challenge, never 200 on one nonce.
+        self._spent: OrderedDict[str, None] = OrderedDict()
+        self._max_spent = max_tracked_nonces
 
     @property
     def tracked_nonces(self) -> int:
@@ -699,6 +706,13 @@ class DigestServer:
                 algorithm=algorithm,
                 detail="nonce was not issued by this server for this realm and algorithm",
             )
+        if credentials.nonce in self._spent:
+            return AuthResult(
+                outcome=AuthOutcome.BAD_NONCE,
+                username=username,
+                algorithm=algorithm,
+                detail="nonce spent by a wrong answer",
+            )
         if credentials.opaque is not None and not hmac.compare_digest(
             credentials.opaque.encode("utf-8"), self._opaque(realm).encode("ascii")
         ):
@@ -725,6 +739,8 @@ class DigestServer:
         matches = hmac.compare_digest(
             expected.encode("ascii"), credentials.response.lower().encode("utf-8")
         )
+        if password is None or not matches:
+            self._spend(credentials.nonce)
         if password is None:
             return AuthResult(
                 outcome=AuthOutcome.UNKNOWN_USER,
@@ -761,6 +777,11 @@ class DigestServer:
                     else "nonce no longer tracked for replays",
                 )
         return AuthResult(outcome=AuthOutcome.OK, username=username, algorithm=algorithm)
+
+    def _spend(self, nonce: str) -> None:
+        self._spent[nonce] = None
+        while len(self._spent) > self._max_spent:
+            self._spent.popitem(last=False)
 
     def _mac(self, body: bytes, realm: str, algorithm: str) -> bytes:
         realm_bytes = realm.encode("utf-8")
