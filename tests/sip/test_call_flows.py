@@ -403,6 +403,8 @@ class Callee(UserAgent):
 
     def on_event(self, event: EndpointEvent) -> None:
         if isinstance(event, RequestReceived) and event.request.method == "INVITE":
+            if event.request.to.tag is not None:
+                return  # a re-INVITE
             assert self.invite is None, "one INVITE, however often it is retransmitted"
             self.invite = event
         elif isinstance(event, AckReceived):

@@ -307,7 +307,8 @@ class InviteSession:
         self._reinvite_ack: tuple[int, Request] | None = None  # our re-INVITE's 2xx ACK
         self.sent: dict[int, Request] = {}  # our in-dialog requests, by client transaction
         self._offer_pending_out = False  # our re-INVITE or UPDATE offer awaits its answer
-        self._offers: dict[int, ServerTransaction] = {}  # peer offers awaiting our answer
+        # the peer's re-INVITEs and UPDATEs awaiting our answer, by id(request)
+        self._offers: dict[int, tuple[Request, ServerTransaction]] = {}
 
     def __repr__(self) -> str:
         return f"<InviteSession {self.role.value} {self.request.call_id} {self.state.value}>"
@@ -673,14 +674,15 @@ class InviteSession:
     ) -> None:
         invite = request.method == "INVITE"
         awaiting_ack = self.retransmitter is not None and self.retransmitter.get_timer() is not None
-        if (invite and awaiting_ack) or (self._offers and (invite or request.body)):
+        unanswered = any(r.method == "INVITE" or r.body for r, _ in self._offers.values())
+        if (invite and awaiting_ack) or (unanswered and (invite or request.body)):
             # s14.2: an INVITE while our 2xx to the previous one awaits its ACK; an offer while
             # the previous one is unanswered (RFC 3311 s5.2).
             respond(500, Retry_After=RETRY_AFTER_S)
         elif self._offer_pending_out and (invite or request.body):
             respond(491)  # s14.1 / RFC 3311 s5.2: glare with our own offer
         else:
-            self._offers[id(request)] = transaction
+            self._offers[id(request)] = (request, transaction)
             self._emit(OfferReceived(session=self, request=request))
 
     def accept_offer(
@@ -692,9 +694,10 @@ class InviteSession:
     ) -> None:
         """200 to the peer's re-INVITE or UPDATE, with our SDP answer (if any) and `headers`;
         the 2xx to a re-INVITE is resent until its ACK."""
-        transaction = self._offers.pop(id(request), None)
-        if transaction is None:
+        pending = self._offers.pop(id(request), None)
+        if pending is None:
             return
+        transaction = pending[1]
         response = make_response(request, 200)
         _add(response, headers)
         response.headers.add("Contact", str(self.agent.contact(self.peer)))
@@ -709,9 +712,10 @@ class InviteSession:
 
     def refuse_offer(self, request: Request, error: SipProtocolError, now: float) -> None:
         """Refuse the peer's offer; the session stays as it was (s14.2). A 422 carries Min-SE."""
-        transaction = self._offers.pop(id(request), None)
-        if transaction is None:
+        pending = self._offers.pop(id(request), None)
+        if pending is None:
             return
+        transaction = pending[1]
         refusal = make_response(request, error.status, error.reason)
         if isinstance(error, SessionIntervalTooSmall):  # RFC 4028 s9
             _add(refusal, error.headers)
