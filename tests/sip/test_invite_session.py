@@ -495,6 +495,22 @@ def test_s9_1_cancel_waits_for_a_provisional() -> None:
     assert [e.reason for e in of(alice, CallEnded)] == ["cancel"]  # type: ignore[attr-defined]
     assert [e.reason for e in of(bob, CallEnded)] == ["cancel"]  # type: ignore[attr-defined]
     assert alice.outcomes() == ["CallFailed", "CallEnded"]  # no progress told once cancelled
+    # The dialog is gone on both sides: a request in it is 481 (s12.2.2).
+    net.bob.send_request(
+        alice.early.create_request("INFO", bob.ua.via(net.to_alice)), net.to_alice, net.now
+    )  # type: ignore[union-attr]
+    net.deliver()
+    assert bob.statuses("INFO") == [481]
+
+
+def test_s9_1_one_cancel_however_many_provisionals_follow() -> None:
+    net, alice, _ = early()
+    s = session(alice)
+    s.cancel(net.now)
+    ringing = make_response(alice.invite, 180, to_tag=BOB_TAG)
+    s.invite_response(ringing, net.now)
+    s.invite_response(ringing, net.now)
+    assert net.alice.stats["sent"] == 2  # the INVITE, one CANCEL
 
 
 def test_s9_1_a_cancel_no_final_response_follows_gives_up_after_64_t1() -> None:
