@@ -690,3 +690,11 @@ def test_any_call_sequence_ends_with_no_session_stuck(actions: list[str]) -> Non
             assert s.get_timer() is None and s not in s.agent.dialogs.values()
     ended = [e for _, e in alice.happened + bob.happened if isinstance(e, CallEnded)]
     assert len(ended) == len({id(e.session) for e in ended})  # CallEnded once per session
+
+
+def test_a_provisional_overtaken_by_the_2xx_tells_nothing() -> None:
+    net, alice, _ = answered()
+    before = alice.outcomes()
+    session(alice).invite_response(make_response(alice.invite, 183, to_tag=BOB_TAG), net.now)
+    alice.drain()
+    assert alice.outcomes() == before and session(alice).state is State.CONFIRMED

@@ -141,9 +141,16 @@ class OutgoingCall(SipCall):
     retransmission of it too (s13.2.2.4). A 2xx that crosses our CANCEL is ACKed and hung up."""
 
     def __init__(
-        self, *, ua: SipUserAgent, request: Request, peer: Peer, local_tag: str = ""
+        self,
+        *,
+        ua: SipUserAgent,
+        request: Request,
+        peer: Peer,
+        local_tag: str = "",
+        credentials: DigestClient | None = None,
     ) -> None:
         super().__init__(ua=ua, session=ua.agent.invite(request, peer, local_tag=local_tag or None))
+        self.session.credentials = credentials
         self.on_progress: Callable[[Response], None] | None = None  # a 1xx other than 100
         self.on_answered: Callable[[Response], None] | None = None
         self.on_failed: Callable[[int, str, Response | None], None] | None = None

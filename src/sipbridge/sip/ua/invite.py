@@ -426,12 +426,11 @@ class InviteSession:
             return
         if status < 200:
             self._provisional = True
-            self._step(Input.PROVISIONAL)
-            if self.state is State.CANCELLING:
+            if self._step(Input.PROVISIONAL) and self.state is State.CANCELLING:
                 self._send_cancel(now)
-            elif status > 100:
+            elif self.state is State.PROCEEDING and status > 100:
                 self._emit(ProvisionalReceived(session=self, response=response))
-            return
+            return  # (a 1xx overtaken by the 2xx tells nothing more)
         if status < 300:
             self._answered(response, now)
             return
@@ -606,7 +605,8 @@ class InviteSession:
         for name, value in items:
             response.headers.add(name, value)
         self._respond(response, now)
-        if self._step(Input.CANCELLED if end_reason == "cancel" else Input.REJECT):
+        given = {"cancel": Input.CANCELLED, "bye": Input.BYE}.get(end_reason, Input.REJECT)
+        if self._step(given):
             self._end(end_reason)
 
     def cancel_received(self, now: float) -> None:
