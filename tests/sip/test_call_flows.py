@@ -7,10 +7,11 @@ datagrams; over TCP the bytes go through a StreamFramer one octet at a time. `ru
 fake time pass, firing every timer at its deadline (the endpoints', and Bob's 2xx
 retransmissions). Nothing sleeps; no socket is opened.
 
-On top of the endpoints sit two small UA cores, `Caller` and `Callee`, doing what RFC 3261 s13
-leaves to them: dialogs from the 1xx/2xx (s12.1), the ACK for every 2xx (s13.2.2.4), the 2xx
-retransmitted until its ACK (s13.3.1.4), BYE inside the dialog (s15), 481 for unknown dialogs and
-500 for a stale CSeq (s12.2.2), 487 when a CANCEL wins (s9.2).
+On top of each endpoint sits the real user agent (`sip/ua/agent.py`, `sip/ua/invite.py`), doing
+what RFC 3261 s13 leaves to the UA core: dialogs from the 1xx/2xx (s12.1), the ACK for every 2xx
+(s13.2.2.4), the 2xx retransmitted until its ACK (s13.3.1.4), BYE inside the dialog (s15), 481
+for unknown dialogs and 500 for a stale CSeq (s12.2.2), 487 when a CANCEL wins (s9.2). `Caller`
+(Alice, the UAC) and `Callee` (Bob, the UAS) only drive them and keep what they saw.
 
 Flows: RFC 3665 (Session Initiation Protocol Basic Call Flow Examples) section 3, with its
 message text moved to 127.0.0.1 and named by its section: 3.1 Successful Session Establishment
@@ -41,8 +42,6 @@ from sipbridge.sip.endpoint import (
     ResponseForUs,
     SipEndpoint,
 )
-from sipbridge.sip.errors import SipProtocolError
-from sipbridge.sip.headers import parse_via
 from sipbridge.sip.message import (
     Request,
     Response,
@@ -51,6 +50,9 @@ from sipbridge.sip.message import (
     parse_message,
 )
 from sipbridge.sip.transaction import ClientTransaction, State, TimerSettings
+from sipbridge.sip.ua.agent import AgentEvent
+from sipbridge.sip.ua.agent import UserAgent as AgentCore
+from sipbridge.sip.ua.invite import InviteReceived, InviteSession
 from tests.sip.test_transactions import (
     BOB_TAG,
     T4,
@@ -262,54 +264,69 @@ def events(endpoint: SipEndpoint) -> list[EndpointEvent]:
     return out
 
 
-# -- the UA cores ---------------------------------------------------------------------------------
+# -- the user agents -------------------------------------------------------------------------------
 
 
 class UserAgent:
-    """What both UA cores do: keep the events, answer BYE inside the dialog."""
+    """One side's real user agent (`sip/ua/agent.py`) on its endpoint: every endpoint event is
+    kept (`seen`) and handed to it, and so is every event it gives (`happened`)."""
 
-    def __init__(self, net: Network, endpoint: SipEndpoint, to_peer: Peer, port: int) -> None:
+    def __init__(
+        self, net: Network, endpoint: SipEndpoint, to_peer: Peer, port: int, *, tag: str
+    ) -> None:
         self.net = net
         self.endpoint = endpoint
         self.to_peer = to_peer
-        self.via = parse_via(f"SIP/2.0/{to_peer.transport.upper()} 127.0.0.1:{port}")
+        self.tag = tag
+        # 100 Trying is sent by the tests when they want it: RFC 3665 shows flows without it.
+        self.ua = AgentCore(endpoint, "127.0.0.1", port, send_trying=False)
         self.seen: list[tuple[float, EndpointEvent]] = []
-        self.dialog: Dialog | None = None
+        self.happened: list[tuple[float, AgentEvent]] = []
+        self.session: InviteSession | None = None
         net.agents.append(self)
+
+    @property
+    def dialog(self) -> Dialog | None:
+        return self.session.dialog if self.session is not None else None
 
     def react(self) -> None:
         for event in events(self.endpoint):
             self.seen.append((self.net.now, event))
             self.on_event(event)
+            self.ua.handle_event(event, self.net.now)
+        self.drain()
 
     def on_event(self, event: EndpointEvent) -> None:
-        if isinstance(event, RequestReceived) and event.request.method == "BYE":
-            self.respond(event, self.answer_in_dialog(event.request))
+        pass
 
-    def answer_in_dialog(self, req: Request) -> int:
-        """s12.2.2: 481 when no dialog matches, 500 for a CSeq below the last one, else 200."""
-        if self.dialog is None or self.dialog.id != (req.call_id, req.to.tag, req.from_.tag):
-            return 481
-        try:
-            self.dialog.check_request(req)
-        except SipProtocolError as err:
-            return err.status
-        return 200
-
-    def respond(self, event: RequestReceived, status: int) -> None:
-        self.endpoint.respond(event.transaction, make_response(event.request, status), self.net.now)
+    def drain(self) -> None:
+        while (happened := self.ua.next_event()) is not None:
+            self.happened.append((self.net.now, happened))
+            if isinstance(happened, InviteReceived):
+                assert self.session is None, "one INVITE, however often it is retransmitted"
+                self.session = happened.session
+                self.session.local_tag = self.tag
 
     def hang_up(self) -> Request:
-        assert self.dialog is not None
-        bye = self.dialog.create_request("BYE", self.via)
-        self.endpoint.send_request(bye, self.to_peer, self.net.now)
+        """BYE through the session; returns it."""
+        assert self.session is not None
+        assert self.session.hangup(self.net.now)
+        [bye] = [r for r in self.session.sent.values() if r.method == "BYE"]
         return bye
 
+    def send_raw(self, method: str) -> Request:
+        """An in-dialog request built by the session but sent past it (to test the peer)."""
+        assert self.session is not None
+        request = self.session.build_request(method)
+        self.endpoint.send_request(request, self.to_peer, self.net.now)
+        return request
+
     def get_timer(self) -> float | None:
-        return None
+        return self.ua.get_timer()
 
     def handle_timer(self, now: float) -> None:
-        pass
+        self.ua.handle_timer(now)
+        self.drain()
 
     def got(self, kind: type, method: str | None = None) -> list[tuple[float, EndpointEvent]]:
         """Events of one kind (for responses and requests: of one method), with their time."""
@@ -329,29 +346,39 @@ class UserAgent:
             if isinstance(e, ResponseForUs) and e.response.cseq.method == method
         ]
 
+    def outcomes(self) -> list[str]:
+        """What the user agent told its application, by event name."""
+        return [type(event).__name__ for _, event in self.happened]
+
 
 class Caller(UserAgent):
-    """Alice's UAC core: the dialog from the 1xx/2xx (s12.1.2) and an ACK for every 2xx it sees,
-    the first one and each retransmission (s13.2.2.4)."""
+    """Alice, the UAC: her INVITE through a real InviteSession; `early` is the early dialog a
+    tagged 1xx makes (s12.1.2), kept here to check it."""
 
     def __init__(self, net: Network, invite: bytes | None = None) -> None:
-        super().__init__(net, net.alice, net.to_bob, 5060)
+        super().__init__(net, net.alice, net.to_bob, 5060, tag=ALICE_TAG)
         transport = net.to_bob.transport.upper()
         self.invite = request(invite or f1_invite(transport))
-        self.transaction: ClientTransaction | None = None
         self.early: Dialog | None = None
-        self.ack: Request | None = None
+
+    @property
+    def ack(self) -> Request | None:
+        return self.session.ack if self.session is not None else None
 
     def call(self) -> ClientTransaction:
-        self.transaction = self.endpoint.send_request(self.invite, self.to_peer, self.net.now)
-        return self.transaction
+        self.session = self.ua.invite(self.invite, self.to_peer)
+        self.session.send(self.net.now)
+        assert self.session.client_transaction is not None
+        return self.session.client_transaction
 
     def cancel(self) -> None:
-        cancel = request(f9_cancel(self.to_peer.transport.upper()))
-        self.endpoint.send_request(cancel, self.to_peer, self.net.now)
+        if self.session is None:  # a CANCEL for an INVITE Bob never saw: RFC 3665 s3.8 F9
+            cancel = request(f9_cancel(self.to_peer.transport.upper()))
+            self.endpoint.send_request(cancel, self.to_peer, self.net.now)
+            return
+        self.session.cancel(self.net.now)
 
     def on_event(self, event: EndpointEvent) -> None:
-        super().on_event(event)
         if not isinstance(event, ResponseForUs):
             return
         response = event.response
@@ -359,51 +386,37 @@ class Caller(UserAgent):
             return
         if response.status < 200 and response.to.tag is not None and self.early is None:
             self.early = Dialog.as_uac(self.invite, response)
-        elif 200 <= response.status < 300:
-            if self.dialog is None:
-                self.dialog = Dialog.as_uac(self.invite, response)
-                self.ack = self.dialog.create_request("ACK", self.via)
-            assert self.ack is not None
-            self.endpoint.send_stateless(self.ack, self.to_peer)
 
 
 class Callee(UserAgent):
-    """Bob's UAS core: rings, answers and retransmits its 2xx until the ACK comes (s13.3.1.4),
-    or rejects; answers the INVITE with 487 when a CANCEL wins (s9.2)."""
+    """Bob, the UAS: rings, answers (his 2xx resent until the ACK comes, s13.3.1.4) or rejects
+    through the InviteSession his agent made of the INVITE; 487 when a CANCEL wins (s9.2)."""
 
-    def __init__(self, net: Network, timers: TimerSettings | None = None) -> None:
-        super().__init__(net, net.bob, net.to_alice, 5070)
-        self.timers = timers or TimerSettings()
+    def __init__(self, net: Network) -> None:
+        super().__init__(net, net.bob, net.to_alice, 5070, tag=BOB_TAG)
         self.invite: RequestReceived | None = None
-        self.retransmitter: AnswerRetransmitter | None = None
         self.acks: list[Request] = []
 
+    @property
+    def retransmitter(self) -> AnswerRetransmitter | None:
+        return self.session.retransmitter if self.session is not None else None
+
     def on_event(self, event: EndpointEvent) -> None:
-        super().on_event(event)
         if isinstance(event, RequestReceived) and event.request.method == "INVITE":
+            if event.request.to.tag is not None:
+                return  # a re-INVITE
             assert self.invite is None, "one INVITE, however often it is retransmitted"
             self.invite = event
         elif isinstance(event, AckReceived):
             self.acks.append(event.request)
             assert self.dialog is not None
             assert self.dialog.id == (event.request.call_id, BOB_TAG, ALICE_TAG)
-            if self.retransmitter is not None:
-                self.retransmitter.ack_received()
-            self.dialog.confirmed = True
         elif isinstance(event, CancelReceived):
             assert self.invite is not None and event.invite is self.invite.transaction
-            self.reply(487)
 
-    def reply(self, status: int, body: bytes = b"") -> Response:
-        assert self.invite is not None
-        response = make_response(self.invite.request, status, to_tag=BOB_TAG)
-        if 100 < status < 300:
-            response.headers.add("Contact", f"<sip:bob@127.0.0.1:5070;transport={self.transport}>")
-        if body:
-            response.headers.add("Content-Type", "application/sdp")
-            response.body = body
-        self.endpoint.respond(self.invite.transaction, response, self.net.now)
-        return response
+    def reply(self, status: int) -> None:
+        assert self.session is not None
+        self.session.reject(self.net.now, status)
 
     @property
     def transport(self) -> str:
@@ -411,25 +424,17 @@ class Callee(UserAgent):
 
     def ring(self, *, trying: bool = True) -> None:
         """100 Trying (s8.2.6.1), then 180 Ringing, whose To tag makes the early dialog."""
-        assert self.invite is not None
+        assert self.session is not None
         if trying:
-            self.reply(100)
-        self.reply(180)
-        self.dialog = Dialog.as_uas(self.invite.request, BOB_TAG)
+            self.session.ring(self.net.now, 100)
+        self.session.ring(self.net.now, 180)
 
     def answer(self) -> Response:
-        ok = self.reply(200, BOB_SDP)
-        self.retransmitter = AnswerRetransmitter(ok, self.net.now, self.timers)
-        return ok
-
-    def get_timer(self) -> float | None:
-        return self.retransmitter.get_timer() if self.retransmitter is not None else None
-
-    def handle_timer(self, now: float) -> None:
-        assert self.retransmitter is not None and self.invite is not None
-        resend = self.retransmitter.handle_timer(now)
-        if resend is not None:
-            self.endpoint.send_stateless(resend, self.invite.peer)
+        assert self.session is not None
+        contact = f"<sip:bob@127.0.0.1:5070;transport={self.transport}>"
+        self.session.answer(self.net.now, BOB_SDP, headers={"Contact": contact})
+        assert self.session.retransmitter is not None
+        return self.session.retransmitter.response
 
 
 def call_answered(net: Network, *, answer_at: float = 2.0, drop: Drop | None = None) -> None:
@@ -444,6 +449,7 @@ def call_answered(net: Network, *, answer_at: float = 2.0, drop: Drop | None = N
 
 
 def caller_callee(net: Network) -> tuple[Caller, Callee]:
+    """Alice and Bob on `net`, made on the first call."""
     if not net.agents:
         Caller(net)
         Callee(net)
@@ -797,10 +803,10 @@ def test_s12_2_2_in_dialog_request_with_a_stale_cseq_gets_500() -> None:
     alice, _ = caller_callee(net)
     assert alice.dialog is not None and alice.dialog.local_seq == 1  # the INVITE's
     alice.dialog.local_seq = -1  # a BYE with CSeq 0: below the INVITE's 1, out of order ...
-    assert str(alice.hang_up().cseq) == "0 BYE"
+    assert str(alice.send_raw("BYE").cseq) == "0 BYE"
     net.deliver()
     alice.dialog.local_seq = 1  # ... then the right one, CSeq 2
-    assert str(alice.hang_up().cseq) == "2 BYE"
+    assert str(alice.send_raw("BYE").cseq) == "2 BYE"
     net.deliver()
     assert alice.statuses("BYE") == [500, 200]
 
@@ -848,6 +854,14 @@ def test_s9_2_cancel_crossing_the_2xx_is_answered_200() -> None:
     # The CANCEL had no effect: no 487, and Bob's core was not asked to stop ringing.
     assert alice.statuses("INVITE") == [100, 180, 200]
     assert bob.got(CancelReceived) == []
+    # ... so Alice, who wanted no call, ACKs the 2xx and then sends BYE; both learn it ended.
+    flow = net.flow()
+    assert flow.index("2 alice: ACK") < flow.index("2 alice: BYE") < flow.index("2 bob: 200 BYE")
+    assert alice.outcomes() == ["ProvisionalReceived", "CallEnded"] and bob.outcomes() == [
+        "InviteReceived",
+        "AckReceived",
+        "CallEnded",
+    ]
 
 
 @pytest.mark.parametrize("ringing", [True, False], ids=["matched 200", "unmatched 481"])

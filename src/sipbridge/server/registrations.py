@@ -7,8 +7,9 @@ record is `sip:<auth_username, else the trunk's first number>@<trunk host>`, the
 trunk's address and transport, the credentials the trunk's. sipbridge registers at start and
 whenever such a trunk appears, answers Digest challenges, refreshes before the registration
 expires (halfway, or 30 s before), retries failures with a growing delay (30 s up to 5 min),
-and unregisters (Expires: 0) a trunk that is deleted or stops asking, and at shutdown. The state
-of each is logged and counted in `/metrics` (`sipbridge_registrations{state=...}`).
+and unregisters (Expires: 0) a trunk that is deleted or stops asking, and at shutdown - the
+REGISTER client of `sip/ua/register.py`, driven here with one `loop.call_at` per trunk. The
+state of each is logged and counted in `/metrics` (`sipbridge_registrations{state=...}`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import asyncio
 import json
 import logging
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import partial
 
 from livekit.protocol import sip as proto
 
@@ -25,10 +27,9 @@ from sipbridge.server.sip_config import SipConfig
 from sipbridge.server.sip_ua import SipUserAgent
 from sipbridge.sip.digest import DigestClient
 from sipbridge.sip.endpoint import Peer
-from sipbridge.sip.errors import SipProtocolError
-from sipbridge.sip.headers import Address, param_value
+from sipbridge.sip.headers import Address
 from sipbridge.sip.message import Request, Response
-from sipbridge.sip.transaction import new_branch
+from sipbridge.sip.ua.register import RegisterClient, Registered, granted_expiry
 from sipbridge.sip.uri import Uri
 from sipbridge.telephony.outbound import is_ip, trunk_address
 
@@ -37,9 +38,6 @@ log = logging.getLogger(__name__)
 DEFAULT_EXPIRES_S = 600
 MIN_EXPIRES_S = 60
 RECONCILE_S = 2.0  # how often the trunks are compared with the registrations
-RETRY_FIRST_S = 30.0
-RETRY_MAX_S = 300.0
-MAX_AUTH_TRIES = 2
 
 
 def register_expires(trunk: proto.SIPOutboundTrunkInfo) -> int | None:
@@ -63,23 +61,18 @@ def register_expires(trunk: proto.SIPOutboundTrunkInfo) -> int | None:
 
 @dataclass(eq=False, kw_only=True)
 class Registration:
+    """One trunk's registration: its sans-IO client (None when the trunk cannot register) and
+    the one timer that runs the client's deadline."""
+
     trunk_id: str
-    user: str
-    host: str
     peer: Peer
-    expires: int
-    credentials: DigestClient | None
-    call_id: str = field(default_factory=lambda: secrets.token_hex(12))
-    from_tag: str = field(default_factory=lambda: secrets.token_hex(8))
-    cseq: int = 0
-    auth_tries: int = 0
-    proxy_auth: bool = False  # the registrar challenged as a proxy (407)
-    state: str = "registering"  # registered, failed, unregistered
-    status: int = 0
-    granted: int = 0  # the expiry the registrar granted
+    signature: tuple[str, ...]
+    client: RegisterClient | None = None
     timer: asyncio.TimerHandle | None = None
-    retry_s: float = RETRY_FIRST_S
-    signature: tuple[str, ...] = ()
+
+    @property
+    def state(self) -> str:
+        return self.client.summary if self.client is not None else "failed"
 
 
 class Registrations:
@@ -116,6 +109,11 @@ class Registrations:
         except Exception:  # a stored address that no longer parses: nothing to register at
             return
         user = trunk.auth_username or (trunk.numbers[0] if trunk.numbers else "")
+        peer = Peer(transport, host, port)
+        registration = Registration(
+            trunk_id=trunk.sip_trunk_id, peer=peer, signature=_signature(trunk, expires)
+        )
+        self.active[trunk.sip_trunk_id] = registration
         if not user or not is_ip(host):
             # DNS names are resolved per call; a registration needs one address for its
             # lifetime (SRV/NAPTR would be the way): not supported yet, logged once.
@@ -123,137 +121,78 @@ class Registrations:
                 "trunk %s: cannot register (needs a user and an IP address)", trunk.sip_trunk_id
             )
             self._count("unusable")
-            self.active[trunk.sip_trunk_id] = Registration(
-                trunk_id=trunk.sip_trunk_id,
-                user=user,
-                host=host,
-                peer=Peer(transport, host, port),
-                expires=expires,
-                credentials=None,
-                state="failed",
-                signature=_signature(trunk, expires),
-            )
             return
-        credentials = (
-            DigestClient(trunk.auth_username, trunk.auth_password) if trunk.auth_username else None
-        )
-        registration = Registration(
-            trunk_id=trunk.sip_trunk_id,
-            user=user,
-            host=host,
-            peer=Peer(transport, host, port),
+        params = (("transport", transport),) if transport != "udp" else ()
+        ours = self.ua.contact(peer).uri
+        registration.client = RegisterClient(
+            registrar=Uri(scheme="sip", host=host, port=port, params=params),
+            aor=Address(uri=Uri(scheme="sip", user=user, host=host)),
+            contact=Uri(
+                scheme=ours.scheme, user=user, host=ours.host, port=ours.port, params=ours.params
+            ),
+            via=self.ua.via(peer),
             expires=expires,
-            credentials=credentials,
-            signature=_signature(trunk, expires),
+            call_id=secrets.token_hex(12),
+            from_tag=secrets.token_hex(8),
+            credentials=(
+                DigestClient(trunk.auth_username, trunk.auth_password)
+                if trunk.auth_username
+                else None
+            ),
         )
-        self.active[trunk.sip_trunk_id] = registration
-        self._send(registration, registration.expires)
+        registration.client.register()
+        self._drive(registration)
 
-    def _send(self, registration: Registration, expires: int, authorization: str = "") -> None:
-        registration.cseq += 1
-        peer = registration.peer
-        params = (("transport", peer.transport),) if peer.transport != "udp" else ()
-        registrar = Uri(scheme="sip", host=registration.host, port=peer.port, params=params)
-        aor = Address(uri=Uri(scheme="sip", user=registration.user, host=registration.host))
-        request = Request(method="REGISTER", uri=registrar)
-        request.headers.add("Via", str(self.ua.via(peer).with_params(branch=new_branch())))
-        request.headers.add("Max-Forwards", "70")
-        request.headers.add("From", str(aor.with_tag(registration.from_tag)))
-        request.headers.add("To", str(aor))
-        request.headers.add("Call-ID", registration.call_id)
-        request.headers.add("CSeq", f"{registration.cseq} REGISTER")
-        contact = self.ua.contact(peer)
-        contact_uri = Uri(
-            scheme=contact.uri.scheme,
-            user=registration.user,
-            host=contact.uri.host,
-            port=contact.uri.port,
-            params=contact.uri.params,
-        )
-        request.headers.add("Contact", f"<{contact_uri}>")
-        request.headers.add("Expires", str(expires))
-        proxy = registration.proxy_auth
-        if authorization:
-            proxy = authorization.startswith("proxy:")
-            authorization = authorization.removeprefix("proxy:")
-        elif registration.credentials is not None:
-            # A refresh answers the last challenge again (a new nc): no 401 round trip.
-            authorization = registration.credentials.authorization("REGISTER", str(registrar)) or ""
-        if authorization:
-            request.headers.add("Proxy-Authorization" if proxy else "Authorization", authorization)
-        self.ua.send_request(
-            request, peer, lambda response: self._answered(registration, request, expires, response)
-        )
-
-    def _answered(
-        self,
-        registration: Registration,
-        request: Request,
-        expires: int,
-        response: Response | None,
-    ) -> None:
-        if self.active.get(registration.trunk_id) is not registration and expires:
-            return  # replaced or removed meanwhile
-        status = response.status if response is not None else 408
-        registration.status = status
-        if (
-            response is not None
-            and status in (401, 407)
-            and registration.credentials is not None
-            and registration.auth_tries < MAX_AUTH_TRIES
-        ):
-            registration.auth_tries += 1
-            name = "Proxy-Authenticate" if status == 407 else "WWW-Authenticate"
-            try:
-                value = registration.credentials.answer(
-                    response.headers.get_all(name), "REGISTER", str(request.uri)
+    def _drive(self, registration: Registration) -> None:
+        """Send what the client wants sent, report what happened, arm its one timer."""
+        client = registration.client
+        assert client is not None
+        while (request := client.next_request()) is not None:
+            self.ua.send_request(
+                request,
+                registration.peer,
+                partial(self._answered, registration, request),
+            )
+        while (event := client.next_event()) is not None:
+            if isinstance(event, Registered):
+                log.info("trunk %s: registered for %d s", registration.trunk_id, event.granted)
+                self._count("registered")
+            else:
+                self._count(f"failed_{event.status}")
+                log.warning(
+                    "trunk %s: registration failed (%d %s), retrying in %.0f s",
+                    registration.trunk_id,
+                    event.status,
+                    event.reason,
+                    event.retry_in,
                 )
-            except SipProtocolError:
-                value = ""
-            if value:
-                registration.proxy_auth = status == 407
-                prefix = "proxy:" if status == 407 else ""
-                self._send(registration, expires, prefix + value)
-                return
-        registration.auth_tries = 0
-        if not expires:  # our unregistration's answer: nothing more to do
-            return
-        if 200 <= status < 300 and response is not None:
-            granted = _granted(response, expires)
-            registration.granted = granted
-            if registration.state != "registered":
-                log.info("trunk %s: registered for %d s", registration.trunk_id, granted)
-            registration.state = "registered"
-            registration.retry_s = RETRY_FIRST_S
-            self._count("registered")
-            refresh = max(granted / 2, granted - 30) if granted > 60 else granted / 2
-            self._later(registration, refresh, lambda: self._send(registration, expires))
-            return
-        registration.state = "failed"
-        self._count(f"failed_{status}")
-        log.warning(
-            "trunk %s: registration failed (%d %s), retrying in %.0f s",
-            registration.trunk_id,
-            status,
-            response.reason if response is not None else "no response",
-            registration.retry_s,
-        )
-        self._later(registration, registration.retry_s, lambda: self._send(registration, expires))
-        registration.retry_s = min(registration.retry_s * 2, RETRY_MAX_S)
-
-    def _later(self, registration: Registration, delay: float, fn: object) -> None:
         if registration.timer is not None:
             registration.timer.cancel()
-        loop = asyncio.get_running_loop()
-        registration.timer = loop.call_later(delay, fn)  # type: ignore[arg-type]
+            registration.timer = None
+        deadline = client.get_timer()
+        if deadline is not None:
+            loop = asyncio.get_running_loop()
+            delay = max(0.0, deadline - self.ua.now())
+            registration.timer = loop.call_at(loop.time() + delay, self._due, registration)
+
+    def _due(self, registration: Registration) -> None:
+        registration.timer = None
+        assert registration.client is not None
+        registration.client.handle_timer(self.ua.now())
+        self._drive(registration)
+
+    def _answered(
+        self, registration: Registration, request: Request, response: Response | None
+    ) -> None:
+        assert registration.client is not None
+        registration.client.response_received(request, response, self.ua.now())
+        self._drive(registration)
 
     def _unregister(self, registration: Registration) -> None:
         self.active.pop(registration.trunk_id, None)
-        if registration.timer is not None:
-            registration.timer.cancel()
-        if registration.state == "registered":
-            self._send(registration, 0)
-        registration.state = "unregistered"
+        if registration.client is not None:
+            registration.client.unregister()
+            self._drive(registration)
 
     def close(self) -> int:
         """Unregister everything (at shutdown); how many were registered."""
@@ -286,13 +225,4 @@ def _signature(trunk: proto.SIPOutboundTrunkInfo, expires: int) -> tuple[str, ..
     )
 
 
-def _granted(response: Response, asked: int) -> int:
-    """The expiry the registrar granted: our Contact's `expires`, else Expires, else ours."""
-    for contact in response.contacts:
-        value = param_value(contact.params, "expires")
-        if value and value.isdigit():
-            return int(value)
-    header = response.headers.get("Expires")
-    if header and header.strip().isdigit():
-        return int(header.strip())
-    return asked
+_granted = granted_expiry  # (its tests' name)

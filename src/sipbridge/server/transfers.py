@@ -30,6 +30,12 @@ from sipbridge.server.rooms_runtime import RoomsRuntime
 from sipbridge.server.sip_ua import SipCall
 from sipbridge.sip.errors import SipProtocolError
 from sipbridge.sip.message import Request
+from sipbridge.sip.ua.refer import (
+    ReferTransfer,
+    TransferFailed,
+    TransferSucceeded,
+    sipfrag_status,
+)
 from sipbridge.sip.uri import parse_uri
 from sipbridge.telephony.call import room_participant_key, seconds_of
 from sipbridge.telephony.headers import validate_headers
@@ -39,7 +45,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TRANSFER_TIMEOUT_S = 30.0  # ringing_timeout when the request has none
 HANGUP_AFTER_S = 1.0  # after the transfer succeeded (SIP-BEHAVIOUR.md s5)
-MAX_SIPFRAG = 1024
+__all__ = ["Transfers", "refer_target", "sipfrag_status"]
 
 
 class TransferableCall(Protocol):
@@ -59,6 +65,7 @@ class TransferableCall(Protocol):
 class Transfer:
     state: TransferableCall
     info: proto.SIPTransferInfo
+    refer: ReferTransfer
     done: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -74,18 +81,6 @@ class _Ringback(Player):
 
     def frame(self, samples: int) -> Pcm | None:
         return None if self.stopped else self.tone.frame(samples)
-
-
-def sipfrag_status(body: bytes) -> tuple[int, str] | None:
-    """The status line of a `message/sipfrag` NOTIFY body ("SIP/2.0 180 Ringing")."""
-    line = body[:MAX_SIPFRAG].split(b"\n", 1)[0].decode("utf-8", "replace").strip()
-    parts = line.split(" ", 2)
-    if len(parts) < 2 or not parts[0].upper().startswith("SIP/") or not parts[1].isdigit():
-        return None
-    status = int(parts[1])
-    if not 100 <= status <= 699:
-        return None
-    return status, parts[2] if len(parts) > 2 else ""
 
 
 def refer_target(transfer_to: str) -> str:
@@ -144,7 +139,9 @@ class Transfers:
             transfer_initiated_at_ns=now_ns,
             transfer_status=proto.SIPTransferStatus.STS_TRANSFER_ONGOING,
         )
-        transfer = Transfer(state=state, info=info)
+        timeout = seconds_of(req.ringing_timeout) or DEFAULT_TRANSFER_TIMEOUT_S
+        refer = ReferTransfer(deadline=self.rooms.now() + timeout)
+        transfer = Transfer(state=state, info=info, refer=refer)
         self.active[id(call)] = transfer
         self.call_log.record_transfer(info)
         call.on_refer_response = lambda status, reason: self._refer_answered(
@@ -160,30 +157,31 @@ class Transfers:
         self._count("started")
         log.info("call %s: transfer %s to %s", info.call_id, info.transfer_id, req.transfer_to)
         call.refer(target, dict(req.headers))
-        timeout = seconds_of(req.ringing_timeout) or DEFAULT_TRANSFER_TIMEOUT_S
         try:
+            # The wait is the transfer's deadline (`ReferTransfer.get_timer()`).
             await asyncio.wait_for(asyncio.shield(transfer.done), timeout)
         except TimeoutError:
-            self._finish(transfer, 408, "Request Timeout", "the transfer target did not answer")
+            refer.handle_timer(refer.deadline)
+            self._drain(transfer)
             raise call_failed(408, "Request Timeout", "transfer timed out") from None
         return empty_pb2.Empty()
 
-    # -- the phone's side reports ----------------------------------------------------------
+    # -- the phone's side reports (sip/ua/refer.py reads them) -----------------------------
 
     def _refer_answered(self, transfer: Transfer, status: int, reason: str) -> None:
-        if status >= 300:
-            self._finish(transfer, status, reason, f"REFER refused: {status} {reason}".strip())
+        transfer.refer.refer_answered(status, reason)
+        self._drain(transfer)
 
     def _notified(self, transfer: Transfer, request: Request) -> None:
-        if (request.headers.get("Event") or "").split(";")[0].strip().lower() != "refer":
-            return  # not about our transfer
-        found = sipfrag_status(request.body)
-        if found is None:
-            return
-        status, reason = found
-        if status < 200:
-            return  # progress
-        self._finish(transfer, status, reason, "" if status < 300 else f"{status} {reason}")
+        transfer.refer.notify_received(request)
+        self._drain(transfer)
+
+    def _drain(self, transfer: Transfer) -> None:
+        while (event := transfer.refer.next_event()) is not None:
+            if isinstance(event, TransferSucceeded):
+                self._finish(transfer, event.status, event.reason, "")
+            elif isinstance(event, TransferFailed):
+                self._finish(transfer, event.status, event.reason, event.error)
 
     def _finish(self, transfer: Transfer, status: int, reason: str, error: str) -> None:
         """The transfer's outcome, once: the API call returns or fails; on success the call

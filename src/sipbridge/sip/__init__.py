@@ -1,1 +1,1 @@
-"""The SIP protocol, sans-IO (RFC 3261): no asyncio, sockets or clocks in this package."""
+"""The SIP protocol, sans-IO (RFC 3261): no event loop, sockets or clocks in this package."""

@@ -588,7 +588,7 @@ class DigestServer:
     Replay protection applies to qop=auth credentials, whose nc must rise with every request on a
     nonce. Credentials without qop (RFC 2069 clients, RFC 2617 s3.2.2 allows them) have no counter
     and may reuse a nonce for its whole lifetime: refusing reuse would cost such clients a 401
-    round trip on every request, and the exposure is bounded by the lifetime. The replay map is
+    round trip on every request, and the exposure is bounded by the lifetime; the replay map is
     per process; a cluster behind one secret accepts a replay on another node.
 
     A wrong answer spends its nonce (issue 17): the next guess needs a new challenge, so a

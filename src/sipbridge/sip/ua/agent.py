@@ -1,0 +1,264 @@
+"""The user agent core, sans-IO: the endpoint's events dispatched to INVITE sessions.
+
+`UserAgent(endpoint, host, port)` sits on a `SipEndpoint` (which has answered what the core
+refuses and matched transactions). `handle_event(event, now)` takes each endpoint event:
+out-of-dialog OPTIONS get 200 with our capabilities, INVITEs become `InviteSession`s (100 Trying
+sent; `InviteReceived` out), other out-of-dialog requests 481 (BYE) or 405; in-dialog requests go
+to their session after the dialog's CSeq check (481 with no dialog, 500 for a stale CSeq,
+s12.2.2); ACKs of 2xx and CANCELs to their session; responses and timeouts to whoever sent the
+request. What happened comes out of `next_event()`; the sessions' deadlines out of `get_timer()`
+(one for the whole agent), and `handle_timer(now)` runs the due ones. What to transmit is the
+endpoint's `outgoing()`.
+
+Requests outside any call (REGISTER) go through `send_request`; their final response (or None)
+comes out as `RequestAnswered`.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sipbridge.sip.dialog import check_dialog_creating, new_tag
+from sipbridge.sip.endpoint import (
+    AckReceived,
+    CancelReceived,
+    EndpointEvent,
+    Peer,
+    RequestReceived,
+    RequestTimedOut,
+    ResponseForUs,
+    SipEndpoint,
+)
+from sipbridge.sip.errors import SipProtocolError
+from sipbridge.sip.headers import Address, Via
+from sipbridge.sip.message import Request, Response, make_response
+from sipbridge.sip.transaction import ClientTransaction
+from sipbridge.sip.ua.invite import InviteReceived, InviteSession, Role, SessionEvent
+from sipbridge.sip.uri import Uri
+
+DialogId = tuple[str, str, str]  # Call-ID, local tag, remote tag
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestAnswered:
+    """The final response to a request of ours outside any call, or None when none came."""
+
+    transaction: ClientTransaction
+    response: Response | None
+
+
+AgentEvent = SessionEvent | RequestAnswered
+
+
+class UserAgent:
+    """Dispatches endpoint events to INVITE sessions; owns sessions and dialogs. `host` and
+    `port` go into our Via and Contact; `local_port(transport)`, when given, says the port of a
+    transport's listener instead. `send_trying`: answer every new INVITE 100 at once (s8.2.6.1,
+    before the application decides)."""
+
+    def __init__(
+        self,
+        endpoint: SipEndpoint,
+        host: str,
+        port: int,
+        *,
+        local_port: Callable[[str], int] | None = None,
+        send_trying: bool = True,
+    ) -> None:
+        self.endpoint = endpoint
+        self.host = host
+        self.port = port
+        self.local_port = local_port
+        self.send_trying = send_trying
+        self.dialogs: dict[DialogId, InviteSession] = {}
+        self.pending: dict[int, InviteSession] = {}  # incoming INVITEs, by server transaction
+        self._transactions: dict[int, InviteSession] = {}  # our requests, by client transaction
+        self._standalone: set[int] = set()  # our requests outside any call
+        self._events: deque[AgentEvent] = deque()
+        self._timers: list[tuple[float, int, InviteSession]] = []
+        self._timer_seq = itertools.count()
+
+    # -- addresses -------------------------------------------------------------------------
+
+    def _port(self, transport: str) -> int:
+        return self.local_port(transport) if self.local_port is not None else self.port
+
+    def via(self, peer: Peer) -> Via:
+        """Our Via for a request to `peer` (no branch yet)."""
+        return Via(
+            transport=peer.transport.upper(), host=self.host, port=self._port(peer.transport)
+        )
+
+    def contact(self, peer: Peer, *, secure: bool = False) -> Address:
+        """Our Contact for a dialog with `peer`: the listener of the transport the request came
+        on (ACK and BYE are sent there, s12.2.1.1), and `sips:` only when the request was
+        `sips:` (s12.1.1) - `sip:...;transport=tls` peers may refuse a `sips:` target."""
+        params = (("transport", peer.transport),) if peer.transport != "udp" else ()
+        uri = Uri(
+            scheme="sips" if secure else "sip",
+            host=self.host,
+            port=self._port(peer.transport),
+            params=params,
+        )
+        return Address(uri=uri)
+
+    # -- what sessions use -------------------------------------------------------------------
+
+    def emit(self, event: AgentEvent) -> None:
+        self._events.append(event)
+
+    def register(self, session: InviteSession) -> None:
+        """`session` has a dialog (early or confirmed): in-dialog requests reach it."""
+        assert session.dialog is not None
+        self.dialogs[session.dialog.id] = session
+
+    def track(self, transaction: ClientTransaction, session: InviteSession) -> None:
+        self._transactions[id(transaction)] = session
+
+    def schedule(self, session: InviteSession) -> None:
+        """`session`'s deadline may have changed."""
+        deadline = session.get_timer()
+        if deadline is not None:
+            heapq.heappush(self._timers, (deadline, next(self._timer_seq), session))
+
+    def forget(self, session: InviteSession) -> None:
+        """`session` is terminated: nothing of it is kept."""
+        if session.dialog is not None and self.dialogs.get(session.dialog.id) is session:
+            del self.dialogs[session.dialog.id]
+        if session.server_transaction is not None:
+            self.pending.pop(id(session.server_transaction), None)
+        for key in [k for k, s in self._transactions.items() if s is session]:
+            del self._transactions[key]
+
+    # -- the application's requests ------------------------------------------------------------
+
+    def invite(
+        self, request: Request, peer: Peer, *, local_tag: str | None = None
+    ) -> InviteSession:
+        """A UAC session for our INVITE `request` to `peer`; `session.send(now)` sends it."""
+        tag = local_tag or request.from_.tag or new_tag()
+        return InviteSession(self, role=Role.UAC, request=request, peer=peer, local_tag=tag)
+
+    def send_request(self, request: Request, peer: Peer, now: float) -> ClientTransaction:
+        """A request outside any call (REGISTER): its outcome comes as RequestAnswered."""
+        transaction = self.endpoint.send_request(request, peer, now)
+        self._standalone.add(id(transaction))
+        return transaction
+
+    # -- events, timers ------------------------------------------------------------------------
+
+    def next_event(self) -> AgentEvent | None:
+        return self._events.popleft() if self._events else None
+
+    def get_timer(self) -> float | None:
+        """The earliest session deadline (a heap with lazy deletion, as the endpoint's)."""
+        timers = self._timers
+        while timers:
+            deadline, _, session = timers[0]
+            if session.get_timer() == deadline:
+                return deadline
+            heapq.heappop(timers)
+        return None
+
+    def handle_timer(self, now: float) -> None:
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            _, _, session = heapq.heappop(timers)
+            deadline = session.get_timer()
+            if deadline is not None and deadline <= now:
+                session.handle_timer(now)
+
+    # -- endpoint events -----------------------------------------------------------------------
+
+    def handle_event(self, event: EndpointEvent, now: float) -> None:
+        if isinstance(event, RequestReceived):
+            self._request(event, now)
+        elif isinstance(event, AckReceived):
+            session = self._find_dialog(event.request)
+            if session is not None:
+                session.ack_received(event.request)
+        elif isinstance(event, CancelReceived):
+            incoming = self.pending.get(id(event.invite))
+            if incoming is not None:
+                incoming.cancel_received(now)
+        else:
+            response = event.response if isinstance(event, ResponseForUs) else None
+            key = id(event.transaction)
+            if key in self._standalone:
+                if response is None or response.status >= 200:
+                    self._standalone.discard(key)
+                    assert isinstance(event.transaction, ClientTransaction)
+                    self.emit(RequestAnswered(transaction=event.transaction, response=response))
+                return
+            session = self._transactions.get(key)
+            if session is None or not isinstance(event.transaction, ClientTransaction):
+                return
+            if event.transaction.request.method == "INVITE" and session.dialog is None:
+                if response is not None:
+                    session.invite_response(response, now)
+                else:
+                    session.transaction_failed(isinstance(event, RequestTimedOut))
+            elif session.role is Role.UAC and event.transaction.request is session.request:
+                if response is not None:  # our INVITE's 2xx again (s13.2.2.4)
+                    session.invite_response(response, now)
+            else:
+                session.response_received(event.transaction, response, now)
+
+    def _find_dialog(self, request: Request) -> InviteSession | None:
+        try:
+            key = (request.call_id, request.to.tag or "", request.from_.tag or "")
+        except SipProtocolError:
+            return None
+        return self.dialogs.get(key)
+
+    def _request(self, event: RequestReceived, now: float) -> None:
+        request, transaction = event.request, event.transaction
+        endpoint = self.endpoint
+        if request.to.tag is not None:
+            self._in_dialog(event, now)
+        elif request.method == "OPTIONS":
+            endpoint.respond(transaction, endpoint.options_response(request), now)
+        elif request.method == "INVITE":
+            try:
+                check_dialog_creating(request)
+            except SipProtocolError as err:
+                # Refused before any work or slot: 400 with a fixed phrase (s8.2.1 and s12.1.1;
+                # the peer's bytes are never echoed), counted by what was wrong.
+                endpoint.stats[f"invite_refused_{err.detail.replace(' ', '_').lower()}"] += 1
+                refusal = make_response(request, 400, "Bad Request", to_tag=new_tag())
+                endpoint.respond(transaction, refusal, now)
+                return
+            session = InviteSession(
+                self,
+                role=Role.UAS,
+                request=request,
+                peer=event.peer,
+                local_tag=new_tag(),
+                transaction=transaction,
+            )
+            self.pending[id(transaction)] = session
+            if self.send_trying:
+                session.ring(now, 100)
+            self.emit(InviteReceived(session=session))
+        elif request.method == "BYE":
+            endpoint.respond(transaction, make_response(request, 481), now)
+        else:
+            endpoint.respond(transaction, make_response(request, 405), now)
+
+    def _in_dialog(self, event: RequestReceived, now: float) -> None:
+        request, transaction = event.request, event.transaction
+        session = self._find_dialog(request)
+        if session is None or session.dialog is None:
+            self.endpoint.respond(transaction, make_response(request, 481), now)  # s12.2.2
+            return
+        try:
+            session.dialog.check_request(request)
+        except SipProtocolError as err:
+            response = make_response(request, err.status, err.reason)
+            self.endpoint.respond(transaction, response, now)
+            return
+        session.request_received(request, transaction, now)
