@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import secrets
 import signal
 import ssl
 import time
@@ -21,6 +22,7 @@ from sipbridge.server.agents import AgentService
 from sipbridge.server.call_log import CallLog
 from sipbridge.server.call_runner import CallServices
 from sipbridge.server.inbound import InboundCalls
+from sipbridge.server.inbound_auth import TrunkAuth
 from sipbridge.server.media_service import MediaService
 from sipbridge.server.outbound import OutboundCalls
 from sipbridge.server.registrations import Registrations
@@ -40,6 +42,7 @@ from sipbridge.server.webrtc import (
     restrict_host_addresses,
     use_waveform_opus,
 )
+from sipbridge.sip.digest import DigestServer
 from sipbridge.store import SQLiteStore
 from sipbridge.telephony.auth_guard import AuthGuard
 
@@ -84,13 +87,10 @@ class Server:
             calls_in_progress=self.calls_in_progress,
             session_min_se=settings.session_min_se,
         )
-        self.inbound = InboundCalls(
-            calls,
-            auth_guard=AuthGuard(
-                max_failures=settings.auth_max_failures, block=float(settings.auth_block)
-            ),
-            conceal_numbers=settings.conceal_numbers,
-        )
+        guard = AuthGuard(max_failures=settings.auth_max_failures, block=float(settings.auth_block))
+        digest = DigestServer(secrets.token_bytes(32))
+        auth = TrunkAuth(digest, guard, conceal_numbers=settings.conceal_numbers)
+        self.inbound = InboundCalls(calls, auth)
         # The address in our Via, Contact and From: the SIP host, or the media address when SIP
         # listens on every address (--media-ip is then required).
         wildcard = settings.sip.host in ("0.0.0.0", "::")
@@ -152,7 +152,7 @@ class Server:
         ]
         out.append(("sipbridge_call_log_dropped_total", {}, self.call_log.dropped))
         out.append(("sipbridge_calls_active", {}, self.calls_in_progress()))
-        guard = self.inbound.auth_guard
+        guard = self.inbound.auth.guard
         out.append(("sipbridge_auth_blocks_total", {}, guard.blocks))
         out.append(("sipbridge_auth_refused_while_blocked_total", {}, guard.refused))
         out.append(("sipbridge_auth_blocked_sources", {}, guard.blocked_count(time.monotonic())))

@@ -28,10 +28,11 @@ from sipbridge import ids, sdp
 from sipbridge.errors import ApiError
 from sipbridge.rooms import events as ev
 from sipbridge.server.call_runner import CallRunner, CallServices, LiveCall
+from sipbridge.server.inbound_auth import TrunkAuth
 from sipbridge.server.pin_entry import PinEntry
 from sipbridge.server.session_timers import SessionTimerDriver
 from sipbridge.server.sip_ua import IncomingCall
-from sipbridge.sip.digest import AuthOutcome, DigestServer
+from sipbridge.sip.digest import DigestServer
 from sipbridge.sip.errors import SipProtocolError
 from sipbridge.sip.message import Request
 from sipbridge.sip.ua.session_timer import SessionIntervalTooSmall, SessionTimer
@@ -85,20 +86,10 @@ class InboundCalls(CallRunner[InboundCallState]):
 
     DIRECTION = Direction.INBOUND
 
-    def __init__(
-        self,
-        services: CallServices,
-        *,
-        realm: str = "sipbridge",
-        auth_secret: bytes | None = None,
-        auth_guard: AuthGuard | None = None,
-        conceal_numbers: bool = True,
-    ) -> None:
+    def __init__(self, services: CallServices, auth: TrunkAuth | None = None) -> None:
         super().__init__(services)
-        self.realm = realm
-        self.digest = DigestServer(auth_secret or secrets.token_bytes(32))
-        self.auth_guard = auth_guard if auth_guard is not None else AuthGuard()
-        self.conceal_numbers = conceal_numbers
+        self.auth = auth or TrunkAuth(DigestServer(secrets.token_bytes(32)), AuthGuard())
+        self.auth.count = self._count
         self.ringing: dict[str, set[InboundCallState]] = {}  # unanswered calls by room
         self._rejected: OrderedDict[tuple[str, str], tuple[float, int, str]] = OrderedDict()
         self.pins = PinEntry(self)
@@ -153,13 +144,13 @@ class InboundCalls(CallRunner[InboundCallState]):
             except TrunkConflict:
                 raise SipProtocolError(503, "Service Unavailable") from None
             if trunk is None:
-                if self.conceal_numbers and any(t.auth_username for t in trunks):
+                if self.auth.conceal_numbers and any(t.auth_username for t in trunks):
                     # No enumeration: where trunks ask for passwords, a number no trunk has is
                     # challenged and refused exactly as a wrong password would be.
-                    self._authorized(call, None)
+                    self.auth.check(call, None)
                     return
                 raise SipProtocolError(404, "No trunk found")
-            if trunk.auth_username and not self._authorized(call, trunk):
+            if trunk.auth_username and not self.auth.check(call, trunk):
                 return
         state.trunk = trunk
         if trunk is not None:
@@ -185,53 +176,6 @@ class InboundCalls(CallRunner[InboundCallState]):
         if trunk is None:
             return CallLimits()
         return CallLimits.of(ringing=trunk.ringing_timeout, max_duration=trunk.max_call_duration)
-
-    def _authorized(self, call: IncomingCall, trunk: proto.SIPInboundTrunkInfo | None) -> bool:
-        """Digest auth as a proxy would ask (407), Authorization/401 style accepted too; `None`:
-        a number no trunk has, which no credentials open. A source that keeps failing is
-        blocked (403 without a challenge, even for the right password) by the `AuthGuard`."""
-        request = call.request
-        source, now = call.peer.host, time.monotonic()
-        if self.auth_guard.blocked(source, now) is not None:
-            self._count("auth_blocked")
-            self._reject(call, 403, "Forbidden", cache=False)
-            return False
-        header = request.headers.get("Proxy-Authorization") or request.headers.get("Authorization")
-        realm = trunk.auth_realm if trunk is not None and trunk.auth_realm else self.realm
-        result = self.digest.verify(
-            header,
-            method="INVITE",
-            realm=realm,
-            lookup_password=lambda user: (
-                trunk.auth_password if trunk is not None and user == trunk.auth_username else None
-            ),
-            now=time.time(),
-        )
-        if result.outcome is AuthOutcome.OK:
-            self.auth_guard.succeeded(source)
-            return True
-        if result.outcome in (AuthOutcome.WRONG_RESPONSE, AuthOutcome.UNKNOWN_USER):
-            self._count("auth_failed")
-            trunk_id = trunk.sip_trunk_id if trunk is not None else ""
-            until = self.auth_guard.failed(source, trunk_id, now)
-            if until is not None:
-                self._count("auth_source_blocked")
-                log.warning(
-                    "digest: %s blocked for %.0f s after %d wrong answers",
-                    source,
-                    until - now,
-                    self.auth_guard.max_failures,
-                )
-            self._reject(call, 403, "Forbidden", cache=False)
-            return False
-        self._count("auth_challenged")
-        # MD5 first: many carriers' and test tools' UAs read only the first challenge and know
-        # no other algorithm; SHA-256 (RFC 8760) is offered beside it for those that do.
-        challenges = self.digest.challenge(
-            realm, time.time(), algorithms=("MD5", "SHA-256"), stale=result.stale
-        )
-        call.reject(407, headers=[("Proxy-Authenticate", value) for value in challenges])
-        return False
 
     def _session_timer(self, state: InboundCallState) -> bool:
         """RFC 4028 as UAS (`sip/ua/session_timer.py`): 422 below our Min-SE; when the caller
