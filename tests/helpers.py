@@ -39,8 +39,15 @@ def free_sip_port() -> int:
 class ServerProcess:
     """`python -m sipbridge serve` on loopback with its own database file."""
 
-    def __init__(self, tmp: Path, *extra: str, http_host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        *extra: str,
+        http_host: str = "127.0.0.1",
+        open_files: int | None = None,
+    ) -> None:
         self.http_host = http_host  # where the API listens (a veth address for netns clients)
+        self.open_files = open_files  # RLIMIT_NOFILE (soft and hard) of the server, if given
         self.db = tmp / "sipbridge.db"
         self.extra = list(extra)
         self.port = 0
@@ -84,6 +91,8 @@ class ServerProcess:
             f"{API_KEY}:{API_SECRET}",
             *self.extra,
         ]
+        if self.open_files is not None:  # util-linux's prlimit: soft and hard, before exec
+            args = ["prlimit", f"--nofile={self.open_files}:{self.open_files}", "--", *args]
         env = dict(os.environ)
         env.pop("LIVEKIT_API_KEY", None)
         env.pop("LIVEKIT_API_SECRET", None)

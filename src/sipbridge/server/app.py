@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import resource
 import secrets
 import signal
 import ssl
@@ -47,6 +48,7 @@ from sipbridge.store import SQLiteStore
 from sipbridge.telephony.auth_guard import AuthGuard
 
 log = logging.getLogger("sipbridge")
+HTTP_IDLE_TIMEOUT_S = 15.0  # keep-alive, and the time a request's headers have to arrive
 
 
 class Server:
@@ -216,7 +218,15 @@ class Server:
         await self.sip_config.load()
         await self.webhooks.start()
         self.call_log.start()
-        self._runner = web.AppRunner(self.build_app(), access_log=None, handle_signals=False)
+        # An idle HTTP connection, or one whose request headers have not all come, is closed
+        # after HTTP_IDLE_TIMEOUT_S (aiohttp's default is an hour: a slow-headers client held
+        # a descriptor that long).
+        self._runner = web.AppRunner(
+            self.build_app(),
+            access_log=None,
+            handle_signals=False,
+            keepalive_timeout=HTTP_IDLE_TIMEOUT_S,
+        )
         await self._runner.setup()
         http = self.settings.http
         site = web.TCPSite(self._runner, http.host, http.port, reuse_address=True)
@@ -276,8 +286,20 @@ class Server:
         log.info("sipbridge stopped")
 
 
+def raise_open_file_limit() -> int:
+    """The soft limit on open files raised to the hard one (calls take two RTP sockets each,
+    SIP connections and HTTP clients one); returns the limit in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    return soft
+
+
 async def serve(settings: Settings) -> None:
     """Run until SIGINT or SIGTERM."""
+    raise_open_file_limit()
     server = Server(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

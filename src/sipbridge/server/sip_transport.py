@@ -12,8 +12,10 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import resource
 import socket
 import ssl
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
@@ -27,7 +29,12 @@ log = logging.getLogger(__name__)
 UDP_READ_SIZE = 65535  # never asyncio's 256 KiB default per datagram (DESIGN.md)
 UDP_BUFFER_BYTES = 4 * 1024 * 1024
 MAX_CONNECTIONS = 10_000
+MAX_CONNECTIONS_PER_SOURCE = 32  # TCP/TLS connections from one address at once
+FD_SHARE = 4  # SIP connections take at most a quarter of the open-file limit (issue 17 s5)
+# Without a complete message (or a keepalive) for this long a connection is closed; a trickle of
+# bytes does not count: a message begun must be complete within MESSAGE_TIMEOUT_S.
 IDLE_TIMEOUT_S = 600.0
+MESSAGE_TIMEOUT_S = 10.0
 CONNECT_TIMEOUT_S = 5.0  # to open a TCP/TLS connection to a trunk
 MAX_QUEUED_WHILE_CONNECTING = 64  # messages waiting for a connection being opened
 
@@ -74,30 +81,39 @@ class _Stream(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer: Peer | None = None
         self.idle_timer: asyncio.TimerHandle | None = None
+        self.message_timer: asyncio.TimerHandle | None = None  # a message begun, not complete
         self.dialled: Peer | None = None  # the trunk we opened this connection to
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         stream = cast(asyncio.Transport, transport)
         self.transport = stream
-        if len(self.service.connections) >= MAX_CONNECTIONS:
-            self.service.stats_error("connections_refused")
+        host, port = transport.get_extra_info("peername")[:2]
+        service = self.service
+        if len(service.connections) >= service.max_connections:
+            service.stats_error("connections_refused")
             stream.abort()
             return
-        host, port = transport.get_extra_info("peername")[:2]
-        self.peer = Peer(self.kind, str(host), int(port), next(self.service.connection_ids))
-        self.service.connections[self.peer.connection or 0] = self
+        if service.per_source[str(host)] >= MAX_CONNECTIONS_PER_SOURCE:
+            service.stats_error("connections_refused_per_source")
+            stream.abort()
+            return
+        self.peer = Peer(self.kind, str(host), int(port), next(service.connection_ids))
+        service.connections[self.peer.connection or 0] = self
+        service.per_source[self.peer.host] += 1
         self._touch()
 
     def data_received(self, data: bytes) -> None:
         assert self.peer is not None and self.transport is not None
-        self._touch()
         try:
             self.framer.feed(data)
             while (message := self.framer.next_message()) is not None:
+                self._touch()
                 self.service.receive(message, self.peer)
             while self.framer.keepalives:
+                self._touch()
                 self.framer.keepalives -= 1
                 self.transport.write(b"\r\n")  # RFC 5626 s3.5.1 pong
+            self._watch_partial()
         except SipProtocolError as err:
             # The stream can no longer be framed: drop the connection (counted).
             self.service.stats_error("stream_framing")
@@ -110,15 +126,34 @@ class _Stream(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         self.idle_timer = loop.call_later(IDLE_TIMEOUT_S, self._idle)
 
+    def _watch_partial(self) -> None:
+        """A message begun must be complete within MESSAGE_TIMEOUT_S, however it trickles in."""
+        if not self.framer.buffered:
+            if self.message_timer is not None:
+                self.message_timer.cancel()
+                self.message_timer = None
+        elif self.message_timer is None:
+            loop = asyncio.get_running_loop()
+            self.message_timer = loop.call_later(MESSAGE_TIMEOUT_S, self._too_slow)
+
+    def _too_slow(self) -> None:
+        self.message_timer = None
+        self.service.stats_error("stream_too_slow")
+        self._idle()
+
     def _idle(self) -> None:
         if self.transport is not None:
             self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.idle_timer is not None:
-            self.idle_timer.cancel()
+        for timer in (self.idle_timer, self.message_timer):
+            if timer is not None:
+                timer.cancel()
         if self.peer is not None:
-            self.service.connections.pop(self.peer.connection or 0, None)
+            if self.service.connections.pop(self.peer.connection or 0, None) is self:
+                self.service.per_source[self.peer.host] -= 1
+                if self.service.per_source[self.peer.host] <= 0:
+                    del self.service.per_source[self.peer.host]
             self.service.connection_lost(self.peer)
         if self.dialled is not None:
             self.service.dialled_lost(self.dialled, self)
@@ -126,6 +161,16 @@ class _Stream(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
+
+
+def connection_budget() -> int:
+    """How many SIP TCP/TLS connections to accept at once: a share of the open-file limit, so
+    that however many a peer opens, the HTTP API, `/healthz` and the calls' RTP sockets still
+    get descriptors (issue 17 s5)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MAX_CONNECTIONS
+    return max(16, min(MAX_CONNECTIONS, soft // FD_SHARE))
 
 
 class SipService:
@@ -141,6 +186,8 @@ class SipService:
         self.endpoint = SipEndpoint(settings)
         self.application = application
         self.connections: dict[int, _Stream] = {}
+        self.per_source: Counter[str] = Counter()  # accepted connections by address
+        self.max_connections = connection_budget()
         self.connection_ids = itertools.count(1)
         self._udp: dict[tuple[str, int], asyncio.DatagramTransport] = {}
         self._servers: list[asyncio.Server] = []
