@@ -10,7 +10,7 @@ import aioice
 import aioice.ice
 import pytest
 
-from sipbridge.server import webrtc
+from sipbridge.server.rtc import peer as webrtc
 
 
 @pytest.fixture(autouse=True)

@@ -23,8 +23,8 @@ from aiortc.mediastreams import MediaStreamError
 from sipbridge import sdp
 from sipbridge.media import codecs
 from sipbridge.media.session import MIN_SEQUENTIAL
-from sipbridge.server import webrtc
 from sipbridge.server.call_media import Timeline
+from sipbridge.server.rtc import peer as webrtc
 from sipbridge.telephony.media import MediaPolicy
 from tests.server.test_call_media import FRAME, Harness, paced, pcmu, settle
 

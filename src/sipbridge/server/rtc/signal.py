@@ -2,7 +2,7 @@
 
 WIRE.md s4: the join handshake, participant updates, metadata and attribute updates from
 clients, track publication, mute, ping/pong and leave in both directions; and, with a media
-service, the single peer connection of each client (server/webrtc.py): offers answered with
+service, the single peer connection of each client (server/rtc/peer.py): offers answered with
 the room's audio tracks on the client's free sections, trickled candidates, published audio
 into the room.
 """
@@ -31,8 +31,8 @@ from sipbridge.server.auth import Claims, bearer_token, verify_token
 from sipbridge.server.call_media import AudioLeg
 from sipbridge.server.media_service import MediaService
 from sipbridge.server.rooms_runtime import RoomsRuntime
+from sipbridge.server.rtc.peer import Publication, RtcPeer
 from sipbridge.server.server_info import LIVEKIT_VERSION, server_info
-from sipbridge.server.webrtc import Publication, RtcPeer
 
 log = logging.getLogger(__name__)
 
