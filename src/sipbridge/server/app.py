@@ -25,7 +25,7 @@ from sipbridge.server.outbound import OutboundCalls
 from sipbridge.server.registrations import Registrations
 from sipbridge.server.room_api import RoomApi
 from sipbridge.server.rooms_runtime import RoomsRuntime, wall_clock
-from sipbridge.server.rtc.peer import (
+from sipbridge.server.rtc.aiortc_patches import (
     bind_ice_ports,
     deliver_audio_promptly,
     restrict_host_addresses,

@@ -31,7 +31,8 @@ from sipbridge.server.auth import Claims, bearer_token, verify_token
 from sipbridge.server.call_media import AudioLeg
 from sipbridge.server.media_service import MediaService
 from sipbridge.server.rooms_runtime import RoomsRuntime
-from sipbridge.server.rtc.peer import Publication, RtcPeer
+from sipbridge.server.rtc.audio import Publication
+from sipbridge.server.rtc.peer import RtcPeer
 from sipbridge.server.server_info import LIVEKIT_VERSION, server_info
 
 log = logging.getLogger(__name__)
