@@ -52,9 +52,9 @@ class SignalServer:
         self.closing = False
         self.resumed = 0
         self.data = DataPackets(runtime, self.sessions)
-        self.peers: SessionMedia | None = None  # without a media service, signalling only
+        self.session_media: SessionMedia | None = None  # without a media service, signalling only
         if media is not None:
-            self.peers = SessionMedia(
+            self.session_media = SessionMedia(
                 runtime, media, self.sessions, leave=self._leave, on_data=self.data.receive
             )
         runtime.listeners.append(self.on_room_event)
@@ -71,7 +71,7 @@ class SignalServer:
 
     def audio_samples(self) -> dict[str, int]:
         """WebRTC audio sent to clients, for /metrics (`SessionMedia.audio_samples`)."""
-        return self.peers.audio_samples() if self.peers is not None else {}
+        return self.session_media.audio_samples() if self.session_media is not None else {}
 
     def routes(self, app: web.Application) -> None:
         for path in ("/rtc/v1", "/rtc"):
@@ -120,8 +120,8 @@ class SignalServer:
             elif "auto_subscribe" in request.query:  # the two-connection path's parameter
                 session.auto_subscribe = request.query["auto_subscribe"] not in ("0", "false")
             self._join(session, claims, join)
-            if self.peers is not None and join.publisher_offer.sdp:
-                self.peers.start(session, join.publisher_offer)
+            if self.session_media is not None and join.publisher_offer.sdp:
+                self.session_media.start(session, join.publisher_offer)
             dropped = await self._read(session)
         except ApiError as err:
             session.send(leave_message(_reason(err)))
@@ -279,10 +279,10 @@ class SignalServer:
             self._update_metadata(session, req.update_metadata)
         elif kind == "add_track":
             self._add_track(session, req.add_track)
-        elif kind == "offer" and self.peers is not None and session.peer is not None:
-            session.spawn(self.peers.negotiate(session, req.offer))
-        elif kind == "trickle" and self.peers is not None and session.peer is not None:
-            session.spawn(self.peers.trickle(session.peer, req.trickle.candidateInit))
+        elif kind == "offer" and self.session_media is not None and session.peer is not None:
+            session.spawn(self.session_media.negotiate(session, req.offer))
+        elif kind == "trickle" and self.session_media is not None and session.peer is not None:
+            session.spawn(self.session_media.trickle(session.peer, req.trickle.candidateInit))
         elif kind == "subscription":
             for track_sid in req.subscription.track_sids:
                 session.choices[track_sid] = req.subscription.subscribe
@@ -354,11 +354,11 @@ class SignalServer:
         )
         self.runtime.commit()
 
-    # -- media ----------------------------------------------------------------------------------
+    # -- media ------------------------------------------------------------------------------
 
     def _apply_subscriptions(self, session: Session) -> None:
-        if self.peers is not None:
-            self.peers.apply_subscriptions(session)
+        if self.session_media is not None:
+            self.session_media.apply_subscriptions(session)
 
     async def _close_media(self, session: Session) -> None:
         """The session's tasks cancelled, its peer connection closed and out of the room."""
@@ -366,8 +366,8 @@ class SignalServer:
         session.peer = None
         for task in list(session.tasks):
             task.cancel()
-        if peer is not None and self.peers is not None:
-            await self.peers.close(peer)
+        if peer is not None and self.session_media is not None:
+            await self.session_media.close(peer)
 
     # -- messages to the client ------------------------------------------------------------
 
@@ -400,9 +400,9 @@ class SignalServer:
                 self._broadcast(room.name, p, exclude=p.identity)
             case ev.TrackPublished(room=room, participant=p):
                 self._broadcast(room.name, p)
-                if self.peers is not None and p.kind == Kind.SIP:
+                if self.session_media is not None and p.kind == Kind.SIP:
                     # A phone's track: every client with a peer connection needs a section.
-                    self.peers.ask_for_sections(room.name, exclude=p.identity)
+                    self.session_media.ask_for_sections(room.name, exclude=p.identity)
             case (
                 ev.ParticipantJoined(room=room, participant=p)
                 | ev.ParticipantUpdated(room=room, participant=p)
