@@ -14,7 +14,7 @@ from tests.harness import eventually
 from tests.helpers import ServerProcess
 from tests.signal_client import SignalClient
 
-GRACE_S = 10.0  # server/rtc_signal.py RESUME_GRACE_S
+GRACE_S = 10.0  # server/rtc/signal.py RESUME_GRACE_S
 
 
 async def participants(lk: api.LiveKitAPI, name: str) -> dict[str, models.ParticipantInfo]:

@@ -10,7 +10,7 @@ import aioice
 import aioice.ice
 import pytest
 
-from sipbridge.server import webrtc
+from sipbridge.server.rtc.aiortc_patches import bind_ice_ports, restrict_host_addresses
 
 
 @pytest.fixture(autouse=True)
@@ -18,7 +18,7 @@ def restore_aioice(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     # both hooks replace module globals of aioice.ice: undo them after each test
     monkeypatch.setattr(aioice.ice, "asyncio", aioice.ice.asyncio)
     monkeypatch.setattr(aioice.ice, "get_host_addresses", aioice.ice.get_host_addresses)
-    webrtc.restrict_host_addresses(["127.0.0.1"])
+    restrict_host_addresses(["127.0.0.1"])
     yield
 
 
@@ -56,14 +56,14 @@ async def gathered_ports() -> list[int]:
 
 async def test_candidates_are_bound_within_the_range() -> None:
     base = free_udp_block(4)
-    webrtc.bind_ice_ports((base, base + 3))
+    bind_ice_ports((base, base + 3))
     ports = [p for _ in range(3) for p in await gathered_ports()]
     assert ports and all(base <= p <= base + 3 for p in ports), (base, ports)
 
 
 async def test_busy_ports_are_skipped_and_a_full_range_gathers_nothing() -> None:
     base = free_udp_block(2)
-    webrtc.bind_ice_ports((base, base + 1))
+    bind_ice_ports((base, base + 1))
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as busy:
         busy.bind(("127.0.0.1", base))
         assert await gathered_ports() == [base + 1]  # tried from a random start: base is taken
@@ -74,7 +74,7 @@ async def test_busy_ports_are_skipped_and_a_full_range_gathers_nothing() -> None
 
 
 async def test_only_the_rtc_addresses_are_gathered() -> None:
-    webrtc.restrict_host_addresses(["127.0.0.1", "::1"])
+    restrict_host_addresses(["127.0.0.1", "::1"])
     conn = aioice.Connection(ice_controlling=True, use_ipv6=False)
     try:
         await asyncio.wait_for(conn.gather_candidates(), 5)
@@ -85,7 +85,7 @@ async def test_only_the_rtc_addresses_are_gathered() -> None:
 
 async def test_explicit_ports_and_other_loop_calls_pass_through() -> None:
     base = free_udp_block(2)
-    webrtc.bind_ice_ports((base, base))
+    bind_ice_ports((base, base))
     loop = aioice.ice.asyncio.get_running_loop()
     # an explicit port is bound as asked, outside the range
     transport, _ = await loop.create_datagram_endpoint(

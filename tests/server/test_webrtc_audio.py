@@ -23,8 +23,9 @@ from aiortc.mediastreams import MediaStreamError
 from sipbridge import sdp
 from sipbridge.media import codecs
 from sipbridge.media.session import MIN_SEQUENTIAL
-from sipbridge.server import webrtc
 from sipbridge.server.call_media import Timeline
+from sipbridge.server.rtc import audio, peer
+from sipbridge.server.rtc.aiortc_patches import PromptAudioBuffer
 from sipbridge.telephony.media import MediaPolicy
 from tests.server.test_call_media import FRAME, Harness, paced, pcmu, settle
 
@@ -42,13 +43,13 @@ async def media() -> AsyncIterator[Harness]:
 
 def subscribe(
     media: Harness, source: Any, spec: codecs.CodecSpec, room: str = "room"
-) -> webrtc.Subscription:
-    subscription = webrtc.Subscription(source, webrtc.OutgoingAudio("TR_x"), spec)
+) -> audio.Subscription:
+    subscription = audio.Subscription(source, audio.OutgoingAudio("TR_x"), spec)
     media.svc.attach(subscription, room)
     return subscription
 
 
-def queued(subscription: webrtc.Subscription) -> list[Any]:
+def queued(subscription: audio.Subscription) -> list[Any]:
     return [item for _, item in subscription.track.queue]
 
 
@@ -72,23 +73,23 @@ async def test_a_g711_phone_is_heard_in_its_codec_when_the_client_takes_it(
     leg_a = media.call(alaw, offer=alaw.offer((sdp.PCMA,)))
     leg_w = media.call(wide, offer=wide.offer((sdp.G722,)))
     sdk = ("audio/opus", "audio/G722", "audio/PCMU", "audio/PCMA")
-    choose = webrtc._subscription_codec
+    choose = peer._subscription_codec
     assert choose(leg_u, section(*sdk)) is codecs.PCMU_SPEC
     assert choose(leg_a, section(*sdk)) is codecs.PCMA_SPEC
     assert choose(leg_u, section("audio/opus", "audio/PCMA")) is codecs.PCMA_SPEC  # by table
     assert choose(leg_u, section("audio/opus")) is codecs.OPUS_SPEC
     assert choose(leg_w, section(*sdk)) is codecs.OPUS_SPEC  # aiortc has no G.722
-    assert choose(webrtc.Publication(), section(*sdk)) is codecs.OPUS_SPEC  # not a phone
+    assert choose(audio.Publication(), section(*sdk)) is codecs.OPUS_SPEC  # not a phone
 
     # the answer keeps that codec alone, and keeps it when a later offer lists it again
     transceiver = section(*sdk)
-    webrtc._keep_codec(transceiver, codecs.PCMU_SPEC)
+    peer._keep_codec(transceiver, codecs.PCMU_SPEC)
     assert [c.mimeType for c in transceiver._codecs] == ["audio/PCMU"]
     transceiver = section(*sdk)
-    webrtc._keep_codec(transceiver, codecs.OPUS_SPEC)
+    peer._keep_codec(transceiver, codecs.OPUS_SPEC)
     assert [c.mimeType for c in transceiver._codecs] == ["audio/opus"]
     transceiver = section("audio/opus")
-    webrtc._keep_codec(transceiver, codecs.PCMU_SPEC)  # gone from the offer: left to aiortc
+    peer._keep_codec(transceiver, codecs.PCMU_SPEC)  # gone from the offer: left to aiortc
     assert [c.mimeType for c in transceiver._codecs] == ["audio/opus"]
 
 
@@ -171,7 +172,7 @@ async def test_an_opus_subscriber_gets_decoded_frames_on_the_clock(media: Harnes
 
 
 async def test_stale_audio_is_dropped_and_fresh_audio_kept() -> None:
-    track = webrtc.OutgoingAudio("TR_q")
+    track = audio.OutgoingAudio("TR_q")
     now = asyncio.get_running_loop().time()
     for index in range(5):  # waited for DTLS: 400 ms old down to 0
         track.push_packet(bytes([index]) * 160, index * FRAME, 8000, now - 0.1 * (4 - index))
@@ -180,13 +181,13 @@ async def test_stale_audio_is_dropped_and_fresh_audio_kept() -> None:
     track.push_packet(b"\x05" * 160, 5 * FRAME, 8000, now - 0.2)
     track.push_packet(b"\x06" * 160, 6 * FRAME, 8000, now)  # once started, a late sender
     assert [bytes(await track.recv())[0] for _ in range(2)] == [5, 6]  # catches up: both go
-    for index in range(webrtc.MAX_QUEUED_FRAMES + 3):  # an encoder that fell far behind
+    for index in range(audio.MAX_QUEUED_FRAMES + 3):  # an encoder that fell far behind
         track.push_frame(np.zeros(960, np.int16), index * 960, now)
-    assert len(track.queue) == webrtc.MAX_QUEUED_FRAMES and track.dropped == 7
+    assert len(track.queue) == audio.MAX_QUEUED_FRAMES and track.dropped == 7
 
 
 async def test_a_stopped_track_ends_a_waiting_sender() -> None:
-    track = webrtc.OutgoingAudio("TR_s")
+    track = audio.OutgoingAudio("TR_s")
     waiting = asyncio.ensure_future(track.recv())
     await asyncio.sleep(0.01)  # the behaviour under test: nothing to send, so it keeps waiting
     assert not waiting.done()
@@ -228,7 +229,7 @@ def aiortc_packet(seq: int, ts: int) -> Any:
 
 
 def test_received_audio_is_delivered_at_once_late_and_duplicate_packets_dropped() -> None:
-    buffer = webrtc._PromptAudioBuffer()
+    buffer = PromptAudioBuffer()
     out = []
     for seq in (65534, 65535, 0, 0, 2, 1, 3, 40000):  # a wrap, a duplicate, a loss, a late one
         _, frame = buffer.add(aiortc_packet(seq, seq * 960))
@@ -245,14 +246,14 @@ def frame48(value: int, samples: int = 960) -> av.AudioFrame:
 
 
 def test_publisher_audio_waits_at_most_three_frames() -> None:
-    publication = webrtc.Publication()
+    publication = audio.Publication()
     for value in range(1, 11):  # nobody listens yet: only the newest frame is kept
         publication.push(frame48(value))
     assert len(publication.fifo.buffer) == 960 and publication.fifo.buffer[0] == 10
     publication.buffered = True  # a phone hears it now
     for value in range(11, 15):  # a burst of four frames: past three, cut back to two
         publication.push(frame48(value))
-    assert len(publication.fifo.buffer) == webrtc.MAX_AHEAD
+    assert len(publication.fifo.buffer) == audio.MAX_AHEAD
     assert publication.trimmed == 2 * 960  # frames 10 and 11
     taken = publication.pull(0.0)
     assert taken is not None and taken[0] == 12  # 40 ms behind the newest, not 80

@@ -29,7 +29,13 @@ from sipbridge.server.outbound import OutboundCalls
 from sipbridge.server.registrations import Registrations
 from sipbridge.server.room_api import RoomApi
 from sipbridge.server.rooms_runtime import RoomsRuntime, wall_clock
-from sipbridge.server.rtc_signal import SignalServer
+from sipbridge.server.rtc.aiortc_patches import (
+    bind_ice_ports,
+    deliver_audio_promptly,
+    restrict_host_addresses,
+    use_waveform_opus,
+)
+from sipbridge.server.rtc.signal import SignalServer
 from sipbridge.server.sip_api import SipApi
 from sipbridge.server.sip_config import SipConfig
 from sipbridge.server.sip_transport import Listen, SipService, tls_context
@@ -37,12 +43,6 @@ from sipbridge.server.sip_ua import SipUserAgent
 from sipbridge.server.transfers import Transfers
 from sipbridge.server.twirp import PREFIX, TwirpServer
 from sipbridge.server.webhooks import RetryPolicy, WebhookNotifier
-from sipbridge.server.webrtc import (
-    bind_ice_ports,
-    deliver_audio_promptly,
-    restrict_host_addresses,
-    use_waveform_opus,
-)
 from sipbridge.sip.digest import DigestServer
 from sipbridge.store import SQLiteStore
 from sipbridge.telephony.auth_guard import AuthGuard

@@ -1,0 +1,449 @@
+"""Realtime signalling over WebSocket (`/rtc/v1`, and `/rtc` for older clients): joining rooms.
+
+WIRE.md s4: the join handshake (rtc/join.py), participant updates, metadata and attribute
+updates from clients, track publication, mute, ping/pong and leave in both directions, and the
+resume of a session whose WebSocket dropped. With a media service, each session's peer
+connection and the room audio on it are `SessionMedia`'s (rtc/session_media.py), its data
+packets `DataPackets`' (rtc/data_packets.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from aiohttp import WSMsgType, web
+from google.protobuf.message import DecodeError
+from livekit.protocol import models, rtc
+
+from sipbridge.errors import ApiError
+from sipbridge.rooms import events as ev
+from sipbridge.server.auth import Claims
+from sipbridge.server.media_service import MediaService
+from sipbridge.server.rooms_runtime import RoomsRuntime
+from sipbridge.server.rtc.data_packets import DataPackets
+from sipbridge.server.rtc.join import authorize, participant_kind, permission_from
+from sipbridge.server.rtc.session import Session, in_room, leave_message
+from sipbridge.server.rtc.session_media import SessionMedia
+from sipbridge.server.server_info import LIVEKIT_VERSION, server_info
+
+log = logging.getLogger(__name__)
+
+PING_INTERVAL_S = 5
+PING_TIMEOUT_S = 15
+MAX_SIGNAL_MESSAGE = 1024 * 1024
+RESUME_GRACE_S = 10.0  # a participant whose WebSocket dropped may resume within this
+DisconnectReason = models.DisconnectReason
+Kind = models.ParticipantInfo.Kind
+
+
+class SignalServer:
+    """Accepts WebSocket joins and keeps each session told about its room."""
+
+    def __init__(
+        self, runtime: RoomsRuntime, keys: dict[str, str], media: MediaService | None = None
+    ) -> None:
+        self.media = media
+        self.runtime = runtime
+        self.rooms = runtime.registry
+        self.keys = keys
+        self.sessions: dict[tuple[str, str], Session] = {}
+        self.closing = False
+        self.resumed = 0
+        self.data = DataPackets(runtime, self.sessions)
+        self.session_media: SessionMedia | None = None  # without a media service, signalling only
+        if media is not None:
+            self.session_media = SessionMedia(
+                runtime, media, self.sessions, leave=self._leave, on_data=self.data.receive
+            )
+        runtime.listeners.append(self.on_room_event)
+
+    @property
+    def data_refused(self) -> int:
+        """Data packets refused: undecodable, oversized, or from a client without the grant."""
+        return self.data.refused
+
+    @property
+    def data_undelivered(self) -> int:
+        """Data packets not delivered: the client's data channel is not open."""
+        return self.data.undelivered
+
+    def audio_samples(self) -> dict[str, int]:
+        """WebRTC audio sent to clients, for /metrics (`SessionMedia.audio_samples`)."""
+        return self.session_media.audio_samples() if self.session_media is not None else {}
+
+    def routes(self, app: web.Application) -> None:
+        for path in ("/rtc/v1", "/rtc"):
+            app.router.add_get(path, self.handle)
+            app.router.add_get(path + "/validate", self.validate)
+
+    # -- handshake -------------------------------------------------------------------------
+
+    async def validate(self, request: web.Request) -> web.Response:
+        try:
+            authorize(request, self.keys)
+        except ApiError as err:
+            return web.Response(status=err.http_status, text=err.message)
+        return web.Response(text="success")
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        try:
+            claims, join = authorize(request, self.keys)
+        except ApiError as err:
+            return web.Response(status=err.http_status, text=err.message)
+        ws = web.WebSocketResponse(heartbeat=None, max_msg_size=MAX_SIGNAL_MESSAGE)
+        await ws.prepare(request)
+        session = self._resumable(claims, join)
+        resumed = session is not None
+        if session is None:
+            session = Session(room=claims.room, identity=claims.identity, ws=ws)
+        else:
+            # The same participant back on a new WebSocket: its peer connection was kept.
+            if session.expiry is not None:
+                session.expiry.cancel()
+                session.expiry = None
+            session.ws, session.outbox = ws, asyncio.Queue()
+        outbox = session.outbox  # this WebSocket's: a resume gives the session a new one
+        writer = asyncio.create_task(
+            self._write(session, ws, outbox), name=f"signal {claims.identity}"
+        )
+        dropped = False
+        try:
+            if resumed:
+                self.resumed += 1
+                self._resumed(session)
+                dropped = await self._read(session)
+                return ws
+            if join.HasField("connection_settings"):
+                session.auto_subscribe = join.connection_settings.auto_subscribe
+            elif "auto_subscribe" in request.query:  # the two-connection path's parameter
+                session.auto_subscribe = request.query["auto_subscribe"] not in ("0", "false")
+            self._join(session, claims, join)
+            if self.session_media is not None and join.publisher_offer.sdp:
+                self.session_media.start(session, join.publisher_offer)
+            dropped = await self._read(session)
+        except ApiError as err:
+            session.send(leave_message(_reason(err)))
+        finally:
+            key = (session.room, session.identity)
+            mine = session.ws is ws  # not resumed on another WebSocket meanwhile
+            if mine and dropped and self.sessions.get(key) is session and not self.closing:
+                # Gone without a leave: keep the participant and its media for a resume.
+                loop = asyncio.get_running_loop()
+                session.expiry = loop.call_later(
+                    RESUME_GRACE_S, lambda: session.spawn(self._expire(session, ws))
+                )
+            elif mine:
+                self._leave(session, DisconnectReason.CLIENT_INITIATED)
+                await self._close_media(session)
+            outbox.put_nowait(None)
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+            await ws.close()
+        return ws
+
+    def _resumed(self, session: Session) -> None:
+        """What a resumed client is told, as LiveKit does: `reconnect`, then a snapshot of the
+        room's participants (itself included) and the room. The SDK takes the snapshot as the
+        truth: anyone it knew who is not in it left while the link was down (rust-sdks
+        `reconcile_absent_participants`), so without it the phone would vanish from the agent."""
+        session.send(rtc.SignalResponse(reconnect=rtc.ReconnectResponse()))
+        room = self.rooms.find(session.room)
+        if room is None:
+            return
+        everyone = [p.to_proto() for p in room.participants.values() if not p.permission.hidden]
+        session.send(rtc.SignalResponse(update=rtc.ParticipantUpdate(participants=everyone)))
+        session.send(rtc.SignalResponse(room_update=rtc.RoomUpdate(room=room.to_proto())))
+
+    def _resumable(self, claims: Claims, join: rtc.JoinRequest) -> Session | None:
+        """The session a `reconnect=true` join resumes: same room, identity and participant sid,
+        its WebSocket gone. None: a fresh join (the SDK then starts over)."""
+        if not join.reconnect:
+            return None
+        session = self.sessions.get((claims.room, claims.identity))
+        if session is None or session.participant_sid != join.participant_sid:
+            return None
+        if session.expiry is None and not session.ws.closed:
+            return None
+        return session
+
+    async def _expire(self, session: Session, ws: web.WebSocketResponse) -> None:
+        """No resume in time: the participant leaves."""
+        session.expiry = None
+        if session.ws is not ws:
+            return  # resumed meanwhile
+        self._leave(session, DisconnectReason.CONNECTION_TIMEOUT)
+        await self._close_media(session)
+
+    def _join(self, session: Session, claims: Claims, join: rtc.JoinRequest) -> None:
+        now = self.runtime.now()
+        attributes = dict(claims.attributes)
+        attributes.update(join.participant_attributes)
+        key = (session.room, session.identity)
+        # A second connection with the same identity replaces the first: unregister the old
+        # session first so the model's DUPLICATE_IDENTITY leave reaches only the old client,
+        # and put it back if the new one is refused.
+        old = self.sessions.pop(key, None)
+        try:
+            room, _ = self.rooms.create(session.room, now)
+            participant = self.rooms.join(
+                session.room,
+                session.identity,
+                now,
+                name=claims.name,
+                kind=participant_kind(claims),
+                metadata=claims.metadata or join.metadata,
+                attributes=attributes,
+                permission=permission_from(claims),
+                client_protocol=join.client_info.client_protocol,
+            )
+        except ApiError:
+            if old is not None:
+                self.sessions[key] = old
+            raise
+        finally:
+            self.runtime.commit()
+        if old is not None:
+            old.send(leave_message(DisconnectReason.DUPLICATE_IDENTITY))
+        self.sessions[key] = session
+        session.participant_sid = participant.sid
+        others = [
+            p.to_proto()
+            for p in room.participants.values()
+            if p.identity != session.identity and not p.permission.hidden
+        ]
+        session.send(
+            rtc.SignalResponse(
+                join=rtc.JoinResponse(
+                    room=room.to_proto(),
+                    participant=participant.to_proto(),
+                    other_participants=others,
+                    server_version=LIVEKIT_VERSION,
+                    ping_interval=PING_INTERVAL_S,
+                    ping_timeout=PING_TIMEOUT_S,
+                    server_info=server_info(),
+                )
+            )
+        )
+
+    def _leave(self, session: Session, reason: int) -> None:
+        if self.sessions.get((session.room, session.identity)) is not session:
+            return
+        del self.sessions[(session.room, session.identity)]
+        room = self.rooms.find(session.room)
+        if room is not None and session.identity in room.participants:
+            self.rooms.remove(session.room, session.identity, self.runtime.now(), reason)
+            self.runtime.commit()
+
+    # -- messages from the client ----------------------------------------------------------
+
+    async def _read(self, session: Session) -> bool:
+        """Serve the client's requests; True when the WebSocket went without a `leave`."""
+        async for msg in session.ws:
+            if msg.type != WSMsgType.BINARY:
+                if msg.type == WSMsgType.TEXT:
+                    continue  # JSON signalling is not spoken by the official SDKs
+                break
+            try:
+                request = rtc.SignalRequest.FromString(msg.data)
+            except DecodeError:
+                log.info("signal %s: undecodable message", session.identity)
+                continue
+            try:
+                if not self._on_request(session, request):
+                    return False
+            except ApiError as err:  # e.g. removed from the room while this was in flight
+                log.info("signal %s: %s", session.identity, err.message)
+                return False
+        return True
+
+    def _on_request(self, session: Session, req: rtc.SignalRequest) -> bool:
+        """Handle one request; False ends the session."""
+        kind = req.WhichOneof("message")
+        if kind == "ping_req":
+            session.send(
+                rtc.SignalResponse(
+                    pong_resp=rtc.Pong(
+                        last_ping_timestamp=req.ping_req.timestamp,
+                        timestamp=int(self.runtime.now() * 1000),
+                    )
+                )
+            )
+        elif kind == "ping":
+            session.send(rtc.SignalResponse(pong=int(self.runtime.now() * 1000)))
+        elif kind == "leave":
+            self._leave(session, DisconnectReason.CLIENT_INITIATED)
+            return False
+        elif kind == "update_metadata":
+            self._update_metadata(session, req.update_metadata)
+        elif kind == "add_track":
+            self._add_track(session, req.add_track)
+        elif kind == "offer" and self.session_media is not None and session.peer is not None:
+            session.spawn(self.session_media.negotiate(session, req.offer))
+        elif kind == "trickle" and self.session_media is not None and session.peer is not None:
+            session.spawn(self.session_media.trickle(session.peer, req.trickle.candidateInit))
+        elif kind == "subscription":
+            for track_sid in req.subscription.track_sids:
+                session.choices[track_sid] = req.subscription.subscribe
+            self._apply_subscriptions(session)
+        elif kind == "subscription_permission":
+            session.permission = (
+                None
+                if req.subscription_permission.all_participants
+                else req.subscription_permission
+            )
+            for other in in_room(self.sessions.values(), session.room):
+                if other is not session:
+                    self._apply_subscriptions(other)
+        elif kind == "mute":
+            with contextlib.suppress(ApiError):
+                self.rooms.mute_track(session.room, session.identity, req.mute.sid, req.mute.muted)
+            self.runtime.commit()
+        return True
+
+    def _update_metadata(self, session: Session, req: rtc.UpdateParticipantMetadata) -> None:
+        participant = self.rooms.participant(session.room, session.identity)
+        reply = rtc.RequestResponse(request_id=req.request_id, update_metadata=req)
+        if not participant.permission.can_update_metadata:
+            reply.reason = rtc.RequestResponse.Reason.NOT_ALLOWED
+            reply.message = "does not have permission to update own metadata"
+        else:
+            try:
+                self.rooms.update_participant(
+                    session.room,
+                    session.identity,
+                    name=req.name,
+                    metadata=req.metadata,
+                    attributes=req.attributes,
+                )
+                reply.reason = rtc.RequestResponse.Reason.OK
+            except ApiError as err:
+                reply.reason = rtc.RequestResponse.Reason.LIMIT_EXCEEDED
+                reply.message = err.message
+        session.send(rtc.SignalResponse(request_response=reply))
+        self.runtime.commit()
+
+    def _add_track(self, session: Session, req: rtc.AddTrackRequest) -> None:
+        participant = self.rooms.participant(session.room, session.identity)
+        if not participant.permission.can_publish:
+            reply = rtc.RequestResponse(
+                reason=rtc.RequestResponse.Reason.NOT_ALLOWED,
+                message="does not have permission to publish",
+                add_track=req,
+            )
+            session.send(rtc.SignalResponse(request_response=reply))
+            return
+        track = models.TrackInfo(
+            type=req.type,
+            name=req.name,
+            muted=req.muted,
+            source=req.source,
+            stereo=req.stereo,
+            disable_dtx=req.disable_dtx,
+            width=req.width,
+            height=req.height,
+            stream=req.stream,
+            mime_type="audio/opus" if req.type == models.TrackType.AUDIO else "",
+        )
+        self.rooms.publish_track(session.room, session.identity, track)
+        if session.peer is not None:
+            session.peer.published[req.cid] = track.sid
+        session.send(
+            rtc.SignalResponse(track_published=rtc.TrackPublishedResponse(cid=req.cid, track=track))
+        )
+        self.runtime.commit()
+
+    # -- media ------------------------------------------------------------------------------
+
+    def _apply_subscriptions(self, session: Session) -> None:
+        if self.session_media is not None:
+            self.session_media.apply_subscriptions(session)
+
+    async def _close_media(self, session: Session) -> None:
+        """The session's tasks cancelled, its peer connection closed and out of the room."""
+        peer = session.peer
+        session.peer = None
+        for task in list(session.tasks):
+            task.cancel()
+        if peer is not None and self.session_media is not None:
+            await self.session_media.close(peer)
+
+    # -- messages to the client ------------------------------------------------------------
+
+    async def _write(
+        self,
+        session: Session,
+        ws: web.WebSocketResponse,
+        outbox: asyncio.Queue[rtc.SignalResponse | None],
+    ) -> None:
+        while (message := await outbox.get()) is not None:
+            if ws.closed:
+                break
+            try:
+                await ws.send_bytes(message.SerializeToString())
+            except (ConnectionError, RuntimeError):
+                break
+            if message.WhichOneof("message") == "leave":
+                await ws.close()
+                break
+
+    def on_room_event(self, event: ev.RoomEvent) -> None:
+        match event:
+            case ev.ParticipantLeft(room=room, participant=p):
+                session = self.sessions.get((room.name, p.identity))
+                if session is not None and p.disconnect_reason not in (
+                    DisconnectReason.CLIENT_INITIATED,
+                ):
+                    del self.sessions[(room.name, p.identity)]
+                    session.send(leave_message(p.disconnect_reason))
+                self._broadcast(room.name, p, exclude=p.identity)
+            case ev.TrackPublished(room=room, participant=p):
+                self._broadcast(room.name, p)
+                if self.session_media is not None and p.kind == Kind.SIP:
+                    # A phone's track: every client with a peer connection needs a section.
+                    self.session_media.ask_for_sections(room.name, exclude=p.identity)
+            case (
+                ev.ParticipantJoined(room=room, participant=p)
+                | ev.ParticipantUpdated(room=room, participant=p)
+                | ev.TrackUnpublished(room=room, participant=p)
+                | ev.TrackMuted(room=room, participant=p)
+            ):
+                self._broadcast(room.name, p)
+            case ev.SubscriptionChanged(room_name=room_name, subscriber_identity=identity):
+                # UpdateSubscriptions through the API (or a permission taken away): a change
+                # our media does not have yet becomes the client's choice for that track.
+                session = self.sessions.get((room_name, identity))
+                if session is None or session.peer is None:
+                    return
+                sending = session.peer.sending.get(event.track_sid)
+                attached = sending is not None and sending[1].room is not None
+                if attached != event.subscribed:
+                    session.choices[event.track_sid] = event.subscribed
+                    self._apply_subscriptions(session)
+            case ev.DataSent():
+                self.data.deliver(event)
+            case ev.RoomMetadataChanged(room=room):
+                for session in in_room(self.sessions.values(), room.name):
+                    session.send(rtc.SignalResponse(room_update=rtc.RoomUpdate(room=room)))
+            case _:
+                pass
+
+    def _broadcast(self, room: str, participant: models.ParticipantInfo, exclude: str = "") -> None:
+        if participant.permission.hidden:
+            return
+        update = rtc.SignalResponse(update=rtc.ParticipantUpdate(participants=[participant]))
+        for session in in_room(self.sessions.values(), room):
+            if session.identity != exclude:
+                session.send(update)
+
+    async def close_all(self) -> None:
+        self.closing = True
+        for session in list(self.sessions.values()):
+            session.send(leave_message(DisconnectReason.SERVER_SHUTDOWN))
+
+
+def _reason(err: ApiError) -> int:
+    if err.code == "resource_exhausted":
+        return int(DisconnectReason.JOIN_FAILURE)
+    return int(DisconnectReason.UNKNOWN_REASON)
