@@ -29,6 +29,11 @@ def _serve_parser(sub: Any) -> None:
     p = sub.add_parser("serve", help="run the server")
     p.add_argument("--dev", action="store_true", help="development mode: key devkey/secret")
     p.add_argument("--http", metavar="HOST:PORT", help="API and WebSocket address (127.0.0.1:7880)")
+    p.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve /metrics on this address instead of the API's (for a private network)",
+    )
     p.add_argument("--sip", metavar="HOST:PORT", help="SIP UDP+TCP address (127.0.0.1:5060)")
     p.add_argument("--sip-tls", metavar="HOST:PORT", help="SIP over TLS address (off)")
     p.add_argument("--tls-cert", metavar="FILE", help="PEM certificate chain for --sip-tls")
@@ -439,6 +444,7 @@ def _serve(args: argparse.Namespace) -> int:
         settings = build_settings(
             dev=args.dev,
             http=args.http,
+            metrics=args.metrics,
             sip=args.sip,
             sip_tls=args.sip_tls,
             tls_cert=args.tls_cert,

@@ -35,6 +35,7 @@ class Settings:
     http: HostPort = HostPort("127.0.0.1", 7880)
     sip: HostPort = HostPort("127.0.0.1", 5060)
     sip_tls: HostPort | None = None
+    metrics: HostPort | None = None  # /metrics on its own listener (then not on the API's)
     tls_cert: str = ""
     tls_key: str = ""
     tls_ca: str = ""  # PEM of the CAs trunks' TLS certificates must chain to; "" = the system's
@@ -142,6 +143,7 @@ def _from_yaml(path: str) -> dict[str, Any]:
     known = {
         "dev",
         "http",
+        "metrics",
         "sip",
         "sip_tls",
         "tls_cert",
@@ -182,6 +184,7 @@ def build_settings(
     *,
     dev: bool = False,
     http: str | None = None,
+    metrics: str | None = None,
     sip: str | None = None,
     sip_tls: str | None = None,
     tls_cert: str | None = None,
@@ -212,6 +215,8 @@ def build_settings(
     s = Settings(dev=dev)
     if "http" in doc:
         s = replace(s, http=parse_hostport(str(doc["http"]), "http"))
+    if "metrics" in doc:
+        s = replace(s, metrics=parse_hostport(str(doc["metrics"]), "metrics"))
     if "sip" in doc:
         s = replace(s, sip=parse_hostport(str(doc["sip"]), "sip"))
     if "sip_tls" in doc:
@@ -256,6 +261,8 @@ def build_settings(
 
     if http:
         s = replace(s, http=parse_hostport(http, "--http"))
+    if metrics:
+        s = replace(s, metrics=parse_hostport(metrics, "--metrics"))
     if sip:
         s = replace(s, sip=parse_hostport(sip, "--sip"))
     if sip_tls:

@@ -2,7 +2,8 @@
 that trickle bytes, on a server limited to 1,024 open files, leave the HTTP API and `/healthz`
 answering within 100 ms; each address keeps at most 32 connections, SIP connections as a whole
 at most a quarter of the descriptors; a message begun must complete within 10 s however slowly
-its bytes come; an HTTP client that never finishes its headers is cut off too."""
+its bytes come; an HTTP client that never finishes its headers is cut off too; /metrics can
+live on a listener of its own."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import aiohttp
 import pytest
 
 from tests.harness import eventually, sipp_port
-from tests.helpers import ServerProcess
+from tests.helpers import ServerProcess, free_port
 
 SOURCES = [f"127.0.0.{n}" for n in range(2, 12)]  # ten addresses of our own loopback
 PER_SOURCE = 200
@@ -155,3 +156,20 @@ async def test_an_http_client_that_never_finishes_its_headers_is_cut_off(
     finally:
         writer.close()
     assert time.monotonic() - started >= HTTP_IDLE_TIMEOUT_S - 1
+
+
+async def test_metrics_can_live_on_an_address_of_their_own(tmp_path: Path) -> None:
+    """`--metrics HOST:PORT`: /metrics there (for a private network), and no longer on the
+    API's address that the internet may reach."""
+    port = free_port()
+    server = ServerProcess(tmp_path, "--metrics", f"127.0.0.1:{port}")
+    await asyncio.to_thread(server.start)
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{server.url}/metrics") as resp:
+                assert resp.status == 404
+            async with session.get(f"http://127.0.0.1:{port}/metrics") as resp:
+                assert resp.status == 200
+                assert "sipbridge_calls_active 0" in await resp.text()
+    finally:
+        assert await asyncio.to_thread(server.stop) == 0

@@ -116,6 +116,7 @@ class Server:
         ).register(self.twirp)
         self.ready = False
         self._runner: web.AppRunner | None = None
+        self._metrics_runner: web.AppRunner | None = None
 
     def build_app(self) -> web.Application:
         app = web.Application(
@@ -126,7 +127,8 @@ class Server:
         app.router.add_get("/", self.healthz)
         self.signal.routes(app)
         self.agents.routes(app)
-        app.router.add_get("/metrics", metrics.handler(self.samples))
+        if self.settings.metrics is None:
+            app.router.add_get("/metrics", metrics.handler(self.samples))
         return app
 
     def calls_in_progress(self) -> int:
@@ -231,6 +233,15 @@ class Server:
         http = self.settings.http
         site = web.TCPSite(self._runner, http.host, http.port, reuse_address=True)
         await site.start()
+        if self.settings.metrics is not None:  # only there, not on the API's address
+            scrape = web.Application()
+            scrape.router.add_get("/metrics", metrics.handler(self.samples))
+            self._metrics_runner = web.AppRunner(
+                scrape, access_log=None, handle_signals=False, keepalive_timeout=HTTP_IDLE_TIMEOUT_S
+            )
+            await self._metrics_runner.setup()
+            where = self.settings.metrics
+            await web.TCPSite(self._metrics_runner, where.host, where.port).start()
         await self.start_sip()
         self.registrations.start()
         # Everything loaded at startup lives for the process: keep it out of the cyclic GC's
@@ -275,9 +286,10 @@ class Server:
         self.media.close()
         await self.signal.close_all()
         await self.agents.close()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        for runner in (self._runner, self._metrics_runner):
+            if runner is not None:
+                await runner.cleanup()
+        self._runner = self._metrics_runner = None
         self.rooms.close()
         await self.sip_config.drain()
         await self.call_log.stop()
