@@ -82,6 +82,25 @@ def _serve_parser(sub: Any) -> None:
         help="answer 404 for numbers no trunk has, even where trunks ask for passwords (by "
         "default such calls are challenged and refused like a wrong password: no enumeration)",
     )
+    p.add_argument(
+        "--sip-rate",
+        type=int,
+        metavar="N",
+        help="new INVITEs/REGISTERs per second from one address, twice that in a burst; "
+        "beyond: 503, and no answer to a flood (1000)",
+    )
+    p.add_argument(
+        "--allow-from",
+        metavar="CIDR",
+        action="append",
+        help="take SIP requests only from these addresses (repeatable; default: any)",
+    )
+    p.add_argument(
+        "--room-max-callers",
+        type=int,
+        metavar="N",
+        help="SIP participants in one room at once (0: no cap, the default)",
+    )
     p.add_argument("--config", metavar="FILE", help="YAML file with the same settings")
 
 
@@ -463,6 +482,9 @@ def _serve(args: argparse.Namespace) -> int:
             auth_max_failures=args.auth_max_failures,
             auth_block=args.auth_block,
             reveal_numbers=args.reveal_numbers,
+            sip_rate=args.sip_rate,
+            allow_from=args.allow_from,
+            room_max_callers=args.room_max_callers,
             config_file=args.config,
         )
     except ConfigError as exc:

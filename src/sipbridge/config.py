@@ -52,6 +52,9 @@ class Settings:
     auth_max_failures: int = 10  # wrong digest answers from one address before it is blocked
     auth_block: int = 60  # the first block, in seconds; each next one twice as long (to 1 h)
     conceal_numbers: bool = True  # unknown numbers answered as a wrong password would be
+    sip_rate: int = 1000  # new INVITEs/REGISTERs per second from one address (burst: twice)
+    allow_from: tuple[str, ...] = ()  # CIDRs whose requests are taken; () = every address
+    room_max_callers: int = 0  # SIP participants in one room at once (0: no cap)
 
     @property
     def media_address(self) -> str:
@@ -163,11 +166,22 @@ def _from_yaml(path: str) -> dict[str, Any]:
         "auth_max_failures",
         "auth_block",
         "conceal_numbers",
+        "sip_rate",
+        "allow_from",
+        "room_max_callers",
     }
     unknown = set(doc) - known
     if unknown:
         raise ConfigError(f"--config: unknown setting(s): {', '.join(sorted(unknown))}")
     return doc
+
+
+def parse_network(value: str, name: str) -> str:
+    """An address or CIDR (`192.0.2.0/24`, `2001:db8::/32`), normalised."""
+    try:
+        return str(ipaddress.ip_network(value.strip(), strict=False))
+    except ValueError:
+        raise ConfigError(f"{name}: {value!r} is not an address or CIDR") from None
 
 
 def _whole(doc: Mapping[str, object], name: str, flag: int | None, lo: int, hi: int) -> int:
@@ -203,6 +217,9 @@ def build_settings(
     auth_max_failures: int | None = None,
     auth_block: int | None = None,
     reveal_numbers: bool = False,
+    sip_rate: int | None = None,
+    allow_from: list[str] | None = None,
+    room_max_callers: int | None = None,
     config_file: str | None = None,
     environ: Mapping[str, str] = os.environ,
 ) -> Settings:
@@ -316,6 +333,16 @@ def build_settings(
         or s.auth_max_failures,
         auth_block=_whole(doc, "auth_block", auth_block, 1, 86400) or s.auth_block,
     )
+    s = replace(
+        s,
+        sip_rate=_whole(doc, "sip_rate", sip_rate, 1, 1_000_000) or s.sip_rate,
+        room_max_callers=s.room_max_callers
+        if room_max_callers is None and "room_max_callers" not in doc
+        else _whole(doc, "room_max_callers", room_max_callers, 0, 1_000_000),
+    )
+    raw_allow = allow_from if allow_from else doc.get("allow_from", [])
+    items = raw_allow if isinstance(raw_allow, list) else [raw_allow]
+    s = replace(s, allow_from=tuple(parse_network(str(item), "allow_from") for item in items))
     conceal = doc.get("conceal_numbers", True)
     if not isinstance(conceal, bool):
         raise ConfigError("conceal_numbers: expected true or false")

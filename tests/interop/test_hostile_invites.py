@@ -270,7 +270,7 @@ async def test_password_guessing_is_blocked_and_even_the_right_one_refused(
     """500 wrong passwords from one address: each challenge is good for one guess (a wrong
     answer spends its nonce), the 10th failure blocks the address (403 without a challenge, even
     for the right password), and the block is temporary."""
-    server = await serve("--auth-block", "1")
+    server = await serve("--auth-block", "1", "--sip-rate", "1000000")  # (guessing, not flooding)
     port = server.sip_port  # type: ignore[attr-defined]
     uri = f"sip:{CALLED}@127.0.0.1:{port}"
     async with client(server) as lk, udp_caller(port) as caller:
@@ -374,3 +374,93 @@ async def test_a_scanner_cannot_tell_which_numbers_exist(
             statuses[called] = (first, then)
         assert statuses[CALLED] == (407, 403), statuses
         assert statuses["+15105559999"] == (unknown_first, unknown_then), (flags, statuses)
+
+
+def options_from(port: int, source: str, call_id: str) -> bytes | None:
+    """An OPTIONS from `source` (one of our loopback addresses); its answer, or None."""
+    import socket  # noqa: PLC0415
+
+    request = (
+        f"OPTIONS sip:ping@127.0.0.1:{port} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP {source}:5999;branch=z9hG4bK{call_id};rport\r\n"
+        f"From: <sip:monitor@{source}>;tag=p\r\nTo: <sip:ping@127.0.0.1>\r\n"
+        f"Call-ID: {call_id}\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((source, 0))
+        sock.settimeout(1.0)
+        sock.sendto(request, ("127.0.0.1", port))
+        try:
+            return sock.recv(65535)
+        except TimeoutError:
+            return None
+
+
+async def test_a_flood_from_one_address_is_refused_then_ignored(
+    serve: ServerFactory,  # noqa: F811
+) -> None:
+    """3,000 INVITEs as fast as one address can send them: the first ones (the burst) are
+    taken, then 503 with Retry-After, then no answer at all; another address is served at once
+    meanwhile, and the flooding one again once it stops."""
+    import socket  # noqa: PLC0415
+
+    server = await serve("--sip-rate", "50")
+    port = server.sip_port  # type: ignore[attr-defined]
+    async with client(server) as lk:
+        await ringing_room(lk, "flooded")
+
+    def flood() -> dict[int, int]:
+        statuses: dict[int, int] = {}
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 * 1024 * 1024)
+            for _ in range(3000):
+                request = raw_invite(port, drop=("to",), extra=("To: <sip:+19990000000@x>",))
+                sock.sendto(request, ("127.0.0.1", port))
+            sock.settimeout(1.0)
+            while True:
+                try:
+                    reply = sock.recv(65535)
+                except TimeoutError:
+                    return statuses
+                status = status_of(reply)
+                if status >= 200:
+                    statuses[status] = statuses.get(status, 0) + 1
+                    if status == 503:
+                        assert header_of(reply, "Retry-After") == "5", reply
+
+    statuses = await asyncio.to_thread(flood)
+    answered = sum(statuses.values())
+    assert statuses.get(503, 0) > 0 and answered < 3000 - 1000, statuses
+    assert await metric(server, 'sipbridge_sip_messages_total{kind="dropped_flood"}') > 1000
+    pong = await asyncio.to_thread(options_from, port, "127.0.0.2", "other-source")
+    assert pong is not None and status_of(pong) == 200, pong
+
+    async def served_again() -> bool:
+        reply = await asyncio.to_thread(options_from, port, "127.0.0.1", secrets.token_hex(4))
+        return reply is not None and status_of(reply) == 200
+
+    await eventually(served_again, "the flooding address to be served again")
+
+
+async def test_allow_from_drops_everyone_else(serve: ServerFactory) -> None:  # noqa: F811
+    server = await serve("--allow-from", "127.0.0.2/32")
+    port = server.sip_port  # type: ignore[attr-defined]
+    assert await asyncio.to_thread(options_from, port, "127.0.0.3", "stranger") is None
+    pong = await asyncio.to_thread(options_from, port, "127.0.0.2", "friend")
+    assert pong is not None and status_of(pong) == 200, pong
+    assert await metric(server, 'sipbridge_sip_messages_total{kind="dropped_not_allowed"}') == 1
+
+
+async def test_a_room_takes_at_most_its_cap_of_callers(serve: ServerFactory) -> None:  # noqa: F811
+    server = await serve("--room-max-callers", "1")
+    port = server.sip_port  # type: ignore[attr-defined]
+    async with client(server) as lk, udp_caller(port) as caller:
+        await ringing_room(lk, "small")
+        first = await caller.responses(raw_invite(port), until=180)
+        assert status_of(first[-1]) == 180, first
+        other = raw_invite(port).replace(CALLER.encode(), b"+15550999")
+        refused = await caller.responses(other)
+        assert status_of(refused[-1]) == 486, refused
+        assert len(await sip_participants(lk, "small")) == 1
+    assert await metric(server, 'sipbridge_inbound_total{outcome="room_full_of_callers"}') == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import ipaddress
 import logging
 import resource
 import secrets
@@ -43,6 +44,7 @@ from sipbridge.server.sip_ua import SipUserAgent
 from sipbridge.server.transfers import Transfers
 from sipbridge.server.twirp import PREFIX, TwirpServer
 from sipbridge.server.webhooks import RetryPolicy, WebhookNotifier
+from sipbridge.sip.admission import Admission
 from sipbridge.sip.digest import DigestServer
 from sipbridge.store import SQLiteStore
 from sipbridge.telephony.auth_guard import AuthGuard
@@ -88,6 +90,7 @@ class Server:
             max_calls=settings.max_calls,
             calls_in_progress=self.calls_in_progress,
             session_min_se=settings.session_min_se,
+            room_max_callers=settings.room_max_callers,
         )
         guard = AuthGuard(max_failures=settings.auth_max_failures, block=float(settings.auth_block))
         digest = DigestServer(secrets.token_bytes(32))
@@ -98,7 +101,12 @@ class Server:
         wildcard = settings.sip.host in ("0.0.0.0", "::")
         advertised = settings.media_address if wildcard else settings.sip.host
         self.sip_ua = SipUserAgent(advertised, settings.sip.port, on_invite=self.inbound)
-        self.sip = SipService(self.sip_ua)
+        admission = Admission(
+            rate=float(settings.sip_rate),
+            burst=2.0 * settings.sip_rate,
+            allow_from=[ipaddress.ip_network(net) for net in settings.allow_from],
+        )
+        self.sip = SipService(self.sip_ua, admission=admission)
         if settings.tls_ca:
             self.sip.client_tls = ssl.create_default_context(cafile=settings.tls_ca)
         self.sip_ua.attach(self.sip)

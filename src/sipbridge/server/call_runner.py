@@ -92,6 +92,7 @@ class CallServices:
     max_calls: int  # the one limit, over every call of both directions
     calls_in_progress: Callable[[], int] | None = None  # (alone: a runner counts its own)
     session_min_se: int = RFC_MIN_SE
+    room_max_callers: int = 0  # SIP participants in one room at once (0: no cap)
 
 
 C = TypeVar("C", bound=LiveCall)
@@ -161,6 +162,17 @@ class CallRunner(Generic[C]):
         """The call's participant (kind SIP, up as it joins: its media is the call's) in
         `state.room`, created if need be, with the phone's audio track; the caller commits."""
         registry, now = self.rooms.registry, self.rooms.now()
+        cap = self.services.room_max_callers
+        existing = registry.find(state.room)
+        if cap and existing is not None:
+            callers = sum(
+                1
+                for p in existing.participants.values()
+                if p.kind == models.ParticipantInfo.Kind.SIP and p.identity != state.identity
+            )
+            if callers >= cap:
+                self._count("room_full_of_callers")
+                raise ApiError("resource_exhausted", f"room {state.room!r} has {cap} callers")
         room, _ = registry.create(state.room, now, **(room_options or {}))
         participant = registry.join(
             state.room,

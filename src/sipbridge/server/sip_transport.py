@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
+from sipbridge.sip.admission import Admission
 from sipbridge.sip.endpoint import EndpointEvent, EndpointSettings, Peer, SipEndpoint
 from sipbridge.sip.errors import SipProtocolError
 from sipbridge.sip.message import StreamFramer
@@ -182,8 +183,9 @@ class SipService:
         settings: EndpointSettings | None = None,
         *,
         clock: Callable[[], float] | None = None,
+        admission: Admission | None = None,
     ) -> None:
-        self.endpoint = SipEndpoint(settings)
+        self.endpoint = SipEndpoint(settings, admission)
         self.application = application
         self.connections: dict[int, _Stream] = {}
         self.per_source: Counter[str] = Counter()  # accepted connections by address

@@ -17,6 +17,7 @@ from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from sipbridge.sip.admission import Admission, Verdict
 from sipbridge.sip.errors import SipProtocolError
 from sipbridge.sip.message import (
     Request,
@@ -124,8 +125,11 @@ class EndpointSettings:
 
 
 class SipEndpoint:
-    def __init__(self, settings: EndpointSettings | None = None) -> None:
+    def __init__(
+        self, settings: EndpointSettings | None = None, admission: Admission | None = None
+    ) -> None:
         self.settings = settings or EndpointSettings()
+        self.admission = admission  # per-address limits on new requests (None: none)
         self.server_transactions: dict[tuple[str, ...], ServerTransaction] = {}
         self.client_transactions: dict[tuple[str, str], ClientTransaction] = {}
         self._peers: dict[int, Peer] = {}  # id(transaction) -> peer
@@ -173,6 +177,9 @@ class SipEndpoint:
         self._drain(transaction)
 
     def _receive_request(self, request: Request, peer: Peer, now: float) -> None:
+        if self.admission is not None and not self.admission.allowed(peer.host):
+            self.stats["dropped_not_allowed"] += 1
+            return
         # Checks needing the core headers first: without them we cannot even answer (s8.1.1).
         for name in ("Via", "From", "To", "Call-ID", "CSeq"):
             if request.headers.get(name) is None:
@@ -206,6 +213,18 @@ class SipEndpoint:
             self._events.append(AckReceived(request=request, peer=peer))
             return
 
+        if (
+            self.admission is not None
+            and request.method not in ("ACK", "CANCEL")
+            and request.to.tag is None
+        ):
+            verdict = self.admission.admit(peer.host, request.method, now)
+            if verdict is Verdict.DROP:
+                self.stats["dropped_flood"] += 1
+                return
+            if verdict is Verdict.REFUSE:
+                self.stats["refused_flood"] += 1
+                raise SipProtocolError(503, "Service Unavailable", "over the rate for its source")
         self._check_request(request)
         merge_key = _merge_key(request)
         if merge_key is not None and merge_key in self._merge_keys:

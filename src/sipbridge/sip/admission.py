@@ -1,0 +1,96 @@
+"""Admission of new requests by source address, before any transaction or call is made for them
+(issue 17 s3): the SIP core's first line against floods and scanners, as Kamailio's `pike`.
+
+Each address has a token bucket for the requests that start something (INVITE and REGISTER
+outside a dialog): `rate` per second, up to `burst` at once. Beyond it the address is refused
+with 503 and Retry-After, each refusal deepening its debt; an address `drop_after` refusals in
+debt gets no answer at all (answering a flood is work, and an amplifier), until its bucket
+refills. With `allow_from` set, requests from any other address are dropped unanswered
+(responses to our own requests are not requests, and always pass). Memory is bounded: at most
+`capacity` addresses are remembered, the least recently seen go first. Pure: time is passed in.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+DEFAULT_RATE = 1000.0  # new INVITEs/REGISTERs per second and address
+DEFAULT_BURST = 2000.0
+DEFAULT_DROP_AFTER = 100  # refusals in debt before an address is no longer answered
+DEFAULT_CAPACITY = 10_000
+LIMITED_METHODS = frozenset({"INVITE", "REGISTER"})
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class Verdict(enum.Enum):
+    ADMIT = "admit"
+    REFUSE = "refuse"  # 503 with Retry-After
+    DROP = "drop"  # no answer
+
+
+@dataclass(slots=True)
+class _Bucket:
+    tokens: float
+    at: float
+
+
+class Admission:
+    def __init__(
+        self,
+        *,
+        rate: float = DEFAULT_RATE,
+        burst: float = DEFAULT_BURST,
+        drop_after: int = DEFAULT_DROP_AFTER,
+        capacity: int = DEFAULT_CAPACITY,
+        allow_from: Iterable[Network] = (),
+    ) -> None:
+        if rate <= 0 or burst < 1 or drop_after < 0 or capacity < 1:
+            raise ValueError("admission limits must be positive")
+        self.rate = rate
+        self.burst = burst
+        self.drop_after = drop_after
+        self.capacity = capacity
+        self.allow_from = tuple(allow_from)
+        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def allowed(self, source: str) -> bool:
+        """Whether `source` may send requests at all (`allow_from`)."""
+        if not self.allow_from:
+            return True
+        try:
+            address = ipaddress.ip_address(source.strip("[]"))
+        except ValueError:
+            return False
+        return any(address in network for network in self.allow_from)
+
+    def admit(self, source: str, method: str, now: float) -> Verdict:
+        """The verdict on a request outside any dialog from `source`."""
+        if not self.allowed(source):
+            return Verdict.DROP
+        if method not in LIMITED_METHODS:
+            return Verdict.ADMIT
+        bucket = self._buckets.get(source)
+        if bucket is None:
+            bucket = self._buckets[source] = _Bucket(tokens=self.burst, at=now)
+            while len(self._buckets) > self.capacity:
+                self._buckets.popitem(last=False)  # the least recently seen
+        else:
+            self._buckets.move_to_end(source)
+            elapsed = max(0.0, now - bucket.at)
+            bucket.tokens = min(self.burst, bucket.tokens + elapsed * self.rate)
+            bucket.at = now
+        if bucket.tokens >= 1:
+            bucket.tokens -= 1
+            return Verdict.ADMIT
+        if bucket.tokens > -self.drop_after:
+            bucket.tokens -= 1
+            return Verdict.REFUSE
+        return Verdict.DROP
