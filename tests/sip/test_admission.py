@@ -1,0 +1,91 @@
+"""Admission of new requests per source address (sip/admission.py, issue 17 s3): a token bucket
+for INVITE and REGISTER, 503 beyond it, silence for a flood, `allow_from`, bounded memory. Time is
+an argument."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from sipbridge.sip.admission import Admission, Verdict
+from sipbridge.sip.endpoint import Peer, SipEndpoint
+
+
+def verdicts(admission: Admission, count: int, now: float, source: str = "192.0.2.1") -> list[str]:
+    return [admission.admit(source, "INVITE", now).value for _ in range(count)]
+
+
+def test_a_burst_then_refusals_then_silence() -> None:
+    admission = Admission(rate=10.0, burst=5.0, drop_after=3)
+    assert verdicts(admission, 10, 0.0) == ["admit"] * 5 + ["refuse"] * 3 + ["drop"] * 2
+    assert admission.admit("192.0.2.2", "INVITE", 0.0) is Verdict.ADMIT  # others unaffected
+
+
+def test_the_bucket_refills_at_the_rate() -> None:
+    admission = Admission(rate=10.0, burst=5.0, drop_after=0)
+    verdicts(admission, 5, 0.0)
+    assert admission.admit("192.0.2.1", "INVITE", 0.05) is Verdict.REFUSE  # half a token
+    assert admission.admit("192.0.2.1", "INVITE", 0.2) is Verdict.ADMIT  # -0.5 + 1.5 tokens
+    assert verdicts(admission, 5, 100.0) == ["admit"] * 5  # never above the burst
+    assert admission.admit("192.0.2.1", "INVITE", 99.0) is Verdict.DROP  # time going back
+
+
+def test_only_requests_that_start_something_are_counted() -> None:
+    admission = Admission(rate=1.0, burst=1.0, drop_after=0)
+    assert admission.admit("192.0.2.1", "REGISTER", 0.0) is Verdict.ADMIT
+    for method in ("OPTIONS", "MESSAGE", "SUBSCRIBE"):
+        assert admission.admit("192.0.2.1", method, 0.0) is Verdict.ADMIT
+    assert admission.admit("192.0.2.1", "INVITE", 0.0) is Verdict.DROP
+
+
+def test_allow_from() -> None:
+    admission = Admission(
+        allow_from=[ipaddress.ip_network("192.0.2.0/24"), ipaddress.ip_network("2001:db8::/32")]
+    )
+    assert admission.allowed("192.0.2.77") and admission.allowed("[2001:db8::1]")
+    assert not admission.allowed("198.51.100.1") and not admission.allowed("not-an-address")
+    assert admission.admit("198.51.100.1", "OPTIONS", 0.0) is Verdict.DROP
+    assert Admission().allowed("198.51.100.1")
+
+
+def test_memory_is_bounded() -> None:
+    admission = Admission(rate=1.0, burst=1.0, drop_after=0, capacity=2)
+    for source in ("a", "b", "c"):
+        admission.admit(source, "INVITE", 0.0)
+    assert len(admission) == 2
+    assert admission.admit("a", "INVITE", 0.0) is Verdict.ADMIT  # forgotten: a full bucket
+
+
+@pytest.mark.parametrize(
+    "limits", [{"rate": 0}, {"burst": 0.5}, {"drop_after": -1}, {"capacity": 0}]
+)
+def test_limits_must_make_sense(limits: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match="positive"):
+        Admission(**limits)  # type: ignore[arg-type]
+
+
+def invite(n: int, to_tag: str = "") -> bytes:
+    tag = f";tag={to_tag}" if to_tag else ""
+    return (
+        f"INVITE sip:bob@192.0.2.9 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKa{n}\r\n"
+        f"From: <sip:alice@192.0.2.1>;tag=a\r\nTo: <sip:bob@192.0.2.9>{tag}\r\n"
+        f"Call-ID: c{n}\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@192.0.2.1>\r\n"
+        "Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def test_the_endpoint_refuses_with_503_then_drops_and_never_limits_in_dialog() -> None:
+    endpoint = SipEndpoint(admission=Admission(rate=1.0, burst=1.0, drop_after=1))
+    peer = Peer("udp", "192.0.2.1", 5060)
+    for n in range(3):
+        endpoint.receive(invite(n), peer, 0.0)
+    sent = [data.split(b"\r\n", 1)[0] for data, _ in endpoint.outgoing()]
+    assert sent == [b"SIP/2.0 503 Service Unavailable"]  # the first went to the application
+    assert (endpoint.stats["refused_flood"], endpoint.stats["dropped_flood"]) == (1, 1)
+    endpoint.receive(invite(0), peer, 0.0)  # a retransmission of the admitted one: absorbed
+    endpoint.receive(invite(9, to_tag="b"), peer, 0.0)  # in a dialog: never limited
+    assert endpoint.stats["dropped_flood"] == 1
+    stranger = SipEndpoint(admission=Admission(allow_from=[ipaddress.ip_network("10.0.0.0/8")]))
+    stranger.receive(invite(0), peer, 0.0)
+    assert stranger.outgoing() == [] and stranger.stats["dropped_not_allowed"] == 1
