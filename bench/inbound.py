@@ -678,7 +678,9 @@ def main() -> int:
         return 2
     tmp = Path(tempfile.mkdtemp(prefix="bench-inbound-"))
     sip_port = free_sip_port()
-    server = ServerProcess(tmp, "--sip", f"127.0.0.1:{sip_port}", "--max-calls", "100000", "--sip-rate", "1000000")
+    server = ServerProcess(
+        tmp, "--sip", f"127.0.0.1:{sip_port}", "--max-calls", "100000", "--sip-rate", "1000000"
+    )
     try:
         server.start()
         results, runs = _run(bench(args, server, sip_port, tmp))
