@@ -222,7 +222,11 @@ class MediaClock:
 
     def _tick(self) -> None:
         loop = asyncio.get_running_loop()
-        now = loop.time()
+        self.advance(loop.time())
+        self._handle = loop.call_at(self._next, self._tick)
+
+    def advance(self, now: float) -> None:
+        """The tick due at `self._next`, run at `now`; the next is scheduled on the grid."""
         self.ticks += 1
         # Rooms get the scheduled time, not the (later) time the loop ran us: frames on the
         # clock are exactly 20 ms apart in RTP time whatever the loop's lateness.
@@ -244,7 +248,6 @@ class MediaClock:
             missed = int((now - self._next) / FRAME_S) + 1
             self.skipped += missed
             self._next += missed * FRAME_S
-        self._handle = loop.call_at(self._next, self._tick)
 
     def stop(self) -> None:
         if self._handle is not None:
