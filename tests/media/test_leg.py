@@ -516,3 +516,15 @@ def test_close_leaves_the_room() -> None:
     assert room.legs == [b] and a.room is None and a.get_timer() is None
     b.close()
     assert room.legs == []
+
+
+def test_a_driver_may_take_rtp_as_it_is_made() -> None:
+    a, b = leg(), leg()
+    room_of(a, b)
+    taken: list[tuple[bytes, tuple[str, int]]] = []
+    b.rtp_sink = lambda data, destination: taken.append((data, destination))
+    phone = Phone()
+    for index in range(3):
+        a.receive(phone.rtp(pcmu(440, index)), PHONE, index * 0.02)
+    assert [destination for _, destination in taken] == [PHONE, PHONE]
+    assert b.datagrams_to_send(1.0) == [] and b.stats.packets_out == 2

@@ -7,7 +7,8 @@ ways (RFC 4733) and RTCP reports (RFC 3550 s6). In the shape of aioquic's `QuicC
 - `receive(data, addr, now)` takes a datagram of the RTP port (RTCP too when multiplexed,
   RFC 5761), `receive_rtcp(data, addr, now)` one of the RTCP port;
 - `datagrams_to_send(now)` drains what the leg (and the room forwarding into it) made, as
-  `(data, address, rtcp)`: `rtcp` says which port sends it when RTCP has its own;
+  `(data, address, rtcp)`: `rtcp` says which port sends it when RTCP has its own. A driver
+  may instead set `rtp_sink` to take RTP datagrams as they are made (see there);
 - `get_timer()` is the next deadline (an RTCP report, the media timeout), `handle_timer(now)`
   acts on it;
 - `next_event()` returns what happened: `FirstPacket`, `DtmfReceived`, `MediaTimedOut`.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import secrets
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sipbridge.media import codecs
@@ -155,6 +157,12 @@ class RtpLeg(AudioLeg):
         self.started_at: float | None = None
         self.timeout: float | None = None  # the media timeout, once armed (`arm_timeout`)
         self._outbox: list[Datagram] = []
+        # When set, RTP datagrams go straight to it instead of the outbox. The relay's hot path
+        # makes a packet for the *listener* while the *source's* datagram is handled, so with an
+        # outbox its driver would have to find and drain every listener after every datagram:
+        # measured at +0.4 us per relayed packet, 13% of the Python path. RTCP always goes
+        # through the outbox. Tests leave it None and read `datagrams_to_send`.
+        self.rtp_sink: Callable[[bytes, Address], None] | None = None
         self._events: deque[LegEvent] = deque()
         self._first = True
         self.configure(stream, 0.0)
@@ -316,7 +324,11 @@ class RtpLeg(AudioLeg):
             except MediaError:
                 self.stats.srtp_failed += 1
                 return
-        self._outbox.append((data, destination, False))
+        sink = self.rtp_sink
+        if sink is not None:
+            sink(data, destination)
+        else:
+            self._outbox.append((data, destination, False))
         self.stats.packets_out += 1
         self._sent_since_report = True
 

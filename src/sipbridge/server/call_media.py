@@ -85,7 +85,7 @@ def stream_config(answer: sdp.AudioAnswer) -> StreamConfig:
 class CallMedia(RtpLeg):
     """The RTP side of one call: an `RtpLeg` on its own port(s), with the call's SDP state."""
 
-    _loop: asyncio.AbstractEventLoop | None = None
+    _time: Callable[[], float] = staticmethod(lambda: 0.0)  # the loop's clock, once started
 
     def __init__(
         self,
@@ -106,6 +106,7 @@ class CallMedia(RtpLeg):
         self.rtcp: MediaSocket | None
         self.rtp, self.rtcp = pool.open(self._on_rtp, None if answer.rtcp_mux else self._on_rtcp)
         self.port = self.rtp.port
+        self.rtp_sink = self.rtp.send  # RTP out as it is made; RTCP through `transmit`
         self.closed = False
         # the SDP session and SRTP keys, kept for re-INVITEs
         self.session_id = 0
@@ -122,32 +123,31 @@ class CallMedia(RtpLeg):
 
     def start(self, loop: asyncio.AbstractEventLoop, now: float) -> None:
         """Start reading the sockets; silence counts from `now`."""
-        self._loop = loop
+        self._time = loop.time
         self.begin(now)
         self.rtp.start(loop)
         if self.rtcp is not None:
             self.rtcp.start(loop)
 
     def _now(self) -> float:
-        return self._loop.time() if self._loop is not None else 0.0
+        return self._time()
 
     # -- the socket side: datagrams in, datagrams out -------------------------------------
 
     def _on_rtp(self, data: bytes, source: tuple[str, int]) -> None:
-        self.receive(data, source, self._now())
-        # What this datagram made: packets forwarded to the room's listeners (RTP legs send
-        # them here; other listeners took theirs in `forward`), and events.
-        for listener in self.forward_to:
-            if isinstance(listener, CallMedia):
-                listener.transmit()
+        self.receive(data, source, self._time())
+        # What the datagram made: packets forwarded to the room's listeners left through their
+        # `rtp_sink`s (an RTCP one through our outbox); events.
+        if self._outbox:
+            self.transmit()
         if self._events:
             self._dispatch()
 
     def _on_rtcp(self, data: bytes, source: tuple[str, int]) -> None:
-        self.receive_rtcp(data, source, self._now())
+        self.receive_rtcp(data, source, self._time())
 
     def transmit(self) -> None:
-        """Send what the leg made."""
+        """Send what the leg left in its outbox (RTCP: its RTP leaves through `rtp_sink`)."""
         if not self._outbox:
             return
         rtp, rtcp = self.rtp, self.rtcp
@@ -238,9 +238,6 @@ class MediaClock:
                 # One room's fault must not silence the others (counted, logged once per tick).
                 log.exception("media tick failed in room %s", room.name)
                 self.rooms.discard(room)
-            for leg in room.legs:
-                if isinstance(leg, CallMedia):
-                    leg.transmit()
         if self.on_second is not None and self.ticks % (1000 // FRAME_MS) == 0:
             self.on_second(now)
         self._next += FRAME_S
