@@ -136,10 +136,8 @@ class CallMedia(RtpLeg):
 
     def _on_rtp(self, data: bytes, source: tuple[str, int]) -> None:
         self.receive(data, source, self._time())
-        # What the datagram made: packets forwarded to the room's listeners left through their
-        # `rtp_sink`s (an RTCP one through our outbox); events.
-        if self._outbox:
-            self.transmit()
+        # Packets it made for the room's listeners left through their `rtp_sink`s; a datagram
+        # in makes nothing for our own outbox (RTCP leaves on `handle_timer`). Its events:
         if self._events:
             self._dispatch()
 
