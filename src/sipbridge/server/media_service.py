@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from sipbridge import sdp
 from sipbridge.media import codecs
 from sipbridge.media.errors import MediaError
+from sipbridge.media.leg import MEDIA_TIMEOUT_INITIAL_S, MEDIA_TIMEOUT_S
 from sipbridge.media.srtp import SUITES, SrtpContext, SrtpKeys
 from sipbridge.server.call_media import FRAME_MS, AudioLeg, CallMedia, MediaClock, RoomAudio
 from sipbridge.server.media_ports import PortPool
@@ -36,8 +37,7 @@ from sipbridge.telephony.sdes import (
 
 log = logging.getLogger(__name__)
 
-MEDIA_TIMEOUT_S = 15.0
-MEDIA_TIMEOUT_INITIAL_S = 30.0
+__all__ = ["MEDIA_TIMEOUT_INITIAL_S", "MEDIA_TIMEOUT_S", "MediaService", "Negotiated"]
 
 
 @dataclass(eq=False, kw_only=True)
@@ -66,6 +66,7 @@ class MediaService:
         self.clock = MediaClock()
         self.clock.on_second = self._check_timeouts
         self.rooms: dict[str, RoomAudio] = {}
+        # legs armed: their media timeout and its handler
         self.legs: dict[CallMedia, tuple[float, Callable[[], None]]] = {}
         self.stats: dict[str, int] = {}
         self.ended: dict[str, int] = {}  # RTP counters of the legs released so far
@@ -313,11 +314,12 @@ class MediaService:
         """Start receiving (the call is answered); `on_timeout` once it goes silent. A leg
         already receiving early media counts its silence from now."""
         loop = asyncio.get_running_loop()
+        now = loop.time()
         if leg.started_at is None:
-            leg.start(loop, loop.time())
-        else:
-            leg.started_at = loop.time()
-        self.legs[leg] = (timeout or MEDIA_TIMEOUT_S, on_timeout)
+            leg.start(loop, now)
+        leg.arm_timeout(timeout, now)
+        self.legs[leg] = (leg.timeout or MEDIA_TIMEOUT_S, on_timeout)
+        leg.on_timeout = lambda: self._timed_out(leg)
         self.clock.start()
 
     def start_early(self, leg: CallMedia) -> None:
@@ -352,28 +354,22 @@ class MediaService:
             self.ended[name] = self.ended.get(name, 0) + value
 
     def _check_timeouts(self, now: float) -> None:
-        expired = []
-        for leg, (timeout, callback) in self.legs.items():
-            if not (leg.receiving and leg.sending) or leg.started_at is None:
-                # on hold: a holding phone may send nothing for as long as it likes
-                continue
-            leg.report(now, time.time())
-            last = leg.last_packet_at
-            if last is None:
-                # Before the first packet the default is more patient (30 s); a timeout the
-                # trunk or rule set applies from the start.
-                initial = MEDIA_TIMEOUT_INITIAL_S if timeout == MEDIA_TIMEOUT_S else timeout
-                if now - leg.started_at > initial:
-                    expired.append((leg, callback))
-            elif now - last > timeout:
-                expired.append((leg, callback))
-        for leg, callback in expired:
-            self._count("media_timeout")
-            self.legs.pop(leg, None)
-            try:
-                callback()
-            except Exception:
-                log.exception("media timeout handler failed")
+        """Once a second: the deadlines of the armed legs (RTCP reports, media timeouts)."""
+        wallclock = time.time()
+        for leg in list(self.legs):
+            deadline = leg.get_timer()
+            if deadline is not None and deadline <= now:
+                leg.handle_timer(now, wallclock)
+
+    def _timed_out(self, leg: CallMedia) -> None:
+        armed = self.legs.pop(leg, None)
+        self._count("media_timeout")
+        if armed is None:  # pragma: no cover - only armed legs have this handler
+            return
+        try:
+            armed[1]()
+        except Exception:
+            log.exception("media timeout handler failed")
 
     def close(self) -> None:
         for leg in list(self.legs):

@@ -1,7 +1,7 @@
 """Spoken prompts shipped with the package: 8 kHz mono 16-bit little-endian raw PCM.
 
 The files are made by ``scripts/make_prompts.py`` (espeak-ng, resampled with soxr, trimmed and
-normalised) and read here as package data; nothing is synthesised at run time.
+normalised) and read here as package data; nothing is synthesised while the server runs.
 """
 
 from __future__ import annotations
