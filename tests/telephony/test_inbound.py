@@ -23,7 +23,7 @@ from sipbridge.telephony.inbound import (
     PROVIDER_HEADER_ATTRIBUTES,
     InboundCall,
     TrunkConflict,
-    call_attributes,
+    inbound_attributes,
     match_trunk,
     participant_identity,
     participant_name,
@@ -764,7 +764,7 @@ def attrs(
     status: str = "ringing",
     **overrides: Any,
 ) -> dict[str, str]:
-    return call_attributes(
+    return inbound_attributes(
         call=call(headers=headers, **overrides),
         call_id=CALL_ID,
         trunk=trunk_info if trunk_info is not None else trunk("ST_a"),
@@ -804,7 +804,7 @@ def test_attributes_hidden_number() -> None:
 def test_attributes_without_trunk_or_rule() -> None:
     # open server: as the reference, sip.trunkID is present and empty; headers are not mapped
     # without a trunk, carrier headers still are; no rule yet: no sip.ruleID, numbers shown
-    got = call_attributes(
+    got = inbound_attributes(
         call=call(headers=(("X-Twilio-CallSid", "CA1"), ("X-Custom", "v"))),
         call_id=CALL_ID,
         trunk=None,
@@ -979,7 +979,7 @@ def test_attributes_mapping(
 
 
 def test_attributes_server_values_are_sanitised() -> None:
-    got = call_attributes(
+    got = inbound_attributes(
         call=call(caller="+1555\x00", from_host="h\r\nX-Evil: 1", call_id="c\ud800"),
         call_id=CALL_ID,
         trunk=None,

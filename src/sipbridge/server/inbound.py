@@ -50,7 +50,7 @@ from sipbridge.telephony.call import (
 from sipbridge.telephony.inbound import (
     InboundCall,
     TrunkConflict,
-    call_attributes,
+    inbound_attributes,
     match_trunk,
     participant_identity,
     participant_name,
@@ -289,7 +289,7 @@ class InboundCalls(CallRunner[InboundCallState]):
             created_at_ns=int(created * 1e9),
         )
         state.info, state.room, state.identity, state.rule = info, room_name, identity, rule
-        attributes = call_attributes(
+        attributes = inbound_attributes(
             call=inbound,
             call_id=call_id,
             trunk=trunk,

@@ -13,7 +13,8 @@ The flow the server follows:
         rule = select_rule(rules, trunk_id, call, pin=digits)   # "" when only '#' was pressed
     room = room_for(rule, call, random_suffix)
     identity, name = participant_identity(rule, call), participant_name(rule, call)
-    attributes = call_attributes(call=call, call_id=..., trunk=trunk, rule=rule, status="ringing")
+    attributes = inbound_attributes(call=call, call_id=..., trunk=trunk, rule=rule,
+                                    status="ringing")
 
 Where we knowingly differ from the reference (livekit/protocol `sip/sip.go`, livekit/sip
 `pkg/sip/participant.go`, `types.go`), the function says so in its docstring.
@@ -372,7 +373,7 @@ def sanitize_attribute(value: str) -> str:
     return _clean(value)[:MAX_ATTRIBUTE_VALUE]
 
 
-def call_attributes(
+def inbound_attributes(
     *,
     call: InboundCall,
     call_id: str,
