@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-from sipbridge.server.sip_transport import Listen, SipService
-from sipbridge.server.sip_ua import IncomingCall, SipUserAgent
+from sipbridge.server.sip.transport import Listen, SipService
+from sipbridge.server.sip.user_agent import IncomingCall, SipUserAgent
 from sipbridge.sip.digest import DigestServer
 
 ANSWER_SDP = (

@@ -356,7 +356,7 @@ TABLE_COLUMNS = {
 
 async def _load_calls(db: str) -> tuple[list[bytes], list[bytes]]:
     """The call records and the transfer records."""
-    from sipbridge.server.call_log import KIND, TRANSFER_KIND  # noqa: PLC0415
+    from sipbridge.server.state.call_log import KIND, TRANSFER_KIND  # noqa: PLC0415
     from sipbridge.store import SQLiteStore  # noqa: PLC0415
 
     store = SQLiteStore(db)

@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from sipbridge.server.sip_transport import SipService, tls_context
+from sipbridge.server.sip.transport import SipService, tls_context
 from tests.harness import eventually, run
 from tests.helpers import free_port
 from tests.sip_app import AnsweringApp, running_app

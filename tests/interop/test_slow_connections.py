@@ -22,7 +22,7 @@ from tests.helpers import ServerProcess, free_port
 
 SOURCES = [f"127.0.0.{n}" for n in range(2, 12)]  # ten addresses of our own loopback
 PER_SOURCE = 200
-MESSAGE_TIMEOUT_S = 10.0  # server/sip_transport.py
+MESSAGE_TIMEOUT_S = 10.0  # server/sip/transport.py
 HTTP_IDLE_TIMEOUT_S = 15.0  # server/app.py
 
 

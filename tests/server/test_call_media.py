@@ -37,9 +37,9 @@ from sipbridge.media.rtp import (
 )
 from sipbridge.media.session import MIN_SEQUENTIAL, ntp_timestamp
 from sipbridge.media.srtp import SrtpContext, SrtpKeys
-from sipbridge.server.call_media import CallMedia, PcmPlayer
-from sipbridge.server.media_ports import READ_SIZE, MediaSocket, PortPool
-from sipbridge.server.media_service import MEDIA_TIMEOUT_INITIAL_S, MEDIA_TIMEOUT_S, MediaService
+from sipbridge.server.media.leg_driver import CallMedia, PcmPlayer
+from sipbridge.server.media.ports import READ_SIZE, MediaSocket, PortPool
+from sipbridge.server.media.service import MEDIA_TIMEOUT_INITIAL_S, MEDIA_TIMEOUT_S, MediaService
 from sipbridge.sip.errors import SipProtocolError
 from sipbridge.telephony.media import Encryption, MediaPolicy, sdp_codec
 from sipbridge.telephony.sdes import accept_answer, answer_crypto, keys_from_crypto, offer_crypto

@@ -1,8 +1,8 @@
-"""`SessionTimerDriver` (server/session_timers.py) on a real `SipCall` over loopback UDP, against
-the raw caller of test_session_refresh.py, with intervals of a few seconds: the refresh goes out
-at half the interval with the module's headers, its 200 schedules the next, a 481 or no answer
-at all ends the call with BYE and `on_expired`; as refreshee, the caller's UPDATE pushes our BYE
-back by an interval. The roles themselves are tested with fake time in
+"""`SessionTimerDriver` (server/sip/session_timers.py) on a real `SipCall` over loopback UDP,
+against the raw caller of test_session_refresh.py, with intervals of a few seconds: the refresh
+goes out at half the interval with the module's headers, its 200 schedules the next, a 481 or no
+answer at all ends the call with BYE and `on_expired`; as refreshee, the caller's UPDATE pushes
+our BYE back by an interval. The roles themselves are tested with fake time in
 tests/sip/test_session_timer.py; this is the asyncio glue."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-from sipbridge.server.session_timers import SessionTimerDriver
-from sipbridge.server.sip_ua import SipCall
+from sipbridge.server.sip.session_timers import SessionTimerDriver
+from sipbridge.server.sip.user_agent import SipCall
 from sipbridge.sip.message import Request, make_response
 from sipbridge.sip.ua.session_timer import SessionTimer
 from tests.server.test_session_refresh import SDP, Caller, answered_call

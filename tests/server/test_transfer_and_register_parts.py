@@ -10,7 +10,8 @@ import pytest
 from livekit.protocol import sip as proto
 
 from sipbridge.errors import ApiError
-from sipbridge.server import registrations, transfers
+from sipbridge.server.calls import transfers
+from sipbridge.server.sip import registrations
 from sipbridge.sip.message import parse_message
 
 

@@ -23,7 +23,7 @@ from aiortc.mediastreams import MediaStreamError
 from sipbridge import sdp
 from sipbridge.media import codecs
 from sipbridge.media.session import MIN_SEQUENTIAL
-from sipbridge.server.call_media import Timeline
+from sipbridge.server.media.leg_driver import Timeline
 from sipbridge.server.rtc import audio, peer
 from sipbridge.server.rtc.aiortc_patches import PromptAudioBuffer
 from sipbridge.telephony.media import MediaPolicy

@@ -3,7 +3,7 @@
 `sdp/` knows nothing of SIP, so it cannot say which response to send. `SdpError.kind` tells
 the two refusals apart - the text is not SDP (RFC 4566), or it is SDP we cannot accept
 (RFC 3264) - and the signalling layer picks the status: the SIP server answers 488 Not
-Acceptable Here for both (`server/media_service.py`), the status RFC 3261 s21.4.26 gives to a
+Acceptable Here for both (`server/media/service.py`), the status RFC 3261 s21.4.26 gives to a
 session description that cannot be accepted here.
 """
 

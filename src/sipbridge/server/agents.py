@@ -27,10 +27,10 @@ from livekit.protocol import agent_dispatch as dispatch_proto
 from sipbridge import ids
 from sipbridge.errors import ApiError
 from sipbridge.rooms import events as ev
-from sipbridge.server.auth import Claims, bearer_token, sign_token, verify_token
-from sipbridge.server.rooms_runtime import RoomsRuntime
+from sipbridge.server.api.auth import Claims, bearer_token, sign_token, verify_token
+from sipbridge.server.api.twirp import TwirpServer
 from sipbridge.server.server_info import server_info
-from sipbridge.server.twirp import TwirpServer
+from sipbridge.server.state.rooms_runtime import RoomsRuntime
 
 log = logging.getLogger(__name__)
 

@@ -19,17 +19,18 @@ from aiohttp import web
 from sipbridge import __version__
 from sipbridge.config import Settings
 from sipbridge.rooms import RoomRegistry
-from sipbridge.server import metrics
 from sipbridge.server.agents import AgentService
-from sipbridge.server.call_log import CallLog
-from sipbridge.server.call_runner import CallServices
-from sipbridge.server.inbound import InboundCalls
-from sipbridge.server.inbound_auth import TrunkAuth
-from sipbridge.server.media_service import MediaService
-from sipbridge.server.outbound import OutboundCalls
-from sipbridge.server.registrations import Registrations
-from sipbridge.server.room_api import RoomApi
-from sipbridge.server.rooms_runtime import RoomsRuntime, wall_clock
+from sipbridge.server.api import metrics
+from sipbridge.server.api.room_api import RoomApi
+from sipbridge.server.api.sip_api import SipApi
+from sipbridge.server.api.twirp import PREFIX, TwirpServer
+from sipbridge.server.api.webhooks import RetryPolicy, WebhookNotifier
+from sipbridge.server.calls.inbound import InboundCalls
+from sipbridge.server.calls.inbound_auth import TrunkAuth
+from sipbridge.server.calls.outbound import OutboundCalls
+from sipbridge.server.calls.runner import CallServices
+from sipbridge.server.calls.transfers import Transfers
+from sipbridge.server.media.service import MediaService
 from sipbridge.server.rtc.aiortc_patches import (
     bind_ice_ports,
     deliver_audio_promptly,
@@ -37,13 +38,12 @@ from sipbridge.server.rtc.aiortc_patches import (
     use_waveform_opus,
 )
 from sipbridge.server.rtc.signal import SignalServer
-from sipbridge.server.sip_api import SipApi
-from sipbridge.server.sip_config import SipConfig
-from sipbridge.server.sip_transport import Listen, SipService, tls_context
-from sipbridge.server.sip_ua import SipUserAgent
-from sipbridge.server.transfers import Transfers
-from sipbridge.server.twirp import PREFIX, TwirpServer
-from sipbridge.server.webhooks import RetryPolicy, WebhookNotifier
+from sipbridge.server.sip.registrations import Registrations
+from sipbridge.server.sip.transport import Listen, SipService, tls_context
+from sipbridge.server.sip.user_agent import SipUserAgent
+from sipbridge.server.state.call_log import CallLog
+from sipbridge.server.state.rooms_runtime import RoomsRuntime, wall_clock
+from sipbridge.server.state.trunk_cache import SipConfig
 from sipbridge.sip.admission import Admission
 from sipbridge.sip.digest import DigestServer
 from sipbridge.store import SQLiteStore

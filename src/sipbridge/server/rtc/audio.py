@@ -21,7 +21,15 @@ from aiortc.mediastreams import MediaStreamError
 
 from sipbridge.media import codecs
 from sipbridge.media.rtp import RtpPacket
-from sipbridge.server.call_media import FRAME_MS, G711, AudioLeg, CallMedia, Pcm, PcmFifo, Timeline
+from sipbridge.server.media.leg_driver import (
+    FRAME_MS,
+    G711,
+    AudioLeg,
+    CallMedia,
+    Pcm,
+    PcmFifo,
+    Timeline,
+)
 
 RATE = 48000
 FRAME = RATE * FRAME_MS // 1000

@@ -11,8 +11,8 @@ from livekit.protocol import models
 
 from sipbridge.errors import ApiError
 from sipbridge.rooms import events as ev
-from sipbridge.server.rooms_runtime import RoomsRuntime
 from sipbridge.server.rtc.session import Session, in_room
+from sipbridge.server.state.rooms_runtime import RoomsRuntime
 
 MAX_DATA_PACKET = 64 * 1024
 

@@ -17,7 +17,7 @@ from google.protobuf.message import DecodeError
 from livekit.protocol import models, rtc
 
 from sipbridge.errors import ApiError
-from sipbridge.server.auth import Claims, bearer_token, verify_token
+from sipbridge.server.api.auth import Claims, bearer_token, verify_token
 
 MAX_JOIN_REQUEST = 256 * 1024
 Kind = models.ParticipantInfo.Kind

@@ -34,7 +34,7 @@ from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import candidate_from_sdp
 
 from sipbridge.media import codecs
-from sipbridge.server.call_media import G711, AudioLeg
+from sipbridge.server.media.leg_driver import G711, AudioLeg
 from sipbridge.server.rtc.audio import OutgoingAudio, Publication, Subscription
 
 MAX_LOSSY_BUFFERED = 256 * 1024

@@ -17,12 +17,12 @@ from collections.abc import Callable, Mapping
 from livekit.protocol import models, rtc
 
 from sipbridge.errors import ApiError
-from sipbridge.server.call_media import AudioLeg
-from sipbridge.server.media_service import MediaService
-from sipbridge.server.rooms_runtime import RoomsRuntime
+from sipbridge.server.media.leg_driver import AudioLeg
+from sipbridge.server.media.service import MediaService
 from sipbridge.server.rtc.audio import Publication
 from sipbridge.server.rtc.peer import RtcPeer
 from sipbridge.server.rtc.session import Session, in_room, leave_message
+from sipbridge.server.state.rooms_runtime import RoomsRuntime
 
 log = logging.getLogger(__name__)
 

@@ -19,14 +19,14 @@ from livekit.protocol import models, rtc
 
 from sipbridge.errors import ApiError
 from sipbridge.rooms import events as ev
-from sipbridge.server.auth import Claims
-from sipbridge.server.media_service import MediaService
-from sipbridge.server.rooms_runtime import RoomsRuntime
+from sipbridge.server.api.auth import Claims
+from sipbridge.server.media.service import MediaService
 from sipbridge.server.rtc.data_packets import DataPackets
 from sipbridge.server.rtc.join import authorize, participant_kind, permission_from
 from sipbridge.server.rtc.session import Session, in_room, leave_message
 from sipbridge.server.rtc.session_media import SessionMedia
 from sipbridge.server.server_info import LIVEKIT_VERSION, server_info
+from sipbridge.server.state.rooms_runtime import RoomsRuntime
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Like `sip/` below it, nothing here does I/O or reads a clock: time is an argument, every timer a
 deadline (`get_timer()`, `handle_timer(now)`), and what happened comes out as frozen events.
-`server/` drives these objects from its event loop (`server/sip_ua.py`).
+`server/` drives these objects from its event loop (`server/sip/user_agent.py`).
 
 - `agent`: the user agent core - endpoint events dispatched to INVITE sessions, OPTIONS answered,
   481/405 outside dialogs, one deadline for all sessions.

@@ -10,7 +10,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from sipbridge.server.sip_ua import SipCall
+from sipbridge.server.sip.user_agent import SipCall
 from sipbridge.sip.message import Request, Response
 from sipbridge.sip.ua.session_timer import RefreshDue, SessionTimer
 

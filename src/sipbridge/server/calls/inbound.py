@@ -8,8 +8,8 @@ attribute, status `ringing`), 180 every second while waiting; 200 once someone s
 caller's audio or another SIP participant is in the room; `active` after the ACK; `hangup` and
 removal on BYE; RemoveParticipant/DeleteRoom send BYE; ringing timeout answers 486 (or the
 trunk's `ringing_timeout_status`); `max_call_duration` hangs up. What a call does once it is in
-its room, and its end, are `CallRunner`'s (server/call_runner.py), shared with outbound calls;
-PIN rooms are `PinEntry`'s (server/pin_entry.py).
+its room, and its end, are `CallRunner`'s (server/calls/runner.py), shared with outbound calls;
+PIN rooms are `PinEntry`'s (server/calls/pin_entry.py).
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ from livekit.protocol import sip as proto
 from sipbridge import ids, sdp
 from sipbridge.errors import ApiError
 from sipbridge.rooms import events as ev
-from sipbridge.server.call_runner import CallRunner, CallServices, LiveCall
-from sipbridge.server.inbound_auth import TrunkAuth
-from sipbridge.server.pin_entry import PinEntry
-from sipbridge.server.session_timers import SessionTimerDriver
-from sipbridge.server.sip_ua import IncomingCall
+from sipbridge.server.calls.inbound_auth import TrunkAuth
+from sipbridge.server.calls.pin_entry import PinEntry
+from sipbridge.server.calls.runner import CallRunner, CallServices, LiveCall
+from sipbridge.server.sip.session_timers import SessionTimerDriver
+from sipbridge.server.sip.user_agent import IncomingCall
 from sipbridge.sip.digest import DigestServer
 from sipbridge.sip.errors import SipProtocolError
 from sipbridge.sip.message import Request

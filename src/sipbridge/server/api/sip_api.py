@@ -8,9 +8,9 @@ from google.protobuf.message import Message
 from livekit.protocol import sip as proto
 
 from sipbridge.errors import ApiError, invalid_argument
-from sipbridge.server.auth import Claims
-from sipbridge.server.sip_config import SipConfig
-from sipbridge.server.twirp import Encoded, TwirpServer, not_implemented_yet, repeated_field
+from sipbridge.server.api.auth import Claims
+from sipbridge.server.api.twirp import Encoded, TwirpServer, not_implemented_yet, repeated_field
+from sipbridge.server.state.trunk_cache import SipConfig
 from sipbridge.telephony.rules import apply_rule_update, rule_from_create
 from sipbridge.telephony.trunks import (
     apply_inbound_update,

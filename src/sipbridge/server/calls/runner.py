@@ -26,13 +26,13 @@ from sipbridge.errors import ApiError
 from sipbridge.media.dtmf import digit_code
 from sipbridge.rooms import Participant, Room
 from sipbridge.rooms import events as ev
-from sipbridge.server.call_log import CallLog
-from sipbridge.server.call_media import CallMedia
-from sipbridge.server.media_service import MediaService
-from sipbridge.server.rooms_runtime import RoomsRuntime
-from sipbridge.server.session_timers import SessionTimerDriver
-from sipbridge.server.sip_config import SipConfig
-from sipbridge.server.sip_ua import SipCall
+from sipbridge.server.media.leg_driver import CallMedia
+from sipbridge.server.media.service import MediaService
+from sipbridge.server.sip.session_timers import SessionTimerDriver
+from sipbridge.server.sip.user_agent import SipCall
+from sipbridge.server.state.call_log import CallLog
+from sipbridge.server.state.rooms_runtime import RoomsRuntime
+from sipbridge.server.state.trunk_cache import SipConfig
 from sipbridge.sip.message import Request
 from sipbridge.sip.ua.session_timer import RFC_MIN_SE
 from sipbridge.telephony.call import (

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from livekit.protocol import sip as proto
 
-from sipbridge.server.sip_ua import IncomingCall
+from sipbridge.server.sip.user_agent import IncomingCall
 from sipbridge.sip.digest import AuthOutcome, DigestServer
 from sipbridge.telephony.auth_guard import AuthGuard
 

@@ -8,9 +8,9 @@ from livekit.protocol import models
 from livekit.protocol import room as proto
 
 from sipbridge.errors import ApiError, invalid_argument
-from sipbridge.server.auth import Claims
-from sipbridge.server.rooms_runtime import RoomsRuntime
-from sipbridge.server.twirp import TwirpServer, not_implemented_yet
+from sipbridge.server.api.auth import Claims
+from sipbridge.server.api.twirp import TwirpServer, not_implemented_yet
+from sipbridge.server.state.rooms_runtime import RoomsRuntime
 
 SERVICE = "livekit.RoomService"
 DisconnectReason = models.DisconnectReason

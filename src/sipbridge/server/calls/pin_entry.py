@@ -15,14 +15,14 @@ from numpy.typing import NDArray
 from sipbridge import ids
 from sipbridge.media import codecs
 from sipbridge.media.prompts import PROMPT_RATE, load_prompt
-from sipbridge.server.call_media import CallMedia, PcmPlayer
+from sipbridge.server.media.leg_driver import CallMedia, PcmPlayer
 from sipbridge.sip.errors import SipProtocolError
 from sipbridge.telephony.call import Call, CallInput, CallState, Direction
 from sipbridge.telephony.inbound import select_rule
 from sipbridge.telephony.media import media_policy
 
 if TYPE_CHECKING:
-    from sipbridge.server.inbound import InboundCalls, InboundCallState
+    from sipbridge.server.calls.inbound import InboundCalls, InboundCallState
 
 log = logging.getLogger(__name__)
 

@@ -27,11 +27,11 @@ from sipbridge.errors import ApiError
 from sipbridge.media.dtmf import DIGITS
 from sipbridge.media.tones import RINGBACK_ETSI
 from sipbridge.rooms import Participant
-from sipbridge.server.auth import Claims
-from sipbridge.server.call_media import CallMedia
-from sipbridge.server.call_runner import CallRunner, CallServices, LiveCall
-from sipbridge.server.session_timers import SessionTimerDriver
-from sipbridge.server.sip_ua import OutgoingCall, SipUserAgent
+from sipbridge.server.api.auth import Claims
+from sipbridge.server.calls.runner import CallRunner, CallServices, LiveCall
+from sipbridge.server.media.leg_driver import CallMedia
+from sipbridge.server.sip.session_timers import SessionTimerDriver
+from sipbridge.server.sip.user_agent import OutgoingCall, SipUserAgent
 from sipbridge.sip.digest import DigestClient
 from sipbridge.sip.endpoint import Peer
 from sipbridge.sip.errors import SipProtocolError

@@ -21,7 +21,7 @@ from livekit.protocol import models
 from livekit.protocol.webhook import WebhookEvent
 
 from sipbridge import ids
-from sipbridge.server.auth import body_sha256, sign_token
+from sipbridge.server.api.auth import body_sha256, sign_token
 
 log = logging.getLogger(__name__)
 

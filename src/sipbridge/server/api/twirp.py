@@ -21,7 +21,7 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 
 from sipbridge.errors import ApiError
-from sipbridge.server.auth import Claims, bearer_token, verify_token
+from sipbridge.server.api.auth import Claims, bearer_token, verify_token
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ from functools import partial
 
 from livekit.protocol import sip as proto
 
-from sipbridge.server.sip_config import SipConfig
-from sipbridge.server.sip_ua import SipUserAgent
+from sipbridge.server.sip.user_agent import SipUserAgent
+from sipbridge.server.state.trunk_cache import SipConfig
 from sipbridge.sip.digest import DigestClient
 from sipbridge.sip.endpoint import Peer
 from sipbridge.sip.headers import Address

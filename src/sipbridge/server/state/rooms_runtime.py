@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from sipbridge.rooms import RoomRegistry
 from sipbridge.rooms import events as ev
-from sipbridge.server.webhooks import WebhookNotifier
+from sipbridge.server.api.webhooks import WebhookNotifier
 
 log = logging.getLogger(__name__)
 

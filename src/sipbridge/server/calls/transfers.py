@@ -23,11 +23,11 @@ from livekit.protocol import sip as proto
 from sipbridge import ids
 from sipbridge.errors import ApiError, invalid_argument, not_found
 from sipbridge.media.tones import RINGBACK_ETSI, ToneGenerator
-from sipbridge.server.auth import Claims
-from sipbridge.server.call_log import CallLog
-from sipbridge.server.call_media import CallMedia, Pcm, Player
-from sipbridge.server.rooms_runtime import RoomsRuntime
-from sipbridge.server.sip_ua import SipCall
+from sipbridge.server.api.auth import Claims
+from sipbridge.server.media.leg_driver import CallMedia, Pcm, Player
+from sipbridge.server.sip.user_agent import SipCall
+from sipbridge.server.state.call_log import CallLog
+from sipbridge.server.state.rooms_runtime import RoomsRuntime
 from sipbridge.sip.errors import SipProtocolError
 from sipbridge.sip.message import Request
 from sipbridge.sip.ua.refer import (

@@ -23,8 +23,8 @@ from sipbridge.media import codecs
 from sipbridge.media.errors import MediaError
 from sipbridge.media.leg import MEDIA_TIMEOUT_INITIAL_S, MEDIA_TIMEOUT_S
 from sipbridge.media.srtp import SUITES, SrtpContext, SrtpKeys
-from sipbridge.server.call_media import FRAME_MS, AudioLeg, CallMedia, MediaClock, RoomAudio
-from sipbridge.server.media_ports import PortPool
+from sipbridge.server.media.leg_driver import FRAME_MS, AudioLeg, CallMedia, MediaClock, RoomAudio
+from sipbridge.server.media.ports import PortPool
 from sipbridge.sip.errors import SipProtocolError
 from sipbridge.telephony.media import MediaPolicy, spec_for
 from sipbridge.telephony.sdes import (

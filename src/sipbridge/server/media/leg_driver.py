@@ -33,7 +33,7 @@ from sipbridge.media.players import FRAME_MS, Pcm, PcmFifo, PcmPlayer, Player
 from sipbridge.media.room_audio import G711, AudioLeg, RoomAudio, can_forward
 from sipbridge.media.srtp import SrtpContext, SrtpKeys
 from sipbridge.media.timeline import TIMESTAMP_MOD, Timeline
-from sipbridge.server.media_ports import MediaSocket, PortPool
+from sipbridge.server.media.ports import MediaSocket, PortPool
 
 __all__ = [
     "COMFORT_NOISE_PT",

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Generic, TypeVar, cast
 
-from sipbridge.server.sip_transport import SipService
+from sipbridge.server.sip.transport import SipService
 from sipbridge.sip.dialog import AnswerRetransmitter, Dialog
 from sipbridge.sip.digest import DigestClient
 from sipbridge.sip.endpoint import EndpointEvent, Peer

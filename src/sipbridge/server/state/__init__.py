@@ -1,0 +1,2 @@
+"""What the server keeps: the rooms' runtime, the call log, the cache of trunks and dispatch
+rules."""
