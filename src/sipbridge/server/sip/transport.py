@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
+from sipbridge.server.deadline import DeadlineTimer
 from sipbridge.sip.admission import Admission
 from sipbridge.sip.endpoint import EndpointEvent, EndpointSettings, Peer, SipEndpoint
 from sipbridge.sip.errors import SipProtocolError
@@ -193,8 +194,7 @@ class SipService:
         self.connection_ids = itertools.count(1)
         self._udp: dict[tuple[str, int], asyncio.DatagramTransport] = {}
         self._servers: list[asyncio.Server] = []
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
+        self._timer = DeadlineTimer(self.now, self._on_timer)  # the transactions' deadlines
         self._loop: asyncio.AbstractEventLoop | None = None
         self._clock = clock
         self.bound: list[Listen] = []
@@ -242,8 +242,7 @@ class SipService:
         return self.bound[0].port if self.bound else 0
 
     async def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+        self._timer.cancel()
         for transport in self._udp.values():
             transport.close()
         for server in self._servers:
@@ -372,20 +371,9 @@ class SipService:
         self._flush()
 
     def _arm_timer(self) -> None:
-        deadline = self.endpoint.get_timer()
-        if deadline == self._timer_at:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._timer_at = deadline
-        if deadline is not None and self._loop is not None:
-            delay = max(0.0, deadline - self.now())
-            self._timer = self._loop.call_at(self._loop.time() + delay, self._on_timer)
+        self._timer.arm(self.endpoint.get_timer())
 
     def _on_timer(self) -> None:
-        self._timer = None
-        self._timer_at = None
         self.endpoint.handle_timer(self.now())
         self._flush()
 

@@ -8,11 +8,11 @@ agent's next deadline. `IncomingCall` and `OutgoingCall` are the runners' handle
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Generic, TypeVar, cast
 
+from sipbridge.server.deadline import DeadlineTimer
 from sipbridge.server.sip.transport import SipService
 from sipbridge.sip.dialog import AnswerRetransmitter, Dialog
 from sipbridge.sip.digest import DigestClient
@@ -215,8 +215,7 @@ class SipUserAgent:
         self.standalone: dict[int, Callable[[Response | None], None]] = {}
         self._service: SipService | None = None
         self._agent: UserAgent | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
+        self._timer = DeadlineTimer(self.now, self._fire)  # the agent's next deadline
 
     @property
     def service(self) -> SipService:
@@ -283,19 +282,9 @@ class SipUserAgent:
         self._arm()
 
     def _arm(self) -> None:
-        deadline = self.agent.get_timer()
-        if deadline == self._timer_at:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._timer_at = deadline
-        if deadline is not None:
-            loop = asyncio.get_running_loop()
-            self._timer = loop.call_at(loop.time() + max(0.0, deadline - self.now()), self._fire)
+        self._timer.arm(self.agent.get_timer())
 
     def _fire(self) -> None:
-        self._timer = self._timer_at = None
         self.agent.handle_timer(self.now())
         self.after_application()
 

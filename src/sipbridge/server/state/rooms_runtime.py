@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -10,6 +9,7 @@ from collections.abc import Callable
 from sipbridge.rooms import RoomRegistry
 from sipbridge.rooms import events as ev
 from sipbridge.server.api.webhooks import WebhookNotifier
+from sipbridge.server.deadline import DeadlineTimer
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +26,7 @@ class RoomsRuntime:
         self.notifier = notifier
         self.clock = clock
         self.listeners: list[Listener] = []
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
+        self._timer = DeadlineTimer(clock, self._on_timer)  # the rooms' closing deadlines
 
     def now(self) -> float:
         return self.clock()
@@ -43,28 +42,14 @@ class RoomsRuntime:
         self._arm_timer()
 
     def _arm_timer(self) -> None:
-        deadline = self.registry.next_deadline()
-        if deadline == self._timer_at:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._timer_at = deadline
-        if deadline is not None:
-            loop = asyncio.get_running_loop()
-            delay = max(0.0, deadline - self.clock())
-            self._timer = loop.call_at(loop.time() + delay, self._on_timer)
+        self._timer.arm(self.registry.next_deadline())
 
     def _on_timer(self) -> None:
-        self._timer = None
-        self._timer_at = None
         self.registry.handle_timer(self.clock())
         self.commit()
 
     def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timer.cancel()
 
     def _webhook(self, event: ev.RoomEvent) -> None:
         notify = self.notifier.notify
