@@ -101,6 +101,12 @@ def _serve_parser(sub: Any) -> None:
         metavar="N",
         help="SIP participants in one room at once (0: no cap, the default)",
     )
+    p.add_argument(
+        "--room-join-rate",
+        type=int,
+        metavar="N",
+        help="calls joining one room per second, twice that at once; 0 for no cap (50)",
+    )
     p.add_argument("--config", metavar="FILE", help="YAML file with the same settings")
 
 
@@ -485,6 +491,7 @@ def _serve(args: argparse.Namespace) -> int:
             sip_rate=args.sip_rate,
             allow_from=args.allow_from,
             room_max_callers=args.room_max_callers,
+            room_join_rate=args.room_join_rate,
             config_file=args.config,
         )
     except ConfigError as exc:

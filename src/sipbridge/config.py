@@ -55,6 +55,7 @@ class Settings:
     sip_rate: int = 1000  # new INVITEs/REGISTERs per second from one address (burst: twice)
     allow_from: tuple[str, ...] = ()  # CIDRs whose requests are taken; () = every address
     room_max_callers: int = 0  # SIP participants in one room at once (0: no cap)
+    room_join_rate: int = 50  # calls joining one room per second, twice that at once (0: off)
 
     @property
     def media_address(self) -> str:
@@ -169,6 +170,7 @@ def _from_yaml(path: str) -> dict[str, Any]:
         "sip_rate",
         "allow_from",
         "room_max_callers",
+        "room_join_rate",
     }
     unknown = set(doc) - known
     if unknown:
@@ -220,6 +222,7 @@ def build_settings(
     sip_rate: int | None = None,
     allow_from: list[str] | None = None,
     room_max_callers: int | None = None,
+    room_join_rate: int | None = None,
     config_file: str | None = None,
     environ: Mapping[str, str] = os.environ,
 ) -> Settings:
@@ -339,6 +342,9 @@ def build_settings(
         room_max_callers=s.room_max_callers
         if room_max_callers is None and "room_max_callers" not in doc
         else _whole(doc, "room_max_callers", room_max_callers, 0, 1_000_000),
+        room_join_rate=s.room_join_rate
+        if room_join_rate is None and "room_join_rate" not in doc
+        else _whole(doc, "room_join_rate", room_join_rate, 0, 1_000_000),
     )
     raw_allow = allow_from if allow_from else doc.get("allow_from", [])
     items = raw_allow if isinstance(raw_allow, list) else [raw_allow]

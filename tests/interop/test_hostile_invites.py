@@ -464,3 +464,19 @@ async def test_a_room_takes_at_most_its_cap_of_callers(serve: ServerFactory) -> 
         assert status_of(refused[-1]) == 486, refused
         assert len(await sip_participants(lk, "small")) == 1
     assert await metric(server, 'sipbridge_inbound_total{outcome="room_full_of_callers"}') == 1
+
+
+async def test_calls_joining_one_room_are_paced(serve: ServerFactory) -> None:  # noqa: F811
+    """`--room-join-rate 1`: two calls may join at once (the burst), the third at once after
+    them is refused 486 - a flood into a room that holds a caller costs the room nothing."""
+    server = await serve("--room-join-rate", "1")
+    port = server.sip_port  # type: ignore[attr-defined]
+    async with client(server) as lk, udp_caller(port) as caller:
+        await ringing_room(lk, "paced")
+        finals = []
+        for number in ("+15550101", "+15550102", "+15550103"):
+            request = raw_invite(port).replace(CALLER.encode(), number.encode())
+            replies = await caller.responses(request, until=180)
+            finals.append(status_of(replies[-1]))
+        assert finals[:2] == [180, 180] and finals[2] == 486, finals
+    assert await metric(server, 'sipbridge_inbound_total{outcome="room_join_rate"}') == 1

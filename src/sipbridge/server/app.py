@@ -28,6 +28,7 @@ from sipbridge.server.api.webhooks import RetryPolicy, WebhookNotifier
 from sipbridge.server.calls.inbound import InboundCalls
 from sipbridge.server.calls.inbound_auth import TrunkAuth
 from sipbridge.server.calls.outbound import OutboundCalls
+from sipbridge.server.calls.room_limits import RoomLimits
 from sipbridge.server.calls.runner import CallServices
 from sipbridge.server.calls.transfers import Transfers
 from sipbridge.server.media.service import MediaService
@@ -90,7 +91,7 @@ class Server:
             max_calls=settings.max_calls,
             calls_in_progress=self.calls_in_progress,
             session_min_se=settings.session_min_se,
-            room_max_callers=settings.room_max_callers,
+            room_limits=RoomLimits(settings.room_max_callers, float(settings.room_join_rate)),
         )
         guard = AuthGuard(max_failures=settings.auth_max_failures, block=float(settings.auth_block))
         digest = DigestServer(secrets.token_bytes(32))

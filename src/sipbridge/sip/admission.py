@@ -34,9 +34,30 @@ class Verdict(enum.Enum):
 
 
 @dataclass(slots=True)
-class _Bucket:
+class TokenBucket:
+    """`rate` tokens a second up to `burst`; `take` spends one when there is one. Below zero
+    (`spend`) is debt, repaid by the refill."""
+
+    rate: float
+    burst: float
     tokens: float
     at: float
+
+    @classmethod
+    def full(cls, rate: float, burst: float, now: float) -> TokenBucket:
+        return cls(rate=rate, burst=burst, tokens=burst, at=now)
+
+    def refill(self, now: float) -> None:
+        elapsed = max(0.0, now - self.at)
+        self.tokens = min(self.burst, self.tokens + elapsed * self.rate)
+        self.at = max(self.at, now)
+
+    def take(self, now: float) -> bool:
+        self.refill(now)
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
 
 
 class Admission:
@@ -56,7 +77,7 @@ class Admission:
         self.drop_after = drop_after
         self.capacity = capacity
         self.allow_from = tuple(allow_from)
-        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._buckets)
@@ -79,16 +100,12 @@ class Admission:
             return Verdict.ADMIT
         bucket = self._buckets.get(source)
         if bucket is None:
-            bucket = self._buckets[source] = _Bucket(tokens=self.burst, at=now)
+            bucket = self._buckets[source] = TokenBucket.full(self.rate, self.burst, now)
             while len(self._buckets) > self.capacity:
                 self._buckets.popitem(last=False)  # the least recently seen
         else:
             self._buckets.move_to_end(source)
-            elapsed = max(0.0, now - bucket.at)
-            bucket.tokens = min(self.burst, bucket.tokens + elapsed * self.rate)
-            bucket.at = now
-        if bucket.tokens >= 1:
-            bucket.tokens -= 1
+        if bucket.take(now):
             return Verdict.ADMIT
         if bucket.tokens > -self.drop_after:
             bucket.tokens -= 1

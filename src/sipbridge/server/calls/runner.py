@@ -26,6 +26,7 @@ from sipbridge.errors import ApiError
 from sipbridge.media.dtmf import digit_code
 from sipbridge.rooms import Participant, Room
 from sipbridge.rooms import events as ev
+from sipbridge.server.calls.room_limits import RoomLimits
 from sipbridge.server.media.leg_driver import CallMedia
 from sipbridge.server.media.service import MediaService
 from sipbridge.server.sip.session_timers import SessionTimerDriver
@@ -92,7 +93,7 @@ class CallServices:
     max_calls: int  # the one limit, over every call of both directions
     calls_in_progress: Callable[[], int] | None = None  # (alone: a runner counts its own)
     session_min_se: int = RFC_MIN_SE
-    room_max_callers: int = 0  # SIP participants in one room at once (0: no cap)
+    room_limits: RoomLimits = field(default_factory=RoomLimits)  # callers, joins per second
 
 
 C = TypeVar("C", bound=LiveCall)
@@ -162,17 +163,13 @@ class CallRunner(Generic[C]):
         """The call's participant (kind SIP, up as it joins: its media is the call's) in
         `state.room`, created if need be, with the phone's audio track; the caller commits."""
         registry, now = self.rooms.registry, self.rooms.now()
-        cap = self.services.room_max_callers
-        existing = registry.find(state.room)
-        if cap and existing is not None:
-            callers = sum(
-                1
-                for p in existing.participants.values()
-                if p.kind == models.ParticipantInfo.Kind.SIP and p.identity != state.identity
+        limits = self.services.room_limits
+        refused = limits.refuse(state.room, registry.find(state.room), state.identity, self.now())
+        if refused is not None:
+            self._count(refused)
+            raise ApiError(
+                "resource_exhausted", f"room {state.room!r}: {refused.replace('_', ' ')}"
             )
-            if callers >= cap:
-                self._count("room_full_of_callers")
-                raise ApiError("resource_exhausted", f"room {state.room!r} has {cap} callers")
         room, _ = registry.create(state.room, now, **(room_options or {}))
         participant = registry.join(
             state.room,
