@@ -1030,7 +1030,8 @@ def orchestrate(args: argparse.Namespace) -> int:
     server = ServerProcess(
         tmp,
         *("--sip", f"127.0.0.1:{sip_port}", "--rtp-ports", rtp_range),
-        *("--max-calls", "100000", "--sip-rate", "1000000", "--log-level", "warning"),
+        *("--max-calls", "100000", "--sip-rate", "1000000", "--room-join-rate", "0"),
+        *("--log-level", "warning"),
     )
     steps: list[dict[str, object]] = []
     baseline: dict[str, object] = {}
