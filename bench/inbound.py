@@ -679,7 +679,15 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench-inbound-"))
     sip_port = free_sip_port()
     server = ServerProcess(
-        tmp, "--sip", f"127.0.0.1:{sip_port}", "--max-calls", "100000", "--sip-rate", "1000000"
+        tmp,
+        "--sip",
+        f"127.0.0.1:{sip_port}",
+        "--max-calls",
+        "100000",
+        "--sip-rate",
+        "1000000",
+        "--room-join-rate",
+        "0",
     )
     try:
         server.start()
