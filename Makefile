@@ -16,9 +16,18 @@ CORE_TESTS := $(wildcard $(addprefix tests/,$(CORE_PACKAGES)))
 COVERAGE_MIN := 95
 # What `make check` runs: every test that needs no `sipbridge serve` process nor peer.
 CHECK_TESTS := tests/test_layers.py $(CORE_TESTS) $(wildcard tests/rooms tests/store tests/server) \
-	tests/test_config.py
+	tests/test_config.py tests/test_fuzz_corpus.py
+# Fuzzing (fuzz/README.md): `make fuzz` runs every target FUZZ_SECONDS, keeping what it learns in
+# fuzz/work/; `make fuzz-smoke` (part of `make test`) FUZZ_SMOKE_RUNS inputs each from seed
+# FUZZ_SEED, with FUZZ_SMOKE_SECONDS as a cap. FUZZ_TARGETS picks targets (all by default).
+FUZZ_SECONDS ?= 300
+FUZZ_SMOKE_RUNS ?= 4000
+FUZZ_SMOKE_SECONDS ?= 6
+FUZZ_SEED ?= 1
+FUZZ_TARGETS ?=
 
-.PHONY: serve test check install system-deps lint typecheck coverage-core unit bench clean
+.PHONY: serve test check install system-deps lint typecheck coverage-core unit bench clean \
+	fuzz fuzz-smoke
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,8 +52,8 @@ system-deps:
 	fi
 
 lint: install
-	$(BIN)/ruff check src tests bench examples
-	$(BIN)/ruff format --check src tests bench examples
+	$(BIN)/ruff check src tests bench examples fuzz
+	$(BIN)/ruff format --check src tests bench examples fuzz
 
 typecheck: install
 	$(BIN)/mypy
@@ -69,7 +78,14 @@ unit: coverage-core
 	$(BIN)/pytest --cov=sipbridge --cov-branch --cov-append --cov-report=term \
 		$(addprefix --ignore=,$(CORE_TESTS)) $(PYTEST_ARGS)
 
-test: system-deps install lint typecheck unit
+test: system-deps install lint typecheck unit fuzz-smoke
+
+fuzz: install
+	$(BIN)/python -m fuzz.run --keep --seconds $(FUZZ_SECONDS) --seed 0 $(FUZZ_TARGETS)
+
+fuzz-smoke: install
+	$(BIN)/python -m fuzz.run --runs $(FUZZ_SMOKE_RUNS) --seconds $(FUZZ_SMOKE_SECONDS) \
+		--seed $(FUZZ_SEED) $(FUZZ_TARGETS)
 
 bench: install
 	$(BIN)/python bench/api.py
