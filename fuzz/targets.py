@@ -48,6 +48,7 @@ from sipbridge.sdp import (
 from sipbridge.sip import dialog as sip_dialog
 from sipbridge.sip import endpoint as sip_endpoint
 from sipbridge.sip import transaction as sip_transaction
+from sipbridge.sip.admission import Admission
 from sipbridge.sip.digest import (
     DigestChallenge,
     DigestCredentials,
@@ -496,11 +497,12 @@ def _answer_as_application(
 
 
 def endpoint(data: bytes) -> None:
-    """`SipEndpoint.receive` of each datagram (cut at DATAGRAM_SEPARATOR), every request
-    answered by a stand-in application, then every timer: nothing may raise, whatever came,
-    everything sent parses, and the timers settle."""
+    """`SipEndpoint.receive` of each datagram (cut at DATAGRAM_SEPARATOR) behind per-source
+    admission limits, every request answered by a stand-in application, then every timer:
+    nothing may raise, whatever came, everything sent parses, and the timers settle."""
     with deterministic_tags():
-        sip = SipEndpoint()
+        # Tight admission limits, so that a few INVITEs or REGISTERs reach 503 and then silence.
+        sip = SipEndpoint(admission=Admission(rate=1.0, burst=3.0, drop_after=2))
         mode = len(data) % 4  # what the application answers: 200, 180, 486 or nothing
         now = 0.0
         for datagram in datagrams(data):
