@@ -359,12 +359,8 @@ def digest(data: bytes) -> None:
     except SipProtocolError:
         pass
     else:
-        try:
-            formatted = format_auth_header(header)
-        except ValueError:
-            pass  # a parameter value that has no quoted-string form (a raw CR or LF)
-        else:
-            assert parse_auth_header(formatted) == header, (header, formatted)
+        formatted = format_auth_header(header)  # what parses has a quoted-string form
+        assert parse_auth_header(formatted) == header, (header, formatted)
     try:
         challenge = DigestChallenge.parse(text)
     except SipProtocolError:
@@ -373,6 +369,9 @@ def digest(data: bytes) -> None:
         try:
             serialized = challenge.serialize()
         except ValueError:
+            # The parser reads a quoted qop list or algorithm that is not made of tokens
+            # (`qop="auth, a b"`), which serialize refuses to write: outside the s25.1 grammar
+            # either way, and never answered (DigestClient skips such challenges).
             pass
         else:
             assert DigestChallenge.parse(serialized) == challenge, (challenge, serialized)
@@ -384,6 +383,8 @@ def digest(data: bytes) -> None:
         try:
             serialized = credentials.serialize()
         except ValueError:
+            # The same for credentials (`qop="a b"`): DigestServer.verify refuses them (400,
+            # or a new challenge for an algorithm it did not offer).
             pass
         else:
             assert DigestCredentials.parse(serialized) == credentials, (credentials, serialized)
