@@ -147,6 +147,36 @@ def test_an_unparseable_request_with_core_headers_gets_400() -> None:
     assert endpoint.outgoing() == [] and endpoint.stats["malformed"] == 1
 
 
+def test_a_refusal_to_repeated_core_headers_is_a_message_we_can_parse() -> None:
+    """Found by fuzz/targets.py `endpoint`: a request with a version we do not speak (505) and
+    its 128 header lines all From, To, Call-ID and CSeq was answered with every one of them
+    echoed plus Server and Content-Length - 130 headers, past MAX_HEADERS, a response no parser
+    of ours would take. Single-valued headers are echoed once (message.py make_response)."""
+    repeated = [
+        f"{name}: {value}"
+        for _ in range(32)
+        for name, value in [
+            ("From", "<sip:alice@atlanta.com>;tag=1"),
+            ("To", "<sip:bob@biloxi.com>"),
+            ("Call-ID", "c1"),
+            ("CSeq", "1 OPTIONS"),
+        ]
+    ]
+    lines = ["OPTIONS sip:bob@198.51.100.1 SIP/3.0", "Via: SIP/2.0/UDP 192.0.2.10;branch=z9hG4bK1"]
+    data = ("\r\n".join(lines + repeated[:127]) + "\r\n\r\n").encode()
+    reply = refused(data)  # parses what was sent
+    assert reply.status == 505
+    assert [name for name, _ in reply.headers] == [
+        "Via",
+        "From",
+        "To",
+        "Call-ID",
+        "CSeq",
+        "Server",
+        "Content-Length",
+    ]
+
+
 @pytest.mark.parametrize(
     "data",
     [

@@ -615,6 +615,26 @@ def test_make_response_copies_every_via_in_order() -> None:
     assert reply.to.tag is None  # no tag was asked for
 
 
+def test_make_response_echoes_a_repeated_single_valued_header_once() -> None:
+    """From, To, Call-ID and CSeq are single-valued (s20): a request repeating them is refused
+    400 (RFC 4475 s3.1.2.18), and that refusal echoes the first of each, so it stays within
+    MAX_HEADERS and parses (fuzz/targets.py `endpoint` found a 505 to 128 such lines that had
+    130 headers)."""
+    repeated = [
+        line
+        for _ in range(MAX_HEADERS // 4)
+        for line in ("From: <sip:x@y>;tag=1", "To: <sip:z@y>", "Call-ID: c", "CSeq: 1 OPTIONS")
+    ]
+    core = len(request(options()).headers.items)
+    invite = request(options(*repeated[: MAX_HEADERS - core]))
+    assert len(invite.headers.items) == MAX_HEADERS
+    reply = make_response(invite, 400, to_tag="t")
+    assert [name for name, _ in reply.headers] == ["Via", "From", "To", "Call-ID", "CSeq"]
+    assert reply.headers.get("From") == "Alice <sip:alice@atlanta.com>;tag=1928301774"
+    assert reply.to.tag == "t"
+    assert response(reply.serialize()).call_id == "a84b4c76e66710"
+
+
 def test_make_response_keeps_an_existing_to_tag() -> None:
     bye = request(F5_BYE)
     ok = make_response(bye, 200, to_tag="other")

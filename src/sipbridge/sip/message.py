@@ -516,12 +516,20 @@ def _content_length(head: bytes) -> int | None:
 def make_response(
     request: Request, status: int, reason: str = "", *, to_tag: str | None = None
 ) -> Response:
-    """A response echoing Via, From, To, Call-ID and CSeq (RFC 3261 s8.2.6.2)."""
+    """A response echoing Via, From, To, Call-ID and CSeq (RFC 3261 s8.2.6.2).
+
+    Every Via is copied, in order; From, To, Call-ID and CSeq are single-valued (s20), and a
+    request repeating one (refused 400, RFC 4475 s3.1.2.18) has only its first echoed: copying
+    them all let a request of 128 such lines draw a response of more headers than MAX_HEADERS,
+    which our own parser refuses (found by fuzz/targets.py `endpoint`).
+    """
     response = Response(status=status, reason=reason or REASONS.get(status, ""))
     for name in ("Via", "From", "To", "Call-ID", "CSeq"):
         for k, value in request.headers.items:
             if k != name:
                 continue
+            if name != "Via" and name in response.headers:
+                break
             if name == "To" and to_tag and status != 100:
                 to = parse_address(value)
                 if to.tag is None:
