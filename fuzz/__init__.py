@@ -1,0 +1,1 @@
+"""Coverage-guided fuzzing of the sans-IO core with atheris: see fuzz/README.md."""
