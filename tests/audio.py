@@ -192,6 +192,7 @@ def best_correlation(
     *,
     min_overlap_s: float = 0.5,
     recorded_rate: int | None = None,
+    inverted: bool = True,
 ) -> tuple[float, float]:
     """The best normalised cross-correlation of `recorded` against `reference`: (coef, lag_s).
 
@@ -203,7 +204,8 @@ def best_correlation(
     and windows shorter than `min_overlap_s` are not considered. `lag_s` is the delay of the
     recording: its sample at time t matches the reference's at t - lag_s (negative when the
     recording starts part-way into the reference). `recorded_rate` (default `rate`): the
-    recording's rate, resampled to `rate` when it differs.
+    recording's rate, resampled to `rate` when it differs. `inverted`: a copy with its polarity
+    flipped counts too (the coefficient is then negative); without it, only positive matches.
     """
     ref = np.asarray(reference, dtype=np.float64)
     rec = np.asarray(recorded, dtype=np.float64)
@@ -244,8 +246,49 @@ def best_correlation(
         return 0.0, 0.0
     coef = np.zeros_like(corr)
     coef[ok] = corr[ok] / np.sqrt(e_rec[ok] * e_ref[ok])
-    best = int(np.argmax(np.where(ok, np.abs(coef), -1.0)))
+    best = int(np.argmax(np.where(ok, np.abs(coef) if inverted else coef, -2.0)))
     return float(np.clip(coef[best], -1.0, 1.0)), float(lag_s[best])
+
+
+def windows_heard(
+    reference: npt.ArrayLike,
+    recorded: npt.ArrayLike,
+    rate: int,
+    *,
+    window_s: float = 0.25,
+    threshold: float = 0.8,
+    recorded_rate: int | None = None,
+) -> float:
+    """The share of the reference's audible `window_s` windows that the recording carries, each
+    found on its own (`best_correlation` > `threshold`, the whole window overlapping).
+
+    A receiver with an adaptive jitter buffer (libwebrtc's NetEq in the SDKs) stretches or
+    shortens time where packets come late, so past such a point the recording is the reference
+    at another delay and one constant-lag coefficient falls to about the share before it. Each
+    window keeps its own lag here: a glitch costs the windows it touches, silence or noise costs
+    them all."""
+    ref = np.asarray(reference, dtype=np.float64)
+    rec = np.asarray(recorded, dtype=np.float64)
+    if ref.ndim > 1:
+        ref = ref.mean(axis=1)
+    if rec.ndim > 1:
+        rec = rec.mean(axis=1)
+    if recorded_rate is not None and recorded_rate != rate:
+        rec = resample(rec, recorded_rate, rate)
+    ref, _ = _trim(ref, rate)  # windows from the first audible block, as the recording's trim
+    size = int(window_s * rate)
+    span_s = (len(ref) + len(rec)) / rate
+    found = []
+    for start in range(0, len(ref) - size + 1, size):
+        window = ref[start : start + size]
+        if rms(window) < 1e-3:
+            continue
+        # positive matches only: a narrow-band window half a period off looks inverted
+        coef, _ = best_correlation(
+            window, rec, rate, max_lag_s=span_s, min_overlap_s=window_s, inverted=False
+        )
+        found.append(coef > threshold)
+    return sum(found) / len(found) if found else 0.0
 
 
 def _trim(pcm: Float, rate: int, threshold: float = 1e-3) -> tuple[Float, int]:

@@ -24,7 +24,7 @@ from livekit import api
 from livekit.protocol import sip
 
 from tests import baresip, netns
-from tests.audio import best_correlation, read_wav
+from tests.audio import best_correlation, read_wav, windows_heard
 from tests.harness import eventually, metric
 from tests.helpers import API_KEY, API_SECRET, ServerProcess
 
@@ -117,12 +117,12 @@ async def test_agent_worker_answers_the_phone_and_echoes_it(
     assert phone.reference is not None
     # The agent heard the caller ...
     agent_heard, agent_rate = read_wav(tmp_path / "agent_heard.wav")
-    received, _ = best_correlation(
-        phone.reference, agent_heard, phone.rate, recorded_rate=agent_rate
-    )
-    assert received > 0.9, received
+    # (per quarter second: a jitter buffer that shifts time once under load keeps the rest)
+    received = windows_heard(phone.reference, agent_heard, phone.rate, recorded_rate=agent_rate)
+    assert received >= 0.8, received
     # ... and the caller heard the agent: its own voice, back through two Opus legs.
-    echo, lag = best_correlation(phone.reference, heard, phone.rate, recorded_rate=rate)
-    assert echo > 0.85, (echo, lag)
+    echo = windows_heard(phone.reference, heard, phone.rate, recorded_rate=rate)
+    assert echo >= 0.8, echo
+    _, lag = best_correlation(phone.reference, heard, phone.rate, recorded_rate=rate)
     assert 0.4 < lag < 1.5, lag  # the agent's half second and the round trip
     assert worker.returncode == 0, (tmp_path / "worker.log").read_text()[-3000:]

@@ -24,7 +24,7 @@ from livekit import api
 from livekit.protocol import models, room, sip
 
 from tests import baresip, netns
-from tests.audio import best_correlation, distinct_signal, read_wav, write_wav
+from tests.audio import distinct_signal, read_wav, windows_heard, write_wav
 from tests.harness import eventually
 from tests.helpers import API_KEY, API_SECRET, ServerProcess, token
 from tests.interop.conftest import RTC_PORTS
@@ -176,12 +176,12 @@ async def test_sdk_client_and_phone_hear_each_other(
     assert [(e["topic"], e["data"]) for e in data] == [("greeting", "hello agent")], events
     recording, rate = read_wav(heard)
     assert phone.reference is not None
-    agent_heard_phone, _ = best_correlation(
-        phone.reference, recording, phone.rate, recorded_rate=rate
-    )
-    phone_heard_agent, _ = best_correlation(sent, phone_heard, 48000, recorded_rate=phone_rate)
-    assert agent_heard_phone > 0.9, agent_heard_phone
-    assert phone_heard_agent > 0.9, phone_heard_agent
+    # Per quarter second: the SDK's NetEq and our jitter buffer may each shift time once under
+    # load, which one constant-lag coefficient would count as half the signal lost.
+    agent_heard_phone = windows_heard(phone.reference, recording, phone.rate, recorded_rate=rate)
+    phone_heard_agent = windows_heard(sent, phone_heard, 48000, recorded_rate=phone_rate)
+    assert agent_heard_phone >= 0.8, agent_heard_phone
+    assert phone_heard_agent >= 0.8, phone_heard_agent
 
 
 async def test_a_second_sdk_client_joins_and_leaves_and_remove_participant_hangs_up(
@@ -348,8 +348,8 @@ async def test_a_cut_websocket_resumes_and_the_caller_is_still_heard(
     assert metrics["sipbridge_signal_resumed_total"] >= 1, metrics
     recording, rate = read_wav(heard)
     assert phone.reference is not None
-    after_resume, _ = best_correlation(phone.reference, recording, phone.rate, recorded_rate=rate)
-    assert after_resume > 0.9, after_resume
+    after_resume = windows_heard(phone.reference, recording, phone.rate, recorded_rate=rate)
+    assert after_resume >= 0.8, after_resume
 
 
 async def test_subscriptions_follow_the_client_and_its_grant(
@@ -517,5 +517,5 @@ async def test_a_publisher_lets_only_one_participant_subscribe(
     assert not any(e["event"] == "track_subscribed" for e in stranger), stranger
     assert any(e["event"] == "track_published" for e in stranger), stranger  # it knows of it
     recording, rate = read_wav(tmp_path / "friend.wav")
-    heard, _ = best_correlation(sent, recording, 48000, recorded_rate=rate)
-    assert heard > 0.9, heard
+    heard = windows_heard(sent, recording, 48000, recorded_rate=rate)
+    assert heard >= 0.8, heard
