@@ -341,6 +341,17 @@ def test_session_min_se_from_flag_or_yaml(yaml_file: Any) -> None:
     assert both.session_min_se == 30
 
 
+@pytest.mark.parametrize("name", ["sip_message_timeout", "http_idle_timeout"])
+def test_connection_timeouts_from_flag_or_yaml(yaml_file: Any, name: str) -> None:
+    assert (build(dev=True).sip_message_timeout, build(dev=True).http_idle_timeout) == (10, 15)
+    assert getattr(build(dev=True, **{name: 2}), name) == 2
+    assert getattr(build(config_file=yaml_file(f"dev: true\n{name}: 30\n")), name) == 30
+    for bad in (0, 3601, True, "5"):
+        assert f"{name}: expected a whole number from 1 to 3600" in config_error(
+            dev=True, **{name: bad}
+        )
+
+
 @pytest.mark.parametrize("value", [0, -5, 86401, True, "90"])
 def test_bad_session_min_se(value: Any) -> None:
     assert "session_min_se: expected whole seconds" in config_error(dev=True, session_min_se=value)

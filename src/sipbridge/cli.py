@@ -107,6 +107,20 @@ def _serve_parser(sub: Any) -> None:
         metavar="N",
         help="calls joining one room per second, twice that at once; 0 for no cap (50)",
     )
+    p.add_argument(
+        "--sip-message-timeout",
+        type=int,
+        metavar="SECONDS",
+        help="a SIP message begun on TCP/TLS must be complete within this, however it "
+        "trickles in; else the connection is closed (10)",
+    )
+    p.add_argument(
+        "--http-idle-timeout",
+        type=int,
+        metavar="SECONDS",
+        help="an HTTP connection idle this long, or whose request headers take longer, is "
+        "closed (15)",
+    )
     p.add_argument("--config", metavar="FILE", help="YAML file with the same settings")
 
 
@@ -492,6 +506,8 @@ def _serve(args: argparse.Namespace) -> int:
             allow_from=args.allow_from,
             room_max_callers=args.room_max_callers,
             room_join_rate=args.room_join_rate,
+            sip_message_timeout=args.sip_message_timeout,
+            http_idle_timeout=args.http_idle_timeout,
             config_file=args.config,
         )
     except ConfigError as exc:

@@ -56,6 +56,8 @@ class Settings:
     allow_from: tuple[str, ...] = ()  # CIDRs whose requests are taken; () = every address
     room_max_callers: int = 0  # SIP participants in one room at once (0: no cap)
     room_join_rate: int = 50  # calls joining one room per second, twice that at once (0: off)
+    sip_message_timeout: int = 10  # seconds a SIP message begun on TCP/TLS has to complete
+    http_idle_timeout: int = 15  # seconds an HTTP connection may idle or take over its headers
 
     @property
     def media_address(self) -> str:
@@ -171,6 +173,8 @@ def _from_yaml(path: str) -> dict[str, Any]:
         "allow_from",
         "room_max_callers",
         "room_join_rate",
+        "sip_message_timeout",
+        "http_idle_timeout",
     }
     unknown = set(doc) - known
     if unknown:
@@ -223,6 +227,8 @@ def build_settings(
     allow_from: list[str] | None = None,
     room_max_callers: int | None = None,
     room_join_rate: int | None = None,
+    sip_message_timeout: int | None = None,
+    http_idle_timeout: int | None = None,
     config_file: str | None = None,
     environ: Mapping[str, str] = os.environ,
 ) -> Settings:
@@ -345,6 +351,13 @@ def build_settings(
         room_join_rate=s.room_join_rate
         if room_join_rate is None and "room_join_rate" not in doc
         else _whole(doc, "room_join_rate", room_join_rate, 0, 1_000_000),
+    )
+    s = replace(
+        s,
+        sip_message_timeout=_whole(doc, "sip_message_timeout", sip_message_timeout, 1, 3600)
+        or s.sip_message_timeout,
+        http_idle_timeout=_whole(doc, "http_idle_timeout", http_idle_timeout, 1, 3600)
+        or s.http_idle_timeout,
     )
     raw_allow = allow_from if allow_from else doc.get("allow_from", [])
     items = raw_allow if isinstance(raw_allow, list) else [raw_allow]

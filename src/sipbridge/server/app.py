@@ -51,7 +51,6 @@ from sipbridge.store import SQLiteStore
 from sipbridge.telephony.auth_guard import AuthGuard
 
 log = logging.getLogger("sipbridge")
-HTTP_IDLE_TIMEOUT_S = 15.0  # keep-alive, and the time a request's headers have to arrive
 
 
 class Server:
@@ -107,7 +106,9 @@ class Server:
             burst=2.0 * settings.sip_rate,
             allow_from=[ipaddress.ip_network(net) for net in settings.allow_from],
         )
-        self.sip = SipService(self.sip_ua, admission=admission)
+        self.sip = SipService(
+            self.sip_ua, admission=admission, message_timeout=settings.sip_message_timeout
+        )
         if settings.tls_ca:
             self.sip.client_tls = ssl.create_default_context(cafile=settings.tls_ca)
         self.sip_ua.attach(self.sip)
@@ -230,13 +231,13 @@ class Server:
         await self.webhooks.start()
         self.call_log.start()
         # An idle HTTP connection, or one whose request headers have not all come, is closed
-        # after HTTP_IDLE_TIMEOUT_S (aiohttp's default is an hour: a slow-headers client held
-        # a descriptor that long).
+        # after --http-idle-timeout (aiohttp's default is an hour: a slow-headers client held a
+        # descriptor that long).
         self._runner = web.AppRunner(
             self.build_app(),
             access_log=None,
             handle_signals=False,
-            keepalive_timeout=HTTP_IDLE_TIMEOUT_S,
+            keepalive_timeout=self.settings.http_idle_timeout,
         )
         await self._runner.setup()
         http = self.settings.http
@@ -246,7 +247,10 @@ class Server:
             scrape = web.Application()
             scrape.router.add_get("/metrics", metrics.handler(self.samples))
             self._metrics_runner = web.AppRunner(
-                scrape, access_log=None, handle_signals=False, keepalive_timeout=HTTP_IDLE_TIMEOUT_S
+                scrape,
+                access_log=None,
+                handle_signals=False,
+                keepalive_timeout=self.settings.http_idle_timeout,
             )
             await self._metrics_runner.setup()
             where = self.settings.metrics

@@ -34,7 +34,8 @@ MAX_CONNECTIONS = 10_000
 MAX_CONNECTIONS_PER_SOURCE = 32  # TCP/TLS connections from one address at once
 FD_SHARE = 4  # SIP connections take at most a quarter of the open-file limit (issue 17 s5)
 # Without a complete message (or a keepalive) for this long a connection is closed; a trickle of
-# bytes does not count: a message begun must be complete within MESSAGE_TIMEOUT_S.
+# bytes does not count: a message begun must be complete within the message timeout
+# (`SipService.message_timeout`, --sip-message-timeout).
 IDLE_TIMEOUT_S = 600.0
 MESSAGE_TIMEOUT_S = 10.0
 CONNECT_TIMEOUT_S = 5.0  # to open a TCP/TLS connection to a trunk
@@ -129,14 +130,14 @@ class _Stream(asyncio.Protocol):
         self.idle_timer = loop.call_later(IDLE_TIMEOUT_S, self._idle)
 
     def _watch_partial(self) -> None:
-        """A message begun must be complete within MESSAGE_TIMEOUT_S, however it trickles in."""
+        """A message begun must be complete within the message timeout, however it trickles in."""
         if not self.framer.buffered:
             if self.message_timer is not None:
                 self.message_timer.cancel()
                 self.message_timer = None
         elif self.message_timer is None:
             loop = asyncio.get_running_loop()
-            self.message_timer = loop.call_later(MESSAGE_TIMEOUT_S, self._too_slow)
+            self.message_timer = loop.call_later(self.service.message_timeout, self._too_slow)
 
     def _too_slow(self) -> None:
         self.message_timer = None
@@ -185,8 +186,10 @@ class SipService:
         *,
         clock: Callable[[], float] | None = None,
         admission: Admission | None = None,
+        message_timeout: float = MESSAGE_TIMEOUT_S,
     ) -> None:
         self.endpoint = SipEndpoint(settings, admission)
+        self.message_timeout = message_timeout
         self.application = application
         self.connections: dict[int, _Stream] = {}
         self.per_source: Counter[str] = Counter()  # accepted connections by address
