@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -187,6 +188,9 @@ def main() -> None:
     parser.add_argument("--timeout", type=int, default=10, help="seconds one input may take")
     parser.add_argument("--rss-limit", type=int, default=2048, help="MiB the process may use")
     parser.add_argument("--keep", action="store_true", help="keep new inputs in fuzz/work/")
+    parser.add_argument(
+        "--jobs", type=int, default=os.cpu_count() or 1, help="targets fuzzed at once (CPUs)"
+    )
     parser.add_argument("--replay", action="store_true", help="TARGET FILE...: rerun inputs")
     parser.add_argument("--merge", action="store_true", help="shrink the seed corpus")
     args = parser.parse_args()
@@ -204,7 +208,10 @@ def main() -> None:
         return
     if args.seconds is None and args.runs is None:
         parser.error("say how long: --seconds or --runs")
-    failed = [target for target in targets if not fuzz(target, args)]
+    # Each target is a process of its own: as many at once as there are CPUs.
+    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+        clean = list(pool.map(lambda target: fuzz(target, args), targets))
+    failed = [target for target, ok in zip(targets, clean, strict=True) if not ok]
     if failed:
         print(f"fuzzing found crashes in: {', '.join(failed)}")
         sys.exit(1)
