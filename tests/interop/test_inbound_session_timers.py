@@ -3,7 +3,7 @@ test_call_media_cases.py, which answers every request 200 and queues it): a call
 `refresher=uas` gets our refreshes at half the interval (UPDATE, since it allows UPDATE), and one
 that says `refresher=uac` and never refreshes gets our BYE before the interval passes.
 
-Short for CI, as in test_outbound_session_timers.py: `--session-min-se 8` and an interval of 8 s
+Short for CI, as in test_outbound_session_timers.py: `--session-min-se 4` and an interval of 4 s
 (the same code runs 90 s and 1800 s intervals in tests/sip/test_session_timer.py).
 """
 
@@ -26,7 +26,7 @@ from tests.interop.test_call_media_cases import (
     phones,
 )
 
-INTERVAL = 8
+INTERVAL = 4
 ALLOW = "Allow: INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE"
 
 
