@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import sys
 from array import array
+from collections.abc import Callable
 
 __all__ = [
     "ALAW_DECODE",
@@ -112,9 +113,21 @@ _ULAW_HI = bytes((v >> 8) & 0xFF for v in ULAW_DECODE)
 _ALAW_LO = bytes(v & 0xFF for v in ALAW_DECODE)
 _ALAW_HI = bytes((v >> 8) & 0xFF for v in ALAW_DECODE)
 
-# indexed by the sample read as an unsigned 16-bit number
-_ULAW_ENCODE = bytes(encode_ulaw_sample(_signed16(u)) for u in range(0x10000))
-_ALAW_ENCODE = bytes(encode_alaw_sample(_signed16(u)) for u in range(0x10000))
+
+def _encode_table(encode: Callable[[int], int], drop: int) -> bytes:
+    """`encode` of every sample, indexed by the sample read as an unsigned 16-bit number. The
+    law reads only the top 16 - `drop` bits, so each code is computed once per run of 2**drop
+    samples and the runs are laid out by slice assignment (in C: a fast import)."""
+    step = 1 << drop
+    codes = bytes(encode(_signed16(top << drop)) for top in range(0x10000 >> drop))
+    table = bytearray(0x10000)
+    for low in range(step):
+        table[low::step] = codes
+    return bytes(table)
+
+
+_ULAW_ENCODE = _encode_table(encode_ulaw_sample, 2)  # mu-law: the top 14 bits
+_ALAW_ENCODE = _encode_table(encode_alaw_sample, 3)  # A-law: the top 13 bits
 
 
 # G.711 Tables 3 and 4 are designed tables, not a formula over the reconstruction values (in the
