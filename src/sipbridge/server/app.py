@@ -10,7 +10,6 @@ import logging
 import resource
 import secrets
 import signal
-import ssl
 import time
 from collections.abc import Callable
 
@@ -109,8 +108,7 @@ class Server:
         self.sip = SipService(
             self.sip_ua, admission=admission, message_timeout=settings.sip_message_timeout
         )
-        if settings.tls_ca:
-            self.sip.client_tls = ssl.create_default_context(cafile=settings.tls_ca)
+        self.sip.tls_ca = settings.tls_ca
         self.sip_ua.attach(self.sip)
         self.outbound = OutboundCalls(calls, self.sip_ua)
         self.registrations = Registrations(self.sip_config, self.sip_ua)

@@ -206,7 +206,15 @@ class SipService:
         self.dialled: dict[Peer, _Stream] = {}
         self._dialling: dict[Peer, list[bytes]] = {}
         self._dial_tasks: set[asyncio.Task[None]] = set()
-        self.client_tls = ssl.create_default_context()  # verifies trunks' certificates
+        # Verifies trunks' certificates: the system's CAs, or `tls_ca`'s. Made when first needed
+        # (loading the system's CAs takes 40 ms, and most servers dial no TLS trunk).
+        self.tls_ca = ""
+        self._client_tls: ssl.SSLContext | None = None
+
+    def client_tls(self) -> ssl.SSLContext:
+        if self._client_tls is None:
+            self._client_tls = ssl.create_default_context(cafile=self.tls_ca or None)
+        return self._client_tls
 
     def now(self) -> float:
         if self._clock is not None:
@@ -343,7 +351,7 @@ class SipService:
                     lambda: _Stream(self, peer.transport),
                     peer.host,
                     peer.port,
-                    ssl=self.client_tls if tls else None,
+                    ssl=self.client_tls() if tls else None,
                     server_hostname=peer.host if tls else None,
                 ),
                 CONNECT_TIMEOUT_S,
