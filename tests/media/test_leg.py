@@ -31,6 +31,7 @@ from sipbridge.media.players import PcmPlayer
 from sipbridge.media.room_audio import RoomAudio
 from sipbridge.media.rtp import (
     ReceiverReport,
+    ReportBlock,
     RtpPacket,
     SenderInfo,
     SenderReport,
@@ -528,3 +529,87 @@ def test_a_driver_may_take_rtp_as_it_is_made() -> None:
         a.receive(phone.rtp(pcmu(440, index)), PHONE, index * 0.02)
     assert [destination for _, destination in taken] == [PHONE, PHONE]
     assert b.datagrams_to_send(1.0) == [] and b.stats.packets_out == 2
+
+
+# -- levels and the peer's reports, for active speakers and connection quality -------------------
+
+
+def test_the_levels_of_what_a_phone_sends_are_kept_while_in_a_room() -> None:
+    a, b = leg(), leg()
+    phone = Phone()
+    a.receive(phone.rtp(pcmu(440, 0)), PHONE, 0.0)
+    a.receive(phone.rtp(pcmu(440, 1)), PHONE, 0.02)
+    assert a.levels.read() == []  # in no room: nobody would read them
+    room_of(a, b)
+    for index in range(2, 5):
+        a.receive(phone.rtp(pcmu(440, index)), PHONE, index * 0.02)
+    a.receive(phone.rtp(b"\xff" * FRAME), PHONE, 0.1)
+    a.receive(phone.rtp(bytes(4), payload_type=EVENT_PT), PHONE, 0.12)  # not audio
+    levels = a.levels.read()
+    # a sine of amplitude 16000: -9 dBov; then silence
+    assert levels == [(9, 20.0)] * 3 + [(127, 20.0)]
+    assert a.levels.read() == []
+
+
+def test_a_mixed_g722_leg_measures_what_it_decodes() -> None:
+    a, b, c = leg(codecs.G722_SPEC, audio_pt=9), leg(), leg()
+    room, _ = room_of(a, b, c)
+    assert a.levels.payload_queue() is None
+    encoder = codecs.new_encoder(codecs.G722_SPEC)
+    phone = Phone()
+    now = 0.0
+    for index in range(10):
+        pcm = (np.sin(2 * np.pi * 440 * (np.arange(320) + index * 320) / 16000) * 16000).astype(
+            np.int16
+        )
+        a.receive(phone.rtp(encoder.encode(pcm), payload_type=9, samples=320), PHONE, now)
+        room.tick(now)
+        now += 0.02
+    levels = a.levels.read()
+    assert levels and all(ms == 20.0 for _, ms in levels)
+    assert 8 <= levels[-1][0] <= 11  # the sine, through G.722
+    a.change_codec(codecs.PCMU_SPEC)
+    assert a.levels.payload_queue() is not None
+
+
+def test_the_peers_reception_reports_give_loss_jitter_and_round_trip_time() -> None:
+    a = leg()
+    phone = Phone()
+    for index in range(3):
+        a.receive(phone.rtp(pcmu(440, index)), PHONE, index * 0.02)
+    a.send_pcm(None, 0.1)
+    a.datagrams_to_send(0.1)
+    a.report(1.0, 1e9)  # schedules only
+    sent_at = a.next_report_at
+    a.report(sent_at, 1e9)
+    ((data, _, _),) = a.datagrams_to_send(sent_at)
+    (ours, _) = parse_rtcp(data)
+    assert isinstance(ours, SenderReport)
+    lsr = ours.sender_info.ntp_middle
+    assert a.remote_report is None
+    # The phone echoes our SR 0.25 s after it came, and it arrives 0.3 s after we sent it:
+    # RTT 50 ms. 64/256 of the last interval lost, jitter 80 timestamp units (10 ms at 8 kHz).
+    block = ReportBlock(
+        ssrc=0xABCD,
+        fraction_lost=64,
+        cumulative_lost=7,
+        jitter=80,
+        last_sr=lsr,
+        delay_since_last_sr=int(0.25 * 65536),
+    )
+    other = ReportBlock(ssrc=0x9999, fraction_lost=255)  # about someone else's stream
+    rr = ReceiverReport(ssrc=phone.ssrc, reports=(other, block))
+    a.receive(serialize_rtcp([rr]), PHONE, sent_at - 0.1 + 0.4)
+    report = a.remote_report
+    assert report is not None
+    assert report.fraction_lost == 0.25 and report.cumulative_lost == 7
+    assert report.jitter == pytest.approx(0.01)
+    assert report.rtt == pytest.approx(0.05, abs=1e-4)
+    # a later report without an SR to echo keeps the last round-trip time
+    later = ReportBlock(ssrc=0xABCD, fraction_lost=0, cumulative_lost=7, jitter=8)
+    a.receive(serialize_rtcp([sender_report(phone.ssrc)]), PHONE, sent_at + 1)
+    sr = SenderReport(ssrc=phone.ssrc, sender_info=sender_report().sender_info, reports=(later,))
+    a.receive(serialize_rtcp([sr]), PHONE, sent_at + 2)
+    assert a.remote_report is not None
+    assert a.remote_report.rtt == pytest.approx(0.05, abs=1e-4)
+    assert a.remote_report.fraction_lost == 0.0 and a.remote_report.at == sent_at + 2

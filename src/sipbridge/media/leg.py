@@ -28,9 +28,12 @@ from sipbridge.media import codecs
 from sipbridge.media.dtmf import DIGITS, DtmfReceiver, DtmfSender, dtmf_tone
 from sipbridge.media.errors import MediaError
 from sipbridge.media.jitter import JitterBuffer
+from sipbridge.media.levels import PacketLevels, pcm_dbov
 from sipbridge.media.players import FRAME_MS, Pcm, PcmFifo, PcmPlayer, Player
 from sipbridge.media.room_audio import AudioLeg
 from sipbridge.media.rtp import (
+    ReceiverReport,
+    ReportBlock,
     RtpPacket,
     SenderReport,
     build_compound_report,
@@ -92,6 +95,21 @@ class MediaTimedOut:
 
 
 LegEvent = FirstPacket | DtmfReceived | MediaTimedOut
+
+SR_KEPT = 4  # our last SRs remembered, to match the LSR of a report about our stream
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RemoteReport:
+    """The peer's last reception report about our stream (RFC 3550 s6.4.1), at `at`: its
+    loss (fraction of the last interval, 0..1, and cumulative), its jitter estimate (s) and the
+    round-trip time it lets us compute (s; None before it echoes one of our SRs)."""
+
+    fraction_lost: float
+    cumulative_lost: int
+    jitter: float
+    rtt: float | None
+    at: float
 
 
 @dataclass(eq=False, kw_only=True)
@@ -181,6 +199,12 @@ class RtpLeg(AudioLeg):
         self.cname = secrets.token_hex(8) if cname is None else cname
         self.next_report_at = 0.0
         self._sent_since_report = False
+        self._sr_sent: dict[int, float] = {}  # LSR (NTP middle 32 bits) of our SRs -> when
+        self.remote_report: RemoteReport | None = None
+        # The audio levels of what the peer sends (`media/levels.py`), for the room's active
+        # speakers: G.711 payloads are kept as they come and measured when read.
+        self.levels: PacketLevels = PacketLevels(spec)
+        self._level_payloads = self.levels.payload_queue()
 
     # -- negotiation ----------------------------------------------------------------------
 
@@ -217,6 +241,8 @@ class RtpLeg(AudioLeg):
         self._decoded = PcmFifo()
         self._silence = codecs.silence_payload(spec, FRAME_MS)
         self.timeline.rebase(spec.rtp_clock, self.frame_ticks)
+        self.levels.change_codec(spec)
+        self._level_payloads = self.levels.payload_queue()
 
     def sender_timestamp(self) -> int:
         return int(self.sender.timestamp)
@@ -253,6 +279,9 @@ class RtpLeg(AudioLeg):
                     listener.forward(packet, self, now)
                 if self.buffered:
                     self.jitter.push(packet, now)
+                level_payloads = self._level_payloads
+                if level_payloads is not None:
+                    level_payloads.append(packet.payload)  # measured when read, in bulk
         elif pt == self.event_pt:
             stats.dtmf_in += 1
             try:
@@ -292,6 +321,27 @@ class RtpLeg(AudioLeg):
         for packet in packets:
             if isinstance(packet, SenderReport):
                 self.receiver.sender_report_received(packet, now)
+            if isinstance(packet, (SenderReport, ReceiverReport)):
+                for block in packet.reports:
+                    if block.ssrc == self.sender.ssrc:
+                        self._remote_report(block, now)
+
+    def _remote_report(self, block: ReportBlock, now: float) -> None:
+        """The peer's report about our stream: its loss, jitter and (RFC 3550 s6.4.1) the
+        round-trip time: now - when we sent the SR it echoes (LSR) - its delay since (DLSR)."""
+        rtt = None
+        sent_at = self._sr_sent.get(block.last_sr) if block.last_sr else None
+        if sent_at is not None:
+            rtt = max(0.0, now - sent_at - block.delay_since_last_sr / 65536)
+        elif self.remote_report is not None:
+            rtt = self.remote_report.rtt
+        self.remote_report = RemoteReport(
+            fraction_lost=block.fraction_lost / 256,
+            cumulative_lost=block.cumulative_lost,
+            jitter=block.jitter / self.clock_rate,
+            rtt=rtt,
+            at=now,
+        )
 
     def buffer(self, packet: RtpPacket, now: float) -> None:
         self.jitter.push(packet, now)
@@ -421,6 +471,10 @@ class RtpLeg(AudioLeg):
             self.sender.sender_info(ntp_timestamp(wallclock)) if self._sent_since_report else None
         )
         self._sent_since_report = False
+        if sender_info is not None:
+            self._sr_sent[sender_info.ntp_middle] = now
+            while len(self._sr_sent) > SR_KEPT:
+                del self._sr_sent[next(iter(self._sr_sent))]
         data = build_compound_report(
             ssrc=self.sender.ssrc,
             cname=self.cname,
@@ -463,7 +517,12 @@ class RtpLeg(AudioLeg):
                 fifo.push(self._decoder.conceal(self.frame_samples))
             else:
                 try:
-                    fifo.push(self._decoder.decode(frame.packet.payload))
+                    pcm = self._decoder.decode(frame.packet.payload)
+                    fifo.push(pcm)
+                    if self._level_payloads is None:  # not G.711: measured decoded, here
+                        self.levels.add_level(
+                            pcm_dbov(pcm), len(pcm) * 1000 / self.spec.sample_rate
+                        )
                 except MediaError:
                     self.stats.malformed += 1
                     fifo.push(self._decoder.conceal(self.frame_samples))

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from sipbridge.media import codecs, mixer
+from sipbridge.media.levels import PacketLevels
 from sipbridge.media.players import FRAME_MS, Pcm, PcmFifo
 from sipbridge.media.rtp import RtpPacket
 
@@ -34,6 +35,7 @@ class AudioLeg:
 
     forwardable = False  # packets of this leg can go to another as they are
     hears: AudioLeg | None = None  # None: every source in the room; else only that one
+    levels: PacketLevels | None = None  # a source's audio levels, for the active speakers
 
     def __init__(self, spec: codecs.CodecSpec) -> None:
         self.spec = spec

@@ -20,6 +20,7 @@ from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
 from sipbridge.media import codecs
+from sipbridge.media.levels import PacketLevels, pcm_dbov
 from sipbridge.media.rtp import RtpPacket
 from sipbridge.server.media.leg_driver import (
     FRAME_MS,
@@ -172,6 +173,7 @@ class Publication(AudioLeg):
         self.fifo = PcmFifo()
         self.frames = 0
         self.trimmed = 0  # samples dropped to keep the delay down
+        self.levels: PacketLevels = PacketLevels(codecs.OPUS_SPEC)  # measured on the decoded audio
 
     def push(self, frame: av.AudioFrame) -> None:
         data = frame.to_ndarray()
@@ -184,6 +186,9 @@ class Publication(AudioLeg):
             flat = data.reshape(-1)
             mono = flat.reshape(-1, channels).mean(axis=1) if channels > 1 else flat
         pcm = np.asarray(mono, dtype=np.int16)
+        # RFC 6465's level of what the client sent (the same as its ssrc-audio-level, which
+        # aiortc does not expose): one dot product on audio decoded anyway
+        self.levels.add_level(pcm_dbov(pcm), len(pcm) * 1000 / frame.sample_rate)
         if frame.sample_rate != RATE:
             pcm = codecs.Resampler(frame.sample_rate, RATE, low_latency=False).process(pcm)
         if not self.buffered:
