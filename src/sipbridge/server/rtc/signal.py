@@ -23,6 +23,7 @@ from sipbridge.server.api.auth import Claims
 from sipbridge.server.media.service import MediaService
 from sipbridge.server.rtc.data_packets import DataPackets
 from sipbridge.server.rtc.join import authorize, participant_kind, permission_from
+from sipbridge.server.rtc.room_stats import RoomStats
 from sipbridge.server.rtc.session import Session, in_room, leave_message
 from sipbridge.server.rtc.session_media import SessionMedia
 from sipbridge.server.server_info import LIVEKIT_VERSION, server_info
@@ -58,6 +59,8 @@ class SignalServer:
                 runtime, media, self.sessions, leave=self._leave, on_data=self.data.receive
             )
         runtime.listeners.append(self.on_room_event)
+        # speaker and connection-quality updates (rtc/room_stats.py)
+        self.room_stats = RoomStats(runtime, media, self.sessions) if media is not None else None
 
     @property
     def data_refused(self) -> int:
@@ -439,6 +442,8 @@ class SignalServer:
 
     async def close_all(self) -> None:
         self.closing = True
+        if self.room_stats is not None:
+            self.room_stats.close()
         for session in list(self.sessions.values()):
             session.send(leave_message(DisconnectReason.SERVER_SHUTDOWN))
 
