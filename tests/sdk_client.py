@@ -33,6 +33,8 @@ It prints one JSON object per line on stdout for everything it sees, each with "
     recording_done           {path, frames, seconds}
     data_received            {identity, topic, kind, data (utf-8 or null), data_b64}
     sip_dtmf_received        {identity, code, digit}
+    active_speakers_changed  {speakers: [identity...]}  (the SDK's list, loudest first)
+    connection_quality_changed {identity, quality (QUALITY_EXCELLENT ...)}
     dtmf_sent                {code, digit}
     connection_state_changed / reconnecting / reconnected
     disconnected             {reason}
@@ -243,6 +245,18 @@ class Client:
                 identity=dtmf.participant.identity if dtmf.participant else None,
                 code=dtmf.code,
                 digit=dtmf.digit,
+            )
+
+        @on("active_speakers_changed")
+        def _(speakers: list[Any]) -> None:
+            emit("active_speakers_changed", speakers=[p.identity for p in speakers])
+
+        @on("connection_quality_changed")
+        def _(p: Any, quality: int) -> None:
+            emit(
+                "connection_quality_changed",
+                identity=p.identity,
+                quality=rtc.ConnectionQuality(quality).name,  # a Python enum, QUALITY_*
             )
 
         @on("connection_state_changed")

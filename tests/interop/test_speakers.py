@@ -1,0 +1,188 @@
+"""Active speakers and connection quality, end to end, as the official `livekit` SDK sees them.
+
+A phone (baresip, PCMU) dials a direct-rule room; the SDK client (in a network namespace, WIRE.md
+s6) joins and subscribes, which answers the call. The phone is silent for 1.5 s, talks for 3 s
+and is silent again; 6.5 s after it connected the SDK client publishes 2 s of its own speech.
+Its `active_speakers_changed` events must name the phone while the phone talks (its level
+measured from the G.711 it sends) and not once it is silent, then the client itself while it
+talks (its level from its decoded publication), then nobody. `connection_quality_changed`
+rates both participants EXCELLENT on this loss-free link. Every wait polls what the client
+printed so far (`eventually`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from livekit import api
+from livekit.protocol import sip
+
+from tests import baresip, netns
+from tests.audio import distinct_signal, write_wav
+from tests.harness import eventually
+from tests.helpers import API_KEY, API_SECRET, ServerProcess, token
+
+SDK_CLIENT = Path(__file__).parents[1] / "sdk_client.py"
+pytestmark = [
+    pytest.mark.skipif(not shutil.which("baresip"), reason="baresip comes with `make test`"),
+    pytest.mark.skipif(netns.available() is not None, reason=str(netns.available())),
+]
+
+PHONE_LEAD_S = 1.5  # silent before it talks
+PHONE_TALK_S = 3.0
+AGENT_DELAY_S = 6.5  # after it connected: the phone has been silent for a while by then
+AGENT_TALK_S = 2.0
+
+
+class SdkClient:
+    """sdk_client.py in the namespace, its JSON events collected as they are printed."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.events: list[dict[str, Any]] = []
+        self.reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.proc.stdout is not None
+        async for line in self.proc.stdout:
+            if line.startswith(b"{"):
+                self.events.append(json.loads(line))
+
+    def of(self, kind: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["event"] == kind]
+
+    async def close(self, log: Path) -> int | None:
+        with contextlib.suppress(ProcessLookupError):
+            if self.proc.returncode is None:
+                await asyncio.wait_for(self.proc.wait(), 20)
+        await self.reader
+        assert self.proc.stderr is not None
+        log.write_bytes(await self.proc.stderr.read())
+        log.with_suffix(".events").write_text("".join(json.dumps(e) + "\n" for e in self.events))
+        return self.proc.returncode
+
+
+async def start_sdk(
+    ns: netns.VethNamespace, server: ServerProcess, identity: str, room: str, *args: str
+) -> SdkClient:
+    grant = api.VideoGrants(room_join=True, room=room)
+    cmd = ns.exec_args(
+        sys.executable,
+        str(SDK_CLIENT),
+        "--url",
+        f"ws://{ns.host_ip}:{server.port}",
+        "--token",
+        token(grant, identity=identity),
+        *args,
+    )
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    return SdkClient(proc)
+
+
+async def test_the_sdk_sees_the_phone_speak_and_stop_and_rates_the_connections(
+    rtc_server: ServerProcess, namespace: netns.VethNamespace, tmp_path: Path
+) -> None:
+    async with api.LiveKitAPI(url=rtc_server.url, api_key=API_KEY, api_secret=API_SECRET) as lk:
+        await lk.sip.create_dispatch_rule(
+            sip.CreateSIPDispatchRuleRequest(
+                dispatch_rule=sip.SIPDispatchRuleInfo(
+                    rule=sip.SIPDispatchRule(
+                        dispatch_rule_direct=sip.SIPDispatchRuleDirect(room_name="talk")
+                    )
+                )
+            )
+        )
+    speech = distinct_signal("agent", 48000, AGENT_TALK_S, pad_s=6.0, top_hz=3400.0)
+    write_wav(tmp_path / "agent.wav", speech, 48000)
+    async with baresip.phone(
+        tmp_path / "phone",
+        codecs="PCMU",
+        lead_s=PHONE_LEAD_S,
+        signal_s=PHONE_TALK_S,
+        top_hz=3400.0,
+    ) as phone:
+        await phone.dial(f"sip:talk@127.0.0.1:{rtc_server.sip_port}")  # type: ignore[attr-defined]
+        await phone.wait_event("CALL_RINGING", fail_on=("CALL_CLOSED",))
+        sdk = await start_sdk(
+            namespace,
+            rtc_server,
+            "agent",
+            "talk",
+            "--publish",
+            str(tmp_path / "agent.wav"),
+            "--publish-delay",
+            str(AGENT_DELAY_S),
+            "--seconds",
+            str(AGENT_DELAY_S + AGENT_TALK_S + 2.5),
+        )
+        try:
+            connected = await eventually(lambda: sdk.of("connected"), "the SDK in the room")
+            (caller,) = connected[0]["participants"]
+            phone_id = caller["identity"]
+            await phone.wait_event("CALL_ESTABLISHED", timeout=10, fail_on=("CALL_CLOSED",))
+
+            def named(who: str) -> list[dict[str, Any]]:
+                return [e for e in sdk.of("active_speakers_changed") if who in e["speakers"]]
+
+            # The phone talks 1.5 s after the answer: named as a speaker within a second of it.
+            first = await eventually(
+                lambda: named(phone_id), "the phone named as a speaker", timeout=6
+            )
+            # ... and no longer once it fell silent (its call still up, sending silence).
+            silent = await eventually(
+                lambda: [
+                    e
+                    for e in sdk.of("active_speakers_changed")
+                    if e["t"] > first[0]["t"] and phone_id not in e["speakers"]
+                ],
+                "the phone no longer named",
+                timeout=PHONE_TALK_S + 3,
+            )
+            # The SDK's own published speech: the client itself named, alone.
+            mine = await eventually(lambda: named("agent"), "the client named", timeout=8)
+            await eventually(
+                lambda: [
+                    e
+                    for e in sdk.of("active_speakers_changed")
+                    if e["t"] > mine[0]["t"] and not e["speakers"]
+                ],
+                "nobody named after the client's speech",
+                timeout=AGENT_TALK_S + 3,
+            )
+            quality = await eventually(
+                lambda: (
+                    {e["identity"] for e in sdk.of("connection_quality_changed")}
+                    >= {phone_id, "agent"}
+                    and sdk.of("connection_quality_changed")
+                ),
+                "connection quality of the phone and the client",
+                timeout=8,
+            )
+            assert not [e for e in phone.events if e.get("type") == "CALL_CLOSED"]
+        finally:
+            code = await sdk.close(rtc_server.log.parent / "sdk-agent.log")
+        await phone.hangup()
+        await phone.wait_event("CALL_CLOSED")
+    assert code == 0, sdk.events
+    assert not sdk.of("error"), sdk.events
+    speakers = sdk.of("active_speakers_changed")
+    # While the phone talked it was the only speaker; it was never named before its speech.
+    talking = [e for e in speakers if e["t"] < silent[0]["t"]]
+    assert all(e["speakers"] == [phone_id] for e in talking if e["speakers"]), speakers
+    assert first[0]["t"] - connected[0]["t"] >= PHONE_LEAD_S * 0.8, speakers
+    # The phone spoke for 3 s: named for about that long (the window and smoothing add < 1 s).
+    spoke_for = silent[0]["t"] - first[0]["t"]
+    assert PHONE_TALK_S - 1.0 <= spoke_for <= PHONE_TALK_S + 1.2, speakers
+    assert not [e for e in speakers if e["t"] > silent[0]["t"] and phone_id in e["speakers"]]
+    assert all(e["speakers"] == ["agent"] for e in mine), speakers
+    rated = {e["identity"]: e["quality"] for e in quality}
+    assert rated[phone_id] == rated["agent"] == "QUALITY_EXCELLENT", quality
