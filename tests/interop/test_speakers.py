@@ -64,8 +64,10 @@ class SdkClient:
                 await asyncio.wait_for(self.proc.wait(), 20)
         await self.reader
         assert self.proc.stderr is not None
-        log.write_bytes(await self.proc.stderr.read())
-        log.with_suffix(".events").write_text("".join(json.dumps(e) + "\n" for e in self.events))
+        err = await self.proc.stderr.read()
+        lines = "".join(json.dumps(e) + "\n" for e in self.events)
+        await asyncio.to_thread(log.write_bytes, err)
+        await asyncio.to_thread(log.with_suffix(".events").write_text, lines)
         return self.proc.returncode
 
 
@@ -158,14 +160,13 @@ async def test_the_sdk_sees_the_phone_speak_and_stop_and_rates_the_connections(
                 "nobody named after the client's speech",
                 timeout=AGENT_TALK_S + 3,
             )
+
+            def rated_both() -> list[dict[str, Any]]:
+                found = sdk.of("connection_quality_changed")
+                return found if {e["identity"] for e in found} >= {phone_id, "agent"} else []
+
             quality = await eventually(
-                lambda: (
-                    {e["identity"] for e in sdk.of("connection_quality_changed")}
-                    >= {phone_id, "agent"}
-                    and sdk.of("connection_quality_changed")
-                ),
-                "connection quality of the phone and the client",
-                timeout=8,
+                rated_both, "connection quality of the phone and the client", timeout=8
             )
             assert not [e for e in phone.events if e.get("type") == "CALL_CLOSED"]
         finally:
