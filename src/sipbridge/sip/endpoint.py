@@ -10,14 +10,13 @@ here (400 with the fault, 405, 416, 420, 482, 483, 505, 513) and never reach the
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import secrets
 from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from sipbridge.sip.admission import Admission, Verdict
+from sipbridge.sip.deadlines import DeadlineHeap
 from sipbridge.sip.errors import SipProtocolError
 from sipbridge.sip.message import (
     Request,
@@ -135,8 +134,7 @@ class SipEndpoint:
         self._peers: dict[int, Peer] = {}  # id(transaction) -> peer
         self._outgoing: deque[tuple[bytes, Peer]] = deque()
         self._events: deque[EndpointEvent] = deque()
-        self._timers: list[tuple[float, int, ClientTransaction | ServerTransaction]] = []
-        self._timer_seq = itertools.count()
+        self._timers: DeadlineHeap[ClientTransaction | ServerTransaction] = DeadlineHeap()
         # (Call-ID, From tag, CSeq) of requests outside a dialog, to spot merged ones (s8.2.2.2)
         self._merge_keys: dict[tuple[str, str, int, str], ServerTransaction] = {}
         self.stats: Counter[str] = Counter()
@@ -364,24 +362,13 @@ class SipEndpoint:
     # -- timers --------------------------------------------------------------------------
 
     def get_timer(self) -> float | None:
-        """The earliest transaction deadline. A heap with lazy deletion: entries whose
-        transaction has since moved its deadline are dropped when they reach the top."""
-        timers = self._timers
-        while timers:
-            deadline, _, transaction = timers[0]
-            if transaction.get_timer() == deadline:
-                return deadline
-            heapq.heappop(timers)
-        return None
+        """The earliest transaction deadline."""
+        return self._timers.earliest()
 
     def handle_timer(self, now: float) -> None:
-        timers = self._timers
-        while timers and timers[0][0] <= now:
-            _, _, transaction = heapq.heappop(timers)
-            deadline = transaction.get_timer()
-            if deadline is not None and deadline <= now:
-                transaction.handle_timer(now)
-                self._drain(transaction)
+        for transaction in self._timers.due(now):
+            transaction.handle_timer(now)
+            self._drain(transaction)
 
     def _all_transactions(self) -> Iterable[ClientTransaction | ServerTransaction]:
         yield from self.server_transactions.values()
@@ -400,9 +387,7 @@ class SipEndpoint:
             self._send(message, peer)
         while (event := transaction.next_event()) is not None:
             self._on_transaction_event(event, transaction)
-        deadline = transaction.get_timer()
-        if deadline is not None:
-            heapq.heappush(self._timers, (deadline, next(self._timer_seq), transaction))
+        self._timers.schedule(transaction)
 
     def _on_transaction_event(
         self, event: TransactionEvent, transaction: ClientTransaction | ServerTransaction

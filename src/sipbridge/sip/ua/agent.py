@@ -16,12 +16,11 @@ comes out as `RequestAnswered`.
 
 from __future__ import annotations
 
-import heapq
-import itertools
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from sipbridge.sip.deadlines import DeadlineHeap
 from sipbridge.sip.dialog import check_dialog_creating, new_tag
 from sipbridge.sip.endpoint import (
     AckReceived,
@@ -79,8 +78,7 @@ class UserAgent:
         self._transactions: dict[int, InviteSession] = {}  # our requests, by client transaction
         self._standalone: set[int] = set()  # our requests outside any call
         self._events: deque[AgentEvent] = deque()
-        self._timers: list[tuple[float, int, InviteSession]] = []
-        self._timer_seq = itertools.count()
+        self._timers: DeadlineHeap[InviteSession] = DeadlineHeap()
 
     # -- addresses -------------------------------------------------------------------------
 
@@ -121,9 +119,7 @@ class UserAgent:
 
     def schedule(self, session: InviteSession) -> None:
         """`session`'s deadline may have changed."""
-        deadline = session.get_timer()
-        if deadline is not None:
-            heapq.heappush(self._timers, (deadline, next(self._timer_seq), session))
+        self._timers.schedule(session)
 
     def forget(self, session: InviteSession) -> None:
         """`session` is terminated: nothing of it is kept."""
@@ -155,22 +151,12 @@ class UserAgent:
         return self._events.popleft() if self._events else None
 
     def get_timer(self) -> float | None:
-        """The earliest session deadline (a heap with lazy deletion, as the endpoint's)."""
-        timers = self._timers
-        while timers:
-            deadline, _, session = timers[0]
-            if session.get_timer() == deadline:
-                return deadline
-            heapq.heappop(timers)
-        return None
+        """The earliest session deadline."""
+        return self._timers.earliest()
 
     def handle_timer(self, now: float) -> None:
-        timers = self._timers
-        while timers and timers[0][0] <= now:
-            _, _, session = heapq.heappop(timers)
-            deadline = session.get_timer()
-            if deadline is not None and deadline <= now:
-                session.handle_timer(now)
+        for session in self._timers.due(now):
+            session.handle_timer(now)
 
     # -- endpoint events -----------------------------------------------------------------------
 
