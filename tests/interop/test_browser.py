@@ -180,12 +180,19 @@ class Page:
 
     def failure(self) -> str | None:
         """What went wrong in the page, if anything did (a page error or a failed connect)."""
-        for m in self.browser.find(lambda m: m.get("page") == self.name):
-            if "error" in m:
-                return str(m["error"])
-            if m.get("report", {}).get("event") in ("error", "disconnected"):
-                return json.dumps(m["report"])
-        return None
+        mine = self.browser.find(lambda m: m.get("page") == self.name)
+        errors = [str(m["error"]) for m in mine if "error" in m]
+        errors += [
+            json.dumps(m["report"]) for m in mine if m.get("report", {}).get("event") == "error"
+        ]
+        if errors:
+            return "; ".join(errors)
+        ended = [
+            json.dumps(m["report"])
+            for m in mine
+            if m.get("report", {}).get("event") == "disconnected"
+        ]
+        return ended[0] if ended else None
 
     async def wait(
         self, event: str, what: str, timeout: float = 10, **match: Any
