@@ -32,6 +32,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -237,7 +238,7 @@ class PhoneMedia(asyncio.DatagramProtocol):
         if is_rtcp(data):
             return
         packet = parse_rtp(data)
-        self.remote = addr  # symmetric RTP: answer where the server sends from
+        self.remote = addr  # symmetric RTP: where the server sends from
         if packet.payload_type == 0:
             pcm = np.frombuffer(ulaw_decode(packet.payload), dtype="<i2") / 32768.0
             self.heard.append(pcm)
@@ -255,10 +256,21 @@ class PhoneMedia(asyncio.DatagramProtocol):
         frames = int(seconds * RATE / 160)
         return np.concatenate(self.heard[-frames:]) if len(self.heard) >= frames else np.zeros(0)
 
-    async def talk(self) -> None:
-        """Send the tone, paced by the loop's clock, from the first packet the server sends."""
+    async def talk(self, messages: Path) -> None:
+        """Send the tone, paced by the loop's clock, to the audio port of the server's 200 (in
+        sipp's message trace), or to where the server's RTP comes from if that is seen first."""
         loop = asyncio.get_running_loop()
-        await eventually(lambda: self.remote, "the server's first RTP packet", timeout=60)
+
+        def server_address() -> tuple[str, int] | None:
+            if self.remote is None and messages.exists():
+                _, ok, answer = messages.read_text(errors="replace").partition("SIP/2.0 200 OK")
+                port = re.search(r"\nm=audio (\d+) ", answer) if ok else None
+                if port:
+                    self.remote = ("127.0.0.1", int(port.group(1)))
+            return self.remote
+
+        await eventually(server_address, "the server's answer", timeout=60)
+        print(f"the phone talks to {self.remote}")
         seq, sample, ssrc = 0, 0, 0x5B1D6E
         next_at = loop.time()
         while True:
@@ -376,15 +388,18 @@ async def call_the_page(server: ServerProcess, browser: Browser, variant: Varian
         PhoneMedia, local_addr=("127.0.0.1", rtp_port)
     )
     keys = {"caller": "+15105550199", "called": number, "callsid": TWILIO_CALL_SID}
+    phone_dir = server.log.parent / f"phone-{tag}"
+    phone_dir.mkdir()
     phone = asyncio.create_task(
         sipp(
             "uac_browser.xml",
             server.sip_port,  # type: ignore[attr-defined]
             keys={**keys, "rtp_port": str(rtp_port)},
             limit=60,
+            extra=["-trace_msg", "-message_file", str(phone_dir / "messages.log")],
         )
     )
-    talk = asyncio.create_task(media.talk())
+    talk = asyncio.create_task(media.talk(phone_dir / "messages.log"))
     page = Page(browser, f"page-{tag}")
     query = {
         "url": f"ws://127.0.0.1:{server.port}",
