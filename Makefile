@@ -1,13 +1,16 @@
 # sipbridge: `make serve` runs a development server, `make test` runs every check, `make check`
 # the fast ones (lint, types, the tests that start no server process) in under a minute.
 # Both create .venv and install what they need; `make test` also installs the Debian packages the
-# test suite drives (as root, with apt-get, only when missing).
+# test suite drives (as root, with apt-get, only when missing) and the browser test's Node packages.
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # Debian packages the tests need, checked with dpkg and installed only when missing.
-SYSTEM_PACKAGES := ca-certificates sip-tester sipsak baresip-core
+SYSTEM_PACKAGES := ca-certificates sip-tester sipsak baresip-core chromium
+# The browser test's Node packages (livekit-client, playwright-core, esbuild), installed with
+# `npm ci` from the committed lockfile whenever it changes; node and npm come with the machine.
+BROWSER_DIR := tests/browser
 PYTEST_ARGS ?=
 # The sans-IO core whose own unit tests must cover it (branches included) at COVERAGE_MIN %;
 # a package not there yet (sdp/ is being split out of sip/) is skipped, not failed.
@@ -30,8 +33,8 @@ FUZZ_TARGETS ?=
 # environment with PYTHONDONTWRITEBYTECODE set recompiled a hundred modules, 0.2 s, per start).
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: serve test check install system-deps lint typecheck coverage-core unit bench clean \
-	fuzz fuzz-smoke
+.PHONY: serve test check install system-deps browser-deps lint typecheck coverage-core unit bench \
+	clean fuzz fuzz-smoke
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +57,16 @@ system-deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 			apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
+
+$(BROWSER_DIR)/node_modules/.installed: $(BROWSER_DIR)/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+		cd $(BROWSER_DIR) && npm ci --no-audit --no-fund --loglevel=error && \
+		touch node_modules/.installed; \
+	else \
+		echo "npm not found: tests/interop/test_browser.py will skip"; \
+	fi
+
+browser-deps: $(BROWSER_DIR)/node_modules/.installed
 
 lint: install
 	$(BIN)/ruff check src tests bench examples fuzz
@@ -82,7 +95,7 @@ unit: coverage-core
 	$(BIN)/pytest --cov=sipbridge --cov-branch --cov-append --cov-report=term \
 		$(addprefix --ignore=,$(CORE_TESTS)) $(PYTEST_ARGS)
 
-test: system-deps install lint typecheck unit fuzz-smoke
+test: system-deps install browser-deps lint typecheck unit fuzz-smoke
 
 fuzz: install
 	$(BIN)/python -m fuzz.run --keep --seconds $(FUZZ_SECONDS) --seed 0 $(FUZZ_TARGETS)

@@ -227,3 +227,69 @@ def veth_namespace(index: int | None = None) -> Iterator[VethNamespace]:
     finally:
         if created:
             _delete(name, ns.host_if if ns else None)
+
+
+# -- a namespace with loopback only, entered by this thread ----------------------------------------
+
+CLONE_NEWNET = 0x40000000  # <sched.h>
+
+
+def _setns(fd: int) -> None:
+    """setns(2) of the calling thread into the network namespace `fd` (os.setns is 3.12+)."""
+    import ctypes  # noqa: PLC0415
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, CLONE_NEWNET) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"setns: {os.strerror(errno)}")
+
+
+@contextlib.contextmanager
+def loopback_namespace() -> Iterator[str]:
+    """A fresh network namespace whose only link is `lo` (up, IPv4 only), which the calling thread
+    enters for the block: every socket it opens and every process it starts in the block lives
+    there, and 127.0.0.1 is that namespace's own loopback. For a test whose server, peers and
+    browser must all be on one loopback that leads nowhere else (test_browser.py).
+
+    Only the calling thread moves (setns(2) is per thread): threads started before the block stay
+    outside, so the block must not hand socket work to them (e.g. `asyncio.to_thread` of a loop
+    made before it). The thread leaves before the teardown, which kills what is left inside and
+    deletes the namespace (as `veth_namespace` does). Skips when not root."""
+    reason = available()
+    if reason:
+        pytest.skip(reason)
+    name = f"{PREFIX}{os.getpid()}-{next(_counter)}"
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    created = entered = False
+    try:
+        with _lock():
+            cleanup_stale()
+            _ip("netns", "add", name)
+            created = True
+        if Path("/proc/sys/net/ipv6").exists():
+            keys = ("all", "default", "lo")
+            _run(
+                "ip",
+                "netns",
+                "exec",
+                name,
+                "sysctl",
+                "-qw",
+                *(f"net.ipv6.conf.{k}.disable_ipv6=1" for k in keys),
+            )
+        _ip("-n", name, "link", "set", "lo", "up")
+        target = os.open(f"/run/netns/{name}", os.O_RDONLY)
+        try:
+            _setns(target)
+            entered = True
+        finally:
+            os.close(target)
+        yield name
+    finally:
+        try:
+            if entered:
+                _setns(home)  # first: `ip netns pids` would otherwise count this very process
+        finally:
+            os.close(home)
+            if created:
+                _delete(name)
