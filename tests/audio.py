@@ -193,6 +193,7 @@ def best_correlation(
     min_overlap_s: float = 0.5,
     recorded_rate: int | None = None,
     inverted: bool = True,
+    trim: bool = True,
 ) -> tuple[float, float]:
     """The best normalised cross-correlation of `recorded` against `reference`: (coef, lag_s).
 
@@ -206,6 +207,8 @@ def best_correlation(
     recording starts part-way into the reference). `recorded_rate` (default `rate`): the
     recording's rate, resampled to `rate` when it differs. `inverted`: a copy with its polarity
     flipped counts too (the coefficient is then negative); without it, only positive matches.
+    `trim=False` keeps the recording's silences: a short reference that must overlap it whole
+    (`windows_heard`) could otherwise start before a trimmed recording does.
     """
     ref = np.asarray(reference, dtype=np.float64)
     rec = np.asarray(recorded, dtype=np.float64)
@@ -215,7 +218,7 @@ def best_correlation(
         rec = rec.mean(axis=1)
     if recorded_rate is not None and recorded_rate != rate:
         rec = resample(rec, recorded_rate, rate)
-    rec, trimmed = _trim(rec, rate)
+    rec, trimmed = _trim(rec, rate) if trim else (rec, 0)
     ref = ref - ref.mean() if len(ref) else ref
     rec = rec - rec.mean() if len(rec) else rec
     n_ref, n_rec = len(ref), len(rec)
@@ -283,9 +286,18 @@ def windows_heard(
         window = ref[start : start + size]
         if rms(window) < 1e-3:
             continue
-        # positive matches only: a narrow-band window half a period off looks inverted
+        # positive matches only: a narrow-band window half a period off looks inverted. The
+        # recording untrimmed: played softer than sent, its onset can fall under the silence
+        # threshold where the reference's did not, and a recording trimmed to its first loud
+        # block would start after the first window does, which then could never overlap whole.
         coef, _ = best_correlation(
-            window, rec, rate, max_lag_s=span_s, min_overlap_s=window_s, inverted=False
+            window,
+            rec,
+            rate,
+            max_lag_s=span_s,
+            min_overlap_s=window_s,
+            inverted=False,
+            trim=False,
         )
         found.append(coef > threshold)
     return sum(found) / len(found) if found else 0.0

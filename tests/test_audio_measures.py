@@ -40,3 +40,14 @@ def test_another_signal_noise_or_silence_is_not_heard() -> None:
     assert windows_heard(sent, np.zeros(4 * RATE), RATE) == 0.0
     # the signal buried in noise louder than itself is not a call anyone would call heard
     assert windows_heard(sent, sent + rng.normal(0.0, 0.3, len(sent)), RATE) < 0.5
+
+
+def test_a_quieter_copy_is_heard_from_its_first_window() -> None:
+    """A receiver that plays the signal 6 dB down (an upmix, a gain stage) makes its soft onset
+    fall under the silence threshold: the recording's leading silence then ends a block later than
+    the reference's, and the first window must still be found whole (it once was not: the
+    recording was trimmed to its first loud block, which cut the window's start off)."""
+    rng = np.random.default_rng(3)
+    onset = rng.normal(0.0, 0.0015, int(0.03 * RATE))  # a soft start, just above the threshold
+    sent = np.concatenate([onset, distinct_signal("a", RATE, 3.0, pad_s=0.5)])
+    assert windows_heard(sent, _delayed(sent * 0.5, 0.3), RATE) == 1.0
