@@ -94,6 +94,14 @@ def test_senders_encode_opus_with_the_waveform_encoder() -> None:
     assert low > 0.8 * mid, (low, mid)
 
 
+def test_the_waveform_encoder_keeps_the_level_of_mono_audio() -> None:
+    # Our frames are mono; aiortc's encoder upmixed them to stereo through FFmpeg, whose centre
+    # mix level put each channel 3 dB down: every client heard the room at 0.71 of its level.
+    sent = 8000 / np.sqrt(2)  # the RMS of the tone `tone_level` encodes
+    level = tone_level(WaveformOpusEncoder(), 440)
+    assert 0.95 * sent < level < 1.05 * sent, level / sent
+
+
 # -- deliver_audio_promptly --------------------------------------------------------------------
 
 

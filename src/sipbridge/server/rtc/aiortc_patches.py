@@ -25,21 +25,32 @@ import aiortc.codecs
 import aiortc.codecs.opus
 import aiortc.jitterbuffer
 import aiortc.rtcrtpreceiver
+import av
 from aiortc.jitterbuffer import MAX_MISORDER, JitterFrame
 from aiortc.rtp import RtpPacket as AiortcRtpPacket
 
 # -- Opus in `audio` mode ---------------------------------------------------------------------
 
 
+FRAME_SAMPLES = aiortc.codecs.opus.SAMPLES_PER_FRAME  # 20 ms at 48 kHz, aiortc's packet size
+
+
 class WaveformOpusEncoder(aiortc.codecs.opus.OpusEncoder):
-    """aiortc's Opus encoder in `audio` mode: its default `voip` mode (high-pass, tuned for
-    intelligibility) keeps speech intelligible but not the waveform - a bridged caller
+    """aiortc's Opus encoder in `audio` mode, encoding mono. Its default `voip` mode (high-pass,
+    tuned for intelligibility) keeps speech intelligible but not the waveform - a bridged caller
     correlated 0.45 with what the SDK heard; `audio` at aiortc's 96 kbit/s keeps it (and costs
-    no more)."""
+    no more). aiortc encodes stereo, upmixing our mono frames through FFmpeg, whose centre mix
+    level puts each channel 3 dB down: the room was heard at 0.71 of its level. A mono Opus
+    stream is valid on an `opus/48000/2` section (RFC 7587 s7: the decoder handles either, and
+    without `stereo=1` the receiver prefers mono) and costs less to encode."""
 
     def __init__(self) -> None:
         super().__init__()
         self.codec.options = {"application": "audio"}
+        self.codec.layout = "mono"
+        self.resampler = av.AudioResampler(
+            format="s16", layout="mono", rate=self.codec.sample_rate, frame_size=FRAME_SAMPLES
+        )
 
 
 def use_waveform_opus() -> None:
@@ -48,7 +59,8 @@ def use_waveform_opus() -> None:
     Replaces `aiortc.codecs.OpusEncoder`. Relies on: `aiortc.codecs.get_encoder` (the one
     `aiortc.rtcrtpsender` calls, once per sender) looking `OpusEncoder` up in its module's
     globals for `audio/opus`; `OpusEncoder()` taking no argument and creating its PyAV codec
-    context (`self.codec`) unopened, so options set after `__init__` apply when it opens."""
+    context (`self.codec`) unopened, so options and layout set after `__init__` apply when it
+    opens; `encode` passing each frame through `self.resampler` to the codec."""
     aiortc.codecs.OpusEncoder = WaveformOpusEncoder  # type: ignore[attr-defined]
 
 
