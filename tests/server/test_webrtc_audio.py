@@ -22,6 +22,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from sipbridge import sdp
 from sipbridge.media import codecs
+from sipbridge.media.room_audio import RoomAudio
 from sipbridge.media.session import MIN_SEQUENTIAL
 from sipbridge.server.media.leg_driver import Timeline
 from sipbridge.server.rtc import audio, peer
@@ -257,3 +258,33 @@ def test_publisher_audio_waits_at_most_three_frames() -> None:
     assert publication.trimmed == 2 * 960  # frames 10 and 11
     taken = publication.pull(0.0)
     assert taken is not None and taken[0] == 12  # 40 ms behind the newest, not 80
+
+
+class StoppedClock:
+    """A room clock that never ticks: routing is all these tests look at."""
+
+    def add(self, room: RoomAudio) -> None: ...
+
+    def discard(self, room: RoomAudio) -> None: ...
+
+
+def test_a_publisher_is_told_once_when_its_audio_first_reaches_a_listener() -> None:
+    # LiveKit sends the publisher TrackSubscribed when its track is first subscribed; an agent
+    # waits for it before it speaks. Ours comes with the first frame someone hears: the SDK's
+    # sender is running by then, so what the agent says next is heard from its start.
+    publication = audio.Publication()
+    told: list[str] = []
+    publication.on_heard = lambda: told.append("TrackSubscribed")
+    room = RoomAudio("room", StoppedClock())
+    room.add(publication)
+    publication.push(frame48(1))  # alone in the room: nobody hears it
+    assert told == []
+    listener = audio.Subscription(publication, audio.OutgoingAudio("TR_x"))
+    room.add(listener)
+    assert told == []  # a listener, but no audio yet
+    publication.push(frame48(2))
+    assert told == ["TrackSubscribed"]
+    room.remove(listener)
+    room.add(audio.Subscription(publication, audio.OutgoingAudio("TR_y")))
+    publication.push(frame48(3))
+    assert told == ["TrackSubscribed"]  # once per track, as LiveKit does

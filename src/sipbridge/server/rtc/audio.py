@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import fractions
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import av
@@ -165,7 +166,14 @@ class Subscription(AudioLeg):
 
 
 class Publication(AudioLeg):
-    """An SDK participant's published audio as a room source (48 kHz mono PCM)."""
+    """An SDK participant's published audio as a room source (48 kHz mono PCM).
+
+    `on_heard` is called once, with the first frame that arrives while someone in the room
+    hears the track: LiveKit's server then tells the publisher `TrackSubscribed` ("the
+    publisher knows when it should start sending data"), which `livekit-agents` awaits before
+    it speaks. Audio captured before the SDK's sender starts - a debounced renegotiation
+    (150 ms in the Rust SDK) and an answer after `publish_track` returns - never leaves the
+    client; with its first frame here, the sender is running."""
 
     def __init__(self) -> None:
         super().__init__(codecs.OPUS_SPEC)
@@ -174,6 +182,7 @@ class Publication(AudioLeg):
         self.frames = 0
         self.trimmed = 0  # samples dropped to keep the delay down
         self.levels: PacketLevels = PacketLevels(codecs.OPUS_SPEC)  # measured on the decoded audio
+        self.on_heard: Callable[[], None] | None = None
 
     def push(self, frame: av.AudioFrame) -> None:
         data = frame.to_ndarray()
@@ -200,6 +209,9 @@ class Publication(AudioLeg):
             if len(self.fifo.buffer) > MAX_AHEAD:
                 self.trimmed += len(self.fifo.buffer) - KEEP_AHEAD
                 self.fifo.buffer = self.fifo.buffer[-KEEP_AHEAD:]
+            if self.on_heard is not None:
+                heard, self.on_heard = self.on_heard, None
+                heard()
         self.frames += 1
 
     def pull(self, now: float) -> Pcm | None:

@@ -185,10 +185,20 @@ class SessionMedia:
 
     def _published(self, session: Session, track_sid: str, publication: Publication) -> None:
         """A client's published audio arrived: it joins the room's audio, and the others in
-        the room are asked for a section to receive it."""
+        the room are asked for a section to receive it. Once its audio reaches someone, the
+        client is told `TrackSubscribed` (as LiveKit does, once per track)."""
+        publication.on_heard = lambda: self._track_subscribed(session, track_sid)
         self.media.track_legs[track_sid] = publication
         self.media.attach(publication, session.room)
         self.ask_for_sections(session.room, exclude=session.identity)
+
+    def _track_subscribed(self, session: Session, track_sid: str) -> None:
+        """The first listener hears a client's track: tell the client, whose SDK resolves
+        `LocalTrackPublication.wait_for_subscription()` (what an agent waits for to speak)."""
+        if self.sessions.get((session.room, session.identity)) is session:
+            session.send(
+                rtc.SignalResponse(track_subscribed=rtc.TrackSubscribed(track_sid=track_sid))
+            )
 
     def ask_for_sections(self, room: str, exclude: str = "") -> None:
         """A new audio track in the room: the clients subscribing to it need sections."""
