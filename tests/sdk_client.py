@@ -5,7 +5,8 @@ Run it inside a network namespace (tests/netns.py; libwebrtc ignores loopback):
     ip netns exec NS .venv/bin/python tests/sdk_client.py --url ws://HOST_IP:PORT --token TOKEN \
         [--publish IN.wav] [--record OUT.wav] [--seconds S] [--dtmf DIGITS] \
         [--subscribe-identity ID] [--connect-timeout S] [--dtmf-delay S] \
-        [--publish-delay S] [--publish-after-record] [--no-auto-subscribe] \
+        [--publish-delay S] [--publish-after-record] [--publish-when-subscribed] \
+        [--no-auto-subscribe] \
         [--subscribe-after S] [--unsubscribe-after S] [--rpc-serve METHOD] \
         [--rpc-call ID:METHOD:PAYLOAD] [--text-topic TOPIC] [--send-text TOPIC:TEXT|@FILE] \
         [--data-delay S] [--allow-only IDENTITY] [--verbose]
@@ -22,6 +23,7 @@ It prints one JSON object per line on stdout for everything it sees, each with "
     track_unsubscribed       {identity, track_sid}
     track_subscription_failed {identity, track_sid, error}
     local_track_published    {track_sid}
+    local_track_subscribed   {track_sid}   (the server's TrackSubscribed: someone hears it)
     set_subscribed           {track_sid, subscribed}
     rpc_served               {caller, method, payload}    (--rpc-serve)
     rpc_result               {response} | rpc_error {code, message}   (--rpc-call)
@@ -47,6 +49,10 @@ AudioSource.capture_frame; the audio starts at once, heard or not, so a subscrib
 subscribes later misses the start (delay the publisher or pad the signal). With
 --publish-after-record the delay counts from the moment recording starts (a phone's track
 subscribed, which is when its call is answered), so a slow answer cannot eat the signal.
+With --publish-when-subscribed the audio starts once the track is subscribed
+(`LocalTrackPublication.wait_for_subscription()`, as livekit-agents' audio output waits): audio
+captured before that may never leave the SDK, whose sender starts only once the renegotiation
+that `publish_track` schedules (debounced 150 ms) is answered.
 --record: the first remote audio track subscribed (from --subscribe-identity when given) read
 through an AudioStream at 48 kHz mono into a 16-bit WAV, written as it arrives until the track is
 unsubscribed or the run ends (a killed run leaves a file with an unfinished header, which
@@ -223,6 +229,10 @@ class Client:
         def _(pub: Any, track: Any) -> None:
             emit("local_track_published", track_sid=pub.sid)
 
+        @on("local_track_subscribed")
+        def _(track: Any) -> None:
+            emit("local_track_subscribed", track_sid=track.sid)
+
         @on("data_received")
         def _(packet: Any) -> None:
             try:
@@ -349,7 +359,11 @@ class Client:
         source = rtc.AudioSource(RATE, 1, queue_size_ms=100)
         track = rtc.LocalAudioTrack.create_audio_track("microphone", source)
         options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
-        await asyncio.wait_for(self.room.local_participant.publish_track(track, options), 10)
+        publication = await asyncio.wait_for(
+            self.room.local_participant.publish_track(track, options), 10
+        )
+        if self.args.publish_when_subscribed:
+            await asyncio.wait_for(publication.wait_for_subscription(), 10)
         frames = 0
         try:
             for start in range(0, len(pcm), FRAME):
@@ -511,6 +525,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--publish-after-record",
         action="store_true",
         help="count --publish-delay from when recording starts",
+    )
+    p.add_argument(
+        "--publish-when-subscribed",
+        action="store_true",
+        help="start the audio once the published track is subscribed",
     )
     p.add_argument("--record", metavar="OUT.wav", help="record the first remote audio track")
     p.add_argument("--seconds", type=float, default=5.0, help="time in the room (5)")

@@ -123,6 +123,7 @@ async def test_sdk_client_and_phone_hear_each_other(
                 "--publish",
                 str(tmp_path / "agent.wav"),
                 "--publish-after-record",
+                "--publish-when-subscribed",
                 "--seconds",
                 "8",
                 "--dtmf",
@@ -169,6 +170,9 @@ async def test_sdk_client_and_phone_hear_each_other(
     assert caller["kind"] == "PARTICIPANT_KIND_SIP"
     assert caller["attributes"]["sip.phoneNumber"] == phone.user
     assert any(e["event"] == "track_subscribed" for e in events), events
+    # the server told it its track was heard (TrackSubscribed, as LiveKit does), and it spoke
+    # then, as livekit-agents does
+    assert any(e["event"] == "local_track_subscribed" for e in events), events
     digits = [e for e in events if e["event"] == "sip_dtmf_received"]
     assert "".join(e["digit"] for e in digits) == "12#", events
     assert {e["identity"] for e in digits} == {caller["identity"]}
@@ -182,6 +186,12 @@ async def test_sdk_client_and_phone_hear_each_other(
     phone_heard_agent = windows_heard(sent, phone_heard, 48000, recorded_rate=phone_rate)
     assert agent_heard_phone >= 0.8, agent_heard_phone
     assert phone_heard_agent >= 0.8, phone_heard_agent
+    # ... from its first word: 100 ms windows over the first half second all heard. Had it
+    # spoken when `publish_track` returned, the first ~160 ms would never have left the SDK
+    # (its sender starts with the answer to a renegotiation it debounces by 150 ms).
+    start = sent[: int(0.6 * 48000)]
+    first_words = windows_heard(start, phone_heard, 48000, window_s=0.1, recorded_rate=phone_rate)
+    assert first_words == 1.0, first_words
 
 
 async def test_a_second_sdk_client_joins_and_leaves_and_remove_participant_hangs_up(
