@@ -226,7 +226,7 @@ class RtpLeg(AudioLeg):
             # timeout, or a long hold would hang up before the phone's first packet.
             self.last_packet_at = now
         if self.room is not None:
-            self.room.route()
+            self.room.changed(self)
 
     def change_codec(self, spec: codecs.CodecSpec) -> None:
         """The peer moved to another codec (re-INVITE): new coder state, same stream."""
@@ -499,7 +499,7 @@ class RtpLeg(AudioLeg):
         if tone is None:
             self.flush()
         if self.room is not None:
-            self.room.route()
+            self.room.changed(self)
 
     def pull(self, now: float) -> Pcm | None:
         """This leg's next 20 ms as PCM at its codec rate, None when it is silent.
@@ -542,12 +542,12 @@ class RtpLeg(AudioLeg):
     def play(self, player: Player) -> None:
         self.players.append(player)
         if self.room is not None:
-            self.room.route()
+            self.room.changed(self)
 
     def stop_players(self) -> None:
         self.players.clear()
         if self.room is not None:
-            self.room.route()
+            self.room.changed(self)
 
     def send_dtmf(self, digits: str) -> None:
         """Queue digits for the caller: RFC 4733 events, or in-band tones without them."""
@@ -555,7 +555,7 @@ class RtpLeg(AudioLeg):
             if digit in DIGITS or digit == "W":
                 self._dtmf_queue.append(digit)
         if self.room is not None:
-            self.room.route()
+            self.room.changed(self)
 
     def local_frame(self, now: float) -> tuple[Pcm | None, bool]:
         """The local audio for this tick and whether an RFC 4733 packet took the tick."""
@@ -565,14 +565,14 @@ class RtpLeg(AudioLeg):
         elif self._dtmf_gap:
             self._dtmf_gap -= 1
             if not self.local_audio and self.room is not None:
-                self.room.route()  # the digits are done: back to forwarding where it applies
+                self.room.changed(self)  # the digits are done: back to forwarding where it applies
         while self.players:
             pcm = self.players[0].frame(self.spec.sample_rate * FRAME_MS // 1000)
             if pcm is not None:
                 return pcm, False
             self.players.popleft()
             if not self.local_audio and self.room is not None:
-                self.room.route()
+                self.room.changed(self)
         return None, False
 
     def _dtmf_step(self, now: float) -> bool:

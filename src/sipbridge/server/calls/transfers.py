@@ -153,7 +153,7 @@ class Transfers:
             transfer.ringback = _Ringback(leg.spec.sample_rate)
             leg.players.append(transfer.ringback)
             if leg.room is not None:
-                leg.room.route()
+                leg.room.changed(leg)
         self._count("started")
         log.info("call %s: transfer %s to %s", info.call_id, info.transfer_id, req.transfer_to)
         call.refer(target, dict(req.headers))
