@@ -22,6 +22,16 @@ def test_a_burst_then_refusals_then_silence() -> None:
     assert admission.admit("192.0.2.2", "INVITE", 0.0) is Verdict.ADMIT  # others unaffected
 
 
+def test_a_source_is_dropping_from_its_first_drop_until_it_refills() -> None:
+    admission = Admission(rate=10.0, burst=2.0, drop_after=2)
+    assert not admission.dropping("192.0.2.1", 0.0)  # never seen
+    assert verdicts(admission, 4, 0.0) == ["admit"] * 2 + ["refuse"] * 2
+    assert admission.dropping("192.0.2.1", 0.0)  # the next would be dropped
+    assert admission.admit("192.0.2.1", "INVITE", 0.0) is Verdict.DROP
+    assert not admission.dropping("192.0.2.1", 0.05)  # half a token back: refused again
+    assert not admission.dropping("192.0.2.2", 0.0)
+
+
 def test_the_bucket_refills_at_the_rate() -> None:
     admission = Admission(rate=10.0, burst=5.0, drop_after=0)
     verdicts(admission, 5, 0.0)
@@ -83,9 +93,15 @@ def test_the_endpoint_refuses_with_503_then_drops_and_never_limits_in_dialog() -
     sent = [data.split(b"\r\n", 1)[0] for data, _ in endpoint.outgoing()]
     assert sent == [b"SIP/2.0 503 Service Unavailable"]  # the first went to the application
     assert (endpoint.stats["refused_flood"], endpoint.stats["dropped_flood"]) == (1, 1)
-    endpoint.receive(invite(0), peer, 0.0)  # a retransmission of the admitted one: absorbed
-    endpoint.receive(invite(9, to_tag="b"), peer, 0.0)  # in a dialog: never limited
-    assert endpoint.stats["dropped_flood"] == 1
+    # Past the drop threshold its INVITEs are not even parsed: a retransmission of the admitted
+    # one too (its sender retransmits again) ...
+    endpoint.receive(invite(0), peer, 0.0)
+    assert endpoint.stats["dropped_flood"] == 2 and endpoint.stats["malformed"] == 0
+    # ... until the bucket refills above it: then a retransmission is absorbed, and a request
+    # in a dialog is never limited.
+    endpoint.receive(invite(0), peer, 1.0)
+    endpoint.receive(invite(9, to_tag="b"), peer, 1.0)
+    assert endpoint.stats["dropped_flood"] == 2 and endpoint.stats["retransmissions"] == 1
     stranger = SipEndpoint(admission=Admission(allow_from=[ipaddress.ip_network("10.0.0.0/8")]))
     stranger.receive(invite(0), peer, 0.0)
     assert stranger.outgoing() == [] and stranger.stats["dropped_not_allowed"] == 1

@@ -18,8 +18,8 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-DEFAULT_RATE = 1000.0  # new INVITEs/REGISTERs per second and address
-DEFAULT_BURST = 2000.0
+DEFAULT_RATE = 50.0  # new INVITEs/REGISTERs per second and address (config.py says why)
+DEFAULT_BURST = 100.0
 DEFAULT_DROP_AFTER = 100  # refusals in debt before an address is no longer answered
 DEFAULT_CAPACITY = 10_000
 LIMITED_METHODS = frozenset({"INVITE", "REGISTER"})
@@ -91,6 +91,16 @@ class Admission:
         except ValueError:
             return False
         return any(address in network for network in self.allow_from)
+
+    def dropping(self, source: str, now: float) -> bool:
+        """Whether `source` is so deep in debt that its new requests get no answer now (the
+        `DROP` verdict). Asked before a datagram is even parsed: a flood's requests past that
+        point cost a dictionary look-up, not a parse (issue 17 s3)."""
+        bucket = self._buckets.get(source)
+        if bucket is None:
+            return False
+        bucket.refill(now)
+        return bucket.tokens <= -self.drop_after
 
     def admit(self, source: str, method: str, now: float) -> Verdict:
         """The verdict on a request outside any dialog from `source`."""

@@ -15,7 +15,7 @@ from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from sipbridge.sip.admission import Admission, Verdict
+from sipbridge.sip.admission import LIMITED_METHODS, Admission, Verdict
 from sipbridge.sip.deadlines import DeadlineHeap
 from sipbridge.sip.errors import SipProtocolError
 from sipbridge.sip.message import (
@@ -45,6 +45,8 @@ ALLOW = ("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "INFO", "NOTIFY", "UPDATE"
 SUPPORTED = ("timer",)
 ACCEPT = ("application/sdp",)
 MAX_TRANSACTIONS = 100_000
+# how the datagrams of the requests that `Admission` limits begin (RFC 3261 s7.1 Request-Line)
+_LIMITED_STARTS = tuple(f"{method} ".encode() for method in sorted(LIMITED_METHODS))
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +146,15 @@ class SipEndpoint:
     def receive(self, data: bytes, peer: Peer, now: float) -> None:
         """One message from the network. Never raises: bad input is answered or counted."""
         self.stats["received"] += 1
+        if (
+            self.admission is not None
+            and data.startswith(_LIMITED_STARTS)
+            and self.admission.dropping(peer.host, now)
+        ):
+            # A flood past its source's drop threshold: not parsed, not answered. (A re-INVITE
+            # from that source waits for the bucket too; its sender retransmits.)
+            self.stats["dropped_flood"] += 1
+            return
         try:
             message = parse_message(data, stream=peer.reliable)
         except SipProtocolError as err:
