@@ -87,7 +87,7 @@ def _serve_parser(sub: Any) -> None:
         type=int,
         metavar="N",
         help="new INVITEs/REGISTERs per second from one address, twice that in a burst; "
-        "beyond: 503, and no answer to a flood (1000)",
+        "beyond: 503, and no answer to a flood (50)",
     )
     p.add_argument(
         "--allow-from",
