@@ -13,22 +13,28 @@ event loop that may itself be busy:
 - `Pinger`: OPTIONS one after another from another address; `latencies` are their round trips.
 - `rss_bytes`: the server's resident memory (/proc).
 
+`measure_flood` runs the whole of it against a started server and returns the figures.
+
 Every wait is bounded by a deadline; the only pauses are the pacing of the RTP and the pings
 (a phone sends every 20 ms because that is what phones do).
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import math
+import os
 import re
 import secrets
 import socket
 import struct
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 SIPP_FLOOD = Path(__file__).parent / "interop" / "sipp" / "uac_flood.xml"
 FRAME_S = 0.020
@@ -301,3 +307,163 @@ class Pinger:
                     self.latencies.append(time.monotonic() - sent)
                     break
             self._stop.wait(max(0.0, sent + self.interval - time.monotonic()))
+
+
+# -- the whole measurement ---------------------------------------------------------------------
+
+FLOOD_ROOM = "flooded"
+PHONES = ("127.0.0.2", "127.0.0.2")  # the legitimate call: two phones, one address
+PINGER = "127.0.0.3"  # OPTIONS: another address again
+# (the flood comes from 127.0.0.1, sipp's address in tests/harness.py)
+
+
+@dataclass(frozen=True, kw_only=True)
+class FloodResult:
+    """What one flood did to everyone else."""
+
+    invites: int  # what sipp was asked to send
+    rate: int  # a second, as asked
+    seconds: float  # how long sipp took to send them and end its calls
+    sipp_code: int
+    sipp_out: str
+    worst_gap: float  # the longest time either phone heard no RTP during the flood (s)
+    sent_late: float  # the worst lateness of the phones' own sending: the measure's own noise
+    options: list[float]  # OPTIONS round trips during the flood (s)
+    options_lost: int
+    cpu: float  # the server's CPU during the flood, in cores (1.0: one core all the time)
+    rss_before: int  # bytes, with the call up, before the flood
+    rss_after: int  # bytes, once the flood's calls are all gone
+    metrics: dict[str, float]  # the server's /metrics right after the flood
+
+    @property
+    def options_p99(self) -> float:
+        return percentile(self.options, 99) if self.options else math.inf
+
+    @property
+    def options_p50(self) -> float:
+        return percentile(self.options, 50) if self.options else math.inf
+
+    def counted(self, kind: str) -> float:
+        """A `sipbridge_sip_messages_total` counter (refused_flood, dropped_flood...)."""
+        return self.metrics.get(f'sipbridge_sip_messages_total{{kind="{kind}"}}', 0.0)
+
+    def summary(self) -> str:
+        return (
+            f"{self.invites} INVITEs at {self.rate}/s in {self.seconds:.1f} s (sipp exit "
+            f"{self.sipp_code}); worst audio gap {self.worst_gap * 1000:.0f} ms (phones' own "
+            f"sending late by at most {self.sent_late * 1000:.0f} ms); OPTIONS p50 "
+            f"{self.options_p50 * 1000:.1f} ms p99 {self.options_p99 * 1000:.1f} ms of "
+            f"{len(self.options)} ({self.options_lost} lost); server CPU {self.cpu:.2f} cores; "
+            f"RSS {self.rss_before / 2**20:.0f} -> {self.rss_after / 2**20:.0f} MiB; refused "
+            f"{self.counted('refused_flood'):g}, dropped unread {self.counted('dropped_flood'):g}"
+        )
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of process `pid` (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def measure_flood(
+    server: Any,
+    *,
+    invites: int,
+    rate: int,
+    hold_ms: int = 1000,
+    called: str = "+15105550100",
+    drain_timeout: float = 30.0,
+) -> FloodResult:
+    """On a started `ServerProcess` with no trunks or rules yet: a trunk for `called`, a rule
+    into one room, the call between two phones, then `invites` INVITEs at `rate` from sipp
+    (each answered call held `hold_ms`), measured as `FloodResult`. The phones hang up at the
+    end and the server is left with no call."""
+    from livekit.protocol import sip  # noqa: PLC0415
+
+    from tests import harness  # noqa: PLC0415
+
+    port: int = server.sip_port
+    pid: int = server.proc.pid
+    async with harness.client(server) as lk:
+        await lk.sip.create_inbound_trunk(
+            sip.CreateSIPInboundTrunkRequest(
+                trunk=sip.SIPInboundTrunkInfo(name="carrier", numbers=[called])
+            )
+        )
+        rule = sip.SIPDispatchRule(
+            dispatch_rule_direct=sip.SIPDispatchRuleDirect(room_name=FLOOD_ROOM)
+        )
+        await lk.sip.create_dispatch_rule(
+            sip.CreateSIPDispatchRuleRequest(dispatch_rule=sip.SIPDispatchRuleInfo(rule=rule))
+        )
+    phones = [Phone(address, f"+1555000{n}") for n, address in enumerate(PHONES)]
+    pinger = Pinger(PINGER, port)
+    try:
+        # The first rings until the second joins the room: then both are answered.
+        await asyncio.gather(*(asyncio.to_thread(p.dial, port, called) for p in phones))
+        for phone in phones:
+            phone.start_media()
+        await harness.eventually(
+            lambda: all(len(p.arrivals) > 25 for p in phones), "the phones to hear each other"
+        )
+        pinger.start()
+        await harness.eventually(lambda: len(pinger.latencies) >= 20, "OPTIONS answered")
+        rss_before = rss_bytes(pid)
+        quiet = len(pinger.latencies)
+        cpu_before, started = cpu_seconds(pid), time.monotonic()
+        run = await harness.sipp(
+            SIPP_FLOOD,
+            port,
+            calls=invites,
+            rate=rate,
+            hold_ms=hold_ms,
+            keys={"called": called},
+            limit=invites / rate + hold_ms / 1000 + 20,
+            timeout_error=False,
+            extra=["-recv_timeout", "2000", "-buff_size", "4194304", "-max_recv_loops", "10000"],
+        )
+        ended = time.monotonic()
+        cpu = (cpu_seconds(pid) - cpu_before) / (ended - started)
+        options = pinger.latencies[quiet:]
+        lost = pinger.lost
+        metrics = await asyncio.to_thread(server.metrics)
+        await harness.eventually(
+            calls_back_to(server, len(phones)),
+            "the flood's calls to end",
+            timeout=drain_timeout,
+        )
+        rss_after = rss_bytes(pid)
+        pinger.stop()
+        worst_gap = max(p.worst_gap(started, ended) for p in phones)
+        for phone in phones:
+            await asyncio.to_thread(phone.hang_up)
+        await harness.eventually(calls_back_to(server, 0), "the phones' call to end")
+    finally:
+        pinger.stop()
+        for phone in phones:
+            phone.close()
+    return FloodResult(
+        invites=invites,
+        rate=rate,
+        seconds=ended - started,
+        sipp_code=run.code,
+        sipp_out=run.out,
+        worst_gap=worst_gap,
+        sent_late=max(p.sent_late for p in phones),
+        options=options,
+        options_lost=lost,
+        cpu=cpu,
+        rss_before=rss_before,
+        rss_after=rss_after,
+        metrics=metrics,
+    )
+
+
+def calls_back_to(server: Any, count: int) -> Callable[[], Awaitable[bool]]:
+    """A check for `eventually`: the server's `sipbridge_calls_active` is `count`."""
+
+    async def check() -> bool:
+        got = await asyncio.to_thread(server.metrics)
+        return bool(got.get("sipbridge_calls_active", 0.0) == count)
+
+    return check
