@@ -16,7 +16,8 @@ hung up). Figures:
   sending, the noise floor of that figure;
 - OPTIONS p50/p99/max: round trips of the pings sent while the flood ran, a lost one as 1 s;
 - server CPU: its utime+stime over the flood divided by the flood's wall time (cores);
-- RSS before (call up, before the flood) and after (once every flood call has ended);
+- RSS before (call up, before the flood) and after (once every flood call has ended, or 30 s
+  after the flood if some have not: `gone` says when the last one had, `-` not by then);
 - what became of the flood: refused with 503 (`refused_flood`), dropped unread
   (`dropped_flood`), sipp's completed calls (answered and hung up, or refused and ACKed) and
   its run time: sending, then 2 s (-recv_timeout) for the last answers; sipp itself tops out
@@ -51,7 +52,7 @@ from bench.common import print_result
 HEADER = (
     f"{'rate/s':>7} {'sipp s':>7} {'gap ms':>7} {'late':>5} {'OPT p50':>8} {'p99':>7} "
     f"{'max':>7} {'lost':>5} {'CPU':>5} {'RSS MiB':>11} {'refused':>8} {'dropped':>8} "
-    f"{'sipp ok':>8}"
+    f"{'sipp ok':>8} {'gone s':>6}"
 )
 
 
@@ -63,7 +64,7 @@ def row(got: FloodResult) -> str:
         f"{got.options_lost:>5} {got.cpu:>5.2f} "
         f"{f'{got.rss_before / 2**20:.0f} -> {got.rss_after / 2**20:.0f}':>11} "
         f"{got.counted('refused_flood'):>8.0f} {got.counted('dropped_flood'):>8.0f} "
-        f"{completed(got):>8.0f}"
+        f"{completed(got):>8.0f} {f'{got.drained:.1f}' if got.drained < 1e9 else '-':>6}"
     )
 
 
@@ -88,6 +89,7 @@ def figures(got: FloodResult) -> dict[str, object]:
         "server_cpu_cores": round(got.cpu, 3),
         "rss_before_mib": round(got.rss_before / 2**20, 1),
         "rss_after_mib": round(got.rss_after / 2**20, 1),
+        "flood_calls_gone_after_s": round(got.drained, 2) if got.drained < 1e9 else None,
         "refused_flood": got.counted("refused_flood"),
         "dropped_flood": got.counted("dropped_flood"),
         "sipp_completed": completed(got),

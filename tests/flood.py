@@ -332,7 +332,8 @@ class FloodResult:
     options_lost: int
     cpu: float  # the server's CPU during the flood, in cores (1.0: one core all the time)
     rss_before: int  # bytes, with the call up, before the flood
-    rss_after: int  # bytes, once the flood's calls are all gone
+    rss_after: int  # bytes, once the flood's calls are all gone (or at the drain deadline)
+    drained: float  # seconds after the flood until its last call had ended (inf: not by then)
     metrics: dict[str, float]  # the server's /metrics right after the flood
 
     @property
@@ -354,7 +355,8 @@ class FloodResult:
             f"sending late by at most {self.sent_late * 1000:.0f} ms); OPTIONS p50 "
             f"{self.options_p50 * 1000:.1f} ms p99 {self.options_p99 * 1000:.1f} ms of "
             f"{len(self.options)} ({self.options_lost} lost); server CPU {self.cpu:.2f} cores; "
-            f"RSS {self.rss_before / 2**20:.0f} -> {self.rss_after / 2**20:.0f} MiB; refused "
+            f"RSS {self.rss_before / 2**20:.0f} -> {self.rss_after / 2**20:.0f} MiB, the "
+            f"flood's calls gone {self.drained:.1f} s after it; refused "
             f"{self.counted('refused_flood'):g}, dropped unread {self.counted('dropped_flood'):g}"
         )
 
@@ -427,17 +429,22 @@ async def measure_flood(
         options = pinger.latencies[quiet:]
         lost = pinger.lost
         metrics = await asyncio.to_thread(server.metrics)
-        await harness.eventually(
-            calls_back_to(server, len(phones)),
-            "the flood's calls to end",
-            timeout=drain_timeout,
-        )
+        try:
+            await harness.eventually(
+                calls_back_to(server, len(phones)),
+                "the flood's calls to end",
+                timeout=drain_timeout,
+            )
+            drained = time.monotonic() - ended
+        except AssertionError:
+            drained = math.inf  # still up at the deadline (answered, then abandoned by sipp)
         rss_after = rss_bytes(pid)
         pinger.stop()
         worst_gap = max(p.worst_gap(started, ended) for p in phones)
         for phone in phones:
             await asyncio.to_thread(phone.hang_up)
-        await harness.eventually(calls_back_to(server, 0), "the phones' call to end")
+        if drained < math.inf:
+            await harness.eventually(calls_back_to(server, 0), "the phones' call to end")
     finally:
         pinger.stop()
         for phone in phones:
@@ -455,6 +462,7 @@ async def measure_flood(
         cpu=cpu,
         rss_before=rss_before,
         rss_after=rss_after,
+        drained=drained,
         metrics=metrics,
     )
 
