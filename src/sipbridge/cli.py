@@ -53,6 +53,13 @@ def _serve_parser(sub: Any) -> None:
     )
     p.add_argument("--rtc-ports", metavar="LO-HI", help="UDP ports for WebRTC (50000-60000)")
     p.add_argument("--db", metavar="PATH", help="SQLite database file (./sipbridge.db)")
+    p.add_argument(
+        "--redis",
+        metavar="URL",
+        help="keep trunks, rules and the call log in Redis, shared by several nodes, instead "
+        "of --db: redis://HOST:PORT/DB",
+    )
+    p.add_argument("--redis-prefix", metavar="PREFIX", help="start of every Redis key (sipbridge:)")
     p.add_argument("--keys", metavar="KEY:SECRET", action="append", help="API key (repeatable)")
     p.add_argument("--webhook", metavar="URL", action="append", help="webhook URL (repeatable)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
@@ -494,6 +501,8 @@ def _serve(args: argparse.Namespace) -> int:
             rtc_ips=args.rtc_ip,
             rtc_ports=args.rtc_ports,
             db=args.db,
+            redis=args.redis,
+            redis_prefix=args.redis_prefix,
             keys=args.keys,
             webhooks=args.webhook,
             log_level=args.log_level,
@@ -520,9 +529,13 @@ def _serve(args: argparse.Namespace) -> int:
     import sqlite3  # noqa: PLC0415
 
     from sipbridge.server.app import run  # noqa: PLC0415 - keep client commands light
+    from sipbridge.store import StoreUnavailable  # noqa: PLC0415
 
     try:
         run(settings)
+    except StoreUnavailable as exc:
+        print(f"sipbridge serve: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"sipbridge serve: {exc}", file=sys.stderr)
         return 1
