@@ -208,9 +208,29 @@ def build_parser() -> argparse.ArgumentParser:
     call = sub.add_parser("call", help="the call log").add_subparsers(dest="action", required=True)
     p = call.add_parser("list", help="calls, newest first (reads the server's database)")
     p.add_argument("--db", default="./sipbridge.db", help="SQLite file (./sipbridge.db)")
+    p.add_argument("--redis", metavar="URL", help="read the servers' Redis instead of --db")
+    p.add_argument(
+        "--redis-prefix", default="sipbridge:", help="start of every Redis key (sipbridge:)"
+    )
     p.add_argument("--limit", type=int, default=100)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(run=list_calls, local=True)
+
+    store = sub.add_parser("store", help="the stored records").add_subparsers(
+        dest="action", required=True
+    )
+    p = store.add_parser(
+        "copy",
+        help="copy every trunk, dispatch rule, call and transfer record from SRC to DST (by id: "
+        "running it again changes nothing); SRC and DST are sqlite:PATH or redis://HOST:PORT/DB",
+    )
+    p.add_argument("src", metavar="SRC", help="sqlite:PATH or redis://HOST:PORT/DB")
+    p.add_argument("dst", metavar="DST", help="sqlite:PATH or redis://HOST:PORT/DB")
+    p.add_argument(
+        "--redis-prefix", default="sipbridge:", help="start of every Redis key (sipbridge:)"
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(run=copy_store, local=True)
 
     part = sub.add_parser("participant", help="participants").add_subparsers(
         dest="action", required=True
@@ -381,12 +401,12 @@ TABLE_COLUMNS = {
 }
 
 
-async def _load_calls(db: str) -> tuple[list[bytes], list[bytes]]:
+async def _load_calls(location: str, redis_prefix: str) -> tuple[list[bytes], list[bytes]]:
     """The call records and the transfer records."""
     from sipbridge.server.state.call_log import KIND, TRANSFER_KIND  # noqa: PLC0415
-    from sipbridge.store import SQLiteStore  # noqa: PLC0415
+    from sipbridge.store import store_at  # noqa: PLC0415
 
-    store = SQLiteStore(db)
+    store = store_at(location, redis_prefix=redis_prefix)
     await store.open()
     try:
         calls = [r.data for r in await store.load(KIND)]
@@ -403,9 +423,10 @@ def list_calls(a: argparse.Namespace) -> list[dict[str, Any]]:
 
     from livekit.protocol import sip  # noqa: PLC0415
 
-    if not Path(a.db).is_file():
+    if not a.redis and not Path(a.db).is_file():
         raise FileNotFoundError(f"no database at {a.db}")
-    records, transfer_records = asyncio.run(_load_calls(a.db))
+    location = a.redis or f"sqlite:{a.db}"
+    records, transfer_records = asyncio.run(_load_calls(location, a.redis_prefix))
     transfers: dict[str, list[dict[str, Any]]] = {}
     for data in transfer_records:
         transfer = sip.SIPTransferInfo.FromString(data)
@@ -427,6 +448,46 @@ def list_calls(a: argparse.Namespace) -> list[dict[str, Any]]:
         )
         rows.append(row)
     return rows
+
+
+def copy_store(a: argparse.Namespace) -> dict[str, Any]:
+    """`store copy SRC DST`: the records of every kind, by id; what DST had besides stays."""
+    from pathlib import Path  # noqa: PLC0415
+
+    from sipbridge.store import REDIS_SCHEMES  # noqa: PLC0415
+
+    for name, location in (("SRC", a.src), ("DST", a.dst)):
+        if not location.startswith(("sqlite:", *REDIS_SCHEMES)):
+            raise ValueError(f"{name} {location!r}: expected sqlite:PATH or redis://HOST:PORT/DB")
+    if a.src.startswith("sqlite:") and not Path(a.src.removeprefix("sqlite:")).is_file():
+        raise FileNotFoundError(f"no database at {a.src.removeprefix('sqlite:')}")
+    copied = asyncio.run(_copy_records(a.src, a.dst, a.redis_prefix))
+    return {"from": a.src, "to": a.dst, **copied}
+
+
+async def _copy_records(src: str, dst: str, redis_prefix: str) -> dict[str, int]:
+    from sipbridge.store import KINDS, store_at  # noqa: PLC0415
+
+    source = store_at(src, redis_prefix=redis_prefix)
+    target = store_at(dst, redis_prefix=redis_prefix)
+    await source.open()
+    try:
+        await target.open()
+        try:
+            counts = {}
+            for kind in sorted(KINDS):
+                records = await source.load(kind)
+                for start in range(0, len(records), COPY_BATCH):
+                    await target.put_many(records[start : start + COPY_BATCH])
+                counts[kind] = len(records)
+            return counts
+        finally:
+            await target.close()
+    finally:
+        await source.close()
+
+
+COPY_BATCH = 1000  # records per transaction when copying
 
 
 def _as_dict(message: Message) -> dict[str, Any]:
