@@ -60,6 +60,12 @@ def _serve_parser(sub: Any) -> None:
         "of --db: redis://HOST:PORT/DB",
     )
     p.add_argument("--redis-prefix", metavar="PREFIX", help="start of every Redis key (sipbridge:)")
+    p.add_argument(
+        "--call-log-max",
+        type=int,
+        metavar="N",
+        help="calls the log keeps in Redis; the oldest beyond are removed (1000000)",
+    )
     p.add_argument("--keys", metavar="KEY:SECRET", action="append", help="API key (repeatable)")
     p.add_argument("--webhook", metavar="URL", action="append", help="webhook URL (repeatable)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
@@ -213,6 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--redis-prefix", default="sipbridge:", help="start of every Redis key (sipbridge:)"
     )
     p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--room", default="", help="only the calls of this room")
+    p.add_argument("--trunk", default="", help="only the calls through this trunk id")
+    p.add_argument("--status", default="", help="only calls in this state (active, ...)")
+    p.add_argument("--number", default="", help="only calls from or to this number")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(run=list_calls, local=True)
 
@@ -401,23 +411,41 @@ TABLE_COLUMNS = {
 }
 
 
-async def _load_calls(location: str, redis_prefix: str) -> tuple[list[bytes], list[bytes]]:
-    """The call records and the transfer records."""
+async def _load_calls(
+    location: str, redis_prefix: str, limit: int, filters: dict[str, str]
+) -> tuple[list[bytes], list[bytes]]:
+    """The newest `limit` call records that pass `filters`, and the transfer records. Redis
+    pages and filters the log itself; a SQLite file is read whole and filtered here."""
     from sipbridge.server.state.call_log import KIND, TRANSFER_KIND  # noqa: PLC0415
     from sipbridge.store import store_at  # noqa: PLC0415
+    from sipbridge.store.redis import RedisStore  # noqa: PLC0415
+    from sipbridge.store.redis_calls import call_fields, matches  # noqa: PLC0415
 
     store = store_at(location, redis_prefix=redis_prefix)
     await store.open()
     try:
-        calls = [r.data for r in await store.load(KIND)]
         transfers = [r.data for r in await store.load(TRANSFER_KIND)]
-        return calls, transfers
+        if isinstance(store, RedisStore):
+            calls, _ = await store.call_page(limit=limit, **filters)
+            return calls, transfers
+        wanted = {name: value for name, value in filters.items() if value}
+        indexed = [(call_fields(r.data), r.data) for r in await store.load(KIND)]
+        indexed.sort(key=lambda item: item[0].score, reverse=True)
+        calls = [
+            data
+            for fields, data in indexed
+            if matches(
+                dict(zip(("room", "trunk", "status", "from", "to"), fields.values(), strict=True)),
+                wanted,
+            )
+        ]
+        return calls[:limit], transfers
     finally:
         await store.close()
 
 
 def list_calls(a: argparse.Namespace) -> list[dict[str, Any]]:
-    """The call log straight from the database file (it is written by `serve`)."""
+    """The call log straight from the store (it is written by `serve`), newest first."""
     import datetime  # noqa: PLC0415
     from pathlib import Path  # noqa: PLC0415
 
@@ -426,16 +454,13 @@ def list_calls(a: argparse.Namespace) -> list[dict[str, Any]]:
     if not a.redis and not Path(a.db).is_file():
         raise FileNotFoundError(f"no database at {a.db}")
     location = a.redis or f"sqlite:{a.db}"
-    records, transfer_records = asyncio.run(_load_calls(location, a.redis_prefix))
+    filters = {"room": a.room, "trunk": a.trunk, "status": a.status, "number": a.number}
+    records, transfer_records = asyncio.run(_load_calls(location, a.redis_prefix, a.limit, filters))
     transfers: dict[str, list[dict[str, Any]]] = {}
     for data in transfer_records:
         transfer = sip.SIPTransferInfo.FromString(data)
         transfers.setdefault(transfer.call_id, []).append(_as_dict(transfer))
-    calls = sorted(
-        (sip.SIPCallInfo.FromString(data) for data in records),
-        key=lambda c: c.created_at_ns,
-        reverse=True,
-    )[: a.limit]
+    calls = [sip.SIPCallInfo.FromString(data) for data in records]
     rows = []
     for c in calls:
         row = _as_dict(c)
@@ -564,6 +589,7 @@ def _serve(args: argparse.Namespace) -> int:
             db=args.db,
             redis=args.redis,
             redis_prefix=args.redis_prefix,
+            call_log_max=args.call_log_max,
             keys=args.keys,
             webhooks=args.webhook,
             log_level=args.log_level,

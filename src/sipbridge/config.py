@@ -47,6 +47,7 @@ class Settings:
     db: str = "./sipbridge.db"
     redis: str = ""  # redis://HOST:PORT/DB: records shared by several nodes, instead of `db`
     redis_prefix: str = "sipbridge:"  # every Redis key starts with it (clusters sharing one)
+    call_log_max: int = 1_000_000  # calls kept in Redis; the oldest beyond are trimmed
     keys: Mapping[str, str] = field(default_factory=dict)
     webhooks: tuple[str, ...] = ()
     log_level: str = "info"
@@ -182,6 +183,7 @@ def _from_yaml(path: str) -> dict[str, Any]:
         "db",
         "redis",
         "redis_prefix",
+        "call_log_max",
         "keys",
         "webhook",
         "webhooks",
@@ -239,6 +241,7 @@ def build_settings(
     db: str | None = None,
     redis: str | None = None,
     redis_prefix: str | None = None,
+    call_log_max: int | None = None,
     keys: list[str] | None = None,
     webhooks: list[str] | None = None,
     log_level: str | None = None,
@@ -350,6 +353,8 @@ def build_settings(
         s = replace(s, redis_prefix=str(doc["redis_prefix"]))
     if redis_prefix is not None:
         s = replace(s, redis_prefix=redis_prefix)
+    if call_log_max is not None or "call_log_max" in doc:
+        s = replace(s, call_log_max=_whole(doc, "call_log_max", call_log_max, 1, 1_000_000_000))
     if log_level:
         s = replace(s, log_level=log_level.lower())
     if "max_calls" in doc and max_calls is None:

@@ -7,6 +7,7 @@ Driven as users drive it: the official `livekit-api` client, hand-written INVITE
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -17,12 +18,14 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
+from google.protobuf.duration_pb2 import Duration
 from livekit import api
 from livekit.protocol import sip
 
-from tests.harness import eventually
+from tests.harness import eventually, run
 from tests.helpers import API_KEY, API_SECRET, ServerProcess, free_port, free_sip_port
 from tests.interop.test_inbound import CALLED
 from tests.interop.test_inbound_cases import invite, status_of, udp_transaction
@@ -39,6 +42,7 @@ class Node(ServerProcess):
 
     def __init__(self, tmp: Path, redis: RedisServer, prefix: str) -> None:
         self.sip_port = free_sip_port()
+        self.redis_url, self.prefix = redis.url, prefix
         super().__init__(
             tmp,
             "--redis",
@@ -169,6 +173,38 @@ async def test_a_change_reaches_the_other_node_within_100_ms(nodes: tuple[Node, 
     slowest = max(delays)
     print(f"\ncreate on A -> listed on B: median {median * 1e3:.1f} ms, max {slowest * 1e3:.1f} ms")
     assert median < PROPAGATION_S, delays
+
+
+async def test_a_call_on_one_node_is_in_the_shared_call_log(nodes: tuple[Node, Node]) -> None:
+    """A call B answers (rings out after a second) is in the log in Redis: `sipbridge call
+    list --redis` finds it, filtered by its room in Redis, with the other nodes' calls."""
+    a, b = nodes
+    async with client(a) as on_a:
+        info = sip.SIPInboundTrunkInfo(
+            name="ringing", numbers=[CALLED], ringing_timeout=Duration(seconds=1)
+        )
+        trunk = await on_a.sip.create_inbound_trunk(sip.CreateSIPInboundTrunkRequest(trunk=info))
+        rule = await create_rule(on_a, "logged-room")
+        try:
+            assert await eventually(lambda: answer_to_invite(b), "a final answer") >= 400
+
+            async def logged() -> list[dict[str, Any]]:
+                args = ["call", "list", "--redis", b.redis_url, "--redis-prefix", b.prefix]
+                code, out = await run(
+                    sys.executable, "-m", "sipbridge", *args, "--room", "logged-room", "--json"
+                )
+                assert code == 0, out
+                entries: list[dict[str, Any]] = json.loads(out)
+                return [e for e in entries if int(e.get("ended_at_ns", 0)) > 0]
+
+            entries = await eventually(logged, "the ended call in the Redis call log")
+            assert [e["room_name"] for e in entries] == ["logged-room"]
+            assert entries[0]["to"] == CALLED
+        finally:
+            await on_a.sip.delete_trunk(sip.DeleteSIPTrunkRequest(sip_trunk_id=trunk.sip_trunk_id))
+            await on_a.sip.delete_dispatch_rule(
+                sip.DeleteSIPDispatchRuleRequest(sip_dispatch_rule_id=rule)
+            )
 
 
 def test_redis_unreachable_at_start_is_a_clear_error_and_exit_1(tmp_path: Path) -> None:

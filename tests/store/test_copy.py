@@ -9,6 +9,7 @@ import secrets
 from pathlib import Path
 
 import pytest
+from livekit.protocol import sip
 
 from sipbridge.cli import main
 from sipbridge.store import KINDS, Record, store_at
@@ -17,8 +18,17 @@ from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.timeout(30)
 
+
+def data(kind: str, i: int) -> bytes:
+    """A record's bytes: a real SIPCallInfo for calls (Redis indexes them), else anything."""
+    if kind == "call":
+        info = sip.SIPCallInfo(call_id=f"call-{i}", room_name=f"room-{i}", created_at_ns=i)
+        return info.SerializeToString(deterministic=True)
+    return bytes([i, 0, 255]) + kind.encode()
+
+
 RECORDS = [
-    Record(kind=kind, id=f"{kind}-{i}", data=bytes([i, 0, 255]) + kind.encode())
+    Record(kind=kind, id=f"{kind}-{i}", data=data(kind, i))
     for kind in sorted(KINDS)
     for i in range(3)
 ]
@@ -76,7 +86,7 @@ def test_copy_sqlite_to_redis_and_back(
     # the destination had besides stays.
     changed = Record(kind="dispatch_rule", id="dispatch_rule-1", data=b"changed")
     put(redis.url, [changed], prefix)
-    put(first, [Record(kind="call", id="only-here", data=b"x")])
+    put(first, [Record(kind="call", id="only-here", data=data("call", 9))])
     copy(redis.url, first, prefix, capsys)
     result = everything(first)
     assert changed in result["dispatch_rule"]

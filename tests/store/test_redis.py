@@ -98,15 +98,15 @@ async def test_changes_are_announced_after_the_data(
     store: RedisStore, raw: aioredis.Redis, prefix: str
 ) -> None:
     """Each write of a cached kind publishes `{kind} {id}` in the same MULTI/EXEC: whoever hears
-    the first message of a batch can already read every record of it. Call records announce
-    nothing (no node caches them)."""
+    the first message of a batch can already read every record of it. Transfer (and call)
+    records announce nothing (no node caches them)."""
     pubsub = raw.pubsub()
     await pubsub.subscribe(f"{prefix}changes")
     try:
         confirmation = await pubsub.get_message(timeout=5)
         assert confirmation is not None and confirmation["type"] == "subscribe"
         batch = [rec("dispatch_rule", f"SDR_{i:03}") for i in range(200)]
-        batch.append(rec("call", "SCL_1"))
+        batch.append(rec("transfer", "STR_1"))
         await store.put_many(batch)
         first = await pubsub.get_message(timeout=5)
         assert first is not None and first["data"] == b"dispatch_rule SDR_000"
@@ -122,7 +122,7 @@ async def test_changes_are_announced_after_the_data(
 
         await eventually(heard_all, "201 change messages", timeout=5, interval=0)
         assert seen[:200] == [f"dispatch_rule SDR_{i:03}" for i in range(200)]
-        assert seen[200] == "dispatch_rule SDR_000"  # the delete, and no message for the call
+        assert seen[200] == "dispatch_rule SDR_000"  # the delete, and no message for the transfer
         assert await pubsub.get_message(timeout=0.05) is None
     finally:
         await pubsub.aclose()

@@ -65,7 +65,11 @@ class Server:
     ) -> None:
         self.settings = settings
         self.store: RecordStore = (
-            RedisStore(settings.redis, prefix=settings.redis_prefix)
+            RedisStore(
+                settings.redis,
+                prefix=settings.redis_prefix,
+                call_log_max=settings.call_log_max,
+            )
             if settings.redis
             else SQLiteStore(settings.db)
         )

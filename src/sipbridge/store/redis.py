@@ -8,8 +8,10 @@ so that two clusters can share one Redis):
   cache (trunks and dispatch rules), published in the same MULTI/EXEC as the write, so that a
   node never hears of a change before it can read it.
 
-Call and transfer records have no cache on any node to invalidate, so their writes announce
-nothing: a busy call log would otherwise send every node a message per call state.
+Call records are kept apart, indexed for pages and filters (`store/redis_calls.py`: `call:{id}`,
+`calls`, `calls:by:{field}:{value}`). Call and transfer records have no cache on any node to
+invalidate, so their writes announce nothing: a busy call log would otherwise send every node a
+message per call state.
 
 Pub/sub delivers at most once and drops what was published while a subscriber was away:
 `follow` therefore has the caller reload everything after every (re)subscription, the first one
@@ -28,7 +30,9 @@ from urllib.parse import urlsplit, urlunsplit
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from sipbridge.store import redis_calls
 from sipbridge.store.base import CACHED_KINDS, Record, StoreUnavailable, check_kind
+from sipbridge.store.redis_calls import FIELDS, FILTERS, Cursor, call_fields, matches
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +43,10 @@ CONNECT_TIMEOUT_S = 5.0
 HEALTH_CHECK_S = 5.0
 RETRY_FIRST_S = 0.05
 RETRY_MAX_S = 1.0
+
+CALL = "call"
+PAGE_CHUNK = 500  # calls read per round trip
+SCAN_MAX = 20_000  # calls one page may look at before it returns what it found
 
 OnChange = Callable[[str, str], Awaitable[None]]
 OnResync = Callable[[], Awaitable[None]]
@@ -57,9 +65,12 @@ def redacted(url: str) -> str:
 class RedisStore:
     """`RecordStore` on Redis (`redis://HOST:PORT/DB`, `rediss://` for TLS)."""
 
-    def __init__(self, url: str, *, prefix: str = DEFAULT_PREFIX) -> None:
+    def __init__(
+        self, url: str, *, prefix: str = DEFAULT_PREFIX, call_log_max: int = redis_calls.DEFAULT_CAP
+    ) -> None:
         self.url = url
         self.prefix = prefix
+        self.call_log_max = call_log_max  # calls kept; the oldest beyond are trimmed (0: all)
         self.changes_channel = f"{prefix}changes"
         self._client: aioredis.Redis | None = None
         self._follower: asyncio.Task[None] | None = None
@@ -82,6 +93,8 @@ class RedisStore:
                 await client.aclose()
             raise StoreUnavailable(f"cannot reach Redis at {redacted(self.url)}: {exc}") from None
         self._client = client
+        self._put_calls = client.register_script(redis_calls.PUT_CALLS_LUA)
+        self._delete_call = client.register_script(redis_calls.DELETE_CALL_LUA)
 
     async def close(self) -> None:
         if self._follower is not None:
@@ -99,8 +112,13 @@ class RedisStore:
             raise RuntimeError("store is not open")
         return self._client
 
+    def _call_key(self, call_id: str) -> str:
+        return f"{self.prefix}call:{call_id}"
+
     async def load(self, kind: str) -> list[Record]:
         check_kind(kind)
+        if kind == CALL:
+            return await self._load_calls()
         # decode_responses is off: keys and values come back as bytes
         items = cast(dict[bytes, bytes], await self._redis().hgetall(self._key(kind)))
         return [
@@ -109,7 +127,10 @@ class RedisStore:
 
     async def get(self, kind: str, record_id: str) -> Record | None:
         check_kind(kind)
-        data = cast(bytes | None, await self._redis().hget(self._key(kind), record_id))
+        key, field = (
+            (self._call_key(record_id), "data") if kind == CALL else (self._key(kind), record_id)
+        )
+        data = cast(bytes | None, await self._redis().hget(key, field))
         return None if data is None else Record(kind=kind, id=record_id, data=data)
 
     async def put(self, record: Record) -> None:
@@ -122,9 +143,17 @@ class RedisStore:
             check_kind(record.kind)
         if not records:
             return
+        calls = [r for r in records if r.kind == CALL]
+        call_args: list[str | bytes | int] = [self.prefix, self.call_log_max]
+        for call in calls:
+            fields = call_fields(call.data)
+            call_args += [call.id, fields.score, call.data, *fields.values()]
         async with self._redis().pipeline(transaction=True) as pipe:
+            if calls:
+                await self._put_calls(args=call_args, client=pipe)
             for record in records:
-                pipe.hset(self._key(record.kind), record.id, record.data)
+                if record.kind != CALL:
+                    pipe.hset(self._key(record.kind), record.id, record.data)
             for record in records:
                 if record.kind in CACHED_KINDS:
                     pipe.publish(self.changes_channel, f"{record.kind} {record.id}")
@@ -132,12 +161,93 @@ class RedisStore:
 
     async def delete(self, kind: str, record_id: str) -> bool:
         check_kind(kind)
+        if kind == CALL:
+            deleted = await self._delete_call(args=[self.prefix, record_id])
+            return bool(deleted)
         async with self._redis().pipeline(transaction=True) as pipe:
             pipe.hdel(self._key(kind), record_id)
             if kind in CACHED_KINDS:
                 pipe.publish(self.changes_channel, f"{kind} {record_id}")
             results = await pipe.execute()
         return bool(results[0])
+
+    # -- the call log ---------------------------------------------------------------------------
+
+    async def _load_calls(self) -> list[Record]:
+        """Every call (for `store copy`), in ascending id order, read in chunks."""
+        redis = self._redis()
+        ids = sorted(cast(list[bytes], await redis.zrange(f"{self.prefix}calls", 0, -1)))
+        out: list[Record] = []
+        for start in range(0, len(ids), PAGE_CHUNK):
+            chunk = ids[start : start + PAGE_CHUNK]
+            async with redis.pipeline(transaction=False) as pipe:
+                for call_id in chunk:
+                    pipe.hget(self._call_key(call_id.decode()), "data")
+                datas = await pipe.execute()
+            out += [
+                Record(kind=CALL, id=call_id.decode(), data=data)
+                for call_id, data in zip(chunk, datas, strict=True)
+                if data is not None  # trimmed meanwhile
+            ]
+        return out
+
+    async def call_page(
+        self, *, limit: int = 100, page_token: str = "", **filters: str
+    ) -> tuple[list[bytes], str]:
+        """Calls newest first, at most `limit`, after `page_token` (from the previous page),
+        that match every filter given (`room`, `trunk`, `status`, `number`: caller or called);
+        and the token of the next page ("" at the end).
+
+        Walks the smallest index among the filters (or `calls`), checking the other filters on
+        each record; a page that has scanned `SCAN_MAX` calls without filling ends there, with
+        a token to go on."""
+        unknown = set(filters) - set(FILTERS)
+        if unknown:
+            raise ValueError(f"unknown call filter(s): {', '.join(sorted(unknown))}")
+        wanted = {name: value for name, value in filters.items() if value}
+        redis = self._redis()
+        key = f"{self.prefix}calls"
+        if wanted:
+            keys = [redis_calls.index_key(self.prefix, n, v) for n, v in wanted.items()]
+            async with redis.pipeline(transaction=False) as pipe:
+                for k in keys:
+                    pipe.zcard(k)
+                sizes = await pipe.execute()
+            key = min(zip(sizes, keys, strict=True))[1]
+        cursor = Cursor.parse(page_token) if page_token else None
+        # From the cursor's score down (ties with it are skipped by id below), by offset.
+        top: str | int = cursor.score if cursor else "+inf"
+        found: list[bytes] = []
+        position = cursor  # the last call looked at
+        offset = 0
+        while offset < SCAN_MAX:
+            batch = cast(
+                list[tuple[bytes, float]],
+                await redis.zrevrangebyscore(
+                    key, top, "-inf", start=offset, num=PAGE_CHUNK, withscores=True
+                ),
+            )
+            offset += len(batch)
+            candidates = [(call_id.decode(), int(score)) for call_id, score in batch]
+            if cursor is not None:
+                candidates = [c for c in candidates if cursor.after(c[1], c[0])]
+            async with redis.pipeline(transaction=False) as pipe:
+                for call_id, _ in candidates:
+                    pipe.hmget(self._call_key(call_id), "data", *FIELDS)
+                rows = await pipe.execute()
+            for (call_id, score), row in zip(candidates, rows, strict=True):
+                position = Cursor(score, call_id)
+                if row[0] is None:  # trimmed meanwhile
+                    continue
+                stored = {f: (v or b"").decode() for f, v in zip(FIELDS, row[1:], strict=True)}
+                if matches(stored, wanted):
+                    found.append(row[0])
+                    if len(found) == limit:
+                        return found, position.token()
+            if len(batch) < PAGE_CHUNK:
+                return found, ""  # the end of the log
+        # Looked at SCAN_MAX calls without filling the page: what was found, and where to go on.
+        return found, position.token() if position is not None else ""
 
     async def follow(self, on_change: OnChange, on_resync: OnResync) -> None:
         """Subscribe to `changes`, then `await on_resync()` (a full reload); return once that
