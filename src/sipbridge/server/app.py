@@ -47,7 +47,7 @@ from sipbridge.server.state.trunk_cache import SipConfig
 from sipbridge.sip.admission import Admission
 from sipbridge.sip.digest import DigestServer
 from sipbridge.store import RecordStore, SQLiteStore
-from sipbridge.store.redis import RedisStore
+from sipbridge.store.redis import RedisStore, redacted
 from sipbridge.telephony.auth_guard import AuthGuard
 
 log = logging.getLogger("sipbridge")
@@ -235,6 +235,7 @@ class Server:
     async def start(self) -> None:
         await self.store.open()
         if isinstance(self.store, RedisStore):
+            log.info("store: Redis at %s, keys %s*", redacted(self.store.url), self.store.prefix)
             # Other nodes write too: follow their changes (a full reload now and after every
             # reconnection, one record per change message between).
             await self.store.follow(self.sip_config.changed, self.sip_config.resync)
