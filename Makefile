@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # Debian packages the tests need, checked with dpkg and installed only when missing.
-SYSTEM_PACKAGES := ca-certificates sip-tester sipsak baresip-core chromium
+SYSTEM_PACKAGES := ca-certificates sip-tester sipsak baresip-core chromium redis-server
 # The browser test's Node packages (livekit-client, playwright-core, esbuild), installed with
 # `npm ci` from the committed lockfile whenever it changes; node and npm come with the machine.
 BROWSER_DIR := tests/browser

@@ -411,3 +411,30 @@ def test_media_ip_defaults_to_the_sip_host_and_is_required_for_a_wildcard() -> N
     assert "--media-ip" in config_error(dev=True, sip="0.0.0.0:5060")
     assert "expected an IP address" in config_error(dev=True, media_ip="media.example")
     assert "cannot be advertised" in config_error(dev=True, media_ip="0.0.0.0")
+
+
+def test_redis_from_yaml_and_flags(yaml_file: Any) -> None:
+    assert build(dev=True).redis == ""  # SQLite unless asked
+    s = build(dev=True, config_file=yaml_file("redis: redis://r1:6379/2\nredis_prefix: 'a:'\n"))
+    assert (s.redis, s.redis_prefix) == ("redis://r1:6379/2", "a:")
+    s = build(
+        dev=True,
+        redis="rediss://:pw@r2:6380/0",
+        redis_prefix="b:",
+        config_file=yaml_file("redis: redis://r1:6379/2\n"),
+    )
+    assert (s.redis, s.redis_prefix) == ("rediss://:pw@r2:6380/0", "b:")
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        ("r1:6379", "expected redis://HOST:PORT/DB"),
+        ("http://r1:6379/0", "expected redis://HOST:PORT/DB"),
+        ("redis://:6379/0", "missing host"),
+        ("redis://r1:port/0", "bad port"),
+    ],
+)
+def test_bad_redis_url(value: str, fragment: str) -> None:
+    with pytest.raises(ConfigError, match=fragment):
+        build(dev=True, redis=value)

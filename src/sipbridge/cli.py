@@ -53,6 +53,19 @@ def _serve_parser(sub: Any) -> None:
     )
     p.add_argument("--rtc-ports", metavar="LO-HI", help="UDP ports for WebRTC (50000-60000)")
     p.add_argument("--db", metavar="PATH", help="SQLite database file (./sipbridge.db)")
+    p.add_argument(
+        "--redis",
+        metavar="URL",
+        help="keep trunks, rules and the call log in Redis, shared by several nodes, instead "
+        "of --db: redis://HOST:PORT/DB",
+    )
+    p.add_argument("--redis-prefix", metavar="PREFIX", help="start of every Redis key (sipbridge:)")
+    p.add_argument(
+        "--call-log-max",
+        type=int,
+        metavar="N",
+        help="calls the log keeps in Redis; the oldest beyond are removed (1000000)",
+    )
     p.add_argument("--keys", metavar="KEY:SECRET", action="append", help="API key (repeatable)")
     p.add_argument("--webhook", metavar="URL", action="append", help="webhook URL (repeatable)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
@@ -201,9 +214,33 @@ def build_parser() -> argparse.ArgumentParser:
     call = sub.add_parser("call", help="the call log").add_subparsers(dest="action", required=True)
     p = call.add_parser("list", help="calls, newest first (reads the server's database)")
     p.add_argument("--db", default="./sipbridge.db", help="SQLite file (./sipbridge.db)")
+    p.add_argument("--redis", metavar="URL", help="read the servers' Redis instead of --db")
+    p.add_argument(
+        "--redis-prefix", default="sipbridge:", help="start of every Redis key (sipbridge:)"
+    )
     p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--room", default="", help="only the calls of this room")
+    p.add_argument("--trunk", default="", help="only the calls through this trunk id")
+    p.add_argument("--status", default="", help="only calls in this state (active, ...)")
+    p.add_argument("--number", default="", help="only calls from or to this number")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(run=list_calls, local=True)
+
+    store = sub.add_parser("store", help="the stored records").add_subparsers(
+        dest="action", required=True
+    )
+    p = store.add_parser(
+        "copy",
+        help="copy every trunk, dispatch rule, call and transfer record from SRC to DST (by id: "
+        "running it again changes nothing); SRC and DST are sqlite:PATH or redis://HOST:PORT/DB",
+    )
+    p.add_argument("src", metavar="SRC", help="sqlite:PATH or redis://HOST:PORT/DB")
+    p.add_argument("dst", metavar="DST", help="sqlite:PATH or redis://HOST:PORT/DB")
+    p.add_argument(
+        "--redis-prefix", default="sipbridge:", help="start of every Redis key (sipbridge:)"
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(run=copy_store, local=True)
 
     part = sub.add_parser("participant", help="participants").add_subparsers(
         dest="action", required=True
@@ -374,40 +411,56 @@ TABLE_COLUMNS = {
 }
 
 
-async def _load_calls(db: str) -> tuple[list[bytes], list[bytes]]:
-    """The call records and the transfer records."""
+async def _load_calls(
+    location: str, redis_prefix: str, limit: int, filters: dict[str, str]
+) -> tuple[list[bytes], list[bytes]]:
+    """The newest `limit` call records that pass `filters`, and the transfer records. Redis
+    pages and filters the log itself; a SQLite file is read whole and filtered here."""
     from sipbridge.server.state.call_log import KIND, TRANSFER_KIND  # noqa: PLC0415
-    from sipbridge.store import SQLiteStore  # noqa: PLC0415
+    from sipbridge.store import store_at  # noqa: PLC0415
+    from sipbridge.store.redis import RedisStore  # noqa: PLC0415
+    from sipbridge.store.redis_calls import call_fields, matches  # noqa: PLC0415
 
-    store = SQLiteStore(db)
+    store = store_at(location, redis_prefix=redis_prefix)
     await store.open()
     try:
-        calls = [r.data for r in await store.load(KIND)]
         transfers = [r.data for r in await store.load(TRANSFER_KIND)]
-        return calls, transfers
+        if isinstance(store, RedisStore):
+            calls, _ = await store.call_page(limit=limit, **filters)
+            return calls, transfers
+        wanted = {name: value for name, value in filters.items() if value}
+        indexed = [(call_fields(r.data), r.data) for r in await store.load(KIND)]
+        indexed.sort(key=lambda item: item[0].score, reverse=True)
+        calls = [
+            data
+            for fields, data in indexed
+            if matches(
+                dict(zip(("room", "trunk", "status", "from", "to"), fields.values(), strict=True)),
+                wanted,
+            )
+        ]
+        return calls[:limit], transfers
     finally:
         await store.close()
 
 
 def list_calls(a: argparse.Namespace) -> list[dict[str, Any]]:
-    """The call log straight from the database file (it is written by `serve`)."""
+    """The call log straight from the store (it is written by `serve`), newest first."""
     import datetime  # noqa: PLC0415
     from pathlib import Path  # noqa: PLC0415
 
     from livekit.protocol import sip  # noqa: PLC0415
 
-    if not Path(a.db).is_file():
+    if not a.redis and not Path(a.db).is_file():
         raise FileNotFoundError(f"no database at {a.db}")
-    records, transfer_records = asyncio.run(_load_calls(a.db))
+    location = a.redis or f"sqlite:{a.db}"
+    filters = {"room": a.room, "trunk": a.trunk, "status": a.status, "number": a.number}
+    records, transfer_records = asyncio.run(_load_calls(location, a.redis_prefix, a.limit, filters))
     transfers: dict[str, list[dict[str, Any]]] = {}
     for data in transfer_records:
         transfer = sip.SIPTransferInfo.FromString(data)
         transfers.setdefault(transfer.call_id, []).append(_as_dict(transfer))
-    calls = sorted(
-        (sip.SIPCallInfo.FromString(data) for data in records),
-        key=lambda c: c.created_at_ns,
-        reverse=True,
-    )[: a.limit]
+    calls = [sip.SIPCallInfo.FromString(data) for data in records]
     rows = []
     for c in calls:
         row = _as_dict(c)
@@ -420,6 +473,46 @@ def list_calls(a: argparse.Namespace) -> list[dict[str, Any]]:
         )
         rows.append(row)
     return rows
+
+
+def copy_store(a: argparse.Namespace) -> dict[str, Any]:
+    """`store copy SRC DST`: the records of every kind, by id; what DST had besides stays."""
+    from pathlib import Path  # noqa: PLC0415
+
+    from sipbridge.store import REDIS_SCHEMES  # noqa: PLC0415
+
+    for name, location in (("SRC", a.src), ("DST", a.dst)):
+        if not location.startswith(("sqlite:", *REDIS_SCHEMES)):
+            raise ValueError(f"{name} {location!r}: expected sqlite:PATH or redis://HOST:PORT/DB")
+    if a.src.startswith("sqlite:") and not Path(a.src.removeprefix("sqlite:")).is_file():
+        raise FileNotFoundError(f"no database at {a.src.removeprefix('sqlite:')}")
+    copied = asyncio.run(_copy_records(a.src, a.dst, a.redis_prefix))
+    return {"from": a.src, "to": a.dst, **copied}
+
+
+async def _copy_records(src: str, dst: str, redis_prefix: str) -> dict[str, int]:
+    from sipbridge.store import KINDS, store_at  # noqa: PLC0415
+
+    source = store_at(src, redis_prefix=redis_prefix)
+    target = store_at(dst, redis_prefix=redis_prefix)
+    await source.open()
+    try:
+        await target.open()
+        try:
+            counts = {}
+            for kind in sorted(KINDS):
+                records = await source.load(kind)
+                for start in range(0, len(records), COPY_BATCH):
+                    await target.put_many(records[start : start + COPY_BATCH])
+                counts[kind] = len(records)
+            return counts
+        finally:
+            await target.close()
+    finally:
+        await source.close()
+
+
+COPY_BATCH = 1000  # records per transaction when copying
 
 
 def _as_dict(message: Message) -> dict[str, Any]:
@@ -494,6 +587,9 @@ def _serve(args: argparse.Namespace) -> int:
             rtc_ips=args.rtc_ip,
             rtc_ports=args.rtc_ports,
             db=args.db,
+            redis=args.redis,
+            redis_prefix=args.redis_prefix,
+            call_log_max=args.call_log_max,
             keys=args.keys,
             webhooks=args.webhook,
             log_level=args.log_level,
@@ -520,9 +616,13 @@ def _serve(args: argparse.Namespace) -> int:
     import sqlite3  # noqa: PLC0415
 
     from sipbridge.server.app import run  # noqa: PLC0415 - keep client commands light
+    from sipbridge.store import StoreUnavailable  # noqa: PLC0415
 
     try:
         run(settings)
+    except StoreUnavailable as exc:
+        print(f"sipbridge serve: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"sipbridge serve: {exc}", file=sys.stderr)
         return 1

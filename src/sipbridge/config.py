@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -44,6 +45,9 @@ class Settings:
     rtc_ips: tuple[str, ...] = ()  # WebRTC ICE host candidates; () = the media address
     rtc_ports: tuple[int, int] = (50000, 60000)  # WebRTC ICE sockets (LiveKit's default range)
     db: str = "./sipbridge.db"
+    redis: str = ""  # redis://HOST:PORT/DB: records shared by several nodes, instead of `db`
+    redis_prefix: str = "sipbridge:"  # every Redis key starts with it (clusters sharing one)
+    call_log_max: int = 1_000_000  # calls kept in Redis; the oldest beyond are trimmed
     keys: Mapping[str, str] = field(default_factory=dict)
     webhooks: tuple[str, ...] = ()
     log_level: str = "info"
@@ -130,6 +134,23 @@ def parse_port_range(value: str, name: str) -> tuple[int, int]:
     return lo, hi
 
 
+def parse_redis_url(value: str, name: str) -> str:
+    """A Redis URL as redis-py takes it: redis://[[USER]:PASSWORD@]HOST[:PORT][/DB],
+    rediss:// (TLS) or unix://PATH."""
+    text = value.strip()
+    if not text.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"{name}: expected redis://HOST:PORT/DB, got {value!r}")
+    if text.startswith(("redis://", "rediss://")):
+        host = urlsplit(text).hostname
+        if not host:
+            raise ConfigError(f"{name}: missing host in {value!r}")
+        try:
+            urlsplit(text).port  # noqa: B018 - raises on a port that is not a number
+        except ValueError:
+            raise ConfigError(f"{name}: bad port in {value!r}") from None
+    return text
+
+
 def parse_key(value: str, name: str) -> tuple[str, str]:
     key, sep, secret = value.partition(":")
     if not sep or not key or not secret:
@@ -162,6 +183,9 @@ def _from_yaml(path: str) -> dict[str, Any]:
         "rtc_ip",
         "rtc_ports",
         "db",
+        "redis",
+        "redis_prefix",
+        "call_log_max",
         "keys",
         "webhook",
         "webhooks",
@@ -217,6 +241,9 @@ def build_settings(
     rtc_ips: list[str] | None = None,
     rtc_ports: str | None = None,
     db: str | None = None,
+    redis: str | None = None,
+    redis_prefix: str | None = None,
+    call_log_max: int | None = None,
     keys: list[str] | None = None,
     webhooks: list[str] | None = None,
     log_level: str | None = None,
@@ -320,6 +347,16 @@ def build_settings(
         )
     if db:
         s = replace(s, db=db)
+    if "redis" in doc:
+        s = replace(s, redis=parse_redis_url(str(doc["redis"]), "redis"))
+    if redis:
+        s = replace(s, redis=parse_redis_url(redis, "--redis"))
+    if "redis_prefix" in doc:
+        s = replace(s, redis_prefix=str(doc["redis_prefix"]))
+    if redis_prefix is not None:
+        s = replace(s, redis_prefix=redis_prefix)
+    if call_log_max is not None or "call_log_max" in doc:
+        s = replace(s, call_log_max=_whole(doc, "call_log_max", call_log_max, 1, 1_000_000_000))
     if log_level:
         s = replace(s, log_level=log_level.lower())
     if "max_calls" in doc and max_calls is None:

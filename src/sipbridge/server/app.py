@@ -46,7 +46,8 @@ from sipbridge.server.state.rooms_runtime import RoomsRuntime, wall_clock
 from sipbridge.server.state.trunk_cache import SipConfig
 from sipbridge.sip.admission import Admission
 from sipbridge.sip.digest import DigestServer
-from sipbridge.store import SQLiteStore
+from sipbridge.store import RecordStore, SQLiteStore
+from sipbridge.store.redis import RedisStore, redacted
 from sipbridge.telephony.auth_guard import AuthGuard
 
 log = logging.getLogger("sipbridge")
@@ -63,7 +64,15 @@ class Server:
         webhook_retry: RetryPolicy | None = None,
     ) -> None:
         self.settings = settings
-        self.store = SQLiteStore(settings.db)
+        self.store: RecordStore = (
+            RedisStore(
+                settings.redis,
+                prefix=settings.redis_prefix,
+                call_log_max=settings.call_log_max,
+            )
+            if settings.redis
+            else SQLiteStore(settings.db)
+        )
         self.sip_config = SipConfig(self.store, clock)
         key, secret = settings.webhook_key
         self.webhooks = WebhookNotifier(settings.webhooks, key, secret, retry=webhook_retry)
@@ -225,7 +234,13 @@ class Server:
 
     async def start(self) -> None:
         await self.store.open()
-        await self.sip_config.load()
+        if isinstance(self.store, RedisStore):
+            log.info("store: Redis at %s, keys %s*", redacted(self.store.url), self.store.prefix)
+            # Other nodes write too: follow their changes (a full reload now and after every
+            # reconnection, one record per change message between).
+            await self.store.follow(self.sip_config.changed, self.sip_config.resync)
+        else:
+            await self.sip_config.load()
         await self.webhooks.start()
         self.call_log.start()
         # An idle HTTP connection, or one whose request headers have not all come, is closed

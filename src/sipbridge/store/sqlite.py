@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from sipbridge.store.base import KINDS, Record
+from sipbridge.store.base import Record, check_kind
 
 R = TypeVar("R")
 
@@ -66,7 +66,7 @@ class SQLiteStore:
         return self._db
 
     async def load(self, kind: str) -> list[Record]:
-        _check_kind(kind)
+        check_kind(kind)
         rows: list[tuple[str, bytes]] = await self._run(self._load, kind)
         return [Record(kind=kind, id=rid, data=bytes(data)) for rid, data in rows]
 
@@ -76,8 +76,20 @@ class SQLiteStore:
         )
         return cur.fetchall()
 
+    async def get(self, kind: str, record_id: str) -> Record | None:
+        check_kind(kind)
+        row: tuple[bytes] | None = await self._run(self._get, kind, record_id)
+        return None if row is None else Record(kind=kind, id=record_id, data=bytes(row[0]))
+
+    def _get(self, kind: str, record_id: str) -> tuple[bytes] | None:
+        cur = self._conn().execute(
+            "SELECT data FROM records WHERE kind = ? AND id = ?", (kind, record_id)
+        )
+        row: tuple[bytes] | None = cur.fetchone()
+        return row
+
     async def put(self, record: Record) -> None:
-        _check_kind(record.kind)
+        check_kind(record.kind)
         await self._run(self._put, record)
 
     def _put(self, record: Record) -> None:
@@ -89,7 +101,7 @@ class SQLiteStore:
 
     async def put_many(self, records: list[Record]) -> None:
         for record in records:
-            _check_kind(record.kind)
+            check_kind(record.kind)
         await self._run(self._put_many, records)
 
     def _put_many(self, records: list[Record]) -> None:
@@ -106,7 +118,7 @@ class SQLiteStore:
         db.execute("COMMIT")
 
     async def delete(self, kind: str, record_id: str) -> bool:
-        _check_kind(kind)
+        check_kind(kind)
         deleted: bool = await self._run(self._delete, kind, record_id)
         return deleted
 
@@ -116,8 +128,3 @@ class SQLiteStore:
                 "DELETE FROM records WHERE kind = ? AND id = ?", (kind, record_id)
             )
         return cur.rowcount > 0
-
-
-def _check_kind(kind: str) -> None:
-    if kind not in KINDS:
-        raise ValueError(f"unknown record kind {kind!r}")

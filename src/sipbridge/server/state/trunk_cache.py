@@ -3,6 +3,10 @@
 Reads (every list call, every INVITE's trunk match) are served from memory; writes are validated
 against the whole current set under one lock, written to the store, and only then applied to the
 cache, so a failed or cancelled write never leaves the two apart.
+
+With a shared store (Redis, several nodes) the other nodes' writes arrive as change messages:
+`changed` reloads that one record, `resync` everything (after a reconnection). Both run under
+the write lock, so a reload never interleaves with a local write.
 """
 
 from __future__ import annotations
@@ -91,6 +95,9 @@ class SipConfig:
             find_rule_conflict,
             {},
         )
+        self._kinds: dict[str, _Kind[Any]] = {
+            k.store_kind: k for k in (self._inbound, self._outbound, self._rules)
+        }
         # Each trunk's and rule's protobuf encoding, made once per write: list replies are
         # assembled from these bytes instead of copying and re-encoding every message.
         self.encoded: dict[str, bytes] = {}
@@ -116,9 +123,34 @@ class SipConfig:
 
     async def _load(self, kind: _Kind[M]) -> None:
         records = await self.store.load(kind.store_kind)
+        items = {r.id: kind.message_type.FromString(r.data) for r in records}
+        for gone in kind.items.keys() - items.keys():
+            self.encoded.pop(gone, None)
         self.encoded.update((r.id, r.data) for r in records)
         kind.items.clear()
-        kind.items.update((r.id, kind.message_type.FromString(r.data)) for r in records)
+        kind.items.update(items)
+
+    async def resync(self) -> None:
+        """Reload every trunk and rule (another node may have changed any of them)."""
+        async with self._lock:
+            await self.load()
+
+    async def changed(self, store_kind: str, object_id: str) -> None:
+        """Reload one record that another node (or this one) wrote or deleted; a kind this
+        cache does not hold is ignored."""
+        kind = self._kinds.get(store_kind)
+        if kind is not None:
+            async with self._lock:
+                await self._reload(kind, object_id)
+
+    async def _reload(self, kind: _Kind[M], object_id: str) -> None:
+        record = await self.store.get(kind.store_kind, object_id)
+        if record is None:
+            kind.items.pop(object_id, None)
+            self.encoded.pop(object_id, None)
+        else:
+            kind.items[object_id] = kind.message_type.FromString(record.data)
+            self.encoded[object_id] = record.data
 
     async def drain(self) -> None:
         """Wait for writes in flight (at shutdown, before the store closes)."""
