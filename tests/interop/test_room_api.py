@@ -53,6 +53,19 @@ async def test_create_list_delete_rooms(lk: api.LiveKitAPI) -> None:
         "not_found",
         lk.room.update_room_metadata(room.UpdateRoomMetadataRequest(room="r9", metadata="x")),
     )
+    # one server, no second node to hand a participant to: the README says so
+    await expect_error(
+        "unimplemented",
+        lk.room.forward_participant(
+            room.ForwardParticipantRequest(room="r2", identity="a", destination_room="r3")
+        ),
+    )
+    await expect_error(
+        "unimplemented",
+        lk.room.move_participant(
+            room.MoveParticipantRequest(room="r2", identity="a", destination_room="r3")
+        ),
+    )
 
 
 async def test_participants_listed_updated_and_removed(

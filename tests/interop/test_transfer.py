@@ -56,7 +56,7 @@ async def test_a_caller_is_transferred_to_another_phone(
         ):
             caller = await answered_caller(lk, media_server, a)
             started = time.monotonic()
-            await lk.sip.transfer_sip_participant(
+            done = await lk.sip.transfer_sip_participant(
                 sip.TransferSIPParticipantRequest(
                     room_name="bridge",
                     participant_identity=caller.identity,
@@ -65,6 +65,11 @@ async def test_a_caller_is_transferred_to_another_phone(
                 )
             )
             assert time.monotonic() - started < 10
+            # TransferSIPParticipantResponse: the transfer's id, done, and the final NOTIFY's status
+            assert done.transfer_id.startswith("STR_"), done
+            assert done.status == sip.SIPTransferStatus.STS_TRANSFER_SUCCESSFUL, done
+            assert done.reason == sip.SIPTransferReason.STR_COMPLETED, done
+            assert done.sip_status.code == 200, done
             await c.wait_event("CALL_ESTABLISHED", timeout=5)  # A now talks to C
 
             async def left() -> bool:  # our call with A ends
@@ -76,7 +81,7 @@ async def test_a_caller_is_transferred_to_another_phone(
     # the call log has the transfer, done, with the call it moved
     (entry,) = await call_log(media_server)
     (transfer,) = entry["transfers"]
-    assert transfer["transfer_id"].startswith("STR_") and transfer["call_id"] == entry["call_id"]
+    assert transfer["transfer_id"] == done.transfer_id and transfer["call_id"] == entry["call_id"]
     assert transfer["transfer_status"] == "STS_TRANSFER_SUCCESSFUL"
     assert transfer["transfer_to"].startswith(f"sip:{c.user}@")
 

@@ -17,7 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from google.protobuf import empty_pb2
 from livekit.protocol import sip as proto
 
 from sipbridge import ids
@@ -116,7 +115,10 @@ class Transfers:
 
     async def transfer(
         self, req: proto.TransferSIPParticipantRequest, _: Claims
-    ) -> empty_pb2.Empty:
+    ) -> proto.TransferSIPParticipantResponse:
+        """The transfer done: its id, SUCCESSFUL/COMPLETED and the phone's final NOTIFY status
+        (TransferSIPParticipantResponse); a refused or failed transfer is a Twirp error with
+        the SIP status in `meta`, which the official client raises as `SipCallError`."""
         if not req.room_name or not req.participant_identity:
             raise invalid_argument("room_name and participant_identity: must be set")
         target = refer_target(req.transfer_to)
@@ -164,7 +166,14 @@ class Transfers:
             refer.handle_timer(refer.deadline)
             self._drain(transfer)
             raise call_failed(408, "Request Timeout", "transfer timed out") from None
-        return empty_pb2.Empty()
+        return proto.TransferSIPParticipantResponse(
+            transfer_id=info.transfer_id,
+            status=info.transfer_status,
+            reason=proto.SIPTransferReason.STR_COMPLETED,
+            sip_status=proto.SIPStatus(
+                code=info.transfer_status_code.code, status=info.transfer_status_code.status
+            ),
+        )
 
     # -- the phone's side reports (sip/ua/refer.py reads them) -----------------------------
 
