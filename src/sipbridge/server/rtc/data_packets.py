@@ -67,10 +67,11 @@ class DataPackets:
         lossy = packet.kind == models.DataPacket.Kind.LOSSY
         data = b""
         for session in in_room(self.sessions.values(), event.room_name):
-            if session.peer is None or session.identity == sender:
+            peer = session.downlink  # two-PC: the subscriber connection's channels
+            if peer is None or session.identity == sender:
                 continue
             if wanted and session.identity not in wanted:
                 continue
             data = data or packet.SerializeToString()
-            if not session.peer.send_data(data, lossy=lossy):
+            if not peer.send_data(data, lossy=lossy):
                 self.undelivered += 1

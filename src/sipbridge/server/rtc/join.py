@@ -40,11 +40,23 @@ def authorize(request: web.Request, keys: dict[str, str]) -> tuple[Claims, rtc.J
     join = rtc.JoinRequest()
     if "join_request" in request.query:
         join = decode_join_request(request.query["join_request"])
+    elif request.query.get("reconnect") in ("1", "true"):
+        # `/rtc` (two-PC) clients resume with query parameters: reconnect=1&sid=PA_...
+        join.reconnect = True
+        join.participant_sid = request.query.get("sid", "")
     if not claims.video_grant("roomJoin") or not claims.room:
         raise ApiError("permission_denied", "token lacks the roomJoin grant for a room")
     if not claims.identity:
         raise ApiError("unauthenticated", "token has no identity")
     return claims, join
+
+
+def wants_two_connections(request: web.Request, join: rtc.JoinRequest) -> bool:
+    """LiveKit's protocol before v1: `/rtc` with no offer in the join is two-PC (the server
+    offers the subscriber connection); `/rtc/v1` is single-PC, the offer in the join or after
+    it. (livekit-client with `singlePeerConnection: false` and the Python SDK with
+    `single_peer_connection=False` open `/rtc` with query parameters.)"""
+    return request.path.rstrip("/") == "/rtc" and not join.publisher_offer.sdp
 
 
 def participant_kind(claims: Claims) -> int:

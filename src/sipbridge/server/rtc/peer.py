@@ -1,13 +1,17 @@
-"""The peer connection of one client, with aiortc (WIRE.md s4, s6).
+"""The peer connections of one client, with aiortc (WIRE.md s4, s6).
 
-One peer connection per signalling session, in the SDK's single-PC mode: the client always
-offers. Its offer's recvonly audio sections carry what it subscribes to: each room audio track
-it hears is put on a free one (`mid_to_track_id` in our answer), fed by a `Subscription`
-(rtc/audio.py), which aiortc encodes (Opus) or only packetises (G.711, when that is what the
-client takes). Tracks it publishes arrive decoded from aiortc and become `Publication`s. A track
-that needs a section while none is free asks the client for one (`MediaSectionsRequirement`),
-and the client re-offers. Data packets travel on the `_reliable` and `_lossy` data channels the
-client opens.
+Single-PC mode (`/rtc/v1`): one peer connection, the client always offers. Its offer's recvonly
+audio sections carry what it subscribes to: each room audio track it hears is put on a free one
+(`mid_to_track_id` in our answer), fed by a `Subscription` (rtc/audio.py), which aiortc encodes
+(Opus) or only packetises (G.711, when that is what the client takes). Tracks it publishes
+arrive decoded from aiortc and become `Publication`s. A track that needs a section while none is
+free asks the client for one (`MediaSectionsRequirement`), and the client re-offers. Data
+packets travel on the `_reliable` and `_lossy` data channels the client opens.
+
+Two-PC mode (`/rtc`, LiveKit's protocol before v1): the client's publisher connection is
+answered as above but carries nothing of ours; the subscriber connection is ours to offer
+(`RtcPeer(offers=True)`): a sendonly section per track the client hears, added and made
+inactive as tracks come and go, and the `_reliable`/`_lossy` channels the server sends on.
 
 ICE: no STUN server is used; host candidates are gathered on the `--rtc-ip` addresses only and
 bound within `--rtc-ports` (rtc/aiortc_patches.py).
@@ -24,9 +28,11 @@ from dataclasses import dataclass, field
 import av
 from aiortc import (
     MediaStreamTrack,
+    RTCBundlePolicy,
     RTCConfiguration,
     RTCDataChannel,
     RTCPeerConnection,
+    RTCRtpSender,
     RTCRtpTransceiver,
     RTCSessionDescription,
 )
@@ -38,6 +44,39 @@ from sipbridge.server.media.leg_driver import G711, AudioLeg
 from sipbridge.server.rtc.audio import OutgoingAudio, Publication, Subscription
 
 MAX_LOSSY_BUFFERED = 256 * 1024
+
+
+def _fingerprint(sdp: str) -> str:
+    """The DTLS fingerprint of a session description: which peer connection made it."""
+    for line in sdp.splitlines():
+        if line.startswith("a=fingerprint:"):
+            return line[len("a=fingerprint:") :].strip().lower()
+    return ""
+
+
+def split_candidates(sdp: str) -> tuple[str, list[str]]:
+    """A description without its `a=candidate` lines, and those candidates as the JSON
+    `candidateInit` of LiveKit's TrickleRequest ({candidate, sdpMid, sdpMLineIndex}), once
+    each: the two-PC protocol trickles them, as LiveKit does, on the connection's target."""
+    kept, found, seen = [], [], set()
+    mid, index = "", -1
+    for line in sdp.splitlines():
+        if line.startswith("m="):
+            index += 1
+            mid = ""
+        elif line.startswith("a=mid:"):
+            mid = line[6:].strip()
+        if line.startswith("a=candidate:"):
+            candidate = line[2:]
+            if candidate not in seen:  # bundled: every section lists the same ones
+                seen.add(candidate)
+                init = {"candidate": candidate, "sdpMid": mid, "sdpMLineIndex": index}
+                found.append(json.dumps(init))
+            continue
+        if line.startswith("a=end-of-candidates"):
+            continue
+        kept.append(line)
+    return "\r\n".join(kept) + "\r\n", found
 
 
 def _msid_tracks(sdp: str) -> dict[str, str]:
@@ -57,6 +96,10 @@ def _msid_tracks(sdp: str) -> dict[str, str]:
 
 
 _MIME = {codecs.PCMU_SPEC: "audio/pcmu", codecs.PCMA_SPEC: "audio/pcma"}
+
+
+class ForeignConnection(ValueError):
+    """A session description from another peer connection than the one negotiated."""
 
 
 def _subscription_codec(source: AudioLeg, transceiver: RTCRtpTransceiver) -> codecs.CodecSpec:
@@ -80,19 +123,45 @@ def _keep_codec(transceiver: RTCRtpTransceiver, spec: codecs.CodecSpec) -> None:
 
 
 def _free_audio(transceiver: RTCRtpTransceiver) -> bool:
-    """A section the client offered to receive audio on, with nothing of ours on it yet."""
+    """A section the client offered to receive audio on, with nothing of ours on it yet. (aiortc
+    makes every section of a remote offer `recvonly` on our side; what the client offered is in
+    `_offerDirection`, reversed: `sendonly` there is a section the client receives on, while
+    its own microphone's section is `recvonly` and must not carry a room track.)"""
     track: MediaStreamTrack | None = transceiver.sender.track
-    return transceiver.kind == "audio" and transceiver.direction == "recvonly" and track is None
+    client_receives = transceiver._offerDirection in ("sendonly", "sendrecv")
+    return (
+        transceiver.kind == "audio"
+        and transceiver.direction == "recvonly"
+        and client_receives
+        and track is None
+    )
+
+
+def _codec_capability(spec: codecs.CodecSpec) -> list[object]:
+    """The one codec a subscriber section of ours offers for a track heard in `spec`."""
+    mime = _MIME.get(spec, "audio/opus")
+    capabilities = RTCRtpSender.getCapabilities("audio").codecs
+    return [codec for codec in capabilities if codec.mimeType.lower() == mime]
+
+
+def _new_pc() -> RTCPeerConnection:
+    """Every section and the data channel on one transport (one socket), as LiveKit's clients
+    bundle them (max-bundle). With aiortc's default (balanced), a client whose first offer has
+    only its data channel (Firefox, a deferred offer) and whose next one adds two audio sections
+    got the second on the transport the answer's BUNDLE stopped: silent. No STUN server: with
+    None, aiortc falls back to a public one."""
+    config = RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
+    return RTCPeerConnection(config)
 
 
 @dataclass(eq=False, kw_only=True)
 class RtcPeer:
-    """The peer connection of one signalling session."""
+    """One peer connection of a signalling session: the one the client offers (single-PC, or
+    the publisher in two-PC mode) or, with `offers`, the subscriber connection we offer."""
 
     identity: str
-    pc: RTCPeerConnection = field(
-        default_factory=lambda: RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    )
+    offers: bool = False
+    pc: RTCPeerConnection = field(init=False)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     # track sid -> the transceiver carrying it to this client, and its room listener
     sending: dict[str, tuple[RTCRtpTransceiver, Subscription]] = field(default_factory=dict)
@@ -106,6 +175,21 @@ class RtcPeer:
     channels: dict[str, RTCDataChannel] = field(default_factory=dict)  # by label
     on_data: Callable[[bytes, bool], None] | None = None  # (DataPacket bytes, lossy)
     on_connected: Callable[[], None] | None = None  # ICE and DTLS are up
+    remote_fingerprint: str = ""  # of the connection the client negotiated
+    offers_seen: int = 0  # client offers received (the newest one wins a queue)
+    # ours to offer (`offers`): the offer awaiting the client's answer, and whether the
+    # subscriptions changed since it was made (offer again once it is answered)
+    pending_offer: tuple[str, dict[str, str], list[str]] | None = None  # sdp, mids, candidates
+    offer_id: int = 0
+    offer_again: bool = False
+    offering: bool = False
+    answer_deadline: asyncio.TimerHandle | None = None
+
+    def __post_init__(self) -> None:
+        self.pc = _new_pc()
+        if self.offers:
+            self.pc.on("connectionstatechange", self._on_state)
+            self.listening = True
 
     async def answer(
         self,
@@ -124,6 +208,7 @@ class RtcPeer:
             self.pc.on("connectionstatechange", self._on_state)
         if not sdp.startswith("v=0") or "\nm=" not in sdp or "a=ice-ufrag:" not in sdp:
             raise ValueError("the offer is no WebRTC session description")
+        self.check_fingerprint(sdp)
         self.mid_tracks.update(_msid_tracks(sdp))
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         for transceiver, subscription in self.sending.values():
@@ -154,6 +239,63 @@ class RtcPeer:
             if transceiver.mid is not None
         }
         return self.pc.localDescription.sdp, mids, left
+
+    def check_fingerprint(self, sdp: str) -> None:
+        """A description of another peer connection than the one negotiated (its DTLS
+        fingerprint changed) cannot be followed: aiortc keeps one DTLS session per connection."""
+        fingerprint = _fingerprint(sdp)
+        if self.remote_fingerprint and fingerprint != self.remote_fingerprint:
+            raise ForeignConnection("a description of a peer connection not negotiated")
+        self.remote_fingerprint = fingerprint
+
+    async def offer(self, wanted: dict[str, tuple[AudioLeg, str]]) -> tuple[str, dict[str, str]]:
+        """Our offer on the subscriber connection (`offers`): a new sendonly section for each
+        wanted track without one; (offer SDP, mid -> TR_ sid)."""
+        for track_sid, (source, publisher_sid) in wanted.items():
+            if track_sid in self.sending:
+                continue
+            track = OutgoingAudio(track_sid)
+            transceiver = self.pc.addTransceiver(track, direction="sendonly")
+            # msid "<PA_sid>|<TR_sid> <TR_sid>": the SDK finds the publisher in the stream id
+            transceiver.sender._stream_id = f"{publisher_sid}|{track_sid}"
+            spec = source.spec if source.forwardable and source.spec in G711 else codecs.OPUS_SPEC
+            transceiver.setCodecPreferences(_codec_capability(spec))  # type: ignore[arg-type]
+            self.sending[track_sid] = (transceiver, Subscription(source, track, spec))
+        if not self.channels:
+            # LiveKit's subscriber channels, which the client reads what the server sends on.
+            # Made after the first offer's sections: aiortc bundles a data channel made before
+            # any section on a transport of its own, which the answer's BUNDLE would then stop.
+            for label, ordered in (("_reliable", True), ("_lossy", False)):
+                channel = self.pc.createDataChannel(
+                    label, ordered=ordered, maxRetransmits=None if ordered else 0
+                )
+                self._on_channel(channel)
+        offer = await self.pc.createOffer()
+        await self.pc.setLocalDescription(offer)
+        mids = {
+            transceiver.mid: track_sid
+            for track_sid, (transceiver, _) in self.sending.items()
+            if transceiver.mid is not None
+        }
+        return self.pc.localDescription.sdp, mids
+
+    async def accept_answer(self, sdp: str) -> None:
+        """The client's answer to our offer."""
+        if not sdp.startswith("v=0") or "a=ice-ufrag:" not in sdp:
+            raise ValueError("the answer is no WebRTC session description")
+        self.check_fingerprint(sdp)
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+
+    def drop(self, track_sid: str) -> Subscription | None:
+        """A track the client no longer hears on the subscriber connection: its section goes
+        inactive at the next offer, its sender ends with its track."""
+        entry = self.sending.pop(track_sid, None)
+        if entry is None:
+            return None
+        transceiver, subscription = entry
+        transceiver.direction = "inactive"
+        subscription.track.stop()
+        return subscription
 
     def _on_state(self) -> None:
         if self.pc.connectionState == "connected" and self.on_connected is not None:
@@ -231,6 +373,9 @@ class RtcPeer:
         if self.closed:
             return
         self.closed = True
+        if self.answer_deadline is not None:
+            self.answer_deadline.cancel()
+            self.answer_deadline = None
         for task in list(self.readers):
             task.cancel()
         for _, subscription in self.sending.values():

@@ -190,7 +190,7 @@ class RoomStats:
         ]
         for participant in active:
             session = self.sessions.get((name, participant.identity))
-            if session is not None and session.peer is not None:
+            if session is not None and (session.peer or session.subscriber) is not None:
                 await self._score_peer(qualities, participant, session, now)
             else:
                 self._score_legs(qualities, participant, now)
@@ -250,13 +250,13 @@ class RoomStats:
         now: float,
     ) -> None:
         """A client: its publications (aiortc's inbound RTP) and what it receives from us
-        (the remote-inbound reports of our senders, with their round-trip times)."""
-        peer = session.peer
-        if peer is None or peer.closed:
-            return
-        names = []
+        (the remote-inbound reports of our senders, with their round-trip times). In two-PC
+        mode what it receives is on the subscriber connection, what it publishes on the other."""
+        down, up = session.downlink, session.peer
+        names: list[str] = []
         rtt = None
-        for track_sid, (transceiver, subscription) in list(peer.sending.items()):
+        sending = down.sending if down is not None and not down.closed else {}
+        for track_sid, (transceiver, subscription) in list(sending.items()):
             report = await transceiver.sender.getStats()
             clock = subscription.spec.rtp_clock
             weight = LOSS_WEIGHT_G711 if subscription.spec in G711 else LOSS_WEIGHT_OPUS_FEC
@@ -271,7 +271,8 @@ class RoomStats:
                     rtt=stats.roundTripTime,
                 )
                 names.append(f"{track_sid}/down")
-        for transceiver in peer.pc.getTransceivers():
+        receiving = up.pc.getTransceivers() if up is not None and not up.closed else []
+        for transceiver in receiving:
             track = transceiver.receiver.track
             if transceiver.kind != "audio" or track is None or transceiver.direction == "sendonly":
                 continue

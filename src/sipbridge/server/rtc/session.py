@@ -20,7 +20,14 @@ class Session:
     ws: web.WebSocketResponse
     outbox: asyncio.Queue[rtc.SignalResponse | None] = field(default_factory=asyncio.Queue)
     participant_sid: str = ""
+    # single-PC (`/rtc/v1`): `peer` is the one connection; two-PC (`/rtc`): `peer` is the
+    # client's publisher connection and `subscriber` the one we offer
+    two_pc: bool = False
     peer: RtcPeer | None = None
+    subscriber: RtcPeer | None = None
+    # client track id (AddTrackRequest.cid) -> our TR_ sid, until its media arrives (shared
+    # with the peer that receives it, which may not exist yet when the track is added)
+    published: dict[str, str] = field(default_factory=dict)
     expiry: asyncio.TimerHandle | None = None  # while the WebSocket is gone, awaiting a resume
     auto_subscribe: bool = True  # the client's connection_settings: every track unless told
     choices: dict[str, bool] = field(default_factory=dict)  # track sid -> subscribe, as told
@@ -28,6 +35,11 @@ class Session:
     permission: rtc.SubscriptionPermission | None = None
     refused: dict[str, bool] = field(default_factory=dict)  # track sid -> refused, as told
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    @property
+    def downlink(self) -> RtcPeer | None:
+        """The connection the room's audio and data reach the client on."""
+        return self.subscriber if self.two_pc else self.peer
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)

@@ -1,14 +1,19 @@
-"""The media of each signalling session: its peer connection (rtc/peer.py) driven.
+"""The media of each signalling session: its peer connections (rtc/peer.py) driven.
 
-The client's offers are answered with the room's audio tracks on its free sections; what it
-hears follows its subscriptions (auto-subscribe, its own `subscription` requests, the API's
-UpdateSubscriptions) and the publishers' SubscriptionPermissions; what it publishes joins the
-room's audio; its peer connection coming up makes it ACTIVE. Room audio sources are the media
+Single-PC mode: the client's offers (in the join or after it) are answered with the room's
+audio tracks on its free sections. Two-PC mode: its publisher connection's offers are answered,
+and the subscriber connection is ours to offer - at the join, and again whenever the tracks it
+hears change (one offer out at a time; a client that leaves one unanswered for
+`ANSWER_TIMEOUT_S` leaves); our candidates are trickled with the connection's `target`. What a
+client hears follows its subscriptions (auto-subscribe, its own `subscription` requests, the
+API's UpdateSubscriptions) and the publishers' SubscriptionPermissions; what it publishes joins
+the room's audio; a peer connection coming up makes it ACTIVE. Room audio sources are the media
 service's (`MediaService.track_legs`), attached to and detached from a room's clock there.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections import Counter
@@ -20,13 +25,14 @@ from sipbridge.errors import ApiError
 from sipbridge.server.media.leg_driver import AudioLeg
 from sipbridge.server.media.service import MediaService
 from sipbridge.server.rtc.audio import Publication
-from sipbridge.server.rtc.peer import RtcPeer
+from sipbridge.server.rtc.peer import ForeignConnection, RtcPeer, split_candidates
 from sipbridge.server.rtc.session import Session, in_room, leave_message
 from sipbridge.server.state.rooms_runtime import RoomsRuntime
 
 log = logging.getLogger(__name__)
 
 DisconnectReason = models.DisconnectReason
+ANSWER_TIMEOUT_S = 5.0  # a client that leaves our subscriber offer unanswered longer leaves
 
 
 class SessionMedia:
@@ -49,34 +55,64 @@ class SessionMedia:
         self._leave = leave
         self._on_data = on_data
         self.audio_ended: Counter[str] = Counter()  # audio counters of closed subscriptions
+        self.answer_timeout_s = ANSWER_TIMEOUT_S
 
-    def start(self, session: Session, offer: rtc.SessionDescription) -> None:
-        """The client's first offer: its peer connection is made, and the offer answered."""
-        session.peer = RtcPeer(identity=session.identity)
-        session.peer.on_data = lambda data, lossy: self._on_data(session, data, lossy)
-        session.peer.on_connected = lambda: self._connected(session)
-        session.spawn(self.negotiate(session, offer))
+    def _new_peer(self, session: Session, *, offers: bool) -> RtcPeer:
+        peer = RtcPeer(identity=session.identity, offers=offers)
+        peer.published = session.published  # tracks the client added before this connection
+        peer.on_data = lambda data, lossy: self._on_data(session, data, lossy)
+        peer.on_connected = lambda: self._connected(session)
+        return peer
 
-    async def negotiate(self, session: Session, offer: rtc.SessionDescription) -> None:
-        """Answer an offer of the client, its room audio tracks on its free sections."""
+    def offer_received(self, session: Session, offer: rtc.SessionDescription) -> None:
+        """An offer of the client: the first one (in the join, or after it as Firefox and older
+        clients send it) makes its connection - the only one in single-PC mode, the publisher
+        in two-PC mode - and each is answered in turn; one that a newer offer overtook while
+        it waited is not answered (the client only applies the answer to its newest)."""
+        if session.peer is None:
+            session.peer = self._new_peer(session, offers=False)
+        session.peer.offers_seen += 1
+        session.spawn(self.negotiate(session, offer, session.peer.offers_seen))
+
+    def _refuse_session(self, session: Session, reason: int, why: str) -> None:
+        """The session cannot go on: the client is told why (`leave`), the participant leaves."""
+        name = DisconnectReason.Name(reason)
+        log.info("signal %s: %s: leaves (%s)", session.identity, why, name)
+        self._leave(session, reason)
+        session.send(leave_message(reason))
+
+    async def negotiate(self, session: Session, offer: rtc.SessionDescription, seq: int) -> None:
+        """Answer an offer of the client, its room audio tracks on its free sections (single-PC;
+        in two-PC mode our tracks go on the subscriber connection)."""
         peer = session.peer
         if peer is None:
             return
         async with peer.lock:
             if peer.closed:
                 return
-            wanted = self._wanted(session)
+            if seq != peer.offers_seen:
+                log.info(
+                    "signal %s: offer %d refused: overtaken by a newer one (glare)",
+                    session.identity,
+                    offer.id,
+                )
+                return
+            wanted = {} if session.two_pc else self._wanted(session)
             try:
                 sdp, mids, left = await peer.answer(
                     offer.sdp,
                     wanted,
                     lambda sid, publication: self._published(session, sid, publication),
                 )
-            except Exception as err:  # a bad offer must not take the server down
-                log.info("signal %s: offer refused: %s", session.identity, err)
-                self._leave(session, DisconnectReason.SIGNAL_CLOSE)
-                session.send(leave_message(DisconnectReason.SIGNAL_CLOSE))
+            except ForeignConnection as err:
+                self._refuse_session(session, DisconnectReason.STATE_MISMATCH, f"offer: {err}")
                 return
+            except Exception as err:  # a bad offer must not take the server down
+                self._refuse_session(session, DisconnectReason.SIGNAL_CLOSE, f"offer: {err}")
+                return
+            candidates: list[str] = []
+            if session.two_pc:
+                sdp, candidates = split_candidates(sdp)
             session.send(
                 rtc.SignalResponse(
                     answer=rtc.SessionDescription(
@@ -84,6 +120,9 @@ class SessionMedia:
                     )
                 )
             )
+            self._trickle_out(session, candidates, rtc.SignalTarget.PUBLISHER)
+            if session.two_pc:
+                return
             self.apply_subscriptions(session, ask=False)
             if left:
                 session.send(
@@ -93,6 +132,119 @@ class SessionMedia:
                         )
                     )
                 )
+
+    @staticmethod
+    def _trickle_out(session: Session, candidates: list[str], target: int) -> None:
+        for candidate in candidates:
+            session.send(
+                rtc.SignalResponse(
+                    trickle=rtc.TrickleRequest(candidateInit=candidate, target=target)  # type: ignore[arg-type]
+                )
+            )
+
+    # -- two-PC mode: the subscriber connection, ours to offer ------------------------------
+
+    def start_subscriber(self, session: Session) -> None:
+        """Two-PC mode: the subscriber connection made and offered at once (LiveKit's
+        `subscriber_primary`), with the data channels the server sends on."""
+        session.subscriber = self._new_peer(session, offers=True)
+        self.offer_subscriber(session)
+
+    def offer_subscriber(self, session: Session) -> None:
+        """(Re)offer the subscriber connection: now, or once the offer out is answered."""
+        sub = session.subscriber
+        if sub is None or sub.closed:
+            return
+        if sub.offering or sub.pending_offer is not None:
+            sub.offer_again = True
+            return
+        sub.offering = True
+        session.spawn(self._offer(session, sub))
+
+    async def _offer(self, session: Session, sub: RtcPeer) -> None:
+        try:
+            async with sub.lock:
+                if sub.closed:
+                    return
+                sub.offer_again = False
+                sdp, mids = await sub.offer(self._wanted(session))
+                sdp, candidates = split_candidates(sdp)
+                sub.offer_id += 1
+                sub.pending_offer = (sdp, mids, candidates)
+        finally:
+            sub.offering = False
+        self.send_pending_offer(session)
+        self.apply_subscriptions(session)  # the new sections' audio attached
+
+    def send_pending_offer(self, session: Session) -> None:
+        """Our offer out (again after a resume: the client may not have had it), and the
+        deadline for its answer."""
+        sub = session.subscriber
+        if sub is None or sub.pending_offer is None:
+            return
+        sdp, mids, candidates = sub.pending_offer
+        session.send(
+            rtc.SignalResponse(
+                offer=rtc.SessionDescription(
+                    type="offer", sdp=sdp, id=sub.offer_id, mid_to_track_id=mids
+                )
+            )
+        )
+        self._trickle_out(session, candidates, rtc.SignalTarget.SUBSCRIBER)
+        if sub.answer_deadline is not None:
+            sub.answer_deadline.cancel()
+        loop = asyncio.get_running_loop()
+        sub.answer_deadline = loop.call_later(self.answer_timeout_s, self._unanswered, session, sub)
+
+    def _unanswered(self, session: Session, sub: RtcPeer) -> None:
+        sub.answer_deadline = None
+        if sub.closed or sub.pending_offer is None or session.subscriber is not sub:
+            return
+        if session.ws.closed:
+            return  # the WebSocket is down: the offer goes again on a resume
+        self._refuse_session(
+            session,
+            DisconnectReason.MEDIA_FAILURE,
+            f"no answer to the subscriber offer within {self.answer_timeout_s:g} s",
+        )
+
+    def answer_received(self, session: Session, answer: rtc.SessionDescription) -> None:
+        """The client's answer to our subscriber offer; with none pending (or to an older
+        offer than the one out), a logged refusal."""
+        sub = session.subscriber
+        if sub is None or sub.pending_offer is None:
+            log.info("signal %s: answer refused: no offer of ours is pending", session.identity)
+            return
+        if answer.id and answer.id != sub.offer_id:
+            log.info(
+                "signal %s: answer refused: it answers offer %d, ours out is %d",
+                session.identity,
+                answer.id,
+                sub.offer_id,
+            )
+            return
+        session.spawn(self._answered(session, sub, answer))
+
+    async def _answered(
+        self, session: Session, sub: RtcPeer, answer: rtc.SessionDescription
+    ) -> None:
+        async with sub.lock:
+            if sub.closed or sub.pending_offer is None:
+                return
+            try:
+                await sub.accept_answer(answer.sdp)
+            except ForeignConnection as err:
+                self._refuse_session(session, DisconnectReason.STATE_MISMATCH, f"answer: {err}")
+                return
+            except Exception as err:
+                self._refuse_session(session, DisconnectReason.SIGNAL_CLOSE, f"answer: {err}")
+                return
+            sub.pending_offer = None
+            if sub.answer_deadline is not None:
+                sub.answer_deadline.cancel()
+                sub.answer_deadline = None
+        if sub.offer_again:
+            self.offer_subscriber(session)
 
     def _wanted(self, session: Session) -> dict[str, tuple[AudioLeg, str]]:
         """The audio tracks of the others in the room, with a source to hear, that the client
@@ -154,8 +306,10 @@ class SessionMedia:
     def apply_subscriptions(self, session: Session, *, ask: bool = True) -> None:
         """Make the audio the client gets match `_wanted`: a subscription that has its section
         is (re)attached to the room or detached from it - the section stays, silent - and the
-        room model follows; tracks still without a section are asked for (`ask`)."""
-        peer, media = session.peer, self.media
+        room model follows; tracks still without a section are asked for (`ask`). In two-PC
+        mode a track no longer wanted loses its section, and the subscriber connection is
+        offered again when sections come or go."""
+        peer, media = session.downlink, self.media
         if peer is None:
             return
         wanted = self._wanted(session)
@@ -175,6 +329,15 @@ class SessionMedia:
                     )
         if on or off:
             self.runtime.commit()
+        if session.two_pc:
+            gone = [track_sid for track_sid in peer.sending if track_sid not in wanted]
+            for track_sid in gone:
+                dropped = peer.drop(track_sid)
+                if dropped is not None:
+                    self.audio_ended.update(dropped.counters())
+            if gone or any(track_sid not in peer.sending for track_sid in wanted):
+                self.offer_subscriber(session)
+            return
         missing = sum(1 for track_sid in wanted if track_sid not in peer.sending)
         if ask and missing:
             session.send(
@@ -214,6 +377,29 @@ class SessionMedia:
             self.rooms.set_active(session.room, session.identity)
         self.runtime.commit()
 
+    def trickle_received(self, session: Session, trickle: rtc.TrickleRequest) -> None:
+        """A candidate the client trickled, for the connection its `target` names (in
+        single-PC mode the one connection); for an unknown target or a connection not made,
+        a logged refusal."""
+        targets = {
+            rtc.SignalTarget.PUBLISHER: session.peer,
+            rtc.SignalTarget.SUBSCRIBER: session.subscriber if session.two_pc else session.peer,
+        }
+        if trickle.target not in targets:
+            log.info(
+                "signal %s: trickle refused: unknown target %d", session.identity, trickle.target
+            )
+            return
+        peer = targets[trickle.target]
+        if peer is None:
+            log.info(
+                "signal %s: trickle refused: no %s connection negotiated",
+                session.identity,
+                rtc.SignalTarget.Name(trickle.target),
+            )
+            return
+        session.spawn(self.trickle(peer, trickle.candidateInit))
+
     async def trickle(self, peer: RtcPeer, candidate_init: str) -> None:
         """A candidate the client trickled, added once any offer in hand is answered."""
         async with peer.lock:
@@ -236,9 +422,10 @@ class SessionMedia:
         forwarded, frames made and stale frames dropped, over all subscriptions ever."""
         totals = Counter(self.audio_ended)
         for session in self.sessions.values():
-            if session.peer is None:
+            peer = session.downlink
+            if peer is None:
                 continue
-            for _, subscription in session.peer.sending.values():
+            for _, subscription in peer.sending.values():
                 totals.update(subscription.counters())
                 if subscription.room is not None:  # attached: audio flows
                     totals[f"subscriptions_{subscription.spec.name.lower()}"] += 1

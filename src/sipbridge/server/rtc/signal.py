@@ -3,8 +3,13 @@
 WIRE.md s4: the join handshake (rtc/join.py), participant updates, metadata and attribute
 updates from clients, track publication, mute, ping/pong and leave in both directions, and the
 resume of a session whose WebSocket dropped. With a media service, each session's peer
-connection and the room audio on it are `SessionMedia`'s (rtc/session_media.py), its data
+connections and the room audio on them are `SessionMedia`'s (rtc/session_media.py), its data
 packets `DataPackets`' (rtc/data_packets.py).
+
+Two protocols, as LiveKit has them: `/rtc/v1` is single-PC (the client offers one connection,
+in the join or after it); `/rtc` without an offer in the join is two-PC (`subscriber_primary`:
+we offer the subscriber connection at once, the client offers its publisher connection, each
+trickle names its connection with `target`).
 """
 
 from __future__ import annotations
@@ -22,7 +27,12 @@ from sipbridge.rooms import events as ev
 from sipbridge.server.api.auth import Claims
 from sipbridge.server.media.service import MediaService
 from sipbridge.server.rtc.data_packets import DataPackets
-from sipbridge.server.rtc.join import authorize, participant_kind, permission_from
+from sipbridge.server.rtc.join import (
+    authorize,
+    participant_kind,
+    permission_from,
+    wants_two_connections,
+)
 from sipbridge.server.rtc.room_stats import RoomStats
 from sipbridge.server.rtc.session import Session, in_room, leave_message
 from sipbridge.server.rtc.session_media import SessionMedia
@@ -100,7 +110,12 @@ class SignalServer:
         session = self._resumable(claims, join)
         resumed = session is not None
         if session is None:
-            session = Session(room=claims.room, identity=claims.identity, ws=ws)
+            session = Session(
+                room=claims.room,
+                identity=claims.identity,
+                ws=ws,
+                two_pc=wants_two_connections(request, join),
+            )
         else:
             # The same participant back on a new WebSocket: its peer connection was kept.
             if session.expiry is not None:
@@ -123,8 +138,11 @@ class SignalServer:
             elif "auto_subscribe" in request.query:  # the two-connection path's parameter
                 session.auto_subscribe = request.query["auto_subscribe"] not in ("0", "false")
             self._join(session, claims, join)
-            if self.session_media is not None and join.publisher_offer.sdp:
-                self.session_media.start(session, join.publisher_offer)
+            if self.session_media is not None:
+                if session.two_pc:
+                    self.session_media.start_subscriber(session)
+                elif join.publisher_offer.sdp:
+                    self.session_media.offer_received(session, join.publisher_offer)
             dropped = await self._read(session)
         except ApiError as err:
             session.send(leave_message(_reason(err)))
@@ -158,6 +176,9 @@ class SignalServer:
         everyone = [p.to_proto() for p in room.participants.values() if not p.permission.hidden]
         session.send(rtc.SignalResponse(update=rtc.ParticipantUpdate(participants=everyone)))
         session.send(rtc.SignalResponse(room_update=rtc.RoomUpdate(room=room.to_proto())))
+        if self.session_media is not None:
+            # an offer of ours the dropped WebSocket may have lost goes again
+            self.session_media.send_pending_offer(session)
 
     def _resumable(self, claims: Claims, join: rtc.JoinRequest) -> Session | None:
         """The session a `reconnect=true` join resumes: same room, identity and participant sid,
@@ -226,6 +247,9 @@ class SignalServer:
                     ping_interval=PING_INTERVAL_S,
                     ping_timeout=PING_TIMEOUT_S,
                     server_info=server_info(),
+                    # two-PC: the subscriber connection (ours to offer) is the one the client
+                    # waits for, as LiveKit sets it for a client that may subscribe
+                    subscriber_primary=session.two_pc and participant.permission.can_subscribe,
                 )
             )
         )
@@ -282,10 +306,12 @@ class SignalServer:
             self._update_metadata(session, req.update_metadata)
         elif kind == "add_track":
             self._add_track(session, req.add_track)
-        elif kind == "offer" and self.session_media is not None and session.peer is not None:
-            session.spawn(self.session_media.negotiate(session, req.offer))
-        elif kind == "trickle" and self.session_media is not None and session.peer is not None:
-            session.spawn(self.session_media.trickle(session.peer, req.trickle.candidateInit))
+        elif kind == "offer" and self.session_media is not None:
+            self.session_media.offer_received(session, req.offer)
+        elif kind == "answer" and self.session_media is not None:
+            self.session_media.answer_received(session, req.answer)
+        elif kind == "trickle" and self.session_media is not None:
+            self.session_media.trickle_received(session, req.trickle)
         elif kind == "subscription":
             for track_sid in req.subscription.track_sids:
                 session.choices[track_sid] = req.subscription.subscribe
@@ -350,8 +376,7 @@ class SignalServer:
             mime_type="audio/opus" if req.type == models.TrackType.AUDIO else "",
         )
         self.rooms.publish_track(session.room, session.identity, track)
-        if session.peer is not None:
-            session.peer.published[req.cid] = track.sid
+        session.published[req.cid] = track.sid
         session.send(
             rtc.SignalResponse(track_published=rtc.TrackPublishedResponse(cid=req.cid, track=track))
         )
@@ -364,13 +389,14 @@ class SignalServer:
             self.session_media.apply_subscriptions(session)
 
     async def _close_media(self, session: Session) -> None:
-        """The session's tasks cancelled, its peer connection closed and out of the room."""
-        peer = session.peer
-        session.peer = None
+        """The session's tasks cancelled, its peer connections closed and out of the room."""
+        peers = [peer for peer in (session.peer, session.subscriber) if peer is not None]
+        session.peer = session.subscriber = None
         for task in list(session.tasks):
             task.cancel()
-        if peer is not None and self.session_media is not None:
-            await self.session_media.close(peer)
+        for peer in peers:
+            if self.session_media is not None:
+                await self.session_media.close(peer)
 
     # -- messages to the client ------------------------------------------------------------
 
@@ -401,15 +427,18 @@ class SignalServer:
                     del self.sessions[(room.name, p.identity)]
                     session.send(leave_message(p.disconnect_reason))
                 self._broadcast(room.name, p, exclude=p.identity)
+                self._tracks_gone(room.name, p.identity)
             case ev.TrackPublished(room=room, participant=p):
                 self._broadcast(room.name, p)
                 if self.session_media is not None and p.kind == Kind.SIP:
                     # A phone's track: every client with a peer connection needs a section.
                     self.session_media.ask_for_sections(room.name, exclude=p.identity)
+            case ev.TrackUnpublished(room=room, participant=p):
+                self._broadcast(room.name, p)
+                self._tracks_gone(room.name, p.identity)
             case (
                 ev.ParticipantJoined(room=room, participant=p)
                 | ev.ParticipantUpdated(room=room, participant=p)
-                | ev.TrackUnpublished(room=room, participant=p)
                 | ev.TrackMuted(room=room, participant=p)
             ):
                 self._broadcast(room.name, p)
@@ -417,9 +446,10 @@ class SignalServer:
                 # UpdateSubscriptions through the API (or a permission taken away): a change
                 # our media does not have yet becomes the client's choice for that track.
                 session = self.sessions.get((room_name, identity))
-                if session is None or session.peer is None:
+                peer = session.downlink if session is not None else None
+                if session is None or peer is None:
                     return
-                sending = session.peer.sending.get(event.track_sid)
+                sending = peer.sending.get(event.track_sid)
                 attached = sending is not None and sending[1].room is not None
                 if attached != event.subscribed:
                     session.choices[event.track_sid] = event.subscribed
@@ -431,6 +461,12 @@ class SignalServer:
                     session.send(rtc.SignalResponse(room_update=rtc.RoomUpdate(room=room)))
             case _:
                 pass
+
+    def _tracks_gone(self, room: str, publisher: str) -> None:
+        """A participant's track (or the participant) left: who heard it stops (in two-PC mode
+        its subscriber section goes inactive in a new offer)."""
+        if self.session_media is not None:
+            self.session_media.ask_for_sections(room, exclude=publisher)
 
     def _broadcast(self, room: str, participant: models.ParticipantInfo, exclude: str = "") -> None:
         if participant.permission.hidden:
