@@ -290,7 +290,7 @@ class PeerClient(SignalClient):
                 await self.negotiate()  # the deferred first offer
             return joined
         self.prepare_receivers(3)
-        offer = await self._local_offer()
+        offer = await self.local_offer()
         first = rtc.JoinRequest(publisher_offer=offer)
         if join is not None:
             first.MergeFrom(join)
@@ -301,7 +301,7 @@ class PeerClient(SignalClient):
         for _ in range(count):
             self.publisher.addTransceiver("audio", direction="recvonly")
 
-    async def _local_offer(self) -> rtc.SessionDescription:
+    async def local_offer(self) -> rtc.SessionDescription:
         # as livekit-client does: a new offer once the last one is answered
         await eventually(lambda: self.publisher.signalingState == "stable", "an answer")
         self.offer_id += 1
@@ -319,7 +319,7 @@ class PeerClient(SignalClient):
     async def negotiate(self) -> None:
         """(Re)offer the publisher connection, then trickle its candidates (PUBLISHER)."""
         async with self.negotiation:  # one offer at a time
-            offer = await self._local_offer()
+            offer = await self.local_offer()
             await self.send(rtc.SignalRequest(offer=offer))
             await self._trickle(self.pending_trickles, Target.PUBLISHER)
 
