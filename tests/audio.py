@@ -303,6 +303,17 @@ def windows_heard(
     return sum(found) / len(found) if found else 0.0
 
 
+def level_difference_db(
+    reference: npt.ArrayLike, recorded: npt.ArrayLike, rate: int, *, recorded_rate: int
+) -> float:
+    """How much louder (dB) the recording's audible part is than the reference's."""
+    ref = np.asarray(reference, dtype=np.float64)
+    rec = resample(np.asarray(recorded, dtype=np.float64), recorded_rate, rate)
+    heard, _ = _trim(rec, rate)
+    sent, _ = _trim(ref, rate)
+    return float(20 * np.log10(rms(heard) / rms(sent)))
+
+
 def _trim(pcm: Float, rate: int, threshold: float = 1e-3) -> tuple[Float, int]:
     """Drop leading and trailing stretches (10 ms blocks) quieter than `threshold` RMS."""
     block = max(1, rate // 100)

@@ -9,7 +9,7 @@ Run it inside a network namespace (tests/netns.py; libwebrtc ignores loopback):
         [--no-auto-subscribe] \
         [--subscribe-after S] [--unsubscribe-after S] [--rpc-serve METHOD] \
         [--rpc-call ID:METHOD:PAYLOAD] [--text-topic TOPIC] [--send-text TOPIC:TEXT|@FILE] \
-        [--data-delay S] [--allow-only IDENTITY] [--verbose]
+        [--data-delay S] [--allow-only IDENTITY] [--two-pc] [--verbose]
 
 It prints one JSON object per line on stdout for everything it sees, each with "event" and "t"
 (seconds since the script started):
@@ -448,7 +448,11 @@ class Client:
         if args.text_topic:
             self.receive_text(args.text_topic)
         options = rtc.RoomOptions(
-            auto_subscribe=not args.no_auto_subscribe, connect_timeout=args.connect_timeout
+            auto_subscribe=not args.no_auto_subscribe,
+            connect_timeout=args.connect_timeout,
+            # False: LiveKit's two-PC protocol on `/rtc` (query parameters, the server offers
+            # the subscriber connection); None: the SDK's default, single-PC on `/rtc/v1`
+            single_peer_connection=False if args.two_pc else None,
         )
         try:
             await asyncio.wait_for(
@@ -544,6 +548,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--allow-only", metavar="IDENTITY", help="only this participant may subscribe to us"
     )
     p.add_argument("--no-auto-subscribe", action="store_true", help="subscribe to nothing")
+    p.add_argument("--two-pc", action="store_true", help="two peer connections, on /rtc")
     p.add_argument(
         "--subscribe-after", type=float, help="S: then subscribe to every remote audio track"
     )

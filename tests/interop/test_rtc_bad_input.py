@@ -218,6 +218,9 @@ async def test_an_answer_with_no_offer_and_trickles_for_no_connection_are_refuse
         await logged(shared, "signal alice: answer refused: no offer of ours is pending")
         await logged(shared, "signal alice: trickle refused: unknown target 7")
         await logged(shared, "signal alice: trickle refused: no PUBLISHER connection negotiated")
+        counters = shared.metrics()
+        for what in ("answer_without_offer", "trickle_unknown_target", "trickle_no_connection"):
+            assert counters[f'sipbridge_negotiation_refused_total{{what="{what}"}}'] >= 1, what
         assert await identities(shared_lk, "refusals") == {"alice"}
 
 

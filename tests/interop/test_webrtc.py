@@ -24,7 +24,7 @@ from livekit import api
 from livekit.protocol import models, room, sip
 
 from tests import baresip, netns
-from tests.audio import distinct_signal, read_wav, windows_heard, write_wav
+from tests.audio import distinct_signal, level_difference_db, read_wav, windows_heard, write_wav
 from tests.harness import eventually
 from tests.helpers import API_KEY, API_SECRET, ServerProcess, token
 from tests.interop.conftest import RTC_PORTS
@@ -192,6 +192,88 @@ async def test_sdk_client_and_phone_hear_each_other(
     start = sent[: int(0.6 * 48000)]
     first_words = windows_heard(start, phone_heard, 48000, window_s=0.1, recorded_rate=phone_rate)
     assert first_words == 1.0, first_words
+
+
+async def test_sdk_client_with_two_peer_connections_and_phone_hear_each_other(
+    rtc_server: ServerProcess, namespace: netns.VethNamespace, tmp_path: Path
+) -> None:
+    """The official SDK with `single_peer_connection=False`: LiveKit's two-PC protocol on
+    `/rtc`, as the mobile, Flutter, Unity and older web SDKs speak it. The server offers the
+    subscriber connection (the phone's PCMU on it, forwarded as it came, heard at the level the
+    phone sent), answers the publisher connection (the SDK's audio heard by the phone), sends
+    data on the subscriber's channels and takes the SDK's DTMF from the publisher's."""
+    async with api.LiveKitAPI(url=rtc_server.url, api_key=API_KEY, api_secret=API_SECRET) as lk:
+        await lk.sip.create_dispatch_rule(
+            sip.CreateSIPDispatchRuleRequest(
+                dispatch_rule=sip.SIPDispatchRuleInfo(
+                    rule=sip.SIPDispatchRule(
+                        dispatch_rule_direct=sip.SIPDispatchRuleDirect(room_name="agentroom")
+                    )
+                )
+            )
+        )
+    sent = distinct_signal("agent", 48000, 2.5, pad_s=0.5, top_hz=3400.0)
+    write_wav(tmp_path / "agent.wav", sent, 48000)
+    heard = tmp_path / "agent_heard.wav"
+    async with baresip.phone(
+        tmp_path / "phone", codecs="PCMU", top_hz=3400.0, lead_s=1.5, signal_s=2.5
+    ) as phone:
+        await phone.dial(f"sip:agent@127.0.0.1:{rtc_server.sip_port}")  # type: ignore[attr-defined]
+        await phone.wait_event("CALL_RINGING", fail_on=("CALL_CLOSED",))
+        sdk = asyncio.create_task(
+            run_sdk(
+                namespace,
+                rtc_server,
+                "agent",
+                "agentroom",
+                "--two-pc",
+                "--record",
+                str(heard),
+                "--publish",
+                str(tmp_path / "agent.wav"),
+                "--publish-after-record",
+                "--seconds",
+                "6.5",
+                "--dtmf",
+                "7",
+                "--dtmf-delay",
+                "4.5",
+            )
+        )
+        await phone.wait_event("CALL_ESTABLISHED", timeout=15, fail_on=("CALL_CLOSED",))
+        await asyncio.sleep(4.0)  # the conversation: both signals over
+        async with api.LiveKitAPI(url=rtc_server.url, api_key=API_KEY, api_secret=API_SECRET) as lk:
+            await lk.room.send_data(
+                room.SendDataRequest(
+                    room="agentroom",
+                    data=b"hello agent",
+                    kind=models.DataPacket.Kind.RELIABLE,
+                    topic="greeting",
+                )
+            )
+        assert await phone.wait_dtmf("7", timeout=8) == "7"
+        counters = await asyncio.to_thread(rtc_server.metrics)
+        assert counters.get('sipbridge_rtc_audio{counter="subscriptions_pcmu"}') == 1, counters
+        assert counters.get('sipbridge_signal_joins_total{protocol="two_pc"}') == 1, counters
+        assert 'sipbridge_signal_joins_total{protocol="single_pc"}' not in counters, counters
+        events = await sdk
+        await phone.hangup()
+        await phone.wait_event("CALL_CLOSED")
+        await phone.stop()
+        phone_heard, phone_rate = read_wav(phone.recorded())
+    connected = next(e for e in events if e["event"] == "connected")
+    (caller,) = connected["participants"]
+    assert caller["kind"] == "PARTICIPANT_KIND_SIP"
+    data = [e for e in events if e["event"] == "data_received"]
+    assert [(e["topic"], e["data"]) for e in data] == [("greeting", "hello agent")], events
+    recording, rate = read_wav(heard)
+    assert phone.reference is not None
+    agent_heard_phone = windows_heard(phone.reference, recording, phone.rate, recorded_rate=rate)
+    phone_heard_agent = windows_heard(sent, phone_heard, 48000, recorded_rate=phone_rate)
+    assert agent_heard_phone >= 0.8, agent_heard_phone
+    assert phone_heard_agent >= 0.8, phone_heard_agent
+    level = level_difference_db(phone.reference, recording, phone.rate, recorded_rate=rate)
+    assert abs(level) <= 1.0, level
 
 
 async def test_a_second_sdk_client_joins_and_leaves_and_remove_participant_hangs_up(

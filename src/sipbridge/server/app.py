@@ -165,6 +165,14 @@ class Server:
             ("sipbridge_participants", {}, sum(len(r.participants) for r in rooms)),
             ("sipbridge_signal_sessions", {}, len(self.signal.sessions)),
             ("sipbridge_signal_resumed_total", {}, self.signal.resumed),
+            *[
+                ("sipbridge_signal_joins_total", {"protocol": protocol}, n)
+                for protocol, n in sorted(self.signal.joins.items())
+            ],
+            *[
+                ("sipbridge_negotiation_refused_total", {"what": what}, n)
+                for what, n in sorted(self.signal.negotiation_refused.items())
+            ],
             ("sipbridge_data_refused_total", {}, self.signal.data_refused),
             ("sipbridge_data_undelivered_total", {}, self.signal.data_undelivered),
             ("sipbridge_inbound_trunks", {}, len(self.sip_config.inbound)),

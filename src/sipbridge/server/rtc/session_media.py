@@ -56,6 +56,7 @@ class SessionMedia:
         self._on_data = on_data
         self.audio_ended: Counter[str] = Counter()  # audio counters of closed subscriptions
         self.answer_timeout_s = ANSWER_TIMEOUT_S
+        self.refused: Counter[str] = Counter()  # negotiation input refused, by what it was
 
     def _new_peer(self, session: Session, *, offers: bool) -> RtcPeer:
         peer = RtcPeer(identity=session.identity, offers=offers)
@@ -91,6 +92,7 @@ class SessionMedia:
             if peer.closed:
                 return
             if seq != peer.offers_seen:
+                self.refused["offer_overtaken"] += 1
                 log.info(
                     "signal %s: offer %d refused: overtaken by a newer one (glare)",
                     session.identity,
@@ -105,6 +107,7 @@ class SessionMedia:
                     lambda sid, publication: self._published(session, sid, publication),
                 )
             except ForeignConnection as err:
+                self.refused["offer_foreign"] += 1
                 self._refuse_session(session, DisconnectReason.STATE_MISMATCH, f"offer: {err}")
                 return
             except Exception as err:  # a bad offer must not take the server down
@@ -202,6 +205,7 @@ class SessionMedia:
             return
         if session.ws.closed:
             return  # the WebSocket is down: the offer goes again on a resume
+        self.refused["offer_unanswered"] += 1
         self._refuse_session(
             session,
             DisconnectReason.MEDIA_FAILURE,
@@ -213,9 +217,11 @@ class SessionMedia:
         offer than the one out), a logged refusal."""
         sub = session.subscriber
         if sub is None or sub.pending_offer is None:
+            self.refused["answer_without_offer"] += 1
             log.info("signal %s: answer refused: no offer of ours is pending", session.identity)
             return
         if answer.id and answer.id != sub.offer_id:
+            self.refused["answer_stale"] += 1
             log.info(
                 "signal %s: answer refused: it answers offer %d, ours out is %d",
                 session.identity,
@@ -234,6 +240,7 @@ class SessionMedia:
             try:
                 await sub.accept_answer(answer.sdp)
             except ForeignConnection as err:
+                self.refused["answer_foreign"] += 1
                 self._refuse_session(session, DisconnectReason.STATE_MISMATCH, f"answer: {err}")
                 return
             except Exception as err:
@@ -386,12 +393,14 @@ class SessionMedia:
             rtc.SignalTarget.SUBSCRIBER: session.subscriber if session.two_pc else session.peer,
         }
         if trickle.target not in targets:
+            self.refused["trickle_unknown_target"] += 1
             log.info(
                 "signal %s: trickle refused: unknown target %d", session.identity, trickle.target
             )
             return
         peer = targets[trickle.target]
         if peer is None:
+            self.refused["trickle_no_connection"] += 1
             log.info(
                 "signal %s: trickle refused: no %s connection negotiated",
                 session.identity,

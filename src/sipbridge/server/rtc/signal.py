@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 
 from aiohttp import WSMsgType, web
 from google.protobuf.message import DecodeError
@@ -62,6 +63,7 @@ class SignalServer:
         self.sessions: dict[tuple[str, str], Session] = {}
         self.closing = False
         self.resumed = 0
+        self.joins: Counter[str] = Counter()  # by protocol: single_pc (/rtc/v1), two_pc (/rtc)
         self.data = DataPackets(runtime, self.sessions)
         self.session_media: SessionMedia | None = None  # without a media service, signalling only
         if media is not None:
@@ -71,6 +73,11 @@ class SignalServer:
         runtime.listeners.append(self.on_room_event)
         # speaker and connection-quality updates (rtc/room_stats.py)
         self.room_stats = RoomStats(runtime, media, self.sessions) if media is not None else None
+
+    @property
+    def negotiation_refused(self) -> dict[str, int]:
+        """Negotiation input refused, by what it was (`SessionMedia.refused`)."""
+        return dict(self.session_media.refused) if self.session_media is not None else {}
 
     @property
     def data_refused(self) -> int:
@@ -138,6 +145,7 @@ class SignalServer:
             elif "auto_subscribe" in request.query:  # the two-connection path's parameter
                 session.auto_subscribe = request.query["auto_subscribe"] not in ("0", "false")
             self._join(session, claims, join)
+            self.joins["two_pc" if session.two_pc else "single_pc"] += 1
             if self.session_media is not None:
                 if session.two_pc:
                     self.session_media.start_subscriber(session)
