@@ -387,11 +387,13 @@ class CuttableProxy:
             task.add_done_callback(self.tasks.discard)
 
 
+@pytest.mark.parametrize("protocol", ["single_pc", "two_pc"])
 async def test_a_cut_websocket_resumes_and_the_caller_is_still_heard(
-    rtc_server: ServerProcess, namespace: netns.VethNamespace, tmp_path: Path
+    rtc_server: ServerProcess, namespace: netns.VethNamespace, tmp_path: Path, protocol: str
 ) -> None:
     """The SDK's signalling connection is reset mid-call (no leave): the SDK resumes on a new
-    WebSocket (`reconnect`), keeps its peer connection, and goes on hearing the phone."""
+    WebSocket (`reconnect`), keeps its peer connections, and goes on hearing the phone - with
+    one peer connection (`/rtc/v1`) and with two (`/rtc`, resumed with query parameters)."""
     async with api.LiveKitAPI(url=rtc_server.url, api_key=API_KEY, api_secret=API_SECRET) as lk:
         await lk.sip.create_dispatch_rule(
             sip.CreateSIPDispatchRuleRequest(
@@ -420,6 +422,7 @@ async def test_a_cut_websocket_resumes_and_the_caller_is_still_heard(
                 str(heard),
                 "--seconds",
                 "10",
+                *(["--two-pc"] if protocol == "two_pc" else []),
                 port=proxy.port,
             )
         )
