@@ -18,11 +18,10 @@ no address but 127.0.0.1 (`--allow-loopback-in-peer-connection`), the server gat
 candidates there (`--rtc-ip 127.0.0.1`), and nothing can leave the machine. One server and one
 Chromium serve the module; each test opens a fresh page and places a fresh call.
 
-The variants: the oldest livekit-client that works today (2.18.1, the first to put its offer in
-the join); and, strict xfails until the server speaks them (issue 12) - when they pass, the marks
-must go - the page with `singlePeerConnection: false` (the two-peer-connection protocol, /rtc),
-with its first offer after the join (as livekit-client does on Firefox), and 2.17.3, which
-always sends its first offer after the join.
+The variants: 2.18.1, the first livekit-client to put its offer in the join; the page with
+`singlePeerConnection: false` (the two-peer-connection protocol, /rtc); with its first offer after
+the join (as livekit-client does on Firefox); and 2.17.3, the oldest supported, which always sends
+its first offer after the join.
 """
 
 from __future__ import annotations
@@ -470,8 +469,6 @@ async def call_the_page(server: ServerProcess, browser: Browser, variant: Varian
 
 # -- the tests -------------------------------------------------------------------------------------
 
-NOT_YET = "the server answers no offer that comes after the join, nor speaks /rtc (issue 12)"
-
 
 async def test_newest_livekit_client_in_chromium(server: ServerProcess, browser: Browser) -> None:
     await call_the_page(server, browser, Variant(NEWEST))
@@ -482,19 +479,17 @@ async def test_oldest_supported_livekit_client(server: ServerProcess, browser: B
     await call_the_page(server, browser, Variant(OLDEST_SUPPORTED))
 
 
-@pytest.mark.xfail(strict=True, reason=NOT_YET)
 async def test_two_peer_connections(server: ServerProcess, browser: Browser) -> None:
     await call_the_page(server, browser, Variant(NEWEST, single_pc=False))
 
 
-@pytest.mark.xfail(strict=True, reason=NOT_YET)
 async def test_first_offer_after_the_join(server: ServerProcess, browser: Browser) -> None:
     await call_the_page(server, browser, Variant(NEWEST, defer_offer=True))
 
 
-@pytest.mark.xfail(strict=True, reason=NOT_YET)
 async def test_livekit_client_that_defers_its_offer(
     server: ServerProcess, browser: Browser
 ) -> None:
-    """2.17.3: /rtc/v1 and one peer connection, the first offer always after the join."""
+    """2.17.3, the oldest supported: /rtc/v1 and one peer connection, the first offer always
+    after the join."""
     await call_the_page(server, browser, Variant(DEFERRING))
