@@ -232,6 +232,7 @@ async def test_sdk_client_with_two_peer_connections_and_phone_hear_each_other(
                 "--publish",
                 str(tmp_path / "agent.wav"),
                 "--publish-after-record",
+                "--publish-when-subscribed",
                 "--seconds",
                 "6.5",
                 "--dtmf",
