@@ -7,7 +7,8 @@
 - two-PC on `/rtc`: the server offers the subscriber connection (`subscriber_primary`), answers
   the publisher connection, trickles its candidates with each connection's `target` (the
   client's descriptions carry none either, so a trickle routed to the wrong connection fails
-  ICE), re-offers the subscriber as tracks come and go, sends data on the subscriber's channels
+  ICE), re-offers the subscriber as tracks come and go (published, unsubscribed, subscribed
+  again, their publisher gone), sends data on the subscriber's channels
   and takes the client's on the publisher's, and resumes after a dropped WebSocket.
 """
 
@@ -123,13 +124,32 @@ async def test_two_peer_connections_subscriber_offered_publisher_answered(
             "carol's data at alice",
         )
         assert alice.data[1].participant_identity == "carol"
+        # carol unsubscribes: the section goes inactive in a new offer; subscribes again: a new
+        # section, alice heard again
+        assert carol.subscriber is not None
+        subscriber = carol.subscriber
+        answers = carol.subscriber_answers
+        await carol.send(
+            rtc.SignalRequest(
+                subscription=rtc.UpdateSubscription(track_sids=[alice_track.sid], subscribe=False)
+            )
+        )
+        await eventually(lambda: carol.subscriber_answers > answers, "the re-offer")
+        sections = [t for t in subscriber.getTransceivers() if t.kind == "audio"]
+        assert [t.currentDirection for t in sections] == ["inactive"], sections
+        heard = carol.heard(alice_track.sid)
+        await carol.send(
+            rtc.SignalRequest(
+                subscription=rtc.UpdateSubscription(track_sids=[alice_track.sid], subscribe=True)
+            )
+        )
+        await hears(carol, alice_track.sid, frames=heard + 25)
         # alice leaves: carol's section for her track goes inactive in a new offer
         answers = carol.subscriber_answers
         await alice.close()
         await eventually(lambda: carol.subscriber_answers > answers, "the re-offer")
-        assert carol.subscriber is not None
-        sections = [t for t in carol.subscriber.getTransceivers() if t.kind == "audio"]
-        assert [t.currentDirection for t in sections] == ["inactive"], sections
+        sections = [t for t in subscriber.getTransceivers() if t.kind == "audio"]
+        assert [t.currentDirection for t in sections] == ["inactive", "inactive"], sections
         assert await identities(lk, "twopc") == {"carol"}
     finally:
         await carol.close()
