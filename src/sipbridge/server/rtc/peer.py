@@ -183,6 +183,7 @@ class RtcPeer:
     offer_id: int = 0
     offer_again: bool = False
     offering: bool = False
+    up: bool = False  # connected once (ours to offer: re-offers wait for it)
     answer_deadline: asyncio.TimerHandle | None = None
 
     def __post_init__(self) -> None:

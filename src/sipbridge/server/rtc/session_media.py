@@ -62,7 +62,10 @@ class SessionMedia:
         peer = RtcPeer(identity=session.identity, offers=offers)
         peer.published = session.published  # tracks the client added before this connection
         peer.on_data = lambda data, lossy: self._on_data(session, data, lossy)
-        peer.on_connected = lambda: self._connected(session)
+        if offers:
+            peer.on_connected = lambda: self._subscriber_up(session, peer)
+        else:
+            peer.on_connected = lambda: self._connected(session)
         return peer
 
     def offer_received(self, session: Session, offer: rtc.SessionDescription) -> None:
@@ -158,7 +161,10 @@ class SessionMedia:
         sub = session.subscriber
         if sub is None or sub.closed:
             return
-        if sub.offering or sub.pending_offer is not None:
+        # Not before the first offer's connection is up: aiortc starts a section's sender (and
+        # the client's receiver) when a negotiation finds DTLS connected, and one that ends
+        # while DTLS is still connecting never starts them - the new track would stay silent.
+        if sub.offering or sub.pending_offer is not None or (sub.offer_id and not sub.up):
             sub.offer_again = True
             return
         sub.offering = True
@@ -198,6 +204,13 @@ class SessionMedia:
             sub.answer_deadline.cancel()
         loop = asyncio.get_running_loop()
         sub.answer_deadline = loop.call_later(self.answer_timeout_s, self._unanswered, session, sub)
+
+    def _subscriber_up(self, session: Session, sub: RtcPeer) -> None:
+        """The subscriber connection is up: ACTIVE, and the offer held back for it goes."""
+        sub.up = True
+        self._connected(session)
+        if sub.offer_again:
+            self.offer_subscriber(session)
 
     def _unanswered(self, session: Session, sub: RtcPeer) -> None:
         sub.answer_deadline = None
