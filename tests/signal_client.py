@@ -35,6 +35,7 @@ from aiortc.sdp import candidate_from_sdp
 from livekit import api
 from livekit.protocol import models, rtc
 
+from sipbridge.server.rtc.aiortc_patches import start_missed_media
 from tests.harness import eventually
 from tests.helpers import API_KEY, API_SECRET
 
@@ -268,6 +269,7 @@ class PeerClient(SignalClient):
             if pc is not None:
                 pc.on("track", self._on_track)
                 pc.on("datachannel", self._on_channel)
+                pc.on("connectionstatechange", self._connection_up(pc))
 
     # -- joining --------------------------------------------------------------------------
 
@@ -392,6 +394,18 @@ class PeerClient(SignalClient):
                 task = asyncio.create_task(self.negotiate())
                 self.tasks.add(task)
                 task.add_done_callback(self.tasks.discard)
+
+    def _connection_up(self, pc: RTCPeerConnection) -> Any:
+        """aiortc's receivers that a negotiation ending while DTLS was connecting left
+        unstarted, started once the connection is up (as the server does)."""
+
+        def changed() -> None:
+            if pc.connectionState == "connected":
+                task = asyncio.ensure_future(start_missed_media(pc))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+
+        return changed
 
     def _on_track(self, track: MediaStreamTrack) -> None:
         if track.kind != "audio":

@@ -26,7 +26,7 @@ import aiortc.rtcrtpsender
 import av
 import numpy as np
 import pytest
-from aiortc import RTCIceGatherer, RTCIceTransport, RTCRtpCodecParameters
+from aiortc import RTCIceGatherer, RTCIceTransport, RTCPeerConnection, RTCRtpCodecParameters
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.rtp import RtpPacket
 
@@ -192,3 +192,11 @@ async def test_ice_binds_candidate_sockets_through_the_port_range_loop(
     monkeypatch.setattr(PortRangeLoop, "create_datagram_endpoint", spy)
     assert await gathered() == [("127.0.0.1", port)]
     assert asked == [("127.0.0.1", 0)]  # aioice asked for any port, through our loop
+
+
+def test_start_missed_media_finds_aiortcs_private_connect() -> None:
+    """`start_missed_media` calls `RTCPeerConnection.__connect` (name-mangled): an aiortc that
+    renames it or makes it take arguments fails here, not as a silent call in production."""
+    connect = getattr(RTCPeerConnection, "_RTCPeerConnection__connect", None)
+    assert connect is not None and inspect.iscoroutinefunction(connect)
+    assert list(inspect.signature(connect).parameters) == ["self"]

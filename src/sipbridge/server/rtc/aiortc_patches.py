@@ -1,4 +1,5 @@
-"""The four places where sipbridge replaces a piece of aiortc or aioice, all of them here.
+"""The four places where sipbridge replaces a piece of aiortc or aioice, and the one where it
+calls a private method of aiortc, all of them here.
 
 Each function is called once, when the server starts (`server/app.py`), and replaces a module
 global that aiortc or aioice looks up at the moment it needs it. None of these globals is a
@@ -10,6 +11,8 @@ that fails when an upgrade breaks that reliance (the pinned versions are in pypr
 - `deliver_audio_promptly`: aiortc's audio jitter buffer, one that holds nothing back.
 - `restrict_host_addresses`: aioice's list of host addresses, the `--rtc-ip` ones only.
 - `bind_ice_ports`: the loop aioice binds its candidate sockets through, within `--rtc-ports`.
+- `start_missed_media` (called whenever a peer connection comes up, not a replacement): what a
+  negotiation that ended while DTLS was connecting left unstarted.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import aiortc.codecs.opus
 import aiortc.jitterbuffer
 import aiortc.rtcrtpreceiver
 import av
+from aiortc import RTCPeerConnection
 from aiortc.jitterbuffer import MAX_MISORDER, JitterFrame
 from aiortc.rtp import RtpPacket as AiortcRtpPacket
 
@@ -185,3 +189,22 @@ def bind_ice_ports(ports: tuple[int, int]) -> None:
     global) and binding each host candidate's socket with
     `loop.create_datagram_endpoint(factory, local_addr=(address, 0))`."""
     aioice.ice.asyncio = AsyncioForIce(ports)  # type: ignore[assignment,attr-defined]
+
+
+# -- senders and receivers a negotiation missed -----------------------------------------------
+
+
+async def start_missed_media(pc: RTCPeerConnection) -> None:
+    """Start the RTP senders and receivers that a negotiation left unstarted, once `pc` is up.
+
+    aiortc starts a section's sender and receiver at the end of each negotiation, and only when
+    it finds the section's DTLS transport connected; a negotiation that ends while DTLS is still
+    connecting (a client that re-offers at once, as a deferred-offer client does after being
+    asked for a section) starts nothing, and no later step does: that section stays silent.
+    Calls aiortc's private `RTCPeerConnection.__connect` again, which does exactly that start
+    for every section whose transport is connected. Relies on: its name (mangled to
+    `_RTCPeerConnection__connect`), it taking no argument, and `RTCRtpSender.send`,
+    `RTCRtpReceiver.receive` and `RTCSctpTransport.start` doing nothing when already started."""
+    connect = getattr(pc, "_RTCPeerConnection__connect", None)
+    if connect is not None and pc.connectionState == "connected":
+        await connect()

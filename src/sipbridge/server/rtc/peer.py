@@ -41,6 +41,7 @@ from aiortc.sdp import candidate_from_sdp
 
 from sipbridge.media import codecs
 from sipbridge.server.media.leg_driver import G711, AudioLeg
+from sipbridge.server.rtc.aiortc_patches import start_missed_media
 from sipbridge.server.rtc.audio import OutgoingAudio, Publication, Subscription
 
 MAX_LOSSY_BUFFERED = 256 * 1024
@@ -299,7 +300,13 @@ class RtcPeer:
         return subscription
 
     def _on_state(self) -> None:
-        if self.pc.connectionState == "connected" and self.on_connected is not None:
+        if self.pc.connectionState != "connected":
+            return
+        # what a negotiation ending while DTLS was still connecting did not start, now
+        task = asyncio.ensure_future(start_missed_media(self.pc))
+        self.readers.add(task)
+        task.add_done_callback(self.readers.discard)
+        if self.on_connected is not None:
             callback, self.on_connected = self.on_connected, None
             callback()
 
