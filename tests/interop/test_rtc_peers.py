@@ -9,7 +9,8 @@
   client's descriptions carry none either, so a trickle routed to the wrong connection fails
   ICE), re-offers the subscriber as tracks come and go (published, unsubscribed, subscribed
   again, their publisher gone), sends data on the subscriber's channels
-  and takes the client's on the publisher's, and resumes after a dropped WebSocket.
+  and takes the client's on the publisher's, and resumes after a dropped WebSocket (an offer lost
+  with it sent again).
 """
 
 from __future__ import annotations
@@ -178,6 +179,36 @@ async def test_two_peer_connections_resume_after_a_dropped_websocket(
         await hears(carol, alice_track.sid, frames=heard + 25)
         await carol.send(rtc.SignalRequest(ping_req=rtc.Ping(timestamp=7)))
         assert (await carol.wait_for("pong_resp")).pong_resp.last_ping_timestamp == 7
+    finally:
+        await carol.close()
+        await alice.close()
+
+
+async def test_two_peer_connections_an_offer_lost_with_the_websocket_comes_again(
+    shared_server: ServerProcess,
+) -> None:
+    """Our subscriber re-offer goes out as the WebSocket drops, unanswered: on the resume it is
+    sent again (its answer deadline with it), answered, and the track it carries is heard."""
+    alice = PeerClient(shared_server.url, "twopc-lost", "alice")
+    carol = PeerClient(shared_server.url, "twopc-lost", "carol", two_pc=True)
+    try:
+        await carol.connect()
+        await eventually(lambda: carol.subscriber_answers == 1, "carol's first answer")
+        carol.answer_subscriber = False  # the re-offer is lost with the link
+        await alice.connect()
+        alice_track = await alice.publish_tone(440.0)
+
+        def reoffered() -> bool:
+            return any(m.offer.id == 2 for m in carol.log if m.WhichOneof("message") == "offer")
+
+        await eventually(reoffered, "the re-offer for alice's track")
+        await carol.drop()
+        carol.answer_subscriber = True
+        assert (await carol.resume()).WhichOneof("message") == "reconnect"
+        again = await carol.wait_for("offer")
+        assert again.offer.id == 2
+        await hears(carol, alice_track.sid)
+        assert carol.subscriber_answers == 2
     finally:
         await carol.close()
         await alice.close()
