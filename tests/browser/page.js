@@ -93,6 +93,9 @@ room
   .on(RoomEvent.ParticipantDisconnected, (participant) => {
     report('left', { identity: participant.identity, kind: participant.kind });
   })
+  .on(RoomEvent.ActiveSpeakersChanged, (speakers) => {
+    report('speakers', { identities: speakers.map((speaker) => speaker.identity) });
+  })
   .on(RoomEvent.Disconnected, (reason) => report('disconnected', { reason }));
 
 // Called by the driver: send DTMF the way a keypad in a page does.

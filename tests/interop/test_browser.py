@@ -48,7 +48,7 @@ import pytest
 from livekit import api
 from livekit.protocol import models, room, sip
 
-from sipbridge.media.g711 import ulaw_decode, ulaw_encode
+from sipbridge.media.g711 import ULAW_SILENCE, ulaw_decode, ulaw_encode
 from sipbridge.media.rtp import RtpPacket, is_rtcp, parse_rtp
 from tests import netns
 from tests.audio import rms, tone_ratio
@@ -226,6 +226,7 @@ class PhoneMedia(asyncio.DatagramProtocol):
 
     heard: list[np.ndarray[Any, Any]] = field(default_factory=list)
     digits: list[int] = field(default_factory=list)
+    silent: bool = False  # the phone still sends, but silence
     remote: tuple[str, int] | None = None
     transport: asyncio.DatagramTransport | None = None
     _events: set[int] = field(default_factory=set)
@@ -274,7 +275,10 @@ class PhoneMedia(asyncio.DatagramProtocol):
         next_at = loop.time()
         while True:
             assert self.transport is not None and self.remote is not None
-            payload = tone_ulaw(PHONE_HZ, LEVEL_DBFS, sample, 160)
+            if self.silent:
+                payload = bytes([ULAW_SILENCE]) * 160
+            else:
+                payload = tone_ulaw(PHONE_HZ, LEVEL_DBFS, sample, 160)
             packet = RtpPacket(
                 payload_type=0,
                 sequence_number=seq & 0xFFFF,
@@ -449,6 +453,19 @@ async def call_the_page(server: ServerProcess, browser: Browser, variant: Varian
         # DTMF from the page reaches the phone as RFC 4733 events (1, then # = 11)
         browser.send(cmd="eval", page=page.name, js="window.sbDtmf('1#')")
         await eventually(lambda: media.digits[-2:] == [1, 11], "RFC 4733 events 1 and #")
+
+        # ActiveSpeakersChanged names the phone while it speaks, and not once it is silent
+        def speakers() -> list[list[str]]:
+            return [r["identities"] for r in page.reports("speakers")]
+
+        await eventually(
+            lambda: any(phone_identity in s for s in speakers()), "the phone among the speakers"
+        )
+        media.silent = True
+        await eventually(
+            lambda: phone_identity not in (speakers() or [[phone_identity]])[-1],
+            "the silent phone to leave the speakers",
+        )
 
         # the phone is hung up: the page sees it leave, sipp sees the BYE
         await hang_up(server, room_name, phone_identity)
