@@ -1,0 +1,343 @@
+"""Every SIP message of every recent call, as it crossed the socket: sans-IO, time passed in.
+
+The transport hands each message in and out to `CallTraces.record` with the wall-clock time and
+both addresses; the message joins the trace of its Call-ID (RFC 3261 s8.1.1.4: every request
+and response of a dialog, and of the transactions before it, carries the same Call-ID). An
+INVITE with an unknown Call-ID opens a trace; anything else with an unknown Call-ID (OPTIONS
+pings, REGISTER, a BYE for a call long gone) is not kept, so traffic that is not a call costs
+one header search and one dictionary miss.
+
+Bounds, so that neither one call nor many can grow the memory without limit:
+- per call, the first `head_messages` messages (at most `head_bytes`) and the last
+  `tail_messages` (at most `tail_bytes`): the set-up and the end of the call, however many
+  re-INVITEs came between; what falls between is counted (`dropped`, `dropped_bytes`) and shown
+  as one gap in the trace;
+- in total, at most `max_calls` traces and `max_bytes` of messages: the least recently active
+  trace goes first, and a trace without a message for `max_age` seconds is expired.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict, deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+HEAD_MESSAGES = 150
+TAIL_MESSAGES = 50
+HEAD_BYTES = 192 * 1024
+TAIL_BYTES = 64 * 1024
+MAX_CALLS = 10_000
+MAX_BYTES = 64 * 1024 * 1024
+MAX_AGE_S = 24 * 3600.0
+# What one kept message costs beyond its bytes (the entry and its tuple), for the total budget.
+ENTRY_OVERHEAD = 120
+
+# RFC 3261 s25.1 and s7.3.3: header names are case-insensitive, "i" is Call-ID's compact form.
+#   Call-ID  =  ( "Call-ID" / "i" ) HCOLON callid
+#   HCOLON   =  *( SP / HTAB ) ":" SWS
+_CALL_ID = re.compile(rb"\r\n(?:call-id|i)[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECASE)
+_CANONICAL = b"\r\nCall-ID: "  # what most peers, and we, send: found without the regex
+
+
+@dataclass(frozen=True, slots=True)
+class TracedMessage:
+    """One SIP message as it crossed our socket."""
+
+    time: float  # seconds since the epoch
+    outgoing: bool
+    transport: str  # udp, tcp, tls
+    local: tuple[str, int]
+    remote: tuple[str, int]
+    data: bytes
+
+    @property
+    def first_line(self) -> str:
+        """The request line or status line."""
+        line = self.data.split(b"\r\n", 1)[0]
+        return line.decode("utf-8", "replace")
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """Where a trace's messages were not kept: how many, and their bytes."""
+
+    messages: int
+    bytes: int
+
+
+@dataclass(eq=False, slots=True)
+class CallTrace:
+    """The kept messages of one Call-ID: the head, then the last ones."""
+
+    call_id: str
+    head_messages: int = HEAD_MESSAGES
+    tail_messages: int = TAIL_MESSAGES
+    head_bytes: int = HEAD_BYTES
+    tail_bytes: int = TAIL_BYTES
+    names: set[str] = field(default_factory=set)  # our call ids (SCL_...) for this Call-ID
+    head: list[TracedMessage] = field(default_factory=list)
+    tail: deque[TracedMessage] = field(default_factory=deque)
+    kept_head_bytes: int = 0
+    kept_tail_bytes: int = 0
+    dropped: int = 0
+    dropped_bytes: int = 0
+    last: float = 0.0
+
+    @property
+    def kept_bytes(self) -> int:
+        return self.kept_head_bytes + self.kept_tail_bytes
+
+    @property
+    def size(self) -> int:
+        """What this trace counts against the total budget."""
+        return self.kept_bytes + (len(self.head) + len(self.tail)) * ENTRY_OVERHEAD
+
+    def add(self, message: TracedMessage) -> None:
+        self.last = message.time
+        size = len(message.data)
+        if (
+            not self.tail
+            and not self.dropped
+            and len(self.head) < self.head_messages
+            and self.kept_head_bytes + size <= self.head_bytes
+        ):
+            self.head.append(message)
+            self.kept_head_bytes += size
+            return
+        if size > self.tail_bytes:
+            self.dropped += 1
+            self.dropped_bytes += size
+            return
+        self.tail.append(message)
+        self.kept_tail_bytes += size
+        while len(self.tail) > self.tail_messages or self.kept_tail_bytes > self.tail_bytes:
+            old = self.tail.popleft()
+            self.kept_tail_bytes -= len(old.data)
+            self.dropped += 1
+            self.dropped_bytes += len(old.data)
+
+    def entries(self) -> Iterator[TracedMessage | Gap]:
+        """The kept messages in order, with a `Gap` where some were not kept."""
+        yield from self.head
+        if self.dropped:
+            yield Gap(self.dropped, self.dropped_bytes)
+        yield from self.tail
+
+    def messages(self) -> list[TracedMessage]:
+        return [*self.head, *self.tail]
+
+
+class CallTraces:
+    """The traces of recent calls by Call-ID, least recently active first."""
+
+    def __init__(
+        self,
+        *,
+        max_calls: int = MAX_CALLS,
+        max_bytes: int = MAX_BYTES,
+        max_age: float = MAX_AGE_S,
+        head_messages: int = HEAD_MESSAGES,
+        tail_messages: int = TAIL_MESSAGES,
+        head_bytes: int = HEAD_BYTES,
+        tail_bytes: int = TAIL_BYTES,
+    ) -> None:
+        self.max_calls = max_calls
+        self.max_bytes = max_bytes
+        self.max_age = max_age
+        self._limits = (head_messages, tail_messages, head_bytes, tail_bytes)
+        self._calls: OrderedDict[bytes, CallTrace] = OrderedDict()
+        self._names: dict[str, bytes] = {}  # our call id -> Call-ID
+        self.bytes = 0  # the sum of the traces' sizes
+        self.evicted = 0
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+    def record(
+        self,
+        data: bytes,
+        now: float,
+        *,
+        outgoing: bool,
+        transport: str,
+        local: tuple[str, int],
+        remote: tuple[str, int],
+    ) -> None:
+        """Keep one message that crossed the socket (the hot path: every SIP message)."""
+        end = data.find(b"\r\n\r\n")
+        if end < 0:
+            end = len(data)
+        start = data.find(_CANONICAL, 0, end)
+        if start >= 0:
+            start += len(_CANONICAL)
+            stop = data.find(b"\r\n", start)
+            if stop < 0:
+                stop = len(data)
+            call_id = data[start:stop].strip()
+        else:
+            match = _CALL_ID.search(data, 0, end)
+            if match is None:
+                return
+            call_id = match.group(1).strip()
+        trace = self._calls.get(call_id)
+        if trace is None:
+            if not data.startswith(b"INVITE ") or not call_id:
+                return
+            trace = self._open(call_id, now)
+        else:
+            self._calls.move_to_end(call_id)
+        before = trace.size
+        trace.add(TracedMessage(now, outgoing, transport, local, remote, data))
+        self.bytes += trace.size - before
+        if self.bytes > self.max_bytes:
+            self._evict(now, keep=trace)
+
+    def _open(self, call_id: bytes, now: float) -> CallTrace:
+        head_messages, tail_messages, head_bytes, tail_bytes = self._limits
+        trace = CallTrace(
+            call_id.decode("utf-8", "replace"),
+            head_messages=head_messages,
+            tail_messages=tail_messages,
+            head_bytes=head_bytes,
+            tail_bytes=tail_bytes,
+            last=now,
+        )
+        self._calls[call_id] = trace
+        self._evict(now, keep=trace)
+        return trace
+
+    def _evict(self, now: float, keep: CallTrace) -> None:
+        """Drop the least recently active traces while over a budget or too old; never `keep`,
+        the trace being written (the most recent, so the last in line)."""
+        while self._calls:
+            call_id, oldest = next(iter(self._calls.items()))
+            if oldest is keep or (
+                len(self._calls) <= self.max_calls
+                and self.bytes <= self.max_bytes
+                and now - oldest.last <= self.max_age
+            ):
+                return
+            self._drop(call_id)
+
+    def _drop(self, call_id: bytes) -> None:
+        trace = self._calls.pop(call_id)
+        self.bytes -= trace.size
+        self.evicted += 1
+        for name in trace.names:
+            if self._names.get(name) == call_id:
+                del self._names[name]
+
+    def name(self, name: str, call_id: str) -> None:
+        """Let the trace of `call_id` (a SIP Call-ID) be found by our id for the call too."""
+        key = call_id.encode()
+        trace = self._calls.get(key)
+        if trace is not None and name not in trace.names:
+            trace.names.add(name)
+            self._names[name] = key
+
+    def get(self, call: str, now: float) -> CallTrace | None:
+        """The trace of a call by our call id (SCL_...) or its SIP Call-ID; None when unknown
+        or expired."""
+        key = self._names.get(call) or call.encode()
+        trace = self._calls.get(key)
+        if trace is None:
+            return None
+        if now - trace.last > self.max_age:
+            self._drop(key)
+            return None
+        return trace
+
+
+# -- the trace as data and as a ladder -----------------------------------------------------------
+
+
+def trace_as_json(trace: CallTrace) -> dict[str, Any]:
+    """The trace as JSON-ready data; each entry a message or the gap where some were dropped."""
+    entries: list[dict[str, Any]] = []
+    for entry in trace.entries():
+        if isinstance(entry, Gap):
+            entries.append({"kind": "gap", "messages": entry.messages, "bytes": entry.bytes})
+            continue
+        entries.append(
+            {
+                "kind": "message",
+                "time": entry.time,
+                "direction": "out" if entry.outgoing else "in",
+                "transport": entry.transport,
+                "local_host": entry.local[0],
+                "local_port": entry.local[1],
+                "remote_host": entry.remote[0],
+                "remote_port": entry.remote[1],
+                "text": entry.data.decode("utf-8", "replace"),
+            }
+        )
+    return {
+        "call_id": trace.call_id,
+        "names": sorted(trace.names),
+        "dropped": trace.dropped,
+        "dropped_bytes": trace.dropped_bytes,
+        "entries": entries,
+    }
+
+
+def entries_from_json(data: dict[str, Any]) -> list[TracedMessage | Gap]:
+    """The entries of `trace_as_json`'s output, read back (e.g. by the CLI)."""
+    entries: list[TracedMessage | Gap] = []
+    for item in data.get("entries", []):
+        if item.get("kind") == "gap":
+            entries.append(Gap(int(item["messages"]), int(item["bytes"])))
+            continue
+        entries.append(
+            TracedMessage(
+                time=float(item["time"]),
+                outgoing=item["direction"] == "out",
+                transport=str(item["transport"]),
+                local=(str(item["local_host"]), int(item["local_port"])),
+                remote=(str(item["remote_host"]), int(item["remote_port"])),
+                data=str(item["text"]).encode("utf-8"),
+            )
+        )
+    return entries
+
+
+def address(where: tuple[str, int]) -> str:
+    host, port = where
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def ladder(entries: list[TracedMessage | Gap], *, width: int = 44) -> str:
+    """A compact ladder diagram: one line per message, time from the first message, an arrow
+    between our address (left) and the peer's (right) labelled with the request line or status
+    line. A message to or from another peer than the first names it after the arrow."""
+    messages = [e for e in entries if isinstance(e, TracedMessage)]
+    if not messages:
+        return "(no messages)"
+    first = messages[0]
+    us, peer = address(first.local), address(first.remote)
+    lines = [f"{'':10} {us:<{width + 2}} {peer} ({first.transport})"]
+    for entry in entries:
+        if isinstance(entry, Gap):
+            lines.append(
+                f"{'':10} ... {entry.messages} messages ({entry.bytes} bytes) not kept ..."
+            )
+            continue
+        label = _label(entry.first_line)[: width - 6]
+        fill = width - len(label) - 4
+        if entry.outgoing:
+            arrow = f"|-- {label} {'-' * (fill - 1)}>|" if fill > 0 else f"|{label}>|"
+        else:
+            arrow = f"|<{'-' * (fill - 1)} {label} --|" if fill > 0 else f"|<{label}|"
+        note = ""
+        if entry.remote != first.remote or entry.transport != first.transport:
+            note = f"  ({address(entry.remote)} {entry.transport})"
+        lines.append(f"{entry.time - first.time:+9.3f}s {arrow}{note}")
+    return "\n".join(lines)
+
+
+def _label(first_line: str) -> str:
+    """`INVITE sip:x@y SIP/2.0` -> `INVITE sip:x@y`; `SIP/2.0 200 OK` -> `200 OK`."""
+    if first_line.startswith("SIP/2.0 "):
+        return first_line[len("SIP/2.0 ") :]
+    return first_line.removesuffix(" SIP/2.0")
