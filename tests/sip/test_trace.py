@@ -194,6 +194,9 @@ def test_json_round_trip_and_ladder() -> None:
     text = ladder(entries)
     lines = text.splitlines()
     assert lines[0].split() == ["127.0.0.1:5060", "127.0.0.1:5062", "(udp)"]
+    bars = [i for i, c in enumerate(lines[1]) if c == "|"]
+    assert lines[0].index("127.0.0.1:5060") == bars[0]
+    assert lines[0].index("127.0.0.1:5062") + len("127.0.0.1:5062") == bars[1] + 1
     assert lines[1].startswith("   +0.000s |<") and "INVITE sip:100@127.0.0.1 --|" in lines[1]
     assert "SIP/2.0" not in lines[1]
     assert lines[2].startswith("   +0.001s |-- 100 Trying -") and lines[2].endswith(">|")

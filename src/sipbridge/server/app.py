@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 
 from aiohttp import web
+from livekit.protocol import sip as proto
 
 from sipbridge import __version__
 from sipbridge.config import Settings
@@ -22,6 +23,7 @@ from sipbridge.server.agents import AgentService
 from sipbridge.server.api import metrics
 from sipbridge.server.api.room_api import RoomApi
 from sipbridge.server.api.sip_api import SipApi
+from sipbridge.server.api.trace_api import TraceApi
 from sipbridge.server.api.twirp import PREFIX, TwirpServer
 from sipbridge.server.api.webhooks import RetryPolicy, WebhookNotifier
 from sipbridge.server.calls.inbound import InboundCalls
@@ -115,8 +117,12 @@ class Server:
             allow_from=[ipaddress.ip_network(net) for net in settings.allow_from],
         )
         self.sip = SipService(
-            self.sip_ua, admission=admission, message_timeout=settings.sip_message_timeout
+            self.sip_ua,
+            admission=admission,
+            message_timeout=settings.sip_message_timeout,
+            advertised_host=advertised,
         )
+        self.call_log.on_record = self._name_trace
         self.sip.tls_ca = settings.tls_ca
         self.sip_ua.attach(self.sip)
         self.outbound = OutboundCalls(calls, self.sip_ua)
@@ -143,10 +149,16 @@ class Server:
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/", self.healthz)
         self.signal.routes(app)
+        TraceApi(lambda: self.sip.traces, dict(self.settings.keys), time.time).routes(app)
         self.agents.routes(app)
         if self.settings.metrics is None:
             app.router.add_get("/metrics", metrics.handler(self.samples))
         return app
+
+    def _name_trace(self, info: proto.SIPCallInfo) -> None:
+        """Let a call's SIP trace be found by its call id (SCL_...) as well as its Call-ID."""
+        if self.sip.traces is not None and info.sip_call_id:
+            self.sip.traces.name(info.call_id, info.sip_call_id)
 
     def calls_in_progress(self) -> int:
         """Every call of both directions, PIN entry included: what `--max-calls` limits."""

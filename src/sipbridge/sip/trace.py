@@ -24,6 +24,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from sipbridge.sip.pcap import Packet, write_pcap
+
 HEAD_MESSAGES = 150
 TAIL_MESSAGES = 50
 HEAD_BYTES = 192 * 1024
@@ -282,6 +284,20 @@ def trace_as_json(trace: CallTrace) -> dict[str, Any]:
     }
 
 
+def pcap_of(trace: CallTrace) -> bytes:
+    """Every kept message of the trace as a libpcap file (sip/pcap.py)."""
+    return write_pcap(
+        Packet(
+            m.time,
+            m.transport,
+            m.local if m.outgoing else m.remote,
+            m.remote if m.outgoing else m.local,
+            m.data,
+        )
+        for m in trace.messages()
+    )
+
+
 def entries_from_json(data: dict[str, Any]) -> list[TracedMessage | Gap]:
     """The entries of `trace_as_json`'s output, read back (e.g. by the CLI)."""
     entries: list[TracedMessage | Gap] = []
@@ -307,7 +323,7 @@ def address(where: tuple[str, int]) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def ladder(entries: list[TracedMessage | Gap], *, width: int = 44) -> str:
+def ladder(entries: list[TracedMessage | Gap], *, width: int = 56) -> str:
     """A compact ladder diagram: one line per message, time from the first message, an arrow
     between our address (left) and the peer's (right) labelled with the request line or status
     line. A message to or from another peer than the first names it after the arrow."""
@@ -316,7 +332,8 @@ def ladder(entries: list[TracedMessage | Gap], *, width: int = 44) -> str:
         return "(no messages)"
     first = messages[0]
     us, peer = address(first.local), address(first.remote)
-    lines = [f"{'':10} {us:<{width + 2}} {peer} ({first.transport})"]
+    # the addresses over the two bars: ours from the left one, the peer's up to the right one
+    lines = [f"{'':11}{us}".ljust(11 + width + 2 - len(peer)) + f"{peer} ({first.transport})"]
     for entry in entries:
         if isinstance(entry, Gap):
             lines.append(

@@ -1,0 +1,183 @@
+"""A call's SIP trace end to end: sipp calls a `sipbridge serve`, an agent answers, sipp hangs
+up; `sipbridge call trace` prints the ladder, `sipbridge call pcap` writes a capture file that
+reads back (and that `tshark`, when installed, dissects) with every SIP message of the call.
+Unknown calls are a 404 / `not_found` and a clear CLI error."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from livekit import api
+from livekit.protocol import room, sip
+
+from sipbridge.server.api.auth import sign_token
+from tests.harness import client, eventually, run, sip_server_process, sipp_args, stop_cleanly
+from tests.helpers import API_KEY, API_SECRET, ServerProcess
+from tests.pcap_reader import read_pcap
+from tests.signal_client import SignalClient
+
+pytestmark = pytest.mark.skipif(not shutil.which("sipp"), reason="sipp comes with `make test`")
+CALLER = "+15550001"
+CALLED = "+15105550100"
+LADDER = ["INVITE", "100 Trying", "180 Ringing", "200 OK", "ACK", "BYE", "200 OK"]
+
+
+@pytest.fixture(scope="module")
+def sip_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    proc = sip_server_process(tmp_path_factory.mktemp("trace"))
+    proc.start()
+    yield proc
+    stop_cleanly(proc)
+
+
+async def cli(server: ServerProcess, *args: str) -> tuple[int, bytes, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIVEKIT_")}
+    env["PYTHONWARNINGS"] = "ignore"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "sipbridge", *args, "--url", server.url,
+        "--api-key", API_KEY, "--api-secret", API_SECRET,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 20)
+    return proc.returncode or 0, out, err.decode(errors="replace")
+
+
+async def answered_call(server: ServerProcess, lk: api.LiveKitAPI) -> str:
+    """One inbound call from sipp, answered by an agent, hung up by sipp: our call id."""
+    await lk.sip.create_inbound_trunk(
+        sip.CreateSIPInboundTrunkRequest(
+            trunk=sip.SIPInboundTrunkInfo(name="carrier", numbers=[CALLED])
+        )
+    )
+    await lk.sip.create_dispatch_rule(
+        sip.CreateSIPDispatchRuleRequest(
+            dispatch_rule=sip.SIPDispatchRuleInfo(
+                rule=sip.SIPDispatchRule(
+                    dispatch_rule_direct=sip.SIPDispatchRuleDirect(room_name="traced")
+                )
+            )
+        )
+    )
+    async with SignalClient(server.url, "traced", "agent"):
+        args = sipp_args(
+            "uac_inbound.xml",
+            server.sip_port,  # type: ignore[attr-defined]
+            hold_ms=200,
+            keys={"caller": CALLER, "called": CALLED, "customer": "c"},
+            limit=20,
+        )
+        call = asyncio.create_task(run(*args, timeout=25))
+
+        async def ringing() -> tuple[str, str] | None:
+            listed = await lk.room.list_participants(room.ListParticipantsRequest(room="traced"))
+            for p in listed.participants:
+                if p.attributes.get("sip.callStatus") == "ringing" and p.tracks:
+                    return p.attributes["sip.callID"], p.tracks[0].sid
+            return None
+
+        call_id, track = await eventually(ringing, "the caller ringing in the room")
+        await lk.room.update_subscriptions(
+            room.UpdateSubscriptionsRequest(
+                room="traced", identity="agent", track_sids=[track], subscribe=True
+            )
+        )
+        code, out = await call
+        assert code == 0, out
+    return call_id
+
+
+def labels(ladder: str) -> list[str]:
+    """The arrow labels of a ladder, without request URIs."""
+    found = []
+    for line in ladder.splitlines():
+        if "|" not in line:
+            continue
+        text = line.split("|")[1].strip("<->").strip(" -")
+        found.append(text.split(" sip:")[0])
+    return found
+
+
+def get(server: ServerProcess, path: str, token: str | None) -> tuple[int, dict[str, str]]:
+    request = urllib.request.Request(server.url + path)
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, {}
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+async def test_trace_and_pcap_of_an_answered_call(sip_server: ServerProcess) -> None:
+    async with client(sip_server) as lk:
+        call_id = await answered_call(sip_server, lk)
+
+    async def whole_trace() -> tuple[int, bytes, str] | None:
+        result = await cli(sip_server, "call", "trace", call_id)
+        # the final 200 to sipp's BYE leaves just after sipp exits: wait for it to be there
+        return result if result[1].decode().count("200 OK") == 2 else None
+
+    code, out, err = await eventually(whole_trace, "the trace to show the BYE's 200")
+    text = out.decode()
+    assert code == 0, err
+    assert f"call {call_id} Call-ID " in text
+    assert labels(text) == LADDER, text
+    sip_call_id = text.split("Call-ID ", 1)[1].split()[0]
+
+    code, raw, err = await cli(sip_server, "call", "trace", sip_call_id, "--json")
+    assert code == 0, err
+    data = json.loads(raw)
+    assert data["names"] == [call_id] and data["dropped"] == 0
+    assert [e["direction"] for e in data["entries"]] == [
+        "in",
+        "out",
+        "out",
+        "out",
+        "in",
+        "in",
+        "out",
+    ]
+
+    code, pcap, err = await cli(sip_server, "call", "pcap", call_id)
+    assert code == 0, err
+    packets = read_pcap(pcap)
+    assert [p.payload for p in packets] == [e["text"].encode() for e in data["entries"]]
+    port = sip_server.sip_port  # type: ignore[attr-defined]
+    assert packets[0].destination == ("127.0.0.1", port) and packets[0].protocol == "udp"
+    assert packets[1].source == ("127.0.0.1", port)
+    if shutil.which("tshark"):
+        path = Path(sip_server.db).parent / "call.pcap"
+        path.write_bytes(pcap)
+        code, out_text = await run(
+            "tshark", "-r", str(path), "-Y", "sip", "-T", "fields", "-e", "sip.Call-ID",
+            timeout=30,
+        )  # fmt: skip
+        assert code == 0, out_text
+        rows = [line for line in out_text.splitlines() if line and "Running as" not in line]
+        assert rows == [sip_call_id] * len(LADDER), out_text
+
+
+async def test_unknown_calls_are_not_found(sip_server: ServerProcess) -> None:
+    code, out, err = await cli(sip_server, "call", "trace", "SCL_nosuchcall")
+    assert code == 1 and out == b""
+    assert "sipbridge call trace: not_found: no SIP trace for call 'SCL_nosuchcall'" in err
+    code, out, err = await cli(sip_server, "call", "pcap", "no/such@call")
+    assert code == 1 and out == b"" and "not_found" in err
+
+    admin = sign_token(API_KEY, API_SECRET, sip={"admin": True})
+    status, body = get(sip_server, "/sipbridge/v1/calls/SCL_nosuchcall/pcap", admin)
+    assert status == 404 and body["code"] == "not_found"
+    status, body = get(sip_server, "/sipbridge/v1/calls/SCL_nosuchcall/trace", None)
+    assert status == 401 and body["code"] == "unauthenticated"
+    no_grant = sign_token(API_KEY, API_SECRET, video={"roomList": True})
+    status, body = get(sip_server, "/sipbridge/v1/calls/SCL_nosuchcall/trace", no_grant)
+    assert status == 403 and body["code"] == "permission_denied"
