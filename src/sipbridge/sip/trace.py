@@ -43,6 +43,13 @@ _CALL_ID = re.compile(rb"\r\n(?:call-id|i)[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECAS
 _CANONICAL = b"\r\nCall-ID: "  # what most peers, and we, send: found without the regex
 
 
+# How a trace keeps a message: a plain tuple of (time, outgoing, transport, local, remote,
+# data). It costs 0.1 us to make where a frozen dataclass costs 1.1 us, and the cyclic garbage
+# collector stops tracking a tuple of strings and numbers, so tens of thousands kept do not
+# lengthen its collections. `TracedMessage` is made from it when a trace is read.
+Kept = tuple[float, bool, str, tuple[str, int], tuple[str, int], bytes]
+
+
 @dataclass(frozen=True, slots=True)
 class TracedMessage:
     """One SIP message as it crossed our socket."""
@@ -79,8 +86,8 @@ class CallTrace:
     head_bytes: int = HEAD_BYTES
     tail_bytes: int = TAIL_BYTES
     names: set[str] = field(default_factory=set)  # our call ids (SCL_...) for this Call-ID
-    head: list[TracedMessage] = field(default_factory=list)
-    tail: deque[TracedMessage] = field(default_factory=deque)
+    head: list[Kept] = field(default_factory=list)
+    tail: deque[Kept] = field(default_factory=deque)
     kept_head_bytes: int = 0
     kept_tail_bytes: int = 0
     dropped: int = 0
@@ -96,39 +103,45 @@ class CallTrace:
         """What this trace counts against the total budget."""
         return self.kept_bytes + (len(self.head) + len(self.tail)) * ENTRY_OVERHEAD
 
-    def add(self, message: TracedMessage) -> None:
-        self.last = message.time
-        size = len(message.data)
+    def add(self, message: Kept) -> int:
+        """Keep `message` if the bounds allow; returns how much `size` changed."""
+        self.last = message[0]
+        size = len(message[5])
         if (
-            not self.tail
-            and not self.dropped
+            not self.dropped
+            and not self.tail
             and len(self.head) < self.head_messages
             and self.kept_head_bytes + size <= self.head_bytes
         ):
             self.head.append(message)
             self.kept_head_bytes += size
-            return
+            return size + ENTRY_OVERHEAD
         if size > self.tail_bytes:
             self.dropped += 1
             self.dropped_bytes += size
-            return
+            return 0
         self.tail.append(message)
         self.kept_tail_bytes += size
+        change = size + ENTRY_OVERHEAD
         while len(self.tail) > self.tail_messages or self.kept_tail_bytes > self.tail_bytes:
-            old = self.tail.popleft()
-            self.kept_tail_bytes -= len(old.data)
+            old = len(self.tail.popleft()[5])
+            self.kept_tail_bytes -= old
             self.dropped += 1
-            self.dropped_bytes += len(old.data)
+            self.dropped_bytes += old
+            change -= old + ENTRY_OVERHEAD
+        return change
 
     def entries(self) -> Iterator[TracedMessage | Gap]:
         """The kept messages in order, with a `Gap` where some were not kept."""
-        yield from self.head
+        for kept in self.head:
+            yield TracedMessage(*kept)
         if self.dropped:
             yield Gap(self.dropped, self.dropped_bytes)
-        yield from self.tail
+        for kept in self.tail:
+            yield TracedMessage(*kept)
 
     def messages(self) -> list[TracedMessage]:
-        return [*self.head, *self.tail]
+        return [TracedMessage(*kept) for kept in (*self.head, *self.tail)]
 
 
 class CallTraces:
@@ -190,9 +203,7 @@ class CallTraces:
             trace = self._open(call_id, now)
         else:
             self._calls.move_to_end(call_id)
-        before = trace.size
-        trace.add(TracedMessage(now, outgoing, transport, local, remote, data))
-        self.bytes += trace.size - before
+        self.bytes += trace.add((now, outgoing, transport, local, remote, data))
         if self.bytes > self.max_bytes:
             self._evict(now, keep=trace)
 
