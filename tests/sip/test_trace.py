@@ -8,8 +8,10 @@ from sipbridge.sip.trace import (
     TracedMessage,
     entries_from_json,
     ladder,
+    pcap_of,
     trace_as_json,
 )
+from tests.pcap_reader import read_pcap
 
 US = ("127.0.0.1", 5060)
 PEER = ("127.0.0.1", 5062)
@@ -205,3 +207,37 @@ def test_json_round_trip_and_ladder() -> None:
     assert lines[-1].endswith("([2001:db8::9]:5060 tcp)")
     assert len({len(line.split("|")[1]) for line in lines[1:] if "|" in line}) == 1
     assert ladder([]) == "(no messages)"
+
+
+def test_a_message_cut_short_still_finds_its_call() -> None:
+    traces = CallTraces()
+    feed(traces, b"INVITE sip:x SIP/2.0\r\nCall-ID: cut@h", 1.0)  # no blank line, no CRLF
+    feed(traces, b"ACK sip:x SIP/2.0\r\ni: cut@h\r\n", 2.0)
+    trace = traces.get("cut@h", 2.0)
+    assert trace is not None and len(trace.messages()) == 2
+
+
+def test_a_name_moved_to_another_call_stays_with_it() -> None:
+    traces = CallTraces(max_calls=2)
+    feed(traces, request("INVITE", "first"), 1.0)
+    feed(traces, request("INVITE", "second"), 2.0)
+    traces.name("SCL_x", "first")
+    traces.name("SCL_x", "second")  # the same id for another call (a retried call, say)
+    feed(traces, request("INVITE", "third"), 3.0)  # evicts the first, not the name
+    trace = traces.get("SCL_x", 3.0)
+    assert trace is not None and trace.call_id == "second"
+    feed(traces, request("INVITE", "fourth"), 4.0)  # evicts the second, and the name
+    assert traces.get("SCL_x", 4.0) is None
+
+
+def test_pcap_of_a_trace_puts_each_message_where_it_went() -> None:
+    traces = CallTraces()
+    feed(traces, request("INVITE"), 1.5)
+    feed(traces, response("200 OK"), 1.75, outgoing=True)
+    trace = traces.get("c1@host", 2.0)
+    assert trace is not None
+    packets = read_pcap(pcap_of(trace))
+    assert [(p.source, p.destination, p.time) for p in packets] == [
+        (PEER, US, 1.5),
+        (US, PEER, 1.75),
+    ]

@@ -224,7 +224,7 @@ class CallTraces:
     def _evict(self, now: float, keep: CallTrace) -> None:
         """Drop the least recently active traces while over a budget or too old; never `keep`,
         the trace being written (the most recent, so the last in line)."""
-        while self._calls:
+        while True:  # ends at `keep` at the latest
             call_id, oldest = next(iter(self._calls.items()))
             if oldest is keep or (
                 len(self._calls) <= self.max_calls
