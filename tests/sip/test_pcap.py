@@ -118,3 +118,35 @@ def test_tshark_dissects_every_message_as_sip(tmp_path: Path) -> None:
     rows = [line.split("\t") for line in out.splitlines()]
     assert [r[:2] for r in rows] == [["INVITE", ""], ["", "200"]] * 3
     assert {r[2] for r in rows} == {"pcap-1@127.0.0.1"}
+
+
+@pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark not installed")
+def test_tshark_reads_rtp_headers_cut_short(tmp_path: Path) -> None:
+    path = tmp_path / "rtp.pcap"
+    header = bytes.fromhex("80000001000000a0deadbeef")
+    packets = [
+        Packet(T0 + i * 0.02, "udp", ("127.0.0.1", 10000), ("127.0.0.1", 40000), header, 172)
+        for i in range(3)
+    ]
+    path.write_bytes(write_pcap(packets))
+    out = subprocess.run(
+        ["tshark", "-r", str(path), "-d", "udp.port==10000,rtp", "-T", "fields",
+         "-e", "frame.len", "-e", "frame.cap_len", "-e", "rtp.ssrc", "-e", "rtp.p_type"],
+        capture_output=True, text=True, timeout=30, check=True,
+    ).stdout  # fmt: skip
+    assert out.splitlines() == ["200\t40\t0xdeadbeef\t0"] * 3
+
+
+def test_a_packet_cut_short_keeps_its_whole_length_in_the_headers() -> None:
+    header = bytes.fromhex("80000001000000a0deadbeef")  # RTP: PT 0, seq 1, ts 160
+    packets = [
+        Packet(T0, "udp", ("127.0.0.1", 10000), ("127.0.0.1", 40000), header, 172),
+        Packet(T0, "udp", ("::1", 10000), ("::1", 40000), header, original_length=172),
+        Packet(T0, "udp", ("::1", 10000), ("::1", 40000), header, original_length=12),  # whole
+    ]
+    read = read_pcap(write_pcap(packets))
+    assert [(p.payload, p.original_length) for p in read] == [
+        (header, 172),
+        (header, 172),
+        (header, 0),
+    ]

@@ -9,6 +9,7 @@ from sipbridge.sip.trace import (
     entries_from_json,
     ladder,
     pcap_of,
+    rtp_header,
     trace_as_json,
 )
 from tests.pcap_reader import read_pcap
@@ -241,3 +242,72 @@ def test_pcap_of_a_trace_puts_each_message_where_it_went() -> None:
         (PEER, US, 1.5),
         (US, PEER, 1.75),
     ]
+
+
+RTP = bytes.fromhex("80000001000000a0deadbeef") + b"\xff" * 160  # PCMU, seq 1, 20 ms
+
+
+def test_rtp_is_kept_only_when_asked_and_only_its_headers() -> None:
+    traces = CallTraces(rtp_packets=3)
+    feed(traces, request("INVITE"), 1.0)
+    trace = traces.get("c1@host", 1.0)
+    assert trace is not None
+    media = ("127.0.0.1", 10000), ("127.0.0.1", 40000)
+    traces.record_rtp(trace, RTP, 1.01, outgoing=False, local=media[0], remote=media[1])
+    assert trace.rtp is None  # not asked for
+    assert traces.capture_rtp("nothing", 1.0) is None
+    before = traces.bytes
+    assert traces.capture_rtp("c1@host", 1.0) is trace
+    for i in range(5):
+        traces.record_rtp(
+            trace, RTP, 1.02 + i, outgoing=i % 2 == 0, local=media[0], remote=media[1]
+        )
+    assert trace.rtp is not None and len(trace.rtp) == 3 and trace.rtp_dropped == 2
+    assert trace.rtp[0] == (1.02, True, media[0], media[1], RTP[:12], len(RTP))
+    assert traces.bytes == before + 3 * (12 + 120) == trace.size
+    data = trace_as_json(trace)
+    assert (data["rtp_packets"], data["rtp_dropped"]) == (3, 2)
+
+    feed(traces, response("200 OK"), 2.5, outgoing=True)  # between the RTP packets in time
+    packets = read_pcap(pcap_of(trace))
+    assert [(p.time, len(p.payload), p.original_length) for p in packets] == [
+        (1.0, len(request("INVITE")), 0),
+        (1.02, 12, len(RTP)),
+        (2.02, 12, len(RTP)),
+        (2.5, len(response("200 OK")), 0),
+        (3.02, 12, len(RTP)),
+    ]
+    assert packets[1].source == media[0] and packets[2].source == media[1]
+
+
+def test_rtp_of_an_evicted_call_is_not_counted() -> None:
+    traces = CallTraces(max_calls=1)
+    feed(traces, request("INVITE", "a"), 1.0)
+    trace = traces.capture_rtp("a", 1.0)
+    assert trace is not None
+    feed(traces, request("INVITE", "b"), 2.0)  # evicts a
+    bytes_before = traces.bytes
+    traces.record_rtp(trace, RTP, 2.0, outgoing=True, local=US, remote=PEER)
+    assert traces.bytes == bytes_before and trace.rtp == []
+
+
+def test_rtp_counts_in_the_total_budget() -> None:
+    traces = CallTraces(max_bytes=3000)
+    feed(traces, request("INVITE", "a"), 1.0)
+    feed(traces, request("INVITE", "b"), 1.0)
+    trace = traces.capture_rtp("b", 1.0)
+    assert trace is not None
+    for i in range(30):
+        traces.record_rtp(trace, RTP, 1.0 + i, outgoing=True, local=US, remote=PEER)
+    assert traces.get("a", 40.0) is None  # made room for b's RTP
+    assert traces.get("b", 40.0) is trace
+
+
+def test_rtp_header_takes_csrcs_and_extension() -> None:
+    assert rtp_header(b"\x80\x00") == b"\x80\x00"  # too short to be RTP: kept as it is
+    two_csrcs = bytes([0x82]) + bytes(11) + bytes(8) + b"payload"
+    assert rtp_header(two_csrcs) == two_csrcs[:20]
+    extension = bytes([0x90]) + bytes(11) + b"\xbe\xde\x00\x02" + bytes(8) + b"payload"
+    assert rtp_header(extension) == extension[:24]
+    cut = bytes([0x90]) + bytes(11) + b"\xbe\xde"  # extension bit, no room for its header
+    assert rtp_header(cut) == cut[:12]

@@ -18,6 +18,9 @@ LINKTYPE_RAW (101): each packet starts with its IPv4 or IPv6 header, no Ethernet
   TCP stream they were in, on their real ports (Wireshark's SIP heuristics find the plain
   text on the TLS port 5061 too).
 - Checksums are computed (RFC 1071), so no dissector flags the packets as damaged.
+- A packet kept cut short (an RTP header without its payload: `original_length` more than the
+  bytes given) is written as a capture cut at the snap length is: the headers give the whole
+  length, the record's captured length is what there is, and the UDP checksum is 0 ("none").
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ class Packet:
     source: tuple[str, int]
     destination: tuple[str, int]
     payload: bytes
+    original_length: int = 0  # of the payload on the wire, when more than `payload` kept
 
 
 def write_pcap(packets: Iterable[Packet]) -> bytes:
@@ -66,11 +70,11 @@ def write_pcap(packets: Iterable[Packet]) -> bytes:
         if packet.transport == "udp":
             frames = [_udp(packet, source, destination)]
         else:
-            frames = _tcp(packet, source, destination, sequence)
+            frames = [(frame, 0) for frame in _tcp(packet, source, destination, sequence)]
         seconds = int(packet.time)
         micros = min(999_999, max(0, round((packet.time - seconds) * 1_000_000)))
-        for frame in frames:
-            out += _RECORD_HEADER.pack(seconds, micros, len(frame), len(frame))
+        for frame, missing in frames:
+            out += _RECORD_HEADER.pack(seconds, micros, len(frame), len(frame) + missing)
             out += frame
     return bytes(out)
 
@@ -109,13 +113,17 @@ def _unspecified(version: int) -> Address:
     return ipaddress.IPv4Address(0) if version == 4 else ipaddress.IPv6Address(0)
 
 
-def _udp(packet: Packet, source: Address, destination: Address) -> bytes:
+def _udp(packet: Packet, source: Address, destination: Address) -> tuple[bytes, int]:
+    """The IP packet as captured, and how many bytes of it were not kept."""
     payload = packet.payload[:MAX_DATAGRAM]
-    length = _UDP.size + len(payload)
+    missing = max(0, min(packet.original_length, MAX_DATAGRAM) - len(payload))
+    length = _UDP.size + len(payload) + missing
     header = _UDP.pack(packet.source[1], packet.destination[1], length, 0)
-    checksum = _checksum(_pseudo_header(source, destination, PROTO_UDP, length) + header + payload)
-    header = _UDP.pack(packet.source[1], packet.destination[1], length, checksum or 0xFFFF)
-    return _ip(source, destination, PROTO_UDP, header + payload)
+    if not missing:
+        pseudo = _pseudo_header(source, destination, PROTO_UDP, length)
+        checksum = _checksum(pseudo + header + payload)
+        header = _UDP.pack(packet.source[1], packet.destination[1], length, checksum or 0xFFFF)
+    return _ip(source, destination, PROTO_UDP, header + payload, missing), missing
 
 
 def _tcp(
@@ -142,14 +150,18 @@ def _tcp(
     return frames
 
 
-def _ip(source: Address, destination: Address, protocol: int, payload: bytes) -> bytes:
+def _ip(
+    source: Address, destination: Address, protocol: int, payload: bytes, missing: int = 0
+) -> bytes:
+    """`payload` behind an IP header whose length counts `missing` bytes more."""
     if source.version == 4:
-        total = _IPV4.size + len(payload)
+        total = _IPV4.size + len(payload) + missing
         fields = (0x45, 0, total, 0, 0x4000, TTL, protocol)  # DF set, no fragments
         header = _IPV4.pack(*fields, 0, source.packed, destination.packed)
         checksum = _checksum(header)
         return _IPV4.pack(*fields, checksum, source.packed, destination.packed) + payload
-    header = _IPV6.pack(6 << 28, len(payload), protocol, TTL, source.packed, destination.packed)
+    length = len(payload) + missing
+    header = _IPV6.pack(6 << 28, length, protocol, TTL, source.packed, destination.packed)
     return header + payload
 
 

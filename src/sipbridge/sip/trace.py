@@ -14,6 +14,11 @@ Bounds, so that neither one call nor many can grow the memory without limit:
   as one gap in the trace;
 - in total, at most `max_calls` traces and `max_bytes` of messages: the least recently active
   trace goes first, and a trace without a message for `max_age` seconds is expired.
+
+RTP is not traced unless asked for, call by call (`capture_rtp`): then the header of each RTP
+packet (RFC 3550 s5.1: no payload, so no audio is kept) joins the trace with its time and
+addresses, the first `rtp_packets` of them (5 minutes of 20 ms packets both ways), counted in
+the same total budget.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ MAX_BYTES = 64 * 1024 * 1024
 MAX_AGE_S = 24 * 3600.0
 # What one kept message costs beyond its bytes (the entry and its tuple), for the total budget.
 ENTRY_OVERHEAD = 120
+RTP_PACKETS = 30_000
 
 # RFC 3261 s25.1 and s7.3.3: header names are case-insensitive, "i" is Call-ID's compact form.
 #   Call-ID  =  ( "Call-ID" / "i" ) HCOLON callid
@@ -48,6 +54,8 @@ _CANONICAL = b"\r\nCall-ID: "  # what most peers, and we, send: found without th
 # collector stops tracking a tuple of strings and numbers, so tens of thousands kept do not
 # lengthen its collections. `TracedMessage` is made from it when a trace is read.
 Kept = tuple[float, bool, str, tuple[str, int], tuple[str, int], bytes]
+# An RTP packet kept: (time, outgoing, local, remote, its header, the whole packet's length).
+KeptRtp = tuple[float, bool, tuple[str, int], tuple[str, int], bytes, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +101,10 @@ class CallTrace:
     dropped: int = 0
     dropped_bytes: int = 0
     last: float = 0.0
+    rtp: list[KeptRtp] | None = None  # None: RTP is not captured for this call
+    rtp_bytes: int = 0  # the RTP headers kept, with ENTRY_OVERHEAD each
+    rtp_dropped: int = 0
+    alive: bool = True  # False once evicted: what is recorded after is not counted
 
     @property
     def kept_bytes(self) -> int:
@@ -101,7 +113,8 @@ class CallTrace:
     @property
     def size(self) -> int:
         """What this trace counts against the total budget."""
-        return self.kept_bytes + (len(self.head) + len(self.tail)) * ENTRY_OVERHEAD
+        messages = (len(self.head) + len(self.tail)) * ENTRY_OVERHEAD
+        return self.kept_bytes + messages + self.rtp_bytes
 
     def add(self, message: Kept) -> int:
         """Keep `message` if the bounds allow; returns how much `size` changed."""
@@ -157,8 +170,10 @@ class CallTraces:
         tail_messages: int = TAIL_MESSAGES,
         head_bytes: int = HEAD_BYTES,
         tail_bytes: int = TAIL_BYTES,
+        rtp_packets: int = RTP_PACKETS,
     ) -> None:
         self.max_calls = max_calls
+        self.rtp_packets = rtp_packets
         self.max_bytes = max_bytes
         self.max_age = max_age
         self._limits = (head_messages, tail_messages, head_bytes, tail_bytes)
@@ -236,11 +251,44 @@ class CallTraces:
 
     def _drop(self, call_id: bytes) -> None:
         trace = self._calls.pop(call_id)
+        trace.alive = False
         self.bytes -= trace.size
         self.evicted += 1
         for name in trace.names:
             if self._names.get(name) == call_id:
                 del self._names[name]
+
+    def capture_rtp(self, call: str, now: float) -> CallTrace | None:
+        """Keep the RTP headers of a call from now on (`record_rtp`); None if it has no trace."""
+        trace = self.get(call, now)
+        if trace is not None and trace.rtp is None:
+            trace.rtp = []
+        return trace
+
+    def record_rtp(
+        self,
+        trace: CallTrace,
+        packet: bytes,
+        now: float,
+        *,
+        outgoing: bool,
+        local: tuple[str, int],
+        remote: tuple[str, int],
+    ) -> None:
+        """Keep the header of one RTP packet of a call whose RTP is captured."""
+        rtp = trace.rtp
+        if rtp is None or not trace.alive:
+            return
+        if len(rtp) >= self.rtp_packets:
+            trace.rtp_dropped += 1
+            return
+        header = rtp_header(packet)
+        rtp.append((now, outgoing, local, remote, header, len(packet)))
+        change = len(header) + ENTRY_OVERHEAD
+        trace.rtp_bytes += change
+        self.bytes += change
+        if self.bytes > self.max_bytes:
+            self._evict(now, keep=trace)
 
     def name(self, name: str, call_id: str) -> None:
         """Let the trace of `call_id` (a SIP Call-ID) be found by our id for the call too."""
@@ -261,6 +309,17 @@ class CallTraces:
             self._drop(key)
             return None
         return trace
+
+
+def rtp_header(packet: bytes) -> bytes:
+    """The header of an RTP packet: the fixed 12 bytes, the CSRCs and the header extension
+    (RFC 3550 s5.1, s5.3.1); what the packet has of it if it is cut short."""
+    if len(packet) < 12:
+        return packet
+    length = 12 + 4 * (packet[0] & 0x0F)
+    if packet[0] & 0x10 and len(packet) >= length + 4:
+        length += 4 + 4 * int.from_bytes(packet[length + 2 : length + 4], "big")
+    return packet[:length]
 
 
 # -- the trace as data and as a ladder -----------------------------------------------------------
@@ -291,13 +350,16 @@ def trace_as_json(trace: CallTrace) -> dict[str, Any]:
         "names": sorted(trace.names),
         "dropped": trace.dropped,
         "dropped_bytes": trace.dropped_bytes,
+        "rtp_packets": len(trace.rtp) if trace.rtp is not None else 0,
+        "rtp_dropped": trace.rtp_dropped,
         "entries": entries,
     }
 
 
 def pcap_of(trace: CallTrace) -> bytes:
-    """Every kept message of the trace as a libpcap file (sip/pcap.py)."""
-    return write_pcap(
+    """Every kept message of the trace, and the RTP headers if kept, in the order of their
+    times, as a libpcap file (sip/pcap.py); RTP packets are written cut to their headers."""
+    packets = [
         Packet(
             m.time,
             m.transport,
@@ -306,7 +368,21 @@ def pcap_of(trace: CallTrace) -> bytes:
             m.data,
         )
         for m in trace.messages()
-    )
+    ]
+    if trace.rtp:
+        packets += [
+            Packet(
+                when,
+                "udp",
+                local if outgoing else remote,
+                remote if outgoing else local,
+                header,
+                original_length=length,
+            )
+            for when, outgoing, local, remote, header, length in trace.rtp
+        ]
+        packets.sort(key=lambda packet: packet.time)  # stable: SIP keeps its order
+    return write_pcap(packets)
 
 
 def entries_from_json(data: dict[str, Any]) -> list[TracedMessage | Gap]:
