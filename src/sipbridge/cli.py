@@ -134,6 +134,13 @@ def _serve_parser(sub: Any) -> None:
         help="an HTTP connection idle this long, or whose request headers take longer, is "
         "closed (15)",
     )
+    p.add_argument(
+        "--trace-rtp",
+        nargs="+",
+        metavar="TRUNK_ID",
+        help="trace the RTP headers of these trunks' calls in their SIP traces ('all': every "
+        "call); `sipbridge call rtp ID` does it for one live call",
+    )
     p.add_argument("--config", metavar="FILE", help="YAML file with the same settings")
 
 
@@ -233,6 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("call_id", help="the call's id (SCL_...) or its SIP Call-ID")
     _client_args(p)
     p.set_defaults(run=call_pcap, local=True)
+    p = call.add_parser("rtp", help="trace a live call's RTP headers from now on (for its pcap)")
+    p.add_argument("call_id", help="the call's id (SCL_...) or its SIP Call-ID")
+    _client_args(p)
+    p.set_defaults(run=call_rtp, local=True)
 
     store = sub.add_parser("store", help="the stored records").add_subparsers(
         dest="action", required=True
@@ -523,13 +534,13 @@ async def _copy_records(src: str, dst: str, redis_prefix: str) -> dict[str, int]
 COPY_BATCH = 1000  # records per transaction when copying
 
 
-def _fetch_trace(a: argparse.Namespace, what: str) -> bytes:
+def _fetch_trace(a: argparse.Namespace, what: str, method: str = "GET") -> bytes:
     from sipbridge.server.api.trace_api import fetch  # noqa: PLC0415
 
     url = a.url or os.environ.get("LIVEKIT_URL") or "http://127.0.0.1:7880"
     key = a.api_key or os.environ.get("LIVEKIT_API_KEY") or DEV_KEY
     secret = a.api_secret or os.environ.get("LIVEKIT_API_SECRET") or DEV_SECRET
-    return asyncio.run(fetch(url, key, secret, a.call_id, what))
+    return asyncio.run(fetch(url, key, secret, a.call_id, what, method=method))
 
 
 def call_trace(a: argparse.Namespace) -> None:
@@ -554,6 +565,11 @@ def call_trace(a: argparse.Namespace) -> None:
     print(f"call {names}Call-ID {data['call_id']}")
     print(summary)
     print(ladder(entries))
+
+
+def call_rtp(a: argparse.Namespace) -> dict[str, Any]:
+    """Start tracing the RTP headers of a live call."""
+    return dict(json.loads(_fetch_trace(a, "rtp", method="POST")))
 
 
 def call_pcap(a: argparse.Namespace) -> None:
@@ -656,6 +672,7 @@ def _serve(args: argparse.Namespace) -> int:
             room_join_rate=args.room_join_rate,
             sip_message_timeout=args.sip_message_timeout,
             http_idle_timeout=args.http_idle_timeout,
+            trace_rtp=args.trace_rtp,
             config_file=args.config,
         )
     except ConfigError as exc:

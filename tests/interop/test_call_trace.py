@@ -1,6 +1,7 @@
-"""A call's SIP trace end to end: sipp calls a `sipbridge serve`, an agent answers, sipp hangs
-up; `sipbridge call trace` prints the ladder, `sipbridge call pcap` writes a capture file that
-reads back (and that `tshark`, when installed, dissects) with every SIP message of the call.
+"""A call's SIP trace end to end: sipp calls a `sipbridge serve`, RTP tracing is asked for
+while it rings, an agent answers, a few RTP packets come in, sipp hangs up; `sipbridge call
+trace` prints the ladder, `sipbridge call pcap` writes a capture file that reads back (and that
+`tshark`, when installed, dissects) with every SIP message of the call and the RTP headers.
 Unknown calls are a 404 / `not_found` and a clear CLI error."""
 
 from __future__ import annotations
@@ -8,15 +9,19 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
+import socket
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
-from livekit import api
+from livekit import api as livekit_api
 from livekit.protocol import room, sip
 
 from sipbridge.server.api.auth import sign_token
@@ -51,8 +56,14 @@ async def cli(server: ServerProcess, *args: str) -> tuple[int, bytes, str]:
     return proc.returncode or 0, out, err.decode(errors="replace")
 
 
-async def answered_call(server: ServerProcess, lk: api.LiveKitAPI) -> str:
-    """One inbound call from sipp, answered by an agent, hung up by sipp: our call id."""
+async def answered_call(
+    server: ServerProcess,
+    lk: livekit_api.LiveKitAPI,
+    while_ringing: Callable[[str], Awaitable[None]],
+    while_up: Callable[[str], Awaitable[None]],
+) -> str:
+    """One inbound call from sipp, answered by an agent, hung up by sipp after 2 s: our call
+    id. `while_ringing` and `while_up` run in the call, before and after it is answered."""
     await lk.sip.create_inbound_trunk(
         sip.CreateSIPInboundTrunkRequest(
             trunk=sip.SIPInboundTrunkInfo(name="carrier", numbers=[CALLED])
@@ -71,7 +82,7 @@ async def answered_call(server: ServerProcess, lk: api.LiveKitAPI) -> str:
         args = sipp_args(
             "uac_inbound.xml",
             server.sip_port,  # type: ignore[attr-defined]
-            hold_ms=200,
+            hold_ms=2000,
             keys={"caller": CALLER, "called": CALLED, "customer": "c"},
             limit=20,
         )
@@ -85,11 +96,13 @@ async def answered_call(server: ServerProcess, lk: api.LiveKitAPI) -> str:
             return None
 
         call_id, track = await eventually(ringing, "the caller ringing in the room")
+        await while_ringing(call_id)
         await lk.room.update_subscriptions(
             room.UpdateSubscriptionsRequest(
                 room="traced", identity="agent", track_sids=[track], subscribe=True
             )
         )
+        await while_up(call_id)
         code, out = await call
         assert code == 0, out
     return call_id
@@ -117,9 +130,51 @@ def get(server: ServerProcess, path: str, token: str | None) -> tuple[int, dict[
         return err.code, json.loads(err.read())
 
 
+async def api(server: ServerProcess, method: str, path: str) -> Any:
+    token = sign_token(API_KEY, API_SECRET, sip={"admin": True})
+    async with (
+        aiohttp.ClientSession() as session,
+        session.request(
+            method, server.url + path, headers={"Authorization": f"Bearer {token}"}
+        ) as response,
+    ):
+        assert response.status == 200, await response.text()
+        return await response.json()
+
+
+RTP = bytes.fromhex("80000001000000a0deadbeef") + b"\xff" * 160  # PCMU, 20 ms
+
+
 async def test_trace_and_pcap_of_an_answered_call(sip_server: ServerProcess) -> None:
+    sent_from: list[tuple[str, int]] = []
+
+    async def trace_rtp(call_id: str) -> None:  # asked for while the call rings
+        assert await api(sip_server, "POST", f"/sipbridge/v1/calls/{call_id}/rtp") == {
+            "call_id": call_id,
+            "rtp": "traced",
+        }
+
+    async def send_rtp(call_id: str) -> None:  # once answered: 5 packets to our RTP port
+        async def answer_sdp() -> str | None:
+            trace = await api(sip_server, "GET", f"/sipbridge/v1/calls/{call_id}/trace")
+            texts = [e["text"] for e in trace["entries"] if e["direction"] == "out"]
+            return next((t for t in texts if t.startswith("SIP/2.0 200")), None)
+
+        port = int(re.search(r"m=audio (\d+)", await eventually(answer_sdp, "the 200")).group(1))
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind(("127.0.0.1", 0))
+            sent_from.append(udp.getsockname())
+            for _ in range(5):
+                udp.sendto(RTP, ("127.0.0.1", port))
+
+        async def kept() -> bool:
+            trace = await api(sip_server, "GET", f"/sipbridge/v1/calls/{call_id}/trace")
+            return bool(trace["rtp_packets"] >= 5)
+
+        await eventually(kept, "the RTP headers in the trace")
+
     async with client(sip_server) as lk:
-        call_id = await answered_call(sip_server, lk)
+        call_id = await answered_call(sip_server, lk, trace_rtp, send_rtp)
 
     async def whole_trace() -> tuple[int, bytes, str] | None:
         result = await cli(sip_server, "call", "trace", call_id)
@@ -147,10 +202,15 @@ async def test_trace_and_pcap_of_an_answered_call(sip_server: ServerProcess) -> 
         "out",
     ]
 
+    assert data["rtp_packets"] >= 5
+
     code, pcap, err = await cli(sip_server, "call", "pcap", call_id)
     assert code == 0, err
-    packets = read_pcap(pcap)
+    everything = read_pcap(pcap)
+    packets = [p for p in everything if not p.original_length]  # SIP, whole
     assert [p.payload for p in packets] == [e["text"].encode() for e in data["entries"]]
+    rtp = [p for p in everything if p.source == sent_from[0]]  # ours: headers only
+    assert [(p.payload, p.original_length) for p in rtp] == [(RTP[:12], len(RTP))] * 5
     port = sip_server.sip_port  # type: ignore[attr-defined]
     assert packets[0].destination == ("127.0.0.1", port) and packets[0].protocol == "udp"
     assert packets[1].source == ("127.0.0.1", port)
@@ -164,6 +224,13 @@ async def test_trace_and_pcap_of_an_answered_call(sip_server: ServerProcess) -> 
         assert code == 0, out_text
         rows = [line for line in out_text.splitlines() if line and "Running as" not in line]
         assert rows == [sip_call_id] * len(LADDER), out_text
+        # the RTP from the SDP in the same capture: Wireshark follows it without being told
+        code, out_text = await run(
+            "tshark", "-r", str(path), "-Y", "rtp.ssrc == 0xdeadbeef", "-T", "fields",
+            "-e", "rtp.seq", timeout=30,
+        )  # fmt: skip
+        assert code == 0, out_text
+        assert [x for x in out_text.splitlines() if x.isdigit()] == ["1"] * 5, out_text
 
 
 async def test_unknown_calls_are_not_found(sip_server: ServerProcess) -> None:
@@ -172,6 +239,8 @@ async def test_unknown_calls_are_not_found(sip_server: ServerProcess) -> None:
     assert "sipbridge call trace: not_found: no SIP trace for call 'SCL_nosuchcall'" in err
     code, out, err = await cli(sip_server, "call", "pcap", "no/such@call")
     assert code == 1 and out == b"" and "not_found" in err
+    code, out, err = await cli(sip_server, "call", "rtp", "SCL_nosuchcall")
+    assert code == 1 and "not_found: no live call 'SCL_nosuchcall'" in err
 
     admin = sign_token(API_KEY, API_SECRET, sip={"admin": True})
     status, body = get(sip_server, "/sipbridge/v1/calls/SCL_nosuchcall/pcap", admin)

@@ -311,3 +311,12 @@ def test_rtp_header_takes_csrcs_and_extension() -> None:
     assert rtp_header(extension) == extension[:24]
     cut = bytes([0x90]) + bytes(11) + b"\xbe\xde"  # extension bit, no room for its header
     assert rtp_header(cut) == cut[:12]
+
+
+def test_rtp_capture_can_open_the_trace_before_the_invite() -> None:
+    traces = CallTraces()
+    assert traces.capture_rtp("", 1.0, opening=True) is None
+    trace = traces.capture_rtp("out@us", 1.0, opening=True)
+    assert trace is not None and trace.rtp == []
+    feed(traces, request("INVITE", "out@us"), 1.1, outgoing=True)
+    assert traces.get("out@us", 1.2) is trace and len(trace.messages()) == 1

@@ -11,6 +11,7 @@ import resource
 import secrets
 import signal
 import time
+import weakref
 from collections.abc import Callable
 
 from aiohttp import web
@@ -32,6 +33,7 @@ from sipbridge.server.calls.outbound import OutboundCalls
 from sipbridge.server.calls.room_limits import RoomLimits
 from sipbridge.server.calls.runner import CallServices
 from sipbridge.server.calls.transfers import Transfers
+from sipbridge.server.media.leg_driver import CallMedia
 from sipbridge.server.media.service import MediaService
 from sipbridge.server.rtc.aiortc_patches import (
     bind_ice_ports,
@@ -101,7 +103,10 @@ class Server:
             calls_in_progress=self.calls_in_progress,
             session_min_se=settings.session_min_se,
             room_limits=RoomLimits(settings.room_max_callers, float(settings.room_join_rate)),
+            on_media=self._call_media,
         )
+        # Each live call's media leg by SIP Call-ID, for tracing its RTP on request.
+        self.call_legs: weakref.WeakValueDictionary[str, CallMedia] = weakref.WeakValueDictionary()
         guard = AuthGuard(max_failures=settings.auth_max_failures, block=float(settings.auth_block))
         digest = DigestServer(secrets.token_bytes(32))
         auth = TrunkAuth(digest, guard, conceal_numbers=settings.conceal_numbers)
@@ -149,7 +154,9 @@ class Server:
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/", self.healthz)
         self.signal.routes(app)
-        TraceApi(lambda: self.sip.traces, dict(self.settings.keys), time.time).routes(app)
+        TraceApi(
+            lambda: self.sip.traces, dict(self.settings.keys), time.time, self.trace_rtp
+        ).routes(app)
         self.agents.routes(app)
         if self.settings.metrics is None:
             app.router.add_get("/metrics", metrics.handler(self.samples))
@@ -159,6 +166,38 @@ class Server:
         """Let a call's SIP trace be found by its call id (SCL_...) as well as its Call-ID."""
         if self.sip.traces is not None and info.sip_call_id:
             self.sip.traces.name(info.call_id, info.sip_call_id)
+
+    def _call_media(self, info: proto.SIPCallInfo, leg: CallMedia) -> None:
+        """A call's media leg as it joins its room: its RTP traced at once when its trunk is in
+        --trace-rtp, else when asked for (`trace_rtp`)."""
+        self.call_legs[info.sip_call_id] = leg
+        trunks = self.settings.trace_rtp
+        if trunks and ("all" in trunks or info.trunk_id in trunks):
+            self.trace_rtp(info.sip_call_id, opening=True)
+
+    def trace_rtp(self, call: str, *, opening: bool = False) -> bool:
+        """Trace the RTP headers of a live call (by our call id or its SIP Call-ID) in its SIP
+        trace from now on; False when there is no such live call with a trace."""
+        traces, now = self.sip.traces, time.time()
+        if traces is None:
+            return False
+        known = traces.get(call, now)
+        sip_call_id = known.call_id if known is not None else call
+        leg = self.call_legs.get(sip_call_id)
+        if leg is None or leg.closed:
+            return False
+        trace = traces.capture_rtp(sip_call_id, now, opening=opening)
+        if trace is None:
+            return False
+        if leg.capture is None:
+            local = (self.settings.media_address, leg.port)
+            record = traces.record_rtp
+
+            def capture(data: bytes, outgoing: bool, remote: tuple[str, int]) -> None:
+                record(trace, data, time.time(), outgoing=outgoing, local=local, remote=remote)
+
+            leg.capture_rtp(capture)
+        return True
 
     def calls_in_progress(self) -> int:
         """Every call of both directions, PIN entry included: what `--max-calls` limits."""

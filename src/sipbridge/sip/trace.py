@@ -258,9 +258,13 @@ class CallTraces:
             if self._names.get(name) == call_id:
                 del self._names[name]
 
-    def capture_rtp(self, call: str, now: float) -> CallTrace | None:
-        """Keep the RTP headers of a call from now on (`record_rtp`); None if it has no trace."""
+    def capture_rtp(self, call: str, now: float, *, opening: bool = False) -> CallTrace | None:
+        """Keep the RTP headers of a call from now on (`record_rtp`); None if it has no trace.
+        With `opening`, `call` is a Call-ID whose trace is opened if need be (an outbound
+        call's media is set up before its INVITE leaves)."""
         trace = self.get(call, now)
+        if trace is None and opening and call:
+            trace = self._open(call.encode(), now)
         if trace is not None and trace.rtp is None:
             trace.rtp = []
         return trace

@@ -33,23 +33,31 @@ class TraceApi:
         traces: Callable[[], CallTraces | None],
         keys: Mapping[str, str],
         clock: Callable[[], float],
+        capture_rtp: Callable[[str], bool] | None = None,
     ) -> None:
         self.traces = traces
         self.keys = keys
         self.clock = clock
+        self.capture_rtp = capture_rtp
 
     def routes(self, app: web.Application) -> None:
         # A Call-ID may hold "/" (RFC 3261 s25.1 `word`): the id is everything up to the suffix.
         app.router.add_get(PREFIX + "{call_id:.+}/trace", self.trace)
         app.router.add_get(PREFIX + "{call_id:.+}/pcap", self.pcap)
+        app.router.add_post(PREFIX + "{call_id:.+}/rtp", self.rtp)
 
-    def _find(self, request: web.Request) -> CallTrace:
+    def _call_id(self, request: web.Request) -> str:
+        """The call id of an authorised request."""
         claims = verify_token(bearer_token(request.headers.get("Authorization")), self.keys)
         if not claims.sip_grant("admin"):
             raise ApiError("permission_denied", "requires the sip.admin grant")
         call_id = request.match_info["call_id"]
         if len(call_id) > MAX_CALL_ID:
             raise ApiError("invalid_argument", "call id too long")
+        return call_id
+
+    def _find(self, request: web.Request) -> CallTrace:
+        call_id = self._call_id(request)
         traces = self.traces()
         trace = traces.get(call_id, self.clock()) if traces is not None else None
         if trace is None:
@@ -65,6 +73,16 @@ class TraceApi:
         except ApiError as err:
             return error_response(err)
         return web.Response(text=json.dumps(trace_as_json(trace)), content_type="application/json")
+
+    async def rtp(self, request: web.Request) -> web.Response:
+        """Trace the RTP headers of a live call from now on."""
+        try:
+            call_id = self._call_id(request)
+            if self.capture_rtp is None or not self.capture_rtp(call_id):
+                raise not_found(f"no live call {call_id[:200]!r} with a SIP trace")
+        except ApiError as err:
+            return error_response(err)
+        return web.json_response({"call_id": call_id, "rtp": "traced"})
 
     async def pcap(self, request: web.Request) -> web.Response:
         try:
@@ -83,8 +101,10 @@ class TraceRequestError(Exception):
     """The server refused a trace request; the message says why (its code and text)."""
 
 
-async def fetch(url: str, api_key: str, api_secret: str, call_id: str, what: str) -> bytes:
-    """`trace` (JSON) or `pcap` of a call from a server, as the CLI asks for it."""
+async def fetch(
+    url: str, api_key: str, api_secret: str, call_id: str, what: str, *, method: str = "GET"
+) -> bytes:
+    """`trace` (JSON) or `pcap` of a call from a server, or `rtp` (POST), as the CLI asks."""
     import aiohttp  # noqa: PLC0415 - the server side needs only aiohttp.web
 
     base = url.rstrip("/")
@@ -96,7 +116,7 @@ async def fetch(url: str, api_key: str, api_secret: str, call_id: str, what: str
     timeout = aiohttp.ClientTimeout(total=30)
     async with (
         aiohttp.ClientSession(timeout=timeout) as session,
-        session.get(target, headers={"Authorization": f"Bearer {token}"}) as response,
+        session.request(method, target, headers={"Authorization": f"Bearer {token}"}) as response,
     ):
         body = await response.read()
         if response.status == 200:
