@@ -25,7 +25,16 @@ from livekit import api as livekit_api
 from livekit.protocol import room, sip
 
 from sipbridge.server.api.auth import sign_token
-from tests.harness import client, eventually, run, sip_server_process, sipp_args, stop_cleanly
+from tests.harness import (
+    bound,
+    client,
+    eventually,
+    run,
+    sip_server_process,
+    sipp_args,
+    sipp_port,
+    stop_cleanly,
+)
 from tests.helpers import API_KEY, API_SECRET, ServerProcess
 from tests.pcap_reader import read_pcap
 from tests.signal_client import SignalClient
@@ -250,3 +259,51 @@ async def test_unknown_calls_are_not_found(sip_server: ServerProcess) -> None:
     no_grant = sign_token(API_KEY, API_SECRET, video={"roomList": True})
     status, body = get(sip_server, "/sipbridge/v1/calls/SCL_nosuchcall/trace", no_grant)
     assert status == 403 and body["code"] == "permission_denied"
+
+
+@pytest.fixture
+def rtp_server(tmp_path: Path) -> Iterator[ServerProcess]:
+    proc = sip_server_process(tmp_path, "--trace-rtp", "all")
+    proc.start()
+    yield proc
+    stop_cleanly(proc)
+
+
+async def test_a_trunk_flag_traces_rtp_from_the_first_invite(rtp_server: ServerProcess) -> None:
+    port = sipp_port()
+    args = sipp_args("uas_answer_hangup.xml", port=port, limit=20)
+    carrier = asyncio.create_task(run(*args, timeout=25))
+    await eventually(lambda: bound(port) or carrier.done(), "sipp listening")
+    async with client(rtp_server) as lk:
+        trunk = await lk.sip.create_outbound_trunk(
+            sip.CreateSIPOutboundTrunkRequest(
+                trunk=sip.SIPOutboundTrunkInfo(
+                    name="carrier", address=f"127.0.0.1:{port}", numbers=[CALLER]
+                )
+            )
+        )
+        participant = await lk.sip.create_sip_participant(
+            sip.CreateSIPParticipantRequest(
+                sip_trunk_id=trunk.sip_trunk_id,
+                sip_call_to=CALLED,
+                room_name="out",
+                participant_identity="phone",
+                wait_until_answered=True,
+            )
+        )
+    # its media was set up before its INVITE left: the trace opened then has the INVITE
+    path = f"/sipbridge/v1/calls/{participant.sip_call_id}/trace"
+    trace = await api(rtp_server, "GET", path)
+    assert trace["rtp_traced"] is True
+    first = trace["entries"][0]
+    assert first["direction"] == "out" and first["text"].startswith("INVITE sip:")
+    ours = int(re.search(r"m=audio (\d+)", first["text"]).group(1))  # type: ignore[union-attr]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        udp.sendto(RTP, ("127.0.0.1", ours))
+
+    async def kept() -> bool:
+        return bool((await api(rtp_server, "GET", path))["rtp_packets"] >= 1)
+
+    await eventually(kept, "the RTP header in the trace")
+    code, out = await carrier  # it hangs up 1.5 s after answering
+    assert code == 0, out

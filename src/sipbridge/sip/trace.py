@@ -354,6 +354,7 @@ def trace_as_json(trace: CallTrace) -> dict[str, Any]:
         "names": sorted(trace.names),
         "dropped": trace.dropped,
         "dropped_bytes": trace.dropped_bytes,
+        "rtp_traced": trace.rtp is not None,
         "rtp_packets": len(trace.rtp) if trace.rtp is not None else 0,
         "rtp_dropped": trace.rtp_dropped,
         "entries": entries,
