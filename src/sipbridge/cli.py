@@ -559,6 +559,8 @@ def call_trace(a: argparse.Namespace) -> None:
     summary = f"{len(times)} messages"
     if data.get("dropped"):
         summary += f", {data['dropped']} more not kept"
+    if data.get("rtp_traced"):
+        summary += f", {data.get('rtp_packets', 0)} RTP headers (in the pcap)"
     if times:
         began = datetime.datetime.fromtimestamp(times[0], tz=datetime.UTC)
         summary += f", from {began:%Y-%m-%d %H:%M:%S}.{began.microsecond // 1000:03d} UTC"

@@ -364,6 +364,12 @@ def trace_as_json(trace: CallTrace) -> dict[str, Any]:
 def pcap_of(trace: CallTrace) -> bytes:
     """Every kept message of the trace, and the RTP headers if kept, in the order of their
     times, as a libpcap file (sip/pcap.py); RTP packets are written cut to their headers."""
+    return write_pcap(packets_of(trace))
+
+
+def packets_of(trace: CallTrace) -> list[Packet]:
+    """What `pcap_of` writes: a snapshot, which `write_pcap` may then turn into bytes anywhere
+    (off the event loop) while the call goes on."""
     packets = [
         Packet(
             m.time,
@@ -387,7 +393,7 @@ def pcap_of(trace: CallTrace) -> bytes:
             for when, outgoing, local, remote, header, length in trace.rtp
         ]
         packets.sort(key=lambda packet: packet.time)  # stable: SIP keeps its order
-    return write_pcap(packets)
+    return packets
 
 
 def entries_from_json(data: dict[str, Any]) -> list[TracedMessage | Gap]:
