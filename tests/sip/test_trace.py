@@ -82,6 +82,9 @@ def test_call_id_in_any_case_and_compact_form_not_in_the_body() -> None:
     body = b"Call-ID: a@h\r\n"
     notify = request("NOTIFY", "other@h").replace(b"Content-Length: 0\r\n\r\n", b"\r\n") + body
     feed(traces, notify, 1.0)
+    # the canonical spelling only in the body, the compact one in the headers
+    compact = request("INFO", "other@h", header="i").replace(b"Content-Length: 0\r\n\r\n", b"\r\n")
+    feed(traces, compact + body, 1.0)
     trace = traces.get("a@h", 1.0)
     assert trace is not None
     assert len(trace.messages()) == 3

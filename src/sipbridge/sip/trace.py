@@ -93,9 +93,11 @@ class CallTrace:
     tail_messages: int = TAIL_MESSAGES
     head_bytes: int = HEAD_BYTES
     tail_bytes: int = TAIL_BYTES
-    names: set[str] = field(default_factory=set)  # our call ids (SCL_...) for this Call-ID
+    names: tuple[str, ...] = ()  # our call ids (SCL_...) for this Call-ID
     head: list[Kept] = field(default_factory=list)
-    tail: deque[Kept] = field(default_factory=deque)
+    # made when first needed: most calls never fill their head, and every container kept
+    # alive is one more for the garbage collector to walk
+    tail: deque[Kept] | None = None
     kept_head_bytes: int = 0
     kept_tail_bytes: int = 0
     dropped: int = 0
@@ -113,7 +115,7 @@ class CallTrace:
     @property
     def size(self) -> int:
         """What this trace counts against the total budget."""
-        messages = (len(self.head) + len(self.tail)) * ENTRY_OVERHEAD
+        messages = (len(self.head) + len(self.tail or ())) * ENTRY_OVERHEAD
         return self.kept_bytes + messages + self.rtp_bytes
 
     def add(self, message: Kept) -> int:
@@ -133,11 +135,14 @@ class CallTrace:
             self.dropped += 1
             self.dropped_bytes += size
             return 0
-        self.tail.append(message)
+        tail = self.tail
+        if tail is None:
+            tail = self.tail = deque()
+        tail.append(message)
         self.kept_tail_bytes += size
         change = size + ENTRY_OVERHEAD
-        while len(self.tail) > self.tail_messages or self.kept_tail_bytes > self.tail_bytes:
-            old = len(self.tail.popleft()[5])
+        while len(tail) > self.tail_messages or self.kept_tail_bytes > self.tail_bytes:
+            old = len(tail.popleft()[5])
             self.kept_tail_bytes -= old
             self.dropped += 1
             self.dropped_bytes += old
@@ -150,11 +155,11 @@ class CallTrace:
             yield TracedMessage(*kept)
         if self.dropped:
             yield Gap(self.dropped, self.dropped_bytes)
-        for kept in self.tail:
+        for kept in self.tail or ():
             yield TracedMessage(*kept)
 
     def messages(self) -> list[TracedMessage]:
-        return [TracedMessage(*kept) for kept in (*self.head, *self.tail)]
+        return [TracedMessage(*kept) for kept in (*self.head, *(self.tail or ()))]
 
 
 class CallTraces:
@@ -196,18 +201,18 @@ class CallTraces:
         remote: tuple[str, int],
     ) -> None:
         """Keep one message that crossed the socket (the hot path: every SIP message)."""
-        end = data.find(b"\r\n\r\n")
-        if end < 0:
-            end = len(data)
-        start = data.find(_CANONICAL, 0, end)
-        if start >= 0:
+        # The header is found before looking for the blank line that ends the headers, and
+        # that only up to it: a message's headers are read once, not twice.
+        start = data.find(_CANONICAL)
+        if start >= 0 and data.find(b"\r\n\r\n", 0, start) < 0:
             start += len(_CANONICAL)
             stop = data.find(b"\r\n", start)
             if stop < 0:
                 stop = len(data)
             call_id = data[start:stop].strip()
-        else:
-            match = _CALL_ID.search(data, 0, end)
+        else:  # another spelling, or the canonical one only in the body (a sipfrag)
+            end = data.find(b"\r\n\r\n")
+            match = _CALL_ID.search(data, 0, end if end >= 0 else len(data))
             if match is None:
                 return
             call_id = match.group(1).strip()
@@ -299,7 +304,7 @@ class CallTraces:
         key = call_id.encode()
         trace = self._calls.get(key)
         if trace is not None and name not in trace.names:
-            trace.names.add(name)
+            trace.names += (name,)
             self._names[name] = key
 
     def get(self, call: str, now: float) -> CallTrace | None:
