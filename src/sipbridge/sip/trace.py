@@ -204,7 +204,8 @@ class CallTraces:
         # The header is found before looking for the blank line that ends the headers, and
         # that only up to it: a message's headers are read once, not twice.
         start = data.find(_CANONICAL)
-        if start >= 0 and data.find(b"\r\n\r\n", 0, start) < 0:
+        # (+2: the CRLF that begins _CANONICAL may be the second half of the blank line)
+        if start >= 0 and data.find(b"\r\n\r\n", 0, start + 2) < 0:
             start += len(_CANONICAL)
             stop = data.find(b"\r\n", start)
             if stop < 0:
