@@ -84,8 +84,9 @@ def free_port() -> int:
     raise RuntimeError("no free port")
 
 
-def serve_uas(port: int) -> None:
-    """The bare answering UAS on our stack (run in its own process)."""
+def serve_uas(port: int, trace: bool = True) -> None:
+    """The bare answering UAS on our stack (run in its own process); `trace` False turns the
+    per-call SIP trace off, to measure what it costs."""
     from tests.sip_app import AnsweringApp, running_app  # noqa: PLC0415
 
     async def main() -> None:
@@ -93,7 +94,9 @@ def serve_uas(port: int) -> None:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         app = AnsweringApp()
-        async with running_app(app, ("udp",), port=port):
+        async with running_app(app, ("udp",), port=port) as (service, _):
+            if not trace:
+                service.traces = None
             print("ready", flush=True)
             await stop.wait()
 
@@ -105,10 +108,11 @@ def serve_uas(port: int) -> None:
         asyncio.run(main())
 
 
-def start_target(kind: str, port: int) -> subprocess.Popen[bytes]:
+def start_target(kind: str, port: int, trace: bool = True) -> subprocess.Popen[bytes]:
     if kind == "sipbridge":
         proc = subprocess.Popen(
-            [sys.executable, __file__, "--serve-uas", str(port)],
+            [sys.executable, __file__, "--serve-uas", str(port)]
+            + ([] if trace else ["--no-trace"]),
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
         )
@@ -177,12 +181,12 @@ def drive(port: int, rate: int, seconds: float) -> tuple[bool, int, float]:
     return proc.returncode == 0, calls, time.perf_counter() - began
 
 
-def max_rate(kind: str, rates: list[int], seconds: float) -> dict[str, object]:
+def max_rate(kind: str, rates: list[int], seconds: float, trace: bool = True) -> dict[str, object]:
     best = 0.0
     steps = []
     for rate in rates:
         port = free_port()
-        target = start_target(kind, port)
+        target = start_target(kind, port, trace)
         try:
             ok, calls, elapsed = drive(port, rate, seconds)
         finally:
@@ -201,16 +205,19 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--rates", default="100,200,400,800,1200,1600,2400,3200")
     parser.add_argument("--serve-uas", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--no-trace", action="store_true", help="our UAS without the per-call SIP trace"
+    )
     args = parser.parse_args()
     if args.serve_uas:
-        serve_uas(args.serve_uas)
+        serve_uas(args.serve_uas, trace=not args.no_trace)
         return 0
     if not shutil.which("sipp"):
         print("sipp is required (Debian package sip-tester)", file=sys.stderr)
         return 2
     rates = [int(r) for r in args.rates.split(",")]
     parsing = parse_rate(min(args.seconds, 3.0))
-    ours = max_rate("sipbridge", rates, args.seconds)
+    ours = max_rate("sipbridge", rates, args.seconds, trace=not args.no_trace)
     theirs = max_rate("sipp", rates, args.seconds)
     ratio = (
         (ours["max_calls_per_s"] / theirs["max_calls_per_s"]) if theirs["max_calls_per_s"] else 0
@@ -230,6 +237,7 @@ def main() -> int:
         "python": platform.python_version(),
         "parse_serialise": parsing,
         "sipbridge_uas": ours,
+        "sip_trace": not args.no_trace,
         "sipp_uas": theirs,
         "ratio": ratio,
     }, sort_keys=True))  # fmt: skip

@@ -134,6 +134,13 @@ def _serve_parser(sub: Any) -> None:
         help="an HTTP connection idle this long, or whose request headers take longer, is "
         "closed (15)",
     )
+    p.add_argument(
+        "--trace-rtp",
+        nargs="+",
+        metavar="TRUNK_ID",
+        help="trace the RTP headers of these trunks' calls in their SIP traces ('all': every "
+        "call); `sipbridge call rtp ID` does it for one live call",
+    )
     p.add_argument("--config", metavar="FILE", help="YAML file with the same settings")
 
 
@@ -225,6 +232,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--number", default="", help="only calls from or to this number")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(run=list_calls, local=True)
+    p = call.add_parser("trace", help="a call's SIP messages as a ladder (asks the server)")
+    p.add_argument("call_id", help="the call's id (SCL_...) or its SIP Call-ID")
+    _client_args(p)
+    p.set_defaults(run=call_trace, local=True)
+    p = call.add_parser("pcap", help="a call's SIP messages as a pcap file on stdout")
+    p.add_argument("call_id", help="the call's id (SCL_...) or its SIP Call-ID")
+    _client_args(p)
+    p.set_defaults(run=call_pcap, local=True)
+    p = call.add_parser("rtp", help="trace a live call's RTP headers from now on (for its pcap)")
+    p.add_argument("call_id", help="the call's id (SCL_...) or its SIP Call-ID")
+    _client_args(p)
+    p.set_defaults(run=call_rtp, local=True)
 
     store = sub.add_parser("store", help="the stored records").add_subparsers(
         dest="action", required=True
@@ -515,6 +534,55 @@ async def _copy_records(src: str, dst: str, redis_prefix: str) -> dict[str, int]
 COPY_BATCH = 1000  # records per transaction when copying
 
 
+def _fetch_trace(a: argparse.Namespace, what: str, method: str = "GET") -> bytes:
+    from sipbridge.server.api.trace_api import fetch  # noqa: PLC0415
+
+    url = a.url or os.environ.get("LIVEKIT_URL") or "http://127.0.0.1:7880"
+    key = a.api_key or os.environ.get("LIVEKIT_API_KEY") or DEV_KEY
+    secret = a.api_secret or os.environ.get("LIVEKIT_API_SECRET") or DEV_SECRET
+    return asyncio.run(fetch(url, key, secret, a.call_id, what, method=method))
+
+
+def call_trace(a: argparse.Namespace) -> None:
+    """Print a call's SIP trace as a ladder (or its JSON with --json)."""
+    import datetime  # noqa: PLC0415
+
+    from sipbridge.sip.trace import TracedMessage, entries_from_json, ladder  # noqa: PLC0415
+
+    data = json.loads(_fetch_trace(a, "trace"))
+    if a.json:
+        print(json.dumps(data, indent=2))
+        return
+    entries = entries_from_json(data)
+    times = [e.time for e in entries if isinstance(e, TracedMessage)]
+    names = "".join(f"{name} " for name in data.get("names", []))
+    summary = f"{len(times)} messages"
+    if data.get("dropped"):
+        summary += f", {data['dropped']} more not kept"
+    if data.get("rtp_traced"):
+        summary += f", {data.get('rtp_packets', 0)} RTP headers (in the pcap)"
+    if times:
+        began = datetime.datetime.fromtimestamp(times[0], tz=datetime.UTC)
+        summary += f", from {began:%Y-%m-%d %H:%M:%S}.{began.microsecond // 1000:03d} UTC"
+    print(f"call {names}Call-ID {data['call_id']}")
+    print(summary)
+    print(ladder(entries))
+
+
+def call_rtp(a: argparse.Namespace) -> dict[str, Any]:
+    """Start tracing the RTP headers of a live call."""
+    return dict(json.loads(_fetch_trace(a, "rtp", method="POST")))
+
+
+def call_pcap(a: argparse.Namespace) -> None:
+    """Write a call's SIP trace as a pcap file to stdout (not to a terminal)."""
+    if sys.stdout.isatty():
+        raise ValueError("a pcap is binary: redirect it to a file (> call.pcap)")
+    data = _fetch_trace(a, "pcap")
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+
+
 def _as_dict(message: Message) -> dict[str, Any]:
     out: dict[str, Any] = json_format.MessageToDict(message, preserving_proto_field_name=True)
     return out
@@ -560,6 +628,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # the client's errors carry the server's code and message
         print(f"sipbridge {args.command} {args.action}: {exc}", file=sys.stderr)
         return 1
+    if result is None:  # the command printed its own output (call trace, call pcap)
+        return 0
     if isinstance(result, Message):
         result = _as_dict(result)
     if args.json:
@@ -604,6 +674,7 @@ def _serve(args: argparse.Namespace) -> int:
             room_join_rate=args.room_join_rate,
             sip_message_timeout=args.sip_message_timeout,
             http_idle_timeout=args.http_idle_timeout,
+            trace_rtp=args.trace_rtp,
             config_file=args.config,
         )
     except ConfigError as exc:

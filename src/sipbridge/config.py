@@ -64,6 +64,7 @@ class Settings:
     room_join_rate: int = 50  # calls joining one room per second, twice that at once (0: off)
     sip_message_timeout: int = 10  # seconds a SIP message begun on TCP/TLS has to complete
     http_idle_timeout: int = 15  # seconds an HTTP connection may idle or take over its headers
+    trace_rtp: tuple[str, ...] = ()  # trunk ids whose calls' RTP headers are traced ("all")
 
     @property
     def media_address(self) -> str:
@@ -201,6 +202,7 @@ def _from_yaml(path: str) -> dict[str, Any]:
         "room_join_rate",
         "sip_message_timeout",
         "http_idle_timeout",
+        "trace_rtp",
     }
     unknown = set(doc) - known
     if unknown:
@@ -258,6 +260,7 @@ def build_settings(
     room_join_rate: int | None = None,
     sip_message_timeout: int | None = None,
     http_idle_timeout: int | None = None,
+    trace_rtp: list[str] | None = None,
     config_file: str | None = None,
     environ: Mapping[str, str] = os.environ,
 ) -> Settings:
@@ -398,6 +401,9 @@ def build_settings(
         http_idle_timeout=_whole(doc, "http_idle_timeout", http_idle_timeout, 1, 3600)
         or s.http_idle_timeout,
     )
+    raw_trace = trace_rtp if trace_rtp else doc.get("trace_rtp", [])
+    trunks = raw_trace if isinstance(raw_trace, list) else [raw_trace]
+    s = replace(s, trace_rtp=tuple(str(t).strip() for t in trunks if str(t).strip()))
     raw_allow = allow_from if allow_from else doc.get("allow_from", [])
     items = raw_allow if isinstance(raw_allow, list) else [raw_allow]
     s = replace(s, allow_from=tuple(parse_network(str(item), "allow_from") for item in items))

@@ -11,9 +11,11 @@ import resource
 import secrets
 import signal
 import time
+import weakref
 from collections.abc import Callable
 
 from aiohttp import web
+from livekit.protocol import sip as proto
 
 from sipbridge import __version__
 from sipbridge.config import Settings
@@ -22,6 +24,7 @@ from sipbridge.server.agents import AgentService
 from sipbridge.server.api import metrics
 from sipbridge.server.api.room_api import RoomApi
 from sipbridge.server.api.sip_api import SipApi
+from sipbridge.server.api.trace_api import TraceApi
 from sipbridge.server.api.twirp import PREFIX, TwirpServer
 from sipbridge.server.api.webhooks import RetryPolicy, WebhookNotifier
 from sipbridge.server.calls.inbound import InboundCalls
@@ -30,6 +33,7 @@ from sipbridge.server.calls.outbound import OutboundCalls
 from sipbridge.server.calls.room_limits import RoomLimits
 from sipbridge.server.calls.runner import CallServices
 from sipbridge.server.calls.transfers import Transfers
+from sipbridge.server.media.leg_driver import CallMedia
 from sipbridge.server.media.service import MediaService
 from sipbridge.server.rtc.aiortc_patches import (
     bind_ice_ports,
@@ -99,7 +103,10 @@ class Server:
             calls_in_progress=self.calls_in_progress,
             session_min_se=settings.session_min_se,
             room_limits=RoomLimits(settings.room_max_callers, float(settings.room_join_rate)),
+            on_media=self._call_media,
         )
+        # Each live call's media leg by SIP Call-ID, for tracing its RTP on request.
+        self.call_legs: weakref.WeakValueDictionary[str, CallMedia] = weakref.WeakValueDictionary()
         guard = AuthGuard(max_failures=settings.auth_max_failures, block=float(settings.auth_block))
         digest = DigestServer(secrets.token_bytes(32))
         auth = TrunkAuth(digest, guard, conceal_numbers=settings.conceal_numbers)
@@ -115,8 +122,12 @@ class Server:
             allow_from=[ipaddress.ip_network(net) for net in settings.allow_from],
         )
         self.sip = SipService(
-            self.sip_ua, admission=admission, message_timeout=settings.sip_message_timeout
+            self.sip_ua,
+            admission=admission,
+            message_timeout=settings.sip_message_timeout,
+            advertised_host=advertised,
         )
+        self.call_log.on_record = self._name_trace
         self.sip.tls_ca = settings.tls_ca
         self.sip_ua.attach(self.sip)
         self.outbound = OutboundCalls(calls, self.sip_ua)
@@ -143,10 +154,50 @@ class Server:
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/", self.healthz)
         self.signal.routes(app)
+        TraceApi(
+            lambda: self.sip.traces, dict(self.settings.keys), time.time, self.trace_rtp
+        ).routes(app)
         self.agents.routes(app)
         if self.settings.metrics is None:
             app.router.add_get("/metrics", metrics.handler(self.samples))
         return app
+
+    def _name_trace(self, info: proto.SIPCallInfo) -> None:
+        """Let a call's SIP trace be found by its call id (SCL_...) as well as its Call-ID."""
+        if self.sip.traces is not None and info.sip_call_id:
+            self.sip.traces.name(info.call_id, info.sip_call_id)
+
+    def _call_media(self, info: proto.SIPCallInfo, leg: CallMedia) -> None:
+        """A call's media leg as it joins its room: its RTP traced at once when its trunk is in
+        --trace-rtp, else when asked for (`trace_rtp`)."""
+        self.call_legs[info.sip_call_id] = leg
+        trunks = self.settings.trace_rtp
+        if trunks and ("all" in trunks or info.trunk_id in trunks):
+            self.trace_rtp(info.sip_call_id, opening=True)
+
+    def trace_rtp(self, call: str, *, opening: bool = False) -> bool:
+        """Trace the RTP headers of a live call (by our call id or its SIP Call-ID) in its SIP
+        trace from now on; False when there is no such live call with a trace."""
+        traces, now = self.sip.traces, time.time()
+        if traces is None:
+            return False
+        known = traces.get(call, now)
+        sip_call_id = known.call_id if known is not None else call
+        leg = self.call_legs.get(sip_call_id)
+        if leg is None or leg.closed:
+            return False
+        trace = traces.capture_rtp(sip_call_id, now, opening=opening)
+        if trace is None:
+            return False
+        if leg.capture is None:
+            local = (self.settings.media_address, leg.port)
+            record = traces.record_rtp
+
+            def capture(data: bytes, outgoing: bool, remote: tuple[str, int]) -> None:
+                record(trace, data, time.time(), outgoing=outgoing, local=local, remote=remote)
+
+            leg.capture_rtp(capture)
+        return True
 
     def calls_in_progress(self) -> int:
         """Every call of both directions, PIN entry included: what `--max-calls` limits."""

@@ -94,6 +94,8 @@ class CallServices:
     calls_in_progress: Callable[[], int] | None = None  # (alone: a runner counts its own)
     session_min_se: int = RFC_MIN_SE
     room_limits: RoomLimits = field(default_factory=RoomLimits)  # callers, joins per second
+    # Told of each call's media leg as the call joins its room (the SIP trace's RTP capture).
+    on_media: Callable[[proto.SIPCallInfo, CallMedia], None] | None = None
 
 
 C = TypeVar("C", bound=LiveCall)
@@ -196,6 +198,8 @@ class CallRunner(Generic[C]):
         )
         if state.leg is not None:
             self.media.track_legs[state.track_sid] = state.leg  # WebRTC subscribers hear it
+            if self.services.on_media is not None:
+                self.services.on_media(state.info, state.leg)
         return room, participant
 
     def _unregister(self, state: C) -> None:

@@ -107,6 +107,8 @@ class CallMedia(RtpLeg):
         self.rtp, self.rtcp = pool.open(self._on_rtp, None if answer.rtcp_mux else self._on_rtcp)
         self.port = self.rtp.port
         self.rtp_sink = self.rtp.send  # RTP out as it is made; RTCP through `transmit`
+        # Told of every RTP packet in and out when the call's RTP is captured (its SIP trace).
+        self.capture: Callable[[bytes, bool, tuple[str, int]], None] | None = None
         self.closed = False
         # the SDP session and SRTP keys, kept for re-INVITEs
         self.session_id = 0
@@ -134,7 +136,20 @@ class CallMedia(RtpLeg):
 
     # -- the socket side: datagrams in, datagrams out -------------------------------------
 
+    def capture_rtp(self, capture: Callable[[bytes, bool, tuple[str, int]], None]) -> None:
+        """Tell `capture` of every RTP packet from now on: (packet, outgoing, peer address)."""
+        self.capture = capture
+        send = self.rtp.send
+
+        def sink(data: bytes, destination: tuple[str, int]) -> None:
+            capture(data, True, destination)
+            send(data, destination)
+
+        self.rtp_sink = sink
+
     def _on_rtp(self, data: bytes, source: tuple[str, int]) -> None:
+        if self.capture is not None:
+            self.capture(data, False, source)
         self.receive(data, source, self._time())
         # Packets it made for the room's listeners left through their `rtp_sink`s; a datagram
         # in makes nothing for our own outbox (RTCP leaves on `handle_timer`). Its events:
@@ -189,6 +204,7 @@ class CallMedia(RtpLeg):
         self.on_dtmf = None
         self.on_first_packet = None
         self.on_timeout = None
+        self.capture = None
 
 
 class MediaClock:

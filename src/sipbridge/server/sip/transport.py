@@ -4,6 +4,9 @@ It feeds received bytes and the time into the endpoint, transmits what the endpo
 keeps one `call_at` timer for all transactions, and hands endpoint events to the application.
 Responses go back over the connection the request came on (RFC 3261 s18.2.2); on UDP to the
 source address and port (RFC 3581 symmetric response routing).
+
+Every message in and out passes `receive` and `_transmit`: there each is handed, with the wall
+clock time and both addresses, to the per-call trace (`sipbridge.sip.trace`).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import logging
 import resource
 import socket
 import ssl
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +29,7 @@ from sipbridge.sip.admission import Admission
 from sipbridge.sip.endpoint import EndpointEvent, EndpointSettings, Peer, SipEndpoint
 from sipbridge.sip.errors import SipProtocolError
 from sipbridge.sip.message import StreamFramer
+from sipbridge.sip.trace import CallTraces
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +91,7 @@ class _Stream(asyncio.Protocol):
         self.idle_timer: asyncio.TimerHandle | None = None
         self.message_timer: asyncio.TimerHandle | None = None  # a message begun, not complete
         self.dialled: Peer | None = None  # the trunk we opened this connection to
+        self.local: tuple[str, int] | None = None  # our address on this connection
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         stream = cast(asyncio.Transport, transport)
@@ -101,6 +107,9 @@ class _Stream(asyncio.Protocol):
             stream.abort()
             return
         self.peer = Peer(self.kind, str(host), int(port), next(service.connection_ids))
+        sockname = transport.get_extra_info("sockname")
+        if sockname:
+            self.local = (str(sockname[0]), int(sockname[1]))
         service.connections[self.peer.connection or 0] = self
         service.per_source[self.peer.host] += 1
         self._touch()
@@ -187,8 +196,18 @@ class SipService:
         clock: Callable[[], float] | None = None,
         admission: Admission | None = None,
         message_timeout: float = MESSAGE_TIMEOUT_S,
+        traces: CallTraces | None = None,
+        advertised_host: str = "",
     ) -> None:
         self.endpoint = SipEndpoint(settings, admission)
+        # Every SIP message of recent calls (set to None to record none); times are the wall
+        # clock's, as a capture file's are.
+        self.traces: CallTraces | None = CallTraces() if traces is None else traces
+        self.wall_clock: Callable[[], float] = time.time
+        # Our address in traces when a listener is bound to every address (0.0.0.0, ::).
+        self.advertised_host = advertised_host
+        self._local_udp: tuple[str, int] = ("0.0.0.0", 0)
+        self._local_stream: dict[str, tuple[str, int]] = {}
         self.message_timeout = message_timeout
         self.application = application
         self.connections: dict[int, _Stream] = {}
@@ -243,6 +262,14 @@ class SipService:
             port = server.sockets[0].getsockname()[1]
         bound = Listen(what.transport, what.host, int(port))
         self.bound.append(bound)
+        host = what.host
+        if host in ("0.0.0.0", "::", "") and self.advertised_host:
+            host = self.advertised_host
+        if what.transport == "udp":
+            if len(self._udp) == 1:  # the socket `_transmit` sends from
+                self._local_udp = (host, int(port))
+        else:
+            self._local_stream.setdefault(what.transport, (host, int(port)))
         return bound
 
     def local_port(self, transport: str) -> int:
@@ -270,6 +297,15 @@ class SipService:
     # -- the loop between network, endpoint and application ------------------------------
 
     def receive(self, data: bytes, peer: Peer) -> None:
+        if self.traces is not None:
+            self.traces.record(
+                data,
+                self.wall_clock(),
+                outgoing=False,
+                transport=peer.transport,
+                local=self._local(peer),
+                remote=(peer.host, peer.port),
+            )
         self.endpoint.receive(data, peer, self.now())
         self._flush()
 
@@ -304,16 +340,41 @@ class SipService:
         """Call after the application acted outside an event (e.g. a call answered later)."""
         self._flush()
 
+    def _local(self, peer: Peer) -> tuple[str, int]:
+        """Our address for a message to or from `peer` (for its trace)."""
+        if peer.transport == "udp":
+            return self._local_udp
+        if peer.connection is None:
+            stream = self.dialled.get(peer)
+        else:
+            stream = self.connections.get(peer.connection)
+        if stream is not None and stream.local is not None:
+            return stream.local
+        return self._local_stream.get(peer.transport, self._local_udp)
+
+    def _trace_out(self, data: bytes, peer: Peer) -> None:
+        if self.traces is not None:
+            self.traces.record(
+                data,
+                self.wall_clock(),
+                outgoing=True,
+                transport=peer.transport,
+                local=self._local(peer),
+                remote=(peer.host, peer.port),
+            )
+
     def _transmit(self, data: bytes, peer: Peer) -> None:
         if peer.transport == "udp":
             transport = next(iter(self._udp.values()), None)
             if transport is None:
                 self.stats_error("no_udp_socket")
                 return
+            self._trace_out(data, peer)
             transport.sendto(data, (peer.host, peer.port))
             return
         if peer.connection is None:
             # A request of ours to a trunk: over the connection we opened to it, or a new one.
+            self._trace_out(data, peer)
             dialled = self.dialled.get(peer)
             if dialled is not None:
                 dialled.write(data)
@@ -326,6 +387,7 @@ class SipService:
             # and let the transaction time out.
             self.stats_error("send_no_connection")
             return
+        self._trace_out(data, peer)
         connection.write(data)
 
     def _dial(self, peer: Peer, data: bytes) -> None:

@@ -32,6 +32,8 @@ class CallLog:
         self.dropped = 0
         self._transfer_writes: set[asyncio.Task[None]] = set()
         self._transfer_lock = asyncio.Lock()
+        # Told of every state recorded (the SIP trace learns our call id for the Call-ID).
+        self.on_record: Callable[[proto.SIPCallInfo], None] | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="call log")
@@ -48,6 +50,8 @@ class CallLog:
 
     def record(self, info: proto.SIPCallInfo) -> None:
         """Queue the call's current state (a copy is taken)."""
+        if self.on_record is not None:
+            self.on_record(info)
         snapshot = proto.SIPCallInfo()
         snapshot.CopyFrom(info)
         try:
