@@ -228,6 +228,17 @@ async def client(server: ServerProcess) -> AsyncIterator[Any]:
         yield lk
 
 
+async def direct_rule(server: ServerProcess, room_name: str) -> str:
+    """A dispatch rule sending every call to `room_name` (through livekit-api); its id."""
+    from livekit.protocol import sip  # noqa: PLC0415
+
+    rule = sip.SIPDispatchRule(dispatch_rule_direct=sip.SIPDispatchRuleDirect(room_name=room_name))
+    request = sip.CreateSIPDispatchRuleRequest(dispatch_rule=sip.SIPDispatchRuleInfo(rule=rule))
+    async with client(server) as lk:
+        made = await lk.sip.create_dispatch_rule(request)
+    return str(made.sip_dispatch_rule_id)
+
+
 async def call_log(server: ServerProcess) -> list[dict[str, Any]]:
     """`sipbridge call list --json` on the server's database, as users read it."""
     args = ["-m", "sipbridge", "call", "list", "--db", str(server.db), "--json"]

@@ -20,12 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from livekit import api
-from livekit.protocol import sip
 
 from tests import baresip, netns
 from tests.audio import best_correlation, read_wav, windows_heard
-from tests.harness import eventually, metric
+from tests.harness import direct_rule, eventually, metric
 from tests.helpers import API_KEY, API_SECRET, ServerProcess
 
 WORKER = Path(__file__).parents[1] / "agent_worker.py"
@@ -46,16 +44,7 @@ async def test_agent_worker_answers_the_phone_and_echoes_it(
     namespace: netns.VethNamespace,
     tmp_path: Path,
 ) -> None:
-    async with api.LiveKitAPI(url=rtc_server.url, api_key=API_KEY, api_secret=API_SECRET) as lk:
-        await lk.sip.create_dispatch_rule(
-            sip.CreateSIPDispatchRuleRequest(
-                dispatch_rule=sip.SIPDispatchRuleInfo(
-                    rule=sip.SIPDispatchRule(
-                        dispatch_rule_direct=sip.SIPDispatchRuleDirect(room_name="support")
-                    )
-                )
-            )
-        )
+    await direct_rule(rtc_server, "support")
     events_file = tmp_path / "agent_events.jsonl"
     env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
     env.update(

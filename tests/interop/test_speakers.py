@@ -22,12 +22,11 @@ from typing import Any
 
 import pytest
 from livekit import api
-from livekit.protocol import sip
 
 from tests import baresip, netns
 from tests.audio import distinct_signal, write_wav
-from tests.harness import eventually
-from tests.helpers import API_KEY, API_SECRET, ServerProcess, token
+from tests.harness import direct_rule, eventually
+from tests.helpers import ServerProcess, token
 
 SDK_CLIENT = Path(__file__).parents[1] / "sdk_client.py"
 pytestmark = [
@@ -93,16 +92,7 @@ async def start_sdk(
 async def test_the_sdk_sees_the_phone_speak_and_stop_and_rates_the_connections(
     rtc_server: ServerProcess, namespace: netns.VethNamespace, tmp_path: Path
 ) -> None:
-    async with api.LiveKitAPI(url=rtc_server.url, api_key=API_KEY, api_secret=API_SECRET) as lk:
-        await lk.sip.create_dispatch_rule(
-            sip.CreateSIPDispatchRuleRequest(
-                dispatch_rule=sip.SIPDispatchRuleInfo(
-                    rule=sip.SIPDispatchRule(
-                        dispatch_rule_direct=sip.SIPDispatchRuleDirect(room_name="talk")
-                    )
-                )
-            )
-        )
+    await direct_rule(rtc_server, "talk")
     speech = distinct_signal("agent", 48000, AGENT_TALK_S, pad_s=6.0, top_hz=3400.0)
     write_wav(tmp_path / "agent.wav", speech, 48000)
     async with baresip.phone(

@@ -21,11 +21,11 @@ from typing import Any
 import numpy as np
 import pytest
 from livekit import api
-from livekit.protocol import models, room, sip
+from livekit.protocol import models, room
 
 from tests import baresip, netns
 from tests.audio import distinct_signal, level_difference_db, read_wav, windows_heard, write_wav
-from tests.harness import eventually
+from tests.harness import direct_rule, eventually
 from tests.helpers import API_KEY, API_SECRET, ServerProcess, token
 from tests.interop.conftest import RTC_PORTS
 
@@ -94,16 +94,7 @@ async def run_sdk(
 async def test_sdk_client_and_phone_hear_each_other(
     rtc_server: ServerProcess, namespace: netns.VethNamespace, tmp_path: Path
 ) -> None:
-    async with api.LiveKitAPI(url=rtc_server.url, api_key=API_KEY, api_secret=API_SECRET) as lk:
-        await lk.sip.create_dispatch_rule(
-            sip.CreateSIPDispatchRuleRequest(
-                dispatch_rule=sip.SIPDispatchRuleInfo(
-                    rule=sip.SIPDispatchRule(
-                        dispatch_rule_direct=sip.SIPDispatchRuleDirect(room_name="agentroom")
-                    )
-                )
-            )
-        )
+    await direct_rule(rtc_server, "agentroom")
     sent = distinct_signal("agent", 48000, 3.0, pad_s=1.0, top_hz=3400.0)
     write_wav(tmp_path / "agent.wav", sent, 48000)
     heard = tmp_path / "agent_heard.wav"
@@ -202,16 +193,7 @@ async def test_sdk_client_with_two_peer_connections_and_phone_hear_each_other(
     subscriber connection (the phone's PCMU on it, forwarded as it came, heard at the level the
     phone sent), answers the publisher connection (the SDK's audio heard by the phone), sends
     data on the subscriber's channels and takes the SDK's DTMF from the publisher's."""
-    async with api.LiveKitAPI(url=rtc_server.url, api_key=API_KEY, api_secret=API_SECRET) as lk:
-        await lk.sip.create_dispatch_rule(
-            sip.CreateSIPDispatchRuleRequest(
-                dispatch_rule=sip.SIPDispatchRuleInfo(
-                    rule=sip.SIPDispatchRule(
-                        dispatch_rule_direct=sip.SIPDispatchRuleDirect(room_name="agentroom")
-                    )
-                )
-            )
-        )
+    await direct_rule(rtc_server, "agentroom")
     sent = distinct_signal("agent", 48000, 2.5, pad_s=0.5, top_hz=3400.0)
     write_wav(tmp_path / "agent.wav", sent, 48000)
     heard = tmp_path / "agent_heard.wav"
@@ -282,16 +264,7 @@ async def test_a_second_sdk_client_joins_and_leaves_and_remove_participant_hangs
 ) -> None:
     """Browser-style: another participant comes and goes; the agent sees both, the call stays.
     Then RemoveParticipant on the caller hangs the phone up."""
-    async with api.LiveKitAPI(url=rtc_server.url, api_key=API_KEY, api_secret=API_SECRET) as lk:
-        await lk.sip.create_dispatch_rule(
-            sip.CreateSIPDispatchRuleRequest(
-                dispatch_rule=sip.SIPDispatchRuleInfo(
-                    rule=sip.SIPDispatchRule(
-                        dispatch_rule_direct=sip.SIPDispatchRuleDirect(room_name="agentroom")
-                    )
-                )
-            )
-        )
+    await direct_rule(rtc_server, "agentroom")
     async with baresip.phone(tmp_path / "phone", codecs="PCMA") as phone:
         await phone.dial(f"sip:agent@127.0.0.1:{rtc_server.sip_port}")  # type: ignore[attr-defined]
         await phone.wait_event("CALL_RINGING", fail_on=("CALL_CLOSED",))
@@ -395,16 +368,7 @@ async def test_a_cut_websocket_resumes_and_the_caller_is_still_heard(
     """The SDK's signalling connection is reset mid-call (no leave): the SDK resumes on a new
     WebSocket (`reconnect`), keeps its peer connections, and goes on hearing the phone - with
     one peer connection (`/rtc/v1`) and with two (`/rtc`, resumed with query parameters)."""
-    async with api.LiveKitAPI(url=rtc_server.url, api_key=API_KEY, api_secret=API_SECRET) as lk:
-        await lk.sip.create_dispatch_rule(
-            sip.CreateSIPDispatchRuleRequest(
-                dispatch_rule=sip.SIPDispatchRuleInfo(
-                    rule=sip.SIPDispatchRule(
-                        dispatch_rule_direct=sip.SIPDispatchRuleDirect(room_name="agentroom")
-                    )
-                )
-            )
-        )
+    await direct_rule(rtc_server, "agentroom")
     heard = tmp_path / "heard.wav"
     async with (
         CuttableProxy(namespace.host_ip, rtc_server.port) as proxy,
@@ -454,16 +418,7 @@ async def test_subscriptions_follow_the_client_and_its_grant(
     """A client without canSubscribe never gets the phone's track (nor answers the call); a
     client that does not auto-subscribe gets it when it subscribes - which answers the call -
     and stops getting it when it unsubscribes, the call going on."""
-    async with api.LiveKitAPI(url=rtc_server.url, api_key=API_KEY, api_secret=API_SECRET) as lk:
-        await lk.sip.create_dispatch_rule(
-            sip.CreateSIPDispatchRuleRequest(
-                dispatch_rule=sip.SIPDispatchRuleInfo(
-                    rule=sip.SIPDispatchRule(
-                        dispatch_rule_direct=sip.SIPDispatchRuleDirect(room_name="agentroom")
-                    )
-                )
-            )
-        )
+    await direct_rule(rtc_server, "agentroom")
 
     def attached() -> float:
         counters = rtc_server.metrics()
