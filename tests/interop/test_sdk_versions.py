@@ -56,6 +56,7 @@ class Sdk:
     name: str
     python: Path
     version: str
+    options: tuple[str, ...] = ()  # sdk_client.py options: how it joins
 
 
 SDKS = [
@@ -65,6 +66,13 @@ SDKS = [
         "newest",
         ROOT / ".venv-sdk-newest" / "bin" / "python",
         pinned(ROOT / "tests" / "sdk-newest-requirements.txt", "livekit"),
+    ),
+    # and with the two peer connections on `/rtc` (single_peer_connection=False)
+    Sdk(
+        "newest-two-pc",
+        ROOT / ".venv-sdk-newest" / "bin" / "python",
+        pinned(ROOT / "tests" / "sdk-newest-requirements.txt", "livekit"),
+        ("--two-pc",),
     ),
 ]
 
@@ -163,6 +171,7 @@ async def test_the_sdk_hears_the_phone_is_heard_and_trades_keys(
                 "0.2",
                 "--seconds",
                 "15",  # a bound: it leaves when removed from the room below
+                *sdk.options,
             ),
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
