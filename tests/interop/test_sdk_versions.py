@@ -7,6 +7,8 @@ tests/sdk-newest-requirements.txt). Each runs tests/sdk_client.py inside a netwo
 sees the caller as the seed page says (kind SIP, the `sip.*` attributes), hears the phone and is
 heard by it (`windows_heard` >= 0.8 each way), gets the phone's keys as `sip_dtmf_received` and
 sends its own with `publish_dtmf`, which reach the phone as RFC 4733 events.
+The newest release also joins with two peer connections (`/rtc`, sdk_client.py --two-pc:
+`single_peer_connection=False`), as test_webrtc.py does with the pinned one.
 """
 
 from __future__ import annotations
