@@ -12,6 +12,11 @@ SYSTEM_PACKAGES := ca-certificates sip-tester sipsak baresip-core chromium redis
 # The browser test's Node packages (livekit-client, playwright-core, esbuild), installed with
 # `npm ci` from the committed lockfile whenever it changes; node and npm come with the machine.
 BROWSER_DIR := tests/browser
+# The newest release of the `livekit` realtime SDK, in a venv of its own beside the one
+# livekit-agents pins in .venv: tests/interop/test_sdk_versions.py runs tests/sdk_client.py with
+# both. Rebuilt from scratch whenever the pin file changes.
+SDK_NEWEST_VENV := .venv-sdk-newest
+SDK_NEWEST_PINS := tests/sdk-newest-requirements.txt
 PYTEST_ARGS ?=
 # The sans-IO core whose own unit tests must cover it (branches included) at COVERAGE_MIN %;
 # a package not there yet (sdp/ is being split out of sip/) is skipped, not failed.
@@ -35,7 +40,7 @@ FUZZ_TARGETS ?=
 # environment with PYTHONDONTWRITEBYTECODE set recompiled a hundred modules, 0.2 s, per start).
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: serve test check install system-deps browser-deps lint typecheck coverage-core unit bench \
+.PHONY: serve test check install system-deps browser-deps sdk-newest lint typecheck coverage-core unit bench \
 	clean fuzz fuzz-smoke
 
 $(BIN)/python:
@@ -70,6 +75,14 @@ $(BROWSER_DIR)/node_modules/.installed: $(BROWSER_DIR)/package-lock.json
 
 browser-deps: $(BROWSER_DIR)/node_modules/.installed
 
+$(SDK_NEWEST_VENV)/.installed: $(SDK_NEWEST_PINS)
+	rm -rf $(SDK_NEWEST_VENV)
+	$(PYTHON) -m venv $(SDK_NEWEST_VENV)
+	$(SDK_NEWEST_VENV)/bin/python -m pip install -q -r $(SDK_NEWEST_PINS)
+	touch $@
+
+sdk-newest: $(SDK_NEWEST_VENV)/.installed
+
 lint: install
 	$(BIN)/ruff check src tests bench examples fuzz
 	$(BIN)/ruff format --check src tests bench examples fuzz
@@ -97,7 +110,7 @@ unit: coverage-core
 	$(BIN)/pytest --cov=sipbridge --cov-branch --cov-append --cov-report=term \
 		$(addprefix --ignore=,$(CORE_TESTS)) $(PYTEST_ARGS)
 
-test: system-deps install browser-deps lint typecheck unit fuzz-smoke
+test: system-deps install browser-deps sdk-newest lint typecheck unit fuzz-smoke
 
 fuzz: install
 	$(BIN)/python -m fuzz.run --keep --seconds $(FUZZ_SECONDS) --seed 0 $(FUZZ_TARGETS)
@@ -110,4 +123,4 @@ bench: install
 	$(BIN)/python bench/api.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.* build src/*.egg-info
+	rm -rf $(VENV) $(SDK_NEWEST_VENV) .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.* build src/*.egg-info

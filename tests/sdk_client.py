@@ -6,6 +6,7 @@ Run it inside a network namespace (tests/netns.py; libwebrtc ignores loopback):
         [--publish IN.wav] [--record OUT.wav] [--seconds S] [--dtmf DIGITS] \
         [--subscribe-identity ID] [--connect-timeout S] [--dtmf-delay S] \
         [--publish-delay S] [--publish-after-record] [--publish-when-subscribed] \
+        [--dtmf-after-publish] \
         [--no-auto-subscribe] \
         [--subscribe-after S] [--unsubscribe-after S] [--rpc-serve METHOD] \
         [--rpc-call ID:METHOD:PAYLOAD] [--text-topic TOPIC] [--send-text TOPIC:TEXT|@FILE] \
@@ -14,7 +15,7 @@ Run it inside a network namespace (tests/netns.py; libwebrtc ignores loopback):
 It prints one JSON object per line on stdout for everything it sees, each with "event" and "t"
 (seconds since the script started):
 
-    connected                {room, identity, sid, participants: [participant...]}
+    connected                {room, identity, sid, sdk_version, participants: [participant...]}
     participant_connected    {identity, sid, name, kind, attributes, metadata}
     participant_disconnected {identity, sid, reason}
     participant_attributes_changed {identity, changed, attributes}
@@ -57,7 +58,8 @@ that `publish_track` schedules (debounced 150 ms) is answered.
 through an AudioStream at 48 kHz mono into a 16-bit WAV, written as it arrives until the track is
 unsubscribed or the run ends (a killed run leaves a file with an unfinished header, which
 tests/audio.read_wav reads).
---dtmf: digits (0-9 * # A-D) sent one by one with publish_dtmf after --dtmf-delay seconds.
+--dtmf: digits (0-9 * # A-D) sent one by one with publish_dtmf after --dtmf-delay seconds
+(counted from the end of --publish with --dtmf-after-publish: keys never cut into the signal).
 After --seconds (counted from `connected`) it disconnects and leaves with os._exit (WIRE.md s6:
 avoids the Rust core's panic at interpreter exit). Every wait is bounded; a watchdog ends the
 process with exit code 2 if the SDK hangs anyway.
@@ -129,6 +131,7 @@ class Client:
         self.recording_sid = ""
         self.record_stop = asyncio.Event()
         self.record_started = asyncio.Event()
+        self.publish_finished = asyncio.Event()
         self.gone = asyncio.Event()  # disconnected, by us or by the server
         self._hook_events()
 
@@ -376,6 +379,7 @@ class Client:
             await asyncio.wait_for(source.wait_for_playout(), 2)
         finally:
             emit("publish_done", frames=frames, seconds=frames * FRAME / RATE)
+            self.publish_finished.set()
 
     async def subscribe_later(self) -> None:
         """After --subscribe-after s: subscribe to every remote audio track (set_subscribed),
@@ -431,6 +435,8 @@ class Client:
             emit("text_sent", topic=topic, chars=len(text))
 
     async def send_dtmf(self, digits: str) -> None:
+        if self.args.dtmf_after_publish:
+            await self.publish_finished.wait()
         await asyncio.sleep(self.args.dtmf_delay)
         for digit in digits:
             code = DTMF_CODES[digit.upper()]
@@ -472,6 +478,7 @@ class Client:
             sid=sid,
             identity=local.identity,
             participant_sid=local.sid,
+            sdk_version=rtc.__version__,
             participants=[self.participant(p) for p in self.room.remote_participants.values()],
         )
         # tracks already there when we joined are subscribed without a participant_connected
@@ -539,6 +546,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=5.0, help="time in the room (5)")
     p.add_argument("--dtmf", default="", help="DTMF digits to send (0-9*#A-D)")
     p.add_argument("--dtmf-delay", type=float, default=0.5, help="seconds before DTMF (0.5)")
+    p.add_argument(
+        "--dtmf-after-publish",
+        action="store_true",
+        help="count --dtmf-delay from the end of --publish",
+    )
     p.add_argument("--rpc-serve", metavar="METHOD", help='answer METHOD with "echo:"+payload')
     p.add_argument("--rpc-call", metavar="ID:METHOD:PAYLOAD", help="call a remote RPC method")
     p.add_argument("--text-topic", metavar="TOPIC", help="receive text streams on TOPIC")
