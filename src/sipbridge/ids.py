@@ -12,6 +12,7 @@ ROOM = "RM_"
 PARTICIPANT = "PA_"
 TRACK = "TR_"
 WEBHOOK_EVENT = "EV_"
+EGRESS = "EG_"
 
 # Base57 without look-alike characters, as LiveKit's guids use: readable and URL/SIP-token safe.
 _ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
