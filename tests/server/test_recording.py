@@ -1,0 +1,122 @@
+"""Recording files (`server/recording/writer.py`): a recorder in a room's mix writes what the room
+says, in every format, closes the file playable, and fails with the reason on a slow disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from sipbridge.media import codecs
+from sipbridge.media.room_audio import AudioLeg, RoomAudio
+from sipbridge.rooms.egress import FORMATS, MP4, OGG, FileFormat
+from sipbridge.server.recording.writer import FRAME, RATE, FileWriter, RecorderLeg
+from tests.audio import windows_heard
+
+
+class Clock:
+    def add(self, room: RoomAudio) -> None:
+        pass
+
+    def discard(self, room: RoomAudio) -> None:
+        pass
+
+
+class Talker(AudioLeg):
+    """A source playing `signal` (at 8 kHz) one 20 ms frame per pull."""
+
+    def __init__(self, signal: np.ndarray) -> None:
+        super().__init__(codecs.PCMU_SPEC)
+        self.sending = False
+        self.signal = signal
+        self.at = 0
+
+    def pull(self, now: float) -> np.ndarray | None:
+        frame = self.signal[self.at : self.at + 160]
+        self.at += 160
+        return frame if len(frame) == 160 else None
+
+
+def decode(path: Path) -> tuple[np.ndarray, int]:
+    with av.open(str(path)) as container:
+        stream = container.streams.audio[0]
+        pcm = np.concatenate([f.to_ndarray().reshape(-1) for f in container.decode(stream)])
+        return pcm.astype(np.float64) / (32768 if pcm.dtype == np.int16 else 1), stream.rate
+
+
+def signal_8k(seconds: float) -> np.ndarray:
+    rng = np.random.default_rng(7)
+    t = np.arange(int(8000 * seconds)) / 8000
+    tone = np.sin(2 * np.pi * (300 + 2000 * rng.random()) * t)
+    noise = np.convolve(rng.standard_normal(len(t)), np.ones(4) / 4, "same")
+    return ((0.3 * tone + 0.2 * noise) * 12000).astype(np.int16)
+
+
+@pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f.container)
+async def test_a_recorder_in_the_room_writes_what_the_room_says(
+    tmp_path: Path, fmt: FileFormat
+) -> None:
+    opened: list[bool] = []
+    path = tmp_path / "deep" / f"call{fmt.extension}"
+    writer = FileWriter(str(path), fmt, on_opened=lambda: opened.append(True))
+    room = RoomAudio("r", Clock())
+    signal = signal_8k(2.0)
+    talker = Talker(signal)
+    room.add(talker)
+    room.add(RecorderLeg(writer))
+    writer.start()
+    for tick in range(100 + 10):  # 2 s of signal, then silence
+        room.tick(tick * 0.02)
+    writer.finish()
+    result = await writer.done
+    assert opened == [True]
+    assert result.error == ""
+    assert result.samples == 110 * FRAME
+    assert result.size == path.stat().st_size > 1000
+    recorded, rate = decode(path)
+    assert rate == RATE
+    assert abs(len(recorded) / rate - 2.2) < 0.1  # encoder padding at most
+    assert windows_heard(signal / 32768, recorded, 8000, recorded_rate=rate) >= 0.9
+
+
+async def test_a_track_recorder_hears_its_track_only(tmp_path: Path) -> None:
+    path = tmp_path / "track.ogg"
+    writer = FileWriter(str(path), OGG, on_opened=lambda: None)
+    room = RoomAudio("r", Clock())
+    mine, other = Talker(signal_8k(1.0)), Talker(np.full(8000, 9000, np.int16))
+    room.add(mine)
+    room.add(other)
+    room.add(RecorderLeg(writer, hears=mine))
+    writer.start()
+    for tick in range(50):
+        room.tick(tick * 0.02)
+    writer.finish()
+    assert (await writer.done).error == ""
+    recorded, rate = decode(path)
+    assert windows_heard(mine.signal / 32768, recorded, 8000, recorded_rate=rate) >= 0.9
+
+
+async def test_a_slow_disk_fails_the_recording_with_the_reason_and_a_closed_file(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "slow.mp4"
+    writer = FileWriter(str(path), MP4, on_opened=lambda: None, max_queued_s=0.1)
+    for _ in range(50):  # the thread is not even started: nothing drains the queue
+        writer.push(None)
+    assert writer.closing
+    writer.start()
+    result = await writer.done
+    assert "too slow" in result.error
+    assert result.samples == 5 * FRAME  # what was queued before the overflow is in the file
+    assert decode(path)[0].size >= 5 * FRAME
+
+
+async def test_a_file_that_cannot_be_created_fails_the_recording(tmp_path: Path) -> None:
+    (tmp_path / "taken.ogg").write_bytes(b"")
+    writer = FileWriter(str(tmp_path / "taken.ogg"), OGG, on_opened=lambda: None)
+    writer.start()
+    result = await writer.done
+    assert "cannot create" in result.error
+    assert (tmp_path / "taken.ogg").read_bytes() == b""  # never overwritten
