@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from livekit.protocol import models
 from livekit.protocol.agent_dispatch import RoomAgentDispatch
+from livekit.protocol.room import RoomEgress
 
 from sipbridge import ids
 from sipbridge.errors import ApiError, invalid_argument, not_found
@@ -81,6 +82,7 @@ class Room:
     max_participants: int = 0
     metadata: str = ""
     agents: list[RoomAgentDispatch] = field(default_factory=list)
+    egress: RoomEgress | None = None  # recordings to start with the room (RoomConfiguration)
     participants: dict[str, Participant] = field(default_factory=dict)
     last_left_at: float | None = None
     closed: bool = False
@@ -180,6 +182,7 @@ class RoomRegistry:
         max_participants: int = 0,
         metadata: str = "",
         agents: Iterable[RoomAgentDispatch] = (),
+        egress: RoomEgress | None = None,
     ) -> tuple[Room, bool]:
         """The room called `name`, created if needed; the flag says whether it was created."""
         validate_room_name(name)
@@ -197,6 +200,7 @@ class RoomRegistry:
             max_participants=max_participants,
             metadata=metadata,
             agents=list(agents),
+            egress=egress,
         )
         self._rooms[name] = room
         self._watch(room)

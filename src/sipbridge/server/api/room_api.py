@@ -67,6 +67,7 @@ class RoomApi:
             max_participants=req.max_participants,
             metadata=req.metadata,
             agents=req.agents,
+            egress=req.egress if req.HasField("egress") else None,
         )
         self.runtime.commit()
         return room.to_proto()

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import aiohttp
 from google.protobuf import json_format
 from livekit.protocol import models
+from livekit.protocol.egress import EgressInfo
 from livekit.protocol.webhook import WebhookEvent
 
 from sipbridge import ids
@@ -97,6 +98,7 @@ class WebhookNotifier:
         room: models.Room | None = None,
         participant: models.ParticipantInfo | None = None,
         track: models.TrackInfo | None = None,
+        egress_info: EgressInfo | None = None,
     ) -> None:
         if not self.receivers:
             return
@@ -109,6 +111,8 @@ class WebhookNotifier:
             message.participant.CopyFrom(participant)
         if track is not None:
             message.track.CopyFrom(track)
+        if egress_info is not None:
+            message.egress_info.CopyFrom(egress_info)
         for receiver in self.receivers:
             if len(receiver.queue) >= QUEUE_LIMIT:
                 # Drop the oldest event not being sent right now (the head may be in flight).

@@ -338,6 +338,7 @@ class InboundCalls(CallRunner[InboundCallState]):
                     "departure_timeout": config.departure_timeout,
                     "max_participants": config.max_participants,
                     "agents": list(config.agents) if rule.HasField("room_config") else [],
+                    "egress": config.egress if config.HasField("egress") else None,
                 },
             )
         except ApiError as err:

@@ -1,0 +1,315 @@
+"""`livekit.Egress` on the Twirp API: audio recordings of a room's mix or one track, to files.
+
+LiveKit records through a separate Egress service (a headless Chrome and GStreamer); we record
+the audio we already have. An egress is a listener in the room's audio (`RecorderLeg`) that
+hears everyone (room composite, `audio_only`) or one track (track egress); its frames go to a
+`FileWriter` thread. Statuses as LiveKit reports them: STARTING when asked, ACTIVE once the file
+is open, ENDING on StopEgress or when the room ends (or the track goes), COMPLETE once the file
+is closed (FAILED with the reason when it could not be written), each with its webhook
+(`egress_started`, `egress_updated`, `egress_ended`). A room whose `RoomConfiguration.egress.room`
+asks for it (a dispatch rule's `room_config`, CreateRoom's `egress`) is recorded from its start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from livekit.protocol import egress as proto
+from livekit.protocol import models
+from livekit.protocol.room import RoomEgress
+
+from sipbridge import ids
+from sipbridge.errors import ApiError, not_found
+from sipbridge.media.players import FRAME_MS
+from sipbridge.rooms import events as ev
+from sipbridge.rooms.egress import (
+    ACTIVE_STATUSES,
+    RecordingPlan,
+    confine,
+    expand_filepath,
+    plan_room_composite,
+    plan_track,
+)
+from sipbridge.server.api.auth import Claims
+from sipbridge.server.api.twirp import TwirpServer, not_implemented_yet
+from sipbridge.server.api.webhooks import WebhookNotifier
+from sipbridge.server.media.service import MediaService
+from sipbridge.server.recording.writer import RATE, FileWriter, RecorderLeg, WriterResult
+from sipbridge.server.state.rooms_runtime import RoomsRuntime
+
+log = logging.getLogger(__name__)
+
+SERVICE = "livekit.Egress"
+Status = proto.EgressStatus
+FINISHED_KEPT = 1000  # ended egresses ListEgress still shows (the oldest are forgotten)
+SHUTDOWN_WAIT_S = 5.0
+
+
+def require_room_record(_: Any, claims: Claims) -> None:
+    """LiveKit authorises every Egress method with the `roomRecord` grant alone."""
+    if not claims.video_grant("roomRecord"):
+        raise ApiError("permission_denied", "requires the roomRecord grant")
+
+
+def _ns(seconds: float) -> int:
+    return int(seconds * 1e9)
+
+
+@dataclass(eq=False, kw_only=True)
+class Recording:
+    info: proto.EgressInfo
+    plan: RecordingPlan
+    path: str
+    writer: FileWriter
+    leg: RecorderLeg
+
+
+class EgressService:
+    def __init__(
+        self,
+        runtime: RoomsRuntime,
+        media: MediaService,
+        webhooks: WebhookNotifier,
+        recordings_dir: str,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.runtime = runtime
+        self.media = media
+        self.webhooks = webhooks
+        self.root = os.path.realpath(recordings_dir)
+        self.clock = clock
+        self.egresses: dict[str, Recording] = {}  # live ones and the last FINISHED_KEPT ended
+        self.finished: list[str] = []
+        self.stats: dict[str, int] = {}
+        runtime.listeners.append(self.on_room_event)
+
+    def register(self, twirp: TwirpServer) -> None:
+        auth = require_room_record
+        methods: list[tuple[str, type[Any], Any]] = [
+            ("StartRoomCompositeEgress", proto.RoomCompositeEgressRequest, self.start_room),
+            ("StartTrackEgress", proto.TrackEgressRequest, self.start_track),
+            ("ListEgress", proto.ListEgressRequest, self.list_egress),
+            ("StopEgress", proto.StopEgressRequest, self.stop_egress),
+            ("StartEgress", proto.StartEgressRequest, not_implemented_yet),
+            ("StartWebEgress", proto.WebEgressRequest, not_implemented_yet),
+            ("StartParticipantEgress", proto.ParticipantEgressRequest, not_implemented_yet),
+            ("StartTrackCompositeEgress", proto.TrackCompositeEgressRequest, not_implemented_yet),
+            ("UpdateLayout", proto.UpdateLayoutRequest, not_implemented_yet),
+            ("UpdateStream", proto.UpdateStreamRequest, not_implemented_yet),
+        ]
+        for name, request_type, handler in methods:
+            twirp.register(SERVICE, name, request_type, handler, auth)
+
+    # -- the API ----------------------------------------------------------------------------
+
+    async def start_room(
+        self, req: proto.RoomCompositeEgressRequest, _: Claims
+    ) -> proto.EgressInfo:
+        return self.start_room_composite(req)
+
+    def start_room_composite(self, req: proto.RoomCompositeEgressRequest) -> proto.EgressInfo:
+        plan = plan_room_composite(req)
+        info = proto.EgressInfo(source_type=proto.EgressSourceType.EGRESS_SOURCE_TYPE_WEB)
+        info.room_composite.CopyFrom(req)
+        return self._start(plan, info, {})
+
+    async def start_track(self, req: proto.TrackEgressRequest, _: Claims) -> proto.EgressInfo:
+        plan = plan_track(req)
+        room = self.runtime.registry.find(plan.room_name)
+        owners = (
+            [p for p in room.participants.values() if plan.track_id in p.tracks] if room else []
+        )
+        source = self.media.track_legs.get(plan.track_id)
+        if not owners or source is None:
+            raise not_found(f"track {plan.track_id!r} not found in room {plan.room_name!r}")
+        track = owners[0].tracks[plan.track_id]
+        info = proto.EgressInfo(source_type=proto.EgressSourceType.EGRESS_SOURCE_TYPE_SDK)
+        info.track.CopyFrom(req)
+        values = {
+            "track_id": plan.track_id,
+            "publisher_identity": owners[0].identity,
+            "track_type": "audio",
+            "track_source": models.TrackSource.Name(track.source).lower(),
+        }
+        return self._start(plan, info, values, hears=source)
+
+    async def list_egress(
+        self, req: proto.ListEgressRequest, _: Claims
+    ) -> proto.ListEgressResponse:
+        found = [
+            r.info
+            for r in self.egresses.values()
+            if (not req.room_name or r.info.room_name == req.room_name)
+            and (not req.egress_id or r.info.egress_id == req.egress_id)
+            and (not req.active or r.info.status in ACTIVE_STATUSES)
+        ]
+        return proto.ListEgressResponse(items=[self._snapshot(r) for r in found])
+
+    async def stop_egress(self, req: proto.StopEgressRequest, _: Claims) -> proto.EgressInfo:
+        recording = self.egresses.get(req.egress_id)
+        if recording is None:
+            raise not_found(f"egress {req.egress_id!r} not found")
+        if recording.info.status not in ACTIVE_STATUSES:
+            status = Status.Name(recording.info.status)
+            raise ApiError("failed_precondition", f"egress with status {status} cannot be stopped")
+        self._stop(recording)
+        return self._snapshot(recording.info)
+
+    # -- the recordings ---------------------------------------------------------------------
+
+    def _start(
+        self,
+        plan: RecordingPlan,
+        info: proto.EgressInfo,
+        values: dict[str, str],
+        hears: Any = None,
+    ) -> proto.EgressInfo:
+        room = self.runtime.registry.find(plan.room_name)
+        if room is None:
+            raise not_found(f"room {plan.room_name!r} not found")
+        now = self.clock()
+        filename = expand_filepath(
+            plan.filepath, {"room_name": room.name, "room_id": room.sid, **values}, plan.format, now
+        )
+        path = confine(self.root, filename)
+        # The directories on the way may be symlinks out of the recordings directory.
+        real = os.path.realpath(path)
+        if not real.startswith(self.root.rstrip("/") + "/"):
+            raise ApiError("invalid_argument", f"filepath {filename!r} leaves the recordings dir")
+        if os.path.lexists(real) or any(
+            r.path == real and r.info.status in ACTIVE_STATUSES for r in self.egresses.values()
+        ):
+            raise ApiError("already_exists", f"{filename!r} exists: recordings are not overwritten")
+        info.egress_id = ids.new_id(ids.EGRESS)
+        info.room_id, info.room_name = room.sid, room.name
+        info.status = Status.EGRESS_STARTING
+        info.updated_at = _ns(now)
+        result = info.file_results.add(filename=filename, location=real)
+        info.file.CopyFrom(result)  # the deprecated single result, for older clients
+        recording = Recording(info=info, plan=plan, path=real, writer=None, leg=None)  # type: ignore[arg-type]
+        writer = FileWriter(real, plan.format, on_opened=lambda: self._opened(recording))
+        recording.writer = writer
+        recording.leg = RecorderLeg(writer, hears=hears)
+        self.egresses[info.egress_id] = recording
+        self.media.attach(recording.leg, room.name)
+        writer.start()
+        writer.done.add_done_callback(lambda f: self._ended(recording, f.result()))
+        self._count("started")
+        self._notify("egress_started", recording)
+        return self._snapshot(info)
+
+    def _opened(self, recording: Recording) -> None:
+        info = recording.info
+        if info.status != Status.EGRESS_STARTING:
+            return
+        now = _ns(self.clock())
+        info.status = Status.EGRESS_ACTIVE
+        info.started_at = info.updated_at = now
+        info.file_results[0].started_at = now
+        info.file.started_at = now
+        self._notify("egress_updated", recording)
+
+    def _stop(self, recording: Recording) -> None:
+        info = recording.info
+        if info.status not in ACTIVE_STATUSES:
+            return
+        info.status = Status.EGRESS_ENDING
+        info.updated_at = _ns(self.clock())
+        self.media.detach(recording.leg)
+        recording.writer.finish()
+        self._notify("egress_updated", recording)
+
+    def _ended(self, recording: Recording, result: WriterResult) -> None:
+        info = recording.info
+        self.media.detach(recording.leg)  # the writer may have failed on its own
+        now = _ns(self.clock())
+        info.ended_at = info.updated_at = now
+        for file in (info.file_results[0], info.file):
+            file.ended_at = now
+            file.size = result.size
+            file.duration = result.samples * 1_000_000_000 // RATE
+        if result.error:
+            info.status = Status.EGRESS_FAILED
+            info.error = result.error
+            self._count("failed")
+        else:
+            info.status = Status.EGRESS_COMPLETE
+            self._count("complete")
+        self._notify("egress_ended", recording)
+        self.finished.append(info.egress_id)
+        while len(self.finished) > FINISHED_KEPT:
+            self.egresses.pop(self.finished.pop(0), None)
+
+    def _snapshot(self, info: proto.EgressInfo) -> proto.EgressInfo:
+        """A copy to send, with the length recorded so far while the file is being written."""
+        copy = proto.EgressInfo()
+        copy.CopyFrom(info)
+        recording = self.egresses.get(info.egress_id)
+        if recording is not None and info.status in (*ACTIVE_STATUSES, Status.EGRESS_ENDING):
+            duration = recording.writer.frames * FRAME_MS * 1_000_000
+            copy.file_results[0].duration = copy.file.duration = duration
+        return copy
+
+    def _notify(self, event: str, recording: Recording) -> None:
+        self.webhooks.notify(event, egress_info=self._snapshot(recording.info))
+
+    def _count(self, name: str) -> None:
+        self.stats[name] = self.stats.get(name, 0) + 1
+
+    # -- rooms ------------------------------------------------------------------------------
+
+    def on_room_event(self, event: ev.RoomEvent) -> None:
+        match event:
+            case ev.RoomStarted(room=room):
+                live = self.runtime.registry.find(room.name)
+                wanted: RoomEgress | None = live.egress if live is not None else None
+                if wanted is not None and wanted.HasField("room"):
+                    self._auto_record(room.name, wanted)
+            case ev.RoomFinished(room=room):
+                for recording in self._live(lambda r: r.info.room_name == room.name):
+                    self._stop(recording)
+            case ev.TrackUnpublished(room=room, track=track):
+                for recording in self._live(
+                    lambda r: r.info.room_name == room.name and r.plan.track_id == track.sid
+                ):
+                    self._stop(recording)
+            case ev.ParticipantLeft(room=room, participant=participant):
+                sids = {t.sid for t in participant.tracks}
+                for recording in self._live(
+                    lambda r: r.info.room_name == room.name and r.plan.track_id in sids
+                ):
+                    self._stop(recording)
+            case _:
+                pass
+
+    def _auto_record(self, room_name: str, wanted: RoomEgress) -> None:
+        req = proto.RoomCompositeEgressRequest()
+        req.CopyFrom(wanted.room)
+        req.room_name = room_name
+        try:
+            info = self.start_room_composite(req)
+        except ApiError as err:
+            self._count("auto_refused")
+            log.warning("room %s: its auto recording was refused: %s", room_name, err.message)
+            return
+        log.info("room %s: recording %s to %s", room_name, info.egress_id, info.file.location)
+
+    def _live(self, wanted: Callable[[Recording], bool]) -> list[Recording]:
+        return [r for r in self.egresses.values() if r.info.status in ACTIVE_STATUSES and wanted(r)]
+
+    async def close(self) -> None:
+        """Stop every recording and wait (bounded) until each file is closed and playable."""
+        for recording in self._live(lambda _: True):
+            self._stop(recording)
+        writing = [r.writer.done for r in self.egresses.values() if not r.writer.done.done()]
+        if writing:
+            _, pending = await asyncio.wait(writing, timeout=SHUTDOWN_WAIT_S)
+            if pending:
+                log.error("%d recordings were still being written at shutdown", len(pending))
