@@ -141,6 +141,12 @@ def _serve_parser(sub: Any) -> None:
         help="trace the RTP headers of these trunks' calls in their SIP traces ('all': every "
         "call); `sipbridge call rtp ID` does it for one live call",
     )
+    p.add_argument(
+        "--recordings-dir",
+        metavar="DIR",
+        help="where recordings (the Egress API) are written; no filepath may leave it "
+        "(./recordings)",
+    )
     p.add_argument("--config", metavar="FILE", help="YAML file with the same settings")
 
 
@@ -675,6 +681,7 @@ def _serve(args: argparse.Namespace) -> int:
             sip_message_timeout=args.sip_message_timeout,
             http_idle_timeout=args.http_idle_timeout,
             trace_rtp=args.trace_rtp,
+            recordings_dir=args.recordings_dir,
             config_file=args.config,
         )
     except ConfigError as exc:

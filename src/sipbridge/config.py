@@ -65,6 +65,7 @@ class Settings:
     sip_message_timeout: int = 10  # seconds a SIP message begun on TCP/TLS has to complete
     http_idle_timeout: int = 15  # seconds an HTTP connection may idle or take over its headers
     trace_rtp: tuple[str, ...] = ()  # trunk ids whose calls' RTP headers are traced ("all")
+    recordings_dir: str = "./recordings"  # where Egress writes files; no filepath leaves it
 
     @property
     def media_address(self) -> str:
@@ -203,6 +204,7 @@ def _from_yaml(path: str) -> dict[str, Any]:
         "sip_message_timeout",
         "http_idle_timeout",
         "trace_rtp",
+        "recordings_dir",
     }
     unknown = set(doc) - known
     if unknown:
@@ -261,6 +263,7 @@ def build_settings(
     sip_message_timeout: int | None = None,
     http_idle_timeout: int | None = None,
     trace_rtp: list[str] | None = None,
+    recordings_dir: str | None = None,
     config_file: str | None = None,
     environ: Mapping[str, str] = os.environ,
 ) -> Settings:
@@ -404,6 +407,10 @@ def build_settings(
     raw_trace = trace_rtp if trace_rtp else doc.get("trace_rtp", [])
     trunks = raw_trace if isinstance(raw_trace, list) else [raw_trace]
     s = replace(s, trace_rtp=tuple(str(t).strip() for t in trunks if str(t).strip()))
+    recordings = recordings_dir or doc.get("recordings_dir") or s.recordings_dir
+    if not isinstance(recordings, str):
+        raise ConfigError("recordings_dir: expected a directory path")
+    s = replace(s, recordings_dir=recordings)
     raw_allow = allow_from if allow_from else doc.get("allow_from", [])
     items = raw_allow if isinstance(raw_allow, list) else [raw_allow]
     s = replace(s, allow_from=tuple(parse_network(str(item), "allow_from") for item in items))

@@ -35,6 +35,7 @@ from sipbridge.server.calls.runner import CallServices
 from sipbridge.server.calls.transfers import Transfers
 from sipbridge.server.media.leg_driver import CallMedia
 from sipbridge.server.media.service import MediaService
+from sipbridge.server.recording.service import EgressService
 from sipbridge.server.rtc.aiortc_patches import (
     bind_ice_ports,
     deliver_audio_promptly,
@@ -94,6 +95,10 @@ class Server:
         self.signal = SignalServer(self.rooms, dict(settings.keys), media=self.media)
         self.agents = AgentService(self.rooms, dict(settings.keys), public_url="")
         self.agents.register(self.twirp)
+        self.egress = EgressService(
+            self.rooms, self.media, self.webhooks, settings.recordings_dir, clock=clock
+        )
+        self.egress.register(self.twirp)
         calls = CallServices(
             config=self.sip_config,
             rooms=self.rooms,
@@ -368,6 +373,7 @@ class Server:
         if self.inbound.shutdown() + self.outbound.shutdown() + self.registrations.close():
             await asyncio.sleep(0.2)  # let the BYEs and 503s leave before the sockets close
         await self.sip.close()
+        await self.egress.close()  # every recording's file closed, playable
         self.media.close()
         await self.signal.close_all()
         await self.agents.close()
