@@ -193,10 +193,10 @@ class EgressService:
         info.updated_at = _ns(now)
         result = info.file_results.add(filename=filename, location=real)
         info.file.CopyFrom(result)  # the deprecated single result, for older clients
-        recording = Recording(info=info, plan=plan, path=real, writer=None, leg=None)  # type: ignore[arg-type]
-        writer = FileWriter(real, plan.format, on_opened=lambda: self._opened(recording))
-        recording.writer = writer
-        recording.leg = RecorderLeg(writer, hears=hears)
+        egress_id = info.egress_id
+        writer = FileWriter(real, plan.format, on_opened=lambda: self._opened(egress_id))
+        leg = RecorderLeg(writer, hears=hears)
+        recording = Recording(info=info, plan=plan, path=real, writer=writer, leg=leg)
         self.egresses[info.egress_id] = recording
         self.media.attach(recording.leg, room.name)
         writer.start()
@@ -205,10 +205,11 @@ class EgressService:
         self._notify("egress_started", recording)
         return self._snapshot(info)
 
-    def _opened(self, recording: Recording) -> None:
-        info = recording.info
-        if info.status != Status.EGRESS_STARTING:
+    def _opened(self, egress_id: str) -> None:
+        recording = self.egresses.get(egress_id)
+        if recording is None or recording.info.status != Status.EGRESS_STARTING:
             return
+        info = recording.info
         now = _ns(self.clock())
         info.status = Status.EGRESS_ACTIVE
         info.started_at = info.updated_at = now
