@@ -73,6 +73,8 @@ def target(server: ServerProcess, user: str) -> str:
 async def direct_rule(
     lk: api.LiveKitAPI, room_name: str, config: room.RoomConfiguration | None = None
 ) -> None:
+    """Every call to `room_name`, with the rule's `room_config` (what `harness.direct_rule` does
+    not take: the auto-recording test needs it)."""
     info = sip.SIPDispatchRuleInfo(
         rule=sip.SIPDispatchRule(
             dispatch_rule_direct=sip.SIPDispatchRuleDirect(room_name=room_name)
