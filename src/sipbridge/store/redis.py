@@ -32,6 +32,7 @@ from redis.exceptions import RedisError
 
 from sipbridge.store import redis_calls
 from sipbridge.store.base import CACHED_KINDS, Record, StoreUnavailable, check_kind
+from sipbridge.store.call_query import CallQuery
 from sipbridge.store.redis_calls import FIELDS, FILTERS, Cursor, call_fields, matches
 
 log = logging.getLogger(__name__)
@@ -192,11 +193,18 @@ class RedisStore:
         return out
 
     async def call_page(
-        self, *, limit: int = 100, page_token: str = "", **filters: str
+        self,
+        *,
+        limit: int = 100,
+        page_token: str = "",
+        since_ms: int = 0,
+        until_ms: int = 0,
+        **filters: str,
     ) -> tuple[list[bytes], str]:
         """Calls newest first, at most `limit`, after `page_token` (from the previous page),
-        that match every filter given (`room`, `trunk`, `status`, `number`: caller or called);
-        and the token of the next page ("" at the end).
+        created in [`since_ms`, `until_ms`) when given, that match every filter given (`room`,
+        `trunk`, `status`, `number`: caller or called); and the token of the next page ("" at
+        the end). The same page as `SQLiteStore.call_page` (`store/call_query.py`).
 
         Walks the smallest index among the filters (or `calls`), checking the other filters on
         each record; a page that has scanned `SCAN_MAX` calls without filling ends there, with
@@ -204,6 +212,9 @@ class RedisStore:
         unknown = set(filters) - set(FILTERS)
         if unknown:
             raise ValueError(f"unknown call filter(s): {', '.join(sorted(unknown))}")
+        CallQuery(
+            limit=limit, page_token=page_token, since_ms=since_ms, until_ms=until_ms, **filters
+        ).check()
         wanted = {name: value for name, value in filters.items() if value}
         redis = self._redis()
         key = f"{self.prefix}calls"
@@ -217,6 +228,9 @@ class RedisStore:
         cursor = Cursor.parse(page_token) if page_token else None
         # From the cursor's score down (ties with it are skipped by id below), by offset.
         top: str | int = cursor.score if cursor else "+inf"
+        if until_ms and (cursor is None or cursor.score >= until_ms):
+            top = until_ms - 1  # scores are whole ms: before `until_ms`
+        bottom: str | int = since_ms or "-inf"
         found: list[bytes] = []
         position = cursor  # the last call looked at
         offset = 0
@@ -224,7 +238,7 @@ class RedisStore:
             batch = cast(
                 list[tuple[bytes, float]],
                 await redis.zrevrangebyscore(
-                    key, top, "-inf", start=offset, num=PAGE_CHUNK, withscores=True
+                    key, top, bottom, start=offset, num=PAGE_CHUNK, withscores=True
                 ),
             )
             offset += len(batch)
@@ -248,6 +262,26 @@ class RedisStore:
                 return found, ""  # the end of the log
         # Looked at SCAN_MAX calls without filling the page: what was found, and where to go on.
         return found, position.token() if position is not None else ""
+
+    async def prune_calls(self, before_ms: int) -> int:
+        """Remove the calls created before `before_ms` (the retention, `--call-log-days`),
+        `PAGE_CHUNK` per round trip, each by the script that unindexes it; how many went."""
+        redis = self._redis()
+        removed = 0
+        while True:
+            ids = cast(
+                list[bytes],
+                await redis.zrangebyscore(
+                    f"{self.prefix}calls", "-inf", f"({before_ms}", start=0, num=PAGE_CHUNK
+                ),
+            )
+            if not ids:
+                return removed
+            async with redis.pipeline(transaction=False) as pipe:
+                for call_id in ids:
+                    await self._delete_call(args=[self.prefix, call_id.decode()], client=pipe)
+                results = await pipe.execute()
+            removed += sum(1 for r in results if r)
 
     async def follow(self, on_change: OnChange, on_resync: OnResync) -> None:
         """Subscribe to `changes`, then `await on_resync()` (a full reload); return once that

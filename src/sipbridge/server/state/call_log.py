@@ -2,6 +2,10 @@
 
 Writes for one call are queued and applied in order in the background, so a call's progress
 never waits on the disk and the last state written is the last state reached.
+
+Nothing here holds the log in memory: a page (`page`) is read from the store's indexes
+(`SQLiteStore.call_page`, `RedisStore.call_page`), and calls older than the retention
+(`--call-log-days`) are removed by a background task, in chunks, off the event loop.
 """
 
 from __future__ import annotations
@@ -10,23 +14,55 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from typing import Protocol, runtime_checkable
 
 from google.protobuf.message import Message
 from livekit.protocol import sip as proto
 
 from sipbridge.store import Record, RecordStore
+from sipbridge.store.call_query import CallQuery
 
 log = logging.getLogger(__name__)
 
 KIND = "call"
 TRANSFER_KIND = "transfer"
 MAX_PENDING = 10_000
+DEFAULT_RETENTION_DAYS = 30
+PRUNE_EVERY_S = 3600.0  # retention is in days: an hour late is nothing
+
+
+@runtime_checkable
+class CallPages(Protocol):
+    """A store that pages and prunes the call log itself (both of ours)."""
+
+    async def call_page(
+        self,
+        *,
+        limit: int = 100,
+        page_token: str = "",
+        since_ms: int = 0,
+        until_ms: int = 0,
+        **filters: str,
+    ) -> tuple[list[bytes], str]: ...
+
+    async def prune_calls(self, before_ms: int) -> int: ...
 
 
 class CallLog:
-    def __init__(self, store: RecordStore, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        store: RecordStore,
+        clock: Callable[[], float],
+        *,
+        retention_days: int = DEFAULT_RETENTION_DAYS,
+        prune_every: float = PRUNE_EVERY_S,
+    ) -> None:
         self.store = store
         self.clock = clock
+        self.retention_days = retention_days  # 0: keep every call
+        self.prune_every = prune_every
+        self.pruned = 0  # calls removed by the retention so far
+        self._pruner: asyncio.Task[None] | None = None
         self._queue: asyncio.Queue[proto.SIPCallInfo | None] = asyncio.Queue(MAX_PENDING)
         self._task: asyncio.Task[None] | None = None
         self.dropped = 0
@@ -37,8 +73,42 @@ class CallLog:
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="call log")
+        if self.retention_days > 0 and isinstance(self.store, CallPages):
+            self._pruner = asyncio.create_task(self._prune_forever(), name="call log retention")
+
+    async def _prune_forever(self) -> None:
+        """Remove the calls older than the retention now, then every `prune_every` seconds."""
+        while True:
+            await self.prune()
+            await asyncio.sleep(self.prune_every)
+
+    async def prune(self) -> int:
+        """Remove the calls created more than `retention_days` ago; how many went."""
+        if self.retention_days <= 0 or not isinstance(self.store, CallPages):
+            return 0
+        before_ms = int((self.clock() - self.retention_days * 86400) * 1000)
+        try:
+            removed = await self.store.prune_calls(before_ms)
+        except Exception:
+            log.exception(
+                "call log retention: removing calls older than %d days failed", self.retention_days
+            )
+            return 0
+        if removed:
+            self.pruned += removed
+            log.info(
+                "call log retention: removed %d calls older than %d days",
+                removed,
+                self.retention_days,
+            )
+        return removed
 
     async def stop(self) -> None:
+        if self._pruner is not None:
+            self._pruner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pruner
+            self._pruner = None
         if self._transfer_writes:
             await asyncio.wait(self._transfer_writes, timeout=10)
         if self._task is None:
@@ -100,8 +170,29 @@ class CallLog:
             except Exception:
                 log.exception("call log write of transfer %s failed", record.id)
 
-    async def list(self) -> list[proto.SIPCallInfo]:
-        return [proto.SIPCallInfo.FromString(r.data) for r in await self.store.load(KIND)]
+    async def page(self, query: CallQuery) -> tuple[list[proto.SIPCallInfo], str]:
+        """One page of the log (`store/call_query.py`) and the next page's token ("" at the
+        end). ValueError when the query is wrong (`CallQuery.check`)."""
+        datas, token = await self.page_bytes(query)
+        return [proto.SIPCallInfo.FromString(data) for data in datas], token
+
+    async def page_bytes(self, query: CallQuery) -> tuple[list[bytes], str]:
+        """`page` as each call's serialised `SIPCallInfo`, as stored."""
+        query.check()
+        if not isinstance(self.store, CallPages):
+            raise TypeError(f"{type(self.store).__name__} cannot page the call log")
+        return await self.store.call_page(
+            limit=query.limit,
+            page_token=query.page_token,
+            since_ms=query.since_ms,
+            until_ms=query.until_ms,
+            **query.filters(),
+        )
+
+    async def list(self, limit: int = 100) -> list[proto.SIPCallInfo]:
+        """The newest `limit` calls (a page; the log is never read whole)."""
+        calls, _ = await self.page(CallQuery(limit=limit))
+        return calls
 
     def now_ns(self) -> int:
         return int(self.clock() * 1e9)
