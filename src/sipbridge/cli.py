@@ -66,6 +66,18 @@ def _serve_parser(sub: Any) -> None:
         metavar="N",
         help="calls the log keeps in Redis; the oldest beyond are removed (1000000)",
     )
+    p.add_argument(
+        "--call-log-days",
+        type=int,
+        metavar="DAYS",
+        help="calls older than this are removed from the call log, hourly (30; 0: kept)",
+    )
+    p.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        help="text (default) or json: one object per line, with call_id, room and "
+        "participant on every line about a call, and a call_end line per call",
+    )
     p.add_argument("--keys", metavar="KEY:SECRET", action="append", help="API key (repeatable)")
     p.add_argument("--webhook", metavar="URL", action="append", help="webhook URL (repeatable)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
@@ -231,7 +243,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--redis-prefix", default="sipbridge:", help="start of every Redis key (sipbridge:)"
     )
-    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--limit", type=int, default=100, help="calls to list (100; at most 1000000)")
+    p.add_argument(
+        "--since", default="", help="only calls created since: 15m, 2h, 7d, an ISO 8601 time"
+    )
+    p.add_argument("--until", default="", help="only calls created before (as --since)")
+    p.add_argument("--page-token", default="", help="go on after a previous list (its token)")
     p.add_argument("--room", default="", help="only the calls of this room")
     p.add_argument("--trunk", default="", help="only the calls through this trunk id")
     p.add_argument("--status", default="", help="only calls in this state (active, ...)")
@@ -436,51 +453,86 @@ TABLE_COLUMNS = {
 }
 
 
+CLI_MAX_CALLS = 1_000_000  # `call list --limit`: read a page (1000) at a time up to this
+
+
 async def _load_calls(
-    location: str, redis_prefix: str, limit: int, filters: dict[str, str]
-) -> tuple[list[bytes], list[bytes]]:
-    """The newest `limit` call records that pass `filters`, and the transfer records. Redis
-    pages and filters the log itself; a SQLite file is read whole and filtered here."""
-    from sipbridge.server.state.call_log import KIND, TRANSFER_KIND  # noqa: PLC0415
-    from sipbridge.store import store_at  # noqa: PLC0415
-    from sipbridge.store.redis import RedisStore  # noqa: PLC0415
-    from sipbridge.store.redis_calls import call_fields, matches  # noqa: PLC0415
+    location: str, redis_prefix: str, limit: int, query: Any
+) -> tuple[list[bytes], list[bytes], str]:
+    """The newest `limit` call records that pass the query (`store/call_query.py`), their
+    transfer records, and the token of the page after them. Both stores page and filter the
+    log themselves, a page of at most 1000 at a time: the log is never read whole."""
+    from dataclasses import replace  # noqa: PLC0415
+
+    from sipbridge.server.state.call_log import TRANSFER_KIND  # noqa: PLC0415
+    from sipbridge.store import SQLiteStore, store_at  # noqa: PLC0415
+    from sipbridge.store.call_query import MAX_LIMIT  # noqa: PLC0415
 
     store = store_at(location, redis_prefix=redis_prefix)
     await store.open()
     try:
-        transfers = [r.data for r in await store.load(TRANSFER_KIND)]
-        if isinstance(store, RedisStore):
-            calls, _ = await store.call_page(limit=limit, **filters)
-            return calls, transfers
-        wanted = {name: value for name, value in filters.items() if value}
-        indexed = [(call_fields(r.data), r.data) for r in await store.load(KIND)]
-        indexed.sort(key=lambda item: item[0].score, reverse=True)
-        calls = [
-            data
-            for fields, data in indexed
-            if matches(
-                dict(zip(("room", "trunk", "status", "from", "to"), fields.values(), strict=True)),
-                wanted,
+        calls: list[bytes] = []
+        token = query.page_token
+        while len(calls) < limit:
+            page = replace(query, limit=min(MAX_LIMIT, limit - len(calls)), page_token=token)
+            datas, token = await store.call_page(  # type: ignore[attr-defined]
+                limit=page.limit,
+                page_token=page.page_token,
+                since_ms=page.since_ms,
+                until_ms=page.until_ms,
+                **page.filters(),
             )
-        ]
-        return calls[:limit], transfers
+            calls += datas
+            if not token:
+                break
+        if isinstance(store, SQLiteStore):
+            ids = [sip_call_id(data) for data in calls]
+            transfers = await store.transfers_of(ids)
+        else:
+            transfers = [r.data for r in await store.load(TRANSFER_KIND)]
+        return calls, transfers, token
     finally:
         await store.close()
 
 
+def sip_call_id(data: bytes) -> str:
+    from livekit.protocol import sip  # noqa: PLC0415
+
+    return str(sip.SIPCallInfo.FromString(data).call_id)
+
+
 def list_calls(a: argparse.Namespace) -> list[dict[str, Any]]:
-    """The call log straight from the store (it is written by `serve`), newest first."""
+    """The call log straight from the store (it is written by `serve`), newest first: a page,
+    filtered by the store's indexes; the next page's token goes to stderr."""
     import datetime  # noqa: PLC0415
+    import time  # noqa: PLC0415
     from pathlib import Path  # noqa: PLC0415
 
     from livekit.protocol import sip  # noqa: PLC0415
 
+    from sipbridge.store.call_query import CallQuery, parse_time  # noqa: PLC0415
+
+    if not 1 <= a.limit <= CLI_MAX_CALLS:
+        raise ValueError(f"--limit {a.limit}: expected 1 to {CLI_MAX_CALLS}")
+    now = time.time()
+    query = CallQuery(
+        page_token=a.page_token,
+        room=a.room,
+        trunk=a.trunk,
+        status=a.status.lower(),
+        number=a.number,
+        since_ms=parse_time(a.since, now, "--since"),
+        until_ms=parse_time(a.until, now, "--until"),
+    )
+    query.check()
     if not a.redis and not Path(a.db).is_file():
         raise FileNotFoundError(f"no database at {a.db}")
     location = a.redis or f"sqlite:{a.db}"
-    filters = {"room": a.room, "trunk": a.trunk, "status": a.status, "number": a.number}
-    records, transfer_records = asyncio.run(_load_calls(location, a.redis_prefix, a.limit, filters))
+    records, transfer_records, token = asyncio.run(
+        _load_calls(location, a.redis_prefix, a.limit, query)
+    )
+    if token and not a.json:
+        print(f"(more: --page-token {token})", file=sys.stderr)
     transfers: dict[str, list[dict[str, Any]]] = {}
     for data in transfer_records:
         transfer = sip.SIPTransferInfo.FromString(data)
@@ -666,6 +718,8 @@ def _serve(args: argparse.Namespace) -> int:
             redis=args.redis,
             redis_prefix=args.redis_prefix,
             call_log_max=args.call_log_max,
+            call_log_days=args.call_log_days,
+            log_format=args.log_format,
             keys=args.keys,
             webhooks=args.webhook,
             log_level=args.log_level,

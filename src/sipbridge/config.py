@@ -15,6 +15,7 @@ import yaml
 DEV_KEY = "devkey"
 DEV_SECRET = "secret"
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
 
 
 class ConfigError(ValueError):
@@ -48,6 +49,8 @@ class Settings:
     redis: str = ""  # redis://HOST:PORT/DB: records shared by several nodes, instead of `db`
     redis_prefix: str = "sipbridge:"  # every Redis key starts with it (clusters sharing one)
     call_log_max: int = 1_000_000  # calls kept in Redis; the oldest beyond are trimmed
+    call_log_days: int = 30  # calls older than this are removed from the log (0: kept)
+    log_format: str = "text"  # or "json": one object per line, with the call's ids
     keys: Mapping[str, str] = field(default_factory=dict)
     webhooks: tuple[str, ...] = ()
     log_level: str = "info"
@@ -188,6 +191,8 @@ def _from_yaml(path: str) -> dict[str, Any]:
         "redis",
         "redis_prefix",
         "call_log_max",
+        "call_log_days",
+        "log_format",
         "keys",
         "webhook",
         "webhooks",
@@ -248,6 +253,8 @@ def build_settings(
     redis: str | None = None,
     redis_prefix: str | None = None,
     call_log_max: int | None = None,
+    call_log_days: int | None = None,
+    log_format: str | None = None,
     keys: list[str] | None = None,
     webhooks: list[str] | None = None,
     log_level: str | None = None,
@@ -365,6 +372,13 @@ def build_settings(
         s = replace(s, call_log_max=_whole(doc, "call_log_max", call_log_max, 1, 1_000_000_000))
     if log_level:
         s = replace(s, log_level=log_level.lower())
+    if call_log_days is not None or "call_log_days" in doc:
+        s = replace(s, call_log_days=_whole(doc, "call_log_days", call_log_days, 0, 100_000))
+    raw_format = log_format or doc.get("log_format")
+    if raw_format is not None:
+        if str(raw_format).lower() not in LOG_FORMATS:
+            raise ConfigError(f"log_format: expected one of {', '.join(LOG_FORMATS)}")
+        s = replace(s, log_format=str(raw_format).lower())
     if "max_calls" in doc and max_calls is None:
         max_calls = doc["max_calls"]
     if max_calls is not None:

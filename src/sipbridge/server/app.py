@@ -22,6 +22,7 @@ from sipbridge.config import Settings
 from sipbridge.rooms import RoomRegistry
 from sipbridge.server.agents import AgentService
 from sipbridge.server.api import metrics
+from sipbridge.server.api.call_log_api import CallLogApi
 from sipbridge.server.api.room_api import RoomApi
 from sipbridge.server.api.sip_api import SipApi
 from sipbridge.server.api.trace_api import TraceApi
@@ -84,7 +85,8 @@ class Server:
         self.rooms = RoomsRuntime(RoomRegistry(), self.webhooks, clock)
         self.twirp = TwirpServer(dict(settings.keys))
         RoomApi(self.rooms).register(self.twirp)
-        self.call_log = CallLog(self.store, clock)
+        self.call_log = CallLog(self.store, clock, retention_days=settings.call_log_days)
+        CallLogApi(self.call_log, clock).register(self.twirp)
         self.media = MediaService(
             settings.media_address, settings.rtp_ports, bind=settings.sip.host
         )

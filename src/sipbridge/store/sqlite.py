@@ -229,11 +229,15 @@ class SQLiteStore:
             args.append(query.until_ms)
         if query.page_token:
             cursor = Cursor.parse(query.page_token)
-            where.append("(created_ms < ? OR (created_ms = ? AND id < ?))")
-            args += [cursor.score, cursor.score, cursor.call_id]
+            where.append("(created_ms, id) < (?, ?)")  # a row value: one index range
+            args += [cursor.score, cursor.call_id]
         # A number is the caller's or the called user's: one ordered range on each index,
         # merged (an OR over two columns would make SQLite sort every match first).
         number_columns = ("from_user", "to_user") if query.number else ("",)
+        # The limit is written into the SQL, not bound: with `LIMIT ?` in a subquery SQLite
+        # plans for no limit and reads the whole range (measured: 9 ms instead of 0.2 ms for
+        # the newest page of 50,000 calls). It is a checked int (`CallQuery.check`).
+        limit = int(query.limit)
         branches: list[str] = []
         branch_args: list[object] = []
         for column in number_columns:
@@ -241,18 +245,16 @@ class SQLiteStore:
             condition = " AND ".join(conditions) or "1"
             branches.append(
                 f"SELECT * FROM (SELECT id, created_ms FROM calls WHERE {condition} "
-                "ORDER BY created_ms DESC, id DESC LIMIT ?)"
+                f"ORDER BY created_ms DESC, id DESC LIMIT {limit})"
             )
-            branch_args += [*args, *([query.number] if column else []), query.limit]
+            branch_args += [*args, *([query.number] if column else [])]
         sql = (
             "SELECT r.data, page.created_ms, page.id FROM ("
             + " UNION ".join(branches)
             + ") AS page JOIN records AS r ON r.kind = 'call' AND r.id = page.id "
-            "ORDER BY page.created_ms DESC, page.id DESC LIMIT ?"
+            f"ORDER BY page.created_ms DESC, page.id DESC LIMIT {limit}"
         )
-        rows: list[tuple[bytes, int, str]] = (
-            self._conn().execute(sql, [*branch_args, query.limit]).fetchall()
-        )
+        rows: list[tuple[bytes, int, str]] = self._conn().execute(sql, branch_args).fetchall()
         return rows
 
     async def transfers_of(self, call_ids: list[str]) -> list[bytes]:

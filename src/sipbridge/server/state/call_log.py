@@ -94,6 +94,10 @@ class CallLog:
                 "call log retention: removing calls older than %d days failed", self.retention_days
             )
             return 0
+        optimize = getattr(self.store, "optimize", None)
+        if optimize is not None:  # SQLite: fresh statistics for picking indexes
+            with contextlib.suppress(Exception):
+                await optimize()
         if removed:
             self.pruned += removed
             log.info(
