@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -741,10 +740,9 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"sipbridge serve: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from sipbridge.server import call_logging  # noqa: PLC0415
+
+    call_logging.configure(settings.log_level, settings.log_format)
     import sqlite3  # noqa: PLC0415
 
     from sipbridge.server.app import run  # noqa: PLC0415 - keep client commands light

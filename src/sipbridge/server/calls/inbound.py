@@ -28,6 +28,7 @@ from livekit.protocol import sip as proto
 from sipbridge import ids, sdp
 from sipbridge.errors import ApiError
 from sipbridge.rooms import events as ev
+from sipbridge.server.call_logging import bind_call, call_step
 from sipbridge.server.calls.inbound_auth import TrunkAuth
 from sipbridge.server.calls.pin_entry import PinEntry
 from sipbridge.server.calls.runner import CallRunner, CallServices, LiveCall
@@ -146,6 +147,7 @@ class InboundCalls(CallRunner[InboundCallState]):
         except SipProtocolError as err:
             self._reject(call, err.status, err.reason, cache=err.status != 407)
 
+    @call_step
     def _start(self, call: IncomingCall) -> None:
         request = call.request
         from_, to = request.from_, request.to
@@ -164,6 +166,7 @@ class InboundCalls(CallRunner[InboundCallState]):
             headers=tuple(request.headers.items),
         )
         state = InboundCallState(call=call, inbound=inbound, info=proto.SIPCallInfo())
+        bind_call(state.info)
         if not self._session_timer(state):
             return
         trunks = list(self.config.inbound.values())

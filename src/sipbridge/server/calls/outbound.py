@@ -28,6 +28,7 @@ from sipbridge.media.dtmf import DIGITS
 from sipbridge.media.tones import RINGBACK_ETSI
 from sipbridge.rooms import Participant
 from sipbridge.server.api.auth import Claims
+from sipbridge.server.call_logging import bind_call, call_step
 from sipbridge.server.calls.runner import CallRunner, CallServices, LiveCall
 from sipbridge.server.media.leg_driver import CallMedia
 from sipbridge.server.sip.session_timers import SessionTimerDriver
@@ -145,6 +146,7 @@ class OutboundCalls(CallRunner[OutboundCallState]):
 
     # -- dialling --------------------------------------------------------------------------
 
+    @call_step
     def _dial(
         self, req: proto.CreateSIPParticipantRequest, plan: DialPlan, host: str
     ) -> OutboundCallState:
@@ -164,6 +166,7 @@ class OutboundCalls(CallRunner[OutboundCallState]):
             created_at=int(now),
             created_at_ns=int(now * 1e9),
         )
+        bind_call(info)
         holder: dict[str, OutboundCallState] = {}
 
         def on_dtmf(digit: str) -> None:

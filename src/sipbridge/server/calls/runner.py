@@ -26,6 +26,7 @@ from sipbridge.errors import ApiError
 from sipbridge.media.dtmf import digit_code
 from sipbridge.rooms import Participant, Room
 from sipbridge.rooms import events as ev
+from sipbridge.server.call_logging import about_call, call_end_fields
 from sipbridge.server.calls.room_limits import RoomLimits
 from sipbridge.server.media.leg_driver import CallMedia
 from sipbridge.server.media.service import MediaService
@@ -244,9 +245,10 @@ class CallRunner(Generic[C]):
 
     def _on_timer(self, state: C) -> None:
         state.timer = None
-        for reached in state.machine.handle_timer(self.now()):
-            self.guarded(state, partial(self.deadline_reached, state, reached))
-        self.arm(state)
+        with about_call(state.info):
+            for reached in state.machine.handle_timer(self.now()):
+                self.guarded(state, partial(self.deadline_reached, state, reached))
+            self.arm(state)
 
     def deadline_reached(self, state: C, reached: DeadlineReached) -> None:
         """A deadline passed. The machine has already moved to ENDING when it ends the call;
@@ -273,18 +275,19 @@ class CallRunner(Generic[C]):
 
     def guarded(self, state: C, step: Callable[[], None]) -> None:
         """Run a step of a call; if it fails, the call ends (final response or BYE) rather than
-        staying here with nothing left to end it (a zombie)."""
-        try:
-            step()
-        except Exception:
-            log.exception("call %s: failed, ending it", state.info.call_id)
-            self._count("internal_error")
-            state.info.error = state.info.error or "internal error"
+        staying here with nothing left to end it (a zombie). Lines it logs are about the call."""
+        with about_call(state.info):
             try:
-                self.end(state, EndCause.ERROR)
+                step()
             except Exception:
-                log.exception("call %s: cannot end it, forgetting it", state.info.call_id)
-                state.call._end("error")
+                log.exception("call %s: failed, ending it", state.info.call_id)
+                self._count("internal_error")
+                state.info.error = state.info.error or "internal error"
+                try:
+                    self.end(state, EndCause.ERROR)
+                except Exception:
+                    log.exception("call %s: cannot end it, forgetting it", state.info.call_id)
+                    state.call._end("error")
 
     # -- the end ---------------------------------------------------------------------------
 
@@ -335,7 +338,10 @@ class CallRunner(Generic[C]):
 
     def media_timeout(self, state: C) -> None:
         """No packet from the phone for the media timeout: BYE."""
-        log.info("call %s: no media, hanging up", state.info.call_id or state.call.request.call_id)
+        with about_call(state.info):
+            log.info(
+                "call %s: no media, hanging up", state.info.call_id or state.call.request.call_id
+            )
         state.info.error = "media timeout"
         self.guarded(state, partial(self.end, state, EndCause.MEDIA_TIMEOUT))
 
@@ -345,10 +351,29 @@ class CallRunner(Generic[C]):
 
     def finished(self, state: C, reason: str) -> None:
         """The SIP side is over (BYE either way, CANCEL, a final response, a timeout): out of
-        the room with the call's disconnect reason, media released, logged."""
+        the room with the call's disconnect reason, media released, logged (the call log, and
+        one `call_end` line with its outcome)."""
         if state.done:
             return
         state.done = True
+        leg = state.leg  # (the inbound side lets go of it as it finishes)
+        with about_call(state.info):
+            self._finished(state, reason)
+        info = state.info
+        try:
+            fields = call_end_fields(info, sip_end=reason, leg=leg, call=state)
+        except Exception:  # the end line must never cost the call its aftermath
+            log.exception("call %s: its end line could not be made", info.call_id)
+            fields = {"event": "call_end", "call_id": info.call_id}
+        log.info(
+            "call %s ended: %s, %s",
+            info.call_id or info.sip_call_id,
+            fields.get("outcome", ""),
+            reason,
+            extra=fields,
+        )
+
+    def _finished(self, state: C, reason: str) -> None:
         if state.machine.live:
             state.machine.handle(CallInput.FINISHED, self.now())
         self.arm(state)  # (disarms: an ended call has no deadline)

@@ -1,0 +1,221 @@
+"""Logs that say which call they are about, and one line per call at its end.
+
+`--log-format json` writes one JSON object per line: `time`, `level`, `logger`, `message`, and on
+every line logged while a call's step runs its `call_id`, `room` and `participant`; a call's
+end adds `event: "call_end"` with its outcome, numbers, timings and media figures
+(`call_end_fields`). `text` (the default) is the line it always was.
+
+Which call: the runners run each step of a call inside `about_call(info)` (`calls/runner.py`:
+`guarded`, the call's timer, `finished`; the INVITE's setup and the dial, from the moment
+their call record exists: `call_step` and `bind_call`). The call is kept in a
+thread-local slot, restored when the step returns, not in a `contextvars.ContextVar`: asyncio
+copies the context into every callback and task scheduled during the step, so a shared timer
+or task first started by one call (the 20 ms media clock, a webhook sender) would carry that
+call's ids on all its lines from then on. A step is synchronous, so the slot is exact; other
+threads (the SQLite writer) have their own and are never tagged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import functools
+import json
+import logging
+import sys
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, ParamSpec, TypeVar
+
+from livekit.protocol import models
+from livekit.protocol import sip as proto
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+CALL_FIELDS = ("call_id", "room", "participant")
+# What a LogRecord has of its own; anything else on a record came through `extra=`.
+_RECORD_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+_slot = threading.local()
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def current_call() -> proto.SIPCallInfo | None:
+    """The call whose step is running on this thread, if any."""
+    info: proto.SIPCallInfo | None = getattr(_slot, "info", None)
+    return info
+
+
+@contextmanager
+def about_call(info: proto.SIPCallInfo) -> Iterator[None]:
+    """Lines logged inside are about this call (its ids are read when a line is written, so
+    a room or identity set during the step shows)."""
+    previous = getattr(_slot, "info", None)
+    _slot.info = info
+    try:
+        yield
+    finally:
+        _slot.info = previous
+
+
+def call_step(step: Callable[P, R]) -> Callable[P, R]:
+    """A method that begins a call (`bind_call` inside, once its record exists): the call it
+    binds is this step's only, as with `about_call`."""
+
+    @functools.wraps(step)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        previous = getattr(_slot, "info", None)
+        try:
+            return step(*args, **kwargs)
+        finally:
+            _slot.info = previous
+
+    return run
+
+
+def bind_call(info: proto.SIPCallInfo) -> None:
+    """From here to the end of the `call_step` running, lines are about this call."""
+    _slot.info = info
+
+
+class CallContextFilter(logging.Filter):
+    """Sets `call_id`, `room` and `participant` on a record about a call: from the call whose
+    step is running, unless the line names its call itself (`extra={"call_id": ...}`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        info = current_call()
+        if info is not None and not getattr(record, "call_id", ""):
+            record.call_id = info.call_id or info.sip_call_id
+            record.room = info.room_name
+            record.participant = info.participant_identity
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line; `extra=` fields are kept as they are (JSON types, else str)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        when = datetime.datetime.fromtimestamp(record.created, tz=datetime.UTC)
+        out: dict[str, Any] = {
+            "time": when.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _RECORD_ATTRS and not key.startswith("_"):
+                out[key] = value
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            out["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(out, default=str, separators=(",", ":"))
+
+
+def configure(level: str, log_format: str) -> None:
+    """The root logger's one handler, on stderr, in `log_format` (`text` or `json`)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(CallContextFilter())
+    handler.setFormatter(
+        JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
+    )
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    # Python's warnings (a library's deprecation, pyjwt's key length) as log lines, so that in
+    # JSON every line of the output parses.
+    logging.captureWarnings(log_format == "json")
+
+
+def _enum_name(enum: Any, value: int) -> str:
+    try:
+        return str(enum.Name(value))
+    except ValueError:
+        return str(value)
+
+
+def call_end_fields(
+    info: proto.SIPCallInfo, *, sip_end: str, leg: object = None, call: object = None
+) -> dict[str, Any]:
+    """The `call_end` line's fields: who, the outcome (`outcome`: disconnected or error; the
+    room's disconnect reason; the SIP final status; our error), how long, and what the media
+    leg measured (its counters, the receiver's loss and jitter, the peer's last RTCP report),
+    and the call's quality where the call or its leg keeps one (`quality`: a dataclass, a
+    mapping, or a method returning one)."""
+    started, ended = info.started_at_ns, info.ended_at_ns
+    fields: dict[str, Any] = {
+        "event": "call_end",
+        "call_id": info.call_id or info.sip_call_id,
+        "room": info.room_name,
+        "participant": info.participant_identity,
+        "direction": _enum_name(proto.SIPCallDirection, info.call_direction)
+        .removeprefix("SCD_")
+        .lower(),
+        "outcome": _enum_name(proto.SIPCallStatus, info.call_status).removeprefix("SCS_").lower(),
+        "answered": bool(started),
+        "end_reason": _enum_name(models.DisconnectReason, info.disconnect_reason),
+        "sip_end": sip_end,
+        "sip_status": info.call_status_code.code or None,
+        "error": info.error or None,
+        "trunk_id": info.trunk_id,
+        "sip_call_id": info.sip_call_id,
+        "from": info.from_uri.user,
+        "to": info.to_uri.user,
+        "duration_s": round((ended - started) / 1e9, 3) if started and ended else None,
+        "setup_s": round((started - info.created_at_ns) / 1e9, 3)
+        if started and info.created_at_ns
+        else None,
+    }
+    if leg is not None:
+        fields["media"] = media_fields(leg)
+    for source in (call, leg):
+        quality = _as_fields(getattr(source, "quality", None))
+        if quality:
+            fields["quality"] = quality
+            break
+    return fields
+
+
+def _as_fields(value: object) -> dict[str, Any] | None:
+    if callable(value):
+        try:
+            value = value()
+        except Exception:  # a figure that cannot be read is left out, never a lost end line
+            return None
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, Mapping):
+        return dict(value)
+    return None
+
+
+def media_fields(leg: object) -> dict[str, Any]:
+    """What a media leg measured, from whichever of its figures it has."""
+    out: dict[str, Any] = {}
+    stats = getattr(leg, "stats", None)
+    if dataclasses.is_dataclass(stats) and not isinstance(stats, type):
+        out.update({k: v for k, v in dataclasses.asdict(stats).items() if v})
+    receiver = getattr(leg, "receiver", None)
+    received = getattr(receiver, "stats", None)
+    if callable(received):
+        try:
+            r = received()
+            out["received"] = {
+                "packets": r.packets,
+                "lost": r.lost,
+                "jitter_ms": round(r.jitter_seconds * 1000, 2),
+            }
+        except Exception:  # a figure that cannot be read is left out, never a lost end line
+            pass
+    report = getattr(leg, "remote_report", None)
+    if report is not None:
+        out["remote_report"] = {
+            "fraction_lost": report.fraction_lost,
+            "cumulative_lost": report.cumulative_lost,
+            "jitter_ms": round(report.jitter * 1000, 2),
+            "rtt_ms": None if report.rtt is None else round(report.rtt * 1000, 2),
+        }
+    return out

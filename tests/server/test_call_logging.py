@@ -1,0 +1,131 @@
+"""server/call_logging.py: which call a line is about (and that a timer scheduled during a
+call's step does not inherit it), the JSON lines, the call_end fields, and the settings."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+from pathlib import Path
+
+import pytest
+from livekit.protocol import sip
+
+from sipbridge.config import ConfigError, build_settings
+from sipbridge.media.leg import MediaStats
+from sipbridge.server.call_logging import (
+    CallContextFilter,
+    JsonFormatter,
+    about_call,
+    bind_call,
+    call_end_fields,
+    call_step,
+)
+
+
+def capture() -> tuple[logging.Logger, io.StringIO]:
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.addFilter(CallContextFilter())
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger(f"test.call_logging.{id(out)}")
+    logger.propagate = False
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(handler)
+    return logger, out
+
+
+def lines(out: io.StringIO) -> list[dict[str, object]]:
+    return [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+async def test_lines_in_a_calls_step_name_it_and_nothing_leaks() -> None:
+    logger, out = capture()
+    info = sip.SIPCallInfo(call_id="SCL_1", room_name="lobby", participant_identity="sip_1")
+    fired = asyncio.Event()
+
+    def later() -> None:  # scheduled during the step: not about the call
+        logger.info("clock tick")
+        fired.set()
+
+    with about_call(info):
+        logger.info("in the step")
+        info.room_name = "moved"  # read when the line is written
+        logger.warning("after the move")
+        asyncio.get_running_loop().call_soon(later)
+    logger.info("outside")
+    await asyncio.wait_for(fired.wait(), 5)
+
+    @call_step
+    def dial() -> None:
+        logger.info("before the record")
+        bind_call(sip.SIPCallInfo(call_id="SCL_2", room_name="r2"))
+        logger.info("dialling")
+
+    dial()
+    logger.info("after the dial")
+    got = [(d["message"], d.get("call_id"), d.get("room")) for d in lines(out)]
+    assert got == [
+        ("in the step", "SCL_1", "lobby"),
+        ("after the move", "SCL_1", "moved"),
+        ("outside", None, None),
+        ("clock tick", None, None),
+        ("before the record", None, None),
+        ("dialling", "SCL_2", "r2"),
+        ("after the dial", None, None),
+    ]
+    first = lines(out)[0]
+    assert first["participant"] == "sip_1" and first["level"] == "info"
+    assert str(first["time"]).endswith("Z")
+
+
+def test_exceptions_and_extra_fields_stay_one_json_line() -> None:
+    logger, out = capture()
+    try:
+        raise ValueError("bad\nthing")
+    except ValueError:
+        logger.exception("failed", extra={"event": "x", "n": 3, "odd": object()})
+    (line,) = lines(out)
+    assert line["event"] == "x" and line["n"] == 3 and "ValueError" in str(line["exception"])
+
+
+def test_call_end_fields() -> None:
+    info = sip.SIPCallInfo(
+        call_id="SCL_9",
+        room_name="r",
+        call_status=sip.SIPCallStatus.SCS_ERROR,
+        call_direction=sip.SIPCallDirection.SCD_INBOUND,
+        created_at_ns=1_000_000_000,
+        error="media timeout",
+    )
+    info.call_status_code.code = 486  # type: ignore[assignment]
+
+    class Leg:
+        stats = MediaStats(packets_in=10)
+
+        def quality(self) -> dict[str, float]:
+            return {"mos": 4.1}
+
+    fields = call_end_fields(info, sip_end="rejected", leg=Leg())
+    assert fields["outcome"] == "error" and fields["direction"] == "inbound"
+    assert fields["answered"] is False and fields["duration_s"] is None
+    assert fields["sip_status"] == 486 and fields["error"] == "media timeout"
+    assert fields["media"] == {"packets_in": 10}
+    assert fields["quality"] == {"mos": 4.1}
+    json.dumps(fields)
+
+
+def test_settings(tmp_path: Path) -> None:
+    s = build_settings(dev=True, environ={})
+    assert (s.call_log_days, s.log_format) == (30, "text")
+    config = tmp_path / "c.yaml"
+    config.write_text("call_log_days: 7\nlog_format: json\n")
+    s = build_settings(dev=True, config_file=str(config), environ={})
+    assert (s.call_log_days, s.log_format) == (7, "json")
+    s = build_settings(dev=True, config_file=str(config), call_log_days=0, environ={})
+    assert s.call_log_days == 0
+    for text in ("call_log_days: -1\n", "call_log_days: soon\n", "log_format: xml\n"):
+        config.write_text(text)
+        with pytest.raises(ConfigError):
+            build_settings(dev=True, config_file=str(config), environ={})
