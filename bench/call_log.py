@@ -33,10 +33,10 @@ from livekit.protocol import sip
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import pct, print_result  # noqa: E402
-from sipbridge.server.state.call_log import CallLog  # noqa: E402
-from sipbridge.store import Record, SQLiteStore  # noqa: E402
-from sipbridge.store.call_query import CallQuery  # noqa: E402
+from bench.common import pct, print_result
+from sipbridge.server.state.call_log import CallLog
+from sipbridge.store import Record, SQLiteStore
+from sipbridge.store.call_query import CallQuery
 
 DAY_MS = 86_400_000
 END_MS = 1_765_000_000_000  # the newest call (Dec 2025)
@@ -85,14 +85,18 @@ async def fill(store: SQLiteStore, total: int) -> float:
     rng = random.Random(1)
     start = time.perf_counter()
     for base in range(0, total, BATCH):
-        await store.put_many([make_call(n, total, rng) for n in range(base, min(total, base + BATCH))])
+        await store.put_many(
+            [make_call(n, total, rng) for n in range(base, min(total, base + BATCH))]
+        )
         if base % 100_000 == 0:
             print(f"  written {base:,}", file=sys.stderr, flush=True)
     return time.perf_counter() - start
 
 
 async def count(store: SQLiteStore) -> int:
-    return int(await store._run(lambda: store._conn().execute("SELECT count(*) FROM calls").fetchone()[0]))
+    return int(
+        await store._run(lambda: store._conn().execute("SELECT count(*) FROM calls").fetchone()[0])
+    )
 
 
 async def time_query(log: CallLog, query: CallQuery, repeat: int) -> tuple[list[float], int]:
@@ -186,7 +190,11 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     pruned = None
     if args.prune:
         removed, seconds, worst = await prune_oldest_day(store)
-        pruned = {"calls": removed, "seconds": round(seconds, 2), "loop_late_max_ms": round(worst, 1)}
+        pruned = {
+            "calls": removed,
+            "seconds": round(seconds, 2),
+            "loop_late_max_ms": round(worst, 1),
+        }
     await store.close()
     return {
         "bench": "call_log",
