@@ -80,15 +80,16 @@ def test_ringing_ends_at_the_ringing_timeout_unless_answered() -> None:
     assert call.status == "dialing" and not call.answered
     call.handle(In.RING, 101.0)
     assert call.status == "ringing" and call.get_timer() == 130.0  # ringing does not extend it
+    assert not call.hanging_up
     assert call.handle_timer(129.9) == []
     assert call.handle_timer(130.0) == [DeadlineReached(deadline=Deadline.RINGING, state=S.RINGING)]
     # The call is ending (the runner CANCELs or answers 486) with the ending deadline set.
-    assert call.state is S.ENDING and call.get_timer() == 162.0
+    assert call.state is S.ENDING and call.get_timer() == 162.0 and call.hanging_up
     assert call.handle_timer(131.0) == []  # each deadline fires once
     call.handle(In.HANG_UP, 135.0)  # the runner's own hangup changes nothing more
     assert call.get_timer() == 162.0
     call.handle(In.FINISHED, 140.0)  # 487 to our CANCEL
-    assert not call.live and call.get_timer() is None
+    assert not call.live and call.get_timer() is None and call.hanging_up
 
 
 def test_the_answer_trades_the_ringing_timeout_for_the_maximum_duration() -> None:

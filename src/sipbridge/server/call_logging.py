@@ -41,6 +41,9 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
+log = logging.getLogger("sipbridge.server.calls")  # the call_end lines
+
+
 def current_call() -> proto.SIPCallInfo | None:
     """The call whose step is running on this thread, if any."""
     info: proto.SIPCallInfo | None = getattr(_slot, "info", None)
@@ -177,6 +180,19 @@ def call_end_fields(
             fields["quality"] = quality
             break
     return fields
+
+
+def log_call_end(
+    info: proto.SIPCallInfo, *, sip_end: str, leg: object = None, call: object = None
+) -> None:
+    """The call's one `call_end` line (its fields: `call_end_fields`)."""
+    try:
+        fields = call_end_fields(info, sip_end=sip_end, leg=leg, call=call)
+    except Exception:  # the end line must never cost the call its aftermath
+        log.exception("call %s: its end line could not be made", info.call_id)
+        fields = {"event": "call_end", "call_id": info.call_id}
+    call_id = info.call_id or info.sip_call_id
+    log.info("call %s ended: %s, %s", call_id, fields.get("outcome", ""), sip_end, extra=fields)
 
 
 def _as_fields(value: object) -> dict[str, Any] | None:

@@ -204,6 +204,11 @@ class Call:
         return self.state is not S.ENDED
 
     @property
+    def hanging_up(self) -> bool:
+        """Ending or ended: nothing more goes to or from the phone."""
+        return self.state is S.ENDING or self.state is S.ENDED
+
+    @property
     def answered(self) -> bool:
         """The call was answered at some point (its 200 sent or received)."""
         return Deadline.MAX_DURATION in self.deadlines or self.state in LIVE_ANSWERED

@@ -26,7 +26,7 @@ from sipbridge.errors import ApiError
 from sipbridge.media.dtmf import digit_code
 from sipbridge.rooms import Participant, Room
 from sipbridge.rooms import events as ev
-from sipbridge.server.call_logging import about_call, call_end_fields
+from sipbridge.server.call_logging import about_call, log_call_end
 from sipbridge.server.calls.room_limits import RoomLimits
 from sipbridge.server.media.leg_driver import CallMedia
 from sipbridge.server.media.service import MediaService
@@ -359,19 +359,7 @@ class CallRunner(Generic[C]):
         leg = state.leg  # (the inbound side lets go of it as it finishes)
         with about_call(state.info):
             self._finished(state, reason)
-        info = state.info
-        try:
-            fields = call_end_fields(info, sip_end=reason, leg=leg, call=state)
-        except Exception:  # the end line must never cost the call its aftermath
-            log.exception("call %s: its end line could not be made", info.call_id)
-            fields = {"event": "call_end", "call_id": info.call_id}
-        log.info(
-            "call %s ended: %s, %s",
-            info.call_id or info.sip_call_id,
-            fields.get("outcome", ""),
-            reason,
-            extra=fields,
-        )
+        log_call_end(state.info, sip_end=reason, leg=leg, call=state)
 
     def _finished(self, state: C, reason: str) -> None:
         if state.machine.live:
@@ -447,9 +435,7 @@ class CallRunner(Generic[C]):
     def dtmf_from_phone(self, state: C, digit: str) -> None:
         """A key pressed on the phone: a reliable `sip_dtmf` packet in the room from the SIP
         participant (SIP-BEHAVIOUR.md s5), once the call is answered."""
-        if not state.call.answered or self._participant(state) is None:
-            return
-        if state.machine.state in (CallState.ENDING, CallState.ENDED):
+        if not state.call.answered or state.machine.hanging_up or self._participant(state) is None:
             return
         packet = models.DataPacket(
             kind=models.DataPacket.Kind.RELIABLE,
@@ -476,7 +462,7 @@ class CallRunner(Generic[C]):
             state = self.active.get(key)
             if state is None or state.leg is None or not state.call.answered:
                 continue
-            if state.machine.state in (CallState.ENDING, CallState.ENDED):
+            if state.machine.hanging_up:
                 continue
             self._count("dtmf_sent")
             state.leg.send_dtmf(digits[:64])
@@ -489,7 +475,7 @@ class CallRunner(Generic[C]):
                 self._dtmf_to_phones(event)
             case ev.ParticipantLeft(participant=p):
                 state = self.by_participant.get(p.sid)
-                if state is None or state.machine.state in (CallState.ENDING, CallState.ENDED):
+                if state is None or state.machine.hanging_up:
                     return
                 # Removed from the room side (RemoveParticipant, DeleteRoom, a duplicate
                 # identity that replaced it: DUPLICATE_IDENTITY, as LiveKit's server does).
