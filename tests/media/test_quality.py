@@ -130,6 +130,8 @@ def test_loss_and_jitter_of_what_we_receive() -> None:
     assert lossy.received.loss == pytest.approx(25 / 499)
     # alternating 0 / 15 ms, with a loss now and then making two in a row: J near 15 ms
     assert lossy.received.jitter == pytest.approx(0.015, rel=0.1)
+    assert lossy.received.jitter_mean == pytest.approx(0.015, rel=0.1)
+    assert clean.received.jitter_mean == pytest.approx(0, abs=1e-9)
     assert lossy.received.packets == 474 and lossy.received.bytes == 474 * FRAME
     assert clean.received.quality is not None and lossy.received.quality is not None
     assert lossy.received.quality.loss_percent == pytest.approx(100 * 25 / 499)

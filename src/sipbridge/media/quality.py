@@ -3,7 +3,8 @@
 What a snapshot holds (`leg_quality`), for each direction of the leg:
 
 - received (the peer's stream, measured by us, RFC 3550 A.1/A.3/A.8): audio packets and payload
-  bytes, cumulative loss (lost / expected), interarrival jitter J, and what the jitter buffer
+  bytes, cumulative loss (lost / expected), interarrival jitter J (now, and its mean over the
+  call: `ReceiverStats.jitter_mean_seconds`), and what the jitter buffer
   threw away (late, and duplicates + overflow + skipped);
 - sent (our stream): packets and payload bytes, and the peer's last reception report about it
   (RFC 3550 s6.4.1): its fraction lost, cumulative loss and jitter; the round-trip time from
@@ -168,6 +169,7 @@ class DirectionQuality:
     lost: int | None
     loss: float | None
     jitter: float | None
+    jitter_mean: float | None = None
     late: int = 0
     discarded: int = 0
     jitter_buffer_delay: float | None = None
@@ -214,6 +216,7 @@ def _direction_dict(d: DirectionQuality) -> dict[str, Any]:
         "lost": d.lost,
         "loss": None if d.loss is None else round(d.loss, 4),
         "jitter_ms": _ms(d.jitter),
+        "jitter_mean_ms": _ms(d.jitter_mean),
         "late": d.late,
         "discarded": d.discarded,
     }
@@ -256,6 +259,7 @@ def leg_quality(leg: RtpLeg, now: float) -> LegQuality:
             lost=lost,
             loss=lost / expected if expected else 0.0,
             jitter=stats.jitter_seconds,
+            jitter_mean=stats.jitter_mean_seconds,
             late=jitter_stats.late,
             discarded=discarded,
             jitter_buffer_delay=buffer_delay,
