@@ -197,7 +197,13 @@ class Phone:
         sip_trace: bool = True,
         config: dict[str, str | Sequence[str]] | None = None,
         account_params: dict[str, str] | None = None,
+        host: str = "127.0.0.1",
+        exec_prefix: Sequence[str] = (),
     ) -> None:
+        # Where it listens (SIP, RTP, ctrl_tcp), and what runs it: `ip netns exec NS` puts it in
+        # a network namespace (tests/netns.py) with `host` the namespace's address.
+        self.host = host
+        self.exec_prefix = list(exec_prefix)
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.name = name or self.directory.name
@@ -250,11 +256,11 @@ class Phone:
     @property
     def uri(self) -> str:
         """This phone's address for others to dial (UDP)."""
-        return f"sip:{self.user}@127.0.0.1:{self.sip_port}"
+        return f"sip:{self.user}@{self.host}:{self.sip_port}"
 
     def uri_for(self, transport: str) -> str:
         port = self.sip_port + 1 if transport == "tls" else self.sip_port
-        return f"sip:{self.user}@127.0.0.1:{port};transport={transport}"
+        return f"sip:{self.user}@{self.host}:{port};transport={transport}"
 
     # -- configuration
 
@@ -271,14 +277,14 @@ class Phone:
         if self.auth_pass:
             params["auth_pass"] = self.auth_pass
         params.update(self.account_params)
-        return f"<sip:{self.user}@127.0.0.1>" + "".join(f";{k}={v}" for k, v in params.items())
+        return f"<sip:{self.user}@{self.host}>" + "".join(f";{k}={v}" for k, v in params.items())
 
     def config_lines(self) -> list[str]:
         modules = [f"{m}.so" for m in AUDIO_MODULES if (MODULES / f"{m}.so").exists()]
         config: dict[str, str | Sequence[str]] = {
             "poll_method": "epoll",
-            "net_interface": "127.0.0.1",
-            "sip_listen": f"127.0.0.1:{self.sip_port}",
+            "net_interface": self.host,
+            "sip_listen": f"{self.host}:{self.sip_port}",
             # relative to the directory the process runs in (config paths are length-limited)
             "audio_source": f"aufile,{self._relative(self.source)}",
             "snd_path": ".",
@@ -288,7 +294,7 @@ class Phone:
             "module": modules,
             "module_tmp": ["uuid.so", "account.so"],
             "module_app": ["menu.so", "ctrl_tcp.so"],
-            "ctrl_tcp_listen": f"127.0.0.1:{self.ctrl_port}",
+            "ctrl_tcp_listen": f"{self.host}:{self.ctrl_port}",
         }
         if self.source_rate:
             config["ausrc_srate"] = str(self.source_rate)
@@ -332,7 +338,7 @@ class Phone:
 
     async def _start(self, timeout: float) -> None:
         self._write_config()
-        args = ["baresip", "-f", str(self.directory), "-t", str(self.lifetime_s)]
+        args = [*self.exec_prefix, "baresip", "-f", str(self.directory), "-t", str(self.lifetime_s)]
         if self.sip_trace:
             args.append("-s")
         with self.log.open("ab") as log:
@@ -351,7 +357,7 @@ class Phone:
             if proc.returncode is not None:
                 raise BaresipError(f"baresip did not start:\n{self.output()}")
             try:
-                return await asyncio.open_connection("127.0.0.1", self.ctrl_port)
+                return await asyncio.open_connection(self.host, self.ctrl_port)
             except OSError:
                 return None
 

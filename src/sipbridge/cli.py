@@ -266,6 +266,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("call_id", help="the call's id (SCL_...) or its SIP Call-ID")
     _client_args(p)
     p.set_defaults(run=call_rtp, local=True)
+    p = call.add_parser("show", help="one call and its media quality (reads the server's database)")
+    p.add_argument("call_id", help="the call's id (SCL_...)")
+    p.add_argument("--db", default="./sipbridge.db", help="SQLite file (./sipbridge.db)")
+    p.add_argument("--redis", metavar="URL", help="read the servers' Redis instead of --db")
+    p.add_argument(
+        "--redis-prefix", default="sipbridge:", help="start of every Redis key (sipbridge:)"
+    )
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(run=show_call, local=True)
 
     store = sub.add_parser("store", help="the stored records").add_subparsers(
         dest="action", required=True
@@ -638,6 +647,81 @@ def call_pcap(a: argparse.Namespace) -> None:
     data = _fetch_trace(a, "pcap")
     sys.stdout.buffer.write(data)
     sys.stdout.buffer.flush()
+
+
+async def _load_call(
+    location: str, redis_prefix: str, call_id: str
+) -> tuple[bytes | None, bytes | None]:
+    """A call's record and its quality record (either None when there is none)."""
+    from sipbridge.server.state.call_log import KIND, QUALITY_KIND  # noqa: PLC0415
+    from sipbridge.store import store_at  # noqa: PLC0415
+
+    store = store_at(location, redis_prefix=redis_prefix)
+    await store.open()
+    try:
+        call = await store.get(KIND, call_id)
+        quality = await store.get(QUALITY_KIND, call_id)
+        return (call.data if call else None), (quality.data if quality else None)
+    finally:
+        await store.close()
+
+
+def show_call(a: argparse.Namespace) -> None:
+    """`call show ID`: the call's record and its quality (written every 5 s while it runs)."""
+    from pathlib import Path  # noqa: PLC0415
+
+    from livekit.protocol import sip  # noqa: PLC0415
+
+    if not a.redis and not Path(a.db).is_file():
+        raise FileNotFoundError(f"no database at {a.db}")
+    location = a.redis or f"sqlite:{a.db}"
+    call, quality = asyncio.run(_load_call(location, a.redis_prefix, a.call_id))
+    if call is None:
+        raise LookupError(f"no call {a.call_id} in the call log")
+    info = sip.SIPCallInfo.FromString(call)
+    shown = _as_dict(info)
+    shown["quality"] = json.loads(quality) if quality else None
+    if a.json:
+        print(json.dumps(shown, indent=2, sort_keys=True))
+        return
+    for key in ("call_id", "call_direction", "call_status", "room_name", "participant_identity"):
+        print(f"{key:22} {shown.get(key, '')}")
+    print(f"{'from':22} {info.from_uri.user}")
+    print(f"{'to':22} {info.to_uri.user}")
+    print(f"{'status_code':22} {info.call_status_code.code or ''}")
+    print(render_quality(shown["quality"]))
+
+
+def render_quality(quality: dict[str, Any] | None) -> str:
+    """The quality record as lines for a terminal."""
+    if not quality:
+        return "quality                (none recorded)"
+
+    def ms(value: Any) -> str:
+        return "-" if value is None else f"{value:g} ms"
+
+    def pct(value: Any) -> str:
+        return "-" if value is None else f"{100 * value:.2f} %"
+
+    lines = [
+        f"{'codec':22} {quality.get('codec')} ({quality.get('encryption')})",
+        f"{'mos':22} {quality.get('mos')}   rtt {ms(quality.get('rtt_ms'))}",
+    ]
+    for name in ("received", "sent"):
+        d = quality.get(name) or {}
+        lines.append(
+            f"{name:22} {d.get('packets', 0)} packets, {d.get('bytes', 0)} bytes, "
+            f"loss {pct(d.get('loss'))} ({d.get('lost')}), jitter {ms(d.get('jitter_ms'))}, "
+            f"late {d.get('late', 0)}, discarded {d.get('discarded', 0)}"
+        )
+        model = d.get("e_model")
+        if model:
+            lines.append(
+                f"{'':22} E-model R {model['r']:.1f} MOS {model['mos']:.2f}: Ie {model['ie']}, "
+                f"Bpl {model['bpl']}, loss {model['loss_percent']:.2f} %, "
+                f"delay {model['delay_ms']:.0f} ms ({model['codec_source']})"
+            )
+    return "\n".join(lines)
 
 
 def _as_dict(message: Message) -> dict[str, Any]:

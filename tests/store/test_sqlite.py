@@ -33,7 +33,14 @@ def test_sqlite_store_satisfies_the_protocol() -> None:
 
 
 def test_kinds_are_the_documented_ones() -> None:
-    assert {"inbound_trunk", "outbound_trunk", "dispatch_rule", "call", "transfer"} == KINDS
+    assert {
+        "inbound_trunk",
+        "outbound_trunk",
+        "dispatch_rule",
+        "call",
+        "transfer",
+        "call_quality",
+    } == KINDS
 
 
 async def test_empty_store_loads_nothing(store: SQLiteStore) -> None:

@@ -87,7 +87,9 @@ class ReceiverStats:
     `packets` and `octets` (payload) count packets accepted since the source was validated;
     `lost` is RFC 3550 A.3 cumulative loss (negative when duplicates outnumber losses);
     `jitter_seconds` the A.8 estimate; `last_packet_at` when the last packet was accepted;
-    `dropped` the packets refused since the receiver was made (probation, bad jumps).
+    `dropped` the packets refused since the receiver was made (probation, bad jumps);
+    `jitter_mean_seconds` the mean of |D| over the source's packets: what J estimates (A.8 is
+    an exponential average of |D| over about the last 16 packets), steadier over a call.
     """
 
     packets: int
@@ -96,6 +98,7 @@ class ReceiverStats:
     jitter_seconds: float
     last_packet_at: float | None
     dropped: int
+    jitter_mean_seconds: float = 0.0
 
 
 class RtpReceiver:
@@ -113,6 +116,8 @@ class RtpReceiver:
         "_candidate_seq",
         "_candidate_ssrc",
         "_cycles",
+        "_d_count",
+        "_d_sum",
         "_dropped",
         "_expected_prior",
         "_jitter",
@@ -151,6 +156,8 @@ class RtpReceiver:
         self.ssrc = ssrc
         self._init_seq(seq)
         self._jitter = 0.0
+        self._d_sum = 0.0
+        self._d_count = 0
         self._packets = 0
         self._octets = 0
 
@@ -228,7 +235,10 @@ class RtpReceiver:
             d = (now - self._last_arrival) * self.clock_rate - _signed32(
                 timestamp - self._last_timestamp
             )
-            self._jitter += (abs(d) - self._jitter) / 16
+            d = abs(d)
+            self._jitter += (d - self._jitter) / 16
+            self._d_sum += d
+            self._d_count += 1
         self._last_arrival = now
         self._last_timestamp = timestamp
 
@@ -246,6 +256,9 @@ class RtpReceiver:
             jitter_seconds=self._jitter / self.clock_rate,
             last_packet_at=self._last_packet_at,
             dropped=self._dropped,
+            jitter_mean_seconds=self._d_sum / self._d_count / self.clock_rate
+            if self._d_count
+            else 0.0,
         )
 
     def sender_report_received(self, sr: SenderReport, now: float) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-KINDS = frozenset({"inbound_trunk", "outbound_trunk", "dispatch_rule", "call", "transfer"})
+KINDS = frozenset(
+    {"inbound_trunk", "outbound_trunk", "dispatch_rule", "call", "transfer", "call_quality"}
+)
 # The kinds every node caches in memory (trunks and rules, `state/trunk_cache.py`): a shared
 # store announces each change of one of these so that the other nodes reload it.
 CACHED_KINDS = frozenset({"inbound_trunk", "outbound_trunk", "dispatch_rule"})

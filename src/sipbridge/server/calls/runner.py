@@ -24,6 +24,7 @@ from livekit.protocol import sip as proto
 
 from sipbridge.errors import ApiError
 from sipbridge.media.dtmf import digit_code
+from sipbridge.media.quality import leg_quality
 from sipbridge.rooms import Participant, Room
 from sipbridge.rooms import events as ev
 from sipbridge.server.call_logging import about_call, log_call_end
@@ -56,6 +57,8 @@ from sipbridge.telephony.media import MediaPolicy
 log = logging.getLogger(__name__)
 
 Reason = models.DisconnectReason
+QUALITY_S = 5.0  # how often a running call's quality is written to the call log
+
 SIP_END_CAUSE = {  # how SipCall says its dialog ended -> why the call ended
     "bye": EndCause.REMOTE_HANGUP,
     "cancel": EndCause.REMOTE_HANGUP,
@@ -121,6 +124,7 @@ class CallRunner(Generic[C]):
         self.pending: set[C] = set()  # in no room yet (entering a PIN)
         self.stats: dict[str, int] = {}
         self.rooms.listeners.append(self.on_room_event)
+        self._quality_timer: asyncio.TimerHandle | None = None  # one for all calls (`QUALITY_S`)
 
     # -- bookkeeping -----------------------------------------------------------------------
 
@@ -198,10 +202,38 @@ class CallRunner(Generic[C]):
             ),
         )
         if state.leg is not None:
+            if not state.info.audio_codec:
+                state.info.audio_codec = state.leg.spec.name
             self.media.track_legs[state.track_sid] = state.leg  # WebRTC subscribers hear it
             if self.services.on_media is not None:
                 self.services.on_media(state.info, state.leg)
+            self._arm_quality()
         return room, participant
+
+    # -- call quality, kept in the call log while the call runs ----------------------------
+
+    def record_quality(self, state: C) -> None:
+        """The call's media quality now (`media/quality.py`) into the call log, once its media
+        has flowed either way."""
+        leg, call_id = state.leg, state.info.call_id
+        if leg is None or not call_id:
+            return
+        if leg.receiver.ssrc is None and not leg.sender.packets_sent:
+            return
+        self.call_log.record_quality(call_id, leg_quality(leg, self.now()).as_dict())
+
+    def _arm_quality(self) -> None:
+        if self._quality_timer is None:
+            loop = asyncio.get_running_loop()
+            self._quality_timer = loop.call_later(QUALITY_S, self._quality_due)
+
+    def _quality_due(self) -> None:
+        self._quality_timer = None
+        for state in list(self.active.values()):
+            if not state.done:
+                self.record_quality(state)
+        if self.active:
+            self._arm_quality()
 
     def _unregister(self, state: C) -> None:
         self.pending.discard(state)
@@ -368,6 +400,7 @@ class CallRunner(Generic[C]):
         if state.session_timer is not None:
             state.session_timer.close()
         if state.leg is not None:
+            self.record_quality(state)  # the call's last word on its quality
             self.media.release(state.leg)
         self._unregister(state)
         info = state.info
@@ -493,6 +526,9 @@ class CallRunner(Generic[C]):
     def shutdown(self) -> int:
         """End every call before the server stops."""
         calls = [*self.pending, *self.active.values()]
+        if self._quality_timer is not None:
+            self._quality_timer.cancel()
+            self._quality_timer = None
         for state in calls:
             state.info.error = state.info.error or "server shutdown"
             state.info.disconnect_reason = Reason.SERVER_SHUTDOWN

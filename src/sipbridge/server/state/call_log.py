@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import Callable
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from google.protobuf.message import Message
 from livekit.protocol import sip as proto
@@ -26,6 +27,9 @@ log = logging.getLogger(__name__)
 
 KIND = "call"
 TRANSFER_KIND = "transfer"
+# A call's media quality (`media/quality.py`), JSON by call id: our own record beside the
+# `SIPCallInfo`, which has no field for it; rewritten while the call runs and at its end.
+QUALITY_KIND = "call_quality"
 MAX_PENDING = 10_000
 DEFAULT_RETENTION_DAYS = 30
 PRUNE_EVERY_S = 3600.0  # retention is in days: an hour late is nothing
@@ -68,6 +72,8 @@ class CallLog:
         self.dropped = 0
         self._transfer_writes: set[asyncio.Task[None]] = set()
         self._transfer_lock = asyncio.Lock()
+        self._quality_writes: set[asyncio.Task[None]] = set()
+        self._quality_lock = asyncio.Lock()
         # Told of every state recorded (the SIP trace learns our call id for the Call-ID).
         self.on_record: Callable[[proto.SIPCallInfo], None] | None = None
 
@@ -113,6 +119,8 @@ class CallLog:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._pruner
             self._pruner = None
+        if self._quality_writes:
+            await asyncio.wait(self._quality_writes, timeout=10)
         if self._transfer_writes:
             await asyncio.wait(self._transfer_writes, timeout=10)
         if self._task is None:
@@ -197,6 +205,29 @@ class CallLog:
         """The newest `limit` calls (a page; the log is never read whole)."""
         calls, _ = await self.page(CallQuery(limit=limit))
         return calls
+
+    def record_quality(self, call_id: str, quality: dict[str, Any]) -> None:
+        """A call's quality now (`LegQuality.as_dict()`), written in the background, in order."""
+        data = json.dumps(quality, sort_keys=True).encode()
+        record = Record(kind=QUALITY_KIND, id=call_id, data=data)
+        if len(self._quality_writes) >= MAX_PENDING:
+            self.dropped += 1
+            return
+        task = asyncio.get_running_loop().create_task(self._put_quality(record))
+        self._quality_writes.add(task)
+        task.add_done_callback(self._quality_writes.discard)
+
+    async def _put_quality(self, record: Record) -> None:
+        async with self._quality_lock:  # in order: the last snapshot written is the last taken
+            try:
+                await self.store.put_many([record])
+            except Exception:
+                log.exception("call log write of the quality of %s failed", record.id)
+
+    async def quality(self, call_id: str) -> dict[str, Any] | None:
+        """The last quality recorded for a call, or None."""
+        record = await self.store.get(QUALITY_KIND, call_id)
+        return None if record is None else dict(json.loads(record.data))
 
     def now_ns(self) -> int:
         return int(self.clock() * 1e9)
