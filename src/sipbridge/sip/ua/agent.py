@@ -73,6 +73,10 @@ class UserAgent:
         self.port = port
         self.local_port = local_port
         self.send_trying = send_trying
+        # While set (a node draining): out-of-dialog OPTIONS and INVITEs are answered 503 with
+        # this Retry-After (s21.5.4), so that a load balancer's OPTIONS probe marks us down and
+        # callers go elsewhere; requests within dialogs carry on.
+        self.refuse_new: int | None = None
         self.dialogs: dict[DialogId, InviteSession] = {}
         self.pending: dict[int, InviteSession] = {}  # incoming INVITEs, by server transaction
         self._transactions: dict[int, InviteSession] = {}  # our requests, by client transaction
@@ -206,6 +210,11 @@ class UserAgent:
         endpoint = self.endpoint
         if request.to.tag is not None:
             self._in_dialog(event, now)
+        elif self.refuse_new is not None and request.method in ("OPTIONS", "INVITE"):
+            endpoint.stats[f"{request.method.lower()}_refused_unavailable"] += 1
+            refusal = make_response(request, 503, "Service Unavailable", to_tag=new_tag())
+            refusal.headers.add("Retry-After", str(self.refuse_new))
+            endpoint.respond(transaction, refusal, now)
         elif request.method == "OPTIONS":
             endpoint.respond(transaction, endpoint.options_response(request), now)
         elif request.method == "INVITE":
