@@ -89,6 +89,10 @@ class ServerProcess:
             str(self.db),
             "--keys",
             f"{API_KEY}:{API_SECRET}",
+            # SIGTERM (`stop`) hangs up at once, as tests expect of a stop; the drain tests
+            # give their own --drain-timeout (the last flag wins).
+            "--drain-timeout",
+            "0",
             *self.extra,
         ]
         if self.open_files is not None:  # util-linux's prlimit: soft and hard, before exec

@@ -158,6 +158,16 @@ def _serve_parser(sub: Any) -> None:
         help="where recordings (the Egress API) are written; no filepath may leave it "
         "(./recordings)",
     )
+    p.add_argument(
+        "--node-id", metavar="ID", help="this node's name in `node list` and Redis (hostname-pid)"
+    )
+    p.add_argument(
+        "--drain-timeout",
+        type=int,
+        metavar="SECONDS",
+        help="after SIGTERM, new calls get 503 and the calls up may run this long before they "
+        "are hung up and the node exits; a second SIGTERM or SIGINT ends them at once (30)",
+    )
     p.add_argument("--config", metavar="FILE", help="YAML file with the same settings")
 
 
@@ -291,6 +301,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(run=copy_store, local=True)
+
+    node = sub.add_parser("node", help="the nodes of the cluster").add_subparsers(
+        dest="action", required=True
+    )
+    p = node.add_parser("list", help="every live node: state, load, addresses (asks the server)")
+    _client_args(p)
+    p.set_defaults(run=list_nodes, local=True)
 
     part = sub.add_parser("participant", help="participants").add_subparsers(
         dest="action", required=True
@@ -447,6 +464,7 @@ TABLE_COLUMNS = {
     "rule": ["sip_dispatch_rule_id", "name", "rule", "trunk_ids", "inbound_numbers", "numbers"],
     "room": ["sid", "name", "num_participants", "creation_time", "metadata"],
     "participant": ["sid", "identity", "name", "kind", "state", "attributes"],
+    "node": ["id", "state", "calls", "rooms", "cpu", "age", "sip", "http"],
     "call": [
         "call_id",
         "call_direction",
@@ -724,6 +742,16 @@ def render_quality(quality: dict[str, Any] | None) -> str:
     return "\n".join(lines)
 
 
+def list_nodes(a: argparse.Namespace) -> list[dict[str, Any]]:
+    """The live nodes, as the server asked knows them (with Redis: all; else itself)."""
+    from sipbridge.server.api.node_api import fetch_nodes  # noqa: PLC0415
+
+    url = a.url or os.environ.get("LIVEKIT_URL") or "http://127.0.0.1:7880"
+    key = a.api_key or os.environ.get("LIVEKIT_API_KEY") or DEV_KEY
+    secret = a.api_secret or os.environ.get("LIVEKIT_API_SECRET") or DEV_SECRET
+    return asyncio.run(fetch_nodes(url, key, secret))
+
+
 def _as_dict(message: Message) -> dict[str, Any]:
     out: dict[str, Any] = json_format.MessageToDict(message, preserving_proto_field_name=True)
     return out
@@ -819,6 +847,8 @@ def _serve(args: argparse.Namespace) -> int:
             http_idle_timeout=args.http_idle_timeout,
             trace_rtp=args.trace_rtp,
             recordings_dir=args.recordings_dir,
+            node_id=args.node_id,
+            drain_timeout=args.drain_timeout,
             config_file=args.config,
         )
     except ConfigError as exc:

@@ -69,6 +69,8 @@ class Settings:
     http_idle_timeout: int = 15  # seconds an HTTP connection may idle or take over its headers
     trace_rtp: tuple[str, ...] = ()  # trunk ids whose calls' RTP headers are traced ("all")
     recordings_dir: str = "./recordings"  # where Egress writes files; no filepath leaves it
+    node_id: str = ""  # this node's name in the cluster; "" = hostname-pid
+    drain_timeout: int = 30  # seconds a node's calls may run after SIGTERM before it hangs up
 
     @property
     def media_address(self) -> str:
@@ -210,6 +212,8 @@ def _from_yaml(path: str) -> dict[str, Any]:
         "http_idle_timeout",
         "trace_rtp",
         "recordings_dir",
+        "node_id",
+        "drain_timeout",
     }
     unknown = set(doc) - known
     if unknown:
@@ -233,6 +237,23 @@ def _whole(doc: Mapping[str, object], name: str, flag: int | None, lo: int, hi: 
     if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
         raise ConfigError(f"{name}: expected a whole number from {lo} to {hi}")
     return value
+
+
+NODE_ID_MAX = 128
+
+
+def _node_settings(
+    s: Settings, doc: Mapping[str, object], node_id: str | None, drain_timeout: int | None
+) -> Settings:
+    """`--node-id` (letters, digits and `._-`: it is part of Redis keys) and `--drain-timeout`."""
+    name = node_id if node_id is not None else doc.get("node_id", "")
+    name = str(name).strip()
+    allowed = all(c.isascii() and (c.isalnum() or c in "._-") for c in name)
+    if len(name) > NODE_ID_MAX or not allowed:
+        raise ConfigError(f"node_id: up to {NODE_ID_MAX} letters, digits, '.', '_' or '-'")
+    if drain_timeout is not None or "drain_timeout" in doc:
+        s = replace(s, drain_timeout=_whole(doc, "drain_timeout", drain_timeout, 0, 86400))
+    return replace(s, node_id=name)
 
 
 def build_settings(
@@ -271,6 +292,8 @@ def build_settings(
     http_idle_timeout: int | None = None,
     trace_rtp: list[str] | None = None,
     recordings_dir: str | None = None,
+    node_id: str | None = None,
+    drain_timeout: int | None = None,
     config_file: str | None = None,
     environ: Mapping[str, str] = os.environ,
 ) -> Settings:
@@ -425,6 +448,7 @@ def build_settings(
     if not isinstance(recordings, str):
         raise ConfigError("recordings_dir: expected a directory path")
     s = replace(s, recordings_dir=recordings)
+    s = _node_settings(s, doc, node_id, drain_timeout)
     raw_allow = allow_from if allow_from else doc.get("allow_from", [])
     items = raw_allow if isinstance(raw_allow, list) else [raw_allow]
     s = replace(s, allow_from=tuple(parse_network(str(item), "allow_from") for item in items))

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from sipbridge.telephony.drain import (
     TRANSITIONS,
     Drain,
+    DrainEvent,
     DrainInput,
     DrainStarted,
     NodeState,
@@ -17,8 +18,8 @@ from sipbridge.telephony.drain import (
 )
 
 
-def events(drain: Drain) -> list[object]:
-    out = []
+def events(drain: Drain) -> list[DrainEvent]:
+    out: list[DrainEvent] = []
     while (event := drain.next_event()) is not None:
         out.append(event)
     return out

@@ -7,22 +7,28 @@ import contextlib
 import gc
 import ipaddress
 import logging
+import math
+import os
 import resource
 import secrets
-import signal
+import socket
 import time
 import weakref
 from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
 
 from aiohttp import web
 from livekit.protocol import sip as proto
 
 from sipbridge import __version__
-from sipbridge.config import Settings
+from sipbridge.config import HostPort, Settings
+from sipbridge.errors import ApiError
 from sipbridge.rooms import RoomRegistry
 from sipbridge.server.agents import AgentService
 from sipbridge.server.api import metrics
 from sipbridge.server.api.call_log_api import CallLogApi
+from sipbridge.server.api.node_api import NodeApi
 from sipbridge.server.api.room_api import RoomApi
 from sipbridge.server.api.sip_api import SipApi
 from sipbridge.server.api.trace_api import TraceApi
@@ -34,8 +40,10 @@ from sipbridge.server.calls.outbound import OutboundCalls
 from sipbridge.server.calls.room_limits import RoomLimits
 from sipbridge.server.calls.runner import CallServices
 from sipbridge.server.calls.transfers import Transfers
+from sipbridge.server.drain import DrainDriver
 from sipbridge.server.media.leg_driver import CallMedia
 from sipbridge.server.media.service import MediaService
+from sipbridge.server.nodes import Heartbeat, redis_nodes
 from sipbridge.server.recording.service import EgressService
 from sipbridge.server.rtc.aiortc_patches import (
     bind_ice_ports,
@@ -55,6 +63,8 @@ from sipbridge.sip.digest import DigestServer
 from sipbridge.store import RecordStore, SQLiteStore
 from sipbridge.store.redis import RedisStore, redacted
 from sipbridge.telephony.auth_guard import AuthGuard
+from sipbridge.telephony.drain import Drain, DrainStarted
+from sipbridge.telephony.node_info import NodeInfo
 
 log = logging.getLogger("sipbridge")
 
@@ -146,10 +156,14 @@ class Server:
         )
         SipApi(
             self.sip_config,
-            create_participant=self.outbound.create,
+            create_participant=self._create_participant,
             transfer_participant=self.transfers.transfer,
         ).register(self.twirp)
         self.ready = False
+        # This node in the cluster (docs/cluster.md s2, s6): its name, heartbeat and drain.
+        self.node_id = settings.node_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.drain = Drain(settings.drain_timeout)
+        self.heartbeat: Heartbeat | None = None
         self._runner: web.AppRunner | None = None
         self._metrics_runner: web.AppRunner | None = None
 
@@ -165,6 +179,7 @@ class Server:
             lambda: self.sip.traces, dict(self.settings.keys), time.time, self.trace_rtp
         ).routes(app)
         self.agents.routes(app)
+        NodeApi(self.list_nodes, dict(self.settings.keys)).routes(app)
         if self.settings.metrics is None:
             app.router.add_get("/metrics", metrics.handler(self.samples))
         return app
@@ -213,7 +228,55 @@ class Server:
     async def healthz(self, _: web.Request) -> web.Response:
         if not self.ready:
             return web.Response(status=503, text="starting or stopping\n")
+        if not self.drain.accepting:  # SIGTERM: the balancer should send no new work here
+            return web.Response(status=503, text="draining\n")
         return web.Response(text="ok\n")
+
+    # -- this node in the cluster -----------------------------------------------------------
+
+    async def _create_participant(
+        self, req: proto.CreateSIPParticipantRequest, claims: Any
+    ) -> proto.SIPParticipantInfo:
+        if not self.drain.accepting:
+            raise ApiError("unavailable", "this node is draining (shutting down): try another")
+        return await self.outbound.create(req, claims)
+
+    def _node_load(self, info: NodeInfo) -> NodeInfo:
+        return replace(
+            info,
+            state=self.drain.state.value,
+            calls=self.calls_in_progress(),
+            rooms=len(self.rooms.registry.rooms()),
+        )
+
+    async def list_nodes(self) -> list[NodeInfo]:
+        if self.heartbeat is None:
+            raise ApiError("unavailable", "starting or stopping")
+        return await self.heartbeat.list()
+
+    def start_draining(self, started: DrainStarted) -> None:
+        """New INVITEs and OPTIONS 503 (Retry-After: until the drain ends, 5 s at least),
+        `draining` in the heartbeat at once."""
+        self.sip_ua.agent.refuse_new = max(5, math.ceil(self.drain.timeout))
+        if self.heartbeat is not None:
+            self.heartbeat.beat_now()
+
+    async def _start_heartbeat(self) -> None:
+        sip, http = self.settings.sip, self.settings.http
+        info = NodeInfo(
+            id=self.node_id,
+            max_calls=self.settings.max_calls,
+            sip=str(HostPort(sip.host, self.sip_ua.port)),
+            http=str(HostPort(http.host, self.http_port)),
+            version=__version__,
+            started_at=time.time(),
+        )
+        nodes = None
+        if isinstance(self.store, RedisStore):
+            nodes = redis_nodes(self.store.client, self.store.prefix)
+        self.heartbeat = Heartbeat(info, self._node_load, nodes)
+        await self.heartbeat.start()
+        log.info("node %s", self.node_id)
 
     def samples(self) -> list[metrics.Sample]:
         rooms = self.rooms.registry.rooms()
@@ -336,6 +399,7 @@ class Server:
             await web.TCPSite(self._metrics_runner, where.host, where.port).start()
         await self.start_sip()
         self.registrations.start()
+        await self._start_heartbeat()
         # Everything loaded at startup lives for the process: keep it out of the cyclic GC's
         # generations so collections stay short while calls come and go.
         gc.freeze()
@@ -372,6 +436,8 @@ class Server:
 
     async def stop(self) -> None:
         self.ready = False
+        if self.heartbeat is not None:  # out of the node list at once
+            await self.heartbeat.stop()
         if self.inbound.shutdown() + self.outbound.shutdown() + self.registrations.close():
             await asyncio.sleep(0.2)  # let the BYEs and 503s leave before the sockets close
         await self.sip.close()
@@ -403,20 +469,18 @@ def raise_open_file_limit() -> int:
 
 
 async def serve(settings: Settings) -> None:
-    """Run until SIGINT or SIGTERM."""
+    """Run until SIGINT, or SIGTERM and the drain (`server/drain.py`)."""
     raise_open_file_limit()
     server = Server(settings)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    driver = DrainDriver(
+        server.drain, calls=server.calls_in_progress, on_drain=server.start_draining
+    )
+    driver.install()
     try:
         await server.start()
-        await stop.wait()
+        await driver.wait_stopped()
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(Exception):
-                loop.remove_signal_handler(sig)
+        driver.uninstall()
         await server.stop()
 
 

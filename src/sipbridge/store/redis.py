@@ -108,6 +108,11 @@ class RedisStore:
                 await self._client.aclose()
             self._client = None
 
+    @property
+    def client(self) -> aioredis.Redis:
+        """The open connection pool, for the node heartbeat (`store/redis_nodes.py`)."""
+        return self._redis()
+
     def _redis(self) -> aioredis.Redis:
         if self._client is None:
             raise RuntimeError("store is not open")

@@ -1,0 +1,92 @@
+"""This node in the cluster, in process: the heartbeat's samples, `GET /sipbridge/v1/nodes`
+(what it lists and what it refuses), and the drain driver from SIGTERM to stop on a clock
+of our own."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from sipbridge.server.api.auth import sign_token
+from sipbridge.server.api.node_api import NodeApi
+from sipbridge.server.drain import DrainDriver
+from sipbridge.server.nodes import Heartbeat
+from sipbridge.telephony.drain import Drain, DrainInput, DrainStarted, NodeState
+from sipbridge.telephony.node_info import NodeInfo
+
+KEYS = {"key": "secret-long-enough-for-hs256-0123456789abcdef"}
+ADMIN = {"Authorization": "Bearer " + sign_token("key", KEYS["key"], sip={"admin": True})}
+
+
+async def test_single_node_lists_itself_with_its_load() -> None:
+    load = {"calls": 3}
+    beat = Heartbeat(
+        NodeInfo(id="solo", sip="127.0.0.1:5060"),
+        lambda info: replace(info, calls=load["calls"], rooms=2),
+    )
+    await beat.start()
+    try:
+        app = web.Application()
+        NodeApi(beat.list, KEYS).routes(app)
+        async with TestClient(TestServer(app)) as client:
+            load["calls"] = 4
+            response = await client.get("/sipbridge/v1/nodes", headers=ADMIN)
+            assert response.status == 200
+            [row] = (await response.json())["nodes"]
+            assert (row["id"], row["calls"], row["rooms"]) == ("solo", 4, 2)
+            assert row["state"] == "serving"
+            assert row["sip"] == "127.0.0.1:5060" and row["age"] == 0.0
+            assert row["cpu"] >= 0.0
+    finally:
+        await beat.stop()
+
+
+async def test_refusals() -> None:
+    async def broken() -> list[NodeInfo]:
+        raise RedisConnectionError("Redis is away")
+
+    app = web.Application()
+    NodeApi(broken, KEYS).routes(app)
+    calls_only = sign_token("key", KEYS["key"], sip={"call": True})
+    async with TestClient(TestServer(app)) as client:
+        for headers, status, code in [
+            ({}, 401, "unauthenticated"),
+            ({"Authorization": f"Bearer {calls_only}"}, 403, "permission_denied"),
+            (ADMIN, 503, "unavailable"),
+        ]:
+            response = await client.get("/sipbridge/v1/nodes", headers=headers)
+            assert response.status == status
+            assert (await response.json())["code"] == code
+
+
+async def test_drain_driver_waits_for_the_calls_then_stops() -> None:
+    now = [100.0]
+    calls = [2]
+    started: list[DrainStarted] = []
+    driver = DrainDriver(
+        Drain(30), calls=lambda: calls[0], on_drain=started.append, clock=lambda: now[0]
+    )
+    waiting = asyncio.create_task(driver.wait_stopped())
+    driver.signal(DrainInput.TERM)
+    assert started == [DrainStarted(deadline=130.0, calls=2)]
+    assert driver.drain.state is NodeState.DRAINING
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    calls[0] = 0  # the last call ends: noticed at the next count
+    stopped = await asyncio.wait_for(waiting, 2)
+    assert stopped.cause is DrainInput.IDLE and not stopped.hang_up
+
+
+async def test_drain_driver_hangs_up_at_the_deadline() -> None:
+    now = [0.0]
+    driver = DrainDriver(Drain(5), calls=lambda: 1, on_drain=lambda _: None, clock=lambda: now[0])
+    driver.signal(DrainInput.TERM)
+    waiting = asyncio.create_task(driver.wait_stopped())
+    await asyncio.sleep(0)
+    now[0] = 5.0
+    stopped = await asyncio.wait_for(waiting, 2)
+    assert stopped.cause is DrainInput.TIMEOUT and stopped.hang_up
