@@ -90,3 +90,14 @@ async def test_drain_driver_hangs_up_at_the_deadline() -> None:
     now[0] = 5.0
     stopped = await asyncio.wait_for(waiting, 2)
     assert stopped.cause is DrainInput.TIMEOUT and stopped.hang_up
+
+
+async def test_a_second_sigterm_while_draining_hangs_up_at_once() -> None:
+    driver = DrainDriver(Drain(30), calls=lambda: 1, on_drain=lambda _: None, clock=lambda: 0.0)
+    waiting = asyncio.create_task(driver.wait_stopped())
+    driver.signal(DrainInput.TERM)
+    await asyncio.sleep(0.15)  # a poll or two: still draining
+    assert not waiting.done()
+    driver.signal(DrainInput.TERM)
+    stopped = await asyncio.wait_for(waiting, 2)
+    assert stopped.cause is DrainInput.TERM and stopped.hang_up

@@ -57,6 +57,7 @@ class DrainDriver:
         self.drain.calls(self.calls(), now)
         self.drain.signal(what, now)
         self._events()
+        self._wake.set()  # wait_stopped looks again now
 
     async def wait_stopped(self) -> NodeStopped:
         """Until the node should exit (a signal, then its calls ended or its time ran out)."""
@@ -64,7 +65,8 @@ class DrainDriver:
             deadline = self.drain.get_timer()
             wait = None if deadline is None else max(0.0, min(POLL_S, deadline - self.clock()))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), wait)
+                async with asyncio.timeout(wait):
+                    await self._wake.wait()
             self._wake.clear()
             if self.drain.get_timer() is not None:
                 now = self.clock()
@@ -88,4 +90,3 @@ class DrainDriver:
                     log.info("stopping (%s): hanging up the calls left", event.cause.value)
                 else:
                     log.info("stopping (%s)", event.cause.value)
-        self._wake.set()

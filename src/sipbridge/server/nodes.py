@@ -25,6 +25,7 @@ from sipbridge.telephony.node_info import HEARTBEAT_S, NODE_TTL_S, NodeInfo, cpu
 
 log = logging.getLogger(__name__)
 
+STOP_WAIT_S = 2.0  # a beat under way when the node stops may take this long
 Load = Callable[[NodeInfo], NodeInfo]  # this node's record with its current load filled in
 
 
@@ -49,6 +50,7 @@ class Heartbeat:
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._failing = False
+        self._stopping = False
         self._cpu = (process_cpu_seconds(), time.monotonic())
 
     @property
@@ -65,10 +67,14 @@ class Heartbeat:
         self._wake.set()
 
     async def stop(self) -> None:
+        """End the beats (a beat under way may finish: a cancelled Redis call may swallow the
+        cancellation), then leave the node list."""
+        self._stopping = True
+        self._wake.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            _, pending = await asyncio.wait({self._task}, timeout=STOP_WAIT_S)
+            if pending:
+                self._task.cancel()
             self._task = None
         if self.nodes is not None:
             with contextlib.suppress(RedisError, OSError):
@@ -84,11 +90,13 @@ class Heartbeat:
         return [replace(self.load(self.current), age=0.0)]
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), HEARTBEAT_S)
+                async with asyncio.timeout(HEARTBEAT_S):
+                    await self._wake.wait()
             self._wake.clear()
-            await self._beat()
+            if not self._stopping:
+                await self._beat()
 
     def sample(self) -> NodeInfo:
         cpu_then, wall_then = self._cpu
