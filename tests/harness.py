@@ -16,11 +16,13 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, cast
+
+import pytest
 
 from tests.helpers import API_KEY, API_SECRET, ServerProcess, free_port
 
@@ -263,3 +265,60 @@ async def logged_call(server: ServerProcess, call_id: str, timeout: float = 5) -
 async def metric(server: ServerProcess, name: str) -> float:
     """One sample of `GET /metrics` ('name{labels}'), 0 when absent."""
     return (await asyncio.to_thread(server.metrics)).get(name, 0.0)
+
+
+# -- one server for a module -----------------------------------------------------------------------
+
+
+def module_server(
+    tmp_path_factory: pytest.TempPathFactory,
+    name: str,
+    *extra: str,
+    sip: bool = False,
+    clean_log: bool = False,
+) -> Iterator[ServerProcess]:
+    """The body of a module-scoped fixture (`yield from module_server(...)`): one started server
+    for the tests of a module that need no flags, restart or fault of their own (a start costs
+    ~0.7 s). `sip`: one made by `sip_server_process` (sipp can share its SIP port, `.sip_port`).
+    At the module's end it must stop cleanly (no stuck call, exit 0) and, with `clean_log`, have
+    logged no Traceback. Each test leaves it as found: see `leave_clean`."""
+    tmp = tmp_path_factory.mktemp(name)
+    proc = sip_server_process(tmp, *extra) if sip else ServerProcess(tmp, *extra)
+    proc.start()
+    yield proc
+    stop_cleanly(proc)
+    if clean_log:
+        assert "Traceback" not in proc.log.read_text(), proc.log_tail()
+
+
+async def leave_clean(server: ServerProcess, *, timeout: float = 15) -> None:
+    """After a test on a shared server: delete (through the API) every trunk, dispatch rule and
+    room it left, then wait until no call is live; no call may be stuck (the invariant
+    `ServerProcess.stop` checks, here per test) and no source blocked for failed digests. The
+    next test finds the server as new, but for its counters and call log: tests on a shared
+    server read those as a change over the test or filtered by what the test made."""
+    from livekit.protocol import room, sip  # noqa: PLC0415
+
+    async with client(server) as lk:
+        inbound = await lk.sip.list_inbound_trunk(sip.ListSIPInboundTrunkRequest())
+        outbound = await lk.sip.list_outbound_trunk(sip.ListSIPOutboundTrunkRequest())
+        for listed in (inbound, outbound):
+            for trunk in listed.items:
+                await lk.sip.delete_trunk(
+                    sip.DeleteSIPTrunkRequest(sip_trunk_id=trunk.sip_trunk_id)
+                )
+        rules = await lk.sip.list_dispatch_rule(sip.ListSIPDispatchRuleRequest())
+        for rule in rules.items:
+            await lk.sip.delete_dispatch_rule(
+                sip.DeleteSIPDispatchRuleRequest(sip_dispatch_rule_id=rule.sip_dispatch_rule_id)
+            )
+        for listed_room in (await lk.room.list_rooms(room.ListRoomsRequest())).rooms:
+            await lk.room.delete_room(room.DeleteRoomRequest(room=listed_room.name))
+
+    async def idle() -> bool:
+        return await metric(server, "sipbridge_calls_active") == 0
+
+    await eventually(idle, "no call left live on the shared server", timeout=timeout)
+    assert await metric(server, "sipbridge_calls_stuck") == 0, server.log_tail()
+    # a test's wrong passwords must not have this machine's address held off for the next ones
+    assert await metric(server, "sipbridge_auth_blocked_sources") == 0

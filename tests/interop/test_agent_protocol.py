@@ -5,7 +5,7 @@ assignment tokens, termination when the room ends, explicit dispatch through `li
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 
 import aiohttp
@@ -15,10 +15,34 @@ from livekit import api
 from livekit.protocol import agent, room
 from livekit.protocol import agent_dispatch as dispatch
 
+from tests.harness import eventually, leave_clean, metric, module_server
 from tests.helpers import API_SECRET, ServerProcess, token
 from tests.signal_client import SignalClient
 
 JOIN_TIMEOUT_S = 10.0  # server/agents.py
+
+
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One server for the module (a start costs more than most tests here)."""
+    yield from module_server(tmp_path_factory, "agent-protocol")
+
+
+@pytest.fixture
+async def server(shared_server: ServerProcess) -> AsyncIterator[ServerProcess]:
+    """The module's server (and `lk`'s). After each test its rooms are deleted, which ends
+    their jobs, and no worker nor job is left: the next test's workers are offered only the
+    rooms it makes."""
+    yield shared_server
+    await leave_clean(shared_server)
+
+    async def idle() -> bool:
+        return (
+            await metric(shared_server, "sipbridge_agent_workers") == 0
+            and await metric(shared_server, "sipbridge_agent_jobs") == 0
+        )
+
+    await eventually(idle, "no agent worker nor job left on the shared server")
 
 
 class FakeWorker:
@@ -123,6 +147,8 @@ async def test_an_agent_that_never_joins_is_ended_and_the_job_offered_again(
     """A worker accepts but its agent never joins: after the join timeout (10 s) its job is
     terminated and offered to another worker, whose agent does join (a signalling client
     with the assignment's token); the room and the participant in it are unharmed."""
+    # the server is the module's: its counter is read as what this test added to it
+    timeouts_before = await metric(server, 'sipbridge_agent_total{outcome="join_timeout"}')
     async with worker(server, load=0.0) as idle, worker(server, load=0.5) as other:
         await lk.room.create_room(room.CreateRoomRequest(name="noshow"))
         caller = SignalClient(server.url, "noshow", "caller")
@@ -149,7 +175,8 @@ async def test_an_agent_that_never_joins_is_ended_and_the_job_offered_again(
         await agent_client.close()
         await caller.close()
         metrics = await asyncio.to_thread(server.metrics)
-        assert metrics['sipbridge_agent_total{outcome="join_timeout"}'] == 1, metrics
+        timeouts = metrics['sipbridge_agent_total{outcome="join_timeout"}'] - timeouts_before
+        assert timeouts == 1, metrics
 
 
 async def test_a_worker_gone_before_its_agent_joined_has_its_job_offered_again(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from livekit.protocol import models, room, sip
 
 from tests import baresip
 from tests.audio import best_correlation, read_wav, rms
-from tests.harness import call_log, client, eventually
+from tests.harness import call_log, client, eventually, leave_clean, module_server
 from tests.helpers import ServerProcess
 
 pytestmark = pytest.mark.skipif(
@@ -30,6 +31,20 @@ pytestmark = pytest.mark.skipif(
 )
 
 CALL_S = 5.0  # of audio through the bridge; each phone sends a 3 s signal first
+
+
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One server for the module's calls (conftest's `media_server` is one per test)."""
+    yield from module_server(tmp_path_factory, "call-audio", "--rtp-ports", "14000-14999", sip=True)
+
+
+@pytest.fixture
+async def media_server(shared_server: ServerProcess) -> AsyncIterator[ServerProcess]:
+    """The module's server; after each test its trunks, rules and rooms are deleted and no
+    call is left."""
+    yield shared_server
+    await leave_clean(shared_server)
 
 
 def target(server: ServerProcess, user: str = "bridge") -> str:
@@ -258,8 +273,13 @@ async def test_pin_room_right_and_wrong_pin(media_server: ServerProcess, tmp_pat
 
     # Both calls are in the call log: the right PIN with its room, the wrong one as an error.
     async def both_ended() -> list[dict[str, Any]]:
-        entries = await call_log(media_server)
-        ended = [e for e in entries if int(e.get("ended_at_ns", 0)) > 0]
+        entries = await call_log(media_server)  # (of the module's server: these phones' calls)
+        ended = [
+            e
+            for e in entries
+            if int(e.get("ended_at_ns", 0)) > 0
+            and e["from_uri"]["user"] in (right.user, wrong.user)
+        ]
         return ended if len(ended) >= 2 else []
 
     ended = await eventually(both_ended, "both calls ended in the call log", timeout=5)

@@ -29,7 +29,7 @@ import secrets
 import shutil
 import struct
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -46,7 +46,9 @@ from tests.harness import (
     client,
     eventually,
     kill_leftovers,
+    leave_clean,
     logged_call,
+    module_server,
     sip_server_process,
     stop_cleanly,
 )
@@ -70,28 +72,49 @@ ServerFactory = Callable[..., Awaitable[ServerProcess]]
 # -- the server ----------------------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """The server of every test here that needs no flags of its own."""
+    yield from module_server(tmp_path_factory, "media-cases", "--rtp-ports", RTP_PORTS, sip=True)
+
+
 @pytest.fixture
-async def serve(tmp_path: Path) -> AsyncIterator[ServerFactory]:
-    """Starts `sipbridge serve` with RTP ports of its own; it must stop cleanly (exit 0). Each
-    test checks the log for tracebacks itself (`assert_clean`), so that a known bug that logs
-    one can be marked xfail instead of failing the teardown."""
+async def serve(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[ServerFactory]:
+    """`sipbridge serve` with RTP ports of its own: without extra flags the module's server (left
+    clean after the test: `leave_clean`, and its media legs all released), with them one of the
+    test's own, which must stop cleanly (exit 0). Each test checks the log it made for
+    tracebacks itself (`assert_clean`), so that a known bug that logs one can be marked xfail
+    instead of failing the teardown."""
     servers: list[ServerProcess] = []
+    shared: list[ServerProcess] = []
 
     async def start(*extra: str) -> ServerProcess:
-        proc = sip_server_process(tmp_path, "--rtp-ports", RTP_PORTS, *extra)
-        servers.append(proc)
-        await asyncio.to_thread(proc.start)
+        if not extra:
+            proc: ServerProcess = request.getfixturevalue("shared_server")
+            shared.append(proc)
+        else:
+            proc = sip_server_process(tmp_path, "--rtp-ports", RTP_PORTS, *extra)
+            servers.append(proc)
+            await asyncio.to_thread(proc.start)
+        # where this test's part of the log begins (`assert_clean`)
+        proc.log_offset = proc.log.stat().st_size  # type: ignore[attr-defined]
         return proc
 
     yield start
     kill_leftovers()
     for proc in servers:
         await asyncio.to_thread(stop_cleanly, proc)
+    for proc in shared:
+        await leave_clean(proc)
+        await eventually(lambda p=proc: media_counter(p, "legs") == 0, "media legs released")
 
 
 def assert_clean(server: ServerProcess) -> None:
-    assert server.proc is not None and server.proc.poll() is None, server.log.read_text()[-5000:]
-    text = server.log.read_text()
+    """The server runs, and logged no traceback since the test began."""
+    assert server.proc is not None and server.proc.poll() is None, server.log_tail()
+    with open(server.log, "rb") as log:
+        log.seek(getattr(server, "log_offset", 0))
+        text = log.read().decode(errors="replace")
     assert "Traceback" not in text and "Exception in callback" not in text, text[-5000:]
 
 
@@ -778,6 +801,8 @@ async def test_media_timeout_hangs_up_a_silent_sipp_call(
     (sipp's scenario waits for it and answers 200) and the caller leaves the room."""
     server = await serve()
     await configure(server, media=sip.SIPMediaConfig(media_timeout=Duration(seconds=2)))
+    timeouts_before = media_counter(server, "media_timeout")
+    calls_before = {e["call_id"] for e in await call_log(server)}
     t = np.arange(8000) / 8000
     (tmp_path / "media_tone.ul").write_bytes(
         mulaw((np.sin(2 * np.pi * 440 * t) * 8000).astype(np.int16))
@@ -799,9 +824,11 @@ async def test_media_timeout_hangs_up_a_silent_sipp_call(
         await in_room(server, HELPER)
         await talking.__aexit__(None, None, None)
         assert helper.requests.empty()  # the helper, talking, is still up
-        assert media_counter(server, "media_timeout") == 1
+        assert media_counter(server, "media_timeout") - timeouts_before == 1
         entries = [
-            e for e in await call_log(server) if e["participant_identity"] == f"sip_{CALLER}"
+            e
+            for e in await call_log(server)
+            if e["participant_identity"] == f"sip_{CALLER}" and e["call_id"] not in calls_before
         ]
         assert len(entries) == 1, entries
         entry = await logged_call(server, entries[0]["call_id"])
@@ -901,9 +928,18 @@ def hostile_rtcp() -> list[bytes]:
     return out
 
 
+REFUSED_COUNTERS = ("malformed", "unknown_payload", "truncated", "rtcp_malformed")
+
+
 async def test_hostile_rtp_leaves_calls_and_server_intact(serve: ServerFactory) -> None:
     server = await serve()
     await configure(server)
+    counted = ("wrong_source", "packets_in", *REFUSED_COUNTERS)
+    before_test = {name: media_counter(server, f"rtp_{name}") for name in counted}
+
+    def counted_here(name: str) -> float:
+        return media_counter(server, f"rtp_{name}") - before_test[name]
+
     loop = asyncio.get_running_loop()
     async with phones(server, HELPER, CALLER, "+15550203") as (helper, phone, second):
         await answered(helper, phone)
@@ -957,10 +993,10 @@ async def test_hostile_rtp_leaves_calls_and_server_intact(serve: ServerFactory) 
         assert (await helper.bye()).status == 200
         await eventually(lambda: media_counter(server, "legs") == 0, "legs released")
     # What was refused is counted (and kept when the legs are released).
-    for name in ("malformed", "unknown_payload", "truncated", "rtcp_malformed"):
-        assert media_counter(server, f"rtp_{name}") > 0, (name, server.metrics())
-    assert media_counter(server, "rtp_wrong_source") >= 100, server.metrics()
-    assert media_counter(server, "rtp_packets_in") >= 40, server.metrics()
+    for name in REFUSED_COUNTERS:
+        assert counted_here(name) > 0, (name, server.metrics())
+    assert counted_here("wrong_source") >= 100, server.metrics()
+    assert counted_here("packets_in") >= 40, server.metrics()
     assert_clean(server)
 
 

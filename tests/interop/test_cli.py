@@ -8,6 +8,7 @@ import json
 import os
 import re
 import sys
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,23 @@ from livekit import api
 from livekit.protocol import room as room_proto
 from livekit.protocol import sip
 
+from tests.harness import leave_clean, module_server
 from tests.helpers import API_KEY, API_SECRET, ServerProcess, free_port
 
 CLI_TIMEOUT_S = 20.0
+
+
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One server for the client commands' tests (the `serve` ones start their own)."""
+    yield from module_server(tmp_path_factory, "cli")
+
+
+@pytest.fixture
+async def server(shared_server: ServerProcess) -> AsyncIterator[ServerProcess]:
+    """The module's server (and `lk`'s); its trunks, rules and rooms deleted after each test."""
+    yield shared_server
+    await leave_clean(shared_server)
 
 
 @dataclass(frozen=True)

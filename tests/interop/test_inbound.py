@@ -5,9 +5,10 @@ answered when a participant subscribes to its audio, and leaves when either side
 from __future__ import annotations
 
 import asyncio
+import secrets
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,8 @@ from tests.harness import (
     call_log,
     client,
     eventually,
+    leave_clean,
+    module_server,
     run,
     sip_server_process,
     sipp_args,
@@ -31,11 +34,29 @@ CALLER = "+15550001"
 CALLED = "+15105550100"
 
 
+# No per-address rate limit here: the flood below tests what is answered, not the limit
+# (test_hostile_invites.py tests that).
+FLAGS = ("--sip-rate", "1000000")
+
+
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """The server of the module's tests but the one that restarts its own."""
+    yield from module_server(tmp_path_factory, "inbound", *FLAGS, sip=True)
+
+
 @pytest.fixture
-def sip_server(tmp_path: Path) -> Iterator[ServerProcess]:
-    # No per-address rate limit here: the flood below tests what is answered, not the limit
-    # (test_hostile_invites.py tests that).
-    proc = sip_server_process(tmp_path, "--sip-rate", "1000000")
+async def sip_server(shared_server: ServerProcess) -> AsyncIterator[ServerProcess]:
+    """The module's server; after each test its trunks, rules and rooms are deleted and no
+    call is left."""
+    yield shared_server
+    await leave_clean(shared_server)
+
+
+@pytest.fixture
+def own_sip_server(tmp_path: Path) -> Iterator[ServerProcess]:
+    """A server of the test's own (one it restarts)."""
+    proc = sip_server_process(tmp_path, *FLAGS)
     proc.start()
     yield proc
     stop_cleanly(proc)
@@ -104,7 +125,8 @@ async def setup_trunk_and_rule(lk: api.LiveKitAPI, **rule: object) -> tuple[str,
     return trunk.sip_trunk_id, created.sip_dispatch_rule_id
 
 
-async def test_inbound_call_joins_answers_and_hangs_up(sip_server: ServerProcess) -> None:
+async def test_inbound_call_joins_answers_and_hangs_up(own_sip_server: ServerProcess) -> None:
+    sip_server = own_sip_server  # the call log is read across a restart
     async with client(sip_server) as lk:
         trunk_id, rule_id = await setup_trunk_and_rule(lk)
         async with SignalClient(sip_server.url, "support", "agent"):
@@ -214,17 +236,28 @@ async def test_refused_calls_get_a_status(
     assert reply.startswith(f"SIP/2.0 {status} ".encode()), reply
 
 
-def _invite(port: int, codec_line: str | None = None) -> bytes:
+def _invite(
+    port: int,
+    codec_line: str | None = None,
+    *,
+    call_id: str | None = None,
+    branch: str | None = None,
+) -> bytes:
+    """An INVITE from CALLER to CALLED. A new transaction and call by default (a branch and
+    Call-ID of its own): on the module's server, a branch used before is a retransmission."""
+    unique = secrets.token_hex(4)
+    call_id = call_id or f"refused-{unique}@127.0.0.1"
+    branch = branch or f"z9hG4bKinv-{unique}"
     body = (
         "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
         + (codec_line or "m=audio 4000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n")
     ).encode()
     head = (
         f"INVITE sip:{CALLED}@127.0.0.1:{port} SIP/2.0\r\n"
-        "Via: SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bKinv1;rport\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:5999;branch={branch};rport\r\n"
         f"From: <sip:{CALLER}@127.0.0.1>;tag=f1\r\n"
         f"To: <sip:{CALLED}@127.0.0.1>\r\n"
-        "Call-ID: refused-1@127.0.0.1\r\n"
+        f"Call-ID: {call_id}\r\n"
         "CSeq: 1 INVITE\r\n"
         "Contact: <sip:caller@127.0.0.1:5999>\r\n"
         "Max-Forwards: 70\r\n"
@@ -264,9 +297,8 @@ async def test_a_flood_of_invites_is_answered_and_contained(sip_server: ServerPr
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
             sock.settimeout(5)
             for i in range(2000):
-                invite = _invite(port).replace(b"refused-1@", f"flood-{i}@".encode())
+                invite = _invite(port, call_id=f"flood-{i}@127.0.0.1", branch=f"z9hG4bKflood{i}")
                 invite = invite.replace(f"sip:{CALLED}@".encode(), b"sip:+19990000000@")
-                invite = invite.replace(b"z9hG4bKinv1", f"z9hG4bKflood{i}".encode())
                 sock.sendto(invite, ("127.0.0.1", port))
                 if i % 50 == 49:  # keep the flood bounded by what we read back
                     while answered < i - 100:

@@ -17,7 +17,7 @@ import hashlib
 import re
 import secrets
 import shutil
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,7 +33,9 @@ from tests.harness import (
     client,
     eventually,
     kill_leftovers,
+    leave_clean,
     logged_call,
+    module_server,
     sip_server_process,
     stop_cleanly,
 )
@@ -56,13 +58,25 @@ ServerFactory = Callable[..., Awaitable[ServerProcess]]
 # -- a server, sipp, waits ----------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """The server of every test here that needs no flags of its own."""
+    yield from module_server(tmp_path_factory, "inbound-cases", sip=True, clean_log=True)
+
+
 @pytest.fixture
-async def serve(tmp_path: Path) -> AsyncIterator[ServerFactory]:
-    """Starts `sipbridge serve` with a SIP port sipp can reach and the given extra flags; at the
-    end it must stop cleanly (exit 0) and its log must hold no traceback."""
+async def serve(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[ServerFactory]:
+    """A `sipbridge serve` with a SIP port sipp can reach: without extra flags the module's
+    server (left clean after the test: `leave_clean`), with them one of the test's own. At the
+    end each must hold no traceback in its log; a test's own server must stop cleanly (exit 0),
+    the module's does at the module's end."""
     servers: list[ServerProcess] = []
+    shared: list[ServerProcess] = []
 
     async def start(*extra: str) -> ServerProcess:
+        if not extra:
+            shared.append(request.getfixturevalue("shared_server"))
+            return shared[-1]
         proc = sip_server_process(tmp_path, *extra)
         servers.append(proc)
         await asyncio.to_thread(proc.start)
@@ -73,6 +87,9 @@ async def serve(tmp_path: Path) -> AsyncIterator[ServerFactory]:
     for proc in servers:
         await asyncio.to_thread(stop_cleanly, proc)
         assert "Traceback" not in proc.log.read_text(), proc.log.read_text()
+    for proc in shared:
+        await leave_clean(proc)
+        assert "Traceback" not in proc.log.read_text(), proc.log_tail()
 
 
 async def sipp(
@@ -293,12 +310,15 @@ async def udp_transaction(port: int, request: bytes, *, timeout: float = 3.0) ->
 
 
 def options(port: int) -> bytes:
+    # A new transaction each time (RFC 3261 s17.2.3: the branch names it): on a shared server
+    # an OPTIONS with an earlier one's branch is taken for its retransmission.
+    unique = secrets.token_hex(4)
     return (
         f"OPTIONS sip:ping@127.0.0.1:{port} SIP/2.0\r\n"
-        "Via: SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bKping1;rport\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bKping-{unique};rport\r\n"
         "From: <sip:monitor@127.0.0.1>;tag=ping\r\n"
         "To: <sip:ping@127.0.0.1>\r\n"
-        "Call-ID: ping-after-bad-input@127.0.0.1\r\n"
+        f"Call-ID: ping-after-bad-input-{unique}@127.0.0.1\r\n"
         "CSeq: 1 OPTIONS\r\n"
         "Max-Forwards: 70\r\n"
         "Content-Length: 0\r\n\r\n"
@@ -762,7 +782,11 @@ async def test_bad_invites_get_a_4xx(serve: ServerFactory, case: str) -> None:
             ringing_timeout_status=sip.SIPStatusCode.SIP_STATUS_TEMPORARILY_UNAVAILABLE,
         )
         await dispatch_rule(lk, direct("bad"))
-        request = invite(port, **{"call_id": f"bad-{secrets.token_hex(4)}@127.0.0.1", **oddity})
+        unique = secrets.token_hex(4)  # the server is shared: a new transaction, a new call
+        request = invite(
+            port,
+            **{"call_id": f"bad-{unique}@127.0.0.1", "branch": f"z9hG4bKbad-{unique}", **oddity},
+        )
         replies = asyncio.create_task(udp_transaction(port, request, timeout=4))
         if sanitised is not None:
             p = await wait_for_participant(lk, "bad", timeout=3)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ import pytest
 
 from tests import baresip
 from tests.audio import read_wav, tone_ratio
-from tests.harness import client, run, sipp_args
+from tests.harness import client, leave_clean, module_server, run, sipp_args
 from tests.helpers import ServerProcess
 from tests.interop.test_call_audio import direct_rule, target, wait_participants
 
@@ -22,6 +23,20 @@ pytestmark = [
     pytest.mark.skipif(not shutil.which("sipp"), reason="sipp comes with `make test`"),
     pytest.mark.skipif(not shutil.which("baresip"), reason="baresip comes with `make test`"),
 ]
+
+
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One server for the module's calls (conftest's `media_server` is one per test)."""
+    yield from module_server(tmp_path_factory, "late-offer", "--rtp-ports", "14000-14999", sip=True)
+
+
+@pytest.fixture
+async def media_server(shared_server: ServerProcess) -> AsyncIterator[ServerProcess]:
+    """The module's server; after each test its trunks, rules and rooms are deleted and no
+    call is left."""
+    yield shared_server
+    await leave_clean(shared_server)
 
 
 def write_ulaw_tone(path: Path, freq: float = 1000.0, seconds: float = 3.0) -> None:

@@ -31,11 +31,11 @@ from tests.harness import (
     call_log,
     client,
     eventually,
+    leave_clean,
+    module_server,
     run,
-    sip_server_process,
     sipp_args,
     sipp_port,
-    stop_cleanly,
 )
 from tests.helpers import ServerProcess
 from tests.signal_client import SignalClient
@@ -46,12 +46,22 @@ NUMBER = "+15551234"
 ROOM = "outbound"
 
 
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One server for the module's tests (all but the one that needs a tiny RTP range)."""
+    yield from module_server(tmp_path_factory, "outbound", "--rtp-ports", "17000-17999", sip=True)
+
+
 @pytest.fixture
-def sip_server(tmp_path: Path) -> Iterator[ServerProcess]:
-    proc = sip_server_process(tmp_path, "--rtp-ports", "17000-17999")
-    proc.start()
-    yield proc
-    stop_cleanly(proc)
+async def sip_server(shared_server: ServerProcess) -> AsyncIterator[ServerProcess]:
+    """The module's server; after each test its trunks and rooms are deleted, no call is left."""
+    yield shared_server
+    await leave_clean(shared_server)
+
+
+async def calls_of(server: ServerProcess, trunk_id: str) -> list[dict[str, Any]]:
+    """The call log entries of the calls placed through `trunk_id` (made by one test)."""
+    return [e for e in await call_log(server) if e["trunk_id"] == trunk_id]
 
 
 @asynccontextmanager
@@ -260,7 +270,7 @@ async def test_a_refused_call_raises_sip_call_error(
             if p.state == models.ParticipantInfo.State.DISCONNECTED
         ]
         assert left and left[-1].disconnect_reason == disconnect
-    (entry,) = await call_log(sip_server)
+    (entry,) = await calls_of(sip_server, trunk_id)
     assert entry["call_status"] == "SCS_ERROR"
     assert entry["call_status_code"]["code"] == sip.SIPStatusCode.Name(status)
 
@@ -373,7 +383,7 @@ async def test_a_trunk_that_refuses_the_connection_fails_fast(sip_server: Server
         assert raised.value.sip_status_code == 503
         assert raised.value.code == "failed_precondition"
         assert f"sip_{NUMBER}" not in await participants(lk)
-    (entry,) = await call_log(sip_server)
+    (entry,) = await calls_of(sip_server, trunk_id)
     assert entry["call_status"] == "SCS_ERROR"
     assert entry["disconnect_reason"] == "SIP_TRUNK_FAILURE"
 
@@ -488,7 +498,7 @@ async def test_removing_a_ringing_participant_cancels_the_call(sip_server: Serve
         )
         code, out = await sipp_task  # CANCEL, 487, ACK
         assert code == 0, out
-    (entry,) = await call_log(sip_server)
+    (entry,) = await calls_of(sip_server, trunk_id)
     assert entry["disconnect_reason"] == "PARTICIPANT_REMOVED"
     assert entry["call_status"] == "SCS_ERROR"
 

@@ -5,18 +5,31 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 from livekit import api
 from livekit.protocol import models, room, rtc
 
-from tests.harness import eventually
+from tests.harness import eventually, leave_clean, module_server
 from tests.helpers import ServerProcess, token, twirp
 from tests.interop.test_sip_api import expect_error
 from tests.signal_client import SignalClient
 
 Reason = models.DisconnectReason
+
+
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One server for the module (a start costs more than most tests here)."""
+    yield from module_server(tmp_path_factory, "room-api", clean_log=True)
+
+
+@pytest.fixture
+async def server(shared_server: ServerProcess) -> AsyncIterator[ServerProcess]:
+    """The module's server (and `lk`'s), its rooms deleted after each test: each finds none."""
+    yield shared_server
+    await leave_clean(shared_server)
 
 
 async def wait_until(predicate: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:
@@ -367,11 +380,21 @@ def _secret() -> str:
 async def test_metrics_count_requests_and_errors(lk: api.LiveKitAPI, server: ServerProcess) -> None:
     import aiohttp  # noqa: PLC0415
 
+    async def scrape() -> dict[str, str]:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{server.url}/metrics") as resp,
+        ):
+            text = await resp.text()
+        return dict(line.rsplit(" ", 1) for line in text.splitlines())
+
+    # The server is the module's: its counters are read as what this test added to them.
+    before = await scrape()
     await lk.room.create_room(room.CreateRoomRequest(name="counted"))
     await expect_error("not_found", lk.room.delete_room(room.DeleteRoomRequest(room="missing")))
-    async with aiohttp.ClientSession() as session, session.get(f"{server.url}/metrics") as resp:
-        text = await resp.text()
-    lines = dict(line.rsplit(" ", 1) for line in text.splitlines())
-    assert int(lines["sipbridge_api_requests_total"]) >= 2
-    assert lines['sipbridge_api_errors_total{code="not_found"}'] == "1"
+    lines = await scrape()
+    requests = int(lines["sipbridge_api_requests_total"])
+    assert requests - int(before["sipbridge_api_requests_total"]) >= 2
+    not_found = 'sipbridge_api_errors_total{code="not_found"}'
+    assert int(lines[not_found]) - int(before.get(not_found, "0")) == 1
     assert lines["sipbridge_rooms"] == "1"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from livekit import api
 from livekit.protocol import models, room, sip
 
 from tests import baresip
-from tests.harness import call_log, client, eventually
+from tests.harness import call_log, client, eventually, leave_clean, module_server
 from tests.helpers import ServerProcess
 from tests.interop.test_call_audio import direct_rule, sip_participants, target
 from tests.signal_client import SignalClient
@@ -23,6 +24,20 @@ from tests.signal_client import SignalClient
 pytestmark = pytest.mark.skipif(
     not shutil.which("baresip"), reason="baresip comes with `make test`"
 )
+
+
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One server for the module's calls (conftest's `media_server` is one per test)."""
+    yield from module_server(tmp_path_factory, "transfer", "--rtp-ports", "14000-14999", sip=True)
+
+
+@pytest.fixture
+async def media_server(shared_server: ServerProcess) -> AsyncIterator[ServerProcess]:
+    """The module's server; after each test its trunks, rules and rooms are deleted and no
+    call is left."""
+    yield shared_server
+    await leave_clean(shared_server)
 
 
 async def answered_caller(
@@ -79,7 +94,7 @@ async def test_a_caller_is_transferred_to_another_phone(
             await a.hangup()
             await c.wait_event("CALL_CLOSED", timeout=8)
     # the call log has the transfer, done, with the call it moved
-    (entry,) = await call_log(media_server)
+    (entry,) = [e for e in await call_log(media_server) if e["from_uri"]["user"] == a.user]
     (transfer,) = entry["transfers"]
     assert transfer["transfer_id"] == done.transfer_id and transfer["call_id"] == entry["call_id"]
     assert transfer["transfer_status"] == "STS_TRANSFER_SUCCESSFUL"

@@ -5,19 +5,23 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import jwt
+import pytest
 from aiohttp import web
 from livekit import api
 from livekit.protocol import room as room_proto
 from livekit.protocol.models import DisconnectReason
 from livekit.protocol.webhook import WebhookEvent
 
+from tests.harness import leave_clean, module_server
 from tests.helpers import API_KEY, API_SECRET, ServerProcess, free_port
 
 EVENT_TIMEOUT_S = 10.0
@@ -45,14 +49,21 @@ class Receiver:
     accepted: asyncio.Queue[WebhookEvent] = field(default_factory=asyncio.Queue)
 
     async def handle(self, request: web.Request) -> web.Response:
-        body = await request.text()
-        authorization = request.headers.get("Authorization", "")
+        status, text = self.take(
+            await request.text(),
+            request.headers.get("Authorization", ""),
+            request.headers.get("Content-Type", ""),
+        )
+        return web.Response(status=status, text=text)
+
+    def take(self, body: str, authorization: str, content_type: str) -> tuple[int, str]:
+        """One POST: verified, recorded, answered (status, text)."""
         delivery = Delivery(
             at=time.monotonic(),
             event=None,
             body=body,
             authorization=authorization,
-            content_type=request.headers.get("Content-Type", ""),
+            content_type=content_type,
         )
         self.deliveries.append(delivery)
         verifier = api.WebhookReceiver(api.TokenVerifier(API_KEY, API_SECRET))
@@ -60,11 +71,11 @@ class Receiver:
             delivery.event = verifier.receive(body, authorization)
         except Exception as exc:
             delivery.error = f"{type(exc).__name__}: {exc}"
-            return web.Response(status=401, text=delivery.error)
+            return 401, delivery.error
         status = self.statuses.pop(0) if self.statuses else 200
         if status == 200:
             self.accepted.put_nowait(delivery.event)
-        return web.Response(status=status)
+        return status, ""
 
     async def next_event(self) -> WebhookEvent:
         return await asyncio.wait_for(self.accepted.get(), EVENT_TIMEOUT_S)
@@ -85,6 +96,85 @@ async def receiver(statuses: list[int] | None = None) -> AsyncIterator[Receiver]
         yield rx
     finally:
         await runner.cleanup()
+
+
+class Relay:
+    """The webhook endpoint of the module's server: a loopback HTTP server in a thread of its own
+    (a module's fixtures are synchronous, each test has an event loop of its own), handing each
+    POST to the `Receiver` of the test running (`relayed`), in that test's loop."""
+
+    def __init__(self) -> None:
+        self.target: tuple[Receiver, asyncio.AbstractEventLoop] | None = None
+        self.unclaimed: list[str] = []  # POSTs that came while no test listened
+        relay = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
+                status, text = relay.take(
+                    body,
+                    self.headers.get("Authorization", ""),
+                    self.headers.get("Content-Type", ""),
+                )
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(text.encode())))
+                self.end_headers()
+                self.wfile.write(text.encode())
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.http.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.http.serve_forever, daemon=True)
+
+    def take(self, body: str, authorization: str, content_type: str) -> tuple[int, str]:
+        target = self.target
+        if target is None:
+            self.unclaimed.append(body)
+            return 200, ""
+        rx, loop = target
+
+        async def in_the_tests_loop() -> tuple[int, str]:
+            return rx.take(body, authorization, content_type)
+
+        return asyncio.run_coroutine_threadsafe(in_the_tests_loop(), loop).result(EVENT_TIMEOUT_S)
+
+
+@pytest.fixture(scope="module")
+def relay() -> Iterator[Relay]:
+    made = Relay()
+    made.thread.start()
+    yield made
+    made.http.shutdown()
+    made.http.server_close()
+    made.thread.join()
+
+
+@pytest.fixture(scope="module")
+def hooked_server(
+    tmp_path_factory: pytest.TempPathFactory, relay: Relay
+) -> Iterator[ServerProcess]:
+    """One server for the tests here that need one webhook receiver (`relayed`); the others
+    start servers with flags of their own. It must stop cleanly, with no stuck call."""
+    yield from module_server(tmp_path_factory, "webhooks", "--webhook", relay.url)
+
+
+@asynccontextmanager
+async def relayed(
+    relay: Relay, server: ServerProcess, statuses: list[int] | None = None
+) -> AsyncIterator[Receiver]:
+    """A `Receiver` for the events of the module's server while the test runs. The test must
+    have taken every event it caused (an event left over would go to the next test): none came
+    before it began, and after it nothing else is left on the server (`leave_clean`)."""
+    assert not relay.unclaimed, relay.unclaimed
+    rx = Receiver(statuses=list(statuses or []))
+    relay.target = (rx, asyncio.get_running_loop())
+    try:
+        yield rx
+    finally:
+        relay.target = None
+    await leave_clean(server)
 
 
 @asynccontextmanager
@@ -119,12 +209,11 @@ def assert_signed_like_livekit(delivery: Delivery) -> None:
     assert isinstance(doc["room"]["creationTime"], str), doc["room"]
 
 
-async def test_room_started_and_finished_are_signed_and_verifiable(tmp_path: Path) -> None:
-    async with (
-        receiver() as rx,
-        server_with_webhook(tmp_path, rx.url) as proc,
-        client(proc) as lk,
-    ):
+async def test_room_started_and_finished_are_signed_and_verifiable(
+    relay: Relay, hooked_server: ServerProcess
+) -> None:
+    proc = hooked_server
+    async with relayed(relay, proc) as rx, client(proc) as lk:
         before = int(time.time())
         room = await lk.room.create_room(room_proto.CreateRoomRequest(name="hooked"))
         started = await rx.next_event()
@@ -147,12 +236,11 @@ async def test_room_started_and_finished_are_signed_and_verifiable(tmp_path: Pat
             assert_signed_like_livekit(delivery)
 
 
-async def test_each_room_gets_its_own_events_in_order(tmp_path: Path) -> None:
-    async with (
-        receiver() as rx,
-        server_with_webhook(tmp_path, rx.url) as proc,
-        client(proc) as lk,
-    ):
+async def test_each_room_gets_its_own_events_in_order(
+    relay: Relay, hooked_server: ServerProcess
+) -> None:
+    proc = hooked_server
+    async with relayed(relay, proc) as rx, client(proc) as lk:
         sids = {}
         for name in ("one", "two", "three"):
             sids[name] = (await lk.room.create_room(room_proto.CreateRoomRequest(name=name))).sid
@@ -208,12 +296,11 @@ async def test_each_receiver_gets_every_event_in_order(tmp_path: Path) -> None:
             assert_signed_like_livekit(delivery)
 
 
-async def test_failed_delivery_is_retried_with_backoff(tmp_path: Path) -> None:
-    async with (
-        receiver(statuses=[500, 500]) as rx,
-        server_with_webhook(tmp_path, rx.url) as proc,
-        client(proc) as lk,
-    ):
+async def test_failed_delivery_is_retried_with_backoff(
+    relay: Relay, hooked_server: ServerProcess
+) -> None:
+    proc = hooked_server
+    async with relayed(relay, proc, statuses=[500, 500]) as rx, client(proc) as lk:
         room = await lk.room.create_room(room_proto.CreateRoomRequest(name="retried"))
         started = await rx.next_event()
         assert (started.event, started.room.sid) == ("room_started", room.sid)
@@ -274,14 +361,11 @@ async def test_hanging_receiver_never_blocks_calls(tmp_path: Path) -> None:
         await runner.cleanup()
 
 
-async def test_participant_and_track_events(tmp_path: Path) -> None:
+async def test_participant_and_track_events(relay: Relay, hooked_server: ServerProcess) -> None:
     from tests.signal_client import SignalClient  # noqa: PLC0415
 
-    async with (
-        receiver() as rx,
-        server_with_webhook(tmp_path, rx.url) as proc,
-        client(proc) as lk,
-    ):
+    proc = hooked_server
+    async with relayed(relay, proc) as rx, client(proc) as lk:
         async with SignalClient(proc.url, "party", "alice", name="Alice") as alice:
             track = await alice.publish_audio()
             await lk.room.remove_participant(
