@@ -22,7 +22,7 @@ from livekit import api
 from livekit.protocol import models, room, sip
 
 from tests import baresip
-from tests.audio import best_correlation, read_wav, rms
+from tests.audio import best_correlation, read_wav, rms, windows_heard
 from tests.harness import call_log, client, eventually, leave_clean, module_server
 from tests.helpers import ServerProcess
 
@@ -102,6 +102,15 @@ def heard(listener: baresip.Phone, talker: baresip.Phone) -> float:
     recording, rate = read_wav(listener.recorded())
     coefficient, _ = best_correlation(talker.reference, recording, talker.rate, recorded_rate=rate)
     return coefficient
+
+
+def heard_in_mix(listener: baresip.Phone, talker: baresip.Phone) -> float:
+    """The share of `talker`'s quarter seconds in what `listener` heard, mixed with others."""
+    assert talker.reference is not None
+    recording, rate = read_wav(listener.recorded())
+    return windows_heard(
+        talker.reference, recording, talker.rate, threshold=0.4, recorded_rate=rate
+    )
 
 
 @pytest.mark.parametrize(
@@ -293,7 +302,10 @@ async def test_three_phones_hear_the_mix_of_the_other_two(
     media_server: ServerProcess, tmp_path: Path
 ) -> None:
     """With three sources every listener gets a mix: each of the others is in it, never its own
-    voice (a mix of two equal talkers correlates about 0.7 with each; a missing one about 0)."""
+    voice. Judged per quarter second (`windows_heard`): a mix of two equal talkers correlates
+    about 0.7 with each, so a window of one talker counts from 0.4 (0.73-1.0 of them did, the
+    own voice's none); one constant lag over the whole call fell to 0.46 when a jitter buffer
+    shifted once."""
     async with client(media_server) as lk:
         await direct_rule(lk)
     options = {"top_hz": 3400.0}
@@ -314,12 +326,12 @@ async def test_three_phones_hear_the_mix_of_the_other_two(
             await p.wait_event("CALL_CLOSED")
             await p.stop()
         scores = {
-            (listener.name, talker.name): heard(listener, talker)
+            (listener.name, talker.name): heard_in_mix(listener, talker)
             for listener in (a, b, c)
             for talker in (a, b, c)
         }
     for (listener, talker), score in scores.items():
         if listener == talker:
-            assert abs(score) < 0.3, (listener, "hears itself", scores)
+            assert score < 0.1, (listener, "hears itself", scores)
         else:
-            assert score > 0.5, (listener, talker, scores)
+            assert score > 0.6, (listener, talker, scores)
