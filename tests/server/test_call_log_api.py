@@ -27,7 +27,14 @@ from tests.harness import eventually
 pytestmark = pytest.mark.timeout(30)
 
 KEYS = {"key": "secret-long-enough-for-hs256-0123456789abcdef"}
-ADMIN = {"Authorization": "Bearer " + sign_token("key", KEYS["key"], sip={"admin": True})}
+
+
+def admin() -> dict[str, str]:
+    """An admin's Authorization header, signed now (a token made at import expires before a
+    long suite reaches the test)."""
+    return {"Authorization": "Bearer " + sign_token("key", KEYS["key"], sip={"admin": True})}
+
+
 NOW = 1_700_000_000.0
 URL = PREFIX + "sipbridge.CallLog/ListCalls"
 
@@ -84,7 +91,7 @@ async def test_list_calls_over_twirp(call_log: CallLog) -> None:
     async with TestClient(TestServer(app)) as client:
 
         async def ask(body: dict[str, object]) -> tuple[int, Any]:
-            response = await client.post(URL, json=body, headers=ADMIN)
+            response = await client.post(URL, json=body, headers=admin())
             return response.status, await response.json()
 
         status, page = await ask({"limit": 3})
@@ -107,7 +114,7 @@ async def test_list_calls_over_twirp(call_log: CallLog) -> None:
         response = await client.post(
             URL,
             data=request.SerializeToString(),
-            headers={**ADMIN, "Content-Type": "application/protobuf"},
+            headers={**admin(), "Content-Type": "application/protobuf"},
         )
         assert response.status == 200
         decoded = ListCallsResponse.FromString(await response.read())

@@ -19,7 +19,12 @@ from sipbridge.telephony.drain import Drain, DrainInput, DrainStarted, NodeState
 from sipbridge.telephony.node_info import NodeInfo
 
 KEYS = {"key": "secret-long-enough-for-hs256-0123456789abcdef"}
-ADMIN = {"Authorization": "Bearer " + sign_token("key", KEYS["key"], sip={"admin": True})}
+
+
+def admin() -> dict[str, str]:
+    """An admin's Authorization header, signed now (a token made at import expires before a
+    long suite reaches the test)."""
+    return {"Authorization": "Bearer " + sign_token("key", KEYS["key"], sip={"admin": True})}
 
 
 async def test_single_node_lists_itself_with_its_load() -> None:
@@ -34,7 +39,7 @@ async def test_single_node_lists_itself_with_its_load() -> None:
         NodeApi(beat.list, KEYS).routes(app)
         async with TestClient(TestServer(app)) as client:
             load["calls"] = 4
-            response = await client.get("/sipbridge/v1/nodes", headers=ADMIN)
+            response = await client.get("/sipbridge/v1/nodes", headers=admin())
             assert response.status == 200
             [row] = (await response.json())["nodes"]
             assert (row["id"], row["calls"], row["rooms"]) == ("solo", 4, 2)
@@ -56,7 +61,7 @@ async def test_refusals() -> None:
         for headers, status, code in [
             ({}, 401, "unauthenticated"),
             ({"Authorization": f"Bearer {calls_only}"}, 403, "permission_denied"),
-            (ADMIN, 503, "unavailable"),
+            (admin(), 503, "unavailable"),
         ]:
             response = await client.get("/sipbridge/v1/nodes", headers=headers)
             assert response.status == status

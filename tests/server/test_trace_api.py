@@ -11,7 +11,14 @@ from sipbridge.sip.trace import CallTraces
 from tests.pcap_reader import read_pcap
 
 KEYS = {"key": "secret-long-enough-for-hs256-0123456789abcdef"}
-ADMIN = {"Authorization": "Bearer " + sign_token("key", KEYS["key"], sip={"admin": True})}
+
+
+def admin() -> dict[str, str]:
+    """An admin's Authorization header, signed now (a token made at import expires before a
+    long suite reaches the test)."""
+    return {"Authorization": "Bearer " + sign_token("key", KEYS["key"], sip={"admin": True})}
+
+
 INVITE = (
     b"INVITE sip:100@127.0.0.1 SIP/2.0\r\nCall-ID: a/b@host\r\nCSeq: 1 INVITE\r\n"
     b"Content-Length: 0\r\n\r\n"
@@ -35,20 +42,20 @@ async def test_trace_pcap_and_rtp_over_http() -> None:
         rtp = bytes([0x80, 0]) + i.to_bytes(2, "big") + bytes(8) + bytes(160)
         traces.record_rtp(trace, rtp, 99.0 + i / 50, outgoing=True, local=US, remote=PEER)
     async with TestClient(TestServer(app_with(traces, {"SCL_1"}))) as client:
-        response = await client.get("/sipbridge/v1/calls/a%2Fb%40host/trace", headers=ADMIN)
+        response = await client.get("/sipbridge/v1/calls/a%2Fb%40host/trace", headers=admin())
         assert response.status == 200
         data = await response.json()
         assert data["call_id"] == "a/b@host" and data["names"] == ["SCL_1"]
         assert data["rtp_packets"] == 600
 
-        response = await client.get("/sipbridge/v1/calls/SCL_1/pcap", headers=ADMIN)
+        response = await client.get("/sipbridge/v1/calls/SCL_1/pcap", headers=admin())
         assert response.status == 200
         assert response.content_type == "application/vnd.tcpdump.pcap"
         assert response.headers["Content-Disposition"] == 'attachment; filename="a_b_host.pcap"'
         packets = read_pcap(await response.read())
         assert len(packets) == 601 and packets[0].payload == INVITE
 
-        response = await client.post("/sipbridge/v1/calls/SCL_1/rtp", headers=ADMIN)
+        response = await client.post("/sipbridge/v1/calls/SCL_1/rtp", headers=admin())
         assert response.status == 200
         assert await response.json() == {"call_id": "SCL_1", "rtp": "traced"}
 
@@ -64,10 +71,16 @@ async def test_refusals_have_twirp_codes() -> None:
                 403,
                 "permission_denied",
             ),
-            ("get", "/sipbridge/v1/calls/SCL_x/trace", ADMIN, 404, "not_found"),
-            ("get", "/sipbridge/v1/calls/SCL_x/pcap", ADMIN, 404, "not_found"),
-            ("post", "/sipbridge/v1/calls/SCL_x/rtp", ADMIN, 404, "not_found"),
-            ("get", "/sipbridge/v1/calls/" + "x" * 1100 + "/trace", ADMIN, 400, "invalid_argument"),
+            ("get", "/sipbridge/v1/calls/SCL_x/trace", admin(), 404, "not_found"),
+            ("get", "/sipbridge/v1/calls/SCL_x/pcap", admin(), 404, "not_found"),
+            ("post", "/sipbridge/v1/calls/SCL_x/rtp", admin(), 404, "not_found"),
+            (
+                "get",
+                "/sipbridge/v1/calls/" + "x" * 1100 + "/trace",
+                admin(),
+                400,
+                "invalid_argument",
+            ),
         ]
         for method, path, headers, status, code in cases:
             response = await client.request(method, path, headers=headers)
@@ -81,6 +94,6 @@ async def test_no_traces_at_all_is_not_found() -> None:
     async with TestClient(TestServer(app)) as client:
         for method, what in (("get", "trace"), ("post", "rtp")):
             response = await client.request(
-                method, f"/sipbridge/v1/calls/SCL_x/{what}", headers=ADMIN
+                method, f"/sipbridge/v1/calls/SCL_x/{what}", headers=admin()
             )
             assert response.status == 404
