@@ -11,14 +11,14 @@ receive on their own threads.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.flood import measure_flood
-from tests.interop.test_inbound_cases import (
-    ServerFactory,
-    serve,  # noqa: F401 - the fixture
-)
+from tests.harness import sip_server_process, stop_cleanly
+from tests.helpers import ServerProcess
 
 pytestmark = pytest.mark.skipif(
     not (shutil.which("sipp") and shutil.which("timeout")), reason="sipp comes with `make test`"
@@ -32,10 +32,19 @@ DRAIN_S = 10.0  # every flood call ended within this after the flood
 MEMORY_SLACK = 24 * 1024 * 1024  # what may stay resident after the flood's calls are gone
 
 
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerProcess]:
+    """A server of its own, at the default limits: its memory before the flood is its own."""
+    proc = sip_server_process(tmp_path)
+    proc.start()
+    yield proc
+    stop_cleanly(proc)
+    assert "Traceback" not in proc.log.read_text(), proc.log_tail()
+
+
 async def test_a_flood_from_one_source_leaves_a_call_and_pings_from_others_alone(
-    serve: ServerFactory,  # noqa: F811
+    server: ServerProcess,
 ) -> None:
-    server = await serve()
     got = await measure_flood(server, invites=FLOOD_INVITES, rate=FLOOD_RATE, hold_ms=1000)
     summary = got.summary()
     print(summary)  # shown with -s, and in the report of a failure
