@@ -77,9 +77,7 @@ def test_a_zero_limit_refuses_any_load() -> None:
     assert gate.refusal(0.0) == "cpu"
 
 
-@pytest.mark.parametrize(
-    "limits", [{"max_cpu": -1.0}, {"max_lag": -0.1}, {"window": 0.0}], ids=str
-)
+@pytest.mark.parametrize("limits", [{"max_cpu": -1.0}, {"max_lag": -0.1}, {"window": 0.0}], ids=str)
 def test_absurd_limits_are_refused(limits: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         LoadLimits(**limits)

@@ -41,6 +41,7 @@ from sipbridge.server.calls.room_limits import RoomLimits
 from sipbridge.server.calls.runner import CallServices
 from sipbridge.server.calls.transfers import Transfers
 from sipbridge.server.drain import DrainDriver
+from sipbridge.server.load_probe import LoadProbe
 from sipbridge.server.media.leg_driver import CallMedia
 from sipbridge.server.media.service import MediaService
 from sipbridge.server.nodes import Heartbeat, redis_nodes
@@ -54,7 +55,7 @@ from sipbridge.server.rtc.aiortc_patches import (
 from sipbridge.server.rtc.signal import SignalServer
 from sipbridge.server.sip.registrations import Registrations
 from sipbridge.server.sip.transport import Listen, SipService, tls_context
-from sipbridge.server.sip.user_agent import SipUserAgent
+from sipbridge.server.sip.user_agent import OutgoingCall, SipCall, SipUserAgent
 from sipbridge.server.state.call_log import CallLog
 from sipbridge.server.state.rooms_runtime import RoomsRuntime, wall_clock
 from sipbridge.server.state.trunk_cache import SipConfig
@@ -65,6 +66,7 @@ from sipbridge.store.redis import RedisStore, redacted
 from sipbridge.telephony.auth_guard import AuthGuard
 from sipbridge.telephony.drain import Drain, DrainStarted
 from sipbridge.telephony.node_info import NodeInfo
+from sipbridge.telephony.load import LoadGate, LoadLimits
 
 log = logging.getLogger("sipbridge")
 
@@ -94,6 +96,10 @@ class Server:
         self.webhooks = WebhookNotifier(settings.webhooks, key, secret, retry=webhook_retry)
         self.rooms = RoomsRuntime(RoomRegistry(), self.webhooks, clock)
         self.twirp = TwirpServer(dict(settings.keys))
+        self.metrics = metrics.Metrics(self.samples)
+        self.twirp.on_latency = self.metrics.api_request
+        self.load = LoadGate(LoadLimits(max_cpu=settings.max_cpu))
+        self.load_probe = LoadProbe(self.load, self.metrics)
         RoomApi(self.rooms).register(self.twirp)
         self.call_log = CallLog(self.store, clock, retention_days=settings.call_log_days)
         CallLogApi(self.call_log, clock).register(self.twirp)
@@ -121,6 +127,7 @@ class Server:
             session_min_se=settings.session_min_se,
             room_limits=RoomLimits(settings.room_max_callers, float(settings.room_join_rate)),
             on_media=self._call_media,
+            refuse_for_load=self._refuse_for_load,
         )
         # Each live call's media leg by SIP Call-ID, for tracing its RTP on request.
         self.call_legs: weakref.WeakValueDictionary[str, CallMedia] = weakref.WeakValueDictionary()
@@ -133,6 +140,9 @@ class Server:
         wildcard = settings.sip.host in ("0.0.0.0", "::")
         advertised = settings.media_address if wildcard else settings.sip.host
         self.sip_ua = SipUserAgent(advertised, settings.sip.port, on_invite=self.inbound)
+        self.sip_ua.on_trying = self.metrics.invite_trying.observe
+        self.sip_ua.on_final = self._call_final
+        self.media.on_release = self._media_released
         admission = Admission(
             rate=float(settings.sip_rate),
             burst=2.0 * settings.sip_rate,
@@ -181,7 +191,7 @@ class Server:
         self.agents.routes(app)
         NodeApi(self.list_nodes, dict(self.settings.keys)).routes(app)
         if self.settings.metrics is None:
-            app.router.add_get("/metrics", metrics.handler(self.samples))
+            app.router.add_get("/metrics", self.metrics.handler())
         return app
 
     def _name_trace(self, info: proto.SIPCallInfo) -> None:
@@ -225,12 +235,36 @@ class Server:
         """Every call of both directions, PIN entry included: what `--max-calls` limits."""
         return self.inbound.count() + len(self.outbound.active)
 
-    async def healthz(self, _: web.Request) -> web.Response:
+    def not_ready(self) -> str | None:
+        """Why this node should get no new work now (a load balancer moves on), or None."""
         if not self.ready:
-            return web.Response(status=503, text="starting or stopping\n")
+            return "starting or stopping"
         if not self.drain.accepting:  # SIGTERM: the balancer should send no new work here
-            return web.Response(status=503, text="draining\n")
+            return "draining"
+        overloaded = self.load.refusal(time.monotonic())
+        if overloaded is not None:
+            return f"not ready: overloaded ({overloaded.replace('_', ' ')})"
+        return None
+
+    async def healthz(self, _: web.Request) -> web.Response:
+        reason = self.not_ready()
+        if reason is not None:
+            return web.Response(status=503, text=reason + "\n")
         return web.Response(text="ok\n")
+
+    def _refuse_for_load(self) -> str | None:
+        return self.load.admit(time.monotonic())
+
+    def _call_final(self, call: SipCall, status: int, seconds: float) -> None:
+        """A call's final SIP status, counted; the time its INVITE took to a 200."""
+        direction = "outbound" if isinstance(call, OutgoingCall) else "inbound"
+        self.metrics.call_ended(direction, call.trunk_id, status)
+        if status == 200:
+            self.metrics.invite_answer.labels(direction).observe(seconds)
+
+    def _media_released(self, leg: CallMedia) -> None:
+        stats = leg.receiver.stats
+        self.metrics.media_leg(jitter=stats.jitter_seconds, lost=stats.lost, received=stats.packets)
 
     # -- this node in the cluster -----------------------------------------------------------
 
@@ -321,6 +355,11 @@ class Server:
             ("sipbridge_rtc_audio", {"counter": name}, n)
             for name, n in sorted(self.signal.audio_samples().items())
         ]
+        out += [
+            ("sipbridge_load_refused_total", {"reason": reason}, n)
+            for reason, n in sorted(self.load.refused.items())
+        ]
+        out.append(("sipbridge_process_cpu_percent", {}, self.load_probe.cpu_percent))
         out.append(("sipbridge_agent_workers", {}, len(self.agents.workers)))
         out.append(("sipbridge_agent_jobs", {}, len(self.agents.jobs)))
         out += [
@@ -387,7 +426,7 @@ class Server:
         await site.start()
         if self.settings.metrics is not None:  # only there, not on the API's address
             scrape = web.Application()
-            scrape.router.add_get("/metrics", metrics.handler(self.samples))
+            scrape.router.add_get("/metrics", self.metrics.handler())
             self._metrics_runner = web.AppRunner(
                 scrape,
                 access_log=None,
@@ -400,6 +439,7 @@ class Server:
         await self.start_sip()
         self.registrations.start()
         await self._start_heartbeat()
+        self.load_probe.start()
         # Everything loaded at startup lives for the process: keep it out of the cyclic GC's
         # generations so collections stay short while calls come and go.
         gc.freeze()
@@ -436,6 +476,7 @@ class Server:
 
     async def stop(self) -> None:
         self.ready = False
+        self.load_probe.stop()
         if self.heartbeat is not None:  # out of the node list at once
             await self.heartbeat.stop()
         if self.inbound.shutdown() + self.outbound.shutdown() + self.registrations.close():

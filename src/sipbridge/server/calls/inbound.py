@@ -60,6 +60,7 @@ from sipbridge.telephony.inbound import (
     rule_needs_pin,
     select_rule,
 )
+from sipbridge.telephony.load import RETRY_AFTER_S
 from sipbridge.telephony.media import media_policy, sdp_codec
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,11 @@ class InboundCalls(CallRunner[InboundCallState]):
         if len(self._arriving) >= self.max_calls:
             self._count("overload")
             call.reject(503, "Service Unavailable", {"Retry-After": "5"})
+            return
+        load = self.services.refuse_for_load
+        if load is not None and load() is not None:
+            self._count("overload_load")  # (by reason: `LoadGate.refused`)
+            call.reject(503, "Service Unavailable", {"Retry-After": str(RETRY_AFTER_S)})
             return
         self._arriving.append(call)
         if len(self._arriving) == 1:
@@ -176,6 +182,7 @@ class InboundCalls(CallRunner[InboundCallState]):
                 trunk = match_trunk(trunks, inbound)
             except TrunkConflict:
                 raise SipProtocolError(503, "Service Unavailable") from None
+            call.trunk_id = trunk.sip_trunk_id if trunk is not None else ""
             if trunk is None:
                 if self.auth.conceal_numbers and any(t.auth_username for t in trunks):
                     # No enumeration: where trunks ask for passwords, a number no trunk has is
