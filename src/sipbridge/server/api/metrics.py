@@ -107,7 +107,7 @@ class Metrics:
     def __init__(self, samples: Callable[[], Iterable[Sample]] = list) -> None:
         # No `*_created` series beside each counter and histogram: a start time per series
         # doubles the exposition for nothing a rate() needs (a setting of the library's, global).
-        disable_created_metrics()
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry(auto_describe=True)
         self.samples = samples
         self._trunks = BoundedLabel()
