@@ -162,6 +162,8 @@ class Metrics:
             "The event loop's worst lag over the last second",
             registry=r,
         )
+        for direction in ("inbound", "outbound"):  # both series exist from the start
+            self.invite_answer.labels(direction)
         r.register(_Scraped(self))
 
     # -- observations, each once per call or request ----------------------------------------
