@@ -18,14 +18,32 @@ def test_an_idle_node_admits_calls() -> None:
 
 def test_loop_lag_refuses_for_a_window_then_admits_again() -> None:
     gate = LoadGate(LoadLimits(max_lag=0.1, window=1.0))
-    gate.lag_sample(0.25, 10.0)  # one slow turn
+    gate.lag_sample(0.9, 10.0)  # the loop was held most of a second
     for t in (10.0, 10.5, 11.0):
         assert gate.admit(t) == "loop_lag"
-    assert gate.lag(11.0) == 0.25
     gate.lag_sample(0.001, 11.01)
     assert gate.lag(11.01) == 0.001
     assert gate.admit(11.01) is None  # the slow sample is older than the window
     assert gate.refused == {"loop_lag": 3}
+
+
+def test_one_slow_turn_among_quick_ones_is_not_overload() -> None:
+    gate = LoadGate(LoadLimits(max_lag=0.1, window=1.0))
+    for n in range(9):
+        gate.lag_sample(0.002, n / 10)
+    gate.lag_sample(0.15, 0.9)  # a collection, a burst of setups
+    assert gate.worst_lag(0.9) == 0.15
+    assert gate.refusal(0.9) is None
+
+
+def test_every_turn_late_is_overload() -> None:
+    gate = LoadGate(LoadLimits(max_lag=0.1, window=1.0))
+    for n in range(5):
+        gate.lag_sample(0.12, n * 0.22)
+    assert gate.refusal(0.9) == "loop_lag"
+    for n in range(5, 10):
+        gate.lag_sample(0.01, n * 0.22)  # load falls
+    assert gate.refusal(2.0) is None
 
 
 def test_lag_at_the_limit_is_admitted() -> None:
@@ -67,7 +85,7 @@ def test_negative_samples_count_as_zero() -> None:
     gate = LoadGate()
     gate.lag_sample(-0.5, 0.0)  # a timer that fired early
     gate.cpu_sample(-1.0, 0.0)
-    assert gate.lag(0.0) == 0.0
+    assert gate.lag(0.0) == gate.worst_lag(0.0) == 0.0
     assert gate.cpu(0.0) == 0.0
 
 

@@ -54,7 +54,7 @@ class LoadProbe:
         self.gate.lag_sample(lag, at)
         if self.metrics is not None:
             self.metrics.loop_lag.observe(max(0.0, lag))
-            self.metrics.loop_lag_max.set(self.gate.lag(at))
+            self.metrics.loop_lag_max.set(self.gate.worst_lag(at))
         wall, cpu = self._cpu_at
         if at - wall >= CPU_INTERVAL_S:
             used = time.process_time()

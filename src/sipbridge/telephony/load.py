@@ -8,9 +8,11 @@ s21.5.4) while the event loop lags or the process's CPU passes `--max-cpu`, and 
 
 `LoadGate` takes samples - the event loop's lag (how late a timer fired) and the process's CPU
 use over an interval - each with the time it was taken, and answers `refusal(now)`: the reason to
-refuse, or None. A sample counts for `window` seconds (the last second by default), so one slow
-turn refuses calls for a second, and the node is ready again once a window passes with no sample
-over its limit. The asyncio side (server/load_probe.py) takes the samples; tests pass `now`.
+refuse, or None. The loop lags when its mean lag over the last `window` (a second) passes
+`max_lag`: a loop held 150 ms once in a second of 10 ms turns is not overloaded (a collection, a
+burst of call setups: nothing a caller would notice), one late by 100 ms on every turn, or held for
+most of the second, is. The node is ready again as soon as the window's samples fall below the
+limits. The asyncio side (server/load_probe.py) takes the samples; tests pass `now`.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ RETRY_AFTER_S = 5  # what a refused caller is told to wait (RFC 3261 s20.33)
 @dataclass(frozen=True, kw_only=True, slots=True)
 class LoadLimits:
     """Above these, new calls are refused: `max_cpu` percent of one core (the process's CPU
-    time over wall time), `max_lag` seconds of event loop lag, each over the last `window`."""
+    time over wall time), `max_lag` seconds of event loop lag (the mean over the last
+    `window`)."""
 
     max_cpu: float = DEFAULT_MAX_CPU
     max_lag: float = DEFAULT_MAX_LAG
@@ -58,6 +61,11 @@ class LoadGate:
         self._expire(now)
 
     def lag(self, now: float) -> float:
+        """The mean lag over the window (0 with no sample)."""
+        self._expire(now)
+        return sum(value for _, value in self._lag) / len(self._lag) if self._lag else 0.0
+
+    def worst_lag(self, now: float) -> float:
         """The worst lag over the window (0 with no sample)."""
         self._expire(now)
         return max((value for _, value in self._lag), default=0.0)
