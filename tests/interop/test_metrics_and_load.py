@@ -117,7 +117,7 @@ async def test_a_server_over_its_cpu_limit_refuses_calls_until_the_limit_allows(
         assert header_of(got[-1], "Retry-After") == "5"
     lines = await asyncio.to_thread(busy.metrics)
     assert lines['sipbridge_load_refused_total{reason="cpu"}'] == 1
-    assert lines['sipbridge_inbound_total{outcome="overload_load"}'] == 1
+    assert lines['sipbridge_inbound_total{outcome="overload"}'] == 1
     assert lines['sipbridge_calls_total{code="503",direction="inbound",trunk="none"}'] == 1
     assert lines["sipbridge_process_cpu_percent"] > 0.001
     stop_cleanly(busy)

@@ -127,7 +127,7 @@ class Server:
             session_min_se=settings.session_min_se,
             room_limits=RoomLimits(settings.room_max_callers, float(settings.room_join_rate)),
             on_media=self._call_media,
-            refuse_for_load=self._refuse_for_load,
+            overloaded=self._overloaded,
         )
         # Each live call's media leg by SIP Call-ID, for tracing its RTP on request.
         self.call_legs: weakref.WeakValueDictionary[str, CallMedia] = weakref.WeakValueDictionary()
@@ -252,8 +252,8 @@ class Server:
             return web.Response(status=503, text=reason + "\n")
         return web.Response(text="ok\n")
 
-    def _refuse_for_load(self) -> str | None:
-        return self.load.admit(time.monotonic())
+    def _overloaded(self) -> bool:
+        return self.load.admit(time.monotonic()) is not None
 
     def _call_final(self, call: SipCall, status: int, seconds: float) -> None:
         """A call's final SIP status, counted; the time its INVITE took to a 200."""

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 DEFAULT_MAX_CPU = 90.0  # percent of one core: LiveKit's SIP service refuses calls above 90%
 DEFAULT_MAX_LAG = 0.1  # seconds: a timer 100 ms late delays five 20 ms audio frames
 DEFAULT_WINDOW = 1.0  # seconds a sample counts for
-RETRY_AFTER_S = 5  # what a refused caller is told to wait (RFC 3261 s20.33)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -60,7 +60,6 @@ from sipbridge.telephony.inbound import (
     rule_needs_pin,
     select_rule,
 )
-from sipbridge.telephony.load import RETRY_AFTER_S
 from sipbridge.telephony.media import media_policy, sdp_codec
 
 log = logging.getLogger(__name__)
@@ -105,14 +104,9 @@ class InboundCalls(CallRunner[InboundCallState]):
         call a turn, so that a burst of INVITEs never holds the loop - the media clock, OPTIONS,
         BYEs - for more than one call's setup (about 1.5 ms on the 2-core machine; issue 17:
         the 100 a source may send at once held it 150 ms, in one go)."""
-        if len(self._arriving) >= self.max_calls:
+        if len(self._arriving) >= self.max_calls or self.services.overloaded():
             self._count("overload")
             call.reject(503, "Service Unavailable", {"Retry-After": "5"})
-            return
-        load = self.services.refuse_for_load
-        if load is not None and load() is not None:
-            self._count("overload_load")  # (by reason: `LoadGate.refused`)
-            call.reject(503, "Service Unavailable", {"Retry-After": str(RETRY_AFTER_S)})
             return
         self._arriving.append(call)
         if len(self._arriving) == 1:
