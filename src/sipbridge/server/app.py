@@ -30,6 +30,7 @@ from sipbridge.server.api import metrics
 from sipbridge.server.api.call_log_api import CallLogApi
 from sipbridge.server.api.node_api import NodeApi
 from sipbridge.server.api.room_api import RoomApi
+from sipbridge.server.api.scraped import scraped_samples
 from sipbridge.server.api.sip_api import SipApi
 from sipbridge.server.api.trace_api import TraceApi
 from sipbridge.server.api.twirp import PREFIX, TwirpServer
@@ -55,7 +56,7 @@ from sipbridge.server.rtc.aiortc_patches import (
 from sipbridge.server.rtc.signal import SignalServer
 from sipbridge.server.sip.registrations import Registrations
 from sipbridge.server.sip.transport import Listen, SipService, tls_context
-from sipbridge.server.sip.user_agent import OutgoingCall, SipCall, SipUserAgent
+from sipbridge.server.sip.user_agent import SipUserAgent
 from sipbridge.server.state.call_log import CallLog
 from sipbridge.server.state.rooms_runtime import RoomsRuntime, wall_clock
 from sipbridge.server.state.trunk_cache import SipConfig
@@ -65,8 +66,8 @@ from sipbridge.store import RecordStore, SQLiteStore
 from sipbridge.store.redis import RedisStore, redacted
 from sipbridge.telephony.auth_guard import AuthGuard
 from sipbridge.telephony.drain import Drain, DrainStarted
-from sipbridge.telephony.node_info import NodeInfo
 from sipbridge.telephony.load import LoadGate, LoadLimits
+from sipbridge.telephony.node_info import NodeInfo
 
 log = logging.getLogger("sipbridge")
 
@@ -97,9 +98,7 @@ class Server:
         self.rooms = RoomsRuntime(RoomRegistry(), self.webhooks, clock)
         self.twirp = TwirpServer(dict(settings.keys))
         self.metrics = metrics.Metrics(self.samples)
-        self.twirp.on_latency = self.metrics.api_request
-        self.load = LoadGate(LoadLimits(max_cpu=settings.max_cpu))
-        self.load_probe = LoadProbe(self.load, self.metrics)
+        self.load_probe = LoadProbe(LoadGate(LoadLimits(max_cpu=settings.max_cpu)), self.metrics)
         RoomApi(self.rooms).register(self.twirp)
         self.call_log = CallLog(self.store, clock, retention_days=settings.call_log_days)
         CallLogApi(self.call_log, clock).register(self.twirp)
@@ -127,7 +126,7 @@ class Server:
             session_min_se=settings.session_min_se,
             room_limits=RoomLimits(settings.room_max_callers, float(settings.room_join_rate)),
             on_media=self._call_media,
-            overloaded=self._overloaded,
+            overloaded=self.load_probe.overloaded,
         )
         # Each live call's media leg by SIP Call-ID, for tracing its RTP on request.
         self.call_legs: weakref.WeakValueDictionary[str, CallMedia] = weakref.WeakValueDictionary()
@@ -140,9 +139,7 @@ class Server:
         wildcard = settings.sip.host in ("0.0.0.0", "::")
         advertised = settings.media_address if wildcard else settings.sip.host
         self.sip_ua = SipUserAgent(advertised, settings.sip.port, on_invite=self.inbound)
-        self.sip_ua.on_trying = self.metrics.invite_trying.observe
-        self.sip_ua.on_final = self._call_final
-        self.media.on_release = self._media_released
+        self.metrics.observe(twirp=self.twirp, ua=self.sip_ua, media=self.media)
         admission = Admission(
             rate=float(settings.sip_rate),
             burst=2.0 * settings.sip_rate,
@@ -241,30 +238,13 @@ class Server:
             return "starting or stopping"
         if not self.drain.accepting:  # SIGTERM: the balancer should send no new work here
             return "draining"
-        overloaded = self.load.refusal(time.monotonic())
-        if overloaded is not None:
-            return f"not ready: overloaded ({overloaded.replace('_', ' ')})"
-        return None
+        return self.load_probe.not_ready()
 
     async def healthz(self, _: web.Request) -> web.Response:
         reason = self.not_ready()
         if reason is not None:
             return web.Response(status=503, text=reason + "\n")
         return web.Response(text="ok\n")
-
-    def _overloaded(self) -> bool:
-        return self.load.admit(time.monotonic()) is not None
-
-    def _call_final(self, call: SipCall, status: int, seconds: float) -> None:
-        """A call's final SIP status, counted; the time its INVITE took to a 200."""
-        direction = "outbound" if isinstance(call, OutgoingCall) else "inbound"
-        self.metrics.call_ended(direction, call.trunk_id, status)
-        if status == 200:
-            self.metrics.invite_answer.labels(direction).observe(seconds)
-
-    def _media_released(self, leg: CallMedia) -> None:
-        stats = leg.receiver.stats
-        self.metrics.media_leg(jitter=stats.jitter_seconds, lost=stats.lost, received=stats.packets)
 
     # -- this node in the cluster -----------------------------------------------------------
 
@@ -313,92 +293,8 @@ class Server:
         log.info("node %s", self.node_id)
 
     def samples(self) -> list[metrics.Sample]:
-        rooms = self.rooms.registry.rooms()
-        out: list[metrics.Sample] = [
-            ("sipbridge_api_requests_total", {}, self.twirp.requests),
-            ("sipbridge_rooms", {}, len(rooms)),
-            ("sipbridge_participants", {}, sum(len(r.participants) for r in rooms)),
-            ("sipbridge_signal_sessions", {}, len(self.signal.sessions)),
-            ("sipbridge_signal_resumed_total", {}, self.signal.resumed),
-            *[
-                ("sipbridge_signal_joins_total", {"protocol": protocol}, n)
-                for protocol, n in sorted(self.signal.joins.items())
-            ],
-            *[
-                ("sipbridge_negotiation_refused_total", {"what": what}, n)
-                for what, n in sorted(self.signal.negotiation_refused.items())
-            ],
-            ("sipbridge_data_refused_total", {}, self.signal.data_refused),
-            ("sipbridge_data_undelivered_total", {}, self.signal.data_undelivered),
-            ("sipbridge_inbound_trunks", {}, len(self.sip_config.inbound)),
-            ("sipbridge_outbound_trunks", {}, len(self.sip_config.outbound)),
-            ("sipbridge_dispatch_rules", {}, len(self.sip_config.rules)),
-        ]
-        out.append(("sipbridge_call_log_dropped_total", {}, self.call_log.dropped))
-        out.append(("sipbridge_calls_active", {}, self.calls_in_progress()))
-        guard = self.inbound.auth.guard
-        out.append(("sipbridge_auth_blocks_total", {}, guard.blocks))
-        out.append(("sipbridge_auth_refused_while_blocked_total", {}, guard.refused))
-        out.append(("sipbridge_auth_blocked_sources", {}, guard.blocked_count(time.monotonic())))
-        out += [
-            ("sipbridge_auth_failures_total", {"trunk": trunk or "none"}, n)
-            for trunk, n in sorted(guard.trunk_failures.items())
-        ]
-        # Calls held with no deadline left to end them, or whose SIP side ended: always 0 (an
-        # invariant the tests check after hostile input; alert on anything else).
-        out.append(("sipbridge_calls_stuck", {}, self.inbound.stuck() + self.outbound.stuck()))
-        out += [
-            ("sipbridge_media", {"counter": name}, n)
-            for name, n in sorted(self.media.samples().items())
-        ]
-        out += [
-            ("sipbridge_rtc_audio", {"counter": name}, n)
-            for name, n in sorted(self.signal.audio_samples().items())
-        ]
-        out += [
-            ("sipbridge_load_refused_total", {"reason": reason}, n)
-            for reason, n in sorted(self.load.refused.items())
-        ]
-        out.append(("sipbridge_process_cpu_percent", {}, self.load_probe.cpu_percent))
-        out.append(("sipbridge_agent_workers", {}, len(self.agents.workers)))
-        out.append(("sipbridge_agent_jobs", {}, len(self.agents.jobs)))
-        out += [
-            ("sipbridge_agent_total", {"outcome": name}, n)
-            for name, n in sorted(self.agents.stats.items())
-        ]
-        out += [
-            ("sipbridge_inbound_total", {"outcome": name}, n)
-            for name, n in sorted(self.inbound.stats.items())
-        ]
-        out += [
-            ("sipbridge_outbound_total", {"outcome": name}, n)
-            for name, n in sorted(self.outbound.stats.items())
-        ]
-        out += [
-            ("sipbridge_transfers_total", {"outcome": name}, n)
-            for name, n in sorted(self.transfers.stats.items())
-        ]
-        out += [
-            ("sipbridge_registrations", {"state": name}, n)
-            for name, n in sorted(self.registrations.states().items())
-        ]
-        out += [
-            ("sipbridge_registrations_total", {"outcome": name}, n)
-            for name, n in sorted(self.registrations.stats.items())
-        ]
-        out += [
-            ("sipbridge_sip_messages_total", {"kind": kind}, n)
-            for kind, n in sorted(self.sip.endpoint.stats.items())
-        ]
-        out += [
-            ("sipbridge_api_errors_total", {"code": code}, n)
-            for code, n in sorted(self.twirp.errors.items())
-        ]
-        out += [
-            ("sipbridge_webhooks_total", {"outcome": outcome}, n)
-            for outcome, n in sorted(self.webhooks.stats.items())
-        ]
-        return out
+        """What `/metrics` reads at each scrape (server/api/scraped.py)."""
+        return scraped_samples(self)
 
     async def start(self) -> None:
         await self.store.open()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from sipbridge.server.api.metrics import Metrics
+from sipbridge.server.api.metrics import Metrics, Sample
 from sipbridge.telephony.load import LoadGate
 
 PROBE_INTERVAL_S = 0.1
@@ -29,6 +29,25 @@ class LoadProbe:
         self._timer: asyncio.TimerHandle | None = None
         self._due = 0.0
         self._cpu_at = (0.0, 0.0)  # (wall, process CPU) at the last reading
+        if metrics is not None:
+            metrics.sources.append(self.samples)
+
+    def overloaded(self) -> bool:
+        """A new call arrives: refuse it for load? (Refusals are counted by reason.)"""
+        return self.gate.admit(time.monotonic()) is not None
+
+    def not_ready(self) -> str | None:
+        """What `/healthz` says while calls are refused for load, or None."""
+        reason = self.gate.refusal(time.monotonic())
+        return None if reason is None else f"not ready: overloaded ({reason.replace('_', ' ')})"
+
+    def samples(self) -> list[Sample]:
+        out: list[Sample] = [
+            ("sipbridge_load_refused_total", {"reason": reason}, n)
+            for reason, n in sorted(self.gate.refused.items())
+        ]
+        out.append(("sipbridge_process_cpu_percent", {}, self.cpu_percent))
+        return out
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()

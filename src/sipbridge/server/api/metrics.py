@@ -29,6 +29,11 @@ from prometheus_client.core import Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4 as CONTENT_TYPE
 from prometheus_client.registry import Collector
 
+from sipbridge.server.api.twirp import TwirpServer
+from sipbridge.server.media.leg_driver import CallMedia
+from sipbridge.server.media.service import MediaService
+from sipbridge.server.sip.user_agent import OutgoingCall, SipCall, SipUserAgent
+
 Sample = tuple[str, dict[str, str], float]
 
 MAX_LABEL_VALUES = 200  # distinct values of one label before the rest are "other"
@@ -109,7 +114,7 @@ class Metrics:
         # doubles the exposition for nothing a rate() needs (a setting of the library's, global).
         disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry(auto_describe=True)
-        self.samples = samples
+        self.sources: list[Callable[[], Iterable[Sample]]] = [samples]  # read on scrape
         self._trunks = BoundedLabel()
         self._methods = BoundedLabel()
         r = self.registry
@@ -168,6 +173,25 @@ class Metrics:
 
     # -- observations, each once per call or request ----------------------------------------
 
+    def observe(self, *, twirp: TwirpServer, ua: SipUserAgent, media: MediaService) -> None:
+        """Take the API's latencies, the calls' INVITE timings and final statuses, and each call
+        leg's receive quality as it ends."""
+        twirp.on_latency = self.api_request
+        ua.on_trying = self.invite_trying.observe
+        ua.on_final = self.sip_call_final
+        media.on_release = self.media_released
+
+    def sip_call_final(self, call: SipCall, status: int, seconds: float) -> None:
+        """A call's final SIP status, counted; the time its INVITE took to a 200."""
+        direction = "outbound" if isinstance(call, OutgoingCall) else "inbound"
+        self.call_ended(direction, call.trunk_id, status)
+        if status == 200:
+            self.invite_answer.labels(direction).observe(seconds)
+
+    def media_released(self, leg: CallMedia) -> None:
+        stats = leg.receiver.stats
+        self.media_leg(jitter=stats.jitter_seconds, lost=stats.lost, received=stats.packets)
+
     def call_ended(self, direction: str, trunk_id: str, status: int) -> None:
         """A call's final SIP status (ours inbound, the trunk's outbound; 200 when answered)."""
         trunk = self._trunks(trunk_id) if trunk_id else "none"
@@ -209,7 +233,8 @@ class _Scraped(Collector):
 
     def collect(self) -> Iterator[Metric]:
         families: dict[str, Metric] = {}
-        for name, labels, value in self.metrics.samples():
+        samples = (sample for source in self.metrics.sources for sample in source())
+        for name, labels, value in samples:
             family = families.get(name)
             if family is None:
                 family = families[name] = _family(name)
