@@ -21,6 +21,7 @@ from tests.interop.test_inbound_cases import (
     header_of,
     inbound_trunk,
     serve,  # noqa: F401 - the fixture
+    shared_server,  # noqa: F401 - the fixture (unused here: every test counts on its own server)
     status_of,
     udp_caller,
 )
@@ -52,7 +53,7 @@ def healthz(server: ServerProcess) -> tuple[int, str]:
 async def test_metrics_of_real_calls_parse_with_prometheus_client(
     serve: ServerFactory,  # noqa: F811
 ) -> None:
-    server = await serve()
+    server = await serve("--max-calls", "10")  # (a server of its own: counts start at 0)
     port = server.sip_port  # type: ignore[attr-defined]
     async with client(server) as lk, udp_caller(port) as caller:
         trunk_id = await inbound_trunk(lk)
@@ -124,7 +125,7 @@ async def test_a_server_over_its_cpu_limit_refuses_calls_until_the_limit_allows(
 
     # The default limit (90% of a core): ready, and the INVITE goes past admission (no trunk
     # here: 404, not 503).
-    calm = await serve()
+    calm = await serve("--max-cpu", "90")
     port = calm.sip_port  # type: ignore[attr-defined]
     await asyncio.sleep(1.5)  # a CPU reading or two
     assert await asyncio.to_thread(healthz, calm) == (200, "ok\n")
