@@ -82,6 +82,13 @@ def _serve_parser(sub: Any) -> None:
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.add_argument("--max-calls", type=int, metavar="N", help="concurrent calls (1000)")
     p.add_argument(
+        "--max-cpu",
+        type=float,
+        metavar="PERCENT",
+        help="new calls get 503 while the process uses more than this percent of one core, or "
+        "while its event loop lags over 100 ms; /healthz says not ready meanwhile (90)",
+    )
+    p.add_argument(
         "--session-min-se",
         type=int,
         metavar="SECONDS",
@@ -835,6 +842,7 @@ def _serve(args: argparse.Namespace) -> int:
             webhooks=args.webhook,
             log_level=args.log_level,
             max_calls=args.max_calls,
+            max_cpu=args.max_cpu,
             session_min_se=args.session_min_se,
             auth_max_failures=args.auth_max_failures,
             auth_block=args.auth_block,

@@ -55,6 +55,9 @@ class Settings:
     webhooks: tuple[str, ...] = ()
     log_level: str = "info"
     max_calls: int = 1000
+    # new calls refused (503) while the process uses more than this percent of one core, as
+    # LiveKit's SIP service does above 90% (and while the event loop lags, telephony/load.py)
+    max_cpu: float = 90.0
     session_min_se: int = 90  # RFC 4028: the shortest session interval we take (Min-SE)
     auth_max_failures: int = 10  # wrong digest answers from one address before it is blocked
     auth_block: int = 60  # the first block, in seconds; each next one twice as long (to 1 h)
@@ -200,6 +203,7 @@ def _from_yaml(path: str) -> dict[str, Any]:
         "webhooks",
         "log_level",
         "max_calls",
+        "max_cpu",
         "session_min_se",
         "auth_max_failures",
         "auth_block",
@@ -256,6 +260,14 @@ def _node_settings(
     return replace(s, node_id=name)
 
 
+def _max_cpu(doc: Mapping[str, object], flag: float | None, default: float) -> float:
+    """`--max-cpu`: percent of one core, above 0 (several threads may pass 100)."""
+    value = flag if flag is not None else doc.get("max_cpu", default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 10_000:
+        raise ConfigError("max_cpu: expected a percent of one core, above 0")
+    return float(value)
+
+
 def build_settings(
     *,
     dev: bool = False,
@@ -280,6 +292,7 @@ def build_settings(
     webhooks: list[str] | None = None,
     log_level: str | None = None,
     max_calls: int | None = None,
+    max_cpu: float | None = None,
     session_min_se: int | None = None,
     auth_max_failures: int | None = None,
     auth_block: int | None = None,
@@ -441,6 +454,7 @@ def build_settings(
         http_idle_timeout=_whole(doc, "http_idle_timeout", http_idle_timeout, 1, 3600)
         or s.http_idle_timeout,
     )
+    s = replace(s, max_cpu=_max_cpu(doc, max_cpu, s.max_cpu))
     raw_trace = trace_rtp if trace_rtp else doc.get("trace_rtp", [])
     trunks = raw_trace if isinstance(raw_trace, list) else [raw_trace]
     s = replace(s, trace_rtp=tuple(str(t).strip() for t in trunks if str(t).strip()))

@@ -380,21 +380,24 @@ def _secret() -> str:
 async def test_metrics_count_requests_and_errors(lk: api.LiveKitAPI, server: ServerProcess) -> None:
     import aiohttp  # noqa: PLC0415
 
-    async def scrape() -> dict[str, str]:
+    async def scrape() -> dict[str, float]:
         async with (
             aiohttp.ClientSession() as session,
             session.get(f"{server.url}/metrics") as resp,
         ):
             text = await resp.text()
-        return dict(line.rsplit(" ", 1) for line in text.splitlines())
+        samples = (line.rsplit(" ", 1) for line in text.splitlines() if not line.startswith("#"))
+        return {key: float(value) for key, value in samples}
 
     # The server is the module's: its counters are read as what this test added to them.
     before = await scrape()
     await lk.room.create_room(room.CreateRoomRequest(name="counted"))
     await expect_error("not_found", lk.room.delete_room(room.DeleteRoomRequest(room="missing")))
     lines = await scrape()
-    requests = int(lines["sipbridge_api_requests_total"])
-    assert requests - int(before["sipbridge_api_requests_total"]) >= 2
+    requests = lines["sipbridge_api_requests_total"]
+    assert requests - before["sipbridge_api_requests_total"] >= 2
     not_found = 'sipbridge_api_errors_total{code="not_found"}'
-    assert int(lines[not_found]) - int(before.get(not_found, "0")) == 1
-    assert lines["sipbridge_rooms"] == "1"
+    assert lines[not_found] - before.get(not_found, 0) == 1
+    assert lines["sipbridge_rooms"] == 1
+    deleted = 'sipbridge_api_request_seconds_count{method="livekit.RoomService/DeleteRoom"}'
+    assert lines[deleted] - before.get(deleted, 0) == 1

@@ -30,6 +30,7 @@ from sipbridge.server.api import metrics
 from sipbridge.server.api.call_log_api import CallLogApi
 from sipbridge.server.api.node_api import NodeApi
 from sipbridge.server.api.room_api import RoomApi
+from sipbridge.server.api.scraped import scraped_samples
 from sipbridge.server.api.sip_api import SipApi
 from sipbridge.server.api.trace_api import TraceApi
 from sipbridge.server.api.twirp import PREFIX, TwirpServer
@@ -41,6 +42,7 @@ from sipbridge.server.calls.room_limits import RoomLimits
 from sipbridge.server.calls.runner import CallServices
 from sipbridge.server.calls.transfers import Transfers
 from sipbridge.server.drain import DrainDriver
+from sipbridge.server.load_probe import LoadProbe
 from sipbridge.server.media.leg_driver import CallMedia
 from sipbridge.server.media.service import MediaService
 from sipbridge.server.nodes import Heartbeat, redis_nodes
@@ -64,6 +66,7 @@ from sipbridge.store import RecordStore, SQLiteStore
 from sipbridge.store.redis import RedisStore, redacted
 from sipbridge.telephony.auth_guard import AuthGuard
 from sipbridge.telephony.drain import Drain, DrainStarted
+from sipbridge.telephony.load import LoadGate, LoadLimits
 from sipbridge.telephony.node_info import NodeInfo
 
 log = logging.getLogger("sipbridge")
@@ -94,6 +97,8 @@ class Server:
         self.webhooks = WebhookNotifier(settings.webhooks, key, secret, retry=webhook_retry)
         self.rooms = RoomsRuntime(RoomRegistry(), self.webhooks, clock)
         self.twirp = TwirpServer(dict(settings.keys))
+        self.metrics = metrics.Metrics(self.samples)
+        self.load_probe = LoadProbe(LoadGate(LoadLimits(max_cpu=settings.max_cpu)), self.metrics)
         RoomApi(self.rooms).register(self.twirp)
         self.call_log = CallLog(self.store, clock, retention_days=settings.call_log_days)
         CallLogApi(self.call_log, clock).register(self.twirp)
@@ -121,6 +126,7 @@ class Server:
             session_min_se=settings.session_min_se,
             room_limits=RoomLimits(settings.room_max_callers, float(settings.room_join_rate)),
             on_media=self._call_media,
+            overloaded=self.load_probe.overloaded,
         )
         # Each live call's media leg by SIP Call-ID, for tracing its RTP on request.
         self.call_legs: weakref.WeakValueDictionary[str, CallMedia] = weakref.WeakValueDictionary()
@@ -133,6 +139,7 @@ class Server:
         wildcard = settings.sip.host in ("0.0.0.0", "::")
         advertised = settings.media_address if wildcard else settings.sip.host
         self.sip_ua = SipUserAgent(advertised, settings.sip.port, on_invite=self.inbound)
+        self.metrics.observe(twirp=self.twirp, ua=self.sip_ua, media=self.media)
         admission = Admission(
             rate=float(settings.sip_rate),
             burst=2.0 * settings.sip_rate,
@@ -181,7 +188,7 @@ class Server:
         self.agents.routes(app)
         NodeApi(self.list_nodes, dict(self.settings.keys)).routes(app)
         if self.settings.metrics is None:
-            app.router.add_get("/metrics", metrics.handler(self.samples))
+            app.router.add_get("/metrics", self.metrics.handler())
         return app
 
     def _name_trace(self, info: proto.SIPCallInfo) -> None:
@@ -225,11 +232,18 @@ class Server:
         """Every call of both directions, PIN entry included: what `--max-calls` limits."""
         return self.inbound.count() + len(self.outbound.active)
 
-    async def healthz(self, _: web.Request) -> web.Response:
+    def not_ready(self) -> str | None:
+        """Why this node should get no new work now (a load balancer moves on), or None."""
         if not self.ready:
-            return web.Response(status=503, text="starting or stopping\n")
+            return "starting or stopping"
         if not self.drain.accepting:  # SIGTERM: the balancer should send no new work here
-            return web.Response(status=503, text="draining\n")
+            return "draining"
+        return self.load_probe.not_ready()
+
+    async def healthz(self, _: web.Request) -> web.Response:
+        reason = self.not_ready()
+        if reason is not None:
+            return web.Response(status=503, text=reason + "\n")
         return web.Response(text="ok\n")
 
     # -- this node in the cluster -----------------------------------------------------------
@@ -279,87 +293,8 @@ class Server:
         log.info("node %s", self.node_id)
 
     def samples(self) -> list[metrics.Sample]:
-        rooms = self.rooms.registry.rooms()
-        out: list[metrics.Sample] = [
-            ("sipbridge_api_requests_total", {}, self.twirp.requests),
-            ("sipbridge_rooms", {}, len(rooms)),
-            ("sipbridge_participants", {}, sum(len(r.participants) for r in rooms)),
-            ("sipbridge_signal_sessions", {}, len(self.signal.sessions)),
-            ("sipbridge_signal_resumed_total", {}, self.signal.resumed),
-            *[
-                ("sipbridge_signal_joins_total", {"protocol": protocol}, n)
-                for protocol, n in sorted(self.signal.joins.items())
-            ],
-            *[
-                ("sipbridge_negotiation_refused_total", {"what": what}, n)
-                for what, n in sorted(self.signal.negotiation_refused.items())
-            ],
-            ("sipbridge_data_refused_total", {}, self.signal.data_refused),
-            ("sipbridge_data_undelivered_total", {}, self.signal.data_undelivered),
-            ("sipbridge_inbound_trunks", {}, len(self.sip_config.inbound)),
-            ("sipbridge_outbound_trunks", {}, len(self.sip_config.outbound)),
-            ("sipbridge_dispatch_rules", {}, len(self.sip_config.rules)),
-        ]
-        out.append(("sipbridge_call_log_dropped_total", {}, self.call_log.dropped))
-        out.append(("sipbridge_calls_active", {}, self.calls_in_progress()))
-        guard = self.inbound.auth.guard
-        out.append(("sipbridge_auth_blocks_total", {}, guard.blocks))
-        out.append(("sipbridge_auth_refused_while_blocked_total", {}, guard.refused))
-        out.append(("sipbridge_auth_blocked_sources", {}, guard.blocked_count(time.monotonic())))
-        out += [
-            ("sipbridge_auth_failures_total", {"trunk": trunk or "none"}, n)
-            for trunk, n in sorted(guard.trunk_failures.items())
-        ]
-        # Calls held with no deadline left to end them, or whose SIP side ended: always 0 (an
-        # invariant the tests check after hostile input; alert on anything else).
-        out.append(("sipbridge_calls_stuck", {}, self.inbound.stuck() + self.outbound.stuck()))
-        out += [
-            ("sipbridge_media", {"counter": name}, n)
-            for name, n in sorted(self.media.samples().items())
-        ]
-        out += [
-            ("sipbridge_rtc_audio", {"counter": name}, n)
-            for name, n in sorted(self.signal.audio_samples().items())
-        ]
-        out.append(("sipbridge_agent_workers", {}, len(self.agents.workers)))
-        out.append(("sipbridge_agent_jobs", {}, len(self.agents.jobs)))
-        out += [
-            ("sipbridge_agent_total", {"outcome": name}, n)
-            for name, n in sorted(self.agents.stats.items())
-        ]
-        out += [
-            ("sipbridge_inbound_total", {"outcome": name}, n)
-            for name, n in sorted(self.inbound.stats.items())
-        ]
-        out += [
-            ("sipbridge_outbound_total", {"outcome": name}, n)
-            for name, n in sorted(self.outbound.stats.items())
-        ]
-        out += [
-            ("sipbridge_transfers_total", {"outcome": name}, n)
-            for name, n in sorted(self.transfers.stats.items())
-        ]
-        out += [
-            ("sipbridge_registrations", {"state": name}, n)
-            for name, n in sorted(self.registrations.states().items())
-        ]
-        out += [
-            ("sipbridge_registrations_total", {"outcome": name}, n)
-            for name, n in sorted(self.registrations.stats.items())
-        ]
-        out += [
-            ("sipbridge_sip_messages_total", {"kind": kind}, n)
-            for kind, n in sorted(self.sip.endpoint.stats.items())
-        ]
-        out += [
-            ("sipbridge_api_errors_total", {"code": code}, n)
-            for code, n in sorted(self.twirp.errors.items())
-        ]
-        out += [
-            ("sipbridge_webhooks_total", {"outcome": outcome}, n)
-            for outcome, n in sorted(self.webhooks.stats.items())
-        ]
-        return out
+        """What `/metrics` reads at each scrape (server/api/scraped.py)."""
+        return scraped_samples(self)
 
     async def start(self) -> None:
         await self.store.open()
@@ -387,7 +322,7 @@ class Server:
         await site.start()
         if self.settings.metrics is not None:  # only there, not on the API's address
             scrape = web.Application()
-            scrape.router.add_get("/metrics", metrics.handler(self.samples))
+            scrape.router.add_get("/metrics", self.metrics.handler())
             self._metrics_runner = web.AppRunner(
                 scrape,
                 access_log=None,
@@ -400,6 +335,7 @@ class Server:
         await self.start_sip()
         self.registrations.start()
         await self._start_heartbeat()
+        self.load_probe.start()
         # Everything loaded at startup lives for the process: keep it out of the cyclic GC's
         # generations so collections stay short while calls come and go.
         gc.freeze()
@@ -436,6 +372,7 @@ class Server:
 
     async def stop(self) -> None:
         self.ready = False
+        self.load_probe.stop()
         if self.heartbeat is not None:  # out of the node list at once
             await self.heartbeat.stop()
         if self.inbound.shutdown() + self.outbound.shutdown() + self.registrations.close():

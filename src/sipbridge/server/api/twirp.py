@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -76,6 +77,8 @@ class TwirpServer:
         self.methods: dict[str, Method] = {}
         self.errors: Counter[str] = Counter()
         self.requests = 0
+        # Told of each request's latency, by registered "Service/Method" (else "unknown").
+        self.on_latency: Callable[[str, float], None] | None = None
 
     def register(
         self,
@@ -89,6 +92,7 @@ class TwirpServer:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         self.requests += 1
+        started = time.perf_counter()
         try:
             return await self._handle(request)
         except ApiError as err:
@@ -96,6 +100,11 @@ class TwirpServer:
             if err.code == "internal":
                 log.error("twirp %s: %s", request.path, err.message)
             return error_response(err)
+        finally:
+            if self.on_latency is not None:
+                route = request.path[len(PREFIX) :] if request.path.startswith(PREFIX) else ""
+                method = route if route in self.methods else "unknown"
+                self.on_latency(method, time.perf_counter() - started)
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         route = request.path[len(PREFIX) :] if request.path.startswith(PREFIX) else ""

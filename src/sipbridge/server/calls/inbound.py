@@ -104,7 +104,7 @@ class InboundCalls(CallRunner[InboundCallState]):
         call a turn, so that a burst of INVITEs never holds the loop - the media clock, OPTIONS,
         BYEs - for more than one call's setup (about 1.5 ms on the 2-core machine; issue 17:
         the 100 a source may send at once held it 150 ms, in one go)."""
-        if len(self._arriving) >= self.max_calls:
+        if len(self._arriving) >= self.max_calls or self.services.overloaded():
             self._count("overload")
             call.reject(503, "Service Unavailable", {"Retry-After": "5"})
             return
@@ -176,6 +176,7 @@ class InboundCalls(CallRunner[InboundCallState]):
                 trunk = match_trunk(trunks, inbound)
             except TrunkConflict:
                 raise SipProtocolError(503, "Service Unavailable") from None
+            call.trunk_id = trunk.sip_trunk_id if trunk is not None else ""
             if trunk is None:
                 if self.auth.conceal_numbers and any(t.auth_username for t in trunks):
                     # No enumeration: where trunks ask for passwords, a number no trunk has is

@@ -190,6 +190,7 @@ class OutboundCalls(CallRunner[OutboundCallState]):
         info.from_uri.CopyFrom(proto.SIPUri(user=plan.from_number, host=invite.from_.uri.host))
         info.to_uri.CopyFrom(proto.SIPUri(user=plan.to_user, host=plan.host, port=plan.port))
         call = OutgoingCall(ua=self.ua, request=invite, peer=peer, local_tag=invite.from_.tag or "")
+        call.trunk_id = plan.trunk.sip_trunk_id
         if plan.trunk.auth_username:
             call.credentials = DigestClient(plan.trunk.auth_username, plan.trunk.auth_password)
         limits = CallLimits.of(ringing=req.ringing_timeout, max_duration=req.max_call_duration)

@@ -100,6 +100,8 @@ class CallServices:
     room_limits: RoomLimits = field(default_factory=RoomLimits)  # callers, joins per second
     # Told of each call's media leg as the call joins its room (the SIP trace's RTP capture).
     on_media: Callable[[proto.SIPCallInfo, CallMedia], None] | None = None
+    # Whether a new call is refused for load now (the CPU, the loop's lag; counted by reason).
+    overloaded: Callable[[], bool] = lambda: False
 
 
 C = TypeVar("C", bound=LiveCall)

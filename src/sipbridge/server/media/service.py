@@ -70,6 +70,7 @@ class MediaService:
         self.legs: dict[CallMedia, tuple[float, Callable[[], None]]] = {}
         self.stats: dict[str, int] = {}
         self.ended: dict[str, int] = {}  # RTP counters of the legs released so far
+        self.on_release: Callable[[CallMedia], None] | None = None  # each leg, as it ends
         self.track_legs: dict[str, AudioLeg] = {}  # a room track's sid -> the leg giving it audio
 
     # -- offer/answer ---------------------------------------------------------------------
@@ -350,6 +351,8 @@ class MediaService:
             del self.track_legs[sid]
         self.legs.pop(leg, None)
         leg.close()
+        if self.on_release is not None:
+            self.on_release(leg)
         for name, value in _counters(leg).items():
             self.ended[name] = self.ended.get(name, 0) + value
 

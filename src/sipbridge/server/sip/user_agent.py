@@ -49,6 +49,9 @@ class SipCall:
     def __init__(self, *, ua: SipUserAgent, session: InviteSession) -> None:
         self.ua = ua
         self.session = session
+        self.trunk_id = ""  # the trunk it came or went through, once known (for metrics)
+        self.started = ua.now()  # its INVITE received, or ours sent
+        self.final_status = 0  # the final response to the INVITE, ours or theirs
         self.response_headers: dict[str, str] = {}  # on every 2xx we send
         self.on_end: Callable[[str], None] | None = None  # "bye", "cancel", "timeout"...
         self.on_ack: Callable[[], None] | None = None
@@ -121,6 +124,7 @@ class IncomingCall(SipCall):
     ) -> None:
         headers = {**self.response_headers, **(headers or {})}
         self.session.answer(self.ua.now(), body, content_type, headers)
+        self.ua.call_final(self, 200)
         self.ua.after_application()
 
     def reject(
@@ -132,6 +136,7 @@ class IncomingCall(SipCall):
         end_reason: str = "rejected",
     ) -> None:
         self.session.reject(self.ua.now(), status, reason, headers, end_reason=end_reason)
+        self.ua.call_final(self, status)
         self.ua.after_application()
 
 
@@ -181,7 +186,8 @@ class OutgoingCall(SipCall):
     def send(self) -> None:
         """Send the INVITE."""
         self.ua.calls[self.session] = self
-        self.session.send(self.ua.now())
+        self.started = self.ua.now()
+        self.session.send(self.started)
         self.ua.after_application()
 
     def cancel(self, headers: dict[str, str] | None = None) -> None:
@@ -216,6 +222,10 @@ class SipUserAgent:
         self._service: SipService | None = None
         self._agent: UserAgent | None = None
         self._timer = DeadlineTimer(self.now, self._fire)  # the agent's next deadline
+        # Metrics: seconds from an INVITE to our 100 Trying; a call's final status to its
+        # INVITE (ours or theirs), with the seconds since the INVITE.
+        self.on_trying: Callable[[float], None] | None = None
+        self.on_final: Callable[[SipCall, int, float], None] | None = None
 
     @property
     def service(self) -> SipService:
@@ -271,6 +281,14 @@ class SipUserAgent:
         self.agent.handle_event(event, service.now())
         self._drain()
 
+    def call_final(self, call: SipCall, status: int) -> None:
+        """The final response to a call's INVITE, sent or received: told once to `on_final`."""
+        if call.final_status:
+            return
+        call.final_status = status
+        if self.on_final is not None:
+            self.on_final(call, status, self.now() - call.started)
+
     def after_application(self) -> None:
         """The application acted outside an endpoint event: deliver, transmit, re-arm."""
         self._drain()
@@ -298,6 +316,8 @@ class SipUserAgent:
             incoming = IncomingCall(ua=self, session=event.session)
             self.calls[event.session] = incoming
             self.service.transmit_now()  # the 100 Trying before the handler's work (s17.2.1)
+            if self.on_trying is not None:
+                self.on_trying(self.now() - incoming.started)
             self.on_invite(incoming)
             return
         call = self.calls.get(event.session)
@@ -326,11 +346,15 @@ class SipUserAgent:
     def _outgoing(self, call: OutgoingCall, event: AgentEvent) -> None:
         if isinstance(event, ev.ProvisionalReceived) and call.on_progress is not None:
             call.on_progress(event.response)
-        elif isinstance(event, ev.CallAnswered) and call.on_answered is not None:
-            call.on_answered(event.response)
-        elif isinstance(event, ev.CallFailed) and call.on_failed is not None:
-            on_failed, call.on_failed = call.on_failed, None
-            on_failed(event.status, event.reason, event.response)
+        elif isinstance(event, ev.CallAnswered):
+            self.call_final(call, 200)
+            if call.on_answered is not None:
+                call.on_answered(event.response)
+        elif isinstance(event, ev.CallFailed):
+            self.call_final(call, event.status)
+            if call.on_failed is not None:
+                on_failed, call.on_failed = call.on_failed, None
+                on_failed(event.status, event.reason, event.response)
 
     def _ack(self, call: SipCall, event: ev.AckReceived) -> None:
         if event.body and call.on_answer is not None:
