@@ -23,11 +23,11 @@ from livekit.protocol import models
 from livekit.protocol import sip as proto
 
 from sipbridge.errors import ApiError
-from sipbridge.media.dtmf import digit_code
-from sipbridge.media.quality import leg_quality
 from sipbridge.rooms import Participant, Room
 from sipbridge.rooms import events as ev
 from sipbridge.server.call_logging import about_call, log_call_end
+from sipbridge.server.calls.keys import key_to_room, keys_to_phones
+from sipbridge.server.calls.quality import QualityWriter
 from sipbridge.server.calls.room_limits import RoomLimits
 from sipbridge.server.media.leg_driver import CallMedia
 from sipbridge.server.media.service import MediaService
@@ -50,15 +50,12 @@ from sipbridge.telephony.call import (
     disconnect_reason,
     room_participant_key,
 )
-from sipbridge.telephony.dtmf import dtmf_digits_for_sip
 from sipbridge.telephony.inbound import ATTR_CALL_STATUS
 from sipbridge.telephony.media import MediaPolicy
 
 log = logging.getLogger(__name__)
 
 Reason = models.DisconnectReason
-QUALITY_S = 5.0  # how often a running call's quality is written to the call log
-
 SIP_END_CAUSE = {  # how SipCall says its dialog ended -> why the call ended
     "bye": EndCause.REMOTE_HANGUP,
     "cancel": EndCause.REMOTE_HANGUP,
@@ -126,7 +123,11 @@ class CallRunner(Generic[C]):
         self.pending: set[C] = set()  # in no room yet (entering a PIN)
         self.stats: dict[str, int] = {}
         self.rooms.listeners.append(self.on_room_event)
-        self._quality_timer: asyncio.TimerHandle | None = None  # one for all calls (`QUALITY_S`)
+        self.quality = QualityWriter(
+            self.call_log,
+            self.now,
+            lambda: [(s.info, s.leg) for s in self.active.values() if not s.done],
+        )
 
     # -- bookkeeping -----------------------------------------------------------------------
 
@@ -209,33 +210,8 @@ class CallRunner(Generic[C]):
             self.media.track_legs[state.track_sid] = state.leg  # WebRTC subscribers hear it
             if self.services.on_media is not None:
                 self.services.on_media(state.info, state.leg)
-            self._arm_quality()
+            self.quality.watch()
         return room, participant
-
-    # -- call quality, kept in the call log while the call runs ----------------------------
-
-    def record_quality(self, state: C) -> None:
-        """The call's media quality now (`media/quality.py`) into the call log, once its media
-        has flowed either way."""
-        leg, call_id = state.leg, state.info.call_id
-        if leg is None or not call_id:
-            return
-        if leg.receiver.ssrc is None and not leg.sender.packets_sent:
-            return
-        self.call_log.record_quality(call_id, leg_quality(leg, self.now()).as_dict())
-
-    def _arm_quality(self) -> None:
-        if self._quality_timer is None:
-            loop = asyncio.get_running_loop()
-            self._quality_timer = loop.call_later(QUALITY_S, self._quality_due)
-
-    def _quality_due(self) -> None:
-        self._quality_timer = None
-        for state in list(self.active.values()):
-            if not state.done:
-                self.record_quality(state)
-        if self.active:
-            self._arm_quality()
 
     def _unregister(self, state: C) -> None:
         self.pending.discard(state)
@@ -402,7 +378,7 @@ class CallRunner(Generic[C]):
         if state.session_timer is not None:
             state.session_timer.close()
         if state.leg is not None:
-            self.record_quality(state)  # the call's last word on its quality
+            self.quality.record(state.info, state.leg)  # the call's last word on its quality
             self.media.release(state.leg)
         self._unregister(state)
         info = state.info
@@ -472,42 +448,24 @@ class CallRunner(Generic[C]):
         participant (SIP-BEHAVIOUR.md s5), once the call is answered."""
         if not state.call.answered or state.machine.hanging_up or self._participant(state) is None:
             return
-        packet = models.DataPacket(
-            kind=models.DataPacket.Kind.RELIABLE,
-            participant_identity=state.identity,
-            sip_dtmf=models.SipDTMF(code=digit_code(digit), digit=digit),
-        )
-        try:
-            self.rooms.registry.send_data(state.room, packet)
-        except ApiError:
-            return
-        self.rooms.commit()
+        key_to_room(self.rooms, state.room, state.identity, digit)
 
-    def _dtmf_to_phones(self, event: ev.DataSent) -> None:
-        """`SipDTMF` packets (or SendData on a DTMF topic) reaching SIP participants are played
-        to their phones as RFC 4733 events, or as tones to phones without them."""
-        found = dtmf_digits_for_sip(event)
-        if found is None:
-            return
-        digits, targets = found
-        if not digits:
-            self._count("dtmf_unreadable")
-            return
-        for key in targets(self.active):
-            state = self.active.get(key)
-            if state is None or state.leg is None or not state.call.answered:
-                continue
-            if state.machine.hanging_up:
-                continue
-            self._count("dtmf_sent")
-            state.leg.send_dtmf(digits[:64])
+    def _play_keys(self, key: str, digits: str) -> bool:
+        """DTMF from the room to the phone of this participant key, if its call is up."""
+        state = self.active.get(key)
+        if state is None or state.leg is None or not state.call.answered:
+            return False
+        if state.machine.hanging_up:
+            return False
+        state.leg.send_dtmf(digits)
+        return True
 
     # -- the room side ---------------------------------------------------------------------
 
     def on_room_event(self, event: ev.RoomEvent) -> None:
         match event:
             case ev.DataSent():
-                self._dtmf_to_phones(event)
+                keys_to_phones(event, self.active, self._play_keys, self._count)
             case ev.ParticipantLeft(participant=p):
                 state = self.by_participant.get(p.sid)
                 if state is None or state.machine.hanging_up:
@@ -528,9 +486,7 @@ class CallRunner(Generic[C]):
     def shutdown(self) -> int:
         """End every call before the server stops."""
         calls = [*self.pending, *self.active.values()]
-        if self._quality_timer is not None:
-            self._quality_timer.cancel()
-            self._quality_timer = None
+        self.quality.close()
         for state in calls:
             state.info.error = state.info.error or "server shutdown"
             state.info.disconnect_reason = Reason.SERVER_SHUTDOWN
