@@ -26,7 +26,7 @@ COVERAGE_MIN := 95
 # What `make check` runs: every test that needs no `sipbridge serve` process nor peer.
 CHECK_TESTS := tests/test_layers.py $(CORE_TESTS) $(wildcard tests/rooms tests/store tests/server) \
 	tests/test_config.py tests/test_config_trace_rtp.py tests/test_fuzz_corpus.py \
-	tests/test_audio_measures.py
+	tests/test_audio_measures.py tests/test_cli_credentials.py
 # Fuzzing (fuzz/README.md): `make fuzz` runs every target FUZZ_SECONDS, keeping what it learns in
 # fuzz/work/; `make fuzz-smoke` (part of `make test`) FUZZ_SMOKE_RUNS inputs each from seed
 # FUZZ_SEED, with FUZZ_SMOKE_SECONDS as a cap. FUZZ_TARGETS picks targets (all by default).

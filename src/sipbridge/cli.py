@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import sys
+import warnings
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -628,9 +629,7 @@ COPY_BATCH = 1000  # records per transaction when copying
 def _fetch_trace(a: argparse.Namespace, what: str, method: str = "GET") -> bytes:
     from sipbridge.server.api.trace_api import fetch  # noqa: PLC0415
 
-    url = a.url or os.environ.get("LIVEKIT_URL") or "http://127.0.0.1:7880"
-    key = a.api_key or os.environ.get("LIVEKIT_API_KEY") or DEV_KEY
-    secret = a.api_secret or os.environ.get("LIVEKIT_API_SECRET") or DEV_SECRET
+    url, key, secret = server_credentials(a)
     return asyncio.run(fetch(url, key, secret, a.call_id, what, method=method))
 
 
@@ -753,9 +752,7 @@ def list_nodes(a: argparse.Namespace) -> list[dict[str, Any]]:
     """The live nodes, as the server asked knows them (with Redis: all; else itself)."""
     from sipbridge.server.api.node_api import fetch_nodes  # noqa: PLC0415
 
-    url = a.url or os.environ.get("LIVEKIT_URL") or "http://127.0.0.1:7880"
-    key = a.api_key or os.environ.get("LIVEKIT_API_KEY") or DEV_KEY
-    secret = a.api_secret or os.environ.get("LIVEKIT_API_SECRET") or DEV_SECRET
+    url, key, secret = server_credentials(a)
     return asyncio.run(fetch_nodes(url, key, secret))
 
 
@@ -782,12 +779,24 @@ def render_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
+def server_credentials(a: argparse.Namespace) -> tuple[str, str, str]:
+    """The server's URL and the API key and secret to sign with: the flags, else LiveKit's
+    environment variables, else the development server's. pyjwt's warning about a short key is
+    kept for a secret of the user's, not for the development one everybody knows anyway."""
+    url = a.url or os.environ.get("LIVEKIT_URL") or "http://127.0.0.1:7880"
+    key = a.api_key or os.environ.get("LIVEKIT_API_KEY") or DEV_KEY
+    secret = a.api_secret or os.environ.get("LIVEKIT_API_SECRET") or DEV_SECRET
+    if secret == DEV_SECRET:
+        from jwt.warnings import InsecureKeyLengthWarning  # noqa: PLC0415
+
+        warnings.filterwarnings("ignore", category=InsecureKeyLengthWarning)
+    return url, key, secret
+
+
 async def _run_client(command: Command, args: argparse.Namespace) -> Any:
     from livekit import api  # noqa: PLC0415
 
-    url = args.url or os.environ.get("LIVEKIT_URL") or "http://127.0.0.1:7880"
-    key = args.api_key or os.environ.get("LIVEKIT_API_KEY") or DEV_KEY
-    secret = args.api_secret or os.environ.get("LIVEKIT_API_SECRET") or DEV_SECRET
+    url, key, secret = server_credentials(args)
     async with api.LiveKitAPI(url=url, api_key=key, api_secret=secret) as lk:
         return await command(lk, args)
 
