@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.flood import measure_flood
-from tests.harness import sip_server_process, stop_cleanly
+from tests.harness import sipp_port, stop_cleanly
 from tests.helpers import ServerProcess
 
 pytestmark = pytest.mark.skipif(
@@ -34,8 +34,11 @@ MEMORY_SLACK = 24 * 1024 * 1024  # what may stay resident after the flood's call
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[ServerProcess]:
-    """A server of its own, at the default limits: its memory before the flood is its own."""
-    proc = sip_server_process(tmp_path)
+    """A server of its own, at the default limits (its memory before the flood is its own),
+    untraced: what is measured is the server, not the server under coverage's tracer."""
+    port = sipp_port()
+    proc = ServerProcess(tmp_path, "--sip", f"127.0.0.1:{port}", "--max-cpu", "90", traced=False)
+    proc.sip_port = port  # type: ignore[attr-defined]
     proc.start()
     yield proc
     stop_cleanly(proc)
