@@ -73,6 +73,19 @@ async def test_busy_ports_are_skipped_and_a_full_range_gathers_nothing() -> None
             assert await gathered_ports() == []
 
 
+def test_busy_ports_are_skipped_under_uvloop_too() -> None:
+    """The server runs on uvloop, whose `create_datagram_endpoint` says "could not bind" with
+    no errno for a port in use: a busy port must still be skipped, not end the gathering (a
+    second WebRTC client in CI got no candidate when its random start hit the first's port)."""
+    uvloop = pytest.importorskip("uvloop")
+    base = free_udp_block(2)
+    bind_ice_ports((base, base + 1))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as busy:
+        busy.bind(("127.0.0.1", base))
+        for _ in range(4):  # from either start
+            assert uvloop.run(gathered_ports()) == [base + 1]
+
+
 async def test_only_the_rtc_addresses_are_gathered() -> None:
     restrict_host_addresses(["127.0.0.1", "::1"])
     conn = aioice.Connection(ice_controlling=True, use_ipv6=False)

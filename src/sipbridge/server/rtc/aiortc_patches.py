@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import secrets
+import socket
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -134,7 +135,9 @@ def restrict_host_addresses(addresses: Sequence[str]) -> None:
 
 class PortRangeLoop:
     """The running loop as aioice sees it: a UDP endpoint asked for on port 0 is bound to a
-    free port of `ports` instead (tried from a random start, each port at most once)."""
+    free port of `ports` instead (tried from a random start, each port at most once). Each try
+    binds a socket of ours: uvloop's `create_datagram_endpoint` reports a port in use with no
+    errno, so telling "in use, try the next" from other failures needs the plain bind's."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, ports: tuple[int, int]) -> None:
         self._loop = loop
@@ -154,15 +157,19 @@ class PortRangeLoop:
         lo, hi = self._ports
         count = hi - lo + 1
         start = secrets.randbelow(count)
+        family = socket.AF_INET6 if ":" in local_addr[0] else socket.AF_INET
         for i in range(count):
             port = lo + (start + i) % count
+            sock = socket.socket(family, socket.SOCK_DGRAM)
             try:
-                return await self._loop.create_datagram_endpoint(
-                    factory, (local_addr[0], port), **kw
-                )
+                sock.bind((local_addr[0], port))
             except OSError as exc:
+                sock.close()
                 if exc.errno != errno.EADDRINUSE:
                     raise
+                continue
+            sock.setblocking(False)
+            return await self._loop.create_datagram_endpoint(factory, sock=sock, **kw)
         raise OSError(errno.EADDRINUSE, f"no free UDP port in {lo}-{hi} on {local_addr[0]}")
 
 
