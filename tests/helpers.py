@@ -45,14 +45,9 @@ class ServerProcess:
         *extra: str,
         http_host: str = "127.0.0.1",
         open_files: int | None = None,
-        traced: bool = True,
     ) -> None:
         self.http_host = http_host  # where the API listens (a veth address for netns clients)
         self.open_files = open_files  # RLIMIT_NOFILE (soft and hard) of the server, if given
-        # Under `make test` the server runs under coverage's tracer (pyproject: patch =
-        # subprocess), two to three times slower; a test that measures the server's speed
-        # starts it untraced.
-        self.traced = traced
         self.db = tmp / "sipbridge.db"
         self.extra = list(extra)
         self.port = 0
@@ -98,8 +93,8 @@ class ServerProcess:
             # give their own --drain-timeout (the last flag wins).
             "--drain-timeout",
             "0",
-            # No admission by CPU: a traced server passes 90 % of a core in a burst of calls
-            # and would refuse the next test's; the load tests give their own --max-cpu.
+            # No admission by CPU: a server passes 90 % of a core in a burst of calls on a busy
+            # machine and would refuse the next test's; the load tests give their own --max-cpu.
             "--max-cpu",
             "10000",
             *self.extra,
@@ -109,9 +104,6 @@ class ServerProcess:
         env = dict(os.environ)
         env.pop("LIVEKIT_API_KEY", None)
         env.pop("LIVEKIT_API_SECRET", None)
-        if not self.traced:
-            env.pop("COVERAGE_PROCESS_START", None)
-            env.pop("COVERAGE_PROCESS_CONFIG", None)
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + timeout

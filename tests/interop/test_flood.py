@@ -34,10 +34,9 @@ MEMORY_SLACK = 24 * 1024 * 1024  # what may stay resident after the flood's call
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[ServerProcess]:
-    """A server of its own, at the default limits (its memory before the flood is its own),
-    untraced: what is measured is the server, not the server under coverage's tracer."""
+    """A server of its own, at the default limits: its memory before the flood is its own."""
     port = sipp_port()
-    proc = ServerProcess(tmp_path, "--sip", f"127.0.0.1:{port}", "--max-cpu", "90", traced=False)
+    proc = ServerProcess(tmp_path, "--sip", f"127.0.0.1:{port}", "--max-cpu", "90")
     proc.sip_port = port  # type: ignore[attr-defined]
     proc.start()
     yield proc
