@@ -10,37 +10,22 @@ from livekit import api
 from livekit.protocol import sip
 from livekit.protocol.models import ListUpdate, Pagination
 
-from tests.helpers import API_KEY, API_SECRET, ServerProcess, token, twirp
+from tests.harness import leave_clean, module_server
+from tests.helpers import ServerProcess, token, twirp
 
 
 @pytest.fixture(scope="module")
 def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """One server for the module (a start costs more than most tests here)."""
-    proc = ServerProcess(tmp_path_factory.mktemp("sip-api"))
-    proc.start()
-    yield proc
-    if proc.proc is not None:
-        assert proc.stop() == 0, proc.log_tail()
-    assert "Traceback" not in proc.log.read_text()
+    yield from module_server(tmp_path_factory, "sip-api", clean_log=True)
 
 
 @pytest.fixture
 async def server(shared_server: ServerProcess) -> AsyncIterator[ServerProcess]:
-    """The module's server, its store emptied after each test: every test starts from none."""
+    """The module's server, emptied after each test (`leave_clean`): every test starts from
+    no trunk and no rule."""
     yield shared_server
-    async with api.LiveKitAPI(url=shared_server.url, api_key=API_KEY, api_secret=API_SECRET) as lk:
-        inbound_trunks = await lk.sip.list_inbound_trunk(sip.ListSIPInboundTrunkRequest())
-        outbound_trunks = await lk.sip.list_outbound_trunk(sip.ListSIPOutboundTrunkRequest())
-        for listed in (inbound_trunks, outbound_trunks):
-            for trunk in listed.items:
-                await lk.sip.delete_trunk(
-                    sip.DeleteSIPTrunkRequest(sip_trunk_id=trunk.sip_trunk_id)
-                )
-        rules = await lk.sip.list_dispatch_rule(sip.ListSIPDispatchRuleRequest())
-        for r in rules.items:
-            await lk.sip.delete_dispatch_rule(
-                sip.DeleteSIPDispatchRuleRequest(sip_dispatch_rule_id=r.sip_dispatch_rule_id)
-            )
+    await leave_clean(shared_server)
 
 
 def inbound(**kw: object) -> sip.CreateSIPInboundTrunkRequest:
