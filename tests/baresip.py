@@ -50,6 +50,7 @@ import numpy as np
 
 from tests.audio import Float, best_correlation, distinct_signal, read_wav, write_wav
 from tests.harness import eventually
+from tests.helpers import free_port
 
 __all__ = [
     "CODECS",
@@ -122,19 +123,14 @@ def _bindable(port: int, *kinds: int) -> bool:
 def sip_port() -> int:
     """P free for UDP and TCP, and P+1 free for TCP (where baresip listens for TLS)."""
     for _ in range(100):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port: int = s.getsockname()[1]
+        port = free_port(socket.SOCK_DGRAM)
         if port < 65535 and _bindable(port, socket.SOCK_STREAM) and _bindable(port + 1):
             return port
     raise RuntimeError("no free SIP port")
 
 
 def tcp_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    return free_port()
 
 
 def rtp_range(size: int = 20) -> tuple[int, int]:

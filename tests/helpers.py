@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -16,11 +17,25 @@ API_KEY = "testkey"
 API_SECRET = "testsecret-long-enough-for-hs256-0123456789"
 
 
+# Ports for the servers and peers tests start: 20000-32767, above the RTP ranges servers use in
+# tests (10000-20000) and below Linux's ephemeral range (32768-60999), from which the kernel gives
+# every client socket its port: a port found free there can be taken by any connect() before the
+# server binds it. Picked at random, so that concurrent test processes (pytest-xdist workers,
+# other runs) rarely try the same one, and checked free by binding it.
+TEST_PORTS = range(20000, 32768)
+_rng = random.Random()
+
+
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    for _ in range(200):
+        port = _rng.choice(TEST_PORTS)
+        with socket.socket(socket.AF_INET, kind) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {TEST_PORTS}")
 
 
 def free_sip_port() -> int:

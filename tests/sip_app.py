@@ -4,6 +4,7 @@ transactions, UAS core, digest) with the smallest possible call logic on top."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -69,13 +70,22 @@ async def running_app(
     tls: ssl.SSLContext | None = None,
 ) -> AsyncIterator[tuple[SipService, int]]:
     """UDP and TCP share one port; TLS (with `tls`) gets its own free one: see `service.bound`."""
-    ua = SipUserAgent("127.0.0.1", 0, on_invite=app.on_invite)
-    service = SipService(ua)
-    ua.attach(service)
-    first = await service.listen(Listen(transports[0], "127.0.0.1", port), tls)
-    for transport in transports[1:]:
-        own = 0 if transport == "tls" else first.port
-        await service.listen(Listen(transport, "127.0.0.1", own), tls)
+    for attempt in range(5):
+        ua = SipUserAgent("127.0.0.1", 0, on_invite=app.on_invite)
+        service = SipService(ua)
+        ua.attach(service)
+        try:
+            first = await service.listen(Listen(transports[0], "127.0.0.1", port), tls)
+            for transport in transports[1:]:
+                own = 0 if transport == "tls" else first.port
+                await service.listen(Listen(transport, "127.0.0.1", own), tls)
+        except OSError as e:
+            # the port the first transport got is taken for the next by another process: again
+            await service.close()
+            if port or e.errno != errno.EADDRINUSE or attempt == 4:
+                raise
+            continue
+        break
     ua.port = first.port
     try:
         yield service, first.port
