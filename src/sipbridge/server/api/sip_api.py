@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from google.protobuf.message import Message
@@ -117,29 +118,14 @@ class SipApi:
     async def create_inbound(
         self, req: proto.CreateSIPInboundTrunkRequest, _: Claims
     ) -> proto.SIPInboundTrunkInfo:
-        if not req.HasField("trunk"):
-            raise invalid_argument("trunk: must be set")
-        if req.trunk.sip_trunk_id:
-            raise invalid_argument("trunk.sip_trunk_id: must not be set on create")
-        return await self.config.put_inbound(lambda _: _clone(req.trunk))
+        return await self.config.put_inbound(_new_trunk(req))
 
     async def update_inbound(
         self, req: proto.UpdateSIPInboundTrunkRequest, _: Claims
     ) -> proto.SIPInboundTrunkInfo:
-        if not req.sip_trunk_id:
-            raise invalid_argument("sip_trunk_id: must be set")
-        action = req.WhichOneof("action")
-        if action == "replace":
-            _check_replacement_id(req.replace.sip_trunk_id, req.sip_trunk_id)
-            return await self.config.put_inbound(
-                lambda _: _clone(req.replace), existing_id=req.sip_trunk_id
-            )
-        if action == "update":
-            return await self.config.put_inbound(
-                lambda old: apply_inbound_update(_present(old), req.update),
-                existing_id=req.sip_trunk_id,
-            )
-        raise invalid_argument("one of replace or update must be set")
+        return await _update(
+            req, req.sip_trunk_id, "sip_trunk_id", self.config.put_inbound, apply_inbound_update
+        )
 
     async def get_inbound(
         self, req: proto.GetSIPInboundTrunkRequest, _: Claims
@@ -160,29 +146,14 @@ class SipApi:
     async def create_outbound(
         self, req: proto.CreateSIPOutboundTrunkRequest, _: Claims
     ) -> proto.SIPOutboundTrunkInfo:
-        if not req.HasField("trunk"):
-            raise invalid_argument("trunk: must be set")
-        if req.trunk.sip_trunk_id:
-            raise invalid_argument("trunk.sip_trunk_id: must not be set on create")
-        return await self.config.put_outbound(lambda _: _clone(req.trunk))
+        return await self.config.put_outbound(_new_trunk(req))
 
     async def update_outbound(
         self, req: proto.UpdateSIPOutboundTrunkRequest, _: Claims
     ) -> proto.SIPOutboundTrunkInfo:
-        if not req.sip_trunk_id:
-            raise invalid_argument("sip_trunk_id: must be set")
-        action = req.WhichOneof("action")
-        if action == "replace":
-            _check_replacement_id(req.replace.sip_trunk_id, req.sip_trunk_id)
-            return await self.config.put_outbound(
-                lambda _: _clone(req.replace), existing_id=req.sip_trunk_id
-            )
-        if action == "update":
-            return await self.config.put_outbound(
-                lambda old: apply_outbound_update(_present(old), req.update),
-                existing_id=req.sip_trunk_id,
-            )
-        raise invalid_argument("one of replace or update must be set")
+        return await _update(
+            req, req.sip_trunk_id, "sip_trunk_id", self.config.put_outbound, apply_outbound_update
+        )
 
     async def get_outbound(
         self, req: proto.GetSIPOutboundTrunkRequest, _: Claims
@@ -234,20 +205,13 @@ class SipApi:
     async def update_rule(
         self, req: proto.UpdateSIPDispatchRuleRequest, _: Claims
     ) -> proto.SIPDispatchRuleInfo:
-        if not req.sip_dispatch_rule_id:
-            raise invalid_argument("sip_dispatch_rule_id: must be set")
-        action = req.WhichOneof("action")
-        if action == "replace":
-            _check_replacement_id(req.replace.sip_dispatch_rule_id, req.sip_dispatch_rule_id)
-            return await self.config.put_rule(
-                lambda _: _clone(req.replace), existing_id=req.sip_dispatch_rule_id
-            )
-        if action == "update":
-            return await self.config.put_rule(
-                lambda old: apply_rule_update(_present(old), req.update),
-                existing_id=req.sip_dispatch_rule_id,
-            )
-        raise invalid_argument("one of replace or update must be set")
+        return await _update(
+            req,
+            req.sip_dispatch_rule_id,
+            "sip_dispatch_rule_id",
+            self.config.put_rule,
+            apply_rule_update,
+        )
 
     async def list_rules(self, req: proto.ListSIPDispatchRuleRequest, _: Claims) -> Encoded:
         wanted = set(req.dispatch_rule_ids)
@@ -271,6 +235,35 @@ class SipApi:
         if not req.sip_dispatch_rule_id:
             raise invalid_argument("sip_dispatch_rule_id: must be set")
         return await self.config.delete_rule(req.sip_dispatch_rule_id)
+
+
+def _new_trunk(req: Any) -> Callable[[Any], Any]:
+    """What a Create*Trunk request stores: its `trunk`, which must come without an id."""
+    if not req.HasField("trunk"):
+        raise invalid_argument("trunk: must be set")
+    if req.trunk.sip_trunk_id:
+        raise invalid_argument("trunk.sip_trunk_id: must not be set on create")
+    return lambda _: _clone(req.trunk)
+
+
+async def _update(
+    req: Any,
+    record_id: str,
+    id_field: str,
+    put: Callable[..., Awaitable[M]],
+    apply_update: Callable[[M, Any], M],
+) -> M:
+    """An Update* request of a trunk or rule: `replace` (the whole record, its id empty or the
+    same) or `update` (the fields given, applied to the stored record)."""
+    if not record_id:
+        raise invalid_argument(f"{id_field}: must be set")
+    action = req.WhichOneof("action")
+    if action == "replace":
+        _check_replacement_id(getattr(req.replace, id_field), record_id)
+        return await put(lambda _: _clone(req.replace), existing_id=record_id)
+    if action == "update":
+        return await put(lambda old: apply_update(_present(old), req.update), existing_id=record_id)
+    raise invalid_argument("one of replace or update must be set")
 
 
 def _clone(message: M) -> M:
