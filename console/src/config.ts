@@ -29,7 +29,7 @@ interface Kind {
   columns: [string, (item: Item) => string][];
 }
 
-const list = (v: string | boolean) => String(v).split(/[\s,]+/).map((s) => s.trim()).filter(Boolean);
+const list = (v: string | boolean) => String(v).split(/[\n,]+/).map((s) => s.trim()).filter(Boolean);
 const joined = (v: unknown) => (Array.isArray(v) ? v.join(', ') : '');
 
 function plain(names: string[], lists: string[]) {

@@ -309,10 +309,11 @@ class ConsoleApi:
                         continue
                 await response.write(json.dumps(line, separators=(",", ":")).encode() + b"\n")
             await response.write(b'{"type":"expired"}\n')
+            await response.write_eof()
+        except ConnectionError:  # the page went away
+            pass
         finally:
             self.streams.discard(queue)
-        with contextlib.suppress(ConnectionError):
-            await response.write_eof()
         return response
 
 
