@@ -266,7 +266,7 @@ function qualityChart(samples: QualitySample[]): HTMLElement {
             h(
               'tr',
               {},
-              h('td', {}, s.time ? time(s.time) : 'last'),
+              h('td', {}, s.time ? time(s.time).slice(11) : 'last'),
               h('td', {}, s.mos ?? '–'),
               h('td', {}, s.codec ?? ''),
               h('td', {}, s.received?.packets ?? 0),

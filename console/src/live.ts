@@ -2,7 +2,7 @@
 // (GET /console/live: a snapshot, then each room event, then every 2 s the running calls'
 // quality). Each participant's `sip.callStatus` history is kept while the page is open, so a
 // call shows ringing -> active -> hangup; calls that ended stay listed for ENDED_KEEP_MS.
-import { ApiError, current, request } from './api';
+import { ApiError, current, request, signOut } from './api';
 import { Listener } from './listen';
 import { h, replace, setBanner } from './ui';
 
@@ -85,7 +85,8 @@ export function livePage(main: HTMLElement): () => void {
       }
       if (p) remember(name, p, line.event === 'participant_left');
     } else if (line.type === 'expired') {
-      return; // the stream ends; the next connect finds the token expired
+      signOut('Your console session expired: sign in again.');
+      return;
     }
     render();
   }

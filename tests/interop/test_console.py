@@ -286,6 +286,10 @@ async def test_console(server: ServerProcess, chromium: Chromium) -> None:
             timeout=20,
         )
         print(f"listening: the page heard the phone at {level:.1f} dBFS")
+        await page.until(
+            f"document.querySelector(\"{here}\")?.classList.contains('speaking')",
+            "the phone shown speaking",
+        )
         assert abs(level - LEVEL_DBFS) < 6, level
         # the hidden listener is not in the room's list, and the phone heard nothing from it
         assert await page.js(f'document.querySelectorAll("{here}").length') == 1
@@ -392,6 +396,23 @@ async def test_console(server: ServerProcess, chromium: Chromium) -> None:
         created = [t for t in trunks.items if t.sip_trunk_id == trunk_id]
         assert created and list(created[0].numbers) == ["+15105550177"], trunks
         await page.shot("09-config")
+        # edited (the server's record replaced), then deleted after a confirmation
+        await page.do("click", selector=f"tr[data-id='{trunk_id}'] button.edit")
+        await page.do("fill", selector="form.editor input[name=name]", value="renamed trunk")
+        await page.do("click", selector="form.editor button[type=submit]")
+        await page.until(
+            f"document.querySelector(\"tr[data-id='{trunk_id}']\")?.dataset.name === "
+            "'renamed trunk'",
+            "the trunk renamed",
+        )
+        await page.do("click", selector=f"tr[data-id='{trunk_id}'] button.danger")
+        await page.do("click", selector=f"tr[data-id='{trunk_id}'] button.danger")
+        await page.until(
+            f"!document.querySelector(\"tr[data-id='{trunk_id}']\")", "the trunk deleted"
+        )
+        async with api.LiveKitAPI(server.url, API_KEY, API_SECRET) as lk:
+            trunks = await lk.sip.list_inbound_trunk(sip.ListSIPInboundTrunkRequest())
+        assert trunk_id not in [t.sip_trunk_id for t in trunks.items]
 
         await page.do("goto", url=f"{server.url}/console/#/nodes")
         await page.until("document.querySelector('tr[data-node]')", "the node list")
@@ -401,6 +422,18 @@ async def test_console(server: ServerProcess, chromium: Chromium) -> None:
         await page.until("document.querySelectorAll('#ladder li.msg').length", "the narrow page")
         await page.shot("11-call-narrow")
         await page.do("viewport", width=1280, height=720)
+        # a session ends when its token does: back to the sign-in form, which says why
+        await page.do("goto", url=f"{server.url}/console/?session=2#/live")
+        await page.do("fill", selector="input[name=key]", value=API_KEY)
+        await page.do("fill", selector="input[name=secret]", value=API_SECRET)
+        await page.do("click", selector="form.sign-in button[type=submit]")
+        await page.until("!document.getElementById('nav').hidden", "signed in for 2 s")
+        expired = await page.until(
+            "document.getElementById('nav').hidden && "
+            "document.getElementById('sign-in-error')?.textContent",
+            "the session to expire",
+        )
+        assert "expired" in expired, expired
         assert not page.errors(), page.errors()
         print(
             f"console test done in {time.monotonic() - started:.1f} s, screenshots in {ARTIFACTS}"

@@ -1,11 +1,12 @@
 """What the web console (`console/`, served at `/console`) asks of the server beyond the Twirp
 API, which it uses as any client does:
 
-- `POST /console/token` `{key, secret}` -> `{token, expires_at, identity}`: the API key and
-  secret are checked here, once, and the page keeps only a short-lived JWT (CONSOLE_TOKEN_TTL_S)
-  with the grants it needs: `roomList`, `roomAdmin`, `sip.admin`, `sip.call`. Wrong credentials
-  are `unauthenticated` (401); an address that keeps failing is blocked as SIP digest guessers
-  are (`telephony/auth_guard.py`), `resource_exhausted` (429) meanwhile.
+- `POST /console/token` `{key, secret[, ttl_s]}` -> `{token, expires_at, identity}`: the API
+  key and secret are checked here, once, and the page keeps only a short-lived JWT
+  (CONSOLE_TOKEN_TTL_S, or `ttl_s` from MIN_TTL_S up to that) with the grants it needs:
+  `roomList`, `roomAdmin`, `sip.admin`, `sip.call`. Wrong credentials are `unauthenticated`
+  (401); an address that keeps failing is blocked as SIP digest guessers are
+  (`telephony/auth_guard.py`), `resource_exhausted` (429) meanwhile.
 - `GET /console/live` (Bearer): the rooms and their participants as a stream of JSON lines - a
   snapshot first, then each room event as it happens (the model's own snapshots, so a
   `sip.callStatus` that lasts a few milliseconds is still seen), and every QUALITY_EVERY_S the
@@ -48,6 +49,7 @@ from sipbridge.server.state.rooms_runtime import RoomsRuntime
 from sipbridge.telephony.auth_guard import AuthGuard
 
 CONSOLE_TOKEN_TTL_S = 600
+MIN_TTL_S = 2
 JOIN_TOKEN_TTL_S = 600
 MAX_BODY = 4096
 MAX_STREAMS = 32  # live streams open at once, all pages together
@@ -125,6 +127,12 @@ class ConsoleApi:
             key, secret = body.get("key"), body.get("secret")
             if not isinstance(key, str) or not isinstance(secret, str) or not key or not secret:
                 raise ApiError("invalid_argument", "key and secret: both must be given")
+            ttl = body.get("ttl_s", CONSOLE_TOKEN_TTL_S)
+            if not isinstance(ttl, int) or not MIN_TTL_S <= ttl <= CONSOLE_TOKEN_TTL_S:
+                raise ApiError(
+                    "invalid_argument",
+                    f"ttl_s: seconds from {MIN_TTL_S} to {CONSOLE_TOKEN_TTL_S}",
+                )
             now = time.monotonic()
             if (wait := self.guard.blocked(source, now)) is not None:
                 self.refused += 1
@@ -145,14 +153,14 @@ class ConsoleApi:
         token = sign_token(
             key,
             known,
-            ttl_s=CONSOLE_TOKEN_TTL_S,
+            ttl_s=ttl,
             now=issued,
             sub=identity,
             video=CONSOLE_VIDEO,
             sip=CONSOLE_SIP,
         )
         return web.json_response(
-            {"token": token, "identity": identity, "expires_at": int(issued) + CONSOLE_TOKEN_TTL_S}
+            {"token": token, "identity": identity, "expires_at": int(issued) + ttl}
         )
 
     def _claims(self, request: web.Request) -> Claims:
@@ -280,11 +288,13 @@ class ConsoleApi:
     async def live(self, request: web.Request) -> web.StreamResponse:
         try:
             self._claims(request)
+            expires = _expiry(request) or self.clock() + MAX_STREAM_S
+            if expires <= self.clock():  # past `exp`, inside the verifier's leeway: no stream
+                raise ApiError("unauthenticated", "invalid token: expired")
             if len(self.streams) >= MAX_STREAMS:
                 raise ApiError("resource_exhausted", f"at most {MAX_STREAMS} live views at once")
         except ApiError as err:
             return error_response(err)
-        expires = _expiry(request) or self.clock() + MAX_STREAM_S
         ends = time.monotonic() + min(MAX_STREAM_S, max(0.0, expires - self.clock()))
         response = web.StreamResponse(
             headers={"Content-Type": "application/x-ndjson", "Cache-Control": "no-store"}
