@@ -19,7 +19,7 @@ interface CallInfo {
   ended_at?: string;
   disconnect_reason?: string;
   error?: string;
-  call_status_code?: { code?: number; status?: string };
+  call_status_code?: { code?: number | string; status?: string };
   audio_codec?: string;
   media_encryption?: string;
 }
@@ -48,6 +48,9 @@ interface QualitySample {
 const STATUSES = ['', 'call_incoming', 'participant_joined', 'active', 'disconnected', 'error'];
 
 const short = (value: string | undefined) => (value ?? '').replace(/^SC[SD]_/, '').toLowerCase();
+// SIPStatus in JSON: {code: "SIP_STATUS_OK" (its enum name) or a number, status: "OK"}
+const sipStatus = (s: { code?: number | string; status?: string } | undefined) =>
+  !s?.code ? '' : typeof s.code === 'number' ? `${s.code} ${s.status ?? ''}`.trim() : s.code.replace(/^SIP_STATUS_/, '').toLowerCase().replace(/_/g, ' ');
 
 export function callsPage(main: HTMLElement): () => void {
   const inputs = {
@@ -113,7 +116,7 @@ export function callsPage(main: HTMLElement): () => void {
                       h('td', {}, c.from_uri?.user ?? ''),
                       h('td', {}, c.to_uri?.user ?? ''),
                       h('td', {}, c.room_name ?? ''),
-                      h('td', {}, short(c.call_status), c.call_status_code?.code ? ` (${c.call_status_code.code})` : ''),
+                      h('td', {}, short(c.call_status), c.call_status_code?.code ? ` (${sipStatus(c.call_status_code)})` : ''),
                       h('td', {}, h('a', { href: `#/calls/${encodeURIComponent(c.call_id)}` }, c.call_id)),
                     ),
                   ),
@@ -204,7 +207,7 @@ export function callPage(main: HTMLElement, callId: string): () => void {
 function describe(call: CallInfo): HTMLElement {
   const rows: [string, string][] = [
     ['Direction', short(call.call_direction)],
-    ['Status', `${short(call.call_status)}${call.call_status_code?.code ? ` (${call.call_status_code.code} ${call.call_status_code.status ?? ''})` : ''}`],
+    ['Status', `${short(call.call_status)}${call.call_status_code?.code ? ` (${sipStatus(call.call_status_code)})` : ''}`],
     ['From', call.from_uri?.user ?? ''],
     ['To', call.to_uri?.user ?? ''],
     ['Room', call.room_name ?? ''],

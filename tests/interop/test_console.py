@@ -193,6 +193,7 @@ def server(loopback: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 @pytest.fixture(scope="module")
 def chromium(loopback: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chromium]:
+    shutil.rmtree(ARTIFACTS, ignore_errors=True)  # this run's screenshots only
     driver = Chromium(tmp_path_factory.mktemp("console") / "driver.log")
     try:
         print(f"\nchromium {driver.ready()}")
@@ -344,6 +345,17 @@ async def test_console(server: ServerProcess, chromium: Chromium) -> None:
             f"document.querySelector(\"#calls tr[data-call-id='{call_id}']\")", "the call logged"
         )
         await page.shot("06-calls")
+        # the filters: a room with no calls, then the call's own
+        await page.do("fill", selector="form.filters input[name=room]", value="nowhere")
+        await page.do("click", selector="form.filters button[type=submit]")
+        await page.until(
+            "document.getElementById('calls').textContent === 'No calls match.'", "no match"
+        )
+        await page.do("fill", selector="form.filters input[name=room]", value=room_name)
+        await page.do("click", selector="form.filters button[type=submit]")
+        await page.until(
+            f"document.querySelector(\"#calls tr[data-call-id='{call_id}']\")", "the filtered call"
+        )
         await page.do("click", selector=f"#calls tr[data-call-id='{call_id}'] a")
         ladder = await page.until(
             "(() => { const m = [...document.querySelectorAll('#ladder li.msg')];"
