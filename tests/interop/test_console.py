@@ -202,19 +202,20 @@ def chromium(loopback: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         driver.close()
 
 
-async def sign_in(page: Chromium, server: ServerProcess) -> None:
+async def sign_in(page: Chromium, server: ServerProcess, *, wrong_first: bool = True) -> None:
     await page.do("goto", url=f"{server.url}/console/")
     await page.until("document.querySelector('form.sign-in') !== null", "the sign-in form")
-    await page.shot("01-sign-in")
     await page.do("fill", selector="input[name=key]", value=API_KEY)
-    await page.do("fill", selector="input[name=secret]", value="not-the-secret")
-    await page.do("click", selector="form.sign-in button[type=submit]")
-    refused = await page.until(
-        "document.getElementById('sign-in-error')?.textContent", "the sign-in error"
-    )
-    assert "wrong API key or secret" in refused, refused
-    assert await page.js("document.getElementById('nav').hidden") is True
-    await page.shot("02-sign-in-refused")
+    if wrong_first:
+        await page.shot("01-sign-in")
+        await page.do("fill", selector="input[name=secret]", value="not-the-secret")
+        await page.do("click", selector="form.sign-in button[type=submit]")
+        refused = await page.until(
+            "document.getElementById('sign-in-error')?.textContent", "the sign-in error"
+        )
+        assert "wrong API key or secret" in refused, refused
+        assert await page.js("document.getElementById('nav').hidden") is True
+        await page.shot("02-sign-in-refused")
     await page.do("fill", selector="input[name=secret]", value=API_SECRET)
     await page.do("click", selector="form.sign-in button[type=submit]")
     await page.until(
@@ -459,3 +460,48 @@ async def test_console(server: ServerProcess, chromium: Chromium) -> None:
         with contextlib.suppress(BaseException):
             await phone
         transport.close()
+
+
+async def test_console_follows_a_deleted_room_and_a_restart(
+    chromium: Chromium, tmp_path: Path
+) -> None:
+    """A room deleted while watched leaves the live view; the server going away is said on the
+    page, which reconnects by itself when it is back (the token is still good)."""
+    page = chromium
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = ServerProcess(tmp_path / "a")
+    first.start()
+    again: ServerProcess | None = None
+    try:
+        await sign_in(page, first, wrong_first=False)
+        async with api.LiveKitAPI(first.url, API_KEY, API_SECRET) as lk:
+            await lk.room.create_room(api.CreateRoomRequest(name="watched"))
+            await page.until(
+                "document.querySelector(\"section.room[data-room='watched']\")", "the room"
+            )
+            await lk.room.delete_room(api.DeleteRoomRequest(room="watched"))
+        await page.until(
+            "!document.querySelector(\"section.room[data-room='watched']\")",
+            "the deleted room gone",
+        )
+        assert first.stop() == 0
+        banner = await page.until(
+            "!document.getElementById('banner').hidden && "
+            "document.getElementById('banner').textContent",
+            "the page to say the server is gone",
+        )
+        assert "reconnecting" in banner, banner
+        await page.shot("12-reconnecting")
+        again = ServerProcess(tmp_path / "b", http_port=first.port)
+        again.start()
+        await page.until(
+            "document.getElementById('banner').hidden && "
+            "document.getElementById('live-status').textContent.startsWith('Live')",
+            "the page back on the server",
+        )
+        assert not page.errors(), page.errors()
+    finally:
+        for proc in (first, again):
+            if proc is not None and proc.proc is not None and proc.proc.poll() is None:
+                proc.stop()

@@ -230,6 +230,16 @@ async def test_live_stream_snapshot_events_and_expiry(console: Console) -> None:
         assert response.status == status
 
 
+async def test_live_streams_end_when_the_server_stops(console: Console) -> None:
+    token = (await console.sign_in())["token"]
+    response = await console.client.get("/console/live", headers=bearer(token))
+    assert json.loads(await response.content.readline())["type"] == "snapshot"
+    await console.client.server.app.shutdown()  # what AppRunner.cleanup runs first
+    assert [json.loads(x)["type"] for x in (await response.read()).splitlines()] == ["closing"]
+    refused = await console.client.get("/console/live", headers=bearer(token))
+    assert refused.status == 503
+
+
 async def test_built_files_or_how_to_build_them(console: Console, tmp_path: Path) -> None:
     missing = await console.client.get("/console")
     assert missing.status == 503

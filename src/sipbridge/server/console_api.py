@@ -59,6 +59,7 @@ QUALITY_EVERY_S = 2.0
 MAX_CALLS = 1000  # calls whose quality history is kept
 MAX_SAMPLES = 720  # samples per call (an hour at one per 5 s)
 MAX_ROOM_NAME = 256
+CLOSING: dict[str, Any] = {"type": "closing"}  # the server stops: the page reconnects
 CONSOLE_VIDEO = {"roomList": True, "roomAdmin": True}
 CONSOLE_SIP = {"admin": True, "call": True}
 
@@ -109,6 +110,7 @@ class ConsoleApi:
         self.quality = QualityHistory(clock)
         self.streams: set[asyncio.Queue[dict[str, Any] | None]] = set()
         self.refused = 0  # sign-ins refused: wrong credentials or a blocked address
+        self.closing = False
         rooms.listeners.append(self._room_event)
         call_log.on_quality = self.quality.record
 
@@ -117,6 +119,13 @@ class ConsoleApi:
         app.router.add_get("/console/live", self.live)
         app.router.add_get("/console/calls/{call_id}", self.call)
         app.router.add_post("/console/join", self.join)
+        # before the server waits for its requests to end: the streams never would
+        app.on_shutdown.append(self._close_streams)
+
+    async def _close_streams(self, _: web.Application) -> None:
+        self.closing = True
+        for queue in list(self.streams):
+            queue.put_nowait(CLOSING)
 
     # -- sign-in ---------------------------------------------------------------------------
 
@@ -252,7 +261,7 @@ class ConsoleApi:
         return out
 
     def _room_event(self, event: ev.RoomEvent) -> None:
-        if not self.streams:
+        if not self.streams or self.closing:
             return
         line: dict[str, Any] | None = None
         match event:
@@ -291,6 +300,8 @@ class ConsoleApi:
             expires = _expiry(request) or self.clock() + MAX_STREAM_S
             if expires <= self.clock():  # past `exp`, inside the verifier's leeway: no stream
                 raise ApiError("unauthenticated", "invalid token: expired")
+            if self.closing:
+                raise ApiError("unavailable", "the server is stopping")
             if len(self.streams) >= MAX_STREAMS:
                 raise ApiError("resource_exhausted", f"at most {MAX_STREAMS} live views at once")
         except ApiError as err:
@@ -311,6 +322,9 @@ class ConsoleApi:
                         line = await queue.get()
                 except TimeoutError:
                     line = None
+                if line is CLOSING:
+                    await response.write(json.dumps(CLOSING).encode() + b"\n")
+                    break
                 if line is None:
                     if time.monotonic() >= next_quality:
                         next_quality = time.monotonic() + QUALITY_EVERY_S
@@ -318,7 +332,8 @@ class ConsoleApi:
                     else:
                         continue
                 await response.write(json.dumps(line, separators=(",", ":")).encode() + b"\n")
-            await response.write(b'{"type":"expired"}\n')
+            else:
+                await response.write(b'{"type":"expired"}\n')
             await response.write_eof()
         except ConnectionError:  # the page went away
             pass
