@@ -324,6 +324,13 @@ async def test_console(server: ServerProcess, chromium: Chromium) -> None:
         print(f"talking: the phone heard the console at {heard:.1f} dBFS (loudest 20 ms)")
         await page.do("click", selector=".keypad button[data-digit='5']")
         await eventually(lambda: 5 in media.digits, "the console's DTMF 5 at the phone")
+        # the phone's keys (RFC 4733) are shown on the page, as the room's sip_dtmf packets
+        media.keys += ["4", "2"]
+        seen = await page.until(
+            "(t => t === '42' && t)(document.getElementById('dtmf-received')?.textContent)",
+            "the phone's DTMF on the page",
+        )
+        print(f"DTMF: the console sent 5 to the phone and saw {seen} from it")
         await page.shot("04-live-talking")
         await page.do("click", selector="#leave")
 
