@@ -1,7 +1,9 @@
 // Listen in and talk: the page joins a room with livekit-client - hidden and subscribe-only to
 // listen, or as a participant publishing the microphone to talk - with a level meter (WebAudio)
 // on what it hears, the DTMF digits it sees and a keypad that sends them (publishDtmf).
-import { RemoteTrack, Room, RoomEvent, Track } from 'livekit-client';
+// livekit-client is loaded when the page first joins a room: the rest of the console starts
+// without its 500 kB.
+import type { RemoteTrack, Room } from 'livekit-client';
 import { postJson } from './api';
 import { h, replace } from './ui';
 
@@ -46,6 +48,7 @@ export class Listener {
     this.panel.dataset.mode = talk ? 'talk' : 'listen';
     this.state.textContent = 'Joining…';
     const { token } = await postJson<{ token: string }>('/console/join', { room: roomName, talk });
+    const { Room, RoomEvent } = await import('livekit-client');
     const room = new Room({ adaptiveStream: false, dynacast: false });
     this.room = room;
     room
@@ -70,7 +73,7 @@ export class Listener {
   }
 
   private hear(track: RemoteTrack): void {
-    if (track.kind !== Track.Kind.Audio || !this.audio || !this.analyser) return;
+    if (track.kind !== 'audio' || !this.audio || !this.analyser) return;
     // Chromium gives WebAudio a remote WebRTC stream only while an element plays it.
     const element = track.attach();
     element.dataset.sid = track.sid ?? '';

@@ -133,6 +133,14 @@ class Chromium:
         return await eventually(lambda: self.js(script), what, timeout=timeout)
 
     async def shot(self, name: str) -> Path:
+        """A screenshot of the page, after checking that each of its form controls has a label
+        and each button a name (what a screen reader announces)."""
+        unlabelled = await self.js(
+            "[...document.querySelectorAll('input, select, button, meter')]"
+            ".filter(e => e.type !== 'hidden' && !(e.labels?.length || e.getAttribute('aria-label')"
+            " || (e.tagName === 'BUTTON' && e.textContent.trim()))).map(e => e.outerHTML)"
+        )
+        assert not unlabelled, f"{name}: controls without a label: {unlabelled}"
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         path = ARTIFACTS / f"{name}.png"
         await self.do("screenshot", path=str(path))
@@ -434,6 +442,35 @@ async def test_console(server: ServerProcess, chromium: Chromium) -> None:
             trunks = await lk.sip.list_inbound_trunk(sip.ListSIPInboundTrunkRequest())
         assert trunk_id not in [t.sip_trunk_id for t in trunks.items]
 
+        # a dispatch rule: the tabs by keyboard, a direct rule with no room refused at the room
+        await page.do("press", selector="#tab-inbound", key="ArrowRight")
+        await page.do("press", selector="#tab-outbound", key="ArrowRight")
+        await page.until(
+            "document.getElementById('tab-rules').getAttribute('aria-selected') === 'true'",
+            "the rules tab",
+        )
+        await page.do("click", selector="button.create")
+        await page.do("fill", selector="form.editor input[name=name]", value="console rule")
+        await page.do("click", selector="form.editor button[type=submit]")
+        error = await page.until(
+            "(() => { const i = document.querySelector('form.editor input[name=room]');"
+            " return i.getAttribute('aria-invalid') === 'true' &&"
+            " document.getElementById(i.id + '-error').textContent })()",
+            "the validation error at the room field",
+        )
+        assert "room_name: must be set" in error, error
+        await page.do("fill", selector="form.editor input[name=room]", value="front-desk")
+        await page.do("click", selector="form.editor button[type=submit]")
+        rule_id = await page.until(
+            "document.querySelector(\"tr[data-name='console rule']\")?.dataset.id",
+            "the new rule listed",
+        )
+        async with api.LiveKitAPI(server.url, API_KEY, API_SECRET) as lk:
+            rules = await lk.sip.list_dispatch_rule(sip.ListSIPDispatchRuleRequest())
+        [rule] = [r for r in rules.items if r.sip_dispatch_rule_id == rule_id]
+        assert rule.rule.dispatch_rule_direct.room_name == "front-desk", rule
+        await page.shot("09-config-rules")
+
         await page.do("goto", url=f"{server.url}/console/#/nodes")
         await page.until("document.querySelector('tr[data-node]')", "the node list")
         await page.shot("10-nodes")
@@ -481,7 +518,20 @@ async def test_console_follows_a_deleted_room_and_a_restart(
     first.start()
     again: ServerProcess | None = None
     try:
-        await sign_in(page, first, wrong_first=False)
+        # signed in with the keyboard only: the key, Tab, the secret, Enter
+        await page.do("goto", url=f"{first.url}/console/")
+        await page.until(
+            "document.activeElement?.name === 'key'", "the key field focused on the sign-in form"
+        )
+        await page.do("press", selector="input[name=key]", key="Tab")
+        assert await page.js("document.activeElement.name") == "secret"
+        await page.do("fill", selector="input[name=key]", value=API_KEY)
+        await page.do("fill", selector="input[name=secret]", value=API_SECRET)
+        await page.do("press", selector="input[name=secret]", key="Enter")
+        await page.until(
+            "document.getElementById('live-status')?.textContent.startsWith('Live')",
+            "the live view after a keyboard sign-in",
+        )
         async with api.LiveKitAPI(first.url, API_KEY, API_SECRET) as lk:
             await lk.room.create_room(api.CreateRoomRequest(name="watched"))
             await page.until(
