@@ -334,14 +334,24 @@ function kindView(kind: Kind): HTMLElement {
         await load();
       } catch (e) {
         const message = (e as Error).message;
-        const named = e instanceof ApiError ? fieldsNamed(message, [...inputs.keys()]) : [];
+        const conflict = e instanceof ApiError && (e.code === 'already_exists' || /conflict/i.test(message));
+        // a conflict names another trunk or rule, not a field: said above the form, and the
+        // numbers that clash marked
+        const named = !(e instanceof ApiError)
+          ? []
+          : conflict
+            ? ['numbers', 'inbound_numbers'].filter((n) => inputs.has(n) && /number/.test(message))
+            : fieldsNamed(message, [...inputs.keys()]);
         for (const name of named) {
           const input = inputs.get(name)!;
           input.setAttribute('aria-invalid', 'true');
           document.getElementById(`${input.id}-error`)!.textContent = message;
         }
-        const conflict = e instanceof ApiError && (e.code === 'already_exists' || /conflict/i.test(message));
-        error.textContent = named.length ? 'The server refused it: see the field marked below.' : `${conflict ? 'Conflict: ' : ''}${message}`;
+        error.textContent = conflict
+          ? `Conflict: ${message}`
+          : named.length
+            ? 'The server refused it: see the field marked below.'
+            : message;
         (named.length ? inputs.get(named[0])! : error).focus?.();
       }
     });

@@ -441,6 +441,17 @@ async def test_console(server: ServerProcess, chromium: Chromium) -> None:
         created = [t for t in trunks.items if t.sip_trunk_id == trunk_id]
         assert created and list(created[0].numbers) == ["+15105550177"], trunks
         await page.shot("09-config")
+        # a second trunk for the same number: the conflict is explained above the form
+        await page.do("click", selector="button.create")
+        await page.do("fill", selector="form.editor input[name=numbers]", value="+15105550177")
+        await page.do("click", selector="form.editor button[type=submit]")
+        conflict = await page.until(
+            "document.querySelector('form.editor .form-error')?.textContent", "the conflict"
+        )
+        assert conflict.startswith("Conflict: conflicting inbound SIP trunks"), conflict
+        assert trunk_id in conflict, conflict
+        await page.shot("09-config-conflict")
+        await page.do("click", selector="form.editor button[type=button]")  # Cancel
         # edited (the server's record replaced), then deleted after a confirmation
         await page.do("click", selector=f"tr[data-id='{trunk_id}'] button.edit")
         await page.do("fill", selector="form.editor input[name=name]", value="renamed trunk")
