@@ -142,6 +142,7 @@ export function callPage(main: HTMLElement, callId: string): () => void {
   const summary = h('div', { id: 'call-summary' }, 'Loading…');
   const chart = h('div', { id: 'quality' });
   const ladder = h('div', { id: 'ladder' });
+  const records = h('div', { id: 'transfer-records' });
   const transfers = h('div', { id: 'transfers' });
   const pcap = h('button', { type: 'button', id: 'pcap' }, 'Download the pcap');
   const pcapNote = h('span', { class: 'muted', 'aria-live': 'polite' });
@@ -167,6 +168,7 @@ export function callPage(main: HTMLElement, callId: string): () => void {
     h('p', {}, pcap, pcapNote),
     ladder,
     h('h2', {}, 'Transfers'),
+    records,
     transfers,
   );
   let timer = 0;
@@ -175,10 +177,13 @@ export function callPage(main: HTMLElement, callId: string): () => void {
   async function load(): Promise<void> {
     let live = false;
     try {
-      const { call, quality } = await getJson<{ call: CallInfo; quality: QualitySample[] }>(`/console/calls/${encodeURIComponent(callId)}`);
+      const { call, quality, transfers: moves } = await getJson<{ call: CallInfo; quality: QualitySample[]; transfers: Transfer[] | null }>(
+        `/console/calls/${encodeURIComponent(callId)}`,
+      );
       live = !call.ended_at || call.ended_at === '0';
       replace(summary, describe(call));
       replace(chart, qualityChart(quality));
+      replace(records, transferTable(moves));
     } catch (e) {
       replace(summary, h('p', { class: 'form-error', role: 'alert' }, (e as Error).message));
     }
@@ -189,8 +194,11 @@ export function callPage(main: HTMLElement, callId: string): () => void {
       replace(
         transfers,
         refers.length
-          ? h('ul', {}, refers.map((e) => h('li', {}, `${e.direction === 'in' ? 'from the carrier' : 'to the carrier'}: ${firstLine(e.text)}${header(e.text, 'Refer-To') ? ` (Refer-To ${header(e.text, 'Refer-To')})` : ''}`)))
-          : h('p', { class: 'muted' }, 'None.'),
+          ? [
+              h('p', {}, 'In the ladder:'),
+              h('ul', { class: 'refers' }, refers.map((e) => h('li', {}, `${e.direction === 'in' ? 'from the carrier' : 'to the carrier'}: ${firstLine(e.text)}${header(e.text, 'Refer-To') ? ` (Refer-To ${header(e.text, 'Refer-To')})` : ''}`))),
+            ]
+          : null,
       );
     } catch (e) {
       replace(ladder, h('p', { class: 'muted' }, (e as Error).message));
@@ -202,6 +210,48 @@ export function callPage(main: HTMLElement, callId: string): () => void {
     stopped = true;
     window.clearTimeout(timer);
   };
+}
+
+interface Transfer {
+  transfer_id: string;
+  transfer_to?: string;
+  transfer_status?: string;
+  transfer_initiated_at_ns?: string;
+  transfer_completed_at_ns?: string;
+  error?: string;
+  reason?: string;
+  transfer_status_code?: { code?: number | string; status?: string };
+}
+
+function transferTable(moves: Transfer[] | null): HTMLElement {
+  if (moves === null) return h('p', { class: 'muted' }, 'This store (Redis) keeps no index of transfers by call.');
+  if (!moves.length) return h('p', { class: 'muted' }, 'None.');
+  return h(
+    'div',
+    { class: 'scroll' },
+    h(
+      'table',
+      {},
+      h('thead', {}, h('tr', {}, ...['Transfer', 'To', 'Status', 'SIP', 'Started', 'Ended', 'Error'].map((t) => h('th', { scope: 'col' }, t)))),
+      h(
+        'tbody',
+        {},
+        moves.map((t) =>
+          h(
+            'tr',
+            { 'data-transfer-id': t.transfer_id, 'data-status': (t.transfer_status ?? '').replace(/^STS_/, '').toLowerCase() },
+            h('th', { scope: 'row' }, t.transfer_id),
+            h('td', {}, t.transfer_to ?? ''),
+            h('td', {}, (t.transfer_status ?? '').replace(/^STS_/, '').toLowerCase().replace(/_/g, ' ')),
+            h('td', {}, sipStatus(t.transfer_status_code)),
+            h('td', {}, time(Number(t.transfer_initiated_at_ns ?? 0) / 1e9)),
+            h('td', {}, time(Number(t.transfer_completed_at_ns ?? 0) / 1e9)),
+            h('td', {}, t.error ?? ''),
+          ),
+        ),
+      ),
+    ),
+  );
 }
 
 function describe(call: CallInfo): HTMLElement {

@@ -41,8 +41,8 @@ from livekit import api
 from livekit.protocol import sip
 
 from sipbridge.server.console_web import CONSOLE_DIST
-from tests import netns
-from tests.harness import eventually, sipp
+from tests import baresip, netns
+from tests.harness import client, eventually, leave_clean, sipp
 from tests.helpers import (
     API_KEY,
     API_SECRET,
@@ -58,6 +58,9 @@ from tests.interop.test_browser import (
     dbfs,
     route_to_room,
 )
+from tests.interop.test_call_audio import direct_rule
+from tests.interop.test_transfer import answered_caller
+from tests.signal_client import SignalClient
 
 ROOT = Path(__file__).parents[2]
 BROWSER_DIR = ROOT / "tests" / "browser"
@@ -532,6 +535,49 @@ async def test_console(server: ServerProcess, chromium: Chromium) -> None:
         with contextlib.suppress(BaseException):
             await phone
         transport.close()
+
+
+@pytest.mark.skipif(not shutil.which("baresip"), reason="baresip comes with `make test`")
+async def test_console_shows_a_transfer(
+    server: ServerProcess, chromium: Chromium, tmp_path: Path
+) -> None:
+    """A caller (baresip A) transferred by the API to baresip C: the call's page lists the
+    transfer (its record: done, with C's status) and the REFER and NOTIFYs in the ladder."""
+    await leave_clean(server)  # the first test's trunks and rules
+    async with client(server) as lk:
+        await direct_rule(lk)
+        async with (
+            SignalClient(server.url, "bridge", "agent"),
+            baresip.phone(tmp_path / "a", codecs="PCMU") as a,
+            baresip.phone(tmp_path / "c", codecs="PCMU") as c,
+        ):
+            caller = await answered_caller(lk, server, a)
+            done = await lk.sip.transfer_sip_participant(
+                sip.TransferSIPParticipantRequest(
+                    room_name="bridge",
+                    participant_identity=caller.identity,
+                    transfer_to=f"sip:{c.user}@127.0.0.1:{c.sip_port}",
+                )
+            )
+            await c.wait_event("CALL_ESTABLISHED", timeout=8)
+            await a.hangup()
+            await c.wait_event("CALL_CLOSED", timeout=8)
+    call_id = caller.attributes["sip.callID"]
+    page = chromium
+    await sign_in(page, server, wrong_first=False)
+    await page.do("goto", url=f"{server.url}/console/#/calls/{call_id}")
+    status = await page.until(
+        f"document.querySelector(\"tr[data-transfer-id='{done.transfer_id}']\")?.dataset.status",
+        "the transfer on the call's page",
+    )
+    assert status == "transfer_successful", status
+    refers = await page.until(
+        "[...document.querySelectorAll('#transfers li')].map(li => li.textContent)",
+        "the REFER in the ladder",
+    )
+    assert refers[0].startswith("to the carrier: REFER "), refers
+    assert any("NOTIFY" in r for r in refers), refers
+    await page.shot("13-call-transfer")
 
 
 async def test_console_follows_a_deleted_room_and_a_restart(

@@ -151,9 +151,15 @@ async def test_a_calls_record_and_its_quality_over_time(console: Console) -> Non
     call_log.record(info)
     for mos in (4.4, 4.1):
         call_log.record_quality("SCL_1", {"mos": mos, "codec": "PCMU"})
+    call_log.record_transfer(
+        proto.SIPTransferInfo(transfer_id="STR_1", call_id="SCL_1", transfer_to="sip:c@x")
+    )
 
     async def written() -> bool:
-        return await call_log.store.get("call", "SCL_1") is not None
+        store = call_log.store
+        return await store.get("call", "SCL_1") is not None and bool(
+            await store.get("transfer", "STR_1")
+        )
 
     await eventually(written, "the call written")  # type: ignore[arg-type]
     response = await console.client.get("/console/calls/SCL_1", headers=bearer(token))
@@ -161,6 +167,9 @@ async def test_a_calls_record_and_its_quality_over_time(console: Console) -> Non
     assert body["call"]["call_id"] == "SCL_1" and body["call"]["room_name"] == "support"
     assert [s["mos"] for s in body["quality"]] == [4.4, 4.1]
     assert all(s["time"] > 0 for s in body["quality"])
+    assert [(t["transfer_id"], t["transfer_to"]) for t in body["transfers"]] == [
+        ("STR_1", "sip:c@x")
+    ]
 
     # a node with no history of the call reads its last quality from the call log
     console.api.quality.calls.clear()

@@ -15,9 +15,10 @@ API, which it uses as any client does:
   second and still miss short states. The stream ends when the token expires (the page then signs
   in again) or after MAX_STREAM_S.
 - `GET /console/calls/{call_id}` (Bearer, `sip.admin`): the call's record (`SIPCallInfo` as
-  JSON; the Twirp call log pages by filters and has no lookup by id) and its quality over time
+  JSON; the Twirp call log pages by filters and has no lookup by id), its quality over time
   (every QUALITY_S while it ran, kept here in memory for the last MAX_CALLS calls), or its last
-  quality record from the call log when this node has no history of it.
+  quality record from the call log when this node has no history of it, and its transfers
+  (`SIPTransferInfo`; null with Redis, which indexes no transfers by call).
 - `POST /console/join` `{room, talk}` (Bearer): a token to join `room` from the page: hidden and
   subscribe-only to listen in; visible, publishing the microphone and data (DTMF) to talk.
 """
@@ -230,9 +231,15 @@ class ConsoleApi:
             if not samples:
                 last = await self.call_log.quality(call_id)
                 samples = [last] if last else []
+            # SQLite indexes transfers by call; Redis has no such index (null: not known here)
+            transfers_of = getattr(self.call_log.store, "transfers_of", None)
+            transfers = None
+            if transfers_of is not None:
+                datas = await transfers_of([call_id])
+                transfers = [_json(proto.SIPTransferInfo.FromString(d)) for d in datas]
         except ApiError as err:
             return error_response(err)
-        return web.json_response({"call": _json(info), "quality": samples})
+        return web.json_response({"call": _json(info), "quality": samples, "transfers": transfers})
 
     # -- the live stream -------------------------------------------------------------------
 
