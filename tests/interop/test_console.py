@@ -60,6 +60,7 @@ from tests.interop.test_browser import (
 )
 from tests.interop.test_call_audio import direct_rule
 from tests.interop.test_transfer import answered_caller
+from tests.redis_server import redis_server, require_redis_server
 from tests.signal_client import SignalClient
 
 ROOT = Path(__file__).parents[2]
@@ -636,3 +637,38 @@ async def test_console_follows_a_deleted_room_and_a_restart(
         for proc in (first, again):
             if proc is not None and proc.proc is not None and proc.proc.poll() is None:
                 proc.stop()
+
+
+async def test_console_nodes_of_a_cluster(chromium: Chromium, tmp_path: Path) -> None:
+    """Two nodes on one Redis: the Nodes page of either lists both, and a node that stops
+    leaves the list."""
+    require_redis_server()
+    with redis_server(tmp_path / "redis") as redis:
+        nodes = {
+            name: ServerProcess(tmp_path / name, "--redis", redis.url, "--node-id", name)
+            for name in ("alpha", "beta")
+        }
+        try:
+            for name, node in nodes.items():
+                (tmp_path / name).mkdir()
+                node.start()
+            page = chromium
+            await sign_in(page, nodes["alpha"], wrong_first=False)
+            await page.do("goto", url=f"{nodes['alpha'].url}/console/#/nodes")
+            listed = await page.until(
+                "(n => n.length === 2 && n)([...document.querySelectorAll('tr[data-node]')]"
+                ".map(r => r.dataset.node + ' ' + r.cells[1].textContent))",
+                "both nodes listed",
+            )
+            assert sorted(listed) == ["alpha serving", "beta serving"], listed
+            await page.shot("14-nodes-cluster")
+            assert nodes["beta"].stop() == 0
+            await page.until(
+                "[...document.querySelectorAll('tr[data-node]')].map(r => r.dataset.node)"
+                ".join() === 'alpha'",
+                "the stopped node gone from the list",
+            )
+        finally:
+            for node in nodes.values():
+                if node.proc is not None and node.proc.poll() is None:
+                    node.stop()
