@@ -184,7 +184,11 @@ export function livePage(main: HTMLElement): () => void {
     for (const [sid, entry] of seen) {
       if (entry.endedAt && now - entry.endedAt > ENDED_KEEP_MS) seen.delete(sid);
     }
-    const gone = [...seen.values()].filter((e) => e.endedAt).sort((a, b) => b.endedAt! - a.endedAt!);
+    // (this page's own listening and talking participants are not calls: left out)
+    const mine = `${current()?.identity ?? '-'}-`;
+    const gone = [...seen.values()]
+      .filter((e) => e.endedAt && !e.participant.identity.startsWith(mine))
+      .sort((a, b) => b.endedAt! - a.endedAt!);
     replace(ended, gone.length ? table(gone.map((e) => participantRow(e.room, e.participant, e.statuses, true))) : h('p', { class: 'muted' }, 'None in the last two minutes.'));
   }
 

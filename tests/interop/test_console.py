@@ -474,8 +474,30 @@ async def test_console(server: ServerProcess, chromium: Chromium) -> None:
             trunks = await lk.sip.list_inbound_trunk(sip.ListSIPInboundTrunkRequest())
         assert trunk_id not in [t.sip_trunk_id for t in trunks.items]
 
-        # a dispatch rule: the tabs by keyboard, a direct rule with no room refused at the room
+        # an outbound trunk, the tabs by keyboard: refused without numbers, at that field
         await page.do("press", selector="#tab-inbound", key="ArrowRight")
+        await page.until(
+            "document.getElementById('tab-outbound').getAttribute('aria-selected') === 'true'",
+            "the outbound tab",
+        )
+        await page.do("click", selector="button.create")
+        await page.do("fill", selector="form.editor input[name=name]", value="console carrier")
+        await page.do("fill", selector="form.editor input[name=address]", value="sip.example.com")
+        await page.do("click", selector="form.editor button[type=submit]")
+        error = await page.until(
+            "(() => { const i = document.querySelector('form.editor input[name=numbers]');"
+            " return i.getAttribute('aria-invalid') === 'true' &&"
+            " document.getElementById(i.id + '-error').textContent })()",
+            "the validation error at the outbound numbers field",
+        )
+        assert "at least one number" in error, error
+        await page.do("fill", selector="form.editor input[name=numbers]", value="+15105550188")
+        await page.do("click", selector="form.editor button[type=submit]")
+        await page.until(
+            "document.querySelector(\"tr[data-name='console carrier']\")", "the outbound trunk"
+        )
+
+        # a dispatch rule: a direct rule with no room refused at the room field
         await page.do("press", selector="#tab-outbound", key="ArrowRight")
         await page.until(
             "document.getElementById('tab-rules').getAttribute('aria-selected') === 'true'",
