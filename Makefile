@@ -12,6 +12,13 @@ SYSTEM_PACKAGES := ca-certificates sip-tester sipsak baresip-core chromium redis
 # The browser test's Node packages (livekit-client, playwright-core, esbuild), installed with
 # `npm ci` from the committed lockfile whenever it changes; node and npm come with the machine.
 BROWSER_DIR := tests/browser
+# The web console (console/, TypeScript + Vite): `npm ci` from its lockfile, then built into
+# CONSOLE_DIST (git ignores it), which `sipbridge serve` serves at /console; rebuilt whenever a
+# source changes. Without npm the build is skipped and /console says how to build it.
+CONSOLE_DIR := console
+CONSOLE_DIST := src/sipbridge/server/console_dist
+CONSOLE_SOURCES := $(wildcard $(CONSOLE_DIR)/src/* $(CONSOLE_DIR)/index.html \
+	$(CONSOLE_DIR)/vite.config.ts $(CONSOLE_DIR)/tsconfig.json $(CONSOLE_DIR)/package.json)
 # The newest release of the `livekit` realtime SDK, in a venv of its own beside the one
 # livekit-agents pins in .venv: tests/interop/test_sdk_versions.py runs tests/sdk_client.py with
 # both. Rebuilt from scratch whenever the pin file changes.
@@ -34,7 +41,7 @@ CHECK_TESTS := tests/test_layers.py $(CORE_TESTS) $(wildcard tests/rooms tests/s
 TEST_WORKERS ?= 3
 CORE_WORKERS ?= 2  # the core's unit tests use the CPU alone: one worker per core
 SERIAL_TESTS := $(addprefix tests/interop/,test_flood.py test_metrics_and_load.py test_browser.py \
-	test_webrtc.py test_sdk_versions.py test_agent_session.py test_speakers.py)
+	test_webrtc.py test_sdk_versions.py test_agent_session.py test_speakers.py test_console.py)
 # Fuzzing (fuzz/README.md): `make fuzz` runs every target FUZZ_SECONDS, keeping what it learns in
 # fuzz/work/; `make fuzz-smoke` (part of `make test`) FUZZ_SMOKE_RUNS inputs each from seed
 # FUZZ_SEED, with FUZZ_SMOKE_SECONDS as a cap. FUZZ_TARGETS picks targets (all by default).
@@ -48,7 +55,7 @@ FUZZ_TARGETS ?=
 # environment with PYTHONDONTWRITEBYTECODE set recompiled a hundred modules, 0.2 s, per start).
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: serve test check install system-deps browser-deps sdk-newest lint typecheck coverage-core unit bench \
+.PHONY: serve test check install system-deps browser-deps console sdk-newest lint typecheck coverage-core unit bench \
 	clean fuzz fuzz-smoke
 
 $(BIN)/python:
@@ -61,7 +68,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 install: $(VENV)/.installed
 
-serve: install
+serve: install console
 	$(BIN)/sipbridge serve --dev
 
 system-deps:
@@ -82,6 +89,21 @@ $(BROWSER_DIR)/node_modules/.installed: $(BROWSER_DIR)/package-lock.json
 	fi
 
 browser-deps: $(BROWSER_DIR)/node_modules/.installed
+
+$(CONSOLE_DIR)/node_modules/.installed: $(CONSOLE_DIR)/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+		cd $(CONSOLE_DIR) && npm ci --no-audit --no-fund --loglevel=error && \
+		touch node_modules/.installed; \
+	else \
+		echo "npm not found: the web console is not built (/console says how)"; \
+	fi
+
+$(CONSOLE_DIST)/index.html: $(CONSOLE_DIR)/node_modules/.installed $(CONSOLE_SOURCES)
+	@if [ -f $(CONSOLE_DIR)/node_modules/.installed ]; then \
+		cd $(CONSOLE_DIR) && npm run --silent build; \
+	fi
+
+console: $(CONSOLE_DIST)/index.html
 
 $(SDK_NEWEST_VENV)/.installed: $(SDK_NEWEST_PINS)
 	rm -rf $(SDK_NEWEST_VENV)
@@ -120,7 +142,7 @@ unit: coverage-core
 	$(BIN)/pytest --cov=sipbridge --cov-branch --cov-append --cov-report=term $(SERIAL_TESTS) \
 		$(PYTEST_ARGS)
 
-test: system-deps install browser-deps sdk-newest lint typecheck unit fuzz-smoke
+test: system-deps install browser-deps console sdk-newest lint typecheck unit fuzz-smoke
 
 fuzz: install
 	$(BIN)/python -m fuzz.run --keep --seconds $(FUZZ_SECONDS) --seed 0 $(FUZZ_TARGETS)

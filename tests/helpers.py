@@ -60,8 +60,10 @@ class ServerProcess:
         *extra: str,
         http_host: str = "127.0.0.1",
         open_files: int | None = None,
+        http_port: int = 0,
     ) -> None:
         self.http_host = http_host  # where the API listens (a veth address for netns clients)
+        self.http_port = http_port  # the API's port: 0 for a free one at each start
         self.open_files = open_files  # RLIMIT_NOFILE (soft and hard) of the server, if given
         self.db = tmp / "sipbridge.db"
         self.extra = list(extra)
@@ -90,7 +92,7 @@ class ServerProcess:
         self._start(timeout)
 
     def _start(self, timeout: float) -> None:
-        self.port = free_port()
+        self.port = self.http_port or free_port()
         args = [
             sys.executable,
             "-m",

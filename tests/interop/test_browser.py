@@ -48,6 +48,7 @@ import pytest
 from livekit import api
 from livekit.protocol import models, room, sip
 
+from sipbridge.media.dtmf import DtmfEvent, digit_code
 from sipbridge.media.g711 import ULAW_SILENCE, ulaw_decode, ulaw_encode
 from sipbridge.media.rtp import RtpPacket, is_rtcp, parse_rtp
 from tests import netns
@@ -227,6 +228,7 @@ class PhoneMedia(asyncio.DatagramProtocol):
     heard: list[np.ndarray[Any, Any]] = field(default_factory=list)
     digits: list[int] = field(default_factory=list)
     silent: bool = False  # the phone still sends, but silence
+    keys: list[str] = field(default_factory=list)  # digits to press, as RFC 4733 events
     remote: tuple[str, int] | None = None
     transport: asyncio.DatagramTransport | None = None
     _events: set[int] = field(default_factory=set)
@@ -273,8 +275,26 @@ class PhoneMedia(asyncio.DatagramProtocol):
         print(f"the phone talks to {self.remote}")
         seq, sample, ssrc = 0, 0, 0x5B1D6E
         next_at = loop.time()
+        event: list[bytes] = []  # the RFC 4733 payloads of a key press still to send
+        event_start = 0
         while True:
             assert self.transport is not None and self.remote is not None
+            if self.keys and not event:
+                event, event_start = key_press(self.keys.pop(0)), sample
+            if event:  # s2.5.1: one timestamp, the key's start, while the audio clock runs on
+                packet = RtpPacket(
+                    payload_type=101,
+                    sequence_number=seq & 0xFFFF,
+                    timestamp=event_start & 0xFFFFFFFF,
+                    ssrc=ssrc,
+                    payload=event.pop(0),
+                    marker=sample == event_start,
+                )
+                self.transport.sendto(packet.serialize(), self.remote)
+                seq, sample = seq + 1, sample + 160
+                next_at += 0.02
+                await asyncio.sleep(max(0.0, next_at - loop.time()))  # pacing, not waiting
+                continue
             if self.silent:
                 payload = bytes([ULAW_SILENCE]) * 160
             else:
@@ -291,6 +311,13 @@ class PhoneMedia(asyncio.DatagramProtocol):
             seq, sample = seq + 1, sample + 160
             next_at += 0.02
             await asyncio.sleep(max(0.0, next_at - loop.time()))  # pacing, not waiting
+
+
+def key_press(digit: str) -> list[bytes]:
+    """A 160 ms key press as RFC 4733 payloads, one per 20 ms; the end report three times."""
+    code = digit_code(digit)
+    reports = [DtmfEvent(event=code, volume=10, duration=160 * n).serialize() for n in range(1, 8)]
+    return reports + [DtmfEvent(event=code, end=True, volume=10, duration=1280).serialize()] * 3
 
 
 def dbfs(pcm: np.ndarray[Any, Any]) -> float:

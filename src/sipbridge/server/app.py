@@ -41,6 +41,8 @@ from sipbridge.server.calls.outbound import OutboundCalls
 from sipbridge.server.calls.room_limits import RoomLimits
 from sipbridge.server.calls.runner import CallServices
 from sipbridge.server.calls.transfers import Transfers
+from sipbridge.server.console_api import ConsoleApi
+from sipbridge.server.console_web import ConsoleFiles
 from sipbridge.server.drain import DrainDriver
 from sipbridge.server.load_probe import LoadProbe
 from sipbridge.server.media.leg_driver import CallMedia
@@ -102,6 +104,7 @@ class Server:
         RoomApi(self.rooms).register(self.twirp)
         self.call_log = CallLog(self.store, clock, retention_days=settings.call_log_days)
         CallLogApi(self.call_log, clock).register(self.twirp)
+        self.console = ConsoleApi(dict(settings.keys), self.rooms, self.call_log, clock)
         self.media = MediaService(
             settings.media_address, settings.rtp_ports, bind=settings.sip.host
         )
@@ -187,6 +190,8 @@ class Server:
         ).routes(app)
         self.agents.routes(app)
         NodeApi(self.list_nodes, dict(self.settings.keys)).routes(app)
+        self.console.routes(app)  # the web console: server/console_api.py, console_web.py
+        ConsoleFiles().routes(app)
         if self.settings.metrics is None:
             app.router.add_get("/metrics", self.metrics.handler())
         return app

@@ -76,6 +76,8 @@ class CallLog:
         self._quality_lock = asyncio.Lock()
         # Told of every state recorded (the SIP trace learns our call id for the Call-ID).
         self.on_record: Callable[[proto.SIPCallInfo], None] | None = None
+        # Told of each quality record as it is taken (the console keeps them over time).
+        self.on_quality: Callable[[str, dict[str, Any]], None] | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="call log")
@@ -208,6 +210,8 @@ class CallLog:
 
     def record_quality(self, call_id: str, quality: dict[str, Any]) -> None:
         """A call's quality now (`LegQuality.as_dict()`), written in the background, in order."""
+        if self.on_quality is not None:
+            self.on_quality(call_id, quality)
         data = json.dumps(quality, sort_keys=True).encode()
         record = Record(kind=QUALITY_KIND, id=call_id, data=data)
         if len(self._quality_writes) >= MAX_PENDING:
