@@ -41,6 +41,7 @@ from sipbridge.server.calls.outbound import OutboundCalls
 from sipbridge.server.calls.room_limits import RoomLimits
 from sipbridge.server.calls.runner import CallServices
 from sipbridge.server.calls.transfers import Transfers
+from sipbridge.server.cluster.wiring import ClusterRooms
 from sipbridge.server.console_api import ConsoleApi
 from sipbridge.server.console_web import ConsoleFiles
 from sipbridge.server.drain import DrainDriver
@@ -173,13 +174,16 @@ class Server:
         # This node in the cluster (docs/cluster.md s2, s6): its name, heartbeat and drain.
         self.node_id = settings.node_id or f"{socket.gethostname()}-{os.getpid()}"
         self.drain = Drain(settings.drain_timeout)
+        self.cluster = ClusterRooms(self.node_id, self.rooms, dict(settings.keys), self.twirp)
         self.heartbeat: Heartbeat | None = None
         self._runner: web.AppRunner | None = None
         self._metrics_runner: web.AppRunner | None = None
 
     def build_app(self) -> web.Application:
         app = web.Application(
-            client_max_size=2 * 1024 * 1024, handler_args={"max_field_size": 65536}
+            client_max_size=2 * 1024 * 1024,
+            handler_args={"max_field_size": 65536},
+            middlewares=[self.cluster.relay.middleware],
         )
         app.router.add_route("*", PREFIX + "{route:.*}", self.twirp.handle)
         app.router.add_get("/healthz", self.healthz)
@@ -340,6 +344,8 @@ class Server:
         await self.start_sip()
         self.registrations.start()
         await self._start_heartbeat()
+        if isinstance(self.store, RedisStore):  # rooms routed to their owners
+            self.cluster.start(self.store.client, self.store.prefix)
         self.load_probe.start()
         # Everything loaded at startup lives for the process: keep it out of the cyclic GC's
         # generations so collections stay short while calls come and go.
@@ -378,6 +384,7 @@ class Server:
     async def stop(self) -> None:
         self.ready = False
         self.load_probe.stop()
+        await self.cluster.stop()
         if self.heartbeat is not None:  # out of the node list at once
             await self.heartbeat.stop()
         if self.inbound.shutdown() + self.outbound.shutdown() + self.registrations.close():

@@ -59,6 +59,9 @@ def _varint(value: int) -> bytes:
 
 
 Handler = Callable[[Any, Claims], Awaitable[Message | Encoded]]
+# Before a method runs: ("Service/Method", the decoded request, the HTTP request, its body) ->
+# the reply of the node that serves it, or None to serve it here (docs/cluster.md s3).
+Router = Callable[[str, Message, web.Request, bytes], Awaitable[web.Response | None]]
 Authorize = Callable[[Any, Claims], None]
 
 
@@ -79,6 +82,7 @@ class TwirpServer:
         self.requests = 0
         # Told of each request's latency, by registered "Service/Method" (else "unknown").
         self.on_latency: Callable[[str, float], None] | None = None
+        self.router: Router | None = None
 
     def register(
         self,
@@ -120,6 +124,10 @@ class TwirpServer:
         body = await read_body(request)
         message = decode(method.request_type, body, content_type)
         method.authorize(message, claims)
+        if self.router is not None:
+            routed = await self.router(route, message, request, body)
+            if routed is not None:
+                return routed
         timeout = twirp_timeout(request.headers.get("X-Twirp-Timeout-Ms"))
         try:
             async with asyncio.timeout(timeout):

@@ -1,0 +1,138 @@
+"""Twirp calls for a room another node owns, handed to that node (docs/cluster.md s3).
+
+The request is authenticated here first (a stranger learns nothing of where rooms live), then
+sent whole - the same body, content type, `Authorization` and `X-Twirp-Timeout-Ms` - over HTTP
+to the owner's API address from its heartbeat, with `X-Sipbridge-Hop` naming this node; the
+owner's reply, error or not, is returned as it came. A handed request is served where it lands.
+
+Why HTTP and not request/reply over Redis pub/sub: the owner already serves this exact API,
+so there is nothing to encode, no second dispatcher and no reply channel to clean up; the hop
+costs one loopback or LAN round trip, and Redis carries no request traffic. Webhooks follow:
+a room's events happen only on its owner, so only the owner sends them, once.
+
+`CreateSIPParticipant` for a room nobody owns goes to the least-loaded serving node, which then
+owns the new room.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+import aiohttp
+from aiohttp import web
+from google.protobuf.message import Message
+
+from sipbridge.errors import ApiError
+from sipbridge.server.cluster.owners import RoomOwners
+from sipbridge.telephony.node_info import NodeInfo
+from sipbridge.telephony.placement import HOP_HEADER
+
+log = logging.getLogger(__name__)
+
+CLAIM, LOOKUP, PLACE = "claim", "lookup", "place"
+FORWARD_TIMEOUT_S = 120.0  # unless the caller's X-Twirp-Timeout-Ms says less
+PASSED_HEADERS = ("Authorization", "Content-Type", "X-Twirp-Timeout-Ms")
+
+# "Service/Method" -> (the request's room field, how a room with no owner is handled)
+ROUTED: dict[str, tuple[str, str]] = {
+    "livekit.RoomService/CreateRoom": ("name", CLAIM),
+    **{
+        f"livekit.RoomService/{name}": ("room", LOOKUP)
+        for name in (
+            "DeleteRoom",
+            "ListParticipants",
+            "GetParticipant",
+            "RemoveParticipant",
+            "UpdateParticipant",
+            "MutePublishedTrack",
+            "UpdateRoomMetadata",
+            "SendData",
+            "UpdateSubscriptions",
+        )
+    },
+    "livekit.SIP/CreateSIPParticipant": ("room_name", PLACE),
+    "livekit.SIP/TransferSIPParticipant": ("room_name", LOOKUP),
+    "livekit.AgentDispatchService/CreateDispatch": ("room", CLAIM),
+    "livekit.AgentDispatchService/DeleteDispatch": ("room", LOOKUP),
+    "livekit.AgentDispatchService/ListDispatch": ("room", LOOKUP),
+    **{
+        f"livekit.Egress/{name}": ("room_name", LOOKUP)
+        for name in (
+            "StartRoomCompositeEgress",
+            "StartParticipantEgress",
+            "StartTrackCompositeEgress",
+            "StartTrackEgress",
+        )
+    },
+}
+
+
+def http_address(node: NodeInfo) -> str:
+    """HOST:PORT to reach a node's API: its HTTP listener, or its SIP host when the API
+    listens on every address."""
+    host, _, port = node.http.rpartition(":")
+    if host in ("0.0.0.0", "[::]", "::", ""):
+        host = node.sip.rpartition(":")[0] or "127.0.0.1"
+    return f"{host}:{port}"
+
+
+class TwirpForwarder:
+    """`TwirpServer.router`: hands room requests to the room's owner."""
+
+    def __init__(self, owners: RoomOwners) -> None:
+        self.owners = owners
+        self.stats: Counter[str] = Counter()  # forwarded, by "Service/Method"; failed
+        self._session: aiohttp.ClientSession | None = None
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def __call__(
+        self, route: str, message: Message, request: web.Request, body: bytes
+    ) -> web.Response | None:
+        spec = ROUTED.get(route)
+        if spec is None or not self.owners.clustered or HOP_HEADER in request.headers:
+            return None
+        field, mode = spec
+        room = getattr(message, field, "")
+        if not isinstance(room, str) or not room:
+            return None
+        if mode == PLACE:
+            where = await self.owners.place(room)
+        else:
+            where = await self.owners.route(room, claim=mode == CLAIM)
+        if where.local or where.node is None:
+            return None
+        return await self.forward(route, where.node, request, body)
+
+    async def forward(
+        self, route: str, node: NodeInfo, request: web.Request, body: bytes
+    ) -> web.Response:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(auto_decompress=False)
+        headers = {
+            name: request.headers[name] for name in PASSED_HEADERS if name in request.headers
+        }
+        headers[HOP_HEADER] = self.owners.node_id
+        url = f"http://{http_address(node)}{request.path}"
+        try:
+            async with self._session.post(
+                url,
+                data=body,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=FORWARD_TIMEOUT_S),
+            ) as reply:
+                payload = await reply.read()
+                self.stats[route] += 1
+                return web.Response(
+                    status=reply.status,
+                    body=payload,
+                    headers={"Content-Type": reply.headers.get("Content-Type", "")},
+                )
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            self.stats["failed"] += 1
+            log.info("%s to node %s failed: %s", route, node.id, exc)
+            raise ApiError("unavailable", f"the room's node {node.id} did not answer") from None

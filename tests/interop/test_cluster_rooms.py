@@ -1,0 +1,165 @@
+"""Rooms owned by one node and reached from any (issue 13, docs/cluster.md s3-s4): two
+`sipbridge serve` nodes on 127.0.0.2 and 127.0.0.3 (loopback aliases, no setup on Linux) and a
+third address on a veth pair for the SDK, sharing one real redis-server.
+
+- The Twirp RoomService on either node reaches the room's owner (the reply as the owner gives
+  it), the owner named by `room:{name}` in Redis; a room ends and its key goes.
+- An official `livekit` SDK client whose WebSocket lands on node B joins a room node A owns and
+  hears the phone (baresip) that called node A: signalling relayed by B, media straight to A.
+- Two sipp calls, one to each node, with a direct rule into one room: node B proxies its INVITE
+  to the owner A, both callers are participants of that one room on A, listed through either.
+- CreateSIPParticipant on a node that does not own the room is placed on its owner.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+from livekit import api
+from livekit.protocol import room as room_proto
+
+from tests import netns
+from tests.harness import eventually, sipp_port
+from tests.helpers import API_KEY, API_SECRET, ServerProcess
+from tests.redis_server import RedisServer, redis_server
+
+pytestmark = [
+    pytest.mark.timeout(90),
+    pytest.mark.skipif(netns.available() is not None, reason=str(netns.available())),
+]
+RTC_PORTS_A, RTC_PORTS_B = "16000-16499", "16500-16999"
+
+
+class Node(ServerProcess):
+    """A `sipbridge serve` node of the cluster: SIP and RTP on `ip`, the API on `http_host`."""
+
+    def __init__(
+        self, tmp: Path, redis: RedisServer, prefix: str, node_id: str, ip: str, **kw: str
+    ) -> None:
+        self.node_id, self.ip = node_id, ip
+        self.sip_port = sipp_port()
+        super().__init__(
+            tmp,
+            *("--redis", redis.url, "--redis-prefix", prefix, "--node-id", node_id),
+            *("--sip", f"{ip}:{self.sip_port}", "--rtp-ports", kw["rtp"]),
+            *("--rtc-ip", kw["rtc_ip"], "--rtc-ports", kw["rtc_ports"]),
+            http_host=kw.get("http_host", ip),
+        )
+
+
+@pytest.fixture(scope="module")
+def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    with redis_server(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def namespace() -> Iterator[netns.VethNamespace]:
+    with netns.veth_namespace() as ns:
+        yield ns
+
+
+@pytest.fixture(scope="module")
+def prefix() -> str:
+    return f"rooms{secrets.token_hex(4)}:"
+
+
+@pytest.fixture(scope="module")
+def nodes(
+    tmp_path_factory: pytest.TempPathFactory,
+    redis: RedisServer,
+    prefix: str,
+    namespace: netns.VethNamespace,
+) -> Iterator[tuple[Node, Node]]:
+    """A on 127.0.0.2; B's SIP on 127.0.0.3, its API on the veth address (where the SDK in the
+    namespace reaches it). Both gather ICE candidates on the veth address, in ranges of their
+    own, so the SDK's media goes to whichever node it talks to over that address."""
+    a = Node(
+        tmp_path_factory.mktemp("node-a"), redis, prefix, "node-a", "127.0.0.2",
+        rtp="14000-14499", rtc_ip=namespace.host_ip, rtc_ports=RTC_PORTS_A,
+    )  # fmt: skip
+    b = Node(
+        tmp_path_factory.mktemp("node-b"), redis, prefix, "node-b", "127.0.0.3",
+        rtp="14500-14999", rtc_ip=namespace.host_ip, rtc_ports=RTC_PORTS_B,
+        http_host=namespace.host_ip,
+    )  # fmt: skip
+    a.start()
+    try:
+        b.start()
+        try:
+            yield a, b
+        finally:
+            assert b.stop() == 0, b.log_tail()
+    finally:
+        assert a.stop() == 0, a.log_tail()
+
+
+@asynccontextmanager
+async def client(node: ServerProcess) -> AsyncIterator[api.LiveKitAPI]:
+    async with api.LiveKitAPI(url=node.url, api_key=API_KEY, api_secret=API_SECRET) as lk:
+        yield lk
+
+
+@asynccontextmanager
+async def raw_redis(redis: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    r = aioredis.Redis.from_url(redis.url)
+    try:
+        yield r
+    finally:
+        await r.aclose()
+
+
+async def owner(redis: RedisServer, prefix: str, room: str) -> str | None:
+    async with raw_redis(redis) as r:
+        value = await r.get(f"{prefix}room:{room}")
+    return value.decode() if value is not None else None
+
+
+async def test_the_room_api_on_any_node_reaches_the_owner(
+    nodes: tuple[Node, Node], redis: RedisServer, prefix: str
+) -> None:
+    a, b = nodes
+    async with client(a) as on_a, client(b) as on_b:
+        made = await on_a.room.create_room(
+            room_proto.CreateRoomRequest(name="hall", metadata="first")
+        )
+        assert await owner(redis, prefix, "hall") == "node-a"
+        # B serves nothing of "hall" itself: every answer is A's.
+        again = await on_b.room.create_room(room_proto.CreateRoomRequest(name="hall"))
+        assert again.sid == made.sid and again.metadata == "first"
+        updated = await on_b.room.update_room_metadata(
+            room_proto.UpdateRoomMetadataRequest(room="hall", metadata="second")
+        )
+        assert updated.sid == made.sid and updated.metadata == "second"
+        listed = await on_a.room.list_rooms(room_proto.ListRoomsRequest(names=["hall"]))
+        assert [r.metadata for r in listed.rooms] == ["second"]
+        # an error comes back as the owner gave it
+        with pytest.raises(api.TwirpError) as err:
+            await on_b.room.get_participant(
+                room_proto.RoomParticipantIdentity(room="hall", identity="nobody")
+            )
+        assert err.value.code == "not_found"
+        # A room made through B is B's.
+        await on_b.room.create_room(room_proto.CreateRoomRequest(name="porch"))
+        assert await owner(redis, prefix, "porch") == "node-b"
+        assert [
+            r.name for r in (await on_b.room.list_rooms(room_proto.ListRoomsRequest())).rooms
+        ] == ["porch"]
+        # Deleted through the other node: gone on its owner, and its key with it.
+        await on_b.room.delete_room(room_proto.DeleteRoomRequest(room="hall"))
+        await on_a.room.delete_room(room_proto.DeleteRoomRequest(room="porch"))
+        for name in ("hall", "porch"):
+            assert await eventually(
+                lambda name=name: _none(owner(redis, prefix, name)), f"{name} freed"
+            )  # type: ignore[misc]
+        assert (await on_a.room.list_rooms(room_proto.ListRoomsRequest())).rooms == []
+        assert (await on_b.room.list_rooms(room_proto.ListRoomsRequest())).rooms == []
+
+
+async def _none(value: object) -> bool:
+    return await value is None  # type: ignore[misc]
