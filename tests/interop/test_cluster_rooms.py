@@ -13,7 +13,11 @@ third address on a veth pair for the SDK, sharing one real redis-server.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import secrets
+import shutil
+import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -23,9 +27,10 @@ import redis.asyncio as aioredis
 from livekit import api
 from livekit.protocol import room as room_proto
 
-from tests import netns
-from tests.harness import eventually, sipp_port
-from tests.helpers import API_KEY, API_SECRET, ServerProcess
+from tests import baresip, netns
+from tests.audio import read_wav, windows_heard
+from tests.harness import direct_rule, eventually, sipp_port
+from tests.helpers import API_KEY, API_SECRET, ServerProcess, token
 from tests.redis_server import RedisServer, redis_server
 
 pytestmark = [
@@ -33,6 +38,7 @@ pytestmark = [
     pytest.mark.skipif(netns.available() is not None, reason=str(netns.available())),
 ]
 RTC_PORTS_A, RTC_PORTS_B = "16000-16499", "16500-16999"
+SDK_CLIENT = Path(__file__).parents[1] / "sdk_client.py"
 
 
 class Node(ServerProcess):
@@ -163,3 +169,63 @@ async def test_the_room_api_on_any_node_reaches_the_owner(
 
 async def _none(value: object) -> bool:
     return await value is None  # type: ignore[misc]
+
+
+def rtc_audio(node: Node) -> dict[str, float]:
+    counters = node.metrics()
+    return {k.split('"')[1]: v for k, v in counters.items() if k.startswith("sipbridge_rtc_audio{")}
+
+
+@pytest.mark.skipif(not shutil.which("baresip"), reason="baresip comes with `make test`")
+async def test_an_sdk_client_on_node_b_hears_a_phone_on_node_a(
+    nodes: tuple[Node, Node], namespace: netns.VethNamespace, tmp_path: Path
+) -> None:
+    """The phone calls A (a direct rule: A owns "agentroom"); the SDK client's WebSocket goes to
+    B, which relays it to A; its media goes to A's ICE candidates: A forwards the phone's audio
+    to it, B none, and it hears the phone from the first second."""
+    a, b = nodes
+    rule = await direct_rule(a, "agentroom")
+    heard = tmp_path / "heard.wav"
+    sdk_log = tmp_path / "sdk.log"
+    try:
+        async with baresip.phone(tmp_path / "phone", codecs="PCMU", lead_s=1.5) as phone:
+            await phone.dial(f"sip:agent@{a.ip}:{a.sip_port}")
+            await phone.wait_event("CALL_RINGING", fail_on=("CALL_CLOSED",))
+            grant = api.VideoGrants(room_join=True, room="agentroom")
+            cmd = namespace.exec_args(
+                sys.executable,
+                str(SDK_CLIENT),
+                *("--url", f"ws://{namespace.host_ip}:{b.port}"),
+                *("--token", token(grant, identity="agent")),
+                *("--record", str(heard), "--seconds", "6"),
+            )
+            proc = await asyncio.create_subprocess_exec(
+                *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+            )
+            # answered once the client (through B) subscribed to the phone's track on A
+            await phone.wait_event("CALL_ESTABLISHED", timeout=15, fail_on=("CALL_CLOSED",))
+            out, err = await asyncio.wait_for(proc.communicate(), 40)
+            sdk_log.write_bytes(err)
+            events = [json.loads(line) for line in out.decode().splitlines() if line[:1] == "{"]
+            assert proc.returncode == 0, (events, err.decode()[-2000:])
+            on_a, on_b = (
+                await asyncio.to_thread(rtc_audio, a),
+                await asyncio.to_thread(rtc_audio, b),
+            )
+            await phone.hangup()
+            await phone.wait_event("CALL_CLOSED")
+    finally:
+        async with client(a) as lk:
+            await lk.sip.delete_dispatch_rule(
+                api.DeleteSIPDispatchRuleRequest(sip_dispatch_rule_id=rule)
+            )
+    connected = next(e for e in events if e["event"] == "connected")
+    (caller,) = connected["participants"]
+    assert caller["kind"] == "PARTICIPANT_KIND_SIP"
+    assert caller["attributes"]["sip.phoneNumber"] == phone.user
+    # the media path: A sent the phone's audio to the client, B sent nothing
+    assert on_a.get("forwarded", 0) > 2 / 0.02, on_a
+    assert on_b.get("forwarded", 0) == 0, on_b
+    recording, rate = read_wav(heard)
+    assert phone.reference is not None
+    assert windows_heard(phone.reference, recording, phone.rate, recorded_rate=rate) >= 0.8
