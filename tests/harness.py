@@ -153,6 +153,7 @@ def sipp_args(
     limit: float = 30,
     timeout_error: bool = True,
     extra: Iterable[str] = (),
+    host: str = "127.0.0.1",
 ) -> list[str]:
     """The command line of one sipp run on loopback.
 
@@ -162,7 +163,7 @@ def sipp_args(
     (`timeout` sends INT, then KILL) and from inside (sipp's -timeout, a second less)."""
     args = [*("timeout", "-k", "2", "-s", "INT", str(int(limit)), "sipp")]
     if remote is not None:
-        args.append(f"127.0.0.1:{remote}")
+        args.append(f"{host}:{remote}")  # (`host`: the remote's, e.g. a node on 127.0.0.2)
     if isinstance(scenario, str) and not scenario.endswith(".xml"):
         args += ["-sn", scenario]  # one of sipp's own scenarios ("uac", "uas")
     else:

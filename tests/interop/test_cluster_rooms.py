@@ -26,10 +26,11 @@ import pytest
 import redis.asyncio as aioredis
 from livekit import api
 from livekit.protocol import room as room_proto
+from livekit.protocol import sip as sip_proto
 
 from tests import baresip, netns
 from tests.audio import read_wav, windows_heard
-from tests.harness import direct_rule, eventually, sipp_port
+from tests.harness import direct_rule, eventually, sipp, sipp_port
 from tests.helpers import API_KEY, API_SECRET, ServerProcess, token
 from tests.redis_server import RedisServer, redis_server
 
@@ -171,6 +172,13 @@ async def _none(value: object) -> bool:
     return await value is None  # type: ignore[misc]
 
 
+def cluster(node: Node) -> dict[str, float]:
+    """`sipbridge_cluster_rooms_total` by event, from /metrics."""
+    counters = node.metrics()
+    prefix = "sipbridge_cluster_rooms_total{"
+    return {k.split('"')[1]: v for k, v in counters.items() if k.startswith(prefix)}
+
+
 def rtc_audio(node: Node) -> dict[str, float]:
     counters = node.metrics()
     return {k.split('"')[1]: v for k, v in counters.items() if k.startswith("sipbridge_rtc_audio{")}
@@ -226,6 +234,70 @@ async def test_an_sdk_client_on_node_b_hears_a_phone_on_node_a(
     # the media path: A sent the phone's audio to the client, B sent nothing
     assert on_a.get("forwarded", 0) > 2 / 0.02, on_a
     assert on_b.get("forwarded", 0) == 0, on_b
+    assert (await asyncio.to_thread(cluster, b)).get("join_relayed") == 1
     recording, rate = read_wav(heard)
     assert phone.reference is not None
     assert windows_heard(phone.reference, recording, phone.rate, recorded_rate=rate) >= 0.8
+
+
+async def participants(node: Node, room: str) -> set[str]:
+    async with client(node) as lk:
+        listed = await lk.room.list_participants(room_proto.ListParticipantsRequest(room=room))
+    return {p.identity for p in listed.participants}
+
+
+async def local_rooms(node: Node) -> set[str]:
+    """The rooms `node` itself holds (ListRooms is answered by each node for its own)."""
+    async with client(node) as lk:
+        listed = await lk.room.list_rooms(room_proto.ListRoomsRequest())
+    return {r.name for r in listed.rooms}
+
+
+async def test_calls_to_two_nodes_meet_in_the_room_of_one(
+    nodes: tuple[Node, Node], redis: RedisServer, prefix: str
+) -> None:
+    """A direct rule puts every call into "bridge". The first call comes to A, which makes and
+    owns the room; the second comes to B, which proxies its INVITE to A: the caller's ACK and
+    BYE then go to A directly (the 200's Contact), and both callers are participants of the
+    one room on A, listed through either node; B holds no room and no call."""
+    a, b = nodes
+    rule = await direct_rule(a, "bridge")
+    try:
+        first = asyncio.create_task(
+            sipp("uac_follow_contact.xml", a.sip_port, host=a.ip, hold_ms=6000,
+                 keys={"caller": "+15550001", "called": "+15550100"}, limit=20)
+        )  # fmt: skip
+        await eventually(lambda: _has(participants(b, "bridge"), "sip_+15550001"), "caller 1")
+        assert await owner(redis, prefix, "bridge") == "node-a"
+        second = asyncio.create_task(
+            sipp("uac_follow_contact.xml", b.sip_port, host=b.ip, hold_ms=3000,
+                 keys={"caller": "+15550002", "called": "+15550100"}, limit=20)
+        )  # fmt: skip
+        both = {"sip_+15550001", "sip_+15550002"}
+        for node in (a, b):
+            await eventually(lambda node=node: _is(participants(node, "bridge"), both), "both")  # type: ignore[misc]
+        assert "bridge" in await local_rooms(a)
+        assert "bridge" not in await local_rooms(b)
+        done_second, done_first = await second, await first
+        assert done_second.code == 0, done_second.out[-3000:]
+        assert done_first.code == 0, done_first.out[-3000:]
+        # B proxied one INVITE, and A took it as vouched for by B; A proxied nothing
+        on_a, on_b = await asyncio.to_thread(cluster, a), await asyncio.to_thread(cluster, b)
+        assert on_b.get("invite_proxied") == 1 and on_a.get("invite_vouched") == 1, (on_a, on_b)
+        assert "invite_proxied" not in on_a and "invite_vouched" not in on_b
+        async with client(b) as lk:  # (the room would close 20 s after its last caller left)
+            await lk.room.delete_room(room_proto.DeleteRoomRequest(room="bridge"))
+        await eventually(lambda: _none(owner(redis, prefix, "bridge")), "the room's key freed")
+    finally:
+        async with client(a) as lk:
+            await lk.sip.delete_dispatch_rule(
+                sip_proto.DeleteSIPDispatchRuleRequest(sip_dispatch_rule_id=rule)
+            )
+
+
+async def _has(value: object, item: object) -> bool:
+    return item in await value  # type: ignore[misc,operator]
+
+
+async def _is(value: object, expected: object) -> bool:
+    return await value == expected  # type: ignore[misc]

@@ -131,6 +131,8 @@ class Server:
             room_limits=RoomLimits(settings.room_max_callers, float(settings.room_join_rate)),
             on_media=self._call_media,
             overloaded=self.load_probe.overloaded,
+            # (docs/cluster.md s4; the cluster's router is made below, with the user agent)
+            route_call=lambda *call: self.cluster.calls.route(*call),  # noqa: PLW0108
         )
         # Each live call's media leg by SIP Call-ID, for tracing its RTP on request.
         self.call_legs: weakref.WeakValueDictionary[str, CallMedia] = weakref.WeakValueDictionary()
@@ -174,7 +176,9 @@ class Server:
         # This node in the cluster (docs/cluster.md s2, s6): its name, heartbeat and drain.
         self.node_id = settings.node_id or f"{socket.gethostname()}-{os.getpid()}"
         self.drain = Drain(settings.drain_timeout)
-        self.cluster = ClusterRooms(self.node_id, self.rooms, dict(settings.keys), self.twirp)
+        self.cluster = ClusterRooms(
+            self.node_id, self.rooms, dict(settings.keys), self.twirp, self.sip_ua
+        )
         self.heartbeat: Heartbeat | None = None
         self._runner: web.AppRunner | None = None
         self._metrics_runner: web.AppRunner | None = None

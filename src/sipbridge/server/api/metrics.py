@@ -80,6 +80,7 @@ HELP = {  # the series read on scrape; a name missing here is still exposed, wit
     "sipbridge_registrations_total": "Registration outcomes",
     "sipbridge_sip_messages_total": "SIP messages by kind (received, sent, refused...)",
     "sipbridge_webhooks_total": "Webhook deliveries by outcome",
+    "sipbridge_cluster_rooms_total": "Requests for rooms in a cluster: served here, handed on...",
     "sipbridge_load_refused_total": "Calls refused for load (503), by reason",
     "sipbridge_process_cpu_percent": "Process CPU over the last second, percent of one core",
 }

@@ -94,4 +94,8 @@ def scraped_samples(server: Server) -> list[Sample]:
         ("sipbridge_webhooks_total", {"outcome": outcome}, n)
         for outcome, n in sorted(server.webhooks.stats.items())
     ]
+    out += [
+        ("sipbridge_cluster_rooms_total", {"event": event}, n)
+        for event, n in sorted(server.cluster.samples().items())
+    ]
     return out

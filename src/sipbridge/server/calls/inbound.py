@@ -17,8 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-import time
-from collections import OrderedDict, deque
+from collections import deque
 from dataclasses import dataclass
 from functools import partial
 
@@ -31,13 +30,13 @@ from sipbridge.rooms import events as ev
 from sipbridge.server.call_logging import bind_call, call_step
 from sipbridge.server.calls.inbound_auth import TrunkAuth
 from sipbridge.server.calls.pin_entry import PinEntry
+from sipbridge.server.calls.reject_cache import RejectCache
 from sipbridge.server.calls.runner import CallRunner, CallServices, LiveCall
-from sipbridge.server.sip.session_timers import SessionTimerDriver
+from sipbridge.server.sip.session_timers import uas_session_timer
 from sipbridge.server.sip.user_agent import IncomingCall
 from sipbridge.sip.digest import DigestServer
 from sipbridge.sip.errors import SipProtocolError
 from sipbridge.sip.message import Request
-from sipbridge.sip.ua.session_timer import SessionIntervalTooSmall, SessionTimer
 from sipbridge.telephony.auth_guard import AuthGuard
 from sipbridge.telephony.call import (
     CallInput,
@@ -66,8 +65,6 @@ log = logging.getLogger(__name__)
 
 RING_INTERVAL_S = 1.0
 ACTIVE_AFTER_ACK_S = 1.0  # "first RTP or 1 s after ACK"
-REJECT_CACHE_SIZE = 5000
-REJECT_CACHE_TTL_S = 60.0
 MAX_NUMBER_LENGTH = 128
 
 
@@ -93,7 +90,7 @@ class InboundCalls(CallRunner[InboundCallState]):
         self.auth = auth or TrunkAuth(DigestServer(secrets.token_bytes(32)), AuthGuard())
         self.auth.count = self._count
         self.ringing: dict[str, set[InboundCallState]] = {}  # unanswered calls by room
-        self._rejected: OrderedDict[tuple[str, str], tuple[float, int, str]] = OrderedDict()
+        self._rejected = RejectCache()
         self.pins = PinEntry(self)
         self._arriving: deque[IncomingCall] = deque()  # INVITEs waiting for their turn
 
@@ -135,8 +132,8 @@ class InboundCalls(CallRunner[InboundCallState]):
             call.reject(400)
             return
         cached = self._rejected.get(key)
-        if cached is not None and cached[0] > time.monotonic():
-            call.reject(cached[1], cached[2])  # same answer to a retry (s1 step 2)
+        if cached is not None:
+            call.reject(*cached)  # same answer to a retry (s1 step 2)
             return
         if self.full():
             self._count("overload")
@@ -160,14 +157,21 @@ class InboundCalls(CallRunner[InboundCallState]):
             caller=caller,
             called=called,
             from_host=from_.uri.host,
-            source_ip=call.peer.host,
+            source_ip=call.vouched_source or call.peer.host,  # (a node that proxied it says)
             call_id=request.call_id,
             from_tag=from_.tag or "",
             headers=tuple(request.headers.items),
         )
         state = InboundCallState(call=call, inbound=inbound, info=proto.SIPCallInfo())
         bind_call(state.info)
-        if not self._session_timer(state):
+        state.session_timer = uas_session_timer(
+            call,
+            self.session_min_se,
+            session=lambda: state.answer_sdp,
+            on_expired=lambda reason: self.session_expired(state, reason),
+            count=self._count,
+        )
+        if state.session_timer is None:  # refused: 422
             return
         trunks = list(self.config.inbound.values())
         trunk: proto.SIPInboundTrunkInfo | None = None
@@ -184,7 +188,8 @@ class InboundCalls(CallRunner[InboundCallState]):
                     self.auth.check(call, None)
                     return
                 raise SipProtocolError(404, "No trunk found")
-            if trunk.auth_username and not self.auth.check(call, trunk):
+            vouched = call.vouched_trunk == trunk.sip_trunk_id  # authenticated by that node
+            if trunk.auth_username and not vouched and not self.auth.check(call, trunk):
                 return
         state.trunk = trunk
         if trunk is not None:
@@ -197,10 +202,19 @@ class InboundCalls(CallRunner[InboundCallState]):
                 self.pins.ask(state)
                 return
             raise SipProtocolError(404, "No dispatch rule found")
-        state.policy = media_policy(trunk, rule)
+        room = room_for(rule, inbound, secrets.token_hex(4))
+        route = self.services.route_call  # a room another node owns: the INVITE goes there
+        if route is None or not route(
+            state.call, room, trunk_id, partial(self.proceed, state, rule, room)
+        ):
+            self.proceed(state, rule, room)
+
+    def proceed(self, state: InboundCallState, rule: proto.SIPDispatchRuleInfo, room: str) -> None:
+        """The call served here: its media, its room."""
+        state.policy = media_policy(state.trunk, rule)
         state.answer_sdp = self._open_media(state)
         try:
-            self.join(state, rule)
+            self.join(state, rule, room)
         except SipProtocolError:
             self._release_media(state)
             raise
@@ -210,26 +224,6 @@ class InboundCalls(CallRunner[InboundCallState]):
         if trunk is None:
             return CallLimits()
         return CallLimits.of(ringing=trunk.ringing_timeout, max_duration=trunk.max_call_duration)
-
-    def _session_timer(self, state: InboundCallState) -> bool:
-        """RFC 4028 as UAS (`sip/ua/session_timer.py`): 422 below our Min-SE; when the caller
-        supports timers, the refresher it chose (itself, unless it said uas) refreshes, and a
-        session not refreshed in time is hung up. False: rejected."""
-        timer = SessionTimer(uac=False, min_se=self.session_min_se)
-        try:
-            state.call.response_headers = timer.invite_received(state.call.request)
-        except SessionIntervalTooSmall as err:
-            self._count("rejected_422")
-            state.call.reject(err.status, err.reason, err.headers)
-            return False
-        state.session_timer = SessionTimerDriver(
-            timer,
-            state.call,
-            session=lambda: state.answer_sdp,
-            on_expired=lambda reason: self.session_expired(state, reason),
-            on_refresh=lambda: self._count("session_refreshed"),
-        )
-        return True
 
     # -- media -----------------------------------------------------------------------------
 
@@ -299,12 +293,14 @@ class InboundCalls(CallRunner[InboundCallState]):
 
     # -- joining the room ------------------------------------------------------------------
 
-    def join(self, state: InboundCallState, rule: proto.SIPDispatchRuleInfo) -> None:
+    def join(
+        self, state: InboundCallState, rule: proto.SIPDispatchRuleInfo, name: str = ""
+    ) -> None:
         """The participant in its room: ringing, or active after a PIN (answered already)."""
         call, inbound, trunk = state.call, state.inbound, state.trunk
         answered = call.answered  # a PIN room: answered before joining
         call_id = state.info.call_id or ids.new_id(ids.CALL)
-        room_name = room_for(rule, inbound, secrets.token_hex(4))
+        room_name = name or room_for(rule, inbound, secrets.token_hex(4))
         identity = participant_identity(rule, inbound)
         now = self.rooms.now()
         created = state.info.created_at_ns / 1e9 if state.info.created_at_ns else now
@@ -491,9 +487,6 @@ class InboundCalls(CallRunner[InboundCallState]):
             except SipProtocolError:
                 key = None
             if key is not None:
-                self._rejected[key] = (time.monotonic() + REJECT_CACHE_TTL_S, status, reason)
-                self._rejected.move_to_end(key)
-                while len(self._rejected) > REJECT_CACHE_SIZE:
-                    self._rejected.popitem(last=False)
+                self._rejected.put(key, status, reason)
         self._count(f"rejected_{status}")
         call.reject(status, reason)

@@ -32,7 +32,7 @@ from sipbridge.server.calls.room_limits import RoomLimits
 from sipbridge.server.media.leg_driver import CallMedia
 from sipbridge.server.media.service import MediaService
 from sipbridge.server.sip.session_timers import SessionTimerDriver
-from sipbridge.server.sip.user_agent import SipCall
+from sipbridge.server.sip.user_agent import IncomingCall, SipCall
 from sipbridge.server.state.call_log import CallLog
 from sipbridge.server.state.rooms_runtime import RoomsRuntime
 from sipbridge.server.state.trunk_cache import SipConfig
@@ -99,6 +99,9 @@ class CallServices:
     on_media: Callable[[proto.SIPCallInfo, CallMedia], None] | None = None
     # Whether a new call is refused for load now (the CPU, the loop's lag; counted by reason).
     overloaded: Callable[[], bool] = lambda: False
+    # An INVITE for a room (the call, room, trunk id, how to go on here): True when it is
+    # decided elsewhere (later, or proxied to the room's node; server/cluster/sip_proxy.py).
+    route_call: Callable[[IncomingCall, str, str, Callable[[], None]], bool] | None = None
 
 
 C = TypeVar("C", bound=LiveCall)

@@ -9,24 +9,45 @@ from sipbridge.server.api.twirp import TwirpServer
 from sipbridge.server.cluster.forward import TwirpForwarder
 from sipbridge.server.cluster.owners import RoomOwners
 from sipbridge.server.cluster.relay import SignalRelay
+from sipbridge.server.cluster.sip_proxy import CallRouter
 from sipbridge.server.nodes import redis_nodes
+from sipbridge.server.sip.user_agent import SipUserAgent
 from sipbridge.server.state.rooms_runtime import RoomsRuntime
 from sipbridge.store.redis_rooms import RedisRooms
 
 
 class ClusterRooms:
     def __init__(
-        self, node_id: str, runtime: RoomsRuntime, keys: dict[str, str], twirp: TwirpServer
+        self,
+        node_id: str,
+        runtime: RoomsRuntime,
+        keys: dict[str, str],
+        twirp: TwirpServer,
+        ua: SipUserAgent,
     ) -> None:
         self.owners = RoomOwners(node_id, runtime)
         self.forwarder = TwirpForwarder(self.owners)
         self.relay = SignalRelay(self.owners, keys)
+        self.calls = CallRouter(self.owners, ua, keys)
         twirp.router = self.forwarder
+        ua.on_invite = self.calls.vouching(ua.on_invite)
 
     def start(self, client: aioredis.Redis, prefix: str) -> None:
         self.owners.start(RedisRooms(client, prefix), redis_nodes(client, prefix))
 
+    def samples(self) -> dict[str, int]:
+        """For /metrics (`sipbridge_cluster_rooms_total{event}`): owners looked up (local,
+        remote, claimed, took_over, released), Twirp calls forwarded (`forwarded`), joins
+        relayed (`relayed`), INVITEs proxied and vouched for, failures."""
+        out = {f"route_{k}": v for k, v in self.owners.stats.items()}
+        out["forwarded"] = sum(v for k, v in self.forwarder.stats.items() if k != "failed")
+        out["forward_failed"] = self.forwarder.stats["failed"]
+        out.update({f"join_{k}": v for k, v in self.relay.stats.items()})
+        out.update({f"invite_{k}": v for k, v in self.calls.stats.items()})
+        return out
+
     async def stop(self) -> None:
+        await self.calls.close()
         await self.relay.close()
         await self.forwarder.close()
         await self.owners.stop()

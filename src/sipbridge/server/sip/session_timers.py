@@ -10,9 +10,9 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from sipbridge.server.sip.user_agent import SipCall
+from sipbridge.server.sip.user_agent import IncomingCall, SipCall
 from sipbridge.sip.message import Request, Response
-from sipbridge.sip.ua.session_timer import RefreshDue, SessionTimer
+from sipbridge.sip.ua.session_timer import RefreshDue, SessionIntervalTooSmall, SessionTimer
 
 log = logging.getLogger(__name__)
 
@@ -95,3 +95,30 @@ class SessionTimerDriver:
                 log.info("call %s: %s", self.call.request.call_id, event.reason)
                 self.close()
                 self.on_expired(event.reason)
+
+
+def uas_session_timer(
+    call: IncomingCall,
+    min_se: int,
+    *,
+    session: Callable[[], bytes],
+    on_expired: Callable[[str], None],
+    count: Callable[[str], None],
+) -> SessionTimerDriver | None:
+    """RFC 4028 as UAS (`sip/ua/session_timer.py`) for a new INVITE: 422 below our Min-SE
+    (None: refused); when the caller supports timers, the refresher it chose (itself, unless it
+    said uas) refreshes, and a session not refreshed in time is hung up (`on_expired`)."""
+    timer = SessionTimer(uac=False, min_se=min_se)
+    try:
+        call.response_headers = timer.invite_received(call.request)
+    except SessionIntervalTooSmall as err:
+        count("rejected_422")
+        call.reject(err.status, err.reason, err.headers)
+        return None
+    return SessionTimerDriver(
+        timer,
+        call,
+        session=session,
+        on_expired=on_expired,
+        on_refresh=lambda: count("session_refreshed"),
+    )

@@ -111,6 +111,10 @@ class IncomingCall(SipCall):
     """An INVITE being handled: ring, answer or reject it; learn when it ends."""
 
     transaction = _Session[ServerTransaction]("server_transaction")
+    # Set when a cluster node that proxied this INVITE vouches for it (server/cluster/
+    # sip_proxy.py): the caller's address as it saw it, and the trunk it authenticated.
+    vouched_source = ""
+    vouched_trunk: str | None = None
 
     def ring(self, status: int = 180, body: bytes = b"", content_type: str = "") -> None:
         self.session.ring(self.ua.now(), status, body, content_type)
@@ -252,6 +256,13 @@ class SipUserAgent:
             for session, call in self.calls.items()
             for key, request in session.sent.items()
         }
+
+    def proxy(self, call: IncomingCall, forwarded: Request, target: Peer) -> None:
+        """Hand a new INVITE (answered 100 only) on to `target`, a stateful proxy of its
+        transaction (sip/ua/proxy.py): the call is no longer ours."""
+        self.calls.pop(call.session, None)
+        self.agent.proxy(call.session, forwarded, target, self.now())
+        self.after_application()
 
     def attach(self, service: SipService) -> None:
         self._service = service

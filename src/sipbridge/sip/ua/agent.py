@@ -37,9 +37,11 @@ from sipbridge.sip.headers import Address, Via
 from sipbridge.sip.message import Request, Response, make_response
 from sipbridge.sip.transaction import ClientTransaction
 from sipbridge.sip.ua.invite import InviteReceived, InviteSession, Role, SessionEvent
+from sipbridge.sip.ua.proxy import ProxiedInvite
 from sipbridge.sip.uri import Uri
 
 DialogId = tuple[str, str, str]  # Call-ID, local tag, remote tag
+PROXY_LINGER_S = 32.0  # a proxied INVITE's 2xx retransmissions are relayed this long
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -81,6 +83,8 @@ class UserAgent:
         self.pending: dict[int, InviteSession] = {}  # incoming INVITEs, by server transaction
         self._transactions: dict[int, InviteSession] = {}  # our requests, by client transaction
         self._standalone: set[int] = set()  # our requests outside any call
+        # INVITEs proxied to another node (sip/ua/proxy.py), by client and server transaction
+        self.proxies: dict[int, ProxiedInvite] = {}
         self._events: deque[AgentEvent] = deque()
         self._timers: DeadlineHeap[InviteSession] = DeadlineHeap()
 
@@ -149,6 +153,26 @@ class UserAgent:
         self._standalone.add(id(transaction))
         return transaction
 
+    def proxy(
+        self, session: InviteSession, forwarded: Request, target: Peer, now: float
+    ) -> ProxiedInvite:
+        """Hand an INVITE we received (`session`, answered only 100 so far) on to `target` as
+        a stateful proxy: the session is forgotten, its server transaction relays what the
+        target answers."""
+        assert session.server_transaction is not None and session.role is Role.UAS
+        self._purge_proxies(now)
+        self.forget(session)
+        proxied = ProxiedInvite(self.endpoint, session.server_transaction, forwarded, target)
+        self.proxies[id(session.server_transaction)] = proxied
+        self.proxies[id(proxied.start(now))] = proxied
+        return proxied
+
+    def _purge_proxies(self, now: float) -> None:
+        for key, proxied in list(self.proxies.items()):
+            done = proxied.finished_at
+            if done is not None and (proxied.final >= 300 or now - done > PROXY_LINGER_S):
+                del self.proxies[key]
+
     # -- events, timers ------------------------------------------------------------------------
 
     def next_event(self) -> AgentEvent | None:
@@ -172,12 +196,21 @@ class UserAgent:
             if session is not None:
                 session.ack_received(event.request)
         elif isinstance(event, CancelReceived):
+            if (proxied := self.proxies.get(id(event.invite))) is not None:
+                proxied.cancel(now)
+                return
             incoming = self.pending.get(id(event.invite))
             if incoming is not None:
                 incoming.cancel_received(now)
         else:
             response = event.response if isinstance(event, ResponseForUs) else None
             key = id(event.transaction)
+            if (proxied := self.proxies.get(key)) is not None:
+                if response is not None:
+                    proxied.response(response, now)
+                else:
+                    proxied.failed(now, timed_out=isinstance(event, RequestTimedOut))
+                return
             if key in self._standalone:
                 if response is None or response.status >= 200:
                     self._standalone.discard(key)

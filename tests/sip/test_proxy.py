@@ -1,0 +1,150 @@
+"""An INVITE proxied statefully to another node (`sip/ua/proxy.py`, docs/cluster.md s4), fed
+bytes and time by hand: our Via on top and Max-Forwards one less on the way there; responses
+back with our Via removed, the owner's To tag kept, 100 not relayed; a CANCEL from the caller
+answered here and sent on once the owner has rung; a 2xx and its retransmissions relayed; no
+answer at all ends in 408 to the caller."""
+
+from __future__ import annotations
+
+from sipbridge.sip.endpoint import Peer, SipEndpoint
+from sipbridge.sip.message import Request, Response, make_response, parse_message
+from sipbridge.sip.ua.agent import UserAgent
+from sipbridge.sip.ua.invite import InviteReceived
+from sipbridge.sip.ua.proxy import DEFAULT_MAX_FORWARDS, cancel_for, forwarded_invite
+
+CALLER = Peer("udp", "127.0.0.1", 5060)
+OWNER = Peer("udp", "127.0.0.2", 5080)
+INVITE = (
+    b"INVITE sip:+15550100@127.0.0.3:5070 SIP/2.0\r\n"
+    b"Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKcaller1;rport\r\n"
+    b"From: <sip:alice@127.0.0.1>;tag=a1\r\nTo: <sip:+15550100@127.0.0.3>\r\nCall-ID: px1\r\n"
+    b"CSeq: 7 INVITE\r\nContact: <sip:alice@127.0.0.1:5060>\r\nMax-Forwards: 70\r\n"
+    b"Content-Type: application/sdp\r\nContent-Length: 4\r\n\r\nv=0\n"
+)
+CANCEL = (
+    b"CANCEL sip:+15550100@127.0.0.3:5070 SIP/2.0\r\n"
+    b"Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKcaller1;rport\r\n"
+    b"From: <sip:alice@127.0.0.1>;tag=a1\r\nTo: <sip:+15550100@127.0.0.3>\r\nCall-ID: px1\r\n"
+    b"CSeq: 7 CANCEL\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+)
+
+
+class Node:
+    def __init__(self) -> None:
+        self.endpoint = SipEndpoint()
+        self.ua = UserAgent(self.endpoint, "127.0.0.3", 5070)
+        self.now = 100.0
+
+    def feed(self, data: bytes, peer: Peer) -> None:
+        self.endpoint.receive(data, peer, self.now)
+        while (event := self.endpoint.next_event()) is not None:
+            self.ua.handle_event(event, self.now)
+
+    def sent(self) -> list[tuple[Request | Response, Peer]]:
+        return [(parse_message(data), peer) for data, peer in self.endpoint.outgoing()]
+
+    def tick(self, seconds: float) -> None:
+        self.now += seconds
+        self.endpoint.handle_timer(self.now)
+        while (event := self.endpoint.next_event()) is not None:
+            self.ua.handle_event(event, self.now)
+
+    def proxied_invite(self) -> Request:
+        """An INVITE received (100 sent) and proxied to OWNER: what went there."""
+        self.feed(INVITE, CALLER)
+        event = self.ua.next_event()
+        assert isinstance(event, InviteReceived)
+        assert [(m.status, p) for m, p in self.sent() if isinstance(m, Response)] == [(100, CALLER)]
+        forwarded = forwarded_invite(
+            event.session.request, self.ua.via(OWNER), [("X-Sipbridge-Proxied", "signed")]
+        )
+        self.ua.proxy(event.session, forwarded, OWNER, self.now)
+        assert self.ua.pending == {}  # the session is forgotten
+        ((out, peer),) = self.sent()
+        assert isinstance(out, Request) and peer == OWNER
+        return out
+
+
+def test_forwarded_invite_and_cancel_built_as_the_rfc_says() -> None:
+    request = parse_message(INVITE)
+    assert isinstance(request, Request)
+    node = Node()
+    out = forwarded_invite(request, node.ua.via(OWNER), [("X-A", "1")])
+    vias = out.vias
+    assert [v.host for v in vias] == ["127.0.0.3", "127.0.0.1"]
+    assert vias[0].is_rfc3261 and vias[0].branch != vias[1].branch
+    assert out.headers.get("Max-Forwards") == "69" and out.headers.get("X-A") == "1"
+    assert out.body == request.body and str(out.uri) == str(request.uri)
+    assert request.headers.get("Max-Forwards") == "70" and len(request.vias) == 1  # a copy
+    request.headers.remove("Max-Forwards")
+    assert forwarded_invite(request, vias[0]).headers.get("Max-Forwards") == str(
+        DEFAULT_MAX_FORWARDS
+    )
+    cancel = cancel_for(out)
+    assert cancel.method == "CANCEL" and cancel.vias == [vias[0]]
+    assert cancel.cseq.seq == 7 and cancel.cseq.method == "CANCEL"
+    assert cancel.call_id == "px1"
+
+
+def test_ringing_relayed_then_cancelled_by_the_caller() -> None:
+    node = Node()
+    out = node.proxied_invite()
+    assert len(out.vias) == 2 and out.headers.get("X-Sipbridge-Proxied") == "signed"
+    assert out.headers.get("Max-Forwards") == "69"
+
+    # The caller cancels before the owner said anything: answered here, held until it rings.
+    node.feed(CANCEL, CALLER)
+    assert [(m.status, p) for m, p in node.sent() if isinstance(m, Response)] == [(200, CALLER)]
+    node.feed(make_response(out, 100).serialize(), OWNER)
+    sent = node.sent()
+    assert [(m.method, p) for m, p in sent if isinstance(m, Request)] == [("CANCEL", OWNER)]
+    assert not [m for m, _ in sent if isinstance(m, Response)]  # 100 is hop by hop
+    cancel = next(m for m, _ in sent if isinstance(m, Request))
+    assert cancel.top_via.branch == out.top_via.branch
+
+    ringing = make_response(out, 180, to_tag="owner1")
+    node.feed(ringing.serialize(), OWNER)
+    ((relayed, peer),) = node.sent()
+    assert isinstance(relayed, Response) and relayed.status == 180 and peer == CALLER
+    assert [v.branch for v in relayed.vias] == ["z9hG4bKcaller1"]
+    assert relayed.to.tag == "owner1"
+
+    node.feed(make_response(cancel, 200).serialize(), OWNER)
+    node.feed(make_response(out, 487, to_tag="owner1").serialize(), OWNER)
+    sent = node.sent()
+    assert [(m.method, p) for m, p in sent if isinstance(m, Request)] == [("ACK", OWNER)]
+    assert [(m.status, p) for m, p in sent if isinstance(m, Response)] == [(487, CALLER)]
+    # the caller's ACK of the 487 ends at our server transaction
+    ack = (
+        INVITE.split(b"\r\n\r\n")[0]
+        .replace(b"INVITE sip", b"ACK sip")
+        .replace(b"7 INVITE", b"7 ACK")
+    )
+    node.feed(ack + b"\r\n\r\n", CALLER)
+    assert node.sent() == []
+
+
+def test_answer_and_its_retransmissions_relayed() -> None:
+    node = Node()
+    out = node.proxied_invite()
+    ok = make_response(out, 200, to_tag="owner2")
+    ok.headers.add("Contact", "<sip:127.0.0.2:5080>")
+    for _ in range(2):  # the owner's 2xx and a retransmission of it
+        node.feed(ok.serialize(), OWNER)
+        ((relayed, peer),) = node.sent()
+        assert isinstance(relayed, Response) and relayed.status == 200 and peer == CALLER
+        assert relayed.headers.get("Contact") == "<sip:127.0.0.2:5080>"
+        assert len(relayed.vias) == 1
+    assert len(node.ua.proxies) == 2  # kept for retransmissions...
+    node.tick(40)
+    node.ua._purge_proxies(node.now)
+    assert node.ua.proxies == {}  # ... not for ever
+
+
+def test_an_owner_that_never_answers_ends_in_408() -> None:
+    node = Node()
+    node.proxied_invite()
+    for _ in range(10):
+        node.tick(4)
+    responses = [(m.status, p) for m, p in node.sent() if isinstance(m, Response)]
+    assert responses and set(responses) == {(408, CALLER)}  # (retransmitted until ACKed)
