@@ -8,7 +8,8 @@ third address on a veth pair for the SDK, sharing one real redis-server.
   hears the phone (baresip) that called node A: signalling relayed by B, media straight to A.
 - Two sipp calls, one to each node, with a direct rule into one room: node B proxies its INVITE
   to the owner A, both callers are participants of that one room on A, listed through either.
-- CreateSIPParticipant on a node that does not own the room is placed on its owner.
+- CreateSIPParticipant on a node that does not own the room is placed on its owner: the owner
+  dials, the callee joins the room there.
 """
 
 from __future__ import annotations
@@ -301,3 +302,45 @@ async def _has(value: object, item: object) -> bool:
 
 async def _is(value: object, expected: object) -> bool:
     return await value == expected  # type: ignore[misc]
+
+
+async def test_create_sip_participant_on_b_is_placed_by_the_rooms_owner(
+    nodes: tuple[Node, Node], redis: RedisServer, prefix: str
+) -> None:
+    from tests.interop.test_outbound import carrier, make_trunk  # noqa: PLC0415
+
+    a, b = nodes
+    before_a, before_b = await asyncio.to_thread(cluster, a), await asyncio.to_thread(cluster, b)
+    async with client(a) as on_a, client(b) as on_b, carrier("uas_answer.xml") as (port, uas):
+        await on_a.room.create_room(room_proto.CreateRoomRequest(name="dial"))
+        trunk = await make_trunk(on_b, port)
+        try:
+            created = await on_b.sip.create_sip_participant(
+                sip_proto.CreateSIPParticipantRequest(
+                    sip_trunk_id=trunk,
+                    sip_call_to="+15550199",
+                    room_name="dial",
+                    wait_until_answered=True,
+                )
+            )
+            assert created.room_name == "dial" and created.sip_call_id.startswith("SCL_")
+            assert await participants(b, "dial") == {created.participant_identity}
+            assert "dial" in await local_rooms(a) and "dial" not in await local_rooms(b)
+            on_a_now = await asyncio.to_thread(cluster, a)
+            on_b_now = await asyncio.to_thread(cluster, b)
+            assert on_b_now["forwarded"] >= before_b.get("forwarded", 0) + 1
+            assert on_a_now.get("forwarded", 0) == before_a.get("forwarded", 0)
+            # A dialled it, B did not
+            dialled = 'sipbridge_outbound_total{outcome="dialled"}'
+            assert (await asyncio.to_thread(a.metrics)).get(dialled) == 1
+            assert (await asyncio.to_thread(b.metrics)).get(dialled, 0) == 0
+            await on_b.room.remove_participant(
+                room_proto.RoomParticipantIdentity(
+                    room="dial", identity=created.participant_identity
+                )
+            )
+            code, out = await uas  # our BYE (from A) ended its call
+            assert code == 0, out[-3000:]
+        finally:
+            await on_b.sip.delete_trunk(sip_proto.DeleteSIPTrunkRequest(sip_trunk_id=trunk))
+            await on_b.room.delete_room(room_proto.DeleteRoomRequest(room="dial"))
