@@ -19,8 +19,10 @@ import json
 import secrets
 import shutil
 import sys
+import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -32,7 +34,7 @@ from livekit.protocol import sip as sip_proto
 from tests import baresip, netns
 from tests.audio import read_wav, windows_heard
 from tests.harness import direct_rule, eventually, sipp, sipp_port
-from tests.helpers import API_KEY, API_SECRET, ServerProcess, token
+from tests.helpers import API_KEY, API_SECRET, ServerProcess, token, twirp
 from tests.redis_server import RedisServer, redis_server
 
 pytestmark = [
@@ -41,6 +43,46 @@ pytestmark = [
 ]
 RTC_PORTS_A, RTC_PORTS_B = "16000-16499", "16500-16999"
 SDK_CLIENT = Path(__file__).parents[1] / "sdk_client.py"
+
+
+class Hooks:
+    """A webhook receiver for every node (`?node=` in each node's URL says who sent what): a
+    loopback HTTP server in a thread, keeping (node, event, room name) of each POST."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, str]] = []
+        hooks = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+                node = self.path.partition("node=")[2]
+                hooks.events.append(
+                    (node, body.get("event", ""), body.get("room", {}).get("name", ""))
+                )
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.http.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.http.serve_forever, daemon=True)
+
+    def of_room(self, name: str) -> list[tuple[str, str]]:
+        return [(node, event) for node, event, room in list(self.events) if room == name]
+
+
+@pytest.fixture(scope="module")
+def hooks() -> Iterator[Hooks]:
+    made = Hooks()
+    made.thread.start()
+    yield made
+    made.http.shutdown()
+    made.http.server_close()
+    made.thread.join()
 
 
 class Node(ServerProcess):
@@ -56,6 +98,7 @@ class Node(ServerProcess):
             *("--redis", redis.url, "--redis-prefix", prefix, "--node-id", node_id),
             *("--sip", f"{ip}:{self.sip_port}", "--rtp-ports", kw["rtp"]),
             *("--rtc-ip", kw["rtc_ip"], "--rtc-ports", kw["rtc_ports"]),
+            *("--webhook", f"{kw['hooks']}?node={node_id}"),
             http_host=kw.get("http_host", ip),
         )
 
@@ -83,17 +126,18 @@ def nodes(
     redis: RedisServer,
     prefix: str,
     namespace: netns.VethNamespace,
+    hooks: Hooks,
 ) -> Iterator[tuple[Node, Node]]:
     """A on 127.0.0.2; B's SIP on 127.0.0.3, its API on the veth address (where the SDK in the
     namespace reaches it). Both gather ICE candidates on the veth address, in ranges of their
     own, so the SDK's media goes to whichever node it talks to over that address."""
     a = Node(
         tmp_path_factory.mktemp("node-a"), redis, prefix, "node-a", "127.0.0.2",
-        rtp="14000-14499", rtc_ip=namespace.host_ip, rtc_ports=RTC_PORTS_A,
+        rtp="14000-14499", rtc_ip=namespace.host_ip, rtc_ports=RTC_PORTS_A, hooks=hooks.url,
     )  # fmt: skip
     b = Node(
         tmp_path_factory.mktemp("node-b"), redis, prefix, "node-b", "127.0.0.3",
-        rtp="14500-14999", rtc_ip=namespace.host_ip, rtc_ports=RTC_PORTS_B,
+        rtp="14500-14999", rtc_ip=namespace.host_ip, rtc_ports=RTC_PORTS_B, hooks=hooks.url,
         http_host=namespace.host_ip,
     )  # fmt: skip
     a.start()
@@ -129,7 +173,7 @@ async def owner(redis: RedisServer, prefix: str, room: str) -> str | None:
 
 
 async def test_the_room_api_on_any_node_reaches_the_owner(
-    nodes: tuple[Node, Node], redis: RedisServer, prefix: str
+    nodes: tuple[Node, Node], redis: RedisServer, prefix: str, hooks: Hooks
 ) -> None:
     a, b = nodes
     async with client(a) as on_a, client(b) as on_b:
@@ -152,12 +196,13 @@ async def test_the_room_api_on_any_node_reaches_the_owner(
                 room_proto.RoomParticipantIdentity(room="hall", identity="nobody")
             )
         assert err.value.code == "not_found"
-        # A room made through B is B's.
+        # A room made through B is B's. ListRooms through either node lists both rooms.
         await on_b.room.create_room(room_proto.CreateRoomRequest(name="porch"))
         assert await owner(redis, prefix, "porch") == "node-b"
-        assert [
-            r.name for r in (await on_b.room.list_rooms(room_proto.ListRoomsRequest())).rooms
-        ] == ["porch"]
+        for lk in (on_a, on_b):
+            listed = await lk.room.list_rooms(room_proto.ListRoomsRequest())
+            assert sorted(r.name for r in listed.rooms) == ["hall", "porch"]
+        assert await local_rooms(a) == {"hall"} and await local_rooms(b) == {"porch"}
         # Deleted through the other node: gone on its owner, and its key with it.
         await on_b.room.delete_room(room_proto.DeleteRoomRequest(room="hall"))
         await on_a.room.delete_room(room_proto.DeleteRoomRequest(room="porch"))
@@ -167,6 +212,11 @@ async def test_the_room_api_on_any_node_reaches_the_owner(
             )  # type: ignore[misc]
         assert (await on_a.room.list_rooms(room_proto.ListRoomsRequest())).rooms == []
         assert (await on_b.room.list_rooms(room_proto.ListRoomsRequest())).rooms == []
+    # Webhooks once per event, from the owner only, whichever node the API call went to.
+    for name, node in (("hall", "node-a"), ("porch", "node-b")):
+        expected = [(node, "room_started"), (node, "room_finished")]
+        await eventually(lambda name=name: len(hooks.of_room(name)) >= 2, f"{name}'s webhooks")  # type: ignore[misc]
+        assert hooks.of_room(name) == expected
 
 
 async def _none(value: object) -> bool:
@@ -248,10 +298,16 @@ async def participants(node: Node, room: str) -> set[str]:
 
 
 async def local_rooms(node: Node) -> set[str]:
-    """The rooms `node` itself holds (ListRooms is answered by each node for its own)."""
-    async with client(node) as lk:
-        listed = await lk.room.list_rooms(room_proto.ListRoomsRequest())
-    return {r.name for r in listed.rooms}
+    """The rooms `node` itself holds: ListRooms handed to it by another node (`X-Sipbridge-Hop`)
+    is answered with its own rooms only."""
+    auth = "Bearer " + token(api.VideoGrants(room_list=True))
+    request = room_proto.ListRoomsRequest().SerializeToString()
+    status, _, body = await twirp(
+        node.url, "livekit.RoomService", "ListRooms", request, auth=auth,
+        headers={"X-Sipbridge-Hop": "test"},
+    )  # fmt: skip
+    assert status == 200, body
+    return {r.name for r in room_proto.ListRoomsResponse.FromString(body).rooms}
 
 
 async def test_calls_to_two_nodes_meet_in_the_room_of_one(

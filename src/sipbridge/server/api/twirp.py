@@ -59,9 +59,9 @@ def _varint(value: int) -> bytes:
 
 
 Handler = Callable[[Any, Claims], Awaitable[Message | Encoded]]
-# Before a method runs: ("Service/Method", the decoded request, the HTTP request, its body) ->
-# the reply of the node that serves it, or None to serve it here (docs/cluster.md s3).
-Router = Callable[[str, Message, web.Request, bytes], Awaitable[web.Response | None]]
+# Before a method runs: ("Service/Method", the decoded request, its claims, the HTTP request,
+# its body) -> the reply of the node that serves it, or None to serve it here (cluster.md s3).
+Router = Callable[[str, Message, Claims, web.Request, bytes], Awaitable[web.Response | None]]
 Authorize = Callable[[Any, Claims], None]
 
 
@@ -125,7 +125,7 @@ class TwirpServer:
         message = decode(method.request_type, body, content_type)
         method.authorize(message, claims)
         if self.router is not None:
-            routed = await self.router(route, message, request, body)
+            routed = await self.router(route, message, claims, request, body)
             if routed is not None:
                 return routed
         timeout = twirp_timeout(request.headers.get("X-Twirp-Timeout-Ms"))

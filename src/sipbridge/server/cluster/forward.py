@@ -11,19 +11,26 @@ costs one loopback or LAN round trip, and Redis carries no request traffic. Webh
 a room's events happen only on its owner, so only the owner sends them, once.
 
 `CreateSIPParticipant` for a room nobody owns goes to the least-loaded serving node, which then
-owns the new room.
+owns the new room. `ListRooms` asks every live node for its own rooms (in parallel, each handed
+the request) and answers with all of them; a node that does not answer in time is left out.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import Counter
 
 import aiohttp
 from aiohttp import web
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
+from livekit.protocol import models
+from livekit.protocol import room as room_proto
+from redis.exceptions import RedisError
 
 from sipbridge.errors import ApiError
+from sipbridge.server.api.auth import Claims
+from sipbridge.server.api.twirp import TwirpServer, encode
 from sipbridge.server.cluster.owners import RoomOwners
 from sipbridge.telephony.node_info import NodeInfo
 from sipbridge.telephony.placement import HOP_HEADER
@@ -32,6 +39,8 @@ log = logging.getLogger(__name__)
 
 CLAIM, LOOKUP, PLACE = "claim", "lookup", "place"
 FORWARD_TIMEOUT_S = 120.0  # unless the caller's X-Twirp-Timeout-Ms says less
+LIST_TIMEOUT_S = 2.0  # a node's own rooms for ListRooms
+LIST_ROOMS = "livekit.RoomService/ListRooms"
 PASSED_HEADERS = ("Authorization", "Content-Type", "X-Twirp-Timeout-Ms")
 
 # "Service/Method" -> (the request's room field, how a room with no owner is handled)
@@ -80,8 +89,9 @@ def http_address(node: NodeInfo) -> str:
 class TwirpForwarder:
     """`TwirpServer.router`: hands room requests to the room's owner."""
 
-    def __init__(self, owners: RoomOwners) -> None:
+    def __init__(self, owners: RoomOwners, twirp: TwirpServer) -> None:
         self.owners = owners
+        self.twirp = twirp
         self.stats: Counter[str] = Counter()  # forwarded, by "Service/Method"; failed
         self._session: aiohttp.ClientSession | None = None
 
@@ -91,10 +101,15 @@ class TwirpForwarder:
             self._session = None
 
     async def __call__(
-        self, route: str, message: Message, request: web.Request, body: bytes
+        self, route: str, message: Message, claims: Claims, request: web.Request, body: bytes
     ) -> web.Response | None:
+        if not self.owners.clustered or HOP_HEADER in request.headers:
+            return None
+        if route == LIST_ROOMS:
+            assert isinstance(message, room_proto.ListRoomsRequest)
+            return await self.list_rooms(message, claims, request)
         spec = ROUTED.get(route)
-        if spec is None or not self.owners.clustered or HOP_HEADER in request.headers:
+        if spec is None:
             return None
         field, mode = spec
         room = getattr(message, field, "")
@@ -108,18 +123,66 @@ class TwirpForwarder:
             return None
         return await self.forward(route, where.node, request, body)
 
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(auto_decompress=False)
+        return self._session
+
+    async def list_rooms(
+        self, req: room_proto.ListRoomsRequest, claims: Claims, request: web.Request
+    ) -> web.Response:
+        """Every live node's rooms: this node's own and the others', asked in parallel."""
+        mine = await self.twirp.methods[LIST_ROOMS].handler(req, claims)
+        assert isinstance(mine, room_proto.ListRoomsResponse)
+        try:
+            nodes = [n for n in await self.owners.live_nodes() if n.id != self.owners.node_id]
+        except (RedisError, OSError, TimeoutError):
+            nodes = []
+        replies = await asyncio.gather(*(self._rooms_of(n, req, request) for n in nodes))
+        seen = {room.name for room in mine.rooms}
+        for rooms in replies:
+            for room in rooms:
+                if room.name not in seen:
+                    seen.add(room.name)
+                    mine.rooms.append(room)
+        self.stats[LIST_ROOMS] += len(nodes)
+        return encode(mine, request.content_type.lower())
+
+    async def _rooms_of(
+        self, node: NodeInfo, req: room_proto.ListRoomsRequest, request: web.Request
+    ) -> list[models.Room]:
+        headers = {
+            HOP_HEADER: self.owners.node_id,
+            "Content-Type": "application/protobuf",
+            "Authorization": request.headers.get("Authorization", ""),
+        }
+        url = f"http://{http_address(node)}{request.path}"
+        try:
+            async with self._client().post(
+                url,
+                data=req.SerializeToString(),
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=LIST_TIMEOUT_S),
+            ) as reply:
+                payload = await reply.read()
+                if reply.status != 200:
+                    raise aiohttp.ClientError(f"status {reply.status}")
+            return list(room_proto.ListRoomsResponse.FromString(payload).rooms)
+        except (aiohttp.ClientError, OSError, TimeoutError, DecodeError) as exc:
+            self.stats["failed"] += 1
+            log.info("ListRooms: node %s left out: %s", node.id, exc)
+            return []
+
     async def forward(
         self, route: str, node: NodeInfo, request: web.Request, body: bytes
     ) -> web.Response:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(auto_decompress=False)
         headers = {
             name: request.headers[name] for name in PASSED_HEADERS if name in request.headers
         }
         headers[HOP_HEADER] = self.owners.node_id
         url = f"http://{http_address(node)}{request.path}"
         try:
-            async with self._session.post(
+            async with self._client().post(
                 url,
                 data=body,
                 headers=headers,

@@ -26,7 +26,7 @@ class ClusterRooms:
         ua: SipUserAgent,
     ) -> None:
         self.owners = RoomOwners(node_id, runtime)
-        self.forwarder = TwirpForwarder(self.owners)
+        self.forwarder = TwirpForwarder(self.owners, twirp)
         self.relay = SignalRelay(self.owners, keys)
         self.calls = CallRouter(self.owners, ua, keys)
         twirp.router = self.forwarder
