@@ -19,6 +19,7 @@ import json
 import secrets
 import shutil
 import signal
+import statistics
 import sys
 import threading
 import time
@@ -37,6 +38,7 @@ from tests import baresip, netns
 from tests.audio import read_wav, windows_heard
 from tests.harness import direct_rule, eventually, sipp, sipp_port
 from tests.helpers import API_KEY, API_SECRET, ServerProcess, token, twirp
+from tests.interop.test_inbound_cases import header_of, status_of
 from tests.redis_server import RedisServer, redis_server
 
 pytestmark = [
@@ -258,7 +260,7 @@ async def test_an_sdk_client_on_node_b_hears_a_phone_on_node_a(
                 str(SDK_CLIENT),
                 *("--url", f"ws://{namespace.host_ip}:{b.port}"),
                 *("--token", token(grant, identity="agent")),
-                *("--record", str(heard), "--seconds", "6"),
+                *("--record", str(heard), "--seconds", "8"),
             )
             proc = await asyncio.create_subprocess_exec(
                 *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
@@ -453,3 +455,108 @@ async def test_a_dead_owners_room_is_taken_over(
         assert (await asyncio.to_thread(cluster, b)).get("route_took_over") == 1
         await on_b.room.delete_room(room_proto.DeleteRoomRequest(room="orphan"))
     print(f"\nroom of a SIGKILLed owner taken over {took:.2f} s after the kill")
+
+
+class _Datagrams(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[bytes] = asyncio.Queue()
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.queue.put_nowait(data)
+
+
+async def timed_call(host: str, port: int) -> float:
+    """One call by hand over UDP: INVITE to host:port, then ACK and BYE to the 200's Contact.
+    Milliseconds from sending the INVITE to receiving the 200."""
+    loop = asyncio.get_running_loop()
+    transport, datagrams = await loop.create_datagram_endpoint(
+        _Datagrams, local_addr=("127.0.0.1", 0)
+    )
+    try:
+        me = transport.get_extra_info("sockname")[1]
+        tag = secrets.token_hex(4)
+        common = (
+            f"From: <sip:+15550010@127.0.0.1>;tag={tag}\r\nCall-ID: timed-{tag}\r\n"
+            f"Contact: <sip:timer@127.0.0.1:{me}>\r\nMax-Forwards: 70\r\n"
+        )
+        sdp = (
+            "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+            "m=audio 4000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
+        )
+        invite = (
+            f"INVITE sip:+15550100@{host}:{port} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1:{me};branch=z9hG4bK{tag}i;rport\r\n{common}"
+            f"To: <sip:+15550100@{host}>\r\nCSeq: 1 INVITE\r\n"
+            f"Content-Type: application/sdp\r\nContent-Length: {len(sdp)}\r\n\r\n{sdp}"
+        )
+        started = time.perf_counter()
+        transport.sendto(invite.encode(), (host, port))
+        while True:
+            reply = await asyncio.wait_for(datagrams.queue.get(), 5)
+            status = status_of(reply)
+            assert status < 300, reply
+            if status == 200:
+                took = (time.perf_counter() - started) * 1e3
+                break
+        to, contact = header_of(reply, "To"), header_of(reply, "Contact")
+        assert to is not None and contact is not None
+        target = contact.split("sip:", 1)[1].split(">")[0].split(";")[0]
+        there, _, there_port = target.rpartition("@")[2].partition(":")
+        for n, method in ((1, "ACK"), (2, "BYE")):
+            transport.sendto(
+                (
+                    f"{method} sip:{target} SIP/2.0\r\n"
+                    f"Via: SIP/2.0/UDP 127.0.0.1:{me};branch=z9hG4bK{tag}{method};rport\r\n"
+                    f"{common}To: {to}\r\nCSeq: {n} {method}\r\nContent-Length: 0\r\n\r\n"
+                ).encode(),
+                (there, int(there_port)),
+            )
+        while True:  # the BYE's 200 (the INVITE's may come again first)
+            reply = await asyncio.wait_for(datagrams.queue.get(), 5)
+            if status_of(reply) == 200 and b" BYE\r\n" in reply:
+                break
+        return took
+    finally:
+        transport.close()
+
+
+async def test_the_extra_latency_of_a_room_on_another_node(
+    nodes: tuple[Node, Node], redis: RedisServer, prefix: str
+) -> None:
+    """INVITE -> 200 for a room on A, called at A and called at B (proxied), twenty calls one
+    after the other each (answered at once: a caller is already in the room); and an API call
+    about that room through A and through B. Printed; the hop may cost at most a few ms."""
+    a, b = nodes
+    rule = await direct_rule(a, "timed")
+    try:
+        anchor = asyncio.create_task(
+            sipp("uac_follow_contact.xml", a.sip_port, host=a.ip, hold_ms=12000,
+                 keys={"caller": "+15550009", "called": "+15550100"}, limit=25)
+        )  # fmt: skip
+        await eventually(lambda: _has(participants(a, "timed"), "sip_+15550009"), "the anchor")
+        invite_ms: dict[str, list[float]] = {}
+        for node in (a, b) * 20:  # interleaved: the machine's load changes
+            took = await timed_call(node.ip, node.sip_port)
+            invite_ms.setdefault(node.node_id, []).append(took)
+        api_ms: dict[str, list[float]] = {}
+        async with client(a) as on_a, client(b) as on_b:
+            for node, lk in ((a, on_a), (b, on_b)) * 30:
+                started = time.perf_counter()
+                await lk.room.list_participants(room_proto.ListParticipantsRequest(room="timed"))
+                api_ms.setdefault(node.node_id, []).append((time.perf_counter() - started) * 1e3)
+        done = await anchor
+        assert done.code == 0, done.out[-3000:]
+    finally:
+        async with client(a) as lk:
+            await lk.sip.delete_dispatch_rule(
+                sip_proto.DeleteSIPDispatchRuleRequest(sip_dispatch_rule_id=rule)
+            )
+    invite = {node: statistics.median(values) for node, values in invite_ms.items()}
+    listing = {node: statistics.median(values) for node, values in api_ms.items()}
+    print(
+        f"\nINVITE->200 (median of 20): at the owner {invite['node-a']:.2f} ms, proxied by "
+        f"another node {invite['node-b']:.2f} ms; ListParticipants (median of 30): owner "
+        f"{listing['node-a']:.2f} ms, through another node {listing['node-b']:.2f} ms"
+    )
+    assert invite["node-b"] < invite["node-a"] + 20, invite
+    assert listing["node-b"] < listing["node-a"] + 20, listing
