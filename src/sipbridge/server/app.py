@@ -289,11 +289,11 @@ class Server:
             self.heartbeat.beat_now()
 
     async def _start_heartbeat(self) -> None:
-        sip, http = self.settings.sip, self.settings.http
+        http = self.settings.http
         info = NodeInfo(
             id=self.node_id,
             max_calls=self.settings.max_calls,
-            sip=str(HostPort(sip.host, self.sip_ua.port)),
+            sip=str(HostPort(self.sip_ua.host, self.sip_ua.port)),  # (advertised: not 0.0.0.0)
             http=str(HostPort(http.host, self.http_port)),
             version=__version__,
             started_at=time.time(),
