@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
 import shutil
 import signal
@@ -36,7 +37,7 @@ from livekit.protocol import sip as sip_proto
 
 from tests import baresip, netns
 from tests.audio import read_wav, windows_heard
-from tests.harness import direct_rule, eventually, sipp, sipp_port
+from tests.harness import direct_rule, eventually, metric, sipp, sipp_port
 from tests.helpers import API_KEY, API_SECRET, ServerProcess, token, twirp
 from tests.interop.test_inbound_cases import header_of, status_of
 from tests.redis_server import RedisServer, redis_server
@@ -530,7 +531,7 @@ async def test_the_extra_latency_of_a_room_on_another_node(
     rule = await direct_rule(a, "timed")
     try:
         anchor = asyncio.create_task(
-            sipp("uac_follow_contact.xml", a.sip_port, host=a.ip, hold_ms=12000,
+            sipp("uac_follow_contact.xml", a.sip_port, host=a.ip, hold_ms=6000,
                  keys={"caller": "+15550009", "called": "+15550100"}, limit=25)
         )  # fmt: skip
         await eventually(lambda: _has(participants(a, "timed"), "sip_+15550009"), "the anchor")
@@ -560,3 +561,74 @@ async def test_the_extra_latency_of_a_room_on_another_node(
     )
     assert invite["node-b"] < invite["node-a"] + 20, invite
     assert listing["node-b"] < listing["node-a"] + 20, listing
+
+
+@pytest.mark.skipif(not shutil.which("baresip"), reason="baresip comes with `make test`")
+async def test_an_agent_worker_on_node_b_answers_a_phone_on_node_a(
+    nodes: tuple[Node, Node], namespace: netns.VethNamespace, tmp_path: Path
+) -> None:
+    """A `livekit-agents` worker (the seed page's agent, tests/agent_worker.py) registers on B;
+    a phone calls A, whose new room has no worker of its own: A offers the job to B, B's worker
+    takes it, its agent joins A's room through B's relay, subscribes - which answers the call -
+    and echoes the caller, who hears its own voice come back."""
+    from tests.interop.test_agent import WORKER, events_of  # noqa: PLC0415
+
+    a, b = nodes
+    rule = await direct_rule(a, "support")
+    events_file = tmp_path / "agent_events.jsonl"
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+    env.update(
+        LIVEKIT_URL=f"http://{namespace.host_ip}:{b.port}",
+        LIVEKIT_API_KEY=API_KEY,
+        LIVEKIT_API_SECRET=API_SECRET,
+        EXAMPLE_EVENTS_FILE=str(events_file),
+    )
+    log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115, ASYNC230 - the worker's output
+    worker = await asyncio.create_subprocess_exec(
+        *namespace.exec_args(sys.executable, str(WORKER), "start"),
+        stdout=log,
+        stderr=asyncio.subprocess.STDOUT,
+        env=env,
+    )
+    try:
+
+        async def registered() -> bool:
+            assert worker.returncode is None, (tmp_path / "worker.log").read_text()[-3000:]
+            return await metric(b, "sipbridge_agent_workers") >= 1
+
+        await eventually(registered, "the worker to register on B", timeout=30, interval=0.2)
+        async with baresip.phone(
+            tmp_path / "phone", codecs="PCMU", top_hz=3400.0, lead_s=1.5
+        ) as phone:
+            await phone.dial(f"sip:support@{a.ip}:{a.sip_port}")
+            await phone.wait_event("CALL_ESTABLISHED", timeout=25, fail_on=("CALL_CLOSED",))
+            await asyncio.sleep(7.0)  # the conversation: 1.5 s of silence, 3 s, its echo 0.5 s on
+            await phone.hangup()
+            await phone.wait_event("CALL_CLOSED")
+            await phone.stop()
+            heard, rate = read_wav(phone.recorded())
+        on_a, on_b = await asyncio.to_thread(cluster, a), await asyncio.to_thread(cluster, b)
+    finally:
+        if worker.returncode is None:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(worker.wait(), 20)
+            except TimeoutError:
+                worker.kill()
+                await worker.wait()
+        log.close()
+        async with client(a) as lk:
+            await lk.sip.delete_dispatch_rule(
+                sip_proto.DeleteSIPDispatchRuleRequest(sip_dispatch_rule_id=rule)
+            )
+    assert on_a.get("agent_taken_elsewhere") == 1 and on_b.get("agent_taken_here") == 1, (
+        on_a,
+        on_b,
+    )
+    (caller,) = [e for e in events_of(events_file) if e["event"] == "caller"]
+    assert caller["phone_number"] == phone.user
+    assert phone.reference is not None
+    # The caller hears itself echoed by the agent (most of the signal: on this shared machine
+    # a loaded run loses a few quarter seconds; the echo's quality is test_agent.py's matter)
+    echo = windows_heard(phone.reference, heard, phone.rate, recorded_rate=rate)
+    assert echo >= 0.5, echo

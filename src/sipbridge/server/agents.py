@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,6 +94,10 @@ class AgentService:
         self._answers: dict[str, asyncio.Future[agent.AvailabilityResponse]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.stats: dict[str, int] = {}
+        # Workers on other nodes (server/cluster/agents.py): a dispatch no worker here takes
+        # is offered there (True: taken, its job in `jobs`); a job of theirs ended there.
+        self.offer_elsewhere: Callable[[Any, Any], Awaitable[bool]] | None = None
+        self.end_elsewhere: Callable[[RunningJob], None] | None = None
         runtime.listeners.append(self.on_room_event)
 
     def routes(self, app: web.Application) -> None:
@@ -271,7 +275,7 @@ class AgentService:
                     self._rounds.pop(dispatch_id, None)
                 for job_id, running in list(self.jobs.items()):
                     if running.room == room.name:
-                        self._terminate(job_id)
+                        self.terminate(job_id)
             case _:
                 pass
 
@@ -316,6 +320,8 @@ class AgentService:
                 key=lambda w: w.load,
             )
             if not candidates:
+                if self.offer_elsewhere is not None and await self.offer_elsewhere(room, record):
+                    return  # taken by a worker on another node
                 self._count("no_worker")
                 return  # waits for a worker of this name to register
             worker = candidates[0]
@@ -329,27 +335,35 @@ class AgentService:
                 metadata=record.metadata,
                 agent_name=record.agent_name,
             )
-            key = f"{worker.id}:{job.id}"
-            answer: asyncio.Future[agent.AvailabilityResponse] = (
-                asyncio.get_running_loop().create_future()
-            )
-            self._answers[key] = answer
-            worker.send(agent.ServerMessage(availability=agent.AvailabilityRequest(job=job)))
-            try:
-                response = await asyncio.wait_for(answer, AVAILABILITY_TIMEOUT_S)
-            except (TimeoutError, asyncio.CancelledError):
-                self._count("availability_timeout")
+            response = await self.ask_availability(worker, job)
+            if response is None:
                 continue
-            finally:
-                self._answers.pop(key, None)
             if not response.available or worker.id not in self.workers:
                 self._count("job_refused")
                 continue
-            self._assign(worker, job, response)
+            self.assign(worker, job, response)
             return
         self._count("dispatch_failed")
 
-    def _assign(self, worker: Worker, job: agent.Job, response: agent.AvailabilityResponse) -> None:
+    async def ask_availability(
+        self, worker: Worker, job: agent.Job
+    ) -> agent.AvailabilityResponse | None:
+        """Offer `job` to `worker`: its answer, or None when none came in time."""
+        key = f"{worker.id}:{job.id}"
+        answer: asyncio.Future[agent.AvailabilityResponse] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._answers[key] = answer
+        worker.send(agent.ServerMessage(availability=agent.AvailabilityRequest(job=job)))
+        try:
+            return await asyncio.wait_for(answer, AVAILABILITY_TIMEOUT_S)
+        except (TimeoutError, asyncio.CancelledError):
+            self._count("availability_timeout")
+            return None
+        finally:
+            self._answers.pop(key, None)
+
+    def assign(self, worker: Worker, job: agent.Job, response: agent.AvailabilityResponse) -> None:
         key, secret = next(iter(self.keys.items()))
         identity = response.participant_identity or f"agent-{job.id}"
         token = sign_token(
@@ -376,7 +390,7 @@ class AgentService:
         running.joined = room is not None and identity in room.participants
         if not running.joined:
             running.deadline = asyncio.get_running_loop().call_later(
-                JOIN_TIMEOUT_S, self._join_timeout, job.id
+                JOIN_TIMEOUT_S, self.join_timeout, job.id
             )
         self.jobs[job.id] = running
         worker.jobs.add(job.id)
@@ -388,7 +402,7 @@ class AgentService:
         self._count("assigned")
         log.info("agent job %s for room %s assigned to %s", job.id, job.room.name, worker.id)
 
-    def _join_timeout(self, job_id: str) -> None:
+    def join_timeout(self, job_id: str) -> None:
         """An assigned job whose agent never joined: ended at its worker, offered anew."""
         running = self.jobs.get(job_id)
         if running is None or running.joined:
@@ -402,7 +416,7 @@ class AgentService:
             JOIN_TIMEOUT_S,
         )
         self._count("join_timeout")
-        self._terminate(job_id)
+        self.terminate(job_id)
         self._redispatch(running)
 
     def _redispatch(self, running: RunningJob) -> None:
@@ -416,7 +430,7 @@ class AgentService:
             return
         self._spawn(self._dispatch(running.room, record, frozenset({running.worker_id})))
 
-    def _terminate(self, job_id: str) -> None:
+    def terminate(self, job_id: str) -> None:
         running = self.jobs.pop(job_id, None)
         if running is None:
             return
@@ -427,6 +441,8 @@ class AgentService:
         if worker is not None:
             worker.jobs.discard(job_id)
             worker.send(agent.ServerMessage(termination=agent.JobTermination(job_id=job_id)))
+        elif self.end_elsewhere is not None:
+            self.end_elsewhere(running)
         self._count("terminated")
 
     # -- AgentDispatchService ---------------------------------------------------------------
@@ -452,7 +468,7 @@ class AgentService:
         self._rounds.pop(record.id, None)
         for job_id, running in list(self.jobs.items()):
             if running.job.dispatch_id == record.id:
-                self._terminate(job_id)
+                self.terminate(job_id)
         return record
 
     async def list_dispatch(

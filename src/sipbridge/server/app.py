@@ -177,7 +177,12 @@ class Server:
         self.node_id = settings.node_id or f"{socket.gethostname()}-{os.getpid()}"
         self.drain = Drain(settings.drain_timeout)
         self.cluster = ClusterRooms(
-            self.node_id, self.rooms, dict(settings.keys), self.twirp, self.sip_ua
+            self.node_id,
+            self.rooms,
+            keys=dict(settings.keys),
+            twirp=self.twirp,
+            ua=self.sip_ua,
+            agents=self.agents,
         )
         self.heartbeat: Heartbeat | None = None
         self._runner: web.AppRunner | None = None
@@ -200,6 +205,7 @@ class Server:
         NodeApi(self.list_nodes, dict(self.settings.keys)).routes(app)
         self.console.routes(app)  # the web console: server/console_api.py, console_web.py
         ConsoleFiles().routes(app)
+        self.cluster.routes(app)
         if self.settings.metrics is None:
             app.router.add_get("/metrics", self.metrics.handler())
         return app

@@ -4,8 +4,11 @@ forwarder, the WebSocket relay and the INVITE proxy. Inert without Redis."""
 from __future__ import annotations
 
 import redis.asyncio as aioredis
+from aiohttp import web
 
+from sipbridge.server.agents import AgentService
 from sipbridge.server.api.twirp import TwirpServer
+from sipbridge.server.cluster.agents import ClusterAgents
 from sipbridge.server.cluster.forward import TwirpForwarder
 from sipbridge.server.cluster.owners import RoomOwners
 from sipbridge.server.cluster.relay import SignalRelay
@@ -21,19 +24,26 @@ class ClusterRooms:
         self,
         node_id: str,
         runtime: RoomsRuntime,
+        *,
         keys: dict[str, str],
         twirp: TwirpServer,
         ua: SipUserAgent,
+        agents: AgentService,
     ) -> None:
         self.owners = RoomOwners(node_id, runtime)
         self.forwarder = TwirpForwarder(self.owners, twirp)
         self.relay = SignalRelay(self.owners, keys)
         self.calls = CallRouter(self.owners, ua, keys)
+        self.agents = ClusterAgents(self.owners, agents, keys)
         twirp.router = self.forwarder
         ua.on_invite = self.calls.vouching(ua.on_invite)
 
     def start(self, client: aioredis.Redis, prefix: str) -> None:
         self.owners.start(RedisRooms(client, prefix), redis_nodes(client, prefix))
+
+    def routes(self, app: web.Application) -> None:
+        """Between nodes: agent jobs offered to this node's workers, and their end."""
+        self.agents.routes(app)
 
     def samples(self) -> dict[str, int]:
         """For /metrics (`sipbridge_cluster_rooms_total{event}`): owners looked up (local,
@@ -44,10 +54,12 @@ class ClusterRooms:
         out["forward_failed"] = self.forwarder.stats["failed"]
         out.update({f"join_{k}": v for k, v in self.relay.stats.items()})
         out.update({f"invite_{k}": v for k, v in self.calls.stats.items()})
+        out.update({f"agent_{k}": v for k, v in self.agents.stats.items()})
         return out
 
     async def stop(self) -> None:
         await self.calls.close()
+        await self.agents.close()
         await self.relay.close()
         await self.forwarder.close()
         await self.owners.stop()

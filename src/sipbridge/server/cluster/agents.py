@@ -1,0 +1,227 @@
+"""Agent jobs for a room on one node, taken by workers connected to another (docs/cluster.md s5).
+
+A `livekit-agents` worker registers on one node's `/agent`. The room's owner dispatches as on one
+node; when no worker of the dispatch's name is connected there, it offers the job to the other
+live nodes, least loaded first, each over HTTP (`POST /sipbridge/v1/cluster/jobs`, the Job as
+protobuf, a short-lived token signed with the cluster's key). That node offers it to its own
+workers (availability request, least loaded first, as on one node) and, when one accepts,
+assigns it - the job's token names the owner's room, its URL is the worker's own node, whose
+WebSocket relay (relay.py) takes the agent to the owner. The owner keeps the job as its own (a
+deadline for the agent to join, re-offered if it never does) and, when the room ends, tells the
+worker's node to end it (`POST /sipbridge/v1/cluster/jobs/end`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import Counter
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from google.protobuf.message import DecodeError
+from livekit.protocol import agent
+from redis.exceptions import RedisError
+
+from sipbridge import ids
+from sipbridge.errors import ApiError
+from sipbridge.server.agents import (
+    AVAILABILITY_TIMEOUT_S,
+    JOB_PREFIX,
+    JOIN_TIMEOUT_S,
+    MAX_TRIES,
+    AgentService,
+    RunningJob,
+)
+from sipbridge.server.api.auth import bearer_token, sign_token, verify_token
+from sipbridge.server.cluster.forward import http_address
+from sipbridge.server.cluster.owners import RoomOwners
+from sipbridge.telephony.node_info import NodeInfo
+from sipbridge.telephony.placement import affinity
+
+log = logging.getLogger(__name__)
+
+JOBS_PATH = "/sipbridge/v1/cluster/jobs"
+END_PATH = "/sipbridge/v1/cluster/jobs/end"
+OFFER_TIMEOUT_S = AVAILABILITY_TIMEOUT_S * MAX_TRIES + 2.0
+MAX_JOB_BYTES = 256 * 1024
+
+
+class ClusterAgents:
+    def __init__(self, owners: RoomOwners, agents: AgentService, keys: dict[str, str]) -> None:
+        self.owners = owners
+        self.agents = agents
+        self.keys = keys
+        self.stats: Counter[str] = Counter()  # offered, taken, refused, ended
+        self.where: dict[str, NodeInfo] = {}  # job id -> the node whose worker runs it
+        self._session: aiohttp.ClientSession | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        agents.offer_elsewhere = self.offer
+        agents.end_elsewhere = self.end
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_post(JOBS_PATH, self.take)
+        app.router.add_post(END_PATH, self.ended)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _headers(self) -> dict[str, str]:
+        key, secret = next(iter(self.keys.items()))
+        token = sign_token(
+            key, secret, ttl_s=60, sub=self.owners.node_id, video={"agent": True, "roomAdmin": True}
+        )
+        return {"Authorization": f"Bearer {token}", "Content-Type": "application/protobuf"}
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        return self._session
+
+    # -- the room's owner ----------------------------------------------------------------------
+
+    async def offer(self, room: Any, record: Any) -> bool:
+        """`AgentService.offer_elsewhere`: the dispatch `record` for `room` (a rooms model Room)
+        offered to the other nodes' workers; True when one took it (its job then in `jobs`)."""
+        if not self.owners.clustered:
+            return False
+        try:
+            nodes = [n for n in await self.owners.live_nodes() if n.id != self.owners.node_id]
+        except (RedisError, OSError, TimeoutError):
+            return False
+        nodes = sorted((n for n in nodes if n.state == "serving"), key=affinity, reverse=True)
+        job = agent.Job(
+            id=ids.new_id(JOB_PREFIX),
+            dispatch_id=record.id,
+            type=agent.JobType.JT_ROOM,
+            room=room.to_proto(),
+            metadata=record.metadata,
+            agent_name=record.agent_name,
+        )
+        for node in nodes:
+            taken = await self._offer_to(node, job)
+            if taken is None:
+                continue
+            if job.id in self.agents.jobs or self.agents.rooms.find(room.name) is None:
+                self._spawn(self._end_at(node, job.id))  # the room ended meanwhile
+                return True
+            running = RunningJob(job=job, worker_id=taken[0], room=room.name, identity=taken[1])
+            running.deadline = asyncio.get_running_loop().call_later(
+                JOIN_TIMEOUT_S, self.agents.join_timeout, job.id
+            )
+            self.agents.jobs[job.id] = running
+            self.where[job.id] = node
+            self.stats["taken_elsewhere"] += 1
+            log.info("agent job %s for room %s taken on node %s", job.id, room.name, node.id)
+            return True
+        return False
+
+    async def _offer_to(self, node: NodeInfo, job: agent.Job) -> tuple[str, str] | None:
+        self.stats["offered"] += 1
+        url = f"http://{http_address(node)}{JOBS_PATH}"
+        try:
+            async with self._client().post(
+                url,
+                data=job.SerializeToString(),
+                headers=self._headers(),
+                timeout=aiohttp.ClientTimeout(total=OFFER_TIMEOUT_S),
+            ) as reply:
+                if reply.status != 200:
+                    return None
+                answer = await reply.json()
+            return str(answer["worker"]), str(answer["identity"])
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError, KeyError) as exc:
+            log.info("agent job %s: node %s did not answer: %s", job.id, node.id, exc)
+            return None
+
+    def end(self, running: RunningJob) -> None:
+        """`AgentService.end_elsewhere`: a job whose worker is on another node ended here."""
+        node = self.where.pop(running.job.id, None)
+        if node is not None:
+            self._spawn(self._end_at(node, running.job.id))
+
+    async def _end_at(self, node: NodeInfo, job_id: str) -> None:
+        url = f"http://{http_address(node)}{END_PATH}"
+        try:
+            async with self._client().post(
+                url,
+                data=job_id.encode(),
+                headers=self._headers(),
+                timeout=aiohttp.ClientTimeout(total=5),
+            ):
+                self.stats["ended_elsewhere"] += 1
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            log.info("agent job %s: its end not told to node %s: %s", job_id, node.id, exc)
+
+    def _spawn(self, work: Any) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- the worker's node ---------------------------------------------------------------------
+
+    def _authorize(self, request: web.Request) -> None:
+        claims = verify_token(bearer_token(request.headers.get("Authorization")), self.keys)
+        if not (claims.video_grant("agent") and claims.video_grant("roomAdmin")):
+            raise ApiError("permission_denied", "requires the agent and roomAdmin grants")
+
+    async def take(self, request: web.Request) -> web.Response:
+        """A job for a room on another node, offered to this node's workers."""
+        try:
+            self._authorize(request)
+            body = await request.content.read(MAX_JOB_BYTES + 1)
+            if len(body) > MAX_JOB_BYTES:
+                raise ApiError("malformed", "job too large")
+            job = agent.Job.FromString(body)
+        except DecodeError:
+            return web.Response(status=400, text="undecodable job")
+        except ApiError as err:
+            return web.Response(status=err.http_status, text=err.message)
+        agents = self.agents
+        tried: set[str] = set()
+        for _ in range(MAX_TRIES):
+            candidates = sorted(
+                (
+                    w
+                    for w in agents.workers.values()
+                    if w.agent_name == job.agent_name
+                    and w.available
+                    and w.job_type == agent.JobType.JT_ROOM
+                    and w.id not in tried
+                ),
+                key=lambda w: w.load,
+            )
+            if not candidates:
+                break
+            worker = candidates[0]
+            tried.add(worker.id)
+            job.namespace = worker.namespace
+            response = await agents.ask_availability(worker, job)
+            if response is None or not response.available or worker.id not in agents.workers:
+                continue
+            agents.assign(worker, job, response)
+            running = agents.jobs[job.id]
+            running.joined = True  # its agent joins the room's own node, not this one
+            if running.deadline is not None:
+                running.deadline.cancel()
+                running.deadline = None
+            self.stats["taken_here"] += 1
+            answer = {"worker": worker.id, "identity": running.identity}
+            return web.Response(text=json.dumps(answer), content_type="application/json")
+        self.stats["refused_here"] += 1
+        return web.Response(status=404, text="no worker took the job")
+
+    async def ended(self, request: web.Request) -> web.Response:
+        try:
+            self._authorize(request)
+        except ApiError as err:
+            return web.Response(status=err.http_status, text=err.message)
+        job_id = (await request.content.read(256)).decode(errors="replace")
+        self.agents.terminate(job_id)
+        return web.Response(text="ok\n")
