@@ -32,9 +32,11 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 from livekit import api
+from livekit.protocol import models
 from livekit.protocol import room as room_proto
 from livekit.protocol import sip as sip_proto
 
+from sipbridge.telephony.placement import sign_hop
 from tests import baresip, netns
 from tests.audio import read_wav, windows_heard
 from tests.harness import direct_rule, eventually, metric, sipp, sipp_port
@@ -208,6 +210,15 @@ async def test_the_room_api_on_any_node_reaches_the_owner(
             listed = await lk.room.list_rooms(room_proto.ListRoomsRequest())
             assert sorted(r.name for r in listed.rooms) == ["hall", "porch"]
         assert await local_rooms(a) == {"hall"} and await local_rooms(b) == {"porch"}
+        # a client's own hop header is no hop: its request is routed as any other
+        forged = await twirp(
+            b.url, "livekit.RoomService", "CreateRoom",
+            room_proto.CreateRoomRequest(name="hall").SerializeToString(),
+            auth="Bearer " + token(api.VideoGrants(room_create=True)),
+            headers={"X-Sipbridge-Hop": "node-a;sig=00"},
+        )  # fmt: skip
+        assert forged[0] == 200 and models.Room.FromString(forged[2]).sid == made.sid
+        assert await local_rooms(b) == {"porch"}
         # Deleted through the other node: gone on its owner, and its key with it.
         await on_b.room.delete_room(room_proto.DeleteRoomRequest(room="hall"))
         await on_a.room.delete_room(room_proto.DeleteRoomRequest(room="porch"))
@@ -303,13 +314,14 @@ async def participants(node: Node, room: str) -> set[str]:
 
 
 async def local_rooms(node: Node) -> set[str]:
-    """The rooms `node` itself holds: ListRooms handed to it by another node (`X-Sipbridge-Hop`)
-    is answered with its own rooms only."""
+    """The rooms `node` itself holds: ListRooms handed to it by another node (`X-Sipbridge-Hop`,
+    signed with the cluster's secret) is answered with its own rooms only."""
     auth = "Bearer " + token(api.VideoGrants(room_list=True))
     request = room_proto.ListRoomsRequest().SerializeToString()
+    hop = sign_hop(API_SECRET, "test", "/twirp/livekit.RoomService/ListRooms")
     status, _, body = await twirp(
         node.url, "livekit.RoomService", "ListRooms", request, auth=auth,
-        headers={"X-Sipbridge-Hop": "test"},
+        headers={"X-Sipbridge-Hop": hop},
     )  # fmt: skip
     assert status == 200, body
     return {r.name for r in room_proto.ListRoomsResponse.FromString(body).rooms}

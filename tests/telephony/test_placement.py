@@ -9,7 +9,9 @@ from sipbridge.telephony.placement import (
     affinity,
     least_loaded,
     route_from_reply,
+    sign_hop,
     sign_proxied,
+    verify_hop,
     verify_proxied,
 )
 
@@ -57,3 +59,13 @@ def test_proxied_header_signed_and_checked() -> None:
     assert verify_proxied(["secret"], "call-1@x", forged) is None
     for bad in ("", "sig=", "source=1;sig=00", value + "x", "a" * 600, "x;y;sig=1"):
         assert verify_proxied(["secret"], "call-1@x", bad) is None
+
+
+def test_hop_header_signed_over_the_path() -> None:
+    value = sign_hop("secret", "node-b", "/rtc")
+    assert verify_hop(["other", "secret"], "/rtc", value) == "node-b"
+    assert verify_hop(["secret"], "/rtc/v1", value) is None  # another path
+    assert verify_hop(["other"], "/rtc", value) is None
+    assert verify_hop(["secret"], "/rtc", value.replace("node-b", "node-c")) is None
+    for bad in (None, "", "node-b", ";sig=00", "node-b;sig=", "x" * 600):
+        assert verify_hop(["secret"], "/rtc", bad) is None

@@ -9,9 +9,11 @@ or send to a live node (whose heartbeat gives its addresses).
 A new room with no owner is placed by load: `least_loaded` takes LiveKit's SIP affinity,
 `1 - calls/max_calls`, among serving nodes under the CPU ceiling.
 
-A request one node hands to another carries `HOP_HEADER` (the sender's node id): a handed
-request is served where it lands, never handed on, so that two nodes that disagree for a moment
-cannot bounce a request between them.
+A request one node hands to another carries `HOP_HEADER`: the sender's node id, signed with the
+cluster's API secret over the request's path (`sign_hop` / `verify_hop`). A handed request is
+served where it lands, never handed on, so that two nodes that disagree for a moment cannot
+bounce a request between them; a header that does not verify (a client's) is ignored, so no
+client can make a node serve a room another node owns.
 
 An INVITE one node proxies to a room's owner carries `PROXIED_HEADER`: the caller's address,
 the trunk the first node matched and authenticated, signed with the cluster's API secret
@@ -141,3 +143,24 @@ def verify_proxied(secrets: Iterable[str], call_id: str, value: str) -> Proxied 
     if not any(hmac.compare_digest(_mac(s, call_id, fields), sig) for s in secrets):
         return None
     return Proxied(source=params["source"], trunk=params["trunk"], node=params["node"])
+
+
+# -- a request handed to another node --------------------------------------------------------------
+
+
+def sign_hop(secret: str, node: str, path: str) -> str:
+    """The `X-Sipbridge-Hop` value for a request to `path` handed on by `node`."""
+    return f"{node};sig={_mac(secret, path, f'hop={node}')}"
+
+
+def verify_hop(secrets: Iterable[str], path: str, value: str | None) -> str | None:
+    """The node that handed on a request to `path`, or None when the header is absent,
+    malformed or not signed with one of our secrets."""
+    if not value or len(value) > MAX_PROXIED_HEADER:
+        return None
+    node, sep, sig = value.strip().rpartition(";sig=")
+    if not sep or not node:
+        return None
+    if not any(hmac.compare_digest(_mac(s, path, f"hop={node}"), sig) for s in secrets):
+        return None
+    return node

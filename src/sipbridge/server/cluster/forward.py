@@ -2,8 +2,9 @@
 
 The request is authenticated here first (a stranger learns nothing of where rooms live), then
 sent whole - the same body, content type, `Authorization` and `X-Twirp-Timeout-Ms` - over HTTP
-to the owner's API address from its heartbeat, with `X-Sipbridge-Hop` naming this node; the
-owner's reply, error or not, is returned as it came. A handed request is served where it lands.
+to the owner's API address from its heartbeat, with `X-Sipbridge-Hop` naming this node (signed
+with the API secret: telephony/placement.py); the owner's reply, error or not, is returned as
+it came. A handed request is served where it lands; an unsigned hop header is ignored.
 
 Why HTTP and not request/reply over Redis pub/sub: the owner already serves this exact API,
 so there is nothing to encode, no second dispatcher and no reply channel to clean up; the hop
@@ -33,7 +34,7 @@ from sipbridge.server.api.auth import Claims
 from sipbridge.server.api.twirp import TwirpServer, encode
 from sipbridge.server.cluster.owners import RoomOwners
 from sipbridge.telephony.node_info import NodeInfo
-from sipbridge.telephony.placement import HOP_HEADER
+from sipbridge.telephony.placement import HOP_HEADER, sign_hop, verify_hop
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,7 @@ class TwirpForwarder:
     def __init__(self, owners: RoomOwners, twirp: TwirpServer) -> None:
         self.owners = owners
         self.twirp = twirp
+        self.secrets = list(twirp.keys.values())
         self.stats: Counter[str] = Counter()  # forwarded, by "Service/Method"; failed
         self._session: aiohttp.ClientSession | None = None
 
@@ -103,7 +105,7 @@ class TwirpForwarder:
     async def __call__(
         self, route: str, message: Message, claims: Claims, request: web.Request, body: bytes
     ) -> web.Response | None:
-        if not self.owners.clustered or HOP_HEADER in request.headers:
+        if not self.owners.clustered or self.handed(request):
             return None
         if route == LIST_ROOMS:
             assert isinstance(message, room_proto.ListRoomsRequest)
@@ -122,6 +124,13 @@ class TwirpForwarder:
         if where.local or where.node is None:
             return None
         return await self.forward(route, where.node, request, body)
+
+    def handed(self, request: web.Request) -> bool:
+        """Whether another node of ours handed this request on (then it is served here)."""
+        return verify_hop(self.secrets, request.path, request.headers.get(HOP_HEADER)) is not None
+
+    def hop(self, path: str) -> str:
+        return sign_hop(self.secrets[0], self.owners.node_id, path)
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -152,7 +161,7 @@ class TwirpForwarder:
         self, node: NodeInfo, req: room_proto.ListRoomsRequest, request: web.Request
     ) -> list[models.Room]:
         headers = {
-            HOP_HEADER: self.owners.node_id,
+            HOP_HEADER: self.hop(request.path),
             "Content-Type": "application/protobuf",
             "Authorization": request.headers.get("Authorization", ""),
         }
@@ -179,7 +188,7 @@ class TwirpForwarder:
         headers = {
             name: request.headers[name] for name in PASSED_HEADERS if name in request.headers
         }
-        headers[HOP_HEADER] = self.owners.node_id
+        headers[HOP_HEADER] = self.hop(request.path)
         url = f"http://{http_address(node)}{request.path}"
         try:
             async with self._client().post(

@@ -4,8 +4,8 @@ to the owner (docs/cluster.md s3): LiveKit's "signal relay", as a WebSocket prox
 The token is checked here (an unauthorised join is refused by this node, as on one node); the
 room's owner is found, or this node claims a room nobody owns. A join for a room another live
 node owns is opened there - the same path and query (token, join request), the same
-`Authorization`, `X-Sipbridge-Hop` naming this node - and every message is passed both ways
-unchanged until either side closes. The owner's offers, answers and trickled candidates name
+`Authorization`, `X-Sipbridge-Hop` naming this node (signed) - and every message is passed both
+ways unchanged until either side closes. The owner's offers, answers and trickled candidates name
 its own ICE addresses, so media flows between the client and the owner directly: this node
 carries signalling only, a few messages a second.
 """
@@ -27,7 +27,7 @@ from sipbridge.server.cluster.owners import RoomOwners
 from sipbridge.server.rtc.join import authorize
 from sipbridge.server.rtc.signal import MAX_SIGNAL_MESSAGE
 from sipbridge.telephony.node_info import NodeInfo
-from sipbridge.telephony.placement import HOP_HEADER
+from sipbridge.telephony.placement import HOP_HEADER, sign_hop, verify_hop
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class SignalRelay:
         if (
             request.path.rstrip("/") not in RTC_PATHS
             or not self.owners.clustered
-            or HOP_HEADER in request.headers
+            or verify_hop(self.keys.values(), request.path, request.headers.get(HOP_HEADER))
             or request.headers.get("Upgrade", "").lower() != "websocket"
         ):
             return await handler(request)
@@ -75,7 +75,8 @@ class SignalRelay:
     async def relay(self, request: web.Request, node: NodeInfo) -> web.StreamResponse:
         if self._session is None:
             self._session = aiohttp.ClientSession()
-        headers = {HOP_HEADER: self.owners.node_id}
+        secret = next(iter(self.keys.values()))
+        headers = {HOP_HEADER: sign_hop(secret, self.owners.node_id, request.path)}
         if "Authorization" in request.headers:
             headers["Authorization"] = request.headers["Authorization"]
         url = f"ws://{http_address(node)}{request.path_qs}"
