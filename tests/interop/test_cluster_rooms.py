@@ -646,3 +646,72 @@ async def test_an_agent_worker_on_node_b_answers_a_phone_on_node_a(
     # a loaded run loses a few quarter seconds; the echo's quality is test_agent.py's matter)
     echo = windows_heard(phone.reference, heard, phone.rate, recorded_rate=rate)
     assert echo >= 0.5, echo
+
+
+async def final_status(host: str, port: int, extra: str = "") -> int:
+    """The final status a hand-made INVITE (to +15550100) gets, with `extra` header lines."""
+    loop = asyncio.get_running_loop()
+    transport, datagrams = await loop.create_datagram_endpoint(
+        _Datagrams, local_addr=("127.0.0.1", 0)
+    )
+    try:
+        me = transport.get_extra_info("sockname")[1]
+        tag = secrets.token_hex(4)
+        invite = (
+            f"INVITE sip:+15550100@{host}:{port} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1:{me};branch=z9hG4bK{tag};rport\r\n"
+            f"From: <sip:+15550011@127.0.0.1>;tag={tag}\r\nTo: <sip:+15550100@{host}>\r\n"
+            f"Call-ID: forged-{tag}\r\nCSeq: 1 INVITE\r\nContact: <sip:x@127.0.0.1:{me}>\r\n"
+            f"Max-Forwards: 70\r\n{extra}Content-Length: 0\r\n\r\n"
+        )
+        transport.sendto(invite.encode(), (host, port))
+        while (status := status_of(await asyncio.wait_for(datagrams.queue.get(), 5))) < 200:
+            pass
+        return status
+    finally:
+        transport.close()
+
+
+async def test_what_one_node_tells_another_cannot_be_forged(nodes: tuple[Node, Node]) -> None:
+    """An INVITE whose X-Sipbridge-Proxied header is not signed with our secret gets no trust:
+    the trunk it names as authenticated challenges it as ever (407). The endpoints nodes offer
+    agent jobs on refuse requests without the cluster's token, or with a bad body."""
+    a, _ = nodes
+    async with client(a) as lk:
+        trunk = await lk.sip.create_inbound_trunk(
+            sip_proto.CreateSIPInboundTrunkRequest(
+                trunk=sip_proto.SIPInboundTrunkInfo(
+                    name="guarded", numbers=["+15550100"], auth_username="u", auth_password="p"
+                )
+            )
+        )
+    trunk_id = trunk.sip_trunk_id
+    try:
+        await eventually(lambda: _is(final_status(a.ip, a.sip_port), 407), "the trunk on A")
+        before = (await asyncio.to_thread(cluster, a)).get("invite_forged", 0)
+        forged = (
+            f"X-Sipbridge-Proxied: source=127.0.0.1;trunk={trunk_id};node=node-b;sig={'0' * 32}\r\n"
+        )
+        assert await final_status(a.ip, a.sip_port, forged) == 407
+        assert (await asyncio.to_thread(cluster, a)).get("invite_forged", 0) == before + 1
+    finally:
+        async with client(a) as lk:
+            await lk.sip.delete_trunk(sip_proto.DeleteSIPTrunkRequest(sip_trunk_id=trunk_id))
+
+    import aiohttp  # noqa: PLC0415
+
+    jobs = f"{a.url}/sipbridge/v1/cluster/jobs"
+    participant = "Bearer " + token(api.VideoGrants(room_join=True, room="x"), identity="p")
+    admin = "Bearer " + token(api.VideoGrants(agent=True, room_admin=True))
+    async with aiohttp.ClientSession() as http:
+        for path, auth, body, status in (
+            (jobs, None, b"", 401),
+            (jobs, "Bearer not-a-token", b"", 401),
+            (jobs, participant, b"", 403),
+            (jobs, admin, b"\xff\xff\xff", 400),
+            (jobs, admin, b"", 404),  # an empty job: no worker of its (empty) name here
+            (f"{jobs}/end", None, b"AJ_x", 401),
+        ):
+            headers = {"Authorization": auth} if auth else {}
+            async with http.post(path, data=body, headers=headers) as reply:
+                assert reply.status == status, (path, auth, body, reply.status)
