@@ -715,3 +715,57 @@ async def test_what_one_node_tells_another_cannot_be_forged(nodes: tuple[Node, N
             headers = {"Authorization": auth} if auth else {}
             async with http.post(path, data=body, headers=headers) as reply:
                 assert reply.status == status, (path, auth, body, reply.status)
+
+
+async def test_without_redis_held_rooms_go_on_and_new_ones_wait(
+    nodes: tuple[Node, Node], redis: RedisServer, prefix: str
+) -> None:
+    """Redis stops (the last test of the module: it comes back empty, as a Redis without
+    persistence would). A room held by A is served by A as ever; a room B does not hold cannot
+    be placed: the API answers `unavailable`, an INVITE 503 with Retry-After. Redis back, the
+    nodes name their rooms in it again and new rooms are placed."""
+    a, b = nodes
+    await direct_rule(a, "steady")
+    async with client(a) as on_a, client(b) as on_b:
+        await on_a.room.create_room(room_proto.CreateRoomRequest(name="steady"))
+        await eventually(lambda: _has(rules_on(b), "steady"), "the rule on B")
+        redis.stop()
+        try:
+            listed = await on_a.room.list_participants(
+                room_proto.ListParticipantsRequest(room="steady")
+            )
+            assert list(listed.participants) == []
+            with pytest.raises(api.TwirpError) as err:
+                await on_b.room.create_room(room_proto.CreateRoomRequest(name="fresh"))
+            assert err.value.code == "unavailable"
+            assert await final_status(b.ip, b.sip_port) == 503
+        finally:
+            redis.start()
+        await eventually(
+            lambda: _is(owner(redis, prefix, "steady"), "node-a"), "A naming its room again"
+        )
+        await eventually(lambda: beating(redis, prefix, {"node-a", "node-b"}), "both beating")
+
+        async def placed() -> bool:
+            try:
+                await on_b.room.create_room(room_proto.CreateRoomRequest(name="fresh"))
+            except api.TwirpError:
+                return False
+            return True
+
+        await eventually(placed, "a new room placed again")
+        assert await owner(redis, prefix, "fresh") == "node-b"
+        for name in ("steady", "fresh"):
+            await on_b.room.delete_room(room_proto.DeleteRoomRequest(room=name))
+
+
+async def rules_on(node: Node) -> set[str]:
+    """The room names of the direct rules `node` has."""
+    async with client(node) as lk:
+        listed = await lk.sip.list_dispatch_rule(sip_proto.ListSIPDispatchRuleRequest())
+    return {r.rule.dispatch_rule_direct.room_name for r in listed.items}
+
+
+async def beating(redis: RedisServer, prefix: str, node_ids: set[str]) -> bool:
+    async with raw_redis(redis) as r:
+        return all([await r.exists(f"{prefix}node:{node_id}") for node_id in node_ids])

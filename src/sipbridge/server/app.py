@@ -311,6 +311,14 @@ class Server:
         await self.heartbeat.start()
         log.info("node %s", self.node_id)
 
+    async def _resync(self) -> None:
+        """Redis (re)connected: caches reloaded; a Redis restarted without its data has
+        forgotten this node and its rooms: beat now, and name the rooms held here as ours."""
+        await self.sip_config.resync()
+        if self.heartbeat is not None:
+            self.heartbeat.beat_now()
+        self.cluster.owners.reclaim()
+
     def samples(self) -> list[metrics.Sample]:
         """What `/metrics` reads at each scrape (server/api/scraped.py)."""
         return scraped_samples(self)
@@ -321,7 +329,7 @@ class Server:
             log.info("store: Redis at %s, keys %s*", redacted(self.store.url), self.store.prefix)
             # Other nodes write too: follow their changes (a full reload now and after every
             # reconnection, one record per change message between).
-            await self.store.follow(self.sip_config.changed, self.sip_config.resync)
+            await self.store.follow(self.sip_config.changed, self._resync)
         else:
             await self.sip_config.load()
         await self.webhooks.start()

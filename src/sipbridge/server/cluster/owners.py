@@ -55,6 +55,14 @@ class RoomOwners:
                 self._changes.put_nowait((True, room.name))
             self._task = asyncio.create_task(self._follow(), name="room owners")
 
+    def reclaim(self) -> None:
+        """Claim again every room held here (after Redis came back: it may have lost them)."""
+        if self.store is None:
+            return
+        for room in self.runtime.registry.rooms():
+            self._changes.put_nowait((True, room.name))
+        self.stats["reclaimed"] += 1
+
     async def stop(self) -> None:
         """Release the rooms still held (their keys would name a dead node until taken over)."""
         if self._task is not None:
