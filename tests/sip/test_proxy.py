@@ -2,7 +2,8 @@
 bytes and time by hand: our Via on top and Max-Forwards one less on the way there; responses
 back with our Via removed, the owner's To tag kept, 100 not relayed; a CANCEL from the caller
 answered here and sent on once the owner has rung; a 2xx and its retransmissions relayed; no
-answer at all ends in 408 to the caller."""
+answer at all ends in 408 to the caller, and so does an owner that rang and went silent (Timer
+C, after CANCEL to it)."""
 
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ class Node:
     def tick(self, seconds: float) -> None:
         self.now += seconds
         self.endpoint.handle_timer(self.now)
+        self.ua.handle_timer(self.now)
         while (event := self.endpoint.next_event()) is not None:
             self.ua.handle_event(event, self.now)
 
@@ -136,8 +138,9 @@ def test_answer_and_its_retransmissions_relayed() -> None:
         assert relayed.headers.get("Contact") == "<sip:127.0.0.2:5080>"
         assert len(relayed.vias) == 1
     assert len(node.ua.proxies) == 2  # kept for retransmissions...
+    assert node.ua.get_timer() is not None
     node.tick(40)
-    node.ua._purge_proxies(node.now)
+    node.sent()
     assert node.ua.proxies == {}  # ... not for ever
 
 
@@ -148,3 +151,20 @@ def test_an_owner_that_never_answers_ends_in_408() -> None:
         node.tick(4)
     responses = [(m.status, p) for m, p in node.sent() if isinstance(m, Response)]
     assert responses and set(responses) == {(408, CALLER)}  # (retransmitted until ACKed)
+
+
+def test_an_owner_that_rang_and_went_silent_is_cancelled_after_timer_c() -> None:
+    node = Node()
+    out = node.proxied_invite()
+    node.feed(make_response(out, 180, to_tag="owner3").serialize(), OWNER)
+    node.sent()
+    node.tick(170)
+    node.feed(make_response(out, 183, to_tag="owner3").serialize(), OWNER)  # restarts Timer C
+    node.sent()
+    node.tick(170)
+    assert not [m for m, _ in node.sent() if isinstance(m, Response)]
+    node.tick(11)  # 3 minutes since the 183
+    sent = node.sent()
+    assert [(m.method, p) for m, p in sent if isinstance(m, Request)] == [("CANCEL", OWNER)]
+    assert [(m.status, p) for m, p in sent if isinstance(m, Response)] == [(408, CALLER)]
+    assert node.ua.proxies == {}

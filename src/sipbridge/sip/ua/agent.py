@@ -41,7 +41,6 @@ from sipbridge.sip.ua.proxy import ProxiedInvite
 from sipbridge.sip.uri import Uri
 
 DialogId = tuple[str, str, str]  # Call-ID, local tag, remote tag
-PROXY_LINGER_S = 32.0  # a proxied INVITE's 2xx retransmissions are relayed this long
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -87,6 +86,7 @@ class UserAgent:
         self.proxies: dict[int, ProxiedInvite] = {}
         self._events: deque[AgentEvent] = deque()
         self._timers: DeadlineHeap[InviteSession] = DeadlineHeap()
+        self._proxy_timers: DeadlineHeap[ProxiedInvite] = DeadlineHeap()
 
     # -- addresses -------------------------------------------------------------------------
 
@@ -160,17 +160,21 @@ class UserAgent:
         a stateful proxy: the session is forgotten, its server transaction relays what the
         target answers."""
         assert session.server_transaction is not None and session.role is Role.UAS
-        self._purge_proxies(now)
         self.forget(session)
         proxied = ProxiedInvite(self.endpoint, session.server_transaction, forwarded, target)
         self.proxies[id(session.server_transaction)] = proxied
         self.proxies[id(proxied.start(now))] = proxied
+        self._proxy_timers.schedule(proxied)
         return proxied
 
-    def _purge_proxies(self, now: float) -> None:
-        for key, proxied in list(self.proxies.items()):
-            done = proxied.finished_at
-            if done is not None and (proxied.final >= 300 or now - done > PROXY_LINGER_S):
+    def _proxied(self, proxied: ProxiedInvite) -> None:
+        """After a proxied INVITE acted: forgotten once done, else its deadline kept."""
+        if not proxied.done:
+            self._proxy_timers.schedule(proxied)
+            return
+        assert proxied.client is not None
+        for key in (id(proxied.server), id(proxied.client)):
+            if self.proxies.get(key) is proxied:
                 del self.proxies[key]
 
     # -- events, timers ------------------------------------------------------------------------
@@ -179,12 +183,18 @@ class UserAgent:
         return self._events.popleft() if self._events else None
 
     def get_timer(self) -> float | None:
-        """The earliest session deadline."""
-        return self._timers.earliest()
+        """The earliest deadline of a session or a proxied INVITE."""
+        deadlines = [
+            d for d in (self._timers.earliest(), self._proxy_timers.earliest()) if d is not None
+        ]
+        return min(deadlines) if deadlines else None
 
     def handle_timer(self, now: float) -> None:
         for session in self._timers.due(now):
             session.handle_timer(now)
+        for proxied in self._proxy_timers.due(now):
+            proxied.handle_timer(now)
+            self._proxied(proxied)
 
     # -- endpoint events -----------------------------------------------------------------------
 
@@ -198,6 +208,7 @@ class UserAgent:
         elif isinstance(event, CancelReceived):
             if (proxied := self.proxies.get(id(event.invite))) is not None:
                 proxied.cancel(now)
+                self._proxied(proxied)
                 return
             incoming = self.pending.get(id(event.invite))
             if incoming is not None:
@@ -210,6 +221,7 @@ class UserAgent:
                     proxied.response(response, now)
                 else:
                     proxied.failed(now, timed_out=isinstance(event, RequestTimedOut))
+                self._proxied(proxied)
                 return
             if key in self._standalone:
                 if response is None or response.status >= 200:

@@ -10,9 +10,11 @@ forgets the call once the INVITE transaction is over.
 Responses come back through this node (s16.7): its Via removed, then sent to the caller on the
 server transaction - but for 100 Trying, which is hop by hop (this node sent its own). A CANCEL
 from the caller is answered by the endpoint and sent on to the owner once a provisional response
-shows the owner has the INVITE (s16.10, s9.1). No answer from the owner: 408 to the caller
-(s16.7 step 6 would wait for Timer C; our owner always answers 100 at once), a transport failure
-503.
+shows the owner has the INVITE (s16.10, s9.1). No answer from the owner: 408 to the caller,
+a transport failure 503. An owner that answered but never finishes (it died after its 180):
+Timer C (s16.6 step 11, 3 minutes, restarted by each provisional response) cancels the INVITE
+there and answers the caller 408. A 2xx is relayed again for 32 s (its retransmissions), then
+the proxy forgets the call.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from sipbridge.sip.message import Request, Response, make_response
 from sipbridge.sip.transaction import ClientTransaction, ServerTransaction, new_branch
 
 DEFAULT_MAX_FORWARDS = 70
+TIMER_C_S = 180.0  # s16.6 step 11: more than 3 minutes
+LINGER_S = 32.0  # a 2xx's retransmissions are relayed this long
 
 
 def forwarded_invite(
@@ -91,11 +95,33 @@ class ProxiedInvite:
         self.cancel_wanted = False
         self.cancelled = False
         self.final = 0  # the final status relayed, 0 until then
-        self.finished_at: float | None = None
+        self.deadline: float | None = None  # Timer C, then the 2xx's linger; None: done
+
+    @property
+    def done(self) -> bool:
+        """Nothing more to relay: the transactions finish on their own in the endpoint."""
+        return self.client is not None and self.deadline is None
+
+    def get_timer(self) -> float | None:
+        return self.deadline
 
     def start(self, now: float) -> ClientTransaction:
         self.client = self.endpoint.send_request(self.forwarded, self.target, now)
+        self.deadline = now + TIMER_C_S
         return self.client
+
+    def handle_timer(self, now: float) -> None:
+        if self.deadline is None or now < self.deadline:
+            return
+        self.deadline = None
+        if self.final:
+            return  # the 2xx's linger is over
+        # Timer C: the owner took the INVITE and never finished it
+        self.cancel(now)
+        self.final = 408
+        self.endpoint.respond(
+            self.server, make_response(self.server.request, 408, to_tag=new_tag()), now
+        )
 
     def response(self, response: Response, now: float) -> None:
         """A response from the owner (2xx retransmissions included)."""
@@ -105,9 +131,11 @@ class ProxiedInvite:
                 self._send_cancel(now)
             if response.status == 100:
                 return
+            if not self.final:
+                self.deadline = now + TIMER_C_S  # restarted by each provisional (s16.7 step 2)
         elif not self.final:
             self.final = response.status
-            self.finished_at = now
+            self.deadline = now + LINGER_S if response.status < 300 else None
         self.endpoint.respond(self.server, upstream_response(response), now)
 
     def failed(self, now: float, *, timed_out: bool) -> None:
@@ -115,7 +143,7 @@ class ProxiedInvite:
         if self.final:
             return
         status = 408 if timed_out else 503
-        self.final, self.finished_at = status, now
+        self.final, self.deadline = status, None
         self.endpoint.respond(
             self.server, make_response(self.server.request, status, to_tag=new_tag()), now
         )
