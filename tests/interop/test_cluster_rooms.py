@@ -29,6 +29,7 @@ from contextlib import asynccontextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import aiohttp
 import pytest
 import redis.asyncio as aioredis
 from livekit import api
@@ -263,7 +264,9 @@ async def test_an_sdk_client_on_node_b_hears_a_phone_on_node_a(
     heard = tmp_path / "heard.wav"
     sdk_log = tmp_path / "sdk.log"
     try:
-        async with baresip.phone(tmp_path / "phone", codecs="PCMU", lead_s=1.5) as phone:
+        async with baresip.phone(
+            tmp_path / "phone", codecs="PCMU", top_hz=3400.0, lead_s=1.5
+        ) as phone:
             await phone.dial(f"sip:agent@{a.ip}:{a.sip_port}")
             await phone.wait_event("CALL_RINGING", fail_on=("CALL_CLOSED",))
             grant = api.VideoGrants(room_join=True, room="agentroom")
@@ -648,6 +651,110 @@ async def test_an_agent_worker_on_node_b_answers_a_phone_on_node_a(
     assert echo >= 0.5, echo
 
 
+async def node_calls(node: Node) -> dict[str, int]:
+    """Calls per node, as the node list (heartbeats) says."""
+    auth = "Bearer " + token(sip=api.SIPGrants(admin=True))
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"{node.url}/sipbridge/v1/nodes", headers={"Authorization": auth}) as reply,
+    ):
+        listed = await reply.json()
+    return {n["id"]: n["calls"] for n in listed["nodes"]}
+
+
+@asynccontextmanager
+async def ringing_call(host: str, port: int) -> AsyncIterator[None]:
+    """A hand-made call to +15550100 that rings while inside (nobody answers a caller alone
+    in its room), then is cancelled (487, ACKed)."""
+    loop = asyncio.get_running_loop()
+    transport, datagrams = await loop.create_datagram_endpoint(
+        _Datagrams, local_addr=("127.0.0.1", 0)
+    )
+    try:
+        me = transport.get_extra_info("sockname")[1]
+        tag = secrets.token_hex(4)
+        via = f"Via: SIP/2.0/UDP 127.0.0.1:{me};branch=z9hG4bK{tag};rport\r\n"
+        common = (
+            f"From: <sip:+15550012@127.0.0.1>;tag={tag}\r\nCall-ID: ringing-{tag}\r\n"
+            "Max-Forwards: 70\r\n"
+        )
+        uri = f"sip:+15550100@{host}:{port}"
+        to = f"<sip:+15550100@{host}>"
+        transport.sendto(
+            (
+                f"INVITE {uri} SIP/2.0\r\n{via}{common}To: {to}\r\nCSeq: 1 INVITE\r\n"
+                f"Contact: <sip:x@127.0.0.1:{me}>\r\nContent-Length: 0\r\n\r\n"
+            ).encode(),
+            (host, port),
+        )
+        while status_of(await asyncio.wait_for(datagrams.queue.get(), 5)) != 180:
+            pass
+        yield
+        transport.sendto(
+            (
+                f"CANCEL {uri} SIP/2.0\r\n{via}{common}To: {to}\r\nCSeq: 1 CANCEL\r\n"
+                "Content-Length: 0\r\n\r\n"
+            ).encode(),
+            (host, port),
+        )
+        while True:
+            reply = await asyncio.wait_for(datagrams.queue.get(), 5)
+            if status_of(reply) == 487:
+                break
+        final_to = header_of(reply, "To")
+        transport.sendto(
+            (
+                f"ACK {uri} SIP/2.0\r\n{via}{common}To: {final_to}\r\nCSeq: 1 ACK\r\n"
+                "Content-Length: 0\r\n\r\n"
+            ).encode(),
+            (host, port),
+        )
+    finally:
+        transport.close()
+
+
+async def test_a_new_rooms_call_is_placed_on_the_least_loaded_node(
+    nodes: tuple[Node, Node], redis: RedisServer, prefix: str
+) -> None:
+    """B has a call (ringing), A none: CreateSIPParticipant through B for a room nobody has
+    yet is placed on A (LiveKit's affinity, 1 - calls/max_calls), which dials and owns it."""
+    from tests.interop.test_outbound import carrier, make_trunk  # noqa: PLC0415
+
+    a, b = nodes
+    rule = await direct_rule(a, "busy")
+    dialled = 'sipbridge_outbound_total{outcome="dialled"}'
+    try:
+        async with ringing_call(b.ip, b.sip_port):
+            await eventually(
+                lambda: _is(node_calls(b), {"node-a": 0, "node-b": 1}), "B's call listed"
+            )
+            before = (await asyncio.to_thread(a.metrics)).get(dialled, 0)
+            async with client(b) as on_b, carrier("uas_answer.xml") as (port, uas):
+                trunk = await make_trunk(on_b, port)
+                try:
+                    created = await on_b.sip.create_sip_participant(
+                        sip_proto.CreateSIPParticipantRequest(
+                            sip_trunk_id=trunk,
+                            sip_call_to="+15550198",
+                            room_name="placed",
+                            wait_until_answered=True,
+                        )
+                    )
+                    assert created.room_name == "placed"
+                    assert await owner(redis, prefix, "placed") == "node-a"
+                    assert (await asyncio.to_thread(a.metrics)).get(dialled, 0) == before + 1
+                    await on_b.room.delete_room(room_proto.DeleteRoomRequest(room="placed"))
+                    code, out = await uas  # our BYE (from A) ended its call
+                    assert code == 0, out[-3000:]
+                finally:
+                    await on_b.sip.delete_trunk(sip_proto.DeleteSIPTrunkRequest(sip_trunk_id=trunk))
+    finally:
+        async with client(a) as lk:
+            await lk.sip.delete_dispatch_rule(
+                sip_proto.DeleteSIPDispatchRuleRequest(sip_dispatch_rule_id=rule)
+            )
+
+
 async def final_status(host: str, port: int, extra: str = "") -> int:
     """The final status a hand-made INVITE (to +15550100) gets, with `extra` header lines."""
     loop = asyncio.get_running_loop()
@@ -697,8 +804,6 @@ async def test_what_one_node_tells_another_cannot_be_forged(nodes: tuple[Node, N
     finally:
         async with client(a) as lk:
             await lk.sip.delete_trunk(sip_proto.DeleteSIPTrunkRequest(sip_trunk_id=trunk_id))
-
-    import aiohttp  # noqa: PLC0415
 
     jobs = f"{a.url}/sipbridge/v1/cluster/jobs"
     participant = "Bearer " + token(api.VideoGrants(room_join=True, room="x"), identity="p")

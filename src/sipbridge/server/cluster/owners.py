@@ -17,6 +17,7 @@ import contextlib
 import logging
 from collections import Counter
 
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from sipbridge.errors import ApiError
@@ -84,7 +85,7 @@ class RoomOwners:
             return RoomRoute(owner=self.node_id, local=True)
         try:
             async with asyncio.timeout(REDIS_WAIT_S):
-                reply = await self.store.owner(name, self.node_id, claim=claim)
+                reply = await self._ask(name, claim=claim)
         except (RedisError, OSError, TimeoutError) as exc:
             self.stats["redis_failed"] += 1
             raise ApiError("unavailable", f"cannot find the node of room {name!r}: {exc}") from None
@@ -96,6 +97,16 @@ class RoomOwners:
             self.stats["took_over"] += 1
             log.info("room %s: taken over from a node that is gone", name)
         return route
+
+    async def _ask(self, name: str, *, claim: bool) -> list[bytes | str | int | None]:
+        """The claim script's reply, asked again once on a connection error (a pooled
+        connection to a Redis that restarted fails once, then the pool reconnects)."""
+        assert self.store is not None
+        try:
+            return await self.store.owner(name, self.node_id, claim=claim)
+        except RedisConnectionError:
+            self.stats["redis_retried"] += 1
+            return await self.store.owner(name, self.node_id, claim=claim)
 
     async def live_nodes(self) -> list[NodeInfo]:
         if self.nodes is None:
@@ -137,9 +148,7 @@ class RoomOwners:
             try:
                 async with asyncio.timeout(REDIS_WAIT_S):
                     if started:
-                        route = route_from_reply(
-                            self.node_id, await self.store.owner(name, self.node_id, claim=True)
-                        )
+                        route = route_from_reply(self.node_id, await self._ask(name, claim=True))
                         if not route.local:
                             self.stats["split"] += 1
                             log.warning("room %s: created here but owned by %s", name, route.owner)
