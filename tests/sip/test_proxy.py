@@ -11,7 +11,12 @@ from sipbridge.sip.endpoint import Peer, SipEndpoint
 from sipbridge.sip.message import Request, Response, make_response, parse_message
 from sipbridge.sip.ua.agent import UserAgent
 from sipbridge.sip.ua.invite import InviteReceived
-from sipbridge.sip.ua.proxy import DEFAULT_MAX_FORWARDS, cancel_for, forwarded_invite
+from sipbridge.sip.ua.proxy import (
+    DEFAULT_MAX_FORWARDS,
+    cancel_for,
+    forwarded_invite,
+    upstream_response,
+)
 
 CALLER = Peer("udp", "127.0.0.1", 5060)
 OWNER = Peer("udp", "127.0.0.2", 5080)
@@ -168,3 +173,29 @@ def test_an_owner_that_rang_and_went_silent_is_cancelled_after_timer_c() -> None
     assert [(m.method, p) for m, p in sent if isinstance(m, Request)] == [("CANCEL", OWNER)]
     assert [(m.status, p) for m, p in sent if isinstance(m, Response)] == [(408, CALLER)]
     assert node.ua.proxies == {}
+
+
+def test_a_comma_list_of_vias_loses_only_its_first_and_routes_follow_the_cancel() -> None:
+    out = parse_message(INVITE)
+    assert isinstance(out, Request)
+    out.headers.add("Route", "<sip:edge.example;lr>")
+    cancel = cancel_for(out)
+    assert cancel.headers.get_all("Route") == ["<sip:edge.example;lr>"]
+    response = make_response(out, 180)
+    response.headers.set(
+        "Via", "SIP/2.0/UDP 127.0.0.3:5070;branch=z9hG4bKours, SIP/2.0/UDP 127.0.0.1:5060"
+    )
+    assert [v.host for v in upstream_response(response).vias] == ["127.0.0.1"]
+
+
+def test_an_owner_out_of_reach_is_503_and_late_events_change_nothing() -> None:
+    node = Node()
+    node.proxied_invite()
+    (proxied,) = set(node.ua.proxies.values())
+    proxied.failed(node.now, timed_out=False)
+    proxied.failed(node.now, timed_out=True)  # (a second failure: already answered)
+    proxied.cancel(node.now)  # (after the final: nothing to cancel)
+    proxied.handle_timer(node.now)  # (no deadline left)
+    responses = [(m.status, p) for m, p in node.sent() if isinstance(m, Response)]
+    assert responses == [(503, CALLER)]
+    assert proxied.done
