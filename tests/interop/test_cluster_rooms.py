@@ -7,7 +7,8 @@ third address on a veth pair for the SDK, sharing one real redis-server.
 - An official `livekit` SDK client whose WebSocket lands on node B joins a room node A owns and
   hears the phone (baresip) that called node A: signalling relayed by B, media straight to A.
 - Two sipp calls, one to each node, with a direct rule into one room: node B proxies its INVITE
-  to the owner A, both callers are participants of that one room on A, listed through either.
+  to the owner A, both callers are participants of that one room on A, listed through either;
+  two real phones (baresip) the same way hear each other.
 - CreateSIPParticipant on a node that does not own the room is placed on its owner: the owner
   dials, the callee joins the room there.
 """
@@ -820,6 +821,46 @@ async def test_what_one_node_tells_another_cannot_be_forged(nodes: tuple[Node, N
             headers = {"Authorization": auth} if auth else {}
             async with http.post(path, data=body, headers=headers) as reply:
                 assert reply.status == status, (path, auth, body, reply.status)
+
+
+@pytest.mark.skipif(not shutil.which("baresip"), reason="baresip comes with `make test`")
+async def test_two_phones_on_two_nodes_hear_each_other(
+    nodes: tuple[Node, Node], tmp_path: Path
+) -> None:
+    """Real phones (baresip, which follows the 200's Contact as RFC 3261 says): one calls A,
+    one calls B, a direct rule puts both into one room; B proxies its INVITE, and the media of
+    both calls runs through A, where each phone hears the other."""
+    from tests.interop.test_call_audio import CALL_S, heard  # noqa: PLC0415
+
+    a, b = nodes
+    rule = await direct_rule(a, "duet")
+    before = (await asyncio.to_thread(cluster, b)).get("invite_proxied", 0)
+    try:
+        async with (
+            baresip.phone(tmp_path / "p1", codecs="PCMU", top_hz=3400.0) as one,
+            baresip.phone(tmp_path / "p2", codecs="PCMU", top_hz=3400.0) as two,
+        ):
+            await one.dial(f"sip:duet@{a.ip}:{a.sip_port}")
+            await one.wait_event("CALL_RINGING", fail_on=("CALL_CLOSED",))
+            await two.dial(f"sip:duet@{b.ip}:{b.sip_port}", established=True)
+            await one.wait_event("CALL_ESTABLISHED", fail_on=("CALL_CLOSED",))
+            assert len(await participants(b, "duet")) == 2
+            await asyncio.sleep(CALL_S)  # the conversation itself
+            await one.hangup()
+            await two.hangup()  # its BYE to A directly: B knows nothing of the call
+            await one.wait_event("CALL_CLOSED")
+            await two.wait_event("CALL_CLOSED")
+            await one.stop()
+            await two.stop()
+            one_heard_two, two_heard_one = heard(one, two), heard(two, one)
+    finally:
+        async with client(a) as lk:
+            await lk.sip.delete_dispatch_rule(
+                sip_proto.DeleteSIPDispatchRuleRequest(sip_dispatch_rule_id=rule)
+            )
+    assert (await asyncio.to_thread(cluster, b)).get("invite_proxied", 0) == before + 1
+    assert one_heard_two > 0.9, f"the phone on A heard the one on B at {one_heard_two:.3f}"
+    assert two_heard_one > 0.9, f"the phone on B heard the one on A at {two_heard_one:.3f}"
 
 
 async def test_without_redis_held_rooms_go_on_and_new_ones_wait(
