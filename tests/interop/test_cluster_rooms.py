@@ -756,7 +756,7 @@ async def test_a_new_rooms_call_is_placed_on_the_least_loaded_node(
             )
 
 
-async def final_status(host: str, port: int, extra: str = "") -> int:
+async def final_status(host: str, port: int, extra: str = "", body: str = "") -> int:
     """The final status a hand-made INVITE (to +15550100) gets, with `extra` header lines."""
     loop = asyncio.get_running_loop()
     transport, datagrams = await loop.create_datagram_endpoint(
@@ -770,7 +770,7 @@ async def final_status(host: str, port: int, extra: str = "") -> int:
             f"Via: SIP/2.0/UDP 127.0.0.1:{me};branch=z9hG4bK{tag};rport\r\n"
             f"From: <sip:+15550011@127.0.0.1>;tag={tag}\r\nTo: <sip:+15550100@{host}>\r\n"
             f"Call-ID: forged-{tag}\r\nCSeq: 1 INVITE\r\nContact: <sip:x@127.0.0.1:{me}>\r\n"
-            f"Max-Forwards: 70\r\n{extra}Content-Length: 0\r\n\r\n"
+            f"Max-Forwards: 70\r\n{extra}Content-Length: {len(body)}\r\n\r\n{body}"
         )
         transport.sendto(invite.encode(), (host, port))
         while (status := status_of(await asyncio.wait_for(datagrams.queue.get(), 5))) < 200:
@@ -821,6 +821,29 @@ async def test_what_one_node_tells_another_cannot_be_forged(nodes: tuple[Node, N
             headers = {"Authorization": auth} if auth else {}
             async with http.post(path, data=body, headers=headers) as reply:
                 assert reply.status == status, (path, auth, body, reply.status)
+
+
+async def test_a_call_refused_before_its_room_leaves_no_owner_behind(
+    nodes: tuple[Node, Node], redis: RedisServer, prefix: str
+) -> None:
+    """An INVITE whose room B claims but whose offer has nothing B can use (488): no room was
+    made, and the claim is let go - the room's key does not name B for ever."""
+    _, b = nodes
+    rule = await direct_rule(b, "nocodec")
+    try:
+        g729 = (
+            "Content-Type: application/sdp\r\n",
+            "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+            "m=audio 4000 RTP/AVP 18\r\na=rtpmap:18 G729/8000\r\n",
+        )
+        assert await final_status(b.ip, b.sip_port, extra=g729[0], body=g729[1]) == 488
+        await eventually(lambda: _none(owner(redis, prefix, "nocodec")), "the claim let go")
+        assert "nocodec" not in await local_rooms(b)
+    finally:
+        async with client(b) as lk:
+            await lk.sip.delete_dispatch_rule(
+                sip_proto.DeleteSIPDispatchRuleRequest(sip_dispatch_rule_id=rule)
+            )
 
 
 @pytest.mark.skipif(not shutil.which("baresip"), reason="baresip comes with `make test`")

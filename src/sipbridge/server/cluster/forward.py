@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 CLAIM, LOOKUP, PLACE = "claim", "lookup", "place"
 FORWARD_TIMEOUT_S = 120.0  # unless the caller's X-Twirp-Timeout-Ms says less
 LIST_TIMEOUT_S = 2.0  # a node's own rooms for ListRooms
+SETTLE_S = 10.0  # a room claimed for a request and not made by then loses its key
 LIST_ROOMS = "livekit.RoomService/ListRooms"
 PASSED_HEADERS = ("Authorization", "Content-Type", "X-Twirp-Timeout-Ms")
 
@@ -122,6 +123,8 @@ class TwirpForwarder:
         else:
             where = await self.owners.route(room, claim=mode == CLAIM)
         if where.local or where.node is None:
+            if where.claimed:  # a request refused before it made its room leaves no key
+                asyncio.get_running_loop().call_later(SETTLE_S, self.owners.settle, room)
             return None
         return await self.forward(route, where.node, request, body)
 

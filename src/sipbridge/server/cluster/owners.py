@@ -64,6 +64,12 @@ class RoomOwners:
             self._changes.put_nowait((True, room.name))
         self.stats["reclaimed"] += 1
 
+    def settle(self, name: str) -> None:
+        """A room claimed for a request that may have failed before making it: its key goes
+        unless the room is held here by the time the claims queue gets to it."""
+        if self.store is not None and self.runtime.registry.find(name) is None:
+            self._changes.put_nowait((False, name))
+
     async def stop(self) -> None:
         """Release the rooms still held (their keys would name a dead node until taken over)."""
         if self._task is not None:

@@ -62,7 +62,11 @@ class SignalRelay:
             self.stats["refused"] += 1
             return web.Response(status=err.http_status, text=err.message)
         if where.local or where.node is None:
-            return await handler(request)
+            try:
+                return await handler(request)
+            finally:
+                if where.claimed:  # a join refused before it made its room leaves no key
+                    self.owners.settle(claims.room)
         return await self.relay(request, where.node)
 
     async def close(self) -> None:

@@ -99,6 +99,8 @@ class CallRouter:
                 log.exception("INVITE %s: setting up the call failed", call.request.call_id)
                 if not call.ended and not call.answered:
                     call.reject(500, "Server Internal Error")
+            if where.claimed:  # refused before its room was made: no key left behind
+                self.owners.settle(room)
             return
         host, _, port = where.node.sip.rpartition(":")
         if not host or not port.isdigit():
