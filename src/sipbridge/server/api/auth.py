@@ -60,6 +60,8 @@ def verify_token(token: str, keys: Mapping[str, str]) -> Claims:
     """Check signature, expiry and shape; raise `unauthenticated` with the reason otherwise."""
     if len(token) > MAX_TOKEN_BYTES:
         raise ApiError("unauthenticated", "token too large")
+    if not token.isascii():  # a JWT is base64url and dots; HTTP may carry any bytes (RFC 7519 s3)
+        raise ApiError("unauthenticated", "invalid token: not a JWT")
     try:
         unverified = jwt.decode(token, options={"verify_signature": False})
     except jwt.PyJWTError:
