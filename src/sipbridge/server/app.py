@@ -28,6 +28,7 @@ from sipbridge.rooms import RoomRegistry
 from sipbridge.server.agents import AgentService
 from sipbridge.server.api import metrics
 from sipbridge.server.api.call_log_api import CallLogApi
+from sipbridge.server.api.http_errors import HttpErrors
 from sipbridge.server.api.node_api import NodeApi
 from sipbridge.server.api.room_api import RoomApi
 from sipbridge.server.api.scraped import scraped_samples
@@ -100,6 +101,7 @@ class Server:
         self.webhooks = WebhookNotifier(settings.webhooks, key, secret, retry=webhook_retry)
         self.rooms = RoomsRuntime(RoomRegistry(), self.webhooks, clock)
         self.twirp = TwirpServer(dict(settings.keys))
+        self.http_errors = HttpErrors()
         self.metrics = metrics.Metrics(self.samples)
         self.load_probe = LoadProbe(LoadGate(LoadLimits(max_cpu=settings.max_cpu)), self.metrics)
         RoomApi(self.rooms).register(self.twirp)
@@ -191,8 +193,9 @@ class Server:
     def build_app(self) -> web.Application:
         app = web.Application(
             client_max_size=2 * 1024 * 1024,
-            handler_args={"max_field_size": 65536},
-            middlewares=[self.cluster.relay.middleware],
+            handler_args={"max_field_size": 65536, "logger": self.http_errors.parser_logger()},
+            # errors counted (none a bare 500), outside the cluster's relay to room owners
+            middlewares=[self.http_errors.middleware, self.cluster.relay.middleware],
         )
         app.router.add_route("*", PREFIX + "{route:.*}", self.twirp.handle)
         app.router.add_get("/healthz", self.healthz)

@@ -50,6 +50,9 @@ LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 HELP = {  # the series read on scrape; a name missing here is still exposed, with its name
     "sipbridge_api_requests_total": "Twirp API requests",
     "sipbridge_api_errors_total": "Twirp API errors by Twirp code",
+    "sipbridge_http_errors_total": "HTTP errors answered, by surface and status",
+    "sipbridge_console_streams": "Console live streams open (GET /console/live)",
+    "sipbridge_console_signins_refused_total": "Console sign-ins refused (wrong or blocked)",
     "sipbridge_rooms": "Rooms open",
     "sipbridge_participants": "Participants in rooms",
     "sipbridge_signal_sessions": "WebRTC signalling sessions",
