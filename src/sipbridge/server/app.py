@@ -100,14 +100,20 @@ class Server:
         key, secret = settings.webhook_key
         self.webhooks = WebhookNotifier(settings.webhooks, key, secret, retry=webhook_retry)
         self.rooms = RoomsRuntime(RoomRegistry(), self.webhooks, clock)
-        self.twirp = TwirpServer(dict(settings.keys))
+        self.twirp = TwirpServer(dict(settings.keys), body_timeout=settings.http_idle_timeout)
         self.http_errors = HttpErrors()
         self.metrics = metrics.Metrics(self.samples)
         self.load_probe = LoadProbe(LoadGate(LoadLimits(max_cpu=settings.max_cpu)), self.metrics)
         RoomApi(self.rooms).register(self.twirp)
         self.call_log = CallLog(self.store, clock, retention_days=settings.call_log_days)
         CallLogApi(self.call_log, clock).register(self.twirp)
-        self.console = ConsoleApi(dict(settings.keys), self.rooms, self.call_log, clock)
+        self.console = ConsoleApi(
+            dict(settings.keys),
+            self.rooms,
+            self.call_log,
+            clock,
+            io_timeout=settings.http_idle_timeout,
+        )
         self.media = MediaService(
             settings.media_address, settings.rtp_ports, bind=settings.sip.host
         )

@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import hmac
 import json
+import math
 import secrets
 import time
 from collections import OrderedDict, deque
@@ -43,7 +44,7 @@ from livekit.protocol import sip as proto
 from sipbridge.errors import ApiError
 from sipbridge.rooms import events as ev
 from sipbridge.server.api.auth import Claims, bearer_token, sign_token, verify_token
-from sipbridge.server.api.twirp import error_response
+from sipbridge.server.api.twirp import error_response, read_body
 from sipbridge.server.state.call_log import KIND as CALL_KIND
 from sipbridge.server.state.call_log import CallLog
 from sipbridge.server.state.rooms_runtime import RoomsRuntime
@@ -102,8 +103,13 @@ class ConsoleApi:
         rooms: RoomsRuntime,
         call_log: CallLog,
         clock: Callable[[], float] = time.time,
+        *,
+        io_timeout: float = 15.0,
     ) -> None:
         self.keys = keys
+        # A request body must be in, and a stream's line taken by its reader, within this
+        # (--http-idle-timeout): a page that stops reading is cut off, its slot released.
+        self.io_timeout = io_timeout
         self.rooms = rooms
         self.call_log = call_log
         self.clock = clock
@@ -133,7 +139,7 @@ class ConsoleApi:
     async def token(self, request: web.Request) -> web.Response:
         source = request.remote or "unknown"
         try:
-            body = await _json_body(request)
+            body = await _json_body(request, self.io_timeout)
             key, secret = body.get("key"), body.get("secret")
             if not isinstance(key, str) or not isinstance(secret, str) or not key or not secret:
                 raise ApiError("invalid_argument", "key and secret: both must be given")
@@ -148,10 +154,13 @@ class ConsoleApi:
                 self.refused += 1
                 raise ApiError(
                     "resource_exhausted",
-                    f"too many failed sign-ins from this address: try again in {wait:.0f} s",
+                    "too many failed sign-ins from this address: "
+                    f"try again in {math.ceil(wait - now)} s",
                 )
             known = self.keys.get(key)
-            if known is None or not hmac.compare_digest(known.encode(), secret.encode()):
+            # (JSON may carry a lone surrogate, which no configured secret has: no UTF-8 for it)
+            given = secret.encode("utf-8", "surrogatepass")
+            if known is None or not hmac.compare_digest(known.encode(), given):
                 self.refused += 1
                 self.guard.failed(source, "console", now)
                 raise ApiError("unauthenticated", "wrong API key or secret")
@@ -184,7 +193,7 @@ class ConsoleApi:
     async def join(self, request: web.Request) -> web.Response:
         try:
             claims = self._claims(request)
-            body = await _json_body(request)
+            body = await _json_body(request, self.io_timeout)
             room, talk = body.get("room"), body.get("talk", False)
             if not isinstance(room, str) or not room or len(room) > MAX_ROOM_NAME:
                 raise ApiError("invalid_argument", "room: must be a room name")
@@ -365,12 +374,9 @@ def _expiry(request: web.Request) -> float | None:
     return None
 
 
-async def _json_body(request: web.Request) -> dict[str, Any]:
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        raise ApiError("malformed", f"request body larger than {MAX_BODY} bytes")
-    raw = await request.content.read(MAX_BODY + 1)
-    if len(raw) > MAX_BODY:
-        raise ApiError("malformed", f"request body larger than {MAX_BODY} bytes")
+async def _json_body(request: web.Request, deadline_s: float) -> dict[str, Any]:
+    """The whole body (however many segments it came in) as a JSON object."""
+    raw = await read_body(request, limit=MAX_BODY, deadline_s=deadline_s)
     try:
         body = json.loads(raw or b"{}")
     except (ValueError, RecursionError):

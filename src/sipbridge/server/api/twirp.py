@@ -75,8 +75,9 @@ class Method:
 class TwirpServer:
     """Routes `/twirp/...` requests to registered methods."""
 
-    def __init__(self, keys: dict[str, str]) -> None:
+    def __init__(self, keys: dict[str, str], *, body_timeout: float | None = None) -> None:
         self.keys = keys
+        self.body_timeout = body_timeout  # a request body must be in within this (seconds)
         self.methods: dict[str, Method] = {}
         self.errors: Counter[str] = Counter()
         self.requests = 0
@@ -121,7 +122,7 @@ class TwirpServer:
         if content_type not in ("application/protobuf", "application/json"):
             raise ApiError("bad_route", f"unexpected Content-Type {request.content_type!r}")
         claims = verify_token(bearer_token(request.headers.get("Authorization")), self.keys)
-        body = await read_body(request)
+        body = await read_body(request, deadline_s=self.body_timeout)
         message = decode(method.request_type, body, content_type)
         method.authorize(message, claims)
         if self.router is not None:
@@ -142,18 +143,27 @@ class TwirpServer:
             raise ApiError("internal", "internal server error") from None
 
 
-async def read_body(request: web.Request) -> bytes:
-    """The request body, refused as soon as it is known to exceed the limit."""
-    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-        raise ApiError("malformed", f"request body larger than {MAX_BODY_BYTES} bytes")
+async def read_body(
+    request: web.Request, *, limit: int = MAX_BODY_BYTES, deadline_s: float | None = None
+) -> bytes:
+    """The request body, refused as soon as it is known to exceed `limit`, or once `deadline_s`
+    seconds pass before it is all in (a body that trickles would hold its connection and task
+    for as long as its sender likes: `deadline_exceeded`, HTTP 408)."""
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError("malformed", f"request body larger than {limit} bytes")
     chunks: list[bytes] = []
     size = 0
     try:
-        async for chunk in request.content.iter_chunked(64 * 1024):
-            size += len(chunk)
-            if size > MAX_BODY_BYTES:
-                raise ApiError("malformed", f"request body larger than {MAX_BODY_BYTES} bytes")
-            chunks.append(chunk)
+        async with asyncio.timeout(deadline_s):
+            async for chunk in request.content.iter_chunked(64 * 1024):
+                size += len(chunk)
+                if size > limit:
+                    raise ApiError("malformed", f"request body larger than {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise ApiError(
+            "deadline_exceeded", f"the request body did not arrive within {deadline_s:g} s"
+        ) from None
     except (ConnectionError, asyncio.IncompleteReadError, EOFError) as exc:
         raise ApiError("malformed", "the request body ended early") from exc
     return b"".join(chunks)
