@@ -61,6 +61,7 @@ QUALITY_EVERY_S = 2.0
 MAX_CALLS = 1000  # calls whose quality history is kept
 MAX_SAMPLES = 720  # samples per call (an hour at one per 5 s)
 MAX_ROOM_NAME = 256
+CLOSE_GRACE_S = 1.0  # at shutdown, how long the streams have to send their last line
 CLOSING: dict[str, Any] = {"type": "closing"}  # the server stops: the page reconnects
 CONSOLE_VIDEO = {"roomList": True, "roomAdmin": True}
 CONSOLE_SIP = {"admin": True, "call": True}
@@ -115,7 +116,11 @@ class ConsoleApi:
         self.clock = clock
         self.guard = AuthGuard(max_failures=10, window=300.0, block=60.0)
         self.quality = QualityHistory(clock)
-        self.streams: set[asyncio.Queue[dict[str, Any] | None]] = set()
+        # Each live stream's queue, and its connection (to cut one that reads nothing).
+        self.streams: dict[asyncio.Queue[dict[str, Any] | None], asyncio.Transport] = {}
+        self.none_streaming = asyncio.Event()  # set while no stream is open
+        self.none_streaming.set()
+        self.stalled = 0  # streams cut because their reader stopped reading
         self.refused = 0  # sign-ins refused: wrong credentials or a blocked address
         self.closing = False
         rooms.listeners.append(self._room_event)
@@ -133,6 +138,11 @@ class ConsoleApi:
         self.closing = True
         for queue in list(self.streams):
             queue.put_nowait(CLOSING)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CLOSE_GRACE_S):
+                await self.none_streaming.wait()
+        for transport in list(self.streams.values()):
+            transport.abort()  # still writing to a page that takes nothing: no wait for it
 
     # -- sign-in ---------------------------------------------------------------------------
 
@@ -326,11 +336,15 @@ class ConsoleApi:
         response = web.StreamResponse(
             headers={"Content-Type": "application/x-ndjson", "Cache-Control": "no-store"}
         )
-        await response.prepare(request)
+        transport = request.transport
+        if transport is None:  # the page is gone already
+            return error_response(ApiError("canceled", "the connection closed"))
         queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         queue.put_nowait(self.snapshot())
-        self.streams.add(queue)
+        self.streams[queue] = transport  # before any wait: MAX_STREAMS holds for concurrent ones
+        self.none_streaming.clear()
         try:
+            await response.prepare(request)
             next_quality = time.monotonic() + QUALITY_EVERY_S
             while (now := time.monotonic()) < ends:
                 try:
@@ -339,7 +353,7 @@ class ConsoleApi:
                 except TimeoutError:
                     line = None
                 if line is CLOSING:
-                    await response.write(json.dumps(CLOSING).encode() + b"\n")
+                    await self._send(response, json.dumps(CLOSING).encode() + b"\n")
                     break
                 if line is None:
                     if time.monotonic() >= next_quality:
@@ -347,15 +361,26 @@ class ConsoleApi:
                         line = {"type": "quality", "time": self.clock(), "quality": self._running()}
                     else:
                         continue
-                await response.write(json.dumps(line, separators=(",", ":")).encode() + b"\n")
+                await self._send(response, json.dumps(line, separators=(",", ":")).encode() + b"\n")
             else:
-                await response.write(b'{"type":"expired"}\n')
-            await response.write_eof()
+                await self._send(response, b'{"type":"expired"}\n')
+            async with asyncio.timeout(self.io_timeout):
+                await response.write_eof()
         except ConnectionError:  # the page went away
             pass
+        except TimeoutError:  # the page stopped reading: cut off, its slot and queue released
+            self.stalled += 1
+            transport.abort()
         finally:
-            self.streams.discard(queue)
+            del self.streams[queue]
+            if not self.streams:
+                self.none_streaming.set()
         return response
+
+    async def _send(self, response: web.StreamResponse, data: bytes) -> None:
+        """One line to a stream; TimeoutError when its reader takes none for `io_timeout`."""
+        async with asyncio.timeout(self.io_timeout):
+            await response.write(data)
 
 
 def _drain(queue: asyncio.Queue[Any]) -> None:
