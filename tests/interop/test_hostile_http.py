@@ -726,6 +726,92 @@ async def test_a_stalled_stream_does_not_hold_up_shutdown(tmp_path: Path) -> Non
     assert "Traceback" not in proc.log.read_text(), proc.log_tail()
 
 
+# -- clients that stop reading ---------------------------------------------------------------
+
+
+async def stalled_total(server: ServerProcess) -> float:
+    return await metric(server, "sipbridge_http_stalled_total")
+
+
+async def test_a_client_that_stops_reading_its_replies_is_cut_off(server: ServerProcess) -> None:
+    """Thousands of pipelined requests, none of the replies read (no token needed), and a
+    5 MB ListRooms reply not read: each connection is cut within two idle timeouts."""
+    async with api.LiveKitAPI(url=server.url, api_key=API_KEY, api_secret=API_SECRET) as lk:
+        for n in range(80):
+            await lk.room.create_room(
+                room_proto.CreateRoomRequest(name=f"big-{n}", metadata="m" * 65000)
+            )
+    before = await stalled_total(server)
+    list_rooms = (
+        "POST /twirp/livekit.RoomService/ListRooms HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: {admin()}\r\nContent-Type: application/protobuf\r\n"
+        "Content-Length: 0\r\n\r\n"
+    ).encode()
+    asks = [b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 20_000] * 3 + [list_rooms] * 3
+    stalled: list[socket.socket] = []
+    try:
+        for ask in asks:
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.setblocking(False)
+            stalled.append(sock)
+            loop = asyncio.get_running_loop()
+            await loop.sock_connect(sock, ("127.0.0.1", server.port))
+            with contextlib.suppress(BlockingIOError):
+                sock.send(ask)  # as much as goes; the server stops reading once it is stuck too
+
+        async def all_cut() -> bool:
+            return await stalled_total(server) - before >= len(asks)
+
+        await eventually(all_cut, "every stalled connection cut", timeout=2 * IDLE_S + 3)
+    finally:
+        for sock in stalled:
+            sock.close()
+        async with api.LiveKitAPI(url=server.url, api_key=API_KEY, api_secret=API_SECRET) as lk:
+            for n in range(80):
+                await lk.room.delete_room(room_proto.DeleteRoomRequest(room=f"big-{n}"))
+    await unharmed(server)
+
+
+async def test_a_slow_reader_that_keeps_reading_is_served(server: ServerProcess) -> None:
+    async with api.LiveKitAPI(url=server.url, api_key=API_KEY, api_secret=API_SECRET) as lk:
+        for n in range(80):
+            await lk.room.create_room(
+                room_proto.CreateRoomRequest(name=f"slow-{n}", metadata="m" * 65000)
+            )
+    before = await stalled_total(server)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port, limit=2**24)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        writer.write(
+            (
+                "POST /twirp/livekit.RoomService/ListRooms HTTP/1.1\r\nHost: x\r\n"
+                f"Authorization: {admin()}\r\nContent-Type: application/protobuf\r\n"
+                "Content-Length: 0\r\n\r\n"
+            ).encode()
+        )
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        got = 0
+        while got < length:  # ~1.5 MB/s, slower than the server sends: it must wait for us
+            chunk = await reader.read(min(64 * 1024, length - got))
+            assert chunk, "cut off while reading"
+            got += len(chunk)
+            # The behaviour under test: a client that reads, slowly.
+            await asyncio.sleep(0.04)
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+        assert got == length > 5_000_000
+        assert await stalled_total(server) == before
+    finally:
+        async with api.LiveKitAPI(url=server.url, api_key=API_KEY, api_secret=API_SECRET) as lk:
+            for n in range(80):
+                await lk.room.delete_room(room_proto.DeleteRoomRequest(room=f"slow-{n}"))
+    await unharmed(server)
+
+
 # -- sign-in flood -----------------------------------------------------------------------------
 
 

@@ -33,6 +33,7 @@ from sipbridge.server.api.node_api import NodeApi
 from sipbridge.server.api.room_api import RoomApi
 from sipbridge.server.api.scraped import scraped_samples
 from sipbridge.server.api.sip_api import SipApi
+from sipbridge.server.api.stalled_writes import StalledWrites
 from sipbridge.server.api.trace_api import TraceApi
 from sipbridge.server.api.twirp import PREFIX, TwirpServer
 from sipbridge.server.api.webhooks import RetryPolicy, WebhookNotifier
@@ -102,6 +103,7 @@ class Server:
         self.rooms = RoomsRuntime(RoomRegistry(), self.webhooks, clock)
         self.twirp = TwirpServer(dict(settings.keys), body_timeout=settings.http_idle_timeout)
         self.http_errors = HttpErrors()
+        self.stalled_writes = StalledWrites(settings.http_idle_timeout)
         self.metrics = metrics.Metrics(self.samples)
         self.load_probe = LoadProbe(LoadGate(LoadLimits(max_cpu=settings.max_cpu)), self.metrics)
         RoomApi(self.rooms).register(self.twirp)
@@ -356,6 +358,7 @@ class Server:
         http = self.settings.http
         site = web.TCPSite(self._runner, http.host, http.port, reuse_address=True)
         await site.start()
+        self.stalled_writes.start(self._http_connections)  # clients that take nothing: cut
         if self.settings.metrics is not None:  # only there, not on the API's address
             scrape = web.Application()
             scrape.router.add_get("/metrics", self.metrics.handler())
@@ -400,6 +403,10 @@ class Server:
             await self.sip.listen(Listen("tls", tls.host, tls.port), context)
         log.info("SIP on %s", ", ".join(f"{b.transport}:{b.host}:{b.port}" for b in self.sip.bound))
 
+    def _http_connections(self) -> list[Any]:
+        server = self._runner.server if self._runner is not None else None
+        return server.connections if server is not None else []
+
     @property
     def http_port(self) -> int:
         """The bound HTTP port (useful with `--http 127.0.0.1:0`)."""
@@ -421,6 +428,7 @@ class Server:
         self.media.close()
         await self.signal.close_all()
         await self.agents.close()
+        await self.stalled_writes.stop()
         for runner in (self._runner, self._metrics_runner):
             if runner is not None:
                 await runner.cleanup()

@@ -44,6 +44,7 @@ from livekit.protocol import sip as proto
 from sipbridge.errors import ApiError
 from sipbridge.rooms import events as ev
 from sipbridge.server.api.auth import Claims, bearer_token, sign_token, verify_token
+from sipbridge.server.api.stalled_writes import reset
 from sipbridge.server.api.twirp import error_response, read_body
 from sipbridge.server.state.call_log import KIND as CALL_KIND
 from sipbridge.server.state.call_log import CallLog
@@ -142,7 +143,7 @@ class ConsoleApi:
             async with asyncio.timeout(CLOSE_GRACE_S):
                 await self.none_streaming.wait()
         for transport in list(self.streams.values()):
-            transport.abort()  # still writing to a page that takes nothing: no wait for it
+            reset(transport)  # still writing to a page that takes nothing: no wait for it
 
     # -- sign-in ---------------------------------------------------------------------------
 
@@ -370,7 +371,7 @@ class ConsoleApi:
             pass
         except TimeoutError:  # the page stopped reading: cut off, its slot and queue released
             self.stalled += 1
-            transport.abort()
+            reset(transport)
         finally:
             del self.streams[queue]
             if not self.streams:

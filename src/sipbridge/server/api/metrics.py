@@ -53,6 +53,7 @@ HELP = {  # the series read on scrape; a name missing here is still exposed, wit
     "sipbridge_http_errors_total": "HTTP errors answered, by surface and status",
     "sipbridge_console_streams": "Console live streams open (GET /console/live)",
     "sipbridge_console_signins_refused_total": "Console sign-ins refused (wrong or blocked)",
+    "sipbridge_http_stalled_total": "HTTP connections cut: their client took nothing we sent",
     "sipbridge_rooms": "Rooms open",
     "sipbridge_participants": "Participants in rooms",
     "sipbridge_signal_sessions": "WebRTC signalling sessions",

@@ -34,6 +34,7 @@ def scraped_samples(server: Server) -> list[Sample]:
         *server.http_errors.samples(),
         ("sipbridge_console_streams", {}, len(server.console.streams)),
         ("sipbridge_console_signins_refused_total", {}, server.console.refused),
+        ("sipbridge_http_stalled_total", {}, server.stalled_writes.cut + server.console.stalled),
         ("sipbridge_inbound_trunks", {}, len(server.sip_config.inbound)),
         ("sipbridge_outbound_trunks", {}, len(server.sip_config.outbound)),
         ("sipbridge_dispatch_rules", {}, len(server.sip_config.rules)),
