@@ -93,7 +93,7 @@ async def unharmed(server: ServerProcess) -> None:
         ctype="application/protobuf",
     )
     assert status == 200, body
-    assert time.perf_counter() - started < 1.0
+    assert time.perf_counter() - started < 1.5  # (other test files run beside this one)
     start = server.fds_at_start  # type: ignore[attr-defined]
 
     def settled() -> bool:
@@ -459,7 +459,7 @@ async def test_protobuf_garbage_and_huge_repeated_fields(server: ServerProcess) 
     many = b"\x0a\x01a" * 340_000
     reply = await raw(server, "POST", list_rooms, many, auth=admin(), ctype="application/protobuf")
     assert reply[0] == 200, reply
-    assert time.perf_counter() - started < 2.0
+    assert time.perf_counter() - started < 3.0
     # 40,000 numbers on one trunk: refused by validation, nothing stored
     trunk = sip.CreateSIPInboundTrunkRequest(
         trunk=sip.SIPInboundTrunkInfo(name="big", numbers=[f"+1{n:011d}" for n in range(40_000)])
@@ -614,7 +614,7 @@ async def test_a_trickling_body_is_cut_off_and_others_are_served(server: ServerP
     while not all(task.done() for task in slow) and time.monotonic() - started < IDLE_S + 6:
         before = time.perf_counter()
         reply = await raw(server, "GET", "/healthz")
-        assert reply[0] == 200 and time.perf_counter() - before < 0.5
+        assert reply[0] == 200 and time.perf_counter() - before < 1.0  # < IDLE_S: not held up
         await asyncio.sleep(0.2)
     for task in slow:
         assert_twirp_error(await task, "deadline_exceeded")
@@ -716,7 +716,7 @@ async def test_a_stalled_stream_does_not_hold_up_shutdown(tmp_path: Path) -> Non
         await flood_room_events(proc, 150)
         started = time.monotonic()
         assert proc.stop(timeout=10) == 0
-        assert time.monotonic() - started < 5
+        assert time.monotonic() - started < 8  # not the ~75 s it took
     finally:
         if stalled is not None:
             stalled.close()
