@@ -311,6 +311,7 @@ async def test_bad_requests_get_the_twirp_codes_livekit_users_see(
 async def test_a_recording_is_closed_playable_when_the_server_stops(
     recorder: ServerProcess, hooks: Receiver
 ) -> None:
+    """... and a room no one ever joined (a room that never starts) is flagged: ABORTED."""
     async with client(recorder) as lk:
         await lk.room.create_room(room.CreateRoomRequest(name="quiet"))
         started = await lk.egress.start_room_composite_egress(
@@ -324,4 +325,6 @@ async def test_a_recording_is_closed_playable_when_the_server_stops(
     assert await asyncio.to_thread(recorder.stop) == 0
     pcm, rate = decode(recorder.recordings / "quiet.ogg")  # type: ignore[attr-defined]
     assert len(pcm) / rate >= 0.5
-    assert (await egress_events(hooks, 4))[-1] == ("egress_ended", Status.EGRESS_COMPLETE)
+    assert (await egress_events(hooks, 4))[-1] == ("egress_ended", Status.EGRESS_ABORTED)
+    ended = [d.event.egress_info for d in hooks.deliveries if d.event.event == "egress_ended"]
+    assert "no one was in the room" in ended[-1].error

@@ -11,9 +11,15 @@ import pytest
 
 from sipbridge.media import codecs
 from sipbridge.media.room_audio import AudioLeg, RoomAudio
-from sipbridge.rooms.egress import FORMATS, MP4, OGG, FileFormat
-from sipbridge.server.recording.writer import FRAME, RATE, FileWriter, RecorderLeg
-from tests.audio import windows_heard
+from sipbridge.rooms.egress import FORMATS, MP4, OGG, WAV, FileFormat
+from sipbridge.server.recording.writer import (
+    FRAME,
+    RATE,
+    FileWriter,
+    RecorderLeg,
+    StereoRecorderLeg,
+)
+from tests.audio import distinct_signal, windows_heard
 
 
 class Clock:
@@ -120,3 +126,84 @@ async def test_a_file_that_cannot_be_created_fails_the_recording(tmp_path: Path)
     result = await writer.done
     assert "cannot create" in result.error
     assert (tmp_path / "taken.ogg").read_bytes() == b""  # never overwritten
+
+
+def decode_channels(path: Path) -> tuple[np.ndarray, int]:
+    """(samples, channels) float array and the rate, planar or packed alike."""
+    with av.open(str(path)) as container:
+        stream = container.streams.audio[0]
+        channels = stream.codec_context.channels
+        parts = []
+        for frame in container.decode(stream):
+            data = frame.to_ndarray()
+            parts.append(data.T if frame.format.is_planar else data.reshape(-1, channels))
+        pcm = np.concatenate(parts).astype(np.float64)
+        return pcm / (32768 if np.abs(pcm).max() > 2 else 1), stream.rate
+
+
+@pytest.mark.parametrize("fmt", [OGG, WAV], ids=lambda f: f.container)
+async def test_a_stereo_recorder_puts_each_source_on_its_channel(
+    tmp_path: Path, fmt: FileFormat
+) -> None:
+    path = tmp_path / f"stereo{fmt.extension}"
+    writer = FileWriter(str(path), fmt, on_opened=lambda: None, channels=2)
+    room = RoomAudio("r", Clock())
+    left, right = (
+        Talker((distinct_signal(name, 8000, 2.0, level=0.5) * 32767).astype(np.int16))
+        for name in ("left", "right")
+    )
+    room.add(left)
+    room.add(right)
+    room.add(StereoRecorderLeg(writer, lambda source: 0 if source is left else 1))
+    writer.start()
+    for tick in range(100):
+        room.tick(tick * 0.02)
+    writer.finish()
+    result = await writer.done
+    assert (result.error, result.samples) == ("", 100 * FRAME)
+    recorded, rate = decode_channels(path)
+    assert recorded.shape[1] == 2
+    for channel, talker in enumerate((left, right)):
+        heard = windows_heard(talker.signal / 32768, recorded[:, channel], 8000, recorded_rate=rate)
+        assert heard >= 0.9, (channel, heard)
+        other = windows_heard(
+            talker.signal / 32768, recorded[:, 1 - channel], 8000, recorded_rate=rate
+        )
+        assert other <= 0.1, (channel, other)
+
+
+def test_a_recorder_leaves_a_forwarded_call_forwarded_and_decodes_only_what_it_mixes() -> None:
+    """Two legs that forward to each other stay forwarded with a recorder in the room (it gives
+    no audio, so it changes no one's sole source); the recorder mixes both sources, each pulled
+    once per tick; a track recorder makes only its track buffered."""
+
+    class Phone(Talker):
+        forwardable = True
+
+        def __init__(self) -> None:
+            super().__init__(signal_8k(0.2))
+            self.sending = True
+            self.pulls = 0
+
+        def pull(self, now: float) -> np.ndarray | None:
+            self.pulls += 1
+            return super().pull(now)
+
+    room = RoomAudio("r", Clock())
+    a, b = Phone(), Phone()
+    room.add(a)
+    room.add(b)
+    assert (a.forward_to, b.forward_to, room.sources) == ([b], [a], {})
+    writer = FileWriter.__new__(FileWriter)  # never started: only pushed to
+    frames: list[object] = []
+    writer.push = frames.append  # type: ignore[method-assign]
+    track = RecorderLeg(writer, hears=a)
+    room.add(track)
+    assert (a.forward_to, b.forward_to, list(room.sources)) == ([b], [a], [a])
+    room.tick(0.0)
+    assert (a.pulls, b.pulls, len(frames)) == (1, 0, 1)
+    room.remove(track)
+    room.add(RecorderLeg(writer))
+    assert (a.forward_to, b.forward_to, set(room.sources)) == ([b], [a], {a, b})
+    room.tick(0.02)
+    assert (a.pulls, b.pulls, len(frames)) == (2, 1, 2)

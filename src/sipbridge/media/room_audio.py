@@ -34,6 +34,9 @@ class AudioLeg:
     G.711 takes forwarded packets too."""
 
     forwardable = False  # packets of this leg can go to another as they are
+    # A listener that takes each source's frame apart (`send_sources`) instead of their sum:
+    # a stereo recording puts some sources on one channel and the rest on the other.
+    takes_sources = False
     hears: AudioLeg | None = None  # None: every source in the room; else only that one
     levels: PacketLevels | None = None  # a source's audio levels, for the active speakers
 
@@ -63,6 +66,9 @@ class AudioLeg:
 
     def send_pcm(self, pcm: Pcm | None, now: float) -> None:
         """One frame of what this listener hears (None: silence)."""
+
+    def send_sources(self, frames: list[tuple[AudioLeg, Pcm]], now: float) -> None:
+        """One frame of each source this listener hears, at its rate (`takes_sources`)."""
 
     # `source` is the RTP leg whose packet this is (`RtpLeg`); typed loosely so that listeners
     # written against a subclass of it (the server's socket driver) still override this.
@@ -342,6 +348,15 @@ class RoomAudio:
             rate = listener.spec.sample_rate
             parts = []
             hears = listener.hears
+            if listener.takes_sources:
+                apart = []
+                for source, pcm in decoded.items():
+                    if source is not listener and (hears is None or source is hears):
+                        converted = source.output_at(pcm, rate)
+                        if converted is not None:
+                            apart.append((source, converted))
+                listener.send_sources(apart, now)
+                continue
             for source, pcm in decoded.items():
                 if source is not listener and (hears is None or source is hears):
                     converted = source.output_at(pcm, rate)

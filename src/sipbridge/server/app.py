@@ -49,6 +49,7 @@ from sipbridge.server.load_probe import LoadProbe
 from sipbridge.server.media.leg_driver import CallMedia
 from sipbridge.server.media.service import MediaService
 from sipbridge.server.nodes import Heartbeat, redis_nodes
+from sipbridge.server.recording.records import EgressRecords
 from sipbridge.server.recording.service import EgressService
 from sipbridge.server.rtc.aiortc_patches import (
     bind_ice_ports,
@@ -117,7 +118,12 @@ class Server:
         self.agents = AgentService(self.rooms, dict(settings.keys), public_url="")
         self.agents.register(self.twirp)
         self.egress = EgressService(
-            self.rooms, self.media, self.webhooks, settings.recordings_dir, clock=clock
+            self.rooms,
+            self.media,
+            self.webhooks,
+            settings.recordings_dir,
+            records=EgressRecords(self.store, shared=bool(settings.redis)),
+            clock=clock,
         )
         self.egress.register(self.twirp)
         calls = CallServices(
@@ -334,6 +340,7 @@ class Server:
             await self.sip_config.load()
         await self.webhooks.start()
         self.call_log.start()
+        await self.egress.open(self.node_id)  # recordings of the last run; cut ones marked failed
         # An idle HTTP connection, or one whose request headers have not all come, is closed
         # after --http-idle-timeout (aiohttp's default is an hour: a slow-headers client held a
         # descriptor that long).

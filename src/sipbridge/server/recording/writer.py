@@ -1,7 +1,8 @@
 """A recording's file: frames from the room's clock, encoded and written by a thread of its own.
 
 The room's mix hands `RecorderLeg` one 20 ms frame per tick on the event loop; the leg only
-queues it. A thread per recording encodes (PyAV: Opus in Ogg, AAC in MP4, MP3) and writes, so a
+queues it. A thread per recording encodes (PyAV: Opus in Ogg, AAC in MP4, MP3, PCM in WAV) and
+writes, so a
 slow disk never stalls the loop. The queue is bounded (`MAX_QUEUED_S` of audio): past it the
 recording fails with the reason instead of growing without end, and the file written so far is
 still closed properly. `finish()` drains what is queued, flushes the encoder and closes the
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 import av
 import numpy as np
 
-from sipbridge.media import codecs
+from sipbridge.media import codecs, mixer
 from sipbridge.media.players import FRAME_MS, Pcm
 from sipbridge.media.room_audio import AudioLeg
 from sipbridge.rooms.egress import FileFormat
@@ -32,7 +33,6 @@ log = logging.getLogger(__name__)
 RATE = codecs.OPUS_SPEC.sample_rate  # 48 kHz mono: the mix is made at this rate
 FRAME = RATE * FRAME_MS // 1000
 MAX_QUEUED_S = 10.0
-_SILENCE = np.zeros(FRAME, dtype=np.int16)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -53,9 +53,12 @@ class FileWriter:
         *,
         on_opened: Callable[[], None],
         max_queued_s: float = MAX_QUEUED_S,
+        channels: int = 1,
     ) -> None:
         self.path = path
         self.format = fmt
+        self.channels = channels
+        self._silence = np.zeros(FRAME * channels, dtype=np.int16)
         self.on_opened = on_opened
         self.max_frames = int(max_queued_s * 1000 / FRAME_MS)
         self.loop = asyncio.get_running_loop()
@@ -71,7 +74,7 @@ class FileWriter:
         self._thread.start()
 
     def push(self, pcm: Pcm | None) -> None:
-        """One 20 ms frame (None: silence), in order."""
+        """One 20 ms frame (None: silence; stereo: interleaved left, right), in order."""
         with self._cond:
             if self._closing:
                 return
@@ -79,7 +82,7 @@ class FileWriter:
                 self._error = f"the disk is too slow: over {self.max_frames * FRAME_MS} ms queued"
                 self._closing = True
             else:
-                self._queue.append(_SILENCE if pcm is None else pcm)
+                self._queue.append(self._silence if pcm is None else pcm)
                 self.frames += 1
             self._cond.notify()
 
@@ -109,8 +112,9 @@ class FileWriter:
             self._fail(f"cannot create {self.path}: {exc.strerror or exc}")
             return
         try:
+            layout = "stereo" if self.channels == 2 else "mono"
             container = av.open(handle, "w", format=self.format.container)
-            stream = container.add_stream(self.format.codec, rate=RATE, layout="mono")
+            stream = container.add_stream(self.format.codec, rate=RATE, layout=layout)
             assert isinstance(stream, av.audio.stream.AudioStream)
             self._report(self.on_opened)
             while True:
@@ -122,11 +126,11 @@ class FileWriter:
                     closing = self._closing
                 for pcm in batch:
                     frame = av.AudioFrame.from_ndarray(
-                        pcm.reshape(1, -1), format="s16", layout="mono"
+                        pcm.reshape(1, -1), format="s16", layout=layout
                     )
                     frame.sample_rate = RATE
                     frame.pts = samples
-                    samples += len(pcm)
+                    samples += len(pcm) // self.channels
                     for packet in stream.encode(frame):
                         container.mux(packet)
                 if closing:
@@ -183,3 +187,28 @@ class RecorderLeg(AudioLeg):
 
     def send_pcm(self, pcm: Pcm | None, now: float) -> None:
         self.writer.push(pcm)
+
+
+class StereoRecorderLeg(RecorderLeg):
+    """A room recording in two channels: `channel_of(source)` (0 left, 1 right) says where each
+    source goes; each channel is the mix of its sources. The room hands it the sources apart
+    (`takes_sources`), each decoded once for every mix of the room, as for a mono one."""
+
+    takes_sources = True
+
+    def __init__(self, writer: FileWriter, channel_of: Callable[[AudioLeg], int]) -> None:
+        super().__init__(writer)
+        self.channel_of = channel_of
+
+    def send_sources(self, frames: list[tuple[AudioLeg, Pcm]], now: float) -> None:
+        if not frames:
+            self.writer.push(None)
+            return
+        sides: tuple[list[Pcm], list[Pcm]] = ([], [])
+        for source, pcm in frames:
+            sides[self.channel_of(source)].append(pcm)
+        stereo = np.zeros((FRAME, 2), dtype=np.int16)
+        for channel, parts in enumerate(sides):
+            if parts:
+                stereo[:, channel] = mixer.mix(parts)
+        self.writer.push(stereo.reshape(-1))
