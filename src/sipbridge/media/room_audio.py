@@ -335,12 +335,17 @@ class RoomAudio:
             source.buffer(packet, now)
 
     def tick(self, now: float) -> None:
-        """One 20 ms frame for every mixing listener (the shared clock's tick at `now`)."""
+        """One 20 ms frame for every mixing listener (the shared clock's tick at `now`).
+
+        Each source is pulled (decoded) once, and converted to each listeners' rate once: a
+        source's resampler is a stream, and a second listener at the same rate feeding it the
+        same frame again would hear each frame resampled after itself (a click every 20 ms)."""
         decoded: dict[AudioLeg, Pcm] = {}
         for source in self.sources:
             pcm = source.pull(now)
             if pcm is not None:
                 decoded[source] = pcm
+        at_rate: dict[tuple[AudioLeg, int], Pcm | None] = {}
         for listener in list(self.mixers):
             local, event_sent = listener.local_frame(now)
             if event_sent:
@@ -348,20 +353,25 @@ class RoomAudio:
             rate = listener.spec.sample_rate
             parts = []
             hears = listener.hears
-            if listener.takes_sources:
-                apart = []
-                for source, pcm in decoded.items():
-                    if source is not listener and (hears is None or source is hears):
-                        converted = source.output_at(pcm, rate)
-                        if converted is not None:
-                            apart.append((source, converted))
-                listener.send_sources(apart, now)
-                continue
+            takes = listener.takes_sources
+            apart = []
             for source, pcm in decoded.items():
                 if source is not listener and (hears is None or source is hears):
-                    converted = source.output_at(pcm, rate)
+                    if source.spec.sample_rate == rate:
+                        converted: Pcm | None = pcm
+                    else:
+                        key = (source, rate)
+                        if key in at_rate:
+                            converted = at_rate[key]
+                        else:
+                            converted = at_rate[key] = source.output_at(pcm, rate)
                     if converted is not None:
                         parts.append(converted)
+                        if takes:
+                            apart.append((source, converted))
+            if takes:
+                listener.send_sources(apart, now)
+                continue
             if local is not None:
                 parts.append(local)
             listener.send_pcm(mixer.mix(parts) if parts else None, now)

@@ -88,6 +88,7 @@ class Recording:
     writer: FileWriter | None = None
     leg: RecorderLeg | None = None
     attended: bool = False  # someone was in the room while it recorded
+    began: float = 0.0  # when it joined the room's audio: the time of its first frame
 
 
 def _unsupported(_: Any, __: Claims) -> Message:
@@ -281,6 +282,7 @@ class EgressService:
         )
         recording = Recording(info=info, plan=plan, path=real, writer=writer, leg=leg)
         recording.attended = bool(room.participants)
+        recording.began = now
         self.egresses[info.egress_id] = recording
         self.media.attach(leg, room.name)
         writer.start()
@@ -305,11 +307,12 @@ class EgressService:
         if recording is None or recording.info.status != Status.EGRESS_STARTING:
             return
         info = recording.info
-        now = _ns(self.clock())
         info.status = Status.EGRESS_ACTIVE
-        info.started_at = info.updated_at = now
-        info.file_results[0].started_at = now
-        info.file.started_at = now
+        info.updated_at = _ns(self.clock())
+        # The file's first frame is the room's next tick after the request (`began`): the
+        # file's duration is the time from `started_at` to its `ended_at`, to a frame.
+        info.started_at = _ns(recording.began)
+        info.file_results[0].started_at = info.file.started_at = info.started_at
         self._notify("egress_updated", recording)
 
     def _stop(self, recording: Recording) -> None:
@@ -318,6 +321,7 @@ class EgressService:
             return
         info.status = Status.EGRESS_ENDING
         info.updated_at = _ns(self.clock())
+        info.file_results[0].ended_at = info.file.ended_at = info.updated_at  # the last frame
         if recording.leg is not None:
             self.media.detach(recording.leg)
         recording.writer.finish()
@@ -327,10 +331,11 @@ class EgressService:
         info = recording.info
         if recording.leg is not None:  # the writer may have failed on its own
             self.media.detach(recording.leg)
+            self.stats["frames_filled"] = self.stats.get("frames_filled", 0) + recording.leg.filled
         now = _ns(self.clock())
         info.ended_at = info.updated_at = now
         for file in (info.file_results[0], info.file):
-            file.ended_at = now
+            file.ended_at = file.ended_at or now  # when the writer failed on its own: now
             file.size = result.size
             file.duration = result.samples * 1_000_000_000 // RATE
         if result.error:

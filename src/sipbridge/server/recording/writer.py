@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 RATE = codecs.OPUS_SPEC.sample_rate  # 48 kHz mono: the mix is made at this rate
 FRAME = RATE * FRAME_MS // 1000
 MAX_QUEUED_S = 10.0
+FRAME_S = FRAME_MS / 1000
+MAX_CATCH_UP = 50  # frames of silence for skipped ticks, at most (one second)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -184,8 +186,21 @@ class RecorderLeg(AudioLeg):
         self.writer = writer
         self.receiving = False  # it gives the room no audio
         self.hears = hears
+        self._last_tick: float | None = None
+        self.filled = 0  # silent frames pushed for skipped ticks
+
+    def catch_up(self, now: float) -> None:
+        """Silence for the ticks the shared clock skipped (a late event loop): the file keeps
+        the recording's wall-clock length."""
+        last, self._last_tick = self._last_tick, now
+        if last is not None:
+            missed = min(round((now - last) / FRAME_S) - 1, MAX_CATCH_UP)
+            for _ in range(missed):
+                self.writer.push(None)
+            self.filled += max(0, missed)
 
     def send_pcm(self, pcm: Pcm | None, now: float) -> None:
+        self.catch_up(now)
         self.writer.push(pcm)
 
 
@@ -201,6 +216,7 @@ class StereoRecorderLeg(RecorderLeg):
         self.channel_of = channel_of
 
     def send_sources(self, frames: list[tuple[AudioLeg, Pcm]], now: float) -> None:
+        self.catch_up(now)
         if not frames:
             self.writer.push(None)
             return
