@@ -103,6 +103,13 @@ class FileWriter:
             self.loop.call_soon_threadsafe(callback)
 
     def _run(self) -> None:
+        try:
+            self._write()
+        except BaseException as exc:  # never a recording left STARTING/ENDING for ever
+            log.exception("recording %s: the writer failed", self.path)
+            self._fail(f"the recording's writer failed: {exc}")
+
+    def _write(self) -> None:
         samples = 0
         error = ""
         container = None
@@ -143,7 +150,7 @@ class FileWriter:
             for packet in stream.encode(None):
                 container.mux(packet)
         except Exception as exc:  # an encoder or a disk failure: the recording fails, reported
-            log.exception("recording %s failed", self.path)
+            log.warning("recording %s failed: %s", self.path, exc)
             error = f"writing {self.path} failed: {exc}"
         finally:
             try:
@@ -151,7 +158,10 @@ class FileWriter:
                     container.close()
             except Exception as exc:
                 error = error or f"closing {self.path} failed: {exc}"
-            handle.close()
+            try:  # its buffer flushed: a full disk can fail here too
+                handle.close()
+            except OSError as exc:
+                error = error or f"closing {self.path} failed: {exc}"
         with self._cond:
             error = error or self._error
         try:
