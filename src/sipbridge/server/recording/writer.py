@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 RATE = codecs.OPUS_SPEC.sample_rate  # 48 kHz mono: the mix is made at this rate
 FRAME = RATE * FRAME_MS // 1000
 MAX_QUEUED_S = 10.0
+BATCH_FRAMES = 10  # frames (200 ms) queued before the writer thread is woken to encode them
 FRAME_S = FRAME_MS / 1000
 MAX_CATCH_UP = 50  # frames of silence for skipped ticks, at most (one second)
 
@@ -83,10 +84,14 @@ class FileWriter:
             if len(self._queue) >= self.max_frames:
                 self._error = f"the disk is too slow: over {self.max_frames * FRAME_MS} ms queued"
                 self._closing = True
-            else:
-                self._queue.append(self._silence if pcm is None else pcm)
-                self.frames += 1
-            self._cond.notify()
+                self._cond.notify()
+                return
+            self._queue.append(self._silence if pcm is None else pcm)
+            self.frames += 1
+            if len(self._queue) >= BATCH_FRAMES:
+                # Woken once per batch, not per frame: each wake-up of a writer thread takes
+                # the GIL from the event loop, and there is one thread per recording.
+                self._cond.notify()
 
     def finish(self) -> None:
         """Write what is queued, then close the file."""
@@ -128,12 +133,13 @@ class FileWriter:
             self._report(self.on_opened)
             while True:
                 with self._cond:
-                    while not self._queue and not self._closing:
+                    while len(self._queue) < BATCH_FRAMES and not self._closing:
                         self._cond.wait()
                     batch = list(self._queue)
                     self._queue.clear()
                     closing = self._closing
-                for pcm in batch:
+                if batch:  # one frame of the batch: PyAV cuts it to the codec's frame size
+                    pcm = np.concatenate(batch) if len(batch) > 1 else batch[0]
                     frame = av.AudioFrame.from_ndarray(
                         pcm.reshape(1, -1), format="s16", layout=layout
                     )
