@@ -265,6 +265,11 @@ async def test_a_dispatch_rule_records_every_call_without_an_api_call(
         assert check_file(recorder, info, phone) >= 0.8
 
 
+def link_out(link: Path, target: Path) -> None:
+    link.parent.mkdir(exist_ok=True)
+    link.symlink_to(target)
+
+
 async def test_bad_requests_get_the_twirp_codes_livekit_users_see(
     recorder: ServerProcess,
 ) -> None:
@@ -285,6 +290,12 @@ async def test_bad_requests_get_the_twirp_codes_livekit_users_see(
         assert await code(composite(file_outputs=escaping)) == "invalid_argument"
         absolute = [egress.EncodedFileOutput(filepath="/tmp/x.ogg")]
         assert await code(composite(file_outputs=absolute)) == "invalid_argument"
+        # a directory inside that is a symlink out of it
+        link_out(recorder.recordings / "out", recorder.log.parent)  # type: ignore[attr-defined]
+        linked = [egress.EncodedFileOutput(filepath="out/x.ogg")]
+        assert await code(composite(file_outputs=linked)) == "invalid_argument"
+        mixing = composite(audio_mixing=9)
+        assert await code(mixing) == "invalid_argument"
         assert await code(composite(room_name="nowhere")) == "not_found"
         assert await code(composite(audio_only=False)) == "unimplemented"
         with pytest.raises(api.TwirpError) as raised:
@@ -313,6 +324,7 @@ async def test_bad_requests_get_the_twirp_codes_livekit_users_see(
         )
         assert (status, json.loads(reply)["code"]) == (403, "permission_denied")
     assert not (recorder.recordings / "x.ogg").exists()  # type: ignore[attr-defined]
+    assert not (recorder.log.parent / "x.ogg").exists()
 
 
 async def test_a_recording_is_closed_playable_when_the_server_stops(
