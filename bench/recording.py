@@ -15,13 +15,15 @@ with a dispatch rule that records nothing, then "on", with the same rule carryin
 `room_config.egress.room` - an audio-only room composite to a file (`--format`: ogg = Opus,
 wav) - so every room, and so every call, is recorded from its start with no API call
 (N/2 recordings, each the mix of its two calls). Per step: the server's CPU over the window
-(utime+stime of all its threads, % of one core), the per-call figures, loss, latency
+(utime+stime of all its threads, % of one core) and of its recordings' encoder process
+(its CPU over the step divided by the recordings' average length), the per-call figures,
+loss, latency
 percentiles, 20 ms clock ticks skipped; for "on", the recordings made (egress counters from
-/metrics: started, complete, failed), their total size, and the recordings still writing
-when the room ended. "CPU per recorded call" = (on - off) / N, in % of one core.
+/metrics: started, complete, failed) and their total size. "CPU per recorded call" =
+(server + encoder on - server off) / N, in % of one core.
 
 The recorder decodes what it mixes (each call's PCMU, resampled to 48 kHz), mixes on the
-room's 20 ms tick and hands the frame to a thread per recording that encodes and writes; the
+room's 20 ms tick and hands the frame to the encoder process, which encodes and writes; the
 calls themselves stay forwarded (`rtp_forwarded` in the JSON counts it).
 
 Every loop is bounded in count and time; only 127.0.0.1; every process started is stopped.
@@ -119,6 +121,29 @@ def wait_recordings(url: str, timeout: float) -> dict[str, float]:
     return counters
 
 
+def children_cpu(pid: int) -> float:
+    """CPU seconds of the server's child processes (the recordings' encoder)."""
+    total = 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError, ValueError):
+            for child in (task / "children").read_text().split():
+                with contextlib.suppress(OSError, ValueError):
+                    total += cpu_seconds(int(child))
+    return total
+
+
+async def recorded_seconds(url: str, seen: set[str]) -> float:
+    """The total length of the recordings not in `seen` (which they are added to)."""
+    async with api.LiveKitAPI(url=url, api_key=API_KEY, api_secret=API_SECRET) as lk:
+        items = (await lk.egress.list_egress(egress.ListEgressRequest())).items
+    total = 0.0
+    for info in items:
+        if info.egress_id not in seen:
+            seen.add(info.egress_id)
+            total += sum(f.duration for f in info.file_results) / 1e9
+    return total
+
+
 def directory_size(path: Path) -> tuple[int, int]:
     files = [p for p in path.rglob("*") if p.is_file()]
     return len(files), sum(p.stat().st_size for p in files)
@@ -133,6 +158,7 @@ def _row(s: dict[str, object]) -> str:
     assert isinstance(rec, dict)
     return (
         f"{s['n']:>4} {s['recording']:>4} {s['server_cpu_pct']:>8} "
+        f"{s.get('encoder_cpu_pct', '-'):>6} "
         f"{s['server_cpu_pct_per_call']:>7} {s['other_cpu_pct']:>6} {s['lost']:>5} "
         f"{'/'.join(str(lat[p]) for p in ('p50', 'p95', 'p99')):>18} "
         f"{'/'.join(str(added[p]) for p in ('p50', 'p95', 'p99')):>18} "
@@ -142,7 +168,7 @@ def _row(s: dict[str, object]) -> str:
 
 
 HEADER = (
-    f"{'N':>4} {'rec':>4} {'srv CPU%':>8} {'%/call':>7} {'other%':>6} {'lost':>5} "
+    f"{'N':>4} {'rec':>4} {'srv CPU%':>8} {'enc%':>6} {'%/call':>7} {'other%':>6} {'lost':>5} "
     f"{'lat p50/p95/p99 ms':>18} {'added p50/p95/p99':>18} {'skip':>5} {'forwardd':>8} "
     f"{'files':>5} {'fail':>4} {'MB':>6}"
 )
@@ -173,6 +199,7 @@ def orchestrate(args: argparse.Namespace) -> int:
     baseline: dict[str, object] = {}
     rule = ""
     step = 0
+    seen: set[str] = set()
     try:
         server.start()
         assert server.proc is not None
@@ -187,6 +214,7 @@ def orchestrate(args: argparse.Namespace) -> int:
                     quiet = wait_quiet(args.quiet_wait, [pid]) if args.quiet_wait > 0 else None
                     files_before = directory_size(recordings) if recordings.exists() else (0, 0)
                     before = scrape(server.url)
+                    encoder_before = children_cpu(pid)
                     step += 1
                     gen = run_generator(
                         calls=n,
@@ -204,6 +232,15 @@ def orchestrate(args: argparse.Namespace) -> int:
                     figures.update(recording=mode, left_on_server=left, other_cpu_pct_before=quiet)
                     figures["participants_left"] = asyncio.run(participants_left(server.url))
                     if mode != "off":
+                        encoder_s = children_cpu(pid) - encoder_before
+                        length = asyncio.run(recorded_seconds(server.url, seen))
+                        # the encoder works while the recordings run: its CPU over their
+                        # average length, in % of one core
+                        recordings_made = max(1, n // 2)
+                        encoder_pct = encoder_s / max(length / recordings_made, 1e-3) * 100
+                        figures["encoder_cpu_pct"] = round(encoder_pct, 1)
+                        total = float(figures["server_cpu_pct"]) + encoder_pct  # type: ignore[arg-type]
+                        figures["total_cpu_pct"] = round(total, 1)
                         prefix = 'sipbridge_egress_total{counter="'
                         made = {
                             k: after.get(f'{prefix}{k}"}}', 0) - before.get(f'{prefix}{k}"}}', 0)
@@ -241,13 +278,16 @@ def orchestrate(args: argparse.Namespace) -> int:
             values = [r["added_latency_ms"][p] for r in rows]  # type: ignore[index]
             return None if None in values else round(sum(values) / len(values), 3)
 
-        cpu_off, cpu_on = mean(off, "server_cpu_pct"), mean(on, "server_cpu_pct")
+        cpu_off, cpu_on = mean(off, "server_cpu_pct"), mean(on, "total_cpu_pct")
+        loop_on, encoder_on = mean(on, "server_cpu_pct"), mean(on, "encoder_cpu_pct")
         compared.append(
             {
                 "n": n,
                 "recordings": n // 2,
                 "server_cpu_pct_off": round(cpu_off, 1),
                 "server_cpu_pct_on": round(cpu_on, 1),
+                "server_process_cpu_pct_on": round(loop_on, 1),
+                "encoder_cpu_pct_on": round(encoder_on, 1),
                 "cpu_pct_per_recorded_call": round((cpu_on - cpu_off) / n, 3),
                 "added_latency_ms_off": {p: added(off, p) for p in ("p50", "p95", "p99")},
                 "added_latency_ms_on": {p: added(on, p) for p in ("p50", "p95", "p99")},
@@ -258,7 +298,9 @@ def orchestrate(args: argparse.Namespace) -> int:
     for c in compared:
         print(
             f"{c['n']} calls, {c['recordings']} recordings ({args.format}): server CPU "
-            f"{c['server_cpu_pct_off']}% off -> {c['server_cpu_pct_on']}% on, "
+            f"{c['server_cpu_pct_off']}% off -> {c['server_cpu_pct_on']}% on "
+            f"({c['server_process_cpu_pct_on']}% its event loop's process, "
+            f"{c['encoder_cpu_pct_on']}% its encoder), "
             f"{c['cpu_pct_per_recorded_call']}% of a core per recorded call; added latency "
             f"p50/p95/p99 {'/'.join(str(v) for v in c['added_latency_ms_off'].values())} ms off, "  # type: ignore[attr-defined]
             f"{'/'.join(str(v) for v in c['added_latency_ms_on'].values())} ms on; "  # type: ignore[attr-defined]

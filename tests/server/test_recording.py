@@ -3,6 +3,7 @@ says, in every format, closes the file playable, and fails with the reason on a 
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import av
@@ -15,11 +16,22 @@ from sipbridge.rooms.egress import FORMATS, MP4, OGG, WAV, FileFormat
 from sipbridge.server.recording.writer import (
     FRAME,
     RATE,
+    EncoderProcess,
     FileWriter,
     RecorderLeg,
     StereoRecorderLeg,
 )
 from tests.audio import distinct_signal, windows_heard
+
+
+@pytest.fixture
+async def encoder() -> AsyncIterator[EncoderProcess]:
+    """The recordings' encoder process, ended after the test."""
+    process = EncoderProcess()
+    process.ensure()
+    yield process
+    await process.close()
+    assert process.proc is None
 
 
 class Clock:
@@ -62,11 +74,11 @@ def signal_8k(seconds: float) -> np.ndarray:
 
 @pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f.container)
 async def test_a_recorder_in_the_room_writes_what_the_room_says(
-    tmp_path: Path, fmt: FileFormat
+    tmp_path: Path, encoder: EncoderProcess, fmt: FileFormat
 ) -> None:
     opened: list[bool] = []
     path = tmp_path / "deep" / f"call{fmt.extension}"
-    writer = FileWriter(str(path), fmt, on_opened=lambda: opened.append(True))
+    writer = FileWriter(str(path), fmt, on_opened=lambda: opened.append(True), encoder=encoder)
     room = RoomAudio("r", Clock())
     signal = signal_8k(2.0)
     talker = Talker(signal)
@@ -87,9 +99,11 @@ async def test_a_recorder_in_the_room_writes_what_the_room_says(
     assert windows_heard(signal / 32768, recorded, 8000, recorded_rate=rate) >= 0.9
 
 
-async def test_a_track_recorder_hears_its_track_only(tmp_path: Path) -> None:
+async def test_a_track_recorder_hears_its_track_only(
+    tmp_path: Path, encoder: EncoderProcess
+) -> None:
     path = tmp_path / "track.ogg"
-    writer = FileWriter(str(path), OGG, on_opened=lambda: None)
+    writer = FileWriter(str(path), OGG, on_opened=lambda: None, encoder=encoder)
     room = RoomAudio("r", Clock())
     mine, other = Talker(signal_8k(1.0)), Talker(np.full(8000, 9000, np.int16))
     room.add(mine)
@@ -106,9 +120,10 @@ async def test_a_track_recorder_hears_its_track_only(tmp_path: Path) -> None:
 
 async def test_a_slow_disk_fails_the_recording_with_the_reason_and_a_closed_file(
     tmp_path: Path,
+    encoder: EncoderProcess,
 ) -> None:
     path = tmp_path / "slow.mp4"
-    writer = FileWriter(str(path), MP4, on_opened=lambda: None, max_queued_s=0.1)
+    writer = FileWriter(str(path), MP4, on_opened=lambda: None, max_queued_s=0.1, encoder=encoder)
     for _ in range(50):  # the thread is not even started: nothing drains the queue
         writer.push(None)
     assert writer.closing
@@ -119,9 +134,11 @@ async def test_a_slow_disk_fails_the_recording_with_the_reason_and_a_closed_file
     assert decode(path)[0].size >= 5 * FRAME
 
 
-async def test_a_file_that_cannot_be_created_fails_the_recording(tmp_path: Path) -> None:
+async def test_a_file_that_cannot_be_created_fails_the_recording(
+    tmp_path: Path, encoder: EncoderProcess
+) -> None:
     (tmp_path / "taken.ogg").write_bytes(b"")
-    writer = FileWriter(str(tmp_path / "taken.ogg"), OGG, on_opened=lambda: None)
+    writer = FileWriter(str(tmp_path / "taken.ogg"), OGG, on_opened=lambda: None, encoder=encoder)
     writer.start()
     result = await writer.done
     assert "cannot create" in result.error
@@ -143,10 +160,10 @@ def decode_channels(path: Path) -> tuple[np.ndarray, int]:
 
 @pytest.mark.parametrize("fmt", [OGG, WAV], ids=lambda f: f.container)
 async def test_a_stereo_recorder_puts_each_source_on_its_channel(
-    tmp_path: Path, fmt: FileFormat
+    tmp_path: Path, encoder: EncoderProcess, fmt: FileFormat
 ) -> None:
     path = tmp_path / f"stereo{fmt.extension}"
-    writer = FileWriter(str(path), fmt, on_opened=lambda: None, channels=2)
+    writer = FileWriter(str(path), fmt, on_opened=lambda: None, channels=2, encoder=encoder)
     room = RoomAudio("r", Clock())
     left, right = (
         Talker((distinct_signal(name, 8000, 2.0, level=0.5) * 32767).astype(np.int16))

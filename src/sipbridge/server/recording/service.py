@@ -52,6 +52,7 @@ from sipbridge.server.media.service import MediaService
 from sipbridge.server.recording.records import EgressRecords
 from sipbridge.server.recording.writer import (
     RATE,
+    EncoderProcess,
     FileWriter,
     RecorderLeg,
     StereoRecorderLeg,
@@ -132,10 +133,13 @@ class EgressService:
         self.finished: list[str] = []
         self.stats: dict[str, int] = {}
         self.records = records
+        self.encoder = EncoderProcess()
         runtime.listeners.append(self.on_room_event)
 
     async def open(self, node: str) -> None:
-        """The recordings stored before this start; those left in progress marked FAILED."""
+        """The recordings stored before this start; those left in progress marked FAILED. The
+        encoder process starts now, so that the first recording starts at once."""
+        self.encoder.ensure()
         if self.records is None:
             return
         infos = await self.records.recover(node, _ns(self.clock()))
@@ -273,7 +277,11 @@ class EgressService:
         info.file.CopyFrom(result)  # the deprecated single result, for older clients
         egress_id = info.egress_id
         writer = FileWriter(
-            real, plan.format, on_opened=lambda: self._opened(egress_id), channels=plan.channels
+            real,
+            plan.format,
+            on_opened=lambda: self._opened(egress_id),
+            channels=plan.channels,
+            encoder=self.encoder,
         )
         leg = (
             StereoRecorderLeg(writer, _dual_channel(plan.mixing))
@@ -453,5 +461,6 @@ class EgressService:
             _, pending = await asyncio.wait(writing, timeout=SHUTDOWN_WAIT_S)
             if pending:
                 log.error("%d recordings were still being written at shutdown", len(pending))
+        await self.encoder.close()
         if self.records is not None:
             await self.records.flush()

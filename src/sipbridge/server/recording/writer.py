@@ -1,41 +1,47 @@
-"""A recording's file: frames from the room's clock, encoded and written by a thread of its own.
+"""Recordings' files: frames from the room's clock, encoded and written off the event loop.
 
 The room's mix hands `RecorderLeg` one 20 ms frame per tick on the event loop; the leg only
-queues it. A thread per recording encodes (PyAV: Opus in Ogg, AAC in MP4, MP3, PCM in WAV) and
-writes, so a
-slow disk never stalls the loop. The queue is bounded (`MAX_QUEUED_S` of audio): past it the
-recording fails with the reason instead of growing without end, and the file written so far is
-still closed properly. `finish()` drains what is queued, flushes the encoder and closes the
-container, so the file is playable whenever it ends - StopEgress, the room closing, shutdown.
+queues it for the encoder, a child process shared by every recording (`encoder.py`: PyAV, Opus
+in Ogg, AAC in MP4, MP3, PCM in WAV), so neither encoding nor a slow disk holds the loop, or
+its GIL. The frames of a tick go to it in one write on a non-blocking pipe.
+
+What a recording has queued (sent, not yet encoded and written) is bounded (`MAX_QUEUED_S` of
+audio, by the encoder's `WRITTEN` reports): past it the recording fails with the reason instead
+of growing without end, and its file is closed as far as it was written. `finish()` has the
+encoder write what is queued, flush and close, so the file is playable whenever it ends -
+StopEgress, the room closing, shutdown. If the encoder process dies, every recording it had
+fails with the reason, and the next one starts a new process.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
-import threading
-from collections import deque
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import av
 import numpy as np
 
 from sipbridge.media import codecs, mixer
 from sipbridge.media.players import FRAME_MS, Pcm
 from sipbridge.media.room_audio import AudioLeg
 from sipbridge.rooms.egress import FileFormat
+from sipbridge.server.recording import encoder as wire
 
 log = logging.getLogger(__name__)
 
-RATE = codecs.OPUS_SPEC.sample_rate  # 48 kHz mono: the mix is made at this rate
+RATE = codecs.OPUS_SPEC.sample_rate  # 48 kHz: the mix is made at this rate
 FRAME = RATE * FRAME_MS // 1000
 MAX_QUEUED_S = 10.0
-BATCH_FRAMES = 10  # frames (200 ms) queued before the writer thread is woken to encode them
 FRAME_S = FRAME_MS / 1000
 MAX_CATCH_UP = 50  # frames of silence for skipped ticks, at most (one second)
+READ_SIZE = 1 << 16
+CLOSE_WAIT_S = 5.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -45,8 +51,161 @@ class WriterResult:
     error: str = ""
 
 
+class EncoderProcess:
+    """The encoder child and the loop's side of its pipes (non-blocking, no task)."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.writers: dict[int, FileWriter] = {}
+        self.next_number = 1
+        self.started = 0  # processes started so far
+        self._out = bytearray()
+        self._in = bytearray()
+        self._flush_soon = False
+        self._writing = False
+        self._exit = asyncio.Event()
+
+    def ensure(self) -> None:
+        """Start the process unless it runs (at the service's start, so that a recording's
+        file opens within milliseconds of its request)."""
+        if self.proc is not None:
+            return
+        self.loop = asyncio.get_running_loop()
+        self.proc = subprocess.Popen(  # our own script, by its path
+            [sys.executable, "-u", wire.__file__],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            close_fds=True,
+        )
+        self.started += 1
+        self._exit = asyncio.Event()
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        os.set_blocking(self.proc.stdin.fileno(), False)
+        os.set_blocking(self.proc.stdout.fileno(), False)
+        self.loop.add_reader(self.proc.stdout.fileno(), self._readable)
+
+    def register(self, writer: FileWriter) -> int:
+        self.ensure()
+        number = self.next_number
+        self.next_number += 1
+        self.writers[number] = writer
+        return number
+
+    def send(self, kind: int, number: int, payload: bytes = b"") -> None:
+        """Queue a message; everything queued in one tick leaves in one write."""
+        self._out += wire.HEADER.pack(kind, number, len(payload))
+        self._out += payload
+        if not self._flush_soon and not self._writing and self.loop is not None:
+            self._flush_soon = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_soon = False
+        if self.proc is None or self.proc.stdin is None or not self._out:
+            return
+        fd = self.proc.stdin.fileno()
+        try:
+            sent = os.write(fd, self._out)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:  # the process is gone: its end is read from stdout
+            log.warning("recording encoder: writing to it failed: %s", exc)
+            self._out.clear()
+            return
+        del self._out[:sent]
+        assert self.loop is not None
+        if self._out and not self._writing:  # the pipe is full: go on when it drains
+            self._writing = True
+            self.loop.add_writer(fd, self._drain)
+        elif not self._out and self._writing:
+            self._writing = False
+            self.loop.remove_writer(fd)
+
+    def _drain(self) -> None:
+        self._flush()
+
+    def _readable(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        try:
+            data = os.read(self.proc.stdout.fileno(), READ_SIZE)
+        except BlockingIOError:
+            return
+        if not data:
+            self._exited()
+            return
+        self._in += data
+        at = 0
+        while len(self._in) - at >= wire.HEADER.size:
+            kind, number, size = wire.HEADER.unpack_from(self._in, at)
+            if len(self._in) - at - wire.HEADER.size < size:
+                break
+            payload = bytes(self._in[at + wire.HEADER.size : at + wire.HEADER.size + size])
+            at += wire.HEADER.size + size
+            writer = self.writers.get(number)
+            if writer is None:
+                continue
+            if kind == wire.OPENED:
+                writer.on_opened()
+            elif kind == wire.WRITTEN:
+                writer.written = wire.SAMPLES.unpack(payload)[0]
+            elif kind == wire.DONE:
+                del self.writers[number]
+                doc = json.loads(payload)
+                writer.ended(
+                    WriterResult(samples=doc["samples"], size=doc["size"], error=doc["error"])
+                )
+        del self._in[:at]
+
+    def _exited(self) -> None:
+        """The process ended (killed, crashed, or its input closed): each recording it had
+        fails with the reason; the next recording starts a new process."""
+        proc, self.proc = self.proc, None
+        assert proc is not None and proc.stdout is not None and self.loop is not None
+        self.loop.remove_reader(proc.stdout.fileno())
+        if self._writing and proc.stdin is not None:
+            self.loop.remove_writer(proc.stdin.fileno())
+        self._writing = False
+        self._out.clear()
+        self._in.clear()
+        code = proc.wait()
+        for stream in (proc.stdin, proc.stdout):
+            with contextlib.suppress(OSError):
+                if stream is not None:
+                    stream.close()
+        writers, self.writers = self.writers, {}
+        if writers:
+            log.error("recording encoder exited (%s) with %d recordings", code, len(writers))
+        for writer in writers.values():
+            reason = f"the recording encoder process exited (code {code})"
+            writer.ended(WriterResult(samples=writer.written, size=0, error=reason))
+        self._exit.set()
+
+    async def close(self) -> None:
+        """End the process once its recordings are done: what is queued sent, its input
+        closed, its exit waited for (bounded), else killed."""
+        proc = self.proc
+        if proc is None or proc.stdin is None:
+            return
+        self._flush()
+        if self._writing and self.loop is not None:
+            self.loop.remove_writer(proc.stdin.fileno())
+            self._writing = False
+        with contextlib.suppress(OSError):
+            os.set_blocking(proc.stdin.fileno(), True)  # the last bytes, then end of input
+            proc.stdin.write(bytes(self._out))
+            self._out.clear()
+            proc.stdin.close()
+        try:
+            async with asyncio.timeout(CLOSE_WAIT_S):
+                await self._exit.wait()
+        except TimeoutError:
+            proc.kill()
+            self._exited()
+
+
 class FileWriter:
-    """Encodes queued frames to `path` on its own thread. Create and use it on the loop;
+    """A recording's file, written by the encoder process. Create and use it on the loop;
     `on_opened` and `done` are reported there."""
 
     def __init__(
@@ -57,139 +216,74 @@ class FileWriter:
         on_opened: Callable[[], None],
         max_queued_s: float = MAX_QUEUED_S,
         channels: int = 1,
+        encoder: EncoderProcess,
     ) -> None:
         self.path = path
         self.format = fmt
         self.channels = channels
-        self._silence = np.zeros(FRAME * channels, dtype=np.int16)
+        self._silence = np.zeros(FRAME * channels, dtype=np.int16).tobytes()
         self.on_opened = on_opened
-        self.max_frames = int(max_queued_s * 1000 / FRAME_MS)
+        self.max_samples = int(max_queued_s * RATE)
+        self.encoder = encoder
         self.loop = asyncio.get_running_loop()
         self.done: asyncio.Future[WriterResult] = self.loop.create_future()
         self.frames = 0  # pushed so far (the recording's length as the loop sees it)
-        self._queue: deque[Pcm] = deque()
-        self._cond = threading.Condition()
+        self.written = 0  # samples the encoder reports encoded and written
+        self.number = 0  # the encoder's number for it, once started
+        self._early: list[bytes] = []  # pushed before start()
         self._closing = False
         self._error = ""
-        self._thread = threading.Thread(target=self._run, name=f"recording {path}", daemon=True)
 
     def start(self) -> None:
-        self._thread.start()
+        self.number = self.encoder.register(self)
+        spec = {
+            "path": self.path,
+            "container": self.format.container,
+            "codec": self.format.codec,
+            "channels": self.channels,
+            "rate": RATE,
+        }
+        self.encoder.send(wire.OPEN, self.number, json.dumps(spec).encode())
+        for pcm in self._early:
+            self.encoder.send(wire.PCM, self.number, pcm)
+        self._early.clear()
+        if self._closing:
+            self.encoder.send(wire.CLOSE, self.number)
 
     def push(self, pcm: Pcm | None) -> None:
         """One 20 ms frame (None: silence; stereo: interleaved left, right), in order."""
-        with self._cond:
-            if self._closing:
-                return
-            if len(self._queue) >= self.max_frames:
-                self._error = f"the disk is too slow: over {self.max_frames * FRAME_MS} ms queued"
-                self._closing = True
-                self._cond.notify()
-                return
-            self._queue.append(self._silence if pcm is None else pcm)
-            self.frames += 1
-            if len(self._queue) >= BATCH_FRAMES:
-                # Woken once per batch, not per frame: each wake-up of a writer thread takes
-                # the GIL from the event loop, and there is one thread per recording.
-                self._cond.notify()
+        if self._closing:
+            return
+        if (self.frames * FRAME - self.written) >= self.max_samples:
+            self._error = f"the disk is too slow: over {self.max_samples * 1000 // RATE} ms queued"
+            self.finish()
+            return
+        data = self._silence if pcm is None else pcm.tobytes()
+        self.frames += 1
+        if self.number:
+            self.encoder.send(wire.PCM, self.number, data)
+        else:
+            self._early.append(data)
 
     def finish(self) -> None:
         """Write what is queued, then close the file."""
-        with self._cond:
-            self._closing = True
-            self._cond.notify()
+        if self._closing:
+            return
+        self._closing = True
+        if self.number:
+            self.encoder.send(wire.CLOSE, self.number)
 
     @property
     def closing(self) -> bool:
         return self._closing
 
-    def _report(self, callback: Callable[[], None]) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is waiting
-            self.loop.call_soon_threadsafe(callback)
-
-    def _run(self) -> None:
-        try:
-            self._write()
-        except BaseException as exc:  # never a recording left STARTING/ENDING for ever
-            log.exception("recording %s: the writer failed", self.path)
-            self._fail(f"the recording's writer failed: {exc}")
-
-    def _write(self) -> None:
-        samples = 0
-        error = ""
-        container = None
-        try:
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            # "x": never overwrite a file that appeared since the request was checked.
-            handle = open(self.path, "xb")  # noqa: SIM115 - closed after the container
-        except OSError as exc:
-            self._fail(f"cannot create {self.path}: {exc.strerror or exc}")
-            return
-        try:
-            layout = "stereo" if self.channels == 2 else "mono"
-            container = av.open(handle, "w", format=self.format.container)
-            stream = container.add_stream(self.format.codec, rate=RATE, layout=layout)
-            assert isinstance(stream, av.audio.stream.AudioStream)
-            self._report(self.on_opened)
-            while True:
-                with self._cond:
-                    while len(self._queue) < BATCH_FRAMES and not self._closing:
-                        self._cond.wait()
-                    batch = list(self._queue)
-                    self._queue.clear()
-                    closing = self._closing
-                if batch:  # one frame of the batch: PyAV cuts it to the codec's frame size
-                    pcm = np.concatenate(batch) if len(batch) > 1 else batch[0]
-                    frame = av.AudioFrame.from_ndarray(
-                        pcm.reshape(1, -1), format="s16", layout=layout
-                    )
-                    frame.sample_rate = RATE
-                    frame.pts = samples
-                    samples += len(pcm) // self.channels
-                    for packet in stream.encode(frame):
-                        container.mux(packet)
-                if closing:
-                    with self._cond:
-                        if self._queue:
-                            continue
-                    break
-            for packet in stream.encode(None):
-                container.mux(packet)
-        except Exception as exc:  # an encoder or a disk failure: the recording fails, reported
-            log.warning("recording %s failed: %s", self.path, exc)
-            error = f"writing {self.path} failed: {exc}"
-        finally:
-            try:
-                if container is not None:
-                    container.close()
-            except Exception as exc:
-                error = error or f"closing {self.path} failed: {exc}"
-            try:  # its buffer flushed: a full disk can fail here too
-                handle.close()
-            except OSError as exc:
-                error = error or f"closing {self.path} failed: {exc}"
-        with self._cond:
-            error = error or self._error
-        try:
-            size = os.path.getsize(self.path)
-        except OSError:
-            size = 0
-        result = WriterResult(samples=samples, size=size, error=error)
-        self._report(lambda: self._resolve(result))
-
-    def _fail(self, error: str) -> None:
-        with self._cond:
-            self._closing = True
-            self._queue.clear()
-        result = WriterResult(samples=0, size=0, error=error)
-        self._report(lambda: self._resolve(result))
-
-    def _resolve(self, result: WriterResult) -> None:
+    def ended(self, result: WriterResult) -> None:
+        """The encoder closed the file (on the loop)."""
+        self._closing = True
+        if self._error and not result.error:
+            result = WriterResult(samples=result.samples, size=result.size, error=self._error)
         if not self.done.done():
             self.done.set_result(result)
-
-    def join(self, timeout: float) -> None:
-        self._thread.join(timeout)
 
 
 class RecorderLeg(AudioLeg):
