@@ -250,3 +250,26 @@ def test_two_listeners_at_one_rate_hear_a_source_resampled_once_per_tick() -> No
     reference = np.concatenate(alone.heard)
     assert np.array_equal(np.concatenate(first.heard), reference)
     assert np.array_equal(np.concatenate(second.heard), reference)
+
+
+def test_ticks_the_clock_skipped_are_silence_in_the_file() -> None:
+    """A late event loop skips ticks of the shared clock (the next tick's `now` comes 40, 60
+    ms later): the recording fills them with silence, so its file keeps its wall-clock length
+    (up to ten seconds of it per gap)."""
+    pushed: list[object] = []
+    writer = FileWriter.__new__(FileWriter)
+    writer.push = pushed.append  # type: ignore[method-assign]
+    leg = RecorderLeg(writer)
+    frame = np.ones(FRAME, np.int16)
+    for now in (0.0, 0.02, 0.08, 0.1, 5.0, 25.0):
+        leg.send_pcm(frame, now)
+    assert [p is None for p in pushed] == [
+        *(False, False),
+        *(True, True, False),  # 0.04 and 0.06 were skipped
+        False,
+        *([True] * 244),  # a 4.9 s stall
+        False,
+        *([True] * 500),  # a 20 s one: ten seconds of silence at most
+        False,
+    ]
+    assert leg.filled == 746

@@ -39,7 +39,7 @@ RATE = codecs.OPUS_SPEC.sample_rate  # 48 kHz: the mix is made at this rate
 FRAME = RATE * FRAME_MS // 1000
 MAX_QUEUED_S = 10.0
 FRAME_S = FRAME_MS / 1000
-MAX_CATCH_UP = 50  # frames of silence for skipped ticks, at most (one second)
+MAX_CATCH_UP = 500  # frames of silence for skipped ticks, at most (ten seconds)
 READ_SIZE = 1 << 16
 CLOSE_WAIT_S = 5.0
 
