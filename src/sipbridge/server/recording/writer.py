@@ -257,6 +257,9 @@ class FileWriter:
         if (self.frames * FRAME - self.written) >= self.max_samples:
             self._error = f"the disk is too slow: over {self.max_samples * 1000 // RATE} ms queued"
             self.finish()
+            # Failed now, not once the encoder gets to it (a stuck disk may hold it for ever):
+            # the file is closed by it later, as far as it got.
+            self.ended(WriterResult(samples=self.written, size=0, error=self._error))
             return
         data = self._silence if pcm is None else pcm.tobytes()
         self.frames += 1
