@@ -83,10 +83,13 @@ async def test_a_recorder_in_the_room_writes_what_the_room_says(
     signal = signal_8k(2.0)
     talker = Talker(signal)
     room.add(talker)
-    room.add(RecorderLeg(writer))
+    recorder = RecorderLeg(writer)
+    room.add(recorder)
     writer.start()
     for tick in range(100 + 10):  # 2 s of signal, then silence
         room.tick(tick * 0.02)
+    # mixed at the phone's 8 kHz, as it is: the encoder converts it to the file's 48 kHz
+    assert recorder.spec.sample_rate == 8000
     writer.finish()
     result = await writer.done
     assert opened == [True]
@@ -214,7 +217,7 @@ def test_a_recorder_leaves_a_forwarded_call_forwarded_and_decodes_only_what_it_m
     assert (a.forward_to, b.forward_to, room.sources) == ([b], [a], {})
     writer = FileWriter.__new__(FileWriter)  # never started: only pushed to
     frames: list[object] = []
-    writer.push = frames.append  # type: ignore[method-assign]
+    writer.push = lambda pcm, rate=RATE: frames.append(pcm)  # type: ignore[method-assign]
     track = RecorderLeg(writer, hears=a)
     room.add(track)
     assert (a.forward_to, b.forward_to, list(room.sources)) == ([b], [a], [a])
@@ -259,7 +262,7 @@ def test_ticks_the_clock_skipped_are_silence_in_the_file() -> None:
     (up to ten seconds of it per gap)."""
     pushed: list[object] = []
     writer = FileWriter.__new__(FileWriter)
-    writer.push = pushed.append  # type: ignore[method-assign]
+    writer.push = lambda pcm, rate=RATE: pushed.append(pcm)  # type: ignore[method-assign]
     leg = RecorderLeg(writer)
     frame = np.ones(FRAME, np.int16)
     for now in (0.0, 0.02, 0.08, 0.1, 5.0, 25.0):
@@ -274,3 +277,20 @@ def test_ticks_the_clock_skipped_are_silence_in_the_file() -> None:
         False,
     ]
     assert leg.filled == 746
+
+
+@pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f.container)
+async def test_a_recording_of_whole_batches_closes_cleanly(
+    tmp_path: Path, encoder: EncoderProcess, fmt: FileFormat
+) -> None:
+    """Ended on a batch boundary (200 ms): nothing is left to encode at the close, and an empty
+    frame (an encoder error: EINVAL, ENOMEM for libopus) is never sent."""
+    writer = FileWriter(
+        str(tmp_path / f"whole{fmt.extension}"), fmt, on_opened=lambda: None, encoder=encoder
+    )
+    writer.start()
+    for _ in range(20):
+        writer.push(np.ones(160, np.int16), 8000)
+    writer.finish()
+    result = await writer.done
+    assert (result.error, result.samples) == ("", 20 * FRAME)

@@ -11,7 +11,8 @@ payload length) and a payload:
 
     in   OPEN  json {path, container, codec, channels, rate}  create the file ("x": never over
                                                                 an existing one) and its encoder
-         PCM   int16 samples, interleaved                      queued, encoded per 200 ms
+         PCM   !I rate, then int16 samples, interleaved        converted to the file's rate
+                                                                (soxr), encoded per 200 ms
          CLOSE -                                               encode the rest, flush, close
     out  OPENED  -                                             the file is open
          WRITTEN !Q samples per channel encoded so far         after each batch (the server
@@ -34,8 +35,50 @@ HEADER = struct.Struct("!BII")
 OPEN, PCM, CLOSE = 1, 2, 3
 OPENED, WRITTEN, DONE = 1, 2, 3
 SAMPLES = struct.Struct("!Q")
+RATE_PREFIX = struct.Struct("!I")
 BATCH_S = 0.2
 MAX_MESSAGE = 1 << 24
+
+
+class QuietFile:
+    """The file PyAV writes through, keeping an error instead of raising it inside PyAV's file
+    callbacks (where PyAV drops it with a traceback on stderr, and FFmpeg may carry on):
+    `Target.check` raises it after each write, outside PyAV."""
+
+    def __init__(self, path: str) -> None:
+        # "x": never over a file that appeared since the request was checked
+        self.raw = open(path, "xb")  # noqa: SIM115 - closed by close()
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        if self.error is None:
+            try:
+                self.raw.write(data)
+            except OSError as exc:
+                self.error = exc
+        return len(data)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        try:
+            return self.raw.seek(offset, whence)
+        except OSError as exc:
+            self.error = self.error or exc
+            return self.raw.tell()
+
+    def tell(self) -> int:
+        return self.raw.tell()
+
+    def flush(self) -> None:
+        try:
+            self.raw.flush()
+        except OSError as exc:
+            self.error = self.error or exc
+
+    def close(self) -> None:
+        try:
+            self.raw.close()
+        except OSError as exc:
+            self.error = self.error or exc
 
 
 class Target:
@@ -50,26 +93,53 @@ class Target:
         self.pending_bytes = 0
         self.samples = 0
         self.error = ""
-        self.handle: IO[bytes] | None = None
+        self.created = False
+        self.file: QuietFile | None = None
         self.container: Any = None
         self.stream: Any = None
         self.batch_bytes = int(BATCH_S * self.rate) * 2 * self.channels
         self.spec = spec
+        self.converting: tuple[int, Any] | None = None  # (input rate, soxr stream)
 
     def open(self) -> None:
         import av  # noqa: PLC0415 - the process's one heavy import, here for a clear error
 
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        self.handle = open(self.path, "xb")  # noqa: SIM115 - closed in close()
-        self.container = av.open(self.handle, "w", format=str(self.spec["container"]))
+        self.file = QuietFile(self.path)
+        self.created = True
+        self.container = av.open(self.file, "w", format=str(self.spec["container"]))
         self.stream = self.container.add_stream(
             str(self.spec["codec"]), rate=self.rate, layout=self.layout
         )
 
-    def add(self, pcm: bytes) -> bool:
+    def convert(self, rate: int, pcm: bytes, last: bool = False) -> bytes:
+        """`pcm` at `rate` as samples at the file's rate (a stream per input rate: a change of
+        rate first flushes the last one's tail)."""
+        import numpy as np  # noqa: PLC0415
+        import soxr  # noqa: PLC0415
+
+        out = b""
+        if self.converting is not None and (last or self.converting[0] != rate):
+            tail = self.converting[1].resample_chunk(
+                np.zeros((0, self.channels), dtype=np.int16), last=True
+            )
+            out += np.ascontiguousarray(tail, dtype=np.int16).tobytes()
+            self.converting = None
+        if last or rate == self.rate:
+            return out + pcm
+        if self.converting is None:
+            stream = soxr.ResampleStream(rate, self.rate, self.channels, dtype="int16")
+            self.converting = (rate, stream)
+        samples = np.frombuffer(pcm, dtype=np.int16).reshape(-1, self.channels)
+        converted = self.converting[1].resample_chunk(samples)
+        return out + np.ascontiguousarray(converted, dtype=np.int16).tobytes()
+
+    def add(self, payload: bytes) -> bool:
         """Queue samples; True when a batch was encoded."""
         if self.error:
             return False
+        (rate,) = RATE_PREFIX.unpack_from(payload)
+        pcm = self.convert(rate, payload[RATE_PREFIX.size :])
         self.pending.append(pcm)
         self.pending_bytes += len(pcm)
         if self.pending_bytes < self.batch_bytes:
@@ -85,6 +155,8 @@ class Target:
             return
         data = b"".join(self.pending)
         self.pending, self.pending_bytes = [], 0
+        if not data:  # an empty frame is an encoder error (EINVAL, ENOMEM for libopus)
+            return
         pcm = np.frombuffer(data, dtype=np.int16)
         try:
             frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout=self.layout)
@@ -93,25 +165,35 @@ class Target:
             self.samples += len(pcm) // self.channels
             for packet in self.stream.encode(frame):
                 self.container.mux(packet)
+            self.check()
         except Exception as exc:  # a disk or an encoder failure: this recording fails
             self.error = f"writing {self.path} failed: {exc}"
 
+    def check(self) -> None:
+        if self.file is not None and self.file.error is not None:
+            raise self.file.error
+
     def close(self) -> dict[str, Any]:
+        if not self.error:
+            self.pending.append(self.convert(self.rate, b"", last=True))
         self.encode()
         if not self.error and self.stream is not None:
             try:
                 for packet in self.stream.encode(None):
                     self.container.mux(packet)
+                self.check()
             except Exception as exc:
                 self.error = f"writing {self.path} failed: {exc}"
-        for closing in (self.container, self.handle):
-            try:
-                if closing is not None:
-                    closing.close()  # the handle's buffer flushed: a full disk fails here too
-            except Exception as exc:
-                self.error = self.error or f"closing {self.path} failed: {exc}"
         try:
-            size = os.path.getsize(self.path) if self.handle is not None else 0
+            if self.container is not None:
+                self.container.close()
+            if self.file is not None:
+                self.file.close()  # its buffer flushed: a full disk fails here too
+                self.check()
+        except Exception as exc:
+            self.error = self.error or f"closing {self.path} failed: {exc}"
+        try:
+            size = os.path.getsize(self.path) if self.created else 0
         except OSError:
             size = 0
         return {"samples": self.samples, "size": size, "error": self.error}
@@ -148,7 +230,7 @@ def serve(read_fd: int, out: IO[bytes]) -> None:
                     reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
                     target.error = f"cannot create {target.path}: {reason}"
                     result = {"samples": 0, "size": 0, "error": target.error}
-                    if target.handle is not None:
+                    if target.created:
                         result = target.close()
                     replies.append(message(DONE, number, json.dumps(result).encode()))
                     continue

@@ -221,7 +221,6 @@ class FileWriter:
         self.path = path
         self.format = fmt
         self.channels = channels
-        self._silence = np.zeros(FRAME * channels, dtype=np.int16).tobytes()
         self.on_opened = on_opened
         self.max_samples = int(max_queued_s * RATE)
         self.encoder = encoder
@@ -250,8 +249,10 @@ class FileWriter:
         if self._closing:
             self.encoder.send(wire.CLOSE, self.number)
 
-    def push(self, pcm: Pcm | None) -> None:
-        """One 20 ms frame (None: silence; stereo: interleaved left, right), in order."""
+    def push(self, pcm: Pcm | None, rate: int = RATE) -> None:
+        """One 20 ms frame at `rate` (None: silence; stereo: interleaved left, right), in
+        order. The file is at RATE: the encoder converts other rates (a room of phones is
+        mixed at their 8 kHz, the loop resampling nothing)."""
         if self._closing:
             return
         if (self.frames * FRAME - self.written) >= self.max_samples:
@@ -261,7 +262,9 @@ class FileWriter:
             # the file is closed by it later, as far as it got.
             self.ended(WriterResult(samples=self.written, size=0, error=self._error))
             return
-        data = self._silence if pcm is None else pcm.tobytes()
+        if pcm is None:
+            pcm = _silence(rate * FRAME_MS // 1000 * self.channels)
+        data = wire.RATE_PREFIX.pack(rate) + pcm.tobytes()
         self.frames += 1
         if self.number:
             self.encoder.send(wire.PCM, self.number, data)
@@ -289,13 +292,32 @@ class FileWriter:
             self.done.set_result(result)
 
 
+_SILENCE: dict[int, Pcm] = {}
+
+
+def _silence(samples: int) -> Pcm:
+    found = _SILENCE.get(samples)
+    if found is None:
+        found = _SILENCE[samples] = np.zeros(samples, dtype=np.int16)
+    return found
+
+
+# What a recorder mixes at: the highest rate of what it hears (PCMU/PCMA 8 kHz, G.722 16 kHz,
+# Opus 48 kHz), so a room of phones is mixed as it is, with no resampling on the loop.
+MIX_SPECS = {
+    rate: codecs.CodecSpec(name="L16", sample_rate=rate, rtp_clock=rate)
+    for rate in (8000, 16000, 48000)
+}
+
+
 class RecorderLeg(AudioLeg):
     """A room member that only listens: to every source (a room recording) or to one (`hears`,
     a track recording). It never forwards, so the room mixes for it on every tick, silence
-    included, and the file's length is the recording's wall-clock length."""
+    included, and the file's length is the recording's wall-clock length. It mixes at the
+    highest rate of the sources it hears (`local_frame`, asked first on each tick)."""
 
     def __init__(self, writer: FileWriter, hears: AudioLeg | None = None) -> None:
-        super().__init__(codecs.OPUS_SPEC)
+        super().__init__(MIX_SPECS[48000])
         self.writer = writer
         self.receiving = False  # it gives the room no audio
         self.hears = hears
@@ -309,12 +331,25 @@ class RecorderLeg(AudioLeg):
         if last is not None:
             missed = min(round((now - last) / FRAME_S) - 1, MAX_CATCH_UP)
             for _ in range(missed):
-                self.writer.push(None)
+                self.writer.push(None, self.spec.sample_rate)
             self.filled += max(0, missed)
+
+    def local_frame(self, now: float) -> tuple[Pcm | None, bool]:
+        """No audio of its own; the rate it mixes at this tick, chosen from its sources."""
+        room = self.room
+        if room is not None:
+            hears = self.hears
+            if hears is not None:
+                rate = hears.spec.sample_rate
+            else:
+                rate = max((s.spec.sample_rate for s in room.sources), default=0)
+            if rate and rate != self.spec.sample_rate:
+                self.spec = MIX_SPECS.get(rate) or MIX_SPECS[48000]
+        return None, False
 
     def send_pcm(self, pcm: Pcm | None, now: float) -> None:
         self.catch_up(now)
-        self.writer.push(pcm)
+        self.writer.push(pcm, self.spec.sample_rate)
 
 
 class StereoRecorderLeg(RecorderLeg):
@@ -330,14 +365,15 @@ class StereoRecorderLeg(RecorderLeg):
 
     def send_sources(self, frames: list[tuple[AudioLeg, Pcm]], now: float) -> None:
         self.catch_up(now)
+        rate = self.spec.sample_rate
         if not frames:
-            self.writer.push(None)
+            self.writer.push(None, rate)
             return
         sides: tuple[list[Pcm], list[Pcm]] = ([], [])
         for source, pcm in frames:
             sides[self.channel_of(source)].append(pcm)
-        stereo = np.zeros((FRAME, 2), dtype=np.int16)
+        stereo = np.zeros((len(frames[0][1]), 2), dtype=np.int16)
         for channel, parts in enumerate(sides):
             if parts:
                 stereo[:, channel] = mixer.mix(parts)
-        self.writer.push(stereo.reshape(-1))
+        self.writer.push(stereo.reshape(-1), rate)
