@@ -22,9 +22,9 @@ percentiles, 20 ms clock ticks skipped; for "on", the recordings made (egress co
 /metrics: started, complete, failed) and their total size. "CPU per recorded call" =
 (server + encoder on - server off) / N, in % of one core.
 
-The recorder decodes what it mixes (each call's PCMU, resampled to 48 kHz), mixes on the
-room's 20 ms tick and hands the frame to the encoder process, which encodes and writes; the
-calls themselves stay forwarded (`rtp_forwarded` in the JSON counts it).
+The recorder decodes what it mixes (each call's PCMU), mixes at their 8 kHz on the room's 20
+ms tick and hands the frame to the encoder process, which converts it to 48 kHz, encodes and
+writes; the calls themselves stay forwarded (`rtp_forwarded` in the JSON counts it).
 
 Every loop is bounded in count and time; only 127.0.0.1; every process started is stopped.
 Prints a table and one JSON line.

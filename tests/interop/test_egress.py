@@ -494,3 +494,13 @@ async def test_a_recording_cut_short_by_a_crash_is_failed_after_the_restart(
         assert info.status == Status.EGRESS_FAILED
         assert "stopped while recording" in info.error
         assert await listed(lk, active=True) == []
+
+    # ... and its file was still closed, playable, by the encoder process the server left
+    def playable() -> bool:
+        try:
+            pcm, _ = decode(Path(info.file_results[0].location))
+        except (av.error.FFmpegError, ValueError):
+            return False
+        return len(pcm) > 0
+
+    assert await eventually(playable, "the cut recording's file playable", timeout=5)

@@ -25,6 +25,7 @@ unwritable directory) fails that recording only; its file is closed as far as it
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import struct
@@ -252,11 +253,17 @@ def serve(read_fd: int, out: IO[bytes]) -> None:
         for number in progressed:
             replies.append(message(WRITTEN, number, SAMPLES.pack(targets[number].samples)))
         if replies:
-            out.write(b"".join(replies))
-            out.flush()
+            tell(out, b"".join(replies))
     for number, target in targets.items():  # input closed: finish every file
-        out.write(message(DONE, number, json.dumps(target.close()).encode()))
-    out.flush()
+        tell(out, message(DONE, number, json.dumps(target.close()).encode()))
+
+
+def tell(out: IO[bytes], data: bytes) -> None:
+    """Report to the server; a server gone (killed) hears nothing, and its files are still
+    finished."""
+    with contextlib.suppress(BrokenPipeError, OSError):
+        out.write(data)
+        out.flush()
 
 
 if __name__ == "__main__":
