@@ -105,7 +105,8 @@ class Server:
         self.load_probe = LoadProbe(LoadGate(LoadLimits(max_cpu=settings.max_cpu)), self.metrics)
         RoomApi(self.rooms).register(self.twirp)
         self.call_log = CallLog(self.store, clock, retention_days=settings.call_log_days)
-        CallLogApi(self.call_log, clock).register(self.twirp)
+        self.egress_records = EgressRecords(self.store, shared=bool(settings.redis))
+        CallLogApi(self.call_log, clock, self.egress_records).register(self.twirp)
         self.console = ConsoleApi(dict(settings.keys), self.rooms, self.call_log, clock)
         self.media = MediaService(
             settings.media_address, settings.rtp_ports, bind=settings.sip.host
@@ -122,7 +123,7 @@ class Server:
             self.media,
             self.webhooks,
             settings.recordings_dir,
-            records=EgressRecords(self.store, shared=bool(settings.redis)),
+            records=self.egress_records,
             clock=clock,
         )
         self.egress.register(self.twirp)
