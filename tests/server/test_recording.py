@@ -230,32 +230,6 @@ def test_a_recorder_leaves_a_forwarded_call_forwarded_and_decodes_only_what_it_m
     assert (a.pulls, b.pulls, len(frames)) == (2, 1, 2)
 
 
-def test_two_listeners_at_one_rate_hear_a_source_resampled_once_per_tick() -> None:
-    """A source's resampler is a stream: each tick converts its frame once for every listener
-    at a rate, or the second listener would hear each frame resampled after itself."""
-
-    class Listener(AudioLeg):
-        def __init__(self) -> None:
-            super().__init__(codecs.OPUS_SPEC)
-            self.receiving = False
-            self.heard: list[np.ndarray] = []
-
-        def send_pcm(self, pcm: np.ndarray | None, now: float) -> None:
-            self.heard.append(np.zeros(FRAME, np.int16) if pcm is None else pcm)
-
-    alone, first, second = Listener(), Listener(), Listener()
-    for listeners in ([alone], [first, second]):
-        room = RoomAudio("r", Clock())
-        room.add(Talker(signal_8k(1.0)))
-        for listener in listeners:
-            room.add(listener)
-        for tick in range(50):
-            room.tick(tick * 0.02)
-    reference = np.concatenate(alone.heard)
-    assert np.array_equal(np.concatenate(first.heard), reference)
-    assert np.array_equal(np.concatenate(second.heard), reference)
-
-
 def test_ticks_the_clock_skipped_are_silence_in_the_file() -> None:
     """A late event loop skips ticks of the shared clock (the next tick's `now` comes 40, 60
     ms later): the recording fills them with silence, so its file keeps its wall-clock length
