@@ -330,6 +330,9 @@ class EgressService:
         info.status = Status.EGRESS_ENDING
         info.updated_at = _ns(self.clock())
         info.file_results[0].ended_at = info.file.ended_at = info.updated_at  # the last frame
+        if not info.started_at:  # stopped before its file was open: it recorded all the same
+            info.started_at = _ns(recording.began)
+            info.file_results[0].started_at = info.file.started_at = info.started_at
         if recording.leg is not None:
             self.media.detach(recording.leg)
         recording.writer.finish()
