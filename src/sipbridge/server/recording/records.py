@@ -69,8 +69,8 @@ class EgressRecords:
         self._writes: set[asyncio.Task[None]] = set()
 
     async def recover(self, node: str, now_ns: int) -> list[proto.EgressInfo]:
-        """Every stored recording, oldest first, those this node left in progress marked
-        FAILED (and written so)."""
+        """This node's stored recordings (every one, when the store is not shared), oldest
+        first, those it left in progress marked FAILED (and written so)."""
         self.node = node
         found: list[proto.EgressInfo] = []
         lost: list[Record] = []
@@ -80,7 +80,9 @@ class EgressRecords:
             except (ValueError, KeyError, TypeError):
                 log.warning("stored egress %s is unreadable: skipped", record.id)
                 continue
-            if info.status in IN_PROGRESS and (not self.shared or owner == node):
+            if self.shared and owner != node:
+                continue  # another node's: it lists and stops its own
+            if info.status in IN_PROGRESS:
                 info.status = Status.EGRESS_FAILED
                 info.error = LOST
                 info.ended_at = info.updated_at = now_ns
