@@ -9,8 +9,9 @@ its file's `ended_at`, as the `EgressInfo` says - within 100 ms. The phone's sig
 client's signal are both in the mono file, and each on its own channel of the stereo one (per
 quarter-second window a correlation over 0.9, on at least 80 % of the windows - a tick the
 loaded machine made the clock skip costs one, in every mix alike; on the other channel none).
-Each recording starts (its first frame: `started_at`) within 100 ms of its request, its file
-is open (`EGRESS_ACTIVE`) within a second, the webhooks arrive in LiveKit's order and
+Each recording hears the room (`started_at`: its first frame is the next 20 ms tick) within
+100 ms of its request, its file is open (`EGRESS_ACTIVE`) within a second, the webhooks arrive
+in LiveKit's order and
 `livekit.api.WebhookReceiver` accepts them all, the phone's packets are still forwarded to the
 SDK client as they are while it is recorded, and the call log links the call to both recordings.
 """
