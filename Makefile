@@ -42,7 +42,7 @@ TEST_WORKERS ?= 3
 CORE_WORKERS ?= 2  # the core's unit tests use the CPU alone: one worker per core
 SERIAL_TESTS := $(addprefix tests/interop/,test_flood.py test_metrics_and_load.py test_browser.py \
 	test_webrtc.py test_sdk_versions.py test_agent_session.py test_speakers.py test_console.py \
-	test_cluster_rooms.py)
+	test_cluster_rooms.py test_egress_sdk.py)
 # Fuzzing (fuzz/README.md): `make fuzz` runs every target FUZZ_SECONDS, keeping what it learns in
 # fuzz/work/; `make fuzz-smoke` (part of `make test`) FUZZ_SMOKE_RUNS inputs each from seed
 # FUZZ_SEED, with FUZZ_SMOKE_SECONDS as a cap. FUZZ_TARGETS picks targets (all by default).

@@ -675,8 +675,10 @@ def call_pcap(a: argparse.Namespace) -> None:
 
 async def _load_call(
     location: str, redis_prefix: str, call_id: str
-) -> tuple[bytes | None, bytes | None]:
-    """A call's record and its quality record (either None when there is none)."""
+) -> tuple[bytes | None, bytes | None, list[dict[str, Any]]]:
+    """A call's record and its quality record (either None when there is none), and its
+    recordings (`server/recording/records.py`)."""
+    from sipbridge.server.recording.records import EgressRecords, recording_summary  # noqa: PLC0415
     from sipbridge.server.state.call_log import KIND, QUALITY_KIND  # noqa: PLC0415
     from sipbridge.store import store_at  # noqa: PLC0415
 
@@ -685,7 +687,9 @@ async def _load_call(
     try:
         call = await store.get(KIND, call_id)
         quality = await store.get(QUALITY_KIND, call_id)
-        return (call.data if call else None), (quality.data if quality else None)
+        infos = await EgressRecords(store, shared=False).for_call(call_id)
+        recordings = [recording_summary(info) for info in infos]
+        return (call.data if call else None), (quality.data if quality else None), recordings
     finally:
         await store.close()
 
@@ -699,12 +703,13 @@ def show_call(a: argparse.Namespace) -> None:
     if not a.redis and not Path(a.db).is_file():
         raise FileNotFoundError(f"no database at {a.db}")
     location = a.redis or f"sqlite:{a.db}"
-    call, quality = asyncio.run(_load_call(location, a.redis_prefix, a.call_id))
+    call, quality, recordings = asyncio.run(_load_call(location, a.redis_prefix, a.call_id))
     if call is None:
         raise LookupError(f"no call {a.call_id} in the call log")
     info = sip.SIPCallInfo.FromString(call)
     shown = _as_dict(info)
     shown["quality"] = json.loads(quality) if quality else None
+    shown["recordings"] = recordings
     if a.json:
         print(json.dumps(shown, indent=2, sort_keys=True))
         return
@@ -713,6 +718,9 @@ def show_call(a: argparse.Namespace) -> None:
     print(f"{'from':22} {info.from_uri.user}")
     print(f"{'to':22} {info.to_uri.user}")
     print(f"{'status_code':22} {info.call_status_code.code or ''}")
+    for recording in recordings:
+        line = f"{recording['egress_id']} {recording['status']} {recording['location']}"
+        print(f"{'recording':22} {line}")
     print(render_quality(shown["quality"]))
 
 

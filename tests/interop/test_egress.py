@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -147,9 +149,14 @@ def check_file(server: ServerProcess, info: egress.EgressInfo, phone: baresip.Ph
     assert path.is_relative_to(server.recordings)  # type: ignore[attr-defined]
     assert path == server.recordings / result.filename  # type: ignore[attr-defined]
     assert result.size == path.stat().st_size > 0
-    assert info.started_at <= result.started_at < result.ended_at == info.ended_at
+    assert info.started_at == result.started_at < result.ended_at <= info.ended_at
     pcm, rate = decode(path)
-    assert abs(len(pcm) / rate - result.duration / 1e9) < 0.1
+    # the file is as long as the recording was: from its first frame to its last, as the
+    # EgressInfo says (within 100 ms), and as long as its FileInfo says (within the encoder's
+    # padding, a frame)
+    recorded_s = (result.ended_at - result.started_at) / 1e9
+    assert abs(len(pcm) / rate - recorded_s) < 0.1, (len(pcm) / rate, recorded_s)
+    assert abs(len(pcm) / rate - result.duration / 1e9) < 0.03
     assert phone.reference is not None
     return windows_heard(phone.reference, pcm, phone.rate, recorded_rate=rate)
 
@@ -258,6 +265,11 @@ async def test_a_dispatch_rule_records_every_call_without_an_api_call(
         assert check_file(recorder, info, phone) >= 0.8
 
 
+def link_out(link: Path, target: Path) -> None:
+    link.parent.mkdir(exist_ok=True)
+    link.symlink_to(target)
+
+
 async def test_bad_requests_get_the_twirp_codes_livekit_users_see(
     recorder: ServerProcess,
 ) -> None:
@@ -278,6 +290,12 @@ async def test_bad_requests_get_the_twirp_codes_livekit_users_see(
         assert await code(composite(file_outputs=escaping)) == "invalid_argument"
         absolute = [egress.EncodedFileOutput(filepath="/tmp/x.ogg")]
         assert await code(composite(file_outputs=absolute)) == "invalid_argument"
+        # a directory inside that is a symlink out of it
+        link_out(recorder.recordings / "out", recorder.log.parent)  # type: ignore[attr-defined]
+        linked = [egress.EncodedFileOutput(filepath="out/x.ogg")]
+        assert await code(composite(file_outputs=linked)) == "invalid_argument"
+        mixing = composite(audio_mixing=9)
+        assert await code(mixing) == "invalid_argument"
         assert await code(composite(room_name="nowhere")) == "not_found"
         assert await code(composite(audio_only=False)) == "unimplemented"
         with pytest.raises(api.TwirpError) as raised:
@@ -306,11 +324,13 @@ async def test_bad_requests_get_the_twirp_codes_livekit_users_see(
         )
         assert (status, json.loads(reply)["code"]) == (403, "permission_denied")
     assert not (recorder.recordings / "x.ogg").exists()  # type: ignore[attr-defined]
+    assert not (recorder.log.parent / "x.ogg").exists()
 
 
 async def test_a_recording_is_closed_playable_when_the_server_stops(
     recorder: ServerProcess, hooks: Receiver
 ) -> None:
+    """... and a room no one ever joined (a room that never starts) is flagged: ABORTED."""
     async with client(recorder) as lk:
         await lk.room.create_room(room.CreateRoomRequest(name="quiet"))
         started = await lk.egress.start_room_composite_egress(
@@ -324,4 +344,163 @@ async def test_a_recording_is_closed_playable_when_the_server_stops(
     assert await asyncio.to_thread(recorder.stop) == 0
     pcm, rate = decode(recorder.recordings / "quiet.ogg")  # type: ignore[attr-defined]
     assert len(pcm) / rate >= 0.5
-    assert (await egress_events(hooks, 4))[-1] == ("egress_ended", Status.EGRESS_COMPLETE)
+    assert (await egress_events(hooks, 4))[-1] == ("egress_ended", Status.EGRESS_ABORTED)
+    ended = [d.event.egress_info for d in hooks.deliveries if d.event.event == "egress_ended"]
+    assert "no one was in the room" in ended[-1].error
+
+
+def decode_any(path: Path) -> tuple[np.ndarray, int, str]:
+    """Mono samples (floats), rate and codec of a recording in any of our formats."""
+    with av.open(str(path)) as container:
+        stream = container.streams.audio[0]
+        pcm = np.concatenate([f.to_ndarray().reshape(-1) for f in container.decode(stream)])
+        scale = 32768.0 if pcm.dtype == np.int16 else 1.0
+        return pcm.astype(np.float64) / scale, stream.rate, stream.codec_context.name
+
+
+async def test_a_participant_egress_records_the_phone_to_wav_until_it_leaves(
+    recorder: ServerProcess, tmp_path: Path
+) -> None:
+    async with client(recorder) as lk:
+        await direct_rule(lk, "who")
+        async with call(recorder, tmp_path, "who", lead_s=0.5, top_hz=3400.0) as phone:
+            reply = await lk.room.list_participants(room.ListParticipantsRequest(room="who"))
+            (caller,) = [
+                p for p in reply.participants if p.attributes["sip.phoneNumber"] == phone.user
+            ]
+            with pytest.raises(api.TwirpError) as raised:
+                await lk.egress.start_participant_egress(
+                    egress.ParticipantEgressRequest(
+                        room_name="who",
+                        identity="nobody",
+                        file_outputs=[egress.EncodedFileOutput(filepath="x.wav")],
+                    )
+                )
+            assert raised.value.code == "not_found"
+            started = await lk.egress.start_participant_egress(
+                egress.ParticipantEgressRequest(
+                    room_name="who",
+                    identity=caller.identity,
+                    file_outputs=[egress.EncodedFileOutput(filepath="p/{publisher_identity}.wav")],
+                )
+            )
+            assert started.participant.identity == caller.identity
+            await recorded_for(lk, started.egress_id, SIGNAL_S + 1)
+        info = await completed(lk, started.egress_id)  # the phone left: its recording ended
+        (result,) = info.file_results
+        assert result.filename == f"p/{caller.identity}.wav"
+        pcm, rate, codec = decode_any(Path(result.location))
+        assert (codec, rate) == ("pcm_s16le", 48000)
+        recorded_s = (result.ended_at - result.started_at) / 1e9
+        assert abs(len(pcm) / rate - recorded_s) < 0.1
+        assert phone.reference is not None
+        assert windows_heard(phone.reference, pcm, phone.rate, recorded_rate=rate) >= 0.8
+        with pytest.raises(api.TwirpError) as raised:
+            await lk.egress.update_stream(egress.UpdateStreamRequest(egress_id=info.egress_id))
+        assert raised.value.code == "unimplemented"
+
+
+@contextmanager
+def tmpfs(path: Path, *options: str) -> Iterator[Path]:
+    """A small filesystem of our own at `path` (a full disk, a read-only one), unmounted after."""
+    path.mkdir(parents=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", ",".join(options), "tmpfs", str(path)], check=True
+    )
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+async def failed(lk: api.LiveKitAPI, egress_id: str) -> egress.EgressInfo:
+    async def done() -> egress.EgressInfo | None:
+        (info,) = await listed(lk, egress_id=egress_id)
+        assert info.status != Status.EGRESS_COMPLETE, info
+        return info if info.status == Status.EGRESS_FAILED else None
+
+    return await eventually(done, f"egress {egress_id} failed", timeout=8)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+async def test_a_full_or_read_only_disk_fails_the_recording_with_the_reason(
+    recorder: ServerProcess, hooks: Receiver
+) -> None:
+    rec: Path = recorder.recordings  # type: ignore[attr-defined]
+    with tmpfs(rec / "full", "size=64k"), tmpfs(rec / "ro", "ro", "size=64k"):
+        async with client(recorder) as lk:
+            await lk.room.create_room(room.CreateRoomRequest(name="disk"))
+
+            async def start(filepath: str) -> egress.EgressInfo:
+                return await lk.egress.start_room_composite_egress(
+                    egress.RoomCompositeEgressRequest(
+                        room_name="disk",
+                        audio_only=True,
+                        file_outputs=[egress.EncodedFileOutput(filepath=filepath)],
+                    )
+                )
+
+            # 96 kB of WAV a second: the 64 kB disk is full within a second
+            full = await failed(lk, (await start("full/x.wav")).egress_id)
+            assert "No space left on device" in full.error, full.error
+            assert full.file_results[0].size <= 64 * 1024
+            read_only = await failed(lk, (await start("ro/x.ogg")).egress_id)
+            assert "Read-only file system" in read_only.error, read_only.error
+            # two recordings of one file: the second is refused while the first writes
+            first = await start("twice.ogg")
+            with pytest.raises(api.TwirpError) as raised:
+                await start("twice.ogg")
+            assert raised.value.code == "already_exists"
+            await lk.egress.stop_egress(egress.StopEgressRequest(egress_id=first.egress_id))
+            assert (await completed_or_aborted(lk, first.egress_id)).error
+    ended = {
+        d.event.egress_info.egress_id: d.event.egress_info
+        for d in hooks.deliveries
+        if d.event is not None and d.event.event == "egress_ended"
+    }
+    assert ended[full.egress_id].status == Status.EGRESS_FAILED
+    assert ended[full.egress_id].error == full.error
+
+
+async def completed_or_aborted(lk: api.LiveKitAPI, egress_id: str) -> egress.EgressInfo:
+    async def done() -> egress.EgressInfo | None:
+        (info,) = await listed(lk, egress_id=egress_id)
+        finished = (Status.EGRESS_COMPLETE, Status.EGRESS_ABORTED)
+        return info if info.status in finished else None
+
+    return await eventually(done, f"egress {egress_id} ended", timeout=8)
+
+
+async def test_a_recording_cut_short_by_a_crash_is_failed_after_the_restart(
+    recorder: ServerProcess,
+) -> None:
+    async with client(recorder) as lk:
+        await lk.room.create_room(room.CreateRoomRequest(name="crash"))
+        started = await lk.egress.start_room_composite_egress(
+            egress.RoomCompositeEgressRequest(
+                room_name="crash",
+                audio_only=True,
+                file_outputs=[egress.EncodedFileOutput(filepath="crash.ogg")],
+            )
+        )
+        await recorded_for(lk, started.egress_id, 0.5)
+    assert recorder.proc is not None
+    recorder.proc.kill()  # SIGKILL: no shutdown, the file is left as it was
+    await asyncio.to_thread(recorder.proc.wait)
+    recorder.proc = None
+    await asyncio.to_thread(recorder.start)
+    async with client(recorder) as lk:
+        (info,) = await listed(lk, egress_id=started.egress_id)
+        assert info.status == Status.EGRESS_FAILED
+        assert "stopped while recording" in info.error
+        assert await listed(lk, active=True) == []
+
+    # ... and its file was still closed, playable, by the encoder process the server left
+    def playable() -> bool:
+        try:
+            pcm, _ = decode(Path(info.file_results[0].location))
+        except (av.error.FFmpegError, ValueError):
+            return False
+        return len(pcm) > 0
+
+    assert await eventually(playable, "the cut recording's file playable", timeout=5)

@@ -171,3 +171,72 @@ def test_a_timeline_maps_sources_onto_one_stream() -> None:
     assert line.now(2.02) == 5000 + FRAME
     line.rebase(16000, 320)
     assert line.forwarded(ssrc=1, timestamp=0, at=2.02)[1]  # the same source maps anew
+
+
+class Noise(AudioLeg):
+    """A source of a seeded noise, one 20 ms frame per pull, at its codec's rate."""
+
+    def __init__(self, spec: codecs.CodecSpec, seed: int) -> None:
+        super().__init__(spec)
+        self.sending = False
+        self.rng = np.random.default_rng(seed)
+
+    def pull(self, now: float) -> np.ndarray | None:
+        size = self.spec.sample_rate * FRAME_MS // 1000
+        return (self.rng.standard_normal(size) * 3000).astype(np.int16)
+
+
+class Hearer(AudioLeg):
+    """A listener that gives no audio and keeps what it hears, mixed or each source apart."""
+
+    def __init__(self, spec: codecs.CodecSpec, apart: bool = False) -> None:
+        super().__init__(spec)
+        self.receiving = False
+        self.takes_sources = apart
+        self.heard: list[np.ndarray | None] = []
+        self.apart: list[list[tuple[AudioLeg, np.ndarray]]] = []
+
+    def send_pcm(self, pcm: np.ndarray | None, now: float) -> None:
+        self.heard.append(pcm)
+
+    def send_sources(self, frames: list[tuple[AudioLeg, np.ndarray]], now: float) -> None:
+        self.apart.append(frames)
+
+
+def test_a_source_is_converted_once_per_tick_for_every_listener_at_a_rate() -> None:
+    """A source's resampler is a stream: fed the same frame once per listener, the second
+    listener at a rate heard each frame resampled after itself (a click every 20 ms)."""
+    alone = Hearer(codecs.OPUS_SPEC)
+    first, second = Hearer(codecs.OPUS_SPEC), Hearer(codecs.OPUS_SPEC)
+    for listeners in ([alone], [first, second]):
+        room = RoomAudio("r", Clock())
+        room.add(Noise(codecs.PCMU_SPEC, 7))
+        for listener in listeners:
+            room.add(listener)
+        for tick in range(20):
+            room.tick(tick * 0.02)
+    reference = [f for f in alone.heard if f is not None]
+    assert len(reference) >= 15
+    for listener in (first, second):
+        heard = [f for f in listener.heard if f is not None]
+        assert len(heard) == len(reference)
+        assert all(np.array_equal(a, b) for a, b in zip(heard, reference, strict=True))
+
+
+def test_a_listener_that_takes_sources_apart_gets_each_at_its_rate() -> None:
+    """`takes_sources`: one frame of each source it hears per tick, converted to its rate, not
+    their sum (a stereo recording puts them on different channels)."""
+    room = RoomAudio("r", Clock())
+    phone, client = Noise(codecs.PCMU_SPEC, 1), Noise(codecs.OPUS_SPEC, 2)
+    apart, mixed = Hearer(codecs.OPUS_SPEC, apart=True), Hearer(codecs.OPUS_SPEC)
+    for leg in (phone, client, apart, mixed):
+        room.add(leg)
+    for tick in range(10):
+        room.tick(tick * 0.02)
+    assert apart.heard == [] and len(apart.apart) == 10
+    last = dict(apart.apart[-1])
+    assert set(last) == {phone, client}
+    assert all(len(frame) == 960 for frame in last.values())
+    # the same frames as the mixing listener's parts: their sum is what it heard
+    total = sum(frame.astype(np.int32) for frame in last.values())
+    assert np.array_equal(np.clip(total, -32768, 32767).astype(np.int16), mixed.heard[-1])

@@ -10,9 +10,11 @@ from sipbridge.rooms.egress import (
     MP3,
     MP4,
     OGG,
+    WAV,
     confine,
     expand_filepath,
     format_for,
+    plan_participant,
     plan_room_composite,
     plan_track,
 )
@@ -54,8 +56,12 @@ def test_an_audio_only_room_composite_to_a_file_is_planned() -> None:
 
 def test_what_we_do_not_record_is_refused_plainly() -> None:
     assert code(lambda: plan_room_composite(room_request(audio_only=False))) == "unimplemented"
-    mixing = room_request(audio_mixing=proto.AudioMixing.DUAL_CHANNEL_AGENT)
-    assert code(lambda: plan_room_composite(mixing)) == "unimplemented"
+    mixing = room_request(audio_mixing=7)
+    assert code(lambda: plan_room_composite(mixing)) == "invalid_argument"
+    for name in ("segment_outputs", "image_outputs"):
+        output = proto.SegmentedFileOutput() if name == "segment_outputs" else proto.ImageOutput()
+        refused = room_request(**{name: [output]})
+        assert code(lambda r=refused: plan_room_composite(r)) == "unimplemented"
     streamed = room_request(stream_outputs=[proto.StreamOutput(urls=["rtmp://x/y"])])
     assert code(lambda: plan_room_composite(streamed)) == "unimplemented"
     uploaded = room_request(
@@ -67,6 +73,32 @@ def test_what_we_do_not_record_is_refused_plainly() -> None:
     assert code(lambda: plan_room_composite(nothing)) == "invalid_argument"
     two = room_request(file_outputs=[proto.EncodedFileOutput(), proto.EncodedFileOutput()])
     assert code(lambda: plan_room_composite(two)) == "invalid_argument"
+
+
+def test_dual_channel_mixing_asks_for_a_stereo_file() -> None:
+    assert plan_room_composite(room_request()).channels == 1
+    for mixing in (proto.AudioMixing.DUAL_CHANNEL_AGENT, proto.AudioMixing.DUAL_CHANNEL_ALTERNATE):
+        plan = plan_room_composite(room_request(audio_mixing=mixing))
+        assert (plan.channels, plan.mixing) == (2, mixing)
+
+
+def test_a_participant_egress_records_one_participant_to_one_file() -> None:
+    req = proto.ParticipantEgressRequest(room_name="r", identity="sip_1")
+    req.file_outputs.add(filepath="p/{publisher_identity}.wav")
+    plan = plan_participant(req)
+    assert (plan.identity, plan.format, plan.channels) == ("sip_1", WAV, 1)
+    nobody = proto.ParticipantEgressRequest(room_name="r")
+    nobody.file_outputs.add(filepath="x.ogg")
+    assert code(lambda: plan_participant(nobody)) == "invalid_argument"
+    assert code(
+        lambda: plan_participant(proto.ParticipantEgressRequest(room_name="r", identity="a"))
+    )
+    screen = proto.ParticipantEgressRequest(room_name="r", identity="a", screen_share=True)
+    screen.file_outputs.add(filepath="x.ogg")
+    assert code(lambda: plan_participant(screen)) == "unimplemented"
+    streamed = proto.ParticipantEgressRequest(room_name="r", identity="a")
+    streamed.stream_outputs.add(urls=["rtmp://x/y"])
+    assert code(lambda: plan_participant(streamed)) == "unimplemented"
 
 
 def test_a_track_egress_needs_a_track_and_a_file() -> None:
@@ -86,6 +118,7 @@ def test_the_file_type_follows_the_request_then_the_extension() -> None:
     assert format_for(proto.DEFAULT_FILETYPE, "x.MP3") is MP3
     assert format_for(proto.DEFAULT_FILETYPE, "x") is OGG
     assert format_for(proto.OGG, "x.mp3") is OGG
+    assert format_for(proto.DEFAULT_FILETYPE, "calls/x.WAV") is WAV
 
 
 def test_filepath_templates_expand_as_livekit_documents() -> None:

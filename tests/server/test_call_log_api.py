@@ -14,11 +14,12 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from livekit.protocol import sip
+from livekit.protocol import egress, sip
 
 from sipbridge.server.api.auth import sign_token
 from sipbridge.server.api.call_log_api import CallLogApi, ListCallsRequest, ListCallsResponse
 from sipbridge.server.api.twirp import PREFIX, TwirpServer
+from sipbridge.server.recording.records import EgressRecords
 from sipbridge.server.state.call_log import CallLog
 from sipbridge.store import Record, SQLiteStore
 from sipbridge.store.call_query import CallQuery
@@ -197,3 +198,35 @@ def test_call_list_cli(tmp_path: Path) -> None:
     ):
         done = cli(*args)
         assert done.returncode == 1 and says in done.stderr, (args, done.stderr)
+
+
+async def test_a_calls_recordings_over_twirp(call_log: CallLog) -> None:
+    """ListCallRecordings: the EgressInfo of each recording the call is in, as stored."""
+    records = EgressRecords(call_log.store, shared=False)
+    await records.recover("node", 0)
+    recorded = egress.EgressInfo(
+        egress_id="EG_a", room_name="lobby", status=egress.EgressStatus.EGRESS_COMPLETE
+    )
+    recorded.file_results.add(filename="lobby.ogg", location="/rec/lobby.ogg")
+    records.save(recorded)
+    records.link_call("SCL_0001", "EG_a")
+    await records.flush()
+    twirp = TwirpServer(KEYS)
+    CallLogApi(call_log, lambda: NOW, records).register(twirp)
+    app = web.Application()
+    app.router.add_route("*", PREFIX + "{route:.*}", twirp.handle)
+    url = PREFIX + "sipbridge.CallLog/ListCallRecordings"
+    async with TestClient(TestServer(app)) as client:
+        response = await client.post(url, json={"call_id": "SCL_0001"}, headers=admin())
+        assert response.status == 200
+        (item,) = (await response.json())["items"]
+        assert (item["egress_id"], item["file_results"][0]["location"]) == (
+            "EG_a",
+            "/rec/lobby.ogg",
+        )
+        response = await client.post(url, json={"call_id": "SCL_none"}, headers=admin())
+        assert (response.status, await response.json()) == (200, {"items": []})
+        response = await client.post(url, json={}, headers=admin())
+        assert (response.status, (await response.json())["code"]) == (400, "invalid_argument")
+        response = await client.post(url, json={"call_id": "SCL_0001"})
+        assert response.status == 401

@@ -40,6 +40,8 @@ def test_kinds_are_the_documented_ones() -> None:
         "call",
         "transfer",
         "call_quality",
+        "egress",
+        "call_recordings",
     } == KINDS
 
 

@@ -34,6 +34,9 @@ class AudioLeg:
     G.711 takes forwarded packets too."""
 
     forwardable = False  # packets of this leg can go to another as they are
+    # A listener that takes each source's frame apart (`send_sources`) instead of their sum:
+    # a stereo recording puts some sources on one channel and the rest on the other.
+    takes_sources = False
     hears: AudioLeg | None = None  # None: every source in the room; else only that one
     levels: PacketLevels | None = None  # a source's audio levels, for the active speakers
 
@@ -63,6 +66,9 @@ class AudioLeg:
 
     def send_pcm(self, pcm: Pcm | None, now: float) -> None:
         """One frame of what this listener hears (None: silence)."""
+
+    def send_sources(self, frames: list[tuple[AudioLeg, Pcm]], now: float) -> None:
+        """One frame of each source this listener hears, at its rate (`takes_sources`)."""
 
     # `source` is the RTP leg whose packet this is (`RtpLeg`); typed loosely so that listeners
     # written against a subclass of it (the server's socket driver) still override this.
@@ -329,12 +335,17 @@ class RoomAudio:
             source.buffer(packet, now)
 
     def tick(self, now: float) -> None:
-        """One 20 ms frame for every mixing listener (the shared clock's tick at `now`)."""
+        """One 20 ms frame for every mixing listener (the shared clock's tick at `now`).
+
+        Each source is pulled (decoded) once, and converted to each listeners' rate once: a
+        source's resampler is a stream, and a second listener at the same rate feeding it the
+        same frame again would hear each frame resampled after itself (a click every 20 ms)."""
         decoded: dict[AudioLeg, Pcm] = {}
         for source in self.sources:
             pcm = source.pull(now)
             if pcm is not None:
                 decoded[source] = pcm
+        at_rate: dict[tuple[AudioLeg, int], Pcm | None] = {}
         for listener in list(self.mixers):
             local, event_sent = listener.local_frame(now)
             if event_sent:
@@ -342,11 +353,25 @@ class RoomAudio:
             rate = listener.spec.sample_rate
             parts = []
             hears = listener.hears
+            takes = listener.takes_sources
+            apart = []
             for source, pcm in decoded.items():
                 if source is not listener and (hears is None or source is hears):
-                    converted = source.output_at(pcm, rate)
+                    if source.spec.sample_rate == rate:
+                        converted: Pcm | None = pcm
+                    else:
+                        key = (source, rate)
+                        if key in at_rate:
+                            converted = at_rate[key]
+                        else:
+                            converted = at_rate[key] = source.output_at(pcm, rate)
                     if converted is not None:
                         parts.append(converted)
+                        if takes:
+                            apart.append((source, converted))
+            if takes:
+                listener.send_sources(apart, now)
+                continue
             if local is not None:
                 parts.append(local)
             listener.send_pcm(mixer.mix(parts) if parts else None, now)

@@ -1,10 +1,15 @@
 """Recording requests (LiveKit's Egress API) as plans: what to record, in which format, where.
 
-Pure: a `RoomCompositeEgressRequest` or `TrackEgressRequest` becomes a `RecordingPlan` or an
-`ApiError` with the Twirp code to answer; a plan's filepath template becomes a path confined to
-the recordings directory (string work only - the server checks symlinks on disk). We record
-audio only, from the audio the server already mixes: video, streams, segments, images and cloud
-uploads are answered `unimplemented`, plainly.
+Pure: a `RoomCompositeEgressRequest`, `ParticipantEgressRequest` or `TrackEgressRequest`
+becomes a `RecordingPlan` or an `ApiError` with the Twirp code to answer; a plan's filepath
+template becomes a path confined to the recordings directory (string work only - the server
+checks symlinks on disk). We record audio only, from the audio the server already mixes: video,
+streams, segments, images and cloud uploads are answered `unimplemented`, plainly.
+
+Stereo: a room composite's `audio_mixing` DUAL_CHANNEL_AGENT puts the phones (SIP participants)
+on the right channel and everyone else (the agent, an operator's SDK client) on the left - for
+a call, LiveKit's "agent left, the rest right"; DUAL_CHANNEL_ALTERNATE gives each source a
+channel in the order it joined, left first.
 """
 
 from __future__ import annotations
@@ -37,7 +42,10 @@ class FileFormat:
 OGG: Final = FileFormat(FileType.OGG, "ogg", "libopus", ".ogg", (".ogg", ".oga", ".opus"))
 MP4: Final = FileFormat(FileType.MP4, "mp4", "aac", ".mp4", (".mp4", ".m4a"))
 MP3: Final = FileFormat(FileType.MP3, "mp3", "libmp3lame", ".mp3", (".mp3",))
-FORMATS: Final = (OGG, MP4, MP3)
+# LiveKit's EncodedFileType has no WAV: a `.wav` filepath with DEFAULT_FILETYPE asks for it.
+WAV: Final = FileFormat(FileType.DEFAULT_FILETYPE, "wav", "pcm_s16le", ".wav", (".wav",))
+FORMATS: Final = (OGG, MP4, MP3, WAV)
+Mixing = proto.AudioMixing
 
 # Statuses in which an egress still records (LiveKit's `ListEgress(active=true)`: below COMPLETE).
 ACTIVE_STATUSES: Final = frozenset({Status.EGRESS_STARTING, Status.EGRESS_ACTIVE})
@@ -53,8 +61,14 @@ class RecordingPlan:
 
     room_name: str
     track_id: str = ""
+    identity: str = ""  # a participant egress: that participant's audio
     filepath: str  # a template (`{room_name}`, `{time}`, ...), maybe empty
     format: FileFormat
+    mixing: int = Mixing.DEFAULT_MIXING  # DUAL_CHANNEL_*: a stereo file
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.mixing == Mixing.DEFAULT_MIXING else 2
 
 
 def _unsupported(what: str) -> ApiError:
@@ -71,27 +85,26 @@ def format_for(file_type: int, filepath: str) -> FileFormat:
     if file_type == FileType.DEFAULT_FILETYPE:
         extension = posixpath.splitext(filepath)[1].lower()
         return next((f for f in FORMATS if extension in f.extensions), OGG)
-    for candidate in FORMATS:
+    for candidate in (OGG, MP4, MP3):
         if candidate.file_type == file_type:
             return candidate
     raise invalid_argument(f"file_type: unknown value {file_type}")
 
 
-def plan_room_composite(req: proto.RoomCompositeEgressRequest) -> RecordingPlan:
-    """What `StartRoomCompositeEgress` asks for, or the error to answer."""
-    if not req.room_name:
-        raise invalid_argument("room_name: required")
-    if not req.audio_only:
-        raise _unsupported("video (room composite without audio_only)")
-    if req.audio_mixing != proto.AudioMixing.DEFAULT_MIXING:
-        raise _unsupported(f"audio_mixing {proto.AudioMixing.Name(req.audio_mixing)}")
-    if req.WhichOneof("output") in ("stream", "segments"):
+def _one_file(
+    req: proto.RoomCompositeEgressRequest | proto.ParticipantEgressRequest,
+) -> proto.EncodedFileOutput:
+    """The single local file output of a request with LiveKit's output lists, or the error."""
+    if isinstance(req, proto.RoomCompositeEgressRequest) and req.WhichOneof("output") in (
+        "stream",
+        "segments",
+    ):
         raise _unsupported(f"a {req.WhichOneof('output')} output")
     for name in ("stream_outputs", "segment_outputs", "image_outputs"):
         if len(getattr(req, name)):
             raise _unsupported(name)
     files = list(req.file_outputs)
-    if req.HasField("file"):
+    if isinstance(req, proto.RoomCompositeEgressRequest) and req.HasField("file"):
         files.insert(0, req.file)
     if not files:
         raise invalid_argument("no output: give a file output (file_outputs)")
@@ -101,8 +114,38 @@ def plan_room_composite(req: proto.RoomCompositeEgressRequest) -> RecordingPlan:
     cloud = _cloud(output)
     if cloud is not None:
         raise _unsupported(cloud)
+    return output
+
+
+def plan_room_composite(req: proto.RoomCompositeEgressRequest) -> RecordingPlan:
+    """What `StartRoomCompositeEgress` asks for, or the error to answer."""
+    if not req.room_name:
+        raise invalid_argument("room_name: required")
+    if not req.audio_only:
+        raise _unsupported("video (room composite without audio_only)")
+    if req.audio_mixing not in Mixing.values():
+        raise invalid_argument(f"audio_mixing: unknown value {req.audio_mixing}")
+    output = _one_file(req)
     return RecordingPlan(
         room_name=req.room_name,
+        filepath=output.filepath,
+        format=format_for(output.file_type, output.filepath),
+        mixing=req.audio_mixing,
+    )
+
+
+def plan_participant(req: proto.ParticipantEgressRequest) -> RecordingPlan:
+    """What `StartParticipantEgress` asks for: one participant's audio (a phone's included)."""
+    if not req.room_name:
+        raise invalid_argument("room_name: required")
+    if not req.identity:
+        raise invalid_argument("identity: required")
+    if req.screen_share:
+        raise _unsupported("screen share (video)")
+    output = _one_file(req)
+    return RecordingPlan(
+        room_name=req.room_name,
+        identity=req.identity,
         filepath=output.filepath,
         format=format_for(output.file_type, output.filepath),
     )

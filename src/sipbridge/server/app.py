@@ -51,6 +51,7 @@ from sipbridge.server.load_probe import LoadProbe
 from sipbridge.server.media.leg_driver import CallMedia
 from sipbridge.server.media.service import MediaService
 from sipbridge.server.nodes import Heartbeat, redis_nodes
+from sipbridge.server.recording.records import EgressRecords
 from sipbridge.server.recording.service import EgressService
 from sipbridge.server.rtc.aiortc_patches import (
     bind_ice_ports,
@@ -108,7 +109,8 @@ class Server:
         self.load_probe = LoadProbe(LoadGate(LoadLimits(max_cpu=settings.max_cpu)), self.metrics)
         RoomApi(self.rooms).register(self.twirp)
         self.call_log = CallLog(self.store, clock, retention_days=settings.call_log_days)
-        CallLogApi(self.call_log, clock).register(self.twirp)
+        self.egress_records = EgressRecords(self.store, shared=bool(settings.redis))
+        CallLogApi(self.call_log, clock, self.egress_records).register(self.twirp)
         self.console = ConsoleApi(
             dict(settings.keys),
             self.rooms,
@@ -127,7 +129,12 @@ class Server:
         self.agents = AgentService(self.rooms, dict(settings.keys), public_url="")
         self.agents.register(self.twirp)
         self.egress = EgressService(
-            self.rooms, self.media, self.webhooks, settings.recordings_dir, clock=clock
+            self.rooms,
+            self.media,
+            self.webhooks,
+            settings.recordings_dir,
+            records=self.egress_records,
+            clock=clock,
         )
         self.egress.register(self.twirp)
         calls = CallServices(
@@ -345,6 +352,7 @@ class Server:
             await self.sip_config.load()
         await self.webhooks.start()
         self.call_log.start()
+        await self.egress.open(self.node_id)  # recordings of the last run; cut ones marked failed
         # An idle HTTP connection, or one whose request headers have not all come, is closed
         # after --http-idle-timeout (aiohttp's default is an hour: a slow-headers client held a
         # descriptor that long).

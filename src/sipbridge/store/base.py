@@ -6,7 +6,16 @@ from dataclasses import dataclass
 from typing import Protocol
 
 KINDS = frozenset(
-    {"inbound_trunk", "outbound_trunk", "dispatch_rule", "call", "transfer", "call_quality"}
+    {
+        "inbound_trunk",
+        "outbound_trunk",
+        "dispatch_rule",
+        "call",
+        "transfer",
+        "call_quality",
+        "egress",
+        "call_recordings",
+    }
 )
 # The kinds every node caches in memory (trunks and rules, `state/trunk_cache.py`): a shared
 # store announces each change of one of these so that the other nodes reload it.

@@ -20,6 +20,11 @@ LiveKit's protocol has no method that lists calls, so the messages are ours, in 
 
 JSON (`application/json`) and protobuf both work, as for every Twirp method here. A bad time, an
 absurd limit, an unknown status or a malformed page token is `invalid_argument`.
+
+`ListCallRecordings` gives a call's recordings (issue 16), as the store last has them:
+
+    message ListCallRecordingsRequest { string call_id = 1; }   // an SCL_ id
+    // answered with livekit.ListEgressResponse: items = the EgressInfo of each recording
 """
 
 from __future__ import annotations
@@ -30,11 +35,13 @@ from typing import Any
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import Message
 from livekit.protocol import sip as proto
+from livekit.protocol.egress import ListEgressResponse
 
 from sipbridge.errors import invalid_argument
 from sipbridge.server.api.auth import Claims
 from sipbridge.server.api.sip_api import require_sip_admin
 from sipbridge.server.api.twirp import Encoded, TwirpServer, _varint, repeated_field
+from sipbridge.server.recording.records import EgressRecords
 from sipbridge.server.state.call_log import CallLog
 from sipbridge.store.call_query import DEFAULT_LIMIT, CallQuery, parse_time
 
@@ -69,6 +76,8 @@ def _messages() -> tuple[type[Message], type[Message]]:
         response.field.add(
             name="next_page_token", number=2, type=F.TYPE_STRING, label=F.LABEL_OPTIONAL
         )
+        recordings = file.message_type.add(name="ListCallRecordingsRequest")
+        recordings.field.add(name="call_id", number=1, type=F.TYPE_STRING, label=F.LABEL_OPTIONAL)
         pool.Add(file)
     return (
         message_factory.GetMessageClass(pool.FindMessageTypeByName("sipbridge.ListCallsRequest")),
@@ -77,6 +86,9 @@ def _messages() -> tuple[type[Message], type[Message]]:
 
 
 ListCallsRequest, ListCallsResponse = _messages()
+ListCallRecordingsRequest = message_factory.GetMessageClass(
+    descriptor_pool.Default().FindMessageTypeByName("sipbridge.ListCallRecordingsRequest")
+)
 
 
 def query_from(request: Any, now: float) -> CallQuery:
@@ -99,12 +111,32 @@ def query_from(request: Any, now: float) -> CallQuery:
 
 
 class CallLogApi:
-    def __init__(self, call_log: CallLog, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        call_log: CallLog,
+        clock: Callable[[], float],
+        recordings: EgressRecords | None = None,
+    ) -> None:
         self.call_log = call_log
         self.clock = clock
+        self.recordings = recordings
 
     def register(self, twirp: TwirpServer) -> None:
         twirp.register(SERVICE, "ListCalls", ListCallsRequest, self.list_calls, require_sip_admin)
+        twirp.register(
+            SERVICE,
+            "ListCallRecordings",
+            ListCallRecordingsRequest,
+            self.list_call_recordings,
+            require_sip_admin,
+        )
+
+    async def list_call_recordings(self, request: Any, _: Claims) -> ListEgressResponse:
+        """The recordings a call is in (`server/recording/records.py`)."""
+        if not request.call_id:
+            raise invalid_argument("call_id: required")
+        infos = await self.recordings.for_call(request.call_id) if self.recordings else []
+        return ListEgressResponse(items=infos)
 
     async def list_calls(self, request: Any, _: Claims) -> Encoded:
         """A page of calls as stored (each call's bytes go out as they were written)."""

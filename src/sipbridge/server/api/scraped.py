@@ -60,6 +60,10 @@ def scraped_samples(server: Server) -> list[Sample]:
         ("sipbridge_rtc_audio", {"counter": name}, n)
         for name, n in sorted(server.signal.audio_samples().items())
     ]
+    out += [
+        ("sipbridge_egress_total", {"counter": name}, n)
+        for name, n in sorted(server.egress.stats.items())
+    ]
     out.append(("sipbridge_agent_workers", {}, len(server.agents.workers)))
     out.append(("sipbridge_agent_jobs", {}, len(server.agents.jobs)))
     out += [

@@ -1,13 +1,17 @@
-"""`livekit.Egress` on the Twirp API: audio recordings of a room's mix or one track, to files.
+"""`livekit.Egress` on the Twirp API: audio recordings of a room's mix, one participant or one
+track, to files.
 
 LiveKit records through a separate Egress service (a headless Chrome and GStreamer); we record
 the audio we already have. An egress is a listener in the room's audio (`RecorderLeg`) that
 hears everyone (room composite, `audio_only`) or one track (track egress); its frames go to a
 `FileWriter` thread. Statuses as LiveKit reports them: STARTING when asked, ACTIVE once the file
 is open, ENDING on StopEgress or when the room ends (or the track goes), COMPLETE once the file
-is closed (FAILED with the reason when it could not be written), each with its webhook
-(`egress_started`, `egress_updated`, `egress_ended`). A room whose `RoomConfiguration.egress.room`
-asks for it (a dispatch rule's `room_config`, CreateRoom's `egress`) is recorded from its start.
+is closed (FAILED with the reason when it could not be written; ABORTED for a room recording
+of a room no one was ever in), each with its webhook (`egress_started`, `egress_updated`,
+`egress_ended`) and each written to the store (`records.py`: ListEgress survives a restart, a
+recording cut short by a crash is marked FAILED, each call is linked to its recordings). A room
+whose `RoomConfiguration.egress.room` asks for it (a dispatch rule's `room_config`, CreateRoom's
+`egress`) is recorded from its start.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from google.protobuf.message import Message
 from livekit.protocol import egress as proto
 from livekit.protocol import models
 from livekit.protocol.room import RoomEgress
@@ -30,18 +35,31 @@ from sipbridge.media.players import FRAME_MS
 from sipbridge.rooms import events as ev
 from sipbridge.rooms.egress import (
     ACTIVE_STATUSES,
+    Mixing,
     RecordingPlan,
     confine,
     expand_filepath,
+    plan_participant,
     plan_room_composite,
     plan_track,
 )
+from sipbridge.rooms.model import Kind, Participant
 from sipbridge.server.api.auth import Claims
 from sipbridge.server.api.twirp import TwirpServer, not_implemented_yet
 from sipbridge.server.api.webhooks import WebhookNotifier
+from sipbridge.server.media.leg_driver import CallMedia
 from sipbridge.server.media.service import MediaService
-from sipbridge.server.recording.writer import RATE, FileWriter, RecorderLeg, WriterResult
+from sipbridge.server.recording.records import EgressRecords
+from sipbridge.server.recording.writer import (
+    RATE,
+    EncoderProcess,
+    FileWriter,
+    RecorderLeg,
+    StereoRecorderLeg,
+    WriterResult,
+)
 from sipbridge.server.state.rooms_runtime import RoomsRuntime
+from sipbridge.telephony.inbound import ATTR_CALL_ID
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +81,36 @@ def _ns(seconds: float) -> int:
 
 @dataclass(eq=False, kw_only=True)
 class Recording:
+    """A recording made here, or one loaded from the store (no plan, writer or leg)."""
+
     info: proto.EgressInfo
-    plan: RecordingPlan
-    path: str
-    writer: FileWriter
-    leg: RecorderLeg
+    plan: RecordingPlan | None = None
+    path: str = ""
+    writer: FileWriter | None = None
+    leg: RecorderLeg | None = None
+    attended: bool = False  # someone was in the room while it recorded
+    began: float = 0.0  # when it joined the room's audio: the time of its first frame
+
+
+def _unsupported(_: Any, __: Claims) -> Message:
+    raise ApiError("unimplemented", "sipbridge records audio to files: no streams to update")
+
+
+def _no_video(req: Any, _: Claims) -> Message:
+    what = type(req).__name__[: -len("Request")]
+    raise ApiError("unimplemented", f"{what} (video) is not supported: sipbridge records audio")
+
+
+def _call_id(participant: Participant) -> str:
+    return participant.attributes.get(ATTR_CALL_ID, "") if participant.kind == Kind.SIP else ""
+
+
+def _dual_channel(mixing: int) -> Callable[[Any], int]:
+    """Which channel each source goes to in a stereo room recording (`rooms/egress.py`)."""
+    if mixing == Mixing.DUAL_CHANNEL_AGENT:
+        return lambda source: 1 if isinstance(source, CallMedia) else 0
+    order: dict[Any, int] = {}
+    return lambda source: order.setdefault(source, len(order) % 2)
 
 
 class EgressService:
@@ -78,6 +121,7 @@ class EgressService:
         webhooks: WebhookNotifier,
         recordings_dir: str,
         *,
+        records: EgressRecords | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.runtime = runtime
@@ -88,7 +132,23 @@ class EgressService:
         self.egresses: dict[str, Recording] = {}  # live ones and the last FINISHED_KEPT ended
         self.finished: list[str] = []
         self.stats: dict[str, int] = {}
+        self.records = records
+        self.encoder = EncoderProcess()
         runtime.listeners.append(self.on_room_event)
+
+    async def open(self, node: str) -> None:
+        """The recordings stored before this start; those left in progress marked FAILED. The
+        encoder process starts now, so that the first recording starts at once."""
+        self.encoder.ensure()
+        if self.records is None:
+            return
+        infos = await self.records.recover(node, _ns(self.clock()))
+        for info in infos[:-FINISHED_KEPT]:
+            self.records.forget(info.egress_id)
+        for info in infos[-FINISHED_KEPT:]:
+            if info.egress_id not in self.egresses:
+                self.egresses[info.egress_id] = Recording(info=info)
+                self.finished.append(info.egress_id)
 
     def register(self, twirp: TwirpServer) -> None:
         auth = require_room_record
@@ -97,12 +157,12 @@ class EgressService:
             ("StartTrackEgress", proto.TrackEgressRequest, self.start_track),
             ("ListEgress", proto.ListEgressRequest, self.list_egress),
             ("StopEgress", proto.StopEgressRequest, self.stop_egress),
+            ("StartParticipantEgress", proto.ParticipantEgressRequest, self.start_participant),
             ("StartEgress", proto.StartEgressRequest, not_implemented_yet),
-            ("StartWebEgress", proto.WebEgressRequest, not_implemented_yet),
-            ("StartParticipantEgress", proto.ParticipantEgressRequest, not_implemented_yet),
-            ("StartTrackCompositeEgress", proto.TrackCompositeEgressRequest, not_implemented_yet),
-            ("UpdateLayout", proto.UpdateLayoutRequest, not_implemented_yet),
-            ("UpdateStream", proto.UpdateStreamRequest, not_implemented_yet),
+            ("StartWebEgress", proto.WebEgressRequest, _no_video),
+            ("StartTrackCompositeEgress", proto.TrackCompositeEgressRequest, _no_video),
+            ("UpdateLayout", proto.UpdateLayoutRequest, _no_video),
+            ("UpdateStream", proto.UpdateStreamRequest, _unsupported),
         ]
         for name, request_type, handler in methods:
             twirp.register(SERVICE, name, request_type, handler, auth)
@@ -140,6 +200,28 @@ class EgressService:
         }
         return self._start(plan, info, values, hears=source)
 
+    async def start_participant(
+        self, req: proto.ParticipantEgressRequest, _: Claims
+    ) -> proto.EgressInfo:
+        plan = plan_participant(req)
+        room = self.runtime.registry.find(plan.room_name)
+        participant = room.participants.get(plan.identity) if room else None
+        if participant is None:
+            raise not_found(f"participant {plan.identity!r} not found in room {plan.room_name!r}")
+        audio = [
+            self.media.track_legs[sid]
+            for sid, track in participant.tracks.items()
+            if track.type == models.TrackType.AUDIO and sid in self.media.track_legs
+        ]
+        if not audio:
+            raise ApiError(
+                "failed_precondition", f"participant {plan.identity!r} publishes no audio yet"
+            )
+        info = proto.EgressInfo(source_type=proto.EgressSourceType.EGRESS_SOURCE_TYPE_SDK)
+        info.participant.CopyFrom(req)
+        values = {"publisher_identity": plan.identity}
+        return self._start(plan, info, values, hears=audio[0])
+
     async def list_egress(
         self, req: proto.ListEgressRequest, _: Claims
     ) -> proto.ListEgressResponse:
@@ -156,7 +238,7 @@ class EgressService:
         recording = self.egresses.get(req.egress_id)
         if recording is None:
             raise not_found(f"egress {req.egress_id!r} not found")
-        if recording.info.status not in ACTIVE_STATUSES:
+        if recording.info.status not in ACTIVE_STATUSES or recording.writer is None:
             status = Status.Name(recording.info.status)
             raise ApiError("failed_precondition", f"egress with status {status} cannot be stopped")
         self._stop(recording)
@@ -194,72 +276,117 @@ class EgressService:
         result = info.file_results.add(filename=filename, location=real)
         info.file.CopyFrom(result)  # the deprecated single result, for older clients
         egress_id = info.egress_id
-        writer = FileWriter(real, plan.format, on_opened=lambda: self._opened(egress_id))
-        leg = RecorderLeg(writer, hears=hears)
+        writer = FileWriter(
+            real,
+            plan.format,
+            on_opened=lambda: self._opened(egress_id),
+            channels=plan.channels,
+            encoder=self.encoder,
+        )
+        leg = (
+            StereoRecorderLeg(writer, _dual_channel(plan.mixing))
+            if plan.channels == 2
+            else RecorderLeg(writer, hears=hears)
+        )
         recording = Recording(info=info, plan=plan, path=real, writer=writer, leg=leg)
+        recording.attended = bool(room.participants)
+        recording.began = now
         self.egresses[info.egress_id] = recording
-        self.media.attach(recording.leg, room.name)
+        self.media.attach(leg, room.name)
         writer.start()
         writer.done.add_done_callback(lambda f: self._ended(recording, f.result()))
         self._count("started")
         self._notify("egress_started", recording)
+        for participant in room.participants.values():
+            if not (plan.identity or plan.track_id) or hears in self._legs_of(participant):
+                self._link(participant, egress_id)
         return self._snapshot(info)
+
+    def _legs_of(self, participant: Participant) -> list[Any]:
+        return [self.media.track_legs.get(sid) for sid in participant.tracks]
+
+    def _link(self, participant: Participant, egress_id: str) -> None:
+        call_id = _call_id(participant)
+        if call_id and self.records is not None:
+            self.records.link_call(call_id, egress_id)
 
     def _opened(self, egress_id: str) -> None:
         recording = self.egresses.get(egress_id)
         if recording is None or recording.info.status != Status.EGRESS_STARTING:
             return
         info = recording.info
-        now = _ns(self.clock())
         info.status = Status.EGRESS_ACTIVE
-        info.started_at = info.updated_at = now
-        info.file_results[0].started_at = now
-        info.file.started_at = now
+        info.updated_at = _ns(self.clock())
+        # The file's first frame is the room's next tick after the request (`began`): the
+        # file's duration is the time from `started_at` to its `ended_at`, to a frame.
+        info.started_at = _ns(recording.began)
+        info.file_results[0].started_at = info.file.started_at = info.started_at
         self._notify("egress_updated", recording)
 
     def _stop(self, recording: Recording) -> None:
         info = recording.info
-        if info.status not in ACTIVE_STATUSES:
+        if info.status not in ACTIVE_STATUSES or recording.writer is None:
             return
         info.status = Status.EGRESS_ENDING
         info.updated_at = _ns(self.clock())
-        self.media.detach(recording.leg)
+        info.file_results[0].ended_at = info.file.ended_at = info.updated_at  # the last frame
+        if not info.started_at:  # stopped before its file was open: it recorded all the same
+            info.started_at = _ns(recording.began)
+            info.file_results[0].started_at = info.file.started_at = info.started_at
+        if recording.leg is not None:
+            self.media.detach(recording.leg)
         recording.writer.finish()
         self._notify("egress_updated", recording)
 
     def _ended(self, recording: Recording, result: WriterResult) -> None:
         info = recording.info
-        self.media.detach(recording.leg)  # the writer may have failed on its own
+        if recording.leg is not None:  # the writer may have failed on its own
+            self.media.detach(recording.leg)
+            self.stats["frames_filled"] = self.stats.get("frames_filled", 0) + recording.leg.filled
         now = _ns(self.clock())
         info.ended_at = info.updated_at = now
         for file in (info.file_results[0], info.file):
-            file.ended_at = now
+            file.ended_at = file.ended_at or now  # when the writer failed on its own: now
             file.size = result.size
             file.duration = result.samples * 1_000_000_000 // RATE
         if result.error:
             info.status = Status.EGRESS_FAILED
             info.error = result.error
             self._count("failed")
+        elif not recording.attended and info.HasField("room_composite"):
+            info.status = Status.EGRESS_ABORTED
+            info.error = "no one was in the room while it recorded: the file holds silence"
+            self._count("aborted")
         else:
             info.status = Status.EGRESS_COMPLETE
             self._count("complete")
         self._notify("egress_ended", recording)
         self.finished.append(info.egress_id)
         while len(self.finished) > FINISHED_KEPT:
-            self.egresses.pop(self.finished.pop(0), None)
+            forgotten = self.finished.pop(0)
+            self.egresses.pop(forgotten, None)
+            if self.records is not None:
+                self.records.forget(forgotten)
 
     def _snapshot(self, info: proto.EgressInfo) -> proto.EgressInfo:
         """A copy to send, with the length recorded so far while the file is being written."""
         copy = proto.EgressInfo()
         copy.CopyFrom(info)
         recording = self.egresses.get(info.egress_id)
-        if recording is not None and info.status in (*ACTIVE_STATUSES, Status.EGRESS_ENDING):
+        if (
+            recording is not None
+            and recording.writer is not None
+            and info.status in (*ACTIVE_STATUSES, Status.EGRESS_ENDING)
+        ):
             duration = recording.writer.frames * FRAME_MS * 1_000_000
             copy.file_results[0].duration = copy.file.duration = duration
         return copy
 
     def _notify(self, event: str, recording: Recording) -> None:
-        self.webhooks.notify(event, egress_info=self._snapshot(recording.info))
+        snapshot = self._snapshot(recording.info)
+        if self.records is not None:
+            self.records.save(snapshot)
+        self.webhooks.notify(event, egress_info=snapshot)
 
     def _count(self, name: str) -> None:
         self.stats[name] = self.stats.get(name, 0) + 1
@@ -273,18 +400,37 @@ class EgressService:
                 wanted: RoomEgress | None = live.egress if live is not None else None
                 if wanted is not None and wanted.HasField("room"):
                     self._auto_record(room.name, wanted)
+            case ev.ParticipantJoined(room=room, participant=participant):
+                for recording in self._live(lambda r: r.info.room_name == room.name):
+                    recording.attended = True
+                    if recording.info.HasField("room_composite"):
+                        call_id = participant.attributes.get(ATTR_CALL_ID, "")
+                        if call_id and participant.kind == Kind.SIP and self.records is not None:
+                            self.records.link_call(call_id, recording.info.egress_id)
             case ev.RoomFinished(room=room):
                 for recording in self._live(lambda r: r.info.room_name == room.name):
                     self._stop(recording)
             case ev.TrackUnpublished(room=room, track=track):
+                leg = self.media.track_legs.get(track.sid)
                 for recording in self._live(
-                    lambda r: r.info.room_name == room.name and r.plan.track_id == track.sid
+                    lambda r: (
+                        r.info.room_name == room.name
+                        and r.plan is not None
+                        and r.leg is not None
+                        and (
+                            r.plan.track_id == track.sid or (leg is not None and r.leg.hears is leg)
+                        )
+                    )
                 ):
                     self._stop(recording)
             case ev.ParticipantLeft(room=room, participant=participant):
                 sids = {t.sid for t in participant.tracks}
                 for recording in self._live(
-                    lambda r: r.info.room_name == room.name and r.plan.track_id in sids
+                    lambda r: (
+                        r.info.room_name == room.name
+                        and r.plan is not None
+                        and (r.plan.track_id in sids or r.plan.identity == participant.identity)
+                    )
                 ):
                     self._stop(recording)
             case _:
@@ -309,8 +455,15 @@ class EgressService:
         """Stop every recording and wait (bounded) until each file is closed and playable."""
         for recording in self._live(lambda _: True):
             self._stop(recording)
-        writing = [r.writer.done for r in self.egresses.values() if not r.writer.done.done()]
+        writing = [
+            r.writer.done
+            for r in self.egresses.values()
+            if r.writer is not None and not r.writer.done.done()
+        ]
         if writing:
             _, pending = await asyncio.wait(writing, timeout=SHUTDOWN_WAIT_S)
             if pending:
                 log.error("%d recordings were still being written at shutdown", len(pending))
+        await self.encoder.close()
+        if self.records is not None:
+            await self.records.flush()

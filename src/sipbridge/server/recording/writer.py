@@ -1,38 +1,49 @@
-"""A recording's file: frames from the room's clock, encoded and written by a thread of its own.
+"""Recordings' files: frames from the room's clock, encoded and written off the event loop.
 
 The room's mix hands `RecorderLeg` one 20 ms frame per tick on the event loop; the leg only
-queues it. A thread per recording encodes (PyAV: Opus in Ogg, AAC in MP4, MP3) and writes, so a
-slow disk never stalls the loop. The queue is bounded (`MAX_QUEUED_S` of audio): past it the
-recording fails with the reason instead of growing without end, and the file written so far is
-still closed properly. `finish()` drains what is queued, flushes the encoder and closes the
-container, so the file is playable whenever it ends - StopEgress, the room closing, shutdown.
+queues it for the encoder, a child process shared by every recording (`encoder.py`: PyAV, Opus
+in Ogg, AAC in MP4, MP3, PCM in WAV), so neither encoding nor a slow disk holds the loop, or
+its GIL. The frames of a tick go to it in one write on a non-blocking pipe.
+
+What a recording has queued (sent, not yet encoded and written) is bounded (`MAX_QUEUED_S` of
+audio, by the encoder's `WRITTEN` reports): past it the recording fails with the reason instead
+of growing without end, and its file is closed as far as it was written. `finish()` has the
+encoder write what is queued, flush and close, so the file is playable whenever it ends -
+StopEgress, the room closing, shutdown. If the encoder process dies, every recording it had
+fails with the reason, and the next one starts a new process.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
-import threading
-from collections import deque
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import av
 import numpy as np
 
-from sipbridge.media import codecs
+from sipbridge.media import codecs, mixer
 from sipbridge.media.players import FRAME_MS, Pcm
 from sipbridge.media.room_audio import AudioLeg
 from sipbridge.rooms.egress import FileFormat
+from sipbridge.server.recording import encoder as wire
 
 log = logging.getLogger(__name__)
 
-RATE = codecs.OPUS_SPEC.sample_rate  # 48 kHz mono: the mix is made at this rate
+RATE = codecs.OPUS_SPEC.sample_rate  # 48 kHz: the mix is made at this rate
 FRAME = RATE * FRAME_MS // 1000
 MAX_QUEUED_S = 10.0
-_SILENCE = np.zeros(FRAME, dtype=np.int16)
+FRAME_S = FRAME_MS / 1000
+MAX_CATCH_UP = 500  # frames of silence for skipped ticks, at most (ten seconds)
+BATCH_FRAMES = 10  # 200 ms of audio per message to the encoder
+COMPACT_AT = 1 << 20  # bytes sent before the queue to the encoder is compacted
+READ_SIZE = 1 << 16
+CLOSE_WAIT_S = 5.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -42,8 +53,175 @@ class WriterResult:
     error: str = ""
 
 
+class EncoderProcess:
+    """The encoder child and the loop's side of its pipes (non-blocking, no task)."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.writers: dict[int, FileWriter] = {}
+        self.next_number = 1
+        self.started = 0  # processes started so far
+        self._out = bytearray()
+        self._out_at = 0  # bytes of `_out` already written to the process
+        self._in = bytearray()
+        self._flush_soon = False
+        self._writing = False
+        self._exit = asyncio.Event()
+
+    def ensure(self) -> None:
+        """Start the process unless it runs (at the service's start, so that a recording's
+        file opens within milliseconds of its request)."""
+        if self.proc is not None:
+            return
+        self.loop = asyncio.get_running_loop()
+        self.proc = subprocess.Popen(  # our own script, by its path
+            [sys.executable, "-u", wire.__file__],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            close_fds=True,
+        )
+        self.started += 1
+        self._exit = asyncio.Event()
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        os.set_blocking(self.proc.stdin.fileno(), False)
+        os.set_blocking(self.proc.stdout.fileno(), False)
+        self.loop.add_reader(self.proc.stdout.fileno(), self._readable)
+
+    def register(self, writer: FileWriter) -> int:
+        self.ensure()
+        number = self.next_number
+        self.next_number += 1
+        self.writers[number] = writer
+        return number
+
+    def send(self, kind: int, number: int, payload: bytes = b"") -> None:
+        """Queue a message; everything queued in one tick leaves in one write."""
+        self._out += wire.HEADER.pack(kind, number, len(payload))
+        self._out += payload
+        if not self._flush_soon and not self._writing and self.loop is not None:
+            self._flush_soon = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_soon = False
+        if self.proc is None or self.proc.stdin is None or len(self._out) <= self._out_at:
+            return
+        fd = self.proc.stdin.fileno()
+        try:
+            with memoryview(self._out) as view:
+                sent = os.write(fd, view[self._out_at :])
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:  # the process is gone: its end is read from stdout
+            log.warning("recording encoder: writing to it failed: %s", exc)
+            self._out.clear()
+            self._out_at = 0
+            return
+        # What was sent is dropped by moving an offset, the buffer compacted only once half of
+        # it is sent: deleting the sent head at each write moved all the rest each time, and
+        # with the encoder behind (megabytes queued) that stalled the loop (p50 +700 ms).
+        self._out_at += sent
+        if self._out_at >= len(self._out):
+            self._out.clear()
+            self._out_at = 0
+        elif self._out_at > COMPACT_AT and self._out_at * 2 > len(self._out):
+            del self._out[: self._out_at]
+            self._out_at = 0
+        assert self.loop is not None
+        if self._out and not self._writing:  # the pipe is full: go on when it drains
+            self._writing = True
+            self.loop.add_writer(fd, self._drain)
+        elif not self._out and self._writing:
+            self._writing = False
+            self.loop.remove_writer(fd)
+
+    def _drain(self) -> None:
+        self._flush()
+
+    def _readable(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        try:
+            data = os.read(self.proc.stdout.fileno(), READ_SIZE)
+        except BlockingIOError:
+            return
+        if not data:
+            self._exited()
+            return
+        self._in += data
+        at = 0
+        while len(self._in) - at >= wire.HEADER.size:
+            kind, number, size = wire.HEADER.unpack_from(self._in, at)
+            if len(self._in) - at - wire.HEADER.size < size:
+                break
+            payload = bytes(self._in[at + wire.HEADER.size : at + wire.HEADER.size + size])
+            at += wire.HEADER.size + size
+            writer = self.writers.get(number)
+            if writer is None:
+                continue
+            if kind == wire.OPENED:
+                writer.on_opened()
+            elif kind == wire.WRITTEN:
+                writer.written = wire.SAMPLES.unpack(payload)[0]
+            elif kind == wire.DONE:
+                del self.writers[number]
+                doc = json.loads(payload)
+                writer.ended(
+                    WriterResult(samples=doc["samples"], size=doc["size"], error=doc["error"])
+                )
+        del self._in[:at]
+
+    def _exited(self) -> None:
+        """The process ended (killed, crashed, or its input closed): each recording it had
+        fails with the reason; the next recording starts a new process."""
+        proc, self.proc = self.proc, None
+        assert proc is not None and proc.stdout is not None and self.loop is not None
+        self.loop.remove_reader(proc.stdout.fileno())
+        if self._writing and proc.stdin is not None:
+            self.loop.remove_writer(proc.stdin.fileno())
+        self._writing = False
+        self._out.clear()
+        self._out_at = 0
+        self._in.clear()
+        code = proc.wait()
+        for stream in (proc.stdin, proc.stdout):
+            with contextlib.suppress(OSError):
+                if stream is not None:
+                    stream.close()
+        writers, self.writers = self.writers, {}
+        if writers:
+            log.error("recording encoder exited (%s) with %d recordings", code, len(writers))
+        for writer in writers.values():
+            reason = f"the recording encoder process exited (code {code})"
+            writer.ended(WriterResult(samples=writer.written, size=0, error=reason))
+        self._exit.set()
+
+    async def close(self) -> None:
+        """End the process once its recordings are done: what is queued sent, its input
+        closed, its exit waited for (bounded), else killed."""
+        proc = self.proc
+        if proc is None or proc.stdin is None:
+            return
+        self._flush()
+        if self._writing and self.loop is not None:
+            self.loop.remove_writer(proc.stdin.fileno())
+            self._writing = False
+        with contextlib.suppress(OSError):
+            os.set_blocking(proc.stdin.fileno(), True)  # the last bytes, then end of input
+            proc.stdin.write(bytes(self._out[self._out_at :]))
+            self._out.clear()
+            self._out_at = 0
+            proc.stdin.close()
+        try:
+            async with asyncio.timeout(CLOSE_WAIT_S):
+                await self._exit.wait()
+        except TimeoutError:
+            proc.kill()
+            self._exited()
+
+
 class FileWriter:
-    """Encodes queued frames to `path` on its own thread. Create and use it on the loop;
+    """A recording's file, written by the encoder process. Create and use it on the loop;
     `on_opened` and `done` are reported there."""
 
     def __init__(
@@ -53,133 +231,184 @@ class FileWriter:
         *,
         on_opened: Callable[[], None],
         max_queued_s: float = MAX_QUEUED_S,
+        channels: int = 1,
+        encoder: EncoderProcess,
     ) -> None:
         self.path = path
         self.format = fmt
+        self.channels = channels
         self.on_opened = on_opened
-        self.max_frames = int(max_queued_s * 1000 / FRAME_MS)
+        self.max_samples = int(max_queued_s * RATE)
+        self.encoder = encoder
         self.loop = asyncio.get_running_loop()
         self.done: asyncio.Future[WriterResult] = self.loop.create_future()
         self.frames = 0  # pushed so far (the recording's length as the loop sees it)
-        self._queue: deque[Pcm] = deque()
-        self._cond = threading.Condition()
+        self.written = 0  # samples the encoder reports encoded and written
+        self.number = 0  # the encoder's number for it, once started
+        self._early: list[bytes] = []  # pushed before start()
+        self._batch = bytearray()  # frames not yet sent, all at `_batch_rate`
+        self._batch_rate = RATE
+        self._batched = 0
         self._closing = False
         self._error = ""
-        self._thread = threading.Thread(target=self._run, name=f"recording {path}", daemon=True)
 
     def start(self) -> None:
-        self._thread.start()
+        self.number = self.encoder.register(self)
+        spec = {
+            "path": self.path,
+            "container": self.format.container,
+            "codec": self.format.codec,
+            "channels": self.channels,
+            "rate": RATE,
+        }
+        self.encoder.send(wire.OPEN, self.number, json.dumps(spec).encode())
+        for early in self._early:  # what was pushed before
+            self.encoder.send(wire.PCM, self.number, early)
+        self._early.clear()
+        if self._closing:
+            self.encoder.send(wire.CLOSE, self.number)
 
-    def push(self, pcm: Pcm | None) -> None:
-        """One 20 ms frame (None: silence), in order."""
-        with self._cond:
-            if self._closing:
-                return
-            if len(self._queue) >= self.max_frames:
-                self._error = f"the disk is too slow: over {self.max_frames * FRAME_MS} ms queued"
-                self._closing = True
-            else:
-                self._queue.append(_SILENCE if pcm is None else pcm)
-                self.frames += 1
-            self._cond.notify()
+    def push(self, pcm: Pcm | None, rate: int = RATE) -> None:
+        """One 20 ms frame at `rate` (None: silence; stereo: interleaved left, right), in
+        order. The file is at RATE: the encoder converts other rates (a room of phones is
+        mixed at their 8 kHz, the loop resampling nothing)."""
+        if self._closing:
+            return
+        if (self.frames * FRAME - self.written) >= self.max_samples:
+            self._error = f"the disk is too slow: over {self.max_samples * 1000 // RATE} ms queued"
+            self.finish()
+            # Failed now, not once the encoder gets to it (a stuck disk may hold it for ever):
+            # the file is closed by it later, as far as it got.
+            self.ended(WriterResult(samples=self.written, size=0, error=self._error))
+            return
+        if pcm is None:
+            pcm = _silence(rate * FRAME_MS // 1000 * self.channels)
+        if not self.number:  # not started: kept as it came, sent at the start
+            self._early.append(wire.RATE_PREFIX.pack(rate) + pcm.tobytes())
+            self.frames += 1
+            return
+        if rate != self._batch_rate:
+            self._send_batch()
+            self._batch_rate = rate
+        self._batch += pcm.tobytes()
+        self._batched += 1
+        self.frames += 1
+        if self._batched >= BATCH_FRAMES:
+            self._send_batch()
+
+    def _send_batch(self) -> None:
+        """The frames pushed since the last batch, in one message (once started): the
+        encoder's work per message is in Python, per batch not per frame."""
+        if self.number and self._batch:
+            payload = wire.RATE_PREFIX.pack(self._batch_rate) + bytes(self._batch)
+            self.encoder.send(wire.PCM, self.number, payload)
+            self._batch.clear()
+            self._batched = 0
 
     def finish(self) -> None:
         """Write what is queued, then close the file."""
-        with self._cond:
-            self._closing = True
-            self._cond.notify()
+        if self._closing:
+            return
+        self._closing = True
+        if self.number:
+            self._send_batch()
+            self.encoder.send(wire.CLOSE, self.number)
 
     @property
     def closing(self) -> bool:
         return self._closing
 
-    def _report(self, callback: Callable[[], None]) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is waiting
-            self.loop.call_soon_threadsafe(callback)
-
-    def _run(self) -> None:
-        samples = 0
-        error = ""
-        container = None
-        try:
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            # "x": never overwrite a file that appeared since the request was checked.
-            handle = open(self.path, "xb")  # noqa: SIM115 - closed after the container
-        except OSError as exc:
-            self._fail(f"cannot create {self.path}: {exc.strerror or exc}")
-            return
-        try:
-            container = av.open(handle, "w", format=self.format.container)
-            stream = container.add_stream(self.format.codec, rate=RATE, layout="mono")
-            assert isinstance(stream, av.audio.stream.AudioStream)
-            self._report(self.on_opened)
-            while True:
-                with self._cond:
-                    while not self._queue and not self._closing:
-                        self._cond.wait()
-                    batch = list(self._queue)
-                    self._queue.clear()
-                    closing = self._closing
-                for pcm in batch:
-                    frame = av.AudioFrame.from_ndarray(
-                        pcm.reshape(1, -1), format="s16", layout="mono"
-                    )
-                    frame.sample_rate = RATE
-                    frame.pts = samples
-                    samples += len(pcm)
-                    for packet in stream.encode(frame):
-                        container.mux(packet)
-                if closing:
-                    with self._cond:
-                        if self._queue:
-                            continue
-                    break
-            for packet in stream.encode(None):
-                container.mux(packet)
-        except Exception as exc:  # an encoder or a disk failure: the recording fails, reported
-            log.exception("recording %s failed", self.path)
-            error = f"writing {self.path} failed: {exc}"
-        finally:
-            try:
-                if container is not None:
-                    container.close()
-            except Exception as exc:
-                error = error or f"closing {self.path} failed: {exc}"
-            handle.close()
-        with self._cond:
-            error = error or self._error
-        try:
-            size = os.path.getsize(self.path)
-        except OSError:
-            size = 0
-        result = WriterResult(samples=samples, size=size, error=error)
-        self._report(lambda: self._resolve(result))
-
-    def _fail(self, error: str) -> None:
-        with self._cond:
-            self._closing = True
-            self._queue.clear()
-        result = WriterResult(samples=0, size=0, error=error)
-        self._report(lambda: self._resolve(result))
-
-    def _resolve(self, result: WriterResult) -> None:
+    def ended(self, result: WriterResult) -> None:
+        """The encoder closed the file (on the loop)."""
+        self._closing = True
+        if self._error and not result.error:
+            result = WriterResult(samples=result.samples, size=result.size, error=self._error)
         if not self.done.done():
             self.done.set_result(result)
 
-    def join(self, timeout: float) -> None:
-        self._thread.join(timeout)
+
+_SILENCE: dict[int, Pcm] = {}
+
+
+def _silence(samples: int) -> Pcm:
+    found = _SILENCE.get(samples)
+    if found is None:
+        found = _SILENCE[samples] = np.zeros(samples, dtype=np.int16)
+    return found
+
+
+# What a recorder mixes at: the highest rate of what it hears (PCMU/PCMA 8 kHz, G.722 16 kHz,
+# Opus 48 kHz), so a room of phones is mixed as it is, with no resampling on the loop.
+MIX_SPECS = {
+    rate: codecs.CodecSpec(name="L16", sample_rate=rate, rtp_clock=rate)
+    for rate in (8000, 16000, 48000)
+}
 
 
 class RecorderLeg(AudioLeg):
     """A room member that only listens: to every source (a room recording) or to one (`hears`,
     a track recording). It never forwards, so the room mixes for it on every tick, silence
-    included, and the file's length is the recording's wall-clock length."""
+    included, and the file's length is the recording's wall-clock length. It mixes at the
+    highest rate of the sources it hears (`local_frame`, asked first on each tick)."""
 
     def __init__(self, writer: FileWriter, hears: AudioLeg | None = None) -> None:
-        super().__init__(codecs.OPUS_SPEC)
+        super().__init__(MIX_SPECS[48000])
         self.writer = writer
         self.receiving = False  # it gives the room no audio
         self.hears = hears
+        self._last_tick: float | None = None
+        self.filled = 0  # silent frames pushed for skipped ticks
+
+    def catch_up(self, now: float) -> None:
+        """Silence for the ticks the shared clock skipped (a late event loop): the file keeps
+        the recording's wall-clock length."""
+        last, self._last_tick = self._last_tick, now
+        if last is not None:
+            missed = min(round((now - last) / FRAME_S) - 1, MAX_CATCH_UP)
+            for _ in range(missed):
+                self.writer.push(None, self.spec.sample_rate)
+            self.filled += max(0, missed)
+
+    def local_frame(self, now: float) -> tuple[Pcm | None, bool]:
+        """No audio of its own; the rate it mixes at this tick, chosen from its sources."""
+        room = self.room
+        if room is not None:
+            hears = self.hears
+            if hears is not None:
+                rate = hears.spec.sample_rate
+            else:
+                rate = max((s.spec.sample_rate for s in room.sources), default=0)
+            if rate and rate != self.spec.sample_rate:
+                self.spec = MIX_SPECS.get(rate) or MIX_SPECS[48000]
+        return None, False
 
     def send_pcm(self, pcm: Pcm | None, now: float) -> None:
-        self.writer.push(pcm)
+        self.catch_up(now)
+        self.writer.push(pcm, self.spec.sample_rate)
+
+
+class StereoRecorderLeg(RecorderLeg):
+    """A room recording in two channels: `channel_of(source)` (0 left, 1 right) says where each
+    source goes; each channel is the mix of its sources. The room hands it the sources apart
+    (`takes_sources`), each decoded once for every mix of the room, as for a mono one."""
+
+    takes_sources = True
+
+    def __init__(self, writer: FileWriter, channel_of: Callable[[AudioLeg], int]) -> None:
+        super().__init__(writer)
+        self.channel_of = channel_of
+
+    def send_sources(self, frames: list[tuple[AudioLeg, Pcm]], now: float) -> None:
+        self.catch_up(now)
+        rate = self.spec.sample_rate
+        if not frames:
+            self.writer.push(None, rate)
+            return
+        sides: tuple[list[Pcm], list[Pcm]] = ([], [])
+        for source, pcm in frames:
+            sides[self.channel_of(source)].append(pcm)
+        stereo = np.zeros((len(frames[0][1]), 2), dtype=np.int16)
+        for channel, parts in enumerate(sides):
+            if parts:
+                stereo[:, channel] = mixer.mix(parts)
+        self.writer.push(stereo.reshape(-1), rate)
