@@ -67,3 +67,21 @@ async def test_resync_reloads_everything_and_forgets_what_is_gone(store: SQLiteS
     await there.resync()  # (as after a reconnection: the delete's message was missed)
     assert set(there.rules) == {kept.sip_dispatch_rule_id}
     assert gone.sip_dispatch_rule_id not in there.encoded
+
+
+async def test_an_outbound_trunk_written_elsewhere_is_looked_up_before_its_message(
+    store: SQLiteStore,
+) -> None:
+    here, there = SipConfig(store, lambda: 1.0), SipConfig(store, lambda: 1.0)
+    await here.load()
+    await there.load()
+    made = await here.put_outbound(
+        lambda _: sip.SIPOutboundTrunkInfo(
+            name="carrier", address="sip.example.com", numbers=["+15105550100"]
+        )
+    )
+    assert made.sip_trunk_id not in there.outbound  # its change message has not come yet
+    await there.look_up_outbound(made.sip_trunk_id)
+    assert there.get_outbound(made.sip_trunk_id) == made
+    await there.look_up_outbound("ST_nosuchtrunk")  # a miss stays a miss
+    assert "ST_nosuchtrunk" not in there.outbound

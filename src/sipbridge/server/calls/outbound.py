@@ -103,6 +103,7 @@ class OutboundCalls(CallRunner[OutboundCallState]):
     async def create(
         self, req: proto.CreateSIPParticipantRequest, _: Claims
     ) -> proto.SIPParticipantInfo:
+        await self.config.look_up_outbound(req.sip_trunk_id)
         trunk = outbound_trunk(req, self.config.outbound)
         numbers = len(trunk.numbers)
         plan = dial_plan(req, trunk, secrets.randbelow(numbers) if numbers else 0)

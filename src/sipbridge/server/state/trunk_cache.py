@@ -143,6 +143,13 @@ class SipConfig:
             async with self._lock:
                 await self._reload(kind, object_id)
 
+    async def look_up_outbound(self, trunk_id: str) -> None:
+        """Before using outbound trunk `trunk_id`: a trunk this cache does not hold is read from
+        the store, in case another node wrote it a moment ago and its change message is still on
+        the way (a client creates a trunk on one node and dials through another at once)."""
+        if trunk_id and trunk_id not in self._outbound.items:
+            await self.changed(OUTBOUND, trunk_id)
+
     async def _reload(self, kind: _Kind[M], object_id: str) -> None:
         record = await self.store.get(kind.store_kind, object_id)
         if record is None:
