@@ -73,6 +73,7 @@ class SignalClient:
         self.log: list[rtc.SignalResponse] = []  # everything received, in order
         self.join: rtc.JoinResponse | None = None
         self._reader: asyncio.Task[None] | None = None
+        self._pinger: asyncio.Task[None] | None = None
 
     async def connect(
         self, timeout: float = 5.0, join: rtc.JoinRequest | None = None
@@ -105,13 +106,29 @@ class SignalClient:
             timeout=aiohttp.ClientWSTimeout(ws_close=2),
         )
         self._reader = asyncio.create_task(self._read())
-        return await self.next(timeout)
+        first = await self.next(timeout)
+        joined = first.join if first.WhichOneof("message") == "join" else self.join
+        if joined is not None and first.WhichOneof("message") in ("join", "reconnect"):
+            self._pinger = asyncio.create_task(self._ping(joined.ping_interval or 5))
+        return first
+
+    async def _ping(self, interval: float) -> None:
+        """Ping as the SDKs do, every `ping_interval` of the join (the server ends a WebSocket
+        silent for `ping_timeout`), with the legacy `ping`: its `pong` answers are kept out of
+        `received`, so a test's own `ping_req` and its `pong_resp` stay its own."""
+        ws = self.ws
+        while ws is not None and not ws.closed:
+            await asyncio.sleep(interval)
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await ws.send_bytes(rtc.SignalRequest(ping=1).SerializeToString())
 
     async def _read(self) -> None:
         assert self.ws is not None
         async for msg in self.ws:
             if msg.type == aiohttp.WSMsgType.BINARY:
                 message = rtc.SignalResponse.FromString(msg.data)
+                if message.WhichOneof("message") == "pong":
+                    continue  # the answer to our keepalive
                 self.log.append(message)
                 self.on_message(message)
                 await self.received.put(message)
@@ -161,6 +178,11 @@ class SignalClient:
 
     async def drop(self) -> None:
         """The WebSocket closed without a `leave`: a dropped connection the client may resume."""
+        if self._pinger is not None:
+            self._pinger.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pinger
+            self._pinger = None
         if self.ws is not None and not self.ws.closed:
             await self.ws.close()
         if self._reader is not None:

@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import asyncio
 
+import aiohttp
 from livekit import api
 from livekit.protocol import models, room, rtc
 
 from tests.harness import eventually
 from tests.helpers import ServerProcess
-from tests.signal_client import SignalClient
+from tests.signal_client import SignalClient, join_query
 
 GRACE_S = 10.0  # server/rtc/signal.py RESUME_GRACE_S
+PING_TIMEOUT_S = 15  # server/rtc/signal.py: the join response says so
 
 
 async def participants(lk: api.LiveKitAPI, name: str) -> dict[str, models.ParticipantInfo]:
@@ -86,3 +88,40 @@ async def test_no_resume_within_the_grace_period_removes_the_participant(
                 break
     assert gone[0].disconnect_reason == models.DisconnectReason.CONNECTION_TIMEOUT
     await watcher.close()
+
+
+async def test_a_client_silent_for_the_ping_timeout_is_taken_as_gone(
+    server: ServerProcess, lk: api.LiveKitAPI
+) -> None:
+    """A peer that vanished without closing its TCP connection (a laptop lid shut, a NAT that
+    forgot it) sends no ping: after PING_TIMEOUT_S the server ends its WebSocket as dropped, and
+    after the grace the participant leaves, while a client that pings stays."""
+    pinging = SignalClient(server.url, "silent", "bob")
+    await pinging.connect()
+    silent = SignalClient(server.url, "silent", "alice")  # for its token only
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(
+            f"{silent.url}/rtc/v1?join_request={join_query(None)}",
+            headers={"Authorization": f"Bearer {silent.token}"},
+        ) as ws,
+    ):
+        joined = rtc.SignalResponse.FromString(await ws.receive_bytes(timeout=5))
+        assert joined.join.ping_timeout == PING_TIMEOUT_S
+        assert "alice" in await participants(lk, "silent")
+
+        # nothing sent by us: the server ends the WebSocket after its ping timeout
+        async with asyncio.timeout(PING_TIMEOUT_S + 10):
+            while (await ws.receive()).type not in (
+                aiohttp.WSMsgType.CLOSE,
+                aiohttp.WSMsgType.CLOSED,
+            ):
+                pass
+    assert (await asyncio.to_thread(server.metrics))["sipbridge_signal_silent_total"] == 1
+
+    async def alice_left() -> bool:
+        return "alice" not in await participants(lk, "silent")
+
+    await eventually(alice_left, "alice to leave after the grace", timeout=GRACE_S + 5)
+    assert "bob" in await participants(lk, "silent")  # pinged all along: still here
+    await pinging.close()

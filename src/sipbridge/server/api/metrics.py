@@ -58,6 +58,8 @@ HELP = {  # the series read on scrape; a name missing here is still exposed, wit
     "sipbridge_participants": "Participants in rooms",
     "sipbridge_signal_sessions": "WebRTC signalling sessions",
     "sipbridge_signal_resumed_total": "Signalling sessions resumed",
+    "sipbridge_signal_silent_total": "Signalling WebSockets ended after the ping timeout "
+    "without a message",
     "sipbridge_signal_joins_total": "Signalling joins by protocol",
     "sipbridge_negotiation_refused_total": "WebRTC offers refused, by what was wrong",
     "sipbridge_data_refused_total": "Data packets refused",

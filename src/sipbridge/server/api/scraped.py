@@ -21,6 +21,7 @@ def scraped_samples(server: Server) -> list[Sample]:
         ("sipbridge_participants", {}, sum(len(r.participants) for r in rooms)),
         ("sipbridge_signal_sessions", {}, len(server.signal.sessions)),
         ("sipbridge_signal_resumed_total", {}, server.signal.resumed),
+        ("sipbridge_signal_silent_total", {}, server.signal.silent),
         *[
             ("sipbridge_signal_joins_total", {"protocol": protocol}, n)
             for protocol, n in sorted(server.signal.joins.items())

@@ -34,6 +34,7 @@ from sipbridge.server.rtc.join import (
     permission_from,
     wants_two_connections,
 )
+from sipbridge.server.rtc.own_requests import add_track, update_metadata
 from sipbridge.server.rtc.room_stats import RoomStats
 from sipbridge.server.rtc.session import Session, in_room, leave_message
 from sipbridge.server.rtc.session_media import SessionMedia
@@ -63,6 +64,7 @@ class SignalServer:
         self.sessions: dict[tuple[str, str], Session] = {}
         self.closing = False
         self.resumed = 0
+        self.silent = 0  # WebSockets ended for PING_TIMEOUT_S without a message
         self.joins: Counter[str] = Counter()  # by protocol: single_pc (/rtc/v1), two_pc (/rtc)
         self.data = DataPackets(runtime, self.sessions)
         self.session_media: SessionMedia | None = None  # without a media service, signalling only
@@ -274,12 +276,23 @@ class SignalServer:
     # -- messages from the client ----------------------------------------------------------
 
     async def _read(self, session: Session) -> bool:
-        """Serve the client's requests; True when the WebSocket went without a `leave`."""
-        async for msg in session.ws:
+        """Serve the client's requests; True when the WebSocket went without a `leave`, or
+        went silent: the SDKs ping every PING_INTERVAL_S, and a client heard from for none of
+        PING_TIMEOUT_S is gone (a peer that vanished without closing its TCP connection), as
+        LiveKit ends it; it may still resume within the grace."""
+        while True:
+            try:
+                msg = await session.ws.receive(timeout=PING_TIMEOUT_S)
+            except TimeoutError:
+                self.silent += 1
+                log.info(
+                    "signal %s: nothing for %d s, taken as gone", session.identity, PING_TIMEOUT_S
+                )
+                return True
+            if msg.type == WSMsgType.TEXT:
+                continue  # JSON signalling is not spoken by the official SDKs
             if msg.type != WSMsgType.BINARY:
-                if msg.type == WSMsgType.TEXT:
-                    continue  # JSON signalling is not spoken by the official SDKs
-                break
+                return True  # closed (or an error): gone without a leave
             try:
                 request = rtc.SignalRequest.FromString(msg.data)
             except DecodeError:
@@ -291,7 +304,6 @@ class SignalServer:
             except ApiError as err:  # e.g. removed from the room while this was in flight
                 log.info("signal %s: %s", session.identity, err.message)
                 return False
-        return True
 
     def _on_request(self, session: Session, req: rtc.SignalRequest) -> bool:
         """Handle one request; False ends the session."""
@@ -311,9 +323,9 @@ class SignalServer:
             self._leave(session, DisconnectReason.CLIENT_INITIATED)
             return False
         elif kind == "update_metadata":
-            self._update_metadata(session, req.update_metadata)
+            update_metadata(self.runtime, session, req.update_metadata)
         elif kind == "add_track":
-            self._add_track(session, req.add_track)
+            add_track(self.runtime, session, req.add_track)
         elif kind == "offer" and self.session_media is not None:
             self.session_media.offer_received(session, req.offer)
         elif kind == "answer" and self.session_media is not None:
@@ -338,57 +350,6 @@ class SignalServer:
                 self.rooms.mute_track(session.room, session.identity, req.mute.sid, req.mute.muted)
             self.runtime.commit()
         return True
-
-    def _update_metadata(self, session: Session, req: rtc.UpdateParticipantMetadata) -> None:
-        participant = self.rooms.participant(session.room, session.identity)
-        reply = rtc.RequestResponse(request_id=req.request_id, update_metadata=req)
-        if not participant.permission.can_update_metadata:
-            reply.reason = rtc.RequestResponse.Reason.NOT_ALLOWED
-            reply.message = "does not have permission to update own metadata"
-        else:
-            try:
-                self.rooms.update_participant(
-                    session.room,
-                    session.identity,
-                    name=req.name,
-                    metadata=req.metadata,
-                    attributes=req.attributes,
-                )
-                reply.reason = rtc.RequestResponse.Reason.OK
-            except ApiError as err:
-                reply.reason = rtc.RequestResponse.Reason.LIMIT_EXCEEDED
-                reply.message = err.message
-        session.send(rtc.SignalResponse(request_response=reply))
-        self.runtime.commit()
-
-    def _add_track(self, session: Session, req: rtc.AddTrackRequest) -> None:
-        participant = self.rooms.participant(session.room, session.identity)
-        if not participant.permission.can_publish:
-            reply = rtc.RequestResponse(
-                reason=rtc.RequestResponse.Reason.NOT_ALLOWED,
-                message="does not have permission to publish",
-                add_track=req,
-            )
-            session.send(rtc.SignalResponse(request_response=reply))
-            return
-        track = models.TrackInfo(
-            type=req.type,
-            name=req.name,
-            muted=req.muted,
-            source=req.source,
-            stereo=req.stereo,
-            disable_dtx=req.disable_dtx,
-            width=req.width,
-            height=req.height,
-            stream=req.stream,
-            mime_type="audio/opus" if req.type == models.TrackType.AUDIO else "",
-        )
-        self.rooms.publish_track(session.room, session.identity, track)
-        session.published[req.cid] = track.sid
-        session.send(
-            rtc.SignalResponse(track_published=rtc.TrackPublishedResponse(cid=req.cid, track=track))
-        )
-        self.runtime.commit()
 
     # -- media ------------------------------------------------------------------------------
 
