@@ -153,7 +153,10 @@ class WebhookNotifier:
             headers = {"Content-Type": "application/webhook+json", "Authorization": token}
             assert self._session is not None
             try:
-                async with self._session.post(url, data=body, headers=headers) as resp:
+                # no redirects: a receiver's 3xx must not send signed events elsewhere
+                async with self._session.post(
+                    url, data=body, headers=headers, allow_redirects=False
+                ) as resp:
                     if resp.status < 300:
                         return True
                     reason = f"HTTP {resp.status}"
