@@ -438,3 +438,11 @@ def test_redis_from_yaml_and_flags(yaml_file: Any) -> None:
 def test_bad_redis_url(value: str, fragment: str) -> None:
     with pytest.raises(ConfigError, match=fragment):
         build(dev=True, redis=value)
+
+
+def test_recordings_flag_has_the_issue_spelling_too() -> None:
+    from sipbridge.cli import build_parser  # noqa: PLC0415
+
+    for flag in ("--recordings", "--recordings-dir"):
+        args = build_parser().parse_args(["serve", flag, "/var/rec"])
+        assert args.recordings_dir == "/var/rec"

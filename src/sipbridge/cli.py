@@ -162,6 +162,8 @@ def _serve_parser(sub: Any) -> None:
     )
     p.add_argument(
         "--recordings-dir",
+        "--recordings",
+        dest="recordings_dir",
         metavar="DIR",
         help="where recordings (the Egress API) are written; no filepath may leave it "
         "(./recordings)",
