@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 # Debian packages the tests need, checked with dpkg and installed only when missing.
 # tshark reads the pcap files of call traces back (it installs without questions).
-SYSTEM_PACKAGES := ca-certificates sip-tester sipsak baresip-core chromium redis-server tshark iproute2
+SYSTEM_PACKAGES := ca-certificates sip-tester sipsak baresip-core chromium redis-server tshark iproute2 kamailio
 # The browser test's Node packages (livekit-client, playwright-core, esbuild), installed with
 # `npm ci` from the committed lockfile whenever it changes; node and npm come with the machine.
 BROWSER_DIR := tests/browser

@@ -376,6 +376,30 @@ def test_ring_with_early_media_and_a_contact_of_our_own() -> None:
     assert alice.outcomes() == ["ProvisionalReceived", "CallAnswered"]
 
 
+def test_the_proxies_record_route_is_copied_into_the_responses_that_make_the_dialog() -> None:
+    """RFC 3261 s12.1.1: behind a proxy (Kamailio's record_route()), the 180 and the 200 carry
+    every Record-Route of the INVITE in order, so the caller's ACK and BYE come back through
+    it; the 100 (no dialog) does not, and our own BYE follows the route."""
+    net = uac_and_uas()
+    alice, bob = caller_callee(net)
+    alice.call()
+    net.deliver()
+    s = session(bob)
+    routes = ["<sip:10.0.0.1;lr;ftag=x>", "<sip:10.0.0.2;lr>"]
+    for value in routes:  # (as if they had come on the wire: two proxies on the way)
+        s.request.headers.add("Record-Route", value)
+    s.ring(net.now, 100)
+    s.ring(net.now)
+    s.answer(net.now, BOB_SDP)
+    net.deliver()
+    sent = {describe(w.message): w.message for w in net.wire}
+    assert "Record-Route" not in sent["100 INVITE"].headers
+    for status in ("180 INVITE", "200 INVITE"):
+        assert sent[status].headers.get_all("Record-Route") == routes
+    assert s.dialog is not None
+    assert [str(r) for r in s.dialog.route_set] == routes
+
+
 def test_an_invite_that_cannot_make_a_dialog_is_answered_500() -> None:
     net = uac_and_uas()
     alice, bob = caller_callee(net)

@@ -527,7 +527,11 @@ class InviteSession:
     # -- UAS -------------------------------------------------------------------------------
 
     def _response(self, status: int, reason: str = "") -> Response:
-        return make_response(self.request, status, reason, to_tag=self.local_tag)
+        response = make_response(self.request, status, reason, to_tag=self.local_tag)
+        if 100 < status < 300:  # it makes the dialog: the proxies' Record-Route, in order (s12.1.1)
+            for value in self.request.headers.get_all("Record-Route"):
+                response.headers.add("Record-Route", value)
+        return response
 
     def _respond(self, response: Response, now: float) -> None:
         assert self.server_transaction is not None
