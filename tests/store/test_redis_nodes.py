@@ -55,3 +55,28 @@ async def test_beat_list_expire_and_leave(raw: aioredis.Redis) -> None:
     await nodes.leave("a")
     assert await nodes.list() == []
     assert await raw.exists(f"{prefix}node:a") == 0
+
+
+async def test_calls_of_a_dead_node_claimed_once_then_forgotten(raw: aioredis.Redis) -> None:
+    """`node:{id}:calls` as nodes keep it; a dead node with calls listed is found, claimed by
+    exactly one node (SET NX), and once its calls are forgotten the listing drops it."""
+    prefix = f"n{secrets.token_hex(4)}:"
+    nodes = RedisNodes(raw, prefix, ttl_ms=5000)
+    await nodes.beat("a", b"{}")
+    await nodes.beat("b", b"{}")
+    await nodes.track_calls("b", ["SCL_1", "SCL_2", "SCL_3"], [])
+    await nodes.track_calls("b", ["SCL_4"], ["SCL_3"])
+    assert await nodes.calls_of("b") == ["SCL_1", "SCL_2", "SCL_4"]
+    assert await nodes.dead_with_calls() == []  # b beats
+
+    await raw.delete(f"{prefix}node:b")  # b's beat expired
+    assert await nodes.dead_with_calls() == ["b"]
+    assert await nodes.claim("b", "a")
+    assert not await nodes.claim("b", "c")  # one node ends them
+    await nodes.forget("b", ["SCL_1", "SCL_2"])
+    assert await nodes.calls_of("b") == ["SCL_4"]  # added meanwhile: left for the next look
+    assert await nodes.claim("b", "c")  # the lock went with the forget
+    await nodes.forget("b", ["SCL_4"])
+    assert await nodes.dead_with_calls() == []
+    assert [node_id for node_id, _, _ in await nodes.list()] == ["a"]
+    assert await raw.smembers(f"{prefix}nodes") == {b"a"}

@@ -50,6 +50,7 @@ from sipbridge.server.drain import DrainDriver
 from sipbridge.server.load_probe import LoadProbe
 from sipbridge.server.media.leg_driver import CallMedia
 from sipbridge.server.media.service import MediaService
+from sipbridge.server.node_calls import NodeCalls
 from sipbridge.server.nodes import Heartbeat, redis_nodes
 from sipbridge.server.recording.records import EgressRecords
 from sipbridge.server.recording.service import EgressService
@@ -202,6 +203,7 @@ class Server:
             agents=self.agents,
         )
         self.heartbeat: Heartbeat | None = None
+        self.node_calls: NodeCalls | None = None  # with Redis: this node's calls listed there
         self._runner: web.AppRunner | None = None
         self._metrics_runner: web.AppRunner | None = None
 
@@ -232,6 +234,8 @@ class Server:
         """Let a call's SIP trace be found by its call id (SCL_...) as well as its Call-ID."""
         if self.sip.traces is not None and info.sip_call_id:
             self.sip.traces.name(info.call_id, info.sip_call_id)
+        if self.node_calls is not None:
+            self.node_calls.record(info)
 
     def _call_media(self, info: proto.SIPCallInfo, leg: CallMedia) -> None:
         """A call's media leg as it joins its room: its RTP traced at once when its trunk is in
@@ -379,6 +383,10 @@ class Server:
             await self._metrics_runner.setup()
             where = self.settings.metrics
             await web.TCPSite(self._metrics_runner, where.host, where.port).start()
+        if isinstance(self.store, RedisStore):  # before the first call (docs/cluster.md)
+            nodes = redis_nodes(self.store.client, self.store.prefix)
+            self.node_calls = NodeCalls(self.node_id, nodes, self.store)
+            await self.node_calls.start()
         await self.start_sip()
         self.registrations.start()
         await self._start_heartbeat()
@@ -444,6 +452,8 @@ class Server:
         self.rooms.close()
         await self.sip_config.drain()
         await self.call_log.stop()
+        if self.node_calls is not None:  # the ends of the last calls, then the set is empty
+            await self.node_calls.stop()
         await self.webhooks.stop()
         await self.store.close()
         log.info("sipbridge stopped")

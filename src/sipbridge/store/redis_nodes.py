@@ -13,6 +13,7 @@ is missing. A listing is one Lua script: members, values and remaining TTLs read
 
 from __future__ import annotations
 
+import builtins
 from typing import cast
 
 import redis.asyncio as aioredis
@@ -37,6 +38,22 @@ return out
 """
 
 
+# KEYS[1]: the `nodes` set; ARGV[1]: the key prefix. The ids of members whose heartbeat expired
+# and who left calls behind (`node:{id}:calls`): dead nodes whose calls nobody has ended yet.
+DEAD_WITH_CALLS_LUA = """
+local out = {}
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local key = ARGV[1] .. 'node:' .. id
+  if redis.call('EXISTS', key) == 0 and redis.call('EXISTS', key .. ':calls') == 1 then
+    table.insert(out, id)
+  end
+end
+return out
+"""
+
+REAPER_LOCK_MS = 30_000  # one node ends a dead node's calls; another may retry after this
+
+
 class RedisNodes:
     """The nodes of one cluster (one key prefix) in one Redis; their records are opaque bytes
     here (`telephony/node_info.py` reads them)."""
@@ -47,6 +64,7 @@ class RedisNodes:
         self.ttl_ms = ttl_ms
         self.set_key = f"{prefix}nodes"
         self._list = client.register_script(LIST_NODES_LUA)
+        self._dead = client.register_script(DEAD_WITH_CALLS_LUA)
 
     def node_key(self, node_id: str) -> str:
         return f"{self.prefix}node:{node_id}"
@@ -76,3 +94,43 @@ class RedisNodes:
             age = max(0, self.ttl_ms - int(pttl)) / 1000 if int(pttl) >= 0 else 0.0
             nodes.append((node_id.decode(), value, age))
         return sorted(nodes)
+
+    # -- the calls each node holds (docs/cluster.md s2, failure cases) ----------------------
+
+    def calls_key(self, node_id: str) -> str:
+        return f"{self.prefix}node:{node_id}:calls"
+
+    async def track_calls(
+        self, node_id: str, added: builtins.list[str], removed: builtins.list[str]
+    ) -> None:
+        """The calls `node_id` took up and those that ended since the last time, in one
+        round trip (a set left empty is gone: Redis removes empty sets)."""
+        async with self.client.pipeline(transaction=True) as pipe:
+            if added:
+                pipe.sadd(self.calls_key(node_id), *added)
+            if removed:
+                pipe.srem(self.calls_key(node_id), *removed)
+            await pipe.execute()
+
+    async def dead_with_calls(self) -> builtins.list[str]:
+        """Dead members (heartbeat expired) that left calls for someone to end."""
+        ids = cast(builtins.list[bytes], await self._dead(keys=[self.set_key], args=[self.prefix]))
+        return sorted(i.decode() for i in ids)
+
+    async def claim(self, node_id: str, claimer: str, ttl_ms: int = REAPER_LOCK_MS) -> bool:
+        """Whether `claimer` is the one node to end `node_id`'s calls (SET NX, for `ttl_ms`)."""
+        key = f"{self.prefix}node:{node_id}:reaper"
+        return bool(await self.client.set(key, claimer, nx=True, px=ttl_ms))
+
+    async def calls_of(self, node_id: str) -> builtins.list[str]:
+        ids = cast(set[bytes], await self.client.smembers(self.calls_key(node_id)))
+        return sorted(i.decode() for i in ids)
+
+    async def forget(self, node_id: str, call_ids: builtins.list[str]) -> None:
+        """A dead node's calls were ended: out of its set (the next listing drops the node once
+        its set is empty and gone)."""
+        async with self.client.pipeline(transaction=True) as pipe:
+            if call_ids:
+                pipe.srem(self.calls_key(node_id), *call_ids)
+            pipe.delete(f"{self.prefix}node:{node_id}:reaper")  # the next death is seen at once
+            await pipe.execute()

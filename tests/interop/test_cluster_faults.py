@@ -1,0 +1,157 @@
+"""Faults of a cluster on one real redis-server (issue 13, docs/cluster.md failure cases), with
+`sipbridge serve` nodes on 127.0.0.2-3, sipp callers and the official livekit-api client:
+
+- a node killed with SIGKILL while it holds a call: another node logs that call as ended by
+  node loss within 10 s (read through the other node's sipbridge.CallLog/ListCalls), and a call
+  on the live node is left as it is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from livekit import api
+from livekit.protocol import sip
+
+from tests.cluster import Cluster, Held, Node, answer, cluster, lk_client, sip_rooms, wait_all
+from tests.harness import SippRun, eventually, kill_leftovers
+from tests.harness import sipp as run_sipp
+from tests.helpers import token, twirp
+from tests.interop.test_inbound import CALLED
+from tests.redis_server import RedisServer, redis_server
+
+pytestmark = [
+    pytest.mark.timeout(90),
+    pytest.mark.skipif(not shutil.which("sipp"), reason="sipp comes with `make test`"),
+]
+
+ENDED_WITHIN_S = 10.0  # docs/cluster.md: a dead node's calls logged as ended within 10 s
+
+
+@pytest.fixture(scope="module")
+def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    with redis_server(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture
+def two(tmp_path: Path, redis: RedisServer) -> Iterator[Cluster]:
+    """Two nodes; those still running at the end must stop cleanly, with no traceback."""
+    with cluster(tmp_path, redis, 2) as nodes:
+        try:
+            yield nodes
+        finally:
+            kill_leftovers()
+        codes = nodes.stop()
+        assert all(code in (None, 0) for code in codes.values()), codes
+        for node in nodes.nodes:
+            assert "Traceback" not in node.log.read_text(), node.log_tail()
+
+
+async def individual_rule(node: Node) -> None:
+    async with lk_client(node) as lk:
+        await lk.sip.create_inbound_trunk(
+            sip.CreateSIPInboundTrunkRequest(
+                trunk=sip.SIPInboundTrunkInfo(name="carrier", numbers=[CALLED])
+            )
+        )
+        rule = sip.SIPDispatchRule(
+            dispatch_rule_individual=sip.SIPDispatchRuleIndividual(room_prefix="fault")
+        )
+        await lk.sip.create_dispatch_rule(
+            sip.CreateSIPDispatchRuleRequest(dispatch_rule=sip.SIPDispatchRuleInfo(rule=rule))
+        )
+
+
+def call_to(node: Node, number: str, hold_ms: int) -> asyncio.Task[SippRun]:
+    """A sipp caller straight to `node` (no front): rings until answered, holds, BYE."""
+    return asyncio.create_task(
+        run_sipp(
+            "uac_inbound.xml",
+            node.sip_port,
+            host=node.host,
+            hold_ms=hold_ms,
+            keys={"caller": number, "called": CALLED, "customer": "c"},
+            limit=30,
+        )
+    )
+
+
+async def answered(nodes: list[Node], number: str, stack: contextlib.AsyncExitStack) -> Held:
+    """The caller `number` ringing on some node, answered there; where it is held."""
+
+    async def found() -> Held | None:
+        return (await sip_rooms(nodes)).get(f"sip_{number}")
+
+    held = await eventually(found, f"{number} ringing", timeout=10)
+    await answer(held, stack)
+
+    async def active() -> bool:
+        now = (await sip_rooms(nodes)).get(f"sip_{number}")
+        return now is not None and now.participant.attributes["sip.callStatus"] == "active"
+
+    await eventually(active, f"{number} answered", timeout=10)
+    return held
+
+
+async def list_calls(node: Node, **query: Any) -> list[dict[str, Any]]:
+    """sipbridge.CallLog/ListCalls (JSON) on `node`, as an admin."""
+    auth = "Bearer " + token(sip=api.SIPGrants(admin=True))
+    status, _, body = await twirp(
+        node.url,
+        "sipbridge.CallLog",
+        "ListCalls",
+        json.dumps(query),
+        auth=auth,
+        content_type="application/json",
+    )
+    assert status == 200, body
+    items: list[dict[str, Any]] = json.loads(body).get("items", [])
+    return items
+
+
+async def test_a_killed_nodes_call_is_logged_ended_by_node_loss(two: Cluster) -> None:
+    alive, victim = two.nodes
+    await individual_rule(alive)
+    calls = [call_to(victim, "+15550500", 20_000), call_to(alive, "+15550501", 20_000)]
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            lost = await answered([victim], "+15550500", stack)
+            kept = await answered([alive], "+15550501", stack)
+            lost_id = lost.participant.attributes["sip.callID"]
+            kept_id = kept.participant.attributes["sip.callID"]
+            by_id = {c["call_id"]: c for c in await list_calls(alive)}
+            assert by_id[lost_id]["call_status"] == "SCS_ACTIVE"
+
+            victim.kill()
+            killed = time.monotonic()
+
+            async def ended() -> dict[str, Any] | None:
+                for c in await list_calls(alive):
+                    if c["call_id"] == lost_id and c.get("call_status") == "SCS_ERROR":
+                        return c
+                return None
+
+            entry = await eventually(ended, "the lost call logged as ended", timeout=ENDED_WITHIN_S)
+            took = time.monotonic() - killed
+            assert took <= ENDED_WITHIN_S
+            assert entry["error"].startswith("node lost: n1"), entry
+            assert entry["disconnect_reason"] == "SERVER_SHUTDOWN"
+            assert int(entry["ended_at_ns"]) > int(entry["started_at_ns"]) > 0
+            print(f"\nSIGKILL -> the call logged as ended by node loss: {took:.1f} s")
+            # The live node's call is as it was, and goes on.
+            by_id = {c["call_id"]: c for c in await list_calls(alive)}
+            assert by_id[kept_id]["call_status"] == "SCS_ACTIVE"
+            assert "node n1 lost: 1 of its 1 call(s)" in alive.log.read_text()
+    finally:
+        for task in calls:
+            task.cancel()
+        await wait_all(calls, 10)
