@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import redis as sync_redis
 import redis.asyncio as aioredis
 
 from sipbridge.store import KINDS, Record, RecordStore, StoreUnavailable, store_at
@@ -175,3 +176,35 @@ def test_store_at_names_both_backends(tmp_path: Path) -> None:
     assert isinstance(store_at(f"sqlite:{tmp_path}/a.db"), type(store_at(str(tmp_path / "b"))))
     with pytest.raises(ValueError, match="no path"):
         store_at("sqlite:")
+
+
+async def test_a_validated_write_is_rebuilt_when_another_node_wrote_first(
+    store: RedisStore, raw: aioredis.Redis, prefix: str
+) -> None:
+    """put_validated: another node's write between the read and the EXEC (made here from
+    inside the first build, over a connection of its own) voids the transaction; the build
+    runs again on the new records and may then refuse. Nothing of a refused build is written."""
+    key = f"{prefix}rec:inbound_trunk"
+    other = sync_redis.Redis.from_url(store.url)
+    seen: list[set[str]] = []
+
+    def build(current: dict[str, bytes]) -> Record:
+        seen.append(set(current))
+        if len(seen) == 1:
+            other.hset(key, "ST_other", b"theirs")  # between WATCH and EXEC
+        if "ST_other" in current:
+            raise ValueError("conflict with ST_other")
+        return rec("inbound_trunk", "ST_mine", b"mine")
+
+    try:
+        with pytest.raises(ValueError, match="conflict with ST_other"):
+            await store.put_validated("inbound_trunk", build)
+    finally:
+        other.close()
+    assert seen == [set(), {"ST_other"}]
+    assert store.watch_conflicts == 1
+    assert await raw.hgetall(key) == {b"ST_other": b"theirs"}
+
+    # Without interference it writes at once.
+    made = await store.put_validated("outbound_trunk", lambda _: rec("outbound_trunk", "ST_o"))
+    assert made.id == "ST_o" and (await store.get("outbound_trunk", "ST_o")) is not None

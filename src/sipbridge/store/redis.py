@@ -28,7 +28,7 @@ from typing import cast
 from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, WatchError
 
 from sipbridge.store import redis_calls
 from sipbridge.store.base import CACHED_KINDS, Record, StoreUnavailable, check_kind
@@ -46,6 +46,7 @@ RETRY_FIRST_S = 0.05
 RETRY_MAX_S = 1.0
 
 CALL = "call"
+WATCH_RETRIES = 20  # a validated write rebuilt after another node's write, at most this often
 PAGE_CHUNK = 500  # calls read per round trip
 SCAN_MAX = 20_000  # calls one page may look at before it returns what it found
 
@@ -76,6 +77,7 @@ class RedisStore:
         self._client: aioredis.Redis | None = None
         self._follower: asyncio.Task[None] | None = None
         self.resyncs = 0  # subscriptions made, each followed by a full reload
+        self.watch_conflicts = 0  # validated writes rebuilt because another node wrote first
 
     def _key(self, kind: str) -> str:
         return f"{self.prefix}rec:{kind}"
@@ -164,6 +166,31 @@ class RedisStore:
                 if record.kind in CACHED_KINDS:
                     pipe.publish(self.changes_channel, f"{record.kind} {record.id}")
             await pipe.execute()
+
+    async def put_validated(self, kind: str, build: Callable[[dict[str, bytes]], Record]) -> Record:
+        """Validate-and-write against every node's writes: `build` gets the kind's records as
+        Redis has them now (id -> bytes) and returns the record to write (or raises: nothing
+        is written). `WATCH rec:{kind}` makes the write fail if another node changed the kind
+        in between; then it is built again from the new state, up to `WATCH_RETRIES` times.
+        Two nodes creating conflicting records at once cannot both pass their checks."""
+        check_kind(kind)
+        key = self._key(kind)
+        async with self._redis().pipeline(transaction=True) as pipe:
+            for _ in range(WATCH_RETRIES):
+                try:
+                    await pipe.watch(key)
+                    current = cast(dict[bytes, bytes], await pipe.hgetall(key))
+                    record = build({rid.decode(): data for rid, data in current.items()})
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    pipe.hset(key, record.id, record.data)
+                    if kind in CACHED_KINDS:
+                        pipe.publish(self.changes_channel, f"{kind} {record.id}")
+                    await pipe.execute()
+                    return record
+                except WatchError:
+                    self.watch_conflicts += 1
+                    continue
+        raise StoreUnavailable(f"{kind}: too many concurrent writes, try again")
 
     async def delete(self, kind: str, record_id: str) -> bool:
         check_kind(kind)

@@ -19,6 +19,8 @@ from typing import Any, Protocol, runtime_checkable
 
 from google.protobuf.message import Message
 from livekit.protocol import sip as proto
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sipbridge.store import Record, RecordStore
 from sipbridge.store.call_query import CallQuery
@@ -31,6 +33,11 @@ TRANSFER_KIND = "transfer"
 # `SIPCallInfo`, which has no field for it; rewritten while the call runs and at its end.
 QUALITY_KIND = "call_quality"
 MAX_PENDING = 10_000
+# The store out of reach (Redis restarting, a split): a write is tried again after this, doubled
+# up to RETRY_MAX_S.
+TRANSIENT: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError, OSError)
+RETRY_FIRST_S = 0.05
+RETRY_MAX_S = 1.0
 DEFAULT_RETENTION_DAYS = 30
 PRUNE_EVERY_S = 3600.0  # retention is in days: an hour late is nothing
 
@@ -70,6 +77,9 @@ class CallLog:
         self._queue: asyncio.Queue[proto.SIPCallInfo | None] = asyncio.Queue(MAX_PENDING)
         self._task: asyncio.Task[None] | None = None
         self.dropped = 0
+        self.waiting = 0  # calls kept while the store is out of reach
+        self._stopping = False
+        self._closing = False  # stop() begun: a record kept for an absent store is given up
         self._transfer_writes: set[asyncio.Task[None]] = set()
         self._transfer_lock = asyncio.Lock()
         self._quality_writes: set[asyncio.Task[None]] = set()
@@ -121,13 +131,17 @@ class CallLog:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._pruner
             self._pruner = None
+        self._closing = True
         if self._quality_writes:
             await asyncio.wait(self._quality_writes, timeout=10)
         if self._transfer_writes:
             await asyncio.wait(self._transfer_writes, timeout=10)
         if self._task is None:
             return
-        await self._queue.put(None)
+        if self.waiting:  # the store is away: a last try, not ten seconds of them
+            self._stopping = True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._queue.put(None), 10)
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait_for(self._task, 10)
         self._task = None
@@ -161,11 +175,43 @@ class CallLog:
                 item = self._queue.get_nowait()
             if not batch:
                 continue
+            await self._write(batch)
+
+    async def _write(self, batch: dict[str, proto.SIPCallInfo]) -> None:
+        """Write one batch. While the store is out of reach (Redis restarting) the batch is
+        kept and tried again, with what queues up meanwhile merged into it (the latest state
+        of a call wins), up to `MAX_PENDING` calls: beyond, new states are counted as dropped
+        (`record`'s queue fills). Any other failure costs the batch, logged."""
+        delay = RETRY_FIRST_S
+        while True:
             records = [Record(kind=KIND, id=i.call_id, data=_bytes(i)) for i in batch.values()]
             try:
                 await self.store.put_many(records)
+            except TRANSIENT as exc:
+                if self.waiting == 0:
+                    log.warning("call log: store out of reach, %d calls kept: %s", len(batch), exc)
+                self.waiting = len(batch)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+                while not self._queue.empty() and len(batch) < MAX_PENDING:
+                    item = self._queue.get_nowait()
+                    if item is None:  # stopping: one last try, then what is kept is lost
+                        self._queue.put_nowait(None)
+                        break
+                    batch.pop(item.call_id, None)
+                    batch[item.call_id] = item
+                if self._stopping:
+                    self.dropped += len(batch)
+                    log.error("call log: %d calls not written (stopping)", len(batch))
+                    self.waiting = 0
+                    return
+                continue
             except Exception:
                 log.exception("call log write of %d calls failed", len(records))
+            if self.waiting:
+                log.info("call log: store back, %d kept calls written", len(batch))
+            self.waiting = 0
+            return
 
     def record_transfer(self, info: proto.SIPTransferInfo) -> None:
         """A transfer's current state, written in the background (by its `STR_` id)."""
@@ -179,10 +225,26 @@ class CallLog:
 
     async def _put_transfer(self, record: Record) -> None:
         async with self._transfer_lock:  # in order: the last state written is the last reached
+            await self._put_kept(record, f"transfer {record.id}")
+
+    async def _put_kept(self, record: Record, what: str) -> None:
+        """One record written; while the store is out of reach, tried again (backing off)
+        until it is back or the log stops."""
+        delay = RETRY_FIRST_S
+        while True:
             try:
                 await self.store.put_many([record])
+                return
+            except TRANSIENT:
+                if self._stopping or self._closing:
+                    self.dropped += 1
+                    log.error("call log: %s not written (stopping)", what)
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
             except Exception:
-                log.exception("call log write of transfer %s failed", record.id)
+                log.exception("call log write of %s failed", what)
+                return
 
     async def page(self, query: CallQuery) -> tuple[list[proto.SIPCallInfo], str]:
         """One page of the log (`store/call_query.py`) and the next page's token ("" at the
@@ -223,10 +285,7 @@ class CallLog:
 
     async def _put_quality(self, record: Record) -> None:
         async with self._quality_lock:  # in order: the last snapshot written is the last taken
-            try:
-                await self.store.put_many([record])
-            except Exception:
-                log.exception("call log write of the quality of %s failed", record.id)
+            await self._put_kept(record, f"the quality of {record.id}")
 
     async def quality(self, call_id: str) -> dict[str, Any] | None:
         """The last quality recorded for a call, or None."""

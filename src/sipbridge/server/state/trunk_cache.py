@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from livekit.protocol import sip as proto
@@ -50,6 +50,15 @@ class _Kind(Generic[M]):
     validate: Callable[[M], None]
     conflict: Callable[[M, Iterable[M]], str | None] | None
     items: dict[str, M]
+
+
+@runtime_checkable
+class ValidatedWrites(Protocol):
+    """A store several nodes write (Redis): a write validated against its current records."""
+
+    async def put_validated(
+        self, kind: str, build: Callable[[dict[str, bytes]], Record]
+    ) -> Record: ...
 
 
 def _finished_write(task: asyncio.Task[Any]) -> None:
@@ -211,15 +220,18 @@ class SipConfig:
         message, never the stored one modified in place.
         """
 
-        async def write() -> M:
-            old = self._get(kind, existing_id) if existing_id else None
+        def build(items: dict[str, M]) -> tuple[M, Record]:
+            """The new object checked against `items`, and its record."""
+            old = items.get(existing_id) if existing_id else None
+            if existing_id and old is None:
+                raise not_found(f"{kind.label} {existing_id!r} not found")
             info = make(old)
             if old is not None:
                 setattr(info, kind.id_field, existing_id)
             upgrade_media(info)
             kind.validate(info)
             if kind.conflict is not None:
-                conflict = kind.conflict(info, kind.items.values())
+                conflict = kind.conflict(info, items.values())
                 if conflict:
                     raise invalid_argument(conflict)
             if old is None:
@@ -227,9 +239,27 @@ class SipConfig:
             self._stamp(info, old.created_at if old is not None else None)
             object_id = str(getattr(info, kind.id_field))
             data = info.SerializeToString(deterministic=True)
-            await self.store.put(Record(kind=kind.store_kind, id=object_id, data=data))
-            kind.items[object_id] = info
-            self.encoded[object_id] = data
+            return info, Record(kind=kind.store_kind, id=object_id, data=data)
+
+        async def write() -> M:
+            if isinstance(self.store, ValidatedWrites):
+                # Shared with other nodes: checked against the store's records as they are at
+                # the write (docs/cluster.md s1: WATCH), not against this node's cache.
+                made: list[M] = []
+
+                def checked(stored: dict[str, bytes]) -> Record:
+                    fresh = {rid: kind.message_type.FromString(d) for rid, d in stored.items()}
+                    info, record = build(fresh)
+                    made[:] = [info]
+                    return record
+
+                record = await self.store.put_validated(kind.store_kind, checked)
+                info = made[0]
+            else:
+                info, record = build(kind.items)
+                await self.store.put(record)
+            kind.items[record.id] = info
+            self.encoded[record.id] = record.data
             return info
 
         return await self._write(write)
