@@ -3,6 +3,10 @@ run from the committed docs/kamailio-dispatcher.cfg - the file users deploy - wi
 own listening port, dispatcher list, runtime directory and control socket: no system service,
 stopped by whoever started it.
 
+One UDP worker by default: with two, a node's 180 and 200 can leave Kamailio in the other
+order (each worker relays what it read), which a carrier ignores but sipp counts as a failed
+call.
+
 `targets()` reads the dispatcher's view of each node through `kamcmd dispatcher.list` (flags
 `A` active, `I` inactive, `P` probing, as the dispatcher module documents them).
 """
@@ -38,7 +42,7 @@ class Kamailio:
     """Kamailio on 127.0.0.1:`port` (UDP) dispatching to `nodes` ("HOST:PORT" each)."""
 
     def __init__(
-        self, directory: Path, nodes: Sequence[str], *, alg: int = 4, children: int = 2
+        self, directory: Path, nodes: Sequence[str], *, alg: int = 4, children: int = 1
     ) -> None:
         self.directory = directory
         self.nodes = list(nodes)

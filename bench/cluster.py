@@ -1,0 +1,394 @@
+"""Cluster benchmark (issue 13): what one node and two nodes on one Redis do on this machine.
+
+    .venv/bin/python bench/cluster.py [--configs 1,1k,2k] [--rates 100,150,200,...]
+                                      [--seconds 5] [--relay-steps 100,200,...]
+                                      [--relay-seconds 5] [--skip-inbound] [--skip-relay]
+
+Every node is a `sipbridge serve --redis` (one real redis-server, started here, without
+persistence), so the one-node figures include the cluster's own costs (the call log and the
+node's calls in Redis, its heartbeat).
+
+Configurations (`--configs`):
+- `1`: one node on 127.0.0.1, sipp calling it directly;
+- `1k`: one node on 127.0.0.2 behind Kamailio (docs/kamailio-dispatcher.cfg as users run it,
+  round-robin) on 127.0.0.1: Kamailio's own share of the machine;
+- `2k`: two nodes on 127.0.0.2 and .3 behind that Kamailio.
+
+Inbound calls/s (bench/inbound.py's measure, sipp the one load generator): sipp calls at rising
+rates (`-r RATE`, `--seconds` per step, 1 s hold) into a direct-rule room, "bench", which is a
+room of its own on each node (rooms are not shared between nodes yet); each node's room is
+answered as in bench/inbound.py - a test subscriber per node subscribes to each caller's track,
+and a caller is answered at once when another SIP participant is in its room. A step counts
+when every call completed and INVITE->100 p99 stayed under 500 ms ("kept up"); the figure per
+configuration is the best such achieved rate (calls over the span of INVITEs sent).
+
+Concurrent relayed calls (bench/media.py's measure): N calls with real RTP both ways, bridged in
+pairs (a callee rule: calls 2k and 2k+1 dial one number and meet in one room), N rising until a
+step loses a packet, fails a call or a node passes 90% of a core. With two nodes there is one
+load generator per node, each placing half the calls straight at its node (a pair must land on
+one node: rooms are not shared yet), run at the same time; node CPU is each node's own over its
+generator's window, and the step's figure is the total of calls held.
+
+The machine has 2 cores shared with whatever else runs (load generators, Kamailio, Redis and
+other work): compare the configurations inside one run, and read "other" CPU in the output.
+Every loop is bounded in count and time; only loopback; every process started is stopped.
+Prints tables and one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import platform
+import secrets
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from livekit import api
+from tests.cluster import Node
+from tests.helpers import API_KEY, API_SECRET
+from tests.kamailio import Kamailio
+from tests.redis_server import RedisServer
+from tests.signal_client import SignalClient
+
+from bench import inbound, media
+from bench.common import (
+    cpu_seconds,
+    machine_busy,
+    print_result,
+    self_cpu,
+    udp_rcvbuf_errors,
+    wait_quiet,
+)
+
+CONFIGS = ("1", "1k", "2k")
+MAX_STEPS = 20
+CPU_STOP_PCT = 90.0
+SERVER_ARGS = (
+    *("--max-calls", "100000", "--sip-rate", "1000000", "--room-join-rate", "0"),
+    *("--log-level", "warning"),
+)
+
+
+class Setup:
+    """The nodes (and Kamailio) of one configuration, started and stopped together."""
+
+    def __init__(self, tmp: Path, redis: RedisServer, config: str, *extra: str) -> None:
+        count = 2 if config == "2k" else 1
+        hosts = ["127.0.0.1"] if config == "1" else ["127.0.0.2", "127.0.0.3"][:count]
+        prefix = f"bench{secrets.token_hex(3)}:"
+        self.config = config
+        self.nodes = []
+        for i, host in enumerate(hosts):
+            directory = tmp / f"{config}-{secrets.token_hex(2)}-n{i}"
+            directory.mkdir(parents=True)
+            self.nodes.append(Node(directory, f"n{i}", host, redis, prefix, *SERVER_ARGS, *extra))
+        self.front = (
+            Kamailio(tmp / f"kamailio-{config}-{secrets.token_hex(2)}", [n.sip for n in self.nodes])
+            if config.endswith("k")
+            else None
+        )
+
+    @property
+    def sip_port(self) -> int:
+        """Where sipp calls (always on 127.0.0.1: the node itself, or Kamailio)."""
+        return self.front.port if self.front is not None else self.nodes[0].sip_port
+
+    @property
+    def pids(self) -> list[int]:
+        return [n.proc.pid for n in self.nodes if n.proc is not None]
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.start()
+        if self.front is not None:
+            self.front.start()
+
+    def stop(self) -> None:
+        if self.front is not None:
+            self.front.stop()
+        for node in self.nodes:
+            node.finish(timeout=60)
+
+
+# -- inbound calls/s ----------------------------------------------------------------------------
+
+
+async def inbound_steps(setup: Setup, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    rates = [int(r) for r in args.rates.split(",") if r.strip()][:MAX_STEPS]
+    async with contextlib.AsyncExitStack() as stack:
+        subs = []
+        for i, node in enumerate(setup.nodes):
+            lk = await stack.enter_async_context(
+                api.LiveKitAPI(url=node.url, api_key=API_KEY, api_secret=API_SECRET)
+            )
+            if i == 0:
+                await inbound.setup(lk)  # shared by every node through Redis
+            client = SignalClient(node.url, inbound.ROOM, inbound.AGENT)
+            subs.append((lk, client))
+        await asyncio.sleep(0.5)  # (the rule reaches the other node within 100 ms)
+        subscribers = []
+        for lk, client in subs:
+            await client.connect()
+            stack.push_async_callback(client.close)
+            sub = inbound.Subscriber(lk, client)
+            subscribers.append(sub)
+            task = asyncio.create_task(sub.run())
+            stack.callback(task.cancel)
+        steps: list[dict[str, Any]] = []
+        pids = setup.pids
+        kamailio_pid = setup.front.proc.pid if setup.front and setup.front.proc else 0
+        for i, rate in enumerate(rates):
+            calls = max(1, int(rate * args.seconds))
+            quiet = before_step(setup, args)
+            server0 = sum(map(cpu_seconds, pids))
+            front0 = _group_cpu(kamailio_pid)
+            bench0, busy0, drops = self_cpu(), machine_busy(), udp_rcvbuf_errors()
+            run = await inbound.run_sipp(
+                work / f"{setup.config}-step{i}",
+                setup.sip_port,
+                rate=rate,
+                calls=calls,
+                hold_ms=args.hold_ms,
+                step=i,
+            )
+            merged = inbound.Subscriber(subscribers[0].lk, subscribers[0].client)
+            for sub in subscribers:
+                merged.seen.update(sub.seen)
+                merged.asked.update(sub.asked)
+            server_cpu = sum(map(cpu_seconds, pids)) - server0
+            figures = inbound.step_figures(
+                rate=rate,
+                run=run,
+                sub=merged,
+                server_cpu_s=server_cpu,
+                bench_cpu_s=self_cpu() - bench0,
+                rss=sum(inbound.rss_kib(p) for p in pids),
+                udp_drops=udp_rcvbuf_errors() - drops,
+            )
+            cpu = figures["cpu_pct"]
+            assert isinstance(cpu, dict)
+            cpu["kamailio"] = round((_group_cpu(kamailio_pid) - front0) / run.wall_s * 100, 1)
+            busy = (machine_busy() - busy0) / run.wall_s * 100
+            cpu["machine"] = round(busy, 1)
+            cpu["other"] = round(
+                max(0.0, busy - sum(v for k, v in cpu.items() if k not in ("machine",))), 1
+            )
+            figures["other_cpu_pct_before"] = quiet
+            steps.append(figures)
+            print(f"[{setup.config}] " + inbound._row(figures), file=sys.stderr, flush=True)
+            left = 0
+            for lk, _ in subs:
+                left += await inbound.wait_drained(lk, 30)
+            figures["left_in_room"] = left
+            if not figures["kept_up"] or left:
+                break
+    best = max((s["calls_per_s"] for s in steps if s["kept_up"]), default=0.0)
+    return {"steps": steps, "best_calls_per_s": best}
+
+
+def _group_cpu(pid: int) -> float:
+    """CPU seconds of Kamailio: its main process and its children (by parent pid)."""
+    if not pid:
+        return 0.0
+    total = cpu_seconds(pid)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                total += cpu_seconds(int(entry.name))
+    return total
+
+
+def before_step(setup: Setup, args: argparse.Namespace) -> float | None:
+    """Wait (bounded) for Kamailio to count every node up - a probe lost on the busy machine
+    takes a node out for a second - and for a quieter second on the machine; the share of a
+    core other processes used then (None when not waited for)."""
+    if setup.front is not None:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # bounded: 10 s of 0.1 s polls
+            if all(f.startswith("A") for f in setup.front.targets().values()):
+                break
+            time.sleep(0.1)
+    if args.quiet_wait <= 0:
+        return None
+    return wait_quiet(args.quiet_wait, setup.pids)
+
+
+# -- concurrent relayed calls ---------------------------------------------------------------
+
+
+def relay_steps(setup: Setup, args: argparse.Namespace) -> dict[str, Any]:
+    totals = [int(x) for x in args.relay_steps.split(",") if x.strip()][:MAX_STEPS]
+    count = len(setup.nodes)
+    asyncio.run(media.create_rule(setup.nodes[0].url))
+    time.sleep(0.5)  # (the rule reaches the other node within 100 ms)
+    gen_args = argparse.Namespace(warmup=1.0, cps=args.cps / count, slots=20)
+    base_n = 100
+    baseline = media.run_generator(calls=base_n, seconds=2.0, args=gen_args, step=0, direct=True)
+    steps: list[dict[str, Any]] = []
+    for i, total in enumerate(totals):
+        per_node = max(2, (total // count) // 2 * 2)
+        quiet = before_step(setup, args)
+        before = [media.scrape(n.url) for n in setup.nodes]
+        results: list[dict[str, Any] | BaseException] = [RuntimeError("not run")] * count
+
+        def one(
+            k: int,
+            node: Node,
+            step: int,
+            results: list[dict[str, Any] | BaseException] = results,
+            per_node: int = per_node,
+        ) -> None:
+            assert node.proc is not None
+            try:
+                results[k] = media.run_generator(
+                    calls=per_node,
+                    seconds=args.relay_seconds,
+                    args=gen_args,
+                    step=step,
+                    server_sip=node.sip,
+                    server_pid=node.proc.pid,
+                )
+            except Exception as exc:  # reported in the step's figures
+                results[k] = exc
+
+        threads = [
+            threading.Thread(target=one, args=(k, node, 1 + i * count + k))
+            for k, node in enumerate(setup.nodes)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=per_node / gen_args.cps * 2 + args.relay_seconds + 120)
+        per: list[dict[str, Any]] = []
+        for k, node in enumerate(setup.nodes):
+            result = results[k]
+            if isinstance(result, BaseException):
+                per.append({"error": str(result)[-500:]})
+                continue
+            media.wait_drained(node.url, 15)
+            figures = media.step_figures(
+                per_node, result, baseline, media.media_deltas(before[k], media.scrape(node.url))
+            )
+            figures.pop("generator", None)
+            figures["answered"] = result["answered"]
+            figures["recv_jitter_p99_ms"] = result["recv_jitter_ms"]["p99"]  # type: ignore[index]
+            per.append(figures)
+        ok = all(
+            "error" not in f and f["calls_ok"] and f["lost"] == 0 and f["server_cpu_pct"] <= 90
+            for f in per
+        )
+        step = {"calls": per_node * count, "per_node": per, "ok": ok, "other_cpu_pct_before": quiet}
+        steps.append(step)
+        cpus = "/".join(str(f.get("server_cpu_pct", "-")) for f in per)
+        lost = sum(int(f.get("lost", 0)) for f in per)
+        others = "/".join(str(f.get("other_cpu_pct", "-")) for f in per)
+        print(
+            f"[{setup.config}] relayed {per_node * count:>5} calls: node CPU % {cpus}, "
+            f"lost {lost}, other CPU % {others}, ok {ok}",
+            file=sys.stderr,
+            flush=True,
+        )
+        if not ok:
+            break
+    best = max((s["calls"] for s in steps if s["ok"]), default=0)
+    return {"steps": steps, "best_calls": best, "baseline_latency_ms": baseline["latency_ms"]}
+
+
+# -- the run --------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--configs", default=",".join(CONFIGS), help="of 1, 1k, 2k")
+    parser.add_argument("--rates", default="100,150,200,250,300,350,400,450,500,600")
+    parser.add_argument("--seconds", type=float, default=5.0, help="per inbound rate step")
+    parser.add_argument("--hold-ms", type=int, default=1000)
+    parser.add_argument("--relay-steps", default="200,400,600,800,1000,1200")
+    parser.add_argument("--relay-seconds", type=float, default=5.0)
+    parser.add_argument("--cps", type=float, default=200.0, help="relayed calls set up per s")
+    parser.add_argument(
+        "--quiet-wait", type=float, default=20.0, help="s to wait for a quiet machine per step"
+    )
+    parser.add_argument("--skip-inbound", action="store_true")
+    parser.add_argument("--skip-relay", action="store_true")
+    parser.add_argument("--keep", action="store_true", help="keep logs and traces")
+    args = parser.parse_args()
+    configs = [c for c in args.configs.split(",") if c]
+    if not set(configs) <= set(CONFIGS) or not shutil.which("sipp"):
+        print(f"--configs of {CONFIGS}; sipp (sip-tester) and kamailio required", file=sys.stderr)
+        return 2
+    if not 0 < args.seconds <= 60 or not 0 < args.relay_seconds <= 60:
+        print("--seconds and --relay-seconds in (0, 60]", file=sys.stderr)
+        return 2
+    tmp = Path(tempfile.mkdtemp(prefix="bench-cluster-"))
+    redis = RedisServer(tmp / "redis")
+    results: dict[str, dict[str, Any]] = {"inbound": {}, "relayed": {}}
+    rtp_range = media.choose_rtp_range("")
+    try:
+        redis.start()
+        for config in configs:
+            if not args.skip_inbound:
+                setup = Setup(tmp, redis, config)
+                try:
+                    setup.start()
+                    results["inbound"][config] = asyncio.run(inbound_steps(setup, args, tmp))
+                finally:
+                    setup.stop()
+            if not args.skip_relay:
+                setup = Setup(tmp, redis, config, "--rtp-ports", rtp_range)
+                try:
+                    setup.start()
+                    results["relayed"][config] = relay_steps(setup, args)
+                finally:
+                    setup.stop()
+    finally:
+        redis.stop()
+        if args.keep:
+            print(f"kept in {tmp}", file=sys.stderr)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    summary: dict[str, Any] = {}
+    for kind, key in (("inbound", "best_calls_per_s"), ("relayed", "best_calls")):
+        best = {c: r[key] for c, r in results[kind].items()}
+        summary[kind] = best
+        if best.get("1") and "2k" in best:
+            summary[f"{kind}_2_nodes_over_1"] = round(best["2k"] / best["1"], 2)
+    print("configuration  inbound calls/s (kept up)  concurrent relayed calls (no loss)")
+    for config in configs:
+        print(
+            f"{config:<14} {summary['inbound'].get(config, '-')!s:>25}"
+            f"  {summary['relayed'].get(config, '-')!s:>34}"
+        )
+    for kind in ("inbound", "relayed"):
+        ratio = summary.get(f"{kind}_2_nodes_over_1")
+        if ratio is not None:
+            print(f"{kind}: 2 nodes / 1 node = {ratio} (goal >= 1.7)")
+    print_result(
+        {
+            "bench": "cluster",
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "seconds_per_step": args.seconds,
+            "relay_seconds": args.relay_seconds,
+            **summary,
+            "results": results,
+        }
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
