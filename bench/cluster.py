@@ -19,14 +19,16 @@ rates (`-r RATE`, `--seconds` per step, 1 s hold) into a direct-rule room, "benc
 room of its own on each node (rooms are not shared between nodes yet); each node's room is
 answered as in bench/inbound.py - a test subscriber per node subscribes to each caller's track,
 and a caller is answered at once when another SIP participant is in its room. A step counts
-when every call completed and INVITE->100 p99 stayed under 500 ms ("kept up"); the figure per
-configuration is the best such achieved rate (calls over the span of INVITEs sent).
+when every call completed and INVITE->180 p99 stayed under 500 ms ("kept up": the 180 is the
+node's own first answer, the 100 behind Kamailio is Kamailio's); the figure per configuration is
+the best such achieved rate (calls over the span of INVITEs sent).
 
 Concurrent relayed calls (bench/media.py's measure): N calls with real RTP both ways, bridged in
 pairs (a callee rule: calls 2k and 2k+1 dial one number and meet in one room), N rising until a
 step loses a packet, fails a call or a node passes 90% of a core. With two nodes there is one
 load generator per node, each placing half the calls straight at its node (a pair must land on
-one node: rooms are not shared yet), run at the same time; node CPU is each node's own over its
+one node: rooms are not shared yet; so `1k` is not run here: it would be `1`), run at the same
+time; node CPU is each node's own over its
 generator's window, and the step's figure is the total of calls held.
 
 The machine has 2 cores shared with whatever else runs (load generators, Kamailio, Redis and
@@ -184,6 +186,12 @@ async def inbound_steps(setup: Setup, args: argparse.Namespace, work: Path) -> d
                 max(0.0, busy - sum(v for k, v in cpu.items() if k not in ("machine",))), 1
             )
             figures["other_cpu_pct_before"] = quiet
+            # Kept up: judged on INVITE->180, the node's own first answer (behind Kamailio the
+            # 100 Trying is Kamailio's), p99 under bench/inbound.py's 500 ms.
+            p99_180 = figures["invite_180_ms"]["p99"]  # type: ignore[index]
+            figures["kept_up"] = bool(
+                figures["ok"] and p99_180 is not None and p99_180 < inbound.KEPT_UP_P99_MS
+            )
             steps.append(figures)
             print(f"[{setup.config}] " + inbound._row(figures), file=sys.stderr, flush=True)
             left = 0
@@ -295,9 +303,10 @@ def relay_steps(setup: Setup, args: argparse.Namespace) -> dict[str, Any]:
         cpus = "/".join(str(f.get("server_cpu_pct", "-")) for f in per)
         lost = sum(int(f.get("lost", 0)) for f in per)
         others = "/".join(str(f.get("other_cpu_pct", "-")) for f in per)
+        answered = "/".join(f"{f.get('answered', 0)}" for f in per)
         print(
-            f"[{setup.config}] relayed {per_node * count:>5} calls: node CPU % {cpus}, "
-            f"lost {lost}, other CPU % {others}, ok {ok}",
+            f"[{setup.config}] relayed {per_node * count:>5} calls: answered {answered}, node CPU "
+            f"% {cpus}, lost {lost}, other CPU % {others}, ok {ok}",
             file=sys.stderr,
             flush=True,
         )
@@ -347,7 +356,7 @@ def main() -> int:
                     results["inbound"][config] = asyncio.run(inbound_steps(setup, args, tmp))
                 finally:
                     setup.stop()
-            if not args.skip_relay:
+            if not args.skip_relay and config != "1k":  # (its generators bypass Kamailio)
                 setup = Setup(tmp, redis, config, "--rtp-ports", rtp_range)
                 try:
                     setup.start()

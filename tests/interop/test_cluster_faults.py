@@ -209,7 +209,7 @@ async def test_redis_restarting_under_a_call_keeps_its_media_and_queues_the_call
             run_sipp(
                 "uac_inbound_tone.xml",
                 node.sip_port,
-                remote_host=node.host,
+                host=node.host,
                 hold_ms=12_000,
                 keys={"caller": "+15550600", "called": CALLED, "customer": "c"},
                 limit=40,

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from livekit.protocol import sip
+from redis.exceptions import RedisError
 
 from sipbridge.server.state.call_log import CallLog
 from sipbridge.store.redis import RedisStore
@@ -55,7 +56,12 @@ async def test_states_recorded_while_redis_is_down_are_written_when_it_returns(
 
             await eventually(lambda: log.waiting == 0, "the kept writes written", timeout=10)
             for n, status in ((1, s.SCS_DISCONNECTED), (2, s.SCS_DISCONNECTED), (3, s.SCS_ERROR)):
-                assert await stored_status(store, f"SCL_{n:04}") == status
+                # (polled: a pooled connection Redis closed fails once, as redis-py does)
+                await eventually(
+                    lambda n=n, status=status: _is(stored_status(store, f"SCL_{n:04}"), status),  # type: ignore[misc]
+                    f"SCL_{n} written",
+                    timeout=2,
+                )
             await eventually(lambda: _is(log.quality("SCL_0003"), {"mos": 4.1}), "the quality")
             assert log.dropped == 0
 
@@ -71,4 +77,8 @@ async def test_states_recorded_while_redis_is_down_are_written_when_it_returns(
 
 
 async def _is(awaitable: object, expected: object) -> bool:
-    return await awaitable == expected  # type: ignore[misc]
+    """Whether it comes to `expected`; False on a pooled connection Redis closed (restarted)."""
+    try:
+        return await awaitable == expected  # type: ignore[misc]
+    except RedisError:
+        return False

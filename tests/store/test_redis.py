@@ -17,7 +17,7 @@ from sipbridge.store import KINDS, Record, RecordStore, StoreUnavailable, store_
 from sipbridge.store.redis import RedisStore, redacted
 from tests.harness import eventually
 from tests.helpers import free_port
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisServer, redis_server
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -208,3 +208,20 @@ async def test_a_validated_write_is_rebuilt_when_another_node_wrote_first(
     # Without interference it writes at once.
     made = await store.put_validated("outbound_trunk", lambda _: rec("outbound_trunk", "ST_o"))
     assert made.id == "ST_o" and (await store.get("outbound_trunk", "ST_o")) is not None
+
+
+async def test_the_first_command_after_a_redis_restart_does_not_fail(tmp_path: Path) -> None:
+    """Redis restarted (same port, its append-only file): the pool's connections are closed by
+    the old server; the next commands are tried again on new connections instead of failing."""
+    with redis_server(tmp_path / "redis", persistent=True) as server:
+        store = RedisStore(server.url, prefix="restart:")
+        await store.open()
+        try:
+            await asyncio.gather(*(store.put(rec("dispatch_rule", f"SDR_{i}")) for i in range(4)))
+            server.restart()
+            assert [r.id for r in await store.load("dispatch_rule")] == [
+                f"SDR_{i}" for i in range(4)
+            ]
+            await store.put(rec("dispatch_rule", "SDR_after"))
+        finally:
+            await store.close()

@@ -28,6 +28,8 @@ from typing import cast
 from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError, WatchError
 
 from sipbridge.store import redis_calls
@@ -43,6 +45,9 @@ CONNECT_TIMEOUT_S = 5.0
 # the connection (a network split) is noticed, and the node resubscribes and reloads.
 HEALTH_CHECK_S = 5.0
 RETRY_FIRST_S = 0.05
+COMMAND_RETRIES = 2  # a command that met a closed connection, tried again this often
+RETRY_BASE_S = 0.01
+RETRY_CAP_S = 0.1
 RETRY_MAX_S = 1.0
 
 CALL = "call"
@@ -75,6 +80,7 @@ class RedisStore:
         self.call_log_max = call_log_max  # calls kept; the oldest beyond are trimmed (0: all)
         self.changes_channel = f"{prefix}changes"
         self._client: aioredis.Redis | None = None
+        self._feed_client: aioredis.Redis | None = None
         self._follower: asyncio.Task[None] | None = None
         self.resyncs = 0  # subscriptions made, each followed by a full reload
         self.watch_conflicts = 0  # validated writes rebuilt because another node wrote first
@@ -88,6 +94,11 @@ class RedisStore:
             self.url,
             socket_connect_timeout=CONNECT_TIMEOUT_S,
             health_check_interval=HEALTH_CHECK_S,
+            # A pooled connection that Redis closed (it restarted) fails its next command: tried
+            # again on a new connection, so that the first API call or write after a restart
+            # does not fail for it. Every command here can be repeated (HSET, a call's Lua
+            # replace, SADD/SREM; a repeated change message costs a reload).
+            retry=Retry(ExponentialBackoff(cap=RETRY_CAP_S, base=RETRY_BASE_S), COMMAND_RETRIES),
         )
         try:
             await client.ping()
@@ -96,6 +107,11 @@ class RedisStore:
                 await client.aclose()
             raise StoreUnavailable(f"cannot reach Redis at {redacted(self.url)}: {exc}") from None
         self._client = client
+        # The change feed's own pool, without retries: a lost subscription must be seen (and
+        # followed by a full reload), not silently resubscribed by redis-py.
+        self._feed_client = aioredis.Redis.from_url(
+            self.url, socket_connect_timeout=CONNECT_TIMEOUT_S, health_check_interval=HEALTH_CHECK_S
+        )
         self._put_calls = client.register_script(redis_calls.PUT_CALLS_LUA)
         self._delete_call = client.register_script(redis_calls.DELETE_CALL_LUA)
 
@@ -105,10 +121,11 @@ class RedisStore:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._follower
             self._follower = None
-        if self._client is not None:
-            with contextlib.suppress(RedisError, OSError):
-                await self._client.aclose()
-            self._client = None
+        for client in (self._client, self._feed_client):
+            if client is not None:
+                with contextlib.suppress(RedisError, OSError):
+                    await client.aclose()
+        self._client = self._feed_client = None
 
     @property
     def client(self) -> aioredis.Redis:
@@ -335,7 +352,8 @@ class RedisStore:
     ) -> None:
         delay = RETRY_FIRST_S
         while True:
-            pubsub = self._redis().pubsub()
+            assert self._feed_client is not None
+            pubsub = self._feed_client.pubsub()
             try:
                 await pubsub.subscribe(self.changes_channel)
                 # The confirmation: from here on no change is missed, so the reload that
