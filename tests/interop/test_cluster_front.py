@@ -9,7 +9,8 @@ dispatching to three `sipbridge serve` nodes on 127.0.0.2-4 that share one real 
   their own BYE; the dispatcher's probe marks the dead node inactive, and new calls all land on
   the live nodes;
 - a node draining (SIGTERM) is taken out by the probe (OPTIONS answered 503) before any new
-  INVITE reaches it; new calls go to the others, and its own call goes on to its BYE.
+  INVITE reaches it; new calls go to the others, and its own call goes on to its BYE;
+- an INVITE a full node (--max-calls) answers 503 is tried on the next node.
 """
 
 from __future__ import annotations
@@ -255,3 +256,49 @@ async def test_a_draining_node_is_taken_out_by_the_probe(front: tuple[Cluster, K
         await wait_all(list(calls.values()), 10)
     assert draining.proc is not None
     assert await asyncio.to_thread(draining.proc.wait, 10) == 0  # idle: it exits 0
+
+
+async def test_an_invite_refused_503_is_tried_on_the_next_node(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    """Two nodes of one call each (--max-calls 1; a full node still answers OPTIONS 200, so the
+    probe keeps it in). A call holds the first node; a second lands on the other node and ends;
+    round-robin sends the third INVITE to the full node, which answers 503, and Kamailio tries
+    the other node, which takes the call."""
+    with cluster(tmp_path, redis, 2, "--max-calls", "1") as nodes:
+        try:
+            with kamailio(tmp_path / "kamailio", [n.sip for n in nodes.nodes]) as kam:
+                _, rule_id = await trunk_and_rule(nodes.nodes[0])
+                await everywhere(nodes.nodes, rule_id)
+                first, second, third = "+15550800", "+15550801", "+15550802"
+                calls = {first: caller(kam, first, hold_ms=15_000)}
+                try:
+                    async with agents() as stack:
+                        held = await ringing(nodes.nodes, [first])
+                        await answer(held[first], stack)
+                        calls[second] = caller(kam, second, hold_ms=300)
+                        other = (await ringing(nodes.nodes, [second]))[second]
+                        assert other.node is not held[first].node  # round-robin: the other
+                        await answer(other, stack)
+                        assert (await calls[second]).code == 0
+                        await eventually(
+                            lambda: _no_participant(other.node, second), "the second call gone"
+                        )
+                        # Round-robin's next is the full node: 503, then the other node.
+                        calls[third] = caller(kam, third, hold_ms=300)
+                        moved = (await ringing(nodes.nodes, [third]))[third]
+                        assert moved.node is other.node
+                        await answer(moved, stack)
+                        assert (await calls[third]).code == 0
+                        full = held[first].node
+                        assert f"node sip:{full.sip} failed (503)" in kam.log.read_text()
+                finally:
+                    for task in calls.values():
+                        task.cancel()
+                    await wait_all(list(calls.values()), 10)
+        finally:
+            kill_leftovers()
+
+
+async def _no_participant(node: Node, number: str) -> bool:
+    return f"sip_{number}" not in await sip_rooms([node])
