@@ -15,19 +15,23 @@ Configurations (`--configs`):
 - `2k`: two nodes on 127.0.0.2 and .3 behind that Kamailio.
 
 Inbound calls/s (bench/inbound.py's measure, sipp the one load generator): sipp calls at rising
-rates (`-r RATE`, `--seconds` per step, 1 s hold) into a direct-rule room, "bench", which is a
-room of its own on each node (rooms are not shared between nodes yet); each node's room is
-answered as in bench/inbound.py - a test subscriber per node subscribes to each caller's track,
-and a caller is answered at once when another SIP participant is in its room. A step counts
-when every call completed and INVITE->180 p99 stayed under 500 ms ("kept up": the 180 is the
-node's own first answer, the 100 behind Kamailio is Kamailio's); the figure per configuration is
-the best such achieved rate (calls over the span of INVITEs sent).
+rates (`-r RATE`, `--seconds` per step, 1 s hold) into a direct-rule room, "bench"; each node's
+view of it is answered as in bench/inbound.py - a test subscriber per node subscribes to each
+caller's track, and a caller is answered at once when another SIP participant is in its room. A
+step counts when every call completed and INVITE->180 p99 stayed under 500 ms ("kept up": the
+180 is the node's own first answer, the 100 behind Kamailio is Kamailio's); the figure per
+configuration is the best such achieved rate (calls over the span of INVITEs sent). Since rooms
+have one owner (docs/cluster.md s3) "bench" lives on one node and the other proxies its INVITEs
+there: `2k` then measures one owner plus proxying, not two nodes sharing the calls (the README's
+figures were taken before room ownership); a scaling figure needs a room per call and an
+answerer per room.
 
 Concurrent relayed calls (bench/media.py's measure): N calls with real RTP both ways, bridged in
 pairs (a callee rule: calls 2k and 2k+1 dial one number and meet in one room), N rising until a
 step loses a packet, fails a call or a node passes 90% of a core. With two nodes there is one
 load generator per node, each placing half the calls straight at its node (a pair must land on
-one node: rooms are not shared yet; so `1k` is not run here: it would be `1`), run at the same
+one node: each generator's pair rooms are new rooms on its node; `1k` is not run here: it
+would be `1`), run at the same
 time; node CPU is each node's own over its
 generator's window, and the step's figure is the total of calls held.
 

@@ -61,7 +61,8 @@ def two(tmp_path: Path, redis: RedisServer) -> Iterator[Cluster]:
             assert "Traceback" not in node.log.read_text(), node.log_tail()
 
 
-async def individual_rule(node: Node) -> None:
+async def individual_rule(node: Node, *, direct: str = "") -> None:
+    """A trunk for CALLED and a rule: a room per caller, or every call into room `direct`."""
     async with lk_client(node) as lk:
         await lk.sip.create_inbound_trunk(
             sip.CreateSIPInboundTrunkRequest(
@@ -71,6 +72,10 @@ async def individual_rule(node: Node) -> None:
         rule = sip.SIPDispatchRule(
             dispatch_rule_individual=sip.SIPDispatchRuleIndividual(room_prefix="fault")
         )
+        if direct:
+            rule = sip.SIPDispatchRule(
+                dispatch_rule_direct=sip.SIPDispatchRuleDirect(room_name=direct)
+            )
         await lk.sip.create_dispatch_rule(
             sip.CreateSIPDispatchRuleRequest(dispatch_rule=sip.SIPDispatchRuleInfo(rule=rule))
         )
@@ -194,9 +199,9 @@ async def test_redis_restarting_under_a_call_keeps_its_media_and_queues_the_call
 ) -> None:
     """Redis (append-only file, as operators run it) stops under a call that streams RTP and
     starts again on the same data: the call's media goes on meanwhile (the node keeps counting
-    its packets), a call made and ended while Redis is away is answered and its call-log
-    records kept, then written once Redis is back; the trunk and rule are still there; nothing
-    is dropped."""
+    its packets), a call made and ended while Redis is away into the room the node holds is
+    answered and its call-log records kept, then written once Redis is back; the trunk and rule
+    are still there; nothing is dropped."""
     t = np.arange(8000) / 8000
     (tmp_path / "tone.ul").write_bytes(mulaw((np.sin(2 * np.pi * 440 * t) * 8000).astype(np.int16)))
     with (
@@ -204,7 +209,7 @@ async def test_redis_restarting_under_a_call_keeps_its_media_and_queues_the_call
         cluster(tmp_path, redis, 1) as nodes,
     ):
         (node,) = nodes.nodes
-        await individual_rule(node)
+        await individual_rule(node, direct="outage")  # both calls in one room, held here
         up = asyncio.create_task(
             run_sipp(
                 "uac_inbound_tone.xml",
@@ -226,8 +231,17 @@ async def test_redis_restarting_under_a_call_keeps_its_media_and_queues_the_call
                 redis.stop()
                 before = await asyncio.to_thread(packets_in, node)
                 # A call while Redis is away: matched from the node's cache, answered, ended.
+                # A call while Redis is away, into the room this node holds: matched from the
+                # node's cache, answered at once (another SIP participant is in the room).
                 during.append(call_to(node, "+15550601", 2000))
-                await answered([node], "+15550601", stack)
+
+                async def bridged() -> bool:
+                    now = (await sip_rooms([node])).get("sip_+15550601")
+                    return (
+                        now is not None and now.participant.attributes["sip.callStatus"] == "active"
+                    )
+
+                await eventually(bridged, "the call during the outage answered")
                 assert (await during[0]).code == 0, during[0].result().out[-3000:]
 
                 async def media_goes_on() -> bool:  # a second of RTP, Redis still down
