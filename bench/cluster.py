@@ -30,10 +30,9 @@ Concurrent relayed calls (bench/media.py's measure): N calls with real RTP both 
 pairs (a callee rule: calls 2k and 2k+1 dial one number and meet in one room), N rising until a
 step loses a packet, fails a call or a node passes 90% of a core. With two nodes there is one
 load generator per node, each placing half the calls straight at its node (a pair must land on
-one node: each generator's pair rooms are new rooms on its node; `1k` is not run here: it
-would be `1`), run at the same
-time; node CPU is each node's own over its
-generator's window, and the step's figure is the total of calls held.
+one node: each generator's pair rooms are new rooms on its node; `1k` is not run here: it would
+be `1`), run at the same time; node CPU is each node's own over its generator's window, and the
+step's figure is the total of calls held.
 
 The machine has 2 cores shared with whatever else runs (load generators, Kamailio, Redis and
 other work): compare the configurations inside one run, and read "other" CPU in the output.
