@@ -67,13 +67,16 @@ class CallLog:
         self.prune_every = prune_every
         self.pruned = 0  # calls removed by the retention so far
         self._pruner: asyncio.Task[None] | None = None
-        self._queue: asyncio.Queue[proto.SIPCallInfo | None] = asyncio.Queue(MAX_PENDING)
+        # What is waiting to be written, by (kind, id), in the order first queued: a call's
+        # `SIPCallInfo` (serialised when written, so the latest state of a call wins and a call
+        # that changes state twice before a write is written once) or a record's bytes.
+        self._pending: dict[tuple[str, str], proto.SIPCallInfo | bytes] = {}
+        self._wake = asyncio.Event()
+        self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self.dropped = 0
         self._transfer_writes: set[asyncio.Task[None]] = set()
         self._transfer_lock = asyncio.Lock()
-        self._quality_writes: set[asyncio.Task[None]] = set()
-        self._quality_lock = asyncio.Lock()
         # Told of every state recorded (the SIP trace learns our call id for the Call-ID).
         self.on_record: Callable[[proto.SIPCallInfo], None] | None = None
         # Told of each quality record as it is taken (the console keeps them over time).
@@ -121,51 +124,58 @@ class CallLog:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._pruner
             self._pruner = None
-        if self._quality_writes:
-            await asyncio.wait(self._quality_writes, timeout=10)
         if self._transfer_writes:
             await asyncio.wait(self._transfer_writes, timeout=10)
         if self._task is None:
             return
-        await self._queue.put(None)
+        self._stopping = True
+        self._wake.set()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait_for(self._task, 10)
         self._task = None
 
     def record(self, info: proto.SIPCallInfo) -> None:
-        """Queue the call's current state (a copy is taken)."""
+        """Queue the call's current state: what it is when the next write happens (a copy is
+        taken then, so a state written is always one the call was in between two steps)."""
         if self.on_record is not None:
             self.on_record(info)
-        snapshot = proto.SIPCallInfo()
-        snapshot.CopyFrom(info)
-        try:
-            self._queue.put_nowait(snapshot)
-        except asyncio.QueueFull:  # the disk cannot keep up: count rather than block calls
-            self.dropped += 1
+        self._queue_write((KIND, info.call_id), info)
+
+    def _queue_write(self, key: tuple[str, str], item: proto.SIPCallInfo | bytes) -> None:
+        if key not in self._pending and len(self._pending) >= MAX_PENDING:
+            self.dropped += 1  # the disk cannot keep up: count rather than block calls
+            return
+        self._pending[key] = item
+        self._wake.set()
 
     async def _run(self) -> None:
         """Write what has queued up since the last write in one transaction: one fsync for a
         burst of calls instead of one per state change; the latest state of a call wins."""
-        stopping = False
-        while not stopping:
-            first = await self._queue.get()
-            batch: dict[str, proto.SIPCallInfo] = {}
-            item: proto.SIPCallInfo | None = first
-            while True:
-                if item is None:
-                    stopping = True
-                else:
-                    batch[item.call_id] = item
-                if self._queue.empty() or len(batch) >= 1000:
-                    break
-                item = self._queue.get_nowait()
-            if not batch:
-                continue
-            records = [Record(kind=KIND, id=i.call_id, data=_bytes(i)) for i in batch.values()]
-            try:
-                await self.store.put_many(records)
-            except Exception:
-                log.exception("call log write of %d calls failed", len(records))
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                batch = self._take(1000)
+                try:
+                    await self.store.put_many(batch)
+                except Exception:
+                    log.exception("call log write of %d records failed", len(batch))
+            if self._stopping:
+                return
+
+    def _take(self, limit: int) -> list[Record]:
+        """Up to `limit` pending writes, oldest first, serialised now."""
+        keys = []
+        for key in self._pending:
+            keys.append(key)
+            if len(keys) >= limit:
+                break
+        records = []
+        for key in keys:
+            item = self._pending.pop(key)
+            data = item if isinstance(item, bytes) else _bytes(item)
+            records.append(Record(kind=key[0], id=key[1], data=data))
+        return records
 
     def record_transfer(self, info: proto.SIPTransferInfo) -> None:
         """A transfer's current state, written in the background (by its `STR_` id)."""
@@ -209,24 +219,12 @@ class CallLog:
         return calls
 
     def record_quality(self, call_id: str, quality: dict[str, Any]) -> None:
-        """A call's quality now (`LegQuality.as_dict()`), written in the background, in order."""
+        """A call's quality now (`LegQuality.as_dict()`), written with the next batch of call
+        states (a later snapshot of the same call replaces one not written yet)."""
         if self.on_quality is not None:
             self.on_quality(call_id, quality)
         data = json.dumps(quality, sort_keys=True).encode()
-        record = Record(kind=QUALITY_KIND, id=call_id, data=data)
-        if len(self._quality_writes) >= MAX_PENDING:
-            self.dropped += 1
-            return
-        task = asyncio.get_running_loop().create_task(self._put_quality(record))
-        self._quality_writes.add(task)
-        task.add_done_callback(self._quality_writes.discard)
-
-    async def _put_quality(self, record: Record) -> None:
-        async with self._quality_lock:  # in order: the last snapshot written is the last taken
-            try:
-                await self.store.put_many([record])
-            except Exception:
-                log.exception("call log write of the quality of %s failed", record.id)
+        self._queue_write((QUALITY_KIND, call_id), data)
 
     async def quality(self, call_id: str) -> dict[str, Any] | None:
         """The last quality recorded for a call, or None."""
