@@ -72,6 +72,11 @@ class Participant:
         )
 
 
+ENABLED_CODECS = tuple(
+    models.Codec(mime=f"audio/{name}") for name in ("opus", "red", "PCMU", "PCMA", "G722")
+)
+
+
 @dataclass(slots=True, kw_only=True)
 class Room:
     sid: str
@@ -86,8 +91,19 @@ class Room:
     participants: dict[str, Participant] = field(default_factory=dict)
     last_left_at: float | None = None
     closed: bool = False
+    # (participants, of them visible, of them publishing) when last counted; None: count again
+    # (every event carries the room: counting on each would grow with the square of the room)
+    counts: tuple[int, int, int] | None = field(default=None, repr=False, compare=False)
 
     def to_proto(self) -> models.Room:
+        counts = self.counts
+        if counts is None or counts[0] != len(self.participants):
+            people = self.participants.values()
+            counts = self.counts = (
+                len(self.participants),
+                sum(1 for p in people if not p.permission.hidden),
+                sum(1 for p in people if p.tracks),
+            )
         return models.Room(
             sid=self.sid,
             name=self.name,
@@ -97,15 +113,9 @@ class Room:
             creation_time=int(self.created_at),
             creation_time_ms=int(self.created_at * 1000),
             metadata=self.metadata,
-            num_participants=sum(1 for p in self.participants.values() if not p.permission.hidden),
-            num_publishers=sum(1 for p in self.participants.values() if p.tracks),
-            enabled_codecs=[
-                models.Codec(mime="audio/opus"),
-                models.Codec(mime="audio/red"),
-                models.Codec(mime="audio/PCMU"),
-                models.Codec(mime="audio/PCMA"),
-                models.Codec(mime="audio/G722"),
-            ],
+            num_participants=counts[1],
+            num_publishers=counts[2],
+            enabled_codecs=ENABLED_CODECS,
         )
 
     def close_deadline(self) -> float | None:
@@ -281,6 +291,7 @@ class RoomRegistry:
             client_protocol=client_protocol,
         )
         room.participants[identity] = participant
+        room.counts = None
         room.last_left_at = None
         self._events.append(
             ev.ParticipantJoined(room=room.to_proto(), participant=participant.to_proto())
@@ -295,6 +306,7 @@ class RoomRegistry:
 
     def _remove(self, room: Room, identity: str, reason: int, now: float) -> None:
         participant = room.participants.pop(identity)
+        room.counts = None
         for track in list(participant.tracks.values()):
             self._events.append(
                 ev.TrackUnpublished(
@@ -357,6 +369,7 @@ class RoomRegistry:
         participant.attributes = merged
         if permission is not None:
             participant.permission = permission
+            room.counts = None
             if not permission.can_subscribe:
                 self._unsubscribe_all(room, participant)
         participant.version += 1
@@ -374,6 +387,7 @@ class RoomRegistry:
         if not track.sid:
             track.sid = ids.new_id(ids.TRACK)
         participant.tracks[track.sid] = track
+        room.counts = None
         participant.version += 1
         self._events.append(
             ev.TrackPublished(
