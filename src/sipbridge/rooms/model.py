@@ -91,15 +91,23 @@ class Room:
     participants: dict[str, Participant] = field(default_factory=dict)
     last_left_at: float | None = None
     closed: bool = False
-    # (participants, of them visible, of them publishing) when last counted; None: count again
-    # (every event carries the room: counting on each would grow with the square of the room)
-    counts: tuple[int, int, int] | None = field(default=None, repr=False, compare=False)
+    # [participants, of them visible, of them publishing], kept as they join, publish and leave
+    # (every event carries the room: counting them on each would grow with the square of the
+    # room); counted again when the first no longer matches (participants put in directly)
+    counts: list[int] = field(default_factory=lambda: [0, 0, 0], repr=False, compare=False)
+
+    def count(self, participant: Participant, sign: int) -> None:
+        """`participant` joined (1) or left (-1): the counts follow."""
+        counts = self.counts
+        counts[0] += sign
+        counts[1] += sign * (not participant.permission.hidden)
+        counts[2] += sign * bool(participant.tracks)
 
     def to_proto(self) -> models.Room:
         counts = self.counts
-        if counts is None or counts[0] != len(self.participants):
+        if counts[0] != len(self.participants):
             people = self.participants.values()
-            counts = self.counts = (
+            counts[:] = (
                 len(self.participants),
                 sum(1 for p in people if not p.permission.hidden),
                 sum(1 for p in people if p.tracks),
@@ -291,7 +299,7 @@ class RoomRegistry:
             client_protocol=client_protocol,
         )
         room.participants[identity] = participant
-        room.counts = None
+        room.count(participant, 1)
         room.last_left_at = None
         self._events.append(
             ev.ParticipantJoined(room=room.to_proto(), participant=participant.to_proto())
@@ -306,7 +314,7 @@ class RoomRegistry:
 
     def _remove(self, room: Room, identity: str, reason: int, now: float) -> None:
         participant = room.participants.pop(identity)
-        room.counts = None
+        room.count(participant, -1)
         for track in list(participant.tracks.values()):
             self._events.append(
                 ev.TrackUnpublished(
@@ -368,8 +376,9 @@ class RoomRegistry:
             participant.metadata = metadata
         participant.attributes = merged
         if permission is not None:
+            room.count(participant, -1)
             participant.permission = permission
-            room.counts = None
+            room.count(participant, 1)
             if not permission.can_subscribe:
                 self._unsubscribe_all(room, participant)
         participant.version += 1
@@ -386,8 +395,9 @@ class RoomRegistry:
         participant = self.participant(room_name, identity)
         if not track.sid:
             track.sid = ids.new_id(ids.TRACK)
+        room.count(participant, -1)
         participant.tracks[track.sid] = track
-        room.counts = None
+        room.count(participant, 1)
         participant.version += 1
         self._events.append(
             ev.TrackPublished(

@@ -31,6 +31,7 @@ TRANSFER_KIND = "transfer"
 # `SIPCallInfo`, which has no field for it; rewritten while the call runs and at its end.
 QUALITY_KIND = "call_quality"
 MAX_PENDING = 10_000
+WRITE_WINDOW_S = 0.05  # how long a first change waits for others to be written with it
 DEFAULT_RETENTION_DAYS = 30
 PRUNE_EVERY_S = 3600.0  # retention is in days: an hour late is nothing
 
@@ -153,6 +154,10 @@ class CallLog:
         burst of calls instead of one per state change; the latest state of a call wins."""
         while True:
             await self._wake.wait()
+            if not self._stopping:
+                # A call rings, is answered and is up within a few ms: gathering a little
+                # writes its states once, and a burst of calls in one transaction.
+                await asyncio.sleep(WRITE_WINDOW_S)
             self._wake.clear()
             while self._pending:
                 batch = self._take(1000)
