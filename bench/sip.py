@@ -424,7 +424,9 @@ def max_rate(kind: str, rates: list[int], seconds: float, trace: bool = True) ->
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=4.0)
-    parser.add_argument("--rates", default="400,800,1600,2400,3200,4800,6400,9600,12800")
+    parser.add_argument(
+        "--rates", default="400,800,1600,3200,6400,12800,19200,25600,32000,40000,51200"
+    )
     parser.add_argument("--targets", default="sipbridge,sipp,kamailio")
     parser.add_argument("--rounds", type=int, default=1, help="alternate the targets N times")
     parser.add_argument("--serve-uas", type=int, default=0, help=argparse.SUPPRESS)
