@@ -1,17 +1,27 @@
 """SIP benchmark: message parse+serialise rate, and calls/s of a bare answering UAS on our stack
-side by side with `sipp -sn uas`, both driven by `sipp -sn uac` on loopback in the same run.
+side by side with `sipp -sn uas` and with Kamailio as a stateful proxy (tm, record-routing,
+every request relayed to a `sipp -sn uas` behind it), all driven by the same `sipp -sn uac` on
+loopback in the same run.
 
-    .venv/bin/python bench/sip.py [--seconds 4] [--rates 100,200,400,800,1200,1600,2400]
+    .venv/bin/python bench/sip.py [--seconds 4] [--rates 400,800,...,12800]
+                                  [--targets sipbridge,sipp,kamailio] [--rounds 1]
 
-For each UAS the rate steps up until the first step with a failed call; the figure is the last
-rate that completed every call, and the ratio to sipp's own UAS. Every loop is bounded in count
-and time. Prints a table and one JSON line.
+For each target the rate steps up until the first step with a failed call, or until the
+achieved rate falls below 85% of the asked one twice (the target, or the generator, gives out);
+the figure is the best achieved rate (calls / elapsed) of a step that completed every call, and
+the ratio to sipp's own UAS. Each step also gives the target's CPU per call (all its processes;
+for Kamailio its own, not the sipp behind it) and the generator's CPU, so that a saturated
+generator is visible: the machine has 2 cores, and sipp's uac alone takes most of one near
+sipp's limit. `--rounds N` alternates the targets N times (the machine is shared: compare inside
+one round). Kamailio: Debian's `kamailio` (5.6). Every loop is bounded in count and time.
+Prints a table and one JSON line.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -20,12 +30,58 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.common import children_cpu, cpu_seconds
 from sipbridge.sip.message import parse_message
+
+KAMAILIO_CFG = """#!KAMAILIO
+debug=0
+log_stderror=yes
+memdbg=5
+memlog=5
+children={children}
+maxbuffer=4194304
+auto_aliases=no
+listen=udp:127.0.0.1:{port}
+loadmodule "tm.so"
+loadmodule "sl.so"
+loadmodule "rr.so"
+loadmodule "maxfwd.so"
+loadmodule "siputils.so"
+loadmodule "textops.so"
+loadmodule "pv.so"
+request_route {{
+    if (!mf_process_maxfwd_header("10")) {{
+        sl_send_reply("483", "Too Many Hops");
+        exit;
+    }}
+    if (is_method("OPTIONS")) {{
+        sl_send_reply("200", "OK");
+        exit;
+    }}
+    if (is_method("ACK")) {{
+        if (t_check_trans()) {{
+            t_relay();
+            exit;
+        }}
+        $du = "sip:127.0.0.1:{uas_port}";
+        forward();
+        exit;
+    }}
+    if (!has_totag()) {{
+        record_route();
+    }}
+    $du = "sip:127.0.0.1:{uas_port}";
+    if (!t_relay()) {{
+        sl_reply_error();
+    }}
+}}
+"""
 
 INVITE = (
     b"INVITE sip:+15105550100@127.0.0.1:5060 SIP/2.0\r\n"
@@ -108,20 +164,65 @@ def serve_uas(port: int, trace: bool = True) -> None:
         asyncio.run(main())
 
 
-def start_target(kind: str, port: int, trace: bool = True) -> subprocess.Popen[bytes]:
-    if kind == "sipbridge":
-        proc = subprocess.Popen(
-            [sys.executable, __file__, "--serve-uas", str(port)]
-            + ([] if trace else ["--no-trace"]),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-        )
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if b"ready" not in line:
-            raise RuntimeError("our UAS did not start")
-        return proc
-    proc = subprocess.Popen(
+class Target:
+    """A UAS (or proxy) under load: its processes, for CPU accounting, and how to stop it."""
+
+    def __init__(self, name: str, pids: list[int], stop: list[subprocess.Popen[bytes] | int]):
+        self.name = name
+        self.pids = pids
+        self._stop = stop
+        self.tmp: Path | None = None
+
+    def cpu(self) -> float:
+        """CPU seconds of every process of the target so far (children found now)."""
+        return sum(cpu_seconds(pid) for pid in self.pids + _children(self.pids))
+
+    def stop(self) -> None:
+        for what in self._stop:
+            if isinstance(what, int):
+                _stop_pid(what)
+            else:
+                what.send_signal(signal.SIGTERM)
+                try:
+                    what.wait(10)
+                except subprocess.TimeoutExpired:
+                    what.kill()
+                    what.wait(5)
+        if self.tmp is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _children(pids: list[int]) -> list[int]:
+    """The processes whose parent is one of `pids` (Kamailio's workers)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid in pids:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _stop_pid(pid: int) -> None:
+    """Stop a background sipp (it forks with -bg) by its pid: SIGTERM, then SIGKILL."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def _sipp_uas(port: int) -> int:
+    """A `sipp -sn uas` in the background on `port`; its pid once it has bound the port."""
+    proc = subprocess.run(
         [
             "sipp",
             "-sn",
@@ -135,40 +236,132 @@ def start_target(kind: str, port: int, trace: bool = True) -> subprocess.Popen[b
             "-buff_size",
             "4194304",
         ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+        capture_output=True,
+        timeout=10,
+        check=False,
     )
-    out, _ = proc.communicate(timeout=10)
-    pid = int(out.split(b"PID=[")[1].split(b"]")[0])
-    time.sleep(0.3)
-    return _Pid(pid)  # type: ignore[return-value]
+    if b"PID=[" not in proc.stdout:
+        raise RuntimeError(f"sipp uas did not start: {proc.stdout[-300:]!r} {proc.stderr[-300:]!r}")
+    pid = int(proc.stdout.split(b"PID=[")[1].split(b"]")[0])
+    try:
+        _wait_port(port)
+    except RuntimeError:
+        _stop_pid(pid)
+        raise
+    return pid
 
 
-class _Pid:
-    """A background sipp (it forks with -bg) stopped like a Popen."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-
-    def send_signal(self, sig: int) -> None:
-        os.kill(self.pid, sig)
-
-    def wait(self, timeout: float) -> int:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+def _wait_port(port: int, timeout: float = 5.0) -> None:
+    """Until a UDP socket is bound on 127.0.0.1:`port` (sipp answers no OPTIONS)."""
+    deadline = time.monotonic() + timeout
+    for _ in range(int(timeout / 0.05) + 1):
+        if time.monotonic() > deadline:
+            break
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             try:
-                os.kill(self.pid, 0)
-            except ProcessLookupError:
-                return 0
-            time.sleep(0.05)
-        os.kill(self.pid, signal.SIGKILL)
-        return -9
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing bound 127.0.0.1:{port}")
 
 
-def drive(port: int, rate: int, seconds: float) -> tuple[bool, int, float]:
+def _wait_udp(port: int, timeout: float) -> None:
+    """Until something answers an OPTIONS on 127.0.0.1:`port` (bounded)."""
+    probe = (
+        "OPTIONS sip:probe@127.0.0.1:{p} SIP/2.0\r\n"
+        "Via: SIP/2.0/UDP 127.0.0.1:{l};branch=z9hG4bK{b}\r\n"
+        "From: <sip:probe@127.0.0.1>;tag=1\r\nTo: <sip:probe@127.0.0.1>\r\n"
+        "Call-ID: probe{b}\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    )
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.settimeout(0.2)
+        local = sock.getsockname()[1]
+        deadline = time.monotonic() + timeout
+        for n in range(int(timeout / 0.2) + 1):
+            sock.sendto(probe.format(p=port, l=local, b=n).encode(), ("127.0.0.1", port))
+            try:
+                sock.recvfrom(65535)
+                return
+            except TimeoutError:
+                if time.monotonic() > deadline:
+                    break
+    raise RuntimeError(f"nothing answers on 127.0.0.1:{port}")
+
+
+def start_target(kind: str, port: int, trace: bool = True) -> Target:
+    if kind == "sipbridge":
+        proc = subprocess.Popen(
+            [sys.executable, __file__, "--serve-uas", str(port)]
+            + ([] if trace else ["--no-trace"]),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if b"ready" not in line:
+            raise RuntimeError("our UAS did not start")
+        return Target(kind, [proc.pid], [proc])
+    if kind == "sipp":
+        pid = _sipp_uas(port)
+        return Target(kind, [pid], [pid])
+    if kind == "kamailio":
+        for attempt in range(3):  # the port picked may be taken by another process meanwhile
+            uas_port = free_port()
+            try:
+                uas = _sipp_uas(uas_port)
+                break
+            except RuntimeError:
+                if attempt == 2:
+                    raise
+        tmp = Path(tempfile.mkdtemp(prefix="bench-sip-kamailio-"))
+        cfg = tmp / "kamailio.cfg"
+        cfg.write_text(KAMAILIO_CFG.format(port=port, uas_port=uas_port, children=1))
+        proc = subprocess.Popen(
+            [
+                "kamailio",
+                "-f",
+                str(cfg),
+                "-DD",
+                "-E",
+                "-m",
+                "512",
+                "-M",
+                "16",
+                "-Y",
+                str(tmp),
+                "-P",
+                str(tmp / "kamailio.pid"),
+                "-w",
+                str(tmp),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=open(tmp / "kamailio.log", "wb"),  # noqa: SIM115 - closed with the process
+        )
+        target = Target(kind, [proc.pid], [proc, uas])
+        target.tmp = tmp
+        try:
+            _wait_udp(port, 10)
+        except RuntimeError:
+            target.stop()
+            raise
+        return target
+    raise ValueError(kind)
+
+
+def drive(port: int, rate: int, seconds: float) -> tuple[bool, int, float, str]:
     """Run sipp's uac at `rate` for about `seconds`: (every call succeeded, calls, elapsed s).
     sipp cannot always keep the asked rate, so the achieved rate is calls / elapsed."""
     calls = max(1, int(rate * seconds))
+    for _ in range(3):  # sipp binds ports of its own (-p, -mp and the next ones): one may be taken
+        ok, elapsed, tail = _drive_once(port, rate, seconds, calls)
+        if ok or "Address already in use" not in tail:
+            break
+    return ok, calls, elapsed, tail
+
+
+def _drive_once(port: int, rate: int, seconds: float, calls: int) -> tuple[bool, float, str]:
     cmd = [
         "timeout", "-k", "5", "-s", "INT", str(int(seconds * 3 + 20)),
         "sipp", "-sn", "uac", f"127.0.0.1:{port}", "-i", "127.0.0.1", "-p", str(free_port()),
@@ -178,32 +371,64 @@ def drive(port: int, rate: int, seconds: float) -> tuple[bool, int, float]:
     ]  # fmt: skip
     began = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, timeout=seconds * 3 + 40, check=False)
-    return proc.returncode == 0, calls, time.perf_counter() - began
+    tail = (proc.stdout + proc.stderr).decode(errors="replace").strip().splitlines()[-3:]
+    return proc.returncode == 0, time.perf_counter() - began, " / ".join(tail)
 
 
 def max_rate(kind: str, rates: list[int], seconds: float, trace: bool = True) -> dict[str, object]:
     best = 0.0
-    steps = []
+    steps: list[dict[str, object]] = []
+    short = 0
     for rate in rates:
-        port = free_port()
-        target = start_target(kind, port, trace)
+        for attempt in range(3):  # the port picked may be taken by another process meanwhile
+            port = free_port()
+            try:
+                target = start_target(kind, port, trace)
+                break
+            except RuntimeError:
+                if attempt == 2:
+                    raise
         try:
-            ok, calls, elapsed = drive(port, rate, seconds)
+            cpu0, gen0 = target.cpu(), children_cpu()
+            ok, calls, elapsed, tail = drive(port, rate, seconds)
+            cpu, gen = target.cpu() - cpu0, children_cpu() - gen0
         finally:
-            target.send_signal(signal.SIGTERM)
-            target.wait(10)
+            target.stop()
         achieved = calls / elapsed
-        steps.append({"rate": rate, "calls": calls, "ok": ok, "achieved": round(achieved)})
+        steps.append({
+            "rate": rate,
+            "calls": calls,
+            "ok": ok,
+            "achieved": round(achieved),
+            "cpu_ms_per_call": round(cpu / calls * 1000, 3),
+            "target_cpu_pct": round(cpu / elapsed * 100),
+            "generator_cpu_pct": round(gen / elapsed * 100),
+            **({} if ok else {"sipp_tail": tail[-300:]}),
+        })  # fmt: skip
         if not ok:
             break
         best = max(best, achieved)
-    return {"max_calls_per_s": round(best), "steps": steps}
+        short = short + 1 if achieved < 0.85 * rate else 0
+        if short >= 2:
+            break
+    done = [s for s in steps if s["ok"]]
+    return {
+        "max_calls_per_s": round(best),
+        "cpu_ms_per_call_best_step": next(
+            (s["cpu_ms_per_call"] for s in done if s["achieved"] == round(best)), None
+        ),
+        "steps": steps,
+    }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=4.0)
-    parser.add_argument("--rates", default="100,200,400,800,1200,1600,2400,3200")
+    parser.add_argument(
+        "--rates", default="400,800,1600,3200,6400,12800,19200,25600,32000,40000,51200"
+    )
+    parser.add_argument("--targets", default="sipbridge,sipp,kamailio")
+    parser.add_argument("--rounds", type=int, default=1, help="alternate the targets N times")
     parser.add_argument("--serve-uas", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument(
         "--no-trace", action="store_true", help="our UAS without the per-call SIP trace"
@@ -212,36 +437,60 @@ def main() -> int:
     if args.serve_uas:
         serve_uas(args.serve_uas, trace=not args.no_trace)
         return 0
-    if not shutil.which("sipp"):
-        print("sipp is required (Debian package sip-tester)", file=sys.stderr)
+    targets = args.targets.split(",")
+    for tool, package in (("sipp", "sip-tester"), ("kamailio", "kamailio")):
+        if (tool == "sipp" or tool in targets) and not shutil.which(tool):
+            print(f"{tool} is required (Debian package {package})", file=sys.stderr)
+            return 2
+    if not 0 < args.seconds <= 30 or not 1 <= args.rounds <= 5:
+        print("--seconds in (0, 30], --rounds in [1, 5]", file=sys.stderr)
         return 2
-    rates = [int(r) for r in args.rates.split(",")]
+    rates = [int(r) for r in args.rates.split(",")][:20]
     parsing = parse_rate(min(args.seconds, 3.0))
-    ours = max_rate("sipbridge", rates, args.seconds, trace=not args.no_trace)
-    theirs = max_rate("sipp", rates, args.seconds)
-    ratio = (
-        (ours["max_calls_per_s"] / theirs["max_calls_per_s"]) if theirs["max_calls_per_s"] else 0
-    )  # type: ignore[operator]
+    rounds: list[dict[str, dict[str, object]]] = []
+    for _ in range(args.rounds):
+        results = {}
+        for kind in targets:
+            results[kind] = max_rate(kind, rates, args.seconds, trace=not args.no_trace)
+            print(_line(kind, results[kind]), file=sys.stderr, flush=True)
+        rounds.append(results)
     print(f"parse+serialise typical INVITE: {parsing['per_s']:,.0f} msg/s "
           f"({parsing['us_each']:.1f} us each)")  # fmt: skip
-    print(f"{'UAS':12} {'max calls/s':>12}   steps (asked rate->achieved: outcome)")
-    for name, result in (("sipbridge", ours), ("sipp uas", theirs)):
-        steps = ", ".join(
-            f"{s['rate']}->{s['achieved']}:{'ok' if s['ok'] else 'FAIL'}"
-            for s in result["steps"]  # type: ignore[attr-defined]
-        )
-        print(f"{name:12} {result['max_calls_per_s']:>12}   {steps}")
-    print(f"ratio sipbridge / sipp uas: {ratio:.2f}")
+    print(f"{'target':10} {'calls/s':>8} {'ms CPU/call':>11}   steps (asked->achieved "
+          "calls/s: ok|FAIL, target/generator CPU % of a core)")  # fmt: skip
+    ratios = []
+    for n, results in enumerate(rounds):
+        for kind, result in results.items():
+            print(f"{kind:10} {_line(kind, result)[len(kind) + 1 :]}")
+        sipp_best = results.get("sipp", {}).get("max_calls_per_s") or 0
+        ratio = {
+            kind: round(r["max_calls_per_s"] / sipp_best, 2)  # type: ignore[operator]
+            for kind, r in results.items()
+            if sipp_best
+        }
+        ratios.append(ratio)
+        print(f"round {n + 1}: calls/s as a ratio of sipp -sn uas: "
+              + ", ".join(f"{k} {v:.2f}" for k, v in ratio.items()))  # fmt: skip
     print(json.dumps({
         "bench": "sip",
         "python": platform.python_version(),
         "parse_serialise": parsing,
-        "sipbridge_uas": ours,
         "sip_trace": not args.no_trace,
-        "sipp_uas": theirs,
-        "ratio": ratio,
+        "rounds": rounds,
+        "ratios_to_sipp_uas": ratios,
     }, sort_keys=True))  # fmt: skip
     return 0
+
+
+def _line(kind: str, result: dict[str, object]) -> str:
+    steps = ", ".join(
+        f"{s['rate']}->{s['achieved']}:{'ok' if s['ok'] else 'FAIL'} "
+        f"{s['target_cpu_pct']}/{s['generator_cpu_pct']}%"
+        for s in result["steps"]  # type: ignore[attr-defined]
+    )
+    per_call = result["cpu_ms_per_call_best_step"]
+    shown = "-" if per_call is None else per_call
+    return f"{kind} {result['max_calls_per_s']:>8} {shown:>11}   {steps}"
 
 
 if __name__ == "__main__":

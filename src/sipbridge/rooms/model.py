@@ -72,6 +72,11 @@ class Participant:
         )
 
 
+ENABLED_CODECS = tuple(
+    models.Codec(mime=f"audio/{name}") for name in ("opus", "red", "PCMU", "PCMA", "G722")
+)
+
+
 @dataclass(slots=True, kw_only=True)
 class Room:
     sid: str
@@ -86,8 +91,27 @@ class Room:
     participants: dict[str, Participant] = field(default_factory=dict)
     last_left_at: float | None = None
     closed: bool = False
+    # [participants, of them visible, of them publishing], kept as they join, publish and leave
+    # (every event carries the room: counting them on each would grow with the square of the
+    # room); counted again when the first no longer matches (participants put in directly)
+    counts: list[int] = field(default_factory=lambda: [0, 0, 0], repr=False, compare=False)
+
+    def count(self, participant: Participant, sign: int) -> None:
+        """`participant` joined (1) or left (-1): the counts follow."""
+        counts = self.counts
+        counts[0] += sign
+        counts[1] += sign * (not participant.permission.hidden)
+        counts[2] += sign * bool(participant.tracks)
 
     def to_proto(self) -> models.Room:
+        counts = self.counts
+        if counts[0] != len(self.participants):
+            people = self.participants.values()
+            counts[:] = (
+                len(self.participants),
+                sum(1 for p in people if not p.permission.hidden),
+                sum(1 for p in people if p.tracks),
+            )
         return models.Room(
             sid=self.sid,
             name=self.name,
@@ -97,15 +121,9 @@ class Room:
             creation_time=int(self.created_at),
             creation_time_ms=int(self.created_at * 1000),
             metadata=self.metadata,
-            num_participants=sum(1 for p in self.participants.values() if not p.permission.hidden),
-            num_publishers=sum(1 for p in self.participants.values() if p.tracks),
-            enabled_codecs=[
-                models.Codec(mime="audio/opus"),
-                models.Codec(mime="audio/red"),
-                models.Codec(mime="audio/PCMU"),
-                models.Codec(mime="audio/PCMA"),
-                models.Codec(mime="audio/G722"),
-            ],
+            num_participants=counts[1],
+            num_publishers=counts[2],
+            enabled_codecs=ENABLED_CODECS,
         )
 
     def close_deadline(self) -> float | None:
@@ -281,6 +299,7 @@ class RoomRegistry:
             client_protocol=client_protocol,
         )
         room.participants[identity] = participant
+        room.count(participant, 1)
         room.last_left_at = None
         self._events.append(
             ev.ParticipantJoined(room=room.to_proto(), participant=participant.to_proto())
@@ -295,6 +314,7 @@ class RoomRegistry:
 
     def _remove(self, room: Room, identity: str, reason: int, now: float) -> None:
         participant = room.participants.pop(identity)
+        room.count(participant, -1)
         for track in list(participant.tracks.values()):
             self._events.append(
                 ev.TrackUnpublished(
@@ -356,7 +376,9 @@ class RoomRegistry:
             participant.metadata = metadata
         participant.attributes = merged
         if permission is not None:
+            room.count(participant, -1)
             participant.permission = permission
+            room.count(participant, 1)
             if not permission.can_subscribe:
                 self._unsubscribe_all(room, participant)
         participant.version += 1
@@ -373,7 +395,9 @@ class RoomRegistry:
         participant = self.participant(room_name, identity)
         if not track.sid:
             track.sid = ids.new_id(ids.TRACK)
+        room.count(participant, -1)
         participant.tracks[track.sid] = track
+        room.count(participant, 1)
         participant.version += 1
         self._events.append(
             ev.TrackPublished(

@@ -63,8 +63,11 @@ def quote(value: str) -> str:
 def _split(text: str, separator: str, *, angles: bool) -> list[str]:
     """`text` cut at `separator`, except inside quoted strings (and `<...>` when `angles`);
     each part stripped, empty parts kept for the caller to judge."""
-    if '"' not in text and not (angles and "<" in text):  # the common case needs no scanning
-        return [part.strip() for part in text.split(separator)]
+    if '"' not in text:  # the common cases need no scanning
+        if separator not in text:  # one part (a Contact `<sip:...>`, a single Via)
+            return [text.strip()]
+        if not (angles and "<" in text):
+            return [part.strip() for part in text.split(separator)]
     parts = []
     depth = 0
     quoted = False

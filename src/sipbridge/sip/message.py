@@ -524,17 +524,19 @@ def make_response(
     which our own parser refuses (found by fuzz/targets.py `endpoint`).
     """
     response = Response(status=status, reason=reason or REASONS.get(status, ""))
-    for name in ("Via", "From", "To", "Call-ID", "CSeq"):
-        for k, value in request.headers.items:
-            if k != name:
-                continue
-            if name != "Via" and name in response.headers:
-                break
-            if name == "To" and to_tag and status != 100:
-                to = parse_address(value)
-                if to.tag is None:
-                    value = str(to.with_tag(to_tag))  # noqa: PLW2901 - the echoed To gains a tag
-            response.headers.items.append((k, value))
+    echoed: dict[str, list[str]] = {"Via": [], "From": [], "To": [], "Call-ID": [], "CSeq": []}
+    for k, value in request.headers.items:  # one pass; the lines keep their order by name
+        lines = echoed.get(k)
+        if lines is not None and (k == "Via" or not lines):
+            lines.append(value)
+    items = response.headers.items
+    for name, lines in echoed.items():
+        for value in lines:
+            if name == "To" and to_tag and status != 100 and parse_address(value).tag is None:
+                # the echoed To gains a tag: a header parameter, after the address as received
+                items.append((name, f"{value};tag={to_tag}"))
+            else:
+                items.append((name, value))
     if status == 100 and "Timestamp" in request.headers:  # s8.2.6.1
         response.headers.add("Timestamp", request.headers.get("Timestamp") or "")
     return response

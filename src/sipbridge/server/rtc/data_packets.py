@@ -66,7 +66,7 @@ class DataPackets:
         wanted = set(event.destinations)
         lossy = packet.kind == models.DataPacket.Kind.LOSSY
         data = b""
-        for session in in_room(self.sessions.values(), event.room_name):
+        for session in in_room(self.sessions, event.room_name):
             peer = session.downlink  # two-PC: the subscriber connection's channels
             if peer is None or session.identity == sender:
                 continue

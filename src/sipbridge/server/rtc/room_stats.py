@@ -141,7 +141,7 @@ class RoomStats:
             self._scoring.cancel()
 
     def _send(self, room: str, message: rtc.SignalResponse) -> None:
-        for session in in_room(self.sessions.values(), room):
+        for session in in_room(self.sessions, room):
             session.send(message)
 
     # -- speakers -------------------------------------------------------------------------

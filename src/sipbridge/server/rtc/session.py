@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine, Iterable
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,9 +53,41 @@ class Session:
         self.outbox.put_nowait(None)
 
 
-def in_room(sessions: Iterable[Session], room: str) -> list[Session]:
+class SessionTable(dict[tuple[str, str], Session]):
+    """The sessions by (room, identity), indexed by room as well: an update to one room's
+    clients never scans every other room's (with a room per call, that grew with the square
+    of the calls up). Entries come and go by `[key] = `, `del` and `pop` only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rooms: dict[str, dict[str, Session]] = {}
+
+    def __setitem__(self, key: tuple[str, str], session: Session) -> None:
+        super().__setitem__(key, session)
+        self.rooms.setdefault(key[0], {})[key[1]] = session
+
+    def __delitem__(self, key: tuple[str, str]) -> None:
+        super().__delitem__(key)
+        self._unindex(key)
+
+    def pop(self, key: tuple[str, str], *default: Any) -> Any:
+        if key in self:
+            self._unindex(key)
+        return super().pop(key, *default)
+
+    def _unindex(self, key: tuple[str, str]) -> None:
+        room = self.rooms.get(key[0])
+        if room is not None:
+            room.pop(key[1], None)
+            if not room:
+                del self.rooms[key[0]]
+
+
+def in_room(sessions: Mapping[tuple[str, str], Session], room: str) -> list[Session]:
     """The sessions of `room`."""
-    return [session for session in sessions if session.room == room]
+    if isinstance(sessions, SessionTable):
+        return list(sessions.rooms.get(room, {}).values())
+    return [session for session in sessions.values() if session.room == room]
 
 
 def leave_message(reason: int) -> rtc.SignalResponse:

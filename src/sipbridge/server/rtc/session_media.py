@@ -385,7 +385,7 @@ class SessionMedia:
 
     def ask_for_sections(self, room: str, exclude: str = "") -> None:
         """A new audio track in the room: the clients subscribing to it need sections."""
-        for other in in_room(self.sessions.values(), room):
+        for other in in_room(self.sessions, room):
             if other.identity != exclude:
                 self.apply_subscriptions(other)
 

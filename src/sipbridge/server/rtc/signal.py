@@ -36,7 +36,7 @@ from sipbridge.server.rtc.join import (
 )
 from sipbridge.server.rtc.own_requests import add_track, update_metadata
 from sipbridge.server.rtc.room_stats import RoomStats
-from sipbridge.server.rtc.session import Session, in_room, leave_message
+from sipbridge.server.rtc.session import Session, SessionTable, in_room, leave_message
 from sipbridge.server.rtc.session_media import SessionMedia
 from sipbridge.server.server_info import LIVEKIT_VERSION, server_info
 from sipbridge.server.state.rooms_runtime import RoomsRuntime
@@ -61,7 +61,7 @@ class SignalServer:
         self.runtime = runtime
         self.rooms = runtime.registry
         self.keys = keys
-        self.sessions: dict[tuple[str, str], Session] = {}
+        self.sessions = SessionTable()
         self.closing = False
         self.resumed = 0
         self.silent = 0  # WebSockets ended for PING_TIMEOUT_S without a message
@@ -342,7 +342,7 @@ class SignalServer:
                 if req.subscription_permission.all_participants
                 else req.subscription_permission
             )
-            for other in in_room(self.sessions.values(), session.room):
+            for other in in_room(self.sessions, session.room):
                 if other is not session:
                     self._apply_subscriptions(other)
         elif kind == "mute":
@@ -426,7 +426,7 @@ class SignalServer:
             case ev.DataSent():
                 self.data.deliver(event)
             case ev.RoomMetadataChanged(room=room):
-                for session in in_room(self.sessions.values(), room.name):
+                for session in in_room(self.sessions, room.name):
                     session.send(rtc.SignalResponse(room_update=rtc.RoomUpdate(room=room)))
             case _:
                 pass
@@ -441,7 +441,7 @@ class SignalServer:
         if participant.permission.hidden:
             return
         update = rtc.SignalResponse(update=rtc.ParticipantUpdate(participants=[participant]))
-        for session in in_room(self.sessions.values(), room):
+        for session in in_room(self.sessions, room):
             if session.identity != exclude:
                 session.send(update)
 

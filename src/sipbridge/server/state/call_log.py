@@ -33,6 +33,7 @@ TRANSFER_KIND = "transfer"
 # `SIPCallInfo`, which has no field for it; rewritten while the call runs and at its end.
 QUALITY_KIND = "call_quality"
 MAX_PENDING = 10_000
+WRITE_WINDOW_S = 0.05  # how long a first change waits for others to be written with it
 # The store out of reach (Redis restarting, a split): a write is tried again after this, doubled
 # up to RETRY_MAX_S.
 TRANSIENT: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError, OSError)
@@ -74,16 +75,18 @@ class CallLog:
         self.prune_every = prune_every
         self.pruned = 0  # calls removed by the retention so far
         self._pruner: asyncio.Task[None] | None = None
-        self._queue: asyncio.Queue[proto.SIPCallInfo | None] = asyncio.Queue(MAX_PENDING)
+        # What is waiting to be written, by (kind, id), in the order first queued: a call's
+        # `SIPCallInfo` (serialised when written, so the latest state of a call wins and a call
+        # that changes state twice before a write is written once) or a record's bytes.
+        self._pending: dict[tuple[str, str], proto.SIPCallInfo | bytes] = {}
+        self._wake = asyncio.Event()
+        self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self.dropped = 0
-        self.waiting = 0  # calls kept while the store is out of reach
-        self._stopping = False
+        self.waiting = 0  # records kept while the store is out of reach
         self._closing = False  # stop() begun: a record kept for an absent store is given up
         self._transfer_writes: set[asyncio.Task[None]] = set()
         self._transfer_lock = asyncio.Lock()
-        self._quality_writes: set[asyncio.Task[None]] = set()
-        self._quality_lock = asyncio.Lock()
         # Told of every state recorded (the SIP trace learns our call id for the Call-ID).
         self.on_record: Callable[[proto.SIPCallInfo], None] | None = None
         # Told of each quality record as it is taken (the console keeps them over time).
@@ -132,86 +135,96 @@ class CallLog:
                 await self._pruner
             self._pruner = None
         self._closing = True
-        if self._quality_writes:
-            await asyncio.wait(self._quality_writes, timeout=10)
         if self._transfer_writes:
             await asyncio.wait(self._transfer_writes, timeout=10)
         if self._task is None:
             return
-        if self.waiting:  # the store is away: a last try, not ten seconds of them
-            self._stopping = True
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._queue.put(None), 10)
+        self._stopping = True
+        self._wake.set()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait_for(self._task, 10)
         self._task = None
 
     def record(self, info: proto.SIPCallInfo) -> None:
-        """Queue the call's current state (a copy is taken)."""
+        """Queue the call's current state: what it is when the next write happens (a copy is
+        taken then, so a state written is always one the call was in between two steps)."""
         if self.on_record is not None:
             self.on_record(info)
-        snapshot = proto.SIPCallInfo()
-        snapshot.CopyFrom(info)
-        try:
-            self._queue.put_nowait(snapshot)
-        except asyncio.QueueFull:  # the disk cannot keep up: count rather than block calls
-            self.dropped += 1
+        self._queue_write((KIND, info.call_id), info)
+
+    def _queue_write(self, key: tuple[str, str], item: proto.SIPCallInfo | bytes) -> None:
+        if key not in self._pending and len(self._pending) >= MAX_PENDING:
+            self.dropped += 1  # the disk cannot keep up: count rather than block calls
+            return
+        self._pending[key] = item
+        self._wake.set()
 
     async def _run(self) -> None:
         """Write what has queued up since the last write in one transaction: one fsync for a
-        burst of calls instead of one per state change; the latest state of a call wins."""
-        stopping = False
-        while not stopping:
-            first = await self._queue.get()
-            batch: dict[str, proto.SIPCallInfo] = {}
-            item: proto.SIPCallInfo | None = first
-            while True:
-                if item is None:
-                    stopping = True
-                else:
-                    batch[item.call_id] = item
-                if self._queue.empty() or len(batch) >= 1000:
-                    break
-                item = self._queue.get_nowait()
-            if not batch:
-                continue
-            await self._write(batch)
+        burst of calls instead of one per state change; the latest state of a call wins.
 
-    async def _write(self, batch: dict[str, proto.SIPCallInfo]) -> None:
-        """Write one batch. While the store is out of reach (Redis restarting) the batch is
-        kept and tried again, with what queues up meanwhile merged into it (the latest state
-        of a call wins), up to `MAX_PENDING` calls: beyond, new states are counted as dropped
-        (`record`'s queue fills). Any other failure costs the batch, logged."""
+        While the store is out of reach (Redis restarting) what could not be written is kept,
+        with what queues up meanwhile (a newer state of a record wins), up to `MAX_PENDING`
+        records (beyond, new ones are counted as dropped), and tried again, backing off; when the
+        log stops meanwhile, one last try, then what is kept is counted as dropped. Any other
+        failure costs the batch, logged."""
         delay = RETRY_FIRST_S
         while True:
-            records = [Record(kind=KIND, id=i.call_id, data=_bytes(i)) for i in batch.values()]
-            try:
-                await self.store.put_many(records)
-            except TRANSIENT as exc:
-                if self.waiting == 0:
-                    log.warning("call log: store out of reach, %d calls kept: %s", len(batch), exc)
-                self.waiting = len(batch)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX_S)
-                while not self._queue.empty() and len(batch) < MAX_PENDING:
-                    item = self._queue.get_nowait()
-                    if item is None:  # stopping: one last try, then what is kept is lost
-                        self._queue.put_nowait(None)
-                        break
-                    batch.pop(item.call_id, None)
-                    batch[item.call_id] = item
-                if self._stopping:
-                    self.dropped += len(batch)
-                    log.error("call log: %d calls not written (stopping)", len(batch))
+            await self._wake.wait()
+            if not self._stopping:
+                # A call rings, is answered and is up within a few ms: gathering a little
+                # writes its states once, and a burst of calls in one transaction.
+                await asyncio.sleep(WRITE_WINDOW_S)
+            self._wake.clear()
+            while self._pending:
+                batch = self._take(1000)
+                try:
+                    await self.store.put_many(batch)
+                except TRANSIENT as exc:
+                    self._keep(batch)
+                    if self._stopping:
+                        self.dropped += len(self._pending)
+                        log.error("call log: %d records not written (stopping)", len(self._pending))
+                        self._pending.clear()
+                        self.waiting = 0
+                        return
+                    if self.waiting == 0:
+                        log.warning("call log: store out of reach, records kept: %s", exc)
+                    self.waiting = len(self._pending)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, RETRY_MAX_S)
+                    continue
+                except Exception:
+                    log.exception("call log write of %d records failed", len(batch))
+                if self.waiting:
+                    log.info("call log: store back, kept records written")
                     self.waiting = 0
-                    return
-                continue
-            except Exception:
-                log.exception("call log write of %d calls failed", len(records))
-            if self.waiting:
-                log.info("call log: store back, %d kept calls written", len(batch))
-            self.waiting = 0
-            return
+                delay = RETRY_FIRST_S
+            if self._stopping:
+                return
+
+    def _keep(self, batch: list[Record]) -> None:
+        """A batch the store did not take, back in front of what queued up since; a newer state
+        of the same record, queued meanwhile, wins."""
+        kept: dict[tuple[str, str], proto.SIPCallInfo | bytes] = {
+            (r.kind, r.id): r.data for r in batch if (r.kind, r.id) not in self._pending
+        }
+        kept.update(self._pending)
+        self._pending = kept
+
+    def _take(self, limit: int) -> list[Record]:
+        """Up to `limit` pending writes, oldest first, serialised now."""
+        keys = []
+        for key in self._pending:
+            keys.append(key)
+            if len(keys) >= limit:
+                break
+        records = []
+        for key in keys:
+            item = self._pending.pop(key)
+            data = item if isinstance(item, bytes) else _bytes(item)
+            records.append(Record(kind=key[0], id=key[1], data=data))
+        return records
 
     def record_transfer(self, info: proto.SIPTransferInfo) -> None:
         """A transfer's current state, written in the background (by its `STR_` id)."""
@@ -271,21 +284,12 @@ class CallLog:
         return calls
 
     def record_quality(self, call_id: str, quality: dict[str, Any]) -> None:
-        """A call's quality now (`LegQuality.as_dict()`), written in the background, in order."""
+        """A call's quality now (`LegQuality.as_dict()`), written with the next batch of call
+        states (a later snapshot of the same call replaces one not written yet)."""
         if self.on_quality is not None:
             self.on_quality(call_id, quality)
         data = json.dumps(quality, sort_keys=True).encode()
-        record = Record(kind=QUALITY_KIND, id=call_id, data=data)
-        if len(self._quality_writes) >= MAX_PENDING:
-            self.dropped += 1
-            return
-        task = asyncio.get_running_loop().create_task(self._put_quality(record))
-        self._quality_writes.add(task)
-        task.add_done_callback(self._quality_writes.discard)
-
-    async def _put_quality(self, record: Record) -> None:
-        async with self._quality_lock:  # in order: the last snapshot written is the last taken
-            await self._put_kept(record, f"the quality of {record.id}")
+        self._queue_write((QUALITY_KIND, call_id), data)
 
     async def quality(self, call_id: str) -> dict[str, Any] | None:
         """The last quality recorded for a call, or None."""

@@ -1,0 +1,67 @@
+"""An event's room carries its counts (num_participants: visible ones; num_publishers), kept as
+participants join, publish, change permission and leave rather than counted on every event."""
+
+from __future__ import annotations
+
+from livekit.protocol import models
+
+from sipbridge.rooms.model import Participant, Room, RoomRegistry
+
+T0 = 1_700_000_000.0
+
+
+def counted(room: Room) -> tuple[int, int]:
+    """What the room says, against a count of its participants now."""
+    proto = room.to_proto()
+    people = list(room.participants.values())
+    assert proto.num_participants == sum(1 for p in people if not p.permission.hidden)
+    assert proto.num_publishers == sum(1 for p in people if p.tracks)
+    return proto.num_participants, proto.num_publishers
+
+
+def test_counts_follow_joins_tracks_permissions_and_leaves() -> None:
+    reg = RoomRegistry()
+    room, _ = reg.create("r", T0)
+    assert counted(room) == (0, 0)
+    reg.join("r", "a", T0)
+    reg.join("r", "b", T0)
+    hidden = models.ParticipantPermission(hidden=True, can_subscribe=True)
+    reg.join("r", "recorder", T0, permission=hidden)
+    assert counted(room) == (2, 0)
+    reg.publish_track("r", "a", models.TrackInfo(type=models.TrackType.AUDIO))
+    reg.publish_track("r", "a", models.TrackInfo(type=models.TrackType.AUDIO))  # a second one
+    assert counted(room) == (2, 1)
+    reg.update_participant("r", "b", permission=hidden)
+    assert counted(room) == (1, 1)
+    reg.update_participant("r", "b", permission=models.ParticipantPermission(can_subscribe=True))
+    assert counted(room) == (2, 1)
+    reg.join("r", "a", T0)  # the same identity again: the old one (a publisher) is replaced
+    assert counted(room) == (2, 0)
+    reg.remove("r", "b", T0, 0)
+    reg.remove("r", "recorder", T0, 0)
+    assert counted(room) == (1, 0)
+
+
+def test_events_carry_the_counts_of_their_moment() -> None:
+    reg = RoomRegistry()
+    reg.create("r", T0)
+    reg.join("r", "a", T0)
+    reg.publish_track("r", "a", models.TrackInfo(type=models.TrackType.AUDIO))
+    reg.join("r", "b", T0)
+    reg.remove("r", "a", T0, 0)
+    events = []
+    for _ in range(100):  # bounded: a handful are queued
+        event = reg.next_event()
+        if event is None:
+            break
+        events.append(event)
+    rooms = [e.room for e in events if isinstance(getattr(e, "room", None), models.Room)]
+    counts = [(r.num_participants, r.num_publishers) for r in rooms]
+    # started, a joined, a published, b joined, a's track unpublished and a left (a is out)
+    assert counts == [(0, 0), (1, 0), (1, 1), (2, 1), (1, 0), (1, 0)]
+
+
+def test_participants_put_in_directly_are_counted_again() -> None:
+    room = Room(sid="RM_x", name="x", created_at=T0)
+    room.participants["p"] = Participant(sid="PA_p", identity="p")
+    assert counted(room) == (1, 0)
