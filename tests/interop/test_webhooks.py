@@ -21,7 +21,7 @@ from livekit.protocol import room as room_proto
 from livekit.protocol.models import DisconnectReason
 from livekit.protocol.webhook import WebhookEvent
 
-from tests.harness import leave_clean, module_server
+from tests.harness import eventually, leave_clean, module_server
 from tests.helpers import API_KEY, API_SECRET, ServerProcess, free_port
 
 EVENT_TIMEOUT_S = 10.0
@@ -393,3 +393,36 @@ async def test_participant_and_track_events(relay: Relay, hooked_server: ServerP
         assert left.participant.disconnect_reason == DisconnectReason.PARTICIPANT_REMOVED
         for delivery in rx.deliveries:
             assert_signed_like_livekit(delivery)
+
+
+async def test_a_receivers_redirect_is_not_followed(tmp_path: Path) -> None:
+    """A receiver answering 307 elsewhere gets a failed delivery (retried to it), and the
+    signed event never reaches where its Location points."""
+    async with receiver() as elsewhere:
+        redirects = 0
+
+        async def redirect(_: web.Request) -> web.Response:
+            nonlocal redirects
+            redirects += 1
+            raise web.HTTPTemporaryRedirect(elsewhere.url)
+
+        app = web.Application()
+        app.router.add_post("/hook", redirect)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
+        try:
+            async with server_with_webhook(tmp_path, url) as proc, client(proc) as lk:
+                await lk.room.create_room(room_proto.CreateRoomRequest(name="redirected"))
+
+                async def retried() -> bool:
+                    metrics = await asyncio.to_thread(proc.metrics)
+                    return metrics.get('sipbridge_webhooks_total{outcome="retries"}', 0) >= 2
+
+                await eventually(retried, "the redirected delivery to be retried")
+                assert redirects >= 2
+                assert elsewhere.deliveries == []
+        finally:
+            await runner.cleanup()
