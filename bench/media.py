@@ -63,6 +63,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import json
 import os
@@ -87,6 +88,7 @@ from livekit import api
 from livekit.protocol import room, sip
 from tests.helpers import API_KEY, API_SECRET, ServerProcess, free_sip_port
 
+from bench import rtpengine
 from bench.common import (
     PCMU_PT,
     TICKS,
@@ -283,6 +285,10 @@ class Generator:
         self.warmup = opts.warmup
         self.step = opts.step
         self.server_pid = opts.server_pid
+        self.rtpengine = bool(opts.rtpengine_ng)
+        self.ng = (
+            rtpengine.NgClient(("127.0.0.1", opts.rtpengine_ng)) if opts.rtpengine_ng else None
+        )
         host, port = (opts.server_sip or "127.0.0.1:0").rsplit(":", 1)
         self.server = (host, int(port))
         self.ep = select.epoll()
@@ -674,6 +680,47 @@ class Generator:
             return
         self.slot_calls[call.idx % self.slots].append(call)
 
+    # -- rtpengine: the same pairs through its ng protocol instead of SIP --------------------
+
+    def _bridge_through_rtpengine(self) -> None:
+        """Each pair is one rtpengine call: offer with A's SDP, answer with B's (see
+        bench/rtpengine.py); each side then sends to the port rtpengine gave it."""
+        assert self.ng is not None
+        for first in range(0, self.n - 1, 2):
+            a, b = self.calls[first], self.calls[first + 1]
+            call_id = f"media-{self.step}-{first // 2}-{secrets.token_hex(4)}"
+            try:
+                a.remote, b.remote = rtpengine.bridge(
+                    self.ng,
+                    call_id,
+                    (a.rtp.getsockname()[1], a.rtcp.getsockname()[1]),
+                    (b.rtp.getsockname()[1], b.rtcp.getsockname()[1]),
+                )
+            except (rtpengine.NgError, OSError, ValueError) as err:
+                key = f"ng: {err}"[:80]
+                self.statuses[key] = self.statuses.get(key, 0) + 1
+                a.state = b.state = "failed"
+                continue
+            a.call_id = b.call_id = call_id
+            for call in (a, b):
+                call.state = "up"
+                call.answered_at = time.monotonic_ns()
+                self.slot_calls[call.idx % self.slots].append(call)
+
+    def _delete_from_rtpengine(self) -> None:
+        assert self.ng is not None
+        for first in range(0, self.n - 1, 2):
+            a, b = self.calls[first], self.calls[first + 1]
+            if a.state != "up":
+                continue
+            try:
+                self.ng.command("delete", call_id=a.call_id, from_tag="a")
+                status = 200
+            except (rtpengine.NgError, OSError, ValueError):
+                status = 500
+            for call in (a, b):
+                call.state, call.bye_status = "ended", status
+
     def _stop_stream(self, call: Call) -> None:
         calls = self.slot_calls[call.idx % self.slots]
         if call in calls:
@@ -687,7 +734,9 @@ class Generator:
     def run(self) -> dict[str, object]:
         began = time.monotonic()
         self.next_slot_at = time.monotonic_ns() + self.slot_ns
-        if self.direct:
+        if self.rtpengine:
+            self._bridge_through_rtpengine()
+        elif self.direct:
             for call in self.calls:
                 partner = self.calls[call.partner] if call.partner < self.n else call
                 call.remote = partner.rtp.getsockname()
@@ -718,7 +767,9 @@ class Generator:
         self.spin(0.05)  # duplicates, if any
         up = self.count("up")
         gone = self.count("gone")
-        if not self.direct:
+        if self.rtpengine:
+            self._delete_from_rtpengine()
+        elif not self.direct:
             self.bye_queue = [c for c in reversed(self.calls) if c.state == "up"]
             self.next_paced_at = time.monotonic_ns()
             self.spin(
@@ -778,6 +829,8 @@ class Generator:
     def close(self) -> None:
         for call in self.calls:
             call.close()
+        if self.ng is not None:
+            self.ng.close()
         self.sip.close()
         self.ep.close()
 
@@ -805,6 +858,7 @@ def run_generator(
     server_sip: str = "",
     server_pid: int = 0,
     direct: bool = False,
+    rtpengine_ng: int = 0,
 ) -> dict[str, object]:
     cmd = [
         *(sys.executable, str(Path(__file__).resolve()), "--generator"),
@@ -812,6 +866,7 @@ def run_generator(
         *("--cps", str(args.cps), "--slots", str(args.slots), "--step", str(step)),
         *("--server-sip", server_sip, "--server-pid", str(server_pid)),
         *(["--direct"] if direct else []),
+        *(["--rtpengine-ng", str(rtpengine_ng)] if rtpengine_ng else []),
     ]
     limit = calls / args.cps * 2 + seconds + args.warmup + 60
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -1013,103 +1068,279 @@ def choose_rtp_range(requested: str) -> str:
     return "40000-49999"
 
 
+PEERS = ("sipbridge", "rtpengine", "before", "python")
+
+
+@dataclasses.dataclass
+class Peer:
+    """One relay the generator drives: a sipbridge (SIP legs in rooms) or rtpengine (ng)."""
+
+    label: str
+    pid: int
+    sip: str = ""  # sipbridge's SIP address
+    url: str = ""  # sipbridge's HTTP address (metrics, rooms)
+    ng_port: int = 0  # rtpengine's control port
+
+
+def rtpengine_range(server_range: str) -> tuple[int, int]:
+    """rtpengine's ports: the 4,500 pairs below the server's range, above the interop tests'."""
+    low = int(server_range.split("-", maxsplit=1)[0])
+    return max(15000, low - 9000), low - 1
+
+
+def start_sipbridge(
+    tmp: Path, label: str, rtp_range: str, src: str = "", env: dict[str, str] | None = None
+) -> ServerProcess:
+    server = ServerProcess(
+        tmp / label,
+        *("--sip", f"127.0.0.1:{free_sip_port()}", "--rtp-ports", rtp_range),
+        *("--max-calls", "100000", "--sip-rate", "1000000", "--room-join-rate", "0"),
+        *("--log-level", "warning"),
+    )
+    (tmp / label).mkdir()
+    changes = dict(env or {})
+    if src:  # another build: its own source tree first on the path
+        changes["PYTHONPATH"] = src
+    saved = {name: os.environ.get(name) for name in changes}
+    os.environ.update(changes)
+    try:
+        server.start()
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+    return server
+
+
+def sipbridge_sip(server: ServerProcess) -> str:
+    args = server.extra
+    return args[args.index("--sip") + 1]
+
+
+def split_range(rtp_range: str, parts: int) -> list[str]:
+    low, high = (int(x) for x in rtp_range.split("-"))
+    size = (high - low + 1) // parts
+    return [f"{low + i * size}-{low + (i + 1) * size - 1}" for i in range(parts)]
+
+
+def _spread(values: list[float]) -> str:
+    if not values:
+        return "-"
+    lo, hi = min(values), max(values)
+    return f"{lo:.3f}" if lo == hi else f"{lo:.3f}-{hi:.3f}"
+
+
+def compare(steps: list[dict[str, object]], labels: list[str]) -> list[dict[str, object]]:
+    """Per call count: each peer's CPU per call (range over rounds), loss, added p95, and the
+    ratios of sipbridge to rtpengine and to the build before."""
+    rows = []
+    for n in sorted({int(s["n"]) for s in steps}):  # type: ignore[call-overload]
+        row: dict[str, object] = {"n": n}
+        for label in labels:
+            mine = [s for s in steps if s["n"] == n and s["peer"] == label]
+            row[label] = {
+                "cpu_pct_per_call": [s["server_cpu_pct_per_call"] for s in mine],
+                "lost": [s["lost"] for s in mine],
+                "added_p95_ms": [s["added_latency_ms"]["p95"] for s in mine],  # type: ignore[index]
+                "jitter_p99_ms": [s["generator"]["recv_jitter_ms"]["p99"] for s in mine],  # type: ignore[index]
+                "generator_cpu_pct": [s["generator_cpu_pct"] for s in mine],
+                "calls_ok": all(s["calls_ok"] for s in mine),
+            }
+        for other in ("rtpengine", "before", "python"):
+            if "sipbridge" in labels and other in labels:
+                ours = [
+                    s for s in steps if s["n"] == n and s["peer"] == "sipbridge"
+                ]  # paired by round
+                theirs = {s["round"]: s for s in steps if s["n"] == n and s["peer"] == other}
+                ratios = [
+                    float(s["server_cpu_pct_per_call"])  # type: ignore[arg-type]
+                    / float(theirs[s["round"]]["server_cpu_pct_per_call"])  # type: ignore[arg-type]
+                    for s in ours
+                    if s["round"] in theirs and float(theirs[s["round"]]["server_cpu_pct_per_call"])  # type: ignore[arg-type]
+                ]
+                row[f"ratio_to_{other}"] = [round(r, 2) for r in ratios]
+        rows.append(row)
+    return rows
+
+
+def print_comparison(rows: list[dict[str, object]], labels: list[str]) -> None:
+    head = f"{'N':>4} " + " ".join(f"{label + ' %/call':>16}" for label in labels)
+    ratios = [o for o in ("rtpengine", "before", "python") if rows and f"ratio_to_{o}" in rows[0]]
+    head += "".join(f" {'sipbridge/' + o:>20}" for o in ratios)
+    head += " " + " ".join(f"{label + ' lost/p95ms':>22}" for label in labels)
+    print(head)
+    for row in rows:
+        line = f"{row['n']:>4} "
+        cells = []
+        for label in labels:
+            figures = row[label]
+            assert isinstance(figures, dict)
+            cells.append(f"{_spread(figures['cpu_pct_per_call']):>16}")
+        line += " ".join(cells)
+        for o in ratios:
+            values = row[f"ratio_to_{o}"]
+            assert isinstance(values, list)
+            line += f" {_spread(values):>20}"
+        losses = []
+        for label in labels:
+            figures = row[label]
+            assert isinstance(figures, dict)
+            p95 = [v for v in figures["added_p95_ms"] if v is not None]
+            losses.append(f"{max(figures['lost'], default=0)}/{_spread(p95)}".rjust(22))
+        print(line + " " + " ".join(losses))
+
+
+def issue_goal(rows: list[dict[str, object]]) -> dict[str, object]:
+    """Issue 18: CPU per relayed call at most rtpengine's at 50, 200 and 400 calls (every
+    round), and 800 calls with 0 loss and added latency p95 <= 2 ms."""
+    goal: dict[str, object] = {}
+    for row in rows:
+        n = row["n"]
+        ratios = row.get("ratio_to_rtpengine")
+        if n in (50, 200, 400) and isinstance(ratios, list) and ratios:
+            goal[f"cpu_le_rtpengine_at_{n}"] = max(ratios) <= 1.0
+        ours = row.get("sipbridge")
+        if n == 800 and isinstance(ours, dict):
+            p95 = [v for v in ours["added_p95_ms"] if v is not None]
+            goal["800_no_loss_p95_le_2ms"] = bool(
+                ours["calls_ok"] and max(ours["lost"]) == 0 and p95 and max(p95) <= 2.0
+            )
+    return goal
+
+
 def orchestrate(args: argparse.Namespace) -> int:
     steps_n = [int(x) for x in args.steps.split(",") if x.strip()][:MAX_STEPS]
     if any(n <= 0 or n % 2 or n > MAX_CALLS for n in steps_n):
         print(f"--steps: even call counts up to {MAX_CALLS}", file=sys.stderr)
         return 2
-    if not 0 < args.seconds <= 60:
-        print("--seconds in (0, 60]", file=sys.stderr)
+    if not 0 < args.seconds <= 60 or not 1 <= args.rounds <= 10:
+        print("--seconds in (0, 60], --rounds 1-10", file=sys.stderr)
+        return 2
+    labels = [x.strip() for x in args.peers.split(",") if x.strip()]
+    if not labels or any(x not in PEERS for x in labels):
+        print(f"--peers: {', '.join(PEERS)}", file=sys.stderr)
+        return 2
+    if "before" in labels and not args.before_src:
+        print("--peers before needs --before-src", file=sys.stderr)
+        return 2
+    if "rtpengine" in labels and rtpengine.Daemon.available() is None:
+        print("rtpengine not installed (apt-get install rtpengine-daemon)", file=sys.stderr)
         return 2
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     with contextlib.suppress(ValueError, OSError):  # children inherit it
         resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
     tmp = Path(tempfile.mkdtemp(prefix="bench-media-"))
-    sip_port = free_sip_port()
     rtp_range = choose_rtp_range(args.rtp_ports)
-    server = ServerProcess(
-        tmp,
-        *("--sip", f"127.0.0.1:{sip_port}", "--rtp-ports", rtp_range),
-        *("--max-calls", "100000", "--sip-rate", "1000000", "--room-join-rate", "0"),
-        *("--log-level", "warning"),
-    )
+    sipbridges = [x for x in labels if x != "rtpengine"]
+    ranges = dict(zip(sipbridges, split_range(rtp_range, len(sipbridges)), strict=True))
+    servers: dict[str, ServerProcess] = {}
+    daemon: rtpengine.Daemon | None = None
+    peers: list[Peer] = []
     steps: list[dict[str, object]] = []
     baseline: dict[str, object] = {}
-    idle_pct = 0.0
+    idle: dict[str, float] = {}
     try:
-        server.start()
-        assert server.proc is not None
-        pid = server.proc.pid
-        asyncio.run(create_rule(server.url))
-        c0, t0 = cpu_seconds(pid), time.monotonic()
+        for label in labels:
+            if label == "rtpengine":
+                ng_port = free_sip_port()
+                daemon = rtpengine.Daemon(
+                    tmp / "rtpengine.log",
+                    ng_port,
+                    rtpengine_range(rtp_range),
+                    args.rtpengine_threads,
+                )
+                daemon.start().close()
+                assert daemon.proc is not None
+                peers.append(Peer(label, daemon.proc.pid, ng_port=ng_port))
+                continue
+            src = args.before_src if label == "before" else ""
+            env = {"SIPBRIDGE_PURE_PYTHON": "1"} if label == "python" else None
+            server = servers[label] = start_sipbridge(tmp, label, ranges[label], src, env)
+            assert server.proc is not None
+            asyncio.run(create_rule(server.url))
+            peers.append(Peer(label, server.proc.pid, sip=sipbridge_sip(server), url=server.url))
+        pids = [p.pid for p in peers]
+        c0, t0 = [cpu_seconds(pid) for pid in pids], time.monotonic()
         time.sleep(2.0)
-        idle_pct = (cpu_seconds(pid) - c0) / (time.monotonic() - t0) * 100
+        for peer, before in zip(peers, c0, strict=True):
+            idle[peer.label] = round(
+                (cpu_seconds(peer.pid) - before) / (time.monotonic() - t0) * 100, 2
+            )
         base_n = max(2, min(max(steps_n), 200))
         baseline = run_generator(calls=base_n, seconds=3.0, args=args, step=0, direct=True)
         lat, jit = baseline["latency_ms"], baseline["recv_jitter_ms"]
         assert isinstance(lat, dict) and isinstance(jit, dict)
         print(
-            f"baseline without the server ({base_n} streams straight to their partners): "
+            f"baseline without a relay ({base_n} streams straight to their partners): "
             f"latency p50/p95/p99 {_slash(lat['p50'], lat['p95'], lat['p99'])} ms, pacing "
-            f"jitter p99 {jit['p99']} ms; server idle CPU {idle_pct:.1f}%",
+            f"jitter p99 {jit['p99']} ms; idle CPU % {idle}",
             file=sys.stderr,
             flush=True,
         )
-        print(HEADER, file=sys.stderr, flush=True)
-        for i, n in enumerate(steps_n):
-            quiet = wait_quiet(args.quiet_wait, [pid]) if args.quiet_wait > 0 else None
-            before = scrape(server.url)
-            gen = run_generator(
-                calls=n,
-                seconds=args.seconds,
-                args=args,
-                step=i + 1,
-                server_sip=f"127.0.0.1:{sip_port}",
-                server_pid=pid,
-            )
-            left = wait_drained(server.url, 15)
-            figures = step_figures(n, gen, baseline, media_deltas(before, scrape(server.url)))
-            figures["left_on_server"] = left
-            figures["other_cpu_pct_before"] = quiet
-            figures["participants_left"] = asyncio.run(participants_left(server.url))
-            steps.append(figures)
-            print(_row(figures), file=sys.stderr, flush=True)
-            stop = (
-                not figures["calls_ok"]
-                or figures["lost"] != 0
-                or float(figures["server_cpu_pct"]) > CPU_STOP_PCT  # type: ignore[arg-type]
-            )
-            if stop and not args.keep_going:
-                break
+        print(f"{'peer':>9} {'rnd':>3} " + HEADER, file=sys.stderr, flush=True)
+        step = 0
+        for rnd in range(args.rounds):
+            for i, n in enumerate(steps_n):
+                # alternate who goes first, so that neither always runs on the warmer machine
+                order = peers if (i + rnd) % 2 == 0 else peers[::-1]
+                failed = 0
+                for peer in order:
+                    step += 1
+                    quiet = wait_quiet(args.quiet_wait, pids) if args.quiet_wait > 0 else None
+                    before = scrape(peer.url) if peer.url else {}
+                    gen = run_generator(
+                        calls=n,
+                        seconds=args.seconds,
+                        args=args,
+                        step=step % 100,
+                        server_sip=peer.sip,
+                        server_pid=peer.pid,
+                        rtpengine_ng=peer.ng_port,
+                    )
+                    left = wait_drained(peer.url, 15) if peer.url else 0.0
+                    metrics = media_deltas(before, scrape(peer.url)) if peer.url else {}
+                    figures = step_figures(n, gen, baseline, metrics)
+                    figures.update(peer=peer.label, round=rnd, left_on_server=left)
+                    figures["other_cpu_pct_before"] = quiet
+                    if peer.url:
+                        figures["participants_left"] = asyncio.run(participants_left(peer.url))
+                    steps.append(figures)
+                    print(f"{peer.label:>9} {rnd:>3} " + _row(figures), file=sys.stderr, flush=True)
+                    failed += not figures["calls_ok"] or figures["lost"] != 0
+                if failed == len(peers) and not args.keep_going:
+                    break
     finally:
-        if server.proc is not None:
-            with contextlib.suppress(Exception):
-                server.stop(timeout=60)
+        for server in servers.values():
+            if server.proc is not None:
+                with contextlib.suppress(Exception):
+                    server.stop(timeout=60)
+        if daemon is not None:
+            daemon.stop()
         if args.keep:
             print(f"kept in {tmp}", file=sys.stderr)
         else:
             shutil.rmtree(tmp, ignore_errors=True)
-    summary = summarise(steps)
-    print(HEADER)
+    print(f"{'peer':>9} {'rnd':>3} " + HEADER)
     for s in steps:
-        print(_row(s))
-    goal = summary["goal_200"]
-    assert isinstance(goal, dict)
-    verdict = "not measured"
-    if goal["measured"]:
-        verdict = ("met " if goal["met"] else "NOT met ") + json.dumps(goal)
-    print(
-        f"max calls with zero loss: {summary['max_calls_zero_loss']} (first loss or failure at "
-        f"{summary['first_loss_at']}); most calls meeting every goal: "
-        f"{summary['max_calls_meeting_every_goal']}; server idle {idle_pct:.1f}% CPU. Goal at 200 "
-        f"calls (<= 60% CPU, no loss, added p95 <= 40 ms, jitter p99 <= 2 ms): {verdict}"
-    )
-    busy = [f"{s['n']} ({s['other_cpu_pct']}%)" for s in steps if float(s["other_cpu_pct"]) > 15]  # type: ignore[arg-type]
+        print(f"{s['peer']:>9} {s['round']:>3} " + _row(s))
+    rows = compare(steps, labels)
+    print()
+    print_comparison(rows, labels)
+    goal = issue_goal(rows)
+    summary = summarise([s for s in steps if s["peer"] == "sipbridge"])
+    print(f"issue 18 goal: {json.dumps(goal)}")
+    busy = [
+        f"{s['peer']} {s['n']} ({s['other_cpu_pct']}%)"
+        for s in steps
+        if float(s["other_cpu_pct"]) > 15  # type: ignore[arg-type]
+    ]
     if busy:
         print(
-            "note: other processes used more than 15% of a core during the steps "
+            "note: other processes used more than 15% of a core during "
             + ", ".join(busy)
-            + ": their latency and jitter tails are disturbed; run again on a quiet machine"
+            + ": latency and jitter tails are disturbed; compare ratios within the run"
         )
     line = {
         "bench": "media",
@@ -1117,9 +1348,13 @@ def orchestrate(args: argparse.Namespace) -> int:
         "cpus": os.cpu_count(),
         "seconds_per_step": args.seconds,
         "slots": args.slots,
+        "rounds": args.rounds,
+        "peers": labels,
         "rtp_ports": rtp_range,
-        "server_idle_cpu_pct": round(idle_pct, 2),
+        "idle_cpu_pct": idle,
         "baseline": baseline,
+        "comparison": rows,
+        "issue_goal": goal,
         **summary,
         "steps": steps,
     }
@@ -1139,6 +1374,17 @@ def main() -> int:
         "--quiet-wait", type=float, default=10.0, help="max s to wait for a quiet machine per step"
     )
     parser.add_argument("--keep-going", action="store_true", help="run every step")
+    parser.add_argument(
+        "--peers",
+        default="sipbridge,rtpengine",
+        help="what to drive, in one run: sipbridge, rtpengine (Debian's, userspace), before "
+        "(sipbridge from --before-src), python (this sipbridge with SIPBRIDGE_PURE_PYTHON=1)",
+    )
+    parser.add_argument(
+        "--before-src", default="", help="src/ of another sipbridge build, run as 'before'"
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="the whole ladder, this many times")
+    parser.add_argument("--rtpengine-threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--keep", action="store_true", help="keep the server log")
     # the generator child
     parser.add_argument("--generator", action="store_true", help=argparse.SUPPRESS)
@@ -1147,6 +1393,7 @@ def main() -> int:
     parser.add_argument("--server-sip", default="", help=argparse.SUPPRESS)
     parser.add_argument("--server-pid", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--direct", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--rtpengine-ng", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.slots < 1 or FRAME_NS % args.slots or args.cps <= 0:
         print("--slots must divide 20 ms in whole ns; --cps > 0", file=sys.stderr)

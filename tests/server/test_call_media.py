@@ -989,12 +989,13 @@ def test_a_read_error_is_skipped_and_the_drain_goes_on() -> None:
         def getsockname(self) -> tuple[str, int]:
             return (HOST, 16598)
 
-        def recvfrom(self, size: int) -> tuple[bytes, tuple[str, int]]:
+        def recvfrom_into(self, buffer: bytearray) -> tuple[int, tuple[str, int]]:
             self.reads += 1
             if self.reads == 1:
                 raise ConnectionRefusedError  # an earlier send's ICMP port unreachable
             if self.reads == 2:
-                return b"\x80" * 12, (HOST, 9)
+                buffer[:12] = b"\x80" * 12
+                return 12, (HOST, 9)
             raise BlockingIOError
 
     received: list[bytes] = []

@@ -12,6 +12,7 @@ play. `RoomAudio` decides and mixes; it reads no clock - the clock's driver call
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from sipbridge.media import codecs, mixer
@@ -39,6 +40,9 @@ class AudioLeg:
     takes_sources = False
     hears: AudioLeg | None = None  # None: every source in the room; else only that one
     levels: PacketLevels | None = None  # a source's audio levels, for the active speakers
+    # Where the relay's fast path (`media/relay.py`) sends a datagram for this listener as it is
+    # (a buffer that is reused, so it must be sent at once, not kept); None: only `forward`.
+    relay_sink: Callable[[memoryview, tuple[str, int]], None] | None = None
 
     def __init__(self, spec: codecs.CodecSpec) -> None:
         self.spec = spec

@@ -12,11 +12,13 @@ importable from this module.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import os
 from collections.abc import Callable
 
 from sipbridge import sdp
-from sipbridge.media import codecs
+from sipbridge.media import codecs, relay
 from sipbridge.media.leg import (
     COMFORT_NOISE_PT,
     DTMF_GAP_MS,
@@ -61,6 +63,13 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 FRAME_S = FRAME_MS / 1000
+# The relay's fast path: compiled when built (`make`), else the pure-Python one; set
+# SIPBRIDGE_PURE_PYTHON=1 to run the pure-Python one anyway (to compare them).
+RELAY = (
+    relay.compiled
+    if relay.compiled is not None and os.environ.get("SIPBRIDGE_PURE_PYTHON", "") in ("", "0")
+    else relay.relay_datagram
+)
 
 
 def stream_config(answer: sdp.AudioAnswer) -> StreamConfig:
@@ -107,6 +116,10 @@ class CallMedia(RtpLeg):
         self.rtp, self.rtcp = pool.open(self._on_rtp, None if answer.rtcp_mux else self._on_rtcp)
         self.port = self.rtp.port
         self.rtp_sink = self.rtp.send  # RTP out as it is made; RTCP through `transmit`
+        # The relay's fast path (`media/relay.py`): datagrams of this leg forwarded in place
+        # when it is a pure relay, and this leg's socket sending what a pure relay forwards.
+        self.rtp.fast = functools.partial(RELAY, self)
+        self.relay_sink = self.rtp.send
         # Told of every RTP packet in and out when the call's RTP is captured (its SIP trace).
         self.capture: Callable[[bytes, bool, tuple[str, int]], None] | None = None
         self.closed = False
@@ -140,6 +153,8 @@ class CallMedia(RtpLeg):
         """Tell `capture` of every RTP packet from now on: (packet, outgoing, peer address)."""
         self.capture = capture
         send = self.rtp.send
+        self.rtp.fast = None  # every packet through `_on_rtp`, which tells `capture`
+        self.relay_sink = None
 
         def sink(data: bytes, destination: tuple[str, int]) -> None:
             capture(data, True, destination)
@@ -197,6 +212,8 @@ class CallMedia(RtpLeg):
             return
         self.closed = True
         super().close()
+        self.rtp.fast = None
+        self.relay_sink = None
         self.rtp.close()
         if self.rtcp is not None:
             self.rtcp.close()

@@ -4,7 +4,8 @@ A call takes an even port for RTP and the odd one above it for RTCP (RFC 3550 s1
 one alone when the peer multiplexes RTCP (RFC 5761). Sockets are bound synchronously, so the
 port is known while the SDP answer is written; reading uses `add_reader` and one `recvfrom`
 with a small buffer per wake-up - no transport object, no 256 KiB allocation per datagram
-(DESIGN.md, performance principles); a socket woken faster than media comes is drained in
+(DESIGN.md, performance principles), into one buffer per socket that the relay's fast path
+(`media/relay.py`) rewrites and sends from; a socket woken faster than media comes is drained in
 bounded batches, so a flood neither overflows it nor starves the others. Ports in use by anyone
 else are skipped.
 """
@@ -24,6 +25,9 @@ BUSY_S = 0.005  # wake-ups closer than this (media comes every 20 ms) mean a que
 RECEIVE_BUFFER = 256 * 1024
 
 Receiver = Callable[[bytes, tuple[str, int]], None]
+# The fast path (`media/relay.py`): (the socket's buffer, the datagram in it, source, now) ->
+# whether it took the datagram; when not, `receiver` gets it as bytes.
+FastPath = Callable[[bytearray, memoryview, tuple[str, int], float], bool]
 
 
 class MediaSocket:
@@ -37,9 +41,17 @@ class MediaSocket:
         self.send_errors = 0
         self._last_wake = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._clock: Callable[[], float] = time.monotonic
+        self.fast: FastPath | None = None
+        # One receive buffer per socket, read into (`recvfrom_into`): a relayed datagram is
+        # rewritten and sent from it without a copy; views of it by length, made once.
+        self._buffer = bytearray(READ_SIZE)
+        self._whole = memoryview(self._buffer)
+        self._views: dict[int, memoryview] = {}
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
+        self._clock = loop.time  # the time the legs are given: the loop's, as timers have it
         loop.add_reader(self.sock.fileno(), self._readable)
 
     def _readable(self) -> None:
@@ -47,24 +59,30 @@ class MediaSocket:
         # EAGAIN would cost a second, empty receive (and an exception) per packet. When wake-ups
         # come faster than media does (a flood, a burst after a stall), drain up to DRAIN_LIMIT
         # so the kernel buffer does not overflow and drop the real packets among them.
-        now = time.monotonic()
+        now = self._clock()
         limit = DRAIN_LIMIT if now - self._last_wake < BUSY_S else 1
         self._last_wake = now
-        recv = self.sock.recvfrom
+        recv_into = self.sock.recvfrom_into
+        buffer, views, fast = self._buffer, self._views, self.fast
         for _ in range(limit):
             try:
-                data, addr = recv(READ_SIZE)
+                size, addr = recv_into(buffer)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
                 # ICMP port unreachable for an earlier send and the like: nothing to read.
                 continue
-            if len(data) >= READ_SIZE:
+            if size >= READ_SIZE:
                 self.truncated += 1
                 continue
-            self.receiver(data, addr)
+            view = views.get(size)
+            if view is None:
+                view = views[size] = self._whole[:size]
+            if fast is not None and fast(buffer, view, addr, now):
+                continue
+            self.receiver(view.tobytes(), addr)
 
-    def send(self, data: bytes, address: tuple[str, int]) -> None:
+    def send(self, data: bytes | memoryview, address: tuple[str, int]) -> None:
         try:
             self.sock.sendto(data, address)
         except OSError:
