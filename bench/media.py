@@ -957,18 +957,21 @@ def step_figures(
     assert isinstance(busy, float)
     other_pct = max(0.0, (busy - server_cpu - gen_cpu) / wall * 100)
     loss = gen["loss_pct"]
+    legs = 2 * n  # a relayed call is two legs: two SIP calls in one room, one rtpengine call
     clean = (
         gen["failed"] == 0
-        and gen["answered"] == n
-        and gen["byes_ok"] == n
+        and gen["answered"] == legs
+        and gen["byes_ok"] == legs
         and gen["ended_by_server"] == 0
         and gen["misrouted"] == 0
     )
     return {
         "n": n,
+        "legs": legs,
         "server_cpu_pct": round(server_pct, 1),
         "server_cpu_pct_machine": round(server_pct / (os.cpu_count() or 1), 1),
         "server_cpu_pct_per_call": round(server_pct / n, 3),
+        "server_cpu_pct_per_leg": round(server_pct / legs, 4),
         "generator_cpu_pct": round(gen_cpu / wall * 100, 1),
         "other_cpu_pct": round(other_pct, 1),
         "loss_pct": loss,
@@ -982,7 +985,7 @@ def step_figures(
 
 
 HEADER = (
-    f"{'N':>4} {'up':>4} {'byes':>4} {'srv CPU%':>8} {'%/call':>7} {'gen/other%':>10} "
+    f"{'N':>4} {'legs':>4} {'byes':>4} {'srv CPU%':>8} {'%/call':>7} {'gen/other%':>10} "
     f"{'sent':>7} {'lost':>5} {'loss %':>7} {'lat p50/p95/p99 ms':>20} {'added p50/p95':>14} "
     f"{'jit p99 srv/gen ms':>19} {'skip':>4} {'udp drop':>8}"
 )
@@ -1068,7 +1071,7 @@ def choose_rtp_range(requested: str) -> str:
     return "40000-49999"
 
 
-PEERS = ("sipbridge", "rtpengine", "before", "python")
+PEERS = ("sipbridge", "rtpengine", "before")
 
 
 @dataclasses.dataclass
@@ -1148,7 +1151,7 @@ def compare(steps: list[dict[str, object]], labels: list[str]) -> list[dict[str,
                 "generator_cpu_pct": [s["generator_cpu_pct"] for s in mine],
                 "calls_ok": all(s["calls_ok"] for s in mine),
             }
-        for other in ("rtpengine", "before", "python"):
+        for other in ("rtpengine", "before"):
             if "sipbridge" in labels and other in labels:
                 ours = [
                     s for s in steps if s["n"] == n and s["peer"] == "sipbridge"
@@ -1167,7 +1170,7 @@ def compare(steps: list[dict[str, object]], labels: list[str]) -> list[dict[str,
 
 def print_comparison(rows: list[dict[str, object]], labels: list[str]) -> None:
     head = f"{'N':>4} " + " ".join(f"{label + ' %/call':>16}" for label in labels)
-    ratios = [o for o in ("rtpengine", "before", "python") if rows and f"ratio_to_{o}" in rows[0]]
+    ratios = [o for o in ("rtpengine", "before") if rows and f"ratio_to_{o}" in rows[0]]
     head += "".join(f" {'sipbridge/' + o:>20}" for o in ratios)
     head += " " + " ".join(f"{label + ' lost/p95ms':>22}" for label in labels)
     print(head)
@@ -1212,8 +1215,8 @@ def issue_goal(rows: list[dict[str, object]]) -> dict[str, object]:
 
 def orchestrate(args: argparse.Namespace) -> int:
     steps_n = [int(x) for x in args.steps.split(",") if x.strip()][:MAX_STEPS]
-    if any(n <= 0 or n % 2 or n > MAX_CALLS for n in steps_n):
-        print(f"--steps: even call counts up to {MAX_CALLS}", file=sys.stderr)
+    if any(n <= 0 or 2 * n > MAX_CALLS for n in steps_n):
+        print(f"--steps: relayed calls, up to {MAX_CALLS // 2}", file=sys.stderr)
         return 2
     if not 0 < args.seconds <= 60 or not 1 <= args.rounds <= 10:
         print("--seconds in (0, 60], --rounds 1-10", file=sys.stderr)
@@ -1256,8 +1259,7 @@ def orchestrate(args: argparse.Namespace) -> int:
                 peers.append(Peer(label, daemon.proc.pid, ng_port=ng_port))
                 continue
             src = args.before_src if label == "before" else ""
-            env = {"SIPBRIDGE_PURE_PYTHON": "1"} if label == "python" else None
-            server = servers[label] = start_sipbridge(tmp, label, ranges[label], src, env)
+            server = servers[label] = start_sipbridge(tmp, label, ranges[label], src)
             assert server.proc is not None
             asyncio.run(create_rule(server.url))
             peers.append(Peer(label, server.proc.pid, sip=sipbridge_sip(server), url=server.url))
@@ -1268,7 +1270,7 @@ def orchestrate(args: argparse.Namespace) -> int:
             idle[peer.label] = round(
                 (cpu_seconds(peer.pid) - before) / (time.monotonic() - t0) * 100, 2
             )
-        base_n = max(2, min(max(steps_n), 200))
+        base_n = max(2, min(2 * max(steps_n), 200))
         baseline = run_generator(calls=base_n, seconds=3.0, args=args, step=0, direct=True)
         lat, jit = baseline["latency_ms"], baseline["recv_jitter_ms"]
         assert isinstance(lat, dict) and isinstance(jit, dict)
@@ -1291,7 +1293,7 @@ def orchestrate(args: argparse.Namespace) -> int:
                     quiet = wait_quiet(args.quiet_wait, pids) if args.quiet_wait > 0 else None
                     before = scrape(peer.url) if peer.url else {}
                     gen = run_generator(
-                        calls=n,
+                        calls=2 * n,
                         seconds=args.seconds,
                         args=args,
                         step=step % 100,
@@ -1364,7 +1366,7 @@ def orchestrate(args: argparse.Namespace) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--steps", default="20,50,100,150,200,250,300,400,500,600,700,800")
+    parser.add_argument("--steps", default="50,200,400,800", help="relayed calls (2 legs each)")
     parser.add_argument("--seconds", type=float, default=10.0, help="measured window per step")
     parser.add_argument("--warmup", type=float, default=1.0, help="after the last answer")
     parser.add_argument("--cps", type=float, default=200.0, help="INVITEs (and BYEs) per second")
@@ -1378,7 +1380,7 @@ def main() -> int:
         "--peers",
         default="sipbridge,rtpengine",
         help="what to drive, in one run: sipbridge, rtpengine (Debian's, userspace), before "
-        "(sipbridge from --before-src), python (this sipbridge with SIPBRIDGE_PURE_PYTHON=1)",
+        "(sipbridge from --before-src)",
     )
     parser.add_argument(
         "--before-src", default="", help="src/ of another sipbridge build, run as 'before'"

@@ -14,16 +14,11 @@ takes the full path (`RtpLeg.receive`), which gives the same result, only slower
 The state it updates is the legs' own (receiver, latch, sender, timeline, counters), so every
 reader - RTCP reports, quality, metrics, the call log - sees exactly what the full path would
 have left. Sans-IO: bytes and `now` in, the listener's `relay_sink` out.
-
-`_relay.c` is the same function compiled (`compiled`, None when it was not built): same
-decisions, same state, without the interpreter. This one stays the reference and the fallback;
-tests feed both the same packets.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 from sipbridge.media.session import MAX_DROPOUT
@@ -125,17 +120,3 @@ def relay_datagram(
     lstats.forwarded += 1
     listener._sent_since_report = True
     return True
-
-
-Relay = Callable[["RtpLeg", bytearray, memoryview, tuple[str, int], float], bool]
-
-
-def _load_compiled() -> Relay | None:
-    try:
-        from sipbridge.media._relay import relay_datagram as built  # noqa: PLC0415
-    except ImportError:  # not built (no compiler): the pure-Python path
-        return None
-    return built
-
-
-compiled: Relay | None = _load_compiled()

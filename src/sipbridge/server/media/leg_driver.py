@@ -14,11 +14,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import os
 from collections.abc import Callable
 
 from sipbridge import sdp
-from sipbridge.media import codecs, relay
+from sipbridge.media import codecs
 from sipbridge.media.leg import (
     COMFORT_NOISE_PT,
     DTMF_GAP_MS,
@@ -32,6 +31,7 @@ from sipbridge.media.leg import (
     StreamConfig,
 )
 from sipbridge.media.players import FRAME_MS, Pcm, PcmFifo, PcmPlayer, Player
+from sipbridge.media.relay import relay_datagram
 from sipbridge.media.room_audio import G711, AudioLeg, RoomAudio, can_forward
 from sipbridge.media.srtp import SrtpContext, SrtpKeys
 from sipbridge.media.timeline import TIMESTAMP_MOD, Timeline
@@ -63,13 +63,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 FRAME_S = FRAME_MS / 1000
-# The relay's fast path: compiled when built (`make`), else the pure-Python one; set
-# SIPBRIDGE_PURE_PYTHON=1 to run the pure-Python one anyway (to compare them).
-RELAY = (
-    relay.compiled
-    if relay.compiled is not None and os.environ.get("SIPBRIDGE_PURE_PYTHON", "") in ("", "0")
-    else relay.relay_datagram
-)
 
 
 def stream_config(answer: sdp.AudioAnswer) -> StreamConfig:
@@ -118,7 +111,7 @@ class CallMedia(RtpLeg):
         self.rtp_sink = self.rtp.send  # RTP out as it is made; RTCP through `transmit`
         # The relay's fast path (`media/relay.py`): datagrams of this leg forwarded in place
         # when it is a pure relay, and this leg's socket sending what a pure relay forwards.
-        self.rtp.fast = functools.partial(RELAY, self)
+        self.rtp.fast = functools.partial(relay_datagram, self)
         self.relay_sink = self.rtp.send
         # Told of every RTP packet in and out when the call's RTP is captured (its SIP trace).
         self.capture: Callable[[bytes, bool, tuple[str, int]], None] | None = None
