@@ -201,3 +201,17 @@ def test_the_fast_path_declines_what_it_does_not_relay() -> None:
     bridge.b.sending = True
     bridge.room.remove(bridge.b)  # alone in the room
     assert declined()
+
+
+def test_a_send_that_fails_is_counted_and_the_relay_goes_on() -> None:
+    bridge = Bridge(fast=True)
+
+    def refusing(data: bytes | memoryview, destination: tuple[str, int]) -> None:
+        raise BlockingIOError  # the socket's buffer is full
+
+    bridge.b.relay_sink = refusing
+    for i in range(5):
+        bridge.feed("a", rtp(i, i * FRAME, 0x1111, bytes(FRAME)), PHONE_A, i * 0.02)
+    assert bridge.taken == 3  # the first two: probation and the first packet
+    assert bridge.b.relay_send_errors == 3
+    assert bridge.b.stats.forwarded == 4  # as the full path counts a packet it could not send

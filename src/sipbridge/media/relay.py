@@ -56,9 +56,12 @@ def relay_datagram(
     latch = leg.latch
     if addr != latch._latched or listener.srtp is not None or not listener.sending:
         return False
-    destination = listener.latch.destination
+    listener_latch = listener.latch
+    destination = listener_latch._latched  # `Latch.destination`, without the property's call
     if destination is None:
-        return False
+        destination = listener_latch.expected
+        if destination is None:
+            return False
     seq, timestamp, ssrc = _SEQ_TS_SSRC.unpack_from(buf, 2)
     receiver = leg.receiver
     if ssrc != receiver.ssrc:
@@ -114,7 +117,11 @@ def relay_datagram(
     sender._timestamp = (stamp + listener.frame_ticks) & _TS_MASK
     sender._packets += 1
     sender._octets += payload_size
-    sink(view, destination)
+    try:
+        sink(view, destination)
+    except OSError:
+        # A full socket buffer or an unreachable peer: this packet is dropped, never blocks.
+        listener.relay_send_errors += 1
     lstats = listener.stats
     lstats.packets_out += 1
     lstats.forwarded += 1

@@ -41,8 +41,10 @@ class AudioLeg:
     hears: AudioLeg | None = None  # None: every source in the room; else only that one
     levels: PacketLevels | None = None  # a source's audio levels, for the active speakers
     # Where the relay's fast path (`media/relay.py`) sends a datagram for this listener as it is
-    # (a buffer that is reused, so it must be sent at once, not kept); None: only `forward`.
-    relay_sink: Callable[[memoryview, tuple[str, int]], None] | None = None
+    # (a buffer that is reused, so it must be sent at once, not kept); None: only `forward`. It
+    # may raise OSError (a socket's own `sendto`): counted in `relay_send_errors`.
+    relay_sink: Callable[[memoryview, tuple[str, int]], object] | None = None
+    relay_send_errors = 0
 
     def __init__(self, spec: codecs.CodecSpec) -> None:
         self.spec = spec

@@ -112,7 +112,7 @@ class CallMedia(RtpLeg):
         # The relay's fast path (`media/relay.py`): datagrams of this leg forwarded in place
         # when it is a pure relay, and this leg's socket sending what a pure relay forwards.
         self.rtp.fast = functools.partial(relay_datagram, self)
-        self.relay_sink = self.rtp.send
+        self.relay_sink = self.rtp.sock.sendto  # its errors counted by the fast path
         # Told of every RTP packet in and out when the call's RTP is captured (its SIP trace).
         self.capture: Callable[[bytes, bool, tuple[str, int]], None] | None = None
         self.closed = False

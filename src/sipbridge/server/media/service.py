@@ -418,7 +418,9 @@ def _counters(leg: CallMedia) -> dict[str, int]:
         )
     }
     found["truncated"] = leg.rtp.truncated + (leg.rtcp.truncated if leg.rtcp else 0)
-    found["send_errors"] = leg.rtp.send_errors + (leg.rtcp.send_errors if leg.rtcp else 0)
+    found["send_errors"] = (
+        leg.rtp.send_errors + (leg.rtcp.send_errors if leg.rtcp else 0) + leg.relay_send_errors
+    )
     return found
 
 
