@@ -1152,28 +1152,47 @@ def _spread(values: list[float]) -> str:
     return f"{lo:.3f}" if lo == hi else f"{lo:.3f}-{hi:.3f}"
 
 
+BEHIND_MS = 20.0  # added latency p95 past this: the relay had a backlog
+
+
+def kept_up(step: dict[str, object]) -> bool:
+    added = step["added_latency_ms"]
+    assert isinstance(added, dict)
+    p95 = added["p95"]
+    return bool(step["calls_ok"] and step["lost"] == 0 and p95 is not None and p95 <= BEHIND_MS)
+
+
 def compare(steps: list[dict[str, object]], labels: list[str]) -> list[dict[str, object]]:
-    """Per call count: each peer's CPU per call (range over rounds), loss, added p95, and the
-    ratios of sipbridge to rtpengine and to the build before."""
+    """Per call count: each peer's CPU per call (range over the rounds it kept up in), loss,
+    added p95, and the ratios of sipbridge to rtpengine and to the build before."""
     rows = []
     for n in sorted({int(s["n"]) for s in steps}):  # type: ignore[call-overload]
         row: dict[str, object] = {"n": n}
         for label in labels:
-            mine = [s for s in steps if s["n"] == n and s["peer"] == label]
+            every = [s for s in steps if s["n"] == n and s["peer"] == label]
+            # A step where the relay fell behind (lost packets, failed calls, a backlog: its
+            # added latency p95 past 20 ms) measured a CPU share capped by the machine, not
+            # what the calls cost: left out of the ranges, counted apart.
+            mine = [s for s in every if kept_up(s)]
             row[label] = {
                 "cpu_pct_per_call": [s["server_cpu_pct_per_call"] for s in mine],
                 "lost": [s["lost"] for s in mine],
                 "added_p95_ms": [s["added_latency_ms"]["p95"] for s in mine],  # type: ignore[index]
                 "jitter_p99_ms": [s["generator"]["recv_jitter_ms"]["p99"] for s in mine],  # type: ignore[index]
                 "generator_cpu_pct": [s["generator_cpu_pct"] for s in mine],
-                "calls_ok": all(s["calls_ok"] for s in mine),
+                "calls_ok": all(s["calls_ok"] for s in every),
+                "fell_behind": len(every) - len(mine),
             }
         for other in ("rtpengine", "before"):
             if "sipbridge" in labels and other in labels:
-                ours = [
-                    s for s in steps if s["n"] == n and s["peer"] == "sipbridge"
-                ]  # paired by round
-                theirs = {s["round"]: s for s in steps if s["n"] == n and s["peer"] == other}
+                ours = [  # paired by round, both kept up
+                    s for s in steps if s["n"] == n and s["peer"] == "sipbridge" and kept_up(s)
+                ]
+                theirs = {
+                    s["round"]: s
+                    for s in steps
+                    if s["n"] == n and s["peer"] == other and kept_up(s)
+                }
                 ratios = [
                     float(s["server_cpu_pct_per_call"])  # type: ignore[arg-type]
                     / float(theirs[s["round"]]["server_cpu_pct_per_call"])  # type: ignore[arg-type]
@@ -1208,7 +1227,8 @@ def print_comparison(rows: list[dict[str, object]], labels: list[str]) -> None:
             figures = row[label]
             assert isinstance(figures, dict)
             p95 = [v for v in figures["added_p95_ms"] if v is not None]
-            losses.append(f"{max(figures['lost'], default=0)}/{_spread(p95)}".rjust(22))
+            behind = f" ({figures['fell_behind']} behind)" if figures["fell_behind"] else ""
+            losses.append(f"{max(figures['lost'], default=0)}/{_spread(p95)}{behind}".rjust(22))
         print(line + " " + " ".join(losses))
 
 
@@ -1225,7 +1245,11 @@ def issue_goal(rows: list[dict[str, object]]) -> dict[str, object]:
         if n == 800 and isinstance(ours, dict):
             p95 = [v for v in ours["added_p95_ms"] if v is not None]
             goal["800_no_loss_p95_le_2ms"] = bool(
-                ours["calls_ok"] and max(ours["lost"]) == 0 and p95 and max(p95) <= 2.0
+                ours["calls_ok"]
+                and not ours["fell_behind"]
+                and p95
+                and max(ours["lost"]) == 0
+                and max(p95) <= 2.0
             )
     return goal
 
