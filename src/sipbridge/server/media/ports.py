@@ -19,8 +19,6 @@ import socket
 import time
 from collections.abc import Callable
 
-from sipbridge.server.media.poller import MediaPoller
-
 READ_SIZE = 2048  # an RTP packet fits a path MTU; larger datagrams are truncated and dropped
 DRAIN_LIMIT = 64  # datagrams per busy wake-up, so one flooded socket cannot starve the loop
 BUSY_S = 0.005  # wake-ups closer than this (media comes every 20 ms) mean a queue to drain
@@ -33,14 +31,10 @@ FastPath = Callable[[bytearray, memoryview, tuple[str, int], float], bool]
 
 
 class MediaSocket:
-    """One bound, non-blocking UDP socket delivering datagrams to `receiver`; read by `poller`
-    in batches when given (`server/media/poller.py`), else by a reader of its own."""
+    """One bound, non-blocking UDP socket delivering datagrams to `receiver`."""
 
-    def __init__(
-        self, sock: socket.socket, receiver: Receiver, poller: MediaPoller | None = None
-    ) -> None:
+    def __init__(self, sock: socket.socket, receiver: Receiver) -> None:
         self.sock = sock
-        self.poller = poller
         self.port: int = sock.getsockname()[1]
         self.receiver = receiver
         self.truncated = 0
@@ -58,13 +52,9 @@ class MediaSocket:
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._clock = loop.time  # the time the legs are given: the loop's, as timers have it
-        if self.poller is not None:
-            self.poller.add(self.sock.fileno(), self, loop)
-        else:
-            loop.add_reader(self.sock.fileno(), self._readable)
+        loop.add_reader(self.sock.fileno(), self._readable)
 
-    def _readable(self) -> bool:
-        """Read what is due; True when a drain stopped at DRAIN_LIMIT (more may be waiting)."""
+    def _readable(self) -> None:
         # A call's socket holds one packet per 20 ms: read one per wake-up, since draining to
         # EAGAIN would cost a second, empty receive (and an exception) per packet. When wake-ups
         # come faster than media does (a flood, a burst after a stall), drain up to DRAIN_LIMIT
@@ -78,7 +68,7 @@ class MediaSocket:
             try:
                 size, addr = recv_into(buffer)
             except (BlockingIOError, InterruptedError):
-                return False
+                return
             except OSError:
                 # ICMP port unreachable for an earlier send and the like: nothing to read.
                 continue
@@ -91,7 +81,6 @@ class MediaSocket:
             if fast is not None and fast(buffer, view, addr, now):
                 continue
             self.receiver(view.tobytes(), addr)
-        return limit > 1
 
     def send(self, data: bytes | memoryview, address: tuple[str, int]) -> None:
         try:
@@ -102,11 +91,8 @@ class MediaSocket:
 
     def close(self) -> None:
         if self._loop is not None:
-            if self.poller is not None:
-                self.poller.discard(self.sock.fileno())
-            else:
-                with contextlib.suppress(Exception):
-                    self._loop.remove_reader(self.sock.fileno())
+            with contextlib.suppress(Exception):
+                self._loop.remove_reader(self.sock.fileno())
             self._loop = None
         self.sock.close()
 
@@ -123,7 +109,6 @@ class PortPool:
         self._next = self.low
         self.in_use: set[int] = set()
         self.exhausted = 0
-        self.poller: MediaPoller | None = None  # reads the sockets in batches, when set
 
     @property
     def family(self) -> socket.AddressFamily:
@@ -147,12 +132,9 @@ class PortPool:
                     first.close()
                     continue
             self.in_use.add(port)
-            poller = self.poller
             return (
-                MediaSocket(first, rtp, poller),
-                MediaSocket(second, rtcp, poller)
-                if second is not None and rtcp is not None
-                else None,
+                MediaSocket(first, rtp),
+                MediaSocket(second, rtcp) if second is not None and rtcp is not None else None,
             )
         self.exhausted += 1
         raise OSError(errno.EADDRINUSE, "no free RTP port in the range")

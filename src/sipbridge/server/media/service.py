@@ -24,7 +24,6 @@ from sipbridge.media.errors import MediaError
 from sipbridge.media.leg import MEDIA_TIMEOUT_INITIAL_S, MEDIA_TIMEOUT_S
 from sipbridge.media.srtp import SUITES, SrtpContext, SrtpKeys
 from sipbridge.server.media.leg_driver import FRAME_MS, AudioLeg, CallMedia, MediaClock, RoomAudio
-from sipbridge.server.media.poller import MediaPoller
 from sipbridge.server.media.ports import PortPool
 from sipbridge.sip.errors import SipProtocolError
 from sipbridge.telephony.media import MediaPolicy, spec_for
@@ -64,7 +63,6 @@ class MediaService:
     def __init__(self, address: str, ports: tuple[int, int], *, bind: str = "") -> None:
         self.address = address  # what SDP advertises
         self.pool = PortPool(bind or address, ports[0], ports[1])
-        self.poller = self.pool.poller = MediaPoller()  # one wake-up for many datagrams
         self.clock = MediaClock()
         self.clock.on_second = self._check_timeouts
         self.rooms: dict[str, RoomAudio] = {}
@@ -380,7 +378,6 @@ class MediaService:
         for leg in list(self.legs):
             self.release(leg)
         self.clock.stop()
-        self.poller.close()
 
     def _count(self, name: str) -> None:
         self.stats[name] = self.stats.get(name, 0) + 1
@@ -398,8 +395,6 @@ class MediaService:
         out["clock_ticks"] = self.clock.ticks
         out["clock_skipped"] = self.clock.skipped
         out["ports_exhausted"] = self.pool.exhausted
-        out["poll_wakeups"] = self.poller.wakeups
-        out["poll_reads"] = self.poller.reads
         return out
 
 
