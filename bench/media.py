@@ -961,8 +961,14 @@ def _added(raw: dict[str, object], base: dict[str, object], p: str) -> float | N
 
 
 def step_figures(
-    n: int, gen: dict[str, object], baseline: dict[str, object], metrics: dict[str, float]
+    n: int,
+    gen: dict[str, object],
+    baseline: dict[str, object],
+    metrics: dict[str, float],
+    legs_per_call: int = 1,
 ) -> dict[str, object]:
+    """A step's figures; `n` calls of `legs_per_call` generator streams each (this bench: 2, a
+    relayed call; bench/recording.py and bench/cluster.py count streams: 1)."""
     wall = gen["window_s"]
     server_cpu, gen_cpu = gen["server_cpu_s"], gen["generator_cpu_s"]
     assert isinstance(wall, float) and isinstance(server_cpu, float)
@@ -974,7 +980,7 @@ def step_figures(
     assert isinstance(busy, float)
     other_pct = max(0.0, (busy - server_cpu - gen_cpu) / wall * 100)
     loss = gen["loss_pct"]
-    legs = 2 * n  # a relayed call is two legs: two SIP calls in one room, one rtpengine call
+    legs = legs_per_call * n
     clean = (
         gen["failed"] == 0
         and gen["answered"] == legs
@@ -1346,7 +1352,8 @@ def orchestrate(args: argparse.Namespace) -> int:
                     )
                     left = wait_drained(peer.url, 15) if peer.url else 0.0
                     metrics = media_deltas(before, scrape(peer.url)) if peer.url else {}
-                    figures = step_figures(n, gen, baseline, metrics)
+                    # a relayed call is two legs: two SIP calls in one room, one rtpengine call
+                    figures = step_figures(n, gen, baseline, metrics, legs_per_call=2)
                     figures.update(peer=peer.label, round=rnd, left_on_server=left)
                     figures["other_cpu_pct_before"] = quiet
                     if peer.url:
