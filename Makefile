@@ -35,14 +35,12 @@ CHECK_TESTS := tests/test_layers.py $(CORE_TESTS) $(wildcard tests/rooms tests/s
 	tests/test_config.py tests/test_config_trace_rtp.py tests/test_fuzz_corpus.py \
 	tests/test_audio_measures.py tests/test_cli_credentials.py
 # The rest of the suite runs in TEST_WORKERS processes (pytest-xdist, one file per worker at a
-# time: a file's shared server stays in one process), except SERIAL_TESTS, which run alone after
-# it: their assertions are about real time (a flood's OPTIONS latency, admission by CPU, WebRTC
-# clients hearing a phone from its first word) and a machine busy with other tests skews them.
+# time: a file's shared server stays in one process), except the tests marked `serial`, which run
+# alone after it: their assertions are about real time (WebRTC clients and browsers hearing a
+# phone from its first word, levels, a flood's latency) and a machine busy with other tests
+# skews them.
 TEST_WORKERS ?= 3
 CORE_WORKERS ?= 2  # the core's unit tests use the CPU alone: one worker per core
-SERIAL_TESTS := $(addprefix tests/interop/,test_flood.py test_metrics_and_load.py test_browser.py \
-	test_webrtc.py test_sdk_versions.py test_agent_session.py test_speakers.py test_console.py \
-	test_cluster_rooms.py test_egress_sdk.py)
 # Fuzzing (fuzz/README.md): `make fuzz` runs every target FUZZ_SECONDS, keeping what it learns in
 # fuzz/work/; `make fuzz-smoke` (part of `make test`) FUZZ_SMOKE_RUNS inputs each from seed
 # FUZZ_SEED, with FUZZ_SMOKE_SECONDS as a cap. FUZZ_TARGETS picks targets (all by default).
@@ -136,12 +134,12 @@ coverage-core: install
 	done
 
 # Everything else, appended to the core's run: the report covers the whole suite, and no test
-# runs twice. First in parallel, then SERIAL_TESTS alone.
+# runs twice. First in parallel, then the `serial` tests alone.
 unit: coverage-core
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --cov=sipbridge --cov-branch --cov-append \
-		--cov-report= $(addprefix --ignore=,$(CORE_TESTS) $(SERIAL_TESTS)) $(PYTEST_ARGS)
-	$(BIN)/pytest --cov=sipbridge --cov-branch --cov-append --cov-report=term $(SERIAL_TESTS) \
-		$(PYTEST_ARGS)
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile -m "not serial" --cov=sipbridge --cov-branch \
+		--cov-append --cov-report= $(addprefix --ignore=,$(CORE_TESTS)) $(PYTEST_ARGS)
+	$(BIN)/pytest -m serial --cov=sipbridge --cov-branch --cov-append --cov-report=term \
+		$(addprefix --ignore=,$(CORE_TESTS)) $(PYTEST_ARGS)
 
 test: system-deps install browser-deps console sdk-newest lint typecheck unit fuzz-smoke
 

@@ -35,6 +35,8 @@ from tests.helpers import API_KEY, API_SECRET, ServerProcess
 
 WORKER = Path(__file__).parents[1] / "agent_session_worker.py"
 pytestmark = [
+    # real time: alone after the parallel tests (the Makefile, `-m serial`)
+    pytest.mark.serial,
     pytest.mark.skipif(not shutil.which("baresip"), reason="baresip comes with `make test`"),
     pytest.mark.skipif(netns.available() is not None, reason=str(netns.available())),
 ]

@@ -61,6 +61,8 @@ CHROMIUM = shutil.which("chromium")
 NODE = shutil.which("node")
 INSTALLED = (BROWSER_DIR / "node_modules" / "playwright-core").is_dir()
 pytestmark = [
+    # real time: alone after the parallel tests (the Makefile, `-m serial`)
+    pytest.mark.serial,
     pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium comes with `make test`"),
     pytest.mark.skipif(
         NODE is None or not INSTALLED, reason="node and `npm ci` in tests/browser: `make test`"

@@ -254,6 +254,7 @@ def rtc_audio(node: Node) -> dict[str, float]:
 
 
 @pytest.mark.skipif(not shutil.which("baresip"), reason="baresip comes with `make test`")
+@pytest.mark.serial  # real time: alone after the parallel tests
 async def test_an_sdk_client_on_node_b_hears_a_phone_on_node_a(
     nodes: tuple[Node, Node], namespace: netns.VethNamespace, tmp_path: Path
 ) -> None:
@@ -261,7 +262,7 @@ async def test_an_sdk_client_on_node_b_hears_a_phone_on_node_a(
     B, which relays it to A; its media goes to A's ICE candidates: A forwards the phone's audio
     to it, B none, and it hears the phone from the first second."""
     a, b = nodes
-    rule = await direct_rule(a, "agentroom")
+    rule = await shared_rule(a, b, "agentroom")
     heard = tmp_path / "heard.wav"
     sdk_log = tmp_path / "sdk.log"
     try:
@@ -339,7 +340,7 @@ async def test_calls_to_two_nodes_meet_in_the_room_of_one(
     BYE then go to A directly (the 200's Contact), and both callers are participants of the
     one room on A, listed through either node; B holds no room and no call."""
     a, b = nodes
-    rule = await direct_rule(a, "bridge")
+    rule = await shared_rule(a, b, "bridge")
     try:
         first = asyncio.create_task(
             sipp("uac_follow_contact.xml", a.sip_port, host=a.ip, hold_ms=6000,
@@ -371,6 +372,21 @@ async def test_calls_to_two_nodes_meet_in_the_room_of_one(
             await lk.sip.delete_dispatch_rule(
                 sip_proto.DeleteSIPDispatchRuleRequest(sip_dispatch_rule_id=rule)
             )
+
+
+async def shared_rule(made_on: ServerProcess, other: ServerProcess, room_name: str) -> str:
+    """A direct rule made through one node, returned once the other lists it too: a change
+    reaches the other nodes' caches through Redis within milliseconds, and a call that comes to
+    a node before it does is refused (404) like a call no rule matches."""
+    rule = await direct_rule(made_on, room_name)
+
+    async def listed() -> bool:
+        async with client(other) as lk:
+            rules = await lk.sip.list_dispatch_rule(sip_proto.ListSIPDispatchRuleRequest())
+        return any(r.sip_dispatch_rule_id == rule for r in rules.items)
+
+    await eventually(listed, f"the rule for {room_name} on the other node")
+    return rule
 
 
 async def _has(value: object, item: object) -> bool:
@@ -537,6 +553,7 @@ async def timed_call(host: str, port: int) -> float:
         transport.close()
 
 
+@pytest.mark.serial  # real time: alone after the parallel tests
 async def test_the_extra_latency_of_a_room_on_another_node(
     nodes: tuple[Node, Node], redis: RedisServer, prefix: str
 ) -> None:
@@ -544,7 +561,7 @@ async def test_the_extra_latency_of_a_room_on_another_node(
     after the other each (answered at once: a caller is already in the room); and an API call
     about that room through A and through B. Printed (the hop costs a few ms)."""
     a, b = nodes
-    rule = await direct_rule(a, "timed")
+    rule = await shared_rule(a, b, "timed")
     try:
         anchor = asyncio.create_task(
             sipp("uac_follow_contact.xml", a.sip_port, host=a.ip, hold_ms=6000,
@@ -582,6 +599,7 @@ async def test_the_extra_latency_of_a_room_on_another_node(
 
 
 @pytest.mark.skipif(not shutil.which("baresip"), reason="baresip comes with `make test`")
+@pytest.mark.serial  # real time: alone after the parallel tests
 async def test_an_agent_worker_on_node_b_answers_a_phone_on_node_a(
     nodes: tuple[Node, Node], namespace: netns.VethNamespace, tmp_path: Path
 ) -> None:
@@ -592,7 +610,7 @@ async def test_an_agent_worker_on_node_b_answers_a_phone_on_node_a(
     from tests.interop.test_agent import WORKER, events_of  # noqa: PLC0415
 
     a, b = nodes
-    rule = await direct_rule(a, "support")
+    rule = await shared_rule(a, b, "support")
     events_file = tmp_path / "agent_events.jsonl"
     env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
     env.update(
@@ -722,7 +740,7 @@ async def test_a_new_rooms_call_is_placed_on_the_least_loaded_node(
     from tests.interop.test_outbound import carrier, make_trunk  # noqa: PLC0415
 
     a, b = nodes
-    rule = await direct_rule(a, "busy")
+    rule = await shared_rule(a, b, "busy")
     dialled = 'sipbridge_outbound_total{outcome="dialled"}'
     try:
         async with ringing_call(b.ip, b.sip_port):
@@ -847,6 +865,7 @@ async def test_a_call_refused_before_its_room_leaves_no_owner_behind(
 
 
 @pytest.mark.skipif(not shutil.which("baresip"), reason="baresip comes with `make test`")
+@pytest.mark.serial  # real time: alone after the parallel tests
 async def test_two_phones_on_two_nodes_hear_each_other(
     nodes: tuple[Node, Node], tmp_path: Path
 ) -> None:
@@ -856,7 +875,7 @@ async def test_two_phones_on_two_nodes_hear_each_other(
     from tests.interop.test_call_audio import CALL_S, heard  # noqa: PLC0415
 
     a, b = nodes
-    rule = await direct_rule(a, "duet")
+    rule = await shared_rule(a, b, "duet")
     before = (await asyncio.to_thread(cluster, b)).get("invite_proxied", 0)
     try:
         async with (
@@ -894,7 +913,7 @@ async def test_without_redis_held_rooms_go_on_and_new_ones_wait(
     be placed: the API answers `unavailable`, an INVITE 503 with Retry-After. Redis back, the
     nodes name their rooms in it again and new rooms are placed."""
     a, b = nodes
-    await direct_rule(a, "steady")
+    await shared_rule(a, b, "steady")
     async with client(a) as on_a, client(b) as on_b:
         await on_a.room.create_room(room_proto.CreateRoomRequest(name="steady"))
         await eventually(lambda: _has(rules_on(b), "steady"), "the rule on B")

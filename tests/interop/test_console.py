@@ -245,6 +245,7 @@ async def sign_in(page: Chromium, server: ServerProcess, *, wrong_first: bool = 
     )
 
 
+@pytest.mark.serial  # real time: alone after the parallel tests
 async def test_console(server: ServerProcess, chromium: Chromium) -> None:
     page = chromium
     started = time.monotonic()

@@ -41,6 +41,8 @@ from tests.interop.test_webhooks import Receiver, receiver
 from tests.interop.test_webrtc import run_sdk
 
 pytestmark = [
+    # real time: alone after the parallel tests (the Makefile, `-m serial`)
+    pytest.mark.serial,
     pytest.mark.skipif(not shutil.which("baresip"), reason="baresip comes with `make test`"),
     pytest.mark.skipif(netns.available() is not None, reason=str(netns.available())),
 ]

@@ -20,9 +20,13 @@ from tests.flood import measure_flood
 from tests.harness import sipp_port, stop_cleanly
 from tests.helpers import ServerProcess
 
-pytestmark = pytest.mark.skipif(
-    not (shutil.which("sipp") and shutil.which("timeout")), reason="sipp comes with `make test`"
-)
+pytestmark = [
+    # real time: alone after the parallel tests (the Makefile, `-m serial`)
+    pytest.mark.serial,
+    pytest.mark.skipif(
+        not (shutil.which("sipp") and shutil.which("timeout")), reason="sipp comes with `make test`"
+    ),
+]
 
 FLOOD_INVITES = 20_000
 FLOOD_RATE = 5_000  # INVITEs a second, as asked: the flood of the issue, 20,000 in 4 s

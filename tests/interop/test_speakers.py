@@ -30,6 +30,8 @@ from tests.helpers import ServerProcess, token
 
 SDK_CLIENT = Path(__file__).parents[1] / "sdk_client.py"
 pytestmark = [
+    # real time: alone after the parallel tests (the Makefile, `-m serial`)
+    pytest.mark.serial,
     pytest.mark.skipif(not shutil.which("baresip"), reason="baresip comes with `make test`"),
     pytest.mark.skipif(netns.available() is not None, reason=str(netns.available())),
 ]

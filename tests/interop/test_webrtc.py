@@ -91,6 +91,7 @@ async def run_sdk(
     return events
 
 
+@pytest.mark.serial  # real time: alone after the parallel tests
 async def test_sdk_client_and_phone_hear_each_other(
     rtc_server: ServerProcess, namespace: netns.VethNamespace, tmp_path: Path
 ) -> None:
@@ -185,6 +186,7 @@ async def test_sdk_client_and_phone_hear_each_other(
     assert first_words == 1.0, first_words
 
 
+@pytest.mark.serial  # real time: alone after the parallel tests
 async def test_sdk_client_with_two_peer_connections_and_phone_hear_each_other(
     rtc_server: ServerProcess, namespace: netns.VethNamespace, tmp_path: Path
 ) -> None:
@@ -362,6 +364,7 @@ class CuttableProxy:
 
 
 @pytest.mark.parametrize("protocol", ["single_pc", "two_pc"])
+@pytest.mark.serial  # real time: alone after the parallel tests
 async def test_a_cut_websocket_resumes_and_the_caller_is_still_heard(
     rtc_server: ServerProcess, namespace: netns.VethNamespace, tmp_path: Path, protocol: str
 ) -> None:
