@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import shutil
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -25,7 +27,7 @@ import pytest
 from livekit.protocol import sip
 
 from tests.cluster import Cluster, Held, Node, answer, cluster, lk_client, sip_rooms, wait_all
-from tests.harness import SippRun, eventually, kill_leftovers
+from tests.harness import SippRun, eventually, kill_leftovers, run
 from tests.harness import sipp as run_sipp
 from tests.interop.test_inbound import CALLED
 from tests.kamailio import Kamailio, kamailio
@@ -302,3 +304,47 @@ async def test_an_invite_refused_503_is_tried_on_the_next_node(
 
 async def _no_participant(node: Node, number: str) -> bool:
     return f"sip_{number}" not in await sip_rooms([node])
+
+
+async def test_restarting_every_node_loses_no_trunk_rule_or_call(
+    front: tuple[Cluster, Kamailio],
+) -> None:
+    """Calls through the front, then all three nodes stopped and started again on the same
+    Redis: every node still has the trunk and the rule, and the call log (read with the CLI
+    from Redis, as operators do) has every call with its final state."""
+    nodes, kam = front
+    trunk_id, rule_id = await trunk_and_rule(nodes.nodes[0])
+    await everywhere(nodes.nodes, rule_id)
+    numbers = [f"+1555032{i:02}" for i in range(3)]
+    calls = {n: caller(kam, n, hold_ms=500) for n in numbers}
+    try:
+        async with agents() as stack:
+            held = await ringing(nodes.nodes, numbers)
+            call_ids = {h.participant.attributes["sip.callID"] for h in held.values()}
+            for h in held.values():
+                await answer(h, stack)
+            for number in numbers:
+                done = await calls[number]
+                assert done.code == 0, (number, done.out[-3000:])
+    finally:
+        for task in calls.values():
+            task.cancel()
+        await wait_all(list(calls.values()), 10)
+
+    codes = await asyncio.to_thread(nodes.stop)
+    assert all(code == 0 for code in codes.values()), codes
+    await asyncio.to_thread(nodes.start)
+    for node in nodes.nodes:
+        async with lk_client(node) as lk:
+            trunks = await lk.sip.list_inbound_trunk(sip.ListSIPInboundTrunkRequest())
+            rules = await lk.sip.list_dispatch_rule(sip.ListSIPDispatchRuleRequest())
+        assert trunk_id in {t.sip_trunk_id for t in trunks.items}, node.node_id
+        assert rule_id in {r.sip_dispatch_rule_id for r in rules.items}, node.node_id
+    first = nodes.nodes[0]
+    args = ["call", "list", "--redis", first.redis_url, "--redis-prefix", first.prefix, "--json"]
+    code, out = await run(sys.executable, "-m", "sipbridge", *args, timeout=20)
+    assert code == 0, out
+    logged = {entry["call_id"]: entry for entry in json.loads(out)}
+    for call_id in call_ids:
+        assert call_id in logged, (call_id, sorted(logged))
+        assert logged[call_id]["call_status"] == "SCS_DISCONNECTED", logged[call_id]
