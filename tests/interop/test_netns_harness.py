@@ -121,6 +121,12 @@ def test_teardown_on_failure_and_stale_leftovers() -> None:
     try:
         with pytest.raises(RuntimeError, match="boom"), veth_namespace() as ns:
             sleepers.append(subprocess.Popen(ns.exec_args("sleep", "60")))
+            # inside before the failure (on a busy machine `ip netns exec` takes its time; one
+            # not in yet when the teardown swept would enter a namespace no longer listed)
+            deadline = time.monotonic() + 10
+            while sleepers[0].pid not in ns.pids() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert sleepers[0].pid in ns.pids()
             raise RuntimeError("boom")
         # teardown ended what still ran inside (or `ip netns del` would leave the pair up)
         assert sleepers[0].wait(timeout=15) != 0
