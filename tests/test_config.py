@@ -352,6 +352,17 @@ def test_connection_timeouts_from_flag_or_yaml(yaml_file: Any, name: str) -> Non
         )
 
 
+def test_max_lag_from_flag_or_yaml(yaml_file: Any) -> None:
+    """Admission by the event loop's lag: 100 ms unless said, 1-60000 ms."""
+    assert build(dev=True).max_lag_ms == 100
+    assert build(dev=True, max_lag_ms=250).max_lag_ms == 250
+    assert build(config_file=yaml_file("dev: true\nmax_lag_ms: 40\n")).max_lag_ms == 40
+    for bad in (0, 60001, True, "5"):
+        assert "max_lag_ms: expected a whole number from 1 to 60000" in config_error(
+            dev=True, max_lag_ms=bad
+        )
+
+
 @pytest.mark.parametrize("value", [0, -5, 86401, True, "90"])
 def test_bad_session_min_se(value: Any) -> None:
     assert "session_min_se: expected whole seconds" in config_error(dev=True, session_min_se=value)

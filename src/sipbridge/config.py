@@ -58,6 +58,8 @@ class Settings:
     # new calls refused (503) while the process uses more than this percent of one core, as
     # LiveKit's SIP service does above 90% (and while the event loop lags, telephony/load.py)
     max_cpu: float = 90.0
+    # ... and while the event loop's mean lag over the last second passes this many milliseconds
+    max_lag_ms: int = 100
     session_min_se: int = 90  # RFC 4028: the shortest session interval we take (Min-SE)
     auth_max_failures: int = 10  # wrong digest answers from one address before it is blocked
     auth_block: int = 60  # the first block, in seconds; each next one twice as long (to 1 h)
@@ -204,6 +206,7 @@ def _from_yaml(path: str) -> dict[str, Any]:
         "log_level",
         "max_calls",
         "max_cpu",
+        "max_lag_ms",
         "session_min_se",
         "auth_max_failures",
         "auth_block",
@@ -293,6 +296,7 @@ def build_settings(
     log_level: str | None = None,
     max_calls: int | None = None,
     max_cpu: float | None = None,
+    max_lag_ms: int | None = None,
     session_min_se: int | None = None,
     auth_max_failures: int | None = None,
     auth_block: int | None = None,
@@ -455,6 +459,7 @@ def build_settings(
         or s.http_idle_timeout,
     )
     s = replace(s, max_cpu=_max_cpu(doc, max_cpu, s.max_cpu))
+    s = replace(s, max_lag_ms=_whole(doc, "max_lag_ms", max_lag_ms, 1, 60_000) or s.max_lag_ms)
     raw_trace = trace_rtp if trace_rtp else doc.get("trace_rtp", [])
     trunks = raw_trace if isinstance(raw_trace, list) else [raw_trace]
     s = replace(s, trace_rtp=tuple(str(t).strip() for t in trunks if str(t).strip()))

@@ -125,7 +125,11 @@ async def ringing(nodes: list[Node], numbers: list[str]) -> dict[str, Held]:
             return {n: h for n, h in held.items() if h is not None}
         return None
 
-    return await eventually(all_there, f"{len(numbers)} callers in their rooms", timeout=15)
+    try:
+        return await eventually(all_there, f"{len(numbers)} callers in their rooms", timeout=15)
+    except AssertionError as e:  # what each side saw: the dispatcher's view and the nodes' logs
+        seen = "\n".join(f"--- {n.node_id}\n{n.log_tail(1500)}" for n in nodes)
+        raise AssertionError(f"{e}\n{seen}") from None
 
 
 async def active(nodes: list[Node], numbers: list[str]) -> None:

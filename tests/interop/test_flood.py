@@ -40,7 +40,9 @@ MEMORY_SLACK = 24 * 1024 * 1024  # what may stay resident after the flood's call
 def server(tmp_path: Path) -> Iterator[ServerProcess]:
     """A server of its own, at the default limits: its memory before the flood is its own."""
     port = sipp_port()
-    proc = ServerProcess(tmp_path, "--sip", f"127.0.0.1:{port}", "--max-cpu", "90")
+    proc = ServerProcess(
+        tmp_path, "--sip", f"127.0.0.1:{port}", "--max-cpu", "90", "--max-lag", "100"
+    )
     proc.sip_port = port  # type: ignore[attr-defined]
     proc.start()
     yield proc

@@ -72,7 +72,14 @@ def add_serve_parser(sub: Any) -> None:
         type=float,
         metavar="PERCENT",
         help="new calls get 503 while the process uses more than this percent of one core, or "
-        "while its event loop lags over 100 ms; /healthz says not ready meanwhile (90)",
+        "while its event loop lags (--max-lag); /healthz says not ready meanwhile (90)",
+    )
+    p.add_argument(
+        "--max-lag",
+        type=int,
+        metavar="MS",
+        help="new calls get 503 while the event loop's mean lag over the last second passes "
+        "this many milliseconds (100)",
     )
     p.add_argument(
         "--session-min-se",
@@ -193,6 +200,7 @@ def serve(args: argparse.Namespace) -> int:
             log_level=args.log_level,
             max_calls=args.max_calls,
             max_cpu=args.max_cpu,
+            max_lag_ms=args.max_lag,
             session_min_se=args.session_min_se,
             auth_max_failures=args.auth_max_failures,
             auth_block=args.auth_block,
