@@ -202,6 +202,7 @@ class Server:
             twirp=self.twirp,
             ua=self.sip_ua,
             agents=self.agents,
+            egress=self.egress,
         )
         self.heartbeat: Heartbeat | None = None
         self.node_calls: NodeCalls | None = None  # with Redis: this node's calls listed there

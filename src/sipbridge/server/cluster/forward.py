@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
@@ -79,6 +80,11 @@ ROUTED: dict[str, tuple[str, str]] = {
 }
 
 
+# A method routed by its own rule (egress by egress id: cluster/egress.py): (the decoded request,
+# its claims, the HTTP request, its body) -> the reply, or None to serve it here.
+Special = Callable[[Message, Claims, web.Request, bytes], Awaitable[web.Response | None]]
+
+
 def http_address(node: NodeInfo) -> str:
     """HOST:PORT to reach a node's API: its HTTP listener, or its SIP host when the API
     listens on every address."""
@@ -96,6 +102,7 @@ class TwirpForwarder:
         self.twirp = twirp
         self.secrets = list(twirp.keys.values())
         self.stats: Counter[str] = Counter()  # forwarded, by "Service/Method"; failed
+        self.special: dict[str, Special] = {}  # "Service/Method" -> its own router
         self._session: aiohttp.ClientSession | None = None
 
     async def close(self) -> None:
@@ -111,6 +118,8 @@ class TwirpForwarder:
         if route == LIST_ROOMS:
             assert isinstance(message, room_proto.ListRoomsRequest)
             return await self.list_rooms(message, claims, request)
+        if route in self.special:
+            return await self.special[route](message, claims, request, body)
         spec = ROUTED.get(route)
         if spec is None:
             return None
@@ -146,10 +155,7 @@ class TwirpForwarder:
         """Every live node's rooms: this node's own and the others', asked in parallel."""
         mine = await self.twirp.methods[LIST_ROOMS].handler(req, claims)
         assert isinstance(mine, room_proto.ListRoomsResponse)
-        try:
-            nodes = [n for n in await self.owners.live_nodes() if n.id != self.owners.node_id]
-        except (RedisError, OSError, TimeoutError):
-            nodes = []
+        nodes = await self.others()
         replies = await asyncio.gather(*(self._rooms_of(n, req, request) for n in nodes))
         seen = {room.name for room in mine.rooms}
         for rooms in replies:
@@ -163,27 +169,55 @@ class TwirpForwarder:
     async def _rooms_of(
         self, node: NodeInfo, req: room_proto.ListRoomsRequest, request: web.Request
     ) -> list[models.Room]:
+        reply = await self.ask(node, req, request, LIST_TIMEOUT_S)
+        if reply is None:
+            return []
+        if reply[0] != 200:
+            self.stats["failed"] += 1
+            log.info("ListRooms: node %s answered %d", node.id, reply[0])
+            return []
+        try:
+            return list(room_proto.ListRoomsResponse.FromString(reply[1]).rooms)
+        except DecodeError:
+            self.stats["failed"] += 1
+            return []
+
+    async def others(self) -> list[NodeInfo]:
+        """The other live nodes (none when Redis does not answer)."""
+        try:
+            return [n for n in await self.owners.live_nodes() if n.id != self.owners.node_id]
+        except (RedisError, OSError, TimeoutError):
+            return []
+
+    async def ask(
+        self,
+        node: NodeInfo,
+        req: Message | bytes,
+        request: web.Request,
+        wait_s: float,
+    ) -> tuple[int, bytes, str] | None:
+        """`req` handed to `node` on the path of `request`, with its credentials - a message
+        as protobuf, or bytes as they came (in the request's content type): (HTTP status,
+        body, content type), or None when the node did not answer in `wait_s`."""
+        if isinstance(req, bytes):
+            data, content_type = req, request.headers.get("Content-Type", "")
+        else:
+            data, content_type = req.SerializeToString(), "application/protobuf"
         headers = {
             HOP_HEADER: self.hop(request.path),
-            "Content-Type": "application/protobuf",
+            "Content-Type": content_type,
             "Authorization": request.headers.get("Authorization", ""),
         }
         url = f"http://{http_address(node)}{request.path}"
         try:
             async with self._client().post(
-                url,
-                data=req.SerializeToString(),
-                headers=headers,
-                timeout=aiohttp.ClientTimeout(total=LIST_TIMEOUT_S),
+                url, data=data, headers=headers, timeout=aiohttp.ClientTimeout(total=wait_s)
             ) as reply:
-                payload = await reply.read()
-                if reply.status != 200:
-                    raise aiohttp.ClientError(f"status {reply.status}")
-            return list(room_proto.ListRoomsResponse.FromString(payload).rooms)
-        except (aiohttp.ClientError, OSError, TimeoutError, DecodeError) as exc:
+                return reply.status, await reply.read(), reply.headers.get("Content-Type", "")
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             self.stats["failed"] += 1
-            log.info("ListRooms: node %s left out: %s", node.id, exc)
-            return []
+            log.info("%s: node %s left out: %s", request.path, node.id, exc)
+            return None
 
     async def forward(
         self, route: str, node: NodeInfo, request: web.Request, body: bytes

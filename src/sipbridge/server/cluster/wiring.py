@@ -1,5 +1,6 @@
-"""The cluster's room routing wired into one node (docs/cluster.md s3-s4): owners, the Twirp
-forwarder, the WebSocket relay and the INVITE proxy. Inert without Redis."""
+"""The cluster's room routing wired into one node (docs/cluster.md s3-s5): owners, the Twirp
+forwarder (with egress by egress id), the WebSocket relay, the INVITE proxy and agent jobs.
+Inert without Redis."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ from aiohttp import web
 from sipbridge.server.agents import AgentService
 from sipbridge.server.api.twirp import TwirpServer
 from sipbridge.server.cluster.agents import ClusterAgents
+from sipbridge.server.cluster.egress import EgressRouter
 from sipbridge.server.cluster.forward import TwirpForwarder
 from sipbridge.server.cluster.owners import RoomOwners
 from sipbridge.server.cluster.relay import SignalRelay
 from sipbridge.server.cluster.sip_proxy import CallRouter
 from sipbridge.server.nodes import redis_nodes
+from sipbridge.server.recording.service import EgressService
 from sipbridge.server.sip.user_agent import SipUserAgent
 from sipbridge.server.state.rooms_runtime import RoomsRuntime
 from sipbridge.store.redis_rooms import RedisRooms
@@ -29,12 +32,14 @@ class ClusterRooms:
         twirp: TwirpServer,
         ua: SipUserAgent,
         agents: AgentService,
+        egress: EgressService,
     ) -> None:
         self.owners = RoomOwners(node_id, runtime)
         self.forwarder = TwirpForwarder(self.owners, twirp)
         self.relay = SignalRelay(self.owners, keys)
         self.calls = CallRouter(self.owners, ua, keys)
         self.agents = ClusterAgents(self.owners, agents, keys)
+        self.egress = EgressRouter(self.forwarder, egress)
         twirp.router = self.forwarder
         ua.on_invite = self.calls.vouching(ua.on_invite)
 

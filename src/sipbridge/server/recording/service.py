@@ -161,11 +161,22 @@ class EgressService:
             ("StartEgress", proto.StartEgressRequest, not_implemented_yet),
             ("StartWebEgress", proto.WebEgressRequest, _no_video),
             ("StartTrackCompositeEgress", proto.TrackCompositeEgressRequest, _no_video),
-            ("UpdateLayout", proto.UpdateLayoutRequest, _no_video),
-            ("UpdateStream", proto.UpdateStreamRequest, _unsupported),
+            ("UpdateLayout", proto.UpdateLayoutRequest, self._known(_no_video)),
+            ("UpdateStream", proto.UpdateStreamRequest, self._known(_unsupported)),
         ]
         for name, request_type, handler in methods:
             twirp.register(SERVICE, name, request_type, handler, auth)
+
+    def _known(self, handler: Callable[[Any, Claims], Message]) -> Any:
+        """`handler` for an egress held here; `not_found` for any other (as LiveKit, which
+        looks the egress up first)."""
+
+        async def known(req: Any, claims: Claims) -> Message:
+            if req.egress_id not in self.egresses:
+                raise not_found(f"egress {req.egress_id!r} not found")
+            return handler(req, claims)
+
+        return known
 
     # -- the API ----------------------------------------------------------------------------
 
