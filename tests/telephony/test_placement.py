@@ -13,6 +13,7 @@ from sipbridge.telephony.placement import (
     sign_proxied,
     verify_hop,
     verify_proxied,
+    workers_elsewhere,
 )
 
 
@@ -47,6 +48,26 @@ def test_least_loaded_by_affinity_state_and_cpu() -> None:
     assert least_loaded(tie).id == "x"  # type: ignore[union-attr]
     assert least_loaded(tie, prefer="y").id == "y"  # type: ignore[union-attr]
     assert least_loaded([]) is None
+
+
+def test_a_dispatch_goes_to_the_least_loaded_worker_another_node_advertises() -> None:
+    def node(name: str, agents: dict[str, float], **kw: object) -> NodeInfo:
+        return NodeInfo(id=name, agents=tuple(agents.items()), max_calls=10, **kw)  # type: ignore[arg-type]
+
+    nodes = [
+        node("me", {"support": 0.0}),
+        node("b", {"support": 0.5, "sales": 0.1}),
+        node("c", {"support": 0.25}),
+        node("d", {"support": 0.0}, state="draining"),
+        node("e", {"sales": 0.0}),
+        node("f", {"support": 0.25}, calls=5),  # same load as c, less free capacity
+    ]
+    found = workers_elsewhere(nodes, "support", below=None, me="me")
+    assert [n.id for n in found] == ["c", "f", "b"]
+    assert [n.id for n in workers_elsewhere(nodes, "support", below=0.3, me="me")] == ["c", "f"]
+    assert workers_elsewhere(nodes, "support", below=0.25, me="me") == []  # a tie stays here
+    assert [n.id for n in workers_elsewhere(nodes, "sales", below=0.05, me="me")] == ["e"]
+    assert workers_elsewhere(nodes, "", below=None, me="me") == []
 
 
 def test_proxied_header_signed_and_checked() -> None:

@@ -27,14 +27,14 @@ from livekit.protocol import agent_dispatch as dispatch_proto
 from sipbridge import ids
 from sipbridge.errors import ApiError
 from sipbridge.rooms import events as ev
-from sipbridge.server.api.auth import Claims, bearer_token, sign_token, verify_token
+from sipbridge.server.agent_dispatch import DispatchApi
+from sipbridge.server.api.auth import bearer_token, sign_token, verify_token
 from sipbridge.server.api.twirp import TwirpServer
 from sipbridge.server.server_info import server_info
 from sipbridge.server.state.rooms_runtime import RoomsRuntime
 
 log = logging.getLogger(__name__)
 
-SERVICE = "livekit.AgentDispatchService"
 AVAILABILITY_TIMEOUT_S = 7.5
 JOIN_TIMEOUT_S = 10.0  # an assigned job's agent must be in the room by then
 MAX_TRIES = 3  # workers offered one dispatch, per round
@@ -70,13 +70,26 @@ class RunningJob:
     identity: str  # the agent participant its token admits
     joined: bool = False
     deadline: asyncio.TimerHandle | None = None  # until its agent joins
+    orphaned: bool = False  # its worker is gone; offered anew once its agent is out
 
 
-def require_room_admin(req: Any, claims: Claims) -> None:
-    if not claims.video_grant("roomAdmin"):
-        raise ApiError("permission_denied", "requires the roomAdmin grant")
-    if claims.room and req.room and claims.room != req.room:
-        raise ApiError("permission_denied", f"token is not valid for room {req.room!r}")
+def job_token(
+    keys: dict[str, str], job: agent.Job, response: agent.AvailabilityResponse, identity: str
+) -> str:
+    """What an assigned job's agent joins its room with."""
+    key, secret = next(iter(keys.items()))
+    grants = ("roomJoin", "canPublish", "canSubscribe", "canPublishData", "canUpdateOwnMetadata")
+    return sign_token(
+        key,
+        secret,
+        ttl_s=JOB_TOKEN_TTL_S,
+        sub=identity,
+        name=response.participant_name,
+        metadata=response.participant_metadata,
+        attributes=dict(response.participant_attributes),
+        kind="agent",
+        video={**dict.fromkeys(grants, True), "room": job.room.name, "agent": True},
+    )
 
 
 class AgentService:
@@ -90,41 +103,25 @@ class AgentService:
         self.workers: dict[str, Worker] = {}
         self.dispatches: dict[str, dict[str, dispatch_proto.AgentDispatch]] = {}  # by room
         self.jobs: dict[str, RunningJob] = {}
-        self._rounds: dict[str, int] = {}  # dispatch id -> offers made again after a no-show
+        self.rounds: dict[str, int] = {}  # dispatch id -> offers made again after a no-show
+        self.waiting: set[str] = set()  # dispatch ids no worker anywhere could take
         self._answers: dict[str, asyncio.Future[agent.AvailabilityResponse]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.stats: dict[str, int] = {}
-        # Workers on other nodes (server/cluster/agents.py): a dispatch no worker here takes
-        # is offered there (True: taken, its job in `jobs`); a job of theirs ended there.
-        self.offer_elsewhere: Callable[[Any, Any], Awaitable[bool]] | None = None
+        # Workers on other nodes (server/cluster/agents.py): a dispatch is offered there (True:
+        # taken, its job in `jobs`) when a worker there is less loaded than ours, `below` (any
+        # (a worker less loaded than ours, `below`, or any when None); a job of theirs ended
+        # here, or a job of a room there whose worker here is gone (True: its owner told).
+        self.offer_elsewhere: Callable[[Any, Any, float | None], Awaitable[bool]] | None = None
         self.end_elsewhere: Callable[[RunningJob], None] | None = None
+        self.lost_elsewhere: Callable[[RunningJob], bool] | None = None
         runtime.listeners.append(self.on_room_event)
 
     def routes(self, app: web.Application) -> None:
         app.router.add_get("/agent", self.handle)
 
     def register(self, twirp: TwirpServer) -> None:
-        twirp.register(
-            SERVICE,
-            "CreateDispatch",
-            dispatch_proto.CreateAgentDispatchRequest,
-            self.create_dispatch,
-            require_room_admin,
-        )
-        twirp.register(
-            SERVICE,
-            "DeleteDispatch",
-            dispatch_proto.DeleteAgentDispatchRequest,
-            self.delete_dispatch,
-            require_room_admin,
-        )
-        twirp.register(
-            SERVICE,
-            "ListDispatch",
-            dispatch_proto.ListAgentDispatchRequest,
-            self.list_dispatch,
-            require_room_admin,
-        )
+        DispatchApi(self).register(twirp)
 
     # -- the worker connection -------------------------------------------------------------
 
@@ -205,7 +202,9 @@ class AgentService:
                 log.info("agent job %s lost its worker", job_id)
                 if running.deadline is not None:
                     running.deadline.cancel()
-                if not running.joined:
+                if running.joined:
+                    self.orphan(running)
+                else:
                     self._redispatch(running)
         for job_id, answer in list(self._answers.items()):
             if not answer.done() and job_id.startswith(f"{worker.id}:"):
@@ -262,7 +261,7 @@ class AgentService:
                 wanted = list(live.agents) if live is not None else []
                 entries = [(a.agent_name, a.metadata) for a in wanted] or [("", "")]
                 for agent_name, metadata in entries:
-                    self._add_dispatch(room.name, agent_name, metadata)
+                    self.add_dispatch(room.name, agent_name, metadata)
             case ev.ParticipantJoined(room=room, participant=p):
                 for running in self.jobs.values():
                     if running.room == room.name and running.identity == p.identity:
@@ -270,16 +269,24 @@ class AgentService:
                         if running.deadline is not None:
                             running.deadline.cancel()
                             running.deadline = None
+            case ev.ParticipantLeft(room=room, participant=p):
+                for running in list(self.jobs.values()):
+                    if running.orphaned and (running.room, running.identity) == (
+                        room.name,
+                        p.identity,
+                    ):
+                        self._reoffer(running)
             case ev.RoomFinished(room=room):
                 for dispatch_id in self.dispatches.pop(room.name, {}):
-                    self._rounds.pop(dispatch_id, None)
+                    self.rounds.pop(dispatch_id, None)
+                    self.waiting.discard(dispatch_id)
                 for job_id, running in list(self.jobs.items()):
                     if running.room == room.name:
                         self.terminate(job_id)
             case _:
                 pass
 
-    def _add_dispatch(
+    def add_dispatch(
         self, room: str, agent_name: str, metadata: str
     ) -> dispatch_proto.AgentDispatch:
         record = dispatch_proto.AgentDispatch(
@@ -289,6 +296,15 @@ class AgentService:
         if self.rooms.find(room) is not None:
             self._spawn(self._dispatch(room, record))
         return record
+
+    def offer_waiting(self, names: set[str]) -> None:
+        """The dispatches that found no worker, offered again: a worker of one of `names`
+        registered on another node."""
+        for room, found in self.dispatches.items():
+            for record in found.values():
+                if record.id in self.waiting and record.agent_name in names:
+                    self.waiting.discard(record.id)
+                    self._spawn(self._dispatch(room, record))
 
     def _has_job(self, dispatch_id: str) -> bool:
         return any(r.job.dispatch_id == dispatch_id for r in self.jobs.values())
@@ -319,10 +335,12 @@ class AgentService:
                 ),
                 key=lambda w: w.load,
             )
+            below = candidates[0].load if candidates else None  # a worker elsewhere below it?
+            if self.offer_elsewhere is not None and await self.offer_elsewhere(room, record, below):
+                return  # taken by a worker on another node
             if not candidates:
-                if self.offer_elsewhere is not None and await self.offer_elsewhere(room, record):
-                    return  # taken by a worker on another node
                 self._count("no_worker")
+                self.waiting.add(record.id)
                 return  # waits for a worker of this name to register
             worker = candidates[0]
             tried.add(worker.id)
@@ -364,27 +382,8 @@ class AgentService:
             self._answers.pop(key, None)
 
     def assign(self, worker: Worker, job: agent.Job, response: agent.AvailabilityResponse) -> None:
-        key, secret = next(iter(self.keys.items()))
         identity = response.participant_identity or f"agent-{job.id}"
-        token = sign_token(
-            key,
-            secret,
-            ttl_s=JOB_TOKEN_TTL_S,
-            sub=identity,
-            name=response.participant_name,
-            metadata=response.participant_metadata,
-            attributes=dict(response.participant_attributes),
-            kind="agent",
-            video={
-                "roomJoin": True,
-                "room": job.room.name,
-                "canPublish": True,
-                "canSubscribe": True,
-                "canPublishData": True,
-                "canUpdateOwnMetadata": True,
-                "agent": True,
-            },
-        )
+        token = job_token(self.keys, job, response, identity)
         running = RunningJob(job=job, worker_id=worker.id, room=job.room.name, identity=identity)
         room = self.rooms.find(job.room.name)
         running.joined = room is not None and identity in room.participants
@@ -424,11 +423,30 @@ class AgentService:
         record = self.dispatches.get(running.room, {}).get(running.job.dispatch_id)
         if record is None or self.rooms.find(running.room) is None:
             return
-        rounds = self._rounds[record.id] = self._rounds.get(record.id, 0) + 1
+        rounds = self.rounds[record.id] = self.rounds.get(record.id, 0) + 1
         if rounds >= MAX_ROUNDS:
             self._count("dispatch_failed")
             return
         self._spawn(self._dispatch(running.room, record, frozenset({running.worker_id})))
+
+    def orphan(self, running: RunningJob) -> None:
+        """A job whose worker is gone after its agent joined (the worker's WebSocket closed, or
+        its node died): offered anew, as LiveKit does, once its agent is out of the room (never
+        two agents for one dispatch at once)."""
+        if self.lost_elsewhere is not None and self.lost_elsewhere(running):
+            return  # a job for a room on another node: its owner was told
+        running.orphaned = True
+        self.jobs[running.job.id] = running
+        room = self.rooms.find(running.room)
+        if room is None or running.identity not in room.participants:
+            self._reoffer(running)
+
+    def _reoffer(self, running: RunningJob) -> None:
+        self.jobs.pop(running.job.id, None)
+        record = self.dispatches.get(running.room, {}).get(running.job.dispatch_id)
+        if record is not None and self.rooms.find(running.room) is not None:
+            self._count("redispatched")
+            self._spawn(self._dispatch(running.room, record, frozenset({running.worker_id})))
 
     def terminate(self, job_id: str) -> None:
         running = self.jobs.pop(job_id, None)
@@ -444,40 +462,6 @@ class AgentService:
         elif self.end_elsewhere is not None:
             self.end_elsewhere(running)
         self._count("terminated")
-
-    # -- AgentDispatchService ---------------------------------------------------------------
-
-    async def create_dispatch(
-        self, req: dispatch_proto.CreateAgentDispatchRequest, _: Claims
-    ) -> dispatch_proto.AgentDispatch:
-        if not req.room:
-            raise ApiError("invalid_argument", "room is required")
-        try:
-            # As LiveKit does, a dispatch to a room that does not exist yet creates it.
-            self.rooms.create(req.room, self.runtime.now())
-            return self._add_dispatch(req.room, req.agent_name, req.metadata)
-        finally:
-            self.runtime.commit()
-
-    async def delete_dispatch(
-        self, req: dispatch_proto.DeleteAgentDispatchRequest, _: Claims
-    ) -> dispatch_proto.AgentDispatch:
-        record = self.dispatches.get(req.room, {}).pop(req.dispatch_id, None)
-        if record is None:
-            raise ApiError("not_found", f"dispatch {req.dispatch_id!r} not found")
-        self._rounds.pop(record.id, None)
-        for job_id, running in list(self.jobs.items()):
-            if running.job.dispatch_id == record.id:
-                self.terminate(job_id)
-        return record
-
-    async def list_dispatch(
-        self, req: dispatch_proto.ListAgentDispatchRequest, _: Claims
-    ) -> dispatch_proto.ListAgentDispatchResponse:
-        found = list(self.dispatches.get(req.room, {}).values())
-        if req.dispatch_id:
-            found = [d for d in found if d.id == req.dispatch_id]
-        return dispatch_proto.ListAgentDispatchResponse(agent_dispatches=found)
 
     # -- bookkeeping ------------------------------------------------------------------------
 

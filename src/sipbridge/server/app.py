@@ -304,6 +304,7 @@ class Server:
             state=self.drain.state.value,
             calls=self.calls_in_progress(),
             rooms=len(self.rooms.registry.rooms()),
+            agents=self.cluster.agents.advertised(),
         )
 
     async def list_nodes(self) -> list[NodeInfo]:

@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 HEARTBEAT_S = 1.0
 NODE_TTL_S = 5.0
 MAX_NODE_INFO_BYTES = 4096  # a value larger than this is not a heartbeat of ours
+MAX_AGENT_NAMES = 32  # agent names a heartbeat advertises (the least loaded first)
+MAX_AGENT_NAME = 64  # characters; a longer name is not advertised (its node is still asked)
+
+Agents = tuple[tuple[str, float], ...]  # (agent name, lowest load of its available workers)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -32,11 +37,13 @@ class NodeInfo:
     http: str = ""  # HOST:PORT of its API
     version: str = ""
     started_at: float = 0.0  # wall clock, seconds
+    agents: Agents = ()  # its available agent workers: each name's least load (advertise())
     age: float = 0.0  # seconds since this was written (set by the reader, not stored)
 
     def to_json(self) -> bytes:
         data = asdict(self)
         del data["age"]
+        data["agents"] = dict(self.agents)
         return json.dumps(data, separators=(",", ":")).encode()
 
     @classmethod
@@ -54,6 +61,9 @@ class NodeInfo:
         for f in fields(cls):
             if f.name in ("id", "age") or f.name not in raw:
                 continue
+            if f.name == "agents":
+                values["agents"] = _agents(raw["agents"])
+                continue
             value, default = raw[f.name], getattr(info, f.name)
             if isinstance(default, float) and type(value) is int:
                 value = float(value)
@@ -68,7 +78,33 @@ class NodeInfo:
         row = asdict(self)
         row["cpu"] = round(self.cpu, 1)
         row["age"] = round(self.age, 1)
+        row["agents"] = dict(self.agents)
         return row
+
+    def agent_load(self, name: str) -> float | None:
+        """The least load of its available workers of agent `name`; None when it has none."""
+        return next((load for agent, load in self.agents if agent == name), None)
+
+
+def advertise(workers: Iterable[tuple[str, float]]) -> Agents:
+    """What a heartbeat says of a node's available workers, given (agent name, load) of each:
+    each name once, with its least load, the least loaded names first (MAX_AGENT_NAMES)."""
+    best: dict[str, float] = {}
+    for name, load in workers:
+        if len(name) <= MAX_AGENT_NAME and math.isfinite(load):
+            best[name] = min(load, best.get(name, load))
+    return tuple(sorted(best.items(), key=lambda item: (item[1], item[0]))[:MAX_AGENT_NAMES])
+
+
+def _agents(value: Any) -> Agents:
+    """A heartbeat's `agents` ({name: load}) as written; entries of the wrong type left out."""
+    if not isinstance(value, dict):
+        return ()
+    return advertise(
+        (name, float(load))
+        for name, load in list(value.items())[:MAX_AGENT_NAMES]
+        if isinstance(name, str) and type(load) in (int, float)
+    )
 
 
 def cpu_percent(cpu_before: float, wall_before: float, cpu_now: float, wall_now: float) -> float:

@@ -100,6 +100,22 @@ def least_loaded(
     return chosen
 
 
+def workers_elsewhere(
+    nodes: Iterable[NodeInfo], agent_name: str, *, below: float | None, me: str
+) -> list[NodeInfo]:
+    """The other serving nodes whose heartbeat advertises an available worker of `agent_name`
+    less loaded than `below` (this node's least loaded one; None: it has none), the least
+    loaded worker first, then the node with the most free capacity."""
+    found = []
+    for node in nodes:
+        load = node.agent_load(agent_name)
+        if node.id == me or node.state != "serving" or load is None:
+            continue
+        if below is None or load < below:
+            found.append((load, -affinity(node), node.id, node))
+    return [node for *_, node in sorted(found, key=lambda item: item[:3])]
+
+
 # -- an INVITE proxied to the room's owner -------------------------------------------------------
 
 

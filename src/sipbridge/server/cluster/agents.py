@@ -1,19 +1,30 @@
 """Agent jobs for a room on one node, taken by workers connected to another (docs/cluster.md s5).
 
-A `livekit-agents` worker registers on one node's `/agent`. The room's owner dispatches as on one
-node; when no worker of the dispatch's name is connected there, it offers the job to the other
-live nodes, least loaded first, each over HTTP (`POST /sipbridge/v1/cluster/jobs`, the Job as
-protobuf, a short-lived token signed with the cluster's key). That node offers it to its own
-workers (availability request, least loaded first, as on one node) and, when one accepts,
-assigns it - the job's token names the owner's room, its URL is the worker's own node, whose
-WebSocket relay (relay.py) takes the agent to the owner. The owner keeps the job as its own (a
-deadline for the agent to join, re-offered if it never does) and, when the room ends, tells the
-worker's node to end it (`POST /sipbridge/v1/cluster/jobs/end`).
+A `livekit-agents` worker registers on one node's `/agent`. Every node's heartbeat advertises
+its available workers: each agent name with the least load of its workers (`advertised`). The
+room's owner dispatches as on one node, except that a worker another node advertises as less
+loaded than the owner's own least loaded one (or any, when the owner has none) is offered the
+job first, least loaded first - read from the heartbeats, no node asked in vain. The offer is
+an HTTP POST to that node (`/sipbridge/v1/cluster/jobs`, the Job as protobuf, a short-lived
+token signed with the cluster's key), which offers it to its own workers (availability request,
+least loaded first, as on one node) and, when one accepts, assigns it - the job's token names
+the owner's room, its URL is the worker's own node, whose WebSocket relay (relay.py) takes the
+agent to the owner. The owner keeps the job as its own (a deadline for the agent to join,
+re-offered if it never does) and, when the room ends, tells the worker's node to end it
+(`/sipbridge/v1/cluster/jobs/end`). A dispatch no worker anywhere could take is offered again
+when a node starts advertising a worker of its name.
+
+A worker that is gone after its agent joined - its WebSocket closed (its node tells the owner,
+`/sipbridge/v1/cluster/jobs/lost`) or its node dead (its heartbeat expired: the owner looks
+every second) - leaves its job orphaned on the owner, which offers it anew once the agent is
+out of the room (`AgentService.orphan`), as LiveKit re-dispatches the job of a worker that
+disconnects.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections import Counter
@@ -35,16 +46,18 @@ from sipbridge.server.agents import (
     AgentService,
     RunningJob,
 )
-from sipbridge.server.api.auth import bearer_token, sign_token, verify_token
+from sipbridge.server.api.auth import Claims, bearer_token, sign_token, verify_token
 from sipbridge.server.cluster.forward import http_address
 from sipbridge.server.cluster.owners import RoomOwners
-from sipbridge.telephony.node_info import NodeInfo
-from sipbridge.telephony.placement import affinity
+from sipbridge.telephony.node_info import HEARTBEAT_S, Agents, NodeInfo, advertise
+from sipbridge.telephony.placement import workers_elsewhere
 
 log = logging.getLogger(__name__)
 
 JOBS_PATH = "/sipbridge/v1/cluster/jobs"
 END_PATH = "/sipbridge/v1/cluster/jobs/end"
+LOST_PATH = "/sipbridge/v1/cluster/jobs/lost"
+MAX_ORIGINS = 10_000  # jobs taken here for rooms elsewhere whose owner is remembered
 OFFER_TIMEOUT_S = AVAILABILITY_TIMEOUT_S * MAX_TRIES + 2.0
 MAX_JOB_BYTES = 256 * 1024
 
@@ -56,16 +69,41 @@ class ClusterAgents:
         self.keys = keys
         self.stats: Counter[str] = Counter()  # offered, taken, refused, ended
         self.where: dict[str, NodeInfo] = {}  # job id -> the node whose worker runs it
+        self.origin: dict[str, str] = {}  # job id taken here -> the room's node
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._watch: asyncio.Task[None] | None = None
+        self._closed = False
+        self._advertised: set[str] = set()  # agent names other nodes advertised at the last look
         agents.offer_elsewhere = self.offer
         agents.end_elsewhere = self.end
+        agents.lost_elsewhere = self.lost
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post(JOBS_PATH, self.take)
         app.router.add_post(END_PATH, self.ended)
+        app.router.add_post(LOST_PATH, self.worker_lost)
+
+    def start(self) -> None:
+        """With Redis: jobs of workers on dead nodes orphaned, waiting dispatches offered to
+        workers that appear elsewhere (one look at the heartbeats a second, when needed)."""
+        self._watch = asyncio.create_task(self._watching(), name="agent jobs elsewhere")
+
+    def advertised(self) -> Agents:
+        """This node's available workers, for its heartbeat."""
+        return advertise(
+            (w.agent_name, w.load)
+            for w in self.agents.workers.values()
+            if w.available and w.job_type == agent.JobType.JT_ROOM
+        )
 
     async def close(self) -> None:
+        self._closed = True  # (workers leaving as the node stops offer nothing elsewhere)
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+            self._watch = None
         for task in list(self._tasks):
             task.cancel()
         if self._session is not None:
@@ -86,16 +124,18 @@ class ClusterAgents:
 
     # -- the room's owner ----------------------------------------------------------------------
 
-    async def offer(self, room: Any, record: Any) -> bool:
+    async def offer(self, room: Any, record: Any, below: float | None) -> bool:
         """`AgentService.offer_elsewhere`: the dispatch `record` for `room` (a rooms model Room)
-        offered to the other nodes' workers; True when one took it (its job then in `jobs`)."""
-        if not self.owners.clustered:
+        offered to the workers other nodes advertise less loaded than `below` (this node's
+        least loaded; None: it has none), least loaded first; True when one took it (its job
+        then in `jobs`)."""
+        if not self.owners.clustered or self._closed:
             return False
         try:
-            nodes = [n for n in await self.owners.live_nodes() if n.id != self.owners.node_id]
+            nodes = await self.owners.live_nodes()
         except (RedisError, OSError, TimeoutError):
             return False
-        nodes = sorted((n for n in nodes if n.state == "serving"), key=affinity, reverse=True)
+        nodes = workers_elsewhere(nodes, record.agent_name, below=below, me=self.owners.node_id)
         job = agent.Job(
             id=ids.new_id(JOB_PREFIX),
             dispatch_id=record.id,
@@ -105,6 +145,8 @@ class ClusterAgents:
             agent_name=record.agent_name,
         )
         for node in nodes:
+            if self.closing():  # (meanwhile)
+                return False
             taken = await self._offer_to(node, job)
             if taken is None:
                 continue
@@ -159,22 +201,64 @@ class ClusterAgents:
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             log.info("agent job %s: its end not told to node %s: %s", job_id, node.id, exc)
 
+    async def _watching(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_S)
+            if not self.where and not self.agents.waiting:
+                self._advertised = set()
+                continue
+            try:
+                nodes = await self.owners.live_nodes()
+            except (RedisError, OSError, TimeoutError):
+                continue
+            self._look(nodes)
+
+    def _look(self, nodes: list[NodeInfo]) -> None:
+        """Jobs whose worker's node is gone orphaned; dispatches that wait offered again when
+        another node starts advertising a worker of their name (once: a worker that refuses is
+        not asked again every second)."""
+        live = {n.id for n in nodes}
+        for job_id, node in list(self.where.items()):
+            if node.id not in live:
+                self.where.pop(job_id, None)
+                running = self.agents.jobs.get(job_id)
+                if running is not None:
+                    self.stats["node_lost"] += 1
+                    log.info("agent job %s: the node of its worker, %s, is gone", job_id, node.id)
+                    self.agents.orphan(running)
+        names = {
+            name
+            for n in nodes
+            if n.id != self.owners.node_id and n.state == "serving"
+            for name, _ in n.agents
+        }
+        appeared, self._advertised = names - self._advertised, names
+        if appeared and self.agents.waiting:
+            self.agents.offer_waiting(appeared)
+
+    def closing(self) -> bool:
+        return self._closed
+
     def _spawn(self, work: Any) -> None:
+        if self._closed:
+            work.close()
+            return
         task = asyncio.create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     # -- the worker's node ---------------------------------------------------------------------
 
-    def _authorize(self, request: web.Request) -> None:
+    def _authorize(self, request: web.Request) -> Claims:
         claims = verify_token(bearer_token(request.headers.get("Authorization")), self.keys)
         if not (claims.video_grant("agent") and claims.video_grant("roomAdmin")):
             raise ApiError("permission_denied", "requires the agent and roomAdmin grants")
+        return claims
 
     async def take(self, request: web.Request) -> web.Response:
         """A job for a room on another node, offered to this node's workers."""
         try:
-            self._authorize(request)
+            claims = self._authorize(request)
             body = await request.content.read(MAX_JOB_BYTES + 1)
             if len(body) > MAX_JOB_BYTES:
                 raise ApiError("malformed", "job too large")
@@ -212,6 +296,9 @@ class ClusterAgents:
                 running.deadline.cancel()
                 running.deadline = None
             self.stats["taken_here"] += 1
+            self.origin[job.id] = claims.identity  # the room's node (its token's subject)
+            while len(self.origin) > MAX_ORIGINS:
+                self.origin.pop(next(iter(self.origin)))
             answer = {"worker": worker.id, "identity": running.identity}
             return web.Response(text=json.dumps(answer), content_type="application/json")
         self.stats["refused_here"] += 1
@@ -223,5 +310,46 @@ class ClusterAgents:
         except ApiError as err:
             return web.Response(status=err.http_status, text=err.message)
         job_id = (await request.content.read(256)).decode(errors="replace")
+        self.origin.pop(job_id, None)
         self.agents.terminate(job_id)
+        return web.Response(text="ok\n")
+
+    def lost(self, running: RunningJob) -> bool:
+        """`AgentService.lost_elsewhere`: a worker here that ran a job for a room on another
+        node is gone; that node is told (True), and re-dispatches the job."""
+        owner = self.origin.pop(running.job.id, None)
+        if owner is None:
+            return False
+        self._spawn(self._tell_lost(owner, running.job.id))
+        return True
+
+    async def _tell_lost(self, owner: str, job_id: str) -> None:
+        try:
+            node = next((n for n in await self.owners.live_nodes() if n.id == owner), None)
+        except (RedisError, OSError, TimeoutError):
+            node = None
+        if node is None:
+            log.info("agent job %s: its room's node %s is gone", job_id, owner)
+            return
+        url = f"http://{http_address(node)}{LOST_PATH}"
+        try:
+            async with self._client().post(
+                url, data=job_id.encode(), headers=self._headers(), timeout=aiohttp.ClientTimeout(5)
+            ):
+                self.stats["lost_told"] += 1
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            log.info("agent job %s: its worker's loss not told to %s: %s", job_id, owner, exc)
+
+    async def worker_lost(self, request: web.Request) -> web.Response:
+        """The node of a job's worker says the worker is gone: the job is orphaned here."""
+        try:
+            self._authorize(request)
+        except ApiError as err:
+            return web.Response(status=err.http_status, text=err.message)
+        job_id = (await request.content.read(256)).decode(errors="replace")
+        running = self.agents.jobs.get(job_id)
+        if running is not None and self.where.pop(job_id, None) is not None:
+            self.stats["worker_lost"] += 1
+            log.info("agent job %s: its worker on another node is gone", job_id)
+            self.agents.orphan(running)
         return web.Response(text="ok\n")

@@ -45,6 +45,7 @@ class ClusterRooms:
 
     def start(self, client: aioredis.Redis, prefix: str) -> None:
         self.owners.start(RedisRooms(client, prefix), redis_nodes(client, prefix))
+        self.agents.start()
 
     def routes(self, app: web.Application) -> None:
         """Between nodes: agent jobs offered to this node's workers, and their end."""
