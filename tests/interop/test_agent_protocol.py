@@ -193,6 +193,51 @@ async def test_a_worker_gone_before_its_agent_joined_has_its_job_offered_again(
         assert second.dispatch_id == first.dispatch_id and second.room.name == "crash"
 
 
+async def test_a_worker_gone_after_its_agent_joined_has_its_job_offered_once_the_agent_left(
+    server: ServerProcess, lk: api.LiveKitAPI
+) -> None:
+    """As LiveKit re-dispatches the job of a worker that disconnects - but not while its agent
+    is still in the room (never two agents for one dispatch)."""
+    async with worker(server, load=0.5) as other:
+        async with worker(server, load=0.0) as leaving:
+            await lk.room.create_room(room.CreateRoomRequest(name="orphan"))
+            first = (await leaving.receive("availability")).availability.job
+            await leaving.answer(first, True, identity="agent-orphan")
+            assignment = (await leaving.receive("assignment")).assignment
+            agent_in_room = SignalClient(server.url, "orphan", "unused")
+            agent_in_room.token = assignment.token
+            await agent_in_room.connect()
+        # the worker gone, its agent still there: the job is kept, offered to nobody (what
+        # the other worker gets up to the pong to a ping sent after the server saw it go)
+        await eventually(
+            lambda: _counted(server, "sipbridge_agent_workers", 1), "the worker to be gone"
+        )
+        await other.send(agent.WorkerMessage(ping=agent.WorkerPing(timestamp=2)))
+        assert await _kinds_until_pong(other) == []
+        listed = await lk.room.list_participants(room.ListParticipantsRequest(room="orphan"))
+        assert [p.identity for p in listed.participants] == ["agent-orphan"]
+        await agent_in_room.close()  # the agent leaves: its job goes to the other worker
+        second = (await other.receive("availability", timeout=5)).availability.job
+        assert second.dispatch_id == first.dispatch_id and second.id != first.id
+        assert second.room.name == "orphan"
+
+
+async def _kinds_until_pong(w: FakeWorker) -> list[str | None]:
+    kinds = []
+    async with asyncio.timeout(5):
+        while True:
+            msg = await w.ws.receive()
+            assert msg.type == aiohttp.WSMsgType.BINARY, msg
+            kind = agent.ServerMessage.FromString(msg.data).WhichOneof("message")
+            if kind == "pong":
+                return kinds
+            kinds.append(kind)
+
+
+async def _counted(server: ServerProcess, name: str, value: float) -> bool:
+    return await metric(server, name) == value
+
+
 async def test_explicit_dispatch_through_the_api(server: ServerProcess, lk: api.LiveKitAPI) -> None:
     async with worker(server, agent_name="receptionist") as named:
         created = await lk.agent_dispatch.create_dispatch(
