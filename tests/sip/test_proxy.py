@@ -3,7 +3,8 @@ bytes and time by hand: our Via on top and Max-Forwards one less on the way ther
 back with our Via removed, the owner's To tag kept, 100 not relayed; a CANCEL from the caller
 answered here and sent on once the owner has rung; a 2xx and its retransmissions relayed; no
 answer at all ends in 408 to the caller, and so does an owner that rang and went silent (Timer
-C, after CANCEL to it)."""
+C, after CANCEL to it); an owner known to be gone, or out of reach, 503 with Retry-After at
+once; a caller's ACK and BYE sent here instead of to the owner's Contact reach the owner."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from sipbridge.sip.ua.agent import UserAgent
 from sipbridge.sip.ua.invite import InviteReceived
 from sipbridge.sip.ua.proxy import (
     DEFAULT_MAX_FORWARDS,
+    RETRY_AFTER_S,
+    ProxiedCalls,
     cancel_for,
     forwarded_invite,
     upstream_response,
@@ -196,6 +199,90 @@ def test_an_owner_out_of_reach_is_503_and_late_events_change_nothing() -> None:
     proxied.failed(node.now, timed_out=True)  # (a second failure: already answered)
     proxied.cancel(node.now)  # (after the final: nothing to cancel)
     proxied.handle_timer(node.now)  # (no deadline left)
-    responses = [(m.status, p) for m, p in node.sent() if isinstance(m, Response)]
-    assert responses == [(503, CALLER)]
+    sent = [(m, p) for m, p in node.sent() if isinstance(m, Response)]
+    assert [(m.status, p) for m, p in sent] == [(503, CALLER)]
+    assert sent[0][0].headers.get("Retry-After") == str(RETRY_AFTER_S)
     assert proxied.done
+
+
+def test_an_owner_gone_is_503_with_retry_after_at_once_and_its_late_answer_dropped() -> None:
+    node = Node()
+    out = node.proxied_invite()
+    node.feed(make_response(out, 180, to_tag="owner4").serialize(), OWNER)
+    node.sent()
+    (proxied,) = set(node.ua.proxies.values())
+    node.ua.give_up(proxied, node.now)
+    sent = node.sent()
+    assert [(m.method, p) for m, p in sent if isinstance(m, Request)] == [("CANCEL", OWNER)]
+    ((refusal, peer),) = [(m, p) for m, p in sent if isinstance(m, Response)]
+    assert isinstance(refusal, Response) and (refusal.status, peer) == (503, CALLER)
+    assert refusal.headers.get("Retry-After") == str(RETRY_AFTER_S)
+    assert node.ua.proxies == {}
+    ok = make_response(out, 200, to_tag="owner4")
+    node.feed(ok.serialize(), OWNER)  # it was not dead after all: too late
+    assert not [m for m, _ in node.sent() if isinstance(m, Response) and m.status == 200]
+
+
+def _in_dialog(method: str, seq: int, to_tag: str) -> bytes:
+    """A request of the proxied call (px1) sent by the caller to this node, as sipp's `uac`
+    does: to where the INVITE went, not to the owner's Contact."""
+    return (
+        f"{method} sip:+15550100@127.0.0.3:5070 SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKcaller{method}{seq}\r\n"
+        f"From: <sip:alice@127.0.0.1>;tag=a1\r\nTo: <sip:+15550100@127.0.0.3>;tag={to_tag}\r\n"
+        f"Call-ID: px1\r\nCSeq: {seq} {method}\r\nMax-Forwards: 70\r\n"
+        "Content-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def test_a_callers_ack_and_bye_sent_here_reach_the_owner() -> None:
+    node = Node()
+    out = node.proxied_invite()
+    ok = make_response(out, 200, to_tag="owner5")
+    ok.headers.add("Contact", "<sip:owner@127.0.0.2:5080>")
+    node.feed(ok.serialize(), OWNER)
+    node.sent()
+    assert len(node.ua.proxied_calls) == 1
+
+    node.feed(_in_dialog("ACK", 7, "owner5"), CALLER)
+    ((ack, peer),) = node.sent()
+    assert isinstance(ack, Request) and ack.method == "ACK" and peer == OWNER
+    assert str(ack.uri) == "sip:owner@127.0.0.2:5080"  # the owner's Contact
+    assert [v.host for v in ack.vias] == ["127.0.0.3", "127.0.0.1"]
+    assert ack.headers.get("Max-Forwards") == "69"
+
+    node.feed(_in_dialog("BYE", 8, "owner5"), CALLER)
+    ((bye, peer),) = node.sent()
+    assert isinstance(bye, Request) and bye.method == "BYE" and peer == OWNER
+    assert str(bye.uri) == "sip:owner@127.0.0.2:5080" and len(bye.vias) == 2
+    node.feed(make_response(bye, 200).serialize(), OWNER)
+    ((answer, peer),) = node.sent()
+    assert isinstance(answer, Response) and (answer.status, peer) == (200, CALLER)
+    assert [v.branch for v in answer.vias] == ["z9hG4bKcallerBYE8"]
+    assert len(node.ua.proxied_calls) == 0  # the call is over: forgotten
+    assert node.endpoint.stats["proxied_stray_bye"] == 1
+
+    node.feed(_in_dialog("BYE", 9, "owner5"), CALLER)  # nothing to send on any more
+    ((late, peer),) = node.sent()
+    assert isinstance(late, Response) and (late.status, peer) == (481, CALLER)
+    node.feed(_in_dialog("ACK", 10, "owner5"), CALLER)
+    assert node.sent() == []
+
+
+def test_proxied_calls_are_bounded_in_number_and_time() -> None:
+    ok = make_response(parse_message(INVITE), 200, to_tag="t")  # type: ignore[arg-type]
+    ok.headers.add("Contact", "<sip:owner@127.0.0.2:5080>")
+    calls = ProxiedCalls(limit=2, idle_s=10.0)
+    for n, call_id in enumerate(("a", "b", "c")):
+        calls.accepted(call_id, OWNER, ok, float(n))
+    assert len(calls) == 2 and calls.find("a", 3.0) is None  # the least recently used
+    found = calls.find("b", 3.0)
+    assert found is not None and str(found.contact) == "sip:owner@127.0.0.2:5080"
+    assert found.last == 3.0
+    assert calls.find("c", 12.5) is None  # idle since 2.0
+    assert calls.find("b", 12.5) is not None  # used at 3.0
+    bad = make_response(parse_message(INVITE), 200, to_tag="t")  # type: ignore[arg-type]
+    bad.headers.add("Contact", "<<<")
+    calls.accepted("d", OWNER, bad, 13.0)
+    found = calls.find("d", 13.0)
+    assert found is not None and found.contact is None  # the Request-URI is kept then

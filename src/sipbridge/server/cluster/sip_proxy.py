@@ -5,7 +5,12 @@ asks `route`: a room held here is served at once; otherwise the room's owner is 
 (or this node claims a room nobody owns) and the call is served here or its INVITE proxied to
 the owner's SIP address - a stateful proxy of that one transaction, our Via on top, no
 Record-Route (sip/ua/proxy.py): the owner answers with its own Contact and SDP, so the dialog and
-its media live on the owner, and this node forgets the call when the transaction ends.
+its media live on the owner. The hop is TCP when the caller's INVITE came over TCP or TLS (a
+large INVITE stays off UDP, s18.1.1), else UDP. While the owner has not answered finally, its
+heartbeat is looked at every second (one Redis read for all such INVITEs): an owner whose
+heartbeat expired gets the caller 503 with Retry-After at once, not 408 after Timer B. A caller
+that sends the ACK or BYE of a proxied call here instead of to the owner's Contact is sent on to
+the owner (sip/ua/proxy.py: `ProxiedCalls`).
 
 The proxied INVITE carries `X-Sipbridge-Proxied` signed with the cluster's API secret: the
 caller's address as this node saw it and the trunk this node matched and authenticated. The
@@ -17,16 +22,20 @@ ignored: the INVITE is treated as any other, from where it came.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import Counter
 from collections.abc import Callable
+
+from redis.exceptions import RedisError
 
 from sipbridge.errors import ApiError
 from sipbridge.server.cluster.owners import RoomOwners
 from sipbridge.server.sip.user_agent import IncomingCall, InviteHandler, SipUserAgent
 from sipbridge.sip.endpoint import Peer
 from sipbridge.sip.errors import SipProtocolError
-from sipbridge.sip.ua.proxy import forwarded_invite
+from sipbridge.sip.ua.proxy import ProxiedInvite, forwarded_invite
+from sipbridge.telephony.node_info import HEARTBEAT_S
 from sipbridge.telephony.placement import (
     PROXIED_HEADER,
     Proxied,
@@ -42,8 +51,10 @@ class CallRouter:
         self.owners = owners
         self.ua = ua
         self.secrets = list(keys.values())
-        self.stats: Counter[str] = Counter()  # proxied, vouched, forged, failed
+        self.stats: Counter[str] = Counter()  # proxied, vouched, forged, failed, owner_gone
         self._tasks: set[asyncio.Task[None]] = set()
+        self.waiting: dict[ProxiedInvite, str] = {}  # proxied INVITEs not answered -> owner
+        self._watch: asyncio.Task[None] | None = None
 
     def vouching(self, handler: InviteHandler) -> InviteHandler:
         """`handler` for new INVITEs, told first what a node that proxied one vouches for."""
@@ -107,15 +118,42 @@ class CallRouter:
             self.stats["failed"] += 1
             call.reject(503, "Service Unavailable", {"Retry-After": "2"})
             return
-        target = Peer("udp", host.strip("[]"), int(port))
+        hop = "tcp" if call.peer.transport in ("tcp", "tls") else "udp"
+        target = Peer(hop, host.strip("[]"), int(port))
         facts = Proxied(source=call.peer.host, trunk=trunk_id, node=self.owners.node_id)
         header = sign_proxied(self.secrets[0], call.request.call_id, facts)
         forwarded = forwarded_invite(call.request, self.ua.via(target), [(PROXIED_HEADER, header)])
         self.stats["proxied"] += 1
         log.info("INVITE %s: proxied to node %s (room %s)", call.request.call_id, where.owner, room)
-        self.ua.proxy(call, forwarded, target)
+        self.waiting[self.ua.proxy(call, forwarded, target)] = where.owner
+        if self._watch is None or self._watch.done():
+            self._watch = asyncio.create_task(self._watching(), name="proxied INVITEs")
+
+    async def _watching(self) -> None:
+        """Every second while proxied INVITEs wait for their owners' final answers: those whose
+        owner's heartbeat expired are answered 503 with Retry-After now."""
+        while self.waiting:
+            await asyncio.sleep(HEARTBEAT_S)
+            for proxied in [p for p in self.waiting if p.final]:
+                del self.waiting[proxied]
+            if not self.waiting:
+                break
+            try:
+                live = {n.id for n in await self.owners.live_nodes()}
+            except (RedisError, OSError, TimeoutError):
+                continue  # (not knowing is no reason to give up on a call)
+            for proxied, owner in list(self.waiting.items()):
+                if owner not in live and not proxied.final:
+                    del self.waiting[proxied]
+                    self.stats["owner_gone"] += 1
+                    log.info("INVITE proxied to node %s: the node is gone, 503", owner)
+                    self.ua.give_up(proxied)
 
     async def close(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:

@@ -24,6 +24,7 @@ from sipbridge.sip.transaction import ClientTransaction, ServerTransaction
 from sipbridge.sip.ua import invite as ev
 from sipbridge.sip.ua.agent import AgentEvent, RequestAnswered, UserAgent
 from sipbridge.sip.ua.invite import InviteSession, allowed_methods
+from sipbridge.sip.ua.proxy import ProxiedInvite
 
 log = logging.getLogger(__name__)
 
@@ -257,11 +258,17 @@ class SipUserAgent:
             for key, request in session.sent.items()
         }
 
-    def proxy(self, call: IncomingCall, forwarded: Request, target: Peer) -> None:
+    def proxy(self, call: IncomingCall, forwarded: Request, target: Peer) -> ProxiedInvite:
         """Hand a new INVITE (answered 100 only) on to `target`, a stateful proxy of its
         transaction (sip/ua/proxy.py): the call is no longer ours."""
         self.calls.pop(call.session, None)
-        self.agent.proxy(call.session, forwarded, target, self.now())
+        proxied = self.agent.proxy(call.session, forwarded, target, self.now())
+        self.after_application()
+        return proxied
+
+    def give_up(self, proxied: ProxiedInvite) -> None:
+        """A proxied INVITE's target is gone: 503 with Retry-After to the caller now."""
+        self.agent.give_up(proxied, self.now())
         self.after_application()
 
     def attach(self, service: SipService) -> None:

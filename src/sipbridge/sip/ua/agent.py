@@ -35,9 +35,9 @@ from sipbridge.sip.endpoint import (
 from sipbridge.sip.errors import SipProtocolError
 from sipbridge.sip.headers import Address, Via
 from sipbridge.sip.message import Request, Response, make_response
-from sipbridge.sip.transaction import ClientTransaction
+from sipbridge.sip.transaction import ClientTransaction, ServerTransaction
 from sipbridge.sip.ua.invite import InviteReceived, InviteSession, Role, SessionEvent
-from sipbridge.sip.ua.proxy import ProxiedInvite
+from sipbridge.sip.ua.proxy import ProxiedCall, ProxiedCalls, ProxiedInvite, forwarded_invite
 from sipbridge.sip.uri import Uri
 
 DialogId = tuple[str, str, str]  # Call-ID, local tag, remote tag
@@ -84,6 +84,7 @@ class UserAgent:
         self._standalone: set[int] = set()  # our requests outside any call
         # INVITEs proxied to another node (sip/ua/proxy.py), by client and server transaction
         self.proxies: dict[int, ProxiedInvite] = {}
+        self.proxied_calls = ProxiedCalls()  # ... and answered 2xx: their dialogs' strays
         self._events: deque[AgentEvent] = deque()
         self._timers: DeadlineHeap[InviteSession] = DeadlineHeap()
         self._proxy_timers: DeadlineHeap[ProxiedInvite] = DeadlineHeap()
@@ -167,6 +168,30 @@ class UserAgent:
         self._proxy_timers.schedule(proxied)
         return proxied
 
+    def give_up(self, proxied: ProxiedInvite, now: float) -> None:
+        """The owner of a proxied INVITE is gone: 503 with Retry-After to the caller now."""
+        proxied.give_up(now)
+        self._proxied(proxied)
+
+    def _proxy_stray(
+        self,
+        request: Request,
+        call: ProxiedCall,
+        now: float,
+        transaction: ServerTransaction | None = None,
+    ) -> None:
+        """A request of a proxied call's dialog that came here (not to the owner's Contact):
+        sent on to the owner - an ACK statelessly, any other through a relay of its own."""
+        forwarded = forwarded_invite(request, self.via(call.target), uri=call.contact)
+        self.endpoint.stats[f"proxied_stray_{request.method.lower()}"] += 1
+        if transaction is None:
+            self.endpoint.send_stateless(forwarded, call.target)
+            return
+        proxied = ProxiedInvite(self.endpoint, transaction, forwarded, call.target)
+        self.proxies[id(transaction)] = proxied
+        self.proxies[id(proxied.start(now))] = proxied
+        self._proxy_timers.schedule(proxied)
+
     def _proxied(self, proxied: ProxiedInvite) -> None:
         """After a proxied INVITE acted: forgotten once done, else its deadline kept."""
         if not proxied.done:
@@ -205,6 +230,8 @@ class UserAgent:
             session = self._find_dialog(event.request)
             if session is not None:
                 session.ack_received(event.request)
+            elif (call := self.proxied_calls.find(event.request.call_id, now)) is not None:
+                self._proxy_stray(event.request, call, now)
         elif isinstance(event, CancelReceived):
             if (proxied := self.proxies.get(id(event.invite))) is not None:
                 proxied.cancel(now)
@@ -219,6 +246,7 @@ class UserAgent:
             if (proxied := self.proxies.get(key)) is not None:
                 if response is not None:
                     proxied.response(response, now)
+                    self._proxied_answer(proxied, response, now)
                 else:
                     proxied.failed(now, timed_out=isinstance(event, RequestTimedOut))
                 self._proxied(proxied)
@@ -242,6 +270,15 @@ class UserAgent:
                     session.invite_response(response, now)
             else:
                 session.response_received(event.transaction, response, now)
+
+    def _proxied_answer(self, proxied: ProxiedInvite, response: Response, now: float) -> None:
+        """Calls kept for the strays of their dialogs from the owner's 2xx to their INVITE
+        until the answer to their BYE."""
+        method, call_id = proxied.forwarded.method, proxied.forwarded.call_id
+        if method == "INVITE" and 200 <= response.status < 300:
+            self.proxied_calls.accepted(call_id, proxied.target, response, now)
+        elif method == "BYE" and (200 <= response.status < 300 or response.status == 481):
+            self.proxied_calls.ended(call_id)
 
     def _find_dialog(self, request: Request) -> InviteSession | None:
         try:
@@ -292,6 +329,9 @@ class UserAgent:
     def _in_dialog(self, event: RequestReceived, now: float) -> None:
         request, transaction = event.request, event.transaction
         session = self._find_dialog(request)
+        if session is None and (call := self.proxied_calls.find(request.call_id, now)):
+            self._proxy_stray(request, call, now, transaction)
+            return
         if session is None or session.dialog is None:
             self.endpoint.respond(transaction, make_response(request, 481), now)  # s12.2.2
             return

@@ -3,41 +3,58 @@
 A node that receives an INVITE for a room another node owns hands the INVITE on: its server
 transaction stays with the caller, a client transaction of its own carries the INVITE to the
 owner with this node's Via on top (s16.6 step 8) and Max-Forwards one less (step 3). No
-Record-Route (step 4 is optional): the owner's 2xx carries the owner's Contact, so the ACK, BYE
-and every later request of the dialog go from the caller to the owner directly, and this node
-forgets the call once the INVITE transaction is over.
+Record-Route (step 4 is optional, and we decline it): the owner's 2xx carries the owner's
+Contact, so the ACK, BYE and every later request of the dialog go from the caller to the owner
+directly, and a node that only proxied an INVITE can stop without ending the call.
 
 Responses come back through this node (s16.7): its Via removed, then sent to the caller on the
 server transaction - but for 100 Trying, which is hop by hop (this node sent its own). A CANCEL
 from the caller is answered by the endpoint and sent on to the owner once a provisional response
-shows the owner has the INVITE (s16.10, s9.1). No answer from the owner: 408 to the caller,
-a transport failure 503. An owner that answered but never finishes (it died after its 180):
-Timer C (s16.6 step 11, 3 minutes, restarted by each provisional response) cancels the INVITE
-there and answers the caller 408. A 2xx is relayed again for 32 s (its retransmissions), then
-the proxy forgets the call.
+shows the owner has the INVITE (s16.10, s9.1). No answer from the owner: 408 to the caller, a
+transport failure 503 with Retry-After; an owner known to be gone (its heartbeat expired:
+`give_up`) 503 with Retry-After at once, so that the caller, or the balancer in front, tries
+again - by then another node takes the room over. An owner that answered but never finishes
+(it died after its 180): Timer C (s16.6 step 11, 3 minutes, restarted by each provisional
+response) cancels the INVITE there and answers the caller 408. A 2xx is relayed again for 32 s
+(its retransmissions).
+
+A caller that ignores the 2xx's Contact and sends its ACK, BYE or re-INVITE where it sent the
+INVITE (sipp's built-in `uac` does) still reaches the owner: the calls whose INVITE this node
+proxied and the owner accepted are kept by Call-ID (`ProxiedCalls`: bounded, forgotten after a
+BYE's answer or hours of silence), and a request of such a dialog that comes here is sent on to
+the owner - an ACK statelessly, any other through the same relay as the INVITE (`ProxiedInvite`
+serves any method) - with the owner's Contact as its Request-URI.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from sipbridge.sip.dialog import new_tag
 from sipbridge.sip.endpoint import Peer, SipEndpoint
+from sipbridge.sip.errors import SipProtocolError
 from sipbridge.sip.headers import Via
 from sipbridge.sip.message import Request, Response, make_response
 from sipbridge.sip.transaction import ClientTransaction, ServerTransaction, new_branch
+from sipbridge.sip.uri import Uri
 
 DEFAULT_MAX_FORWARDS = 70
 TIMER_C_S = 180.0  # s16.6 step 11: more than 3 minutes
 LINGER_S = 32.0  # a 2xx's retransmissions are relayed this long
+RETRY_AFTER_S = 2  # a 503 for an owner out of reach: by then another node may take the room
+PROXIED_CALLS = 100_000  # calls kept for requests that come here instead of to the owner
+PROXIED_CALL_IDLE_S = 6 * 3600.0  # one with no request through here this long is forgotten
 
 
 def forwarded_invite(
-    request: Request, via: Via, headers: Iterable[tuple[str, str]] = ()
+    request: Request, via: Via, headers: Iterable[tuple[str, str]] = (), uri: Uri | None = None
 ) -> Request:
-    """A copy of `request` to send on: `via` (its branch new) on top, Max-Forwards one less
-    (70 when absent; the endpoint refused 0 on arrival), `headers` added."""
-    out = Request(method=request.method, uri=request.uri, headers=request.headers.copy())
+    """A copy of `request` (an INVITE, or any request) to send on: `via` (its branch new) on
+    top, Max-Forwards one less (70 when absent; the endpoint refused 0 on arrival), `headers`
+    added, `uri` (when given) its Request-URI."""
+    out = Request(method=request.method, uri=uri or request.uri, headers=request.headers.copy())
     out.body = request.body
     out.headers.prepend("Via", str(via.with_params(branch=new_branch())))
     hops = (out.headers.get("Max-Forwards") or "").strip()
@@ -139,14 +156,24 @@ class ProxiedInvite:
         self.endpoint.respond(self.server, upstream_response(response), now)
 
     def failed(self, now: float, *, timed_out: bool) -> None:
-        """The owner never answered (timeout) or could not be reached."""
+        """The owner never answered (timeout: 408) or could not be reached (503)."""
+        self._fail(now, 408 if timed_out else 503)
+
+    def give_up(self, now: float) -> None:
+        """The owner is gone (its heartbeat expired) before its final answer: 503 with
+        Retry-After to the caller now, and a CANCEL there if it rang (in case it is not)."""
+        if not self.final and self.provisional:
+            self._send_cancel(now)
+        self._fail(now, 503)
+
+    def _fail(self, now: float, status: int) -> None:
         if self.final:
             return
-        status = 408 if timed_out else 503
         self.final, self.deadline = status, None
-        self.endpoint.respond(
-            self.server, make_response(self.server.request, status, to_tag=new_tag()), now
-        )
+        response = make_response(self.server.request, status, to_tag=new_tag())
+        if status == 503:
+            response.headers.add("Retry-After", str(RETRY_AFTER_S))
+        self.endpoint.respond(self.server, response, now)
 
     def cancel(self, now: float) -> None:
         """The caller cancelled (the endpoint has answered its CANCEL)."""
@@ -161,3 +188,58 @@ class ProxiedInvite:
             return
         self.cancelled = True
         self.endpoint.send_request(cancel_for(self.forwarded), self.target, now)
+
+
+@dataclass(slots=True)
+class ProxiedCall:
+    """A call whose INVITE this node proxied and the owner accepted."""
+
+    target: Peer  # the owner, as the INVITE went there
+    contact: Uri | None  # the owner's Contact in its 2xx (the dialog's remote target)
+    last: float  # when a request of the call last came through here (or the 2xx)
+
+
+class ProxiedCalls:
+    """The calls whose INVITE this node proxied and the owner accepted, by Call-ID, for the
+    requests of their dialogs that come here instead of to the owner. At most `limit` (the
+    least recently used beyond are forgotten), none idle longer than `idle_s`."""
+
+    def __init__(self, limit: int = PROXIED_CALLS, idle_s: float = PROXIED_CALL_IDLE_S) -> None:
+        self.limit = limit
+        self.idle_s = idle_s
+        self._calls: OrderedDict[str, ProxiedCall] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+    def accepted(self, call_id: str, target: Peer, response: Response, now: float) -> None:
+        """The owner's 2xx to the INVITE of `call_id` (or one of its retransmissions)."""
+        try:
+            contacts = response.contacts
+        except SipProtocolError:
+            contacts = []
+        contact = contacts[0].uri if contacts else None
+        self._calls[call_id] = ProxiedCall(target=target, contact=contact, last=now)
+        self._calls.move_to_end(call_id)
+        self._expire(now)
+
+    def find(self, call_id: str, now: float) -> ProxiedCall | None:
+        """The call a request of `call_id` belongs to, kept a while longer; None if unknown."""
+        self._expire(now)
+        call = self._calls.get(call_id)
+        if call is not None:
+            call.last = now
+            self._calls.move_to_end(call_id)
+        return call
+
+    def ended(self, call_id: str) -> None:
+        self._calls.pop(call_id, None)
+
+    def _expire(self, now: float) -> None:
+        while len(self._calls) > self.limit:
+            self._calls.popitem(last=False)
+        while self._calls:
+            call_id, oldest = next(iter(self._calls.items()))
+            if now - oldest.last <= self.idle_s:
+                break
+            del self._calls[call_id]

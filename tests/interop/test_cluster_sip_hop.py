@@ -1,0 +1,248 @@
+"""The node-to-node SIP hop (issue 13, docs/cluster.md s4): two `sipbridge serve` nodes on
+127.0.0.2-3 and one real redis-server; a direct rule puts every call into a room node A owns,
+and callers call node B, which proxies their INVITEs to A:
+
+- sipp over TCP and over UDP with its usual call (`uac_inbound.xml`: the ACK and BYE go back to
+  where the INVITE went, B, ignoring the 200's Contact): the hop to A uses the caller's
+  transport (A's trace of the call shows the INVITE, ACK and BYE arriving over it, B's Via on
+  top), the ACK and BYE reach A through B, and the call ends with its BYE's 200 as on one
+  node;
+- A frozen (SIGSTOP: it answers nothing, its heartbeat lives out its 5 s) with B's INVITE on
+  its way: once A's heartbeat expires, B answers the caller 503 with Retry-After at once, not
+  408 after Timer B's 32 s; the caller's next INVITE is served by B, which takes the room over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import shutil
+import signal
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import redis.asyncio as aioredis
+from livekit.protocol import room as room_proto
+from livekit.protocol import sip
+
+from sipbridge.server.api.auth import sign_token
+from tests.cluster import Cluster, Node, cluster, lk_client
+from tests.harness import eventually
+from tests.harness import sipp as run_sipp
+from tests.helpers import API_KEY, API_SECRET
+from tests.interop.test_cluster_faults import answered
+from tests.interop.test_inbound_cases import header_of, status_of
+from tests.redis_server import RedisServer, redis_server
+
+pytestmark = [
+    pytest.mark.timeout(120),
+    pytest.mark.skipif(not shutil.which("sipp"), reason="sipp comes with `make test`"),
+]
+
+CALLED = "+15105550177"
+ROOM = "hop"
+TIMER_B_S = 32.0
+
+
+@pytest.fixture(scope="module")
+def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    with redis_server(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture
+async def two(tmp_path: Path, redis: RedisServer) -> AsyncIterator[Cluster]:
+    """A and B, a trunk for CALLED and a rule into ROOM (known to both), ROOM made on A."""
+    with cluster(tmp_path, redis, 2) as nodes:
+        a, b = nodes.nodes
+        async with lk_client(a) as lk:
+            await lk.sip.create_inbound_trunk(
+                sip.CreateSIPInboundTrunkRequest(
+                    trunk=sip.SIPInboundTrunkInfo(name="carrier", numbers=[CALLED])
+                )
+            )
+            rule = sip.SIPDispatchRule(
+                dispatch_rule_direct=sip.SIPDispatchRuleDirect(room_name=ROOM)
+            )
+            await lk.sip.create_dispatch_rule(
+                sip.CreateSIPDispatchRuleRequest(dispatch_rule=sip.SIPDispatchRuleInfo(rule=rule))
+            )
+            await lk.room.create_room(room_proto.CreateRoomRequest(name=ROOM))
+
+        async def b_has_the_rule() -> bool:
+            async with lk_client(b) as lk:
+                rules = await lk.sip.list_dispatch_rule(sip.ListSIPDispatchRuleRequest())
+            return len(rules.items) == 1
+
+        await eventually(b_has_the_rule, "the rule on B")
+        assert await owner(nodes, ROOM) == "n0"
+        yield nodes
+        codes = nodes.stop()
+    assert all(code in (None, 0) for code in codes.values()), codes
+    for node in nodes.nodes:
+        assert "Traceback" not in node.log.read_text(), node.log_tail()
+
+
+async def owner(nodes: Cluster, room: str) -> str | None:
+    r = aioredis.Redis.from_url(nodes.nodes[0].redis_url)
+    try:
+        value = await r.get(f"{nodes.prefix}room:{room}")
+    finally:
+        await r.aclose()
+    return value.decode() if value is not None else None
+
+
+def sip_messages(node: Node) -> dict[str, float]:
+    prefix = 'sipbridge_sip_messages_total{kind="'
+    return {
+        k[len(prefix) :].split('"')[0]: v for k, v in node.metrics().items() if k.startswith(prefix)
+    }
+
+
+async def trace(node: Node, call_id: str) -> dict[str, Any]:
+    auth = "Bearer " + sign_token(API_KEY, API_SECRET, sip={"admin": True})
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(
+            f"{node.url}/sipbridge/v1/calls/{call_id}/trace", headers={"Authorization": auth}
+        ) as reply,
+    ):
+        assert reply.status == 200, await reply.text()
+        return await reply.json()  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("transport", ["tcp", "udp"])
+async def test_a_call_to_b_reaches_as_room_with_its_ack_and_bye_sent_to_b(
+    two: Cluster, transport: str
+) -> None:
+    a, b = two.nodes
+    number = "+15550123"
+    call = asyncio.create_task(
+        run_sipp(
+            "uac_inbound.xml",
+            b.sip_port,
+            host=b.host,
+            hold_ms=1500,
+            transport={"tcp": "t1", "udp": "u1"}[transport],
+            keys={"caller": number, "called": CALLED, "customer": "c"},
+            limit=40,
+        )
+    )
+    async with contextlib.AsyncExitStack() as agents:
+        held = await answered(two.nodes, number, agents)
+        assert held.node is a and held.room == ROOM
+        done = await asyncio.wait_for(call, 40)
+    assert done.code == 0, done.out[-3000:]  # the BYE (sent to B) answered 200 by A
+    call_id = held.participant.attributes["sip.callID"]
+
+    async def ended() -> dict[str, Any] | None:
+        found = await trace(a, call_id)
+        methods = [e["text"].split(" ", 1)[0] for e in found["entries"] if e["direction"] == "in"]
+        return found if "BYE" in methods else None
+
+    entries = (await eventually(ended, "A's trace to show the BYE"))["entries"]
+    got = [
+        (e["text"].split(" ", 1)[0], e["transport"], top_via(e["text"]))
+        for e in entries
+        if e["direction"] == "in"
+    ]
+    # every request of the call came to A from B (B's Via on top), over the caller's transport
+    hop = f"SIP/2.0/{transport.upper()} {b.sip}"
+    assert [m for m, _, _ in got] == ["INVITE", "ACK", "BYE"], got
+    assert {(t, via.split(";")[0]) for _, t, via in got} == {(transport, hop)}, got
+    strays = sip_messages(b)
+    assert (strays.get("proxied_stray_ack"), strays.get("proxied_stray_bye")) == (1, 1), strays
+
+
+def top_via(text: str) -> str:
+    return header_of(text.encode(), "Via") or ""
+
+
+class _Datagrams(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[bytes] = asyncio.Queue()
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.queue.put_nowait(data)
+
+
+async def final_answer(node: Node, caller: str, wait_s: float) -> tuple[bytes, float, list[int]]:
+    """One INVITE by hand over UDP to `node`: its first final response (ACKed, or CANCELled
+    when the answer is 180: it rings until someone answers), the seconds it took, the statuses
+    seen before it."""
+    loop = asyncio.get_running_loop()
+    transport, datagrams = await loop.create_datagram_endpoint(
+        _Datagrams, local_addr=("127.0.0.1", 0)
+    )
+    try:
+        me = transport.get_extra_info("sockname")[1]
+        tag = secrets.token_hex(4)
+        via = f"Via: SIP/2.0/UDP 127.0.0.1:{me};branch=z9hG4bK{tag};rport\r\n"
+        common = (
+            f"From: <sip:{caller}@127.0.0.1>;tag={tag}\r\nCall-ID: hop-{tag}\r\n"
+            "Max-Forwards: 70\r\n"
+        )
+        uri = f"sip:{CALLED}@{node.host}:{node.sip_port}"
+        to = f"<sip:{CALLED}@{node.host}>"
+        started = time.monotonic()
+        transport.sendto(
+            (
+                f"INVITE {uri} SIP/2.0\r\n{via}{common}To: {to}\r\nCSeq: 1 INVITE\r\n"
+                f"Contact: <sip:{caller}@127.0.0.1:{me}>\r\nContent-Length: 0\r\n\r\n"
+            ).encode(),
+            (node.host, node.sip_port),
+        )
+        seen: list[int] = []
+        async with asyncio.timeout(wait_s):
+            while (status := status_of(reply := await datagrams.queue.get())) < 200:
+                seen.append(status)
+                if status == 180:
+                    break
+        took = time.monotonic() - started
+        if status == 180:  # ringing at the node that now holds the room: hang up
+            transport.sendto(
+                (
+                    f"CANCEL {uri} SIP/2.0\r\n{via}{common}To: {to}\r\nCSeq: 1 CANCEL\r\n"
+                    "Content-Length: 0\r\n\r\n"
+                ).encode(),
+                (node.host, node.sip_port),
+            )
+            async with asyncio.timeout(10):
+                while status_of(final := await datagrams.queue.get()) != 487:
+                    pass
+        else:
+            final = reply
+        transport.sendto(
+            (
+                f"ACK {uri} SIP/2.0\r\n{via}{common}To: {header_of(final, 'To')}\r\n"
+                "CSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n"
+            ).encode(),
+            (node.host, node.sip_port),
+        )
+        return reply, took, seen
+    finally:
+        transport.close()
+
+
+async def test_an_invite_for_an_owner_that_is_gone_gets_503_at_once(two: Cluster) -> None:
+    a, b = two.nodes
+    assert a.proc is not None
+    a.proc.send_signal(signal.SIGSTOP)  # A stops answering; its heartbeat lives up to 5 s
+    try:
+        reply, took, _ = await final_answer(b, "+15550124", wait_s=TIMER_B_S)
+        assert status_of(reply) == 503, reply
+        assert header_of(reply, "Retry-After") == "2"
+        assert took < 12.0, took  # the heartbeat's 5 s and a look a second: not Timer B's 32 s
+        metrics = b.metrics()
+        assert metrics.get('sipbridge_cluster_rooms_total{event="invite_owner_gone"}') == 1
+        # the caller tries again: B takes the room over (A's heartbeat is gone) and serves it
+        reply, _, _ = await final_answer(b, "+15550124", wait_s=10)
+        assert status_of(reply) == 180, reply
+        assert await owner(two, ROOM) == "n1"
+    finally:
+        a.kill()  # (frozen: as good as dead to the cluster, which has moved on without it)
