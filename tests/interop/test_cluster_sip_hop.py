@@ -6,7 +6,7 @@ and callers call node B, which proxies their INVITEs to A:
   where the INVITE went, B, ignoring the 200's Contact): the hop to A uses the caller's
   transport (A's trace of the call shows the INVITE, ACK and BYE arriving over it, B's Via on
   top), the ACK and BYE reach A through B, and the call ends with its BYE's 200 as on one
-  node;
+  node; A's own BYE (the caller removed from the room) reaches the caller through B;
 - A frozen (SIGSTOP: it answers nothing, its heartbeat lives out its 5 s) with B's INVITE on
   its way: once A's heartbeat expires, B answers the caller 503 with Retry-After at once, not
   408 after Timer B's 32 s; the caller's next INVITE is served by B, which takes the room over.
@@ -161,6 +161,44 @@ async def test_a_call_to_b_reaches_as_room_with_its_ack_and_bye_sent_to_b(
 
 def top_via(text: str) -> str:
     return header_of(text.encode(), "Via") or ""
+
+
+@pytest.mark.parametrize("transport", ["tcp", "udp"])
+async def test_the_owners_bye_reaches_a_caller_whose_invite_came_through_b(
+    two: Cluster, transport: str
+) -> None:
+    """A sends its BYE (the caller removed from the room) where the INVITE came from, B, which
+    sends it on to the caller; the caller's 200 goes back to A through B."""
+    a, b = two.nodes
+    number = "+15550125"
+    call = asyncio.create_task(
+        run_sipp(
+            "uac_hung_up.xml",
+            b.sip_port,
+            host=b.host,
+            transport={"tcp": "t1", "udp": "u1"}[transport],
+            keys={"caller": number, "called": CALLED, "customer": "c"},
+            limit=40,
+        )
+    )
+    async with contextlib.AsyncExitStack() as agents:
+        held = await answered(two.nodes, number, agents)
+        assert held.node is a
+        async with lk_client(b) as lk:  # (handed to A)
+            await lk.room.remove_participant(
+                room_proto.RoomParticipantIdentity(room=ROOM, identity=f"sip_{number}")
+            )
+        done = await asyncio.wait_for(call, 40)
+    assert done.code == 0, done.out[-3000:]  # the BYE came, and was answered
+    strays = sip_messages(b)
+    assert strays.get("proxied_stray_bye") == 1, strays
+
+    async def bye_answered() -> bool:
+        found = await trace(a, held.participant.attributes["sip.callID"])
+        texts = [e["text"] for e in found["entries"] if e["direction"] == "in"]
+        return any(t.startswith("SIP/2.0 200") and "CSeq: 1 BYE" in t for t in texts)
+
+    await eventually(bye_answered, "the caller's 200 to A's BYE, at A")
 
 
 class _Datagrams(asyncio.DatagramProtocol):

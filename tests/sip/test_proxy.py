@@ -4,7 +4,8 @@ back with our Via removed, the owner's To tag kept, 100 not relayed; a CANCEL fr
 answered here and sent on once the owner has rung; a 2xx and its retransmissions relayed; no
 answer at all ends in 408 to the caller, and so does an owner that rang and went silent (Timer
 C, after CANCEL to it); an owner known to be gone, or out of reach, 503 with Retry-After at
-once; a caller's ACK and BYE sent here instead of to the owner's Contact reach the owner."""
+once; a caller's ACK and BYE sent here instead of to the owner's Contact reach the owner, and
+the owner's BYE sent here reaches the caller."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from sipbridge.sip.ua.proxy import (
     DEFAULT_MAX_FORWARDS,
     RETRY_AFTER_S,
     ProxiedCalls,
+    ProxiedInvite,
     cancel_for,
     forwarded_invite,
     upstream_response,
@@ -269,20 +271,53 @@ def test_a_callers_ack_and_bye_sent_here_reach_the_owner() -> None:
     assert node.sent() == []
 
 
+def test_the_owners_bye_sent_here_reaches_the_caller() -> None:
+    """The owner sends its in-dialog requests where the INVITE came from (this node): its BYE
+    (the room ended) goes on to the caller, and the caller's 200 back to the owner."""
+    node = Node()
+    out = node.proxied_invite()
+    ok = make_response(out, 200, to_tag="owner6")
+    ok.headers.add("Contact", "<sip:owner@127.0.0.2:5080>")
+    node.feed(ok.serialize(), OWNER)
+    node.sent()
+    bye = (
+        b"BYE sip:alice@127.0.0.1:5060 SIP/2.0\r\n"
+        b"Via: SIP/2.0/UDP 127.0.0.2:5080;branch=z9hG4bKownerbye\r\n"
+        b"From: <sip:+15550100@127.0.0.3>;tag=owner6\r\nTo: <sip:alice@127.0.0.1>;tag=a1\r\n"
+        b"Call-ID: px1\r\nCSeq: 1 BYE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    )
+    node.feed(bye, OWNER)
+    ((sent_on, peer),) = node.sent()
+    assert isinstance(sent_on, Request) and sent_on.method == "BYE" and peer == CALLER
+    assert str(sent_on.uri) == "sip:alice@127.0.0.1:5060"  # (the owner's remote target)
+    assert [v.host for v in sent_on.vias] == ["127.0.0.3", "127.0.0.2"]
+    node.feed(make_response(sent_on, 200).serialize(), CALLER)
+    ((answer, peer),) = node.sent()
+    assert isinstance(answer, Response) and (answer.status, peer) == (200, OWNER)
+    assert [v.branch for v in answer.vias] == ["z9hG4bKownerbye"]
+    assert len(node.ua.proxied_calls) == 0
+
+
+def _accepted_invite(call_id: str) -> ProxiedInvite:
+    invite = parse_message(INVITE.replace(b"px1", call_id.encode()))
+    assert isinstance(invite, Request)
+    return ProxiedInvite(SipEndpoint(), None, invite, OWNER, CALLER)  # type: ignore[arg-type]
+
+
 def test_proxied_calls_are_bounded_in_number_and_time() -> None:
     ok = make_response(parse_message(INVITE), 200, to_tag="t")  # type: ignore[arg-type]
     ok.headers.add("Contact", "<sip:owner@127.0.0.2:5080>")
     calls = ProxiedCalls(limit=2, idle_s=10.0)
     for n, call_id in enumerate(("a", "b", "c")):
-        calls.accepted(call_id, OWNER, ok, float(n))
+        calls.accepted(_accepted_invite(call_id), ok, float(n))
     assert len(calls) == 2 and calls.find("a", 3.0) is None  # the least recently used
     found = calls.find("b", 3.0)
     assert found is not None and str(found.contact) == "sip:owner@127.0.0.2:5080"
-    assert found.last == 3.0
+    assert (found.last, found.caller, found.caller_tag) == (3.0, CALLER, "a1")
     assert calls.find("c", 12.5) is None  # idle since 2.0
     assert calls.find("b", 12.5) is not None  # used at 3.0
     bad = make_response(parse_message(INVITE), 200, to_tag="t")  # type: ignore[arg-type]
     bad.headers.add("Contact", "<<<")
-    calls.accepted("d", OWNER, bad, 13.0)
+    calls.accepted(_accepted_invite("d"), bad, 13.0)
     found = calls.find("d", 13.0)
     assert found is not None and found.contact is None  # the Request-URI is kept then

@@ -162,7 +162,9 @@ class UserAgent:
         target answers."""
         assert session.server_transaction is not None and session.role is Role.UAS
         self.forget(session)
-        proxied = ProxiedInvite(self.endpoint, session.server_transaction, forwarded, target)
+        proxied = ProxiedInvite(
+            self.endpoint, session.server_transaction, forwarded, target, session.peer
+        )
         self.proxies[id(session.server_transaction)] = proxied
         self.proxies[id(proxied.start(now))] = proxied
         self._proxy_timers.schedule(proxied)
@@ -180,14 +182,16 @@ class UserAgent:
         now: float,
         transaction: ServerTransaction | None = None,
     ) -> None:
-        """A request of a proxied call's dialog that came here (not to the owner's Contact):
-        sent on to the owner - an ACK statelessly, any other through a relay of its own."""
-        forwarded = forwarded_invite(request, self.via(call.target), uri=call.contact)
+        """A request of a proxied call's dialog that came here: the caller's sent on to the
+        owner, the owner's to the caller - an ACK statelessly, any other through a relay of
+        its own."""
+        to, uri = call.route(request)
+        forwarded = forwarded_invite(request, self.via(to), uri=uri)
         self.endpoint.stats[f"proxied_stray_{request.method.lower()}"] += 1
         if transaction is None:
-            self.endpoint.send_stateless(forwarded, call.target)
+            self.endpoint.send_stateless(forwarded, to)
             return
-        proxied = ProxiedInvite(self.endpoint, transaction, forwarded, call.target)
+        proxied = ProxiedInvite(self.endpoint, transaction, forwarded, to)
         self.proxies[id(transaction)] = proxied
         self.proxies[id(proxied.start(now))] = proxied
         self._proxy_timers.schedule(proxied)
@@ -275,8 +279,8 @@ class UserAgent:
         """Calls kept for the strays of their dialogs from the owner's 2xx to their INVITE
         until the answer to their BYE."""
         method, call_id = proxied.forwarded.method, proxied.forwarded.call_id
-        if method == "INVITE" and 200 <= response.status < 300:
-            self.proxied_calls.accepted(call_id, proxied.target, response, now)
+        if method == "INVITE" and 200 <= response.status < 300 and proxied.source is not None:
+            self.proxied_calls.accepted(proxied, response, now)
         elif method == "BYE" and (200 <= response.status < 300 or response.status == 481):
             self.proxied_calls.ended(call_id)
 

@@ -18,12 +18,14 @@ again - by then another node takes the room over. An owner that answered but nev
 response) cancels the INVITE there and answers the caller 408. A 2xx is relayed again for 32 s
 (its retransmissions).
 
-A caller that ignores the 2xx's Contact and sends its ACK, BYE or re-INVITE where it sent the
-INVITE (sipp's built-in `uac` does) still reaches the owner: the calls whose INVITE this node
-proxied and the owner accepted are kept by Call-ID (`ProxiedCalls`: bounded, forgotten after a
-BYE's answer or hours of silence), and a request of such a dialog that comes here is sent on to
-the owner - an ACK statelessly, any other through the same relay as the INVITE (`ProxiedInvite`
-serves any method) - with the owner's Contact as its Request-URI.
+The calls whose INVITE this node proxied and the owner accepted are kept by Call-ID
+(`ProxiedCalls`: bounded, forgotten after a BYE's answer or hours of silence), for the requests
+of their dialogs that still come here: a caller that ignores the 2xx's Contact and sends its
+ACK, BYE or re-INVITE where it sent the INVITE (sipp's built-in `uac` does) - sent on to the
+owner, at its Contact - and the owner's own requests to the caller (its BYE when the room
+ends), which it sends where the INVITE came from: here - sent on to the caller, where its
+INVITE came from. An ACK goes on statelessly, any other request through the same relay as the
+INVITE (`ProxiedInvite` serves any method), our Via on top.
 """
 
 from __future__ import annotations
@@ -101,12 +103,18 @@ class ProxiedInvite:
     """The two transactions of one proxied INVITE; `UserAgent.proxy` makes it and feeds it."""
 
     def __init__(
-        self, endpoint: SipEndpoint, server: ServerTransaction, forwarded: Request, target: Peer
+        self,
+        endpoint: SipEndpoint,
+        server: ServerTransaction,
+        forwarded: Request,
+        target: Peer,
+        source: Peer | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.server = server
         self.forwarded = forwarded
         self.target = target
+        self.source = source  # where the request came from (the caller, for an INVITE)
         self.client: ClientTransaction | None = None
         self.provisional = False  # a 1xx came: the owner has the INVITE (CANCEL may go)
         self.cancel_wanted = False
@@ -196,7 +204,17 @@ class ProxiedCall:
 
     target: Peer  # the owner, as the INVITE went there
     contact: Uri | None  # the owner's Contact in its 2xx (the dialog's remote target)
+    caller: Peer  # where the INVITE came from
+    caller_tag: str  # the INVITE's From tag: the caller's requests carry it, the owner's not
     last: float  # when a request of the call last came through here (or the 2xx)
+
+    def route(self, request: Request) -> tuple[Peer, Uri | None]:
+        """Where a request of the call goes (and its new Request-URI, None to keep it): the
+        caller's to the owner, at its Contact; the owner's to the caller (the owner sends its
+        in-dialog requests where the INVITE came from: here), at the URI it has."""
+        if request.from_.tag == self.caller_tag:
+            return self.target, self.contact
+        return self.caller, None
 
 
 class ProxiedCalls:
@@ -212,14 +230,21 @@ class ProxiedCalls:
     def __len__(self) -> int:
         return len(self._calls)
 
-    def accepted(self, call_id: str, target: Peer, response: Response, now: float) -> None:
-        """The owner's 2xx to the INVITE of `call_id` (or one of its retransmissions)."""
+    def accepted(self, proxied: ProxiedInvite, response: Response, now: float) -> None:
+        """The owner's 2xx to the proxied INVITE (or one of its retransmissions)."""
         try:
             contacts = response.contacts
         except SipProtocolError:
             contacts = []
-        contact = contacts[0].uri if contacts else None
-        self._calls[call_id] = ProxiedCall(target=target, contact=contact, last=now)
+        invite = proxied.forwarded
+        call_id = invite.call_id
+        self._calls[call_id] = ProxiedCall(
+            target=proxied.target,
+            contact=contacts[0].uri if contacts else None,
+            caller=proxied.source or proxied.target,
+            caller_tag=invite.from_.tag or "",
+            last=now,
+        )
         self._calls.move_to_end(call_id)
         self._expire(now)
 
