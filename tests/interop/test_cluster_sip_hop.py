@@ -19,6 +19,7 @@ import contextlib
 import secrets
 import shutil
 import signal
+import ssl
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -31,8 +32,8 @@ from livekit.protocol import room as room_proto
 from livekit.protocol import sip
 
 from sipbridge.server.api.auth import sign_token
-from tests.cluster import Cluster, Node, cluster, lk_client
-from tests.harness import eventually
+from tests.cluster import Cluster, Held, Node, answer, cluster, lk_client, sip_rooms
+from tests.harness import eventually, sipp_port
 from tests.harness import sipp as run_sipp
 from tests.helpers import API_KEY, API_SECRET
 from tests.interop.test_cluster_faults import answered
@@ -59,33 +60,36 @@ def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
 async def two(tmp_path: Path, redis: RedisServer) -> AsyncIterator[Cluster]:
     """A and B, a trunk for CALLED and a rule into ROOM (known to both), ROOM made on A."""
     with cluster(tmp_path, redis, 2) as nodes:
-        a, b = nodes.nodes
-        async with lk_client(a) as lk:
-            await lk.sip.create_inbound_trunk(
-                sip.CreateSIPInboundTrunkRequest(
-                    trunk=sip.SIPInboundTrunkInfo(name="carrier", numbers=[CALLED])
-                )
-            )
-            rule = sip.SIPDispatchRule(
-                dispatch_rule_direct=sip.SIPDispatchRuleDirect(room_name=ROOM)
-            )
-            await lk.sip.create_dispatch_rule(
-                sip.CreateSIPDispatchRuleRequest(dispatch_rule=sip.SIPDispatchRuleInfo(rule=rule))
-            )
-            await lk.room.create_room(room_proto.CreateRoomRequest(name=ROOM))
-
-        async def b_has_the_rule() -> bool:
-            async with lk_client(b) as lk:
-                rules = await lk.sip.list_dispatch_rule(sip.ListSIPDispatchRuleRequest())
-            return len(rules.items) == 1
-
-        await eventually(b_has_the_rule, "the rule on B")
-        assert await owner(nodes, ROOM) == "n0"
+        await rule_into_room_on(nodes)
         yield nodes
         codes = nodes.stop()
     assert all(code in (None, 0) for code in codes.values()), codes
     for node in nodes.nodes:
         assert "Traceback" not in node.log.read_text(), node.log_tail()
+
+
+async def rule_into_room_on(nodes: Cluster) -> None:
+    """A trunk for CALLED and a rule into ROOM, known to both nodes; ROOM made on A."""
+    a, b = nodes.nodes
+    async with lk_client(a) as lk:
+        await lk.sip.create_inbound_trunk(
+            sip.CreateSIPInboundTrunkRequest(
+                trunk=sip.SIPInboundTrunkInfo(name="carrier", numbers=[CALLED])
+            )
+        )
+        rule = sip.SIPDispatchRule(dispatch_rule_direct=sip.SIPDispatchRuleDirect(room_name=ROOM))
+        await lk.sip.create_dispatch_rule(
+            sip.CreateSIPDispatchRuleRequest(dispatch_rule=sip.SIPDispatchRuleInfo(rule=rule))
+        )
+        await lk.room.create_room(room_proto.CreateRoomRequest(name=ROOM))
+
+    async def b_has_the_rule() -> bool:
+        async with lk_client(b) as lk:
+            rules = await lk.sip.list_dispatch_rule(sip.ListSIPDispatchRuleRequest())
+        return len(rules.items) == 1
+
+    await eventually(b_has_the_rule, "the rule on B")
+    assert await owner(nodes, ROOM) == "n0"
 
 
 async def owner(nodes: Cluster, room: str) -> str | None:
@@ -284,3 +288,118 @@ async def test_an_invite_for_an_owner_that_is_gone_gets_503_at_once(two: Cluster
         assert await owner(two, ROOM) == "n1"
     finally:
         a.kill()  # (frozen: as good as dead to the cluster, which has moved on without it)
+
+
+class SipStream:
+    """A caller's SIP over one TLS connection, by hand: messages framed by Content-Length."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, host: str, port: int) -> SipStream:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE  # (a throwaway certificate)
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, port, ssl=context), 10
+        )
+        return cls(reader, writer)
+
+    @property
+    def local(self) -> tuple[str, int]:
+        return self.writer.get_extra_info("sockname")[:2]  # type: ignore[no-any-return]
+
+    async def send(self, text: str) -> None:
+        self.writer.write(text.encode())
+        await self.writer.drain()
+
+    async def receive(self, timeout: float = 15.0) -> bytes:
+        async with asyncio.timeout(timeout):
+            head = await self.reader.readuntil(b"\r\n\r\n")
+            length = int(header_of(head, "Content-Length") or 0)
+            return head + (await self.reader.readexactly(length) if length else b"")
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(OSError, ssl.SSLError):
+            await self.writer.wait_closed()
+
+
+@pytest.fixture
+async def two_tls(tmp_path: Path, redis: RedisServer) -> AsyncIterator[Cluster]:
+    """A and B as `two`, each with a TLS listener (a throwaway certificate)."""
+    from tests.interop.test_sip_tls import make_certificate  # noqa: PLC0415
+
+    cert, key = await asyncio.to_thread(make_certificate, tmp_path)
+    nodes = Cluster(tmp_path, redis, 2)
+    for node in nodes.nodes:
+        node.tls_port = sipp_port()  # type: ignore[attr-defined]
+        node.extra += ["--sip-tls", f"{node.host}:{node.tls_port}"]  # type: ignore[attr-defined]
+        node.extra += ["--tls-cert", str(cert), "--tls-key", str(key)]
+    try:
+        await asyncio.to_thread(nodes.start)
+        await rule_into_room_on(nodes)
+        yield nodes
+    finally:
+        codes = await asyncio.to_thread(nodes.stop)
+    assert all(code in (None, 0) for code in codes.values()), codes
+
+
+@pytest.mark.skipif(not shutil.which("openssl"), reason="the openssl CLI makes the cert")
+async def test_a_tls_caller_proxied_over_tcp_is_given_the_owners_tls_contact(
+    two_tls: Cluster,
+) -> None:
+    """A TLS caller's INVITE to B goes to A over TCP, and A's 200 names A's TLS listener as
+    its Contact (not the hop's TCP): the caller's ACK and BYE reach A over TLS."""
+    a, b = two_tls.nodes
+    number = "+15550126"
+    caller = await SipStream.open(b.host, b.tls_port)  # type: ignore[attr-defined]
+    try:
+        host, port = caller.local
+        tag = secrets.token_hex(4)
+        sdp = (
+            "v=0\r\no=carrier 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+            f"m=audio {sipp_port()} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
+        )
+        common = (
+            f"From: <sip:{number}@{host}>;tag={tag}\r\nCall-ID: tls-{tag}\r\nMax-Forwards: 70\r\n"
+        )
+        uri = f"sip:{CALLED}@{b.host}:{b.tls_port};transport=tls"  # type: ignore[attr-defined]
+        await caller.send(
+            f"INVITE {uri} SIP/2.0\r\nVia: SIP/2.0/TLS {host}:{port};branch=z9hG4bK{tag}1\r\n"
+            f"{common}To: <sip:{CALLED}@{b.host}>\r\nCSeq: 1 INVITE\r\n"
+            f"Contact: <sip:{number}@{host}:{port};transport=tls>\r\n"
+            f"Content-Type: application/sdp\r\nContent-Length: {len(sdp)}\r\n\r\n{sdp}"
+        )
+        async with contextlib.AsyncExitStack() as agents:
+
+            async def ringing() -> Held | None:
+                return (await sip_rooms(two_tls.nodes)).get(f"sip_{number}")
+
+            held = await eventually(ringing, "the TLS caller ringing")
+            assert held.node is a
+            await answer(held, agents)
+            while status_of(ok := await caller.receive()) < 200:
+                pass
+            assert status_of(ok) == 200, ok
+            contact = header_of(ok, "Contact") or ""
+            assert contact == f"<sip:{a.host}:{a.tls_port};transport=tls>"  # type: ignore[attr-defined]
+            target = contact.strip("<>")
+            to = header_of(ok, "To")
+            direct = await SipStream.open(a.host, a.tls_port)  # type: ignore[attr-defined]
+            try:
+                here = direct.local
+                for seq, method in ((1, "ACK"), (2, "BYE")):
+                    await direct.send(
+                        f"{method} {target} SIP/2.0\r\n"
+                        f"Via: SIP/2.0/TLS {here[0]}:{here[1]};branch=z9hG4bK{tag}{seq}x\r\n"
+                        f"{common}To: {to}\r\nCSeq: {seq} {method}\r\nContent-Length: 0\r\n\r\n"
+                    )
+                bye_answer = await direct.receive()
+                assert status_of(bye_answer) == 200, bye_answer
+                assert header_of(bye_answer, "CSeq") == "2 BYE"
+            finally:
+                await direct.close()
+    finally:
+        await caller.close()

@@ -376,6 +376,20 @@ def test_ring_with_early_media_and_a_contact_of_our_own() -> None:
     assert alice.outcomes() == ["ProvisionalReceived", "CallAnswered"]
 
 
+def test_a_contact_naming_another_transport_than_the_invites() -> None:
+    """A call another node proxied to us over TCP from a TLS caller: our Contact names TLS,
+    the caller's transport, not the hop's."""
+    net = uac_and_uas("tcp")
+    alice, bob = caller_callee(net)
+    alice.call()
+    net.deliver()
+    session(bob).contact_transport = "tls"
+    session(bob).answer(net.now, BOB_SDP)
+    net.deliver()
+    [ok] = [w.message for w in net.wire if describe(w.message) == "200 INVITE"]
+    assert ok.headers.get("Contact") == "<sip:127.0.0.1:5070;transport=tls>"
+
+
 def test_the_proxies_record_route_is_copied_into_the_responses_that_make_the_dialog() -> None:
     """RFC 3261 s12.1.1: behind a proxy (Kamailio's record_route()), the 180 and the 200 carry
     every Record-Route of the INVITE in order, so the caller's ACK and BYE come back through

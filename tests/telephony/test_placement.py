@@ -80,6 +80,14 @@ def test_proxied_header_signed_and_checked() -> None:
     assert verify_proxied(["secret"], "call-1@x", forged) is None
     for bad in ("", "sig=", "source=1;sig=00", value + "x", "a" * 600, "x;y;sig=1"):
         assert verify_proxied(["secret"], "call-1@x", bad) is None
+    # the caller's transport, when given, is signed with the rest
+    tls = Proxied(source="192.0.2.7", trunk="", node="node-b", transport="tls")
+    value = sign_proxied("secret", "call-1@x", tls)
+    assert ";transport=tls;" in value and verify_proxied(["secret"], "call-1@x", value) == tls
+    downgraded = value.replace("transport=tls", "transport=tcp")
+    assert verify_proxied(["secret"], "call-1@x", downgraded) is None
+    extra = value.replace(";sig=", ";x=1;sig=")
+    assert verify_proxied(["secret"], "call-1@x", extra) is None
 
 
 def test_hop_header_signed_over_the_path() -> None:

@@ -127,6 +127,7 @@ class Proxied:
     source: str  # the caller's IP address, as the first node saw it
     trunk: str
     node: str
+    transport: str = ""  # the caller's: the owner's Contact names it (tls) when it can
 
 
 def _mac(secret: str, call_id: str, fields: str) -> str:
@@ -137,6 +138,8 @@ def _mac(secret: str, call_id: str, fields: str) -> str:
 def sign_proxied(secret: str, call_id: str, proxied: Proxied) -> str:
     """The `X-Sipbridge-Proxied` value for an INVITE of `call_id`."""
     fields = f"source={proxied.source};trunk={proxied.trunk};node={proxied.node}"
+    if proxied.transport:
+        fields += f";transport={proxied.transport}"
     return f"{fields};sig={_mac(secret, call_id, fields)}"
 
 
@@ -154,11 +157,16 @@ def verify_proxied(secrets: Iterable[str], call_id: str, value: str) -> Proxied 
         if not eq or name in params:
             return None
         params[name] = val
-    if set(params) != {"source", "trunk", "node"}:
+    if set(params) - {"transport"} != {"source", "trunk", "node"}:
         return None
     if not any(hmac.compare_digest(_mac(s, call_id, fields), sig) for s in secrets):
         return None
-    return Proxied(source=params["source"], trunk=params["trunk"], node=params["node"])
+    return Proxied(
+        source=params["source"],
+        trunk=params["trunk"],
+        node=params["node"],
+        transport=params.get("transport", ""),
+    )
 
 
 # -- a request handed to another node --------------------------------------------------------------

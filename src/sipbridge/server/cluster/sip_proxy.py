@@ -13,8 +13,10 @@ that sends the ACK or BYE of a proxied call here instead of to the owner's Conta
 the owner (sip/ua/proxy.py: `ProxiedCalls`).
 
 The proxied INVITE carries `X-Sipbridge-Proxied` signed with the cluster's API secret: the
-caller's address as this node saw it and the trunk this node matched and authenticated. The
-owner matches the call against that address instead of ours and does not challenge again; a
+caller's address as this node saw it, the trunk this node matched and authenticated, and the
+caller's transport. The owner matches the call against that address instead of ours and does
+not challenge again; for a TLS caller its Contact names its own TLS listener (when it has one),
+so that the caller's later requests to it stay on TLS although the hop was TCP; a
 signed INVITE is served where it lands, never proxied on. An unsigned or badly signed header is
 ignored: the INVITE is treated as any other, from where it came.
 """
@@ -69,6 +71,8 @@ class CallRouter:
                 else:
                     self.stats["vouched"] += 1
                     call.vouched_source, call.vouched_trunk = vouched.source, vouched.trunk
+                    if vouched.transport == "tls" and self.ua.listens("tls"):
+                        call.session.contact_transport = "tls"  # the caller stays on TLS
             handler(call)
 
         return on_invite
@@ -120,7 +124,12 @@ class CallRouter:
             return
         hop = "tcp" if call.peer.transport in ("tcp", "tls") else "udp"
         target = Peer(hop, host.strip("[]"), int(port))
-        facts = Proxied(source=call.peer.host, trunk=trunk_id, node=self.owners.node_id)
+        facts = Proxied(
+            source=call.peer.host,
+            trunk=trunk_id,
+            node=self.owners.node_id,
+            transport=call.peer.transport,
+        )
         header = sign_proxied(self.secrets[0], call.request.call_id, facts)
         forwarded = forwarded_invite(call.request, self.ua.via(target), [(PROXIED_HEADER, header)])
         self.stats["proxied"] += 1

@@ -286,6 +286,10 @@ class SipUserAgent:
         self.standalone[id(transaction)] = on_final
         self.after_application()
 
+    def listens(self, transport: str) -> bool:
+        """Whether a listener of `transport` (udp, tcp, tls) is open."""
+        return any(bound.transport == transport for bound in self.service.bound)
+
     def via(self, peer: Peer) -> Via:
         """Our Via for a request to `peer` (no branch yet)."""
         return self.agent.via(peer)

@@ -45,7 +45,7 @@ Requests from the peer inside the dialog, by state (`answer_in_dialog`):
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from typing import TYPE_CHECKING
 
@@ -287,6 +287,9 @@ class InviteSession:
         self.role = role
         self.request = request  # the dialog-creating INVITE (ours: the latest one sent)
         self.peer = peer
+        # The transport our Contact names, when not the one the INVITE came on (a call another
+        # node proxied to us over TCP from a TLS caller: tls, so that the caller stays on TLS).
+        self.contact_transport: str | None = None
         self.local_tag = local_tag
         self.state = State.INCOMING if role is Role.UAS else State.IDLE
         self.dialog: Dialog | None = None
@@ -382,10 +385,18 @@ class InviteSession:
             request.headers.add("CSeq", f"{invite.cseq.seq} CANCEL")
         else:
             assert self.dialog is not None
-            contact = self.agent.contact(self.peer, secure=self.request.uri.scheme == "sips")
+            contact = self.agent.contact(
+                self._contact_peer, secure=self.request.uri.scheme == "sips"
+            )
             request = self.dialog.create_request(method, self.agent.via(self.peer), contact)
         _add(request, headers)
         return request
+
+    @property
+    def _contact_peer(self) -> Peer:
+        if self.contact_transport is None:
+            return self.peer
+        return replace(self.peer, transport=self.contact_transport, connection=None)
 
     def _send(self, request: Request, now: float) -> ClientTransaction:
         transaction = self.agent.endpoint.send_request(request, self.peer, now)
@@ -581,7 +592,9 @@ class InviteSession:
         _add(response, headers)
         if "Contact" not in response.headers:
             secure = self.request.uri.scheme == "sips"
-            response.headers.add("Contact", str(self.agent.contact(self.peer, secure=secure)))
+            response.headers.add(
+                "Contact", str(self.agent.contact(self._contact_peer, secure=secure))
+            )
         response.headers.add("Allow", ", ".join(self.agent.endpoint.settings.allow))
         if body:
             response.body = body
@@ -704,7 +717,7 @@ class InviteSession:
         transaction = pending[1]
         response = make_response(request, 200)
         _add(response, headers)
-        response.headers.add("Contact", str(self.agent.contact(self.peer)))
+        response.headers.add("Contact", str(self.agent.contact(self._contact_peer)))
         if body:
             response.body = body
             response.headers.add("Content-Type", "application/sdp")
