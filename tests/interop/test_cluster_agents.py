@@ -5,7 +5,8 @@ signalling client:
 
 - every node's heartbeat advertises its available workers (each agent name's least load), and
   the room's owner offers a dispatch to the least loaded worker of the whole cluster, read from
-  the heartbeats: one offer, to that worker's node, none in vain;
+  the heartbeats: one offer, to that worker's node, none in vain; a job the worker ends is
+  ended on the owner too;
 - a worker on another node whose WebSocket closes after its agent joined: its node tells the
   owner, which offers the job anew to another node's worker once the agent has left the room;
 - a worker's node killed with SIGKILL after its agent joined: the owner finds the node's
@@ -28,7 +29,7 @@ from livekit.protocol import agent_dispatch as dispatch_proto
 from livekit.protocol import room as room_proto
 
 from tests.cluster import Cluster, Node, cluster, lk_client
-from tests.harness import eventually
+from tests.harness import eventually, metric
 from tests.helpers import token
 from tests.interop.test_agent_protocol import FakeWorker, worker
 from tests.redis_server import RedisServer, redis_server
@@ -106,6 +107,10 @@ async def join_as_agent(node: Node, room: str, assignment: Any) -> SignalClient:
     return joined
 
 
+async def _no_jobs(node: Node) -> bool:
+    return await metric(node, "sipbridge_agent_jobs") == 0
+
+
 async def participants(owner: Node, room: str) -> set[str]:
     async with lk_client(owner) as lk:
         listed = await lk.room.list_participants(room_proto.ListParticipantsRequest(room=room))
@@ -131,6 +136,17 @@ async def test_a_dispatch_goes_to_the_least_loaded_worker_of_the_cluster(three: 
             assert "agent-desk" in await participants(a, "desk")
         finally:
             await agent_joined.close()
+        # the worker ends the job: C tells A, which holds the job no more
+        assert await metric(a, "sipbridge_agent_jobs") == 1
+        await on_c.send(
+            agent.WorkerMessage(
+                update_job=agent.UpdateJobStatus(
+                    job_id=assignment.job.id, status=agent.JobStatus.JS_SUCCESS
+                )
+            )
+        )
+        await eventually(lambda: _no_jobs(a), "A's job ended by C's worker")
+        assert agent_stats(c).get("done_told") == 1
         # C's worker full: now A's own worker (0.75) is the least loaded but for B's (0.5)
         await on_c.send(
             agent.WorkerMessage(

@@ -115,6 +115,7 @@ class AgentService:
         self.offer_elsewhere: Callable[[Any, Any, float | None], Awaitable[bool]] | None = None
         self.end_elsewhere: Callable[[RunningJob], None] | None = None
         self.lost_elsewhere: Callable[[RunningJob], bool] | None = None
+        self.done_elsewhere: Callable[[str], None] | None = None  # its worker ended it here
         runtime.listeners.append(self.on_room_event)
 
     def routes(self, app: web.Application) -> None:
@@ -238,6 +239,8 @@ class AgentService:
             ):
                 self.jobs.pop(job_update.job_id, None)
                 worker.jobs.discard(job_update.job_id)
+                if self.done_elsewhere is not None:  # (a job for a room on another node)
+                    self.done_elsewhere(job_update.job_id)
                 if job_update.status == agent.JobStatus.JS_FAILED:
                     log.info("agent job %s failed: %s", job_update.job_id, job_update.error)
         else:

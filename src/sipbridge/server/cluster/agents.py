@@ -78,6 +78,7 @@ class ClusterAgents:
         agents.offer_elsewhere = self.offer
         agents.end_elsewhere = self.end
         agents.lost_elsewhere = self.lost
+        agents.done_elsewhere = self.done
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post(JOBS_PATH, self.take)
@@ -320,10 +321,19 @@ class ClusterAgents:
         owner = self.origin.pop(running.job.id, None)
         if owner is None:
             return False
-        self._spawn(self._tell_lost(owner, running.job.id))
+        self._spawn(self._tell(owner, LOST_PATH, running.job.id))
         return True
 
-    async def _tell_lost(self, owner: str, job_id: str) -> None:
+    def done(self, job_id: str) -> None:
+        """`AgentService.done_elsewhere`: a worker here ended (JS_SUCCESS, JS_FAILED) a job for a
+        room on another node; that node ends it too (else it would still count the job, and
+        offer it again should this node die later)."""
+        owner = self.origin.pop(job_id, None)
+        if owner is not None:
+            self._spawn(self._tell(owner, END_PATH, job_id))
+
+    async def _tell(self, owner: str, path: str, job_id: str) -> None:
+        """The room's node `owner` told of job `job_id` (its worker gone, or the job ended)."""
         try:
             node = next((n for n in await self.owners.live_nodes() if n.id == owner), None)
         except (RedisError, OSError, TimeoutError):
@@ -331,14 +341,14 @@ class ClusterAgents:
         if node is None:
             log.info("agent job %s: its room's node %s is gone", job_id, owner)
             return
-        url = f"http://{http_address(node)}{LOST_PATH}"
+        url = f"http://{http_address(node)}{path}"
         try:
             async with self._client().post(
                 url, data=job_id.encode(), headers=self._headers(), timeout=aiohttp.ClientTimeout(5)
             ):
-                self.stats["lost_told"] += 1
+                self.stats["lost_told" if path == LOST_PATH else "done_told"] += 1
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            log.info("agent job %s: its worker's loss not told to %s: %s", job_id, owner, exc)
+            log.info("agent job %s: %s not told to %s: %s", job_id, path, owner, exc)
 
     async def worker_lost(self, request: web.Request) -> web.Response:
         """The node of a job's worker says the worker is gone: the job is orphaned here."""
