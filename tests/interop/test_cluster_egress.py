@@ -3,7 +3,8 @@
 redis-server, each node recording into a directory of its own:
 
 - a recording started through the node that does not own the room is made by the owner (its
-  file in the owner's directory, none in the other's);
+  file in the owner's directory, none in the other's; a participant egress gets the owner's
+  answer);
 - ListEgress through either node lists the recordings of both, filters as on one node;
 - StopEgress, UpdateLayout and UpdateStream through the other node reach the node that records
   (its answer, not a `not_found` of the node asked), found by the egress's stored record - and,
@@ -94,6 +95,16 @@ async def test_egress_is_reached_through_any_node(two: Cluster, redis: RedisServ
         assert on_a_rec.room_name == "rec-a" and on_b_rec.room_name == "rec-b"
         assert Path(on_a_rec.file_results[0].location) == recordings(a) / "a1.ogg"
         assert Path(on_b_rec.file_results[0].location) == recordings(b) / "b1.ogg"
+
+        # The other starts go to the owner too: A's answer for A's room through B (its
+        # listener publishes no audio), not B's not_found for a room B does not hold.
+        participant = egress.ParticipantEgressRequest(
+            room_name="rec-a",
+            identity="listener",
+            file_outputs=[egress.EncodedFileOutput(filepath="p.ogg")],
+        )
+        started = on_b.egress.start_participant_egress(participant)
+        assert await code_of(started) == "failed_precondition"
 
         # Listed through either node: both; filters as on one node.
         both = {on_a_rec.egress_id, on_b_rec.egress_id}
