@@ -840,6 +840,9 @@ async def test_what_one_node_tells_another_cannot_be_forged(nodes: tuple[Node, N
             (jobs, admin, b"\xff\xff\xff", 400),
             (jobs, admin, b"", 404),  # an empty job: no worker of its (empty) name here
             (f"{jobs}/end", None, b"AJ_x", 401),
+            (f"{jobs}/lost", None, b"AJ_x", 401),
+            (f"{jobs}/lost", participant, b"AJ_x", 403),
+            (f"{jobs}/lost", admin, b"AJ_unknown", 200),  # no such job here: nothing happens
         ):
             headers = {"Authorization": auth} if auth else {}
             async with http.post(path, data=body, headers=headers) as reply:
