@@ -35,6 +35,10 @@ DEFAULT_CODECS = (sdp.PCMU, sdp.PCMA, sdp.G722, sdp.OPUS)
 Encryption = proto.SIPMediaEncryption
 PLAIN = ("RTP/AVP",)
 SECURE = ("RTP/SAVP",)
+# The enum's values read once: each `Encryption.X` goes through protobuf's enum wrapper
+# (`__getattr__`), and `protos` is read several times per call set up.
+_REQUIRE = Encryption.SIP_MEDIA_ENCRYPT_REQUIRE
+_ALLOW = Encryption.SIP_MEDIA_ENCRYPT_ALLOW
 
 
 class HasMedia(Protocol):
@@ -59,9 +63,9 @@ class MediaPolicy:
     @property
     def protos(self) -> tuple[str, ...]:
         """The RTP profiles we may answer on."""
-        if self.encryption == Encryption.SIP_MEDIA_ENCRYPT_REQUIRE:
+        if self.encryption == _REQUIRE:
             return SECURE
-        if self.encryption == Encryption.SIP_MEDIA_ENCRYPT_ALLOW:
+        if self.encryption == _ALLOW:
             return SECURE + PLAIN
         return PLAIN
 

@@ -15,6 +15,13 @@ from sipbridge.errors import ApiError
 
 LEEWAY_S = 60
 MAX_TOKEN_BYTES = 16 * 1024
+# Tokens verified already, by their exact text: (the secret that verified it, its claims, its
+# `exp`, the later of its `nbf` and `iat`). The official clients sign one token per request, and
+# one made in the same second with the same grants is the same text: a hit skips the decoding
+# and the HMAC, and checks only what time changes (expiry, not-before) and that the key still has
+# that secret. Bounded: the oldest entry goes when full.
+VERIFIED_MAX = 1024
+_verified: dict[str, tuple[str, Claims, int, int | None]] = {}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -62,6 +69,13 @@ def verify_token(token: str, keys: Mapping[str, str]) -> Claims:
         raise ApiError("unauthenticated", "token too large")
     if not token.isascii():  # a JWT is base64url and dots; HTTP may carry any bytes (RFC 7519 s3)
         raise ApiError("unauthenticated", "invalid token: not a JWT")
+    known = _verified.get(token)
+    if known is not None:
+        secret, cached, exp, not_before = known
+        if keys.get(cached.api_key) == secret:
+            _check_times(exp, not_before, time.time())  # as PyJWT checks them, same leeway
+            return cached
+        del _verified[token]
     try:
         unverified = jwt.decode(token, options={"verify_signature": False})
     except jwt.PyJWTError:
@@ -91,7 +105,7 @@ def verify_token(token: str, keys: Mapping[str, str]) -> Claims:
     room_config = claims.get("roomConfig") or {}
     if not all(isinstance(x, dict) for x in (video, sip, attributes, room_config)):
         raise ApiError("unauthenticated", "invalid token: malformed grants")
-    return Claims(
+    verified = Claims(
         api_key=api_key,
         identity=str(claims.get("sub", "")),
         name=str(claims.get("name", "")),
@@ -103,6 +117,24 @@ def verify_token(token: str, keys: Mapping[str, str]) -> Claims:
         room_config=room_config,
         sha256=str(claims.get("sha256", "")),
     )
+    _remember(token, keys[api_key], verified, claims)
+    return verified
+
+
+def _remember(token: str, secret: str, verified: Claims, claims: Mapping[str, Any]) -> None:
+    """Keep a verified token for its next use (PyJWT has checked that `exp`, `nbf` and `iat`,
+    where present, are integers)."""
+    times = [int(claims[k]) for k in ("nbf", "iat") if k in claims]
+    if len(_verified) >= VERIFIED_MAX:
+        del _verified[next(iter(_verified))]
+    _verified[token] = (secret, verified, int(claims["exp"]), max(times) if times else None)
+
+
+def _check_times(exp: int, not_before: int | None, now: float) -> None:
+    if exp <= now - LEEWAY_S:
+        raise ApiError("unauthenticated", "invalid token: expired")
+    if not_before is not None and not_before > now + LEEWAY_S:
+        raise ApiError("unauthenticated", "invalid token: not valid yet")
 
 
 def sign_token(

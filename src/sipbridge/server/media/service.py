@@ -47,6 +47,7 @@ class Negotiated:
     spec: codecs.CodecSpec
     keys: SrtpKeys | None = None
     remote_keys: SrtpKeys | None = None
+    crypto: sdp.CryptoAttribute | None = None  # our SDES line in the answer
 
 
 def _not_acceptable(detail: str) -> SipProtocolError:
@@ -123,7 +124,14 @@ class MediaService:
             session_version=session_id,
             crypto=crypto,
         )
-        return Negotiated(answer=answer, audio=audio, spec=spec, keys=keys, remote_keys=remote_keys)
+        return Negotiated(
+            answer=answer,
+            audio=audio,
+            spec=spec,
+            keys=keys,
+            remote_keys=remote_keys,
+            crypto=crypto,
+        )
 
     def negotiate(
         self,
@@ -162,14 +170,18 @@ class MediaService:
             raise SipProtocolError(503, "Service Unavailable", "no free RTP port") from None
         leg.session_id = leg.session_version = session_id
         leg.keys, leg.remote_keys = trial.keys, trial.remote_keys
-        try:  # the trial's outcome again, now with the leg's port
-            final = self._negotiate(
-                offer, policy, port=leg.port, session_id=session_id, keys=trial.keys
-            )
-        except _REFUSED as err:  # pragma: no cover - the trial was accepted
-            leg.close()
-            raise _not_acceptable(err.detail) from None
-        return sdp.serialize_sdp(final.answer), leg
+        # The trial's outcome with the leg's port: the same choice, keys and SDES line (nothing
+        # in the negotiation depends on the port), so only the answer is built again.
+        answer = sdp.build_answer(
+            offer,
+            trial.audio,
+            address=self.address,
+            port=leg.port,
+            session_id=session_id,
+            session_version=session_id,
+            crypto=trial.crypto,
+        )
+        return sdp.serialize_sdp(answer), leg
 
     def offer(
         self,
