@@ -95,6 +95,12 @@ class Room:
     # (every event carries the room: counting them on each would grow with the square of the
     # room); counted again when the first no longer matches (participants put in directly)
     counts: list[int] = field(default_factory=lambda: [0, 0, 0], repr=False, compare=False)
+    # Track sid -> its publisher's identity, and -> the identities subscribed to it: kept by the
+    # registry as tracks are published, subscriptions change and participants leave, so that
+    # neither finding a track's owner nor forgetting a leaver's tracks scans the room (a room
+    # shared by many callers: once per call each, that grew with the square of the room).
+    track_owners: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+    track_subscribers: dict[str, set[str]] = field(default_factory=dict, repr=False, compare=False)
 
     def count(self, participant: Participant, sign: int) -> None:
         """`participant` joined (1) or left (-1): the counts follow."""
@@ -315,6 +321,8 @@ class RoomRegistry:
     def _remove(self, room: Room, identity: str, reason: int, now: float) -> None:
         participant = room.participants.pop(identity)
         room.count(participant, -1)
+        for sid in participant.subscriptions:
+            _forget(room, sid, identity)
         for track in list(participant.tracks.values()):
             self._events.append(
                 ev.TrackUnpublished(
@@ -324,8 +332,13 @@ class RoomRegistry:
         participant.state = State.DISCONNECTED
         participant.disconnect_reason = reason
         participant.version += 1
-        for other in room.participants.values():
-            other.subscriptions.difference_update(participant.tracks)
+        for sid in participant.tracks:
+            if room.track_owners.get(sid) == identity:
+                del room.track_owners[sid]
+            for subscriber in room.track_subscribers.pop(sid, ()):
+                other = room.participants.get(subscriber)
+                if other is not None:
+                    other.subscriptions.discard(sid)
         if not room.participants:
             room.last_left_at = now
             self._watch(room)
@@ -397,6 +410,7 @@ class RoomRegistry:
             track.sid = ids.new_id(ids.TRACK)
         room.count(participant, -1)
         participant.tracks[track.sid] = track
+        room.track_owners[track.sid] = identity
         room.count(participant, 1)
         participant.version += 1
         self._events.append(
@@ -425,7 +439,12 @@ class RoomRegistry:
         return track
 
     def track_owner(self, room: Room, track_sid: str) -> Participant | None:
-        for participant in room.participants.values():
+        identity = room.track_owners.get(track_sid)
+        if identity is not None:
+            owner = room.participants.get(identity)
+            if owner is not None and track_sid in owner.tracks:
+                return owner
+        for participant in room.participants.values():  # a track not published through us
             if track_sid in participant.tracks:
                 return participant
         return None
@@ -450,8 +469,10 @@ class RoomRegistry:
                 continue
             if subscribe:
                 subscriber.subscriptions.add(sid)
+                room.track_subscribers.setdefault(sid, set()).add(identity)
             else:
                 subscriber.subscriptions.discard(sid)
+                _forget(room, sid, identity)
             self._events.append(
                 ev.SubscriptionChanged(
                     room_name=room_name,
@@ -474,6 +495,7 @@ class RoomRegistry:
                     subscribed=False,
                 )
             )
+            _forget(room, sid, subscriber.identity)
         subscriber.subscriptions.clear()
 
     def send_data(
@@ -489,6 +511,15 @@ class RoomRegistry:
         self._events.append(
             ev.DataSent(room_name=room_name, packet=packet, destinations=tuple(destinations))
         )
+
+
+def _forget(room: Room, track_sid: str, subscriber: str) -> None:
+    """`subscriber` no longer subscribed to `track_sid` (the room's index follows)."""
+    watching = room.track_subscribers.get(track_sid)
+    if watching is not None:
+        watching.discard(subscriber)
+        if not watching:
+            del room.track_subscribers[track_sid]
 
 
 def _copy(track: models.TrackInfo) -> models.TrackInfo:

@@ -380,6 +380,8 @@ class CallRunner(Generic[C]):
         self.arm(state)  # (disarms: an ended call has no deadline)
         if state.session_timer is not None:
             state.session_timer.close()
+            # Its callbacks hold the state: no cycle left behind for the cyclic GC to find.
+            state.session_timer = None
         if state.leg is not None:
             self.quality.record(state.info, state.leg)  # the call's last word on its quality
             self.media.release(state.leg)

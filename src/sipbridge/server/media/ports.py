@@ -30,6 +30,10 @@ Receiver = Callable[[bytes, tuple[str, int]], None]
 FastPath = Callable[[bytearray, memoryview, tuple[str, int], float], bool]
 
 
+def _closed(data: bytes, source: tuple[str, int]) -> None:
+    """The receiver of a closed socket."""
+
+
 class MediaSocket:
     """One bound, non-blocking UDP socket delivering datagrams to `receiver`."""
 
@@ -95,6 +99,7 @@ class MediaSocket:
                 self._loop.remove_reader(self.sock.fileno())
             self._loop = None
         self.sock.close()
+        self.receiver = _closed  # (a leg's bound method: the leg holds us, no cycle left)
 
 
 class PortPool:
