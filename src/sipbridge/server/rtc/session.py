@@ -13,12 +13,28 @@ from livekit.protocol import rtc
 from sipbridge.server.rtc.peer import RtcPeer
 
 
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """A message serialised once for every session of a room it goes to (a participant
+    update is the same bytes for each of them)."""
+
+    message: rtc.SignalResponse
+    data: bytes
+
+    @classmethod
+    def of(cls, message: rtc.SignalResponse) -> Encoded:
+        return cls(message, message.SerializeToString())
+
+
+Outgoing = rtc.SignalResponse | Encoded
+
+
 @dataclass(eq=False, kw_only=True)
 class Session:
     room: str
     identity: str
     ws: web.WebSocketResponse
-    outbox: asyncio.Queue[rtc.SignalResponse | None] = field(default_factory=asyncio.Queue)
+    outbox: asyncio.Queue[Outgoing | None] = field(default_factory=asyncio.Queue)
     participant_sid: str = ""
     # single-PC (`/rtc/v1`): `peer` is the one connection; two-PC (`/rtc`): `peer` is the
     # client's publisher connection and `subscriber` the one we offer
@@ -46,7 +62,7 @@ class Session:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    def send(self, message: rtc.SignalResponse) -> None:
+    def send(self, message: Outgoing) -> None:
         self.outbox.put_nowait(message)
 
     def close(self) -> None:

@@ -36,7 +36,14 @@ from sipbridge.server.rtc.join import (
 )
 from sipbridge.server.rtc.own_requests import add_track, update_metadata
 from sipbridge.server.rtc.room_stats import RoomStats
-from sipbridge.server.rtc.session import Session, SessionTable, in_room, leave_message
+from sipbridge.server.rtc.session import (
+    Encoded,
+    Outgoing,
+    Session,
+    SessionTable,
+    in_room,
+    leave_message,
+)
 from sipbridge.server.rtc.session_media import SessionMedia
 from sipbridge.server.server_info import LIVEKIT_VERSION, server_info
 from sipbridge.server.state.rooms_runtime import RoomsRuntime
@@ -373,13 +380,17 @@ class SignalServer:
         self,
         session: Session,
         ws: web.WebSocketResponse,
-        outbox: asyncio.Queue[rtc.SignalResponse | None],
+        outbox: asyncio.Queue[Outgoing | None],
     ) -> None:
         while (message := await outbox.get()) is not None:
             if ws.closed:
                 break
+            if isinstance(message, Encoded):
+                data, message = message.data, message.message
+            else:
+                data = message.SerializeToString()
             try:
-                await ws.send_bytes(message.SerializeToString())
+                await ws.send_bytes(data)
             except (ConnectionError, RuntimeError):
                 break
             if message.WhichOneof("message") == "leave":
@@ -426,8 +437,9 @@ class SignalServer:
             case ev.DataSent():
                 self.data.deliver(event)
             case ev.RoomMetadataChanged(room=room):
+                changed = Encoded.of(rtc.SignalResponse(room_update=rtc.RoomUpdate(room=room)))
                 for session in in_room(self.sessions, room.name):
-                    session.send(rtc.SignalResponse(room_update=rtc.RoomUpdate(room=room)))
+                    session.send(changed)
             case _:
                 pass
 
@@ -440,10 +452,14 @@ class SignalServer:
     def _broadcast(self, room: str, participant: models.ParticipantInfo, exclude: str = "") -> None:
         if participant.permission.hidden:
             return
-        update = rtc.SignalResponse(update=rtc.ParticipantUpdate(participants=[participant]))
-        for session in in_room(self.sessions, room):
-            if session.identity != exclude:
-                session.send(update)
+        sessions = [s for s in in_room(self.sessions, room) if s.identity != exclude]
+        if not sessions:
+            return
+        update = Encoded.of(
+            rtc.SignalResponse(update=rtc.ParticipantUpdate(participants=[participant]))
+        )
+        for session in sessions:
+            session.send(update)
 
     async def close_all(self) -> None:
         self.closing = True
