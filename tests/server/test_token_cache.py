@@ -83,3 +83,26 @@ def test_the_cache_is_bounded() -> None:
         verify_token(token, KEYS)
     assert len(auth._verified) <= auth.VERIFIED_MAX
     assert tokens[-1] in auth._verified and tokens[0] not in auth._verified
+
+
+@pytest.mark.parametrize(
+    ("claims", "error"),
+    [
+        ({"iss": "otherkey", "exp": 600}, "unknown API key"),
+        ({"iss": None, "exp": 600}, "unknown API key"),
+        ({"exp": -LEEWAY_S - 5}, "expired"),
+        ({"nbf": LEEWAY_S + 30, "exp": 600}, "not valid yet"),
+        ({"video": ["roomList"], "exp": 600}, "malformed grants"),
+    ],
+    ids=["other-issuer", "no-issuer", "expired", "nbf-ahead", "grants-not-object"],
+)
+def test_with_one_key_a_bad_token_gets_the_same_refusal(claims: dict[str, Any], error: str) -> None:
+    """A server with one key verifies with it at once; what fails still gets its own error."""
+    now = int(time.time())
+    timed = {k: now + v if k in ("exp", "nbf") else v for k, v in claims.items()}
+    payload = {k: v for k, v in {"iss": KEY, **timed}.items() if v is not None}
+    token = str(jwt.encode(payload, SECRET, algorithm="HS256"))
+    with pytest.raises(ApiError, match=error):
+        verify_token(token, KEYS)
+    with pytest.raises(ApiError, match=error):  # two keys: the general path, the same answer
+        verify_token(token, {**KEYS, "spare": "another-secret-of-at-least-thirty-two-chars"})
