@@ -5,11 +5,14 @@ answered here and sent on once the owner has rung; a 2xx and its retransmissions
 answer at all ends in 408 to the caller, and so does an owner that rang and went silent (Timer
 C, after CANCEL to it); an owner known to be gone, or out of reach, 503 with Retry-After at
 once; a caller's ACK and BYE sent here instead of to the owner's Contact reach the owner, and
-the owner's BYE sent here reaches the caller."""
+the owner's BYE sent here reaches the caller (an owner without the caller's address). On the
+owner's side, its own requests of a proxied call (BYE, refresh) go straight to the caller the
+proxying node vouched for (`caller_target`), while its answers follow the Via back through it."""
 
 from __future__ import annotations
 
 from sipbridge.sip.endpoint import Peer, SipEndpoint
+from sipbridge.sip.headers import Via
 from sipbridge.sip.message import Request, Response, make_response, parse_message
 from sipbridge.sip.ua.agent import UserAgent
 from sipbridge.sip.ua.invite import InviteReceived
@@ -18,6 +21,7 @@ from sipbridge.sip.ua.proxy import (
     RETRY_AFTER_S,
     ProxiedCalls,
     ProxiedInvite,
+    caller_target,
     cancel_for,
     forwarded_invite,
     upstream_response,
@@ -272,8 +276,9 @@ def test_a_callers_ack_and_bye_sent_here_reach_the_owner() -> None:
 
 
 def test_the_owners_bye_sent_here_reaches_the_caller() -> None:
-    """The owner sends its in-dialog requests where the INVITE came from (this node): its BYE
-    (the room ended) goes on to the caller, and the caller's 200 back to the owner."""
+    """An owner that does not know the caller's address (a header without its port) sends its
+    in-dialog requests where the INVITE came from (this node): its BYE (the room ended) goes on
+    to the caller, and the caller's 200 back to the owner."""
     node = Node()
     out = node.proxied_invite()
     ok = make_response(out, 200, to_tag="owner6")
@@ -321,3 +326,87 @@ def test_proxied_calls_are_bounded_in_number_and_time() -> None:
     calls.accepted(_accepted_invite("d"), bad, 13.0)
     found = calls.find("d", 13.0)
     assert found is not None and found.contact is None  # the Request-URI is kept then
+
+
+def _invite(contact: str) -> Request:
+    invite = parse_message(
+        INVITE.replace(b"Contact: <sip:alice@127.0.0.1:5060>", f"Contact: {contact}".encode())
+    )
+    assert isinstance(invite, Request)
+    return invite
+
+
+def test_caller_target_a_udp_caller_at_its_source_a_stream_caller_at_its_contact() -> None:
+    # UDP: the source the proxying node saw, whatever the Contact says (a caller behind a NAT)
+    behind_nat = _invite("<sip:alice@10.0.0.9:5060>")
+    assert caller_target(behind_nat, "udp", "192.0.2.7", 40000) == Peer("udp", "192.0.2.7", 40000)
+    # TCP/TLS: the source port is its connection's to the proxying node: its Contact's port
+    tcp = _invite("<sip:alice@192.0.2.8:5090;transport=tcp>")
+    assert caller_target(tcp, "tcp", "192.0.2.7", 40001) == Peer("tcp", "192.0.2.8", 5090)
+    tls = _invite("<sip:alice@[2001:db8::1];transport=tls>")  # no port: the transport's own
+    assert caller_target(tls, "tls", "192.0.2.7", 40002) == Peer("tls", "2001:db8::1", 5061)
+    named = _invite("<sip:alice@pbx.example.com:5062;transport=tcp>")  # never looked up
+    assert caller_target(named, "tcp", "192.0.2.7", 40003) == Peer("tcp", "192.0.2.7", 5062)
+    # too little said: the owner's requests go where the INVITE came from, as before
+    assert caller_target(tcp, "udp", "192.0.2.7", 0) is None  # an older node: no port
+    assert caller_target(tcp, "sctp", "192.0.2.7", 5060) is None
+    assert caller_target(tcp, "", "192.0.2.7", 5060) is None
+    assert caller_target(tcp, "tcp", "", 5060) is None
+    assert caller_target(_invite("*"), "tcp", "192.0.2.7", 40004) is None
+    assert caller_target(_invite("<tel:+15550100>"), "tcp", "192.0.2.7", 40005) is None
+    assert caller_target(_invite("<<<"), "tcp", "192.0.2.7", 40006) is None
+
+
+PROXY = Peer("udp", "127.0.0.3", 5070)  # the node that proxied the INVITE to the owner
+
+
+def test_the_owners_own_requests_go_to_the_caller_and_its_answers_through_the_proxy() -> None:
+    """The owner of a proxied call: its 200 (and the 200's retransmissions) go back through
+    the node that proxied the INVITE (the Via), but once the session's target is the caller,
+    its session refresh and its BYE go straight there - the proxying node may be dead."""
+    owner = SipEndpoint()
+    ua = UserAgent(owner, "127.0.0.2", 5080)
+    now = 100.0
+
+    def feed(data: bytes, peer: Peer) -> None:
+        owner.receive(data, peer, now)
+        while (event := owner.next_event()) is not None:
+            ua.handle_event(event, now)
+
+    def sent() -> list[tuple[Request | Response, Peer]]:
+        return [(parse_message(data), peer) for data, peer in owner.outgoing()]
+
+    caller = Peer("udp", "127.0.0.1", 40000)  # its source, as the proxying node saw it
+    incoming = parse_message(INVITE)
+    assert isinstance(incoming, Request)
+    proxied = forwarded_invite(incoming, Via(transport="UDP", host="127.0.0.3", port=5070))
+    feed(proxied.serialize(), PROXY)
+    event = ua.next_event()
+    assert isinstance(event, InviteReceived)
+    session = event.session
+    session.target = caller_target(session.request, "udp", caller.host, caller.port)
+    session.answer(now, b"v=0\n")
+    answers = [(m.status, p) for m, p in sent() if isinstance(m, Response)]
+    assert answers == [(100, PROXY), (200, PROXY)]
+    now += 0.6  # no ACK yet: the 200 again, the way it went (s13.3.1.4)
+    ua.handle_timer(now)
+    ((again, peer),) = sent()
+    assert isinstance(again, Response) and (again.status, peer) == (200, PROXY)
+    ack = _in_dialog("ACK", 7, session.local_tag).replace(b"px1", incoming.call_id.encode())
+    feed(ack, PROXY)  # (through the proxy, as sipp's uac sends it)
+    assert sent() == []
+
+    assert session.refresh(now)
+    ((refresh, peer),) = sent()
+    assert isinstance(refresh, Request) and refresh.method == "INVITE"  # (no Allow: re-INVITE)
+    assert peer == caller and str(refresh.uri) == "sip:alice@127.0.0.1:5060"
+    assert [(v.host, v.port) for v in refresh.vias] == [("127.0.0.2", 5080)]  # ours only
+    feed(make_response(refresh, 200, to_tag="a1").serialize(), caller)
+    ((ack, peer),) = sent()  # the re-INVITE's ACK: to the caller too
+    assert isinstance(ack, Request) and ack.method == "ACK" and peer == caller
+    assert session.hangup(now)
+    ((bye, peer),) = sent()
+    assert isinstance(bye, Request) and bye.method == "BYE" and peer == caller
+    assert str(bye.uri) == "sip:alice@127.0.0.1:5060"  # the remote target: its Contact
+    feed(make_response(bye, 200).serialize(), caller)
+    assert sent() == [] and session.ended

@@ -6,6 +6,7 @@ from __future__ import annotations
 from sipbridge.telephony.node_info import NodeInfo
 from sipbridge.telephony.placement import (
     Proxied,
+    _mac,
     affinity,
     least_loaded,
     route_from_reply,
@@ -88,6 +89,18 @@ def test_proxied_header_signed_and_checked() -> None:
     assert verify_proxied(["secret"], "call-1@x", downgraded) is None
     extra = value.replace(";sig=", ";x=1;sig=")
     assert verify_proxied(["secret"], "call-1@x", extra) is None
+
+
+def test_proxied_header_signs_the_callers_port() -> None:
+    facts = Proxied(source="192.0.2.7", trunk="ST_abc", node="node-b", transport="udp", port=5071)
+    value = sign_proxied("secret", "call-1@x", facts)
+    assert ";port=5071;" in value and verify_proxied(["secret"], "call-1@x", value) == facts
+    moved = value.replace("port=5071", "port=5072")  # the owner's BYE sent elsewhere: refused
+    assert verify_proxied(["secret"], "call-1@x", moved) is None
+    for port in ("70000", "x", "", "000005060"):  # (a well-signed but impossible port, too)
+        fields = f"source=192.0.2.7;trunk=;node=b;port={port}"
+        signed = f"{fields};sig={_mac('secret', 'call-1@x', fields)}"
+        assert verify_proxied(["secret"], "call-1@x", signed) is None, port
 
 
 def test_hop_header_signed_over_the_path() -> None:

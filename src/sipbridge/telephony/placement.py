@@ -15,10 +15,11 @@ served where it lands, never handed on, so that two nodes that disagree for a mo
 bounce a request between them; a header that does not verify (a client's) is ignored, so no
 client can make a node serve a room another node owns.
 
-An INVITE one node proxies to a room's owner carries `PROXIED_HEADER`: the caller's address,
-the trunk the first node matched and authenticated, signed with the cluster's API secret
-(`sign_proxied` / `verify_proxied`), so the owner matches the call as if it had come to it
-directly and does not challenge again a caller the first node authenticated.
+An INVITE one node proxies to a room's owner carries `PROXIED_HEADER`: the caller's address
+(host, port and transport), the trunk the first node matched and authenticated, signed with the
+cluster's API secret over every field (`sign_proxied` / `verify_proxied`), so the owner matches
+the call as if it had come to it directly, does not challenge again a caller the first node
+authenticated, and sends its own requests of the call straight to the caller.
 """
 
 from __future__ import annotations
@@ -128,6 +129,7 @@ class Proxied:
     trunk: str
     node: str
     transport: str = ""  # the caller's: the owner's Contact names it (tls) when it can
+    port: int = 0  # the caller's source port, as the first node saw it (0: not said)
 
 
 def _mac(secret: str, call_id: str, fields: str) -> str:
@@ -140,6 +142,8 @@ def sign_proxied(secret: str, call_id: str, proxied: Proxied) -> str:
     fields = f"source={proxied.source};trunk={proxied.trunk};node={proxied.node}"
     if proxied.transport:
         fields += f";transport={proxied.transport}"
+    if proxied.port:
+        fields += f";port={proxied.port}"
     return f"{fields};sig={_mac(secret, call_id, fields)}"
 
 
@@ -157,7 +161,10 @@ def verify_proxied(secrets: Iterable[str], call_id: str, value: str) -> Proxied 
         if not eq or name in params:
             return None
         params[name] = val
-    if set(params) - {"transport"} != {"source", "trunk", "node"}:
+    if set(params) - {"transport", "port"} != {"source", "trunk", "node"}:
+        return None
+    port = params.get("port", "0")
+    if not port.isdigit() or len(port) > 5 or int(port) > 65535:
         return None
     if not any(hmac.compare_digest(_mac(s, call_id, fields), sig) for s in secrets):
         return None
@@ -166,6 +173,7 @@ def verify_proxied(secrets: Iterable[str], call_id: str, value: str) -> Proxied 
         trunk=params["trunk"],
         node=params["node"],
         transport=params.get("transport", ""),
+        port=int(port),
     )
 
 

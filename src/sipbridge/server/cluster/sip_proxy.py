@@ -5,20 +5,24 @@ asks `route`: a room held here is served at once; otherwise the room's owner is 
 (or this node claims a room nobody owns) and the call is served here or its INVITE proxied to
 the owner's SIP address - a stateful proxy of that one transaction, our Via on top, no
 Record-Route (sip/ua/proxy.py): the owner answers with its own Contact and SDP, so the dialog and
-its media live on the owner. The hop is TCP when the caller's INVITE came over TCP or TLS (a
-large INVITE stays off UDP, s18.1.1), else UDP. While the owner has not answered finally, its
-heartbeat is looked at every second (one Redis read for all such INVITEs): an owner whose
-heartbeat expired gets the caller 503 with Retry-After at once, not 408 after Timer B. A caller
-that sends the ACK or BYE of a proxied call here instead of to the owner's Contact is sent on to
-the owner (sip/ua/proxy.py: `ProxiedCalls`).
+its media live on the owner, and the owner's own requests of the dialog go straight to the
+caller (below), so that this node's death costs no call the owner holds. The hop is TCP when
+the caller's INVITE came over TCP or TLS (a large INVITE stays off UDP, s18.1.1), else UDP.
+While the owner has not answered finally, its heartbeat is looked at every second (one Redis
+read for all such INVITEs): an owner whose heartbeat expired gets the caller 503 with
+Retry-After at once, not 408 after Timer B. A caller that sends the ACK or BYE of a proxied call
+here instead of to the owner's Contact is sent on to the owner (sip/ua/proxy.py:
+`ProxiedCalls`), as is what an owner without the caller's address sends here (the fallback).
 
 The proxied INVITE carries `X-Sipbridge-Proxied` signed with the cluster's API secret: the
-caller's address as this node saw it, the trunk this node matched and authenticated, and the
-caller's transport. The owner matches the call against that address instead of ours and does
-not challenge again; for a TLS caller its Contact names its own TLS listener (when it has one),
-so that the caller's later requests to it stay on TLS although the hop was TCP; a
-signed INVITE is served where it lands, never proxied on. An unsigned or badly signed header is
-ignored: the INVITE is treated as any other, from where it came.
+caller's address (host and port) as this node saw it, the trunk this node matched and
+authenticated, and the caller's transport. The owner matches the call against that address
+instead of ours and does not challenge again; it sends its BYE, re-INVITEs, UPDATEs and NOTIFYs
+to that address (UDP) or to the caller's Contact port (TCP, TLS: `caller_target`), not here;
+for a TLS caller its Contact names its own TLS listener (when it has one), so that the caller's
+later requests to it stay on TLS although the hop was TCP; a signed INVITE is served where it
+lands, never proxied on. An unsigned or badly signed header is ignored: the INVITE is treated
+as any other, from where it came.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from sipbridge.server.cluster.owners import RoomOwners
 from sipbridge.server.sip.user_agent import IncomingCall, InviteHandler, SipUserAgent
 from sipbridge.sip.endpoint import Peer
 from sipbridge.sip.errors import SipProtocolError
-from sipbridge.sip.ua.proxy import ProxiedInvite, forwarded_invite
+from sipbridge.sip.ua.proxy import ProxiedInvite, caller_target, forwarded_invite
 from sipbridge.telephony.node_info import HEARTBEAT_S
 from sipbridge.telephony.placement import (
     PROXIED_HEADER,
@@ -73,6 +77,11 @@ class CallRouter:
                     call.vouched_source, call.vouched_trunk = vouched.source, vouched.trunk
                     if vouched.transport == "tls" and self.ua.listens("tls"):
                         call.session.contact_transport = "tls"  # the caller stays on TLS
+                    # our own requests of the call go to the caller, not back through the
+                    # node that proxied it (which may be gone by then)
+                    call.session.target = caller_target(
+                        call.request, vouched.transport, vouched.source, vouched.port
+                    )
             handler(call)
 
         return on_invite
@@ -129,6 +138,7 @@ class CallRouter:
             trunk=trunk_id,
             node=self.owners.node_id,
             transport=call.peer.transport,
+            port=call.peer.port,
         )
         header = sign_proxied(self.secrets[0], call.request.call_id, facts)
         forwarded = forwarded_invite(call.request, self.ua.via(target), [(PROXIED_HEADER, header)])

@@ -290,6 +290,10 @@ class InviteSession:
         # The transport our Contact names, when not the one the INVITE came on (a call another
         # node proxied to us over TCP from a TLS caller: tls, so that the caller stays on TLS).
         self.contact_transport: str | None = None
+        # Where our own in-dialog requests go, when not `peer` (a call another node proxied to
+        # us: the caller itself, as that node vouched for it - sip/ua/proxy.py `caller_target`).
+        # Answers still follow the Via: our 2xx's retransmissions go to `peer`.
+        self.target: Peer | None = None
         self.local_tag = local_tag
         self.state = State.INCOMING if role is Role.UAS else State.IDLE
         self.dialog: Dialog | None = None
@@ -388,7 +392,7 @@ class InviteSession:
             contact = self.agent.contact(
                 self._contact_peer, secure=self.request.uri.scheme == "sips"
             )
-            request = self.dialog.create_request(method, self.agent.via(self.peer), contact)
+            request = self.dialog.create_request(method, self.agent.via(self.to), contact)
         _add(request, headers)
         return request
 
@@ -398,8 +402,13 @@ class InviteSession:
             return self.peer
         return replace(self.peer, transport=self.contact_transport, connection=None)
 
+    @property
+    def to(self) -> Peer:
+        """Where our requests go: `target` when set, else `peer`."""
+        return self.target or self.peer
+
     def _send(self, request: Request, now: float) -> ClientTransaction:
-        transaction = self.agent.endpoint.send_request(request, self.peer, now)
+        transaction = self.agent.endpoint.send_request(request, self.to, now)
         self.agent.track(transaction, self)
         return transaction
 
@@ -830,6 +839,6 @@ class InviteSession:
                 self._reinvite_ack = (seq, self.build_request("ACK"))
                 self.dialog.local_seq = current
             assert self._reinvite_ack is not None
-            self.agent.endpoint.send_stateless(self._reinvite_ack[1], self.peer)
+            self.agent.endpoint.send_stateless(self._reinvite_ack[1], self.to)
         if first:
             self._emit(RefreshAnswered(session=self, response=response))

@@ -22,14 +22,26 @@ The calls whose INVITE this node proxied and the owner accepted are kept by Call
 (`ProxiedCalls`: bounded, forgotten after a BYE's answer or hours of silence), for the requests
 of their dialogs that still come here: a caller that ignores the 2xx's Contact and sends its
 ACK, BYE or re-INVITE where it sent the INVITE (sipp's built-in `uac` does) - sent on to the
-owner, at its Contact - and the owner's own requests to the caller (its BYE when the room
-ends), which it sends where the INVITE came from: here - sent on to the caller, where its
+owner, at its Contact - and, from an owner that does not know the caller's address (an older
+node, whose header has no port), the owner's own requests to the caller (its BYE when the room
+ends), which it then sends where the INVITE came from: here - sent on to the caller, where its
 INVITE came from. An ACK goes on statelessly, any other request through the same relay as the
 INVITE (`ProxiedInvite` serves any method), our Via on top.
+
+The owner's side (`caller_target`): the proxying node signs the caller's address as it saw it
+(host, port, transport; telephony/placement.py), and the owner sends its own requests of the
+dialog (BYE, re-INVITE, UPDATE, NOTIFY, REFER) straight to the caller - not to the node that
+proxied the INVITE - so that a proxying node that dies costs no call the owner holds. Over UDP
+that is the caller's source address, as for a caller that came to the owner directly (behind
+a NAT its Contact may be unreachable, its source is not); over TCP or TLS the caller's source
+port is the far end of its connection to the proxying node, which nobody can connect to, so a
+new connection goes to its Contact's port (s12.2.1.1), at its Contact's host when that is an
+address, else at the source host (no name is looked up on a caller's say-so).
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -42,12 +54,43 @@ from sipbridge.sip.message import Request, Response, make_response
 from sipbridge.sip.transaction import ClientTransaction, ServerTransaction, new_branch
 from sipbridge.sip.uri import Uri
 
+STREAM_PORTS = {"tcp": 5060, "tls": 5061}  # a Contact's port when it names none (s19.1.2)
+
 DEFAULT_MAX_FORWARDS = 70
 TIMER_C_S = 180.0  # s16.6 step 11: more than 3 minutes
 LINGER_S = 32.0  # a 2xx's retransmissions are relayed this long
 RETRY_AFTER_S = 2  # a 503 for an owner out of reach: by then another node may take the room
 PROXIED_CALLS = 100_000  # calls kept for requests that come here instead of to the owner
 PROXIED_CALL_IDLE_S = 6 * 3600.0  # one with no request through here this long is forgotten
+
+
+def caller_target(invite: Request, transport: str, host: str, port: int) -> Peer | None:
+    """Where the owner of a proxied INVITE sends its own requests of the dialog: the caller,
+    as the proxying node signed it (`transport`, `host`, `port`: the source it saw), over UDP
+    its source address, over TCP or TLS a new connection to its Contact's port. None when the
+    header said too little (no port: an older node) or the INVITE has no usable Contact for a
+    stream: the requests then go where the INVITE came from, as before."""
+    if not host or not port or transport not in ("udp", "tcp", "tls"):
+        return None
+    if transport == "udp":
+        return Peer("udp", host, port)
+    try:
+        contacts = invite.contacts
+    except SipProtocolError:
+        return None
+    if not contacts or contacts[0].wildcard or not contacts[0].uri.is_sip:
+        return None
+    uri = contacts[0].uri
+    there = uri.host.strip("[]") if _is_address(uri.host.strip("[]")) else host
+    return Peer(transport, there, uri.port or STREAM_PORTS[transport])
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def forwarded_invite(
@@ -210,8 +253,9 @@ class ProxiedCall:
 
     def route(self, request: Request) -> tuple[Peer, Uri | None]:
         """Where a request of the call goes (and its new Request-URI, None to keep it): the
-        caller's to the owner, at its Contact; the owner's to the caller (the owner sends its
-        in-dialog requests where the INVITE came from: here), at the URI it has."""
+        caller's to the owner, at its Contact; the owner's to the caller (an owner that does
+        not know the caller's address sends them where the INVITE came from: here), at the URI
+        it has."""
         if request.from_.tag == self.caller_tag:
             return self.target, self.contact
         return self.caller, None
