@@ -347,6 +347,9 @@ def test_caller_target_a_udp_caller_at_its_source_a_stream_caller_at_its_contact
     assert caller_target(tls, "tls", "192.0.2.7", 40002) == Peer("tls", "2001:db8::1", 5061)
     named = _invite("<sip:alice@pbx.example.com:5062;transport=tcp>")  # never looked up
     assert caller_target(named, "tcp", "192.0.2.7", 40003) == Peer("tcp", "192.0.2.7", 5062)
+    routed = _invite("<sip:alice@192.0.2.8:5090;transport=tcp>")  # behind a proxy that stays
+    routed.headers.add("Record-Route", "<sip:192.0.2.30:5070;transport=tcp;lr>")
+    assert caller_target(routed, "tcp", "192.0.2.7", 40007) == Peer("tcp", "192.0.2.30", 5070)
     # too little said: the owner's requests go where the INVITE came from, as before
     assert caller_target(tcp, "udp", "192.0.2.7", 0) is None  # an older node: no port
     assert caller_target(tcp, "sctp", "192.0.2.7", 5060) is None
@@ -360,53 +363,104 @@ def test_caller_target_a_udp_caller_at_its_source_a_stream_caller_at_its_contact
 PROXY = Peer("udp", "127.0.0.3", 5070)  # the node that proxied the INVITE to the owner
 
 
+class Owner:
+    """The node that owns the room: it receives the INVITE PROXY proxied, its session's target
+    the caller (as `caller_target` makes it from the signed header), and answers it."""
+
+    def __init__(self, caller: Peer) -> None:
+        self.endpoint = SipEndpoint()
+        self.ua = UserAgent(self.endpoint, "127.0.0.2", 5080)
+        self.now = 100.0
+        incoming = parse_message(INVITE)
+        assert isinstance(incoming, Request)
+        self.call_id = incoming.call_id
+        proxied = forwarded_invite(incoming, Via(transport="UDP", host="127.0.0.3", port=5070))
+        self.feed(proxied.serialize(), PROXY)
+        event = self.ua.next_event()
+        assert isinstance(event, InviteReceived)
+        self.session = event.session
+        request = self.session.request
+        self.session.target = caller_target(request, caller.transport, caller.host, caller.port)
+        self.session.answer(self.now, b"v=0\n")
+
+    def feed(self, data: bytes, peer: Peer) -> None:
+        self.endpoint.receive(data, peer, self.now)
+        self.events()
+
+    def events(self) -> None:
+        while (event := self.endpoint.next_event()) is not None:
+            self.ua.handle_event(event, self.now)
+
+    def tick(self, seconds: float) -> None:
+        self.now += seconds
+        self.endpoint.handle_timer(self.now)
+        self.ua.handle_timer(self.now)
+        self.events()
+
+    def sent(self) -> list[tuple[Request | Response, Peer]]:
+        return [(parse_message(data), peer) for data, peer in self.endpoint.outgoing()]
+
+    def acked(self) -> None:
+        ack = _in_dialog("ACK", 7, self.session.local_tag)
+        self.feed(ack, PROXY)  # (through the proxy, as sipp's uac sends it)
+
+
 def test_the_owners_own_requests_go_to_the_caller_and_its_answers_through_the_proxy() -> None:
     """The owner of a proxied call: its 200 (and the 200's retransmissions) go back through
     the node that proxied the INVITE (the Via), but once the session's target is the caller,
     its session refresh and its BYE go straight there - the proxying node may be dead."""
-    owner = SipEndpoint()
-    ua = UserAgent(owner, "127.0.0.2", 5080)
-    now = 100.0
-
-    def feed(data: bytes, peer: Peer) -> None:
-        owner.receive(data, peer, now)
-        while (event := owner.next_event()) is not None:
-            ua.handle_event(event, now)
-
-    def sent() -> list[tuple[Request | Response, Peer]]:
-        return [(parse_message(data), peer) for data, peer in owner.outgoing()]
-
     caller = Peer("udp", "127.0.0.1", 40000)  # its source, as the proxying node saw it
-    incoming = parse_message(INVITE)
-    assert isinstance(incoming, Request)
-    proxied = forwarded_invite(incoming, Via(transport="UDP", host="127.0.0.3", port=5070))
-    feed(proxied.serialize(), PROXY)
-    event = ua.next_event()
-    assert isinstance(event, InviteReceived)
-    session = event.session
-    session.target = caller_target(session.request, "udp", caller.host, caller.port)
-    session.answer(now, b"v=0\n")
-    answers = [(m.status, p) for m, p in sent() if isinstance(m, Response)]
+    owner = Owner(caller)
+    session = owner.session
+    answers = [(m.status, p) for m, p in owner.sent() if isinstance(m, Response)]
     assert answers == [(100, PROXY), (200, PROXY)]
-    now += 0.6  # no ACK yet: the 200 again, the way it went (s13.3.1.4)
-    ua.handle_timer(now)
-    ((again, peer),) = sent()
+    owner.tick(0.6)  # no ACK yet: the 200 again, the way it went (s13.3.1.4)
+    ((again, peer),) = owner.sent()
     assert isinstance(again, Response) and (again.status, peer) == (200, PROXY)
-    ack = _in_dialog("ACK", 7, session.local_tag).replace(b"px1", incoming.call_id.encode())
-    feed(ack, PROXY)  # (through the proxy, as sipp's uac sends it)
-    assert sent() == []
+    owner.acked()
+    assert owner.sent() == []
 
-    assert session.refresh(now)
-    ((refresh, peer),) = sent()
+    assert session.refresh(owner.now)
+    ((refresh, peer),) = owner.sent()
     assert isinstance(refresh, Request) and refresh.method == "INVITE"  # (no Allow: re-INVITE)
     assert peer == caller and str(refresh.uri) == "sip:alice@127.0.0.1:5060"
     assert [(v.host, v.port) for v in refresh.vias] == [("127.0.0.2", 5080)]  # ours only
-    feed(make_response(refresh, 200, to_tag="a1").serialize(), caller)
-    ((ack, peer),) = sent()  # the re-INVITE's ACK: to the caller too
+    owner.feed(make_response(refresh, 200, to_tag="a1").serialize(), caller)
+    ((ack, peer),) = owner.sent()  # the re-INVITE's ACK: to the caller too
     assert isinstance(ack, Request) and ack.method == "ACK" and peer == caller
-    assert session.hangup(now)
-    ((bye, peer),) = sent()
+    assert session.hangup(owner.now)
+    ((bye, peer),) = owner.sent()
     assert isinstance(bye, Request) and bye.method == "BYE" and peer == caller
     assert str(bye.uri) == "sip:alice@127.0.0.1:5060"  # the remote target: its Contact
-    feed(make_response(bye, 200).serialize(), caller)
-    assert sent() == [] and session.ended
+    owner.feed(make_response(bye, 200).serialize(), caller)
+    assert owner.sent() == [] and session.ended
+
+
+def test_an_owners_request_the_caller_does_not_answer_goes_again_through_the_proxy() -> None:
+    """A caller the owner cannot reach directly (a NAT that lets only the proxying node
+    through, a TCP caller that takes no connection): its refresh unanswered there, the owner
+    sends it again, with the next CSeq, where the INVITE came from - the proxying node relays it by
+    Call-ID - and every later request of the call goes that way too."""
+    caller = Peer("udp", "192.0.2.7", 40000)
+    owner = Owner(caller)
+    owner.sent()
+    owner.acked()
+    assert owner.session.refresh(owner.now)
+    ((refresh, peer),) = owner.sent()
+    assert isinstance(refresh, Request) and peer == caller
+    owner.tick(33.0)  # Timer B: no answer from the caller
+    resent = [(m, p) for m, p in owner.sent() if isinstance(m, Request) and m.method == "INVITE"]
+    assert [p for _, p in resent][-1] == PROXY, resent
+    again = resent[-1][0]
+    assert again.cseq.seq == refresh.cseq.seq + 1 and again.body == refresh.body
+    assert [(v.host, v.port, v.transport) for v in again.vias] == [("127.0.0.2", 5080, "UDP")]
+    assert again.vias[0].branch != refresh.vias[0].branch
+    assert owner.session.target is None and not owner.session.ended
+    assert owner.endpoint.stats["dialog_target_unanswered"] == 1
+    owner.feed(make_response(again, 200, to_tag="a1").serialize(), PROXY)
+    ((ack, peer),) = owner.sent()
+    assert isinstance(ack, Request) and ack.method == "ACK" and peer == PROXY
+    assert owner.session.hangup(owner.now)
+    ((bye, peer),) = owner.sent()
+    assert isinstance(bye, Request) and bye.method == "BYE" and peer == PROXY
+    assert bye.cseq.seq == again.cseq.seq + 1

@@ -292,8 +292,11 @@ class InviteSession:
         self.contact_transport: str | None = None
         # Where our own in-dialog requests go, when not `peer` (a call another node proxied to
         # us: the caller itself, as that node vouched for it - sip/ua/proxy.py `caller_target`).
-        # Answers still follow the Via: our 2xx's retransmissions go to `peer`.
+        # Answers still follow the Via: our 2xx's retransmissions go to `peer`. A request sent
+        # there that gets no answer is sent again to `peer` (which relays it by Call-ID), and so
+        # is every later one: `target` is dropped.
         self.target: Peer | None = None
+        self._direct: set[int] = set()  # our requests sent to `target`, by client transaction
         self.local_tag = local_tag
         self.state = State.INCOMING if role is Role.UAS else State.IDLE
         self.dialog: Dialog | None = None
@@ -410,7 +413,25 @@ class InviteSession:
     def _send(self, request: Request, now: float) -> ClientTransaction:
         transaction = self.agent.endpoint.send_request(request, self.to, now)
         self.agent.track(transaction, self)
+        if self.target is not None:
+            self._direct.add(id(transaction))
         return transaction
+
+    def _through_peer(self, request: Request, now: float) -> None:
+        """`request` went to `target` and got no answer (a NAT that lets only the node that
+        proxied the INVITE through, a stream caller that takes no connection at its Contact):
+        it goes again, with the next CSeq, to `peer` - that node relays it to the caller by
+        Call-ID - and so does every later request of ours."""
+        assert self.dialog is not None
+        self.target = None
+        self.agent.endpoint.stats["dialog_target_unanswered"] += 1
+        self.dialog.local_seq += 1
+        again = Request(method=request.method, uri=request.uri, headers=request.headers.copy())
+        again.body = request.body
+        via = self.agent.via(self.peer).with_params(branch=new_branch())
+        again.headers.set("Via", str(via))
+        again.headers.set("CSeq", f"{self.dialog.local_seq} {request.method}")
+        self.sent[id(self._send(again, now))] = again
 
     # -- UAC -------------------------------------------------------------------------------
 
@@ -812,6 +833,13 @@ class InviteSession:
         if request is None:
             return
         final = response is None or response.status >= 200
+        direct = id(transaction) in self._direct
+        if final:
+            self._direct.discard(id(transaction))
+        if response is None and direct and self.target is not None and self.dialog is not None:
+            del self.sent[id(transaction)]
+            self._through_peer(request, now)
+            return
         if final and (response is None or request.method != "INVITE"):
             del self.sent[id(transaction)]  # an INVITE's 2xx may come again (s13.2.2.4)
         method = request.method
