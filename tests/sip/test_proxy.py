@@ -340,16 +340,17 @@ def test_caller_target_a_udp_caller_at_its_source_a_stream_caller_at_its_contact
     # UDP: the source the proxying node saw, whatever the Contact says (a caller behind a NAT)
     behind_nat = _invite("<sip:alice@10.0.0.9:5060>")
     assert caller_target(behind_nat, "udp", "192.0.2.7", 40000) == Peer("udp", "192.0.2.7", 40000)
-    # TCP/TLS: the source port is its connection's to the proxying node: its Contact's port
-    tcp = _invite("<sip:alice@192.0.2.8:5090;transport=tcp>")
-    assert caller_target(tcp, "tcp", "192.0.2.7", 40001) == Peer("tcp", "192.0.2.8", 5090)
+    # TCP/TLS: the source port is its connection's to the proxying node: its Contact's port,
+    # at its source host (its Contact's host may be private, or anyone's)
+    tcp = _invite("<sip:alice@10.0.0.9:5090;transport=tcp>")
+    assert caller_target(tcp, "tcp", "192.0.2.7", 40001) == Peer("tcp", "192.0.2.7", 5090)
     tls = _invite("<sip:alice@[2001:db8::1];transport=tls>")  # no port: the transport's own
-    assert caller_target(tls, "tls", "192.0.2.7", 40002) == Peer("tls", "2001:db8::1", 5061)
+    assert caller_target(tls, "tls", "2001:db8::7", 40002) == Peer("tls", "2001:db8::7", 5061)
     named = _invite("<sip:alice@pbx.example.com:5062;transport=tcp>")  # never looked up
     assert caller_target(named, "tcp", "192.0.2.7", 40003) == Peer("tcp", "192.0.2.7", 5062)
     routed = _invite("<sip:alice@192.0.2.8:5090;transport=tcp>")  # behind a proxy that stays
     routed.headers.add("Record-Route", "<sip:192.0.2.30:5070;transport=tcp;lr>")
-    assert caller_target(routed, "tcp", "192.0.2.7", 40007) == Peer("tcp", "192.0.2.30", 5070)
+    assert caller_target(routed, "tcp", "192.0.2.30", 40007) == Peer("tcp", "192.0.2.30", 5070)
     # too little said: the owner's requests go where the INVITE came from, as before
     assert caller_target(tcp, "udp", "192.0.2.7", 0) is None  # an older node: no port
     assert caller_target(tcp, "sctp", "192.0.2.7", 5060) is None

@@ -36,13 +36,13 @@ that is the caller's source address, as for a caller that came to the owner dire
 a NAT its Contact may be unreachable, its source is not); over TCP or TLS the caller's source
 port is the far end of its connection to the proxying node, which nobody can connect to, so a
 new connection goes to its Contact's port (s12.2.1.1; a Record-Route's, when a proxy in front
-asked to stay in the path), at that URI's host when it is an address, else at the source host
-(no name is looked up on a caller's say-so).
+asked to stay in the path) at the caller's source host: a Contact's host behind a NAT is a
+private address, and the owner connects nowhere else than where the caller's packets came from
+(no address or name a caller writes into its Contact makes the owner connect there).
 """
 
 from __future__ import annotations
 
-import ipaddress
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -68,10 +68,10 @@ PROXIED_CALL_IDLE_S = 6 * 3600.0  # one with no request through here this long i
 def caller_target(invite: Request, transport: str, host: str, port: int) -> Peer | None:
     """Where the owner of a proxied INVITE sends its own requests of the dialog: the caller,
     as the proxying node signed it (`transport`, `host`, `port`: the source it saw), over UDP
-    its source address, over TCP or TLS a new connection to its Contact's port (its first
-    Record-Route's, when the INVITE came through a record-routing proxy). None when the
-    header said too little (no port: an older node) or the INVITE has no usable Contact for a
-    stream: the requests then go where the INVITE came from, as before."""
+    its source address, over TCP or TLS a new connection to its source host at its Contact's
+    port (its first Record-Route's, when the INVITE came through a record-routing proxy). None
+    when the header said too little (no port: an older node) or the INVITE has no usable
+    Contact for a stream: the requests then go where the INVITE came from, as before."""
     if not host or not port or transport not in ("udp", "tcp", "tls"):
         return None
     if transport == "udp":
@@ -84,16 +84,7 @@ def caller_target(invite: Request, transport: str, host: str, port: int) -> Peer
     if not targets or targets[0].wildcard or not targets[0].uri.is_sip:
         return None
     uri = targets[0].uri
-    there = uri.host.strip("[]") if _is_address(uri.host.strip("[]")) else host
-    return Peer(transport, there, uri.port or STREAM_PORTS[transport])
-
-
-def _is_address(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
+    return Peer(transport, host, uri.port or STREAM_PORTS[transport])
 
 
 def forwarded_invite(
