@@ -9,6 +9,9 @@ BIN := $(VENV)/bin
 # Debian packages the tests need, checked with dpkg and installed only when missing.
 # tshark reads the pcap files of call traces back (it installs without questions).
 SYSTEM_PACKAGES := ca-certificates sip-tester sipsak baresip-core chromium redis-server tshark iproute2 kamailio
+# gcc and libc6-dev build the compiled relay engine (src/sipbridge/_crelay.c; Python's headers come
+# with Python itself).
+SYSTEM_PACKAGES += gcc libc6-dev
 # The browser test's Node packages (livekit-client, playwright-core, esbuild), installed with
 # `npm ci` from the committed lockfile whenever it changes; node and npm come with the machine.
 BROWSER_DIR := tests/browser
@@ -54,7 +57,7 @@ FUZZ_TARGETS ?=
 # environment with PYTHONDONTWRITEBYTECODE set recompiled a hundred modules, 0.2 s, per start).
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: serve test check install system-deps browser-deps console sdk-newest lint typecheck coverage-core unit bench \
+.PHONY: serve test check install crelay system-deps browser-deps console sdk-newest lint typecheck coverage-core unit bench \
 	clean fuzz fuzz-smoke
 
 $(BIN)/python:
@@ -65,7 +68,18 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $@
 
-install: $(VENV)/.installed
+# The compiled relay engine, built in place (`setup.py`, optional): when it cannot be built the
+# relay takes the pure-Python path, which `SIPBRIDGE_NO_CRELAY=1` also forces.
+$(VENV)/.crelay: src/sipbridge/_crelay.c setup.py | $(VENV)/.installed
+	@if $(BIN)/python setup.py -q build_ext --inplace >$(VENV)/crelay-build.log 2>&1; then \
+		touch $@; \
+	else \
+		echo "warning: the relay engine did not build (see $(VENV)/crelay-build.log): pure-Python relay"; \
+	fi
+
+crelay: $(VENV)/.crelay
+
+install: $(VENV)/.installed crelay
 
 serve: install console
 	$(BIN)/sipbridge serve --dev
@@ -154,4 +168,4 @@ bench: install
 	$(BIN)/python bench/api.py
 
 clean:
-	rm -rf $(VENV) $(SDK_NEWEST_VENV) .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.* build src/*.egg-info
+	rm -rf $(VENV) $(SDK_NEWEST_VENV) .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.* build src/*.egg-info src/sipbridge/*.so

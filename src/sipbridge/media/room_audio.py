@@ -64,6 +64,14 @@ class AudioLeg:
     def flush(self) -> None:
         """Forget buffered input (no one mixes this source any more)."""
 
+    def rerouted(self) -> None:
+        """Its routing changed (`forward_to`, `forward_from`, `buffered`): a driver that forwards
+        its packets elsewhere than here (server/media/crelay.py) looks at it again."""
+
+    def sync(self) -> None:
+        """Bring its counters up to date before they are read, for a driver that keeps them
+        elsewhere while it relays (server/media/crelay.py); nothing to do here."""
+
     def pull(self, now: float) -> Pcm | None:
         return None
 
@@ -161,6 +169,7 @@ class RoomAudio:
         leg.forward_to = []
         leg.forward_from = None
         leg.mixing = leg.buffered = False
+        leg.rerouted()
 
     def route(self) -> None:
         """Bring every leg's routing up to date: for changes the room was not told of (cost
@@ -286,9 +295,12 @@ class RoomAudio:
         if old is not source:
             if old is not None and listener in old.forward_to:
                 old.forward_to.remove(listener)
+                old.rerouted()
             if source is not None:
                 source.forward_to.append(listener)
+                source.rerouted()
             listener.forward_from = source
+            listener.rerouted()
         listener.mixing = mixing
         if mixing:
             self.mixers[listener] = None
@@ -328,6 +340,7 @@ class RoomAudio:
         if not wanted:
             source.flush()
         source.buffered = wanted
+        source.rerouted()
         if wanted:
             self.sources[source] = None
         else:

@@ -39,6 +39,7 @@ class QualityWriter:
         """The call's quality now, once its media has flowed either way."""
         if leg is None or not info.call_id:
             return None
+        leg.sync()
         if leg.receiver.ssrc is None and not leg.sender.packets_sent:
             return None
         return leg_quality(leg, self.now()).as_dict()

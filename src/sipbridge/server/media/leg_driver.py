@@ -15,6 +15,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from sipbridge import sdp
 from sipbridge.media import codecs
@@ -36,6 +37,9 @@ from sipbridge.media.room_audio import G711, AudioLeg, RoomAudio, can_forward
 from sipbridge.media.srtp import SrtpContext, SrtpKeys
 from sipbridge.media.timeline import TIMESTAMP_MOD, Timeline
 from sipbridge.server.media.ports import MediaSocket, PortPool
+
+if TYPE_CHECKING:
+    from sipbridge.server.media.crelay import RelayEngine
 
 __all__ = [
     "COMFORT_NOISE_PT",
@@ -116,6 +120,9 @@ class CallMedia(RtpLeg):
         # Told of every RTP packet in and out when the call's RTP is captured (its SIP trace).
         self.capture: Callable[[bytes, bool, tuple[str, int]], None] | None = None
         self.closed = False
+        # The compiled relay (`crelay.py`) reading the RTP socket instead of the loop, if any.
+        self.crelay: RelayEngine | None = None
+        self.crelay_slot: int | None = None
         # the SDP session and SRTP keys, kept for re-INVITEs
         self.session_id = 0
         self.session_version = 0
@@ -127,15 +134,54 @@ class CallMedia(RtpLeg):
 
     def update(self, answer: sdp.AudioAnswer) -> None:
         """Apply a (new) negotiated answer: peer address, payload types, direction."""
+        self.rerouted()  # the engine's copy of the stream is stale from here
         self.configure(stream_config(answer), self._now())
 
-    def start(self, loop: asyncio.AbstractEventLoop, now: float) -> None:
-        """Start reading the sockets; silence counts from `now`."""
+    def change_codec(self, spec: codecs.CodecSpec) -> None:
+        self.rerouted()
+        super().change_codec(spec)
+
+    def start(
+        self, loop: asyncio.AbstractEventLoop, now: float, engine: RelayEngine | None = None
+    ) -> None:
+        """Start reading the sockets (RTP through `engine` when given); silence counts from
+        `now`."""
         self._time = loop.time
         self.begin(now)
-        self.rtp.start(loop)
+        self.rtp.start(loop)  # until the engine arms it
+        if engine is not None:
+            try:
+                engine.adopt(self)
+            except OSError:
+                log.exception("the relay engine cannot take the leg: the loop reads it")
         if self.rtcp is not None:
             self.rtcp.start(loop)
+
+    # -- the compiled relay's hooks (`crelay.py`) -----------------------------------------
+
+    def rerouted(self) -> None:
+        if self.crelay is not None:
+            self.crelay.rerouted(self)
+
+    def sync(self) -> None:
+        if self.crelay is not None:
+            self.crelay.sync(self)
+
+    def get_timer(self) -> float | None:
+        if self.crelay is not None:
+            self.crelay.sync(self)  # the media timeout and RTCP report read the counters
+        return super().get_timer()
+
+    def deliver(self, data: bytes, source: tuple[str, int], now: float) -> None:
+        """A datagram the relay engine read at `now` and handed back: the Python paths."""
+        rtp = self.rtp
+        fast = rtp.fast
+        if fast is not None:
+            size = len(data)
+            rtp._buffer[:size] = data
+            if fast(rtp._buffer, rtp._whole[:size], source, now):
+                return
+        self._receive_at(data, source, now)
 
     def _now(self) -> float:
         return self._time()
@@ -144,6 +190,7 @@ class CallMedia(RtpLeg):
 
     def capture_rtp(self, capture: Callable[[bytes, bool, tuple[str, int]], None]) -> None:
         """Tell `capture` of every RTP packet from now on: (packet, outgoing, peer address)."""
+        self.rerouted()
         self.capture = capture
         send = self.rtp.send
         self.rtp.fast = None  # every packet through `_on_rtp`, which tells `capture`
@@ -156,9 +203,15 @@ class CallMedia(RtpLeg):
         self.rtp_sink = sink
 
     def _on_rtp(self, data: bytes, source: tuple[str, int]) -> None:
+        self._receive_at(data, source, self._time())
+
+    def _receive_at(self, data: bytes, source: tuple[str, int], now: float) -> None:
         if self.capture is not None:
             self.capture(data, False, source)
-        self.receive(data, source, self._time())
+        latched = self.latch._latched
+        self.receive(data, source, now)
+        if self.crelay is not None and self.latch._latched != latched:
+            self.crelay.latched(self)
         # Packets it made for the room's listeners left through their `rtp_sink`s; a datagram
         # in makes nothing for our own outbox (RTCP leaves on `handle_timer`). Its events:
         if self._events:
@@ -205,6 +258,8 @@ class CallMedia(RtpLeg):
             return
         self.closed = True
         super().close()
+        if self.crelay is not None:
+            self.crelay.release(self)  # its counters in, its socket out, before it closes
         self.rtp.fast = None
         self.relay_sink = None
         self.rtp.close()

@@ -58,6 +58,17 @@ class MediaSocket:
         self._clock = loop.time  # the time the legs are given: the loop's, as timers have it
         loop.add_reader(self.sock.fileno(), self._readable)
 
+    @property
+    def reading(self) -> bool:
+        """Whether the event loop reads it (`start`), not the relay engine (`stop_reading`)."""
+        return self._loop is not None
+
+    def stop_reading(self) -> None:
+        """The event loop stops reading it: the relay engine (`crelay.py`) does for a while."""
+        if self._loop is not None:
+            self._loop.remove_reader(self.sock.fileno())
+            self._loop = None
+
     def _readable(self) -> None:
         # A call's socket holds one packet per 20 ms: read one per wake-up, since draining to
         # EAGAIN would cost a second, empty receive (and an exception) per packet. When wake-ups

@@ -23,6 +23,7 @@ from sipbridge.media import codecs
 from sipbridge.media.errors import MediaError
 from sipbridge.media.leg import MEDIA_TIMEOUT_INITIAL_S, MEDIA_TIMEOUT_S
 from sipbridge.media.srtp import SUITES, SrtpContext, SrtpKeys
+from sipbridge.server.media import crelay
 from sipbridge.server.media.leg_driver import FRAME_MS, AudioLeg, CallMedia, MediaClock, RoomAudio
 from sipbridge.server.media.ports import PortPool
 from sipbridge.sip.errors import SipProtocolError
@@ -73,6 +74,13 @@ class MediaService:
         self.ended: dict[str, int] = {}  # RTP counters of the legs released so far
         self.on_release: Callable[[CallMedia], None] | None = None  # each leg, as it ends
         self.track_legs: dict[str, AudioLeg] = {}  # a room track's sid -> the leg giving it audio
+        # The compiled relay engine (`crelay.py`), started with the first leg; None without it.
+        self.crelay: crelay.RelayEngine | None = None
+
+    def _engine(self, loop: asyncio.AbstractEventLoop) -> crelay.RelayEngine | None:
+        if self.crelay is None and crelay.available():
+            self.crelay = crelay.RelayEngine(loop)
+        return self.crelay
 
     # -- offer/answer ---------------------------------------------------------------------
 
@@ -329,7 +337,7 @@ class MediaService:
         loop = asyncio.get_running_loop()
         now = loop.time()
         if leg.started_at is None:
-            leg.start(loop, now)
+            leg.start(loop, now, self._engine(loop))
         leg.arm_timeout(timeout, now)
         self.legs[leg] = (leg.timeout or MEDIA_TIMEOUT_S, on_timeout)
         leg.on_timeout = lambda: self._timed_out(leg)
@@ -340,7 +348,7 @@ class MediaService:
         carrier's announcement may end long before the phone is picked up."""
         if leg.started_at is None:
             loop = asyncio.get_running_loop()
-            leg.start(loop, loop.time())
+            leg.start(loop, loop.time(), self._engine(loop))
             self.clock.start()
 
     def attach(self, leg: AudioLeg, room_name: str) -> None:
@@ -390,6 +398,8 @@ class MediaService:
         for leg in list(self.legs):
             self.release(leg)
         self.clock.stop()
+        if self.crelay is not None:
+            self.crelay.close()
 
     def _count(self, name: str) -> None:
         self.stats[name] = self.stats.get(name, 0) + 1
@@ -411,6 +421,7 @@ class MediaService:
 
 
 def _counters(leg: CallMedia) -> dict[str, int]:
+    leg.sync()
     stats = leg.stats
     found = {
         name: getattr(stats, name)

@@ -157,6 +157,8 @@ class RoomStats:
         for participant in room.participants.values():
             for track in participant.tracks.values():
                 source = self.media.track_legs.get(track.sid)
+                if source is not None:
+                    source.sync()  # a relay engine's counters, levels included
                 levels = source.levels if source is not None else None
                 if levels is None:
                     continue
@@ -211,6 +213,7 @@ class RoomStats:
             leg = self.media.track_legs.get(track.sid)
             if not isinstance(leg, RtpLeg):
                 continue
+            leg.sync()
             weight = LOSS_WEIGHT_G711 if leg.spec in G711 else LOSS_WEIGHT_OPUS_FEC
             report = leg.remote_report
             rtt = report.rtt if report is not None else None

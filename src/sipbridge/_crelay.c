@@ -1,0 +1,917 @@
+/* The relay's hot path in compiled code, in a thread of its own (server/media/crelay.py drives it).
+ *
+ * One engine thread waits on epoll for the RTP sockets handed to it. Per ready socket it reads a
+ * batch with recvmmsg and, for a leg that Python armed as a pure relay, does exactly what
+ * media/relay.py does for an ordinary packet: the same checks (RTP version 2 with no padding,
+ * extension or CSRC, the audio payload type, the latched source address, the current SSRC, a
+ * sequence number ahead by less than MAX_DROPOUT), the same receive statistics (RFC 3550 A.1,
+ * A.8: extended max sequence, cycles, jitter), the header rewritten in place for the listener
+ * (its sequence number, the timestamp offset of its timeline, its SSRC and payload type, the
+ * marker) and sent from the listener's socket with sendmmsg. Anything else - and every packet
+ * of a leg that is not armed - is handed back unchanged: a queue and an eventfd that the event
+ * loop watches, where the full path (RtpLeg.receive) takes it. A leg disarms itself on the first
+ * packet it hands back, so that Python sees that packet and all that follow in order, until it
+ * arms the leg again with its own state.
+ *
+ * Counters are kept as deltas since Python last collected them (`collect`), so the legs' objects
+ * get exactly what the Python path would have added. The engine never takes the GIL; Python and
+ * the thread share the state under one mutex, which the thread holds while it handles one round
+ * of ready sockets. Between rounds it sleeps `batch_us` so that one wake-up serves many sockets.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#define READ_SIZE 2048   /* as server/media/ports.py: larger datagrams are truncated, dropped */
+#define BATCH 32         /* datagrams per recvmmsg */
+#define LEVELS_KEPT 64   /* as media/levels.py MAX_PENDING */
+#define MAX_DROPOUT 3000 /* as media/session.py */
+#define MAX_SLOTS 65536
+#define QUEUE_SIZE 4096  /* datagrams handed back and not yet taken by Python */
+#define EVENTS 1024
+#define WAKE_ID 0xFFFFFFFFu
+
+typedef struct {
+    double power;
+    int size;
+} level_t;
+
+typedef struct {
+    int fd;
+    int family;
+    uint32_t gen;
+    /* armed: this slot's packets are forwarded to `target` */
+    int armed;
+    int target;
+    int dirty; /* something to collect */
+    int paused; /* not read while the queue is full */
+    int active; /* read by the engine (only while armed: the event loop reads it otherwise) */
+    int queued; /* handed back, not yet taken */
+    /* the source's side (its receiver, latch, stats) */
+    int audio_pt;
+    struct sockaddr_storage latched;
+    uint32_t ssrc;
+    uint32_t max_seq;
+    long long cycles;
+    double jitter;
+    int have_arrival;
+    double last_arrival;
+    uint32_t last_timestamp;
+    double clock_rate;
+    int level_kind; /* 0 none, 1 PCMU, 2 PCMA */
+    level_t levels[LEVELS_KEPT];
+    int level_head, level_count;
+    long long d_packets, d_octets, d_count, truncated;
+    double d_sum, last_now;
+    /* the listener's side (its sender, timeline, stats): what this slot's packets become */
+    struct sockaddr_storage dest;
+    socklen_t dest_len;
+    int out_pt;
+    uint32_t out_seq, out_ssrc, ts_offset, frame_ticks;
+    int marker_pending;
+    long long d_out_packets, d_out_octets, d_send_errors;
+    uint32_t last_stamp;
+    double last_stamp_at;
+    int sent;
+} slot_t;
+
+typedef struct {
+    int slot;
+    uint32_t gen;
+    int len;
+    double at;
+    struct sockaddr_storage addr;
+    unsigned char data[READ_SIZE];
+} entry_t;
+
+typedef struct {
+    PyObject_HEAD
+    pthread_mutex_t lock;
+    pthread_t thread;
+    int running;
+    int stop;
+    int epfd;
+    int notify_fd; /* the thread -> the event loop: datagrams handed back */
+    int wake_fd;   /* the event loop -> the thread: stop */
+    int notified;
+    slot_t **slots;
+    int free_hint;
+    int *paused; /* slots not read until Python takes the queue */
+    int n_paused;
+    entry_t *queue;
+    int q_head, q_count;
+    long batch_ns;
+    double power[3][256];
+    /* engine counters */
+    unsigned long long rounds, forwarded, handed_back, queue_full, recv_calls, send_calls, pauses;
+    /* the thread's buffers */
+    unsigned char (*bufs)[READ_SIZE];
+    struct mmsghdr rmsgs[BATCH], smsgs[BATCH];
+    struct iovec riov[BATCH], siov[BATCH];
+    struct sockaddr_storage raddr[BATCH];
+} Engine;
+
+static double monotonic_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static int addr_equal(const struct sockaddr_storage *a, const struct sockaddr_storage *b) {
+    if (a->ss_family != b->ss_family)
+        return 0;
+    if (a->ss_family == AF_INET) {
+        const struct sockaddr_in *x = (const struct sockaddr_in *)a, *y = (const struct sockaddr_in *)b;
+        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
+    }
+    if (a->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *x = (const struct sockaddr_in6 *)a,
+                                  *y = (const struct sockaddr_in6 *)b;
+        return x->sin6_port == y->sin6_port && x->sin6_scope_id == y->sin6_scope_id &&
+               x->sin6_flowinfo == y->sin6_flowinfo &&
+               memcmp(&x->sin6_addr, &y->sin6_addr, sizeof(x->sin6_addr)) == 0;
+    }
+    return 0;
+}
+
+/* A Python address tuple, as the socket module gives it, into `out`; 0 on success. */
+static int parse_addr(PyObject *tuple, int family, struct sockaddr_storage *out, socklen_t *len) {
+    const char *host;
+    int port;
+    unsigned int flow = 0, scope = 0;
+    memset(out, 0, sizeof(*out));
+    if (!PyTuple_Check(tuple)) {
+        PyErr_SetString(PyExc_TypeError, "an address is a tuple");
+        return -1;
+    }
+    if (family == AF_INET6) {
+        if (!PyArg_ParseTuple(tuple, "si|II", &host, &port, &flow, &scope))
+            return -1;
+        struct sockaddr_in6 *a = (struct sockaddr_in6 *)out;
+        a->sin6_family = AF_INET6;
+        a->sin6_port = htons((uint16_t)port);
+        a->sin6_flowinfo = htonl(flow);
+        a->sin6_scope_id = scope;
+        if (inet_pton(AF_INET6, host, &a->sin6_addr) != 1) {
+            PyErr_Format(PyExc_ValueError, "not an IPv6 address: %s", host);
+            return -1;
+        }
+        if (len)
+            *len = sizeof(*a);
+        return 0;
+    }
+    if (!PyArg_ParseTuple(tuple, "si", &host, &port))
+        return -1;
+    struct sockaddr_in *a = (struct sockaddr_in *)out;
+    a->sin_family = AF_INET;
+    a->sin_port = htons((uint16_t)port);
+    if (inet_pton(AF_INET, host, &a->sin_addr) != 1) {
+        PyErr_Format(PyExc_ValueError, "not an IPv4 address: %s", host);
+        return -1;
+    }
+    if (len)
+        *len = sizeof(*a);
+    return 0;
+}
+
+static PyObject *addr_tuple(const struct sockaddr_storage *addr) {
+    char host[INET6_ADDRSTRLEN];
+    if (addr->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)addr;
+        inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
+        return Py_BuildValue("(siII)", host, ntohs(a->sin6_port), ntohl(a->sin6_flowinfo),
+                             a->sin6_scope_id);
+    }
+    const struct sockaddr_in *a = (const struct sockaddr_in *)addr;
+    inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
+    return Py_BuildValue("(si)", host, ntohs(a->sin_port));
+}
+
+/* -- the thread ------------------------------------------------------------------------------ */
+
+static void set_active(Engine *e, int idx, slot_t *s, int active) {
+    if (s->active == active)
+        return;
+    struct epoll_event ev = {.events = active ? EPOLLIN : 0,
+                             .data.u64 = ((uint64_t)s->gen << 32) | (uint32_t)idx};
+    epoll_ctl(e->epfd, EPOLL_CTL_MOD, s->fd, &ev);
+    s->active = active;
+    s->paused = 0;
+}
+
+static void hand_back(Engine *e, int idx, slot_t *s, const unsigned char *data, int len,
+                      const struct sockaddr_storage *addr, double now) {
+    /* this packet goes to Python, and so does the socket: the event loop reads what follows,
+     * in order, until the slot is armed again */
+    s->armed = 0;
+    set_active(e, idx, s, 0);
+    if (e->q_count >= QUEUE_SIZE) {
+        e->queue_full++;
+        return;
+    }
+    entry_t *q = &e->queue[(e->q_head + e->q_count) % QUEUE_SIZE];
+    e->q_count++;
+    q->slot = idx;
+    q->gen = s->gen;
+    q->len = len;
+    q->at = now;
+    q->addr = *addr;
+    memcpy(q->data, data, (size_t)len);
+    s->queued++;
+    e->handed_back++;
+}
+
+/* media/relay.py's relay_datagram for an armed slot: 1 when forwarded (rewritten in place). */
+static int relay_one(Engine *e, slot_t *s, unsigned char *buf, int size,
+                     const struct sockaddr_storage *addr, double now) {
+    if (size <= 12 || buf[0] != 0x80)
+        return 0;
+    unsigned int second = buf[1];
+    if ((int)(second & 0x7F) != s->audio_pt || !addr_equal(addr, &s->latched))
+        return 0;
+    uint32_t seq = ((uint32_t)buf[2] << 8) | buf[3];
+    uint32_t timestamp = ((uint32_t)buf[4] << 24) | ((uint32_t)buf[5] << 16) |
+                         ((uint32_t)buf[6] << 8) | buf[7];
+    uint32_t ssrc = ((uint32_t)buf[8] << 24) | ((uint32_t)buf[9] << 16) |
+                    ((uint32_t)buf[10] << 8) | buf[11];
+    if (ssrc != s->ssrc)
+        return 0;
+    uint32_t delta = (seq - s->max_seq) & 0xFFFF;
+    if (!(0 < delta && delta < MAX_DROPOUT))
+        return 0;
+    /* accepted: the source's side */
+    s->last_now = now;
+    s->d_packets++;
+    if (seq < s->max_seq)
+        s->cycles += 0x10000;
+    s->max_seq = seq;
+    int payload = size - 12;
+    s->d_octets += payload;
+    if (s->have_arrival) {
+        int32_t transit = (int32_t)(timestamp - s->last_timestamp);
+        double d = (now - s->last_arrival) * s->clock_rate - (double)transit;
+        if (d < 0)
+            d = -d;
+        s->jitter += (d - s->jitter) / 16;
+        s->d_sum += d;
+        s->d_count++;
+    }
+    s->have_arrival = 1;
+    s->last_arrival = now;
+    s->last_timestamp = timestamp;
+    if (s->level_kind) {
+        const double *table = e->power[s->level_kind];
+        double power = 0.0;
+        for (int i = 12; i < size; i++)
+            power += table[buf[i]];
+        level_t *l = &s->levels[(s->level_head + s->level_count) % LEVELS_KEPT];
+        if (s->level_count == LEVELS_KEPT)
+            s->level_head = (s->level_head + 1) % LEVELS_KEPT; /* a deque(maxlen) drops the oldest */
+        else
+            s->level_count++;
+        l->power = power;
+        l->size = payload;
+    }
+    /* the listener's side */
+    uint32_t stamp = timestamp + s->ts_offset;
+    s->last_stamp = stamp;
+    s->last_stamp_at = now;
+    if (s->marker_pending) {
+        second |= 0x80;
+        s->marker_pending = 0;
+    }
+    uint32_t out_seq = s->out_seq;
+    buf[0] = 0x80;
+    buf[1] = (unsigned char)((second & 0x80) | (unsigned int)s->out_pt);
+    buf[2] = (unsigned char)(out_seq >> 8);
+    buf[3] = (unsigned char)out_seq;
+    buf[4] = (unsigned char)(stamp >> 24);
+    buf[5] = (unsigned char)(stamp >> 16);
+    buf[6] = (unsigned char)(stamp >> 8);
+    buf[7] = (unsigned char)stamp;
+    buf[8] = (unsigned char)(s->out_ssrc >> 24);
+    buf[9] = (unsigned char)(s->out_ssrc >> 16);
+    buf[10] = (unsigned char)(s->out_ssrc >> 8);
+    buf[11] = (unsigned char)s->out_ssrc;
+    s->out_seq = (out_seq + 1) & 0xFFFF;
+    s->d_out_packets++;
+    s->d_out_octets += payload;
+    s->sent = 1;
+    s->dirty = 1;
+    return 1;
+}
+
+static void send_batch(Engine *e, int fd, int count, slot_t *s) {
+    int done = 0;
+    while (done < count) {
+        int n = sendmmsg(fd, &e->smsgs[done], (unsigned int)(count - done), MSG_DONTWAIT);
+        e->send_calls++;
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            n = 0;
+        }
+        done += n;
+        if (done < count) {
+            /* a full socket buffer or an unreachable peer: this packet is dropped, never blocks */
+            s->d_send_errors++;
+            s->dirty = 1;
+            done++;
+        }
+    }
+}
+
+/* Reads the socket of slot `idx` to EAGAIN; returns 1 when it was busy (a whole batch at once). */
+static int serve_slot(Engine *e, int idx, slot_t *s) {
+    int busy = 0;
+    int errors = 0;
+    for (;;) {
+        /* Never read more than the queue can take back: when it is full, the socket waits (its
+         * kernel buffer fills, as it would for a busy event loop) until Python takes the queue. */
+        int room = QUEUE_SIZE - e->q_count;
+        int vlen = room < BATCH ? room : BATCH;
+        if (vlen == 0) {
+            if (!s->paused) {
+                struct epoll_event ev = {.events = 0, .data.u64 = ((uint64_t)s->gen << 32) | (uint32_t)idx};
+                epoll_ctl(e->epfd, EPOLL_CTL_MOD, s->fd, &ev);
+                s->paused = 1;
+                e->paused[e->n_paused++] = idx;
+                e->pauses++;
+            }
+            return 1;
+        }
+        for (int i = 0; i < vlen; i++) {
+            e->rmsgs[i].msg_hdr.msg_namelen = sizeof(struct sockaddr_storage);
+            e->rmsgs[i].msg_hdr.msg_flags = 0;
+        }
+        int n = recvmmsg(s->fd, e->rmsgs, (unsigned int)vlen, MSG_DONTWAIT, NULL);
+        e->recv_calls++;
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                return busy;
+            /* ICMP port unreachable for an earlier send and the like: nothing to read */
+            if (++errors < 4)
+                continue;
+            return busy;
+        }
+        double now = monotonic_now();
+        int nsend = 0;
+        for (int i = 0; i < n; i++) {
+            int len = (int)e->rmsgs[i].msg_len;
+            if ((e->rmsgs[i].msg_hdr.msg_flags & MSG_TRUNC) || len >= READ_SIZE) {
+                s->truncated++;
+                s->dirty = 1;
+                continue;
+            }
+            unsigned char *buf = e->bufs[i];
+            if (s->armed && relay_one(e, s, buf, len, &e->raddr[i], now)) {
+                e->siov[nsend].iov_base = buf;
+                e->siov[nsend].iov_len = (size_t)len;
+                struct msghdr *h = &e->smsgs[nsend].msg_hdr;
+                h->msg_name = &s->dest;
+                h->msg_namelen = s->dest_len;
+                nsend++;
+                e->forwarded++;
+            } else {
+                hand_back(e, idx, s, buf, len, &e->raddr[i], now);
+            }
+        }
+        if (nsend) {
+            slot_t *t = e->slots[s->target];
+            if (t != NULL)
+                send_batch(e, t->fd, nsend, s);
+        }
+        if (n < vlen)
+            return busy;
+        busy = 1;
+    }
+}
+
+static void *engine_thread(void *arg) {
+    Engine *e = (Engine *)arg;
+    struct epoll_event events[EVENTS];
+    for (;;) {
+        int n = epoll_wait(e->epfd, events, EVENTS, -1);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            break;
+        }
+        pthread_mutex_lock(&e->lock);
+        if (e->stop) {
+            pthread_mutex_unlock(&e->lock);
+            break;
+        }
+        e->rounds++;
+        int before = e->q_count, busy = 0;
+        for (int i = 0; i < n; i++) {
+            uint64_t data = events[i].data.u64;
+            uint32_t idx = (uint32_t)data, gen = (uint32_t)(data >> 32);
+            if (idx == WAKE_ID)
+                continue;
+            slot_t *s = idx < MAX_SLOTS ? e->slots[idx] : NULL;
+            if (s == NULL || s->gen != gen)
+                continue;
+            busy |= serve_slot(e, (int)idx, s);
+        }
+        int notify = e->q_count > before && !e->notified;
+        if (notify)
+            e->notified = 1;
+        long batch_ns = e->batch_ns;
+        pthread_mutex_unlock(&e->lock);
+        if (notify) {
+            uint64_t one = 1;
+            ssize_t w = write(e->notify_fd, &one, sizeof(one));
+            (void)w;
+        }
+        if (batch_ns > 0 && !busy) { /* a flood is read at once, not after a pause */
+            struct timespec pause = {batch_ns / 1000000000L, batch_ns % 1000000000L};
+            nanosleep(&pause, NULL);
+        }
+    }
+    return NULL;
+}
+
+/* -- the Python object ----------------------------------------------------------------------- */
+
+static void engine_stop(Engine *e) {
+    if (!e->running)
+        return;
+    pthread_mutex_lock(&e->lock);
+    e->stop = 1;
+    pthread_mutex_unlock(&e->lock);
+    uint64_t one = 1;
+    ssize_t w = write(e->wake_fd, &one, sizeof(one));
+    (void)w;
+    Py_BEGIN_ALLOW_THREADS pthread_join(e->thread, NULL);
+    Py_END_ALLOW_THREADS e->running = 0;
+}
+
+static void lock_engine(Engine *e) {
+    if (pthread_mutex_trylock(&e->lock) == 0)
+        return;
+    Py_BEGIN_ALLOW_THREADS pthread_mutex_lock(&e->lock);
+    Py_END_ALLOW_THREADS
+}
+
+static int Engine_init(Engine *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"ulaw_power", "alaw_power", "batch_us", NULL};
+    Py_buffer ulaw, alaw;
+    long batch_us = 500;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*y*|l", kwlist, &ulaw, &alaw, &batch_us))
+        return -1;
+    if (ulaw.len != 256 * sizeof(double) || alaw.len != 256 * sizeof(double)) {
+        PyBuffer_Release(&ulaw);
+        PyBuffer_Release(&alaw);
+        PyErr_SetString(PyExc_ValueError, "power tables are 256 float64 each");
+        return -1;
+    }
+    memset(self->power[0], 0, sizeof(self->power[0]));
+    memcpy(self->power[1], ulaw.buf, 256 * sizeof(double));
+    memcpy(self->power[2], alaw.buf, 256 * sizeof(double));
+    PyBuffer_Release(&ulaw);
+    PyBuffer_Release(&alaw);
+    if (self->slots != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "already initialised");
+        return -1;
+    }
+    self->batch_ns = batch_us > 0 ? batch_us * 1000L : 0;
+    self->epfd = epoll_create1(EPOLL_CLOEXEC);
+    self->notify_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    self->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    self->slots = calloc(MAX_SLOTS, sizeof(slot_t *));
+    self->queue = malloc(sizeof(entry_t) * QUEUE_SIZE);
+    self->bufs = malloc((size_t)READ_SIZE * BATCH);
+    self->paused = calloc(MAX_SLOTS, sizeof(int));
+    if (self->epfd < 0 || self->notify_fd < 0 || self->wake_fd < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    if (!self->slots || !self->queue || !self->bufs || !self->paused) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    struct epoll_event ev = {.events = EPOLLIN, .data.u64 = WAKE_ID};
+    epoll_ctl(self->epfd, EPOLL_CTL_ADD, self->wake_fd, &ev);
+    for (int i = 0; i < BATCH; i++) {
+        self->riov[i].iov_base = self->bufs[i];
+        self->riov[i].iov_len = READ_SIZE;
+        memset(&self->rmsgs[i], 0, sizeof(self->rmsgs[i]));
+        self->rmsgs[i].msg_hdr.msg_iov = &self->riov[i];
+        self->rmsgs[i].msg_hdr.msg_iovlen = 1;
+        self->rmsgs[i].msg_hdr.msg_name = &self->raddr[i];
+        memset(&self->smsgs[i], 0, sizeof(self->smsgs[i]));
+        self->smsgs[i].msg_hdr.msg_iov = &self->siov[i];
+        self->smsgs[i].msg_hdr.msg_iovlen = 1;
+    }
+    pthread_mutex_init(&self->lock, NULL);
+    return 0;
+}
+
+static void Engine_dealloc(Engine *self) {
+    engine_stop(self);
+    if (self->slots) {
+        for (int i = 0; i < MAX_SLOTS; i++)
+            free(self->slots[i]);
+        free(self->slots);
+    }
+    free(self->queue);
+    free(self->bufs);
+    free(self->paused);
+    if (self->epfd > 0)
+        close(self->epfd);
+    if (self->notify_fd > 0)
+        close(self->notify_fd);
+    if (self->wake_fd > 0)
+        close(self->wake_fd);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *Engine_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    Engine *self = (Engine *)type->tp_alloc(type, 0);
+    if (self != NULL) {
+        self->epfd = self->notify_fd = self->wake_fd = -1;
+    }
+    return (PyObject *)self;
+}
+
+static int check_open(Engine *e) {
+    if (e->slots == NULL || e->stop) {
+        PyErr_SetString(PyExc_RuntimeError, "the relay engine is closed");
+        return -1;
+    }
+    return 0;
+}
+
+static slot_t *get_slot(Engine *e, int idx) {
+    if (idx < 0 || idx >= MAX_SLOTS || e->slots[idx] == NULL) {
+        PyErr_Format(PyExc_KeyError, "no slot %d", idx);
+        return NULL;
+    }
+    return e->slots[idx];
+}
+
+static PyObject *Engine_add(Engine *self, PyObject *args) {
+    int fd, family;
+    if (!PyArg_ParseTuple(args, "ii", &fd, &family) || check_open(self) < 0)
+        return NULL;
+    slot_t *s = calloc(1, sizeof(slot_t));
+    if (s == NULL)
+        return PyErr_NoMemory();
+    s->fd = fd;
+    s->family = family;
+    s->target = -1;
+    lock_engine(self);
+    int idx = -1;
+    for (int n = 0; n < MAX_SLOTS; n++) {
+        int i = (self->free_hint + n) % MAX_SLOTS;
+        if (self->slots[i] == NULL) {
+            idx = i;
+            break;
+        }
+    }
+    if (idx < 0) {
+        pthread_mutex_unlock(&self->lock);
+        free(s);
+        PyErr_SetString(PyExc_OSError, "the relay engine is full");
+        return NULL;
+    }
+    static uint32_t generation = 0;
+    s->gen = ++generation;
+    self->slots[idx] = s;
+    self->free_hint = idx + 1;
+    struct epoll_event ev = {.events = 0, .data.u64 = ((uint64_t)s->gen << 32) | (uint32_t)idx};
+    int rc = epoll_ctl(self->epfd, EPOLL_CTL_ADD, fd, &ev); /* read once armed */
+    if (rc < 0) {
+        int err = errno;
+        self->slots[idx] = NULL;
+        pthread_mutex_unlock(&self->lock);
+        free(s);
+        errno = err;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    pthread_mutex_unlock(&self->lock);
+    if (!self->running) {
+        if (pthread_create(&self->thread, NULL, engine_thread, self) != 0) {
+            PyErr_SetString(PyExc_OSError, "cannot start the relay thread");
+            return NULL;
+        }
+        self->running = 1;
+    }
+    return PyLong_FromLong(idx);
+}
+
+static PyObject *Engine_remove(Engine *self, PyObject *args) {
+    int idx;
+    if (!PyArg_ParseTuple(args, "i", &idx))
+        return NULL;
+    if (self->slots == NULL)
+        Py_RETURN_NONE;
+    lock_engine(self);
+    slot_t *s = idx >= 0 && idx < MAX_SLOTS ? self->slots[idx] : NULL;
+    if (s != NULL) {
+        epoll_ctl(self->epfd, EPOLL_CTL_DEL, s->fd, NULL);
+        self->slots[idx] = NULL;
+        for (int i = 0; i < MAX_SLOTS; i++) { /* nobody forwards into a socket about to close */
+            slot_t *o = self->slots[i];
+            if (o != NULL && o->target == idx) {
+                o->armed = 0;
+                o->target = -1;
+            }
+        }
+    }
+    pthread_mutex_unlock(&self->lock);
+    free(s);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Engine_arm(Engine *self, PyObject *args) {
+    int idx, target, audio_pt, level_kind, out_pt, marker;
+    PyObject *latched, *dest, *last_arrival, *cycles_obj;
+    unsigned int ssrc, max_seq, last_ts, out_seq, out_ssrc, offset, frame_ticks;
+    double jitter, clock_rate;
+    if (!PyArg_ParseTuple(args, "iiiOIIOdOIdiOiIIIpI", &idx, &target, &audio_pt, &latched, &ssrc,
+                          &max_seq, &cycles_obj, &jitter, &last_arrival, &last_ts, &clock_rate,
+                          &level_kind, &dest, &out_pt, &out_seq, &out_ssrc, &offset, &marker,
+                          &frame_ticks))
+        return NULL;
+    if (check_open(self) < 0)
+        return NULL;
+    long long cycles = PyLong_AsLongLong(cycles_obj);
+    if (cycles == -1 && PyErr_Occurred())
+        return NULL;
+    double arrival = 0.0;
+    int have_arrival = last_arrival != Py_None;
+    if (have_arrival) {
+        arrival = PyFloat_AsDouble(last_arrival);
+        if (arrival == -1.0 && PyErr_Occurred())
+            return NULL;
+    }
+    if (level_kind < 0 || level_kind > 2) {
+        PyErr_SetString(PyExc_ValueError, "level kind is 0, 1 or 2");
+        return NULL;
+    }
+    lock_engine(self);
+    slot_t *s = get_slot(self, idx);
+    slot_t *t = get_slot(self, target);
+    if (s == NULL || t == NULL) {
+        pthread_mutex_unlock(&self->lock);
+        return NULL;
+    }
+    struct sockaddr_storage latched_addr, dest_addr;
+    socklen_t dest_len = 0;
+    if (parse_addr(latched, s->family, &latched_addr, NULL) < 0 ||
+        parse_addr(dest, t->family, &dest_addr, &dest_len) < 0) {
+        pthread_mutex_unlock(&self->lock);
+        return NULL;
+    }
+    if (s->queued > 0 || s->dirty) {
+        /* packets handed back and not yet taken, or counters not yet collected: Python must see
+         * them first */
+        pthread_mutex_unlock(&self->lock);
+        Py_RETURN_FALSE;
+    }
+    s->target = target;
+    s->audio_pt = audio_pt;
+    s->latched = latched_addr;
+    s->ssrc = ssrc;
+    s->max_seq = max_seq & 0xFFFF;
+    s->cycles = cycles;
+    s->jitter = jitter;
+    s->have_arrival = have_arrival;
+    s->last_arrival = arrival;
+    s->last_timestamp = last_ts;
+    s->clock_rate = clock_rate;
+    s->level_kind = level_kind;
+    s->level_head = s->level_count = 0;
+    s->dest = dest_addr;
+    s->dest_len = dest_len;
+    s->out_pt = out_pt & 0x7F;
+    s->out_seq = out_seq & 0xFFFF;
+    s->out_ssrc = out_ssrc;
+    s->ts_offset = offset;
+    s->marker_pending = marker;
+    s->frame_ticks = frame_ticks;
+    s->armed = 1;
+    set_active(self, idx, s, 1);
+    pthread_mutex_unlock(&self->lock);
+    Py_RETURN_TRUE;
+}
+
+/* What changed since the last collect, as a tuple (see server/media/crelay.py), or None. */
+static PyObject *collect_locked(Engine *self, int idx, slot_t *s, int disarm) {
+    if (disarm) {
+        s->armed = 0;
+        set_active(self, idx, s, 0);
+    }
+    if (!s->dirty)
+        Py_RETURN_NONE;
+    PyObject *levels;
+    if (s->level_count) {
+        levels = PyList_New(s->level_count);
+        if (levels == NULL)
+            return NULL;
+        for (int i = 0; i < s->level_count; i++) {
+            level_t *l = &s->levels[(s->level_head + i) % LEVELS_KEPT];
+            PyList_SET_ITEM(levels, i, Py_BuildValue("(di)", l->power, l->size));
+        }
+    } else {
+        levels = Py_None;
+        Py_INCREF(levels);
+    }
+    PyObject *arrival = s->have_arrival ? PyFloat_FromDouble(s->last_arrival) : Py_NewRef(Py_None);
+    PyObject *out = Py_BuildValue(
+        "(LLILdNIdLdNLIiLLLIdi)", s->d_packets, s->d_octets, s->max_seq, s->cycles, s->jitter,
+        arrival, s->last_timestamp, s->d_sum, s->d_count, s->last_now, levels, s->truncated,
+        s->out_seq, s->marker_pending, s->d_out_packets, s->d_out_octets, s->d_send_errors,
+        s->last_stamp, s->last_stamp_at, s->sent);
+    if (out == NULL)
+        return NULL;
+    s->d_packets = s->d_octets = s->d_count = s->truncated = 0;
+    s->d_sum = 0.0;
+    s->level_head = s->level_count = 0;
+    s->d_out_packets = s->d_out_octets = s->d_send_errors = 0;
+    s->sent = 0;
+    s->dirty = 0;
+    return out;
+}
+
+static PyObject *collect_common(Engine *self, PyObject *args, int disarm) {
+    int idx;
+    if (!PyArg_ParseTuple(args, "i", &idx))
+        return NULL;
+    if (self->slots == NULL)
+        Py_RETURN_NONE;
+    lock_engine(self);
+    slot_t *s = get_slot(self, idx);
+    PyObject *out = s == NULL ? NULL : collect_locked(self, idx, s, disarm);
+    pthread_mutex_unlock(&self->lock);
+    return out;
+}
+
+static PyObject *Engine_collect(Engine *self, PyObject *args) { return collect_common(self, args, 0); }
+
+static PyObject *Engine_disarm(Engine *self, PyObject *args) { return collect_common(self, args, 1); }
+
+static PyObject *Engine_state(Engine *self, PyObject *args) {
+    int idx;
+    if (!PyArg_ParseTuple(args, "i", &idx))
+        return NULL;
+    lock_engine(self);
+    slot_t *s = get_slot(self, idx);
+    int armed = s != NULL && s->armed, active = s != NULL && s->active;
+    int queued = s != NULL ? s->queued : 0;
+    pthread_mutex_unlock(&self->lock);
+    if (s == NULL)
+        return NULL;
+    return Py_BuildValue("(iii)", armed, active, queued);
+}
+
+/* The datagrams handed back since the last call: [(slot, data, address, arrival time)]. The
+ * entries are read without the lock (the thread only writes past them), so that the thread goes
+ * on reading its sockets while Python makes its objects. */
+static PyObject *Engine_take(Engine *self, PyObject *Py_UNUSED(ignored)) {
+    uint64_t count;
+    ssize_t r = read(self->notify_fd, &count, sizeof(count));
+    (void)r;
+    PyObject *out = PyList_New(0);
+    if (out == NULL || self->slots == NULL)
+        return out;
+    lock_engine(self);
+    int head = self->q_head, n = self->q_count;
+    self->notified = 0;
+    pthread_mutex_unlock(&self->lock);
+    int failed = 0;
+    for (int i = 0; i < n && !failed; i++) {
+        entry_t *q = &self->queue[(head + i) % QUEUE_SIZE];
+        slot_t *s = self->slots[q->slot]; /* slots change only here, on Python's side */
+        if (s == NULL || s->gen != q->gen)
+            continue;
+        PyObject *item = Py_BuildValue("(iy#Nd)", q->slot, (const char *)q->data, (Py_ssize_t)q->len,
+                                       addr_tuple(&q->addr), q->at);
+        if (item == NULL || PyList_Append(out, item) < 0)
+            failed = 1;
+        Py_XDECREF(item);
+    }
+    lock_engine(self);
+    for (int i = 0; i < n; i++) {
+        entry_t *q = &self->queue[(head + i) % QUEUE_SIZE];
+        slot_t *s = self->slots[q->slot];
+        if (s != NULL && s->gen == q->gen)
+            s->queued--;
+    }
+    self->q_head = (head + n) % QUEUE_SIZE;
+    self->q_count -= n;
+    for (int i = 0; i < self->n_paused; i++) { /* room again: read the waiting sockets */
+        slot_t *s = self->slots[self->paused[i]];
+        if (s != NULL && s->paused && s->active) {
+            struct epoll_event ev = {.events = EPOLLIN,
+                                     .data.u64 = ((uint64_t)s->gen << 32) | (uint32_t)self->paused[i]};
+            epoll_ctl(self->epfd, EPOLL_CTL_MOD, s->fd, &ev);
+            s->paused = 0;
+        }
+    }
+    self->n_paused = 0;
+    pthread_mutex_unlock(&self->lock);
+    if (failed) {
+        Py_DECREF(out);
+        return NULL;
+    }
+    return out;
+}
+
+static PyObject *Engine_notify_fd(Engine *self, PyObject *Py_UNUSED(ignored)) {
+    return PyLong_FromLong(self->notify_fd);
+}
+
+static PyObject *Engine_counters(Engine *self, PyObject *Py_UNUSED(ignored)) {
+    lock_engine(self);
+    PyObject *out = Py_BuildValue(
+        "{sKsKsKsKsKsKsKsi}", "rounds", self->rounds, "forwarded", self->forwarded,
+        "handed_back", self->handed_back, "queue_full", self->queue_full, "recv_calls",
+        self->recv_calls, "send_calls", self->send_calls, "pauses", self->pauses, "queued",
+        self->q_count);
+    pthread_mutex_unlock(&self->lock);
+    return out;
+}
+
+static PyObject *Engine_close(Engine *self, PyObject *Py_UNUSED(ignored)) {
+    engine_stop(self);
+    self->stop = 1;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Engine_now(PyObject *Py_UNUSED(self), PyObject *Py_UNUSED(ignored)) {
+    return PyFloat_FromDouble(monotonic_now());
+}
+
+static PyMethodDef Engine_methods[] = {
+    {"add", (PyCFunction)Engine_add, METH_VARARGS,
+     "add(fd, family) -> slot: the engine reads this socket while the slot is armed"},
+    {"remove", (PyCFunction)Engine_remove, METH_VARARGS, "remove(slot): stop reading its socket"},
+    {"arm", (PyCFunction)Engine_arm, METH_VARARGS,
+     "arm(slot, target, ...) -> bool: forward the slot's ordinary packets to the target's peer; "
+     "False when handed-back packets or counters wait for Python"},
+    {"disarm", (PyCFunction)Engine_disarm, METH_VARARGS,
+     "disarm(slot) -> tuple | None: stop forwarding; what changed since the last collect"},
+    {"collect", (PyCFunction)Engine_collect, METH_VARARGS,
+     "collect(slot) -> tuple | None: what changed since the last collect; stays armed"},
+    {"state", (PyCFunction)Engine_state, METH_VARARGS,
+     "state(slot) -> (armed, read by the engine, datagrams handed back and not yet taken)"},
+    {"take", (PyCFunction)Engine_take, METH_NOARGS,
+     "take() -> [(slot, data, address, at)]: the datagrams handed back, oldest first"},
+    {"notify_fd", (PyCFunction)Engine_notify_fd, METH_NOARGS,
+     "the eventfd that is readable while datagrams wait in `take`"},
+    {"counters", (PyCFunction)Engine_counters, METH_NOARGS, "the engine's own counters"},
+    {"close", (PyCFunction)Engine_close, METH_NOARGS, "stop the thread"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject EngineType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "sipbridge._crelay.Engine",
+    .tp_basicsize = sizeof(Engine),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "The compiled relay: one thread, epoll over the RTP sockets handed to it.",
+    .tp_new = Engine_new,
+    .tp_init = (initproc)Engine_init,
+    .tp_dealloc = (destructor)Engine_dealloc,
+    .tp_methods = Engine_methods,
+};
+
+static PyMethodDef module_methods[] = {
+    {"now", Engine_now, METH_NOARGS, "the engine's clock (CLOCK_MONOTONIC, as time.monotonic)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef crelay_module = {
+    PyModuleDef_HEAD_INIT, "_crelay", "The relay's hot path in a thread (server/media/crelay.py).",
+    -1, module_methods, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__crelay(void) {
+    if (PyType_Ready(&EngineType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&crelay_module);
+    if (m == NULL)
+        return NULL;
+    Py_INCREF(&EngineType);
+    if (PyModule_AddObject(m, "Engine", (PyObject *)&EngineType) < 0) {
+        Py_DECREF(&EngineType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
