@@ -31,7 +31,7 @@ import os
 from typing import Any
 
 from sipbridge.media import codecs
-from sipbridge.media.levels import _ALAW_POWER, _ULAW_POWER, dbov, g711_levels
+from sipbridge.media.levels import _ALAW_POWER, _ULAW_POWER, PacketLevels, dbov, g711_levels
 from sipbridge.server.media.leg_driver import CallMedia
 
 try:
@@ -125,6 +125,9 @@ class RelayEngine:
         source = self._into.get(slot)
         if source is not None:
             self._collect(source, disarm=False)
+        kept = leg.levels
+        if kept._levels and kept._payloads:  # one queue, oldest first, as a reader expects
+            _measure_payloads(kept)
 
     def rerouted(self, leg: CallMedia) -> None:
         """`leg`'s routing or stream changed: nothing of it is relayed until it is looked at
@@ -172,10 +175,10 @@ class RelayEngine:
     def _to_loop(self, leg: CallMedia) -> None:
         """The event loop reads `leg`'s socket again - once what the engine handed back of it was
         taken (`_drain` calls again), so that its datagrams keep their order."""
-        if leg.rtp.reading or leg.closed or leg.crelay_slot is None:
+        if leg.closed or leg.crelay_slot is None:
             return
         armed, active, queued = self._engine.state(leg.crelay_slot)
-        if not active and not queued:
+        if not leg.rtp.reading and not active and not queued:
             leg.rtp.start(self._loop)
         if not armed:
             self._waiting[leg] = None
@@ -201,7 +204,7 @@ class RelayEngine:
                 self._try_arm(leg)
                 if leg.crelay_slot is not None and leg.crelay_slot not in self._target:
                     self._waiting[leg] = None
-        if self._waiting:
+        if self._waiting and self._sweep is None:
             self._sweep = self._loop.call_later(REARM_S, self._sweep_due)
 
     def _try_arm(self, leg: CallMedia) -> None:
@@ -305,6 +308,11 @@ def _pure_relay(leg: CallMedia, engine: RelayEngine) -> CallMedia | None:
     return other
 
 
+def _measure_payloads(kept: PacketLevels) -> None:
+    kept._levels.extend(g711_levels(list(kept._payloads), kept.spec))
+    kept._payloads.clear()
+
+
 def _apply(leg: CallMedia, listener: CallMedia | None, changes: tuple[Any, ...]) -> None:
     """What the engine did since it was last asked, added to the legs' objects exactly as the
     Python path (`media/relay.py`) would have left them."""
@@ -353,8 +361,7 @@ def _apply(leg: CallMedia, listener: CallMedia | None, changes: tuple[Any, ...])
     if levels is not None:
         kept = leg.levels
         if kept._payloads:  # older than the engine's: measured first, to keep the order
-            kept._levels.extend(g711_levels(list(kept._payloads), kept.spec))
-            kept._payloads.clear()
+            _measure_payloads(kept)
         per_ms = kept.spec.sample_rate / 1000
         for power, size in levels:
             kept.add_level(dbov(power / size), size / per_ms)
