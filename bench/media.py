@@ -914,6 +914,11 @@ def media_deltas(before: dict[str, float], after: dict[str, float]) -> dict[str,
         "rtp_rtcp_out",
         "clock_skipped",
         "media_timeout",
+        # the compiled relay engine (server/media/crelay.py): what it forwarded and handed back
+        "crelay_forwarded",
+        "crelay_handed_back",
+        "crelay_arms",
+        "crelay_rounds",
     )
     return {n: after.get(f'{prefix}{n}"}}', 0) - before.get(f'{prefix}{n}"}}', 0) for n in names}
 

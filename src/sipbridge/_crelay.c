@@ -15,8 +15,12 @@
  *
  * Counters are kept as deltas since Python last collected them (`collect`), so the legs' objects
  * get exactly what the Python path would have added. The engine never takes the GIL; Python and
- * the thread share the state under one mutex, which the thread holds while it handles one round
- * of ready sockets. Between rounds it sleeps `batch_us` so that one wake-up serves many sockets.
+ * the thread share the state under one mutex, which the thread holds while it serves one ready
+ * socket. Rounds start `batch_us` apart (unless one ran over, or found a flood), so that one
+ * wake-up serves every socket that became ready meanwhile: a bounded added latency for far fewer
+ * wake-ups than packets. The engine reads a socket only while its slot is armed; a slot that
+ * hands a packet back stops being read (the event loop reads it again), and a full queue pauses
+ * the sockets until Python takes it, so nothing handed back is ever dropped here.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -105,6 +109,7 @@ typedef struct {
     int notify_fd; /* the thread -> the event loop: datagrams handed back */
     int wake_fd;   /* the event loop -> the thread: stop */
     int notified;
+    int pushed; /* handed back in this round */
     slot_t **slots;
     int free_hint;
     int *paused; /* slots not read until Python takes the queue */
@@ -230,6 +235,7 @@ static void hand_back(Engine *e, int idx, slot_t *s, const unsigned char *data, 
     memcpy(q->data, data, (size_t)len);
     s->queued++;
     e->handed_back++;
+    e->pushed = 1;
 }
 
 /* media/relay.py's relay_datagram for an armed slot: 1 when forwarded (rewritten in place). */
@@ -410,36 +416,50 @@ static void *engine_thread(void *arg) {
                 continue;
             break;
         }
-        pthread_mutex_lock(&e->lock);
-        if (e->stop) {
-            pthread_mutex_unlock(&e->lock);
-            break;
-        }
-        e->rounds++;
-        int before = e->q_count, busy = 0;
-        for (int i = 0; i < n; i++) {
+        int busy = 0, stop = 0;
+        struct timespec started;
+        clock_gettime(CLOCK_MONOTONIC, &started);
+        /* The lock is taken per socket, not per round: Python (a sync, an arm) waits for one
+         * socket's batch at most. */
+        for (int i = 0; i < n && !stop; i++) {
             uint64_t data = events[i].data.u64;
             uint32_t idx = (uint32_t)data, gen = (uint32_t)(data >> 32);
             if (idx == WAKE_ID)
                 continue;
+            pthread_mutex_lock(&e->lock);
+            stop = e->stop;
             slot_t *s = idx < MAX_SLOTS ? e->slots[idx] : NULL;
-            if (s == NULL || s->gen != gen)
-                continue;
-            busy |= serve_slot(e, (int)idx, s);
+            if (!stop && s != NULL && s->gen == gen)
+                busy |= serve_slot(e, (int)idx, s);
+            pthread_mutex_unlock(&e->lock);
         }
-        int notify = e->q_count > before && !e->notified;
+        pthread_mutex_lock(&e->lock);
+        stop |= e->stop;
+        e->rounds++;
+        int notify = e->pushed && !e->notified;
+        e->pushed = 0;
         if (notify)
             e->notified = 1;
         long batch_ns = e->batch_ns;
         pthread_mutex_unlock(&e->lock);
+        if (stop)
+            break;
         if (notify) {
             uint64_t one = 1;
             ssize_t w = write(e->notify_fd, &one, sizeof(one));
             (void)w;
         }
-        if (batch_ns > 0 && !busy) { /* a flood is read at once, not after a pause */
-            struct timespec pause = {batch_ns / 1000000000L, batch_ns % 1000000000L};
-            nanosleep(&pause, NULL);
+        if (batch_ns > 0 && !busy) {
+            /* Rounds on a cadence of batch_ns from the start of this one: what arrives meanwhile
+             * waits at most that long, and one wake-up serves every socket that became ready.
+             * A round that ran longer, or found a socket busy (a flood), is followed at once. */
+            struct timespec next = started;
+            next.tv_nsec += batch_ns;
+            while (next.tv_nsec >= 1000000000L) {
+                next.tv_nsec -= 1000000000L;
+                next.tv_sec++;
+            }
+            clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &next, NULL);
         }
     }
     return NULL;
@@ -470,7 +490,7 @@ static void lock_engine(Engine *e) {
 static int Engine_init(Engine *self, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"ulaw_power", "alaw_power", "batch_us", NULL};
     Py_buffer ulaw, alaw;
-    long batch_us = 500;
+    long batch_us = 1000;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*y*|l", kwlist, &ulaw, &alaw, &batch_us))
         return -1;
     if (ulaw.len != 256 * sizeof(double) || alaw.len != 256 * sizeof(double)) {

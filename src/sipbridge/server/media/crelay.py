@@ -42,7 +42,7 @@ except ImportError:  # pragma: no cover - the build failed: the pure-Python path
 log = logging.getLogger(__name__)
 
 _U32 = 0xFFFFFFFF
-BATCH_US = 500  # the engine sleeps this long between rounds: one wake-up serves many sockets
+BATCH_US = 1000  # the engine's rounds start this far apart: one wake-up serves many sockets
 REARM_S = 0.1  # how often legs the event loop reads are looked at again
 
 

@@ -417,6 +417,8 @@ class MediaService:
         out["clock_ticks"] = self.clock.ticks
         out["clock_skipped"] = self.clock.skipped
         out["ports_exhausted"] = self.pool.exhausted
+        if self.crelay is not None:  # the compiled relay's own work (`crelay.py`)
+            out.update({f"crelay_{name}": n for name, n in self.crelay.counters().items()})
         return out
 
 
