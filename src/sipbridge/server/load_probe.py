@@ -1,9 +1,11 @@
 """The event loop's lag and the process's CPU, measured for admission by load and `/metrics`.
 
 One timer every 100 ms: how late it fires is the loop's lag (anything that held the loop - a
-burst of call setups, a slow callback - shows here); once a second the process's CPU time over
-the wall time since the last reading, in percent of one core. Both go to the `LoadGate`
-(telephony/load.py), which decides, and to the metrics.
+burst of call setups, a slow callback - shows here); once a second the CPU time over the wall time
+since the last reading, in percent of one core: the event loop's thread's for the `LoadGate`
+(telephony/load.py), which decides - the loop is the one core the server cannot exceed; the
+compiled relay engine's thread (server/media/crelay.py) runs on another - and the whole
+process's for the metrics.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ class LoadProbe:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._due = 0.0
-        self._cpu_at = (0.0, 0.0)  # (wall, process CPU) at the last reading
+        self._cpu_at = (0.0, 0.0, 0.0)  # (wall, process CPU, the loop's CPU) at the last reading
+        self.loop_cpu_percent = 0.0
         if metrics is not None:
             metrics.sources.append(self.samples)
 
@@ -51,7 +54,7 @@ class LoadProbe:
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._cpu_at = (time.monotonic(), time.process_time())
+        self._cpu_at = (time.monotonic(), time.process_time(), time.thread_time())
         self._schedule(self._loop.time())
 
     def stop(self) -> None:
@@ -74,10 +77,11 @@ class LoadProbe:
         if self.metrics is not None:
             self.metrics.loop_lag.observe(max(0.0, lag))
             self.metrics.loop_lag_max.set(self.gate.worst_lag(at))
-        wall, cpu = self._cpu_at
+        wall, cpu, loop_cpu = self._cpu_at
         if at - wall >= CPU_INTERVAL_S:
-            used = time.process_time()
+            used, loop_used = time.process_time(), time.thread_time()
             self.cpu_percent = 100.0 * (used - cpu) / (at - wall)
-            self._cpu_at = (at, used)
-            self.gate.cpu_sample(self.cpu_percent, at)
+            self.loop_cpu_percent = 100.0 * (loop_used - loop_cpu) / (at - wall)
+            self._cpu_at = (at, used, loop_used)
+            self.gate.cpu_sample(self.loop_cpu_percent, at)
         self._schedule(now)
