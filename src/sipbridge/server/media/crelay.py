@@ -66,6 +66,7 @@ class RelayEngine:
         self._scheduled = False
         self._waiting: dict[CallMedia, None] = {}  # read by the loop: looked at every REARM_S
         self._sweep: asyncio.TimerHandle | None = None
+        self._refused: dict[CallMedia, None] = {}  # legs the engine cannot take: the loop's
         self.arms = 0
         self.handed_back = 0
         self.closed = False
@@ -93,6 +94,7 @@ class RelayEngine:
         self.legs.pop(slot, None)
         self._dirty.pop(leg, None)
         self._waiting.pop(leg, None)
+        self._refused.pop(leg, None)
         leg.crelay, leg.crelay_slot = None, None
 
     def close(self) -> None:
@@ -181,6 +183,10 @@ class RelayEngine:
         if not leg.rtp.reading and not active and not queued:
             leg.rtp.start(self._loop)
         if not armed:
+            self._wait(leg)
+
+    def _wait(self, leg: CallMedia) -> None:
+        if leg not in self._refused:
             self._waiting[leg] = None
             if self._sweep is None:
                 self._sweep = self._loop.call_later(REARM_S, self._sweep_due)
@@ -202,7 +208,7 @@ class RelayEngine:
         for leg in waiting:
             if leg.crelay is self and leg.crelay_slot not in self._target:
                 self._try_arm(leg)
-                if leg.crelay_slot is not None and leg.crelay_slot not in self._target:
+                if leg.crelay_slot not in self._target and leg not in self._refused:
                     self._waiting[leg] = None
         if self._waiting and self._sweep is None:
             self._sweep = self._loop.call_later(REARM_S, self._sweep_due)
@@ -210,19 +216,35 @@ class RelayEngine:
     def _try_arm(self, leg: CallMedia) -> None:
         """Arm `leg` (as a source) when it is a pure relay to a leg of this engine."""
         slot = leg.crelay_slot
-        if slot is None or slot in self._target:
+        if slot is None or slot in self._target or leg in self._refused:
             return
         listener = _pure_relay(leg, self)
-        if listener is None:
-            self._to_loop(leg)
+        if listener is None:  # the loop reads it (it is armed nowhere): looked at again later
+            self._wait(leg)
             return
         target = listener.crelay_slot
         assert target is not None
         self._collect(slot, disarm=True)  # nothing may be left uncollected when armed
+        leg.rtp.stop_reading()  # the engine reads it from the next datagram on
+        try:
+            armed = self._arm(slot, target, leg, listener)
+        except (ValueError, TypeError, OverflowError):
+            # an address the engine cannot take (an IPv6 zone by name): the loop keeps the leg
+            log.warning("the relay engine cannot relay leg %s", slot, exc_info=True)
+            self._refused[leg] = None
+            armed = False
+        if armed:
+            self.arms += 1
+            self._target[slot] = listener
+            self._into[target] = slot
+            self._waiting.pop(leg, None)
+        else:
+            self._to_loop(leg)
+
+    def _arm(self, slot: int, target: int, leg: CallMedia, listener: CallMedia) -> bool:
         receiver, sender, timeline = leg.receiver, listener.sender, listener.timeline
         destination = listener.latch._latched or listener.latch.expected
-        leg.rtp.stop_reading()  # the engine reads it from the next datagram on
-        armed = self._engine.arm(
+        armed: bool = self._engine.arm(
             slot,
             target,
             leg.audio_pt,
@@ -243,13 +265,7 @@ class RelayEngine:
             sender._marker_pending,
             listener.frame_ticks,
         )
-        if armed:
-            self.arms += 1
-            self._target[slot] = listener
-            self._into[target] = slot
-            self._waiting.pop(leg, None)
-        else:
-            self._to_loop(leg)
+        return armed
 
     # -- datagrams handed back ------------------------------------------------------------
 
