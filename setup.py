@@ -12,6 +12,7 @@ setup(
             "sipbridge._crelay",
             ["src/sipbridge/_crelay.c"],
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+            libraries=["m"],
             optional=True,
         )
     ]

@@ -27,6 +27,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <math.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -732,21 +733,33 @@ static PyObject *Engine_arm(Engine *self, PyObject *args) {
 }
 
 /* What changed since the last collect, as a tuple (see server/media/crelay.py), or None. */
-static PyObject *collect_locked(Engine *self, int idx, slot_t *s, int disarm) {
+/* RFC 6464's level of a mean square relative to full scale, as media/levels.py's dbov(). */
+static int dbov(double mean_square) {
+    if (mean_square <= 0.0)
+        return 127;
+    double level = nearbyint(-10.0 * log10(mean_square)); /* half to even, as Python's round */
+    return level < 0 ? 0 : level > 127 ? 127 : (int)level;
+}
+
+/* What changed since the last collect, as a tuple (see server/media/crelay.py), or None. The
+ * audio levels kept since are in it only when asked for (`want_levels`): they wait otherwise. */
+static PyObject *collect_locked(Engine *self, int idx, slot_t *s, int disarm, int want_levels) {
     if (disarm) {
         s->armed = 0;
         set_active(self, idx, s, 0);
+        want_levels = 1;
     }
-    if (!s->dirty)
+    int with_levels = want_levels && s->level_count;
+    if (!s->dirty && !with_levels)
         Py_RETURN_NONE;
     PyObject *levels;
-    if (s->level_count) {
+    if (with_levels) {
         levels = PyList_New(s->level_count);
         if (levels == NULL)
             return NULL;
         for (int i = 0; i < s->level_count; i++) {
             level_t *l = &s->levels[(s->level_head + i) % LEVELS_KEPT];
-            PyList_SET_ITEM(levels, i, Py_BuildValue("(di)", l->power, l->size));
+            PyList_SET_ITEM(levels, i, Py_BuildValue("(ii)", dbov(l->power / l->size), l->size));
         }
     } else {
         levels = Py_None;
@@ -762,7 +775,8 @@ static PyObject *collect_locked(Engine *self, int idx, slot_t *s, int disarm) {
         return NULL;
     s->d_packets = s->d_octets = s->d_count = s->truncated = 0;
     s->d_sum = 0.0;
-    s->level_head = s->level_count = 0;
+    if (with_levels)
+        s->level_head = s->level_count = 0;
     s->d_out_packets = s->d_out_octets = s->d_send_errors = 0;
     s->sent = 0;
     s->dirty = 0;
@@ -770,14 +784,14 @@ static PyObject *collect_locked(Engine *self, int idx, slot_t *s, int disarm) {
 }
 
 static PyObject *collect_common(Engine *self, PyObject *args, int disarm) {
-    int idx;
-    if (!PyArg_ParseTuple(args, "i", &idx))
+    int idx, want_levels = 1;
+    if (!PyArg_ParseTuple(args, "i|p", &idx, &want_levels))
         return NULL;
     if (self->slots == NULL)
         Py_RETURN_NONE;
     lock_engine(self);
     slot_t *s = get_slot(self, idx);
-    PyObject *out = s == NULL ? NULL : collect_locked(self, idx, s, disarm);
+    PyObject *out = s == NULL ? NULL : collect_locked(self, idx, s, disarm, want_levels);
     pthread_mutex_unlock(&self->lock);
     return out;
 }
@@ -888,7 +902,8 @@ static PyMethodDef Engine_methods[] = {
     {"disarm", (PyCFunction)Engine_disarm, METH_VARARGS,
      "disarm(slot) -> tuple | None: stop forwarding; what changed since the last collect"},
     {"collect", (PyCFunction)Engine_collect, METH_VARARGS,
-     "collect(slot) -> tuple | None: what changed since the last collect; stays armed"},
+     "collect(slot, levels=True) -> tuple | None: what changed since the last collect (the "
+     "audio levels only when asked for); stays armed"},
     {"state", (PyCFunction)Engine_state, METH_VARARGS,
      "state(slot) -> (armed, read by the engine, datagrams handed back and not yet taken)"},
     {"take", (PyCFunction)Engine_take, METH_NOARGS,

@@ -150,7 +150,7 @@ def relative(datagrams: list[bytes]) -> list[tuple[Any, ...]]:
 
 
 def state(leg: CallMedia) -> dict[str, Any]:
-    leg.sync()
+    leg.sync(levels=True)
     receiver = leg.receiver
     stats = receiver.stats
     return {

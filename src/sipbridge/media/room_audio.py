@@ -68,9 +68,10 @@ class AudioLeg:
         """Its routing changed (`forward_to`, `forward_from`, `buffered`): a driver that forwards
         its packets elsewhere than here (server/media/crelay.py) looks at it again."""
 
-    def sync(self) -> None:
-        """Bring its counters up to date before they are read, for a driver that keeps them
-        elsewhere while it relays (server/media/crelay.py); nothing to do here."""
+    def sync(self, *, levels: bool = False) -> None:
+        """Bring its counters (and its audio `levels`, when asked) up to date before they are
+        read, for a driver that keeps them elsewhere while it relays (server/media/crelay.py);
+        nothing to do here."""
 
     def pull(self, now: float) -> Pcm | None:
         return None

@@ -163,14 +163,20 @@ class CallMedia(RtpLeg):
         if self.crelay is not None:
             self.crelay.rerouted(self)
 
-    def sync(self) -> None:
+    def sync(self, *, levels: bool = False) -> None:
         if self.crelay is not None:
-            self.crelay.sync(self)
+            self.crelay.sync(self, levels=levels)
 
-    def get_timer(self) -> float | None:
+    # `get_timer` reads the counters without a sync: the engine only moves `last_packet_at` on,
+    # so a deadline from stale counters is early, never late, and `handle_timer` syncs first.
+
+    def handle_timer(self, now: float, wallclock: float | None = None) -> None:
         if self.crelay is not None:
-            self.crelay.sync(self)  # the media timeout and RTCP report read the counters
-        return super().get_timer()
+            self.crelay.sync(self, levels=False)  # the media timeout and RTCP report read them
+        super().handle_timer(now, wallclock)
+        self.transmit()
+        if self._events:
+            self._dispatch()
 
     def deliver(self, data: bytes, source: tuple[str, int], now: float) -> None:
         """A datagram the relay engine read at `now` and handed back: the Python paths."""
@@ -244,12 +250,6 @@ class CallMedia(RtpLeg):
             elif isinstance(event, MediaTimedOut) and self.on_timeout is not None:
                 callback, self.on_timeout = self.on_timeout, None
                 callback()
-
-    def handle_timer(self, now: float, wallclock: float | None = None) -> None:
-        super().handle_timer(now, wallclock)
-        self.transmit()
-        if self._events:
-            self._dispatch()
 
     # -- end ------------------------------------------------------------------------------
 

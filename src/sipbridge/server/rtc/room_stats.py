@@ -158,7 +158,7 @@ class RoomStats:
             for track in participant.tracks.values():
                 source = self.media.track_legs.get(track.sid)
                 if source is not None:
-                    source.sync()  # a relay engine's counters, levels included
+                    source.sync(levels=True)  # a relay engine's counters and levels
                 levels = source.levels if source is not None else None
                 if levels is None:
                     continue
