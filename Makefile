@@ -71,7 +71,8 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 # The compiled relay engine, built in place (`setup.py`, optional): when it cannot be built the
 # relay takes the pure-Python path, which `SIPBRIDGE_NO_CRELAY=1` also forces.
 $(VENV)/.crelay: src/sipbridge/_crelay.c setup.py | $(VENV)/.installed
-	@if $(BIN)/python setup.py -q build_ext --inplace >$(VENV)/crelay-build.log 2>&1; then \
+	@if $(BIN)/python setup.py -q build_ext --inplace >$(VENV)/crelay-build.log 2>&1 && \
+		ls src/sipbridge/_crelay*.so >/dev/null 2>&1; then \
 		touch $@; \
 	else \
 		echo "warning: the relay engine did not build (see $(VENV)/crelay-build.log): pure-Python relay"; \
