@@ -443,6 +443,7 @@ def _replace_top_via(request: Request, value: str) -> None:
         if name == "Via":
             rest = raw.split(",", 1)  # a comma list: the first item is the top Via
             items[i] = ("Via", value if len(rest) == 1 else f"{value},{rest[1]}")
+            request.headers.changed()
             return
 
 

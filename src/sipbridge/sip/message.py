@@ -13,10 +13,12 @@ dimension an attacker controls: line length, header count, message and body size
 
 from __future__ import annotations
 
+import itertools
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any
 
 from sipbridge.sip.errors import SipProtocolError
 from sipbridge.sip.headers import (
@@ -193,38 +195,79 @@ def header_key(name: str) -> str:
     return canonical_name(name).lower()
 
 
+_LIST_KEYS = frozenset(name.lower() for name in LIST_HEADERS)
+
+
 @dataclass(slots=True)
 class Headers:
     """Ordered header lines, (name, value); repeated names allowed. Known names are stored in
-    their canonical form, others as received; lookups ignore case."""
+    their canonical form, others as received; lookups ignore case.
+
+    The first lookup indexes the lines by name in one pass, and the accessors of `Message`
+    keep what they parsed (`memo`): a message's core headers are read many times on their way
+    through the stack and parsed once. The methods below keep both up to date; code that edits
+    `items` in place calls `changed()` afterwards.
+    """
 
     items: list[tuple[str, str]] = field(default_factory=list)
+    # header key -> its lines' values, in order (tuples: the garbage collector stops tracking
+    # them, and a message kept for a transaction's lifetime keeps its index)
+    _index: dict[str, tuple[str, ...]] | None = field(default=None, repr=False, compare=False)
+    # header key -> what an accessor parsed from that header (immutable values only)
+    memo: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def _lines(self) -> dict[str, tuple[str, ...]]:
+        index = self._index
+        if index is None:
+            index = {}
+            for name, value in self.items:
+                key = header_key(name)
+                lines = index.get(key)
+                index[key] = (value,) if lines is None else (*lines, value)
+            self._index = index
+        return index
+
+    def lines(self, name: str) -> tuple[str, ...]:
+        """The values of every line of a header, as they are (list headers not split)."""
+        return self._lines().get(header_key(name), ())
 
     def get(self, name: str) -> str | None:
         """The first value of a header (for list headers: the first line, not the first item)."""
-        key = header_key(name)
-        for k, v in self.items:
-            if header_key(k) == key:
-                return v
-        return None
+        lines = self._lines().get(header_key(name))
+        return None if lines is None else lines[0]
 
     def get_all(self, name: str) -> list[str]:
         """Every value; comma-separated lists are split into their items."""
         key = header_key(name)
-        values = [v for k, v in self.items if header_key(k) == key]
-        if canonical_name(name) in LIST_HEADERS:
-            return [item for v in values for item in split_list(v)]
-        return values
+        lines = self._lines().get(key)
+        if lines is None:
+            return []
+        if key in _LIST_KEYS:
+            return [item for v in lines for item in split_list(v)]
+        return list(lines)
 
     def __contains__(self, name: str) -> bool:
-        return self.get(name) is not None
+        return header_key(name) in self._lines()
+
+    def changed(self) -> None:
+        """`items` was edited in place: forget the index and what was parsed."""
+        self._index = None
+        self.memo.clear()
 
     def add(self, name: str, value: str) -> None:
-        self.items.append((canonical_name(name), value))
+        canonical = canonical_name(name)
+        self.items.append((canonical, value))
+        index = self._index
+        if index is not None:
+            key = canonical.lower()
+            lines = index.get(key)
+            index[key] = (value,) if lines is None else (*lines, value)
+            self.memo.pop(key, None)
 
     def set(self, name: str, value: str) -> None:
         """Replace every line of a header with one, at the position of the first."""
         key = header_key(name)
+        self.changed()
         for i, (k, _) in enumerate(self.items):
             if header_key(k) == key:
                 self.items[i] = (canonical_name(name), value)
@@ -236,13 +279,17 @@ class Headers:
 
     def remove(self, name: str) -> None:
         key = header_key(name)
+        self.changed()
         self.items = [(k, v) for k, v in self.items if header_key(k) != key]
 
     def prepend(self, name: str, value: str) -> None:
+        self.changed()
         self.items.insert(0, (canonical_name(name), value))
 
     def copy(self) -> Headers:
-        return Headers(list(self.items))
+        return Headers(
+            list(self.items), None if self._index is None else dict(self._index), dict(self.memo)
+        )
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         return iter(self.items)
@@ -254,30 +301,47 @@ class Message:
     body: bytes = b""
 
     # -- structured accessors (raise SipProtocolError(400) when malformed) ---------------
+    # Each parses its header once per message (`Headers.memo`, keyed by the header's key).
 
     def _required(self, name: str) -> str:
-        values = self.headers.get_all(name)
-        if not values or not values[0].strip():
+        lines = self.headers.lines(name)
+        if not lines or not lines[0].strip():
             raise _bad(f"missing {name} header")
-        if len(values) > 1:  # single-valued headers (RFC 4475 s3.1.2.18 multi01)
+        if len(lines) > 1:  # single-valued headers (RFC 4475 s3.1.2.18 multi01)
             raise _bad(f"more than one {name} header")
-        return values[0].strip()
+        return lines[0].strip()
 
     @property
     def call_id(self) -> str:
-        return self._required("Call-ID")
+        memo = self.headers.memo
+        value = memo.get("call-id")
+        if value is None:
+            value = memo["call-id"] = self._required("Call-ID")
+        return value
 
     @property
     def cseq(self) -> CSeq:
-        return parse_cseq(self._required("CSeq"))
+        memo = self.headers.memo
+        value = memo.get("cseq")
+        if value is None:
+            value = memo["cseq"] = parse_cseq(self._required("CSeq"))
+        return value
 
     @property
     def from_(self) -> Address:
-        return parse_address(self._required("From"))
+        memo = self.headers.memo
+        value = memo.get("from")
+        if value is None:
+            value = memo["from"] = parse_address(self._required("From"))
+        return value
 
     @property
     def to(self) -> Address:
-        return parse_address(self._required("To"))
+        memo = self.headers.memo
+        value = memo.get("to")
+        if value is None:
+            value = memo["to"] = parse_address(self._required("To"))
+        return value
 
     @property
     def vias(self) -> list[Via]:
@@ -285,18 +349,40 @@ class Message:
 
     @property
     def top_via(self) -> Via:
-        values = self.headers.get_all("Via")
-        if not values:
-            raise _bad("missing Via header")
-        return parse_via(values[0])
+        memo = self.headers.memo
+        value = memo.get("via")
+        if value is None:
+            lines = self.headers.lines("Via")
+            if not lines:
+                raise _bad("missing Via header")
+            first = lines[0].strip()
+            if not first or "," in first or '"' in first:  # a list: its first item
+                values = self.headers.get_all("Via")
+                if not values:
+                    raise _bad("missing Via header")
+                first = values[0]
+            value = memo["via"] = parse_via(first)
+        return value
 
     @property
     def contacts(self) -> list[Address]:
-        return [parse_address(v) for v in self.headers.get_all("Contact")]
+        memo = self.headers.memo
+        value = memo.get("contact")
+        if value is None:
+            value = memo["contact"] = tuple(
+                parse_address(v) for v in self.headers.get_all("Contact")
+            )
+        return list(value)
 
     @property
     def record_routes(self) -> list[Address]:
-        return [parse_address(v) for v in self.headers.get_all("Record-Route")]
+        memo = self.headers.memo
+        value = memo.get("record-route")
+        if value is None:
+            value = memo["record-route"] = tuple(
+                parse_address(v) for v in self.headers.get_all("Record-Route")
+            )
+        return list(value)
 
     def tokens(self, name: str) -> list[str]:
         """A list header of tokens (Allow, Supported, Require), lowercased."""
@@ -356,17 +442,18 @@ def parse_message(data: bytes, *, stream: bool = False) -> Request | Response:
         raise _bad("message has no end of headers")
     head = data[:end].decode("utf-8", "surrogateescape")
     body = data[end + sep :]
-    lines = _unfold(head)
+    lines = _split_lines(head)
     if not lines:
         raise _bad("empty message")
     message = _parse_start_line(lines[0])
-    message.headers = _parse_headers(lines[1:])
-    length_text = message.headers.get("Content-Length")
-    if length_text is not None:
-        length_text = length_text.strip()
+    headers = message.headers = _parse_headers(lines, 1)
+    index = headers._lines()
+    length_lines = index.get("content-length")
+    if length_lines is not None:
+        length_text = length_lines[0].strip()
         if not (length_text.isascii() and length_text.isdigit()):
             raise _bad("malformed Content-Length")
-        if len({v.strip() for v in message.headers.get_all("Content-Length")}) > 1:
+        if len(length_lines) > 1 and len({v.strip() for v in length_lines}) > 1:
             raise _bad("conflicting Content-Length headers")  # RFC 4475 s3.1.2.12 mcl01
         length = int(length_text)
         if length > len(body):
@@ -378,6 +465,22 @@ def parse_message(data: bytes, *, stream: bool = False) -> Request | Response:
         raise SipProtocolError(413, "Request Entity Too Large")
     message.body = body
     return message
+
+
+def _split_lines(head: str) -> list[str]:
+    """The start line and header lines of `head`. Most messages have CRLF line ends, no folded
+    line, no leading CRLF and no line near MAX_LINE: those are split in one call; anything else
+    takes `_unfold`, which handles (or refuses) each case."""
+    lines = head.split("\r\n")
+    if (
+        head.count("\n") == len(lines) - 1  # no bare LF
+        and "\n " not in head
+        and "\n\t" not in head
+        and lines[0][:1] not in ("", " ", "\t")
+        and (len(head) <= MAX_LINE or max(map(len, lines)) <= MAX_LINE)
+    ):
+        return lines
+    return _unfold(head)
 
 
 def _unfold(head: str) -> list[str]:
@@ -399,6 +502,10 @@ def _unfold(head: str) -> list[str]:
     return lines
 
 
+# Methods seen in request lines, each checked against the token grammar once (bounded).
+_METHODS: dict[str, str] = {}
+
+
 def _parse_start_line(line: str) -> Request | Response:
     if line.startswith("SIP/"):
         m = _STATUS.fullmatch(line)
@@ -409,24 +516,49 @@ def _parse_start_line(line: str) -> Request | Response:
     if len(parts) != 3:
         raise _bad(f"malformed request line {line[:80]!r}")
     method, uri_text, version = parts
-    if not _TOKEN.fullmatch(method):
-        raise _bad(f"malformed method {method[:40]!r}")
-    if version.upper() != SIP_VERSION:
+    if method not in _METHODS:
+        if not _TOKEN.fullmatch(method):
+            raise _bad(f"malformed method {method[:40]!r}")
+        if len(_METHODS) >= 64:
+            _METHODS.clear()
+        _METHODS[method] = method
+    if version != SIP_VERSION and version.upper() != SIP_VERSION:
         raise SipProtocolError(505, "Version Not Supported", version[:20])
     return Request(method=method, uri=parse_uri(uri_text))
 
 
-def _parse_headers(lines: Iterable[str]) -> Headers:
-    headers = Headers()
-    for count, line in enumerate(lines, 1):
-        name, colon, value = line.partition(":")
-        name = name.strip()
-        if not colon or not _TOKEN.fullmatch(name):
+# Header names as received (before the colon, spaces included) -> their canonical form, for
+# names that passed the token grammar; bounded, so that a peer inventing names cannot grow it.
+_NAMES: dict[str, str] = {}
+_MAX_NAMES = 4096
+
+
+def _header_name(raw: str, line: str) -> str:
+    name = raw.strip()
+    if not _TOKEN.fullmatch(name):
+        raise _bad(f"malformed header line {line[:80]!r}")
+    if len(_NAMES) >= _MAX_NAMES:
+        _NAMES.clear()
+    canonical = _NAMES[raw] = canonical_name(name)
+    return canonical
+
+
+def _parse_headers(lines: list[str], start: int = 0) -> Headers:
+    """Header lines from `lines[start:]`: name and value, the name canonical, the value
+    stripped; a line without a colon or a name outside the token grammar is malformed."""
+    items: list[tuple[str, str]] = []
+    names = _NAMES
+    for count, line in enumerate(itertools.islice(lines, start, None), 1):
+        raw, colon, value = line.partition(":")
+        if not colon:
             raise _bad(f"malformed header line {line[:80]!r}")
+        name = names.get(raw)
+        if name is None:
+            name = _header_name(raw, line)
         if count > MAX_HEADERS:
             raise _bad("too many headers")
-        headers.items.append((canonical_name(name), value.strip()))
-    return headers
+        items.append((name, value.strip()))
+    return Headers(items)
 
 
 # -- streams ------------------------------------------------------------------------------

@@ -32,10 +32,10 @@ from __future__ import annotations
 import secrets
 from collections import deque
 from dataclasses import dataclass
-from enum import Enum
 
 from sipbridge.sip.headers import MAGIC_COOKIE
 from sipbridge.sip.message import Request, Response, make_response
+from sipbridge.sip.states import StateEnum
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -52,7 +52,7 @@ class TimerSettings:
         return 64 * self.t1  # Timers B, F, H, J (unreliable), L, M
 
 
-class State(Enum):
+class State(StateEnum):
     CALLING = "Calling"
     TRYING = "Trying"
     PROCEEDING = "Proceeding"
@@ -62,7 +62,7 @@ class State(Enum):
     TERMINATED = "Terminated"
 
 
-class Input(Enum):
+class Input(StateEnum):
     PROVISIONAL = "1xx"
     SUCCESS = "2xx"
     FAILURE = "3xx-6xx"
@@ -77,7 +77,7 @@ class Input(Enum):
     TRANSPORT_ERROR = "transport error"
 
 
-class Action(Enum):
+class Action(StateEnum):
     PASS_UP = "pass the response to the TU"
     SEND_ACK = "send ACK for the final response"
     RETRANSMIT = "retransmit the request"

@@ -46,7 +46,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from enum import Enum
 from typing import TYPE_CHECKING
 
 from sipbridge.sip.dialog import AnswerRetransmitter, Dialog
@@ -54,6 +53,7 @@ from sipbridge.sip.digest import DigestClient
 from sipbridge.sip.endpoint import Peer
 from sipbridge.sip.errors import SipProtocolError
 from sipbridge.sip.message import Request, Response, make_response
+from sipbridge.sip.states import StateEnum
 from sipbridge.sip.transaction import ClientTransaction, ServerTransaction, new_branch
 from sipbridge.sip.ua.session_timer import SessionIntervalTooSmall
 
@@ -68,12 +68,12 @@ IN_DIALOG_OK = frozenset({"INFO", "NOTIFY", "OPTIONS"})
 IntervalPolicy = Callable[[Response], "Mapping[str, str] | None"]
 
 
-class Role(Enum):
+class Role(StateEnum):
     UAC = "UAC"  # we sent the INVITE
     UAS = "UAS"  # the peer did
 
 
-class State(Enum):
+class State(StateEnum):
     IDLE = "Idle"  # UAC: the INVITE is not sent yet
     CALLING = "Calling"  # UAC: INVITE sent, no response yet
     INCOMING = "Incoming"  # UAS: INVITE received, nothing but 100 sent
@@ -85,7 +85,7 @@ class State(Enum):
     TERMINATED = "Terminated"
 
 
-class Input(Enum):
+class Input(StateEnum):
     SEND = "send the INVITE"
     PROVISIONAL = "1xx sent or received"
     RETRY = "INVITE sent again (challenge, 422)"

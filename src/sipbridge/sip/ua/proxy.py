@@ -51,7 +51,7 @@ from sipbridge.sip.dialog import new_tag
 from sipbridge.sip.endpoint import Peer, SipEndpoint
 from sipbridge.sip.errors import SipProtocolError
 from sipbridge.sip.headers import Via
-from sipbridge.sip.message import Request, Response, make_response
+from sipbridge.sip.message import Headers, Request, Response, make_response
 from sipbridge.sip.transaction import ClientTransaction, ServerTransaction, new_branch
 from sipbridge.sip.uri import Uri
 
@@ -117,7 +117,7 @@ def upstream_response(response: Response) -> Response:
             continue
         items.append((name, value))
     out = Response(status=response.status, reason=response.reason, body=response.body)
-    out.headers.items = items
+    out.headers = Headers(items)
     return out
 
 
