@@ -145,6 +145,8 @@ def serve_uas(port: int, trace: bool = True) -> None:
     per-call SIP trace off, to measure what it costs."""
     from tests.sip_app import AnsweringApp, running_app  # noqa: PLC0415
 
+    from sipbridge.server.collector import tune_collector  # noqa: PLC0415
+
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -153,6 +155,7 @@ def serve_uas(port: int, trace: bool = True) -> None:
         async with running_app(app, ("udp",), port=port) as (service, _):
             if not trace:
                 service.traces = None
+            tune_collector()  # as `sipbridge serve` does once started
             print("ready", flush=True)
             await stop.wait()
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import ipaddress
 import logging
 import math
@@ -44,6 +43,7 @@ from sipbridge.server.calls.room_limits import RoomLimits
 from sipbridge.server.calls.runner import CallServices
 from sipbridge.server.calls.transfers import Transfers
 from sipbridge.server.cluster.wiring import ClusterRooms
+from sipbridge.server.collector import tune_collector
 from sipbridge.server.console_api import ConsoleApi
 from sipbridge.server.console_web import ConsoleFiles
 from sipbridge.server.drain import DrainDriver
@@ -397,8 +397,9 @@ class Server:
             self.cluster.start(self.store.client, self.store.prefix)
         self.load_probe.start()
         # Everything loaded at startup lives for the process: keep it out of the cyclic GC's
-        # generations so collections stay short while calls come and go.
-        gc.freeze()
+        # generations so collections stay short while calls come and go; and collect less
+        # often (server/collector.py).
+        tune_collector()
         self.ready = True
         log.info(
             "sipbridge %s: API on http://%s, %d inbound / %d outbound trunks, %d dispatch rules",

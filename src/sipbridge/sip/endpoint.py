@@ -45,6 +45,14 @@ ALLOW = ("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "INFO", "NOTIFY", "UPDATE"
 SUPPORTED = ("timer",)
 ACCEPT = ("application/sdp",)
 MAX_TRANSACTIONS = 100_000
+# what a request must carry for us to answer it at all (s8.1.1): (key, name)
+_CORE_HEADERS = (
+    ("via", "Via"),
+    ("from", "From"),
+    ("to", "To"),
+    ("call-id", "Call-ID"),
+    ("cseq", "CSeq"),
+)
 # how the datagrams of the requests that `Admission` limits begin (RFC 3261 s7.1 Request-Line)
 _LIMITED_STARTS = tuple(f"{method} ".encode() for method in sorted(LIMITED_METHODS))
 
@@ -190,8 +198,9 @@ class SipEndpoint:
             self.stats["dropped_not_allowed"] += 1
             return
         # Checks needing the core headers first: without them we cannot even answer (s8.1.1).
-        for name in ("Via", "From", "To", "Call-ID", "CSeq"):
-            if request.headers.get(name) is None:
+        index = request.headers._lines()
+        for header, name in _CORE_HEADERS:
+            if header not in index:
                 raise SipProtocolError(400, "Bad Request", f"missing {name} header")
         via = request.top_via
         request.from_, request.to  # noqa: B018 - validate now, answer 400 if malformed
@@ -355,8 +364,12 @@ class SipEndpoint:
 
     def _add_identity(self, message: Request | Response) -> None:
         name = "User-Agent" if isinstance(message, Request) else "Server"
-        if name not in message.headers:
-            message.headers.add(name, self.settings.user_agent)
+        # Our own messages, built with `Headers.add` (names in their canonical spelling): a
+        # scan for the name, rather than indexing a message about to be sent.
+        for key, _ in message.headers.items:
+            if key == name:
+                return
+        message.headers.add(name, self.settings.user_agent)
 
     def _send(self, message: Request | Response, peer: Peer) -> None:
         self.stats["sent"] += 1

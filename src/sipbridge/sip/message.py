@@ -644,6 +644,9 @@ def _content_length(head: bytes) -> int | None:
 
 # -- building responses -------------------------------------------------------------------
 
+# The single-valued headers a response echoes after the Vias (s8.2.6.2): (key, name).
+_ECHOED = (("from", "From"), ("to", "To"), ("call-id", "Call-ID"), ("cseq", "CSeq"))
+
 
 def make_response(
     request: Request, status: int, reason: str = "", *, to_tag: str | None = None
@@ -656,19 +659,23 @@ def make_response(
     which our own parser refuses (found by fuzz/targets.py `endpoint`).
     """
     response = Response(status=status, reason=reason or REASONS.get(status, ""))
-    echoed: dict[str, list[str]] = {"Via": [], "From": [], "To": [], "Call-ID": [], "CSeq": []}
-    for k, value in request.headers.items:  # one pass; the lines keep their order by name
-        lines = echoed.get(k)
-        if lines is not None and (k == "Via" or not lines):
-            lines.append(value)
+    headers = request.headers
+    index = headers._lines()
     items = response.headers.items
-    for name, lines in echoed.items():
-        for value in lines:
-            if name == "To" and to_tag and status != 100 and parse_address(value).tag is None:
+    vias = index.get("via")
+    if vias is not None:
+        items.extend([("Via", value) for value in vias])
+    for key, name in _ECHOED:
+        lines = index.get(key)
+        if lines is None:
+            continue
+        value = lines[0]
+        if key == "to" and to_tag and status != 100:
+            to = headers.memo.get("to") if len(lines) == 1 else None
+            if (to or parse_address(value)).tag is None:
                 # the echoed To gains a tag: a header parameter, after the address as received
-                items.append((name, f"{value};tag={to_tag}"))
-            else:
-                items.append((name, value))
+                value = f"{value};tag={to_tag}"
+        items.append((name, value))
     if status == 100 and "Timestamp" in request.headers:  # s8.2.6.1
         response.headers.add("Timestamp", request.headers.get("Timestamp") or "")
     return response
