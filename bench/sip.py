@@ -151,7 +151,7 @@ def serve_uas(port: int, trace: bool = True) -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
-        app = AnsweringApp()
+        app = AnsweringApp(keep_calls=False)
         async with running_app(app, ("udp",), port=port) as (service, _):
             if not trace:
                 service.traces = None

@@ -30,13 +30,16 @@ ANSWER_SDP = (
 
 @dataclass
 class AnsweringApp:
-    """Answers every INVITE (after a digest challenge when `password` is set)."""
+    """Answers every INVITE (after a digest challenge when `password` is set). `keep_calls`
+    False forgets each call once answered, as a server does once calls end (a benchmark's
+    UAS: thousands of calls a second kept would only measure the garbage collector)."""
 
     password: str | None = None
     realm: str = "sipbridge.test"
     calls: list[IncomingCall] = field(default_factory=list)
     ended: list[str] = field(default_factory=list)
     challenges: int = 0
+    keep_calls: bool = True
     digest: DigestServer = field(
         default_factory=lambda: DigestServer(b"test-secret-0123456789abcdef")
     )
@@ -56,8 +59,9 @@ class AnsweringApp:
                 challenge = self.digest.challenge(self.realm, now, algorithms=("MD5",))[0]
                 call.reject(401, headers={"WWW-Authenticate": challenge})
                 return
-        self.calls.append(call)
-        call.on_end = self.ended.append
+        if self.keep_calls:
+            self.calls.append(call)
+            call.on_end = self.ended.append
         call.ring()
         call.answer(ANSWER_SDP)
 

@@ -30,7 +30,6 @@ INVITE server (fig. 7 + RFC 6026):          non-INVITE server (fig. 8):
 from __future__ import annotations
 
 import secrets
-from collections import deque
 from dataclasses import dataclass
 
 from sipbridge.sip.headers import MAGIC_COOKIE
@@ -202,6 +201,20 @@ def classify(status: int) -> Input:
 
 
 class _Transaction:
+    # Slots, and nothing queued kept between inputs: thousands of transactions linger for
+    # 32 s after their calls (Timers J, L...), and each object they keep is one more for the
+    # cyclic garbage collector to walk.
+    __slots__ = (
+        "_deadlines",
+        "_events",
+        "_interval",
+        "_outbox",
+        "reliable",
+        "request",
+        "state",
+        "table",
+        "timers",
+    )  # fmt: skip
     table: Table
     state: State
 
@@ -209,8 +222,8 @@ class _Transaction:
         self.request = request
         self.reliable = reliable
         self.timers = timers
-        self._outbox: deque[Request | Response] = deque()
-        self._events: deque[TransactionEvent] = deque()
+        self._outbox: list[Request | Response] | None = None  # what to send, once there is any
+        self._events: list[TransactionEvent] | None = None
         # one deadline per timer kind; get_timer() is their minimum
         self._deadlines: dict[Input, float] = {}
         self._interval = timers.t1
@@ -219,13 +232,33 @@ class _Transaction:
     def terminated(self) -> bool:
         return self.state is State.TERMINATED
 
+    def _transmit(self, message: Request | Response) -> None:
+        if self._outbox is None:
+            self._outbox = [message]
+        else:
+            self._outbox.append(message)
+
+    def _tell(self, event: TransactionEvent) -> None:
+        if self._events is None:
+            self._events = [event]
+        else:
+            self._events.append(event)
+
     def messages_to_send(self) -> list[Request | Response]:
-        out = list(self._outbox)
-        self._outbox.clear()
+        out = self._outbox
+        if out is None:
+            return []
+        self._outbox = None
         return out
 
     def next_event(self) -> TransactionEvent | None:
-        return self._events.popleft() if self._events else None
+        events = self._events
+        if not events:
+            return None
+        event = events.pop(0)
+        if not events:
+            self._events = None
+        return event
 
     def get_timer(self) -> float | None:
         return min(self._deadlines.values(), default=None)
@@ -260,7 +293,7 @@ class _Transaction:
         self._on_enter(state, now)
         if state is State.TERMINATED:
             self._deadlines.clear()
-            self._events.append(TransactionTerminated(transaction=self))  # type: ignore[arg-type]
+            self._tell(TransactionTerminated(transaction=self))  # type: ignore[arg-type]
 
     def _on_enter(self, state: State, now: float) -> None:
         raise NotImplementedError
@@ -274,6 +307,8 @@ class _Transaction:
 class ClientTransaction(_Transaction):
     """Sends a request and collects its responses (s17.1)."""
 
+    __slots__ = ("branch", "is_invite", "last_final")
+
     def __init__(
         self, request: Request, *, reliable: bool, timers: TimerSettings | None = None
     ) -> None:
@@ -285,7 +320,7 @@ class ClientTransaction(_Transaction):
         self.last_final: Response | None = None
 
     def start(self, now: float) -> None:
-        self._outbox.append(self.request)
+        self._transmit(self.request)
         if not self.reliable:  # Timer A / E
             self._deadlines[Input.RETRANSMIT_TIMER] = now + self.timers.t1
         self._deadlines[Input.TIMEOUT_TIMER] = now + self.timers.timeout  # Timer B / F
@@ -295,7 +330,7 @@ class ClientTransaction(_Transaction):
 
     def _act(self, action: Action, now: float, message: Response | None) -> None:
         if action is Action.RETRANSMIT:
-            self._outbox.append(self.request)
+            self._transmit(self.request)
             if self.is_invite:
                 self._interval *= 2
             else:
@@ -308,15 +343,15 @@ class ClientTransaction(_Transaction):
             self._deadlines.pop(Input.RETRANSMIT_TIMER, None)
         elif action is Action.PASS_UP:
             assert message is not None
-            self._events.append(ResponseReceived(transaction=self, response=message))
+            self._tell(ResponseReceived(transaction=self, response=message))
         elif action is Action.SEND_ACK:
             assert message is not None
             self.last_final = message
-            self._outbox.append(ack_for_failure(self.request, message))
+            self._transmit(ack_for_failure(self.request, message))
         elif action is Action.TIMED_OUT:
-            self._events.append(TransactionTimedOut(transaction=self))
+            self._tell(TransactionTimedOut(transaction=self))
         elif action is Action.TRANSPORT_FAILED:
-            self._events.append(TransportFailed(transaction=self))
+            self._tell(TransportFailed(transaction=self))
 
     def _on_enter(self, state: State, now: float) -> None:
         # A non-INVITE in Proceeding keeps Timer E (at T2) and Timer F (s17.1.2.2).
@@ -334,6 +369,8 @@ class ClientTransaction(_Transaction):
 
 class ServerTransaction(_Transaction):
     """Absorbs retransmitted requests and (re)sends the TU's responses (s17.2)."""
+
+    __slots__ = ("is_invite", "last_response")
 
     def __init__(
         self, request: Request, *, reliable: bool, timers: TimerSettings | None = None
@@ -362,10 +399,10 @@ class ServerTransaction(_Transaction):
         if action is Action.SEND:
             assert message is not None
             self.last_response = message
-            self._outbox.append(message)
+            self._transmit(message)
         elif action is Action.RESEND_LAST:
             if self.last_response is not None:
-                self._outbox.append(self.last_response)
+                self._transmit(self.last_response)
         elif action is Action.RESTART_RETRANSMIT:
             if not self.reliable:  # Timer G
                 self._interval = self.timers.t1
@@ -375,9 +412,9 @@ class ServerTransaction(_Transaction):
             self._deadlines.pop(Input.RETRANSMIT_TIMER, None)
             self._deadlines.pop(Input.TIMEOUT_TIMER, None)
         elif action is Action.TIMED_OUT:
-            self._events.append(TransactionTimedOut(transaction=self))
+            self._tell(TransactionTimedOut(transaction=self))
         elif action is Action.TRANSPORT_FAILED:
-            self._events.append(TransportFailed(transaction=self))
+            self._tell(TransportFailed(transaction=self))
 
     def handle_timer(self, now: float) -> None:
         due = self._deadlines.get(Input.RETRANSMIT_TIMER)
