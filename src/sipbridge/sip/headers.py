@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 from sipbridge.sip.errors import SipProtocolError
@@ -140,14 +140,21 @@ class Address:
     display_name: str | None = None  # unquoted
     params: Params = ()
     wildcard: bool = False  # `Contact: *`
+    # the `tag` parameter, found once: dialogs and transactions ask for it many times a message
+    tag: str | None = field(init=False, repr=False, compare=False, default=None)
 
-    @property
-    def tag(self) -> str | None:
-        return param_value(self.params, "tag")
+    def __post_init__(self) -> None:
+        if self.params:
+            object.__setattr__(self, "tag", param_value(self.params, "tag"))
 
     def with_tag(self, tag: str) -> Address:
         params = tuple((k, v) for k, v in self.params if k.lower() != "tag")
-        return replace(self, params=(*params, ("tag", tag)))
+        return Address(
+            uri=self.uri,
+            display_name=self.display_name,
+            params=(*params, ("tag", tag)),
+            wildcard=self.wildcard,
+        )
 
     def __str__(self) -> str:
         if self.wildcard:

@@ -389,11 +389,12 @@ class Message:
         return [t.strip().lower() for t in self.headers.get_all(name) if t.strip()]
 
     def serialize_headers_and_body(self, out: list[str]) -> bytes:
-        for name, value in self.headers.items:
-            if name != "Content-Length":
-                out.append(f"{name}: {value}\r\n")
-        out.append(f"Content-Length: {len(self.body)}\r\n\r\n")
-        return "".join(out).encode("utf-8", "surrogateescape") + self.body
+        body = self.body
+        out += [
+            f"{name}: {value}\r\n" for name, value in self.headers.items if name != "Content-Length"
+        ]
+        out.append(f"Content-Length: {len(body)}\r\n\r\n")
+        return "".join(out).encode("utf-8", "surrogateescape") + body
 
 
 @dataclass(slots=True, kw_only=True)
