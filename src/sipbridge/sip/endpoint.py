@@ -142,7 +142,7 @@ class SipEndpoint:
         self.server_transactions: dict[tuple[str, ...], ServerTransaction] = {}
         self.client_transactions: dict[tuple[str, str], ClientTransaction] = {}
         self._peers: dict[int, Peer] = {}  # id(transaction) -> peer
-        self._outgoing: deque[tuple[bytes, Peer]] = deque()
+        self._outgoing: list[tuple[bytes, Peer]] = []
         self._events: deque[EndpointEvent] = deque()
         self._timers: DeadlineHeap[ClientTransaction | ServerTransaction] = DeadlineHeap()
         # (Call-ID, From tag, CSeq) of requests outside a dialog, to spot merged ones (s8.2.2.2)
@@ -376,8 +376,10 @@ class SipEndpoint:
         self._outgoing.append((message.serialize(), peer))
 
     def outgoing(self) -> list[tuple[bytes, Peer]]:
-        out = list(self._outgoing)
-        self._outgoing.clear()
+        out = self._outgoing
+        if not out:
+            return []
+        self._outgoing = []
         return out
 
     def next_event(self) -> EndpointEvent | None:

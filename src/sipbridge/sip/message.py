@@ -386,6 +386,8 @@ class Message:
 
     def tokens(self, name: str) -> list[str]:
         """A list header of tokens (Allow, Supported, Require), lowercased."""
+        if name not in self.headers:
+            return []
         return [t.strip().lower() for t in self.headers.get_all(name) if t.strip()]
 
     def serialize_headers_and_body(self, out: list[str]) -> bytes:
@@ -528,38 +530,46 @@ def _parse_start_line(line: str) -> Request | Response:
     return Request(method=method, uri=parse_uri(uri_text))
 
 
-# Header names as received (before the colon, spaces included) -> their canonical form, for
-# names that passed the token grammar; bounded, so that a peer inventing names cannot grow it.
-_NAMES: dict[str, str] = {}
+# Header names as received (before the colon, spaces included) -> their canonical form and
+# key, for names that passed the token grammar; bounded, so that a peer inventing names cannot
+# grow it.
+_NAMES: dict[str, tuple[str, str]] = {}
 _MAX_NAMES = 4096
 
 
-def _header_name(raw: str, line: str) -> str:
+def _header_name(raw: str, line: str) -> tuple[str, str]:
     name = raw.strip()
     if not _TOKEN.fullmatch(name):
         raise _bad(f"malformed header line {line[:80]!r}")
     if len(_NAMES) >= _MAX_NAMES:
         _NAMES.clear()
-    canonical = _NAMES[raw] = canonical_name(name)
-    return canonical
+    canonical = canonical_name(name)
+    known = _NAMES[raw] = (canonical, canonical.lower())
+    return known
 
 
 def _parse_headers(lines: list[str], start: int = 0) -> Headers:
     """Header lines from `lines[start:]`: name and value, the name canonical, the value
-    stripped; a line without a colon or a name outside the token grammar is malformed."""
+    stripped; a line without a colon or a name outside the token grammar is malformed. The
+    index by name (`Headers.lines`) is built in the same pass."""
     items: list[tuple[str, str]] = []
+    index: dict[str, tuple[str, ...]] = {}
     names = _NAMES
     for count, line in enumerate(itertools.islice(lines, start, None), 1):
         raw, colon, value = line.partition(":")
         if not colon:
             raise _bad(f"malformed header line {line[:80]!r}")
-        name = names.get(raw)
-        if name is None:
-            name = _header_name(raw, line)
+        known = names.get(raw)
+        if known is None:
+            known = _header_name(raw, line)
         if count > MAX_HEADERS:
             raise _bad("too many headers")
-        items.append((name, value.strip()))
-    return Headers(items)
+        name, key = known
+        value = value.strip()
+        items.append((name, value))
+        same = index.get(key)
+        index[key] = (value,) if same is None else (*same, value)
+    return Headers(items, index)
 
 
 # -- streams ------------------------------------------------------------------------------

@@ -1,0 +1,156 @@
+"""The header index and the parsed-header memo of `Headers` (src/sipbridge/sip/message.py), and
+the pooled tags of `new_tag` (src/sipbridge/sip/dialog.py): the caches that make a message's
+core headers parsed once (issue 18) must answer exactly what a scan of the lines answers, after
+any edit.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sipbridge.sip.dialog import new_tag
+from sipbridge.sip.endpoint import Peer, RequestReceived, SipEndpoint
+from sipbridge.sip.errors import SipProtocolError
+from sipbridge.sip.message import (
+    LIST_HEADERS,
+    Headers,
+    Request,
+    canonical_name,
+    header_key,
+    parse_message,
+)
+from sipbridge.sip.uri import parse_uri
+
+FUZZ = settings(database=None, deadline=None, max_examples=300)
+
+INVITE = (
+    b"INVITE sip:bob@127.0.0.1 SIP/2.0\r\n"
+    b"Via: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK-1;rport\r\n"
+    b"From: <sip:alice@192.0.2.1>;tag=a1\r\n"
+    b"To: <sip:bob@127.0.0.1>\r\n"
+    b"Call-ID: c1@192.0.2.1\r\n"
+    b"CSeq: 1 INVITE\r\n"
+    b"Contact: <sip:alice@192.0.2.1>\r\n"
+    b"Max-Forwards: 70\r\n"
+    b"Content-Length: 0\r\n\r\n"
+)
+
+
+def scanned(headers: Headers, name: str) -> list[str]:
+    """What a lookup answered before the index: a scan of every line."""
+    key = header_key(name)
+    return [v for k, v in headers.items if header_key(k) == key]
+
+
+NAMES = st.sampled_from(["Via", "v", "VIA", "To", "t", "CSeq", "X-Foo", "x-foo", "Contact"])
+VALUES = st.sampled_from(["a", "b, c", '"x, y" <sip:z>', ""])
+EDITS = st.lists(
+    st.tuples(st.sampled_from(["add", "set", "remove", "prepend", "look"]), NAMES, VALUES),
+    max_size=12,
+)
+
+
+@FUZZ
+@given(EDITS)
+def test_lookups_agree_with_a_scan_after_any_edits(edits: list[tuple[str, str, str]]) -> None:
+    headers = Headers()
+    for op, name, value in edits:
+        if op == "look":
+            headers.get_all(name)  # builds the index midway
+        elif op == "remove":
+            headers.remove(name)
+        else:
+            getattr(headers, op)(name, value)
+        for probe in ("Via", "To", "CSeq", "X-FOO", "Contact", "Absent"):
+            lines = scanned(headers, probe)
+            assert list(headers.lines(probe)) == lines
+            assert headers.get(probe) == (lines[0] if lines else None)
+            assert (probe in headers) == bool(lines)
+            if canonical_name(probe) not in LIST_HEADERS:
+                assert headers.get_all(probe) == lines
+
+
+def test_parsed_headers_follow_edits() -> None:
+    request = parse_message(INVITE)
+    assert isinstance(request, Request)
+    assert request.top_via.branch == "z9hG4bK-1" and request.to.tag is None
+    # what the endpoint does for RFC 3581: the top Via rewritten in place, then changed()
+    request.headers.items[0] = ("Via", "SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK-1;rport=9")
+    request.headers.changed()
+    assert request.top_via.rport == "9"
+    request.headers.prepend("Via", "SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK-2")
+    assert request.top_via.host == "10.0.0.1"
+    request.headers.set("To", "<sip:bob@127.0.0.1>;tag=b1")
+    assert request.to.tag == "b1"
+    request.headers.add("To", "<sip:carol@127.0.0.1>")  # a second To: no longer one value
+    with pytest.raises(SipProtocolError, match="more than one To"):
+        request.to  # noqa: B018
+    request.headers.remove("Contact")
+    assert request.contacts == []
+    request.headers.add("Contact", "<sip:a@1.2.3.4>, <sip:b@1.2.3.4>")
+    assert [c.uri.user for c in request.contacts] == ["a", "b"]
+
+
+def test_a_copy_has_its_own_index_and_memo() -> None:
+    request = parse_message(INVITE)
+    assert request.call_id == "c1@192.0.2.1"
+    copied = request.headers.copy()
+    copied.set("Call-ID", "other")
+    assert request.call_id == "c1@192.0.2.1" and request.headers.get("Call-ID") == "c1@192.0.2.1"
+    assert copied.get("Call-ID") == "other"
+    assert Request(method="INVITE", uri=parse_uri("sip:x@y"), headers=copied).call_id == "other"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        INVITE,
+        INVITE.replace(b"\r\n", b"\n"),  # bare LF
+        b"\r\n" + INVITE,  # a leading CRLF (s7.5)
+        INVITE.replace(b"Max-Forwards: 70", b"Max-Forwards:\r\n 70"),  # folded (s7.3.1)
+        INVITE.replace(b"Via: ", b"v: ").replace(b"Call-ID: ", b"i: "),  # compact forms
+    ],
+)
+def test_every_spelling_of_a_message_indexes_alike(data: bytes) -> None:
+    message = parse_message(data)
+    assert message.headers.lines("Max-Forwards") == ("70",)
+    assert message.call_id == "c1@192.0.2.1" and message.top_via.branch == "z9hG4bK-1"
+    for name in ("Via", "From", "To", "Call-ID", "CSeq", "Contact", "Content-Length"):
+        assert list(message.headers.lines(name)) == scanned(message.headers, name)
+
+
+def test_the_endpoints_rewrite_of_the_top_via_is_read_back() -> None:
+    endpoint = SipEndpoint()
+    endpoint.receive(INVITE, Peer("udp", "192.0.2.9", 5999), 0.0)
+    assert endpoint.outgoing() == []  # an INVITE is the application's to answer
+    event = endpoint.next_event()
+    assert isinstance(event, RequestReceived)
+    # the top Via already read (for the checks) now says the real source (RFC 3581)
+    via = event.request.top_via
+    assert (via.received, via.rport) == ("192.0.2.9", "5999")
+    assert event.request.headers.get("Via") == str(via)
+
+
+def test_tags_are_unique_hex_across_pool_refills() -> None:
+    tags = [new_tag() for _ in range(1500)]  # three refills of the 512-tag pool
+    assert len(set(tags)) == len(tags)
+    assert all(len(t) == 16 and int(t, 16) >= 0 for t in tags)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
+def test_a_forked_child_draws_its_own_tags() -> None:
+    new_tag()  # the pool is filled in the parent
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next tag, then exit at once
+        os.write(write, new_tag().encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert child and child != new_tag()
