@@ -1,7 +1,7 @@
-"""The header index and the parsed-header memo of `Headers` (src/sipbridge/sip/message.py), and
-the pooled tags of `new_tag` (src/sipbridge/sip/dialog.py): the caches that make a message's
-core headers parsed once (issue 18) must answer exactly what a scan of the lines answers, after
-any edit.
+"""The caches and fast paths of the SIP parser (issue 18): the header index and parsed-header
+memo of `Headers` (src/sipbridge/sip/message.py) answer exactly what a scan of the lines answers,
+after any edit; parameters without quotes or whitespace (src/sipbridge/sip/headers.py) parse as
+the general path parses them; pooled tags (`new_tag`, src/sipbridge/sip/dialog.py) stay unique.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from sipbridge.sip.dialog import new_tag
 from sipbridge.sip.endpoint import Peer, RequestReceived, SipEndpoint
 from sipbridge.sip.errors import SipProtocolError
+from sipbridge.sip.headers import TOKEN, _split, parse_params
 from sipbridge.sip.message import (
     LIST_HEADERS,
     Headers,
@@ -154,3 +155,39 @@ def test_a_forked_child_draws_its_own_tags() -> None:
     os.close(read)
     os.waitpid(pid, 0)
     assert child and child != new_tag()
+
+
+def params_as_before(text: str) -> tuple[tuple[str, str | None], ...]:
+    """parse_params without its fast path: every item split with quotes honoured, stripped."""
+    text = text.strip().removeprefix(";")
+    if not text:
+        return ()
+    items = _split(text, ";", angles=False)
+    if not all(items):
+        raise SipProtocolError(400, "Bad Request", "empty parameter")
+    out: list[tuple[str, str | None]] = []
+    for item in items:
+        name, eq, value = item.partition("=")
+        name, value = name.strip(), value.strip()
+        if not TOKEN.fullmatch(name):
+            raise SipProtocolError(400, "Bad Request", "malformed parameter")
+        if eq and not value:
+            raise SipProtocolError(400, "Bad Request", "empty value")
+        out.append((name, value if eq else None))
+    return tuple(out)
+
+
+PARAM_TEXT = st.text(alphabet=st.sampled_from(list(';=ab-."\\ \t\x0c\xa0\u2003z9')), max_size=20)
+
+
+@FUZZ
+@given(PARAM_TEXT)
+def test_parameters_parse_as_before_the_fast_path(text: str) -> None:
+    try:
+        expected = params_as_before(text)
+    except SipProtocolError:
+        with pytest.raises(SipProtocolError) as got:
+            parse_params(text)
+        assert got.value.status == 400
+        return
+    assert parse_params(text) == expected

@@ -101,6 +101,10 @@ def split_list(value: str) -> Iterator[str]:
     return (item for item in _split(value, ",", angles=True) if item)
 
 
+# Parameter names seen that match the token grammar (bounded: the first 256 distinct ones).
+_PARAM_NAMES: set[str] = set()
+
+
 def parse_params(text: str) -> Params:
     """`;name=value;flag` (leading `;` optional); values may be quoted strings. An empty
     parameter (`;;`, RFC 4475 s3.1.2.1 badinv01) is malformed."""
@@ -110,6 +114,23 @@ def parse_params(text: str) -> Params:
         text = text[1:]
     if not text:
         return ()
+    if '"' not in text and " " not in text and text.isprintable():
+        # the common case: no quoted values, no whitespace to strip (`;branch=z9hG4bK..;rport`;
+        # every whitespace character but the space is unprintable)
+        items = text.split(";")
+        if not all(items):
+            raise _bad("empty parameter")
+        for item in items:
+            name, eq, value = item.partition("=")
+            if name not in _PARAM_NAMES:
+                if not TOKEN.fullmatch(name):
+                    raise _bad(f"malformed parameter {item[:40]!r}")
+                if len(_PARAM_NAMES) < 256:
+                    _PARAM_NAMES.add(name)
+            if eq and not value:
+                raise _bad(f"parameter {name!r} has an empty value")
+            params.append((name, value if eq else None))
+        return tuple(params)
     for item in _split_semicolons(text):
         name, eq, value = item.partition("=")
         name, value = name.strip(), value.strip()
