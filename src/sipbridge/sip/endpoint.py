@@ -457,8 +457,9 @@ def _replace_top_via(request: Request, value: str) -> None:
     for i, (name, raw) in enumerate(items):
         if name == "Via":
             rest = raw.split(",", 1)  # a comma list: the first item is the top Via
-            items[i] = ("Via", value if len(rest) == 1 else f"{value},{rest[1]}")
-            request.headers.changed()
+            line = value if len(rest) == 1 else f"{value},{rest[1]}"
+            items[i] = ("Via", line)
+            request.headers.replaced_first("Via", line)
             return
 
 

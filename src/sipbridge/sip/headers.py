@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 from sipbridge.sip.errors import SipProtocolError
@@ -271,7 +271,13 @@ class Via:
         """Set or add parameters (`rport`/`received` for RFC 3581)."""
         names = {k.lower() for k in values}
         params = [(k, v) for k, v in self.params if k.lower() not in names]
-        return replace(self, params=(*params, *values.items()))
+        return Via(
+            transport=self.transport,
+            host=self.host,
+            port=self.port,
+            params=(*params, *values.items()),
+            protocol=self.protocol,
+        )
 
     def __str__(self) -> str:
         host = self.host if self.port is None else f"{self.host}:{self.port}"

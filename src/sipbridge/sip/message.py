@@ -249,6 +249,16 @@ class Headers:
     def __contains__(self, name: str) -> bool:
         return header_key(name) in self._lines()
 
+    def replaced_first(self, name: str, value: str) -> None:
+        """The first line of `name` in `items` was replaced, in place, with `value`: the index
+        follows, and what was parsed from that header is forgotten (the others are kept)."""
+        key = header_key(name)
+        index = self._index
+        if index is not None:
+            lines = index.get(key)
+            index[key] = (value,) if lines is None else (value, *lines[1:])
+        self.memo.pop(key, None)
+
     def changed(self) -> None:
         """`items` was edited in place: forget the index and what was parsed."""
         self._index = None

@@ -213,10 +213,10 @@ class UserAgent:
 
     def get_timer(self) -> float | None:
         """The earliest deadline of a session or a proxied INVITE."""
-        deadlines = [
-            d for d in (self._timers.earliest(), self._proxy_timers.earliest()) if d is not None
-        ]
-        return min(deadlines) if deadlines else None
+        sessions, proxied = self._timers.earliest(), self._proxy_timers.earliest()
+        if sessions is None or proxied is None:
+            return proxied if sessions is None else sessions
+        return min(sessions, proxied)
 
     def handle_timer(self, now: float) -> None:
         for session in self._timers.due(now):
