@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from sipbridge.sip.dialog import new_tag
 from sipbridge.sip.endpoint import Peer, RequestReceived, SipEndpoint
 from sipbridge.sip.errors import SipProtocolError
-from sipbridge.sip.headers import TOKEN, _split, parse_params
+from sipbridge.sip.headers import TOKEN, _split, parse_params, split_list
 from sipbridge.sip.message import (
     LIST_HEADERS,
     Headers,
@@ -48,7 +48,7 @@ def scanned(headers: Headers, name: str) -> list[str]:
 
 
 NAMES = st.sampled_from(["Via", "v", "VIA", "To", "t", "CSeq", "X-Foo", "x-foo", "Contact"])
-VALUES = st.sampled_from(["a", "b, c", '"x, y" <sip:z>', ""])
+VALUES = st.sampled_from(["a", "b, c", '"x, y" <sip:z>', "", " d ", ",", "<sip:a,b>"])
 EDITS = st.lists(
     st.tuples(st.sampled_from(["add", "set", "remove", "prepend", "look"]), NAMES, VALUES),
     max_size=12,
@@ -73,6 +73,8 @@ def test_lookups_agree_with_a_scan_after_any_edits(edits: list[tuple[str, str, s
             assert (probe in headers) == bool(lines)
             if canonical_name(probe) not in LIST_HEADERS:
                 assert headers.get_all(probe) == lines
+            else:
+                assert headers.get_all(probe) == [i for v in lines for i in split_list(v)]
 
 
 def test_parsed_headers_follow_edits() -> None:

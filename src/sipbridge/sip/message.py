@@ -242,9 +242,15 @@ class Headers:
         lines = self._lines().get(key)
         if lines is None:
             return []
-        if key in _LIST_KEYS:
-            return [item for v in lines for item in split_list(v)]
-        return list(lines)
+        if key not in _LIST_KEYS:
+            return list(lines)
+        items: list[str] = []
+        for value in lines:
+            if "," in value or '"' in value:
+                items.extend(split_list(value))
+            elif value := value.strip():  # one item (what split_list makes of it)
+                items.append(value)
+        return items
 
     def __contains__(self, name: str) -> bool:
         return header_key(name) in self._lines()

@@ -88,6 +88,7 @@ class UserAgent:
         self._events: deque[AgentEvent] = deque()
         self._timers: DeadlineHeap[InviteSession] = DeadlineHeap()
         self._proxy_timers: DeadlineHeap[ProxiedInvite] = DeadlineHeap()
+        self._contact_texts: dict[tuple[str, int, str, bool], str] = {}
 
     # -- addresses -------------------------------------------------------------------------
 
@@ -112,6 +113,16 @@ class UserAgent:
             params=params,
         )
         return Address(uri=uri)
+
+    def contact_text(self, peer: Peer, *, secure: bool = False) -> str:
+        """`contact(peer, secure=secure)` as a header value, made once per address."""
+        key = (self.host, self._port(peer.transport), peer.transport, secure)
+        text = self._contact_texts.get(key)
+        if text is None:
+            if len(self._contact_texts) >= 64:
+                self._contact_texts.clear()
+            text = self._contact_texts[key] = str(self.contact(peer, secure=secure))
+        return text
 
     # -- what sessions use -------------------------------------------------------------------
 

@@ -623,7 +623,7 @@ class InviteSession:
         if "Contact" not in response.headers:
             secure = self.request.uri.scheme == "sips"
             response.headers.add(
-                "Contact", str(self.agent.contact(self._contact_peer, secure=secure))
+                "Contact", self.agent.contact_text(self._contact_peer, secure=secure)
             )
         response.headers.add("Allow", ", ".join(self.agent.endpoint.settings.allow))
         if body:
@@ -747,7 +747,7 @@ class InviteSession:
         transaction = pending[1]
         response = make_response(request, 200)
         _add(response, headers)
-        response.headers.add("Contact", str(self.agent.contact(self._contact_peer)))
+        response.headers.add("Contact", self.agent.contact_text(self._contact_peer))
         if body:
             response.body = body
             response.headers.add("Content-Type", "application/sdp")
