@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sipbridge.sip import message as message_module
 from sipbridge.sip.dialog import new_tag
 from sipbridge.sip.endpoint import Peer, RequestReceived, SipEndpoint
 from sipbridge.sip.errors import SipProtocolError
@@ -193,3 +194,22 @@ def test_parameters_parse_as_before_the_fast_path(text: str) -> None:
         assert got.value.status == 400
         return
     assert parse_params(text) == expected
+
+
+def test_a_via_of_empty_items_is_missing() -> None:
+    message = parse_message(
+        INVITE.replace(b"Via: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK-1;rport", b"Via: ,")
+    )
+    with pytest.raises(SipProtocolError, match="missing Via"):
+        message.top_via  # noqa: B018
+
+
+def test_invented_methods_and_names_stay_bounded() -> None:
+    # a peer inventing methods and header names: each parsed and checked, the caches bounded
+    for n in range(5000):
+        message = parse_message(
+            INVITE.replace(b"INVITE sip", b"M%d sip" % n, 1).replace(b"Max-Forwards", b"X-H%d" % n)
+        )
+        assert isinstance(message, Request) and message.method == f"M{n}"
+        assert message.headers.get(f"x-h{n}") == "70"
+    assert len(message_module._METHODS) <= 64 and len(message_module._NAMES) <= 4096
