@@ -217,6 +217,7 @@ class SipService:
         self._udp: dict[tuple[str, int], asyncio.DatagramTransport] = {}
         self._servers: list[asyncio.Server] = []
         self._timer = DeadlineTimer(self.now, self._on_timer)  # the transactions' deadlines
+        self._flushing = 0  # flushes in progress (one inside another's application call)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._clock = clock
         self.bound: list[Listen] = []
@@ -317,18 +318,25 @@ class SipService:
         self.endpoint.stats[name] += 1
 
     def _flush(self) -> None:
-        """Transmit, deliver events (which may produce more to transmit), re-arm the timer."""
-        while True:
-            for data, peer in self.endpoint.outgoing():
-                self._transmit(data, peer)
-            event = self.endpoint.next_event()
-            if event is None:
-                break
-            try:
-                self.application(self, event)
-            except Exception:
-                log.exception("SIP application failed on %s", type(event).__name__)
-        self._arm_timer()
+        """Transmit, deliver events (which may produce more to transmit), re-arm the timer.
+        The application may flush again while it handles an event (`after_application`):
+        only the outermost flush re-arms, once everything is done."""
+        self._flushing += 1
+        try:
+            while True:
+                for data, peer in self.endpoint.outgoing():
+                    self._transmit(data, peer)
+                event = self.endpoint.next_event()
+                if event is None:
+                    break
+                try:
+                    self.application(self, event)
+                except Exception:
+                    log.exception("SIP application failed on %s", type(event).__name__)
+        finally:
+            self._flushing -= 1
+        if not self._flushing:
+            self._arm_timer()
 
     def transmit_now(self) -> None:
         """Send what is queued without handling events (the 100 Trying before the INVITE's

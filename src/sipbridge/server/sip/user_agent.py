@@ -227,6 +227,7 @@ class SipUserAgent:
         self._service: SipService | None = None
         self._agent: UserAgent | None = None
         self._timer = DeadlineTimer(self.now, self._fire)  # the agent's next deadline
+        self._handling = 0  # endpoint events being handled (the application acts inside them)
         # Metrics: seconds from an INVITE to our 100 Trying; a call's final status to its
         # INVITE (ours or theirs), with the seconds since the INVITE.
         self.on_trying: Callable[[float], None] | None = None
@@ -300,8 +301,14 @@ class SipUserAgent:
 
     def __call__(self, service: SipService, event: EndpointEvent) -> None:
         self._service = service
-        self.agent.handle_event(event, service.now())
-        self._drain()
+        self._handling += 1
+        try:
+            self.agent.handle_event(event, service.now())
+            self._drain()
+        finally:
+            self._handling -= 1
+        if not self._handling:
+            self._arm()
 
     def call_final(self, call: SipCall, status: int) -> None:
         """The final response to a call's INVITE, sent or received: told once to `on_final`."""
@@ -319,7 +326,8 @@ class SipUserAgent:
     def _drain(self) -> None:
         while (event := self.agent.next_event()) is not None:
             self._dispatch(event)
-        self._arm()
+        if not self._handling:  # else the event being handled re-arms once it is done
+            self._arm()
 
     def _arm(self) -> None:
         self._timer.arm(self.agent.get_timer())
