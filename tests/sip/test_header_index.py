@@ -1,19 +1,16 @@
 """The caches and fast paths of the SIP parser (issue 18): the header index and parsed-header
 memo of `Headers` (src/sipbridge/sip/message.py) answer exactly what a scan of the lines answers,
 after any edit; parameters without quotes or whitespace (src/sipbridge/sip/headers.py) parse as
-the general path parses them; pooled tags (`new_tag`, src/sipbridge/sip/dialog.py) stay unique.
+the general path parses them.
 """
 
 from __future__ import annotations
-
-import os
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sipbridge.sip import message as message_module
-from sipbridge.sip.dialog import new_tag
 from sipbridge.sip.endpoint import Peer, RequestReceived, SipEndpoint
 from sipbridge.sip.errors import SipProtocolError
 from sipbridge.sip.headers import TOKEN, _split, parse_params, split_list
@@ -137,27 +134,6 @@ def test_the_endpoints_rewrite_of_the_top_via_is_read_back() -> None:
     via = event.request.top_via
     assert (via.received, via.rport) == ("192.0.2.9", "5999")
     assert event.request.headers.get("Via") == str(via)
-
-
-def test_tags_are_unique_hex_across_pool_refills() -> None:
-    tags = [new_tag() for _ in range(1500)]  # three refills of the 512-tag pool
-    assert len(set(tags)) == len(tags)
-    assert all(len(t) == 16 and int(t, 16) >= 0 for t in tags)
-
-
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
-def test_a_forked_child_draws_its_own_tags() -> None:
-    new_tag()  # the pool is filled in the parent
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: its next tag, then exit at once
-        os.write(write, new_tag().encode())
-        os._exit(0)
-    os.close(write)
-    child = os.read(read, 64).decode()
-    os.close(read)
-    os.waitpid(pid, 0)
-    assert child and child != new_tag()
 
 
 def params_as_before(text: str) -> tuple[tuple[str, str | None], ...]:

@@ -8,7 +8,6 @@ CSeq of incoming ones (lower than the last one -> 500, s12.2.2).
 
 from __future__ import annotations
 
-import os
 import secrets
 from dataclasses import dataclass, field
 
@@ -21,19 +20,8 @@ from sipbridge.sip.uri import Uri
 TARGET_REFRESH = frozenset({"INVITE", "UPDATE"})  # s12.2, RFC 3311
 
 
-_random = bytearray()  # bytes of the system's CSPRNG, read 4 KiB at a time
-if hasattr(os, "register_at_fork"):  # a forked child must not hand out its parent's tags
-    os.register_at_fork(after_in_child=_random.clear)
-
-
 def new_tag() -> str:
-    """16 hex digits from the system's CSPRNG (RFC 3261 s19.3: tags cryptographically random),
-    read in 4 KiB blocks: one system call per 512 tags instead of one per tag."""
-    if not _random:
-        _random.extend(secrets.token_bytes(4096))
-    tag = _random[-8:].hex()
-    del _random[-8:]
-    return tag
+    return secrets.token_hex(8)
 
 
 def check_dialog_creating(request: Request) -> tuple[Uri, list[Address]]:
