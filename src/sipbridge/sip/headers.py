@@ -243,10 +243,12 @@ class Via:
     port: int | None = None
     params: Params = ()
     protocol: str = "SIP/2.0"
+    # the `branch` parameter, found once: transaction matching asks for it on every message
+    branch: str | None = field(init=False, repr=False, compare=False, default=None)
 
-    @property
-    def branch(self) -> str | None:
-        return param_value(self.params, "branch")
+    def __post_init__(self) -> None:
+        if self.params:
+            object.__setattr__(self, "branch", param_value(self.params, "branch"))
 
     @property
     def received(self) -> str | None:
