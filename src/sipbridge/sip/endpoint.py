@@ -203,7 +203,7 @@ class SipEndpoint:
             if header not in index:
                 raise SipProtocolError(400, "Bad Request", f"missing {name} header")
         via = request.top_via
-        request.from_, request.to  # noqa: B018 - validate now, answer 400 if malformed
+        request.from_, request.to, request.call_id  # noqa: B018 - validate now, answer 400 if malformed
         cseq = request.cseq
         if cseq.method != request.method:
             raise SipProtocolError(400, "Bad Request", "CSeq method does not match")
