@@ -30,6 +30,8 @@ WORKER = Path(__file__).parents[1] / "agent_worker.py"
 pytestmark = [
     pytest.mark.skipif(not shutil.which("baresip"), reason="baresip comes with `make test`"),
     pytest.mark.skipif(netns.available() is not None, reason=str(netns.available())),
+    # real time (what the agent heard, per quarter second): alone after the parallel tests
+    pytest.mark.serial,
 ]
 
 
