@@ -12,6 +12,7 @@ import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf.message import Message
@@ -30,159 +31,6 @@ from sipbridge.cli.output import TABLE_COLUMNS, as_dict, render_table, server_cr
 from sipbridge.cli.serve import add_serve_parser, serve
 
 Command = Callable[[Any, argparse.Namespace], Awaitable[Any]]
-
-
-def _client_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--url", default=None, help="server URL (env LIVEKIT_URL)")
-    p.add_argument("--api-key", default=None, help="API key (env LIVEKIT_API_KEY)")
-    p.add_argument("--api-secret", default=None, help="API secret (env LIVEKIT_API_SECRET)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sipbridge", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=f"sipbridge {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_serve_parser(sub)
-
-    trunk = sub.add_parser("trunk", help="SIP trunks").add_subparsers(dest="action", required=True)
-    p = trunk.add_parser("create-inbound", help="create an inbound trunk")
-    p.add_argument("--name", default="")
-    p.add_argument("--numbers", nargs="*", default=[], help="numbers this trunk answers")
-    p.add_argument("--allowed-addresses", nargs="*", default=[], help="IPs/CIDRs allowed")
-    p.add_argument("--allowed-numbers", nargs="*", default=[], help="callers allowed")
-    p.add_argument("--auth-username", default="")
-    p.add_argument("--auth-password", default="")
-    _client_args(p)
-    p.set_defaults(run=create_inbound)
-    p = trunk.add_parser("create-outbound", help="create an outbound trunk")
-    p.add_argument("--name", default="")
-    p.add_argument("--address", required=True, help="carrier host[:port]")
-    p.add_argument("--numbers", nargs="+", required=True, help="caller ids to call from")
-    p.add_argument("--transport", choices=["auto", "udp", "tcp", "tls"], default="auto")
-    p.add_argument("--auth-username", default="")
-    p.add_argument("--auth-password", default="")
-    _client_args(p)
-    p.set_defaults(run=create_outbound)
-    p = trunk.add_parser("list", help="list trunks")
-    _client_args(p)
-    p.set_defaults(run=list_trunks)
-    p = trunk.add_parser("delete", help="delete a trunk")
-    p.add_argument("trunk_id")
-    _client_args(p)
-    p.set_defaults(run=delete_trunk)
-
-    rule = sub.add_parser("rule", help="dispatch rules").add_subparsers(
-        dest="action", required=True
-    )
-    p = rule.add_parser("create", help="create a dispatch rule")
-    kind = p.add_mutually_exclusive_group(required=True)
-    kind.add_argument("--direct", metavar="ROOM", help="every call to this room")
-    kind.add_argument("--individual", metavar="PREFIX", help="a room per caller")
-    kind.add_argument("--callee", metavar="PREFIX", help="a room per called number")
-    p.add_argument("--pin", default="")
-    p.add_argument("--name", default="")
-    p.add_argument("--trunk-ids", nargs="*", default=[])
-    p.add_argument("--inbound-numbers", nargs="*", default=[], help="callers this rule takes")
-    p.add_argument("--numbers", nargs="*", default=[], help="called numbers this rule takes")
-    p.add_argument("--hide-phone-number", action="store_true")
-    p.add_argument("--agent", action="append", default=[], help="agent name to dispatch")
-    _client_args(p)
-    p.set_defaults(run=create_rule)
-    p = rule.add_parser("list", help="list dispatch rules")
-    _client_args(p)
-    p.set_defaults(run=list_rules)
-    p = rule.add_parser("delete", help="delete a dispatch rule")
-    p.add_argument("rule_id")
-    _client_args(p)
-    p.set_defaults(run=delete_rule)
-
-    room = sub.add_parser("room", help="rooms").add_subparsers(dest="action", required=True)
-    p = room.add_parser("list", help="list rooms")
-    _client_args(p)
-    p.set_defaults(run=list_rooms)
-    p = room.add_parser("delete", help="delete a room (hangs up its calls)")
-    p.add_argument("room")
-    _client_args(p)
-    p.set_defaults(run=delete_room)
-
-    call = sub.add_parser("call", help="the call log").add_subparsers(dest="action", required=True)
-    p = call.add_parser("list", help="calls, newest first (reads the server's database)")
-    p.add_argument("--db", default="./sipbridge.db", help="SQLite file (./sipbridge.db)")
-    p.add_argument("--redis", metavar="URL", help="read the servers' Redis instead of --db")
-    p.add_argument(
-        "--redis-prefix", default="sipbridge:", help="start of every Redis key (sipbridge:)"
-    )
-    p.add_argument("--limit", type=int, default=100, help="calls to list (100; at most 1000000)")
-    p.add_argument(
-        "--since", default="", help="only calls created since: 15m, 2h, 7d, an ISO 8601 time"
-    )
-    p.add_argument("--until", default="", help="only calls created before (as --since)")
-    p.add_argument("--page-token", default="", help="go on after a previous list (its token)")
-    p.add_argument("--room", default="", help="only the calls of this room")
-    p.add_argument("--trunk", default="", help="only the calls through this trunk id")
-    p.add_argument("--status", default="", help="only calls in this state (active, ...)")
-    p.add_argument("--number", default="", help="only calls from or to this number")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.set_defaults(run=list_calls, local=True)
-    p = call.add_parser("trace", help="a call's SIP messages as a ladder (asks the server)")
-    p.add_argument("call_id", help="the call's id (SCL_...) or its SIP Call-ID")
-    _client_args(p)
-    p.set_defaults(run=call_trace, local=True)
-    p = call.add_parser("pcap", help="a call's SIP messages as a pcap file on stdout")
-    p.add_argument("call_id", help="the call's id (SCL_...) or its SIP Call-ID")
-    _client_args(p)
-    p.set_defaults(run=call_pcap, local=True)
-    p = call.add_parser("rtp", help="trace a live call's RTP headers from now on (for its pcap)")
-    p.add_argument("call_id", help="the call's id (SCL_...) or its SIP Call-ID")
-    _client_args(p)
-    p.set_defaults(run=call_rtp, local=True)
-    p = call.add_parser("show", help="one call and its media quality (reads the server's database)")
-    p.add_argument("call_id", help="the call's id (SCL_...)")
-    p.add_argument("--db", default="./sipbridge.db", help="SQLite file (./sipbridge.db)")
-    p.add_argument("--redis", metavar="URL", help="read the servers' Redis instead of --db")
-    p.add_argument(
-        "--redis-prefix", default="sipbridge:", help="start of every Redis key (sipbridge:)"
-    )
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(run=show_call, local=True)
-
-    store = sub.add_parser("store", help="the stored records").add_subparsers(
-        dest="action", required=True
-    )
-    p = store.add_parser(
-        "copy",
-        help="copy every trunk, dispatch rule, call and transfer record from SRC to DST (by id: "
-        "running it again changes nothing); SRC and DST are sqlite:PATH or redis://HOST:PORT/DB",
-    )
-    p.add_argument("src", metavar="SRC", help="sqlite:PATH or redis://HOST:PORT/DB")
-    p.add_argument("dst", metavar="DST", help="sqlite:PATH or redis://HOST:PORT/DB")
-    p.add_argument(
-        "--redis-prefix", default="sipbridge:", help="start of every Redis key (sipbridge:)"
-    )
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.set_defaults(run=copy_store, local=True)
-
-    node = sub.add_parser("node", help="the nodes of the cluster").add_subparsers(
-        dest="action", required=True
-    )
-    p = node.add_parser("list", help="every live node: state, load, addresses (asks the server)")
-    _client_args(p)
-    p.set_defaults(run=list_nodes, local=True)
-
-    part = sub.add_parser("participant", help="participants").add_subparsers(
-        dest="action", required=True
-    )
-    p = part.add_parser("list", help="list a room's participants")
-    p.add_argument("room")
-    _client_args(p)
-    p.set_defaults(run=list_participants)
-    p = part.add_parser("remove", help="remove a participant (hangs up a call)")
-    p.add_argument("room")
-    p.add_argument("identity")
-    _client_args(p)
-    p.set_defaults(run=remove_participant)
-    return parser
 
 
 # -- client commands -------------------------------------------------------------------------
@@ -324,6 +172,277 @@ async def _run_client(command: Command, args: argparse.Namespace) -> Any:
     url, key, secret = server_credentials(args)
     async with api.LiveKitAPI(url=url, api_key=key, api_secret=secret) as lk:
         return await command(lk, args)
+
+
+# -- the command line, as a table ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Arg:
+    """One `add_argument` call: its names and keywords."""
+
+    names: tuple[str, ...]
+    options: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class OneOf:
+    """A mutually exclusive group of arguments (one of them required)."""
+
+    args: tuple[Arg, ...]
+
+
+@dataclass(frozen=True)
+class Action:
+    """`sipbridge COMMAND ACTION`: its flags, and what runs it.
+
+    `client`: the flags for reaching a server (--url, --api-key, --api-secret, --json) after
+    `args`. `local`: `run` takes only the arguments (no `livekit-api` client is opened for it)."""
+
+    name: str
+    help: str
+    run: Callable[..., Any]
+    args: tuple[Arg | OneOf, ...] = ()
+    client: bool = True
+    local: bool = False
+
+
+def arg(*names: str, **options: Any) -> Arg:
+    return Arg(names, options)
+
+
+JSON_TABLE = arg("--json", action="store_true", help="print JSON instead of a table")
+CLIENT_ARGS = (
+    arg("--url", default=None, help="server URL (env LIVEKIT_URL)"),
+    arg("--api-key", default=None, help="API key (env LIVEKIT_API_KEY)"),
+    arg("--api-secret", default=None, help="API secret (env LIVEKIT_API_SECRET)"),
+    JSON_TABLE,
+)
+NAME = arg("--name", default="")
+AUTH = (arg("--auth-username", default=""), arg("--auth-password", default=""))
+CALL_ID = arg("call_id", help="the call's id (SCL_...) or its SIP Call-ID")
+REDIS_PREFIX = arg(
+    "--redis-prefix", default="sipbridge:", help="start of every Redis key (sipbridge:)"
+)
+DATABASE = (
+    arg("--db", default="./sipbridge.db", help="SQLite file (./sipbridge.db)"),
+    arg("--redis", metavar="URL", help="read the servers' Redis instead of --db"),
+    REDIS_PREFIX,
+)
+STORE_URL = "sqlite:PATH or redis://HOST:PORT/DB"
+
+COMMANDS: tuple[tuple[str, str, tuple[Action, ...]], ...] = (
+    (
+        "trunk",
+        "SIP trunks",
+        (
+            Action(
+                "create-inbound",
+                "create an inbound trunk",
+                create_inbound,
+                (
+                    NAME,
+                    arg("--numbers", nargs="*", default=[], help="numbers this trunk answers"),
+                    arg("--allowed-addresses", nargs="*", default=[], help="IPs/CIDRs allowed"),
+                    arg("--allowed-numbers", nargs="*", default=[], help="callers allowed"),
+                    *AUTH,
+                ),
+            ),
+            Action(
+                "create-outbound",
+                "create an outbound trunk",
+                create_outbound,
+                (
+                    NAME,
+                    arg("--address", required=True, help="carrier host[:port]"),
+                    arg("--numbers", nargs="+", required=True, help="caller ids to call from"),
+                    arg("--transport", choices=["auto", "udp", "tcp", "tls"], default="auto"),
+                    *AUTH,
+                ),
+            ),
+            Action("list", "list trunks", list_trunks),
+            Action("delete", "delete a trunk", delete_trunk, (arg("trunk_id"),)),
+        ),
+    ),
+    (
+        "rule",
+        "dispatch rules",
+        (
+            Action(
+                "create",
+                "create a dispatch rule",
+                create_rule,
+                (
+                    OneOf(
+                        (
+                            arg("--direct", metavar="ROOM", help="every call to this room"),
+                            arg("--individual", metavar="PREFIX", help="a room per caller"),
+                            arg("--callee", metavar="PREFIX", help="a room per called number"),
+                        )
+                    ),
+                    arg("--pin", default=""),
+                    NAME,
+                    arg("--trunk-ids", nargs="*", default=[]),
+                    arg("--inbound-numbers", nargs="*", default=[], help="callers this rule takes"),
+                    arg("--numbers", nargs="*", default=[], help="called numbers this rule takes"),
+                    arg("--hide-phone-number", action="store_true"),
+                    arg("--agent", action="append", default=[], help="agent name to dispatch"),
+                ),
+            ),
+            Action("list", "list dispatch rules", list_rules),
+            Action("delete", "delete a dispatch rule", delete_rule, (arg("rule_id"),)),
+        ),
+    ),
+    (
+        "room",
+        "rooms",
+        (
+            Action("list", "list rooms", list_rooms),
+            Action("delete", "delete a room (hangs up its calls)", delete_room, (arg("room"),)),
+        ),
+    ),
+    (
+        "call",
+        "the call log",
+        (
+            Action(
+                "list",
+                "calls, newest first (reads the server's database)",
+                list_calls,
+                (
+                    *DATABASE,
+                    arg(
+                        "--limit",
+                        type=int,
+                        default=100,
+                        help="calls to list (100; at most 1000000)",
+                    ),
+                    arg(
+                        "--since",
+                        default="",
+                        help="only calls created since: 15m, 2h, 7d, an ISO 8601 time",
+                    ),
+                    arg("--until", default="", help="only calls created before (as --since)"),
+                    arg("--page-token", default="", help="go on after a previous list (its token)"),
+                    arg("--room", default="", help="only the calls of this room"),
+                    arg("--trunk", default="", help="only the calls through this trunk id"),
+                    arg("--status", default="", help="only calls in this state (active, ...)"),
+                    arg("--number", default="", help="only calls from or to this number"),
+                    JSON_TABLE,
+                ),
+                client=False,
+                local=True,
+            ),
+            Action(
+                "trace",
+                "a call's SIP messages as a ladder (asks the server)",
+                call_trace,
+                (CALL_ID,),
+                local=True,
+            ),
+            Action(
+                "pcap",
+                "a call's SIP messages as a pcap file on stdout",
+                call_pcap,
+                (CALL_ID,),
+                local=True,
+            ),
+            Action(
+                "rtp",
+                "trace a live call's RTP headers from now on (for its pcap)",
+                call_rtp,
+                (CALL_ID,),
+                local=True,
+            ),
+            Action(
+                "show",
+                "one call and its media quality (reads the server's database)",
+                show_call,
+                (
+                    arg("call_id", help="the call's id (SCL_...)"),
+                    *DATABASE,
+                    arg("--json", action="store_true", help="print JSON"),
+                ),
+                client=False,
+                local=True,
+            ),
+        ),
+    ),
+    (
+        "store",
+        "the stored records",
+        (
+            Action(
+                "copy",
+                "copy every trunk, dispatch rule, call and transfer record from SRC to DST (by "
+                f"id: running it again changes nothing); SRC and DST are {STORE_URL}",
+                copy_store,
+                (
+                    arg("src", metavar="SRC", help=STORE_URL),
+                    arg("dst", metavar="DST", help=STORE_URL),
+                    REDIS_PREFIX,
+                    JSON_TABLE,
+                ),
+                client=False,
+                local=True,
+            ),
+        ),
+    ),
+    (
+        "node",
+        "the nodes of the cluster",
+        (
+            Action(
+                "list",
+                "every live node: state, load, addresses (asks the server)",
+                list_nodes,
+                local=True,
+            ),
+        ),
+    ),
+    (
+        "participant",
+        "participants",
+        (
+            Action("list", "list a room's participants", list_participants, (arg("room"),)),
+            Action(
+                "remove",
+                "remove a participant (hangs up a call)",
+                remove_participant,
+                (arg("room"), arg("identity")),
+            ),
+        ),
+    ),
+)
+
+
+def _add_args(parser: argparse.ArgumentParser, args: Sequence[Arg | OneOf]) -> None:
+    for a in args:
+        if isinstance(a, OneOf):
+            group = parser.add_mutually_exclusive_group(required=True)
+            for member in a.args:
+                group.add_argument(*member.names, **member.options)
+        else:
+            parser.add_argument(*a.names, **a.options)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sipbridge", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"sipbridge {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_serve_parser(sub)
+    for command, command_help, actions in COMMANDS:
+        actions_parser = sub.add_parser(command, help=command_help).add_subparsers(
+            dest="action", required=True
+        )
+        for action in actions:
+            p = actions_parser.add_parser(action.name, help=action.help)
+            _add_args(p, action.args + (CLIENT_ARGS if action.client else ()))
+            if action.local:
+                p.set_defaults(run=action.run, local=True)
+            else:
+                p.set_defaults(run=action.run)
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
