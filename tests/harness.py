@@ -207,10 +207,11 @@ async def sipp(
 # -- a `sipbridge serve` ---------------------------------------------------------------------------
 
 
-def sip_server_process(tmp: Path, *extra: str) -> ServerProcess:
-    """A server (not started) whose SIP port, `.sip_port`, sipp can share UDP and TCP on."""
+def sip_server_process(tmp: Path, *extra: str, **options: Any) -> ServerProcess:
+    """A server (not started) whose SIP port, `.sip_port`, sipp can share UDP and TCP on;
+    `options` as ServerProcess takes them (http_host, ...)."""
     port = sipp_port()
-    proc = ServerProcess(tmp, "--sip", f"127.0.0.1:{port}", *extra)
+    proc = ServerProcess(tmp, "--sip", f"127.0.0.1:{port}", *extra, **options)
     proc.sip_port = port  # type: ignore[attr-defined]
     return proc
 
@@ -220,6 +221,29 @@ def stop_cleanly(proc: ServerProcess) -> None:
     if proc.proc is not None:
         code = proc.stop()
         assert code == 0, proc.log.read_text()[-5000:]
+
+
+@contextlib.contextmanager
+def served(proc: ServerProcess) -> Iterator[ServerProcess]:
+    """`proc` started for the block; stopped after it, where it must exit 0 (`stop_cleanly`)."""
+    proc.start()
+    yield proc
+    stop_cleanly(proc)
+
+
+@contextlib.contextmanager
+def all_served(*procs: ServerProcess) -> Iterator[None]:
+    """`procs` started in order for the block; after it each is stopped, the last first, and
+    each must exit 0 (every one is stopped, whichever fails)."""
+    with contextlib.ExitStack() as stack:
+        for proc in procs:
+            proc.start()
+            stack.callback(_stopped_with_0, proc)
+        yield
+
+
+def _stopped_with_0(proc: ServerProcess) -> None:
+    assert proc.stop() == 0, proc.log_tail()
 
 
 @asynccontextmanager

@@ -8,20 +8,28 @@ from pathlib import Path
 import pytest
 
 from tests import netns
-from tests.helpers import ServerProcess, free_sip_port
+from tests.harness import served, sip_server_process
+from tests.helpers import ServerProcess
 
 RTC_PORTS = "16000-16999"  # WebRTC (ICE) ports of `rtc_server`
 
 
+MEDIA_FLAGS = ("--rtp-ports", "14000-14999")
+
+
+def rtc_server_process(
+    tmp_path: Path, namespace: netns.VethNamespace, *extra: str
+) -> ServerProcess:
+    """A server (not started) for SDK clients in `namespace`: its API and WebRTC (ICE) on the
+    namespace's host address, RTC_PORTS, then `extra` flags."""
+    flags = ("--rtc-ip", namespace.host_ip, "--rtc-ports", RTC_PORTS, *extra)
+    return sip_server_process(tmp_path, *MEDIA_FLAGS, *flags, http_host=namespace.host_ip)
+
+
 @pytest.fixture
 def media_server(tmp_path: Path) -> Iterator[ServerProcess]:
-    port = free_sip_port()
-    proc = ServerProcess(tmp_path, "--sip", f"127.0.0.1:{port}", "--rtp-ports", "14000-14999")
-    proc.sip_port = port  # type: ignore[attr-defined]
-    proc.start()
-    yield proc
-    if proc.proc is not None:
-        assert proc.stop() == 0, proc.log.read_text()
+    with served(sip_server_process(tmp_path, *MEDIA_FLAGS)) as proc:
+        yield proc
 
 
 @pytest.fixture
@@ -32,21 +40,5 @@ def namespace() -> Iterator[netns.VethNamespace]:
 
 @pytest.fixture
 def rtc_server(tmp_path: Path, namespace: netns.VethNamespace) -> Iterator[ServerProcess]:
-    port = free_sip_port()
-    proc = ServerProcess(
-        tmp_path,
-        "--sip",
-        f"127.0.0.1:{port}",
-        "--rtp-ports",
-        "14000-14999",
-        "--rtc-ip",
-        namespace.host_ip,
-        "--rtc-ports",
-        RTC_PORTS,
-        http_host=namespace.host_ip,
-    )
-    proc.sip_port = port  # type: ignore[attr-defined]
-    proc.start()
-    yield proc
-    if proc.proc is not None:
-        assert proc.stop() == 0, proc.log.read_text()
+    with served(rtc_server_process(tmp_path, namespace)) as proc:
+        yield proc

@@ -28,8 +28,9 @@ from livekit.protocol import egress, room, sip
 
 from tests import baresip
 from tests.audio import windows_heard, write_wav
-from tests.harness import client, eventually
-from tests.helpers import ServerProcess, free_sip_port, token, twirp
+from tests.harness import client, eventually, sip_server_process
+from tests.helpers import ServerProcess, token, twirp
+from tests.interop.conftest import MEDIA_FLAGS
 from tests.interop.test_webhooks import Receiver, receiver
 
 pytestmark = pytest.mark.skipif(
@@ -48,19 +49,8 @@ async def hooks() -> AsyncIterator[Receiver]:
 
 @pytest.fixture
 async def recorder(tmp_path: Path, hooks: Receiver) -> AsyncIterator[ServerProcess]:
-    port = free_sip_port()
-    proc = ServerProcess(
-        tmp_path,
-        "--sip",
-        f"127.0.0.1:{port}",
-        "--rtp-ports",
-        "14000-14999",
-        "--recordings-dir",
-        str(tmp_path / "rec"),
-        "--webhook",
-        hooks.url,
-    )
-    proc.sip_port = port  # type: ignore[attr-defined]
+    rec = ("--recordings-dir", str(tmp_path / "rec"), "--webhook", hooks.url)
+    proc = sip_server_process(tmp_path, *MEDIA_FLAGS, *rec)
     proc.recordings = tmp_path / "rec"  # type: ignore[attr-defined]
     await asyncio.to_thread(proc.start)
     yield proc

@@ -34,11 +34,11 @@ from livekit.protocol import egress, room
 
 from tests import baresip, netns
 from tests.audio import distinct_signal, windows_heard, write_wav
-from tests.harness import client, direct_rule, eventually
-from tests.helpers import ServerProcess, free_sip_port
-from tests.interop.conftest import RTC_PORTS
+from tests.harness import client, direct_rule, eventually, served
+from tests.helpers import ServerProcess
+from tests.interop.conftest import rtc_server_process
 from tests.interop.test_webhooks import Receiver, receiver
-from tests.interop.test_webrtc import run_sdk
+from tests.interop.test_webrtc import answered_by_sdk
 
 pytestmark = [
     # real time: alone after the parallel tests (the Makefile, `-m serial`)
@@ -63,28 +63,9 @@ async def hooks() -> AsyncIterator[Receiver]:
 def recorder(
     tmp_path: Path, namespace: netns.VethNamespace, hooks: Receiver
 ) -> Iterator[ServerProcess]:
-    port = free_sip_port()
-    proc = ServerProcess(
-        tmp_path,
-        "--sip",
-        f"127.0.0.1:{port}",
-        "--rtp-ports",
-        "14000-14999",
-        "--rtc-ip",
-        namespace.host_ip,
-        "--rtc-ports",
-        RTC_PORTS,
-        "--recordings-dir",
-        str(tmp_path / "rec"),
-        "--webhook",
-        hooks.url,
-        http_host=namespace.host_ip,
-    )
-    proc.sip_port = port  # type: ignore[attr-defined]
-    proc.start()
-    yield proc
-    if proc.proc is not None:
-        assert proc.stop() == 0, proc.log_tail()
+    rec = ("--recordings-dir", str(tmp_path / "rec"), "--webhook", hooks.url)
+    with served(rtc_server_process(tmp_path, namespace, *rec)) as proc:
+        yield proc
 
 
 def decode_channels(path: Path) -> tuple[np.ndarray, int]:
@@ -137,27 +118,23 @@ async def test_a_phone_and_an_sdk_client_are_recorded_mono_and_on_their_own_chan
         async with baresip.phone(
             tmp_path / "phone", codecs="PCMU", top_hz=3400.0, lead_s=1.0
         ) as phone:
-            await phone.dial(f"sip:recorded@127.0.0.1:{recorder.sip_port}")  # type: ignore[attr-defined]
-            await phone.wait_event("CALL_RINGING", fail_on=("CALL_CLOSED",))
-            sdk = asyncio.create_task(
-                run_sdk(
-                    namespace,
-                    recorder,
-                    "agent",
-                    "recorded",
-                    "--publish",
-                    str(tmp_path / "agent.wav"),
-                    "--record",
-                    str(tmp_path / "agent_heard.wav"),
-                    "--publish-after-record",
-                    "--publish-when-subscribed",
-                    "--publish-delay",
-                    "5.0",
-                    "--seconds",
-                    "11",
-                )
+            sdk = await answered_by_sdk(
+                phone,
+                namespace,
+                recorder,
+                "recorded",
+                "recorded",
+                "--publish",
+                str(tmp_path / "agent.wav"),
+                "--record",
+                str(tmp_path / "agent_heard.wav"),
+                "--publish-after-record",
+                "--publish-when-subscribed",
+                "--publish-delay",
+                "5.0",
+                "--seconds",
+                "11",
             )
-            await phone.wait_event("CALL_ESTABLISHED", timeout=15, fail_on=("CALL_CLOSED",))
             listed = await lk.room.list_participants(room.ListParticipantsRequest(room="recorded"))
             (call_id,) = [
                 p.attributes["sip.callID"] for p in listed.participants if p.kind == p.Kind.SIP

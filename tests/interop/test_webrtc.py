@@ -91,6 +91,44 @@ async def run_sdk(
     return events
 
 
+async def answered_by_sdk(
+    phone: baresip.Phone,
+    ns: netns.VethNamespace,
+    server: ServerProcess,
+    number: str,
+    room_name: str,
+    *sdk_args: str,
+    port: int | None = None,
+) -> asyncio.Task[list[dict[str, Any]]]:
+    """`phone` dials `number` and rings; then the SDK client `agent` joins `room_name` (`run_sdk`
+    with `sdk_args`, as a task: returned) and the call is answered once it subscribed."""
+    await phone.dial(f"sip:{number}@127.0.0.1:{server.sip_port}")  # type: ignore[attr-defined]
+    await phone.wait_event("CALL_RINGING", fail_on=("CALL_CLOSED",))
+    sdk = asyncio.create_task(run_sdk(ns, server, "agent", room_name, *sdk_args, port=port))
+    await phone.wait_event("CALL_ESTABLISHED", timeout=15, fail_on=("CALL_CLOSED",))
+    return sdk
+
+
+async def greet(server: ServerProcess, room_name: str) -> None:
+    """The API's SendData to `room_name`: "hello agent", reliable, on the topic "greeting"."""
+    async with api.LiveKitAPI(url=server.url, api_key=API_KEY, api_secret=API_SECRET) as lk:
+        await lk.room.send_data(
+            room.SendDataRequest(
+                room=room_name,
+                data=b"hello agent",
+                kind=models.DataPacket.Kind.RELIABLE,
+                topic="greeting",
+            )
+        )
+
+
+async def hang_up(phone: baresip.Phone) -> None:
+    """The phone hangs up, sees the call closed, and stops (its recording complete)."""
+    await phone.hangup()
+    await phone.wait_event("CALL_CLOSED")
+    await phone.stop()
+
+
 @pytest.mark.serial  # real time: alone after the parallel tests
 async def test_sdk_client_and_phone_hear_each_other(
     rtc_server: ServerProcess, namespace: netns.VethNamespace, tmp_path: Path
@@ -102,30 +140,25 @@ async def test_sdk_client_and_phone_hear_each_other(
     # The phone talks 1.5 s after it is answered: the SDK's jitter buffer time-stretches the
     # first few hundred ms of a new stream while it settles, which no waveform survives.
     async with baresip.phone(tmp_path / "phone", codecs="PCMU", top_hz=3400.0, lead_s=1.5) as phone:
-        await phone.dial(f"sip:agent@127.0.0.1:{rtc_server.sip_port}")  # type: ignore[attr-defined]
-        await phone.wait_event("CALL_RINGING", fail_on=("CALL_CLOSED",))
-        sdk = asyncio.create_task(
-            run_sdk(
-                namespace,
-                rtc_server,
-                "agent",
-                "agentroom",
-                "--record",
-                str(heard),
-                "--publish",
-                str(tmp_path / "agent.wav"),
-                "--publish-after-record",
-                "--publish-when-subscribed",
-                "--seconds",
-                "8",
-                "--dtmf",
-                "*5",
-                "--dtmf-delay",
-                "5.5",
-            )
+        sdk = await answered_by_sdk(
+            phone,
+            namespace,
+            rtc_server,
+            "agent",
+            "agentroom",
+            "--record",
+            str(heard),
+            "--publish",
+            str(tmp_path / "agent.wav"),
+            "--publish-after-record",
+            "--publish-when-subscribed",
+            "--seconds",
+            "8",
+            "--dtmf",
+            "*5",
+            "--dtmf-delay",
+            "5.5",
         )
-        # Answered once the SDK client subscribed to the phone's track.
-        await phone.wait_event("CALL_ESTABLISHED", timeout=15, fail_on=("CALL_CLOSED",))
         # the server's WebRTC sockets are in --rtc-ports, on --rtc-ip only
         rtc_ports = udp_ports(namespace.host_ip)
         low, high = map(int, RTC_PORTS.split("-"))
@@ -134,15 +167,7 @@ async def test_sdk_client_and_phone_hear_each_other(
         # conversation itself, not a wait for something.
         await asyncio.sleep(5.0)
         await phone.send_dtmf("12#")  # -> sip_dtmf_received at the SDK client
-        async with api.LiveKitAPI(url=rtc_server.url, api_key=API_KEY, api_secret=API_SECRET) as lk:
-            await lk.room.send_data(
-                room.SendDataRequest(
-                    room="agentroom",
-                    data=b"hello agent",
-                    kind=models.DataPacket.Kind.RELIABLE,
-                    topic="greeting",
-                )
-            )
+        await greet(rtc_server, "agentroom")
         # the SDK client's publish_dtmf -> RFC 4733 to the phone
         assert await phone.wait_dtmf("*5", timeout=8) == "*5"
         # the phone's PCMU went to the SDK as it was, no transcoding
@@ -153,9 +178,7 @@ async def test_sdk_client_and_phone_hear_each_other(
         assert rtc_audio.get("subscriptions_pcmu") == 1, rtc_audio
         assert rtc_audio["forwarded"] > 5 / 0.02 * 0.9, rtc_audio
         events = await sdk
-        await phone.hangup()
-        await phone.wait_event("CALL_CLOSED")
-        await phone.stop()
+        await hang_up(phone)
         phone_heard, phone_rate = read_wav(phone.recorded())
     connected = next(e for e in events if e["event"] == "connected")
     (caller,) = connected["participants"]
@@ -202,49 +225,35 @@ async def test_sdk_client_with_two_peer_connections_and_phone_hear_each_other(
     async with baresip.phone(
         tmp_path / "phone", codecs="PCMU", top_hz=3400.0, lead_s=1.5, signal_s=2.5
     ) as phone:
-        await phone.dial(f"sip:agent@127.0.0.1:{rtc_server.sip_port}")  # type: ignore[attr-defined]
-        await phone.wait_event("CALL_RINGING", fail_on=("CALL_CLOSED",))
-        sdk = asyncio.create_task(
-            run_sdk(
-                namespace,
-                rtc_server,
-                "agent",
-                "agentroom",
-                "--two-pc",
-                "--record",
-                str(heard),
-                "--publish",
-                str(tmp_path / "agent.wav"),
-                "--publish-after-record",
-                "--publish-when-subscribed",
-                "--seconds",
-                "6.5",
-                "--dtmf",
-                "7",
-                "--dtmf-delay",
-                "4.5",
-            )
+        sdk = await answered_by_sdk(
+            phone,
+            namespace,
+            rtc_server,
+            "agent",
+            "agentroom",
+            "--two-pc",
+            "--record",
+            str(heard),
+            "--publish",
+            str(tmp_path / "agent.wav"),
+            "--publish-after-record",
+            "--publish-when-subscribed",
+            "--seconds",
+            "6.5",
+            "--dtmf",
+            "7",
+            "--dtmf-delay",
+            "4.5",
         )
-        await phone.wait_event("CALL_ESTABLISHED", timeout=15, fail_on=("CALL_CLOSED",))
         await asyncio.sleep(4.0)  # the conversation: both signals over
-        async with api.LiveKitAPI(url=rtc_server.url, api_key=API_KEY, api_secret=API_SECRET) as lk:
-            await lk.room.send_data(
-                room.SendDataRequest(
-                    room="agentroom",
-                    data=b"hello agent",
-                    kind=models.DataPacket.Kind.RELIABLE,
-                    topic="greeting",
-                )
-            )
+        await greet(rtc_server, "agentroom")
         assert await phone.wait_dtmf("7", timeout=8) == "7"
         counters = await asyncio.to_thread(rtc_server.metrics)
         assert counters.get('sipbridge_rtc_audio{counter="subscriptions_pcmu"}') == 1, counters
         assert counters.get('sipbridge_signal_joins_total{protocol="two_pc"}') == 1, counters
         assert 'sipbridge_signal_joins_total{protocol="single_pc"}' not in counters, counters
         events = await sdk
-        await phone.hangup()
-        await phone.wait_event("CALL_CLOSED")
-        await phone.stop()
+        await hang_up(phone)
         phone_heard, phone_rate = read_wav(phone.recorded())
     connected = next(e for e in events if e["event"] == "connected")
     (caller,) = connected["participants"]
@@ -268,12 +277,9 @@ async def test_a_second_sdk_client_joins_and_leaves_and_remove_participant_hangs
     Then RemoveParticipant on the caller hangs the phone up."""
     await direct_rule(rtc_server, "agentroom")
     async with baresip.phone(tmp_path / "phone", codecs="PCMA") as phone:
-        await phone.dial(f"sip:agent@127.0.0.1:{rtc_server.sip_port}")  # type: ignore[attr-defined]
-        await phone.wait_event("CALL_RINGING", fail_on=("CALL_CLOSED",))
-        agent = asyncio.create_task(
-            run_sdk(namespace, rtc_server, "agent", "agentroom", "--seconds", "6")
+        agent = await answered_by_sdk(
+            phone, namespace, rtc_server, "agent", "agentroom", "--seconds", "6"
         )
-        await phone.wait_event("CALL_ESTABLISHED", timeout=15, fail_on=("CALL_CLOSED",))
         await asyncio.sleep(1.0)
         visitor = await run_sdk(
             namespace,
@@ -378,31 +384,25 @@ async def test_a_cut_websocket_resumes_and_the_caller_is_still_heard(
         # the phone talks from 4 s after the answer: after the cut at 1.5 s and the resume
         baresip.phone(tmp_path / "phone", codecs="PCMU", top_hz=3400.0, lead_s=4.0) as phone,
     ):
-        await phone.dial(f"sip:agent@127.0.0.1:{rtc_server.sip_port}")  # type: ignore[attr-defined]
-        await phone.wait_event("CALL_RINGING", fail_on=("CALL_CLOSED",))
-        sdk = asyncio.create_task(
-            run_sdk(
-                namespace,
-                rtc_server,
-                "agent",
-                "agentroom",
-                "--record",
-                str(heard),
-                "--seconds",
-                "10",
-                *(["--two-pc"] if protocol == "two_pc" else []),
-                port=proxy.port,
-            )
+        sdk = await answered_by_sdk(
+            phone,
+            namespace,
+            rtc_server,
+            "agent",
+            "agentroom",
+            "--record",
+            str(heard),
+            "--seconds",
+            "10",
+            *(["--two-pc"] if protocol == "two_pc" else []),
+            port=proxy.port,
         )
-        await phone.wait_event("CALL_ESTABLISHED", timeout=15, fail_on=("CALL_CLOSED",))
         await asyncio.sleep(1.5)  # the scenario: the link is cut 1.5 s into the call
         assert proxy.connections == 1
         proxy.cut()
         events = await sdk
         assert not [e for e in phone.events if e.get("type") == "CALL_CLOSED"]
-        await phone.hangup()
-        await phone.wait_event("CALL_CLOSED")
-        await phone.stop()
+        await hang_up(phone)
     names = [e["event"] for e in events]
     assert "reconnecting" in names and "reconnected" in names, events
     assert proxy.connections >= 2  # the resume came through the relay
