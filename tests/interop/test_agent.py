@@ -12,19 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
-import signal
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests import baresip, netns
+from tests.agent_process import agent_worker
 from tests.audio import best_correlation, read_wav, windows_heard
-from tests.harness import direct_rule, eventually, metric
-from tests.helpers import API_KEY, API_SECRET, ServerProcess
+from tests.harness import direct_rule, eventually
+from tests.helpers import ServerProcess
 
 WORKER = Path(__file__).parents[1] / "agent_worker.py"
 pytestmark = [
@@ -48,28 +46,14 @@ async def test_agent_worker_answers_the_phone_and_echoes_it(
 ) -> None:
     await direct_rule(rtc_server, "support")
     events_file = tmp_path / "agent_events.jsonl"
-    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
-    env.update(
-        LIVEKIT_URL=f"http://{namespace.host_ip}:{rtc_server.port}",
-        LIVEKIT_API_KEY=API_KEY,
-        LIVEKIT_API_SECRET=API_SECRET,
+    async with agent_worker(
+        WORKER,
+        namespace,
+        rtc_server,
+        tmp_path / "worker.log",
         EXAMPLE_EVENTS_FILE=str(events_file),
         EXAMPLE_RECORD_FILE=str(tmp_path / "agent_heard.wav"),
-    )
-    log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115, ASYNC230 - the worker's output
-    worker = await asyncio.create_subprocess_exec(
-        *namespace.exec_args(sys.executable, str(WORKER), "start"),
-        stdout=log,
-        stderr=asyncio.subprocess.STDOUT,
-        env=env,
-    )
-    try:
-
-        async def registered() -> bool:
-            assert worker.returncode is None, (tmp_path / "worker.log").read_text()[-3000:]
-            return await metric(rtc_server, "sipbridge_agent_workers") >= 1
-
-        await eventually(registered, "the worker to register", timeout=30, interval=0.2)
+    ) as worker:
         async with baresip.phone(
             tmp_path / "phone", codecs="PCMU", top_hz=3400.0, lead_s=1.5
         ) as phone:
@@ -91,15 +75,6 @@ async def test_agent_worker_answers_the_phone_and_echoes_it(
             timeout=15,
             interval=0.2,
         )
-    finally:
-        if worker.returncode is None:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(worker.wait(), 20)
-            except TimeoutError:
-                worker.kill()
-                await worker.wait()
-        log.close()
     assert got == "12#"
     events = events_of(events_file)
     (caller,) = [e for e in events if e["event"] == "caller"]

@@ -14,12 +14,8 @@ of the first half second and at least 80 % of the quarter-second windows overall
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import shutil
-import signal
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +25,9 @@ from livekit import api
 from livekit.protocol import room, sip
 
 from tests import baresip, netns
+from tests.agent_process import agent_worker
 from tests.audio import distinct_signal, read_wav, windows_heard, write_wav
-from tests.harness import eventually, metric
+from tests.harness import eventually
 from tests.helpers import API_KEY, API_SECRET, ServerProcess
 
 WORKER = Path(__file__).parents[1] / "agent_session_worker.py"
@@ -77,32 +74,20 @@ async def test_an_agent_session_greets_the_caller_from_its_first_word(
     spoken = distinct_signal("agent-session", RATE, SIGNAL_S, top_hz=3400.0)
     write_wav(tmp_path / "greeting.wav", spoken, RATE)
     events_file = tmp_path / "agent_events.jsonl"
-    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
-    env.update(
-        LIVEKIT_URL=f"http://{namespace.host_ip}:{rtc_server.port}",
-        LIVEKIT_API_KEY=API_KEY,
-        LIVEKIT_API_SECRET=API_SECRET,
-        AGENT_EVENTS_FILE=str(events_file),
-        AGENT_SIGNAL_WAV=str(tmp_path / "greeting.wav"),
-    )
-    log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115, ASYNC230 - the worker's output
-    worker = await asyncio.create_subprocess_exec(
-        *namespace.exec_args(sys.executable, str(WORKER), "start"),
-        stdout=log,
-        stderr=asyncio.subprocess.STDOUT,
-        env=env,
-    )
 
     def happened(name: str) -> list[dict[str, Any]]:
         return [e for e in events_of(events_file) if e["event"] == name]
 
-    try:
-
-        async def registered() -> bool:
-            assert worker.returncode is None, (tmp_path / "worker.log").read_text()[-3000:]
-            return await metric(rtc_server, "sipbridge_agent_workers") >= 1
-
-        await eventually(registered, "the worker to register", timeout=30, interval=0.1)
+    async with agent_worker(
+        WORKER,
+        namespace,
+        rtc_server,
+        tmp_path / "worker.log",
+        interval=0.1,
+        stop_s=15,
+        AGENT_EVENTS_FILE=str(events_file),
+        AGENT_SIGNAL_WAV=str(tmp_path / "greeting.wav"),
+    ) as worker:
         async with baresip.phone(tmp_path / "phone", codecs="PCMU") as phone:
             await phone.dial(f"sip:greeting@127.0.0.1:{rtc_server.sip_port}")  # type: ignore[attr-defined]
             # answered when the agent subscribes to the caller
@@ -132,15 +117,6 @@ async def test_an_agent_session_greets_the_caller_from_its_first_word(
         async with api.LiveKitAPI(url=rtc_server.url, api_key=API_KEY, api_secret=API_SECRET) as lk:
             rooms = await lk.room.list_rooms(room.ListRoomsRequest(names=["greeting"]))
         assert not rooms.rooms, rooms
-    finally:
-        if worker.returncode is None:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(worker.wait(), 15)
-            except TimeoutError:
-                worker.kill()
-                await worker.wait()
-        log.close()
     (caller,) = happened("caller")
     assert caller["kind"] == "PARTICIPANT_KIND_SIP", caller
     assert caller["phone_number"] == phone.user

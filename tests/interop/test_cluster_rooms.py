@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import secrets
 import shutil
 import signal
@@ -40,11 +39,13 @@ from livekit.protocol import sip as sip_proto
 
 from sipbridge.telephony.placement import sign_hop
 from tests import baresip, netns
+from tests.agent_process import agent_worker
 from tests.audio import read_wav, windows_heard
-from tests.harness import direct_rule, eventually, metric, sipp, sipp_port
+from tests.harness import all_served, direct_rule, eventually, sipp, sipp_port
 from tests.helpers import API_KEY, API_SECRET, ServerProcess, token, twirp
 from tests.interop.test_inbound_cases import header_of, status_of
 from tests.redis_server import RedisServer, redis_server
+from tests.udp_peer import udp_peer
 
 pytestmark = [
     pytest.mark.timeout(90),
@@ -149,15 +150,8 @@ def nodes(
         rtp="14500-14999", rtc_ip=namespace.host_ip, rtc_ports=RTC_PORTS_B, hooks=hooks.url,
         http_host=namespace.host_ip,
     )  # fmt: skip
-    a.start()
-    try:
-        b.start()
-        try:
-            yield a, b
-        finally:
-            assert b.stop() == 0, b.log_tail()
-    finally:
-        assert a.stop() == 0, a.log_tail()
+    with all_served(a, b):
+        yield a, b
 
 
 @asynccontextmanager
@@ -490,23 +484,10 @@ async def test_a_dead_owners_room_is_taken_over(
     print(f"\nroom of a SIGKILLed owner taken over {took:.2f} s after the kill")
 
 
-class _Datagrams(asyncio.DatagramProtocol):
-    def __init__(self) -> None:
-        self.queue: asyncio.Queue[bytes] = asyncio.Queue()
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.queue.put_nowait(data)
-
-
 async def timed_call(host: str, port: int) -> float:
     """One call by hand over UDP: INVITE to host:port, then ACK and BYE to the 200's Contact.
     Milliseconds from sending the INVITE to receiving the 200."""
-    loop = asyncio.get_running_loop()
-    transport, datagrams = await loop.create_datagram_endpoint(
-        _Datagrams, local_addr=("127.0.0.1", 0)
-    )
-    try:
-        me = transport.get_extra_info("sockname")[1]
+    async with udp_peer() as (transport, received, me):
         tag = secrets.token_hex(4)
         common = (
             f"From: <sip:+15550010@127.0.0.1>;tag={tag}\r\nCall-ID: timed-{tag}\r\n"
@@ -525,7 +506,7 @@ async def timed_call(host: str, port: int) -> float:
         started = time.perf_counter()
         transport.sendto(invite.encode(), (host, port))
         while True:
-            reply = await asyncio.wait_for(datagrams.queue.get(), 5)
+            reply = await asyncio.wait_for(received.get(), 5)
             status = status_of(reply)
             assert status < 300, reply
             if status == 200:
@@ -545,12 +526,10 @@ async def timed_call(host: str, port: int) -> float:
                 (there, int(there_port)),
             )
         while True:  # the BYE's 200 (the INVITE's may come again first)
-            reply = await asyncio.wait_for(datagrams.queue.get(), 5)
+            reply = await asyncio.wait_for(received.get(), 5)
             if status_of(reply) == 200 and b" BYE\r\n" in reply:
                 break
         return took
-    finally:
-        transport.close()
 
 
 @pytest.mark.serial  # real time: alone after the parallel tests
@@ -617,47 +596,29 @@ async def test_an_agent_worker_on_node_b_answers_a_phone_on_node_a(
             await lk.room.delete_room(room_proto.DeleteRoomRequest(room=left.name))
     rule = await shared_rule(a, b, "support")
     events_file = tmp_path / "agent_events.jsonl"
-    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
-    env.update(
-        LIVEKIT_URL=f"http://{namespace.host_ip}:{b.port}",
-        LIVEKIT_API_KEY=API_KEY,
-        LIVEKIT_API_SECRET=API_SECRET,
-        EXAMPLE_EVENTS_FILE=str(events_file),
-    )
-    log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115, ASYNC230 - the worker's output
-    worker = await asyncio.create_subprocess_exec(
-        *namespace.exec_args(sys.executable, str(WORKER), "start"),
-        stdout=log,
-        stderr=asyncio.subprocess.STDOUT,
-        env=env,
-    )
     try:
-
-        async def registered() -> bool:
-            assert worker.returncode is None, (tmp_path / "worker.log").read_text()[-3000:]
-            return await metric(b, "sipbridge_agent_workers") >= 1
-
-        await eventually(registered, "the worker to register on B", timeout=30, interval=0.2)
-        async with baresip.phone(
-            tmp_path / "phone", codecs="PCMU", top_hz=3400.0, lead_s=1.5
-        ) as phone:
-            await phone.dial(f"sip:support@{a.ip}:{a.sip_port}")
-            await phone.wait_event("CALL_ESTABLISHED", timeout=25, fail_on=("CALL_CLOSED",))
-            await asyncio.sleep(7.0)  # the conversation: 1.5 s of silence, 3 s, its echo 0.5 s on
-            await phone.hangup()
-            await phone.wait_event("CALL_CLOSED")
-            await phone.stop()
-            heard, rate = read_wav(phone.recorded())
-        on_a, on_b = await asyncio.to_thread(cluster, a), await asyncio.to_thread(cluster, b)
+        async with agent_worker(
+            WORKER,
+            namespace,
+            b,
+            tmp_path / "worker.log",
+            registered="the worker to register on B",
+            EXAMPLE_EVENTS_FILE=str(events_file),
+        ):
+            async with baresip.phone(
+                tmp_path / "phone", codecs="PCMU", top_hz=3400.0, lead_s=1.5
+            ) as phone:
+                await phone.dial(f"sip:support@{a.ip}:{a.sip_port}")
+                await phone.wait_event("CALL_ESTABLISHED", timeout=25, fail_on=("CALL_CLOSED",))
+                # the conversation: 1.5 s of silence, 3 s, its echo 0.5 s on
+                await asyncio.sleep(7.0)
+                await phone.hangup()
+                await phone.wait_event("CALL_CLOSED")
+                await phone.stop()
+                heard, rate = read_wav(phone.recorded())
+            on_a = await asyncio.to_thread(cluster, a)
+            on_b = await asyncio.to_thread(cluster, b)
     finally:
-        if worker.returncode is None:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(worker.wait(), 20)
-            except TimeoutError:
-                worker.kill()
-                await worker.wait()
-        log.close()
         async with client(a) as lk:
             await lk.sip.delete_dispatch_rule(
                 sip_proto.DeleteSIPDispatchRuleRequest(sip_dispatch_rule_id=rule)
@@ -690,12 +651,7 @@ async def node_calls(node: Node) -> dict[str, int]:
 async def ringing_call(host: str, port: int) -> AsyncIterator[None]:
     """A hand-made call to +15550100 that rings while inside (nobody answers a caller alone
     in its room), then is cancelled (487, ACKed)."""
-    loop = asyncio.get_running_loop()
-    transport, datagrams = await loop.create_datagram_endpoint(
-        _Datagrams, local_addr=("127.0.0.1", 0)
-    )
-    try:
-        me = transport.get_extra_info("sockname")[1]
+    async with udp_peer() as (transport, received, me):
         tag = secrets.token_hex(4)
         via = f"Via: SIP/2.0/UDP 127.0.0.1:{me};branch=z9hG4bK{tag};rport\r\n"
         common = (
@@ -711,7 +667,7 @@ async def ringing_call(host: str, port: int) -> AsyncIterator[None]:
             ).encode(),
             (host, port),
         )
-        while status_of(await asyncio.wait_for(datagrams.queue.get(), 5)) != 180:
+        while status_of(await asyncio.wait_for(received.get(), 5)) != 180:
             pass
         yield
         transport.sendto(
@@ -722,7 +678,7 @@ async def ringing_call(host: str, port: int) -> AsyncIterator[None]:
             (host, port),
         )
         while True:
-            reply = await asyncio.wait_for(datagrams.queue.get(), 5)
+            reply = await asyncio.wait_for(received.get(), 5)
             if status_of(reply) == 487:
                 break
         final_to = header_of(reply, "To")
@@ -733,8 +689,6 @@ async def ringing_call(host: str, port: int) -> AsyncIterator[None]:
             ).encode(),
             (host, port),
         )
-    finally:
-        transport.close()
 
 
 async def test_a_new_rooms_call_is_placed_on_the_least_loaded_node(
@@ -781,12 +735,7 @@ async def test_a_new_rooms_call_is_placed_on_the_least_loaded_node(
 
 async def final_status(host: str, port: int, extra: str = "", body: str = "") -> int:
     """The final status a hand-made INVITE (to +15550100) gets, with `extra` header lines."""
-    loop = asyncio.get_running_loop()
-    transport, datagrams = await loop.create_datagram_endpoint(
-        _Datagrams, local_addr=("127.0.0.1", 0)
-    )
-    try:
-        me = transport.get_extra_info("sockname")[1]
+    async with udp_peer() as (transport, received, me):
         tag = secrets.token_hex(4)
         invite = (
             f"INVITE sip:+15550100@{host}:{port} SIP/2.0\r\n"
@@ -796,11 +745,9 @@ async def final_status(host: str, port: int, extra: str = "", body: str = "") ->
             f"Max-Forwards: 70\r\n{extra}Content-Length: {len(body)}\r\n\r\n{body}"
         )
         transport.sendto(invite.encode(), (host, port))
-        while (status := status_of(await asyncio.wait_for(datagrams.queue.get(), 5))) < 200:
+        while (status := status_of(await asyncio.wait_for(received.get(), 5))) < 200:
             pass
         return status
-    finally:
-        transport.close()
 
 
 async def test_what_one_node_tells_another_cannot_be_forged(nodes: tuple[Node, Node]) -> None:

@@ -40,6 +40,7 @@ from tests.helpers import API_KEY, API_SECRET
 from tests.interop.test_cluster_faults import answered
 from tests.interop.test_inbound_cases import header_of, status_of
 from tests.redis_server import RedisServer, redis_server
+from tests.udp_peer import udp_peer
 
 pytestmark = [
     pytest.mark.timeout(120),
@@ -217,24 +218,11 @@ async def test_the_owners_bye_reaches_a_caller_whose_invite_came_through_b(
     await eventually(bye_answered, "the caller's 200 to A's BYE, at A")
 
 
-class _Datagrams(asyncio.DatagramProtocol):
-    def __init__(self) -> None:
-        self.queue: asyncio.Queue[bytes] = asyncio.Queue()
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.queue.put_nowait(data)
-
-
 async def final_answer(node: Node, caller: str, wait_s: float) -> tuple[bytes, float, list[int]]:
     """One INVITE by hand over UDP to `node`: its first final response (ACKed, or CANCELled
     when the answer is 180: it rings until someone answers), the seconds it took, the statuses
     seen before it."""
-    loop = asyncio.get_running_loop()
-    transport, datagrams = await loop.create_datagram_endpoint(
-        _Datagrams, local_addr=("127.0.0.1", 0)
-    )
-    try:
-        me = transport.get_extra_info("sockname")[1]
+    async with udp_peer() as (transport, received, me):
         tag = secrets.token_hex(4)
         via = f"Via: SIP/2.0/UDP 127.0.0.1:{me};branch=z9hG4bK{tag};rport\r\n"
         common = (
@@ -253,7 +241,7 @@ async def final_answer(node: Node, caller: str, wait_s: float) -> tuple[bytes, f
         )
         seen: list[int] = []
         async with asyncio.timeout(wait_s):
-            while (status := status_of(reply := await datagrams.queue.get())) < 200:
+            while (status := status_of(reply := await received.get())) < 200:
                 seen.append(status)
                 if status == 180:
                     break
@@ -267,7 +255,7 @@ async def final_answer(node: Node, caller: str, wait_s: float) -> tuple[bytes, f
                 (node.host, node.sip_port),
             )
             async with asyncio.timeout(10):
-                while status_of(final := await datagrams.queue.get()) != 487:
+                while status_of(final := await received.get()) != 487:
                     pass
         else:
             final = reply
@@ -279,8 +267,6 @@ async def final_answer(node: Node, caller: str, wait_s: float) -> tuple[bytes, f
             (node.host, node.sip_port),
         )
         return reply, took, seen
-    finally:
-        transport.close()
 
 
 async def test_an_invite_for_an_owner_that_is_gone_gets_503_at_once(two: Cluster) -> None:

@@ -25,7 +25,7 @@ from google.protobuf.duration_pb2 import Duration
 from livekit import api
 from livekit.protocol import sip
 
-from tests.harness import eventually, run
+from tests.harness import all_served, eventually, run
 from tests.helpers import API_KEY, API_SECRET, ServerProcess, free_port, free_sip_port
 from tests.interop.test_inbound import CALLED
 from tests.interop.test_inbound_cases import invite, status_of, udp_transaction
@@ -74,15 +74,8 @@ def nodes(
     prefix = f"nodes{secrets.token_hex(4)}:"
     a = Node(tmp_path_factory.mktemp("node-a"), redis, prefix)
     b = Node(tmp_path_factory.mktemp("node-b"), redis, prefix)
-    a.start()
-    try:
-        b.start()
-        try:
-            yield a, b
-        finally:
-            assert b.stop() == 0, b.log_tail()
-    finally:
-        assert a.stop() == 0, a.log_tail()
+    with all_served(a, b):
+        yield a, b
 
 
 async def answer_to_invite(node: Node) -> int:
