@@ -4,7 +4,6 @@ share Redis), and a call is linked to its recordings."""
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -18,13 +17,12 @@ from sipbridge.server.recording.records import (
     decode,
     recording_summary,
 )
-from sipbridge.store import SQLiteStore
 from sipbridge.store.redis import RedisStore
 from tests.redis_server import RedisServer, redis_server
+from tests.stores import Store, either_store, opened
 
 pytestmark = pytest.mark.timeout(30)
 Status = proto.EgressStatus
-Store = SQLiteStore | RedisStore
 
 
 @pytest.fixture(scope="module")
@@ -35,15 +33,8 @@ def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
 
 @pytest.fixture(params=["sqlite", "redis"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    s: Store
-    if request.param == "sqlite":
-        s = SQLiteStore(tmp_path / "rec.db")
-    else:
-        server: RedisServer = request.getfixturevalue("redis")
-        s = RedisStore(server.url, prefix=f"rec{secrets.token_hex(4)}:")
-    await s.open()
-    yield s
-    await s.close()
+    async with opened(either_store(request, tmp_path, "rec")) as s:
+        yield s
 
 
 def info(egress_id: str, status: int, at: int) -> proto.EgressInfo:

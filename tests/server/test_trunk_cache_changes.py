@@ -11,14 +11,13 @@ from livekit.protocol import sip
 
 from sipbridge.server.state.trunk_cache import SipConfig
 from sipbridge.store import SQLiteStore
+from tests.stores import opened
 
 
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
-    s = SQLiteStore(tmp_path / "shared.db")
-    await s.open()
-    yield s
-    await s.close()
+    async with opened(SQLiteStore(tmp_path / "shared.db")) as s:
+        yield s
 
 
 def trunk(name: str) -> sip.SIPInboundTrunkInfo:

@@ -5,7 +5,6 @@ its calls and is indexed when it is opened."""
 
 from __future__ import annotations
 
-import secrets
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,28 +14,18 @@ from livekit.protocol import sip
 
 from sipbridge.store import Record, SQLiteStore
 from sipbridge.store.call_query import CallQuery, parse_time
-from sipbridge.store.redis import RedisStore
-from tests.redis_server import RedisServer
+from tests.stores import Store, either_store, opened
 
 pytestmark = pytest.mark.timeout(30)
 
 ACTIVE, DISCONNECTED = sip.SIPCallStatus.SCS_ACTIVE, sip.SIPCallStatus.SCS_DISCONNECTED
 T0_MS = 1_700_000_000_000
 
-Store = SQLiteStore | RedisStore
-
 
 @pytest.fixture(params=["sqlite", "redis"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    s: Store
-    if request.param == "sqlite":
-        s = SQLiteStore(tmp_path / "calls.db")
-    else:
-        server: RedisServer = request.getfixturevalue("redis")
-        s = RedisStore(server.url, prefix=f"pages{secrets.token_hex(4)}:")
-    await s.open()
-    yield s
-    await s.close()
+    async with opened(either_store(request, tmp_path, "calls")) as s:
+        yield s
 
 
 def call(

@@ -18,6 +18,7 @@ from sipbridge.store.redis import RedisStore, redacted
 from tests.harness import eventually
 from tests.helpers import free_port
 from tests.redis_server import RedisServer, redis_server
+from tests.stores import opened
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -29,17 +30,8 @@ def prefix() -> str:
 
 @pytest.fixture
 async def store(redis: RedisServer, prefix: str) -> AsyncIterator[RedisStore]:
-    s = RedisStore(redis.url, prefix=prefix)
-    await s.open()
-    yield s
-    await s.close()
-
-
-@pytest.fixture
-async def raw(redis: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis.url)
-    yield client
-    await client.aclose()
+    async with opened(RedisStore(redis.url, prefix=prefix)) as s:
+        yield s
 
 
 def rec(kind: str, record_id: str, data: bytes = b"") -> Record:

@@ -15,6 +15,7 @@ from sipbridge.store import Record
 from sipbridge.store.redis import RedisStore
 from sipbridge.store.redis_calls import STATUSES, Cursor
 from tests.redis_server import RedisServer
+from tests.stores import opened
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -23,10 +24,8 @@ ACTIVE, DISCONNECTED = sip.SIPCallStatus.SCS_ACTIVE, sip.SIPCallStatus.SCS_DISCO
 
 @pytest.fixture
 async def store(redis: RedisServer) -> AsyncIterator[RedisStore]:
-    s = RedisStore(redis.url, prefix=f"calls{secrets.token_hex(4)}:")
-    await s.open()
-    yield s
-    await s.close()
+    async with opened(RedisStore(redis.url, prefix=f"calls{secrets.token_hex(4)}:")) as s:
+        yield s
 
 
 def call(

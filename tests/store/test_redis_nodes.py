@@ -5,23 +5,14 @@ unless it left calls for others to end; a clean leave is seen at once."""
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
 
 from sipbridge.store.redis_nodes import RedisNodes
 from tests.harness import eventually
-from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.timeout(30)
-
-
-@pytest.fixture
-async def raw(redis: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis.url)
-    yield client
-    await client.aclose()
 
 
 async def test_beat_list_expire_and_leave(raw: aioredis.Redis) -> None:

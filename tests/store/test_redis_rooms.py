@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
@@ -14,16 +13,8 @@ import redis.asyncio as aioredis
 from sipbridge.store.redis_nodes import RedisNodes
 from sipbridge.store.redis_rooms import RedisRooms
 from sipbridge.telephony.placement import route_from_reply
-from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.timeout(30)
-
-
-@pytest.fixture
-async def raw(redis: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis.url)
-    yield client
-    await client.aclose()
 
 
 async def test_claim_lookup_takeover_release(raw: aioredis.Redis) -> None:

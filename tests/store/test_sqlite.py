@@ -12,14 +12,13 @@ from livekit.protocol import sip
 
 from sipbridge.store import Record, RecordStore, SQLiteStore
 from sipbridge.store.base import KINDS
+from tests.stores import opened
 
 
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
-    s = SQLiteStore(tmp_path / "sipbridge.db")
-    await s.open()
-    yield s
-    await s.close()
+    async with opened(SQLiteStore(tmp_path / "sipbridge.db")) as s:
+        yield s
 
 
 def rec(kind: str, record_id: str, data: bytes = b"") -> Record:
