@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from redis.exceptions import RedisError
 
 from tests.helpers import free_port
 
@@ -114,3 +115,12 @@ def redis_server(directory: Path, *, persistent: bool = False) -> Iterator[Redis
         yield server
     finally:
         server.stop()
+
+
+async def comes_to(awaitable: object, expected: object) -> bool:
+    """Whether it comes to `expected`; False on a pooled connection Redis closed (restarted):
+    for `eventually` across a Redis restart."""
+    try:
+        return await awaitable == expected  # type: ignore[misc]
+    except RedisError:
+        return False

@@ -11,12 +11,11 @@ from pathlib import Path
 
 import pytest
 from livekit.protocol import sip
-from redis.exceptions import RedisError
 
 from sipbridge.server.state.call_log import CallLog
 from sipbridge.store.redis import RedisStore
 from tests.harness import eventually
-from tests.redis_server import redis_server
+from tests.redis_server import comes_to, redis_server
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -43,7 +42,9 @@ async def test_states_recorded_while_redis_is_down_are_written_when_it_returns(
         log.start()
         try:
             log.record(call(1, s.SCS_ACTIVE))
-            await eventually(lambda: _is(stored_status(store, "SCL_0001"), s.SCS_ACTIVE), "SCL_1")
+            await eventually(
+                lambda: comes_to(stored_status(store, "SCL_0001"), s.SCS_ACTIVE), "SCL_1"
+            )
 
             redis.stop()
             log.record(call(1, s.SCS_DISCONNECTED))
@@ -58,11 +59,13 @@ async def test_states_recorded_while_redis_is_down_are_written_when_it_returns(
             for n, status in ((1, s.SCS_DISCONNECTED), (2, s.SCS_DISCONNECTED), (3, s.SCS_ERROR)):
                 # (polled: a pooled connection Redis closed fails once, as redis-py does)
                 await eventually(
-                    lambda n=n, status=status: _is(stored_status(store, f"SCL_{n:04}"), status),  # type: ignore[misc]
+                    lambda n=n, status=status: comes_to(
+                        stored_status(store, f"SCL_{n:04}"), status
+                    ),  # type: ignore[misc]
                     f"SCL_{n} written",
                     timeout=2,
                 )
-            await eventually(lambda: _is(log.quality("SCL_0003"), {"mos": 4.1}), "the quality")
+            await eventually(lambda: comes_to(log.quality("SCL_0003"), {"mos": 4.1}), "the quality")
             assert log.dropped == 0
 
             # Stopping while Redis is away: one more try, then the kept states are dropped.
@@ -74,11 +77,3 @@ async def test_states_recorded_while_redis_is_down_are_written_when_it_returns(
         finally:
             await log.stop()
             await store.close()
-
-
-async def _is(awaitable: object, expected: object) -> bool:
-    """Whether it comes to `expected`; False on a pooled connection Redis closed (restarted)."""
-    try:
-        return await awaitable == expected  # type: ignore[misc]
-    except RedisError:
-        return False

@@ -10,14 +10,13 @@ from pathlib import Path
 
 import pytest
 from livekit.protocol import sip
-from redis.exceptions import RedisError
 
 from sipbridge.server.node_calls import NodeCalls
 from sipbridge.server.nodes import redis_nodes
 from sipbridge.store import Record
 from sipbridge.store.redis import RedisStore
 from tests.harness import eventually
-from tests.redis_server import redis_server
+from tests.redis_server import comes_to, redis_server
 
 pytestmark = pytest.mark.timeout(30)
 S = sip.SIPCallStatus
@@ -39,12 +38,16 @@ async def test_the_set_follows_the_calls_through_a_redis_restart(tmp_path: Path)
             mine.record(call("SCL_1", S.SCS_ACTIVE))  # still live: no change
             mine.record(call("SCL_2", S.SCS_ACTIVE))
             mine.record(sip.SIPCallInfo())  # no id yet: nothing to list
-            await eventually(lambda: _is(nodes.calls_of("a"), ["SCL_1", "SCL_2"]), "both listed")
+            await eventually(
+                lambda: comes_to(nodes.calls_of("a"), ["SCL_1", "SCL_2"]), "both listed"
+            )
             redis.stop()
             mine.record(call("SCL_1", S.SCS_DISCONNECTED))
             mine.record(call("SCL_3", S.SCS_ACTIVE))
             redis.start()
-            await eventually(lambda: _is(nodes.calls_of("a"), ["SCL_2", "SCL_3"]), "after Redis")
+            await eventually(
+                lambda: comes_to(nodes.calls_of("a"), ["SCL_2", "SCL_3"]), "after Redis"
+            )
         finally:
             await mine.stop()
             await store.close()
@@ -106,11 +109,3 @@ async def test_a_node_restarted_under_its_old_id_ends_what_it_left(tmp_path: Pat
         finally:
             await again.stop()
             await store.close()
-
-
-async def _is(awaitable: object, expected: object) -> bool:
-    """Whether it comes to `expected`; False on a pooled connection Redis closed (restarted)."""
-    try:
-        return await awaitable == expected  # type: ignore[misc]
-    except RedisError:
-        return False
