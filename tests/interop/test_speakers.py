@@ -13,8 +13,6 @@ printed so far (`eventually`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import shutil
 import sys
 from pathlib import Path
@@ -27,6 +25,7 @@ from tests import baresip, netns
 from tests.audio import distinct_signal, write_wav
 from tests.harness import direct_rule, eventually
 from tests.helpers import ServerProcess, token
+from tests.sdk_run import SdkRun
 
 SDK_CLIENT = Path(__file__).parents[1] / "sdk_client.py"
 pytestmark = [
@@ -42,39 +41,9 @@ AGENT_DELAY_S = 6.5  # after it connected: the phone has been silent for a while
 AGENT_TALK_S = 2.0
 
 
-class SdkClient:
-    """sdk_client.py in the namespace, its JSON events collected as they are printed."""
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-        self.events: list[dict[str, Any]] = []
-        self.reader = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        assert self.proc.stdout is not None
-        async for line in self.proc.stdout:
-            if line.startswith(b"{"):
-                self.events.append(json.loads(line))
-
-    def of(self, kind: str) -> list[dict[str, Any]]:
-        return [e for e in self.events if e["event"] == kind]
-
-    async def close(self, log: Path) -> int | None:
-        with contextlib.suppress(ProcessLookupError):
-            if self.proc.returncode is None:
-                await asyncio.wait_for(self.proc.wait(), 20)
-        await self.reader
-        assert self.proc.stderr is not None
-        err = await self.proc.stderr.read()
-        lines = "".join(json.dumps(e) + "\n" for e in self.events)
-        await asyncio.to_thread(log.write_bytes, err)
-        await asyncio.to_thread(log.with_suffix(".events").write_text, lines)
-        return self.proc.returncode
-
-
 async def start_sdk(
     ns: netns.VethNamespace, server: ServerProcess, identity: str, room: str, *args: str
-) -> SdkClient:
+) -> SdkRun:
     grant = api.VideoGrants(room_join=True, room=room)
     cmd = ns.exec_args(
         sys.executable,
@@ -88,7 +57,7 @@ async def start_sdk(
     proc = await asyncio.create_subprocess_exec(
         *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
-    return SdkClient(proc)
+    return SdkRun(proc)
 
 
 async def test_the_sdk_sees_the_phone_speak_and_stop_and_rates_the_connections(
@@ -162,7 +131,7 @@ async def test_the_sdk_sees_the_phone_speak_and_stop_and_rates_the_connections(
             )
             assert not [e for e in phone.events if e.get("type") == "CALL_CLOSED"]
         finally:
-            code = await sdk.close(rtc_server.log.parent / "sdk-agent.log")
+            code = await sdk.finish(rtc_server.log.parent / "sdk-agent.log", timeout=20)
         await phone.hangup()
         await phone.wait_event("CALL_CLOSED")
     assert code == 0, sdk.events
