@@ -129,6 +129,23 @@ async def hang_up(phone: baresip.Phone) -> None:
     await phone.stop()
 
 
+def heard_each_other(
+    phone: baresip.Phone, heard: Path, sent: np.ndarray, phone_heard: np.ndarray, phone_rate: int
+) -> tuple[np.ndarray, int]:
+    """The SDK client's recording `heard` holds the phone's signal, and the phone's recording
+    `phone_heard` the SDK's 48 kHz `sent`, each on at least 80 % of the quarter seconds. The
+    SDK client's recording and its rate."""
+    recording, rate = read_wav(heard)
+    assert phone.reference is not None
+    # Per quarter second: the SDK's NetEq and our jitter buffer may each shift time once under
+    # load, which one constant-lag coefficient would count as half the signal lost.
+    agent_heard_phone = windows_heard(phone.reference, recording, phone.rate, recorded_rate=rate)
+    phone_heard_agent = windows_heard(sent, phone_heard, 48000, recorded_rate=phone_rate)
+    assert agent_heard_phone >= 0.8, agent_heard_phone
+    assert phone_heard_agent >= 0.8, phone_heard_agent
+    return recording, rate
+
+
 @pytest.mark.serial  # real time: alone after the parallel tests
 async def test_sdk_client_and_phone_hear_each_other(
     rtc_server: ServerProcess, namespace: netns.VethNamespace, tmp_path: Path
@@ -193,14 +210,7 @@ async def test_sdk_client_and_phone_hear_each_other(
     assert {e["identity"] for e in digits} == {caller["identity"]}
     data = [e for e in events if e["event"] == "data_received"]
     assert [(e["topic"], e["data"]) for e in data] == [("greeting", "hello agent")], events
-    recording, rate = read_wav(heard)
-    assert phone.reference is not None
-    # Per quarter second: the SDK's NetEq and our jitter buffer may each shift time once under
-    # load, which one constant-lag coefficient would count as half the signal lost.
-    agent_heard_phone = windows_heard(phone.reference, recording, phone.rate, recorded_rate=rate)
-    phone_heard_agent = windows_heard(sent, phone_heard, 48000, recorded_rate=phone_rate)
-    assert agent_heard_phone >= 0.8, agent_heard_phone
-    assert phone_heard_agent >= 0.8, phone_heard_agent
+    heard_each_other(phone, heard, sent, phone_heard, phone_rate)
     # ... from its first word: 100 ms windows over the first half second all heard. Had it
     # spoken when `publish_track` returned, the first ~160 ms would never have left the SDK
     # (its sender starts with the answer to a renegotiation it debounces by 150 ms).
@@ -260,12 +270,7 @@ async def test_sdk_client_with_two_peer_connections_and_phone_hear_each_other(
     assert caller["kind"] == "PARTICIPANT_KIND_SIP"
     data = [e for e in events if e["event"] == "data_received"]
     assert [(e["topic"], e["data"]) for e in data] == [("greeting", "hello agent")], events
-    recording, rate = read_wav(heard)
-    assert phone.reference is not None
-    agent_heard_phone = windows_heard(phone.reference, recording, phone.rate, recorded_rate=rate)
-    phone_heard_agent = windows_heard(sent, phone_heard, 48000, recorded_rate=phone_rate)
-    assert agent_heard_phone >= 0.8, agent_heard_phone
-    assert phone_heard_agent >= 0.8, phone_heard_agent
+    recording, rate = heard_each_other(phone, heard, sent, phone_heard, phone_rate)
     level = level_difference_db(phone.reference, recording, phone.rate, recorded_rate=rate)
     assert abs(level) <= 1.0, level
 
