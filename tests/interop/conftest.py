@@ -26,6 +26,14 @@ def rtc_server_process(
     return sip_server_process(tmp_path, *MEDIA_FLAGS, *flags, http_host=namespace.host_ip)
 
 
+def loopback_rtc_server(tmp: Path) -> Iterator[ServerProcess]:
+    """The body of a fixture (`yield from`): a started server for browsers on loopback (in a
+    namespace of the test's: Chromium's WebRTC takes 127.0.0.1 there), stopped cleanly after."""
+    flags = ("--rtc-ip", "127.0.0.1", "--rtc-ports", RTC_PORTS)
+    with served(sip_server_process(tmp, *MEDIA_FLAGS, *flags)) as proc:
+        yield proc
+
+
 @pytest.fixture
 def media_server(tmp_path: Path) -> Iterator[ServerProcess]:
     with served(sip_server_process(tmp_path, *MEDIA_FLAGS)) as proc:

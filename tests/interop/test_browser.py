@@ -54,7 +54,8 @@ from sipbridge.media.rtp import RtpPacket, is_rtcp, parse_rtp
 from tests import netns
 from tests.audio import rms, tone_ratio
 from tests.harness import eventually, sipp
-from tests.helpers import API_KEY, API_SECRET, ServerProcess, free_port, free_sip_port, token
+from tests.helpers import API_KEY, API_SECRET, ServerProcess, free_port, token
+from tests.interop.conftest import loopback_rtc_server
 
 BROWSER_DIR = Path(__file__).parents[1] / "browser"
 CHROMIUM = shutil.which("chromium")
@@ -338,23 +339,7 @@ def loopback() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def server(loopback: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    port = free_sip_port()
-    proc = ServerProcess(
-        tmp_path_factory.mktemp("server"),
-        "--sip",
-        f"127.0.0.1:{port}",
-        "--rtp-ports",
-        "14000-14999",
-        "--rtc-ip",
-        "127.0.0.1",
-        "--rtc-ports",
-        "16000-16999",
-    )
-    proc.sip_port = port  # type: ignore[attr-defined]
-    proc.start()
-    yield proc
-    if proc.proc is not None:
-        assert proc.stop() == 0, proc.log_tail()
+    yield from loopback_rtc_server(tmp_path_factory.mktemp("server"))
 
 
 @pytest.fixture(scope="module")

@@ -48,9 +48,9 @@ from tests.helpers import (
     API_SECRET,
     ServerProcess,
     free_port,
-    free_sip_port,
     token,
 )
+from tests.interop.conftest import loopback_rtc_server
 from tests.interop.test_browser import (
     LEVEL_DBFS,
     TWILIO_CALL_SID,
@@ -192,23 +192,7 @@ def loopback() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def server(loopback: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    port = free_sip_port()
-    proc = ServerProcess(
-        tmp_path_factory.mktemp("server"),
-        "--sip",
-        f"127.0.0.1:{port}",
-        "--rtp-ports",
-        "14000-14999",
-        "--rtc-ip",
-        "127.0.0.1",
-        "--rtc-ports",
-        "16000-16999",
-    )
-    proc.sip_port = port  # type: ignore[attr-defined]
-    proc.start()
-    yield proc
-    if proc.proc is not None:
-        assert proc.stop() == 0, proc.log_tail()
+    yield from loopback_rtc_server(tmp_path_factory.mktemp("server"))
 
 
 @pytest.fixture(scope="module")
@@ -220,6 +204,19 @@ def chromium(loopback: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         yield driver
     finally:
         driver.close()
+
+
+async def refused_at(page: Chromium, field: str, what: str) -> str:
+    """Submit the editor form: the validation error it shows then at its input `field` (marked
+    invalid, the message beside it), waited for as "the validation error at `what`"."""
+    await page.do("click", selector="form.editor button[type=submit]")
+    error = await page.until(
+        f"(() => {{ const i = document.querySelector('form.editor input[name={field}]');"
+        " return i.getAttribute('aria-invalid') === 'true' &&"
+        " document.getElementById(i.id + '-error').textContent })()",
+        f"the validation error at {what}",
+    )
+    return str(error)
 
 
 async def sign_in(page: Chromium, server: ServerProcess, *, wrong_first: bool = True) -> None:
@@ -426,13 +423,7 @@ async def test_console(server: ServerProcess, chromium: Chromium) -> None:
         await page.do("click", selector="button.create")
         await page.do("fill", selector="form.editor input[name=name]", value="console trunk")
         await page.do("fill", selector="form.editor input[name=numbers]", value="sales@example.com")
-        await page.do("click", selector="form.editor button[type=submit]")
-        error = await page.until(
-            "(() => { const i = document.querySelector('form.editor input[name=numbers]');"
-            " return i.getAttribute('aria-invalid') === 'true' &&"
-            " document.getElementById(i.id + '-error').textContent })()",
-            "the validation error at the numbers field",
-        )
+        error = await refused_at(page, "numbers", "the numbers field")
         assert "is not a phone number" in error, error
         await page.shot("08-config-refused")
         await page.do("fill", selector="form.editor input[name=numbers]", value="+15105550177")
@@ -484,13 +475,7 @@ async def test_console(server: ServerProcess, chromium: Chromium) -> None:
         await page.do("click", selector="button.create")
         await page.do("fill", selector="form.editor input[name=name]", value="console carrier")
         await page.do("fill", selector="form.editor input[name=address]", value="sip.example.com")
-        await page.do("click", selector="form.editor button[type=submit]")
-        error = await page.until(
-            "(() => { const i = document.querySelector('form.editor input[name=numbers]');"
-            " return i.getAttribute('aria-invalid') === 'true' &&"
-            " document.getElementById(i.id + '-error').textContent })()",
-            "the validation error at the outbound numbers field",
-        )
+        error = await refused_at(page, "numbers", "the outbound numbers field")
         assert "at least one number" in error, error
         await page.do("fill", selector="form.editor input[name=numbers]", value="+15105550188")
         await page.do("click", selector="form.editor button[type=submit]")
@@ -506,13 +491,7 @@ async def test_console(server: ServerProcess, chromium: Chromium) -> None:
         )
         await page.do("click", selector="button.create")
         await page.do("fill", selector="form.editor input[name=name]", value="console rule")
-        await page.do("click", selector="form.editor button[type=submit]")
-        error = await page.until(
-            "(() => { const i = document.querySelector('form.editor input[name=room]');"
-            " return i.getAttribute('aria-invalid') === 'true' &&"
-            " document.getElementById(i.id + '-error').textContent })()",
-            "the validation error at the room field",
-        )
+        error = await refused_at(page, "room", "the room field")
         assert "room_name: must be set" in error, error
         await page.do("fill", selector="form.editor input[name=room]", value="front-desk")
         await page.do("click", selector="form.editor button[type=submit]")
