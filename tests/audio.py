@@ -184,6 +184,22 @@ def resample(pcm: npt.ArrayLike, rate_in: int, rate_out: int) -> Float:
     return out
 
 
+def _mono_pair(
+    reference: npt.ArrayLike, recorded: npt.ArrayLike, rate: int, recorded_rate: int | None
+) -> tuple[Float, Float]:
+    """Both signals as mono floats (channels averaged), the recording resampled to `rate` from
+    its `recorded_rate` where that differs."""
+    ref = np.asarray(reference, dtype=np.float64)
+    rec = np.asarray(recorded, dtype=np.float64)
+    if ref.ndim > 1:
+        ref = ref.mean(axis=1)
+    if rec.ndim > 1:
+        rec = rec.mean(axis=1)
+    if recorded_rate is not None and recorded_rate != rate:
+        rec = resample(rec, recorded_rate, rate)
+    return ref, rec
+
+
 def best_correlation(
     reference: npt.ArrayLike,
     recorded: npt.ArrayLike,
@@ -210,14 +226,7 @@ def best_correlation(
     `trim=False` keeps the recording's silences: a short reference that must overlap it whole
     (`windows_heard`) could otherwise start before a trimmed recording does.
     """
-    ref = np.asarray(reference, dtype=np.float64)
-    rec = np.asarray(recorded, dtype=np.float64)
-    if ref.ndim > 1:
-        ref = ref.mean(axis=1)
-    if rec.ndim > 1:
-        rec = rec.mean(axis=1)
-    if recorded_rate is not None and recorded_rate != rate:
-        rec = resample(rec, recorded_rate, rate)
+    ref, rec = _mono_pair(reference, recorded, rate, recorded_rate)
     rec, trimmed = _trim(rec, rate) if trim else (rec, 0)
     ref = ref - ref.mean() if len(ref) else ref
     rec = rec - rec.mean() if len(rec) else rec
@@ -270,14 +279,7 @@ def windows_heard(
     at another delay and one constant-lag coefficient falls to about the share before it. Each
     window keeps its own lag here: a glitch costs the windows it touches, silence or noise costs
     them all."""
-    ref = np.asarray(reference, dtype=np.float64)
-    rec = np.asarray(recorded, dtype=np.float64)
-    if ref.ndim > 1:
-        ref = ref.mean(axis=1)
-    if rec.ndim > 1:
-        rec = rec.mean(axis=1)
-    if recorded_rate is not None and recorded_rate != rate:
-        rec = resample(rec, recorded_rate, rate)
+    ref, rec = _mono_pair(reference, recorded, rate, recorded_rate)
     ref, _ = _trim(ref, rate)  # windows from the first audible block, as the recording's trim
     size = int(window_s * rate)
     span_s = (len(ref) + len(rec)) / rate
