@@ -82,11 +82,8 @@ import contextlib
 import gc
 import json
 import os
-import platform
-import resource
 import secrets
 import select
-import shutil
 import signal
 import struct
 import subprocess
@@ -110,10 +107,14 @@ from bench.common import (
     TICKS,
     cpu_seconds,
     invite,
+    keep_or_remove,
     machine_ticks,
     print_result,
+    raise_open_files,
+    run_info,
     scrape,
     self_cpu,
+    stop_if_running,
     udp_counters,
     wait_quiet,
 )
@@ -969,9 +970,7 @@ def orchestrate(args: argparse.Namespace) -> int:
     if reason:
         print(f"cannot run: {reason}", file=sys.stderr)
         return 2
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    with contextlib.suppress(ValueError, OSError):
-        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
+    raise_open_files()
     tmp = Path(tempfile.mkdtemp(prefix="bench-agent-"))
     steps: list[dict[str, object]] = []
     idle_pct = 0.0
@@ -1019,14 +1018,9 @@ def orchestrate(args: argparse.Namespace) -> int:
                     if (stop or figures["agent_saturated"]) and not args.keep_going:
                         break
             finally:
-                if server.proc is not None:
-                    with contextlib.suppress(Exception):
-                        server.stop(timeout=60)
+                stop_if_running(server)
     finally:
-        if args.keep:
-            print(f"kept in {tmp}", file=sys.stderr)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        keep_or_remove(tmp, args.keep)
     done = [s for s in steps if "error" not in s]
     summary = summarise(done)
     if len(done) < len(steps):
@@ -1045,9 +1039,7 @@ def orchestrate(args: argparse.Namespace) -> int:
     )
     print(LEGEND)
     line = {
-        "bench": "agent_call",
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
+        **run_info("agent_call"),
         "seconds_per_step": args.seconds,
         "warmup_s": args.warmup,
         "cps": args.cps,

@@ -54,8 +54,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
-import platform
 import secrets
 import shutil
 import sys
@@ -75,8 +73,10 @@ from tests.redis_server import RedisServer
 from bench import cluster_calls, inbound, media
 from bench.common import (
     cpu_seconds,
+    keep_or_remove,
     machine_busy,
     print_result,
+    run_info,
     self_cpu,
     udp_rcvbuf_errors,
     wait_quiet,
@@ -406,10 +406,7 @@ def main() -> int:
                 setup.stop()
     finally:
         redis.stop()
-        if args.keep:
-            print(f"kept in {tmp}", file=sys.stderr)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        keep_or_remove(tmp, args.keep)
     summary: dict[str, Any] = {}
     for kind, key in (("inbound", "best_calls_per_s"), ("relayed", "best_calls")):
         best = {c: r[key] for c, r in results[kind].items()}
@@ -445,9 +442,7 @@ def main() -> int:
         )
     print_result(
         {
-            "bench": "cluster",
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
+            **run_info("cluster"),
             "seconds_per_step": args.seconds,
             "relay_seconds": args.relay_seconds,
             **summary,

@@ -9,10 +9,14 @@ import itertools
 import json
 import math
 import os
+import platform
 import resource
+import shutil
+import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 TICKS = os.sysconf("SC_CLK_TCK")
 PCMU_PT = 0
@@ -53,6 +57,14 @@ def machine_ticks() -> tuple[int, int]:
 def machine_busy() -> float:
     """Busy seconds of all CPUs so far."""
     return machine_ticks()[0] / TICKS
+
+
+def raise_open_files(want: int = 65536) -> None:
+    """This process's soft limit of open files up to `want` (within the hard limit): sockets of
+    thousands of calls; sipp and the server, started after, inherit it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, want)), hard))
 
 
 def wait_quiet(seconds: float, pids: list[int], window: float = 1.0) -> float:
@@ -113,6 +125,23 @@ def scrape(url: str) -> dict[str, float]:
     return out
 
 
+def stop_if_running(server: Any) -> None:
+    """A run's `ServerProcess` stopped after the run if it still runs (the run ended early);
+    an error stopping it is not the run's result."""
+    if server.proc is not None:
+        with contextlib.suppress(Exception):
+            server.stop(timeout=60)
+
+
+def keep_or_remove(tmp: Path, keep: bool) -> None:
+    """A run's scratch directory (server logs, recordings) after it: kept, and where it is said
+    on stderr, with --keep; removed otherwise."""
+    if keep:
+        print(f"kept in {tmp}", file=sys.stderr)
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 # -- figures -------------------------------------------------------------------------------------
 
 
@@ -121,6 +150,11 @@ def pct(ordered: list[float] | list[int], p: float) -> float | None:
     if not ordered:
         return None
     return ordered[min(len(ordered) - 1, max(0, math.ceil(p / 100 * len(ordered)) - 1))]
+
+
+def run_info(bench: str) -> dict[str, Any]:
+    """What starts every benchmark's JSON line: its name, the Python and the CPUs it ran on."""
+    return {"bench": bench, "python": platform.python_version(), "cpus": os.cpu_count()}
 
 
 def print_result(line: dict[str, object]) -> None:

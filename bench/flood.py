@@ -33,8 +33,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import platform
 import re
 import shlex
 import shutil
@@ -47,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.flood import FloodResult, measure_flood
 from tests.harness import sip_server_process
 
-from bench.common import print_result
+from bench.common import keep_or_remove, print_result, run_info
 
 HEADER = (
     f"{'rate/s':>7} {'sipp s':>7} {'gap ms':>7} {'late':>5} {'OPT p50':>8} {'p99':>7} "
@@ -138,18 +136,13 @@ def main() -> int:
         print(HEADER, file=sys.stderr, flush=True)
         results = asyncio.run(bench(args, tmp))
     finally:
-        if args.keep:
-            print(f"kept in {tmp}", file=sys.stderr)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        keep_or_remove(tmp, args.keep)
     print(HEADER)
     for got in results:
         print(row(got))
     print_result(
         {
-            "bench": "flood",
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
+            **run_info("flood"),
             "seconds_per_step": args.seconds,
             "hold_ms": args.hold_ms,
             "server_args": args.server_args,

@@ -73,9 +73,7 @@ import ctypes
 import itertools
 import json
 import os
-import platform
 import re
-import resource
 import shutil
 import signal
 import socket
@@ -101,11 +99,15 @@ from bench.common import (
     children_cpu,
     cpu_seconds,
     ephemeral_range,
+    keep_or_remove,
     machine_busy,
     pct,
     print_result,
+    raise_open_files,
+    run_info,
     scrape,
     self_cpu,
+    stop_if_running,
     udp_rcvbuf_errors,
     wait_quiet,
 )
@@ -1269,9 +1271,7 @@ def main() -> int:
     ):
         print("--seconds in (0, 60], --sustain-seconds in [0, 120], --hold-ms in [0, 60000]")
         return 2
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    with contextlib.suppress(ValueError, OSError):  # sipp and the server inherit it
-        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
+    raise_open_files()  # sipp and the server inherit it
     tmp = Path(tempfile.mkdtemp(prefix="bench-outbound-"))
     args.server_sip_port = free_sip_port()
     server = ServerProcess(
@@ -1285,13 +1285,8 @@ def main() -> int:
         server.stop(timeout=60)
         audit = call_log_audit(server.db, steps + sustained)
     finally:
-        if server.proc is not None:
-            with contextlib.suppress(Exception):
-                server.stop(timeout=60)
-        if args.keep:
-            print(f"kept in {tmp}", file=sys.stderr)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        stop_if_running(server)
+        keep_or_remove(tmp, args.keep)
     summary = summarise(steps, sustained, baseline)
     print(HEADER)
     for s in steps:
@@ -1332,9 +1327,7 @@ def main() -> int:
         f"{summary['ratio_to_sipp_uac']} or less)"
     )
     line = {
-        "bench": "outbound",
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
+        **run_info("outbound"),
         "seconds_per_step": args.seconds,
         "hold_ms": args.hold_ms,
         "wait_until_answered": args.wait_answered,

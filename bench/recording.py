@@ -35,10 +35,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
-import platform
-import resource
-import shutil
 import sys
 import tempfile
 import time
@@ -50,7 +46,16 @@ from livekit import api
 from livekit.protocol import egress, room, sip
 from tests.helpers import API_KEY, API_SECRET, ServerProcess, free_sip_port
 
-from bench.common import cpu_seconds, print_result, scrape, wait_quiet
+from bench.common import (
+    cpu_seconds,
+    keep_or_remove,
+    print_result,
+    raise_open_files,
+    run_info,
+    scrape,
+    stop_if_running,
+    wait_quiet,
+)
 from bench.media import (
     MAX_CALLS,
     RULE_PREFIX,
@@ -182,9 +187,7 @@ def orchestrate(args: argparse.Namespace) -> int:
     if not 1 <= args.rounds <= 3:
         print("--rounds: 1 to 3", file=sys.stderr)
         return 2
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    with contextlib.suppress(ValueError, OSError):  # children inherit it
-        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
+    raise_open_files()  # children inherit it
     tmp = Path(tempfile.mkdtemp(prefix="bench-recording-"))
     recordings = tmp / "rec"
     sip_port = free_sip_port()
@@ -254,13 +257,8 @@ def orchestrate(args: argparse.Namespace) -> int:
                     steps.append(figures)
                     print(_row(figures), file=sys.stderr, flush=True)
     finally:
-        if server.proc is not None:
-            with contextlib.suppress(Exception):
-                server.stop(timeout=60)
-        if args.keep:
-            print(f"kept in {tmp}", file=sys.stderr)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        stop_if_running(server)
+        keep_or_remove(tmp, args.keep)
     print(HEADER)
     for s in steps:
         print(_row(s))
@@ -308,9 +306,7 @@ def orchestrate(args: argparse.Namespace) -> int:
         )
     print_result(
         {
-            "bench": "recording",
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
+            **run_info("recording"),
             "format": args.format,
             "seconds_per_step": args.seconds,
             "baseline": baseline,
