@@ -218,6 +218,7 @@ class Phones(Generator):
             step=step,
             server_pid=0,
             server_sip=server_sip,
+            rtpengine_ng=0,  # the calls go to our server, not to an rtpengine
         )
         super().__init__(opts)
         self.period = max(2, args.period_ms * 1_000_000 // FRAME_NS)  # packets from burst to burst
