@@ -30,11 +30,9 @@ import asyncio
 import contextlib
 import json
 import math
-import os
 import re
 import shutil
 import socket
-import subprocess
 import threading
 import time
 import uuid
@@ -53,14 +51,11 @@ from sipbridge.media.g711 import ULAW_SILENCE, ulaw_decode, ulaw_encode
 from sipbridge.media.rtp import RtpPacket, is_rtcp, parse_rtp
 from tests import netns
 from tests.audio import rms, tone_ratio
+from tests.chromium import BROWSER_DIR, CHROMIUM, INSTALLED, NODE, DriverProcess
 from tests.harness import eventually, sipp
 from tests.helpers import API_KEY, API_SECRET, ServerProcess, free_port, token
 from tests.interop.conftest import loopback_rtc_server
 
-BROWSER_DIR = Path(__file__).parents[1] / "browser"
-CHROMIUM = shutil.which("chromium")
-NODE = shutil.which("node")
-INSTALLED = (BROWSER_DIR / "node_modules" / "playwright-core").is_dir()
 pytestmark = [
     # real time: alone after the parallel tests (the Makefile, `-m serial`)
     pytest.mark.serial,
@@ -93,24 +88,13 @@ SIP_KIND = models.ParticipantInfo.Kind.SIP
 # -- Chromium, through tests/browser/driver.mjs ----------------------------------------------------
 
 
-class Browser:
+class Browser(DriverProcess):
     """The driver process (one Chromium) and every line it printed, read by a thread."""
 
     def __init__(self, log: Path) -> None:
-        self.log = log
         self.messages: list[dict[str, Any]] = []
         self._lock = threading.Lock()
-        self._stderr = log.with_suffix(".stderr").open("ab")
-        self.proc = subprocess.Popen(
-            [NODE or "node", "driver.mjs"],
-            cwd=BROWSER_DIR,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._stderr,
-            env={**os.environ, "CHROMIUM": CHROMIUM or "/usr/bin/chromium"},
-        )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        super().__init__("driver.mjs", log)
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -141,20 +125,6 @@ class Browser:
                 break
             time.sleep(0.05)  # (no event loop here: a module fixture)
         raise AssertionError(f"the browser driver did not start:\n{self.log.read_text()[-3000:]}")
-
-    def close(self) -> None:
-        assert self.proc.stdin is not None
-        with contextlib.suppress(OSError):
-            self.proc.stdin.close()  # the driver closes Chromium and exits
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self._reader.join(5)
-        assert self.proc.stdout is not None
-        self.proc.stdout.close()
-        self._stderr.close()
 
 
 @dataclass

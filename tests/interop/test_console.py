@@ -26,7 +26,6 @@ import json
 import os
 import shutil
 import socket
-import subprocess
 import threading
 import time
 import uuid
@@ -42,6 +41,7 @@ from livekit.protocol import sip
 
 from sipbridge.server.console_web import CONSOLE_DIST
 from tests import baresip, netns
+from tests.chromium import CHROMIUM, INSTALLED, NODE, DriverProcess
 from tests.harness import client, eventually, leave_clean, sipp
 from tests.helpers import (
     API_KEY,
@@ -64,9 +64,6 @@ from tests.redis_server import redis_server, require_redis_server
 from tests.signal_client import SignalClient
 
 ROOT = Path(__file__).parents[2]
-BROWSER_DIR = ROOT / "tests" / "browser"
-CHROMIUM = shutil.which("chromium")
-NODE = shutil.which("node")
 # How long the phone stays up once answered before it hangs up (BYE): everything the console does
 # with the live call (hear it, talk, DTMF) must fit, with room for a loaded machine.
 HOLD_MS = 15_000
@@ -74,7 +71,7 @@ ARTIFACTS = Path(os.environ.get("SIPBRIDGE_ARTIFACTS", ROOT / "artifacts")) / "c
 pytestmark = [
     pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium comes with `make test`"),
     pytest.mark.skipif(
-        NODE is None or not (BROWSER_DIR / "node_modules" / "playwright-core").is_dir(),
+        NODE is None or not INSTALLED,
         reason="node and `npm ci` in tests/browser: `make test`",
     ),
     pytest.mark.skipif(
@@ -85,26 +82,15 @@ pytestmark = [
 ]
 
 
-class Chromium:
+class Chromium(DriverProcess):
     """console_driver.mjs: one page of Chromium, commands answered by id."""
 
     def __init__(self, log: Path) -> None:
-        self.log = log
         self.replies: dict[int, dict[str, Any]] = {}
         self.events: list[dict[str, Any]] = []
         self._ids = itertools.count(1)
         self._cond = threading.Condition()
-        self._stderr = log.with_suffix(".stderr").open("ab")
-        self.proc = subprocess.Popen(
-            [NODE or "node", "console_driver.mjs"],
-            cwd=BROWSER_DIR,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._stderr,
-            env={**os.environ, "CHROMIUM": CHROMIUM or "/usr/bin/chromium"},
-        )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        super().__init__("console_driver.mjs", log)
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -168,20 +154,6 @@ class Chromium:
     def errors(self) -> list[str]:
         with self._cond:
             return [e["pageerror"] for e in self.events if "pageerror" in e]
-
-    def close(self) -> None:
-        assert self.proc.stdin is not None
-        with contextlib.suppress(OSError):
-            self.proc.stdin.close()
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self._reader.join(5)
-        assert self.proc.stdout is not None
-        self.proc.stdout.close()
-        self._stderr.close()
 
 
 @pytest.fixture(scope="module")
