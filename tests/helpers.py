@@ -51,6 +51,16 @@ def free_sip_port() -> int:
     return free_port(socket.SOCK_DGRAM)
 
 
+def metric_samples(text: str) -> dict[str, float]:
+    """Prometheus text as {'name{labels}': value}, the labels as the server wrote them."""
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            out[key] = float(value)
+    return out
+
+
 class ServerProcess:
     """`python -m sipbridge serve` on loopback with its own database file."""
 
@@ -142,13 +152,7 @@ class ServerProcess:
     def metrics(self) -> dict[str, float]:
         """`GET /metrics` as {'name{labels}': value} (blocking: from async code, in a thread)."""
         with urllib.request.urlopen(f"{self.url}/metrics", timeout=5) as resp:
-            text = resp.read().decode()
-        out = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                key, _, value = line.rpartition(" ")
-                out[key] = float(value)
-        return out
+            return metric_samples(resp.read().decode())
 
     def stop(self, timeout: float = 15.0) -> int:
         """SIGTERM and wait; the exit code proves a clean shutdown (0). Before it, the server's

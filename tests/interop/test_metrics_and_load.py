@@ -9,7 +9,6 @@ import urllib.error
 import urllib.request
 
 from livekit.protocol import sip
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.harness import client, eventually, metric, stop_cleanly
 from tests.helpers import ServerProcess
@@ -25,15 +24,7 @@ from tests.interop.test_inbound_cases import (
     status_of,
     udp_caller,
 )
-
-HISTOGRAMS = (
-    "sipbridge_sip_invite_trying_seconds",
-    "sipbridge_sip_invite_answer_seconds",
-    "sipbridge_api_request_seconds",
-    "sipbridge_media_jitter_seconds",
-    "sipbridge_media_loss_ratio",
-    "sipbridge_event_loop_lag_seconds",
-)
+from tests.server.test_metrics import histogram_families
 
 
 def scrape(server: ServerProcess) -> str:
@@ -68,10 +59,7 @@ async def test_metrics_of_real_calls_parse_with_prometheus_client(
         lag = "sipbridge_event_loop_lag_seconds_count"
         await eventually(lambda: metric(server, lag), "the loop lag probe's first reading")
         text = await asyncio.to_thread(scrape, server)
-    families = {f.name: f for f in text_string_to_metric_families(text)}
-    for name in HISTOGRAMS:
-        assert families[name].type == "histogram", name
-        assert f"# HELP {name} " in text and f"# TYPE {name} histogram" in text, name
+    families = histogram_families(text)
 
     def value(family: str, sample: str, **labels: str) -> float:
         for s in families[family].samples:

@@ -3,9 +3,11 @@ the histograms, bounded labels - read back with prometheus_client's own parser."
 
 from __future__ import annotations
 
+from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from sipbridge.server.api.metrics import BoundedLabel, Metrics, Sample, status_label
+from tests.helpers import metric_samples
 
 SCRAPED: list[Sample] = [
     ("sipbridge_api_requests_total", {}, 3),
@@ -33,14 +35,14 @@ HISTOGRAMS = {
 }
 
 
-def samples_by_line(text: str) -> dict[str, float]:
-    """What tests/helpers.py `ServerProcess.metrics` makes of the text (kept working)."""
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            key, _, value = line.rpartition(" ")
-            out[key] = float(value)
-    return out
+def histogram_families(text: str) -> dict[str, Metric]:
+    """The metric families of `text` by name (the official parser's), once every histogram the
+    server exports is there as one, with its HELP and TYPE lines."""
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    for name in HISTOGRAMS:
+        assert families[name].type == "histogram", name
+        assert f"# HELP {name} " in text and f"# TYPE {name} histogram" in text, name
+    return families
 
 
 def metrics_with_observations() -> Metrics:
@@ -57,7 +59,7 @@ def metrics_with_observations() -> Metrics:
 
 
 def test_every_existing_name_and_label_reads_back_as_before() -> None:
-    got = samples_by_line(metrics_with_observations().render().decode())
+    got = metric_samples(metrics_with_observations().render().decode())
     assert got["sipbridge_api_requests_total"] == 3
     assert got["sipbridge_calls_stuck"] == 0
     assert got['sipbridge_sip_messages_total{kind="refused_flood"}'] == 4
@@ -73,10 +75,7 @@ def test_every_existing_name_and_label_reads_back_as_before() -> None:
 
 def test_the_parser_finds_help_type_and_the_histograms() -> None:
     text = metrics_with_observations().render().decode()
-    families = {f.name: f for f in text_string_to_metric_families(text)}
-    for name in HISTOGRAMS:
-        assert families[name].type == "histogram", name
-        assert f"# HELP {name} " in text and f"# TYPE {name} histogram" in text, name
+    families = histogram_families(text)
     assert families["sipbridge_calls"].type == "counter"
     assert families["sipbridge_sip_messages"].type == "counter"
     assert families["sipbridge_rooms"].type == "gauge"
@@ -92,7 +91,7 @@ def test_the_parser_finds_help_type_and_the_histograms() -> None:
 def test_a_leg_that_received_nothing_is_not_a_quality_sample() -> None:
     metrics = Metrics()
     metrics.media_leg(jitter=0.0, lost=0, received=0)
-    got = samples_by_line(metrics.render().decode())
+    got = metric_samples(metrics.render().decode())
     assert got["sipbridge_media_jitter_seconds_count"] == 0
     assert got["sipbridge_media_loss_ratio_count"] == 0
 
@@ -114,7 +113,7 @@ def test_many_trunks_cannot_explode_the_series() -> None:
     metrics = Metrics()
     for n in range(1000):
         metrics.call_ended("inbound", f"ST_{n}", 200 + n)
-    got = samples_by_line(metrics.render().decode())
+    got = metric_samples(metrics.render().decode())
     calls = [key for key in got if key.startswith("sipbridge_calls_total{")]
     trunks = {key.split('trunk="')[1].split('"')[0] for key in calls}
     assert len(trunks) <= 201  # 200 distinct trunk ids, then "other"
