@@ -236,25 +236,36 @@ async def test_room_started_and_finished_are_signed_and_verifiable(
             assert_signed_like_livekit(delivery)
 
 
+# Rooms "one", "two", "three" made, then deleted in another order: the events a receiver must get.
+THREE_ROOMS_EVENTS = [
+    ("room_started", "one"),
+    ("room_started", "two"),
+    ("room_started", "three"),
+    ("room_finished", "two"),
+    ("room_finished", "one"),
+    ("room_finished", "three"),
+]
+
+
+async def three_rooms_come_and_go(lk: api.LiveKitAPI) -> dict[str, str]:
+    """Rooms "one", "two", "three" created, then deleted "two" first (THREE_ROOMS_EVENTS); their
+    sids by name."""
+    sids = {}
+    for name in ("one", "two", "three"):
+        sids[name] = (await lk.room.create_room(room_proto.CreateRoomRequest(name=name))).sid
+    for name in ("two", "one", "three"):
+        await lk.room.delete_room(room_proto.DeleteRoomRequest(room=name))
+    return sids
+
+
 async def test_each_room_gets_its_own_events_in_order(
     relay: Relay, hooked_server: ServerProcess
 ) -> None:
     proc = hooked_server
     async with relayed(relay, proc) as rx, client(proc) as lk:
-        sids = {}
-        for name in ("one", "two", "three"):
-            sids[name] = (await lk.room.create_room(room_proto.CreateRoomRequest(name=name))).sid
-        for name in ("two", "one", "three"):
-            await lk.room.delete_room(room_proto.DeleteRoomRequest(room=name))
+        sids = await three_rooms_come_and_go(lk)
         got = [await rx.next_event() for _ in range(6)]
-        assert [(e.event, e.room.name) for e in got] == [
-            ("room_started", "one"),
-            ("room_started", "two"),
-            ("room_started", "three"),
-            ("room_finished", "two"),
-            ("room_finished", "one"),
-            ("room_finished", "three"),
-        ]
+        assert [(e.event, e.room.name) for e in got] == THREE_ROOMS_EVENTS
         assert all(e.room.sid == sids[e.room.name] for e in got)
         assert len({e.id for e in got}) == 6
 
@@ -268,21 +279,10 @@ async def test_each_receiver_gets_every_event_in_order(tmp_path: Path) -> None:
         server_with_webhook(tmp_path, rx1.url, rx2.url) as proc,
         client(proc) as lk,
     ):
-        for name in ("one", "two", "three"):
-            await lk.room.create_room(room_proto.CreateRoomRequest(name=name))
-        for name in ("two", "one", "three"):
-            await lk.room.delete_room(room_proto.DeleteRoomRequest(room=name))
+        await three_rooms_come_and_go(lk)
         got1 = [await rx1.next_event() for _ in range(6)]
         got2 = [await rx2.next_event() for _ in range(6)]
-        expected = [
-            ("room_started", "one"),
-            ("room_started", "two"),
-            ("room_started", "three"),
-            ("room_finished", "two"),
-            ("room_finished", "one"),
-            ("room_finished", "three"),
-        ]
-        assert [(e.event, e.room.name) for e in got1] == expected
+        assert [(e.event, e.room.name) for e in got1] == THREE_ROOMS_EVENTS
         assert [e.id for e in got2] == [e.id for e in got1]
         assert got2 == got1  # the same content too, nothing added by the other receiver
         assert len({e.id for e in got1}) == 6
