@@ -15,6 +15,7 @@ from sipbridge.store import Record
 from sipbridge.store.redis import RedisStore
 from sipbridge.store.redis_calls import STATUSES, Cursor
 from tests.redis_server import RedisServer
+from tests.store.test_call_pages import call, ids
 from tests.stores import opened
 
 pytestmark = pytest.mark.timeout(30)
@@ -28,32 +29,8 @@ async def store(redis: RedisServer) -> AsyncIterator[RedisStore]:
         yield s
 
 
-def call(
-    n: int,
-    *,
-    room: str = "lobby",
-    status: int = ACTIVE,
-    caller: str = "+15550001",
-    trunk: str = "ST_a",
-) -> Record:
-    info = sip.SIPCallInfo(
-        call_id=f"SCL_{n:04}",
-        room_name=room,
-        trunk_id=trunk,
-        call_status=status,  # type: ignore[arg-type]
-        created_at_ns=1_700_000_000_000_000_000 + n * 1_000_000,  # a millisecond apart
-    )
-    info.from_uri.user = caller
-    info.to_uri.user = "+15105550100"
-    return Record(kind="call", id=info.call_id, data=info.SerializeToString(deterministic=True))
-
-
 def flat(pages: list[list[str]]) -> list[str]:
     return [call_id for page in pages for call_id in page]
-
-
-def ids(datas: list[bytes]) -> list[str]:
-    return [sip.SIPCallInfo.FromString(d).call_id for d in datas]
 
 
 async def all_pages(store: RedisStore, limit: int, **filters: str) -> list[list[str]]:
