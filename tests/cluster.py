@@ -17,14 +17,16 @@ import subprocess
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import redis.asyncio as aioredis
 from livekit import api
 from livekit.protocol import models, room
 from redis.exceptions import RedisError
 
 from tests.harness import sipp_port
-from tests.helpers import API_KEY, API_SECRET, ServerProcess
+from tests.helpers import API_KEY, API_SECRET, ServerProcess, token
 from tests.redis_server import RedisServer
 from tests.signal_client import SignalClient
 
@@ -117,6 +119,13 @@ class Cluster:
     def stop(self) -> dict[str, int | None]:
         return {node.node_id: node.finish() for node in self.nodes}
 
+    def assert_clean(self, codes: dict[str, int | None]) -> None:
+        """`codes` (what `stop` returned) each 0, or None for a node stopped before; and no node
+        logged a Traceback."""
+        assert all(code in (None, 0) for code in codes.values()), codes
+        for node in self.nodes:
+            assert "Traceback" not in node.log.read_text(), node.log_tail()
+
     def by_id(self, node_id: str) -> Node:
         return next(n for n in self.nodes if n.node_id == node_id)
 
@@ -133,6 +142,19 @@ def cluster(tmp: Path, redis: RedisServer, count: int = 3, *extra: str) -> Itera
 
 def lk_client(node: Node) -> api.LiveKitAPI:
     return api.LiveKitAPI(url=node.url, api_key=API_KEY, api_secret=API_SECRET)
+
+
+async def node_list(node: ServerProcess) -> list[dict[str, Any]]:
+    """Every live node as the node list (their heartbeats) through `node` shows it:
+    `GET /sipbridge/v1/nodes` with an admin token."""
+    auth = "Bearer " + token(sip=api.SIPGrants(admin=True))
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"{node.url}/sipbridge/v1/nodes", headers={"Authorization": auth}) as reply,
+    ):
+        listed = await reply.json()
+    nodes: list[dict[str, Any]] = listed["nodes"]
+    return nodes
 
 
 @dataclass(frozen=True)

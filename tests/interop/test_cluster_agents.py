@@ -21,16 +21,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
-from livekit import api
 from livekit.protocol import agent
 from livekit.protocol import agent_dispatch as dispatch_proto
 from livekit.protocol import room as room_proto
 
-from tests.cluster import Cluster, Node, cluster, lk_client
+from tests.cluster import Cluster, Node, cluster, lk_client, node_list
 from tests.harness import eventually, metric
-from tests.helpers import token
 from tests.interop.test_agent_protocol import FakeWorker, worker
 from tests.redis_server import RedisServer, redis_server
 from tests.signal_client import SignalClient
@@ -51,20 +48,12 @@ def three(tmp_path: Path, redis: RedisServer) -> Iterator[Cluster]:
     with cluster(tmp_path, redis, 3) as nodes:
         yield nodes
         codes = nodes.stop()
-    assert all(code in (None, 0) for code in codes.values()), codes
-    for node in nodes.nodes:
-        assert "Traceback" not in node.log.read_text(), node.log_tail()
+    nodes.assert_clean(codes)
 
 
 async def advertised(node: Node) -> dict[str, dict[str, float]]:
     """Each live node's advertised workers, as the node list through `node` shows them."""
-    auth = "Bearer " + token(sip=api.SIPGrants(admin=True))
-    async with (
-        aiohttp.ClientSession() as http,
-        http.get(f"{node.url}/sipbridge/v1/nodes", headers={"Authorization": auth}) as reply,
-    ):
-        listed = await reply.json()
-    return {n["id"]: n["agents"] for n in listed["nodes"]}
+    return {n["id"]: n["agents"] for n in await node_list(node)}
 
 
 async def until_advertised(node: Node, expected: dict[str, dict[str, float]]) -> None:

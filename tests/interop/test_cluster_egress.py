@@ -50,9 +50,7 @@ def two(tmp_path: Path, redis: RedisServer) -> Iterator[Cluster]:
         yield nodes
     finally:
         codes = nodes.stop()
-    assert all(code in (None, 0) for code in codes.values()), codes
-    for node in nodes.nodes:
-        assert "Traceback" not in node.log.read_text(), node.log_tail()
+    nodes.assert_clean(codes)
 
 
 def recordings(node: Node) -> Path:

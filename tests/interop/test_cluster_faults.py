@@ -55,10 +55,7 @@ def two(tmp_path: Path, redis: RedisServer) -> Iterator[Cluster]:
             yield nodes
         finally:
             kill_leftovers()
-        codes = nodes.stop()
-        assert all(code in (None, 0) for code in codes.values()), codes
-        for node in nodes.nodes:
-            assert "Traceback" not in node.log.read_text(), node.log_tail()
+        nodes.assert_clean(nodes.stop())
 
 
 async def individual_rule(node: Node, *, direct: str = "") -> None:

@@ -58,10 +58,7 @@ def front(tmp_path: Path, redis: RedisServer) -> Iterator[tuple[Cluster, Kamaili
                 yield nodes, kam
         finally:
             kill_leftovers()
-        codes = nodes.stop()
-        assert all(code in (None, 0) for code in codes.values()), codes
-        for node in nodes.nodes:
-            assert "Traceback" not in node.log.read_text(), node.log_tail()
+        nodes.assert_clean(nodes.stop())
 
 
 async def trunk_and_rule(node: Node) -> tuple[str, str]:

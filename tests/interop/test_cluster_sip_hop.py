@@ -65,9 +65,7 @@ async def two(tmp_path: Path, redis: RedisServer) -> AsyncIterator[Cluster]:
         await rule_into_room_on(nodes)
         yield nodes
         codes = nodes.stop()
-    assert all(code in (None, 0) for code in codes.values()), codes
-    for node in nodes.nodes:
-        assert "Traceback" not in node.log.read_text(), node.log_tail()
+    nodes.assert_clean(codes)
 
 
 async def rule_into_room_on(nodes: Cluster) -> None:
