@@ -490,6 +490,12 @@ class Phone:
     async def hangup(self) -> None:
         await self.ok("hangup")
 
+    async def hang_up_and_stop(self) -> None:
+        """Hang up, see the call closed, and quit: its recording (`recorded`) is then whole."""
+        await self.hangup()
+        await self.wait_event("CALL_CLOSED")
+        await self.stop()
+
     async def send_dtmf(self, digits: str, *, gap_s: float = 0.12) -> None:
         """RFC 4733 telephone-events, one `sndcode` per digit (press then release) with `gap_s`
         between: baresip 1.0 sends only in-band events (no SIP INFO; it receives both)."""

@@ -6,8 +6,40 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sys
 from pathlib import Path
 from typing import Any
+
+from livekit import api
+
+from tests import netns
+from tests.helpers import token
+
+SDK_CLIENT = Path(__file__).parent / "sdk_client.py"
+
+
+def sdk_command(
+    ns: netns.VethNamespace,
+    port: int,
+    identity: str,
+    room: str,
+    *args: str,
+    python: str = sys.executable,
+    grant: api.VideoGrants | None = None,
+) -> list[str]:
+    """sdk_client.py's command line inside `ns`, run by `python`: it joins `room` as `identity`
+    through the server's API at the namespace's host address, `port`, with a token for `grant`
+    (joining `room` by default), then `args`."""
+    grant = grant or api.VideoGrants(room_join=True, room=room)
+    return ns.exec_args(
+        python,
+        str(SDK_CLIENT),
+        "--url",
+        f"ws://{ns.host_ip}:{port}",
+        "--token",
+        token(grant, identity=identity),
+        *args,
+    )
 
 
 class SdkRun:

@@ -64,9 +64,7 @@ async def test_agent_worker_answers_the_phone_and_echoes_it(
             await asyncio.sleep(5.5)
             await phone.send_dtmf("12#")
             got = await phone.wait_dtmf("12#", timeout=8)
-            await phone.hangup()
-            await phone.wait_event("CALL_CLOSED")
-            await phone.stop()
+            await phone.hang_up_and_stop()
             heard, rate = read_wav(phone.recorded())
         # the job ends when its caller leaves
         await eventually(

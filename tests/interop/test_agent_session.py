@@ -107,9 +107,7 @@ async def test_an_agent_session_greets_the_caller_from_its_first_word(
                 "the phone to record past the greeting",
                 timeout=5,
             )
-            await phone.hangup()
-            await phone.wait_event("CALL_CLOSED")
-            await phone.stop()
+            await phone.hang_up_and_stop()
             heard, rate = read_wav(phone.recorded())
         # the caller left: the session closed and deleted the room, which ended the job (the
         # server's JobTermination or the room's disconnection, whichever reaches it first)

@@ -21,7 +21,6 @@ import secrets
 import shutil
 import signal
 import statistics
-import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -41,10 +40,12 @@ from sipbridge.telephony.placement import sign_hop
 from tests import baresip, netns
 from tests.agent_process import agent_worker
 from tests.audio import read_wav, windows_heard
+from tests.cluster import node_list
 from tests.harness import all_served, direct_rule, eventually, sipp, sipp_port
 from tests.helpers import API_KEY, API_SECRET, ServerProcess, token, twirp
 from tests.interop.test_inbound_cases import header_of, status_of
 from tests.redis_server import RedisServer, redis_server
+from tests.sdk_run import sdk_command
 from tests.udp_peer import udp_peer
 
 pytestmark = [
@@ -52,7 +53,6 @@ pytestmark = [
     pytest.mark.skipif(netns.available() is not None, reason=str(netns.available())),
 ]
 RTC_PORTS_A, RTC_PORTS_B = "16000-16499", "16500-16999"
-SDK_CLIENT = Path(__file__).parents[1] / "sdk_client.py"
 
 
 class Hooks:
@@ -265,13 +265,8 @@ async def test_an_sdk_client_on_node_b_hears_a_phone_on_node_a(
         ) as phone:
             await phone.dial(f"sip:agent@{a.ip}:{a.sip_port}")
             await phone.wait_event("CALL_RINGING", fail_on=("CALL_CLOSED",))
-            grant = api.VideoGrants(room_join=True, room="agentroom")
-            cmd = namespace.exec_args(
-                sys.executable,
-                str(SDK_CLIENT),
-                *("--url", f"ws://{namespace.host_ip}:{b.port}"),
-                *("--token", token(grant, identity="agent")),
-                *("--record", str(heard), "--seconds", "8"),
+            cmd = sdk_command(
+                namespace, b.port, "agent", "agentroom", "--record", str(heard), "--seconds", "8"
             )
             proc = await asyncio.create_subprocess_exec(
                 *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
@@ -612,9 +607,7 @@ async def test_an_agent_worker_on_node_b_answers_a_phone_on_node_a(
                 await phone.wait_event("CALL_ESTABLISHED", timeout=25, fail_on=("CALL_CLOSED",))
                 # the conversation: 1.5 s of silence, 3 s, its echo 0.5 s on
                 await asyncio.sleep(7.0)
-                await phone.hangup()
-                await phone.wait_event("CALL_CLOSED")
-                await phone.stop()
+                await phone.hang_up_and_stop()
                 heard, rate = read_wav(phone.recorded())
             on_a = await asyncio.to_thread(cluster, a)
             on_b = await asyncio.to_thread(cluster, b)
@@ -638,13 +631,7 @@ async def test_an_agent_worker_on_node_b_answers_a_phone_on_node_a(
 
 async def node_calls(node: Node) -> dict[str, int]:
     """Calls per node, as the node list (heartbeats) says."""
-    auth = "Bearer " + token(sip=api.SIPGrants(admin=True))
-    async with (
-        aiohttp.ClientSession() as http,
-        http.get(f"{node.url}/sipbridge/v1/nodes", headers={"Authorization": auth}) as reply,
-    ):
-        listed = await reply.json()
-    return {n["id"]: n["calls"] for n in listed["nodes"]}
+    return {n["id"]: n["calls"] for n in await node_list(node)}
 
 
 @asynccontextmanager

@@ -27,11 +27,10 @@ from livekit.protocol import room, sip
 from tests import baresip, netns
 from tests.audio import distinct_signal, read_wav, windows_heard, write_wav
 from tests.harness import eventually
-from tests.helpers import API_KEY, API_SECRET, ServerProcess, token
-from tests.sdk_run import SdkRun
+from tests.helpers import API_KEY, API_SECRET, ServerProcess
+from tests.sdk_run import SdkRun, sdk_command
 
 ROOT = Path(__file__).parents[2]
-SDK_CLIENT = ROOT / "tests" / "sdk_client.py"
 pytestmark = [
     # real time: alone after the parallel tests (the Makefile, `-m serial`)
     pytest.mark.serial,
@@ -117,15 +116,12 @@ async def test_the_sdk_hears_the_phone_is_heard_and_trades_keys(
     ) as phone:
         await phone.dial(f"sip:versions@127.0.0.1:{rtc_server.sip_port}")  # type: ignore[attr-defined]
         await phone.wait_event("CALL_RINGING", fail_on=("CALL_CLOSED",))
-        grant = api.VideoGrants(room_join=True, room="versions")
         proc = await asyncio.create_subprocess_exec(
-            *namespace.exec_args(
-                str(sdk.python),
-                str(SDK_CLIENT),
-                "--url",
-                f"ws://{namespace.host_ip}:{rtc_server.port}",
-                "--token",
-                token(grant, identity="sdk"),
+            *sdk_command(
+                namespace,
+                rtc_server.port,
+                "sdk",
+                "versions",
                 "--record",
                 str(heard),
                 "--publish",
@@ -140,6 +136,7 @@ async def test_the_sdk_hears_the_phone_is_heard_and_trades_keys(
                 "--seconds",
                 "15",  # a bound: it leaves when removed from the room below
                 *sdk.options,
+                python=str(sdk.python),
             ),
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
@@ -160,9 +157,7 @@ async def test_the_sdk_hears_the_phone_is_heard_and_trades_keys(
             )
             # the SDK's keys, sent once its signal has played out
             got = await phone.wait_dtmf("*5", timeout=10)
-            await phone.hangup()
-            await phone.wait_event("CALL_CLOSED")
-            await phone.stop()
+            await phone.hang_up_and_stop()
             phone_heard, phone_rate = read_wav(phone.recorded())
             async with api.LiveKitAPI(
                 url=rtc_server.url, api_key=API_KEY, api_secret=API_SECRET

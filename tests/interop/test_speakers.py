@@ -14,20 +14,17 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from livekit import api
 
 from tests import baresip, netns
 from tests.audio import distinct_signal, write_wav
 from tests.harness import direct_rule, eventually
-from tests.helpers import ServerProcess, token
-from tests.sdk_run import SdkRun
+from tests.helpers import ServerProcess
+from tests.sdk_run import SdkRun, sdk_command
 
-SDK_CLIENT = Path(__file__).parents[1] / "sdk_client.py"
 pytestmark = [
     # real time: alone after the parallel tests (the Makefile, `-m serial`)
     pytest.mark.serial,
@@ -44,16 +41,7 @@ AGENT_TALK_S = 2.0
 async def start_sdk(
     ns: netns.VethNamespace, server: ServerProcess, identity: str, room: str, *args: str
 ) -> SdkRun:
-    grant = api.VideoGrants(room_join=True, room=room)
-    cmd = ns.exec_args(
-        sys.executable,
-        str(SDK_CLIENT),
-        "--url",
-        f"ws://{ns.host_ip}:{server.port}",
-        "--token",
-        token(grant, identity=identity),
-        *args,
-    )
+    cmd = sdk_command(ns, server.port, identity, room, *args)
     proc = await asyncio.create_subprocess_exec(
         *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )

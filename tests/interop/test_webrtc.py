@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import json
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +25,10 @@ from livekit.protocol import models, room
 from tests import baresip, netns
 from tests.audio import distinct_signal, level_difference_db, read_wav, windows_heard, write_wav
 from tests.harness import direct_rule, eventually
-from tests.helpers import API_KEY, API_SECRET, ServerProcess, token
+from tests.helpers import API_KEY, API_SECRET, ServerProcess
 from tests.interop.conftest import RTC_PORTS
+from tests.sdk_run import sdk_command
 
-SDK_CLIENT = Path(__file__).parents[1] / "sdk_client.py"
 pytestmark = [
     pytest.mark.skipif(not shutil.which("baresip"), reason="baresip comes with `make test`"),
     pytest.mark.skipif(netns.available() is not None, reason=str(netns.available())),
@@ -71,16 +70,7 @@ async def run_sdk(
     grant: api.VideoGrants | None = None,
 ) -> list[dict[str, Any]]:
     """sdk_client.py inside the namespace; its JSON events."""
-    grant = grant or api.VideoGrants(room_join=True, room=room)
-    cmd = ns.exec_args(
-        sys.executable,
-        str(SDK_CLIENT),
-        "--url",
-        f"ws://{ns.host_ip}:{port or server.port}",
-        "--token",
-        token(grant, identity=identity),
-        *args,
-    )
+    cmd = sdk_command(ns, port or server.port, identity, room, *args, grant=grant)
     proc = await asyncio.create_subprocess_exec(
         *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
@@ -120,13 +110,6 @@ async def greet(server: ServerProcess, room_name: str) -> None:
                 topic="greeting",
             )
         )
-
-
-async def hang_up(phone: baresip.Phone) -> None:
-    """The phone hangs up, sees the call closed, and stops (its recording complete)."""
-    await phone.hangup()
-    await phone.wait_event("CALL_CLOSED")
-    await phone.stop()
 
 
 def heard_each_other(
@@ -195,7 +178,7 @@ async def test_sdk_client_and_phone_hear_each_other(
         assert rtc_audio.get("subscriptions_pcmu") == 1, rtc_audio
         assert rtc_audio["forwarded"] > 5 / 0.02 * 0.9, rtc_audio
         events = await sdk
-        await hang_up(phone)
+        await phone.hang_up_and_stop()
         phone_heard, phone_rate = read_wav(phone.recorded())
     connected = next(e for e in events if e["event"] == "connected")
     (caller,) = connected["participants"]
@@ -263,7 +246,7 @@ async def test_sdk_client_with_two_peer_connections_and_phone_hear_each_other(
         assert counters.get('sipbridge_signal_joins_total{protocol="two_pc"}') == 1, counters
         assert 'sipbridge_signal_joins_total{protocol="single_pc"}' not in counters, counters
         events = await sdk
-        await hang_up(phone)
+        await phone.hang_up_and_stop()
         phone_heard, phone_rate = read_wav(phone.recorded())
     connected = next(e for e in events if e["event"] == "connected")
     (caller,) = connected["participants"]
@@ -407,7 +390,7 @@ async def test_a_cut_websocket_resumes_and_the_caller_is_still_heard(
         proxy.cut()
         events = await sdk
         assert not [e for e in phone.events if e.get("type") == "CALL_CLOSED"]
-        await hang_up(phone)
+        await phone.hang_up_and_stop()
     names = [e["event"] for e in events]
     assert "reconnecting" in names and "reconnected" in names, events
     assert proxy.connections >= 2  # the resume came through the relay
