@@ -29,6 +29,7 @@ from tests.harness import (
     bound,
     client,
     eventually,
+    module_server,
     run,
     sip_server_process,
     sipp_args,
@@ -47,10 +48,7 @@ LADDER = ["INVITE", "100 Trying", "180 Ringing", "200 OK", "ACK", "BYE", "200 OK
 
 @pytest.fixture(scope="module")
 def sip_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    proc = sip_server_process(tmp_path_factory.mktemp("trace"))
-    proc.start()
-    yield proc
-    stop_cleanly(proc)
+    yield from module_server(tmp_path_factory, "trace", sip=True)
 
 
 async def cli(server: ServerProcess, *args: str) -> tuple[int, bytes, str]:

@@ -19,7 +19,7 @@ from livekit.protocol import models, room, rtc
 
 from sipbridge.server.rtc.aiortc_patches import restrict_host_addresses
 from sipbridge.server.rtc.session_media import ANSWER_TIMEOUT_S
-from tests.harness import eventually
+from tests.harness import eventually, module_server
 from tests.helpers import API_KEY, API_SECRET, ServerProcess
 from tests.signal_client import PeerClient, SignalClient
 
@@ -97,11 +97,7 @@ async def test_an_oversized_frame_closes_only_that_connection(
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """One server for the negotiation cases (its WebRTC on loopback)."""
-    proc = ServerProcess(tmp_path_factory.mktemp("rtc_bad_negotiation"))
-    proc.start()
-    yield proc
-    if proc.proc is not None:
-        assert proc.stop() == 0, proc.log.read_text()
+    yield from module_server(tmp_path_factory, "rtc_bad_negotiation")
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from livekit import api
 from livekit.protocol import models, room, rtc
 
 from sipbridge.server.rtc.aiortc_patches import restrict_host_addresses
-from tests.harness import eventually
+from tests.harness import eventually, module_server
 from tests.helpers import API_KEY, API_SECRET, ServerProcess
 from tests.signal_client import PeerClient
 
@@ -32,11 +32,7 @@ Target = rtc.SignalTarget
 
 @pytest.fixture(scope="module")
 def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    proc = ServerProcess(tmp_path_factory.mktemp("rtc_peers"))
-    proc.start()
-    yield proc
-    if proc.proc is not None:
-        assert proc.stop() == 0, proc.log.read_text()
+    yield from module_server(tmp_path_factory, "rtc_peers")
 
 
 @pytest.fixture(autouse=True)

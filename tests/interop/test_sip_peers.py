@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.harness import eventually, run, sip_server_process, sipp, stop_cleanly
+from tests.harness import eventually, module_server, run, sipp
 from tests.helpers import ServerProcess
 from tests.sip_app import AnsweringApp, running_app
 
@@ -33,10 +33,7 @@ def sip_port(server: ServerProcess) -> int:
 def sip_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """One server for the module: each test sends its own requests (a Call-ID of its own), reads
     the answers to them, and changes no state another test reads."""
-    proc = sip_server_process(tmp_path_factory.mktemp("sip-peers"))
-    proc.start()
-    yield proc
-    stop_cleanly(proc)
+    yield from module_server(tmp_path_factory, "sip-peers", sip=True)
 
 
 def udp_exchange(port: int, message: bytes, timeout: float = 2.0) -> bytes | None:

@@ -27,6 +27,7 @@ from livekit import api
 from livekit.protocol import models, sip
 from livekit.protocol import room as room_proto
 
+from tests.harness import module_server
 from tests.helpers import API_KEY, API_SECRET, ServerProcess, token, twirp
 
 # WIRE.md s1: the HTTP status of each Twirp error code (written out here, not imported from src,
@@ -60,10 +61,7 @@ SIP = "livekit.SIP"
 @pytest.fixture(scope="module")
 def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """One server for the read-mostly edge tests of this module (starting one costs ~0.4 s)."""
-    proc = ServerProcess(tmp_path_factory.mktemp("twirp-edge"))
-    proc.start()
-    yield proc
-    assert proc.stop() == 0, proc.log.read_text()
+    yield from module_server(tmp_path_factory, "twirp-edge")
 
 
 def bearer(video: api.VideoGrants | None = None, sip_grants: api.SIPGrants | None = None) -> str:
