@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from sipbridge.sip.message import Request
-from tests.harness import sipp_port
+from tests.harness import served, sip_server_process
 from tests.helpers import ServerProcess
 from tests.interop.test_call_media_cases import (
     RTP_PORTS,
@@ -32,21 +32,9 @@ ALLOW = "Allow: INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE"
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[ServerProcess]:
-    port = sipp_port()
-    proc = ServerProcess(
-        tmp_path,
-        "--sip",
-        f"127.0.0.1:{port}",
-        "--rtp-ports",
-        RTP_PORTS,
-        "--session-min-se",
-        str(INTERVAL),
-    )
-    proc.sip_port = port  # type: ignore[attr-defined]
-    proc.start()
-    yield proc
-    if proc.proc is not None:
-        assert proc.stop() == 0, proc.log.read_text()[-5000:]
+    flags = ("--rtp-ports", RTP_PORTS, "--session-min-se", str(INTERVAL))
+    with served(sip_server_process(tmp_path, *flags)) as proc:
+        yield proc
 
 
 async def next_request(queue: asyncio.Queue[Request], method: str, within: float) -> Request:

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 from livekit.protocol import room, sip
 
-from tests.harness import sipp_port
+from tests.harness import served, sip_server_process
 from tests.helpers import ServerProcess
 from tests.interop.test_outbound import (
     NUMBER,
@@ -49,20 +49,9 @@ NO_UPDATE = "INVITE, ACK, BYE, CANCEL"
 
 @pytest.fixture
 def sip_server(tmp_path: Path) -> Iterator[ServerProcess]:
-    port = sipp_port()
-    proc = ServerProcess(
-        tmp_path,
-        "--sip",
-        f"127.0.0.1:{port}",
-        "--rtp-ports",
-        "18000-18999",
-        "--session-min-se",
-        str(INTERVAL),
-    )
-    proc.start()
-    yield proc
-    if proc.proc is not None:
-        assert proc.stop() == 0, proc.log.read_text()
+    flags = ("--rtp-ports", "18000-18999", "--session-min-se", str(INTERVAL))
+    with served(sip_server_process(tmp_path, *flags)) as proc:
+        yield proc
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.harness import eventually, sipp_port
+from tests.harness import eventually, served, sip_server_process
 from tests.helpers import ServerProcess, free_port
 
 SOURCES = [f"127.0.0.{n}" for n in range(2, 12)]  # ten addresses of our own loopback
@@ -29,22 +29,10 @@ HTTP_IDLE_TIMEOUT_S = 3  # --http-idle-timeout
 
 @pytest.fixture
 def limited_server(tmp_path: Path) -> Iterator[ServerProcess]:
-    port = sipp_port()
-    server = ServerProcess(
-        tmp_path,
-        "--sip",
-        f"127.0.0.1:{port}",
-        "--sip-message-timeout",
-        str(MESSAGE_TIMEOUT_S),
-        "--http-idle-timeout",
-        str(HTTP_IDLE_TIMEOUT_S),
-        open_files=1024,
-    )
-    server.sip_port = port  # type: ignore[attr-defined]
-    server.start()
-    yield server
-    if server.proc is not None:
-        assert server.stop() == 0, server.log_tail()
+    flags = ("--sip-message-timeout", str(MESSAGE_TIMEOUT_S))
+    flags += ("--http-idle-timeout", str(HTTP_IDLE_TIMEOUT_S))
+    with served(sip_server_process(tmp_path, *flags, open_files=1024)) as server:
+        yield server
     assert "Traceback" not in server.log.read_text()
 
 
