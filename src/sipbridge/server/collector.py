@@ -1,26 +1,83 @@
 """The cyclic garbage collector's settings for a serving process (`sipbridge serve`, and the
 bare SIP user agent `bench/sip.py` measures).
 
-By default CPython collects its youngest generation after every 700 net allocations of
-container objects. A SIP call allocates that many in about one call, and keeps some for its
-transactions' 32 s linger (RFC 3261 s17), so at a few thousand calls/s the collector ran
-thousands of times a second over the calls in flight and made 40-45% of the CPU of a bare UAS
-(issue 18: 150 of 340 us per call, measured in-process). Collecting every 20,000 net
-allocations lets most of a call's objects die by reference counting first (they are never
-traversed), and cuts that to about a fifth; a young collection then walks at most some tens
-of thousands of objects (around a millisecond). Everything loaded before serving is frozen
-out of the collector's generations for good.
+What a call allocates (its SIP messages and transactions, kept for their 32 s linger by RFC 3261
+s17, its state, its RTP leg, its participant) is freed by reference counting: no call leaves a
+reference cycle behind (issue 18, checked with `DEBUG_SAVEALL`). Yet CPython's collector walks
+every object it tracks that survived a collection again in its middle and old generations: at
+300 calls/s into one room (bench/inbound.py) a middle-generation collection every few seconds
+held the event loop 70-170 ms, a full one 100-300 ms, and the young ones grew to 5-25 ms as the
+middle generation filled - none of them found anything to free, and each of them delayed every
+datagram waiting behind it (INVITE->100 p99).
+
+So what survives a collection is frozen (`gc.freeze`: out of every later collection; a frozen
+object whose last reference goes is still freed at once), as everything loaded before serving
+is: each collection walks only what was allocated since the one before, a pause that stays in
+proportion to the young generation, never to the calls up. The young generation is collected
+every 5,000 net container allocations (CPython: 700; a call allocates about that many), which
+keeps those pauses to a few ms on the 2-core machine.
+
+A cycle that outlives one young collection is not lost, only freed later: a full collection
+over everything (`Collector.sweep`) runs whenever the frozen objects have doubled since the last
+one, and are more than a million (the startup alone is about 100,000; 300 calls/s in flight
+about 200,000). Garbage in cycles can thus at most double the memory the collector tracks
+before it is freed, the bound CPython's own full collections keep with a factor of 1.25.
 """
 
 from __future__ import annotations
 
+import asyncio
 import gc
+from typing import Any
 
-YOUNG_THRESHOLD = 20_000
+YOUNG_THRESHOLD = 5_000
+SWEEP_GROWTH = 2.0  # a full collection when the frozen objects doubled since the last one
+SWEEP_FLOOR = 1_000_000  # ... and are at least this many (startup ~100,000; 300 calls/s ~200,000)
 
 
-def tune_collector() -> None:
-    """Freeze what is loaded now, and collect the young generation less often."""
+class Collector:
+    """Freezes the survivors of every collection; sweeps (full collection) on growth."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.sweeps = 0  # full collections run
+        self.swept = 0  # objects they freed
+        self._limit = max(SWEEP_FLOOR, int(gc.get_freeze_count() * SWEEP_GROWTH))
+        self._sweep_due = False
+
+    def on_collection(self, phase: str, info: dict[str, Any]) -> None:
+        """`gc.callbacks`: after a collection, its survivors out of every later one. (It may
+        run in any thread that allocated: the loop is told thread-safely.)"""
+        if phase != "stop":
+            return
+        gc.freeze()
+        if self._sweep_due or gc.get_freeze_count() <= self._limit or self.loop.is_closed():
+            return
+        self._sweep_due = True
+        self.loop.call_soon_threadsafe(self.sweep)
+
+    def sweep(self) -> int:
+        """A full collection over everything frozen since startup; the objects it freed."""
+        gc.unfreeze()
+        freed = gc.collect()  # (its survivors frozen again by `on_collection`)
+        self.sweeps += 1
+        self.swept += freed
+        self._limit = max(SWEEP_FLOOR, int(gc.get_freeze_count() * SWEEP_GROWTH))
+        self._sweep_due = False  # (not before: the collection above must not ask again)
+        return freed
+
+    def remove(self) -> None:
+        """Back to CPython's own collections (tests)."""
+        if self.on_collection in gc.callbacks:
+            gc.callbacks.remove(self.on_collection)
+
+
+def tune_collector() -> Collector:
+    """Freeze what is loaded now, collect the young generation less often, and freeze what
+    survives each collection from then on (called in the serving event loop)."""
     gc.freeze()
     _, middle, old = gc.get_threshold()
     gc.set_threshold(YOUNG_THRESHOLD, middle, old)
+    collector = Collector(asyncio.get_running_loop())
+    gc.callbacks.append(collector.on_collection)
+    return collector
