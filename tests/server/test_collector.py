@@ -88,5 +88,6 @@ def test_a_cycle_that_outlived_a_collection_is_freed_by_the_sweep_on_growth(
         return collector.sweeps, collector.swept, gone.is_set()
 
     monkeypatch.setattr(collector_module, "SWEEP_FLOOR", 0)
+    monkeypatch.setattr(collector_module, "SWEEP_CHECK_EVERY", 1)
     sweeps, swept, freed = asyncio.run(scenario())
     assert freed and sweeps == 1 and swept >= 2
