@@ -42,6 +42,33 @@ def test_counts_follow_joins_tracks_permissions_and_leaves() -> None:
     assert counted(room) == (1, 0)
 
 
+def test_sip_participants_counted_as_they_join_change_and_leave() -> None:
+    sip = models.ParticipantInfo.Kind.SIP
+    reg = RoomRegistry()
+    room, _ = reg.create("r", T0)
+
+    def sip_count() -> int:
+        n = room.sip_participants()
+        assert n == sum(1 for p in room.participants.values() if p.kind == sip)
+        return n
+
+    assert sip_count() == 0
+    reg.join("r", "agent", T0)
+    reg.join("r", "caller-1", T0, kind=sip)
+    reg.join("r", "caller-2", T0, kind=sip)
+    assert sip_count() == 2
+    reg.publish_track("r", "caller-1", models.TrackInfo(type=models.TrackType.AUDIO))
+    hidden = models.ParticipantPermission(hidden=True, can_subscribe=True)
+    reg.update_participant("r", "caller-2", permission=hidden)
+    assert sip_count() == 2
+    reg.join("r", "caller-1", T0)  # the identity taken over by a participant not of kind SIP
+    assert sip_count() == 1
+    reg.remove("r", "caller-2", T0, 0)
+    assert sip_count() == 0
+    room.participants["direct"] = Participant(sid="PA_x", identity="direct", kind=sip)
+    assert sip_count() == 1  # put in directly: counted again
+
+
 def test_events_carry_the_counts_of_their_moment() -> None:
     reg = RoomRegistry()
     reg.create("r", T0)

@@ -91,10 +91,11 @@ class Room:
     participants: dict[str, Participant] = field(default_factory=dict)
     last_left_at: float | None = None
     closed: bool = False
-    # [participants, of them visible, of them publishing], kept as they join, publish and leave
-    # (every event carries the room: counting them on each would grow with the square of the
-    # room); counted again when the first no longer matches (participants put in directly)
-    counts: list[int] = field(default_factory=lambda: [0, 0, 0], repr=False, compare=False)
+    # [participants, of them visible, of them publishing, of them SIP], kept as they join,
+    # publish and leave (every event carries the room: counting them on each would grow with
+    # the square of the room; a call asks whether another caller is in its room); counted
+    # again when the first no longer matches (participants put in directly)
+    counts: list[int] = field(default_factory=lambda: [0, 0, 0, 0], repr=False, compare=False)
     # Track sid -> its publisher's identity, and -> the identities subscribed to it: kept by the
     # registry as tracks are published, subscriptions change and participants leave, so that
     # neither finding a track's owner nor forgetting a leaver's tracks scans the room (a room
@@ -108,8 +109,9 @@ class Room:
         counts[0] += sign
         counts[1] += sign * (not participant.permission.hidden)
         counts[2] += sign * bool(participant.tracks)
+        counts[3] += sign * (participant.kind == Kind.SIP)
 
-    def to_proto(self) -> models.Room:
+    def _counts(self) -> list[int]:
         counts = self.counts
         if counts[0] != len(self.participants):
             people = self.participants.values()
@@ -117,7 +119,16 @@ class Room:
                 len(self.participants),
                 sum(1 for p in people if not p.permission.hidden),
                 sum(1 for p in people if p.tracks),
+                sum(1 for p in people if p.kind == Kind.SIP),
             )
+        return counts
+
+    def sip_participants(self) -> int:
+        """How many participants of kind SIP (callers and callees) are in the room."""
+        return self._counts()[3]
+
+    def to_proto(self) -> models.Room:
+        counts = self._counts()
         return models.Room(
             sid=self.sid,
             name=self.name,

@@ -66,6 +66,7 @@ log = logging.getLogger(__name__)
 RING_INTERVAL_S = 1.0
 ACTIVE_AFTER_ACK_S = 1.0  # "first RTP or 1 s after ACK"
 MAX_NUMBER_LENGTH = 128
+SIP = models.ParticipantInfo.Kind.SIP
 
 
 @dataclass(eq=False, kw_only=True)
@@ -382,10 +383,10 @@ class InboundCalls(CallRunner[InboundCallState]):
         room = self.rooms.registry.find(state.room)
         if room is None:
             return False
-        return any(
-            p.kind == models.ParticipantInfo.Kind.SIP and p.identity != state.identity
-            for p in room.participants.values()
-        )
+        # (counted as participants join and leave: a scan of a room shared by many callers,
+        # once per call, grew with the square of the room)
+        mine = room.participants.get(state.identity)
+        return room.sip_participants() > (1 if mine is not None and mine.kind == SIP else 0)
 
     # -- answer, deadlines, the end --------------------------------------------------------
 
