@@ -416,6 +416,7 @@ class MediaService:
         out["rooms"] = len(self.rooms)
         out["clock_ticks"] = self.clock.ticks
         out["clock_skipped"] = self.clock.skipped
+        out["clock_idle"] = self.clock.idle  # passed without waking: no room mixed
         out["ports_exhausted"] = self.pool.exhausted
         if self.crelay is not None:  # the compiled relay's own work (`crelay.py`)
             out.update({f"crelay_{name}": n for name, n in self.crelay.counters().items()})

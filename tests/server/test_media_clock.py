@@ -1,0 +1,80 @@
+"""The shared 20 ms media clock (`server/media/leg_driver.py` `MediaClock`) while no room mixes:
+it does not wake every frame, yet checks the legs' timeouts every second, and a room that starts
+mixing brings it back to the 20 ms grid at once (issue 18: at 50 relayed calls its 50 wake-ups a
+second were half of the event loop's work).
+
+Real `MediaService`s, legs and phones on loopback (tests/server/test_call_media.py's harness)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from tests.harness import eventually
+from tests.server.test_call_media import Harness
+
+pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.fixture
+async def media() -> AsyncIterator[Harness]:
+    harness = Harness()
+    try:
+        yield harness
+    finally:
+        harness.close()
+
+
+def runs(media: Harness) -> int:
+    """The clock's ticks that ran (woke the loop), as opposed to those it passed idle."""
+    clock = media.svc.clock
+    return clock.ticks - clock.idle
+
+
+async def test_no_wake_up_per_frame_while_no_room_mixes_and_timeouts_still_checked(
+    media: Harness,
+) -> None:
+    loop = asyncio.get_running_loop()
+    a, b = media.phone(), media.phone()
+    started = loop.time()
+    legs = [media.call(phone, room="pair", timeout=1.0) for phone in (a, b)]  # a relay: no mixing
+    clock = media.svc.clock
+    assert not clock.rooms
+    # Nothing sent: both legs time out after 1 s, found by the once-a-second check.
+    await eventually(lambda: len(media.timeouts) == 2, "both media timeouts", timeout=5.0)
+    elapsed = loop.time() - started
+    assert set(media.timeouts) == set(legs)
+    assert elapsed < 3.5  # checked every second, not later
+    # The grid went on (a tick every 20 ms, counted) without waking for each of them.
+    assert clock.ticks >= 45
+    assert runs(media) <= 2 + int(elapsed)
+
+
+async def test_a_room_that_starts_mixing_wakes_the_idle_clock_at_the_next_frame(
+    media: Harness,
+) -> None:
+    loop = asyncio.get_running_loop()
+    for phone in (media.phone(), media.phone()):
+        media.call(phone, room="pair")
+    clock = media.svc.clock
+    # idle, and its next wake-up far enough away that waiting for it would show
+    await eventually(
+        lambda: (
+            clock._handle is not None
+            and clock._idle > 0
+            and clock._handle.when() - loop.time() > 0.5
+        ),
+        "the clock idle for at least 0.5 s more",
+        timeout=3.0,
+    )
+    ran, ticks = runs(media), clock.ticks
+    alone = media.phone()
+    media.call(alone, room="solo")  # alone in its room: it mixes (silence) on the clock
+    assert clock.rooms
+    got = await alone.collect(0.4)
+    assert len(got) >= 5  # frames from the next tick on, not from the next second
+    assert runs(media) - ran >= 5
+    # the ticks it passed idle before waking stay counted on the grid
+    assert clock.ticks - ticks >= runs(media) - ran
