@@ -62,7 +62,8 @@ is its ceiling), per call = that / N; the generator's own CPU (getrusage), so re
 was not the bottleneck; "other" = the machine's busy time (/proc/stat) minus both: other
 processes on this shared machine compete for the same cores, and the latency tail follows
 them. "skip": ticks of the server's 20 ms media clock skipped (its event loop was > 20 ms
-late), from /metrics, with the server's RTP counters before and after each step in the JSON;
+late), from /metrics, with the change in the server's RTP counters over each step in the JSON
+("server_metrics", each counter's meaning in "server_metrics_meaning");
 "udp drop": the whole system's UDP buffer drops (any process's).
 
 Before each step the bench waits up to --quiet-wait seconds for a second in which other
@@ -910,24 +911,36 @@ def run_generator(
     return result
 
 
+# The server's media counters (/metrics `sipbridge_media`) in a step's "server_metrics": each the
+# change from before the step's first call to after its last one ended, summed over every leg
+# (a relayed call is two legs). The JSON carries this table as "server_metrics_meaning". Until
+# issue 18 the rtp_* totals came out twice the packets: every leg was released twice (the call's
+# end and its media's end) and its counters added to the ended legs' totals each time.
+SERVER_COUNTERS = {
+    "rtp_packets_in": "RTP packets received, on every leg, each datagram once",
+    "rtp_forwarded": "of those, packets relayed to the other leg (counted once, on the listener)",
+    "rtp_packets_out": "RTP packets sent: the relayed ones and the server's own (silence, tones)",
+    "rtp_wrong_source": "RTP packets dropped for coming from another address than the latched",
+    "rtp_send_errors": "datagrams a send failed for (a full buffer, an unreachable peer)",
+    "rtp_rtcp_out": "RTCP reports sent",
+    "clock_skipped": "20 ms media-clock ticks skipped (the event loop over 20 ms late)",
+    "clock_idle": "20 ms ticks passed without waking the loop (no room mixed)",
+    "media_timeout": "legs ended for hearing nothing",
+    "crelay_forwarded": "the part of rtp_forwarded the compiled relay engine relayed",
+    "crelay_handed_back": "datagrams the engine handed to the event loop (first packets, DTMF)",
+    "crelay_arms": "times a leg was given to the engine as a pure relay",
+    "crelay_rounds": "the engine's wake-ups (each serves every socket ready by then)",
+    "crelay_recv_calls": "the engine's recvmmsg calls",
+    "crelay_send_calls": "the engine's sendmmsg calls",
+}
+
+
 def media_deltas(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
     prefix = 'sipbridge_media{counter="'
-    names = (
-        "rtp_packets_in",
-        "rtp_forwarded",
-        "rtp_packets_out",
-        "rtp_wrong_source",
-        "rtp_send_errors",
-        "rtp_rtcp_out",
-        "clock_skipped",
-        "media_timeout",
-        # the compiled relay engine (server/media/crelay.py): what it forwarded and handed back
-        "crelay_forwarded",
-        "crelay_handed_back",
-        "crelay_arms",
-        "crelay_rounds",
-    )
-    return {n: after.get(f'{prefix}{n}"}}', 0) - before.get(f'{prefix}{n}"}}', 0) for n in names}
+    return {
+        n: after.get(f'{prefix}{n}"}}', 0) - before.get(f'{prefix}{n}"}}', 0)
+        for n in SERVER_COUNTERS
+    }
 
 
 async def create_rule(url: str) -> str:
@@ -1419,6 +1432,7 @@ def orchestrate(args: argparse.Namespace) -> int:
         "baseline": baseline,
         "comparison": rows,
         "issue_goal": goal,
+        "server_metrics_meaning": SERVER_COUNTERS,
         **summary,
         "steps": steps,
     }

@@ -366,11 +366,17 @@ class MediaService:
                 self.rooms.pop(room.name, None)
 
     def release(self, leg: CallMedia) -> None:
+        first = not leg.closed
         self.detach(leg)
         for sid in [sid for sid, known in self.track_legs.items() if known is leg]:
             del self.track_legs[sid]
         self.legs.pop(leg, None)
         leg.close()
+        if not first:
+            # Released again (a call's end and its media's end both release it): its counters
+            # are in `ended` once already; counted twice, the rtp_* totals doubled (issue 18).
+            self._count("released_again")
+            return
         if self.on_release is not None:
             self.on_release(leg)
         for name, value in _counters(leg).items():
