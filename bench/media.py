@@ -1172,7 +1172,7 @@ def sipbridge_sip(server: ServerProcess) -> str:
 
 def split_range(rtp_range: str, parts: int) -> list[str]:
     low, high = (int(x) for x in rtp_range.split("-"))
-    size = (high - low + 1) // parts
+    size = (high - low + 1) // max(1, parts)  # no sipbridge peer (--peers rtpengine): none
     return [f"{low + i * size}-{low + (i + 1) * size - 1}" for i in range(parts)]
 
 
