@@ -126,6 +126,7 @@ typedef struct {
     long sparse_ns; /* the longest gap between rounds while traffic is sparse */
     double rate;    /* datagrams read per ns, a moving average over rounds */
     long moved;     /* datagrams read in this round */
+    long gap_ns;    /* the last gap between rounds chosen (batch_ns .. sparse_ns) */
     double power[3][256];
     /* engine counters */
     unsigned long long rounds, forwarded, handed_back, queue_full, recv_calls, send_calls, pauses;
@@ -476,7 +477,7 @@ static void *engine_thread(void *arg) {
         e->pushed = 0;
         if (notify)
             e->notified = 1;
-        long batch_ns = round_gap(e, &started, &last_start);
+        long batch_ns = e->gap_ns = round_gap(e, &started, &last_start);
         pthread_mutex_unlock(&e->lock);
         if (stop)
             break;
@@ -546,6 +547,7 @@ static int Engine_init(Engine *self, PyObject *args, PyObject *kwds) {
         return -1;
     }
     self->batch_ns = batch_us > 0 ? batch_us * 1000L : 0;
+    self->gap_ns = self->batch_ns;
     self->sparse_ns = sparse_us > 0 ? sparse_us * 1000L : self->batch_ns; /* -1: no stretching */
     if (self->sparse_ns > 1000000000L)
         self->sparse_ns = 1000000000L;
@@ -913,10 +915,10 @@ static PyObject *Engine_notify_fd(Engine *self, PyObject *Py_UNUSED(ignored)) {
 static PyObject *Engine_counters(Engine *self, PyObject *Py_UNUSED(ignored)) {
     lock_engine(self);
     PyObject *out = Py_BuildValue(
-        "{sKsKsKsKsKsKsKsi}", "rounds", self->rounds, "forwarded", self->forwarded,
+        "{sKsKsKsKsKsKsKsisl}", "rounds", self->rounds, "forwarded", self->forwarded,
         "handed_back", self->handed_back, "queue_full", self->queue_full, "recv_calls",
         self->recv_calls, "send_calls", self->send_calls, "pauses", self->pauses, "queued",
-        self->q_count);
+        self->q_count, "gap_us", self->gap_ns / 1000);
     pthread_mutex_unlock(&self->lock);
     return out;
 }
