@@ -10,7 +10,6 @@ here (400 with the fault, 405, 416, 420, 482, 483, 505, 513) and never reach the
 
 from __future__ import annotations
 
-import secrets
 from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from sipbridge.sip.message import (
     make_response,
     parse_message,
 )
+from sipbridge.sip.tokens import token_hex
 from sipbridge.sip.transaction import (
     ClientTransaction,
     ResponseReceived,
@@ -66,6 +66,11 @@ class Peer:
     host: str
     port: int
     connection: int | None = None
+    # (host, port), made once: every datagram to the peer is sent to it
+    address: tuple[str, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "address", (self.host, self.port))
 
     @property
     def reliable(self) -> bool:
@@ -490,4 +495,4 @@ def _salvage_request(data: bytes) -> Request:
 
 
 def _tag() -> str:
-    return secrets.token_hex(6)
+    return token_hex(6)

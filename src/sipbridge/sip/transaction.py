@@ -29,12 +29,12 @@ INVITE server (fig. 7 + RFC 6026):          non-INVITE server (fig. 8):
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass
 
 from sipbridge.sip.headers import MAGIC_COOKIE
 from sipbridge.sip.message import Request, Response, make_response
 from sipbridge.sip.states import StateEnum
+from sipbridge.sip.tokens import token_hex
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -191,7 +191,7 @@ TransactionEvent = ResponseReceived | TransactionTimedOut | TransportFailed | Tr
 
 
 def new_branch() -> str:
-    return MAGIC_COOKIE + secrets.token_hex(10)
+    return MAGIC_COOKIE + token_hex(10)
 
 
 def classify(status: int) -> Input:
