@@ -80,7 +80,7 @@ class Peer:
 # -- events for the application ----------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class RequestReceived:
     """A new request (not ACK): answer it through `respond(transaction, response)`."""
 
@@ -89,7 +89,7 @@ class RequestReceived:
     peer: Peer
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class AckReceived:
     """An ACK matching no transaction: the ACK for a 2xx, owned by the dialog (s13.3.1.4)."""
 
@@ -97,7 +97,7 @@ class AckReceived:
     peer: Peer
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class CancelReceived:
     """A CANCEL matched a pending INVITE; the CANCEL itself was answered 200 (s9.2). The
     application should answer the INVITE with 487."""
@@ -106,7 +106,7 @@ class CancelReceived:
     invite: ServerTransaction
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class ResponseForUs:
     """A response to a request we sent (through its client transaction)."""
 
@@ -114,12 +114,12 @@ class ResponseForUs:
     transaction: ClientTransaction
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class RequestTimedOut:
     transaction: ClientTransaction | ServerTransaction
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class RequestFailed:
     transaction: ClientTransaction | ServerTransaction
 
@@ -413,11 +413,13 @@ class SipEndpoint:
                 self._drain(transaction)
 
     def _drain(self, transaction: ClientTransaction | ServerTransaction) -> None:
-        peer = self._peers[id(transaction)]
-        for message in transaction.messages_to_send():
-            self._send(message, peer)
-        while (event := transaction.next_event()) is not None:
-            self._on_transaction_event(event, transaction)
+        if transaction._outbox is not None:
+            peer = self._peers[id(transaction)]
+            for message in transaction.messages_to_send():
+                self._send(message, peer)
+        if transaction._events is not None:
+            while (event := transaction.next_event()) is not None:
+                self._on_transaction_event(event, transaction)
         self._timers.schedule(transaction)
 
     def _on_transaction_event(

@@ -166,23 +166,23 @@ SERVER_NON_INVITE: Table = {
 # -- events ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class ResponseReceived:
     transaction: ClientTransaction
     response: Response
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class TransactionTimedOut:
     transaction: ClientTransaction | ServerTransaction
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class TransportFailed:
     transaction: ClientTransaction | ServerTransaction
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class TransactionTerminated:
     transaction: ClientTransaction | ServerTransaction
 
@@ -261,7 +261,13 @@ class _Transaction:
         return event
 
     def get_timer(self) -> float | None:
-        return min(self._deadlines.values(), default=None)
+        deadlines = self._deadlines
+        if not deadlines:
+            return None
+        if len(deadlines) == 1:  # the common case: one timer running (L, J, I...)
+            for deadline in deadlines.values():
+                return deadline
+        return min(deadlines.values())
 
     def handle_timer(self, now: float) -> None:
         for timer, deadline in sorted(self._deadlines.items(), key=lambda kv: kv[1]):
@@ -387,12 +393,11 @@ class ServerTransaction(_Transaction):
 
     def send_response(self, response: Response, now: float) -> bool:
         """Send the TU's response; False when the state allows none (e.g. after a final)."""
-        kind = classify(response.status)
-        tu_input = {
-            Input.PROVISIONAL: Input.TU_PROVISIONAL,
-            Input.SUCCESS: Input.TU_SUCCESS,
-            Input.FAILURE: Input.TU_FAILURE,
-        }[kind]
+        status = response.status
+        if status < 200:
+            tu_input = Input.TU_PROVISIONAL
+        else:
+            tu_input = Input.TU_SUCCESS if status < 300 else Input.TU_FAILURE
         return self._step(tu_input, now, response)
 
     def _act(self, action: Action, now: float, message: Response | None) -> None:
