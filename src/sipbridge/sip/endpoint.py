@@ -153,6 +153,7 @@ class SipEndpoint:
         # (Call-ID, From tag, CSeq) of requests outside a dialog, to spot merged ones (s8.2.2.2)
         self._merge_keys: dict[tuple[str, str, int, str], ServerTransaction] = {}
         self.stats: Counter[str] = Counter()
+        self._allow_text: tuple[tuple[str, ...], str] | None = None
 
     # -- input ---------------------------------------------------------------------------
 
@@ -366,6 +367,15 @@ class SipEndpoint:
         response.headers.add("Accept", ", ".join(self.settings.accept))
         response.headers.add("Supported", ", ".join(self.settings.supported))
         return response
+
+    @property
+    def allow_text(self) -> str:
+        """The Allow header's value (our methods), joined once per settings."""
+        allow = self.settings.allow
+        cached = self._allow_text
+        if cached is None or cached[0] is not allow:
+            cached = self._allow_text = (allow, ", ".join(allow))
+        return cached[1]
 
     def _add_identity(self, message: Request | Response) -> None:
         name = "User-Agent" if isinstance(message, Request) else "Server"

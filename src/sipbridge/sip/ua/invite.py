@@ -52,7 +52,7 @@ from sipbridge.sip.dialog import AnswerRetransmitter, Dialog
 from sipbridge.sip.digest import DigestClient
 from sipbridge.sip.endpoint import Peer
 from sipbridge.sip.errors import SipProtocolError
-from sipbridge.sip.message import Request, Response, make_response
+from sipbridge.sip.message import Request, Response, header_key, make_response
 from sipbridge.sip.states import StateEnum
 from sipbridge.sip.transaction import ClientTransaction, ServerTransaction, new_branch
 from sipbridge.sip.ua.session_timer import SessionIntervalTooSmall
@@ -620,12 +620,13 @@ class InviteSession:
             return
         response = self._response(200)
         _add(response, headers)
-        if "Contact" not in response.headers:
+        # (the response echoes no Contact of the request: only `headers` may hold one)
+        if not headers or not any(header_key(name) == "contact" for name in headers):
             secure = self.request.uri.scheme == "sips"
             response.headers.add(
                 "Contact", self.agent.contact_text(self._contact_peer, secure=secure)
             )
-        response.headers.add("Allow", ", ".join(self.agent.endpoint.settings.allow))
+        response.headers.add("Allow", self.agent.endpoint.allow_text)
         if body:
             response.body = body
             response.headers.add("Content-Type", content_type)
