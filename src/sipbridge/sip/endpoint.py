@@ -260,8 +260,10 @@ class SipEndpoint:
             request, reliable=peer.reliable, timers=self.settings.timers
         )
         self.server_transactions[key] = transaction
+        transaction.key = key
         if merge_key is not None:
             self._merge_keys[merge_key] = transaction
+            transaction.merge_key = merge_key
         self._peers[id(transaction)] = peer
         if request.method == "CANCEL":
             self._receive_cancel(request, transaction, now)
@@ -449,10 +451,10 @@ class SipEndpoint:
     def _forget(self, transaction: ClientTransaction | ServerTransaction) -> None:
         self._peers.pop(id(transaction), None)
         if isinstance(transaction, ServerTransaction):
-            key = server_key(transaction.request)
+            key = transaction.key or server_key(transaction.request)
             if self.server_transactions.get(key) is transaction:
                 del self.server_transactions[key]
-            merge_key = _merge_key(transaction.request)
+            merge_key = transaction.merge_key
             if merge_key is not None and self._merge_keys.get(merge_key) is transaction:
                 del self._merge_keys[merge_key]
         else:

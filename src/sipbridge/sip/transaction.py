@@ -376,7 +376,7 @@ class ClientTransaction(_Transaction):
 class ServerTransaction(_Transaction):
     """Absorbs retransmitted requests and (re)sends the TU's responses (s17.2)."""
 
-    __slots__ = ("is_invite", "last_response")
+    __slots__ = ("is_invite", "key", "last_response", "merge_key")
 
     def __init__(
         self, request: Request, *, reliable: bool, timers: TimerSettings | None = None
@@ -386,6 +386,9 @@ class ServerTransaction(_Transaction):
         self.table = SERVER_INVITE if self.is_invite else SERVER_NON_INVITE
         self.state = State.PROCEEDING if self.is_invite else State.TRYING
         self.last_response: Response | None = None
+        # set by the endpoint that keeps it: its keys there (`server_key`, the merge key)
+        self.key: tuple[str, ...] | None = None
+        self.merge_key: tuple[str, str, int, str] | None = None
 
     def receive_request(self, request: Request, now: float) -> None:
         """A retransmission of our request, or (INVITE) the ACK for a non-2xx final."""
