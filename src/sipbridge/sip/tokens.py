@@ -17,6 +17,9 @@ class _Pool:
     __slots__ = ("_at", "_data")
 
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
         self._data = b""
         self._at = 0
 
@@ -33,7 +36,7 @@ class _Pool:
 _pool = _Pool()
 # After a fork the child must not hand out its parent's bytes again.
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_pool.__init__)
+    os.register_at_fork(after_in_child=_pool.reset)
 
 
 def token_hex(nbytes: int) -> str:
