@@ -300,8 +300,9 @@ _VIA = re.compile(
 )
 
 
-@lru_cache(maxsize=4096)
 def parse_via(value: str) -> Via:
+    # Not cached: every request's top Via differs (its branch), and a message parses its own
+    # once (`Message.top_via`); a cache would only keep thousands of Vias for no hit.
     m = _VIA.fullmatch(value)
     if m is None:
         raise _bad(f"malformed Via {value[:80]!r}")

@@ -227,7 +227,8 @@ class SipService:
         self._udp: dict[tuple[str, int], asyncio.DatagramTransport] = {}
         self._udp_out: asyncio.DatagramTransport | None = None  # the first of `_udp`
         self._servers: list[asyncio.Server] = []
-        self._timer = DeadlineTimer(self.now, self._on_timer)  # the transactions' deadlines
+        # the transactions' deadlines (lazy: moved later or gone, the wake-up stays, see there)
+        self._timer = DeadlineTimer(self.now, self._on_timer, lazy=True)
         self._flushing = 0  # flushes in progress (one inside another's application call)
         # Called once the outermost flush is done (a datagram handled, the application's act
         # delivered): the drivers above re-arm their timers there, once, not per event.

@@ -226,7 +226,8 @@ class SipUserAgent:
         self.standalone: dict[int, Callable[[Response | None], None]] = {}
         self._service: SipService | None = None
         self._agent: UserAgent | None = None
-        self._timer = DeadlineTimer(self.now, self._fire)  # the agent's next deadline
+        # the agent's next deadline (lazy: each answered call sets one, its ACK clears it)
+        self._timer = DeadlineTimer(self.now, self._fire, lazy=True)
         # Metrics: seconds from an INVITE to our 100 Trying; a call's final status to its
         # INVITE (ours or theirs), with the seconds since the INVITE.
         self.on_trying: Callable[[float], None] | None = None
