@@ -12,16 +12,28 @@ from collections.abc import Callable
 
 
 class DeadlineTimer:
-    def __init__(self, clock: Callable[[], float], fire: Callable[[], None]) -> None:
+    """`lazy`: a deadline that moves later, or goes, leaves the timer where it is - it wakes
+    early once and `fire` (which then finds nothing due) re-arms at the real deadline. For
+    objects whose deadline comes and goes many times a second (the SIP drivers: every answered
+    call sets one and its ACK clears it): one wake-up in a while instead of a timer cancelled
+    and made per call. `fire` must then tolerate a wake-up with nothing due."""
+
+    def __init__(
+        self, clock: Callable[[], float], fire: Callable[[], None], *, lazy: bool = False
+    ) -> None:
         self.clock = clock  # the object's clock, which its deadlines are in
         self.fire = fire
+        self.lazy = lazy
         self._handle: asyncio.TimerHandle | None = None
         self._at: float | None = None
 
     def arm(self, deadline: float | None) -> None:
         """Wake at `deadline` (None: never); a deadline that did not move costs nothing."""
-        if deadline == self._at:
+        at = self._at
+        if deadline == at:
             return
+        if self.lazy and at is not None and (deadline is None or deadline > at):
+            return  # the armed wake-up comes first; `fire` re-arms then
         self.cancel()
         self._at = deadline
         if deadline is not None:

@@ -8,12 +8,12 @@ CSeq of incoming ones (lower than the last one -> 500, s12.2.2).
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass, field
 
 from sipbridge.sip.errors import SipProtocolError
 from sipbridge.sip.headers import Address, Via
 from sipbridge.sip.message import Request, Response
+from sipbridge.sip.tokens import token_hex
 from sipbridge.sip.transaction import TimerSettings, new_branch
 from sipbridge.sip.uri import Uri
 
@@ -21,7 +21,7 @@ TARGET_REFRESH = frozenset({"INVITE", "UPDATE"})  # s12.2, RFC 3311
 
 
 def new_tag() -> str:
-    return secrets.token_hex(8)
+    return token_hex(8)
 
 
 def check_dialog_creating(request: Request) -> tuple[Uri, list[Address]]:

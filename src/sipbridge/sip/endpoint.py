@@ -10,7 +10,6 @@ here (400 with the fault, 405, 416, 420, 482, 483, 505, 513) and never reach the
 
 from __future__ import annotations
 
-import secrets
 from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from sipbridge.sip.message import (
     make_response,
     parse_message,
 )
+from sipbridge.sip.tokens import token_hex
 from sipbridge.sip.transaction import (
     ClientTransaction,
     ResponseReceived,
@@ -66,6 +66,11 @@ class Peer:
     host: str
     port: int
     connection: int | None = None
+    # (host, port), made once: every datagram to the peer is sent to it
+    address: tuple[str, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "address", (self.host, self.port))
 
     @property
     def reliable(self) -> bool:
@@ -75,7 +80,7 @@ class Peer:
 # -- events for the application ----------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class RequestReceived:
     """A new request (not ACK): answer it through `respond(transaction, response)`."""
 
@@ -84,7 +89,7 @@ class RequestReceived:
     peer: Peer
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class AckReceived:
     """An ACK matching no transaction: the ACK for a 2xx, owned by the dialog (s13.3.1.4)."""
 
@@ -92,7 +97,7 @@ class AckReceived:
     peer: Peer
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class CancelReceived:
     """A CANCEL matched a pending INVITE; the CANCEL itself was answered 200 (s9.2). The
     application should answer the INVITE with 487."""
@@ -101,7 +106,7 @@ class CancelReceived:
     invite: ServerTransaction
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class ResponseForUs:
     """A response to a request we sent (through its client transaction)."""
 
@@ -109,12 +114,12 @@ class ResponseForUs:
     transaction: ClientTransaction
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class RequestTimedOut:
     transaction: ClientTransaction | ServerTransaction
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class RequestFailed:
     transaction: ClientTransaction | ServerTransaction
 
@@ -148,6 +153,7 @@ class SipEndpoint:
         # (Call-ID, From tag, CSeq) of requests outside a dialog, to spot merged ones (s8.2.2.2)
         self._merge_keys: dict[tuple[str, str, int, str], ServerTransaction] = {}
         self.stats: Counter[str] = Counter()
+        self._allow_text: tuple[tuple[str, ...], str] | None = None
 
     # -- input ---------------------------------------------------------------------------
 
@@ -254,8 +260,10 @@ class SipEndpoint:
             request, reliable=peer.reliable, timers=self.settings.timers
         )
         self.server_transactions[key] = transaction
+        transaction.key = key
         if merge_key is not None:
             self._merge_keys[merge_key] = transaction
+            transaction.merge_key = merge_key
         self._peers[id(transaction)] = peer
         if request.method == "CANCEL":
             self._receive_cancel(request, transaction, now)
@@ -362,6 +370,15 @@ class SipEndpoint:
         response.headers.add("Supported", ", ".join(self.settings.supported))
         return response
 
+    @property
+    def allow_text(self) -> str:
+        """The Allow header's value (our methods), joined once per settings."""
+        allow = self.settings.allow
+        cached = self._allow_text
+        if cached is None or cached[0] is not allow:
+            cached = self._allow_text = (allow, ", ".join(allow))
+        return cached[1]
+
     def _add_identity(self, message: Request | Response) -> None:
         name = "User-Agent" if isinstance(message, Request) else "Server"
         # Our own messages, built with `Headers.add` (names in their canonical spelling): a
@@ -408,11 +425,13 @@ class SipEndpoint:
                 self._drain(transaction)
 
     def _drain(self, transaction: ClientTransaction | ServerTransaction) -> None:
-        peer = self._peers[id(transaction)]
-        for message in transaction.messages_to_send():
-            self._send(message, peer)
-        while (event := transaction.next_event()) is not None:
-            self._on_transaction_event(event, transaction)
+        if transaction._outbox is not None:
+            peer = self._peers[id(transaction)]
+            for message in transaction.messages_to_send():
+                self._send(message, peer)
+        if transaction._events is not None:
+            while (event := transaction.next_event()) is not None:
+                self._on_transaction_event(event, transaction)
         self._timers.schedule(transaction)
 
     def _on_transaction_event(
@@ -432,10 +451,10 @@ class SipEndpoint:
     def _forget(self, transaction: ClientTransaction | ServerTransaction) -> None:
         self._peers.pop(id(transaction), None)
         if isinstance(transaction, ServerTransaction):
-            key = server_key(transaction.request)
+            key = transaction.key or server_key(transaction.request)
             if self.server_transactions.get(key) is transaction:
                 del self.server_transactions[key]
-            merge_key = _merge_key(transaction.request)
+            merge_key = transaction.merge_key
             if merge_key is not None and self._merge_keys.get(merge_key) is transaction:
                 del self._merge_keys[merge_key]
         else:
@@ -490,4 +509,4 @@ def _salvage_request(data: bytes) -> Request:
 
 
 def _tag() -> str:
-    return secrets.token_hex(6)
+    return token_hex(6)

@@ -245,19 +245,27 @@ class Via:
     protocol: str = "SIP/2.0"
     # the `branch` parameter, found once: transaction matching asks for it on every message
     branch: str | None = field(init=False, repr=False, compare=False, default=None)
+    # `rport` (RFC 3581), found in the same pass: None: absent; "": requested; digits: filled
+    # in by the server
+    rport: str | None = field(init=False, repr=False, compare=False, default=None)
 
     def __post_init__(self) -> None:
-        if self.params:
-            object.__setattr__(self, "branch", param_value(self.params, "branch"))
+        branch = rport = None
+        for key, value in self.params:  # the first of each, as `param_value` finds
+            lkey = key.lower()
+            if lkey == "branch":
+                if branch is None:
+                    branch = "" if value is None else value
+            elif lkey == "rport" and rport is None:
+                rport = "" if value is None else value
+        if branch is not None:
+            object.__setattr__(self, "branch", branch)
+        if rport is not None:
+            object.__setattr__(self, "rport", rport)
 
     @property
     def received(self) -> str | None:
         return param_value(self.params, "received")
-
-    @property
-    def rport(self) -> str | None:
-        """None: absent; "": requested (RFC 3581); digits: filled in by the server."""
-        return param_value(self.params, "rport")
 
     @property
     def is_rfc3261(self) -> bool:
@@ -292,8 +300,9 @@ _VIA = re.compile(
 )
 
 
-@lru_cache(maxsize=4096)
 def parse_via(value: str) -> Via:
+    # Not cached: every request's top Via differs (its branch), and a message parses its own
+    # once (`Message.top_via`); a cache would only keep thousands of Vias for no hit.
     m = _VIA.fullmatch(value)
     if m is None:
         raise _bad(f"malformed Via {value[:80]!r}")

@@ -571,6 +571,22 @@ def _parse_headers(lines: list[str], start: int = 0) -> Headers:
     items: list[tuple[str, str]] = []
     index: dict[str, tuple[str, ...]] = {}
     names = _NAMES
+    if len(lines) - start <= MAX_HEADERS:  # the common case: no count to keep
+        for line in lines[start:] if start else lines:
+            raw, colon, value = line.partition(":")
+            if not colon:
+                raise _bad(f"malformed header line {line[:80]!r}")
+            known = names.get(raw)
+            if known is None:
+                known = _header_name(raw, line)
+            name, key = known
+            value = value.strip()
+            items.append((name, value))
+            if key in index:
+                index[key] += (value,)
+            else:
+                index[key] = (value,)
+        return Headers(items, index)
     for count, line in enumerate(itertools.islice(lines, start, None), 1):
         raw, colon, value = line.partition(":")
         if not colon:

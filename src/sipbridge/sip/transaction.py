@@ -29,12 +29,12 @@ INVITE server (fig. 7 + RFC 6026):          non-INVITE server (fig. 8):
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass
 
 from sipbridge.sip.headers import MAGIC_COOKIE
 from sipbridge.sip.message import Request, Response, make_response
 from sipbridge.sip.states import StateEnum
+from sipbridge.sip.tokens import token_hex
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -166,23 +166,23 @@ SERVER_NON_INVITE: Table = {
 # -- events ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class ResponseReceived:
     transaction: ClientTransaction
     response: Response
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class TransactionTimedOut:
     transaction: ClientTransaction | ServerTransaction
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class TransportFailed:
     transaction: ClientTransaction | ServerTransaction
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class TransactionTerminated:
     transaction: ClientTransaction | ServerTransaction
 
@@ -191,7 +191,7 @@ TransactionEvent = ResponseReceived | TransactionTimedOut | TransportFailed | Tr
 
 
 def new_branch() -> str:
-    return MAGIC_COOKIE + secrets.token_hex(10)
+    return MAGIC_COOKIE + token_hex(10)
 
 
 def classify(status: int) -> Input:
@@ -261,7 +261,13 @@ class _Transaction:
         return event
 
     def get_timer(self) -> float | None:
-        return min(self._deadlines.values(), default=None)
+        deadlines = self._deadlines
+        if not deadlines:
+            return None
+        if len(deadlines) == 1:  # the common case: one timer running (L, J, I...)
+            for deadline in deadlines.values():
+                return deadline
+        return min(deadlines.values())
 
     def handle_timer(self, now: float) -> None:
         for timer, deadline in sorted(self._deadlines.items(), key=lambda kv: kv[1]):
@@ -370,7 +376,7 @@ class ClientTransaction(_Transaction):
 class ServerTransaction(_Transaction):
     """Absorbs retransmitted requests and (re)sends the TU's responses (s17.2)."""
 
-    __slots__ = ("is_invite", "last_response")
+    __slots__ = ("is_invite", "key", "last_response", "merge_key")
 
     def __init__(
         self, request: Request, *, reliable: bool, timers: TimerSettings | None = None
@@ -380,6 +386,9 @@ class ServerTransaction(_Transaction):
         self.table = SERVER_INVITE if self.is_invite else SERVER_NON_INVITE
         self.state = State.PROCEEDING if self.is_invite else State.TRYING
         self.last_response: Response | None = None
+        # set by the endpoint that keeps it: its keys there (`server_key`, the merge key)
+        self.key: tuple[str, ...] | None = None
+        self.merge_key: tuple[str, str, int, str] | None = None
 
     def receive_request(self, request: Request, now: float) -> None:
         """A retransmission of our request, or (INVITE) the ACK for a non-2xx final."""
@@ -387,12 +396,11 @@ class ServerTransaction(_Transaction):
 
     def send_response(self, response: Response, now: float) -> bool:
         """Send the TU's response; False when the state allows none (e.g. after a final)."""
-        kind = classify(response.status)
-        tu_input = {
-            Input.PROVISIONAL: Input.TU_PROVISIONAL,
-            Input.SUCCESS: Input.TU_SUCCESS,
-            Input.FAILURE: Input.TU_FAILURE,
-        }[kind]
+        status = response.status
+        if status < 200:
+            tu_input = Input.TU_PROVISIONAL
+        else:
+            tu_input = Input.TU_SUCCESS if status < 300 else Input.TU_FAILURE
         return self._step(tu_input, now, response)
 
     def _act(self, action: Action, now: float, message: Response | None) -> None:

@@ -45,6 +45,7 @@ IDLE_TIMEOUT_S = 600.0
 MESSAGE_TIMEOUT_S = 10.0
 CONNECT_TIMEOUT_S = 5.0  # to open a TCP/TLS connection to a trunk
 MAX_QUEUED_WHILE_CONNECTING = 64  # messages waiting for a connection being opened
+MAX_UDP_PEERS = 4096  # source addresses whose Peer is kept (see _Udp)
 
 Application = Callable[["SipService", EndpointEvent], None]
 
@@ -60,6 +61,9 @@ class _Udp(asyncio.DatagramProtocol):
     def __init__(self, service: SipService) -> None:
         self.service = service
         self.transport: asyncio.DatagramTransport | None = None
+        # The Peer of each source address seen lately (made once, not per datagram; bounded:
+        # cleared when full, so that a flood of sources cannot grow it).
+        self._peers: dict[tuple[str, int], Peer] = {}
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's and asyncio's datagram transports do not share the DatagramTransport base.
@@ -72,7 +76,13 @@ class _Udp(asyncio.DatagramProtocol):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_BUFFER_BYTES)
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.service.receive(data, Peer("udp", str(addr[0]), int(addr[1])))
+        peers = self._peers
+        peer = peers.get(addr)
+        if peer is None:
+            if len(peers) >= MAX_UDP_PEERS:
+                peers.clear()
+            peer = peers[addr] = Peer("udp", str(addr[0]), int(addr[1]))
+        self.service.receive(data, peer)
 
     def error_received(self, exc: Exception) -> None:
         # ICMP errors for earlier sends (port unreachable...): nothing to do per datagram.
@@ -215,9 +225,14 @@ class SipService:
         self.max_connections = connection_budget()
         self.connection_ids = itertools.count(1)
         self._udp: dict[tuple[str, int], asyncio.DatagramTransport] = {}
+        self._udp_out: asyncio.DatagramTransport | None = None  # the first of `_udp`
         self._servers: list[asyncio.Server] = []
-        self._timer = DeadlineTimer(self.now, self._on_timer)  # the transactions' deadlines
+        # the transactions' deadlines (lazy: moved later or gone, the wake-up stays, see there)
+        self._timer = DeadlineTimer(self.now, self._on_timer, lazy=True)
         self._flushing = 0  # flushes in progress (one inside another's application call)
+        # Called once the outermost flush is done (a datagram handled, the application's act
+        # delivered): the drivers above re-arm their timers there, once, not per event.
+        self.on_flushed: list[Callable[[], None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._clock = clock
         self.bound: list[Listen] = []
@@ -284,6 +299,7 @@ class SipService:
         self._timer.cancel()
         for transport in self._udp.values():
             transport.close()
+        self._udp_out = None
         for server in self._servers:
             server.close()
         for task in list(self._dial_tasks):
@@ -304,8 +320,8 @@ class SipService:
                 self.wall_clock(),
                 outgoing=False,
                 transport=peer.transport,
-                local=self._local(peer),
-                remote=(peer.host, peer.port),
+                local=self._local_udp if peer.transport == "udp" else self._local(peer),
+                remote=peer.address,
             )
         self.endpoint.receive(data, peer, self.now())
         self._flush()
@@ -337,6 +353,8 @@ class SipService:
             self._flushing -= 1
         if not self._flushing:
             self._arm_timer()
+            for flushed in self.on_flushed:
+                flushed()
 
     def transmit_now(self) -> None:
         """Send what is queued without handling events (the 100 Trying before the INVITE's
@@ -368,17 +386,28 @@ class SipService:
                 outgoing=True,
                 transport=peer.transport,
                 local=self._local(peer),
-                remote=(peer.host, peer.port),
+                remote=peer.address,
             )
 
     def _transmit(self, data: bytes, peer: Peer) -> None:
         if peer.transport == "udp":
-            transport = next(iter(self._udp.values()), None)
+            transport = self._udp_out
             if transport is None:
-                self.stats_error("no_udp_socket")
-                return
-            self._trace_out(data, peer)
-            transport.sendto(data, (peer.host, peer.port))
+                transport = self._udp_out = next(iter(self._udp.values()), None)
+                if transport is None:
+                    self.stats_error("no_udp_socket")
+                    return
+            address = peer.address
+            if self.traces is not None:
+                self.traces.record(
+                    data,
+                    self.wall_clock(),
+                    outgoing=True,
+                    transport="udp",
+                    local=self._local_udp,
+                    remote=address,
+                )
+            transport.sendto(data, address)
             return
         if peer.connection is None:
             # A request of ours to a trunk: over the connection we opened to it, or a new one.

@@ -226,8 +226,8 @@ class SipUserAgent:
         self.standalone: dict[int, Callable[[Response | None], None]] = {}
         self._service: SipService | None = None
         self._agent: UserAgent | None = None
-        self._timer = DeadlineTimer(self.now, self._fire)  # the agent's next deadline
-        self._handling = 0  # endpoint events being handled (the application acts inside them)
+        # the agent's next deadline (lazy: each answered call sets one, its ACK clears it)
+        self._timer = DeadlineTimer(self.now, self._fire, lazy=True)
         # Metrics: seconds from an INVITE to our 100 Trying; a call's final status to its
         # INVITE (ours or theirs), with the seconds since the INVITE.
         self.on_trying: Callable[[float], None] | None = None
@@ -274,6 +274,9 @@ class SipUserAgent:
 
     def attach(self, service: SipService) -> None:
         self._service = service
+        # Our timer is re-armed once the service has handled a datagram (or what we did
+        # outside one) to the end, not after every event.
+        service.on_flushed.append(self._arm)
 
     def now(self) -> float:
         return self.service.now()
@@ -301,14 +304,8 @@ class SipUserAgent:
 
     def __call__(self, service: SipService, event: EndpointEvent) -> None:
         self._service = service
-        self._handling += 1
-        try:
-            self.agent.handle_event(event, service.now())
-            self._drain()
-        finally:
-            self._handling -= 1
-        if not self._handling:
-            self._arm()
+        self.agent.handle_event(event, service.now())
+        self._drain()
 
     def call_final(self, call: SipCall, status: int) -> None:
         """The final response to a call's INVITE, sent or received: told once to `on_final`."""
@@ -319,15 +316,14 @@ class SipUserAgent:
             self.on_final(call, status, self.now() - call.started)
 
     def after_application(self) -> None:
-        """The application acted outside an endpoint event: deliver, transmit, re-arm."""
+        """The application acted outside an endpoint event: deliver, transmit, re-arm (the
+        service's flush re-arms our timer once it is done: `attach`)."""
         self._drain()
         self.service.after_application()
 
     def _drain(self) -> None:
         while (event := self.agent.next_event()) is not None:
             self._dispatch(event)
-        if not self._handling:  # else the event being handled re-arms once it is done
-            self._arm()
 
     def _arm(self) -> None:
         self._timer.arm(self.agent.get_timer())

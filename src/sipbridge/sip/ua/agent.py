@@ -43,7 +43,7 @@ from sipbridge.sip.uri import Uri
 DialogId = tuple[str, str, str]  # Call-ID, local tag, remote tag
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class RequestAnswered:
     """The final response to a request of ours outside any call, or None when none came."""
 

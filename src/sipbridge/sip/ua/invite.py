@@ -52,7 +52,7 @@ from sipbridge.sip.dialog import AnswerRetransmitter, Dialog
 from sipbridge.sip.digest import DigestClient
 from sipbridge.sip.endpoint import Peer
 from sipbridge.sip.errors import SipProtocolError
-from sipbridge.sip.message import Request, Response, make_response
+from sipbridge.sip.message import Request, Response, header_key, make_response
 from sipbridge.sip.states import StateEnum
 from sipbridge.sip.transaction import ClientTransaction, ServerTransaction, new_branch
 from sipbridge.sip.ua.session_timer import SessionIntervalTooSmall
@@ -146,14 +146,14 @@ LIVE_DIALOG = frozenset({S.ANSWERED, S.CONFIRMED})
 # -- events -----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class InviteReceived:
     """A new INVITE (100 Trying sent): ring, answer or reject `session`."""
 
     session: InviteSession
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class ProvisionalReceived:
     """A 1xx other than 100 to our INVITE (180 Ringing, 183 with early media...)."""
 
@@ -161,7 +161,7 @@ class ProvisionalReceived:
     response: Response
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class CallAnswered:
     """The first 2xx to our INVITE; it is ACKed."""
 
@@ -169,7 +169,7 @@ class CallAnswered:
     response: Response
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class CallFailed:
     """Our INVITE's final failure: the peer's status, or 408 (no answer), 503 (transport), 487
     (cancelled). `response` is None when no response said it."""
@@ -180,7 +180,7 @@ class CallFailed:
     response: Response | None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class AckReceived:
     """The ACK of a 2xx we sent: `first` for the INVITE's (the dialog is confirmed), else a
     re-INVITE's; `body` is the SDP answer when our 2xx held the offer (s13.2.1)."""
@@ -190,7 +190,7 @@ class AckReceived:
     first: bool
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class OfferReceived:
     """A re-INVITE or UPDATE from the peer (its body is b"" when it has no offer): answer with
     `session.accept_offer(request, sdp)` or `session.refuse_offer(request, error)`."""
@@ -199,7 +199,7 @@ class OfferReceived:
     request: Request
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class NotifyReceived:
     """A NOTIFY in the dialog (answered 200): the progress of a transfer we asked for."""
 
@@ -207,7 +207,7 @@ class NotifyReceived:
     request: Request
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class ReferAnswered:
     """The final response to our REFER (408 when none came)."""
 
@@ -216,7 +216,7 @@ class ReferAnswered:
     reason: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class RefreshAnswered:
     """The final response to our re-INVITE or UPDATE, or None when none came. When
     `dialog_gone` (408, 481 or no answer, s12.2.1.2) the application ends the call with
@@ -230,7 +230,7 @@ class RefreshAnswered:
         return self.response is None or self.response.status in (408, 481)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class CallEnded:
     """The call is over for the application: "bye" (the peer's BYE), "cancel" (a CANCEL won, or
     ours did), "timeout" (no ACK), "hangup" (our BYE), "rejected" (a final 3xx-6xx either way),
@@ -620,12 +620,13 @@ class InviteSession:
             return
         response = self._response(200)
         _add(response, headers)
-        if "Contact" not in response.headers:
+        # (the response echoes no Contact of the request: only `headers` may hold one)
+        if not headers or not any(header_key(name) == "contact" for name in headers):
             secure = self.request.uri.scheme == "sips"
             response.headers.add(
                 "Contact", self.agent.contact_text(self._contact_peer, secure=secure)
             )
-        response.headers.add("Allow", ", ".join(self.agent.endpoint.settings.allow))
+        response.headers.add("Allow", self.agent.endpoint.allow_text)
         if body:
             response.body = body
             response.headers.add("Content-Type", content_type)
