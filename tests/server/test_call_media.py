@@ -144,15 +144,6 @@ class Harness:
             phone.close()
 
 
-@pytest.fixture
-async def media() -> AsyncIterator[Harness]:
-    harness = Harness()
-    try:
-        yield harness
-    finally:
-        harness.close()
-
-
 async def settle(condition: Callable[[], bool], timeout: float = 1.0) -> None:
     """Yield to the loop until `condition()` holds; AssertionError after `timeout`."""
     await eventually(condition, "the condition", timeout=timeout, interval=0.002)

@@ -8,7 +8,6 @@ Real `MediaService`s, legs and phones on loopback (tests/server/test_call_media.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -16,15 +15,6 @@ from tests.harness import eventually
 from tests.server.test_call_media import Harness
 
 pytestmark = pytest.mark.timeout(30)
-
-
-@pytest.fixture
-async def media() -> AsyncIterator[Harness]:
-    harness = Harness()
-    try:
-        yield harness
-    finally:
-        harness.close()
 
 
 def runs(media: Harness) -> int:

@@ -9,7 +9,6 @@ through the event loop otherwise (SIPBRIDGE_NO_CRELAY=1)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -19,15 +18,6 @@ from tests.server.test_call_media import Harness, paced
 pytestmark = pytest.mark.timeout(30)
 
 PACKETS = 25
-
-
-@pytest.fixture
-async def media() -> AsyncIterator[Harness]:
-    harness = Harness()
-    try:
-        yield harness
-    finally:
-        harness.close()
 
 
 async def test_each_packet_counted_once_after_the_legs_are_released_twice(

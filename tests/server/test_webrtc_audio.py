@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import fractions
 import itertools
-from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -31,15 +30,6 @@ from sipbridge.telephony.media import MediaPolicy
 from tests.server.test_call_media import FRAME, Harness, paced, pcmu, settle
 
 pytestmark = pytest.mark.timeout(15)
-
-
-@pytest.fixture
-async def media() -> AsyncIterator[Harness]:
-    harness = Harness()
-    try:
-        yield harness
-    finally:
-        harness.close()
 
 
 def subscribe(
