@@ -13,7 +13,6 @@ dimension an attacker controls: line length, header count, message and body size
 
 from __future__ import annotations
 
-import itertools
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -568,39 +567,31 @@ def _parse_headers(lines: list[str], start: int = 0) -> Headers:
     """Header lines from `lines[start:]`: name and value, the name canonical, the value
     stripped; a line without a colon or a name outside the token grammar is malformed. The
     index by name (`Headers.lines`) is built in the same pass."""
+    body = lines[start:] if start else lines
+    if len(body) > MAX_HEADERS:
+        _index_lines(body[: MAX_HEADERS + 1])  # a malformed line up to the cap is the fault
+        raise _bad("too many headers")
+    return _index_lines(body)
+
+
+def _index_lines(lines: list[str]) -> Headers:
     items: list[tuple[str, str]] = []
     index: dict[str, tuple[str, ...]] = {}
     names = _NAMES
-    if len(lines) - start <= MAX_HEADERS:  # the common case: no count to keep
-        for line in lines[start:] if start else lines:
-            raw, colon, value = line.partition(":")
-            if not colon:
-                raise _bad(f"malformed header line {line[:80]!r}")
-            known = names.get(raw)
-            if known is None:
-                known = _header_name(raw, line)
-            name, key = known
-            value = value.strip()
-            items.append((name, value))
-            if key in index:
-                index[key] += (value,)
-            else:
-                index[key] = (value,)
-        return Headers(items, index)
-    for count, line in enumerate(itertools.islice(lines, start, None), 1):
+    for line in lines:
         raw, colon, value = line.partition(":")
         if not colon:
             raise _bad(f"malformed header line {line[:80]!r}")
         known = names.get(raw)
         if known is None:
             known = _header_name(raw, line)
-        if count > MAX_HEADERS:
-            raise _bad("too many headers")
         name, key = known
         value = value.strip()
         items.append((name, value))
-        same = index.get(key)
-        index[key] = (value,) if same is None else (*same, value)
+        if key in index:
+            index[key] += (value,)
+        else:
+            index[key] = (value,)
     return Headers(items, index)
 
 
