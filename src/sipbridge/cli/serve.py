@@ -225,7 +225,7 @@ def serve(args: argparse.Namespace) -> int:
     call_logging.configure(settings.log_level, settings.log_format)
     import sqlite3  # noqa: PLC0415
 
-    from sipbridge.server.app import run  # noqa: PLC0415 - keep client commands light
+    from sipbridge.server.process import run  # noqa: PLC0415 - keep client commands light
     from sipbridge.store import StoreUnavailable  # noqa: PLC0415
 
     try:

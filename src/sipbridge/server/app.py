@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import logging
 import math
 import os
-import resource
 import secrets
 import socket
 import time
@@ -43,10 +41,9 @@ from sipbridge.server.calls.room_limits import RoomLimits
 from sipbridge.server.calls.runner import CallServices
 from sipbridge.server.calls.transfers import Transfers
 from sipbridge.server.cluster.wiring import ClusterRooms
-from sipbridge.server.collector import tune_collector
+from sipbridge.server.collector import Collector, tune_collector
 from sipbridge.server.console_api import ConsoleApi
 from sipbridge.server.console_web import ConsoleFiles
-from sipbridge.server.drain import DrainDriver
 from sipbridge.server.load_probe import LoadProbe
 from sipbridge.server.media.leg_driver import CallMedia
 from sipbridge.server.media.service import MediaService
@@ -206,6 +203,7 @@ class Server:
         )
         self.heartbeat: Heartbeat | None = None
         self.node_calls: NodeCalls | None = None  # with Redis: this node's calls listed there
+        self.collector: Collector | None = None  # the GC's settings while serving
         self._runner: web.AppRunner | None = None
         self._metrics_runner: web.AppRunner | None = None
 
@@ -399,7 +397,7 @@ class Server:
         # Everything loaded at startup lives for the process: keep it out of the cyclic GC's
         # generations so collections stay short while calls come and go; and collect less
         # often (server/collector.py).
-        tune_collector()
+        self.collector = tune_collector()
         self.ready = True
         log.info(
             "sipbridge %s: API on http://%s, %d inbound / %d outbound trunks, %d dispatch rules",
@@ -437,6 +435,9 @@ class Server:
 
     async def stop(self) -> None:
         self.ready = False
+        if self.collector is not None:  # its callback out of gc.callbacks
+            self.collector.remove()
+            self.collector = None
         self.load_probe.stop()
         await self.cluster.stop()
         if self.heartbeat is not None:  # out of the node list at once
@@ -461,40 +462,3 @@ class Server:
         await self.webhooks.stop()
         await self.store.close()
         log.info("sipbridge stopped")
-
-
-def raise_open_file_limit() -> int:
-    """The soft limit on open files raised to the hard one (calls take two RTP sockets each,
-    SIP connections and HTTP clients one); returns the limit in force."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-    return soft
-
-
-async def serve(settings: Settings) -> None:
-    """Run until SIGINT, or SIGTERM and the drain (`server/drain.py`)."""
-    raise_open_file_limit()
-    server = Server(settings)
-    driver = DrainDriver(
-        server.drain, calls=server.calls_in_progress, on_drain=server.start_draining
-    )
-    driver.install()
-    try:
-        await server.start()
-        await driver.wait_stopped()
-    finally:
-        driver.uninstall()
-        await server.stop()
-
-
-def run(settings: Settings) -> None:
-    try:
-        import uvloop  # noqa: PLC0415 - optional, fastest loop when installed
-
-        runner: Callable[..., None] = uvloop.run
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        runner = asyncio.run
-    runner(serve(settings))

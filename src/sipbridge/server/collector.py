@@ -74,7 +74,7 @@ class Collector:
         return freed
 
     def remove(self) -> None:
-        """Back to CPython's own collections (tests)."""
+        """Its callback out of `gc.callbacks` (the server stopped; tests)."""
         if self.on_collection in gc.callbacks:
             gc.callbacks.remove(self.on_collection)
 
