@@ -972,6 +972,281 @@ static PyTypeObject EngineType = {
     .tp_methods = Engine_methods,
 };
 
+/* -- the tick's sender ------------------------------------------------------------------------ */
+/* The datagrams of one tick of the shared 20 ms clock (server/media/ports.py SendBatch): one
+ * frame for every leg of every mixing room, each from its leg's own socket. Python hands the
+ * whole tick over in one call (`submit`: the datagrams copied, their addresses parsed), and a
+ * thread of its own sends them with the GIL released, so the system calls - one sendto per leg,
+ * as each leg has its own socket - run beside the event loop instead of inside it. A batch is
+ * sent in the order given; the next `submit` waits for the previous batch (sent long before,
+ * 20 ms later) and returns the indices of its datagrams whose send failed, so each socket
+ * counts its own errors. `wait` returns once nothing is in flight: a socket about to close
+ * waits, so that its descriptor is never sent on after it is closed (and maybe reused). */
+
+typedef struct {
+    int fd;
+    int len;
+    socklen_t alen;
+    size_t offset;
+    struct sockaddr_storage addr;
+} out_t;
+
+typedef struct {
+    PyObject_HEAD
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    pthread_t thread;
+    int running;
+    int stop;
+    int busy; /* a batch handed over and not yet sent */
+    out_t *items;
+    int count, cap;
+    unsigned char *arena;
+    size_t arena_cap;
+    int *failed;
+    int n_failed;
+    unsigned long long batches, sent, errors;
+} Sender;
+
+static void *sender_thread(void *arg) {
+    Sender *s = (Sender *)arg;
+    pthread_mutex_lock(&s->lock);
+    for (;;) {
+        while (!s->busy && !s->stop)
+            pthread_cond_wait(&s->cond, &s->lock);
+        if (s->stop && !s->busy)
+            break;
+        int count = s->count;
+        pthread_mutex_unlock(&s->lock);
+        /* the items and arena are Python's again only once busy is cleared */
+        int n_failed = 0;
+        unsigned long long errors = 0;
+        for (int i = 0; i < count; i++) {
+            out_t *o = &s->items[i];
+            ssize_t r;
+            do {
+                r = sendto(o->fd, s->arena + o->offset, (size_t)o->len, MSG_DONTWAIT,
+                           (struct sockaddr *)&o->addr, o->alen);
+            } while (r < 0 && errno == EINTR);
+            if (r < 0) { /* a full socket buffer or an unreachable peer: dropped, never blocks */
+                s->failed[n_failed++] = i;
+                errors++;
+            }
+        }
+        pthread_mutex_lock(&s->lock);
+        s->n_failed = n_failed;
+        s->batches++;
+        s->sent += (unsigned long long)count - errors;
+        s->errors += errors;
+        s->busy = 0;
+        pthread_cond_broadcast(&s->cond);
+    }
+    pthread_mutex_unlock(&s->lock);
+    return NULL;
+}
+
+/* Until the batch in flight is sent; the lock is held on return. */
+static void sender_settle_locked(Sender *s) {
+    if (pthread_mutex_trylock(&s->lock) != 0) {
+        Py_BEGIN_ALLOW_THREADS pthread_mutex_lock(&s->lock);
+        Py_END_ALLOW_THREADS
+    }
+    if (s->busy) {
+        Py_BEGIN_ALLOW_THREADS while (s->busy) pthread_cond_wait(&s->cond, &s->lock);
+        Py_END_ALLOW_THREADS
+    }
+}
+
+static int Sender_init(Sender *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "", kwlist))
+        return -1;
+    if (self->items != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "already initialised");
+        return -1;
+    }
+    self->cap = 256;
+    self->arena_cap = 256 * 256;
+    self->items = malloc(sizeof(out_t) * (size_t)self->cap);
+    self->failed = malloc(sizeof(int) * (size_t)self->cap);
+    self->arena = malloc(self->arena_cap);
+    if (!self->items || !self->failed || !self->arena) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    pthread_mutex_init(&self->lock, NULL);
+    pthread_cond_init(&self->cond, NULL);
+    return 0;
+}
+
+static void sender_stop(Sender *self) {
+    if (!self->running)
+        return;
+    sender_settle_locked(self);
+    self->stop = 1;
+    pthread_cond_broadcast(&self->cond);
+    pthread_mutex_unlock(&self->lock);
+    Py_BEGIN_ALLOW_THREADS pthread_join(self->thread, NULL);
+    Py_END_ALLOW_THREADS self->running = 0;
+}
+
+static void Sender_dealloc(Sender *self) {
+    sender_stop(self);
+    free(self->items);
+    free(self->failed);
+    free(self->arena);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *Sender_submit(Sender *self, PyObject *batch) {
+    if (self->items == NULL || self->stop) {
+        PyErr_SetString(PyExc_RuntimeError, "the sender is closed");
+        return NULL;
+    }
+    PyObject *seq = PySequence_Fast(batch, "submit() takes a list");
+    if (seq == NULL)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    if (n > 1000000) {
+        Py_DECREF(seq);
+        PyErr_SetString(PyExc_ValueError, "batch too large");
+        return NULL;
+    }
+    sender_settle_locked(self); /* the previous batch is sent: its buffers are ours */
+    PyObject *failed = PyList_New(self->n_failed);
+    if (failed == NULL)
+        goto error;
+    for (int i = 0; i < self->n_failed; i++)
+        PyList_SET_ITEM(failed, i, PyLong_FromLong(self->failed[i]));
+    self->n_failed = 0;
+    self->count = 0;
+    if (n > self->cap) {
+        int cap = (int)n;
+        out_t *items = realloc(self->items, sizeof(out_t) * (size_t)cap);
+        if (items != NULL)
+            self->items = items;
+        int *f = realloc(self->failed, sizeof(int) * (size_t)cap);
+        if (f != NULL)
+            self->failed = f;
+        if (items == NULL || f == NULL) {
+            PyErr_NoMemory();
+            goto error;
+        }
+        self->cap = cap;
+    }
+    size_t used = 0;
+    PyObject **entries = PySequence_Fast_ITEMS(seq);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int fd, family;
+        Py_buffer data;
+        PyObject *addr, *extra = NULL;
+        PyObject *entry = entries[i];
+        if (!PyTuple_Check(entry)) {
+            PyErr_SetString(PyExc_TypeError, "an entry is (fd, family, data, address[, any])");
+            goto error;
+        }
+        if (!PyArg_ParseTuple(entry, "iiy*O|O", &fd, &family, &data, &addr, &extra))
+            goto error;
+        if (data.len <= 0 || data.len > READ_SIZE) {
+            PyBuffer_Release(&data);
+            PyErr_SetString(PyExc_ValueError, "a datagram is 1 to 2048 bytes");
+            goto error;
+        }
+        if (used + (size_t)data.len > self->arena_cap) {
+            size_t cap = self->arena_cap * 2 + (size_t)data.len;
+            unsigned char *arena = realloc(self->arena, cap);
+            if (arena == NULL) {
+                PyBuffer_Release(&data);
+                PyErr_NoMemory();
+                goto error;
+            }
+            self->arena = arena;
+            self->arena_cap = cap;
+        }
+        out_t *o = &self->items[self->count];
+        if (parse_addr(addr, family, &o->addr, &o->alen) < 0) {
+            PyBuffer_Release(&data);
+            goto error;
+        }
+        memcpy(self->arena + used, data.buf, (size_t)data.len);
+        o->fd = fd;
+        o->len = (int)data.len;
+        o->offset = used;
+        used += (size_t)data.len;
+        PyBuffer_Release(&data);
+        self->count++;
+    }
+    Py_DECREF(seq);
+    if (self->count > 0) {
+        if (!self->running) {
+            if (pthread_create(&self->thread, NULL, sender_thread, self) != 0) {
+                self->count = 0;
+                pthread_mutex_unlock(&self->lock);
+                Py_DECREF(failed);
+                PyErr_SetString(PyExc_OSError, "cannot start the sender thread");
+                return NULL;
+            }
+            self->running = 1;
+        }
+        self->busy = 1;
+        pthread_cond_signal(&self->cond);
+    }
+    pthread_mutex_unlock(&self->lock);
+    return failed;
+error:
+    /* nothing of this batch is sent */
+    self->count = 0;
+    pthread_mutex_unlock(&self->lock);
+    Py_DECREF(seq);
+    Py_XDECREF(failed);
+    return NULL;
+}
+
+static PyObject *Sender_wait(Sender *self, PyObject *Py_UNUSED(ignored)) {
+    if (self->items == NULL)
+        Py_RETURN_NONE;
+    sender_settle_locked(self);
+    pthread_mutex_unlock(&self->lock);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Sender_close(Sender *self, PyObject *Py_UNUSED(ignored)) {
+    sender_stop(self);
+    self->stop = 1;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Sender_counters(Sender *self, PyObject *Py_UNUSED(ignored)) {
+    if (self->items == NULL)
+        return Py_BuildValue("{sKsKsK}", "batches", 0ULL, "sent", 0ULL, "errors", 0ULL);
+    sender_settle_locked(self);
+    PyObject *out = Py_BuildValue("{sKsKsK}", "batches", self->batches, "sent", self->sent,
+                                  "errors", self->errors);
+    pthread_mutex_unlock(&self->lock);
+    return out;
+}
+
+static PyMethodDef Sender_methods[] = {
+    {"submit", (PyCFunction)Sender_submit, METH_O,
+     "submit([(fd, family, data, address[, any]), ...]) -> [index]: send these datagrams in "
+     "order on the sender's thread; the indices of the previous batch's failed sends"},
+    {"wait", (PyCFunction)Sender_wait, METH_NOARGS, "until the batch in flight is sent"},
+    {"counters", (PyCFunction)Sender_counters, METH_NOARGS, "batches, datagrams sent, errors"},
+    {"close", (PyCFunction)Sender_close, METH_NOARGS, "send what is in flight, stop the thread"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject SenderType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "sipbridge._crelay.Sender",
+    .tp_basicsize = sizeof(Sender),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "The sends of one tick of the media clock, made on a thread of their own.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Sender_init,
+    .tp_dealloc = (destructor)Sender_dealloc,
+    .tp_methods = Sender_methods,
+};
+
 static PyMethodDef module_methods[] = {
     {"now", Engine_now, METH_NOARGS, "the engine's clock (CLOCK_MONOTONIC, as time.monotonic)"},
     {NULL, NULL, 0, NULL},
@@ -983,7 +1258,7 @@ static struct PyModuleDef crelay_module = {
 };
 
 PyMODINIT_FUNC PyInit__crelay(void) {
-    if (PyType_Ready(&EngineType) < 0)
+    if (PyType_Ready(&EngineType) < 0 || PyType_Ready(&SenderType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&crelay_module);
     if (m == NULL)
@@ -991,6 +1266,12 @@ PyMODINIT_FUNC PyInit__crelay(void) {
     Py_INCREF(&EngineType);
     if (PyModule_AddObject(m, "Engine", (PyObject *)&EngineType) < 0) {
         Py_DECREF(&EngineType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&SenderType);
+    if (PyModule_AddObject(m, "Sender", (PyObject *)&SenderType) < 0) {
+        Py_DECREF(&SenderType);
         Py_DECREF(m);
         return NULL;
     }

@@ -978,8 +978,13 @@ def test_a_read_error_is_skipped_and_the_drain_goes_on() -> None:
         def __init__(self) -> None:
             self.reads = 0
 
+        family = socket.AF_INET
+
         def getsockname(self) -> tuple[str, int]:
             return (HOST, 16598)
+
+        def fileno(self) -> int:
+            return -1
 
         def recvfrom_into(self, buffer: bytearray) -> tuple[int, tuple[str, int]]:
             self.reads += 1

@@ -96,6 +96,8 @@ class MediaTimedOut:
 
 LegEvent = FirstPacket | DtmfReceived | MediaTimedOut
 
+_NO_LOCAL_FRAME: tuple[Pcm | None, bool] = (None, False)
+
 SR_KEPT = 4  # our last SRs remembered, to match the LSR of a report about our stream
 
 
@@ -358,16 +360,13 @@ class RtpLeg(AudioLeg):
         return self._events.popleft() if self._events else None
 
     def _send(self, payload: bytes, timestamp: int, marker: bool, payload_type: int) -> None:
-        destination = self.latch.destination
+        latch = self.latch
+        destination = latch._latched  # `latch.destination`, inline (every frame sent)
+        if destination is None:
+            destination = latch.expected
         if destination is None or not self.sending:
             return
-        data = self.sender.packet(
-            payload,
-            samples=self.frame_ticks,
-            payload_type=payload_type,
-            marker=marker,
-            timestamp=timestamp,
-        )
+        data = self.sender.frame(payload, self.frame_ticks, payload_type, marker, timestamp)
         if self.srtp is not None:
             try:
                 data = self.srtp.protect(data)
@@ -559,6 +558,8 @@ class RtpLeg(AudioLeg):
 
     def local_frame(self, now: float) -> tuple[Pcm | None, bool]:
         """The local audio for this tick and whether an RFC 4733 packet took the tick."""
+        if not (self.players or self._dtmf_out or self._dtmf_queue or self._dtmf_gap):
+            return _NO_LOCAL_FRAME  # the usual tick: no digits, nothing playing
         if self._dtmf_out is not None or (self._dtmf_queue and not self._dtmf_gap):
             if self._dtmf_step(now):
                 return None, True

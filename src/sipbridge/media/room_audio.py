@@ -365,6 +365,9 @@ class RoomAudio:
             pcm = source.pull(now)
             if pcm is not None:
                 decoded[source] = pcm
+        if not decoded:
+            self._tick_silent(now)
+            return
         at_rate: dict[tuple[AudioLeg, int], Pcm | None] = {}
         for listener in list(self.mixers):
             local, event_sent = listener.local_frame(now)
@@ -395,3 +398,16 @@ class RoomAudio:
             if local is not None:
                 parts.append(local)
             listener.send_pcm(mixer.mix(parts) if parts else None, now)
+
+    def _tick_silent(self, now: float) -> None:
+        """`tick` when no source gave a frame: each listener hears its local audio or silence
+        (what the mix comes to with no parts), without a pass over the sources per listener.
+        In a room of silent callers this is every tick, for every leg (issue 18)."""
+        for listener in list(self.mixers):
+            local, event_sent = listener.local_frame(now)
+            if event_sent:
+                continue
+            if listener.takes_sources:
+                listener.send_sources([], now)
+            else:
+                listener.send_pcm(local, now)

@@ -390,8 +390,17 @@ class RtpSender:
         """
         if samples < 0:
             raise ValueError(f"samples {samples} must not be negative")
-        stamp = self._timestamp if timestamp is None else timestamp
-        kind = self.payload_type if payload_type is None else payload_type
+        return self.frame(
+            payload,
+            samples,
+            self.payload_type if payload_type is None else payload_type,
+            marker,
+            self._timestamp if timestamp is None else timestamp,
+        )
+
+    def frame(self, payload: bytes, samples: int, kind: int, marker: bool, stamp: int) -> bytes:
+        """`packet` with every field given, positionally (`samples` not negative): the leg's
+        per-frame path, 50 times a second per leg (no keyword arguments to bind)."""
         if not 0 <= kind <= 127 or not 0 <= stamp < _TS_MOD:
             raise MediaError(f"payload type {kind} or timestamp {stamp} does not fit RTP")
         # The header packed directly (version 2, no padding, extension or CSRC): this runs for

@@ -30,9 +30,15 @@ class Timeline:
     def made(self, at: float) -> tuple[int, bool]:
         """The timestamp of a frame of ours sent at `at`, and whether it starts the stream."""
         self._ssrc = None
-        first = self.last_at is None
-        self.last, self.last_at = self.now(at), at
-        return self.last, first
+        last_at = self.last_at
+        self.last_at = at
+        if last_at is None:
+            return self.last, True
+        # `now(at)`, inline: this runs for every frame of every mixing leg
+        elapsed = round((at - last_at) * self.clock_rate)
+        frame = self.frame_ticks
+        stamp = self.last = (self.last + (elapsed if elapsed > frame else frame)) % TIMESTAMP_MOD
+        return stamp, False
 
     def forwarded(self, ssrc: int, timestamp: int, at: float) -> tuple[int, bool]:
         """A source packet's timestamp on our clock, and whether a new source stream starts

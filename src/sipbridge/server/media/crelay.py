@@ -54,6 +54,11 @@ def available() -> bool:
     return _crelay is not None and os.environ.get("SIPBRIDGE_NO_CRELAY", "") in ("", "0")
 
 
+def new_sender() -> Any:
+    """The compiled sender of the clock's ticks (`ports.SendBatch`), None without the engine."""
+    return _crelay.Sender() if available() and _crelay is not None else None
+
+
 class RelayEngine:
     """One engine thread for the legs of one event loop (the module doc)."""
 

@@ -36,7 +36,7 @@ from sipbridge.media.relay import relay_datagram
 from sipbridge.media.room_audio import G711, AudioLeg, RoomAudio, can_forward
 from sipbridge.media.srtp import SrtpContext, SrtpKeys
 from sipbridge.media.timeline import TIMESTAMP_MOD, Timeline
-from sipbridge.server.media.ports import MediaSocket, PortPool
+from sipbridge.server.media.ports import MediaSocket, PortPool, SendBatch
 
 if TYPE_CHECKING:
     from sipbridge.server.media.crelay import RelayEngine
@@ -291,6 +291,9 @@ class MediaClock:
         self.skipped = 0
         self.idle = 0
         self.on_second: Callable[[float], None] | None = None
+        # Where the rooms' sends of one tick are collected and made in one call (`SendBatch`):
+        # the service's port pool's, so that its legs' sockets collect into it.
+        self.batch = SendBatch()
 
     def add(self, room: RoomAudio) -> None:
         self.rooms.add(room)
@@ -348,13 +351,19 @@ class MediaClock:
         # Rooms get the scheduled time, not the (later) time the loop ran us: frames on the
         # clock are exactly 20 ms apart in RTP time whatever the loop's lateness.
         scheduled = self._next
-        for room in list(self.rooms):
-            try:
-                room.tick(scheduled)
-            except Exception:
-                # One room's fault must not silence the others (counted, logged once per tick).
-                log.exception("media tick failed in room %s", room.name)
-                self.rooms.discard(room)
+        batch = self.batch
+        batch.begin()
+        try:
+            for room in list(self.rooms):
+                try:
+                    room.tick(scheduled)
+                except Exception:
+                    # One room's fault must not silence the others (counted, logged once per
+                    # tick).
+                    log.exception("media tick failed in room %s", room.name)
+                    self.rooms.discard(room)
+        finally:
+            batch.flush()
         if self.on_second is not None and self.ticks % TICKS_PER_S == 0:
             self.on_second(now)
         self._next += FRAME_S

@@ -18,6 +18,7 @@ import errno
 import socket
 import time
 from collections.abc import Callable
+from typing import Any
 
 READ_SIZE = 2048  # an RTP packet fits a path MTU; larger datagrams are truncated and dropped
 DRAIN_LIMIT = 64  # datagrams per busy wake-up, so one flooded socket cannot starve the loop
@@ -34,11 +35,80 @@ def _closed(data: bytes, source: tuple[str, int]) -> None:
     """The receiver of a closed socket."""
 
 
+class SendBatch:
+    """The sends of one tick of the shared 20 ms clock, made in one call (issue 18).
+
+    A mixing room sends every leg a frame every tick, one `sendto` per leg (each leg has its own
+    socket): at 250 legs, a millisecond of the loop's every 20. While a tick runs (`begin` ..
+    `flush`, `MediaClock.advance`) the sockets of this batch collect their datagrams instead of
+    sending them, and `flush` hands them all to `sender`, the compiled relay's `Sender`
+    (`_crelay.c`), whose own thread makes the system calls beside the loop: the same datagrams
+    from the same sockets in the same order, each socket's failed sends counted on it when the
+    next batch is handed over. Without a sender (not built, `SIPBRIDGE_NO_CRELAY=1`) nothing is
+    collected: every datagram leaves through its socket's `sendto` as it is made."""
+
+    def __init__(self, sender: Any = None) -> None:
+        self.sender = sender
+        # The tick's datagrams while one runs: (fd, family, data, address, socket).
+        self.pending: list[tuple[int, int, bytes | memoryview, tuple[str, int], MediaSocket]] | None
+        self.pending = None
+        self._in_flight: list[tuple[int, int, bytes | memoryview, tuple[str, int], MediaSocket]]
+        self._in_flight = []
+        self.batches = 0
+        self.sent = 0
+
+    def begin(self) -> None:
+        """A tick starts: its sends are collected (with a sender; else they go at once)."""
+        if self.sender is not None:
+            self.pending = []
+
+    def flush(self) -> None:
+        """The tick is over: what it collected goes to the sender."""
+        pending, self.pending = self.pending, None
+        if not pending:
+            return
+        in_flight, self._in_flight = self._in_flight, pending
+        try:
+            failed = self.sender.submit(pending)
+        except (TypeError, ValueError, OverflowError, OSError, RuntimeError):
+            # an entry the sender cannot take (an IPv6 zone by name, a closed sender): the
+            # loop sends them, as without a sender
+            self._in_flight = []
+            for _fd, _family, data, address, sock in pending:
+                sock.send_now(data, address)
+            failed = []
+        else:
+            self.batches += 1
+            self.sent += len(pending)
+        for index in failed:
+            in_flight[index][4].send_errors += 1
+
+    def settle(self) -> None:
+        """Until the batch in flight is sent (a socket of it is about to close)."""
+        if self._in_flight and self.sender is not None:
+            self.sender.wait()
+
+    def close(self) -> None:
+        if self.sender is not None:
+            self.sender.close()
+            self.sender = None
+        self.pending = None
+        self._in_flight = []
+
+
+_NO_BATCH = SendBatch()
+
+
 class MediaSocket:
     """One bound, non-blocking UDP socket delivering datagrams to `receiver`."""
 
-    def __init__(self, sock: socket.socket, receiver: Receiver) -> None:
+    def __init__(
+        self, sock: socket.socket, receiver: Receiver, batch: SendBatch = _NO_BATCH
+    ) -> None:
         self.sock = sock
+        self.batch = batch
+        self.fd = sock.fileno()
+        self.family = int(sock.family)
         self.port: int = sock.getsockname()[1]
         self.receiver = receiver
         self.truncated = 0
@@ -98,6 +168,13 @@ class MediaSocket:
             self.receiver(view.tobytes(), addr)
 
     def send(self, data: bytes | memoryview, address: tuple[str, int]) -> None:
+        pending = self.batch.pending
+        if pending is not None:  # a tick runs: sent with the others at its end
+            pending.append((self.fd, self.family, data, address, self))
+            return
+        self.send_now(data, address)
+
+    def send_now(self, data: bytes | memoryview, address: tuple[str, int]) -> None:
         try:
             self.sock.sendto(data, address)
         except OSError:
@@ -105,6 +182,7 @@ class MediaSocket:
             self.send_errors += 1
 
     def close(self) -> None:
+        self.batch.settle()  # never a send on its descriptor once closed (and maybe reused)
         if self._loop is not None:
             with contextlib.suppress(Exception):
                 self._loop.remove_reader(self.sock.fileno())
@@ -125,6 +203,7 @@ class PortPool:
         self._next = self.low
         self.in_use: set[int] = set()
         self.exhausted = 0
+        self.batch = _NO_BATCH  # the media clock's sends (`SendBatch`), when it has one
 
     @property
     def family(self) -> socket.AddressFamily:
@@ -149,8 +228,10 @@ class PortPool:
                     continue
             self.in_use.add(port)
             return (
-                MediaSocket(first, rtp),
-                MediaSocket(second, rtcp) if second is not None and rtcp is not None else None,
+                MediaSocket(first, rtp, self.batch),
+                MediaSocket(second, rtcp, self.batch)
+                if second is not None and rtcp is not None
+                else None,
             )
         self.exhausted += 1
         raise OSError(errno.EADDRINUSE, "no free RTP port in the range")

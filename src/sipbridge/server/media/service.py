@@ -25,7 +25,7 @@ from sipbridge.media.leg import MEDIA_TIMEOUT_INITIAL_S, MEDIA_TIMEOUT_S
 from sipbridge.media.srtp import SUITES, SrtpContext, SrtpKeys
 from sipbridge.server.media import crelay
 from sipbridge.server.media.leg_driver import FRAME_MS, AudioLeg, CallMedia, MediaClock, RoomAudio
-from sipbridge.server.media.ports import PortPool
+from sipbridge.server.media.ports import PortPool, SendBatch
 from sipbridge.sip.errors import SipProtocolError
 from sipbridge.telephony.media import MediaPolicy, spec_for
 from sipbridge.telephony.sdes import (
@@ -66,6 +66,8 @@ class MediaService:
         self.address = address  # what SDP advertises
         self.pool = PortPool(bind or address, ports[0], ports[1])
         self.clock = MediaClock()
+        # The clock's sends of a tick made on the compiled sender's thread (`ports.SendBatch`).
+        self.clock.batch = self.pool.batch = SendBatch(crelay.new_sender())
         self.clock.on_second = self._check_timeouts
         self.rooms: dict[str, RoomAudio] = {}
         # legs armed: their media timeout and its handler
@@ -404,6 +406,7 @@ class MediaService:
         for leg in list(self.legs):
             self.release(leg)
         self.clock.stop()
+        self.clock.batch.close()
         if self.crelay is not None:
             self.crelay.close()
 
@@ -423,6 +426,8 @@ class MediaService:
         out["clock_ticks"] = self.clock.ticks
         out["clock_skipped"] = self.clock.skipped
         out["clock_idle"] = self.clock.idle  # passed without waking: no room mixed
+        out["clock_send_batches"] = self.clock.batch.batches  # ticks sent by the sender thread
+        out["clock_batched_sends"] = self.clock.batch.sent
         out["ports_exhausted"] = self.pool.exhausted
         if self.crelay is not None:  # the compiled relay's own work (`crelay.py`)
             out.update({f"crelay_{name}": n for name, n in self.crelay.counters().items()})

@@ -1,0 +1,170 @@
+"""The sends of the shared 20 ms clock's tick made in one call (`server/media/ports.py`
+`SendBatch`, `_crelay.c` `Sender`): the compiled sender's thread puts on the wire exactly the
+datagrams the loop's own `sendto`s do - same bytes, from the same socket, to the same address, in
+the same order - and each socket counts its failed sends as before (issue 18).
+
+Real `MediaService`s, legs in a mixing room and phones on loopback; the clock is driven through
+`MediaClock.advance` on a fixed schedule so that two runs (sender, pure Python) can be compared
+byte for byte."""
+
+from __future__ import annotations
+
+import itertools
+import socket
+
+import numpy as np
+import pytest
+
+from sipbridge.media.rtp import parse_rtp
+from sipbridge.server.media import crelay
+from sipbridge.server.media.leg_driver import PcmPlayer
+from sipbridge.server.media.ports import SendBatch
+from sipbridge.server.media.service import MediaService
+from tests.harness import eventually
+from tests.server.media_phone import HOST, FakePhone
+from tests.server.test_call_media import PLAIN, free_ports
+
+pytestmark = [
+    pytest.mark.timeout(30),
+    pytest.mark.skipif(not crelay.available(), reason="the relay engine is not built"),
+]
+
+LEGS = 5
+TICKS = 60
+EVENT_PT = 101
+
+
+def _receive(sock: socket.socket, into: list[tuple[bytes, tuple[str, int]]]) -> None:
+    while True:
+        try:
+            into.append(sock.recvfrom(4096))
+        except BlockingIOError:
+            return
+
+
+async def _run(batched: bool) -> tuple[list[list[bytes]], SendBatch]:
+    """Every datagram each phone got from its leg over TICKS ticks of one mixing room, with one
+    leg playing a tone and another sending a digit; stream state fixed, so runs compare."""
+    svc = MediaService(HOST, free_ports(2 * LEGS + 8))
+    phones = [FakePhone() for _ in range(LEGS)]
+    batch = svc.clock.batch
+    try:
+        assert batch.sender is not None
+        if not batched:
+            batch.close()  # no sender: every datagram through its socket's own sendto
+        legs = []
+        for index, phone in enumerate(phones):
+            answer, leg = svc.negotiate(phone.offer(), PLAIN)
+            phone.accept(answer)
+            svc.start(leg, timeout=30.0, on_timeout=lambda: None)
+            svc.attach(leg, "room")
+            # the random parts of the stream fixed, the same in both runs
+            leg.sender.ssrc = 0x1000 + index
+            leg.sender._sequence = 65530 - 40 * index  # some wrap within the run
+            leg.timeline.last = (0xFFFFF000 + 977 * index) % (1 << 32)
+            legs.append(leg)
+        clock = svc.clock
+        clock.on_second = None  # no RTCP reports (random intervals) in the comparison
+        tone = (np.sin(np.arange(8000) * 0.3) * 8000).astype(np.int16)
+        legs[1].play(PcmPlayer(tone))
+        legs[2].send_dtmf("5")
+        room = svc.rooms["room"]
+        assert set(room.mixers) == set(legs)
+        got: list[list[tuple[bytes, tuple[str, int]]]] = [[] for _ in phones]
+        for tick in range(TICKS):
+            clock._next = 1000.0 + tick * 0.02
+            clock.advance(clock._next)
+            for phone, into in zip(phones, got, strict=True):
+                _receive(phone.sock, into)
+        # Driven here, on a fixed schedule, and only here: a room that changes (the digit's end)
+        # wakes the clock's own timer, stopped before the loop runs it.
+        clock.stop()
+
+        def complete() -> bool:
+            for phone, into in zip(phones, got, strict=True):
+                _receive(phone.sock, into)
+            pairs = zip(legs, got, strict=True)
+            return all(len(into) >= leg.stats.packets_out for leg, into in pairs)
+
+        await eventually(complete, "every datagram the legs sent", timeout=5.0)
+        for leg, into in zip(legs, got, strict=True):
+            assert {source for _, source in into} == {(HOST, leg.port)}  # from its own socket
+        return [[data for data, _ in into] for into in got], batch
+    finally:
+        svc.close()
+        for phone in phones:
+            phone.close()
+
+
+async def test_the_sender_sends_the_same_datagrams_as_the_loops_sendto() -> None:
+    batched, batch = await _run(batched=True)
+    assert batch.batches == TICKS and batch.sent == sum(len(x) for x in batched)
+    plain, python = await _run(batched=False)
+    assert python.batches == 0
+    assert batched == plain
+    # and they are what a phone needs: one stream per leg, continuous, a digit in one of them
+    for index, datagrams in enumerate(batched):
+        packets = [parse_rtp(data) for data in datagrams]
+        assert {p.ssrc for p in packets} == {0x1000 + index}
+        sequences = [p.sequence_number for p in packets]
+        assert all((b - a) % 65536 == 1 for a, b in itertools.pairwise(sequences))
+        kinds = {p.payload_type for p in packets}
+        assert kinds == ({0, EVENT_PT} if index == 2 else {0})
+        if index != 2:
+            assert len(packets) == TICKS
+            first = packets[0].timestamp
+            assert all((p.timestamp - first) % (1 << 32) == 160 * n for n, p in enumerate(packets))
+            assert [p.marker for p in packets] == [True] + [False] * (TICKS - 1)
+    tone = {p.payload for p in map(parse_rtp, batched[1])}
+    silence = {p.payload for p in map(parse_rtp, batched[0])}
+    assert silence == {b"\xff" * 160} and len(tone) > 10
+
+
+async def test_a_failed_send_is_counted_on_its_socket_and_the_batch_goes_on() -> None:
+    svc = MediaService(HOST, free_ports(8))
+    phone = FakePhone()
+    batch = svc.clock.batch
+    answer, leg = svc.negotiate(phone.offer(), PLAIN)
+    try:
+        phone.accept(answer)
+        sock = leg.rtp
+        batch.begin()
+        sock.send(b"\x80" * 20, (HOST, 0))  # EINVAL: port 0
+        sock.send(b"\x80" * 21, (HOST, phone.port))
+        batch.flush()
+        assert batch.pending is None and sock.send_errors == 0  # known at the next hand-over
+        got: list[tuple[bytes, tuple[str, int]]] = []
+        await eventually(lambda: _receive(phone.sock, got) or got, "the good datagram")
+        assert got == [(b"\x80" * 21, (HOST, leg.port))]
+        batch.begin()
+        batch.flush()  # nothing collected: nothing handed over, nothing counted yet
+        assert sock.send_errors == 0
+        batch.begin()
+        sock.send(b"\x80" * 22, (HOST, phone.port))
+        batch.flush()
+        assert sock.send_errors == 1 and batch.batches == 2
+    finally:
+        leg.close()  # never started: not the service's
+        svc.close()
+        phone.close()
+
+
+async def test_an_address_the_sender_cannot_take_is_sent_by_the_loop() -> None:
+    svc = MediaService(HOST, free_ports(8))
+    phone = FakePhone()
+    batch = svc.clock.batch
+    answer, leg = svc.negotiate(phone.offer(), PLAIN)
+    try:
+        phone.accept(answer)
+        batch.begin()
+        leg.rtp.send(b"\x80" * 30, ("localhost", phone.port))  # a name: the sender takes none
+        leg.rtp.send(b"\x80" * 31, (HOST, phone.port))
+        batch.flush()
+        assert batch.batches == 0
+        got: list[tuple[bytes, tuple[str, int]]] = []
+        await eventually(lambda: _receive(phone.sock, got) or len(got) == 2, "both datagrams")
+        assert [data for data, _ in got] == [b"\x80" * 30, b"\x80" * 31]
+    finally:
+        leg.close()  # never started: not the service's
+        svc.close()
+        phone.close()
