@@ -31,6 +31,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -1006,7 +1007,16 @@ typedef struct {
     int *failed;
     int n_failed;
     unsigned long long batches, sent, errors;
+    /* Each socket's last destination, parsed: a leg sends to the same address object (its
+     * latch's) tick after tick, so it is parsed once (a reference held, so that the object
+     * compared against cannot be another one at the same place). Indexed by descriptor. */
+    PyObject **dest_obj;
+    int *dest_family;
+    struct sockaddr_storage *dest_addr;
+    socklen_t *dest_len;
 } Sender;
+
+#define SENDER_FDS 65536
 
 static void *sender_thread(void *arg) {
     Sender *s = (Sender *)arg;
@@ -1070,7 +1080,12 @@ static int Sender_init(Sender *self, PyObject *args, PyObject *kwds) {
     self->items = malloc(sizeof(out_t) * (size_t)self->cap);
     self->failed = malloc(sizeof(int) * (size_t)self->cap);
     self->arena = malloc(self->arena_cap);
-    if (!self->items || !self->failed || !self->arena) {
+    self->dest_obj = calloc(SENDER_FDS, sizeof(PyObject *));
+    self->dest_family = calloc(SENDER_FDS, sizeof(int));
+    self->dest_addr = calloc(SENDER_FDS, sizeof(struct sockaddr_storage));
+    self->dest_len = calloc(SENDER_FDS, sizeof(socklen_t));
+    if (!self->items || !self->failed || !self->arena || !self->dest_obj || !self->dest_family ||
+        !self->dest_addr || !self->dest_len) {
         PyErr_NoMemory();
         return -1;
     }
@@ -1095,6 +1110,13 @@ static void Sender_dealloc(Sender *self) {
     free(self->items);
     free(self->failed);
     free(self->arena);
+    if (self->dest_obj != NULL)
+        for (int i = 0; i < SENDER_FDS; i++)
+            Py_XDECREF(self->dest_obj[i]);
+    free(self->dest_obj);
+    free(self->dest_family);
+    free(self->dest_addr);
+    free(self->dest_len);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -1137,16 +1159,23 @@ static PyObject *Sender_submit(Sender *self, PyObject *batch) {
     size_t used = 0;
     PyObject **entries = PySequence_Fast_ITEMS(seq);
     for (Py_ssize_t i = 0; i < n; i++) {
-        int fd, family;
-        Py_buffer data;
-        PyObject *addr, *extra = NULL;
         PyObject *entry = entries[i];
-        if (!PyTuple_Check(entry)) {
+        if (!PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) < 4) {
             PyErr_SetString(PyExc_TypeError, "an entry is (fd, family, data, address[, any])");
             goto error;
         }
-        if (!PyArg_ParseTuple(entry, "iiy*O|O", &fd, &family, &data, &addr, &extra))
+        long fd = PyLong_AsLong(PyTuple_GET_ITEM(entry, 0));
+        long family = PyLong_AsLong(PyTuple_GET_ITEM(entry, 1));
+        if ((fd == -1 || family == -1) && PyErr_Occurred())
             goto error;
+        if (fd < 0 || fd > INT_MAX) {
+            PyErr_SetString(PyExc_ValueError, "not a descriptor");
+            goto error;
+        }
+        Py_buffer data;
+        if (PyObject_GetBuffer(PyTuple_GET_ITEM(entry, 2), &data, PyBUF_SIMPLE) < 0)
+            goto error;
+        PyObject *addr = PyTuple_GET_ITEM(entry, 3);
         if (data.len <= 0 || data.len > READ_SIZE) {
             PyBuffer_Release(&data);
             PyErr_SetString(PyExc_ValueError, "a datagram is 1 to 2048 bytes");
@@ -1164,12 +1193,24 @@ static PyObject *Sender_submit(Sender *self, PyObject *batch) {
             self->arena_cap = cap;
         }
         out_t *o = &self->items[self->count];
-        if (parse_addr(addr, family, &o->addr, &o->alen) < 0) {
-            PyBuffer_Release(&data);
-            goto error;
+        if (fd < SENDER_FDS && self->dest_obj[fd] == addr && self->dest_family[fd] == family) {
+            o->addr = self->dest_addr[fd];
+            o->alen = self->dest_len[fd];
+        } else {
+            if (parse_addr(addr, (int)family, &o->addr, &o->alen) < 0) {
+                PyBuffer_Release(&data);
+                goto error;
+            }
+            if (fd < SENDER_FDS) {
+                Py_INCREF(addr);
+                Py_XSETREF(self->dest_obj[fd], addr);
+                self->dest_family[fd] = (int)family;
+                self->dest_addr[fd] = o->addr;
+                self->dest_len[fd] = o->alen;
+            }
         }
         memcpy(self->arena + used, data.buf, (size_t)data.len);
-        o->fd = fd;
+        o->fd = (int)fd;
         o->len = (int)data.len;
         o->offset = used;
         used += (size_t)data.len;

@@ -168,3 +168,34 @@ async def test_an_address_the_sender_cannot_take_is_sent_by_the_loop() -> None:
         leg.close()  # never started: not the service's
         svc.close()
         phone.close()
+
+
+async def test_a_socket_sends_to_its_new_address_from_the_next_batch_on() -> None:
+    """The sender keeps each socket's parsed destination while the address stays the same object
+    (a leg's latch): a new one (a re-latch, a re-INVITE) is taken at once."""
+    svc = MediaService(HOST, free_ports(8))
+    first, second = FakePhone(), FakePhone()
+    batch = svc.clock.batch
+    answer, leg = svc.negotiate(first.offer(), PLAIN)
+    try:
+        first.accept(answer)
+        there = (HOST, first.port)
+        for index, destination in enumerate([there, there, (HOST, second.port), there]):
+            batch.begin()
+            leg.rtp.send(bytes([0x80, index]) * 10, destination)
+            batch.flush()
+        got: list[tuple[bytes, tuple[str, int]]] = []
+        moved: list[tuple[bytes, tuple[str, int]]] = []
+        await eventually(
+            lambda: _receive(first.sock, got) or _receive(second.sock, moved) or len(got) == 3,
+            "three datagrams at the first phone",
+        )
+        _receive(second.sock, moved)
+        assert [data[1] for data, _ in got] == [0, 1, 3]
+        assert [data[1] for data, _ in moved] == [2]
+        assert batch.batches == 4
+    finally:
+        leg.close()
+        svc.close()
+        first.close()
+        second.close()
