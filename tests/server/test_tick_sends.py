@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from sipbridge.media.rtp import parse_rtp
+from sipbridge.media.srtp import SUITES, SrtpContext, SrtpKeys
 from sipbridge.server.media import crelay
 from sipbridge.server.media.leg_driver import PcmPlayer
 from sipbridge.server.media.ports import SendBatch
@@ -32,6 +33,7 @@ pytestmark = [
 LEGS = 5
 TICKS = 60
 EVENT_PT = 101
+SRTP_LEG = 3
 
 
 def _receive(sock: socket.socket, into: list[tuple[bytes, tuple[str, int]]]) -> None:
@@ -62,6 +64,9 @@ async def _run(batched: bool) -> tuple[list[list[bytes]], SendBatch]:
             leg.sender.ssrc = 0x1000 + index
             leg.sender._sequence = 65530 - 40 * index  # some wrap within the run
             leg.timeline.last = (0xFFFFF000 + 977 * index) % (1 << 32)
+            if index == SRTP_LEG:  # protected as it is made, before any sink: keys fixed too
+                keys = SrtpKeys.generate(SUITES[0], lambda size: bytes(range(size)))
+                leg.srtp = SrtpContext(local=keys, remote=keys)
             legs.append(leg)
         clock = svc.clock
         clock.on_second = None  # no RTCP reports (random intervals) in the comparison
@@ -118,6 +123,9 @@ async def test_the_sender_sends_the_same_datagrams_as_the_loops_sendto() -> None
     tone = {p.payload for p in map(parse_rtp, batched[1])}
     silence = {p.payload for p in map(parse_rtp, batched[0])}
     assert silence == {b"\xff" * 160} and len(tone) > 10
+    protected = {p.payload for p in map(parse_rtp, batched[SRTP_LEG])}
+    assert len(protected) == TICKS and len({len(payload) for payload in protected}) == 1
+    assert b"\xff" * 160 not in {payload[:160] for payload in protected}  # encrypted, tagged
 
 
 async def test_a_failed_send_is_counted_on_its_socket_and_the_batch_goes_on() -> None:
