@@ -208,3 +208,35 @@ async def test_a_socket_sends_to_its_new_address_from_the_next_batch_on() -> Non
         svc.close()
         first.close()
         second.close()
+
+
+async def test_a_socket_closed_during_a_tick_sends_what_it_collected_first() -> None:
+    """A tick's player can end the call (its socket closed) before the tick's sends are handed
+    over: that socket's datagrams leave before it closes; nothing is sent on it after."""
+    svc = MediaService(HOST, free_ports(8))
+    phone, other = FakePhone(), FakePhone()
+    batch = svc.clock.batch
+    answer, leg = svc.negotiate(phone.offer(), PLAIN)
+    answer_other, stays = svc.negotiate(other.offer(), PLAIN)
+    try:
+        phone.accept(answer)
+        other.accept(answer_other)
+        batch.begin()
+        leg.rtp.send(b"\x80" * 40, (HOST, phone.port))
+        stays.rtp.send(b"\x80" * 41, (HOST, other.port))
+        leg.close()
+        assert batch.pending is not None and len(batch.pending) == 1
+        batch.flush()
+        got: list[tuple[bytes, tuple[str, int]]] = []
+        kept: list[tuple[bytes, tuple[str, int]]] = []
+        await eventually(
+            lambda: _receive(phone.sock, got) or _receive(other.sock, kept) or (got and kept),
+            "both datagrams",
+        )
+        assert got == [(b"\x80" * 40, (HOST, leg.port))]
+        assert kept == [(b"\x80" * 41, (HOST, stays.port))]
+    finally:
+        stays.close()
+        svc.close()
+        phone.close()
+        other.close()

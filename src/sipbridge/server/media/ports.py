@@ -45,7 +45,10 @@ class SendBatch:
     (`_crelay.c`), whose own thread makes the system calls beside the loop: the same datagrams
     from the same sockets in the same order, each socket's failed sends counted on it when the
     next batch is handed over. Without a sender (not built, `SIPBRIDGE_NO_CRELAY=1`) nothing is
-    collected: every datagram leaves through its socket's `sendto` as it is made."""
+    collected: every datagram leaves through its socket's `sendto` as it is made. The one
+    difference on the wire: a leg that stops mixing just after a tick (a second caller joins its
+    room) can have its first forwarded packet leave while the sender still sends the tick, a
+    moment before its last mixed frame; their sequence numbers are in order all the same."""
 
     def __init__(self, sender: Any = None) -> None:
         self.sender = sender
@@ -83,8 +86,18 @@ class SendBatch:
         for index in failed:
             in_flight[index][4].send_errors += 1
 
-    def settle(self) -> None:
-        """Until the batch in flight is sent (a socket of it is about to close)."""
+    def settle(self, sock: MediaSocket) -> None:
+        """`sock` is about to close: what it collected in the tick that runs is sent now (the
+        tick's player ended the call, say), and the batch in flight is waited for, so that its
+        descriptor is never sent on once closed (and maybe reused)."""
+        pending = self.pending
+        if pending is not None:
+            kept = [entry for entry in pending if entry[4] is not sock]
+            if len(kept) != len(pending):
+                for entry in pending:
+                    if entry[4] is sock:
+                        sock.send_now(entry[2], entry[3])
+                pending[:] = kept
         if self._in_flight and self.sender is not None:
             self.sender.wait()
 
@@ -182,7 +195,7 @@ class MediaSocket:
             self.send_errors += 1
 
     def close(self) -> None:
-        self.batch.settle()  # never a send on its descriptor once closed (and maybe reused)
+        self.batch.settle(self)  # nothing sent on its descriptor once closed (maybe reused)
         if self._loop is not None:
             with contextlib.suppress(Exception):
                 self._loop.remove_reader(self.sock.fileno())
