@@ -240,3 +240,21 @@ async def test_a_socket_closed_during_a_tick_sends_what_it_collected_first() -> 
         svc.close()
         phone.close()
         other.close()
+
+
+async def test_the_running_clock_sends_its_ticks_through_the_sender() -> None:
+    svc = MediaService(HOST, free_ports(8))
+    phone = FakePhone()
+    try:
+        answer, leg = svc.negotiate(phone.offer(), PLAIN)
+        phone.accept(answer)
+        svc.start(leg, timeout=30.0, on_timeout=lambda: None)
+        svc.attach(leg, "alone")  # alone in its room: silence on the clock
+        got = await phone.collect(0.3)
+        assert len(got) >= 5 and {p.payload for p, _ in got} == {b"\xff" * 160}
+        samples = svc.samples()
+        assert samples["clock_send_batches"] >= 5
+        assert samples["clock_batched_sends"] >= len(got)
+    finally:
+        svc.close()
+        phone.close()
