@@ -55,8 +55,10 @@ def available() -> bool:
 
 
 def new_sender() -> Any:
-    """The compiled sender of the clock's ticks (`ports.SendBatch`), None without the engine."""
-    return _crelay.Sender() if available() and _crelay is not None else None
+    """The compiled sender of the clock's ticks (`ports.SendBatch`), None without the engine (or
+    with one built before it had a sender: `make crelay` builds it again)."""
+    sender = getattr(_crelay, "Sender", None) if available() else None
+    return sender() if sender is not None else None
 
 
 class RelayEngine:
