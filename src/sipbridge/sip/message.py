@@ -381,22 +381,18 @@ class Message:
 
     @property
     def contacts(self) -> list[Address]:
-        memo = self.headers.memo
-        value = memo.get("contact")
-        if value is None:
-            value = memo["contact"] = tuple(
-                parse_address(v) for v in self.headers.get_all("Contact")
-            )
-        return list(value)
+        return self._addresses("Contact", "contact")
 
     @property
     def record_routes(self) -> list[Address]:
+        return self._addresses("Record-Route", "record-route")
+
+    def _addresses(self, name: str, key: str) -> list[Address]:
+        """The addresses of every `name` header, parsed once per message (memo under `key`)."""
         memo = self.headers.memo
-        value = memo.get("record-route")
+        value = memo.get(key)
         if value is None:
-            value = memo["record-route"] = tuple(
-                parse_address(v) for v in self.headers.get_all("Record-Route")
-            )
+            value = memo[key] = tuple(parse_address(v) for v in self.headers.get_all(name))
         return list(value)
 
     def tokens(self, name: str) -> list[str]:
