@@ -87,6 +87,10 @@ async def answer_to_invite(node: Node) -> int:
     return status_of(replies[-1])
 
 
+async def _known_on(lk: api.LiveKitAPI, trunk: str, rule: str) -> bool:
+    return trunk in await trunk_ids(lk) and rule in await rules(lk)
+
+
 async def trunk_ids(lk: api.LiveKitAPI) -> set[str]:
     listed = await lk.sip.list_inbound_trunk(sip.ListSIPInboundTrunkRequest())
     return {t.sip_trunk_id for t in listed.items}
@@ -172,13 +176,17 @@ async def test_a_call_on_one_node_is_in_the_shared_call_log(nodes: tuple[Node, N
     """A call B answers (rings out after a second) is in the log in Redis: `sipbridge call
     list --redis` finds it, filtered by its room in Redis, with the other nodes' calls."""
     a, b = nodes
-    async with client(a) as on_a:
+    async with client(a) as on_a, client(b) as on_b:
         info = sip.SIPInboundTrunkInfo(
             name="ringing", numbers=[CALLED], ringing_timeout=Duration(seconds=1)
         )
         trunk = await on_a.sip.create_inbound_trunk(sip.CreateSIPInboundTrunkRequest(trunk=info))
         rule = await create_rule(on_a, "logged-room")
         try:
+            # B knows both before the call (else its 404, with no room, would be the answer)
+            await eventually(
+                lambda: _known_on(on_b, trunk.sip_trunk_id, rule), "the trunk and rule on B"
+            )
             assert await eventually(lambda: answer_to_invite(b), "a final answer") >= 400
 
             async def logged() -> list[dict[str, Any]]:
