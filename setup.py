@@ -1,19 +1,66 @@
-"""The compiled relay engine (src/sipbridge/_crelay.c, driven by server/media/crelay.py).
+"""The compiled parts of sipbridge, both optional; everything else is in pyproject.toml.
 
-Everything else is in pyproject.toml. The extension is optional: when it cannot be built (no
-compiler, no Python headers) the install goes on and the relay uses the pure-Python path.
+- The relay engine (src/sipbridge/_crelay.c, driven by server/media/crelay.py), always tried:
+  when it cannot be built (no compiler, no Python headers) the install goes on and the relay
+  uses the pure-Python path.
+- With `SIPBRIDGE_COMPILE=1` (the Makefile's `compiled` target), also the COMPILED packages and
+  modules, compiled by mypyc from their own .py sources into C extensions beside them, and the
+  stamp `sipbridge/_compiled.py` checks at import. Without it (a plain `pip install`), nothing
+  of that: the sources run.
 """
+
+import os
+from pathlib import Path
 
 from setuptools import Extension, setup
 
-setup(
-    ext_modules=[
-        Extension(
-            "sipbridge._crelay",
-            ["src/sipbridge/_crelay.c"],
-            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
-            libraries=["m"],
-            optional=True,
-        )
-    ]
-)
+# The sans-IO core and the SIP driver: what every call's signalling and media pass through.
+COMPILED = [
+    "src/sipbridge/sip",
+    "src/sipbridge/sdp",
+    "src/sipbridge/media",
+    "src/sipbridge/telephony",
+    "src/sipbridge/rooms",
+    "src/sipbridge/server/sip",
+    "src/sipbridge/server/deadline.py",
+]
+
+ext_modules = [
+    Extension(
+        "sipbridge._crelay",
+        ["src/sipbridge/_crelay.c"],
+        extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+        libraries=["m"],
+        optional=True,
+    )
+]
+compiled: dict[str, Path] = {}
+if os.environ.get("SIPBRIDGE_COMPILE") == "1":
+    from mypyc.build import mypycify
+
+    sources = sorted(
+        path
+        for entry in map(Path, COMPILED)
+        for path in (entry.rglob("*.py") if entry.is_dir() else [entry])
+    )
+    compiled = {
+        ".".join(path.relative_to("src").with_suffix("").parts).removesuffix(".__init__"): path
+        for path in sources
+    }
+    ext_modules += mypycify(
+        [str(path) for path in sources],
+        opt_level=os.environ.get("SIPBRIDGE_COMPILE_OPT", "1"),
+        debug_level="0",
+        multi_file=True,
+    )
+
+setup(ext_modules=ext_modules)
+
+if compiled:
+    import sys
+
+    sys.path.insert(0, "src")
+    os.environ["SIPBRIDGE_INTERPRETED"] = "1"  # this process reads no stamp, it writes it
+    from sipbridge._compiled import write_stamp
+
+    write_stamp({name: path.resolve() for name, path in compiled.items()})

@@ -10,6 +10,7 @@ path must have taken the ordinary packets, or there is nothing to compare.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from sipbridge.media import codecs
@@ -22,6 +23,11 @@ PHONE_A = ("192.0.2.10", 4000)
 PHONE_B = ("192.0.2.20", 5000)
 STRANGER = ("198.51.100.7", 4000)
 FRAME = 160
+
+
+def _fields(stats: object) -> dict[str, Any]:
+    """A dataclass's fields as a dict (compiled classes have no `__dict__` for `vars`)."""
+    return {f.name: getattr(stats, f.name) for f in dataclasses.fields(stats)}  # type: ignore[arg-type]
 
 
 class Clock:
@@ -83,7 +89,7 @@ class Bridge:
         for name, leg in (("a", self.a), ("b", self.b)):
             receiver = leg.receiver
             found[name] = {
-                "stats": vars(leg.stats).copy(),
+                "stats": _fields(leg.stats),
                 "receiver": receiver.stats,
                 "jitter": receiver._jitter,
                 "report": receiver.report_block(10.0) if reading else None,

@@ -857,6 +857,9 @@ def test_events_are_frozen_keyword_only_dataclasses(cls: type[Any]) -> None:
     assert all(f.kw_only for f in params)
     with pytest.raises(TypeError):
         cls(*[None] * len(params))
-    event = cls(**{f.name: None for f in params})
+    # a value of each field's type (compiled, the class checks them); None for the protobufs.
+    # The types are names, or (compiled) classes.
+    samples: dict[str, object] = {"str": "x", "bool": True, "tuple[str, ...]": (), "tuple": ()}
+    event = cls(**{f.name: samples.get(getattr(f.type, "__name__", str(f.type))) for f in params})
     with pytest.raises(dataclasses.FrozenInstanceError):
-        setattr(event, params[0].name, "x")
+        setattr(event, params[0].name, getattr(event, params[0].name))

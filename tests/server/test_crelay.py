@@ -16,6 +16,7 @@ all.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -154,7 +155,7 @@ def state(leg: CallMedia) -> dict[str, Any]:
     receiver = leg.receiver
     stats = receiver.stats
     return {
-        "stats": vars(leg.stats).copy(),
+        "stats": {f.name: getattr(leg.stats, f.name) for f in dataclasses.fields(leg.stats)},
         "receiver": (
             stats.packets,
             stats.octets,

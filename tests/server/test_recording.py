@@ -199,10 +199,9 @@ def test_a_recorder_leaves_a_forwarded_call_forwarded_and_decodes_only_what_it_m
     once per tick; a track recorder makes only its track buffered."""
 
     class Phone(Talker):
-        forwardable = True
-
         def __init__(self) -> None:
             super().__init__(signal_8k(0.2))
+            self.forwardable = True
             self.sending = True
             self.pulls = 0
 

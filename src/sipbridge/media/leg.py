@@ -24,6 +24,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from mypy_extensions import mypyc_attr
+
 from sipbridge.media import codecs
 from sipbridge.media.dtmf import DIGITS, DtmfReceiver, DtmfSender, dtmf_tone
 from sipbridge.media.errors import MediaError
@@ -139,6 +141,7 @@ class _DtmfOut:
     tick: int = 0
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # subclassed outside the compiled packages
 class RtpLeg(AudioLeg):
     """The RTP side of one call, sans-IO (see the module doc)."""
 
@@ -205,8 +208,9 @@ class RtpLeg(AudioLeg):
         self.remote_report: RemoteReport | None = None
         # The audio levels of what the peer sends (`media/levels.py`), for the room's active
         # speakers: G.711 payloads are kept as they come and measured when read.
-        self.levels: PacketLevels = PacketLevels(spec)
-        self._level_payloads = self.levels.payload_queue()
+        self.packet_levels = PacketLevels(spec)
+        self.levels = self.packet_levels
+        self._level_payloads = self.packet_levels.payload_queue()
 
     # -- negotiation ----------------------------------------------------------------------
 
@@ -243,8 +247,8 @@ class RtpLeg(AudioLeg):
         self._decoded = PcmFifo()
         self._silence = codecs.silence_payload(spec, FRAME_MS)
         self.timeline.rebase(spec.rtp_clock, self.frame_ticks)
-        self.levels.change_codec(spec)
-        self._level_payloads = self.levels.payload_queue()
+        self.packet_levels.change_codec(spec)
+        self._level_payloads = self.packet_levels.payload_queue()
 
     def sender_timestamp(self) -> int:
         return int(self.sender.timestamp)
@@ -519,7 +523,7 @@ class RtpLeg(AudioLeg):
                     pcm = self._decoder.decode(frame.packet.payload)
                     fifo.push(pcm)
                     if self._level_payloads is None:  # not G.711: measured decoded, here
-                        self.levels.add_level(
+                        self.packet_levels.add_level(
                             pcm_dbov(pcm), len(pcm) * 1000 / self.spec.sample_rate
                         )
                 except MediaError:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+from mypy_extensions import mypyc_attr
 from numpy.typing import NDArray
 
 FRAME_MS = 20  # the frame of the shared clock, of mixing and of everything we make
@@ -46,6 +47,7 @@ class PcmFifo:
         return out
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # subclassed outside the compiled packages
 class Player:
     """Audio played to one leg: a prompt, a tone, in-band DTMF. `frame` returns None when done."""
 

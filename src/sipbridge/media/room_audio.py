@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from mypy_extensions import mypyc_attr
+
 from sipbridge.media import codecs, mixer
 from sipbridge.media.levels import PacketLevels
 from sipbridge.media.players import FRAME_MS, Pcm, PcmFifo
@@ -28,6 +30,7 @@ def can_forward(source: codecs.CodecSpec, target: codecs.CodecSpec) -> bool:
     return source is target or (source in G711 and target in G711)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # subclassed outside the compiled packages
 class AudioLeg:
     """What a room needs of a member: a source of 20 ms frames (`receiving`, `pull`,
     `output_at`), a listener (`sending`, `send_pcm`, `local_frame`), or both. RTP legs are both
@@ -121,7 +124,7 @@ class RoomClock(Protocol):
     def discard(self, room: RoomAudio) -> None: ...
 
 
-_ABSENT: Any = object()  # a leg the room does not hold (`_role`, `_mix_group`)
+_ABSENT: Any = object()  # a leg the room does not hold (`_role`)
 
 
 class RoomAudio:
@@ -279,7 +282,7 @@ class RoomAudio:
         self.decisions += 1
         source: AudioLeg | None = None
         mixing = False
-        group: AudioLeg | None = _ABSENT
+        group: AudioLeg | None = None  # the source a mixing listener hears (None: every one)
         if listener in self.legs and listener.sending:
             sole = self._sole_source(listener)
             if (
@@ -307,17 +310,19 @@ class RoomAudio:
             self.mixers[listener] = None
         else:
             self.mixers.pop(listener, None)
-        old_group = self._mix_group.get(listener, _ABSENT)
-        if group is old_group:
+        had = listener in self._mix_group
+        old_group = self._mix_group.get(listener)
+        if had == mixing and (not mixing or group is old_group):
             return
-        if old_group is None:
-            del self._open_mixers[listener]
-        elif old_group is not _ABSENT:
-            self._source_mixers[old_group] -= 1
-            if not self._source_mixers[old_group]:
-                del self._source_mixers[old_group]
-            refresh[old_group] = None
-        if group is _ABSENT:
+        if had:
+            if old_group is None:
+                del self._open_mixers[listener]
+            else:
+                self._source_mixers[old_group] -= 1
+                if not self._source_mixers[old_group]:
+                    del self._source_mixers[old_group]
+                refresh[old_group] = None
+        if not mixing:
             del self._mix_group[listener]
             return
         self._mix_group[listener] = group

@@ -15,7 +15,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar, TypeAlias
+from typing import TypeAlias
 
 from sipbridge.media.errors import MediaError
 
@@ -109,8 +109,6 @@ class RtpPacket:
     octet that holds the count itself, so a padded packet has `padding >= 1`.
     """
 
-    version: ClassVar[int] = RTP_VERSION
-
     payload_type: int
     sequence_number: int
     timestamp: int
@@ -120,6 +118,10 @@ class RtpPacket:
     csrc: tuple[int, ...] = ()
     extension: RtpHeaderExtension | None = None
     padding: int = 0
+
+    @property
+    def version(self) -> int:
+        return RTP_VERSION
 
     def serialize(self) -> bytes:
         """The packet's wire bytes; raises `MediaError` if a field does not fit its width."""

@@ -11,6 +11,7 @@ import dataclasses
 import re
 from collections.abc import Mapping, Sequence
 from enum import StrEnum
+from typing import Final
 
 from sipbridge.sdp._abnf import (
     TOKEN,
@@ -157,13 +158,13 @@ class Codec:
         return f"{self.name}/{self.clock_rate}{suffix}"
 
 
-PCMU = Codec(name="PCMU", clock_rate=8000)
-PCMA = Codec(name="PCMA", clock_rate=8000)
+PCMU: Final[Codec] = Codec(name="PCMU", clock_rate=8000)
+PCMA: Final[Codec] = Codec(name="PCMA", clock_rate=8000)
 # G.722 samples at 16 kHz but its RTP clock is 8000, an error kept for compatibility
 # (RFC 3551 s4.5.2).
-G722 = Codec(name="G722", clock_rate=8000)
+G722: Final[Codec] = Codec(name="G722", clock_rate=8000)
 # RFC 7587 s7: always "opus/48000/2", whatever is actually sent.
-OPUS = Codec(name="opus", clock_rate=48000, channels=2)
+OPUS: Final[Codec] = Codec(name="opus", clock_rate=48000, channels=2)
 TELEPHONE_EVENT = Codec(name="telephone-event", clock_rate=8000)
 
 # RFC 3551 s6 Table 4: the static audio payload types, which apply when no rtpmap redefines them.

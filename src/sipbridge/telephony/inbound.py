@@ -111,9 +111,8 @@ class TrunkConflict(Exception):
     written by something else.
     """
 
-    status = 503
-
     def __init__(self, called: str, trunk_ids: Iterable[str]) -> None:
+        self.status = 503
         self.called = called
         self.trunk_ids = tuple(sorted(trunk_ids))
         super().__init__(

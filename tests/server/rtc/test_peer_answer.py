@@ -7,17 +7,23 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from types import SimpleNamespace
-from typing import Any
 
 import aioice.ice
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from sipbridge.media import codecs
+from sipbridge.media.room_audio import AudioLeg
 from sipbridge.server.rtc.aiortc_patches import restrict_host_addresses
 from sipbridge.server.rtc.audio import Publication
 from sipbridge.server.rtc.peer import RtcPeer, split_candidates
+
+
+def _phone_leg() -> AudioLeg:
+    """A phone's G.711 leg, as far as the answer reads it."""
+    leg = AudioLeg(codecs.PCMU_SPEC)
+    leg.forwardable = True
+    return leg
 
 
 @pytest.fixture(autouse=True)
@@ -53,7 +59,7 @@ async def test_a_phone_track_is_answered_in_its_codec_only_with_the_sdk_msid(
     client_and_peer: tuple[RTCPeerConnection, RtcPeer],
 ) -> None:
     client, peer = client_and_peer
-    phone: Any = SimpleNamespace(forwardable=True, spec=codecs.PCMU_SPEC)  # a phone's G.711 leg
+    phone = _phone_leg()  # a phone's G.711 leg
     sdp, mids, left = await peer.answer(
         await sdk_offer(client), {"TR_phone": (phone, "PA_phone")}, lambda sid, pub: None
     )
@@ -85,7 +91,7 @@ async def test_a_clients_own_microphone_section_never_carries_a_room_track(
     client.addTransceiver("audio", direction="sendonly")
     client.addTransceiver("audio", direction="recvonly")
     await client.setLocalDescription(await client.createOffer())
-    phone: Any = SimpleNamespace(forwardable=True, spec=codecs.PCMU_SPEC)
+    phone = _phone_leg()
     _, mids, left = await peer.answer(
         client.localDescription.sdp, {"TR_phone": (phone, "PA_phone")}, lambda sid, pub: None
     )
@@ -98,7 +104,7 @@ async def test_the_subscriber_connection_is_offered_with_one_codec_and_drops_sec
     client = RTCPeerConnection(RTCConfiguration(iceServers=[], bundlePolicy="max-bundle"))
     peer = RtcPeer(identity="carol", offers=True)
     try:
-        phone: Any = SimpleNamespace(forwardable=True, spec=codecs.PCMU_SPEC)
+        phone = _phone_leg()
         sdp, mids = await peer.offer({"TR_phone": (phone, "PA_phone")})
         assert mids == {"0": "TR_phone"}
         section = audio_section(sdp)

@@ -143,7 +143,7 @@ class RelayEngine:
         source = self._into.get(slot)
         if source is not None:
             self._collect(source, disarm=False, levels=False)
-        kept = leg.levels
+        kept = leg.packet_levels
         if levels and kept._levels and kept._payloads:  # one queue, oldest first, for a reader
             _measure_payloads(kept)
 
@@ -309,7 +309,7 @@ def _level_kind(leg: CallMedia) -> int:
     """Which table measures the levels of `leg`'s payloads in the engine (0: none kept)."""
     if leg._level_payloads is None:
         return 0
-    spec = leg.levels.spec
+    spec = leg.packet_levels.spec
     return 1 if spec is codecs.PCMU_SPEC else 2 if spec is codecs.PCMA_SPEC else 0
 
 
@@ -373,7 +373,7 @@ def _apply(leg: CallMedia, listener: CallMedia | None, changes: tuple[Any, ...])
     if truncated:
         leg.rtp.truncated += truncated
     if levels is not None:  # kept by the engine until asked for: maybe from earlier packets
-        kept = leg.levels
+        kept = leg.packet_levels
         if kept._payloads:  # older than the engine's: measured first, to keep the order
             _measure_payloads(kept)
         per_ms = kept.spec.sample_rate / 1000

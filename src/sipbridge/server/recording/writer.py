@@ -392,10 +392,10 @@ class StereoRecorderLeg(RecorderLeg):
     source goes; each channel is the mix of its sources. The room hands it the sources apart
     (`takes_sources`), each decoded once for every mix of the room, as for a mono one."""
 
-    takes_sources = True
-
     def __init__(self, writer: FileWriter, channel_of: Callable[[AudioLeg], int]) -> None:
         super().__init__(writer)
+        # set here, not in the class: a compiled base keeps its own default per instance
+        self.takes_sources = True
         self.channel_of = channel_of
 
     def send_sources(self, frames: list[tuple[AudioLeg, Pcm]], now: float) -> None:

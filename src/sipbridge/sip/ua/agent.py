@@ -20,6 +20,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from mypy_extensions import mypyc_attr
+
 from sipbridge.sip.deadlines import DeadlineHeap
 from sipbridge.sip.dialog import check_dialog_creating, new_tag
 from sipbridge.sip.endpoint import (
@@ -54,6 +56,7 @@ class RequestAnswered:
 AgentEvent = SessionEvent | RequestAnswered
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # subclassed outside the compiled packages
 class UserAgent:
     """Dispatches endpoint events to INVITE sessions; owns sessions and dialogs. `host` and
     `port` go into our Via and Contact; `local_port(transport)`, when given, says the port of a
@@ -66,7 +69,7 @@ class UserAgent:
         host: str,
         port: int,
         *,
-        local_port: Callable[[str], int] | None = None,
+        local_port: Callable[[str], int | None] | None = None,
         send_trying: bool = True,
     ) -> None:
         self.endpoint = endpoint
@@ -88,11 +91,11 @@ class UserAgent:
         self._events: deque[AgentEvent] = deque()
         self._timers: DeadlineHeap[InviteSession] = DeadlineHeap()
         self._proxy_timers: DeadlineHeap[ProxiedInvite] = DeadlineHeap()
-        self._contact_texts: dict[tuple[str, int, str, bool], str] = {}
+        self._contact_texts: dict[tuple[str, int | None, str, bool], str] = {}
 
     # -- addresses -------------------------------------------------------------------------
 
-    def _port(self, transport: str) -> int:
+    def _port(self, transport: str) -> int | None:
         return self.local_port(transport) if self.local_port is not None else self.port
 
     def via(self, peer: Peer) -> Via:
