@@ -40,44 +40,40 @@ def source_state(path: Path) -> list[int]:
     return [stat.st_size, stat.st_mtime_ns]
 
 
-def write_stamp(modules: dict[str, Path]) -> None:
+def write_stamp(modules: dict[str, Path], package_dir: Path = PACKAGE_DIR) -> None:
     """Called by the build once every module in `modules` (name -> source) is compiled."""
     entries = {
-        name: [str(path.relative_to(PACKAGE_DIR)), *source_state(path)]
+        name: [str(path.relative_to(package_dir)), *source_state(path)]
         for name, path in sorted(modules.items())
     }
-    STAMP.write_text(json.dumps({"modules": entries}, indent=1) + "\n")
+    (package_dir / STAMP.name).write_text(json.dumps({"modules": entries}, indent=1) + "\n")
 
 
-def _read_stamp() -> dict[str, Path] | None:
-    """The stamp's modules (name -> source) if every one is built from its present source."""
+def listed(package_dir: Path = PACKAGE_DIR) -> dict[str, Path]:
+    """The stamp's modules (name -> source), whatever their state; empty without a stamp."""
     try:
-        entries = json.loads(STAMP.read_text())["modules"]
-        modules: dict[str, Path] = {}
-        for name, (relative, size, mtime) in entries.items():
-            source = PACKAGE_DIR / relative
-            modules[name] = source
-            if source_state(source) != [size, mtime] or not _extension(source).exists():
-                return None
-        return modules
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def _listed() -> dict[str, Path]:
-    """The stamp's modules, whatever their state (empty without a readable stamp)."""
-    try:
-        entries = json.loads(STAMP.read_text())["modules"]
-        return {name: PACKAGE_DIR / entry[0] for name, entry in entries.items()}
+        entries = json.loads((package_dir / STAMP.name).read_text())["modules"]
+        return {name: package_dir / entry[0] for name, entry in entries.items()}
     except (OSError, ValueError, KeyError, TypeError, IndexError):
         return {}
 
 
-def _extension(source: Path) -> Path:
-    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
-    if source.name == "__init__.py":
-        return source.with_name("__init__" + suffix)
-    return source.with_name(source.stem + suffix)
+def built(package_dir: Path = PACKAGE_DIR) -> bool:
+    """Whether every module the stamp lists has its extension, built from its present source."""
+    try:
+        entries = json.loads((package_dir / STAMP.name).read_text())["modules"]
+        return bool(entries) and all(
+            source_state(package_dir / relative) == [size, mtime]
+            and extension_of(package_dir / relative).exists()
+            for relative, size, mtime in entries.values()
+        )
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+def extension_of(source: Path) -> Path:
+    """Where the build puts the extension of `source` (a package's is its `__init__`'s)."""
+    return source.with_name(source.stem + importlib.machinery.EXTENSION_SUFFIXES[0])
 
 
 class _FromSource(importlib.abc.MetaPathFinder):
@@ -100,14 +96,14 @@ class _FromSource(importlib.abc.MetaPathFinder):
 
 
 def _decide() -> str:
-    listed = _listed()
-    if not listed:
+    modules = listed()
+    if not modules:
         return "interpreted"
     if os.environ.get(ENV, "") not in ("", "0"):
-        sys.meta_path.insert(0, _FromSource(listed))
+        sys.meta_path.insert(0, _FromSource(modules))
         return "interpreted"
-    if _read_stamp() is None:
-        sys.meta_path.insert(0, _FromSource(listed))
+    if not built():
+        sys.meta_path.insert(0, _FromSource(modules))
         sys.stderr.write(
             "sipbridge: the compiled modules are older than their sources (run `make`): "
             "running the sources\n"
