@@ -22,6 +22,17 @@ over everything (`Collector.sweep`) runs whenever the frozen objects have double
 one, and are more than a million (the startup alone is about 100,000; 300 calls/s in flight
 about 200,000). Garbage in cycles can thus at most double the memory the collector tracks
 before it is freed, the bound CPython's own full collections keep with a factor of 1.25.
+
+Counting the frozen objects (`gc.get_freeze_count`) walks them all, one cache miss each: at
+thousands of calls a second, each lingering 32 s in its transactions, that is millions of objects
+and tens of milliseconds a walk (a sixth of the bare UAS's CPU in bench/sip_profile.py, issue 18).
+So the collector keeps an estimate instead, from what each collection is told: the young
+generation's count when it starts (containers allocated less those freed since the last one,
+frozen or not) and when it ends (what it allocated itself) less what it freed. The count never
+goes below zero, and tuples and dicts a collection untracks are counted as survivors, so the
+estimate errs high (but for the few dicts that track themselves again when given a container):
+the frozen objects are counted for real only when the estimate passes the limit (and at most
+once every SWEEP_CHECK_EVERY collections), and the estimate restarts from that count.
 """
 
 from __future__ import annotations
@@ -33,8 +44,8 @@ from typing import Any
 YOUNG_THRESHOLD = 5_000
 SWEEP_GROWTH = 2.0  # a full collection when the frozen objects doubled since the last one
 SWEEP_FLOOR = 1_000_000  # ... and are at least this many (startup ~100,000; 300 calls/s ~200,000)
-# Counting the frozen objects walks them all (`gc.get_freeze_count`): done every this many
-# collections only (at 5,000 allocations each, a walk per 320,000 allocations).
+# Counting the frozen objects walks them all (`gc.get_freeze_count`): done only when their
+# estimate passes the limit, and then at most once every this many collections.
 SWEEP_CHECK_EVERY = 64
 
 
@@ -45,20 +56,34 @@ class Collector:
         self.loop = loop
         self.sweeps = 0  # full collections run
         self.swept = 0  # objects they freed
-        self._limit = max(SWEEP_FLOOR, int(gc.get_freeze_count() * SWEEP_GROWTH))
+        frozen = gc.get_freeze_count()
+        self._limit = max(SWEEP_FLOOR, int(frozen * SWEEP_GROWTH))
         self._sweep_due = False
         self._collections = 0
+        # the frozen objects, estimated (high rather than low: see above)
+        self.estimate = frozen
+        self._young = 0  # the young generation's count when the running collection started
+        self._last_check = 0  # `_collections` when the frozen objects were last counted
 
     def on_collection(self, phase: str, info: dict[str, Any]) -> None:
         """`gc.callbacks`: after a collection, its survivors out of every later one. (It may
         run in any thread that allocated: the loop is told thread-safely.)"""
-        if phase != "stop":
+        if phase == "start":
+            self._young = gc.get_count()[0]
             return
+        # (what the collection itself allocated counts too: `freeze` takes it and zeroes the count)
+        self.estimate += self._young + gc.get_count()[0] - info.get("collected", 0)
         gc.freeze()
         self._collections += 1
-        if self._sweep_due or self._collections % SWEEP_CHECK_EVERY:
+        if (
+            self._sweep_due
+            or self.estimate <= self._limit
+            or self._collections - self._last_check < SWEEP_CHECK_EVERY
+        ):
             return
-        if gc.get_freeze_count() <= self._limit or self.loop.is_closed():
+        self._last_check = self._collections
+        self.estimate = gc.get_freeze_count()
+        if self.estimate <= self._limit or self.loop.is_closed():
             return
         self._sweep_due = True
         self.loop.call_soon_threadsafe(self.sweep)
@@ -69,7 +94,8 @@ class Collector:
         freed = gc.collect()  # (its survivors frozen again by `on_collection`)
         self.sweeps += 1
         self.swept += freed
-        self._limit = max(SWEEP_FLOOR, int(gc.get_freeze_count() * SWEEP_GROWTH))
+        self.estimate = gc.get_freeze_count()
+        self._limit = max(SWEEP_FLOOR, int(self.estimate * SWEEP_GROWTH))
         self._sweep_due = False  # (not before: the collection above must not ask again)
         return freed
 
