@@ -292,6 +292,12 @@ class Headers:
         self._index = None
         self.memo = None
 
+    def compact(self) -> None:
+        """Forget the index and what was parsed (made again if read again): for a message kept
+        only in case its peer retransmits, 32 s in a transaction, as few objects as can be."""
+        self._index = None
+        self.memo = None
+
     def add(self, name: str, value: str) -> None:
         canonical = canonical_name(name)
         self.items.append((canonical, value))
