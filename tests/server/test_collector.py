@@ -126,3 +126,34 @@ def test_the_frozen_objects_are_estimated_high_and_counted_only_past_the_limit(
     counted, estimate, frozen = asyncio.run(scenario())
     assert counted == 0  # 200 collections, the default limit (a million) never reached
     assert estimate >= frozen - 100
+
+
+def test_a_population_steady_near_the_limit_is_not_counted_at_every_collection(
+    restore_gc: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Calls ending as fast as new ones come: the frozen objects stay near the limit, and the
+    estimate (which cannot see frozen objects freed) keeps passing it. Each count is followed by
+    growth of half the count before the next (not one walk of them all per collection)."""
+
+    async def scenario() -> tuple[int, int]:
+        collector = tune_collector()
+        collector._limit = gc.get_freeze_count() + 1000
+        counted = [0]
+        real_count = gc.get_freeze_count
+
+        def counting() -> int:
+            counted[0] += 1
+            return real_count()
+
+        monkeypatch.setattr(collector_module.gc, "get_freeze_count", counting)
+        kept: list[list[int]] = []
+        for _ in range(100):
+            kept.extend([i] for i in range(300))  # new calls' objects...
+            del kept[:-600]  # ... and as many of the old ones go
+            gc.collect(0)
+        monkeypatch.setattr(collector_module.gc, "get_freeze_count", real_count)
+        return counted[0], collector.sweeps
+
+    monkeypatch.setattr(collector_module, "SWEEP_CHECK_EVERY", 1)
+    counted, sweeps = asyncio.run(scenario())
+    assert 1 <= counted <= 2 and sweeps == 0
