@@ -183,6 +183,11 @@ class CallTraces:
         self.max_age = max_age
         self._limits = (head_messages, tail_messages, head_bytes, tail_bytes)
         self._calls: OrderedDict[bytes, CallTrace] = OrderedDict()
+        # The trace written last and its Call-ID: the last in `_calls` (what `record` writes,
+        # it moves there). A call's messages come in runs (the INVITE, then our 100, 180 and
+        # 200): the rest of a run finds its trace here, without a lookup or a move.
+        self._recent_id = b""
+        self._recent: CallTrace | None = None
         self._names: dict[str, bytes] = {}  # our call id -> Call-ID
         self.bytes = 0  # the sum of the traces' sizes
         self.evicted = 0
@@ -217,13 +222,17 @@ class CallTraces:
             if match is None:
                 return
             call_id = match.group(1).strip()
-        trace = self._calls.get(call_id)
-        if trace is None:
-            if not data.startswith(b"INVITE ") or not call_id:
-                return
-            trace = self._open(call_id, now)
-        else:
-            self._calls.move_to_end(call_id)
+        trace = self._recent
+        if trace is None or not trace.alive or call_id != self._recent_id:
+            trace = self._calls.get(call_id)
+            if trace is None:
+                if not data.startswith(b"INVITE ") or not call_id:
+                    return
+                trace = self._open(call_id, now)
+            else:
+                self._calls.move_to_end(call_id)
+            self._recent_id = call_id
+            self._recent = trace
         self.bytes += trace.add((now, outgoing, transport, local, remote, data))
         if self.bytes > self.max_bytes:
             self._evict(now, keep=trace)
@@ -239,6 +248,7 @@ class CallTraces:
             last=now,
         )
         self._calls[call_id] = trace
+        self._recent = None  # (no longer the last in line)
         self._evict(now, keep=trace)
         return trace
 
