@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from typing import Generic, TypeVar, cast
 
 from sipbridge.server.deadline import DeadlineTimer
 from sipbridge.server.sip.transport import SipService
@@ -30,17 +29,6 @@ log = logging.getLogger(__name__)
 
 __all__ = ["IncomingCall", "OutgoingCall", "SipCall", "SipUserAgent", "allowed_methods"]
 OfferHandler = Callable[[Request], bytes]
-T = TypeVar("T")
-
-
-class _Session(Generic[T]):
-    """A call's attribute read from its InviteSession."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __get__(self, call: SipCall, owner: type | None = None) -> T:
-        return cast(T, getattr(call.session, self.name))
 
 
 class SipCall:
@@ -67,14 +55,43 @@ class SipCall:
         # The final response to a session refresh we sent, or None when none came.
         self.on_refresh_response: Callable[[Response | None], None] | None = None
 
-    request = _Session[Request]("request")  # the dialog-creating INVITE (ours: the latest)
-    peer = _Session[Peer]("peer")
-    answered = _Session[bool]("answered")
-    ended = _Session[bool]("ended")
-    remote_allow = _Session[frozenset[str]]("remote_allow")
-    retransmitter = _Session[AnswerRetransmitter | None]("retransmitter")  # our latest 2xx
-    dialog = _Session[Dialog | None]("dialog")
-    local_tag = _Session[str]("local_tag")
+    # A call's attributes read from its InviteSession. (Properties: a descriptor object as a
+    # class attribute is, compiled by mypyc, each instance's default value instead - made for
+    # every call, and what the attribute then reads.)
+
+    @property
+    def request(self) -> Request:
+        """The dialog-creating INVITE (ours: the latest)."""
+        return self.session.request
+
+    @property
+    def peer(self) -> Peer:
+        return self.session.peer
+
+    @property
+    def answered(self) -> bool:
+        return self.session.answered
+
+    @property
+    def ended(self) -> bool:
+        return self.session.ended
+
+    @property
+    def remote_allow(self) -> frozenset[str]:
+        return self.session.remote_allow
+
+    @property
+    def retransmitter(self) -> AnswerRetransmitter | None:
+        """Our latest 2xx."""
+        return self.session.retransmitter
+
+    @property
+    def dialog(self) -> Dialog | None:
+        return self.session.dialog
+
+    @property
+    def local_tag(self) -> str:
+        return self.session.local_tag
 
     def refresh_session(self, headers: dict[str, str], body: bytes = b"") -> None:
         """Refresh the session as its refresher (RFC 4028 s7.4): UPDATE when the peer allows
@@ -111,7 +128,12 @@ class SipCall:
 class IncomingCall(SipCall):
     """An INVITE being handled: ring, answer or reject it; learn when it ends."""
 
-    transaction = _Session[ServerTransaction]("server_transaction")
+    @property
+    def transaction(self) -> ServerTransaction:
+        transaction = self.session.server_transaction
+        assert transaction is not None  # (an incoming call's session is made with it)
+        return transaction
+
     # Set when a cluster node that proxied this INVITE vouches for it (server/cluster/
     # sip_proxy.py): the caller's address as it saw it, and the trunk it authenticated.
     vouched_source = ""
@@ -165,9 +187,17 @@ class OutgoingCall(SipCall):
         self.on_answered: Callable[[Response], None] | None = None
         self.on_failed: Callable[[int, str, Response | None], None] | None = None
 
-    transaction = _Session[ClientTransaction | None]("client_transaction")
-    final = _Session[Response | None]("final")
-    cancel_headers = _Session[dict[str, str]]("cancel_headers")
+    @property
+    def transaction(self) -> ClientTransaction | None:
+        return self.session.client_transaction
+
+    @property
+    def final(self) -> Response | None:
+        return self.session.final
+
+    @property
+    def cancel_headers(self) -> dict[str, str]:
+        return self.session.cancel_headers
 
     @property
     def credentials(self) -> DigestClient | None:
