@@ -4,13 +4,12 @@ there, so that `call.request` read a descriptor rather than the INVITE)."""
 
 from __future__ import annotations
 
-import asyncio
 import socket
-
-from tests.sip_app import AnsweringApp, running_app
 
 from sipbridge.sip.message import Request
 from sipbridge.sip.transaction import ServerTransaction
+from tests.harness import eventually
+from tests.sip_app import AnsweringApp, running_app
 
 INVITE = (
     "INVITE sip:service@127.0.0.1:{port} SIP/2.0\r\n"
@@ -32,11 +31,7 @@ async def test_an_incoming_call_reads_its_sessions_attributes() -> None:
             caller.bind(("127.0.0.1", 0))
             ours = caller.getsockname()[1]
             caller.sendto(INVITE.format(port=port, ours=ours).encode(), ("127.0.0.1", port))
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + 5
-            while not app.calls and loop.time() < deadline:
-                await asyncio.sleep(0.01)  # polling the app's state, with a deadline
-        assert app.calls, "the INVITE never reached the application"
+            await eventually(lambda: app.calls, "the INVITE to reach the application")
         call = app.calls[0]
         session = call.session
         assert isinstance(call.request, Request) and call.request.method == "INVITE"
