@@ -14,6 +14,7 @@ from __future__ import annotations
 from sipbridge.sip.endpoint import Peer, SipEndpoint
 from sipbridge.sip.headers import Via
 from sipbridge.sip.message import Request, Response, make_response, parse_message
+from sipbridge.sip.transaction import ServerTransaction
 from sipbridge.sip.ua.agent import UserAgent
 from sipbridge.sip.ua.invite import InviteReceived
 from sipbridge.sip.ua.proxy import (
@@ -306,7 +307,8 @@ def test_the_owners_bye_sent_here_reaches_the_caller() -> None:
 def _accepted_invite(call_id: str) -> ProxiedInvite:
     invite = parse_message(INVITE.replace(b"px1", call_id.encode()))
     assert isinstance(invite, Request)
-    return ProxiedInvite(SipEndpoint(), None, invite, OWNER, CALLER)  # type: ignore[arg-type]
+    server = ServerTransaction(invite, reliable=False)  # (the caller's; not used here)
+    return ProxiedInvite(SipEndpoint(), server, invite, OWNER, CALLER)
 
 
 def test_proxied_calls_are_bounded_in_number_and_time() -> None:
