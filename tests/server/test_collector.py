@@ -91,3 +91,69 @@ def test_a_cycle_that_outlived_a_collection_is_freed_by_the_sweep_on_growth(
     monkeypatch.setattr(collector_module, "SWEEP_CHECK_EVERY", 1)
     sweeps, swept, freed = asyncio.run(scenario())
     assert freed and sweeps == 1 and swept >= 2
+
+
+def test_the_frozen_objects_are_estimated_high_and_counted_only_past_the_limit(
+    restore_gc: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Counting the frozen objects walks them all: while the estimate stays under the limit the
+    collector never counts, and the estimate is not below the true count (but for dicts untracked
+    by a collection and tracked again when given a container: a handful)."""
+
+    async def scenario() -> tuple[int, int, int]:
+        collector = tune_collector()
+        counted = [0]
+        real_count = gc.get_freeze_count
+
+        def counting() -> int:
+            counted[0] += 1
+            return real_count()
+
+        monkeypatch.setattr(collector_module.gc, "get_freeze_count", counting)
+        kept: list[list[int]] = []
+        for round_ in range(200):  # survivors and garbage, some of it in cycles
+            kept.extend([i] for i in range(300))
+            for _ in range(100):
+                a, b = Node(), Node()
+                a.other, b.other = b, a
+            if round_ % 3 == 0:
+                del kept[:250]  # frozen objects freed by reference counting
+            gc.collect(0)
+        monkeypatch.setattr(collector_module.gc, "get_freeze_count", real_count)
+        return counted[0], collector.estimate, gc.get_freeze_count()
+
+    monkeypatch.setattr(collector_module, "SWEEP_CHECK_EVERY", 1)
+    counted, estimate, frozen = asyncio.run(scenario())
+    assert counted == 0  # 200 collections, the default limit (a million) never reached
+    assert estimate >= frozen - 100
+
+
+def test_a_population_steady_near_the_limit_is_not_counted_at_every_collection(
+    restore_gc: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Calls ending as fast as new ones come: the frozen objects stay near the limit, and the
+    estimate (which cannot see frozen objects freed) keeps passing it. Each count is followed by
+    growth of half the count before the next (not one walk of them all per collection)."""
+
+    async def scenario() -> tuple[int, int]:
+        collector = tune_collector()
+        collector._limit = gc.get_freeze_count() + 1000
+        counted = [0]
+        real_count = gc.get_freeze_count
+
+        def counting() -> int:
+            counted[0] += 1
+            return real_count()
+
+        monkeypatch.setattr(collector_module.gc, "get_freeze_count", counting)
+        kept: list[list[int]] = []
+        for _ in range(100):
+            kept.extend([i] for i in range(300))  # new calls' objects...
+            del kept[:-600]  # ... and as many of the old ones go
+            gc.collect(0)
+        monkeypatch.setattr(collector_module.gc, "get_freeze_count", real_count)
+        return counted[0], collector.sweeps
+
+    monkeypatch.setattr(collector_module, "SWEEP_CHECK_EVERY", 1)
+    counted, sweeps = asyncio.run(scenario())
+    assert 1 <= counted <= 2 and sweeps == 0

@@ -649,9 +649,11 @@ def test_acks_and_requests_for_no_dialog() -> None:
 
 def test_contact_and_via_use_the_listeners_port() -> None:
     net = uac_and_uas()
-    core = AgentCore(net.alice, "192.0.2.1", 5060, local_port={"tcp": 5061}.get)  # type: ignore[arg-type]
+    core = AgentCore(
+        net.alice, "192.0.2.1", 5060, local_port={"tcp": 5061, "tls": 5062}.__getitem__
+    )
     tls = net.to_bob.__class__("tls", "192.0.2.2", 5061)
-    assert str(core.contact(tls, secure=True)) == "<sips:192.0.2.1;transport=tls>"
+    assert str(core.contact(tls, secure=True)) == "<sips:192.0.2.1:5062;transport=tls>"
     assert str(core.via(net.to_bob.__class__("tcp", "h", 1))) == "SIP/2.0/TCP 192.0.2.1:5061"
 
 

@@ -307,7 +307,7 @@ def test_the_owners_bye_sent_here_reaches_the_caller() -> None:
 def _accepted_invite(call_id: str) -> ProxiedInvite:
     invite = parse_message(INVITE.replace(b"px1", call_id.encode()))
     assert isinstance(invite, Request)
-    server = ServerTransaction(invite, reliable=False)
+    server = ServerTransaction(invite, reliable=False)  # (the caller's; not used here)
     return ProxiedInvite(SipEndpoint(), server, invite, OWNER, CALLER)
 
 

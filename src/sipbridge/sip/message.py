@@ -197,7 +197,11 @@ def header_key(name: str) -> str:
 _LIST_KEYS = frozenset(name.lower() for name in LIST_HEADERS)
 
 
-@dataclass(slots=True)
+# The classes below write their own `__init__` (dataclass `init=False`): mypyc compiles a
+# hand-written one, while a generated one stays interpreted (bench/sip_profile.py, issue 18).
+
+
+@dataclass(slots=True, init=False)
 class Headers:
     """Ordered header lines, (name, value); repeated names allowed. Known names are stored in
     their canonical form, others as received; lookups ignore case.
@@ -208,12 +212,30 @@ class Headers:
     `items` in place calls `changed()` afterwards.
     """
 
-    items: list[tuple[str, str]] = field(default_factory=list)
+    items: list[tuple[str, str]]
     # header key -> its lines' values, in order (tuples: the garbage collector stops tracking
     # them, and a message kept for a transaction's lifetime keeps its index)
-    _index: dict[str, tuple[str, ...]] | None = field(default=None, repr=False, compare=False)
-    # header key -> what an accessor parsed from that header (immutable values only)
-    memo: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    _index: dict[str, tuple[str, ...]] | None = field(repr=False, compare=False)
+    # header key -> what an accessor parsed from that header (immutable values only); made
+    # by the first accessor (most responses we build are never read, only sent)
+    memo: dict[str, Any] | None = field(repr=False, compare=False)
+
+    def __init__(
+        self,
+        items: list[tuple[str, str]] | None = None,
+        _index: dict[str, tuple[str, ...]] | None = None,
+        memo: dict[str, Any] | None = None,
+    ) -> None:
+        self.items = [] if items is None else items
+        self._index = _index
+        self.memo = memo
+
+    def parsed(self) -> dict[str, Any]:
+        """`memo`, made when first needed."""
+        memo = self.memo
+        if memo is None:
+            memo = self.memo = {}
+        return memo
 
     def _lines(self) -> dict[str, tuple[str, ...]]:
         index = self._index
@@ -262,12 +284,19 @@ class Headers:
         if index is not None:
             lines = index.get(key)
             index[key] = (value,) if lines is None else (value, *lines[1:])
-        self.memo.pop(key, None)
+        if self.memo is not None:
+            self.memo.pop(key, None)
 
     def changed(self) -> None:
         """`items` was edited in place: forget the index and what was parsed."""
         self._index = None
-        self.memo.clear()
+        self.memo = None
+
+    def compact(self) -> None:
+        """Forget the index and what was parsed (made again if read again): for a message kept
+        only in case its peer retransmits, 32 s in a transaction, as few objects as can be."""
+        self._index = None
+        self.memo = None
 
     def add(self, name: str, value: str) -> None:
         canonical = canonical_name(name)
@@ -277,7 +306,8 @@ class Headers:
             key = canonical.lower()
             lines = index.get(key)
             index[key] = (value,) if lines is None else (*lines, value)
-            self.memo.pop(key, None)
+            if self.memo is not None:
+                self.memo.pop(key, None)
 
     def set(self, name: str, value: str) -> None:
         """Replace every line of a header with one, at the position of the first."""
@@ -303,17 +333,23 @@ class Headers:
 
     def copy(self) -> Headers:
         return Headers(
-            list(self.items), None if self._index is None else dict(self._index), dict(self.memo)
+            list(self.items),
+            None if self._index is None else dict(self._index),
+            None if self.memo is None else dict(self.memo),
         )
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         return iter(self.items)
 
 
-@dataclass(slots=True, kw_only=True)
+@dataclass(slots=True, init=False)
 class Message:
-    headers: Headers = field(default_factory=Headers)
-    body: bytes = b""
+    headers: Headers
+    body: bytes
+
+    def __init__(self, *, headers: Headers | None = None, body: bytes = b"") -> None:
+        self.headers = Headers() if headers is None else headers
+        self.body = body
 
     # -- structured accessors (raise SipProtocolError(400) when malformed) ---------------
     # Each parses its header once per message (`Headers.memo`, keyed by the header's key).
@@ -328,7 +364,7 @@ class Message:
 
     @property
     def call_id(self) -> str:
-        memo = self.headers.memo
+        memo = self.headers.parsed()
         value = memo.get("call-id")
         if value is None:
             value = memo["call-id"] = self._required("Call-ID")
@@ -336,7 +372,7 @@ class Message:
 
     @property
     def cseq(self) -> CSeq:
-        memo = self.headers.memo
+        memo = self.headers.parsed()
         value = memo.get("cseq")
         if value is None:
             value = memo["cseq"] = parse_cseq(self._required("CSeq"))
@@ -344,7 +380,7 @@ class Message:
 
     @property
     def from_(self) -> Address:
-        memo = self.headers.memo
+        memo = self.headers.parsed()
         value = memo.get("from")
         if value is None:
             value = memo["from"] = parse_address(self._required("From"))
@@ -352,7 +388,7 @@ class Message:
 
     @property
     def to(self) -> Address:
-        memo = self.headers.memo
+        memo = self.headers.parsed()
         value = memo.get("to")
         if value is None:
             value = memo["to"] = parse_address(self._required("To"))
@@ -364,7 +400,7 @@ class Message:
 
     @property
     def top_via(self) -> Via:
-        memo = self.headers.memo
+        memo = self.headers.parsed()
         value = memo.get("via")
         if value is None:
             lines = self.headers.lines("Via")
@@ -389,7 +425,7 @@ class Message:
 
     def _addresses(self, name: str, key: str) -> list[Address]:
         """The addresses of every `name` header, parsed once per message (memo under `key`)."""
-        memo = self.headers.memo
+        memo = self.headers.parsed()
         value = memo.get(key)
         if value is None:
             value = memo[key] = tuple(parse_address(v) for v in self.headers.get_all(name))
@@ -410,10 +446,18 @@ class Message:
         return "".join(out).encode("utf-8", "surrogateescape") + body
 
 
-@dataclass(slots=True, kw_only=True)
+@dataclass(slots=True, init=False)
 class Request(Message):
     method: str
     uri: Uri
+
+    def __init__(
+        self, *, method: str, uri: Uri, headers: Headers | None = None, body: bytes = b""
+    ) -> None:
+        self.headers = Headers() if headers is None else headers
+        self.body = body
+        self.method = method
+        self.uri = uri
 
     def serialize(self) -> bytes:
         return self.serialize_headers_and_body([f"{self.method} {self.uri} {SIP_VERSION}\r\n"])
@@ -422,10 +466,23 @@ class Request(Message):
         return f"{self.method} {self.uri}"
 
 
-@dataclass(slots=True, kw_only=True)
+@dataclass(slots=True, init=False)
 class Response(Message):
     status: int
-    reason: str | None = None  # None: the standard phrase; "" is kept (RFC 4475 noreason)
+    reason: str | None  # None: the standard phrase; "" is kept (RFC 4475 noreason)
+
+    def __init__(
+        self,
+        *,
+        status: int,
+        reason: str | None = None,
+        headers: Headers | None = None,
+        body: bytes = b"",
+    ) -> None:
+        self.headers = Headers() if headers is None else headers
+        self.body = body
+        self.status = status
+        self.reason = reason
 
     def serialize(self) -> bytes:
         reason = REASONS.get(self.status, "") if self.reason is None else self.reason
@@ -701,7 +758,8 @@ def make_response(
             continue
         value = lines[0]
         if key == "to" and to_tag and status != 100:
-            to = headers.memo.get("to") if len(lines) == 1 else None
+            memo = headers.memo
+            to = memo.get("to") if memo is not None and len(lines) == 1 else None
             if (to or parse_address(value)).tag is None:
                 # the echoed To gains a tag: a header parameter, after the address as received
                 value = f"{value};tag={to_tag}"

@@ -49,11 +49,13 @@ _CALL_ID = re.compile(rb"\r\n(?:call-id|i)[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECAS
 _CANONICAL = b"\r\nCall-ID: "  # what most peers, and we, send: found without the regex
 
 
-# How a trace keeps a message: a plain tuple of (time, outgoing, transport, local, remote,
-# data). It costs 0.1 us to make where a frozen dataclass costs 1.1 us, and the cyclic garbage
-# collector stops tracking a tuple of strings and numbers, so tens of thousands kept do not
-# lengthen its collections. `TracedMessage` is made from it when a trace is read.
-Kept = tuple[float, bool, str, tuple[str, int], tuple[str, int], bytes]
+# How a trace keeps a message: a plain tuple of (time, outgoing, transport, local host, local
+# port, remote host, remote port, data). It costs 0.1 us to make where a frozen dataclass costs
+# 1.1 us, and the cyclic garbage collector stops tracking a tuple of strings and numbers, so tens
+# of thousands kept do not lengthen its collections. (Flat: a nested address tuple is one the
+# collector may not have untracked yet when it looks at the outer one, which it then keeps
+# tracking - and freezing - for good.) `TracedMessage` is made from it when a trace is read.
+Kept = tuple[float, bool, str, str, int, str, int, bytes]
 # An RTP packet kept: (time, outgoing, local, remote, its header, the whole packet's length).
 KeptRtp = tuple[float, bool, tuple[str, int], tuple[str, int], bytes, int]
 
@@ -121,7 +123,7 @@ class CallTrace:
     def add(self, message: Kept) -> int:
         """Keep `message` if the bounds allow; returns how much `size` changed."""
         self.last = message[0]
-        size = len(message[5])
+        size = len(message[7])
         if (
             not self.dropped
             and not self.tail
@@ -142,7 +144,7 @@ class CallTrace:
         self.kept_tail_bytes += size
         change = size + ENTRY_OVERHEAD
         while len(tail) > self.tail_messages or self.kept_tail_bytes > self.tail_bytes:
-            old = len(tail.popleft()[5])
+            old = len(tail.popleft()[7])
             self.kept_tail_bytes -= old
             self.dropped += 1
             self.dropped_bytes += old
@@ -152,14 +154,20 @@ class CallTrace:
     def entries(self) -> Iterator[TracedMessage | Gap]:
         """The kept messages in order, with a `Gap` where some were not kept."""
         for kept in self.head:
-            yield TracedMessage(*kept)
+            yield _traced(kept)
         if self.dropped:
             yield Gap(self.dropped, self.dropped_bytes)
         for kept in self.tail or ():
-            yield TracedMessage(*kept)
+            yield _traced(kept)
 
     def messages(self) -> list[TracedMessage]:
-        return [TracedMessage(*kept) for kept in (*self.head, *(self.tail or ()))]
+        return [_traced(kept) for kept in (*self.head, *(self.tail or ()))]
+
+
+def _traced(kept: Kept) -> TracedMessage:
+    time, outgoing, transport, local_host, local_port, remote_host, remote_port, data = kept
+    local, remote = (local_host, local_port), (remote_host, remote_port)
+    return TracedMessage(time, outgoing, transport, local, remote, data)
 
 
 class CallTraces:
@@ -183,6 +191,11 @@ class CallTraces:
         self.max_age = max_age
         self._limits = (head_messages, tail_messages, head_bytes, tail_bytes)
         self._calls: OrderedDict[bytes, CallTrace] = OrderedDict()
+        # The trace written last and its Call-ID: the last in `_calls` (what `record` writes,
+        # it moves there). A call's messages come in runs (the INVITE, then our 100, 180 and
+        # 200): the rest of a run finds its trace here, without a lookup or a move.
+        self._recent_id = b""
+        self._recent: CallTrace | None = None
         self._names: dict[str, bytes] = {}  # our call id -> Call-ID
         self.bytes = 0  # the sum of the traces' sizes
         self.evicted = 0
@@ -217,14 +230,19 @@ class CallTraces:
             if match is None:
                 return
             call_id = match.group(1).strip()
-        trace = self._calls.get(call_id)
-        if trace is None:
-            if not data.startswith(b"INVITE ") or not call_id:
-                return
-            trace = self._open(call_id, now)
-        else:
-            self._calls.move_to_end(call_id)
-        self.bytes += trace.add((now, outgoing, transport, local, remote, data))
+        trace = self._recent
+        if trace is None or not trace.alive or call_id != self._recent_id:
+            trace = self._calls.get(call_id)
+            if trace is None:
+                if not data.startswith(b"INVITE ") or not call_id:
+                    return
+                trace = self._open(call_id, now)
+            else:
+                self._calls.move_to_end(call_id)
+            self._recent_id = call_id
+            self._recent = trace
+        kept = (now, outgoing, transport, local[0], local[1], remote[0], remote[1], data)
+        self.bytes += trace.add(kept)
         if self.bytes > self.max_bytes:
             self._evict(now, keep=trace)
 
@@ -239,6 +257,7 @@ class CallTraces:
             last=now,
         )
         self._calls[call_id] = trace
+        self._recent = None  # (no longer the last in line)
         self._evict(now, keep=trace)
         return trace
 

@@ -439,6 +439,11 @@ class ServerTransaction(_Transaction):
             self._linger(now, self.timers.timeout)  # Timer J
         elif state is State.ACCEPTED:
             self._deadlines[Input.LINGER_TIMER] = now + self.timers.timeout  # Timer L
+        if state is State.COMPLETED or state is State.ACCEPTED:
+            # The final response is sent: what is left is absorbing retransmissions, matched
+            # by key, for up to 32 s. What was parsed of the request goes (parsed again if the
+            # TU reads it again): the objects each call keeps that long (issue 18).
+            self.request.headers.compact()
 
 
 def ack_for_failure(invite: Request, response: Response) -> Request:

@@ -20,9 +20,9 @@ import socket
 import ssl
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 from sipbridge.server.deadline import DeadlineTimer
 from sipbridge.sip.admission import Admission
@@ -275,7 +275,10 @@ class SipService:
                 lambda: _Stream(self, kind), what.host, what.port, ssl=context, reuse_address=True
             )
             self._servers.append(server)
-            port = server.sockets[0].getsockname()[1]
+            # (uvloop's servers give a list where typeshed says a tuple: read untyped, which
+            # compiled code does not check to be a tuple)
+            sockets: Sequence[socket.socket] = cast(Any, server).sockets
+            port = sockets[0].getsockname()[1]
         bound = Listen(what.transport, what.host, int(port))
         self.bound.append(bound)
         host = what.host

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from typing import TypeVar
 
 from sipbridge.server.deadline import DeadlineTimer
 from sipbridge.server.sip.transport import SipService
@@ -30,7 +29,6 @@ log = logging.getLogger(__name__)
 
 __all__ = ["IncomingCall", "OutgoingCall", "SipCall", "SipUserAgent", "allowed_methods"]
 OfferHandler = Callable[[Request], bytes]
-T = TypeVar("T")
 
 
 class SipCall:
@@ -57,7 +55,10 @@ class SipCall:
         # The final response to a session refresh we sent, or None when none came.
         self.on_refresh_response: Callable[[Response | None], None] | None = None
 
-    # The call's attributes read from its InviteSession.
+    # A call's attributes read from its InviteSession. (Properties: a descriptor object as a
+    # class attribute is, compiled by mypyc, each instance's default value instead - made for
+    # every call, and what the attribute then reads.)
+
     @property
     def request(self) -> Request:
         """The dialog-creating INVITE (ours: the latest)."""
@@ -81,7 +82,7 @@ class SipCall:
 
     @property
     def retransmitter(self) -> AnswerRetransmitter | None:
-        """Of our latest 2xx."""
+        """Our latest 2xx."""
         return self.session.retransmitter
 
     @property
@@ -130,7 +131,7 @@ class IncomingCall(SipCall):
     @property
     def transaction(self) -> ServerTransaction:
         transaction = self.session.server_transaction
-        assert transaction is not None  # an incoming call's session is the UAS's
+        assert transaction is not None  # (an incoming call's session is made with it)
         return transaction
 
     # Set when a cluster node that proxied this INVITE vouches for it (server/cluster/
