@@ -10,7 +10,11 @@ untimed) and timed: wall time and the loop thread's CPU per tick (what an INVITE
 and the process's CPU (the engine's threads included), as ms per tick and us per leg, median and
 p99. `SIPBRIDGE_NO_CRELAY=1` measures the pure-Python path.
 
-    python -m bench.tick --legs 100,250,500 --ticks 300
+    python -m bench.tick --legs 100,250,500 --ticks 300 [--room-size K]
+
+`--room-size K` puts the legs in rooms of K instead of one shared room: 1 is a caller alone in
+its room (a room each, nobody else listening: it mixes silence for itself), 2 two callers in a
+room (they forward each other's packets: nothing on the clock, so a tick costs nothing).
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ def _drain(sock: socket.socket) -> int:
         count += 1
 
 
-async def measure(legs: int, ticks: int, low_port: int) -> dict[str, Any]:
+async def measure(legs: int, ticks: int, low_port: int, room_size: int = 0) -> dict[str, Any]:
     sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sink.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
     sink.bind((HOST, 0))
@@ -63,14 +67,14 @@ async def measure(legs: int, ticks: int, low_port: int) -> dict[str, Any]:
                 ptime=20,
             )
         )
-        for _ in range(legs):
+        for n in range(legs):
             _, leg = svc.negotiate(offer, MediaPolicy())
             svc.start(leg, timeout=60.0, on_timeout=lambda: None)
-            svc.attach(leg, "shared")
+            svc.attach(leg, f"room{n // room_size}" if room_size else "shared")
         clock = svc.clock
         clock.stop()  # ticked here, not by its timer
-        room = svc.rooms["shared"]
-        assert len(room.mixers) == legs, "every leg mixes"
+        mixing = sum(len(room.mixers) for room in svc.rooms.values())
+        assert mixing == (0 if room_size == 2 else legs), "who mixes"
         loop = asyncio.get_running_loop()
         wall: list[float] = []
         thread: list[float] = []
@@ -92,14 +96,15 @@ async def measure(legs: int, ticks: int, low_port: int) -> dict[str, Any]:
                 process.append(p1 - p0)
         await asyncio.sleep(0.05)
         received += _drain(sink)
-        expected = legs * (ticks + 20)
-        out: dict[str, Any] = {"legs": legs, "ticks": ticks, "received": received}
+        expected = mixing * (ticks + 20)
+        out: dict[str, Any] = {"legs": legs, "room_size": room_size or legs, "ticks": ticks}
+        out["received"] = received
         out["lost"] = expected - received
         for name, values in (("wall", wall), ("loop_cpu", thread), ("process_cpu", process)):
             median = statistics.median(values)
             out[f"{name}_ms"] = round(median * 1e3, 3)
             out[f"{name}_p99_ms"] = round(_percentile(values, 0.99) * 1e3, 3)
-            out[f"{name}_us_per_leg"] = round(median * 1e6 / legs, 2)
+            out[f"{name}_us_per_leg"] = round(median * 1e6 / legs, 3)
         return out
     finally:
         svc.close()
@@ -111,10 +116,14 @@ def main() -> None:
     parser.add_argument("--legs", default="100,250,500")
     parser.add_argument("--ticks", type=int, default=300)
     parser.add_argument("--low-port", type=int, default=42000)
+    parser.add_argument("--room-size", type=int, default=0, help="0: one room of every leg")
     args = parser.parse_args()
     print(json.dumps({"crelay": crelay.available()}))
     for legs in [int(x) for x in args.legs.split(",")]:
-        print(json.dumps(asyncio.run(measure(legs, args.ticks, args.low_port))), flush=True)
+        print(
+            json.dumps(asyncio.run(measure(legs, args.ticks, args.low_port, args.room_size))),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

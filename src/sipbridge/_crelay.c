@@ -70,6 +70,7 @@ typedef struct {
     /* armed: this slot's packets are forwarded to `target` */
     int armed;
     int target;
+    int targeted; /* slots whose `target` is this one: a remove looks for them only then */
     int dirty; /* something to collect */
     int paused; /* not read while the queue is full */
     int active; /* read by the engine (only while armed: the event loop reads it otherwise) */
@@ -693,11 +694,18 @@ static PyObject *Engine_remove(Engine *self, PyObject *args) {
     if (s != NULL) {
         epoll_ctl(self->epfd, EPOLL_CTL_DEL, s->fd, NULL);
         self->slots[idx] = NULL;
-        for (int i = 0; i < MAX_SLOTS; i++) { /* nobody forwards into a socket about to close */
+        slot_t *t = s->target >= 0 ? self->slots[s->target] : NULL;
+        if (t != NULL)
+            t->targeted--;
+        /* Nobody forwards into a socket about to close. The pass over every slot (65,536
+         * pointers, the GIL held) only when some slot targets this one: a call's end cost it
+         * every time before (issue 18: 2% of the loop's CPU at 200 inbound calls/s). */
+        for (int i = 0; s->targeted > 0 && i < MAX_SLOTS; i++) {
             slot_t *o = self->slots[i];
             if (o != NULL && o->target == idx) {
                 o->armed = 0;
                 o->target = -1;
+                s->targeted--;
             }
         }
     }
@@ -752,7 +760,13 @@ static PyObject *Engine_arm(Engine *self, PyObject *args) {
         pthread_mutex_unlock(&self->lock);
         Py_RETURN_FALSE;
     }
-    s->target = target;
+    if (s->target != target) {
+        slot_t *old = s->target >= 0 ? self->slots[s->target] : NULL;
+        if (old != NULL)
+            old->targeted--;
+        t->targeted++;
+        s->target = target;
+    }
     s->audio_pt = audio_pt;
     s->latched = latched_addr;
     s->ssrc = ssrc;

@@ -257,3 +257,26 @@ async def test_a_leg_leaves_the_engine_when_it_stops_being_a_pure_relay(
         lambda: bridge.leg_b.stats.packets_out == len(bridge.got["b"]) and received > 0,
         "every packet B's phone got counted as sent",
     )
+
+
+async def test_the_engine_never_forwards_into_a_slot_it_removes(
+    bridges: tuple[Bridge, Bridge], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine's own guard (`Engine_remove`): a slot forwarding into one that is removed is
+    disarmed there, even when the driver did not disarm it first. The engine looks for such
+    slots only when one targets the slot removed (a count kept as slots are armed; issue 18: the
+    pass over all 65,536 slots, the GIL held, at every call's end)."""
+    bridge, _ = bridges
+    engine = bridge.harness.svc.crelay
+    assert engine is not None
+    sender = asyncio.create_task(paced(bridge.a, [bytes(FRAME)] * 100, ptime=0.01))
+    await eventually(
+        lambda: engine.counters()["armed"] == 1 and bridge.got["b"], "A relayed by the engine"
+    )
+    slot_a = bridge.leg_a.crelay_slot
+    assert slot_a is not None and engine._engine.state(slot_a)[0] == 1
+    monkeypatch.setattr(engine, "_disarm_around", lambda leg: None)  # the driver's own disarm
+    bridge.harness.svc.release(bridge.leg_b)
+    assert engine._engine.state(slot_a)[0] == 0
+    monkeypatch.undo()
+    await sender

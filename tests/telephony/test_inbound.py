@@ -18,11 +18,13 @@ from hypothesis import strategies as st
 from livekit.protocol import sip
 
 from sipbridge.telephony.inbound import (
+    _SANITIZE,
     MAX_ATTRIBUTE_VALUE,
     MAX_HEADER_ATTRIBUTES_BYTES,
     PROVIDER_HEADER_ATTRIBUTES,
     InboundCall,
     TrunkConflict,
+    _clean,
     inbound_attributes,
     match_trunk,
     participant_identity,
@@ -1024,3 +1026,13 @@ def test_sanitize_attribute_always_publishable(value: str) -> None:
     assert len(clean) <= MAX_ATTRIBUTE_VALUE
     assert not any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in clean)
     assert sanitize_attribute(clean) == clean
+
+
+def test_sanitizing_skips_clean_text_and_changes_exactly_what_translate_does() -> None:
+    """`_clean` searches for a character to change before translating (issue 18): the same result
+    as the translation for every character that has a mapping and those around them."""
+    for code in [*range(0x3000), *range(0xD7F0, 0xE010), 0xFEFF, 0xFFFD, 0x1F600, 0x10FFFF]:
+        text = f"sip_{chr(code)}+1555"
+        assert _clean(text) == text.translate(_SANITIZE), hex(code)
+    clean = "Phone +15550001234"
+    assert _clean(clean) is clean

@@ -36,9 +36,9 @@ from sipbridge.server.api.twirp import PREFIX, TwirpServer
 from sipbridge.server.api.webhooks import RetryPolicy, WebhookNotifier
 from sipbridge.server.calls.inbound import InboundCalls
 from sipbridge.server.calls.inbound_auth import TrunkAuth
+from sipbridge.server.calls.live_call import CallServices
 from sipbridge.server.calls.outbound import OutboundCalls
 from sipbridge.server.calls.room_limits import RoomLimits
-from sipbridge.server.calls.runner import CallServices
 from sipbridge.server.calls.transfers import Transfers
 from sipbridge.server.cluster.wiring import ClusterRooms
 from sipbridge.server.collector import Collector, tune_collector

@@ -68,6 +68,8 @@ HELP = {  # the series read on scrape; a name missing here is still exposed, wit
     "sipbridge_outbound_trunks": "Outbound trunks configured",
     "sipbridge_dispatch_rules": "Dispatch rules configured",
     "sipbridge_call_log_dropped_total": "Call records the call log could not keep",
+    "sipbridge_call_log_commits_total": "Call log write transactions (one fsync each with SQLite)",
+    "sipbridge_call_log_records_total": "Call log records written (a call's states coalesce)",
     "sipbridge_calls_active": "Calls in progress, both directions (what --max-calls limits)",
     "sipbridge_calls_stuck": "Calls held with no deadline to end them (always 0)",
     "sipbridge_auth_blocks_total": "Source addresses blocked after failed digest auth",

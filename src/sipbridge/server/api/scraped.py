@@ -41,6 +41,8 @@ def scraped_samples(server: Server) -> list[Sample]:
         ("sipbridge_dispatch_rules", {}, len(server.sip_config.rules)),
     ]
     out.append(("sipbridge_call_log_dropped_total", {}, server.call_log.dropped))
+    out.append(("sipbridge_call_log_commits_total", {}, server.call_log.commits))
+    out.append(("sipbridge_call_log_records_total", {}, server.call_log.records_written))
     out.append(("sipbridge_calls_active", {}, server.calls_in_progress()))
     guard = server.inbound.auth.guard
     out.append(("sipbridge_auth_blocks_total", {}, guard.blocks))

@@ -29,9 +29,10 @@ from sipbridge.errors import ApiError
 from sipbridge.rooms import events as ev
 from sipbridge.server.call_logging import bind_call, call_step
 from sipbridge.server.calls.inbound_auth import TrunkAuth
+from sipbridge.server.calls.live_call import CallServices, LiveCall
 from sipbridge.server.calls.pin_entry import PinEntry
 from sipbridge.server.calls.reject_cache import RejectCache
-from sipbridge.server.calls.runner import CallRunner, CallServices, LiveCall
+from sipbridge.server.calls.runner import CallRunner
 from sipbridge.server.sip.session_timers import uas_session_timer
 from sipbridge.server.sip.user_agent import IncomingCall
 from sipbridge.sip.digest import DigestServer
@@ -355,7 +356,7 @@ class InboundCalls(CallRunner[InboundCallState]):
         if not answered:
             self.start_machine(state, CallState.RINGING, self.limits(state))
         self._register(state, participant)
-        call.on_end = lambda reason: self.finished(state, reason)
+        call.on_end = lambda reason: self.sip_ended(state, reason)
         self.arm(state)
         if answered:
             info.call_status = proto.SIPCallStatus.SCS_ACTIVE

@@ -29,7 +29,8 @@ from sipbridge.media.tones import RINGBACK_ETSI
 from sipbridge.rooms import Participant
 from sipbridge.server.api.auth import Claims
 from sipbridge.server.call_logging import bind_call, call_step
-from sipbridge.server.calls.runner import CallRunner, CallServices, LiveCall
+from sipbridge.server.calls.live_call import CallServices, LiveCall
+from sipbridge.server.calls.runner import CallRunner
 from sipbridge.server.media.leg_driver import CallMedia
 from sipbridge.server.sip.session_timers import SessionTimerDriver
 from sipbridge.server.sip.user_agent import OutgoingCall, SipUserAgent
@@ -237,7 +238,7 @@ class OutboundCalls(CallRunner[OutboundCallState]):
             state, partial(self._answered, state, response)
         )
         call.on_failed = lambda status, reason, response: self._failed(state, status, reason)
-        call.on_end = lambda reason: self.finished(state, reason)
+        call.on_end = lambda reason: self.sip_ended(state, reason)
         call.on_offer = lambda request: self.reoffer(state, request)
         self._register(state, participant)
         self.arm(state)

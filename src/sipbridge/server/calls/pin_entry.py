@@ -56,7 +56,7 @@ class PinEntry:
             created_at=int(now),
             created_at_ns=int(now * 1e9),
         )
-        state.call.on_end = lambda reason: runner.finished(state, reason)
+        state.call.on_end = lambda reason: runner.sip_ended(state, reason)
         state.machine = Call.start(
             Direction.INBOUND, CallState.PIN_ENTRY, runner.now(), runner.limits(state)
         )

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Generic, TypeVar
 
@@ -27,17 +26,10 @@ from sipbridge.rooms import Participant, Room
 from sipbridge.rooms import events as ev
 from sipbridge.server.call_logging import about_call, log_call_end
 from sipbridge.server.calls.keys import key_to_room, keys_to_phones
+from sipbridge.server.calls.live_call import CallServices, LiveCall
 from sipbridge.server.calls.quality import QualityWriter
-from sipbridge.server.calls.room_limits import RoomLimits
-from sipbridge.server.media.leg_driver import CallMedia
-from sipbridge.server.media.service import MediaService
-from sipbridge.server.sip.session_timers import SessionTimerDriver
-from sipbridge.server.sip.user_agent import IncomingCall, SipCall
-from sipbridge.server.state.call_log import CallLog
-from sipbridge.server.state.rooms_runtime import RoomsRuntime
-from sipbridge.server.state.trunk_cache import SipConfig
+from sipbridge.server.calls.turns import OnePerTurn
 from sipbridge.sip.message import Request
-from sipbridge.sip.ua.session_timer import RFC_MIN_SE
 from sipbridge.telephony.call import (
     Call,
     CallInput,
@@ -51,7 +43,6 @@ from sipbridge.telephony.call import (
     room_participant_key,
 )
 from sipbridge.telephony.inbound import ATTR_CALL_STATUS
-from sipbridge.telephony.media import MediaPolicy
 
 log = logging.getLogger(__name__)
 
@@ -61,47 +52,7 @@ SIP_END_CAUSE = {  # how SipCall says its dialog ended -> why the call ended
     "cancel": EndCause.REMOTE_HANGUP,
     "timeout": EndCause.NO_ACK,
 }
-
-
-@dataclass(eq=False, kw_only=True)
-class LiveCall:
-    """One call in progress, inbound or outbound."""
-
-    call: SipCall
-    info: proto.SIPCallInfo
-    machine: Call = field(default_factory=Call.unstarted)  # `CallRunner.start_machine`
-    leg: CallMedia | None = None
-    policy: MediaPolicy = field(default_factory=MediaPolicy)
-    attributes_to_headers: Mapping[str, str] = field(default_factory=dict)  # the trunk's
-    room: str = ""
-    identity: str = ""
-    participant_sid: str = ""  # which participant of that identity is this call's
-    track_sid: str = ""
-    session_timer: SessionTimerDriver | None = None  # RFC 4028, when negotiated
-    timer: asyncio.TimerHandle | None = None  # at the machine's next deadline
-    cause: EndCause | None = None  # why we ended it, when we did
-    done: bool = False  # `finished` ran: out of the room, logged
-
-
-@dataclass(frozen=True, kw_only=True)
-class CallServices:
-    """What the runners of both directions work with."""
-
-    config: SipConfig  # trunks and dispatch rules
-    rooms: RoomsRuntime
-    call_log: CallLog
-    media: MediaService
-    max_calls: int  # the one limit, over every call of both directions
-    calls_in_progress: Callable[[], int] | None = None  # (alone: a runner counts its own)
-    session_min_se: int = RFC_MIN_SE
-    room_limits: RoomLimits = field(default_factory=RoomLimits)  # callers, joins per second
-    # Told of each call's media leg as the call joins its room (the SIP trace's RTP capture).
-    on_media: Callable[[proto.SIPCallInfo, CallMedia], None] | None = None
-    # Whether a new call is refused for load now (the CPU, the loop's lag; counted by reason).
-    overloaded: Callable[[], bool] = lambda: False
-    # An INVITE for a room (the call, room, trunk id, how to go on here): True when it is
-    # decided elsewhere (later, or proxied to the room's node; server/cluster/sip_proxy.py).
-    route_call: Callable[[IncomingCall, str, str, Callable[[], None]], bool] | None = None
+FAR_END = frozenset({"bye", "cancel"})
 
 
 C = TypeVar("C", bound=LiveCall)
@@ -124,6 +75,10 @@ class CallRunner(Generic[C]):
         self.active: dict[str, C] = {}  # in a room, by participant key (room, identity)
         self.by_participant: dict[str, C] = {}  # in a room, by participant sid
         self.pending: set[C] = set()  # in no room yet (entering a PIN)
+        # Calls whose far end hung up, waiting for their aftermath (`sip_ended`), in order.
+        self._ending: OnePerTurn[C] = OnePerTurn(
+            lambda state: self.finished(state, state.sip_end), "a call's aftermath"
+        )
         self.stats: dict[str, int] = {}
         self.rooms.listeners.append(self.on_room_event)
         self.quality = QualityWriter(
@@ -146,7 +101,10 @@ class CallRunner(Generic[C]):
         return sum(
             1
             for state in (*self.active.values(), *self.pending)
-            if not state.machine.live
+            if (
+                state not in self._ending  # its aftermath is due on the next turns
+                and not state.machine.live
+            )
             or state.call.ended
             or state.timer is None
             or state.timer.cancelled()
@@ -362,6 +320,16 @@ class CallRunner(Generic[C]):
         """End an unanswered call (486 or the trunk's status inbound, CANCEL outbound)."""
         raise NotImplementedError
 
+    def sip_ended(self, state: C, reason: str) -> None:
+        """The SIP side is over (`on_end`). Ended by the far end (BYE, CANCEL: inside that
+        datagram's handling), `finished` waits for a later turn, one call a turn, in order
+        (`turns.py`): the 200 leaves at once. Our own ends finish at once, as callers expect."""
+        if reason in FAR_END and not state.done:
+            state.sip_end = reason
+            self._ending.add(state)
+        else:
+            self.finished(state, reason)
+
     def finished(self, state: C, reason: str) -> None:
         """The SIP side is over (BYE either way, CANCEL, a final response, a timeout): out of
         the room with the call's disconnect reason, media released, logged (the call log, and
@@ -490,6 +458,7 @@ class CallRunner(Generic[C]):
 
     def shutdown(self) -> int:
         """End every call before the server stops."""
+        self._ending.drain()  # the far end hung up: their aftermath now, before the log stops
         calls = [*self.pending, *self.active.values()]
         self.quality.close()
         for state in calls:

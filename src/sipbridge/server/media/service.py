@@ -26,6 +26,7 @@ from sipbridge.media.srtp import SUITES, SrtpContext, SrtpKeys
 from sipbridge.server.media import crelay
 from sipbridge.server.media.leg_driver import FRAME_MS, AudioLeg, CallMedia, MediaClock, RoomAudio
 from sipbridge.server.media.ports import PortPool, SendBatch
+from sipbridge.server.media.track_legs import TrackLegs
 from sipbridge.sip.errors import SipProtocolError
 from sipbridge.telephony.media import MediaPolicy, spec_for
 from sipbridge.telephony.sdes import (
@@ -75,7 +76,7 @@ class MediaService:
         self.stats: dict[str, int] = {}
         self.ended: dict[str, int] = {}  # RTP counters of the legs released so far
         self.on_release: Callable[[CallMedia], None] | None = None  # each leg, as it ends
-        self.track_legs: dict[str, AudioLeg] = {}  # a room track's sid -> the leg giving it audio
+        self.track_legs = TrackLegs()  # a room track's sid -> the leg giving it audio
         # The compiled relay engine (`crelay.py`), started with the first leg; None without it.
         self.crelay: crelay.RelayEngine | None = None
 
@@ -370,7 +371,7 @@ class MediaService:
     def release(self, leg: CallMedia) -> None:
         first = not leg.closed
         self.detach(leg)
-        for sid in [sid for sid, known in self.track_legs.items() if known is leg]:
+        for sid in self.track_legs.sids_of(leg):
             del self.track_legs[sid]
         self.legs.pop(leg, None)
         leg.close()

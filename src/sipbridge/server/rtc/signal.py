@@ -45,6 +45,7 @@ from sipbridge.server.rtc.session import (
     leave_message,
 )
 from sipbridge.server.rtc.session_media import SessionMedia
+from sipbridge.server.rtc.writer import write_messages
 from sipbridge.server.server_info import LIVEKIT_VERSION, server_info
 from sipbridge.server.state.rooms_runtime import RoomsRuntime
 
@@ -382,20 +383,7 @@ class SignalServer:
         ws: web.WebSocketResponse,
         outbox: asyncio.Queue[Outgoing | None],
     ) -> None:
-        while (message := await outbox.get()) is not None:
-            if ws.closed:
-                break
-            if isinstance(message, Encoded):
-                data, message = message.data, message.message
-            else:
-                data = message.SerializeToString()
-            try:
-                await ws.send_bytes(data)
-            except (ConnectionError, RuntimeError):
-                break
-            if message.WhichOneof("message") == "leave":
-                await ws.close()
-                break
+        await write_messages(ws, outbox)  # (in order; what queued up together, corked)
 
     def on_room_event(self, event: ev.RoomEvent) -> None:
         match event:

@@ -3,6 +3,17 @@
 Writes for one call are queued and applied in order in the background, so a call's progress
 never waits on the disk and the last state written is the last state reached.
 
+Group commit: what queued up is written in one transaction (`put_many`: one fsync with SQLite,
+one MULTI/EXEC with Redis), in the store's own thread for SQLite; everything that queues while
+that commit syncs goes in the next one, so a burst of calls costs a few commits, not one per
+record (`commits` and `records_written`, in /metrics). A first record after a quiet spell waits
+`WRITE_WINDOW_S` for the states that follow it (a call rings, is answered and is up within a
+few ms): a commit of one record costs 0.14 ms of CPU and one of 50 records 0.6 ms (SQLite, on
+the 2-core machine, issue 18), so a commit per record would cost more than the wait.
+What a crash can lose: records not yet in a commit that returned (queued, or in the commit
+under way) - never one whose commit returned (`synchronous=FULL` with SQLite; with Redis, its
+own persistence settings). The API reads the store: a call shows there once its batch is in.
+
 Nothing here holds the log in memory: a page (`page`) is read from the store's indexes
 (`SQLiteStore.call_page`, `RedisStore.call_page`), and calls older than the retention
 (`--call-log-days`) are removed by a background task, in chunks, off the event loop.
@@ -83,6 +94,8 @@ class CallLog:
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self.dropped = 0
+        self.commits = 0  # transactions written (each one fsync with SQLite)
+        self.records_written = 0  # records in them (a call's states in one write count once)
         self.waiting = 0  # records kept while the store is out of reach
         self._closing = False  # stop() begun: a record kept for an absent store is given up
         self._transfer_writes: set[asyncio.Task[None]] = set()
@@ -196,6 +209,9 @@ class CallLog:
                     continue
                 except Exception:
                     log.exception("call log write of %d records failed", len(batch))
+                else:
+                    self.commits += 1
+                    self.records_written += len(batch)
                 if self.waiting:
                     log.info("call log: store back, kept records written")
                     self.waiting = 0
@@ -247,6 +263,8 @@ class CallLog:
         while True:
             try:
                 await self.store.put_many([record])
+                self.commits += 1
+                self.records_written += 1
                 return
             except TRANSIENT:
                 if self._stopping or self._closing:
