@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -93,6 +93,22 @@ def test_a_cycle_that_outlived_a_collection_is_freed_by_the_sweep_on_growth(
     assert freed and sweeps == 1 and swept >= 2
 
 
+def _count_freeze_counts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> tuple[list[int], Callable[[], int]]:
+    """Count the collector's calls of `gc.get_freeze_count` (each a walk of every frozen
+    object): the count, in a list, and the real function, to put back."""
+    counted = [0]
+    real_count = gc.get_freeze_count
+
+    def counting() -> int:
+        counted[0] += 1
+        return real_count()
+
+    monkeypatch.setattr(collector_module.gc, "get_freeze_count", counting)
+    return counted, real_count
+
+
 def test_the_frozen_objects_are_estimated_high_and_counted_only_past_the_limit(
     restore_gc: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -102,14 +118,7 @@ def test_the_frozen_objects_are_estimated_high_and_counted_only_past_the_limit(
 
     async def scenario() -> tuple[int, int, int]:
         collector = tune_collector()
-        counted = [0]
-        real_count = gc.get_freeze_count
-
-        def counting() -> int:
-            counted[0] += 1
-            return real_count()
-
-        monkeypatch.setattr(collector_module.gc, "get_freeze_count", counting)
+        counted, real_count = _count_freeze_counts(monkeypatch)
         kept: list[list[int]] = []
         for round_ in range(200):  # survivors and garbage, some of it in cycles
             kept.extend([i] for i in range(300))
@@ -138,14 +147,7 @@ def test_a_population_steady_near_the_limit_is_not_counted_at_every_collection(
     async def scenario() -> tuple[int, int]:
         collector = tune_collector()
         collector._limit = gc.get_freeze_count() + 1000
-        counted = [0]
-        real_count = gc.get_freeze_count
-
-        def counting() -> int:
-            counted[0] += 1
-            return real_count()
-
-        monkeypatch.setattr(collector_module.gc, "get_freeze_count", counting)
+        counted, real_count = _count_freeze_counts(monkeypatch)
         kept: list[list[int]] = []
         for _ in range(100):
             kept.extend([i] for i in range(300))  # new calls' objects...
