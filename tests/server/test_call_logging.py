@@ -4,6 +4,7 @@ call's step does not inherit it), the JSON lines, the call_end fields, and the s
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import json
 import logging
@@ -113,6 +114,28 @@ def test_call_end_fields() -> None:
     assert fields["sip_status"] == 486 and fields["error"] == "media timeout"
     assert fields["media"] == {"packets_in": 10}
     assert fields["quality"] == {"mos": 4.1}
+    json.dumps(fields)
+
+
+def test_call_end_fields_read_dataclasses_as_asdict_does() -> None:
+    """Flat figures are read field by field; a dataclass holding others is deep-copied as
+    `dataclasses.asdict` does: the same fields either way."""
+
+    @dataclasses.dataclass
+    class Nested:
+        stats: MediaStats
+        codecs: list[str]
+
+    flat = MediaStats(packets_in=3, forwarded=2)
+    nested = Nested(stats=flat, codecs=["PCMU"])
+
+    class Leg:
+        stats = flat
+        quality = nested
+
+    fields = call_end_fields(sip.SIPCallInfo(call_id="SCL_1"), sip_end="bye", leg=Leg())
+    assert fields["media"] == {k: v for k, v in dataclasses.asdict(flat).items() if v}
+    assert fields["quality"] == dataclasses.asdict(nested)
     json.dumps(fields)
 
 

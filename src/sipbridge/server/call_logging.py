@@ -202,10 +202,22 @@ def _as_fields(value: object) -> dict[str, Any] | None:
         except Exception:  # a figure that cannot be read is left out, never a lost end line
             return None
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.asdict(value)
+        return _dataclass_fields(value)
     if isinstance(value, Mapping):
         return dict(value)
     return None
+
+
+_SCALARS = (int, float, str, bool, type(None))
+
+
+def _dataclass_fields(value: Any) -> dict[str, Any]:
+    """`dataclasses.asdict(value)`: for a flat one (counters, figures: every call's end) read
+    field by field, a seventh of the cost of `asdict`'s deep copy (11 us, issue 18)."""
+    out = {field.name: getattr(value, field.name) for field in dataclasses.fields(value)}
+    if all(isinstance(v, _SCALARS) for v in out.values()):
+        return out
+    return dataclasses.asdict(value)
 
 
 def media_fields(leg: object) -> dict[str, Any]:
@@ -213,7 +225,7 @@ def media_fields(leg: object) -> dict[str, Any]:
     out: dict[str, Any] = {}
     stats = getattr(leg, "stats", None)
     if dataclasses.is_dataclass(stats) and not isinstance(stats, type):
-        out.update({k: v for k, v in dataclasses.asdict(stats).items() if v})
+        out.update({k: v for k, v in _dataclass_fields(stats).items() if v})
     receiver = getattr(leg, "receiver", None)
     received = getattr(receiver, "stats", None)
     if callable(received):
