@@ -92,3 +92,33 @@ def test_participants_put_in_directly_are_counted_again() -> None:
     room = Room(sid="RM_x", name="x", created_at=T0)
     room.participants["p"] = Participant(sid="PA_p", identity="p")
     assert counted(room) == (1, 0)
+
+
+def test_events_of_one_room_state_share_its_snapshot_and_a_change_takes_a_new_one() -> None:
+    """The events carry the room as it was (counts, metadata): one message while that does not
+    change, a new one when it does - never an earlier one changed under an event."""
+    reg = RoomRegistry()
+    room, _ = reg.create("r", T0)
+    reg.join("r", "a", T0)
+    reg.update_participant("r", "a", attributes={"k": "v"})  # the room's proto: unchanged
+    reg.publish_track("r", "a", models.TrackInfo(type=models.TrackType.AUDIO))
+    reg.update_metadata("r", "m1")
+    hidden = models.ParticipantPermission(hidden=True)
+    reg.join("r", "recorder", T0, permission=hidden)
+    reg.update_participant("r", "recorder", permission=models.ParticipantPermission())
+    events = []
+    while (event := reg.next_event()) is not None:
+        events.append(event)
+    rooms = [event.room for event in events if hasattr(event, "room")]
+    assert [(r.metadata, r.num_participants, r.num_publishers) for r in rooms] == [
+        ("", 0, 0),  # started
+        ("", 1, 0),  # a joined
+        ("", 1, 0),  # a updated
+        ("", 1, 1),  # a's track
+        ("m1", 1, 1),  # metadata
+        ("m1", 1, 1),  # the recorder joined, hidden
+        ("m1", 2, 1),  # ... and shown
+    ]
+    assert rooms[1] is rooms[2] and rooms[4] is rooms[5]
+    assert rooms[0] is not rooms[1] and rooms[3] is not rooms[4] and rooms[5] is not rooms[6]
+    assert room.to_proto() == rooms[6] and room.to_proto() is not room.to_proto()

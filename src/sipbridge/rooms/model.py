@@ -102,6 +102,10 @@ class Room:
     # shared by many callers: once per call each, that grew with the square of the room).
     track_owners: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
     track_subscribers: dict[str, set[str]] = field(default_factory=dict, repr=False, compare=False)
+    # The events' snapshot of the room (`snapshot`) and what it was taken at: (metadata,
+    # visible participants, publishers), all of the room's proto that changes after creation.
+    last_snapshot: models.Room | None = field(default=None, repr=False, compare=False)
+    snapshot_of: tuple[str, int, int] = field(default=("", -1, -1), repr=False, compare=False)
 
     def count(self, participant: Participant, sign: int) -> None:
         """`participant` joined (1) or left (-1): the counts follow."""
@@ -142,6 +146,19 @@ class Room:
             num_publishers=counts[2],
             enabled_codecs=ENABLED_CODECS,
         )
+
+    def snapshot(self) -> models.Room:
+        """`to_proto()` as the registry's events carry it: one message shared by the events of
+        one state of the room (a call's join, track, updates and leave: 8-10 events, 4 us a
+        proto, issue 18). Their consumers copy it (webhooks, signalling) and never change it;
+        `to_proto` stays a fresh message for callers that might."""
+        counts = self._counts()
+        key = (self.metadata, counts[1], counts[2])
+        snapshot = self.last_snapshot
+        if snapshot is None or key != self.snapshot_of:
+            snapshot = self.last_snapshot = self.to_proto()
+            self.snapshot_of = key
+        return snapshot
 
     def close_deadline(self) -> float | None:
         """When this room closes if nothing changes, or None while someone is in it."""
@@ -239,7 +256,7 @@ class RoomRegistry:
         )
         self._rooms[name] = room
         self._watch(room)
-        self._events.append(ev.RoomStarted(room=room.to_proto()))
+        self._events.append(ev.RoomStarted(room=room.snapshot()))
         return room, True
 
     def delete(self, name: str, now: float) -> None:
@@ -250,14 +267,14 @@ class RoomRegistry:
             self._remove(room, identity, reason, now)
         room.closed = True
         del self._rooms[room.name]
-        self._events.append(ev.RoomFinished(room=room.to_proto()))
+        self._events.append(ev.RoomFinished(room=room.snapshot()))
 
     def update_metadata(self, name: str, metadata: str) -> Room:
         room = self.get(name)
         if len(metadata) > MAX_METADATA:
             raise invalid_argument(f"metadata: too long (max {MAX_METADATA} bytes)")
         room.metadata = metadata
-        self._events.append(ev.RoomMetadataChanged(room=room.to_proto()))
+        self._events.append(ev.RoomMetadataChanged(room=room.snapshot()))
         return room
 
     # -- participants ----------------------------------------------------------------------
@@ -319,7 +336,7 @@ class RoomRegistry:
         room.count(participant, 1)
         room.last_left_at = None
         self._events.append(
-            ev.ParticipantJoined(room=room.to_proto(), participant=participant.to_proto())
+            ev.ParticipantJoined(room=room.snapshot(), participant=participant.to_proto())
         )
         return participant
 
@@ -337,7 +354,7 @@ class RoomRegistry:
         for track in list(participant.tracks.values()):
             self._events.append(
                 ev.TrackUnpublished(
-                    room=room.to_proto(), participant=participant.to_proto(), track=_copy(track)
+                    room=room.snapshot(), participant=participant.to_proto(), track=_copy(track)
                 )
             )
         participant.state = State.DISCONNECTED
@@ -354,7 +371,7 @@ class RoomRegistry:
             room.last_left_at = now
             self._watch(room)
         self._events.append(
-            ev.ParticipantLeft(room=room.to_proto(), participant=participant.to_proto())
+            ev.ParticipantLeft(room=room.snapshot(), participant=participant.to_proto())
         )
 
     def set_active(self, room_name: str, identity: str) -> None:
@@ -366,7 +383,7 @@ class RoomRegistry:
         participant.state = State.ACTIVE
         participant.version += 1
         self._events.append(
-            ev.ParticipantUpdated(room=room.to_proto(), participant=participant.to_proto())
+            ev.ParticipantUpdated(room=room.snapshot(), participant=participant.to_proto())
         )
 
     def update_participant(
@@ -407,7 +424,7 @@ class RoomRegistry:
                 self._unsubscribe_all(room, participant)
         participant.version += 1
         self._events.append(
-            ev.ParticipantUpdated(room=room.to_proto(), participant=participant.to_proto())
+            ev.ParticipantUpdated(room=room.snapshot(), participant=participant.to_proto())
         )
         return participant
 
@@ -426,7 +443,7 @@ class RoomRegistry:
         participant.version += 1
         self._events.append(
             ev.TrackPublished(
-                room=room.to_proto(), participant=participant.to_proto(), track=_copy(track)
+                room=room.snapshot(), participant=participant.to_proto(), track=_copy(track)
             )
         )
         return track.sid
@@ -444,7 +461,7 @@ class RoomRegistry:
             participant.version += 1
             self._events.append(
                 ev.TrackMuted(
-                    room=room.to_proto(), participant=participant.to_proto(), track=_copy(track)
+                    room=room.snapshot(), participant=participant.to_proto(), track=_copy(track)
                 )
             )
         return track
