@@ -131,8 +131,11 @@ class TwirpServer:
                 return routed
         timeout = twirp_timeout(request.headers.get("X-Twirp-Timeout-Ms"))
         try:
-            async with asyncio.timeout(timeout):
+            if timeout is None:  # (the usual request: no deadline to arm)
                 reply = await method.handler(message, claims)
+            else:
+                async with asyncio.timeout(timeout):
+                    reply = await method.handler(message, claims)
             return encode(reply, content_type)
         except TimeoutError:
             raise ApiError("deadline_exceeded", "request timed out") from None
@@ -149,10 +152,21 @@ async def read_body(
     """The request body, refused as soon as it is known to exceed `limit`, or once `deadline_s`
     seconds pass before it is all in (a body that trickles would hold its connection and task
     for as long as its sender likes: `deadline_exceeded`, HTTP 408)."""
-    if request.content_length is not None and request.content_length > limit:
+    length = request.content_length
+    if length is not None and length > limit:
         raise ApiError("malformed", f"request body larger than {limit} bytes")
     chunks: list[bytes] = []
     size = 0
+    if length is not None and request.content.is_eof():
+        # All of it is in already (the usual small request): taken at once, without arming a
+        # deadline and iterating for a read that cannot wait (issue 18).
+        try:
+            chunks.append(request.content.read_nowait())
+        except (ConnectionError, asyncio.IncompleteReadError, EOFError) as exc:
+            raise ApiError("malformed", "the request body ended early") from exc
+        size = len(chunks[0])
+        if size == length:
+            return chunks[0]
     try:
         async with asyncio.timeout(deadline_s):
             async for chunk in request.content.iter_chunked(64 * 1024):
