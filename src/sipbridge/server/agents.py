@@ -296,8 +296,19 @@ class AgentService:
             id=ids.new_id(DISPATCH_PREFIX), agent_name=agent_name, room=room, metadata=metadata
         )
         self.dispatches.setdefault(room, {})[record.id] = record
-        if self.rooms.find(room) is not None:
-            self._spawn(self._dispatch(room, record))
+        if self.rooms.find(room) is None:
+            return record
+        if self.offer_elsewhere is None and not any(
+            w.agent_name == agent_name and w.available and w.job_type == agent.JobType.JT_ROOM
+            for w in self.workers.values()
+        ):
+            # No worker of this name here and no other node to ask: what `_dispatch` finds on
+            # its first round, known now - without a task for every room (a room per call
+            # started one each; issue 18). It waits for a worker to register (`_register`).
+            self._count("no_worker")
+            self.waiting.add(record.id)
+            return record
+        self._spawn(self._dispatch(room, record))
         return record
 
     def offer_waiting(self, names: set[str]) -> None:
