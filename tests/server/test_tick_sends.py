@@ -258,3 +258,52 @@ async def test_the_running_clock_sends_its_ticks_through_the_sender() -> None:
     finally:
         svc.close()
         phone.close()
+
+
+async def test_a_socket_closed_while_a_batch_is_in_flight_closes_after_it() -> None:
+    """A call that ends while the sender's thread sends a tick does not hold the loop until
+    the thread is done: its descriptor stays open (nothing else can take it) until the next
+    flush, which follows that batch; the batch's datagram from it arrives."""
+    svc = MediaService(HOST, free_ports(8))
+    phone = FakePhone()
+    batch = svc.clock.batch
+    answer, leg = svc.negotiate(phone.offer(), PLAIN)
+    try:
+        phone.accept(answer)
+        batch.begin()
+        leg.rtp.send(b"\x80" * 50, (HOST, phone.port))
+        batch.flush()  # in flight (or sent already: the close still waits for the next flush)
+        sock = leg.rtp.sock
+        leg.close()
+        assert sock.fileno() != -1 and batch.deferring
+        got: list[tuple[bytes, tuple[str, int]]] = []
+        await eventually(lambda: _receive(phone.sock, got) or got, "the batch's datagram")
+        assert got == [(b"\x80" * 50, (HOST, leg.port))]
+        batch.begin()
+        batch.flush()  # the next tick: nothing of its own, the closed socket's turn
+        assert sock.fileno() == -1 and not batch.deferring
+    finally:
+        svc.close()
+        phone.close()
+
+
+async def test_ports_held_by_sockets_closing_after_the_batch_are_taken_when_needed() -> None:
+    """Every port of the range held by a socket waiting for the batch in flight: a new call
+    closes them first and gets one, rather than a 503 for want of a port."""
+    low, _ = free_ports(2)
+    svc = MediaService(HOST, (low, low + 1))
+    phone = FakePhone()
+    batch = svc.clock.batch
+    try:
+        _, leg = svc.negotiate(phone.offer(), PLAIN)
+        batch.begin()
+        leg.rtp.send(b"\x80" * 20, (HOST, phone.port))
+        batch.flush()
+        leg.close()
+        assert batch.deferring
+        _, again = svc.negotiate(phone.offer(), PLAIN)
+        assert again.port == leg.port and not batch.deferring
+        again.close()
+    finally:
+        svc.close()
+        phone.close()

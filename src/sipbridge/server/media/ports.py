@@ -57,6 +57,9 @@ class SendBatch:
         self.pending = None
         self._in_flight: list[tuple[int, int, bytes | memoryview, tuple[str, int], MediaSocket]]
         self._in_flight = []
+        # Sockets closed while a batch was in flight: their descriptors close once it is sent
+        # (`close_deferred`), at the next flush, instead of the loop waiting for the sender.
+        self._deferred: list[socket.socket] = []
         self.batches = 0
         self.sent = 0
 
@@ -69,7 +72,10 @@ class SendBatch:
         """The tick is over: what it collected goes to the sender."""
         pending, self.pending = self.pending, None
         if not pending:
+            if self._deferred:
+                self.close_deferred()
             return
+        deferred, self._deferred = self._deferred, []
         in_flight, self._in_flight = self._in_flight, pending
         try:
             failed = self.sender.submit(pending)
@@ -77,6 +83,8 @@ class SendBatch:
             # an entry the sender cannot take (an IPv6 zone by name, a closed sender): the
             # loop sends them, as without a sender
             self._in_flight = []
+            with contextlib.suppress(RuntimeError):  # (a closed sender has nothing in flight)
+                self.sender.wait()
             for _fd, _family, data, address, sock in pending:
                 sock.send_now(data, address)
             failed = []
@@ -85,11 +93,17 @@ class SendBatch:
             self.sent += len(pending)
         for index in failed:
             in_flight[index][4].send_errors += 1
+        # `submit` returned once the batch before was sent: what waited on it closes now.
+        for closing in deferred:
+            closing.close()
 
-    def settle(self, sock: MediaSocket) -> None:
+    def settle(self, sock: MediaSocket) -> bool:
         """`sock` is about to close: what it collected in the tick that runs is sent now (the
-        tick's player ended the call, say), and the batch in flight is waited for, so that its
-        descriptor is never sent on once closed (and maybe reused)."""
+        tick's player ended the call, say). True when a batch is in flight that may send on its
+        descriptor: the socket is handed over (`defer`) to close once that batch is sent, so
+        that its descriptor is never sent on once closed (and maybe reused) - without the loop
+        waiting for the sender's thread (at every call's end during a tick's sends: a tail of
+        INVITE->100 at hundreds of calls a second, issue 18)."""
         pending = self.pending
         if pending is not None:
             kept = [entry for entry in pending if entry[4] is not sock]
@@ -98,15 +112,33 @@ class SendBatch:
                     if entry[4] is sock:
                         sock.send_now(entry[2], entry[3])
                 pending[:] = kept
-        if self._in_flight and self.sender is not None:
-            self.sender.wait()
+        return bool(self._in_flight) and self.sender is not None
+
+    def defer(self, sock: socket.socket) -> None:
+        """Close `sock` once the batch in flight is sent (at the next flush at the latest)."""
+        self._deferred.append(sock)
+
+    @property
+    def deferring(self) -> bool:
+        """Whether sockets wait to close after the batch in flight."""
+        return bool(self._deferred)
+
+    def close_deferred(self) -> None:
+        """The batch in flight sent (waited for, if need be), the sockets deferred close."""
+        deferred, self._deferred = self._deferred, []
+        if self.sender is not None:
+            with contextlib.suppress(RuntimeError):
+                self.sender.wait()
+        self._in_flight = []
+        for closing in deferred:
+            closing.close()
 
     def close(self) -> None:
         if self.sender is not None:
             self.sender.close()
             self.sender = None
         self.pending = None
-        self._in_flight = []
+        self.close_deferred()
 
 
 _NO_BATCH = SendBatch()
@@ -195,12 +227,17 @@ class MediaSocket:
             self.send_errors += 1
 
     def close(self) -> None:
-        self.batch.settle(self)  # nothing sent on its descriptor once closed (maybe reused)
+        # nothing sent on its descriptor once closed (maybe reused): while a batch that may hold
+        # it is in flight, the descriptor closes after it (`SendBatch.defer`)
+        deferred = self.batch.settle(self)
         if self._loop is not None:
             with contextlib.suppress(Exception):
                 self._loop.remove_reader(self.sock.fileno())
             self._loop = None
-        self.sock.close()
+        if deferred:
+            self.batch.defer(self.sock)
+        else:
+            self.sock.close()
         self.receiver = _closed  # (a leg's bound method: the leg holds us, no cycle left)
 
 
@@ -224,6 +261,19 @@ class PortPool:
 
     def open(self, rtp: Receiver, rtcp: Receiver | None) -> tuple[MediaSocket, MediaSocket | None]:
         """Bind an RTP socket (and the RTCP one above it unless `rtcp` is None)."""
+        opened = self._open(rtp, rtcp)
+        if opened is None and self.batch.deferring:
+            # The free ports are held by sockets that close after the tick's sends: now.
+            self.batch.close_deferred()
+            opened = self._open(rtp, rtcp)
+        if opened is None:
+            self.exhausted += 1
+            raise OSError(errno.EADDRINUSE, "no free RTP port in the range")
+        return opened
+
+    def _open(
+        self, rtp: Receiver, rtcp: Receiver | None
+    ) -> tuple[MediaSocket, MediaSocket | None] | None:
         span = (self.high - self.low) // 2 + 1
         for _ in range(span):
             port = self._next
@@ -246,8 +296,7 @@ class PortPool:
                 if second is not None and rtcp is not None
                 else None,
             )
-        self.exhausted += 1
-        raise OSError(errno.EADDRINUSE, "no free RTP port in the range")
+        return None
 
     def _bind(self, port: int) -> socket.socket | None:
         sock = socket.socket(self.family, socket.SOCK_DGRAM)
