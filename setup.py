@@ -3,6 +3,8 @@
 - The relay engine (src/sipbridge/_crelay.c, driven by server/media/crelay.py), always tried:
   when it cannot be built (no compiler, no Python headers) the install goes on and the relay
   uses the pure-Python path.
+- Batched UDP I/O for the SIP socket (src/sipbridge/_csipudp.c), the same: without it the SIP
+  socket is the event loop's datagram endpoint.
 - With `SIPBRIDGE_COMPILE=1` (the Makefile's `compiled` target), also the COMPILED packages and
   modules, compiled by mypyc from their own .py sources into C extensions beside them, and the
   stamp `sipbridge/_compiled.py` checks at import. Without it (a plain `pip install`), nothing
@@ -32,7 +34,14 @@ ext_modules = [
         extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
         libraries=["m"],
         optional=True,
-    )
+    ),
+    # Batched UDP I/O for the SIP socket (server/sip/udp_batch.py), tried the same way.
+    Extension(
+        "sipbridge._csipudp",
+        ["src/sipbridge/_csipudp.c"],
+        extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+        optional=True,
+    ),
 ]
 compiled: dict[str, Path] = {}
 if os.environ.get("SIPBRIDGE_COMPILE") == "1":

@@ -40,6 +40,9 @@ class AnsweringApp:
     ended: list[str] = field(default_factory=list)
     challenges: int = 0
     keep_calls: bool = True
+    # Answer on a later turn of the event loop (as the server's inbound calls do) instead of
+    # within the INVITE's handling: the caller then gets the 100 Trying first.
+    deferred: bool = False
     digest: DigestServer = field(
         default_factory=lambda: DigestServer(b"test-secret-0123456789abcdef")
     )
@@ -62,6 +65,12 @@ class AnsweringApp:
         if self.keep_calls:
             self.calls.append(call)
             call.on_end = self.ended.append
+        if self.deferred:
+            asyncio.get_running_loop().call_soon(self._answer, call)
+        else:
+            self._answer(call)
+
+    def _answer(self, call: IncomingCall) -> None:
         call.ring()
         call.answer(ANSWER_SDP)
 
@@ -72,11 +81,17 @@ async def running_app(
     transports: tuple[str, ...] = ("udp", "tcp"),
     port: int = 0,
     tls: ssl.SSLContext | None = None,
+    *,
+    batched_udp: bool | None = None,
 ) -> AsyncIterator[tuple[SipService, int]]:
-    """UDP and TCP share one port; TLS (with `tls`) gets its own free one: see `service.bound`."""
+    """UDP and TCP share one port; TLS (with `tls`) gets its own free one: see `service.bound`.
+    `batched_udp`: False for the event loop's datagram endpoint even where the batched UDP
+    extension is built (server/sip/udp.py); None for the default."""
     for attempt in range(5):
         ua = SipUserAgent("127.0.0.1", 0, on_invite=app.on_invite)
         service = SipService(ua)
+        if batched_udp is not None:
+            service.batched_udp = batched_udp
         ua.attach(service)
         try:
             first = await service.listen(Listen(transports[0], "127.0.0.1", port), tls)

@@ -25,7 +25,8 @@ def invite(transport: str, port: int, local_port: int, call_id: str) -> bytes:
 
 
 async def test_udp_and_tcp_messages_are_traced_with_both_addresses() -> None:
-    async with running_app(AnsweringApp(), ("udp", "tcp")) as (service, port):
+    # (answered on a later turn: the 100 Trying goes out first, RFC 3261 s17.2.1)
+    async with running_app(AnsweringApp(deferred=True), ("udp", "tcp")) as (service, port):
         assert service.traces is not None
         traces = service.traces
 

@@ -3,7 +3,8 @@ whatever a flood of sources sends."""
 
 from __future__ import annotations
 
-from sipbridge.server.sip.transport import MAX_UDP_PEERS, SipService, _Udp
+from sipbridge.server.sip.transport import SipService
+from sipbridge.server.sip.udp import MAX_UDP_PEERS, _Udp
 
 
 def test_peers_of_many_sources_stay_bounded_and_every_datagram_is_still_handled() -> None:

@@ -427,6 +427,9 @@ class Callee(UserAgent):
         assert self.session is not None
         if trying:
             self.session.ring(self.net.now, 100)
+            # On the wire before the 180: a response sent before the endpoint's output is
+            # drained supersedes the 100, which then never goes out (s17.2.1).
+            self.net.deliver()
         self.session.ring(self.net.now, 180)
 
     def answer(self) -> Response:

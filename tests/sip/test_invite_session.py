@@ -403,6 +403,7 @@ def test_the_proxies_record_route_is_copied_into_the_responses_that_make_the_dia
     for value in routes:  # (as if they had come on the wire: two proxies on the way)
         s.request.headers.add("Record-Route", value)
     s.ring(net.now, 100)
+    net.deliver()  # (the 100 out before the 180, which would otherwise supersede it)
     s.ring(net.now)
     s.answer(net.now, BOB_SDP)
     net.deliver()

@@ -148,6 +148,10 @@ class SipEndpoint:
         self.client_transactions: dict[tuple[str, str], ClientTransaction] = {}
         self._peers: dict[int, Peer] = {}  # id(transaction) -> peer
         self._outgoing: list[tuple[bytes, Peer]] = []
+        # 100 Trying responses not yet handed out: each goes out at the next `outgoing()`
+        # unless its transaction sent another response first (RFC 3261 s17.2.1: the 100 is
+        # needed only when the TU does not answer at once).
+        self._held: list[tuple[ServerTransaction, Response, Peer]] | None = None
         self._events: deque[EndpointEvent] = deque()
         self._timers: DeadlineHeap[ClientTransaction | ServerTransaction] = DeadlineHeap()
         # (Call-ID, From tag, CSeq) of requests outside a dialog, to spot merged ones (s8.2.2.2)
@@ -393,9 +397,41 @@ class SipEndpoint:
         self._outgoing.append((message.serialize(), peer))
 
     def outgoing(self) -> list[tuple[bytes, Peer]]:
+        """What to transmit now, in order. A 100 Trying held since it was sent is in it (first)
+        unless its transaction has sent another response since: then it is dropped, counted
+        as `trying_superseded`."""
+        held = self._held
+        if held is not None:
+            self._held = None
+            return self._release(held)
         out = self._outgoing
         if not out:
             return []
+        self._outgoing = []
+        return out
+
+    def _hold(self, transaction: ServerTransaction, response: Response, peer: Peer) -> None:
+        held = self._held
+        if held is None:
+            self._held = [(transaction, response, peer)]
+            return
+        for entry in held:
+            if entry[1] is response:  # resent (a retransmitted request) before it went out
+                return
+        held.append((transaction, response, peer))
+
+    def _release(
+        self, held: list[tuple[ServerTransaction, Response, Peer]]
+    ) -> list[tuple[bytes, Peer]]:
+        out: list[tuple[bytes, Peer]] = []
+        stats = self.stats
+        for transaction, response, peer in held:
+            if transaction.last_response is response:
+                stats["sent"] += 1
+                out.append((response.serialize(), peer))
+            else:
+                stats["trying_superseded"] += 1
+        out.extend(self._outgoing)
         self._outgoing = []
         return out
 
@@ -428,7 +464,14 @@ class SipEndpoint:
         if transaction._outbox is not None:
             peer = self._peers[id(transaction)]
             for message in transaction.messages_to_send():
-                self._send(message, peer)
+                if (
+                    type(message) is Response
+                    and message.status == 100
+                    and isinstance(transaction, ServerTransaction)
+                ):
+                    self._hold(transaction, message, peer)
+                else:
+                    self._send(message, peer)
         if transaction._events is not None:
             while (event := transaction.next_event()) is not None:
                 self._on_transaction_event(event, transaction)

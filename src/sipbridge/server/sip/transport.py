@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from sipbridge.server.deadline import DeadlineTimer
+from sipbridge.server.sip.udp import BatchedUdp, _Udp, open_socket
+from sipbridge.server.sip.udp import available as batched_udp_available
 from sipbridge.sip.admission import Admission
 from sipbridge.sip.endpoint import EndpointEvent, EndpointSettings, Peer, SipEndpoint
 from sipbridge.sip.errors import SipProtocolError
@@ -33,8 +35,6 @@ from sipbridge.sip.trace import CallTraces
 
 log = logging.getLogger(__name__)
 
-UDP_READ_SIZE = 65535  # never asyncio's 256 KiB default per datagram (DESIGN.md)
-UDP_BUFFER_BYTES = 4 * 1024 * 1024
 MAX_CONNECTIONS = 10_000
 MAX_CONNECTIONS_PER_SOURCE = 32  # TCP/TLS connections from one address at once
 FD_SHARE = 4  # SIP connections take at most a quarter of the open-file limit (issue 17 s5)
@@ -45,7 +45,6 @@ IDLE_TIMEOUT_S = 600.0
 MESSAGE_TIMEOUT_S = 10.0
 CONNECT_TIMEOUT_S = 5.0  # to open a TCP/TLS connection to a trunk
 MAX_QUEUED_WHILE_CONNECTING = 64  # messages waiting for a connection being opened
-MAX_UDP_PEERS = 4096  # source addresses whose Peer is kept (see _Udp)
 
 Application = Callable[["SipService", EndpointEvent], None]
 
@@ -55,38 +54,6 @@ class Listen:
     transport: str  # udp, tcp, tls
     host: str
     port: int
-
-
-class _Udp(asyncio.DatagramProtocol):
-    def __init__(self, service: SipService) -> None:
-        self.service = service
-        self.transport: asyncio.DatagramTransport | None = None
-        # The Peer of each source address seen lately (made once, not per datagram; bounded:
-        # cleared when full, so that a flood of sources cannot grow it).
-        self._peers: dict[tuple[str, int], Peer] = {}
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's and asyncio's datagram transports do not share the DatagramTransport base.
-        self.transport = cast(asyncio.DatagramTransport, transport)
-        if hasattr(transport, "max_size"):  # the selector loop's per-read allocation
-            transport.max_size = UDP_READ_SIZE
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_BUFFER_BYTES)
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        peers = self._peers
-        peer = peers.get(addr)
-        if peer is None:
-            if len(peers) >= MAX_UDP_PEERS:
-                peers.clear()
-            peer = peers[addr] = Peer("udp", str(addr[0]), int(addr[1]))
-        self.service.receive(data, peer)
-
-    def error_received(self, exc: Exception) -> None:
-        # ICMP errors for earlier sends (port unreachable...): nothing to do per datagram.
-        self.service.stats_error("udp_error")
 
 
 class _Stream(asyncio.Protocol):
@@ -224,8 +191,10 @@ class SipService:
         self.per_source: Counter[str] = Counter()  # accepted connections by address
         self.max_connections = connection_budget()
         self.connection_ids = itertools.count(1)
-        self._udp: dict[tuple[str, int], asyncio.DatagramTransport] = {}
-        self._udp_out: asyncio.DatagramTransport | None = None  # the first of `_udp`
+        # UDP sockets read and written in batches when the extension is built (udp_batch.py)
+        self.batched_udp = batched_udp_available()
+        self._udp: dict[tuple[str, int], asyncio.DatagramTransport | BatchedUdp] = {}
+        self._udp_out: asyncio.DatagramTransport | BatchedUdp | None = None  # the first
         self._servers: list[asyncio.Server] = []
         # the transactions' deadlines (lazy: moved later or gone, the wake-up stays, see there)
         self._timer = DeadlineTimer(self.now, self._on_timer, lazy=True)
@@ -261,9 +230,14 @@ class SipService:
         """Bind one listener; returns it with the real port (for port 0)."""
         self._loop = asyncio.get_running_loop()
         if what.transport == "udp":
-            transport, _ = await self._loop.create_datagram_endpoint(
-                lambda: _Udp(self), local_addr=(what.host, what.port)
-            )
+            transport: asyncio.DatagramTransport | BatchedUdp
+            if self.batched_udp:  # recvmmsg / sendmmsg (udp_batch.py)
+                sock = open_socket(what.host, what.port)
+                transport = BatchedUdp(self, sock)
+            else:
+                transport, _ = await self._loop.create_datagram_endpoint(
+                    lambda: _Udp(self), local_addr=(what.host, what.port)
+                )
             port = transport.get_extra_info("sockname")[1]
             self._udp[(what.host, port)] = transport
         else:
@@ -358,12 +332,6 @@ class SipService:
             self._arm_timer()
             for flushed in self.on_flushed:
                 flushed()
-
-    def transmit_now(self) -> None:
-        """Send what is queued without handling events (the 100 Trying before the INVITE's
-        handler does its work, RFC 3261 s17.2.1)."""
-        for data, peer in self.endpoint.outgoing():
-            self._transmit(data, peer)
 
     def after_application(self) -> None:
         """Call after the application acted outside an event (e.g. a call answered later)."""

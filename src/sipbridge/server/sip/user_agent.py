@@ -258,8 +258,9 @@ class SipUserAgent:
         self._agent: UserAgent | None = None
         # the agent's next deadline (lazy: each answered call sets one, its ACK clears it)
         self._timer = DeadlineTimer(self.now, self._fire, lazy=True)
-        # Metrics: seconds from an INVITE to our 100 Trying; a call's final status to its
-        # INVITE (ours or theirs), with the seconds since the INVITE.
+        # Metrics: seconds from an INVITE to our 100 Trying (when one is sent: not for an INVITE
+        # its handler answered at once); a call's final status to its INVITE (ours or theirs),
+        # with the seconds since the INVITE.
         self.on_trying: Callable[[float], None] | None = None
         self.on_final: Callable[[SipCall, int, float], None] | None = None
 
@@ -371,10 +372,14 @@ class SipUserAgent:
         if isinstance(event, ev.InviteReceived):
             incoming = IncomingCall(ua=self, session=event.session)
             self.calls[event.session] = incoming
-            self.service.transmit_now()  # the 100 Trying before the handler's work (s17.2.1)
-            if self.on_trying is not None:
-                self.on_trying(self.now() - incoming.started)
+            # The handler runs first: a response it gives at once supersedes the 100 Trying the
+            # endpoint holds, which otherwise goes out as soon as the handler returns, in the
+            # same flush (RFC 3261 s17.2.1). Handlers defer their heavy work to a later turn.
             self.on_invite(incoming)
+            if self.on_trying is not None:
+                last = incoming.transaction.last_response
+                if last is not None and last.status == 100:
+                    self.on_trying(self.now() - incoming.started)
             return
         call = self.calls.get(event.session)
         if call is None:

@@ -1,0 +1,266 @@
+/* Batched UDP I/O for the SIP socket (driven by server/sip/udp_batch.py).
+ *
+ * recv_batch reads what a readiness of the socket holds with one recvmmsg (up to BATCH
+ * datagrams); send_batch sends what one flush of the SIP stack produced with sendmmsg (as few
+ * calls as the kernel takes). Both run on the event loop's thread with the GIL held: the socket
+ * is non-blocking and both return as soon as the kernel has nothing more to give or take.
+ *
+ * Hostile input: a datagram longer than the buffer (MSG_TRUNC) is dropped and counted, never
+ * handed on cut short; an error is returned as its errno, for the caller to count. Nothing here
+ * parses SIP.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#define BATCH 32           /* datagrams per recvmmsg, and per sendmmsg */
+#define READ_SIZE 65535    /* a UDP datagram's largest payload (server/sip/transport.py) */
+
+static unsigned char (*bufs)[READ_SIZE]; /* BATCH buffers, allocated at the first read */
+static struct mmsghdr rmsgs[BATCH], smsgs[BATCH];
+static struct iovec riov[BATCH], siov[BATCH];
+static struct sockaddr_storage raddr[BATCH], saddr[BATCH];
+
+/* The address tuple last handed out, reused while datagrams keep coming from there. */
+static struct sockaddr_storage last_addr;
+static PyObject *last_tuple;
+
+static int same_addr(const struct sockaddr_storage *a, const struct sockaddr_storage *b) {
+    if (a->ss_family != b->ss_family)
+        return 0;
+    if (a->ss_family == AF_INET) {
+        const struct sockaddr_in *x = (const struct sockaddr_in *)a, *y = (const struct sockaddr_in *)b;
+        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
+    }
+    if (a->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *x = (const struct sockaddr_in6 *)a,
+                                  *y = (const struct sockaddr_in6 *)b;
+        return x->sin6_port == y->sin6_port && x->sin6_scope_id == y->sin6_scope_id &&
+               memcmp(&x->sin6_addr, &y->sin6_addr, sizeof(x->sin6_addr)) == 0;
+    }
+    return 0;
+}
+
+/* (host, port) of a source address, as the rest of the SIP stack keys peers. */
+static PyObject *addr_tuple(const struct sockaddr_storage *addr) {
+    char host[INET6_ADDRSTRLEN];
+    int port;
+    if (last_tuple != NULL && same_addr(addr, &last_addr)) {
+        Py_INCREF(last_tuple);
+        return last_tuple;
+    }
+    if (addr->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)addr;
+        if (inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host)) == NULL)
+            return PyErr_SetFromErrno(PyExc_OSError);
+        port = ntohs(a->sin6_port);
+    } else if (addr->ss_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)addr;
+        if (inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host)) == NULL)
+            return PyErr_SetFromErrno(PyExc_OSError);
+        port = ntohs(a->sin_port);
+    } else {
+        Py_RETURN_NONE; /* (not from a UDP socket of ours) */
+    }
+    PyObject *tuple = Py_BuildValue("(si)", host, port);
+    if (tuple == NULL)
+        return NULL;
+    Py_XSETREF(last_tuple, tuple);
+    Py_INCREF(tuple);
+    last_addr = *addr;
+    return tuple;
+}
+
+/* (host, port) into a socket address of `family`; an IPv4 host on an IPv6 socket is mapped.
+ * 0 on success; -1 when it is no address (nothing raised: the caller counts it). */
+static int to_sockaddr(PyObject *addr, int family, struct sockaddr_storage *out, socklen_t *len) {
+    if (!PyTuple_Check(addr) || PyTuple_GET_SIZE(addr) < 2)
+        return -1;
+    PyObject *host_obj = PyTuple_GET_ITEM(addr, 0), *port_obj = PyTuple_GET_ITEM(addr, 1);
+    if (!PyUnicode_Check(host_obj) || !PyLong_Check(port_obj))
+        return -1;
+    const char *host = PyUnicode_AsUTF8(host_obj);
+    long port = PyLong_AsLong(port_obj);
+    if (host == NULL || port < 0 || port > 65535) {
+        PyErr_Clear();
+        return -1;
+    }
+    memset(out, 0, sizeof(*out));
+    if (family == AF_INET6) {
+        struct sockaddr_in6 *a = (struct sockaddr_in6 *)out;
+        a->sin6_family = AF_INET6;
+        a->sin6_port = htons((uint16_t)port);
+        if (inet_pton(AF_INET6, host, &a->sin6_addr) != 1) {
+            struct in_addr v4;
+            if (inet_pton(AF_INET, host, &v4) != 1)
+                return -1;
+            a->sin6_addr.s6_addr[10] = 0xff;
+            a->sin6_addr.s6_addr[11] = 0xff;
+            memcpy(&a->sin6_addr.s6_addr[12], &v4, 4);
+        }
+        *len = sizeof(*a);
+        return 0;
+    }
+    struct sockaddr_in *a = (struct sockaddr_in *)out;
+    a->sin_family = AF_INET;
+    a->sin_port = htons((uint16_t)port);
+    if (inet_pton(AF_INET, host, &a->sin_addr) != 1)
+        return -1;
+    *len = sizeof(*a);
+    return 0;
+}
+
+static PyObject *recv_batch(PyObject *self, PyObject *args) {
+    int fd, size = READ_SIZE;
+    if (!PyArg_ParseTuple(args, "i|i", &fd, &size))
+        return NULL;
+    if (size < 1 || size > READ_SIZE) {
+        PyErr_Format(PyExc_ValueError, "a read size is 1 to %d bytes", READ_SIZE);
+        return NULL;
+    }
+    if (bufs == NULL) {
+        bufs = PyMem_RawMalloc((size_t)BATCH * READ_SIZE);
+        if (bufs == NULL)
+            return PyErr_NoMemory();
+    }
+    for (int i = 0; i < BATCH; i++) {
+        riov[i].iov_base = bufs[i];
+        riov[i].iov_len = (size_t)size;
+        memset(&rmsgs[i].msg_hdr, 0, sizeof(rmsgs[i].msg_hdr));
+        rmsgs[i].msg_hdr.msg_iov = &riov[i];
+        rmsgs[i].msg_hdr.msg_iovlen = 1;
+        rmsgs[i].msg_hdr.msg_name = &raddr[i];
+        rmsgs[i].msg_hdr.msg_namelen = sizeof(raddr[i]);
+    }
+    int n = recvmmsg(fd, rmsgs, BATCH, MSG_DONTWAIT, NULL);
+    int error = 0;
+    if (n < 0) {
+        error = (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) ? 0 : errno;
+        n = 0;
+    }
+    int truncated = 0;
+    PyObject *list = PyList_New(0);
+    if (list == NULL)
+        return NULL;
+    for (int i = 0; i < n; i++) {
+        if (rmsgs[i].msg_hdr.msg_flags & MSG_TRUNC) {
+            truncated++;
+            continue;
+        }
+        PyObject *addr = addr_tuple(&raddr[i]);
+        if (addr == NULL)
+            goto fail;
+        PyObject *data = PyBytes_FromStringAndSize((const char *)bufs[i], rmsgs[i].msg_len);
+        if (data == NULL) {
+            Py_DECREF(addr);
+            goto fail;
+        }
+        PyObject *pair = PyTuple_Pack(2, data, addr);
+        Py_DECREF(data);
+        Py_DECREF(addr);
+        if (pair == NULL || PyList_Append(list, pair) < 0) {
+            Py_XDECREF(pair);
+            goto fail;
+        }
+        Py_DECREF(pair);
+    }
+    return Py_BuildValue("(Niii)", list, n, truncated, error);
+fail:
+    Py_DECREF(list);
+    return NULL;
+}
+
+static PyObject *send_batch(PyObject *self, PyObject *args) {
+    int fd, family;
+    PyObject *items;
+    if (!PyArg_ParseTuple(args, "iiO!", &fd, &family, &PyList_Type, &items))
+        return NULL;
+    Py_ssize_t total = PyList_GET_SIZE(items);
+    Py_ssize_t at = 0;
+    int sent = 0, failed = 0, last_error = 0;
+    /* the (host, port) object of the previous datagram: a peer's responses share one */
+    PyObject *previous = NULL;
+    while (at < total) {
+        int count = 0;
+        for (; at < total && count < BATCH; at++) {
+            PyObject *item = PyList_GET_ITEM(items, at);
+            char *data;
+            Py_ssize_t size;
+            if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2 ||
+                PyBytes_AsStringAndSize(PyTuple_GET_ITEM(item, 0), &data, &size) < 0) {
+                PyErr_Clear();
+                failed++;
+                last_error = EINVAL;
+                continue;
+            }
+            PyObject *addr = PyTuple_GET_ITEM(item, 1);
+            socklen_t len;
+            if (addr == previous && count > 0) {
+                saddr[count] = saddr[count - 1];
+                len = smsgs[count - 1].msg_hdr.msg_namelen;
+            } else if (to_sockaddr(addr, family, &saddr[count], &len) < 0) {
+                failed++;
+                last_error = EAFNOSUPPORT;
+                continue;
+            }
+            previous = addr;
+            siov[count].iov_base = data;
+            siov[count].iov_len = (size_t)size;
+            memset(&smsgs[count].msg_hdr, 0, sizeof(smsgs[count].msg_hdr));
+            smsgs[count].msg_hdr.msg_iov = &siov[count];
+            smsgs[count].msg_hdr.msg_iovlen = 1;
+            smsgs[count].msg_hdr.msg_name = &saddr[count];
+            smsgs[count].msg_hdr.msg_namelen = len;
+            count++;
+        }
+        int done = 0;
+        while (done < count) {
+            int n = sendmmsg(fd, &smsgs[done], (unsigned int)(count - done), MSG_DONTWAIT);
+            if (n > 0) {
+                done += n;
+                sent += n;
+                continue;
+            }
+            if (n < 0 && errno == EINTR)
+                continue;
+            /* the datagram at `done` failed (an unreachable address, a full buffer): count it
+             * and go on with the next, as a lost datagram that SIP retransmission covers */
+            last_error = n < 0 ? errno : EIO;
+            failed++;
+            done++;
+        }
+        previous = NULL;
+    }
+    return Py_BuildValue("(iii)", sent, failed, last_error);
+}
+
+static PyMethodDef methods[] = {
+    {"recv_batch", recv_batch, METH_VARARGS,
+     "recv_batch(fd, size=READ_SIZE) -> ([(data, (host, port))...], read, truncated, errno):\n"
+     "one recvmmsg; a datagram longer than `size` is dropped (counted in truncated)"},
+    {"send_batch", send_batch, METH_VARARGS,
+     "send_batch(fd, family, [(data, (host, port))...]) -> (sent, failed, last errno)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_csipudp", "Batched UDP I/O for the SIP socket", -1, methods,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__csipudp(void) {
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    if (PyModule_AddIntConstant(m, "BATCH", BATCH) < 0 ||
+        PyModule_AddIntConstant(m, "READ_SIZE", READ_SIZE) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -1,0 +1,178 @@
+"""The SIP UDP sockets: read and written in batches (`sipbridge/_csipudp.c`) when built, else
+the event loop's datagram endpoint.
+
+One readiness of the socket is read with `recvmmsg` (up to 32 datagrams a system call, a
+bounded number of calls per readiness), each datagram handed to `SipService.receive` as the
+event loop's datagram endpoint would; what the handling of a whole batch produced is sent at its
+end with `sendmmsg`. Sends outside a read (timers, calls answered later) go out once the
+service's outermost flush is done (`SipService.on_flushed`). Everything runs on the loop's
+thread (`loop.add_reader` on the socket's descriptor).
+
+Without the extension, or with `SIPBRIDGE_SIP_UDP=asyncio`, the service uses the event loop's
+datagram endpoint (`_Udp`): the same behaviour, a system call per datagram.
+Hostile input: a datagram longer than the read buffer is dropped and counted
+(`udp_oversized`), a failed read or send is counted (`udp_error`), never
+raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from typing import TYPE_CHECKING, Any, cast
+
+from sipbridge.sip.endpoint import Peer
+
+if TYPE_CHECKING:
+    from sipbridge.server.sip.transport import SipService
+
+try:
+    from sipbridge import _csipudp  # type: ignore[attr-defined]
+except ImportError:  # not built: the event loop's datagram endpoint
+    _csipudp = None
+
+log = logging.getLogger(__name__)
+
+UDP_BUFFER_BYTES = 4 * 1024 * 1024
+UDP_READ_SIZE = 65535  # never asyncio's 256 KiB default per datagram (DESIGN.md)
+ENV = "SIPBRIDGE_SIP_UDP"  # "asyncio": the event loop's datagram endpoint even when built
+MAX_READS = 8  # recvmmsg calls per readiness (then the loop's other work gets its turn)
+MAX_UDP_PEERS = 4096  # source addresses whose Peer is kept (bounded: cleared when full)
+
+
+def available() -> bool:
+    """Whether the SIP UDP socket is read and written in batches here."""
+    return _csipudp is not None and os.environ.get(ENV, "") != "asyncio"
+
+
+class _Udp(asyncio.DatagramProtocol):
+    def __init__(self, service: SipService) -> None:
+        self.service = service
+        self.transport: asyncio.DatagramTransport | None = None
+        # The Peer of each source address seen lately (made once, not per datagram; bounded:
+        # cleared when full, so that a flood of sources cannot grow it).
+        self._peers: dict[tuple[str, int], Peer] = {}
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's and asyncio's datagram transports do not share the DatagramTransport base.
+        self.transport = cast(asyncio.DatagramTransport, transport)
+        if hasattr(transport, "max_size"):  # the selector loop's per-read allocation
+            transport.max_size = UDP_READ_SIZE
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_BUFFER_BYTES)
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        peers = self._peers
+        peer = peers.get(addr)
+        if peer is None:
+            if len(peers) >= MAX_UDP_PEERS:
+                peers.clear()
+            peer = peers[addr] = Peer("udp", str(addr[0]), int(addr[1]))
+        self.service.receive(data, peer)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP errors for earlier sends (port unreachable...): nothing to do per datagram.
+        self.service.stats_error("udp_error")
+
+
+class BatchedUdp:
+    """A bound non-blocking UDP socket of `service`, read and written in batches."""
+
+    def __init__(self, service: SipService, sock: socket.socket) -> None:
+        assert _csipudp is not None
+        self._io: Any = _csipudp
+        self.service = service
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.family = int(sock.family)
+        self._peers: dict[tuple[str, int], Peer] = {}
+        self._pending: list[tuple[bytes, tuple[str, int]]] = []
+        self._reading = False
+        self._closed = False
+        self.read_size = UDP_READ_SIZE  # longer datagrams are dropped and counted
+        sock.setblocking(False)
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_BUFFER_BYTES)
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self.fd, self._readable)
+        service.on_flushed.append(self.flush)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "sockname":
+            return self.sock.getsockname()
+        if name == "socket":
+            return self.sock
+        return default
+
+    def _readable(self) -> None:
+        service = self.service
+        peers = self._peers
+        recv_batch = self._io.recv_batch
+        self._reading = True
+        try:
+            for _ in range(MAX_READS):
+                datagrams, read, truncated, error = recv_batch(self.fd, self.read_size)
+                if truncated:
+                    service.endpoint.stats["udp_oversized"] += truncated
+                if error:
+                    # ICMP errors for earlier sends (port unreachable...): counted, as the
+                    # datagram endpoint's error_received does.
+                    service.stats_error("udp_error")
+                for data, addr in datagrams:
+                    peer = peers.get(addr)
+                    if peer is None:
+                        if len(peers) >= MAX_UDP_PEERS:
+                            peers.clear()
+                        peer = peers[addr] = Peer("udp", addr[0], addr[1])
+                    service.receive(data, peer)
+                if read < self._io.BATCH:
+                    break
+        finally:
+            self._reading = False
+            self.flush()
+
+    def sendto(self, data: bytes, address: tuple[str, int]) -> None:
+        """Queue a datagram: sent at the end of the batch being read, or of the flush."""
+        self._pending.append((data, address))
+
+    def flush(self) -> None:
+        pending = self._pending
+        if not pending or self._reading:
+            return
+        self._pending = []
+        if self._closed:
+            return
+        _sent, failed, error = self._io.send_batch(self.fd, self.family, pending)
+        if failed:  # (counted as the datagram endpoint's error_received counts them)
+            self.service.endpoint.stats["udp_error"] += failed
+            log.debug("SIP UDP: %d datagrams not sent (errno %d)", failed, error)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self.flush()
+        self._closed = True
+        self._loop.remove_reader(self.fd)
+        if self.flush in self.service.on_flushed:
+            self.service.on_flushed.remove(self.flush)
+        self.sock.close()
+
+
+def open_socket(host: str, port: int) -> socket.socket:
+    """A UDP socket bound to (host, port), as the event loop's datagram endpoint binds one."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setblocking(False)
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock
