@@ -3,10 +3,10 @@ the event loop's datagram endpoint.
 
 One readiness of the socket is read with `recvmmsg` (up to 32 datagrams a system call, a
 bounded number of calls per readiness), each datagram handed to `SipService.receive` as the
-event loop's datagram endpoint would; what the handling of a whole batch produced is sent at its
-end with `sendmmsg`. Sends outside a read (timers, calls answered later) go out once the
-service's outermost flush is done (`SipService.on_flushed`). Everything runs on the loop's
-thread (`loop.add_reader` on the socket's descriptor).
+event loop's datagram endpoint would; what the handling of a batch produced is sent at its end
+with `sendmmsg`, before the next batch is read. Sends outside a read (timers, calls answered
+later) go out once the service's outermost flush is done (`SipService.on_flushed`). Everything
+runs on the loop's thread (`loop.add_reader` on the socket's descriptor).
 
 Without the extension, or with `SIPBRIDGE_SIP_UDP=asyncio`, the service uses the event loop's
 datagram endpoint (`_Udp`): the same behaviour, a system call per datagram.
@@ -130,6 +130,10 @@ class BatchedUdp:
                             peers.clear()
                         peer = peers[addr] = Peer("udp", addr[0], addr[1])
                     service.receive(data, peer)
+                # what this batch produced goes out now, before the next is read
+                self._reading = False
+                self.flush()
+                self._reading = True
                 if read < self._io.BATCH:
                     break
         finally:
