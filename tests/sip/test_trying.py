@@ -98,6 +98,24 @@ def test_other_output_keeps_its_order_behind_the_held_100() -> None:
     assert sent(endpoint) == [(100, PHONE), (200, PHONE)]
 
 
+def test_send_trying_makes_the_100_only_when_nothing_was_sent_and_it_is_resent_after() -> None:
+    endpoint = SipEndpoint()
+    event = invite(endpoint)
+    endpoint.send_trying(event.transaction, 0.0)
+    endpoint.send_trying(event.transaction, 0.0)  # (asked twice: one 100)
+    assert sent(endpoint) == [(100, PHONE)]
+    assert event.transaction.last_response is not None
+    assert event.transaction.last_response.status == 100
+    endpoint.receive(message("INVITE"), PHONE, 0.5)  # retransmitted: the 100 again
+    assert sent(endpoint) == [(100, PHONE)]
+    other = SipEndpoint()
+    event = invite(other)
+    other.send_trying(event.transaction, 0.0)
+    other.respond(event.transaction, make_response(event.request, 486, to_tag="b1"), 0.0)
+    assert sent(other) == [(486, PHONE)]
+    assert other.stats["trying_superseded"] == 1
+
+
 # -- through the user agent: the 100 the agent sends for every new INVITE ------------------------
 
 

@@ -77,6 +77,11 @@ class Peer:
         return self.transport != "udp"
 
 
+# A 100 Trying waiting for the next `outgoing()`: its transaction, the response (None: to be
+# made then, `send_trying`), where it goes, and the time it was asked for.
+_Held = tuple[ServerTransaction, Response | None, Peer, float]
+
+
 # -- events for the application ----------------------------------------------------------------
 
 
@@ -151,7 +156,7 @@ class SipEndpoint:
         # 100 Trying responses not yet handed out: each goes out at the next `outgoing()`
         # unless its transaction sent another response first (RFC 3261 s17.2.1: the 100 is
         # needed only when the TU does not answer at once).
-        self._held: list[tuple[ServerTransaction, Response, Peer]] | None = None
+        self._held: list[_Held] | None = None
         self._events: deque[EndpointEvent] = deque()
         self._timers: DeadlineHeap[ClientTransaction | ServerTransaction] = DeadlineHeap()
         # (Call-ID, From tag, CSeq) of requests outside a dialog, to spot merged ones (s8.2.2.2)
@@ -410,27 +415,43 @@ class SipEndpoint:
         self._outgoing = []
         return out
 
-    def _hold(self, transaction: ServerTransaction, response: Response, peer: Peer) -> None:
+    def send_trying(self, transaction: ServerTransaction, now: float) -> None:
+        """A 100 Trying for a new request (s8.2.6.1, s17.2.1), made and sent at the next
+        `outgoing()` only if `transaction` has sent no response by then: a TU that answers
+        at once costs no 100 at all."""
+        self._hold(transaction, None, self._peers[id(transaction)], now)
+
+    def _hold(
+        self, transaction: ServerTransaction, response: Response | None, peer: Peer, now: float
+    ) -> None:
         held = self._held
         if held is None:
-            self._held = [(transaction, response, peer)]
+            self._held = [(transaction, response, peer, now)]
             return
         for entry in held:
-            if entry[1] is response:  # resent (a retransmitted request) before it went out
-                return
-        held.append((transaction, response, peer))
+            if entry[0] is transaction and entry[1] is response:
+                return  # resent (a retransmitted request) before it went out
+        held.append((transaction, response, peer, now))
 
-    def _release(
-        self, held: list[tuple[ServerTransaction, Response, Peer]]
-    ) -> list[tuple[bytes, Peer]]:
+    def _release(self, held: list[_Held]) -> list[tuple[bytes, Peer]]:
         out: list[tuple[bytes, Peer]] = []
         stats = self.stats
-        for transaction, response, peer in held:
-            if transaction.last_response is response:
-                stats["sent"] += 1
-                out.append((response.serialize(), peer))
-            else:
+        for transaction, given, peer, now in held:
+            if given is None and transaction.last_response is None:
+                # `send_trying`'s 100: nothing sent since, so it is made now
+                trying = make_response(transaction.request, 100)
+                self._add_identity(trying)
+                if not transaction.send_response(trying, now):
+                    stats["trying_superseded"] += 1  # (the transaction is over)
+                    continue
+                transaction.messages_to_send()  # (that 100, sent here)
+            elif given is None or transaction.last_response is not given:
                 stats["trying_superseded"] += 1
+                continue
+            else:
+                trying = given
+            stats["sent"] += 1
+            out.append((trying.serialize(), peer))
         out.extend(self._outgoing)
         self._outgoing = []
         return out
@@ -469,7 +490,7 @@ class SipEndpoint:
                     and message.status == 100
                     and isinstance(transaction, ServerTransaction)
                 ):
-                    self._hold(transaction, message, peer)
+                    self._hold(transaction, message, peer, 0.0)
                 else:
                     self._send(message, peer)
         if transaction._events is not None:

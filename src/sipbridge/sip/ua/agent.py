@@ -336,8 +336,8 @@ class UserAgent:
                 transaction=transaction,
             )
             self.pending[id(transaction)] = session
-            if self.send_trying:
-                session.ring(now, 100)
+            if self.send_trying:  # (not made when the application answers at once)
+                endpoint.send_trying(transaction, now)
             self.emit(InviteReceived(session=session))
         elif request.method == "BYE":
             endpoint.respond(transaction, make_response(request, 481), now)
