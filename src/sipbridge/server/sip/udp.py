@@ -1,18 +1,18 @@
 """The SIP UDP sockets: read and written in batches (`sipbridge/_csipudp.c`) when built, else
 the event loop's datagram endpoint.
 
-One readiness of the socket is read with `recvmmsg` (up to 32 datagrams a system call, a
-bounded number of calls per readiness), each datagram handed to `SipService.receive` as the
-event loop's datagram endpoint would; what the handling of a batch produced is sent at its end
-with `sendmmsg`, before the next batch is read. Sends outside a read (timers, calls answered
-later) go out once the service's outermost flush is done (`SipService.on_flushed`). Everything
-runs on the loop's thread (`loop.add_reader` on the socket's descriptor).
+One readiness of the socket is read with one `recvmmsg` (up to 32 datagrams, as libuv reads up
+to 32 a readiness), each datagram handed to `SipService.receive` as the event loop's datagram
+endpoint would; what the handling of each produced (180 and 200 for an INVITE answered at once)
+is sent with one `sendmmsg` as soon as it is done (`SipService.on_flushed`), not at the end of
+the batch: a response never waits for the datagrams read after its request. Sends outside a
+read (timers, calls answered later) go out the same way. Everything runs on the loop's thread
+(`loop.add_reader` on the socket's descriptor).
 
 Without the extension, or with `SIPBRIDGE_SIP_UDP=asyncio`, the service uses the event loop's
-datagram endpoint (`_Udp`): the same behaviour, a system call per datagram.
-Hostile input: a datagram longer than the read buffer is dropped and counted
-(`udp_oversized`), a failed read or send is counted (`udp_error`), never
-raised.
+datagram endpoint (`_Udp`): the same behaviour, a system call per datagram. Hostile input: a
+datagram longer than the read buffer is dropped and counted (`udp_oversized`), a failed read or
+send is counted (`udp_error`), never raised.
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ log = logging.getLogger(__name__)
 UDP_BUFFER_BYTES = 4 * 1024 * 1024
 UDP_READ_SIZE = 65535  # never asyncio's 256 KiB default per datagram (DESIGN.md)
 ENV = "SIPBRIDGE_SIP_UDP"  # "asyncio": the event loop's datagram endpoint even when built
-MAX_READS = 8  # recvmmsg calls per readiness (then the loop's other work gets its turn)
 MAX_UDP_PEERS = 4096  # source addresses whose Peer is kept (bounded: cleared when full)
 
 
@@ -92,7 +91,6 @@ class BatchedUdp:
         self.family = int(sock.family)
         self._peers: dict[tuple[str, int], Peer] = {}
         self._pending: list[tuple[bytes, tuple[str, int]]] = []
-        self._reading = False
         self._closed = False
         self.read_size = UDP_READ_SIZE  # longer datagrams are dropped and counted
         sock.setblocking(False)
@@ -110,43 +108,33 @@ class BatchedUdp:
         return default
 
     def _readable(self) -> None:
+        """One `recvmmsg` a readiness (up to BATCH datagrams, as libuv reads up to 32 a
+        readiness): each datagram handled in turn, what its handling produced sent at its end."""
         service = self.service
+        datagrams, _read, truncated, error = self._io.recv_batch(self.fd, self.read_size)
+        if truncated:
+            service.endpoint.stats["udp_oversized"] += truncated
+        if error:
+            # ICMP errors for earlier sends (port unreachable...): counted, as the datagram
+            # endpoint's error_received does.
+            service.stats_error("udp_error")
         peers = self._peers
-        recv_batch = self._io.recv_batch
-        self._reading = True
-        try:
-            for _ in range(MAX_READS):
-                datagrams, read, truncated, error = recv_batch(self.fd, self.read_size)
-                if truncated:
-                    service.endpoint.stats["udp_oversized"] += truncated
-                if error:
-                    # ICMP errors for earlier sends (port unreachable...): counted, as the
-                    # datagram endpoint's error_received does.
-                    service.stats_error("udp_error")
-                for data, addr in datagrams:
-                    peer = peers.get(addr)
-                    if peer is None:
-                        if len(peers) >= MAX_UDP_PEERS:
-                            peers.clear()
-                        peer = peers[addr] = Peer("udp", addr[0], addr[1])
-                    service.receive(data, peer)
-                # what this batch produced goes out now, before the next is read
-                self._reading = False
-                self.flush()
-                self._reading = True
-                if read < self._io.BATCH:
-                    break
-        finally:
-            self._reading = False
-            self.flush()
+        for data, addr in datagrams:
+            peer = peers.get(addr)
+            if peer is None:
+                if len(peers) >= MAX_UDP_PEERS:
+                    peers.clear()
+                peer = peers[addr] = Peer("udp", addr[0], addr[1])
+            service.receive(data, peer)  # (its flush sends what it produced: `flush`)
 
     def sendto(self, data: bytes, address: tuple[str, int]) -> None:
-        """Queue a datagram: sent at the end of the batch being read, or of the flush."""
+        """Queue a datagram: sent when the service's flush that produced it is done."""
         self._pending.append((data, address))
 
     def flush(self) -> None:
+        """Send what the service's flush produced, with one `sendmmsg` (`on_flushed`)."""
         pending = self._pending
-        if not pending or self._reading:
+        if not pending:
             return
         self._pending = []
         if self._closed:
