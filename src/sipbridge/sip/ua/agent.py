@@ -60,8 +60,9 @@ AgentEvent = SessionEvent | RequestAnswered
 class UserAgent:
     """Dispatches endpoint events to INVITE sessions; owns sessions and dialogs. `host` and
     `port` go into our Via and Contact; `local_port(transport)`, when given, says the port of a
-    transport's listener instead. `send_trying`: answer every new INVITE 100 at once (s8.2.6.1,
-    before the application decides)."""
+    transport's listener instead. `send_trying`: answer every new INVITE 100 (s8.2.6.1) unless
+    the application answers it before the endpoint's output is next drained (s17.2.1:
+    `SipEndpoint.send_trying`)."""
 
     def __init__(
         self,

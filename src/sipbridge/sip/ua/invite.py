@@ -148,7 +148,8 @@ LIVE_DIALOG = frozenset({S.ANSWERED, S.CONFIRMED})
 
 @dataclass(slots=True, kw_only=True)
 class InviteReceived:
-    """A new INVITE (100 Trying sent): ring, answer or reject `session`."""
+    """A new INVITE (its 100 Trying held until the output is drained, and dropped if it is
+    answered before): ring, answer or reject `session`."""
 
     session: InviteSession
 
