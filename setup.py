@@ -35,7 +35,7 @@ ext_modules = [
         libraries=["m"],
         optional=True,
     ),
-    # Batched UDP I/O for the SIP socket (server/sip/udp_batch.py), tried the same way.
+    # Batched UDP I/O for the SIP socket (server/sip/udp.py), tried the same way.
     Extension(
         "sipbridge._csipudp",
         ["src/sipbridge/_csipudp.c"],

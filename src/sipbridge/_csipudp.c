@@ -1,4 +1,4 @@
-/* Batched UDP I/O for the SIP socket (driven by server/sip/udp_batch.py).
+/* Batched UDP I/O for the SIP socket (driven by server/sip/udp.py).
  *
  * recv_batch reads what a readiness of the socket holds with one recvmmsg (up to BATCH
  * datagrams); send_batch sends what one flush of the SIP stack produced with sendmmsg (as few

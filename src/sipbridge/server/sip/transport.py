@@ -191,7 +191,7 @@ class SipService:
         self.per_source: Counter[str] = Counter()  # accepted connections by address
         self.max_connections = connection_budget()
         self.connection_ids = itertools.count(1)
-        # UDP sockets read and written in batches when the extension is built (udp_batch.py)
+        # UDP sockets read and written in batches when the extension is built (udp.py)
         self.batched_udp = batched_udp_available()
         self._udp: dict[tuple[str, int], asyncio.DatagramTransport | BatchedUdp] = {}
         self._udp_out: asyncio.DatagramTransport | BatchedUdp | None = None  # the first
@@ -231,7 +231,7 @@ class SipService:
         self._loop = asyncio.get_running_loop()
         if what.transport == "udp":
             transport: asyncio.DatagramTransport | BatchedUdp
-            if self.batched_udp:  # recvmmsg / sendmmsg (udp_batch.py)
+            if self.batched_udp:  # recvmmsg / sendmmsg (udp.py)
                 sock = open_socket(what.host, what.port)
                 transport = BatchedUdp(self, sock)
             else:
