@@ -87,7 +87,8 @@ crelay: $(VENV)/.crelay
 # Python imports the sources instead when SIPBRIDGE_INTERPRETED=1, when the build failed, or
 # when a source changed after it (`src/sipbridge/_compiled.py`); `make` builds again.
 COMPILED_SOURCES := $(shell find src/sipbridge/sip src/sipbridge/sdp src/sipbridge/media \
-	src/sipbridge/telephony src/sipbridge/rooms src/sipbridge/server/sip -name '*.py') \
+	src/sipbridge/telephony src/sipbridge/rooms src/sipbridge/server/sip \
+	src/sipbridge/server/calls src/sipbridge/server/media src/sipbridge/server/state -name '*.py') \
 	src/sipbridge/server/deadline.py
 $(VENV)/.compiled: $(COMPILED_SOURCES) setup.py $(VENV)/.crelay | $(VENV)/.installed
 	@echo "compiling the core with mypyc (a minute or two)"

@@ -25,6 +25,10 @@ COMPILED = [
     "src/sipbridge/rooms",
     "src/sipbridge/server/sip",
     "src/sipbridge/server/deadline.py",
+    # The call runners, the media service and the runtime state they keep, per call.
+    "src/sipbridge/server/calls",
+    "src/sipbridge/server/media",
+    "src/sipbridge/server/state",
 ]
 
 ext_modules = [

@@ -27,6 +27,7 @@ import pytest
 from sipbridge import sdp
 from sipbridge.media import codecs
 from sipbridge.media.dtmf import DtmfSender, detect_digits, parse_event
+from sipbridge.media.room_audio import AudioLeg
 from sipbridge.media.rtp import (
     ReceiverReport,
     RtpPacket,
@@ -97,8 +98,10 @@ def free_ports(size: int) -> tuple[int, int]:
 class Harness:
     """A `MediaService` on free ports and the phones and legs of one test, all closed at the end."""
 
-    def __init__(self, ports: tuple[int, int] | None = None) -> None:
-        self.svc = MediaService(HOST, ports or free_ports(32))
+    def __init__(
+        self, ports: tuple[int, int] | None = None, service: type[MediaService] = MediaService
+    ) -> None:
+        self.svc = service(HOST, ports or free_ports(32))
         self.phones: list[FakePhone] = []
         self.legs: list[CallMedia] = []
         self.timeouts: list[CallMedia] = []
@@ -1233,17 +1236,20 @@ async def test_attaching_to_another_room_moves_the_leg(media: Harness) -> None:
     assert "room" not in media.svc.rooms and leg_a.room is None
 
 
-async def test_a_failing_room_is_dropped_from_the_clock_and_the_others_tick_on(
-    media: Harness, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    broken, fine = media.phone(), media.phone()
-    leg_broken = media.call(broken, room="broken")
-    media.call(fine, room="fine")
+class BrokenEncoder(AudioLeg):
+    """A listener whose encoder fails on every frame."""
 
-    def explode(pcm: object, now: float) -> None:
+    def send_pcm(self, pcm: object, now: float) -> None:
         raise RuntimeError("encoder bug")
 
-    monkeypatch.setattr(leg_broken, "send_pcm", explode)
+
+async def test_a_failing_room_is_dropped_from_the_clock_and_the_others_tick_on(
+    media: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    broken, fine = media.phone(), media.phone()
+    media.call(broken, room="broken")
+    media.call(fine, room="fine")
+    media.svc.attach(BrokenEncoder(codecs.PCMU_SPEC), "broken")
     with caplog.at_level(logging.ERROR):
         await settle(lambda: media.svc.rooms["broken"] not in media.svc.clock.rooms)
         fine.drain()

@@ -25,6 +25,7 @@ import pytest
 from sipbridge.media.rtp import RtpPacket, is_rtcp, parse_rtp
 from sipbridge.server.media import crelay
 from sipbridge.server.media.leg_driver import CallMedia
+from sipbridge.server.media.service import MediaService
 from tests.harness import eventually
 from tests.server.media_phone import FakePhone
 from tests.server.test_call_media import Harness, paced
@@ -38,13 +39,38 @@ FRAME = 160
 STEP_S = 0.005  # the script's pace: 4x real time, so a run takes about 2 s
 
 
+class WithoutEngine(MediaService):
+    """A media service whose legs all stay on the event loop: the Python paths."""
+
+    def _engine(self, loop: asyncio.AbstractEventLoop) -> crelay.RelayEngine | None:
+        return None
+
+
+class EngineAlone(crelay.RelayEngine):
+    """The engine driver, its own disarm around a leg it releases switched off on request: what
+    the engine does when a slot is removed, by itself."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        self.driver_disarms = True
+
+    def _disarm_around(self, leg: CallMedia) -> None:
+        if self.driver_disarms:
+            super()._disarm_around(leg)
+
+
+class WithEngineAlone(MediaService):
+    def _engine(self, loop: asyncio.AbstractEventLoop) -> crelay.RelayEngine | None:
+        if self.crelay is None:
+            self.crelay = EngineAlone(loop)
+        return self.crelay
+
+
 class Bridge:
     """A service, two phones in one room, a stranger; what the phones receive."""
 
-    def __init__(self, *, engine: bool) -> None:
-        self.harness = Harness()
-        if not engine:
-            self.harness.svc._engine = lambda loop: None  # type: ignore[method-assign]
+    def __init__(self, *, engine: bool, service: type[MediaService] = MediaService) -> None:
+        self.harness = Harness(service=service if engine else WithoutEngine)
         self.a, self.b, self.stranger = (self.harness.phone() for _ in range(3))
         self.digits: list[str] = []
         self.leg_a = self.harness.call(self.a, on_dtmf=self.digits.append)
@@ -260,23 +286,27 @@ async def test_a_leg_leaves_the_engine_when_it_stops_being_a_pure_relay(
 
 
 async def test_the_engine_never_forwards_into_a_slot_it_removes(
-    bridges: tuple[Bridge, Bridge], monkeypatch: pytest.MonkeyPatch
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The engine's own guard (`Engine_remove`): a slot forwarding into one that is removed is
     disarmed there, even when the driver did not disarm it first. The engine looks for such
     slots only when one targets the slot removed (a count kept as slots are armed; issue 18: the
     pass over all 65,536 slots, the GIL held, at every call's end)."""
-    bridge, _ = bridges
-    engine = bridge.harness.svc.crelay
-    assert engine is not None
-    sender = asyncio.create_task(paced(bridge.a, [bytes(FRAME)] * 100, ptime=0.01))
-    await eventually(
-        lambda: engine.counters()["armed"] == 1 and bridge.got["b"], "A relayed by the engine"
-    )
-    slot_a = bridge.leg_a.crelay_slot
-    assert slot_a is not None and engine._engine.state(slot_a)[0] == 1
-    monkeypatch.setattr(engine, "_disarm_around", lambda leg: None)  # the driver's own disarm
-    bridge.harness.svc.release(bridge.leg_b)
-    assert engine._engine.state(slot_a)[0] == 0
-    monkeypatch.undo()
-    await sender
+    monkeypatch.setattr(crelay, "REARM_S", 0.02)  # back to the engine within a few packets
+    bridge = Bridge(engine=True, service=WithEngineAlone)
+    try:
+        engine = bridge.harness.svc.crelay
+        assert isinstance(engine, EngineAlone)
+        sender = asyncio.create_task(paced(bridge.a, [bytes(FRAME)] * 100, ptime=0.01))
+        await eventually(
+            lambda: engine.counters()["armed"] == 1 and bridge.got["b"], "A relayed by the engine"
+        )
+        slot_a = bridge.leg_a.crelay_slot
+        assert slot_a is not None and engine._engine.state(slot_a)[0] == 1
+        engine.driver_disarms = False
+        bridge.harness.svc.release(bridge.leg_b)
+        assert engine._engine.state(slot_a)[0] == 0
+        engine.driver_disarms = True
+        await sender
+    finally:
+        bridge.close()

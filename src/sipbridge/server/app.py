@@ -10,7 +10,6 @@ import os
 import secrets
 import socket
 import time
-import weakref
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -150,8 +149,6 @@ class Server:
             # (docs/cluster.md s4; the cluster's router is made below, with the user agent)
             route_call=lambda *call: self.cluster.calls.route(*call),  # noqa: PLW0108
         )
-        # Each live call's media leg by SIP Call-ID, for tracing its RTP on request.
-        self.call_legs: weakref.WeakValueDictionary[str, CallMedia] = weakref.WeakValueDictionary()
         guard = AuthGuard(max_failures=settings.auth_max_failures, block=float(settings.auth_block))
         digest = DigestServer(secrets.token_bytes(32))
         auth = TrunkAuth(digest, guard, conceal_numbers=settings.conceal_numbers)
@@ -240,12 +237,11 @@ class Server:
     def _call_media(self, info: proto.SIPCallInfo, leg: CallMedia) -> None:
         """A call's media leg as it joins its room: its RTP traced at once when its trunk is in
         --trace-rtp, else when asked for (`trace_rtp`)."""
-        self.call_legs[info.sip_call_id] = leg
         trunks = self.settings.trace_rtp
         if trunks and ("all" in trunks or info.trunk_id in trunks):
-            self.trace_rtp(info.sip_call_id, opening=True)
+            self.trace_rtp(info.sip_call_id, opening=True, leg=leg)
 
-    def trace_rtp(self, call: str, *, opening: bool = False) -> bool:
+    def trace_rtp(self, call: str, *, opening: bool = False, leg: CallMedia | None = None) -> bool:
         """Trace the RTP headers of a live call (by our call id or its SIP Call-ID) in its SIP
         trace from now on; False when there is no such live call with a trace."""
         traces, now = self.sip.traces, time.time()
@@ -253,7 +249,7 @@ class Server:
             return False
         known = traces.get(call, now)
         sip_call_id = known.call_id if known is not None else call
-        leg = self.call_legs.get(sip_call_id)
+        leg = leg or self.inbound.leg_of(sip_call_id) or self.outbound.leg_of(sip_call_id)
         if leg is None or leg.closed:
             return False
         trace = traces.capture_rtp(sip_call_id, now, opening=opening)

@@ -74,12 +74,18 @@ SIP = models.ParticipantInfo.Kind.SIP
 class InboundCallState(LiveCall):
     """One inbound call. Its machine starts when it rings in its room or asks for a PIN."""
 
-    call: IncomingCall
     inbound: InboundCall
     pin: str | None = None  # digits entered so far while a PIN is asked for
     trunk: proto.SIPInboundTrunkInfo | None = None
     rule: proto.SIPDispatchRuleInfo | None = None
     answer_sdp: bytes = b""
+
+    @property
+    def incoming(self) -> IncomingCall:
+        """`call`, the INVITE we answer or reject. (A property, not a narrower `call`: a
+        compiled class cannot narrow the type of an attribute it inherits.)"""
+        assert isinstance(self.call, IncomingCall)
+        return self.call
 
 
 class InboundCalls(CallRunner[InboundCallState]):
@@ -207,7 +213,7 @@ class InboundCalls(CallRunner[InboundCallState]):
         room = room_for(rule, inbound, secrets.token_hex(4))
         route = self.services.route_call  # a room another node owns: the INVITE goes there
         if route is None or not route(
-            state.call, room, trunk_id, partial(self.proceed, state, rule, room)
+            state.incoming, room, trunk_id, partial(self.proceed, state, rule, room)
         ):
             self.proceed(state, rule, room)
 
@@ -376,7 +382,7 @@ class InboundCalls(CallRunner[InboundCallState]):
     def _ring(self, state: InboundCallState) -> None:
         if state.machine.state is not CallState.RINGING or state.call.ended:
             return
-        state.call.ring(180)
+        state.incoming.ring(180)
         self.set_deadline(state, Deadline.PROGRESS, RING_INTERVAL_S)
 
     def _someone_listens(self, state: InboundCallState) -> bool:
@@ -397,7 +403,7 @@ class InboundCalls(CallRunner[InboundCallState]):
             return
         headers = dict(state.trunk.headers) if state.trunk else {}
         headers.update(self.headers_from_attributes(state))
-        state.call.answer(state.answer_sdp, headers=headers)
+        state.incoming.answer(state.answer_sdp, headers=headers)
         if not state.call.answered:
             return  # it could not be answered, and was refused instead
         self.feed(state, CallInput.ANSWER)
@@ -434,15 +440,16 @@ class InboundCalls(CallRunner[InboundCallState]):
         """An unanswered call ends with a final response: the trunk's ringing timeout status
         (486 unless set), 503 with Retry-After at shutdown, 500 on our failure, else 486."""
         self._not_ringing(state)
+        call = state.incoming
         if cause is EndCause.RINGING_TIMEOUT:
             status = state.trunk.ringing_timeout_status if state.trunk else 0
-            state.call.reject(int(status) or 486)
+            call.reject(int(status) or 486)
         elif cause is EndCause.SHUTDOWN:
-            state.call.reject(503, "Service Unavailable", {"Retry-After": "5"})
+            call.reject(503, "Service Unavailable", {"Retry-After": "5"})
         elif cause is EndCause.ERROR:
-            state.call.reject(500, "Server Internal Error")
+            call.reject(500, "Server Internal Error")
         else:
-            state.call.reject(486, headers=headers)
+            call.reject(486, headers=headers)
 
     def on_finished(self, state: InboundCallState, reason: str) -> None:
         self._not_ringing(state)
@@ -451,7 +458,7 @@ class InboundCalls(CallRunner[InboundCallState]):
         if not state.room:
             self.pins.finished(state, reason)
             return
-        final = state.call.transaction.last_response
+        final = state.incoming.transaction.last_response
         if final is not None:
             info.call_status_code.code = final.status  # type: ignore[assignment]
             info.call_status_code.status = final.reason or ""

@@ -78,8 +78,6 @@ RESOLVE_TIMEOUT_S = 5.0
 class OutboundCallState(LiveCall):
     """One outbound call."""
 
-    call: OutgoingCall
-    leg: CallMedia
     plan: DialPlan
     include_headers: int = 0
     dtmf: str = ""
@@ -88,6 +86,20 @@ class OutboundCallState(LiveCall):
     answered: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
+
+    # `call` and `leg` as they are outbound. (Properties, not narrower attributes: a compiled
+    # class cannot narrow the type of an attribute it inherits.)
+    @property
+    def outgoing(self) -> OutgoingCall:
+        """`call`, our INVITE to the trunk."""
+        assert isinstance(self.call, OutgoingCall)
+        return self.call
+
+    @property
+    def media_leg(self) -> CallMedia:
+        """`leg`, which an outbound call has from its INVITE (the offer) to its end."""
+        assert self.leg is not None
+        return self.leg
 
 
 class OutboundCalls(CallRunner[OutboundCallState]):
@@ -323,7 +335,7 @@ class OutboundCalls(CallRunner[OutboundCallState]):
         self.feed(state, CallInput.RING, extra)
         if not response.body or state.early:
             return
-        leg = state.leg
+        leg = state.media_leg
         try:
             leg.play_to_room(None)
             self.media.accept_answer(leg, response.body)
@@ -336,7 +348,7 @@ class OutboundCalls(CallRunner[OutboundCallState]):
         self.media.attach(leg, state.room)
 
     def _answered(self, state: OutboundCallState, response: Response) -> None:
-        call, leg = state.call, state.leg
+        call, leg = state.call, state.media_leg
         if not state.machine.can(CallInput.ANSWER):
             # Answered after we gave up (a 2xx crossing our CANCEL is hung up by the UA).
             return
@@ -409,19 +421,20 @@ class OutboundCalls(CallRunner[OutboundCallState]):
             status, reason, error = 487, "Request Terminated", cause.value
         state.info.error = state.info.error or error
         self._settle(state, call_failed(status, reason, state.info.error))
-        state.call.cancel(headers)
+        state.outgoing.cancel(headers)
         self.leave(state)
 
     def reoffer_media(self, state: OutboundCallState, request: Request) -> bytes:
+        leg = state.media_leg
         if not request.body:
             # An UPDATE without SDP only refreshes; a re-INVITE without one asks for our
             # session as the offer, answered in the ACK (RFC 3261 s14.2).
             if request.method == "UPDATE":
                 return b""
-            state.leg.offered_codecs = (sdp_codec(state.leg.spec), sdp.TELEPHONE_EVENT)
-            state.call.on_answer = lambda body: self.media.accept_answer(state.leg, body)
+            leg.offered_codecs = (sdp_codec(leg.spec), sdp.TELEPHONE_EVENT)
+            state.call.on_answer = lambda body: self.media.accept_answer(leg, body)
             return state.sdp
-        state.sdp = self.media.renegotiate(state.leg, request.body, state.policy)
+        state.sdp = self.media.renegotiate(leg, request.body, state.policy)
         return state.sdp
 
     def on_finished(self, state: OutboundCallState, reason: str) -> None:

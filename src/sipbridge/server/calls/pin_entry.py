@@ -62,7 +62,7 @@ class PinEntry:
         )
         runner.pending.add(state)
         runner.arm(state)
-        state.call.answer(body, headers=dict(state.trunk.headers) if state.trunk else {})
+        state.incoming.answer(body, headers=dict(state.trunk.headers) if state.trunk else {})
         if not state.call.answered:
             return  # it could not be answered, and was refused instead
         if state.session_timer is not None:  # from the 2xx, PIN entry included (RFC 4028)

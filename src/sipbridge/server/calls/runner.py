@@ -29,6 +29,7 @@ from sipbridge.server.calls.keys import key_to_room, keys_to_phones
 from sipbridge.server.calls.live_call import CallServices, LiveCall
 from sipbridge.server.calls.quality import QualityWriter
 from sipbridge.server.calls.turns import OnePerTurn
+from sipbridge.server.media.leg_driver import CallMedia
 from sipbridge.sip.message import Request
 from sipbridge.telephony.call import (
     Call,
@@ -91,6 +92,14 @@ class CallRunner(Generic[C]):
 
     def count(self) -> int:
         return len(self.active) + len(self.pending)
+
+    def leg_of(self, sip_call_id: str) -> CallMedia | None:
+        """The media leg of the call in a room with this SIP Call-ID, if any: a scan, for a
+        request about one call (`Server.trace_rtp`), not for every call."""
+        for state in self.active.values():
+            if state.info.sip_call_id == sip_call_id:
+                return state.leg
+        return None
 
     def full(self) -> bool:
         return self.calls_in_progress() >= self.max_calls

@@ -30,6 +30,8 @@ import logging
 import os
 from typing import Any
 
+from mypy_extensions import mypyc_attr
+
 from sipbridge.media import codecs
 from sipbridge.media.levels import _ALAW_POWER, _ULAW_POWER, PacketLevels, g711_levels
 from sipbridge.server.media.leg_driver import CallMedia
@@ -61,6 +63,7 @@ def new_sender() -> Any:
     return sender() if sender is not None else None
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # tests switch its own disarm off
 class RelayEngine:
     """One engine thread for the legs of one event loop (the module doc)."""
 
@@ -204,8 +207,11 @@ class RelayEngine:
     def _wait(self, leg: CallMedia) -> None:
         if leg not in self._refused:
             self._waiting[leg] = None
-            if self._sweep is None:
-                self._sweep = self._loop.call_later(REARM_S, self._sweep_due)
+            self._sweep_later()
+
+    def _sweep_later(self) -> None:
+        if self._sweep is None:
+            self._sweep = self._loop.call_later(REARM_S, self._sweep_due)
 
     def _rearm(self) -> None:
         self._scheduled = False
@@ -226,8 +232,8 @@ class RelayEngine:
                 self._try_arm(leg)
                 if leg.crelay_slot not in self._target and leg not in self._refused:
                     self._waiting[leg] = None
-        if self._waiting and self._sweep is None:
-            self._sweep = self._loop.call_later(REARM_S, self._sweep_due)
+        if self._waiting:  # (`_try_arm` may have scheduled the next sweep already)
+            self._sweep_later()
 
     def _try_arm(self, leg: CallMedia) -> None:
         """Arm `leg` (as a source) when it is a pure relay to a leg of this engine."""

@@ -26,7 +26,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Callable
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast
 
 from google.protobuf.message import Message
 from livekit.protocol import sip as proto
@@ -54,7 +54,6 @@ DEFAULT_RETENTION_DAYS = 30
 PRUNE_EVERY_S = 3600.0  # retention is in days: an hour late is nothing
 
 
-@runtime_checkable
 class CallPages(Protocol):
     """A store that pages and prunes the call log itself (both of ours)."""
 
@@ -69,6 +68,13 @@ class CallPages(Protocol):
     ) -> tuple[list[bytes], str]: ...
 
     async def prune_calls(self, before_ms: int) -> int: ...
+
+
+def call_pages(store: RecordStore) -> CallPages | None:
+    """`store` if it is `CallPages` (what `isinstance` on a runtime-checkable Protocol says,
+    which a Protocol compiled by mypyc cannot be)."""
+    methods = (getattr(store, name, None) for name in ("call_page", "prune_calls"))
+    return cast(CallPages, store) if all(map(callable, methods)) else None
 
 
 class CallLog:
@@ -107,7 +113,7 @@ class CallLog:
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="call log")
-        if self.retention_days > 0 and isinstance(self.store, CallPages):
+        if self.retention_days > 0 and call_pages(self.store) is not None:
             self._pruner = asyncio.create_task(self._prune_forever(), name="call log retention")
 
     async def _prune_forever(self) -> None:
@@ -118,11 +124,12 @@ class CallLog:
 
     async def prune(self) -> int:
         """Remove the calls created more than `retention_days` ago; how many went."""
-        if self.retention_days <= 0 or not isinstance(self.store, CallPages):
+        pages = call_pages(self.store)
+        if self.retention_days <= 0 or pages is None:
             return 0
         before_ms = int((self.clock() - self.retention_days * 86400) * 1000)
         try:
-            removed = await self.store.prune_calls(before_ms)
+            removed = await pages.prune_calls(before_ms)
         except Exception:
             log.exception(
                 "call log retention: removing calls older than %d days failed", self.retention_days
@@ -286,9 +293,10 @@ class CallLog:
     async def page_bytes(self, query: CallQuery) -> tuple[list[bytes], str]:
         """`page` as each call's serialised `SIPCallInfo`, as stored."""
         query.check()
-        if not isinstance(self.store, CallPages):
+        pages = call_pages(self.store)
+        if pages is None:
             raise TypeError(f"{type(self.store).__name__} cannot page the call log")
-        return await self.store.call_page(
+        return await pages.call_page(
             limit=query.limit,
             page_token=query.page_token,
             since_ms=query.since_ms,

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Coroutine, Iterable
-from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from livekit.protocol import sip as proto
@@ -38,9 +37,9 @@ M = TypeVar("M", proto.SIPInboundTrunkInfo, proto.SIPOutboundTrunkInfo, proto.SI
 R = TypeVar("R")
 
 
-@dataclass(slots=True)
 class _Kind(Generic[M]):
-    """One kind of stored object and the rules that apply to it."""
+    """One kind of stored object and the rules that apply to it. (Not a dataclass: a generic
+    dataclass does not compile with mypyc.)"""
 
     store_kind: str
     message_type: type[M]
@@ -51,14 +50,39 @@ class _Kind(Generic[M]):
     conflict: Callable[[M, Iterable[M]], str | None] | None
     items: dict[str, M]
 
+    def __init__(
+        self,
+        *,
+        store_kind: str,
+        message_type: type[M],
+        id_field: str,
+        prefix: str,
+        label: str,
+        validate: Callable[[M], None],
+        conflict: Callable[[M, Iterable[M]], str | None] | None,
+    ) -> None:
+        self.store_kind = store_kind
+        self.message_type = message_type
+        self.id_field = id_field
+        self.prefix = prefix
+        self.label = label
+        self.validate = validate
+        self.conflict = conflict
+        self.items = {}
 
-@runtime_checkable
+
 class ValidatedWrites(Protocol):
     """A store several nodes write (Redis): a write validated against its current records."""
 
     async def put_validated(
         self, kind: str, build: Callable[[dict[str, bytes]], Record]
     ) -> Record: ...
+
+
+def validated_writes(store: RecordStore) -> ValidatedWrites | None:
+    """`store` if it is `ValidatedWrites` (what `isinstance` on a runtime-checkable Protocol
+    says, which a Protocol compiled by mypyc cannot be)."""
+    return cast(ValidatedWrites, store) if callable(getattr(store, "put_validated", None)) else None
 
 
 def _finished_write(task: asyncio.Task[Any]) -> None:
@@ -75,34 +99,31 @@ class SipConfig:
         self.store = store
         self.clock = clock
         self._inbound = _Kind(
-            INBOUND,
-            proto.SIPInboundTrunkInfo,
-            "sip_trunk_id",
-            ids.TRUNK,
-            "inbound SIP trunk",
-            validate_inbound_trunk,
-            find_inbound_conflict,
-            {},
+            store_kind=INBOUND,
+            message_type=proto.SIPInboundTrunkInfo,
+            id_field="sip_trunk_id",
+            prefix=ids.TRUNK,
+            label="inbound SIP trunk",
+            validate=validate_inbound_trunk,
+            conflict=find_inbound_conflict,
         )
         self._outbound = _Kind(
-            OUTBOUND,
-            proto.SIPOutboundTrunkInfo,
-            "sip_trunk_id",
-            ids.TRUNK,
-            "outbound SIP trunk",
-            validate_outbound_trunk,
-            None,
-            {},
+            store_kind=OUTBOUND,
+            message_type=proto.SIPOutboundTrunkInfo,
+            id_field="sip_trunk_id",
+            prefix=ids.TRUNK,
+            label="outbound SIP trunk",
+            validate=validate_outbound_trunk,
+            conflict=None,
         )
         self._rules = _Kind(
-            RULE,
-            proto.SIPDispatchRuleInfo,
-            "sip_dispatch_rule_id",
-            ids.DISPATCH_RULE,
-            "SIP dispatch rule",
-            validate_rule,
-            find_rule_conflict,
-            {},
+            store_kind=RULE,
+            message_type=proto.SIPDispatchRuleInfo,
+            id_field="sip_dispatch_rule_id",
+            prefix=ids.DISPATCH_RULE,
+            label="SIP dispatch rule",
+            validate=validate_rule,
+            conflict=find_rule_conflict,
         )
         self._kinds: dict[str, _Kind[Any]] = {
             k.store_kind: k for k in (self._inbound, self._outbound, self._rules)
@@ -242,7 +263,8 @@ class SipConfig:
             return info, Record(kind=kind.store_kind, id=object_id, data=data)
 
         async def write() -> M:
-            if isinstance(self.store, ValidatedWrites):
+            shared = validated_writes(self.store)
+            if shared is not None:
                 # Shared with other nodes: checked against the store's records as they are at
                 # the write (docs/cluster.md s1: WATCH), not against this node's cache.
                 made: list[M] = []
@@ -253,7 +275,7 @@ class SipConfig:
                     made[:] = [info]
                     return record
 
-                record = await self.store.put_validated(kind.store_kind, checked)
+                record = await shared.put_validated(kind.store_kind, checked)
                 info = made[0]
             else:
                 info, record = build(kind.items)
