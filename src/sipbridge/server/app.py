@@ -157,7 +157,7 @@ class Server:
         # listens on every address (--media-ip is then required).
         wildcard = settings.sip.host in ("0.0.0.0", "::")
         advertised = settings.media_address if wildcard else settings.sip.host
-        self.sip_ua = SipUserAgent(advertised, settings.sip.port, on_invite=self.inbound)
+        self.sip_ua = SipUserAgent(advertised, settings.sip.port, on_invite=self.inbound.invite)
         self.metrics.observe(twirp=self.twirp, ua=self.sip_ua, media=self.media)
         admission = Admission(
             rate=float(settings.sip_rate),

@@ -89,7 +89,7 @@ class InboundCallState(LiveCall):
 
 
 class InboundCalls(CallRunner[InboundCallState]):
-    """The `on_invite` handler of the user agent for inbound calls."""
+    """The user agent's `on_invite` (`invite`) and the inbound calls it starts."""
 
     DIRECTION = Direction.INBOUND
 
@@ -104,11 +104,14 @@ class InboundCalls(CallRunner[InboundCallState]):
 
     # -- the INVITE ------------------------------------------------------------------------
 
-    def __call__(self, call: IncomingCall) -> None:
+    def invite(self, call: IncomingCall) -> None:
         """A new INVITE, its 100 Trying sent: set up on a later turn of the event loop, one
         call a turn, so that a burst of INVITEs never holds the loop - the media clock, OPTIONS,
         BYEs - for more than one call's setup (about 1.5 ms on the 2-core machine; issue 17:
-        the 100 a source may send at once held it 150 ms, in one go)."""
+        the 100 a source may send at once held it 150 ms, in one go).
+
+        (A method, not `__call__`: mypyc gives a compiled class with `__call__` a vectorcall
+        slot, which moved every field of the base `CallRunner` and crashed its `__init__`.)"""
         if len(self._arriving) >= self.max_calls or self.services.overloaded():
             self._count("overload")
             call.reject(503, "Service Unavailable", {"Retry-After": "5"})

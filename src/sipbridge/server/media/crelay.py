@@ -35,6 +35,7 @@ from mypy_extensions import mypyc_attr
 from sipbridge.media import codecs
 from sipbridge.media.levels import _ALAW_POWER, _ULAW_POWER, PacketLevels, g711_levels
 from sipbridge.server.media.leg_driver import CallMedia
+from sipbridge.server.media.ports import remove_reader
 
 try:
     from sipbridge import _crelay  # type: ignore[attr-defined]
@@ -120,7 +121,7 @@ class RelayEngine:
         for leg in list(self.legs.values()):
             self.release(leg)
         with contextlib.suppress(Exception):
-            self._loop.remove_reader(self._fd)
+            remove_reader(self._loop, self._fd)
         if self._sweep is not None:
             self._sweep.cancel()
             self._sweep = None

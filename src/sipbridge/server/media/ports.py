@@ -31,6 +31,13 @@ Receiver = Callable[[bytes, tuple[str, int]], None]
 FastPath = Callable[[bytearray, memoryview, tuple[str, int], float], bool]
 
 
+def remove_reader(loop: asyncio.AbstractEventLoop, fd: int) -> None:
+    """`loop.remove_reader(fd)`, its result ignored: asyncio's is a bool, uvloop's None, which
+    compiled code called through the typed method would refuse (TypeError)."""
+    remove: Callable[[int], object] = loop.remove_reader
+    remove(fd)
+
+
 def _closed(data: bytes, source: tuple[str, int]) -> None:
     """The receiver of a closed socket."""
 
@@ -181,7 +188,7 @@ class MediaSocket:
     def stop_reading(self) -> None:
         """The event loop stops reading it: the relay engine (`crelay.py`) does for a while."""
         if self._loop is not None:
-            self._loop.remove_reader(self.sock.fileno())
+            remove_reader(self._loop, self.sock.fileno())
             self._loop = None
 
     def _readable(self) -> None:
@@ -232,7 +239,7 @@ class MediaSocket:
         deferred = self.batch.settle(self)
         if self._loop is not None:
             with contextlib.suppress(Exception):
-                self._loop.remove_reader(self.sock.fileno())
+                remove_reader(self._loop, self.sock.fileno())
             self._loop = None
         if deferred:
             self.batch.defer(self.sock)
