@@ -456,6 +456,20 @@ def test_a_prompt_switches_the_leg_to_the_clock_while_it_plays() -> None:
     assert not b.mixing
 
 
+def test_a_prompt_whose_end_stops_the_players_ends_the_tick_cleanly() -> None:
+    """A wrong PIN's prompt hangs up when it ends: its done callback clears the players while
+    the tick is still taking the finished prompt off them."""
+    a, b = leg(), leg()
+    room, _ = room_of(a, b)
+    after = PcmPlayer(tone(1000, FRAME))
+    b.play(PcmPlayer(tone(1000, FRAME), done=b.stop_players))
+    b.play(after)
+    for index in range(3):
+        room.tick(index * 0.02)
+    assert not b.players and after.position == 0  # the rest went with the hang-up
+    assert len(sent(b)) == 2  # the prompt's frame, then the frame that found it done
+
+
 def test_dtmf_to_the_phone_as_rfc_4733_events_then_back_to_forwarding() -> None:
     a, b = leg(), leg()
     room, _ = room_of(a, b)

@@ -572,10 +572,13 @@ class RtpLeg(AudioLeg):
             if not self.local_audio and self.room is not None:
                 self.room.changed(self)  # the digits are done: back to forwarding where it applies
         while self.players:
-            pcm = self.players[0].frame(self.spec.sample_rate * FRAME_MS // 1000)
+            player = self.players[0]
+            pcm = player.frame(self.spec.sample_rate * FRAME_MS // 1000)
             if pcm is not None:
                 return pcm, False
-            self.players.popleft()
+            # (its end may have cleared the players already: a wrong PIN's prompt hangs up)
+            if self.players and self.players[0] is player:
+                self.players.popleft()
             if not self.local_audio and self.room is not None:
                 self.room.changed(self)
         return None, False
