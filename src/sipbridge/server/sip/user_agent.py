@@ -376,10 +376,9 @@ class SipUserAgent:
             # endpoint holds, which otherwise goes out as soon as the handler returns, in the
             # same flush (RFC 3261 s17.2.1). Handlers defer their heavy work to a later turn.
             self.on_invite(incoming)
-            if self.on_trying is not None:
-                last = incoming.transaction.last_response
-                if last is not None and last.status == 100:
-                    self.on_trying(self.now() - incoming.started)
+            if self.on_trying is not None and incoming.transaction.last_response is None:
+                # Nothing sent by the handler: the held 100 goes out in this flush's drain.
+                self.on_trying(self.now() - incoming.started)
             return
         call = self.calls.get(event.session)
         if call is None:
