@@ -34,8 +34,8 @@ from mypy_extensions import mypyc_attr
 
 from sipbridge.media import codecs
 from sipbridge.media.levels import _ALAW_POWER, _ULAW_POWER, PacketLevels, g711_levels
+from sipbridge.server.loop_calls import remove_reader
 from sipbridge.server.media.leg_driver import CallMedia
-from sipbridge.server.media.ports import remove_reader
 
 try:
     from sipbridge import _crelay  # type: ignore[attr-defined]

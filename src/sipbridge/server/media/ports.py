@@ -20,6 +20,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from sipbridge.server.loop_calls import remove_reader
+
 READ_SIZE = 2048  # an RTP packet fits a path MTU; larger datagrams are truncated and dropped
 DRAIN_LIMIT = 64  # datagrams per busy wake-up, so one flooded socket cannot starve the loop
 BUSY_S = 0.005  # wake-ups closer than this (media comes every 20 ms) mean a queue to drain
@@ -29,13 +31,6 @@ Receiver = Callable[[bytes, tuple[str, int]], None]
 # The fast path (`media/relay.py`): (the socket's buffer, the datagram in it, source, now) ->
 # whether it took the datagram; when not, `receiver` gets it as bytes.
 FastPath = Callable[[bytearray, memoryview, tuple[str, int], float], bool]
-
-
-def remove_reader(loop: asyncio.AbstractEventLoop, fd: int) -> None:
-    """`loop.remove_reader(fd)`, its result ignored: asyncio's is a bool, uvloop's None, which
-    compiled code called through the typed method would refuse (TypeError)."""
-    remove: Callable[[int], object] = loop.remove_reader
-    remove(fd)
 
 
 def _closed(data: bytes, source: tuple[str, int]) -> None:

@@ -24,6 +24,7 @@ import os
 import socket
 from typing import TYPE_CHECKING, Any, cast
 
+from sipbridge.server.loop_calls import remove_reader
 from sipbridge.sip.endpoint import Peer
 
 if TYPE_CHECKING:
@@ -149,7 +150,7 @@ class BatchedUdp:
             return
         self.flush()
         self._closed = True
-        self._loop.remove_reader(self.fd)
+        remove_reader(self._loop, self.fd)  # (uvloop's result differs: loop_calls.py)
         if self.flush in self.service.on_flushed:
             self.service.on_flushed.remove(self.flush)
         self.sock.close()
