@@ -16,7 +16,7 @@ from sipbridge.sip.message import Request, parse_message
 from tests.harness import eventually
 from tests.sip_app import AnsweringApp, running_app
 
-BATCHED = pytest.mark.skipif(not udp.available(), reason="batched UDP is not built or is off")
+BATCHED = pytest.mark.skipif(not udp.built(), reason="batched UDP is not built")
 BOTH = [
     pytest.param(True, id="batched", marks=BATCHED),
     pytest.param(False, id="datagram-endpoint"),
@@ -146,17 +146,19 @@ async def test_a_send_that_fails_is_counted_and_the_socket_goes_on(
         assert call_ids(got) == {"burst-5@127.0.0.1"}
 
 
-async def test_without_the_extension_or_when_asked_the_datagram_endpoint_is_used(
+async def test_the_datagram_endpoint_unless_batched_is_asked_for_and_built(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv(udp.ENV, "asyncio")
-    assert not udp.available()
+    monkeypatch.delenv(udp.ENV, raising=False)
+    assert not udp.available()  # the default
     assert not SipService(lambda service, event: None).batched_udp
-    monkeypatch.delenv(udp.ENV)
-    monkeypatch.setattr(udp, "_csipudp", None)  # as when it was not built
-    assert not udp.available()
     async with running_app(AnsweringApp(), ("udp",)) as (service, _):
         assert not isinstance(first_udp(service), udp.BatchedUdp)
+    monkeypatch.setenv(udp.ENV, "batched")
+    assert udp.available() == udp.built()
+    assert SipService(lambda service, event: None).batched_udp == udp.built()
+    monkeypatch.setattr(udp, "_csipudp", None)  # as when it was not built
+    assert not udp.available()
 
 
 @BATCHED
