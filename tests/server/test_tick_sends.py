@@ -307,3 +307,36 @@ async def test_ports_held_by_sockets_closing_after_the_batch_are_taken_when_need
     finally:
         svc.close()
         phone.close()
+
+
+async def test_a_failed_send_of_a_batch_whose_sockets_closed_after_it_is_not_misplaced() -> None:
+    """The sender reports a batch's failed sends at the next hand-over, by index into that
+    batch: when its sockets closed after it (the call ended in the tick), the report still
+    finds its entries, and the clock's next batches go on (it raised IndexError in the tick,
+    which stopped the shared clock: every room fell silent)."""
+    svc = MediaService(HOST, free_ports(8))
+    phone, other = FakePhone(), FakePhone()
+    batch = svc.clock.batch
+    _, leg = svc.negotiate(phone.offer(), PLAIN)
+    answer, kept = svc.negotiate(other.offer(), PLAIN)
+    try:
+        other.accept(answer)
+        batch.begin()
+        leg.rtp.send(b"\x80" * 20, (HOST, 0))  # EINVAL: port 0
+        leg.rtp.send(b"\x80" * 21, (HOST, phone.port))
+        batch.flush()
+        leg.close()  # while its batch is in flight
+        batch.begin()
+        batch.flush()  # nothing of its own: the closed socket's turn
+        batch.begin()
+        kept.rtp.send(b"\x80" * 22, (HOST, other.port))
+        batch.flush()  # hands over, and hears of the first batch's failure
+        assert leg.rtp.send_errors == 1 and kept.rtp.send_errors == 0
+        got: list[tuple[bytes, tuple[str, int]]] = []
+        await eventually(lambda: _receive(other.sock, got) or got, "the next batch's datagram")
+        assert got == [(b"\x80" * 22, (HOST, kept.port))]
+    finally:
+        kept.close()
+        svc.close()
+        phone.close()
+        other.close()

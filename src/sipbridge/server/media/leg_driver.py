@@ -338,9 +338,16 @@ class MediaClock:
     def _tick(self) -> None:
         loop = asyncio.get_running_loop()
         now = loop.time()
-        self._pass(self._idle, now)
-        self._idle = 0
-        self.advance(now)
+        try:
+            self._pass(self._idle, now)
+            self._idle = 0
+            self.advance(now)
+        except Exception:
+            # The clock must outlive any fault of a tick's sends or of a room's once-a-second
+            # work: every room on it would fall silent (logged; the next tick is scheduled).
+            log.exception("media clock tick failed")
+            self._idle = 0
+            self._next = max(self._next, now) + FRAME_S
         if not self.rooms:  # nothing to mix: wake for the next once-a-second tick only
             self._idle = TICKS_PER_S - 1 - self.ticks % TICKS_PER_S
         self._handle = loop.call_at(self._next + self._idle * FRAME_S, self._tick)

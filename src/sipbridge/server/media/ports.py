@@ -93,8 +93,9 @@ class SendBatch:
         else:
             self.batches += 1
             self.sent += len(pending)
-        for index in failed:
-            in_flight[index][4].send_errors += 1
+        for index in failed:  # (of the batch before; one whose sockets closed is gone)
+            if index < len(in_flight):
+                in_flight[index][4].send_errors += 1
         # `submit` returned once the batch before was sent: what waited on it closes now.
         for closing in deferred:
             closing.close()
@@ -131,7 +132,7 @@ class SendBatch:
         if self.sender is not None:
             with contextlib.suppress(RuntimeError):
                 self.sender.wait()
-        self._in_flight = []
+        # (`_in_flight` stays: the next `submit` reports that batch's failed sends by index)
         for closing in deferred:
             closing.close()
 
@@ -141,6 +142,7 @@ class SendBatch:
             self.sender = None
         self.pending = None
         self.close_deferred()
+        self._in_flight = []
 
 
 _NO_BATCH = SendBatch()
