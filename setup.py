@@ -35,6 +35,7 @@ ext_modules = [
     Extension(
         "sipbridge._crelay",
         ["src/sipbridge/_crelay.c"],
+        depends=["src/sipbridge/_sockaddr.h"],
         extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
         libraries=["m"],
         optional=True,
@@ -43,6 +44,7 @@ ext_modules = [
     Extension(
         "sipbridge._csipudp",
         ["src/sipbridge/_csipudp.c"],
+        depends=["src/sipbridge/_sockaddr.h"],
         extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
         optional=True,
     ),

@@ -43,6 +43,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "_sockaddr.h"
+
 #define READ_SIZE 2048   /* as server/media/ports.py: larger datagrams are truncated, dropped */
 #define BATCH 32         /* datagrams per recvmmsg */
 #define LEVELS_KEPT 64   /* as media/levels.py MAX_PENDING */
@@ -148,23 +150,6 @@ static double monotonic_now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static int addr_equal(const struct sockaddr_storage *a, const struct sockaddr_storage *b) {
-    if (a->ss_family != b->ss_family)
-        return 0;
-    if (a->ss_family == AF_INET) {
-        const struct sockaddr_in *x = (const struct sockaddr_in *)a, *y = (const struct sockaddr_in *)b;
-        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
-    }
-    if (a->ss_family == AF_INET6) {
-        const struct sockaddr_in6 *x = (const struct sockaddr_in6 *)a,
-                                  *y = (const struct sockaddr_in6 *)b;
-        return x->sin6_port == y->sin6_port && x->sin6_scope_id == y->sin6_scope_id &&
-               x->sin6_flowinfo == y->sin6_flowinfo &&
-               memcmp(&x->sin6_addr, &y->sin6_addr, sizeof(x->sin6_addr)) == 0;
-    }
-    return 0;
 }
 
 /* A Python address tuple, as the socket module gives it, into `out`; 0 on success. */

@@ -18,6 +18,8 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include "_sockaddr.h"
+
 #define BATCH 32           /* datagrams per recvmmsg, and per sendmmsg */
 #define READ_SIZE 65535    /* a UDP datagram's largest payload (server/sip/transport.py) */
 
@@ -30,27 +32,11 @@ static struct sockaddr_storage raddr[BATCH], saddr[BATCH];
 static struct sockaddr_storage last_addr;
 static PyObject *last_tuple;
 
-static int same_addr(const struct sockaddr_storage *a, const struct sockaddr_storage *b) {
-    if (a->ss_family != b->ss_family)
-        return 0;
-    if (a->ss_family == AF_INET) {
-        const struct sockaddr_in *x = (const struct sockaddr_in *)a, *y = (const struct sockaddr_in *)b;
-        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
-    }
-    if (a->ss_family == AF_INET6) {
-        const struct sockaddr_in6 *x = (const struct sockaddr_in6 *)a,
-                                  *y = (const struct sockaddr_in6 *)b;
-        return x->sin6_port == y->sin6_port && x->sin6_scope_id == y->sin6_scope_id &&
-               memcmp(&x->sin6_addr, &y->sin6_addr, sizeof(x->sin6_addr)) == 0;
-    }
-    return 0;
-}
-
 /* (host, port) of a source address, as the rest of the SIP stack keys peers. */
 static PyObject *addr_tuple(const struct sockaddr_storage *addr) {
     char host[INET6_ADDRSTRLEN];
     int port;
-    if (last_tuple != NULL && same_addr(addr, &last_addr)) {
+    if (last_tuple != NULL && addr_equal(addr, &last_addr)) {
         Py_INCREF(last_tuple);
         return last_tuple;
     }
