@@ -105,7 +105,7 @@ class InboundCalls(CallRunner[InboundCallState]):
     # -- the INVITE ------------------------------------------------------------------------
 
     def invite(self, call: IncomingCall) -> None:
-        """A new INVITE, its 100 Trying sent: set up on a later turn of the event loop, one
+        """A new INVITE (its 100 Trying goes out as this returns): set up on a later turn, one
         call a turn, so that a burst of INVITEs never holds the loop - the media clock, OPTIONS,
         BYEs - for more than one call's setup (about 1.5 ms on the 2-core machine; issue 17:
         the 100 a source may send at once held it 150 ms, in one go).
