@@ -5,12 +5,16 @@ of our own."""
 from __future__ import annotations
 
 import asyncio
+import signal
 from dataclasses import replace
 
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from sipbridge.config import Settings
+from sipbridge.server import process
 from sipbridge.server.api.auth import sign_token
 from sipbridge.server.api.node_api import NodeApi
 from sipbridge.server.drain import DrainDriver
@@ -106,3 +110,35 @@ async def test_a_second_sigterm_while_draining_hangs_up_at_once() -> None:
     driver.signal(DrainInput.TERM)
     stopped = await asyncio.wait_for(waiting, 2)
     assert stopped.cause is DrainInput.TERM and stopped.hang_up
+
+
+async def test_a_signal_during_the_teardown_finds_the_handlers_still_there(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A supervisor's second SIGTERM may arrive while the node closes its sockets and leaves the
+    cluster; with the default action back in place it would kill the node mid-cleanup."""
+    seen: list[object] = []
+
+    class Node:
+        def __init__(self, settings: object) -> None:
+            self.drain = Drain(30)
+
+        def calls_in_progress(self) -> int:
+            return 0
+
+        def start_draining(self, started: DrainStarted) -> None:
+            pass
+
+        async def start(self) -> None:
+            signal.raise_signal(signal.SIGTERM)  # no call up: the node stops at once
+
+        async def stop(self) -> None:
+            seen.append(handler := signal.getsignal(signal.SIGTERM))
+            if handler not in (signal.SIG_DFL, signal.SIG_IGN, None):  # else it would kill us
+                signal.raise_signal(signal.SIGTERM)  # the second one: the node is stopped
+            await asyncio.sleep(0)
+
+    monkeypatch.setattr(process, "Server", Node)
+    await asyncio.wait_for(process.serve(Settings()), 5)
+    assert seen and seen[0] not in (signal.SIG_DFL, signal.SIG_IGN, None)
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # removed once the node is down

@@ -36,8 +36,13 @@ async def serve(settings: Settings) -> None:
         await server.start()
         await driver.wait_stopped()
     finally:
-        driver.uninstall()
-        await server.stop()
+        # The handlers stay through the teardown: a second SIGTERM sent while the node closes
+        # (a supervisor's "stop, then stop again" after a few seconds) finds the drain stopped
+        # and does nothing, where the default action would kill the node mid-cleanup.
+        try:
+            await server.stop()
+        finally:
+            driver.uninstall()
 
 
 def run(settings: Settings) -> None:
