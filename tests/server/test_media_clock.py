@@ -68,3 +68,27 @@ async def test_a_room_that_starts_mixing_wakes_the_idle_clock_at_the_next_frame(
     assert runs(media) - ran >= 5
     # the ticks it passed idle before waking stay counted on the grid
     assert clock.ticks - ticks >= runs(media) - ran
+
+
+async def test_the_clock_outlives_a_tick_that_raises(media: Harness) -> None:
+    """A fault in a tick's work outside any one room (here the once-a-second work) is logged and
+    the clock goes on: before, it stopped re-arming and every room on it fell silent."""
+    alone = media.phone()
+    media.call(alone, room="solo")  # alone in its room: silence mixed and sent every 20 ms
+    clock = media.svc.clock
+    second = clock.on_second
+    failed: list[float] = []
+
+    def fails_once(now: float) -> None:
+        if not failed:
+            failed.append(now)
+            raise RuntimeError("a fault in the once-a-second work")
+        if second is not None:
+            second(now)
+
+    clock.on_second = fails_once
+    await eventually(lambda: bool(failed), "the failing once-a-second work", timeout=3.0)
+    ticks = clock.ticks
+    got = await alone.collect(0.4)
+    assert len(got) >= 5  # the room still hears its frames after the fault
+    assert clock.ticks - ticks >= 5
