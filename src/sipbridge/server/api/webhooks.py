@@ -77,12 +77,29 @@ class WebhookNotifier:
         for receiver in self.receivers:
             receiver.task = asyncio.create_task(self._run(receiver), name=f"webhook {receiver.url}")
 
-    async def stop(self, drain_s: float = 2.0) -> None:
-        """Give queued events a short chance to go out, then stop."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(drain_s):
-                for receiver in self.receivers:
-                    await receiver.idle.wait()
+    async def stop(self, drain_s: float = 2.0, limit_s: float = 10.0) -> None:
+        """Let the queued events go out while they do, then stop: the wait goes on as long as
+        every `drain_s` sees one delivered, `limit_s` at most. A node stopping under load ends
+        rooms, participants and recordings at once (a dozen events), and a busy receiver may
+        take longer than one `drain_s` for them all; a dead or hung one gets `drain_s` only.
+        What is left unsent is logged and counted (`unsent`)."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + limit_s
+        while not all(receiver.idle.is_set() for receiver in self.receivers):
+            delivered = self.stats["delivered"]
+            window = min(drain_s, end - loop.time())
+            if window <= 0:
+                break
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(window):
+                    for receiver in self.receivers:
+                        await receiver.idle.wait()
+            if self.stats["delivered"] == delivered:  # none went out: the receivers are stuck
+                break
+        unsent = sum(len(receiver.queue) for receiver in self.receivers)
+        if unsent:
+            self.stats["unsent"] += unsent
+            log.warning("stopping with %d webhook event(s) unsent", unsent)
         for receiver in self.receivers:
             if receiver.task is not None:
                 receiver.task.cancel()
