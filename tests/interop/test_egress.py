@@ -165,6 +165,7 @@ async def egress_events(hooks: Receiver, count: int) -> list[tuple[str, int]]:
     return await eventually(arrived, f"{count} egress webhooks", timeout=5)
 
 
+@pytest.mark.serial  # real time: the phone's audio heard in the file
 async def test_a_call_is_recorded_by_a_room_composite_egress_to_ogg(
     recorder: ServerProcess, hooks: Receiver, tmp_path: Path
 ) -> None:
@@ -205,6 +206,7 @@ async def test_a_call_is_recorded_by_a_room_composite_egress_to_ogg(
     ]
 
 
+@pytest.mark.serial  # real time: the phone's audio heard in the file
 async def test_the_phone_track_is_recorded_until_the_phone_hangs_up(
     recorder: ServerProcess, tmp_path: Path
 ) -> None:
@@ -231,6 +233,7 @@ async def test_the_phone_track_is_recorded_until_the_phone_hangs_up(
         assert check_file(recorder, info, phone) >= 0.8
 
 
+@pytest.mark.serial  # real time: the phone's audio heard in the file
 async def test_a_dispatch_rule_records_every_call_without_an_api_call(
     recorder: ServerProcess, tmp_path: Path
 ) -> None:
@@ -348,6 +351,7 @@ def decode_any(path: Path) -> tuple[np.ndarray, int, str]:
         return pcm.astype(np.float64) / scale, stream.rate, stream.codec_context.name
 
 
+@pytest.mark.serial  # real time: the phone's audio heard in the file
 async def test_a_participant_egress_records_the_phone_to_wav_until_it_leaves(
     recorder: ServerProcess, tmp_path: Path
 ) -> None:
