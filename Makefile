@@ -57,7 +57,7 @@ FUZZ_TARGETS ?=
 # environment with PYTHONDONTWRITEBYTECODE set recompiled a hundred modules, 0.2 s, per start).
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: serve test check install crelay compiled core-compiled system-deps browser-deps console sdk-newest lint typecheck coverage-core unit bench \
+.PHONY: serve test check install crelay compiled core-compiled interpreted system-deps browser-deps console sdk-newest lint typecheck coverage-core unit bench \
 	clean fuzz fuzz-smoke
 
 $(BIN)/python:
@@ -181,9 +181,15 @@ core-compiled: install
 		echo "no compiled build: core-compiled skipped"; \
 	fi
 
+# The rooms' and the server's in-process tests from the sources: what a plain `pip install`
+# (nothing compiled) runs, since `unit` runs them on the compiled build.
+interpreted: install
+	SIPBRIDGE_INTERPRETED=1 $(BIN)/pytest -q -p no:cacheprovider -n $(CORE_WORKERS) tests/rooms \
+		tests/server
+
 # Everything else, appended to the core's run: the report covers the whole suite, and no test
 # runs twice. First in parallel, then the `serial` tests alone.
-unit: coverage-core core-compiled
+unit: coverage-core core-compiled interpreted
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile -m "not serial" --cov=sipbridge --cov-branch \
 		--cov-append --cov-report= $(addprefix --ignore=,$(CORE_TESTS)) $(PYTEST_ARGS)
 	$(BIN)/pytest -m serial --cov=sipbridge --cov-branch --cov-append --cov-report=term \
