@@ -14,7 +14,6 @@ PIN rooms are `PinEntry`'s (server/calls/pin_entry.py).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 from collections import deque
@@ -118,12 +117,12 @@ class InboundCalls(CallRunner[InboundCallState]):
             return
         self._arriving.append(call)
         if len(self._arriving) == 1:
-            asyncio.get_running_loop().call_soon(self._next_arrival)
+            self.loop().call_soon(self._next_arrival)
 
     def _next_arrival(self) -> None:
         call = self._arriving.popleft()
         if self._arriving:
-            asyncio.get_running_loop().call_soon(self._next_arrival)
+            self.loop().call_soon(self._next_arrival)
         if call.ended:  # CANCELled (or gone) while it waited
             return
         try:
