@@ -6,14 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Iterable
+from typing import cast
 
 import aiohttp
 import pytest
+import uvloop
 from aiohttp import web
-from livekit.protocol import rtc
+from aiohttp.base_protocol import BaseProtocol
+from aiohttp.http import WebSocketWriter
+from livekit.protocol import models, rtc
 
 from sipbridge.server.rtc.session import Encoded, Outgoing
-from sipbridge.server.rtc.writer import corked, write_messages
+from sipbridge.server.rtc.writer import corked, frame, write_messages
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -25,13 +30,48 @@ async def next_turn() -> None:
     await turn
 
 
+def room(metadata_size: int) -> models.Room:
+    return models.Room(name="r", metadata="m" * metadata_size)
+
+
 def pong(n: int) -> rtc.SignalResponse:
     return rtc.SignalResponse(pong=n)
 
 
-async def frames_from(messages: list[Outgoing | None], *, queued_first: bool) -> list[bytes]:
+class CountingTransport:
+    """The WebSocket's real transport, its writes counted (what `write_messages` hands it);
+    not an `asyncio.WriteTransport`, as uvloop's are not."""
+
+    def __init__(self, inner: asyncio.Transport) -> None:
+        self.inner = inner
+        self.writes: list[int] = []  # frames per call
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes.append(1)
+        self.inner.write(data)
+
+    def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
+        chunks = list(list_of_data)
+        self.writes.append(len(chunks))
+        self.inner.writelines(chunks)
+
+    def is_closing(self) -> bool:
+        return self.inner.is_closing()
+
+    def get_write_buffer_size(self) -> int:
+        return self.inner.get_write_buffer_size()
+
+
+async def frames_from(
+    messages: list[Outgoing | None],
+    *,
+    queued_first: bool,
+    gathered: list[int] | None = None,
+) -> list[bytes]:
     """Serve one WebSocket that writes `messages` (all queued before the writer starts, or one
-    a turn); what a real client receives until the socket closes."""
+    a turn); what a real client receives until the socket closes. With `gathered`, the writer
+    is given the connection's transport (as the signal server gives it), and the number of
+    frames in each of its own writes go there."""
     corks: list[int] = []
 
     async def handler(request: web.Request) -> web.WebSocketResponse:
@@ -40,21 +80,28 @@ async def frames_from(messages: list[Outgoing | None], *, queued_first: bool) ->
         outbox: asyncio.Queue[Outgoing | None] = asyncio.Queue()
         sock = ws.get_extra_info("socket")
         assert sock is not None and sock.family == socket.AF_INET
+        transport: asyncio.BaseTransport | None = None
+        if gathered is not None:
+            assert request.transport is not None
+            counting = CountingTransport(request.transport)
+            transport = cast(asyncio.BaseTransport, counting)
         if queued_first:
             for message in messages:
                 outbox.put_nowait(message)
             with corked(ws):  # (the cork is on inside, off after)
                 corks.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_CORK))
             corks.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_CORK))
-            await write_messages(ws, outbox)
+            await write_messages(ws, outbox, transport)
         else:
-            writer = asyncio.create_task(write_messages(ws, outbox))
+            writer = asyncio.create_task(write_messages(ws, outbox, transport))
             for message in messages:
                 outbox.put_nowait(message)
                 await next_turn()  # the writer takes it alone
             await writer
         if not ws.closed:
             await ws.close()
+        if gathered is not None:
+            gathered.extend(n for n in counting.writes if n > 1)
         return ws
 
     app = web.Application()
@@ -96,3 +143,70 @@ async def test_a_leave_is_the_last_message_and_closes_the_socket() -> None:
         "pong",
         "leave",
     ]
+
+
+@pytest.mark.parametrize("queued_first", [True, False])
+async def test_given_the_transport_a_batch_goes_in_one_write_and_arrives_whole(
+    queued_first: bool,
+) -> None:
+    """With the transport (as the signal server runs it), what queued up together goes in one
+    `writelines` of our own frames; a client reads the same messages in the same order."""
+    messages: list[Outgoing | None] = [pong(n) for n in range(150)]
+    messages[7] = Encoded.of(pong(7))
+    for n, size in ((40, 300), (41, 70_000)):  # frames with 16- and 64-bit lengths
+        messages[n] = rtc.SignalResponse(room_update=rtc.RoomUpdate(room=room(size)))
+    gathered: list[int] = []
+    got = await frames_from([*messages, None], queued_first=queued_first, gathered=gathered)
+    decoded = [rtc.SignalResponse.FromString(data) for data in got]
+    assert decoded == [m.message if isinstance(m, Encoded) else m for m in messages]
+    if queued_first:  # 150 at once: batches of MAX_BATCH, each in one write
+        assert gathered and sum(gathered) >= 100
+    else:
+        assert gathered == []  # one a turn: each alone, through aiohttp
+
+
+async def test_given_the_transport_a_leave_is_still_the_last_and_closes() -> None:
+    leave = rtc.SignalResponse(leave=rtc.LeaveRequest(can_reconnect=False))
+    gathered: list[int] = []
+    got = await frames_from(
+        [pong(1), pong(2), leave, pong(3), None], queued_first=True, gathered=gathered
+    )
+    assert [rtc.SignalResponse.FromString(data).WhichOneof("message") for data in got] == [
+        "pong",
+        "pong",
+        "leave",
+    ]
+    assert gathered == [3]
+
+
+class Recording(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.data = bytearray()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.data += data
+
+    def is_closing(self) -> bool:
+        return False
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 70000])
+async def test_our_frames_are_aiohttps_byte_for_byte(size: int) -> None:
+    """A server's binary frame as `frame` makes it and as aiohttp's own writer writes it."""
+    transport = Recording()
+    protocol = BaseProtocol(asyncio.get_running_loop())
+    writer = WebSocketWriter(protocol, transport, use_mask=False, compress=0)
+    payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    await writer.send_frame(payload, aiohttp.WSMsgType.BINARY)
+    assert frame(payload) == bytes(transport.data)
+
+
+def test_under_uvloop_a_batch_goes_in_one_write_and_arrives_whole() -> None:
+    """The server's loop: uvloop's transports (not `asyncio.WriteTransport` instances) are
+    written to together too."""
+    messages: list[Outgoing | None] = [pong(n) for n in range(100)]
+    gathered: list[int] = []
+    got = uvloop.run(frames_from([*messages, None], queued_first=True, gathered=gathered))
+    assert [rtc.SignalResponse.FromString(data).pong for data in got] == list(range(100))
+    assert gathered and sum(gathered) >= 90

@@ -141,7 +141,7 @@ class SignalServer:
             session.ws, session.outbox = ws, asyncio.Queue()
         outbox = session.outbox  # this WebSocket's: a resume gives the session a new one
         writer = asyncio.create_task(
-            self._write(session, ws, outbox), name=f"signal {claims.identity}"
+            self._write(session, ws, outbox, request.transport), name=f"signal {claims.identity}"
         )
         dropped = False
         try:
@@ -382,8 +382,10 @@ class SignalServer:
         session: Session,
         ws: web.WebSocketResponse,
         outbox: asyncio.Queue[Outgoing | None],
+        transport: asyncio.BaseTransport | None,
     ) -> None:
-        await write_messages(ws, outbox)  # (in order; what queued up together, corked)
+        # (in order; what queued up together, in one write)
+        await write_messages(ws, outbox, transport)
 
     def on_room_event(self, event: ev.RoomEvent) -> None:
         match event:
