@@ -297,7 +297,7 @@ class Server:
             info,
             state=self.drain.state.value,
             calls=self.calls_in_progress(),
-            rooms=len(self.rooms.registry.rooms()),
+            rooms=len(self.rooms.registry),  # (a count, not a list of every room)
             agents=self.cluster.agents.advertised(),
         )
 
