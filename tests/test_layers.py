@@ -383,3 +383,15 @@ def test_direction_checker_reports_line_layer_and_name() -> None:
     assert wrong_direction_imports("from .... import x", "sipbridge.sip.ua.session") == [
         "1: sip -> <beyond the top-level package>"
     ]
+
+
+SERVER_MODULE_LINES = 500  # README (layout): no module in server/ over this; split by concern
+
+
+def test_no_server_module_is_over_the_line_limit() -> None:
+    long = {
+        str(path.relative_to(PACKAGE)): lines
+        for path in sorted((PACKAGE / "server").rglob("*.py"))
+        if (lines := len(path.read_text().splitlines())) > SERVER_MODULE_LINES
+    }
+    assert not long, f"split by concern: {long}"

@@ -26,6 +26,7 @@ from sipbridge.telephony.inbound import (
     TrunkConflict,
     _clean,
     inbound_attributes,
+    inbound_call_info,
     match_trunk,
     participant_identity,
     participant_name,
@@ -1036,3 +1037,40 @@ def test_sanitizing_skips_clean_text_and_changes_exactly_what_translate_does() -
         assert _clean(text) == text.translate(_SANITIZE), hex(code)
     clean = "Phone +15550001234"
     assert _clean(clean) is clean
+
+
+def test_the_call_info_of_an_inbound_call_joining_its_room() -> None:
+    trunk = sip.SIPInboundTrunkInfo(sip_trunk_id="ST_in")
+    rule = sip.SIPDispatchRuleInfo(sip_dispatch_rule_id="SDR_r")
+    info = inbound_call_info(
+        call=call(),
+        call_id="SCL_1",
+        trunk=trunk,
+        rule=rule,
+        room="call-+15550001",
+        identity="sip_+15550001",
+        to_host="sip.example.net",
+        created=1700000000.5,
+    )
+    assert (info.call_id, info.sip_call_id) == ("SCL_1", "a84b4c76e66710@pc33.example.com")
+    assert (info.trunk_id, info.dispatch_rule_id) == ("ST_in", "SDR_r")
+    assert (info.room_name, info.participant_identity) == ("call-+15550001", "sip_+15550001")
+    assert info.call_direction == sip.SIPCallDirection.SCD_INBOUND
+    assert info.call_status == sip.SIPCallStatus.SCS_CALL_INCOMING
+    assert (info.from_uri.user, info.from_uri.host) == (CALLER, HOST)
+    assert (info.to_uri.user, info.to_uri.host) == (CALLED, "sip.example.net")
+    assert (info.created_at, info.created_at_ns) == (1700000000, 1700000000500000000)
+    # no trunk (a call the rules let in without one): no trunk id
+    assert (
+        inbound_call_info(
+            call=call(),
+            call_id="SCL_2",
+            trunk=None,
+            rule=rule,
+            room="r",
+            identity="i",
+            to_host="h",
+            created=0.0,
+        ).trunk_id
+        == ""
+    )

@@ -28,7 +28,15 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from livekit.protocol.sip import SIPDispatchRuleInfo, SIPHeaderOptions, SIPInboundTrunkInfo
+from livekit.protocol.sip import (
+    SIPCallDirection,
+    SIPCallInfo,
+    SIPCallStatus,
+    SIPDispatchRuleInfo,
+    SIPHeaderOptions,
+    SIPInboundTrunkInfo,
+    SIPUri,
+)
 
 from sipbridge.errors import ApiError
 from sipbridge.telephony.numbers import numbers_match
@@ -378,6 +386,35 @@ def sanitize_attribute(value: str) -> str:
     is cut to `MAX_ATTRIBUTE_VALUE` characters.
     """
     return _clean(value)[:MAX_ATTRIBUTE_VALUE]
+
+
+def inbound_call_info(
+    *,
+    call: InboundCall,
+    call_id: str,
+    trunk: SIPInboundTrunkInfo | None,
+    rule: SIPDispatchRuleInfo,
+    room: str,
+    identity: str,
+    to_host: str,
+    created: float,
+) -> SIPCallInfo:
+    """The call log's record of an inbound call as it joins its room (`incoming`): who called
+    whom on which trunk and rule, into which room as whom; `created` in seconds (Unix)."""
+    return SIPCallInfo(
+        call_id=call_id,
+        sip_call_id=call.call_id,
+        trunk_id=trunk.sip_trunk_id if trunk is not None else "",
+        dispatch_rule_id=rule.sip_dispatch_rule_id,
+        room_name=room,
+        participant_identity=identity,
+        call_direction=SIPCallDirection.SCD_INBOUND,
+        call_status=SIPCallStatus.SCS_CALL_INCOMING,
+        from_uri=SIPUri(user=call.caller, host=call.from_host),
+        to_uri=SIPUri(user=call.called, host=to_host),
+        created_at=int(created),
+        created_at_ns=int(created * 1e9),
+    )
 
 
 def inbound_attributes(

@@ -52,6 +52,7 @@ from sipbridge.telephony.inbound import (
     InboundCall,
     TrunkConflict,
     inbound_attributes,
+    inbound_call_info,
     match_trunk,
     participant_identity,
     participant_name,
@@ -314,19 +315,15 @@ class InboundCalls(CallRunner[InboundCallState]):
         identity = participant_identity(rule, inbound)
         now = self.rooms.now()
         created = state.info.created_at_ns / 1e9 if state.info.created_at_ns else now
-        info = proto.SIPCallInfo(
+        info = inbound_call_info(
+            call=inbound,
             call_id=call_id,
-            sip_call_id=inbound.call_id,
-            trunk_id=trunk.sip_trunk_id if trunk is not None else "",
-            dispatch_rule_id=rule.sip_dispatch_rule_id,
-            room_name=room_name,
-            participant_identity=identity,
-            call_direction=proto.SIPCallDirection.SCD_INBOUND,
-            call_status=proto.SIPCallStatus.SCS_CALL_INCOMING,
-            from_uri=proto.SIPUri(user=inbound.caller, host=inbound.from_host),
-            to_uri=proto.SIPUri(user=inbound.called, host=call.request.uri.host),
-            created_at=int(created),
-            created_at_ns=int(created * 1e9),
+            trunk=trunk,
+            rule=rule,
+            room=room_name,
+            identity=identity,
+            to_host=call.request.uri.host,
+            created=created,
         )
         state.info, state.room, state.identity, state.rule = info, room_name, identity, rule
         attributes = inbound_attributes(
