@@ -5,6 +5,7 @@
   uses the pure-Python path.
 - Batched UDP I/O for the SIP socket (src/sipbridge/_csipudp.c), the same: without it the SIP
   socket is the event loop's datagram endpoint.
+- The SIP UDP socket's reader thread (src/sipbridge/_csipthr.c), the same.
 - With `SIPBRIDGE_COMPILE=1` (the Makefile's `compiled` target), also the COMPILED packages and
   modules, compiled by mypyc from their own .py sources into C extensions beside them, and the
   stamp `sipbridge/_compiled.py` checks at import. Without it (a plain `pip install`), nothing
@@ -46,6 +47,16 @@ ext_modules = [
         ["src/sipbridge/_csipudp.c"],
         depends=["src/sipbridge/_sockaddr.h"],
         extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+        optional=True,
+    ),
+    # The SIP UDP socket read on a thread of its own, a new INVITE's 100 sent there
+    # (server/sip/udp_thread.py), tried the same way.
+    Extension(
+        "sipbridge._csipthr",
+        ["src/sipbridge/_csipthr.c"],
+        depends=["src/sipbridge/_sockaddr.h"],
+        extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+        libraries=["pthread"],
         optional=True,
     ),
 ]

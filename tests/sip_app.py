@@ -83,15 +83,19 @@ async def running_app(
     tls: ssl.SSLContext | None = None,
     *,
     batched_udp: bool | None = None,
+    threaded_udp: bool | None = None,
 ) -> AsyncIterator[tuple[SipService, int]]:
     """UDP and TCP share one port; TLS (with `tls`) gets its own free one: see `service.bound`.
     `batched_udp`: False for the event loop's datagram endpoint even where the batched UDP
-    extension is built (server/sip/udp.py); None for the default."""
+    extension is built (server/sip/udp.py); None for the default. `threaded_udp`: the same
+    for the reader thread (server/sip/udp_thread.py)."""
     for attempt in range(5):
         ua = SipUserAgent("127.0.0.1", 0, on_invite=app.on_invite)
         service = SipService(ua)
         if batched_udp is not None:
             service.batched_udp = batched_udp
+        if threaded_udp is not None:
+            service.threaded_udp = threaded_udp
         ua.attach(service)
         try:
             first = await service.listen(Listen(transports[0], "127.0.0.1", port), tls)

@@ -166,8 +166,10 @@ class SipEndpoint:
 
     # -- input ---------------------------------------------------------------------------
 
-    def receive(self, data: bytes, peer: Peer, now: float) -> None:
-        """One message from the network. Never raises: bad input is answered or counted."""
+    def receive(self, data: bytes, peer: Peer, now: float, trying_sent: bool = False) -> None:
+        """One message from the network. Never raises: bad input is answered or counted.
+        `trying_sent`: the transport answered this INVITE 100 Trying already (a new one: the
+        transaction records that 100 as sent, and sends no other)."""
         self.stats["received"] += 1
         if (
             self.admission is not None
@@ -188,7 +190,7 @@ class SipEndpoint:
             self._receive_response(message, peer, now)
         else:
             try:
-                self._receive_request(message, peer, now)
+                self._receive_request(message, peer, now, trying_sent)
             except SipProtocolError as err:
                 self.stats["rejected"] += 1
                 self._reject(message, peer, err.status, err.reason, err.detail)
@@ -208,7 +210,9 @@ class SipEndpoint:
         transaction.receive_response(response, now)
         self._drain(transaction)
 
-    def _receive_request(self, request: Request, peer: Peer, now: float) -> None:
+    def _receive_request(
+        self, request: Request, peer: Peer, now: float, trying_sent: bool = False
+    ) -> None:
         if self.admission is not None and not self.admission.allowed(peer.host):
             self.stats["dropped_not_allowed"] += 1
             return
@@ -277,6 +281,8 @@ class SipEndpoint:
         if request.method == "CANCEL":
             self._receive_cancel(request, transaction, now)
             return
+        if trying_sent and request.method == "INVITE":
+            self._trying_sent(transaction, now)
         self._events.append(RequestReceived(request=request, transaction=transaction, peer=peer))
 
     def _check_request(self, request: Request) -> None:
@@ -420,6 +426,15 @@ class SipEndpoint:
         `outgoing()` only if `transaction` has sent no response by then: a TU that answers
         at once costs no 100 at all."""
         self._hold(transaction, None, self._peers[id(transaction)], now)
+
+    def _trying_sent(self, transaction: ServerTransaction, now: float) -> None:
+        """The transport sent this new INVITE's 100 (the same bytes as ours): recorded as the
+        transaction's last response, for its retransmissions, and not sent again."""
+        trying = make_response(transaction.request, 100)
+        self._add_identity(trying)
+        if transaction.send_response(trying, now):
+            transaction.messages_to_send()  # (sent by the transport)
+            self.stats["sent"] += 1
 
     def _hold(
         self, transaction: ServerTransaction, response: Response | None, peer: Peer, now: float

@@ -27,6 +27,8 @@ from typing import Any, cast
 from sipbridge.server.deadline import DeadlineTimer
 from sipbridge.server.sip.udp import BatchedUdp, _Udp, open_socket
 from sipbridge.server.sip.udp import available as batched_udp_available
+from sipbridge.server.sip.udp_thread import ThreadedUdp
+from sipbridge.server.sip.udp_thread import available as threaded_udp_available
 from sipbridge.sip.admission import Admission
 from sipbridge.sip.endpoint import EndpointEvent, EndpointSettings, Peer, SipEndpoint
 from sipbridge.sip.errors import SipProtocolError
@@ -193,8 +195,10 @@ class SipService:
         self.connection_ids = itertools.count(1)
         # UDP sockets read and written in batches when the extension is built (udp.py)
         self.batched_udp = batched_udp_available()
-        self._udp: dict[tuple[str, int], asyncio.DatagramTransport | BatchedUdp] = {}
-        self._udp_out: asyncio.DatagramTransport | BatchedUdp | None = None  # the first
+        # or read on a thread of their own, a new INVITE's 100 sent there (udp_thread.py)
+        self.threaded_udp = threaded_udp_available()
+        self._udp: dict[tuple[str, int], asyncio.DatagramTransport | BatchedUdp | ThreadedUdp] = {}
+        self._udp_out: asyncio.DatagramTransport | BatchedUdp | ThreadedUdp | None = None
         self._servers: list[asyncio.Server] = []
         # the transactions' deadlines (lazy: moved later or gone, the wake-up stays, see there)
         self._timer = DeadlineTimer(self.now, self._on_timer, lazy=True)
@@ -230,8 +234,10 @@ class SipService:
         """Bind one listener; returns it with the real port (for port 0)."""
         self._loop = asyncio.get_running_loop()
         if what.transport == "udp":
-            transport: asyncio.DatagramTransport | BatchedUdp
-            if self.batched_udp:  # recvmmsg / sendmmsg (udp.py)
+            transport: asyncio.DatagramTransport | BatchedUdp | ThreadedUdp
+            if self.threaded_udp:  # a reader thread (udp_thread.py)
+                transport = ThreadedUdp(self, open_socket(what.host, what.port))
+            elif self.batched_udp:  # recvmmsg / sendmmsg (udp.py)
                 sock = open_socket(what.host, what.port)
                 transport = BatchedUdp(self, sock)
             else:
@@ -290,7 +296,8 @@ class SipService:
 
     # -- the loop between network, endpoint and application ------------------------------
 
-    def receive(self, data: bytes, peer: Peer) -> None:
+    def receive(self, data: bytes, peer: Peer, trying_sent: bool = False) -> None:
+        """One message in; `trying_sent`: a 100 Trying for it went out already (udp_thread.py)."""
         if self.traces is not None:
             self.traces.record(
                 data,
@@ -300,7 +307,7 @@ class SipService:
                 local=self._local_udp if peer.transport == "udp" else self._local(peer),
                 remote=peer.address,
             )
-        self.endpoint.receive(data, peer, self.now())
+        self.endpoint.receive(data, peer, self.now(), trying_sent)
         self._flush()
 
     def connection_lost(self, peer: Peer) -> None:

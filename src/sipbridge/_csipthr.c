@@ -1,0 +1,1110 @@
+/* The SIP UDP socket read on a thread of its own, and a new INVITE's 100 Trying sent there
+ * (driven by server/sip/udp_thread.py).
+ *
+ * A POSIX thread that never takes the GIL blocks in poll() on the socket, reads what is there
+ * with recvmmsg, and appends each datagram to a bounded queue (a full queue drops and counts,
+ * as a full kernel buffer would). When the queue was left empty by the event loop, the thread
+ * writes an eventfd the loop watches (`add_reader`): one wake a batch, not a datagram. The loop
+ * takes up to `max` datagrams a call (`drain`) and hands each to the SIP stack as before.
+ *
+ * A datagram that is a plain INVITE outside a dialog (no To tag), whose top Via branch this
+ * thread has not seen within LINGER seconds, from a source the SIP stack's admission control has
+ * let through (`admit`), is answered 100 Trying from here at once (RFC 3261 s8.2.6.1, s17.2.1),
+ * byte for byte the 100 the Python stack makes (`build_trying`, and `trying()` for its tests),
+ * and marked so that the transaction layer knows its 100 went out. Anything unusual (folded or
+ * compact-form-less oddities, a comma in the top Via, non-ASCII, a Timestamp or Require header,
+ * a To that mentions a tag, an RFC 2543 branch...) is left to Python, which decides as it
+ * always did. The number of datagrams answered here and not yet handled by Python is bounded by
+ * `window` (queue depth): a source the admission control starts refusing is forgotten before
+ * it could reach the point where it would be dropped unanswered.
+ *
+ * Every branch of an INVITE read is remembered (a bounded open-addressing table of 64-bit
+ * hashes, refreshed on each sighting): a retransmission is never answered here, whatever the
+ * transaction has sent since; a table too full to remember a branch answers nothing.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "_sockaddr.h"
+
+#define BATCH 32
+#define READ_SIZE 65535
+#define QUEUE_MAX 4096                  /* datagrams waiting for the loop */
+#define QUEUE_BYTES (8 * 1024 * 1024)   /* and their bytes */
+#define SEEN_SLOTS (1u << 17)           /* branches remembered (64-bit hashes) */
+#define SEEN_PROBE 32                   /* slots looked at for one branch */
+#define LINGER 64.0                     /* seconds a branch is remembered after its last sighting */
+#define ADMITTED_SLOTS 4096             /* sources answered from here (cleared when full) */
+#define MAX_VIAS 16
+#define MAX_HEADERS 128                 /* as sip/message.py */
+#define MAX_LINE 8192
+#define MAX_BODY 32768
+#define OUT_SIZE 16384
+#define SERVER_MAX 256
+
+typedef struct item {
+    struct item *next;
+    struct sockaddr_storage addr;
+    size_t len;
+    int flag; /* 1: its 100 Trying was sent from here */
+    char data[];
+} item;
+
+typedef struct {
+    uint64_t hash;
+    double until;
+} seen_slot;
+
+typedef struct {
+    unsigned char family; /* 0: empty */
+    unsigned char addr[16];
+} admitted_slot;
+
+typedef struct {
+    int fd, family, wakefd, stopfd;
+    pthread_t thread;
+    int running;
+    pthread_mutex_t lock;
+    item *head, *tail;
+    size_t count, bytes;
+    int need_wake;
+    int window;    /* answer here only while fewer than this wait in the queue */
+    int admit_all; /* no admission control: every source may be answered */
+    admitted_slot admitted[ADMITTED_SLOTS];
+    size_t admitted_count;
+    /* counters since the last drain */
+    long oversized, errors, queue_full, tried;
+    char server[SERVER_MAX];
+    size_t server_len;
+    /* the thread's own */
+    double full_until; /* the branch table was too full to remember one: answer nothing */
+    seen_slot *seen;
+    unsigned char (*bufs)[READ_SIZE];
+    struct mmsghdr msgs[BATCH];
+    struct iovec iov[BATCH];
+    struct sockaddr_storage addrs[BATCH];
+} reader;
+
+/* -- the 100 Trying, built from an INVITE's bytes ---------------------------------------- */
+
+typedef struct {
+    const char *p;
+    size_t n;
+} span;
+
+static int lower(int c) { return (c >= 'A' && c <= 'Z') ? c + 32 : c; }
+
+static int span_is(span s, const char *name) {
+    size_t n = strlen(name);
+    if (s.n != n)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (lower((unsigned char)s.p[i]) != name[i])
+            return 0;
+    return 1;
+}
+
+static int is_token(int c) {
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+           (c && strchr("-.!%*_+`'~", c) != NULL);
+}
+
+static int contains_ci(span s, const char *needle) {
+    size_t n = strlen(needle);
+    for (size_t i = 0; i + n <= s.n; i++) {
+        size_t j = 0;
+        while (j < n && lower((unsigned char)s.p[i + j]) == needle[j])
+            j++;
+        if (j == n)
+            return 1;
+    }
+    return 0;
+}
+
+static uint64_t fnv1a(const char *p, size_t n) {
+    uint64_t h = 1469598103934665603ULL;
+    for (size_t i = 0; i < n; i++) {
+        h ^= (unsigned char)p[i];
+        h *= 1099511628211ULL;
+    }
+    return h ? h : 1; /* 0 marks an empty slot */
+}
+
+typedef struct {
+    char *p;
+    size_t n, cap;
+    int bad;
+} out_buf;
+
+static void put(out_buf *o, const char *p, size_t n) {
+    if (o->bad || o->n + n > o->cap) {
+        o->bad = 1;
+        return;
+    }
+    memcpy(o->p + o->n, p, n);
+    o->n += n;
+}
+
+static void puts_(out_buf *o, const char *s) { put(o, s, strlen(s)); }
+
+/* The top Via, checked and cut: `SIP/2.0/UDP host[:port]` and `;name[=value]` parameters of
+ * token characters (values also ':', '[', ']'). 0 when it is one to answer. */
+typedef struct {
+    span host, port, params; /* params: from the first ';' to the end */
+    span branch;
+    int rport;
+} via_parts;
+
+static int is_value_char(int c) { return is_token(c) || c == ':' || c == '[' || c == ']'; }
+
+static int cut_via(span v, via_parts *out) {
+    static const char prefix[] = "SIP/2.0/UDP ";
+    size_t i = sizeof(prefix) - 1;
+    if (v.n <= i || memcmp(v.p, prefix, i) != 0)
+        return -1;
+    size_t start = i;
+    if (v.p[i] == '[') {
+        i++;
+        while (i < v.n && (isxdigit((unsigned char)v.p[i]) || v.p[i] == ':' || v.p[i] == '.'))
+            i++;
+        if (i >= v.n || v.p[i] != ']')
+            return -1;
+        i++;
+    } else {
+        while (i < v.n && (isalnum((unsigned char)v.p[i]) || v.p[i] == '-' || v.p[i] == '.'))
+            i++;
+    }
+    if (i == start)
+        return -1;
+    out->host = (span){v.p + start, i - start};
+    out->port = (span){NULL, 0};
+    if (i < v.n && v.p[i] == ':') {
+        size_t p0 = ++i;
+        long port = 0;
+        while (i < v.n && v.p[i] >= '0' && v.p[i] <= '9' && i - p0 < 6)
+            port = port * 10 + (v.p[i++] - '0');
+        if (i == p0 || i - p0 > 5 || v.p[p0] == '0' || port < 1 || port > 65535)
+            return -1;
+        out->port = (span){v.p + p0, i - p0};
+    }
+    out->params = (span){v.p + i, v.n - i};
+    out->branch = (span){NULL, 0};
+    out->rport = 0;
+    int have_branch = 0;
+    while (i < v.n) {
+        if (v.p[i] != ';')
+            return -1;
+        size_t n0 = ++i;
+        while (i < v.n && is_token((unsigned char)v.p[i]))
+            i++;
+        span name = {v.p + n0, i - n0};
+        if (name.n == 0)
+            return -1;
+        span value = {NULL, 0};
+        if (i < v.n && v.p[i] == '=') {
+            size_t v0 = ++i;
+            while (i < v.n && is_value_char((unsigned char)v.p[i]))
+                i++;
+            if (i == v0)
+                return -1;
+            value = (span){v.p + v0, i - v0};
+        }
+        if (i < v.n && v.p[i] != ';')
+            return -1;
+        if (span_is(name, "branch") && !have_branch) {
+            have_branch = 1;
+            if (value.p == NULL)
+                return -1;
+            out->branch = value;
+        } else if (span_is(name, "rport")) {
+            out->rport = 1;
+        }
+    }
+    if (!have_branch || out->branch.n <= 7 || memcmp(out->branch.p, "z9hG4bK", 7) != 0)
+        return -1;
+    return 0;
+}
+
+/* `;name[=value]...` of tokens (values also ':', '[', ']'), from `p` to `end`: 0 when well formed. */
+static int check_params(const char *p, const char *end) {
+    while (p < end) {
+        if (*p != ';')
+            return -1;
+        const char *n0 = ++p;
+        while (p < end && is_token((unsigned char)*p))
+            p++;
+        if (p == n0)
+            return -1;
+        if (p < end && *p == '=') {
+            const char *v0 = ++p;
+            while (p < end && is_value_char((unsigned char)*p))
+                p++;
+            if (p == v0)
+                return -1;
+        }
+    }
+    return 0;
+}
+
+static int is_uri_char(int c, const char *extra) {
+    return isalnum(c) || (c && strchr(extra, c) != NULL);
+}
+
+/* A SIP URI's text after its scheme, of the plainest shape: [user[:password]@]host[:port]
+ * [;param[=value]...], no headers (sip/uri.py's grammar, or stricter). */
+static int check_host(span u) {
+    const char *end = u.p + u.n, *p = u.p;
+    const char *at = NULL;
+    for (const char *q = u.p; q < end; q++) {
+        if (*q == '?')
+            return -1;
+        if (*q == '@')
+            at = q;
+    }
+    if (at != NULL) {
+        for (const char *q = u.p; q < at; q++)
+            if (!is_uri_char((unsigned char)*q, "-_.!~*'()%&=+$,;/#:"))
+                return -1;
+        p = at + 1;
+    }
+    const char *h0 = p;
+    if (p < end && *p == '[') {
+        p++;
+        while (p < end && (isxdigit((unsigned char)*p) || *p == ':' || *p == '.'))
+            p++;
+        if (p >= end || *p != ']' || p == h0 + 1)
+            return -1;
+        p++;
+    } else {
+        while (p < end && (isalnum((unsigned char)*p) || *p == '-' || *p == '.'))
+            p++;
+        if (p == h0 || !isalnum((unsigned char)*h0) || p[-1] == '-')
+            return -1;
+    }
+    if (p < end && *p == ':') {
+        const char *d0 = ++p;
+        long port = 0;
+        while (p < end && *p >= '0' && *p <= '9' && p - d0 < 6)
+            port = port * 10 + (*p++ - '0');
+        if (p == d0 || p - d0 > 5 || port < 1 || port > 65535)
+            return -1;
+    }
+    while (p < end) { /* ;name[=value] of paramchars */
+        if (*p != ';')
+            return -1;
+        const char *n0 = ++p;
+        while (p < end && is_uri_char((unsigned char)*p, "-_.!~*'()%&+$"))
+            p++;
+        if (p == n0)
+            return -1;
+        if (p < end && *p == '=') {
+            const char *v0 = ++p;
+            while (p < end && is_uri_char((unsigned char)*p, "-_.!~*'()%[]/:&+$"))
+                p++;
+            if (p == v0)
+                return -1;
+        }
+    }
+    return 0;
+}
+
+/* A From or To value of the plainest shapes: `["display" | tokens] <uri>;params` or
+ * `uri;params` (uri: sip:, sips: or tel:, without spaces, quotes, angle brackets or commas). */
+static int check_address(span a) {
+    const char *p = a.p, *end = a.p + a.n;
+    const char *open = memchr(p, '<', a.n);
+    const char *uri, *uri_end, *rest;
+    if (open != NULL) {
+        const char *q = p;
+        if (q < open && *q == '"') {
+            const char *close = memchr(q + 1, '"', (size_t)(open - q - 1));
+            if (close == NULL || memchr(q + 1, '\\', (size_t)(close - q - 1)))
+                return -1;
+            q = close + 1;
+        }
+        for (; q < open; q++)
+            if (!is_token((unsigned char)*q) && *q != ' ' && *q != '\t')
+                return -1;
+        uri = open + 1;
+        uri_end = memchr(uri, '>', (size_t)(end - uri));
+        if (uri_end == NULL)
+            return -1;
+        rest = uri_end + 1;
+        while (rest < end && (*rest == ' ' || *rest == '\t'))
+            rest++;
+    } else {
+        uri = p;
+        uri_end = memchr(p, ';', a.n);
+        if (uri_end == NULL)
+            uri_end = end;
+        rest = uri_end;
+    }
+    size_t n = (size_t)(uri_end - uri);
+    span scheme = {uri, 0};
+    const char *colon = memchr(uri, ':', n);
+    if (colon == NULL)
+        return -1;
+    scheme.n = (size_t)(colon - uri);
+    if (!span_is(scheme, "sip") && !span_is(scheme, "sips") && !span_is(scheme, "tel"))
+        return -1;
+    if (uri_end - colon < 2)
+        return -1;
+    for (const char *q = colon + 1; q < uri_end; q++)
+        if (*q == ' ' || *q == '\t' || *q == '"' || *q == '<' || *q == '>' || *q == ',')
+            return -1;
+    span after = {colon + 1, (size_t)(uri_end - colon - 1)};
+    if (span_is(scheme, "tel")) {
+        for (size_t i = 0; i < after.n; i++)
+            if (!is_uri_char((unsigned char)after.p[i], "+*#-.()") || (after.p[i] == '+' && i))
+                return -1;
+    } else if (check_host(after) < 0) {
+        return -1;
+    }
+    return check_params(rest, end);
+}
+
+/* Strip spaces and tabs at both ends, as Python's str.strip does for ASCII (other whitespace
+ * characters are refused before). */
+static span strip(const char *p, const char *end) {
+    while (p < end && (*p == ' ' || *p == '\t'))
+        p++;
+    while (end > p && (end[-1] == ' ' || end[-1] == '\t'))
+        end--;
+    return (span){p, (size_t)(end - p)};
+}
+
+static int digits(span s, size_t most) {
+    if (s.n == 0 || s.n > most)
+        return 0;
+    for (size_t i = 0; i < s.n; i++)
+        if (s.p[i] < '0' || s.p[i] > '9')
+            return 0;
+    return 1;
+}
+
+/* The 100 Trying for `data` (an INVITE from peer_host:peer_port) into `out`: its length, or -1
+ * when this INVITE is left to Python. `branch_hash` gets the hash of the top Via branch (0 when
+ * none could be found). */
+static long build_trying(const char *data, size_t len, const char *peer_host, int peer_port,
+                         const char *server, size_t server_len, char *outp, size_t outcap,
+                         uint64_t *branch_hash) {
+    *branch_hash = 0;
+    if (len < 16 || len > READ_SIZE || memcmp(data, "INVITE ", 7) != 0)
+        return -1;
+    const char *end = NULL;
+    for (size_t i = 0; i + 3 < len; i++) {
+        if (data[i] == '\r' && data[i + 1] == '\n' && data[i + 2] == '\r' && data[i + 3] == '\n') {
+            end = data + i;
+            break;
+        }
+    }
+    if (end == NULL)
+        return -1;
+    size_t body = len - (size_t)(end + 4 - data);
+    if (body > MAX_BODY)
+        return -1;
+    /* Only printable ASCII, tabs and CRLF pairs in the head. */
+    for (const char *p = data; p < end; p++) {
+        unsigned char c = (unsigned char)*p;
+        if (c == '\r') {
+            if (p + 1 >= end || p[1] != '\n')
+                return -1;
+            p++;
+            continue;
+        }
+        if (c == '\n' || c >= 0x7f || (c < 0x20 && c != '\t'))
+            return -1;
+    }
+    /* The request line: INVITE sip:... SIP/2.0 */
+    const char *line_end = memchr(data, '\r', (size_t)(end - data));
+    if (line_end == NULL)
+        return -1; /* no header at all */
+    span uri = {data + 7, 0};
+    const char *sp = memchr(uri.p, ' ', (size_t)(line_end - uri.p));
+    if (sp == NULL || line_end - sp != 8 || memcmp(sp, " SIP/2.0", 8) != 0)
+        return -1;
+    uri.n = (size_t)(sp - uri.p);
+    if (uri.n > 4 && memcmp(uri.p, "sip:", 4) == 0) {
+        if (check_host((span){uri.p + 4, uri.n - 4}) < 0)
+            return -1;
+    } else if (uri.n > 5 && memcmp(uri.p, "sips:", 5) == 0) {
+        if (check_host((span){uri.p + 5, uri.n - 5}) < 0)
+            return -1;
+    } else {
+        return -1;
+    }
+    for (size_t i = 0; i < uri.n; i++)
+        if (uri.p[i] == '\t')
+            return -1;
+    span vias[MAX_VIAS];
+    int nvia = 0;
+    span from = {0}, to = {0}, call_id = {0}, cseq = {0}, length = {0}, forwards = {0};
+    int headers = 0;
+    const char *p = line_end + 2;
+    while (p < end) {
+        const char *e = memchr(p, '\r', (size_t)(end - p));
+        if (e == NULL)
+            e = end;
+        if (++headers > MAX_HEADERS || e - p > MAX_LINE || e == p || *p == ' ' || *p == '\t')
+            return -1;
+        const char *colon = memchr(p, ':', (size_t)(e - p));
+        if (colon == NULL || colon == p)
+            return -1;
+        span name = {p, (size_t)(colon - p)};
+        for (size_t i = 0; i < name.n; i++)
+            if (!is_token((unsigned char)name.p[i]))
+                return -1;
+        span value = strip(colon + 1, e);
+        span *one = NULL;
+        if (span_is(name, "via") || span_is(name, "v")) {
+            if (nvia >= MAX_VIAS)
+                return -1;
+            vias[nvia++] = value;
+        } else if (span_is(name, "from") || span_is(name, "f")) {
+            one = &from;
+        } else if (span_is(name, "to") || span_is(name, "t")) {
+            one = &to;
+        } else if (span_is(name, "call-id") || span_is(name, "i")) {
+            one = &call_id;
+        } else if (span_is(name, "cseq")) {
+            one = &cseq;
+        } else if (span_is(name, "content-length") || span_is(name, "l")) {
+            one = &length;
+        } else if (span_is(name, "max-forwards")) {
+            one = &forwards;
+        } else if (span_is(name, "timestamp") || span_is(name, "require")) {
+            return -1; /* (s8.2.6.1's echoed Timestamp; a Require Python may refuse 420) */
+        }
+        if (one != NULL) {
+            if (one->p != NULL || value.n == 0)
+                return -1; /* repeated or empty: Python decides */
+            *one = value;
+        }
+        p = e + 2;
+    }
+    if (nvia == 0 || !from.p || !to.p || !call_id.p || !cseq.p)
+        return -1;
+    if (check_address(from) < 0 || check_address(to) < 0)
+        return -1;
+    if (contains_ci(to, "tag"))
+        return -1; /* a tag (or something that may be one): inside a dialog, or doubtful */
+    for (size_t i = 0; i < call_id.n; i++)
+        if (call_id.p[i] == ' ' || call_id.p[i] == '\t')
+            return -1;
+    /* CSeq: digits, spaces, INVITE */
+    {
+        size_t i = 0;
+        while (i < cseq.n && cseq.p[i] >= '0' && cseq.p[i] <= '9')
+            i++;
+        if (i == 0 || i > 9 || i >= cseq.n || cseq.p[i] != ' ')
+            return -1;
+        while (i < cseq.n && cseq.p[i] == ' ')
+            i++;
+        if (cseq.n - i != 6 || memcmp(cseq.p + i, "INVITE", 6) != 0)
+            return -1;
+    }
+    if (forwards.p != NULL) {
+        if (!digits(forwards, 3) || strtol(forwards.p, NULL, 10) == 0)
+            return -1;
+    }
+    if (length.p != NULL) {
+        if (!digits(length, 5) || (size_t)strtol(length.p, NULL, 10) > body)
+            return -1;
+    }
+    for (int v = 0; v < nvia; v++)
+        for (size_t i = 0; i < vias[v].n; i++)
+            if (vias[v].p[i] == ',' && v == 0)
+                return -1;
+    via_parts top;
+    if (cut_via(vias[0], &top) < 0)
+        return -1;
+    *branch_hash = fnv1a(top.branch.p, top.branch.n);
+
+    out_buf o = {outp, 0, outcap, 0};
+    puts_(&o, "SIP/2.0 100 Trying\r\n");
+    for (int v = 0; v < nvia; v++) {
+        puts_(&o, "Via: ");
+        size_t host_len = strlen(peer_host);
+        int same_host = top.host.n == host_len && memcmp(top.host.p, peer_host, host_len) == 0;
+        if (v == 0 && (top.rport || !same_host)) {
+            /* RFC 3581: received (and rport) set, as the endpoint rewrites the top Via */
+            put(&o, vias[0].p, (size_t)(top.params.p - vias[0].p));
+            const char *q = top.params.p, *qe = top.params.p + top.params.n;
+            while (q < qe) {
+                const char *next = memchr(q + 1, ';', (size_t)(qe - q - 1));
+                if (next == NULL)
+                    next = qe;
+                const char *eq = memchr(q + 1, '=', (size_t)(next - q - 1));
+                span name = {q + 1, (size_t)((eq ? eq : next) - q - 1)};
+                if (!span_is(name, "received") && !span_is(name, "rport"))
+                    put(&o, q, (size_t)(next - q));
+                q = next;
+            }
+            puts_(&o, ";received=");
+            puts_(&o, peer_host);
+            if (top.rport) {
+                char port[16];
+                snprintf(port, sizeof(port), ";rport=%d", peer_port);
+                puts_(&o, port);
+            }
+        } else {
+            put(&o, vias[v].p, vias[v].n);
+        }
+        puts_(&o, "\r\n");
+    }
+    puts_(&o, "From: ");
+    put(&o, from.p, from.n);
+    puts_(&o, "\r\nTo: ");
+    put(&o, to.p, to.n);
+    puts_(&o, "\r\nCall-ID: ");
+    put(&o, call_id.p, call_id.n);
+    puts_(&o, "\r\nCSeq: ");
+    put(&o, cseq.p, cseq.n);
+    puts_(&o, "\r\nServer: ");
+    put(&o, server, server_len);
+    puts_(&o, "\r\nContent-Length: 0\r\n\r\n");
+    if (o.bad)
+        return -1;
+    return (long)o.n;
+}
+
+/* -- the thread ----------------------------------------------------------------------------- */
+
+static double monotonic(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* Remember `hash` until now + LINGER. 1: seen before (still remembered); 0: new, remembered;
+ * -1: new, but no room to remember it (answer nothing). */
+static int seen_mark(reader *r, uint64_t hash, double now) {
+    size_t at = (size_t)(hash & (SEEN_SLOTS - 1));
+    seen_slot *free_slot = NULL;
+    for (int i = 0; i < SEEN_PROBE; i++) {
+        seen_slot *s = &r->seen[(at + (size_t)i) & (SEEN_SLOTS - 1)];
+        if (s->hash == hash && s->until >= now) {
+            s->until = now + LINGER;
+            return 1;
+        }
+        if (free_slot == NULL && (s->hash == 0 || s->until < now))
+            free_slot = s;
+    }
+    if (free_slot == NULL)
+        return -1;
+    free_slot->hash = hash;
+    free_slot->until = now + LINGER;
+    return 0;
+}
+
+static size_t admitted_index(const unsigned char *addr, int family) {
+    uint64_t h = fnv1a((const char *)addr, family == AF_INET ? 4 : 16);
+    return (size_t)(h % ADMITTED_SLOTS);
+}
+
+/* The source's address bytes (an IPv4-mapped IPv6 address as seen, as its text says). */
+static int addr_bytes(const struct sockaddr_storage *a, unsigned char out[16], int *family) {
+    memset(out, 0, 16);
+    if (a->ss_family == AF_INET) {
+        memcpy(out, &((const struct sockaddr_in *)a)->sin_addr, 4);
+        *family = AF_INET;
+        return 0;
+    }
+    if (a->ss_family == AF_INET6) {
+        memcpy(out, &((const struct sockaddr_in6 *)a)->sin6_addr, 16);
+        *family = AF_INET6;
+        return 0;
+    }
+    return -1;
+}
+
+/* With the lock held. */
+static admitted_slot *admitted_find(reader *r, const unsigned char addr[16], int family, int add) {
+    size_t at = admitted_index(addr, family);
+    for (size_t i = 0; i < ADMITTED_SLOTS; i++) {
+        admitted_slot *s = &r->admitted[(at + i) % ADMITTED_SLOTS];
+        if (s->family == 0)
+            return add ? s : NULL;
+        if (s->family == family && memcmp(s->addr, addr, 16) == 0)
+            return s;
+    }
+    return NULL;
+}
+
+static int source_admitted(reader *r, const struct sockaddr_storage *a) {
+    unsigned char addr[16];
+    int family;
+    if (addr_bytes(a, addr, &family) < 0)
+        return 0;
+    pthread_mutex_lock(&r->lock);
+    int yes = r->admit_all || admitted_find(r, addr, family, 0) != NULL;
+    pthread_mutex_unlock(&r->lock);
+    return yes;
+}
+
+static int host_text(const struct sockaddr_storage *a, char *host, size_t size, int *port) {
+    if (a->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *x = (const struct sockaddr_in6 *)a;
+        *port = ntohs(x->sin6_port);
+        return inet_ntop(AF_INET6, &x->sin6_addr, host, (socklen_t)size) ? 0 : -1;
+    }
+    if (a->ss_family == AF_INET) {
+        const struct sockaddr_in *x = (const struct sockaddr_in *)a;
+        *port = ntohs(x->sin_port);
+        return inet_ntop(AF_INET, &x->sin_addr, host, (socklen_t)size) ? 0 : -1;
+    }
+    return -1;
+}
+
+/* Answer one datagram's INVITE from here when it is one to answer: 1 when its 100 went out. */
+static int answer(reader *r, const char *data, size_t len, const struct sockaddr_storage *addr,
+                  socklen_t addrlen, size_t depth, double *now) {
+    char host[INET6_ADDRSTRLEN];
+    int port;
+    char out[OUT_SIZE];
+    uint64_t hash;
+    if (host_text(addr, host, sizeof(host), &port) < 0)
+        return 0;
+    long n = build_trying(data, len, host, port, r->server, r->server_len, out, sizeof(out), &hash);
+    if (hash == 0)
+        return 0;
+    if (*now == 0)
+        *now = monotonic();
+    /* every branch read is remembered, answered here or not: its retransmissions never are */
+    int seen = seen_mark(r, hash, *now);
+    if (seen < 0) /* a branch not remembered could come back as new: answer nothing a while */
+        r->full_until = *now + LINGER;
+    if (seen != 0 || n < 0 || *now < r->full_until)
+        return 0;
+    if ((long)depth >= r->window || !source_admitted(r, addr))
+        return 0;
+    if (sendto(r->fd, out, (size_t)n, MSG_DONTWAIT, (const struct sockaddr *)addr, addrlen) != n)
+        return 0; /* not sent: Python's lazy 100 as before */
+    return 1;
+}
+
+static void *run(void *arg) {
+    reader *r = arg;
+    struct pollfd fds[2] = {{r->fd, POLLIN, 0}, {r->stopfd, POLLIN, 0}};
+    for (;;) {
+        int ready = poll(fds, 2, -1);
+        if (ready < 0) {
+            if (errno == EINTR)
+                continue;
+            break;
+        }
+        if (fds[1].revents)
+            break;
+        if (!(fds[0].revents & (POLLIN | POLLERR)))
+            continue;
+        for (int i = 0; i < BATCH; i++) {
+            r->iov[i].iov_base = r->bufs[i];
+            r->iov[i].iov_len = READ_SIZE;
+            memset(&r->msgs[i].msg_hdr, 0, sizeof(r->msgs[i].msg_hdr));
+            r->msgs[i].msg_hdr.msg_iov = &r->iov[i];
+            r->msgs[i].msg_hdr.msg_iovlen = 1;
+            r->msgs[i].msg_hdr.msg_name = &r->addrs[i];
+            r->msgs[i].msg_hdr.msg_namelen = sizeof(r->addrs[i]);
+        }
+        int n = recvmmsg(r->fd, r->msgs, BATCH, MSG_DONTWAIT, NULL);
+        if (n < 0) {
+            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+                pthread_mutex_lock(&r->lock);
+                r->errors++; /* ICMP errors for earlier sends: counted */
+                pthread_mutex_unlock(&r->lock);
+            }
+            continue;
+        }
+        double now = 0;
+        pthread_mutex_lock(&r->lock);
+        size_t depth = r->count;
+        pthread_mutex_unlock(&r->lock);
+        item *first = NULL, *last = NULL;
+        long oversized = 0, tried = 0;
+        size_t added = 0, added_bytes = 0;
+        for (int i = 0; i < n; i++) {
+            size_t len = r->msgs[i].msg_len;
+            if (r->msgs[i].msg_hdr.msg_flags & MSG_TRUNC) {
+                oversized++;
+                continue;
+            }
+            item *it = malloc(sizeof(item) + (len ? len : 1));
+            if (it == NULL)
+                continue;
+            it->next = NULL;
+            it->len = len;
+            it->addr = r->addrs[i];
+            memcpy(it->data, r->bufs[i], len);
+            it->flag = 0;
+            if (len > 7 && memcmp(r->bufs[i], "INVITE ", 7) == 0)
+                it->flag = answer(r, it->data, len, &r->addrs[i], r->msgs[i].msg_hdr.msg_namelen,
+                                  depth + added, &now);
+            tried += it->flag;
+            if (last)
+                last->next = it;
+            else
+                first = it;
+            last = it;
+            added++;
+            added_bytes += len;
+        }
+        int wake = 0;
+        pthread_mutex_lock(&r->lock);
+        r->oversized += oversized;
+        r->tried += tried;
+        for (item *it = first; it != NULL;) {
+            item *next = it->next;
+            if (r->count >= QUEUE_MAX || r->bytes + it->len > QUEUE_BYTES) {
+                r->queue_full++;
+                free(it);
+            } else {
+                it->next = NULL;
+                if (r->tail)
+                    r->tail->next = it;
+                else
+                    r->head = it;
+                r->tail = it;
+                r->count++;
+                r->bytes += it->len;
+            }
+            it = next;
+        }
+        if (r->count && r->need_wake) {
+            r->need_wake = 0;
+            wake = 1;
+        }
+        pthread_mutex_unlock(&r->lock);
+        (void)added_bytes;
+        if (wake) {
+            uint64_t one = 1;
+            ssize_t w = write(r->wakefd, &one, sizeof(one));
+            (void)w;
+        }
+    }
+    return NULL;
+}
+
+/* -- the Python side ------------------------------------------------------------------------ */
+
+static const char CAPSULE[] = "sipbridge._csipthr.reader";
+
+static reader *get(PyObject *capsule) {
+    reader *r = PyCapsule_GetPointer(capsule, CAPSULE);
+    if (r != NULL && !r->running) {
+        PyErr_SetString(PyExc_ValueError, "the reader is stopped");
+        return NULL;
+    }
+    return r;
+}
+
+static void release(reader *r) {
+    for (item *it = r->head; it != NULL;) {
+        item *next = it->next;
+        free(it);
+        it = next;
+    }
+    r->head = r->tail = NULL;
+    r->count = r->bytes = 0;
+    if (r->wakefd >= 0)
+        close(r->wakefd);
+    if (r->stopfd >= 0)
+        close(r->stopfd);
+    r->wakefd = r->stopfd = -1;
+    PyMem_RawFree(r->seen);
+    PyMem_RawFree(r->bufs);
+    r->seen = NULL;
+    r->bufs = NULL;
+}
+
+static void stop_reader(reader *r) {
+    if (!r->running)
+        return;
+    uint64_t one = 1;
+    ssize_t w = write(r->stopfd, &one, sizeof(one));
+    (void)w;
+    pthread_join(r->thread, NULL); /* (the thread never takes the GIL: it ends at once) */
+    r->running = 0;
+    release(r);
+    pthread_mutex_destroy(&r->lock);
+}
+
+static void capsule_free(PyObject *capsule) {
+    reader *r = PyCapsule_GetPointer(capsule, CAPSULE);
+    if (r == NULL)
+        return;
+    stop_reader(r);
+    PyMem_RawFree(r);
+}
+
+static PyObject *start(PyObject *self, PyObject *args) {
+    int fd, family, window, admit_all;
+    const char *server;
+    Py_ssize_t server_len;
+    if (!PyArg_ParseTuple(args, "iis#ip", &fd, &family, &server, &server_len, &window, &admit_all))
+        return NULL;
+    if (server_len >= SERVER_MAX || memchr(server, '\r', (size_t)server_len) ||
+        memchr(server, '\n', (size_t)server_len)) {
+        PyErr_SetString(PyExc_ValueError, "a server name is one short line");
+        return NULL;
+    }
+    reader *r = PyMem_RawCalloc(1, sizeof(reader));
+    if (r == NULL)
+        return PyErr_NoMemory();
+    r->fd = fd;
+    r->family = family;
+    r->window = window;
+    r->admit_all = admit_all;
+    r->need_wake = 1;
+    memcpy(r->server, server, (size_t)server_len);
+    r->server_len = (size_t)server_len;
+    r->wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    r->stopfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    r->seen = PyMem_RawCalloc(SEEN_SLOTS, sizeof(seen_slot));
+    r->bufs = PyMem_RawMalloc((size_t)BATCH * READ_SIZE);
+    if (r->wakefd < 0 || r->stopfd < 0 || r->seen == NULL || r->bufs == NULL) {
+        int err = errno;
+        release(r);
+        PyMem_RawFree(r);
+        errno = err ? err : ENOMEM;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    pthread_mutex_init(&r->lock, NULL);
+    int err = pthread_create(&r->thread, NULL, run, r);
+    if (err != 0) {
+        release(r);
+        pthread_mutex_destroy(&r->lock);
+        PyMem_RawFree(r);
+        errno = err;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    r->running = 1;
+    PyObject *capsule = PyCapsule_New(r, CAPSULE, capsule_free);
+    if (capsule == NULL) {
+        stop_reader(r);
+        PyMem_RawFree(r);
+    }
+    return capsule;
+}
+
+static PyObject *stop(PyObject *self, PyObject *capsule) {
+    reader *r = PyCapsule_GetPointer(capsule, CAPSULE);
+    if (r == NULL)
+        return NULL;
+    stop_reader(r);
+    Py_RETURN_NONE;
+}
+
+static PyObject *wake_fd(PyObject *self, PyObject *capsule) {
+    reader *r = get(capsule);
+    return r ? PyLong_FromLong(r->wakefd) : NULL;
+}
+
+/* The address tuple last made, reused while datagrams keep coming from there. */
+static struct sockaddr_storage last_addr;
+static PyObject *last_tuple;
+
+static PyObject *addr_tuple(const struct sockaddr_storage *addr) {
+    char host[INET6_ADDRSTRLEN];
+    int port;
+    if (last_tuple != NULL && addr_equal(addr, &last_addr)) {
+        Py_INCREF(last_tuple);
+        return last_tuple;
+    }
+    if (host_text(addr, host, sizeof(host), &port) < 0)
+        Py_RETURN_NONE;
+    PyObject *tuple = Py_BuildValue("(si)", host, port);
+    if (tuple == NULL)
+        return NULL;
+    Py_XSETREF(last_tuple, tuple);
+    Py_INCREF(tuple);
+    last_addr = *addr;
+    return tuple;
+}
+
+static PyObject *drain(PyObject *self, PyObject *args) {
+    PyObject *capsule;
+    int most;
+    if (!PyArg_ParseTuple(args, "Oi", &capsule, &most))
+        return NULL;
+    reader *r = get(capsule);
+    if (r == NULL)
+        return NULL;
+    uint64_t count;
+    ssize_t got = read(r->wakefd, &count, sizeof(count)); /* (reset; nonblocking) */
+    (void)got;
+    pthread_mutex_lock(&r->lock);
+    item *first = r->head, *last = NULL;
+    int taken = 0;
+    for (item *it = r->head; it != NULL && taken < most; it = it->next) {
+        last = it;
+        taken++;
+    }
+    if (last != NULL) {
+        r->head = last->next;
+        if (r->head == NULL)
+            r->tail = NULL;
+        last->next = NULL;
+    } else {
+        first = NULL;
+    }
+    r->count -= (size_t)taken;
+    for (item *it = first; it != NULL; it = it->next)
+        r->bytes -= it->len;
+    int more = r->count > 0;
+    if (!more)
+        r->need_wake = 1;
+    long oversized = r->oversized, errors = r->errors, queue_full = r->queue_full,
+         tried = r->tried;
+    r->oversized = r->errors = r->queue_full = r->tried = 0;
+    pthread_mutex_unlock(&r->lock);
+
+    PyObject *list = PyList_New(taken);
+    int failed = list == NULL;
+    int i = 0;
+    for (item *it = first; it != NULL; i++) {
+        item *next = it->next;
+        if (!failed) {
+            PyObject *data = PyBytes_FromStringAndSize(it->data, (Py_ssize_t)it->len);
+            PyObject *addr = data ? addr_tuple(&it->addr) : NULL;
+            PyObject *entry = addr ? Py_BuildValue("(NNO)", data, addr, it->flag ? Py_True : Py_False) : NULL;
+            if (entry == NULL) {
+                Py_XDECREF(data);
+                failed = 1;
+            } else {
+                PyList_SET_ITEM(list, i, entry);
+            }
+        }
+        free(it);
+        it = next;
+    }
+    if (failed) {
+        Py_XDECREF(list);
+        return NULL;
+    }
+    return Py_BuildValue("(Nillll)", list, more, oversized, errors, queue_full, tried);
+}
+
+static int host_bytes(const char *host, unsigned char out[16], int *family) {
+    memset(out, 0, 16);
+    if (inet_pton(AF_INET, host, out) == 1) {
+        *family = AF_INET;
+        return 0;
+    }
+    if (inet_pton(AF_INET6, host, out) == 1) {
+        *family = AF_INET6;
+        return 0;
+    }
+    return -1;
+}
+
+static PyObject *admit(PyObject *self, PyObject *args) {
+    PyObject *capsule;
+    const char *host;
+    int yes;
+    if (!PyArg_ParseTuple(args, "Osp", &capsule, &host, &yes))
+        return NULL;
+    reader *r = get(capsule);
+    if (r == NULL)
+        return NULL;
+    unsigned char addr[16];
+    int family;
+    if (host_bytes(host, addr, &family) < 0)
+        Py_RETURN_FALSE;
+    pthread_mutex_lock(&r->lock);
+    if (yes) {
+        if (r->admitted_count * 2 >= ADMITTED_SLOTS) { /* bounded: cleared when half full */
+            memset(r->admitted, 0, sizeof(r->admitted));
+            r->admitted_count = 0;
+        }
+        admitted_slot *s = admitted_find(r, addr, family, 1);
+        if (s != NULL && s->family == 0) {
+            s->family = (unsigned char)family;
+            memcpy(s->addr, addr, 16);
+            r->admitted_count++;
+        }
+    } else {
+        admitted_slot *s = admitted_find(r, addr, family, 0);
+        if (s != NULL) {
+            /* open addressing: delete by rebuilding the table without it (rare: a refusal) */
+            admitted_slot copy[ADMITTED_SLOTS];
+            memcpy(copy, r->admitted, sizeof(copy));
+            s = &copy[s - r->admitted];
+            s->family = 0;
+            memset(r->admitted, 0, sizeof(r->admitted));
+            r->admitted_count = 0;
+            for (size_t i = 0; i < ADMITTED_SLOTS; i++) {
+                if (copy[i].family == 0)
+                    continue;
+                admitted_slot *t = admitted_find(r, copy[i].addr, copy[i].family, 1);
+                if (t != NULL) {
+                    *t = copy[i];
+                    r->admitted_count++;
+                }
+            }
+        }
+    }
+    pthread_mutex_unlock(&r->lock);
+    Py_RETURN_TRUE;
+}
+
+static PyObject *trying(PyObject *self, PyObject *args) {
+    const char *data, *host, *server;
+    Py_ssize_t len, server_len;
+    int port;
+    if (!PyArg_ParseTuple(args, "y#sis#", &data, &len, &host, &port, &server, &server_len))
+        return NULL;
+    char out[OUT_SIZE];
+    uint64_t hash;
+    long n = build_trying(data, (size_t)len, host, port, server, (size_t)server_len, out,
+                          sizeof(out), &hash);
+    if (n < 0)
+        Py_RETURN_NONE;
+    return PyBytes_FromStringAndSize(out, n);
+}
+
+static PyMethodDef methods[] = {
+    {"start", start, METH_VARARGS,
+     "start(fd, family, server, window, admit_all) -> reader: the thread reading `fd`"},
+    {"stop", stop, METH_O, "stop(reader): the thread stopped and joined, its queue freed"},
+    {"wake_fd", wake_fd, METH_O, "wake_fd(reader) -> the eventfd written when datagrams wait"},
+    {"drain", drain, METH_VARARGS,
+     "drain(reader, most) -> ([(data, (host, port), trying_sent)...], more, oversized, "
+     "errors, queue_full, tried)"},
+    {"admit", admit, METH_VARARGS,
+     "admit(reader, host, yes): whether INVITEs from `host` may be answered 100 here"},
+    {"trying", trying, METH_VARARGS,
+     "trying(data, host, port, server) -> the 100 Trying this thread would send, or None"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_csipthr", "The SIP UDP socket read on a thread of its own", -1,
+    methods, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__csipthr(void) {
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    if (PyModule_AddIntConstant(m, "BATCH", BATCH) < 0 ||
+        PyModule_AddIntConstant(m, "QUEUE_MAX", QUEUE_MAX) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

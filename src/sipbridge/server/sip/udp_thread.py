@@ -1,0 +1,208 @@
+"""The SIP UDP socket read on a thread of its own (`sipbridge/_csipthr.c`), asked for with
+`SIPBRIDGE_SIP_UDP=thread` where it is built; the event loop's datagram endpoint otherwise.
+
+A C thread blocks on the socket, reads it with `recvmmsg` into a bounded queue (full: dropped
+and counted as `udp_queue_full`) and wakes the loop through an eventfd once a batch; the loop
+takes up to DRAIN datagrams a turn (`_readable`, again on the next turn when more wait) and
+hands each to `SipService.receive` as the datagram endpoint does. Sends stay on the loop: what
+a flush produced goes out with one `sendmmsg` (`_csipudp.send_batch`, as `BatchedUdp`), or
+one `sendto` each where that is not built.
+
+The thread answers a new INVITE's 100 Trying itself, at once, before the datagram reaches the
+queue, so the 100 never waits for the loop (issue 18): only a plain INVITE outside a dialog
+whose top Via branch it has not seen lately, from a source `SipService`'s admission control
+has let through (`_admission`: a source refused or dropped is forgotten at once; the number of
+datagrams answered there and not yet handled here is bounded below the admission's drop
+threshold). Such a datagram is handed on marked (`trying_sent`): the transaction records that
+100 as its last response, Python sends no second one, and a retransmission gets the
+transaction's last response as always. Everything else (a retransmission, anything unusual)
+is left to Python, which decides as it always did. The C builder's 100 is byte for byte the
+Python stack's (tests/server/test_sip_thread.py compares them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from typing import TYPE_CHECKING, Any
+
+from sipbridge.server.loop_calls import remove_reader
+from sipbridge.server.sip.udp import MAX_UDP_PEERS, UDP_BUFFER_BYTES
+from sipbridge.sip.endpoint import Peer
+
+if TYPE_CHECKING:
+    from sipbridge.server.sip.transport import SipService
+
+try:
+    from sipbridge import _csipthr  # type: ignore[attr-defined]
+except ImportError:  # not built: the event loop's datagram endpoint
+    _csipthr = None
+try:
+    from sipbridge import _csipudp  # type: ignore[attr-defined]
+except ImportError:
+    _csipudp = None
+
+log = logging.getLogger(__name__)
+
+ENV = "SIPBRIDGE_SIP_UDP"  # "thread": this reader where built
+DRAIN = 32  # datagrams handled a turn of the loop (as libuv reads up to 32 a readiness)
+MAX_WINDOW = 64  # datagrams answered 100 by the thread and waiting in its queue, at most
+_REFUSALS = ("refused_flood", "dropped_flood", "dropped_not_allowed")
+_LIMITED = (b"INVITE ", b"REGISTER ")
+
+
+def built() -> bool:
+    """Whether the reader thread's extension is built here."""
+    return _csipthr is not None
+
+
+def available() -> bool:
+    """Whether the SIP UDP socket is read on its own thread here (asked for, and built)."""
+    return built() and os.environ.get(ENV, "") == "thread"
+
+
+def trying(data: bytes, host: str, port: int, server: str) -> bytes | None:
+    """The 100 Trying the reader thread would send for `data` from (host, port), or None when
+    it leaves that datagram to Python (for tests)."""
+    assert _csipthr is not None
+    result: bytes | None = _csipthr.trying(data, host, port, server)
+    return result
+
+
+def window(service: SipService) -> int:
+    """How many datagrams the thread may have answered ahead of the SIP stack: below what the
+    admission control lets an address be refused before it drops it unanswered, less what one
+    turn of the loop takes, so that a source is forgotten before it would be dropped."""
+    admission = service.endpoint.admission
+    if admission is None:
+        return MAX_WINDOW
+    return max(0, min(MAX_WINDOW, admission.drop_after - DRAIN))
+
+
+class ThreadedUdp:
+    """A bound UDP socket of `service`, read on a C thread (module docstring)."""
+
+    def __init__(self, service: SipService, sock: socket.socket) -> None:
+        assert _csipthr is not None
+        self._io: Any = _csipthr
+        self._send: Any = _csipudp
+        self.service = service
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.family = int(sock.family)
+        self._peers: dict[tuple[str, int], Peer] = {}
+        self._pending: list[tuple[bytes, tuple[str, int]]] = []
+        self._admitted: set[str] = set()  # sources the thread may answer (mirrors its table)
+        self._closed = False
+        self._again: asyncio.Handle | None = None
+        sock.setblocking(False)
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_BUFFER_BYTES)
+        admission = service.endpoint.admission
+        self._reader = self._io.start(
+            self.fd,
+            self.family,
+            service.endpoint.settings.user_agent,
+            window(service),
+            admission is None,
+        )
+        self._wake_fd = self._io.wake_fd(self._reader)
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self._wake_fd, self._readable)
+        service.on_flushed.append(self.flush)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "sockname":
+            return self.sock.getsockname()
+        if name == "socket":
+            return self.sock
+        return default
+
+    def _readable(self) -> None:
+        self._again = None
+        if self._closed:
+            return
+        datagrams, more, oversized, errors, queue_full, tried = self._io.drain(self._reader, DRAIN)
+        service = self.service
+        stats = service.endpoint.stats
+        if oversized:
+            stats["udp_oversized"] += oversized
+        if errors:
+            stats["udp_error"] += errors
+        if queue_full:
+            stats["udp_queue_full"] += queue_full
+        if tried:
+            stats["trying_early"] += tried
+        peers = self._peers
+        watch = service.endpoint.admission is not None
+        for data, addr, trying_sent in datagrams:
+            peer = peers.get(addr)
+            if peer is None:
+                if len(peers) >= MAX_UDP_PEERS:
+                    peers.clear()
+                peer = peers[addr] = Peer("udp", addr[0], addr[1])
+            if watch and data.startswith(_LIMITED):
+                before = _refusals(stats)
+                service.receive(data, peer, trying_sent)
+                self._admission(peer.host, data, _refusals(stats) > before)
+            else:
+                service.receive(data, peer, trying_sent)
+        if more and not self._closed:
+            self._again = self._loop.call_soon(self._readable)
+
+    def _admission(self, host: str, data: bytes, refused: bool) -> None:
+        """Tell the thread whether it may answer `host`'s INVITEs: once one of its requests
+        passed the admission control; no more once one was refused or dropped."""
+        admitted = self._admitted
+        if refused:
+            if host in admitted:
+                admitted.discard(host)
+                self._io.admit(self._reader, host, False)
+        elif host not in admitted and data.startswith(b"INVITE "):
+            if len(admitted) >= MAX_UDP_PEERS:  # (the thread's table clears itself too)
+                admitted.clear()
+            admitted.add(host)
+            self._io.admit(self._reader, host, True)
+
+    def sendto(self, data: bytes, address: tuple[str, int]) -> None:
+        """Queue a datagram: sent when the service's flush that produced it is done."""
+        self._pending.append((data, address))
+
+    def flush(self) -> None:
+        pending = self._pending
+        if not pending:
+            return
+        self._pending = []
+        if self._closed:
+            return
+        if self._send is not None:
+            _sent, failed, _error = self._send.send_batch(self.fd, self.family, pending)
+        else:
+            failed = 0
+            for data, address in pending:
+                try:
+                    self.sock.sendto(data, address)
+                except OSError:
+                    failed += 1
+        if failed:
+            self.service.endpoint.stats["udp_error"] += failed
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self.flush()
+        self._closed = True
+        if self._again is not None:
+            self._again.cancel()
+        remove_reader(self._loop, self._wake_fd)
+        self._io.stop(self._reader)  # the thread joined, its eventfds closed
+        if self.flush in self.service.on_flushed:
+            self.service.on_flushed.remove(self.flush)
+        self.sock.close()
+
+
+def _refusals(stats: dict[str, int]) -> int:
+    return sum(stats.get(name, 0) for name in _REFUSALS)
