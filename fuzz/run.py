@@ -40,6 +40,7 @@ TARGET_NAMES = (
     "digest",
     "endpoint",
     "user_agent",
+    "sip_trying",
 )
 # The SIP layer refuses messages over 64 KiB (sip/message.py MAX_MESSAGE); a little more lets
 # the fuzzer reach that limit. The binary formats are short.

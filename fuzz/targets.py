@@ -58,6 +58,7 @@ from sipbridge.sip.digest import (
 )
 from sipbridge.sip.endpoint import (
     EndpointEvent,
+    EndpointSettings,
     Peer,
     RequestReceived,
     SipEndpoint,
@@ -539,6 +540,32 @@ def user_agent(data: bytes) -> None:
         _settle(sip, agent, now)
 
 
+try:  # the SIP UDP reader thread's 100 Trying builder (server/sip/udp_thread.py), where built
+    from sipbridge import _csipthr  # type: ignore[attr-defined]
+except ImportError:
+    _csipthr = None
+
+
+def sip_trying(data: bytes) -> None:
+    """`_csipthr.trying`, the 100 Trying the C reader thread sends for a datagram before Python
+    sees it: None (left to Python), or exactly the 100 the endpoint makes for that INVITE when
+    the application does not answer at once (so never for one Python refuses)."""
+    if _csipthr is None:
+        return
+    for host, port in (("127.0.0.1", 5070), ("::1", 5999)):
+        ours = _csipthr.trying(data, host, port, "sipbridge")
+        if ours is None:
+            continue
+        sip = SipEndpoint(EndpointSettings())
+        sip.receive(data, Peer("udp", host, port), 0.0)
+        event = sip.next_event()
+        assert isinstance(event, RequestReceived), (event, sip.outgoing())
+        assert event.request.method == "INVITE"
+        sip.send_trying(event.transaction, 0.0)
+        out = sip.outgoing()
+        assert out and out[0][0] == ours, (out, ours)
+
+
 TARGETS: dict[str, Target] = {
     "sip_message": sip_message,
     "sip_stream": sip_stream,
@@ -549,4 +576,5 @@ TARGETS: dict[str, Target] = {
     "digest": digest,
     "endpoint": endpoint,
     "user_agent": user_agent,
+    "sip_trying": sip_trying,
 }

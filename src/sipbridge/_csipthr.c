@@ -14,9 +14,9 @@
  * and marked so that the transaction layer knows its 100 went out. Anything unusual (folded or
  * compact-form-less oddities, a comma in the top Via, non-ASCII, a Timestamp or Require header,
  * a To that mentions a tag, an RFC 2543 branch...) is left to Python, which decides as it
- * always did. The number of datagrams answered here and not yet handled by Python is bounded by
- * `window` (queue depth): a source the admission control starts refusing is forgotten before
- * it could reach the point where it would be dropped unanswered.
+ * always did. A source is answered here only while fewer than `window` of its INVITEs and
+ * REGISTERs wait in the queue (`consider`): a source the admission control starts refusing is
+ * forgotten before any of its requests it would drop unanswered could be answered here.
  *
  * Every branch of an INVITE read is remembered (a bounded open-addressing table of 64-bit
  * hashes, refreshed on each sighting): a retransmission is never answered here, whatever the
@@ -49,7 +49,7 @@
 #define SEEN_SLOTS (1u << 17)           /* branches remembered (64-bit hashes) */
 #define SEEN_PROBE 32                   /* slots looked at for one branch */
 #define LINGER 64.0                     /* seconds a branch is remembered after its last sighting */
-#define ADMITTED_SLOTS 4096             /* sources answered from here (cleared when full) */
+#define SOURCE_SLOTS 4096               /* sources known here (cleared when half full) */
 #define MAX_VIAS 16
 #define MAX_HEADERS 128                 /* as sip/message.py */
 #define MAX_LINE 8192
@@ -62,6 +62,7 @@ typedef struct item {
     struct sockaddr_storage addr;
     size_t len;
     int flag; /* 1: its 100 Trying was sent from here */
+    int limited; /* counted in its source's `waiting` */
     char data[];
 } item;
 
@@ -72,21 +73,28 @@ typedef struct {
 
 typedef struct {
     unsigned char family; /* 0: empty */
+    unsigned char admitted; /* its INVITEs may be answered here (`admit`) */
     unsigned char addr[16];
-} admitted_slot;
+    int waiting; /* its INVITEs and REGISTERs in the queue (answered here or not) */
+} source_slot;
 
 typedef struct {
-    int fd, family, wakefd, stopfd;
+    int fd, family, wakefd, stopfd, sendfd;
     pthread_t thread;
     int running;
     pthread_mutex_t lock;
     item *head, *tail;
     size_t count, bytes;
+    item *out_head, *out_tail; /* datagrams to send (`send`): written by the thread */
+    size_t out_count;
+    long send_failed;
     int need_wake;
-    int window;    /* answer here only while fewer than this wait in the queue */
+    int window;    /* answer a source here only while fewer of its INVITEs/REGISTERs wait */
     int admit_all; /* no admission control: every source may be answered */
-    admitted_slot admitted[ADMITTED_SLOTS];
-    size_t admitted_count;
+    int hold;      /* the sources' table was cleared: answer nothing until the queue empties */
+                   /* (and the loop took its last: the counts are then whole again) */
+    source_slot sources[SOURCE_SLOTS];
+    size_t sources_used;
     /* counters since the last drain */
     long oversized, errors, queue_full, tried;
     char server[SERVER_MAX];
@@ -98,6 +106,8 @@ typedef struct {
     struct mmsghdr msgs[BATCH];
     struct iovec iov[BATCH];
     struct sockaddr_storage addrs[BATCH];
+    struct mmsghdr smsgs[BATCH];
+    struct iovec siov[BATCH];
 } reader;
 
 /* -- the 100 Trying, built from an INVITE's bytes ---------------------------------------- */
@@ -612,9 +622,9 @@ static int seen_mark(reader *r, uint64_t hash, double now) {
     return 0;
 }
 
-static size_t admitted_index(const unsigned char *addr, int family) {
+static size_t source_index(const unsigned char *addr, int family) {
     uint64_t h = fnv1a((const char *)addr, family == AF_INET ? 4 : 16);
-    return (size_t)(h % ADMITTED_SLOTS);
+    return (size_t)(h % SOURCE_SLOTS);
 }
 
 /* The source's address bytes (an IPv4-mapped IPv6 address as seen, as its text says). */
@@ -633,28 +643,52 @@ static int addr_bytes(const struct sockaddr_storage *a, unsigned char out[16], i
     return -1;
 }
 
-/* With the lock held. */
-static admitted_slot *admitted_find(reader *r, const unsigned char addr[16], int family, int add) {
-    size_t at = admitted_index(addr, family);
-    for (size_t i = 0; i < ADMITTED_SLOTS; i++) {
-        admitted_slot *s = &r->admitted[(at + i) % ADMITTED_SLOTS];
-        if (s->family == 0)
-            return add ? s : NULL;
-        if (s->family == family && memcmp(s->addr, addr, 16) == 0)
+/* The slot of a source, made when `add` (the table cleared first when half full: the counts of
+ * what waits are gone with it, so nothing is answered until the queue has emptied). With the
+ * lock held. */
+static source_slot *source_find(reader *r, const unsigned char addr[16], int family, int add) {
+    for (int round = 0; round < 2; round++) {
+        size_t at = source_index(addr, family);
+        for (size_t i = 0; i < SOURCE_SLOTS; i++) {
+            source_slot *s = &r->sources[(at + i) % SOURCE_SLOTS];
+            if (s->family == family && memcmp(s->addr, addr, 16) == 0)
+                return s;
+            if (s->family != 0)
+                continue;
+            if (!add)
+                return NULL;
+            if (r->sources_used * 2 >= SOURCE_SLOTS)
+                break;
+            memset(s, 0, sizeof(*s));
+            s->family = (unsigned char)family;
+            memcpy(s->addr, addr, 16);
+            r->sources_used++;
             return s;
+        }
+        if (!add)
+            return NULL;
+        memset(r->sources, 0, sizeof(r->sources));
+        r->sources_used = 0;
+        r->hold = 1;
     }
     return NULL;
 }
 
-static int source_admitted(reader *r, const struct sockaddr_storage *a) {
+static source_slot *source_of(reader *r, const struct sockaddr_storage *a, int add) {
     unsigned char addr[16];
     int family;
     if (addr_bytes(a, addr, &family) < 0)
-        return 0;
-    pthread_mutex_lock(&r->lock);
-    int yes = r->admit_all || admitted_find(r, addr, family, 0) != NULL;
-    pthread_mutex_unlock(&r->lock);
-    return yes;
+        return NULL;
+    return source_find(r, addr, family, add);
+}
+
+/* An item counted in its source's `waiting` leaves the queue. With the lock held. */
+static void source_leave(reader *r, item *it) {
+    if (!it->limited)
+        return;
+    source_slot *s = source_of(r, &it->addr, 0);
+    if (s != NULL && s->waiting > 0)
+        s->waiting--;
 }
 
 static int host_text(const struct sockaddr_storage *a, char *host, size_t size, int *port) {
@@ -671,45 +705,120 @@ static int host_text(const struct sockaddr_storage *a, char *host, size_t size, 
     return -1;
 }
 
-/* Answer one datagram's INVITE from here when it is one to answer: 1 when its 100 went out. */
-static int answer(reader *r, const char *data, size_t len, const struct sockaddr_storage *addr,
-                  socklen_t addrlen, size_t depth, double *now) {
+/* One datagram read: counted when an INVITE or REGISTER (what the admission control limits),
+ * and answered 100 from here when it is a new INVITE to answer: 1 when its 100 went out.
+ *
+ * A source is answered only while fewer than `window` of its limited requests wait in the queue:
+ * with at most DRAIN more taken by the loop and not yet handled, an INVITE answered here is
+ * never more than window + DRAIN requests of its source beyond what the admission control has
+ * judged, which is less than it refuses before it drops, and its first refusal forgets the
+ * source (`admit`): so no INVITE it would drop unanswered gets a 100 from here. */
+static int consider(reader *r, item *it, socklen_t addrlen, double *now) {
+    const char *data = it->data;
+    size_t len = it->len;
+    int invite = len > 7 && memcmp(data, "INVITE ", 7) == 0;
+    if (!invite && !(len > 9 && memcmp(data, "REGISTER ", 9) == 0))
+        return 0;
     char host[INET6_ADDRSTRLEN];
     int port;
     char out[OUT_SIZE];
-    uint64_t hash;
-    if (host_text(addr, host, sizeof(host), &port) < 0)
+    long n = -1;
+    if (invite && host_text(&it->addr, host, sizeof(host), &port) == 0) {
+        uint64_t hash;
+        n = build_trying(data, len, host, port, r->server, r->server_len, out, sizeof(out), &hash);
+        if (hash != 0) {
+            if (*now == 0)
+                *now = monotonic();
+            /* every branch read is remembered, answered or not: its retransmissions never are */
+            int seen = seen_mark(r, hash, *now);
+            if (seen < 0) /* not remembered, it could come back as new: answer nothing a while */
+                r->full_until = *now + LINGER;
+            if (seen != 0 || *now < r->full_until)
+                n = -1;
+        }
+    }
+    pthread_mutex_lock(&r->lock);
+    source_slot *s = source_of(r, &it->addr, 1);
+    int may = 0;
+    if (s != NULL) {
+        may = n >= 0 && (r->admit_all || s->admitted) && !r->hold && s->waiting < r->window;
+        s->waiting++;
+        it->limited = 1;
+    }
+    pthread_mutex_unlock(&r->lock);
+    if (!may)
         return 0;
-    long n = build_trying(data, len, host, port, r->server, r->server_len, out, sizeof(out), &hash);
-    if (hash == 0)
-        return 0;
-    if (*now == 0)
-        *now = monotonic();
-    /* every branch read is remembered, answered here or not: its retransmissions never are */
-    int seen = seen_mark(r, hash, *now);
-    if (seen < 0) /* a branch not remembered could come back as new: answer nothing a while */
-        r->full_until = *now + LINGER;
-    if (seen != 0 || n < 0 || *now < r->full_until)
-        return 0;
-    if ((long)depth >= r->window || !source_admitted(r, addr))
-        return 0;
-    if (sendto(r->fd, out, (size_t)n, MSG_DONTWAIT, (const struct sockaddr *)addr, addrlen) != n)
+    if (sendto(r->fd, out, (size_t)n, MSG_DONTWAIT, (const struct sockaddr *)&it->addr, addrlen) != n)
         return 0; /* not sent: Python's lazy 100 as before */
     return 1;
 }
 
+static socklen_t addr_len(const struct sockaddr_storage *a) {
+    return a->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+}
+
+/* Send what the loop queued (`send`), with sendmmsg, BATCH at a time. */
+static void send_queued(reader *r) {
+    uint64_t count;
+    ssize_t got = read(r->sendfd, &count, sizeof(count));
+    (void)got;
+    pthread_mutex_lock(&r->lock);
+    item *it = r->out_head;
+    r->out_head = r->out_tail = NULL;
+    r->out_count = 0;
+    pthread_mutex_unlock(&r->lock);
+    long failed = 0;
+    while (it != NULL) {
+        item *batch[BATCH];
+        int n = 0;
+        for (; it != NULL && n < BATCH; it = it->next, n++) {
+            batch[n] = it;
+            r->siov[n].iov_base = it->data;
+            r->siov[n].iov_len = it->len;
+            memset(&r->smsgs[n].msg_hdr, 0, sizeof(r->smsgs[n].msg_hdr));
+            r->smsgs[n].msg_hdr.msg_iov = &r->siov[n];
+            r->smsgs[n].msg_hdr.msg_iovlen = 1;
+            r->smsgs[n].msg_hdr.msg_name = &it->addr;
+            r->smsgs[n].msg_hdr.msg_namelen = addr_len(&it->addr);
+        }
+        int done = 0;
+        while (done < n) {
+            int sent = sendmmsg(r->fd, &r->smsgs[done], (unsigned int)(n - done), MSG_DONTWAIT);
+            if (sent > 0) {
+                done += sent;
+            } else if (sent < 0 && errno == EINTR) {
+                continue;
+            } else {
+                failed++; /* (that datagram: SIP retransmission covers it) */
+                done++;
+            }
+        }
+        for (int i = 0; i < n; i++)
+            free(batch[i]);
+    }
+    if (failed) {
+        pthread_mutex_lock(&r->lock);
+        r->send_failed += failed;
+        pthread_mutex_unlock(&r->lock);
+    }
+}
+
 static void *run(void *arg) {
     reader *r = arg;
-    struct pollfd fds[2] = {{r->fd, POLLIN, 0}, {r->stopfd, POLLIN, 0}};
+    struct pollfd fds[3] = {{r->fd, POLLIN, 0}, {r->stopfd, POLLIN, 0}, {r->sendfd, POLLIN, 0}};
     for (;;) {
-        int ready = poll(fds, 2, -1);
+        int ready = poll(fds, 3, -1);
         if (ready < 0) {
             if (errno == EINTR)
                 continue;
             break;
         }
-        if (fds[1].revents)
+        if (fds[1].revents) {
+            send_queued(r); /* what the loop queued before it stopped us */
             break;
+        }
+        if (fds[2].revents & POLLIN)
+            send_queued(r);
         if (!(fds[0].revents & (POLLIN | POLLERR)))
             continue;
         for (int i = 0; i < BATCH; i++) {
@@ -731,12 +840,9 @@ static void *run(void *arg) {
             continue;
         }
         double now = 0;
-        pthread_mutex_lock(&r->lock);
-        size_t depth = r->count;
-        pthread_mutex_unlock(&r->lock);
         item *first = NULL, *last = NULL;
         long oversized = 0, tried = 0;
-        size_t added = 0, added_bytes = 0;
+        size_t added = 0;
         for (int i = 0; i < n; i++) {
             size_t len = r->msgs[i].msg_len;
             if (r->msgs[i].msg_hdr.msg_flags & MSG_TRUNC) {
@@ -751,9 +857,8 @@ static void *run(void *arg) {
             it->addr = r->addrs[i];
             memcpy(it->data, r->bufs[i], len);
             it->flag = 0;
-            if (len > 7 && memcmp(r->bufs[i], "INVITE ", 7) == 0)
-                it->flag = answer(r, it->data, len, &r->addrs[i], r->msgs[i].msg_hdr.msg_namelen,
-                                  depth + added, &now);
+            it->limited = 0;
+            it->flag = consider(r, it, r->msgs[i].msg_hdr.msg_namelen, &now);
             tried += it->flag;
             if (last)
                 last->next = it;
@@ -761,7 +866,6 @@ static void *run(void *arg) {
                 first = it;
             last = it;
             added++;
-            added_bytes += len;
         }
         int wake = 0;
         pthread_mutex_lock(&r->lock);
@@ -771,6 +875,7 @@ static void *run(void *arg) {
             item *next = it->next;
             if (r->count >= QUEUE_MAX || r->bytes + it->len > QUEUE_BYTES) {
                 r->queue_full++;
+                source_leave(r, it);
                 free(it);
             } else {
                 it->next = NULL;
@@ -789,7 +894,6 @@ static void *run(void *arg) {
             wake = 1;
         }
         pthread_mutex_unlock(&r->lock);
-        (void)added_bytes;
         if (wake) {
             uint64_t one = 1;
             ssize_t w = write(r->wakefd, &one, sizeof(one));
@@ -820,11 +924,20 @@ static void release(reader *r) {
     }
     r->head = r->tail = NULL;
     r->count = r->bytes = 0;
+    for (item *it = r->out_head; it != NULL;) {
+        item *next = it->next;
+        free(it);
+        it = next;
+    }
+    r->out_head = r->out_tail = NULL;
+    r->out_count = 0;
+    if (r->sendfd >= 0)
+        close(r->sendfd);
     if (r->wakefd >= 0)
         close(r->wakefd);
     if (r->stopfd >= 0)
         close(r->stopfd);
-    r->wakefd = r->stopfd = -1;
+    r->wakefd = r->stopfd = r->sendfd = -1;
     PyMem_RawFree(r->seen);
     PyMem_RawFree(r->bufs);
     r->seen = NULL;
@@ -874,9 +987,10 @@ static PyObject *start(PyObject *self, PyObject *args) {
     r->server_len = (size_t)server_len;
     r->wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     r->stopfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    r->sendfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     r->seen = PyMem_RawCalloc(SEEN_SLOTS, sizeof(seen_slot));
     r->bufs = PyMem_RawMalloc((size_t)BATCH * READ_SIZE);
-    if (r->wakefd < 0 || r->stopfd < 0 || r->seen == NULL || r->bufs == NULL) {
+    if (r->wakefd < 0 || r->stopfd < 0 || r->sendfd < 0 || r->seen == NULL || r->bufs == NULL) {
         int err = errno;
         release(r);
         PyMem_RawFree(r);
@@ -963,14 +1077,18 @@ static PyObject *drain(PyObject *self, PyObject *args) {
         first = NULL;
     }
     r->count -= (size_t)taken;
-    for (item *it = first; it != NULL; it = it->next)
+    for (item *it = first; it != NULL; it = it->next) {
         r->bytes -= it->len;
+        source_leave(r, it);
+    }
     int more = r->count > 0;
-    if (!more)
+    if (!more) {
         r->need_wake = 1;
-    long oversized = r->oversized, errors = r->errors, queue_full = r->queue_full,
-         tried = r->tried;
-    r->oversized = r->errors = r->queue_full = r->tried = 0;
+        r->hold = 0;
+    }
+    long oversized = r->oversized, errors = r->errors + r->send_failed,
+         queue_full = r->queue_full, tried = r->tried;
+    r->oversized = r->errors = r->queue_full = r->tried = r->send_failed = 0;
     pthread_mutex_unlock(&r->lock);
 
     PyObject *list = PyList_New(taken);
@@ -997,6 +1115,118 @@ static PyObject *drain(PyObject *self, PyObject *args) {
         return NULL;
     }
     return Py_BuildValue("(Nillll)", list, more, oversized, errors, queue_full, tried);
+}
+
+/* (host, port) into a socket address of `family`; an IPv4 host on an IPv6 socket is mapped.
+ * 0 on success; -1 when it is no address (nothing raised: the caller counts it). */
+static int to_sockaddr(PyObject *addr, int family, struct sockaddr_storage *out) {
+    if (!PyTuple_Check(addr) || PyTuple_GET_SIZE(addr) < 2)
+        return -1;
+    PyObject *host_obj = PyTuple_GET_ITEM(addr, 0), *port_obj = PyTuple_GET_ITEM(addr, 1);
+    if (!PyUnicode_Check(host_obj) || !PyLong_Check(port_obj))
+        return -1;
+    const char *host = PyUnicode_AsUTF8(host_obj);
+    long port = PyLong_AsLong(port_obj);
+    if (host == NULL || port < 0 || port > 65535) {
+        PyErr_Clear();
+        return -1;
+    }
+    memset(out, 0, sizeof(*out));
+    if (family == AF_INET6) {
+        struct sockaddr_in6 *a = (struct sockaddr_in6 *)out;
+        a->sin6_family = AF_INET6;
+        a->sin6_port = htons((uint16_t)port);
+        if (inet_pton(AF_INET6, host, &a->sin6_addr) != 1) {
+            struct in_addr v4;
+            if (inet_pton(AF_INET, host, &v4) != 1)
+                return -1;
+            a->sin6_addr.s6_addr[10] = 0xff;
+            a->sin6_addr.s6_addr[11] = 0xff;
+            memcpy(&a->sin6_addr.s6_addr[12], &v4, 4);
+        }
+        return 0;
+    }
+    struct sockaddr_in *a = (struct sockaddr_in *)out;
+    a->sin_family = AF_INET;
+    a->sin_port = htons((uint16_t)port);
+    return inet_pton(AF_INET, host, &a->sin_addr) == 1 ? 0 : -1;
+}
+
+/* Queue datagrams for the thread to send; one eventfd write when the queue was empty. */
+static PyObject *send_datagrams(PyObject *self, PyObject *args) {
+    PyObject *capsule, *items;
+    if (!PyArg_ParseTuple(args, "OO!", &capsule, &PyList_Type, &items))
+        return NULL;
+    reader *r = get(capsule);
+    if (r == NULL)
+        return NULL;
+    item *first = NULL, *last = NULL;
+    int failed = 0, queued = 0;
+    PyObject *previous = NULL;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(items); i++) {
+        PyObject *entry = PyList_GET_ITEM(items, i);
+        char *data;
+        Py_ssize_t size;
+        if (!PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) != 2 ||
+            PyBytes_AsStringAndSize(PyTuple_GET_ITEM(entry, 0), &data, &size) < 0) {
+            PyErr_Clear();
+            failed++;
+            continue;
+        }
+        item *it = malloc(sizeof(item) + (size ? (size_t)size : 1));
+        if (it == NULL) {
+            failed++;
+            continue;
+        }
+        PyObject *addr = PyTuple_GET_ITEM(entry, 1);
+        if (addr == previous && last != NULL) {
+            it->addr = last->addr;
+        } else if (to_sockaddr(addr, r->family, &it->addr) < 0) {
+            free(it);
+            failed++;
+            continue;
+        }
+        previous = addr;
+        memcpy(it->data, data, (size_t)size);
+        it->len = (size_t)size;
+        it->flag = 0;
+        it->limited = 0;
+        it->next = NULL;
+        if (last)
+            last->next = it;
+        else
+            first = it;
+        last = it;
+        queued++;
+    }
+    int wake = 0;
+    if (first != NULL) {
+        pthread_mutex_lock(&r->lock);
+        if (r->out_count + (size_t)queued > QUEUE_MAX) {
+            failed += queued; /* the thread is that far behind: dropped, counted */
+            pthread_mutex_unlock(&r->lock);
+            for (item *it = first; it != NULL;) {
+                item *next = it->next;
+                free(it);
+                it = next;
+            }
+            return PyLong_FromLong(failed);
+        }
+        wake = r->out_head == NULL;
+        if (r->out_tail)
+            r->out_tail->next = first;
+        else
+            r->out_head = first;
+        r->out_tail = last;
+        r->out_count += (size_t)queued;
+        pthread_mutex_unlock(&r->lock);
+    }
+    if (wake) {
+        uint64_t one = 1;
+        ssize_t w = write(r->sendfd, &one, sizeof(one));
+        (void)w;
+    }
+    return PyLong_FromLong(failed);
 }
 
 static int host_bytes(const char *host, unsigned char out[16], int *family) {
@@ -1026,38 +1256,9 @@ static PyObject *admit(PyObject *self, PyObject *args) {
     if (host_bytes(host, addr, &family) < 0)
         Py_RETURN_FALSE;
     pthread_mutex_lock(&r->lock);
-    if (yes) {
-        if (r->admitted_count * 2 >= ADMITTED_SLOTS) { /* bounded: cleared when half full */
-            memset(r->admitted, 0, sizeof(r->admitted));
-            r->admitted_count = 0;
-        }
-        admitted_slot *s = admitted_find(r, addr, family, 1);
-        if (s != NULL && s->family == 0) {
-            s->family = (unsigned char)family;
-            memcpy(s->addr, addr, 16);
-            r->admitted_count++;
-        }
-    } else {
-        admitted_slot *s = admitted_find(r, addr, family, 0);
-        if (s != NULL) {
-            /* open addressing: delete by rebuilding the table without it (rare: a refusal) */
-            admitted_slot copy[ADMITTED_SLOTS];
-            memcpy(copy, r->admitted, sizeof(copy));
-            s = &copy[s - r->admitted];
-            s->family = 0;
-            memset(r->admitted, 0, sizeof(r->admitted));
-            r->admitted_count = 0;
-            for (size_t i = 0; i < ADMITTED_SLOTS; i++) {
-                if (copy[i].family == 0)
-                    continue;
-                admitted_slot *t = admitted_find(r, copy[i].addr, copy[i].family, 1);
-                if (t != NULL) {
-                    *t = copy[i];
-                    r->admitted_count++;
-                }
-            }
-        }
-    }
+    source_slot *s = source_find(r, addr, family, yes);
+    if (s != NULL)
+        s->admitted = (unsigned char)(yes != 0);
     pthread_mutex_unlock(&r->lock);
     Py_RETURN_TRUE;
 }
@@ -1085,6 +1286,8 @@ static PyMethodDef methods[] = {
     {"drain", drain, METH_VARARGS,
      "drain(reader, most) -> ([(data, (host, port), trying_sent)...], more, oversized, "
      "errors, queue_full, tried)"},
+    {"send", send_datagrams, METH_VARARGS,
+     "send(reader, [(data, (host, port))...]) -> failed: queued for the thread to send"},
     {"admit", admit, METH_VARARGS,
      "admit(reader, host, yes): whether INVITEs from `host` may be answered 100 here"},
     {"trying", trying, METH_VARARGS,

@@ -4,18 +4,19 @@
 A C thread blocks on the socket, reads it with `recvmmsg` into a bounded queue (full: dropped
 and counted as `udp_queue_full`) and wakes the loop through an eventfd once a batch; the loop
 takes up to DRAIN datagrams a turn (`_readable`, again on the next turn when more wait) and
-hands each to `SipService.receive` as the datagram endpoint does. Sends stay on the loop: what
-a flush produced goes out with one `sendmmsg` (`_csipudp.send_batch`, as `BatchedUdp`), or
-one `sendto` each where that is not built.
+hands each to `SipService.receive` as the datagram endpoint does. Sends: what a flush produced
+goes out from the loop with one `sendmmsg` (`_csipudp.send_batch`, as `BatchedUdp`); with
+`SIPBRIDGE_SIP_UDP_SEND=thread` it is queued for the thread to send (one eventfd write when the
+queue was empty); `=each`, one `sendto` each (bench/sip.py compares them).
 
 The thread answers a new INVITE's 100 Trying itself, at once, before the datagram reaches the
 queue, so the 100 never waits for the loop (issue 18): only a plain INVITE outside a dialog
 whose top Via branch it has not seen lately, from a source `SipService`'s admission control
-has let through (`_admission`: a source refused or dropped is forgotten at once; the number of
-datagrams answered there and not yet handled here is bounded below the admission's drop
-threshold). Such a datagram is handed on marked (`trying_sent`): the transaction records that
-100 as its last response, Python sends no second one, and a retransmission gets the
-transaction's last response as always. Everything else (a retransmission, anything unusual)
+has let through (`_admission`: a source refused or dropped is forgotten at once, and the thread
+never gets further ahead of the admission control than it refuses before it drops: `window`).
+Such a datagram is handed on marked (`trying_sent`): the transaction records that 100 as its
+last response, Python sends no second one, and a retransmission gets the transaction's last
+response as always. Everything else (a retransmission, anything unusual)
 is left to Python, which decides as it always did. The C builder's 100 is byte for byte the
 Python stack's (tests/server/test_sip_thread.py compares them).
 """
@@ -48,8 +49,11 @@ except ImportError:
 log = logging.getLogger(__name__)
 
 ENV = "SIPBRIDGE_SIP_UDP"  # "thread": this reader where built
+# How the loop's datagrams go out: "batch" (default), one sendmmsg a flush from the loop;
+# "thread", queued for the reader thread to send; "each", one sendto each from the loop.
+SEND_ENV = "SIPBRIDGE_SIP_UDP_SEND"
 DRAIN = 32  # datagrams handled a turn of the loop (as libuv reads up to 32 a readiness)
-MAX_WINDOW = 64  # datagrams answered 100 by the thread and waiting in its queue, at most
+MAX_WINDOW = 64  # a source's INVITEs answered 100 by the thread and waiting in its queue, at most
 _REFUSALS = ("refused_flood", "dropped_flood", "dropped_not_allowed")
 _LIMITED = (b"INVITE ", b"REGISTER ")
 
@@ -73,9 +77,11 @@ def trying(data: bytes, host: str, port: int, server: str) -> bytes | None:
 
 
 def window(service: SipService) -> int:
-    """How many datagrams the thread may have answered ahead of the SIP stack: below what the
-    admission control lets an address be refused before it drops it unanswered, less what one
-    turn of the loop takes, so that a source is forgotten before it would be dropped."""
+    """The thread answers a source while fewer of its INVITEs and REGISTERs than this wait in its
+    queue. With what one turn of the loop takes (DRAIN), an INVITE answered there is at most
+    window + DRAIN requests of its source beyond what the admission control has judged: fewer
+    than it refuses an address before it drops it unanswered, and its first refusal forgets the
+    source (`_admission`), so no request it drops got a 100 from the thread."""
     admission = service.endpoint.admission
     if admission is None:
         return MAX_WINDOW
@@ -89,13 +95,15 @@ class ThreadedUdp:
         assert _csipthr is not None
         self._io: Any = _csipthr
         self._send: Any = _csipudp
+        self.send_mode = os.environ.get(SEND_ENV, "batch")
+        if self.send_mode == "batch" and _csipudp is None:
+            self.send_mode = "each"
         self.service = service
         self.sock = sock
         self.fd = sock.fileno()
         self.family = int(sock.family)
         self._peers: dict[tuple[str, int], Peer] = {}
         self._pending: list[tuple[bytes, tuple[str, int]]] = []
-        self._admitted: set[str] = set()  # sources the thread may answer (mirrors its table)
         self._closed = False
         self._again: asyncio.Handle | None = None
         sock.setblocking(False)
@@ -154,17 +162,12 @@ class ThreadedUdp:
             self._again = self._loop.call_soon(self._readable)
 
     def _admission(self, host: str, data: bytes, refused: bool) -> None:
-        """Tell the thread whether it may answer `host`'s INVITEs: once one of its requests
-        passed the admission control; no more once one was refused or dropped."""
-        admitted = self._admitted
+        """Tell the thread whether it may answer `host`'s INVITEs: once one of its INVITEs
+        passed the admission control; no more once one of its requests was refused or dropped.
+        (Told each time: the thread's table is bounded, and forgets when full.)"""
         if refused:
-            if host in admitted:
-                admitted.discard(host)
-                self._io.admit(self._reader, host, False)
-        elif host not in admitted and data.startswith(b"INVITE "):
-            if len(admitted) >= MAX_UDP_PEERS:  # (the thread's table clears itself too)
-                admitted.clear()
-            admitted.add(host)
+            self._io.admit(self._reader, host, False)
+        elif data.startswith(b"INVITE "):
             self._io.admit(self._reader, host, True)
 
     def sendto(self, data: bytes, address: tuple[str, int]) -> None:
@@ -178,8 +181,11 @@ class ThreadedUdp:
         self._pending = []
         if self._closed:
             return
-        if self._send is not None:
+        mode = self.send_mode
+        if mode == "batch":
             _sent, failed, _error = self._send.send_batch(self.fd, self.family, pending)
+        elif mode == "thread":  # (its failures come back with the next drain, as udp_error)
+            failed = self._io.send(self._reader, pending)
         else:
             failed = 0
             for data, address in pending:
