@@ -14,9 +14,9 @@
  * and marked so that the transaction layer knows its 100 went out. Anything unusual (folded or
  * compact-form-less oddities, a comma in the top Via, non-ASCII, a Timestamp or Require header,
  * a To that mentions a tag, an RFC 2543 branch...) is left to Python, which decides as it
- * always did. A source is answered here only while fewer than `window` of its INVITEs and
- * REGISTERs wait in the queue (`consider`): a source the admission control starts refusing is
- * forgotten before any of its requests it would drop unanswered could be answered here.
+ * always did. A source is answered here only within what the admission control has told this
+ * thread it will judge before it could drop one of its requests (`admit`, `consider`): no INVITE
+ * it drops unanswered gets a 100 from here.
  *
  * Every branch of an INVITE read is remembered (a bounded open-addressing table of 64-bit
  * hashes, refreshed on each sighting): a retransmission is never answered here, whatever the
@@ -76,6 +76,7 @@ typedef struct {
     unsigned char admitted; /* its INVITEs may be answered here (`admit`) */
     unsigned char addr[16];
     int waiting; /* its INVITEs and REGISTERs in the queue (answered here or not) */
+    int allowance; /* how many more of those the admission control judges before it drops */
 } source_slot;
 
 typedef struct {
@@ -89,7 +90,7 @@ typedef struct {
     size_t out_count;
     long send_failed;
     int need_wake;
-    int window;    /* answer a source here only while fewer of its INVITEs/REGISTERs wait */
+    int margin;    /* requests the loop may have taken and not yet handled (its DRAIN) */
     int admit_all; /* no admission control: every source may be answered */
     int hold;      /* the sources' table was cleared: answer nothing until the queue empties */
                    /* (and the loop took its last: the counts are then whole again) */
@@ -708,11 +709,11 @@ static int host_text(const struct sockaddr_storage *a, char *host, size_t size, 
 /* One datagram read: counted when an INVITE or REGISTER (what the admission control limits),
  * and answered 100 from here when it is a new INVITE to answer: 1 when its 100 went out.
  *
- * A source is answered only while fewer than `window` of its limited requests wait in the queue:
- * with at most DRAIN more taken by the loop and not yet handled, an INVITE answered here is
- * never more than window + DRAIN requests of its source beyond what the admission control has
- * judged, which is less than it refuses before it drops, and its first refusal forgets the
- * source (`admit`): so no INVITE it would drop unanswered gets a 100 from here. */
+ * A source is answered only when, counting its limited requests waiting in the queue and the
+ * `margin` the loop may have taken and not yet handled, this one is within the `allowance` the
+ * admission control gave it when it judged the source's last (`admit`: how many more it judges
+ * before it could drop one, at the least): so no INVITE it would drop unanswered gets a 100
+ * from here. A refusal or drop sets the allowance to 0. */
 static int consider(reader *r, item *it, socklen_t addrlen, double *now) {
     const char *data = it->data;
     size_t len = it->len;
@@ -741,7 +742,9 @@ static int consider(reader *r, item *it, socklen_t addrlen, double *now) {
     source_slot *s = source_of(r, &it->addr, 1);
     int may = 0;
     if (s != NULL) {
-        may = n >= 0 && (r->admit_all || s->admitted) && !r->hold && s->waiting < r->window;
+        may = n >= 0 && !r->hold &&
+              (r->admit_all ||
+               (s->admitted && (long)s->waiting + 1 + r->margin <= (long)s->allowance));
         s->waiting++;
         it->limited = 1;
     }
@@ -965,10 +968,10 @@ static void capsule_free(PyObject *capsule) {
 }
 
 static PyObject *start(PyObject *self, PyObject *args) {
-    int fd, family, window, admit_all;
+    int fd, family, margin, admit_all;
     const char *server;
     Py_ssize_t server_len;
-    if (!PyArg_ParseTuple(args, "iis#ip", &fd, &family, &server, &server_len, &window, &admit_all))
+    if (!PyArg_ParseTuple(args, "iis#ip", &fd, &family, &server, &server_len, &margin, &admit_all))
         return NULL;
     if (server_len >= SERVER_MAX || memchr(server, '\r', (size_t)server_len) ||
         memchr(server, '\n', (size_t)server_len)) {
@@ -980,7 +983,7 @@ static PyObject *start(PyObject *self, PyObject *args) {
         return PyErr_NoMemory();
     r->fd = fd;
     r->family = family;
-    r->window = window;
+    r->margin = margin;
     r->admit_all = admit_all;
     r->need_wake = 1;
     memcpy(r->server, server, (size_t)server_len);
@@ -1245,9 +1248,10 @@ static int host_bytes(const char *host, unsigned char out[16], int *family) {
 static PyObject *admit(PyObject *self, PyObject *args) {
     PyObject *capsule;
     const char *host;
-    int yes;
-    if (!PyArg_ParseTuple(args, "Osp", &capsule, &host, &yes))
+    int allowance;
+    if (!PyArg_ParseTuple(args, "Osi", &capsule, &host, &allowance))
         return NULL;
+    int yes = allowance > 0;
     reader *r = get(capsule);
     if (r == NULL)
         return NULL;
@@ -1257,8 +1261,10 @@ static PyObject *admit(PyObject *self, PyObject *args) {
         Py_RETURN_FALSE;
     pthread_mutex_lock(&r->lock);
     source_slot *s = source_find(r, addr, family, yes);
-    if (s != NULL)
-        s->admitted = (unsigned char)(yes != 0);
+    if (s != NULL) {
+        s->admitted = (unsigned char)yes;
+        s->allowance = yes ? allowance : 0;
+    }
     pthread_mutex_unlock(&r->lock);
     Py_RETURN_TRUE;
 }
@@ -1280,7 +1286,7 @@ static PyObject *trying(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"start", start, METH_VARARGS,
-     "start(fd, family, server, window, admit_all) -> reader: the thread reading `fd`"},
+     "start(fd, family, server, margin, admit_all) -> reader: the thread reading `fd`"},
     {"stop", stop, METH_O, "stop(reader): the thread stopped and joined, its queue freed"},
     {"wake_fd", wake_fd, METH_O, "wake_fd(reader) -> the eventfd written when datagrams wait"},
     {"drain", drain, METH_VARARGS,
@@ -1289,7 +1295,8 @@ static PyMethodDef methods[] = {
     {"send", send_datagrams, METH_VARARGS,
      "send(reader, [(data, (host, port))...]) -> failed: queued for the thread to send"},
     {"admit", admit, METH_VARARGS,
-     "admit(reader, host, yes): whether INVITEs from `host` may be answered 100 here"},
+     "admit(reader, host, allowance): how many more INVITEs/REGISTERs from `host` the admission\n"
+     "control judges before it could drop one (0: none; answer none of its INVITEs here)"},
     {"trying", trying, METH_VARARGS,
      "trying(data, host, port, server) -> the 100 Trying this thread would send, or None"},
     {NULL, NULL, 0, NULL},

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import math
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -101,6 +102,21 @@ class Admission:
             return False
         bucket.refill(now)
         return bucket.tokens <= -self.drop_after
+
+    def allowance(self, source: str, now: float) -> int:
+        """How many more INVITEs and REGISTERs from `source` it judges, at the least, before it
+        could drop one unanswered (a refill only adds to it): the bucket's whole tokens, then
+        the refusals in debt. 0 for an address not allowed. (For the SIP UDP reader thread,
+        which answers 100 Trying before this judges a request: server/sip/udp_thread.py.)"""
+        if not self.allowed(source):
+            return 0
+        bucket = self._buckets.get(source)
+        if bucket is None:
+            tokens = self.burst
+        else:
+            bucket.refill(now)
+            tokens = bucket.tokens
+        return int(max(0.0, min(float(1 << 30), math.floor(tokens) + self.drop_after - 1.0)))
 
     def admit(self, source: str, method: str, now: float) -> Verdict:
         """The verdict on a request outside any dialog from `source`."""

@@ -12,8 +12,9 @@ queue was empty); `=each`, one `sendto` each (bench/sip.py compares them).
 The thread answers a new INVITE's 100 Trying itself, at once, before the datagram reaches the
 queue, so the 100 never waits for the loop (issue 18): only a plain INVITE outside a dialog
 whose top Via branch it has not seen lately, from a source `SipService`'s admission control
-has let through (`_admission`: a source refused or dropped is forgotten at once, and the thread
-never gets further ahead of the admission control than it refuses before it drops: `window`).
+has let through and will judge again before it could drop one of its requests (`_admission`:
+after each of a source's INVITEs and REGISTERs, how many more it judges at the least; a refusal
+or a drop makes that 0).
 Such a datagram is handed on marked (`trying_sent`): the transaction records that 100 as its
 last response, Python sends no second one, and a retransmission gets the transaction's last
 response as always. Everything else (a retransmission, anything unusual)
@@ -53,7 +54,6 @@ ENV = "SIPBRIDGE_SIP_UDP"  # "thread": this reader where built
 # "thread", queued for the reader thread to send; "each", one sendto each from the loop.
 SEND_ENV = "SIPBRIDGE_SIP_UDP_SEND"
 DRAIN = 32  # datagrams handled a turn of the loop (as libuv reads up to 32 a readiness)
-MAX_WINDOW = 64  # a source's INVITEs answered 100 by the thread and waiting in its queue, at most
 _REFUSALS = ("refused_flood", "dropped_flood", "dropped_not_allowed")
 _LIMITED = (b"INVITE ", b"REGISTER ")
 
@@ -74,18 +74,6 @@ def trying(data: bytes, host: str, port: int, server: str) -> bytes | None:
     assert _csipthr is not None
     result: bytes | None = _csipthr.trying(data, host, port, server)
     return result
-
-
-def window(service: SipService) -> int:
-    """The thread answers a source while fewer of its INVITEs and REGISTERs than this wait in its
-    queue. With what one turn of the loop takes (DRAIN), an INVITE answered there is at most
-    window + DRAIN requests of its source beyond what the admission control has judged: fewer
-    than it refuses an address before it drops it unanswered, and its first refusal forgets the
-    source (`_admission`), so no request it drops got a 100 from the thread."""
-    admission = service.endpoint.admission
-    if admission is None:
-        return MAX_WINDOW
-    return max(0, min(MAX_WINDOW, admission.drop_after - DRAIN))
 
 
 class ThreadedUdp:
@@ -114,7 +102,7 @@ class ThreadedUdp:
             self.fd,
             self.family,
             service.endpoint.settings.user_agent,
-            window(service),
+            DRAIN,  # (taken by the loop, not yet handled: what the thread cannot see)
             admission is None,
         )
         self._wake_fd = self._io.wake_fd(self._reader)
@@ -162,13 +150,14 @@ class ThreadedUdp:
             self._again = self._loop.call_soon(self._readable)
 
     def _admission(self, host: str, data: bytes, refused: bool) -> None:
-        """Tell the thread whether it may answer `host`'s INVITEs: once one of its INVITEs
-        passed the admission control; no more once one of its requests was refused or dropped.
-        (Told each time: the thread's table is bounded, and forgets when full.)"""
-        if refused:
-            self._io.admit(self._reader, host, False)
-        elif data.startswith(b"INVITE "):
-            self._io.admit(self._reader, host, True)
+        """Tell the thread how many more of `host`'s INVITEs and REGISTERs the admission control
+        judges before it could drop one (`Admission.allowance`): 0 once one was refused or
+        dropped. (Told after each: the thread's table is bounded, and forgets when full.)"""
+        admission = self.service.endpoint.admission
+        if refused or admission is None:
+            self._io.admit(self._reader, host, 0)
+        else:
+            self._io.admit(self._reader, host, admission.allowance(host, self.service.now()))
 
     def sendto(self, data: bytes, address: tuple[str, int]) -> None:
         """Queue a datagram: sent when the service's flush that produced it is done."""
