@@ -45,7 +45,7 @@ ext_modules = [
     Extension(
         "sipbridge._csipudp",
         ["src/sipbridge/_csipudp.c"],
-        depends=["src/sipbridge/_sockaddr.h"],
+        depends=["src/sipbridge/_sockaddr.h", "src/sipbridge/_pyaddr.h"],
         extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
         optional=True,
     ),
@@ -54,7 +54,7 @@ ext_modules = [
     Extension(
         "sipbridge._csipthr",
         ["src/sipbridge/_csipthr.c"],
-        depends=["src/sipbridge/_sockaddr.h"],
+        depends=["src/sipbridge/_sockaddr.h", "src/sipbridge/_pyaddr.h"],
         extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
         libraries=["pthread"],
         optional=True,

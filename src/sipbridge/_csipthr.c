@@ -40,7 +40,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "_sockaddr.h"
+#include "_pyaddr.h"
 
 #define BATCH 32
 #define READ_SIZE 65535
@@ -692,20 +692,6 @@ static void source_leave(reader *r, item *it) {
         s->waiting--;
 }
 
-static int host_text(const struct sockaddr_storage *a, char *host, size_t size, int *port) {
-    if (a->ss_family == AF_INET6) {
-        const struct sockaddr_in6 *x = (const struct sockaddr_in6 *)a;
-        *port = ntohs(x->sin6_port);
-        return inet_ntop(AF_INET6, &x->sin6_addr, host, (socklen_t)size) ? 0 : -1;
-    }
-    if (a->ss_family == AF_INET) {
-        const struct sockaddr_in *x = (const struct sockaddr_in *)a;
-        *port = ntohs(x->sin_port);
-        return inet_ntop(AF_INET, &x->sin_addr, host, (socklen_t)size) ? 0 : -1;
-    }
-    return -1;
-}
-
 /* One datagram read: counted when an INVITE or REGISTER (what the admission control limits),
  * and answered 100 from here when it is a new INVITE to answer: 1 when its 100 went out.
  *
@@ -754,10 +740,6 @@ static int consider(reader *r, item *it, socklen_t addrlen, double *now) {
     if (sendto(r->fd, out, (size_t)n, MSG_DONTWAIT, (const struct sockaddr *)&it->addr, addrlen) != n)
         return 0; /* not sent: Python's lazy 100 as before */
     return 1;
-}
-
-static socklen_t addr_len(const struct sockaddr_storage *a) {
-    return a->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
 }
 
 /* Send what the loop queued (`send`), with sendmmsg, BATCH at a time. */
@@ -1031,28 +1013,6 @@ static PyObject *wake_fd(PyObject *self, PyObject *capsule) {
     return r ? PyLong_FromLong(r->wakefd) : NULL;
 }
 
-/* The address tuple last made, reused while datagrams keep coming from there. */
-static struct sockaddr_storage last_addr;
-static PyObject *last_tuple;
-
-static PyObject *addr_tuple(const struct sockaddr_storage *addr) {
-    char host[INET6_ADDRSTRLEN];
-    int port;
-    if (last_tuple != NULL && addr_equal(addr, &last_addr)) {
-        Py_INCREF(last_tuple);
-        return last_tuple;
-    }
-    if (host_text(addr, host, sizeof(host), &port) < 0)
-        Py_RETURN_NONE;
-    PyObject *tuple = Py_BuildValue("(si)", host, port);
-    if (tuple == NULL)
-        return NULL;
-    Py_XSETREF(last_tuple, tuple);
-    Py_INCREF(tuple);
-    last_addr = *addr;
-    return tuple;
-}
-
 static PyObject *drain(PyObject *self, PyObject *args) {
     PyObject *capsule;
     int most;
@@ -1118,41 +1078,6 @@ static PyObject *drain(PyObject *self, PyObject *args) {
         return NULL;
     }
     return Py_BuildValue("(Nillll)", list, more, oversized, errors, queue_full, tried);
-}
-
-/* (host, port) into a socket address of `family`; an IPv4 host on an IPv6 socket is mapped.
- * 0 on success; -1 when it is no address (nothing raised: the caller counts it). */
-static int to_sockaddr(PyObject *addr, int family, struct sockaddr_storage *out) {
-    if (!PyTuple_Check(addr) || PyTuple_GET_SIZE(addr) < 2)
-        return -1;
-    PyObject *host_obj = PyTuple_GET_ITEM(addr, 0), *port_obj = PyTuple_GET_ITEM(addr, 1);
-    if (!PyUnicode_Check(host_obj) || !PyLong_Check(port_obj))
-        return -1;
-    const char *host = PyUnicode_AsUTF8(host_obj);
-    long port = PyLong_AsLong(port_obj);
-    if (host == NULL || port < 0 || port > 65535) {
-        PyErr_Clear();
-        return -1;
-    }
-    memset(out, 0, sizeof(*out));
-    if (family == AF_INET6) {
-        struct sockaddr_in6 *a = (struct sockaddr_in6 *)out;
-        a->sin6_family = AF_INET6;
-        a->sin6_port = htons((uint16_t)port);
-        if (inet_pton(AF_INET6, host, &a->sin6_addr) != 1) {
-            struct in_addr v4;
-            if (inet_pton(AF_INET, host, &v4) != 1)
-                return -1;
-            a->sin6_addr.s6_addr[10] = 0xff;
-            a->sin6_addr.s6_addr[11] = 0xff;
-            memcpy(&a->sin6_addr.s6_addr[12], &v4, 4);
-        }
-        return 0;
-    }
-    struct sockaddr_in *a = (struct sockaddr_in *)out;
-    a->sin_family = AF_INET;
-    a->sin_port = htons((uint16_t)port);
-    return inet_pton(AF_INET, host, &a->sin_addr) == 1 ? 0 : -1;
 }
 
 /* Queue datagrams for the thread to send; one eventfd write when the queue was empty. */

@@ -18,7 +18,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
-#include "_sockaddr.h"
+#include "_pyaddr.h"
 
 #define BATCH 32           /* datagrams per recvmmsg, and per sendmmsg */
 #define READ_SIZE 65535    /* a UDP datagram's largest payload (server/sip/transport.py) */
@@ -27,79 +27,6 @@ static unsigned char (*bufs)[READ_SIZE]; /* BATCH buffers, allocated at the firs
 static struct mmsghdr rmsgs[BATCH], smsgs[BATCH];
 static struct iovec riov[BATCH], siov[BATCH];
 static struct sockaddr_storage raddr[BATCH], saddr[BATCH];
-
-/* The address tuple last handed out, reused while datagrams keep coming from there. */
-static struct sockaddr_storage last_addr;
-static PyObject *last_tuple;
-
-/* (host, port) of a source address, as the rest of the SIP stack keys peers. */
-static PyObject *addr_tuple(const struct sockaddr_storage *addr) {
-    char host[INET6_ADDRSTRLEN];
-    int port;
-    if (last_tuple != NULL && addr_equal(addr, &last_addr)) {
-        Py_INCREF(last_tuple);
-        return last_tuple;
-    }
-    if (addr->ss_family == AF_INET6) {
-        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)addr;
-        if (inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host)) == NULL)
-            return PyErr_SetFromErrno(PyExc_OSError);
-        port = ntohs(a->sin6_port);
-    } else if (addr->ss_family == AF_INET) {
-        const struct sockaddr_in *a = (const struct sockaddr_in *)addr;
-        if (inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host)) == NULL)
-            return PyErr_SetFromErrno(PyExc_OSError);
-        port = ntohs(a->sin_port);
-    } else {
-        Py_RETURN_NONE; /* (not from a UDP socket of ours) */
-    }
-    PyObject *tuple = Py_BuildValue("(si)", host, port);
-    if (tuple == NULL)
-        return NULL;
-    Py_XSETREF(last_tuple, tuple);
-    Py_INCREF(tuple);
-    last_addr = *addr;
-    return tuple;
-}
-
-/* (host, port) into a socket address of `family`; an IPv4 host on an IPv6 socket is mapped.
- * 0 on success; -1 when it is no address (nothing raised: the caller counts it). */
-static int to_sockaddr(PyObject *addr, int family, struct sockaddr_storage *out, socklen_t *len) {
-    if (!PyTuple_Check(addr) || PyTuple_GET_SIZE(addr) < 2)
-        return -1;
-    PyObject *host_obj = PyTuple_GET_ITEM(addr, 0), *port_obj = PyTuple_GET_ITEM(addr, 1);
-    if (!PyUnicode_Check(host_obj) || !PyLong_Check(port_obj))
-        return -1;
-    const char *host = PyUnicode_AsUTF8(host_obj);
-    long port = PyLong_AsLong(port_obj);
-    if (host == NULL || port < 0 || port > 65535) {
-        PyErr_Clear();
-        return -1;
-    }
-    memset(out, 0, sizeof(*out));
-    if (family == AF_INET6) {
-        struct sockaddr_in6 *a = (struct sockaddr_in6 *)out;
-        a->sin6_family = AF_INET6;
-        a->sin6_port = htons((uint16_t)port);
-        if (inet_pton(AF_INET6, host, &a->sin6_addr) != 1) {
-            struct in_addr v4;
-            if (inet_pton(AF_INET, host, &v4) != 1)
-                return -1;
-            a->sin6_addr.s6_addr[10] = 0xff;
-            a->sin6_addr.s6_addr[11] = 0xff;
-            memcpy(&a->sin6_addr.s6_addr[12], &v4, 4);
-        }
-        *len = sizeof(*a);
-        return 0;
-    }
-    struct sockaddr_in *a = (struct sockaddr_in *)out;
-    a->sin_family = AF_INET;
-    a->sin_port = htons((uint16_t)port);
-    if (inet_pton(AF_INET, host, &a->sin_addr) != 1)
-        return -1;
-    *len = sizeof(*a);
-    return 0;
-}
 
 static PyObject *recv_batch(PyObject *self, PyObject *args) {
     int fd, size = READ_SIZE;
@@ -189,10 +116,12 @@ static PyObject *send_batch(PyObject *self, PyObject *args) {
             if (addr == previous && count > 0) {
                 saddr[count] = saddr[count - 1];
                 len = smsgs[count - 1].msg_hdr.msg_namelen;
-            } else if (to_sockaddr(addr, family, &saddr[count], &len) < 0) {
+            } else if (to_sockaddr(addr, family, &saddr[count]) < 0) {
                 failed++;
                 last_error = EAFNOSUPPORT;
                 continue;
+            } else {
+                len = addr_len(&saddr[count]);
             }
             previous = addr;
             siov[count].iov_base = data;

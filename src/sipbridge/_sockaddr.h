@@ -1,4 +1,4 @@
-/* What the C extensions (_crelay.c, _csipudp.c) share about socket addresses. */
+/* What the C extensions (_crelay.c, _csipudp.c, _csipthr.c) share about socket addresses. */
 #ifndef SIPBRIDGE_SOCKADDR_H
 #define SIPBRIDGE_SOCKADDR_H
 
