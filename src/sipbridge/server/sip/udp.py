@@ -86,7 +86,21 @@ class _Udp(asyncio.DatagramProtocol):
         self.service.stats_error("udp_error")
 
 
-class BatchedUdp:
+class SocketTransport:
+    """What a SIP UDP socket driven here (not by the event loop's endpoint) tells about itself,
+    as an asyncio transport would."""
+
+    sock: socket.socket
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "sockname":
+            return self.sock.getsockname()
+        if name == "socket":
+            return self.sock
+        return default
+
+
+class BatchedUdp(SocketTransport):
     """A bound non-blocking UDP socket of `service`, read and written in batches."""
 
     def __init__(self, service: SipService, sock: socket.socket) -> None:
@@ -106,13 +120,6 @@ class BatchedUdp:
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self.fd, self._readable)
         service.on_flushed.append(self.flush)
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        if name == "sockname":
-            return self.sock.getsockname()
-        if name == "socket":
-            return self.sock
-        return default
 
     def _readable(self) -> None:
         """One `recvmmsg` a readiness (up to BATCH datagrams, as libuv reads up to 32 a

@@ -32,7 +32,7 @@ import socket
 from typing import TYPE_CHECKING, Any
 
 from sipbridge.server.loop_calls import remove_reader
-from sipbridge.server.sip.udp import MAX_UDP_PEERS, UDP_BUFFER_BYTES
+from sipbridge.server.sip.udp import MAX_UDP_PEERS, UDP_BUFFER_BYTES, SocketTransport
 from sipbridge.sip.endpoint import Peer
 
 if TYPE_CHECKING:
@@ -76,7 +76,7 @@ def trying(data: bytes, host: str, port: int, server: str) -> bytes | None:
     return result
 
 
-class ThreadedUdp:
+class ThreadedUdp(SocketTransport):
     """A bound UDP socket of `service`, read on a C thread (module docstring)."""
 
     def __init__(self, service: SipService, sock: socket.socket) -> None:
@@ -109,13 +109,6 @@ class ThreadedUdp:
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self._wake_fd, self._readable)
         service.on_flushed.append(self.flush)
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        if name == "sockname":
-            return self.sock.getsockname()
-        if name == "socket":
-            return self.sock
-        return default
 
     def _readable(self) -> None:
         self._again = None
