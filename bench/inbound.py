@@ -100,6 +100,9 @@ GOAL_CALLS_PER_S = 1000  # issue 18: answered calls/s on one node, shared room o
 LATENCY_RATE = 500  # issue 18: INVITE->100 p99 under 5 ms at this rate
 SIP = models.ParticipantInfo.Kind.SIP
 DIALOG_HEADERS = (b"via", b"from", b"to", b"call-id", b"cseq")
+LEAVE = rtc.SignalRequest(
+    leave=rtc.LeaveRequest(reason=models.DisconnectReason.CLIENT_INITIATED)
+).SerializeToString()
 
 
 # -- processes and the system, read from /proc ---------------------------------------------------
@@ -207,6 +210,11 @@ class RoomAgents:
                 try:
                     await self._follow(room_name, ws)
                 finally:
+                    # as the SDKs leave a room (Room.disconnect): a leave first, so the server
+                    # removes the agent now instead of holding it for a resume
+                    if not ws.closed:
+                        with contextlib.suppress(aiohttp.ClientError, ConnectionError):
+                            await ws.send_bytes(LEAVE)
                     await ws.close()
         except (TimeoutError, aiohttp.ClientError):
             self.failed += 1
