@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -12,6 +14,7 @@ from sipbridge.sip.headers import (
     Address,
     CSeq,
     Via,
+    _parse_via_pattern,
     param_value,
     parse_address,
     parse_cseq,
@@ -292,6 +295,65 @@ VIAS = [
     "SIP/2.0/TLS [2001:db8::9:1]:6050;branch=z9hG4bKas3-111",
     "SIP/2.0/UDP 192.0.2.15",
 ]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        *VIAS,
+        "SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK-1-1-0",
+        "SIP/2.0/udp host.example.com;branch=z9hG4bK1;received=192.0.2.1;rport=5060",
+        "SIP/2.0/UDP 192.0.2.1:5060;",
+        "SIP/2.0/UDP 192.0.2.1:65535",
+        "SIP/2.0/UDP 192.0.2.1:65536",
+        "SIP/2.0/UDP 192.0.2.1:0",
+        "SIP/2.0/UDP 192.0.2.1:",
+        "SIP/2.0/UDP 192.0.2.1:123456",
+        "SIP/2.0/UDP  192.0.2.1",
+        "SIP/2.0/UDP 192.0.2.1 ",
+        "SIP/2.0/UDP 192.0.2.1 ;branch=z9hG4bK1",
+        "SIP/2.0/UDP 192.0.2.1:5060 ;branch=z9hG4bK1",
+        "SIP/2.0/UDP 192.0.2.1;;branch=z9hG4bK1",
+        "SIP/2.0/UDP 192.0.2.1;branch=",
+        "SIP/2.0/UDP host_name",
+        "SIP/2.0/UDP ho\u00e9st",
+        "SIP/2.0/UDP 192.0.2.1:\u0665\u0660",
+        "SIP/2.0/U\u00c9P 192.0.2.1",
+        "SIP/2.0/ 192.0.2.1",
+        "SIP/2.0/UDP",
+        "SIP/2.0/UDP ",
+        "SIP/2.0/UDP :5060",
+        "SIP/2.0/UDP a\nb",
+        "SIP/2.0/UDP a;x=\n",
+    ],
+)
+def test_plain_via_parses_as_the_pattern_does(text: str) -> None:
+    """The string-method parse of the common Via (`_parse_plain_via`) gives what the pattern
+    gives, or leaves the value to it: the same Via, or the same refusal."""
+
+    def outcome(parse: Callable[[str], Via]) -> Via | int:
+        try:
+            return parse(text)
+        except SipProtocolError as err:
+            return err.status
+
+    assert outcome(parse_via) == outcome(_parse_via_pattern)
+
+
+@given(
+    st.text(alphabet="SIP/2.0UDPudp :;=.-[]0123456789abz\t\n\u00e9", max_size=40).map(
+        lambda tail: "SIP/2.0/" + tail
+    )
+)
+@FUZZ
+def test_plain_via_agrees_with_the_pattern_on_any_text(text: str) -> None:
+    def outcome(parse: Callable[[str], Via]) -> Via | int:
+        try:
+            return parse(text)
+        except SipProtocolError as err:
+            return err.status
+
+    assert outcome(parse_via) == outcome(_parse_via_pattern)
 
 
 @pytest.mark.parametrize("text", VIAS)

@@ -8,7 +8,7 @@ CSeq of incoming ones (lower than the last one -> 500, s12.2.2).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from sipbridge.sip.errors import SipProtocolError
 from sipbridge.sip.headers import Address, Via
@@ -52,7 +52,7 @@ def _usable_target(address: Address) -> bool:
     return not address.wildcard and address.uri.is_sip and bool(address.uri.host)
 
 
-@dataclass(slots=True, kw_only=True)
+@dataclass(slots=True, init=False)
 class Dialog:
     call_id: str
     local_tag: str
@@ -60,11 +60,40 @@ class Dialog:
     local_address: Address  # our From (UAC) / To (UAS) value, with our tag
     remote_address: Address
     remote_target: Uri
-    route_set: list[Address] = field(default_factory=list)
-    local_seq: int = 0
-    remote_seq: int | None = None
-    secure: bool = False
-    confirmed: bool = False
+    route_set: list[Address]
+    local_seq: int
+    remote_seq: int | None
+    secure: bool
+    confirmed: bool
+
+    # Its own `__init__` (dataclass `init=False`): mypyc compiles it, where the generated one
+    # stays interpreted (one for every call, issue 18).
+    def __init__(
+        self,
+        *,
+        call_id: str,
+        local_tag: str,
+        remote_tag: str,
+        local_address: Address,
+        remote_address: Address,
+        remote_target: Uri,
+        route_set: list[Address] | None = None,
+        local_seq: int = 0,
+        remote_seq: int | None = None,
+        secure: bool = False,
+        confirmed: bool = False,
+    ) -> None:
+        self.call_id = call_id
+        self.local_tag = local_tag
+        self.remote_tag = remote_tag
+        self.local_address = local_address
+        self.remote_address = remote_address
+        self.remote_target = remote_target
+        self.route_set = [] if route_set is None else route_set
+        self.local_seq = local_seq
+        self.remote_seq = remote_seq
+        self.secure = secure
+        self.confirmed = confirmed
 
     @property
     def id(self) -> tuple[str, str, str]:

@@ -85,7 +85,11 @@ _Held = tuple[ServerTransaction, Response | None, Peer, float]
 # -- events for the application ----------------------------------------------------------------
 
 
-@dataclass(slots=True, kw_only=True)
+# The events made for every request write their own `__init__` (dataclass `init=False`):
+# mypyc compiles it, where the generated one stays interpreted (issue 18).
+
+
+@dataclass(slots=True, init=False)
 class RequestReceived:
     """A new request (not ACK): answer it through `respond(transaction, response)`."""
 
@@ -93,13 +97,22 @@ class RequestReceived:
     transaction: ServerTransaction
     peer: Peer
 
+    def __init__(self, *, request: Request, transaction: ServerTransaction, peer: Peer) -> None:
+        self.request = request
+        self.transaction = transaction
+        self.peer = peer
 
-@dataclass(slots=True, kw_only=True)
+
+@dataclass(slots=True, init=False)
 class AckReceived:
     """An ACK matching no transaction: the ACK for a 2xx, owned by the dialog (s13.3.1.4)."""
 
     request: Request
     peer: Peer
+
+    def __init__(self, *, request: Request, peer: Peer) -> None:
+        self.request = request
+        self.peer = peer
 
 
 @dataclass(slots=True, kw_only=True)
@@ -151,7 +164,6 @@ class SipEndpoint:
         self.admission = admission  # per-address limits on new requests (None: none)
         self.server_transactions: dict[tuple[str, ...], ServerTransaction] = {}
         self.client_transactions: dict[tuple[str, str], ClientTransaction] = {}
-        self._peers: dict[int, Peer] = {}  # id(transaction) -> peer
         self._outgoing: list[tuple[bytes, Peer]] = []
         # 100 Trying responses not yet handed out: each goes out at the next `outgoing()`
         # unless its transaction sent another response first (RFC 3261 s17.2.1: the 100 is
@@ -277,7 +289,7 @@ class SipEndpoint:
         if merge_key is not None:
             self._merge_keys[merge_key] = transaction
             transaction.merge_key = merge_key
-        self._peers[id(transaction)] = peer
+        transaction.peer = peer
         if request.method == "CANCEL":
             self._receive_cancel(request, transaction, now)
             return
@@ -367,7 +379,7 @@ class SipEndpoint:
         )
         self._add_identity(request)
         self.client_transactions[client_key(request)] = transaction
-        self._peers[id(transaction)] = peer
+        transaction.peer = peer
         transaction.start(now)
         self._drain(transaction)
         return transaction
@@ -425,7 +437,7 @@ class SipEndpoint:
         """A 100 Trying for a new request (s8.2.6.1, s17.2.1), made and sent at the next
         `outgoing()` only if `transaction` has sent no response by then: a TU that answers
         at once costs no 100 at all."""
-        self._hold(transaction, None, self._peers[id(transaction)], now)
+        self._hold(transaction, None, _peer(transaction), now)
 
     def _trying_sent(self, transaction: ServerTransaction, now: float) -> None:
         """The transport sent this new INVITE's 100 (the same bytes as ours): recorded as the
@@ -492,13 +504,13 @@ class SipEndpoint:
     def transport_error(self, peer: Peer, now: float) -> None:
         """A connection was lost or a send failed: its transactions fail (s17.1.4, s17.2.4)."""
         for transaction in list(self._all_transactions()):
-            if self._peers.get(id(transaction)) == peer:
+            if transaction.peer == peer:
                 transaction.transport_error(now)
                 self._drain(transaction)
 
     def _drain(self, transaction: ClientTransaction | ServerTransaction) -> None:
         if transaction._outbox is not None:
-            peer = self._peers[id(transaction)]
+            peer = _peer(transaction)
             for message in transaction.messages_to_send():
                 if (
                     type(message) is Response
@@ -528,7 +540,6 @@ class SipEndpoint:
             self._forget(transaction)
 
     def _forget(self, transaction: ClientTransaction | ServerTransaction) -> None:
-        self._peers.pop(id(transaction), None)
         if isinstance(transaction, ServerTransaction):
             key = transaction.key or server_key(transaction.request)
             if self.server_transactions.get(key) is transaction:
@@ -540,6 +551,13 @@ class SipEndpoint:
             ckey = client_key(transaction.request)
             if self.client_transactions.get(ckey) is transaction:
                 del self.client_transactions[ckey]
+
+
+def _peer(transaction: ClientTransaction | ServerTransaction) -> Peer:
+    """Where the transaction's messages go (set when the endpoint made it)."""
+    peer = transaction.peer
+    assert isinstance(peer, Peer)
+    return peer
 
 
 def _merge_key(request: Request) -> tuple[str, str, int, str] | None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 from collections import OrderedDict, deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from sipbridge.sip.pcap import Packet, write_pcap
@@ -86,29 +86,59 @@ class Gap:
     bytes: int
 
 
-@dataclass(eq=False, slots=True)
+@dataclass(eq=False, slots=True, init=False)
 class CallTrace:
     """The kept messages of one Call-ID: the head, then the last ones."""
 
     call_id: str
-    head_messages: int = HEAD_MESSAGES
-    tail_messages: int = TAIL_MESSAGES
-    head_bytes: int = HEAD_BYTES
-    tail_bytes: int = TAIL_BYTES
-    names: tuple[str, ...] = ()  # our call ids (SCL_...) for this Call-ID
-    head: list[Kept] = field(default_factory=list)
+    head_messages: int
+    tail_messages: int
+    head_bytes: int
+    tail_bytes: int
+    names: tuple[str, ...]  # our call ids (SCL_...) for this Call-ID
+    head: list[Kept]
     # made when first needed: most calls never fill their head, and every container kept
     # alive is one more for the garbage collector to walk
-    tail: deque[Kept] | None = None
-    kept_head_bytes: int = 0
-    kept_tail_bytes: int = 0
-    dropped: int = 0
-    dropped_bytes: int = 0
-    last: float = 0.0
-    rtp: list[KeptRtp] | None = None  # None: RTP is not captured for this call
-    rtp_bytes: int = 0  # the RTP headers kept, with ENTRY_OVERHEAD each
-    rtp_dropped: int = 0
-    alive: bool = True  # False once evicted: what is recorded after is not counted
+    tail: deque[Kept] | None
+    kept_head_bytes: int
+    kept_tail_bytes: int
+    dropped: int
+    dropped_bytes: int
+    last: float
+    rtp: list[KeptRtp] | None  # None: RTP is not captured for this call
+    rtp_bytes: int  # the RTP headers kept, with ENTRY_OVERHEAD each
+    rtp_dropped: int
+    alive: bool  # False once evicted: what is recorded after is not counted
+
+    # Its own `__init__` (dataclass `init=False`): mypyc compiles it, where the generated one
+    # stays interpreted (one for every call, issue 18). What is not an argument starts empty.
+    def __init__(
+        self,
+        call_id: str,
+        head_messages: int = HEAD_MESSAGES,
+        tail_messages: int = TAIL_MESSAGES,
+        head_bytes: int = HEAD_BYTES,
+        tail_bytes: int = TAIL_BYTES,
+        *,
+        last: float = 0.0,
+    ) -> None:
+        self.call_id = call_id
+        self.head_messages = head_messages
+        self.tail_messages = tail_messages
+        self.head_bytes = head_bytes
+        self.tail_bytes = tail_bytes
+        self.names = ()
+        self.head = []
+        self.tail = None
+        self.kept_head_bytes = 0
+        self.kept_tail_bytes = 0
+        self.dropped = 0
+        self.dropped_bytes = 0
+        self.last = last
+        self.rtp = None
+        self.rtp_bytes = 0
+        self.rtp_dropped = 0
+        self.alive = True
 
     @property
     def kept_bytes(self) -> int:

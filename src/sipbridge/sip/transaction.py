@@ -30,6 +30,7 @@ INVITE server (fig. 7 + RFC 6026):          non-INVITE server (fig. 8):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from math import inf
 
 from sipbridge.sip.headers import MAGIC_COOKIE
 from sipbridge.sip.message import Request, Response, make_response
@@ -182,9 +183,13 @@ class TransportFailed:
     transaction: ClientTransaction | ServerTransaction
 
 
-@dataclass(slots=True, kw_only=True)
+@dataclass(slots=True, init=False)
 class TransactionTerminated:
+    # (its own `__init__`, compiled by mypyc: one for every transaction, issue 18)
     transaction: ClientTransaction | ServerTransaction
+
+    def __init__(self, *, transaction: ClientTransaction | ServerTransaction) -> None:
+        self.transaction = transaction
 
 
 TransactionEvent = ResponseReceived | TransactionTimedOut | TransportFailed | TransactionTerminated
@@ -204,11 +209,16 @@ class _Transaction:
     # Slots, and nothing queued kept between inputs: thousands of transactions linger for
     # 32 s after their calls (Timers J, L...), and each object they keep is one more for the
     # cyclic garbage collector to walk.
+    # Its deadlines are three floats (`inf`: not running), not a dict: one object fewer for
+    # each of them, and no dictionary to search on every message (issue 18).
     __slots__ = (
-        "_deadlines",
         "_events",
         "_interval",
+        "_linger_at",
         "_outbox",
+        "_retransmit_at",
+        "_timeout_at",
+        "peer",
         "reliable",
         "request",
         "state",
@@ -224,9 +234,13 @@ class _Transaction:
         self.timers = timers
         self._outbox: list[Request | Response] | None = None  # what to send, once there is any
         self._events: list[TransactionEvent] | None = None
-        # one deadline per timer kind; get_timer() is their minimum
-        self._deadlines: dict[Input, float] = {}
+        # one deadline per kind of timer (inf: not running); get_timer() is their minimum
+        self._retransmit_at = inf  # Timers A, E, G
+        self._timeout_at = inf  # Timers B, F, H
+        self._linger_at = inf  # Timers D, I, J, K, L, M
         self._interval = timers.t1
+        # where its messages go (the endpoint's `Peer`, set by the endpoint that keeps it)
+        self.peer: object = None
 
     @property
     def terminated(self) -> bool:
@@ -261,19 +275,56 @@ class _Transaction:
         return event
 
     def get_timer(self) -> float | None:
-        deadlines = self._deadlines
-        if not deadlines:
+        earliest = min(self._retransmit_at, self._timeout_at, self._linger_at)
+        return None if earliest == inf else earliest
+
+    def deadline(self, timer: Input) -> float | None:
+        """When a timer (RETRANSMIT_TIMER, TIMEOUT_TIMER, LINGER_TIMER) fires; None when it
+        is not running."""
+        if timer is Input.RETRANSMIT_TIMER:
+            at = self._retransmit_at
+        elif timer is Input.TIMEOUT_TIMER:
+            at = self._timeout_at
+        elif timer is Input.LINGER_TIMER:
+            at = self._linger_at
+        else:
             return None
-        if len(deadlines) == 1:  # the common case: one timer running (L, J, I...)
-            for deadline in deadlines.values():
-                return deadline
-        return min(deadlines.values())
+        return None if at == inf else at
 
     def handle_timer(self, now: float) -> None:
-        for timer, deadline in sorted(self._deadlines.items(), key=lambda kv: kv[1]):
-            if deadline <= now and not self.terminated and timer in self._deadlines:
-                del self._deadlines[timer]
-                self._step(timer, now)
+        """Run the timers due by `now`, earliest first (on a tie: retransmit, timeout,
+        linger); each once, as it was when this began."""
+        if self._retransmit_at > now and self._timeout_at > now:
+            # the common case: only a linger timer (I, J, L...) to run, or none
+            if self._linger_at <= now and not self.terminated:
+                self._linger_at = inf
+                self._step(Input.LINGER_TIMER, now)
+            return
+        due = sorted(
+            (at, order, timer)
+            for order, (at, timer) in enumerate(
+                (
+                    (self._retransmit_at, Input.RETRANSMIT_TIMER),
+                    (self._timeout_at, Input.TIMEOUT_TIMER),
+                    (self._linger_at, Input.LINGER_TIMER),
+                )
+            )
+            if at <= now
+        )
+        for at, _, timer in due:
+            # (an earlier one may have ended the transaction, or stopped or moved this one)
+            if self.terminated or self.deadline(timer) != at:
+                continue
+            self._stop(timer)
+            self._step(timer, now)
+
+    def _stop(self, timer: Input) -> None:
+        if timer is Input.RETRANSMIT_TIMER:
+            self._retransmit_at = inf
+        elif timer is Input.TIMEOUT_TIMER:
+            self._timeout_at = inf
+        else:
+            self._linger_at = inf
 
     def transport_error(self, now: float) -> None:
         self._step(Input.TRANSPORT_ERROR, now)
@@ -298,7 +349,7 @@ class _Transaction:
         self.state = state
         self._on_enter(state, now)
         if state is State.TERMINATED:
-            self._deadlines.clear()
+            self._retransmit_at = self._timeout_at = self._linger_at = inf
             self._tell(TransactionTerminated(transaction=self))  # type: ignore[arg-type]
 
     def _on_enter(self, state: State, now: float) -> None:
@@ -307,7 +358,7 @@ class _Transaction:
     def _linger(self, now: float, unreliable_wait: float) -> None:
         """Timers D, I, J, K: wait for retransmissions only on unreliable transports."""
         wait = 0.0 if self.reliable else unreliable_wait
-        self._deadlines[Input.LINGER_TIMER] = now + wait
+        self._linger_at = now + wait
 
 
 class ClientTransaction(_Transaction):
@@ -328,8 +379,8 @@ class ClientTransaction(_Transaction):
     def start(self, now: float) -> None:
         self._transmit(self.request)
         if not self.reliable:  # Timer A / E
-            self._deadlines[Input.RETRANSMIT_TIMER] = now + self.timers.t1
-        self._deadlines[Input.TIMEOUT_TIMER] = now + self.timers.timeout  # Timer B / F
+            self._retransmit_at = now + self.timers.t1
+        self._timeout_at = now + self.timers.timeout  # Timer B / F
 
     def receive_response(self, response: Response, now: float) -> None:
         self._step(classify(response.status), now, response)
@@ -344,9 +395,9 @@ class ClientTransaction(_Transaction):
                 self._interval = min(self._interval * 2, cap)
                 if self.state is State.PROCEEDING:
                     self._interval = cap
-            self._deadlines[Input.RETRANSMIT_TIMER] = now + self._interval
+            self._retransmit_at = now + self._interval
         elif action is Action.STOP_RETRANSMIT:
-            self._deadlines.pop(Input.RETRANSMIT_TIMER, None)
+            self._retransmit_at = inf
         elif action is Action.PASS_UP:
             assert message is not None
             self._tell(ResponseReceived(transaction=self, response=message))
@@ -362,15 +413,14 @@ class ClientTransaction(_Transaction):
     def _on_enter(self, state: State, now: float) -> None:
         # A non-INVITE in Proceeding keeps Timer E (at T2) and Timer F (s17.1.2.2).
         if state is State.PROCEEDING and self.is_invite:
-            self._deadlines.pop(Input.TIMEOUT_TIMER, None)
+            self._timeout_at = inf
         elif state is State.COMPLETED:
-            self._deadlines.pop(Input.TIMEOUT_TIMER, None)
-            self._deadlines.pop(Input.RETRANSMIT_TIMER, None)
+            self._timeout_at = self._retransmit_at = inf
             # Timer D (INVITE, >= 32 s) / Timer K (T4)
             self._linger(now, 32.0 if self.is_invite else self.timers.t4)
         elif state is State.ACCEPTED:
-            self._deadlines.pop(Input.TIMEOUT_TIMER, None)
-            self._deadlines[Input.LINGER_TIMER] = now + self.timers.timeout  # Timer M
+            self._timeout_at = inf
+            self._linger_at = now + self.timers.timeout  # Timer M
 
 
 class ServerTransaction(_Transaction):
@@ -414,23 +464,22 @@ class ServerTransaction(_Transaction):
         elif action is Action.RESTART_RETRANSMIT:
             if not self.reliable:  # Timer G
                 self._interval = self.timers.t1
-                self._deadlines[Input.RETRANSMIT_TIMER] = now + self._interval
-            self._deadlines[Input.TIMEOUT_TIMER] = now + self.timers.timeout  # Timer H
+                self._retransmit_at = now + self._interval
+            self._timeout_at = now + self.timers.timeout  # Timer H
         elif action is Action.STOP_RETRANSMIT:
-            self._deadlines.pop(Input.RETRANSMIT_TIMER, None)
-            self._deadlines.pop(Input.TIMEOUT_TIMER, None)
+            self._retransmit_at = self._timeout_at = inf
         elif action is Action.TIMED_OUT:
             self._tell(TransactionTimedOut(transaction=self))
         elif action is Action.TRANSPORT_FAILED:
             self._tell(TransportFailed(transaction=self))
 
     def handle_timer(self, now: float) -> None:
-        due = self._deadlines.get(Input.RETRANSMIT_TIMER)
+        due = self._retransmit_at
         super().handle_timer(now)
-        if due is not None and due <= now and self.state is State.COMPLETED:
+        if due <= now and self.state is State.COMPLETED:
             # Timer G doubles up to T2 (s17.2.1)
             self._interval = min(self._interval * 2, self.timers.t2)
-            self._deadlines[Input.RETRANSMIT_TIMER] = now + self._interval
+            self._retransmit_at = now + self._interval
 
     def _on_enter(self, state: State, now: float) -> None:
         if state is State.CONFIRMED:
@@ -438,7 +487,7 @@ class ServerTransaction(_Transaction):
         elif state is State.COMPLETED and not self.is_invite:
             self._linger(now, self.timers.timeout)  # Timer J
         elif state is State.ACCEPTED:
-            self._deadlines[Input.LINGER_TIMER] = now + self.timers.timeout  # Timer L
+            self._linger_at = now + self.timers.timeout  # Timer L
         if state is State.COMPLETED or state is State.ACCEPTED:
             # The final response is sent: what is left is absorbing retransmissions, matched
             # by key, for up to 32 s. What was parsed of the request goes (parsed again if the

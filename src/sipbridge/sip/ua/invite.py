@@ -146,12 +146,19 @@ LIVE_DIALOG = frozenset({S.ANSWERED, S.CONFIRMED})
 # -- events -----------------------------------------------------------------------------------
 
 
-@dataclass(slots=True, kw_only=True)
+# The events made for every call write their own `__init__` (dataclass `init=False`): mypyc
+# compiles it, where the generated one stays interpreted (issue 18).
+
+
+@dataclass(slots=True, init=False)
 class InviteReceived:
     """A new INVITE (its 100 Trying held until the output is drained, and dropped if it is
     answered before): ring, answer or reject `session`."""
 
     session: InviteSession
+
+    def __init__(self, *, session: InviteSession) -> None:
+        self.session = session
 
 
 @dataclass(slots=True, kw_only=True)
@@ -181,7 +188,7 @@ class CallFailed:
     response: Response | None
 
 
-@dataclass(slots=True, kw_only=True)
+@dataclass(slots=True, init=False)
 class AckReceived:
     """The ACK of a 2xx we sent: `first` for the INVITE's (the dialog is confirmed), else a
     re-INVITE's; `body` is the SDP answer when our 2xx held the offer (s13.2.1)."""
@@ -189,6 +196,11 @@ class AckReceived:
     session: InviteSession
     body: bytes
     first: bool
+
+    def __init__(self, *, session: InviteSession, body: bytes, first: bool) -> None:
+        self.session = session
+        self.body = body
+        self.first = first
 
 
 @dataclass(slots=True, kw_only=True)
@@ -231,7 +243,7 @@ class RefreshAnswered:
         return self.response is None or self.response.status in (408, 481)
 
 
-@dataclass(slots=True, kw_only=True)
+@dataclass(slots=True, init=False)
 class CallEnded:
     """The call is over for the application: "bye" (the peer's BYE), "cancel" (a CANCEL won, or
     ours did), "timeout" (no ACK), "hangup" (our BYE), "rejected" (a final 3xx-6xx either way),
@@ -239,6 +251,10 @@ class CallEnded:
 
     session: InviteSession
     reason: str
+
+    def __init__(self, *, session: InviteSession, reason: str) -> None:
+        self.session = session
+        self.reason = reason
 
 
 SessionEvent = (
