@@ -300,6 +300,45 @@ def test_a_retransmitted_request_is_absorbed_by_its_transaction() -> None:
     assert endpoint.stats["retransmissions"] == 1
 
 
+def test_a_completed_non_invite_keeps_its_final_as_bytes_and_resends_them() -> None:
+    """s17.2.2: a retransmitted non-INVITE request gets the final response again, byte for byte,
+    until Timer J (64*T1 on UDP). The transaction keeps those bytes, not the response's
+    objects (issue 18), and still reads back the response it sent."""
+    endpoint = SipEndpoint()
+    endpoint.receive(message("OPTIONS", "Timestamp: 54"), PHONE, 0.0)
+    event = endpoint.next_event()
+    assert isinstance(event, RequestReceived)
+    transaction = event.transaction
+    ok = endpoint.options_response(event.request)
+    endpoint.respond(transaction, ok, 0.0)
+    ((first, to),) = endpoint.outgoing()
+    assert to == PHONE
+    assert transaction.responded and not transaction.last_sent_is(ok)
+    kept = transaction.last_response
+    assert kept is not None and kept.status == 200 and kept.to.tag == ok.to.tag
+    for when in (0.5, 1.5, 31.9):
+        endpoint.receive(message("OPTIONS", "Timestamp: 54"), PHONE, when)
+        assert endpoint.next_event() is None
+        assert endpoint.outgoing() == [(first, PHONE)]
+    assert endpoint.get_timer() == 32.0  # Timer J
+    endpoint.handle_timer(32.0)
+    assert not endpoint.server_transactions
+    endpoint.receive(message("OPTIONS", "Timestamp: 54"), PHONE, 32.1)  # a new request now
+    assert isinstance(endpoint.next_event(), RequestReceived)
+
+
+def test_an_invite_keeps_its_final_response_whole() -> None:
+    """An INVITE's final stays the object sent: its To tag answers a CANCEL (s9.2)."""
+    endpoint = SipEndpoint()
+    endpoint.receive(message("INVITE"), PHONE, 0.0)
+    event = endpoint.next_event()
+    assert isinstance(event, RequestReceived)
+    busy = make_response(event.request, 486, to_tag="busy1")
+    endpoint.respond(event.transaction, busy, 0.0)
+    endpoint.outgoing()
+    assert event.transaction.last_response is busy and event.transaction.last_sent_is(busy)
+
+
 # -- our own requests ----------------------------------------------------------------------------
 
 

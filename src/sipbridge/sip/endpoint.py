@@ -415,9 +415,11 @@ class SipEndpoint:
                 return
         message.headers.add(name, self.settings.user_agent)
 
-    def _send(self, message: Request | Response, peer: Peer) -> None:
+    def _send(self, message: Request | Response, peer: Peer) -> bytes:
         self.stats["sent"] += 1
-        self._outgoing.append((message.serialize(), peer))
+        data = message.serialize()
+        self._outgoing.append((data, peer))
+        return data
 
     def outgoing(self) -> list[tuple[bytes, Peer]]:
         """What to transmit now, in order. A 100 Trying held since it was sent is in it (first)
@@ -464,7 +466,7 @@ class SipEndpoint:
         out: list[tuple[bytes, Peer]] = []
         stats = self.stats
         for transaction, given, peer, now in held:
-            if given is None and transaction.last_response is None:
+            if given is None and not transaction.responded:
                 # `send_trying`'s 100: nothing sent since, so it is made now
                 trying = make_response(transaction.request, 100)
                 self._add_identity(trying)
@@ -472,7 +474,7 @@ class SipEndpoint:
                     stats["trying_superseded"] += 1  # (the transaction is over)
                     continue
                 transaction.messages_to_send()  # (that 100, sent here)
-            elif given is None or transaction.last_response is not given:
+            elif given is None or not transaction.last_sent_is(given):
                 stats["trying_superseded"] += 1
                 continue
             else:
@@ -512,12 +514,14 @@ class SipEndpoint:
         if transaction._outbox is not None:
             peer = _peer(transaction)
             for message in transaction.messages_to_send():
-                if (
-                    type(message) is Response
-                    and message.status == 100
-                    and isinstance(transaction, ServerTransaction)
-                ):
-                    self._hold(transaction, message, peer, 0.0)
+                if isinstance(message, bytes):  # a final response resent as it was sent
+                    self.stats["sent"] += 1
+                    self._outgoing.append((message, peer))
+                elif type(message) is Response and isinstance(transaction, ServerTransaction):
+                    if message.status == 100:
+                        self._hold(transaction, message, peer, 0.0)
+                    else:
+                        transaction.sent(message, self._send(message, peer))
                 else:
                     self._send(message, peer)
         if transaction._events is not None:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from math import inf
 
 from sipbridge.sip.headers import MAGIC_COOKIE
-from sipbridge.sip.message import Request, Response, make_response
+from sipbridge.sip.message import Request, Response, make_response, parse_message
 from sipbridge.sip.states import StateEnum
 from sipbridge.sip.tokens import token_hex
 
@@ -232,7 +232,8 @@ class _Transaction:
         self.request = request
         self.reliable = reliable
         self.timers = timers
-        self._outbox: list[Request | Response] | None = None  # what to send, once there is any
+        # what to send, once there is any (bytes: a response resent as it was sent)
+        self._outbox: list[Request | Response | bytes] | None = None
         self._events: list[TransactionEvent] | None = None
         # one deadline per kind of timer (inf: not running); get_timer() is their minimum
         self._retransmit_at = inf  # Timers A, E, G
@@ -246,7 +247,7 @@ class _Transaction:
     def terminated(self) -> bool:
         return self.state is State.TERMINATED
 
-    def _transmit(self, message: Request | Response) -> None:
+    def _transmit(self, message: Request | Response | bytes) -> None:
         if self._outbox is None:
             self._outbox = [message]
         else:
@@ -258,7 +259,7 @@ class _Transaction:
         else:
             self._events.append(event)
 
-    def messages_to_send(self) -> list[Request | Response]:
+    def messages_to_send(self) -> list[Request | Response | bytes]:
         out = self._outbox
         if out is None:
             return []
@@ -426,7 +427,7 @@ class ClientTransaction(_Transaction):
 class ServerTransaction(_Transaction):
     """Absorbs retransmitted requests and (re)sends the TU's responses (s17.2)."""
 
-    __slots__ = ("is_invite", "key", "last_response", "merge_key")
+    __slots__ = ("_last", "_last_wire", "is_invite", "key", "merge_key")
 
     def __init__(
         self, request: Request, *, reliable: bool, timers: TimerSettings | None = None
@@ -435,10 +436,41 @@ class ServerTransaction(_Transaction):
         self.is_invite = request.method == "INVITE"
         self.table = SERVER_INVITE if self.is_invite else SERVER_NON_INVITE
         self.state = State.PROCEEDING if self.is_invite else State.TRYING
-        self.last_response: Response | None = None
+        self._last: Response | None = None  # the last response sent (see `last_response`)
+        self._last_wire: bytes | None = None  # ... or its bytes alone (`sent`)
         # set by the endpoint that keeps it: its keys there (`server_key`, the merge key)
         self.key: tuple[str, ...] | None = None
         self.merge_key: tuple[str, str, int, str] | None = None
+
+    @property
+    def last_response(self) -> Response | None:
+        """The last response sent, None before any. (A non-INVITE's final is kept as the bytes
+        it was sent as, see `sent`, and parsed again when read here.)"""
+        last = self._last
+        if last is None and self._last_wire is not None:
+            parsed = parse_message(self._last_wire)
+            assert isinstance(parsed, Response)
+            return parsed
+        return last
+
+    @property
+    def responded(self) -> bool:
+        """Whether any response was sent (`last_response is not None`, without making it)."""
+        return self._last is not None or self._last_wire is not None
+
+    def last_sent_is(self, response: Response) -> bool:
+        """Whether `response` is the last response sent (`last_response is response`)."""
+        return self._last is response
+
+    def sent(self, response: Response, wire: bytes) -> None:
+        """The transport user sent `response` as `wire`. A non-INVITE's final response is the
+        last this transaction sends (s17.2.2): what it keeps for the 32 s of Timer J, to resend
+        when the request is retransmitted, is then these bytes, not the response's objects
+        (each of them one more for the garbage collector to walk, issue 18). An INVITE's final
+        stays whole: its To tag answers a CANCEL, and the call's end reads its status."""
+        if not self.is_invite and response is self._last and response.status >= 200:
+            self._last = None
+            self._last_wire = wire
 
     def receive_request(self, request: Request, now: float) -> None:
         """A retransmission of our request, or (INVITE) the ACK for a non-2xx final."""
@@ -456,11 +488,14 @@ class ServerTransaction(_Transaction):
     def _act(self, action: Action, now: float, message: Response | None) -> None:
         if action is Action.SEND:
             assert message is not None
-            self.last_response = message
+            self._last = message
+            self._last_wire = None
             self._transmit(message)
         elif action is Action.RESEND_LAST:
-            if self.last_response is not None:
-                self._transmit(self.last_response)
+            if self._last_wire is not None:
+                self._transmit(self._last_wire)
+            elif self._last is not None:
+                self._transmit(self._last)
         elif action is Action.RESTART_RETRANSMIT:
             if not self.reliable:  # Timer G
                 self._interval = self.timers.t1

@@ -376,7 +376,7 @@ class SipUserAgent:
             # endpoint holds, which otherwise goes out as soon as the handler returns, in the
             # same flush (RFC 3261 s17.2.1). Handlers defer their heavy work to a later turn.
             self.on_invite(incoming)
-            if self.on_trying is not None and incoming.transaction.last_response is None:
+            if self.on_trying is not None and not incoming.transaction.responded:
                 # Nothing sent by the handler: the held 100 goes out in this flush's drain.
                 self.on_trying(self.now() - incoming.started)
             return
