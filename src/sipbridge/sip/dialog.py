@@ -106,7 +106,9 @@ class Dialog:
         target, route_set = check_dialog_creating(request)
         from_ = request.from_
         assert from_.tag is not None  # checked
-        return cls(
+        # (`Dialog`, not `cls`: compiled, the class named is constructed directly, where `cls`
+        # is a generic call with keywords, most of what a dialog costs; issue 18)
+        return Dialog(
             call_id=request.call_id,
             local_tag=local_tag,
             remote_tag=from_.tag,
@@ -127,7 +129,7 @@ class Dialog:
         contacts = response.contacts
         target = contacts[0].uri if contacts and not contacts[0].wildcard else request.uri
         from_ = request.from_
-        return cls(
+        return Dialog(
             call_id=request.call_id,
             local_tag=from_.tag or "",
             remote_tag=to.tag,

@@ -16,7 +16,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 
 from sipbridge.sip.errors import SipProtocolError
@@ -173,8 +172,21 @@ REASONS = {
 }
 
 
-@lru_cache(maxsize=1024)
+# Header names -> their canonical form (bounded; a dictionary for the reason `_KEYS` is one)
+_CANONICAL_NAMES: dict[str, str] = {}
+
+
 def canonical_name(name: str) -> str:
+    canonical = _CANONICAL_NAMES.get(name)
+    if canonical is None:
+        canonical = _canonical_name(name)
+        if len(_CANONICAL_NAMES) >= 1024:
+            _CANONICAL_NAMES.clear()
+        _CANONICAL_NAMES[name] = canonical
+    return canonical
+
+
+def _canonical_name(name: str) -> str:
     lname = name.lower()
     if lname in COMPACT_FORMS:
         return COMPACT_FORMS[lname]
@@ -188,10 +200,21 @@ def _bad(detail: str) -> SipProtocolError:
     return SipProtocolError(400, "Bad Request", detail)
 
 
-@lru_cache(maxsize=1024)
+# Header names asked for -> their keys (bounded). A plain dictionary rather than `lru_cache`:
+# compiled, a lookup here is a native call, a cached function's a generic one, and headers are
+# looked up by name many times a message (issue 18).
+_KEYS: dict[str, str] = {}
+
+
 def header_key(name: str) -> str:
     """The case-insensitive identity of a header name (RFC 3261 s7.3.5), compact forms expanded."""
-    return canonical_name(name).lower()
+    key = _KEYS.get(name)
+    if key is None:
+        key = canonical_name(name).lower()
+        if len(_KEYS) >= 1024:
+            _KEYS.clear()
+        _KEYS[name] = key
+    return key
 
 
 _LIST_KEYS = frozenset(name.lower() for name in LIST_HEADERS)

@@ -276,7 +276,8 @@ class _Transaction:
         return event
 
     def get_timer(self) -> float | None:
-        earliest = min(self._retransmit_at, self._timeout_at, self._linger_at)
+        earliest = min(self._retransmit_at, self._timeout_at)  # (min of two: compiled inline)
+        earliest = min(earliest, self._linger_at)
         return None if earliest == inf else earliest
 
     def deadline(self, timer: Input) -> float | None:
