@@ -118,7 +118,7 @@ def parse_params(text: str) -> Params:
         # the common case: no quoted values, no whitespace to strip (`;branch=z9hG4bK..;rport`;
         # every whitespace character but the space is unprintable)
         items = text.split(";")
-        if not all(items):
+        if "" in items:
             raise _bad("empty parameter")
         for item in items:
             name, eq, value = item.partition("=")
@@ -338,6 +338,10 @@ def parse_via(value: str) -> Via:
 
 # What a host name or IPv4 address of a plain Via is made of (`_VIA`'s host alternative).
 _HOST_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-.")
+# The transports of a plain Via (RFC 3261 s20.42, RFC 7118); others take the pattern.
+_PLAIN_TRANSPORTS = frozenset(
+    name for known in ("UDP", "TCP", "TLS", "SCTP", "WS", "WSS") for name in (known, known.lower())
+)
 
 
 def _parse_plain_via(value: str) -> Via | None:
@@ -352,7 +356,7 @@ def _parse_plain_via(value: str) -> Via | None:
     if space < 0:
         return None
     transport = value[8:space]
-    if not (transport.isascii() and transport.isalnum()):
+    if transport not in _PLAIN_TRANSPORTS:
         return None
     semi = value.find(";", space)
     sent_by = value[space + 1 :] if semi < 0 else value[space + 1 : semi]

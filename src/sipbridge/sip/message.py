@@ -462,9 +462,13 @@ class Message:
 
     def serialize_headers_and_body(self, out: list[str]) -> bytes:
         body = self.body
-        out += [
-            f"{name}: {value}\r\n" for name, value in self.headers.items if name != "Content-Length"
-        ]
+        # The pieces of every line joined once, not each line built first (issue 18).
+        for name, value in self.headers.items:
+            if name != "Content-Length":
+                out.append(name)
+                out.append(": ")
+                out.append(value)
+                out.append("\r\n")
         out.append(f"Content-Length: {len(body)}\r\n\r\n")
         return "".join(out).encode("utf-8", "surrogateescape") + body
 
