@@ -85,6 +85,8 @@ def test_call_id_in_any_case_and_compact_form_not_in_the_body() -> None:
     # the canonical spelling only in the body, the compact one in the headers
     compact = request("INFO", "other@h", header="i").replace(b"Content-Length: 0\r\n\r\n", b"\r\n")
     feed(traces, compact + body, 1.0)
+    # ... and further into the body
+    feed(traces, compact + b"SIP/2.0 200 OK\r\n" + body, 1.0)
     trace = traces.get("a@h", 1.0)
     assert trace is not None
     assert len(trace.messages()) == 3
