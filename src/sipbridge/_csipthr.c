@@ -92,6 +92,7 @@ typedef struct {
     int need_wake;
     int margin;    /* requests the loop may have taken and not yet handled (its DRAIN) */
     int admit_all; /* no admission control: every source may be answered */
+    int refusing;  /* the node refuses new calls (draining): no 100 before the loop's 503 */
     int hold;      /* the sources' table was cleared: answer nothing until the queue empties */
                    /* (and the loop took its last: the counts are then whole again) */
     source_slot sources[SOURCE_SLOTS];
@@ -728,7 +729,7 @@ static int consider(reader *r, item *it, socklen_t addrlen, double *now) {
     source_slot *s = source_of(r, &it->addr, 1);
     int may = 0;
     if (s != NULL) {
-        may = n >= 0 && !r->hold &&
+        may = n >= 0 && !r->hold && !r->refusing &&
               (r->admit_all ||
                (s->admitted && (long)s->waiting + 1 + r->margin <= (long)s->allowance));
         s->waiting++;
@@ -1194,6 +1195,20 @@ static PyObject *admit(PyObject *self, PyObject *args) {
     Py_RETURN_TRUE;
 }
 
+static PyObject *refuse_new(PyObject *self, PyObject *args) {
+    PyObject *capsule;
+    int refusing;
+    if (!PyArg_ParseTuple(args, "Op", &capsule, &refusing))
+        return NULL;
+    reader *r = get(capsule);
+    if (r == NULL)
+        return NULL;
+    pthread_mutex_lock(&r->lock);
+    r->refusing = refusing;
+    pthread_mutex_unlock(&r->lock);
+    Py_RETURN_NONE;
+}
+
 static PyObject *trying(PyObject *self, PyObject *args) {
     const char *data, *host, *server;
     Py_ssize_t len, server_len;
@@ -1222,6 +1237,9 @@ static PyMethodDef methods[] = {
     {"admit", admit, METH_VARARGS,
      "admit(reader, host, allowance): how many more INVITEs/REGISTERs from `host` the admission\n"
      "control judges before it could drop one (0: none; answer none of its INVITEs here)"},
+    {"refuse_new", refuse_new, METH_VARARGS,
+     "refuse_new(reader, refusing): while true, no INVITE is answered here (the loop refuses\n"
+     "new calls: its 503 goes alone)"},
     {"trying", trying, METH_VARARGS,
      "trying(data, host, port, server) -> the 100 Trying this thread would send, or None"},
     {NULL, NULL, 0, NULL},

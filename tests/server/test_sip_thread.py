@@ -337,3 +337,32 @@ def test_the_allowance_the_admission_control_gives_the_thread() -> None:
     assert admission.allowance("192.0.2.1", 2.0) == 1  # (-5 tokens, 2 refilled, +5 -1)
     only = Admission(allow_from=[ipaddress.ip_network("10.0.0.0/8")])
     assert only.allowance("192.0.2.1", 0.0) == 0
+
+
+async def test_a_node_refusing_new_calls_gets_no_100_from_the_thread(
+    client: socket.socket,
+) -> None:
+    """A draining node 503s new INVITEs at once (`Server.start_draining`): the thread must not
+    have sent a 100 before it. Here the app keeps INVITEs unanswered, so Python's own 100 shows
+    which INVITEs reached it and `trying_early` which were answered from the thread."""
+    app = SilentApp(deferred=True)
+    async with running_app(app, ("udp",), threaded_udp=True) as (service, port):
+        cport = client.getsockname()[1]
+        early = service.endpoint.stats
+
+        async def call(n: int, *, calls: int) -> None:
+            client.sendto(invite(n, cport), ("127.0.0.1", port))
+            await eventually(lambda: len(app.calls) == calls, f"INVITE {n} handled")
+
+        await call(400, calls=1)
+        await eventually(lambda: early["trying_early"] == 1, "the thread's 100")
+        service.refuse_new()
+        await call(401, calls=2)
+        await call(402, calls=3)
+        assert early["trying_early"] == 1  # neither answered from the thread
+        service.refuse_new(False)
+        await call(403, calls=4)
+        await eventually(lambda: early["trying_early"] == 2, "the thread answering again")
+        got: list[bytes] = []
+        await eventually(lambda: drain(client, got) >= 4, "a 100 for each INVITE")
+        assert statuses(got) == [100] * 4

@@ -310,6 +310,7 @@ class Server:
         """New INVITEs and OPTIONS 503 (Retry-After: until the drain ends, 5 s at least),
         `draining` in the heartbeat at once."""
         self.sip_ua.agent.refuse_new = max(5, math.ceil(self.drain.timeout))
+        self.sip.refuse_new()  # no 100 from a reader thread before the 503
         if self.heartbeat is not None:
             self.heartbeat.beat_now()
 

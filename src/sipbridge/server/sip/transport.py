@@ -278,6 +278,13 @@ class SipService:
                 return bound.port
         return self.bound[0].port if self.bound else 0
 
+    def refuse_new(self, refusing: bool = True) -> None:
+        """The node refuses new calls (its drain) or takes them again: the UDP reader threads
+        (udp_thread.py) answer no INVITE meanwhile, so a 503 goes out alone."""
+        for transport in self._udp.values():
+            if isinstance(transport, ThreadedUdp):
+                transport.refuse_new(refusing)
+
     async def close(self) -> None:
         self._timer.cancel()
         for transport in self._udp.values():

@@ -152,6 +152,12 @@ class ThreadedUdp(SocketTransport):
         else:
             self._io.admit(self._reader, host, admission.allowance(host, self.service.now()))
 
+    def refuse_new(self, refusing: bool) -> None:
+        """While `refusing` (the node drains: new INVITEs get 503 at once), the thread answers
+        no INVITE: the 503 goes alone, as with the other sockets."""
+        if not self._closed:
+            self._io.refuse_new(self._reader, refusing)
+
     def sendto(self, data: bytes, address: tuple[str, int]) -> None:
         """Queue a datagram: sent when the service's flush that produced it is done."""
         self._pending.append((data, address))
