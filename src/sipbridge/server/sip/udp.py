@@ -91,6 +91,20 @@ class SocketTransport:
     as an asyncio transport would."""
 
     sock: socket.socket
+    _pending: list[tuple[bytes, tuple[str, int]]]
+    _closed: bool
+
+    def sendto(self, data: bytes, address: tuple[str, int]) -> None:
+        """Queue a datagram: sent when the service's flush that produced it is done."""
+        self._pending.append((data, address))
+
+    def _taken(self) -> list[tuple[bytes, tuple[str, int]]]:
+        """The datagrams queued since the last flush, taken to be sent (none once closed)."""
+        pending = self._pending
+        if not pending:
+            return pending
+        self._pending = []
+        return [] if self._closed else pending
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         if name == "sockname":
@@ -141,17 +155,10 @@ class BatchedUdp(SocketTransport):
                 peer = peers[addr] = Peer("udp", addr[0], addr[1])
             service.receive(data, peer)  # (its flush sends what it produced: `flush`)
 
-    def sendto(self, data: bytes, address: tuple[str, int]) -> None:
-        """Queue a datagram: sent when the service's flush that produced it is done."""
-        self._pending.append((data, address))
-
     def flush(self) -> None:
         """Send what the service's flush produced, with one `sendmmsg` (`on_flushed`)."""
-        pending = self._pending
+        pending = self._taken()
         if not pending:
-            return
-        self._pending = []
-        if self._closed:
             return
         _sent, failed, error = self._io.send_batch(self.fd, self.family, pending)
         if failed:  # (counted as the datagram endpoint's error_received counts them)

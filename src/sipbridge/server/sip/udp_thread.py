@@ -158,16 +158,9 @@ class ThreadedUdp(SocketTransport):
         if not self._closed:
             self._io.refuse_new(self._reader, refusing)
 
-    def sendto(self, data: bytes, address: tuple[str, int]) -> None:
-        """Queue a datagram: sent when the service's flush that produced it is done."""
-        self._pending.append((data, address))
-
     def flush(self) -> None:
-        pending = self._pending
+        pending = self._taken()
         if not pending:
-            return
-        self._pending = []
-        if self._closed:
             return
         mode = self.send_mode
         if mode == "batch":
