@@ -10,7 +10,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
@@ -73,6 +73,24 @@ from sipbridge.telephony.load import LoadGate, LoadLimits
 from sipbridge.telephony.node_info import NodeInfo
 
 log = logging.getLogger("sipbridge")
+
+# A step of the teardown that talks to something else (Redis, peers, clients) gets this long;
+# past it the node goes on stopping and says which step hung (the stores' own steps, which
+# write data, are not cut).
+STOP_STEP_S = 5.0
+HTTP_SHUTDOWN_S = 3.0  # requests still running when the API stops (aiohttp's default: 60 s)
+
+
+async def bounded_step(what: str, step: Awaitable[object], limit: float = STOP_STEP_S) -> bool:
+    """Await one step of a node's teardown for at most `limit` seconds: False (logged, naming
+    the step) when it had to be cut short."""
+    try:
+        async with asyncio.timeout(limit):
+            await step
+    except TimeoutError:
+        log.warning("stopping: %s took more than %g s; cut short", what, limit)
+        return False
+    return True
 
 
 class Server:
@@ -363,6 +381,7 @@ class Server:
             access_log=None,
             handle_signals=False,
             keepalive_timeout=self.settings.http_idle_timeout,
+            shutdown_timeout=HTTP_SHUTDOWN_S,
         )
         await self._runner.setup()
         http = self.settings.http
@@ -377,6 +396,7 @@ class Server:
                 access_log=None,
                 handle_signals=False,
                 keepalive_timeout=self.settings.http_idle_timeout,
+                shutdown_timeout=HTTP_SHUTDOWN_S,
             )
             await self._metrics_runner.setup()
             where = self.settings.metrics
@@ -436,20 +456,20 @@ class Server:
             self.collector.remove()
             self.collector = None
         self.load_probe.stop()
-        await self.cluster.stop()
+        await bounded_step("the cluster's links", self.cluster.stop())
         if self.heartbeat is not None:  # out of the node list at once
-            await self.heartbeat.stop()
+            await bounded_step("leaving the node list", self.heartbeat.stop())
         if self.inbound.shutdown() + self.outbound.shutdown() + self.registrations.close():
             await asyncio.sleep(0.2)  # let the BYEs and 503s leave before the sockets close
-        await self.sip.close()
+        await bounded_step("closing SIP", self.sip.close())
         await self.egress.close()  # every recording's file closed, playable
         self.media.close()
-        await self.signal.close_all()
-        await self.agents.close()
-        await self.stalled_writes.stop()
+        await bounded_step("closing the signalling connections", self.signal.close_all())
+        await bounded_step("the agents' connections", self.agents.close())
+        await bounded_step("the stalled-writes watch", self.stalled_writes.stop())
         for runner in (self._runner, self._metrics_runner):
             if runner is not None:
-                await runner.cleanup()
+                await bounded_step("the HTTP server", runner.cleanup())
         self._runner = self._metrics_runner = None
         self.rooms.close()
         await self.sip_config.drain()
