@@ -19,6 +19,8 @@ import struct
 from collections.abc import Callable, Iterable
 from typing import Protocol, cast
 
+from sipbridge.server.loop_calls import stop_task
+
 
 class _Connection(Protocol):
     @property
@@ -105,7 +107,5 @@ class StalledWrites:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_task(self._task)
             self._task = None

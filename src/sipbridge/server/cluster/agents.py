@@ -24,7 +24,6 @@ disconnects.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections import Counter
@@ -49,6 +48,7 @@ from sipbridge.server.agents import (
 from sipbridge.server.api.auth import Claims, bearer_token, sign_token, verify_token
 from sipbridge.server.cluster.forward import http_address
 from sipbridge.server.cluster.owners import RoomOwners
+from sipbridge.server.loop_calls import stop_task
 from sipbridge.telephony.node_info import HEARTBEAT_S, Agents, NodeInfo, advertise
 from sipbridge.telephony.placement import workers_elsewhere
 
@@ -101,9 +101,7 @@ class ClusterAgents:
     async def close(self) -> None:
         self._closed = True  # (workers leaving as the node stops offer nothing elsewhere)
         if self._watch is not None:
-            self._watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch
+            await stop_task(self._watch)
             self._watch = None
         for task in list(self._tasks):
             task.cancel()

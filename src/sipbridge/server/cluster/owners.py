@@ -22,6 +22,7 @@ from redis.exceptions import RedisError
 
 from sipbridge.errors import ApiError
 from sipbridge.rooms import events as ev
+from sipbridge.server.loop_calls import stop_task
 from sipbridge.server.state.rooms_runtime import RoomsRuntime
 from sipbridge.store.redis_nodes import RedisNodes
 from sipbridge.store.redis_rooms import RedisRooms
@@ -73,9 +74,7 @@ class RoomOwners:
     async def stop(self) -> None:
         """Release the rooms still held (their keys would name a dead node until taken over)."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_task(self._task)
             self._task = None
         if self.store is not None:
             for room in self.runtime.registry.rooms():

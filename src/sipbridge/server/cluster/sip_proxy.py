@@ -28,7 +28,6 @@ as any other, from where it came.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import Counter
 from collections.abc import Callable
@@ -37,6 +36,7 @@ from redis.exceptions import RedisError
 
 from sipbridge.errors import ApiError
 from sipbridge.server.cluster.owners import RoomOwners
+from sipbridge.server.loop_calls import stop_task
 from sipbridge.server.sip.user_agent import IncomingCall, InviteHandler, SipUserAgent
 from sipbridge.sip.endpoint import Peer
 from sipbridge.sip.errors import SipProtocolError
@@ -170,9 +170,7 @@ class CallRouter:
 
     async def close(self) -> None:
         if self._watch is not None:
-            self._watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch
+            await stop_task(self._watch)
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
