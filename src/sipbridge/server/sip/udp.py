@@ -90,9 +90,15 @@ class SocketTransport:
     """What a SIP UDP socket driven here (not by the event loop's endpoint) tells about itself,
     as an asyncio transport would."""
 
-    sock: socket.socket
-    _pending: list[tuple[bytes, tuple[str, int]]]
-    _closed: bool
+    def __init__(self, service: SipService, sock: socket.socket) -> None:
+        self.service = service
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.family = int(sock.family)
+        self._peers: dict[tuple[str, int], Peer] = {}
+        self._pending: list[tuple[bytes, tuple[str, int]]] = []
+        self._closed = False
+        sock.setblocking(False)
 
     def sendto(self, data: bytes, address: tuple[str, int]) -> None:
         """Queue a datagram: sent when the service's flush that produced it is done."""
@@ -119,16 +125,9 @@ class BatchedUdp(SocketTransport):
 
     def __init__(self, service: SipService, sock: socket.socket) -> None:
         assert _csipudp is not None
+        super().__init__(service, sock)
         self._io: Any = _csipudp
-        self.service = service
-        self.sock = sock
-        self.fd = sock.fileno()
-        self.family = int(sock.family)
-        self._peers: dict[tuple[str, int], Peer] = {}
-        self._pending: list[tuple[bytes, tuple[str, int]]] = []
-        self._closed = False
         self.read_size = UDP_READ_SIZE  # longer datagrams are dropped and counted
-        sock.setblocking(False)
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_BUFFER_BYTES)
         self._loop = asyncio.get_running_loop()

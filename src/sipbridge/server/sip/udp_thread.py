@@ -86,15 +86,8 @@ class ThreadedUdp(SocketTransport):
         self.send_mode = os.environ.get(SEND_ENV, "batch")
         if self.send_mode == "batch" and _csipudp is None:
             self.send_mode = "each"
-        self.service = service
-        self.sock = sock
-        self.fd = sock.fileno()
-        self.family = int(sock.family)
-        self._peers: dict[tuple[str, int], Peer] = {}
-        self._pending: list[tuple[bytes, tuple[str, int]]] = []
-        self._closed = False
+        super().__init__(service, sock)
         self._again: asyncio.Handle | None = None
-        sock.setblocking(False)
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_BUFFER_BYTES)
         admission = service.endpoint.admission
