@@ -106,3 +106,45 @@ def test_with_one_key_a_bad_token_gets_the_same_refusal(claims: dict[str, Any], 
         verify_token(token, KEYS)
     with pytest.raises(ApiError, match=error):  # two keys: the general path, the same answer
         verify_token(token, {**KEYS, "spare": "another-secret-of-at-least-thirty-two-chars"})
+
+
+def test_new_tokens_of_one_secret_prepare_the_key_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every token new (an agent's join to each room): PyJWT verifies each, but the secret is
+    prepared (`HMACAlgorithm.prepare_key`: checked not to be a PEM, SSH, DER key or a JWK) once,
+    not again for every token; a wrong signature is still refused."""
+    hs256 = jwt.get_algorithm_by_name("HS256")
+    assert isinstance(hs256, auth.PreparedHmac)
+    secret = "a-secret-only-this-test-uses-0123456789"
+    keys = {KEY: secret}
+    prepared: list[object] = []
+    original = jwt.algorithms.HMACAlgorithm.prepare_key
+
+    def counting(self: jwt.algorithms.HMACAlgorithm, key: str | bytes) -> bytes:
+        prepared.append(key)
+        return original(self, key)
+
+    monkeypatch.setattr(jwt.algorithms.HMACAlgorithm, "prepare_key", counting)
+    now = int(time.time())
+    for n in range(5):
+        token = jwt.encode({"iss": KEY, "exp": now + 600, "sub": f"agent{n}"}, secret, "HS256")
+        assert verify_token(token, keys).identity == f"agent{n}"
+    assert prepared == [secret]
+    forged = jwt.encode(
+        {"iss": KEY, "exp": now + 600}, "another-secret-of-thirty-two-chars!", "HS256"
+    )
+    with pytest.raises(ApiError, match="signature mismatch"):
+        verify_token(forged, keys)
+
+
+def test_a_secret_pyjwt_refuses_is_refused_at_every_use() -> None:
+    """A secret that looks like a public key is refused by PyJWT's HS256 (algorithm confusion):
+    still at the second use, not let through by the prepared keys."""
+    pem = (
+        "-----BEGIN PUBLIC KEY-----\n"
+        "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE\n"
+        "-----END PUBLIC KEY-----\n"
+    )
+    hs256 = jwt.get_algorithm_by_name("HS256")
+    for _ in range(2):
+        with pytest.raises(jwt.InvalidKeyError):
+            hs256.prepare_key(pem)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import jwt
+from jwt.algorithms import HMACAlgorithm
 
 from sipbridge.errors import ApiError
 
@@ -22,6 +23,40 @@ MAX_TOKEN_BYTES = 16 * 1024
 # that secret. Bounded: the oldest entry goes when full.
 VERIFIED_MAX = 1024
 _verified: dict[str, tuple[str, Claims, int, int | None]] = {}
+PREPARED_KEYS_MAX = 64
+
+
+class PreparedHmac(HMACAlgorithm):
+    """PyJWT's HS256, its keys prepared once each. PyJWT prepares the key again at every
+    signature it checks or makes (`HMACAlgorithm.prepare_key`: the secret to bytes, then
+    refused if it looks like a PEM, SSH or DER key or a JWK - a JSON parse and several pattern
+    matches, about 40 us, more than half of verifying a token); a server has a handful of API
+    secrets and checks two tokens a call with a room each (the agent's join, its request), each
+    token new. The result for a secret never changes: it is kept (a bounded few), and a secret
+    PyJWT refuses is refused every time, as before. Signing and verifying stay PyJWT's."""
+
+    def __init__(self) -> None:
+        super().__init__(HMACAlgorithm.SHA256)
+        self._prepared: dict[str | bytes, bytes] = {}
+
+    def prepare_key(self, key: str | bytes) -> bytes:
+        prepared = self._prepared.get(key)
+        if prepared is None:
+            prepared = super().prepare_key(key)
+            if len(self._prepared) < PREPARED_KEYS_MAX:
+                self._prepared[key] = prepared
+        return prepared
+
+
+def use_prepared_hmac() -> None:
+    """Register `PreparedHmac` as PyJWT's HS256 (its `register_algorithm`: the module-level
+    `jwt.encode` and `jwt.decode` use it); done once, on import."""
+    if not isinstance(jwt.get_algorithm_by_name("HS256"), PreparedHmac):
+        jwt.unregister_algorithm("HS256")
+        jwt.register_algorithm("HS256", PreparedHmac())
+
+
+use_prepared_hmac()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
