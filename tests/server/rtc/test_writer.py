@@ -18,7 +18,8 @@ from aiohttp.http import WebSocketWriter
 from livekit.protocol import models, rtc
 
 from sipbridge.server.rtc.session import Encoded, Outgoing
-from sipbridge.server.rtc.writer import corked, frame, write_messages
+from sipbridge.server.rtc.writer import cork, corked, frame, write_messages
+from tests.harness import eventually
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -50,6 +51,9 @@ class CountingTransport:
         self.writes.append(1)
         self.inner.write(data)
 
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return self.inner.get_extra_info(name, default)
+
     def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
         chunks = list(list_of_data)
         self.writes.append(len(chunks))
@@ -67,25 +71,41 @@ async def frames_from(
     *,
     queued_first: bool,
     gathered: list[int] | None = None,
+    alone: list[int] | None = None,
+    held: list[int] | None = None,
 ) -> list[bytes]:
     """Serve one WebSocket that writes `messages` (all queued before the writer starts, or one
     a turn); what a real client receives until the socket closes. With `gathered`, the writer
     is given the connection's transport (as the signal server gives it), and the number of
-    frames in each of its own writes go there."""
+    frames in each of its own writes go there (those of more than one), and to `alone` the
+    number of its writes of one frame. With `held`, the connection is corked before the
+    handshake's response (as the signal server does) and given to the writer; the cork's state
+    goes there when the writer starts and when the client has the first message."""
     corks: list[int] = []
 
     async def handler(request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse()
+        holding = cork(request.transport) if held is not None else None
         await ws.prepare(request)
         outbox: asyncio.Queue[Outgoing | None] = asyncio.Queue()
         sock = ws.get_extra_info("socket")
         assert sock is not None and sock.family == socket.AF_INET
+        if held is not None:
+            assert holding is not None
+            held.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_CORK))
         transport: asyncio.BaseTransport | None = None
         if gathered is not None:
             assert request.transport is not None
             counting = CountingTransport(request.transport)
             transport = cast(asyncio.BaseTransport, counting)
-        if queued_first:
+        if holding is not None:
+            writer = asyncio.create_task(write_messages(ws, outbox, transport, holding))
+            for message in messages:
+                outbox.put_nowait(message)
+            await eventually(first_in.is_set, "the client has the first message")
+            held.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_CORK))  # type: ignore[union-attr]
+            await writer
+        elif queued_first:
             for message in messages:
                 outbox.put_nowait(message)
             with corked(ws):  # (the cork is on inside, off after)
@@ -102,7 +122,11 @@ async def frames_from(
             await ws.close()
         if gathered is not None:
             gathered.extend(n for n in counting.writes if n > 1)
+        if alone is not None:
+            alone.append(sum(1 for n in counting.writes if n == 1))
         return ws
+
+    first_in = asyncio.Event()
 
     app = web.Application()
     app.router.add_get("/ws", handler)
@@ -120,9 +144,10 @@ async def frames_from(
             async for msg in ws:
                 if msg.type == aiohttp.WSMsgType.BINARY:
                     got.append(msg.data)
+                    first_in.set()
     finally:
         await runner.cleanup()
-    if queued_first:
+    if queued_first and held is None:
         assert corks[0] != 0 and corks[1] == 0
     return got
 
@@ -162,7 +187,33 @@ async def test_given_the_transport_a_batch_goes_in_one_write_and_arrives_whole(
     if queued_first:  # 150 at once: batches of MAX_BATCH, each in one write
         assert gathered and sum(gathered) >= 100
     else:
-        assert gathered == []  # one a turn: each alone, through aiohttp
+        assert gathered == []  # one a turn: each alone, a write of one frame
+
+
+async def test_given_the_transport_a_message_alone_is_our_frame_in_one_write() -> None:
+    """A message written alone (one a turn) goes to the transport as our own frame too, not
+    through aiohttp's writer: one write each, the same messages arriving."""
+    messages: list[Outgoing | None] = [pong(n) for n in range(20)]
+    alone: list[int] = []
+    got = await frames_from([*messages, None], queued_first=False, gathered=[], alone=alone)
+    assert [rtc.SignalResponse.FromString(data).pong for data in got] == list(range(20))
+    assert alone == [20]
+
+
+@pytest.mark.parametrize("with_transport", [True, False])
+async def test_a_connection_corked_before_the_handshake_is_uncorked_after_the_first_batch(
+    with_transport: bool,
+) -> None:
+    """The signal server corks a join's connection before its `101` (`cork`) and hands the
+    socket to the writer: the cork is on until the writer wrote its first batch, off once the
+    client has it, and every message arrives."""
+    messages: list[Outgoing | None] = [pong(n) for n in range(5)]
+    held: list[int] = []
+    got = await frames_from(
+        [*messages, None], queued_first=True, gathered=[] if with_transport else None, held=held
+    )
+    assert [rtc.SignalResponse.FromString(data).pong for data in got] == list(range(5))
+    assert held[0] != 0 and held[1] == 0
 
 
 async def test_given_the_transport_a_leave_is_still_the_last_and_closes() -> None:
