@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,9 +21,11 @@ MAX_TOKEN_BYTES = 16 * 1024
 # `exp`, the later of its `nbf` and `iat`). The official clients sign one token per request, and
 # one made in the same second with the same grants is the same text: a hit skips the decoding
 # and the HMAC, and checks only what time changes (expiry, not-before) and that the key still has
-# that secret. Bounded: the oldest entry goes when full.
+# that secret. Bounded: the oldest entry goes when full (an OrderedDict: a plain dict's first
+# key, found by `next(iter())`, is found past every slot deleted before it, 3 us against 1 with
+# every token new, as the agents' joins are).
 VERIFIED_MAX = 1024
-_verified: dict[str, tuple[str, Claims, int, int | None]] = {}
+_verified: OrderedDict[str, tuple[str, Claims, int, int | None]] = OrderedDict()
 PREPARED_KEYS_MAX = 64
 
 
@@ -186,7 +189,7 @@ def _remember(token: str, secret: str, verified: Claims, claims: Mapping[str, An
     where present, are integers)."""
     times = [int(claims[k]) for k in ("nbf", "iat") if k in claims]
     if len(_verified) >= VERIFIED_MAX:
-        del _verified[next(iter(_verified))]
+        _verified.popitem(last=False)
     _verified[token] = (secret, verified, int(claims["exp"]), max(times) if times else None)
 
 
