@@ -7,7 +7,7 @@ sends them together when the cork is pulled instead of running its TCP transmit 
 frame. On loopback that path runs in the writer's own system call, the receiver's side included:
 one participant update written alone cost the server 40-50 us there (issue 18: 15% of the
 event loop's CPU at 200 inbound calls/s into a shared room with one subscriber). A message
-alone is written as it always was, without the two extra system calls.
+alone is written without the cork (no two extra system calls).
 
 Better still, when the connection keeps up (nothing of ours waits in its transport) and the
 WebSocket is not compressed, the batch's frames are made here, byte for byte as aiohttp makes
