@@ -905,6 +905,10 @@ AUDIO = "m=audio 4000 RTP/AVP 0\r\n"
         (HEAD + "m=audio -4000 RTP/AVP 0\r\n", "m= port"),
         (HEAD + "m=audio 65536 RTP/AVP 0\r\n", "out of range (max 65535)"),
         (HEAD + "m=audio 123456 RTP/AVP 0\r\n", "m= port"),
+        # DIGIT is %x30-39 only: digits of other scripts (which str.isdigit takes) are not
+        (HEAD + "m=audio \u0664\u0660\u0660\u0660 RTP/AVP 0\r\n", "m= port"),
+        (HEAD + AUDIO + "a=ptime:\uff12\uff10\r\n", "ptime"),
+        (HEAD.replace("v=0", "v=\u00b2"), "version"),
         (HEAD + "m=audio 4000/x RTP/AVP 0\r\n", "port count"),
         (HEAD + "m=audio 4000/0 RTP/AVP 0\r\n", "port count must be at least 1"),
         (HEAD + "m=audio 4000 RTP//AVP 0\r\n", "m= proto"),

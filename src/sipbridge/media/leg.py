@@ -163,12 +163,15 @@ class RtpLeg(AudioLeg):
         self.clock_rate = spec.rtp_clock
         self.frame_ticks = spec.frame_ticks(FRAME_MS)
         self.frame_samples = spec.frame_samples(FRAME_MS)
+        # The random starting points (RFC 3550 s5.1, s6.5.1) from one draw of 18 bytes: SSRC,
+        # sequence number, timestamp and CNAME took four system calls a leg (issue 18).
+        seed = secrets.token_bytes(18)
         self.sender = RtpSender(
-            ssrc=secrets.randbits(32) if ssrc is None else ssrc,
+            ssrc=int.from_bytes(seed[0:4], "big") if ssrc is None else ssrc,
             clock_rate=spec.rtp_clock,
             payload_type=stream.audio_pt,
-            initial_sequence=secrets.randbits(16),
-            initial_timestamp=secrets.randbits(32),
+            initial_sequence=int.from_bytes(seed[4:6], "big"),
+            initial_timestamp=int.from_bytes(seed[6:10], "big"),
         )
         self.receiver = RtpReceiver(spec.rtp_clock)
         self.jitter = JitterBuffer(clock_rate=spec.rtp_clock, frame_ms=FRAME_MS)
@@ -201,7 +204,7 @@ class RtpLeg(AudioLeg):
         self._dtmf_queue: deque[str] = deque()
         self._dtmf_out: _DtmfOut | None = None
         self._dtmf_gap = 0
-        self.cname = secrets.token_hex(8) if cname is None else cname
+        self.cname = seed[10:18].hex() if cname is None else cname
         self.next_report_at = 0.0
         self._sent_since_report = False
         self._sr_sent: dict[int, float] = {}  # LSR (NTP middle 32 bits) of our SRs -> when

@@ -25,10 +25,13 @@ answered, the ending timeout while the far end is told. `sip.callStatus` follows
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass, field
 
 from livekit.protocol import models
+
+# An Enum base whose members hash by identity, not by `Enum.__hash__` in Python: the runner looks
+# (state, input) and deadlines up in dicts about forty times a call (issue 18).
+from sipbridge.sip.states import StateEnum
 
 Reason = models.DisconnectReason
 
@@ -40,12 +43,12 @@ DEFAULT_RINGING_TIMEOUT_S = 180.0
 DEFAULT_MAX_CALL_DURATION_S = 24 * 3600.0
 
 
-class Direction(enum.Enum):
+class Direction(StateEnum):
     INBOUND = "inbound"
     OUTBOUND = "outbound"
 
 
-class CallState(enum.Enum):
+class CallState(StateEnum):
     DIALING = "dialing"  # outbound: the INVITE is out, nothing heard yet
     RINGING = "ringing"  # inbound: in the room, 180s; outbound: the far end rings (18x)
     PIN_ENTRY = "pin_entry"  # inbound: answered to collect a PIN, in no room yet
@@ -57,7 +60,7 @@ class CallState(enum.Enum):
     ENDED = "ended"
 
 
-class CallInput(enum.Enum):
+class CallInput(StateEnum):
     RING = "ring"  # a provisional response (outbound), or ringing again
     ANSWER = "answer"  # the 200 sent (inbound) or received (outbound)
     PIN_ACCEPTED = "pin_accepted"  # the right PIN: the call joins its room
@@ -70,7 +73,7 @@ class CallInput(enum.Enum):
     FINISHED = "finished"  # the SIP side is over, whoever ended it
 
 
-class Deadline(enum.Enum):
+class Deadline(StateEnum):
     """What a deadline is for; the runner acts on each as it passes."""
 
     RINGING = "ringing"  # no answer in time: 486 (or the trunk's status) / CANCEL
@@ -279,7 +282,7 @@ class Call:
         return reached
 
 
-class EndCause(enum.Enum):
+class EndCause(StateEnum):
     """Why a call ended, in the words of the runner; `disconnect_reason` maps it for the room."""
 
     REMOTE_HANGUP = "remote_hangup"  # BYE or CANCEL from the phone's side

@@ -50,6 +50,12 @@ MAX_ATTRIBUTE_VALUE = 1024
 # not make the join fail, so headers past the budget are left out.
 MAX_HEADER_ATTRIBUTES_BYTES = 32 * 1024
 
+# The `include_headers` choices, read once: an enum value read through protobuf's enum wrapper
+# is a Python `__getattr__` (1-4 us), and `_header_attributes` compared one per header of every
+# INVITE (issue 18).
+_X_HEADERS = SIPHeaderOptions.SIP_X_HEADERS
+_ALL_HEADERS = SIPHeaderOptions.SIP_ALL_HEADERS
+
 # Attribute keys (livekit/protocol `livekit/attrs.go`, livekit/sip `pkg/sip/participant.go`).
 ATTR_PREFIX = "sip."
 ATTR_HEADER_PREFIX = "sip.h."
@@ -494,15 +500,16 @@ def inbound_attributes(
 
 def _header_attributes(headers: Iterable[tuple[str, str]], include: int) -> dict[str, str]:
     """`sip.h.<name>` for the headers `include` (a `SIPHeaderOptions`) selects, first value each."""
-    if include not in (SIPHeaderOptions.SIP_X_HEADERS, SIPHeaderOptions.SIP_ALL_HEADERS):
+    if include not in (_X_HEADERS, _ALL_HEADERS):
         return {}
+    only_x = include == _X_HEADERS
     out: dict[str, str] = {}
     budget = MAX_HEADER_ATTRIBUTES_BYTES
     for name, value in headers:
         key = sanitize_attribute(ATTR_HEADER_PREFIX + name.lower().strip())
         if key == ATTR_HEADER_PREFIX or key in out:
             continue
-        if include == SIPHeaderOptions.SIP_X_HEADERS and not key.startswith("sip.h.x-"):
+        if only_x and not key.startswith("sip.h.x-"):
             continue
         clean = sanitize_attribute(value)
         size = len(key.encode()) + len(clean.encode())

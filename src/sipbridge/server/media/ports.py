@@ -152,13 +152,14 @@ class MediaSocket:
     """One bound, non-blocking UDP socket delivering datagrams to `receiver`."""
 
     def __init__(
-        self, sock: socket.socket, receiver: Receiver, batch: SendBatch = _NO_BATCH
+        self, sock: socket.socket, receiver: Receiver, batch: SendBatch = _NO_BATCH, port: int = 0
     ) -> None:
         self.sock = sock
         self.batch = batch
         self.fd = sock.fileno()
         self.family = int(sock.family)
-        self.port: int = sock.getsockname()[1]
+        # the port it was bound to, when the caller knows it (a `getsockname` less per socket)
+        self.port: int = port or sock.getsockname()[1]
         self.receiver = receiver
         self.truncated = 0
         self.send_errors = 0
@@ -295,8 +296,8 @@ class PortPool:
                     continue
             self.in_use.add(port)
             return (
-                MediaSocket(first, rtp, self.batch),
-                MediaSocket(second, rtcp, self.batch)
+                MediaSocket(first, rtp, self.batch, port),
+                MediaSocket(second, rtcp, self.batch, port + 1)
                 if second is not None and rtcp is not None
                 else None,
             )

@@ -456,9 +456,12 @@ class SignalServer:
         sessions = [s for s in in_room(self.sessions, room) if s.identity != exclude]
         if not sessions:
             return
-        update = Encoded.of(
-            rtc.SignalResponse(update=rtc.ParticipantUpdate(participants=[participant]))
-        )
+        # Appended, not passed to the constructors: `participants=[...]` copies the participant
+        # into the update and `update=` copies that again (two deep copies of its attributes
+        # and tracks per event); `append` copies it once (issue 18).
+        response = rtc.SignalResponse()
+        response.update.participants.append(participant)
+        update = Encoded.of(response)
         for session in sessions:
             session.send(update)
 
