@@ -21,6 +21,10 @@
  * Every branch of an INVITE read is remembered (a bounded open-addressing table of 64-bit
  * hashes, refreshed on each sighting): a retransmission is never answered here, whatever the
  * transaction has sent since; a table too full to remember a branch answers nothing.
+ *
+ * Started with `answer` false (an application that answers its INVITEs within their handling,
+ * as tests/sip_app.py's does), the thread sends no 100 at all: the loop makes each, lazily
+ * (only for an INVITE its handling left unanswered), and the thread only reads and sends.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -92,6 +96,7 @@ typedef struct {
     int need_wake;
     int margin;    /* requests the loop may have taken and not yet handled (its DRAIN) */
     int admit_all; /* no admission control: every source may be answered */
+    int answer;    /* new INVITEs are answered 100 from here at all (`start`'s `answer`) */
     int refusing;  /* the node refuses new calls (draining): no 100 before the loop's 503 */
     int hold;      /* the sources' table was cleared: answer nothing until the queue empties */
                    /* (and the loop took its last: the counts are then whole again) */
@@ -702,6 +707,8 @@ static void source_leave(reader *r, item *it) {
  * before it could drop one, at the least): so no INVITE it would drop unanswered gets a 100
  * from here. A refusal or drop sets the allowance to 0. */
 static int consider(reader *r, item *it, socklen_t addrlen, double *now) {
+    if (!r->answer)
+        return 0; /* the loop makes every 100 (its lazy one): nothing to count for it here */
     const char *data = it->data;
     size_t len = it->len;
     int invite = len > 7 && memcmp(data, "INVITE ", 7) == 0;
@@ -951,10 +958,11 @@ static void capsule_free(PyObject *capsule) {
 }
 
 static PyObject *start(PyObject *self, PyObject *args) {
-    int fd, family, margin, admit_all;
+    int fd, family, margin, admit_all, answer = 1;
     const char *server;
     Py_ssize_t server_len;
-    if (!PyArg_ParseTuple(args, "iis#ip", &fd, &family, &server, &server_len, &margin, &admit_all))
+    if (!PyArg_ParseTuple(args, "iis#ip|p", &fd, &family, &server, &server_len, &margin,
+                          &admit_all, &answer))
         return NULL;
     if (server_len >= SERVER_MAX || memchr(server, '\r', (size_t)server_len) ||
         memchr(server, '\n', (size_t)server_len)) {
@@ -968,6 +976,7 @@ static PyObject *start(PyObject *self, PyObject *args) {
     r->family = family;
     r->margin = margin;
     r->admit_all = admit_all;
+    r->answer = answer;
     r->need_wake = 1;
     memcpy(r->server, server, (size_t)server_len);
     r->server_len = (size_t)server_len;
@@ -1226,7 +1235,8 @@ static PyObject *trying(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"start", start, METH_VARARGS,
-     "start(fd, family, server, margin, admit_all) -> reader: the thread reading `fd`"},
+     "start(fd, family, server, margin, admit_all, answer=True) -> reader: the thread reading\n"
+     "`fd` (`answer` false: no 100 Trying from the thread, the loop makes each)"},
     {"stop", stop, METH_O, "stop(reader): the thread stopped and joined, its queue freed"},
     {"wake_fd", wake_fd, METH_O, "wake_fd(reader) -> the eventfd written when datagrams wait"},
     {"drain", drain, METH_VARARGS,

@@ -184,7 +184,7 @@ async def test_a_fresh_invite_gets_one_100_from_the_thread_and_its_retransmissio
     client: socket.socket,
 ) -> None:
     app = SilentApp(deferred=True)
-    async with running_app(app, ("udp",), threaded_udp=True) as (service, port):
+    async with running_app(app, ("udp",), threaded_udp=True, early_trying=True) as (service, port):
         assert isinstance(next(iter(service._udp.values())), ThreadedUdp)
         cport = client.getsockname()[1]
         data = invite(3, cport)
@@ -210,7 +210,7 @@ async def test_an_invite_answered_at_once_gets_the_threads_100_then_180_and_200(
     """Whichever way the loop's datagrams go out (udp_thread.SEND_ENV)."""
     monkeypatch.setenv(udp_thread.SEND_ENV, send)
     app = AnsweringApp()
-    async with running_app(app, ("udp",), threaded_udp=True) as (service, port):
+    async with running_app(app, ("udp",), threaded_udp=True, early_trying=True) as (service, port):
         udp = next(iter(service._udp.values()))
         assert isinstance(udp, ThreadedUdp) and udp.send_mode == send
         for n in range(40):  # more than one drain
@@ -229,6 +229,7 @@ async def test_a_source_the_admission_refuses_gets_no_100_from_the_thread(
     ua = SipUserAgent("127.0.0.1", 0, on_invite=app.on_invite)
     service = SipService(ua, admission=Admission(rate=0.001, burst=2, drop_after=40))
     service.threaded_udp = True
+    service.early_trying = True
     ua.attach(service)
     bound = await service.listen(Listen("udp", "127.0.0.1", 0))
     try:
@@ -269,7 +270,7 @@ async def test_hostile_datagrams_are_counted_and_the_next_invite_answered(
     client: socket.socket,
 ) -> None:
     app = AnsweringApp()
-    async with running_app(app, ("udp",), threaded_udp=True) as (service, port):
+    async with running_app(app, ("udp",), threaded_udp=True, early_trying=True) as (service, port):
         cport = client.getsockname()[1]
         client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
         vias = "".join(f"Via: SIP/2.0/UDP 10.0.0.{i};branch=z9hG4bK{i}\r\n" for i in range(10))
@@ -305,21 +306,59 @@ async def test_the_thread_and_its_descriptors_go_when_the_service_closes() -> No
     await eventually(lambda: tasks_and_fds() == before, "the thread and fds gone", timeout=3)
 
 
-async def test_the_datagram_endpoint_unless_the_thread_is_asked_for(
+async def test_the_thread_by_default_unless_the_endpoint_is_asked_for(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv(udp_thread.ENV, raising=False)
-    assert not SipService(lambda service, event: None).threaded_udp
+    assert SipService(lambda service, event: None).threaded_udp
+    async with running_app(AnsweringApp(), ("udp",)) as (service, _port):
+        assert isinstance(next(iter(service._udp.values())), ThreadedUdp)
     monkeypatch.setenv(udp_thread.ENV, "thread")
     assert SipService(lambda service, event: None).threaded_udp
+    for other in ("endpoint", "batched"):
+        monkeypatch.setenv(udp_thread.ENV, other)
+        assert not SipService(lambda service, event: None).threaded_udp
+    monkeypatch.setenv(udp_thread.ENV, "endpoint")
+    async with running_app(AnsweringApp(), ("udp",)) as (service, _port):
+        assert not isinstance(next(iter(service._udp.values())), ThreadedUdp)
     async with running_app(AnsweringApp(), ("udp",), threaded_udp=False) as (service, _port):
         assert not isinstance(next(iter(service._udp.values())), ThreadedUdp)
+
+
+async def test_an_app_that_answers_at_once_gets_no_100_from_the_thread(
+    client: socket.socket,
+) -> None:
+    """Without `early_trying` the thread only reads and sends: an INVITE answered within its
+    handling gets 180 and 200 alone (the endpoint's lazy 100 superseded), one left unanswered
+    the loop's 100, byte for byte the same."""
+    app = AnsweringApp()
+    async with running_app(app, ("udp",), threaded_udp=True) as (service, port):
+        udp = next(iter(service._udp.values()))
+        assert isinstance(udp, ThreadedUdp) and not udp.early_trying
+        cport = client.getsockname()[1]
+        for n in range(40):  # more than one drain
+            client.sendto(invite(500 + n, cport), ("127.0.0.1", port))
+        got: list[bytes] = []
+        await eventually(lambda: drain(client, got) >= 80, "40 calls' 180 and 200")
+        await eventually(lambda: service.endpoint.stats["received"] == 40, "all handled")
+        drain(client, got)
+        assert sorted(statuses(got)) == [180] * 40 + [200] * 40
+        assert service.endpoint.stats["trying_early"] == 0
+        assert service.endpoint.stats["trying_superseded"] == 40
+    silent = SilentApp(deferred=True)
+    async with running_app(silent, ("udp",), threaded_udp=True) as (service, port):
+        data = invite(600, cport)
+        client.sendto(data, ("127.0.0.1", port))
+        got = []
+        await eventually(lambda: drain(client, got) >= 1, "the loop's 100")
+        assert got == [python_trying(data, "127.0.0.1", cport)]
+        assert service.endpoint.stats["trying_early"] == 0
 
 
 async def test_sipp_gets_the_threads_100_then_the_call_answered_later() -> None:
     """sipp's scenario expects the 100 first and fails on a missing or a second one."""
     app = AnsweringApp(deferred=True)
-    async with running_app(app, ("udp",), threaded_udp=True) as (service, port):
+    async with running_app(app, ("udp",), threaded_udp=True, early_trying=True) as (service, port):
         done = await sipp("uac_trying.xml", port, calls=20, rate=50)
         await eventually(lambda: len(app.ended) >= 20, "the app to end the 20 calls", timeout=5)
     assert done.code == 0, done.out
@@ -346,7 +385,7 @@ async def test_a_node_refusing_new_calls_gets_no_100_from_the_thread(
     have sent a 100 before it. Here the app keeps INVITEs unanswered, so Python's own 100 shows
     which INVITEs reached it and `trying_early` which were answered from the thread."""
     app = SilentApp(deferred=True)
-    async with running_app(app, ("udp",), threaded_udp=True) as (service, port):
+    async with running_app(app, ("udp",), threaded_udp=True, early_trying=True) as (service, port):
         cport = client.getsockname()[1]
         early = service.endpoint.stats
 

@@ -1,5 +1,6 @@
-"""The SIP UDP socket read on a thread of its own (`sipbridge/_csipthr.c`), asked for with
-`SIPBRIDGE_SIP_UDP=thread` where it is built; the event loop's datagram endpoint otherwise.
+"""The SIP UDP socket read on a thread of its own (`sipbridge/_csipthr.c`): the default where it
+is built (`SIPBRIDGE_SIP_UDP=endpoint` asks for the event loop's datagram endpoint instead,
+`=batched` for udp.py's batches); the datagram endpoint where it is not built.
 
 A C thread blocks on the socket, reads it with `recvmmsg` into a bounded queue (full: dropped
 and counted as `udp_queue_full`) and wakes the loop through an eventfd once a batch; the loop
@@ -15,6 +16,9 @@ whose top Via branch it has not seen lately, from a source `SipService`'s admiss
 has let through and will judge again before it could drop one of its requests (`_admission`:
 after each of a source's INVITEs and REGISTERs, how many more it judges at the least; a refusal
 or a drop makes that 0).
+(Only where the service asks for it, `SipService.early_trying`: an application that answers its
+INVITEs within their handling, as tests/sip_app.py's, gets no 100 from the thread, and the
+loop's lazy one only when its handling left an INVITE unanswered.)
 Such a datagram is handed on marked (`trying_sent`): the transaction records that 100 as its
 last response, Python sends no second one, and a retransmission gets the transaction's last
 response as always. Everything else (a retransmission, anything unusual)
@@ -49,7 +53,7 @@ except ImportError:
 
 log = logging.getLogger(__name__)
 
-ENV = "SIPBRIDGE_SIP_UDP"  # "thread": this reader where built
+ENV = "SIPBRIDGE_SIP_UDP"  # "thread" or unset: this reader where built; "endpoint", "batched"
 # How the loop's datagrams go out: "batch" (default), one sendmmsg a flush from the loop;
 # "thread", queued for the reader thread to send; "each", one sendto each from the loop.
 SEND_ENV = "SIPBRIDGE_SIP_UDP_SEND"
@@ -64,8 +68,8 @@ def built() -> bool:
 
 
 def available() -> bool:
-    """Whether the SIP UDP socket is read on its own thread here (asked for, and built)."""
-    return built() and os.environ.get(ENV, "") == "thread"
+    """Whether the SIP UDP socket is read on its own thread here (built, and not opted out of)."""
+    return built() and os.environ.get(ENV, "") in ("", "thread")
 
 
 def trying(data: bytes, host: str, port: int, server: str) -> bytes | None:
@@ -91,12 +95,14 @@ class ThreadedUdp(SocketTransport):
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_BUFFER_BYTES)
         admission = service.endpoint.admission
+        self.early_trying = service.early_trying
         self._reader = self._io.start(
             self.fd,
             self.family,
             service.endpoint.settings.user_agent,
             DRAIN,  # (taken by the loop, not yet handled: what the thread cannot see)
             admission is None,
+            self.early_trying,
         )
         self._wake_fd = self._io.wake_fd(self._reader)
         self._loop = asyncio.get_running_loop()
@@ -119,7 +125,7 @@ class ThreadedUdp(SocketTransport):
         if tried:
             stats["trying_early"] += tried
         peers = self._peers
-        watch = service.endpoint.admission is not None
+        watch = self.early_trying and service.endpoint.admission is not None
         for data, addr, trying_sent in datagrams:
             peer = peers.get(addr)
             if peer is None:
