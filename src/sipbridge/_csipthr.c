@@ -97,6 +97,7 @@ typedef struct {
     int margin;    /* requests the loop may have taken and not yet handled (its DRAIN) */
     int admit_all; /* no admission control: every source may be answered */
     int answer;    /* new INVITEs are answered 100 from here at all (`start`'s `answer`) */
+    size_t queue_max; /* datagrams the queue holds (QUEUE_MAX, or fewer for tests) */
     int refusing;  /* the node refuses new calls (draining): no 100 before the loop's 503 */
     int hold;      /* the sources' table was cleared: answer nothing until the queue empties */
                    /* (and the loop took its last: the counts are then whole again) */
@@ -705,8 +706,15 @@ static void source_leave(reader *r, item *it) {
  * `margin` the loop may have taken and not yet handled, this one is within the `allowance` the
  * admission control gave it when it judged the source's last (`admit`: how many more it judges
  * before it could drop one, at the least): so no INVITE it would drop unanswered gets a 100
- * from here. A refusal or drop sets the allowance to 0. */
-static int consider(reader *r, item *it, socklen_t addrlen, double *now) {
+ * from here. A refusal or drop sets the allowance to 0.
+ *
+ * Nor does an INVITE this thread would drop itself, for a full queue: it is answered only when
+ * the queue has room for it after the `ahead` datagrams (`ahead_bytes`) read before it in the
+ * same batch (the loop only takes from the queue meanwhile, so that room is still there when
+ * the batch is queued). A UAC stops retransmitting an INVITE once it has a 100 (s17.1.1.2): one
+ * answered here and then lost would wait for its final response until its Timer B. */
+static int consider(reader *r, item *it, socklen_t addrlen, double *now, size_t ahead,
+                    size_t ahead_bytes) {
     if (!r->answer)
         return 0; /* the loop makes every 100 (its lazy one): nothing to count for it here */
     const char *data = it->data;
@@ -736,7 +744,8 @@ static int consider(reader *r, item *it, socklen_t addrlen, double *now) {
     source_slot *s = source_of(r, &it->addr, 1);
     int may = 0;
     if (s != NULL) {
-        may = n >= 0 && !r->hold && !r->refusing &&
+        may = n >= 0 && !r->hold && !r->refusing && r->count + ahead < r->queue_max &&
+              r->bytes + ahead_bytes + len <= QUEUE_BYTES &&
               (r->admit_all ||
                (s->admitted && (long)s->waiting + 1 + r->margin <= (long)s->allowance));
         s->waiting++;
@@ -835,7 +844,7 @@ static void *run(void *arg) {
         double now = 0;
         item *first = NULL, *last = NULL;
         long oversized = 0, tried = 0;
-        size_t added = 0;
+        size_t added = 0, added_bytes = 0;
         for (int i = 0; i < n; i++) {
             size_t len = r->msgs[i].msg_len;
             if (r->msgs[i].msg_hdr.msg_flags & MSG_TRUNC) {
@@ -851,7 +860,7 @@ static void *run(void *arg) {
             memcpy(it->data, r->bufs[i], len);
             it->flag = 0;
             it->limited = 0;
-            it->flag = consider(r, it, r->msgs[i].msg_hdr.msg_namelen, &now);
+            it->flag = consider(r, it, r->msgs[i].msg_hdr.msg_namelen, &now, added, added_bytes);
             tried += it->flag;
             if (last)
                 last->next = it;
@@ -859,6 +868,7 @@ static void *run(void *arg) {
                 first = it;
             last = it;
             added++;
+            added_bytes += len;
         }
         int wake = 0;
         pthread_mutex_lock(&r->lock);
@@ -866,7 +876,8 @@ static void *run(void *arg) {
         r->tried += tried;
         for (item *it = first; it != NULL;) {
             item *next = it->next;
-            if (r->count >= QUEUE_MAX || r->bytes + it->len > QUEUE_BYTES) {
+            /* (one answered 100 here had its room kept by `consider`: never dropped) */
+            if (!it->flag && (r->count >= r->queue_max || r->bytes + it->len > QUEUE_BYTES)) {
                 r->queue_full++;
                 source_leave(r, it);
                 free(it);
@@ -958,12 +969,16 @@ static void capsule_free(PyObject *capsule) {
 }
 
 static PyObject *start(PyObject *self, PyObject *args) {
-    int fd, family, margin, admit_all, answer = 1;
+    int fd, family, margin, admit_all, answer = 1, queue_max = QUEUE_MAX;
     const char *server;
     Py_ssize_t server_len;
-    if (!PyArg_ParseTuple(args, "iis#ip|p", &fd, &family, &server, &server_len, &margin,
-                          &admit_all, &answer))
+    if (!PyArg_ParseTuple(args, "iis#ip|pi", &fd, &family, &server, &server_len, &margin,
+                          &admit_all, &answer, &queue_max))
         return NULL;
+    if (queue_max < 1 || queue_max > QUEUE_MAX) {
+        PyErr_SetString(PyExc_ValueError, "queue_max is 1 to QUEUE_MAX");
+        return NULL;
+    }
     if (server_len >= SERVER_MAX || memchr(server, '\r', (size_t)server_len) ||
         memchr(server, '\n', (size_t)server_len)) {
         PyErr_SetString(PyExc_ValueError, "a server name is one short line");
@@ -977,6 +992,7 @@ static PyObject *start(PyObject *self, PyObject *args) {
     r->margin = margin;
     r->admit_all = admit_all;
     r->answer = answer;
+    r->queue_max = (size_t)queue_max;
     r->need_wake = 1;
     memcpy(r->server, server, (size_t)server_len);
     r->server_len = (size_t)server_len;
@@ -1235,8 +1251,9 @@ static PyObject *trying(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"start", start, METH_VARARGS,
-     "start(fd, family, server, margin, admit_all, answer=True) -> reader: the thread reading\n"
-     "`fd` (`answer` false: no 100 Trying from the thread, the loop makes each)"},
+     "start(fd, family, server, margin, admit_all, answer=True, queue_max=QUEUE_MAX) -> reader:\n"
+     "the thread reading `fd` (`answer` false: no 100 Trying from the thread, the loop makes\n"
+     "each; `queue_max`: datagrams waiting for the loop, at most QUEUE_MAX)"},
     {"stop", stop, METH_O, "stop(reader): the thread stopped and joined, its queue freed"},
     {"wake_fd", wake_fd, METH_O, "wake_fd(reader) -> the eventfd written when datagrams wait"},
     {"drain", drain, METH_VARARGS,

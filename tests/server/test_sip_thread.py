@@ -222,6 +222,36 @@ async def test_an_invite_answered_at_once_gets_the_threads_100_then_180_and_200(
         assert service.endpoint.stats["trying_early"] == 40
 
 
+async def test_an_invite_answered_100_from_the_thread_is_never_dropped_for_a_full_queue(
+    client: socket.socket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A burst while the loop is busy fills the thread's queue: what does not fit is dropped
+    and counted, and gets no 100 from the thread (a UAC stops retransmitting an INVITE once it
+    has a 100, so one answered and then lost would wait for its Timer B: failed calls under
+    load). Every 100 the caller gets is for an INVITE the application saw."""
+    monkeypatch.setattr(udp_thread, "QUEUE", 64)  # (4096 in service: the same, smaller)
+    app = SilentApp(deferred=True)
+    async with running_app(app, ("udp",), threaded_udp=True, early_trying=True) as (service, port):
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        cport = client.getsockname()[1]
+        stats = service.endpoint.stats
+        sent = 400
+        for n in range(sent):  # (the loop does not run meanwhile: the queue fills up)
+            client.sendto(invite(700 + n, cport), ("127.0.0.1", port))
+        await eventually(
+            lambda: stats["received"] + stats["udp_queue_full"] == sent, "every INVITE read"
+        )
+        got: list[bytes] = []
+        await eventually(lambda: drain(client, got) >= stats["received"], "a 100 each")
+        await asyncio.sleep(0)  # (a turn of the loop: any other 100 would be sent now)
+        drain(client, got)
+        assert statuses(got) == [100] * len(got)
+        answered = {message.call_id for message in map(parse_message, got)}
+        assert len(answered) == len(got) == stats["received"] == len(app.calls)
+        assert answered == {call.request.call_id for call in app.calls}
+        assert stats["udp_queue_full"] >= sent // 2 and stats["trying_early"] >= 32
+
+
 async def test_a_source_the_admission_refuses_gets_no_100_from_the_thread(
     client: socket.socket,
 ) -> None:

@@ -58,6 +58,7 @@ ENV = "SIPBRIDGE_SIP_UDP"  # "thread" or unset: this reader where built; "endpoi
 # "thread", queued for the reader thread to send; "each", one sendto each from the loop.
 SEND_ENV = "SIPBRIDGE_SIP_UDP_SEND"
 DRAIN = 32  # datagrams handled a turn of the loop (as libuv reads up to 32 a readiness)
+QUEUE: int | None = None  # datagrams the thread keeps for the loop (None: _csipthr.QUEUE_MAX)
 _REFUSALS = ("refused_flood", "dropped_flood", "dropped_not_allowed")
 _LIMITED = (b"INVITE ", b"REGISTER ")
 
@@ -103,6 +104,7 @@ class ThreadedUdp(SocketTransport):
             DRAIN,  # (taken by the loop, not yet handled: what the thread cannot see)
             admission is None,
             self.early_trying,
+            QUEUE or self._io.QUEUE_MAX,
         )
         self._wake_fd = self._io.wake_fd(self._reader)
         self._loop = asyncio.get_running_loop()
