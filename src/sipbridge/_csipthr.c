@@ -3,7 +3,10 @@
  *
  * A POSIX thread that never takes the GIL blocks in poll() on the socket, reads what is there
  * with recvmmsg, and appends each datagram to a bounded queue (a full queue drops and counts,
- * as a full kernel buffer would). When the queue was left empty by the event loop, the thread
+ * as a full kernel buffer would). INVITEs fill only half of it: the other half is kept for what
+ * completes calls already under way (ACK, BYE, CANCEL, responses), so that a burst of new calls
+ * the loop cannot take at once costs retransmitted INVITEs, not established calls (shed new
+ * work first, RFC 6357 s5). When the queue was left empty by the event loop, the thread
  * writes an eventfd the loop watches (`add_reader`): one wake a batch, not a datagram. The loop
  * takes up to `max` datagrams a call (`drain`) and hands each to the SIP stack as before.
  *
@@ -713,6 +716,18 @@ static void source_leave(reader *r, item *it) {
  * same batch (the loop only takes from the queue meanwhile, so that room is still there when
  * the batch is queued). A UAC stops retransmitting an INVITE once it has a 100 (s17.1.1.2): one
  * answered here and then lost would wait for its final response until its Timer B. */
+static int is_invite(const item *it) {
+    return it->len > 7 && memcmp(it->data, "INVITE ", 7) == 0;
+}
+
+/* Whether the queue, holding `count` datagrams of `bytes`, has room for `it` (INVITEs: half). */
+static int room_for(const reader *r, const item *it, size_t count, size_t bytes) {
+    int invite = is_invite(it);
+    size_t most = invite ? (r->queue_max + 1) / 2 : r->queue_max;
+    size_t most_bytes = invite ? QUEUE_BYTES / 2 : QUEUE_BYTES;
+    return count < most && bytes + it->len <= most_bytes;
+}
+
 static int consider(reader *r, item *it, socklen_t addrlen, double *now, size_t ahead,
                     size_t ahead_bytes) {
     if (!r->answer)
@@ -744,8 +759,8 @@ static int consider(reader *r, item *it, socklen_t addrlen, double *now, size_t 
     source_slot *s = source_of(r, &it->addr, 1);
     int may = 0;
     if (s != NULL) {
-        may = n >= 0 && !r->hold && !r->refusing && r->count + ahead < r->queue_max &&
-              r->bytes + ahead_bytes + len <= QUEUE_BYTES &&
+        may = n >= 0 && !r->hold && !r->refusing &&
+              room_for(r, it, r->count + ahead, r->bytes + ahead_bytes) &&
               (r->admit_all ||
                (s->admitted && (long)s->waiting + 1 + r->margin <= (long)s->allowance));
         s->waiting++;
@@ -877,7 +892,7 @@ static void *run(void *arg) {
         for (item *it = first; it != NULL;) {
             item *next = it->next;
             /* (one answered 100 here had its room kept by `consider`: never dropped) */
-            if (!it->flag && (r->count >= r->queue_max || r->bytes + it->len > QUEUE_BYTES)) {
+            if (!it->flag && !room_for(r, it, r->count, r->bytes)) {
                 r->queue_full++;
                 source_leave(r, it);
                 free(it);
