@@ -8,7 +8,8 @@ takes up to DRAIN datagrams a turn (`_readable`, again on the next turn when mor
 hands each to `SipService.receive` as the datagram endpoint does. Sends: what a flush produced
 goes out from the loop with one `sendmmsg` (`_csipudp.send_batch`, as `BatchedUdp`); with
 `SIPBRIDGE_SIP_UDP_SEND=thread` it is queued for the thread to send (one eventfd write when the
-queue was empty); `=each`, one `sendto` each (bench/sip.py compares them).
+queue was empty), what a drain's datagrams produced handed over once at its end; `=each`, one
+`sendto` each (bench/sip.py compares them).
 
 The thread answers a new INVITE's 100 Trying itself, at once, before the datagram reaches the
 queue, so the 100 never waits for the loop (issue 18): only a plain INVITE outside a dialog
@@ -93,6 +94,9 @@ class ThreadedUdp(SocketTransport):
             self.send_mode = "each"
         super().__init__(service, sock)
         self._again: asyncio.Handle | None = None
+        # Sends queued for the thread wait for the end of the drain that produced them: one
+        # hand-over (a lock, at most one wake of the thread) per drain, not per datagram.
+        self._draining = False
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_BUFFER_BYTES)
         admission = service.endpoint.admission
@@ -128,6 +132,24 @@ class ThreadedUdp(SocketTransport):
             stats["trying_early"] += tried
         peers = self._peers
         watch = self.early_trying and service.endpoint.admission is not None
+        self._draining = self.send_mode == "thread"
+        try:
+            self._handle(datagrams, peers, watch)
+        finally:
+            if self._draining:
+                self._draining = False
+                self.flush()
+        if more and not self._closed:
+            self._again = self._loop.call_soon(self._readable)
+
+    def _handle(
+        self,
+        datagrams: list[tuple[bytes, tuple[str, int], bool]],
+        peers: dict[tuple[str, int], Peer],
+        watch: bool,
+    ) -> None:
+        service = self.service
+        stats = service.endpoint.stats
         for data, addr, trying_sent in datagrams:
             peer = peers.get(addr)
             if peer is None:
@@ -140,8 +162,6 @@ class ThreadedUdp(SocketTransport):
                 self._admission(peer.host, data, _refusals(stats) > before)
             else:
                 service.receive(data, peer, trying_sent)
-        if more and not self._closed:
-            self._again = self._loop.call_soon(self._readable)
 
     def _admission(self, host: str, data: bytes, refused: bool) -> None:
         """Tell the thread how many more of `host`'s INVITEs and REGISTERs the admission control
@@ -160,6 +180,8 @@ class ThreadedUdp(SocketTransport):
             self._io.refuse_new(self._reader, refusing)
 
     def flush(self) -> None:
+        if self._draining:
+            return  # (at the end of the drain)
         pending = self._taken()
         if not pending:
             return
@@ -181,6 +203,7 @@ class ThreadedUdp(SocketTransport):
     def close(self) -> None:
         if self._closed:
             return
+        self._draining = False  # (closed from within a drain: its sends go now)
         self.flush()
         self._closed = True
         if self._again is not None:
