@@ -370,9 +370,11 @@ async def test_the_thread_by_default_unless_the_endpoint_is_asked_for(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv(udp_thread.ENV, raising=False)
+    monkeypatch.delenv(udp_thread.SEND_ENV, raising=False)
     assert SipService(lambda service, event: None).threaded_udp
     async with running_app(AnsweringApp(), ("udp",)) as (service, _port):
-        assert isinstance(next(iter(service._udp.values())), ThreadedUdp)
+        udp = next(iter(service._udp.values()))
+        assert isinstance(udp, ThreadedUdp) and udp.send_mode == "thread"  # (sends: the thread's)
     monkeypatch.setenv(udp_thread.ENV, "thread")
     assert SipService(lambda service, event: None).threaded_udp
     for other in ("endpoint", "batched"):

@@ -5,11 +5,15 @@ is built (`SIPBRIDGE_SIP_UDP=endpoint` asks for the event loop's datagram endpoi
 A C thread blocks on the socket, reads it with `recvmmsg` into a bounded queue (full: dropped
 and counted as `udp_queue_full`) and wakes the loop through an eventfd once a batch; the loop
 takes up to DRAIN datagrams a turn (`_readable`, again on the next turn when more wait) and
-hands each to `SipService.receive` as the datagram endpoint does. Sends: what a flush produced
-goes out from the loop with one `sendmmsg` (`_csipudp.send_batch`, as `BatchedUdp`); with
-`SIPBRIDGE_SIP_UDP_SEND=thread` it is queued for the thread to send (one eventfd write when the
-queue was empty), what a drain's datagrams produced handed over once at its end; `=each`, one
-`sendto` each (bench/sip.py compares them).
+hands each to `SipService.receive` as the datagram endpoint does. Sends (`SIPBRIDGE_SIP_UDP_SEND`):
+by default what a flush produced is queued for the thread to send (one eventfd write when the
+queue was empty), what a drain's datagrams produced handed over once at its end; `=batch`, it
+goes out from the loop with one `sendmmsg` (`_csipudp.send_batch`, as `BatchedUdp`); `=each`,
+one `sendto` each. Measured on the shared 2-core machine, alternated (bench/sip.py's bare UAS
+at a fixed 2,000 calls/s): 0.21-0.25 ms of CPU a call queued for the thread (the loop's own
+0.18-0.22), 0.28-0.33 with `=batch` (0.26-0.31), 0.32-0.35 on the datagram endpoint; with a
+room's calls (bench/inbound.py, shared, 250/s) the same CPU either way within the noise and
+INVITE->100 p99 2.8 ms against 4.9-24.9.
 
 The thread answers a new INVITE's 100 Trying itself, at once, before the datagram reaches the
 queue, so the 100 never waits for the loop (issue 18): only a plain INVITE outside a dialog
@@ -55,8 +59,8 @@ except ImportError:
 log = logging.getLogger(__name__)
 
 ENV = "SIPBRIDGE_SIP_UDP"  # "thread" or unset: this reader where built; "endpoint", "batched"
-# How the loop's datagrams go out: "batch" (default), one sendmmsg a flush from the loop;
-# "thread", queued for the reader thread to send; "each", one sendto each from the loop.
+# How the loop's datagrams go out: "thread" (default), queued for the reader thread to send;
+# "batch", one sendmmsg a flush from the loop; "each", one sendto each from the loop.
 SEND_ENV = "SIPBRIDGE_SIP_UDP_SEND"
 DRAIN = 32  # datagrams handled a turn of the loop (as libuv reads up to 32 a readiness)
 QUEUE: int | None = None  # datagrams the thread keeps for the loop (None: _csipthr.QUEUE_MAX)
@@ -89,7 +93,7 @@ class ThreadedUdp(SocketTransport):
         assert _csipthr is not None
         self._io: Any = _csipthr
         self._send: Any = _csipudp
-        self.send_mode = os.environ.get(SEND_ENV, "batch")
+        self.send_mode = os.environ.get(SEND_ENV, "thread")
         if self.send_mode == "batch" and _csipudp is None:
             self.send_mode = "each"
         super().__init__(service, sock)
