@@ -702,6 +702,18 @@ static void source_leave(reader *r, item *it) {
         s->waiting--;
 }
 
+static int is_invite(const item *it) {
+    return it->len > 7 && memcmp(it->data, "INVITE ", 7) == 0;
+}
+
+/* Whether the queue, holding `count` datagrams of `bytes`, has room for `it` (INVITEs: half). */
+static int room_for(const reader *r, const item *it, size_t count, size_t bytes) {
+    int invite = is_invite(it);
+    size_t most = invite ? (r->queue_max + 1) / 2 : r->queue_max;
+    size_t most_bytes = invite ? QUEUE_BYTES / 2 : QUEUE_BYTES;
+    return count < most && bytes + it->len <= most_bytes;
+}
+
 /* One datagram read: counted when an INVITE or REGISTER (what the admission control limits),
  * and answered 100 from here when it is a new INVITE to answer: 1 when its 100 went out.
  *
@@ -716,18 +728,6 @@ static void source_leave(reader *r, item *it) {
  * same batch (the loop only takes from the queue meanwhile, so that room is still there when
  * the batch is queued). A UAC stops retransmitting an INVITE once it has a 100 (s17.1.1.2): one
  * answered here and then lost would wait for its final response until its Timer B. */
-static int is_invite(const item *it) {
-    return it->len > 7 && memcmp(it->data, "INVITE ", 7) == 0;
-}
-
-/* Whether the queue, holding `count` datagrams of `bytes`, has room for `it` (INVITEs: half). */
-static int room_for(const reader *r, const item *it, size_t count, size_t bytes) {
-    int invite = is_invite(it);
-    size_t most = invite ? (r->queue_max + 1) / 2 : r->queue_max;
-    size_t most_bytes = invite ? QUEUE_BYTES / 2 : QUEUE_BYTES;
-    return count < most && bytes + it->len <= most_bytes;
-}
-
 static int consider(reader *r, item *it, socklen_t addrlen, double *now, size_t ahead,
                     size_t ahead_bytes) {
     if (!r->answer)
