@@ -20,7 +20,7 @@ import pytest
 from sipbridge.server.sip import udp_thread
 from sipbridge.server.sip.transport import Listen, SipService
 from sipbridge.server.sip.udp_thread import ThreadedUdp, trying
-from sipbridge.server.sip.user_agent import SipUserAgent
+from sipbridge.server.sip.user_agent import IncomingCall, SipUserAgent
 from sipbridge.sip.admission import Admission
 from sipbridge.sip.endpoint import EndpointSettings, Peer, RequestReceived, SipEndpoint
 from sipbridge.sip.message import Response, parse_message
@@ -351,6 +351,32 @@ async def test_hostile_datagrams_are_counted_and_the_next_invite_answered(
         )
         await eventually(lambda: len(app.calls) == 2, "the 10-Via INVITE and the last answered")
         assert service.endpoint.stats["malformed"] >= 3
+
+
+class FailingApp(AnsweringApp):
+    """Fails on one call (a bug in the application, raised out of the INVITE's handling)."""
+
+    def on_invite(self, call: IncomingCall) -> None:
+        if call.request.call_id.startswith("thr-1002@"):
+            raise RuntimeError("a bug")
+        super().on_invite(call)
+
+
+async def test_a_datagram_whose_handling_fails_leaves_the_others_handled(
+    client: socket.socket,
+) -> None:
+    """An application failing on one call leaves the rest of that drain, and the drains after
+    it, handled (the thread wakes the loop only once it emptied the queue: a drain cut short
+    that did not ask for the next would stop the socket for good). (The stack catches the
+    application's error itself; `ThreadedUdp._readable` also guards against one below it.)"""
+    app = FailingApp()
+    async with running_app(app, ("udp",), threaded_udp=True) as (_, port):
+        cport = client.getsockname()[1]
+        for n in range(100):  # (the loop does not run meanwhile: several drains' worth)
+            client.sendto(invite(1000 + n, cport), ("127.0.0.1", port))
+        got: list[bytes] = []
+        await eventually(lambda: drain(client, got) >= 99 * 2, "99 calls' 180 and 200")
+        assert len(app.calls) == 99
 
 
 def tasks_and_fds() -> tuple[int, int]:

@@ -143,8 +143,8 @@ class ThreadedUdp(SocketTransport):
             if self._draining:
                 self._draining = False
                 self.flush()
-        if more and not self._closed:
-            self._again = self._loop.call_soon(self._readable)
+            if more and not self._closed:  # (the thread wakes the loop only once it is empty)
+                self._again = self._loop.call_soon(self._readable)
 
     def _handle(
         self,
@@ -160,12 +160,15 @@ class ThreadedUdp(SocketTransport):
                 if len(peers) >= MAX_UDP_PEERS:
                     peers.clear()
                 peer = peers[addr] = Peer("udp", addr[0], addr[1])
-            if watch and data.startswith(_LIMITED):
-                before = _refusals(stats)
-                service.receive(data, peer, trying_sent)
-                self._admission(peer.host, data, _refusals(stats) > before)
-            else:
-                service.receive(data, peer, trying_sent)
+            try:
+                if watch and data.startswith(_LIMITED):
+                    before = _refusals(stats)
+                    service.receive(data, peer, trying_sent)
+                    self._admission(peer.host, data, _refusals(stats) > before)
+                else:
+                    service.receive(data, peer, trying_sent)
+            except Exception:  # (as the datagram endpoint's loop would: logged, the next handled)
+                log.exception("SIP UDP: handling a datagram from %s failed", peer.host)
 
     def _admission(self, host: str, data: bytes, refused: bool) -> None:
         """Tell the thread how many more of `host`'s INVITEs and REGISTERs the admission control
