@@ -5,6 +5,7 @@ loopback in the same run.
 
     .venv/bin/python bench/sip.py [--seconds 4] [--rates 400,800,...,12800]
                                   [--targets sipbridge,sipp,kamailio] [--rounds 1]
+                                  [--sip-udp thread|endpoint|batched] [--sip-udp-send batch|...]
 
 For each target the rate steps up until the first step with a failed call, or until the
 achieved rate falls below 85% of the asked one twice (the target, or the generator, gives out);
@@ -14,6 +15,10 @@ for Kamailio its own, not the sipp behind it) and the generator's CPU, so that a
 generator is visible: the machine has 2 cores, and sipp's uac alone takes most of one near
 sipp's limit. `--rounds N` alternates the targets N times (the machine is shared: compare inside
 one round). Kamailio: Debian's `kamailio` (5.6). Every loop is bounded in count and time.
+`--sip-udp` / `--sip-udp-send` pick our UAS's SIP UDP socket and how it sends
+(`SIPBRIDGE_SIP_UDP`, `SIPBRIDGE_SIP_UDP_SEND`; the default: the reader thread where built);
+the table says which it ran, and each step what the UAS counted on its socket (datagrams
+dropped by a full queue, failed sends, retransmissions it received) when not zero.
 Prints a table and one JSON line.
 """
 
@@ -140,6 +145,21 @@ def free_port() -> int:
     raise RuntimeError("no free port")
 
 
+# What the UAS counts on its socket, shown per step when not zero.
+UAS_COUNTS = ("udp_queue_full", "udp_error", "udp_oversized", "retransmissions", "trying_early")
+
+
+def socket_mode(service: object) -> str:
+    """Which SIP UDP socket the UAS runs (`SIPBRIDGE_SIP_UDP`), and how it sends."""
+    from sipbridge.server.sip.udp import BatchedUdp  # noqa: PLC0415
+    from sipbridge.server.sip.udp_thread import ThreadedUdp  # noqa: PLC0415
+
+    udp = next(iter(service._udp.values()))  # type: ignore[attr-defined]
+    if isinstance(udp, ThreadedUdp):
+        return f"thread(send={udp.send_mode})"
+    return "batched" if isinstance(udp, BatchedUdp) else "endpoint"
+
+
 def serve_uas(port: int, trace: bool = True) -> None:
     """The bare answering UAS on our stack (run in its own process); `trace` False turns the
     per-call SIP trace off, to measure what it costs."""
@@ -156,8 +176,10 @@ def serve_uas(port: int, trace: bool = True) -> None:
             if not trace:
                 service.traces = None
             tune_collector()  # as `sipbridge serve` does once started
-            print("ready", flush=True)
+            print("ready", socket_mode(service), flush=True)
             await stop.wait()
+            stats = service.endpoint.stats
+            print(json.dumps({name: stats[name] for name in UAS_COUNTS if stats[name]}), flush=True)
 
     try:
         import uvloop  # noqa: PLC0415
@@ -175,6 +197,8 @@ class Target:
         self.pids = pids
         self._stop = stop
         self.tmp: Path | None = None
+        self.mode = ""  # our UAS's SIP UDP socket (`socket_mode`)
+        self.counts: dict[str, int] = {}  # what our UAS counted (UAS_COUNTS), once stopped
 
     def cpu(self) -> float:
         """CPU seconds of every process of the target so far (children found now)."""
@@ -187,10 +211,13 @@ class Target:
             else:
                 what.send_signal(signal.SIGTERM)
                 try:
-                    what.wait(10)
+                    out, _ = what.communicate(timeout=10)
                 except subprocess.TimeoutExpired:
                     what.kill()
                     what.wait(5)
+                    continue
+                with contextlib.suppress(ValueError, IndexError):
+                    self.counts = json.loads((out or b"").splitlines()[-1])
         if self.tmp is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
@@ -305,7 +332,9 @@ def start_target(kind: str, port: int, trace: bool = True) -> Target:
         line = proc.stdout.readline()
         if b"ready" not in line:
             raise RuntimeError("our UAS did not start")
-        return Target(kind, [proc.pid], [proc])
+        target = Target(kind, [proc.pid], [proc])
+        target.mode = line.decode().split()[-1]
+        return target
     if kind == "sipp":
         pid = _sipp_uas(port)
         return Target(kind, [pid], [pid])
@@ -380,6 +409,7 @@ def _drive_once(port: int, rate: int, seconds: float, calls: int) -> tuple[bool,
 
 def max_rate(kind: str, rates: list[int], seconds: float, trace: bool = True) -> dict[str, object]:
     best = 0.0
+    mode = ""
     steps: list[dict[str, object]] = []
     short = 0
     for rate in rates:
@@ -397,6 +427,7 @@ def max_rate(kind: str, rates: list[int], seconds: float, trace: bool = True) ->
             cpu, gen = target.cpu() - cpu0, children_cpu() - gen0
         finally:
             target.stop()
+        mode = target.mode
         achieved = calls / elapsed
         steps.append({
             "rate": rate,
@@ -406,6 +437,7 @@ def max_rate(kind: str, rates: list[int], seconds: float, trace: bool = True) ->
             "cpu_ms_per_call": round(cpu / calls * 1000, 3),
             "target_cpu_pct": round(cpu / elapsed * 100),
             "generator_cpu_pct": round(gen / elapsed * 100),
+            **({"uas": target.counts} if target.counts else {}),
             **({} if ok else {"sipp_tail": tail[-300:]}),
         })  # fmt: skip
         if not ok:
@@ -416,6 +448,7 @@ def max_rate(kind: str, rates: list[int], seconds: float, trace: bool = True) ->
             break
     done = [s for s in steps if s["ok"]]
     return {
+        **({"socket": mode} if mode else {}),
         "max_calls_per_s": round(best),
         "cpu_ms_per_call_best_step": next(
             (s["cpu_ms_per_call"] for s in done if s["achieved"] == round(best)), None
@@ -436,7 +469,21 @@ def main() -> int:
     parser.add_argument(
         "--no-trace", action="store_true", help="our UAS without the per-call SIP trace"
     )
+    parser.add_argument(
+        "--sip-udp",
+        choices=("thread", "endpoint", "batched"),
+        help="our UAS's SIP UDP socket (SIPBRIDGE_SIP_UDP; default: the reader thread where built)",
+    )
+    parser.add_argument(
+        "--sip-udp-send",
+        choices=("batch", "thread", "each"),
+        help="how the reader thread's socket sends (SIPBRIDGE_SIP_UDP_SEND)",
+    )
     args = parser.parse_args()
+    if args.sip_udp:
+        os.environ["SIPBRIDGE_SIP_UDP"] = args.sip_udp  # (our UAS inherits it)
+    if args.sip_udp_send:
+        os.environ["SIPBRIDGE_SIP_UDP_SEND"] = args.sip_udp_send
     if args.serve_uas:
         serve_uas(args.serve_uas, trace=not args.no_trace)
         return 0
@@ -493,7 +540,14 @@ def _line(kind: str, result: dict[str, object]) -> str:
     )
     per_call = result["cpu_ms_per_call_best_step"]
     shown = "-" if per_call is None else per_call
-    return f"{kind} {result['max_calls_per_s']:>8} {shown:>11}   {steps}"
+    socket_kind = f"  [{result['socket']}]" if "socket" in result else ""
+    counts = "; ".join(
+        f"{s['rate']}: " + ", ".join(f"{k} {v}" for k, v in s["uas"].items())  # type: ignore[attr-defined]
+        for s in result["steps"]  # type: ignore[attr-defined]
+        if s.get("uas")  # type: ignore[attr-defined]
+    )
+    counted = f"  (UAS counted {counts})" if counts else ""
+    return f"{kind} {result['max_calls_per_s']:>8} {shown:>11}   {steps}{socket_kind}{counted}"
 
 
 if __name__ == "__main__":

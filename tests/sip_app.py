@@ -84,14 +84,20 @@ async def running_app(
     *,
     batched_udp: bool | None = None,
     threaded_udp: bool | None = None,
+    early_trying: bool = False,
 ) -> AsyncIterator[tuple[SipService, int]]:
     """UDP and TCP share one port; TLS (with `tls`) gets its own free one: see `service.bound`.
-    `batched_udp`: False for the event loop's datagram endpoint even where the batched UDP
-    extension is built (server/sip/udp.py); None for the default. `threaded_udp`: the same
-    for the reader thread (server/sip/udp_thread.py)."""
+    `batched_udp`: True for the batched UDP socket where built (server/sip/udp.py), False for
+    the event loop's datagram endpoint (either: not the reader thread, unless `threaded_udp`);
+    None for the default. `threaded_udp`: the same for the reader thread
+    (server/sip/udp_thread.py, the default where built), which sends a new INVITE's 100 itself
+    only with `early_trying` (the app answers at once, so the endpoint's lazy 100 by default)."""
+    if batched_udp is not None and threaded_udp is None:
+        threaded_udp = False
     for attempt in range(5):
         ua = SipUserAgent("127.0.0.1", 0, on_invite=app.on_invite)
         service = SipService(ua)
+        service.early_trying = early_trying
         if batched_udp is not None:
             service.batched_udp = batched_udp
         if threaded_udp is not None:

@@ -3,7 +3,10 @@
  *
  * A POSIX thread that never takes the GIL blocks in poll() on the socket, reads what is there
  * with recvmmsg, and appends each datagram to a bounded queue (a full queue drops and counts,
- * as a full kernel buffer would). When the queue was left empty by the event loop, the thread
+ * as a full kernel buffer would). INVITEs fill only half of it: the other half is kept for what
+ * completes calls already under way (ACK, BYE, CANCEL, responses), so that a burst of new calls
+ * the loop cannot take at once costs retransmitted INVITEs, not established calls (shed new
+ * work first, RFC 6357 s5). When the queue was left empty by the event loop, the thread
  * writes an eventfd the loop watches (`add_reader`): one wake a batch, not a datagram. The loop
  * takes up to `max` datagrams a call (`drain`) and hands each to the SIP stack as before.
  *
@@ -21,6 +24,10 @@
  * Every branch of an INVITE read is remembered (a bounded open-addressing table of 64-bit
  * hashes, refreshed on each sighting): a retransmission is never answered here, whatever the
  * transaction has sent since; a table too full to remember a branch answers nothing.
+ *
+ * Started with `answer` false (an application that answers its INVITEs within their handling,
+ * as tests/sip_app.py's does), the thread sends no 100 at all: the loop makes each, lazily
+ * (only for an INVITE its handling left unanswered), and the thread only reads and sends.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -92,6 +99,8 @@ typedef struct {
     int need_wake;
     int margin;    /* requests the loop may have taken and not yet handled (its DRAIN) */
     int admit_all; /* no admission control: every source may be answered */
+    int answer;    /* new INVITEs are answered 100 from here at all (`start`'s `answer`) */
+    size_t queue_max; /* datagrams the queue holds (QUEUE_MAX, or fewer for tests) */
     int refusing;  /* the node refuses new calls (draining): no 100 before the loop's 503 */
     int hold;      /* the sources' table was cleared: answer nothing until the queue empties */
                    /* (and the loop took its last: the counts are then whole again) */
@@ -693,6 +702,18 @@ static void source_leave(reader *r, item *it) {
         s->waiting--;
 }
 
+static int is_invite(const item *it) {
+    return it->len > 7 && memcmp(it->data, "INVITE ", 7) == 0;
+}
+
+/* Whether the queue, holding `count` datagrams of `bytes`, has room for `it` (INVITEs: half). */
+static int room_for(const reader *r, const item *it, size_t count, size_t bytes) {
+    int invite = is_invite(it);
+    size_t most = invite ? (r->queue_max + 1) / 2 : r->queue_max;
+    size_t most_bytes = invite ? QUEUE_BYTES / 2 : QUEUE_BYTES;
+    return count < most && bytes + it->len <= most_bytes;
+}
+
 /* One datagram read: counted when an INVITE or REGISTER (what the admission control limits),
  * and answered 100 from here when it is a new INVITE to answer: 1 when its 100 went out.
  *
@@ -700,8 +721,17 @@ static void source_leave(reader *r, item *it) {
  * `margin` the loop may have taken and not yet handled, this one is within the `allowance` the
  * admission control gave it when it judged the source's last (`admit`: how many more it judges
  * before it could drop one, at the least): so no INVITE it would drop unanswered gets a 100
- * from here. A refusal or drop sets the allowance to 0. */
-static int consider(reader *r, item *it, socklen_t addrlen, double *now) {
+ * from here. A refusal or drop sets the allowance to 0.
+ *
+ * Nor does an INVITE this thread would drop itself, for a full queue: it is answered only when
+ * the queue has room for it after the `ahead` datagrams (`ahead_bytes`) read before it in the
+ * same batch (the loop only takes from the queue meanwhile, so that room is still there when
+ * the batch is queued). A UAC stops retransmitting an INVITE once it has a 100 (s17.1.1.2): one
+ * answered here and then lost would wait for its final response until its Timer B. */
+static int consider(reader *r, item *it, socklen_t addrlen, double *now, size_t ahead,
+                    size_t ahead_bytes) {
+    if (!r->answer)
+        return 0; /* the loop makes every 100 (its lazy one): nothing to count for it here */
     const char *data = it->data;
     size_t len = it->len;
     int invite = len > 7 && memcmp(data, "INVITE ", 7) == 0;
@@ -730,6 +760,7 @@ static int consider(reader *r, item *it, socklen_t addrlen, double *now) {
     int may = 0;
     if (s != NULL) {
         may = n >= 0 && !r->hold && !r->refusing &&
+              room_for(r, it, r->count + ahead, r->bytes + ahead_bytes) &&
               (r->admit_all ||
                (s->admitted && (long)s->waiting + 1 + r->margin <= (long)s->allowance));
         s->waiting++;
@@ -828,7 +859,7 @@ static void *run(void *arg) {
         double now = 0;
         item *first = NULL, *last = NULL;
         long oversized = 0, tried = 0;
-        size_t added = 0;
+        size_t added = 0, added_bytes = 0;
         for (int i = 0; i < n; i++) {
             size_t len = r->msgs[i].msg_len;
             if (r->msgs[i].msg_hdr.msg_flags & MSG_TRUNC) {
@@ -844,7 +875,7 @@ static void *run(void *arg) {
             memcpy(it->data, r->bufs[i], len);
             it->flag = 0;
             it->limited = 0;
-            it->flag = consider(r, it, r->msgs[i].msg_hdr.msg_namelen, &now);
+            it->flag = consider(r, it, r->msgs[i].msg_hdr.msg_namelen, &now, added, added_bytes);
             tried += it->flag;
             if (last)
                 last->next = it;
@@ -852,6 +883,7 @@ static void *run(void *arg) {
                 first = it;
             last = it;
             added++;
+            added_bytes += len;
         }
         int wake = 0;
         pthread_mutex_lock(&r->lock);
@@ -859,7 +891,8 @@ static void *run(void *arg) {
         r->tried += tried;
         for (item *it = first; it != NULL;) {
             item *next = it->next;
-            if (r->count >= QUEUE_MAX || r->bytes + it->len > QUEUE_BYTES) {
+            /* (one answered 100 here had its room kept by `consider`: never dropped) */
+            if (!it->flag && !room_for(r, it, r->count, r->bytes)) {
                 r->queue_full++;
                 source_leave(r, it);
                 free(it);
@@ -951,11 +984,16 @@ static void capsule_free(PyObject *capsule) {
 }
 
 static PyObject *start(PyObject *self, PyObject *args) {
-    int fd, family, margin, admit_all;
+    int fd, family, margin, admit_all, answer = 1, queue_max = QUEUE_MAX;
     const char *server;
     Py_ssize_t server_len;
-    if (!PyArg_ParseTuple(args, "iis#ip", &fd, &family, &server, &server_len, &margin, &admit_all))
+    if (!PyArg_ParseTuple(args, "iis#ip|pi", &fd, &family, &server, &server_len, &margin,
+                          &admit_all, &answer, &queue_max))
         return NULL;
+    if (queue_max < 1 || queue_max > QUEUE_MAX) {
+        PyErr_SetString(PyExc_ValueError, "queue_max is 1 to QUEUE_MAX");
+        return NULL;
+    }
     if (server_len >= SERVER_MAX || memchr(server, '\r', (size_t)server_len) ||
         memchr(server, '\n', (size_t)server_len)) {
         PyErr_SetString(PyExc_ValueError, "a server name is one short line");
@@ -968,6 +1006,8 @@ static PyObject *start(PyObject *self, PyObject *args) {
     r->family = family;
     r->margin = margin;
     r->admit_all = admit_all;
+    r->answer = answer;
+    r->queue_max = (size_t)queue_max;
     r->need_wake = 1;
     memcpy(r->server, server, (size_t)server_len);
     r->server_len = (size_t)server_len;
@@ -1226,7 +1266,9 @@ static PyObject *trying(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"start", start, METH_VARARGS,
-     "start(fd, family, server, margin, admit_all) -> reader: the thread reading `fd`"},
+     "start(fd, family, server, margin, admit_all, answer=True, queue_max=QUEUE_MAX) -> reader:\n"
+     "the thread reading `fd` (`answer` false: no 100 Trying from the thread, the loop makes\n"
+     "each; `queue_max`: datagrams waiting for the loop, at most QUEUE_MAX)"},
     {"stop", stop, METH_O, "stop(reader): the thread stopped and joined, its queue freed"},
     {"wake_fd", wake_fd, METH_O, "wake_fd(reader) -> the eventfd written when datagrams wait"},
     {"drain", drain, METH_VARARGS,

@@ -20,7 +20,7 @@ import pytest
 from sipbridge.server.sip import udp_thread
 from sipbridge.server.sip.transport import Listen, SipService
 from sipbridge.server.sip.udp_thread import ThreadedUdp, trying
-from sipbridge.server.sip.user_agent import SipUserAgent
+from sipbridge.server.sip.user_agent import IncomingCall, SipUserAgent
 from sipbridge.sip.admission import Admission
 from sipbridge.sip.endpoint import EndpointSettings, Peer, RequestReceived, SipEndpoint
 from sipbridge.sip.message import Response, parse_message
@@ -184,7 +184,7 @@ async def test_a_fresh_invite_gets_one_100_from_the_thread_and_its_retransmissio
     client: socket.socket,
 ) -> None:
     app = SilentApp(deferred=True)
-    async with running_app(app, ("udp",), threaded_udp=True) as (service, port):
+    async with running_app(app, ("udp",), threaded_udp=True, early_trying=True) as (service, port):
         assert isinstance(next(iter(service._udp.values())), ThreadedUdp)
         cport = client.getsockname()[1]
         data = invite(3, cport)
@@ -210,7 +210,7 @@ async def test_an_invite_answered_at_once_gets_the_threads_100_then_180_and_200(
     """Whichever way the loop's datagrams go out (udp_thread.SEND_ENV)."""
     monkeypatch.setenv(udp_thread.SEND_ENV, send)
     app = AnsweringApp()
-    async with running_app(app, ("udp",), threaded_udp=True) as (service, port):
+    async with running_app(app, ("udp",), threaded_udp=True, early_trying=True) as (service, port):
         udp = next(iter(service._udp.values()))
         assert isinstance(udp, ThreadedUdp) and udp.send_mode == send
         for n in range(40):  # more than one drain
@@ -222,6 +222,66 @@ async def test_an_invite_answered_at_once_gets_the_threads_100_then_180_and_200(
         assert service.endpoint.stats["trying_early"] == 40
 
 
+async def test_an_invite_answered_100_from_the_thread_is_never_dropped_for_a_full_queue(
+    client: socket.socket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A burst while the loop is busy fills the thread's queue: what does not fit is dropped
+    and counted, and gets no 100 from the thread (a UAC stops retransmitting an INVITE once it
+    has a 100, so one answered and then lost would wait for its Timer B: failed calls under
+    load). Every 100 the caller gets is for an INVITE the application saw."""
+    monkeypatch.setattr(udp_thread, "QUEUE", 64)  # (4096 in service: the same, smaller)
+    app = SilentApp(deferred=True)
+    async with running_app(app, ("udp",), threaded_udp=True, early_trying=True) as (service, port):
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        cport = client.getsockname()[1]
+        stats = service.endpoint.stats
+        sent = 400
+        for n in range(sent):  # (the loop does not run meanwhile: the queue fills up)
+            client.sendto(invite(700 + n, cport), ("127.0.0.1", port))
+        await eventually(
+            lambda: stats["received"] + stats["udp_queue_full"] == sent, "every INVITE read"
+        )
+        got: list[bytes] = []
+        await eventually(lambda: drain(client, got) >= stats["received"], "a 100 each")
+        await asyncio.sleep(0)  # (a turn of the loop: any other 100 would be sent now)
+        drain(client, got)
+        assert statuses(got) == [100] * len(got)
+        answered = {message.call_id for message in map(parse_message, got)}
+        assert len(answered) == len(got) == stats["received"] == len(app.calls)
+        assert answered == {call.request.call_id for call in app.calls}
+        assert stats["udp_queue_full"] > 0 and stats["trying_early"] > 0  # (both seen)
+
+
+async def test_a_burst_of_invites_leaves_the_queue_room_for_the_rest(
+    client: socket.socket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """New INVITEs fill only half of the thread's queue: requests that complete calls under
+    way (here OPTIONS, as ACK and BYE would) sent after a burst of them still reach the loop."""
+    monkeypatch.setattr(udp_thread, "QUEUE", 64)
+    app = SilentApp(deferred=True)
+    async with running_app(app, ("udp",), threaded_udp=True) as (service, port):
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        cport = client.getsockname()[1]
+        stats = service.endpoint.stats
+        for n in range(300):  # (the loop does not run meanwhile: the queue fills up)
+            client.sendto(invite(800 + n, cport), ("127.0.0.1", port))
+        for n in range(20):
+            client.sendto(
+                invite(900 + n, cport)
+                .replace(b"INVITE sip", b"OPTIONS sip")
+                .replace(b"1 INVITE", b"1 OPTIONS"),
+                ("127.0.0.1", port),
+            )
+        await eventually(
+            lambda: stats["received"] + stats["udp_queue_full"] == 320, "every datagram read"
+        )
+        got: list[bytes] = []
+        await eventually(lambda: drain(client, got) >= stats["received"], "every one answered")
+        answered = {m.call_id for m in map(parse_message, got) if m.cseq.method == "OPTIONS"}
+        assert answered == {f"thr-{900 + n}@127.0.0.1" for n in range(20)}
+        assert stats["udp_queue_full"] > 0 and len(app.calls) < 300  # (it was full)
+
+
 async def test_a_source_the_admission_refuses_gets_no_100_from_the_thread(
     client: socket.socket,
 ) -> None:
@@ -229,6 +289,7 @@ async def test_a_source_the_admission_refuses_gets_no_100_from_the_thread(
     ua = SipUserAgent("127.0.0.1", 0, on_invite=app.on_invite)
     service = SipService(ua, admission=Admission(rate=0.001, burst=2, drop_after=40))
     service.threaded_udp = True
+    service.early_trying = True
     ua.attach(service)
     bound = await service.listen(Listen("udp", "127.0.0.1", 0))
     try:
@@ -269,7 +330,7 @@ async def test_hostile_datagrams_are_counted_and_the_next_invite_answered(
     client: socket.socket,
 ) -> None:
     app = AnsweringApp()
-    async with running_app(app, ("udp",), threaded_udp=True) as (service, port):
+    async with running_app(app, ("udp",), threaded_udp=True, early_trying=True) as (service, port):
         cport = client.getsockname()[1]
         client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
         vias = "".join(f"Via: SIP/2.0/UDP 10.0.0.{i};branch=z9hG4bK{i}\r\n" for i in range(10))
@@ -292,6 +353,32 @@ async def test_hostile_datagrams_are_counted_and_the_next_invite_answered(
         assert service.endpoint.stats["malformed"] >= 3
 
 
+class FailingApp(AnsweringApp):
+    """Fails on one call (a bug in the application, raised out of the INVITE's handling)."""
+
+    def on_invite(self, call: IncomingCall) -> None:
+        if call.request.call_id.startswith("thr-1002@"):
+            raise RuntimeError("a bug")
+        super().on_invite(call)
+
+
+async def test_a_datagram_whose_handling_fails_leaves_the_others_handled(
+    client: socket.socket,
+) -> None:
+    """An application failing on one call leaves the rest of that drain, and the drains after
+    it, handled (the thread wakes the loop only once it emptied the queue: a drain cut short
+    that did not ask for the next would stop the socket for good). (The stack catches the
+    application's error itself; `ThreadedUdp._readable` also guards against one below it.)"""
+    app = FailingApp()
+    async with running_app(app, ("udp",), threaded_udp=True) as (_, port):
+        cport = client.getsockname()[1]
+        for n in range(100):  # (the loop does not run meanwhile: several drains' worth)
+            client.sendto(invite(1000 + n, cport), ("127.0.0.1", port))
+        got: list[bytes] = []
+        await eventually(lambda: drain(client, got) >= 99 * 2, "99 calls' 180 and 200")
+        assert len(app.calls) == 99
+
+
 def tasks_and_fds() -> tuple[int, int]:
     return len(os.listdir("/proc/self/task")), len(os.listdir("/proc/self/fd"))
 
@@ -305,21 +392,61 @@ async def test_the_thread_and_its_descriptors_go_when_the_service_closes() -> No
     await eventually(lambda: tasks_and_fds() == before, "the thread and fds gone", timeout=3)
 
 
-async def test_the_datagram_endpoint_unless_the_thread_is_asked_for(
+async def test_the_thread_by_default_unless_the_endpoint_is_asked_for(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv(udp_thread.ENV, raising=False)
-    assert not SipService(lambda service, event: None).threaded_udp
+    monkeypatch.delenv(udp_thread.SEND_ENV, raising=False)
+    assert SipService(lambda service, event: None).threaded_udp
+    async with running_app(AnsweringApp(), ("udp",)) as (service, _port):
+        udp = next(iter(service._udp.values()))
+        assert isinstance(udp, ThreadedUdp) and udp.send_mode == "thread"  # (sends: the thread's)
     monkeypatch.setenv(udp_thread.ENV, "thread")
     assert SipService(lambda service, event: None).threaded_udp
+    for other in ("endpoint", "batched"):
+        monkeypatch.setenv(udp_thread.ENV, other)
+        assert not SipService(lambda service, event: None).threaded_udp
+    monkeypatch.setenv(udp_thread.ENV, "endpoint")
+    async with running_app(AnsweringApp(), ("udp",)) as (service, _port):
+        assert not isinstance(next(iter(service._udp.values())), ThreadedUdp)
     async with running_app(AnsweringApp(), ("udp",), threaded_udp=False) as (service, _port):
         assert not isinstance(next(iter(service._udp.values())), ThreadedUdp)
+
+
+async def test_an_app_that_answers_at_once_gets_no_100_from_the_thread(
+    client: socket.socket,
+) -> None:
+    """Without `early_trying` the thread only reads and sends: an INVITE answered within its
+    handling gets 180 and 200 alone (the endpoint's lazy 100 superseded), one left unanswered
+    the loop's 100, byte for byte the same."""
+    app = AnsweringApp()
+    async with running_app(app, ("udp",), threaded_udp=True) as (service, port):
+        udp = next(iter(service._udp.values()))
+        assert isinstance(udp, ThreadedUdp) and not udp.early_trying
+        cport = client.getsockname()[1]
+        for n in range(40):  # more than one drain
+            client.sendto(invite(500 + n, cport), ("127.0.0.1", port))
+        got: list[bytes] = []
+        await eventually(lambda: drain(client, got) >= 80, "40 calls' 180 and 200")
+        await eventually(lambda: service.endpoint.stats["received"] == 40, "all handled")
+        drain(client, got)
+        assert sorted(statuses(got)) == [180] * 40 + [200] * 40
+        assert service.endpoint.stats["trying_early"] == 0
+        assert service.endpoint.stats["trying_superseded"] == 40
+    silent = SilentApp(deferred=True)
+    async with running_app(silent, ("udp",), threaded_udp=True) as (service, port):
+        data = invite(600, cport)
+        client.sendto(data, ("127.0.0.1", port))
+        got = []
+        await eventually(lambda: drain(client, got) >= 1, "the loop's 100")
+        assert got == [python_trying(data, "127.0.0.1", cport)]
+        assert service.endpoint.stats["trying_early"] == 0
 
 
 async def test_sipp_gets_the_threads_100_then_the_call_answered_later() -> None:
     """sipp's scenario expects the 100 first and fails on a missing or a second one."""
     app = AnsweringApp(deferred=True)
-    async with running_app(app, ("udp",), threaded_udp=True) as (service, port):
+    async with running_app(app, ("udp",), threaded_udp=True, early_trying=True) as (service, port):
         done = await sipp("uac_trying.xml", port, calls=20, rate=50)
         await eventually(lambda: len(app.ended) >= 20, "the app to end the 20 calls", timeout=5)
     assert done.code == 0, done.out
@@ -346,7 +473,7 @@ async def test_a_node_refusing_new_calls_gets_no_100_from_the_thread(
     have sent a 100 before it. Here the app keeps INVITEs unanswered, so Python's own 100 shows
     which INVITEs reached it and `trying_early` which were answered from the thread."""
     app = SilentApp(deferred=True)
-    async with running_app(app, ("udp",), threaded_udp=True) as (service, port):
+    async with running_app(app, ("udp",), threaded_udp=True, early_trying=True) as (service, port):
         cport = client.getsockname()[1]
         early = service.endpoint.stats
 

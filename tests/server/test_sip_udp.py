@@ -9,11 +9,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from sipbridge.server.sip import udp
+from sipbridge.server.sip import udp, udp_thread
 from sipbridge.server.sip.transport import SipService
 from sipbridge.sip.endpoint import Peer
 from sipbridge.sip.message import Request, parse_message
-from tests.harness import eventually
+from tests.harness import eventually, sipp
 from tests.sip_app import AnsweringApp, running_app
 
 BATCHED = pytest.mark.skipif(not udp.built(), reason="batched UDP is not built")
@@ -159,6 +159,23 @@ async def test_the_datagram_endpoint_unless_batched_is_asked_for_and_built(
     assert SipService(lambda service, event: None).batched_udp == udp.built()
     monkeypatch.setattr(udp, "_csipudp", None)  # as when it was not built
     assert not udp.available()
+
+
+async def test_the_datagram_endpoint_answers_where_the_reader_thread_is_not_built(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The reader thread is the default only where `_csipthr` is built: without it, the event
+    loop's datagram endpoint, answering calls as ever."""
+    monkeypatch.delenv(udp.ENV, raising=False)
+    monkeypatch.setattr(udp_thread, "_csipthr", None)  # as when it was not built
+    assert not udp_thread.available()
+    app = AnsweringApp()
+    async with running_app(app, ("udp",)) as (service, port):
+        assert not service.threaded_udp
+        assert not isinstance(first_udp(service), (udp.BatchedUdp, udp_thread.ThreadedUdp))
+        done = await sipp("uac_no_trying.xml", port, calls=3, rate=20)
+        await eventually(lambda: len(app.ended) >= 3, "the app to end the 3 calls", timeout=3)
+    assert done.code == 0, done.out
 
 
 @BATCHED

@@ -195,8 +195,11 @@ class SipService:
         self.connection_ids = itertools.count(1)
         # UDP sockets read and written in batches when the extension is built (udp.py)
         self.batched_udp = batched_udp_available()
-        # or read on a thread of their own, a new INVITE's 100 sent there (udp_thread.py)
+        # or read on a thread of their own, a new INVITE's 100 sent there (udp_thread.py; the
+        # default where built): `early_trying` False for an application that answers INVITEs
+        # within their handling, whose lazy 100 (`SipEndpoint.send_trying`) is then never sent
         self.threaded_udp = threaded_udp_available()
+        self.early_trying = True
         self._udp: dict[tuple[str, int], asyncio.DatagramTransport | BatchedUdp | ThreadedUdp] = {}
         self._udp_out: asyncio.DatagramTransport | BatchedUdp | ThreadedUdp | None = None
         self._servers: list[asyncio.Server] = []

@@ -1,4 +1,5 @@
-"""The SIP UDP sockets: the event loop's datagram endpoint, or, asked for with
+"""The SIP UDP sockets: the event loop's datagram endpoint (where udp_thread.py's reader thread,
+the default, is not built, or with `SIPBRIDGE_SIP_UDP=endpoint`), or, asked for with
 `SIPBRIDGE_SIP_UDP=batched` where `sipbridge/_csipudp.c` is built, read and written in batches.
 
 Batched, one readiness of the socket is read with one `recvmmsg` (up to 32 datagrams), each

@@ -1,13 +1,19 @@
-"""The SIP UDP socket read on a thread of its own (`sipbridge/_csipthr.c`), asked for with
-`SIPBRIDGE_SIP_UDP=thread` where it is built; the event loop's datagram endpoint otherwise.
+"""The SIP UDP socket read on a thread of its own (`sipbridge/_csipthr.c`): the default where it
+is built (`SIPBRIDGE_SIP_UDP=endpoint` asks for the event loop's datagram endpoint instead,
+`=batched` for udp.py's batches); the datagram endpoint where it is not built.
 
 A C thread blocks on the socket, reads it with `recvmmsg` into a bounded queue (full: dropped
 and counted as `udp_queue_full`) and wakes the loop through an eventfd once a batch; the loop
 takes up to DRAIN datagrams a turn (`_readable`, again on the next turn when more wait) and
-hands each to `SipService.receive` as the datagram endpoint does. Sends: what a flush produced
-goes out from the loop with one `sendmmsg` (`_csipudp.send_batch`, as `BatchedUdp`); with
-`SIPBRIDGE_SIP_UDP_SEND=thread` it is queued for the thread to send (one eventfd write when the
-queue was empty); `=each`, one `sendto` each (bench/sip.py compares them).
+hands each to `SipService.receive` as the datagram endpoint does. Sends (`SIPBRIDGE_SIP_UDP_SEND`):
+by default what a flush produced is queued for the thread to send (one eventfd write when the
+queue was empty), what a drain's datagrams produced handed over once at its end; `=batch`, it
+goes out from the loop with one `sendmmsg` (`_csipudp.send_batch`, as `BatchedUdp`); `=each`,
+one `sendto` each. Measured on the shared 2-core machine, alternated (bench/sip.py's bare UAS
+at a fixed 2,000 calls/s): 0.21-0.25 ms of CPU a call queued for the thread (the loop's own
+0.18-0.22), 0.28-0.33 with `=batch` (0.26-0.31), 0.32-0.35 on the datagram endpoint; with a
+room's calls (bench/inbound.py, shared, 250/s) the same CPU either way within the noise and
+INVITE->100 p99 2.8 ms against 4.9-24.9.
 
 The thread answers a new INVITE's 100 Trying itself, at once, before the datagram reaches the
 queue, so the 100 never waits for the loop (issue 18): only a plain INVITE outside a dialog
@@ -15,6 +21,9 @@ whose top Via branch it has not seen lately, from a source `SipService`'s admiss
 has let through and will judge again before it could drop one of its requests (`_admission`:
 after each of a source's INVITEs and REGISTERs, how many more it judges at the least; a refusal
 or a drop makes that 0).
+(Only where the service asks for it, `SipService.early_trying`: an application that answers its
+INVITEs within their handling, as tests/sip_app.py's, gets no 100 from the thread, and the
+loop's lazy one only when its handling left an INVITE unanswered.)
 Such a datagram is handed on marked (`trying_sent`): the transaction records that 100 as its
 last response, Python sends no second one, and a retransmission gets the transaction's last
 response as always. Everything else (a retransmission, anything unusual)
@@ -49,11 +58,12 @@ except ImportError:
 
 log = logging.getLogger(__name__)
 
-ENV = "SIPBRIDGE_SIP_UDP"  # "thread": this reader where built
-# How the loop's datagrams go out: "batch" (default), one sendmmsg a flush from the loop;
-# "thread", queued for the reader thread to send; "each", one sendto each from the loop.
+ENV = "SIPBRIDGE_SIP_UDP"  # "thread" or unset: this reader where built; "endpoint", "batched"
+# How the loop's datagrams go out: "thread" (default), queued for the reader thread to send;
+# "batch", one sendmmsg a flush from the loop; "each", one sendto each from the loop.
 SEND_ENV = "SIPBRIDGE_SIP_UDP_SEND"
 DRAIN = 32  # datagrams handled a turn of the loop (as libuv reads up to 32 a readiness)
+QUEUE: int | None = None  # datagrams the thread keeps for the loop (None: _csipthr.QUEUE_MAX)
 _REFUSALS = ("refused_flood", "dropped_flood", "dropped_not_allowed")
 _LIMITED = (b"INVITE ", b"REGISTER ")
 
@@ -64,8 +74,8 @@ def built() -> bool:
 
 
 def available() -> bool:
-    """Whether the SIP UDP socket is read on its own thread here (asked for, and built)."""
-    return built() and os.environ.get(ENV, "") == "thread"
+    """Whether the SIP UDP socket is read on its own thread here (built, and not opted out of)."""
+    return built() and os.environ.get(ENV, "") in ("", "thread")
 
 
 def trying(data: bytes, host: str, port: int, server: str) -> bytes | None:
@@ -83,20 +93,26 @@ class ThreadedUdp(SocketTransport):
         assert _csipthr is not None
         self._io: Any = _csipthr
         self._send: Any = _csipudp
-        self.send_mode = os.environ.get(SEND_ENV, "batch")
+        self.send_mode = os.environ.get(SEND_ENV, "thread")
         if self.send_mode == "batch" and _csipudp is None:
             self.send_mode = "each"
         super().__init__(service, sock)
         self._again: asyncio.Handle | None = None
+        # Sends queued for the thread wait for the end of the drain that produced them: one
+        # hand-over (a lock, at most one wake of the thread) per drain, not per datagram.
+        self._draining = False
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_BUFFER_BYTES)
         admission = service.endpoint.admission
+        self.early_trying = service.early_trying
         self._reader = self._io.start(
             self.fd,
             self.family,
             service.endpoint.settings.user_agent,
             DRAIN,  # (taken by the loop, not yet handled: what the thread cannot see)
             admission is None,
+            self.early_trying,
+            QUEUE or self._io.QUEUE_MAX,
         )
         self._wake_fd = self._io.wake_fd(self._reader)
         self._loop = asyncio.get_running_loop()
@@ -119,21 +135,40 @@ class ThreadedUdp(SocketTransport):
         if tried:
             stats["trying_early"] += tried
         peers = self._peers
-        watch = service.endpoint.admission is not None
+        watch = self.early_trying and service.endpoint.admission is not None
+        self._draining = self.send_mode == "thread"
+        try:
+            self._handle(datagrams, peers, watch)
+        finally:
+            if self._draining:
+                self._draining = False
+                self.flush()
+            if more and not self._closed:  # (the thread wakes the loop only once it is empty)
+                self._again = self._loop.call_soon(self._readable)
+
+    def _handle(
+        self,
+        datagrams: list[tuple[bytes, tuple[str, int], bool]],
+        peers: dict[tuple[str, int], Peer],
+        watch: bool,
+    ) -> None:
+        service = self.service
+        stats = service.endpoint.stats
         for data, addr, trying_sent in datagrams:
             peer = peers.get(addr)
             if peer is None:
                 if len(peers) >= MAX_UDP_PEERS:
                     peers.clear()
                 peer = peers[addr] = Peer("udp", addr[0], addr[1])
-            if watch and data.startswith(_LIMITED):
-                before = _refusals(stats)
-                service.receive(data, peer, trying_sent)
-                self._admission(peer.host, data, _refusals(stats) > before)
-            else:
-                service.receive(data, peer, trying_sent)
-        if more and not self._closed:
-            self._again = self._loop.call_soon(self._readable)
+            try:
+                if watch and data.startswith(_LIMITED):
+                    before = _refusals(stats)
+                    service.receive(data, peer, trying_sent)
+                    self._admission(peer.host, data, _refusals(stats) > before)
+                else:
+                    service.receive(data, peer, trying_sent)
+            except Exception:  # (as the datagram endpoint's loop would: logged, the next handled)
+                log.exception("SIP UDP: handling a datagram from %s failed", peer.host)
 
     def _admission(self, host: str, data: bytes, refused: bool) -> None:
         """Tell the thread how many more of `host`'s INVITEs and REGISTERs the admission control
@@ -152,6 +187,8 @@ class ThreadedUdp(SocketTransport):
             self._io.refuse_new(self._reader, refusing)
 
     def flush(self) -> None:
+        if self._draining:
+            return  # (at the end of the drain)
         pending = self._taken()
         if not pending:
             return
@@ -173,6 +210,7 @@ class ThreadedUdp(SocketTransport):
     def close(self) -> None:
         if self._closed:
             return
+        self._draining = False  # (closed from within a drain: its sends go now)
         self.flush()
         self._closed = True
         if self._again is not None:
