@@ -21,7 +21,7 @@ from sipbridge.sip.endpoint import EndpointSettings, Peer, SipEndpoint
 from sipbridge.sip.message import Response, parse_message
 from tests.harness import eventually
 from tests.server.test_sip_thread import SilentApp, drain, invite, python_trying
-from tests.sip_app import AnsweringApp
+from tests.sip_app import AnsweringApp, running_app
 
 pytestmark = pytest.mark.skipif(not udp_thread.built(), reason="the reader thread is not built")
 
@@ -334,3 +334,58 @@ async def merged(host: str, *, check_trying: bool) -> None:
     finally:
         client.close()
         await service.close()
+
+
+def fnv1a(data: bytes) -> int:
+    """_csipthr.c's branch hash (FNV-1a, 64 bits, unkeyed)."""
+    h = 1469598103934665603
+    for c in data:
+        h = ((h ^ c) * 1099511628211) & (2**64 - 1)
+    return h or 1
+
+
+# 33 branches whose FNV-1a falls in one slot of the thread's table of seen branches (found
+# offline by brute force over 62^4 suffixes, 2 s with numpy): 32 fill the slot's whole probe
+# window (SEEN_PROBE), the 33rd finds no room.
+SUFFIXES = (  # four characters each
+    "Kvz0Pv218e31d6c2m213qVa3stI3JMn4ncD4e1b59i36f0Q8Xlla1s1bIf2bX4ibO8zb"
+    "MBQc5WRcR74d4xod2jWdkMaft3pfCWwftKcgQFhh7UshulNhw6iiu4qi1f9kqXGk"
+)
+COLLIDING = [f"z9hG4bK-c{SUFFIXES[i : i + 4]}" for i in range(0, len(SUFFIXES), 4)]
+
+
+def test_the_colliding_branches_collide() -> None:
+    slots = {fnv1a(branch.encode()) & ((1 << 17) - 1) for branch in COLLIDING}
+    assert len(COLLIDING) == 33 and len(slots) == 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: 33 INVITEs with branches crafted against _csipthr.c's unkeyed FNV-1a (one "
+    "slot of the seen-branch table, SEEN_PROBE 32) fill a probe window; seen_mark returns -1 "
+    "and consider sets full_until = now + LINGER: the thread answers no INVITE from anyone for "
+    "64 s (every 100 then waits for the loop, issue 18's INVITE->100 p99), renewable by "
+    "sending them again. Fix: a per-reader random key in the branch hash (e.g. FNV offset "
+    "basis from getrandom, or SipHash), and on a full window evict the slot expiring first "
+    "instead of stopping all answers",
+)
+async def test_crafted_branches_do_not_stop_the_threads_100s() -> None:
+    client_host = "127.0.0.1"
+    app = SilentApp(deferred=True)
+    async with running_app(app, ("udp",), threaded_udp=True, early_trying=True) as (service, port):
+        client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            client.bind((client_host, 0))
+            client.setblocking(False)
+            cport = client.getsockname()[1]
+            stats = service.endpoint.stats
+            for n, branch in enumerate(COLLIDING):
+                client.sendto(invite(8000 + n, cport, branch=branch), (client_host, port))
+            await eventually(lambda: stats["received"] == 33, "the crafted INVITEs")
+            assert stats["trying_early"] == 32  # (the 33rd: no room in its window)
+            client.sendto(invite(8100, cport), (client_host, port))  # an ordinary new call
+            await eventually(lambda: len(app.calls) == 34, "the ordinary call")
+            # (counted at the drain that handed it over: before the application saw it)
+            assert stats["trying_early"] == 33, "no 100 from the thread for the ordinary call"
+        finally:
+            client.close()
