@@ -17,6 +17,7 @@ from sipbridge.server.sip import udp_thread
 from sipbridge.server.sip.transport import Listen, SipService
 from sipbridge.server.sip.udp_thread import ThreadedUdp, trying
 from sipbridge.server.sip.user_agent import SipUserAgent
+from sipbridge.sip.admission import Admission
 from sipbridge.sip.endpoint import EndpointSettings, Peer, SipEndpoint
 from sipbridge.sip.message import Response, parse_message
 from tests.harness import eventually
@@ -389,3 +390,81 @@ async def test_crafted_branches_do_not_stop_the_threads_100s() -> None:
             assert stats["trying_early"] == 33, "no 100 from the thread for the ordinary call"
         finally:
             client.close()
+
+
+async def test_a_dual_stack_socket_answers_an_ipv4_caller_as_python_would() -> None:
+    """Bound to "::" (IPv4 callers seen as ::ffff:a.b.c.d): the thread's 100 is the Python
+    stack's for that peer, byte for byte (its received= the mapped address, as Python's)."""
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    app = SilentApp(deferred=True)
+    ua = SipUserAgent("::", 0, on_invite=app.on_invite)
+    service = SipService(ua)
+    service.threaded_udp = True
+    service.early_trying = True
+    ua.attach(service)
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        bound = await service.listen(Listen("udp", "::", 0))
+        assert isinstance(next(iter(service._udp.values())), ThreadedUdp)
+        client.bind(("127.0.0.1", 0))
+        client.setblocking(False)
+        cport = client.getsockname()[1]
+        sent = [invite(9000 + n, cport) for n in range(3)]
+        for data in sent:
+            client.sendto(data, ("127.0.0.1", bound.port))
+        got: list[bytes] = []
+        await eventually(lambda: drain(client, got) >= 3 and len(app.calls) == 3, "3 calls")
+        assert service.endpoint.stats["trying_early"] == 3
+        assert sorted(got) == sorted(python_trying(d, "::ffff:127.0.0.1", cport) for d in sent)
+    finally:
+        client.close()
+        await service.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: 2,048 one-off sources (a datagram each starting 'INVITE ', even 8 bytes of "
+    "garbage; UDP sources are free to spoof) fill half of _csipthr.c's SOURCE_SLOTS and "
+    "source_find clears the whole table: every source's admission is forgotten (and `hold` "
+    "set), so an admitted caller's next INVITE gets no 100 from the thread, only the loop's "
+    "lazy one, until it is admitted again; repeated, the thread answers almost nothing. Fix: "
+    "evict (the least recently seen, or a slot with nothing waiting) instead of clearing, "
+    "and make a slot only for an INVITE/REGISTER that build_trying would answer",
+)
+async def test_a_flood_of_new_sources_does_not_forget_the_admitted_ones() -> None:
+    app = SilentApp(deferred=True)
+    ua = SipUserAgent("127.0.0.1", 0, on_invite=app.on_invite)
+    service = SipService(ua, admission=Admission(rate=100, burst=100, drop_after=40))
+    service.threaded_udp = True
+    service.early_trying = True
+    ua.attach(service)
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        bound = await service.listen(Listen("udp", "127.0.0.1", 0))
+        client.bind(("127.0.0.1", 0))
+        client.setblocking(False)
+        cport = client.getsockname()[1]
+        stats = service.endpoint.stats
+        target = ("127.0.0.1", bound.port)
+        client.sendto(invite(9100, cport), target)  # not yet admitted: Python's 100
+        await eventually(lambda: len(app.calls) == 1, "the first call")
+        client.sendto(invite(9101, cport), target)  # admitted: the thread's 100
+        await eventually(lambda: len(app.calls) == 2, "the second call")
+        assert stats["trying_early"] == 1
+        for n in range(2048):  # one-off sources, 127.0.8.0 to 127.0.15.255
+            spoofed = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                spoofed.bind((f"127.0.{8 + n // 256}.{n % 256}", 0))
+                spoofed.sendto(b"INVITE x", target)
+            finally:
+                spoofed.close()
+            if n % 256 == 255:
+                await eventually(lambda m=n: stats["received"] >= 3 + m, "the flood read")
+        await eventually(lambda: stats["received"] == 2 + 2048, "the flood read")
+        client.sendto(invite(9102, cport), target)
+        await eventually(lambda: len(app.calls) == 3, "the third call")
+        assert stats["trying_early"] == 2, "no 100 from the thread for the admitted caller"
+    finally:
+        client.close()
+        await service.close()
