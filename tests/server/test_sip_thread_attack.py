@@ -8,6 +8,8 @@ what was dropped. The tests marked xfail(strict) are bugs found here, described 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import socket
 from collections.abc import Iterator
 
@@ -20,7 +22,7 @@ from sipbridge.server.sip.user_agent import SipUserAgent
 from sipbridge.sip.admission import Admission
 from sipbridge.sip.endpoint import EndpointSettings, Peer, SipEndpoint
 from sipbridge.sip.message import Response, parse_message
-from tests.harness import eventually
+from tests.harness import eventually, sipp
 from tests.server.test_sip_thread import SilentApp, drain, invite, python_trying
 from tests.sip_app import AnsweringApp, running_app
 
@@ -468,3 +470,47 @@ async def test_a_flood_of_new_sources_does_not_forget_the_admitted_ones() -> Non
     finally:
         client.close()
         await service.close()
+
+
+async def test_sipp_calls_complete_while_the_storm_goes_on() -> None:
+    """sipp (uac_trying.xml: the 100 first, exactly one) places 40 calls while the hostile
+    shapes, and copies of one INVITE, go to the same port from another socket: every sipp call
+    completes, and the thread answered them."""
+    app = AnsweringApp(deferred=True)
+    async with running_app(app, ("udp",), threaded_udp=True, early_trying=True) as (service, port):
+        attacker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        attacker.bind(("127.0.0.1", 0))
+        attacker.setblocking(False)
+        aport = attacker.getsockname()[1]
+        storm = [
+            data.replace(b"thr-1", b"thr-a%d" % n)
+            for n, (_name, data) in enumerate(hostile(aport))
+            if _name != "valid"
+        ]
+        storm.append(invite(9500, aport))  # then sent again and again: copies
+        stopped = asyncio.Event()
+
+        async def attack() -> int:
+            sent = 0
+            for _round in range(200):  # (bounded: ~60 datagrams a turn, ~12,000 at most)
+                if stopped.is_set():
+                    break
+                for data in storm:
+                    with contextlib.suppress(BlockingIOError):
+                        attacker.sendto(data, ("127.0.0.1", port))
+                        sent += 1
+                drain(attacker, [])
+                await asyncio.sleep(0.01)
+            return sent
+
+        try:
+            task = asyncio.ensure_future(attack())
+            done = await sipp("uac_trying.xml", port, calls=40, rate=40)
+            stopped.set()
+            sent = await task
+            await eventually(lambda: len(app.ended) >= 40, "the app to end the 40 calls")
+        finally:
+            attacker.close()
+    assert done.code == 0, done.out
+    assert sent >= len(storm)
+    assert service.endpoint.stats["trying_early"] >= 39  # (the first may find it not admitted)
