@@ -302,7 +302,7 @@ def codes_of(datagrams: list[bytes]) -> list[int]:
     return [m.status for m in map(parse_message, datagrams) if isinstance(m, Response)]
 
 
-async def test_a_merged_invite_gets_no_100_from_the_thread_before_python_482(
+async def test_a_merged_invite_is_refused_482_and_the_first_call_kept(
     family_host: str,
 ) -> None:
     """The same INVITE (Call-ID, From tag, CSeq) on a second branch, as a fork coming back
