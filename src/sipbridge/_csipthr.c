@@ -22,8 +22,11 @@
  * it drops unanswered gets a 100 from here.
  *
  * Every branch of an INVITE read is remembered (a bounded open-addressing table of 64-bit
- * hashes, refreshed on each sighting): a retransmission is never answered here, whatever the
- * transaction has sent since; a table too full to remember a branch answers nothing.
+ * hashes keyed with a random key per reader, refreshed on each sighting): a retransmission is
+ * never answered here, whatever the transaction has sent since; a probe window too full to
+ * remember a branch evicts the branch expiring first (`seen_mark`), never stops the answers.
+ * Sources have a bounded table too (`source_find`, keyed the same): a slot is made only for a
+ * request this thread would answer, in place of one with nothing waiting when full.
  *
  * Started with `answer` false (an application that answers its INVITEs within their handling,
  * as tests/sip_app.py's does), the thread sends no 100 at all: the loop makes each, lazily
@@ -43,6 +46,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -54,9 +58,11 @@
 #define QUEUE_MAX 4096                  /* datagrams waiting for the loop */
 #define QUEUE_BYTES (8 * 1024 * 1024)   /* and their bytes */
 #define SEEN_SLOTS (1u << 17)           /* branches remembered (64-bit hashes) */
-#define SEEN_PROBE 32                   /* slots looked at for one branch */
+#define SEEN_PROBE 32                   /* slots looked at for one branch (full: one evicted) */
 #define LINGER 64.0                     /* seconds a branch is remembered after its last sighting */
-#define SOURCE_SLOTS 4096               /* sources known here (cleared when half full) */
+#define SOURCE_SLOTS 4096               /* sources known here */
+#define SOURCE_PROBE 16                 /* slots looked at for one (full: one with nothing
+                                           waiting evicted, or no slot) */
 #define MAX_VIAS 16
 #define MAX_HEADERS 128                 /* as sip/message.py */
 #define MAX_LINE 8192
@@ -69,7 +75,7 @@ typedef struct item {
     struct sockaddr_storage addr;
     size_t len;
     int flag; /* 1: its 100 Trying was sent from here */
-    int limited; /* counted in its source's `waiting` */
+    int limited; /* 1: counted in its source's `waiting`; 2: in `unslotted` */
     char data[];
 } item;
 
@@ -84,6 +90,7 @@ typedef struct {
     unsigned char addr[16];
     int waiting; /* its INVITEs and REGISTERs in the queue (answered here or not) */
     int allowance; /* how many more of those the admission control judges before it drops */
+    uint64_t last; /* when last seen (`tick`): the least recent is evicted first */
 } source_slot;
 
 typedef struct {
@@ -102,16 +109,18 @@ typedef struct {
     int answer;    /* new INVITEs are answered 100 from here at all (`start`'s `answer`) */
     size_t queue_max; /* datagrams the queue holds (QUEUE_MAX, or fewer for tests) */
     int refusing;  /* the node refuses new calls (draining): no 100 before the loop's 503 */
-    int hold;      /* the sources' table was cleared: answer nothing until the queue empties */
-                   /* (and the loop took its last: the counts are then whole again) */
     source_slot sources[SOURCE_SLOTS];
-    size_t sources_used;
+    /* INVITEs and REGISTERs waiting from sources without a slot, by the slot their source would
+     * have (`source_index`): a source is answered only when none of its slot's index waits,
+     * since its own `waiting` does not count them */
+    int unslotted[SOURCE_SLOTS];
+    uint64_t tick; /* sources seen */
     /* counters since the last drain */
     long oversized, errors, queue_full, tried;
     char server[SERVER_MAX];
     size_t server_len;
+    uint64_t key; /* the hashes' random key (getrandom at `start`) */
     /* the thread's own */
-    double full_until; /* the branch table was too full to remember one: answer nothing */
     seen_slot *seen;
     unsigned char (*bufs)[READ_SIZE];
     struct mmsghdr msgs[BATCH];
@@ -157,12 +166,21 @@ static int contains_ci(span s, const char *needle) {
     return 0;
 }
 
-static uint64_t fnv1a(const char *p, size_t n) {
-    uint64_t h = 1469598103934665603ULL;
+/* FNV-1a from `key` (a reader's random key: its offset basis), then MurmurHash3's 64-bit
+ * finalizer, so that every bit of the key and of the input reaches the low bits a table slot is
+ * taken from: without the key, branches (or sources) can be crafted offline to fall in one slot
+ * (tests/server/test_sip_thread_attack.py). Not a MAC: the hashes never leave the thread. */
+static uint64_t keyed_hash(uint64_t key, const char *p, size_t n) {
+    uint64_t h = key ^ 1469598103934665603ULL;
     for (size_t i = 0; i < n; i++) {
         h ^= (unsigned char)p[i];
         h *= 1099511628211ULL;
     }
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdULL;
+    h ^= h >> 33;
+    h *= 0xc4ceb9fe1a85ec53ULL;
+    h ^= h >> 33;
     return h ? h : 1; /* 0 marks an empty slot */
 }
 
@@ -419,11 +437,11 @@ static int digits(span s, size_t most) {
 }
 
 /* The 100 Trying for `data` (an INVITE from peer_host:peer_port) into `out`: its length, or -1
- * when this INVITE is left to Python. `branch_hash` gets the hash of the top Via branch (0 when
- * none could be found). */
+ * when this INVITE is left to Python. `branch_hash` gets the hash (keyed with `key`) of the top
+ * Via branch (0 when none could be found). */
 static long build_trying(const char *data, size_t len, const char *peer_host, int peer_port,
                          const char *server, size_t server_len, char *outp, size_t outcap,
-                         uint64_t *branch_hash) {
+                         uint64_t key, uint64_t *branch_hash) {
     *branch_hash = 0;
     if (len < 16 || len > READ_SIZE || memcmp(data, "INVITE ", 7) != 0)
         return -1;
@@ -554,7 +572,7 @@ static long build_trying(const char *data, size_t len, const char *peer_host, in
     via_parts top;
     if (cut_via(vias[0], &top) < 0)
         return -1;
-    *branch_hash = fnv1a(top.branch.p, top.branch.n);
+    *branch_hash = keyed_hash(key, top.branch.p, top.branch.n);
 
     out_buf o = {outp, 0, outcap, 0};
     puts_(&o, "SIP/2.0 100 Trying\r\n");
@@ -612,11 +630,14 @@ static double monotonic(void) {
     return (double)ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
-/* Remember `hash` until now + LINGER. 1: seen before (still remembered); 0: new, remembered;
- * -1: new, but no room to remember it (answer nothing). */
+/* Remember `hash` until now + LINGER. 1: seen before (still remembered); 0: new, remembered.
+ * A window of SEEN_PROBE slots all remembered (at 2,000 new INVITEs/s, half the table: a window
+ * full by chance is rare; crafted, the key prevents it) evicts the one expiring first: that
+ * branch, read again, would be taken for new and its 100 sent again from here, a 100 its
+ * transaction has sent already (harmless: a UAC ignores a 100 after any other response). */
 static int seen_mark(reader *r, uint64_t hash, double now) {
     size_t at = (size_t)(hash & (SEEN_SLOTS - 1));
-    seen_slot *free_slot = NULL;
+    seen_slot *free_slot = NULL, *first = NULL;
     for (int i = 0; i < SEEN_PROBE; i++) {
         seen_slot *s = &r->seen[(at + (size_t)i) & (SEEN_SLOTS - 1)];
         if (s->hash == hash && s->until >= now) {
@@ -625,16 +646,18 @@ static int seen_mark(reader *r, uint64_t hash, double now) {
         }
         if (free_slot == NULL && (s->hash == 0 || s->until < now))
             free_slot = s;
+        if (first == NULL || s->until < first->until)
+            first = s;
     }
     if (free_slot == NULL)
-        return -1;
+        free_slot = first;
     free_slot->hash = hash;
     free_slot->until = now + LINGER;
     return 0;
 }
 
-static size_t source_index(const unsigned char *addr, int family) {
-    uint64_t h = fnv1a((const char *)addr, family == AF_INET ? 4 : 16);
+static size_t source_index(const reader *r, const unsigned char *addr, int family) {
+    uint64_t h = keyed_hash(r->key, (const char *)addr, family == AF_INET ? 4 : 16);
     return (size_t)(h % SOURCE_SLOTS);
 }
 
@@ -654,52 +677,61 @@ static int addr_bytes(const struct sockaddr_storage *a, unsigned char out[16], i
     return -1;
 }
 
-/* The slot of a source, made when `add` (the table cleared first when half full: the counts of
- * what waits are gone with it, so nothing is answered until the queue has emptied). With the
- * lock held. */
-static source_slot *source_find(reader *r, const unsigned char addr[16], int family, int add) {
-    for (int round = 0; round < 2; round++) {
-        size_t at = source_index(addr, family);
-        for (size_t i = 0; i < SOURCE_SLOTS; i++) {
-            source_slot *s = &r->sources[(at + i) % SOURCE_SLOTS];
-            if (s->family == family && memcmp(s->addr, addr, 16) == 0)
-                return s;
-            if (s->family != 0)
-                continue;
-            if (!add)
-                return NULL;
-            if (r->sources_used * 2 >= SOURCE_SLOTS)
-                break;
-            memset(s, 0, sizeof(*s));
-            s->family = (unsigned char)family;
-            memcpy(s->addr, addr, 16);
-            r->sources_used++;
+/* The slot of a source among the SOURCE_PROBE from its index (`home`), made when `add`: in an
+ * empty slot, or else in place of one with nothing waiting (one not admitted first, then the
+ * least recently seen); NULL when every slot there has something waiting (whose counts must
+ * stay whole: the source then gets no slot this time). With the lock held. */
+static source_slot *source_find(reader *r, const unsigned char addr[16], int family, int add,
+                                size_t *home) {
+    size_t at = source_index(r, addr, family);
+    source_slot *empty = NULL, *victim = NULL;
+    *home = at;
+    for (size_t i = 0; i < SOURCE_PROBE; i++) {
+        source_slot *s = &r->sources[(at + i) % SOURCE_SLOTS];
+        if (s->family == family && memcmp(s->addr, addr, 16) == 0)
             return s;
+        if (s->family == 0) {
+            if (empty == NULL)
+                empty = s;
+        } else if (s->waiting == 0 &&
+                   (victim == NULL || s->admitted < victim->admitted ||
+                    (s->admitted == victim->admitted && s->last < victim->last))) {
+            victim = s;
         }
-        if (!add)
-            return NULL;
-        memset(r->sources, 0, sizeof(r->sources));
-        r->sources_used = 0;
-        r->hold = 1;
     }
-    return NULL;
+    if (!add)
+        return NULL;
+    source_slot *s = empty != NULL ? empty : victim;
+    if (s == NULL)
+        return NULL;
+    memset(s, 0, sizeof(*s));
+    s->family = (unsigned char)family;
+    memcpy(s->addr, addr, 16);
+    s->last = ++r->tick;
+    return s;
 }
 
-static source_slot *source_of(reader *r, const struct sockaddr_storage *a, int add) {
+/* The slot of a datagram's source (`source_find`); `home` SOURCE_SLOTS when it has no address
+ * a slot is kept for. */
+static source_slot *source_of(reader *r, const struct sockaddr_storage *a, int add, size_t *home) {
     unsigned char addr[16];
     int family;
+    *home = SOURCE_SLOTS;
     if (addr_bytes(a, addr, &family) < 0)
         return NULL;
-    return source_find(r, addr, family, add);
+    return source_find(r, addr, family, add, home);
 }
 
-/* An item counted in its source's `waiting` leaves the queue. With the lock held. */
+/* A limited item leaves the queue: uncounted. With the lock held. */
 static void source_leave(reader *r, item *it) {
     if (!it->limited)
         return;
-    source_slot *s = source_of(r, &it->addr, 0);
-    if (s != NULL && s->waiting > 0)
+    size_t home;
+    source_slot *s = source_of(r, &it->addr, 0, &home);
+    if (it->limited == 1 && s != NULL && s->waiting > 0)
         s->waiting--;
+    else if (it->limited == 2 && home < SOURCE_SLOTS && r->unslotted[home] > 0)
+        r->unslotted[home]--;
 }
 
 static int is_invite(const item *it) {
@@ -743,28 +775,32 @@ static int consider(reader *r, item *it, socklen_t addrlen, double *now, size_t 
     long n = -1;
     if (invite && host_text(&it->addr, host, sizeof(host), &port) == 0) {
         uint64_t hash;
-        n = build_trying(data, len, host, port, r->server, r->server_len, out, sizeof(out), &hash);
+        n = build_trying(data, len, host, port, r->server, r->server_len, out, sizeof(out),
+                         r->key, &hash);
         if (hash != 0) {
             if (*now == 0)
                 *now = monotonic();
             /* every branch read is remembered, answered or not: its retransmissions never are */
-            int seen = seen_mark(r, hash, *now);
-            if (seen < 0) /* not remembered, it could come back as new: answer nothing a while */
-                r->full_until = *now + LINGER;
-            if (seen != 0 || *now < r->full_until)
+            if (seen_mark(r, hash, *now) != 0)
                 n = -1;
         }
     }
     pthread_mutex_lock(&r->lock);
-    source_slot *s = source_of(r, &it->addr, 1);
+    /* (a slot made only for one this thread would answer: any other keeps no slot busy) */
+    size_t home;
+    source_slot *s = source_of(r, &it->addr, n >= 0, &home);
     int may = 0;
     if (s != NULL) {
-        may = n >= 0 && !r->hold && !r->refusing &&
+        may = n >= 0 && !r->refusing && r->unslotted[home] == 0 &&
               room_for(r, it, r->count + ahead, r->bytes + ahead_bytes) &&
               (r->admit_all ||
                (s->admitted && (long)s->waiting + 1 + r->margin <= (long)s->allowance));
         s->waiting++;
+        s->last = ++r->tick;
         it->limited = 1;
+    } else if (home < SOURCE_SLOTS) {
+        r->unslotted[home]++;
+        it->limited = 2;
     }
     pthread_mutex_unlock(&r->lock);
     if (!may)
@@ -1014,6 +1050,13 @@ static PyObject *start(PyObject *self, PyObject *args) {
     r->wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     r->stopfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     r->sendfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (getrandom(&r->key, sizeof(r->key), 0) != (ssize_t)sizeof(r->key)) {
+        /* (no entropy pool: the time, the pid and an address, better than no key) */
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        r->key = ((uint64_t)ts.tv_sec << 32) ^ (uint64_t)ts.tv_nsec ^ ((uint64_t)getpid() << 16) ^
+                 (uint64_t)(uintptr_t)r;
+    }
     r->seen = PyMem_RawCalloc(SEEN_SLOTS, sizeof(seen_slot));
     r->bufs = PyMem_RawMalloc((size_t)BATCH * READ_SIZE);
     if (r->wakefd < 0 || r->stopfd < 0 || r->sendfd < 0 || r->seen == NULL || r->bufs == NULL) {
@@ -1088,7 +1131,6 @@ static PyObject *drain(PyObject *self, PyObject *args) {
     int more = r->count > 0;
     if (!more) {
         r->need_wake = 1;
-        r->hold = 0;
     }
     long oversized = r->oversized, errors = r->errors + r->send_failed,
          queue_full = r->queue_full, tried = r->tried;
@@ -1226,7 +1268,8 @@ static PyObject *admit(PyObject *self, PyObject *args) {
     if (host_bytes(host, addr, &family) < 0)
         Py_RETURN_FALSE;
     pthread_mutex_lock(&r->lock);
-    source_slot *s = source_find(r, addr, family, yes);
+    size_t home;
+    source_slot *s = source_find(r, addr, family, yes, &home);
     if (s != NULL) {
         s->admitted = (unsigned char)yes;
         s->allowance = yes ? allowance : 0;
@@ -1258,7 +1301,7 @@ static PyObject *trying(PyObject *self, PyObject *args) {
     char out[OUT_SIZE];
     uint64_t hash;
     long n = build_trying(data, (size_t)len, host, port, server, (size_t)server_len, out,
-                          sizeof(out), &hash);
+                          sizeof(out), 0, &hash);
     if (n < 0)
         Py_RETURN_NONE;
     return PyBytes_FromStringAndSize(out, n);
