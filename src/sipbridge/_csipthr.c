@@ -69,6 +69,7 @@
 #define MAX_BODY 32768
 #define OUT_SIZE 16384
 #define SERVER_MAX 256
+#define MAX_URI_LENGTH 2048             /* as sip/uri.py: a longer URI is refused 400 there */
 
 typedef struct item {
     struct item *next;
@@ -221,7 +222,7 @@ static int cut_via(span v, via_parts *out) {
         i++;
         while (i < v.n && (isxdigit((unsigned char)v.p[i]) || v.p[i] == ':' || v.p[i] == '.'))
             i++;
-        if (i >= v.n || v.p[i] != ']')
+        if (i >= v.n || v.p[i] != ']' || i == start + 1) /* (`[]`: refused by the Via parser) */
             return -1;
         i++;
     } else {
@@ -316,8 +317,10 @@ static int check_host(span u) {
             at = q;
     }
     if (at != NULL) {
+        int colons = 0; /* user[:password]: parse_uri refuses a ':' in the password */
         for (const char *q = u.p; q < at; q++)
-            if (!is_uri_char((unsigned char)*q, "-_.!~*'()%&=+$,;/#:"))
+            if (!is_uri_char((unsigned char)*q, "-_.!~*'()%&=+$,;/#:") ||
+                (*q == ':' && ++colons > 1))
                 return -1;
         p = at + 1;
     }
@@ -374,7 +377,9 @@ static int check_address(span a) {
             const char *close = memchr(q + 1, '"', (size_t)(open - q - 1));
             if (close == NULL || memchr(q + 1, '\\', (size_t)(close - q - 1)))
                 return -1;
-            q = close + 1;
+            for (q = close + 1; q < open; q++) /* (after a quoted name only spaces up to '<') */
+                if (*q != ' ' && *q != '\t')
+                    return -1;
         }
         for (; q < open; q++)
             if (!is_token((unsigned char)*q) && *q != ' ' && *q != '\t')
@@ -394,6 +399,8 @@ static int check_address(span a) {
         rest = uri_end;
     }
     size_t n = (size_t)(uri_end - uri);
+    if (n > MAX_URI_LENGTH || (open == NULL && (size_t)(end - uri) > MAX_URI_LENGTH))
+        return -1; /* (parse_uri refuses a longer one; an addr-spec's parameters counted too) */
     span scheme = {uri, 0};
     const char *colon = memchr(uri, ':', n);
     if (colon == NULL)
@@ -407,10 +414,15 @@ static int check_address(span a) {
         if (*q == ' ' || *q == '\t' || *q == '"' || *q == '<' || *q == '>' || *q == ',')
             return -1;
     span after = {colon + 1, (size_t)(uri_end - colon - 1)};
-    if (span_is(scheme, "tel")) {
-        for (size_t i = 0; i < after.n; i++)
-            if (!is_uri_char((unsigned char)after.p[i], "+*#-.()") || (after.p[i] == '+' && i))
+    if (span_is(scheme, "tel")) { /* sip/uri.py's _TEL_NUMBER: \+?[0-9A-Fa-f*#\-.()pw]+ */
+        size_t i = after.n > 0 && after.p[0] == '+';
+        if (i >= after.n)
+            return -1;
+        for (; i < after.n; i++) {
+            char c = after.p[i];
+            if (!isxdigit((unsigned char)c) && !(c && strchr("*#-.()pw", c)))
                 return -1;
+        }
     } else if (check_host(after) < 0) {
         return -1;
     }
@@ -478,6 +490,8 @@ static long build_trying(const char *data, size_t len, const char *peer_host, in
     if (sp == NULL || line_end - sp != 8 || memcmp(sp, " SIP/2.0", 8) != 0)
         return -1;
     uri.n = (size_t)(sp - uri.p);
+    if (uri.n > MAX_URI_LENGTH)
+        return -1;
     if (uri.n > 4 && memcmp(uri.p, "sip:", 4) == 0) {
         if (check_host((span){uri.p + 4, uri.n - 4}) < 0)
             return -1;
