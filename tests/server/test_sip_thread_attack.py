@@ -509,14 +509,6 @@ async def test_sipp_calls_complete_while_the_storm_goes_on() -> None:
     assert service.endpoint.stats["trying_early"] >= 39  # (the first may find it not admitted)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: with the endpoint at MAX_TRANSACTIONS (100,000 in service; 3 here), a new "
-    "INVITE gets the thread's 100 and then Python's 503 'too many transactions' (wire for 5 "
-    "INVITEs: five 100s, then 503 for the 4th and 5th). As the 482 of a merged INVITE: the "
-    "thread cannot see the endpoint's state. Fix: the loop tells the thread to answer nothing "
-    "while the endpoint is near MAX_TRANSACTIONS (as refuse_new does while draining)",
-)
 async def test_no_100_from_the_thread_for_an_invite_refused_for_too_many_transactions(
     client_socket: socket.socket, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from sipbridge.server.loop_calls import remove_reader
 from sipbridge.server.sip.udp import MAX_UDP_PEERS, UDP_BUFFER_BYTES, SocketTransport
+from sipbridge.sip import endpoint as sip_endpoint
 from sipbridge.sip.endpoint import Peer
 
 if TYPE_CHECKING:
@@ -105,6 +106,8 @@ class ThreadedUdp(SocketTransport):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_BUFFER_BYTES)
         admission = service.endpoint.admission
         self.early_trying = service.early_trying
+        self._queue = QUEUE or self._io.QUEUE_MAX
+        self._refusing = self._crowded = False
         self._reader = self._io.start(
             self.fd,
             self.family,
@@ -112,8 +115,9 @@ class ThreadedUdp(SocketTransport):
             DRAIN,  # (taken by the loop, not yet handled: what the thread cannot see)
             admission is None,
             self.early_trying,
-            QUEUE or self._io.QUEUE_MAX,
+            self._queue,
         )
+        self._check_crowded()
         self._wake_fd = self._io.wake_fd(self._reader)
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self._wake_fd, self._readable)
@@ -143,6 +147,8 @@ class ThreadedUdp(SocketTransport):
             if self._draining:
                 self._draining = False
                 self.flush()
+            else:
+                self._check_crowded()
             if more and not self._closed:  # (the thread wakes the loop only once it is empty)
                 self._again = self._loop.call_soon(self._readable)
 
@@ -183,10 +189,25 @@ class ThreadedUdp(SocketTransport):
     def refuse_new(self, refusing: bool) -> None:
         """While `refusing` (the node drains: new INVITEs get 503 at once), the thread answers
         no INVITE: the 503 goes alone, as with the other sockets."""
+        self._refusing = refusing
         if not self._closed:
-            self._io.refuse_new(self._reader, refusing)
+            self._io.refuse_new(self._reader, refusing or self._crowded)
+
+    def _check_crowded(self) -> None:
+        """The thread answers no INVITE while the endpoint is near MAX_TRANSACTIONS: everything
+        the service's UDP sockets' threads may have answered and queued, or the loop taken and
+        not yet handled (QUEUE and DRAIN each), could make a transaction, and one past the
+        limit is refused 503 (its 100 from the thread would go before). Checked after each
+        drain and flush (where transactions are made); told to the thread on a change."""
+        endpoint = self.service.endpoint
+        reserve = (self._queue + DRAIN) * max(1, len(self.service._udp))
+        crowded = len(endpoint.server_transactions) + reserve >= sip_endpoint.MAX_TRANSACTIONS
+        if crowded != self._crowded and not self._closed:
+            self._crowded = crowded
+            self._io.refuse_new(self._reader, self._refusing or crowded)
 
     def flush(self) -> None:
+        self._check_crowded()
         if self._draining:
             return  # (at the end of the drain)
         pending = self._taken()
