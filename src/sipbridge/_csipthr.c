@@ -23,8 +23,10 @@
  *
  * Every branch of an INVITE read is remembered (a bounded open-addressing table of 64-bit
  * hashes keyed with a random key per reader, refreshed on each sighting): a retransmission is
- * never answered here, whatever the transaction has sent since; a probe window too full to
- * remember a branch evicts the branch expiring first (`seen_mark`), never stops the answers.
+ * never answered here, whatever the transaction has sent since; nor is an INVITE whose merge key
+ * (Call-ID, From tag, CSeq) was read on another branch (the endpoint's 482, s8.2.2.2, goes
+ * alone), remembered in the same table; a probe window too full to remember one evicts the
+ * one expiring first (`seen_mark`), never stops the answers.
  * Sources have a bounded table too (`source_find`, keyed the same): a slot is made only for a
  * request this thread would answer, in place of one with nothing waiting when full.
  *
@@ -57,7 +59,7 @@
 #define READ_SIZE 65535
 #define QUEUE_MAX 4096                  /* datagrams waiting for the loop */
 #define QUEUE_BYTES (8 * 1024 * 1024)   /* and their bytes */
-#define SEEN_SLOTS (1u << 17)           /* branches remembered (64-bit hashes) */
+#define SEEN_SLOTS (1u << 18)           /* branches and merge keys remembered (64-bit hashes) */
 #define SEEN_PROBE 32                   /* slots looked at for one branch (full: one evicted) */
 #define LINGER 64.0                     /* seconds a branch is remembered after its last sighting */
 #define SOURCE_SLOTS 4096               /* sources known here */
@@ -171,18 +173,25 @@ static int contains_ci(span s, const char *needle) {
  * finalizer, so that every bit of the key and of the input reaches the low bits a table slot is
  * taken from: without the key, branches (or sources) can be crafted offline to fall in one slot
  * (tests/server/test_sip_thread_attack.py). Not a MAC: the hashes never leave the thread. */
-static uint64_t keyed_hash(uint64_t key, const char *p, size_t n) {
-    uint64_t h = key ^ 1469598103934665603ULL;
+static uint64_t hash_add(uint64_t h, const char *p, size_t n) {
     for (size_t i = 0; i < n; i++) {
         h ^= (unsigned char)p[i];
         h *= 1099511628211ULL;
     }
+    return h;
+}
+
+static uint64_t hash_end(uint64_t h) {
     h ^= h >> 33;
     h *= 0xff51afd7ed558ccdULL;
     h ^= h >> 33;
     h *= 0xc4ceb9fe1a85ec53ULL;
     h ^= h >> 33;
     return h ? h : 1; /* 0 marks an empty slot */
+}
+
+static uint64_t keyed_hash(uint64_t key, const char *p, size_t n) {
+    return hash_end(hash_add(key ^ 1469598103934665603ULL, p, n));
 }
 
 typedef struct {
@@ -366,8 +375,9 @@ static int check_host(span u) {
 }
 
 /* A From or To value of the plainest shapes: `["display" | tokens] <uri>;params` or
- * `uri;params` (uri: sip:, sips: or tel:, without spaces, quotes, angle brackets or commas). */
-static int check_address(span a) {
+ * `uri;params` (uri: sip:, sips: or tel:, without spaces, quotes, angle brackets or commas).
+ * `params` gets the header parameters' text (`;name[=value]...`, checked). */
+static int check_address(span a, span *params) {
     const char *p = a.p, *end = a.p + a.n;
     const char *open = memchr(p, '<', a.n);
     const char *uri, *uri_end, *rest;
@@ -426,7 +436,26 @@ static int check_address(span a) {
     } else if (check_host(after) < 0) {
         return -1;
     }
+    *params = (span){rest, (size_t)(end - rest)};
     return check_params(rest, end);
+}
+
+/* The value of the first `tag` parameter (any case, as sip/headers.py's param_value) of checked
+ * `;name[=value]...` text: empty when none, or one without a value. */
+static span tag_of(span params) {
+    const char *p = params.p, *end = params.p + params.n;
+    while (p < end) {
+        const char *n0 = ++p; /* (past the ';') */
+        while (p < end && *p != ';' && *p != '=')
+            p++;
+        span name = {n0, (size_t)(p - n0)};
+        const char *v0 = p < end && *p == '=' ? p + 1 : p;
+        while (p < end && *p != ';')
+            p++;
+        if (span_is(name, "tag"))
+            return (span){v0, (size_t)(p - v0)};
+    }
+    return (span){params.p, 0};
 }
 
 /* Strip spaces and tabs at both ends, as Python's str.strip does for ASCII (other whitespace
@@ -450,11 +479,12 @@ static int digits(span s, size_t most) {
 
 /* The 100 Trying for `data` (an INVITE from peer_host:peer_port) into `out`: its length, or -1
  * when this INVITE is left to Python. `branch_hash` gets the hash (keyed with `key`) of the top
- * Via branch (0 when none could be found). */
+ * Via branch, `merge_hash` that of the endpoint's merge key (Call-ID, From tag, CSeq number and
+ * method: s8.2.2.2), each 0 when it could not be found. */
 static long build_trying(const char *data, size_t len, const char *peer_host, int peer_port,
                          const char *server, size_t server_len, char *outp, size_t outcap,
-                         uint64_t key, uint64_t *branch_hash) {
-    *branch_hash = 0;
+                         uint64_t key, uint64_t *branch_hash, uint64_t *merge_hash) {
+    *branch_hash = *merge_hash = 0;
     if (len < 16 || len > READ_SIZE || memcmp(data, "INVITE ", 7) != 0)
         return -1;
     const char *end = NULL;
@@ -552,7 +582,8 @@ static long build_trying(const char *data, size_t len, const char *peer_host, in
     }
     if (nvia == 0 || !from.p || !to.p || !call_id.p || !cseq.p)
         return -1;
-    if (check_address(from) < 0 || check_address(to) < 0)
+    span from_params, to_params;
+    if (check_address(from, &from_params) < 0 || check_address(to, &to_params) < 0)
         return -1;
     if (contains_ci(to, "tag"))
         return -1; /* a tag (or something that may be one): inside a dialog, or doubtful */
@@ -560,10 +591,11 @@ static long build_trying(const char *data, size_t len, const char *peer_host, in
         if (call_id.p[i] == ' ' || call_id.p[i] == '\t')
             return -1;
     /* CSeq: digits, spaces, INVITE */
+    unsigned long seq = 0;
     {
         size_t i = 0;
-        while (i < cseq.n && cseq.p[i] >= '0' && cseq.p[i] <= '9')
-            i++;
+        while (i < cseq.n && cseq.p[i] >= '0' && cseq.p[i] <= '9' && i < 10)
+            seq = seq * 10 + (unsigned long)(cseq.p[i++] - '0');
         if (i == 0 || i > 9 || i >= cseq.n || cseq.p[i] != ' ')
             return -1;
         while (i < cseq.n && cseq.p[i] == ' ')
@@ -587,6 +619,17 @@ static long build_trying(const char *data, size_t len, const char *peer_host, in
     if (cut_via(vias[0], &top) < 0)
         return -1;
     *branch_hash = keyed_hash(key, top.branch.p, top.branch.n);
+    {
+        /* (the CSeq's number as a value: "01" and "1" are the same request to the endpoint) */
+        char number[24];
+        int digits_n = snprintf(number, sizeof(number), "\n%lu\n", seq);
+        span tag = tag_of(from_params);
+        uint64_t h = hash_add(key ^ 1469598103934665603ULL, "merge\n", 6);
+        h = hash_add(h, call_id.p, call_id.n);
+        h = hash_add(h, number, (size_t)digits_n); /* (no Call-ID or tag holds a '\n') */
+        h = hash_add(h, tag.p, tag.n);
+        *merge_hash = hash_end(h);
+    }
 
     out_buf o = {outp, 0, outcap, 0};
     puts_(&o, "SIP/2.0 100 Trying\r\n");
@@ -645,10 +688,11 @@ static double monotonic(void) {
 }
 
 /* Remember `hash` until now + LINGER. 1: seen before (still remembered); 0: new, remembered.
- * A window of SEEN_PROBE slots all remembered (at 2,000 new INVITEs/s, half the table: a window
- * full by chance is rare; crafted, the key prevents it) evicts the one expiring first: that
- * branch, read again, would be taken for new and its 100 sent again from here, a 100 its
- * transaction has sent already (harmless: a UAC ignores a 100 after any other response). */
+ * A window of SEEN_PROBE slots all remembered (two hashes a new INVITE: at 1,000 a second for
+ * LINGER, half the table, where a full window by chance is rare; crafted, the key prevents it)
+ * evicts the one expiring first: that branch, read again, would be taken for new and its 100
+ * sent again from here, a 100 its transaction has sent already (a UAC ignores a 100 after any
+ * other response), or that merge key's fork answered 100 before its 482, as before the key. */
 static int seen_mark(reader *r, uint64_t hash, double now) {
     size_t at = (size_t)(hash & (SEEN_SLOTS - 1));
     seen_slot *free_slot = NULL, *first = NULL;
@@ -788,14 +832,18 @@ static int consider(reader *r, item *it, socklen_t addrlen, double *now, size_t 
     char out[OUT_SIZE];
     long n = -1;
     if (invite && host_text(&it->addr, host, sizeof(host), &port) == 0) {
-        uint64_t hash;
+        uint64_t hash, merge;
         n = build_trying(data, len, host, port, r->server, r->server_len, out, sizeof(out),
-                         r->key, &hash);
+                         r->key, &hash, &merge);
         if (hash != 0) {
             if (*now == 0)
                 *now = monotonic();
             /* every branch read is remembered, answered or not: its retransmissions never are */
             if (seen_mark(r, hash, *now) != 0)
+                n = -1;
+            /* and its merge key: the same request on another branch (a fork come back, which
+             * the endpoint refuses 482 while the first one's transaction lasts) never is */
+            if (merge != 0 && seen_mark(r, merge, *now) != 0)
                 n = -1;
         }
     }
@@ -1313,9 +1361,9 @@ static PyObject *trying(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "y#sis#", &data, &len, &host, &port, &server, &server_len))
         return NULL;
     char out[OUT_SIZE];
-    uint64_t hash;
+    uint64_t hash, merge;
     long n = build_trying(data, (size_t)len, host, port, server, (size_t)server_len, out,
-                          sizeof(out), 0, &hash);
+                          sizeof(out), 0, &hash, &merge);
     if (n < 0)
         Py_RETURN_NONE;
     return PyBytes_FromStringAndSize(out, n);
