@@ -1083,10 +1083,11 @@ static void capsule_free(PyObject *capsule) {
 
 static PyObject *start(PyObject *self, PyObject *args) {
     int fd, family, margin, admit_all, answer = 1, queue_max = QUEUE_MAX;
+    unsigned long long key = 0;
     const char *server;
     Py_ssize_t server_len;
-    if (!PyArg_ParseTuple(args, "iis#ip|pi", &fd, &family, &server, &server_len, &margin,
-                          &admit_all, &answer, &queue_max))
+    if (!PyArg_ParseTuple(args, "iis#ip|piK", &fd, &family, &server, &server_len, &margin,
+                          &admit_all, &answer, &queue_max, &key))
         return NULL;
     if (queue_max < 1 || queue_max > QUEUE_MAX) {
         PyErr_SetString(PyExc_ValueError, "queue_max is 1 to QUEUE_MAX");
@@ -1112,7 +1113,8 @@ static PyObject *start(PyObject *self, PyObject *args) {
     r->wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     r->stopfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     r->sendfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (getrandom(&r->key, sizeof(r->key), 0) != (ssize_t)sizeof(r->key)) {
+    r->key = (uint64_t)key;
+    if (key == 0 && getrandom(&r->key, sizeof(r->key), 0) != (ssize_t)sizeof(r->key)) {
         /* (no entropy pool: the time, the pid and an address, better than no key) */
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
@@ -1371,9 +1373,10 @@ static PyObject *trying(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"start", start, METH_VARARGS,
-     "start(fd, family, server, margin, admit_all, answer=True, queue_max=QUEUE_MAX) -> reader:\n"
-     "the thread reading `fd` (`answer` false: no 100 Trying from the thread, the loop makes\n"
-     "each; `queue_max`: datagrams waiting for the loop, at most QUEUE_MAX)"},
+     "start(fd, family, server, margin, admit_all, answer=True, queue_max=QUEUE_MAX, key=0)\n"
+     "-> reader: the thread reading `fd` (`answer` false: no 100 Trying from the thread, the\n"
+     "loop makes each; `queue_max`: datagrams waiting for the loop, at most QUEUE_MAX; `key`:\n"
+     "its hashes' key, 0 for a random one (another for tests))"},
     {"stop", stop, METH_O, "stop(reader): the thread stopped and joined, its queue freed"},
     {"wake_fd", wake_fd, METH_O, "wake_fd(reader) -> the eventfd written when datagrams wait"},
     {"drain", drain, METH_VARARGS,

@@ -413,6 +413,79 @@ async def test_crafted_branches_do_not_stop_the_threads_100s() -> None:
             client.close()
 
 
+def keyed_hash(key: int, data: bytes) -> int:
+    """_csipthr.c's keyed_hash: FNV-1a from the key, then MurmurHash3's 64-bit finalizer."""
+    mask = 2**64 - 1
+    h = key ^ 1469598103934665603
+    for c in data:
+        h = ((h ^ c) * 1099511628211) & mask
+    h ^= h >> 33
+    h = (h * 0xFF51AFD7ED558CCD) & mask
+    h ^= h >> 33
+    h = (h * 0xC4CEB9FE1A85EC53) & mask
+    h ^= h >> 33
+    return h or 1
+
+
+# 34 branches in one slot of the seen table (2^18 slots) for the key 0x5EED, found as SUFFIXES
+# (numpy over 62^4 suffixes, 1.5 s): 32 fill a probe window, the 33rd and 34th find it full.
+KEY = 0x5EED
+KEYED_SUFFIXES = (
+    "bMtxcz9TcEcsdx6Pd377eDo0fbDbgeN4gWxrhw8RhTZuh1ukjnWjjXTqj7MRk6LOk7dAl7YsoKLBpJFz"
+    "pQcCqZvDrt8vsqG7sVOKtMfOuR5vvvlSv54dwkIkwqR7wLwAxsjvxs7e"
+)
+KEYED_COLLIDING = [
+    f"z9hG4bK-e{KEYED_SUFFIXES[i : i + 4]}" for i in range(0, len(KEYED_SUFFIXES), 4)
+]
+
+
+def test_the_keyed_colliding_branches_collide() -> None:
+    slots = {keyed_hash(KEY, branch.encode()) & ((1 << 18) - 1) for branch in KEYED_COLLIDING}
+    assert len(KEYED_COLLIDING) == 34 and len(slots) == 1
+
+
+async def test_a_full_window_of_seen_branches_evicts_one_and_the_100s_go_on() -> None:
+    """A reader keyed 0x5EED (`start`'s key, for this test) given 34 INVITEs whose branches
+    fill one probe window and more, then an ordinary one: each new branch evicts the one
+    expiring first, and every INVITE is answered 100 by the thread (none stops the answers)."""
+    io = udp_thread._csipthr
+    assert io is not None
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    reader = None
+    try:
+        server.bind(("127.0.0.1", 0))
+        server.setblocking(False)
+        client.bind(("127.0.0.1", 0))
+        client.setblocking(False)
+        cport = client.getsockname()[1]
+        reader = io.start(server.fileno(), socket.AF_INET, SERVER, 0, True, True, 4096, KEY)
+        sent = [invite(8200 + n, cport, branch=b) for n, b in enumerate(KEYED_COLLIDING)]
+        sent.append(invite(8300, cport))
+        for data in sent:
+            client.sendto(data, server.getsockname())
+        read: list[bytes] = []
+        tried = 0
+
+        def take() -> bool:
+            nonlocal tried
+            datagrams, _more, _over, _errors, _full, answered = io.drain(reader, 64)
+            read.extend(data for data, _addr, _flag in datagrams)
+            tried += answered
+            return len(read) == len(sent)
+
+        await eventually(take, "the 35 INVITEs read")
+        assert tried == len(sent)
+        got: list[bytes] = []
+        await eventually(lambda: drain(client, got) >= 0 and len(got) == len(sent), "the 100s")
+        assert sorted(got) == sorted(python_trying(d, "127.0.0.1", cport) for d in sent)
+    finally:
+        if reader is not None:
+            io.stop(reader)
+        server.close()
+        client.close()
+
+
 async def test_a_dual_stack_socket_answers_an_ipv4_caller_as_python_would() -> None:
     """Bound to "::" (IPv4 callers seen as ::ffff:a.b.c.d): the thread's 100 is the Python
     stack's for that peer, byte for byte (its received= the mapped address, as Python's)."""
