@@ -748,14 +748,13 @@ static source_slot *source_find(reader *r, const unsigned char addr[16], int fam
         source_slot *s = &r->sources[(at + i) % SOURCE_SLOTS];
         if (s->family == family && memcmp(s->addr, addr, 16) == 0)
             return s;
-        if (s->family == 0) {
-            if (empty == NULL)
-                empty = s;
-        } else if (s->waiting == 0 &&
-                   (victim == NULL || s->admitted < victim->admitted ||
-                    (s->admitted == victim->admitted && s->last < victim->last))) {
-            victim = s;
+        if (s->family == 0) { /* (a slot is never emptied, only taken over: none further) */
+            empty = s;
+            break;
         }
+        if (s->waiting == 0 && (victim == NULL || s->admitted < victim->admitted ||
+                                (s->admitted == victim->admitted && s->last < victim->last)))
+            victim = s;
     }
     if (!add)
         return NULL;
