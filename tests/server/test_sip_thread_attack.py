@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -177,6 +178,16 @@ def test_the_thread_sends_no_100_for_an_invite_python_refuses_400(name: str) -> 
         assert trying(data, host, 5070, SERVER) is None, (name, host)
 
 
+def threaded_service(host: str, on_invite: Callable[..., Any]) -> SipService:
+    """A service on `host` whose UDP sockets are read by the C thread, answering 100s itself."""
+    ua = SipUserAgent(host, 0, on_invite=on_invite)
+    service = SipService(ua)
+    service.threaded_udp = True
+    service.early_trying = True
+    ua.attach(service)
+    return service
+
+
 def statuses_by_call(datagrams: list[bytes]) -> dict[str, list[int]]:
     out: dict[str, list[int]] = {}
     for data in datagrams:
@@ -204,11 +215,7 @@ async def test_a_hostile_storm_interleaved_with_calls_leaves_every_call_answered
     datagram the Python stack refuses; what could not be parsed is counted as malformed."""
     host = family_host
     app = AnsweringApp()
-    ua = SipUserAgent(host, 0, on_invite=app.on_invite)
-    service = SipService(ua)
-    service.threaded_udp = True
-    service.early_trying = True
-    ua.attach(service)
+    service = threaded_service(host, app.on_invite)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     client = socket.socket(family, socket.SOCK_DGRAM)
     try:
@@ -333,11 +340,7 @@ async def merged(
     host: str, *, check_trying: bool, rewrite: Callable[[bytes], bytes] | None = None
 ) -> None:
     app = SilentApp(deferred=True)
-    ua = SipUserAgent(host, 0, on_invite=app.on_invite)
-    service = SipService(ua)
-    service.threaded_udp = True
-    service.early_trying = True
-    ua.attach(service)
+    service = threaded_service(host, app.on_invite)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     client = socket.socket(family, socket.SOCK_DGRAM)
     try:
