@@ -92,3 +92,37 @@ async def test_the_clock_outlives_a_tick_that_raises(media: Harness) -> None:
     got = await alone.collect(0.4)
     assert len(got) >= 5  # the room still hears its frames after the fault
     assert clock.ticks - ticks >= 5
+
+
+async def test_calls_joining_one_a_turn_do_not_hold_back_the_clock_they_woke(
+    media: Harness,
+) -> None:
+    """Each join to a mixing room tells the clock again that the room mixes (`RoomAudio.changed`
+    -> `MediaClock.add`). While calls are set up one a turn (a burst of INVITEs), the tick the
+    first join woke must still run when it is due: it was cancelled and queued again behind the
+    next join every turn, and the room heard nothing until the burst was over (200-400 ms in
+    the flood test)."""
+    loop = asyncio.get_running_loop()
+    for phone in (media.phone(), media.phone()):
+        media.call(phone, room="pair")
+    clock = media.svc.clock
+    await eventually(
+        lambda: clock._handle is not None and clock._idle > 0, "the clock idle", timeout=3.0
+    )
+    ran = runs(media)
+    media.call(media.phone(), room="solo")  # alone in its room: it mixes, the clock wakes
+    (room,) = clock.rooms
+    bound = loop.time() + 5.0  # the next tick is due within 20 ms
+    ticked = loop.create_future()
+
+    def join_turn() -> None:  # what one more call joining the room does, one call a turn
+        clock.add(room)
+        if runs(media) > ran:
+            ticked.set_result(True)
+        elif loop.time() > bound:
+            ticked.set_result(False)
+        else:
+            loop.call_soon(join_turn)
+
+    loop.call_soon(join_turn)
+    assert await ticked, "the clock never ticked while calls kept joining"

@@ -315,14 +315,22 @@ class MediaClock:
 
     def _wake(self) -> None:
         """A room mixes while the clock passes idle ticks: the next tick of the grid runs (the
-        ticks gone by are passed there, in the timer's callback, not inside `add`)."""
+        ticks gone by are passed there, in the timer's callback, not inside `add`).
+
+        The timer is moved only when that is earlier than where it is. Every join to a mixing
+        room comes here again until the tick has run, and a timer cancelled and set again in
+        the past goes to the back of the loop's queue each time: a burst of calls set up one a
+        turn (`InboundCalls.invite`) kept it there for the whole burst, and every mixing room
+        went silent for it (200-400 ms of a flood; issue 17's flood test, in CI)."""
         assert self._handle is not None
-        self._handle.cancel()
         loop = asyncio.get_running_loop()
         now = loop.time()
         passed = int((now - self._next) / FRAME_S) + 1 if now >= self._next else 0
-        self._idle = min(self._idle, passed)
-        self._handle = loop.call_at(self._next + self._idle * FRAME_S, self._tick)
+        if passed >= self._idle:
+            return  # it already runs at the next tick of the grid, or before it
+        self._handle.cancel()
+        self._idle = passed
+        self._handle = loop.call_at(self._next + passed * FRAME_S, self._tick)
 
     def _pass(self, count: int, now: float) -> None:
         """`count` ticks of the grid go by without running (nothing mixed in them)."""
