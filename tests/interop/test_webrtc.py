@@ -149,7 +149,8 @@ def heard_each_other(
     # load, which one constant-lag coefficient would count as half the signal lost.
     agent_heard_phone = windows_heard(phone.reference, recording, phone.rate, recorded_rate=rate)
     phone_heard_agent = windows_heard(sent, phone_heard, 48000, recorded_rate=phone_rate)
-    assert agent_heard_phone >= 0.8, (agent_heard_phone, jitter_buffer_edits(events or []))
+    edits = ", ".join(jitter_buffer_edits(events or []))
+    assert agent_heard_phone >= 0.8, f"{agent_heard_phone}; the SDK's jitter buffer: {edits}"
     assert phone_heard_agent >= 0.8, phone_heard_agent
     return recording, rate
 
