@@ -10,7 +10,7 @@ Run it inside a network namespace (tests/netns.py; libwebrtc ignores loopback):
         [--no-auto-subscribe] \
         [--subscribe-after S] [--unsubscribe-after S] [--rpc-serve METHOD] \
         [--rpc-call ID:METHOD:PAYLOAD] [--text-topic TOPIC] [--send-text TOPIC:TEXT|@FILE] \
-        [--data-delay S] [--allow-only IDENTITY] [--two-pc] [--verbose]
+        [--data-delay S] [--allow-only IDENTITY] [--two-pc] [--stats-every S] [--verbose]
 
 It prints one JSON object per line on stdout for everything it sees, each with "event" and "t"
 (seconds since the script started):
@@ -34,6 +34,8 @@ It prints one JSON object per line on stdout for everything it sees, each with "
     recording                {identity, track_sid, path}
     first_audio_frame        {identity, track_sid, sample_rate, channels, samples}
     recording_done           {path, frames, seconds}
+    audio_stats              {packets, jitter, target_delay, buffer_delay, emitted, removed,
+                              inserted, concealed, samples}   (--stats-every)
     data_received            {identity, topic, kind, data (utf-8 or null), data_b64}
     sip_dtmf_received        {identity, code, digit}
     active_speakers_changed  {speakers: [identity...]}  (the SDK's list, loudest first)
@@ -58,6 +60,11 @@ that `publish_track` schedules (debounced 150 ms) is answered.
 through an AudioStream at 48 kHz mono into a 16-bit WAV, written as it arrives until the track is
 unsubscribed or the run ends (a killed run leaves a file with an unfinished header, which
 tests/audio.read_wav reads).
+--stats-every: every S seconds while recording, the recorded track's inbound-rtp statistics
+(its jitter buffer, libwebrtc's NetEq): packets received, the jitter, the sums over the samples
+played (`emitted`) of their target and actual delay in seconds (`target_delay`, `buffer_delay`:
+a difference of two over the difference of `emitted` is the mean over that interval), and the
+samples removed (accelerate), inserted (preemptive expand) and concealed (a packet lost or late).
 --dtmf: digits (0-9 * # A-D) sent one by one with publish_dtmf after --dtmf-delay seconds
 (counted from the end of --publish with --dtmf-after-publish: keys never cut into the signal).
 After --seconds (counted from `connected`) it disconnects and leaves with os._exit (WIRE.md s6:
@@ -307,6 +314,29 @@ class Client:
         self.recording_sid = pub.sid
         self.record_started.set()
         self.recording = asyncio.get_running_loop().create_task(self.record(track, pub, p))
+        if self.args.stats_every:
+            self.spawn(self.poll_stats(track), "stats")
+
+    async def poll_stats(self, track: Any) -> None:
+        """Every --stats-every s: the receiver's jitter-buffer statistics (inbound-rtp)."""
+        while not self.record_stop.is_set():
+            for stat in await asyncio.wait_for(track.get_stats(), 2):
+                if stat.WhichOneof("stats") != "inbound_rtp":
+                    continue
+                inbound = stat.inbound_rtp.inbound
+                emit(
+                    "audio_stats",
+                    packets=stat.inbound_rtp.received.packets_received,
+                    jitter=stat.inbound_rtp.received.jitter,
+                    target_delay=inbound.jitter_buffer_target_delay,
+                    buffer_delay=inbound.jitter_buffer_delay,
+                    emitted=inbound.jitter_buffer_emitted_count,
+                    removed=inbound.removed_samples_for_acceleration,
+                    inserted=inbound.inserted_samples_for_deceleration,
+                    concealed=inbound.concealed_samples,
+                    samples=inbound.total_samples_received,
+                )
+            await asyncio.sleep(self.args.stats_every)
 
     async def record(self, track: Any, pub: Any, p: Any) -> None:
         stream = self.rtc.AudioStream(track, sample_rate=RATE, num_channels=1)
@@ -567,6 +597,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--unsubscribe-after", type=float, help="S after subscribing: unsubscribe again")
     p.add_argument("--subscribe-identity", default="", help="record only this participant")
     p.add_argument("--connect-timeout", type=float, default=10.0, help="(10)")
+    p.add_argument("--stats-every", type=float, default=0.0, help="S: audio_stats events")
     p.add_argument("--verbose", action="store_true", help="SDK debug logs on stderr")
     args = p.parse_args(argv)
     bad = [d for d in args.dtmf.upper() if d not in DTMF_CODES]
