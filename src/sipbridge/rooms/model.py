@@ -51,16 +51,23 @@ class Participant:
     version: int = 0
     disconnect_reason: int = DisconnectReason.UNKNOWN_REASON
     client_protocol: int = 0  # its SDK's ClientInfo.client_protocol (RPC transport choice)
+    # The attributes as a message of their own, and the attributes it was made of (`to_proto`)
+    attributes_proto: tuple[dict[str, str], models.ParticipantInfo] | None = field(
+        default=None, repr=False, compare=False
+    )
 
     def to_proto(self) -> models.ParticipantInfo:
-        return models.ParticipantInfo(
+        """The participant as the protocol has it. Its attributes are merged from a message
+        made once for each set of them: a phone's 15-20 `sip.*` attributes, set key by key
+        through the map's Python `update` at every event (7-8 a call), cost 2.8 us of the
+        6.4 a message took (issue 18)."""
+        info = models.ParticipantInfo(
             sid=self.sid,
             identity=self.identity,
             name=self.name,
             kind=self.kind,  # type: ignore[arg-type]
             state=self.state,  # type: ignore[arg-type]
             metadata=self.metadata,
-            attributes=self.attributes,
             permission=self.permission,
             tracks=list(self.tracks.values()),
             joined_at=int(self.joined_at),
@@ -70,6 +77,14 @@ class Participant:
             disconnect_reason=self.disconnect_reason,  # type: ignore[arg-type]
             client_protocol=self.client_protocol,
         )
+        attributes = self.attributes
+        if attributes:
+            made = self.attributes_proto
+            if made is None or made[0] != attributes:  # (changed, even in place)
+                made = (dict(attributes), models.ParticipantInfo(attributes=attributes))
+                self.attributes_proto = made
+            info.MergeFrom(made[1])
+        return info
 
 
 ENABLED_CODECS = tuple(

@@ -26,6 +26,8 @@ READ_SIZE = 2048  # an RTP packet fits a path MTU; larger datagrams are truncate
 DRAIN_LIMIT = 64  # datagrams per busy wake-up, so one flooded socket cannot starve the loop
 BUSY_S = 0.005  # wake-ups closer than this (media comes every 20 ms) mean a queue to drain
 RECEIVE_BUFFER = 256 * 1024
+# A datagram socket, non-blocking as it is made where the system can (Linux)
+_DGRAM_NONBLOCK = socket.SOCK_DGRAM | getattr(socket, "SOCK_NONBLOCK", 0)
 
 Receiver = Callable[[bytes, tuple[str, int]], None]
 # The fast path (`media/relay.py`): (the socket's buffer, the datagram in it, source, now) ->
@@ -152,12 +154,18 @@ class MediaSocket:
     """One bound, non-blocking UDP socket delivering datagrams to `receiver`."""
 
     def __init__(
-        self, sock: socket.socket, receiver: Receiver, batch: SendBatch = _NO_BATCH, port: int = 0
+        self,
+        sock: socket.socket,
+        receiver: Receiver,
+        batch: SendBatch = _NO_BATCH,
+        port: int = 0,
+        family: int = 0,
     ) -> None:
         self.sock = sock
         self.batch = batch
         self.fd = sock.fileno()
-        self.family = int(sock.family)
+        # (given by a pool that knows it: `sock.family` builds an enum member each time)
+        self.family = family or int(sock.family)
         # the port it was bound to, when the caller knows it (a `getsockname` less per socket)
         self.port: int = port or sock.getsockname()[1]
         self.receiver = receiver
@@ -259,10 +267,7 @@ class PortPool:
         self.in_use: set[int] = set()
         self.exhausted = 0
         self.batch = _NO_BATCH  # the media clock's sends (`SendBatch`), when it has one
-
-    @property
-    def family(self) -> socket.AddressFamily:
-        return socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        self.family = socket.AF_INET6 if ":" in host else socket.AF_INET
 
     def open(self, rtp: Receiver, rtcp: Receiver | None) -> tuple[MediaSocket, MediaSocket | None]:
         """Bind an RTP socket (and the RTCP one above it unless `rtcp` is None)."""
@@ -295,18 +300,21 @@ class PortPool:
                     first.close()
                     continue
             self.in_use.add(port)
+            family = int(self.family)
             return (
-                MediaSocket(first, rtp, self.batch, port),
-                MediaSocket(second, rtcp, self.batch, port + 1)
+                MediaSocket(first, rtp, self.batch, port, family),
+                MediaSocket(second, rtcp, self.batch, port + 1, family)
                 if second is not None and rtcp is not None
                 else None,
             )
         return None
 
     def _bind(self, port: int) -> socket.socket | None:
-        sock = socket.socket(self.family, socket.SOCK_DGRAM)
+        # Non-blocking from its creation (one `ioctl` less a socket; a call opens two).
+        sock = socket.socket(self.family, _DGRAM_NONBLOCK)
         try:
-            sock.setblocking(False)
+            if _DGRAM_NONBLOCK == socket.SOCK_DGRAM:
+                sock.setblocking(False)
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
             sock.bind((self.host, port))

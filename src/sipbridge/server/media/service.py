@@ -46,7 +46,7 @@ __all__ = ["MEDIA_TIMEOUT_INITIAL_S", "MEDIA_TIMEOUT_S", "MediaService", "Negoti
 
 @dataclass(eq=False, kw_only=True)
 class Negotiated:
-    answer: sdp.SessionDescription
+    answer: sdp.SessionDescription | None  # None when asked for no port (`_choose`)
     audio: sdp.AudioAnswer
     spec: codecs.CodecSpec
     keys: SrtpKeys | None = None
@@ -99,6 +99,25 @@ class MediaService:
         session_id: int,
         keys: SrtpKeys | None = None,
     ) -> Negotiated:
+        """The choice (`_choose`) and our answer with it, on `port`."""
+        chosen = self._choose(offer, policy, keys=keys)
+        chosen.answer = sdp.build_answer(
+            offer,
+            chosen.audio,
+            address=self.address,
+            port=port,
+            session_id=session_id,
+            session_version=session_id,
+            crypto=chosen.crypto,
+        )
+        return chosen
+
+    def _choose(
+        self, offer: sdp.SessionDescription, policy: MediaPolicy, *, keys: SrtpKeys | None = None
+    ) -> Negotiated:
+        """What to answer `offer` with under `policy` (codec, SRTP keys and SDES line), without
+        the answer itself: nothing in the choice depends on the port, which a new call binds
+        once the choice says whether RTCP needs a port of its own."""
         supported = [*policy.codecs, sdp.TELEPHONE_EVENT]
         audio = sdp.negotiate_audio(
             offer,
@@ -129,17 +148,8 @@ class MediaService:
             crypto = answer_crypto(chosen, keys)
         else:
             keys = None
-        answer = sdp.build_answer(
-            offer,
-            audio,
-            address=self.address,
-            port=port,
-            session_id=session_id,
-            session_version=session_id,
-            crypto=crypto,
-        )
         return Negotiated(
-            answer=answer,
+            answer=None,
             audio=audio,
             spec=spec,
             keys=keys,
@@ -161,9 +171,10 @@ class MediaService:
         except sdp.SdpError as err:
             raise _not_acceptable(err.detail) from None
         session_id = secrets.randbelow(2**31)
-        # Negotiate once with a placeholder port to learn the codec and rtcp-mux, then bind.
+        # Choose first (the codec, and rtcp-mux: one port or two), then bind, then answer once
+        # (the answer built twice, with a placeholder port first, cost 11 us a call, issue 18).
         try:
-            trial = self._negotiate(offer, policy, port=9, session_id=session_id)
+            trial = self._choose(offer, policy)
         except _REFUSED as refused:  # (its own name: a compiled `err` has one type)
             self._count("offer_refused")
             raise _not_acceptable(refused.detail) from None
@@ -184,17 +195,19 @@ class MediaService:
             raise SipProtocolError(503, "Service Unavailable", "no free RTP port") from None
         leg.session_id = leg.session_version = session_id
         leg.keys, leg.remote_keys = trial.keys, trial.remote_keys
-        # The trial's outcome with the leg's port: the same choice, keys and SDES line (nothing
-        # in the negotiation depends on the port), so only the answer is built again.
-        answer = sdp.build_answer(
-            offer,
-            trial.audio,
-            address=self.address,
-            port=leg.port,
-            session_id=session_id,
-            session_version=session_id,
-            crypto=trial.crypto,
-        )
+        try:
+            answer = sdp.build_answer(
+                offer,
+                trial.audio,
+                address=self.address,
+                port=leg.port,
+                session_id=session_id,
+                session_version=session_id,
+                crypto=trial.crypto,
+            )
+        except BaseException:  # (a choice it cannot answer is our bug: not a leaked port)
+            self.release(leg)
+            raise
         return sdp.serialize_sdp(answer), leg
 
     def offer(
@@ -324,6 +337,7 @@ class MediaService:
             leg.srtp = None
             leg.keys = None
         answer = result.answer
+        assert answer is not None  # (`_negotiate` builds it)
         origin = answer.origin
         answer = _with_version(answer, origin, leg.session_version)
         leg.update(result.audio)

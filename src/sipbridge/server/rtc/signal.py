@@ -46,6 +46,7 @@ from sipbridge.server.rtc.session import (
     leave_message,
 )
 from sipbridge.server.rtc.session_media import SessionMedia
+from sipbridge.server.rtc.updates import ParticipantUpdates
 from sipbridge.server.rtc.writer import cork, uncork, write_messages
 from sipbridge.server.server_info import LIVEKIT_VERSION, server_info
 from sipbridge.server.state.rooms_runtime import RoomsRuntime
@@ -81,7 +82,11 @@ class SignalServer:
             self.session_media = SessionMedia(
                 runtime, media, self.sessions, leave=self._leave, on_data=self.data.receive
             )
+        # participant updates gathered over a commit, sent as it ends (rtc/updates.py)
+        sections = self.session_media.ask_for_sections if self.session_media else None
+        self.updates = ParticipantUpdates(self.sessions, sections)
         runtime.listeners.append(self.on_room_event)
+        runtime.settled.append(self.updates.flush)
         # speaker and connection-quality updates (rtc/room_stats.py)
         self.room_stats = RoomStats(runtime, media, self.sessions) if media is not None else None
 
@@ -399,30 +404,40 @@ class SignalServer:
         await write_messages(ws, outbox, transport, held)
 
     def on_room_event(self, event: ev.RoomEvent) -> None:
+        # Participant changes are gathered and sent as the commit ends (`updates`); anything
+        # else is sent after the updates gathered before it.
+        updates = self.updates
         match event:
             case ev.ParticipantLeft(room=room, participant=p):
                 session = self.sessions.get((room.name, p.identity))
                 if session is not None and p.disconnect_reason not in (
                     DisconnectReason.CLIENT_INITIATED,
                 ):
+                    updates.flush()
                     del self.sessions[(room.name, p.identity)]
                     session.send(leave_message(p.disconnect_reason))
-                self._broadcast(room.name, p, exclude=p.identity)
-                self._tracks_gone(room.name, p.identity)
+                updates.add(room.name, p, exclude=p.identity)
+                updates.sections(room.name, p.identity)  # who heard its tracks stops
             case ev.TrackPublished(room=room, participant=p):
-                self._broadcast(room.name, p)
-                if self.session_media is not None and p.kind == Kind.SIP:
+                updates.add(room.name, p)
+                if p.kind == Kind.SIP:
                     # A phone's track: every client with a peer connection needs a section.
-                    self.session_media.ask_for_sections(room.name, exclude=p.identity)
+                    updates.sections(room.name, p.identity)
             case ev.TrackUnpublished(room=room, participant=p):
-                self._broadcast(room.name, p)
-                self._tracks_gone(room.name, p.identity)
+                updates.add(room.name, p)
+                updates.sections(room.name, p.identity)  # who heard it stops
             case (
                 ev.ParticipantJoined(room=room, participant=p)
                 | ev.ParticipantUpdated(room=room, participant=p)
                 | ev.TrackMuted(room=room, participant=p)
             ):
-                self._broadcast(room.name, p)
+                updates.add(room.name, p)
+            case _:
+                updates.flush()
+                self._other_event(event)
+
+    def _other_event(self, event: ev.RoomEvent) -> None:
+        match event:
             case ev.SubscriptionChanged(room_name=room_name, subscriber_identity=identity):
                 # UpdateSubscriptions through the API (or a permission taken away): a change
                 # our media does not have yet becomes the client's choice for that track.
@@ -443,27 +458,6 @@ class SignalServer:
                     session.send(changed)
             case _:
                 pass
-
-    def _tracks_gone(self, room: str, publisher: str) -> None:
-        """A participant's track (or the participant) left: who heard it stops (in two-PC mode
-        its subscriber section goes inactive in a new offer)."""
-        if self.session_media is not None:
-            self.session_media.ask_for_sections(room, exclude=publisher)
-
-    def _broadcast(self, room: str, participant: models.ParticipantInfo, exclude: str = "") -> None:
-        if participant.permission.hidden:
-            return
-        sessions = [s for s in in_room(self.sessions, room) if s.identity != exclude]
-        if not sessions:
-            return
-        # Appended, not passed to the constructors: `participants=[...]` copies the participant
-        # into the update and `update=` copies that again (two deep copies of its attributes
-        # and tracks per event); `append` copies it once (issue 18).
-        response = rtc.SignalResponse()
-        response.update.participants.append(participant)
-        update = Encoded.of(response)
-        for session in sessions:
-            session.send(update)
 
     async def close_all(self) -> None:
         self.closing = True

@@ -26,6 +26,9 @@ class RoomsRuntime:
         self.notifier = notifier
         self.clock = clock
         self.listeners: list[Listener] = []
+        # Told when a commit has handed every event to the listeners (what they gathered over
+        # it goes out then: the signal server's participant updates, rtc/updates.py).
+        self.settled: list[Callable[[], None]] = []
         self._timer = DeadlineTimer(clock, self._on_timer)  # the rooms' closing deadlines
 
     def now(self) -> float:
@@ -39,6 +42,11 @@ class RoomsRuntime:
                     listener(event)
                 except Exception:
                     log.exception("room event listener failed on %s", type(event).__name__)
+        for settled in self.settled:
+            try:
+                settled()
+            except Exception:
+                log.exception("room commit listener failed")
         self._arm_timer()
 
     def _arm_timer(self) -> None:
