@@ -220,10 +220,13 @@ def test_repeated_lines_parse_as_the_first_and_the_kept_ones_stay_bounded() -> N
     # a line kept does not let a malformed one through after it
     with pytest.raises(SipProtocolError):
         parse_message(INVITE.replace(b"Max-Forwards: 70\r\n", b"Max-Forwards: 70\r\nbad\r\n"))
-    # a peer inventing lines: bounded
+    # a peer inventing lines: bounded, in number and in length
     for n in range(5000):
         parse_message(INVITE.replace(b"Max-Forwards: 70", b"Subject: s%d" % n))
     assert len(message_module._LINES) <= message_module._MAX_LINES
+    long = parse_message(INVITE.replace(b"Max-Forwards: 70", b"Subject: " + b"x" * 300))
+    assert long.headers.get("Subject") == "x" * 300
+    assert not any(len(line) > message_module._LINE_KEPT for line in message_module._LINES)
 
 
 def test_the_parsed_addresses_uris_and_cseqs_stay_bounded() -> None:

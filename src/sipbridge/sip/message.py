@@ -570,12 +570,11 @@ def _split_lines(head: str) -> list[str]:
     line, no leading CRLF and no line near MAX_LINE: those are split in one call; anything else
     takes `_unfold`, which handles (or refuses) each case."""
     lines = head.split("\r\n")
+    no_bare_lf = head.count("\n") == len(lines) - 1
     if (
-        head.count("\n") == len(lines) - 1
-        and lines[0]
-        and (  # no bare LF, no leading CRLF
-            len(head) <= MAX_LINE or max(map(len, lines)) <= MAX_LINE
-        )
+        no_bare_lf
+        and lines[0]  # (no leading CRLF)
+        and (len(head) <= MAX_LINE or max(map(len, lines)) <= MAX_LINE)
     ):
         # every LF ends a CRLF: a line beginning with a blank is a folded one (or the first)
         for line in lines:
@@ -662,11 +661,13 @@ def _parse_headers(lines: list[str], start: int = 0) -> Headers:
 # alone as a tuple (an index entry). Most lines of a peer's messages repeat from call to call
 # (Max-Forwards, Contact, Content-Type, Allow, User-Agent, a CSeq of "1 INVITE"...): found here
 # by one lookup instead of cut, named and stripped again, and their tuples shared. Lines of
-# the headers that differ in every call are not kept; bounded (cleared when full), so that a
-# peer inventing lines cannot grow it, only make it miss. (The tuples are typed of any length:
-# compiled, a fixed-length one is unboxed when read and boxed anew when stored.)
+# the headers that differ in every call are not kept, nor lines longer than _LINE_KEPT; bounded
+# (cleared when full: at most about 1 MB), so that a peer inventing lines cannot grow it, only
+# make it miss. (The tuples are typed of any length: compiled, a fixed-length one is unboxed
+# when read and boxed anew when stored.)
 _LINES: dict[str, tuple[tuple[str, ...], str, tuple[str, ...]]] = {}
 _MAX_LINES = 2048
+_LINE_KEPT = 256
 _VARYING = frozenset({"via", "from", "to", "call-id", "authorization", "proxy-authorization"})
 
 
@@ -688,7 +689,7 @@ def _index_lines(lines: list[str]) -> Headers:
             value = value.strip()
             item: tuple[str, ...] = (name, value)
             alone: tuple[str, ...] = (value,)
-            if key not in _VARYING:
+            if key not in _VARYING and len(line) <= _LINE_KEPT:
                 if len(seen) >= _MAX_LINES:
                     seen.clear()
                 seen[line] = (item, key, alone)
