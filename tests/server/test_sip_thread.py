@@ -282,6 +282,33 @@ async def test_a_burst_of_invites_leaves_the_queue_room_for_the_rest(
         assert stats["udp_queue_full"] > 0 and len(app.calls) < 300  # (it was full)
 
 
+async def test_a_drain_rearms_the_timers_and_hands_its_sends_over_once(
+    client: socket.socket,
+) -> None:
+    """What the loop takes from the thread's queue at once (up to DRAIN datagrams) is handled
+    as one batch: the timers re-armed and the sends handed to the thread once at its end
+    (`SipService.on_flushed`), not once a datagram; every datagram still answered."""
+    app = SilentApp(deferred=True)
+    async with running_app(app, ("udp",), threaded_udp=True) as (service, port):
+        flushes: list[int] = []
+        service.on_flushed.append(lambda: flushes.append(1))
+        cport = client.getsockname()[1]
+        stats = service.endpoint.stats
+        sent = 64
+        for n in range(sent):  # (the loop does not run meanwhile: all queued)
+            client.sendto(
+                invite(950 + n, cport)
+                .replace(b"INVITE sip", b"OPTIONS sip")
+                .replace(b"1 INVITE", b"1 OPTIONS"),
+                ("127.0.0.1", port),
+            )
+        await eventually(lambda: stats["received"] == sent, "every datagram handled")
+        got: list[bytes] = []
+        await eventually(lambda: drain(client, got) >= sent, "every one answered")
+        assert statuses(got) == [200] * sent
+        assert 1 <= len(flushes) <= sent // 4  # (one a drain: 2 when all were queued)
+
+
 async def test_a_source_the_admission_refuses_gets_no_100_from_the_thread(
     client: socket.socket,
 ) -> None:

@@ -1,7 +1,8 @@
 """The caches and fast paths of the SIP parser (issue 18): the header index and parsed-header
 memo of `Headers` (src/sipbridge/sip/message.py) answer exactly what a scan of the lines answers,
 after any edit; parameters without quotes or whitespace (src/sipbridge/sip/headers.py) parse as
-the general path parses them.
+the general path parses them; the header lines, addresses, URIs and CSeqs kept parsed are the
+same as parsed anew, and bounded.
 """
 
 from __future__ import annotations
@@ -10,10 +11,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sipbridge.sip import headers as headers_module
 from sipbridge.sip import message as message_module
+from sipbridge.sip import uri as uri_module
 from sipbridge.sip.endpoint import Peer, RequestReceived, SipEndpoint
 from sipbridge.sip.errors import SipProtocolError
-from sipbridge.sip.headers import TOKEN, _split, parse_params, split_list
+from sipbridge.sip.headers import (
+    TOKEN,
+    _split,
+    parse_address,
+    parse_cseq,
+    parse_params,
+    parse_via,
+    split_list,
+)
 from sipbridge.sip.message import (
     LIST_HEADERS,
     Headers,
@@ -189,3 +200,61 @@ def test_invented_methods_and_names_stay_bounded() -> None:
         assert isinstance(message, Request) and message.method == f"M{n}"
         assert message.headers.get(f"x-h{n}") == "70"
     assert len(message_module._METHODS) <= 64 and len(message_module._NAMES) <= 4096
+
+
+def test_repeated_lines_parse_as_the_first_and_the_kept_ones_stay_bounded() -> None:
+    # Lines seen before (all of a message but its per-call headers) come from what the first
+    # parse made: the same items and index as a first parse, in every order and repetition.
+    message_module._LINES.clear()
+    first = parse_message(INVITE)
+    again = parse_message(INVITE.replace(b"Max-Forwards: 70\r\n", b"Max-Forwards: 70\r\n" * 2))
+    fresh = message_module._index_lines([f"{n}: {v}" for n, v in again.headers.items])
+    assert again.headers.items == fresh.items and again.headers._index == fresh._index
+    assert again.headers.lines("Max-Forwards") == ("70", "70")
+    rest = list(again.headers.items)
+    rest.remove(("Max-Forwards", "70"))
+    assert first.headers.items == rest
+    assert "Max-Forwards: 70" in message_module._LINES
+    # per-call headers are not kept (they would only push the others out)
+    assert not any(line.startswith(("Via", "Call-ID", "From")) for line in message_module._LINES)
+    # a line kept does not let a malformed one through after it
+    with pytest.raises(SipProtocolError):
+        parse_message(INVITE.replace(b"Max-Forwards: 70\r\n", b"Max-Forwards: 70\r\nbad\r\n"))
+    # a peer inventing lines: bounded, in number and in length
+    for n in range(5000):
+        parse_message(INVITE.replace(b"Max-Forwards: 70", b"Subject: s%d" % n))
+    assert len(message_module._LINES) <= message_module._MAX_LINES
+    long = parse_message(INVITE.replace(b"Max-Forwards: 70", b"Subject: " + b"x" * 300))
+    assert long.headers.get("Subject") == "x" * 300
+    assert not any(len(line) > message_module._LINE_KEPT for line in message_module._LINES)
+
+
+def test_the_parsed_addresses_uris_and_cseqs_stay_bounded() -> None:
+    # every From, To and request URI different (a peer inventing them): bounded, and what is
+    # malformed is refused each time, never kept
+    for n in range(5000):
+        assert parse_address(f"<sip:u{n}@h>;tag={n}").tag == str(n)
+        assert parse_uri(f"sip:u{n}@h").user == f"u{n}"
+        assert parse_cseq(f"{n} INVITE").seq == n
+    assert len(headers_module._ADDRESSES) <= headers_module._MAX_CACHED
+    assert len(headers_module._CSEQS) <= headers_module._MAX_CACHED
+    assert len(uri_module._URIS) <= uri_module._MAX_URIS
+    for _ in range(2):
+        with pytest.raises(SipProtocolError):
+            parse_address("<sip:unterminated")
+        with pytest.raises(SipProtocolError):
+            parse_cseq("x INVITE")
+
+
+def test_a_via_host_or_port_beyond_the_plain_characters_takes_the_pattern() -> None:
+    # the plain Via's host and port are checked character by character (ASCII letters, digits,
+    # '-', '.'; ASCII digits): anything else is the pattern's to judge (here: refused)
+    for value in (
+        "SIP/2.0/UDP h\u00e9st:5060;branch=z9hG4bK1",
+        "SIP/2.0/UDP host:\uff15\uff10\uff16\uff10;branch=z9hG4bK1",  # full-width digits
+        "SIP/2.0/UDP host:\u0665;branch=z9hG4bK1",  # an Arabic-Indic digit
+    ):
+        with pytest.raises(SipProtocolError):
+            parse_via(value)
+    via = parse_via("SIP/2.0/UDP Host-1.example:5060;branch=z9hG4bK1")
+    assert (via.host, via.port, via.branch) == ("Host-1.example", 5060, "z9hG4bK1")

@@ -325,3 +325,16 @@ def test_rtp_capture_can_open_the_trace_before_the_invite() -> None:
     assert trace is not None and trace.rtp == []
     feed(traces, request("INVITE", "out@us"), 1.1, outgoing=True)
     assert traces.get("out@us", 1.2) is trace and len(trace.messages()) == 1
+
+
+def test_a_canonical_call_id_with_blanks_around_it_finds_its_call() -> None:
+    # the canonical spelling with more blanks (tab, space, a stray CR) than the one after the
+    # colon: stripped as any spelling is, so the INVITE's trace takes the BYE
+    traces = CallTraces()
+    feed(traces, request("INVITE", "b@h"), 1.0)
+    feed(traces, request("ACK", " \tb@h"), 1.0)
+    feed(traces, request("BYE", "b@h \t\r", cseq=2), 1.0)
+    feed(traces, request("INFO", "b@h ", cseq=3), 1.0)
+    trace = traces.get("b@h", 1.0)
+    assert trace is not None and len(trace.messages()) == 4
+    assert len(traces) == 1

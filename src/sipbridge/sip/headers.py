@@ -21,7 +21,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 from sipbridge.sip.errors import SipProtocolError
 from sipbridge.sip.uri import Uri, parse_uri
@@ -205,8 +204,25 @@ class Address:
         return f"{name}<{self.uri}>{format_params(self.params)}"
 
 
-@lru_cache(maxsize=4096)
+# Addresses and CSeqs parsed, by their text (bounded: cleared when full). Plain dictionaries
+# rather than `lru_cache`: compiled, a lookup here is a native one, a cached function's call a
+# generic one (the From and To of every message; issue 18).
+_ADDRESSES: dict[str, Address] = {}
+_CSEQS: dict[str, CSeq] = {}
+_MAX_CACHED = 4096
+
+
 def parse_address(value: str) -> Address:
+    address = _ADDRESSES.get(value)
+    if address is None:
+        address = _parse_address(value)
+        if len(_ADDRESSES) >= _MAX_CACHED:
+            _ADDRESSES.clear()
+        _ADDRESSES[value] = address
+    return address
+
+
+def _parse_address(value: str) -> Address:
     text = value.strip()
     if text == "*":
         return Address(uri=Uri(scheme="sip"), wildcard=True)
@@ -336,8 +352,22 @@ def parse_via(value: str) -> Via:
     return _parse_via_pattern(value)
 
 
-# What a host name or IPv4 address of a plain Via is made of (`_VIA`'s host alternative).
-_HOST_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-.")
+def _host_chars(text: str) -> bool:
+    """Whether `text` is made of what a host name or IPv4 address of a plain Via is made of
+    (`_VIA`'s host alternative: ASCII letters, digits, '-', '.'). Compiled, a loop over the
+    code points is native; `frozenset.issuperset` of a text made a set of it first."""
+    for i in range(len(text)):
+        c = ord(text[i])
+        if not (97 <= c <= 122 or 48 <= c <= 57 or 65 <= c <= 90 or c in (45, 46)):
+            return False
+    return True
+
+
+def _ascii_digits(text: str) -> bool:
+    """Whether `text` is made of ASCII digits alone (`isdigit` takes others too)."""
+    return all(48 <= ord(text[i]) <= 57 for i in range(len(text)))
+
+
 # The transports of a plain Via (RFC 3261 s20.42, RFC 7118); others take the pattern.
 _PLAIN_TRANSPORTS = frozenset(
     name for known in ("UDP", "TCP", "TLS", "SCTP", "WS", "WSS") for name in (known, known.lower())
@@ -361,11 +391,11 @@ def _parse_plain_via(value: str) -> Via | None:
     semi = value.find(";", space)
     sent_by = value[space + 1 :] if semi < 0 else value[space + 1 : semi]
     host, colon, port = sent_by.partition(":")
-    if not host or not _HOST_CHARS.issuperset(host):
+    if not host or not _host_chars(host):
         return None
     port_number: int | None = None
     if colon:
-        if not (0 < len(port) <= 5 and port.isascii() and port.isdigit()):
+        if not (0 < len(port) <= 5 and _ascii_digits(port)):
             return None
         port_number = int(port)
         if not 0 < port_number < 65536:
@@ -408,12 +438,17 @@ class CSeq:
 _CSEQ = re.compile(r"\s*([0-9]{1,10})\s+([A-Za-z0-9\-.!%*_+`'~]+)\s*")
 
 
-@lru_cache(maxsize=4096)
 def parse_cseq(value: str) -> CSeq:
-    m = _CSEQ.fullmatch(value)
-    if m is None or int(m.group(1)) >= 2**31:  # RFC 3261 s8.1.1.5: less than 2**31
-        raise _bad(f"malformed CSeq {value[:40]!r}")
-    return CSeq(int(m.group(1)), m.group(2))
+    cseq = _CSEQS.get(value)
+    if cseq is None:
+        m = _CSEQ.fullmatch(value)
+        if m is None or int(m.group(1)) >= 2**31:  # RFC 3261 s8.1.1.5: less than 2**31
+            raise _bad(f"malformed CSeq {value[:40]!r}")
+        cseq = CSeq(int(m.group(1)), m.group(2))
+        if len(_CSEQS) >= _MAX_CACHED:
+            _CSEQS.clear()
+        _CSEQS[value] = cseq
+    return cseq
 
 
 @dataclass(frozen=True, slots=True)

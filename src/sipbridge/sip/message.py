@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from sipbridge.sip.errors import SipProtocolError
 from sipbridge.sip.headers import (
@@ -570,13 +570,16 @@ def _split_lines(head: str) -> list[str]:
     line, no leading CRLF and no line near MAX_LINE: those are split in one call; anything else
     takes `_unfold`, which handles (or refuses) each case."""
     lines = head.split("\r\n")
+    no_bare_lf = head.count("\n") == len(lines) - 1
     if (
-        head.count("\n") == len(lines) - 1  # no bare LF
-        and "\n " not in head
-        and "\n\t" not in head
-        and lines[0][:1] not in ("", " ", "\t")
+        no_bare_lf
+        and lines[0]  # (no leading CRLF)
         and (len(head) <= MAX_LINE or max(map(len, lines)) <= MAX_LINE)
     ):
+        # every LF ends a CRLF: a line beginning with a blank is a folded one (or the first)
+        for line in lines:
+            if line.startswith(" ") or line.startswith("\t"):
+                return _unfold(head)
         return lines
     return _unfold(head)
 
@@ -654,25 +657,48 @@ def _parse_headers(lines: list[str], start: int = 0) -> Headers:
     return _index_lines(body)
 
 
+# Header lines seen whole -> what they parse to: the item (name, value), the key, and the value
+# alone as a tuple (an index entry). Most lines of a peer's messages repeat from call to call
+# (Max-Forwards, Contact, Content-Type, Allow, User-Agent, a CSeq of "1 INVITE"...): found here
+# by one lookup instead of cut, named and stripped again, and their tuples shared. Lines of
+# the headers that differ in every call are not kept, nor lines longer than _LINE_KEPT; bounded
+# (cleared when full: at most about 1 MB), so that a peer inventing lines cannot grow it, only
+# make it miss. (The tuples are typed of any length: compiled, a fixed-length one is unboxed
+# when read and boxed anew when stored.)
+_LINES: dict[str, tuple[tuple[str, ...], str, tuple[str, ...]]] = {}
+_MAX_LINES = 2048
+_LINE_KEPT = 256
+_VARYING = frozenset({"via", "from", "to", "call-id", "authorization", "proxy-authorization"})
+
+
 def _index_lines(lines: list[str]) -> Headers:
-    items: list[tuple[str, str]] = []
+    items: list[tuple[str, ...]] = []
     index: dict[str, tuple[str, ...]] = {}
     names = _NAMES
+    seen = _LINES
     for line in lines:
-        raw, colon, value = line.partition(":")
-        if not colon:
-            raise _bad(f"malformed header line {line[:80]!r}")
-        known = names.get(raw)
-        if known is None:
-            known = _header_name(raw, line)
-        name, key = known
-        value = value.strip()
-        items.append((name, value))
-        if key in index:
-            index[key] += (value,)
+        parsed = seen.get(line)
+        if parsed is None:
+            raw, colon, value = line.partition(":")
+            if not colon:
+                raise _bad(f"malformed header line {line[:80]!r}")
+            known = names.get(raw)
+            if known is None:
+                known = _header_name(raw, line)
+            name, key = known
+            value = value.strip()
+            item: tuple[str, ...] = (name, value)
+            alone: tuple[str, ...] = (value,)
+            if key not in _VARYING and len(line) <= _LINE_KEPT:
+                if len(seen) >= _MAX_LINES:
+                    seen.clear()
+                seen[line] = (item, key, alone)
         else:
-            index[key] = (value,)
-    return Headers(items, index)
+            item, key, alone = parsed
+        items.append(item)
+        lines_of = index.get(key)
+        index[key] = alone if lines_of is None else (*lines_of, item[1])
+    return Headers(cast(list[tuple[str, str]], items), index)
 
 
 # -- streams ------------------------------------------------------------------------------

@@ -200,6 +200,11 @@ def _traced(kept: Kept) -> TracedMessage:
     return TracedMessage(time, outgoing, transport, local, remote, data)
 
 
+def _blank(byte: int) -> bool:
+    """Whether `bytes.strip` strips this byte (ASCII whitespace)."""
+    return byte == 32 or 9 <= byte <= 13
+
+
 class CallTraces:
     """The traces of recent calls by Call-ID, least recently active first."""
 
@@ -253,7 +258,10 @@ class CallTraces:
             stop = data.find(b"\r\n", start)
             if stop < 0:
                 stop = len(data)
-            call_id = data[start:stop].strip()
+            call_id = data[start:stop]
+            # (stripped only when it needs it: a method call on bytes is a generic one, compiled)
+            if call_id and (_blank(call_id[0]) or _blank(call_id[-1])):
+                call_id = call_id.strip()
         else:  # another spelling, or the canonical one only in the body (a sipfrag)
             end = data.find(b"\r\n\r\n")
             match = _CALL_ID.search(data, 0, end if end >= 0 else len(data))

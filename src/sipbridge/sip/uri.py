@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
-from functools import lru_cache
 from urllib.parse import unquote
 
 from sipbridge.sip.errors import SipProtocolError
@@ -136,9 +135,25 @@ class Uri:
         }
 
 
-@lru_cache(maxsize=4096)
+# URIs parsed, by their text (bounded: cleared when full). A plain dictionary rather than
+# `lru_cache`: compiled, a lookup here is a native one, a cached function's call a generic one
+# (every request's URI; issue 18).
+_URIS: dict[str, Uri] = {}
+_MAX_URIS = 4096
+
+
 def parse_uri(text: str) -> Uri:
     """Parse a URI; raise `SipProtocolError(400)` on anything malformed."""
+    uri = _URIS.get(text)
+    if uri is None:
+        uri = _parse_uri(text)
+        if len(_URIS) >= _MAX_URIS:
+            _URIS.clear()
+        _URIS[text] = uri
+    return uri
+
+
+def _parse_uri(text: str) -> Uri:
     if len(text) > MAX_URI_LENGTH:
         raise _bad("URI too long")
     scheme, sep, rest = text.partition(":")

@@ -354,6 +354,15 @@ class SipService:
         """Call after the application acted outside an event (e.g. a call answered later)."""
         self._flush()
 
+    def hold_flushes(self) -> None:
+        """The messages received until `release_flushes` are one batch (a drain of a reader
+        thread's queue): the timers are re-armed and `on_flushed` runs once, at its end."""
+        self._flushing += 1
+
+    def release_flushes(self) -> None:
+        self._flushing -= 1
+        self._flush()
+
     def _local(self, peer: Peer) -> tuple[str, int]:
         """Our address for a message to or from `peer` (for its trace)."""
         if peer.transport == "udp":

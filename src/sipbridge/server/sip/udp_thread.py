@@ -140,13 +140,16 @@ class ThreadedUdp(SocketTransport):
             stats["trying_early"] += tried
         peers = self._peers
         watch = self.early_trying and service.endpoint.admission is not None
-        self._draining = self.send_mode == "thread"
+        draining = self._draining = self.send_mode == "thread"
+        if draining:
+            # the timers re-armed and the sends handed over once a drain, not once a datagram
+            service.hold_flushes()
         try:
             self._handle(datagrams, peers, watch)
         finally:
-            if self._draining:
+            if draining:
                 self._draining = False
-                self.flush()
+                service.release_flushes()  # (which runs `flush`)
             else:
                 self._check_crowded()
             if more and not self._closed:  # (the thread wakes the loop only once it is empty)

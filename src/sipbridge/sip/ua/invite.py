@@ -697,55 +697,63 @@ class InviteSession:
     ) -> None:
         """An in-dialog request whose CSeq the dialog took (s12.2.2): answered by state (see the
         module's table)."""
-        endpoint = self.agent.endpoint
         method = request.method
-
-        def respond(status: int, **headers: str) -> None:
-            response = make_response(request, status)
-            for name, value in headers.items():
-                response.headers.add(name.replace("_", "-"), value)
-            endpoint.respond(transaction, response, now)
-
+        # (each answer through `_answer`, a method: a closure here was an object made per
+        # request and a generic call per answer, compiled)
         if self.state is State.ENDING:
-            respond(200 if method == "BYE" else 481)
+            self._answer(request, transaction, now, 200 if method == "BYE" else 481)
         elif self.state is State.PROCEEDING:  # UAS, early dialog
             if method == "BYE":
-                respond(200)
+                self._answer(request, transaction, now, 200)
                 self.reject(now, 487, end_reason="bye")
             elif method == "INVITE" or (method == "UPDATE" and request.body):
-                respond(500, Retry_After=RETRY_AFTER_S)
+                self._answer(
+                    request, transaction, now, 500, header="Retry-After", value=RETRY_AFTER_S
+                )
             else:
-                respond(200 if method in IN_DIALOG_OK | {"UPDATE"} else 501)
+                status = 200 if method in IN_DIALOG_OK or method == "UPDATE" else 501
+                self._answer(request, transaction, now, status)
         elif method == "BYE":
-            respond(200)
+            self._answer(request, transaction, now, 200)
             if self._step(Input.BYE):
                 self._end("bye")
         elif method in ("INVITE", "UPDATE"):
-            self._offer(request, transaction, now, respond)
+            self._offer(request, transaction, now)
         elif method == "NOTIFY":
-            respond(200)
+            self._answer(request, transaction, now, 200)
             self._emit(NotifyReceived(session=self, request=request))
         elif method == "REFER":
-            respond(405, Allow=", ".join(endpoint.settings.allow))
+            allow = ", ".join(self.agent.endpoint.settings.allow)
+            self._answer(request, transaction, now, 405, header="Allow", value=allow)
         else:
-            respond(200 if method in IN_DIALOG_OK else 501)
+            self._answer(request, transaction, now, 200 if method in IN_DIALOG_OK else 501)
 
-    def _offer(
+    def _answer(
         self,
         request: Request,
         transaction: ServerTransaction,
         now: float,
-        respond: Callable[..., None],
+        status: int,
+        *,
+        header: str = "",
+        value: str = "",
     ) -> None:
+        """Answer a request from the peer in the dialog `status`, with one `header` if given."""
+        response = make_response(request, status)
+        if header:
+            response.headers.add(header, value)
+        self.agent.endpoint.respond(transaction, response, now)
+
+    def _offer(self, request: Request, transaction: ServerTransaction, now: float) -> None:
         invite = request.method == "INVITE"
         awaiting_ack = self.retransmitter is not None and self.retransmitter.get_timer() is not None
         unanswered = any(r.method == "INVITE" or r.body for r, _ in self._offers.values())
         if (invite and awaiting_ack) or (unanswered and (invite or request.body)):
             # s14.2: an INVITE while our 2xx to the previous one awaits its ACK; an offer while
             # the previous one is unanswered (RFC 3311 s5.2).
-            respond(500, Retry_After=RETRY_AFTER_S)
+            self._answer(request, transaction, now, 500, header="Retry-After", value=RETRY_AFTER_S)
         elif self._offer_pending_out and (invite or request.body):
-            respond(491)  # s14.1 / RFC 3311 s5.2: glare with our own offer
+            self._answer(request, transaction, now, 491)  # s14.1 / RFC 3311 s5.2: glare
         else:
             self._offers[id(request)] = (request, transaction)
             self._emit(OfferReceived(session=self, request=request))
