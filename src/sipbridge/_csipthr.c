@@ -1341,6 +1341,48 @@ static PyObject *admit(PyObject *self, PyObject *args) {
     Py_RETURN_TRUE;
 }
 
+/* The source table's own counts, for tests and metrics: (slots in use, INVITEs and REGISTERs
+ * waiting counted in a slot, those counted without one, datagrams queued). */
+static PyObject *sources(PyObject *self, PyObject *capsule) {
+    reader *r = get(capsule);
+    if (r == NULL)
+        return NULL;
+    long used = 0, waiting = 0, unslotted = 0;
+    pthread_mutex_lock(&r->lock);
+    for (size_t i = 0; i < SOURCE_SLOTS; i++) {
+        used += r->sources[i].family != 0;
+        waiting += r->sources[i].waiting;
+        unslotted += r->unslotted[i];
+    }
+    size_t queued = r->count;
+    pthread_mutex_unlock(&r->lock);
+    return Py_BuildValue("(llln)", used, waiting, unslotted, (Py_ssize_t)queued);
+}
+
+/* One source's slot: (admitted, waiting, allowance), or None when it has none. */
+static PyObject *source(PyObject *self, PyObject *args) {
+    PyObject *capsule;
+    const char *host;
+    if (!PyArg_ParseTuple(args, "Os", &capsule, &host))
+        return NULL;
+    reader *r = get(capsule);
+    if (r == NULL)
+        return NULL;
+    unsigned char addr[16];
+    int family;
+    if (host_bytes(host, addr, &family) < 0)
+        Py_RETURN_NONE;
+    pthread_mutex_lock(&r->lock);
+    size_t home;
+    source_slot *s = source_find(r, addr, family, 0, &home);
+    int admitted = s ? s->admitted : 0, waiting = s ? s->waiting : 0,
+        allowance = s ? s->allowance : 0;
+    pthread_mutex_unlock(&r->lock);
+    if (s == NULL)
+        Py_RETURN_NONE;
+    return Py_BuildValue("(iii)", admitted, waiting, allowance);
+}
+
 static PyObject *refuse_new(PyObject *self, PyObject *args) {
     PyObject *capsule;
     int refusing;
@@ -1389,6 +1431,11 @@ static PyMethodDef methods[] = {
     {"refuse_new", refuse_new, METH_VARARGS,
      "refuse_new(reader, refusing): while true, no INVITE is answered here (the loop refuses\n"
      "new calls: its 503 goes alone)"},
+    {"sources", sources, METH_O,
+     "sources(reader) -> (slots in use, limited requests queued counted in a slot, those\n"
+     "counted without one, datagrams queued): the source table's counts"},
+    {"source", source, METH_VARARGS,
+     "source(reader, host) -> (admitted, waiting, allowance) of its slot, or None"},
     {"trying", trying, METH_VARARGS,
      "trying(data, host, port, server) -> the 100 Trying this thread would send, or None"},
     {NULL, NULL, 0, NULL},
@@ -1404,7 +1451,8 @@ PyMODINIT_FUNC PyInit__csipthr(void) {
     if (m == NULL)
         return NULL;
     if (PyModule_AddIntConstant(m, "BATCH", BATCH) < 0 ||
-        PyModule_AddIntConstant(m, "QUEUE_MAX", QUEUE_MAX) < 0) {
+        PyModule_AddIntConstant(m, "QUEUE_MAX", QUEUE_MAX) < 0 ||
+        PyModule_AddIntConstant(m, "SOURCE_SLOTS", SOURCE_SLOTS) < 0) {
         Py_DECREF(m);
         return NULL;
     }
