@@ -8,9 +8,10 @@
  * the loop cannot take at once costs retransmitted INVITEs, not established calls (shed new
  * work first, RFC 6357 s5). Those this thread answers 100 (from sources the admission control
  * let through) may also use an eighth kept for them: a flood from new sources, of REGISTERs
- * or of garbage, that fills the queue does not drop them with it. When the queue was left empty by the event loop, the thread
- * writes an eventfd the loop watches (`add_reader`): one wake a batch, not a datagram. The loop
- * takes up to `max` datagrams a call (`drain`) and hands each to the SIP stack as before.
+ * or of garbage, that fills the queue does not drop them with it. When the queue was left
+ * empty by the event loop, the thread writes an eventfd the loop watches (`add_reader`): one
+ * wake a batch, not a datagram. The loop takes up to `max` datagrams a call (`drain`) and
+ * hands each to the SIP stack as before.
  *
  * A datagram that is a plain INVITE outside a dialog (no To tag), whose top Via branch this
  * thread has not seen within LINGER seconds, from a source the SIP stack's admission control has
