@@ -13,6 +13,7 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
@@ -150,6 +151,15 @@ def table(service: SipService) -> tuple[int, int, int, int]:
 def slots(service: SipService) -> int:
     """SOURCE_SLOTS: the sources the thread's table holds."""
     return int(reader_of(service)._io.SOURCE_SLOTS)
+
+
+def blocked_until(check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    """Poll `check` with the event loop blocked (the reader thread runs, the loop does not),
+    until it is true; AssertionError naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out after {timeout:g} s waiting for {what}"
+        time.sleep(0.001)
 
 
 def open_fds() -> int:
@@ -440,4 +450,41 @@ async def test_one_branch_from_a_thousand_sources_is_each_sources_own() -> None:
     finally:
         for sock in socks:
             sock.close()
+        await service.close()
+
+
+async def test_a_full_queue_keeps_room_for_an_admitted_callers_invite(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """While the loop does not run, 100 datagrams that are not INVITEs (from another source)
+    fill the thread's queue (64 here) as far as they may: 7/8 of it. An admitted caller's new
+    INVITE still has room kept for it: answered 100 by the thread at once, queued, and its
+    call completes. (Before, INVITEs had only the first half, already full: it was dropped
+    unanswered, and came back on Timer A.)"""
+    monkeypatch.setattr(udp_thread, "QUEUE", 64)
+    app = App()
+    service = threaded(app, Admission())
+    caller = None
+    other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        bound = await service.listen(Listen("udp", "127.0.0.1", 0))
+        stats = service.endpoint.stats
+        caller = Caller("127.3.0.4", ("127.0.0.1", bound.port))
+        await caller.call(0)  # (then admitted)
+        assert slot(service, caller.host) is not None
+        other.bind(("127.4.0.1", 0))
+        for n in range(100):  # (the loop does not run meanwhile: the queue fills up)
+            other.sendto(b"OPTIONS sip:x SIP/2.0\r\nX-N: %d\r\n\r\n" % n, caller.target)
+        blocked_until(lambda: table(service)[3] == 64 - 64 // 8, "as full as they may fill it")
+        caller.sock.sendto(caller.invite(1), caller.target)
+        blocked_until(lambda: caller.got(1) == [100], "the thread's 100, the loop not run")
+        await eventually(lambda: stats["trying_early"] == 1, "its INVITE handled")
+        await eventually(lambda: 200 in caller.got(1), "its 200")
+        await caller.call(2)  # (and the call after, as usual)
+        assert caller.retransmitted.get("INVITE", 0) == 0
+        assert stats["udp_queue_full"] == 100 - (64 - 64 // 8)
+    finally:
+        other.close()
+        if caller is not None:
+            caller.close()
         await service.close()
