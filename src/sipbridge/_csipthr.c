@@ -6,9 +6,12 @@
  * as a full kernel buffer would). INVITEs fill only half of it: the other half is kept for what
  * completes calls already under way (ACK, BYE, CANCEL, responses), so that a burst of new calls
  * the loop cannot take at once costs retransmitted INVITEs, not established calls (shed new
- * work first, RFC 6357 s5). When the queue was left empty by the event loop, the thread
- * writes an eventfd the loop watches (`add_reader`): one wake a batch, not a datagram. The loop
- * takes up to `max` datagrams a call (`drain`) and hands each to the SIP stack as before.
+ * work first, RFC 6357 s5). Those this thread answers 100 (from sources the admission control
+ * let through) may also use an eighth kept for them: a flood from new sources, of REGISTERs
+ * or of garbage, that fills the queue does not drop them with it. When the queue was left
+ * empty by the event loop, the thread writes an eventfd the loop watches (`add_reader`): one
+ * wake a batch, not a datagram. The loop takes up to `max` datagrams a call (`drain`) and
+ * hands each to the SIP stack as before.
  *
  * A datagram that is a plain INVITE outside a dialog (no To tag), whose top Via branch this
  * thread has not seen within LINGER seconds, from a source the SIP stack's admission control has
@@ -28,7 +31,10 @@
  * alone), remembered in the same table; a probe window too full to remember one evicts the
  * one expiring first (`seen_mark`), never stops the answers.
  * Sources have a bounded table too (`source_find`, keyed the same): a slot is made only for a
- * request this thread would answer, in place of one with nothing waiting when full.
+ * request this thread would answer, in place of one with nothing waiting when full: one not
+ * admitted first, then the one answered least lately (`answered`, aged), then the least
+ * recently seen, so that more sources than slots (a spoofed flood) push out one another before
+ * a caller whose calls this thread answers (tests/server/test_sip_thread_sources.py).
  *
  * Started with `answer` false (an application that answers its INVITEs within their handling,
  * as tests/sip_app.py's does), the thread sends no 100 at all: the loop makes each, lazily
@@ -65,6 +71,8 @@
 #define SOURCE_SLOTS 4096               /* sources known here */
 #define SOURCE_PROBE 16                 /* slots looked at for one (full: one with nothing
                                            waiting evicted, or no slot) */
+#define AGING (4 * SOURCE_SLOTS)        /* sightings between two halvings of `answered` */
+#define UNSLOTTED (1u << 20)            /* counts of sources without a slot, by their hash */
 #define MAX_VIAS 16
 #define MAX_HEADERS 128                 /* as sip/message.py */
 #define MAX_LINE 8192
@@ -93,7 +101,9 @@ typedef struct {
     unsigned char addr[16];
     int waiting; /* its INVITEs and REGISTERs in the queue (answered here or not) */
     int allowance; /* how many more of those the admission control judges before it drops */
-    uint64_t last; /* when last seen (`tick`): the least recent is evicted first */
+    int answered; /* its INVITEs answered here, halved each AGING sightings (`seen`):
+                     of the slots with nothing waiting, the fewest are evicted first */
+    uint64_t last; /* when last seen (`tick`): the least recent of those is evicted first */
 } source_slot;
 
 typedef struct {
@@ -102,7 +112,7 @@ typedef struct {
     int running;
     pthread_mutex_t lock;
     item *head, *tail;
-    size_t count, bytes;
+    size_t count, bytes, invites; /* (`invites`: of `count`, INVITEs) */
     item *out_head, *out_tail; /* datagrams to send (`send`): written by the thread */
     size_t out_count;
     long send_failed;
@@ -113,10 +123,13 @@ typedef struct {
     size_t queue_max; /* datagrams the queue holds (QUEUE_MAX, or fewer for tests) */
     int refusing;  /* the node refuses new calls (draining): no 100 before the loop's 503 */
     source_slot sources[SOURCE_SLOTS];
-    /* INVITEs and REGISTERs waiting from sources without a slot, by the slot their source would
-     * have (`source_index`): a source is answered only when none of its slot's index waits,
-     * since its own `waiting` does not count them */
-    int unslotted[SOURCE_SLOTS];
+    /* INVITEs and REGISTERs waiting from sources without a slot, by their source's hash
+     * (`source_find`'s `wide`, UNSLOTTED of them): a source is answered only when none of its
+     * hash's waits, since its own `waiting` does not count them. (By the slot's index, as
+     * first, a flood of REGISTERs or garbage from as many sources as slots kept every index
+     * counted while it waited, and no INVITE was answered here: test_sip_thread_sources.py.)
+     * At most QUEUE_MAX waiting: one source in 256 shares a count with one at the most. */
+    uint16_t *unslotted;
     uint64_t tick; /* sources seen */
     /* counters since the last drain */
     long oversized, errors, queue_full, tried;
@@ -714,9 +727,8 @@ static int seen_mark(reader *r, uint64_t hash, double now) {
     return 0;
 }
 
-static size_t source_index(const reader *r, const unsigned char *addr, int family) {
-    uint64_t h = keyed_hash(r->key, (const char *)addr, family == AF_INET ? 4 : 16);
-    return (size_t)(h % SOURCE_SLOTS);
+static uint64_t source_hash(const reader *r, const unsigned char *addr, int family) {
+    return keyed_hash(r->key, (const char *)addr, family == AF_INET ? 4 : 16);
 }
 
 /* The source's address bytes (an IPv4-mapped IPv6 address as seen, as its text says). */
@@ -735,15 +747,29 @@ static int addr_bytes(const struct sockaddr_storage *a, unsigned char out[16], i
     return -1;
 }
 
-/* The slot of a source among the SOURCE_PROBE from its index (`home`), made when `add`: in an
- * empty slot, or else in place of one with nothing waiting (one not admitted first, then the
- * least recently seen); NULL when every slot there has something waiting (whose counts must
- * stay whole: the source then gets no slot this time). With the lock held. */
+/* One more source sighting (`tick`): every AGING of them, each slot's `answered` halved, so
+ * that a caller answered often lately outlasts a flood of sources seen once or twice (each
+ * one's slot taken over first), and one no longer calling does not keep its slot for ever.
+ * (Halved each SOURCE_SLOTS sightings, a flood of 12,000 sources at 10,000 a second aged a
+ * caller placing 4 calls a second down to their 1 or 2, and the least recently seen went.) */
+static uint64_t seen(reader *r) {
+    if (++r->tick % AGING == 0)
+        for (size_t i = 0; i < SOURCE_SLOTS; i++)
+            r->sources[i].answered /= 2;
+    return r->tick;
+}
+
+/* The slot of a source among the SOURCE_PROBE from its index, made when `add`: in an empty
+ * slot, or else in place of one with nothing waiting (one not admitted first, then the one
+ * answered least lately, then the least recently seen); NULL when every slot there has
+ * something waiting (whose counts must stay whole: the source then gets no slot this time).
+ * `wide` gets its `unslotted` index. With the lock held. */
 static source_slot *source_find(reader *r, const unsigned char addr[16], int family, int add,
-                                size_t *home) {
-    size_t at = source_index(r, addr, family);
+                                size_t *wide) {
+    uint64_t h = source_hash(r, addr, family);
+    size_t at = (size_t)(h % SOURCE_SLOTS);
     source_slot *empty = NULL, *victim = NULL;
-    *home = at;
+    *wide = (size_t)(h >> 40) & (UNSLOTTED - 1);
     for (size_t i = 0; i < SOURCE_PROBE; i++) {
         source_slot *s = &r->sources[(at + i) % SOURCE_SLOTS];
         if (s->family == family && memcmp(s->addr, addr, 16) == 0)
@@ -753,7 +779,9 @@ static source_slot *source_find(reader *r, const unsigned char addr[16], int fam
             break;
         }
         if (s->waiting == 0 && (victim == NULL || s->admitted < victim->admitted ||
-                                (s->admitted == victim->admitted && s->last < victim->last)))
+                                (s->admitted == victim->admitted &&
+                                 (s->answered < victim->answered ||
+                                  (s->answered == victim->answered && s->last < victim->last)))))
             victim = s;
     }
     if (!add)
@@ -764,16 +792,16 @@ static source_slot *source_find(reader *r, const unsigned char addr[16], int fam
     memset(s, 0, sizeof(*s));
     s->family = (unsigned char)family;
     memcpy(s->addr, addr, 16);
-    s->last = ++r->tick;
+    s->last = seen(r);
     return s;
 }
 
-/* The slot of a datagram's source (`source_find`); `home` SOURCE_SLOTS when it has no address
+/* The slot of a datagram's source (`source_find`); `home` UNSLOTTED when it has no address
  * a slot is kept for. */
 static source_slot *source_of(reader *r, const struct sockaddr_storage *a, int add, size_t *home) {
     unsigned char addr[16];
     int family;
-    *home = SOURCE_SLOTS;
+    *home = UNSLOTTED;
     if (addr_bytes(a, addr, &family) < 0)
         return NULL;
     return source_find(r, addr, family, add, home);
@@ -787,7 +815,7 @@ static void source_leave(reader *r, item *it) {
     source_slot *s = source_of(r, &it->addr, 0, &home);
     if (it->limited == 1 && s != NULL && s->waiting > 0)
         s->waiting--;
-    else if (it->limited == 2 && home < SOURCE_SLOTS && r->unslotted[home] > 0)
+    else if (it->limited == 2 && home < UNSLOTTED && r->unslotted[home] > 0)
         r->unslotted[home]--;
 }
 
@@ -795,12 +823,21 @@ static int is_invite(const item *it) {
     return it->len > 7 && memcmp(it->data, "INVITE ", 7) == 0;
 }
 
-/* Whether the queue, holding `count` datagrams of `bytes`, has room for `it` (INVITEs: half). */
-static int room_for(const reader *r, const item *it, size_t count, size_t bytes) {
-    int invite = is_invite(it);
-    size_t most = invite ? (r->queue_max + 1) / 2 : r->queue_max;
-    size_t most_bytes = invite ? QUEUE_BYTES / 2 : QUEUE_BYTES;
-    return count < most && bytes + it->len <= most_bytes;
+/* Whether the queue, holding `count` datagrams (`invites` of them INVITEs) of `bytes`, has
+ * room for `it`. INVITEs fill only half of it, but those answered here (`answering`: from a
+ * source the admission control let through) up to another eighth, which nothing else takes
+ * when this thread answers INVITEs: a flood from new sources, of REGISTERs or of garbage, that
+ * fills the queue does not drop them with it (test_sip_thread_sources.py); what completes
+ * calls under way still has 3/8 of the queue that no INVITE takes. */
+static int room_for(const reader *r, const item *it, size_t count, size_t invites, size_t bytes,
+                    int answering) {
+    size_t half = (r->queue_max + 1) / 2, kept = r->answer ? r->queue_max / 8 : 0;
+    size_t kept_bytes = r->answer ? QUEUE_BYTES / 8 : 0;
+    if (!is_invite(it))
+        return count < r->queue_max - kept && bytes + it->len <= QUEUE_BYTES - kept_bytes;
+    if (answering)
+        return count < r->queue_max && invites < half + kept && bytes + it->len <= QUEUE_BYTES;
+    return count < half && bytes + it->len <= QUEUE_BYTES / 2;
 }
 
 /* One datagram read: counted when an INVITE or REGISTER (what the admission control limits),
@@ -853,13 +890,14 @@ static int consider(reader *r, item *it, socklen_t addrlen, double *now, size_t 
     int may = 0;
     if (s != NULL) {
         may = n >= 0 && !r->refusing && r->unslotted[home] == 0 &&
-              room_for(r, it, r->count + ahead, r->bytes + ahead_bytes) &&
+              room_for(r, it, r->count + ahead, r->invites + ahead, r->bytes + ahead_bytes, 1) &&
               (r->admit_all ||
                (s->admitted && (long)s->waiting + 1 + r->margin <= (long)s->allowance));
         s->waiting++;
-        s->last = ++r->tick;
+        s->last = seen(r);
+        s->answered += may && s->answered < (1 << 20);
         it->limited = 1;
-    } else if (home < SOURCE_SLOTS) {
+    } else if (home < UNSLOTTED) {
         r->unslotted[home]++;
         it->limited = 2;
     }
@@ -989,7 +1027,7 @@ static void *run(void *arg) {
         for (item *it = first; it != NULL;) {
             item *next = it->next;
             /* (one answered 100 here had its room kept by `consider`: never dropped) */
-            if (!it->flag && !room_for(r, it, r->count, r->bytes)) {
+            if (!it->flag && !room_for(r, it, r->count, r->invites, r->bytes, 0)) {
                 r->queue_full++;
                 source_leave(r, it);
                 free(it);
@@ -1001,6 +1039,7 @@ static void *run(void *arg) {
                     r->head = it;
                 r->tail = it;
                 r->count++;
+                r->invites += (size_t)is_invite(it);
                 r->bytes += it->len;
             }
             it = next;
@@ -1039,7 +1078,7 @@ static void release(reader *r) {
         it = next;
     }
     r->head = r->tail = NULL;
-    r->count = r->bytes = 0;
+    r->count = r->bytes = r->invites = 0;
     for (item *it = r->out_head; it != NULL;) {
         item *next = it->next;
         free(it);
@@ -1056,8 +1095,10 @@ static void release(reader *r) {
     r->wakefd = r->stopfd = r->sendfd = -1;
     PyMem_RawFree(r->seen);
     PyMem_RawFree(r->bufs);
+    PyMem_RawFree(r->unslotted);
     r->seen = NULL;
     r->bufs = NULL;
+    r->unslotted = NULL;
 }
 
 static void stop_reader(reader *r) {
@@ -1122,7 +1163,9 @@ static PyObject *start(PyObject *self, PyObject *args) {
     }
     r->seen = PyMem_RawCalloc(SEEN_SLOTS, sizeof(seen_slot));
     r->bufs = PyMem_RawMalloc((size_t)BATCH * READ_SIZE);
-    if (r->wakefd < 0 || r->stopfd < 0 || r->sendfd < 0 || r->seen == NULL || r->bufs == NULL) {
+    r->unslotted = PyMem_RawCalloc(UNSLOTTED, sizeof(uint16_t));
+    if (r->wakefd < 0 || r->stopfd < 0 || r->sendfd < 0 || r->seen == NULL || r->bufs == NULL ||
+        r->unslotted == NULL) {
         int err = errno;
         release(r);
         PyMem_RawFree(r);
@@ -1189,6 +1232,7 @@ static PyObject *drain(PyObject *self, PyObject *args) {
     r->count -= (size_t)taken;
     for (item *it = first; it != NULL; it = it->next) {
         r->bytes -= it->len;
+        r->invites -= (size_t)is_invite(it);
         source_leave(r, it);
     }
     int more = r->count > 0;
@@ -1341,6 +1385,49 @@ static PyObject *admit(PyObject *self, PyObject *args) {
     Py_RETURN_TRUE;
 }
 
+/* The source table's own counts, for tests (a walk of all of it): (slots in use, INVITEs and
+ * REGISTERs waiting counted in a slot, those counted without one, datagrams queued). */
+static PyObject *sources(PyObject *self, PyObject *capsule) {
+    reader *r = get(capsule);
+    if (r == NULL)
+        return NULL;
+    long used = 0, waiting = 0, unslotted = 0;
+    pthread_mutex_lock(&r->lock);
+    for (size_t i = 0; i < SOURCE_SLOTS; i++) {
+        used += r->sources[i].family != 0;
+        waiting += r->sources[i].waiting;
+    }
+    for (size_t i = 0; i < UNSLOTTED; i++)
+        unslotted += r->unslotted[i];
+    size_t queued = r->count;
+    pthread_mutex_unlock(&r->lock);
+    return Py_BuildValue("(llln)", used, waiting, unslotted, (Py_ssize_t)queued);
+}
+
+/* One source's slot: (admitted, waiting, allowance), or None when it has none. */
+static PyObject *source(PyObject *self, PyObject *args) {
+    PyObject *capsule;
+    const char *host;
+    if (!PyArg_ParseTuple(args, "Os", &capsule, &host))
+        return NULL;
+    reader *r = get(capsule);
+    if (r == NULL)
+        return NULL;
+    unsigned char addr[16];
+    int family;
+    if (host_bytes(host, addr, &family) < 0)
+        Py_RETURN_NONE;
+    pthread_mutex_lock(&r->lock);
+    size_t home;
+    source_slot *s = source_find(r, addr, family, 0, &home);
+    int admitted = s ? s->admitted : 0, waiting = s ? s->waiting : 0,
+        allowance = s ? s->allowance : 0;
+    pthread_mutex_unlock(&r->lock);
+    if (s == NULL)
+        Py_RETURN_NONE;
+    return Py_BuildValue("(iii)", admitted, waiting, allowance);
+}
+
 static PyObject *refuse_new(PyObject *self, PyObject *args) {
     PyObject *capsule;
     int refusing;
@@ -1389,6 +1476,11 @@ static PyMethodDef methods[] = {
     {"refuse_new", refuse_new, METH_VARARGS,
      "refuse_new(reader, refusing): while true, no INVITE is answered here (the loop refuses\n"
      "new calls: its 503 goes alone)"},
+    {"sources", sources, METH_O,
+     "sources(reader) -> (slots in use, limited requests queued counted in a slot, those\n"
+     "counted without one, datagrams queued): the source table's counts"},
+    {"source", source, METH_VARARGS,
+     "source(reader, host) -> (admitted, waiting, allowance) of its slot, or None"},
     {"trying", trying, METH_VARARGS,
      "trying(data, host, port, server) -> the 100 Trying this thread would send, or None"},
     {NULL, NULL, 0, NULL},
@@ -1404,7 +1496,8 @@ PyMODINIT_FUNC PyInit__csipthr(void) {
     if (m == NULL)
         return NULL;
     if (PyModule_AddIntConstant(m, "BATCH", BATCH) < 0 ||
-        PyModule_AddIntConstant(m, "QUEUE_MAX", QUEUE_MAX) < 0) {
+        PyModule_AddIntConstant(m, "QUEUE_MAX", QUEUE_MAX) < 0 ||
+        PyModule_AddIntConstant(m, "SOURCE_SLOTS", SOURCE_SLOTS) < 0) {
         Py_DECREF(m);
         return NULL;
     }
