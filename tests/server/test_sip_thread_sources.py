@@ -294,6 +294,9 @@ async def test_a_flood_from_12000_sources_leaves_a_callers_calls_answered() -> N
         caller = Caller(CALLER, ("127.0.0.1", bound.port))
         await caller.call(0)  # (the first: not yet admitted, Python's 100)
         await caller.call(1)
+        # (What these two waited for is the loop's, before the flood: a busy machine may have
+        # had them resent; what is asserted below is about the calls in the flood.)
+        caller.retransmitted.clear()
         assert stats["trying_early"] == 1
         attack = asyncio.ensure_future(flood(bound.port, 12000, 2, 15000, "irgi"))
         latencies = []
@@ -315,7 +318,7 @@ async def test_a_flood_from_12000_sources_leaves_a_callers_calls_answered() -> N
         # would resend it (its 100 read first: a busy loop here is no loss), exactly one 100,
         # then 180 and 200.
         assert caller.retransmitted.get("INVITE", 0) == 0, (caller.retransmitted, latencies)
-        for m in range(n):
+        for m in range(2, n):
             codes = invite_statuses(caller.responses[f"caller-{m}@{CALLER}"])
             assert codes[0] == 100 and codes.count(100) == 1, (m, codes)
             assert 180 in codes and 200 in codes and codes.index(180) < codes.index(200)
@@ -472,6 +475,7 @@ async def test_a_full_queue_keeps_room_for_an_admitted_callers_invite(
         caller = Caller("127.3.0.4", ("127.0.0.1", bound.port))
         await caller.call(0)  # (then admitted)
         assert slot(service, caller.host) is not None
+        caller.retransmitted.clear()  # (the loop's 100 to the first: a busy machine may be late)
         other.bind(("127.4.0.1", 0))
         for n in range(100):  # (the loop does not run meanwhile: the queue fills up)
             other.sendto(b"OPTIONS sip:x SIP/2.0\r\nX-N: %d\r\n\r\n" % n, caller.target)
