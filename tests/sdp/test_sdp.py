@@ -41,6 +41,7 @@ from sipbridge.sdp import (
     SessionDescription,
     Timing,
     build_answer,
+    description,
     format_crypto,
     format_fmtp,
     format_rtcp,
@@ -54,6 +55,7 @@ from sipbridge.sdp import (
     parse_rtpmap,
     parse_sdp,
     serialize_sdp,
+    syntax,
 )
 
 fuzz = settings(max_examples=300, deadline=None, database=None)
@@ -1690,8 +1692,6 @@ def test_lines_parsed_before_are_reused_bounded_and_never_a_bad_one() -> None:
     """Attribute, c= and rtpmap lines are kept as parsed (a trunk repeats them on every call):
     the same frozen value again, a malformed line refused every time (never kept), and each
     cache emptied when full, so that a peer sending ever new lines holds a bounded amount."""
-    from sipbridge.sdp import description, syntax
-
     offer = (
         "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n"
         "a=sendrecv\r\nm=audio 4000 RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\n"
@@ -1701,10 +1701,14 @@ def test_lines_parsed_before_are_reused_bounded_and_never_a_bad_one() -> None:
     assert first.media[0].attributes[0] is second.media[0].attributes[0]
     assert first.attributes[0] is second.attributes[0]
     assert first.connection is second.connection
-    assert first.media[0].rtpmap == second.media[0].rtpmap == {
-        0: Codec(name="PCMU", clock_rate=8000),
-        101: Codec(name="telephone-event", clock_rate=8000),
-    }
+    assert (
+        first.media[0].rtpmap
+        == second.media[0].rtpmap
+        == {
+            0: Codec(name="PCMU", clock_rate=8000),
+            101: Codec(name="telephone-event", clock_rate=8000),
+        }
+    )
     bad = offer.replace("PCMU/8000", "PCMU/0")
     for _ in range(2):
         with pytest.raises(SdpError):
