@@ -41,6 +41,7 @@ from sipbridge.sdp import (
     SessionDescription,
     Timing,
     build_answer,
+    description,
     format_crypto,
     format_fmtp,
     format_rtcp,
@@ -54,6 +55,7 @@ from sipbridge.sdp import (
     parse_rtpmap,
     parse_sdp,
     serialize_sdp,
+    syntax,
 )
 
 fuzz = settings(max_examples=300, deadline=None, database=None)
@@ -1684,3 +1686,44 @@ def test_negotiation_invariants(
     ]
     assert answer.timing == offer.timing
     assert parse_sdp(serialize_sdp(answer)) == answer
+
+
+def test_lines_parsed_before_are_reused_bounded_and_never_a_bad_one() -> None:
+    """Attribute, c= and rtpmap lines are kept as parsed (a trunk repeats them on every call):
+    the same frozen value again, a malformed line refused every time (never kept), and each
+    cache emptied when full, so that a peer sending ever new lines holds a bounded amount."""
+    offer = (
+        "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n"
+        "a=sendrecv\r\nm=audio 4000 RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\n"
+        "a=rtpmap:101 telephone-event/8000\r\n"
+    )
+    first, second = parse_sdp(offer), parse_sdp(offer.replace("4000", "4002"))
+    assert first.media[0].attributes[0] is second.media[0].attributes[0]
+    assert first.attributes[0] is second.attributes[0]
+    assert first.connection is second.connection
+    assert (
+        first.media[0].rtpmap
+        == second.media[0].rtpmap
+        == {
+            0: Codec(name="PCMU", clock_rate=8000),
+            101: Codec(name="telephone-event", clock_rate=8000),
+        }
+    )
+    bad = offer.replace("PCMU/8000", "PCMU/0")
+    for _ in range(2):
+        with pytest.raises(SdpError):
+            parse_sdp(bad)
+    assert "0 PCMU/0" not in syntax._MEDIA_ATTRIBUTES
+    assert "0 PCMU/0" not in description._RTPMAPS
+    for n in range(syntax.MAX_CACHED + 1):
+        syntax._parse_attribute(f"x-{n}", media_level=True)
+        syntax._parse_attribute(f"x-{n}", media_level=False)
+        syntax._parse_connection(f"IN IP4 192.0.2.{n}")
+        parse_rtpmap(f"96 x{n}/8000")
+    for cache in (
+        syntax._MEDIA_ATTRIBUTES,
+        syntax._SESSION_ATTRIBUTES,
+        syntax._CONNECTIONS,
+        description._RTPMAPS,
+    ):
+        assert 0 < len(cache) <= syntax.MAX_CACHED

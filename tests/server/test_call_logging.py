@@ -22,6 +22,7 @@ from sipbridge.server.call_logging import (
     bind_call,
     call_end_fields,
     call_step,
+    log_call_end,
 )
 
 
@@ -115,6 +116,40 @@ def test_call_end_fields() -> None:
     assert fields["media"] == {"packets_in": 10}
     assert fields["quality"] == {"mos": 4.1}
     json.dumps(fields)
+
+
+def test_call_end_line_is_one_record_with_its_fields_and_none_below_info() -> None:
+    """`log_call_end` makes its record itself (no search of the stack for the caller): the
+    line, its level, logger and fields as `log.info(..., extra=fields)` wrote them; an enum
+    value no name is known for stays its number; nothing at all when INFO is off."""
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("sipbridge.server.calls")
+    level, propagate = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    info = sip.SIPCallInfo(
+        call_id="SCL_7",
+        call_status=sip.SIPCallStatus.SCS_DISCONNECTED,
+        call_direction=99,  # type: ignore[arg-type]
+    )
+    try:
+        logger.setLevel(logging.INFO)
+        for _ in range(2):  # (the second from the names kept)
+            log_call_end(info, sip_end="bye")
+        logger.setLevel(logging.WARNING)
+        log_call_end(info, sip_end="bye")
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
+    first, second = lines(out)
+    assert {**first, "time": ""} == {**second, "time": ""}
+    assert first["message"] == "call SCL_7 ended: disconnected, bye"
+    assert first["level"] == "info" and first["logger"] == "sipbridge.server.calls"
+    assert first["event"] == "call_end" and first["outcome"] == "disconnected"
+    assert first["direction"] == "99" and first["sip_end"] == "bye"
 
 
 def test_call_end_fields_read_dataclasses_as_asdict_does() -> None:

@@ -301,8 +301,26 @@ class PayloadFormat:
 # -- attribute grammars ---------------------------------------------------------------------------
 
 
+# rtpmap values already parsed (a trunk sends the same few on every call, and each offer's are
+# read twice: checked as the SDP is parsed, then by `MediaDescription.rtpmap`): the value's
+# payload type and its codec, which is frozen. Bounded: emptied when full.
+_RTPMAPS: dict[str, tuple[int, Codec]] = {}
+MAX_CACHED = 256
+
+
 def parse_rtpmap(value: str) -> tuple[int, Codec]:
     """Parse an rtpmap value, `0 PCMU/8000` or `96 opus/48000/2` (RFC 4566 s6)."""
+    known = _RTPMAPS.get(value)
+    if known is not None:
+        return known
+    parsed = _parse_rtpmap(value)
+    if len(_RTPMAPS) >= MAX_CACHED:
+        _RTPMAPS.clear()
+    _RTPMAPS[value] = parsed
+    return parsed
+
+
+def _parse_rtpmap(value: str) -> tuple[int, Codec]:
     match = _RTPMAP.fullmatch(value.strip(" "))
     if match is None:
         raise malformed(f"a=rtpmap:{value} does not match <pt> <name>/<rate>[/<channels>]")

@@ -316,6 +316,17 @@ def _parse_origin(value: str) -> Origin:
 
 
 def _parse_connection(value: str) -> Connection:
+    known = _CONNECTIONS.get(value)
+    if known is not None:
+        return known
+    connection = _parse_new_connection(value)
+    if len(_CONNECTIONS) >= MAX_CACHED:
+        _CONNECTIONS.clear()
+    _CONNECTIONS[value] = connection
+    return connection
+
+
+def _parse_new_connection(value: str) -> Connection:
     fields = split_fields(value)
     if len(fields) != 3:
         raise malformed("c= needs <nettype> <addrtype> <connection-address>")
@@ -361,7 +372,28 @@ def _parse_key(value: str) -> str:
     return value
 
 
+# Attribute and c= lines already parsed (a trunk's offers repeat the same lines call after call;
+# 6-8 attributes an offer, issue 18): what they parsed to, frozen. A line that does not parse
+# is never kept. Each bounded: emptied when full.
+_MEDIA_ATTRIBUTES: dict[str, Attribute] = {}
+_SESSION_ATTRIBUTES: dict[str, Attribute] = {}
+_CONNECTIONS: dict[str, Connection] = {}
+MAX_CACHED = 256
+
+
 def _parse_attribute(value: str, *, media_level: bool) -> Attribute:
+    cache = _MEDIA_ATTRIBUTES if media_level else _SESSION_ATTRIBUTES
+    known = cache.get(value)
+    if known is not None:
+        return known
+    attribute = _parse_new_attribute(value, media_level)
+    if len(cache) >= MAX_CACHED:
+        cache.clear()
+    cache[value] = attribute
+    return attribute
+
+
+def _parse_new_attribute(value: str, media_level: bool) -> Attribute:
     # attribute = (att-field ":" att-value) / att-field; att-field = token (s9)
     name, colon, rest = value.partition(":")
     check_token(name, "attribute name")

@@ -55,6 +55,8 @@ MAX_HEADER_ATTRIBUTES_BYTES = 32 * 1024
 # INVITE (issue 18).
 _X_HEADERS = SIPHeaderOptions.SIP_X_HEADERS
 _ALL_HEADERS = SIPHeaderOptions.SIP_ALL_HEADERS
+SCD_INBOUND = SIPCallDirection.SCD_INBOUND
+SCS_CALL_INCOMING = SIPCallStatus.SCS_CALL_INCOMING
 
 # Attribute keys (livekit/protocol `livekit/attrs.go`, livekit/sip `pkg/sip/participant.go`).
 ATTR_PREFIX = "sip."
@@ -414,8 +416,8 @@ def inbound_call_info(
         dispatch_rule_id=rule.sip_dispatch_rule_id,
         room_name=room,
         participant_identity=identity,
-        call_direction=SIPCallDirection.SCD_INBOUND,
-        call_status=SIPCallStatus.SCS_CALL_INCOMING,
+        call_direction=SCD_INBOUND,
+        call_status=SCS_CALL_INCOMING,
         from_uri=SIPUri(user=call.caller, host=call.from_host),
         to_uri=SIPUri(user=call.called, host=to_host),
         created_at=int(created),

@@ -39,6 +39,7 @@ SECURE = ("RTP/SAVP",)
 # (`__getattr__`), and `protos` is read several times per call set up.
 _REQUIRE = Encryption.SIP_MEDIA_ENCRYPT_REQUIRE
 _ALLOW = Encryption.SIP_MEDIA_ENCRYPT_ALLOW
+_DISABLE = Encryption.SIP_MEDIA_ENCRYPT_DISABLE
 
 
 class HasMedia(Protocol):
@@ -57,7 +58,7 @@ class HasMedia(Protocol):
 class MediaPolicy:
     codecs: tuple[sdp.Codec, ...] = DEFAULT_CODECS
     prefer_ours: bool = False
-    encryption: int = Encryption.SIP_MEDIA_ENCRYPT_DISABLE
+    encryption: int = _DISABLE
     media_timeout: float = 0.0  # 0: the server's default
 
     @property
@@ -111,7 +112,7 @@ def media_policy(*holders: HasMedia | None) -> MediaPolicy:
     """The policy of a call, from the most general holder (trunk) to the most specific (rule)."""
     codecs: tuple[sdp.Codec, ...] = DEFAULT_CODECS
     prefer_ours = False
-    encryption: int = Encryption.SIP_MEDIA_ENCRYPT_DISABLE
+    encryption: int = _DISABLE
     timeout = 0.0
     for holder in holders:
         if holder is None:

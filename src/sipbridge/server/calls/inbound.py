@@ -31,7 +31,7 @@ from sipbridge.server.calls.inbound_auth import TrunkAuth
 from sipbridge.server.calls.live_call import CallServices, LiveCall
 from sipbridge.server.calls.pin_entry import PinEntry
 from sipbridge.server.calls.reject_cache import RejectCache
-from sipbridge.server.calls.runner import CallRunner
+from sipbridge.server.calls.runner import SCS_ACTIVE, SCS_PARTICIPANT_JOINED, CallRunner
 from sipbridge.server.sip.session_timers import uas_session_timer
 from sipbridge.server.sip.user_agent import IncomingCall
 from sipbridge.sip.digest import DigestServer
@@ -68,6 +68,7 @@ RING_INTERVAL_S = 1.0
 ACTIVE_AFTER_ACK_S = 1.0  # "first RTP or 1 s after ACK"
 MAX_NUMBER_LENGTH = 128
 SIP = models.ParticipantInfo.Kind.SIP
+SCS_DISCONNECTED = proto.SIPCallStatus.SCS_DISCONNECTED  # (read once, as runner.py's)
 
 
 @dataclass(eq=False, kw_only=True)
@@ -357,14 +358,14 @@ class InboundCalls(CallRunner[InboundCallState]):
             raise SipProtocolError(486, "Busy Here") from None
         info.room_id = room.sid
         info.participant_attributes.update(participant.attributes)
-        info.call_status = proto.SIPCallStatus.SCS_PARTICIPANT_JOINED
+        info.call_status = SCS_PARTICIPANT_JOINED
         if not answered:
             self.start_machine(state, CallState.RINGING, self.limits(state))
         self._register(state, participant)
         call.on_end = lambda reason: self.sip_ended(state, reason)
         self.arm(state)
         if answered:
-            info.call_status = proto.SIPCallStatus.SCS_ACTIVE
+            info.call_status = SCS_ACTIVE
             info.started_at, info.started_at_ns = int(now), int(now * 1e9)
             self.call_log.record(info)
             self._answered(state)
@@ -461,10 +462,10 @@ class InboundCalls(CallRunner[InboundCallState]):
         if final is not None:
             info.call_status_code.code = final.status  # type: ignore[assignment]
             info.call_status_code.status = final.reason or ""
-        if reason in ("rejected",) and info.call_status != proto.SIPCallStatus.SCS_ACTIVE:
+        if reason in ("rejected",) and info.call_status != SCS_ACTIVE:
             info.call_status = proto.SIPCallStatus.SCS_ERROR
         else:
-            info.call_status = proto.SIPCallStatus.SCS_DISCONNECTED
+            info.call_status = SCS_DISCONNECTED
 
     # -- the room side ---------------------------------------------------------------------
 
@@ -476,9 +477,7 @@ class InboundCalls(CallRunner[InboundCallState]):
                 state = self.active.get(room_participant_key(room, publisher))
                 if state is not None:
                     self.guarded(state, partial(self._answer, state))
-            case ev.ParticipantJoined(room=room, participant=p) if (
-                p.kind == models.ParticipantInfo.Kind.SIP
-            ):
+            case ev.ParticipantJoined(room=room, participant=p) if p.kind == SIP:
                 for waiting in list(self.ringing.get(room.name, ())):
                     if waiting.identity != p.identity:
                         self.guarded(waiting, partial(self._answer, waiting))

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from livekit.protocol import models
-
 from sipbridge.rooms import Room
+from sipbridge.rooms.model import SIP
 from sipbridge.sip.admission import TokenBucket
 
 
@@ -24,9 +23,7 @@ class RoomLimits:
         exist) now: a counter's name, or None."""
         if self.max_callers and room is not None:
             callers = sum(
-                1
-                for p in room.participants.values()
-                if p.kind == models.ParticipantInfo.Kind.SIP and p.identity != identity
+                1 for p in room.participants.values() if p.kind == SIP and p.identity != identity
             )
             if callers >= self.max_callers:
                 return "room_full_of_callers"

@@ -47,6 +47,14 @@ from sipbridge.telephony.inbound import ATTR_CALL_STATUS
 
 log = logging.getLogger(__name__)
 
+# The enum values read once: each `models.X.Y` goes through protobuf's enum wrapper's Python
+# `__getattr__` (about 1 us each, several a call; issue 18).
+SIP_KIND = models.ParticipantInfo.Kind.SIP
+AUDIO = models.TrackType.AUDIO
+MICROPHONE = models.TrackSource.MICROPHONE
+SCS_ACTIVE = proto.SIPCallStatus.SCS_ACTIVE
+SCS_PARTICIPANT_JOINED = proto.SIPCallStatus.SCS_PARTICIPANT_JOINED
+
 Reason = models.DisconnectReason
 SIP_END_CAUSE = {  # how SipCall says its dialog ended -> why the call ended
     "bye": EndCause.REMOTE_HANGUP,
@@ -157,7 +165,7 @@ class CallRunner(Generic[C]):
             state.identity,
             now,
             name=name,
-            kind=models.ParticipantInfo.Kind.SIP,
+            kind=SIP_KIND,
             active=True,
             metadata=metadata,
             attributes=attributes,
@@ -169,8 +177,8 @@ class CallRunner(Generic[C]):
             state.room,
             state.identity,
             models.TrackInfo(
-                type=models.TrackType.AUDIO,
-                source=models.TrackSource.MICROPHONE,
+                type=AUDIO,
+                source=MICROPHONE,
                 name="phone",
                 mime_type=f"audio/{state.leg.spec.name if state.leg else 'PCMU'}",
             ),
@@ -417,7 +425,7 @@ class CallRunner(Generic[C]):
             return
         state.info.participant_attributes.update(participant.attributes)
         if attributes.get(ATTR_CALL_STATUS) == "active":
-            state.info.call_status = proto.SIPCallStatus.SCS_ACTIVE
+            state.info.call_status = SCS_ACTIVE
             self.call_log.record(state.info)
         self.rooms.commit()
 

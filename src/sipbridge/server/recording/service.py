@@ -405,6 +405,8 @@ class EgressService:
     # -- rooms ------------------------------------------------------------------------------
 
     def on_room_event(self, event: ev.RoomEvent) -> None:
+        if not self.egresses and type(event) is not ev.RoomStarted:
+            return  # nothing recorded: only a new room may start a recording (8 events a call)
         match event:
             case ev.RoomStarted(room=room):
                 live = self.runtime.registry.find(room.name)
