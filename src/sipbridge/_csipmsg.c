@@ -1,18 +1,20 @@
 /* The head of a SIP message cut in C: the common case of sip/message.py's `parse_message`.
  *
- * `parse_head(data)` does what `_split_lines`, `_parse_start_line` and `_index_lines` do for a
+ * `parse_head(data, stream)` does what `_split_lines`, `_parse_start_line` and `_index_lines` do for a
  * message of the shape nearly every peer sends - ASCII, every line ended by CRLF, no folded
  * line, no leading CRLF, no line over MAX_LINE, at most MAX_HEADERS header lines - and returns
- * the same objects: (method, Uri, items, index, body_start) for a request, (status, reason,
- * items, index, body_start) for a response. The structured parts stay in Python: the request
- * URI is parsed by `parse_uri`, a header name not yet seen by `_header_name` (both are called
- * from here, in the order the Python parser calls them, so that a message malformed in two
- * places raises the same error), and the caches (`_NAMES`, `_LINES`, `_METHODS`) are the
- * Python parser's own dictionaries, shared. Content-Length and the body stay in Python.
+ * the same objects: (method, Uri, items, index, body_start, body_end) for a request, (status,
+ * reason, items, index, body_start, body_end) for a response, the body cut as `_with_body` cuts
+ * it (Content-Length, or the rest of a datagram). The structured parts stay in Python: the
+ * request URI is parsed by `parse_uri`, a header name not yet seen by `_header_name` (both are
+ * called from here, in the order the Python parser calls them, so that a message malformed in
+ * two places raises the same error), and the caches (`_NAMES`, `_LINES`, `_METHODS`) are the
+ * Python parser's own dictionaries, shared.
  *
  * Anything else - a non-ASCII byte, a control character other than HTAB, a CR not followed by
  * LF or a LF not preceded by CR, a folded or empty first line, a start line or header line the
- * grammar refuses, too many lines, a message over MAX_MESSAGE - returns None, and the caller
+ * grammar refuses, too many lines, a message over MAX_MESSAGE, a Content-Length that is not
+ * one plain number the datagram holds, a body over MAX_BODY - returns None, and the caller
  * parses the message in Python from scratch, which handles it or raises the right
  * SipProtocolError. So the errors are the Python parser's by construction; what is done here is
  * only ever done for input the Python parser accepts the same way (tests/sip/
