@@ -24,9 +24,11 @@
  * the buffer), then one pass over the lines; work is linear in the input, and memory bounded
  * by the caches' own bounds (kept as the Python side keeps them).
  */
+#define _GNU_SOURCE /* memmem */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <stdint.h>
 #include <string.h>
 
 #define MAX_LINES_HEAD 130 /* the start line and MAX_HEADERS (128) header lines, plus one */
@@ -386,6 +388,17 @@ static PyObject *parse_head(PyObject *self, PyObject *const *args, Py_ssize_t na
     Py_ssize_t starts[MAX_LINES_HEAD], lens[MAX_LINES_HEAD];
     Py_ssize_t nlines = 0, start = 0, i = 0, body = -1;
     while (i < size) {
+        /* eight bytes at a time while none is below 0x20 or above 0x7f (a byte below 0x20
+         * borrows in the subtraction and sets its top bit; the first such byte always does) */
+        while (i + 8 <= size) {
+            uint64_t w;
+            memcpy(&w, data + i, 8);
+            if (((w - 0x2020202020202020ULL) | w) & 0x8080808080808080ULL)
+                break;
+            i += 8;
+        }
+        if (i >= size)
+            break;
         unsigned char c = (unsigned char)data[i];
         if (c >= 0x80)
             Py_RETURN_NONE;
@@ -419,7 +432,12 @@ static PyObject *parse_head(PyObject *self, PyObject *const *args, Py_ssize_t na
         return NULL;
     if (ok == 0)
         Py_RETURN_NONE;
+    /* the index sized for its lines at once (no resize on the way), where the API has it */
+#if PY_VERSION_HEX < 0x030D0000
+    PyObject *items = PyList_New(0), *index = _PyDict_NewPresized(nlines - 1);
+#else
     PyObject *items = PyList_New(0), *index = PyDict_New();
+#endif
     if (items == NULL || index == NULL)
         goto fail;
     body_state state = {NULL, 0};
@@ -452,7 +470,21 @@ static PyObject *parse_head(PyObject *self, PyObject *const *args, Py_ssize_t na
     }
     if (end - body > max_body)
         goto not_common;
-    return Py_BuildValue("(NNNNnn)", first, second, items, index, body, end);
+    PyObject *result = PyTuple_New(6), *start_at = PyLong_FromSsize_t(body),
+             *end_at = PyLong_FromSsize_t(end);
+    if (result == NULL || start_at == NULL || end_at == NULL) {
+        Py_XDECREF(result);
+        Py_XDECREF(start_at);
+        Py_XDECREF(end_at);
+        goto fail;
+    }
+    PyTuple_SET_ITEM(result, 0, first);
+    PyTuple_SET_ITEM(result, 1, second);
+    PyTuple_SET_ITEM(result, 2, items);
+    PyTuple_SET_ITEM(result, 3, index);
+    PyTuple_SET_ITEM(result, 4, start_at);
+    PyTuple_SET_ITEM(result, 5, end_at);
+    return result;
 not_common:
     Py_DECREF(first);
     Py_DECREF(second);
@@ -467,7 +499,42 @@ fail:
     return NULL;
 }
 
+/* Whether bytes.strip strips this byte (ASCII whitespace). */
+static int blank(unsigned char c) { return c == ' ' || (c >= 9 && c <= 13); }
+
+/* sip/trace.py's Call-ID of a message, the common case: its canonical spelling
+ * ("\r\nCall-ID: ") found in the head. The Call-ID's bytes, stripped; None for anything else
+ * (another spelling, no Call-ID, the canonical one only in the body), which trace.py looks for
+ * with its regular expression. */
+static PyObject *call_id(PyObject *self, PyObject *arg) {
+    static const char canonical[] = "\r\nCall-ID: ";
+    const size_t clen = sizeof canonical - 1;
+    if (!PyBytes_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "call_id takes bytes");
+        return NULL;
+    }
+    const char *data = PyBytes_AS_STRING(arg);
+    size_t size = (size_t)PyBytes_GET_SIZE(arg);
+    const char *found = memmem(data, size, canonical, clen);
+    if (found == NULL)
+        Py_RETURN_NONE;
+    /* (+2: the CRLF that begins it may be the second half of the blank line) */
+    if (memmem(data, (size_t)(found - data) + 2, "\r\n\r\n", 4) != NULL)
+        Py_RETURN_NONE;
+    const char *start = found + clen, *end = data + size;
+    const char *stop = memmem(start, (size_t)(end - start), "\r\n", 2);
+    if (stop == NULL)
+        stop = end;
+    while (start < stop && blank((unsigned char)*start))
+        start++;
+    while (stop > start && blank((unsigned char)stop[-1]))
+        stop--;
+    return PyBytes_FromStringAndSize(start, stop - start);
+}
+
 static PyMethodDef methods[] = {
+    {"call_id", call_id, METH_O,
+     "call_id(data) -> the Call-ID's bytes when spelt canonically in the head, else None"},
     {"configure", configure, METH_VARARGS,
      "configure(names, lines, methods, varying, header_name, parse_uri, max_message, max_line, "
      "max_headers, max_lines_kept, line_kept, max_methods, max_body): the Python parser's caches, "

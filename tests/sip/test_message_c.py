@@ -1,4 +1,5 @@
-"""The C cut of a message's head (src/sipbridge/_csipmsg.c) against the Python parser.
+"""The C cut of a message's head (src/sipbridge/_csipmsg.c) against the Python parser, and the
+C search of the trace's Call-ID against trace.py's.
 
 `parse_message` hands a message to `_csipmsg.parse_head` first; for the common shape (ASCII,
 CRLF, no folding...) C builds the message's objects, for anything else it returns None and the
@@ -28,10 +29,13 @@ from sipbridge.sip.message import (
     parse_message,
     parse_message_python,
 )
+from sipbridge.sip.trace import call_id_of
 from tests.sip.test_message import CALL_FLOW
 from tests.sip.test_torture import MESSAGES as TORTURE
 
 _csipmsg = pytest.importorskip("sipbridge.sip._csipmsg")
+if sipmsg._cparse is None:
+    pytest.skip("SIPBRIDGE_NO_CSIPMSG=1: the Python parser alone", allow_module_level=True)
 
 CORPUS = Path(__file__).resolve().parents[2] / "fuzz" / "corpus"
 # fuzz/targets.py: the endpoint and user agent targets cut their input into datagrams at NULs
@@ -236,3 +240,43 @@ def test_mutations() -> None:
 def test_not_configured_or_not_bytes() -> None:
     with pytest.raises(TypeError):
         _csipmsg.parse_head("INVITE sip:a@b SIP/2.0\r\n\r\n", False)
+
+
+# -- the trace's Call-ID (sip/trace.py `call_id_of`, `_csipmsg.call_id`) -----------------------
+
+
+def call_id_in_c(data: bytes) -> bytes | None:
+    found = _csipmsg.call_id(data)
+    return found if found is not None else call_id_of(data, canonical=False)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"BYE sip:a@b SIP/2.0\r\nCall-ID: abc\r\n\r\n",
+        b"BYE sip:a@b SIP/2.0\r\nCall-ID:  \x0babc \t\r\n\r\n",  # blanks bytes.strip strips
+        b"BYE sip:a@b SIP/2.0\r\nCall-ID: \r\n\r\n",  # empty
+        b"BYE sip:a@b SIP/2.0\r\nCall-ID: abc",  # cut short: to the end
+        b"BYE sip:a@b SIP/2.0\r\ni: abc\r\n\r\n",  # compact: the regular expression
+        b"BYE sip:a@b SIP/2.0\r\ncall-id:abc\r\n\r\n",
+        b"BYE sip:a@b SIP/2.0\r\n\r\nCall-ID: body\r\n",  # only in the body: none
+        b"BYE sip:a@b SIP/2.0\r\n\r\nCall-ID: body\r\ni: x\r\n",
+        b"NOTIFY sip:a@b SIP/2.0\r\ni: head\r\n\r\nCall-ID: body\r\n",
+        b"\r\nCall-ID: first\r\n\r\n",  # at the very start
+        b"\r\n\r\nCall-ID: x\r\n",  # the blank line is its first CRLF
+        b"Call-ID: x\r\n\r\n",  # no CRLF before it
+        b"",
+    ],
+)
+def test_call_id_cases(data: bytes) -> None:
+    assert call_id_in_c(data) == call_id_of(data)
+
+
+def test_call_id_on_the_corpus_and_mutations() -> None:
+    seeds = corpus()
+    for data in seeds:
+        assert call_id_in_c(data) == call_id_of(data), data[:200]
+    rng = random.Random(3261)
+    for _ in range(6000):
+        data = mutate(rng.choice(seeds), rng)
+        assert call_id_in_c(data) == call_id_of(data), data[:200]

@@ -729,8 +729,10 @@ def _index_lines(lines: list[str]) -> Headers:
 
 
 # The C extension cutting the head of a message of the common shape (`_csipmsg.c`), given the
-# caches, helpers and limits above, which it shares; None without it (pure Python).
+# caches, helpers and limits above, which it shares; None without it (pure Python). Also
+# what trace.py uses of it (C_MESSAGE.call_id).
 _cparse: Any = None
+C_MESSAGE: Any = None
 if os.environ.get("SIPBRIDGE_NO_CSIPMSG", "") in ("", "0"):
     try:
         # (by name: compiled, `from sipbridge.sip import _csipmsg` reads the package's
@@ -755,6 +757,7 @@ if os.environ.get("SIPBRIDGE_NO_CSIPMSG", "") in ("", "0"):
             MAX_BODY,
         )
         _cparse = _csipmsg.parse_head
+        C_MESSAGE = _csipmsg
 
 
 # -- streams ------------------------------------------------------------------------------
