@@ -72,8 +72,10 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 # relay takes the pure-Python path, which `SIPBRIDGE_NO_CRELAY=1` also forces. Built with it, as
 # optional: the SIP UDP socket's reader thread (_csipthr.c, the default when built; without it, or
 # with `SIPBRIDGE_SIP_UDP=endpoint`, the event loop's datagram endpoint) and its batched UDP I/O
-# (_csipudp.c, used by the thread's sends and when `SIPBRIDGE_SIP_UDP=batched` asks for it).
-$(VENV)/.crelay: src/sipbridge/_crelay.c src/sipbridge/_csipudp.c src/sipbridge/_csipthr.c src/sipbridge/_sockaddr.h src/sipbridge/_pyaddr.h setup.py | $(VENV)/.installed
+# (_csipudp.c, used by the thread's sends and when `SIPBRIDGE_SIP_UDP=batched` asks for it), and
+# the C cut of a SIP message's head (_csipmsg.c, sip/message.py; `SIPBRIDGE_NO_CSIPMSG=1` or a
+# failed build: the Python parser alone).
+$(VENV)/.crelay: src/sipbridge/_crelay.c src/sipbridge/_csipudp.c src/sipbridge/_csipthr.c src/sipbridge/_csipmsg.c src/sipbridge/_sockaddr.h src/sipbridge/_pyaddr.h setup.py | $(VENV)/.installed
 	@if $(BIN)/python setup.py -q build_ext --inplace >$(VENV)/crelay-build.log 2>&1 && \
 		ls src/sipbridge/_crelay*.so >/dev/null 2>&1; then \
 		touch $@; \

@@ -6,6 +6,8 @@
 - Batched UDP I/O for the SIP socket (src/sipbridge/_csipudp.c), the same: without it the SIP
   socket is the event loop's datagram endpoint.
 - The SIP UDP socket's reader thread (src/sipbridge/_csipthr.c), the same.
+- The head of a SIP message of the common shape cut in C (src/sipbridge/_csipmsg.c, used by
+  sip/message.py's `parse_message`), the same.
 - With `SIPBRIDGE_COMPILE=1` (the Makefile's `compiled` target), also the COMPILED packages and
   modules, compiled by mypyc from their own .py sources into C extensions beside them, and the
   stamp `sipbridge/_compiled.py` checks at import. Without it (a plain `pip install`), nothing
@@ -57,6 +59,13 @@ ext_modules = [
         depends=["src/sipbridge/_sockaddr.h", "src/sipbridge/_pyaddr.h"],
         extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
         libraries=["pthread"],
+        optional=True,
+    ),
+    # The common case of a SIP message's head (sip/message.py `parse_message`), tried the same way.
+    Extension(
+        "sipbridge.sip._csipmsg",
+        ["src/sipbridge/_csipmsg.c"],
+        extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
         optional=True,
     ),
 ]

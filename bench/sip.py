@@ -4,21 +4,26 @@ every request relayed to a `sipp -sn uas` behind it), all driven by the same `si
 loopback in the same run.
 
     .venv/bin/python bench/sip.py [--seconds 4] [--rates 400,800,...,12800]
-                                  [--targets sipbridge,sipp,kamailio] [--rounds 1]
+                                  [--targets sipbridge,sipp,kamailio] [--rounds 1] [--bisect 3]
                                   [--sip-udp thread|endpoint|batched] [--sip-udp-send batch|...]
 
 For each target the rate steps up until the first step with a failed call, or until the
-achieved rate falls below 85% of the asked one twice (the target, or the generator, gives out);
-the figure is the best achieved rate (calls / elapsed) of a step that completed every call, and
-the ratio to sipp's own UAS. Each step also gives the target's CPU per call (all its processes;
-for Kamailio its own, not the sipp behind it) and the generator's CPU, so that a saturated
-generator is visible: the machine has 2 cores, and sipp's uac alone takes most of one near
-sipp's limit. `--rounds N` alternates the targets N times (the machine is shared: compare inside
-one round). Kamailio: Debian's `kamailio` (5.6). Every loop is bounded in count and time.
-`--sip-udp` / `--sip-udp-send` pick our UAS's SIP UDP socket and how it sends
-(`SIPBRIDGE_SIP_UDP`, `SIPBRIDGE_SIP_UDP_SEND`; the default: the reader thread where built);
-the table says which it ran, and each step what the UAS counted on its socket (datagrams
-dropped by a full queue, failed sends, retransmissions it received) when not zero.
+achieved rate falls below 85% of the asked one twice (the target, or the generator, gives out).
+A step is held when every call completed at 85% of the asked rate or more; after the ladder,
+up to `--bisect` (3) more steps halve the interval between the highest step held and the lowest
+not held, until it is within 10%, so that a maximum is known to about 10% rather than to the
+ladder's doubling (12,800 held and 19,200 not: 16,000, then 14,400 or 17,600, then one more).
+The figure is the best achieved rate (calls / elapsed) of a step that completed every call, and
+the ratio to sipp's own UAS; the table marks bisection steps with `*`. Each step also gives
+the target's CPU per call (all its processes; for Kamailio its own, not the sipp behind it)
+and the generator's CPU, so that a saturated generator is visible: the machine has 2 cores, and
+sipp's uac alone takes most of one near sipp's limit. `--rounds N` alternates the targets N
+times (the machine is shared: compare inside one round). Kamailio: Debian's `kamailio` (5.6).
+Every loop is bounded in count and time. `--sip-udp` / `--sip-udp-send` pick our UAS's SIP UDP
+socket and how it sends (`SIPBRIDGE_SIP_UDP`, `SIPBRIDGE_SIP_UDP_SEND`; the default: the reader
+thread where built); the table says which it ran, and each step what the UAS counted on its
+socket (datagrams dropped by a full queue, failed sends, retransmissions it received) when not
+zero.
 Prints a table and one JSON line.
 """
 
@@ -407,51 +412,84 @@ def _drive_once(port: int, rate: int, seconds: float, calls: int) -> tuple[bool,
     return proc.returncode == 0, time.perf_counter() - began, " / ".join(tail)
 
 
-def max_rate(kind: str, rates: list[int], seconds: float, trace: bool = True) -> dict[str, object]:
-    best = 0.0
+def _step(kind: str, rate: int, seconds: float, trace: bool) -> tuple[dict[str, object], str]:
+    """One step of the ladder: a fresh target driven at `rate`; (the step, the socket mode)."""
+    for attempt in range(3):  # the port picked may be taken by another process meanwhile
+        port = free_port()
+        try:
+            target = start_target(kind, port, trace)
+            break
+        except RuntimeError:
+            if attempt == 2:
+                raise
+    try:
+        cpu0, gen0 = target.cpu(), children_cpu()
+        ok, calls, elapsed, tail = drive(port, rate, seconds)
+        cpu, gen = target.cpu() - cpu0, children_cpu() - gen0
+    finally:
+        target.stop()
+    achieved = calls / elapsed
+    step: dict[str, object] = {
+        "rate": rate,
+        "calls": calls,
+        "ok": ok,
+        "achieved": round(achieved),
+        "cpu_ms_per_call": round(cpu / calls * 1000, 3),
+        "target_cpu_pct": round(cpu / elapsed * 100),
+        "generator_cpu_pct": round(gen / elapsed * 100),
+        **({"uas": target.counts} if target.counts else {}),
+        **({} if ok else {"sipp_tail": tail[-300:]}),
+    }  # fmt: skip
+    return step, target.mode
+
+
+def _held(step: dict[str, object]) -> bool:
+    """Every call completed, at 85% of the asked rate or more."""
+    return bool(step["ok"]) and step["achieved"] >= 0.85 * step["rate"]  # type: ignore[operator]
+
+
+def max_rate(
+    kind: str, rates: list[int], seconds: float, trace: bool = True, bisect: int = 3
+) -> dict[str, object]:
+    """The ladder of `rates`, then up to `bisect` steps between the last step held and the
+    first not held (`_held`), halving the interval each time until it is within 10%."""
     mode = ""
     steps: list[dict[str, object]] = []
     short = 0
+    held = 0  # the highest rate held, and the lowest not held (0: none yet)
+    failed = 0
     for rate in rates:
-        for attempt in range(3):  # the port picked may be taken by another process meanwhile
-            port = free_port()
-            try:
-                target = start_target(kind, port, trace)
-                break
-            except RuntimeError:
-                if attempt == 2:
-                    raise
-        try:
-            cpu0, gen0 = target.cpu(), children_cpu()
-            ok, calls, elapsed, tail = drive(port, rate, seconds)
-            cpu, gen = target.cpu() - cpu0, children_cpu() - gen0
-        finally:
-            target.stop()
-        mode = target.mode
-        achieved = calls / elapsed
-        steps.append({
-            "rate": rate,
-            "calls": calls,
-            "ok": ok,
-            "achieved": round(achieved),
-            "cpu_ms_per_call": round(cpu / calls * 1000, 3),
-            "target_cpu_pct": round(cpu / elapsed * 100),
-            "generator_cpu_pct": round(gen / elapsed * 100),
-            **({"uas": target.counts} if target.counts else {}),
-            **({} if ok else {"sipp_tail": tail[-300:]}),
-        })  # fmt: skip
-        if not ok:
+        step, mode = _step(kind, rate, seconds, trace)
+        steps.append(step)
+        if _held(step):
+            held = rate
+        elif not failed:
+            failed = rate
+        if not step["ok"]:
             break
-        best = max(best, achieved)
-        short = short + 1 if achieved < 0.85 * rate else 0
+        short = short + 1 if not _held(step) else 0
         if short >= 2:
             break
+    for _ in range(bisect):
+        if not held or not failed or failed <= held * 1.1:
+            break
+        rate = (held + failed) // 2
+        step, mode = _step(kind, rate, seconds, trace)
+        step["bisect"] = True
+        steps.append(step)
+        if _held(step):
+            held = rate
+        else:
+            failed = rate
     done = [s for s in steps if s["ok"]]
+    best = max((s["achieved"] for s in done), default=0)  # type: ignore[type-var]
     return {
         **({"socket": mode} if mode else {}),
-        "max_calls_per_s": round(best),
+        "max_calls_per_s": best,
+        "held_calls_per_s": held,
+        "not_held_calls_per_s": failed,
         "cpu_ms_per_call_best_step": next(
-            (s["cpu_ms_per_call"] for s in done if s["achieved"] == round(best)), None
+            (s["cpu_ms_per_call"] for s in done if s["achieved"] == best), None
         ),
         "steps": steps,
     }
@@ -465,6 +503,9 @@ def main() -> int:
     )
     parser.add_argument("--targets", default="sipbridge,sipp,kamailio")
     parser.add_argument("--rounds", type=int, default=1, help="alternate the targets N times")
+    parser.add_argument(
+        "--bisect", type=int, default=3, help="steps between the last held and the first not"
+    )
     parser.add_argument("--serve-uas", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument(
         "--no-trace", action="store_true", help="our UAS without the per-call SIP trace"
@@ -492,8 +533,8 @@ def main() -> int:
         if (tool == "sipp" or tool in targets) and not shutil.which(tool):
             print(f"{tool} is required (Debian package {package})", file=sys.stderr)
             return 2
-    if not 0 < args.seconds <= 30 or not 1 <= args.rounds <= 5:
-        print("--seconds in (0, 30], --rounds in [1, 5]", file=sys.stderr)
+    if not 0 < args.seconds <= 30 or not 1 <= args.rounds <= 5 or not 0 <= args.bisect <= 5:
+        print("--seconds in (0, 30], --rounds in [1, 5], --bisect in [0, 5]", file=sys.stderr)
         return 2
     rates = [int(r) for r in args.rates.split(",")][:20]
     parsing = parse_rate(min(args.seconds, 3.0))
@@ -501,7 +542,9 @@ def main() -> int:
     for _ in range(args.rounds):
         results = {}
         for kind in targets:
-            results[kind] = max_rate(kind, rates, args.seconds, trace=not args.no_trace)
+            results[kind] = max_rate(
+                kind, rates, args.seconds, trace=not args.no_trace, bisect=args.bisect
+            )
             print(_line(kind, results[kind]), file=sys.stderr, flush=True)
         rounds.append(results)
     print(f"parse+serialise typical INVITE: {parsing['per_s']:,.0f} msg/s "
@@ -534,7 +577,8 @@ def main() -> int:
 
 def _line(kind: str, result: dict[str, object]) -> str:
     steps = ", ".join(
-        f"{s['rate']}->{s['achieved']}:{'ok' if s['ok'] else 'FAIL'} "
+        f"{'*' if s.get('bisect') else ''}{s['rate']}->{s['achieved']}:"  # type: ignore[attr-defined]
+        f"{'ok' if s['ok'] else 'FAIL'} "
         f"{s['target_cpu_pct']}/{s['generator_cpu_pct']}%"
         for s in result["steps"]  # type: ignore[attr-defined]
     )

@@ -47,6 +47,7 @@ from sipbridge.sdp import (
 )
 from sipbridge.sip import dialog as sip_dialog
 from sipbridge.sip import endpoint as sip_endpoint
+from sipbridge.sip import message as sip_message_module
 from sipbridge.sip import transaction as sip_transaction
 from sipbridge.sip.admission import Admission
 from sipbridge.sip.digest import (
@@ -82,6 +83,7 @@ from sipbridge.sip.message import (
     StreamFramer,
     make_response,
     parse_message,
+    parse_message_python,
 )
 from sipbridge.sip.ua.agent import UserAgent
 from sipbridge.sip.ua.invite import InviteReceived, OfferReceived
@@ -93,6 +95,9 @@ Target = Callable[[bytes], None]
 # fuzzer learns it from fuzz/sip.dict. No SIP message we know of holds four NULs.
 DATAGRAM_SEPARATOR = b"\x00\x00\x00\x00"
 MAX_DATAGRAMS = 16
+# Whether `parse_message` cuts the common shape of a head in C (`_csipmsg`): then `sip_message`
+# also checks it against the Python parser alone.
+_csipmsg_built = sip_message_module._cparse is not None
 # Timers of one input must settle in far fewer rounds than this (each round fires every due
 # timer): more means a timer that re-arms itself for ever.
 MAX_TIMER_ROUNDS = 2_000
@@ -172,10 +177,24 @@ def _round_trips(message: Request | Response, *, stream: bool) -> None:
     assert _shape(again) == _shape(message), (_shape(message), _shape(again))
 
 
+def _parsed_or_refused(data: bytes, *, stream: bool, python: bool) -> tuple[object, ...]:
+    parse = parse_message_python if python else parse_message
+    try:
+        message = parse(data, stream=stream)
+    except SipProtocolError as err:
+        return ("refused", err.status, err.reason, err.detail)
+    return (*_shape(message), message.headers.items, message.headers._index)
+
+
 def sip_message(data: bytes) -> None:
     """`parse_message` of a datagram and of a framed stream message, every structured field,
-    the serialisation round trip, and a response built to a parsed request."""
+    the serialisation round trip, and a response built to a parsed request; where the C cut
+    of the head is built (`_csipmsg`), the same outcome as the Python parser alone."""
     for stream in (False, True):
+        outcome = _parsed_or_refused(data, stream=stream, python=False)
+        if _csipmsg_built:
+            python = _parsed_or_refused(data, stream=stream, python=True)
+            assert outcome == python, (outcome, python)
         try:
             message = parse_message(data, stream=stream)
         except SipProtocolError:

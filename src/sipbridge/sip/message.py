@@ -13,6 +13,8 @@ dimension an attacker controls: line length, header count, message and body size
 
 from __future__ import annotations
 
+import importlib
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -528,7 +530,25 @@ def parse_message(data: bytes, *, stream: bool = False) -> Request | Response:
     On a datagram the body is what follows the headers, cut to Content-Length when that is
     shorter; a Content-Length larger than what arrived is an error (s18.3). On streams the
     framer has already used Content-Length, which is required there.
+
+    The head of a message of the common shape is cut by the C extension `_csipmsg` where it
+    is built (the same objects, the same caches); any other message, or every one without the
+    extension (or with SIPBRIDGE_NO_CSIPMSG=1), by `parse_message_python`.
     """
+    if _cparse is not None:
+        parts = _cparse(data, stream)
+        if parts is not None:
+            first, second, items, index, start, end = parts
+            headers = Headers(items, index)
+            body = data[start:end]
+            if isinstance(first, str):
+                return Request(method=first, uri=second, headers=headers, body=body)
+            return Response(status=first, reason=second, headers=headers, body=body)
+    return parse_message_python(data, stream=stream)
+
+
+def parse_message_python(data: bytes, *, stream: bool = False) -> Request | Response:
+    """`parse_message` in Python alone: every message the C extension leaves, and its tests."""
     if len(data) > MAX_MESSAGE:
         raise SipProtocolError(513, "Message Too Large")
     end = data.find(b"\r\n\r\n")
@@ -545,7 +565,13 @@ def parse_message(data: bytes, *, stream: bool = False) -> Request | Response:
         raise _bad("empty message")
     message = _parse_start_line(lines[0])
     headers = message.headers = _parse_headers(lines, 1)
-    index = headers._lines()
+    return _with_body(message, headers._lines(), body, stream)
+
+
+def _with_body(
+    message: Request | Response, index: dict[str, tuple[str, ...]], body: bytes, stream: bool
+) -> Request | Response:
+    """The body of `message` from what followed its head, checked against Content-Length."""
     length_lines = index.get("content-length")
     if length_lines is not None:
         length_text = length_lines[0].strip()
@@ -605,6 +631,7 @@ def _unfold(head: str) -> list[str]:
 
 # Methods seen in request lines, each checked against the token grammar once (bounded).
 _METHODS: dict[str, str] = {}
+_MAX_METHODS = 64
 
 
 def _parse_start_line(line: str) -> Request | Response:
@@ -620,7 +647,7 @@ def _parse_start_line(line: str) -> Request | Response:
     if method not in _METHODS:
         if not _TOKEN.fullmatch(method):
             raise _bad(f"malformed method {method[:40]!r}")
-        if len(_METHODS) >= 64:
+        if len(_METHODS) >= _MAX_METHODS:
             _METHODS.clear()
         _METHODS[method] = method
     if version != SIP_VERSION and version.upper() != SIP_VERSION:
@@ -699,6 +726,38 @@ def _index_lines(lines: list[str]) -> Headers:
         lines_of = index.get(key)
         index[key] = alone if lines_of is None else (*lines_of, item[1])
     return Headers(cast(list[tuple[str, str]], items), index)
+
+
+# The C extension cutting the head of a message of the common shape (`_csipmsg.c`), given the
+# caches, helpers and limits above, which it shares; None without it (pure Python). Also
+# what trace.py uses of it (C_MESSAGE.call_id).
+_cparse: Any = None
+C_MESSAGE: Any = None
+if os.environ.get("SIPBRIDGE_NO_CSIPMSG", "") in ("", "0"):
+    try:
+        # (by name: compiled, `from sipbridge.sip import _csipmsg` reads the package's
+        # attribute without importing the submodule)
+        _csipmsg: Any = importlib.import_module("sipbridge.sip._csipmsg")
+    except ImportError:  # not built: no compiler, or a source checkout
+        pass
+    else:
+        _csipmsg.configure(
+            _NAMES,
+            _LINES,
+            _METHODS,
+            _VARYING,
+            _header_name,
+            parse_uri,
+            MAX_MESSAGE,
+            MAX_LINE,
+            MAX_HEADERS,
+            _MAX_LINES,
+            _LINE_KEPT,
+            _MAX_METHODS,
+            MAX_BODY,
+        )
+        _cparse = _csipmsg.parse_head
+        C_MESSAGE = _csipmsg
 
 
 # -- streams ------------------------------------------------------------------------------

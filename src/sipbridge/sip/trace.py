@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from sipbridge.sip.message import C_MESSAGE
 from sipbridge.sip.pcap import Packet, write_pcap
 
 HEAD_MESSAGES = 150
@@ -47,6 +48,9 @@ RTP_PACKETS = 30_000
 #   HCOLON   =  *( SP / HTAB ) ":" SWS
 _CALL_ID = re.compile(rb"\r\n(?:call-id|i)[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECASE)
 _CANONICAL = b"\r\nCall-ID: "  # what most peers, and we, send: found without the regex
+# The canonical case in C (`_csipmsg.call_id`: one search for each of the three, instead of
+# three generic method calls on bytes), where built; None: `call_id_of` alone.
+_ccall_id: Any = None if C_MESSAGE is None else C_MESSAGE.call_id
 
 
 # How a trace keeps a message: a plain tuple of (time, outgoing, transport, local host, local
@@ -200,6 +204,33 @@ def _traced(kept: Kept) -> TracedMessage:
     return TracedMessage(time, outgoing, transport, local, remote, data)
 
 
+def call_id_of(data: bytes, *, canonical: bool = True) -> bytes | None:
+    """The Call-ID of a message (its bytes, stripped), None when its head has none; what
+    `_csipmsg.call_id` finds in C where built (the canonical spelling), in Python, and
+    the rest (`canonical=False`: only what the C function leaves)."""
+    if canonical:
+        # The header is found before looking for the blank line that ends the headers, and
+        # that only up to it: a message's headers are read once, not twice.
+        start = data.find(_CANONICAL)
+        # (+2: the CRLF that begins _CANONICAL may be the second half of the blank line)
+        if start >= 0 and data.find(b"\r\n\r\n", 0, start + 2) < 0:
+            start += len(_CANONICAL)
+            stop = data.find(b"\r\n", start)
+            if stop < 0:
+                stop = len(data)
+            call_id = data[start:stop]
+            # (stripped only when it needs it: a method call on bytes is a generic one)
+            if call_id and (_blank(call_id[0]) or _blank(call_id[-1])):
+                call_id = call_id.strip()
+            return call_id
+    # another spelling, or the canonical one only in the body (a sipfrag)
+    end = data.find(b"\r\n\r\n")
+    match = _CALL_ID.search(data, 0, end if end >= 0 else len(data))
+    if match is None:
+        return None
+    return match.group(1).strip()
+
+
 def _blank(byte: int) -> bool:
     """Whether `bytes.strip` strips this byte (ASCII whitespace)."""
     return byte == 32 or 9 <= byte <= 13
@@ -249,25 +280,10 @@ class CallTraces:
         remote: tuple[str, int],
     ) -> None:
         """Keep one message that crossed the socket (the hot path: every SIP message)."""
-        # The header is found before looking for the blank line that ends the headers, and
-        # that only up to it: a message's headers are read once, not twice.
-        start = data.find(_CANONICAL)
-        # (+2: the CRLF that begins _CANONICAL may be the second half of the blank line)
-        if start >= 0 and data.find(b"\r\n\r\n", 0, start + 2) < 0:
-            start += len(_CANONICAL)
-            stop = data.find(b"\r\n", start)
-            if stop < 0:
-                stop = len(data)
-            call_id = data[start:stop]
-            # (stripped only when it needs it: a method call on bytes is a generic one, compiled)
-            if call_id and (_blank(call_id[0]) or _blank(call_id[-1])):
-                call_id = call_id.strip()
-        else:  # another spelling, or the canonical one only in the body (a sipfrag)
-            end = data.find(b"\r\n\r\n")
-            match = _CALL_ID.search(data, 0, end if end >= 0 else len(data))
-            if match is None:
-                return
-            call_id = match.group(1).strip()
+        found = None if _ccall_id is None else _ccall_id(data)
+        call_id = found if found is not None else call_id_of(data, canonical=_ccall_id is None)
+        if call_id is None:
+            return
         trace = self._recent
         if trace is None or not trace.alive or call_id != self._recent_id:
             trace = self._calls.get(call_id)

@@ -1,0 +1,554 @@
+/* The head of a SIP message cut in C: the common case of sip/message.py's `parse_message`.
+ *
+ * `parse_head(data, stream)` does what `_split_lines`, `_parse_start_line` and `_index_lines` do for a
+ * message of the shape nearly every peer sends - ASCII, every line ended by CRLF, no folded
+ * line, no leading CRLF, no line over MAX_LINE, at most MAX_HEADERS header lines - and returns
+ * the same objects: (method, Uri, items, index, body_start, body_end) for a request, (status,
+ * reason, items, index, body_start, body_end) for a response, the body cut as `_with_body` cuts
+ * it (Content-Length, or the rest of a datagram). The structured parts stay in Python: the
+ * request URI is parsed by `parse_uri`, a header name not yet seen by `_header_name` (both are
+ * called from here, in the order the Python parser calls them, so that a message malformed in
+ * two places raises the same error), and the caches (`_NAMES`, `_LINES`, `_METHODS`) are the
+ * Python parser's own dictionaries, shared.
+ *
+ * Anything else - a non-ASCII byte, a control character other than HTAB, a CR not followed by
+ * LF or a LF not preceded by CR, a folded or empty first line, a start line or header line the
+ * grammar refuses, too many lines, a message over MAX_MESSAGE, a Content-Length that is not
+ * one plain number the datagram holds, a body over MAX_BODY - returns None, and the caller
+ * parses the message in Python from scratch, which handles it or raises the right
+ * SipProtocolError. So the errors are the Python parser's by construction; what is done here is
+ * only ever done for input the Python parser accepts the same way (tests/sip/
+ * test_message_c.py runs both on a corpus and on mutations and compares).
+ *
+ * Hostile input: one pass over at most MAX_MESSAGE bytes finds the lines (never reading past
+ * the buffer), then one pass over the lines; work is linear in the input, and memory bounded
+ * by the caches' own bounds (kept as the Python side keeps them).
+ */
+#define _GNU_SOURCE /* memmem */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <stdint.h>
+#include <string.h>
+
+#define MAX_LINES_HEAD 130 /* the start line and MAX_HEADERS (128) header lines, plus one */
+
+/* Set by configure(): the Python parser's caches, helpers and limits. */
+static PyObject *names_cache;   /* raw name -> (canonical, key) */
+static PyObject *lines_cache;   /* line -> (item, key, alone) */
+static PyObject *methods_cache; /* method -> method */
+static PyObject *varying_keys;  /* keys whose lines are not kept */
+static PyObject *header_name_fn;
+static PyObject *parse_uri_fn;
+static Py_ssize_t max_message, max_line, max_headers, max_lines_kept, line_kept, max_methods;
+static Py_ssize_t max_body;
+
+/* The names, as received, of the headers that differ in every call and so are never in the
+ * lines cache (`_VARYING`): found by their bytes, with what `_header_name` made of them at
+ * configure(), the line then cut without a string made for it or a lookup that would miss. */
+static struct {
+    const char *raw;
+    size_t len;
+    PyObject *known; /* (canonical, key) */
+} varying_names[] = {
+    {"Via", 3, NULL},  {"v", 1, NULL}, {"From", 4, NULL},    {"f", 1, NULL},
+    {"To", 2, NULL},   {"t", 1, NULL}, {"Call-ID", 7, NULL}, {"i", 1, NULL},
+};
+#define N_VARYING_NAMES (sizeof varying_names / sizeof varying_names[0])
+
+static PyObject *configure(PyObject *self, PyObject *args) {
+    PyObject *names, *lines, *methods, *varying, *header_name, *parse_uri;
+    Py_ssize_t mm, ml, mh, mlk, lk, mme, mb;
+    if (!PyArg_ParseTuple(args, "O!O!O!OOOnnnnnnn", &PyDict_Type, &names, &PyDict_Type, &lines,
+                          &PyDict_Type, &methods, &varying, &header_name, &parse_uri, &mm, &ml,
+                          &mh, &mlk, &lk, &mme, &mb))
+        return NULL;
+    if (mh + 2 > MAX_LINES_HEAD) {
+        PyErr_SetString(PyExc_ValueError, "max_headers above what parse_head can hold");
+        return NULL;
+    }
+    Py_INCREF(names);
+    Py_XSETREF(names_cache, names);
+    Py_INCREF(lines);
+    Py_XSETREF(lines_cache, lines);
+    Py_INCREF(methods);
+    Py_XSETREF(methods_cache, methods);
+    Py_INCREF(varying);
+    Py_XSETREF(varying_keys, varying);
+    Py_INCREF(header_name);
+    Py_XSETREF(header_name_fn, header_name);
+    Py_INCREF(parse_uri);
+    Py_XSETREF(parse_uri_fn, parse_uri);
+    max_message = mm;
+    max_line = ml;
+    max_headers = mh;
+    max_lines_kept = mlk;
+    line_kept = lk;
+    max_methods = mme;
+    max_body = mb;
+    for (size_t i = 0; i < N_VARYING_NAMES; i++) {
+        PyObject *raw = PyUnicode_FromStringAndSize(varying_names[i].raw,
+                                                    (Py_ssize_t)varying_names[i].len);
+        if (raw == NULL)
+            return NULL;
+        PyObject *known = PyObject_CallFunctionObjArgs(header_name, raw, raw, NULL);
+        Py_DECREF(raw);
+        if (known == NULL)
+            return NULL;
+        int vary = PyTuple_Check(known) && PyTuple_GET_SIZE(known) == 2
+                       ? PySet_Contains(varying, PyTuple_GET_ITEM(known, 1))
+                       : 0;
+        if (vary < 0) {
+            Py_DECREF(known);
+            return NULL;
+        }
+        if (!vary) /* not varying after all: such a line goes through the cache */
+            Py_CLEAR(known);
+        Py_XSETREF(varying_names[i].known, known);
+    }
+    Py_RETURN_NONE;
+}
+
+/* An ASCII str of n bytes (the caller checked every byte is below 0x80). */
+static PyObject *ascii(const char *p, Py_ssize_t n) {
+    PyObject *s = PyUnicode_New(n, 127);
+    if (s != NULL)
+        memcpy(PyUnicode_DATA(s), p, (size_t)n);
+    return s;
+}
+
+/* RFC 3261 s25 token, as message.py's _TOKEN: alphanum / "-" / "." / "!" / "%" / "*" / "_" /
+ * "+" / "`" / "'" / "~" */
+static int is_token_char(unsigned char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           c == '-' || c == '.' || c == '!' || c == '%' || c == '*' || c == '_' || c == '+' ||
+           c == '`' || c == '\'' || c == '~';
+}
+
+/* The start line: a new reference to (first, second) for the result, NULL with an exception
+ * set, or NULL without one for "not the common case" (the caller returns None). */
+static int start_line(const char *p, Py_ssize_t n, PyObject **first, PyObject **second) {
+    *first = *second = NULL;
+    if (n >= 4 && memcmp(p, "SIP/", 4) == 0) {
+        /* SIP/2\.0 ([1-6][0-9][0-9]) ([^\r\n]*) */
+        if (n < 12 || memcmp(p, "SIP/2.0 ", 8) != 0 || p[8] < '1' || p[8] > '6' ||
+            p[9] < '0' || p[9] > '9' || p[10] < '0' || p[10] > '9' || p[11] != ' ')
+            return 0;
+        *first = PyLong_FromLong((p[8] - '0') * 100 + (p[9] - '0') * 10 + (p[10] - '0'));
+        if (*first == NULL)
+            return -1;
+        *second = ascii(p + 12, n - 12);
+        if (*second == NULL) {
+            Py_CLEAR(*first);
+            return -1;
+        }
+        return 1;
+    }
+    /* Method SP Request-URI SP SIP-Version: exactly two spaces */
+    const char *sp1 = memchr(p, ' ', (size_t)n);
+    if (sp1 == NULL)
+        return 0;
+    const char *sp2 = memchr(sp1 + 1, ' ', (size_t)(p + n - sp1 - 1));
+    if (sp2 == NULL || memchr(sp2 + 1, ' ', (size_t)(p + n - sp2 - 1)) != NULL)
+        return 0;
+    Py_ssize_t mlen = sp1 - p;
+    if (mlen == 0)
+        return 0;
+    PyObject *method = ascii(p, mlen);
+    if (method == NULL)
+        return -1;
+    PyObject *known = PyDict_GetItemWithError(methods_cache, method); /* borrowed */
+    if (known != NULL) {
+        Py_INCREF(known);
+        Py_SETREF(method, known);
+    } else if (PyErr_Occurred()) {
+        Py_DECREF(method);
+        return -1;
+    } else {
+        for (Py_ssize_t i = 0; i < mlen; i++)
+            if (!is_token_char((unsigned char)p[i])) {
+                Py_DECREF(method);
+                return 0;
+            }
+        if (PyDict_GET_SIZE(methods_cache) >= max_methods)
+            PyDict_Clear(methods_cache);
+        if (PyDict_SetItem(methods_cache, method, method) < 0) {
+            Py_DECREF(method);
+            return -1;
+        }
+    }
+    /* the version as sent: anything but the exact text (another case, another version) is
+     * for the Python parser, which accepts the first and answers 505 to the second */
+    if (p + n - sp2 - 1 != 7 || memcmp(sp2 + 1, "SIP/2.0", 7) != 0) {
+        Py_DECREF(method);
+        return 0;
+    }
+    PyObject *uri_text = ascii(sp1 + 1, sp2 - sp1 - 1);
+    if (uri_text == NULL) {
+        Py_DECREF(method);
+        return -1;
+    }
+    PyObject *uri = PyObject_CallOneArg(parse_uri_fn, uri_text);
+    Py_DECREF(uri_text);
+    if (uri == NULL) {
+        Py_DECREF(method);
+        return -1;
+    }
+    *first = method;
+    *second = uri;
+    return 1;
+}
+
+/* What the header lines said of the body: the first Content-Length value (borrowed: the items
+ * list holds it), and whether a later one differs. */
+typedef struct {
+    PyObject *length;
+    int conflict;
+} body_state;
+
+static int is_content_length(PyObject *key) {
+    return PyUnicode_IS_COMPACT_ASCII(key) && PyUnicode_GET_LENGTH(key) == 14 &&
+           memcmp(PyUnicode_DATA(key), "content-length", 14) == 0;
+}
+
+/* The line cut: a new reference to (canonical, key) and the stripped value. */
+static PyObject *strip_value(const char *colon, const char *end) {
+    /* value.strip(): within these lines the only whitespace is SP and HTAB */
+    const char *v = colon + 1;
+    while (v < end && (*v == ' ' || *v == '\t'))
+        v++;
+    while (end > v && (end[-1] == ' ' || end[-1] == '\t'))
+        end--;
+    return ascii(v, end - v);
+}
+
+/* One header line into items and index; 1 done, 0 not the common case, -1 an exception. */
+static int header_line(const char *p, Py_ssize_t n, PyObject *items, PyObject *index,
+                       body_state *body) {
+    PyObject *item = NULL, *key = NULL, *alone = NULL; /* new references below */
+    const char *colon = memchr(p, ':', (size_t)n);
+    PyObject *fast = NULL; /* borrowed: a varying header's (canonical, key) */
+    if (colon != NULL)
+        for (size_t i = 0; i < N_VARYING_NAMES; i++)
+            if ((size_t)(colon - p) == varying_names[i].len &&
+                memcmp(p, varying_names[i].raw, varying_names[i].len) == 0) {
+                fast = varying_names[i].known;
+                break;
+            }
+    if (fast != NULL) {
+        key = PyTuple_GET_ITEM(fast, 1);
+        Py_INCREF(key);
+        PyObject *value = strip_value(colon, p + n);
+        if (value == NULL)
+            goto fail;
+        item = PyTuple_Pack(2, PyTuple_GET_ITEM(fast, 0), value);
+        alone = PyTuple_Pack(1, value);
+        Py_DECREF(value);
+        if (item == NULL || alone == NULL)
+            goto fail;
+        goto add;
+    }
+    PyObject *line = ascii(p, n);
+    if (line == NULL)
+        return -1;
+    PyObject *parsed = PyDict_GetItemWithError(lines_cache, line); /* borrowed */
+    if (parsed != NULL && PyTuple_CheckExact(parsed) && PyTuple_GET_SIZE(parsed) == 3) {
+        item = PyTuple_GET_ITEM(parsed, 0);
+        key = PyTuple_GET_ITEM(parsed, 1);
+        alone = PyTuple_GET_ITEM(parsed, 2);
+        Py_INCREF(item);
+        Py_INCREF(key);
+        Py_INCREF(alone);
+        Py_DECREF(line);
+        goto add;
+    }
+    if (parsed == NULL && PyErr_Occurred()) {
+        Py_DECREF(line);
+        return -1;
+    }
+    if (colon == NULL) {
+        Py_DECREF(line);
+        return 0;
+    }
+    PyObject *raw = ascii(p, colon - p);
+    if (raw == NULL) {
+        Py_DECREF(line);
+        return -1;
+    }
+    PyObject *known = PyDict_GetItemWithError(names_cache, raw); /* borrowed */
+    if (known != NULL)
+        Py_INCREF(known);
+    else if (!PyErr_Occurred())
+        known = PyObject_CallFunctionObjArgs(header_name_fn, raw, line, NULL);
+    Py_DECREF(raw);
+    if (known == NULL) {
+        Py_DECREF(line);
+        return -1;
+    }
+    if (!PyTuple_Check(known) || PyTuple_GET_SIZE(known) != 2) {
+        Py_DECREF(known);
+        Py_DECREF(line);
+        PyErr_SetString(PyExc_TypeError, "a header name is (canonical, key)");
+        return -1;
+    }
+    key = PyTuple_GET_ITEM(known, 1);
+    Py_INCREF(key);
+    PyObject *value = strip_value(colon, p + n);
+    if (value != NULL) {
+        item = PyTuple_Pack(2, PyTuple_GET_ITEM(known, 0), value);
+        alone = PyTuple_Pack(1, value);
+        Py_DECREF(value);
+    }
+    Py_DECREF(known);
+    if (item == NULL || alone == NULL) {
+        Py_DECREF(line);
+        goto fail;
+    }
+    int vary = PySet_Contains(varying_keys, key);
+    if (vary < 0) {
+        Py_DECREF(line);
+        goto fail;
+    }
+    if (!vary && n <= line_kept) {
+        if (PyDict_GET_SIZE(lines_cache) >= max_lines_kept)
+            PyDict_Clear(lines_cache);
+        PyObject *entry = PyTuple_Pack(3, item, key, alone);
+        if (entry == NULL || PyDict_SetItem(lines_cache, line, entry) < 0) {
+            Py_XDECREF(entry);
+            Py_DECREF(line);
+            goto fail;
+        }
+        Py_DECREF(entry);
+    }
+    Py_DECREF(line);
+
+add:
+    if (PyList_Append(items, item) < 0)
+        goto fail;
+    PyObject *lines_of = PyDict_GetItemWithError(index, key); /* borrowed */
+    if (lines_of == NULL) {
+        if (PyErr_Occurred() || PyDict_SetItem(index, key, alone) < 0)
+            goto fail;
+    } else {
+        /* (*lines_of, item[1]) */
+        Py_ssize_t k = PyTuple_GET_SIZE(lines_of);
+        PyObject *grown = PyTuple_New(k + 1);
+        if (grown == NULL)
+            goto fail;
+        for (Py_ssize_t i = 0; i < k; i++) {
+            PyObject *o = PyTuple_GET_ITEM(lines_of, i);
+            Py_INCREF(o);
+            PyTuple_SET_ITEM(grown, i, o);
+        }
+        PyObject *value = PyTuple_GET_ITEM(item, 1);
+        Py_INCREF(value);
+        PyTuple_SET_ITEM(grown, k, value);
+        int set = PyDict_SetItem(index, key, grown);
+        Py_DECREF(grown);
+        if (set < 0)
+            goto fail;
+    }
+    if (is_content_length(key)) {
+        PyObject *value = PyTuple_GET_ITEM(item, 1); /* items holds it */
+        if (body->length == NULL)
+            body->length = value;
+        else if (PyUnicode_Compare(value, body->length) != 0)
+            body->conflict = 1;
+    }
+    Py_DECREF(item);
+    Py_DECREF(key);
+    Py_DECREF(alone);
+    return 1;
+fail:
+    Py_XDECREF(item);
+    Py_XDECREF(key);
+    Py_XDECREF(alone);
+    return -1;
+}
+
+static PyObject *parse_head(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || !PyBytes_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "parse_head takes (bytes, stream)");
+        return NULL;
+    }
+    PyObject *arg = args[0];
+    int stream = PyObject_IsTrue(args[1]);
+    if (stream < 0)
+        return NULL;
+    if (names_cache == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "parse_head before configure");
+        return NULL;
+    }
+    const char *data = PyBytes_AS_STRING(arg);
+    Py_ssize_t size = PyBytes_GET_SIZE(arg);
+    if (size > max_message)
+        Py_RETURN_NONE;
+
+    /* One pass: the lines of the head up to the first empty one. */
+    Py_ssize_t starts[MAX_LINES_HEAD], lens[MAX_LINES_HEAD];
+    Py_ssize_t nlines = 0, start = 0, i = 0, body = -1;
+    while (i < size) {
+        /* eight bytes at a time while none is below 0x20 or above 0x7f (a byte below 0x20
+         * borrows in the subtraction and sets its top bit; the first such byte always does) */
+        while (i + 8 <= size) {
+            uint64_t w;
+            memcpy(&w, data + i, 8);
+            if (((w - 0x2020202020202020ULL) | w) & 0x8080808080808080ULL)
+                break;
+            i += 8;
+        }
+        if (i >= size)
+            break;
+        unsigned char c = (unsigned char)data[i];
+        if (c >= 0x80)
+            Py_RETURN_NONE;
+        if (c >= 0x20 || c == '\t') {
+            i++;
+            continue;
+        }
+        if (c != '\r' || i + 1 >= size || data[i + 1] != '\n')
+            Py_RETURN_NONE; /* a control character, a bare CR, a bare LF */
+        if (i == start) {   /* an empty line: the end of the head */
+            body = i + 2;
+            break;
+        }
+        if (nlines == MAX_LINES_HEAD || i - start > max_line)
+            Py_RETURN_NONE;
+        if (data[start] == ' ' || data[start] == '\t')
+            Py_RETURN_NONE; /* a folded line (or a first line beginning with a blank) */
+        starts[nlines] = start;
+        lens[nlines] = i - start;
+        nlines++;
+        i += 2;
+        start = i;
+    }
+    /* no end of headers, or an empty first line (leading CRLF, or no head at all) */
+    if (body < 0 || nlines == 0 || nlines - 1 > max_headers)
+        Py_RETURN_NONE;
+
+    PyObject *first, *second;
+    int ok = start_line(data + starts[0], lens[0], &first, &second);
+    if (ok < 0)
+        return NULL;
+    if (ok == 0)
+        Py_RETURN_NONE;
+    /* the index sized for its lines at once (no resize on the way), where the API has it */
+#if PY_VERSION_HEX < 0x030D0000
+    PyObject *items = PyList_New(0), *index = _PyDict_NewPresized(nlines - 1);
+#else
+    PyObject *items = PyList_New(0), *index = PyDict_New();
+#endif
+    if (items == NULL || index == NULL)
+        goto fail;
+    body_state state = {NULL, 0};
+    for (Py_ssize_t l = 1; l < nlines; l++) {
+        ok = header_line(data + starts[l], lens[l], items, index, &state);
+        if (ok < 0)
+            goto fail;
+        if (ok == 0)
+            goto not_common;
+    }
+    /* The body, as `_with_body` cuts it; its refusals are left to the Python parser. */
+    Py_ssize_t end = size;
+    if (state.length != NULL) {
+        if (state.conflict || !PyUnicode_IS_COMPACT_ASCII(state.length))
+            goto not_common;
+        const char *digits = (const char *)PyUnicode_DATA(state.length);
+        Py_ssize_t ndigits = PyUnicode_GET_LENGTH(state.length), length = 0;
+        if (ndigits == 0 || ndigits > 9)
+            goto not_common;
+        for (Py_ssize_t d = 0; d < ndigits; d++) {
+            if (digits[d] < '0' || digits[d] > '9')
+                goto not_common;
+            length = length * 10 + (digits[d] - '0');
+        }
+        if (length > size - body)
+            goto not_common;
+        end = body + length;
+    } else if (stream) {
+        goto not_common;
+    }
+    if (end - body > max_body)
+        goto not_common;
+    PyObject *result = PyTuple_New(6), *start_at = PyLong_FromSsize_t(body),
+             *end_at = PyLong_FromSsize_t(end);
+    if (result == NULL || start_at == NULL || end_at == NULL) {
+        Py_XDECREF(result);
+        Py_XDECREF(start_at);
+        Py_XDECREF(end_at);
+        goto fail;
+    }
+    PyTuple_SET_ITEM(result, 0, first);
+    PyTuple_SET_ITEM(result, 1, second);
+    PyTuple_SET_ITEM(result, 2, items);
+    PyTuple_SET_ITEM(result, 3, index);
+    PyTuple_SET_ITEM(result, 4, start_at);
+    PyTuple_SET_ITEM(result, 5, end_at);
+    return result;
+not_common:
+    Py_DECREF(first);
+    Py_DECREF(second);
+    Py_DECREF(items);
+    Py_DECREF(index);
+    Py_RETURN_NONE;
+fail:
+    Py_DECREF(first);
+    Py_DECREF(second);
+    Py_XDECREF(items);
+    Py_XDECREF(index);
+    return NULL;
+}
+
+/* Whether bytes.strip strips this byte (ASCII whitespace). */
+static int blank(unsigned char c) { return c == ' ' || (c >= 9 && c <= 13); }
+
+/* sip/trace.py's Call-ID of a message, the common case: its canonical spelling
+ * ("\r\nCall-ID: ") found in the head. The Call-ID's bytes, stripped; None for anything else
+ * (another spelling, no Call-ID, the canonical one only in the body), which trace.py looks for
+ * with its regular expression. */
+static PyObject *call_id(PyObject *self, PyObject *arg) {
+    static const char canonical[] = "\r\nCall-ID: ";
+    const size_t clen = sizeof canonical - 1;
+    if (!PyBytes_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "call_id takes bytes");
+        return NULL;
+    }
+    const char *data = PyBytes_AS_STRING(arg);
+    size_t size = (size_t)PyBytes_GET_SIZE(arg);
+    const char *found = memmem(data, size, canonical, clen);
+    if (found == NULL)
+        Py_RETURN_NONE;
+    /* (+2: the CRLF that begins it may be the second half of the blank line) */
+    if (memmem(data, (size_t)(found - data) + 2, "\r\n\r\n", 4) != NULL)
+        Py_RETURN_NONE;
+    const char *start = found + clen, *end = data + size;
+    const char *stop = memmem(start, (size_t)(end - start), "\r\n", 2);
+    if (stop == NULL)
+        stop = end;
+    while (start < stop && blank((unsigned char)*start))
+        start++;
+    while (stop > start && blank((unsigned char)stop[-1]))
+        stop--;
+    return PyBytes_FromStringAndSize(start, stop - start);
+}
+
+static PyMethodDef methods[] = {
+    {"call_id", call_id, METH_O,
+     "call_id(data) -> the Call-ID's bytes when spelt canonically in the head, else None"},
+    {"configure", configure, METH_VARARGS,
+     "configure(names, lines, methods, varying, header_name, parse_uri, max_message, max_line, "
+     "max_headers, max_lines_kept, line_kept, max_methods, max_body): the Python parser's caches, "
+     "helpers and limits, shared"},
+    {"parse_head", (PyCFunction)(void (*)(void))parse_head, METH_FASTCALL,
+     "parse_head(data, stream) -> (method, uri, items, index, body_start, body_end) | (status, "
+     "reason, items, index, body_start, body_end) | None (not the common case: parse it in "
+     "Python)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_csipmsg", "The common case of a SIP message's head, cut in C", -1,
+    methods,  NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__csipmsg(void) { return PyModule_Create(&module); }

@@ -1,0 +1,282 @@
+"""The C cut of a message's head (src/sipbridge/_csipmsg.c) against the Python parser, and the
+C search of the trace's Call-ID against trace.py's.
+
+`parse_message` hands a message to `_csipmsg.parse_head` first; for the common shape (ASCII,
+CRLF, no folding...) C builds the message's objects, for anything else it returns None and the
+Python parser (`parse_message_python`) runs. Both must give the same message or the same error
+(status, reason, detail) on every input: the call flows and RFC 4475 torture messages of the
+message tests, the seed corpus of every fuzz target that carries SIP (fuzz/corpus), and seeded
+random mutations of them (bytes flipped, inserted, deleted; lines repeated, folded, cut).
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sipbridge.sip import message as sipmsg
+from sipbridge.sip.errors import SipProtocolError
+from sipbridge.sip.message import (
+    MAX_BODY,
+    MAX_HEADERS,
+    MAX_LINE,
+    MAX_MESSAGE,
+    Request,
+    Response,
+    parse_message,
+    parse_message_python,
+)
+from sipbridge.sip.trace import call_id_of
+from tests.sip.test_message import CALL_FLOW
+from tests.sip.test_torture import MESSAGES as TORTURE
+
+_csipmsg = pytest.importorskip("sipbridge.sip._csipmsg")
+if sipmsg._cparse is None:
+    pytest.skip("SIPBRIDGE_NO_CSIPMSG=1: the Python parser alone", allow_module_level=True)
+
+CORPUS = Path(__file__).resolve().parents[2] / "fuzz" / "corpus"
+# fuzz/targets.py: the endpoint and user agent targets cut their input into datagrams at NULs
+SEPARATOR = b"\x00\x00\x00\x00"
+
+
+def corpus() -> list[bytes]:
+    found: list[bytes] = [SIPP_INVITE, SIPP_OK, *CALL_FLOW, *TORTURE.values()]
+    for target in ("sip_message", "sip_stream", "endpoint", "user_agent", "sip_trying"):
+        for path in sorted((CORPUS / target).glob("*")):
+            data = path.read_bytes()
+            found.append(data)
+            found.extend(piece for piece in data.split(SEPARATOR) if piece)
+    return found
+
+
+def shape(message: Request | Response) -> tuple[Any, ...]:
+    """Everything parsing makes, the memo aside (made only by the accessors)."""
+    headers = message.headers
+    start = (
+        (message.method, message.uri)
+        if isinstance(message, Request)
+        else (message.status, message.reason)
+    )
+    return (type(message), *start, headers.items, headers._index, headers.memo, message.body)
+
+
+def outcome(parse: Any, data: bytes, *, stream: bool = False) -> tuple[Any, ...]:
+    try:
+        return ("parsed", shape(parse(data, stream=stream)))
+    except SipProtocolError as err:
+        return ("refused", err.status, err.reason, err.detail)
+
+
+def forget_caches() -> None:
+    """The Python parser's caches, which the C side shares: emptied so that each side parses
+    from nothing (a message equal only through a line cached by the other would hide a fault)."""
+    sipmsg._LINES.clear()
+    sipmsg._NAMES.clear()
+    sipmsg._METHODS.clear()
+
+
+def assert_same(data: bytes, *, cold: bool = False) -> None:
+    for stream in (False, True):
+        if cold:
+            forget_caches()
+        in_c = outcome(parse_message, data, stream=stream)
+        if cold:
+            forget_caches()
+        in_python = outcome(parse_message_python, data, stream=stream)
+        assert in_c == in_python, data[:200]
+        # and warm: each side again, with the caches the two have filled
+        assert outcome(parse_message, data, stream=stream) == in_python, data[:200]
+
+
+def mutate(data: bytes, rng: random.Random) -> bytes:
+    out = bytearray(data)
+    for _ in range(rng.randint(1, 4)):
+        if not out:
+            out.extend(b"\r\n")
+        i = rng.randrange(len(out) + 1)
+        kind = rng.randrange(8)
+        if kind == 0:  # a byte flipped
+            out[min(i, len(out) - 1)] = rng.randrange(256)
+        elif kind == 1:  # a byte that matters to the cut inserted
+            out[i:i] = rng.choice(
+                [b"\r", b"\n", b"\r\n", b" ", b"\t", b":", b"\x80", b"\x00", b"\x0b", b"\xc3\xa9"]
+            )
+        elif kind == 2:  # bytes deleted
+            del out[i : i + rng.randint(1, 8)]
+        elif kind == 3:  # a line folded
+            out[i:i] = rng.choice([b"\r\n ", b"\r\n\t", b"\n "])
+        elif kind == 4:  # a line repeated
+            start = out.rfind(b"\r\n", 0, i) + 2
+            end = out.find(b"\r\n", i)
+            if start >= 2 and end > start:
+                out[end:end] = out[start - 2 : end]
+        elif kind == 5:  # cut short
+            del out[i:]
+        elif kind == 6:  # a case changed
+            out[i:i] = rng.choice([b"sip/2.0", b"SIP/2.1", b"CONTENT-LENGTH: 0\r\n", b"l: 1\r\n"])
+        else:  # a leading CRLF, or the head's end moved
+            out[i:i] = rng.choice([b"\r\n\r\n", b"\n\n"]) if i else b"\r\n"
+    return bytes(out)
+
+
+# What `sipp -sn uac` sends (bench/sip_profile.py), and its answer: the common shape.
+SIPP_INVITE = (
+    b"INVITE sip:service@127.0.0.1:5060 SIP/2.0\r\n"
+    b"Via: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK-1-1-0\r\n"
+    b"From: sipp <sip:sipp@127.0.0.1:5061>;tag=1SIPpTag001\r\n"
+    b"To: service <sip:service@127.0.0.1:5060>\r\n"
+    b"Call-ID: 1-1234@127.0.0.1\r\n"
+    b"CSeq: 1 INVITE\r\n"
+    b"Contact: sip:sipp@127.0.0.1:5061\r\n"
+    b"Max-Forwards: 70\r\n"
+    b"Subject: Performance Test\r\n"
+    b"Content-Type: application/sdp\r\n"
+    b"Content-Length: 4\r\n\r\nv=0\n"
+)
+SIPP_OK = (
+    b"SIP/2.0 200 OK\r\n"
+    b"Via: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK-1-1-0\r\n"
+    b"From: sipp <sip:sipp@127.0.0.1:5061>;tag=1SIPpTag001\r\n"
+    b"To: service <sip:service@127.0.0.1:5060>;tag=abc\r\n"
+    b"Call-ID: 1-1234@127.0.0.1\r\n"
+    b"CSeq: 1 INVITE\r\n"
+    b"Content-Length: 0\r\n\r\n"
+)
+
+
+def test_the_common_shape_is_cut_in_c() -> None:
+    assert sipmsg._cparse is not None
+    for data in (SIPP_INVITE, SIPP_OK, CALL_FLOW[0]):
+        assert _csipmsg.parse_head(data, False) is not None
+        assert_same(data, cold=True)
+    request = parse_message(SIPP_INVITE)
+    assert isinstance(request, Request)
+    assert (request.method, request.call_id, request.cseq.method) == (
+        "INVITE",
+        "1-1234@127.0.0.1",
+        "INVITE",
+    )
+    assert request.body == b"v=0\n"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"INVITE sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n\r\n",  # common
+        b"\r\nINVITE sip:a@b SIP/2.0\r\nVia: x\r\n\r\n",  # a leading CRLF
+        b"INVITE sip:a@b SIP/2.0\nVia: x\n\n",  # bare LF
+        b"INVITE sip:a@b SIP/2.0\r\nVia: x\r\n y\r\n\r\n",  # folded
+        b"INVITE sip:a@b SIP/2.0\r\nSubject: \xc3\xa9\r\n\r\n",  # not ASCII
+        b"INVITE sip:a@b sip/2.0\r\nVia: x\r\n\r\n",  # the version's case
+        b"INVITE sip:a@b SIP/2.1\r\nVia: x\r\n\r\n",  # 505
+        b"INV\x01TE sip:a@b SIP/2.0\r\n\r\n",  # a control character
+        b"INVITE sip:a@b SIP/2.0\r\nVia\r\n\r\n",  # no colon
+        b"INVITE sip:a@b SIP/2.0\r\nV ia: x\r\n\r\n",  # a name outside the grammar
+        b"INVITE sip:a@b SIP/2.0\r\nVia: x\rx\r\n\r\n",  # a bare CR
+        b"INVITE sip:a b SIP/2.0\r\n\r\n",  # three spaces
+        b"INVITE  SIP/2.0\r\n\r\n",  # an empty URI
+        b"INVITE sip:a@b SIP/2.0\r\n",  # no end of headers
+        b"\r\n\r\n",  # nothing
+        b"SIP/2.0 200 OK\r\nVia: x\r\n\r\n",
+        b"SIP/2.0 200 \r\n\r\n",  # an empty reason
+        b"SIP/2.0 200\r\n\r\n",  # no reason
+        b"SIP/2.0 700 Big\r\n\r\n",
+        b"SIP/2.0 20x OK\r\n\r\n",
+        b"INVITE sip:a@b SIP/2.0\r\nContent-Length: 2\r\n\r\nabc",
+        b"INVITE sip:a@b SIP/2.0\r\nContent-Length: 9\r\n\r\nabc",  # body too short
+        b"INVITE sip:a@b SIP/2.0\r\nl: 1\r\nContent-Length: 2\r\n\r\nabc",  # conflicting
+        b"INVITE sip:a@b SIP/2.0\r\nVia: \t x \t\r\nVia:y\r\nv:z\r\n\r\n",  # strip, repeats
+        b"INVITE sip:a@b SIP/2.0\r\nX-\x7f: y\r\n\r\n",  # DEL: not a token character
+        b"INVITE sip:a@b SIP/2.0\r\nVIA: x\r\nvia :y\r\nV:z\r\nCall-Id: c\r\n\r\n",  # case
+        b"INVITE sip:a@b SIP/2.0\r\nContent-Length: 0002\r\n\r\nabc",  # leading zeros
+        b"INVITE sip:a@b SIP/2.0\r\nContent-Length: 1000000000\r\n\r\nabc",  # ten digits
+        b"INVITE sip:a@b SIP/2.0\r\nContent-Length: \r\n\r\nabc",  # empty
+        b"INVITE sip:a@b SIP/2.0\r\nContent-Length: 1 2\r\n\r\nabc",
+        b"INVITE sip:a@b SIP/2.0\r\nContent-Length: -1\r\n\r\nabc",
+        b"INVITE sip:a@b SIP/2.0\r\nl: 2\r\ncontent-length:2 \r\n\r\nabc",  # the same twice
+        b"INVITE sip:a@b SIP/2.0\r\nl: 2\r\nl: 02\r\n\r\nabc",  # equal numbers, not text
+        b"INVITE sip:a@b SIP/2.0\r\nContent-Length: 3\r\n\r\nabc",  # all of it
+    ],
+)
+def test_cases_at_the_edge_of_the_common_shape(data: bytes) -> None:
+    assert_same(data, cold=True)
+
+
+def test_limits() -> None:
+    line = b"X-Long: " + b"a" * (MAX_LINE - 8)
+    for extra in (0, 1):  # a line of MAX_LINE characters, and one more
+        assert_same(b"OPTIONS sip:a@b SIP/2.0\r\n" + line + b"a" * extra + b"\r\n\r\n")
+    for count in (MAX_HEADERS, MAX_HEADERS + 1, MAX_HEADERS + 2):
+        head = b"OPTIONS sip:a@b SIP/2.0\r\n" + b"Via: x\r\n" * count
+        assert_same(head + b"\r\n")
+        assert_same(head + b"bad\r\n\r\n")  # a malformed line past the cap
+    big = b"OPTIONS sip:a@b SIP/2.0\r\nContent-Length: 0\r\n\r\n"
+    assert_same(big + b"x" * (MAX_MESSAGE - len(big)))
+    assert_same(big + b"x" * (MAX_MESSAGE - len(big) + 1))  # 513
+    head = b"OPTIONS sip:a@b SIP/2.0\r\n"
+    for size in (MAX_BODY, MAX_BODY + 1):  # the body's limit (413), with and without a length
+        assert_same(head + b"\r\n" + b"x" * size)
+        assert_same(head + b"Content-Length: %d\r\n\r\n" % size + b"x" * size)
+
+
+def test_corpus() -> None:
+    messages = corpus()
+    assert len(messages) > 200
+    for data in messages:
+        assert_same(data, cold=True)
+
+
+def test_mutations() -> None:
+    rng = random.Random(18)
+    seeds = corpus()
+    for _ in range(6000):
+        data = mutate(rng.choice(seeds), rng)
+        assert_same(data, cold=rng.random() < 0.25)
+
+
+def test_not_configured_or_not_bytes() -> None:
+    with pytest.raises(TypeError):
+        _csipmsg.parse_head("INVITE sip:a@b SIP/2.0\r\n\r\n", False)
+
+
+# -- the trace's Call-ID (sip/trace.py `call_id_of`, `_csipmsg.call_id`) -----------------------
+
+
+def call_id_in_c(data: bytes) -> bytes | None:
+    found = _csipmsg.call_id(data)
+    return found if found is not None else call_id_of(data, canonical=False)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"BYE sip:a@b SIP/2.0\r\nCall-ID: abc\r\n\r\n",
+        b"BYE sip:a@b SIP/2.0\r\nCall-ID:  \x0babc \t\r\n\r\n",  # blanks bytes.strip strips
+        b"BYE sip:a@b SIP/2.0\r\nCall-ID: \r\n\r\n",  # empty
+        b"BYE sip:a@b SIP/2.0\r\nCall-ID: abc",  # cut short: to the end
+        b"BYE sip:a@b SIP/2.0\r\ni: abc\r\n\r\n",  # compact: the regular expression
+        b"BYE sip:a@b SIP/2.0\r\ncall-id:abc\r\n\r\n",
+        b"BYE sip:a@b SIP/2.0\r\n\r\nCall-ID: body\r\n",  # only in the body: none
+        b"BYE sip:a@b SIP/2.0\r\n\r\nCall-ID: body\r\ni: x\r\n",
+        b"NOTIFY sip:a@b SIP/2.0\r\ni: head\r\n\r\nCall-ID: body\r\n",
+        b"\r\nCall-ID: first\r\n\r\n",  # at the very start
+        b"\r\n\r\nCall-ID: x\r\n",  # the blank line is its first CRLF
+        b"Call-ID: x\r\n\r\n",  # no CRLF before it
+        b"",
+    ],
+)
+def test_call_id_cases(data: bytes) -> None:
+    assert call_id_in_c(data) == call_id_of(data)
+
+
+def test_call_id_on_the_corpus_and_mutations() -> None:
+    seeds = corpus()
+    for data in seeds:
+        assert call_id_in_c(data) == call_id_of(data), data[:200]
+    rng = random.Random(3261)
+    for _ in range(6000):
+        data = mutate(rng.choice(seeds), rng)
+        assert call_id_in_c(data) == call_id_of(data), data[:200]
