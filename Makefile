@@ -164,11 +164,12 @@ check: lint typecheck
 	$(BIN)/pytest -q -p no:cacheprovider $(CHECK_TESTS)
 
 # The core's own tests alone, then its coverage per package: at least COVERAGE_MIN % each.
-# They run from the sources (coverage sees no compiled code), which also tests that fallback;
+# They run from the sources (coverage sees no compiled code) and without the C cut of SIP heads
+# (_csipmsg), which also tests those fallbacks;
 # `core-compiled` runs them again on the compiled build.
 coverage-core: install
 	$(BIN)/coverage erase
-	SIPBRIDGE_INTERPRETED=1 $(BIN)/pytest -q -n $(CORE_WORKERS) $(CORE_TESTS) \
+	SIPBRIDGE_INTERPRETED=1 SIPBRIDGE_NO_CSIPMSG=1 $(BIN)/pytest -q -n $(CORE_WORKERS) $(CORE_TESTS) \
 		$(addprefix --cov=sipbridge.,$(CORE_PACKAGES)) --cov-branch --cov-report=
 	@for p in $(CORE_PACKAGES); do \
 		echo "== sipbridge.$$p from tests/$$p"; \
