@@ -140,6 +140,14 @@ class Harness:
             self.svc.attach(leg, room)
         return leg
 
+    def sent(self) -> None:
+        """Return once the clock's last tick is on the wire: with the compiled sender
+        (`ports.SendBatch`) a tick's frames leave from its thread a moment after the tick, so a
+        frame mixed before a leg stopped mixing can still arrive after a `drain`."""
+        sender = self.svc.clock.batch.sender
+        if sender is not None:
+            sender.wait()
+
     def close(self) -> None:
         self.svc.close()
         for leg in self.legs:
@@ -417,6 +425,7 @@ async def test_mixed_frames_are_stamped_one_frame_apart_whatever_the_tick_jitter
     clock = media.svc.clock
     await phone.recv_rtp()
     clock.stop()
+    media.sent()
     phone.drain()
     base = asyncio.get_running_loop().time() + 1.0
     lateness = [0.0, 0.004, 0.0, 0.0007, 0.012, 0.0, 0.002]  # how late each tick fires
@@ -564,6 +573,7 @@ async def test_a_leg_that_sent_dtmf_goes_back_to_forwarding(media: Harness) -> N
     assert leg_b.mixing and leg_b.forward_from is None  # the clock plays the digit
     await settle(lambda: not leg_b.local_audio, timeout=5.0)  # played out (late when busy)
     assert leg_b.forward_from is leg_a and not leg_b.mixing
+    media.sent()  # the last mixed frame, with the digit's end, is out
     b.drain()
     sent = [a.send_rtp(pcmu(440, index)) for index in range(3)]
     assert [(await b.recv_rtp()).payload for _ in range(2)] == [p.payload for p in sent[1:]]
