@@ -11,18 +11,22 @@ mode is printed) and alternate with another tree.
   Microseconds, best of 5 runs.
 - call log: a steady `--rate` calls/s recorded into a real SQLite file as bench/inbound.py's
   shared room records them (ringing and answered at once; active, ended and its quality a
-  second later), for `--seconds`: commits a second, records a call, and the process's CPU a
-  call (the recording on the loop and the SQLite thread).
+  second later), for `--seconds`: commits a second, records a call, the process's CPU a call
+  (the recording on the loop and the SQLite thread) and the SQLite thread's alone (from
+  /proc: 10 ms ticks).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
 import resource
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -99,6 +103,19 @@ def cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def store_thread_cpu_s() -> float:
+    """CPU time of the store's threads (SQLite's writer: `sqlite_*`), from /proc (Linux)."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for thread in threading.enumerate():
+        if thread.name.startswith("sqlite") and thread.native_id is not None:
+            with contextlib.suppress(OSError):
+                stat = Path(f"/proc/self/task/{thread.native_id}/stat").read_text()
+                fields = stat.rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
+
+
 def call_info(n: int) -> proto.SIPCallInfo:
     info = proto.SIPCallInfo(
         call_id=f"SCL_{n:010d}",
@@ -141,6 +158,7 @@ async def call_log(rate: int, seconds: float) -> dict[str, float]:
             log.record_quality(info.call_id, {"codec": "PCMU", "mos": 4.41})
         await asyncio.sleep(0.002)
     used = cpu_s() - cpu
+    writer = store_thread_cpu_s()
     commits, records = log.commits, log.records_written
     await log.stop()
     await store.close()
@@ -150,6 +168,7 @@ async def call_log(rate: int, seconds: float) -> dict[str, float]:
         "commits_per_s": round(commits / seconds, 1),
         "records_per_call": round(records / calls, 2),
         "cpu_us_per_call": round(used / calls * 1e6, 1),
+        "store_thread_cpu_us_per_call": round(writer / calls * 1e6, 1),
     }
 
 
