@@ -107,7 +107,9 @@ class JitterFrame:
     lost: bool
 
 
-@dataclass(slots=True)
+# Dataclasses made for every call write their own `__init__` (`init=False`): mypyc compiles
+# it, where the one the dataclasses module generates stays interpreted (issue 18).
+@dataclass(init=False, slots=True)
 class JitterStats:
     """Running counts. Every pushed packet ends up in exactly one of duplicates, late, overflow,
     played, skipped, flushed, or is still buffered; every frame popped is played, lost or
@@ -123,6 +125,31 @@ class JitterStats:
     skipped: int = 0  # packets dropped at playout to shrink the delay or catch up
     stretched: int = 0  # concealment frames inserted to grow the delay
     flushed: int = 0  # packets dropped by flush() or a restart
+
+    def __init__(
+        self,
+        *,
+        received: int = 0,
+        played: int = 0,
+        lost: int = 0,
+        late: int = 0,
+        duplicates: int = 0,
+        overflow: int = 0,
+        resets: int = 0,
+        skipped: int = 0,
+        stretched: int = 0,
+        flushed: int = 0,
+    ) -> None:
+        self.received = received
+        self.played = played
+        self.lost = lost
+        self.late = late
+        self.duplicates = duplicates
+        self.overflow = overflow
+        self.resets = resets
+        self.skipped = skipped
+        self.stretched = stretched
+        self.flushed = flushed
 
 
 class JitterBuffer:

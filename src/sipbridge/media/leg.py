@@ -59,7 +59,9 @@ MEDIA_TIMEOUT_S = 15.0
 MEDIA_TIMEOUT_INITIAL_S = 30.0  # before the first packet, when the timeout is the default
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
+# Dataclasses made for every call write their own `__init__` (`init=False`): mypyc compiles
+# it, where the one the dataclasses module generates stays interpreted (issue 18).
+@dataclass(init=False, frozen=True, kw_only=True, slots=True)
 class StreamConfig:
     """What offer/answer agreed for the leg, in RTP terms (telephony/server map SDP onto it)."""
 
@@ -71,6 +73,27 @@ class StreamConfig:
     rtcp_mux: bool = True
     sends: bool = True  # we may send (the peer receives)
     receives: bool = True  # the peer sends
+
+    def __init__(
+        self,
+        *,
+        audio_pt: int,
+        event_pt: int | None = None,
+        event_clock: int = 8000,
+        remote: Address = ("", 0),
+        remote_rtcp: Address | None = None,
+        rtcp_mux: bool = True,
+        sends: bool = True,
+        receives: bool = True,
+    ) -> None:
+        object.__setattr__(self, "audio_pt", audio_pt)
+        object.__setattr__(self, "event_pt", event_pt)
+        object.__setattr__(self, "event_clock", event_clock)
+        object.__setattr__(self, "remote", remote)
+        object.__setattr__(self, "remote_rtcp", remote_rtcp)
+        object.__setattr__(self, "rtcp_mux", rtcp_mux)
+        object.__setattr__(self, "sends", sends)
+        object.__setattr__(self, "receives", receives)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -116,7 +139,7 @@ class RemoteReport:
     at: float
 
 
-@dataclass(eq=False, kw_only=True)
+@dataclass(init=False, eq=False, kw_only=True)
 class MediaStats:
     packets_in: int = 0
     packets_out: int = 0
@@ -130,6 +153,35 @@ class MediaStats:
     dtmf_in: int = 0
     forwarded: int = 0
     mixed_frames: int = 0
+
+    def __init__(
+        self,
+        *,
+        packets_in: int = 0,
+        packets_out: int = 0,
+        malformed: int = 0,
+        wrong_source: int = 0,
+        unknown_payload: int = 0,
+        srtp_failed: int = 0,
+        rtcp_in: int = 0,
+        rtcp_out: int = 0,
+        rtcp_malformed: int = 0,
+        dtmf_in: int = 0,
+        forwarded: int = 0,
+        mixed_frames: int = 0,
+    ) -> None:
+        self.packets_in = packets_in
+        self.packets_out = packets_out
+        self.malformed = malformed
+        self.wrong_source = wrong_source
+        self.unknown_payload = unknown_payload
+        self.srtp_failed = srtp_failed
+        self.rtcp_in = rtcp_in
+        self.rtcp_out = rtcp_out
+        self.rtcp_malformed = rtcp_malformed
+        self.dtmf_in = dtmf_in
+        self.forwarded = forwarded
+        self.mixed_frames = mixed_frames
 
 
 @dataclass(eq=False, slots=True)

@@ -159,7 +159,9 @@ def e_model(*, codec: str, loss_percent: float, delay_ms: float) -> EModel:
     )
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
+# Dataclasses made for every call write their own `__init__` (`init=False`): mypyc compiles
+# it, where the one the dataclasses module generates stays interpreted (issue 18).
+@dataclass(init=False, frozen=True, kw_only=True, slots=True)
 class DirectionQuality:
     """One direction of a leg. `loss` is a fraction (0..1) of the packets expected; `jitter`
     and `rtt` in seconds; `quality` None when nothing is known of the direction yet."""
@@ -175,8 +177,33 @@ class DirectionQuality:
     jitter_buffer_delay: float | None = None
     quality: EModel | None = None
 
+    def __init__(
+        self,
+        *,
+        packets: int,
+        bytes: int,
+        lost: int | None,
+        loss: float | None,
+        jitter: float | None,
+        jitter_mean: float | None = None,
+        late: int = 0,
+        discarded: int = 0,
+        jitter_buffer_delay: float | None = None,
+        quality: EModel | None = None,
+    ) -> None:
+        object.__setattr__(self, "packets", packets)
+        object.__setattr__(self, "bytes", bytes)
+        object.__setattr__(self, "lost", lost)
+        object.__setattr__(self, "loss", loss)
+        object.__setattr__(self, "jitter", jitter)
+        object.__setattr__(self, "jitter_mean", jitter_mean)
+        object.__setattr__(self, "late", late)
+        object.__setattr__(self, "discarded", discarded)
+        object.__setattr__(self, "jitter_buffer_delay", jitter_buffer_delay)
+        object.__setattr__(self, "quality", quality)
 
-@dataclass(frozen=True, kw_only=True, slots=True)
+
+@dataclass(init=False, frozen=True, kw_only=True, slots=True)
 class LegQuality:
     """A snapshot of one leg's quality at `at` (the driver's clock)."""
 
@@ -186,6 +213,23 @@ class LegQuality:
     rtt: float | None
     received: DirectionQuality
     sent: DirectionQuality
+
+    def __init__(
+        self,
+        *,
+        at: float,
+        codec: str,
+        encrypted: bool,
+        rtt: float | None,
+        received: DirectionQuality,
+        sent: DirectionQuality,
+    ) -> None:
+        object.__setattr__(self, "at", at)
+        object.__setattr__(self, "codec", codec)
+        object.__setattr__(self, "encrypted", encrypted)
+        object.__setattr__(self, "rtt", rtt)
+        object.__setattr__(self, "received", received)
+        object.__setattr__(self, "sent", sent)
 
     @property
     def mos(self) -> float | None:

@@ -80,7 +80,9 @@ def rtcp_interval(random_fraction: float, *, initial: bool = False) -> float:
 _HEADER = struct.Struct("!BBHII")  # RFC 3550 s5.1 fixed header
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+# Dataclasses made for every call write their own `__init__` (`init=False`): mypyc compiles
+# it, where the one the dataclasses module generates stays interpreted (issue 18).
+@dataclass(init=False, frozen=True, slots=True, kw_only=True)
 class ReceiverStats:
     """What `RtpReceiver` knows about the current source.
 
@@ -99,6 +101,25 @@ class ReceiverStats:
     last_packet_at: float | None
     dropped: int
     jitter_mean_seconds: float = 0.0
+
+    def __init__(
+        self,
+        *,
+        packets: int,
+        octets: int,
+        lost: int,
+        jitter_seconds: float,
+        last_packet_at: float | None,
+        dropped: int,
+        jitter_mean_seconds: float = 0.0,
+    ) -> None:
+        object.__setattr__(self, "packets", packets)
+        object.__setattr__(self, "octets", octets)
+        object.__setattr__(self, "lost", lost)
+        object.__setattr__(self, "jitter_seconds", jitter_seconds)
+        object.__setattr__(self, "last_packet_at", last_packet_at)
+        object.__setattr__(self, "dropped", dropped)
+        object.__setattr__(self, "jitter_mean_seconds", jitter_mean_seconds)
 
 
 class RtpReceiver:

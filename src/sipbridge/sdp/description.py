@@ -189,15 +189,21 @@ STATIC_PAYLOAD_TYPES: Mapping[int, Codec] = {
 }
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+# Dataclasses made for every call write their own `__init__` (`init=False`): mypyc compiles
+# it, where the one the dataclasses module generates stays interpreted (issue 18).
+@dataclasses.dataclass(init=False, frozen=True, slots=True, kw_only=True)
 class Attribute:
     """One `a=` line: `a=<name>` (value None) or `a=<name>:<value>` (RFC 4566 s5.13)."""
 
     name: str
     value: str | None = None
 
+    def __init__(self, *, name: str, value: str | None = None) -> None:
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "value", value)
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+
+@dataclasses.dataclass(init=False, frozen=True, slots=True, kw_only=True)
 class Origin:
     """`o=<username> <sess-id> <sess-version> <nettype> <addrtype> <unicast-address>` (s5.2)."""
 
@@ -208,14 +214,36 @@ class Origin:
     net_type: str = "IN"
     addr_type: str = "IP4"
 
+    def __init__(
+        self,
+        *,
+        username: str,
+        session_id: int,
+        session_version: int,
+        address: str,
+        net_type: str = "IN",
+        addr_type: str = "IP4",
+    ) -> None:
+        object.__setattr__(self, "username", username)
+        object.__setattr__(self, "session_id", session_id)
+        object.__setattr__(self, "session_version", session_version)
+        object.__setattr__(self, "address", address)
+        object.__setattr__(self, "net_type", net_type)
+        object.__setattr__(self, "addr_type", addr_type)
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+
+@dataclasses.dataclass(init=False, frozen=True, slots=True, kw_only=True)
 class Connection:
     """`c=<nettype> <addrtype> <connection-address>` (s5.7)."""
 
     address: str
     net_type: str = "IN"
     addr_type: str = "IP4"
+
+    def __init__(self, *, address: str, net_type: str = "IN", addr_type: str = "IP4") -> None:
+        object.__setattr__(self, "address", address)
+        object.__setattr__(self, "net_type", net_type)
+        object.__setattr__(self, "addr_type", addr_type)
 
     @property
     def host(self) -> str:
@@ -239,13 +267,18 @@ class Bandwidth:
     value: int
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@dataclasses.dataclass(init=False, frozen=True, slots=True, kw_only=True)
 class Timing:
     """`t=<start-time> <stop-time>` with its `r=` repeat lines kept verbatim (s5.9, s5.10)."""
 
     start: int = 0
     stop: int = 0
     repeats: tuple[str, ...] = ()
+
+    def __init__(self, *, start: int = 0, stop: int = 0, repeats: tuple[str, ...] = ()) -> None:
+        object.__setattr__(self, "start", start)
+        object.__setattr__(self, "stop", stop)
+        object.__setattr__(self, "repeats", repeats)
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -289,13 +322,18 @@ class CryptoAttribute:
     session_params: tuple[str, ...] = ()
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@dataclasses.dataclass(init=False, frozen=True, slots=True, kw_only=True)
 class PayloadFormat:
     """A payload type of an m-line with the codec it stands for and its fmtp parameters."""
 
     payload_type: int
     codec: Codec
     fmtp: str | None = None
+
+    def __init__(self, *, payload_type: int, codec: Codec, fmtp: str | None = None) -> None:
+        object.__setattr__(self, "payload_type", payload_type)
+        object.__setattr__(self, "codec", codec)
+        object.__setattr__(self, "fmtp", fmtp)
 
 
 # -- attribute grammars ---------------------------------------------------------------------------
@@ -423,7 +461,7 @@ def _has_ice(attributes: Sequence[Attribute]) -> bool:
 # -- descriptions ---------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@dataclasses.dataclass(init=False, frozen=True, slots=True, kw_only=True)
 class MediaDescription:
     """One media section: the `m=` line and the `i=`, `c=`, `b=`, `k=`, `a=` lines under it.
 
@@ -441,6 +479,31 @@ class MediaDescription:
     bandwidths: tuple[Bandwidth, ...] = ()
     key: str | None = None
     attributes: tuple[Attribute, ...] = ()
+
+    def __init__(
+        self,
+        *,
+        media: str,
+        port: int,
+        proto: str,
+        formats: tuple[str, ...],
+        port_count: int | None = None,
+        title: str | None = None,
+        connection: Connection | None = None,
+        bandwidths: tuple[Bandwidth, ...] = (),
+        key: str | None = None,
+        attributes: tuple[Attribute, ...] = (),
+    ) -> None:
+        object.__setattr__(self, "media", media)
+        object.__setattr__(self, "port", port)
+        object.__setattr__(self, "proto", proto)
+        object.__setattr__(self, "formats", formats)
+        object.__setattr__(self, "port_count", port_count)
+        object.__setattr__(self, "title", title)
+        object.__setattr__(self, "connection", connection)
+        object.__setattr__(self, "bandwidths", bandwidths)
+        object.__setattr__(self, "key", key)
+        object.__setattr__(self, "attributes", attributes)
 
     def attribute_values(self, name: str) -> tuple[str | None, ...]:
         """The values of every `a=<name>` line, in order."""
@@ -533,7 +596,7 @@ class MediaDescription:
         return self.has_attribute("rtcp-mux")
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@dataclasses.dataclass(init=False, frozen=True, slots=True, kw_only=True)
 class SessionDescription:
     """A whole SDP body (RFC 4566 s5).
 
@@ -555,6 +618,39 @@ class SessionDescription:
     key: str | None = None
     attributes: tuple[Attribute, ...] = ()
     media: tuple[MediaDescription, ...] = ()
+
+    def __init__(
+        self,
+        *,
+        origin: Origin,
+        session_name: str = "-",
+        version: int = 0,
+        information: str | None = None,
+        uri: str | None = None,
+        emails: tuple[str, ...] = (),
+        phones: tuple[str, ...] = (),
+        connection: Connection | None = None,
+        bandwidths: tuple[Bandwidth, ...] = (),
+        timing: tuple[Timing, ...] = (Timing(),),
+        time_zones: str | None = None,
+        key: str | None = None,
+        attributes: tuple[Attribute, ...] = (),
+        media: tuple[MediaDescription, ...] = (),
+    ) -> None:
+        object.__setattr__(self, "origin", origin)
+        object.__setattr__(self, "session_name", session_name)
+        object.__setattr__(self, "version", version)
+        object.__setattr__(self, "information", information)
+        object.__setattr__(self, "uri", uri)
+        object.__setattr__(self, "emails", emails)
+        object.__setattr__(self, "phones", phones)
+        object.__setattr__(self, "connection", connection)
+        object.__setattr__(self, "bandwidths", bandwidths)
+        object.__setattr__(self, "timing", timing)
+        object.__setattr__(self, "time_zones", time_zones)
+        object.__setattr__(self, "key", key)
+        object.__setattr__(self, "attributes", attributes)
+        object.__setattr__(self, "media", media)
 
     @property
     def direction(self) -> Direction | None:

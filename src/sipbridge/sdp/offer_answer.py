@@ -38,7 +38,9 @@ def _not_acceptable(detail: str) -> SdpError:
     return SdpError(SdpErrorKind.NOT_ACCEPTABLE, detail)
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+# Dataclasses made for every call write their own `__init__` (`init=False`): mypyc compiles
+# it, where the one the dataclasses module generates stays interpreted (issue 18).
+@dataclasses.dataclass(init=False, frozen=True, slots=True, kw_only=True)
 class AudioAnswer:
     """The outcome of negotiating the audio stream of an offer (RFC 3264 s6.1).
 
@@ -60,6 +62,37 @@ class AudioAnswer:
     remote_rtcp_port: int
     rtcp_mux: bool
     offered_crypto: tuple[CryptoAttribute, ...] = ()
+
+    def __init__(
+        self,
+        *,
+        media_index: int,
+        proto: str,
+        audio: PayloadFormat,
+        telephone_event: PayloadFormat | None,
+        ptime: int | None,
+        direction: Direction,
+        on_hold: bool,
+        remote_address: str,
+        remote_port: int,
+        remote_rtcp_address: str,
+        remote_rtcp_port: int,
+        rtcp_mux: bool,
+        offered_crypto: tuple[CryptoAttribute, ...] = (),
+    ) -> None:
+        object.__setattr__(self, "media_index", media_index)
+        object.__setattr__(self, "proto", proto)
+        object.__setattr__(self, "audio", audio)
+        object.__setattr__(self, "telephone_event", telephone_event)
+        object.__setattr__(self, "ptime", ptime)
+        object.__setattr__(self, "direction", direction)
+        object.__setattr__(self, "on_hold", on_hold)
+        object.__setattr__(self, "remote_address", remote_address)
+        object.__setattr__(self, "remote_port", remote_port)
+        object.__setattr__(self, "remote_rtcp_address", remote_rtcp_address)
+        object.__setattr__(self, "remote_rtcp_port", remote_rtcp_port)
+        object.__setattr__(self, "rtcp_mux", rtcp_mux)
+        object.__setattr__(self, "offered_crypto", offered_crypto)
 
 
 def negotiate_audio(

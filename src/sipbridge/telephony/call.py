@@ -142,13 +142,19 @@ class CallStateError(Exception):
         self.what = what
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+# Dataclasses made for every call write their own `__init__` (`init=False`): mypyc compiles
+# it, where the one the dataclasses module generates stays interpreted (issue 18).
+@dataclass(init=False, frozen=True, slots=True, kw_only=True)
 class DeadlineReached:
     deadline: Deadline
     state: CallState  # the call's state when it passed
 
+    def __init__(self, *, deadline: Deadline, state: CallState) -> None:
+        object.__setattr__(self, "deadline", deadline)
+        object.__setattr__(self, "state", state)
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+
+@dataclass(init=False, frozen=True, slots=True, kw_only=True)
 class CallLimits:
     """How long each stage may last (seconds); from the trunk, the rule and the request."""
 
@@ -156,6 +162,19 @@ class CallLimits:
     max_duration: float = DEFAULT_MAX_CALL_DURATION_S
     pin: float = PIN_TIMEOUT_S
     ending: float = ENDING_TIMEOUT_S
+
+    def __init__(
+        self,
+        *,
+        ringing: float = DEFAULT_RINGING_TIMEOUT_S,
+        max_duration: float = DEFAULT_MAX_CALL_DURATION_S,
+        pin: float = PIN_TIMEOUT_S,
+        ending: float = ENDING_TIMEOUT_S,
+    ) -> None:
+        object.__setattr__(self, "ringing", ringing)
+        object.__setattr__(self, "max_duration", max_duration)
+        object.__setattr__(self, "pin", pin)
+        object.__setattr__(self, "ending", ending)
 
     @classmethod
     def of(cls, *, ringing: object = None, max_duration: object = None) -> CallLimits:
@@ -170,7 +189,7 @@ class CallLimits:
         )
 
 
-@dataclass(eq=False, kw_only=True)
+@dataclass(init=False, eq=False, kw_only=True)
 class Call:
     """A call's state and deadlines. Start it in DIALING (outbound), RINGING (inbound, in the
     room) or PIN_ENTRY (inbound, answered for a PIN)."""
@@ -180,6 +199,21 @@ class Call:
     limits: CallLimits = field(default_factory=CallLimits)
     deadlines: dict[Deadline, float] = field(default_factory=dict)
     history: list[tuple[float, CallState]] = field(default_factory=list)
+
+    def __init__(
+        self,
+        *,
+        direction: Direction,
+        state: CallState,
+        limits: CallLimits | None = None,
+        deadlines: dict[Deadline, float] | None = None,
+        history: list[tuple[float, CallState]] | None = None,
+    ) -> None:
+        self.direction = direction
+        self.state = state
+        self.limits = CallLimits() if limits is None else limits
+        self.deadlines = {} if deadlines is None else deadlines
+        self.history = [] if history is None else history
 
     @classmethod
     def start(

@@ -107,7 +107,9 @@ _SANITIZE = {
 }
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+# Dataclasses made for every call write their own `__init__` (`init=False`): mypyc compiles
+# it, where the one the dataclasses module generates stays interpreted (issue 18).
+@dataclass(init=False, frozen=True, slots=True, kw_only=True)
 class InboundCall:
     """What the INVITE says, as the domain needs it."""
 
@@ -119,6 +121,25 @@ class InboundCall:
     from_tag: str  # remote From tag
     # every SIP header (name, value), in order, names as received
     headers: tuple[tuple[str, str], ...] = ()
+
+    def __init__(
+        self,
+        *,
+        caller: str,
+        called: str,
+        from_host: str,
+        source_ip: str,
+        call_id: str,
+        from_tag: str,
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        object.__setattr__(self, "caller", caller)
+        object.__setattr__(self, "called", called)
+        object.__setattr__(self, "from_host", from_host)
+        object.__setattr__(self, "source_ip", source_ip)
+        object.__setattr__(self, "call_id", call_id)
+        object.__setattr__(self, "from_tag", from_tag)
+        object.__setattr__(self, "headers", headers)
 
 
 class TrunkConflict(Exception):

@@ -54,12 +54,27 @@ class HasMedia(Protocol):
     def HasField(self, field_name: str) -> bool: ...
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+# Dataclasses made for every call write their own `__init__` (`init=False`): mypyc compiles
+# it, where the one the dataclasses module generates stays interpreted (issue 18).
+@dataclass(init=False, frozen=True, slots=True, kw_only=True)
 class MediaPolicy:
     codecs: tuple[sdp.Codec, ...] = DEFAULT_CODECS
     prefer_ours: bool = False
     encryption: int = _DISABLE
     media_timeout: float = 0.0  # 0: the server's default
+
+    def __init__(
+        self,
+        *,
+        codecs: tuple[sdp.Codec, ...] = DEFAULT_CODECS,
+        prefer_ours: bool = False,
+        encryption: int = _DISABLE,
+        media_timeout: float = 0.0,
+    ) -> None:
+        object.__setattr__(self, "codecs", codecs)
+        object.__setattr__(self, "prefer_ours", prefer_ours)
+        object.__setattr__(self, "encryption", encryption)
+        object.__setattr__(self, "media_timeout", media_timeout)
 
     @property
     def protos(self) -> tuple[str, ...]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import secrets
 from collections import deque
-from dataclasses import dataclass
 from functools import partial
 
 from livekit.protocol import models
@@ -28,7 +27,7 @@ from sipbridge.errors import ApiError
 from sipbridge.rooms import events as ev
 from sipbridge.server.call_logging import bind_call, call_step
 from sipbridge.server.calls.inbound_auth import TrunkAuth
-from sipbridge.server.calls.live_call import CallServices, LiveCall
+from sipbridge.server.calls.live_call import CallServices, InboundCallState
 from sipbridge.server.calls.pin_entry import PinEntry
 from sipbridge.server.calls.reject_cache import RejectCache
 from sipbridge.server.calls.runner import SCS_ACTIVE, SCS_PARTICIPANT_JOINED, CallRunner
@@ -69,24 +68,6 @@ ACTIVE_AFTER_ACK_S = 1.0  # "first RTP or 1 s after ACK"
 MAX_NUMBER_LENGTH = 128
 SIP = models.ParticipantInfo.Kind.SIP
 SCS_DISCONNECTED = proto.SIPCallStatus.SCS_DISCONNECTED  # (read once, as runner.py's)
-
-
-@dataclass(eq=False, kw_only=True)
-class InboundCallState(LiveCall):
-    """One inbound call. Its machine starts when it rings in its room or asks for a PIN."""
-
-    inbound: InboundCall
-    pin: str | None = None  # digits entered so far while a PIN is asked for
-    trunk: proto.SIPInboundTrunkInfo | None = None
-    rule: proto.SIPDispatchRuleInfo | None = None
-    answer_sdp: bytes = b""
-
-    @property
-    def incoming(self) -> IncomingCall:
-        """`call`, the INVITE we answer or reject. (A property, not a narrower `call`: a
-        compiled class cannot narrow the type of an attribute it inherits.)"""
-        assert isinstance(self.call, IncomingCall)
-        return self.call
 
 
 class InboundCalls(CallRunner[InboundCallState]):

@@ -1,5 +1,6 @@
 """What a call is while it runs (`LiveCall`) and what the runners of both directions work with
-(`CallServices`): the data of `CallRunner` (server/calls/runner.py), which re-exports both."""
+(`CallServices`): the data of `CallRunner` (server/calls/runner.py), which re-exports both; an
+inbound call's (`InboundCallState`, server/calls/inbound.py)."""
 
 from __future__ import annotations
 
@@ -19,10 +20,13 @@ from sipbridge.server.state.rooms_runtime import RoomsRuntime
 from sipbridge.server.state.trunk_cache import SipConfig
 from sipbridge.sip.ua.session_timer import RFC_MIN_SE
 from sipbridge.telephony.call import Call, EndCause
+from sipbridge.telephony.inbound import InboundCall
 from sipbridge.telephony.media import MediaPolicy
 
 
-@dataclass(eq=False, kw_only=True)
+# Dataclasses made for every call write their own `__init__` (`init=False`): mypyc compiles
+# it, where the one the dataclasses module generates stays interpreted (issue 18).
+@dataclass(init=False, eq=False, kw_only=True)
 class LiveCall:
     """One call in progress, inbound or outbound."""
 
@@ -41,6 +45,41 @@ class LiveCall:
     cause: EndCause | None = None  # why we ended it, when we did
     done: bool = False  # `finished` ran: out of the room, logged
     sip_end: str = ""  # how the far end ended it, while its aftermath waits (`sip_ended`)
+
+    def __init__(
+        self,
+        *,
+        call: SipCall,
+        info: proto.SIPCallInfo,
+        machine: Call | None = None,
+        leg: CallMedia | None = None,
+        policy: MediaPolicy | None = None,
+        attributes_to_headers: Mapping[str, str] | None = None,
+        room: str = "",
+        identity: str = "",
+        participant_sid: str = "",
+        track_sid: str = "",
+        session_timer: SessionTimerDriver | None = None,
+        timer: asyncio.TimerHandle | None = None,
+        cause: EndCause | None = None,
+        done: bool = False,
+        sip_end: str = "",
+    ) -> None:
+        self.call = call
+        self.info = info
+        self.machine = Call.unstarted() if machine is None else machine
+        self.leg = leg
+        self.policy = MediaPolicy() if policy is None else policy
+        self.attributes_to_headers = {} if attributes_to_headers is None else attributes_to_headers
+        self.room = room
+        self.identity = identity
+        self.participant_sid = participant_sid
+        self.track_sid = track_sid
+        self.session_timer = session_timer
+        self.timer = timer
+        self.cause = cause
+        self.done = done
+        self.sip_end = sip_end
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,3 +101,40 @@ class CallServices:
     # An INVITE for a room (the call, room, trunk id, how to go on here): True when it is
     # decided elsewhere (later, or proxied to the room's node; server/cluster/sip_proxy.py).
     route_call: Callable[[IncomingCall, str, str, Callable[[], None]], bool] | None = None
+
+
+@dataclass(init=False, eq=False, kw_only=True)
+class InboundCallState(LiveCall):
+    """One inbound call. Its machine starts when it rings in its room or asks for a PIN."""
+
+    inbound: InboundCall
+    pin: str | None = None  # digits entered so far while a PIN is asked for
+    trunk: proto.SIPInboundTrunkInfo | None = None
+    rule: proto.SIPDispatchRuleInfo | None = None
+    answer_sdp: bytes = b""
+
+    # Its own `__init__`, compiled (`LiveCall`'s note): the call's, its INVITE's and record.
+    def __init__(
+        self,
+        *,
+        call: SipCall,
+        info: proto.SIPCallInfo,
+        inbound: InboundCall,
+        pin: str | None = None,
+        trunk: proto.SIPInboundTrunkInfo | None = None,
+        rule: proto.SIPDispatchRuleInfo | None = None,
+        answer_sdp: bytes = b"",
+    ) -> None:
+        super().__init__(call=call, info=info)
+        self.inbound = inbound
+        self.pin = pin
+        self.trunk = trunk
+        self.rule = rule
+        self.answer_sdp = answer_sdp
+
+    @property
+    def incoming(self) -> IncomingCall:
+        """`call`, the INVITE we answer or reject. (A property, not a narrower `call`: a
+        compiled class cannot narrow the type of an attribute it inherits.)"""
+        assert isinstance(self.call, IncomingCall)
+        return self.call

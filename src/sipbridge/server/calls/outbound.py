@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -33,7 +34,7 @@ from sipbridge.server.calls.live_call import CallServices, LiveCall
 from sipbridge.server.calls.runner import CallRunner
 from sipbridge.server.media.leg_driver import CallMedia
 from sipbridge.server.sip.session_timers import SessionTimerDriver
-from sipbridge.server.sip.user_agent import OutgoingCall, SipUserAgent
+from sipbridge.server.sip.user_agent import OutgoingCall, SipCall, SipUserAgent
 from sipbridge.sip.digest import DigestClient
 from sipbridge.sip.endpoint import Peer
 from sipbridge.sip.errors import SipProtocolError
@@ -53,7 +54,7 @@ from sipbridge.telephony.call import (
     seconds_of,
 )
 from sipbridge.telephony.inbound import ATTR_CALL_TAG
-from sipbridge.telephony.media import media_policy, sdp_codec
+from sipbridge.telephony.media import MediaPolicy, media_policy, sdp_codec
 from sipbridge.telephony.outbound import (
     DialPlan,
     answer_attributes,
@@ -74,7 +75,7 @@ DTMF_PAUSE_S = 0.5  # `w`
 RESOLVE_TIMEOUT_S = 5.0
 
 
-@dataclass(eq=False, kw_only=True)
+@dataclass(init=False, eq=False, kw_only=True)
 class OutboundCallState(LiveCall):
     """One outbound call."""
 
@@ -86,6 +87,43 @@ class OutboundCallState(LiveCall):
     answered: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
+
+    # Its own `__init__`, as `LiveCall`'s (mypyc compiles a subclass's generated one as a call
+    # of the base's own, with the wrong arguments).
+    def __init__(
+        self,
+        *,
+        call: SipCall,
+        info: proto.SIPCallInfo,
+        plan: DialPlan,
+        leg: CallMedia | None = None,
+        policy: MediaPolicy | None = None,
+        attributes_to_headers: Mapping[str, str] | None = None,
+        room: str = "",
+        identity: str = "",
+        include_headers: int = 0,
+        dtmf: str = "",
+        sdp: bytes = b"",
+        early: bool = False,
+        answered: asyncio.Future[None] | None = None,
+    ) -> None:
+        super().__init__(
+            call=call,
+            info=info,
+            leg=leg,
+            policy=policy,
+            attributes_to_headers=attributes_to_headers,
+            room=room,
+            identity=identity,
+        )
+        self.plan = plan
+        self.include_headers = include_headers
+        self.dtmf = dtmf
+        self.sdp = sdp
+        self.early = early
+        if answered is None:
+            answered = asyncio.get_running_loop().create_future()
+        self.answered = answered
 
     # `call` and `leg` as they are outbound. (Properties, not narrower attributes: a compiled
     # class cannot narrow the type of an attribute it inherits.)

@@ -22,7 +22,8 @@ from sipbridge.telephony.inbound import select_rule
 from sipbridge.telephony.media import media_policy
 
 if TYPE_CHECKING:
-    from sipbridge.server.calls.inbound import InboundCalls, InboundCallState
+    from sipbridge.server.calls.inbound import InboundCalls
+    from sipbridge.server.calls.live_call import InboundCallState
 
 log = logging.getLogger(__name__)
 

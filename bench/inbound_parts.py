@@ -1,0 +1,193 @@
+"""Pieces of an inbound call's CPU outside the SIP stack and the room model, in-process, for the
+cuts bench/inbound.py is too noisy to resolve (issue 18). Run it on the compiled build (the
+mode is printed) and alternate with another tree.
+
+    PYTHONPATH=src:. .venv/bin/python bench/inbound_parts.py [--rate 200] [--seconds 4]
+
+- objects: the SDP offer sipp sends parsed (`sdp.parse_sdp`); a call's RTP leg negotiated on a
+  real socket and released (`MediaService.negotiate` + `release`, the offer parsed, the answer
+  built); a leg's quality snapshot as the call log keeps it (`leg_quality(...).as_dict()`); the
+  telephony objects of a call (`MediaPolicy`, `InboundCall`, `DeadlineReached`, `Call.start`).
+  Microseconds, best of 5 runs.
+- call log: a steady `--rate` calls/s recorded into a real SQLite file as bench/inbound.py's
+  shared room records them (ringing and answered at once; active, ended and its quality a
+  second later), for `--seconds`: commits a second, records a call, the process's CPU a call
+  (the recording on the loop and the SQLite thread) and the SQLite thread's alone (from
+  /proc: 10 ms ticks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import resource
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from livekit.protocol import sip as proto
+
+import sipbridge._compiled as compiled
+from sipbridge import sdp
+from sipbridge.media.quality import leg_quality
+from sipbridge.server.media.service import MediaService
+from sipbridge.server.state.call_log import CallLog
+from sipbridge.store import SQLiteStore
+from sipbridge.telephony.call import Call, CallLimits, CallState, Deadline, DeadlineReached
+from sipbridge.telephony.call import Direction as CallDirection
+from sipbridge.telephony.inbound import InboundCall
+from sipbridge.telephony.media import MediaPolicy
+
+# sipp's offer in bench/sipp/uac_inbound_timed.xml
+OFFER = (
+    b"v=0\r\no=carrier 53655765 2353687637 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\n"
+    b"t=0 0\r\nm=audio 6000 RTP/AVP 0 8 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n"
+    b"a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\n"
+)
+
+
+def best_us(step: Callable[[], object], count: int) -> float:
+    runs = []
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(count):
+            step()
+        runs.append((time.perf_counter() - start) / count * 1e6)
+    return round(min(runs), 2)
+
+
+async def objects() -> dict[str, float]:
+    media = MediaService("127.0.0.1", (30000, 39999))
+    policy = MediaPolicy()
+    _, leg = media.negotiate(OFFER, policy)
+
+    def negotiate() -> None:
+        _, other = media.negotiate(OFFER, policy)
+        media.release(other)
+
+    def telephony() -> None:
+        MediaPolicy()
+        InboundCall(
+            caller="+15550001",
+            called="+15550100",
+            from_host="127.0.0.1",
+            source_ip="127.0.0.1",
+            call_id="1@127.0.0.1",
+            from_tag="tag",
+        )
+        DeadlineReached(deadline=Deadline.PROGRESS, state=CallState.RINGING)
+        Call.start(CallDirection.INBOUND, CallState.RINGING, 1.0, CallLimits())
+
+    try:
+        return {
+            "parse_sdp": best_us(lambda: sdp.parse_sdp(OFFER), 3000),
+            "negotiate+release": best_us(negotiate, 500),
+            "leg_quality+as_dict": best_us(lambda: leg_quality(leg, 1.0).as_dict(), 3000),
+            "telephony objects": best_us(telephony, 3000),
+        }
+    finally:
+        media.release(leg)
+        media.close()
+
+
+def cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def store_thread_cpu_s() -> float:
+    """CPU time of the store's threads (SQLite's writer: `sqlite_*`), from /proc (Linux)."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for thread in threading.enumerate():
+        if thread.name.startswith("sqlite") and thread.native_id is not None:
+            with contextlib.suppress(OSError):
+                stat = Path(f"/proc/self/task/{thread.native_id}/stat").read_text()
+                fields = stat.rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
+
+
+def call_info(n: int) -> proto.SIPCallInfo:
+    info = proto.SIPCallInfo(
+        call_id=f"SCL_{n:010d}",
+        room_name="room",
+        sip_call_id=f"{n}@127.0.0.1",
+        participant_identity=f"sip_+1555{n}",
+        trunk_id="ST_bench",
+        call_status=proto.SIPCallStatus.SCS_PARTICIPANT_JOINED,
+        created_at_ns=time.time_ns(),
+    )
+    info.from_uri.user = f"+1555{n}"
+    info.to_uri.user = "+15550100"
+    info.participant_attributes.update({f"sip.h.x-{k}": "v" * 20 for k in range(12)})
+    return info
+
+
+async def call_log(rate: int, seconds: float) -> dict[str, float]:
+    folder = tempfile.TemporaryDirectory()
+    store = SQLiteStore(Path(folder.name) / "calls.db")
+    await store.open()
+    log = CallLog(store, clock=time.time, retention_days=0)
+    log.start()
+    loop = asyncio.get_running_loop()
+    ending: list[tuple[float, proto.SIPCallInfo]] = []
+    calls = 0
+    start, cpu = loop.time(), cpu_s()
+    while loop.time() - start < seconds:
+        while calls < int((loop.time() - start) * rate):
+            info = call_info(calls)
+            log.record(info)  # ringing
+            info.call_status = proto.SIPCallStatus.SCS_ACTIVE
+            log.record(info)  # answered
+            ending.append((loop.time() + 1.0, info))
+            calls += 1
+        while ending and ending[0][0] <= loop.time():
+            _, info = ending.pop(0)
+            log.record(info)  # active
+            info.call_status = proto.SIPCallStatus.SCS_DISCONNECTED
+            log.record(info)
+            log.record_quality(info.call_id, {"codec": "PCMU", "mos": 4.41})
+        await asyncio.sleep(0.002)
+    used = cpu_s() - cpu
+    writer = store_thread_cpu_s()
+    commits, records = log.commits, log.records_written
+    await log.stop()
+    await store.close()
+    folder.cleanup()
+    return {
+        "calls": calls,
+        "commits_per_s": round(commits / seconds, 1),
+        "records_per_call": round(records / calls, 2),
+        "cpu_us_per_call": round(used / calls * 1e6, 1),
+        "store_thread_cpu_us_per_call": round(writer / calls * 1e6, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rate", type=int, default=200, help="calls/s into the call log")
+    parser.add_argument("--seconds", type=float, default=4.0)
+    args = parser.parse_args()
+    result = {
+        "bench": "inbound_parts",
+        "mode": compiled.MODE,
+        "objects_us": asyncio.run(objects()),
+        "call_log": asyncio.run(call_log(args.rate, args.seconds)),
+    }
+    for name, value in result["objects_us"].items():  # type: ignore[attr-defined]
+        print(f"{name:>24}: {value:8.2f} us")
+    print(f"{'call log':>24}: {result['call_log']}")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
