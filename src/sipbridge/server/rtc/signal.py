@@ -281,7 +281,7 @@ class SignalServer:
         session.send(
             rtc.SignalResponse(
                 join=rtc.JoinResponse(
-                    room=room.to_proto(),
+                    room=room.snapshot(),  # (copied into the response: the events' own is fine)
                     participant=participant.to_proto(),
                     other_participants=others,
                     server_version=LIVEKIT_VERSION,
