@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
+import pytest
+
 from sipbridge import ids
 
 
@@ -13,3 +17,23 @@ def test_ids_keep_their_prefix_alphabet_and_length() -> None:
         assert set(made_id[4:]) <= set(ids._ALPHABET)
     used = {c for made_id in made for c in made_id[4:]}
     assert used == set(ids._ALPHABET)  # every digit drawn (2000 x 12 draws of 57)
+
+
+def by_digit(prefix: str, value: int) -> str:
+    """The id of `value` one base-57 digit at a time, lower first (as `new_id` made it before)."""
+    digits = []
+    for _ in range(ids._LENGTH):
+        value, digit = divmod(value, len(ids._ALPHABET))
+        digits.append(ids._ALPHABET[digit])
+    return prefix + "".join(digits)
+
+
+def test_two_digits_at_a_time_make_the_id_one_digit_at_a_time_made(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The same 128-bit draw gives the same id as the division digit by digit (lower first)."""
+    draws = [bytes(16), b"\xff" * 16, (57**12 - 1).to_bytes(16), (57**12).to_bytes(16)]
+    draws += [os.urandom(16) for _ in range(2000)]
+    for raw in draws:
+        monkeypatch.setattr(ids.secrets, "token_bytes", lambda n, raw=raw: raw)
+        assert ids.new_id("RM_") == by_digit("RM_", int.from_bytes(raw))

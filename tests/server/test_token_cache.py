@@ -4,12 +4,14 @@ and stops working once its key is removed or given another secret."""
 
 from __future__ import annotations
 
+import random
 import time
 from types import SimpleNamespace
 from typing import Any
 
 import jwt
 import pytest
+from jwt.api_jws import PyJWS
 from livekit import api
 
 from sipbridge.errors import ApiError
@@ -40,6 +42,7 @@ def test_the_same_token_twice_gives_the_same_claims_without_decoding_again(
         raise AssertionError("decoded again")
 
     monkeypatch.setattr(auth.jwt, "decode", no_decode)
+    monkeypatch.setattr(auth._decoder, "decode", no_decode)
     assert verify_token(token, KEYS) == first
 
 
@@ -148,3 +151,65 @@ def test_a_secret_pyjwt_refuses_is_refused_at_every_use() -> None:
     for _ in range(2):
         with pytest.raises(jwt.InvalidKeyError):
             hs256.prepare_key(pem)
+
+
+def _segment_outcome(decode: Any, segment: bytes) -> tuple[str, object]:
+    try:
+        return "decoded", decode(segment, "payload")
+    except jwt.DecodeError as exc:
+        return "refused", str(exc)
+
+
+def test_segments_are_checked_as_pyjwt_checks_them() -> None:
+    """The C check of a token's segments (`SegmentCheckedJws`) decodes what PyJWT's own check
+    decodes, to the same bytes, and refuses what it refuses, with its message: the segments of
+    real tokens and, seeded, thousands of mutations (padding, junk, base64 but not base64url,
+    non-canonical last characters, every length modulo 4)."""
+    rng = random.Random(18)
+    tokens = [official_token(), pyjwt_token(exp=600, sub="p\u00e9", video={"roomJoin": True})]
+    segments = [part.encode() for token in tokens for part in token.split(".")]
+    segments += [b"", b"A", b"AA", b"AAA", b"AAAA", b"AB", b"AB==", b"ABC=", b"A===", b"=", b"=="]
+    alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_=+/!. \n\xc3"
+    for _ in range(6000):
+        seg = bytearray(rng.choice(segments))
+        for _ in range(rng.randint(1, 3)):
+            where = rng.randint(0, len(seg))
+            action = rng.random()
+            if action < 0.4:
+                seg[where:where] = bytes([rng.choice(alphabet)])
+            elif action < 0.7 and seg:
+                del seg[min(where, len(seg) - 1)]
+            elif seg:
+                seg[min(where, len(seg) - 1)] = rng.choice(alphabet)
+        segments.append(bytes(seg))
+    outcomes = {"decoded": 0, "refused": 0}
+    for each in segments:
+        ours = _segment_outcome(auth.SegmentCheckedJws._decode_base64url_segment, each)
+        theirs = _segment_outcome(PyJWS._decode_base64url_segment, each)
+        assert ours == theirs, each
+        outcomes[ours[0]] += 1
+    assert min(outcomes.values()) > 1000  # both outcomes well covered
+
+
+def test_a_usual_token_is_verified_without_pyjwts_per_character_check(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A token of the usual shape (no padding, base64url only) never reaches PyJWT's
+    per-character check; a padded one does, and is still verified by it."""
+    checked: list[bytes] = []
+    original = PyJWS._decode_base64url_segment
+
+    def counting(segment: bytes, name: str) -> bytes:
+        checked.append(segment)
+        return original(segment, name)
+
+    monkeypatch.setattr(PyJWS, "_decode_base64url_segment", staticmethod(counting))
+    now = int(time.time())
+    token = pyjwt_token(exp=now + 600, sub="agent-usual")
+    assert verify_token(token, KEYS).identity == "agent-usual"
+    assert checked == []
+    head, payload, signature = token.split(".")
+    padded = ".".join([head, payload + "=" * (-len(payload) % 4 or 4), signature])
+    with pytest.raises(ApiError):  # by PyJWT: its padding, or its signature no longer matching
+        verify_token(padded, KEYS)
+    assert checked

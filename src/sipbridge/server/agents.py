@@ -113,6 +113,7 @@ class AgentService:
         # (a worker less loaded than ours, `below`, or any when None); a job of theirs ended
         # here, or a job of a room there whose worker here is gone (True: its owner told).
         self.offer_elsewhere: Callable[[Any, Any, float | None], Awaitable[bool]] | None = None
+        self.elsewhere_possible: Callable[[], bool] = lambda: self.offer_elsewhere is not None
         self.end_elsewhere: Callable[[RunningJob], None] | None = None
         self.lost_elsewhere: Callable[[RunningJob], bool] | None = None
         self.done_elsewhere: Callable[[str], None] | None = None  # its worker ended it here
@@ -298,13 +299,14 @@ class AgentService:
         self.dispatches.setdefault(room, {})[record.id] = record
         if self.rooms.find(room) is None:
             return record
-        if self.offer_elsewhere is None and not any(
+        if not self.elsewhere_possible() and not any(
             w.agent_name == agent_name and w.available and w.job_type == agent.JobType.JT_ROOM
             for w in self.workers.values()
         ):
             # No worker of this name here and no other node to ask: what `_dispatch` finds on
             # its first round, known now - without a task for every room (a room per call
-            # started one each; issue 18). It waits for a worker to register (`_register`).
+            # started one each; issue 18). It waits for a worker to register (`_register`), or
+            # for one to appear on another node once clustered (`offer_waiting`).
             self._count("no_worker")
             self.waiting.add(record.id)
             return record

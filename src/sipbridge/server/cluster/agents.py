@@ -76,6 +76,7 @@ class ClusterAgents:
         self._closed = False
         self._advertised: set[str] = set()  # agent names other nodes advertised at the last look
         agents.offer_elsewhere = self.offer
+        agents.elsewhere_possible = self.may_offer
         agents.end_elsewhere = self.end
         agents.lost_elsewhere = self.lost
         agents.done_elsewhere = self.done
@@ -123,12 +124,17 @@ class ClusterAgents:
 
     # -- the room's owner ----------------------------------------------------------------------
 
+    def may_offer(self) -> bool:
+        """Whether `offer` may find a node: clustered (Redis) and not closing. A single node
+        is not: its dispatches with no worker here wait at once, without a task each."""
+        return self.owners.clustered and not self._closed
+
     async def offer(self, room: Any, record: Any, below: float | None) -> bool:
         """`AgentService.offer_elsewhere`: the dispatch `record` for `room` (a rooms model Room)
         offered to the workers other nodes advertise less loaded than `below` (this node's
         least loaded; None: it has none), least loaded first; True when one took it (its job
         then in `jobs`)."""
-        if not self.owners.clustered or self._closed:
+        if not self.may_offer():
             return False
         try:
             nodes = await self.owners.live_nodes()
