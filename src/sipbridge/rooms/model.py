@@ -195,7 +195,17 @@ class Room:
         key = (self.metadata, counts[1], counts[2])
         snapshot = self.last_snapshot
         if snapshot is None or key != self.snapshot_of:
-            snapshot = self.last_snapshot = self.to_proto()
+            # (a copy of the last with what changed: every join and leave changes the counts;
+            # built anew, the codecs and all, cost twice as much)
+            if snapshot is None:
+                snapshot = self.to_proto()
+            else:
+                last, snapshot = snapshot, models.Room()
+                snapshot.CopyFrom(last)
+                snapshot.metadata = self.metadata
+                snapshot.num_participants = counts[1]
+                snapshot.num_publishers = counts[2]
+            self.last_snapshot = snapshot
             self.snapshot_of = key
         return snapshot
 
@@ -618,6 +628,8 @@ def validate_attributes(attributes: Mapping[str, str]) -> None:
     for key, value in attributes.items():
         if not key:
             raise invalid_argument("attributes: empty attribute name")
-        size += len(key.encode()) + len(value.encode())
+        # (UTF-8 bytes; an ASCII string's are its length, known without encoding it)
+        size += len(key) if key.isascii() else len(key.encode())
+        size += len(value) if value.isascii() else len(value.encode())
     if size > MAX_ATTRIBUTES_BYTES:
         raise invalid_argument(f"attributes: too large (max {MAX_ATTRIBUTES_BYTES} bytes)")
