@@ -8,7 +8,10 @@ mode is printed) and alternate with another tree.
   real socket and released (`MediaService.negotiate` + `release`, the offer parsed, the answer
   built); a leg's quality snapshot as the call log keeps it (`leg_quality(...).as_dict()`); the
   telephony objects of a call (`MediaPolicy`, `InboundCall`, `DeadlineReached`, `Call.start`).
-  Microseconds, best of 5 runs.
+  A caller's participant in a room shared with 200 others, through the room model (no
+  listeners): joined with its 15 `sip.*` attributes and its track, `sip.callStatus` set to
+  `active` then `hangup`, removed (`room call`); one attribute change and one participant
+  message alone (`update_participant`, `Participant.to_proto`). Microseconds, best of 5 runs.
 - call log: a steady `--rate` calls/s recorded into a real SQLite file as bench/inbound.py's
   shared room records them (ringing and answered at once; active, ended and its quality a
   second later), for `--seconds`: commits a second, records a call, the process's CPU a call
@@ -33,11 +36,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from livekit.protocol import models
 from livekit.protocol import sip as proto
 
 import sipbridge._compiled as compiled
 from sipbridge import sdp
 from sipbridge.media.quality import leg_quality
+from sipbridge.rooms import RoomRegistry
+from sipbridge.rooms.model import SIP
 from sipbridge.server.media.service import MediaService
 from sipbridge.server.state.call_log import CallLog
 from sipbridge.store import SQLiteStore
@@ -96,6 +102,56 @@ async def objects() -> dict[str, float]:
     finally:
         media.release(leg)
         media.close()
+
+
+def room() -> dict[str, float]:
+    attrs = {f"sip.h.x-{k}": "v" * 20 for k in range(6)}
+    attrs.update(
+        {
+            "sip.callID": "SCL_abcdefgh",
+            "sip.callStatus": "ringing",
+            "sip.trunkID": "ST_bench",
+            "sip.ruleID": "SDR_bench",
+            "sip.callIDFull": "1234@127.0.0.1",
+            "sip.callTag": "tag",
+            "sip.phoneNumber": "+15550001",
+            "sip.trunkPhoneNumber": "+15550100",
+            "sip.hostname": "127.0.0.1",
+        }
+    )
+    registry = RoomRegistry()
+    registry.create("room", 1.0)
+    for n in range(200):
+        registry.join("room", f"other{n}", 1.0, kind=SIP, attributes=attrs, active=True)
+    calls = iter(range(10**9))
+
+    def drain() -> None:
+        while registry.next_event() is not None:
+            pass
+
+    def call() -> None:
+        identity = f"sip_{next(calls)}"
+        registry.join("room", identity, 1.0, kind=SIP, attributes=attrs, active=True)
+        track = models.TrackInfo(type=models.TrackType.AUDIO, name="phone", mime_type="audio/PCMU")
+        registry.publish_track("room", identity, track)
+        drain()
+        for status in ("active", "hangup"):
+            registry.update_participant("room", identity, attributes={"sip.callStatus": status})
+            drain()
+        registry.remove("room", identity, 2.0, models.DisconnectReason.CLIENT_INITIATED)
+        drain()
+
+    def update() -> None:
+        status = "active" if next(calls) % 2 else "hangup"
+        registry.update_participant("room", "other1", attributes={"sip.callStatus": status})
+        drain()
+
+    participant = registry.participant("room", "other1")
+    return {
+        "room call": best_us(call, 2000),
+        "update_participant": best_us(update, 5000),
+        "Participant.to_proto": best_us(participant.to_proto, 5000),
+    }
 
 
 def cpu_s() -> float:
@@ -180,7 +236,7 @@ def main() -> None:
     result = {
         "bench": "inbound_parts",
         "mode": compiled.MODE,
-        "objects_us": asyncio.run(objects()),
+        "objects_us": {**asyncio.run(objects()), **room()},
         "call_log": asyncio.run(call_log(args.rate, args.seconds)),
     }
     for name, value in result["objects_us"].items():  # type: ignore[attr-defined]

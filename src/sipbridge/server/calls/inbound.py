@@ -338,7 +338,7 @@ class InboundCalls(CallRunner[InboundCallState]):
             self.call_log.record(info)
             raise SipProtocolError(486, "Busy Here") from None
         info.room_id = room.sid
-        info.participant_attributes.update(participant.attributes)
+        state.record_attributes(participant.attributes)
         info.call_status = SCS_PARTICIPANT_JOINED
         if not answered:
             self.start_machine(state, CallState.RINGING, self.limits(state))

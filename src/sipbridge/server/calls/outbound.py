@@ -358,7 +358,7 @@ class OutboundCalls(CallRunner[OutboundCallState]):
         finally:
             self.rooms.commit()
         state.info.room_id = room.sid
-        state.info.participant_attributes.update(participant.attributes)
+        state.record_attributes(participant.attributes)
         return participant
 
     # -- responses -------------------------------------------------------------------------

@@ -423,7 +423,7 @@ class CallRunner(Generic[C]):
             )
         except ApiError:
             return
-        state.info.participant_attributes.update(participant.attributes)
+        state.record_attributes(participant.attributes)
         if attributes.get(ATTR_CALL_STATUS) == "active":
             state.info.call_status = SCS_ACTIVE
             self.call_log.record(state.info)
