@@ -532,6 +532,129 @@ static PyObject *call_id(PyObject *self, PyObject *arg) {
     return PyBytes_FromStringAndSize(start, stop - start);
 }
 
+
+/* sip/headers.py's `_parse_plain_via` of the Via nearly every peer sends, `SIP/2.0/UDP
+ * host:port;params`: (transport in upper case, host, port or None, params) where the Python
+ * function would return a Via of these fields, its parameters cut as `parse_params` cuts them on
+ * its own fast path (no quoted value, no blank). None for anything else - a non-ASCII or
+ * unprintable character, a blank or quote among the parameters, a transport other than the
+ * plain ones, a host or port the plain form refuses, a port out of range, an empty parameter or
+ * one whose name is not a token or whose value is empty after "=" - which the Python function
+ * then parses, refuses with its error, or hands to the pattern. (tests/sip/test_message_c.py
+ * compares both on every Via of the corpus and on mutations of them.) */
+static PyObject *via_transports[6];
+static const char *const via_transport_names[6] = {"UDP", "TCP", "TLS", "SCTP", "WS", "WSS"};
+
+static PyObject *plain_via(PyObject *self, PyObject *arg) {
+    if (!PyUnicode_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "plain_via takes str");
+        return NULL;
+    }
+    if (!PyUnicode_IS_COMPACT_ASCII(arg))
+        Py_RETURN_NONE;
+    const char *p = (const char *)PyUnicode_DATA(arg);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(arg);
+    if (n < 8 || memcmp(p, "SIP/2.0/", 8) != 0 || memchr(p, '\n', (size_t)n) != NULL)
+        Py_RETURN_NONE;
+    const char *end = p + n;
+    const char *space = memchr(p + 8, ' ', (size_t)(n - 8));
+    if (space == NULL)
+        Py_RETURN_NONE;
+    /* the transport: one of the plain ones, all in upper or all in lower case */
+    Py_ssize_t tlen = space - (p + 8);
+    PyObject *transport = NULL;
+    for (int i = 0; i < 6 && transport == NULL; i++) {
+        const char *name = via_transport_names[i];
+        if ((Py_ssize_t)strlen(name) != tlen)
+            continue;
+        int upper = 1, lower = 1;
+        for (Py_ssize_t j = 0; j < tlen; j++) {
+            char c = p[8 + j];
+            upper &= c == name[j];
+            lower &= c == (char)(name[j] - 'A' + 'a');
+        }
+        if (upper || lower)
+            transport = via_transports[i];
+    }
+    if (transport == NULL)
+        Py_RETURN_NONE;
+    const char *semi = memchr(space, ';', (size_t)(end - space));
+    const char *sent_by = space + 1, *sent_end = semi == NULL ? end : semi;
+    const char *colon = memchr(sent_by, ':', (size_t)(sent_end - sent_by));
+    const char *host_end = colon == NULL ? sent_end : colon;
+    if (host_end == sent_by)
+        Py_RETURN_NONE;
+    for (const char *c = sent_by; c < host_end; c++)
+        if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') ||
+              *c == '-' || *c == '.'))
+            Py_RETURN_NONE;
+    long port = -1;
+    if (colon != NULL) {
+        /* the rest of sent-by is the port: 1 to 5 digits, 1 to 65535 (out of range: the
+         * Python function's error) */
+        Py_ssize_t plen = sent_end - colon - 1;
+        if (plen < 1 || plen > 5)
+            Py_RETURN_NONE;
+        port = 0;
+        for (const char *c = colon + 1; c < sent_end; c++) {
+            if (*c < '0' || *c > '9')
+                Py_RETURN_NONE;
+            port = port * 10 + (*c - '0');
+        }
+        if (port <= 0 || port >= 65536)
+            Py_RETURN_NONE;
+    }
+    /* parse_params(value[semi:]) on its fast path: printable ASCII, no space, no quote */
+    Py_ssize_t count = 0;
+    if (semi != NULL) {
+        for (const char *c = semi + 1; c < end; c++) {
+            if (*c <= ' ' || *c > '~' || *c == '"')
+                Py_RETURN_NONE;
+            count += *c == ';';
+        }
+        count += semi + 1 < end; /* ";" alone: no parameter */
+    }
+    PyObject *params = PyTuple_New(count);
+    if (params == NULL)
+        return NULL;
+    const char *item = semi == NULL ? end : semi + 1;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        const char *item_end = memchr(item, ';', (size_t)(end - item));
+        if (item_end == NULL)
+            item_end = end;
+        const char *eq = memchr(item, '=', (size_t)(item_end - item));
+        const char *name_end = eq == NULL ? item_end : eq;
+        if (name_end == item || (eq != NULL && eq + 1 == item_end))
+            goto not_plain; /* an empty parameter, name or value */
+        for (const char *c = item; c < name_end; c++)
+            if (!is_token_char((unsigned char)*c))
+                goto not_plain;
+        PyObject *name = ascii(item, name_end - item);
+        PyObject *value = eq == NULL ? Py_NewRef(Py_None) : ascii(eq + 1, item_end - eq - 1);
+        PyObject *pair = name != NULL && value != NULL ? PyTuple_Pack(2, name, value) : NULL;
+        Py_XDECREF(name);
+        Py_XDECREF(value);
+        if (pair == NULL) {
+            Py_DECREF(params);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(params, i, pair);
+        item = item_end + 1;
+    }
+    PyObject *host = ascii(sent_by, host_end - sent_by);
+    PyObject *port_obj = port < 0 ? Py_NewRef(Py_None) : PyLong_FromLong(port);
+    PyObject *result = NULL;
+    if (host != NULL && port_obj != NULL)
+        result = PyTuple_Pack(4, transport, host, port_obj, params);
+    Py_XDECREF(host);
+    Py_XDECREF(port_obj);
+    Py_DECREF(params);
+    return result;
+not_plain:
+    Py_DECREF(params);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"call_id", call_id, METH_O,
      "call_id(data) -> the Call-ID's bytes when spelt canonically in the head, else None"},
@@ -539,6 +662,9 @@ static PyMethodDef methods[] = {
      "configure(names, lines, methods, varying, header_name, parse_uri, max_message, max_line, "
      "max_headers, max_lines_kept, line_kept, max_methods, max_body): the Python parser's caches, "
      "helpers and limits, shared"},
+    {"plain_via", plain_via, METH_O,
+     "plain_via(value) -> (transport, host, port, params) of a plain Via, as sip/headers.py's "
+     "_parse_plain_via makes them, or None (anything else: parse it in Python)"},
     {"parse_head", (PyCFunction)(void (*)(void))parse_head, METH_FASTCALL,
      "parse_head(data, stream) -> (method, uri, items, index, body_start, body_end) | (status, "
      "reason, items, index, body_start, body_end) | None (not the common case: parse it in "
@@ -551,4 +677,10 @@ static struct PyModuleDef module = {
     methods,  NULL, NULL, NULL, NULL,
 };
 
-PyMODINIT_FUNC PyInit__csipmsg(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__csipmsg(void) {
+    for (int i = 0; i < 6; i++)
+        if (via_transports[i] == NULL &&
+            (via_transports[i] = PyUnicode_InternFromString(via_transport_names[i])) == NULL)
+            return NULL;
+    return PyModule_Create(&module);
+}

@@ -11,12 +11,14 @@ random mutations of them (bytes flipped, inserted, deleted; lines repeated, fold
 
 from __future__ import annotations
 
+import contextlib
 import random
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from sipbridge.sip import headers
 from sipbridge.sip import message as sipmsg
 from sipbridge.sip.errors import SipProtocolError
 from sipbridge.sip.message import (
@@ -280,3 +282,107 @@ def test_call_id_on_the_corpus_and_mutations() -> None:
     for _ in range(6000):
         data = mutate(rng.choice(seeds), rng)
         assert call_id_in_c(data) == call_id_of(data), data[:200]
+
+
+# -- a plain Via (sip/headers.py `_parse_plain_via`, `_csipmsg.plain_via`) ---------------------
+
+
+def via_outcome(parse: Any, value: str) -> tuple[Any, ...]:
+    try:
+        via = parse(value)
+    except SipProtocolError as err:
+        return ("refused", err.status, err.reason, err.detail)
+    if via is None:
+        return ("not plain",)
+    return (via, via.protocol, via.transport, via.host, via.port, via.params, via.branch, via.rport)
+
+
+def assert_same_via(value: str) -> None:
+    """`_parse_plain_via` (C first) gives what the Python function alone gives; where C cuts
+    the Via, the Python function accepts it with the same fields."""
+    python = via_outcome(headers._parse_plain_via_python, value)
+    assert via_outcome(headers._parse_plain_via, value) == python, value
+    parts = _csipmsg.plain_via(value)
+    if parts is not None:
+        assert python[0] != "refused" and python[0] != "not plain", (value, parts)
+        assert (python[2], python[3], python[4], python[5]) == parts, (value, parts, python)
+
+
+def corpus_vias() -> list[str]:
+    vias: list[str] = []
+    for data in corpus():
+        try:
+            message = parse_message_python(data)
+        except SipProtocolError:
+            continue
+        vias.extend(message.headers.lines("Via"))
+        with contextlib.suppress(SipProtocolError):
+            vias.extend(message.headers.get_all("Via"))
+    return vias
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK-1-1-0",
+        "SIP/2.0/udp host.example.com;branch=z9hG4bK1;rport",
+        "SIP/2.0/TCP h:5060;rport=5061;received=10.0.0.1;branch=z9hG4bKx",
+        "SIP/2.0/WSS h",
+        "SIP/2.0/SCTP h:65535",
+        "SIP/2.0/UDP h;",  # a lone ";": no parameter
+        "SIP/2.0/UDP h;;branch=x",  # empty parameter: refused
+        "SIP/2.0/UDP h;branch=x;",
+        "SIP/2.0/UDP h;branch=",  # empty value: refused
+        "SIP/2.0/UDP h;=x",
+        "SIP/2.0/UDP h;br@nch=x",  # not a token: refused
+        "SIP/2.0/UDP h;a=b=c",  # the value keeps its "="
+        "SIP/2.0/UDP h:0",  # out of range: refused
+        "SIP/2.0/UDP h:65536",
+        "SIP/2.0/UDP h:00001",
+        "SIP/2.0/UDP h:123456",  # not plain
+        "SIP/2.0/UDP h:",
+        "SIP/2.0/UDP :5060",
+        "SIP/2.0/Udp h",
+        "SIP/2.0/XYZ h",
+        "SIP/2.0/UDP [::1]:5060;branch=x",
+        'SIP/2.0/UDP h;branch="x"',
+        "SIP/2.0/UDP h;branch=x y",
+        "SIP/2.0/UDP h;branch=x\t",
+        "SIP/2.0/UDP h;branch=\u00e9",
+        "SIP/2.0/UDP h\u00e9",
+        "SIP/2.0/UDP h\n;branch=x",
+        "SIP/2.0/UDP  h",
+        "SIP/2.0/UDP",
+        "SIP/2.0/",
+        "",
+        "sip/2.0/UDP h",
+    ],
+)
+def test_plain_via_cases(value: str) -> None:
+    assert_same_via(value)
+
+
+def test_plain_via_on_the_corpus_and_mutations() -> None:
+    vias = corpus_vias()
+    assert len(vias) > 100
+    for value in vias:
+        assert_same_via(value)
+    rng = random.Random(3581)
+    alphabet = ';=:. \t"/@[]-_!~aZ09\u00e9\n'
+    for _ in range(20_000):
+        chars = list(rng.choice(vias))
+        for _ in range(rng.randint(1, 3)):
+            at = rng.randrange(len(chars) + 1)
+            what = rng.random()
+            if what < 0.4 and chars:
+                del chars[min(at, len(chars) - 1)]
+            elif what < 0.8:
+                chars.insert(at, rng.choice(alphabet))
+            elif chars:
+                chars[min(at, len(chars) - 1)] = rng.choice(alphabet)
+        assert_same_via("".join(chars))
+
+
+def test_plain_via_takes_str() -> None:
+    with pytest.raises(TypeError):
+        _csipmsg.plain_via(b"SIP/2.0/UDP h")
