@@ -208,6 +208,19 @@ class Address:
         return f"{name}<{self.uri}>{format_params(self.params)}"
 
 
+# The C cuts of a plain name-addr and a plain Via (`_csipmsg.name_addr`, `plain_via`), None
+# without the extension (or with SIPBRIDGE_NO_CSIPMSG=1, as for the message heads, message.py).
+_cname_addr: Any = None
+_cvia: Any = None
+if os.environ.get("SIPBRIDGE_NO_CSIPMSG", "") in ("", "0"):
+    # (not built: no compiler, or a source checkout; by name: compiled, a `from` import reads
+    # the package's attribute, see message.py)
+    with contextlib.suppress(ImportError):
+        _csipmsg = importlib.import_module("sipbridge.sip._csipmsg")
+        _cname_addr = _csipmsg.name_addr
+        _cvia = _csipmsg.plain_via
+
+
 # Addresses and CSeqs parsed, by their text (bounded: cleared when full). Plain dictionaries
 # rather than `lru_cache`: compiled, a lookup here is a native one, a cached function's call a
 # generic one (the From and To of every message; issue 18).
@@ -241,6 +254,19 @@ def tagged_address(value: str, address: Address, tag: str) -> Address:
 
 
 def _parse_address(value: str) -> Address:
+    """A name-addr or addr-spec: the common name-addr cut in C where built
+    (`_csipmsg.name_addr`: the display name, the URI's text and the parameters, as
+    `_parse_address_python` cuts them; None for anything it leaves to that function)."""
+    if _cname_addr is not None:
+        parts = _cname_addr(value)
+        if parts is not None:
+            display, uri_text, params = parts
+            return Address(uri=parse_uri(uri_text), display_name=display, params=params)
+    return _parse_address_python(value)
+
+
+def _parse_address_python(value: str) -> Address:
+    """`_parse_address` in Python alone: what the C cut leaves, and its tests."""
     text = value.strip()
     if text == "*":
         return Address(uri=Uri(scheme="sip"), wildcard=True)
@@ -390,16 +416,6 @@ def _ascii_digits(text: str) -> bool:
 _PLAIN_TRANSPORTS = frozenset(
     name for known in ("UDP", "TCP", "TLS", "SCTP", "WS", "WSS") for name in (known, known.lower())
 )
-
-
-# The C cut of a plain Via (`_csipmsg.plain_via`), None without the extension (or with
-# SIPBRIDGE_NO_CSIPMSG=1, as for the message heads, sip/message.py).
-_cvia: Any = None
-if os.environ.get("SIPBRIDGE_NO_CSIPMSG", "") in ("", "0"):
-    # (not built: no compiler, or a source checkout; by name: compiled, a `from` import reads
-    # the package's attribute, see message.py)
-    with contextlib.suppress(ImportError):
-        _cvia = importlib.import_module("sipbridge.sip._csipmsg").plain_via
 
 
 def _parse_plain_via(value: str) -> Via | None:

@@ -472,6 +472,26 @@ class Message:
         return [t.strip().lower() for t in self.headers.get_all(name) if t.strip()]
 
     def serialize_headers_and_body(self, out: list[str]) -> bytes:
+        """The message's bytes after its start line, `out` (a list of it alone): written
+        by the C extension where built, for ASCII text (`_csipmsg.serialize`), else by
+        `serialize_python`."""
+        if _cserialize is not None:
+            headers = self.headers
+            wire = headers.wire
+            data = _cserialize(
+                out[0],
+                "" if wire is None else wire[1],
+                headers.items,
+                0 if wire is None else wire[0],
+                self.body,
+            )
+            if data is not None:
+                return cast(bytes, data)
+        return self.serialize_python(out)
+
+    def serialize_python(self, out: list[str]) -> bytes:
+        """`serialize_headers_and_body` in Python alone: what the C extension leaves, and its
+        tests."""
         body = self.body
         headers = self.headers
         items = headers.items
@@ -747,6 +767,7 @@ def _index_lines(lines: list[str]) -> Headers:
 # caches, helpers and limits above, which it shares; None without it (pure Python). Also
 # what trace.py uses of it (C_MESSAGE.call_id).
 _cparse: Any = None
+_cserialize: Any = None  # ... and writing a message's bytes (`serialize_headers_and_body`)
 C_MESSAGE: Any = None
 if os.environ.get("SIPBRIDGE_NO_CSIPMSG", "") in ("", "0"):
     try:
@@ -772,6 +793,7 @@ if os.environ.get("SIPBRIDGE_NO_CSIPMSG", "") in ("", "0"):
             MAX_BODY,
         )
         _cparse = _csipmsg.parse_head
+        _cserialize = _csipmsg.serialize
         C_MESSAGE = _csipmsg
 
 
