@@ -245,8 +245,11 @@ def tagged_address(value: str, address: Address, tag: str) -> Address:
     without parameters (`Name <uri>`), that Address is also what `parse_address` gives for the
     text our responses echo it as, `value;tag=...` (`make_response`), and is kept for it: the
     ACK and BYE that repeat it find it parsed (issue 18)."""
-    tagged = address.with_tag(tag)
-    if not address.params and not address.wildcard and value.endswith(">") and "<" in value:
+    if address.params or address.wildcard:
+        return address.with_tag(tag)
+    # (made directly: no parameters to filter)
+    tagged = Address(uri=address.uri, display_name=address.display_name, params=(("tag", tag),))
+    if value.endswith(">") and "<" in value:
         if len(_ADDRESSES) >= _MAX_CACHED:
             _ADDRESSES.clear()
         _ADDRESSES[f"{value};tag={tag}"] = tagged
