@@ -47,6 +47,7 @@ from sipbridge.sdp import (
 )
 from sipbridge.sip import dialog as sip_dialog
 from sipbridge.sip import endpoint as sip_endpoint
+from sipbridge.sip import headers as sip_headers
 from sipbridge.sip import message as sip_message_module
 from sipbridge.sip import transaction as sip_transaction
 from sipbridge.sip.admission import Admission
@@ -242,10 +243,24 @@ def sip_stream(data: bytes) -> None:
 # -- SIP headers and URIs ------------------------------------------------------------------
 
 
+def _outcome(parse: Callable[[str], object], text: str) -> object:
+    try:
+        return parse(text)
+    except SipProtocolError as err:
+        return ("refused", err.status, err.reason, err.detail)
+
+
 def sip_header(data: bytes) -> None:
     """Every header grammar of sip/headers.py and sip/uri.py on the same text, with round
-    trips: parse(str(parse(x))) == parse(x)."""
+    trips: parse(str(parse(x))) == parse(x); where the C cuts of a plain Via and name-addr
+    are built (`_csipmsg`), the same outcome as the Python functions alone."""
     text = _text(data)
+    if sip_headers._cvia is not None:
+        via = _outcome(sip_headers._parse_plain_via, text)
+        assert via == _outcome(sip_headers._parse_plain_via_python, text), (text, via)
+    if sip_headers._cname_addr is not None:
+        address = _outcome(sip_headers._parse_address, text)
+        assert address == _outcome(sip_headers._parse_address_python, text), (text, address)
     try:
         uri = parse_uri(text)
     except SipProtocolError:

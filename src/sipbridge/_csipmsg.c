@@ -532,6 +532,257 @@ static PyObject *call_id(PyObject *self, PyObject *arg) {
     return PyBytes_FromStringAndSize(start, stop - start);
 }
 
+/* sip/headers.py's `parse_params` of the text from `semi` (a ";", or NULL: none) to `end` on its
+ * fast path - printable ASCII, no blank, no quote - as a new tuple of (name, value or None);
+ * Py_None (a new reference) for anything else, which the Python function parses or refuses (an
+ * empty parameter, a name not a token, an empty value after "="), NULL with an exception. */
+static PyObject *fast_params(const char *semi, const char *end) {
+    Py_ssize_t count = 0;
+    if (semi != NULL) {
+        for (const char *c = semi + 1; c < end; c++) {
+            if (*c <= ' ' || *c > '~' || *c == '"')
+                Py_RETURN_NONE;
+            count += *c == ';';
+        }
+        count += semi + 1 < end; /* ";" alone: no parameter */
+    }
+    PyObject *params = PyTuple_New(count);
+    if (params == NULL)
+        return NULL;
+    const char *item = semi == NULL ? end : semi + 1;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        const char *item_end = memchr(item, ';', (size_t)(end - item));
+        if (item_end == NULL)
+            item_end = end;
+        const char *eq = memchr(item, '=', (size_t)(item_end - item));
+        const char *name_end = eq == NULL ? item_end : eq;
+        if (name_end == item || (eq != NULL && eq + 1 == item_end))
+            goto not_plain; /* an empty parameter, name or value */
+        for (const char *c = item; c < name_end; c++)
+            if (!is_token_char((unsigned char)*c))
+                goto not_plain;
+        PyObject *name = ascii(item, name_end - item);
+        PyObject *value = eq == NULL ? Py_NewRef(Py_None) : ascii(eq + 1, item_end - eq - 1);
+        PyObject *pair = name != NULL && value != NULL ? PyTuple_Pack(2, name, value) : NULL;
+        Py_XDECREF(name);
+        Py_XDECREF(value);
+        if (pair == NULL) {
+            Py_DECREF(params);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(params, i, pair);
+        item = item_end + 1;
+    }
+    return params;
+not_plain:
+    Py_DECREF(params);
+    Py_RETURN_NONE;
+}
+
+/* sip/headers.py's `_parse_address` of the name-addr nearly every peer sends, `Name <uri>;params`
+ * or `<uri>;params` - printable ASCII, the display name of tokens and spaces, nothing between
+ * ">" and the parameters, the parameters on `parse_params`'s fast path: (display name or None,
+ * the URI's text, params), the URI left to `parse_uri`. None for anything else (a quoted display
+ * name, an addr-spec, blanks around the URI or after it, control characters...), which the
+ * Python function parses or refuses. */
+static PyObject *name_addr(PyObject *self, PyObject *arg) {
+    if (!PyUnicode_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "name_addr takes str");
+        return NULL;
+    }
+    if (!PyUnicode_IS_COMPACT_ASCII(arg))
+        Py_RETURN_NONE;
+    const char *p = (const char *)PyUnicode_DATA(arg);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(arg);
+    if (n == 0 || p[0] <= ' ' || p[n - 1] <= ' ') /* strip() would cut it: Python */
+        Py_RETURN_NONE;
+    const char *end = p + n;
+    const char *lt = memchr(p, '<', (size_t)n);
+    if (lt == NULL)
+        Py_RETURN_NONE;
+    for (const char *c = p; c < lt; c++)
+        if (*c != ' ' && !is_token_char((unsigned char)*c))
+            Py_RETURN_NONE;
+    const char *gt = memchr(lt, '>', (size_t)(end - lt));
+    if (gt == NULL || gt == lt + 1)
+        Py_RETURN_NONE;
+    for (const char *c = lt + 1; c < gt; c++)
+        if (*c <= ' ' || *c > '~')
+            Py_RETURN_NONE;
+    const char *rest = gt + 1;
+    if (rest < end && *rest != ';')
+        Py_RETURN_NONE;
+    PyObject *params = fast_params(rest < end ? rest : NULL, end);
+    if (params == NULL || params == Py_None)
+        return params;
+    const char *display_end = lt;
+    while (display_end > p && display_end[-1] == ' ')
+        display_end--;
+    PyObject *display = display_end == p ? Py_NewRef(Py_None) : ascii(p, display_end - p);
+    PyObject *uri = ascii(lt + 1, gt - lt - 1);
+    PyObject *result = NULL;
+    if (display != NULL && uri != NULL)
+        result = PyTuple_Pack(3, display, uri, params);
+    Py_XDECREF(display);
+    Py_XDECREF(uri);
+    Py_DECREF(params);
+    return result;
+}
+
+/* sip/headers.py's `_parse_plain_via` of the Via nearly every peer sends, `SIP/2.0/UDP
+ * host:port;params`: (transport in upper case, host, port or None, params) where the Python
+ * function would return a Via of these fields, its parameters cut as `parse_params` cuts them on
+ * its own fast path (no quoted value, no blank). None for anything else - a non-ASCII or
+ * unprintable character, a blank or quote among the parameters, a transport other than the
+ * plain ones, a host or port the plain form refuses, a port out of range, an empty parameter or
+ * one whose name is not a token or whose value is empty after "=" - which the Python function
+ * then parses, refuses with its error, or hands to the pattern. (tests/sip/test_message_c.py
+ * compares both on every Via of the corpus and on mutations of them.) */
+static PyObject *via_transports[6];
+static const char *const via_transport_names[6] = {"UDP", "TCP", "TLS", "SCTP", "WS", "WSS"};
+
+static PyObject *plain_via(PyObject *self, PyObject *arg) {
+    if (!PyUnicode_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "plain_via takes str");
+        return NULL;
+    }
+    if (!PyUnicode_IS_COMPACT_ASCII(arg))
+        Py_RETURN_NONE;
+    const char *p = (const char *)PyUnicode_DATA(arg);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(arg);
+    if (n < 8 || memcmp(p, "SIP/2.0/", 8) != 0 || memchr(p, '\n', (size_t)n) != NULL)
+        Py_RETURN_NONE;
+    const char *end = p + n;
+    const char *space = memchr(p + 8, ' ', (size_t)(n - 8));
+    if (space == NULL)
+        Py_RETURN_NONE;
+    /* the transport: one of the plain ones, all in upper or all in lower case */
+    Py_ssize_t tlen = space - (p + 8);
+    PyObject *transport = NULL;
+    for (int i = 0; i < 6 && transport == NULL; i++) {
+        const char *name = via_transport_names[i];
+        if ((Py_ssize_t)strlen(name) != tlen)
+            continue;
+        int upper = 1, lower = 1;
+        for (Py_ssize_t j = 0; j < tlen; j++) {
+            char c = p[8 + j];
+            upper &= c == name[j];
+            lower &= c == (char)(name[j] - 'A' + 'a');
+        }
+        if (upper || lower)
+            transport = via_transports[i];
+    }
+    if (transport == NULL)
+        Py_RETURN_NONE;
+    const char *semi = memchr(space, ';', (size_t)(end - space));
+    const char *sent_by = space + 1, *sent_end = semi == NULL ? end : semi;
+    const char *colon = memchr(sent_by, ':', (size_t)(sent_end - sent_by));
+    const char *host_end = colon == NULL ? sent_end : colon;
+    if (host_end == sent_by)
+        Py_RETURN_NONE;
+    for (const char *c = sent_by; c < host_end; c++)
+        if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') ||
+              *c == '-' || *c == '.'))
+            Py_RETURN_NONE;
+    long port = -1;
+    if (colon != NULL) {
+        /* the rest of sent-by is the port: 1 to 5 digits, 1 to 65535 (out of range: the
+         * Python function's error) */
+        Py_ssize_t plen = sent_end - colon - 1;
+        if (plen < 1 || plen > 5)
+            Py_RETURN_NONE;
+        port = 0;
+        for (const char *c = colon + 1; c < sent_end; c++) {
+            if (*c < '0' || *c > '9')
+                Py_RETURN_NONE;
+            port = port * 10 + (*c - '0');
+        }
+        if (port <= 0 || port >= 65536)
+            Py_RETURN_NONE;
+    }
+    PyObject *params = fast_params(semi, end);
+    if (params == NULL || params == Py_None)
+        return params;
+    PyObject *host = ascii(sent_by, host_end - sent_by);
+    PyObject *port_obj = port < 0 ? Py_NewRef(Py_None) : PyLong_FromLong(port);
+    PyObject *result = NULL;
+    if (host != NULL && port_obj != NULL)
+        result = PyTuple_Pack(4, transport, host, port_obj, params);
+    Py_XDECREF(host);
+    Py_XDECREF(port_obj);
+    Py_DECREF(params);
+    return result;
+}
+
+/* sip/message.py's `serialize_headers_and_body` for a message of ASCII text: the start line,
+ * `wire` (the first `first` items already serialised, `Headers.wire`, or ""), then every other
+ * item as "name: value\r\n" but Content-Length, then "Content-Length: n\r\n\r\n" and the body,
+ * written into one bytes object (the Python function's list of pieces, its join, its encoding
+ * and the body's concatenation, issue 18). None for anything else - a non-ASCII str, an item
+ * that is not a pair of str - which the Python function serialises (its encoding keeps
+ * non-ASCII text as UTF-8, surrogate escapes as the bytes they stand for). */
+static PyObject *serialize(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5 || !PyUnicode_Check(args[0]) || !PyUnicode_Check(args[1]) ||
+        !PyList_Check(args[2]) || !PyLong_Check(args[3]) || !PyBytes_Check(args[4])) {
+        PyErr_SetString(PyExc_TypeError, "serialize takes (start, wire, items, first, body)");
+        return NULL;
+    }
+    PyObject *start = args[0], *wire = args[1], *items = args[2], *body = args[4];
+    Py_ssize_t first = PyLong_AsSsize_t(args[3]);
+    if (first == -1 && PyErr_Occurred())
+        return NULL;
+    if (!PyUnicode_IS_COMPACT_ASCII(start) || !PyUnicode_IS_COMPACT_ASCII(wire))
+        Py_RETURN_NONE;
+    Py_ssize_t count = PyList_GET_SIZE(items);
+    if (first < 0 || first > count)
+        Py_RETURN_NONE;
+    Py_ssize_t body_len = PyBytes_GET_SIZE(body);
+    char length_line[48];
+    int length_len = snprintf(length_line, sizeof length_line, "Content-Length: %zd\r\n\r\n",
+                              body_len);
+    Py_ssize_t total = PyUnicode_GET_LENGTH(start) + PyUnicode_GET_LENGTH(wire) + length_len +
+                       body_len;
+    for (Py_ssize_t i = first; i < count; i++) {
+        PyObject *item = PyList_GET_ITEM(items, i);
+        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2)
+            Py_RETURN_NONE;
+        PyObject *name = PyTuple_GET_ITEM(item, 0), *value = PyTuple_GET_ITEM(item, 1);
+        if (!PyUnicode_Check(name) || !PyUnicode_Check(value) ||
+            !PyUnicode_IS_COMPACT_ASCII(name) || !PyUnicode_IS_COMPACT_ASCII(value))
+            Py_RETURN_NONE;
+        total += PyUnicode_GET_LENGTH(name) + PyUnicode_GET_LENGTH(value) + 4;
+    }
+    PyObject *result = PyBytes_FromStringAndSize(NULL, total);
+    if (result == NULL)
+        return NULL;
+    char *out = PyBytes_AS_STRING(result);
+#define PUT(p, n)                                                                                 \
+    do {                                                                                          \
+        memcpy(out, (p), (size_t)(n));                                                            \
+        out += (n);                                                                               \
+    } while (0)
+    PUT(PyUnicode_DATA(start), PyUnicode_GET_LENGTH(start));
+    PUT(PyUnicode_DATA(wire), PyUnicode_GET_LENGTH(wire));
+    for (Py_ssize_t i = first; i < count; i++) {
+        PyObject *item = PyList_GET_ITEM(items, i);
+        PyObject *name = PyTuple_GET_ITEM(item, 0), *value = PyTuple_GET_ITEM(item, 1);
+        Py_ssize_t name_len = PyUnicode_GET_LENGTH(name);
+        if (name_len == 14 && memcmp(PyUnicode_DATA(name), "Content-Length", 14) == 0)
+            continue;
+        PUT(PyUnicode_DATA(name), name_len);
+        PUT(": ", 2);
+        PUT(PyUnicode_DATA(value), PyUnicode_GET_LENGTH(value));
+        PUT("\r\n", 2);
+    }
+    PUT(length_line, length_len);
+    PUT(PyBytes_AS_STRING(body), body_len);
+#undef PUT
+    Py_ssize_t written = out - PyBytes_AS_STRING(result);
+    if (written != total && _PyBytes_Resize(&result, written) < 0) /* Content-Length left out */
+        return NULL;
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"call_id", call_id, METH_O,
      "call_id(data) -> the Call-ID's bytes when spelt canonically in the head, else None"},
@@ -539,6 +790,15 @@ static PyMethodDef methods[] = {
      "configure(names, lines, methods, varying, header_name, parse_uri, max_message, max_line, "
      "max_headers, max_lines_kept, line_kept, max_methods, max_body): the Python parser's caches, "
      "helpers and limits, shared"},
+    {"serialize", (PyCFunction)(void (*)(void))serialize, METH_FASTCALL,
+     "serialize(start, wire, items, first, body) -> the message's bytes, as sip/message.py's "
+     "serialize_headers_and_body makes them, or None (not ASCII text: serialise it in Python)"},
+    {"name_addr", name_addr, METH_O,
+     "name_addr(value) -> (display name, URI text, params) of a plain name-addr, as sip/headers.py's "
+     "_parse_address cuts it, or None (anything else: parse it in Python)"},
+    {"plain_via", plain_via, METH_O,
+     "plain_via(value) -> (transport, host, port, params) of a plain Via, as sip/headers.py's "
+     "_parse_plain_via makes them, or None (anything else: parse it in Python)"},
     {"parse_head", (PyCFunction)(void (*)(void))parse_head, METH_FASTCALL,
      "parse_head(data, stream) -> (method, uri, items, index, body_start, body_end) | (status, "
      "reason, items, index, body_start, body_end) | None (not the common case: parse it in "
@@ -551,4 +811,10 @@ static struct PyModuleDef module = {
     methods,  NULL, NULL, NULL, NULL,
 };
 
-PyMODINIT_FUNC PyInit__csipmsg(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__csipmsg(void) {
+    for (int i = 0; i < 6; i++)
+        if (via_transports[i] == NULL &&
+            (via_transports[i] = PyUnicode_InternFromString(via_transport_names[i])) == NULL)
+            return NULL;
+    return PyModule_Create(&module);
+}

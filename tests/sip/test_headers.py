@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sipbridge.sip import headers as sipheaders
 from sipbridge.sip.errors import SipProtocolError
 from sipbridge.sip.headers import (
     MAGIC_COOKIE,
@@ -22,6 +23,7 @@ from sipbridge.sip.headers import (
     parse_via,
     quote,
     split_list,
+    tagged_address,
     unquote,
 )
 from sipbridge.sip.uri import parse_uri
@@ -473,3 +475,35 @@ def test_other_header_parsers_only_parse_or_refuse(text: str) -> None:
         assert parse_cseq(str(cseq)) == cseq
     only_parses_or_refuses(parse_params, text)
     only_parses_or_refuses(lambda v: list(split_list(v)), text)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "service <sip:service@127.0.0.1:5060>",
+        "<sip:service@127.0.0.1:5060>",
+        '"Bob \\"B\\"" <sip:bob@biloxi.example.com;transport=udp>',
+        "Bob <sip:bob@biloxi.example.com>;x=1",  # header parameters: not kept
+        "sip:bob@biloxi.example.com",  # addr-spec: not kept
+        "sip:bob@biloxi.example.com;x=1",
+        "<tel:+15551234567>",
+        "*",
+    ],
+)
+def test_a_tagged_to_kept_is_what_its_text_parses_to(value: str) -> None:
+    """Our To with our tag, kept (when plain) for the text our responses echo it as: a later
+    parse of that text finds what parsing it anew gives."""
+    address = parse_address(value)
+    tagged = tagged_address(value, address, "a1b2c3")
+    assert tagged == address.with_tag("a1b2c3")
+    text = f"{value};tag=a1b2c3"
+    kept = sipheaders._ADDRESSES.get(text)
+    assert kept is None or kept is tagged
+    if value.endswith(">") and not address.params:
+        assert kept is tagged
+    sipheaders._ADDRESSES.pop(text, None)
+    try:
+        fresh: object = sipheaders._parse_address(text)
+    except SipProtocolError as err:
+        fresh = err.detail
+    assert kept is None or fresh == kept

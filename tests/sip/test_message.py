@@ -18,6 +18,7 @@ from sipbridge.sip.message import (
     MAX_HEADERS,
     MAX_LINE,
     MAX_MESSAGE,
+    EchoedHeaders,
     Headers,
     Request,
     Response,
@@ -591,6 +592,50 @@ def test_make_response_copies_the_rfc3665_ringing_headers() -> None:
     assert ringing.headers.get("Via") == invite.headers.get("Via")
     assert ringing.body == b""
     assert response(ringing.serialize()).to.tag == "8321234356"
+
+
+def test_echoed_headers_give_the_bytes_of_responses_made_anew() -> None:
+    """An INVITE's 180 and 200 made from the headers kept from its first response (the
+    session's `_response`) are, byte for byte, those made by `make_response` each time."""
+    invite = request(F1_INVITE.replace(b"Contact:", b"Record-Route: <sip:p1;lr>\r\nContact:"))
+
+    def made(status: int) -> Response:
+        fresh = make_response(invite, status, to_tag="8321234356")
+        fresh.headers.add("Record-Route", "<sip:p1;lr>")
+        return fresh
+
+    first = made(180)
+    echoed = EchoedHeaders(first.headers)
+    first.headers.wire = echoed.wire
+    assert first.serialize() == made(180).serialize()
+    for status, reason in ((180, ""), (183, "Session Progress"), (200, ""), (202, "Fine")):
+        fresh, again = (
+            make_response(invite, status, reason, to_tag="8321234356"),
+            echoed.response(status, reason),
+        )
+        fresh.headers.add("Record-Route", "<sip:p1;lr>")
+        for message in (fresh, again):
+            message.headers.add("Contact", "<sip:us@192.0.2.4>")
+            message.headers.add("Content-Type", "application/sdp")
+            message.body = b"v=0\r\n"
+        assert again.serialize() == fresh.serialize()
+        assert again == fresh
+        assert again.headers.wire is not None
+    # an edit other than appending forgets the kept text
+    for edit in (
+        lambda h: h.set("CSeq", "2 INVITE"),
+        lambda h: h.remove("Call-ID"),
+        lambda h: h.prepend("Via", "SIP/2.0/UDP x;branch=z9hG4bKx"),
+        lambda h: h.replaced_first("Via", "SIP/2.0/UDP y;branch=z9hG4bKy"),
+        lambda h: h.changed(),
+    ):
+        edited, fresh = echoed.response(200), made(200)
+        edit(edited.headers)
+        edit(fresh.headers)
+        assert edited.headers.wire is None
+        if fresh.headers.items != edited.headers.items:  # (replaced_first leaves items alone)
+            continue
+        assert edited.serialize() == fresh.serialize()
 
 
 def test_make_response_copies_every_via_in_order() -> None:

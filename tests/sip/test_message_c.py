@@ -11,12 +11,14 @@ random mutations of them (bytes flipped, inserted, deleted; lines repeated, fold
 
 from __future__ import annotations
 
+import contextlib
 import random
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from sipbridge.sip import headers
 from sipbridge.sip import message as sipmsg
 from sipbridge.sip.errors import SipProtocolError
 from sipbridge.sip.message import (
@@ -280,3 +282,279 @@ def test_call_id_on_the_corpus_and_mutations() -> None:
     for _ in range(6000):
         data = mutate(rng.choice(seeds), rng)
         assert call_id_in_c(data) == call_id_of(data), data[:200]
+
+
+# -- a plain Via (sip/headers.py `_parse_plain_via`, `_csipmsg.plain_via`) ---------------------
+
+
+def via_outcome(parse: Any, value: str) -> tuple[Any, ...]:
+    try:
+        via = parse(value)
+    except SipProtocolError as err:
+        return ("refused", err.status, err.reason, err.detail)
+    if via is None:
+        return ("not plain",)
+    return (via, via.protocol, via.transport, via.host, via.port, via.params, via.branch, via.rport)
+
+
+def assert_same_via(value: str) -> None:
+    """`_parse_plain_via` (C first) gives what the Python function alone gives; where C cuts
+    the Via, the Python function accepts it with the same fields."""
+    python = via_outcome(headers._parse_plain_via_python, value)
+    assert via_outcome(headers._parse_plain_via, value) == python, value
+    parts = _csipmsg.plain_via(value)
+    if parts is not None:
+        assert python[0] != "refused" and python[0] != "not plain", (value, parts)
+        assert (python[2], python[3], python[4], python[5]) == parts, (value, parts, python)
+
+
+def corpus_vias() -> list[str]:
+    vias: list[str] = []
+    for data in corpus():
+        try:
+            message = parse_message_python(data)
+        except SipProtocolError:
+            continue
+        vias.extend(message.headers.lines("Via"))
+        with contextlib.suppress(SipProtocolError):
+            vias.extend(message.headers.get_all("Via"))
+    return vias
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK-1-1-0",
+        "SIP/2.0/udp host.example.com;branch=z9hG4bK1;rport",
+        "SIP/2.0/TCP h:5060;rport=5061;received=10.0.0.1;branch=z9hG4bKx",
+        "SIP/2.0/WSS h",
+        "SIP/2.0/SCTP h:65535",
+        "SIP/2.0/UDP h;",  # a lone ";": no parameter
+        "SIP/2.0/UDP h;;branch=x",  # empty parameter: refused
+        "SIP/2.0/UDP h;branch=x;",
+        "SIP/2.0/UDP h;branch=",  # empty value: refused
+        "SIP/2.0/UDP h;=x",
+        "SIP/2.0/UDP h;br@nch=x",  # not a token: refused
+        "SIP/2.0/UDP h;a=b=c",  # the value keeps its "="
+        "SIP/2.0/UDP h:0",  # out of range: refused
+        "SIP/2.0/UDP h:65536",
+        "SIP/2.0/UDP h:00001",
+        "SIP/2.0/UDP h:123456",  # not plain
+        "SIP/2.0/UDP h:",
+        "SIP/2.0/UDP :5060",
+        "SIP/2.0/Udp h",
+        "SIP/2.0/XYZ h",
+        "SIP/2.0/UDP [::1]:5060;branch=x",
+        'SIP/2.0/UDP h;branch="x"',
+        "SIP/2.0/UDP h;branch=x y",
+        "SIP/2.0/UDP h;branch=x\t",
+        "SIP/2.0/UDP h;branch=\u00e9",
+        "SIP/2.0/UDP h\u00e9",
+        "SIP/2.0/UDP h\n;branch=x",
+        "SIP/2.0/UDP  h",
+        "SIP/2.0/UDP",
+        "SIP/2.0/",
+        "",
+        "sip/2.0/UDP h",
+    ],
+)
+def test_plain_via_cases(value: str) -> None:
+    assert_same_via(value)
+
+
+def test_plain_via_on_the_corpus_and_mutations() -> None:
+    vias = corpus_vias()
+    assert len(vias) > 100
+    for value in vias:
+        assert_same_via(value)
+    rng = random.Random(3581)
+    alphabet = ';=:. \t"/@[]-_!~aZ09\u00e9\n'
+    for _ in range(20_000):
+        chars = list(rng.choice(vias))
+        for _ in range(rng.randint(1, 3)):
+            at = rng.randrange(len(chars) + 1)
+            what = rng.random()
+            if what < 0.4 and chars:
+                del chars[min(at, len(chars) - 1)]
+            elif what < 0.8:
+                chars.insert(at, rng.choice(alphabet))
+            elif chars:
+                chars[min(at, len(chars) - 1)] = rng.choice(alphabet)
+        assert_same_via("".join(chars))
+
+
+def test_plain_via_takes_str() -> None:
+    with pytest.raises(TypeError):
+        _csipmsg.plain_via(b"SIP/2.0/UDP h")
+
+
+# -- a message's bytes (sip/message.py `serialize_headers_and_body`, `_csipmsg.serialize`) ----
+
+
+def both_serialisations(message: Request | Response) -> tuple[bytes, bytes]:
+    """The bytes of `message` written by C where it can (`serialize`) and by Python alone."""
+    if isinstance(message, Request):
+        start = f"{message.method} {message.uri} SIP/2.0\r\n"
+    else:
+        reason = (
+            sipmsg.REASONS.get(message.status, "") if message.reason is None else message.reason
+        )
+        start = f"SIP/2.0 {message.status} {reason}\r\n"
+    return message.serialize(), message.serialize_python([start])
+
+
+def test_serialisation_in_c_is_the_python_one() -> None:
+    rng = random.Random(4475)
+    seeds = corpus()
+    messages: list[Request | Response] = []
+    for data in [*seeds, *(mutate(rng.choice(seeds), rng) for _ in range(3000))]:
+        with contextlib.suppress(SipProtocolError):
+            messages.append(parse_message_python(data))
+    assert len(messages) > 500
+    written_in_c = 0
+    for message in messages:
+        c, python = both_serialisations(message)
+        assert c == python, (c, python)
+        written_in_c += _csipmsg.serialize("", "", message.headers.items, 0, b"") is not None
+        if isinstance(message, Request):  # a response with kept headers, and more added
+            with contextlib.suppress(SipProtocolError):
+                response = sipmsg.make_response(message, 180, to_tag="c0ffee")
+                echoed = sipmsg.EchoedHeaders(response.headers)
+                again = echoed.response(200)
+                again.headers.add("Content-Length", "999")  # (left out: the body's is written)
+                again.headers.add("Contact", "<sip:x@y>")
+                again.body = message.body
+                c, python = both_serialisations(again)
+                assert c == python, (c, python)
+    assert written_in_c > 300  # (the rest: non-ASCII text, in Python)
+
+
+@pytest.mark.parametrize(
+    ("items", "body"),
+    [
+        ([("Via", "SIP/2.0/UDP h;branch=z9hG4bK1"), ("Content-Length", "5")], b"hello"),
+        ([("Content-Length", "0"), ("Content-Length", "1")], b""),
+        ([("Subject", "caf\u00e9")], b""),  # not ASCII: in Python
+        ([("Subject", "\udcff")], b"x"),  # a surrogate escape: in Python
+        ([("X-A", "b", "c")], b""),  # (not a pair: in Python, which takes two)
+        ([], b"\x00\xff"),
+    ],
+)
+def test_serialisation_cases(items: list[Any], body: bytes) -> None:
+    message = Response(status=200, reason="OK", headers=sipmsg.Headers(items), body=body)
+    if any(len(item) != 2 for item in items):
+        assert _csipmsg.serialize("SIP/2.0 200 OK\r\n", "", items, 0, body) is None
+        return
+    assert both_serialisations(message)[0] == both_serialisations(message)[1]
+
+
+def test_serialize_checks_its_arguments() -> None:
+    with pytest.raises(TypeError):
+        _csipmsg.serialize("a", "", [], 0)
+    with pytest.raises(TypeError):
+        _csipmsg.serialize("a", "", (), 0, b"")
+    assert _csipmsg.serialize("a", "", [], 1, b"") is None  # `first` past the items
+    assert _csipmsg.serialize("a\u00e9", "", [], 0, b"") is None
+    assert _csipmsg.serialize("S\r\n", "W\r\n", [("A", "1"), ("B", "2")], 1, b"x") == (
+        b"S\r\nW\r\nB: 2\r\nContent-Length: 1\r\n\r\nx"
+    )
+
+
+# -- a plain name-addr (sip/headers.py `_parse_address`, `_csipmsg.name_addr`) -----------------
+
+
+def address_outcome(parse: Any, value: str) -> tuple[Any, ...]:
+    try:
+        address = parse(value)
+    except SipProtocolError as err:
+        return ("refused", err.status, err.reason, err.detail)
+    return (address, address.uri, address.display_name, address.params, address.tag)
+
+
+def assert_same_address(value: str) -> None:
+    """`_parse_address` (C first) gives what the Python function alone gives."""
+    python = address_outcome(headers._parse_address_python, value)
+    assert address_outcome(headers._parse_address, value) == python, value
+    parts = _csipmsg.name_addr(value)
+    if parts is not None and python[0] != "refused":  # (refused: by parse_uri, both)
+        assert (python[2], python[3]) == (parts[0], parts[2]), (value, parts, python)
+
+
+ADDRESS_HEADERS = ("From", "To", "Contact", "Route", "Record-Route", "Refer-To", "Reply-To")
+
+
+def corpus_addresses() -> list[str]:
+    values: list[str] = []
+    for data in corpus():
+        try:
+            message = parse_message_python(data)
+        except SipProtocolError:
+            continue
+        for name in ADDRESS_HEADERS:
+            values.extend(message.headers.lines(name))
+            with contextlib.suppress(SipProtocolError):
+                values.extend(message.headers.get_all(name))
+    return values
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "sipp <sip:sipp@127.0.0.1:5061>;tag=1SIPpTag001",
+        "<sip:a@b>",
+        "Bob  Smith <sip:bob@b;transport=tcp>;tag=x;y",
+        "Bob <sip:bob@b> ;tag=x",  # a blank after ">": Python
+        "Bob <sip:bob@b>;tag=",
+        "Bob <sip:bob@b>;;tag=x",
+        "Bob <sip:bob@b>;",
+        "Bob <sip:bob@b>x",
+        "Bob <sip:bob@b>>",
+        "Bob <sip:bob@b",
+        "Bob <>",
+        "Bob < sip:bob@b >",
+        "<<sip:a@b>",
+        "B@b <sip:bob@b>",
+        '"Bob" <sip:bob@b>',
+        "sip:bob@b;tag=x",
+        "*",
+        " <sip:a@b>",
+        "<sip:a@b>\t",
+        "Bob\t<sip:a@b>",
+        "<sip:a@b>;tag=\u00e9",
+        "<sip:a@b>;tag=x\x7f",
+        "<sip:a b@c>",
+        "<sip:a@b>;x=>",
+        "",
+    ],
+)
+def test_name_addr_cases(value: str) -> None:
+    assert_same_address(value)
+
+
+def test_name_addr_on_the_corpus_and_mutations() -> None:
+    values = corpus_addresses()
+    assert len(values) > 100
+    cut = 0
+    for value in values:
+        assert_same_address(value)
+        cut += _csipmsg.name_addr(value) is not None
+    assert cut > 100
+    rng = random.Random(3261)
+    alphabet = ';=:. \t"<>@-_!~aZ09\u00e9\\'
+    for _ in range(20_000):
+        chars = list(rng.choice(values))
+        for _ in range(rng.randint(1, 3)):
+            at = rng.randrange(len(chars) + 1)
+            what = rng.random()
+            if what < 0.4 and chars:
+                del chars[min(at, len(chars) - 1)]
+            elif what < 0.8:
+                chars.insert(at, rng.choice(alphabet))
+            elif chars:
+                chars[min(at, len(chars) - 1)] = rng.choice(alphabet)
+        assert_same_address("".join(chars))
+
+
+def test_name_addr_takes_str() -> None:
+    with pytest.raises(TypeError):
+        _csipmsg.name_addr(b"<sip:a@b>")

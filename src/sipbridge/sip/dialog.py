@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sipbridge.sip.errors import SipProtocolError
-from sipbridge.sip.headers import Address, Via
+from sipbridge.sip.headers import Address, Via, tagged_address
 from sipbridge.sip.message import Request, Response
 from sipbridge.sip.tokens import token_hex
 from sipbridge.sip.transaction import TimerSettings, new_branch
@@ -106,13 +106,16 @@ class Dialog:
         target, route_set = check_dialog_creating(request)
         from_ = request.from_
         assert from_.tag is not None  # checked
+        # our To, with our tag: as our responses echo it (make_response: a single To, checked)
+        to_lines = request.headers.lines("To")
+        local_address = tagged_address(to_lines[0] if to_lines else "", request.to, local_tag)
         # (`Dialog`, not `cls`: compiled, the class named is constructed directly, where `cls`
         # is a generic call with keywords, most of what a dialog costs; issue 18)
         return Dialog(
             call_id=request.call_id,
             local_tag=local_tag,
             remote_tag=from_.tag,
-            local_address=request.to.with_tag(local_tag),
+            local_address=local_address,
             remote_address=from_,
             remote_target=target,
             route_set=route_set,

@@ -18,9 +18,13 @@ to the URI (s20.10): `From: sip:alice@example.com;tag=1` has a `tag` header para
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from sipbridge.sip.errors import SipProtocolError
 from sipbridge.sip.uri import Uri, parse_uri
@@ -204,6 +208,19 @@ class Address:
         return f"{name}<{self.uri}>{format_params(self.params)}"
 
 
+# The C cuts of a plain name-addr and a plain Via (`_csipmsg.name_addr`, `plain_via`), None
+# without the extension (or with SIPBRIDGE_NO_CSIPMSG=1, as for the message heads, message.py).
+_cname_addr: Any = None
+_cvia: Any = None
+if os.environ.get("SIPBRIDGE_NO_CSIPMSG", "") in ("", "0"):
+    # (not built: no compiler, or a source checkout; by name: compiled, a `from` import reads
+    # the package's attribute, see message.py)
+    with contextlib.suppress(ImportError):
+        _csipmsg = importlib.import_module("sipbridge.sip._csipmsg")
+        _cname_addr = _csipmsg.name_addr
+        _cvia = _csipmsg.plain_via
+
+
 # Addresses and CSeqs parsed, by their text (bounded: cleared when full). Plain dictionaries
 # rather than `lru_cache`: compiled, a lookup here is a native one, a cached function's call a
 # generic one (the From and To of every message; issue 18).
@@ -222,7 +239,37 @@ def parse_address(value: str) -> Address:
     return address
 
 
+def tagged_address(value: str, address: Address, tag: str) -> Address:
+    """`address` (parsed from `value`, a header value as parsed: stripped) with a `tag`
+    parameter added, as `address.with_tag(tag)` makes it; when `value` is a plain name-addr
+    without parameters (`Name <uri>`), that Address is also what `parse_address` gives for the
+    text our responses echo it as, `value;tag=...` (`make_response`), and is kept for it: the
+    ACK and BYE that repeat it find it parsed (issue 18)."""
+    if address.params or address.wildcard:
+        return address.with_tag(tag)
+    # (made directly: no parameters to filter)
+    tagged = Address(uri=address.uri, display_name=address.display_name, params=(("tag", tag),))
+    if value.endswith(">") and "<" in value:
+        if len(_ADDRESSES) >= _MAX_CACHED:
+            _ADDRESSES.clear()
+        _ADDRESSES[f"{value};tag={tag}"] = tagged
+    return tagged
+
+
 def _parse_address(value: str) -> Address:
+    """A name-addr or addr-spec: the common name-addr cut in C where built
+    (`_csipmsg.name_addr`: the display name, the URI's text and the parameters, as
+    `_parse_address_python` cuts them; None for anything it leaves to that function)."""
+    if _cname_addr is not None:
+        parts = _cname_addr(value)
+        if parts is not None:
+            display, uri_text, params = parts
+            return Address(uri=parse_uri(uri_text), display_name=display, params=params)
+    return _parse_address_python(value)
+
+
+def _parse_address_python(value: str) -> Address:
+    """`_parse_address` in Python alone: what the C cut leaves, and its tests."""
     text = value.strip()
     if text == "*":
         return Address(uri=Uri(scheme="sip"), wildcard=True)
@@ -376,10 +423,22 @@ _PLAIN_TRANSPORTS = frozenset(
 
 def _parse_plain_via(value: str) -> Via | None:
     """The Via almost every peer sends, `SIP/2.0/UDP host:port;params` with no whitespace
-    beyond the one space, an alphanumeric transport and no IPv6 reference, parsed with string
-    methods (the pattern's match and groups were a tenth of the bare UAS's parse, issue 18);
-    None for anything else, which `_parse_via_pattern` parses or refuses. Both give the same
-    Via for what this accepts (tests/sip/test_headers.py checks it)."""
+    beyond the one space, an alphanumeric transport and no IPv6 reference: cut in C where
+    built (`_csipmsg.plain_via`, its fields as `_parse_plain_via_python` makes them, or None
+    for anything it leaves to that), else with string methods (the pattern's match and groups
+    were a tenth of the bare UAS's parse, issue 18); None for anything else, which
+    `_parse_via_pattern` parses or refuses. All give the same Via for what they accept
+    (tests/sip/test_headers.py, tests/sip/test_message_c.py check it)."""
+    if _cvia is not None:
+        parts = _cvia(value)
+        if parts is not None:
+            transport, host, port, params = parts
+            return Via(protocol="SIP/2.0", transport=transport, host=host, port=port, params=params)
+    return _parse_plain_via_python(value)
+
+
+def _parse_plain_via_python(value: str) -> Via | None:
+    """`_parse_plain_via` in Python alone: what the C cut leaves, and its tests."""
     if not value.startswith("SIP/2.0/") or "\n" in value:
         return None
     space = value.find(" ", 8)

@@ -235,6 +235,9 @@ class Headers:
     keep what they parsed (`memo`): a message's core headers are read many times on their way
     through the stack and parsed once. The methods below keep both up to date; code that edits
     `items` in place calls `changed()` afterwards.
+
+    `wire`, when set, is (n, text): the first n items as they serialise, made once for several
+    messages (`EchoedHeaders`); only appending keeps it, any other edit forgets it.
     """
 
     items: list[tuple[str, str]]
@@ -244,16 +247,19 @@ class Headers:
     # header key -> what an accessor parsed from that header (immutable values only); made
     # by the first accessor (most responses we build are never read, only sent)
     memo: dict[str, Any] | None = field(repr=False, compare=False)
+    wire: tuple[int, str] | None = field(repr=False, compare=False)
 
     def __init__(
         self,
         items: list[tuple[str, str]] | None = None,
         _index: dict[str, tuple[str, ...]] | None = None,
         memo: dict[str, Any] | None = None,
+        wire: tuple[int, str] | None = None,
     ) -> None:
         self.items = [] if items is None else items
         self._index = _index
         self.memo = memo
+        self.wire = wire
 
     def parsed(self) -> dict[str, Any]:
         """`memo`, made when first needed."""
@@ -305,6 +311,7 @@ class Headers:
         """The first line of `name` in `items` was replaced, in place, with `value`: the index
         follows, and what was parsed from that header is forgotten (the others are kept)."""
         key = header_key(name)
+        self.wire = None
         index = self._index
         if index is not None:
             lines = index.get(key)
@@ -313,9 +320,10 @@ class Headers:
             self.memo.pop(key, None)
 
     def changed(self) -> None:
-        """`items` was edited in place: forget the index and what was parsed."""
+        """`items` was edited in place: forget the index, what was parsed and `wire`."""
         self._index = None
         self.memo = None
+        self.wire = None
 
     def compact(self) -> None:
         """Forget the index and what was parsed (made again if read again): for a message kept
@@ -361,6 +369,7 @@ class Headers:
             list(self.items),
             None if self._index is None else dict(self._index),
             None if self.memo is None else dict(self.memo),
+            self.wire,
         )
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
@@ -463,9 +472,35 @@ class Message:
         return [t.strip().lower() for t in self.headers.get_all(name) if t.strip()]
 
     def serialize_headers_and_body(self, out: list[str]) -> bytes:
+        """The message's bytes after its start line, `out` (a list of it alone): written
+        by the C extension where built, for ASCII text (`_csipmsg.serialize`), else by
+        `serialize_python`."""
+        if _cserialize is not None:
+            headers = self.headers
+            wire = headers.wire
+            data = _cserialize(
+                out[0],
+                "" if wire is None else wire[1],
+                headers.items,
+                0 if wire is None else wire[0],
+                self.body,
+            )
+            if data is not None:
+                return cast(bytes, data)
+        return self.serialize_python(out)
+
+    def serialize_python(self, out: list[str]) -> bytes:
+        """`serialize_headers_and_body` in Python alone: what the C extension leaves, and its
+        tests."""
         body = self.body
+        headers = self.headers
+        items = headers.items
+        wire = headers.wire
+        if wire is not None:  # the first items, serialised once (`EchoedHeaders`)
+            out.append(wire[1])
+            items = items[wire[0] :]
         # The pieces of every line joined once, not each line built first (issue 18).
-        for name, value in self.headers.items:
+        for name, value in items:
             if name != "Content-Length":
                 out.append(name)
                 out.append(": ")
@@ -732,6 +767,7 @@ def _index_lines(lines: list[str]) -> Headers:
 # caches, helpers and limits above, which it shares; None without it (pure Python). Also
 # what trace.py uses of it (C_MESSAGE.call_id).
 _cparse: Any = None
+_cserialize: Any = None  # ... and writing a message's bytes (`serialize_headers_and_body`)
 C_MESSAGE: Any = None
 if os.environ.get("SIPBRIDGE_NO_CSIPMSG", "") in ("", "0"):
     try:
@@ -757,6 +793,7 @@ if os.environ.get("SIPBRIDGE_NO_CSIPMSG", "") in ("", "0"):
             MAX_BODY,
         )
         _cparse = _csipmsg.parse_head
+        _cserialize = _csipmsg.serialize
         C_MESSAGE = _csipmsg
 
 
@@ -845,6 +882,29 @@ def _content_length(head: bytes) -> int | None:
 
 # The single-valued headers a response echoes after the Vias (s8.2.6.2): (key, name).
 _ECHOED = (("from", "From"), ("to", "To"), ("call-id", "Call-ID"), ("cseq", "CSeq"))
+
+
+class EchoedHeaders:
+    """The headers of a response to a request, as made for its first response (the echoed
+    ones of `make_response`, and what its maker added to every response), kept to make its
+    next responses (an INVITE's 180 then 200, issue 18): their items copied from here, their
+    text serialised once (`Headers.wire`). The bytes on the wire are those of the same headers
+    made anew (tests/sip/test_message.py)."""
+
+    __slots__ = ("items", "wire")
+
+    def __init__(self, headers: Headers) -> None:
+        self.items = tuple(headers.items)
+        out: list[str] = []
+        for name, value in self.items:
+            if name != "Content-Length":
+                out.append(f"{name}: {value}\r\n")
+        self.wire: tuple[int, str] = (len(self.items), "".join(out))
+
+    def response(self, status: int, reason: str = "") -> Response:
+        """A response with these headers (more may be added)."""
+        headers = Headers(list(self.items), None, None, self.wire)
+        return Response(status=status, reason=reason or REASONS.get(status, ""), headers=headers)
 
 
 def make_response(

@@ -52,7 +52,7 @@ from sipbridge.sip.dialog import AnswerRetransmitter, Dialog
 from sipbridge.sip.digest import DigestClient
 from sipbridge.sip.endpoint import Peer
 from sipbridge.sip.errors import SipProtocolError
-from sipbridge.sip.message import Request, Response, header_key, make_response
+from sipbridge.sip.message import EchoedHeaders, Request, Response, header_key, make_response
 from sipbridge.sip.states import StateEnum
 from sipbridge.sip.transaction import ClientTransaction, ServerTransaction, new_branch
 from sipbridge.sip.ua.session_timer import SessionIntervalTooSmall
@@ -336,6 +336,9 @@ class InviteSession:
         self._offer_pending_out = False  # our re-INVITE or UPDATE offer awaits its answer
         # the peer's re-INVITEs and UPDATEs awaiting our answer, by id(request)
         self._offers: dict[int, tuple[Request, ServerTransaction]] = {}
+        # UAS: the headers of our responses to the INVITE that make the dialog (its 1xx with
+        # our tag and its 2xx), made with the first (`_response`)
+        self._echoed: EchoedHeaders | None = None
 
     def __repr__(self) -> str:
         return f"<InviteSession {self.role.value} {self.request.call_id} {self.state.value}>"
@@ -585,10 +588,17 @@ class InviteSession:
     # -- UAS -------------------------------------------------------------------------------
 
     def _response(self, status: int, reason: str = "") -> Response:
+        if not 100 < status < 300:
+            return make_response(self.request, status, reason, to_tag=self.local_tag)
+        echoed = self._echoed
+        if echoed is not None:  # the same headers as the first (a 180, then the 200)
+            return echoed.response(status, reason)
         response = make_response(self.request, status, reason, to_tag=self.local_tag)
-        if 100 < status < 300:  # it makes the dialog: the proxies' Record-Route, in order (s12.1.1)
-            for value in self.request.headers.get_all("Record-Route"):
-                response.headers.add("Record-Route", value)
+        # it makes the dialog: the proxies' Record-Route, in order (s12.1.1)
+        for value in self.request.headers.get_all("Record-Route"):
+            response.headers.add("Record-Route", value)
+        echoed = self._echoed = EchoedHeaders(response.headers)
+        response.headers.wire = echoed.wire
         return response
 
     def _respond(self, response: Response, now: float) -> None:
