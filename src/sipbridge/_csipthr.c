@@ -87,6 +87,7 @@ typedef struct item {
     size_t len;
     int flag; /* 1: its 100 Trying was sent from here */
     int limited; /* 1: counted in its source's `waiting`; 2: in `unslotted` */
+    int keep; /* 1: queued at the end of its batch; 0: dropped there (a full queue) */
     char data[];
 } item;
 
@@ -994,7 +995,16 @@ static void *run(void *arg) {
         double now = 0;
         item *first = NULL, *last = NULL;
         long oversized = 0, tried = 0;
-        size_t added = 0, added_bytes = 0;
+        /* What this batch will add to the queue, decided as each datagram is read: on the
+         * queue as it was when the batch began (the loop only takes from it meanwhile, so what
+         * fits then still fits when the batch is queued). Only what is kept counts as `ahead`
+         * of the next: datagrams this batch drops for a full queue took no room. (Counting them
+         * too, a flood of other requests still being read filled the room kept for an admitted
+         * caller's INVITE read in the same batch: no 100 from here, and the INVITE dropped.) */
+        size_t added = 0, added_invites = 0, added_bytes = 0;
+        pthread_mutex_lock(&r->lock);
+        size_t base = r->count, base_invites = r->invites, base_bytes = r->bytes;
+        pthread_mutex_unlock(&r->lock);
         for (int i = 0; i < n; i++) {
             size_t len = r->msgs[i].msg_len;
             if (r->msgs[i].msg_hdr.msg_flags & MSG_TRUNC) {
@@ -1012,13 +1022,19 @@ static void *run(void *arg) {
             it->limited = 0;
             it->flag = consider(r, it, r->msgs[i].msg_hdr.msg_namelen, &now, added, added_bytes);
             tried += it->flag;
+            /* (one answered 100 here had its room kept by `consider`: never dropped) */
+            it->keep = it->flag || room_for(r, it, base + added, base_invites + added_invites,
+                                            base_bytes + added_bytes, 0);
             if (last)
                 last->next = it;
             else
                 first = it;
             last = it;
-            added++;
-            added_bytes += len;
+            if (it->keep) {
+                added++;
+                added_invites += (size_t)is_invite(it);
+                added_bytes += len;
+            }
         }
         int wake = 0;
         pthread_mutex_lock(&r->lock);
@@ -1026,8 +1042,7 @@ static void *run(void *arg) {
         r->tried += tried;
         for (item *it = first; it != NULL;) {
             item *next = it->next;
-            /* (one answered 100 here had its room kept by `consider`: never dropped) */
-            if (!it->flag && !room_for(r, it, r->count, r->invites, r->bytes, 0)) {
+            if (!it->keep) {
                 r->queue_full++;
                 source_leave(r, it);
                 free(it);
