@@ -270,6 +270,10 @@ def _sipp_uas(port: int) -> int:
             "-nostdin",
             "-buff_size",
             "4194304",
+            # (its RTP echo ports, 6000 and 6002 by default, each time its own: a sipp still
+            # exiting, or another process, holding 6000 made the UAS exit at start)
+            "-mp",
+            str(free_port()),
         ],
         capture_output=True,
         timeout=10,
