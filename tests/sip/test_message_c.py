@@ -287,6 +287,21 @@ def test_call_id_on_the_corpus_and_mutations() -> None:
 # -- a plain Via (sip/headers.py `_parse_plain_via`, `_csipmsg.plain_via`) ---------------------
 
 
+def mutate_text(value: str, rng: random.Random, alphabet: str) -> str:
+    """`value` with 1-3 characters deleted, inserted from `alphabet` or replaced by one of it."""
+    chars = list(value)
+    for _ in range(rng.randint(1, 3)):
+        at = rng.randrange(len(chars) + 1)
+        what = rng.random()
+        if what < 0.4 and chars:
+            del chars[min(at, len(chars) - 1)]
+        elif what < 0.8:
+            chars.insert(at, rng.choice(alphabet))
+        elif chars:
+            chars[min(at, len(chars) - 1)] = rng.choice(alphabet)
+    return "".join(chars)
+
+
 def via_outcome(parse: Any, value: str) -> tuple[Any, ...]:
     try:
         via = parse(value)
@@ -370,17 +385,7 @@ def test_plain_via_on_the_corpus_and_mutations() -> None:
     rng = random.Random(3581)
     alphabet = ';=:. \t"/@[]-_!~aZ09\u00e9\n'
     for _ in range(20_000):
-        chars = list(rng.choice(vias))
-        for _ in range(rng.randint(1, 3)):
-            at = rng.randrange(len(chars) + 1)
-            what = rng.random()
-            if what < 0.4 and chars:
-                del chars[min(at, len(chars) - 1)]
-            elif what < 0.8:
-                chars.insert(at, rng.choice(alphabet))
-            elif chars:
-                chars[min(at, len(chars) - 1)] = rng.choice(alphabet)
-        assert_same_via("".join(chars))
+        assert_same_via(mutate_text(rng.choice(vias), rng, alphabet))
 
 
 def test_plain_via_takes_str() -> None:
@@ -542,17 +547,7 @@ def test_name_addr_on_the_corpus_and_mutations() -> None:
     rng = random.Random(3261)
     alphabet = ';=:. \t"<>@-_!~aZ09\u00e9\\'
     for _ in range(20_000):
-        chars = list(rng.choice(values))
-        for _ in range(rng.randint(1, 3)):
-            at = rng.randrange(len(chars) + 1)
-            what = rng.random()
-            if what < 0.4 and chars:
-                del chars[min(at, len(chars) - 1)]
-            elif what < 0.8:
-                chars.insert(at, rng.choice(alphabet))
-            elif chars:
-                chars[min(at, len(chars) - 1)] = rng.choice(alphabet)
-        assert_same_address("".join(chars))
+        assert_same_address(mutate_text(rng.choice(values), rng, alphabet))
 
 
 def test_name_addr_takes_str() -> None:
