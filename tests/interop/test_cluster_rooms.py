@@ -247,6 +247,9 @@ def rtc_audio(node: Node) -> dict[str, float]:
     return {k.split('"')[1]: v for k, v in counters.items() if k.startswith("sipbridge_rtc_audio{")}
 
 
+SDK_LEAD_S = 3.5  # the phone's silence before it talks to an SDK client
+
+
 @pytest.mark.skipif(not shutil.which("baresip"), reason="baresip comes with `make test`")
 @pytest.mark.serial  # real time: alone after the parallel tests
 async def test_an_sdk_client_on_node_b_hears_a_phone_on_node_a(
@@ -260,13 +263,22 @@ async def test_an_sdk_client_on_node_b_hears_a_phone_on_node_a(
     heard = tmp_path / "heard.wav"
     sdk_log = tmp_path / "sdk.log"
     try:
+        # The phone talks SDK_LEAD_S into its stream, once the SDK's jitter buffer has settled:
+        # NetEq shortens time in its first 1-3 s (0.73 of the windows heard once at 1.5 s)
         async with baresip.phone(
-            tmp_path / "phone", codecs="PCMU", top_hz=3400.0, lead_s=1.5
+            tmp_path / "phone", codecs="PCMU", top_hz=3400.0, lead_s=SDK_LEAD_S
         ) as phone:
             await phone.dial(f"sip:agent@{a.ip}:{a.sip_port}")
             await phone.wait_event("CALL_RINGING", fail_on=("CALL_CLOSED",))
             cmd = sdk_command(
-                namespace, b.port, "agent", "agentroom", "--record", str(heard), "--seconds", "8"
+                namespace,
+                b.port,
+                "agent",
+                "agentroom",
+                "--record",
+                str(heard),
+                "--seconds",
+                str(SDK_LEAD_S + 6.5),
             )
             proc = await asyncio.create_subprocess_exec(
                 *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
