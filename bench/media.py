@@ -28,7 +28,12 @@ so they meet in one room; the server answers both once the second is in, and for
 leg's packets to the other (same codec: header rewritten, payload bytes unchanged).
 
 The load generator is a child process (this file with --generator), one per step, on its own
-epoll loop (no asyncio: nothing between a deadline and a send). It acts as N SIP UACs over one
+epoll loop (no asyncio: nothing between a deadline and a send). Its RTP loop - the schedule, the
+sends, the receives and every per-packet figure below - runs in C (bench/_rtpgen.c, built with
+the system's cc on first use into build/bench/, driven through ctypes by bench/rtpgen.py;
+`--engine python` runs the same loop in the interpreter, as the JSON's "generator_engine" says).
+In Python the generator used a whole core at 800 relayed calls and fell behind its own
+schedule, so the relay's added latency could not be judged there; in C it uses about half. It acts as N SIP UACs over one
 UDP socket: INVITE paced at --cps (PCMU + telephone-event, a=rtcp to a second socket per call),
 100/180/200, ACK; CANCEL for a call not answered in time; BYE for every call at the end of the
 step, each 200 to a BYE checked. Each call has its own RTP socket with a 1 MiB receive buffer,
@@ -107,7 +112,7 @@ from livekit import api
 from livekit.protocol import room, sip
 from tests.helpers import API_KEY, API_SECRET, ServerProcess, free_sip_port
 
-from bench import rtpengine
+from bench import rtpengine, rtpgen
 from bench.common import (
     PCMU_PT,
     TICKS,
@@ -318,12 +323,27 @@ class Generator:
         self.by_fd: dict[int, Call] = {}
         self.by_call_id: dict[str, Call] = {}
         self.rtcp_fds: dict[int, Call] = {}
-        self.ep.register(self.sip.fileno(), select.EPOLLIN)
-        for call in self.calls:
-            self.by_fd[call.rtp.fileno()] = call
-            self.rtcp_fds[call.rtcp.fileno()] = call
-            self.ep.register(call.rtp.fileno(), select.EPOLLIN)
-            self.ep.register(call.rtcp.fileno(), select.EPOLLIN)
+        # The RTP loop: in C (bench/_rtpgen.c) unless asked for Python or it cannot be built.
+        self.engine: rtpgen.Engine | None = None
+        self.engine_name = "python"
+        lib = rtpgen.load() if opts.engine == "c" else None
+        if lib is not None:
+            self.engine = rtpgen.Engine(lib, self.n, self.slots, self.slot_ns)
+            self.engine_name = "c"
+            self.engine.watch_sip(self.sip)
+            for call in self.calls:
+                self.engine.phone(
+                    call.idx, call.rtp, call.rtcp, ssrc=call.ssrc, seq=call.seq, ts=call.ts
+                )
+        else:
+            if opts.engine == "c":
+                self.engine_name = f"python (the C engine: {rtpgen.why_not})"
+            self.ep.register(self.sip.fileno(), select.EPOLLIN)
+            for call in self.calls:
+                self.by_fd[call.rtp.fileno()] = call
+                self.rtcp_fds[call.rtcp.fileno()] = call
+                self.ep.register(call.rtp.fileno(), select.EPOLLIN)
+                self.ep.register(call.rtcp.fileno(), select.EPOLLIN)
         self.slot_calls: list[list[Call]] = [[] for _ in range(self.slots)]
         self.streaming = True
         self.next_slot_at = 0
@@ -357,6 +377,9 @@ class Generator:
 
     def spin(self, seconds: float, done: Callable[[], bool] | None = None) -> None:
         """Run the loop for up to `seconds`, or until `done()`."""
+        if self.engine is not None:
+            self._spin_c(self.engine, seconds, done)
+            return
         until = time.monotonic_ns() + int(seconds * 1e9)
         poll = self.ep.poll
         next_done_check = 0
@@ -392,6 +415,35 @@ class Generator:
                     self.read_sip()
                 else:
                     self.read_rtcp(self.rtcp_fds[fd])
+
+    def _spin_c(
+        self, engine: rtpgen.Engine, seconds: float, done: Callable[[], bool] | None
+    ) -> None:
+        """`spin` with the RTP loop in C: it returns here when the SIP socket is readable or
+        at the next SIP timer or `done` check."""
+        until = time.monotonic_ns() + int(seconds * 1e9)
+        next_done_check = 0
+        for _ in range(int(seconds * 200_000) + 1000):  # bounded, as `spin`
+            now = time.monotonic_ns()
+            if now >= until:
+                return
+            if done is not None and now >= next_done_check:
+                if done():
+                    return
+                next_done_check = now + 10_000_000
+            if now >= self.next_timer_check:
+                self.sip_timers(now)
+            wake = min(until, self.next_timer_check)
+            if done is not None:
+                wake = min(wake, next_done_check)
+            if engine.run(wake):
+                self.read_sip()
+
+    def window_counts(self) -> tuple[int, int]:
+        """(packets sent in the window, of those received so far)."""
+        if self.engine is not None:
+            return self.engine.counter("window_sent"), self.engine.counter("window_received")
+        return self.window_sent, self.window_received
 
     def send_slot(self, now_mono: int) -> None:
         slot_at = self.next_slot_at
@@ -699,7 +751,7 @@ class Generator:
         if call.remote is None:
             self.statuses["no_sdp"] = self.statuses.get("no_sdp", 0) + 1
             return
-        self.slot_calls[call.idx % self.slots].append(call)
+        self._start_stream(call)
 
     # -- rtpengine: the same pairs through its ng protocol instead of SIP --------------------
 
@@ -726,7 +778,7 @@ class Generator:
             for call in (a, b):
                 call.state = "up"
                 call.answered_at = time.monotonic_ns()
-                self.slot_calls[call.idx % self.slots].append(call)
+                self._start_stream(call)
 
     def _delete_from_rtpengine(self) -> None:
         assert self.ng is not None
@@ -742,7 +794,17 @@ class Generator:
             for call in (a, b):
                 call.state, call.bye_status = "ended", status
 
+    def _start_stream(self, call: Call) -> None:
+        assert call.remote is not None
+        if self.engine is not None:
+            self.engine.stream(call.idx, call.remote, call.answered_at)
+        else:
+            self.slot_calls[call.idx % self.slots].append(call)
+
     def _stop_stream(self, call: Call) -> None:
+        if self.engine is not None:
+            self.engine.unstream(call.idx)
+            return
         calls = self.slot_calls[call.idx % self.slots]
         if call in calls:
             calls.remove(call)
@@ -755,6 +817,8 @@ class Generator:
     def run(self) -> dict[str, object]:
         began = time.monotonic()
         self.next_slot_at = time.monotonic_ns() + self.slot_ns
+        if self.engine is not None:
+            self.engine.schedule_from(self.next_slot_at)
         if self.rtpengine:
             self._bridge_through_rtpengine()
         elif self.direct:
@@ -762,7 +826,7 @@ class Generator:
                 partner = self.calls[call.partner] if call.partner < self.n else call
                 call.remote = partner.rtp.getsockname()
                 call.state = "up"
-                self.slot_calls[call.idx % self.slots].append(call)
+                self._start_stream(call)
         else:
             self.invite_queue = list(reversed(self.calls))
             self.next_paced_at = time.monotonic_ns()
@@ -778,13 +842,24 @@ class Generator:
         self0, udp0, machine0 = self_cpu(), udp_counters(), machine_ticks()
         t0 = time.monotonic()
         self.win_start = time.time_ns()
+        if self.engine is not None:
+            self.engine.window(self.win_start, self.win_end)
         self.spin(self.seconds)
         self.win_end = time.time_ns()
+        if self.engine is not None:
+            self.engine.window(self.win_start, self.win_end)
         wall = time.monotonic() - t0
         server1 = cpu_seconds(self.server_pid) if self.server_pid else 0.0
         self1, udp1, machine1 = self_cpu(), udp_counters(), machine_ticks()
         self.streaming = False
-        self.spin(DRAIN_S, lambda: self.window_received >= self.window_sent)
+        if self.engine is not None:
+            self.engine.streaming(False)
+
+        def drained() -> bool:
+            sent, received = self.window_counts()
+            return received >= sent
+
+        self.spin(DRAIN_S, drained)
         self.spin(0.05)  # duplicates, if any
         up = self.count("up")
         gone = self.count("gone")
@@ -801,6 +876,8 @@ class Generator:
                 len(self.bye_queue) / self.bye_cps + 10,
                 lambda: not self.bye_queue and not self.count("bye"),
             )
+        if self.engine is not None:
+            self._collect(self.engine)
         sent = sum(c.sent for c in self.calls)
         received = sum(self.calls[c.partner].received for c in self.calls if c.partner < self.n)
         lost = sum(
@@ -811,6 +888,7 @@ class Generator:
         return {
             "calls": self.n,
             "direct": self.direct,
+            "generator_engine": self.engine_name,
             "answered": up + gone,
             "failed": self.count("failed"),
             "failed_statuses": self.statuses,
@@ -851,7 +929,39 @@ class Generator:
             },
         }
 
+    def _collect(self, engine: rtpgen.Engine) -> None:
+        """The C engine's figures into the Python engine's fields."""
+        for call in self.calls:
+            call.sent = engine.figure(call.idx, rtpgen.SENT)
+            call.received = engine.figure(call.idx, rtpgen.RECEIVED)
+            call.seq_gaps = engine.figure(call.idx, rtpgen.SEQ_GAPS)
+            call.rtcp_in = engine.figure(call.idx, rtpgen.RTCP_IN)
+        self.window_sent, self.window_received = self.window_counts()
+        self.misrouted = engine.counter("misrouted")
+        self.server_silence = engine.counter("server_silence")
+        self.duplicates = engine.counter("duplicates")
+        self.reordered = engine.counter("reordered")
+        self.stray = engine.counter("stray")
+        self.send_errors += engine.counter("send_errors")
+        self.recv_errors += engine.counter("recv_errors")
+        self.latency = engine.series(rtpgen.LATENCY)
+        self.recv_jitter = engine.series(rtpgen.RECV_JITTER)
+        self.send_jitter = engine.series(rtpgen.SEND_JITTER)
+        self.lateness = engine.series(rtpgen.LATENESS)
+        self.misrouted_samples = [
+            {
+                "to_call": to,
+                "from_call": src,
+                "counter": counter,
+                "seq": seq,
+                "ms_after_answer": round(after / 1e6, 1),
+            }
+            for to, src, counter, seq, after in engine.samples()
+        ]
+
     def close(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
         for call in self.calls:
             call.close()
         if self.ng is not None:
@@ -892,6 +1002,7 @@ def run_generator(
         *("--server-sip", server_sip, "--server-pid", str(server_pid)),
         *(["--direct"] if direct else []),
         *(["--rtpengine-ng", str(rtpengine_ng)] if rtpengine_ng else []),
+        *("--engine", args.engine),
     ]
     limit = calls / args.cps * 2 + seconds + args.warmup + 60
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -1464,6 +1575,12 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=1, help="the whole ladder, this many times")
     parser.add_argument("--rtpengine-threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--keep", action="store_true", help="keep the server log")
+    parser.add_argument(
+        "--engine",
+        choices=("c", "python"),
+        default="c",
+        help="the generator's RTP loop: C (bench/_rtpgen.c, built with cc) or Python",
+    )
     # the generator child
     parser.add_argument("--generator", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--calls", type=int, default=0, help=argparse.SUPPRESS)
