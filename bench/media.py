@@ -33,11 +33,12 @@ sends, the receives and every per-packet figure below - runs in C (bench/_rtpgen
 the system's cc on first use into build/bench/, driven through ctypes by bench/rtpgen.py;
 `--engine python` runs the same loop in the interpreter, as the JSON's "generator_engine" says).
 In Python the generator used a whole core at 800 relayed calls and fell behind its own
-schedule, so the relay's added latency could not be judged there; in C it uses about half. It acts as N SIP UACs over one
-UDP socket: INVITE paced at --cps (PCMU + telephone-event, a=rtcp to a second socket per call),
-100/180/200, ACK; CANCEL for a call not answered in time; BYE for every call at the end of the
-step, each 200 to a BYE checked. Each call has its own RTP socket with a 1 MiB receive buffer,
-bound to port 0 (the ephemeral range); the server's --rtp-ports range is chosen outside it.
+schedule, so the relay's added latency could not be judged there; in C it uses about half.
+It acts as N SIP UACs over one UDP socket: INVITE paced at --cps (PCMU + telephone-event,
+a=rtcp to a second socket per call), 100/180/200, ACK; CANCEL for a call not answered in time;
+BYE for every call at the end of the step, each 200 to a BYE checked. Each call has its own
+RTP socket with a 1 MiB receive buffer, bound to port 0 (the ephemeral range); the server's
+--rtp-ports range is chosen outside it.
 
 Sending: one shared schedule of absolute deadlines on CLOCK_MONOTONIC, 20 ms per frame split
 into --slots phases (1 ms apart by default); call i sends in phase i % slots, spread as the
@@ -377,53 +378,9 @@ class Generator:
 
     def spin(self, seconds: float, done: Callable[[], bool] | None = None) -> None:
         """Run the loop for up to `seconds`, or until `done()`."""
-        if self.engine is not None:
-            self._spin_c(self.engine, seconds, done)
-            return
         until = time.monotonic_ns() + int(seconds * 1e9)
-        poll = self.ep.poll
         next_done_check = 0
         for _ in range(int(seconds * 200_000) + 1000):  # bounded: ~200k turns a second at most
-            now = time.monotonic_ns()
-            if now >= until:
-                return
-            if done is not None and now >= next_done_check:
-                if done():
-                    return
-                next_done_check = now + 10_000_000
-            late = 0
-            while self.next_slot_at <= now and late < 4 * self.slots:
-                self.send_slot(now)
-                late += 1
-            if late >= 4 * self.slots:  # far behind (stalled): resume the schedule from now
-                self.next_slot_at = now + self.slot_ns
-            if now >= self.next_timer_check:
-                self.sip_timers(now)
-            wake = min(self.next_slot_at, until, self.next_timer_check)
-            wait = wake - time.monotonic_ns()
-            if wait >= 2_000_000:
-                events = poll((wait // 1_000_000 - 1) / 1000)  # epoll rounds up to whole ms
-            else:
-                events = poll(0)
-                if not events and wait > 0:
-                    time.sleep(wait / 1e9)  # sub-ms: clock_nanosleep
-            for fd, _ in events:
-                call = self.by_fd.get(fd)
-                if call is not None:
-                    self.read_rtp(call)
-                elif fd == self.sip.fileno():
-                    self.read_sip()
-                else:
-                    self.read_rtcp(self.rtcp_fds[fd])
-
-    def _spin_c(
-        self, engine: rtpgen.Engine, seconds: float, done: Callable[[], bool] | None
-    ) -> None:
-        """`spin` with the RTP loop in C: it returns here when the SIP socket is readable or
-        at the next SIP timer or `done` check."""
-        until = time.monotonic_ns() + int(seconds * 1e9)
-        next_done_check = 0
-        for _ in range(int(seconds * 200_000) + 1000):  # bounded, as `spin`
             now = time.monotonic_ns()
             if now >= until:
                 return
@@ -436,8 +393,35 @@ class Generator:
             wake = min(until, self.next_timer_check)
             if done is not None:
                 wake = min(wake, next_done_check)
-            if engine.run(wake):
+            if self.engine is None:
+                self._turn(now, wake)
+            elif self.engine.run(wake):  # the RTP loop in C, back when SIP is readable
                 self.read_sip()
+
+    def _turn(self, now: int, wake: int) -> None:
+        """One turn of the Python RTP loop: the slots due, then wait for sockets until the
+        next slot or `wake`."""
+        late = 0
+        while self.next_slot_at <= now and late < 4 * self.slots:
+            self.send_slot(now)
+            late += 1
+        if late >= 4 * self.slots:  # far behind (stalled): resume the schedule from now
+            self.next_slot_at = now + self.slot_ns
+        wait = min(self.next_slot_at, wake) - time.monotonic_ns()
+        if wait >= 2_000_000:
+            events = self.ep.poll((wait // 1_000_000 - 1) / 1000)  # epoll rounds up to whole ms
+        else:
+            events = self.ep.poll(0)
+            if not events and wait > 0:
+                time.sleep(wait / 1e9)  # sub-ms: clock_nanosleep
+        for fd, _ in events:
+            call = self.by_fd.get(fd)
+            if call is not None:
+                self.read_rtp(call)
+            elif fd == self.sip.fileno():
+                self.read_sip()
+            else:
+                self.read_rtcp(self.rtcp_fds[fd])
 
     def window_counts(self) -> tuple[int, int]:
         """(packets sent in the window, of those received so far)."""
