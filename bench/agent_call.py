@@ -115,6 +115,7 @@ from bench.common import (
     scrape,
     self_cpu,
     stop_if_running,
+    thread_cpu,
     udp_counters,
     wait_quiet,
 )
@@ -173,16 +174,6 @@ def realtime_offset() -> int:
         if m1 - m0 < best:
             best, offset = m1 - m0, r - (m0 + m1) // 2
     return offset
-
-
-def thread_cpu(pid: int, tid: int) -> float:
-    """utime+stime of one thread, seconds (0 once it is gone)."""
-    try:
-        text = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = text.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
 def ms(ns_values: list[int], p: float) -> float | None:

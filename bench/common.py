@@ -35,6 +35,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
+def thread_cpu(pid: int, tid: int) -> float:
+    """utime+stime of one thread, seconds (0 once it is gone); the main thread's tid is the pid
+    (a server's event loop)."""
+    try:
+        text = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = text.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
 def self_cpu() -> float:
     """CPU seconds of this process so far."""
     usage = resource.getrusage(resource.RUSAGE_SELF)

@@ -30,7 +30,9 @@ Per step (sipp `-r RATE -m RATE*SECONDS -d HOLD`, bench/sipp/uac_inbound_timed.x
   180 goes out right after the participant is in the model (ListParticipants sees it), so
   INVITE->180 is the server-side figure and INVITE->visible what another participant sees;
 - CPU of the server, sipp and the bench process (the subscriber) over the step, and the
-  system's UDP receive-buffer drops;
+  system's UDP receive-buffer drops; in brackets, the server's main thread alone: its event
+  loop, which runs every call's Python and is the limit as it nears 100% (the rest is the SIP
+  reader, the media engine and sender and the call log's writer, each a thread of its own);
 - kept up: INVITE->100 and INVITE->180 p99 under 500 ms (T1, when INVITEs start to be
   retransmitted; the 180 follows the call's setup, so a backlog of calls waiting to be set up
   shows there while the 100 still goes out at once), and at least 90% of the asked rate
@@ -83,7 +85,14 @@ from livekit.protocol import models, room, rtc, sip
 from tests.helpers import API_KEY, API_SECRET, ServerProcess, free_sip_port
 from tests.signal_client import SignalClient, join_query, join_token
 
-from bench.common import children_cpu, cpu_seconds, print_result, self_cpu, udp_rcvbuf_errors
+from bench.common import (
+    children_cpu,
+    cpu_seconds,
+    print_result,
+    self_cpu,
+    thread_cpu,
+    udp_rcvbuf_errors,
+)
 
 T = TypeVar("T")
 SCENARIO = Path(__file__).resolve().parent / "sipp" / "uac_inbound_timed.xml"
@@ -455,6 +464,7 @@ def step_figures(
     run: SippRun,
     sub: Subscriber,
     server_cpu_s: float,
+    loop_cpu_s: float,
     bench_cpu_s: float,
     rss: int,
     udp_drops: int,
@@ -502,10 +512,14 @@ def step_figures(
         "answered_by_bridge": by_bridge,
         "cpu_pct": {
             "server": round(server_cpu_s / run.wall_s * 100, 1),
+            "server_loop": round(loop_cpu_s / run.wall_s * 100, 1),
             "sipp": round(run.sipp_cpu_s / run.wall_s * 100, 1),
             "bench": round(bench_cpu_s / run.wall_s * 100, 1),
         },
         "server_cpu_ms_per_call": round(server_cpu_s / len(calls) * 1000, 2) if calls else None,
+        "server_loop_cpu_ms_per_call": (
+            round(loop_cpu_s / len(calls) * 1000, 2) if calls else None
+        ),
         "udp_rcvbuf_drops": udp_drops,
         "wall_s": round(run.wall_s, 2),
         "server_rss_kib": rss,
@@ -638,6 +652,7 @@ async def bench(
             for i, rate in enumerate(rates):
                 calls = max(1, int(rate * args.seconds))
                 server_cpu, bench_cpu, drops = cpu_seconds(pid), self_cpu(), udp_rcvbuf_errors()
+                loop_cpu = thread_cpu(pid, pid)
                 calling = run_sipp(
                     work / f"step{i}",
                     sip_port,
@@ -656,6 +671,7 @@ async def bench(
                     run=run,
                     sub=sub,
                     server_cpu_s=cpu_seconds(pid) - server_cpu,
+                    loop_cpu_s=thread_cpu(pid, pid) - loop_cpu,
                     bench_cpu_s=self_cpu() - bench_cpu,
                     rss=rss_kib(pid),
                     udp_drops=udp_rcvbuf_errors() - drops,
@@ -719,7 +735,8 @@ def call_log_audit(db: Path, runs: list[tuple[str, SippRun]]) -> list[dict[str, 
 HEADER = (
     f"{'rate':>5} {'calls':>6} {'fail':>4} {'calls/s':>7} {'kept up':>7} "
     f"{'100 p50/p99 ms':>15} {'180 p50/p99 ms':>15} {'visible p50/p99':>16} "
-    f"{'200 p50/p99 ms':>15} {'subscr/bridge':>13} {'cpu srv/sipp/bench %':>21} {'udp drop':>8}"
+    f"{'200 p50/p99 ms':>15} {'subscr/bridge':>13} {'cpu srv(loop)/sipp/bench %':>27} "
+    f"{'udp drop':>8}"
 )
 
 
@@ -733,13 +750,14 @@ def _pair(d: object) -> str:
 def _row(s: dict[str, object]) -> str:
     cpu = s["cpu_pct"]
     assert isinstance(cpu, dict)
+    cpu_text = f"{cpu['server']}({cpu['server_loop']})/{cpu['sipp']}/{cpu['bench']}"
     return (
         f"{s['rate']:>5} {s['calls']:>6} {s['failed']:>4} {s['calls_per_s']:>7} "
         f"{'yes' if s['kept_up'] else 'no':>7} "
         f"{_pair(s['invite_100_ms']):>15} {_pair(s['invite_180_ms']):>15} "
         f"{_pair(s['invite_visible_ms']):>16} {_pair(s['invite_200_ms']):>15} "
         f"{str(s['answered_by_subscriber']) + '/' + str(s['answered_by_bridge']):>13} "
-        f"{str(cpu['server']) + '/' + str(cpu['sipp']) + '/' + str(cpu['bench']):>21} "
+        f"{cpu_text:>27} "
         f"{s['udp_rcvbuf_drops']:>8}"
     )
 
