@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import re
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -152,6 +153,7 @@ class Participant:
 ENABLED_CODECS = tuple(
     models.Codec(mime=f"audio/{name}") for name in ("opus", "red", "PCMU", "PCMA", "G722")
 )
+_CODECS: Final = models.Room(enabled_codecs=ENABLED_CODECS)  # what every room's message has
 
 
 @dataclass(init=False, slots=True, kw_only=True)
@@ -244,7 +246,7 @@ class Room:
 
     def to_proto(self) -> models.Room:
         counts = self._counts()
-        return models.Room(
+        room = models.Room(
             sid=self.sid,
             name=self.name,
             empty_timeout=self.empty_timeout,
@@ -255,8 +257,9 @@ class Room:
             metadata=self.metadata,
             num_participants=counts[1],
             num_publishers=counts[2],
-            enabled_codecs=ENABLED_CODECS,
         )
+        room.MergeFrom(_CODECS)  # (the codecs copied in: given to the constructor, 3x the cost)
+        return room
 
     def snapshot(self) -> models.Room:
         """`to_proto()` as the registry's events carry it: one message shared by the events of
@@ -677,12 +680,15 @@ def _copy(track: models.TrackInfo) -> models.TrackInfo:
     return snapshot
 
 
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")  # (one search in C, not a generator a name)
+
+
 def room_name_problem(name: str) -> str | None:
     """Why `name` cannot name a room, or None. As LiveKit: a length limit; and no control
     characters, which would end up in logs and SIP headers."""
     if len(name) > MAX_ROOM_NAME:
         return f"room name too long (max {MAX_ROOM_NAME} characters)"
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+    if _CONTROL.search(name):
         return f"room name {name!r} contains control characters"
     return None
 
