@@ -36,7 +36,7 @@ from sipbridge.rooms.quality import (
 from sipbridge.rooms.speakers import DEFAULT_CONFIG, ActiveSpeakers, SpeakersChanged
 from sipbridge.server.media.leg_driver import G711
 from sipbridge.server.media.service import MediaService
-from sipbridge.server.rtc.session import Session, SessionTable, in_room
+from sipbridge.server.rtc.session import Session, in_room
 from sipbridge.server.state.rooms_runtime import RoomsRuntime
 
 log = logging.getLogger(__name__)
@@ -119,13 +119,7 @@ class RoomStats:
     def _tick(self) -> None:
         self._timer = None
         loop = asyncio.get_running_loop()
-        sessions = self.sessions
-        # (the table's index by room: a set of its keys, not a pass over every session)
-        rooms = (
-            set(sessions.rooms)
-            if isinstance(sessions, SessionTable)
-            else {session.room for session in sessions.values()}
-        )
+        rooms = {session.room for session in self.sessions.values()}
         if not rooms:
             return  # the next join starts it again
         self._timer = loop.call_later(SPEAKER_INTERVAL, self._tick)
