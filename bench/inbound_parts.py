@@ -17,6 +17,17 @@ mode is printed) and alternate with another tree.
   second later), for `--seconds`: commits a second, records a call, the process's CPU a call
   (the recording on the loop and the SQLite thread) and the SQLite thread's alone (from
   /proc: 10 ms ticks).
+- room life: a room's life with a room each through the room model and the server's listeners
+  of its events, in process (no sockets): created with the agent's session in it, the phone
+  joined with its track, subscribed to, answered, hung up and gone, the agent gone, the room
+  closed, a commit after each (microseconds, best of 5 runs of 1,000).
+- room each (`--room-each N`, 0 to skip): a real `sipbridge serve` (the tree's build) and N
+  rooms' lives, 8 at once, as bench/inbound.py's room-each mode has them without SIP: the agent
+  joins a new room over `/rtc/v1`, a caller of kind SIP joins it and publishes its track
+  (`add_track`), the agent subscribes to it through RoomService.UpdateSubscriptions (the
+  official client), the caller leaves, then the agent; the rooms close `departure_timeout`
+  (20 s) later. The server's CPU (from /proc) a room for the cycles, and for the closes (the
+  CPU over the wait minus the idle server's over as long).
 """
 
 from __future__ import annotations
@@ -33,24 +44,43 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from livekit.protocol import models
+import aiohttp
+from livekit import api
+from livekit.protocol import models, rtc
+from livekit.protocol import room as room_proto
 from livekit.protocol import sip as proto
+from tests.helpers import API_KEY, API_SECRET, ServerProcess
+from tests.signal_client import join_query, join_token
 
 import sipbridge._compiled as compiled
+from bench.common import cpu_seconds
 from sipbridge import sdp
 from sipbridge.media.quality import leg_quality
 from sipbridge.rooms import RoomRegistry
 from sipbridge.rooms.model import SIP
+from sipbridge.server.agents import AgentService
+from sipbridge.server.api.webhooks import WebhookNotifier
+from sipbridge.server.cluster.owners import RoomOwners
 from sipbridge.server.media.service import MediaService
+from sipbridge.server.recording.service import EgressService
+from sipbridge.server.rtc.session import Session
+from sipbridge.server.rtc.signal import SignalServer
 from sipbridge.server.state.call_log import CallLog
+from sipbridge.server.state.rooms_runtime import RoomsRuntime
 from sipbridge.store import SQLiteStore
 from sipbridge.telephony.call import Call, CallLimits, CallState, Deadline, DeadlineReached
 from sipbridge.telephony.call import Direction as CallDirection
 from sipbridge.telephony.inbound import InboundCall
 from sipbridge.telephony.media import MediaPolicy
+
+LEAVE = rtc.SignalRequest(
+    leave=rtc.LeaveRequest(reason=models.DisconnectReason.CLIENT_INITIATED)
+).SerializeToString()
 
 # sipp's offer in bench/sipp/uac_inbound_timed.xml
 OFFER = (
@@ -228,20 +258,163 @@ async def call_log(rate: int, seconds: float) -> dict[str, float]:
     }
 
 
+# -- room each: a room's life on a real server (issue 18) ----------------------------------------
+
+ROOM_EACH_AT_ONCE = 8
+ROOM_CLOSE_WAIT_S = 22.0  # the rooms' departure_timeout (20 s) and a margin
+
+
+async def _room_life(url: str, n: int, session: aiohttp.ClientSession, lk: api.LiveKitAPI) -> None:
+    """One room's signalling, as bench/inbound.py's agent answers a call in a room of its own,
+    a WebSocket caller of kind SIP in place of the phone (bounded: 5 s)."""
+    name = f"life_{n}"
+    ws_url = url.replace("http://", "ws://") + f"/rtc/v1?join_request={join_query()}"
+    async with asyncio.timeout(5):
+        agent = await session.ws_connect(
+            ws_url, headers={"Authorization": f"Bearer {join_token(name, 'agent')}"}
+        )
+        await agent.receive()  # the join response
+        caller = await session.ws_connect(
+            ws_url,
+            headers={"Authorization": f"Bearer {join_token(name, 'phone', kind='sip')}"},
+        )
+        await caller.receive()
+        add = rtc.AddTrackRequest(cid="mic", name="phone", type=models.TrackType.AUDIO)
+        await caller.send_bytes(rtc.SignalRequest(add_track=add).SerializeToString())
+        track = ""
+        while not track:  # the agent's updates until the phone's track is in one
+            update = rtc.SignalResponse.FromString((await agent.receive()).data)
+            for p in update.update.participants:
+                if p.identity == "phone" and p.tracks:
+                    track = p.tracks[0].sid
+        await lk.room.update_subscriptions(
+            room_proto.UpdateSubscriptionsRequest(
+                room=name, identity="agent", track_sids=[track], subscribe=True
+            )
+        )
+        for ws in (caller, agent):
+            await ws.send_bytes(LEAVE)
+            await ws.close()
+
+
+async def room_each(rooms: int) -> dict[str, float]:
+    """Server CPU a room: its signalling cycle, then its close."""
+    folder = tempfile.TemporaryDirectory()
+    server = ServerProcess(Path(folder.name))
+    server.start()
+    assert server.proc is not None
+    pid = server.proc.pid
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            api.LiveKitAPI(server.url, API_KEY, API_SECRET) as lk,
+        ):
+            for n in range(20):  # warm-up (first imports, first connections)
+                await _room_life(server.url, -1 - n, session, lk)
+            await asyncio.sleep(ROOM_CLOSE_WAIT_S)
+            idle_from, idle_cpu = time.monotonic(), cpu_seconds(pid)
+            await asyncio.sleep(3.0)
+            idle_rate = (cpu_seconds(pid) - idle_cpu) / (time.monotonic() - idle_from)
+            numbers = iter(range(rooms))
+            began = cpu_seconds(pid)
+
+            async def worker() -> None:
+                for n in numbers:
+                    await _room_life(server.url, n, session, lk)
+
+            await asyncio.gather(*(worker() for _ in range(ROOM_EACH_AT_ONCE)))
+            cycles = cpu_seconds(pid) - began
+            waited_from, before_close = time.monotonic(), cpu_seconds(pid)
+            await asyncio.sleep(ROOM_CLOSE_WAIT_S)
+            waited = time.monotonic() - waited_from
+            closes = cpu_seconds(pid) - before_close - idle_rate * waited
+            left = len((await lk.room.list_rooms(room_proto.ListRoomsRequest())).rooms)
+    finally:
+        server.stop()
+        folder.cleanup()
+    return {
+        "rooms": rooms,
+        "cycle_ms_per_room": round(cycles / rooms * 1e3, 3),
+        "close_ms_per_room": round(closes / rooms * 1e3, 3),
+        "idle_cpu_percent": round(idle_rate * 100, 2),
+        "rooms_left_open": left,
+    }
+
+
+def room_life() -> dict[str, float]:
+    """A room's life with a room each, through the room model and the server's listeners of
+    its events (signalling, agents, recording, cluster owners; no sockets): the agent's
+    session joins a new room, the phone joins and publishes, the agent subscribes, the call is
+    answered, hangs up and leaves, the agent leaves, the room closes; a commit after each."""
+    runtime = RoomsRuntime(RoomRegistry(), WebhookNotifier([], API_KEY, API_SECRET), lambda: 1.0)
+    keys = {API_KEY: API_SECRET}
+    signal = SignalServer(runtime, keys)
+    AgentService(runtime, keys, public_url="")
+    RoomOwners("node", runtime)
+    folder = tempfile.TemporaryDirectory()
+    EgressService(runtime, cast(Any, SimpleNamespace(track_legs={})), runtime.notifier, folder.name)
+    registry = runtime.registry
+    lives = iter(range(10**9))
+    track = models.TrackInfo(type=models.TrackType.AUDIO, name="phone", mime_type="audio/PCMU")
+    attrs = {f"sip.k{k}": "value" for k in range(15)}
+
+    def life() -> None:
+        name = f"life_{next(lives)}"
+        registry.create(name, 1.0)
+        registry.join(name, "agent", 1.0)
+        session = Session(room=name, identity="agent", ws=cast(Any, None))
+        signal.sessions[(name, "agent")] = session
+        runtime.commit()
+        registry.join(name, "phone", 1.0, kind=SIP, attributes=attrs, active=True)
+        sid = registry.publish_track(name, "phone", _copy(track))
+        runtime.commit()
+        registry.update_subscriptions(name, "agent", [sid], True)
+        runtime.commit()
+        for status in ("active", "hangup"):
+            registry.update_participant(name, "phone", attributes={"sip.callStatus": status})
+            runtime.commit()
+        registry.remove(name, "phone", 2.0, models.DisconnectReason.CLIENT_INITIATED)
+        runtime.commit()
+        del signal.sessions[(name, "agent")]
+        registry.remove(name, "agent", 2.0, models.DisconnectReason.CLIENT_INITIATED)
+        runtime.commit()
+        registry.delete(name, 2.0)
+        runtime.commit()
+        while not session.outbox.empty():
+            session.outbox.get_nowait()
+
+    try:
+        return {"room life, model + listeners": best_us(life, 1000)}
+    finally:
+        runtime.close()
+        folder.cleanup()
+
+
+def _copy(track: models.TrackInfo) -> models.TrackInfo:
+    copy = models.TrackInfo()
+    copy.CopyFrom(track)
+    return copy
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=int, default=200, help="calls/s into the call log")
     parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--room-each", type=int, default=1000, help="rooms' lives (0: none)")
+    parser.add_argument("--only-room-each", action="store_true", help="that section alone")
     args = parser.parse_args()
-    result = {
-        "bench": "inbound_parts",
-        "mode": compiled.MODE,
-        "objects_us": {**asyncio.run(objects()), **room()},
-        "call_log": asyncio.run(call_log(args.rate, args.seconds)),
-    }
-    for name, value in result["objects_us"].items():  # type: ignore[attr-defined]
-        print(f"{name:>24}: {value:8.2f} us")
-    print(f"{'call log':>24}: {result['call_log']}")
+    result: dict[str, object] = {"bench": "inbound_parts", "mode": compiled.MODE}
+    if not args.only_room_each:
+        result["objects_us"] = {**asyncio.run(objects()), **room()}
+        result["call_log"] = asyncio.run(call_log(args.rate, args.seconds))
+        for name, value in result["objects_us"].items():  # type: ignore[attr-defined]
+            print(f"{name:>24}: {value:8.2f} us")
+        print(f"{'call log':>24}: {result['call_log']}")
+    result["room_life_us"] = room_life()
+    print(f"{'room life':>24}: {result['room_life_us']}")
+    if args.room_each:
+        result["room_each"] = asyncio.run(room_each(args.room_each))
+        print(f"{'room each':>24}: {result['room_each']}")
     print(json.dumps(result))
 
 

@@ -4,6 +4,7 @@ participants join, publish, change permission and leave rather than counted on e
 from __future__ import annotations
 
 from livekit.protocol import models
+from livekit.protocol.agent_dispatch import RoomAgentDispatch
 
 from sipbridge.rooms.model import Participant, Room, RoomRegistry
 
@@ -122,3 +123,22 @@ def test_events_of_one_room_state_share_its_snapshot_and_a_change_takes_a_new_on
     assert rooms[1] is rooms[2] and rooms[4] is rooms[5]
     assert rooms[0] is not rooms[1] and rooms[3] is not rooms[4] and rooms[5] is not rooms[6]
     assert room.to_proto() == rooms[6] and room.to_proto() is not room.to_proto()
+
+
+def test_participants_and_rooms_made_directly_share_no_defaults() -> None:
+    """Their own `__init__` (compiled) makes fresh containers for each, as the dataclass did."""
+    one, two = Participant(sid="PA_1", identity="1"), Participant(sid="PA_2", identity="2")
+    one.attributes["k"] = "v"
+    one.tracks["TR_1"] = models.TrackInfo(sid="TR_1")
+    one.subscriptions.add("TR_2")
+    one.permission.hidden = True
+    assert (two.attributes, two.tracks, two.subscriptions) == ({}, {}, set())
+    assert not two.permission.hidden
+    first, second = (
+        Room(sid="RM_1", name="1", created_at=T0),
+        Room(sid="RM_2", name="2", created_at=T0),
+    )
+    first.participants["1"] = one
+    first.agents.append(RoomAgentDispatch(agent_name="a"))
+    first.counts[0] = 5
+    assert (second.participants, second.agents, second.counts) == ({}, [], [0, 0, 0, 0])

@@ -117,7 +117,8 @@ class AgentService:
         self.end_elsewhere: Callable[[RunningJob], None] | None = None
         self.lost_elsewhere: Callable[[RunningJob], bool] | None = None
         self.done_elsewhere: Callable[[str], None] | None = None  # its worker ended it here
-        runtime.listeners.append(self.on_room_event)
+        kinds = (ev.RoomStarted, ev.ParticipantJoined, ev.ParticipantLeft, ev.RoomFinished)
+        runtime.listen(self.on_room_event, kinds)
 
     def routes(self, app: web.Application) -> None:
         app.router.add_get("/agent", self.handle)

@@ -124,7 +124,16 @@ class ConsoleApi:
         self.stalled = 0  # streams cut because their reader stopped reading
         self.refused = 0  # sign-ins refused: wrong credentials or a blocked address
         self.closing = False
-        rooms.listeners.append(self._room_event)
+        rooms.listen(
+            self._room_event,
+            (
+                ev.RoomStarted,
+                ev.RoomFinished,
+                ev.ParticipantJoined,
+                ev.ParticipantUpdated,
+                ev.ParticipantLeft,
+            ),
+        )
         call_log.on_quality = self.quality.record
 
     def routes(self, app: web.Application) -> None:

@@ -43,7 +43,7 @@ class RoomOwners:
         self.stats: Counter[str] = Counter()  # local, remote, claimed, took_over, released
         self._changes: asyncio.Queue[tuple[bool, str]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
-        runtime.listeners.append(self._on_room_event)
+        runtime.listen(self._on_room_event, (ev.RoomStarted, ev.RoomFinished))
 
     @property
     def clustered(self) -> bool:

@@ -134,7 +134,16 @@ class EgressService:
         self.stats: dict[str, int] = {}
         self.records = records
         self.encoder = EncoderProcess()
-        runtime.listeners.append(self.on_room_event)
+        runtime.listen(
+            self.on_room_event,
+            (
+                ev.RoomStarted,
+                ev.ParticipantJoined,
+                ev.RoomFinished,
+                ev.TrackUnpublished,
+                ev.ParticipantLeft,
+            ),
+        )
 
     async def open(self, node: str) -> None:
         """The recordings stored before this start; those left in progress marked FAILED. The

@@ -67,6 +67,18 @@ _CLIENT_INITIATED = DisconnectReason.CLIENT_INITIATED
 # response (a JoinResponse made with it 1.1-1.3 us, with one built anew 3.4-3.7: its edition
 # read through the enum wrapper).
 _SERVER_INFO = server_info()
+# The room events a session hears of (`on_room_event`): a room's start and end are not sent.
+SIGNAL_EVENTS = (
+    ev.ParticipantJoined,
+    ev.ParticipantUpdated,
+    ev.ParticipantLeft,
+    ev.TrackPublished,
+    ev.TrackUnpublished,
+    ev.TrackMuted,
+    ev.SubscriptionChanged,
+    ev.DataSent,
+    ev.RoomMetadataChanged,
+)
 
 
 class SignalServer:
@@ -93,7 +105,7 @@ class SignalServer:
         # participant updates gathered over a commit, sent as it ends (rtc/updates.py)
         sections = self.session_media.ask_for_sections if self.session_media else None
         self.updates = ParticipantUpdates(self.sessions, sections)
-        runtime.listeners.append(self.on_room_event)
+        runtime.listen(self.on_room_event, SIGNAL_EVENTS)
         runtime.settled.append(self.updates.flush)
         # speaker and connection-quality updates (rtc/room_stats.py)
         self.room_stats = RoomStats(runtime, media, self.sessions) if media is not None else None
