@@ -7,7 +7,8 @@ mode is printed) and alternate with another tree.
 - objects: the SDP offer sipp sends parsed (`sdp.parse_sdp`); a call's RTP leg negotiated on a
   real socket and released (`MediaService.negotiate` + `release`, the offer parsed, the answer
   built); a leg's quality snapshot as the call log keeps it (`leg_quality(...).as_dict()`); the
-  telephony objects of a call (`MediaPolicy`, `InboundCall`, `DeadlineReached`, `Call.start`).
+  telephony objects of a call (`MediaPolicy`, `InboundCall`, `DeadlineReached`, `Call.start`);
+  a call's `call_end` line in each log format (written to memory).
   A caller's participant in a room shared with 200 others, through the room model (no
   listeners): joined with its 15 `sip.*` attributes and its track, `sip.callStatus` set to
   `active` then `hangup`, removed (`room call`); one attribute change and one participant
@@ -24,7 +25,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import io
 import json
+import logging
 import os
 import resource
 import sys
@@ -44,6 +47,7 @@ from sipbridge import sdp
 from sipbridge.media.quality import leg_quality
 from sipbridge.rooms import RoomRegistry
 from sipbridge.rooms.model import SIP
+from sipbridge.server.call_logging import configure, log_call_end
 from sipbridge.server.media.service import MediaService
 from sipbridge.server.state.call_log import CallLog
 from sipbridge.store import SQLiteStore
@@ -92,8 +96,29 @@ async def objects() -> dict[str, float]:
         DeadlineReached(deadline=Deadline.PROGRESS, state=CallState.RINGING)
         Call.start(CallDirection.INBOUND, CallState.RINGING, 1.0, CallLimits())
 
+    info = proto.SIPCallInfo(
+        call_id="SCL_bench",
+        room_name="room",
+        participant_identity="sip_+15550001",
+        sip_call_id="1@127.0.0.1",
+        created_at_ns=10**18,
+        started_at_ns=10**18 + 10**8,
+        ended_at_ns=10**18 + 11 * 10**8,
+    )
+
+    def call_end(log_format: str) -> float:
+        configure("info", log_format)
+        handler = logging.getLogger().handlers[0]
+        handler.stream = io.StringIO()  # type: ignore[attr-defined]
+        try:
+            return best_us(lambda: log_call_end(info, sip_end="bye", leg=leg), 2000)
+        finally:
+            configure("warning", "text")
+
     try:
         return {
+            "call_end line (text)": call_end("text"),
+            "call_end line (json)": call_end("json"),
             "parse_sdp": best_us(lambda: sdp.parse_sdp(OFFER), 3000),
             "negotiate+release": best_us(negotiate, 500),
             "leg_quality+as_dict": best_us(lambda: leg_quality(leg, 1.0).as_dict(), 3000),
