@@ -7,7 +7,11 @@ mode is printed) and alternate with another tree.
 - objects: the SDP offer sipp sends parsed (`sdp.parse_sdp`); a call's RTP leg negotiated on a
   real socket and released (`MediaService.negotiate` + `release`, the offer parsed, the answer
   built); a leg's quality snapshot as the call log keeps it (`leg_quality(...).as_dict()`); the
-  telephony objects of a call (`MediaPolicy`, `InboundCall`, `DeadlineReached`, `Call.start`).
+  telephony objects of a call (`MediaPolicy`, `InboundCall`, `DeadlineReached`, `Call.start`);
+  a call's `call_end` line in each log format (written to memory).
+- silent tick: a mixing room of 300 RTP legs whose callers send nothing, ticked by the media
+  clock every 20 ms (its sends through the compiled sender, to loopback ports nobody reads):
+  the event loop's CPU per leg per tick (`time.thread_time`, best of 5 runs of 50 ticks).
   A caller's participant in a room shared with 200 others, through the room model (no
   listeners): joined with its 15 `sip.*` attributes and its track, `sip.callStatus` set to
   `active` then `hangup`, removed (`room call`); one attribute change and one participant
@@ -35,7 +39,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import io
 import json
+import logging
 import os
 import resource
 import sys
@@ -65,6 +71,7 @@ from sipbridge.rooms import RoomRegistry
 from sipbridge.rooms.model import SIP
 from sipbridge.server.agents import AgentService
 from sipbridge.server.api.webhooks import WebhookNotifier
+from sipbridge.server.call_logging import configure, log_call_end
 from sipbridge.server.cluster.owners import RoomOwners
 from sipbridge.server.media.service import MediaService
 from sipbridge.server.recording.service import EgressService
@@ -122,8 +129,29 @@ async def objects() -> dict[str, float]:
         DeadlineReached(deadline=Deadline.PROGRESS, state=CallState.RINGING)
         Call.start(CallDirection.INBOUND, CallState.RINGING, 1.0, CallLimits())
 
+    info = proto.SIPCallInfo(
+        call_id="SCL_bench",
+        room_name="room",
+        participant_identity="sip_+15550001",
+        sip_call_id="1@127.0.0.1",
+        created_at_ns=10**18,
+        started_at_ns=10**18 + 10**8,
+        ended_at_ns=10**18 + 11 * 10**8,
+    )
+
+    def call_end(log_format: str) -> float:
+        configure("info", log_format)
+        handler = logging.getLogger().handlers[0]
+        handler.stream = io.StringIO()  # type: ignore[attr-defined]
+        try:
+            return best_us(lambda: log_call_end(info, sip_end="bye", leg=leg), 2000)
+        finally:
+            configure("warning", "text")
+
     try:
         return {
+            "call_end line (text)": call_end("text"),
+            "call_end line (json)": call_end("json"),
             "parse_sdp": best_us(lambda: sdp.parse_sdp(OFFER), 3000),
             "negotiate+release": best_us(negotiate, 500),
             "leg_quality+as_dict": best_us(lambda: leg_quality(leg, 1.0).as_dict(), 3000),
@@ -131,6 +159,37 @@ async def objects() -> dict[str, float]:
         }
     finally:
         media.release(leg)
+        media.close()
+
+
+async def silent_tick(legs: int = 300, ticks: int = 50) -> float:
+    media = MediaService("127.0.0.1", (30000, 39999))
+    policy = MediaPolicy()
+    opened = []
+    try:
+        for _ in range(legs):
+            _, leg = media.negotiate(OFFER, policy)
+            leg.begin(0.0)
+            media.attach(leg, "room")
+            opened.append(leg)
+        clock = media.clock
+        clock.stop()
+        clock.on_second = None
+        now, best = 1000.0, float("inf")
+        for _ in range(5):
+            spent = 0.0
+            for _ in range(ticks):
+                await asyncio.sleep(0.02)  # (the legs' objects go cold, as between real ticks)
+                now += 0.02
+                clock._next = now
+                start = time.thread_time()
+                clock.advance(now)
+                spent += time.thread_time() - start
+            best = min(best, spent / ticks / legs * 1e6)
+        return round(best, 3)
+    finally:
+        for leg in opened:
+            media.release(leg)
         media.close()
 
 
@@ -405,7 +464,11 @@ def main() -> None:
     args = parser.parse_args()
     result: dict[str, object] = {"bench": "inbound_parts", "mode": compiled.MODE}
     if not args.only_room_each:
-        result["objects_us"] = {**asyncio.run(objects()), **room()}
+        result["objects_us"] = {
+            **asyncio.run(objects()),
+            **room(),
+            "silent tick, per leg": asyncio.run(silent_tick()),
+        }
         result["call_log"] = asyncio.run(call_log(args.rate, args.seconds))
         for name, value in result["objects_us"].items():  # type: ignore[attr-defined]
             print(f"{name:>24}: {value:8.2f} us")

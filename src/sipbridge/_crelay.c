@@ -28,6 +28,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -991,6 +992,165 @@ typedef struct {
     struct sockaddr_storage addr;
 } out_t;
 
+/* A leg's silence, made here (server/media/leg_driver.py CallMedia.send_pcm): while a leg of a
+ * mixing room hears nothing and plays nothing, its frame of every tick is its silence payload
+ * under the next header of its stream, which Python would make the same way (media/leg.py
+ * `send_pcm(None)`, media/timeline.py `Timeline.made`, media/session.py `RtpSender.frame`). The
+ * stream's state - sequence number, the timeline's last timestamp and its time, the marker
+ * owed - lives here while the leg is armed; Python reads it back (`seq`, `last`, `last_at`,
+ * `marker`, `packets`, `errors`) before anything else reads or moves the stream, and disarms
+ * the leg (`close`) before it makes a frame itself. In a room of callers who send nothing that
+ * is every frame: 2 us of the event loop's objects a frame in Python (issue 18). */
+typedef struct {
+    PyObject_HEAD
+    int fd;
+    int closed;
+    socklen_t alen;
+    struct sockaddr_storage addr;
+    int plen;               /* the silence payload's length */
+    unsigned char *payload; /* the silence payload */
+    uint32_t ssrc;
+    unsigned int seq; /* the next packet's sequence number */
+    unsigned int last; /* the timeline's last timestamp */
+    double last_at;    /* and when it was made */
+    double clock_rate;
+    unsigned int frame_ticks;
+    int pt;
+    int marker; /* the next packet carries the marker (RFC 3551 s4.1) */
+    unsigned long long packets; /* made since the stream was armed */
+    unsigned long long errors;  /* their sends that failed (known a batch later) */
+} SilentStream;
+
+static int SilentStream_init(SilentStream *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"fd", "family", "address", "payload", "ssrc", "seq", "last",
+                             "last_at", "clock_rate", "frame_ticks", "pt", "marker", NULL};
+    int fd, family, pt, marker;
+    PyObject *address;
+    Py_buffer payload;
+    unsigned long ssrc, seq, last, frame_ticks;
+    double last_at, clock_rate;
+    if (self->payload != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "already initialised");
+        return -1;
+    }
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iiOy*kkkddkip", kwlist, &fd, &family, &address,
+                                     &payload, &ssrc, &seq, &last, &last_at, &clock_rate,
+                                     &frame_ticks, &pt, &marker))
+        return -1;
+    if (fd < 0 || payload.len <= 0 || payload.len > READ_SIZE - 12 || ssrc > 0xFFFFFFFFul ||
+        seq > 0xFFFFul || last > 0xFFFFFFFFul || frame_ticks > 0xFFFFFFFFul || pt < 0 ||
+        pt > 127 || !(clock_rate > 0) || !isfinite(last_at)) {
+        PyBuffer_Release(&payload);
+        PyErr_SetString(PyExc_ValueError, "a field of the stream is out of range");
+        return -1;
+    }
+    if (parse_addr(address, family, &self->addr, &self->alen) < 0) {
+        PyBuffer_Release(&payload);
+        return -1;
+    }
+    self->payload = malloc((size_t)payload.len);
+    if (self->payload == NULL) {
+        PyBuffer_Release(&payload);
+        PyErr_NoMemory();
+        return -1;
+    }
+    memcpy(self->payload, payload.buf, (size_t)payload.len);
+    self->plen = (int)payload.len;
+    PyBuffer_Release(&payload);
+    self->fd = fd;
+    self->ssrc = (uint32_t)ssrc;
+    self->seq = (unsigned int)seq;
+    self->last = (unsigned int)last;
+    self->last_at = last_at;
+    self->clock_rate = clock_rate;
+    self->frame_ticks = (unsigned int)frame_ticks;
+    self->pt = pt;
+    self->marker = marker;
+    return 0;
+}
+
+static void SilentStream_dealloc(SilentStream *self) {
+    free(self->payload);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *SilentStream_close(SilentStream *self, PyObject *Py_UNUSED(ignored)) {
+    self->closed = 1;
+    Py_RETURN_NONE;
+}
+
+/* media/timeline.py round_half_even: the nearest integer, a tie to the even one, as the Python
+ * function computes it on the same double (exact below 2**52). */
+static long long round_half_even(double value) {
+    long long whole = (long long)value;
+    if ((double)whole > value)
+        whole -= 1;
+    double rest = value - (double)whole;
+    if (rest > 0.5 || (rest == 0.5 && whole % 2 != 0))
+        whole += 1;
+    return whole;
+}
+
+/* The stream's next frame at `at` into `out` (12 + plen bytes): `Timeline.made` and
+ * `RtpSender.frame` of media/, for a stream that has made a frame before. */
+static int silent_frame(SilentStream *st, double at, unsigned char *out) {
+    double value = (at - st->last_at) * st->clock_rate;
+    unsigned long long step = st->frame_ticks;
+    if (value > 9.0e15 || value < -9.0e15 || value != value)
+        return -1; /* (a clock no stream has: Python's path decides) */
+    long long elapsed = round_half_even(value);
+    if (elapsed > (long long)step)
+        step = (unsigned long long)elapsed;
+    unsigned int stamp = (unsigned int)(((unsigned long long)st->last + step) & 0xFFFFFFFFull);
+    out[0] = 0x80;
+    out[1] = (unsigned char)(st->pt | (st->marker ? 0x80 : 0));
+    out[2] = (unsigned char)(st->seq >> 8);
+    out[3] = (unsigned char)st->seq;
+    out[4] = (unsigned char)(stamp >> 24);
+    out[5] = (unsigned char)(stamp >> 16);
+    out[6] = (unsigned char)(stamp >> 8);
+    out[7] = (unsigned char)stamp;
+    out[8] = (unsigned char)(st->ssrc >> 24);
+    out[9] = (unsigned char)(st->ssrc >> 16);
+    out[10] = (unsigned char)(st->ssrc >> 8);
+    out[11] = (unsigned char)st->ssrc;
+    memcpy(out + 12, st->payload, (size_t)st->plen);
+    st->seq = (st->seq + 1) & 0xFFFFu;
+    st->last = stamp;
+    st->last_at = at;
+    st->marker = 0;
+    st->packets++;
+    return 0;
+}
+
+static PyMemberDef SilentStream_members[] = {
+    {"seq", T_UINT, offsetof(SilentStream, seq), READONLY, "the next packet's sequence number"},
+    {"last", T_UINT, offsetof(SilentStream, last), READONLY, "the last timestamp made"},
+    {"last_at", T_DOUBLE, offsetof(SilentStream, last_at), READONLY, "when it was made"},
+    {"marker", T_INT, offsetof(SilentStream, marker), READONLY, "the marker still owed"},
+    {"packets", T_ULONGLONG, offsetof(SilentStream, packets), READONLY, "frames made"},
+    {"errors", T_ULONGLONG, offsetof(SilentStream, errors), READONLY, "failed sends"},
+    {"closed", T_INT, offsetof(SilentStream, closed), READONLY, "disarmed"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyMethodDef SilentStream_methods[] = {
+    {"close", (PyCFunction)SilentStream_close, METH_NOARGS, "make no more frames"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject SilentStreamType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "sipbridge._crelay.SilentStream",
+    .tp_basicsize = sizeof(SilentStream),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A leg's silence frames, made by the tick's sender (Sender.submit).",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)SilentStream_init,
+    .tp_dealloc = (destructor)SilentStream_dealloc,
+    .tp_members = SilentStream_members,
+    .tp_methods = SilentStream_methods,
+};
+
 typedef struct {
     PyObject_HEAD
     pthread_mutex_t lock;
@@ -1013,6 +1173,11 @@ typedef struct {
     int *dest_family;
     struct sockaddr_storage *dest_addr;
     socklen_t *dest_len;
+    /* The batch in flight's silent frames (after its `py_count` datagrams of Python's): their
+     * streams, held until the next `submit` counts their failed sends on them. */
+    int py_count;
+    int n_streams;
+    SilentStream **streams;
 } Sender;
 
 #define SENDER_FDS 65536
@@ -1078,12 +1243,14 @@ static int Sender_init(Sender *self, PyObject *args, PyObject *kwds) {
     self->arena_cap = 256 * 256;
     self->items = malloc(sizeof(out_t) * (size_t)self->cap);
     self->failed = malloc(sizeof(int) * (size_t)self->cap);
+    self->streams = calloc((size_t)self->cap, sizeof(SilentStream *));
     self->arena = malloc(self->arena_cap);
     self->dest_obj = calloc(SENDER_FDS, sizeof(PyObject *));
     self->dest_family = calloc(SENDER_FDS, sizeof(int));
     self->dest_addr = calloc(SENDER_FDS, sizeof(struct sockaddr_storage));
     self->dest_len = calloc(SENDER_FDS, sizeof(socklen_t));
-    if (!self->items || !self->failed || !self->arena || !self->dest_obj || !self->dest_family ||
+    if (!self->items || !self->failed || !self->streams || !self->arena || !self->dest_obj ||
+        !self->dest_family ||
         !self->dest_addr || !self->dest_len) {
         PyErr_NoMemory();
         return -1;
@@ -1113,13 +1280,20 @@ static void Sender_dealloc(Sender *self) {
         for (int i = 0; i < SENDER_FDS; i++)
             Py_XDECREF(self->dest_obj[i]);
     free(self->dest_obj);
+    for (int i = 0; i < self->n_streams; i++)
+        Py_XDECREF((PyObject *)self->streams[i]);
+    free(self->streams);
     free(self->dest_family);
     free(self->dest_addr);
     free(self->dest_len);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-static PyObject *Sender_submit(Sender *self, PyObject *batch) {
+static PyObject *Sender_submit(Sender *self, PyObject *args) {
+    PyObject *batch, *silent = NULL;
+    double at = 0.0;
+    if (!PyArg_ParseTuple(args, "O|Od", &batch, &silent, &at))
+        return NULL;
     if (self->items == NULL || self->stop) {
         PyErr_SetString(PyExc_RuntimeError, "the sender is closed");
         return NULL;
@@ -1128,28 +1302,60 @@ static PyObject *Sender_submit(Sender *self, PyObject *batch) {
     if (seq == NULL)
         return NULL;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    if (n > 1000000) {
+    Py_ssize_t n_silent = 0;
+    if (silent != NULL && silent != Py_None) {
+        if (!PyList_Check(silent)) {
+            Py_DECREF(seq);
+            PyErr_SetString(PyExc_TypeError, "the silent streams are a list");
+            return NULL;
+        }
+        n_silent = PyList_GET_SIZE(silent);
+        for (Py_ssize_t i = 0; i < n_silent; i++)
+            if (Py_TYPE(PyList_GET_ITEM(silent, i)) != &SilentStreamType) {
+                Py_DECREF(seq);
+                PyErr_SetString(PyExc_TypeError, "a silent stream is a SilentStream");
+                return NULL;
+            }
+    }
+    if (n > 1000000 || n_silent > 1000000) {
         Py_DECREF(seq);
         PyErr_SetString(PyExc_ValueError, "batch too large");
         return NULL;
     }
     sender_settle_locked(self); /* the previous batch is sent: its buffers are ours */
-    PyObject *failed = PyList_New(self->n_failed);
+    /* its failed sends: Python's datagrams by index, the silent frames on their streams */
+    int n_py_failed = 0;
+    for (int i = 0; i < self->n_failed; i++)
+        if (self->failed[i] < self->py_count)
+            n_py_failed++;
+    PyObject *failed = PyList_New(n_py_failed);
     if (failed == NULL)
         goto error;
-    for (int i = 0; i < self->n_failed; i++)
-        PyList_SET_ITEM(failed, i, PyLong_FromLong(self->failed[i]));
+    for (int i = 0, k = 0; i < self->n_failed; i++) {
+        int index = self->failed[i];
+        if (index < self->py_count)
+            PyList_SET_ITEM(failed, k++, PyLong_FromLong(index));
+        else if (index - self->py_count < self->n_streams)
+            self->streams[index - self->py_count]->errors++;
+    }
+    for (int i = 0; i < self->n_streams; i++)
+        Py_CLEAR(self->streams[i]);
+    self->n_streams = 0;
+    self->py_count = 0;
     self->n_failed = 0;
     self->count = 0;
-    if (n > self->cap) {
-        int cap = (int)n;
+    if (n + n_silent > self->cap) {
+        int cap = (int)(n + n_silent);
         out_t *items = realloc(self->items, sizeof(out_t) * (size_t)cap);
         if (items != NULL)
             self->items = items;
         int *f = realloc(self->failed, sizeof(int) * (size_t)cap);
         if (f != NULL)
             self->failed = f;
-        if (items == NULL || f == NULL) {
+        SilentStream **streams = realloc(self->streams, sizeof(SilentStream *) * (size_t)cap);
+        if (streams != NULL)
+            self->streams = streams;
+        if (items == NULL || f == NULL || streams == NULL) {
             PyErr_NoMemory();
             goto error;
         }
@@ -1217,6 +1423,40 @@ static PyObject *Sender_submit(Sender *self, PyObject *batch) {
         self->count++;
     }
     Py_DECREF(seq);
+    seq = NULL;
+    self->py_count = self->count;
+    /* room for every silent frame first: a stream moves on only once its frame will be sent */
+    size_t needed = used;
+    for (Py_ssize_t i = 0; i < n_silent; i++)
+        needed += 12 + (size_t)((SilentStream *)PyList_GET_ITEM(silent, i))->plen;
+    if (needed > self->arena_cap) {
+        size_t cap = self->arena_cap * 2 > needed ? self->arena_cap * 2 : needed;
+        unsigned char *arena = realloc(self->arena, cap);
+        if (arena == NULL) {
+            PyErr_NoMemory();
+            goto error;
+        }
+        self->arena = arena;
+        self->arena_cap = cap;
+    }
+    for (Py_ssize_t i = 0; i < n_silent; i++) {
+        SilentStream *st = (SilentStream *)PyList_GET_ITEM(silent, i);
+        if (st->closed)
+            continue;
+        size_t len = 12 + (size_t)st->plen;
+        if (silent_frame(st, at, self->arena + used) < 0)
+            continue;
+        out_t *o = &self->items[self->count];
+        o->fd = st->fd;
+        o->len = (int)len;
+        o->offset = used;
+        o->addr = st->addr;
+        o->alen = st->alen;
+        used += len;
+        Py_INCREF(st);
+        self->streams[self->n_streams++] = st;
+        self->count++;
+    }
     if (self->count > 0) {
         if (!self->running) {
             if (pthread_create(&self->thread, NULL, sender_thread, self) != 0) {
@@ -1234,10 +1474,11 @@ static PyObject *Sender_submit(Sender *self, PyObject *batch) {
     pthread_mutex_unlock(&self->lock);
     return failed;
 error:
-    /* nothing of this batch is sent */
+    /* nothing of this batch is sent (no silent frame was made: they come last) */
     self->count = 0;
+    self->py_count = 0;
     pthread_mutex_unlock(&self->lock);
-    Py_DECREF(seq);
+    Py_XDECREF(seq);
     Py_XDECREF(failed);
     return NULL;
 }
@@ -1267,9 +1508,11 @@ static PyObject *Sender_counters(Sender *self, PyObject *Py_UNUSED(ignored)) {
 }
 
 static PyMethodDef Sender_methods[] = {
-    {"submit", (PyCFunction)Sender_submit, METH_O,
-     "submit([(fd, family, data, address[, any]), ...]) -> [index]: send these datagrams in "
-     "order on the sender's thread; the indices of the previous batch's failed sends"},
+    {"submit", (PyCFunction)Sender_submit, METH_VARARGS,
+     "submit([(fd, family, data, address[, any]), ...][, [SilentStream, ...], at]) -> [index]: "
+     "send these datagrams in order on the sender's thread, then each stream's next silent "
+     "frame made at `at`; the indices of the previous batch's failed sends of the first kind "
+     "(those of the second are counted on their streams)"},
     {"wait", (PyCFunction)Sender_wait, METH_NOARGS, "until the batch in flight is sent"},
     {"counters", (PyCFunction)Sender_counters, METH_NOARGS, "batches, datagrams sent, errors"},
     {"close", (PyCFunction)Sender_close, METH_NOARGS, "send what is in flight, stop the thread"},
@@ -1298,7 +1541,8 @@ static struct PyModuleDef crelay_module = {
 };
 
 PyMODINIT_FUNC PyInit__crelay(void) {
-    if (PyType_Ready(&EngineType) < 0 || PyType_Ready(&SenderType) < 0)
+    if (PyType_Ready(&EngineType) < 0 || PyType_Ready(&SenderType) < 0 ||
+        PyType_Ready(&SilentStreamType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&crelay_module);
     if (m == NULL)
@@ -1312,6 +1556,12 @@ PyMODINIT_FUNC PyInit__crelay(void) {
     Py_INCREF(&SenderType);
     if (PyModule_AddObject(m, "Sender", (PyObject *)&SenderType) < 0) {
         Py_DECREF(&SenderType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&SilentStreamType);
+    if (PyModule_AddObject(m, "SilentStream", (PyObject *)&SilentStreamType) < 0) {
+        Py_DECREF(&SilentStreamType);
         Py_DECREF(m);
         return NULL;
     }

@@ -15,6 +15,7 @@ from livekit.protocol import sip
 
 from sipbridge.config import ConfigError, build_settings
 from sipbridge.media.leg import MediaStats
+from sipbridge.server import call_logging
 from sipbridge.server.call_logging import (
     CallContextFilter,
     JsonFormatter,
@@ -150,6 +151,58 @@ def test_call_end_line_is_one_record_with_its_fields_and_none_below_info() -> No
     assert first["level"] == "info" and first["logger"] == "sipbridge.server.calls"
     assert first["event"] == "call_end" and first["outcome"] == "disconnected"
     assert first["direction"] == "99" and first["sip_end"] == "bye"
+
+
+def test_call_end_fields_are_made_only_for_a_handler_that_may_read_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The text format writes the same line without the fields (never made for it); a JSON
+    handler, or any handler not a plain stream with the text format, gets them all."""
+    made: list[str] = []
+
+    def counted(info: sip.SIPCallInfo, **kwargs: object) -> dict[str, object]:
+        made.append(info.call_id)
+        return call_end_fields(info, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(call_logging, "call_end_fields", counted)
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    text_out = io.StringIO()
+    text = logging.StreamHandler(text_out)
+    text.addFilter(CallContextFilter())
+    text.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("sipbridge.server.calls")
+    level, propagate = logger.level, logger.propagate
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    info = sip.SIPCallInfo(call_id="SCL_8", call_status=sip.SIPCallStatus.SCS_DISCONNECTED)
+    try:
+        logger.addHandler(text)
+        log_call_end(info, sip_end="bye")
+        assert made == []
+        assert text_out.getvalue() == (
+            "INFO sipbridge.server.calls: call SCL_8 ended: disconnected, bye\n"
+        )
+        keep = Keep()
+        logger.addHandler(keep)
+        log_call_end(info, sip_end="bye")
+        logger.removeHandler(keep)
+        assert made == ["SCL_8"]
+        assert records[0].event == "call_end"  # type: ignore[attr-defined]
+        assert records[0].getMessage() == "call SCL_8 ended: disconnected, bye"
+        text.setFormatter(JsonFormatter())
+        log_call_end(info, sip_end="bye")
+        assert made == ["SCL_8", "SCL_8"]
+        assert json.loads(text_out.getvalue().splitlines()[-1])["event"] == "call_end"
+    finally:
+        logger.removeHandler(text)
+        logger.setLevel(level)
+        logger.propagate = propagate
+    assert text_out.getvalue().count("\n") == 3
 
 
 def test_call_end_fields_read_dataclasses_as_asdict_does() -> None:

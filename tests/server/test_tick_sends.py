@@ -85,6 +85,9 @@ async def _run(batched: bool) -> tuple[list[list[bytes]], SendBatch]:
         # wakes the clock's own timer, stopped before the loop runs it.
         clock.stop()
 
+        for leg in legs:
+            leg.sync()  # (the frames the sender made of a silent leg's stream, counted)
+
         def complete() -> bool:
             for phone, into in zip(phones, got, strict=True):
                 _receive(phone.sock, into)

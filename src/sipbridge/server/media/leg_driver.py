@@ -15,7 +15,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sipbridge import sdp
 from sipbridge.media import codecs
@@ -34,9 +34,18 @@ from sipbridge.media.leg import (
 from sipbridge.media.players import FRAME_MS, Pcm, PcmFifo, PcmPlayer, Player
 from sipbridge.media.relay import relay_datagram
 from sipbridge.media.room_audio import G711, AudioLeg, RoomAudio, can_forward
+from sipbridge.media.rtp import RtpPacket
 from sipbridge.media.srtp import SrtpContext, SrtpKeys
 from sipbridge.media.timeline import TIMESTAMP_MOD, Timeline
+from sipbridge.server.media import silence
 from sipbridge.server.media.ports import MediaSocket, PortPool, SendBatch
+
+try:
+    from sipbridge import _crelay  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover - not built: the loop makes every frame
+    _crelay = None
+# A leg's silence made by the tick's sender (`silence.py`), if the engine built has it.
+SilentStream: Any = getattr(_crelay, "SilentStream", None)
 
 if TYPE_CHECKING:
     from sipbridge.server.media.crelay import RelayEngine
@@ -132,10 +141,16 @@ class CallMedia(RtpLeg):
         # when we made the offer (late offer): what we offered, for the answer in the ACK
         self.offered_codecs: tuple[sdp.Codec, ...] = ()
         self.offered_keys: list[SrtpKeys] = []
+        # Its silence made by the tick's sender (`send_pcm`): the stream while armed, the
+        # frames and failed sends of it already counted here, the tick it was queued for.
+        self.silent: Any = None
+        self._silent_seen = 0
+        self._silent_errors = 0
+        self._silent_at = -1.0
 
     def update(self, answer: sdp.AudioAnswer) -> None:
         """Apply a (new) negotiated answer: peer address, payload types, direction."""
-        self.rerouted()  # the engine's copy of the stream is stale from here
+        self.rerouted()  # the engine's (and the sender's) copy of the stream is stale from here
         self.configure(stream_config(answer), self._now())
 
     def change_codec(self, spec: codecs.CodecSpec) -> None:
@@ -161,17 +176,73 @@ class CallMedia(RtpLeg):
     # -- the compiled relay's hooks (`crelay.py`) -----------------------------------------
 
     def rerouted(self) -> None:
+        if self.silent is not None:
+            self.silent_off()
         if self.crelay is not None:
             self.crelay.rerouted(self)
 
     def sync(self, *, levels: bool = False) -> None:
+        if self.silent is not None:
+            self._silent_sync()
         if self.crelay is not None:
             self.crelay.sync(self, levels=levels)
+
+    # -- silence made by the tick's sender (`_crelay.c` SilentStream) ----------------------
+
+    def send_pcm(self, pcm: Pcm | None, now: float) -> None:
+        """One mixed frame (None: silence) on the clock. Silence in a tick of the clock with a
+        sender is made there, from the stream's state handed over once (`silent`): the same
+        bytes `RtpLeg.send_pcm` makes, without the leg's objects (issue 18: 2 us of the loop
+        a frame; in a room of callers who send nothing, every frame). Anything else the leg
+        sends, or reads of its stream, takes the state back first (`silent_off`, `sync`)."""
+        if pcm is None:
+            batch = self.rtp.batch
+            queue = batch.silent
+            if queue is not None and now == batch.at and self._silent_at != now:
+                stream = self.silent
+                if stream is None:
+                    stream = self._silent_on()
+                if stream is not None:
+                    queue.append(stream)
+                    batch.silent_legs.append(self)
+                    self._silent_at = now
+                    return
+        if self.silent is not None:
+            self.silent_off()
+        super().send_pcm(pcm, now)
+
+    def _silent_on(self) -> Any:
+        return silence.arm(self, SilentStream)
+
+    def _silent_sync(self) -> None:
+        silence.sync(self)
+
+    def silent_off(self) -> None:
+        """The loop makes this leg's frames again, from the stream's state (`silence.disarm`)."""
+        silence.disarm(self)
+
+    def silent_by_loop(self, at: float) -> None:
+        """The sender could not take the tick: this leg's frame of it is made here."""
+        self._silent_at = -1.0
+        silence.disarm(self)
+        RtpLeg.send_pcm(self, None, at)
 
     # `get_timer` reads the counters without a sync: the engine only moves `last_packet_at` on,
     # so a deadline from stale counters is early, never late, and `handle_timer` syncs first.
 
+    def forward(self, packet: RtpPacket, source: Any, now: float) -> None:
+        if self.silent is not None:
+            self.silent_off()
+        super().forward(packet, source, now)
+
+    def send_dtmf(self, digits: str) -> None:
+        if self.silent is not None:
+            self.silent_off()  # (the digits' packets continue the stream from its state)
+        super().send_dtmf(digits)
+
     def handle_timer(self, now: float, wallclock: float | None = None) -> None:
+        if self.silent is not None:
+            self._silent_sync()  # the RTCP report reads the stream
         if self.crelay is not None:
             self.crelay.sync(self, levels=False)  # the media timeout and RTCP report read them
         super().handle_timer(now, wallclock)
@@ -217,8 +288,11 @@ class CallMedia(RtpLeg):
             self.capture(data, False, source)
         latched = self.latch._latched
         self.receive(data, source, now)
-        if self.crelay is not None and self.latch._latched != latched:
-            self.crelay.latched(self)
+        if self.latch._latched != latched:
+            if self.silent is not None:
+                self.silent_off()  # its silence goes to the new address from the next tick
+            if self.crelay is not None:
+                self.crelay.latched(self)
         # Packets it made for the room's listeners left through their `rtp_sink`s; a datagram
         # in makes nothing for our own outbox (RTCP leaves on `handle_timer`). Its events:
         if self._events:
@@ -257,6 +331,7 @@ class CallMedia(RtpLeg):
     def close(self) -> None:
         if self.closed:
             return
+        self.silent_off()  # (its counters in; a frame of the tick that runs is sent first)
         self.closed = True
         super().close()
         if self.crelay is not None:
@@ -367,7 +442,7 @@ class MediaClock:
         # clock are exactly 20 ms apart in RTP time whatever the loop's lateness.
         scheduled = self._next
         batch = self.batch
-        batch.begin()
+        batch.begin(scheduled)
         try:
             for room in list(self.rooms):
                 try:

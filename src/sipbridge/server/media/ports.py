@@ -59,42 +59,60 @@ class SendBatch:
         # The tick's datagrams while one runs: (fd, family, data, address, socket).
         self.pending: list[tuple[int, int, bytes | memoryview, tuple[str, int], MediaSocket]] | None
         self.pending = None
+        # The legs whose silence the sender makes this tick (`CallMedia.send_pcm`), and their
+        # streams (`_crelay.SilentStream`), while a tick runs; the tick's time (`at`).
+        self.silent: list[Any] | None = None
+        self.silent_legs: list[Any] = []
+        self.at = 0.0
         self._in_flight: list[tuple[int, int, bytes | memoryview, tuple[str, int], MediaSocket]]
         self._in_flight = []
+        self._flying = False  # a batch handed to the sender may not be sent yet
         # Sockets closed while a batch was in flight: their descriptors close once it is sent
         # (`close_deferred`), at the next flush, instead of the loop waiting for the sender.
         self._deferred: list[socket.socket] = []
         self.batches = 0
         self.sent = 0
 
-    def begin(self) -> None:
-        """A tick starts: its sends are collected (with a sender; else they go at once)."""
+    def begin(self, at: float = 0.0) -> None:
+        """A tick at `at` starts: its sends are collected (with a sender; else they go at once),
+        and the silence of the legs that hear none is made by the sender (`silent`)."""
         if self.sender is not None:
             self.pending = []
+            self.silent = []
+            self.silent_legs = []
+            self.at = at
 
     def flush(self) -> None:
-        """The tick is over: what it collected goes to the sender."""
+        """The tick is over: what it collected goes to the sender, then the silent legs' frames
+        it makes."""
         pending, self.pending = self.pending, None
-        if not pending:
+        silent, self.silent = self.silent, None
+        legs, self.silent_legs = self.silent_legs, []
+        if not pending and not silent:
             if self._deferred:
                 self.close_deferred()
             return
+        pending = pending or []
         deferred, self._deferred = self._deferred, []
         in_flight, self._in_flight = self._in_flight, pending
         try:
-            failed = self.sender.submit(pending)
+            failed = self.sender.submit(pending, silent, self.at)
         except (TypeError, ValueError, OverflowError, OSError, RuntimeError):
             # an entry the sender cannot take (an IPv6 zone by name, a closed sender): the
-            # loop sends them, as without a sender
+            # loop sends them, as without a sender, and the silent legs make their own frames
             self._in_flight = []
+            self._flying = False
             with contextlib.suppress(RuntimeError):  # (a closed sender has nothing in flight)
                 self.sender.wait()
             for _fd, _family, data, address, sock in pending:
                 sock.send_now(data, address)
+            for leg in legs:
+                leg.silent_by_loop(self.at)
             failed = []
         else:
+            self._flying = True
             self.batches += 1
-            self.sent += len(pending)
+            self.sent += len(pending) + len(legs)
         for index in failed:  # (of the batch before; one whose sockets closed is gone)
             if index < len(in_flight):
                 in_flight[index][4].send_errors += 1
@@ -117,7 +135,7 @@ class SendBatch:
                     if entry[4] is sock:
                         sock.send_now(entry[2], entry[3])
                 pending[:] = kept
-        return bool(self._in_flight) and self.sender is not None
+        return self._flying and self.sender is not None
 
     def defer(self, sock: socket.socket) -> None:
         """Close `sock` once the batch in flight is sent (at the next flush at the latest)."""
@@ -143,8 +161,10 @@ class SendBatch:
             self.sender.close()
             self.sender = None
         self.pending = None
+        self.silent = None
         self.close_deferred()
         self._in_flight = []
+        self._flying = False
 
 
 _NO_BATCH = SendBatch()
