@@ -880,9 +880,6 @@ def _content_length(head: bytes) -> int | None:
 
 # -- building responses -------------------------------------------------------------------
 
-# The single-valued headers a response echoes after the Vias (s8.2.6.2): (key, name).
-_ECHOED = (("from", "From"), ("to", "To"), ("call-id", "Call-ID"), ("cseq", "CSeq"))
-
 
 class EchoedHeaders:
     """The headers of a response to a request, as made for its first response (the echoed
@@ -917,25 +914,37 @@ def make_response(
     them all let a request of 128 such lines draw a response of more headers than MAX_HEADERS,
     which our own parser refuses (found by fuzz/targets.py `endpoint`).
     """
-    response = Response(status=status, reason=reason or REASONS.get(status, ""))
     headers = request.headers
     index = headers._lines()
-    items = response.headers.items
+    items: list[tuple[str, str]] = []
     vias = index.get("via")
     if vias is not None:
-        items.extend([("Via", value) for value in vias])
-    for key, name in _ECHOED:
-        lines = index.get(key)
-        if lines is None:
-            continue
+        for value in vias:
+            items.append(("Via", value))
+    # The single-valued headers after the Vias, each written out: compiled, a loop over a
+    # table of them was a generic iteration and a tuple unpacked per header (issue 18).
+    lines = index.get("from")
+    if lines is not None:
+        items.append(("From", lines[0]))
+    lines = index.get("to")
+    if lines is not None:
         value = lines[0]
-        if key == "to" and to_tag and status != 100:
+        if to_tag and status != 100:
             memo = headers.memo
             to = memo.get("to") if memo is not None and len(lines) == 1 else None
             if (to or parse_address(value)).tag is None:
                 # the echoed To gains a tag: a header parameter, after the address as received
                 value = f"{value};tag={to_tag}"
-        items.append((name, value))
+        items.append(("To", value))
+    lines = index.get("call-id")
+    if lines is not None:
+        items.append(("Call-ID", lines[0]))
+    lines = index.get("cseq")
+    if lines is not None:
+        items.append(("CSeq", lines[0]))
+    response = Response(
+        status=status, reason=reason or REASONS.get(status, ""), headers=Headers(items)
+    )
     if status == 100 and "Timestamp" in request.headers:  # s8.2.6.1
         response.headers.add("Timestamp", request.headers.get("Timestamp") or "")
     return response
