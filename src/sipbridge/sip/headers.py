@@ -335,21 +335,26 @@ class Via:
         port: int | None = None,
         params: Params = (),
         protocol: str = "SIP/2.0",
+        found: bool = False,
+        branch: str | None = None,
+        rport: str | None = None,
     ) -> None:
+        """`found`: `branch` and `rport` are those of `params` (`_csipmsg.plain_via` finds
+        them as it cuts the parameters), not to be looked for again."""
         object.__setattr__(self, "transport", transport)
         object.__setattr__(self, "host", host)
         object.__setattr__(self, "port", port)
         object.__setattr__(self, "params", params)
         object.__setattr__(self, "protocol", protocol)
-        branch: str | None = None
-        rport: str | None = None
-        for key, value in params:  # the first of each, as `param_value` finds
-            lkey = key.lower()
-            if lkey == "branch":
-                if branch is None:
-                    branch = "" if value is None else value
-            elif lkey == "rport" and rport is None:
-                rport = "" if value is None else value
+        if not found:
+            branch = rport = None
+            for key, value in params:  # the first of each, as `param_value` finds
+                lkey = key.lower()
+                if lkey == "branch":
+                    if branch is None:
+                        branch = "" if value is None else value
+                elif lkey == "rport" and rport is None:
+                    rport = "" if value is None else value
         object.__setattr__(self, "branch", branch)
         object.__setattr__(self, "rport", rport)
 
@@ -432,8 +437,17 @@ def _parse_plain_via(value: str) -> Via | None:
     if _cvia is not None:
         parts = _cvia(value)
         if parts is not None:
-            transport, host, port, params = parts
-            return Via(protocol="SIP/2.0", transport=transport, host=host, port=port, params=params)
+            transport, host, port, params, branch, rport = parts
+            return Via(
+                protocol="SIP/2.0",
+                transport=transport,
+                host=host,
+                port=port,
+                params=params,
+                found=True,
+                branch=branch,
+                rport=rport,
+            )
     return _parse_plain_via_python(value)
 
 
