@@ -388,20 +388,25 @@ class Message:
     # -- structured accessors (raise SipProtocolError(400) when malformed) ---------------
     # Each parses its header once per message (`Headers.memo`, keyed by the header's key).
 
-    def _required(self, name: str) -> str:
-        lines = self.headers.lines(name)
-        if not lines or not lines[0].strip():
+    def _required(self, key: str, name: str) -> str:
+        """The value of a single-valued header, found by its key (`header_key(name)`, which
+        each accessor knows: not looked up for every message, issue 18)."""
+        lines = self.headers._lines().get(key)
+        if lines is None:
+            raise _bad(f"missing {name} header")
+        value = lines[0].strip()
+        if not value:
             raise _bad(f"missing {name} header")
         if len(lines) > 1:  # single-valued headers (RFC 4475 s3.1.2.18 multi01)
             raise _bad(f"more than one {name} header")
-        return lines[0].strip()
+        return value
 
     @property
     def call_id(self) -> str:
         memo = self.headers.parsed()
         value = memo.get("call-id")
         if value is None:
-            value = memo["call-id"] = self._required("Call-ID")
+            value = memo["call-id"] = self._required("call-id", "Call-ID")
         return value
 
     @property
@@ -409,7 +414,7 @@ class Message:
         memo = self.headers.parsed()
         value = memo.get("cseq")
         if value is None:
-            value = memo["cseq"] = parse_cseq(self._required("CSeq"))
+            value = memo["cseq"] = parse_cseq(self._required("cseq", "CSeq"))
         return value
 
     @property
@@ -417,7 +422,7 @@ class Message:
         memo = self.headers.parsed()
         value = memo.get("from")
         if value is None:
-            value = memo["from"] = parse_address(self._required("From"))
+            value = memo["from"] = parse_address(self._required("from", "From"))
         return value
 
     @property
@@ -425,7 +430,7 @@ class Message:
         memo = self.headers.parsed()
         value = memo.get("to")
         if value is None:
-            value = memo["to"] = parse_address(self._required("To"))
+            value = memo["to"] = parse_address(self._required("to", "To"))
         return value
 
     @property
@@ -437,8 +442,8 @@ class Message:
         memo = self.headers.parsed()
         value = memo.get("via")
         if value is None:
-            lines = self.headers.lines("Via")
-            if not lines:
+            lines = self.headers._lines().get("via")
+            if lines is None:
                 raise _bad("missing Via header")
             first = lines[0].strip()
             if not first or "," in first or '"' in first:  # a list: its first item
@@ -475,10 +480,11 @@ class Message:
         """The message's bytes after its start line, `out` (a list of it alone): written
         by the C extension where built, for ASCII text (`_csipmsg.serialize`), else by
         `serialize_python`."""
-        if _cserialize is not None:
+        cserialize = _cserialize  # (read once: see `parse_message`)
+        if cserialize is not None:
             headers = self.headers
             wire = headers.wire
-            data = _cserialize(
+            data = cserialize(
                 out[0],
                 "" if wire is None else wire[1],
                 headers.items,
@@ -559,6 +565,11 @@ class Response(Message):
 # -- parsing ------------------------------------------------------------------------------
 
 
+# What `_csipmsg.parse_head` returns, typed: compiled, such a tuple is unpacked by index, where
+# an untyped one is iterated (issue 18).
+_CutHead = tuple[Any, Any, list[tuple[str, str]], dict[str, tuple[str, ...]], int, int]
+
+
 def parse_message(data: bytes, *, stream: bool = False) -> Request | Response:
     """Parse one whole message (a datagram, or one framed by `StreamFramer`).
 
@@ -570,10 +581,11 @@ def parse_message(data: bytes, *, stream: bool = False) -> Request | Response:
     is built (the same objects, the same caches); any other message, or every one without the
     extension (or with SIPBRIDGE_NO_CSIPMSG=1), by `parse_message_python`.
     """
-    if _cparse is not None:
-        parts = _cparse(data, stream)
+    cparse = _cparse  # (a module's variable, compiled: a dictionary lookup each time read)
+    if cparse is not None:
+        parts = cparse(data, stream)
         if parts is not None:
-            first, second, items, index, start, end = parts
+            first, second, items, index, start, end = cast(_CutHead, parts)
             headers = Headers(items, index)
             body = data[start:end]
             if isinstance(first, str):
