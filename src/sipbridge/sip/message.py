@@ -174,6 +174,9 @@ REASONS = {
 }
 
 
+# Status codes as text, made once (an int written out in decimal each response, otherwise)
+_STATUS_TEXT = {status: str(status) for status in range(100, 700)}
+
 # Header names -> their canonical form (bounded; a dictionary for the reason `_KEYS` is one)
 _CANONICAL_NAMES: dict[str, str] = {}
 
@@ -467,7 +470,17 @@ class Message:
         memo = self.headers.parsed()
         value = memo.get(key)
         if value is None:
-            value = memo[key] = tuple(parse_address(v) for v in self.headers.get_all(name))
+            lines = self.headers._lines().get(key)
+            if lines is None:
+                value = ()
+            elif len(lines) == 1 and "," not in lines[0] and '"' not in lines[0]:
+                # one line of one address (the common case: what `get_all` makes of it, without
+                # a list and a generator for it, issue 18)
+                text = lines[0].strip()
+                value = (parse_address(text),) if text else ()
+            else:
+                value = tuple(parse_address(v) for v in self.headers.get_all(name))
+            memo[key] = value
         return list(value)
 
     def tokens(self, name: str) -> list[str]:
@@ -555,8 +568,10 @@ class Response(Message):
         self.reason = reason
 
     def serialize(self) -> bytes:
-        reason = REASONS.get(self.status, "") if self.reason is None else self.reason
-        return self.serialize_headers_and_body([f"{SIP_VERSION} {self.status} {reason}\r\n"])
+        status = self.status
+        reason = REASONS.get(status, "") if self.reason is None else self.reason
+        code = _STATUS_TEXT.get(status) or str(status)
+        return self.serialize_headers_and_body([f"{SIP_VERSION} {code} {reason}\r\n"])
 
     def __str__(self) -> str:
         return f"{self.status} {self.reason}"
