@@ -47,12 +47,14 @@ static Py_ssize_t max_body;
 /* The lines cache's entries found by the bytes of their line (issue 18): a header line seen
  * before (Max-Forwards, Contact, a CSeq of "1 INVITE"...) is then found without a str made of
  * it, hashed with SipHash and looked up in `lines_cache`, for each message. A front for that
- * dictionary, never more: every entry here is one of its entries (the same line, the same
- * parsed tuple), added when the dictionary has it, all dropped when the dictionary holds fewer
- * lines than this table (it was cleared: by its bound, or by a test), so that what is kept
- * stays within the dictionary's bound. Open addressing with at most LINE_PROBES slots looked
- * at per lookup, on a hash seeded per process: a peer that makes lines collide makes them miss
- * here (and go to the dictionary), never a lookup longer. */
+ * dictionary: an entry is added here when the dictionary has it (the same line, the same
+ * parsed tuple), and all are dropped when the dictionary holds fewer lines than this table (it
+ * was cleared: by its bound, or by a test) or is cleared here. (Cleared by the Python parser and
+ * filled again past this table's count before the next message cut here, the dictionary may
+ * lack lines this table still has: each still the right parse of its line, and this table has
+ * its own bound, max_lines_kept.) Open addressing with at most LINE_PROBES slots looked at per
+ * lookup, on a hash seeded per process: a peer that makes lines collide makes them miss here
+ * (and go to the dictionary), never a lookup longer. */
 #define LINE_SLOTS 8192 /* a power of two, at least twice max_lines_kept (configure checks) */
 #define LINE_PROBES 8
 static struct line_slot {
