@@ -30,6 +30,7 @@
 
 #include <stdint.h>
 #include <string.h>
+#include <strings.h> /* strncasecmp */
 
 #define MAX_LINES_HEAD 130 /* the start line and MAX_HEADERS (128) header lines, plus one */
 
@@ -42,6 +43,84 @@ static PyObject *header_name_fn;
 static PyObject *parse_uri_fn;
 static Py_ssize_t max_message, max_line, max_headers, max_lines_kept, line_kept, max_methods;
 static Py_ssize_t max_body;
+
+/* The lines cache's entries found by the bytes of their line (issue 18): a header line seen
+ * before (Max-Forwards, Contact, a CSeq of "1 INVITE"...) is then found without a str made of
+ * it, hashed with SipHash and looked up in `lines_cache`, for each message. A front for that
+ * dictionary: an entry is added here when the dictionary has it (the same line, the same
+ * parsed tuple), and all are dropped when the dictionary holds fewer lines than this table (it
+ * was cleared: by its bound, or by a test) or is cleared here. (Cleared by the Python parser and
+ * filled again past this table's count before the next message cut here, the dictionary may
+ * lack lines this table still has: each still the right parse of its line, and this table has
+ * its own bound, max_lines_kept.) Open addressing with at most LINE_PROBES slots looked at per
+ * lookup, on a hash seeded per process: a peer that makes lines collide makes them miss here
+ * (and go to the dictionary), never a lookup longer. */
+#define LINE_SLOTS 8192 /* a power of two, at least twice max_lines_kept (configure checks) */
+#define LINE_PROBES 8
+static struct line_slot {
+    uint64_t hash;
+    PyObject *line;   /* the dictionary's key (an ASCII str), NULL: an empty slot */
+    PyObject *parsed; /* its value: (item, key, alone) */
+} line_slots[LINE_SLOTS];
+static Py_ssize_t line_slots_used;
+static uint64_t line_seed;
+
+static uint64_t line_hash(const char *p, Py_ssize_t n) {
+    uint64_t h = line_seed ^ ((uint64_t)n * 0x9E3779B97F4A7C15ULL);
+    for (; n >= 8; p += 8, n -= 8) {
+        uint64_t w;
+        memcpy(&w, p, 8);
+        h = (h ^ w) * 0xff51afd7ed558ccdULL;
+        h ^= h >> 32;
+    }
+    if (n > 0) {
+        uint64_t w = 0;
+        memcpy(&w, p, (size_t)n);
+        h = (h ^ w) * 0xc4ceb9fe1a85ec53ULL;
+        h ^= h >> 32;
+    }
+    h *= 0x9E3779B97F4A7C15ULL;
+    return h ^ (h >> 29);
+}
+
+static void line_slots_clear(void) {
+    if (line_slots_used == 0)
+        return;
+    for (size_t i = 0; i < LINE_SLOTS; i++) {
+        Py_CLEAR(line_slots[i].line);
+        Py_CLEAR(line_slots[i].parsed);
+    }
+    line_slots_used = 0;
+}
+
+/* The parsed tuple of the line of n bytes at p (borrowed), or NULL: not here. */
+static PyObject *line_slots_find(const char *p, Py_ssize_t n, uint64_t h) {
+    for (size_t i = 0; i < LINE_PROBES; i++) {
+        struct line_slot *slot = &line_slots[(h + i) & (LINE_SLOTS - 1)];
+        if (slot->line == NULL)
+            return NULL;
+        if (slot->hash == h && PyUnicode_GET_LENGTH(slot->line) == n &&
+            memcmp(PyUnicode_DATA(slot->line), p, (size_t)n) == 0)
+            return slot->parsed;
+    }
+    return NULL;
+}
+
+/* `line` -> `parsed`, an entry of the dictionary, kept here too when there is room. */
+static void line_slots_add(uint64_t h, PyObject *line, PyObject *parsed) {
+    if (line_slots_used >= max_lines_kept)
+        line_slots_clear();
+    for (size_t i = 0; i < LINE_PROBES; i++) {
+        struct line_slot *slot = &line_slots[(h + i) & (LINE_SLOTS - 1)];
+        if (slot->line == NULL) {
+            slot->hash = h;
+            slot->line = Py_NewRef(line);
+            slot->parsed = Py_NewRef(parsed);
+            line_slots_used++;
+            return;
+        }
+    }
+}
 
 /* The names, as received, of the headers that differ in every call and so are never in the
  * lines cache (`_VARYING`): found by their bytes, with what `_header_name` made of them at
@@ -86,6 +165,11 @@ static PyObject *configure(PyObject *self, PyObject *args) {
     line_kept = lk;
     max_methods = mme;
     max_body = mb;
+    if (mlk < 0 || mlk > LINE_SLOTS / 2) {
+        PyErr_SetString(PyExc_ValueError, "max_lines_kept above what the line slots can hold");
+        return NULL;
+    }
+    line_slots_clear();
     for (size_t i = 0; i < N_VARYING_NAMES; i++) {
         PyObject *raw = PyUnicode_FromStringAndSize(varying_names[i].raw,
                                                     (Py_ssize_t)varying_names[i].len);
@@ -248,10 +332,21 @@ static int header_line(const char *p, Py_ssize_t n, PyObject *items, PyObject *i
             goto fail;
         goto add;
     }
+    uint64_t hash = line_hash(p, n);
+    PyObject *parsed = line_slots_find(p, n, hash); /* borrowed */
+    if (parsed != NULL) {
+        item = PyTuple_GET_ITEM(parsed, 0);
+        key = PyTuple_GET_ITEM(parsed, 1);
+        alone = PyTuple_GET_ITEM(parsed, 2);
+        Py_INCREF(item);
+        Py_INCREF(key);
+        Py_INCREF(alone);
+        goto add;
+    }
     PyObject *line = ascii(p, n);
     if (line == NULL)
         return -1;
-    PyObject *parsed = PyDict_GetItemWithError(lines_cache, line); /* borrowed */
+    parsed = PyDict_GetItemWithError(lines_cache, line); /* borrowed */
     if (parsed != NULL && PyTuple_CheckExact(parsed) && PyTuple_GET_SIZE(parsed) == 3) {
         item = PyTuple_GET_ITEM(parsed, 0);
         key = PyTuple_GET_ITEM(parsed, 1);
@@ -259,6 +354,8 @@ static int header_line(const char *p, Py_ssize_t n, PyObject *items, PyObject *i
         Py_INCREF(item);
         Py_INCREF(key);
         Py_INCREF(alone);
+        if (n <= line_kept)
+            line_slots_add(hash, line, parsed);
         Py_DECREF(line);
         goto add;
     }
@@ -310,14 +407,17 @@ static int header_line(const char *p, Py_ssize_t n, PyObject *items, PyObject *i
         goto fail;
     }
     if (!vary && n <= line_kept) {
-        if (PyDict_GET_SIZE(lines_cache) >= max_lines_kept)
+        if (PyDict_GET_SIZE(lines_cache) >= max_lines_kept) {
             PyDict_Clear(lines_cache);
+            line_slots_clear();
+        }
         PyObject *entry = PyTuple_Pack(3, item, key, alone);
         if (entry == NULL || PyDict_SetItem(lines_cache, line, entry) < 0) {
             Py_XDECREF(entry);
             Py_DECREF(line);
             goto fail;
         }
+        line_slots_add(hash, line, entry);
         Py_DECREF(entry);
     }
     Py_DECREF(line);
@@ -383,6 +483,8 @@ static PyObject *parse_head(PyObject *self, PyObject *const *args, Py_ssize_t na
     Py_ssize_t size = PyBytes_GET_SIZE(arg);
     if (size > max_message)
         Py_RETURN_NONE;
+    if (line_slots_used > PyDict_GET_SIZE(lines_cache))
+        line_slots_clear(); /* the lines cache was cleared since: so are its entries here */
 
     /* One pass: the lines of the head up to the first empty one. */
     Py_ssize_t starts[MAX_LINES_HEAD], lens[MAX_LINES_HEAD];
@@ -507,21 +609,29 @@ static int blank(unsigned char c) { return c == ' ' || (c >= 9 && c <= 13); }
  * (another spelling, no Call-ID, the canonical one only in the body), which trace.py looks for
  * with its regular expression. */
 static PyObject *call_id(PyObject *self, PyObject *arg) {
-    static const char canonical[] = "\r\nCall-ID: ";
-    const size_t clen = sizeof canonical - 1;
+    static const char name[] = "Call-ID: ";
+    const size_t nlen = sizeof name - 1;
     if (!PyBytes_Check(arg)) {
         PyErr_SetString(PyExc_TypeError, "call_id takes bytes");
         return NULL;
     }
     const char *data = PyBytes_AS_STRING(arg);
-    size_t size = (size_t)PyBytes_GET_SIZE(arg);
-    const char *found = memmem(data, size, canonical, clen);
-    if (found == NULL)
+    const char *end = data + PyBytes_GET_SIZE(arg);
+    /* From line end to line end (memchr, not memmem: a search for a LF skips a line at a
+     * time, issue 18): the first "\r\nCall-ID: " - whose LF is one of those - unless a
+     * "\r\n\r\n" ends at or before its LF (the head ended first: the header is in the body). */
+    const char *lf = data;
+    while ((lf = memchr(lf, '\n', (size_t)(end - lf))) != NULL) {
+        if (lf - data >= 3 && memcmp(lf - 3, "\r\n\r", 3) == 0)
+            Py_RETURN_NONE;
+        if (lf > data && lf[-1] == '\r' && (size_t)(end - lf - 1) >= nlen &&
+            memcmp(lf + 1, name, nlen) == 0)
+            break;
+        lf++;
+    }
+    if (lf == NULL)
         Py_RETURN_NONE;
-    /* (+2: the CRLF that begins it may be the second half of the blank line) */
-    if (memmem(data, (size_t)(found - data) + 2, "\r\n\r\n", 4) != NULL)
-        Py_RETURN_NONE;
-    const char *start = found + clen, *end = data + size;
+    const char *start = lf + 1 + nlen;
     const char *stop = memmem(start, (size_t)(end - start), "\r\n", 2);
     if (stop == NULL)
         stop = end;
@@ -630,15 +740,17 @@ static PyObject *name_addr(PyObject *self, PyObject *arg) {
 }
 
 /* sip/headers.py's `_parse_plain_via` of the Via nearly every peer sends, `SIP/2.0/UDP
- * host:port;params`: (transport in upper case, host, port or None, params) where the Python
- * function would return a Via of these fields, its parameters cut as `parse_params` cuts them on
- * its own fast path (no quoted value, no blank). None for anything else - a non-ASCII or
+ * host:port;params`: (transport in upper case, host, port or None, params, branch, rport) where
+ * the Python function would return a Via of these fields, its parameters cut as `parse_params`
+ * cuts them on its own fast path (no quoted value, no blank), and its `branch` and `rport` found
+ * among them (so that `Via` does not look for them again, issue 18). None for anything else - a non-ASCII or
  * unprintable character, a blank or quote among the parameters, a transport other than the
  * plain ones, a host or port the plain form refuses, a port out of range, an empty parameter or
  * one whose name is not a token or whose value is empty after "=" - which the Python function
  * then parses, refuses with its error, or hands to the pattern. (tests/sip/test_message_c.py
  * compares both on every Via of the corpus and on mutations of them.) */
 static PyObject *via_transports[6];
+static PyObject *empty_str; /* "" */
 static const char *const via_transport_names[6] = {"UDP", "TCP", "TLS", "SCTP", "WS", "WSS"};
 
 static PyObject *plain_via(PyObject *self, PyObject *arg) {
@@ -703,11 +815,28 @@ static PyObject *plain_via(PyObject *self, PyObject *arg) {
     PyObject *params = fast_params(semi, end);
     if (params == NULL || params == Py_None)
         return params;
+    /* `branch` and `rport`, as `Via` finds them: the first parameter of each name (in any
+     * case), "" for one without a value, None for none (borrowed: params holds them) */
+    PyObject *branch = Py_None, *rport = Py_None;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(params); i++) {
+        PyObject *pair = PyTuple_GET_ITEM(params, i);
+        PyObject *name = PyTuple_GET_ITEM(pair, 0), *value = PyTuple_GET_ITEM(pair, 1);
+        const char *c = (const char *)PyUnicode_DATA(name);
+        Py_ssize_t len = PyUnicode_GET_LENGTH(name);
+        if (value == Py_None)
+            value = empty_str;
+        if (len == 6 && strncasecmp(c, "branch", 6) == 0) {
+            if (branch == Py_None)
+                branch = value;
+        } else if (len == 5 && rport == Py_None && strncasecmp(c, "rport", 5) == 0) {
+            rport = value;
+        }
+    }
     PyObject *host = ascii(sent_by, host_end - sent_by);
     PyObject *port_obj = port < 0 ? Py_NewRef(Py_None) : PyLong_FromLong(port);
     PyObject *result = NULL;
     if (host != NULL && port_obj != NULL)
-        result = PyTuple_Pack(4, transport, host, port_obj, params);
+        result = PyTuple_Pack(6, transport, host, port_obj, params, branch, rport);
     Py_XDECREF(host);
     Py_XDECREF(port_obj);
     Py_DECREF(params);
@@ -783,7 +912,13 @@ static PyObject *serialize(PyObject *self, PyObject *const *args, Py_ssize_t nar
     return result;
 }
 
+static PyObject *kept_lines(PyObject *self, PyObject *unused) {
+    return PyLong_FromSsize_t(line_slots_used);
+}
+
 static PyMethodDef methods[] = {
+    {"kept_lines", kept_lines, METH_NOARGS,
+     "kept_lines() -> how many lines of the lines cache parse_head finds by their bytes"},
     {"call_id", call_id, METH_O,
      "call_id(data) -> the Call-ID's bytes when spelt canonically in the head, else None"},
     {"configure", configure, METH_VARARGS,
@@ -797,8 +932,8 @@ static PyMethodDef methods[] = {
      "name_addr(value) -> (display name, URI text, params) of a plain name-addr, as sip/headers.py's "
      "_parse_address cuts it, or None (anything else: parse it in Python)"},
     {"plain_via", plain_via, METH_O,
-     "plain_via(value) -> (transport, host, port, params) of a plain Via, as sip/headers.py's "
-     "_parse_plain_via makes them, or None (anything else: parse it in Python)"},
+     "plain_via(value) -> (transport, host, port, params, branch, rport) of a plain Via, as "
+     "sip/headers.py's _parse_plain_via makes them, or None (anything else: parse it in Python)"},
     {"parse_head", (PyCFunction)(void (*)(void))parse_head, METH_FASTCALL,
      "parse_head(data, stream) -> (method, uri, items, index, body_start, body_end) | (status, "
      "reason, items, index, body_start, body_end) | None (not the common case: parse it in "
@@ -812,6 +947,20 @@ static struct PyModuleDef module = {
 };
 
 PyMODINIT_FUNC PyInit__csipmsg(void) {
+    if (line_seed == 0) {
+        /* per process, from the str hash's own secret (PYTHONHASHSEED): lines that collide
+         * here in one process do not in the next */
+        PyObject *name = PyUnicode_FromString("sipbridge._csipmsg line slots");
+        if (name == NULL)
+            return NULL;
+        Py_hash_t seed = PyObject_Hash(name);
+        Py_DECREF(name);
+        if (seed == -1 && PyErr_Occurred())
+            return NULL;
+        line_seed = (uint64_t)seed | 1;
+    }
+    if (empty_str == NULL && (empty_str = PyUnicode_FromStringAndSize("", 0)) == NULL)
+        return NULL;
     for (int i = 0; i < 6; i++)
         if (via_transports[i] == NULL &&
             (via_transports[i] = PyUnicode_InternFromString(via_transport_names[i])) == NULL)

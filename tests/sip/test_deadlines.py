@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import heapq
+import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from sipbridge.sip.deadlines import DeadlineHeap
@@ -46,3 +49,83 @@ def test_due_owners_in_deadline_then_scheduling_order_and_rescheduled_ones_too()
         else:
             owner.deadline = None
     assert seen == [first, second, first, later]
+
+
+class OneHeap:
+    """The reference: every entry in one heap, as the heap alone kept them before the queue of
+    deadlines scheduled in order (sip/deadlines.py)."""
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[float, int, Owner]] = []
+        self.seq = 0
+
+    def schedule(self, owner: Owner) -> None:
+        if owner.deadline is not None:
+            heapq.heappush(self.entries, (owner.deadline, self.seq, owner))
+            self.seq += 1
+
+    def earliest(self) -> float | None:
+        while self.entries and self.entries[0][2].deadline != self.entries[0][0]:
+            heapq.heappop(self.entries)
+        return self.entries[0][0] if self.entries else None
+
+    def due(self, now: float) -> Iterator[Owner]:
+        while self.entries and self.entries[0][0] <= now:
+            owner = heapq.heappop(self.entries)[2]
+            if owner.deadline is not None and owner.deadline <= now:
+                yield owner
+
+
+def handle(
+    due: Iterator[Owner],
+    heap: DeadlineHeap[Owner] | OneHeap,
+    side: int,
+    *,
+    rng: random.Random,
+    pairs: list[tuple[Owner, Owner]],
+    now: float,
+) -> list[int]:
+    """Each owner due handled: its deadline cleared, or (one in five) set again to `now` and
+    scheduled from within; which pair each was, in order."""
+    seen = []
+    for owner in due:
+        seen.append(next(i for i, pair in enumerate(pairs) if pair[side] is owner))
+        owner.deadline = None
+        if rng.random() < 0.2:
+            owner.deadline = now
+            heap.schedule(owner)
+    return seen
+
+
+def test_the_queue_of_deadlines_in_order_and_the_heap_give_what_one_heap_gives() -> None:
+    # Mostly in order (a transaction's linger after another's), some earlier (a retransmission
+    # due before them), moved, cleared, equal; handled as they fall due, some scheduled again
+    # from within: the same owners in the same order as from one heap, the same earliest.
+    rng = random.Random(17)
+    for _ in range(200):
+        heap: DeadlineHeap[Owner] = DeadlineHeap()
+        model = OneHeap()
+        pairs = [(Owner(None), Owner(None)) for _ in range(12)]
+        now = 0.0
+        for _ in range(400):
+            mine, theirs = rng.choice(pairs)
+            what = rng.random()
+            if what < 0.6:
+                at = now + (32.0 if rng.random() < 0.7 else rng.choice([0.5, 1.0, 4.0, 32.0]))
+                mine.deadline = theirs.deadline = round(at, 1)
+                heap.schedule(mine)
+                model.schedule(theirs)
+            elif what < 0.7:
+                mine.deadline = theirs.deadline = None  # cleared without telling
+            elif what < 0.8:
+                assert heap.earliest() == model.earliest()
+            else:
+                now += rng.choice([0.5, 1.0, 8.0, 40.0])
+                seed = rng.random()
+                seen = handle(heap.due(now), heap, 0, rng=random.Random(seed), pairs=pairs, now=now)
+                expected = handle(
+                    model.due(now), model, 1, rng=random.Random(seed), pairs=pairs, now=now
+                )
+                assert seen == expected
+            assert len(heap) == len(model.entries)
+        assert heap.earliest() == model.earliest()

@@ -239,6 +239,23 @@ def test_mutations() -> None:
         assert_same(data, cold=rng.random() < 0.25)
 
 
+def test_the_lines_found_by_their_bytes_follow_the_lines_cache() -> None:
+    # C finds the lines of the Python parser's cache (`_LINES`) by their bytes: only lines that
+    # cache holds, never more of them, none once it was emptied
+    sipmsg._LINES.clear()
+    parse_message(SIPP_INVITE)
+    kept = _csipmsg.kept_lines()
+    assert 0 < kept <= len(sipmsg._LINES)
+    again = parse_message(SIPP_INVITE)
+    assert _csipmsg.kept_lines() == kept and shape(again) == shape(parse_message(SIPP_INVITE))
+    sipmsg._LINES.clear()
+    parse_message(SIPP_INVITE)  # (found again in the cache, as on the first parse)
+    assert _csipmsg.kept_lines() == kept and "Max-Forwards: 70" in sipmsg._LINES
+    for n in range(3 * sipmsg._MAX_LINES):  # a peer inventing lines: bounded
+        parse_message(SIPP_INVITE.replace(b"Max-Forwards: 70", b"Subject: s%d" % n))
+        assert _csipmsg.kept_lines() <= min(len(sipmsg._LINES), sipmsg._MAX_LINES)
+
+
 def test_not_configured_or_not_bytes() -> None:
     with pytest.raises(TypeError):
         _csipmsg.parse_head("INVITE sip:a@b SIP/2.0\r\n\r\n", False)
@@ -267,6 +284,11 @@ def call_id_in_c(data: bytes) -> bytes | None:
         b"\r\nCall-ID: first\r\n\r\n",  # at the very start
         b"\r\n\r\nCall-ID: x\r\n",  # the blank line is its first CRLF
         b"Call-ID: x\r\n\r\n",  # no CRLF before it
+        b"BYE sip:a@b SIP/2.0\nCall-ID: lf\r\ni: x\r\n\r\n",  # a bare LF before it
+        b"BYE sip:a@b SIP/2.0\r\r\nCall-ID: cr\r\n\r\n",
+        b"BYE sip:a@b SIP/2.0\r\n\n\r\nCall-ID: x\r\n\r\n",  # not a blank line before it
+        b"BYE sip:a@b SIP/2.0\r\nCall-ID: one\r\nCall-ID: two\r\n\r\n",  # the first
+        b"BYE sip:a@b SIP/2.0\r\nCall-ID:",  # cut in its name
         b"",
     ],
 )
@@ -320,7 +342,11 @@ def assert_same_via(value: str) -> None:
     parts = _csipmsg.plain_via(value)
     if parts is not None:
         assert python[0] != "refused" and python[0] != "not plain", (value, parts)
-        assert (python[2], python[3], python[4], python[5]) == parts, (value, parts, python)
+        assert (python[2], python[3], python[4], python[5], python[6], python[7]) == parts, (
+            value,
+            parts,
+            python,
+        )
 
 
 def corpus_vias() -> list[str]:
@@ -371,6 +397,10 @@ def corpus_vias() -> list[str]:
         "SIP/2.0/",
         "",
         "sip/2.0/UDP h",
+        # branch and rport found as `Via` finds them: the first of each name, in any case
+        "SIP/2.0/UDP h;BRANCH=z9hG4bKa;Branch=z9hG4bKb;RPort=1;rport",
+        "SIP/2.0/UDP h;rport;branch;rport=5",
+        "SIP/2.0/UDP h;branches=x;rports=y;branc=z;rpor",
     ],
 )
 def test_plain_via_cases(value: str) -> None:

@@ -24,7 +24,7 @@ import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from sipbridge.sip.errors import SipProtocolError
 from sipbridge.sip.uri import Uri, parse_uri
@@ -38,6 +38,10 @@ def _bad(detail: str) -> SipProtocolError:
 
 
 Params = tuple[tuple[str, str | None], ...]
+# What `_csipmsg.name_addr` and `plain_via` return, typed: compiled, such a tuple is unpacked
+# by index, where an untyped one is iterated (issue 18).
+_CutAddress = tuple[str | None, str, Params]
+_CutVia = tuple[str, str, int | None, Params, str | None, str | None]
 
 
 def param_value(params: Params, name: str) -> str | None:
@@ -263,7 +267,7 @@ def _parse_address(value: str) -> Address:
     if _cname_addr is not None:
         parts = _cname_addr(value)
         if parts is not None:
-            display, uri_text, params = parts
+            display, uri_text, params = cast(_CutAddress, parts)
             return Address(uri=parse_uri(uri_text), display_name=display, params=params)
     return _parse_address_python(value)
 
@@ -335,21 +339,26 @@ class Via:
         port: int | None = None,
         params: Params = (),
         protocol: str = "SIP/2.0",
+        found: bool = False,
+        branch: str | None = None,
+        rport: str | None = None,
     ) -> None:
+        """`found`: `branch` and `rport` are those of `params` (`_csipmsg.plain_via` finds
+        them as it cuts the parameters), not to be looked for again."""
         object.__setattr__(self, "transport", transport)
         object.__setattr__(self, "host", host)
         object.__setattr__(self, "port", port)
         object.__setattr__(self, "params", params)
         object.__setattr__(self, "protocol", protocol)
-        branch: str | None = None
-        rport: str | None = None
-        for key, value in params:  # the first of each, as `param_value` finds
-            lkey = key.lower()
-            if lkey == "branch":
-                if branch is None:
-                    branch = "" if value is None else value
-            elif lkey == "rport" and rport is None:
-                rport = "" if value is None else value
+        if not found:
+            branch = rport = None
+            for key, value in params:  # the first of each, as `param_value` finds
+                lkey = key.lower()
+                if lkey == "branch":
+                    if branch is None:
+                        branch = "" if value is None else value
+                elif lkey == "rport" and rport is None:
+                    rport = "" if value is None else value
         object.__setattr__(self, "branch", branch)
         object.__setattr__(self, "rport", rport)
 
@@ -432,8 +441,17 @@ def _parse_plain_via(value: str) -> Via | None:
     if _cvia is not None:
         parts = _cvia(value)
         if parts is not None:
-            transport, host, port, params = parts
-            return Via(protocol="SIP/2.0", transport=transport, host=host, port=port, params=params)
+            transport, host, port, params, branch, rport = cast(_CutVia, parts)
+            return Via(
+                protocol="SIP/2.0",
+                transport=transport,
+                host=host,
+                port=port,
+                params=params,
+                found=True,
+                branch=branch,
+                rport=rport,
+            )
     return _parse_plain_via_python(value)
 
 

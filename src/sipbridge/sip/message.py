@@ -174,6 +174,9 @@ REASONS = {
 }
 
 
+# Status codes as text, made once (an int written out in decimal each response, otherwise)
+_STATUS_TEXT = {status: str(status) for status in range(100, 700)}
+
 # Header names -> their canonical form (bounded; a dictionary for the reason `_KEYS` is one)
 _CANONICAL_NAMES: dict[str, str] = {}
 
@@ -388,20 +391,25 @@ class Message:
     # -- structured accessors (raise SipProtocolError(400) when malformed) ---------------
     # Each parses its header once per message (`Headers.memo`, keyed by the header's key).
 
-    def _required(self, name: str) -> str:
-        lines = self.headers.lines(name)
-        if not lines or not lines[0].strip():
+    def _required(self, key: str, name: str) -> str:
+        """The value of a single-valued header, found by its key (`header_key(name)`, which
+        each accessor knows: not looked up for every message, issue 18)."""
+        lines = self.headers._lines().get(key)
+        if lines is None:
+            raise _bad(f"missing {name} header")
+        value = lines[0].strip()
+        if not value:
             raise _bad(f"missing {name} header")
         if len(lines) > 1:  # single-valued headers (RFC 4475 s3.1.2.18 multi01)
             raise _bad(f"more than one {name} header")
-        return lines[0].strip()
+        return value
 
     @property
     def call_id(self) -> str:
         memo = self.headers.parsed()
         value = memo.get("call-id")
         if value is None:
-            value = memo["call-id"] = self._required("Call-ID")
+            value = memo["call-id"] = self._required("call-id", "Call-ID")
         return value
 
     @property
@@ -409,7 +417,7 @@ class Message:
         memo = self.headers.parsed()
         value = memo.get("cseq")
         if value is None:
-            value = memo["cseq"] = parse_cseq(self._required("CSeq"))
+            value = memo["cseq"] = parse_cseq(self._required("cseq", "CSeq"))
         return value
 
     @property
@@ -417,7 +425,7 @@ class Message:
         memo = self.headers.parsed()
         value = memo.get("from")
         if value is None:
-            value = memo["from"] = parse_address(self._required("From"))
+            value = memo["from"] = parse_address(self._required("from", "From"))
         return value
 
     @property
@@ -425,7 +433,7 @@ class Message:
         memo = self.headers.parsed()
         value = memo.get("to")
         if value is None:
-            value = memo["to"] = parse_address(self._required("To"))
+            value = memo["to"] = parse_address(self._required("to", "To"))
         return value
 
     @property
@@ -437,8 +445,8 @@ class Message:
         memo = self.headers.parsed()
         value = memo.get("via")
         if value is None:
-            lines = self.headers.lines("Via")
-            if not lines:
+            lines = self.headers._lines().get("via")
+            if lines is None:
                 raise _bad("missing Via header")
             first = lines[0].strip()
             if not first or "," in first or '"' in first:  # a list: its first item
@@ -462,7 +470,17 @@ class Message:
         memo = self.headers.parsed()
         value = memo.get(key)
         if value is None:
-            value = memo[key] = tuple(parse_address(v) for v in self.headers.get_all(name))
+            lines = self.headers._lines().get(key)
+            if lines is None:
+                value = ()
+            elif len(lines) == 1 and "," not in lines[0] and '"' not in lines[0]:
+                # one line of one address (the common case: what `get_all` makes of it, without
+                # a list and a generator for it, issue 18)
+                text = lines[0].strip()
+                value = (parse_address(text),) if text else ()
+            else:
+                value = tuple(parse_address(v) for v in self.headers.get_all(name))
+            memo[key] = value
         return list(value)
 
     def tokens(self, name: str) -> list[str]:
@@ -475,10 +493,11 @@ class Message:
         """The message's bytes after its start line, `out` (a list of it alone): written
         by the C extension where built, for ASCII text (`_csipmsg.serialize`), else by
         `serialize_python`."""
-        if _cserialize is not None:
+        cserialize = _cserialize  # (read once: see `parse_message`)
+        if cserialize is not None:
             headers = self.headers
             wire = headers.wire
-            data = _cserialize(
+            data = cserialize(
                 out[0],
                 "" if wire is None else wire[1],
                 headers.items,
@@ -549,14 +568,21 @@ class Response(Message):
         self.reason = reason
 
     def serialize(self) -> bytes:
-        reason = REASONS.get(self.status, "") if self.reason is None else self.reason
-        return self.serialize_headers_and_body([f"{SIP_VERSION} {self.status} {reason}\r\n"])
+        status = self.status
+        reason = REASONS.get(status, "") if self.reason is None else self.reason
+        code = _STATUS_TEXT.get(status) or str(status)
+        return self.serialize_headers_and_body([f"{SIP_VERSION} {code} {reason}\r\n"])
 
     def __str__(self) -> str:
         return f"{self.status} {self.reason}"
 
 
 # -- parsing ------------------------------------------------------------------------------
+
+
+# What `_csipmsg.parse_head` returns, typed: compiled, such a tuple is unpacked by index, where
+# an untyped one is iterated (issue 18).
+_CutHead = tuple[Any, Any, list[tuple[str, str]], dict[str, tuple[str, ...]], int, int]
 
 
 def parse_message(data: bytes, *, stream: bool = False) -> Request | Response:
@@ -570,10 +596,11 @@ def parse_message(data: bytes, *, stream: bool = False) -> Request | Response:
     is built (the same objects, the same caches); any other message, or every one without the
     extension (or with SIPBRIDGE_NO_CSIPMSG=1), by `parse_message_python`.
     """
-    if _cparse is not None:
-        parts = _cparse(data, stream)
+    cparse = _cparse  # (a module's variable, compiled: a dictionary lookup each time read)
+    if cparse is not None:
+        parts = cparse(data, stream)
         if parts is not None:
-            first, second, items, index, start, end = parts
+            first, second, items, index, start, end = cast(_CutHead, parts)
             headers = Headers(items, index)
             body = data[start:end]
             if isinstance(first, str):
@@ -880,9 +907,6 @@ def _content_length(head: bytes) -> int | None:
 
 # -- building responses -------------------------------------------------------------------
 
-# The single-valued headers a response echoes after the Vias (s8.2.6.2): (key, name).
-_ECHOED = (("from", "From"), ("to", "To"), ("call-id", "Call-ID"), ("cseq", "CSeq"))
-
 
 class EchoedHeaders:
     """The headers of a response to a request, as made for its first response (the echoed
@@ -917,25 +941,37 @@ def make_response(
     them all let a request of 128 such lines draw a response of more headers than MAX_HEADERS,
     which our own parser refuses (found by fuzz/targets.py `endpoint`).
     """
-    response = Response(status=status, reason=reason or REASONS.get(status, ""))
     headers = request.headers
     index = headers._lines()
-    items = response.headers.items
+    items: list[tuple[str, str]] = []
     vias = index.get("via")
     if vias is not None:
-        items.extend([("Via", value) for value in vias])
-    for key, name in _ECHOED:
-        lines = index.get(key)
-        if lines is None:
-            continue
+        for value in vias:
+            items.append(("Via", value))
+    # The single-valued headers after the Vias, each written out: compiled, a loop over a
+    # table of them was a generic iteration and a tuple unpacked per header (issue 18).
+    lines = index.get("from")
+    if lines is not None:
+        items.append(("From", lines[0]))
+    lines = index.get("to")
+    if lines is not None:
         value = lines[0]
-        if key == "to" and to_tag and status != 100:
+        if to_tag and status != 100:
             memo = headers.memo
             to = memo.get("to") if memo is not None and len(lines) == 1 else None
             if (to or parse_address(value)).tag is None:
                 # the echoed To gains a tag: a header parameter, after the address as received
                 value = f"{value};tag={to_tag}"
-        items.append((name, value))
+        items.append(("To", value))
+    lines = index.get("call-id")
+    if lines is not None:
+        items.append(("Call-ID", lines[0]))
+    lines = index.get("cseq")
+    if lines is not None:
+        items.append(("CSeq", lines[0]))
+    response = Response(
+        status=status, reason=reason or REASONS.get(status, ""), headers=Headers(items)
+    )
     if status == 100 and "Timestamp" in request.headers:  # s8.2.6.1
         response.headers.add("Timestamp", request.headers.get("Timestamp") or "")
     return response

@@ -280,8 +280,9 @@ class CallTraces:
         remote: tuple[str, int],
     ) -> None:
         """Keep one message that crossed the socket (the hot path: every SIP message)."""
-        found = None if _ccall_id is None else _ccall_id(data)
-        call_id = found if found is not None else call_id_of(data, canonical=_ccall_id is None)
+        ccall_id = _ccall_id  # (a module's variable, compiled: a dictionary lookup each read)
+        found = None if ccall_id is None else ccall_id(data)
+        call_id = found if found is not None else call_id_of(data, canonical=ccall_id is None)
         if call_id is None:
             return
         trace = self._recent

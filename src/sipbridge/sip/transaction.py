@@ -560,7 +560,7 @@ def server_key(request: Request) -> tuple[str, ...]:
     method = "INVITE" if request.method == "ACK" else request.method
     if via.is_rfc3261:
         host, port = via.sent_by
-        return ("3261", via.branch or "", host, str(port or ""), method)
+        return ("3261", via.branch or "", host, _port_text(port), method)
     return (
         "2543",
         str(request.uri),
@@ -570,6 +570,22 @@ def server_key(request: Request) -> tuple[str, ...]:
         str(via),
         method,
     )
+
+
+# Ports as text, for the keys (bounded: cleared when full)
+_PORT_TEXTS: dict[int, str] = {}
+
+
+def _port_text(port: int | None) -> str:
+    """`str(port or "")`, each port written out once (not for every request, issue 18)."""
+    if not port:
+        return ""
+    text = _PORT_TEXTS.get(port)
+    if text is None:
+        if len(_PORT_TEXTS) >= 1024:
+            _PORT_TEXTS.clear()
+        text = _PORT_TEXTS[port] = str(port)
+    return text
 
 
 def client_key(message: Request | Response) -> tuple[str, str]:

@@ -149,8 +149,9 @@ class IncomingCall(SipCall):
         content_type: str = "application/sdp",
         headers: dict[str, str] | None = None,
     ) -> None:
-        headers = {**self.response_headers, **(headers or {})}
-        self.session.answer(self.ua.now(), body, content_type, headers)
+        # (merged only when there is something to merge: the session only reads them)
+        merged = {**self.response_headers, **headers} if headers else self.response_headers
+        self.session.answer(self.ua.now(), body, content_type, merged)
         self.ua.call_final(self, 200)
         self.ua.after_application()
 

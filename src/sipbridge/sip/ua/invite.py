@@ -282,8 +282,9 @@ def allowed_methods(message: Request | Response) -> frozenset[str]:
 
 
 def _add(message: Request | Response, headers: Mapping[str, str] | None) -> None:
-    for name, value in (headers or {}).items():
-        message.headers.add(name, value)
+    if headers:
+        for name, value in headers.items():
+            message.headers.add(name, value)
 
 
 class InviteSession:
