@@ -53,3 +53,28 @@ async def test_clustered_a_rooms_dispatch_is_still_offered_elsewhere() -> None:
     assert len(agents._tasks) == 1
     await next(iter(agents._tasks))
     assert offered == ["call-x"] and "no_worker" not in agents.stats
+
+
+async def test_a_rooms_waiting_default_dispatch_is_made_when_looked_at() -> None:
+    """Its record (an id, a message) is made only when the records are looked at (issue 18: a
+    room per call, most never looked at); as if made at once when they are, and never once the
+    room is gone."""
+    runtime, agents, _ = single_node()
+    for n in range(3):
+        runtime.registry.create(f"call-{n}", 1.0)
+        runtime.commit()
+    assert list(agents.records.unmade) == ["call-0", "call-1", "call-2"]
+    assert agents.records.made == {} and agents.records.waiting_ids == set()
+    runtime.registry.delete("call-1", 2.0)
+    runtime.commit()
+    assert list(agents.records.unmade) == ["call-0", "call-2"]
+    found = agents.dispatches
+    assert sorted(found) == ["call-0", "call-2"] and not agents.records.unmade
+    for room, records in found.items():
+        (record,) = records.values()
+        assert record.room == room and record.agent_name == "" and record.id.startswith("AD_")
+        assert record.id in agents.waiting
+    assert agents.stats.get("no_worker") == 3
+    runtime.registry.delete("call-0", 2.0)
+    runtime.commit()
+    assert sorted(agents.dispatches) == ["call-2"] and len(agents.waiting) == 1

@@ -27,8 +27,13 @@ from livekit.protocol import agent_dispatch as dispatch_proto
 from sipbridge import ids
 from sipbridge.errors import ApiError
 from sipbridge.rooms import events as ev
-from sipbridge.server.agent_dispatch import DispatchApi
-from sipbridge.server.api.auth import bearer_token, sign_token, verify_token
+from sipbridge.server.agent_dispatch import (
+    DISPATCH_PREFIX,
+    DispatchApi,
+    DispatchRecords,
+    job_token,
+)
+from sipbridge.server.api.auth import bearer_token, verify_token
 from sipbridge.server.api.twirp import TwirpServer
 from sipbridge.server.server_info import server_info
 from sipbridge.server.state.rooms_runtime import RoomsRuntime
@@ -39,11 +44,9 @@ AVAILABILITY_TIMEOUT_S = 7.5
 JOIN_TIMEOUT_S = 10.0  # an assigned job's agent must be in the room by then
 MAX_TRIES = 3  # workers offered one dispatch, per round
 MAX_ROUNDS = 3  # rounds of offers for one dispatch (a new round when an agent never joined)
-JOB_TOKEN_TTL_S = 6 * 3600
 MAX_WORKER_MESSAGE = 1024 * 1024
 WORKER_PREFIX = "AW_"
 JOB_PREFIX = "AJ_"
-DISPATCH_PREFIX = "AD_"
 
 
 @dataclass(eq=False, kw_only=True)
@@ -73,25 +76,6 @@ class RunningJob:
     orphaned: bool = False  # its worker is gone; offered anew once its agent is out
 
 
-def job_token(
-    keys: dict[str, str], job: agent.Job, response: agent.AvailabilityResponse, identity: str
-) -> str:
-    """What an assigned job's agent joins its room with."""
-    key, secret = next(iter(keys.items()))
-    grants = ("roomJoin", "canPublish", "canSubscribe", "canPublishData", "canUpdateOwnMetadata")
-    return sign_token(
-        key,
-        secret,
-        ttl_s=JOB_TOKEN_TTL_S,
-        sub=identity,
-        name=response.participant_name,
-        metadata=response.participant_metadata,
-        attributes=dict(response.participant_attributes),
-        kind="agent",
-        video={**dict.fromkeys(grants, True), "room": job.room.name, "agent": True},
-    )
-
-
 class AgentService:
     """The `/agent` endpoint, the dispatch API, and jobs for rooms."""
 
@@ -101,16 +85,15 @@ class AgentService:
         self.keys = keys
         self.public_url = public_url  # the URL workers are told to connect jobs to ("" = theirs)
         self.workers: dict[str, Worker] = {}
-        self.dispatches: dict[str, dict[str, dispatch_proto.AgentDispatch]] = {}  # by room
+        self.records = DispatchRecords()  # the dispatches by room, those waiting
         self.jobs: dict[str, RunningJob] = {}
         self.rounds: dict[str, int] = {}  # dispatch id -> offers made again after a no-show
-        self.waiting: set[str] = set()  # dispatch ids no worker anywhere could take
         self._answers: dict[str, asyncio.Future[agent.AvailabilityResponse]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.stats: dict[str, int] = {}
         # Workers on other nodes (server/cluster/agents.py): a dispatch is offered there (True:
         # taken, its job in `jobs`) when a worker there is less loaded than ours, `below` (any
-        # (a worker less loaded than ours, `below`, or any when None); a job of theirs ended
+        # when None); a job of theirs ended
         # here, or a job of a room there whose worker here is gone (True: its owner told).
         self.offer_elsewhere: Callable[[Any, Any, float | None], Awaitable[bool]] | None = None
         self.elsewhere_possible: Callable[[], bool] = lambda: self.offer_elsewhere is not None
@@ -119,6 +102,14 @@ class AgentService:
         self.done_elsewhere: Callable[[str], None] | None = None  # its worker ended it here
         kinds = (ev.RoomStarted, ev.ParticipantJoined, ev.ParticipantLeft, ev.RoomFinished)
         runtime.listen(self.on_room_event, kinds)
+
+    @property
+    def dispatches(self) -> dict[str, dict[str, dispatch_proto.AgentDispatch]]:
+        return self.records.by_room()  # by room
+
+    @property
+    def waiting(self) -> set[str]:
+        return self.records.waiting()  # dispatch ids no worker anywhere could take
 
     def routes(self, app: web.Application) -> None:
         app.router.add_get("/agent", self.handle)
@@ -264,6 +255,9 @@ class AgentService:
             case ev.RoomStarted(room=room):
                 live = self.rooms.find(room.name)
                 wanted = list(live.agents) if live is not None else []
+                if not wanted and self._no_worker(""):  # the default dispatch, waiting: its
+                    self.records.unmade[room.name] = None  # record made if ever looked at
+                    return
                 entries = [(a.agent_name, a.metadata) for a in wanted] or [("", "")]
                 for agent_name, metadata in entries:
                     self.add_dispatch(room.name, agent_name, metadata)
@@ -282,9 +276,9 @@ class AgentService:
                     ):
                         self._reoffer(running)
             case ev.RoomFinished(room=room):
-                for dispatch_id in self.dispatches.pop(room.name, {}):
+                for dispatch_id in self.records.drop_room(room.name):
                     self.rounds.pop(dispatch_id, None)
-                    self.waiting.discard(dispatch_id)
+                    self.records.waiting_ids.discard(dispatch_id)
                 for job_id, running in list(self.jobs.items()):
                     if running.room == room.name:
                         self.terminate(job_id)
@@ -300,19 +294,22 @@ class AgentService:
         self.dispatches.setdefault(room, {})[record.id] = record
         if self.rooms.find(room) is None:
             return record
-        if not self.elsewhere_possible() and not any(
-            w.agent_name == agent_name and w.available and w.job_type == agent.JobType.JT_ROOM
-            for w in self.workers.values()
-        ):
-            # No worker of this name here and no other node to ask: what `_dispatch` finds on
-            # its first round, known now - without a task for every room (a room per call
-            # started one each; issue 18). It waits for a worker to register (`_register`), or
-            # for one to appear on another node once clustered (`offer_waiting`).
-            self._count("no_worker")
-            self.waiting.add(record.id)
+        if self._no_worker(agent_name):  # waits for a worker to register (`_register`), or
+            self.waiting.add(record.id)  # for one on another node once clustered (`offer_waiting`)
             return record
         self._spawn(self._dispatch(room, record))
         return record
+
+    def _no_worker(self, agent_name: str) -> bool:
+        """No worker of this name here and no other node to ask (counted): what `_dispatch` finds
+        on its first round, known now, without a task for every room (a room per call; issue 18)."""
+        if self.elsewhere_possible() or any(
+            w.agent_name == agent_name and w.available and w.job_type == agent.JobType.JT_ROOM
+            for w in self.workers.values()
+        ):
+            return False
+        self._count("no_worker")
+        return True
 
     def offer_waiting(self, names: set[str]) -> None:
         """The dispatches that found no worker, offered again: a worker of one of `names`
