@@ -64,7 +64,10 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
+# setup.py's C extensions build with the venv's own setuptools, which must read pyproject.toml's
+# SPDX `license` string (setuptools 77 and later; a venv made before it gets it here too).
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q --upgrade 'setuptools>=77'
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $@
 
