@@ -9,6 +9,11 @@ mode is printed) and alternate with another tree.
   built); a leg's quality snapshot as the call log keeps it (`leg_quality(...).as_dict()`); the
   telephony objects of a call (`MediaPolicy`, `InboundCall`, `DeadlineReached`, `Call.start`);
   a call's `call_end` line in each log format (written to memory).
+- call's domain (`domain`): what `telephony/inbound.py` works out for bench/inbound.py's call
+  (its INVITE's headers, the bench's trunk with `headers_to_attributes` and X- headers
+  included, its direct rule with an attribute): the participant's 22 attributes
+  (`inbound_attributes`), the trunk and the rule (`match_trunk` + `select_rule`), the
+  identity, name and room.
 - silent tick: a mixing room of 300 RTP legs whose callers send nothing, ticked by the media
   clock every 20 ms (its sends through the compiled sender, to loopback ports nobody reads):
   the event loop's CPU per leg per tick (`time.thread_time`, best of 5 runs of 50 ticks).
@@ -82,7 +87,15 @@ from sipbridge.server.state.rooms_runtime import RoomsRuntime
 from sipbridge.store import SQLiteStore
 from sipbridge.telephony.call import Call, CallLimits, CallState, Deadline, DeadlineReached
 from sipbridge.telephony.call import Direction as CallDirection
-from sipbridge.telephony.inbound import InboundCall
+from sipbridge.telephony.inbound import (
+    InboundCall,
+    inbound_attributes,
+    match_trunk,
+    participant_identity,
+    participant_name,
+    room_for,
+    select_rule,
+)
 from sipbridge.telephony.media import MediaPolicy
 
 LEAVE = rtc.SignalRequest(
@@ -160,6 +173,72 @@ async def objects() -> dict[str, float]:
     finally:
         media.release(leg)
         media.close()
+
+
+# -- a call's domain: telephony/inbound.py for bench/inbound.py's call (issue 18) ------------------
+
+# bench/sipp/uac_inbound_timed.xml's INVITE headers, as the parser gives them
+INVITE_HEADERS = (
+    ("Via", "SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK-1-1-0"),
+    ("From", '"Carol" <sip:+1055512@127.0.0.1:5061>;tag=4242SIPpTag0012'),
+    ("To", "<sip:+15105550100@127.0.0.1:5060>"),
+    ("Call-ID", "12-4242@127.0.0.1"),
+    ("CSeq", "1 INVITE"),
+    ("Contact", "sip:+1055512@127.0.0.1:5061"),
+    ("Max-Forwards", "70"),
+    ("X-Twilio-AccountSid", "AC0123456789abcdef0123456789abcdef"),
+    ("X-Twilio-CallSid", "CA120123456789abcdef0123456789ab"),
+    ("X-call_leg_id", "leg-12"),
+    ("X-call_session_id", "session-12"),
+    ("X-Amzn-ConnectContactId", "contact-12"),
+    ("X-Customer-Id", "cust-12"),
+    ("Content-Type", "application/sdp"),
+    ("Content-Length", "207"),
+)
+
+
+def domain() -> dict[str, float]:
+    trunk = proto.SIPInboundTrunkInfo(  # bench/inbound.py's
+        sip_trunk_id="ST_bench",
+        name="carrier",
+        numbers=["+15105550100"],
+        headers_to_attributes={"X-Customer-Id": "customer.id"},
+        include_headers=proto.SIPHeaderOptions.SIP_X_HEADERS,
+    )
+    rule = proto.SIPDispatchRuleInfo(
+        sip_dispatch_rule_id="SDR_bench",
+        rule=proto.SIPDispatchRule(
+            dispatch_rule_direct=proto.SIPDispatchRuleDirect(room_name="bench")
+        ),
+        attributes={"team": "support"},
+    )
+    call = InboundCall(
+        caller="+1055512",
+        called="+15105550100",
+        from_host="127.0.0.1",
+        source_ip="127.0.0.1",
+        call_id="12-4242@127.0.0.1",
+        from_tag="4242SIPpTag0012",
+        headers=INVITE_HEADERS,
+    )
+
+    def attributes() -> None:
+        inbound_attributes(call=call, call_id="SCL_bench", trunk=trunk, rule=rule, status="ringing")
+
+    def trunk_and_rule() -> None:
+        match_trunk([trunk], call)
+        select_rule([rule], "ST_bench", call)
+
+    def names() -> None:
+        participant_identity(rule, call)
+        participant_name(rule, call)
+        room_for(rule, call, "")
+
+    return {
+        "inbound_attributes": best_us(attributes, 3000),
+        "match_trunk+select_rule": best_us(trunk_and_rule, 3000),
+        "identity+name+room": best_us(names, 3000),
+    }
 
 
 async def silent_tick(legs: int = 300, ticks: int = 50) -> float:
@@ -467,6 +546,7 @@ def main() -> None:
         result["objects_us"] = {
             **asyncio.run(objects()),
             **room(),
+            **domain(),
             "silent tick, per leg": asyncio.run(silent_tick()),
         }
         result["call_log"] = asyncio.run(call_log(args.rate, args.seconds))

@@ -559,6 +559,24 @@ def test_mute_track(reg: RoomRegistry, room: Room) -> None:
     assert not unmuted.participant.tracks[0].muted
 
 
+def test_participant_message_follows_its_tracks(reg: RoomRegistry, room: Room) -> None:
+    # The message keeps its copies of the tracks while they stay the same (issue 18): a new
+    # track, a mute, show in the next message; what a caller does to a message stays there.
+    p = reg.join("r", "alice", T0)
+    first_sid = reg.publish_track("r", "alice", mic())
+    first = p.to_proto()
+    second_sid = reg.publish_track("r", "alice", mic())
+    second = p.to_proto()
+    assert [t.sid for t in first.tracks] == [first_sid]
+    assert [t.sid for t in second.tracks] == [first_sid, second_sid]
+    second.tracks[0].muted = True
+    assert [t.muted for t in p.to_proto().tracks] == [False, False]
+    reg.mute_track("r", "alice", second_sid, True)
+    assert [t.muted for t in p.to_proto().tracks] == [False, True]
+    reg.update_participant("r", "alice", attributes={"k": "v"})
+    assert [t.muted for t in p.to_proto().tracks] == [False, True]
+
+
 def test_mute_unknown_track(reg: RoomRegistry, room: Room) -> None:
     reg.join("r", "alice", T0)
     assert "'TR_nope'" in api_error("not_found", reg.mute_track, "r", "alice", "TR_nope", True)

@@ -399,6 +399,10 @@ _NEEDS_SANITIZING = re.compile("[" + "".join(re.escape(chr(c)) for c in sorted(_
 
 
 def _clean(text: str) -> str:
+    # Printable ASCII - nearly all a call carries - has none of them: two scans in C, cheaper
+    # than the search (a call's 22 attributes and their keys: 20-22 -> 16-18 us, issue 18).
+    if text.isascii() and text.isprintable():
+        return text
     if _NEEDS_SANITIZING.search(text) is None:
         return text
     return text.translate(_SANITIZE)
