@@ -20,7 +20,6 @@ from livekit.protocol import models, rtc
 
 from sipbridge.server.rtc.session import Encoded, Outgoing
 from sipbridge.server.rtc.writer import HeldHandshakeWebSocket, corked, frame, write_messages
-from tests.harness import eventually
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -124,8 +123,6 @@ async def frames_from(
             alone.append(sum(1 for n in counting.writes if n == 1))
         return ws
 
-    first_in = asyncio.Event()
-
     app = web.Application()
     app.router.add_get("/ws", handler)
     runner = web.AppRunner(app)
@@ -142,7 +139,6 @@ async def frames_from(
             async for msg in ws:
                 if msg.type == aiohttp.WSMsgType.BINARY:
                     got.append(msg.data)
-                    first_in.set()
     finally:
         await runner.cleanup()
     if queued_first and held is None:
