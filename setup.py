@@ -32,6 +32,17 @@ COMPILED = [
     "src/sipbridge/server/calls",
     "src/sipbridge/server/media",
     "src/sipbridge/server/state",
+    # A room's signalling (issue 18: a room each is a WebSocket join, its updates and a Twirp
+    # request a call): the join, the session's writer and its updates, the Twirp router and the
+    # room service. (Not the peer connections' media, aiortc's.)
+    "src/sipbridge/server/rtc/join.py",
+    "src/sipbridge/server/rtc/own_requests.py",
+    "src/sipbridge/server/rtc/session.py",
+    "src/sipbridge/server/rtc/signal.py",
+    "src/sipbridge/server/rtc/updates.py",
+    "src/sipbridge/server/rtc/writer.py",
+    "src/sipbridge/server/api/room_api.py",
+    "src/sipbridge/server/api/twirp.py",
 ]
 
 ext_modules = [

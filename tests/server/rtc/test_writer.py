@@ -1,6 +1,7 @@
 """A session's messages over a real WebSocket on loopback (server/rtc/writer.py): what queued up
 together is written corked and arrives as the same frames in the same order as one at a time;
-a leave message is the last, and the socket closes after it (issue 18)."""
+a leave message is the last, and the socket closes after it; the signal server's handshake
+response leaves with its first batch (issue 18)."""
 
 from __future__ import annotations
 
@@ -18,8 +19,7 @@ from aiohttp.http import WebSocketWriter
 from livekit.protocol import models, rtc
 
 from sipbridge.server.rtc.session import Encoded, Outgoing
-from sipbridge.server.rtc.writer import cork, corked, frame, write_messages
-from tests.harness import eventually
+from sipbridge.server.rtc.writer import HeldHandshakeWebSocket, corked, frame, write_messages
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -72,38 +72,35 @@ async def frames_from(
     queued_first: bool,
     gathered: list[int] | None = None,
     alone: list[int] | None = None,
-    held: list[int] | None = None,
+    held: list[bytes] | None = None,
 ) -> list[bytes]:
     """Serve one WebSocket that writes `messages` (all queued before the writer starts, or one
     a turn); what a real client receives until the socket closes. With `gathered`, the writer
     is given the connection's transport (as the signal server gives it), and the number of
     frames in each of its own writes go there (those of more than one), and to `alone` the
-    number of its writes of one frame. With `held`, the connection is corked before the
-    handshake's response (as the signal server does) and given to the writer; the cork's state
-    goes there when the writer starts and when the client has the first message."""
+    number of its writes of one frame. With `held`, the WebSocket is the signal server's
+    (`HeldHandshakeWebSocket`, its handshake response held for the first write) and whatever
+    the server's connection is given to send goes there, a bytes string each time (its
+    `write` or `writelines`: one system call each)."""
     corks: list[int] = []
 
     async def handler(request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse()
-        holding = cork(request.transport) if held is not None else None
+        ws = web.WebSocketResponse() if held is None else HeldHandshakeWebSocket()
+        if held is not None:
+            record_writes(request, held)
         await ws.prepare(request)
         outbox: asyncio.Queue[Outgoing | None] = asyncio.Queue()
         sock = ws.get_extra_info("socket")
         assert sock is not None and sock.family == socket.AF_INET
-        if held is not None:
-            assert holding is not None
-            held.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_CORK))
         transport: asyncio.BaseTransport | None = None
         if gathered is not None:
             assert request.transport is not None
             counting = CountingTransport(request.transport)
             transport = cast(asyncio.BaseTransport, counting)
-        if holding is not None:
-            writer = asyncio.create_task(write_messages(ws, outbox, transport, holding))
+        if held is not None:
+            writer = asyncio.create_task(write_messages(ws, outbox, transport))
             for message in messages:
                 outbox.put_nowait(message)
-            await eventually(first_in.is_set, "the client has the first message")
-            held.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_CORK))  # type: ignore[union-attr]
             await writer
         elif queued_first:
             for message in messages:
@@ -126,8 +123,6 @@ async def frames_from(
             alone.append(sum(1 for n in counting.writes if n == 1))
         return ws
 
-    first_in = asyncio.Event()
-
     app = web.Application()
     app.router.add_get("/ws", handler)
     runner = web.AppRunner(app)
@@ -144,12 +139,31 @@ async def frames_from(
             async for msg in ws:
                 if msg.type == aiohttp.WSMsgType.BINARY:
                     got.append(msg.data)
-                    first_in.set()
     finally:
         await runner.cleanup()
     if queued_first and held is None:
         assert corks[0] != 0 and corks[1] == 0
     return got
+
+
+def record_writes(request: web.Request, writes: list[bytes]) -> None:
+    """What the request's connection is given to send, one bytes string a call (asyncio's own
+    transport, a Python object whose methods can be wrapped)."""
+    transport = request.transport
+    assert transport is not None
+    write, writelines = transport.write, transport.writelines
+
+    def recorded_write(data: bytes | bytearray | memoryview) -> None:
+        writes.append(bytes(data))
+        write(data)
+
+    def recorded_writelines(chunks: Iterable[bytes | bytearray | memoryview]) -> None:
+        chunks = list(chunks)
+        writes.append(b"".join(chunks))
+        writelines(chunks)
+
+    transport.write = recorded_write  # type: ignore[method-assign]
+    transport.writelines = recorded_writelines  # type: ignore[method-assign]
 
 
 @pytest.mark.parametrize("queued_first", [True, False])
@@ -200,20 +214,39 @@ async def test_given_the_transport_a_message_alone_is_our_frame_in_one_write() -
     assert alone == [20]
 
 
-@pytest.mark.parametrize("with_transport", [True, False])
-async def test_a_connection_corked_before_the_handshake_is_uncorked_after_the_first_batch(
-    with_transport: bool,
-) -> None:
-    """The signal server corks a join's connection before its `101` (`cork`) and hands the
-    socket to the writer: the cork is on until the writer wrote its first batch, off once the
-    client has it, and every message arrives."""
+async def test_the_handshake_response_and_the_first_batch_go_in_one_write() -> None:
+    """The signal server's WebSocket holds its `101` until the writer writes its first batch
+    (a join's response): the connection is given the two in one write, the messages after in
+    the next, and every message arrives."""
     messages: list[Outgoing | None] = [pong(n) for n in range(5)]
-    held: list[int] = []
-    got = await frames_from(
-        [*messages, None], queued_first=True, gathered=[] if with_transport else None, held=held
-    )
+    writes: list[bytes] = []
+    got = await frames_from([*messages, None], queued_first=True, gathered=[], held=writes)
     assert [rtc.SignalResponse.FromString(data).pong for data in got] == list(range(5))
-    assert held[0] != 0 and held[1] == 0
+    assert writes[0].startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
+    head_end = writes[0].index(b"\r\n\r\n") + 4
+    first_batch = b"".join(frame(pong(n).SerializeToString()) for n in range(5))
+    assert writes[0][head_end:] == first_batch
+
+
+async def test_without_the_transport_the_handshake_response_goes_before_aiohttps_frames() -> None:
+    """Frames through aiohttp's writer (a slow reader, a compressed WebSocket) go to the
+    connection past the head held: it is sent first, alone, and every message arrives."""
+    messages: list[Outgoing | None] = [pong(n) for n in range(3)]
+    writes: list[bytes] = []
+    got = await frames_from([*messages, None], queued_first=True, held=writes)
+    assert [rtc.SignalResponse.FromString(data).pong for data in got] == list(range(3))
+    assert writes[0].startswith(b"HTTP/1.1 101 ") and writes[0].endswith(b"\r\n\r\n")
+    assert writes[1] == frame(pong(0).SerializeToString())
+
+
+async def test_a_held_handshake_closed_before_any_message_is_sent_then_the_close() -> None:
+    """A WebSocket closed before the writer wrote anything: its close sends the held `101`
+    first, so the client is told of the close as a WebSocket, not sent a stray frame."""
+    writes: list[bytes] = []
+    got = await frames_from([None], queued_first=True, gathered=[], held=writes)
+    assert got == []
+    assert writes[0].startswith(b"HTTP/1.1 101 ") and writes[0].endswith(b"\r\n\r\n")
+    assert writes[1][:1] == b"\x88"  # the close frame (RFC 6455 s5.5.1)
 
 
 async def test_given_the_transport_a_leave_is_still_the_last_and_closes() -> None:

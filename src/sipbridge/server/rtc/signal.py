@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 from collections import Counter
 
 from aiohttp import WSMsgType, web
@@ -47,7 +46,7 @@ from sipbridge.server.rtc.session import (
 )
 from sipbridge.server.rtc.session_media import SessionMedia
 from sipbridge.server.rtc.updates import ParticipantUpdates
-from sipbridge.server.rtc.writer import cork, uncork, write_messages
+from sipbridge.server.rtc.writer import HeldHandshakeWebSocket, write_messages
 from sipbridge.server.server_info import LIVEKIT_VERSION, server_info
 from sipbridge.server.state.rooms_runtime import RoomsRuntime
 
@@ -148,16 +147,10 @@ class SignalServer:
             claims, join = authorize(request, self.keys)
         except ApiError as err:
             return web.Response(status=err.http_status, text=err.message)
-        ws = web.WebSocketResponse(heartbeat=None, max_msg_size=MAX_SIGNAL_MESSAGE)
-        # the 101 is held back until the writer has written the join response after it: one
-        # TCP transmit for both (rtc/writer.py)
-        held = cork(request.transport)
-        try:
-            await ws.prepare(request)
-        except BaseException:
-            if held is not None:
-                uncork(held)
-            raise
+        # the 101 is held back until the writer writes the join response after it: one write
+        # for both (rtc/writer.py)
+        ws = HeldHandshakeWebSocket(heartbeat=None, max_msg_size=MAX_SIGNAL_MESSAGE)
+        await ws.prepare(request)
         session = self._resumable(claims, join)
         resumed = session is not None
         if session is None:
@@ -175,7 +168,7 @@ class SignalServer:
             session.ws, session.outbox = ws, asyncio.Queue()
         outbox = session.outbox  # this WebSocket's: a resume gives the session a new one
         writer = asyncio.create_task(
-            self._write(session, ws, outbox, request.transport, held),
+            self._write(session, ws, outbox, request.transport),
             name=f"signal {claims.identity}",
         )
         dropped = False
@@ -418,10 +411,9 @@ class SignalServer:
         ws: web.WebSocketResponse,
         outbox: asyncio.Queue[Outgoing | None],
         transport: asyncio.BaseTransport | None,
-        held: socket.socket | None,
     ) -> None:
         # (in order; what queued up together, in one write)
-        await write_messages(ws, outbox, transport, held)
+        await write_messages(ws, outbox, transport)
 
     def on_room_event(self, event: ev.RoomEvent) -> None:
         # Participant changes are gathered and sent as the commit ends (`updates`); anything
