@@ -96,3 +96,32 @@ def test_a_stale_build_runs_the_sources_and_says_so(tmp_path: Path) -> None:
     stamp.write_text(json.dumps(entries))
     out, err = _probe(copy, SIPBRIDGE_INTERPRETED="0")
     assert out == "stale True True" and "older than their sources" in err
+
+
+def test_make_rebuilds_when_any_compiled_source_changes() -> None:
+    """The Makefile's COMPILED_SOURCES (what `make` checks before compiling again) holds every
+    source setup.py's COMPILED compiles: one missing would leave an edit of it unbuilt, and every
+    process then runs the whole core from source (`stale`) until someone runs the build."""
+    import ast  # noqa: PLC0415
+
+    root = SRC.parent
+    if not (root / "Makefile").exists() or not (root / "setup.py").exists():
+        pytest.skip("not a checkout")
+    tree = ast.parse((root / "setup.py").read_text())
+    listed = next(
+        ast.literal_eval(node.value)
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        and any(isinstance(t, ast.Name) and t.id == "COMPILED" for t in node.targets)
+    )
+    compiled = set()
+    for entry in listed:
+        path = root / entry
+        files = [path] if path.suffix == ".py" else sorted(path.rglob("*.py"))
+        compiled |= {str(f.relative_to(root)) for f in files}
+    database = subprocess.run(
+        ["make", "-pn", "-C", str(root)], capture_output=True, text=True, check=False
+    ).stdout
+    line = next(x for x in database.splitlines() if x.startswith("COMPILED_SOURCES :="))
+    checked = set(line.split(":=", 1)[1].split())
+    assert compiled and compiled <= checked, sorted(compiled - checked)
