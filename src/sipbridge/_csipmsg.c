@@ -912,6 +912,56 @@ static PyObject *serialize(PyObject *self, PyObject *const *args, Py_ssize_t nar
     return result;
 }
 
+/* sip/message.py's `EchoedHeaders` text: every item of `items` (a tuple of (name, value) pairs
+ * of str) as "name: value\r\n" but Content-Length, joined, as an ASCII str written at once (the
+ * Python loop's f-string per item, its list and its join, issue 18). None for anything else - a
+ * non-ASCII str, an item that is not a pair of str - which Python joins. */
+static PyObject *header_block(PyObject *self, PyObject *items) {
+    if (!PyTuple_Check(items)) {
+        PyErr_SetString(PyExc_TypeError, "header_block takes a tuple of (name, value) pairs");
+        return NULL;
+    }
+    Py_ssize_t count = PyTuple_GET_SIZE(items), total = 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *item = PyTuple_GET_ITEM(items, i);
+        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2)
+            Py_RETURN_NONE;
+        PyObject *name = PyTuple_GET_ITEM(item, 0), *value = PyTuple_GET_ITEM(item, 1);
+        if (!PyUnicode_Check(name) || !PyUnicode_Check(value) ||
+            !PyUnicode_IS_COMPACT_ASCII(name) || !PyUnicode_IS_COMPACT_ASCII(value))
+            Py_RETURN_NONE;
+        total += PyUnicode_GET_LENGTH(name) + PyUnicode_GET_LENGTH(value) + 4;
+    }
+    PyObject *result = PyUnicode_New(total, 127);
+    if (result == NULL)
+        return NULL;
+    char *out = (char *)PyUnicode_DATA(result);
+#define PUT(p, n)                                                                                 \
+    do {                                                                                          \
+        memcpy(out, (p), (size_t)(n));                                                            \
+        out += (n);                                                                               \
+    } while (0)
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *item = PyTuple_GET_ITEM(items, i);
+        PyObject *name = PyTuple_GET_ITEM(item, 0), *value = PyTuple_GET_ITEM(item, 1);
+        Py_ssize_t name_len = PyUnicode_GET_LENGTH(name);
+        if (name_len == 14 && memcmp(PyUnicode_DATA(name), "Content-Length", 14) == 0)
+            continue;
+        PUT(PyUnicode_DATA(name), name_len);
+        PUT(": ", 2);
+        PUT(PyUnicode_DATA(value), PyUnicode_GET_LENGTH(value));
+        PUT("\r\n", 2);
+    }
+#undef PUT
+    Py_ssize_t written = out - (char *)PyUnicode_DATA(result);
+    if (written != total) { /* Content-Length left out: the text that was written */
+        PyObject *shorter = PyUnicode_Substring(result, 0, written);
+        Py_DECREF(result);
+        return shorter;
+    }
+    return result;
+}
+
 static PyObject *kept_lines(PyObject *self, PyObject *unused) {
     return PyLong_FromSsize_t(line_slots_used);
 }
@@ -928,6 +978,9 @@ static PyMethodDef methods[] = {
     {"serialize", (PyCFunction)(void (*)(void))serialize, METH_FASTCALL,
      "serialize(start, wire, items, first, body) -> the message's bytes, as sip/message.py's "
      "serialize_headers_and_body makes them, or None (not ASCII text: serialise it in Python)"},
+    {"header_block", header_block, METH_O,
+     "header_block(items) -> the (name, value) pairs but Content-Length as 'name: value\\r\\n' "
+     "lines, joined, as sip/message.py's EchoedHeaders writes them, or None (not ASCII text)"},
     {"name_addr", name_addr, METH_O,
      "name_addr(value) -> (display name, URI text, params) of a plain name-addr, as sip/headers.py's "
      "_parse_address cuts it, or None (anything else: parse it in Python)"},

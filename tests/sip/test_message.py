@@ -7,6 +7,7 @@ RFC 3261 s7 (messages), s7.3.1 (folding, repeated list headers), s7.3.3 (compact
 from __future__ import annotations
 
 import re
+import sys
 
 import pytest
 from hypothesis import assume, given, settings
@@ -23,8 +24,10 @@ from sipbridge.sip.message import (
     Request,
     Response,
     canonical_name,
+    header_key,
     make_response,
     parse_message,
+    parse_message_python,
 )
 from tests.sip.test_torture import MESSAGES as TORTURE
 
@@ -592,6 +595,23 @@ def test_make_response_copies_the_rfc3665_ringing_headers() -> None:
     assert ringing.headers.get("Via") == invite.headers.get("Via")
     assert ringing.body == b""
     assert response(ringing.serialize()).to.tag == "8321234356"
+
+
+def test_known_header_keys_are_interned() -> None:
+    """The index's keys of known headers are the interned str the accessors look up (found by
+    identity, issue 18), in every spelling, whichever parser cut the message."""
+    data = F1_INVITE.replace(
+        b"Contact:", b"v: SIP/2.0/UDP h;branch=z9hG4bKx\r\nX-Invented-Zq: 1\r\nContact:"
+    )
+    for message in (request(data), parse_message_python(data)):
+        keys = list(message.headers._lines())
+        assert {"via", "from", "to", "call-id", "cseq", "x-invented-zq"} <= set(keys)
+        for key in keys:
+            if key != "x-invented-zq":
+                assert key is sys.intern(key), key
+    assert header_key("CALL-ID") is sys.intern("call-id") and header_key("i") is header_key(
+        "Call-ID"
+    )
 
 
 def test_echoed_headers_give_the_bytes_of_responses_made_anew() -> None:

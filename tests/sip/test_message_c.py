@@ -495,6 +495,59 @@ def test_serialize_checks_its_arguments() -> None:
     )
 
 
+def test_header_block_in_c_is_the_python_one() -> None:
+    """`EchoedHeaders`' text (`_csipmsg.header_block`, `header_block_python`): the same str
+    for every message of the corpus and its mutations written in C, None for the rest."""
+    rng = random.Random(3261)
+    seeds = corpus()
+    written_in_c = 0
+    for data in [*seeds, *(mutate(rng.choice(seeds), rng) for _ in range(3000))]:
+        try:
+            message = parse_message_python(data)
+        except SipProtocolError:
+            continue
+        items = (*message.headers.items, ("Content-Length", "7"), ("X-After", "v"))
+        block = _csipmsg.header_block(items)
+        python = sipmsg.header_block_python(items)
+        if block is None:
+            assert not python.isascii()
+            continue
+        written_in_c += 1
+        assert block == python and type(block) is str, (block, python)
+        echoed = sipmsg.EchoedHeaders(message.headers)
+        assert echoed.wire == (len(message.headers.items), sipmsg.header_block_python(echoed.items))
+    assert written_in_c > 300
+
+
+@pytest.mark.parametrize(
+    "items",
+    [
+        (),
+        (("Content-Length", "0"),),
+        (("Content-Length", "0"), ("A", "1"), ("Content-Length", "1")),
+        (("Subject", "caf\u00e9"),),
+        (("Subject", "\udcff"),),
+        (("X-A", "b", "c"),),
+        (("X-A", 1),),
+        ("not a pair",),
+    ],
+)
+def test_header_block_cases(items: tuple[Any, ...]) -> None:
+    block = _csipmsg.header_block(items)
+    if (
+        all(
+            isinstance(item, tuple) and len(item) == 2 and all(isinstance(p, str) for p in item)
+            for item in items
+        )
+        and sipmsg.header_block_python(items).isascii()
+    ):
+        assert block == sipmsg.header_block_python(items)
+    else:
+        assert block is None
+    with pytest.raises(TypeError):
+        _csipmsg.header_block(list(items))
+
+
 # -- a plain name-addr (sip/headers.py `_parse_address`, `_csipmsg.name_addr`) -----------------
 
 

@@ -48,6 +48,7 @@ from sipbridge.sip.transaction import (
     make_server_response,
     new_branch,
     server_key,
+    steps_of,
 )
 
 S, In = State, Input
@@ -1056,3 +1057,17 @@ def test_server_machines_under_random_inputs(
     machine: Machine, reliable: bool, steps: list[Step]
 ) -> None:
     run_machine(machine, reliable, steps)
+
+
+@pytest.mark.parametrize(
+    "table", [CLIENT_INVITE, CLIENT_NON_INVITE, SERVER_INVITE, SERVER_NON_INVITE]
+)
+def test_steps_hold_every_pair_of_the_table_and_no_other(table: Table) -> None:
+    """What `_step` looks a pair up in (the table by state, then input) is the table."""
+    steps = steps_of(table)
+    assert {(state, given): t for state, by in steps.items() for given, t in by.items()} == table
+    for transaction in (
+        ClientTransaction(request(s11_options()), reliable=False),
+        ServerTransaction(request(s11_options()), reliable=False),
+    ):
+        assert steps_of(transaction.table) == transaction.steps

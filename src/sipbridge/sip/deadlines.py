@@ -18,7 +18,6 @@ expired was taken out past twenty levels of them (issue 18). Entries leave in th
 from __future__ import annotations
 
 import heapq
-import itertools
 from collections.abc import Iterator
 from typing import Generic, Protocol, TypeVar
 
@@ -35,6 +34,11 @@ _QUEUE_CUT = 1024
 
 
 class DeadlineHeap(Generic[T]):
+    """The earliest of the deadlines of owners of type T (module docstring). A heap of one kind
+    of owner says how to ask one for its deadline (`deadline_of`) with its type known: compiled,
+    that is a direct call, where `get_timer` of an owner of any type is a method looked up by
+    name each time (ten a call of bench/sip.py, issue 18)."""
+
     __slots__ = ("_entries", "_head", "_queue", "_seq")
 
     def __init__(self) -> None:
@@ -42,17 +46,23 @@ class DeadlineHeap(Generic[T]):
         # the deadlines scheduled in order, from `_head` on (before it: taken, emptied)
         self._queue: list[tuple[float, int, T] | None] = []
         self._head = 0
-        self._seq = itertools.count()  # ties in time pop in the order they were scheduled
+        self._seq = 0  # ties in time pop in the order they were scheduled
+
+    def deadline_of(self, owner: T) -> float | None:
+        """The owner's deadline; heaps of one kind of owner override it (see the class)."""
+        return owner.get_timer()
 
     def __len__(self) -> int:
         return len(self._entries) + len(self._queue) - self._head
 
     def schedule(self, owner: T) -> None:
         """`owner`'s deadline may have changed: keep its current one (if any)."""
-        deadline = owner.get_timer()
+        deadline = self.deadline_of(owner)
         if deadline is None:
             return
-        entry = (deadline, next(self._seq), owner)
+        seq = self._seq
+        self._seq = seq + 1
+        entry = (deadline, seq, owner)
         queue = self._queue
         last = queue[-1] if len(queue) > self._head else None
         if last is None or last[0] <= deadline:
@@ -86,12 +96,12 @@ class DeadlineHeap(Generic[T]):
             first = self._first_queued()
             if first is not None and (top is None or _before(first, top)):
                 deadline, _, owner = first
-                if owner.get_timer() == deadline:
+                if self.deadline_of(owner) == deadline:
                     return deadline
                 self._take_queued()
             elif top is not None:
                 deadline, _, owner = top
-                if owner.get_timer() == deadline:
+                if self.deadline_of(owner) == deadline:
                     return deadline
                 heapq.heappop(entries)
             else:
@@ -111,7 +121,7 @@ class DeadlineHeap(Generic[T]):
                 _, _, owner = heapq.heappop(entries)
             else:
                 return
-            deadline = owner.get_timer()
+            deadline = self.deadline_of(owner)
             if deadline is not None and deadline <= now:
                 yield owner
 

@@ -10,9 +10,10 @@ here (400 with the fault, 405, 416, 420, 482, 483, 505, 513) and never reach the
 
 from __future__ import annotations
 
-from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+
+from mypy_extensions import mypyc_attr
 
 from sipbridge.sip.admission import LIMITED_METHODS, Admission, Verdict
 from sipbridge.sip.deadlines import DeadlineHeap
@@ -156,6 +157,26 @@ class EndpointSettings:
     accept: tuple[str, ...] = ACCEPT
 
 
+@mypyc_attr(native_class=False)  # (a dict's own subclass: what `__missing__` needs)
+class Stats(dict[str, int]):
+    """What the endpoint counted, by name: 0 for a name never counted, as a `Counter` reads.
+    A dict with `__missing__` alone, not a Counter: Counter's `__delitem__`, written in Python,
+    makes every store into one a call of a Python method (about 1,000 instructions an increment,
+    eight increments a call of bench/sip.py, issue 18)."""
+
+    def __missing__(self, key: str) -> int:
+        return 0
+
+
+class _TransactionDeadlines(DeadlineHeap[ClientTransaction | ServerTransaction]):
+    """The transactions' deadlines, each asked for by a direct call (`DeadlineHeap`)."""
+
+    __slots__ = ()
+
+    def deadline_of(self, owner: ClientTransaction | ServerTransaction) -> float | None:
+        return owner.get_timer()
+
+
 class SipEndpoint:
     def __init__(
         self, settings: EndpointSettings | None = None, admission: Admission | None = None
@@ -169,11 +190,15 @@ class SipEndpoint:
         # unless its transaction sent another response first (RFC 3261 s17.2.1: the 100 is
         # needed only when the TU does not answer at once).
         self._held: list[_Held] | None = None
-        self._events: deque[EndpointEvent] = deque()
-        self._timers: DeadlineHeap[ClientTransaction | ServerTransaction] = DeadlineHeap()
+        # What the application must handle, in order: from `_taken` on (before it: handed out).
+        # A list and an index, not a deque: compiled, a list's append and item are native
+        # operations, a deque's methods generic calls (two an event, issue 18).
+        self._events: list[EndpointEvent] = []
+        self._taken = 0
+        self._timers: DeadlineHeap[ClientTransaction | ServerTransaction] = _TransactionDeadlines()
         # (Call-ID, From tag, CSeq) of requests outside a dialog, to spot merged ones (s8.2.2.2)
         self._merge_keys: dict[tuple[str, str, int, str], ServerTransaction] = {}
-        self.stats: Counter[str] = Counter()
+        self.stats = Stats()
         self._allow_text: tuple[tuple[str, ...], str] | None = None
 
     # -- input ---------------------------------------------------------------------------
@@ -495,7 +520,17 @@ class SipEndpoint:
         return out
 
     def next_event(self) -> EndpointEvent | None:
-        return self._events.popleft() if self._events else None
+        events = self._events
+        taken = self._taken
+        if taken >= len(events):
+            return None
+        event = events[taken]
+        taken += 1
+        if taken == len(events):  # all handed out: the list emptied (so it never grows)
+            events.clear()
+            taken = 0
+        self._taken = taken
+        return event
 
     # -- timers --------------------------------------------------------------------------
 

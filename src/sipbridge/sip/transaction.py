@@ -163,6 +163,24 @@ SERVER_NON_INVITE: Table = {
     (S.COMPLETED, In.TRANSPORT_ERROR): ((A.TRANSPORT_FAILED,), S.TERMINATED),
 }
 
+# Each table by state, then input (`steps_of`): what `_step` looks a pair up in.
+Steps = dict[State, dict[Input, tuple[tuple[Action, ...], State]]]
+
+
+def steps_of(table: Table) -> Steps:
+    """`table` by state, then input: a pair's transition found without making the pair (a
+    tuple allocated and hashed for every step, compiled; issue 18)."""
+    steps: Steps = {}
+    for (state, given), transition in table.items():
+        steps.setdefault(state, {})[given] = transition
+    return steps
+
+
+CLIENT_INVITE_STEPS = steps_of(CLIENT_INVITE)
+CLIENT_NON_INVITE_STEPS = steps_of(CLIENT_NON_INVITE)
+SERVER_INVITE_STEPS = steps_of(SERVER_INVITE)
+SERVER_NON_INVITE_STEPS = steps_of(SERVER_NON_INVITE)
+
 
 # -- events ---------------------------------------------------------------------------------
 
@@ -222,10 +240,12 @@ class _Transaction:
         "reliable",
         "request",
         "state",
+        "steps",
         "table",
         "timers",
     )  # fmt: skip
     table: Table
+    steps: Steps  # `table` by state (`steps_of`)
     state: State
 
     def __init__(self, request: Request, *, reliable: bool, timers: TimerSettings) -> None:
@@ -333,7 +353,8 @@ class _Transaction:
 
     def _step(self, event: Input, now: float, message: Response | None = None) -> bool:
         """Apply the table; False when the input is not legal in this state (ignored)."""
-        transition = self.table.get((self.state, event))
+        by_input = self.steps.get(self.state)
+        transition = None if by_input is None else by_input.get(event)
         if transition is None:
             return False
         actions, next_state = transition
@@ -374,6 +395,7 @@ class ClientTransaction(_Transaction):
         super().__init__(request, reliable=reliable, timers=timers or TimerSettings())
         self.is_invite = request.method == "INVITE"
         self.table = CLIENT_INVITE if self.is_invite else CLIENT_NON_INVITE
+        self.steps = CLIENT_INVITE_STEPS if self.is_invite else CLIENT_NON_INVITE_STEPS
         self.state = State.CALLING if self.is_invite else State.TRYING
         self.branch = request.top_via.branch or ""
         self.last_final: Response | None = None
@@ -436,6 +458,7 @@ class ServerTransaction(_Transaction):
         super().__init__(request, reliable=reliable, timers=timers or TimerSettings())
         self.is_invite = request.method == "INVITE"
         self.table = SERVER_INVITE if self.is_invite else SERVER_NON_INVITE
+        self.steps = SERVER_INVITE_STEPS if self.is_invite else SERVER_NON_INVITE_STEPS
         self.state = State.PROCEEDING if self.is_invite else State.TRYING
         self._last: Response | None = None  # the last response sent (see `last_response`)
         self._last_wire: bytes | None = None  # ... or its bytes alone (`sent`)

@@ -211,6 +211,8 @@ class SipService:
         self.on_flushed: list[Callable[[], None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._clock = clock
+        # `now` while a message is handled: its arrival (-1.0: none; asked ten times a call)
+        self._now = -1.0
         self.bound: list[Listen] = []
         # Connections we open (TCP/TLS trunks): by the trunk's (transport, host, port); what is
         # sent while one is being opened waits in `_dialling`.
@@ -228,6 +230,8 @@ class SipService:
         return self._client_tls
 
     def now(self) -> float:
+        if self._now >= 0.0:
+            return self._now
         if self._clock is not None:
             return self._clock()
         assert self._loop is not None
@@ -317,8 +321,12 @@ class SipService:
                 local=self._local_udp if peer.transport == "udp" else self._local(peer),
                 remote=peer.address,
             )
-        self.endpoint.receive(data, peer, self.now(), trying_sent)
-        self._flush()
+        now = self._now = self.now()
+        try:
+            self.endpoint.receive(data, peer, now, trying_sent)
+            self._flush()
+        finally:
+            self._now = -1.0
 
     def connection_lost(self, peer: Peer) -> None:
         self.endpoint.transport_error(peer, self.now())

@@ -16,7 +16,6 @@ comes out as `RequestAnswered`.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -56,6 +55,24 @@ class RequestAnswered:
 AgentEvent = SessionEvent | RequestAnswered
 
 
+class _SessionDeadlines(DeadlineHeap[InviteSession]):
+    """The sessions' deadlines, each asked for by a direct call (`DeadlineHeap`)."""
+
+    __slots__ = ()
+
+    def deadline_of(self, owner: InviteSession) -> float | None:
+        return owner.get_timer()
+
+
+class _ProxyDeadlines(DeadlineHeap[ProxiedInvite]):
+    """The proxied INVITEs' deadlines, each asked for by a direct call (`DeadlineHeap`)."""
+
+    __slots__ = ()
+
+    def deadline_of(self, owner: ProxiedInvite) -> float | None:
+        return owner.get_timer()
+
+
 @mypyc_attr(allow_interpreted_subclasses=True)  # subclassed outside the compiled packages
 class UserAgent:
     """Dispatches endpoint events to INVITE sessions; owns sessions and dialogs. `host` and
@@ -89,9 +106,11 @@ class UserAgent:
         # INVITEs proxied to another node (sip/ua/proxy.py), by client and server transaction
         self.proxies: dict[int, ProxiedInvite] = {}
         self.proxied_calls = ProxiedCalls()  # ... and answered 2xx: their dialogs' strays
-        self._events: deque[AgentEvent] = deque()
-        self._timers: DeadlineHeap[InviteSession] = DeadlineHeap()
-        self._proxy_timers: DeadlineHeap[ProxiedInvite] = DeadlineHeap()
+        # from `_taken` on, as the endpoint's (`SipEndpoint.next_event`)
+        self._events: list[AgentEvent] = []
+        self._taken = 0
+        self._timers: DeadlineHeap[InviteSession] = _SessionDeadlines()
+        self._proxy_timers: DeadlineHeap[ProxiedInvite] = _ProxyDeadlines()
         self._contact_texts: dict[tuple[str, int | None, str, bool], str] = {}
 
     # -- addresses -------------------------------------------------------------------------
@@ -151,8 +170,9 @@ class UserAgent:
             del self.dialogs[session.dialog.id]
         if session.server_transaction is not None:
             self.pending.pop(id(session.server_transaction), None)
-        for key in [k for k, s in self._transactions.items() if s is session]:
-            del self._transactions[key]
+        if self._transactions:  # (a UAS session's calls have none: no list made for them)
+            for key in [k for k, s in self._transactions.items() if s is session]:
+                del self._transactions[key]
 
     # -- the application's requests ------------------------------------------------------------
 
@@ -224,7 +244,17 @@ class UserAgent:
     # -- events, timers ------------------------------------------------------------------------
 
     def next_event(self) -> AgentEvent | None:
-        return self._events.popleft() if self._events else None
+        events = self._events
+        taken = self._taken
+        if taken >= len(events):
+            return None
+        event = events[taken]
+        taken += 1
+        if taken == len(events):  # all handed out: the list emptied (so it never grows)
+            events.clear()
+            taken = 0
+        self._taken = taken
+        return event
 
     def get_timer(self) -> float | None:
         """The earliest deadline of a session or a proxied INVITE."""

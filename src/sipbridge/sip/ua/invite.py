@@ -143,6 +143,18 @@ TRANSITIONS: dict[tuple[State, Input], State] = {
 LIVE_DIALOG = frozenset({S.ANSWERED, S.CONFIRMED})
 
 
+def _by_state(table: dict[tuple[State, Input], State]) -> dict[State, dict[Input, State]]:
+    """`table` by state, then input: a pair's next state found without making the pair (a
+    tuple allocated and hashed for every step, compiled; issue 18)."""
+    steps: dict[State, dict[Input, State]] = {}
+    for (state, given), next_state in table.items():
+        steps.setdefault(state, {})[given] = next_state
+    return steps
+
+
+_STEPS = _by_state(TRANSITIONS)
+
+
 # -- events -----------------------------------------------------------------------------------
 
 
@@ -353,7 +365,8 @@ class InviteSession:
 
     def _step(self, given: Input) -> bool:
         """Take a transition; False (and nothing changes) when the table has none."""
-        next_state = TRANSITIONS.get((self.state, given))
+        by_input = _STEPS.get(self.state)
+        next_state = None if by_input is None else by_input.get(given)
         if next_state is None:
             return False
         self.state = next_state
