@@ -5,13 +5,15 @@ hear the other's signal (correlation above 0.9 after alignment) over every codec
 forwarded when both share one and transcoded when they do not. Keys pressed on one phone become
 a `sip_dtmf` data packet in the room, which the other phone receives as RFC 4733 events; digits
 sent with `SendData` reach a phone too. Hold and resume keep the call; SRTP with `require`; PIN
-rooms let the right PIN in and hang up on a wrong one.
+rooms let the right PIN in and hang up on a wrong one. A short stall of the server costs no audio.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import signal
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -139,6 +141,47 @@ async def test_two_phones_in_one_room_hear_each_other(
         baresip.phone(tmp_path / "b", codecs=codec_b, top_hz=top) as b,
     ):
         await bridge_call(media_server, a, b)
+        await a.stop()
+        await b.stop()
+        a_to_b, b_to_a = heard(b, a), heard(a, b)
+    assert a_to_b > 0.9, f"B heard A at {a_to_b:.3f}"
+    assert b_to_a > 0.9, f"A heard B at {b_to_a:.3f}"
+
+
+@pytest.mark.serial  # real time, and the server's process stopped for a moment
+@pytest.mark.parametrize(("codec_a", "codec_b"), [("opus", "PCMA"), ("PCMU", "PCMU")])
+async def test_a_short_stall_of_the_server_costs_no_call_audio(
+    media_server: ServerProcess, tmp_path: Path, codec_a: str, codec_b: str
+) -> None:
+    """The server stopped for 90 ms a second into the call (SIGSTOP: what a GC pause, a heavy
+    request or CPU contention does to its event loop) carries the audio through unchanged, both
+    ways: the packets of the stall wait in the kernel, keep the times they came at, and the
+    frames of the ticks missed go out late, as a burst the phones' jitter buffers absorb. Mixed
+    (opus and PCMA, transcoded on the shared clock) they were cut: the stall's packets looked
+    late, the jitter buffers grew and dropped 2-3 frames a leg, and the clock skipped its
+    ticks (heard at 0.45-0.73). Forwarded (PCMU, the relay engine) for comparison."""
+    async with client(media_server) as lk:
+        await direct_rule(lk)
+    async with (
+        baresip.phone(tmp_path / "a", codecs=codec_a, top_hz=3400.0) as a,
+        baresip.phone(tmp_path / "b", codecs=codec_b, top_hz=3400.0) as b,
+    ):
+        await a.dial(target(media_server))
+        await a.wait_event("CALL_RINGING", fail_on=("CALL_CLOSED",))
+        await b.dial(target(media_server), established=True)
+        await a.wait_event("CALL_ESTABLISHED", fail_on=("CALL_CLOSED",))
+        await asyncio.sleep(1.0)  # the conversation, before the stall
+        assert media_server.proc is not None
+        os.kill(media_server.proc.pid, signal.SIGSTOP)
+        try:
+            await asyncio.sleep(0.09)  # the stall itself
+        finally:
+            os.kill(media_server.proc.pid, signal.SIGCONT)
+        await asyncio.sleep(CALL_S - 1.0)  # and after it
+        await a.hangup()
+        await b.hangup()
+        await a.wait_event("CALL_CLOSED")
+        await b.wait_event("CALL_CLOSED")
         await a.stop()
         await b.stop()
         a_to_b, b_to_a = heard(b, a), heard(a, b)

@@ -482,6 +482,28 @@ def test_playout_clock_stall_is_caught_up() -> None:
     assert buffer.stats == JitterStats(received=50, played=25, skipped=25)
 
 
+def test_a_stall_of_the_loop_loses_nothing_with_true_arrival_times_and_caught_up_ticks() -> None:
+    # The event loop stalls for 90 ms at 1 s: the packets of the stall queue in the kernel and are
+    # read after it with the times they came at (the kernel's receive time), and the clock runs
+    # the ticks it missed back to back, each at its own scheduled time (server/media: ports.py,
+    # `MediaClock`). The buffer plays every packet in order, as without the stall: its delay
+    # stays at the target, nothing stretched or dropped (with the read time as arrival, the
+    # spread of the stall's packets grew it to max_delay, and it later dropped frames).
+    buffer = new_buffer()
+    arrivals = [(at + (0.003 if i % 3 else 0.0), p) for i, (at, p) in enumerate(stream(150))]
+    before = play(buffer, arrivals[:49], ticks=50)
+    assert before == [None, *range(49)]
+    for arrival, packet in arrivals[49:]:  # read at 1.092, after the stall
+        if arrival < 1.092:
+            buffer.push(packet, arrival)
+    caught_up = [outcome(buffer.pop(1.0 + k * TICK)) for k in range(5)]  # 1.0 .. 1.08, at once
+    assert caught_up == [49, 50, 51, 52, 53]
+    after = play(buffer, [a for a in arrivals if a[0] >= 1.092], ticks=100, first_tick=1.1)
+    assert after == [*range(54, 150), None, None, None, None]
+    assert buffer.delay == pytest.approx(0.02)
+    assert buffer.stats == JitterStats(received=150, played=150)
+
+
 def test_flush() -> None:
     buffer = new_buffer()
     for arrival, packet in stream(3):

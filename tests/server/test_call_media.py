@@ -39,6 +39,7 @@ from sipbridge.media.rtp import (
 )
 from sipbridge.media.session import MIN_SEQUENTIAL, ntp_timestamp
 from sipbridge.media.srtp import SrtpContext, SrtpKeys
+from sipbridge.server.media import ports
 from sipbridge.server.media.leg_driver import CallMedia, PcmPlayer
 from sipbridge.server.media.ports import READ_SIZE, MediaSocket, PortPool
 from sipbridge.server.media.service import MEDIA_TIMEOUT_INITIAL_S, MEDIA_TIMEOUT_S, MediaService
@@ -995,6 +996,46 @@ async def test_ports_come_in_even_pairs_and_busy_ones_are_skipped() -> None:
         PortPool(HOST, low + 9, low)
 
 
+@pytest.mark.skipif(not ports.SO_TIMESTAMPNS, reason="the kernel's receive time is Linux's")
+def test_a_stamped_socket_gives_datagrams_the_time_they_came_at() -> None:
+    """A datagram that waited in the kernel while the loop was held up keeps the time it came
+    at on a socket whose packets feed a jitter buffer (`stamp`), on the loop's clock; on any
+    other it has the time it was read."""
+    pool = PortPool(HOST, *free_ports(2))
+    arrivals: list[float] = []
+    rtp, _ = pool.open(lambda _data, _source, at: arrivals.append(at), None)
+    rtp._clock = time.monotonic  # the loop's clock, as `start` sets it
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+
+    def waited() -> tuple[float, float, float]:
+        """A datagram that waits 50 ms in the kernel, read: (sent, read, the time it was given)."""
+        sent = time.monotonic()
+        sender.sendto(b"\x80" * 20, (HOST, rtp.port))
+        time.sleep(0.05)  # the loop held up: the datagram waits in the kernel (not a poll)
+        read = time.monotonic()
+        rtp._readable()
+        assert len(arrivals) == 1
+        return sent, read, arrivals.pop()
+
+    try:
+        rtp.stamp(True)
+        assert rtp.stamped
+        # The kernel turns receive times on for the system a moment after the first socket
+        # asks (a deferred static key): until then a datagram is stamped when read.
+        deadline = time.monotonic() + 5.0
+        while True:
+            sent, read, at = waited()
+            if at < read or time.monotonic() > deadline:
+                break
+        assert sent - 0.002 < at < sent + 0.01
+        rtp.stamp(False)
+        sent, read, at = waited()
+        assert at >= read
+    finally:
+        sender.close()
+        rtp.close()
+
+
 def test_a_read_error_is_skipped_and_the_drain_goes_on() -> None:
     """An unconnected Linux UDP socket rarely reports ICMP errors; a stub stands in for one."""
 
@@ -1021,7 +1062,7 @@ def test_a_read_error_is_skipped_and_the_drain_goes_on() -> None:
 
     received: list[bytes] = []
     stub = RefusingSocket()
-    reader = MediaSocket(stub, lambda data, _source: received.append(data))  # type: ignore[arg-type]
+    reader = MediaSocket(stub, lambda data, _source, _at: received.append(data))  # type: ignore[arg-type]
     reader._readable()  # the error: nothing read
     reader._readable()  # woken again at once: busy, so it drains to EAGAIN
     assert stub.reads == 3 and received == [b"\x80" * 12]

@@ -8,11 +8,14 @@ Real `MediaService`s, legs and phones on loopback (tests/server/test_call_media.
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import pytest
 
+from sipbridge import sdp
+from sipbridge.server.media.leg_driver import CATCH_UP, FRAME_S
 from tests.harness import eventually
-from tests.server.test_call_media import Harness
+from tests.server.test_call_media import Harness, pcmu, settle
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -126,3 +129,44 @@ async def test_calls_joining_one_a_turn_do_not_hold_back_the_clock_they_woke(
 
     loop.call_soon(join_turn)
     assert await ticked, "the clock never ticked while calls kept joining"
+
+
+async def test_a_late_tick_reads_the_mixing_legs_and_runs_the_ticks_it_missed(
+    media: Harness,
+) -> None:
+    """The loop held up for 90 ms: the next tick first reads what the mixing legs' sockets hold
+    (a loop may run timers before it polls), then runs the four ticks it missed back to back,
+    each at its own time - every frame of the stall mixed and sent, late, 20 ms apart in RTP
+    time; none cut (they were skipped, and the jitter buffers then dropped what they held)."""
+    loop = asyncio.get_running_loop()
+    a, b = media.phone(), media.phone()
+    leg_a = media.call(a)  # PCMU and G.722: each mixes the other, their packets buffered
+    media.call(b, offer=b.offer((sdp.G722, sdp.TELEPHONE_EVENT)))
+    assert leg_a.buffered and leg_a.rtp.stamped  # (its packets get their kernel receive time)
+    clock = media.svc.clock
+    for index in range(3):  # past the receiver's probation: buffered from the second on
+        a.send_rtp(pcmu(440, index))
+    await settle(lambda: leg_a.jitter.stats.received == 2)
+    clock.stop()
+    b.drain()
+    for index in range(3, 8):  # sent during the stall: in the kernel, not read by the loop
+        a.send_rtp(pcmu(440, index))
+    ticks, skipped, caught_up = clock.ticks, clock.skipped, clock.caught_up
+    clock._next = loop.time() - 0.09  # its tick 90 ms overdue
+    clock._tick()  # (no await: the loop reads no socket meanwhile)
+    clock.stop()
+    assert leg_a.jitter.stats.received == 7  # read before the ticks ran
+    assert clock.ticks - ticks == 5 and clock.caught_up - caught_up == 4
+    assert clock.skipped == skipped and media.svc.samples()["clock_caught_up"] == 4
+    frames = await b.collect(0.3)
+    assert len(frames) == 5
+    steps = [(q.timestamp - p.timestamp) % 2**32 for (p, _), (q, _) in itertools.pairwise(frames)]
+    assert steps == [160] * 4
+
+    # Later than CATCH_UP ticks (a flood, a long stall): the missed ticks are skipped, as before.
+    ticks = clock.ticks
+    clock._next = loop.time() - (CATCH_UP + 2.5) * FRAME_S
+    clock._tick()
+    clock.stop()
+    assert clock.ticks - ticks == 1 and clock.caught_up - caught_up == 4
+    assert clock.skipped - skipped == CATCH_UP + 2

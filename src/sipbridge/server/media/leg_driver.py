@@ -77,6 +77,7 @@ log = logging.getLogger(__name__)
 
 FRAME_S = FRAME_MS / 1000
 TICKS_PER_S = 1000 // FRAME_MS
+CATCH_UP = 10  # ticks the clock runs back to back when late (200 ms); later, it skips them
 
 
 def stream_config(answer: sdp.AudioAnswer) -> StreamConfig:
@@ -120,7 +121,9 @@ class CallMedia(RtpLeg):
         self.on_timeout: Callable[[], None] | None = None
         self.rtp: MediaSocket
         self.rtcp: MediaSocket | None
-        self.rtp, self.rtcp = pool.open(self._on_rtp, None if answer.rtcp_mux else self._on_rtcp)
+        self.rtp, self.rtcp = pool.open(
+            self._receive_at, None if answer.rtcp_mux else self._on_rtcp
+        )
         self.port = self.rtp.port
         self.rtp_sink = self.rtp.send  # RTP out as it is made; RTCP through `transmit`
         # The relay's fast path (`media/relay.py`): datagrams of this leg forwarded in place
@@ -176,6 +179,8 @@ class CallMedia(RtpLeg):
     # -- the compiled relay's hooks (`crelay.py`) -----------------------------------------
 
     def rerouted(self) -> None:
+        if self.rtp.stamped != self.buffered:  # its packets feed a jitter buffer: true arrivals
+            self.rtp.stamp(self.buffered)
         if self.silent is not None:
             self.silent_off()
         if self.crelay is not None:
@@ -271,7 +276,7 @@ class CallMedia(RtpLeg):
         self.rerouted()
         self.capture = capture
         send = self.rtp.send
-        self.rtp.fast = None  # every packet through `_on_rtp`, which tells `capture`
+        self.rtp.fast = None  # every packet through `_receive_at`, which tells `capture`
         self.relay_sink = None
 
         def sink(data: bytes, destination: tuple[str, int]) -> None:
@@ -279,9 +284,6 @@ class CallMedia(RtpLeg):
             send(data, destination)
 
         self.rtp_sink = sink
-
-    def _on_rtp(self, data: bytes, source: tuple[str, int]) -> None:
-        self._receive_at(data, source, self._time())
 
     def _receive_at(self, data: bytes, source: tuple[str, int], now: float) -> None:
         if self.capture is not None:
@@ -298,8 +300,8 @@ class CallMedia(RtpLeg):
         if self._events:
             self._dispatch()
 
-    def _on_rtcp(self, data: bytes, source: tuple[str, int]) -> None:
-        self.receive_rtcp(data, source, self._time())
+    def _on_rtcp(self, data: bytes, source: tuple[str, int], now: float) -> None:
+        self.receive_rtcp(data, source, now)
 
     def transmit(self) -> None:
         """Send what the leg left in its outbox (RTCP: its RTP leaves through `rtp_sink`)."""
@@ -349,7 +351,13 @@ class CallMedia(RtpLeg):
 
 
 class MediaClock:
-    """One 20 ms clock for every mixing room: ticks on a fixed schedule, late ticks skipped.
+    """One 20 ms clock for every mixing room: ticks on a fixed schedule, late ticks caught up.
+
+    A tick that runs up to CATCH_UP ticks late (the loop held up: GC, a heavy request, CPU
+    contention) first reads what the mixing legs' sockets hold, then runs the ticks it missed
+    back to back, each at its own scheduled time: the frames go out late, as a burst the
+    phones' jitter buffers absorb, but none is cut. Later than that (a flood, a long stall) the
+    missed ticks are skipped (`skipped`): a burst that long helps no one.
 
     While no room mixes (every leg relayed, or none), the clock does not wake every 20 ms: it
     passes the ticks up to the next one of the once-a-second work (`on_second`) without running
@@ -364,6 +372,7 @@ class MediaClock:
         self._idle = 0  # ticks passed without running them before the one `_handle` runs
         self.ticks = 0
         self.skipped = 0
+        self.caught_up = 0
         self.idle = 0
         self.on_second: Callable[[float], None] | None = None
         # Where the rooms' sends of one tick are collected and made in one call (`SendBatch`):
@@ -424,6 +433,12 @@ class MediaClock:
         try:
             self._pass(self._idle, now)
             self._idle = 0
+            behind = int((now - self._next) / FRAME_S)  # ticks due after this one
+            if 0 < behind <= CATCH_UP and self.rooms:
+                self.read_sources()
+                for _ in range(behind):
+                    self.caught_up += 1
+                    self.advance(self._next)
             self.advance(now)
         except Exception:
             # The clock must outlive any fault of a tick's sends or of a room's once-a-second
@@ -434,6 +449,14 @@ class MediaClock:
         if not self.rooms:  # nothing to mix: wake for the next once-a-second tick only
             self._idle = TICKS_PER_S - 1 - self.ticks % TICKS_PER_S
         self._handle = loop.call_at(self._next + self._idle * FRAME_S, self._tick)
+
+    def read_sources(self) -> None:
+        """The mixing legs' sockets read, so that their packets are in the jitter buffers before
+        the ticks run, whatever order the loop runs timers and I/O in (uvloop: timers first)."""
+        for room in list(self.rooms):
+            for source in list(room.sources):
+                if isinstance(source, CallMedia):
+                    source.rtp.drain()
 
     def advance(self, now: float) -> None:
         """The tick due at `self._next`, run at `now`; the next is scheduled on the grid."""

@@ -8,6 +8,11 @@ with a small buffer per wake-up - no transport object, no 256 KiB allocation per
 (`media/relay.py`) rewrites and sends from; a socket woken faster than media comes is drained in
 bounded batches, so a flood neither overflows it nor starves the others. Ports in use by anyone
 else are skipped.
+
+A datagram's time is when the loop read it, except on a socket whose packets feed a jitter buffer
+(`stamped`): there it is when the kernel received it (`SO_TIMESTAMPNS`), so that the packets
+queued while the loop was held up (GC, a heavy request, CPU contention) keep the times they came
+at instead of all looking late - their spread grew the jitter buffer and later cut frames.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ import asyncio
 import contextlib
 import errno
 import socket
+import struct
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -28,14 +35,25 @@ BUSY_S = 0.005  # wake-ups closer than this (media comes every 20 ms) mean a que
 RECEIVE_BUFFER = 256 * 1024
 # A datagram socket, non-blocking as it is made where the system can (Linux)
 _DGRAM_NONBLOCK = socket.SOCK_DGRAM | getattr(socket, "SOCK_NONBLOCK", 0)
+# The kernel's receive time of each datagram, as a `struct timespec` of CLOCK_REALTIME in the
+# ancillary data (Linux socket(7); Python 3.11 names neither constant: 35 in asm-generic, which
+# x86 and arm use, with a 64-bit timespec on 64-bit systems). Elsewhere datagrams have the time
+# the loop read them.
+_LINUX64 = sys.platform == "linux" and sys.maxsize > 2**32
+SO_TIMESTAMPNS: int = getattr(socket, "SO_TIMESTAMPNS", 35 if _LINUX64 else 0)
+_TIMESPEC = struct.Struct("@qq")
+_STAMP_SPACE = socket.CMSG_SPACE(_TIMESPEC.size) if SO_TIMESTAMPNS else 0
+# A receive time older than this is not believed (the wall clock stepped): the read time is used.
+MAX_AGE = 1.0
 
-Receiver = Callable[[bytes, tuple[str, int]], None]
+# (the datagram, its source, when it arrived on the loop's clock)
+Receiver = Callable[[bytes, tuple[str, int], float], None]
 # The fast path (`media/relay.py`): (the socket's buffer, the datagram in it, source, now) ->
 # whether it took the datagram; when not, `receiver` gets it as bytes.
 FastPath = Callable[[bytearray, memoryview, tuple[str, int], float], bool]
 
 
-def _closed(data: bytes, source: tuple[str, int]) -> None:
+def _closed(data: bytes, source: tuple[str, int], now: float) -> None:
     """The receiver of a closed socket."""
 
 
@@ -191,6 +209,10 @@ class MediaSocket:
         self.receiver = receiver
         self.truncated = 0
         self.send_errors = 0
+        # Whether datagrams get the kernel's receive time (`stamp`): a `recvmsg_into` with
+        # ancillary data costs more than a `recvfrom_into`, so only where it feeds a jitter buffer.
+        self.stamped = False
+        self._stamping = False  # SO_TIMESTAMPNS set on the socket
         self._last_wake = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._clock: Callable[[], float] = time.monotonic
@@ -198,6 +220,7 @@ class MediaSocket:
         # One receive buffer per socket, read into (`recvfrom_into`): a relayed datagram is
         # rewritten and sent from it without a copy; views of it by length, made once.
         self._buffer = bytearray(READ_SIZE)
+        self._buffers = [self._buffer]
         self._whole = memoryview(self._buffer)
         self._views: dict[int, memoryview] = {}
 
@@ -217,6 +240,18 @@ class MediaSocket:
             remove_reader(self._loop, self.sock.fileno())
             self._loop = None
 
+    def stamp(self, on: bool) -> None:
+        """Give datagrams the kernel's receive time from now on (`on`), or the read time."""
+        if on and not self._stamping:
+            if not SO_TIMESTAMPNS:
+                return
+            try:
+                self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            except OSError:
+                return
+            self._stamping = True
+        self.stamped = on
+
     def _readable(self) -> None:
         # A call's socket holds one packet per 20 ms: read one per wake-up, since draining to
         # EAGAIN would cost a second, empty receive (and an exception) per packet. When wake-ups
@@ -225,6 +260,23 @@ class MediaSocket:
         now = self._clock()
         limit = DRAIN_LIMIT if now - self._last_wake < BUSY_S else 1
         self._last_wake = now
+        if self.stamped:
+            self._read_stamped(now, limit)
+        else:
+            self._read(now, limit)
+
+    def drain(self) -> None:
+        """Read what the socket holds now (up to DRAIN_LIMIT datagrams), without waiting for the
+        loop to poll it: the media clock does before it runs the ticks it is behind on."""
+        if self._loop is None:
+            return
+        now = self._clock()
+        if self.stamped:
+            self._read_stamped(now, DRAIN_LIMIT)
+        else:
+            self._read(now, DRAIN_LIMIT)
+
+    def _read(self, now: float, limit: int) -> None:
         recv_into = self.sock.recvfrom_into
         buffer, views, fast = self._buffer, self._views, self.fast
         for _ in range(limit):
@@ -243,7 +295,38 @@ class MediaSocket:
                 view = views[size] = self._whole[:size]
             if fast is not None and fast(buffer, view, addr, now):
                 continue
-            self.receiver(view.tobytes(), addr)
+            self.receiver(view.tobytes(), addr, now)
+
+    def _read_stamped(self, now: float, limit: int) -> None:
+        """`_read`, each datagram at the time the kernel received it (on the loop's clock: its
+        age, by the wall clock read once, before `now`)."""
+        real = time.time()
+        recvmsg_into = self.sock.recvmsg_into
+        buffer, buffers, views, fast = self._buffer, self._buffers, self._views, self.fast
+        unpack = _TIMESPEC.unpack_from
+        for _ in range(limit):
+            try:
+                size, ancillary, _flags, addr = recvmsg_into(buffers, _STAMP_SPACE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                continue
+            if size >= READ_SIZE:
+                self.truncated += 1
+                continue
+            at = now
+            for _level, kind, data in ancillary:
+                if kind == SO_TIMESTAMPNS and len(data) >= _TIMESPEC.size:
+                    seconds, nanoseconds = unpack(data)
+                    age = real - seconds - nanoseconds * 1e-9
+                    if 0.0 < age < MAX_AGE:
+                        at = now - age
+            view = views.get(size)
+            if view is None:
+                view = views[size] = self._whole[:size]
+            if fast is not None and fast(buffer, view, addr, at):
+                continue
+            self.receiver(view.tobytes(), addr, at)
 
     def send(self, data: bytes | memoryview, address: tuple[str, int]) -> None:
         pending = self.batch.pending

@@ -443,6 +443,7 @@ class MediaService:
         out["rooms"] = len(self.rooms)
         out["clock_ticks"] = self.clock.ticks
         out["clock_skipped"] = self.clock.skipped
+        out["clock_caught_up"] = self.clock.caught_up  # run late, back to back (a stall)
         out["clock_idle"] = self.clock.idle  # passed without waking: no room mixed
         out["clock_send_batches"] = self.clock.batch.batches  # ticks sent by the sender thread
         out["clock_batched_sends"] = self.clock.batch.sent
