@@ -18,6 +18,7 @@ from mypy_extensions import mypyc_attr
 from sipbridge.sip.admission import LIMITED_METHODS, Admission, Verdict
 from sipbridge.sip.deadlines import DeadlineHeap
 from sipbridge.sip.errors import SipProtocolError
+from sipbridge.sip.events import EventQueue
 from sipbridge.sip.message import (
     Request,
     Response,
@@ -190,11 +191,8 @@ class SipEndpoint:
         # unless its transaction sent another response first (RFC 3261 s17.2.1: the 100 is
         # needed only when the TU does not answer at once).
         self._held: list[_Held] | None = None
-        # What the application must handle, in order: from `_taken` on (before it: handed out).
-        # A list and an index, not a deque: compiled, a list's append and item are native
-        # operations, a deque's methods generic calls (two an event, issue 18).
-        self._events: list[EndpointEvent] = []
-        self._taken = 0
+        # What the application must handle, in order (`next_event`)
+        self._events: EventQueue[EndpointEvent] = EventQueue()
         self._timers: DeadlineHeap[ClientTransaction | ServerTransaction] = _TransactionDeadlines()
         # (Call-ID, From tag, CSeq) of requests outside a dialog, to spot merged ones (s8.2.2.2)
         self._merge_keys: dict[tuple[str, str, int, str], ServerTransaction] = {}
@@ -520,17 +518,7 @@ class SipEndpoint:
         return out
 
     def next_event(self) -> EndpointEvent | None:
-        events = self._events
-        taken = self._taken
-        if taken >= len(events):
-            return None
-        event = events[taken]
-        taken += 1
-        if taken == len(events):  # all handed out: the list emptied (so it never grows)
-            events.clear()
-            taken = 0
-        self._taken = taken
-        return event
+        return self._events.take()
 
     # -- timers --------------------------------------------------------------------------
 

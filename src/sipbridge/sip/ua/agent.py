@@ -34,6 +34,7 @@ from sipbridge.sip.endpoint import (
     SipEndpoint,
 )
 from sipbridge.sip.errors import SipProtocolError
+from sipbridge.sip.events import EventQueue
 from sipbridge.sip.headers import Address, Via
 from sipbridge.sip.message import Request, Response, make_response
 from sipbridge.sip.transaction import ClientTransaction, ServerTransaction
@@ -106,9 +107,7 @@ class UserAgent:
         # INVITEs proxied to another node (sip/ua/proxy.py), by client and server transaction
         self.proxies: dict[int, ProxiedInvite] = {}
         self.proxied_calls = ProxiedCalls()  # ... and answered 2xx: their dialogs' strays
-        # from `_taken` on, as the endpoint's (`SipEndpoint.next_event`)
-        self._events: list[AgentEvent] = []
-        self._taken = 0
+        self._events: EventQueue[AgentEvent] = EventQueue()
         self._timers: DeadlineHeap[InviteSession] = _SessionDeadlines()
         self._proxy_timers: DeadlineHeap[ProxiedInvite] = _ProxyDeadlines()
         self._contact_texts: dict[tuple[str, int | None, str, bool], str] = {}
@@ -244,17 +243,7 @@ class UserAgent:
     # -- events, timers ------------------------------------------------------------------------
 
     def next_event(self) -> AgentEvent | None:
-        events = self._events
-        taken = self._taken
-        if taken >= len(events):
-            return None
-        event = events[taken]
-        taken += 1
-        if taken == len(events):  # all handed out: the list emptied (so it never grows)
-            events.clear()
-            taken = 0
-        self._taken = taken
-        return event
+        return self._events.take()
 
     def get_timer(self) -> float | None:
         """The earliest deadline of a session or a proxied INVITE."""
