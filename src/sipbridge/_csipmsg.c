@@ -843,6 +843,44 @@ static PyObject *plain_via(PyObject *self, PyObject *arg) {
     return result;
 }
 
+/* The byte length of `items[0..count)` (pairs of ASCII str) written as "name: value\r\n"
+ * lines, Content-Length's counted too (the callers write at most this much); -1 when one item is
+ * not such a pair, which the Python functions then serialise. */
+static Py_ssize_t item_lines_size(PyObject *const *items, Py_ssize_t count) {
+    Py_ssize_t total = 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *item = items[i];
+        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2)
+            return -1;
+        PyObject *name = PyTuple_GET_ITEM(item, 0), *value = PyTuple_GET_ITEM(item, 1);
+        if (!PyUnicode_Check(name) || !PyUnicode_Check(value) ||
+            !PyUnicode_IS_COMPACT_ASCII(name) || !PyUnicode_IS_COMPACT_ASCII(value))
+            return -1;
+        total += PyUnicode_GET_LENGTH(name) + PyUnicode_GET_LENGTH(value) + 4;
+    }
+    return total;
+}
+
+/* Writes the items checked by `item_lines_size` at `out` as "name: value\r\n" lines but
+ * Content-Length; returns the end of what it wrote. */
+static char *put_item_lines(char *out, PyObject *const *items, Py_ssize_t count) {
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *name = PyTuple_GET_ITEM(items[i], 0), *value = PyTuple_GET_ITEM(items[i], 1);
+        Py_ssize_t name_len = PyUnicode_GET_LENGTH(name), value_len = PyUnicode_GET_LENGTH(value);
+        if (name_len == 14 && memcmp(PyUnicode_DATA(name), "Content-Length", 14) == 0)
+            continue;
+        memcpy(out, PyUnicode_DATA(name), (size_t)name_len);
+        out += name_len;
+        memcpy(out, ": ", 2);
+        out += 2;
+        memcpy(out, PyUnicode_DATA(value), (size_t)value_len);
+        out += value_len;
+        memcpy(out, "\r\n", 2);
+        out += 2;
+    }
+    return out;
+}
+
 /* sip/message.py's `serialize_headers_and_body` for a message of ASCII text: the start line,
  * `wire` (the first `first` items already serialised, `Headers.wire`, or ""), then every other
  * item as "name: value\r\n" but Content-Length, then "Content-Length: n\r\n\r\n" and the body,
@@ -871,16 +909,11 @@ static PyObject *serialize(PyObject *self, PyObject *const *args, Py_ssize_t nar
                               body_len);
     Py_ssize_t total = PyUnicode_GET_LENGTH(start) + PyUnicode_GET_LENGTH(wire) + length_len +
                        body_len;
-    for (Py_ssize_t i = first; i < count; i++) {
-        PyObject *item = PyList_GET_ITEM(items, i);
-        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2)
-            Py_RETURN_NONE;
-        PyObject *name = PyTuple_GET_ITEM(item, 0), *value = PyTuple_GET_ITEM(item, 1);
-        if (!PyUnicode_Check(name) || !PyUnicode_Check(value) ||
-            !PyUnicode_IS_COMPACT_ASCII(name) || !PyUnicode_IS_COMPACT_ASCII(value))
-            Py_RETURN_NONE;
-        total += PyUnicode_GET_LENGTH(name) + PyUnicode_GET_LENGTH(value) + 4;
-    }
+    PyObject *const *lines = PySequence_Fast_ITEMS(items) + first; /* (no Python runs here) */
+    Py_ssize_t lines_size = item_lines_size(lines, count - first);
+    if (lines_size < 0)
+        Py_RETURN_NONE;
+    total += lines_size;
     PyObject *result = PyBytes_FromStringAndSize(NULL, total);
     if (result == NULL)
         return NULL;
@@ -892,17 +925,7 @@ static PyObject *serialize(PyObject *self, PyObject *const *args, Py_ssize_t nar
     } while (0)
     PUT(PyUnicode_DATA(start), PyUnicode_GET_LENGTH(start));
     PUT(PyUnicode_DATA(wire), PyUnicode_GET_LENGTH(wire));
-    for (Py_ssize_t i = first; i < count; i++) {
-        PyObject *item = PyList_GET_ITEM(items, i);
-        PyObject *name = PyTuple_GET_ITEM(item, 0), *value = PyTuple_GET_ITEM(item, 1);
-        Py_ssize_t name_len = PyUnicode_GET_LENGTH(name);
-        if (name_len == 14 && memcmp(PyUnicode_DATA(name), "Content-Length", 14) == 0)
-            continue;
-        PUT(PyUnicode_DATA(name), name_len);
-        PUT(": ", 2);
-        PUT(PyUnicode_DATA(value), PyUnicode_GET_LENGTH(value));
-        PUT("\r\n", 2);
-    }
+    out = put_item_lines(out, lines, count - first);
     PUT(length_line, length_len);
     PUT(PyBytes_AS_STRING(body), body_len);
 #undef PUT
@@ -921,38 +944,14 @@ static PyObject *header_block(PyObject *self, PyObject *items) {
         PyErr_SetString(PyExc_TypeError, "header_block takes a tuple of (name, value) pairs");
         return NULL;
     }
-    Py_ssize_t count = PyTuple_GET_SIZE(items), total = 0;
-    for (Py_ssize_t i = 0; i < count; i++) {
-        PyObject *item = PyTuple_GET_ITEM(items, i);
-        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2)
-            Py_RETURN_NONE;
-        PyObject *name = PyTuple_GET_ITEM(item, 0), *value = PyTuple_GET_ITEM(item, 1);
-        if (!PyUnicode_Check(name) || !PyUnicode_Check(value) ||
-            !PyUnicode_IS_COMPACT_ASCII(name) || !PyUnicode_IS_COMPACT_ASCII(value))
-            Py_RETURN_NONE;
-        total += PyUnicode_GET_LENGTH(name) + PyUnicode_GET_LENGTH(value) + 4;
-    }
+    PyObject *const *lines = PySequence_Fast_ITEMS(items);
+    Py_ssize_t total = item_lines_size(lines, PyTuple_GET_SIZE(items));
+    if (total < 0)
+        Py_RETURN_NONE;
     PyObject *result = PyUnicode_New(total, 127);
     if (result == NULL)
         return NULL;
-    char *out = (char *)PyUnicode_DATA(result);
-#define PUT(p, n)                                                                                 \
-    do {                                                                                          \
-        memcpy(out, (p), (size_t)(n));                                                            \
-        out += (n);                                                                               \
-    } while (0)
-    for (Py_ssize_t i = 0; i < count; i++) {
-        PyObject *item = PyTuple_GET_ITEM(items, i);
-        PyObject *name = PyTuple_GET_ITEM(item, 0), *value = PyTuple_GET_ITEM(item, 1);
-        Py_ssize_t name_len = PyUnicode_GET_LENGTH(name);
-        if (name_len == 14 && memcmp(PyUnicode_DATA(name), "Content-Length", 14) == 0)
-            continue;
-        PUT(PyUnicode_DATA(name), name_len);
-        PUT(": ", 2);
-        PUT(PyUnicode_DATA(value), PyUnicode_GET_LENGTH(value));
-        PUT("\r\n", 2);
-    }
-#undef PUT
+    char *out = put_item_lines((char *)PyUnicode_DATA(result), lines, PyTuple_GET_SIZE(items));
     Py_ssize_t written = out - (char *)PyUnicode_DATA(result);
     if (written != total) { /* Content-Length left out: the text that was written */
         PyObject *shorter = PyUnicode_Substring(result, 0, written);
