@@ -42,7 +42,8 @@ mode is printed) and alternate with another tree.
   cycle: the server's instructions a room (every thread, user space only; the kernel's TCP is
   not counted). Unlike the CPU time, the count does not move with the machine's load: two runs
   of one tree agreed within 0.5-1.5% (a cut of 3% is seen). Needs valgrind; slow (about a
-  minute for 200 rooms).
+  minute for 200 rooms). `--callgrind-keep DIR` keeps its dumps there, for
+  `callgrind_annotate --inclusive=yes DIR/callgrind.out.1`.
 """
 
 from __future__ import annotations
@@ -491,8 +492,9 @@ CALLGRIND_AT_ONCE = 2
 CALLGRIND_START_S = 600.0  # the server's start under valgrind (its imports run 50x slower)
 
 
-async def room_each_instructions(rooms: int) -> dict[str, float]:
-    """The server's instructions a room's signalling cycle, under callgrind (see the top)."""
+async def room_each_instructions(rooms: int, keep: Path | None = None) -> dict[str, float]:
+    """The server's instructions a room's signalling cycle, under callgrind (see the top);
+    its dumps copied into `keep` when given (for `callgrind_annotate`)."""
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         return {"rooms": 0, "skipped": "no valgrind"}  # type: ignore[dict-item]
     folder = tempfile.TemporaryDirectory()
@@ -532,8 +534,16 @@ async def room_each_instructions(rooms: int) -> dict[str, float]:
     finally:
         server.stop(timeout=120)
     counted = await asyncio.to_thread(_callgrind_totals, Path(folder.name))
+    if keep is not None:
+        await asyncio.to_thread(_keep_dumps, Path(folder.name), keep)
     folder.cleanup()
     return {"rooms": rooms, "instructions_per_room": counted // rooms}
+
+
+def _keep_dumps(folder: Path, keep: Path) -> None:
+    keep.mkdir(parents=True, exist_ok=True)
+    for dump in folder.glob("callgrind.out*"):
+        shutil.copy(dump, keep / dump.name)
 
 
 def _callgrind_totals(folder: Path) -> int:
@@ -613,6 +623,9 @@ def main() -> None:
     parser.add_argument(
         "--room-each-callgrind", type=int, default=0, help="rooms' lives under callgrind (0: none)"
     )
+    parser.add_argument(
+        "--callgrind-keep", type=Path, default=None, help="copy callgrind's dumps into this folder"
+    )
     parser.add_argument("--only-room-each", action="store_true", help="that section alone")
     args = parser.parse_args()
     result: dict[str, object] = {"bench": "inbound_parts", "mode": compiled.MODE}
@@ -634,7 +647,7 @@ def main() -> None:
         print(f"{'room each':>24}: {result['room_each']}")
     if args.room_each_callgrind:
         result["room_each_callgrind"] = asyncio.run(
-            room_each_instructions(args.room_each_callgrind)
+            room_each_instructions(args.room_each_callgrind, args.callgrind_keep)
         )
         print(f"{'room each, callgrind':>24}: {result['room_each_callgrind']}")
     print(json.dumps(result))

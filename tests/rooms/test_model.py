@@ -7,6 +7,8 @@ when `handle_timer(now)` runs past `next_deadline()` (LiveKit's empty/departure 
 from __future__ import annotations
 
 import dataclasses
+import random
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -881,3 +883,44 @@ def test_events_are_frozen_keyword_only_dataclasses(cls: type[Any]) -> None:
     event = cls(**{f.name: samples.get(getattr(f.type, "__name__", str(f.type))) for f in params})
     with pytest.raises(dataclasses.FrozenInstanceError):
         setattr(event, params[0].name, getattr(event, params[0].name))
+
+
+def test_participant_message_follows_every_change() -> None:
+    """`to_proto` sets again only the fields changed since its last message (issue 18): after
+    any sequence of changes, back to an empty value too, it is the message a participant made
+    afresh with the same fields gives."""
+    rng = random.Random(18)
+    p = Participant(sid="PA_1", identity="i")
+    track = models.TrackInfo(sid="TR_1", type=models.TrackType.AUDIO, name="phone")
+    changes: list[Callable[[], None]] = [
+        lambda: setattr(p, "name", rng.choice(["", "n", "other"])),
+        lambda: setattr(p, "kind", rng.choice([Kind.STANDARD, Kind.SIP, Kind.AGENT])),
+        lambda: setattr(p, "state", rng.choice([State.JOINING, State.JOINED, State.ACTIVE])),
+        lambda: setattr(p, "metadata", rng.choice(["", "m", "{}"])),
+        lambda: setattr(p, "joined_at", rng.choice([0.0, 12.3456, 99.9])),
+        lambda: setattr(p, "version", rng.randint(0, 3)),
+        lambda: setattr(p, "tracks", rng.choice([{}, {"TR_1": track}])),
+        lambda: setattr(
+            p, "disconnect_reason", rng.choice([Reason.UNKNOWN_REASON, Reason.CLIENT_INITIATED])
+        ),
+        lambda: setattr(p, "client_protocol", rng.randint(0, 1)),
+        lambda: p.attributes.update({"a": rng.choice(["", "x"])}),
+    ]
+    for _ in range(400):
+        for change in rng.sample(changes, rng.randint(1, 3)):
+            change()
+        fresh = Participant(
+            sid=p.sid,
+            identity=p.identity,
+            name=p.name,
+            kind=p.kind,
+            state=p.state,
+            metadata=p.metadata,
+            attributes=dict(p.attributes),
+            tracks=dict(p.tracks),
+            joined_at=p.joined_at,
+            version=p.version,
+            disconnect_reason=p.disconnect_reason,
+            client_protocol=p.client_protocol,
+        )
+        assert p.to_proto() == fresh.to_proto()

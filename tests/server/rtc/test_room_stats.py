@@ -14,8 +14,11 @@ from sipbridge.media.leg import RtpLeg, StreamConfig
 from sipbridge.media.room_audio import RoomAudio
 from sipbridge.media.rtp import ReceiverReport, ReportBlock, RtpPacket, serialize_rtcp
 from sipbridge.rooms import RoomRegistry
+from sipbridge.rooms import events as ev
+from sipbridge.server.api.webhooks import WebhookNotifier
 from sipbridge.server.rtc.room_stats import RoomStats
 from sipbridge.server.rtc.session import Session
+from sipbridge.server.state.rooms_runtime import RoomsRuntime
 
 PHONE = ("192.0.2.10", 4000)
 Kind = models.ParticipantInfo.Kind
@@ -29,7 +32,7 @@ class Clock:
 
 def setup() -> tuple[RoomStats, RoomRegistry, RtpLeg, Session, str]:
     registry = RoomRegistry()
-    runtime = SimpleNamespace(registry=registry, listeners=[])
+    runtime = RoomsRuntime(registry, WebhookNotifier([], "key", "secret" * 6), lambda: 0.0)
     media = SimpleNamespace(track_legs={})
     registry.create("r", 0.0)
     phone = registry.join("r", "phone", 0.0, kind=Kind.SIP, active=True)
@@ -44,8 +47,31 @@ def setup() -> tuple[RoomStats, RoomRegistry, RtpLeg, Session, str]:
     media.track_legs[track_sid] = leg
     session = Session(room="r", identity="agent", ws=cast(Any, None))
     sessions = {("r", "agent"): session}
-    stats = RoomStats(cast(Any, runtime), cast(Any, media), sessions)
+    stats = RoomStats(runtime, cast(Any, media), sessions)
     return stats, registry, leg, session, phone.sid
+
+
+def test_hears_only_joins_leaves_and_closes() -> None:
+    """The room events it acts on; not every other one of every room (issue 18)."""
+    runtime = RoomsRuntime(RoomRegistry(), WebhookNotifier([], "key", "secret" * 6), lambda: 0.0)
+    stats = RoomStats(runtime, cast(Any, SimpleNamespace(track_legs={})), {})
+    heard = {
+        kind
+        for kind in (
+            ev.RoomStarted,
+            ev.RoomFinished,
+            ev.ParticipantJoined,
+            ev.ParticipantUpdated,
+            ev.ParticipantLeft,
+            ev.TrackPublished,
+            ev.TrackUnpublished,
+            ev.TrackMuted,
+            ev.SubscriptionChanged,
+            ev.DataSent,
+        )
+        if stats.on_room_event in runtime._route(kind)
+    }
+    assert heard == {ev.ParticipantJoined, ev.ParticipantLeft, ev.RoomFinished}
 
 
 def sent(session: Session) -> list[rtc.SignalResponse]:

@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 SPEAKER_INTERVAL = DEFAULT_CONFIG.update_interval
 QUALITY_EVERY = round(UPDATE_INTERVAL / SPEAKER_INTERVAL)  # speaker ticks per quality update
 ACTIVE = models.ParticipantInfo.State.ACTIVE
+# The room events `RoomStats` hears of (not every event of every room: 10-11 a call with a
+# room each, issue 18).
+ROOM_STATS_EVENTS = (ev.ParticipantJoined, ev.ParticipantLeft, ev.RoomFinished)
 
 
 def speakers_message(update: SpeakersChanged) -> rtc.SignalResponse:
@@ -91,7 +94,7 @@ class RoomStats:
         self.sent_quality = 0
         self._timer: asyncio.TimerHandle | None = None
         self._scoring: asyncio.Task[None] | None = None
-        runtime.listeners.append(self.on_room_event)
+        runtime.listen(self.on_room_event, ROOM_STATS_EVENTS)
 
     # -- the timer ------------------------------------------------------------------------
 

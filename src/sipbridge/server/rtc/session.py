@@ -33,7 +33,9 @@ class Encoded:
 Outgoing = rtc.SignalResponse | Encoded
 
 
-@dataclass(eq=False, kw_only=True)
+# Writes its own `__init__` (`init=False`): mypyc compiles it, where the one the dataclasses
+# module generates stays interpreted, one a join (issue 18: a join a call with a room each).
+@dataclass(init=False, eq=False, kw_only=True)
 class Session:
     room: str
     identity: str
@@ -55,6 +57,41 @@ class Session:
     permission: rtc.SubscriptionPermission | None = None
     refused: dict[str, bool] = field(default_factory=dict)  # track sid -> refused, as told
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def __init__(
+        self,
+        *,
+        room: str,
+        identity: str,
+        ws: web.WebSocketResponse,
+        outbox: asyncio.Queue[Outgoing | None] | None = None,
+        participant_sid: str = "",
+        two_pc: bool = False,
+        peer: RtcPeer | None = None,
+        subscriber: RtcPeer | None = None,
+        published: dict[str, str] | None = None,
+        expiry: asyncio.TimerHandle | None = None,
+        auto_subscribe: bool = True,
+        choices: dict[str, bool] | None = None,
+        permission: rtc.SubscriptionPermission | None = None,
+        refused: dict[str, bool] | None = None,
+        tasks: set[asyncio.Task[None]] | None = None,
+    ) -> None:
+        self.room = room
+        self.identity = identity
+        self.ws = ws
+        self.outbox = asyncio.Queue() if outbox is None else outbox
+        self.participant_sid = participant_sid
+        self.two_pc = two_pc
+        self.peer = peer
+        self.subscriber = subscriber
+        self.published = {} if published is None else published
+        self.expiry = expiry
+        self.auto_subscribe = auto_subscribe
+        self.choices = {} if choices is None else choices
+        self.permission = permission
+        self.refused = {} if refused is None else refused
+        self.tasks = set() if tasks is None else tasks
 
     @property
     def downlink(self) -> RtcPeer | None:
