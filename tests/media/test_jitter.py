@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterable
-from functools import partial
 from itertools import pairwise
 
 import pytest
@@ -681,6 +680,18 @@ def late_start(count: int, lateness: float = 0.04) -> list[Arrival]:
     return [(max(arrival, lateness), packet) for arrival, packet in stream(count)]
 
 
+class Listener:
+    """What plays the frames (`Playout`): `quiet(tick)` says whether what it played last was a
+    pause."""
+
+    def __init__(self, quiet: Callable[[int], bool]) -> None:
+        self.quiet = quiet
+        self.tick = 0
+
+    def played_quiet(self) -> bool:
+        return self.quiet(self.tick)
+
+
 def skips(
     buffer: JitterBuffer, arrivals: list[Arrival], ticks: int, quiet: Callable[[int], bool] | None
 ) -> list[int]:
@@ -689,13 +700,16 @@ def skips(
     pending = sorted(arrivals, key=lambda arrival: arrival[0])
     index = 0
     dropped = []
+    listener = None if quiet is None else Listener(quiet)
     for k in range(ticks):
         now = k * TICK
+        if listener is not None:
+            listener.tick = k
         while index < len(pending) and pending[index][0] <= now + 1e-9:
             buffer.push(pending[index][1], pending[index][0])
             index += 1
         before = buffer.stats.skipped
-        buffer.pop(now, None if quiet is None else partial(quiet, k))
+        buffer.pop(now, listener)
         if buffer.stats.skipped != before:
             dropped.append(k)
     return dropped
@@ -733,7 +747,7 @@ def test_a_stalled_clock_catches_up_at_once_even_in_speech() -> None:
             while index < len(pending) and pending[index][0] <= now + 1e-9:
                 buffer.push(pending[index][1], pending[index][0])
                 index += 1
-            buffer.pop(now, (lambda: False) if says_quiet else None)
+            buffer.pop(now, Listener(lambda tick: False) if says_quiet else None)
             counts.append(buffer.stats.skipped)
         dropped[says_quiet] = counts
         assert buffer.stats.deferred == 0

@@ -37,11 +37,11 @@ is short of the target the buffer holds the playout point for one tick (returnin
 frame, counted in `stretched`, while packets wait); when it has been more than 1.5 frames over
 the target throughout a 200 ms window, it drops one frame (counted in `skipped`), or all of the
 excess at once when that is larger than `max_delay` (the playout clock stalled, a flood). A single
-late tick of the playout clock drops nothing. A caller that decodes can say whether what it last
-played was quiet (`pop`'s `quiet`): the one-frame drop then waits for a pause, up to `_QUIET_WAIT`
-(counted in `deferred`), since a frame cut out of speech shifts the rest of it 20 ms earlier and
-clicks, while one cut from a pause is not heard. A phone whose first packets come late and
-together (starting up under load) leaves the buffer over its target this way, in its first words.
+late tick of the playout clock drops nothing. What plays the frames can say whether what it
+played last was quiet (`pop`'s `listener`): the one-frame drop then waits for a pause, up to
+`_QUIET_WAIT` (counted in `deferred`), since a frame cut out of speech clicks and one cut from a
+pause is not heard. A phone whose first packets come late and together (starting up under load)
+leaves the buffer over its target this way, in its first words.
 
 Resynchronisation
 -----------------
@@ -57,8 +57,8 @@ from __future__ import annotations
 import heapq
 import math
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from sipbridge.media.rtp import RtpPacket
 
@@ -132,7 +132,7 @@ class JitterStats:
     skipped: int = 0  # packets dropped at playout to shrink the delay or catch up
     stretched: int = 0  # concealment frames inserted to grow the delay
     flushed: int = 0  # packets dropped by flush() or a restart
-    deferred: int = 0  # one-frame drops that waited for a pause (`pop`'s `quiet`)
+    deferred: int = 0  # one-frame drops that waited for a pause (`pop`'s `listener`)
 
     def __init__(
         self,
@@ -160,6 +160,14 @@ class JitterStats:
         self.stretched = stretched
         self.flushed = flushed
         self.deferred = deferred
+
+
+class Playout(Protocol):
+    """What plays a buffer's frames, as `pop` may ask it."""
+
+    def played_quiet(self) -> bool:
+        """Whether the audio played last was a pause."""
+        ...
 
 
 class JitterBuffer:
@@ -410,11 +418,11 @@ class JitterBuffer:
 
     # --- playout ---------------------------------------------------------------------------
 
-    def pop(self, now: float, quiet: Callable[[], bool] | None = None) -> JitterFrame | None:
+    def pop(self, now: float, listener: Playout | None = None) -> JitterFrame | None:
         """The frame for the playout tick at `now`; None when there is nothing to play.
 
-        `quiet`, when given, says whether the audio played last was quiet: a one-frame drop to
-        shrink the delay waits for that (see the module's docstring). It is called only then."""
+        `listener`, when given, says whether the audio played last was quiet: a one-frame drop
+        to shrink the delay waits for that (see the module's docstring). It is asked only then."""
         heap = self._heap
         if not self._started:
             if not heap:
@@ -448,7 +456,11 @@ class JitterBuffer:
             elif excess > 1.5 * frame:
                 if self._shrink_due_at < 0:
                     self._shrink_due_at = now
-                if quiet is not None and now - self._shrink_due_at < _QUIET_WAIT and not quiet():
+                if (
+                    listener is not None
+                    and now - self._shrink_due_at < _QUIET_WAIT
+                    and not listener.played_quiet()
+                ):
                     waits = True  # in the middle of speech: at the next pause
                     if self._shrink_due_at == now:
                         self.stats.deferred += 1

@@ -254,7 +254,6 @@ class RtpLeg(AudioLeg):
         self._encoder: codecs.Encoder | None = None
         self._decoded = PcmFifo()
         self._last_pcm: Pcm | None = None  # the last frame decoded or concealed
-        self._quiet: Callable[[], bool] = self._last_frame_quiet  # bound once, asked by pop
         self._silence = codecs.silence_payload(spec, FRAME_MS)
         self.players: deque[Player] = deque()
         self.room_tone: ToneGenerator | None = None  # what the room hears instead of the phone
@@ -571,7 +570,7 @@ class RtpLeg(AudioLeg):
         out 20 ms at a time, so the mixer always sums frames of one size."""
         if self.room_tone is not None:
             return self.room_tone.frame(self.frame_samples)
-        frame = self.jitter.pop(now, self._quiet)
+        frame = self.jitter.pop(now, self)
         fifo = self._decoded
         if frame is not None:
             if self._decoder is None:
@@ -594,9 +593,9 @@ class RtpLeg(AudioLeg):
             return fifo.take(self.frame_samples)
         return None
 
-    def _last_frame_quiet(self) -> bool:
+    def played_quiet(self) -> bool:
         """Whether the audio played last was a pause (or there was none): asked by the jitter
-        buffer only when it would drop a frame."""
+        buffer only when it would drop a frame (`media/jitter.py` `Playout`)."""
         pcm = self._last_pcm
         return pcm is None or pcm_dbov(pcm) >= QUIET_DBOV
 
