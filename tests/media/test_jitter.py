@@ -10,7 +10,7 @@ no jitter the buffer waits `min_delay` (20 ms) after the first arrival, so packe
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from itertools import pairwise
 
 import pytest
@@ -667,3 +667,89 @@ def test_any_pushes_and_pops(operations: list[Operation], max_packets: int) -> N
     stats = buffer.stats
     assert frames == stats.played + stats.lost + stats.stretched
     assert concealed == stats.lost + stats.stretched
+
+
+# --- shrinking at a pause ------------------------------------------------------------------------
+
+
+def late_start(count: int, lateness: float = 0.04) -> list[Arrival]:
+    """A phone's stream whose first packets come `lateness` late, together, and the rest on time:
+    what a phone starting up under load sends. The buffer starts on the late first packet, so
+    once the on-time ones come it holds more than its target, and its target falls back to its
+    floor as the early spread leaves the window."""
+    return [(max(arrival, lateness), packet) for arrival, packet in stream(count)]
+
+
+class Listener:
+    """What plays the frames (`Playout`): `quiet(tick)` says whether what it played last was a
+    pause."""
+
+    def __init__(self, quiet: Callable[[int], bool]) -> None:
+        self.quiet = quiet
+        self.tick = 0
+
+    def played_quiet(self) -> bool:
+        return self.quiet(self.tick)
+
+
+def skips(
+    buffer: JitterBuffer, arrivals: list[Arrival], ticks: int, quiet: Callable[[int], bool] | None
+) -> list[int]:
+    """The ticks at which `buffer` dropped a frame, `quiet(tick)` saying whether what was played
+    last was a pause (None: a caller that does not say)."""
+    pending = sorted(arrivals, key=lambda arrival: arrival[0])
+    index = 0
+    dropped = []
+    listener = None if quiet is None else Listener(quiet)
+    for k in range(ticks):
+        now = k * TICK
+        if listener is not None:
+            listener.tick = k
+        while index < len(pending) and pending[index][0] <= now + 1e-9:
+            buffer.push(pending[index][1], pending[index][0])
+            index += 1
+        before = buffer.stats.skipped
+        buffer.pop(now, listener)
+        if buffer.stats.skipped != before:
+            dropped.append(k)
+    return dropped
+
+
+def test_a_frame_is_dropped_to_shrink_the_delay_at_a_pause_not_in_speech() -> None:
+    arrivals = late_start(400)
+    # a caller that does not say what is quiet: one frame dropped 2.5 s in, whatever it holds
+    assert skips(new_buffer(), arrivals, 400, None) == [125]
+    # a caller talking until tick 200, then pausing: the drop waits for the pause
+    buffer = new_buffer()
+    assert skips(buffer, arrivals, 400, lambda tick: tick >= 200) == [200]
+    assert buffer.stats.deferred == 1
+    check_accounting(buffer)
+
+
+def test_a_drop_waits_for_a_pause_four_seconds_at_most() -> None:
+    # music on hold, or a caller who never pauses: the excess goes 4 s after it fell due
+    buffer = new_buffer()
+    assert skips(buffer, late_start(400), 400, lambda tick: False) == [125 + 200]
+    assert buffer.stats.deferred == 1
+
+
+def test_a_stalled_clock_catches_up_at_once_even_in_speech() -> None:
+    # The playout clock stops for 400 ms (far over max_delay) while the phone talks on: once it
+    # runs again the excess goes at once, without waiting for a pause, as without `quiet`.
+    dropped: dict[bool, list[int]] = {}
+    for says_quiet in (False, True):
+        buffer = new_buffer(max_packets=64)
+        pending = stream(200)
+        index = 0
+        counts = []
+        for k in [*range(10), *range(30, 60)]:
+            now = k * TICK
+            while index < len(pending) and pending[index][0] <= now + 1e-9:
+                buffer.push(pending[index][1], pending[index][0])
+                index += 1
+            buffer.pop(now, Listener(lambda tick: False) if says_quiet else None)
+            counts.append(buffer.stats.skipped)
+        dropped[says_quiet] = counts
+        assert buffer.stats.deferred == 0
+    assert dropped[True] == dropped[False]
+    assert max(b - a for a, b in pairwise(dropped[True])) > 10  # at once, not a frame a window

@@ -632,3 +632,27 @@ def test_the_peers_reception_reports_give_loss_jitter_and_round_trip_time() -> N
     assert a.remote_report is not None
     assert a.remote_report.rtt == pytest.approx(0.05, abs=1e-4)
     assert a.remote_report.fraction_lost == 0.0 and a.remote_report.at == sent_at + 2
+
+
+def test_a_mixed_leg_shrinks_its_jitter_buffer_in_a_pause_not_in_speech() -> None:
+    # A phone starting up late (its first packets 80 ms late and together, the rest on time)
+    # leaves the jitter buffer over its target: the frame it drops to catch up waits until the
+    # phone's speech pauses (at 6 s), where it is not heard, instead of cutting the speech.
+    a, b, c = leg(), leg(), leg()
+    room, _ = room_of(a, b, c)
+    phone = Phone()
+    silence = codecs.ulaw_encode_array(np.zeros(FRAME, dtype=np.int16))
+    arrivals = [
+        (max(index * 0.02, 0.08), index, pcmu(440.0, index) if index < 300 else silence)
+        for index in range(400)
+    ]
+    ticks = [(k * 0.02 + 0.01, -1, b"") for k in range(400)]
+    for now, index, payload in sorted([*arrivals, *ticks]):
+        if index >= 0:
+            a.receive(phone.rtp(payload), PHONE, now)
+        else:
+            room.tick(now)
+            if now < 6.0:
+                assert a.jitter.stats.skipped == 0, now
+    assert a.jitter.stats.deferred == 1
+    assert a.jitter.stats.skipped == 1

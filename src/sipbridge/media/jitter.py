@@ -37,7 +37,11 @@ is short of the target the buffer holds the playout point for one tick (returnin
 frame, counted in `stretched`, while packets wait); when it has been more than 1.5 frames over
 the target throughout a 200 ms window, it drops one frame (counted in `skipped`), or all of the
 excess at once when that is larger than `max_delay` (the playout clock stalled, a flood). A single
-late tick of the playout clock drops nothing.
+late tick of the playout clock drops nothing. What plays the frames can say whether what it
+played last was quiet (`pop`'s `listener`): the one-frame drop then waits for a pause, up to
+`_QUIET_WAIT` (counted in `deferred`), since a frame cut out of speech clicks and one cut from a
+pause is not heard. A phone whose first packets come late and together (starting up under load)
+leaves the buffer over its target this way, in its first words.
 
 Resynchronisation
 -----------------
@@ -54,6 +58,7 @@ import heapq
 import math
 from collections import deque
 from dataclasses import dataclass
+from typing import Protocol
 
 from sipbridge.media.rtp import RtpPacket
 
@@ -79,6 +84,8 @@ _GUARD_SECONDS = 0.005
 _DECAY_PER_SECOND = 0.01
 # The playout point is moved forward only when it has been over the target this long.
 _SHRINK_WINDOW = 0.2
+# ... and, for a caller that says what is quiet, at a pause, unless none came for this long.
+_QUIET_WAIT = 4.0
 # The longest packet duration learned from timestamps: telephony packets carry 10-60 ms (20 ms
 # by default, RFC 3551 s4.2); a longer step between consecutive packets is silence.
 _MAX_PACKET_SECONDS = 0.12
@@ -125,6 +132,7 @@ class JitterStats:
     skipped: int = 0  # packets dropped at playout to shrink the delay or catch up
     stretched: int = 0  # concealment frames inserted to grow the delay
     flushed: int = 0  # packets dropped by flush() or a restart
+    deferred: int = 0  # one-frame drops that waited for a pause (`pop`'s `listener`)
 
     def __init__(
         self,
@@ -139,6 +147,7 @@ class JitterStats:
         skipped: int = 0,
         stretched: int = 0,
         flushed: int = 0,
+        deferred: int = 0,
     ) -> None:
         self.received = received
         self.played = played
@@ -150,6 +159,15 @@ class JitterStats:
         self.skipped = skipped
         self.stretched = stretched
         self.flushed = flushed
+        self.deferred = deferred
+
+
+class Playout(Protocol):
+    """What plays a buffer's frames, as `pop` may ask it."""
+
+    def played_quiet(self) -> bool:
+        """Whether the audio played last was a pause."""
+        ...
 
 
 class JitterBuffer:
@@ -184,6 +202,7 @@ class JitterBuffer:
         "_next_ts",
         "_packet_samples",
         "_previous_ssrc",
+        "_shrink_due_at",
         "_since_estimate",
         "_ssrc",
         "_started",
@@ -330,6 +349,7 @@ class JitterBuffer:
         self._last_delta = 0
         self._next_shrink_at = now
         self._least_excess = math.inf
+        self._shrink_due_at = -1.0
 
     def _insert(self, packet: RtpPacket, ext_seq: int, ext_ts: int, now: float) -> None:
         self._late_since = None
@@ -398,8 +418,11 @@ class JitterBuffer:
 
     # --- playout ---------------------------------------------------------------------------
 
-    def pop(self, now: float) -> JitterFrame | None:
-        """The frame for the playout tick at `now`; None when there is nothing to play."""
+    def pop(self, now: float, listener: Playout | None = None) -> JitterFrame | None:
+        """The frame for the playout tick at `now`; None when there is nothing to play.
+
+        `listener`, when given, says whether the audio played last was quiet: a one-frame drop
+        to shrink the delay waits for that (see the module's docstring). It is asked only then."""
         heap = self._heap
         if not self._started:
             if not heap:
@@ -426,13 +449,29 @@ class JitterBuffer:
         self._least_excess = min(self._least_excess, waited - self.delay)
         if now >= self._next_shrink_at:
             excess = self._least_excess
+            waits = False
             if excess > self.max_delay:
                 # far behind (the playout clock stalled, or a flood): catch up at once
                 slot += int(excess / frame + _SLACK) * self.frame_samples
             elif excess > 1.5 * frame:
-                slot += self.frame_samples
-            self._least_excess = math.inf
-            self._next_shrink_at = now + _SHRINK_WINDOW
+                if self._shrink_due_at < 0:
+                    self._shrink_due_at = now
+                if (
+                    listener is not None
+                    and now - self._shrink_due_at < _QUIET_WAIT
+                    and not listener.played_quiet()
+                ):
+                    waits = True  # in the middle of speech: at the next pause
+                    if self._shrink_due_at == now:
+                        self.stats.deferred += 1
+                else:
+                    slot += self.frame_samples
+            if not waits:
+                # the window starts again (while a drop waits for a pause, its excess is
+                # still watched: if the excess goes, so does the drop)
+                self._least_excess = math.inf
+                self._next_shrink_at = now + _SHRINK_WINDOW
+                self._shrink_due_at = -1.0
         self._next_ts = slot + self.frame_samples
         while heap and heap[0][0] + self._packet_samples <= slot:
             _, dropped, _ = heapq.heappop(heap)

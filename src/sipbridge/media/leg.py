@@ -57,6 +57,9 @@ DTMF_GAP_MS = 250
 DTMF_PAUSE_MS = 500  # `w` in a digit string
 MEDIA_TIMEOUT_S = 15.0
 MEDIA_TIMEOUT_INITIAL_S = 30.0  # before the first packet, when the timeout is the default
+# A decoded frame at or under -45 dBov is a pause, 10 dB under speech (rooms/speakers.py): the
+# jitter buffer shrinks its delay there rather than cut a frame out of speech.
+QUIET_DBOV = 45
 
 
 # Dataclasses made for every call write their own `__init__` (`init=False`): mypyc compiles
@@ -250,6 +253,7 @@ class RtpLeg(AudioLeg):
         self._decoder: codecs.Decoder | None = None
         self._encoder: codecs.Encoder | None = None
         self._decoded = PcmFifo()
+        self._last_pcm: Pcm | None = None  # the last frame decoded or concealed
         self._silence = codecs.silence_payload(spec, FRAME_MS)
         self.players: deque[Player] = deque()
         self.room_tone: ToneGenerator | None = None  # what the room hears instead of the phone
@@ -566,27 +570,34 @@ class RtpLeg(AudioLeg):
         out 20 ms at a time, so the mixer always sums frames of one size."""
         if self.room_tone is not None:
             return self.room_tone.frame(self.frame_samples)
-        frame = self.jitter.pop(now)
+        frame = self.jitter.pop(now, self)
         fifo = self._decoded
         if frame is not None:
             if self._decoder is None:
                 self._decoder = codecs.new_decoder(self.spec)
             if frame.packet is None:
-                fifo.push(self._decoder.conceal(self.frame_samples))
+                pcm = self._decoder.conceal(self.frame_samples)
             else:
                 try:
                     pcm = self._decoder.decode(frame.packet.payload)
-                    fifo.push(pcm)
                     if self._level_payloads is None:  # not G.711: measured decoded, here
                         self.packet_levels.add_level(
                             pcm_dbov(pcm), len(pcm) * 1000 / self.spec.sample_rate
                         )
                 except MediaError:
                     self.stats.malformed += 1
-                    fifo.push(self._decoder.conceal(self.frame_samples))
+                    pcm = self._decoder.conceal(self.frame_samples)
+            fifo.push(pcm)
+            self._last_pcm = pcm
         if len(fifo.buffer) >= self.frame_samples or (frame is not None and len(fifo.buffer)):
             return fifo.take(self.frame_samples)
         return None
+
+    def played_quiet(self) -> bool:
+        """Whether the audio played last was a pause (or there was none): asked by the jitter
+        buffer only when it would drop a frame (`media/jitter.py` `Playout`)."""
+        pcm = self._last_pcm
+        return pcm is None or pcm_dbov(pcm) >= QUIET_DBOV
 
     def flush(self) -> None:
         self.jitter.flush()
