@@ -9,7 +9,9 @@
 #     fuzz/asan.sh python -m fuzz.run --seconds 300 sip_trying
 #     fuzz/asan.sh python -m pytest -q tests/sip/test_message_c.py
 #
-# (`make asan` is the first; not part of `make test`.) Python allocates with malloc
+# (`make asan` is the first; not part of `make test`.) ASAN_COMPILED=1 (after `make compiled`):
+# the mypyc-compiled core (not instrumented) beside the sanitized C, for tests whose servers
+# must start and answer in time. Python allocates with malloc
 # (PYTHONMALLOC=malloc), so a read past a bytes object's end lands in ASan's red zone, not in
 # pymalloc's pool. The first error aborts the process with its report on stderr.
 set -euo pipefail
@@ -34,6 +36,18 @@ if [ "${ASAN_REUSE:-0}" != 1 ] || [ ! -d "$TREE/src" ]; then
 	SIPBRIDGE_SANITIZE=1 "$PYTHON" setup.py -q build_ext --force \
 		--build-lib "$TREE/src" --build-temp "$TREE/temp" >"$TREE/build.log" 2>&1 ||
 		{ cat "$TREE/build.log"; exit 1; }
+	if [ "${ASAN_COMPILED:-0}" = 1 ]; then
+		# the core as `make compiled` built it in src/ (mypyc's extensions, not instrumented,
+		# and its stamp), beside the sanitized C: servers start and run as fast as they can
+		[ -f src/sipbridge/_compiled.json ] || { echo "ASAN_COMPILED=1: no mypyc build in src/"; exit 1; }
+		cp -p src/*__mypyc*.so "$TREE/src/"
+		cp -p src/sipbridge/_compiled.json "$TREE/src/sipbridge/"
+		(cd src && find sipbridge -name '*.so' ! -name '_c*.so') | while read -r file; do
+			cp -p "src/$file" "$TREE/src/$file"
+		done
+	fi
+	# the bytecode once: every process (a test's server each) then starts without compiling
+	"$PYTHON" -m compileall -q "$TREE/src" >/dev/null
 fi
 
 ASAN_LIB=$(gcc -print-file-name=libasan.so)
@@ -41,16 +55,24 @@ UBSAN_LIB=$(gcc -print-file-name=libubsan.so)
 export LD_PRELOAD="$ASAN_LIB $UBSAN_LIB${LD_PRELOAD:+ $LD_PRELOAD}"
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0:abort_on_error=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
-export PYTHONMALLOC=malloc
+export PYTHONMALLOC=${PYTHONMALLOC:-malloc}
 export PYTHONPATH="$TREE/src:$ROOT"
-export SIPBRIDGE_INTERPRETED=1
+if [ "${ASAN_COMPILED:-0}" != 1 ]; then
+	export SIPBRIDGE_INTERPRETED=1
+fi
+unset PYTHONDONTWRITEBYTECODE
 
 # Every extension built and loaded, instrumented (an optional extension that failed to build
 # would leave its Python fallback to be tested instead, and say nothing).
 "$PYTHON" - <<'EOF'
 import importlib
+import os
 import sys
 
+import sipbridge._compiled as core
+
+if os.environ.get("ASAN_COMPILED") == "1" and core.MODE != "compiled":
+    sys.exit(f"ASAN_COMPILED=1 but the core is {core.MODE}")
 for name in ("_crelay", "_csipudp", "_csipthr", "sip._csipmsg"):
     module = importlib.import_module("sipbridge." + name)
     if "/build/asan/src/" not in module.__file__:
