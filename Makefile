@@ -58,7 +58,7 @@ FUZZ_TARGETS ?=
 unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: serve test check install crelay compiled core-compiled interpreted system-deps browser-deps console sdk-newest lint typecheck coverage-core unit bench \
-	clean fuzz fuzz-smoke
+	clean fuzz fuzz-smoke asan
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -212,6 +212,17 @@ fuzz: install
 fuzz-smoke: install
 	$(BIN)/python -m fuzz.run --runs $(FUZZ_SMOKE_RUNS) --seconds $(FUZZ_SMOKE_SECONDS) \
 		--seed $(FUZZ_SEED) $(FUZZ_TARGETS)
+
+# The hand-written C extensions under AddressSanitizer and UBSan (fuzz/asan.sh, fuzz/README.md),
+# built in build/asan apart from the normal build: the hostile inputs of fuzz/hostile.py, then
+# the fuzz smoke of the targets that reach C (FUZZ_SMOKE_RUNS inputs each, ASAN_SECONDS at most).
+# Not part of `make test`: a few minutes.
+ASAN_SECONDS ?= 60
+asan: install
+	PYTHON=$(abspath $(BIN)/python) fuzz/asan.sh python -m fuzz.hostile
+	ASAN_REUSE=1 PYTHON=$(abspath $(BIN)/python) FUZZ_SMOKE_RUNS=$(FUZZ_SMOKE_RUNS) \
+		FUZZ_SMOKE_SECONDS=$(ASAN_SECONDS) FUZZ_SEED=$(FUZZ_SEED) FUZZ_TARGETS="$(FUZZ_TARGETS)" \
+		fuzz/asan.sh
 
 bench: install
 	$(BIN)/python bench/api.py

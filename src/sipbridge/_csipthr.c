@@ -491,6 +491,16 @@ static int digits(span s, size_t most) {
     return 1;
 }
 
+/* The number `digits` checked, read from the span alone: a datagram the thread read is no C
+ * string (no NUL after it), so strtol on it read on to the end of the buffer as far as the C
+ * library's contract goes (ASan's strict_string_checks: a heap-buffer-overflow). */
+static unsigned long digits_value(span s) {
+    unsigned long value = 0;
+    for (size_t i = 0; i < s.n; i++)
+        value = value * 10 + (unsigned long)(s.p[i] - '0');
+    return value;
+}
+
 /* The 100 Trying for `data` (an INVITE from peer_host:peer_port) into `out`: its length, or -1
  * when this INVITE is left to Python. `branch_hash` gets the hash (keyed with `key`) of the top
  * Via branch, `merge_hash` that of the endpoint's merge key (Call-ID, From tag, CSeq number and
@@ -618,11 +628,11 @@ static long build_trying(const char *data, size_t len, const char *peer_host, in
             return -1;
     }
     if (forwards.p != NULL) {
-        if (!digits(forwards, 3) || strtol(forwards.p, NULL, 10) == 0)
+        if (!digits(forwards, 3) || digits_value(forwards) == 0)
             return -1;
     }
     if (length.p != NULL) {
-        if (!digits(length, 5) || (size_t)strtol(length.p, NULL, 10) > body)
+        if (!digits(length, 5) || digits_value(length) > body)
             return -1;
     }
     for (int v = 0; v < nvia; v++)
