@@ -279,10 +279,14 @@ async def test_a_leg_leaves_the_engine_when_it_stops_being_a_pure_relay(
     bridge.harness.svc.release(bridge.leg_a)
     assert armed() == 0
     received = len(bridge.got["b"])
-    await eventually(
-        lambda: bridge.leg_b.stats.packets_out == len(bridge.got["b"]) and received > 0,
-        "every packet B's phone got counted as sent",
-    )
+
+    def counted() -> bool:
+        # read as every reader of a leg's counters does: after `sync`, which adds what the
+        # tick's sender made of B's silence while armed (server/media/silence.py)
+        bridge.leg_b.sync()
+        return bridge.leg_b.stats.packets_out == len(bridge.got["b"]) and received > 0
+
+    await eventually(counted, "every packet B's phone got counted as sent")
 
 
 async def test_the_engine_never_forwards_into_a_slot_it_removes(
