@@ -19,7 +19,7 @@ import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, Final, cast
 
 from sipbridge.sip.errors import SipProtocolError
 from sipbridge.sip.headers import (
@@ -33,7 +33,7 @@ from sipbridge.sip.headers import (
 )
 from sipbridge.sip.uri import Uri, parse_uri
 
-SIP_VERSION = "SIP/2.0"
+SIP_VERSION: Final = "SIP/2.0"
 MAX_LINE = 8 * 1024
 MAX_HEADERS = 128
 MAX_MESSAGE = 64 * 1024
@@ -132,7 +132,7 @@ LIST_HEADERS = frozenset(
 )
 _TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
 _STATUS = re.compile(r"SIP/2\.0 ([1-6][0-9][0-9]) ([^\r\n]*)")
-REASONS = {
+REASONS: Final = {
     100: "Trying",
     180: "Ringing",
     181: "Call Is Being Forwarded",
@@ -179,13 +179,13 @@ REASONS = {
 # look up (compiled, their literals are interned), found by identity instead of compared
 # character by character, some 130 lookups a call (issue 18). Only these: a name a peer
 # invents is not interned.
-_INTERNED_KEYS = {key: sys.intern(key) for key in _CANONICAL}
+_INTERNED_KEYS: Final = {key: sys.intern(key) for key in _CANONICAL}
 
 # Status codes as text, made once (an int written out in decimal each response, otherwise)
-_STATUS_TEXT = {status: str(status) for status in range(100, 700)}
+_STATUS_TEXT: Final = {status: str(status) for status in range(100, 700)}
 
 # Header names -> their canonical form (bounded; a dictionary for the reason `_KEYS` is one)
-_CANONICAL_NAMES: dict[str, str] = {}
+_CANONICAL_NAMES: Final[dict[str, str]] = {}
 
 
 def canonical_name(name: str) -> str:
@@ -215,7 +215,7 @@ def _bad(detail: str) -> SipProtocolError:
 # Header names asked for -> their keys (bounded). A plain dictionary rather than `lru_cache`:
 # compiled, a lookup here is a native call, a cached function's a generic one, and headers are
 # looked up by name many times a message (issue 18).
-_KEYS: dict[str, str] = {}
+_KEYS: Final[dict[str, str]] = {}
 
 
 def header_key(name: str) -> str:
