@@ -203,6 +203,18 @@ static PyObject *ascii(const char *p, Py_ssize_t n) {
 
 /* RFC 3261 s25 token, as message.py's _TOKEN: alphanum / "-" / "." / "!" / "%" / "*" / "_" /
  * "+" / "`" / "'" / "~" */
+/* `t`, a new tuple of str, None, int or such untracked tuples only, out of the cyclic garbage
+ * collector's lists (NULL passed through): no cycle can run through it, and the collector would
+ * untrack it at its first collection anyway (_PyTuple_MaybeUntrack) - after walking it there, and
+ * in every young collection until then. A message kept for a transaction's 32 s linger is mostly
+ * such pairs: untracked at birth, the collections walk a third of the objects a call keeps
+ * (issue 18). */
+static PyObject *untracked(PyObject *t) {
+    if (t != NULL)
+        PyObject_GC_UnTrack(t);
+    return t;
+}
+
 static int is_token_char(unsigned char c) {
     return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
            c == '-' || c == '.' || c == '!' || c == '%' || c == '*' || c == '_' || c == '+' ||
@@ -325,8 +337,8 @@ static int header_line(const char *p, Py_ssize_t n, PyObject *items, PyObject *i
         PyObject *value = strip_value(colon, p + n);
         if (value == NULL)
             goto fail;
-        item = PyTuple_Pack(2, PyTuple_GET_ITEM(fast, 0), value);
-        alone = PyTuple_Pack(1, value);
+        item = untracked(PyTuple_Pack(2, PyTuple_GET_ITEM(fast, 0), value));
+        alone = untracked(PyTuple_Pack(1, value));
         Py_DECREF(value);
         if (item == NULL || alone == NULL)
             goto fail;
@@ -392,8 +404,8 @@ static int header_line(const char *p, Py_ssize_t n, PyObject *items, PyObject *i
     Py_INCREF(key);
     PyObject *value = strip_value(colon, p + n);
     if (value != NULL) {
-        item = PyTuple_Pack(2, PyTuple_GET_ITEM(known, 0), value);
-        alone = PyTuple_Pack(1, value);
+        item = untracked(PyTuple_Pack(2, PyTuple_GET_ITEM(known, 0), value));
+        alone = untracked(PyTuple_Pack(1, value));
         Py_DECREF(value);
     }
     Py_DECREF(known);
@@ -443,6 +455,7 @@ add:
         PyObject *value = PyTuple_GET_ITEM(item, 1);
         Py_INCREF(value);
         PyTuple_SET_ITEM(grown, k, value);
+        untracked(grown);
         int set = PyDict_SetItem(index, key, grown);
         Py_DECREF(grown);
         if (set < 0)
@@ -673,7 +686,8 @@ static PyObject *fast_params(const char *semi, const char *end) {
                 goto not_plain;
         PyObject *name = ascii(item, name_end - item);
         PyObject *value = eq == NULL ? Py_NewRef(Py_None) : ascii(eq + 1, item_end - eq - 1);
-        PyObject *pair = name != NULL && value != NULL ? PyTuple_Pack(2, name, value) : NULL;
+        PyObject *pair =
+            name != NULL && value != NULL ? untracked(PyTuple_Pack(2, name, value)) : NULL;
         Py_XDECREF(name);
         Py_XDECREF(value);
         if (pair == NULL) {
@@ -683,7 +697,7 @@ static PyObject *fast_params(const char *semi, const char *end) {
         PyTuple_SET_ITEM(params, i, pair);
         item = item_end + 1;
     }
-    return params;
+    return untracked(params);
 not_plain:
     Py_DECREF(params);
     Py_RETURN_NONE;
@@ -862,10 +876,15 @@ static Py_ssize_t item_lines_size(PyObject *const *items, Py_ssize_t count) {
 }
 
 /* Writes the items checked by `item_lines_size` at `out` as "name: value\r\n" lines but
- * Content-Length; returns the end of what it wrote. */
+ * Content-Length; returns the end of what it wrote. Each item, a tuple of two str, is also
+ * `untracked` (those a response was made of in Python: the ones it keeps while its transaction
+ * lingers are then none of the collector's work). */
 static char *put_item_lines(char *out, PyObject *const *items, Py_ssize_t count) {
     for (Py_ssize_t i = 0; i < count; i++) {
         PyObject *name = PyTuple_GET_ITEM(items[i], 0), *value = PyTuple_GET_ITEM(items[i], 1);
+        if (PyTuple_CheckExact(items[i]) && PyUnicode_CheckExact(name) &&
+            PyUnicode_CheckExact(value))
+            untracked(items[i]);
         Py_ssize_t name_len = PyUnicode_GET_LENGTH(name), value_len = PyUnicode_GET_LENGTH(value);
         if (name_len == 14 && memcmp(PyUnicode_DATA(name), "Content-Length", 14) == 0)
             continue;

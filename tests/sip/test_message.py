@@ -823,3 +823,69 @@ def test_mutated_messages_only_parse_or_refuse(data: bytes) -> None:
     assume(crash_free(data))
     check(data)
     check(data, stream=True)
+
+
+def _parsed(message: Request) -> dict[str, object]:
+    return {
+        "via": message.top_via,
+        "from": message.from_,
+        "to": message.to,
+        "call-id": message.call_id,
+        "cseq": message.cseq,
+        "contact": tuple(message.contacts),
+    }
+
+
+def _kept(headers: Headers) -> dict[str, bool]:
+    """Which core headers' parsed values are kept."""
+    return {
+        "via": headers.parsed_via is not None,
+        "from": headers.parsed_from is not None,
+        "to": headers.parsed_to is not None,
+        "call-id": headers.parsed_call_id is not None,
+        "cseq": headers.parsed_cseq is not None,
+    }
+
+
+def _replaced(headers: Headers, name: str, value: str) -> None:
+    """The first line of `name` replaced in place, the way `replaced_first` is told of it."""
+    at = next(i for i, (k, _) in enumerate(headers.items) if k == name)
+    headers.items[at] = (name, value)
+    headers.replaced_first(name, value)
+
+
+def test_an_edit_forgets_what_was_parsed_of_the_header_it_edits() -> None:
+    """The core headers' parsed values (`Headers.parsed_*`, issue 18) follow every edit of
+    their header, as the other headers' (`memo`) do; replacing or adding a line keeps what
+    was parsed of the other headers, other edits forget it all (parsed again when read)."""
+    edits = [
+        ("via", True, lambda h: _replaced(h, "Via", "SIP/2.0/UDP y;branch=z9hG4bKy")),
+        ("via", False, lambda h: h.prepend("Via", "SIP/2.0/UDP x;branch=z9hG4bKx")),
+        ("from", False, lambda h: h.set("From", "<sip:f@x>;tag=f2")),
+        ("from", True, lambda h: _replaced(h, "From", "<sip:f@x>;tag=f3")),
+        ("to", True, lambda h: _replaced(h, "To", "<sip:t@x>;tag=t2")),
+        ("call-id", True, lambda h: _replaced(h, "Call-ID", "other")),
+        ("cseq", True, lambda h: _replaced(h, "CSeq", "7 INVITE")),
+        ("contact", True, lambda h: h.add("Contact", "<sip:c2@x>")),
+    ]
+    forgetting = [Headers.changed, Headers.compact]
+    edits += [("via", False, forget) for forget in forgetting]
+    for key, keeps_others, edit in edits:
+        message = request(F1_INVITE)
+        before = _parsed(message)
+        assert all(_kept(message.headers).values())
+        edit(message.headers)
+        kept = _kept(message.headers)
+        assert kept.pop(key, False) is False, key
+        assert set(kept.values()) == {keeps_others}, key
+        after = _parsed(message)
+        assert after == _parsed(request(message.serialize())), key
+        if edit in forgetting:  # (the lines as they were)
+            assert after == before
+        else:
+            assert after[key] != before[key], key
+    message = request(F1_INVITE)
+    before = _parsed(message)
+    copied = Request(method=message.method, uri=message.uri, headers=message.headers.copy())
+    assert all(_kept(copied.headers).values())
+    assert all(_parsed(copied)[k] is before[k] for k in ("via", "from", "to", "cseq"))

@@ -12,6 +12,7 @@ random mutations of them (bytes flipped, inserted, deleted; lines repeated, fold
 from __future__ import annotations
 
 import contextlib
+import gc
 import random
 from pathlib import Path
 from typing import Any
@@ -636,3 +637,48 @@ def test_name_addr_on_the_corpus_and_mutations() -> None:
 def test_name_addr_takes_str() -> None:
     with pytest.raises(TypeError):
         _csipmsg.name_addr(b"<sip:a@b>")
+
+
+@contextlib.contextmanager
+def no_collection() -> Any:
+    """The cyclic collector off: a collection would untrack the tuples it walks by itself."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def test_the_pairs_a_message_keeps_are_out_of_the_collectors_lists() -> None:
+    """The tuples of str that C makes - a message's items and index, a Via's parameters - and
+    the items of a response written in C are untracked at birth (what the collector would do
+    at its first collection, after walking them; issue 18), a tuple holding anything else not."""
+    with no_collection():
+        unique = str(random.Random().getrandbits(64))  # lines no cache holds yet
+        data = SIPP_INVITE.replace(b"1-1234@", f"{unique}@".encode()).replace(
+            b"z9hG4bK-1-1-0", f"z9hG4bK-{unique}".encode()
+        )
+        request = parse_message(data)
+        assert isinstance(request, Request)
+        assert request.call_id == f"{unique}@127.0.0.1"
+        assert request.headers._index is not None
+        tuples = [*request.headers.items, *request.headers._index.values()]
+        assert not any(gc.is_tracked(item) for item in tuples)
+        params = request.top_via.params
+        assert params == (("branch", f"z9hG4bK-{unique}"),)
+        assert not gc.is_tracked(params) and not gc.is_tracked(params[0])
+
+        class Pair(tuple[str, str]):  # (its instances have a __dict__: a cycle may run there)
+            pass
+
+        response = sipmsg.make_response(request, 200, to_tag=unique)
+        response.headers.add("Contact", f"<sip:{unique}@127.0.0.1>")
+        response.headers.items.append(Pair(("X-Odd", unique)))
+        fresh = [item for item in response.headers.items if gc.is_tracked(item)]
+        assert len(fresh) >= 3  # (the To with its tag, the Contact, the X-Odd: made anew)
+        assert response.serialize() == response.serialize_python(["SIP/2.0 200 OK\r\n"])
+        tracked = [item for item in response.headers.items if gc.is_tracked(item)]
+        assert tracked == [("X-Odd", unique)]
+        assert type(tracked[0]) is Pair

@@ -9,6 +9,7 @@ CSeq of incoming ones (lower than the last one -> 500, s12.2.2).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
 from sipbridge.sip.errors import SipProtocolError
 from sipbridge.sip.headers import Address, Via, tagged_address
@@ -17,7 +18,7 @@ from sipbridge.sip.tokens import token_hex
 from sipbridge.sip.transaction import TimerSettings, new_branch
 from sipbridge.sip.uri import Uri
 
-TARGET_REFRESH = frozenset({"INVITE", "UPDATE"})  # s12.2, RFC 3311
+TARGET_REFRESH: Final = frozenset({"INVITE", "UPDATE"})  # s12.2, RFC 3311
 
 
 def new_tag() -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Final
 
 from mypy_extensions import mypyc_attr
 
@@ -48,7 +49,7 @@ SUPPORTED = ("timer",)
 ACCEPT = ("application/sdp",)
 MAX_TRANSACTIONS = 100_000
 # what a request must carry for us to answer it at all (s8.1.1): (key, name)
-_CORE_HEADERS = (
+_CORE_HEADERS: Final = (
     ("via", "Via"),
     ("from", "From"),
     ("to", "To"),
@@ -56,7 +57,7 @@ _CORE_HEADERS = (
     ("cseq", "CSeq"),
 )
 # how the datagrams of the requests that `Admission` limits begin (RFC 3261 s7.1 Request-Line)
-_LIMITED_STARTS = tuple(f"{method} ".encode() for method in sorted(LIMITED_METHODS))
+_LIMITED_STARTS: Final = tuple(f"{method} ".encode() for method in sorted(LIMITED_METHODS))
 
 
 @dataclass(frozen=True, slots=True)

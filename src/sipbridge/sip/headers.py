@@ -24,13 +24,13 @@ import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, Final, cast
 
 from sipbridge.sip.errors import SipProtocolError
 from sipbridge.sip.uri import Uri, parse_uri
 
 TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
-MAGIC_COOKIE = "z9hG4bK"  # RFC 3261 s8.1.1.7
+MAGIC_COOKIE: Final = "z9hG4bK"  # RFC 3261 s8.1.1.7
 
 
 def _bad(detail: str) -> SipProtocolError:
@@ -227,10 +227,11 @@ if os.environ.get("SIPBRIDGE_NO_CSIPMSG", "") in ("", "0"):
 
 # Addresses and CSeqs parsed, by their text (bounded: cleared when full). Plain dictionaries
 # rather than `lru_cache`: compiled, a lookup here is a native one, a cached function's call a
-# generic one (the From and To of every message; issue 18).
-_ADDRESSES: dict[str, Address] = {}
-_CSEQS: dict[str, CSeq] = {}
-_MAX_CACHED = 4096
+# generic one (the From and To of every message; issue 18). Final, as the module's other constants
+# read on every message: compiled, a C static read, not a search of the module's dictionary.
+_ADDRESSES: Final[dict[str, Address]] = {}
+_CSEQS: Final[dict[str, CSeq]] = {}
+_MAX_CACHED: Final = 4096
 
 
 def parse_address(value: str) -> Address:
@@ -512,7 +513,7 @@ class CSeq:
         return f"{self.seq} {self.method}"
 
 
-_CSEQ = re.compile(r"\s*([0-9]{1,10})\s+([A-Za-z0-9\-.!%*_+`'~]+)\s*")
+_CSEQ: Final = re.compile(r"\s*([0-9]{1,10})\s+([A-Za-z0-9\-.!%*_+`'~]+)\s*")
 
 
 def parse_cseq(value: str) -> CSeq:

@@ -19,7 +19,7 @@ import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, Final, cast
 
 from sipbridge.sip.errors import SipProtocolError
 from sipbridge.sip.headers import (
@@ -33,7 +33,7 @@ from sipbridge.sip.headers import (
 )
 from sipbridge.sip.uri import Uri, parse_uri
 
-SIP_VERSION = "SIP/2.0"
+SIP_VERSION: Final = "SIP/2.0"
 MAX_LINE = 8 * 1024
 MAX_HEADERS = 128
 MAX_MESSAGE = 64 * 1024
@@ -132,7 +132,7 @@ LIST_HEADERS = frozenset(
 )
 _TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
 _STATUS = re.compile(r"SIP/2\.0 ([1-6][0-9][0-9]) ([^\r\n]*)")
-REASONS = {
+REASONS: Final = {
     100: "Trying",
     180: "Ringing",
     181: "Call Is Being Forwarded",
@@ -179,13 +179,13 @@ REASONS = {
 # look up (compiled, their literals are interned), found by identity instead of compared
 # character by character, some 130 lookups a call (issue 18). Only these: a name a peer
 # invents is not interned.
-_INTERNED_KEYS = {key: sys.intern(key) for key in _CANONICAL}
+_INTERNED_KEYS: Final = {key: sys.intern(key) for key in _CANONICAL}
 
 # Status codes as text, made once (an int written out in decimal each response, otherwise)
-_STATUS_TEXT = {status: str(status) for status in range(100, 700)}
+_STATUS_TEXT: Final = {status: str(status) for status in range(100, 700)}
 
 # Header names -> their canonical form (bounded; a dictionary for the reason `_KEYS` is one)
-_CANONICAL_NAMES: dict[str, str] = {}
+_CANONICAL_NAMES: Final[dict[str, str]] = {}
 
 
 def canonical_name(name: str) -> str:
@@ -215,7 +215,7 @@ def _bad(detail: str) -> SipProtocolError:
 # Header names asked for -> their keys (bounded). A plain dictionary rather than `lru_cache`:
 # compiled, a lookup here is a native call, a cached function's a generic one, and headers are
 # looked up by name many times a message (issue 18).
-_KEYS: dict[str, str] = {}
+_KEYS: Final[dict[str, str]] = {}
 
 
 def header_key(name: str) -> str:
@@ -243,9 +243,10 @@ class Headers:
     their canonical form, others as received; lookups ignore case.
 
     The first lookup indexes the lines by name in one pass, and the accessors of `Message`
-    keep what they parsed (`memo`): a message's core headers are read many times on their way
-    through the stack and parsed once. The methods below keep both up to date; code that edits
-    `items` in place calls `changed()` afterwards.
+    keep what they parsed (the core headers' in fields of their own, the others' in `memo`): a
+    message's core headers are read many times on their way through the stack and parsed once.
+    The methods below keep them all up to date; code that edits `items` in place calls
+    `changed()` afterwards.
 
     `wire`, when set, is (n, text): the first n items as they serialise, made once for several
     messages (`EchoedHeaders`); only appending keeps it, any other edit forgets it.
@@ -259,6 +260,13 @@ class Headers:
     # by the first accessor (most responses we build are never read, only sent)
     memo: dict[str, Any] | None = field(repr=False, compare=False)
     wire: tuple[int, str] | None = field(repr=False, compare=False)
+    # What the accessors parsed of the core headers (Via: the top one), read a dozen times a
+    # call each: fields, found at once, not entries of `memo` searched for (issue 18)
+    parsed_via: Via | None = field(repr=False, compare=False)
+    parsed_from: Address | None = field(repr=False, compare=False)
+    parsed_to: Address | None = field(repr=False, compare=False)
+    parsed_cseq: CSeq | None = field(repr=False, compare=False)
+    parsed_call_id: str | None = field(repr=False, compare=False)
 
     def __init__(
         self,
@@ -271,6 +279,8 @@ class Headers:
         self._index = _index
         self.memo = memo
         self.wire = wire
+        self.parsed_via = self.parsed_from = self.parsed_to = self.parsed_cseq = None
+        self.parsed_call_id = None
 
     def parsed(self) -> dict[str, Any]:
         """`memo`, made when first needed."""
@@ -327,20 +337,39 @@ class Headers:
         if index is not None:
             lines = index.get(key)
             index[key] = (value,) if lines is None else (value, *lines[1:])
-        if self.memo is not None:
+        self._forget(key)
+
+    def _forget(self, key: str) -> None:
+        """What was parsed of the header of key `key`."""
+        if key == "via":
+            self.parsed_via = None
+        elif key == "from":
+            self.parsed_from = None
+        elif key == "to":
+            self.parsed_to = None
+        elif key == "cseq":
+            self.parsed_cseq = None
+        elif key == "call-id":
+            self.parsed_call_id = None
+        elif self.memo is not None:
             self.memo.pop(key, None)
+
+    def _forget_all(self) -> None:
+        self.memo = None
+        self.parsed_via = self.parsed_from = self.parsed_to = self.parsed_cseq = None
+        self.parsed_call_id = None
 
     def changed(self) -> None:
         """`items` was edited in place: forget the index, what was parsed and `wire`."""
         self._index = None
-        self.memo = None
+        self._forget_all()
         self.wire = None
 
     def compact(self) -> None:
         """Forget the index and what was parsed (made again if read again): for a message kept
         only in case its peer retransmits, 32 s in a transaction, as few objects as can be."""
         self._index = None
-        self.memo = None
+        self._forget_all()
 
     def add(self, name: str, value: str) -> None:
         canonical = canonical_name(name)
@@ -350,8 +379,7 @@ class Headers:
             key = canonical.lower()
             lines = index.get(key)
             index[key] = (value,) if lines is None else (*lines, value)
-            if self.memo is not None:
-                self.memo.pop(key, None)
+            self._forget(key)
 
     def set(self, name: str, value: str) -> None:
         """Replace every line of a header with one, at the position of the first."""
@@ -376,12 +404,16 @@ class Headers:
         self.items.insert(0, (canonical_name(name), value))
 
     def copy(self) -> Headers:
-        return Headers(
+        copied = Headers(
             list(self.items),
             None if self._index is None else dict(self._index),
             None if self.memo is None else dict(self.memo),
             self.wire,
         )
+        copied.parsed_via, copied.parsed_from = self.parsed_via, self.parsed_from
+        copied.parsed_to, copied.parsed_cseq = self.parsed_to, self.parsed_cseq
+        copied.parsed_call_id = self.parsed_call_id
+        return copied
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         return iter(self.items)
@@ -397,7 +429,8 @@ class Message:
         self.body = body
 
     # -- structured accessors (raise SipProtocolError(400) when malformed) ---------------
-    # Each parses its header once per message (`Headers.memo`, keyed by the header's key).
+    # Each parses its header once per message (the core headers' `Headers.parsed_*`, the others'
+    # `Headers.memo`, keyed by the header's key).
 
     def _required(self, key: str, name: str) -> str:
         """The value of a single-valued header, found by its key (`header_key(name)`, which
@@ -414,34 +447,34 @@ class Message:
 
     @property
     def call_id(self) -> str:
-        memo = self.headers.parsed()
-        value = memo.get("call-id")
+        headers = self.headers
+        value = headers.parsed_call_id
         if value is None:
-            value = memo["call-id"] = self._required("call-id", "Call-ID")
+            value = headers.parsed_call_id = self._required("call-id", "Call-ID")
         return value
 
     @property
     def cseq(self) -> CSeq:
-        memo = self.headers.parsed()
-        value = memo.get("cseq")
+        headers = self.headers
+        value = headers.parsed_cseq
         if value is None:
-            value = memo["cseq"] = parse_cseq(self._required("cseq", "CSeq"))
+            value = headers.parsed_cseq = parse_cseq(self._required("cseq", "CSeq"))
         return value
 
     @property
     def from_(self) -> Address:
-        memo = self.headers.parsed()
-        value = memo.get("from")
+        headers = self.headers
+        value = headers.parsed_from
         if value is None:
-            value = memo["from"] = parse_address(self._required("from", "From"))
+            value = headers.parsed_from = parse_address(self._required("from", "From"))
         return value
 
     @property
     def to(self) -> Address:
-        memo = self.headers.parsed()
-        value = memo.get("to")
+        headers = self.headers
+        value = headers.parsed_to
         if value is None:
-            value = memo["to"] = parse_address(self._required("to", "To"))
+            value = headers.parsed_to = parse_address(self._required("to", "To"))
         return value
 
     @property
@@ -450,8 +483,7 @@ class Message:
 
     @property
     def top_via(self) -> Via:
-        memo = self.headers.parsed()
-        value = memo.get("via")
+        value = self.headers.parsed_via
         if value is None:
             lines = self.headers._lines().get("via")
             if lines is None:
@@ -462,7 +494,7 @@ class Message:
                 if not values:
                     raise _bad("missing Via header")
                 first = values[0]
-            value = memo["via"] = parse_via(first)
+            value = self.headers.parsed_via = parse_via(first)
         return value
 
     @property
@@ -978,8 +1010,7 @@ def make_response(
     if lines is not None:
         value = lines[0]
         if to_tag and status != 100:
-            memo = headers.memo
-            to = memo.get("to") if memo is not None and len(lines) == 1 else None
+            to = headers.parsed_to if len(lines) == 1 else None
             if (to or parse_address(value)).tag is None:
                 # the echoed To gains a tag: a header parameter, after the address as received
                 value = f"{value};tag={to_tag}"

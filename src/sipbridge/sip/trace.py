@@ -27,7 +27,7 @@ import re
 from collections import OrderedDict, deque
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from sipbridge.sip.message import C_MESSAGE
 from sipbridge.sip.pcap import Packet, write_pcap
@@ -40,7 +40,7 @@ MAX_CALLS = 10_000
 MAX_BYTES = 64 * 1024 * 1024
 MAX_AGE_S = 24 * 3600.0
 # What one kept message costs beyond its bytes (the entry and its tuple), for the total budget.
-ENTRY_OVERHEAD = 120
+ENTRY_OVERHEAD: Final = 120
 RTP_PACKETS = 30_000
 
 # RFC 3261 s25.1 and s7.3.3: header names are case-insensitive, "i" is Call-ID's compact form.
@@ -50,7 +50,7 @@ _CALL_ID = re.compile(rb"\r\n(?:call-id|i)[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECAS
 _CANONICAL = b"\r\nCall-ID: "  # what most peers, and we, send: found without the regex
 # The canonical case in C (`_csipmsg.call_id`: one search for each of the three, instead of
 # three generic method calls on bytes), where built; None: `call_id_of` alone.
-_ccall_id: Any = None if C_MESSAGE is None else C_MESSAGE.call_id
+_ccall_id: Final[Any] = None if C_MESSAGE is None else C_MESSAGE.call_id
 
 
 # How a trace keeps a message: a plain tuple of (time, outgoing, transport, local host, local
@@ -280,7 +280,7 @@ class CallTraces:
         remote: tuple[str, int],
     ) -> None:
         """Keep one message that crossed the socket (the hot path: every SIP message)."""
-        ccall_id = _ccall_id  # (a module's variable, compiled: a dictionary lookup each read)
+        ccall_id = _ccall_id
         found = None if ccall_id is None else ccall_id(data)
         call_id = found if found is not None else call_id_of(data, canonical=ccall_id is None)
         if call_id is None:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from math import inf
+from typing import Final
 
 from sipbridge.sip.headers import MAGIC_COOKIE
 from sipbridge.sip.message import Request, Response, make_response, parse_message
@@ -128,7 +129,7 @@ CLIENT_NON_INVITE: Table = {
     (S.COMPLETED, In.LINGER_TIMER): ((), S.TERMINATED),  # Timer K
 }
 
-SERVER_INVITE: Table = {
+SERVER_INVITE: Final[Table] = {
     (S.PROCEEDING, In.REQUEST): ((A.RESEND_LAST,), S.PROCEEDING),
     (S.PROCEEDING, In.TU_PROVISIONAL): ((A.SEND,), S.PROCEEDING),
     (S.PROCEEDING, In.TU_SUCCESS): ((A.SEND,), S.ACCEPTED),
@@ -148,7 +149,7 @@ SERVER_INVITE: Table = {
     (S.ACCEPTED, In.TRANSPORT_ERROR): ((A.TRANSPORT_FAILED,), S.ACCEPTED),  # RFC 6026 fig. 7
 }
 
-SERVER_NON_INVITE: Table = {
+SERVER_NON_INVITE: Final[Table] = {
     (S.TRYING, In.REQUEST): ((), S.TRYING),
     (S.TRYING, In.TU_PROVISIONAL): ((A.SEND,), S.PROCEEDING),
     (S.TRYING, In.TU_SUCCESS): ((A.SEND,), S.COMPLETED),
@@ -178,8 +179,8 @@ def steps_of(table: Table) -> Steps:
 
 CLIENT_INVITE_STEPS = steps_of(CLIENT_INVITE)
 CLIENT_NON_INVITE_STEPS = steps_of(CLIENT_NON_INVITE)
-SERVER_INVITE_STEPS = steps_of(SERVER_INVITE)
-SERVER_NON_INVITE_STEPS = steps_of(SERVER_NON_INVITE)
+SERVER_INVITE_STEPS: Final = steps_of(SERVER_INVITE)
+SERVER_NON_INVITE_STEPS: Final = steps_of(SERVER_NON_INVITE)
 
 
 # -- events ---------------------------------------------------------------------------------

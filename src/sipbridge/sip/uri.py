@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
+from typing import Final
 from urllib.parse import unquote
 
 from sipbridge.sip.errors import SipProtocolError
@@ -138,8 +139,8 @@ class Uri:
 # URIs parsed, by their text (bounded: cleared when full). A plain dictionary rather than
 # `lru_cache`: compiled, a lookup here is a native one, a cached function's call a generic one
 # (every request's URI; issue 18).
-_URIS: dict[str, Uri] = {}
-_MAX_URIS = 4096
+_URIS: Final[dict[str, Uri]] = {}
+_MAX_URIS: Final = 4096
 
 
 def parse_uri(text: str) -> Uri:

@@ -46,7 +46,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from sipbridge.sip.dialog import AnswerRetransmitter, Dialog
 from sipbridge.sip.digest import DigestClient
@@ -140,7 +140,7 @@ TRANSITIONS: dict[tuple[State, Input], State] = {
     (S.ENDING, In.BYE_DONE): S.TERMINATED,
     **{(state, In.CLOSE): S.TERMINATED for state in State if state is not S.TERMINATED},
 }
-LIVE_DIALOG = frozenset({S.ANSWERED, S.CONFIRMED})
+LIVE_DIALOG: Final = frozenset({S.ANSWERED, S.CONFIRMED})
 
 
 def _by_state(table: dict[tuple[State, Input], State]) -> dict[State, dict[Input, State]]:
@@ -152,7 +152,7 @@ def _by_state(table: dict[tuple[State, Input], State]) -> dict[State, dict[Input
     return steps
 
 
-_STEPS = _by_state(TRANSITIONS)
+_STEPS: Final = _by_state(TRANSITIONS)
 
 
 # -- events -----------------------------------------------------------------------------------
