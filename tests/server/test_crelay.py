@@ -203,9 +203,9 @@ def state(leg: CallMedia) -> dict[str, Any]:
 
 @pytest.fixture(params=["uring", "recvmmsg"])
 def relay_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """The engine's two modes (`_crelay.c`): its system calls batched with io_uring, and
-    recvmmsg/sendmmsg (`SIPBRIDGE_CRELAY_URING=0`, or where io_uring is refused). Read as an
-    engine starts."""
+    """The engine's two modes (`_crelay.c`): its system calls batched with io_uring
+    (`SIPBRIDGE_CRELAY_URING=1`), and recvmmsg/sendmmsg (the default, and where io_uring is
+    refused). Read as an engine starts."""
     monkeypatch.setenv("SIPBRIDGE_CRELAY_URING", "1" if request.param == "uring" else "0")
     return str(request.param)
 
