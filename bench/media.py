@@ -1027,8 +1027,9 @@ SERVER_COUNTERS = {
     "crelay_handed_back": "datagrams the engine handed to the event loop (first packets, DTMF)",
     "crelay_arms": "times a leg was given to the engine as a pure relay",
     "crelay_rounds": "the engine's wake-ups (each serves every socket ready by then)",
-    "crelay_recv_calls": "the engine's recvmmsg calls",
-    "crelay_send_calls": "the engine's sendmmsg calls",
+    "crelay_recv_calls": "the engine's recvmmsg calls (its io_uring mode: receives submitted)",
+    "crelay_send_calls": "the engine's sendmmsg calls (its io_uring mode: sends submitted)",
+    "crelay_enters": "the engine's io_uring_enter calls: its system calls besides epoll_wait",
 }
 
 

@@ -25,6 +25,10 @@
  * the rounds are batch_us apart again). The engine reads a socket only while its slot is armed;
  * a slot that hands a packet back stops being read (the event loop reads it again), and a full
  * queue pauses the sockets until Python takes it, so nothing handed back is ever dropped here.
+ *
+ * Asked for (SIPBRIDGE_CRELAY_URING=1) and where the kernel allows it, the receives and sends of a
+ * round go through io_uring instead, many sockets' in one system call (the io_uring mode:
+ * uring_round); recvmmsg/sendmmsg stay the default and the fallback.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -45,6 +49,17 @@
 #include <unistd.h>
 
 #include "_sockaddr.h"
+
+#if defined(__linux__) && defined(__has_include)
+#if __has_include(<linux/io_uring.h>)
+#include <linux/io_uring.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#if defined(__NR_io_uring_setup) && defined(__NR_io_uring_enter) && defined(IORING_FEAT_NODROP)
+#define SIPBRIDGE_URING 1 /* the io_uring mode (below) is built; the kernel decides at start */
+#endif
+#endif
+#endif
 
 #define READ_SIZE 2048   /* as server/media/ports.py: larger datagrams are truncated, dropped */
 #define BATCH 32         /* datagrams per recvmmsg */
@@ -104,6 +119,8 @@ typedef struct {
     uint32_t last_stamp;
     double last_stamp_at;
     int sent;
+    unsigned long long uring_round; /* the io_uring mode: the round its reads are counted in */
+    int uring_reads, uring_errors;
 } slot_t;
 
 typedef struct {
@@ -114,6 +131,8 @@ typedef struct {
     struct sockaddr_storage addr;
     unsigned char data[READ_SIZE];
 } entry_t;
+
+struct uring; /* the io_uring mode's ring and buffers, NULL in the recvmmsg mode */
 
 typedef struct {
     PyObject_HEAD
@@ -145,6 +164,10 @@ typedef struct {
     struct mmsghdr rmsgs[BATCH], smsgs[BATCH];
     struct iovec riov[BATCH], siov[BATCH];
     struct sockaddr_storage raddr[BATCH];
+    struct uring *uring;
+    int uring_errno;  /* why there is no ring, when one was asked for */
+    int uring_failed; /* the ring failed in use: back to recvmmsg/sendmmsg */
+    unsigned long long enters; /* io_uring_enter calls */
 } Engine;
 
 static double monotonic_now(void) {
@@ -411,6 +434,368 @@ static int serve_slot(Engine *e, int idx, slot_t *s) {
     }
 }
 
+/* -- the io_uring mode (opt-in: SIPBRIDGE_CRELAY_URING=1) ---------------------------------------- */
+/* The same rounds, the same checks and hand-backs, with the system calls batched across sockets
+ * (issue 18: at 800 relayed calls each socket has one datagram a round, so recvmmsg and sendmmsg
+ * moved one datagram per call - two system calls a packet). The engine still waits on epoll
+ * (edge-triggered, as above) for the ready sockets; then, a chunk of them at a time (up to
+ * URING_CHUNK receives, the lock held as serve_slot holds it for one socket), one io_uring_enter
+ * submits a receive (IORING_OP_RECVMSG, MSG_DONTWAIT: completed at once, -EAGAIN when empty) for
+ * each and waits for them, and a second one the sends (IORING_OP_SENDMSG, from the listener's
+ * socket) of the datagrams forwarded. A socket is read to -EAGAIN, as serve_slot reads it (UDP
+ * sets no IORING_CQE_F_SOCK_NONEMPTY, so the last receive of each socket is the empty one, as
+ * recvmmsg's is inside the kernel), and never past the room left in the queue: a socket with no
+ * room is paused as serve_slot pauses it. Per datagram the kernel does what it did (the UDP
+ * receive and send, and the operation's own setup); what goes is the system call around each -
+ * a tenth of the engine's CPU a packet, measured (the UDP work is the rest). Raw system calls
+ * (linux/io_uring.h), no liburing. Asked for (Engine(..., uring=True): SIPBRIDGE_CRELAY_URING=1;
+ * off by default until it is measured on a quiet machine - it holds the lock for a chunk of
+ * sockets, not one), io_uring_setup failing (ENOSYS, EPERM from a seccomp policy,
+ * kernel.io_uring_disabled) leaves the engine on recvmmsg/sendmmsg; counters()["uring"] says which, counters()["enters"] counts the
+ * io_uring_enter calls (recv_calls and send_calls count the operations in this mode). */
+
+#ifdef SIPBRIDGE_URING
+#define URING_CHUNK BATCH /* receives a submission makes (the lock is held for one chunk) */
+#define URING_OPS (2 * URING_CHUNK) /* a chunk's receives and the sends the previous ones made */
+#define URING_SEND 0x80000000u   /* user_data: a send (else a receive), and the buffer's index */
+
+struct uring {
+    int fd;
+    unsigned *sq_tail, *sq_mask, *sq_array, *cq_head, *cq_tail, *cq_mask;
+    struct io_uring_sqe *sqes;
+    struct io_uring_cqe *cqes;
+    void *sq_map, *cq_map, *sqe_map;
+    size_t sq_size, cq_size, sqe_size;
+    unsigned tail;     /* the next SQE's place (only the engine's thread writes SQEs) */
+    unsigned queued;   /* SQEs written and not yet taken by the kernel */
+    unsigned inflight; /* submitted and not yet reaped, with those queued */
+    /* buffer k (of 2 halves of URING_CHUNK: a chunk's receives go into one half while the
+     * sends of the previous receives leave from the other) */
+    unsigned char (*bufs)[READ_SIZE];
+    struct msghdr rmsg[URING_OPS], smsg[URING_OPS];
+    struct iovec riov[URING_OPS], siov[URING_OPS];
+    struct sockaddr_storage raddr[URING_OPS];
+    int res[URING_OPS];       /* a receive's result */
+    int send_from[URING_OPS]; /* the slot whose datagram a send carries */
+};
+
+static void uring_free(struct uring *u) {
+    if (u == NULL)
+        return;
+    if (u->sqe_map != NULL && u->sqe_map != MAP_FAILED)
+        munmap(u->sqe_map, u->sqe_size);
+    if (u->cq_map != NULL && u->cq_map != MAP_FAILED && u->cq_map != u->sq_map)
+        munmap(u->cq_map, u->cq_size);
+    if (u->sq_map != NULL && u->sq_map != MAP_FAILED)
+        munmap(u->sq_map, u->sq_size);
+    if (u->fd >= 0)
+        close(u->fd);
+    free(u->bufs);
+    free(u);
+}
+
+/* A ring for the engine, or NULL (errno set) where io_uring cannot be had. */
+static struct uring *uring_new(void) {
+    struct uring *u = calloc(1, sizeof(*u));
+    if (u == NULL)
+        return NULL;
+    u->fd = -1;
+    struct io_uring_params p;
+    memset(&p, 0, sizeof(p));
+    /* completions need no interrupt of the thread (kernel 5.19+, else plain). (Not
+     * SINGLE_ISSUER: the ring is made here, on Python's thread, and used on the engine's.) */
+    p.flags = IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN;
+    u->fd = (int)syscall(__NR_io_uring_setup, 2 * URING_OPS, &p);
+    if (u->fd < 0 && errno == EINVAL) {
+        memset(&p, 0, sizeof(p));
+        u->fd = (int)syscall(__NR_io_uring_setup, 2 * URING_OPS, &p);
+    }
+    if (u->fd < 0)
+        goto fail;
+    if (!(p.features & IORING_FEAT_NODROP) || p.cq_entries < 2 * URING_OPS) {
+        errno = ENOSYS; /* a kernel older than 5.5: not worth its quirks */
+        goto fail;
+    }
+    u->sq_size = p.sq_off.array + p.sq_entries * sizeof(unsigned);
+    u->cq_size = p.cq_off.cqes + p.cq_entries * sizeof(struct io_uring_cqe);
+    if (p.features & IORING_FEAT_SINGLE_MMAP) {
+        if (u->cq_size > u->sq_size)
+            u->sq_size = u->cq_size;
+        u->cq_size = u->sq_size;
+    }
+    u->sq_map = mmap(NULL, u->sq_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, u->fd,
+                     IORING_OFF_SQ_RING);
+    if (u->sq_map == MAP_FAILED)
+        goto fail;
+    if (p.features & IORING_FEAT_SINGLE_MMAP)
+        u->cq_map = u->sq_map;
+    else
+        u->cq_map = mmap(NULL, u->cq_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE,
+                         u->fd, IORING_OFF_CQ_RING);
+    if (u->cq_map == MAP_FAILED)
+        goto fail;
+    u->sqe_size = p.sq_entries * sizeof(struct io_uring_sqe);
+    u->sqe_map = mmap(NULL, u->sqe_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, u->fd,
+                      IORING_OFF_SQES);
+    if (u->sqe_map == MAP_FAILED)
+        goto fail;
+    char *sq = u->sq_map, *cq = u->cq_map;
+    u->sq_tail = (unsigned *)(sq + p.sq_off.tail);
+    u->sq_mask = (unsigned *)(sq + p.sq_off.ring_mask);
+    u->sq_array = (unsigned *)(sq + p.sq_off.array);
+    u->cq_head = (unsigned *)(cq + p.cq_off.head);
+    u->cq_tail = (unsigned *)(cq + p.cq_off.tail);
+    u->cq_mask = (unsigned *)(cq + p.cq_off.ring_mask);
+    u->cqes = (struct io_uring_cqe *)(cq + p.cq_off.cqes);
+    u->sqes = u->sqe_map;
+    u->bufs = malloc((size_t)READ_SIZE * URING_OPS);
+    if (u->bufs == NULL)
+        goto fail;
+    for (int k = 0; k < URING_OPS; k++) {
+        u->riov[k].iov_base = u->bufs[k];
+        u->riov[k].iov_len = READ_SIZE;
+        u->rmsg[k].msg_iov = &u->riov[k];
+        u->rmsg[k].msg_iovlen = 1;
+        u->rmsg[k].msg_name = &u->raddr[k];
+        u->siov[k].iov_base = u->bufs[k];
+        u->smsg[k].msg_iov = &u->siov[k];
+        u->smsg[k].msg_iovlen = 1;
+    }
+    return u;
+fail: {
+    int err = errno;
+    uring_free(u);
+    errno = err;
+    return NULL;
+}
+}
+
+static struct io_uring_sqe *uring_sqe(struct uring *u) {
+    unsigned at = u->tail++ & *u->sq_mask;
+    struct io_uring_sqe *sqe = &u->sqes[at];
+    memset(sqe, 0, sizeof(*sqe));
+    u->sq_array[at] = at;
+    u->queued++;
+    u->inflight++;
+    return sqe;
+}
+
+/* Submits what is queued and waits for every operation in flight; their results reaped into
+ * u->res (receives) and the sources' send errors. 0, or -1 when the ring failed. */
+static int uring_run(Engine *e, struct uring *u) {
+    __atomic_store_n(u->sq_tail, u->tail, __ATOMIC_RELEASE);
+    int failures = 0;
+    while (u->inflight > 0) {
+        unsigned head = *u->cq_head;
+        unsigned tail = __atomic_load_n(u->cq_tail, __ATOMIC_ACQUIRE);
+        if (u->queued > 0 || head == tail) {
+            long rc = syscall(__NR_io_uring_enter, u->fd, u->queued, u->inflight,
+                              IORING_ENTER_GETEVENTS, NULL, 0);
+            e->enters++;
+            if (rc < 0) {
+                if ((errno == EINTR || errno == EAGAIN || errno == EBUSY) && ++failures < 100)
+                    continue;
+                return -1;
+            }
+            u->queued -= (unsigned)rc < u->queued ? (unsigned)rc : u->queued;
+            continue;
+        }
+        for (; head != tail; head++) {
+            struct io_uring_cqe *cqe = &u->cqes[head & *u->cq_mask];
+            unsigned k = (unsigned)cqe->user_data;
+            if (k & URING_SEND) {
+                k &= ~URING_SEND;
+                if (cqe->res < 0 && k < URING_OPS) {
+                    /* a full socket buffer or an unreachable peer: dropped, never blocks */
+                    slot_t *s = e->slots[u->send_from[k]];
+                    if (s != NULL) {
+                        s->d_send_errors++;
+                        s->dirty = 1;
+                    }
+                }
+            } else if (k < URING_OPS) {
+                u->res[k] = cqe->res;
+            }
+            u->inflight--;
+        }
+        __atomic_store_n(u->cq_head, head, __ATOMIC_RELEASE);
+    }
+    return 0;
+}
+
+/* One pass over the ready sockets `ready[0..n)` (slot indices, valid under the lock, which the
+ * caller holds): `want[i]` receives for socket i, submitted together; the datagrams taken as
+ * serve_slot takes them, socket by socket in order; the sends of those forwarded submitted
+ * together. The sockets whose last receive found a datagram (not yet read to the end) are added
+ * to `again`. 1 when a socket was busy (a batch's worth read in this round), -1 when the ring
+ * failed (the engine goes back to recvmmsg; what this pass read and did not send is lost). */
+static int uring_serve(Engine *e, struct uring *u, const int *ready, const int *want, int n,
+                       int *again, int *n_again) {
+    int found = 0;
+    int busy = 0, nrecv = 0;
+    int slot_of[URING_CHUNK];
+    int room = QUEUE_SIZE - e->q_count; /* never more than the queue can take back */
+    for (int i = 0; i < n; i++) {
+        int idx = ready[i];
+        slot_t *s = e->slots[idx];
+        if (nrecv + want[i] > room) {
+            if (!s->paused) { /* as serve_slot: read again once Python takes the queue */
+                struct epoll_event ev = {.events = 0,
+                                         .data.u64 = ((uint64_t)s->gen << 32) | (uint32_t)idx};
+                epoll_ctl(e->epfd, EPOLL_CTL_MOD, s->fd, &ev);
+                s->paused = 1;
+                e->paused[e->n_paused++] = idx;
+                e->pauses++;
+            }
+            busy = 1;
+            continue;
+        }
+        for (int w = 0; w < want[i]; w++) {
+            int k = nrecv++;
+            u->rmsg[k].msg_namelen = sizeof(struct sockaddr_storage);
+            u->rmsg[k].msg_flags = 0;
+            struct io_uring_sqe *sqe = uring_sqe(u);
+            sqe->opcode = IORING_OP_RECVMSG;
+            sqe->fd = s->fd;
+            sqe->addr = (uint64_t)(uintptr_t)&u->rmsg[k];
+            sqe->len = 1;
+            sqe->msg_flags = MSG_DONTWAIT;
+            sqe->user_data = (uint64_t)k;
+            slot_of[k] = idx;
+            e->recv_calls++;
+        }
+    }
+    if (nrecv == 0)
+        return busy;
+    if (uring_run(e, u) < 0)
+        return -1;
+    double now = monotonic_now();
+    for (int k = 0; k < nrecv; k++) {
+        int idx = slot_of[k];
+        slot_t *s = e->slots[idx];
+        int len = u->res[k];
+        if (k + 1 == nrecv || slot_of[k + 1] != idx) { /* its last receive in this pass */
+            /* a datagram: not read to the end yet. An error (ICMP port unreachable for an
+             * earlier send and the like): nothing read, tried again as serve_slot tries. */
+            int more = len >= 0 || (len != -EAGAIN && len != -EWOULDBLOCK &&
+                                    (len == -EINTR || ++s->uring_errors < 4));
+            if (more && s->active && !s->paused)
+                again[found++] = idx; /* read again in this round */
+        }
+        if (len < 0)
+            continue;
+        e->moved++;
+        if (++s->uring_reads >= BATCH)
+            busy = 1; /* a flood, as a full recvmmsg batch is */
+        if ((u->rmsg[k].msg_flags & MSG_TRUNC) || len >= READ_SIZE) {
+            s->truncated++;
+            s->dirty = 1;
+            continue;
+        }
+        unsigned char *buf = u->bufs[k];
+        if (s->armed && relay_one(e, s, buf, len, &u->raddr[k], now)) {
+            e->forwarded++;
+            slot_t *t = e->slots[s->target];
+            if (t == NULL)
+                continue;
+            u->siov[k].iov_len = (size_t)len;
+            u->smsg[k].msg_name = &s->dest;
+            u->smsg[k].msg_namelen = s->dest_len;
+            u->send_from[k] = idx;
+            struct io_uring_sqe *sqe = uring_sqe(u);
+            sqe->opcode = IORING_OP_SENDMSG;
+            sqe->fd = t->fd;
+            sqe->addr = (uint64_t)(uintptr_t)&u->smsg[k];
+            sqe->len = 1;
+            sqe->msg_flags = MSG_DONTWAIT;
+            sqe->user_data = (uint64_t)k | URING_SEND;
+            e->send_calls++;
+        } else {
+            hand_back(e, idx, s, buf, len, &u->raddr[k], now);
+        }
+    }
+    *n_again += found;
+    if (u->inflight > 0 && uring_run(e, u) < 0)
+        return -1;
+    return busy;
+}
+
+/* A round: the ready sockets served in chunks (up to URING_CHUNK receives each, the lock held
+ * for one chunk, as it is held for one socket in serve_slot), a receive per socket; then the
+ * sockets that yielded a datagram to their last receive are served again - as many receives for
+ * a socket as it yielded so far in this round, up to BATCH - until every one was read to -EAGAIN,
+ * as serve_slot reads it (the sockets are edge-triggered: UDP sets no
+ * IORING_CQE_F_SOCK_NONEMPTY, so the empty receive is the one that says so). A socket that had
+ * one datagram costs two receives and a send, three operations in two submissions shared with
+ * the chunk's other sockets. A socket handed back is not read further here: the event loop reads
+ * what follows it, after the queue. 1 when a socket was busy. Should the ring fail, the engine
+ * goes on with serve_slot. */
+static int uring_round(Engine *e, struct epoll_event *events, int n, int *stop) {
+    int busy = 0;
+    unsigned long long round = e->rounds + 1;
+    static int todo[EVENTS];      /* the sockets to read in this pass (the engine's thread) */
+    static uint32_t gens[EVENTS]; /* and their slots' generations */
+    int n_todo = 0;
+    for (int i = 0; i < n; i++) {
+        uint64_t data = events[i].data.u64;
+        uint32_t idx = (uint32_t)data;
+        if (idx == WAKE_ID || idx >= MAX_SLOTS)
+            continue;
+        todo[n_todo] = (int)idx;
+        gens[n_todo++] = (uint32_t)(data >> 32);
+    }
+    while (n_todo > 0 && !*stop) {
+        int n_again = 0;
+        for (int i = 0; i < n_todo && !*stop;) {
+            int ready[URING_CHUNK], want[URING_CHUNK], nr = 0, ops = 0;
+            pthread_mutex_lock(&e->lock);
+            *stop = e->stop;
+            for (; i < n_todo && !*stop; i++) {
+                int idx = todo[i];
+                slot_t *s = e->slots[idx];
+                if (s == NULL || s->gen != gens[i] || !s->active || s->paused)
+                    continue;
+                if (e->uring == NULL) { /* failed below: the rest as before */
+                    busy |= serve_slot(e, idx, s);
+                    continue;
+                }
+                if (s->uring_round != round) {
+                    s->uring_round = round;
+                    s->uring_reads = s->uring_errors = 0;
+                }
+                /* never more than a chunk takes, or no chunk would ever take it */
+                int most = BATCH < URING_CHUNK ? BATCH : URING_CHUNK;
+                int w = s->uring_reads < 1 ? 1 : s->uring_reads > most ? most : s->uring_reads;
+                if (ops + w > URING_CHUNK)
+                    break;
+                ready[nr] = idx;
+                want[nr++] = w;
+                ops += w;
+            }
+            if (nr > 0) {
+                /* the sockets to read again are kept in place: as many as were read, at most */
+                int first = n_again;
+                int rc = uring_serve(e, e->uring, ready, want, nr, todo + n_again, &n_again);
+                for (int k = first; k < n_again; k++)
+                    gens[k] = e->slots[todo[k]]->gen;
+                if (rc < 0) {
+                    /* its operations may still be in flight on its buffers: never freed */
+                    e->uring = NULL;
+                    e->uring_failed = 1;
+                } else {
+                    busy |= rc;
+                }
+            }
+            pthread_mutex_unlock(&e->lock);
+        }
+        if (*stop || e->uring == NULL)
+            break;
+        n_todo = n_again;
+    }
+    return busy;
+}
+#endif
+
 /* How long after the start of this round the next one starts: batch_ns while a round finds
  * ROUND_TARGET datagrams or more at that pace, longer (up to sparse_ns) while traffic is sparse.
  * The pace is a moving average of the datagrams read per ns since the previous round began. */
@@ -449,6 +834,11 @@ static void *engine_thread(void *arg) {
         int busy = 0, stop = 0;
         struct timespec started;
         clock_gettime(CLOCK_MONOTONIC, &started);
+#ifdef SIPBRIDGE_URING
+        if (e->uring != NULL)
+            busy = uring_round(e, events, n, &stop);
+        else
+#endif
         /* The lock is taken per socket, not per round: Python (a sync, an arm) waits for one
          * socket's batch at most. */
         for (int i = 0; i < n && !stop; i++) {
@@ -518,11 +908,12 @@ static void lock_engine(Engine *e) {
 }
 
 static int Engine_init(Engine *self, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"ulaw_power", "alaw_power", "batch_us", "sparse_us", NULL};
+    static char *kwlist[] = {"ulaw_power", "alaw_power", "batch_us", "sparse_us", "uring", NULL};
     Py_buffer ulaw, alaw;
     long batch_us = 1000, sparse_us = -1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*y*|ll", kwlist, &ulaw, &alaw, &batch_us,
-                                     &sparse_us))
+    int want_uring = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*y*|llp", kwlist, &ulaw, &alaw, &batch_us,
+                                     &sparse_us, &want_uring))
         return -1;
     if (ulaw.len != 256 * sizeof(double) || alaw.len != 256 * sizeof(double)) {
         PyBuffer_Release(&ulaw);
@@ -573,11 +964,22 @@ static int Engine_init(Engine *self, PyObject *args, PyObject *kwds) {
         self->smsgs[i].msg_hdr.msg_iovlen = 1;
     }
     pthread_mutex_init(&self->lock, NULL);
+#ifdef SIPBRIDGE_URING
+    if (want_uring && (self->uring = uring_new()) == NULL)
+        self->uring_errno = errno;
+#else
+    if (want_uring)
+        self->uring_errno = ENOSYS;
+#endif
     return 0;
 }
 
 static void Engine_dealloc(Engine *self) {
     engine_stop(self);
+#ifdef SIPBRIDGE_URING
+    uring_free(self->uring); /* the thread is stopped: nothing in flight */
+    self->uring = NULL;
+#endif
     if (self->slots) {
         for (int i = 0; i < MAX_SLOTS; i++)
             free(self->slots[i]);
@@ -921,10 +1323,11 @@ static PyObject *Engine_notify_fd(Engine *self, PyObject *Py_UNUSED(ignored)) {
 static PyObject *Engine_counters(Engine *self, PyObject *Py_UNUSED(ignored)) {
     lock_engine(self);
     PyObject *out = Py_BuildValue(
-        "{sKsKsKsKsKsKsKsisl}", "rounds", self->rounds, "forwarded", self->forwarded,
+        "{sKsKsKsKsKsKsKsislsisKsisi}", "rounds", self->rounds, "forwarded", self->forwarded,
         "handed_back", self->handed_back, "queue_full", self->queue_full, "recv_calls",
         self->recv_calls, "send_calls", self->send_calls, "pauses", self->pauses, "queued",
-        self->q_count, "gap_us", self->gap_ns / 1000);
+        self->q_count, "gap_us", self->gap_ns / 1000, "uring", self->uring != NULL, "enters",
+        self->enters, "uring_errno", self->uring_errno, "uring_failed", self->uring_failed);
     pthread_mutex_unlock(&self->lock);
     return out;
 }

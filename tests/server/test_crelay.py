@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -199,11 +201,34 @@ def state(leg: CallMedia) -> dict[str, Any]:
     }
 
 
+@pytest.fixture(params=["uring", "recvmmsg"])
+def relay_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The engine's two modes (`_crelay.c`): its system calls batched with io_uring
+    (`SIPBRIDGE_CRELAY_URING=1`), and recvmmsg/sendmmsg (the default, and where io_uring is
+    refused). Read as an engine starts."""
+    monkeypatch.setenv("SIPBRIDGE_CRELAY_URING", "1" if request.param == "uring" else "0")
+    return str(request.param)
+
+
+def require_mode(engine: crelay.RelayEngine, mode: str) -> None:
+    """The engine runs in `mode`; a skip where the kernel refuses io_uring (the other mode runs
+    there, and is tested as the `recvmmsg` one)."""
+    counters = engine.counters()
+    refused = (errno.ENOSYS, errno.EPERM, errno.EACCES, errno.EINVAL, errno.ENOMEM)
+    if mode == "uring" and not counters["uring"] and counters["uring_errno"] in refused:
+        pytest.skip(f"io_uring refused here: {os.strerror(counters['uring_errno'])}")
+    assert counters["uring"] == (mode == "uring"), counters
+
+
 @pytest.fixture
-async def bridges(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[Bridge, Bridge]]:
+async def bridges(
+    monkeypatch: pytest.MonkeyPatch, relay_mode: str
+) -> AsyncIterator[tuple[Bridge, Bridge]]:
     monkeypatch.setattr(crelay, "REARM_S", 0.02)  # back to the engine within a few packets
     engine, python = Bridge(engine=True), Bridge(engine=False)
     try:
+        assert engine.harness.svc.crelay is not None
+        require_mode(engine.harness.svc.crelay, relay_mode)
         yield engine, python
     finally:
         engine.close()
@@ -290,7 +315,7 @@ async def test_a_leg_leaves_the_engine_when_it_stops_being_a_pure_relay(
 
 
 async def test_the_engine_never_forwards_into_a_slot_it_removes(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, relay_mode: str
 ) -> None:
     """The engine's own guard (`Engine_remove`): a slot forwarding into one that is removed is
     disarmed there, even when the driver did not disarm it first. The engine looks for such
@@ -301,6 +326,7 @@ async def test_the_engine_never_forwards_into_a_slot_it_removes(
     try:
         engine = bridge.harness.svc.crelay
         assert isinstance(engine, EngineAlone)
+        require_mode(engine, relay_mode)
         sender = asyncio.create_task(paced(bridge.a, [bytes(FRAME)] * 100, ptime=0.01))
         await eventually(
             lambda: engine.counters()["armed"] == 1 and bridge.got["b"], "A relayed by the engine"

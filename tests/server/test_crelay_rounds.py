@@ -15,7 +15,9 @@ import pytest
 from sipbridge.server.media import crelay
 from tests.harness import eventually
 from tests.server.test_call_media import paced
-from tests.server.test_crelay import FRAME, Bridge
+from tests.server.test_crelay import FRAME, Bridge, relay_mode, require_mode
+
+__all__ = ["relay_mode"]  # the fixture (test_crelay.py): each test in both engine modes
 
 pytestmark = [
     pytest.mark.timeout(30),
@@ -43,10 +45,12 @@ async def burst(bridge: Bridge) -> None:
 
 
 @pytest.fixture
-async def bridge(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Bridge]:
+async def bridge(monkeypatch: pytest.MonkeyPatch, relay_mode: str) -> AsyncIterator[Bridge]:
     monkeypatch.setattr(crelay, "REARM_S", 0.02)  # to the engine within a few packets
     bridge = Bridge(engine=True)
     try:
+        assert bridge.harness.svc.crelay is not None
+        require_mode(bridge.harness.svc.crelay, relay_mode)
         yield bridge
     finally:
         bridge.close()
