@@ -26,9 +26,9 @@
  * a slot that hands a packet back stops being read (the event loop reads it again), and a full
  * queue pauses the sockets until Python takes it, so nothing handed back is ever dropped here.
  *
- * Asked for (SIPBRIDGE_CRELAY_URING=1) and where the kernel allows it, the receives and sends of a
+ * Where the kernel allows it (and unless SIPBRIDGE_CRELAY_URING=0), the receives and sends of a
  * round go through io_uring instead, many sockets' in one system call (the io_uring mode:
- * uring_round); recvmmsg/sendmmsg stay the default and the fallback.
+ * uring_round); recvmmsg/sendmmsg stay the fallback.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -434,7 +434,7 @@ static int serve_slot(Engine *e, int idx, slot_t *s) {
     }
 }
 
-/* -- the io_uring mode (opt-in: SIPBRIDGE_CRELAY_URING=1) ---------------------------------------- */
+/* -- the io_uring mode (the default; SIPBRIDGE_CRELAY_URING=0 turns it off) ----------------- */
 /* The same rounds, the same checks and hand-backs, with the system calls batched across sockets
  * (issue 18: at 800 relayed calls each socket has one datagram a round, so recvmmsg and sendmmsg
  * moved one datagram per call - two system calls a packet). The engine still waits on epoll
@@ -448,11 +448,13 @@ static int serve_slot(Engine *e, int idx, slot_t *s) {
  * room is paused as serve_slot pauses it. Per datagram the kernel does what it did (the UDP
  * receive and send, and the operation's own setup); what goes is the system call around each -
  * a tenth of the engine's CPU a packet, measured (the UDP work is the rest). Raw system calls
- * (linux/io_uring.h), no liburing. Asked for (Engine(..., uring=True): SIPBRIDGE_CRELAY_URING=1;
- * off by default until it is measured on a quiet machine - it holds the lock for a chunk of
- * sockets, not one), io_uring_setup failing (ENOSYS, EPERM from a seccomp policy,
- * kernel.io_uring_disabled) leaves the engine on recvmmsg/sendmmsg; counters()["uring"] says which, counters()["enters"] counts the
- * io_uring_enter calls (recv_calls and send_calls count the operations in this mode). */
+ * (linux/io_uring.h), no liburing. Asked for by default (Engine(..., uring=True);
+ * SIPBRIDGE_CRELAY_URING=0 turns it off). It holds the lock for a chunk of sockets, not one;
+ * measured beside the recvmmsg mode at 200-800 relayed calls (bench/media.py, a quiet machine):
+ * 0.82-0.92x its CPU a call at the same added latency. io_uring_setup failing (ENOSYS, EPERM from
+ * a seccomp policy, kernel.io_uring_disabled) leaves the engine on recvmmsg/sendmmsg;
+ * counters()["uring"] says which, counters()["enters"] counts the io_uring_enter calls
+ * (recv_calls and send_calls count the operations in this mode). */
 
 #ifdef SIPBRIDGE_URING
 #define URING_CHUNK BATCH /* receives a submission makes (the lock is held for one chunk) */

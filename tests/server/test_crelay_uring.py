@@ -1,10 +1,10 @@
 """The relay engine's io_uring mode (`_crelay.c`): the system calls of a round batched across
 sockets - each ready socket's receive, and the sends of what it forwarded, submitted together with
-one io_uring_enter, asked for with `SIPBRIDGE_CRELAY_URING=1` - and the recvmmsg/sendmmsg engine
-kept as the default and where io_uring cannot be had (a kernel or seccomp policy that refuses
-it). What both modes relay, and every counter they leave, is tests/server/test_crelay.py's, run
-in each mode; here the mode itself: which one runs, that it is reported, that the io_uring one
-batches."""
+one io_uring_enter, the default - and the recvmmsg/sendmmsg engine kept with
+`SIPBRIDGE_CRELAY_URING=0` and where io_uring cannot be had (a kernel or seccomp policy that
+refuses it). What both modes relay, and every counter they leave, is
+tests/server/test_crelay.py's, run in each mode; here the mode itself: which one runs, that it
+is reported, that the io_uring one batches."""
 
 from __future__ import annotations
 
@@ -161,11 +161,11 @@ def test_a_seccomp_policy_refusing_io_uring_leaves_the_engine_on_recvmmsg() -> N
     assert done.stdout.split() == ["0", str(errno.EPERM)]
 
 
-def test_the_io_uring_mode_is_asked_for_only_by_the_environment(
+def test_the_io_uring_mode_is_asked_for_unless_the_environment_turns_it_off(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv("SIPBRIDGE_CRELAY_URING", raising=False)
-    assert crelay.uring() is False  # off by default (its latency not yet measured quietly)
+    assert crelay.uring() is True  # on by default, where the kernel allows it
     monkeypatch.setenv("SIPBRIDGE_CRELAY_URING", "0")
     assert crelay.uring() is False
     monkeypatch.setenv("SIPBRIDGE_CRELAY_URING", "1")

@@ -20,8 +20,9 @@ report and media timeout (`CallMedia.get_timer`), quality, metrics, speakers, th
 Disarming does the same, so Python always continues from what the engine left.
 
 `SIPBRIDGE_NO_CRELAY=1`, or an engine that was not built, leaves every leg on the event loop.
-`SIPBRIDGE_CRELAY_URING=1` has the engine batch its system calls across sockets with io_uring
-where the kernel allows it (else recvmmsg/sendmmsg); `counters()["uring"]` says which mode runs.
+The engine batches its system calls across sockets with io_uring where the kernel allows it (else
+recvmmsg/sendmmsg, and always with `SIPBRIDGE_CRELAY_URING=0`); `counters()["uring"]` says which
+mode runs.
 """
 
 from __future__ import annotations
@@ -61,10 +62,12 @@ def available() -> bool:
 
 def uring() -> bool:
     """Whether the engine is asked to batch its system calls with io_uring (`_crelay.c`'s io_uring
-    mode, `SIPBRIDGE_CRELAY_URING=1`; off by default: a tenth of the engine's CPU a packet, not yet
-    measured for its latency on a quiet machine). The engine falls back by itself where the kernel
-    refuses io_uring: `counters()["uring"]` says what it runs."""
-    return os.environ.get("SIPBRIDGE_CRELAY_URING", "") == "1"
+    mode): yes unless `SIPBRIDGE_CRELAY_URING=0`. Beside rtpengine on a quiet machine
+    (`bench/media.py`, 200-800 relayed calls) it took 0.82-0.92x the recvmmsg/sendmmsg mode's CPU
+    a call at the same added latency. The engine falls back by itself where the kernel refuses
+    io_uring (ENOSYS, a seccomp policy, kernel.io_uring_disabled): `counters()["uring"]` says what
+    it runs."""
+    return os.environ.get("SIPBRIDGE_CRELAY_URING", "1") != "0"
 
 
 def new_sender() -> Any:
