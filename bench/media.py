@@ -970,6 +970,21 @@ def generator_main(opts: argparse.Namespace) -> int:
 # -- the orchestrator ---------------------------------------------------------------------------
 
 
+def pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of `pid` on `cpus` (threads it makes later inherit the mask of their maker)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(int(task.name), cpus)
+
+
+def pinned_cpus(args: argparse.Namespace) -> tuple[set[int], set[int]] | None:
+    """--pin: the relay (sipbridge or rtpengine) on the last CPU, the generator on the others."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if not args.pin or len(cpus) < 2:
+        return None
+    return {cpus[-1]}, set(cpus[:-1])
+
+
 def run_generator(
     *,
     calls: int,
@@ -992,6 +1007,9 @@ def run_generator(
     ]
     limit = calls / args.cps * 2 + seconds + args.warmup + 60
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    cpus = pinned_cpus(args)
+    if cpus is not None:
+        pin(proc.pid, cpus[1])
     try:
         out, err = proc.communicate(timeout=limit)
     except subprocess.TimeoutExpired:
@@ -1428,11 +1446,15 @@ def orchestrate(args: argparse.Namespace) -> int:
                 )
                 daemon.start().close()
                 assert daemon.proc is not None
+                if (cpus := pinned_cpus(args)) is not None:
+                    pin(daemon.proc.pid, cpus[0])
                 peers.append(Peer(label, daemon.proc.pid, ng_port=ng_port))
                 continue
             src = args.before_src if label == "before" else ""
             server = servers[label] = start_sipbridge(tmp, label, ranges[label], src)
             assert server.proc is not None
+            if (cpus := pinned_cpus(args)) is not None:
+                pin(server.proc.pid, cpus[0])
             asyncio.run(create_rule(server.url))
             peers.append(Peer(label, server.proc.pid, sip=sipbridge_sip(server), url=server.url))
         pids = [p.pid for p in peers]
@@ -1521,6 +1543,7 @@ def orchestrate(args: argparse.Namespace) -> int:
         "bench": "media",
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
+        "pinned": pinned_cpus(args) is not None,
         "seconds_per_step": args.seconds,
         "slots": args.slots,
         "rounds": args.rounds,
@@ -1562,6 +1585,11 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=1, help="the whole ladder, this many times")
     parser.add_argument("--rtpengine-threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--keep", action="store_true", help="keep the server log")
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="each relay (sipbridge, rtpengine) on the last CPU, the generator on the others",
+    )
     parser.add_argument(
         "--engine",
         choices=("c", "python"),
