@@ -8,7 +8,7 @@ import ipaddress
 
 import pytest
 
-from sipbridge.sip.admission import Admission, Verdict
+from sipbridge.sip.admission import Admission, Verdict, source_key
 from sipbridge.sip.endpoint import Peer, SipEndpoint
 
 
@@ -68,6 +68,45 @@ def test_memory_is_bounded() -> None:
 
 
 @pytest.mark.parametrize(
+    ("source", "key"),
+    [
+        ("192.0.2.1", "192.0.2.1"),
+        ("2001:db8:1:2:aaaa:bbbb:cccc:dddd", "2001:db8:1:2::/64"),
+        ("[2001:db8:1:2::1]", "2001:db8:1:2::/64"),
+        ("2001:DB8:1:2::1", "2001:db8:1:2::/64"),
+        ("fe80::1%eth0", "fe80::/64"),
+        ("::1", "::/64"),
+        ("::ffff:192.0.2.1", "192.0.2.1"),  # a dual-stack socket's IPv4 caller
+        ("[::ffff:192.0.2.1]", "192.0.2.1"),
+        ("not:an:address", "not:an:address"),
+        ("", ""),
+    ],
+)
+def test_whose_requests_these_are(source: str, key: str) -> None:
+    assert source_key(source) == key
+
+
+def test_an_ipv6_network_shares_one_bucket_and_its_neighbours_do_not() -> None:
+    """A host takes any of its /64's addresses at will: a fresh address per request must not
+    be a fresh bucket. The next /64 (another subscriber) is not touched."""
+    admission = Admission(rate=1.0, burst=3.0, drop_after=2)
+    got = [admission.admit(f"2001:db8:0:1::{n:x}", "INVITE", 0.0).value for n in range(1, 8)]
+    assert got == ["admit"] * 3 + ["refuse"] * 2 + ["drop"] * 2
+    assert admission.dropping("2001:db8:0:1:ffff::9", 0.0)  # another address of the same /64
+    assert admission.allowance("[2001:db8:0:1::77]", 0.0) == 0
+    assert admission.admit("2001:db8:0:2::1", "INVITE", 0.0) is Verdict.ADMIT
+    assert len(admission) == 2
+    # an IPv4 caller over a dual-stack socket is the IPv4 address, both ways it can appear
+    assert verdicts(admission, 3, 0.0, source="::ffff:192.0.2.1") == ["admit"] * 3
+    assert admission.admit("192.0.2.1", "INVITE", 0.0) is Verdict.REFUSE
+
+
+def test_allow_from_still_looks_at_the_exact_address() -> None:
+    admission = Admission(allow_from=[ipaddress.ip_network("2001:db8::1/128")])
+    assert admission.allowed("2001:db8::1") and not admission.allowed("2001:db8::2")
+
+
+@pytest.mark.parametrize(
     "limits", [{"rate": 0}, {"burst": 0.5}, {"drop_after": -1}, {"capacity": 0}]
 )
 def test_limits_must_make_sense(limits: dict[str, float]) -> None:
@@ -105,3 +144,14 @@ def test_the_endpoint_refuses_with_503_then_drops_and_never_limits_in_dialog() -
     stranger = SipEndpoint(admission=Admission(allow_from=[ipaddress.ip_network("10.0.0.0/8")]))
     stranger.receive(invite(0), peer, 0.0)
     assert stranger.outgoing() == [] and stranger.stats["dropped_not_allowed"] == 1
+
+
+def test_the_endpoint_judges_an_ipv6_network_as_one_source() -> None:
+    """The endpoint's admission, with INVITEs from one /64 each from a new address: the second
+    is refused with 503 and the third goes unanswered, as from a single address."""
+    endpoint = SipEndpoint(admission=Admission(rate=1.0, burst=1.0, drop_after=1))
+    for n in range(3):
+        endpoint.receive(invite(n), Peer("udp", f"2001:db8:5:6::{n + 1}", 5060), 0.0)
+    sent = [data.split(b"\r\n", 1)[0] for data, _ in endpoint.outgoing()]
+    assert sent == [b"SIP/2.0 503 Service Unavailable"]
+    assert (endpoint.stats["refused_flood"], endpoint.stats["dropped_flood"]) == (1, 1)

@@ -32,6 +32,19 @@ def test_too_many_failures_block_the_source_and_only_it() -> None:
     assert g.blocked_count(105.0) == 1 and g.blocked_count(111.0) == 0
 
 
+def test_an_ipv6_guesser_cannot_take_a_fresh_address_for_every_guess() -> None:
+    """The failures of one /64 count together, whichever of its addresses they come from; the
+    block covers the whole /64 and no other network."""
+    g = guard()
+    assert fail(g, 1, 100.0, "2001:db8:7:8::1") is None
+    assert fail(g, 1, 100.0, "2001:db8:7:8::2") is None
+    assert fail(g, 1, 100.0, "[2001:db8:7:8:abcd::3]") == 110.0
+    assert g.blocked("2001:db8:7:8::ffff", 101.0) == 110.0
+    assert g.blocked("2001:db8:7:9::1", 101.0) is None
+    g.succeeded("2001:db8:7:8::1")  # the right password from the network: forgiven
+    assert g.blocked("2001:db8:7:8::ffff", 101.0) is None
+
+
 def test_each_block_doubles_up_to_the_ceiling() -> None:
     g = guard(max_block=35.0)
     lengths = []

@@ -8,6 +8,11 @@ debt gets no answer at all (answering a flood is work, and an amplifier), until 
 refills. With `allow_from` set, requests from any other address are dropped unanswered
 (responses to our own requests are not requests, and always pass). Memory is bounded: at most
 `capacity` addresses are remembered, the least recently seen go first. Pure: time is passed in.
+
+An address here is `source_key`'s: an IPv6 source is judged by its /64, the one network a
+subscriber's hosts take addresses from at will (RFC 6177, RFC 8981's temporary addresses), so
+that a flood or a scanner cannot take a fresh bucket with every request. `allow_from` alone
+looks at the exact address.
 """
 
 from __future__ import annotations
@@ -23,9 +28,38 @@ DEFAULT_RATE = 50.0  # new INVITEs/REGISTERs per second and address (config.py s
 DEFAULT_BURST = 100.0
 DEFAULT_DROP_AFTER = 100  # refusals in debt before an address is no longer answered
 DEFAULT_CAPACITY = 10_000
+IPV6_PREFIX = 64  # an IPv6 source's addresses judged as one (see the module's docstring)
+_KEYS_KEPT = 4096  # IPv6 sources whose key is remembered (parsing one costs microseconds)
 LIMITED_METHODS = frozenset({"INVITE", "REGISTER"})
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+_v6_keys: dict[str, str] = {}
+
+
+def source_key(source: str) -> str:
+    """Whose requests these are, for admission (and the auth guard's blocks): an IPv4 address
+    itself; an IPv6 one its /64 (`2001:db8:1:2::/64`); an IPv4-mapped IPv6 address (a dual-stack
+    socket's `::ffff:192.0.2.1`) the IPv4 address it maps. Brackets and a zone are ignored; text
+    that is no address is its own key."""
+    if ":" not in source:
+        return source
+    key = _v6_keys.get(source)
+    if key is None:
+        try:
+            address = ipaddress.IPv6Address(source.strip("[]").split("%", 1)[0])
+        except ValueError:
+            return source
+        mapped = address.ipv4_mapped
+        if mapped is not None:
+            key = str(mapped)
+        else:
+            key = str(ipaddress.IPv6Network((address, IPV6_PREFIX), strict=False))
+        if len(_v6_keys) >= _KEYS_KEPT:
+            _v6_keys.clear()
+        _v6_keys[source] = key
+    return key
 
 
 class Verdict(enum.Enum):
@@ -97,7 +131,7 @@ class Admission:
         """Whether `source` is so deep in debt that its new requests get no answer now (the
         `DROP` verdict). Asked before a datagram is even parsed: a flood's requests past that
         point cost a dictionary look-up, not a parse (issue 17 s3)."""
-        bucket = self._buckets.get(source)
+        bucket = self._buckets.get(source_key(source))
         if bucket is None:
             return False
         bucket.refill(now)
@@ -110,7 +144,7 @@ class Admission:
         which answers 100 Trying before this judges a request: server/sip/udp_thread.py.)"""
         if not self.allowed(source):
             return 0
-        bucket = self._buckets.get(source)
+        bucket = self._buckets.get(source_key(source))
         if bucket is None:
             tokens = self.burst
         else:
@@ -124,13 +158,14 @@ class Admission:
             return Verdict.DROP
         if method not in LIMITED_METHODS:
             return Verdict.ADMIT
-        bucket = self._buckets.get(source)
+        key = source_key(source)
+        bucket = self._buckets.get(key)
         if bucket is None:
-            bucket = self._buckets[source] = TokenBucket.full(self.rate, self.burst, now)
+            bucket = self._buckets[key] = TokenBucket.full(self.rate, self.burst, now)
             while len(self._buckets) > self.capacity:
                 self._buckets.popitem(last=False)  # the least recently seen
         else:
-            self._buckets.move_to_end(source)
+            self._buckets.move_to_end(key)
         if bucket.take(now):
             return Verdict.ADMIT
         if bucket.tokens > -self.drop_after:

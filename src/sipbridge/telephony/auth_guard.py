@@ -10,13 +10,16 @@ password is refused until the block ends. A success clears the address's count.
 Blocks are per source, never per trunk: a trunk-wide block would let anyone lock a carrier out
 by failing on purpose. Failures per trunk are counted for the operator (`/metrics`) instead.
 Memory is bounded: at most `capacity` sources are remembered, the least recently seen go first.
-Pure: time is an argument.
+A source is `sip.admission.source_key`'s: an IPv6 address counts with its /64 (a guesser would
+otherwise take a fresh address for every ten guesses). Pure: time is an argument.
 """
 
 from __future__ import annotations
 
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
+
+from sipbridge.sip.admission import source_key
 
 DEFAULT_MAX_FAILURES = 10
 DEFAULT_WINDOW_S = 300.0
@@ -61,7 +64,7 @@ class AuthGuard:
 
     def blocked(self, source: str, now: float) -> float | None:
         """Until when `source` is blocked (a refusal is counted), or None."""
-        entry = self._sources.get(source)
+        entry = self._sources.get(source_key(source))
         if entry is None or entry.blocked_until <= now:
             return None
         self.refused += 1
@@ -92,14 +95,15 @@ class AuthGuard:
 
     def succeeded(self, source: str) -> None:
         """The right answer: the source's failures are forgiven."""
-        self._sources.pop(source, None)
+        self._sources.pop(source_key(source), None)
 
     def _entry(self, source: str, now: float) -> _Source:
-        entry = self._sources.get(source)
+        key = source_key(source)
+        entry = self._sources.get(key)
         if entry is None:
-            entry = self._sources[source] = _Source(last_seen=now)
+            entry = self._sources[key] = _Source(last_seen=now)
             while len(self._sources) > self.capacity:
                 self._sources.popitem(last=False)  # the least recently seen
         else:
-            self._sources.move_to_end(source)
+            self._sources.move_to_end(key)
         return entry
