@@ -703,12 +703,38 @@ not_plain:
     Py_RETURN_NONE;
 }
 
-/* sip/headers.py's `_parse_address` of the name-addr nearly every peer sends, `Name <uri>;params`
- * or `<uri>;params` - printable ASCII, the display name of tokens and spaces, nothing between
- * ">" and the parameters, the parameters on `parse_params`'s fast path: (display name or None,
- * the URI's text, params), the URI left to `parse_uri`. None for anything else (a quoted display
- * name, an addr-spec, blanks around the URI or after it, control characters...), which the
- * Python function parses or refuses. */
+/* The display name of `"..."` from `p` (its opening quote) to `closing` (its closing quote), as
+ * sip/headers.py's `unquote` makes it: each quoted-pair (`\x`) replaced by its `x`. */
+static PyObject *unquoted(const char *p, const char *closing, Py_ssize_t escapes) {
+    PyObject *s = PyUnicode_New(closing - p - 1 - escapes, 127);
+    if (s == NULL)
+        return NULL;
+    char *out = (char *)PyUnicode_DATA(s);
+    for (const char *c = p + 1; c < closing; c++) {
+        if (*c == '\\')
+            c++;
+        *out++ = *c;
+    }
+    return s;
+}
+
+/* sip/headers.py's `_parse_address` of the address nearly every peer sends: a name-addr,
+ * `Name <uri>;params`, `"Quoted Name" <uri>;params` or `<uri>;params`, or an addr-spec without
+ * blanks, `sip:user@host;params` - printable ASCII, the display name of tokens and spaces or a
+ * quoted-string, nothing between ">" and the parameters, the parameters on `parse_params`'s
+ * fast path: (display name or None, the URI's text, params), the URI left to `parse_uri`.
+ *
+ * RFC 3261 s25.1: display-name = *(token LWS) / quoted-string; quoted-string = SWS DQUOTE
+ * *(qdtext / quoted-pair) DQUOTE; qdtext = LWS / %x21 / %x23-5B / %x5D-7E / UTF8-NONASCII;
+ * quoted-pair = "\" (%x00-09 / %x0B-0C / %x0E-7F); LAQUOT = SWS "<". The display name of a
+ * quoted-string is returned as the Python function returns it: without its quotes, each `\x`
+ * made `x` (`unquote`). Inside the quotes this takes the printable ASCII characters and the tab
+ * only (after a backslash too); between the closing quote and "<", spaces and tabs.
+ *
+ * None for anything else (a non-ASCII or control character, an unterminated quote, blanks
+ * around the URI or after it, "*"...), which the Python function parses or refuses
+ * (tests/sip/test_message_c.py compares both on a table of hostile inputs, the corpus and
+ * mutations of it). */
 static PyObject *name_addr(PyObject *self, PyObject *arg) {
     if (!PyUnicode_Check(arg)) {
         PyErr_SetString(PyExc_TypeError, "name_addr takes str");
@@ -721,12 +747,56 @@ static PyObject *name_addr(PyObject *self, PyObject *arg) {
     if (n == 0 || p[0] <= ' ' || p[n - 1] <= ' ') /* strip() would cut it: Python */
         Py_RETURN_NONE;
     const char *end = p + n;
-    const char *lt = memchr(p, '<', (size_t)n);
-    if (lt == NULL)
-        Py_RETURN_NONE;
-    for (const char *c = p; c < lt; c++)
-        if (*c != ' ' && !is_token_char((unsigned char)*c))
+    const char *lt, *closing = NULL; /* closing: the closing quote of a quoted display name */
+    Py_ssize_t escapes = 0;
+    if (p[0] == '"') {
+        const char *c = p + 1;
+        for (;; c++) {
+            if (c >= end) /* unterminated: Python's error */
+                Py_RETURN_NONE;
+            if (*c == '"')
+                break;
+            if (*c == '\\') { /* a quoted-pair: the next character, whatever it is */
+                c++;
+                escapes++;
+                if (c >= end) /* a backslash last: unterminated */
+                    Py_RETURN_NONE;
+            }
+            if (*c != '\t' && (*c < ' ' || *c > '~'))
+                Py_RETURN_NONE;
+        }
+        closing = c;
+        for (c++; c < end && (*c == ' ' || *c == '\t'); c++)
+            ;
+        if (c == end || *c != '<')
             Py_RETURN_NONE;
+        lt = c;
+    } else {
+        lt = memchr(p, '<', (size_t)n);
+        if (lt == NULL) {
+            /* an addr-spec: the URI up to the first ";", the header's parameters after it
+             * (s20.10); no blank, no quote, no "*" alone (Python's wildcard) */
+            if (n == 1 && p[0] == '*')
+                Py_RETURN_NONE;
+            for (const char *c = p; c < end; c++)
+                if (*c <= ' ' || *c > '~' || *c == '"')
+                    Py_RETURN_NONE;
+            const char *semi = memchr(p, ';', (size_t)n);
+            if (semi == p)
+                Py_RETURN_NONE;
+            PyObject *params = fast_params(semi, end);
+            if (params == NULL || params == Py_None)
+                return params;
+            PyObject *uri = ascii(p, (semi == NULL ? end : semi) - p);
+            PyObject *result = uri != NULL ? PyTuple_Pack(3, Py_None, uri, params) : NULL;
+            Py_XDECREF(uri);
+            Py_DECREF(params);
+            return result;
+        }
+        for (const char *c = p; c < lt; c++)
+            if (*c != ' ' && !is_token_char((unsigned char)*c))
+                Py_RETURN_NONE;
+    }
     const char *gt = memchr(lt, '>', (size_t)(end - lt));
     if (gt == NULL || gt == lt + 1)
         Py_RETURN_NONE;
@@ -739,10 +809,15 @@ static PyObject *name_addr(PyObject *self, PyObject *arg) {
     PyObject *params = fast_params(rest < end ? rest : NULL, end);
     if (params == NULL || params == Py_None)
         return params;
-    const char *display_end = lt;
-    while (display_end > p && display_end[-1] == ' ')
-        display_end--;
-    PyObject *display = display_end == p ? Py_NewRef(Py_None) : ascii(p, display_end - p);
+    PyObject *display;
+    if (closing != NULL) {
+        display = unquoted(p, closing, escapes);
+    } else {
+        const char *display_end = lt;
+        while (display_end > p && display_end[-1] == ' ')
+            display_end--;
+        display = display_end == p ? Py_NewRef(Py_None) : ascii(p, display_end - p);
+    }
     PyObject *uri = ascii(lt + 1, gt - lt - 1);
     PyObject *result = NULL;
     if (display != NULL && uri != NULL)

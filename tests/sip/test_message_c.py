@@ -614,10 +614,104 @@ def corpus_addresses() -> list[str]:
         "<sip:a b@c>",
         "<sip:a@b>;x=>",
         "",
+        # a quoted display name (RFC 3261 s25.1 quoted-string), as carriers and sipp send it
+        '"Carol" <sip:+15555550123@127.0.0.1:5061>;tag=1SIPpTag001',
+        '"Carol"<sip:a@b>',
+        '"Carol" \t <sip:a@b>',
+        '"Bob \\"the\\" Builder" <sip:a@b>',  # escaped quotes
+        '"C:\\\\" <sip:a@b>',  # an escaped backslash last
+        '"C:\\" <sip:a@b>',  # a backslash escaping the closing quote: unterminated
+        '"C:\\',  # a backslash at the end
+        '"\\a\\b" <sip:a@b>',  # quoted-pairs of ordinary characters
+        '"unterminated <sip:a@b>',
+        '"',
+        '""',
+        '"a"',
+        '"" <sip:a@b>',  # empty quotes: an empty display name, not none
+        '""<sip:a@b>;tag=x',
+        '"a <sip:x@y> b" <sip:a@b>',  # "<" and ">" inside the quotes
+        '"a > b"<sip:a@b>',
+        '"a;tag=x" <sip:a@b>;tag=y',
+        '"Jos\u00e9" <sip:a@b>',  # UTF-8 in the display name
+        '"a\tb" <sip:a@b>',  # a tab inside the quotes
+        '"a\\\tb" <sip:a@b>',
+        '"a\x01" <sip:a@b>',
+        '"a\\\x01" <sip:a@b>',
+        '"a\x7f" <sip:a@b>',
+        '"a\r\n b" <sip:a@b>',
+        '"a" sip:a@b',  # a quoted display name without <URI>
+        '"a" b <sip:a@b>',
+        '"a""b" <sip:a@b>',
+        '"a" <sip:a@b> ;tag=x',
+        '"a" < sip:a@b >',
+        '"a" <sip:a@b>;tag=x;;y',
+        '"a" <>',
+        '"a" <sip:a@b',
+        '"a"\x0b<sip:a@b>',
+        "x" + '"a" <sip:a@b>',
+        '"' + "x" * 5000 + '" <sip:a@b>',  # very long
+        '"' + "\\x" * 3000 + '" <sip:a@b>;tag=' + "t" * 500,
+        # an addr-spec (no angle brackets: the parameters are the header's, s20.10)
+        "sip:+15555550123@127.0.0.1:5061",
+        "sip:a@b;tag=x;lr",
+        "sip:a@b;",
+        "sip:a@b;;tag=x",
+        "sip:a@b;tag=",
+        'sip:a@b;tag="x"',
+        'sip:"a"@b',
+        ";tag=x",
+        "*;x",
+        "**",
+        "sip:a@b>",
+        "sip:a@b>;tag=x",
+        "tel:+15555550123;tag=x",
+        "sip:a@b,sip:c@d",
+        "sip:a@b?Subject=x;tag=y",
+        "sip:a\x7f@b",
+        "sip:\u00e9@b",
+        "sip:a@b;t@g=x",
     ],
 )
 def test_name_addr_cases(value: str) -> None:
     assert_same_address(value)
+
+
+def test_a_quoted_display_name_is_cut_in_c_unquoted() -> None:
+    """sipp's and the carriers' `From: "Name" <uri>;tag=...` and an addr-spec Contact are cut in
+    C (no fallback to the Python parser), the display name as `unquote` gives it: without its
+    quotes, each quoted-pair resolved."""
+    cases = {
+        '"Carol" <sip:+15555550123@127.0.0.1:5061>;tag=1SIPpTag001': (
+            "Carol",
+            "sip:+15555550123@127.0.0.1:5061",
+            (("tag", "1SIPpTag001"),),
+        ),
+        '"Bob \\"the\\" \\\\ Builder"\t<sip:a@b>': ('Bob "the" \\ Builder', "sip:a@b", ()),
+        '"" <sip:a@b>;lr': ("", "sip:a@b", (("lr", None),)),
+        "sip:+15555550123@127.0.0.1:5061": (None, "sip:+15555550123@127.0.0.1:5061", ()),
+        "sip:a@b;tag=x;lr": (None, "sip:a@b", (("tag", "x"), ("lr", None))),
+    }
+    for value, parts in cases.items():
+        assert _csipmsg.name_addr(value) == parts, value
+        assert_same_address(value)
+    for value in ('"C:\\" <sip:a@b>', '"Jos\u00e9" <sip:a@b>', "*", '"a\x01" <sip:a@b>'):
+        assert _csipmsg.name_addr(value) is None, value
+
+
+def test_quoted_display_names_and_mutations_of_them() -> None:
+    """Seeded mutations of quoted display names - quotes, backslashes, blanks, angle brackets
+    added, removed or moved - give the same outcome both ways."""
+    seeds = [
+        '"Carol" <sip:+15555550123@127.0.0.1:5061>;tag=1SIPpTag001',
+        '"Bob \\"the\\" Builder" <sip:bob@b;transport=tcp>;tag=x;y',
+        '"a\\\\" <sip:a@b>',
+        '"" <sip:a@b>',
+        "sip:+15555550123@127.0.0.1:5061;tag=x",
+    ]
+    rng = random.Random(251)
+    alphabet = '"\\\t <>;= a\u00e9\x01'
+    for _ in range(20_000):
+        assert_same_address(mutate_text(rng.choice(seeds), rng, alphabet))
 
 
 def test_name_addr_on_the_corpus_and_mutations() -> None:

@@ -186,6 +186,9 @@ class SipEndpoint:
         self.settings = settings or EndpointSettings()
         self.admission = admission  # per-address limits on new requests (None: none)
         self.server_transactions: dict[tuple[str, ...], ServerTransaction] = {}
+        # past it, a new request gets 503 (MAX_TRANSACTIONS as it was when made: compiled, an
+        # attribute's read, where a module's variable is a search of its dictionary, issue 18)
+        self.max_transactions = MAX_TRANSACTIONS
         self.client_transactions: dict[tuple[str, str], ClientTransaction] = {}
         self._outgoing: list[tuple[bytes, Peer]] = []
         # 100 Trying responses not yet handed out: each goes out at the next `outgoing()`
@@ -312,7 +315,7 @@ class SipEndpoint:
         if merge_key is not None and merge_key in self._merge_keys:
             # The same request reached us again on another branch: a fork came back (s8.2.2.2).
             raise SipProtocolError(482, "Loop Detected")
-        if len(self.server_transactions) >= MAX_TRANSACTIONS:
+        if len(self.server_transactions) >= self.max_transactions:
             raise SipProtocolError(503, "Service Unavailable", "too many transactions")
         transaction = ServerTransaction(
             request, reliable=peer.reliable, timers=self.settings.timers

@@ -18,7 +18,6 @@ to the URI (s20.10): `From: sip:alice@example.com;tag=1` has a `tag` header para
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import os
 import re
@@ -212,17 +211,24 @@ class Address:
         return f"{name}<{self.uri}>{format_params(self.params)}"
 
 
-# The C cuts of a plain name-addr and a plain Via (`_csipmsg.name_addr`, `plain_via`), None
-# without the extension (or with SIPBRIDGE_NO_CSIPMSG=1, as for the message heads, message.py).
-_cname_addr: Any = None
-_cvia: Any = None
-if os.environ.get("SIPBRIDGE_NO_CSIPMSG", "") in ("", "0"):
-    # (not built: no compiler, or a source checkout; by name: compiled, a `from` import reads
-    # the package's attribute, see message.py)
-    with contextlib.suppress(ImportError):
-        _csipmsg = importlib.import_module("sipbridge.sip._csipmsg")
-        _cname_addr = _csipmsg.name_addr
-        _cvia = _csipmsg.plain_via
+def _c_cut(name: str) -> Any:
+    """The function `name` of `_csipmsg`; None without the extension (not built: no compiler,
+    or a source checkout) or with SIPBRIDGE_NO_CSIPMSG=1, as for the message heads (message.py).
+    (By name: compiled, a `from` import reads the package's attribute, see message.py.)"""
+    if os.environ.get("SIPBRIDGE_NO_CSIPMSG", "") not in ("", "0"):
+        return None
+    try:
+        module = importlib.import_module("sipbridge.sip._csipmsg")
+    except ImportError:
+        return None
+    return getattr(module, name)
+
+
+# The C cuts of a common address and a plain Via (`_csipmsg.name_addr`, `plain_via`), or None.
+# Final, assigned once: compiled, each read on every message is a C static's, not a search of
+# the module's dictionary (issue 18).
+_cname_addr: Final[Any] = _c_cut("name_addr")
+_cvia: Final[Any] = _c_cut("plain_via")
 
 
 # Addresses and CSeqs parsed, by their text (bounded: cleared when full). Plain dictionaries

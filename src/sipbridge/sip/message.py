@@ -636,7 +636,7 @@ def parse_message(data: bytes, *, stream: bool = False) -> Request | Response:
     is built (the same objects, the same caches); any other message, or every one without the
     extension (or with SIPBRIDGE_NO_CSIPMSG=1), by `parse_message_python`.
     """
-    cparse = _cparse  # (a module's variable, compiled: a dictionary lookup each time read)
+    cparse = _cparse  # (read once: a Final, compiled, is a C static)
     if cparse is not None:
         parts = cparse(data, stream)
         if parts is not None:
@@ -831,40 +831,45 @@ def _index_lines(lines: list[str]) -> Headers:
     return Headers(cast(list[tuple[str, str]], items), index)
 
 
-# The C extension cutting the head of a message of the common shape (`_csipmsg.c`), given the
-# caches, helpers and limits above, which it shares; None without it (pure Python). Also
-# what trace.py uses of it (C_MESSAGE.call_id).
-_cparse: Any = None
-_cserialize: Any = None  # ... and writing a message's bytes (`serialize_headers_and_body`)
-_cheader_block: Any = None  # ... and the text of `EchoedHeaders`
-C_MESSAGE: Any = None
-if os.environ.get("SIPBRIDGE_NO_CSIPMSG", "") in ("", "0"):
+def _load_c_message() -> Any:
+    """The C extension cutting the head of a message of the common shape (`_csipmsg.c`),
+    given the caches, helpers and limits above, which it shares; None without it (not built: no
+    compiler, or a source checkout) or with SIPBRIDGE_NO_CSIPMSG=1 (pure Python)."""
+    if os.environ.get("SIPBRIDGE_NO_CSIPMSG", "") not in ("", "0"):
+        return None
     try:
         # (by name: compiled, `from sipbridge.sip import _csipmsg` reads the package's
         # attribute without importing the submodule)
-        _csipmsg: Any = importlib.import_module("sipbridge.sip._csipmsg")
-    except ImportError:  # not built: no compiler, or a source checkout
-        pass
-    else:
-        _csipmsg.configure(
-            _NAMES,
-            _LINES,
-            _METHODS,
-            _VARYING,
-            _header_name,
-            parse_uri,
-            MAX_MESSAGE,
-            MAX_LINE,
-            MAX_HEADERS,
-            _MAX_LINES,
-            _LINE_KEPT,
-            _MAX_METHODS,
-            MAX_BODY,
-        )
-        _cparse = _csipmsg.parse_head
-        _cserialize = _csipmsg.serialize
-        _cheader_block = _csipmsg.header_block
-        C_MESSAGE = _csipmsg
+        module: Any = importlib.import_module("sipbridge.sip._csipmsg")
+    except ImportError:
+        return None
+    module.configure(
+        _NAMES,
+        _LINES,
+        _METHODS,
+        _VARYING,
+        _header_name,
+        parse_uri,
+        MAX_MESSAGE,
+        MAX_LINE,
+        MAX_HEADERS,
+        _MAX_LINES,
+        _LINE_KEPT,
+        _MAX_METHODS,
+        MAX_BODY,
+    )
+    return module
+
+
+# The extension (also what trace.py uses of it: C_MESSAGE.call_id) and its functions, or None.
+# Final, assigned once: compiled, each read on every message is a C static's, not a search of
+# the module's dictionary (issue 18).
+C_MESSAGE: Final[Any] = _load_c_message()
+_cparse: Final[Any] = None if C_MESSAGE is None else C_MESSAGE.parse_head
+# ... and writing a message's bytes (`serialize_headers_and_body`)
+_cserialize: Final[Any] = None if C_MESSAGE is None else C_MESSAGE.serialize
+# ... and the text of `EchoedHeaders`
+_cheader_block: Final[Any] = None if C_MESSAGE is None else C_MESSAGE.header_block
 
 
 # -- streams ------------------------------------------------------------------------------

@@ -42,7 +42,6 @@ from typing import TYPE_CHECKING, Any
 
 from sipbridge.server.loop_calls import remove_reader
 from sipbridge.server.sip.udp import MAX_UDP_PEERS, UDP_BUFFER_BYTES, SocketTransport
-from sipbridge.sip import endpoint as sip_endpoint
 from sipbridge.sip.endpoint import Peer
 
 if TYPE_CHECKING:
@@ -197,14 +196,14 @@ class ThreadedUdp(SocketTransport):
             self._io.refuse_new(self._reader, refusing or self._crowded)
 
     def _check_crowded(self) -> None:
-        """The thread answers no INVITE while the endpoint is near MAX_TRANSACTIONS: everything
+        """The thread answers no INVITE while the endpoint is near its max_transactions: everything
         the service's UDP sockets' threads may have answered and queued, or the loop taken and
         not yet handled (QUEUE and DRAIN each), could make a transaction, and one past the
         limit is refused 503 (its 100 from the thread would go before). Checked after each
         drain and flush (where transactions are made); told to the thread on a change."""
         endpoint = self.service.endpoint
         reserve = (self._queue + DRAIN) * max(1, len(self.service._udp))
-        crowded = len(endpoint.server_transactions) + reserve >= sip_endpoint.MAX_TRANSACTIONS
+        crowded = len(endpoint.server_transactions) + reserve >= endpoint.max_transactions
         if crowded != self._crowded and not self._closed:
             self._crowded = crowded
             self._io.refuse_new(self._reader, self._refusing or crowded)
