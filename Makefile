@@ -96,7 +96,7 @@ COMPILED_SOURCES := $(shell find src/sipbridge/sip src/sipbridge/sdp src/sipbrid
 	src/sipbridge/telephony src/sipbridge/rooms src/sipbridge/server/sip \
 	src/sipbridge/server/calls src/sipbridge/server/media src/sipbridge/server/state -name '*.py') \
 	src/sipbridge/server/deadline.py \
-	$(addprefix src/sipbridge/server/rtc/,join.py own_requests.py session.py signal.py updates.py writer.py) \
+	$(addprefix src/sipbridge/server/rtc/,join.py own_requests.py room_stats.py session.py signal.py updates.py writer.py) \
 	$(addprefix src/sipbridge/server/api/,room_api.py twirp.py)
 $(VENV)/.compiled: $(COMPILED_SOURCES) setup.py $(VENV)/.crelay | $(VENV)/.installed
 	@echo "compiling the core with mypyc (a minute or two)"

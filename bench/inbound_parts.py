@@ -21,6 +21,9 @@ mode is printed) and alternate with another tree.
   listeners): joined with its 15 `sip.*` attributes and its track, `sip.callStatus` set to
   `active` then `hangup`, removed (`room call`); one attribute change and one participant
   message alone (`update_participant`, `Participant.to_proto`). Microseconds, best of 5 runs.
+- speaker updates (`RoomStats`, every 400 ms): one pass of its timer over 300 rooms of a room
+  each (the agent's session, the phone with its track and RTP leg), and `update_speakers` over
+  one room shared by 300 phones. Microseconds, best of 5 runs.
 - call log: a steady `--rate` calls/s recorded into a real SQLite file as bench/inbound.py's
   shared room records them (ringing and answered at once; active, ended and its quality a
   second later), for `--seconds`: commits a second, records a call, the process's CPU a call
@@ -80,6 +83,8 @@ from tests.signal_client import join_query, join_token
 import sipbridge._compiled as compiled
 from bench.common import cpu_seconds
 from sipbridge import sdp
+from sipbridge.media import codecs
+from sipbridge.media.leg import RtpLeg, StreamConfig
 from sipbridge.media.quality import leg_quality
 from sipbridge.rooms import RoomRegistry
 from sipbridge.rooms.model import SIP
@@ -89,6 +94,7 @@ from sipbridge.server.call_logging import configure, log_call_end
 from sipbridge.server.cluster.owners import RoomOwners
 from sipbridge.server.media.service import MediaService
 from sipbridge.server.recording.service import EgressService
+from sipbridge.server.rtc.room_stats import RoomStats
 from sipbridge.server.rtc.session import Session
 from sipbridge.server.rtc.signal import SignalServer
 from sipbridge.server.state.call_log import CallLog
@@ -328,6 +334,54 @@ def room() -> dict[str, float]:
         "room call": best_us(call, 2000),
         "update_participant": best_us(update, 5000),
         "Participant.to_proto": best_us(participant.to_proto, 5000),
+    }
+
+
+def room_stats() -> dict[str, float]:
+    """The speaker updates' timer (`RoomStats._tick`, every 400 ms) over 300 rooms of a room
+    each (the agent's session and the phone with its track and RTP leg), and over one room
+    shared by 300 phones (`update_speakers`): microseconds a pass, best of 5 runs."""
+    legs: dict[str, RtpLeg] = {}
+    media = cast(Any, SimpleNamespace(track_legs=legs))
+    phone = models.TrackInfo(type=models.TrackType.AUDIO, name="phone")
+
+    def a_leg(n: int) -> RtpLeg:
+        return RtpLeg(codecs.PCMU_SPEC, StreamConfig(audio_pt=0, remote=("192.0.2.1", 4000 + n)))
+
+    each = RoomsRuntime(RoomRegistry(), WebhookNotifier([], API_KEY, API_SECRET), lambda: 1.0)
+    sessions = {}
+    for n in range(300):
+        name = f"each_{n}"
+        each.registry.create(name, 1.0)
+        each.registry.join(name, "agent", 1.0, active=True)
+        each.registry.join(name, "phone", 1.0, kind=SIP, active=True)
+        legs[each.registry.publish_track(name, "phone", _copy(phone))] = a_leg(n)
+        sessions[(name, "agent")] = Session(room=name, identity="agent", ws=cast(Any, None))
+    shared = RoomsRuntime(RoomRegistry(), WebhookNotifier([], API_KEY, API_SECRET), lambda: 1.0)
+    shared.registry.create("shared", 1.0)
+    shared.registry.join("shared", "agent", 1.0, active=True)
+    for n in range(300):
+        shared.registry.join("shared", f"phone{n}", 1.0, kind=SIP, active=True)
+        legs[shared.registry.publish_track("shared", f"phone{n}", _copy(phone))] = a_leg(n)
+    shared_stats = RoomStats(shared, media, {})
+
+    async def tick() -> float:
+        stats = RoomStats(each, media, sessions)
+        try:
+
+            def one() -> None:
+                stats.ticks = 1  # (the speakers only: no quality pass)
+                stats._tick()
+
+            return best_us(one, 100)
+        finally:
+            stats.close()
+
+    return {
+        "room stats tick, 300 rooms": asyncio.run(tick()),
+        "update_speakers, 300 phones": best_us(
+            lambda: shared_stats.update_speakers("shared", 1.0), 100
+        ),
     }
 
 
@@ -633,6 +687,7 @@ def main() -> None:
         result["objects_us"] = {
             **asyncio.run(objects()),
             **room(),
+            **room_stats(),
             **domain(),
             "silent tick, per leg": asyncio.run(silent_tick()),
         }

@@ -450,6 +450,9 @@ class InboundCalls(CallRunner[InboundCallState]):
 
     # -- the room side ---------------------------------------------------------------------
 
+    def room_events(self) -> tuple[type, ...]:
+        return (*super().room_events(), ev.SubscriptionChanged, ev.ParticipantJoined)
+
     def room_event(self, event: ev.RoomEvent) -> None:
         match event:
             case ev.SubscriptionChanged(

@@ -90,7 +90,8 @@ class CallRunner(Generic[C]):
         )
         self.stats: dict[str, int] = {}
         self._loop: asyncio.AbstractEventLoop | None = None  # (`loop`)
-        self.rooms.listeners.append(self.on_room_event)
+        # Told only of the events it acts on, not every event of every room (issue 18)
+        self.rooms.listen(self.on_room_event, self.room_events())
         self.quality = QualityWriter(
             self.call_log,
             self.now,
@@ -460,6 +461,10 @@ class CallRunner(Generic[C]):
         return True
 
     # -- the room side ---------------------------------------------------------------------
+
+    def room_events(self) -> tuple[type, ...]:
+        """The kinds of room event `on_room_event` acts on, and the direction's `room_event`."""
+        return (ev.DataSent, ev.ParticipantLeft)
 
     def on_room_event(self, event: ev.RoomEvent) -> None:
         match event:

@@ -19,10 +19,12 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Mapping
+from typing import Protocol
 
 from livekit.protocol import models, rtc
 
 from sipbridge.media.leg import RtpLeg
+from sipbridge.media.room_audio import AudioLeg
 from sipbridge.rooms import events as ev
 from sipbridge.rooms.model import Participant
 from sipbridge.rooms.quality import (
@@ -35,7 +37,6 @@ from sipbridge.rooms.quality import (
 )
 from sipbridge.rooms.speakers import DEFAULT_CONFIG, ActiveSpeakers, SpeakersChanged
 from sipbridge.server.media.leg_driver import G711
-from sipbridge.server.media.service import MediaService
 from sipbridge.server.rtc.session import Session, in_room
 from sipbridge.server.state.rooms_runtime import RoomsRuntime
 
@@ -75,13 +76,22 @@ def quality_message(update: ConnectionQualityChanged) -> rtc.SignalResponse:
     )
 
 
+class TrackSources(Protocol):
+    """What the stats read of the media service (`MediaService`): the leg giving each room
+    track its audio. (A protocol: compiled, an argument's declared class is checked at the
+    call, and the tests hand in a stand-in.)"""
+
+    @property
+    def track_legs(self) -> Mapping[str, AudioLeg]: ...
+
+
 class RoomStats:
     """Speaker and quality updates for the sessions (`sessions`, by (room, identity))."""
 
     def __init__(
         self,
         runtime: RoomsRuntime,
-        media: MediaService,
+        media: TrackSources,
         sessions: Mapping[tuple[str, str], Session],
     ) -> None:
         self.rooms = runtime.registry
