@@ -395,3 +395,61 @@ def test_a_lost_connection_fails_its_transactions_only() -> None:
     assert endpoint.next_event() is None
     endpoint.transport_error(CARRIER, 0.1)
     assert isinstance(endpoint.next_event(), RequestFailed)
+
+
+def answered_options(endpoint: SipEndpoint, n: int, now: float) -> None:
+    """OPTIONS number `n` (a branch and Call-ID of its own) received at `now` and answered 200
+    at once: a transaction that lingers from then on."""
+    endpoint.receive(message("OPTIONS", branch=f"z9hG4bK-{n}", cseq=f"{n} OPTIONS"), PHONE, now)
+    event = endpoint.next_event()
+    assert isinstance(event, RequestReceived), event
+    endpoint.respond(event.transaction, endpoint.options_response(event.request), now)
+
+
+def test_a_crowded_endpoint_lingers_t4_not_64_t1() -> None:
+    """Past `crowded_transactions` held, a new server transaction lingers T4 (5 s) after its
+    final response, not 64*T1: it still absorbs a retransmission meanwhile."""
+    endpoint = SipEndpoint()
+    endpoint.crowded_transactions = 2
+    for n in range(3):
+        answered_options(endpoint, n, 0.0)
+    endpoint.outgoing()
+    assert endpoint.stats["short_lingers"] == 1
+    endpoint.receive(message("OPTIONS", branch="z9hG4bK-2", cseq="2 OPTIONS"), PHONE, 4.9)
+    assert endpoint.next_event() is None
+    assert [r.status for r in answers(endpoint)] == [200]
+    assert endpoint.get_timer() == 5.0  # Timer J at T4
+    endpoint.handle_timer(5.0)
+    assert len(endpoint.server_transactions) == 2  # the first two wait out their 32 s
+    assert endpoint.get_timer() == 32.0
+
+
+def test_a_crowded_endpoint_lingers_an_accepted_invite_t4() -> None:
+    """Timer L (RFC 6026) of an INVITE made while crowded is T4 too."""
+    endpoint = SipEndpoint()
+    endpoint.crowded_transactions = 0
+    endpoint.receive(message("INVITE"), PHONE, 0.0)
+    event = endpoint.next_event()
+    assert isinstance(event, RequestReceived)
+    endpoint.respond(event.transaction, make_response(event.request, 200, to_tag="ok1"), 1.0)
+    assert endpoint.get_timer() == 6.0
+    endpoint.handle_timer(6.0)
+    assert not endpoint.server_transactions
+
+
+def test_a_steady_rate_past_the_32_s_lingers_is_not_refused() -> None:
+    """Issue 18: at 32 s lingers a steady rate of new transactions fills `max_transactions` in
+    max/rate seconds and every request past it is refused 503 (1,600 calls/s of two
+    transactions each filled 100,000). Lingering T4 past the crowded mark, the same rate holds
+    for a minute with the table below the cap."""
+    endpoint = SipEndpoint()
+    endpoint.max_transactions = 100
+    endpoint.crowded_transactions = 25
+    for n in range(600):  # 60 s, 10 new transactions a second
+        now = n / 10
+        endpoint.handle_timer(now)
+        answered_options(endpoint, n, now)
+        endpoint.outgoing()
+        assert len(endpoint.server_transactions) <= 25 + 10 * 5 + 1
+    assert endpoint.stats["refused_503"] == 0
+    assert endpoint.stats["short_lingers"] == 600 - 25

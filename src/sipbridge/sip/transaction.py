@@ -451,7 +451,7 @@ class ClientTransaction(_Transaction):
 class ServerTransaction(_Transaction):
     """Absorbs retransmitted requests and (re)sends the TU's responses (s17.2)."""
 
-    __slots__ = ("_last", "_last_wire", "is_invite", "key", "merge_key")
+    __slots__ = ("_last", "_last_wire", "is_invite", "key", "linger", "merge_key")
 
     def __init__(
         self, request: Request, *, reliable: bool, timers: TimerSettings | None = None
@@ -466,6 +466,9 @@ class ServerTransaction(_Transaction):
         # set by the endpoint that keeps it: its keys there (`server_key`, the merge key)
         self.key: tuple[str, ...] | None = None
         self.merge_key: tuple[str, str, int, str] | None = None
+        # How long it absorbs retransmissions after its final response on an unreliable
+        # transport (Timers J and L): 64*T1; the endpoint makes it T4 while it is crowded.
+        self.linger = self.timers.timeout
 
     @property
     def last_response(self) -> Response | None:
@@ -545,9 +548,9 @@ class ServerTransaction(_Transaction):
         if state is State.CONFIRMED:
             self._linger(now, self.timers.t4)  # Timer I
         elif state is State.COMPLETED and not self.is_invite:
-            self._linger(now, self.timers.timeout)  # Timer J
+            self._linger(now, self.linger)  # Timer J
         elif state is State.ACCEPTED:
-            self._linger_at = now + self.timers.timeout  # Timer L
+            self._linger_at = now + self.linger  # Timer L
         if state is State.COMPLETED or state is State.ACCEPTED:
             # The final response is sent: what is left is absorbing retransmissions, matched
             # by key, for up to 32 s. What was parsed of the request goes (parsed again if the
