@@ -11,6 +11,7 @@ import pytest
 
 from sipbridge.server import collector as collector_module
 from sipbridge.server.collector import YOUNG_THRESHOLD, Collector, tune_collector
+from tests.harness import eventually
 
 
 class Node:
@@ -159,3 +160,31 @@ def test_a_population_steady_near_the_limit_is_not_counted_at_every_collection(
     monkeypatch.setattr(collector_module, "SWEEP_CHECK_EVERY", 1)
     counted, sweeps = asyncio.run(scenario())
     assert 1 <= counted <= 2 and sweeps == 0
+
+
+def test_the_young_generation_is_collected_on_a_timer_whatever_its_count(
+    restore_gc: None,
+) -> None:
+    """A steady state of lingering calls frees about as many frozen objects as new ones survive,
+    and CPython's young count (allocations minus deallocations, any generation) then hardly
+    grows: the loop collects the young generation every YOUNG_EVERY anyway. Here the count's
+    threshold is out of reach, so only that timer can freeze the survivors; `remove` stops it."""
+
+    async def scenario() -> tuple[bool, bool]:
+        collector = tune_collector()
+        gc.set_threshold(1_000_000_000)  # no collection by count
+        frozen = gc.get_freeze_count()
+        survivors = [[i] for i in range(1000)]
+        await eventually(
+            lambda: gc.get_freeze_count() >= frozen + 1000, "the timer's collection", timeout=30
+        )
+        collected = bool(survivors)
+        collector.remove()
+        more = [[i] for i in range(1000)]
+        frozen = gc.get_freeze_count()
+        for _ in range(3):  # three timer periods at least: nothing collects any more
+            await asyncio.sleep(collector_module.YOUNG_EVERY)
+        return collected, gc.get_freeze_count() < frozen + 1000 and bool(more)
+
+    collected, stopped = asyncio.run(scenario())
+    assert collected and stopped
