@@ -18,23 +18,20 @@ every 5,000 net container allocations (CPython: 700; a call allocates about that
 keeps those pauses to a few ms on the 2-core machine.
 
 A cycle that outlives one young collection is not lost, only freed later: a full collection
-over everything (`Collector.sweep`) runs whenever the frozen objects have doubled since the last
-one, and are more than a million (the startup alone is about 100,000; 300 calls/s in flight
-about 200,000). Garbage in cycles can thus at most double the memory the collector tracks
-before it is freed, the bound CPython's own full collections keep with a factor of 1.25.
+over everything (`Collector.sweep`) runs whenever the memory in Python's small blocks
+(`sys.getallocatedblocks`: the objects, and the small buffers they hold) has doubled since the
+last one, and is more than SWEEP_FLOOR blocks (5 million, about a million frozen objects; the
+bare UAS of bench/sip.py starts at 100,000 and holds 2.8 million at a steady 6,000 calls/s).
+Garbage in cycles can thus at most double that memory before it is freed, the bound CPython's
+own full collections keep with a factor of 1.25 on the objects they track.
 
-Counting the frozen objects (`gc.get_freeze_count`) walks them all, one cache miss each: at
-thousands of calls a second, each lingering 32 s in its transactions, that is millions of objects
-and tens of milliseconds a walk (a sixth of the bare UAS's CPU in bench/sip_profile.py, issue 18).
-So the collector keeps an estimate instead: the last count, plus the survivors of every young
-collection since (listed after it: a walk of what that collection walked anyway). Frozen
-objects freed since are not seen, so the estimate errs high (but for the few dicts that a
-collection untracks and that track themselves again when given a container). The frozen
-objects are counted for real only when the estimate passes the limit, and the estimate restarts
-from that count; when the count is under the limit, the next one waits until the estimate has
-grown by half of it too (and SWEEP_CHECK_EVERY collections at least), so that a population
-steady near the limit is walked about once per half of it allocated, not at every collection.
-A sweep may thus wait until the frozen objects are up to three times what the last one left.
+The blocks are looked at every SWEEP_CHECK_EVERY collections: a look adds up a counter per
+pool of 16 KB (under a millisecond for a few million blocks). What the collector did before,
+counting the frozen objects (`gc.get_freeze_count`), walks them all, one cache miss each: it
+kept an estimate of them to count only when the estimate passed the limit, but the estimate
+cannot see frozen objects freed, so with calls lingering in a steady state it passed the limit
+every few seconds - 85-93 ms a walk of 570,000 objects at 6,000 calls/s, the only pauses over
+50 ms left there (issue 18).
 
 The young generation is also collected every YOUNG_EVERY (50 ms) from the loop, whatever its
 count says. CPython counts tracked allocations minus deallocations, of any generation: a frozen
@@ -52,14 +49,13 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import sys
 from typing import Any
 
 YOUNG_THRESHOLD = 5_000
-SWEEP_GROWTH = 2.0  # a full collection when the frozen objects doubled since the last one
-SWEEP_FLOOR = 1_000_000  # ... and are at least this many (startup ~100,000; 300 calls/s ~200,000)
-# Counting the frozen objects walks them all (`gc.get_freeze_count`): done only when their
-# estimate passes the limit (see above), and then at most once every this many collections.
-SWEEP_CHECK_EVERY = 64
+SWEEP_GROWTH = 2.0  # a full collection when the small blocks doubled since the last one
+SWEEP_FLOOR = 5_000_000  # ... and are at least this many (module docstring)
+SWEEP_CHECK_EVERY = 16  # collections between two looks at the blocks
 YOUNG_EVERY = 0.05  # seconds between two collections of the young generation from the loop
 
 
@@ -70,14 +66,9 @@ class Collector:
         self.loop = loop
         self.sweeps = 0  # full collections run
         self.swept = 0  # objects they freed
-        frozen = gc.get_freeze_count()
-        self._limit = max(SWEEP_FLOOR, int(frozen * SWEEP_GROWTH))
+        self._limit = max(SWEEP_FLOOR, int(sys.getallocatedblocks() * SWEEP_GROWTH))
         self._sweep_due = False
         self._collections = 0
-        # the frozen objects, estimated (high rather than low: see above)
-        self.estimate = frozen
-        self._next_check = 0  # ... and past the limit, the estimate that has them counted
-        self._last_check = 0  # `_collections` when the frozen objects were last counted
         self._young: asyncio.TimerHandle | None = None  # the next `_collect_young`
 
     def start(self) -> None:
@@ -94,30 +85,14 @@ class Collector:
         run in any thread that allocated: the loop is told thread-safely.)"""
         if phase != "stop":
             return
-        # Its survivors went one generation up (the oldest stays), empty before (frozen); what
-        # the collection itself allocated is in the young one. `freeze` takes both.
-        older = min(info.get("generation", 0) + 1, 2)
-        self.estimate += len(gc.get_objects(generation=older)) + gc.get_count()[0]
         gc.freeze()
         self._collections += 1
-        if (
-            self._sweep_due
-            or self.estimate <= self._limit
-            or self.estimate <= self._next_check
-            or self._collections - self._last_check < SWEEP_CHECK_EVERY
-        ):
+        if self._sweep_due or self._collections % SWEEP_CHECK_EVERY:
             return
-        self._counted()
-        if self.estimate <= self._limit or self.loop.is_closed():
+        if sys.getallocatedblocks() <= self._limit or self.loop.is_closed():
             return
         self._sweep_due = True
         self.loop.call_soon_threadsafe(self.sweep)
-
-    def _counted(self) -> None:
-        """The frozen objects counted: the estimate restarts there."""
-        self._last_check = self._collections
-        self.estimate = frozen = gc.get_freeze_count()
-        self._next_check = frozen + frozen // 2
 
     def sweep(self) -> int:
         """A full collection over everything frozen since startup; the objects it freed."""
@@ -125,8 +100,7 @@ class Collector:
         freed = gc.collect()  # (its survivors frozen again by `on_collection`)
         self.sweeps += 1
         self.swept += freed
-        self._limit = max(SWEEP_FLOOR, int(gc.get_freeze_count() * SWEEP_GROWTH))
-        self._counted()
+        self._limit = max(SWEEP_FLOOR, int(sys.getallocatedblocks() * SWEEP_GROWTH))
         self._sweep_due = False  # (not before: the collection above must not ask again)
         return freed
 
