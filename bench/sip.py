@@ -30,7 +30,8 @@ than its transactions linger (RFC 3261 Timers J and L, 32 s on UDP): ours refuse
 once 100,000 transactions were held, which a steady 1,600 calls/s reached in 32 s while 4 s
 steps held 12,000 (issue 18). So each target is then driven for `--sustain` seconds at the
 highest rate it held in the ladder, and at 85% of the rate before while that step is not held
-(3 tries at most); the ratio to sipp is printed for both, burst and sustained.
+(5 tries at most, down to 52% of it); the ratio to sipp is printed for both, burst and
+sustained.
 Prints a table and one JSON line.
 """
 
@@ -507,7 +508,7 @@ def max_rate(
 
 
 def sustain(
-    kind: str, rate: int, seconds: float, trace: bool = True, tries: int = 3
+    kind: str, rate: int, seconds: float, trace: bool = True, tries: int = 5
 ) -> dict[str, object]:
     """Steps of `seconds` from `rate` down by 15% each until one is held (`_held`): the rate
     the target keeps past its transactions' lingers (module docstring)."""
