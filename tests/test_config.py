@@ -343,7 +343,7 @@ def test_session_min_se_from_flag_or_yaml(yaml_file: Any) -> None:
 
 @pytest.mark.parametrize("name", ["sip_message_timeout", "http_idle_timeout"])
 def test_connection_timeouts_from_flag_or_yaml(yaml_file: Any, name: str) -> None:
-    assert (build(dev=True).sip_message_timeout, build(dev=True).http_idle_timeout) == (10, 15)
+    assert (build(dev=True).sip_message_timeout, build(dev=True).http_idle_timeout) == (10, 20)
     assert getattr(build(dev=True, **{name: 2}), name) == 2
     assert getattr(build(config_file=yaml_file(f"dev: true\n{name}: 30\n")), name) == 30
     for bad in (0, 3601, True, "5"):
@@ -457,3 +457,19 @@ def test_recordings_flag_has_the_issue_spelling_too() -> None:
     for flag in ("--recordings", "--recordings-dir"):
         args = build_parser().parse_args(["serve", flag, "/var/rec"])
         assert args.recordings_dir == "/var/rec"
+
+
+async def test_an_idle_http_connection_outlives_the_python_clients_reuse_of_it() -> None:
+    """aiohttp's client (the official livekit-api's) reuses a pooled connection idle up to its
+    keep-alive timeout; a server that closes its side at that same age races the reuse: a
+    request written as the close arrives fails (ClientConnectionResetError, seen with 15 and
+    15 in tests/interop/test_resume.py). The server's default must be the longer."""
+    import aiohttp  # noqa: PLC0415
+
+    connector = aiohttp.TCPConnector()
+    try:
+        reused_for = connector._keepalive_timeout
+    finally:
+        await connector.close()
+    assert reused_for is not None
+    assert build(dev=True).http_idle_timeout >= reused_for + 5

@@ -71,7 +71,10 @@ class Settings:
     room_max_callers: int = 0  # SIP participants in one room at once (0: no cap)
     room_join_rate: int = 50  # calls joining one room per second, twice that at once (0: off)
     sip_message_timeout: int = 10  # seconds a SIP message begun on TCP/TLS has to complete
-    http_idle_timeout: int = 15  # seconds an HTTP connection may idle or take over its headers
+    # seconds an HTTP connection may idle or take over its headers: longer than the 15 s that
+    # aiohttp's client (the official livekit-api's) reuses a pooled connection for, or a request
+    # sent on one as it reaches our 15 s crossed our close of it (ClientConnectionResetError)
+    http_idle_timeout: int = 20
     trace_rtp: tuple[str, ...] = ()  # trunk ids whose calls' RTP headers are traced ("all")
     recordings_dir: str = "./recordings"  # where Egress writes files; no filepath leaves it
     node_id: str = ""  # this node's name in the cluster; "" = hostname-pid

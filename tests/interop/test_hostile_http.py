@@ -707,7 +707,7 @@ async def test_a_stream_whose_reader_stops_reading_is_ended(server: ServerProces
 
 
 async def test_a_stalled_stream_does_not_hold_up_shutdown(tmp_path: Path) -> None:
-    proc = ServerProcess(tmp_path)  # the default --http-idle-timeout (15 s)
+    proc = ServerProcess(tmp_path)  # the default --http-idle-timeout (20 s)
     proc.start()
     stalled: socket.socket | None = None
     try:

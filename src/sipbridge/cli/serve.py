@@ -143,7 +143,7 @@ def add_serve_parser(sub: Any) -> None:
         type=int,
         metavar="SECONDS",
         help="an HTTP connection idle this long, or whose request headers take longer, is "
-        "closed (15)",
+        "closed (20; keep it over 15, the Python clients' own reuse limit)",
     )
     p.add_argument(
         "--trace-rtp",
