@@ -421,7 +421,11 @@ async def call_the_page(server: ServerProcess, browser: Browser, variant: Varian
             )
             return levels[-1] if steady and spread < 1 else None
 
-        heard = await eventually(hears_phone, "the page's analyser to hear the phone's tone")
+        try:
+            heard = await eventually(hears_phone, "the page's analyser to hear the phone's tone")
+        except AssertionError as err:  # what it heard instead (a flake in CI left no trace)
+            levels = page.reports("level", identity=phone_identity)[-12:]
+            raise AssertionError(f"{err}; its last level reports: {levels}") from None
         print(f"page heard the phone at {heard['dbfs']:.1f} dBFS, peak {heard['peakHz']:.0f} Hz")
         assert abs(heard["dbfs"] - LEVEL_DBFS) < 1, heard
 
