@@ -114,6 +114,18 @@ class Kamailio:
         found = re.findall(r"URI:\s*sip:(\S+)\s+FLAGS:\s*(\S+)", out)
         return dict(found)
 
+    def wait_active(self, timeout: float = 10.0) -> None:
+        """Until the dispatcher holds every node active (a probe answered), as a front in
+        service does before it takes calls; the log and the view say why not past `timeout`."""
+        deadline = time.monotonic() + timeout
+        view: dict[str, str] = {}
+        while time.monotonic() < deadline:
+            view = self.targets()
+            if len(view) == len(self.nodes) and all(f.startswith("A") for f in view.values()):
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"the dispatcher never held every node up: {view}\n{self.log_tail()}")
+
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM (it stops its children) and wait; SIGKILL to its whole process group past
         `timeout`, or when it died without stopping its children."""

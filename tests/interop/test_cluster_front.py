@@ -55,6 +55,7 @@ def front(tmp_path: Path, redis: RedisServer) -> Iterator[tuple[Cluster, Kamaili
     with cluster(tmp_path, redis, 3, "--drain-timeout", "20") as nodes:
         try:
             with kamailio(tmp_path / "kamailio", [n.sip for n in nodes.nodes]) as kam:
+                kam.wait_active()
                 yield nodes, kam
         finally:
             kill_leftovers()
@@ -112,7 +113,12 @@ def caller(front: Kamailio, number: str, hold_ms: int) -> asyncio.Task[SippRun]:
     )
 
 
-async def ringing(nodes: list[Node], numbers: list[str]) -> dict[str, Held]:
+async def ringing(
+    nodes: list[Node],
+    numbers: list[str],
+    kam: Kamailio,
+    calls: dict[str, asyncio.Task[SippRun]],
+) -> dict[str, Held]:
     """Each of `numbers` ringing in a room of its own on some node, by number."""
 
     async def all_there() -> dict[str, Held] | None:
@@ -124,9 +130,24 @@ async def ringing(nodes: list[Node], numbers: list[str]) -> dict[str, Held]:
 
     try:
         return await eventually(all_there, f"{len(numbers)} callers in their rooms", timeout=15)
-    except AssertionError as e:  # what each side saw: the dispatcher's view and the nodes' logs
-        seen = "\n".join(f"--- {n.node_id}\n{n.log_tail(1500)}" for n in nodes)
-        raise AssertionError(f"{e}\n{seen}") from None
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{await seen(nodes, kam, calls)}") from None
+
+
+async def seen(nodes: list[Node], kam: Kamailio, calls: dict[str, asyncio.Task[SippRun]]) -> str:
+    """What each side saw, for a failure: the dispatcher's view of the nodes and its log, each
+    node's log, and how each caller that has already ended ended."""
+    try:
+        targets = str(await asyncio.to_thread(kam.targets))
+    except Exception as e:  # a failure's report must not fail: say why the view is missing
+        targets = f"(no view: {e!r})"
+    parts = [f"--- kamailio: {targets}\n{kam.log_tail(2000)}"]
+    parts += [f"--- {n.node_id}\n{n.log_tail(1500)}" for n in nodes]
+    for number, task in calls.items():
+        if task.done() and not task.cancelled() and task.exception() is None:
+            run = task.result()
+            parts.append(f"--- caller {number} ended {run.code}\n{run.out[-1500:]}")
+    return "\n".join(parts)
 
 
 async def active(nodes: list[Node], numbers: list[str]) -> None:
@@ -181,7 +202,7 @@ async def test_calls_spread_and_a_killed_node_loses_only_its_own(
     calls = {n: caller(kam, n, hold_ms=8000) for n in first}
     try:
         async with agents() as stack:
-            held = await ringing(nodes.nodes, first)
+            held = await ringing(nodes.nodes, first, kam, calls)
             spread = {h.node.node_id for h in held.values()}
             assert spread == {"n0", "n1", "n2"}, {n: h.node.node_id for n, h in held.items()}
             for number, h in held.items():
@@ -200,7 +221,7 @@ async def test_calls_spread_and_a_killed_node_loses_only_its_own(
             await eventually(marked_down, "the dispatcher to mark the killed node down", timeout=8)
 
             calls.update({n: caller(kam, n, hold_ms=1000) for n in later})
-            held_later = await ringing(nodes.nodes, later)
+            held_later = await ringing(nodes.nodes, later, kam, calls)
             assert {h.node.node_id for h in held_later.values()} <= {"n0", "n2"}
             for h in held_later.values():
                 await answer(h, stack)
@@ -230,7 +251,7 @@ async def test_a_draining_node_is_taken_out_by_the_probe(front: tuple[Cluster, K
     calls = {n: caller(kam, n, hold_ms=5000) for n in first}
     try:
         async with agents() as stack:
-            held = await ringing(nodes.nodes, first)
+            held = await ringing(nodes.nodes, first, kam, calls)
             for h in held.values():
                 await answer(h, stack)
             await active(nodes.nodes, first)
@@ -244,7 +265,7 @@ async def test_a_draining_node_is_taken_out_by_the_probe(front: tuple[Cluster, K
 
             await eventually(taken_out, "the probe to take the draining node out", timeout=8)
             calls.update({n: caller(kam, n, hold_ms=500) for n in later})
-            held_later = await ringing(nodes.nodes, later)
+            held_later = await ringing(nodes.nodes, later, kam, calls)
             assert draining not in {h.node for h in held_later.values()}
             for h in held_later.values():
                 await answer(h, stack)
@@ -277,10 +298,10 @@ async def test_an_invite_refused_503_is_tried_on_the_next_node(
                 calls = {first: caller(kam, first, hold_ms=15_000)}
                 try:
                     async with agents() as stack:
-                        held = await ringing(nodes.nodes, [first])
+                        held = await ringing(nodes.nodes, [first], kam, calls)
                         await answer(held[first], stack)
                         calls[second] = caller(kam, second, hold_ms=300)
-                        other = (await ringing(nodes.nodes, [second]))[second]
+                        other = (await ringing(nodes.nodes, [second], kam, calls))[second]
                         assert other.node is not held[first].node  # round-robin: the other
                         await answer(other, stack)
                         assert (await calls[second]).code == 0
@@ -289,7 +310,7 @@ async def test_an_invite_refused_503_is_tried_on_the_next_node(
                         )
                         # Round-robin's next is the full node: 503, then the other node.
                         calls[third] = caller(kam, third, hold_ms=300)
-                        moved = (await ringing(nodes.nodes, [third]))[third]
+                        moved = (await ringing(nodes.nodes, [third], kam, calls))[third]
                         assert moved.node is other.node
                         await answer(moved, stack)
                         assert (await calls[third]).code == 0
@@ -320,7 +341,7 @@ async def test_restarting_every_node_loses_no_trunk_rule_or_call(
     calls = {n: caller(kam, n, hold_ms=500) for n in numbers}
     try:
         async with agents() as stack:
-            held = await ringing(nodes.nodes, numbers)
+            held = await ringing(nodes.nodes, numbers, kam, calls)
             call_ids = {h.participant.attributes["sip.callID"] for h in held.values()}
             for h in held.values():
                 await answer(h, stack)
