@@ -51,6 +51,25 @@ def test_due_owners_in_deadline_then_scheduling_order_and_rescheduled_ones_too()
     assert seen == [first, second, first, later]
 
 
+def test_lingers_of_two_lengths_interleaved_stay_out_of_the_heap() -> None:
+    # An endpoint that became crowded: its transactions linger 32 s, then T4 (5 s) from some
+    # moment on, while the 32 s ones are still there; and a 0.5 s retransmission now and then.
+    # Each delay keeps a lane of its own: the heap holds nothing, and what is due comes out in
+    # deadline order.
+    heap: DeadlineHeap[Owner] = DeadlineHeap()
+    owners = []
+    now = 0.0
+    for step in range(3000):
+        now += 0.01
+        delay = 32.0 if step < 1000 else (0.5 if step % 10 == 0 else 5.0)
+        owner = Owner(now + delay)
+        owners.append(owner)
+        heap.schedule(owner)
+    assert heap.heaped() == 0 and len(heap) == 3000
+    out = [owner.deadline for owner in heap.due(now + 40.0)]
+    assert out == sorted(o.deadline for o in owners)
+
+
 class OneHeap:
     """The reference: every entry in one heap, as the heap alone kept them before the queue of
     deadlines scheduled in order (sip/deadlines.py)."""
@@ -111,7 +130,8 @@ def test_the_queue_of_deadlines_in_order_and_the_heap_give_what_one_heap_gives()
             mine, theirs = rng.choice(pairs)
             what = rng.random()
             if what < 0.6:
-                at = now + (32.0 if rng.random() < 0.7 else rng.choice([0.5, 1.0, 4.0, 32.0]))
+                linger = 32.0 if rng.random() < 0.5 else 5.0  # (a crowded endpoint's: T4)
+                at = now + (linger if rng.random() < 0.7 else rng.choice([0.5, 1.0, 4.0, 32.0]))
                 mine.deadline = theirs.deadline = round(at, 1)
                 heap.schedule(mine)
                 model.schedule(theirs)
