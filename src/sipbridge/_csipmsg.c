@@ -1059,7 +1059,40 @@ static PyObject *kept_lines(PyObject *self, PyObject *unused) {
     return PyLong_FromSsize_t(line_slots_used);
 }
 
+/* CPython's own test (_PyObject_GC_MAY_BE_TRACKED): whether `o` may ever be tracked by the
+ * cyclic collector - a container, unless a tuple it already stopped tracking. */
+static int may_be_tracked(PyObject *o) {
+    if (!PyObject_IS_GC(o))
+        return 0;
+    if (PyTuple_CheckExact(o))
+        return PyObject_GC_IsTracked(o);
+    return 1;
+}
+
+/* A tuple of `args`, not tracked by the cyclic collector when none of them may be: what the
+ * collector itself does to such a tuple the first time it walks it (_PyTuple_MaybeUntrack), done
+ * when it is made, so that the collection after it has nothing to walk (issue 18: the SIP trace's
+ * entries and the transactions' keys, ten a call, each kept seconds). */
+static PyObject *atomic_tuple(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    PyObject *tuple = PyTuple_New(nargs);
+    if (tuple == NULL)
+        return NULL;
+    int atomic = 1;
+    for (Py_ssize_t i = 0; i < nargs; i++) {
+        Py_INCREF(args[i]);
+        PyTuple_SET_ITEM(tuple, i, args[i]);
+        if (atomic && may_be_tracked(args[i]))
+            atomic = 0;
+    }
+    if (atomic && nargs > 0) /* (the empty tuple is a shared singleton) */
+        PyObject_GC_UnTrack(tuple);
+    return tuple;
+}
+
 static PyMethodDef methods[] = {
+    {"atomic_tuple", (PyCFunction)(void (*)(void))atomic_tuple, METH_FASTCALL,
+     "atomic_tuple(*items) -> the tuple of items, untracked by the cyclic collector when none of "
+     "the items may be tracked (as the collector would untrack it at its first look)"},
     {"kept_lines", kept_lines, METH_NOARGS,
      "kept_lines() -> how many lines of the lines cache parse_head finds by their bytes"},
     {"call_id", call_id, METH_O,

@@ -327,16 +327,30 @@ def test_a_completed_non_invite_keeps_its_final_as_bytes_and_resends_them() -> N
     assert isinstance(endpoint.next_event(), RequestReceived)
 
 
-def test_an_invite_keeps_its_final_response_whole() -> None:
-    """An INVITE's final stays the object sent: its To tag answers a CANCEL (s9.2)."""
+def test_an_invite_keeps_its_final_as_bytes_and_its_status_and_tag_still_answer() -> None:
+    """An INVITE's final, once sent, is kept as its bytes (issue 18), as a non-INVITE's is: a
+    retransmitted INVITE gets them again byte for byte (s17.2.1), the call's end reads the
+    status and reason without a parse, and a CANCEL after it gets 200 with the INVITE's To tag
+    (s9.2), read back from the bytes."""
     endpoint = SipEndpoint()
     endpoint.receive(message("INVITE"), PHONE, 0.0)
     event = endpoint.next_event()
     assert isinstance(event, RequestReceived)
-    busy = make_response(event.request, 486, to_tag="busy1")
-    endpoint.respond(event.transaction, busy, 0.0)
-    endpoint.outgoing()
-    assert event.transaction.last_response is busy and event.transaction.last_sent_is(busy)
+    transaction = event.transaction
+    assert transaction.last_status() == (0, "")
+    busy = make_response(event.request, 486, "Busy Here", to_tag="busy1")
+    endpoint.respond(transaction, busy, 0.0)
+    ((first, _),) = endpoint.outgoing()
+    assert not transaction.last_sent_is(busy)  # not the object any longer
+    assert transaction.last_status() == (486, "Busy Here")
+    kept = transaction.last_response
+    assert kept is not None and kept.status == 486 and kept.to.tag == "busy1"
+    endpoint.receive(message("INVITE"), PHONE, 0.5)  # retransmitted before the ACK
+    assert endpoint.outgoing() == [(first, PHONE)]
+    endpoint.receive(message("CANCEL"), PHONE, 0.6)
+    ((cancelled, _),) = endpoint.outgoing()
+    assert cancelled.startswith(b"SIP/2.0 200 ") and b";tag=busy1" in cancelled
+    assert endpoint.next_event() is None  # answered already: nothing for the TU
 
 
 # -- our own requests ----------------------------------------------------------------------------

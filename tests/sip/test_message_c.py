@@ -776,3 +776,38 @@ def test_the_pairs_a_message_keeps_are_out_of_the_collectors_lists() -> None:
         tracked = [item for item in response.headers.items if gc.is_tracked(item)]
         assert tracked == [("X-Odd", unique)]
         assert type(tracked[0]) is Pair
+
+
+def test_atomic_tuples_are_made_untracked_and_others_as_python_makes_them() -> None:
+    """`atomic_tuple`: the tuple of its arguments; not tracked by the cyclic collector when no
+    argument may be (what the collector does itself at its first look), tracked otherwise - so
+    a cycle through it is still found and freed."""
+    atomic = _csipmsg.atomic_tuple
+    for items in [("3261", "z9hG4bK1", "10.0.0.1", "5060", "INVITE"), (1.5, True, b"x", None)]:
+        made = atomic(*items)
+        assert made == items and type(made) is tuple and not gc.is_tracked(made)
+    inner = atomic("a", 1)
+    assert not gc.is_tracked(atomic("b", inner))  # an untracked tuple inside: still atomic
+    assert atomic() == ()
+    holder: list[Any] = []
+    looped = atomic("c", holder)
+    assert gc.is_tracked(looped)
+    holder.append(looped)  # a cycle through it
+    del holder, looped
+    assert gc.collect() >= 2  # the list and the tuple, found by the collector
+
+
+def test_keys_and_trace_entries_kept_for_seconds_are_not_walked_by_the_collector() -> None:
+    from sipbridge.sip.trace import CallTraces  # noqa: PLC0415
+    from sipbridge.sip.transaction import server_key  # noqa: PLC0415
+
+    invite = parse_message(CALL_FLOW[0])
+    assert isinstance(invite, Request)
+    assert not gc.is_tracked(server_key(invite))
+    traces = CallTraces()
+    traces.record(
+        CALL_FLOW[0], 1.0, outgoing=False, transport="udp", local=("a", 1), remote=("b", 2)
+    )
+    (trace,) = traces._calls.values()
+    assert trace.size > 0
+    assert all(not gc.is_tracked(kept) for kept in trace.head)

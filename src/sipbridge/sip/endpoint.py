@@ -23,12 +23,14 @@ from sipbridge.sip.events import EventQueue
 from sipbridge.sip.message import (
     Request,
     Response,
+    atomic_tuple,
     make_response,
     parse_message,
 )
 from sipbridge.sip.tokens import token_hex
 from sipbridge.sip.transaction import (
     ClientTransaction,
+    MergeKey,
     ResponseReceived,
     ServerTransaction,
     State,
@@ -210,7 +212,7 @@ class SipEndpoint:
         self._events: EventQueue[EndpointEvent] = EventQueue()
         self._timers: DeadlineHeap[ClientTransaction | ServerTransaction] = _TransactionDeadlines()
         # (Call-ID, From tag, CSeq) of requests outside a dialog, to spot merged ones (s8.2.2.2)
-        self._merge_keys: dict[tuple[str, str, int, str], ServerTransaction] = {}
+        self._merge_keys: dict[MergeKey, ServerTransaction] = {}
         self.stats = Stats()
         self._allow_text: tuple[tuple[str, ...], str] | None = None
 
@@ -615,11 +617,12 @@ def _peer(transaction: ClientTransaction | ServerTransaction) -> Peer:
     return peer
 
 
-def _merge_key(request: Request) -> tuple[str, str, int, str] | None:
+def _merge_key(request: Request) -> MergeKey | None:
     if request.method in ("ACK", "CANCEL") or request.to.tag is not None:
         return None
     cseq = request.cseq
-    return (request.call_id, request.from_.tag or "", cseq.seq, cseq.method)
+    key: MergeKey = atomic_tuple(request.call_id, request.from_.tag or "", cseq.seq, cseq.method)
+    return key
 
 
 def _replace_top_via(request: Request, value: str) -> None:

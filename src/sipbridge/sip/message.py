@@ -872,6 +872,17 @@ _cserialize: Final[Any] = None if C_MESSAGE is None else C_MESSAGE.serialize
 _cheader_block: Final[Any] = None if C_MESSAGE is None else C_MESSAGE.header_block
 
 
+def _tuple_of(*items: Any) -> tuple[Any, ...]:
+    return items
+
+
+# A tuple of its arguments that the cyclic collector does not walk when none of them is a
+# container (strings, numbers, bytes): the extension's, or a plain one (which the collector
+# stops tracking after its first walk of it). For tuples kept seconds, many a call: the SIP
+# trace's entries, the transactions' keys (issue 18).
+atomic_tuple: Final[Any] = _tuple_of if C_MESSAGE is None else C_MESSAGE.atomic_tuple
+
+
 # -- streams ------------------------------------------------------------------------------
 
 

@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Final
 
-from sipbridge.sip.message import C_MESSAGE
+from sipbridge.sip.message import C_MESSAGE, atomic_tuple
 from sipbridge.sip.pcap import Packet, write_pcap
 
 HEAD_MESSAGES = 150
@@ -58,8 +58,11 @@ _ccall_id: Final[Any] = None if C_MESSAGE is None else C_MESSAGE.call_id
 # 1.1 us, and the cyclic garbage collector stops tracking a tuple of strings and numbers, so tens
 # of thousands kept do not lengthen its collections. (Flat: a nested address tuple is one the
 # collector may not have untracked yet when it looks at the outer one, which it then keeps
-# tracking - and freezing - for good.) `TracedMessage` is made from it when a trace is read.
-Kept = tuple[float, bool, str, str, int, str, int, bytes]
+# tracking - and freezing - for good.) Made untracked (`atomic_tuple`), the collection after it
+# does not walk it at all. `TracedMessage` is made from it when a trace is read.
+# Typed as a tuple of any length: compiled, a tuple of fixed types is a C struct, boxed into a
+# new tuple (one the collector walks) wherever it is stored (issue 18).
+Kept = tuple[Any, ...]
 # An RTP packet kept: (time, outgoing, local, remote, its header, the whole packet's length).
 KeptRtp = tuple[float, bool, tuple[str, int], tuple[str, int], bytes, int]
 
@@ -296,7 +299,9 @@ class CallTraces:
                 self._calls.move_to_end(call_id)
             self._recent_id = call_id
             self._recent = trace
-        kept = (now, outgoing, transport, local[0], local[1], remote[0], remote[1], data)
+        kept: Kept = atomic_tuple(
+            now, outgoing, transport, local[0], local[1], remote[0], remote[1], data
+        )
         self.bytes += trace.add(kept)
         if self.bytes > self.max_bytes:
             self._evict(now, keep=trace)

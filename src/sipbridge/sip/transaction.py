@@ -34,9 +34,14 @@ from math import inf
 from typing import Final
 
 from sipbridge.sip.headers import MAGIC_COOKIE
-from sipbridge.sip.message import Request, Response, make_response, parse_message
+from sipbridge.sip.message import Request, Response, atomic_tuple, make_response, parse_message
 from sipbridge.sip.states import StateEnum
 from sipbridge.sip.tokens import token_hex
+
+# A request's (Call-ID, From tag, CSeq number, CSeq method), to spot merged requests (s8.2.2.2).
+# Typed as a tuple of any length: compiled, a tuple of fixed types is a C struct, boxed into a
+# new tuple (one the collector walks) wherever it is stored or looked up (issue 18).
+MergeKey = tuple[str | int, ...]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -451,7 +456,16 @@ class ClientTransaction(_Transaction):
 class ServerTransaction(_Transaction):
     """Absorbs retransmitted requests and (re)sends the TU's responses (s17.2)."""
 
-    __slots__ = ("_last", "_last_wire", "is_invite", "key", "linger", "merge_key")
+    __slots__ = (
+        "_last",
+        "_last_wire",
+        "final_reason",
+        "final_status",
+        "is_invite",
+        "key",
+        "linger",
+        "merge_key",
+    )
 
     def __init__(
         self, request: Request, *, reliable: bool, timers: TimerSettings | None = None
@@ -463,9 +477,12 @@ class ServerTransaction(_Transaction):
         self.state = State.PROCEEDING if self.is_invite else State.TRYING
         self._last: Response | None = None  # the last response sent (see `last_response`)
         self._last_wire: bytes | None = None  # ... or its bytes alone (`sent`)
+        # the final response's status and reason, once sent (0, "" before)
+        self.final_status = 0
+        self.final_reason = ""
         # set by the endpoint that keeps it: its keys there (`server_key`, the merge key)
         self.key: tuple[str, ...] | None = None
-        self.merge_key: tuple[str, str, int, str] | None = None
+        self.merge_key: MergeKey | None = None
         # How long it absorbs retransmissions after its final response on an unreliable
         # transport (Timers J and L): 64*T1; the endpoint makes it T4 while it is crowded.
         self.linger = self.timers.timeout
@@ -486,19 +503,30 @@ class ServerTransaction(_Transaction):
         """Whether any response was sent (`last_response is not None`, without making it)."""
         return self._last is not None or self._last_wire is not None
 
+    def last_status(self) -> tuple[int, str]:
+        """The last response's status and reason, (0, "") before any (read without parsing)."""
+        if self.final_status:
+            return self.final_status, self.final_reason
+        last = self._last
+        return (0, "") if last is None else (last.status, last.reason or "")
+
     def last_sent_is(self, response: Response) -> bool:
         """Whether `response` is the last response sent (`last_response is response`)."""
         return self._last is response
 
     def sent(self, response: Response, wire: bytes) -> None:
-        """The transport user sent `response` as `wire`. A non-INVITE's final response is the
-        last this transaction sends (s17.2.2): what it keeps for the 32 s of Timer J, to resend
-        when the request is retransmitted, is then these bytes, not the response's objects
-        (each of them one more for the garbage collector to walk, issue 18). An INVITE's final
-        stays whole: its To tag answers a CANCEL, and the call's end reads its status."""
-        if not self.is_invite and response is self._last and response.status >= 200:
+        """The transport user sent `response` as `wire`. A final response is the last this
+        transaction sends (s17.2.1, s17.2.2): what it keeps for its linger (Timers J and L, up
+        to 32 s), to resend when the request is retransmitted, is then these bytes and the
+        status and reason (`final_status`, `final_reason`, which the call's end reads), not the
+        response's objects: each of them one more for the garbage collector to walk, and freed
+        seconds later, cold (issue 18). A CANCEL after the final, which needs its To tag, reads
+        `last_response`, parsed again from the bytes."""
+        if response is self._last and response.status >= 200:
             self._last = None
             self._last_wire = wire
+            self.final_status = response.status
+            self.final_reason = response.reason or ""
 
     def receive_request(self, request: Request, now: float) -> None:
         """A retransmission of our request, or (INVITE) the ACK for a non-2xx final."""
@@ -587,7 +615,10 @@ def server_key(request: Request) -> tuple[str, ...]:
     method = "INVITE" if request.method == "ACK" else request.method
     if via.is_rfc3261:
         host, port = via.sent_by
-        return ("3261", via.branch or "", host, _port_text(port), method)
+        key: tuple[str, ...] = atomic_tuple(
+            "3261", via.branch or "", host, _port_text(port), method
+        )
+        return key
     return (
         "2543",
         str(request.uri),

@@ -439,10 +439,10 @@ class InboundCalls(CallRunner[InboundCallState]):
         if not state.room:
             self.pins.finished(state, reason)
             return
-        final = state.incoming.transaction.last_response
-        if final is not None:
-            info.call_status_code.code = final.status  # type: ignore[assignment]
-            info.call_status_code.status = final.reason or ""
+        status, status_reason = state.incoming.transaction.last_status()
+        if status:
+            info.call_status_code.code = status  # type: ignore[assignment]
+            info.call_status_code.status = status_reason
         if reason in ("rejected",) and info.call_status != SCS_ACTIVE:
             info.call_status = proto.SIPCallStatus.SCS_ERROR
         else:
