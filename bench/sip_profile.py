@@ -1,6 +1,7 @@
 """The bare UAS of bench/sip.py in one process, without sockets: where its CPU per call goes.
 
     .venv/bin/python bench/sip_profile.py [--calls 18000] [--no-gc] [--no-trace] [--profile]
+                                          [--survivors]
 
 Each call is what `sipp -sn uac` sends (INVITE, ACK, BYE, each different) handed to the real
 `SipService` + `SipUserAgent` + `tests/sip_app.py` answering app (traces on, the collector tuned
@@ -9,8 +10,9 @@ sends goes to a list instead of a socket, so the figure is the stack's Python wo
 system calls, no event loop turns). Prints the best CPU microseconds per call of 6 batches, the
 mean of all 6 (with the rare costs the best batch escapes: counting or sweeping what the calls
 left frozen) and the garbage collector's share; `--profile` prints cProfile's top functions
-instead (which inflates call-heavy code: use it for counts, py-spy for shares). Compare two
-trees in one session (the machine is shared): `PYTHONPATH=<tree>/src`.
+instead (which inflates call-heavy code: use it for counts, py-spy for shares); `--survivors`
+what a call leaves for the cyclic collector to walk (up to 3,000 calls, the collector off
+meanwhile). Compare two trees in one session (the machine is shared): `PYTHONPATH=<tree>/src`.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import gc
 import pstats
 import sys
 import time
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +83,9 @@ def _to_tag(response: bytes) -> str:
     return line.split(b";tag=")[1].decode()
 
 
-async def run(calls: int, *, collect: bool, trace: bool, profile: bool) -> None:
+async def run(
+    calls: int, *, collect: bool, trace: bool, profile: bool, survivors: bool = False
+) -> None:
     app = AnsweringApp(keep_calls=False)
     ua = SipUserAgent("127.0.0.1", 5060, on_invite=app.on_invite)
     service = SipService(ua)
@@ -105,6 +111,9 @@ async def run(calls: int, *, collect: bool, trace: bool, profile: bool) -> None:
 
     for n in range(2_000):  # warm the caches
         call(n)
+    if survivors:
+        count_survivors(call, 2_000, min(calls, 3_000))
+        return
     tune_collector()
     if not collect:
         gc.disable()
@@ -148,15 +157,47 @@ async def run(calls: int, *, collect: bool, trace: bool, profile: bool) -> None:
     )
 
 
+def count_survivors(call: Callable[[int], None], first: int, calls: int) -> None:
+    """What `calls` calls leave tracked by the cyclic collector (the young generation after
+    them, everything before frozen): what each young collection walks once, a call at a time,
+    while the calls' transactions linger; by type, and how long one collection of it takes."""
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    for n in range(first, first + calls):
+        call(n)
+    young = gc.get_objects(0)
+    kinds = Counter(type(o).__name__ for o in young)
+    start = time.perf_counter()
+    del young
+    gc.collect(0)
+    took = time.perf_counter() - start
+    gc.unfreeze()
+    gc.enable()
+    total = sum(kinds.values())
+    by_kind = ", ".join(f"{kind} {count / calls:.1f}" for kind, count in kinds.most_common(8))
+    print(
+        f"objects a call leaves to the collector: {total / calls:.1f} ({by_kind}); "
+        f"one young collection of {calls} calls' worth: {took * 1e3:.2f} ms"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=18_000)
     parser.add_argument("--no-gc", action="store_true")
     parser.add_argument("--no-trace", action="store_true")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--survivors", action="store_true")
     args = parser.parse_args()
     calls = min(max(args.calls, 6), 200_000)  # bounded
-    coroutine = run(calls, collect=not args.no_gc, trace=not args.no_trace, profile=args.profile)
+    coroutine = run(
+        calls,
+        collect=not args.no_gc,
+        trace=not args.no_trace,
+        profile=args.profile,
+        survivors=args.survivors,
+    )
     try:
         import uvloop  # noqa: PLC0415
 
