@@ -148,6 +148,7 @@ async def test_a_late_tick_reads_the_mixing_legs_and_runs_the_ticks_it_missed(
         a.send_rtp(pcmu(440, index))
     await settle(lambda: leg_a.jitter.stats.received == 2)
     clock.stop()
+    media.sent()  # the last tick's frames out of the sender's thread before the drain
     b.drain()
     for index in range(3, 8):  # sent during the stall: in the kernel, not read by the loop
         a.send_rtp(pcmu(440, index))
