@@ -31,7 +31,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import numpy as np
@@ -214,6 +214,17 @@ async def sign_in(page: Chromium, server: ServerProcess, *, wrong_first: bool = 
     )
 
 
+# What the listening page has, for a failure: its meter's last reading, the panel's state and
+# each audio element's (a remote track reaches WebAudio only while an element plays it).
+HEARING = (
+    "JSON.stringify({dbfs: document.getElementById('level')?.dataset.dbfs,"
+    " panel: {...(document.getElementById('level')?.closest('[data-room]')?.dataset ?? {})},"
+    " audio: [...document.querySelectorAll('audio')].map(e => ({paused: e.paused,"
+    " ready: e.readyState, muted: e.muted, tracks: e.srcObject ? e.srcObject.getTracks()"
+    ".map(t => [t.readyState, t.muted, t.enabled]) : null}))})"
+)
+
+
 @pytest.mark.serial  # real time: alone after the parallel tests
 async def test_console(server: ServerProcess, chromium: Chromium) -> None:
     page = chromium
@@ -271,12 +282,25 @@ async def test_console(server: ServerProcess, chromium: Chromium) -> None:
         )
         assert history == "ringing active", history
         print(f"live: {call_id} ringing -> active, {len(attributes)} sip.* attributes")
-        level = await page.until(
-            "(() => { const d = Number(document.getElementById('level')?.dataset.dbfs);"
-            " return d > -30 ? d : null })()",
-            "the listener's meter to hear the phone",
-            timeout=20,
-        )
+        seen: list[str] = []  # what the page had while waiting, a look a second
+
+        async def meter() -> float | None:
+            if not seen or len(seen) < (time.monotonic() - waited) + 1:
+                seen.append(f"{time.monotonic() - waited:.1f} s: {await page.js(HEARING)}")
+            return cast(
+                "float | None",
+                await page.js(
+                    "(() => { const d = Number(document.getElementById('level')?.dataset.dbfs);"
+                    " return d > -30 ? d : null })()"
+                ),
+            )
+
+        waited = time.monotonic()
+        try:
+            level = await eventually(meter, "the listener's meter to hear the phone", timeout=20)
+        except AssertionError as e:
+            looks = "\n".join(seen)
+            raise AssertionError(f"{e}\npage:\n{looks}\nserver: {server.log_tail(3000)}") from None
         print(f"listening: the page heard the phone at {level:.1f} dBFS")
         await page.until(
             f"document.querySelector(\"{here}\")?.classList.contains('speaking')",
